@@ -1,0 +1,25 @@
+// Path safety for received entries.
+//
+// A wire path is relative, '/'-separated and already normalized: no leading '/', no
+// empty, "." or ".." components, no NUL, no backslash, no drive letter, each name at
+// most max_name_bytes and the whole at most max_path_bytes. Anything else is refused,
+// never "repaired", so two different wire paths can never name the same file.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace ferry {
+
+// Returns {} if `path` is a safe wire path, protocol_errc::bad_path otherwise.
+std::error_code check_wire_path(std::string_view path);
+
+// Splits a checked wire path into its components.
+std::vector<std::string_view> split_wire_path(std::string_view path);
+
+// The parent of a wire path ("" for a top-level entry).
+std::string_view wire_parent(std::string_view path);
+
+}  // namespace ferry

@@ -1,0 +1,87 @@
+// Strong types and constants shared by every layer of ferry.
+//
+// Pure values: no I/O, no threads. Indices and ids are distinct types so that a chunk
+// index can never be passed where a file id is expected.
+#pragma once
+
+#include <compare>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+namespace ferry {
+
+// A strongly typed integer: same layout as the raw value, no implicit conversions.
+template <typename Tag, typename Rep>
+struct strong_int {
+    Rep value{};
+
+    constexpr strong_int() = default;
+    constexpr explicit strong_int(Rep v) : value(v) {}
+    constexpr auto operator<=>(const strong_int&) const = default;
+};
+
+struct file_id_tag {};
+struct chunk_index_tag {};
+using file_id = strong_int<file_id_tag, std::uint32_t>;
+using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
+
+// Wire protocol version carried in Hello; bumped on any incompatible change.
+inline constexpr std::uint32_t protocol_version = 1;
+
+// Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
+inline constexpr std::uint32_t chunk_size = 256 * 1024;
+
+// Frame limits, checked before anything is allocated.
+inline constexpr std::uint32_t max_header_len = 64 * 1024;
+inline constexpr std::uint32_t max_payload_len = 1024 * 1024;
+
+// Offer batches are kept well under max_header_len.
+inline constexpr std::size_t offer_batch_bytes = 48 * 1024;
+
+// Connections per peer session.
+inline constexpr std::uint32_t default_connections = 4;
+inline constexpr std::uint32_t max_connections = 16;
+
+// Default limits for one transfer.
+inline constexpr std::uint64_t max_files_per_transfer = 10'000'000;
+inline constexpr std::size_t max_path_bytes = 4096;
+inline constexpr std::size_t max_name_bytes = 255;
+
+// Number of chunks in a file of `size` bytes (0 for an empty file).
+constexpr std::uint64_t chunk_count(std::uint64_t size) {
+    return (size + chunk_size - 1) / chunk_size;
+}
+
+// Raw length of chunk `index` in a file of `size` bytes.
+constexpr std::uint32_t chunk_length(std::uint64_t size, std::uint64_t index) {
+    std::uint64_t off = index * chunk_size;
+    if (off >= size) {
+        return 0;
+    }
+    std::uint64_t left = size - off;
+    return left < chunk_size ? static_cast<std::uint32_t>(left) : chunk_size;
+}
+
+// A 128-bit digest (XXH3-128), as two 64-bit halves.
+struct digest128 {
+    std::uint64_t lo = 0;
+    std::uint64_t hi = 0;
+    constexpr auto operator<=>(const digest128&) const = default;
+};
+
+// Key of one chunk of one transfer: (file << 32) | index, as carried in ChunkAck.
+constexpr std::uint64_t chunk_key(file_id f, chunk_index c) {
+    return (std::uint64_t{f.value} << 32) | c.value;
+}
+constexpr file_id chunk_key_file(std::uint64_t key) { return file_id{static_cast<std::uint32_t>(key >> 32)}; }
+constexpr chunk_index chunk_key_index(std::uint64_t key) {
+    return chunk_index{static_cast<std::uint32_t>(key & 0xffffffffu)};
+}
+
+}  // namespace ferry
+
+template <typename Tag, typename Rep>
+struct std::hash<ferry::strong_int<Tag, Rep>> {
+    std::size_t operator()(const ferry::strong_int<Tag, Rep>& v) const noexcept { return std::hash<Rep>{}(v.value); }
+};

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs every Debian package ferry needs to build, test, demo and benchmark.
+# Packages already present are skipped; nothing is fetched from anywhere but apt.
+set -euo pipefail
+
+build_pkgs=(
+  build-essential cmake ninja-build pkg-config
+  libasio-dev libssl-dev libprotobuf-dev protobuf-compiler
+  libzstd-dev libxxhash-dev libcli11-dev nlohmann-json3-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+tool_pkgs=(openssl netcat-openbsd iproute2 procps time)
+bench_pkgs=(iperf3 rsync openssh-server openssh-client socat hyperfine linux-perf strace)
+
+want=("${build_pkgs[@]}" "${tool_pkgs[@]}")
+if [ "${1:-}" = "--bench" ]; then
+  want+=("${bench_pkgs[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]}" >&2
+  echo "install-deps: run as root (or: sudo apt-get install --no-install-recommends ${missing[*]})" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
