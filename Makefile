@@ -1,0 +1,121 @@
+# ferry — developer entry points. `make help` lists the targets.
+#
+#   make demo    build, then send a sample folder between two local nodes and verify it
+#   make test    release tests, then the same tests under ASan+UBSan and under TSan
+#   make bench   loopback benchmark against nc / tar+nc (bench/run.sh; BENCH_ARGS=--quick)
+#
+# Variables: JOBS=N (build parallelism; default: ninja's own, about nproc+2),
+# CTEST_JOBS=N (default 2), CMAKE_ARGS="..." (extra configure flags for every build, e.g.
+# -DCMAKE_CXX_COMPILER=clang++), BENCH_ARGS="..." (passed to bench/run.sh).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+# Targets run in the order given (test = release, then asan, then tsan), even under make -j.
+.NOTPARALLEL:
+
+CMAKE      ?= cmake
+CTEST      ?= ctest
+JOBS       ?=
+CTEST_JOBS ?= 2
+BENCH_ARGS ?=
+CMAKE_ARGS ?=
+
+RELEASE_DIR := build/release
+ASAN_DIR    := build/asan
+TSAN_DIR    := build/tsan
+FERRY_BIN   := $(RELEASE_DIR)/tools/ferry
+
+BUILD_JOBS := $(if $(JOBS),-j $(JOBS),)
+
+RELEASE_FLAGS := -DCMAKE_BUILD_TYPE=Release
+ASAN_FLAGS    := -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_ASAN=ON -DFERRY_BENCH=OFF
+TSAN_FLAGS    := -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_TSAN=ON -DFERRY_BENCH=OFF
+
+# Any sanitizer report fails the run: halt on the first error, non-zero exit, leaks count.
+ASAN_ENV := ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+TSAN_ENV := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+# Kernels with more than 28 bits of mmap randomness break older TSan runtimes
+# ("unexpected memory mapping"); there the TSan tests run with ASLR off.
+TSAN_WRAP := $(shell if [ "$$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 0)" -gt 28 ] \
+                && command -v setarch >/dev/null; then echo "setarch $$(uname -m) -R"; fi)
+
+# $(call quiet,LOG,COMMAND...): run quietly into LOG; on failure print LOG (without
+# ninja's [n/m] progress lines) and fail.
+define quiet
+mkdir -p $(dir $(1)); \
+if ! ( $(2) ) >$(1) 2>&1; then \
+  echo "make: FAILED: $(strip $(2))" >&2; echo "---- $(1) ----" >&2; \
+  grep -Ev '^\[[0-9]+/[0-9]+\] ' $(1) >&2 || true; exit 1; \
+fi
+endef
+
+# $(call configure_build,DIR,CMAKE FLAGS): configure (Ninja) and build DIR quietly.
+define configure_build
+echo "make: building $(1)"; \
+$(call quiet,$(1)/.make-configure.log,$(CMAKE) -S . -B $(1) -G Ninja $(2) $(CMAKE_ARGS)); \
+$(call quiet,$(1)/.make-build.log,$(CMAKE) --build $(1) $(BUILD_JOBS))
+endef
+
+# $(call run_tests,DIR,ENV,WRAPPER): ctest DIR; print the summary, or everything on failure.
+define run_tests
+echo "make: testing $(1)"; \
+log=$(1)/.make-ctest.log; \
+if env $(2) $(3) $(CTEST) --test-dir $(1) --output-on-failure -j$(CTEST_JOBS) >$$log 2>&1; then \
+  grep -E 'tests passed|No tests were found' $$log || tail -n 3 $$log; \
+else \
+  echo "make: tests FAILED in $(1)" >&2; cat $$log >&2; exit 1; \
+fi
+endef
+
+.PHONY: help deps deps-bench build release asan tsan demo test test-release test-asan test-tsan bench clean
+
+help:
+	@echo "make deps          install the Debian packages needed to build and test (scripts/install-deps.sh)"
+	@echo "make build         configure and build $(RELEASE_DIR) (Release, Ninja)"
+	@echo "make demo          build, then run scripts/demo.sh: a folder sent between two local nodes"
+	@echo "make test          test-release, then test-asan (ASan+UBSan), then test-tsan"
+	@echo "make test-release  ctest in $(RELEASE_DIR)"
+	@echo "make test-asan     build $(ASAN_DIR) with ASan+UBSan and run ctest there"
+	@echo "make test-tsan     build $(TSAN_DIR) with TSan and run ctest there"
+	@echo "make bench         loopback benchmark vs nc and tar+nc (bench/run.sh \$$BENCH_ARGS)"
+	@echo "make clean         remove build/"
+
+deps:
+	@scripts/install-deps.sh
+
+deps-bench:
+	@scripts/install-deps.sh --bench
+
+build release: deps
+	@$(call configure_build,$(RELEASE_DIR),$(RELEASE_FLAGS))
+
+asan: deps
+	@$(call configure_build,$(ASAN_DIR),$(ASAN_FLAGS))
+
+tsan: deps
+	@$(call configure_build,$(TSAN_DIR),$(TSAN_FLAGS))
+
+demo: build
+	@scripts/demo.sh $(FERRY_BIN)
+
+test: test-release test-asan test-tsan
+	@echo "make: all tests passed (release, asan+ubsan, tsan)"
+
+test-release: build
+	@$(call run_tests,$(RELEASE_DIR),,)
+
+test-asan: asan
+	@$(call run_tests,$(ASAN_DIR),$(ASAN_ENV),)
+
+test-tsan: tsan
+	@$(call run_tests,$(TSAN_DIR),$(TSAN_ENV),$(TSAN_WRAP))
+
+bench: deps-bench build
+	@bench/run.sh --ferry $(FERRY_BIN) $(BENCH_ARGS)
+
+clean:
+	rm -rf build

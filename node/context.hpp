@@ -1,0 +1,101 @@
+// node_context: what every part of a node shares. Owned by `node`, used on the loop
+// thread (the worker pool and buffer pools are the thread-safe parts).
+#pragma once
+
+#include <asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "node/trust_store.hpp"
+#include "node/worker_pool.hpp"
+#include "transport/buffer_pool.hpp"
+#include "transport/socket_tuning.hpp"
+#include "transport/tls.hpp"
+
+namespace ferry {
+
+// Exit codes shared by every command (docs/cli.md).
+enum class exit_code : int {
+    ok = 0,
+    usage = 1,
+    transfer_failed = 2,
+    auth = 3,
+    local_io = 4,
+};
+
+// What one finished transfer reports (either side).
+struct transfer_report {
+    bool ok = false;
+    exit_code code = exit_code::transfer_failed;
+    std::string error;            // one clear line when !ok
+    std::string peer_id;          // canonical
+    std::string peer_address;
+    std::uint64_t files = 0;      // entries (files + dirs) completed
+    std::uint64_t total_files = 0;
+    std::uint64_t payload_bytes = 0;  // receiver-confirmed file bytes
+    std::uint64_t total_bytes = 0;
+    std::uint64_t wire_sent = 0;
+    std::uint64_t wire_received = 0;
+    double elapsed_s = 0;
+    std::uint32_t connections = 0;
+};
+
+enum class accept_policy {
+    trusted,    // peers in the trust list
+    from_id,    // one given ID (and trusted peers)
+    any,        // anyone (explicit flag)
+};
+
+struct node_config {
+    std::filesystem::path state_dir;
+    std::filesystem::path inbox;
+    std::string listen = "0.0.0.0:7788";
+    accept_policy policy = accept_policy::trusted;
+    std::string accept_from;  // canonical ID for accept_policy::from_id
+    bool overwrite = false;
+    bool fsync_each = false;
+    bool plaintext = false;
+    bool one_shot = false;  // `ferry receive`: stop after the first transfer
+    socket_tuning tuning;
+    std::size_t workers = 2;
+    std::chrono::milliseconds handshake_timeout{10'000};
+    std::uint32_t max_sessions = 64;
+};
+
+struct node_events {
+    std::function<void(const std::string& address, const std::string& id)> listening;
+    std::function<void(const std::string& peer_id, const std::string& address, std::uint32_t connections)> connected;
+    std::function<void(const transfer_report&)> transfer_done;
+    std::function<void()> session_ended;  // an incoming session closed its last connection
+    std::function<void(const std::string& line)> log;
+};
+
+struct node_context {
+    asio::io_context& io;
+    node_config config;
+    node_events events;
+    std::string id;  // this node's canonical ID
+    trust_store trust;
+    std::unique_ptr<tls_context> tls_client;  // null with --plaintext
+    std::unique_ptr<tls_context> tls_server;
+    worker_pool workers;
+    std::shared_ptr<buffer_pool> buffers;  // chunk buffers for both directions
+
+    void log(const std::string& line) const {
+        if (events.log) {
+            events.log(line);
+        }
+    }
+};
+
+// Time since `start` in seconds.
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace ferry

@@ -1,0 +1,259 @@
+#include "node/dest_tree.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "protocol/path.hpp"
+
+namespace ferry {
+
+namespace {
+
+class dest_category_impl final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "ferry.dest"; }
+    std::string message(int ev) const override {
+        switch (static_cast<dest_errc>(ev)) {
+            case dest_errc::ok: return "ok";
+            case dest_errc::exists: return "destination exists (use --overwrite to replace it)";
+            case dest_errc::not_a_dir: return "a path component exists and is not a directory";
+            case dest_errc::symlink: return "refusing to write through a symlink";
+            case dest_errc::is_dir: return "destination is a directory";
+        }
+        return "unknown destination error";
+    }
+};
+
+std::error_code last_error() { return {errno, std::system_category()}; }
+
+constexpr std::size_t max_cached_dirs = 256;
+
+}  // namespace
+
+const std::error_category& dest_category() noexcept {
+    static const dest_category_impl instance;
+    return instance;
+}
+
+dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
+    std::error_code ec;
+    std::filesystem::create_directories(root, ec);
+    root_fd_ = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd_ < 0) {
+        throw std::system_error(errno, std::system_category(), "cannot open destination " + root.string());
+    }
+}
+
+dest_tree::~dest_tree() {
+    for (auto& [name, fd] : dirs_) {
+        ::close(fd);
+    }
+    if (root_fd_ >= 0) {
+        ::close(root_fd_);
+    }
+}
+
+std::string dest_tree::partial_name(std::string_view name) {
+    std::string p = "." + std::string(name) + ".ferry-part";
+    if (p.size() <= 255) {
+        return p;
+    }
+    // Too long with the decoration: a stable short name from the name's hash.
+    std::size_t h = std::hash<std::string_view>{}(name);
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), ".ferry-%016zx.part", h);
+    return buf;
+}
+
+dest_tree::dir_handle::~dir_handle() {
+    if (owned && fd >= 0) {
+        ::close(fd);
+    }
+}
+
+dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::error_code& ec) {
+    if (dir.empty()) {
+        return {root_fd_, false};
+    }
+    std::lock_guard lock(mutex_);
+    if (auto it = dirs_.find(std::string(dir)); it != dirs_.end()) {
+        return {it->second, false};
+    }
+    int fd = root_fd_;
+    int owned_fd = -1;  // an uncached intermediate fd, closed once the next one is open
+    std::string sofar;
+    for (std::string_view comp : split_wire_path(dir)) {
+        if (!sofar.empty()) {
+            sofar += '/';
+        }
+        sofar += comp;
+        if (auto it = dirs_.find(sofar); it != dirs_.end()) {
+            fd = it->second;
+            continue;
+        }
+        std::string name(comp);
+        int next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0 && errno == ENOENT && create) {
+            if (::mkdirat(fd, name.c_str(), 0755) != 0 && errno != EEXIST) {
+                ec = last_error();
+                break;
+            }
+            next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        if (next < 0) {
+            if (errno == ELOOP) {
+                ec = dest_errc::symlink;
+            } else if (errno == ENOTDIR) {
+                struct stat st {};
+                ec = (::fstatat(fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+                         ? make_error_code(dest_errc::symlink)
+                         : make_error_code(dest_errc::not_a_dir);
+            } else {
+                ec = last_error();
+            }
+            break;
+        }
+        if (owned_fd >= 0) {
+            ::close(owned_fd);
+            owned_fd = -1;
+        }
+        if (dirs_.size() < max_cached_dirs) {
+            dirs_.emplace(sofar, next);
+        } else {
+            owned_fd = next;
+        }
+        fd = next;
+    }
+    if (ec) {
+        if (owned_fd >= 0) {
+            ::close(owned_fd);
+        }
+        return {};
+    }
+    return {fd, owned_fd >= 0};
+}
+
+std::error_code dest_tree::make_dir(std::string_view wire_path) {
+    std::error_code ec;
+    dir_handle h = dir_fd(wire_path, true, ec);
+    return ec;
+}
+
+std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    int dfd = dh.fd;
+    if (dfd < 0) {
+        return ec;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    struct stat st {};
+    if (::fstatat(dfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return errno == ENOENT ? std::error_code{} : last_error();
+    }
+    if (S_ISLNK(st.st_mode)) {
+        return dest_errc::symlink;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        return dest_errc::is_dir;
+    }
+    return overwrite ? std::error_code{} : make_error_code(dest_errc::exists);
+}
+
+int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec) {
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    int dfd = dh.fd;
+    if (dfd < 0) {
+        return -1;
+    }
+    std::string part = partial_name(split_wire_path(wire_path).back());
+    int fd = ::openat(dfd, part.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
+    }
+    return fd;
+}
+
+std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
+                                    std::int64_t mtime_ns, bool fsync_file, bool overwrite) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    int dfd = dh.fd;
+    if (dfd < 0) {
+        ::close(fd);
+        return ec;
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) != size &&
+        ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+        ec = last_error();
+    }
+    if (!ec && ::fchmod(fd, mode & 07777) != 0) {
+        ec = last_error();
+    }
+    struct timespec times[2];
+    times[0].tv_sec = 0;
+    times[0].tv_nsec = UTIME_OMIT;
+    times[1].tv_sec = mtime_ns / 1'000'000'000;
+    times[1].tv_nsec = mtime_ns % 1'000'000'000;
+    if (times[1].tv_nsec < 0) {
+        times[1].tv_nsec += 1'000'000'000;
+        times[1].tv_sec -= 1;
+    }
+    if (!ec && ::futimens(fd, times) != 0) {
+        ec = last_error();
+    }
+    if (!ec && fsync_file && ::fsync(fd) != 0) {
+        ec = last_error();
+    }
+    if (::close(fd) != 0 && !ec) {
+        ec = last_error();
+    }
+    if (ec) {
+        return ec;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    std::string part = partial_name(name);
+    unsigned flags = overwrite ? 0 : RENAME_NOREPLACE;
+    if (::renameat2(dfd, part.c_str(), dfd, name.c_str(), flags) != 0) {
+        return errno == EEXIST ? make_error_code(dest_errc::exists) : last_error();
+    }
+    return {};
+}
+
+std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_path, false, ec);
+    int fd = dh.fd;
+    if (fd < 0) {
+        return ec;
+    }
+    if (::fchmod(fd, mode & 07777) != 0) {
+        return last_error();
+    }
+    struct timespec times[2];
+    times[0].tv_sec = 0;
+    times[0].tv_nsec = UTIME_OMIT;
+    times[1].tv_sec = mtime_ns / 1'000'000'000;
+    times[1].tv_nsec = mtime_ns % 1'000'000'000;
+    if (times[1].tv_nsec < 0) {
+        times[1].tv_nsec += 1'000'000'000;
+        times[1].tv_sec -= 1;
+    }
+    if (::futimens(fd, times) != 0) {
+        return last_error();
+    }
+    return {};
+}
+
+std::error_code dest_tree::sync_all() {
+    if (::syncfs(root_fd_) != 0) {
+        return last_error();
+    }
+    return {};
+}
+
+}  // namespace ferry

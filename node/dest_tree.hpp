@@ -1,0 +1,82 @@
+// dest_tree: the receiver's view of its destination folder, safe against hostile paths.
+//
+// Every path is resolved component by component with openat(O_NOFOLLOW) from the root
+// folder's fd, so a symlink anywhere under the root (planted before or during the
+// transfer) is never followed and nothing is created outside the root. Data goes into a
+// partial file beside the final name and is renamed into place only once verified.
+// Called from worker threads; the directory-fd cache is guarded by a mutex.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+
+namespace ferry {
+
+enum class dest_errc {
+    ok = 0,
+    exists = 1,        // the destination exists and overwrite was not asked for
+    not_a_dir = 2,     // a path component exists and is not a directory
+    symlink = 3,       // a path component or the target is a symlink
+    is_dir = 4,        // a file's destination is a directory
+};
+const std::error_category& dest_category() noexcept;
+inline std::error_code make_error_code(dest_errc e) noexcept { return {static_cast<int>(e), dest_category()}; }
+
+}  // namespace ferry
+
+template <>
+struct std::is_error_code_enum<ferry::dest_errc> : std::true_type {};
+
+namespace ferry {
+
+class dest_tree {
+public:
+    // Opens (creating if needed) the root folder. Throws std::system_error on failure.
+    explicit dest_tree(const std::filesystem::path& root);
+    ~dest_tree();
+    dest_tree(const dest_tree&) = delete;
+    dest_tree& operator=(const dest_tree&) = delete;
+
+    // mkdir -p of a wire path inside the root (no symlinks followed).
+    std::error_code make_dir(std::string_view wire_path);
+    // Checks that a file may be written at `wire_path` (parents are created).
+    std::error_code check_file(std::string_view wire_path, bool overwrite);
+    // Opens (creating) the partial file of `wire_path` for writing. Returns an fd or -1 (ec set).
+    int open_partial(std::string_view wire_path, std::error_code& ec);
+    // Makes the partial file final: size, mode, mtime, optional fsync, close, rename.
+    std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
+                             std::int64_t mtime_ns, bool fsync_file, bool overwrite);
+    // Sets a directory's mode and mtime (after its contents are written).
+    std::error_code finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
+    // Makes everything written under the root durable (one syncfs).
+    std::error_code sync_all();
+
+    const std::filesystem::path& root() const { return root_; }
+    static std::string partial_name(std::string_view name);
+
+private:
+    // A directory fd: cached (owned by the tree) or, once the cache is full, owned here.
+    struct dir_handle {
+        int fd = -1;
+        bool owned = false;
+        dir_handle() = default;
+        dir_handle(int f, bool o) : fd(f), owned(o) {}
+        dir_handle(dir_handle&& o) noexcept : fd(o.fd), owned(o.owned) { o.owned = false; }
+        dir_handle& operator=(dir_handle&&) = delete;
+        ~dir_handle();
+    };
+    // The directory `dir` (a wire path, "" = root), created if `create`.
+    dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec);
+
+    std::filesystem::path root_;
+    int root_fd_ = -1;
+    std::mutex mutex_;
+    std::unordered_map<std::string, int> dirs_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,298 @@
+#include "node/identity.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <pwd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <stdexcept>
+
+#include "transport/tls.hpp"
+
+namespace ferry {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Closes a file descriptor on scope exit.
+class unique_fd {
+  public:
+    explicit unique_fd(int fd) : fd_(fd) {}
+    unique_fd(const unique_fd&) = delete;
+    unique_fd& operator=(const unique_fd&) = delete;
+    ~unique_fd() {
+        if (fd_ >= 0) {
+            ::close(fd_);
+        }
+    }
+    int get() const { return fd_; }
+    // Closes now and reports the result (close can report a deferred write error).
+    int close() {
+        int rc = ::close(fd_);
+        fd_ = -1;
+        return rc;
+    }
+
+  private:
+    int fd_;
+};
+
+struct bio_deleter {
+    void operator()(BIO* b) const { BIO_free(b); }
+};
+struct pkey_deleter {
+    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct x509_deleter {
+    void operator()(X509* x) const { X509_free(x); }
+};
+
+[[noreturn]] void fail(const fs::path& path, std::string_view reason) {
+    throw std::runtime_error(fmt::format("{}: {}", path.string(), reason));
+}
+
+[[noreturn]] void fail_errno(const fs::path& path, std::string_view action, int err) {
+    throw std::runtime_error(fmt::format("{}: cannot {}: {}", path.string(), action, std::strerror(err)));
+}
+
+std::string env(const char* name) {
+    const char* value = std::getenv(name);
+    return value != nullptr ? std::string(value) : std::string();
+}
+
+// Best effort: the rename itself is already done; a failed folder fsync only weakens
+// durability across a power cut.
+void fsync_dir(const fs::path& dir) {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+    }
+}
+
+// Reads a whole file; nullopt if it does not exist. With `private_only`, refuses a file
+// that group or others can access (checked on the open descriptor, not the name).
+std::optional<std::string> read_file(const fs::path& path, bool private_only) {
+    int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (raw < 0) {
+        if (errno == ENOENT) {
+            return std::nullopt;
+        }
+        fail_errno(path, "open", errno);
+    }
+    unique_fd fd(raw);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) {
+        fail_errno(path, "stat", errno);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fail(path, "not a regular file");
+    }
+    if (private_only && (st.st_mode & 0077) != 0) {
+        fail(path, fmt::format("private key is accessible by group or others (mode {:04o}); "
+                               "run: chmod 600 {}",
+                               st.st_mode & 07777, path.string()));
+    }
+    std::string out;
+    std::array<char, 16 * 1024> buf{};
+    for (;;) {
+        ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            fail_errno(path, "read", errno);
+        }
+        if (n == 0) {
+            break;
+        }
+        out.append(buf.data(), static_cast<std::size_t>(n));
+    }
+    return out;
+}
+
+std::unique_ptr<EVP_PKEY, pkey_deleter> parse_key(const fs::path& path, const std::string& pem) {
+    std::unique_ptr<BIO, bio_deleter> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+    std::unique_ptr<EVP_PKEY, pkey_deleter> key;
+    if (bio) {
+        key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+    }
+    if (!key) {
+        fail(path, "not a valid unencrypted PEM private key (" + tls_error_string() + ")");
+    }
+    return key;
+}
+
+std::unique_ptr<X509, x509_deleter> parse_cert(const fs::path& path, const std::string& pem) {
+    std::unique_ptr<BIO, bio_deleter> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+    std::unique_ptr<X509, x509_deleter> cert;
+    if (bio) {
+        cert.reset(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    }
+    if (!cert) {
+        fail(path, "not a valid PEM certificate (" + tls_error_string() + ")");
+    }
+    return cert;
+}
+
+std::string temp_suffix() {
+    static std::atomic<unsigned> counter{0};
+    std::random_device rd;
+    return fmt::format(".tmp-{}-{}-{:08x}", ::getpid(), counter.fetch_add(1), rd());
+}
+
+}  // namespace
+
+fs::path resolve_state_dir(const std::optional<fs::path>& flag) {
+    if (flag && !flag->empty()) {
+        return fs::absolute(*flag);
+    }
+    if (std::string state = env("FERRY_STATE"); !state.empty()) {
+        return fs::absolute(state);
+    }
+    // The XDG spec says relative values are invalid and must be ignored.
+    if (std::string xdg = env("XDG_STATE_HOME"); !xdg.empty() && fs::path(xdg).is_absolute()) {
+        return fs::path(xdg) / "ferry";
+    }
+    std::string home = env("HOME");
+    if (home.empty()) {
+        if (const passwd* pw = ::getpwuid(::getuid()); pw != nullptr && pw->pw_dir != nullptr) {
+            home = pw->pw_dir;
+        }
+    }
+    if (home.empty()) {
+        throw std::runtime_error("cannot find the state folder: HOME is not set; use --state DIR or FERRY_STATE");
+    }
+    return fs::absolute(fs::path(home) / ".local" / "state" / "ferry");
+}
+
+void ensure_private_dir(const fs::path& dir) {
+    std::error_code ec;
+    if (fs::is_directory(dir, ec)) {
+        return;
+    }
+    if (fs::exists(dir, ec)) {
+        fail(dir, "exists and is not a folder");
+    }
+    if (dir.has_parent_path()) {
+        fs::create_directories(dir.parent_path(), ec);
+        if (ec) {
+            fail(dir.parent_path(), "cannot create folder: " + ec.message());
+        }
+    }
+    if (::mkdir(dir.c_str(), 0700) != 0) {
+        if (errno == EEXIST && fs::is_directory(dir, ec)) {
+            return;  // created concurrently
+        }
+        fail_errno(dir, "create folder", errno);
+    }
+    // mkdir applied the umask; make the mode exactly 0700 on the folder we just created.
+    if (::chmod(dir.c_str(), 0700) != 0) {
+        fail_errno(dir, "chmod", errno);
+    }
+}
+
+void write_private_file(const fs::path& path, std::string_view contents) {
+    fs::path tmp = path;
+    tmp += temp_suffix();
+    int raw = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (raw < 0) {
+        fail_errno(tmp, "create", errno);
+    }
+    unique_fd fd(raw);
+    auto give_up = [&](std::string_view action, int err) {
+        ::unlink(tmp.c_str());
+        fail_errno(tmp, action, err);
+    };
+    // The umask may have removed bits; the owner must be able to read the file back.
+    if (::fchmod(fd.get(), 0600) != 0) {
+        give_up("chmod", errno);
+    }
+    std::size_t done = 0;
+    while (done < contents.size()) {
+        ssize_t n = ::write(fd.get(), contents.data() + done, contents.size() - done);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            give_up("write", errno);
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    if (::fsync(fd.get()) != 0) {
+        give_up("fsync", errno);
+    }
+    if (fd.close() != 0) {
+        give_up("close", errno);
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        int err = errno;
+        ::unlink(tmp.c_str());
+        fail_errno(path, "rename into place", err);
+    }
+    fsync_dir(path.has_parent_path() ? path.parent_path() : fs::path("."));
+}
+
+identity load_or_create_identity(const fs::path& dir) {
+    ensure_private_dir(dir);
+
+    // Two commands run for the first time at once must not make two identities.
+    const fs::path lock_path = dir / "identity.lock";
+    int raw_lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (raw_lock < 0) {
+        fail_errno(lock_path, "open", errno);
+    }
+    unique_fd lock(raw_lock);
+    while (::flock(lock.get(), LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            fail_errno(lock_path, "lock", errno);
+        }
+    }
+
+    const fs::path key_path = dir / "key.pem";
+    const fs::path cert_path = dir / "cert.pem";
+    std::optional<std::string> key_pem = read_file(key_path, true);
+    std::optional<std::string> cert_pem = read_file(cert_path, false);
+
+    identity out;
+    if (!key_pem) {
+        if (cert_pem) {
+            fail(key_path, "missing while cert.pem exists; the node's identity is lost. Remove " + cert_path.string() +
+                               " to create a new identity");
+        }
+        out.creds = generate_credentials();
+        // Key first: if we stop in between, the next run rebuilds cert.pem from it.
+        write_private_file(key_path, out.creds.key_pem);
+        write_private_file(cert_path, out.creds.cert_pem);
+    } else if (!cert_pem) {
+        auto key = parse_key(key_path, *key_pem);
+        out.creds = credentials_for_key(key.get());
+        out.creds.key_pem = *key_pem;
+        write_private_file(cert_path, out.creds.cert_pem);
+    } else {
+        out.creds = tls_credentials{*cert_pem, *key_pem};
+    }
+
+    auto key = parse_key(key_path, out.creds.key_pem);
+    auto cert = parse_cert(cert_path, out.creds.cert_pem);
+    if (X509_check_private_key(cert.get(), key.get()) != 1) {
+        ERR_clear_error();
+        fail(cert_path, "does not match " + key_path.string());
+    }
+    out.id = node_id_from_pubkey(key.get());
+    return out;
+}
+
+}  // namespace ferry

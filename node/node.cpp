@@ -1,0 +1,121 @@
+#include "node/node.hpp"
+
+#include <sys/resource.h>
+
+#include "node/identity.hpp"
+#include "transport/identity.hpp"
+
+namespace ferry {
+
+namespace {
+
+// Many small files in flight each hold an fd for a moment: lift the soft limit to the hard one.
+void raise_fd_limit() {
+    struct rlimit rl {};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+// Chunk buffers per node: enough for 16 connections' read-ahead and a receiver's
+// write-behind, a hard cap on the memory of chunk data in flight (~66 MiB worst case).
+constexpr std::size_t pool_buffers = 256;
+
+}  // namespace
+
+node::node(asio::io_context& io, node_config config, node_events events) : acceptor_(io) {
+    raise_fd_limit();
+    identity ident = load_or_create_identity(config.state_dir);
+    trust_store trust = trust_store::load(config.state_dir);
+    std::size_t workers = config.workers;
+    ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
+                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size)});
+    if (!ctx_->config.plaintext) {
+        ctx_->tls_client = std::make_unique<tls_context>(ident.creds, tls_role::client);
+        ctx_->tls_server = std::make_unique<tls_context>(ident.creds, tls_role::server);
+    }
+    peers_ = std::make_unique<peer_manager>(*ctx_);
+}
+
+node::~node() {
+    stop("node shutting down");
+}
+
+std::string node::listen_address() const {
+    std::error_code ec;
+    auto ep = acceptor_.local_endpoint(ec);
+    return ec ? std::string() : format_endpoint(ep);
+}
+
+std::error_code node::listen(std::string& error) {
+    std::string host;
+    std::string port;
+    if (!split_host_port(ctx_->config.listen, host, port)) {
+        error = "bad listen address \"" + ctx_->config.listen + "\" (expected HOST:PORT or [V6]:PORT)";
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    std::error_code ec;
+    asio::ip::tcp::resolver resolver(ctx_->io);
+    auto results = resolver.resolve(host, port, asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
+    if (ec || results.empty()) {
+        error = "cannot resolve listen address " + ctx_->config.listen + ": " + ec.message();
+        return ec ? ec : std::make_error_code(std::errc::invalid_argument);
+    }
+    asio::ip::tcp::endpoint ep = results.begin()->endpoint();
+    acceptor_.open(ep.protocol(), ec);
+    if (!ec) {
+        acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+        acceptor_.bind(ep, ec);
+    }
+    if (!ec) {
+        acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    }
+    if (ec) {
+        error = "cannot listen on " + ctx_->config.listen + ": " + ec.message();
+        std::error_code ignored;
+        acceptor_.close(ignored);
+        return ec;
+    }
+    if (ctx_->events.listening) {
+        ctx_->events.listening(listen_address(), ctx_->id);
+    }
+    accept_next();
+    return {};
+}
+
+void node::accept_next() {
+    acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket socket) {
+        if (stopped_ || !acceptor_.is_open()) {
+            return;
+        }
+        if (!ec) {
+            peers_->on_accepted(std::move(socket));
+        } else if (ec != asio::error::operation_aborted) {
+            ctx_->log("accept failed: " + ec.message());
+        }
+        accept_next();
+    });
+}
+
+void node::send(source_tree sources, send_target target, send_options options,
+                std::function<void(const transfer_report&)> done) {
+    auto s = std::make_shared<send_session>(*ctx_, std::move(sources), std::move(target), options, std::move(done));
+    sends_.push_back(s);
+    s->start();
+}
+
+void node::stop(const std::string& why) {
+    if (stopped_) {
+        return;
+    }
+    stopped_ = true;
+    std::error_code ignored;
+    acceptor_.close(ignored);
+    peers_->stop(why);
+    for (auto& s : sends_) {
+        s->cancel(why);
+    }
+}
+
+}  // namespace ferry

@@ -1,0 +1,46 @@
+// node: one ferry node. Owns the loop-side state (peer manager, sessions), the worker
+// pool and the buffer pool; the caller owns the io_context and runs it on one thread.
+//
+// Construction loads (or creates) the identity and the trust list and throws
+// std::runtime_error with a clear message when that fails.
+#pragma once
+
+#include <asio.hpp>
+#include <memory>
+#include <string>
+
+#include "node/context.hpp"
+#include "node/peer_manager.hpp"
+#include "node/send_session.hpp"
+#include "node/source_tree.hpp"
+
+namespace ferry {
+
+class node {
+public:
+    node(asio::io_context& io, node_config config, node_events events);
+    ~node();
+
+    // Binds the listen address and starts accepting. Fires events.listening.
+    std::error_code listen(std::string& error);
+    // Starts an outgoing transfer; `done` runs on the loop thread.
+    void send(source_tree sources, send_target target, send_options options,
+              std::function<void(const transfer_report&)> done);
+    // Stops accepting and ends every session (partial files are kept).
+    void stop(const std::string& why);
+
+    const std::string& id() const { return ctx_->id; }
+    node_context& context() { return *ctx_; }
+    std::string listen_address() const;
+
+private:
+    void accept_next();
+
+    std::unique_ptr<node_context> ctx_;
+    std::unique_ptr<peer_manager> peers_;
+    asio::ip::tcp::acceptor acceptor_;
+    std::vector<std::shared_ptr<send_session>> sends_;
+    bool stopped_ = false;
+};
+
+}  // namespace ferry

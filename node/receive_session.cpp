@@ -1,0 +1,534 @@
+#include "node/receive_session.hpp"
+
+#include <fcntl.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "protocol/digest.hpp"
+#include "protocol/path.hpp"
+
+namespace ferry {
+
+namespace {
+
+// Files at least this large are fsynced on the worker pool when they complete; smaller
+// ones are made durable together by one syncfs at the end of the transfer.
+constexpr std::uint64_t fsync_own_threshold = 16 * 1024 * 1024;
+
+std::string short_id(const std::string& id) { return id.substr(0, 8); }
+
+}  // namespace
+
+receive_session::sink_file::~sink_file() {
+    if (fd >= 0) {
+        ::close(fd);
+    }
+}
+
+receive_session::receive_session(node_context& ctx, std::string peer_id, std::string session_id,
+                                 std::function<void(receive_session&)> on_end)
+    : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
+      start_(std::chrono::steady_clock::now()) {}
+
+receive_session::~receive_session() = default;
+
+void receive_session::add_connection(std::shared_ptr<connection> c, const wire::Hello& hello) {
+    std::uint32_t count = std::clamp<std::uint32_t>(hello.conn_count(), 1, max_connections);
+    if (conns_.empty()) {
+        conns_.resize(count);
+        acks_.resize(count);
+        peer_address_ = c->stream().remote();
+    }
+    std::uint32_t idx = hello.conn_index();
+    if (idx >= conns_.size() || conns_[idx]) {
+        wire::Header h;
+        h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
+        h.mutable_error()->set_message("bad connection index");
+        c->send(h);
+        c->close_after_flush(protocol_errc::unexpected_message);
+        return;
+    }
+    c->index = idx;
+    c->set_handler(this);
+    conns_[idx] = c;
+    ++open_conns_;
+    wire::Header h;
+    wire::Hello* reply = h.mutable_hello();
+    reply->set_version(protocol_version);
+    reply->set_session_id(session_id_);
+    reply->set_conn_index(idx);
+    reply->set_conn_count(static_cast<std::uint32_t>(conns_.size()));
+    reply->set_plaintext(!c->stream().is_tls());
+    reply->set_agent("ferry/0.1");
+    c->send(h);
+    if (idx == 0 && ctx_.events.connected) {
+        ctx_.events.connected(peer_id_, peer_address_, static_cast<std::uint32_t>(conns_.size()));
+    }
+}
+
+void receive_session::send_control(wire::Header& h) {
+    if (!conns_.empty() && conns_[0] && !conns_[0]->closed()) {
+        conns_[0]->send(h);
+    }
+}
+
+void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffer payload) {
+    if (failed_) {
+        return;
+    }
+    switch (header.body_case()) {
+        case wire::Header::kChunk: on_chunk(c, header.chunk(), std::move(payload)); return;
+        case wire::Header::kOffer:
+            if (c.index != 0) {
+                break;
+            }
+            on_offer(header.offer());
+            return;
+        case wire::Header::kFileDone:
+            if (c.index != 0) {
+                break;
+            }
+            on_file_done(header.file_done());
+            return;
+        case wire::Header::kPing: {
+            wire::Header h;
+            h.mutable_pong()->set_nonce(header.ping().nonce());
+            c.send(h);
+            return;
+        }
+        case wire::Header::kError:
+            fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "sender stopped: " + header.error().message());
+            return;
+        default: break;
+    }
+    fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+         "protocol error from " + short_id(peer_id_) + ": unexpected message");
+}
+
+void receive_session::on_offer(const wire::Offer& offer) {
+    std::vector<file_id> ids;
+    if (std::error_code ec = machine_.on_offer(offer, ids)) {
+        std::string what = ec.message();
+        for (const wire::Entry& e : offer.entries()) {
+            if (check_wire_path(e.path())) {
+                what += ": \"" + e.path() + "\"";
+                break;
+            }
+        }
+        fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused transfer: " + what);
+        return;
+    }
+    overwrite_ = ctx_.config.overwrite || machine_.options().overwrite;
+    offers_.emplace_back(std::move(ids), offer.total_bytes());
+    next_offer();
+}
+
+void receive_session::next_offer() {
+    if (offer_busy_ || offers_.empty() || failed_) {
+        return;
+    }
+    offer_busy_ = true;
+    auto [ids, total_bytes] = std::move(offers_.front());
+    offers_.pop_front();
+    struct item {
+        file_id id;
+        std::string path;
+        bool is_dir;
+    };
+    std::vector<item> items;
+    items.reserve(ids.size());
+    for (file_id id : ids) {
+        const entry_info& e = machine_.entry(id);
+        items.push_back({id, e.path, e.is_dir});
+    }
+    bool first = !tree_;
+    auto tree = tree_;
+    std::filesystem::path root = ctx_.config.inbox;
+    bool overwrite = overwrite_;
+    std::uint64_t need = total_bytes;
+    ctx_.workers.post([self = shared_from_this(), items = std::move(items), tree, root, first, overwrite, need]() mutable {
+        std::string error;
+        exit_code code = exit_code::transfer_failed;
+        std::vector<receiver_machine::decision> decisions;
+        try {
+            if (!tree) {
+                tree = std::make_shared<dest_tree>(root);
+            }
+        } catch (const std::system_error& e) {
+            error = e.what();
+            code = exit_code::local_io;
+        }
+        if (error.empty() && first) {
+            struct statvfs vfs {};
+            if (::statvfs(root.c_str(), &vfs) == 0) {
+                std::uint64_t avail = std::uint64_t{vfs.f_bavail} * vfs.f_frsize;
+                if (avail < need) {
+                    error = "not enough space in " + root.string() + ": transfer needs " + std::to_string(need) +
+                            " bytes, " + std::to_string(avail) + " available";
+                    code = exit_code::local_io;
+                }
+            }
+        }
+        for (const item& it : items) {
+            if (!error.empty()) {
+                break;
+            }
+            std::error_code ec = it.is_dir ? tree->make_dir(it.path) : tree->check_file(it.path, overwrite);
+            if (ec) {
+                error = it.path + ": " + ec.message();
+                code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
+                break;
+            }
+            decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}});
+        }
+        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code] {
+            self->offer_busy_ = false;
+            if (self->failed_) {
+                return;
+            }
+            self->tree_ = tree;
+            if (!error.empty()) {
+                self->fail(code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_REFUSED, code,
+                           "refused transfer: " + error);
+                return;
+            }
+            wire::Header h;
+            *h.mutable_accept() = self->machine_.accept(decisions);
+            for (const auto& d : decisions) {
+                if (self->sinks_.size() <= d.id.value) {
+                    self->sinks_.resize(d.id.value + 1);
+                }
+                if (!self->machine_.entry(d.id).is_dir) {
+                    self->sinks_[d.id.value] = std::make_shared<sink_file>();
+                }
+            }
+            self->send_control(h);
+            self->check_all_done();
+            self->next_offer();
+        });
+    });
+}
+
+void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload) {
+    std::uint32_t len = static_cast<std::uint32_t>(payload.size());
+    if (std::error_code ec = machine_.on_chunk(chunk, len); ec || chunk.codec() != wire::CODEC_RAW) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + short_id(peer_id_) + ": " + (ec ? ec.message() : "unsupported codec"));
+        return;
+    }
+    file_id f{chunk.file_id()};
+    chunk_index idx{chunk.index()};
+    std::uint32_t conn = c.index;
+    if (machine_.has_chunk(f, idx)) {
+        queue_ack(conn, chunk_key(f, idx));  // a duplicate after a requeue: confirm again
+        return;
+    }
+    ++writes_;
+    auto sink = sinks_.at(f.value);
+    auto tree = tree_;
+    std::string path = machine_.entry(f).path;
+    digest128 expect{chunk.hash_lo(), chunk.hash_hi()};
+    std::uint64_t offset = std::uint64_t{idx.value} * chunk_size;
+    ctx_.workers.post([self = shared_from_this(), sink, tree, path = std::move(path), expect, offset, f, idx, conn,
+                       payload = std::move(payload)]() mutable {
+        digest128 got = hash_chunk(payload.span());
+        std::error_code ec;
+        bool mismatch = got != expect;
+        if (!mismatch) {
+            int fd;
+            {
+                std::lock_guard lock(sink->mutex);
+                if (sink->fd < 0) {
+                    sink->fd = tree->open_partial(path, ec);
+                }
+                fd = sink->fd;
+            }
+            std::size_t done = 0;
+            while (!ec && done < payload.size()) {
+                ssize_t n = ::pwrite(fd, payload.data() + done, payload.size() - done,
+                                     static_cast<off_t>(offset + done));
+                if (n < 0) {
+                    if (errno == EINTR) {
+                        continue;
+                    }
+                    ec = std::error_code(errno, std::system_category());
+                } else {
+                    done += static_cast<std::size_t>(n);
+                }
+            }
+        }
+        payload.reset();
+        asio::post(self->ctx_.io, [self, f, idx, conn, got, mismatch, ec, path] {
+            --self->writes_;
+            if (self->failed_) {
+                return;
+            }
+            if (mismatch) {
+                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed,
+                           path + ": chunk " + std::to_string(idx.value) + " failed its hash check");
+                return;
+            }
+            if (ec) {
+                self->fail(wire::ERROR_IO, exit_code::local_io, "write failed: " + path + ": " + ec.message());
+                return;
+            }
+            bool complete = self->machine_.on_chunk_written(f, idx, got);
+            self->queue_ack(conn, chunk_key(f, idx));
+            if (complete) {
+                self->try_finalize(f);
+            }
+        });
+    });
+}
+
+void receive_session::on_file_done(const wire::FileDone& done) {
+    if (std::error_code ec = machine_.on_file_done(done)) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + short_id(peer_id_) + ": " + ec.message());
+        return;
+    }
+    try_finalize(file_id{done.file_id()});
+}
+
+void receive_session::try_finalize(file_id f) {
+    bool ok = false;
+    if (!machine_.ready(f, ok)) {
+        return;
+    }
+    const entry_info& e = machine_.entry(f);
+    if (!ok) {
+        fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, e.path + ": file digest mismatch");
+        return;
+    }
+    machine_.on_file_finished(f);  // no second finalize for this file
+    ++finalizing_;
+    bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each || e.size >= fsync_own_threshold;
+    if (!fsync_now) {
+        need_syncfs_ = true;
+    }
+    auto sink = sinks_.at(f.value);
+    ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, e, f, fsync_now, overwrite = overwrite_] {
+        std::error_code ec;
+        int fd;
+        {
+            std::lock_guard lock(sink->mutex);
+            if (sink->fd < 0) {
+                sink->fd = tree->open_partial(e.path, ec);  // an empty file has no chunk write
+            }
+            fd = sink->fd;
+            sink->fd = -1;
+        }
+        if (!ec) {
+            ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, fsync_now, overwrite);
+        }
+        asio::post(self->ctx_.io, [self, f, ec, path = e.path] {
+            --self->finalizing_;
+            if (self->failed_) {
+                return;
+            }
+            wire::Header h;
+            wire::FileResult* r = h.mutable_file_result();
+            r->set_file_id(f.value);
+            r->set_ok(!ec);
+            if (ec) {
+                r->set_error(ec.message());
+                self->send_control(h);
+                bool local = ec.category() == std::system_category();
+                self->fail(local ? wire::ERROR_IO : wire::ERROR_REFUSED,
+                           local ? exit_code::local_io : exit_code::transfer_failed, path + ": " + ec.message());
+                return;
+            }
+            self->send_control(h);
+            self->check_all_done();
+        });
+    });
+}
+
+void receive_session::check_all_done() {
+    if (done_sent_ || failed_ || !machine_.all_finished() || finalizing_ > 0 || offer_busy_ || !offers_.empty()) {
+        return;
+    }
+    done_sent_ = true;
+    flush_acks();
+    // Directory modes and mtimes last (deepest first), then durability, then success.
+    std::vector<entry_info> dirs;
+    for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
+        if (machine_.entry(file_id{i}).is_dir) {
+            dirs.push_back(machine_.entry(file_id{i}));
+        }
+    }
+    std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
+        return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
+    });
+    ctx_.workers.post([self = shared_from_this(), tree = tree_, dirs = std::move(dirs), syncfs = need_syncfs_] {
+        std::error_code ec;
+        for (const entry_info& d : dirs) {
+            if (tree && (ec = tree->finish_dir(d.path, d.mode, d.mtime_ns))) {
+                break;
+            }
+        }
+        if (!ec && tree && syncfs) {
+            ec = tree->sync_all();
+        }
+        asio::post(self->ctx_.io, [self, ec] {
+            if (self->failed_) {
+                return;
+            }
+            if (ec) {
+                self->fail(wire::ERROR_IO, exit_code::local_io, "could not finish the transfer: " + ec.message());
+                return;
+            }
+            wire::Header h;
+            wire::TransferResult* r = h.mutable_transfer_result();
+            r->set_transfer_id(self->machine_.transfer_id());
+            r->set_ok(true);
+            r->set_files(self->machine_.total_files());
+            r->set_bytes(self->machine_.received_bytes());
+            self->send_control(h);
+            self->finish_report(true, exit_code::ok, "");
+        });
+    });
+}
+
+void receive_session::queue_ack(std::uint32_t conn, std::uint64_t key) {
+    if (conn >= acks_.size()) {
+        return;
+    }
+    acks_[conn].push_back(key);
+    if (!ack_flush_posted_) {
+        ack_flush_posted_ = true;
+        asio::post(ctx_.io, [self = shared_from_this()] { self->flush_acks(); });
+    }
+}
+
+void receive_session::flush_acks() {
+    ack_flush_posted_ = false;
+    for (std::size_t i = 0; i < acks_.size(); ++i) {
+        if (acks_[i].empty()) {
+            continue;
+        }
+        if (conns_[i] && !conns_[i]->closed()) {
+            wire::Header h;
+            auto* a = h.mutable_chunk_ack();
+            a->mutable_chunks()->Add(acks_[i].begin(), acks_[i].end());
+            conns_[i]->send(h);
+        }
+        acks_[i].clear();
+    }
+}
+
+std::uint64_t receive_session::wire_sent() const {
+    std::uint64_t n = wire_sent_closed_;
+    for (const auto& c : conns_) {
+        if (c && !c->closed()) {
+            n += c->stream().wire_sent();
+        }
+    }
+    return n;
+}
+
+std::uint64_t receive_session::wire_received() const {
+    std::uint64_t n = wire_received_closed_;
+    for (const auto& c : conns_) {
+        if (c && !c->closed()) {
+            n += c->stream().wire_received();
+        }
+    }
+    return n;
+}
+
+void receive_session::finish_report(bool ok, exit_code code, const std::string& error) {
+    if (reported_) {
+        return;
+    }
+    reported_ = true;
+    transfer_report r;
+    r.ok = ok;
+    r.code = code;
+    r.error = error;
+    r.peer_id = peer_id_;
+    r.peer_address = peer_address_;
+    r.files = ok ? machine_.total_files() : 0;
+    r.total_files = machine_.total_files();
+    r.payload_bytes = machine_.received_bytes();
+    r.total_bytes = machine_.total_bytes();
+    r.wire_sent = wire_sent();
+    r.wire_received = wire_received();
+    r.elapsed_s = seconds_since(start_);
+    r.connections = static_cast<std::uint32_t>(conns_.size());
+    if (ctx_.events.transfer_done) {
+        ctx_.events.transfer_done(r);
+    }
+}
+
+void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::string& message) {
+    if (failed_ || done_sent_) {
+        if (!failed_ && !reported_) {
+            finish_report(false, exit, message);
+        }
+        return;
+    }
+    failed_ = true;
+    ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);
+    wire::Header h;
+    h.mutable_error()->set_code(code);
+    h.mutable_error()->set_message(message);
+    for (auto& c : conns_) {
+        if (!c || c->closed()) {
+            continue;
+        }
+        if (c->index == 0) {
+            c->send(h);
+            c->close_after_flush(protocol_errc::peer_error);
+        } else {
+            c->close();
+        }
+    }
+    finish_report(false, exit, message);
+}
+
+void receive_session::stop(const std::string& why) {
+    if (!done_sent_) {
+        fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, why);
+    }
+    for (auto& c : conns_) {
+        if (c && !c->closed()) {
+            c->close();
+        }
+    }
+}
+
+void receive_session::on_closed(connection& c, std::error_code ec) {
+    wire_sent_closed_ += c.stream().wire_sent();
+    wire_received_closed_ += c.stream().wire_received();
+    if (open_conns_ > 0) {
+        --open_conns_;
+    }
+    if (!done_sent_ && !failed_) {
+        // Any lost connection ends an unfinished transfer (partial files stay for resume).
+        std::string why = ec && ec != transport_errc::closed ? ec.message() : "connection closed by sender";
+        fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why);
+    }
+    for (auto& other : conns_) {
+        if (other && !other->closed() && open_conns_ > 0 && failed_) {
+            other->close();
+        }
+    }
+    if (open_conns_ == 0 && !ended_) {
+        ended_ = true;
+        if (!reported_) {
+            finish_report(done_sent_, done_sent_ ? exit_code::ok : exit_code::transfer_failed, "connection lost");
+        }
+        for (auto& x : conns_) {
+            if (x) {
+                x->set_handler(nullptr);
+            }
+        }
+        auto self = shared_from_this();
+        asio::post(ctx_.io, [self] { self->on_end_(*self); });
+    }
+}
+
+}  // namespace ferry

@@ -1,0 +1,92 @@
+// receive_session: one incoming peer session (N connections) and the transfer it carries.
+//
+// Loop thread only. Drives the sans-IO receiver_machine: Offer batches are checked
+// against the destination on the worker pool (in order), chunks are verified (XXH3-128)
+// and written there, and every result is posted back here, where acks are batched per
+// connection and files are finalized (renamed into place) once their digest matches.
+// The session ends when every connection has closed; then on_end is called.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "node/context.hpp"
+#include "node/dest_tree.hpp"
+#include "protocol/transfer.hpp"
+#include "transport/connection.hpp"
+
+namespace ferry {
+
+class receive_session : public connection_handler, public std::enable_shared_from_this<receive_session> {
+public:
+    receive_session(node_context& ctx, std::string peer_id, std::string session_id,
+                    std::function<void(receive_session&)> on_end);
+    ~receive_session() override;
+
+    // A connection whose Hello named this session. Replies with our Hello.
+    void add_connection(std::shared_ptr<connection> c, const wire::Hello& hello);
+    // Stops the session (node shutdown): partial files are kept.
+    void stop(const std::string& why);
+
+    const std::string& session_id() const { return session_id_; }
+    const std::string& peer_id() const { return peer_id_; }
+
+    void on_frame(connection& c, wire::Header& header, pooled_buffer payload) override;
+    void on_send_ready(connection& c) override {}
+    void on_closed(connection& c, std::error_code ec) override;
+
+private:
+    // Per-file write state shared with worker tasks.
+    struct sink_file {
+        std::mutex mutex;
+        int fd = -1;
+        ~sink_file();
+    };
+
+    void on_offer(const wire::Offer& offer);
+    void next_offer();
+    void on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload);
+    void on_file_done(const wire::FileDone& done);
+    void try_finalize(file_id f);
+    void check_all_done();
+    void queue_ack(std::uint32_t conn, std::uint64_t key);
+    void flush_acks();
+    void fail(wire::ErrorCode code, exit_code exit, const std::string& message);
+    void send_control(wire::Header& h);
+    void finish_report(bool ok, exit_code code, const std::string& error);
+    std::uint64_t wire_sent() const;
+    std::uint64_t wire_received() const;
+
+    node_context& ctx_;
+    std::string peer_id_;
+    std::string session_id_;
+    std::function<void(receive_session&)> on_end_;
+    std::vector<std::shared_ptr<connection>> conns_;
+    std::uint32_t open_conns_ = 0;
+    std::uint64_t wire_sent_closed_ = 0;
+    std::uint64_t wire_received_closed_ = 0;
+    std::string peer_address_;
+    receiver_machine machine_;
+    std::shared_ptr<dest_tree> tree_;
+    std::vector<std::shared_ptr<sink_file>> sinks_;
+    std::deque<std::pair<std::vector<file_id>, std::uint64_t>> offers_;  // ids, total_bytes
+    bool offer_busy_ = false;
+    std::vector<std::vector<std::uint64_t>> acks_;  // per connection
+    bool ack_flush_posted_ = false;
+    std::uint32_t finalizing_ = 0;
+    std::uint32_t writes_ = 0;
+    bool need_syncfs_ = false;
+    bool overwrite_ = false;
+    bool done_sent_ = false;
+    bool failed_ = false;
+    bool reported_ = false;
+    bool ended_ = false;
+    std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,443 @@
+#include "node/send_session.hpp"
+
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "protocol/digest.hpp"
+#include "transport/identity.hpp"
+
+namespace ferry {
+
+namespace {
+
+std::string random_bytes(std::size_t n) {
+    std::string s(n, '\0');
+    RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(n));
+    return s;
+}
+
+std::uint64_t random_u64() {
+    std::uint64_t v = 0;
+    RAND_bytes(reinterpret_cast<unsigned char*>(&v), sizeof(v));
+    return v;
+}
+
+}  // namespace
+
+send_session::source_file::~source_file() {
+    if (fd >= 0) {
+        ::close(fd);
+    }
+}
+
+send_session::send_session(node_context& ctx, source_tree sources, send_target target, send_options options,
+                           std::function<void(const transfer_report&)> done)
+    : ctx_(ctx), sources_(std::move(sources)), target_(std::move(target)), options_(options), done_(std::move(done)),
+      machine_(random_u64(), sources_.entries, transfer_options{options.overwrite, options.fsync_each}),
+      session_id_(random_bytes(16)) {
+    options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
+    conns_.resize(options_.connections);
+    files_.resize(sources_.entries.size());
+    for (std::size_t i = 0; i < files_.size(); ++i) {
+        if (!sources_.entries[i].is_dir && sources_.entries[i].size > 0) {
+            files_[i] = std::make_shared<source_file>();
+            files_[i]->reads_left = chunk_count(sources_.entries[i].size);
+        }
+    }
+}
+
+send_session::~send_session() = default;
+
+void send_session::start() {
+    start_ = std::chrono::steady_clock::now();
+    open_connection(0);
+}
+
+void send_session::open_connection(std::uint32_t index) {
+    connect_options opts;
+    opts.host = target_.host;
+    opts.port = target_.port;
+    opts.plaintext = ctx_.config.plaintext;
+    opts.tuning = ctx_.config.tuning;
+    auto check = std::make_unique<tls_peer_check>();
+    if (!target_.expected_id.empty()) {
+        std::string want = target_.expected_id;
+        check->allow = [want](const std::string& id) { return id == want; };
+    }
+    async_connect_stream(ctx_.io, ctx_.config.plaintext ? nullptr : ctx_.tls_client.get(), opts, std::move(check),
+                         [self = shared_from_this(), index](std::error_code ec, std::unique_ptr<byte_stream> stream) {
+                             if (self->finished_) {
+                                 return;
+                             }
+                             if (ec) {
+                                 std::string where = self->target_.host + ":" + self->target_.port;
+                                 if (ec == transport_errc::untrusted_peer) {
+                                     self->fail(exit_code::auth,
+                                                "receiver at " + where + " is not " +
+                                                    format_node_id(self->target_.expected_id) +
+                                                    " (its certificate has another ID)",
+                                                false);
+                                 } else if (index == 0) {
+                                     self->fail(exit_code::transfer_failed,
+                                                "cannot connect to " + where + ": " + ec.message(), false);
+                                 } else {
+                                     self->ctx_.log("connection " + std::to_string(index) + " to " + where +
+                                                    " failed: " + ec.message() + "; continuing with the others");
+                                 }
+                                 return;
+                             }
+                             self->on_connected(index, std::move(stream));
+                         });
+}
+
+void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream) {
+    auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
+    c->index = index;
+    conns_[index].conn = c;
+    c->start(this);
+    wire::Header h;
+    wire::Hello* hello = h.mutable_hello();
+    hello->set_version(protocol_version);
+    hello->set_session_id(session_id_);
+    hello->set_conn_index(index);
+    hello->set_conn_count(options_.connections);
+    hello->set_plaintext(ctx_.config.plaintext);
+    hello->set_agent("ferry/0.1");
+    c->send(h);
+    if (index > 0) {
+        conns_[index].ready = true;
+        pump(index);
+    }
+}
+
+void send_session::on_hello(connection& c, const wire::Hello& hello) {
+    if (hello.version() != protocol_version) {
+        fail(exit_code::transfer_failed,
+             "receiver speaks protocol version " + std::to_string(hello.version()) + ", this ferry speaks " +
+                 std::to_string(protocol_version) + " (upgrade the older side)");
+        return;
+    }
+    if (c.index != 0 || offers_sent_) {
+        return;
+    }
+    peer_id_ = c.stream().peer_id();
+    peer_address_ = c.stream().remote();
+    if (c.stream().is_tls() && target_.expected_id.empty() && !ctx_.trust.trusted(peer_id_)) {
+        ctx_.log("warning: receiver ID " + format_node_id(peer_id_) +
+                 " is not verified (pin it with ID@HOST:PORT or `ferry trust`)");
+    }
+    if (ctx_.events.connected) {
+        ctx_.events.connected(peer_id_, peer_address_, options_.connections);
+    }
+    offers_sent_ = true;
+    for (wire::Offer& o : machine_.make_offers()) {
+        wire::Header h;
+        *h.mutable_offer() = std::move(o);
+        c.send(h);
+    }
+    conns_[0].ready = true;
+    for (std::uint32_t i = 1; i < options_.connections; ++i) {
+        open_connection(i);
+    }
+}
+
+void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer payload) {
+    if (finished_) {
+        return;
+    }
+    conn_state& cs = conns_[c.index];
+    switch (header.body_case()) {
+        case wire::Header::kHello: on_hello(c, header.hello()); return;
+        case wire::Header::kAccept: {
+            std::vector<wire::FileDone> done_now;
+            if (std::error_code ec = machine_.on_accept(header.accept(), done_now)) {
+                fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
+                return;
+            }
+            for (wire::FileDone& d : done_now) {
+                wire::Header h;
+                *h.mutable_file_done() = std::move(d);
+                conns_[0].conn->send(h);
+            }
+            pump_all();
+            return;
+        }
+        case wire::Header::kChunkAck: {
+            for (std::uint64_t key : header.chunk_ack().chunks()) {
+                std::error_code ec;
+                machine_.on_ack(key, ec);
+                if (ec) {
+                    fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
+                    return;
+                }
+                cs.inflight.erase(key);
+            }
+            pump(c.index);
+            return;
+        }
+        case wire::Header::kFileResult:
+            if (std::error_code ec = machine_.on_file_result(header.file_result())) {
+                fail(exit_code::transfer_failed, "receiver failed: " + machine_.failure(), false);
+            }
+            return;
+        case wire::Header::kTransferResult:
+            if (std::error_code ec = machine_.on_transfer_result(header.transfer_result())) {
+                fail(exit_code::transfer_failed, "receiver failed: " + machine_.failure(), false);
+                return;
+            }
+            finish(true, exit_code::ok, "");
+            return;
+        case wire::Header::kError:
+            fail(exit_code::transfer_failed, "receiver: " + header.error().message(), false);
+            return;
+        case wire::Header::kPong: return;
+        default: break;
+    }
+    fail(exit_code::transfer_failed, "protocol error from receiver: unexpected message");
+}
+
+void send_session::on_send_ready(connection& c) { pump(c.index); }
+
+void send_session::pump_all() {
+    for (std::uint32_t i = 0; i < conns_.size(); ++i) {
+        pump(i);
+    }
+}
+
+void send_session::pump(std::uint32_t index) {
+    conn_state& cs = conns_[index];
+    while (!finished_ && !waiting_buffer_ && cs.ready && cs.conn && !cs.conn->closed()) {
+        if (cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading >= options_.read_ahead ||
+            cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
+            return;
+        }
+        std::optional<chunk_ref> ref = machine_.next_chunk();
+        if (!ref) {
+            return;
+        }
+        read_chunk(index, *ref);
+    }
+}
+
+void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
+    pooled_buffer buf = ctx_.buffers->acquire(ref.length);
+    if (!buf) {
+        machine_.requeue(ref);
+        waiting_buffer_ = true;
+        ctx_.buffers->notify_when_available([weak = weak_from_this()] {
+            if (auto self = weak.lock()) {
+                asio::post(self->ctx_.io, [self] {
+                    self->waiting_buffer_ = false;
+                    self->pump_all();
+                });
+            }
+        });
+        return;
+    }
+    conn_state& cs = conns_[index];
+    ++cs.reading;
+    auto file = files_.at(ref.file.value);
+    std::filesystem::path local = sources_.locals.at(ref.file.value);
+    std::uint64_t expect_size = sources_.entries.at(ref.file.value).size;
+    ctx_.workers.post([self = shared_from_this(), file, local, expect_size, ref, index,
+                       buf = std::move(buf)]() mutable {
+        std::error_code ec;
+        std::string what;
+        int fd;
+        {
+            std::lock_guard lock(file->mutex);
+            if (file->fd < 0) {
+                file->fd = ::open(local.c_str(), O_RDONLY | O_CLOEXEC);
+                struct stat st {};
+                if (file->fd < 0) {
+                    ec = std::error_code(errno, std::system_category());
+                } else if (::fstat(file->fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != expect_size) {
+                    ec = std::make_error_code(std::errc::invalid_argument);
+                    what = "file changed size since the transfer started";
+                } else if (expect_size > chunk_size) {
+                    ::posix_fadvise(file->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+                }
+            }
+            fd = file->fd;
+        }
+        std::size_t done = 0;
+        while (!ec && done < ref.length) {
+            ssize_t n = ::pread(fd, buf.data() + done, ref.length - done, static_cast<off_t>(ref.offset + done));
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n <= 0) {
+                ec = n < 0 ? std::error_code(errno, std::system_category())
+                           : std::make_error_code(std::errc::invalid_argument);
+                if (n == 0) {
+                    what = "file shrank during the transfer";
+                }
+                break;
+            }
+            done += static_cast<std::size_t>(n);
+        }
+        digest128 digest = ec ? digest128{} : hash_chunk(std::span<const std::uint8_t>(buf.data(), ref.length));
+        {
+            std::lock_guard lock(file->mutex);
+            if (file->reads_left > 0 && --file->reads_left == 0 && file->fd >= 0) {
+                ::close(file->fd);
+                file->fd = -1;
+            }
+        }
+        if (what.empty() && ec) {
+            what = ec.message();
+        }
+        asio::post(self->ctx_.io, [self, ref, index, digest, ec, what, local, buf = std::move(buf)]() mutable {
+            conn_state& cs = self->conns_[index];
+            --cs.reading;
+            if (self->finished_) {
+                return;
+            }
+            if (ec) {
+                self->fail(exit_code::local_io, "cannot read " + local.string() + ": " + what);
+                return;
+            }
+            if (auto done = self->machine_.on_chunk_hashed(ref, digest)) {
+                wire::Header h;
+                *h.mutable_file_done() = std::move(*done);
+                self->conns_[0].conn->send(h);
+            }
+            if (ref.send) {
+                if (!cs.conn || cs.conn->closed()) {
+                    self->machine_.requeue(ref);
+                    std::lock_guard lock(self->files_[ref.file.value]->mutex);
+                    ++self->files_[ref.file.value]->reads_left;
+                } else {
+                    wire::Header h;
+                    wire::Chunk* c = h.mutable_chunk();
+                    c->set_file_id(ref.file.value);
+                    c->set_index(ref.index.value);
+                    c->set_raw_len(ref.length);
+                    c->set_codec(wire::CODEC_RAW);
+                    c->set_hash_lo(digest.lo);
+                    c->set_hash_hi(digest.hi);
+                    cs.inflight.insert(chunk_key(ref.file, ref.index));
+                    cs.conn->send(h, std::move(buf), ref.length);
+                }
+            }
+            self->pump(index);
+        });
+    });
+}
+
+void send_session::requeue_inflight(conn_state& cs) {
+    for (std::uint64_t key : cs.inflight) {
+        file_id f = chunk_key_file(key);
+        chunk_index i = chunk_key_index(key);
+        chunk_ref ref;
+        ref.file = f;
+        ref.index = i;
+        ref.offset = std::uint64_t{i.value} * chunk_size;
+        ref.length = chunk_length(sources_.entries[f.value].size, i.value);
+        machine_.requeue(ref);
+        std::lock_guard lock(files_[f.value]->mutex);
+        ++files_[f.value]->reads_left;
+    }
+    cs.inflight.clear();
+}
+
+void send_session::on_closed(connection& c, std::error_code ec) {
+    wire_sent_closed_ += c.stream().wire_sent();
+    wire_received_closed_ += c.stream().wire_received();
+    conn_state& cs = conns_[c.index];
+    if (finished_) {
+        return;
+    }
+    if (c.index == 0) {
+        if (ec == transport_errc::peer_refused) {
+            fail(exit_code::auth,
+                 "receiver refused this node: its ID " + format_node_id(ctx_.id) +
+                     " is not trusted there (run `ferry trust " + format_node_id(ctx_.id) +
+                     "` on the receiver, or start it with --accept-from)",
+                 false);
+        } else if (ec == transport_errc::plaintext_mismatch) {
+            fail(exit_code::transfer_failed, ec.message(), false);
+        } else {
+            fail(exit_code::transfer_failed,
+                 "connection to receiver lost: " + (ec ? ec.message() : std::string("closed")), false);
+        }
+        return;
+    }
+    ctx_.log("connection " + std::to_string(c.index) + " lost (" + (ec ? ec.message() : "closed") +
+             "); its unconfirmed chunks go to the others");
+    requeue_inflight(cs);
+    pump_all();
+}
+
+std::uint64_t send_session::wire_sent() const {
+    std::uint64_t n = wire_sent_closed_;
+    for (const auto& cs : conns_) {
+        if (cs.conn && !cs.conn->closed()) {
+            n += cs.conn->stream().wire_sent();
+        }
+    }
+    return n;
+}
+
+std::uint64_t send_session::wire_received() const {
+    std::uint64_t n = wire_received_closed_;
+    for (const auto& cs : conns_) {
+        if (cs.conn && !cs.conn->closed()) {
+            n += cs.conn->stream().wire_received();
+        }
+    }
+    return n;
+}
+
+void send_session::fail(exit_code code, const std::string& message, bool tell_peer) {
+    if (finished_) {
+        return;
+    }
+    if (tell_peer && conns_[0].conn && !conns_[0].conn->closed()) {
+        wire::Header h;
+        h.mutable_error()->set_code(code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_PROTOCOL);
+        h.mutable_error()->set_message(message);
+        conns_[0].conn->send(h);
+    }
+    finish(false, code, message);
+}
+
+void send_session::cancel(const std::string& why) { fail(exit_code::transfer_failed, why); }
+
+void send_session::finish(bool ok, exit_code code, const std::string& error) {
+    if (finished_) {
+        return;
+    }
+    transfer_report r;
+    r.ok = ok;
+    r.code = code;
+    r.error = error;
+    r.peer_id = peer_id_;
+    r.peer_address = peer_address_;
+    r.files = machine_.files_done();
+    r.total_files = machine_.total_files();
+    r.payload_bytes = machine_.confirmed_bytes();
+    r.total_bytes = machine_.total_bytes();
+    r.elapsed_s = seconds_since(start_);
+    r.wire_sent = wire_sent();
+    r.wire_received = wire_received();
+    std::uint32_t used = 0;
+    for (const auto& cs : conns_) {
+        used += (cs.conn && cs.conn->counters().payload_sent > 0) ? 1 : 0;
+    }
+    r.connections = ok ? std::max<std::uint32_t>(used, 1) : used;
+    finished_ = true;
+    for (auto& cs : conns_) {
+        if (cs.conn && !cs.conn->closed()) {
+            cs.conn->close_after_flush();
+        }
+    }
+    if (done_) {
+        auto done = std::move(done_);
+        done(r);
+    }
+}
+
+}  // namespace ferry

@@ -1,0 +1,100 @@
+// send_session: one outgoing transfer over a session of N connections.
+//
+// Loop thread only. Opens connection 0 (TLS, the receiver's ID checked when given),
+// exchanges Hello, sends the Offer batches and opens the other connections. Chunks are
+// pulled, not pushed: whenever a connection has window room it takes the next chunk
+// from the sender_machine, a worker reads and hashes it into a pooled buffer, and the
+// result is queued on that connection as one gather write. The window counts chunks
+// sent but not yet confirmed by the receiver (ChunkAck), so a fast connection carries
+// more. Progress is only what the receiver confirmed.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "node/context.hpp"
+#include "node/source_tree.hpp"
+#include "protocol/transfer.hpp"
+#include "transport/connection.hpp"
+
+namespace ferry {
+
+struct send_target {
+    std::string host;
+    std::string port;
+    std::string expected_id;  // canonical; empty = any (a warning if not trusted)
+};
+
+struct send_options {
+    std::uint32_t connections = default_connections;
+    bool overwrite = false;
+    bool fsync_each = false;
+    std::uint32_t window_chunks = 16;  // unconfirmed chunks per connection
+    std::uint32_t read_ahead = 4;      // chunks being read or queued per connection
+};
+
+class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
+public:
+    send_session(node_context& ctx, source_tree sources, send_target target, send_options options,
+                 std::function<void(const transfer_report&)> done);
+    ~send_session() override;
+
+    void start();
+    void cancel(const std::string& why);
+
+    void on_frame(connection& c, wire::Header& header, pooled_buffer payload) override;
+    void on_send_ready(connection& c) override;
+    void on_closed(connection& c, std::error_code ec) override;
+
+private:
+    struct source_file {
+        std::mutex mutex;
+        int fd = -1;
+        std::uint64_t reads_left = 0;  // guarded by mutex; closes the fd at 0
+        ~source_file();
+    };
+    struct conn_state {
+        std::shared_ptr<connection> conn;
+        std::unordered_set<std::uint64_t> inflight;  // chunks sent, not yet confirmed
+        std::uint32_t reading = 0;
+        bool ready = false;  // Hello sent and the session accepted
+    };
+
+    void open_connection(std::uint32_t index);
+    void on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream);
+    void on_hello(connection& c, const wire::Hello& hello);
+    void pump(std::uint32_t index);
+    void pump_all();
+    void read_chunk(std::uint32_t index, chunk_ref ref);
+    void requeue_inflight(conn_state& cs);
+    void fail(exit_code code, const std::string& message, bool tell_peer = true);
+    void finish(bool ok, exit_code code, const std::string& error);
+    std::uint64_t wire_sent() const;
+    std::uint64_t wire_received() const;
+
+    node_context& ctx_;
+    source_tree sources_;
+    send_target target_;
+    send_options options_;
+    std::function<void(const transfer_report&)> done_;
+    sender_machine machine_;
+    std::string session_id_;
+    std::vector<conn_state> conns_;
+    std::vector<std::shared_ptr<source_file>> files_;
+    std::string peer_id_;
+    std::string peer_address_;
+    std::uint64_t wire_sent_closed_ = 0;
+    std::uint64_t wire_received_closed_ = 0;
+    bool offers_sent_ = false;
+    bool waiting_buffer_ = false;
+    bool finished_ = false;
+    std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,28 @@
+// source_tree: what `ferry send` was asked to send, scanned into a transfer's entries.
+//
+// Folders are walked recursively (relative paths kept, the folder's own name first,
+// empty files and folders included, symlinks skipped with a note); files are sent by
+// their base name. Called before the transfer starts; reading the file bytes happens
+// later on the worker pool.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "protocol/transfer.hpp"
+
+namespace ferry {
+
+struct source_tree {
+    std::vector<entry_info> entries;             // wire view, id = index
+    std::vector<std::filesystem::path> locals;   // local path of each entry
+    std::vector<std::string> skipped;            // notes on what was not sent (symlinks, specials)
+    std::uint64_t total_bytes = 0;
+};
+
+// Scans `paths`. On failure `error` names the path and the reason.
+std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error);
+
+}  // namespace ferry

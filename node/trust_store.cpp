@@ -1,0 +1,147 @@
+#include "node/trust_store.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+
+#include "node/identity.hpp"
+#include "transport/identity.hpp"
+
+namespace ferry {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* trust_file_name = "trusted.json";
+
+[[noreturn]] void corrupt(const fs::path& file, std::string_view reason) {
+    throw std::runtime_error(fmt::format(
+        "trust store {} is corrupt: {} (fix or remove the file, then trust peers again)", file.string(), reason));
+}
+
+}  // namespace
+
+trust_store trust_store::load(const fs::path& state_dir) {
+    trust_store store(state_dir / trust_file_name);
+    const fs::path& file = store.file_;
+
+    std::ifstream in(file, std::ios::binary);
+    if (!in) {
+        int err = errno;
+        std::error_code ec;
+        if (!fs::exists(file, ec) && !ec) {
+            return store;
+        }
+        throw std::runtime_error(fmt::format("cannot read trust store {}: {}", file.string(), std::strerror(err)));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) {
+        throw std::runtime_error(fmt::format("cannot read trust store {}", file.string()));
+    }
+
+    nlohmann::json doc;
+    try {
+        doc = nlohmann::json::parse(text.str());
+    } catch (const nlohmann::json::parse_error& e) {
+        corrupt(file, fmt::format("not valid JSON ({})", e.what()));
+    }
+    if (!doc.is_object() || !doc.contains("peers") || !doc["peers"].is_array()) {
+        corrupt(file, "expected an object with a \"peers\" array");
+    }
+    std::size_t index = 0;
+    for (const nlohmann::json& entry : doc["peers"]) {
+        if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_string()) {
+            corrupt(file, fmt::format("peer #{} has no \"id\" string", index));
+        }
+        std::optional<std::string> id = parse_node_id(entry["id"].get<std::string>());
+        if (!id) {
+            corrupt(file, fmt::format("peer #{} has an invalid node ID \"{}\"", index, entry["id"].get<std::string>()));
+        }
+        std::string name;
+        if (entry.contains("name") && !entry["name"].is_null()) {
+            if (!entry["name"].is_string()) {
+                corrupt(file, fmt::format("peer #{} has a \"name\" that is not a string", index));
+            }
+            name = entry["name"].get<std::string>();
+        }
+        if (store.find_id(*id)) {
+            corrupt(file, fmt::format("node ID {} is listed twice", format_node_id(*id)));
+        }
+        if (!name.empty() && store.find_name(name)) {
+            corrupt(file, fmt::format("name \"{}\" is used by two peers", name));
+        }
+        store.peers_.push_back(trusted_peer{std::move(*id), std::move(name)});
+        ++index;
+    }
+    return store;
+}
+
+bool trust_store::add(const std::string& id, const std::string& name) {
+    std::optional<std::string> canonical = parse_node_id(id);
+    if (!canonical) {
+        throw std::invalid_argument("trust_store::add: not a node ID: " + id);
+    }
+    if (!name.empty()) {
+        auto other = std::find_if(peers_.begin(), peers_.end(),
+                                  [&](const trusted_peer& p) { return p.name == name && p.id != *canonical; });
+        if (other != peers_.end()) {
+            return false;
+        }
+    }
+    auto same = std::find_if(peers_.begin(), peers_.end(), [&](const trusted_peer& p) { return p.id == *canonical; });
+    if (same != peers_.end()) {
+        same->name = name;
+    } else {
+        peers_.push_back(trusted_peer{std::move(*canonical), name});
+    }
+    return true;
+}
+
+void trust_store::save() const {
+    nlohmann::json peers = nlohmann::json::array();
+    for (const trusted_peer& p : peers_) {
+        peers.push_back({{"id", p.id}, {"name", p.name}});
+    }
+    nlohmann::json doc = {{"peers", std::move(peers)}};
+    if (file_.has_parent_path()) {
+        ensure_private_dir(file_.parent_path());
+    }
+    // Replace, not throw, on a name that is not valid UTF-8.
+    write_private_file(file_, doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+}
+
+bool trust_store::trusted(std::string_view id) const { return find_id(id).has_value(); }
+
+std::optional<trusted_peer> trust_store::find_name(std::string_view name) const {
+    if (name.empty()) {
+        return std::nullopt;
+    }
+    for (const trusted_peer& p : peers_) {
+        if (p.name == name) {
+            return p;
+        }
+    }
+    return std::nullopt;
+}
+
+std::optional<trusted_peer> trust_store::find_id(std::string_view id) const {
+    std::optional<std::string> canonical = parse_node_id(id);
+    if (!canonical) {
+        return std::nullopt;
+    }
+    for (const trusted_peer& p : peers_) {
+        if (p.id == *canonical) {
+            return p;
+        }
+    }
+    return std::nullopt;
+}
+
+}  // namespace ferry

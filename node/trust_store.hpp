@@ -1,0 +1,56 @@
+// The peers this node trusts: canonical node IDs with optional names, kept in
+// <state>/trusted.json as {"peers":[{"id":"...","name":"..."}]}.
+//
+// A plain value: no locking. The node keeps one on its loop thread; one-shot commands
+// (ferry trust) load, change, save and exit. save() replaces the file atomically
+// (0600 temp file + rename), so a reader never sees a half-written file.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ferry {
+
+struct trusted_peer {
+    std::string id;    // canonical node ID
+    std::string name;  // may be empty
+};
+
+class trust_store {
+  public:
+    // Reads state_dir/trusted.json if present (a missing file is an empty store). Throws
+    // std::runtime_error naming the file if it cannot be read or is corrupt (not JSON,
+    // wrong shape, an invalid ID, a duplicate ID or name).
+    static trust_store load(const std::filesystem::path& state_dir);
+
+    // Adds or updates a peer; the same ID with a new name replaces the name (an empty
+    // name keeps none). Returns false, changing nothing, if `name` is non-empty and
+    // already used by another ID. `id` may be canonical or grouped; throws
+    // std::invalid_argument if it is not a node ID.
+    bool add(const std::string& id, const std::string& name);
+
+    // Writes state_dir/trusted.json atomically (creating state_dir 0700 if needed).
+    // Throws std::runtime_error on failure.
+    void save() const;
+
+    // Lookups by ID accept the canonical or grouped form.
+    bool trusted(std::string_view id) const;
+    std::optional<trusted_peer> find_name(std::string_view name) const;
+    std::optional<trusted_peer> find_id(std::string_view id) const;
+
+    // In insertion order.
+    const std::vector<trusted_peer>& peers() const { return peers_; }
+
+    const std::filesystem::path& file() const { return file_; }
+
+  private:
+    explicit trust_store(std::filesystem::path file) : file_(std::move(file)) {}
+
+    std::filesystem::path file_;
+    std::vector<trusted_peer> peers_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,63 @@
+// A small fixed pool of worker threads for disk I/O, hashing and compression.
+//
+// The loop thread posts owned work here; each task posts its result back to the loop
+// (asio::post on the node's io_context). The thread count is fixed at construction and
+// never grows with peers or transfers.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <type_traits>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace ferry {
+
+// A move-only type-erased task (tasks own move-only buffers; std::function needs copies).
+class unique_task {
+public:
+    unique_task() = default;
+    template <typename F>
+    unique_task(F&& f) : impl_(std::make_unique<model<std::decay_t<F>>>(std::forward<F>(f))) {}
+    void operator()() { impl_->call(); }
+    explicit operator bool() const { return impl_ != nullptr; }
+
+private:
+    struct concept_t {
+        virtual ~concept_t() = default;
+        virtual void call() = 0;
+    };
+    template <typename F>
+    struct model final : concept_t {
+        explicit model(F&& f) : fn(std::move(f)) {}
+        void call() override { fn(); }
+        F fn;
+    };
+    std::unique_ptr<concept_t> impl_;
+};
+
+class worker_pool {
+public:
+    explicit worker_pool(std::size_t threads);
+    ~worker_pool();  // runs what is queued, then joins
+    worker_pool(const worker_pool&) = delete;
+    worker_pool& operator=(const worker_pool&) = delete;
+
+    void post(unique_task task);
+    std::size_t size() const { return threads_.size(); }
+
+private:
+    void run();
+
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<unique_task> tasks_;
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,385 @@
+#include "protocol/transfer.hpp"
+
+#include <bit>
+#include <limits>
+
+#include "protocol/digest.hpp"
+#include "protocol/path.hpp"
+
+namespace ferry {
+
+std::optional<chunk_bitmap> chunk_bitmap::from_bytes(std::uint64_t bits, const std::string& bytes) {
+    if (bytes.size() != (bits + 7) / 8) {
+        return std::nullopt;
+    }
+    chunk_bitmap b(bits);
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        b.bytes_[i] = static_cast<std::uint8_t>(bytes[i]);
+    }
+    if (bits % 8 != 0 && !b.bytes_.empty()) {
+        b.bytes_.back() &= static_cast<std::uint8_t>((1u << (bits % 8)) - 1);
+    }
+    return b;
+}
+
+std::uint64_t chunk_bitmap::count() const {
+    std::uint64_t n = 0;
+    for (std::uint8_t byte : bytes_) {
+        n += static_cast<std::uint64_t>(std::popcount(byte));
+    }
+    return n;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sender
+
+sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options)
+    : transfer_id_(transfer_id), entries_(std::move(entries)), options_(options), files_(entries_.size()) {
+    std::size_t bytes = 0;
+    std::uint32_t first = 0;
+    for (std::uint32_t i = 0; i < entries_.size(); ++i) {
+        const entry_info& e = entries_[i];
+        if (!e.is_dir) {
+            total_bytes_ += e.size;
+        }
+        files_[i].chunks = e.is_dir ? 0 : chunk_count(e.size);
+        std::size_t cost = e.path.size() + 40;
+        if (bytes + cost > offer_batch_bytes && i > first) {
+            batches_.emplace_back(first, i);
+            first = i;
+            bytes = 0;
+        }
+        bytes += cost;
+    }
+    batches_.emplace_back(first, static_cast<std::uint32_t>(entries_.size()));
+    batch_count_ = batches_.size();
+}
+
+std::vector<wire::Offer> sender_machine::make_offers() const {
+    std::vector<wire::Offer> offers;
+    offers.reserve(batches_.size());
+    for (std::size_t b = 0; b < batches_.size(); ++b) {
+        wire::Offer o;
+        o.set_transfer_id(transfer_id_);
+        o.set_last(b + 1 == batches_.size());
+        o.set_total_files(entries_.size());
+        o.set_total_bytes(total_bytes_);
+        o.set_overwrite(options_.overwrite);
+        o.set_fsync_each(options_.fsync_each);
+        for (std::uint32_t i = batches_[b].first; i < batches_[b].second; ++i) {
+            const entry_info& e = entries_[i];
+            wire::Entry* w = o.add_entries();
+            w->set_id(i);
+            w->set_path(e.path);
+            w->set_kind(e.is_dir ? wire::ENTRY_DIR : wire::ENTRY_FILE);
+            w->set_size(e.is_dir ? 0 : e.size);
+            w->set_mode(e.mode);
+            w->set_mtime_ns(e.mtime_ns);
+        }
+        offers.push_back(std::move(o));
+    }
+    return offers;
+}
+
+std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vector<wire::FileDone>& done_now) {
+    if (accepted_batches_ >= batch_count_ || accept.transfer_id() != transfer_id_) {
+        return protocol_errc::unexpected_message;
+    }
+    auto [first, end] = batches_[accepted_batches_];
+    if (static_cast<std::uint32_t>(accept.files_size()) != end - first) {
+        return protocol_errc::unexpected_message;
+    }
+    for (std::uint32_t i = first; i < end; ++i) {
+        const wire::FileAccept& fa = accept.files(static_cast<int>(i - first));
+        if (fa.id() != i) {
+            return protocol_errc::unknown_file;
+        }
+        file_state& f = files_[i];
+        f.accepted = true;
+        if (entries_[i].is_dir || fa.kind() == wire::ACCEPT_SKIP) {
+            f.result = true;
+            ++files_done_;
+            if (!entries_[i].is_dir) {
+                skipped_bytes_ += entries_[i].size;
+            }
+            continue;
+        }
+        f.acked_bits = chunk_bitmap(f.chunks);
+        f.hashed_bits = chunk_bitmap(f.chunks);
+        f.digests.assign(f.chunks, digest128{});
+        if (fa.kind() == wire::ACCEPT_PARTIAL) {
+            f.have = chunk_bitmap::from_bytes(f.chunks, fa.have());
+            if (!f.have) {
+                return protocol_errc::bad_chunk;
+            }
+        } else if (fa.kind() != wire::ACCEPT_ALL) {
+            return protocol_errc::unexpected_message;
+        }
+        if (f.chunks == 0) {
+            wire::FileDone d;
+            d.set_file_id(i);
+            digest128 dg = file_digest({});
+            d.set_digest_lo(dg.lo);
+            d.set_digest_hi(dg.hi);
+            done_now.push_back(std::move(d));
+        } else {
+            ready_files_.push_back(i);
+        }
+    }
+    ++accepted_batches_;
+    return {};
+}
+
+std::optional<chunk_ref> sender_machine::next_chunk() {
+    if (!requeued_.empty()) {
+        chunk_ref r = requeued_.front();
+        requeued_.pop_front();
+        return r;
+    }
+    if (ready_files_.empty()) {
+        return std::nullopt;
+    }
+    std::uint32_t id = ready_files_.front();
+    file_state& f = files_[id];
+    chunk_ref r;
+    r.file = file_id{id};
+    r.index = chunk_index{static_cast<std::uint32_t>(f.next)};
+    r.offset = f.next * chunk_size;
+    r.length = chunk_length(entries_[id].size, f.next);
+    r.send = !(f.have && f.have->test(f.next));
+    if (++f.next == f.chunks) {
+        ready_files_.pop_front();
+    }
+    return r;
+}
+
+std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& ref, digest128 digest) {
+    file_state& f = files_.at(ref.file.value);
+    if (ref.index.value >= f.chunks || f.hashed_bits.test(ref.index.value)) {
+        return std::nullopt;  // a requeued chunk read twice has the same digest
+    }
+    f.hashed_bits.set(ref.index.value);
+    f.digests[ref.index.value] = digest;
+    if (!ref.send && !f.acked_bits.test(ref.index.value)) {
+        // The receiver already had this chunk: it is confirmed once its digest is known.
+        f.acked_bits.set(ref.index.value);
+        skipped_bytes_ += ref.length;
+    }
+    if (++f.hashed < f.chunks) {
+        return std::nullopt;
+    }
+    wire::FileDone d;
+    d.set_file_id(ref.file.value);
+    digest128 dg = file_digest(f.digests);
+    d.set_digest_lo(dg.lo);
+    d.set_digest_hi(dg.hi);
+    return d;
+}
+
+void sender_machine::requeue(const chunk_ref& ref) { requeued_.push_front(ref); }
+
+std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec) {
+    file_id fid = chunk_key_file(key);
+    chunk_index idx = chunk_key_index(key);
+    if (fid.value >= files_.size() || !files_[fid.value].accepted || idx.value >= files_[fid.value].chunks) {
+        ec = protocol_errc::unknown_file;
+        return 0;
+    }
+    file_state& f = files_[fid.value];
+    if (f.acked_bits.test(idx.value)) {
+        return 0;  // a chunk delivered twice (after a requeue) is confirmed once
+    }
+    f.acked_bits.set(idx.value);
+    ++f.acked;
+    std::uint64_t n = chunk_length(entries_[fid.value].size, idx.value);
+    confirmed_bytes_ += n;
+    return n;
+}
+
+std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
+    if (result.file_id() >= files_.size() || !files_[result.file_id()].accepted) {
+        return protocol_errc::unknown_file;
+    }
+    file_state& f = files_[result.file_id()];
+    if (!result.ok()) {
+        failure_ = entries_[result.file_id()].path + ": " + result.error();
+        return protocol_errc::peer_error;
+    }
+    if (f.result) {
+        return protocol_errc::unexpected_message;
+    }
+    f.result = true;
+    ++files_done_;
+    return {};
+}
+
+std::error_code sender_machine::on_transfer_result(const wire::TransferResult& result) {
+    if (result.transfer_id() != transfer_id_) {
+        return protocol_errc::unexpected_message;
+    }
+    if (!result.ok()) {
+        failure_ = result.error();
+        return protocol_errc::peer_error;
+    }
+    if (files_done_ != entries_.size()) {
+        failure_ = "receiver reported success before every file was confirmed";
+        return protocol_errc::unexpected_message;
+    }
+    finished_ = true;
+    return {};
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver
+
+std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector<file_id>& ids) {
+    if (last_seen_) {
+        return protocol_errc::unexpected_message;
+    }
+    if (!first_seen_) {
+        first_seen_ = true;
+        transfer_id_ = offer.transfer_id();
+        options_.overwrite = offer.overwrite();
+        options_.fsync_each = offer.fsync_each();
+        if (offer.total_files() > limits_.max_files) {
+            return protocol_errc::too_many_files;
+        }
+    } else if (offer.transfer_id() != transfer_id_) {
+        return protocol_errc::unexpected_message;
+    }
+    if (files_.size() + static_cast<std::size_t>(offer.entries_size()) > limits_.max_files) {
+        return protocol_errc::too_many_files;
+    }
+    ids.clear();
+    for (const wire::Entry& e : offer.entries()) {
+        if (e.id() != files_.size()) {
+            return protocol_errc::duplicate_id;
+        }
+        if (std::error_code ec = check_wire_path(e.path())) {
+            return ec;
+        }
+        if (!paths_.insert(e.path()).second) {
+            return protocol_errc::duplicate_path;
+        }
+        if (e.kind() != wire::ENTRY_FILE && e.kind() != wire::ENTRY_DIR) {
+            return protocol_errc::bad_path;
+        }
+        bool is_dir = e.kind() == wire::ENTRY_DIR;
+        if (!is_dir && chunk_count(e.size()) > std::numeric_limits<std::uint32_t>::max()) {
+            return protocol_errc::bad_chunk;
+        }
+        file_state f;
+        f.info.path = e.path();
+        f.info.is_dir = is_dir;
+        f.info.size = is_dir ? 0 : e.size();
+        f.info.mode = e.mode() & 07777;
+        f.info.mtime_ns = e.mtime_ns();
+        f.chunks = is_dir ? 0 : chunk_count(e.size());
+        total_bytes_ += f.info.size;
+        ids.push_back(file_id{e.id()});
+        files_.push_back(std::move(f));
+    }
+    if (offer.last()) {
+        last_seen_ = true;
+    }
+    return {};
+}
+
+wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
+    wire::Accept a;
+    a.set_transfer_id(transfer_id_);
+    for (const decision& d : decisions) {
+        file_state& f = files_.at(d.id.value);
+        f.decided = true;
+        wire::FileAccept* fa = a.add_files();
+        fa->set_id(d.id.value);
+        if (f.info.is_dir || d.kind == wire::ACCEPT_SKIP) {
+            fa->set_kind(f.info.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
+            f.skip = true;
+            f.finished = true;
+            ++finished_files_;
+            continue;
+        }
+        f.have = chunk_bitmap(f.chunks);
+        f.digests.assign(f.chunks, digest128{});
+        fa->set_kind(d.kind);
+        if (d.kind == wire::ACCEPT_PARTIAL && d.have && d.have->size() == f.chunks &&
+            d.have_digests.size() == f.chunks) {
+            f.have = *d.have;
+            f.have_count = f.have.count();
+            f.digests = d.have_digests;
+            fa->set_have(f.have.to_bytes());
+        } else {
+            fa->set_kind(wire::ACCEPT_ALL);
+        }
+    }
+    return a;
+}
+
+std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32_t payload_len) const {
+    if (chunk.file_id() >= files_.size()) {
+        return protocol_errc::unknown_file;
+    }
+    const file_state& f = files_[chunk.file_id()];
+    if (!f.decided || f.skip || f.info.is_dir || f.finished) {
+        return protocol_errc::unknown_file;
+    }
+    if (chunk.index() >= f.chunks || chunk.raw_len() != chunk_length(f.info.size, chunk.index())) {
+        return protocol_errc::bad_chunk;
+    }
+    if (chunk.codec() == wire::CODEC_RAW) {
+        if (payload_len != chunk.raw_len()) {
+            return protocol_errc::payload_mismatch;
+        }
+    } else if (chunk.codec() == wire::CODEC_ZSTD) {
+        if (payload_len == 0 || payload_len > max_payload_len) {
+            return protocol_errc::payload_mismatch;
+        }
+    } else {
+        return protocol_errc::bad_chunk;
+    }
+    return {};
+}
+
+bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 digest) {
+    file_state& f = files_.at(id.value);
+    if (!f.have.test(i.value)) {
+        f.have.set(i.value);
+        f.digests[i.value] = digest;
+        ++f.have_count;
+        received_bytes_ += chunk_length(f.info.size, i.value);
+    }
+    return f.have_count == f.chunks;
+}
+
+std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
+    if (done.file_id() >= files_.size()) {
+        return protocol_errc::unknown_file;
+    }
+    file_state& f = files_[done.file_id()];
+    if (!f.decided || f.skip || f.info.is_dir || f.done_seen) {
+        return protocol_errc::unexpected_message;
+    }
+    f.done_seen = true;
+    f.sender_digest = {done.digest_lo(), done.digest_hi()};
+    return {};
+}
+
+bool receiver_machine::ready(file_id id, bool& ok) const {
+    const file_state& f = files_.at(id.value);
+    if (f.finished || !f.done_seen || f.have_count != f.chunks) {
+        return false;
+    }
+    ok = file_digest(f.digests) == f.sender_digest;
+    return true;
+}
+
+void receiver_machine::on_file_finished(file_id id) {
+    file_state& f = files_.at(id.value);
+    if (!f.finished) {
+        f.finished = true;
+        ++finished_files_;
+    }
+}
+
+}  // namespace ferry

@@ -1,0 +1,216 @@
+// Sans-IO transfer state machines: the sender's (offer, chunk scheduling, digests,
+// confirmation) and the receiver's (offer validation, chunk admission, completion).
+//
+// Both are plain data structures driven by the node on its loop thread: they are fed
+// messages and completion events and answer with messages to send and decisions. They
+// never touch a socket, a file or the clock, so they are unit-tested with literal inputs.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "ferry.pb.h"
+#include "protocol/errors.hpp"
+#include "protocol/types.hpp"
+
+namespace ferry {
+
+// One entry of a transfer as the sender describes it.
+struct entry_info {
+    std::string path;  // wire path (relative, '/'-separated)
+    bool is_dir = false;
+    std::uint64_t size = 0;
+    std::uint32_t mode = 0644;
+    std::int64_t mtime_ns = 0;
+};
+
+struct chunk_ref {
+    file_id file;
+    chunk_index index;
+    std::uint64_t offset = 0;
+    std::uint32_t length = 0;
+    bool send = true;  // false: the receiver has it; read and hash only (for the file digest)
+};
+
+struct transfer_options {
+    bool overwrite = false;
+    bool fsync_each = false;
+};
+
+// A simple growable bitmap (bit i = chunk i), LSB-first bytes on the wire.
+class chunk_bitmap {
+public:
+    chunk_bitmap() = default;
+    explicit chunk_bitmap(std::uint64_t bits) : bits_(bits), bytes_((bits + 7) / 8, 0) {}
+    static std::optional<chunk_bitmap> from_bytes(std::uint64_t bits, const std::string& bytes);
+    bool test(std::uint64_t i) const { return (bytes_[i / 8] >> (i % 8)) & 1u; }
+    void set(std::uint64_t i) { bytes_[i / 8] |= static_cast<std::uint8_t>(1u << (i % 8)); }
+    std::uint64_t size() const { return bits_; }
+    std::uint64_t count() const;
+    std::string to_bytes() const { return {bytes_.begin(), bytes_.end()}; }
+
+private:
+    std::uint64_t bits_ = 0;
+    std::vector<std::uint8_t> bytes_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Sender
+
+class sender_machine {
+public:
+    sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options);
+
+    // The Offer batches, each under offer_batch_bytes, in the order they must be sent.
+    std::vector<wire::Offer> make_offers() const;
+
+    // The receiver's Accept for the next unanswered batch. Appends FileDone messages for
+    // files that need no chunk read (empty or skipped) to `done_now`.
+    std::error_code on_accept(const wire::Accept& accept, std::vector<wire::FileDone>& done_now);
+
+    // Next chunk to read (and send unless ref.send is false); nullopt when nothing is
+    // available now (all assigned, or waiting for Accept).
+    std::optional<chunk_ref> next_chunk();
+
+    // A chunk was read and hashed. Returns the file's FileDone when that was its last
+    // missing digest.
+    std::optional<wire::FileDone> on_chunk_hashed(const chunk_ref& ref, digest128 digest);
+
+    // A chunk that was taken but not delivered (its connection failed) goes back to the
+    // front of the queue.
+    void requeue(const chunk_ref& ref);
+
+    // Receiver-confirmed chunk. Returns the confirmed payload bytes it adds.
+    std::uint64_t on_ack(std::uint64_t key, std::error_code& ec);
+
+    std::error_code on_file_result(const wire::FileResult& result);
+    std::error_code on_transfer_result(const wire::TransferResult& result);
+
+    std::uint64_t transfer_id() const { return transfer_id_; }
+    std::uint64_t total_bytes() const { return total_bytes_; }
+    std::uint64_t total_files() const { return entries_.size(); }
+    std::uint64_t confirmed_bytes() const { return confirmed_bytes_; }
+    std::uint64_t files_done() const { return files_done_; }
+    std::uint64_t skipped_bytes() const { return skipped_bytes_; }
+    bool all_accepted() const { return accepted_batches_ == batch_count_; }
+    bool finished() const { return finished_; }
+    const entry_info& entry(file_id f) const { return entries_.at(f.value); }
+    const std::string& failure() const { return failure_; }
+
+private:
+    struct file_state {
+        bool accepted = false;
+        bool result = false;
+        std::uint64_t chunks = 0;
+        std::uint64_t next = 0;         // scheduling cursor
+        std::uint64_t hashed = 0;       // digests known
+        std::uint64_t acked = 0;
+        std::optional<chunk_bitmap> have;  // receiver already has these (partial accept)
+        chunk_bitmap acked_bits;
+        chunk_bitmap hashed_bits;
+        std::vector<digest128> digests;
+    };
+
+    std::uint64_t transfer_id_;
+    std::vector<entry_info> entries_;
+    transfer_options options_;
+    std::vector<file_state> files_;
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids
+    std::size_t batch_count_ = 0;
+    std::size_t accepted_batches_ = 0;
+    std::deque<std::uint32_t> ready_files_;  // accepted files with chunks left to schedule
+    std::deque<chunk_ref> requeued_;
+    std::uint64_t total_bytes_ = 0;
+    std::uint64_t confirmed_bytes_ = 0;
+    std::uint64_t skipped_bytes_ = 0;
+    std::uint64_t files_done_ = 0;
+    bool finished_ = false;
+    std::string failure_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Receiver
+
+struct receiver_limits {
+    std::uint64_t max_files = max_files_per_transfer;
+};
+
+class receiver_machine {
+public:
+    explicit receiver_machine(receiver_limits limits = {}) : limits_(limits) {}
+
+    // Validates one Offer batch (ids dense and in order, paths safe and unique, sizes,
+    // limits). On success returns the ids of the batch's entries, in order.
+    std::error_code on_offer(const wire::Offer& offer, std::vector<file_id>& ids);
+
+    // The node decided, per entry of the batch, what to ask for (ACCEPT_ALL, SKIP, or
+    // PARTIAL with the chunks it has). Builds the Accept and records the decisions.
+    struct decision {
+        file_id id;
+        wire::AcceptKind kind = wire::ACCEPT_ALL;
+        std::optional<chunk_bitmap> have;
+        std::vector<digest128> have_digests;  // PARTIAL: digests of the chunks it has
+    };
+    wire::Accept accept(const std::vector<decision>& decisions);
+
+    // Admission of a chunk header before its payload is read.
+    std::error_code on_chunk(const wire::Chunk& chunk, std::uint32_t payload_len) const;
+
+    // A chunk was verified against its hash and written. Returns true when the file has
+    // all its chunks (and may be ready to finalize, see ready()).
+    bool on_chunk_written(file_id f, chunk_index i, digest128 digest);
+
+    // The chunk was already received (a duplicate after a requeue): drop it and re-ack.
+    bool has_chunk(file_id f, chunk_index i) const { return files_.at(f.value).have.test(i.value); }
+
+    std::error_code on_file_done(const wire::FileDone& done);
+
+    // True when the file has every chunk and its FileDone; `ok` tells whether the digest
+    // over the chunk digests matches the sender's.
+    bool ready(file_id f, bool& ok) const;
+
+    // The node finished the file (renamed into place, or failed).
+    void on_file_finished(file_id f);
+
+    const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
+    bool all_offered() const { return last_seen_; }
+    bool all_finished() const { return last_seen_ && finished_files_ == files_.size(); }
+    std::uint64_t total_files() const { return files_.size(); }
+    std::uint64_t total_bytes() const { return total_bytes_; }
+    std::uint64_t received_bytes() const { return received_bytes_; }
+    std::uint64_t transfer_id() const { return transfer_id_; }
+    transfer_options options() const { return options_; }
+
+private:
+    struct file_state {
+        entry_info info;
+        bool decided = false;
+        bool skip = false;
+        bool done_seen = false;
+        bool finished = false;
+        digest128 sender_digest;
+        std::uint64_t chunks = 0;
+        std::uint64_t have_count = 0;
+        chunk_bitmap have;
+        std::vector<digest128> digests;
+    };
+
+    receiver_limits limits_;
+    std::uint64_t transfer_id_ = 0;
+    bool first_seen_ = false;
+    bool last_seen_ = false;
+    transfer_options options_;
+    std::vector<file_state> files_;
+    std::unordered_set<std::string> paths_;
+    std::uint64_t total_bytes_ = 0;
+    std::uint64_t received_bytes_ = 0;
+    std::uint64_t finished_files_ = 0;
+};
+
+}  // namespace ferry

@@ -1,0 +1,245 @@
+// Tests of wire path safety: what check_wire_path accepts and refuses, and the
+// split_wire_path / wire_parent helpers.
+#include "protocol/path.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/errors.hpp"
+#include "protocol/types.hpp"
+
+namespace ferry {
+namespace {
+
+using namespace std::string_literals;
+
+void expect_ok(std::string_view path) {
+    EXPECT_FALSE(check_wire_path(path)) << "refused: \"" << path << "\" (" << path.size() << " bytes)";
+}
+
+void expect_bad(std::string_view path) {
+    std::error_code ec = check_wire_path(path);
+    EXPECT_EQ(ec, make_error_code(protocol_errc::bad_path)) << "accepted: \"" << path << "\" (" << path.size()
+                                                           << " bytes)";
+}
+
+// `count` names of `name_len` bytes joined by '/'.
+std::string repeated_names(std::size_t count, std::size_t name_len, char c = 'n') {
+    std::string out;
+    for (std::size_t i = 0; i < count; ++i) {
+        if (i > 0) {
+            out += '/';
+        }
+        out.append(name_len, c);
+    }
+    return out;
+}
+
+TEST(check_wire_path, accepts_plain_paths) {
+    expect_ok("a");
+    expect_ok("a/b/c");
+    expect_ok("file.txt");
+    expect_ok("dir/sub/file.tar.gz");
+    expect_ok("A-Z_0-9 ~!@#$%^&()+=,;'[]{}");
+}
+
+TEST(check_wire_path, accepts_unicode_names) {
+    expect_ok("données/ñ.txt");
+    expect_ok("日本/語");
+    expect_ok("emoji/😀.png");
+    expect_ok("Ελληνικά/кириллица/עברית");
+}
+
+TEST(check_wire_path, accepts_spaces_and_dots_inside_names) {
+    expect_ok("..a");
+    expect_ok("a..");
+    expect_ok(".hidden");
+    expect_ok("dir/.hidden/.x");
+    expect_ok("...");
+    expect_ok("a/.../b");
+    expect_ok(". a");
+    expect_ok("a .");
+    expect_ok("with space/and more spaces .txt");
+    expect_ok(" ");
+    expect_ok(" / ");
+}
+
+TEST(check_wire_path, accepts_colon_that_is_not_a_drive_letter) {
+    expect_ok("a/b:c");
+    expect_ok("1:x");
+    expect_ok("report 10:30.txt");
+}
+
+TEST(check_wire_path, refuses_empty_and_absolute) {
+    expect_bad("");
+    expect_bad("/");
+    expect_bad("/abs");
+    expect_bad("/a/b");
+    expect_bad("//a");
+}
+
+TEST(check_wire_path, refuses_empty_components) {
+    expect_bad("a//b");
+    expect_bad("a/");
+    expect_bad("a/b/");
+    expect_bad("a///b");
+    expect_bad("//");
+}
+
+TEST(check_wire_path, refuses_dot_components) {
+    expect_bad(".");
+    expect_bad("./a");
+    expect_bad("a/./b");
+    expect_bad("a/.");
+    expect_bad("..");
+    expect_bad("../a");
+    expect_bad("a/../b");
+    expect_bad("a/..");
+    expect_bad("a/b/../../..");
+}
+
+TEST(check_wire_path, refuses_nul_bytes) {
+    expect_bad("a\0b"s);
+    expect_bad("\0"s);
+    expect_bad("a/\0"s);
+    expect_bad("\0/a"s);
+    expect_bad("dir/fi\0le.txt"s);
+}
+
+TEST(check_wire_path, refuses_backslash) {
+    expect_bad("a\\b");
+    expect_bad("\\a");
+    expect_bad("a\\");
+    expect_bad("dir/..\\..\\etc");
+    expect_bad("\\\\server\\share");
+}
+
+TEST(check_wire_path, refuses_drive_letters) {
+    expect_bad("C:x");
+    expect_bad("c:/x");
+    expect_bad("C:");
+    expect_bad("z:");
+    expect_bad("Z:\\x");
+    expect_bad("a:b/c");
+}
+
+TEST(check_wire_path, name_length_limit_is_255_bytes) {
+    ASSERT_EQ(max_name_bytes, 255u);
+    expect_ok(std::string(255, 'x'));
+    expect_bad(std::string(256, 'x'));
+    expect_ok("dir/" + std::string(255, 'x'));
+    expect_bad("dir/" + std::string(256, 'x'));
+    expect_bad(std::string(256, 'x') + "/file");
+    expect_ok(std::string(255, 'x') + "/" + std::string(255, 'y'));
+
+    // The limit counts bytes, not characters: "é" is two bytes.
+    std::string e2;
+    for (int i = 0; i < 127; ++i) {
+        e2 += "é";
+    }
+    expect_ok(e2 + "a");   // 255 bytes
+    expect_bad(e2 + "é");  // 256 bytes
+}
+
+TEST(check_wire_path, path_length_limit_is_4096_bytes) {
+    ASSERT_EQ(max_path_bytes, 4096u);
+    // "a/" * 2047 + "aa": exactly 4096 bytes of valid names.
+    std::string exact;
+    for (int i = 0; i < 2047; ++i) {
+        exact += "a/";
+    }
+    exact += "aa";
+    ASSERT_EQ(exact.size(), 4096u);
+    expect_ok(exact);
+    expect_bad(exact + "a");
+    expect_bad(exact + "/b");
+
+    // Long names: 16 names of 255 bytes + 15 slashes = 4095 bytes.
+    std::string long_names = repeated_names(16, 255);
+    ASSERT_EQ(long_names.size(), 4095u);
+    expect_ok(long_names);
+    expect_bad(long_names + "/b");  // 4097 bytes, every name valid
+
+    // A single long name is refused for its name length whatever the path limit.
+    expect_bad(std::string(4096, 'x'));
+    expect_bad(std::string(5000, 'x'));
+    expect_bad(repeated_names(20, 255));
+}
+
+TEST(check_wire_path, error_code_is_in_the_protocol_category) {
+    std::error_code ec = check_wire_path("../etc/passwd");
+    ASSERT_TRUE(ec);
+    EXPECT_EQ(ec.category().name(), std::string("ferry.protocol"));
+    EXPECT_EQ(ec.value(), static_cast<int>(protocol_errc::bad_path));
+    EXPECT_EQ(ec, protocol_errc::bad_path);
+    EXPECT_FALSE(ec.message().empty());
+}
+
+TEST(split_wire_path, components) {
+    using parts = std::vector<std::string_view>;
+    EXPECT_EQ(split_wire_path("a"), parts{"a"});
+    EXPECT_EQ(split_wire_path("a/b/c"), (parts{"a", "b", "c"}));
+    EXPECT_EQ(split_wire_path("données/ñ.txt"), (parts{"données", "ñ.txt"}));
+    EXPECT_EQ(split_wire_path("日本/語"), (parts{"日本", "語"}));
+    EXPECT_EQ(split_wire_path("..a/a../.hidden"), (parts{"..a", "a..", ".hidden"}));
+    EXPECT_EQ(split_wire_path("with space/x y"), (parts{"with space", "x y"}));
+}
+
+TEST(split_wire_path, views_point_into_the_input) {
+    std::string path = "dir/sub/file.txt";
+    std::vector<std::string_view> parts = split_wire_path(path);
+    ASSERT_EQ(parts.size(), 3u);
+    EXPECT_EQ(parts[0].data(), path.data());
+    EXPECT_EQ(parts[1].data(), path.data() + 4);
+    EXPECT_EQ(parts[2].data(), path.data() + 8);
+    EXPECT_EQ(parts[2].size(), 8u);
+}
+
+TEST(split_wire_path, long_paths) {
+    std::string p = repeated_names(16, 255);
+    ASSERT_FALSE(check_wire_path(p));
+    std::vector<std::string_view> parts = split_wire_path(p);
+    ASSERT_EQ(parts.size(), 16u);
+    for (std::string_view part : parts) {
+        EXPECT_EQ(part, std::string(255, 'n'));
+    }
+}
+
+TEST(wire_parent, parents) {
+    EXPECT_EQ(wire_parent("a"), "");
+    EXPECT_TRUE(wire_parent("file.txt").empty());
+    EXPECT_EQ(wire_parent("a/b"), "a");
+    EXPECT_EQ(wire_parent("a/b/c"), "a/b");
+    EXPECT_EQ(wire_parent("données/ñ.txt"), "données");
+    EXPECT_EQ(wire_parent("日本/語"), "日本");
+    EXPECT_EQ(wire_parent(".hidden/..a/a.."), ".hidden/..a");
+}
+
+TEST(wire_parent, walks_up_to_the_top) {
+    std::string_view p = "a/b/c/d";
+    std::vector<std::string_view> chain;
+    while (!p.empty() && chain.size() < 10) {
+        chain.push_back(p);
+        p = wire_parent(p);
+    }
+    EXPECT_EQ(chain, (std::vector<std::string_view>{"a/b/c/d", "a/b/c", "a/b", "a"}));
+}
+
+TEST(wire_parent, parent_of_a_checked_path_is_checked) {
+    for (std::string_view p : {"a/b/c", "données/ñ.txt", "日本/語", "x/..a/a../.hidden"}) {
+        ASSERT_FALSE(check_wire_path(p)) << p;
+        std::string_view parent = wire_parent(p);
+        ASSERT_FALSE(parent.empty()) << p;
+        EXPECT_FALSE(check_wire_path(parent)) << parent;
+        // The parent is a prefix of the path, followed by '/' and the last component.
+        EXPECT_EQ(p.substr(0, parent.size()), parent);
+        EXPECT_EQ(p[parent.size()], '/');
+        EXPECT_EQ(p.substr(parent.size() + 1), split_wire_path(p).back());
+    }
+}
+
+}  // namespace
+}  // namespace ferry

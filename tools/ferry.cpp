@@ -1,0 +1,407 @@
+// ferry: the command-line front end. Parses arguments, builds a node, runs its loop on
+// this thread, and turns the node's events into human lines (stderr) or JSON lines
+// (stdout, --json). Exit codes are listed in docs/cli.md.
+#include <CLI/CLI.hpp>
+#include <asio.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "node/identity.hpp"
+#include "node/node.hpp"
+#include "node/trust_store.hpp"
+#include "transport/identity.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ferry::exit_code;
+
+namespace {
+
+const auto program_start = std::chrono::steady_clock::now();
+
+struct common_opts {
+    std::optional<fs::path> state;
+    bool json = false;
+};
+
+void add_common(CLI::App* cmd, common_opts& o) {
+    cmd->add_option("--state", o.state, "state folder (default $FERRY_STATE, $XDG_STATE_HOME/ferry, ~/.local/state/ferry)");
+    cmd->add_flag("--json", o.json, "print newline-delimited JSON events on stdout");
+}
+
+void emit(const common_opts& o, json j) {
+    if (!o.json) {
+        return;
+    }
+    json line = {{"event", j["event"]}, {"t", ferry::seconds_since(program_start)}};
+    for (auto& [k, v] : j.items()) {
+        if (k != "event") {
+            line[k] = v;
+        }
+    }
+    std::cout << line.dump() << '\n' << std::flush;
+}
+
+void say(const std::string& line) { std::cerr << "ferry: " << line << '\n'; }
+
+const char* code_name(exit_code c) {
+    switch (c) {
+        case exit_code::ok: return "ok";
+        case exit_code::usage: return "usage";
+        case exit_code::transfer_failed: return "transfer_failed";
+        case exit_code::auth: return "auth";
+        case exit_code::local_io: return "local_io";
+    }
+    return "unknown";
+}
+
+int fail(const common_opts& o, exit_code code, const std::string& message) {
+    say("error: " + message);
+    emit(o, {{"event", "error"}, {"code", code_name(code)}, {"exit_code", static_cast<int>(code)}, {"message", message}});
+    return static_cast<int>(code);
+}
+
+std::string human_bytes(std::uint64_t b) {
+    const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+    double v = static_cast<double>(b);
+    int u = 0;
+    while (v >= 1000 && u < 4) {
+        v /= 1000;
+        ++u;
+    }
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
+    return buf;
+}
+
+double mbps(const ferry::transfer_report& r) {
+    return r.elapsed_s > 0 ? static_cast<double>(r.payload_bytes) / r.elapsed_s / 1e6 : 0.0;
+}
+
+json report_json(const ferry::transfer_report& r) {
+    return {{"event", "done"},
+            {"ok", r.ok},
+            {"peer", ferry::format_node_id(r.peer_id)},
+            {"files", r.files},
+            {"payload_bytes", r.payload_bytes},
+            {"total_bytes", r.total_bytes},
+            {"wire_bytes_sent", r.wire_sent},
+            {"wire_bytes_received", r.wire_received},
+            {"elapsed_s", r.elapsed_s},
+            {"payload_MBps", mbps(r)},
+            {"connections", r.connections}};
+}
+
+// Builds the node config shared by the commands; throws std::runtime_error on bad state.
+ferry::node_config base_config(const common_opts& o) {
+    ferry::node_config cfg;
+    cfg.state_dir = ferry::resolve_state_dir(o.state);
+    return cfg;
+}
+
+ferry::node_events base_events(const common_opts& o) {
+    ferry::node_events ev;
+    ev.log = [](const std::string& line) { say(line); };
+    ev.listening = [&o](const std::string& address, const std::string& id) {
+        say("listening on " + address + " as " + ferry::format_node_id(id));
+        emit(o, {{"event", "listening"}, {"address", address}, {"id", ferry::format_node_id(id)}});
+    };
+    ev.connected = [&o](const std::string& peer, const std::string& address, std::uint32_t n) {
+        emit(o, {{"event", "connected"}, {"peer", ferry::format_node_id(peer)}, {"address", address}, {"connections", n}});
+    };
+    return ev;
+}
+
+// ---- commands --------------------------------------------------------------------------
+
+int cmd_id(const common_opts& o) {
+    ferry::identity id = ferry::load_or_create_identity(ferry::resolve_state_dir(o.state));
+    if (o.json) {
+        std::cout << json{{"id", ferry::format_node_id(id.id)}}.dump() << '\n';
+    } else {
+        std::cout << ferry::format_node_id(id.id) << '\n';
+    }
+    return 0;
+}
+
+int cmd_trust(const common_opts& o, const std::string& id_text, const std::string& name) {
+    std::optional<std::string> id = ferry::parse_node_id(id_text);
+    if (!id) {
+        return fail(o, exit_code::usage, "\"" + id_text + "\" is not a node ID (32 base32 characters, as `ferry id` prints)");
+    }
+    fs::path dir = ferry::resolve_state_dir(o.state);
+    ferry::trust_store store = ferry::trust_store::load(dir);
+    if (!store.add(*id, name)) {
+        return fail(o, exit_code::usage, "the name \"" + name + "\" is already used by another peer");
+    }
+    store.save();
+    say("trusted " + ferry::format_node_id(*id) + (name.empty() ? "" : " as \"" + name + "\""));
+    emit(o, {{"event", "trusted"}, {"id", ferry::format_node_id(*id)}, {"name", name}});
+    return 0;
+}
+
+struct receive_opts {
+    std::string listen = "0.0.0.0:7788";
+    std::string accept_from;
+    bool accept_any = false;
+    bool overwrite = false;
+    bool fsync_each = false;
+    bool plaintext = false;
+    fs::path dir;
+};
+
+int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
+    ferry::node_config cfg = base_config(o);
+    cfg.listen = r.listen;
+    cfg.inbox = r.dir;
+    cfg.overwrite = r.overwrite;
+    cfg.fsync_each = r.fsync_each;
+    cfg.plaintext = r.plaintext;
+    cfg.one_shot = one_shot;
+    if (r.accept_any) {
+        cfg.policy = ferry::accept_policy::any;
+    } else if (!r.accept_from.empty()) {
+        std::optional<std::string> id = ferry::parse_node_id(r.accept_from);
+        if (!id) {
+            return fail(o, exit_code::usage, "--accept-from \"" + r.accept_from + "\" is not a node ID");
+        }
+        cfg.policy = ferry::accept_policy::from_id;
+        cfg.accept_from = *id;
+    }
+    asio::io_context io(1);
+    std::optional<ferry::transfer_report> result;
+    ferry::node_events ev = base_events(o);
+    asio::steady_timer linger(io);
+    bool finishing = false;
+    auto finish_soon = [&] {
+        // The sender closes after our TransferResult; give it a bounded moment to do so.
+        if (!finishing) {
+            finishing = true;
+            linger.expires_after(std::chrono::seconds(5));
+            linger.async_wait([&io](std::error_code ec) {
+                if (!ec) {
+                    io.stop();
+                }
+            });
+        }
+    };
+    ev.transfer_done = [&](const ferry::transfer_report& rep) {
+        if (rep.ok) {
+            say("received " + std::to_string(rep.files) + " entries, " + human_bytes(rep.payload_bytes) + " from " +
+                ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s");
+        }
+        emit(o, rep.ok ? report_json(rep)
+                       : json{{"event", "error"}, {"code", code_name(rep.code)}, {"exit_code", static_cast<int>(rep.code)},
+                              {"message", rep.error}});
+        if (!rep.ok) {
+            say("error: " + rep.error);
+        }
+        if (one_shot && !result) {
+            result = rep;
+            finish_soon();
+        }
+    };
+    ev.session_ended = [&] {
+        if (one_shot && result) {
+            io.stop();
+        }
+    };
+    ferry::node n(io, cfg, ev);
+    std::string error;
+    if (n.listen(error)) {
+        return fail(o, exit_code::usage, error);
+    }
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    int stopped_by = 0;
+    signals.async_wait([&](std::error_code ec, int sig) {
+        if (ec) {
+            return;
+        }
+        stopped_by = sig;
+        say(std::string("stopping (") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + "); partial files are kept");
+        n.stop("receiver stopped");
+        // Let the Error frames go out, then leave (bounded).
+        linger.expires_after(std::chrono::milliseconds(300));
+        linger.async_wait([&io](std::error_code) { io.stop(); });
+    });
+    io.run();
+    if (stopped_by != 0) {
+        return one_shot && !result ? static_cast<int>(exit_code::transfer_failed) : 0;
+    }
+    if (!result) {
+        return static_cast<int>(exit_code::transfer_failed);
+    }
+    return static_cast<int>(result->code);
+}
+
+struct send_opts {
+    std::vector<std::string> args;  // PATH... TARGET
+    std::uint32_t connections = ferry::default_connections;
+    bool overwrite = false;
+    bool fsync_each = false;
+    bool plaintext = false;
+};
+
+int cmd_send(const common_opts& o, const send_opts& s) {
+    if (s.args.size() < 2) {
+        return fail(o, exit_code::usage, "need at least one PATH and a target [ID@]HOST:PORT");
+    }
+    std::string target = s.args.back();
+    ferry::send_target t;
+    if (auto at = target.find('@'); at != std::string::npos) {
+        std::optional<std::string> id = ferry::parse_node_id(target.substr(0, at));
+        if (!id) {
+            return fail(o, exit_code::usage, "\"" + target.substr(0, at) + "\" in \"" + target + "\" is not a node ID");
+        }
+        t.expected_id = *id;
+        target = target.substr(at + 1);
+    }
+    if (!ferry::split_host_port(target, t.host, t.port)) {
+        return fail(o, exit_code::usage, "bad target \"" + s.args.back() + "\" (expected [ID@]HOST:PORT, [::1]:PORT for IPv6)");
+    }
+    if (s.connections < 1 || s.connections > ferry::max_connections) {
+        return fail(o, exit_code::usage, "--connections must be 1..16");
+    }
+    std::vector<fs::path> paths(s.args.begin(), s.args.end() - 1);
+    ferry::source_tree sources;
+    std::string error;
+    if (std::error_code ec = ferry::scan_sources(paths, sources, error)) {
+        bool missing = error.find("No such file") != std::string::npos || error == "nothing to send";
+        return fail(o, missing ? exit_code::usage : exit_code::local_io, error);
+    }
+    for (const auto& note : sources.skipped) {
+        say("skipping " + note);
+    }
+    ferry::node_config cfg = base_config(o);
+    cfg.plaintext = s.plaintext;
+    asio::io_context io(1);
+    ferry::node n(io, cfg, base_events(o));
+    ferry::send_options so;
+    so.connections = s.connections;
+    so.overwrite = s.overwrite;
+    so.fsync_each = s.fsync_each;
+    std::optional<ferry::transfer_report> result;
+    n.send(std::move(sources), t, so, [&](const ferry::transfer_report& r) {
+        result = r;
+        // Let close_notify and the last frames go out, then stop.
+        asio::post(io, [&io] { io.stop(); });
+    });
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    signals.async_wait([&](std::error_code ec, int) {
+        if (!ec) {
+            n.stop("sender interrupted");
+        }
+    });
+    io.run();
+    if (!result) {
+        return fail(o, exit_code::transfer_failed, "transfer did not finish");
+    }
+    const ferry::transfer_report& r = *result;
+    if (!r.ok) {
+        return fail(o, r.code, r.error);
+    }
+    char line[256];
+    std::snprintf(line, sizeof(line), "sent %llu entries, %s in %.2f s (%.1f MB/s confirmed, %u connections)",
+                  static_cast<unsigned long long>(r.files), human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r),
+                  r.connections);
+    say(line);
+    emit(o, report_json(r));
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"ferry: fast, authenticated peer-to-peer file transfer"};
+    app.require_subcommand(1);
+    app.footer("Exit codes: 0 ok, 1 usage, 2 transfer failed, 3 authentication/trust, 4 local I/O. See docs/cli.md.");
+
+    common_opts o;
+
+    auto* id = app.add_subcommand("id", "print this node's ID (creating its key on first use)");
+    add_common(id, o);
+    id->footer("Example:\n  ferry id --state ~/.local/state/ferry");
+
+    std::string trust_id;
+    std::string trust_name;
+    auto* trust = app.add_subcommand("trust", "trust a peer's node ID");
+    add_common(trust, o);
+    trust->add_option("ID", trust_id, "the peer's node ID, as its `ferry id` prints it")->required();
+    trust->add_option("--name", trust_name, "a name for the peer");
+    trust->footer("Example:\n  ferry trust ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 --name laptop");
+
+    receive_opts ro;
+    auto* receive = app.add_subcommand("receive", "accept one transfer into DIR, then exit");
+    add_common(receive, o);
+    receive->add_option("--listen", ro.listen, "HOST:PORT to listen on (port 0 = any free port)")->capture_default_str();
+    auto* from = receive->add_option("--accept-from", ro.accept_from, "accept this sender ID (besides trusted peers)");
+    receive->add_flag("--accept-any", ro.accept_any, "accept any sender (trust on first use)")->excludes(from);
+    receive->add_flag("--overwrite", ro.overwrite, "replace existing files");
+    receive->add_flag("--fsync-each", ro.fsync_each, "fsync every file before it is renamed into place");
+    receive->add_flag("--plaintext", ro.plaintext, "no TLS (benchmarks only; the sender must say it too)");
+    receive->add_option("DIR", ro.dir, "destination folder")->required();
+    receive->footer("Example:\n  ferry receive --listen 0.0.0.0:7788 --accept-from ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 ~/inbox");
+
+    send_opts so;
+    auto* send = app.add_subcommand("send", "send files and folders to a peer");
+    add_common(send, o);
+    send->add_option("--connections", so.connections, "TCP connections in the session (1..16)")->capture_default_str();
+    send->add_flag("--overwrite", so.overwrite, "ask the receiver to replace existing files");
+    send->add_flag("--fsync-each", so.fsync_each, "ask the receiver to fsync every file before rename");
+    send->add_flag("--plaintext", so.plaintext, "no TLS (benchmarks only; the receiver must say it too)");
+    send->add_option("ARGS", so.args, "PATH... [ID@]HOST:PORT")->required();
+    send->footer("Example:\n  ferry send photos/ notes.txt ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567@192.0.2.7:7788");
+
+    receive_opts serve_o;
+    serve_o.dir = "";
+    std::string inbox;
+    auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
+    add_common(serve, o);
+    serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on")->capture_default_str();
+    serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
+    serve->add_flag("--accept-any", serve_o.accept_any, "accept any peer (trust on first use)");
+    serve->add_flag("--overwrite", serve_o.overwrite, "replace existing files");
+    serve->add_flag("--fsync-each", serve_o.fsync_each, "fsync every file before it is renamed into place");
+    serve->add_flag("--plaintext", serve_o.plaintext, "no TLS (benchmarks only)");
+    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        app.exit(e);
+        return static_cast<int>(exit_code::usage);
+    }
+
+    try {
+        if (id->parsed()) {
+            return cmd_id(o);
+        }
+        if (trust->parsed()) {
+            return cmd_trust(o, trust_id, trust_name);
+        }
+        if (receive->parsed()) {
+            return run_receiver(o, ro, true);
+        }
+        if (send->parsed()) {
+            return cmd_send(o, so);
+        }
+        if (serve->parsed()) {
+            serve_o.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
+            return run_receiver(o, serve_o, false);
+        }
+    } catch (const std::exception& e) {
+        return fail(o, exit_code::local_io, e.what());
+    }
+    return static_cast<int>(exit_code::usage);
+}

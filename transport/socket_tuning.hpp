@@ -1,0 +1,37 @@
+// SocketTuning: the one place where ferry's TCP sockets are tuned.
+//
+// Called on the loop thread right after connect/accept. Every option is applied
+// best-effort; what the kernel actually took is reported back (for `ferry status`).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ferry {
+
+struct socket_tuning {
+    bool nodelay = true;                       // ferry batches its own writes
+    std::uint32_t notsent_lowat = 256 * 1024;  // keep the kernel's unsent queue short; 0 = leave
+    bool keepalive = true;
+    int keepalive_idle_s = 30;
+    int keepalive_interval_s = 10;
+    int keepalive_count = 3;
+    std::uint32_t user_timeout_ms = 60'000;  // a peer that stops acking fails within a minute
+    int sndbuf = 0;                          // 0 = kernel autotuning (measured best on loopback)
+    int rcvbuf = 0;
+    std::string congestion;                  // "" = system default
+};
+
+struct tuning_report {
+    bool nodelay = false;
+    std::uint32_t notsent_lowat = 0;
+    bool keepalive = false;
+    std::uint32_t user_timeout_ms = 0;
+    int sndbuf = 0;  // as reported by getsockopt after tuning
+    int rcvbuf = 0;
+    std::string congestion;
+};
+
+tuning_report apply_socket_tuning(int fd, const socket_tuning& t);
+
+}  // namespace ferry

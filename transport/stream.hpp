@@ -1,0 +1,129 @@
+// byte_stream: one TCP connection, plaintext or TLS 1.3, in reactor style.
+//
+// Owned by one connection and used only on the loop thread. The stream never blocks:
+// read_now()/write_now() do what the socket allows and say whether to wait for
+// readability or writability, and async_wait() waits for that. With TLS the SSL object
+// is bound to the socket's fd (SSL_set_fd), so records go straight between OpenSSL and
+// the kernel with no extra buffer copy (asio::ssl::stream would add a BIO pair copy).
+// Wire counters are what the kernel accepted/delivered, TLS records included.
+#pragma once
+
+#include <asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <openssl/ssl.h>
+#include <span>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "transport/socket_tuning.hpp"
+#include "transport/tls.hpp"
+
+namespace ferry {
+
+enum class transport_errc {
+    ok = 0,
+    closed = 1,             // the peer closed the connection
+    tls_failed = 2,         // TLS handshake or record error
+    peer_refused = 3,       // our certificate was refused by the peer (we are not trusted)
+    untrusted_peer = 4,     // the peer's certificate was refused by our check
+    timeout = 5,            // an operation timed out
+    resolve_failed = 6,     // the host name did not resolve
+    plaintext_mismatch = 7, // one side uses --plaintext and the other does not
+    queue_full = 8,         // the outbound queue bound was reached
+};
+
+const std::error_category& transport_category() noexcept;
+inline std::error_code make_error_code(transport_errc e) noexcept { return {static_cast<int>(e), transport_category()}; }
+
+}  // namespace ferry
+
+template <>
+struct std::is_error_code_enum<ferry::transport_errc> : std::true_type {};
+
+namespace ferry {
+
+enum class io_wait { none, read, write };
+
+struct io_result {
+    std::size_t n = 0;          // bytes read, or source bytes consumed by a write
+    io_wait wait = io_wait::none;  // non-zero n may still come with a wait
+    std::error_code ec;         // set on error or close (then wait is none)
+};
+
+class byte_stream {
+public:
+    // Plaintext stream.
+    explicit byte_stream(asio::ip::tcp::socket socket);
+    // TLS stream: takes ownership of `ssl` (already bound to the socket's fd by attach).
+    byte_stream(asio::ip::tcp::socket socket, SSL* ssl, std::unique_ptr<tls_peer_check> check);
+    ~byte_stream();
+    byte_stream(const byte_stream&) = delete;
+    byte_stream& operator=(const byte_stream&) = delete;
+
+    io_result read_now(std::span<std::uint8_t> out);
+    // Writes from the front of `buffers`; io_result::n says how many source bytes were
+    // consumed. With TLS, small buffers are coalesced into full records.
+    io_result write_now(std::span<const asio::const_buffer> buffers);
+
+    // Waits for the socket to become readable or writable (one wait per direction).
+    void async_wait(io_wait what, std::function<void(std::error_code)> fn);
+
+    // Runs the TLS handshake (no-op for plaintext). Completes with the peer's check result.
+    void async_handshake(std::function<void(std::error_code)> fn);
+
+    void close();
+    bool is_open() const { return socket_.is_open(); }
+    bool is_tls() const { return ssl_ != nullptr; }
+    const std::string& peer_id() const;
+    asio::ip::tcp::socket& socket() { return socket_; }
+    std::uint64_t wire_sent() const;
+    std::uint64_t wire_received() const;
+    const tuning_report& tuning() const { return tuning_; }
+    void set_tuning(tuning_report r) { tuning_ = std::move(r); }
+    std::string remote() const { return remote_; }
+
+private:
+    io_result ssl_result(int rc, std::size_t n);
+    void handshake_step(std::shared_ptr<std::function<void(std::error_code)>> fn);
+
+    asio::ip::tcp::socket socket_;
+    SSL* ssl_ = nullptr;
+    std::unique_ptr<tls_peer_check> check_;
+    std::vector<std::uint8_t> stage_;   // TLS: coalesced small buffers being written
+    std::size_t stage_src_ = 0;         // source bytes the stage covers
+    std::size_t stage_off_ = 0;         // stage bytes already written
+    std::uint64_t plain_sent_ = 0;
+    std::uint64_t plain_received_ = 0;
+    tuning_report tuning_;
+    std::string remote_;
+    bool shut_ = false;
+};
+
+// Establishes outgoing streams: resolve (async), TCP connect, tuning, TLS handshake.
+struct connect_options {
+    std::string host;
+    std::string port;
+    bool plaintext = false;
+    socket_tuning tuning;
+    std::chrono::milliseconds timeout{15'000};
+};
+
+void async_connect_stream(asio::io_context& io, const tls_context* tls, const connect_options& opts,
+                          std::unique_ptr<tls_peer_check> check,
+                          std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
+
+// Completes an accepted socket into a stream: tuning and TLS handshake with a timeout.
+void async_accept_stream(asio::io_context& io, const tls_context* tls, asio::ip::tcp::socket socket,
+                         const socket_tuning& tuning, std::chrono::milliseconds timeout,
+                         std::unique_ptr<tls_peer_check> check,
+                         std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
+
+// "HOST:PORT", "[v6]:PORT" -> host, port. Returns false on a malformed address.
+bool split_host_port(const std::string& text, std::string& host, std::string& port);
+std::string format_endpoint(const asio::ip::tcp::endpoint& ep);
+
+}  // namespace ferry

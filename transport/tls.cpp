@@ -1,0 +1,213 @@
+#include "transport/tls.hpp"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <array>
+#include <stdexcept>
+
+namespace ferry {
+namespace {
+
+constexpr const char* tls13_ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
+struct bio_deleter {
+    void operator()(BIO* b) const { BIO_free(b); }
+};
+struct pkey_deleter {
+    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct x509_deleter {
+    void operator()(X509* x) const { X509_free(x); }
+};
+
+// ex_data slot of an SSL that holds its tls_peer_check*.
+int peer_check_index() {
+    static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+    return index;
+}
+
+[[noreturn]] void fail(std::string_view what) {
+    std::string msg = "TLS setup: ";
+    msg += what;
+    std::string detail = tls_error_string();
+    if (!detail.empty()) {
+        msg += " (";
+        msg += detail;
+        msg += ")";
+    }
+    throw std::runtime_error(msg);
+}
+
+// Fails the verification (the handshake then ends with an alert) and records why.
+int refuse(X509_STORE_CTX* store, tls_peer_check* check, int error, std::string reason) {
+    if (check != nullptr && check->reason.empty()) {
+        check->reason = std::move(reason);
+    }
+    X509_STORE_CTX_set_error(store, error);
+    return 0;
+}
+
+// Replaces OpenSSL's chain verification (SSL_CTX_set_cert_verify_callback), so it runs
+// exactly once per handshake and no CA store is consulted. There is nothing to chain to:
+// the certificate is self-signed and only carries the key. Its signature and dates are
+// not checked because they prove nothing here: the TLS 1.3 CertificateVerify proves the
+// peer holds the key, and the ID is a digest of the key.
+int verify_peer(X509_STORE_CTX* store, void* /*arg*/) {
+    auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+    tls_peer_check* check = nullptr;
+    if (ssl != nullptr) {
+        check = static_cast<tls_peer_check*>(SSL_get_ex_data(ssl, peer_check_index()));
+    }
+
+    // The untrusted stack is the chain as the peer sent it, leaf included.
+    STACK_OF(X509)* sent = X509_STORE_CTX_get0_untrusted(store);
+    int sent_count = sent != nullptr ? sk_X509_num(sent) : 0;
+    if (sent_count > 1) {
+        return refuse(store, check, X509_V_ERR_CERT_CHAIN_TOO_LONG,
+                      "peer sent a chain of " + std::to_string(sent_count) +
+                          " certificates; a node presents one self-signed certificate");
+    }
+
+    X509* cert = X509_STORE_CTX_get0_cert(store);
+    std::string id = node_id_from_cert(cert);
+    if (id.empty()) {
+        return refuse(store, check, X509_V_ERR_APPLICATION_VERIFICATION, "peer certificate has no usable public key");
+    }
+    if (check == nullptr) {
+        return 1;
+    }
+    check->peer_id = id;
+    if (!check->allow) {
+        return 1;
+    }
+    bool allowed = false;
+    try {
+        allowed = check->allow(id);
+    } catch (const std::exception& e) {
+        return refuse(store, check, X509_V_ERR_APPLICATION_VERIFICATION,
+                      "peer " + format_node_id(id) + ": check failed: " + e.what());
+    } catch (...) {
+        return refuse(store, check, X509_V_ERR_APPLICATION_VERIFICATION,
+                      "peer " + format_node_id(id) + ": check failed");
+    }
+    if (!allowed) {
+        return refuse(store, check, X509_V_ERR_APPLICATION_VERIFICATION,
+                      "peer " + format_node_id(id) + " is not trusted");
+    }
+    return 1;
+}
+
+}  // namespace
+
+tls_context::tls_context(const tls_credentials& creds, tls_role role) : role_(role) {
+    ERR_clear_error();
+    ctx_.reset(SSL_CTX_new(role == tls_role::server ? TLS_server_method() : TLS_client_method()));
+    if (!ctx_) {
+        fail("SSL_CTX_new failed");
+    }
+    SSL_CTX* ctx = ctx_.get();
+
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) != 1) {
+        fail("cannot restrict the protocol to TLS 1.3");
+    }
+    if (SSL_CTX_set_ciphersuites(ctx, tls13_ciphersuites) != 1) {
+        fail("cannot set the TLS 1.3 ciphersuites");
+    }
+    // No resumption at all: every connection authenticates with its certificate.
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET);
+    // Partial writes and a moving buffer suit a queue of owned buffers drained by one
+    // writer; buffers are kept (not released when idle) to avoid churn on busy links.
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_clear_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, static_cast<std::size_t>(tls_read_buffer_len));
+
+    int verify_mode = SSL_VERIFY_PEER;
+    if (role == tls_role::server) {
+        verify_mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    }
+    SSL_CTX_set_verify(ctx, verify_mode, nullptr);
+    SSL_CTX_set_cert_verify_callback(ctx, verify_peer, nullptr);
+
+    std::unique_ptr<BIO, bio_deleter> cert_bio(
+        BIO_new_mem_buf(creds.cert_pem.data(), static_cast<int>(creds.cert_pem.size())));
+    std::unique_ptr<X509, x509_deleter> cert;
+    if (cert_bio) {
+        cert.reset(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
+    }
+    if (!cert) {
+        fail("the node certificate is not a valid PEM certificate");
+    }
+    std::unique_ptr<BIO, bio_deleter> key_bio(
+        BIO_new_mem_buf(creds.key_pem.data(), static_cast<int>(creds.key_pem.size())));
+    std::unique_ptr<EVP_PKEY, pkey_deleter> key;
+    if (key_bio) {
+        key.reset(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+    }
+    if (!key) {
+        fail("the node key is not a valid unencrypted PEM private key");
+    }
+    if (X509_check_private_key(cert.get(), key.get()) != 1) {
+        fail("the node key does not match the node certificate");
+    }
+    if (SSL_CTX_use_certificate(ctx, cert.get()) != 1) {
+        fail("the node certificate is not usable");
+    }
+    if (SSL_CTX_use_PrivateKey(ctx, key.get()) != 1) {
+        fail("the node key is not usable");
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        fail("the node key does not match the node certificate");
+    }
+    id_ = node_id_from_cert(cert.get());
+    if (id_.empty()) {
+        fail("cannot compute the node ID of the certificate");
+    }
+}
+
+SSL* tls_context::new_ssl(tls_peer_check* check) const {
+    SSL* ssl = SSL_new(ctx_.get());
+    if (ssl == nullptr) {
+        fail("SSL_new failed");
+    }
+    if (SSL_set_ex_data(ssl, peer_check_index(), check) != 1) {
+        SSL_free(ssl);
+        fail("SSL_set_ex_data failed");
+    }
+    if (role_ == tls_role::server) {
+        SSL_set_accept_state(ssl);
+    } else {
+        SSL_set_connect_state(ssl);
+    }
+    return ssl;
+}
+
+std::string tls_error_string() {
+    // Error texts are loaded lazily by OpenSSL; without this, a process that has not yet
+    // made an SSL_CTX would print "reason(134)". Cheap after the first call.
+    OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, nullptr);
+    std::string out;
+    const char* data = nullptr;
+    int flags = 0;
+    while (unsigned long code = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) {
+        std::array<char, 256> buf{};
+        ERR_error_string_n(code, buf.data(), buf.size());
+        if (!out.empty()) {
+            out += "; ";
+        }
+        out += buf.data();
+        if (data != nullptr && (flags & ERR_TXT_STRING) != 0 && *data != '\0') {
+            out += " (";
+            out += data;
+            out += ")";
+        }
+    }
+    return out;
+}
+
+}  // namespace ferry
