@@ -60,14 +60,16 @@ $(call quiet,$(1)/.make-configure.log,$(CMAKE) -S . -B $(1) -G Ninja $(2) $(CMAK
 $(call quiet,$(1)/.make-build.log,$(CMAKE) --build $(1) $(BUILD_JOBS))
 endef
 
-# $(call run_tests,DIR,ENV,WRAPPER): ctest DIR; print the summary, or everything on failure.
+# $(call run_tests,DIR,ENV,WRAPPER): ctest DIR; print the summary, or on failure the log
+# without the start/passed lines (failing tests' output and the list of failures).
 define run_tests
 echo "make: testing $(1)"; \
 log=$(1)/.make-ctest.log; \
 if env $(2) $(3) $(CTEST) --test-dir $(1) --output-on-failure -j$(CTEST_JOBS) >$$log 2>&1; then \
   grep -E 'tests passed|No tests were found' $$log || tail -n 3 $$log; \
 else \
-  echo "make: tests FAILED in $(1)" >&2; cat $$log >&2; exit 1; \
+  echo "make: tests FAILED in $(1)" >&2; \
+  grep -Ev '^ *Start +[0-9]+: |Test +#[0-9]+: .* Passed ' $$log >&2 || true; exit 1; \
 fi
 endef
 

@@ -2,7 +2,7 @@
 # Loopback benchmark: ferry against plain nc (one big file) and tar|nc (many small files).
 #
 #   bench/run.sh [--rounds N] [--size-mib N] [--files N] [--connections N] [--quick]
-#                [--ferry PATH] [--baseline-only] [--no-warm] [--record] [--keep]
+#                [--ferry PATH] [--baseline-only] [--no-plaintext] [--no-warm] [--record] [--keep]
 #
 # Data lives in a fresh folder under /dev/shm (page-cache backed, so the disk is not what
 # is measured). Each case runs N rounds with the tools alternating (A B C A B C ...); before
@@ -30,6 +30,7 @@ Options:
   --quick           smoke run: 16 MiB file, 200 files, 1 round, no warm-up
   --ferry PATH      ferry binary (default $FERRY_BIN or build/release/tools/ferry)
   --baseline-only   run only nc and tar|nc (no ferry binary needed)
+  --no-plaintext    skip the ferry --plaintext runs
   --no-warm         skip the once-per-boot /dev/shm warm-up
   --record          append the report to bench/RESULTS.md
   --keep            keep the data folder under /dev/shm
@@ -40,7 +41,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 is_uint() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 
-rounds='' size_mib='' nfiles='' connections=4 quick=0 baseline_only=0 warm=1 record=0 keep=0
+rounds='' size_mib='' nfiles='' connections=4 quick=0 baseline_only=0 plaintext=1 warm=1 record=0 keep=0
 ferry=${FERRY_BIN:-$repo/build/release/tools/ferry}
 args_given=$*
 while [ $# -gt 0 ]; do
@@ -52,6 +53,7 @@ while [ $# -gt 0 ]; do
         --ferry) ferry=${2:-}; shift 2 ;;
         --quick) quick=1; shift ;;
         --baseline-only) baseline_only=1; shift ;;
+        --no-plaintext) plaintext=0; shift ;;
         --no-warm) warm=0; shift ;;
         --record) record=1; shift ;;
         --keep) keep=1; shift ;;
@@ -163,7 +165,7 @@ done
 stamp() { if [ -n "${EPOCHREALTIME:-}" ]; then ts=$EPOCHREALTIME; else ts=$(date +%s.%N); fi; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a - b }'; }
 
-reset_dest() { rm -rf "$dst"; mkdir -p "$dst"; }
+reset_dest() { rm -rf "$dst" "$logs"; mkdir -p "$dst" "$logs"; }   # and the last run's logs
 
 # port_listening PORT: true if something listens on TCP PORT (IPv4 or IPv6).
 port_listening() {
@@ -201,7 +203,8 @@ start_nc() {
             mkfifo "$data/fifo"
             timeout -k 5 "$run_timeout" nc -d -l 127.0.0.1 "$port" > "$data/fifo" 2> "$logs/nc-listen.err" &
             listener_pids+=("$!")
-            timeout -k 5 "$run_timeout" tar -C "$dst" -xf "$data/fifo" 2> "$logs/tar-x.err" &
+            # -B: reblock short reads from the pipe (GNU tar only does this by itself for stdin)
+            timeout -k 5 "$run_timeout" tar -C "$dst" -B -xf - < "$data/fifo" 2> "$logs/tar-x.err" &
             listener_pids+=("$!")
         fi
         bg_pids=("${listener_pids[@]}")
@@ -292,6 +295,7 @@ run_ferry() {
     wait_all "$recv_pid"
     stamp; elapsed=$(sub "$ts" "$t0")
     ferry_said=$(tail -n 1 "$logs/ferry-send.out" | sed -n 's/.*"payload_MBps": *\([0-9.eE+-]*\).*/\1/p')
+    if [ -n "$ferry_said" ]; then ferry_said=$(awk -v v="$ferry_said" 'BEGIN { printf "%.1f", v }'); fi
 }
 
 verify() {  # verify CASE: the last run's destination equals the source
@@ -320,8 +324,12 @@ case_bytes[tree]=$tree_bytes
 case_tools[file]="nc"
 case_tools[tree]="tar+nc"
 if [ "$baseline_only" = 0 ]; then
-    case_tools[file]+=" ferry-tls-c$c ferry-plain-c$c"
-    case_tools[tree]+=" ferry-tls-c$c ferry-plain-c$c"
+    case_tools[file]+=" ferry-tls-c$c"
+    case_tools[tree]+=" ferry-tls-c$c"
+    if [ "$plaintext" = 1 ]; then
+        case_tools[file]+=" ferry-plain-c$c"
+        case_tools[tree]+=" ferry-plain-c$c"
+    fi
 fi
 
 run_tool() {  # run_tool CASE TOOL
@@ -364,7 +372,7 @@ report() {
     echo "- source: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$( [ -n "$(git -C "$repo" status --porcelain 2>/dev/null)" ] && echo ' (with local changes)')"
     echo "- run: \`bench/run.sh $args_given\` — $rounds round(s), tools alternating, data in /dev/shm, sync and empty destination before each run"
     echo "- commands: \`nc -d -l 127.0.0.1 PORT > DEST/big.bin\` / \`nc -N 127.0.0.1 PORT < big.bin\`;" \
-         "\`nc -d -l 127.0.0.1 PORT | tar -C DEST -xf -\` / \`tar -C SRC -cf - tree | nc -N 127.0.0.1 PORT\`;" \
+         "\`nc -d -l 127.0.0.1 PORT | tar -C DEST -B -xf -\` / \`tar -C SRC -cf - tree | nc -N 127.0.0.1 PORT\`;" \
          "\`ferry receive --listen 127.0.0.1:0 --accept-from ID --json [--plaintext] DEST\` /" \
          "\`ferry send --connections $c [--plaintext] --json PATH ID@ADDR\`"
     echo "- time: sender start to both sides exited; MB/s = 10^6 payload bytes/s; ratio = baseline fastest time / tool fastest time (>1: faster than the baseline)"

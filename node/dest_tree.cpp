@@ -57,7 +57,9 @@ dest_tree::~dest_tree() {
 }
 
 std::string dest_tree::partial_name(std::string_view name) {
-    std::string p = "." + std::string(name) + ".ferry-part";
+    std::string p;
+    p.reserve(name.size() + 12);
+    p.append(".").append(name).append(".ferry-part");
     if (p.size() <= 255) {
         return p;
     }

@@ -225,6 +225,9 @@ std::error_code sender_machine::on_transfer_result(const wire::TransferResult& r
         failure_ = "receiver reported success before every file was confirmed";
         return protocol_errc::unexpected_message;
     }
+    // The result is the receiver's confirmation of every byte (verified and durable);
+    // ChunkAcks still in flight on other connections would only repeat it.
+    confirmed_bytes_ = total_bytes_ - skipped_bytes_;
     finished_ = true;
     return {};
 }

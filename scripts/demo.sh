@@ -48,7 +48,14 @@ state_a=$work/A        # receiver
 state_b=$work/B        # sender
 sample=$work/sample
 inbox=$work/inbox
-mkdir -p "$state_a" "$state_b" "$inbox"
+mkdir -p "$inbox"   # the state folders are left for ferry to create
+
+# ---- identities ----------------------------------------------------------------------
+id_a=$("$ferry" id --state "$state_a" | tail -n 1 | tr -d '[:space:]') || die "ferry id --state A failed"
+id_b=$("$ferry" id --state "$state_b" | tail -n 1 | tr -d '[:space:]') || die "ferry id --state B failed"
+if [ -z "$id_a" ] || [ -z "$id_b" ]; then die "ferry id printed nothing"; fi
+say "receiver A is $id_a"
+say "sender   B is $id_b"
 
 # ---- sample folder -------------------------------------------------------------------
 say "creating sample folder ($big_mib MiB of random data plus small files) in $work"
@@ -68,13 +75,6 @@ head -c "$((big_mib * 1024 * 1024))" /dev/urandom > "$sample/big.bin"
 
 files=$(find "$sample" -type f | wc -l)
 bytes=$(find "$sample" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
-
-# ---- identities ----------------------------------------------------------------------
-id_a=$("$ferry" id --state "$state_a" | tail -n 1 | tr -d '[:space:]') || die "ferry id --state A failed"
-id_b=$("$ferry" id --state "$state_b" | tail -n 1 | tr -d '[:space:]') || die "ferry id --state B failed"
-if [ -z "$id_a" ] || [ -z "$id_b" ]; then die "ferry id printed nothing"; fi
-say "receiver A is $id_a"
-say "sender   B is $id_b"
 
 # ---- receiver ------------------------------------------------------------------------
 say "starting receiver A on 127.0.0.1 (any free port), accepting only B"

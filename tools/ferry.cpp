@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -19,7 +20,7 @@
 #include "transport/identity.hpp"
 
 namespace fs = std::filesystem;
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 using ferry::exit_code;
 
 namespace {
@@ -40,13 +41,12 @@ void emit(const common_opts& o, json j) {
     if (!o.json) {
         return;
     }
-    json line = {{"event", j["event"]}, {"t", ferry::seconds_since(program_start)}};
-    for (auto& [k, v] : j.items()) {
-        if (k != "event") {
-            line[k] = v;
-        }
+    // "event" first; every event but `listening` (whose line is fixed exactly) carries a
+    // monotonic "t" in seconds last.
+    if (j["event"] != "listening") {
+        j["t"] = ferry::seconds_since(program_start);
     }
-    std::cout << line.dump() << '\n' << std::flush;
+    std::cout << j.dump() << '\n' << std::flush;
 }
 
 void say(const std::string& line) { std::cerr << "ferry: " << line << '\n'; }
@@ -215,8 +215,8 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     };
     ferry::node n(io, cfg, ev);
     std::string error;
-    if (n.listen(error)) {
-        return fail(o, exit_code::usage, error);
+    if (std::error_code ec = n.listen(error)) {
+        return fail(o, ec == std::errc::invalid_argument ? exit_code::usage : exit_code::local_io, error);
     }
     asio::signal_set signals(io, SIGINT, SIGTERM);
     int stopped_by = 0;
@@ -319,6 +319,8 @@ int cmd_send(const common_opts& o, const send_opts& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // A peer that closes first must not kill us: writes to a closed socket return EPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
     CLI::App app{"ferry: fast, authenticated peer-to-peer file transfer"};
     app.require_subcommand(1);
     app.footer("Exit codes: 0 ok, 1 usage, 2 transfer failed, 3 authentication/trust, 4 local I/O. See docs/cli.md.");

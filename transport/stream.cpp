@@ -23,7 +23,7 @@ public:
             case transport_errc::timeout: return "timed out";
             case transport_errc::resolve_failed: return "host name did not resolve";
             case transport_errc::plaintext_mismatch:
-                return "one side uses --plaintext and the other does not (both must say it)";
+                return "the peer does not speak TLS here: one side uses --plaintext and the other does not (both must say it)";
             case transport_errc::queue_full: return "outbound queue full";
         }
         return "unknown transport error";
@@ -52,7 +52,7 @@ const std::error_category& transport_category() noexcept {
 
 byte_stream::byte_stream(asio::ip::tcp::socket socket) : socket_(std::move(socket)) {
     std::error_code ec;
-    socket_.native_non_blocking(true, ec);
+    socket_.non_blocking(true, ec);  // synchronous read_some/write_some return would_block
     auto ep = socket_.remote_endpoint(ec);
     remote_ = ec ? std::string("?") : format_endpoint(ep);
 }
@@ -105,7 +105,8 @@ io_result byte_stream::ssl_result(int rc, std::size_t n) {
             unsigned long code = ERR_peek_last_error();
             r.ec = is_refusal_alert(code) ? transport_errc::peer_refused : transport_errc::tls_failed;
             if (ERR_GET_REASON(code) == SSL_R_WRONG_VERSION_NUMBER || ERR_GET_REASON(code) == SSL_R_HTTP_REQUEST ||
-                ERR_GET_REASON(code) == SSL_R_PACKET_LENGTH_TOO_LONG) {
+                ERR_GET_REASON(code) == SSL_R_PACKET_LENGTH_TOO_LONG ||
+                (ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING && !SSL_is_init_finished(ssl_))) {
                 r.ec = transport_errc::plaintext_mismatch;
             }
             ERR_clear_error();

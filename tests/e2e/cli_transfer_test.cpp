@@ -1,0 +1,288 @@
+// End-to-end: the real ferry binary, two nodes on loopback, real TLS 1.3.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/ferry_cli.hpp"
+#include "tests/support/tree.hpp"
+
+namespace fs = std::filesystem;
+using namespace ferry::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+void set_mtime(const fs::path& p, std::int64_t sec, long nsec) {
+    struct timespec t[2] = {{0, UTIME_OMIT}, {sec, nsec}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, p.c_str(), t, AT_SYMLINK_NOFOLLOW), 0) << p;
+}
+
+// The tree the foundation issue names: empty file, empty dir, 1 byte, exactly 256 KiB,
+// 256 KiB + 1, 20 MiB random, unicode names, nested folders, modes and mtimes.
+fs::path make_reference_tree(const fs::path& base) {
+    fs::path src = base / "tree";
+    write_text_file(src / "empty.txt", "");
+    fs::create_directories(src / "empty-dir");
+    write_text_file(src / "one.byte", "x");
+    write_random_file(src / "exact-256k.bin", 256 * 1024, 1);
+    write_random_file(src / "256k-plus-1.bin", 256 * 1024 + 1, 2);
+    write_random_file(src / "nested/deeper/random-20m.bin", 20 * 1024 * 1024, 3);
+    write_text_file(src / "données/ñandú ☃.txt", "unicode\n");
+    write_text_file(src / "日本語/ファイル.txt", "nihongo\n");
+    write_text_file(src / "nested/script.sh", "#!/bin/sh\necho hi\n");
+    ::chmod((src / "nested/script.sh").c_str(), 0755);
+    write_text_file(src / "private.key", "secret\n");
+    ::chmod((src / "private.key").c_str(), 0600);
+    set_mtime(src / "one.byte", 1'000'000'000, 123'456'789);
+    set_mtime(src / "nested/deeper/random-20m.bin", 1'500'000'000, 1);
+    set_mtime(src / "empty-dir", 1'600'000'000, 42);
+    set_mtime(src / "nested/deeper", 1'650'000'000, 0);
+    return src;
+}
+
+class cli_transfer : public ::testing::Test {
+protected:
+    ferry_cli cli;
+    std::string a_id = cli.id("A");
+    std::string b_id = cli.id("B");
+
+    ferry_cli::receiver start_receiver(const fs::path& dest, std::vector<std::string> extra = {}) {
+        std::vector<std::string> args{"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0",
+                                      "--accept-from", b_id, "--json"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        args.push_back(dest.string());
+        return cli.start(args);
+    }
+
+    run_result send(const std::vector<std::string>& paths, const std::string& target,
+                    std::vector<std::string> extra = {}, const std::string& who = "B") {
+        std::vector<std::string> args{"send", "--state", cli.state(who).string(), "--json"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        args.insert(args.end(), paths.begin(), paths.end());
+        args.push_back(target);
+        return cli.ferry(args);
+    }
+};
+
+nlohmann::json last_json_line(const std::string& out) {
+    std::string last;
+    std::size_t start = 0;
+    while (start < out.size()) {
+        std::size_t nl = out.find('\n', start);
+        std::string line = out.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+        if (!line.empty()) {
+            last = line;
+        }
+        if (nl == std::string::npos) {
+            break;
+        }
+        start = nl + 1;
+    }
+    return nlohmann::json::parse(last, nullptr, false);
+}
+
+}  // namespace
+
+TEST_F(cli_transfer, reference_tree_arrives_byte_identical_with_modes_and_mtimes) {
+    fs::path src = make_reference_tree(cli.root());
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    ASSERT_FALSE(rx.address.empty());
+    EXPECT_EQ(rx.id, a_id);
+
+    run_result s = send({src.string()}, a_id + "@" + rx.address);
+    ASSERT_EQ(s.code, 0) << s.err;
+    auto code = rx.proc->wait(process_timeout);
+    ASSERT_TRUE(code.has_value());
+    EXPECT_EQ(*code, 0) << rx.proc->err();
+    EXPECT_EQ(compare_trees(src, dest / "tree"), "");
+
+    nlohmann::json done = last_json_line(s.out);
+    ASSERT_FALSE(done.is_discarded()) << s.out;
+    EXPECT_EQ(done["event"], "done");
+    std::uint64_t total = 1 + 256 * 1024 + 256 * 1024 + 1 + 20 * 1024 * 1024 + 8 + 8 + 18 + 7;
+    EXPECT_EQ(done["payload_bytes"].get<std::uint64_t>(), total);
+    EXPECT_EQ(done["connections"].get<int>(), 4);
+    EXPECT_GT(done["wire_bytes_sent"].get<std::uint64_t>(), total);  // TLS records and framing on top
+    // No partial file is left anywhere.
+    for (const auto& e : fs::recursive_directory_iterator(dest)) {
+        EXPECT_EQ(e.path().filename().string().find(".ferry-part"), std::string::npos) << e.path();
+    }
+}
+
+TEST_F(cli_transfer, one_and_sixteen_connections_both_work) {
+    fs::path src = cli.root() / "set";
+    write_random_file(src / "a.bin", 3 * 1024 * 1024 + 17, 7);
+    for (int i = 0; i < 40; ++i) {
+        write_random_file(src / "small" / ("f" + std::to_string(i)), static_cast<std::uint64_t>(i) * 977, 100 + i);
+    }
+    for (int n : {1, 16}) {
+        fs::path dest = cli.root() / ("inbox-" + std::to_string(n));
+        auto rx = start_receiver(dest);
+        ASSERT_FALSE(rx.address.empty());
+        run_result s = send({src.string()}, a_id + "@" + rx.address, {"--connections", std::to_string(n)});
+        ASSERT_EQ(s.code, 0) << "connections " << n << ": " << s.err;
+        EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+        EXPECT_EQ(compare_trees(src, dest / "set"), "") << "connections " << n;
+        nlohmann::json done = last_json_line(s.out);
+        EXPECT_LE(done["connections"].get<int>(), n);
+        EXPECT_GE(done["connections"].get<int>(), 1);
+    }
+}
+
+TEST_F(cli_transfer, many_small_files_and_single_file_sources) {
+    fs::path src = cli.root() / "many";
+    for (int i = 0; i < 2000; ++i) {
+        write_random_file(src / ("d" + std::to_string(i % 10)) / ("f" + std::to_string(i)), 4096, 1000 + i);
+    }
+    fs::path single = cli.root() / "single.bin";
+    write_random_file(single, 123457, 9);
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    run_result s = send({src.string(), single.string()}, a_id + "@" + rx.address);
+    ASSERT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_EQ(compare_trees(src, dest / "many"), "");
+    EXPECT_EQ(compare_trees(single, dest / "single.bin"), "");
+}
+
+TEST_F(cli_transfer, untrusted_sender_is_refused_and_nothing_is_written) {
+    std::string c_id = cli.id("C");
+    fs::path src = cli.root() / "x";
+    write_text_file(src / "f.txt", "data");
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    run_result s = send({src.string()}, a_id + "@" + rx.address, {}, "C");
+    EXPECT_EQ(s.code, 3) << s.err;
+    EXPECT_NE(s.err.find("not trusted"), std::string::npos) << s.err;
+    EXPECT_NE(s.err.find(c_id), std::string::npos) << s.err;
+    nlohmann::json err = last_json_line(s.out);
+    EXPECT_EQ(err["event"], "error");
+    EXPECT_EQ(err["exit_code"], 3);
+    // The receiver keeps waiting for its real sender, which still gets through.
+    EXPECT_FALSE(fs::exists(dest / "x"));
+    run_result ok = send({src.string()}, a_id + "@" + rx.address);
+    EXPECT_EQ(ok.code, 0) << ok.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    EXPECT_EQ(compare_trees(src, dest / "x"), "");
+}
+
+TEST_F(cli_transfer, receiver_id_mismatch_is_refused) {
+    std::string c_id = cli.id("C");
+    fs::path src = cli.root() / "x";
+    write_text_file(src / "f.txt", "data");
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    run_result s = send({src.string()}, c_id + "@" + rx.address);
+    EXPECT_EQ(s.code, 3) << s.err;
+    EXPECT_NE(s.err.find(c_id), std::string::npos) << s.err;
+    EXPECT_FALSE(fs::exists(dest / "x"));
+    rx.proc->signal(SIGTERM);
+    EXPECT_TRUE(rx.proc->wait(process_timeout).has_value());
+}
+
+TEST_F(cli_transfer, existing_file_is_not_overwritten_unless_asked) {
+    fs::path src = cli.root() / "x";
+    write_text_file(src / "f.txt", "new contents");
+    fs::path dest = cli.root() / "inbox";
+    write_text_file(dest / "x" / "f.txt", "old");
+    {
+        auto rx = start_receiver(dest);
+        run_result s = send({src.string()}, a_id + "@" + rx.address);
+        EXPECT_EQ(s.code, 2) << s.err;
+        EXPECT_NE(s.err.find("exists"), std::string::npos) << s.err;
+        EXPECT_EQ(rx.proc->wait(process_timeout), 2);
+        std::ifstream in(dest / "x" / "f.txt");
+        std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        EXPECT_EQ(got, "old");
+    }
+    auto rx = start_receiver(dest, {"--overwrite"});
+    run_result s = send({src.string()}, a_id + "@" + rx.address);
+    EXPECT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    EXPECT_EQ(compare_trees(src, dest / "x"), "");
+}
+
+TEST_F(cli_transfer, plaintext_on_both_sides_works_and_mismatch_fails_clearly) {
+    fs::path src = cli.root() / "x";
+    write_random_file(src / "f.bin", 1'000'000, 5);
+    fs::path dest = cli.root() / "inbox";
+    {
+        auto rx = start_receiver(dest, {"--plaintext"});
+        run_result s = send({src.string()}, rx.address);
+        EXPECT_EQ(s.code, 2) << s.err;
+        EXPECT_NE(s.err.find("plaintext"), std::string::npos) << s.err;
+        rx.proc->signal(SIGTERM);
+        rx.proc->wait(process_timeout);
+    }
+    auto rx = start_receiver(dest, {"--plaintext"});
+    run_result s = send({src.string()}, rx.address, {"--plaintext"});
+    EXPECT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    EXPECT_EQ(compare_trees(src, dest / "x"), "");
+}
+
+TEST_F(cli_transfer, ipv6_loopback) {
+    fs::path src = cli.root() / "x";
+    write_random_file(src / "f.bin", 700'000, 6);
+    fs::path dest = cli.root() / "inbox";
+    auto rx = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "[::1]:0", "--accept-from", b_id,
+                         "--json", dest.string()});
+    if (rx.address.empty()) {
+        GTEST_SKIP() << "no IPv6 loopback here";
+    }
+    ASSERT_EQ(rx.address.substr(0, 5), "[::1]");
+    run_result s = send({src.string()}, a_id + "@" + rx.address);
+    EXPECT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    EXPECT_EQ(compare_trees(src, dest / "x"), "");
+}
+
+TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
+    fs::path src = cli.root() / "x";
+    write_text_file(src / "f.txt", "data");
+    // Nothing listens on port 1 of loopback.
+    run_result refused = send({src.string()}, "127.0.0.1:1");
+    EXPECT_EQ(refused.code, 2);
+    EXPECT_NE(refused.err.find("cannot connect"), std::string::npos) << refused.err;
+    nlohmann::json err = last_json_line(refused.out);
+    EXPECT_EQ(err["event"], "error");
+
+    EXPECT_EQ(send({src.string()}, "not-an-address").code, 1);
+    EXPECT_EQ(send({(cli.root() / "missing").string()}, "127.0.0.1:1").code, 1);
+    EXPECT_EQ(cli.ferry({"send", "--state", cli.state("B").string(), "only-one-arg"}).code, 1);
+    EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), "NOT-AN-ID"}).code, 1);
+    EXPECT_EQ(cli.ferry({"frobnicate"}).code, 1);
+    for (const char* cmd : {"id", "trust", "send", "receive", "serve"}) {
+        run_result h = cli.ferry({cmd, "--help"});
+        EXPECT_EQ(h.code, 0) << cmd;
+        EXPECT_NE(h.out.find("Example"), std::string::npos) << cmd;
+    }
+}
+
+TEST_F(cli_transfer, serve_accepts_concurrent_trusted_senders_and_stops_on_sigterm) {
+    std::string c_id = cli.id("C");
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("A").string(), b_id, "--name", "bee"}).code, 0);
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("A").string(), c_id}).code, 0);
+    fs::path src_b = cli.root() / "from-b";
+    fs::path src_c = cli.root() / "from-c";
+    write_random_file(src_b / "b.bin", 5'000'000, 11);
+    write_random_file(src_c / "c.bin", 5'000'000, 12);
+    fs::path inbox = cli.root() / "inbox";
+    auto node = cli.start({"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--inbox",
+                           inbox.string(), "--json"});
+    ASSERT_FALSE(node.address.empty());
+    child_process sb({FERRY_BINARY, "send", "--state", cli.state("B").string(), src_b.string(), a_id + "@" + node.address});
+    child_process sc({FERRY_BINARY, "send", "--state", cli.state("C").string(), src_c.string(), a_id + "@" + node.address});
+    EXPECT_EQ(sb.wait(process_timeout), 0) << sb.err();
+    EXPECT_EQ(sc.wait(process_timeout), 0) << sc.err();
+    EXPECT_EQ(compare_trees(src_b, inbox / "from-b"), "");
+    EXPECT_EQ(compare_trees(src_c, inbox / "from-c"), "");
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}

@@ -1,0 +1,44 @@
+// ferry_cli: drives the real `ferry` binary for end-to-end tests: state folders for a
+// receiver (A), a sender (B) and a stranger (C), a receiver started on 127.0.0.1:0 whose
+// `listening` JSON line gives its address, and bounded waits for every process.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace ferry::test {
+
+inline constexpr std::chrono::seconds process_timeout{120};
+
+class ferry_cli {
+public:
+    ferry_cli();
+
+    const std::filesystem::path& root() const { return dir_.path(); }
+    std::filesystem::path state(const std::string& who) const { return dir_.path() / ("state-" + who); }
+    // The node ID of state folder `who` (created on first use), as `ferry id` prints it.
+    std::string id(const std::string& who);
+
+    struct receiver {
+        std::unique_ptr<child_process> proc;
+        std::string address;  // HOST:PORT from the listening event
+        std::string id;
+    };
+    // Starts `ferry receive` (or serve) for state `who`; fails the test if it does not
+    // announce where it listens within the timeout.
+    receiver start(const std::vector<std::string>& args);
+
+    // Runs the ferry binary to completion.
+    run_result ferry(const std::vector<std::string>& args);
+
+private:
+    temp_dir dir_;
+};
+
+}  // namespace ferry::test

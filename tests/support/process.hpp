@@ -1,0 +1,52 @@
+// child_process: runs a program (the real ferry binary) with its stdout and stderr
+// piped, for end-to-end tests. Every wait is bounded: read_line() and wait() take a
+// timeout and use poll() on the pipe or on a pidfd, never a sleep loop.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ferry::test {
+
+class child_process {
+public:
+    explicit child_process(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
+    ~child_process();  // kills (SIGKILL) and reaps a child still running
+    child_process(const child_process&) = delete;
+    child_process& operator=(const child_process&) = delete;
+
+    // Next line of stdout (without '\n'), or nullopt on timeout or end of output.
+    std::optional<std::string> read_line(std::chrono::milliseconds timeout);
+    // Exit code (128 + signal if killed by one), or nullopt on timeout.
+    std::optional<int> wait(std::chrono::milliseconds timeout);
+    void signal(int sig);
+    // Everything the child wrote to stderr so far (non-blocking), and the rest of stdout.
+    std::string err();
+    std::string out();
+    pid_t pid() const { return pid_; }
+
+private:
+    void drain(int fd, std::string& into, bool block_until_eof);
+
+    pid_t pid_ = -1;
+    int pidfd_ = -1;
+    int out_fd_ = -1;
+    int err_fd_ = -1;
+    std::string out_buf_;
+    std::string err_buf_;
+    std::optional<int> status_;
+};
+
+// Runs a command to completion (bounded) and returns {exit code, stdout, stderr}.
+struct run_result {
+    int code = -1;
+    std::string out;
+    std::string err;
+};
+run_result run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+}  // namespace ferry::test

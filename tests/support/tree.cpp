@@ -1,0 +1,95 @@
+#include "tests/support/tree.hpp"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <random>
+#include <set>
+#include <vector>
+
+namespace ferry::test {
+
+namespace fs = std::filesystem;
+
+void write_random_file(const fs::path& path, std::uint64_t size, std::uint32_t seed) {
+    fs::create_directories(path.parent_path());
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    std::mt19937_64 rng(seed);
+    std::vector<std::uint64_t> block(8192);
+    while (size > 0) {
+        for (auto& w : block) {
+            w = rng();
+        }
+        std::uint64_t n = std::min<std::uint64_t>(size, block.size() * 8);
+        out.write(reinterpret_cast<const char*>(block.data()), static_cast<std::streamsize>(n));
+        size -= n;
+    }
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+    fs::create_directories(path.parent_path());
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+}
+
+namespace {
+
+std::string read_all(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::set<std::string> names(const fs::path& dir) {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        out.insert(e.path().filename().string());
+    }
+    return out;
+}
+
+}  // namespace
+
+std::string compare_trees(const fs::path& a, const fs::path& b) {
+    struct stat sa {};
+    struct stat sb {};
+    if (::lstat(a.c_str(), &sa) != 0) {
+        return "missing " + a.string();
+    }
+    if (::lstat(b.c_str(), &sb) != 0) {
+        return "missing " + b.string();
+    }
+    if ((sa.st_mode & S_IFMT) != (sb.st_mode & S_IFMT)) {
+        return "kind differs: " + b.string();
+    }
+    if ((sa.st_mode & 07777) != (sb.st_mode & 07777)) {
+        return "mode differs: " + b.string();
+    }
+    if (S_ISDIR(sa.st_mode)) {
+        auto na = names(a);
+        auto nb = names(b);
+        if (na != nb) {
+            return "entries differ in " + b.string();
+        }
+        for (const auto& n : na) {
+            if (std::string d = compare_trees(a / n, b / n); !d.empty()) {
+                return d;
+            }
+        }
+        if (sa.st_mtim.tv_sec != sb.st_mtim.tv_sec || sa.st_mtim.tv_nsec != sb.st_mtim.tv_nsec) {
+            return "dir mtime differs: " + b.string();
+        }
+        return {};
+    }
+    if (sa.st_size != sb.st_size) {
+        return "size differs: " + b.string();
+    }
+    if (sa.st_mtim.tv_sec != sb.st_mtim.tv_sec || sa.st_mtim.tv_nsec != sb.st_mtim.tv_nsec) {
+        return "mtime differs: " + b.string();
+    }
+    if (read_all(a) != read_all(b)) {
+        return "bytes differ: " + b.string();
+    }
+    return {};
+}
+
+}  // namespace ferry::test

@@ -1,0 +1,18 @@
+// Helpers to build test file trees and compare them: bytes, modes and mtimes.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace ferry::test {
+
+// Writes `size` pseudo-random bytes (seeded) to `path`, creating parent folders.
+void write_random_file(const std::filesystem::path& path, std::uint64_t size, std::uint32_t seed);
+void write_text_file(const std::filesystem::path& path, const std::string& text);
+
+// Empty string if `a` and `b` hold the same tree (names, kinds, bytes, permission bits,
+// mtimes of files to the nanosecond); otherwise the first difference, in words.
+std::string compare_trees(const std::filesystem::path& a, const std::filesystem::path& b);
+
+}  // namespace ferry::test
