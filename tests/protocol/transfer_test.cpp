@@ -1,0 +1,1105 @@
+// Tests of the sans-IO transfer state machines (sender_machine, receiver_machine) and of
+// chunk_bitmap. A loopback wires a sender to a receiver with no I/O: messages are handed
+// over directly and chunk payloads are deterministic bytes, so whole transfers (several
+// Offer batches, chunks out of order, requeues, partial and skipped files) run in memory.
+#include "protocol/transfer.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <random>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "ferry.pb.h"
+#include "protocol/digest.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/types.hpp"
+
+namespace ferry {
+namespace {
+
+constexpr std::uint64_t test_transfer_id = 7;
+constexpr std::int64_t test_mtime_ns = 1'700'000'000'123'456'789;
+
+entry_info file_entry(std::string path, std::uint64_t size) {
+    entry_info e;
+    e.path = std::move(path);
+    e.size = size;
+    e.mode = 0644;
+    e.mtime_ns = test_mtime_ns;
+    return e;
+}
+
+entry_info dir_entry(std::string path) {
+    entry_info e;
+    e.path = std::move(path);
+    e.is_dir = true;
+    e.mode = 0755;
+    e.mtime_ns = test_mtime_ns;
+    return e;
+}
+
+// The bytes of chunk `i` of file `f`: deterministic, different for every chunk.
+std::vector<std::uint8_t> chunk_payload(file_id f, chunk_index i, std::uint32_t len) {
+    std::vector<std::uint8_t> out(len);
+    std::uint32_t state = f.value * 2654435761u + i.value * 40503u + 1u;
+    for (std::uint32_t j = 0; j < len; ++j) {
+        state = state * 1664525u + 1013904223u;
+        out[j] = static_cast<std::uint8_t>(state >> 24);
+    }
+    return out;
+}
+
+digest128 payload_digest(file_id f, chunk_index i, std::uint32_t len) { return hash_chunk(chunk_payload(f, i, len)); }
+
+wire::Chunk chunk_header(file_id f, chunk_index i, std::uint32_t raw_len, digest128 d = {}) {
+    wire::Chunk c;
+    c.set_file_id(f.value);
+    c.set_index(i.value);
+    c.set_raw_len(raw_len);
+    c.set_codec(wire::CODEC_RAW);
+    c.set_hash_lo(d.lo);
+    c.set_hash_hi(d.hi);
+    return c;
+}
+
+wire::TransferResult transfer_result(bool ok, std::string error = {}) {
+    wire::TransferResult r;
+    r.set_transfer_id(test_transfer_id);
+    r.set_ok(ok);
+    r.set_error(std::move(error));
+    return r;
+}
+
+wire::FileResult file_result(file_id f, bool ok, std::string error = {}) {
+    wire::FileResult r;
+    r.set_file_id(f.value);
+    r.set_ok(ok);
+    r.set_error(std::move(error));
+    return r;
+}
+
+// A chunk the sender read, hashed and put on the wire.
+struct in_flight {
+    chunk_ref ref;
+    wire::Chunk header;
+    std::vector<std::uint8_t> payload;
+};
+
+// A sender and a receiver joined by direct calls, doing what both nodes would do with
+// each message and completion.
+class loopback {
+public:
+    using decide_fn = std::function<receiver_machine::decision(file_id)>;
+
+    explicit loopback(std::vector<entry_info> entries, transfer_options options = {})
+        : sender_(test_transfer_id, std::move(entries), options), file_dones_(sender_.total_files(), 0) {}
+
+    sender_machine& sender() { return sender_; }
+    receiver_machine& receiver() { return receiver_; }
+    int file_dones(file_id f) const { return file_dones_.at(f.value); }
+    std::uint64_t file_results() const { return file_results_; }
+
+    // Offer → Accept for every batch, in order. FileDones the Accept releases at once
+    // (empty files) go straight to the receiver.
+    void exchange_offers(const decide_fn& decide = {}) {
+        std::vector<wire::Offer> offers = sender_.make_offers();
+        ASSERT_FALSE(offers.empty());
+        for (const wire::Offer& offer : offers) {
+            std::vector<file_id> ids;
+            ASSERT_EQ(receiver_.on_offer(offer, ids), std::error_code{});
+            ASSERT_EQ(ids.size(), static_cast<std::size_t>(offer.entries_size()));
+            std::vector<receiver_machine::decision> decisions;
+            for (file_id id : ids) {
+                decisions.push_back(decide ? decide(id) : receiver_machine::decision{id});
+            }
+            std::vector<wire::FileDone> done_now;
+            ASSERT_EQ(sender_.on_accept(receiver_.accept(decisions), done_now), std::error_code{});
+            for (const wire::FileDone& d : done_now) {
+                deliver_done(d);
+            }
+        }
+        EXPECT_TRUE(sender_.all_accepted());
+        EXPECT_TRUE(receiver_.all_offered());
+    }
+
+    // The sender's reader: reads and hashes the chunk, sends the FileDone it releases.
+    // Returns the chunk frame unless the receiver already has the chunk.
+    std::optional<in_flight> read_and_hash(const chunk_ref& ref) {
+        EXPECT_EQ(ref.offset, std::uint64_t{ref.index.value} * chunk_size);
+        EXPECT_EQ(ref.length, chunk_length(sender_.entry(ref.file).size, ref.index.value));
+        in_flight c;
+        c.ref = ref;
+        c.payload = chunk_payload(ref.file, ref.index, ref.length);
+        digest128 d = hash_chunk(c.payload);
+        if (std::optional<wire::FileDone> done = sender_.on_chunk_hashed(ref, d)) {
+            deliver_done(*done);
+        }
+        if (!ref.send) {
+            return std::nullopt;
+        }
+        c.header = chunk_header(ref.file, ref.index, ref.length, d);
+        return c;
+    }
+
+    // Takes every chunk the sender has now; returns those to put on the wire.
+    std::vector<in_flight> pull_chunks() {
+        std::vector<in_flight> out;
+        while (std::optional<chunk_ref> ref = sender_.next_chunk()) {
+            if (std::optional<in_flight> c = read_and_hash(*ref)) {
+                out.push_back(std::move(*c));
+            }
+        }
+        return out;
+    }
+
+    // The receiver's handling of a chunk frame: admission, hash check, write, ack.
+    void deliver(const in_flight& c) {
+        ASSERT_EQ(receiver_.on_chunk(c.header, static_cast<std::uint32_t>(c.payload.size())), std::error_code{});
+        digest128 d = hash_chunk(c.payload);
+        ASSERT_EQ(d, (digest128{c.header.hash_lo(), c.header.hash_hi()}));
+        file_id f{c.header.file_id()};
+        chunk_index i{c.header.index()};
+        if (!receiver_.has_chunk(f, i)) {
+            receiver_.on_chunk_written(f, i, d);
+        }
+        std::error_code ec;
+        sender_.on_ack(chunk_key(f, i), ec);
+        ASSERT_FALSE(ec) << ec.message();
+        finish_if_ready(f);
+    }
+
+    void deliver_done(const wire::FileDone& done) {
+        ++file_dones_.at(done.file_id());
+        ASSERT_EQ(receiver_.on_file_done(done), std::error_code{});
+        finish_if_ready(file_id{done.file_id()});
+    }
+
+    // The receiver's TransferResult once every file is finished.
+    std::error_code finish() {
+        EXPECT_TRUE(receiver_.all_finished());
+        wire::TransferResult r = transfer_result(true);
+        r.set_files(receiver_.total_files());
+        r.set_bytes(receiver_.received_bytes());
+        return sender_.on_transfer_result(r);
+    }
+
+    // A whole transfer; chunk frames are delivered in a shuffled order when `seed` is set.
+    void run(const decide_fn& decide = {}, std::optional<unsigned> seed = std::nullopt) {
+        exchange_offers(decide);
+        if (::testing::Test::HasFatalFailure()) {
+            return;
+        }
+        std::vector<in_flight> chunks = pull_chunks();
+        if (seed) {
+            std::mt19937 rng(*seed);
+            std::shuffle(chunks.begin(), chunks.end(), rng);
+        }
+        for (const in_flight& c : chunks) {
+            deliver(c);
+            if (::testing::Test::HasFatalFailure()) {
+                return;
+            }
+        }
+        EXPECT_EQ(finish(), std::error_code{}) << sender_.failure();
+    }
+
+private:
+    void finish_if_ready(file_id f) {
+        bool ok = false;
+        if (!receiver_.ready(f, ok)) {
+            return;
+        }
+        EXPECT_TRUE(ok) << "digest mismatch for " << receiver_.entry(f).path;
+        receiver_.on_file_finished(f);
+        ++file_results_;
+        ASSERT_EQ(sender_.on_file_result(file_result(f, ok)), std::error_code{});
+    }
+
+    sender_machine sender_;
+    receiver_machine receiver_;
+    std::vector<int> file_dones_;
+    std::uint64_t file_results_ = 0;
+};
+
+// An Offer as a (possibly hostile) sender would write it.
+wire::Offer raw_offer(const std::vector<std::pair<std::uint32_t, std::string>>& entries, bool last = true,
+                      std::uint64_t total_files = 0) {
+    wire::Offer o;
+    o.set_transfer_id(test_transfer_id);
+    o.set_last(last);
+    o.set_total_files(total_files != 0 ? total_files : entries.size());
+    for (const auto& [id, path] : entries) {
+        wire::Entry* e = o.add_entries();
+        e->set_id(id);
+        e->set_path(path);
+        e->set_kind(wire::ENTRY_FILE);
+        e->set_size(10);
+        e->set_mode(0644);
+    }
+    return o;
+}
+
+std::error_code offer_error(receiver_machine& r, const wire::Offer& o) {
+    std::vector<file_id> ids;
+    return r.on_offer(o, ids);
+}
+
+// ---------------------------------------------------------------------------------------
+// chunk_bitmap
+
+TEST(ChunkBitmap, SetTestCount) {
+    chunk_bitmap b(20);
+    EXPECT_EQ(b.size(), 20u);
+    EXPECT_EQ(b.count(), 0u);
+    EXPECT_EQ(b.to_bytes().size(), 3u);
+    b.set(0);
+    b.set(7);
+    b.set(8);
+    b.set(19);
+    b.set(8);  // setting twice changes nothing
+    EXPECT_EQ(b.count(), 4u);
+    for (std::uint64_t i = 0; i < 20; ++i) {
+        EXPECT_EQ(b.test(i), i == 0 || i == 7 || i == 8 || i == 19) << i;
+    }
+    // LSB first: bit 0 and bit 7 in byte 0, bit 8 in byte 1, bit 19 is bit 3 of byte 2.
+    EXPECT_EQ(b.to_bytes(), std::string("\x81\x01\x08", 3));
+}
+
+TEST(ChunkBitmap, FromBytesRoundTrip) {
+    chunk_bitmap b(13);
+    b.set(2);
+    b.set(12);
+    std::optional<chunk_bitmap> back = chunk_bitmap::from_bytes(13, b.to_bytes());
+    ASSERT_TRUE(back);
+    EXPECT_EQ(back->size(), 13u);
+    EXPECT_EQ(back->count(), 2u);
+    EXPECT_TRUE(back->test(2));
+    EXPECT_TRUE(back->test(12));
+    EXPECT_FALSE(back->test(3));
+
+    std::optional<chunk_bitmap> empty = chunk_bitmap::from_bytes(0, "");
+    ASSERT_TRUE(empty);
+    EXPECT_EQ(empty->size(), 0u);
+    EXPECT_EQ(empty->count(), 0u);
+}
+
+TEST(ChunkBitmap, FromBytesRejectsWrongLength) {
+    EXPECT_FALSE(chunk_bitmap::from_bytes(9, std::string(1, '\xff')));
+    EXPECT_FALSE(chunk_bitmap::from_bytes(9, std::string(3, '\xff')));
+    EXPECT_FALSE(chunk_bitmap::from_bytes(8, ""));
+    EXPECT_FALSE(chunk_bitmap::from_bytes(0, std::string(1, '\0')));
+    EXPECT_TRUE(chunk_bitmap::from_bytes(9, std::string(2, '\0')));
+}
+
+TEST(ChunkBitmap, FromBytesIgnoresPaddingBits) {
+    // A peer may set the unused high bits of the last byte; they must not be counted.
+    std::optional<chunk_bitmap> b = chunk_bitmap::from_bytes(3, std::string(1, '\xff'));
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->count(), 3u);
+    EXPECT_EQ(b->to_bytes(), std::string(1, '\x07'));
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole transfers in memory
+
+std::vector<entry_info> mixed_entries() {
+    return {
+        dir_entry("d"),
+        file_entry("d/empty", 0),
+        file_entry("d/one", 1),
+        file_entry("d/exact", chunk_size),
+        file_entry("d/plus", chunk_size + 1),
+        file_entry("d/multi", 3 * std::uint64_t{chunk_size} + 100),
+        dir_entry("d/sub"),
+        file_entry("d/sub/small", 1000),
+        file_entry("top", 5 * std::uint64_t{chunk_size}),
+    };
+}
+
+TEST(TransferLoopback, DeliversEveryEntryInOrder) {
+    std::vector<entry_info> entries = mixed_entries();
+    loopback lb(entries);
+    std::uint64_t expected_bytes = 0;
+    for (const entry_info& e : entries) {
+        expected_bytes += e.is_dir ? 0 : e.size;
+    }
+    EXPECT_EQ(lb.sender().total_bytes(), expected_bytes);
+    EXPECT_EQ(lb.sender().total_files(), entries.size());
+
+    lb.run();
+
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.sender().confirmed_bytes(), expected_bytes);
+    EXPECT_EQ(lb.sender().files_done(), entries.size());
+    EXPECT_EQ(lb.sender().skipped_bytes(), 0u);
+    EXPECT_TRUE(lb.sender().failure().empty());
+    EXPECT_TRUE(lb.receiver().all_finished());
+    EXPECT_EQ(lb.receiver().total_bytes(), expected_bytes);
+    EXPECT_EQ(lb.receiver().received_bytes(), expected_bytes);
+    EXPECT_EQ(lb.receiver().total_files(), entries.size());
+    // A FileResult for every regular file (empty ones included), none for directories;
+    // exactly one FileDone per regular file.
+    EXPECT_EQ(lb.file_results(), 7u);
+    for (std::uint32_t i = 0; i < entries.size(); ++i) {
+        EXPECT_EQ(lb.file_dones(file_id{i}), entries[i].is_dir ? 0 : 1) << entries[i].path;
+        EXPECT_EQ(lb.receiver().entry(file_id{i}).path, entries[i].path);
+        EXPECT_EQ(lb.receiver().entry(file_id{i}).is_dir, entries[i].is_dir);
+        EXPECT_EQ(lb.receiver().entry(file_id{i}).mtime_ns, test_mtime_ns);
+    }
+}
+
+TEST(TransferLoopback, ChunkCountsAndLengthsAtSizeBoundaries) {
+    std::vector<entry_info> entries = mixed_entries();
+    loopback lb(entries);
+    lb.exchange_offers();
+    std::vector<std::uint64_t> chunks(entries.size(), 0);
+    std::vector<std::uint64_t> bytes(entries.size(), 0);
+    for (const in_flight& c : lb.pull_chunks()) {
+        ++chunks[c.ref.file.value];
+        bytes[c.ref.file.value] += c.ref.length;
+        EXPECT_GT(c.ref.length, 0u);
+        EXPECT_LE(c.ref.length, chunk_size);
+    }
+    EXPECT_EQ(chunks, (std::vector<std::uint64_t>{0, 0, 1, 1, 2, 4, 0, 1, 5}));
+    for (std::uint32_t i = 0; i < entries.size(); ++i) {
+        EXPECT_EQ(bytes[i], entries[i].is_dir ? 0 : entries[i].size) << entries[i].path;
+    }
+}
+
+TEST(TransferLoopback, ChunksOutOfOrder) {
+    for (unsigned seed : {1u, 2u, 3u}) {
+        std::vector<entry_info> entries = mixed_entries();
+        loopback lb(entries);
+        lb.run({}, seed);
+        EXPECT_TRUE(lb.sender().finished()) << "seed " << seed;
+        EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes()) << "seed " << seed;
+        EXPECT_EQ(lb.sender().files_done(), entries.size()) << "seed " << seed;
+    }
+}
+
+TEST(TransferLoopback, ManyOfferBatchesOutOfOrder) {
+    std::vector<entry_info> entries;
+    entries.push_back(dir_entry(std::string(200, 'd')));
+    for (std::uint32_t i = 1; i < 700; ++i) {
+        std::string name = std::to_string(i);
+        std::string path = std::string(200, 'd') + "/" + name + std::string(40, 'x');
+        std::uint64_t size = i % 4 == 0 ? 0 : i * 13;
+        if (i % 97 == 0) {
+            size = 2 * std::uint64_t{chunk_size} + i;
+        }
+        entries.push_back(file_entry(path, size));
+    }
+    loopback lb(entries);
+
+    std::vector<wire::Offer> offers = lb.sender().make_offers();
+    ASSERT_GT(offers.size(), 1u);
+    std::uint32_t next_id = 0;
+    for (std::size_t b = 0; b < offers.size(); ++b) {
+        const wire::Offer& o = offers[b];
+        EXPECT_LE(o.ByteSizeLong(), offer_batch_bytes) << "batch " << b;
+        EXPECT_GT(o.entries_size(), 0) << "batch " << b;
+        EXPECT_EQ(o.last(), b + 1 == offers.size()) << "batch " << b;
+        EXPECT_EQ(o.transfer_id(), test_transfer_id);
+        EXPECT_EQ(o.total_files(), entries.size());
+        EXPECT_EQ(o.total_bytes(), lb.sender().total_bytes());
+        for (const wire::Entry& e : o.entries()) {
+            EXPECT_EQ(e.id(), next_id);
+            EXPECT_EQ(e.path(), entries[next_id].path);
+            ++next_id;
+        }
+    }
+    EXPECT_EQ(next_id, entries.size());
+
+    lb.run({}, 42);
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
+    EXPECT_EQ(lb.sender().files_done(), entries.size());
+    EXPECT_EQ(lb.receiver().received_bytes(), lb.sender().total_bytes());
+    EXPECT_EQ(lb.receiver().total_files(), entries.size());
+}
+
+TEST(TransferLoopback, BatchesStayUnderLimitWithLargestFieldValues) {
+    // Longest names, largest ids, sizes, modes and negative times: every varint at its widest.
+    std::vector<entry_info> entries;
+    for (std::uint32_t i = 0; i < 60; ++i) {
+        entry_info e = file_entry(std::to_string(i) + "-" + std::string(4000, 'p'), ~std::uint64_t{0} - i);
+        e.mode = 0xffffffffu;
+        e.mtime_ns = -1;
+        entries.push_back(std::move(e));
+    }
+    sender_machine sender(~std::uint64_t{0}, entries, {.overwrite = true, .fsync_each = true});
+    std::vector<wire::Offer> offers = sender.make_offers();
+    ASSERT_GT(offers.size(), 1u);
+    for (const wire::Offer& o : offers) {
+        EXPECT_LE(o.ByteSizeLong(), offer_batch_bytes);
+    }
+}
+
+TEST(TransferLoopback, EmptyTransfer) {
+    loopback lb({});
+    std::vector<wire::Offer> offers = lb.sender().make_offers();
+    ASSERT_EQ(offers.size(), 1u);
+    EXPECT_TRUE(offers[0].last());
+    EXPECT_EQ(offers[0].entries_size(), 0);
+    lb.run();
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.sender().confirmed_bytes(), 0u);
+    EXPECT_TRUE(lb.receiver().all_finished());
+}
+
+TEST(TransferLoopback, OptionsReachTheReceiver) {
+    loopback lb({file_entry("f", 3)}, {.overwrite = true, .fsync_each = true});
+    lb.run();
+    EXPECT_TRUE(lb.receiver().options().overwrite);
+    EXPECT_TRUE(lb.receiver().options().fsync_each);
+    EXPECT_EQ(lb.receiver().transfer_id(), test_transfer_id);
+    EXPECT_TRUE(lb.sender().finished());
+}
+
+// ---------------------------------------------------------------------------------------
+// Sender: requeue and acks
+
+TEST(SenderMachine, RequeuedChunkComesBackFirstAndYieldsOneFileDone) {
+    const std::uint64_t size = 2 * std::uint64_t{chunk_size} + 10;
+    loopback lb({file_entry("f", size), file_entry("g", 5)});
+    lb.exchange_offers();
+    sender_machine& s = lb.sender();
+
+    std::optional<chunk_ref> c0 = s.next_chunk();
+    std::optional<chunk_ref> c1 = s.next_chunk();
+    std::optional<chunk_ref> c2 = s.next_chunk();
+    ASSERT_TRUE(c0 && c1 && c2);
+    EXPECT_EQ(c2->file, file_id{0});
+    EXPECT_EQ(c2->index, chunk_index{2});
+    std::optional<in_flight> f0 = lb.read_and_hash(*c0);
+    std::optional<in_flight> f1 = lb.read_and_hash(*c1);
+    std::optional<in_flight> f2 = lb.read_and_hash(*c2);
+    ASSERT_TRUE(f0 && f1 && f2);
+    EXPECT_EQ(lb.file_dones(file_id{0}), 1);
+
+    // c1's connection failed before delivery: it is the next chunk handed out, ahead of g.
+    s.requeue(*c1);
+    std::optional<chunk_ref> again = s.next_chunk();
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->file, file_id{0});
+    EXPECT_EQ(again->index, chunk_index{1});
+    EXPECT_EQ(again->offset, c1->offset);
+    EXPECT_EQ(again->length, c1->length);
+    std::optional<in_flight> f1_again = lb.read_and_hash(*again);
+    ASSERT_TRUE(f1_again);
+    EXPECT_EQ(lb.file_dones(file_id{0}), 1);  // hashed twice, still one FileDone
+
+    std::optional<chunk_ref> g0 = s.next_chunk();
+    ASSERT_TRUE(g0);
+    EXPECT_EQ(g0->file, file_id{1});
+    std::optional<in_flight> g_frame = lb.read_and_hash(*g0);
+    ASSERT_TRUE(g_frame);
+    EXPECT_FALSE(s.next_chunk());
+
+    // Both copies of c1 arrive (the first one was in fact delivered): the receiver re-acks
+    // the duplicate and the sender counts it once.
+    lb.deliver(*f0);
+    lb.deliver(*f1);
+    lb.deliver(*f1_again);
+    lb.deliver(*f2);
+    lb.deliver(*g_frame);
+    EXPECT_EQ(s.confirmed_bytes(), size + 5);
+    EXPECT_EQ(lb.receiver().received_bytes(), size + 5);
+    EXPECT_EQ(lb.finish(), std::error_code{});
+    EXPECT_TRUE(s.finished());
+    EXPECT_EQ(s.confirmed_bytes(), s.total_bytes());
+}
+
+TEST(SenderMachine, RequeueBeforeHashing) {
+    sender_machine s(test_transfer_id, {file_entry("f", chunk_size + 1)}, {});
+    wire::Accept a;
+    a.set_transfer_id(test_transfer_id);
+    a.add_files()->set_id(0);
+    std::vector<wire::FileDone> done;
+    ASSERT_EQ(s.on_accept(a, done), std::error_code{});
+    EXPECT_TRUE(done.empty());
+
+    std::optional<chunk_ref> c0 = s.next_chunk();
+    ASSERT_TRUE(c0);
+    s.requeue(*c0);
+    std::optional<chunk_ref> first = s.next_chunk();
+    std::optional<chunk_ref> second = s.next_chunk();
+    ASSERT_TRUE(first && second);
+    EXPECT_EQ(first->index, chunk_index{0});
+    EXPECT_EQ(second->index, chunk_index{1});
+    EXPECT_FALSE(s.next_chunk());
+
+    EXPECT_FALSE(s.on_chunk_hashed(*second, payload_digest(second->file, second->index, second->length)));
+    std::optional<wire::FileDone> d = s.on_chunk_hashed(*first, payload_digest(first->file, first->index, first->length));
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->file_id(), 0u);
+    std::vector<digest128> digests{payload_digest(file_id{0}, chunk_index{0}, chunk_size),
+                                   payload_digest(file_id{0}, chunk_index{1}, 1)};
+    digest128 expected = file_digest(digests);
+    EXPECT_EQ(d->digest_lo(), expected.lo);
+    EXPECT_EQ(d->digest_hi(), expected.hi);
+}
+
+// A sender for `entries` whose single batch was accepted with ACCEPT_ALL (or `kinds`).
+sender_machine accepted_sender(std::vector<entry_info> entries, const std::vector<wire::AcceptKind>& kinds = {}) {
+    sender_machine s(test_transfer_id, std::move(entries), {});
+    wire::Accept a;
+    a.set_transfer_id(test_transfer_id);
+    for (std::uint32_t i = 0; i < s.total_files(); ++i) {
+        wire::FileAccept* fa = a.add_files();
+        fa->set_id(i);
+        fa->set_kind(i < kinds.size() ? kinds[i] : wire::ACCEPT_ALL);
+    }
+    std::vector<wire::FileDone> done;
+    EXPECT_EQ(s.on_accept(a, done), std::error_code{});
+    return s;
+}
+
+TEST(SenderMachine, DuplicateAckCountsOnce) {
+    sender_machine s = accepted_sender({file_entry("f", chunk_size + 7)});
+    std::error_code ec;
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 7u);
+    EXPECT_FALSE(ec);
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 0u);
+    EXPECT_FALSE(ec);
+    EXPECT_EQ(s.confirmed_bytes(), 7u);
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{0}), ec), chunk_size);
+    EXPECT_FALSE(ec);
+    EXPECT_EQ(s.confirmed_bytes(), chunk_size + 7u);
+}
+
+TEST(SenderMachine, AckForUnknownChunkIsAnError) {
+    sender_machine s = accepted_sender({file_entry("f", chunk_size + 7), dir_entry("d"), file_entry("skipped", 100)},
+                                       {wire::ACCEPT_ALL, wire::ACCEPT_ALL, wire::ACCEPT_SKIP});
+    auto ack_error = [&s](file_id f, chunk_index i) {
+        std::error_code ec;
+        EXPECT_EQ(s.on_ack(chunk_key(f, i), ec), 0u);
+        return ec;
+    };
+    EXPECT_EQ(ack_error(file_id{3}, chunk_index{0}), protocol_errc::unknown_file);       // no such file
+    EXPECT_EQ(ack_error(file_id{0}, chunk_index{2}), protocol_errc::unknown_file);       // index past the end
+    EXPECT_EQ(ack_error(file_id{0}, chunk_index{~0u}), protocol_errc::unknown_file);     // far past the end
+    EXPECT_EQ(ack_error(file_id{1}, chunk_index{0}), protocol_errc::unknown_file);       // a directory
+    EXPECT_EQ(ack_error(file_id{2}, chunk_index{0}), protocol_errc::unknown_file);       // a skipped file
+    EXPECT_EQ(ack_error(file_id{~0u}, chunk_index{0}), protocol_errc::unknown_file);
+    EXPECT_EQ(s.confirmed_bytes(), 0u);
+}
+
+TEST(SenderMachine, AckBeforeAcceptIsAnError) {
+    sender_machine s(test_transfer_id, {file_entry("f", 10)}, {});
+    std::error_code ec;
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{0}), ec), 0u);
+    EXPECT_EQ(ec, protocol_errc::unknown_file);
+    EXPECT_FALSE(s.next_chunk());  // nothing to read before the Accept
+}
+
+TEST(SenderMachine, BadAcceptIsRefused) {
+    std::vector<wire::FileDone> done;
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", 10)}, {});
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id + 1);
+        a.add_files()->set_id(0);
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::unexpected_message);
+    }
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", 10), file_entry("g", 10)}, {});
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        a.add_files()->set_id(0);
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::unexpected_message);  // too few answers
+    }
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", 10), file_entry("g", 10)}, {});
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        a.add_files()->set_id(1);
+        a.add_files()->set_id(0);
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::unknown_file);  // out of order
+    }
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", chunk_size * 2)}, {});
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        wire::FileAccept* fa = a.add_files();
+        fa->set_id(0);
+        fa->set_kind(wire::ACCEPT_PARTIAL);
+        fa->set_have(std::string(2, '\0'));  // 2 chunks need 1 byte
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::bad_chunk);
+    }
+    {
+        sender_machine s = accepted_sender({file_entry("f", 10)});
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        a.add_files()->set_id(0);
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::unexpected_message);  // no batch left
+    }
+    EXPECT_TRUE(done.empty());
+}
+
+TEST(SenderMachine, EmptyFileIsDoneOnAccept) {
+    sender_machine s(test_transfer_id, {file_entry("e", 0)}, {});
+    wire::Accept a;
+    a.set_transfer_id(test_transfer_id);
+    a.add_files()->set_id(0);
+    std::vector<wire::FileDone> done;
+    ASSERT_EQ(s.on_accept(a, done), std::error_code{});
+    ASSERT_EQ(done.size(), 1u);
+    digest128 empty = file_digest({});
+    EXPECT_EQ(done[0].file_id(), 0u);
+    EXPECT_EQ(done[0].digest_lo(), empty.lo);
+    EXPECT_EQ(done[0].digest_hi(), empty.hi);
+    EXPECT_FALSE(s.next_chunk());
+    EXPECT_EQ(s.files_done(), 0u);  // done only once the receiver's FileResult arrives
+    EXPECT_EQ(s.on_file_result(file_result(file_id{0}, true)), std::error_code{});
+    EXPECT_EQ(s.files_done(), 1u);
+    EXPECT_EQ(s.on_file_result(file_result(file_id{0}, true)), protocol_errc::unexpected_message);
+    EXPECT_EQ(s.on_file_result(file_result(file_id{1}, true)), protocol_errc::unknown_file);
+}
+
+TEST(SenderMachine, FileResultFailureCarriesPathAndError) {
+    sender_machine s = accepted_sender({file_entry("dir/f", 10)});
+    EXPECT_EQ(s.on_file_result(file_result(file_id{0}, false, "disk full")), protocol_errc::peer_error);
+    EXPECT_EQ(s.failure(), "dir/f: disk full");
+    EXPECT_EQ(s.files_done(), 0u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Skip and partial accepts
+
+TEST(TransferLoopback, AcceptSkipSendsNothingForTheFile) {
+    const std::uint64_t a_size = chunk_size + 3;
+    const std::uint64_t b_size = 2 * std::uint64_t{chunk_size};
+    loopback lb({file_entry("a", a_size), file_entry("b", b_size), file_entry("c", 4)});
+    lb.exchange_offers([](file_id id) {
+        receiver_machine::decision d{id};
+        if (id == file_id{1}) {
+            d.kind = wire::ACCEPT_SKIP;
+        }
+        return d;
+    });
+    sender_machine& s = lb.sender();
+    EXPECT_EQ(s.files_done(), 1u);  // b counts as done at once
+    EXPECT_EQ(s.skipped_bytes(), b_size);
+
+    std::vector<in_flight> chunks = lb.pull_chunks();
+    ASSERT_EQ(chunks.size(), 3u);
+    for (const in_flight& c : chunks) {
+        EXPECT_NE(c.ref.file, file_id{1});
+    }
+    EXPECT_EQ(lb.file_dones(file_id{1}), 0);
+    // The receiver refuses chunks and FileDone for the skipped file.
+    EXPECT_EQ(lb.receiver().on_chunk(chunk_header(file_id{1}, chunk_index{0}, chunk_size), chunk_size),
+              protocol_errc::unknown_file);
+    wire::FileDone stray;
+    stray.set_file_id(1);
+    EXPECT_EQ(lb.receiver().on_file_done(stray), protocol_errc::unexpected_message);
+
+    for (const in_flight& c : chunks) {
+        lb.deliver(c);
+    }
+    EXPECT_EQ(s.confirmed_bytes(), a_size + 4);
+    EXPECT_EQ(lb.finish(), std::error_code{});
+    EXPECT_TRUE(s.finished());
+    EXPECT_EQ(s.files_done(), 3u);
+    EXPECT_EQ(s.confirmed_bytes(), s.total_bytes() - s.skipped_bytes());
+    EXPECT_EQ(s.confirmed_bytes(), a_size + 4);
+}
+
+TEST(TransferLoopback, AcceptPartialSendsOnlyMissingChunks) {
+    const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 5;  // 4 chunks
+    loopback lb({file_entry("p", size), file_entry("q", 9)});
+    // The receiver already has chunks 0 and 2 of p (with the right bytes).
+    lb.exchange_offers([size](file_id id) {
+        receiver_machine::decision d{id};
+        if (id == file_id{0}) {
+            d.kind = wire::ACCEPT_PARTIAL;
+            d.have = chunk_bitmap(4);
+            d.have->set(0);
+            d.have->set(2);
+            d.have_digests.resize(4);
+            for (std::uint32_t i : {0u, 2u}) {
+                d.have_digests[i] = payload_digest(id, chunk_index{i}, chunk_length(size, i));
+            }
+        }
+        return d;
+    });
+    sender_machine& s = lb.sender();
+
+    std::vector<chunk_ref> refs;
+    while (std::optional<chunk_ref> r = s.next_chunk()) {
+        refs.push_back(*r);
+    }
+    ASSERT_EQ(refs.size(), 5u);
+    for (std::uint32_t i = 0; i < 4; ++i) {
+        EXPECT_EQ(refs[i].file, file_id{0});
+        EXPECT_EQ(refs[i].index, chunk_index{i});
+        EXPECT_EQ(refs[i].send, i == 1 || i == 3) << i;  // read and hashed, not sent
+    }
+    EXPECT_TRUE(refs[4].send);
+
+    std::vector<in_flight> frames;
+    for (const chunk_ref& r : refs) {
+        if (std::optional<in_flight> f = lb.read_and_hash(r)) {
+            frames.push_back(std::move(*f));
+        }
+    }
+    ASSERT_EQ(frames.size(), 3u);
+    EXPECT_EQ(lb.file_dones(file_id{0}), 1);
+    const std::uint64_t skipped = 2 * std::uint64_t{chunk_size};
+    EXPECT_EQ(s.skipped_bytes(), skipped);
+    EXPECT_EQ(s.confirmed_bytes(), 0u);  // skipped chunks are not confirmed payload
+
+    std::reverse(frames.begin(), frames.end());
+    for (const in_flight& f : frames) {
+        lb.deliver(f);
+    }
+    EXPECT_EQ(s.confirmed_bytes(), chunk_size + 5u + 9u);
+    EXPECT_EQ(lb.receiver().received_bytes(), chunk_size + 5u + 9u);
+    EXPECT_EQ(lb.file_results(), 2u);  // p's digest matched with the receiver's own chunks
+
+    EXPECT_EQ(lb.finish(), std::error_code{});
+    EXPECT_TRUE(s.finished());
+    EXPECT_EQ(s.files_done(), 2u);
+    EXPECT_EQ(s.confirmed_bytes(), s.total_bytes() - skipped);
+}
+
+TEST(TransferLoopback, AcceptPartialWithEveryChunkPresent) {
+    const std::uint64_t size = chunk_size + 1;
+    loopback lb({file_entry("p", size)});
+    lb.run([size](file_id id) {
+        receiver_machine::decision d{id};
+        d.kind = wire::ACCEPT_PARTIAL;
+        d.have = chunk_bitmap(2);
+        d.have->set(0);
+        d.have->set(1);
+        d.have_digests = {payload_digest(id, chunk_index{0}, chunk_size), payload_digest(id, chunk_index{1}, 1)};
+        return d;
+    });
+    EXPECT_EQ(lb.file_results(), 1u);
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.sender().skipped_bytes(), size);
+    EXPECT_EQ(lb.sender().confirmed_bytes(), 0u);
+    EXPECT_EQ(lb.receiver().received_bytes(), 0u);
+}
+
+TEST(ReceiverMachine, MalformedPartialDecisionFallsBackToAcceptAll) {
+    receiver_machine r;
+    std::vector<file_id> ids;
+    wire::Offer o = raw_offer({{0, "f"}});
+    o.mutable_entries(0)->set_size(2 * std::uint64_t{chunk_size});
+    ASSERT_EQ(r.on_offer(o, ids), std::error_code{});
+    receiver_machine::decision d{file_id{0}};
+    d.kind = wire::ACCEPT_PARTIAL;
+    d.have = chunk_bitmap(3);  // the file has 2 chunks
+    d.have_digests.resize(3);
+    wire::Accept a = r.accept({d});
+    ASSERT_EQ(a.files_size(), 1);
+    EXPECT_EQ(a.files(0).kind(), wire::ACCEPT_ALL);
+    EXPECT_TRUE(a.files(0).have().empty());
+    EXPECT_FALSE(r.has_chunk(file_id{0}, chunk_index{0}));
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver: offer validation
+
+TEST(ReceiverMachine, RefusesBadPaths) {
+    for (const char* path : {"../x", "/abs", "a//b", "", "a/./b", "a/..", "a/", "a\\b", "C:x"}) {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, path}})), protocol_errc::bad_path) << '"' << path << '"';
+        EXPECT_EQ(r.total_files(), 0u);
+    }
+    receiver_machine r;
+    EXPECT_EQ(offer_error(r, raw_offer({{0, "ok"}, {1, "ok/../../escape"}})), protocol_errc::bad_path);
+}
+
+TEST(ReceiverMachine, RefusesDuplicatePaths) {
+    {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {1, "b"}, {2, "a"}})), protocol_errc::duplicate_path);
+    }
+    {
+        receiver_machine r;  // across batches too
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {1, "b"}}, false, 3)), std::error_code{});
+        EXPECT_EQ(offer_error(r, raw_offer({{2, "b"}}, true, 3)), protocol_errc::duplicate_path);
+    }
+}
+
+TEST(ReceiverMachine, RefusesNonDenseIds) {
+    {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{1, "a"}})), protocol_errc::duplicate_id);
+    }
+    {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {2, "b"}})), protocol_errc::duplicate_id);
+    }
+    {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {0, "b"}})), protocol_errc::duplicate_id);
+    }
+    {
+        receiver_machine r;  // the second batch must continue where the first ended
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}}, false, 2)), std::error_code{});
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "b"}}, true, 2)), protocol_errc::duplicate_id);
+    }
+}
+
+TEST(ReceiverMachine, RefusesTooManyFiles) {
+    const receiver_limits limits{.max_files = 3};
+    {
+        receiver_machine r(limits);
+        std::vector<file_id> ids;
+        EXPECT_EQ(r.on_offer(raw_offer({{0, "a"}, {1, "b"}, {2, "c"}}), ids), std::error_code{});
+        EXPECT_EQ(ids, (std::vector<file_id>{file_id{0}, file_id{1}, file_id{2}}));
+    }
+    {
+        receiver_machine r(limits);  // announced total over the limit
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}}, false, 4)), protocol_errc::too_many_files);
+    }
+    {
+        receiver_machine r(limits);  // a lying total does not help
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {1, "b"}, {2, "c"}, {3, "d"}}, true, 1)),
+                  protocol_errc::too_many_files);
+    }
+    {
+        receiver_machine r(limits);  // counted across batches
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {1, "b"}}, false, 3)), std::error_code{});
+        EXPECT_EQ(offer_error(r, raw_offer({{2, "c"}, {3, "d"}}, true, 3)), protocol_errc::too_many_files);
+    }
+}
+
+TEST(ReceiverMachine, RefusesOfferAfterLastAndForeignTransfer) {
+    {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}})), std::error_code{});
+        EXPECT_TRUE(r.all_offered());
+        EXPECT_EQ(offer_error(r, raw_offer({{1, "b"}})), protocol_errc::unexpected_message);
+        EXPECT_EQ(r.total_files(), 1u);
+    }
+    {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}}, false, 2)), std::error_code{});
+        EXPECT_FALSE(r.all_offered());
+        wire::Offer other = raw_offer({{1, "b"}}, true, 2);
+        other.set_transfer_id(test_transfer_id + 1);
+        EXPECT_EQ(offer_error(r, other), protocol_errc::unexpected_message);
+    }
+}
+
+TEST(ReceiverMachine, RefusesUnknownEntryKindAndHugeFile) {
+    {
+        receiver_machine r;
+        wire::Offer o = raw_offer({{0, "a"}});
+        o.mutable_entries(0)->set_kind(static_cast<wire::EntryKind>(5));
+        EXPECT_EQ(offer_error(r, o), protocol_errc::bad_path);
+    }
+    {
+        receiver_machine r;  // more chunks than a chunk index can name
+        wire::Offer o = raw_offer({{0, "a"}});
+        o.mutable_entries(0)->set_size((std::uint64_t{1} << 32) * chunk_size + 1);
+        EXPECT_EQ(offer_error(r, o), protocol_errc::bad_chunk);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver: chunk admission and completion
+
+// A receiver that was offered: 0 "f" (2 chunks), 1 "d" (dir), 2 "s" (skipped), 3 "e"
+// (empty), then in a second batch, not yet decided, 4 "u".
+class ReceiverChunks : public ::testing::Test {
+protected:
+    static constexpr std::uint64_t f_size = chunk_size + 100;
+
+    void SetUp() override {
+        wire::Offer first = raw_offer({{0, "f"}, {1, "d"}, {2, "s"}, {3, "e"}}, false, 5);
+        first.mutable_entries(0)->set_size(f_size);
+        first.mutable_entries(1)->set_kind(wire::ENTRY_DIR);
+        first.mutable_entries(2)->set_size(50);
+        first.mutable_entries(3)->set_size(0);
+        std::vector<file_id> ids;
+        ASSERT_EQ(r_.on_offer(first, ids), std::error_code{});
+        receiver_machine::decision skip{file_id{2}};
+        skip.kind = wire::ACCEPT_SKIP;
+        wire::Accept a = r_.accept({{file_id{0}}, {file_id{1}}, skip, {file_id{3}}});
+        ASSERT_EQ(a.files_size(), 4);
+        EXPECT_EQ(a.files(1).kind(), wire::ACCEPT_ALL);  // directories are always "all"
+        EXPECT_EQ(a.files(2).kind(), wire::ACCEPT_SKIP);
+        ASSERT_EQ(r_.on_offer(raw_offer({{4, "u"}}, true, 5), ids), std::error_code{});
+    }
+
+    std::error_code admit(std::uint32_t file, std::uint32_t index, std::uint32_t raw_len, std::uint32_t payload_len,
+                          wire::Codec codec = wire::CODEC_RAW) const {
+        wire::Chunk c = chunk_header(file_id{file}, chunk_index{index}, raw_len);
+        c.set_codec(codec);
+        return r_.on_chunk(c, payload_len);
+    }
+
+    wire::FileDone done_for(std::uint32_t file, digest128 d) const {
+        wire::FileDone done;
+        done.set_file_id(file);
+        done.set_digest_lo(d.lo);
+        done.set_digest_hi(d.hi);
+        return done;
+    }
+
+    receiver_machine r_;
+};
+
+TEST_F(ReceiverChunks, AdmitsValidChunks) {
+    EXPECT_EQ(admit(0, 0, chunk_size, chunk_size), std::error_code{});
+    EXPECT_EQ(admit(0, 1, 100, 100), std::error_code{});
+    EXPECT_EQ(admit(0, 1, 100, 37, wire::CODEC_ZSTD), std::error_code{});
+    EXPECT_EQ(admit(0, 0, chunk_size, max_payload_len, wire::CODEC_ZSTD), std::error_code{});
+}
+
+TEST_F(ReceiverChunks, RefusesBadChunks) {
+    EXPECT_EQ(admit(5, 0, 10, 10), protocol_errc::unknown_file);             // never offered
+    EXPECT_EQ(admit(~0u, 0, 10, 10), protocol_errc::unknown_file);
+    EXPECT_EQ(admit(0, 2, 100, 100), protocol_errc::bad_chunk);              // index past the end
+    EXPECT_EQ(admit(0, 0, chunk_size - 1, chunk_size - 1), protocol_errc::bad_chunk);  // wrong raw_len
+    EXPECT_EQ(admit(0, 1, chunk_size, chunk_size), protocol_errc::bad_chunk);  // last chunk is short
+    EXPECT_EQ(admit(0, 1, 100, 99), protocol_errc::payload_mismatch);        // raw payload too short
+    EXPECT_EQ(admit(0, 1, 100, 101), protocol_errc::payload_mismatch);       // raw payload too long
+    EXPECT_EQ(admit(0, 1, 100, 0, wire::CODEC_ZSTD), protocol_errc::payload_mismatch);
+    EXPECT_EQ(admit(0, 1, 100, max_payload_len + 1, wire::CODEC_ZSTD), protocol_errc::payload_mismatch);
+    EXPECT_EQ(admit(0, 1, 100, 100, static_cast<wire::Codec>(9)), protocol_errc::bad_chunk);
+    EXPECT_EQ(admit(1, 0, 0, 0), protocol_errc::unknown_file);               // a directory
+    EXPECT_EQ(admit(2, 0, 50, 50), protocol_errc::unknown_file);             // skipped
+    EXPECT_EQ(admit(3, 0, 0, 0), protocol_errc::bad_chunk);                  // empty file has no chunk
+    EXPECT_EQ(admit(4, 0, 10, 10), protocol_errc::unknown_file);             // offered, not decided
+}
+
+TEST_F(ReceiverChunks, RefusesChunkOfFinishedFile) {
+    r_.on_file_finished(file_id{0});
+    EXPECT_EQ(admit(0, 0, chunk_size, chunk_size), protocol_errc::unknown_file);
+}
+
+TEST_F(ReceiverChunks, CompletionNeedsEveryChunkAndFileDone) {
+    digest128 d0 = payload_digest(file_id{0}, chunk_index{0}, chunk_size);
+    digest128 d1 = payload_digest(file_id{0}, chunk_index{1}, 100);
+    bool ok = false;
+    EXPECT_FALSE(r_.ready(file_id{0}, ok));
+    EXPECT_FALSE(r_.on_chunk_written(file_id{0}, chunk_index{1}, d1));
+    EXPECT_TRUE(r_.has_chunk(file_id{0}, chunk_index{1}));
+    EXPECT_FALSE(r_.has_chunk(file_id{0}, chunk_index{0}));
+    EXPECT_FALSE(r_.on_chunk_written(file_id{0}, chunk_index{1}, d1));  // a duplicate adds nothing
+    EXPECT_EQ(r_.received_bytes(), 100u);
+    EXPECT_TRUE(r_.on_chunk_written(file_id{0}, chunk_index{0}, d0));
+    EXPECT_EQ(r_.received_bytes(), f_size);
+    EXPECT_FALSE(r_.ready(file_id{0}, ok));  // no FileDone yet
+
+    std::vector<digest128> digests{d0, d1};
+    ASSERT_EQ(r_.on_file_done(done_for(0, file_digest(digests))), std::error_code{});
+    ASSERT_TRUE(r_.ready(file_id{0}, ok));
+    EXPECT_TRUE(ok);
+    EXPECT_EQ(r_.on_file_done(done_for(0, file_digest(digests))), protocol_errc::unexpected_message);
+
+    EXPECT_FALSE(r_.all_finished());
+    r_.on_file_finished(file_id{0});
+    EXPECT_FALSE(r_.ready(file_id{0}, ok));
+    r_.on_file_finished(file_id{0});  // twice is harmless
+    ASSERT_EQ(r_.on_file_done(done_for(3, file_digest({}))), std::error_code{});
+    ASSERT_TRUE(r_.ready(file_id{3}, ok));
+    EXPECT_TRUE(ok);
+    r_.on_file_finished(file_id{3});
+    EXPECT_FALSE(r_.all_finished());  // "u" is still open
+    r_.accept({{file_id{4}}});
+    r_.on_file_finished(file_id{4});
+    EXPECT_TRUE(r_.all_finished());
+}
+
+TEST_F(ReceiverChunks, FileDigestMismatch) {
+    digest128 d0 = payload_digest(file_id{0}, chunk_index{0}, chunk_size);
+    digest128 d1 = payload_digest(file_id{0}, chunk_index{1}, 100);
+    r_.on_chunk_written(file_id{0}, chunk_index{0}, d0);
+    r_.on_chunk_written(file_id{0}, chunk_index{1}, d1);
+    std::vector<digest128> swapped{d1, d0};  // right chunks, wrong order
+    ASSERT_EQ(r_.on_file_done(done_for(0, file_digest(swapped))), std::error_code{});
+    bool ok = true;
+    ASSERT_TRUE(r_.ready(file_id{0}, ok));
+    EXPECT_FALSE(ok);
+
+    bool empty_ok = true;
+    ASSERT_EQ(r_.on_file_done(done_for(3, digest128{1, 2})), std::error_code{});
+    ASSERT_TRUE(r_.ready(file_id{3}, empty_ok));
+    EXPECT_FALSE(empty_ok);
+}
+
+TEST_F(ReceiverChunks, RefusesStrayFileDone) {
+    EXPECT_EQ(r_.on_file_done(done_for(9, {})), protocol_errc::unknown_file);
+    EXPECT_EQ(r_.on_file_done(done_for(1, {})), protocol_errc::unexpected_message);  // directory
+    EXPECT_EQ(r_.on_file_done(done_for(2, {})), protocol_errc::unexpected_message);  // skipped
+    EXPECT_EQ(r_.on_file_done(done_for(4, {})), protocol_errc::unexpected_message);  // undecided
+}
+
+// ---------------------------------------------------------------------------------------
+// TransferResult
+
+TEST(TransferLoopback, FailedTransferResultIsAnError) {
+    loopback lb({file_entry("f", 10)});
+    lb.exchange_offers();
+    EXPECT_EQ(lb.sender().on_transfer_result(transfer_result(false, "no space left on device")),
+              protocol_errc::peer_error);
+    EXPECT_EQ(lb.sender().failure(), "no space left on device");
+    EXPECT_FALSE(lb.sender().finished());
+}
+
+TEST(TransferLoopback, TransferResultBeforeEveryFileResultIsAnError) {
+    loopback lb({file_entry("f", 10), file_entry("g", chunk_size + 1)});
+    lb.exchange_offers();
+    std::vector<in_flight> chunks = lb.pull_chunks();
+    ASSERT_EQ(chunks.size(), 3u);
+    lb.deliver(chunks[0]);  // f is finished, g is not
+    EXPECT_EQ(lb.file_results(), 1u);
+    EXPECT_EQ(lb.sender().on_transfer_result(transfer_result(true)), protocol_errc::unexpected_message);
+    EXPECT_FALSE(lb.sender().finished());
+    EXPECT_FALSE(lb.sender().failure().empty());
+    EXPECT_EQ(lb.sender().confirmed_bytes(), 10u);
+
+    wire::TransferResult foreign = transfer_result(true);
+    foreign.set_transfer_id(test_transfer_id + 1);
+    EXPECT_EQ(lb.sender().on_transfer_result(foreign), protocol_errc::unexpected_message);
+
+    lb.deliver(chunks[1]);
+    lb.deliver(chunks[2]);
+    EXPECT_EQ(lb.finish(), std::error_code{});
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
+}
+
+TEST(TransferLoopback, TransferResultConfirmsAcksStillInFlight) {
+    loopback lb({file_entry("f", chunk_size + 1)});
+    lb.exchange_offers();
+    std::vector<in_flight> chunks = lb.pull_chunks();
+    ASSERT_EQ(chunks.size(), 2u);
+    // The receiver finished the file; the sender saw the FileResult but one ChunkAck is
+    // still on another connection when the TransferResult arrives.
+    receiver_machine& r = lb.receiver();
+    for (const in_flight& c : chunks) {
+        ASSERT_EQ(r.on_chunk(c.header, static_cast<std::uint32_t>(c.payload.size())), std::error_code{});
+        r.on_chunk_written(c.ref.file, c.ref.index, hash_chunk(c.payload));
+    }
+    std::error_code ec;
+    lb.sender().on_ack(chunk_key(file_id{0}, chunk_index{0}), ec);
+    ASSERT_FALSE(ec);
+    bool ok = false;
+    ASSERT_TRUE(r.ready(file_id{0}, ok));
+    ASSERT_TRUE(ok);
+    r.on_file_finished(file_id{0});
+    ASSERT_EQ(lb.sender().on_file_result(file_result(file_id{0}, true)), std::error_code{});
+    EXPECT_EQ(lb.sender().confirmed_bytes(), chunk_size);
+    EXPECT_EQ(lb.finish(), std::error_code{});
+    EXPECT_EQ(lb.sender().confirmed_bytes(), chunk_size + 1u);
+    // The late ack repeats what the result confirmed.
+    EXPECT_EQ(lb.sender().on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 1u);
+}
+
+}  // namespace
+}  // namespace ferry
