@@ -181,13 +181,17 @@ void sender_machine::requeue(const chunk_ref& ref) { requeued_.push_front(ref); 
 std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec) {
     file_id fid = chunk_key_file(key);
     chunk_index idx = chunk_key_index(key);
-    if (fid.value >= files_.size() || !files_[fid.value].accepted || idx.value >= files_[fid.value].chunks) {
+    // Only files whose chunks are sent have acked bits: a directory, a skipped file or a
+    // file not yet accepted has none, and an ack for it is the peer's error.
+    if (fid.value >= files_.size() || idx.value >= files_[fid.value].acked_bits.size()) {
         ec = protocol_errc::unknown_file;
         return 0;
     }
     file_state& f = files_[fid.value];
-    if (f.acked_bits.test(idx.value)) {
-        return 0;  // a chunk delivered twice (after a requeue) is confirmed once
+    if (finished_ || f.acked_bits.test(idx.value)) {
+        // A chunk delivered twice (after a requeue) is confirmed once; after the
+        // TransferResult every byte is already confirmed.
+        return 0;
     }
     f.acked_bits.set(idx.value);
     ++f.acked;

@@ -57,6 +57,12 @@ std::vector<std::uint8_t> chunk_payload(file_id f, chunk_index i, std::uint32_t 
 
 digest128 payload_digest(file_id f, chunk_index i, std::uint32_t len) { return hash_chunk(chunk_payload(f, i, len)); }
 
+receiver_machine::decision accept_all(file_id id) {
+    receiver_machine::decision d;
+    d.id = id;
+    return d;
+}
+
 wire::Chunk chunk_header(file_id f, chunk_index i, std::uint32_t raw_len, digest128 d = {}) {
     wire::Chunk c;
     c.set_file_id(f.value);
@@ -116,7 +122,7 @@ public:
             ASSERT_EQ(ids.size(), static_cast<std::size_t>(offer.entries_size()));
             std::vector<receiver_machine::decision> decisions;
             for (file_id id : ids) {
-                decisions.push_back(decide ? decide(id) : receiver_machine::decision{id});
+                decisions.push_back(decide ? decide(id) : accept_all(id));
             }
             std::vector<wire::FileDone> done_now;
             ASSERT_EQ(sender_.on_accept(receiver_.accept(decisions), done_now), std::error_code{});
@@ -678,7 +684,7 @@ TEST(TransferLoopback, AcceptSkipSendsNothingForTheFile) {
     const std::uint64_t b_size = 2 * std::uint64_t{chunk_size};
     loopback lb({file_entry("a", a_size), file_entry("b", b_size), file_entry("c", 4)});
     lb.exchange_offers([](file_id id) {
-        receiver_machine::decision d{id};
+        receiver_machine::decision d = accept_all(id);
         if (id == file_id{1}) {
             d.kind = wire::ACCEPT_SKIP;
         }
@@ -717,7 +723,7 @@ TEST(TransferLoopback, AcceptPartialSendsOnlyMissingChunks) {
     loopback lb({file_entry("p", size), file_entry("q", 9)});
     // The receiver already has chunks 0 and 2 of p (with the right bytes).
     lb.exchange_offers([size](file_id id) {
-        receiver_machine::decision d{id};
+        receiver_machine::decision d = accept_all(id);
         if (id == file_id{0}) {
             d.kind = wire::ACCEPT_PARTIAL;
             d.have = chunk_bitmap(4);
@@ -774,7 +780,7 @@ TEST(TransferLoopback, AcceptPartialWithEveryChunkPresent) {
     const std::uint64_t size = chunk_size + 1;
     loopback lb({file_entry("p", size)});
     lb.run([size](file_id id) {
-        receiver_machine::decision d{id};
+        receiver_machine::decision d = accept_all(id);
         d.kind = wire::ACCEPT_PARTIAL;
         d.have = chunk_bitmap(2);
         d.have->set(0);
@@ -795,7 +801,7 @@ TEST(ReceiverMachine, MalformedPartialDecisionFallsBackToAcceptAll) {
     wire::Offer o = raw_offer({{0, "f"}});
     o.mutable_entries(0)->set_size(2 * std::uint64_t{chunk_size});
     ASSERT_EQ(r.on_offer(o, ids), std::error_code{});
-    receiver_machine::decision d{file_id{0}};
+    receiver_machine::decision d = accept_all(file_id{0});
     d.kind = wire::ACCEPT_PARTIAL;
     d.have = chunk_bitmap(3);  // the file has 2 chunks
     d.have_digests.resize(3);
@@ -925,9 +931,9 @@ protected:
         first.mutable_entries(3)->set_size(0);
         std::vector<file_id> ids;
         ASSERT_EQ(r_.on_offer(first, ids), std::error_code{});
-        receiver_machine::decision skip{file_id{2}};
+        receiver_machine::decision skip = accept_all(file_id{2});
         skip.kind = wire::ACCEPT_SKIP;
-        wire::Accept a = r_.accept({{file_id{0}}, {file_id{1}}, skip, {file_id{3}}});
+        wire::Accept a = r_.accept({accept_all(file_id{0}), accept_all(file_id{1}), skip, accept_all(file_id{3})});
         ASSERT_EQ(a.files_size(), 4);
         EXPECT_EQ(a.files(1).kind(), wire::ACCEPT_ALL);  // directories are always "all"
         EXPECT_EQ(a.files(2).kind(), wire::ACCEPT_SKIP);
@@ -1010,7 +1016,7 @@ TEST_F(ReceiverChunks, CompletionNeedsEveryChunkAndFileDone) {
     EXPECT_TRUE(ok);
     r_.on_file_finished(file_id{3});
     EXPECT_FALSE(r_.all_finished());  // "u" is still open
-    r_.accept({{file_id{4}}});
+    r_.accept({accept_all(file_id{4})});
     r_.on_file_finished(file_id{4});
     EXPECT_TRUE(r_.all_finished());
 }
@@ -1097,8 +1103,10 @@ TEST(TransferLoopback, TransferResultConfirmsAcksStillInFlight) {
     EXPECT_EQ(lb.sender().confirmed_bytes(), chunk_size);
     EXPECT_EQ(lb.finish(), std::error_code{});
     EXPECT_EQ(lb.sender().confirmed_bytes(), chunk_size + 1u);
-    // The late ack repeats what the result confirmed.
-    EXPECT_EQ(lb.sender().on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 1u);
+    // The late ack repeats what the result confirmed: it adds nothing.
+    EXPECT_EQ(lb.sender().on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 0u);
+    EXPECT_FALSE(ec);
+    EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
 }
 
 }  // namespace

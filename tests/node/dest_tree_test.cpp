@@ -1,0 +1,326 @@
+// dest_tree: directory creation, destination checks, symlinks planted in the destination
+// (never followed, nothing created outside the root), partial file → final file with
+// size, mode and mtime, no-replace finalize, long names, finish_dir and sync_all.
+#include "node/dest_tree.hpp"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "tests/support/temp_dir.hpp"
+
+namespace ferry {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::int64_t test_mtime_ns = 1'600'000'000'123'456'789;
+
+void write_text(const fs::path& p, const std::string& text) {
+    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    out << text;
+    ASSERT_TRUE(out.good()) << p;
+}
+
+std::string read_text(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    EXPECT_TRUE(in.good()) << p;
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+struct stat lstat_of(const fs::path& p) {
+    struct stat st {};
+    EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+    return st;
+}
+
+std::vector<std::string> names_in(const fs::path& dir) {
+    std::vector<std::string> names;
+    for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+        names.push_back(e.path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+bool is_empty_dir(const fs::path& dir) { return fs::is_directory(dir) && fs::is_empty(dir); }
+
+void pwrite_all(int fd, const std::string& bytes, off_t offset) {
+    ASSERT_EQ(::pwrite(fd, bytes.data(), bytes.size(), offset), static_cast<ssize_t>(bytes.size()));
+}
+
+bool is_symlink_refusal(std::error_code ec) { return ec == dest_errc::symlink || ec == dest_errc::not_a_dir; }
+
+class DestTree : public ::testing::Test {
+protected:
+    test::temp_dir root_dir_{"ferry-dest"};
+    test::temp_dir outside_{"ferry-outside"};
+    dest_tree tree_{root_dir_.path()};
+
+    const fs::path& root() const { return root_dir_.path(); }
+};
+
+TEST(DestTreeRoot, CreatesMissingRoot) {
+    test::temp_dir tmp("ferry-dest");
+    fs::path root = tmp / "new/nested/root";
+    dest_tree tree(root);
+    EXPECT_TRUE(fs::is_directory(root));
+    EXPECT_EQ(tree.root(), root);
+}
+
+TEST(DestTreeRoot, ThrowsWhenRootIsAFile) {
+    test::temp_dir tmp("ferry-dest");
+    write_text(tmp / "file", "x");
+    EXPECT_THROW(dest_tree(tmp / "file"), std::system_error);
+}
+
+TEST_F(DestTree, MakeDirNested) {
+    EXPECT_EQ(tree_.make_dir("a/b/c"), std::error_code{});
+    EXPECT_TRUE(fs::is_directory(root() / "a/b/c"));
+    EXPECT_EQ(tree_.make_dir("a/b/c"), std::error_code{});  // already there
+    EXPECT_EQ(tree_.make_dir("a/b/d/e"), std::error_code{});
+    EXPECT_TRUE(fs::is_directory(root() / "a/b/d/e"));
+    EXPECT_EQ(tree_.make_dir(""), std::error_code{});  // the root itself
+}
+
+TEST_F(DestTree, MakeDirThroughAFileIsNotADir) {
+    write_text(root() / "f", "data");
+    EXPECT_EQ(tree_.make_dir("f"), dest_errc::not_a_dir);
+    EXPECT_EQ(tree_.make_dir("f/sub"), dest_errc::not_a_dir);
+    EXPECT_EQ(read_text(root() / "f"), "data");
+}
+
+TEST_F(DestTree, CheckFileOnFreshPathCreatesParents) {
+    EXPECT_EQ(tree_.check_file("x/y/f", false), std::error_code{});
+    EXPECT_TRUE(fs::is_directory(root() / "x/y"));
+    EXPECT_FALSE(fs::exists(fs::symlink_status(root() / "x/y/f")));
+    EXPECT_EQ(tree_.check_file("top", false), std::error_code{});
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{"x"}));
+}
+
+TEST_F(DestTree, CheckFileOnExistingFile) {
+    write_text(root() / "f", "keep");
+    EXPECT_EQ(tree_.check_file("f", false), dest_errc::exists);
+    EXPECT_EQ(tree_.check_file("f", true), std::error_code{});
+    EXPECT_EQ(read_text(root() / "f"), "keep");  // a check never touches the file
+}
+
+TEST_F(DestTree, CheckFileOnDirectory) {
+    fs::create_directories(root() / "d/e");
+    EXPECT_EQ(tree_.check_file("d", false), dest_errc::is_dir);
+    EXPECT_EQ(tree_.check_file("d", true), dest_errc::is_dir);
+    EXPECT_EQ(tree_.check_file("d/e", true), dest_errc::is_dir);
+}
+
+TEST_F(DestTree, CheckFileUnderAFileIsNotADir) {
+    write_text(root() / "f", "data");
+    EXPECT_EQ(tree_.check_file("f/g", false), dest_errc::not_a_dir);
+}
+
+TEST_F(DestTree, SymlinkComponentIsNeverFollowed) {
+    fs::create_directory_symlink(outside_.path(), root() / "link");
+    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("link/f", false)));
+    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("link/a/b/f", true)));
+    EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("link/sub")));
+    EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("link")));
+    std::error_code ec;
+    int fd = tree_.open_partial("link/f", ec);
+    EXPECT_EQ(fd, -1);
+    EXPECT_TRUE(is_symlink_refusal(ec)) << ec.message();
+    EXPECT_TRUE(is_symlink_refusal(tree_.finish_dir("link", 0700, test_mtime_ns)));
+    EXPECT_TRUE(is_empty_dir(outside_.path()));
+    EXPECT_TRUE(fs::is_symlink(root() / "link"));
+}
+
+TEST_F(DestTree, SymlinkDeeperInTheTreeIsNeverFollowed) {
+    ASSERT_EQ(tree_.make_dir("a/b"), std::error_code{});
+    fs::create_directory_symlink(outside_.path(), root() / "a/b/link");
+    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("a/b/link/f", false)));
+    EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("a/b/link/c/d")));
+    EXPECT_TRUE(is_empty_dir(outside_.path()));
+}
+
+TEST_F(DestTree, DanglingSymlinkComponentCreatesNothing) {
+    fs::path target = outside_ / "not-yet";
+    fs::create_directory_symlink(target, root() / "dangling");
+    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("dangling/f", false)));
+    EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("dangling/sub")));
+    EXPECT_FALSE(fs::exists(fs::symlink_status(target)));
+    EXPECT_TRUE(is_empty_dir(outside_.path()));
+}
+
+TEST_F(DestTree, DirectoryReplacedBySymlinkAfterUseIsNotFollowed) {
+    ASSERT_EQ(tree_.check_file("a/b/f", false), std::error_code{});
+    // Planted during the transfer: a/b is moved away and replaced by a symlink.
+    fs::rename(root() / "a/b", root() / "a/moved");
+    fs::create_directory_symlink(outside_.path(), root() / "a/b");
+    std::error_code ec;
+    int fd = tree_.open_partial("a/b/f", ec);
+    if (fd >= 0) {
+        ::close(fd);
+    }
+    EXPECT_TRUE(is_empty_dir(outside_.path()));
+}
+
+TEST_F(DestTree, SymlinkAtFinalNameIsRefusedEvenWithOverwrite) {
+    write_text(outside_ / "target", "outside");
+    fs::create_symlink(outside_ / "target", root() / "f");
+    fs::create_directory_symlink(outside_.path(), root() / "d");
+    EXPECT_EQ(tree_.check_file("f", false), dest_errc::symlink);
+    EXPECT_EQ(tree_.check_file("f", true), dest_errc::symlink);
+    EXPECT_EQ(tree_.check_file("d", true), dest_errc::symlink);
+    EXPECT_EQ(read_text(outside_ / "target"), "outside");
+    EXPECT_EQ(names_in(outside_.path()), (std::vector<std::string>{"target"}));
+}
+
+TEST_F(DestTree, SymlinkAtPartialNameIsRefused) {
+    fs::create_symlink(outside_ / "stolen", root() / dest_tree::partial_name("g"));
+    std::error_code ec;
+    int fd = tree_.open_partial("g", ec);
+    EXPECT_EQ(fd, -1);
+    EXPECT_EQ(ec, dest_errc::symlink);
+    EXPECT_TRUE(is_empty_dir(outside_.path()));
+}
+
+TEST_F(DestTree, PartialWriteAndFinalize) {
+    ASSERT_EQ(tree_.check_file("dir/file.bin", false), std::error_code{});
+    std::error_code ec;
+    int fd = tree_.open_partial("dir/file.bin", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    EXPECT_FALSE(ec);
+    fs::path part = root() / "dir" / dest_tree::partial_name("file.bin");
+    EXPECT_TRUE(fs::is_regular_file(part));
+    // Chunks land out of order.
+    pwrite_all(fd, "world", 6);
+    pwrite_all(fd, "hello ", 0);
+    ASSERT_EQ(tree_.finalize("dir/file.bin", fd, 11, 0640, test_mtime_ns, true, false), std::error_code{});
+
+    fs::path final_path = root() / "dir/file.bin";
+    EXPECT_EQ(read_text(final_path), "hello world");
+    struct stat st = lstat_of(final_path);
+    EXPECT_TRUE(S_ISREG(st.st_mode));
+    EXPECT_EQ(st.st_mode & 07777, 0640u);
+    EXPECT_EQ(st.st_mtim.tv_sec, test_mtime_ns / 1'000'000'000);
+    EXPECT_EQ(st.st_mtim.tv_nsec, test_mtime_ns % 1'000'000'000);
+    EXPECT_FALSE(fs::exists(fs::symlink_status(part)));
+    EXPECT_EQ(names_in(root() / "dir"), (std::vector<std::string>{"file.bin"}));
+}
+
+TEST_F(DestTree, FinalizeSetsSizeAndNegativeMtime) {
+    // A stale partial file longer than the file is cut to size; a short one is extended.
+    std::error_code ec;
+    int fd = tree_.open_partial("long", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    pwrite_all(fd, "0123456789", 0);
+    const std::int64_t before_epoch = -1'500'000'000;  // 1.5 s before the epoch
+    ASSERT_EQ(tree_.finalize("long", fd, 4, 0600, before_epoch, false, false), std::error_code{});
+    EXPECT_EQ(read_text(root() / "long"), "0123");
+    struct stat st = lstat_of(root() / "long");
+    EXPECT_EQ(st.st_mtim.tv_sec, -2);
+    EXPECT_EQ(st.st_mtim.tv_nsec, 500'000'000);
+
+    fd = tree_.open_partial("short", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    pwrite_all(fd, "ab", 0);
+    ASSERT_EQ(tree_.finalize("short", fd, 5, 0755, test_mtime_ns, false, false), std::error_code{});
+    EXPECT_EQ(read_text(root() / "short"), std::string("ab\0\0\0", 5));
+    EXPECT_EQ(lstat_of(root() / "short").st_mode & 07777, 0755u);
+}
+
+TEST_F(DestTree, FinalizeWithoutOverwriteKeepsAFileThatAppeared) {
+    ASSERT_EQ(tree_.check_file("f", false), std::error_code{});
+    std::error_code ec;
+    int fd = tree_.open_partial("f", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    pwrite_all(fd, "new", 0);
+    write_text(root() / "f", "existing");  // appeared after the check
+    EXPECT_EQ(tree_.finalize("f", fd, 3, 0644, test_mtime_ns, false, false), dest_errc::exists);
+    EXPECT_EQ(read_text(root() / "f"), "existing");
+}
+
+TEST_F(DestTree, FinalizeWithOverwriteReplaces) {
+    write_text(root() / "f", "old contents");
+    ASSERT_EQ(tree_.check_file("f", true), std::error_code{});
+    std::error_code ec;
+    int fd = tree_.open_partial("f", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    pwrite_all(fd, "new", 0);
+    ASSERT_EQ(tree_.finalize("f", fd, 3, 0644, test_mtime_ns, false, true), std::error_code{});
+    EXPECT_EQ(read_text(root() / "f"), "new");
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f"}));
+}
+
+TEST_F(DestTree, PartialNameOfLongNames) {
+    EXPECT_EQ(dest_tree::partial_name("a.txt"), ".a.txt.ferry-part");
+    std::string at_limit(243, 'n');  // decorated: exactly 255 bytes
+    EXPECT_EQ(dest_tree::partial_name(at_limit), "." + at_limit + ".ferry-part");
+
+    std::string long_a(250, 'a');
+    std::string long_b(250, 'b');
+    std::string pa = dest_tree::partial_name(long_a);
+    std::string pb = dest_tree::partial_name(long_b);
+    EXPECT_LE(pa.size(), 255u);
+    EXPECT_LE(dest_tree::partial_name(std::string(255, 'z')).size(), 255u);
+    EXPECT_NE(pa, pb);
+    EXPECT_NE(pa, long_a);
+    EXPECT_EQ(pa, dest_tree::partial_name(long_a));  // stable, so a resume finds it again
+
+    // The whole cycle works with a name at the file system's limit.
+    std::error_code ec;
+    int fd = tree_.open_partial(long_a, ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    pwrite_all(fd, "x", 0);
+    ASSERT_EQ(tree_.finalize(long_a, fd, 1, 0644, test_mtime_ns, false, false), std::error_code{});
+    EXPECT_EQ(read_text(root() / long_a), "x");
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{long_a}));
+}
+
+TEST_F(DestTree, FinishDirSetsModeAndMtime) {
+    ASSERT_EQ(tree_.make_dir("d/e"), std::error_code{});
+    write_text(root() / "d/e/f", "content");  // contents are written before finish_dir
+    ASSERT_EQ(tree_.finish_dir("d/e", 0750, test_mtime_ns), std::error_code{});
+    ASSERT_EQ(tree_.finish_dir("d", 0705, test_mtime_ns + 1), std::error_code{});
+    struct stat e = lstat_of(root() / "d/e");
+    EXPECT_EQ(e.st_mode & 07777, 0750u);
+    EXPECT_EQ(e.st_mtim.tv_sec, test_mtime_ns / 1'000'000'000);
+    EXPECT_EQ(e.st_mtim.tv_nsec, test_mtime_ns % 1'000'000'000);
+    struct stat d = lstat_of(root() / "d");
+    EXPECT_EQ(d.st_mode & 07777, 0705u);
+    EXPECT_EQ(d.st_mtim.tv_nsec, test_mtime_ns % 1'000'000'000 + 1);
+}
+
+TEST_F(DestTree, FinishDirOfMissingDirFails) {
+    std::error_code ec = tree_.finish_dir("missing", 0755, test_mtime_ns);
+    EXPECT_EQ(ec, std::errc::no_such_file_or_directory);
+    EXPECT_FALSE(fs::exists(root() / "missing"));
+}
+
+TEST_F(DestTree, SyncAll) {
+    ASSERT_EQ(tree_.check_file("s/f", false), std::error_code{});
+    std::error_code ec;
+    int fd = tree_.open_partial("s/f", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    pwrite_all(fd, "durable", 0);
+    ASSERT_EQ(tree_.finalize("s/f", fd, 7, 0644, test_mtime_ns, false, false), std::error_code{});
+    EXPECT_EQ(tree_.sync_all(), std::error_code{});
+    EXPECT_EQ(read_text(root() / "s/f"), "durable");
+}
+
+TEST(DestCategory, MessagesAndName) {
+    std::error_code ec = dest_errc::symlink;
+    EXPECT_STREQ(ec.category().name(), "ferry.dest");
+    EXPECT_NE(ec.message().find("symlink"), std::string::npos);
+    EXPECT_NE(make_error_code(dest_errc::exists).message().find("overwrite"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ferry
