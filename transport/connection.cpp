@@ -88,6 +88,10 @@ bool connection::process_input() {
                     if (auto self = weak.lock()) {
                         asio::post(self->stream_->socket().get_executor(), [self] {
                             self->waiting_buffer_ = false;
+                            // Closed while waiting: deliver nothing after on_closed.
+                            if (self->closed_) {
+                                return;
+                            }
                             if (self->process_input()) {
                                 self->read_loop();
                             }
