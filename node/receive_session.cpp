@@ -225,6 +225,10 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         queue_ack(conn, chunk_key(f, idx));  // a duplicate after a requeue: confirm again
         return;
     }
+    if (machine_.single_chunk(f)) {
+        write_whole_file(conn, chunk, std::move(payload));
+        return;
+    }
     ++writes_;
     auto sink = sinks_.at(f.value);
     auto tree = tree_;
@@ -283,6 +287,68 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     });
 }
 
+void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload) {
+    // The chunk is the whole file: verify, write and rename in one worker task (one
+    // round trip to the pool per small file instead of two).
+    file_id f{chunk.file_id()};
+    const entry_info& e = machine_.entry(f);
+    bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each;
+    if (!fsync_now) {
+        need_syncfs_ = true;
+    }
+    ++writes_;
+    ++finalizing_;
+    digest128 expect{chunk.hash_lo(), chunk.hash_hi()};
+    ctx_.workers.post([self = shared_from_this(), tree = tree_, e, f, conn, expect, fsync_now, overwrite = overwrite_,
+                       payload = std::move(payload)]() mutable {
+        digest128 got = hash_chunk(payload.span());
+        bool mismatch = got != expect;
+        std::error_code ec;
+        if (!mismatch) {
+            int fd = tree->open_partial(e.path, ec);
+            std::size_t done = 0;
+            while (!ec && done < payload.size()) {
+                ssize_t n = ::pwrite(fd, payload.data() + done, payload.size() - done, static_cast<off_t>(done));
+                if (n < 0 && errno == EINTR) {
+                    continue;
+                }
+                if (n < 0) {
+                    ec = std::error_code(errno, std::system_category());
+                    break;
+                }
+                done += static_cast<std::size_t>(n);
+            }
+            if (fd >= 0) {
+                if (ec) {
+                    ::close(fd);
+                } else {
+                    ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, fsync_now, overwrite);
+                }
+            }
+        }
+        payload.reset();
+        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, path = e.path] {
+            --self->writes_;
+            --self->finalizing_;
+            if (self->failed_) {
+                return;
+            }
+            if (mismatch) {
+                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, path + ": chunk 0 failed its hash check");
+                return;
+            }
+            if (!ec) {
+                self->machine_.on_chunk_written(f, chunk_index{0}, got);
+                bool ok = false;
+                self->machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
+                self->machine_.on_file_finished(f);
+                self->queue_ack(conn, chunk_key(f, chunk_index{0}));
+            }
+            self->on_file_finalized(f, ec, path);
+        });
+    });
+}
+
 void receive_session::on_file_done(const wire::FileDone& done) {
     if (std::error_code ec = machine_.on_file_done(done)) {
         fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
@@ -325,25 +391,29 @@ void receive_session::try_finalize(file_id f) {
         }
         asio::post(self->ctx_.io, [self, f, ec, path = e.path] {
             --self->finalizing_;
-            if (self->failed_) {
-                return;
-            }
-            wire::Header h;
-            wire::FileResult* r = h.mutable_file_result();
-            r->set_file_id(f.value);
-            r->set_ok(!ec);
-            if (ec) {
-                r->set_error(ec.message());
-                self->send_control(h);
-                bool local = ec.category() == std::system_category();
-                self->fail(local ? wire::ERROR_IO : wire::ERROR_REFUSED,
-                           local ? exit_code::local_io : exit_code::transfer_failed, path + ": " + ec.message());
-                return;
-            }
-            self->send_control(h);
-            self->check_all_done();
+            self->on_file_finalized(f, ec, path);
         });
     });
+}
+
+void receive_session::on_file_finalized(file_id f, std::error_code ec, const std::string& path) {
+    if (failed_) {
+        return;
+    }
+    wire::Header h;
+    wire::FileResult* r = h.mutable_file_result();
+    r->set_file_id(f.value);
+    r->set_ok(!ec);
+    if (ec) {
+        r->set_error(ec.message());
+        send_control(h);
+        bool local = ec.category() == std::system_category();
+        fail(local ? wire::ERROR_IO : wire::ERROR_REFUSED, local ? exit_code::local_io : exit_code::transfer_failed,
+             path + ": " + ec.message());
+        return;
+    }
+    send_control(h);
+    check_all_done();
 }
 
 void receive_session::check_all_done() {

@@ -51,7 +51,9 @@ private:
     void on_offer(const wire::Offer& offer);
     void next_offer();
     void on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload);
+    void write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload);
     void on_file_done(const wire::FileDone& done);
+    void on_file_finalized(file_id f, std::error_code ec, const std::string& path);
     void try_finalize(file_id f);
     void check_all_done();
     void queue_ack(std::uint32_t conn, std::uint64_t key);

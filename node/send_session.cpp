@@ -172,7 +172,10 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                     return;
                 }
-                cs.inflight.erase(key);
+                if (cs.inflight.erase(key) > 0) {
+                    cs.inflight_bytes -= chunk_length(sources_.entries[chunk_key_file(key).value].size,
+                                                      chunk_key_index(key).value);
+                }
             }
             pump(c.index);
             return;
@@ -209,7 +212,8 @@ void send_session::pump_all() {
 void send_session::pump(std::uint32_t index) {
     conn_state& cs = conns_[index];
     while (!finished_ && !waiting_buffer_ && cs.ready && cs.conn && !cs.conn->closed()) {
-        if (cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading >= options_.read_ahead ||
+        if (cs.inflight_bytes + cs.reading_bytes >= options_.window_bytes ||
+            cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading_bytes >= options_.read_ahead_bytes ||
             cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
             return;
         }
@@ -238,6 +242,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
     }
     conn_state& cs = conns_[index];
     ++cs.reading;
+    cs.reading_bytes += ref.length;
     auto file = files_.at(ref.file.value);
     std::filesystem::path local = sources_.locals.at(ref.file.value);
     std::uint64_t expect_size = sources_.entries.at(ref.file.value).size;
@@ -292,6 +297,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
         asio::post(self->ctx_.io, [self, ref, index, digest, ec, what, local, buf = std::move(buf)]() mutable {
             conn_state& cs = self->conns_[index];
             --cs.reading;
+            cs.reading_bytes -= ref.length;
             if (self->finished_) {
                 return;
             }
@@ -319,6 +325,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                     c->set_hash_lo(digest.lo);
                     c->set_hash_hi(digest.hi);
                     cs.inflight.insert(chunk_key(ref.file, ref.index));
+                    cs.inflight_bytes += ref.length;
                     cs.conn->send(h, std::move(buf), ref.length);
                 }
             }
@@ -341,6 +348,7 @@ void send_session::requeue_inflight(conn_state& cs) {
         ++files_[f.value]->reads_left;
     }
     cs.inflight.clear();
+    cs.inflight_bytes = 0;
 }
 
 void send_session::on_closed(connection& c, std::error_code ec) {

@@ -168,6 +168,9 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
     if (++f.hashed < f.chunks) {
         return std::nullopt;
     }
+    if (f.chunks == 1 && ref.send && !f.have) {
+        return std::nullopt;  // the Chunk frame is the whole file: no FileDone
+    }
     wire::FileDone d;
     d.set_file_id(ref.file.value);
     digest128 dg = file_digest(f.digests);
@@ -309,12 +312,14 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         }
         f.have = chunk_bitmap(f.chunks);
         f.digests.assign(f.chunks, digest128{});
+        f.implicit_done = f.chunks == 1;
         fa->set_kind(d.kind);
         if (d.kind == wire::ACCEPT_PARTIAL && d.have && d.have->size() == f.chunks &&
             d.have_digests.size() == f.chunks) {
             f.have = *d.have;
             f.have_count = f.have.count();
             f.digests = d.have_digests;
+            f.implicit_done = false;
             fa->set_have(f.have.to_bytes());
         } else {
             fa->set_kind(wire::ACCEPT_ALL);
@@ -355,6 +360,10 @@ bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 dig
         f.digests[i.value] = digest;
         ++f.have_count;
         received_bytes_ += chunk_length(f.info.size, i.value);
+        if (f.implicit_done) {
+            f.done_seen = true;
+            f.sender_digest = file_digest(f.digests);
+        }
     }
     return f.have_count == f.chunks;
 }
@@ -364,7 +373,7 @@ std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
         return protocol_errc::unknown_file;
     }
     file_state& f = files_[done.file_id()];
-    if (!f.decided || f.skip || f.info.is_dir || f.done_seen) {
+    if (!f.decided || f.skip || f.info.is_dir || f.done_seen || f.implicit_done) {
         return protocol_errc::unexpected_message;
     }
     f.done_seen = true;

@@ -71,7 +71,9 @@ public:
     std::vector<wire::Offer> make_offers() const;
 
     // The receiver's Accept for the next unanswered batch. Appends FileDone messages for
-    // files that need no chunk read (empty or skipped) to `done_now`.
+    // files that need no chunk read (empty or skipped) to `done_now`. A file of exactly
+    // one chunk accepted whole gets no FileDone at all: its Chunk frame carries its only
+    // digest (receiver_machine::single_chunk).
     std::error_code on_accept(const wire::Accept& accept, std::vector<wire::FileDone>& done_now);
 
     // Next chunk to read (and send unless ref.send is false); nullopt when nothing is
@@ -171,6 +173,11 @@ public:
 
     std::error_code on_file_done(const wire::FileDone& done);
 
+    // A file of exactly one chunk that the sender sends whole: its Chunk frame is the
+    // whole file, the file digest is the digest of that one chunk digest, and no
+    // FileDone follows. The node may verify, write and finalize it in one step.
+    bool single_chunk(file_id f) const { return files_.at(f.value).implicit_done; }
+
     // True when the file has every chunk and its FileDone; `ok` tells whether the digest
     // over the chunk digests matches the sender's.
     bool ready(file_id f, bool& ok) const;
@@ -194,6 +201,7 @@ private:
         bool skip = false;
         bool done_seen = false;
         bool finished = false;
+        bool implicit_done = false;  // one chunk, sent: no FileDone follows (see single_chunk)
         digest128 sender_digest;
         std::uint64_t chunks = 0;
         std::uint64_t have_count = 0;

@@ -350,10 +350,12 @@ TEST(TransferLoopback, DeliversEveryEntryInOrder) {
     EXPECT_EQ(lb.receiver().received_bytes(), expected_bytes);
     EXPECT_EQ(lb.receiver().total_files(), entries.size());
     // A FileResult for every regular file (empty ones included), none for directories;
-    // exactly one FileDone per regular file.
+    // exactly one FileDone per regular file, except a file of exactly one chunk, whose
+    // Chunk frame is the whole file.
     EXPECT_EQ(lb.file_results(), 7u);
     for (std::uint32_t i = 0; i < entries.size(); ++i) {
-        EXPECT_EQ(lb.file_dones(file_id{i}), entries[i].is_dir ? 0 : 1) << entries[i].path;
+        bool one_chunk = !entries[i].is_dir && chunk_count(entries[i].size) == 1;
+        EXPECT_EQ(lb.file_dones(file_id{i}), entries[i].is_dir || one_chunk ? 0 : 1) << entries[i].path;
         EXPECT_EQ(lb.receiver().entry(file_id{i}).path, entries[i].path);
         EXPECT_EQ(lb.receiver().entry(file_id{i}).is_dir, entries[i].is_dir);
         EXPECT_EQ(lb.receiver().entry(file_id{i}).mtime_ns, test_mtime_ns);
@@ -1107,6 +1109,46 @@ TEST(TransferLoopback, TransferResultConfirmsAcksStillInFlight) {
     EXPECT_EQ(lb.sender().on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 0u);
     EXPECT_FALSE(ec);
     EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
+}
+
+}  // namespace
+}  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST(SingleChunkFile, NoFileDoneWhenSentWholeAndOneWhenTheReceiverHasIt) {
+    // Sent whole: the Chunk frame is the file; a FileDone for it is out of sequence.
+    loopback whole({file_entry("small", 100)});
+    whole.exchange_offers();
+    EXPECT_TRUE(whole.receiver().single_chunk(file_id{0}));
+    wire::FileDone stray;
+    stray.set_file_id(0);
+    EXPECT_EQ(whole.receiver().on_file_done(stray), make_error_code(protocol_errc::unexpected_message));
+    for (const auto& c : whole.pull_chunks()) {
+        whole.deliver(c);
+    }
+    EXPECT_EQ(whole.finish(), std::error_code{});
+    EXPECT_EQ(whole.file_dones(file_id{0}), 0);
+    EXPECT_TRUE(whole.sender().finished());
+
+    // The receiver already has the one chunk: it is read and hashed only, and the FileDone
+    // (the sender's digest) is what lets the receiver check what it has.
+    loopback partial({file_entry("small", 100)});
+    partial.exchange_offers([](file_id id) {
+        receiver_machine::decision d = accept_all(id);
+        d.kind = wire::ACCEPT_PARTIAL;
+        d.have = chunk_bitmap(1);
+        d.have->set(0);
+        d.have_digests = {payload_digest(id, chunk_index{0}, 100)};
+        return d;
+    });
+    EXPECT_FALSE(partial.receiver().single_chunk(file_id{0}));
+    std::optional<chunk_ref> r = partial.sender().next_chunk();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_FALSE(r->send);
+    EXPECT_FALSE(partial.read_and_hash(*r).has_value());
+    EXPECT_EQ(partial.file_dones(file_id{0}), 1);
 }
 
 }  // namespace
