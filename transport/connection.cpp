@@ -175,7 +175,7 @@ void connection::flush() {
     if (closed_ || writing_) {
         return;
     }
-    for (int round = 0; round < 16 && !queue_.empty(); ++round) {
+    for (int round = 0; round < 16 && (!queue_.empty() || stream_->has_pending_output()); ++round) {
         std::array<asio::const_buffer, 64> bufs;
         std::size_t nb = 0;
         std::size_t skip = front_written_;
@@ -229,11 +229,11 @@ void connection::flush() {
             break;
         }
     }
-    if (queue_.empty() && close_when_drained_) {
+    if (queue_.empty() && !stream_->has_pending_output() && close_when_drained_) {
         fail(close_reason_);
         return;
     }
-    if (!queue_.empty() && !writing_) {
+    if ((!queue_.empty() || stream_->has_pending_output()) && !writing_) {
         schedule_flush();
     }
     if (queued_bytes_ < limits_.queue_low_water && handler_ != nullptr && !closed_) {
@@ -249,7 +249,7 @@ void connection::close_after_flush(std::error_code ec) {
     }
     close_when_drained_ = true;
     close_reason_ = ec;
-    if (queue_.empty()) {
+    if (queue_.empty() && !stream_->has_pending_output()) {
         fail(ec);
     } else {
         schedule_flush();

@@ -61,7 +61,14 @@ byte_stream::byte_stream(asio::ip::tcp::socket socket, SSL* ssl, std::unique_ptr
     : byte_stream(std::move(socket)) {
     ssl_ = ssl;
     check_ = std::move(check);
-    SSL_set_fd(ssl_, socket_.native_handle());
+    // Reads come straight from the socket (read-ahead fills OpenSSL's buffer in bulk).
+    // Writes go through a buffer BIO so that the 16 KiB records of one write_now() leave
+    // in one send() instead of one each; write_now() flushes it before returning.
+    sock_bio_ = BIO_new_socket(socket_.native_handle(), BIO_NOCLOSE);
+    BIO* buffer = BIO_new(BIO_f_buffer());
+    BIO_set_write_buffer_size(buffer, write_buffer_bytes);
+    BIO_up_ref(sock_bio_);  // owned twice by the SSL: as rbio and inside the wbio chain
+    SSL_set_bio(ssl_, sock_bio_, BIO_push(buffer, sock_bio_));
 }
 
 byte_stream::~byte_stream() {
@@ -77,11 +84,11 @@ const std::string& byte_stream::peer_id() const {
 }
 
 std::uint64_t byte_stream::wire_sent() const {
-    return ssl_ != nullptr ? BIO_number_written(SSL_get_wbio(ssl_)) : plain_sent_;
+    return ssl_ != nullptr ? BIO_number_written(sock_bio_) : plain_sent_;
 }
 
 std::uint64_t byte_stream::wire_received() const {
-    return ssl_ != nullptr ? BIO_number_read(SSL_get_rbio(ssl_)) : plain_received_;
+    return ssl_ != nullptr ? BIO_number_read(sock_bio_) : plain_received_;
 }
 
 io_result byte_stream::ssl_result(int rc, std::size_t n) {
@@ -168,6 +175,35 @@ io_result byte_stream::write_now(std::span<const asio::const_buffer> buffers) {
 
     // TLS: records of up to 16 KiB. A small buffer (a frame header) is coalesced with
     // what follows it into one staged record, so a chunk costs no extra tiny record.
+    // Records collect in the write BIO and are flushed (one send) before returning.
+    if (!flush_wbio(r)) {
+        return r;
+    }
+    r = tls_write(buffers);
+    if (!r.ec && r.wait == io_wait::none) {
+        flush_wbio(r);
+    }
+    return r;
+}
+
+bool byte_stream::flush_wbio(io_result& r) {
+    ERR_clear_error();
+    BIO* w = SSL_get_wbio(ssl_);
+    if (BIO_flush(w) > 0) {
+        return true;
+    }
+    if (BIO_should_retry(w)) {
+        r.wait = io_wait::write;
+        return false;
+    }
+    int e = errno;
+    r.ec = e != 0 && e != EPIPE && e != ECONNRESET ? std::error_code(e, std::system_category())
+                                                  : make_error_code(transport_errc::closed);
+    return false;
+}
+
+io_result byte_stream::tls_write(std::span<const asio::const_buffer> buffers) {
+    io_result r;
     constexpr std::size_t record = 16 * 1024;
     std::size_t bi = 0;
     std::size_t boff = 0;  // offset into buffers[bi]

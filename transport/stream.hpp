@@ -76,6 +76,8 @@ public:
     void async_handshake(std::function<void(std::error_code)> fn);
 
     void close();
+    // Bytes written by OpenSSL but not yet handed to the kernel (TLS write buffer).
+    bool has_pending_output() const { return ssl_ != nullptr && BIO_wpending(SSL_get_wbio(ssl_)) > 0; }
     bool is_open() const { return socket_.is_open(); }
     bool is_tls() const { return ssl_ != nullptr; }
     const std::string& peer_id() const;
@@ -88,10 +90,16 @@ public:
 
 private:
     io_result ssl_result(int rc, std::size_t n);
+    io_result tls_write(std::span<const asio::const_buffer> buffers);
+    // Sends what the write BIO holds. False (with r.wait or r.ec set) if it could not.
+    bool flush_wbio(io_result& r);
+
+    static constexpr int write_buffer_bytes = 256 * 1024 + 4096;
     void handshake_step(std::shared_ptr<std::function<void(std::error_code)>> fn);
 
     asio::ip::tcp::socket socket_;
     SSL* ssl_ = nullptr;
+    BIO* sock_bio_ = nullptr;  // the socket BIO (owned by ssl_); wire counters read it
     std::unique_ptr<tls_peer_check> check_;
     std::vector<std::uint8_t> stage_;   // TLS: coalesced small buffers being written
     std::size_t stage_src_ = 0;         // source bytes the stage covers

@@ -45,7 +45,7 @@ enum class tls_role {
 };
 
 // Default TLS read buffer (read-ahead on), sized for 256 KiB chunks arriving in bulk.
-inline constexpr long tls_read_buffer_len = 128 * 1024;
+inline constexpr long tls_read_buffer_len = 256 * 1024;
 
 class tls_context {
   public:
