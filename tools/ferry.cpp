@@ -103,6 +103,9 @@ json report_json(const ferry::transfer_report& r) {
 ferry::node_config base_config(const common_opts& o) {
     ferry::node_config cfg;
     cfg.state_dir = ferry::resolve_state_dir(o.state);
+    if (const char* l = std::getenv("FERRY_NOTSENT_LOWAT"); l != nullptr) {
+        cfg.tuning.notsent_lowat = static_cast<std::uint32_t>(std::atoi(l));
+    }
     if (const char* w = std::getenv("FERRY_WORKERS"); w != nullptr && std::atoi(w) > 0) {
         cfg.workers = static_cast<std::size_t>(std::atoi(w));
     }
