@@ -21,11 +21,21 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
     auto ep = socket.remote_endpoint(ignored);
     std::string from = ignored ? std::string("?") : format_endpoint(ep);
     auto check = std::make_unique<tls_peer_check>();
-    check->allow = [this](const std::string& id) { return allowed(id); };
+    auto seen_id = std::make_shared<std::string>();  // for the log line of a refusal
+    check->allow = [this, seen_id](const std::string& id) {
+        *seen_id = id;
+        return allowed(id);
+    };
     const tls_context* tls = ctx_.config.plaintext ? nullptr : ctx_.tls_server.get();
     async_accept_stream(ctx_.io, tls, std::move(socket), ctx_.config.tuning, ctx_.config.handshake_timeout,
-                        std::move(check), [this, from](std::error_code ec, std::unique_ptr<byte_stream> stream) {
+                        std::move(check),
+                        [this, from, seen_id](std::error_code ec, std::unique_ptr<byte_stream> stream) {
                             if (stopping_) {
+                                return;
+                            }
+                            if (ec == transport_errc::untrusted_peer) {
+                                ctx_.log("refused connection from " + from + ": node " + format_node_id(*seen_id) +
+                                         " is not trusted (ferry trust ID, or --accept-from)");
                                 return;
                             }
                             if (ec) {
@@ -35,6 +45,20 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
                             auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
                             pending_.insert(c);
                             c->start(this);
+                            // A connection that says nothing after its handshake is closed
+                            // once the handshake timeout passes again.
+                            auto timer = std::make_shared<asio::steady_timer>(ctx_.io);
+                            timer->expires_after(ctx_.config.handshake_timeout);
+                            timer->async_wait([this, timer, weak = std::weak_ptr<connection>(c)](std::error_code ec) {
+                                auto conn = weak.lock();
+                                if (ec || !conn || stopping_ || pending_.count(conn) == 0) {
+                                    return;
+                                }
+                                ctx_.log("closing connection from " + conn->stream().remote() +
+                                         ": no Hello within the handshake timeout");
+                                pending_.erase(conn);
+                                conn->close(transport_errc::timeout);
+                            });
                         });
 }
 

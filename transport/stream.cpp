@@ -25,6 +25,8 @@ public:
             case transport_errc::plaintext_mismatch:
                 return "the peer does not speak TLS here: one side uses --plaintext and the other does not (both must say it)";
             case transport_errc::queue_full: return "outbound queue full";
+            case transport_errc::no_certificate: return "the peer sent no certificate (not a ferry node?)";
+            case transport_errc::tls_version: return "the peer does not speak TLS 1.3";
         }
         return "unknown transport error";
     }
@@ -110,7 +112,13 @@ io_result byte_stream::ssl_result(int rc, std::size_t n) {
         }
         default: {
             unsigned long code = ERR_peek_last_error();
+            int reason = ERR_GET_REASON(code);
             r.ec = is_refusal_alert(code) ? transport_errc::peer_refused : transport_errc::tls_failed;
+            if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+                r.ec = transport_errc::no_certificate;
+            } else if (reason == SSL_R_UNSUPPORTED_PROTOCOL || reason == SSL_R_TLSV1_ALERT_PROTOCOL_VERSION) {
+                r.ec = transport_errc::tls_version;
+            }
             if (ERR_GET_REASON(code) == SSL_R_WRONG_VERSION_NUMBER || ERR_GET_REASON(code) == SSL_R_HTTP_REQUEST ||
                 ERR_GET_REASON(code) == SSL_R_PACKET_LENGTH_TOO_LONG ||
                 (ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING && !SSL_is_init_finished(ssl_))) {

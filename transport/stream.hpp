@@ -34,6 +34,8 @@ enum class transport_errc {
     resolve_failed = 6,     // the host name did not resolve
     plaintext_mismatch = 7, // one side uses --plaintext and the other does not
     queue_full = 8,         // the outbound queue bound was reached
+    no_certificate = 9,     // the peer sent no certificate (ferry requires one on both sides)
+    tls_version = 10,       // the peer does not speak TLS 1.3
 };
 
 const std::error_category& transport_category() noexcept;
