@@ -31,6 +31,26 @@ std::error_code last_error() { return {errno, std::system_category()}; }
 
 constexpr std::size_t max_cached_dirs = 256;
 
+// Permission bits and modification time (ns since the epoch; access time untouched).
+std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns) {
+    if (::fchmod(fd, mode & 07777) != 0) {
+        return last_error();
+    }
+    struct timespec times[2];
+    times[0].tv_sec = 0;
+    times[0].tv_nsec = UTIME_OMIT;
+    times[1].tv_sec = mtime_ns / 1'000'000'000;
+    times[1].tv_nsec = mtime_ns % 1'000'000'000;
+    if (times[1].tv_nsec < 0) {
+        times[1].tv_nsec += 1'000'000'000;
+        times[1].tv_sec -= 1;
+    }
+    if (::futimens(fd, times) != 0) {
+        return last_error();
+    }
+    return {};
+}
+
 }  // namespace
 
 const std::error_category& dest_category() noexcept {
@@ -193,20 +213,8 @@ std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uin
         ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
         ec = last_error();
     }
-    if (!ec && ::fchmod(fd, mode & 07777) != 0) {
-        ec = last_error();
-    }
-    struct timespec times[2];
-    times[0].tv_sec = 0;
-    times[0].tv_nsec = UTIME_OMIT;
-    times[1].tv_sec = mtime_ns / 1'000'000'000;
-    times[1].tv_nsec = mtime_ns % 1'000'000'000;
-    if (times[1].tv_nsec < 0) {
-        times[1].tv_nsec += 1'000'000'000;
-        times[1].tv_sec -= 1;
-    }
-    if (!ec && ::futimens(fd, times) != 0) {
-        ec = last_error();
+    if (!ec) {
+        ec = set_mode_and_mtime(fd, mode, mtime_ns);
     }
     if (!ec && fsync_file && ::fsync(fd) != 0) {
         ec = last_error();
@@ -233,20 +241,20 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
     if (fd < 0) {
         return ec;
     }
-    if (::fchmod(fd, mode & 07777) != 0) {
-        return last_error();
-    }
-    struct timespec times[2];
-    times[0].tv_sec = 0;
-    times[0].tv_nsec = UTIME_OMIT;
-    times[1].tv_sec = mtime_ns / 1'000'000'000;
-    times[1].tv_nsec = mtime_ns % 1'000'000'000;
-    if (times[1].tv_nsec < 0) {
-        times[1].tv_nsec += 1'000'000'000;
-        times[1].tv_sec -= 1;
-    }
-    if (::futimens(fd, times) != 0) {
-        return last_error();
+    return set_mode_and_mtime(fd, mode, mtime_ns);
+}
+
+std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset) {
+    std::size_t done = 0;
+    while (done < len) {
+        ssize_t n = ::pwrite(fd, data + done, len - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return last_error();
+        }
+        done += static_cast<std::size_t>(n);
     }
     return {};
 }

@@ -34,6 +34,9 @@ struct std::is_error_code_enum<ferry::dest_errc> : std::true_type {};
 
 namespace ferry {
 
+// pwrite of all `len` bytes at `offset` (retries short writes and EINTR).
+std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset);
+
 class dest_tree {
 public:
     // Opens (creating if needed) the root folder. Throws std::system_error on failure.

@@ -249,18 +249,8 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 }
                 fd = sink->fd;
             }
-            std::size_t done = 0;
-            while (!ec && done < payload.size()) {
-                ssize_t n = ::pwrite(fd, payload.data() + done, payload.size() - done,
-                                     static_cast<off_t>(offset + done));
-                if (n < 0) {
-                    if (errno == EINTR) {
-                        continue;
-                    }
-                    ec = std::error_code(errno, std::system_category());
-                } else {
-                    done += static_cast<std::size_t>(n);
-                }
+            if (!ec) {
+                ec = write_at(fd, payload.data(), payload.size(), offset);
             }
         }
         payload.reset();
@@ -306,17 +296,8 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
         std::error_code ec;
         if (!mismatch) {
             int fd = tree->open_partial(e.path, ec);
-            std::size_t done = 0;
-            while (!ec && done < payload.size()) {
-                ssize_t n = ::pwrite(fd, payload.data() + done, payload.size() - done, static_cast<off_t>(done));
-                if (n < 0 && errno == EINTR) {
-                    continue;
-                }
-                if (n < 0) {
-                    ec = std::error_code(errno, std::system_category());
-                    break;
-                }
-                done += static_cast<std::size_t>(n);
+            if (!ec) {
+                ec = write_at(fd, payload.data(), payload.size(), 0);
             }
             if (fd >= 0) {
                 if (ec) {
