@@ -15,10 +15,10 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <random>
 #include <stdexcept>
 
+#include "transport/openssl_util.hpp"
 #include "transport/tls.hpp"
 
 namespace ferry {
@@ -47,16 +47,6 @@ class unique_fd {
 
   private:
     int fd_;
-};
-
-struct bio_deleter {
-    void operator()(BIO* b) const { BIO_free(b); }
-};
-struct pkey_deleter {
-    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-struct x509_deleter {
-    void operator()(X509* x) const { X509_free(x); }
 };
 
 [[noreturn]] void fail(const fs::path& path, std::string_view reason) {
@@ -123,24 +113,16 @@ std::optional<std::string> read_file(const fs::path& path, bool private_only) {
     return out;
 }
 
-std::unique_ptr<EVP_PKEY, pkey_deleter> parse_key(const fs::path& path, const std::string& pem) {
-    std::unique_ptr<BIO, bio_deleter> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-    std::unique_ptr<EVP_PKEY, pkey_deleter> key;
-    if (bio) {
-        key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
-    }
+pkey_ptr parse_key(const fs::path& path, const std::string& pem) {
+    pkey_ptr key = read_pem_private_key(pem);
     if (!key) {
         fail(path, "not a valid unencrypted PEM private key (" + tls_error_string() + ")");
     }
     return key;
 }
 
-std::unique_ptr<X509, x509_deleter> parse_cert(const fs::path& path, const std::string& pem) {
-    std::unique_ptr<BIO, bio_deleter> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-    std::unique_ptr<X509, x509_deleter> cert;
-    if (bio) {
-        cert.reset(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-    }
+x509_ptr parse_cert(const fs::path& path, const std::string& pem) {
+    x509_ptr cert = read_pem_certificate(pem);
     if (!cert) {
         fail(path, "not a valid PEM certificate (" + tls_error_string() + ")");
     }

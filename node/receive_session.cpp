@@ -501,7 +501,8 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.error = error;
     r.peer_id = peer_id_;
     r.peer_address = peer_address_;
-    r.files = ok ? machine_.total_files() : 0;
+    r.files = ok ? machine_.total_files() - machine_.total_dirs() : 0;
+    r.dirs = ok ? machine_.total_dirs() : 0;
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.received_bytes();
     r.total_bytes = machine_.total_bytes();

@@ -424,7 +424,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.error = error;
     r.peer_id = peer_id_;
     r.peer_address = peer_address_;
-    r.files = machine_.files_done();
+    r.files = machine_.files_done() - machine_.dirs_done();
+    r.dirs = machine_.dirs_done();
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.confirmed_bytes();
     r.total_bytes = machine_.total_bytes();

@@ -99,7 +99,9 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
         if (entries_[i].is_dir || fa.kind() == wire::ACCEPT_SKIP) {
             f.result = true;
             ++files_done_;
-            if (!entries_[i].is_dir) {
+            if (entries_[i].is_dir) {
+                ++dirs_done_;
+            } else {
                 skipped_bytes_ += entries_[i].size;
             }
             continue;
@@ -286,6 +288,7 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         f.info.mtime_ns = e.mtime_ns();
         f.chunks = is_dir ? 0 : chunk_count(e.size());
         total_bytes_ += f.info.size;
+        total_dirs_ += is_dir ? 1 : 0;
         ids.push_back(file_id{e.id()});
         files_.push_back(std::move(f));
     }

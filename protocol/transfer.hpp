@@ -98,7 +98,8 @@ public:
     std::uint64_t total_bytes() const { return total_bytes_; }
     std::uint64_t total_files() const { return entries_.size(); }
     std::uint64_t confirmed_bytes() const { return confirmed_bytes_; }
-    std::uint64_t files_done() const { return files_done_; }
+    std::uint64_t files_done() const { return files_done_; }  // entries, directories included
+    std::uint64_t dirs_done() const { return dirs_done_; }
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }
     bool all_accepted() const { return accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
@@ -132,6 +133,7 @@ private:
     std::uint64_t confirmed_bytes_ = 0;
     std::uint64_t skipped_bytes_ = 0;
     std::uint64_t files_done_ = 0;
+    std::uint64_t dirs_done_ = 0;
     bool finished_ = false;
     std::string failure_;
 };
@@ -188,7 +190,8 @@ public:
     const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
     bool all_offered() const { return last_seen_; }
     bool all_finished() const { return last_seen_ && finished_files_ == files_.size(); }
-    std::uint64_t total_files() const { return files_.size(); }
+    std::uint64_t total_files() const { return files_.size(); }  // entries, directories included
+    std::uint64_t total_dirs() const { return total_dirs_; }
     std::uint64_t total_bytes() const { return total_bytes_; }
     std::uint64_t received_bytes() const { return received_bytes_; }
     std::uint64_t transfer_id() const { return transfer_id_; }
@@ -219,6 +222,7 @@ private:
     std::uint64_t total_bytes_ = 0;
     std::uint64_t received_bytes_ = 0;
     std::uint64_t finished_files_ = 0;
+    std::uint64_t total_dirs_ = 0;
 };
 
 }  // namespace ferry

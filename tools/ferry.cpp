@@ -90,6 +90,7 @@ json report_json(const ferry::transfer_report& r) {
             {"ok", r.ok},
             {"peer", ferry::format_node_id(r.peer_id)},
             {"files", r.files},
+            {"dirs", r.dirs},
             {"payload_bytes", r.payload_bytes},
             {"total_bytes", r.total_bytes},
             {"wire_bytes_sent", r.wire_sent},
@@ -200,7 +201,8 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     };
     ev.transfer_done = [&](const ferry::transfer_report& rep) {
         if (rep.ok) {
-            say("received " + std::to_string(rep.files) + " entries, " + human_bytes(rep.payload_bytes) + " from " +
+            say("received " + std::to_string(rep.files) + " files, " + std::to_string(rep.dirs) + " folders, " +
+                human_bytes(rep.payload_bytes) + " from " +
                 ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s");
         }
         emit(o, rep.ok ? report_json(rep)
@@ -314,8 +316,9 @@ int cmd_send(const common_opts& o, const send_opts& s) {
         return fail(o, r.code, r.error);
     }
     char line[256];
-    std::snprintf(line, sizeof(line), "sent %llu entries, %s in %.2f s (%.1f MB/s confirmed, %u connections)",
-                  static_cast<unsigned long long>(r.files), human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r),
+    std::snprintf(line, sizeof(line), "sent %llu files, %llu folders, %s in %.2f s (%.1f MB/s confirmed, %u connections)",
+                  static_cast<unsigned long long>(r.files), static_cast<unsigned long long>(r.dirs),
+                  human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r),
                   r.connections);
     say(line);
     emit(o, report_json(r));

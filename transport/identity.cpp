@@ -10,9 +10,9 @@
 
 #include <array>
 #include <cctype>
-#include <memory>
 #include <stdexcept>
 
+#include "transport/openssl_util.hpp"
 #include "transport/tls.hpp"
 
 namespace ferry {
@@ -23,38 +23,8 @@ constexpr std::size_t node_id_digest_bytes = 20;
 constexpr std::size_t node_id_group = 4;
 constexpr long cert_validity_days = 100L * 365 + 25;  // 100 years, leap days included
 
-struct bio_deleter {
-    void operator()(BIO* b) const { BIO_free(b); }
-};
-struct pkey_deleter {
-    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-struct x509_deleter {
-    void operator()(X509* x) const { X509_free(x); }
-};
-struct bn_deleter {
-    void operator()(BIGNUM* b) const { BN_free(b); }
-};
-struct ext_deleter {
-    void operator()(X509_EXTENSION* e) const { X509_EXTENSION_free(e); }
-};
-using bio_ptr = std::unique_ptr<BIO, bio_deleter>;
-using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_deleter>;
-using x509_ptr = std::unique_ptr<X509, x509_deleter>;
-using bn_ptr = std::unique_ptr<BIGNUM, bn_deleter>;
-using ext_ptr = std::unique_ptr<X509_EXTENSION, ext_deleter>;
-
-[[noreturn]] void fail(std::string_view what) {
-    std::string msg = "cannot create node credentials: ";
-    msg += what;
-    std::string detail = tls_error_string();
-    if (!detail.empty()) {
-        msg += " (";
-        msg += detail;
-        msg += ")";
-    }
-    throw std::runtime_error(msg);
-}
+// Every credential failure reads "cannot create node credentials: <what> (<OpenSSL errors>)".
+[[noreturn]] void fail(std::string_view what) { throw_openssl_error("cannot create node credentials", what); }
 
 std::string bio_to_string(BIO* bio) {
     char* data = nullptr;

@@ -7,20 +7,12 @@
 #include <array>
 #include <stdexcept>
 
+#include "transport/openssl_util.hpp"
+
 namespace ferry {
 namespace {
 
 constexpr const char* tls13_ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-
-struct bio_deleter {
-    void operator()(BIO* b) const { BIO_free(b); }
-};
-struct pkey_deleter {
-    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-struct x509_deleter {
-    void operator()(X509* x) const { X509_free(x); }
-};
 
 // ex_data slot of an SSL that holds its tls_peer_check*.
 int peer_check_index() {
@@ -28,17 +20,8 @@ int peer_check_index() {
     return index;
 }
 
-[[noreturn]] void fail(std::string_view what) {
-    std::string msg = "TLS setup: ";
-    msg += what;
-    std::string detail = tls_error_string();
-    if (!detail.empty()) {
-        msg += " (";
-        msg += detail;
-        msg += ")";
-    }
-    throw std::runtime_error(msg);
-}
+// Every set-up failure reads "TLS setup: <what> (<OpenSSL errors>)".
+[[noreturn]] void fail(std::string_view what) { throw_openssl_error("TLS setup", what); }
 
 // Fails the verification (the handshake then ends with an alert) and records why.
 int refuse(X509_STORE_CTX* store, tls_peer_check* check, int error, std::string reason) {
@@ -134,21 +117,11 @@ tls_context::tls_context(const tls_credentials& creds, tls_role role) : role_(ro
     SSL_CTX_set_verify(ctx, verify_mode, nullptr);
     SSL_CTX_set_cert_verify_callback(ctx, verify_peer, nullptr);
 
-    std::unique_ptr<BIO, bio_deleter> cert_bio(
-        BIO_new_mem_buf(creds.cert_pem.data(), static_cast<int>(creds.cert_pem.size())));
-    std::unique_ptr<X509, x509_deleter> cert;
-    if (cert_bio) {
-        cert.reset(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
-    }
+    x509_ptr cert = read_pem_certificate(creds.cert_pem);
     if (!cert) {
         fail("the node certificate is not a valid PEM certificate");
     }
-    std::unique_ptr<BIO, bio_deleter> key_bio(
-        BIO_new_mem_buf(creds.key_pem.data(), static_cast<int>(creds.key_pem.size())));
-    std::unique_ptr<EVP_PKEY, pkey_deleter> key;
-    if (key_bio) {
-        key.reset(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
-    }
+    pkey_ptr key = read_pem_private_key(creds.key_pem);
     if (!key) {
         fail("the node key is not a valid unencrypted PEM private key");
     }
