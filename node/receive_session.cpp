@@ -42,7 +42,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
         peer_address_ = c->stream().remote();
     }
     std::uint32_t idx = hello.conn_index();
-    if (idx >= conns_.size() || conns_[idx]) {
+    if (idx >= conns_.size() || conns_[idx] || ended_ || failed_ || finishing_) {
         wire::Header h;
         h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
         h.mutable_error()->set_message("bad connection index");
@@ -121,7 +121,9 @@ void receive_session::on_offer(const wire::Offer& offer) {
         return;
     }
     overwrite_ = ctx_.config.overwrite || machine_.options().overwrite;
-    offers_.emplace_back(std::move(ids), offer.total_bytes());
+    // The space check uses the sizes of the entries offered so far, summed here (never
+    // the sender's own claim of a total), less what is already written.
+    offers_.emplace_back(std::move(ids), machine_.total_bytes() - machine_.received_bytes());
     next_offer();
 }
 
@@ -143,12 +145,11 @@ void receive_session::next_offer() {
         const entry_info& e = machine_.entry(id);
         items.push_back({id, e.path, e.is_dir});
     }
-    bool first = !tree_;
     auto tree = tree_;
     std::filesystem::path root = ctx_.config.inbox;
     bool overwrite = overwrite_;
     std::uint64_t need = total_bytes;
-    ctx_.workers.post([self = shared_from_this(), items = std::move(items), tree, root, first, overwrite, need]() mutable {
+    ctx_.workers.post([self = shared_from_this(), items = std::move(items), tree, root, overwrite, need]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         std::vector<receiver_machine::decision> decisions;
@@ -160,7 +161,7 @@ void receive_session::next_offer() {
             error = e.what();
             code = exit_code::local_io;
         }
-        if (error.empty() && first) {
+        if (error.empty()) {
             struct statvfs vfs {};
             if (::statvfs(root.c_str(), &vfs) == 0) {
                 std::uint64_t avail = std::uint64_t{vfs.f_bavail} * vfs.f_frsize;
@@ -221,9 +222,13 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     file_id f{chunk.file_id()};
     chunk_index idx{chunk.index()};
     std::uint32_t conn = c.index;
+    std::uint64_t key = chunk_key(f, idx);
     if (machine_.has_chunk(f, idx)) {
-        queue_ack(conn, chunk_key(f, idx));  // a duplicate after a requeue: confirm again
+        queue_ack(conn, key);  // a duplicate after a requeue: confirm again
         return;
+    }
+    if (!writing_.insert(key).second) {
+        return;  // a duplicate of a chunk being written: that write's ack confirms it
     }
     if (machine_.single_chunk(f)) {
         write_whole_file(conn, chunk, std::move(payload));
@@ -256,6 +261,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         payload.reset();
         asio::post(self->ctx_.io, [self, f, idx, conn, got, mismatch, ec, path] {
             --self->writes_;
+            self->writing_.erase(chunk_key(f, idx));
             if (self->failed_) {
                 return;
             }
@@ -310,6 +316,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
         payload.reset();
         asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, path = e.path] {
             --self->writes_;
+            self->writing_.erase(chunk_key(f, chunk_index{0}));
             --self->finalizing_;
             if (self->failed_) {
                 return;
@@ -398,10 +405,10 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
 }
 
 void receive_session::check_all_done() {
-    if (done_sent_ || failed_ || !machine_.all_finished() || finalizing_ > 0 || offer_busy_ || !offers_.empty()) {
+    if (finishing_ || failed_ || !machine_.all_finished() || finalizing_ > 0 || offer_busy_ || !offers_.empty()) {
         return;
     }
-    done_sent_ = true;
+    finishing_ = true;
     flush_acks();
     // Directory modes and mtimes last (deepest first), then durability, then success.
     std::vector<entry_info> dirs;
@@ -431,6 +438,7 @@ void receive_session::check_all_done() {
                 self->fail(wire::ERROR_IO, exit_code::local_io, "could not finish the transfer: " + ec.message());
                 return;
             }
+            self->result_sent_ = true;
             wire::Header h;
             wire::TransferResult* r = h.mutable_transfer_result();
             r->set_transfer_id(self->machine_.transfer_id());
@@ -516,10 +524,7 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
 }
 
 void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::string& message) {
-    if (failed_ || done_sent_) {
-        if (!failed_ && !reported_) {
-            finish_report(false, exit, message);
-        }
+    if (failed_ || result_sent_) {
         return;
     }
     failed_ = true;
@@ -542,7 +547,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
 }
 
 void receive_session::stop(const std::string& why) {
-    if (!done_sent_) {
+    if (!result_sent_) {
         fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, why);
     }
     for (auto& c : conns_) {
@@ -558,7 +563,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     if (open_conns_ > 0) {
         --open_conns_;
     }
-    if (!done_sent_ && !failed_) {
+    if (!result_sent_ && !failed_) {
         // Any lost connection ends an unfinished transfer (partial files stay for resume).
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "connection closed by sender";
         fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why);
@@ -571,7 +576,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     if (open_conns_ == 0 && !ended_) {
         ended_ = true;
         if (!reported_) {
-            finish_report(done_sent_, done_sent_ ? exit_code::ok : exit_code::transfer_failed, "connection lost");
+            finish_report(result_sent_, result_sent_ ? exit_code::ok : exit_code::transfer_failed, "connection lost");
         }
         for (auto& x : conns_) {
             if (x) {

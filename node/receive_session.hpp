@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "node/context.hpp"
@@ -76,15 +77,17 @@ private:
     receiver_machine machine_;
     std::shared_ptr<dest_tree> tree_;
     std::vector<std::shared_ptr<sink_file>> sinks_;
-    std::deque<std::pair<std::vector<file_id>, std::uint64_t>> offers_;  // ids, total_bytes
+    std::deque<std::pair<std::vector<file_id>, std::uint64_t>> offers_;  // ids, bytes still to come
     bool offer_busy_ = false;
     std::vector<std::vector<std::uint64_t>> acks_;  // per connection
     bool ack_flush_posted_ = false;
     std::uint32_t finalizing_ = 0;
     std::uint32_t writes_ = 0;
+    std::unordered_set<std::uint64_t> writing_;  // chunk keys with a write in flight
     bool need_syncfs_ = false;
     bool overwrite_ = false;
-    bool done_sent_ = false;
+    bool finishing_ = false;    // every file is in; folder metadata and durability are running
+    bool result_sent_ = false;  // the TransferResult (success) went out
     bool failed_ = false;
     bool reported_ = false;
     bool ended_ = false;

@@ -313,8 +313,12 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
             if (ref.send) {
                 if (!cs.conn || cs.conn->closed()) {
                     self->machine_.requeue(ref);
-                    std::lock_guard lock(self->files_[ref.file.value]->mutex);
-                    ++self->files_[ref.file.value]->reads_left;
+                    {
+                        std::lock_guard lock(self->files_[ref.file.value]->mutex);
+                        ++self->files_[ref.file.value]->reads_left;
+                    }
+                    self->pump_all();  // this connection is gone: another one takes the chunk
+                    return;
                 } else {
                     wire::Header h;
                     wire::Chunk* c = h.mutable_chunk();

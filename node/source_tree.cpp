@@ -51,6 +51,10 @@ struct scanner {
             out.skipped.push_back(local.string() + " (symlink)");
             return true;
         }
+        if (S_ISREG(st.st_mode) && is_partial_file_name(local.filename().string())) {
+            out.skipped.push_back(local.string() + " (a ferry partial file)");
+            return true;
+        }
         if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
             out.skipped.push_back(local.string() + " (not a regular file)");
             return true;

@@ -37,6 +37,15 @@ std::error_code check_wire_path(std::string_view path) {
     return {};
 }
 
+bool is_partial_file_name(std::string_view name) {
+    auto ends_with = [&](std::string_view suffix) {
+        return name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
+    };
+    constexpr std::string_view suffix = ".ferry-part";  // after "." and a name of at least one byte
+    return (name.size() > suffix.size() + 1 && name.front() == '.' && ends_with(suffix)) ||
+           (name.substr(0, 7) == ".ferry-" && ends_with(".part"));
+}
+
 std::vector<std::string_view> split_wire_path(std::string_view path) {
     std::vector<std::string_view> out;
     std::size_t start = 0;

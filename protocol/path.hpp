@@ -16,6 +16,10 @@ namespace ferry {
 // Returns {} if `path` is a safe wire path, protocol_errc::bad_path otherwise.
 std::error_code check_wire_path(std::string_view path);
 
+// True for names ferry reserves for its partial files (".NAME.ferry-part" and
+// ".ferry-HASH.part"): a receiver refuses them in an offer, a sender skips them.
+bool is_partial_file_name(std::string_view name);
+
 // Splits a checked wire path into its components.
 std::vector<std::string_view> split_wire_path(std::string_view path);
 

@@ -270,6 +270,9 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (std::error_code ec = check_wire_path(e.path())) {
             return ec;
         }
+        if (is_partial_file_name(split_wire_path(e.path()).back())) {
+            return protocol_errc::bad_path;  // would collide with the receiver's partial files
+        }
         if (!paths_.insert(e.path()).second) {
             return protocol_errc::duplicate_path;
         }
@@ -284,7 +287,8 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         f.info.path = e.path();
         f.info.is_dir = is_dir;
         f.info.size = is_dir ? 0 : e.size();
-        f.info.mode = e.mode() & 07777;
+        // Never setuid/setgid from a peer's word; the sticky bit only on folders.
+        f.info.mode = e.mode() & (is_dir ? 01777u : 0777u);
         f.info.mtime_ns = e.mtime_ns();
         f.chunks = is_dir ? 0 : chunk_count(e.size());
         total_bytes_ += f.info.size;

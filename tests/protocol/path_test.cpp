@@ -243,3 +243,13 @@ TEST(wire_parent, parent_of_a_checked_path_is_checked) {
 
 }  // namespace
 }  // namespace ferry
+
+TEST(PartialFileName, MatchesOnlyFerrysOwnPartialNames) {
+    EXPECT_TRUE(ferry::is_partial_file_name(".a.ferry-part"));
+    EXPECT_TRUE(ferry::is_partial_file_name(".ferry-0123456789abcdef.part"));
+    EXPECT_FALSE(ferry::is_partial_file_name(".ferry-part"));
+    EXPECT_FALSE(ferry::is_partial_file_name("a.ferry-part"));
+    EXPECT_FALSE(ferry::is_partial_file_name("ferry-x.part"));
+    EXPECT_FALSE(ferry::is_partial_file_name(".part"));
+    EXPECT_FALSE(ferry::is_partial_file_name("notes.txt"));
+}

@@ -1153,3 +1153,34 @@ TEST(SingleChunkFile, NoFileDoneWhenSentWholeAndOneWhenTheReceiverHasIt) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST(ReceiverMachine, RefusesNamesReservedForPartialFiles) {
+    for (const char* path : {".x.ferry-part", "d/.report.pdf.ferry-part", ".ferry-00112233aabbccdd.part"}) {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, path}})), make_error_code(protocol_errc::bad_path)) << path;
+    }
+    receiver_machine ok;
+    EXPECT_EQ(offer_error(ok, raw_offer({{0, ".ferry-part"}, {1, "x.ferry-part.txt"}, {2, ".part"}})),
+              std::error_code{});
+}
+
+TEST(ReceiverMachine, NeverTakesSetuidOrSetgidFromThePeer) {
+    receiver_machine r;
+    wire::Offer o = raw_offer({{0, "tool"}});
+    o.mutable_entries(0)->set_mode(06755);
+    wire::Entry* d = o.add_entries();
+    d->set_id(1);
+    d->set_path("shared");
+    d->set_kind(wire::ENTRY_DIR);
+    d->set_mode(03777);
+    std::vector<file_id> ids;
+    ASSERT_EQ(r.on_offer(o, ids), std::error_code{});
+    EXPECT_EQ(r.entry(file_id{0}).mode, 0755u);
+    EXPECT_EQ(r.entry(file_id{1}).mode, 01777u);
+}
+
+}  // namespace
+}  // namespace ferry
