@@ -143,6 +143,11 @@ int cmd_trust(const common_opts& o, const std::string& id_text, const std::strin
     if (!id) {
         return fail(o, exit_code::usage, "\"" + id_text + "\" is not a node ID (32 base32 characters, as `ferry id` prints)");
     }
+    // Names stand in for peers in PEER and NAME:SHARE arguments, so they may not contain
+    // the characters those use.
+    if (name.find_first_of("@:/ \t") != std::string::npos || name.size() > 64) {
+        return fail(o, exit_code::usage, "a peer name may not contain '@', ':', '/' or spaces (and at most 64 bytes)");
+    }
     fs::path dir = ferry::resolve_state_dir(o.state);
     ferry::trust_store store = ferry::trust_store::load(dir);
     if (!store.add(*id, name)) {

@@ -257,6 +257,8 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_EQ(send({(cli.root() / "missing").string()}, "127.0.0.1:1").code, 1);
     EXPECT_EQ(cli.ferry({"send", "--state", cli.state("B").string(), "only-one-arg"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), "NOT-AN-ID"}).code, 1);
+    EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "a@b"}).code, 1);
+    EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "desk"}).code, 0);
     EXPECT_EQ(cli.ferry({"frobnicate"}).code, 1);
     for (const char* cmd : {"id", "trust", "send", "receive", "serve"}) {
         run_result h = cli.ferry({cmd, "--help"});
