@@ -42,7 +42,13 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
         peer_address_ = c->stream().remote();
     }
     std::uint32_t idx = hello.conn_index();
-    if (idx >= conns_.size() || conns_[idx] || ended_ || failed_ || finishing_) {
+    if (ended_ || failed_) {
+        // Too late to join (the session failed, or closed its last connection and is being
+        // removed): the sender already has, or will get, the reason on connection 0.
+        c->close();
+        return;
+    }
+    if (idx >= conns_.size() || conns_[idx]) {
         wire::Header h;
         h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
         h.mutable_error()->set_message("bad connection index");
