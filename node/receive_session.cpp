@@ -484,24 +484,12 @@ void receive_session::flush_acks() {
     }
 }
 
-std::uint64_t receive_session::wire_sent() const {
-    std::uint64_t n = wire_sent_closed_;
+wire_bytes receive_session::wire() const {
+    wire_bytes w;
     for (const auto& c : conns_) {
-        if (c && !c->closed()) {
-            n += c->stream().wire_sent();
-        }
+        w.add(c.get());
     }
-    return n;
-}
-
-std::uint64_t receive_session::wire_received() const {
-    std::uint64_t n = wire_received_closed_;
-    for (const auto& c : conns_) {
-        if (c && !c->closed()) {
-            n += c->stream().wire_received();
-        }
-    }
-    return n;
+    return w;
 }
 
 void receive_session::finish_report(bool ok, exit_code code, const std::string& error) {
@@ -520,8 +508,9 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.received_bytes();
     r.total_bytes = machine_.total_bytes();
-    r.wire_sent = wire_sent();
-    r.wire_received = wire_received();
+    wire_bytes w = wire();
+    r.wire_sent = w.sent;
+    r.wire_received = w.received;
     r.elapsed_s = seconds_since(start_);
     r.connections = static_cast<std::uint32_t>(conns_.size());
     if (ctx_.events.transfer_done) {
@@ -564,8 +553,6 @@ void receive_session::stop(const std::string& why) {
 }
 
 void receive_session::on_closed(connection& c, std::error_code ec) {
-    wire_sent_closed_ += c.stream().wire_sent();
-    wire_received_closed_ += c.stream().wire_received();
     if (open_conns_ > 0) {
         --open_conns_;
     }

@@ -62,8 +62,7 @@ private:
     void fail(wire::ErrorCode code, exit_code exit, const std::string& message);
     void send_control(wire::Header& h);
     void finish_report(bool ok, exit_code code, const std::string& error);
-    std::uint64_t wire_sent() const;
-    std::uint64_t wire_received() const;
+    wire_bytes wire() const;  // over every connection of the session, open or closed
 
     node_context& ctx_;
     std::string peer_id_;
@@ -71,8 +70,6 @@ private:
     std::function<void(receive_session&)> on_end_;
     std::vector<std::shared_ptr<connection>> conns_;
     std::uint32_t open_conns_ = 0;
-    std::uint64_t wire_sent_closed_ = 0;
-    std::uint64_t wire_received_closed_ = 0;
     std::string peer_address_;
     receiver_machine machine_;
     std::shared_ptr<dest_tree> tree_;

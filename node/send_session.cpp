@@ -356,8 +356,6 @@ void send_session::requeue_inflight(conn_state& cs) {
 }
 
 void send_session::on_closed(connection& c, std::error_code ec) {
-    wire_sent_closed_ += c.stream().wire_sent();
-    wire_received_closed_ += c.stream().wire_received();
     conn_state& cs = conns_[c.index];
     if (finished_) {
         return;
@@ -383,24 +381,12 @@ void send_session::on_closed(connection& c, std::error_code ec) {
     pump_all();
 }
 
-std::uint64_t send_session::wire_sent() const {
-    std::uint64_t n = wire_sent_closed_;
+wire_bytes send_session::wire() const {
+    wire_bytes w;
     for (const auto& cs : conns_) {
-        if (cs.conn && !cs.conn->closed()) {
-            n += cs.conn->stream().wire_sent();
-        }
+        w.add(cs.conn.get());
     }
-    return n;
-}
-
-std::uint64_t send_session::wire_received() const {
-    std::uint64_t n = wire_received_closed_;
-    for (const auto& cs : conns_) {
-        if (cs.conn && !cs.conn->closed()) {
-            n += cs.conn->stream().wire_received();
-        }
-    }
-    return n;
+    return w;
 }
 
 void send_session::fail(exit_code code, const std::string& message, bool tell_peer) {
@@ -434,8 +420,9 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.payload_bytes = machine_.confirmed_bytes();
     r.total_bytes = machine_.total_bytes();
     r.elapsed_s = seconds_since(start_);
-    r.wire_sent = wire_sent();
-    r.wire_received = wire_received();
+    wire_bytes w = wire();
+    r.wire_sent = w.sent;
+    r.wire_received = w.received;
     std::uint32_t used = 0;
     for (const auto& cs : conns_) {
         used += (cs.conn && cs.conn->counters().payload_sent > 0) ? 1 : 0;

@@ -82,8 +82,7 @@ private:
     void requeue_inflight(conn_state& cs);
     void fail(exit_code code, const std::string& message, bool tell_peer = true);
     void finish(bool ok, exit_code code, const std::string& error);
-    std::uint64_t wire_sent() const;
-    std::uint64_t wire_received() const;
+    wire_bytes wire() const;  // over every connection of the session, open or closed
 
     node_context& ctx_;
     source_tree sources_;
@@ -96,8 +95,6 @@ private:
     std::vector<std::shared_ptr<source_file>> files_;
     std::string peer_id_;
     std::string peer_address_;
-    std::uint64_t wire_sent_closed_ = 0;
-    std::uint64_t wire_received_closed_ = 0;
     bool offers_sent_ = false;
     bool waiting_buffer_ = false;
     bool finished_ = false;

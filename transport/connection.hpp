@@ -50,6 +50,15 @@ struct connection_counters {
     std::uint64_t payload_received = 0;
 };
 
+// Bytes on the wire of a set of connections (TLS records and framing included).
+struct wire_bytes {
+    std::uint64_t sent = 0;
+    std::uint64_t received = 0;
+
+    // Adds `c`'s counters; a closed connection keeps them, so closed ones count too.
+    void add(const connection* c);
+};
+
 class connection : public std::enable_shared_from_this<connection> {
 public:
     connection(std::unique_ptr<byte_stream> stream, std::shared_ptr<buffer_pool> pool, connection_limits limits = {});
@@ -69,6 +78,7 @@ public:
     bool closed() const { return closed_; }
     std::size_t queued_bytes() const { return queued_bytes_; }
     byte_stream& stream() { return *stream_; }
+    const byte_stream& stream() const { return *stream_; }
     const connection_counters& counters() const { return counters_; }
     std::uint32_t index = 0;  // position in its session (set by the owner)
 
