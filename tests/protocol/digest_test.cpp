@@ -12,20 +12,14 @@
 #include <vector>
 
 #include "protocol/types.hpp"
+#include "tests/support/pattern.hpp"
 
 namespace ferry {
 namespace {
 
 using bytes = std::vector<std::uint8_t>;
 
-bytes pattern_bytes(std::size_t n, std::uint32_t seed) {
-    bytes out(n);
-    std::mt19937 rng(seed);
-    for (auto& b : out) {
-        b = static_cast<std::uint8_t>(rng());
-    }
-    return out;
-}
+using test::pattern_bytes;
 
 std::span<const std::uint8_t> as_bytes(std::string_view s) {
     return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};

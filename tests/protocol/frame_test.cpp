@@ -16,20 +16,14 @@
 #include "ferry.pb.h"
 #include "protocol/errors.hpp"
 #include "protocol/types.hpp"
+#include "tests/support/pattern.hpp"
 
 namespace ferry {
 namespace {
 
 using bytes = std::vector<std::uint8_t>;
 
-bytes pattern_bytes(std::size_t n, std::uint32_t seed) {
-    bytes out(n);
-    std::mt19937 rng(seed);
-    for (auto& b : out) {
-        b = static_cast<std::uint8_t>(rng());
-    }
-    return out;
-}
+using test::pattern_bytes;
 
 bytes varint_bytes(std::uint32_t v) {
     bytes out;
