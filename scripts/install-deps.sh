@@ -12,6 +12,11 @@ build_pkgs=(
 tool_pkgs=(openssl netcat-openbsd iproute2 procps time)
 bench_pkgs=(iperf3 rsync openssh-server openssh-client socat hyperfine linux-perf strace)
 
+# AES-GCM with VAES for the TLS record layer; only packaged for x86-64 (optional).
+if [ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ]; then
+  build_pkgs+=(libipsec-mb-dev)
+fi
+
 want=("${build_pkgs[@]}" "${tool_pkgs[@]}")
 if [ "${1:-}" = "--bench" ]; then
   want+=("${bench_pkgs[@]}")

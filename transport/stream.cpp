@@ -33,6 +33,12 @@ public:
 };
 
 // TLS alerts a refusing peer sends when it rejects our certificate.
+// The same refusals as alert descriptions in a record (RFC 8446 section 6): handshake_failure,
+// bad_certificate, certificate_unknown, unknown_ca, access_denied, certificate_required.
+bool is_refusal_description(std::uint8_t d) {
+    return d == 40 || d == 42 || d == 46 || d == 48 || d == 49 || d == 116;
+}
+
 bool is_refusal_alert(unsigned long err) {
     int reason = ERR_GET_REASON(err);
     return reason == SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE || reason == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED ||
@@ -63,14 +69,10 @@ byte_stream::byte_stream(asio::ip::tcp::socket socket, SSL* ssl, std::unique_ptr
     : byte_stream(std::move(socket)) {
     ssl_ = ssl;
     check_ = std::move(check);
-    // Reads come straight from the socket (read-ahead fills OpenSSL's buffer in bulk).
-    // Writes go through a buffer BIO so that the 16 KiB records of one write_now() leave
-    // in one send() instead of one each; write_now() flushes it before returning.
+    // OpenSSL reads and writes the handshake straight on the socket.
     sock_bio_ = BIO_new_socket(socket_.native_handle(), BIO_NOCLOSE);
-    BIO* buffer = BIO_new(BIO_f_buffer());
-    BIO_set_write_buffer_size(buffer, write_buffer_bytes);
-    BIO_up_ref(sock_bio_);  // owned twice by the SSL: as rbio and inside the wbio chain
-    SSL_set_bio(ssl_, sock_bio_, BIO_push(buffer, sock_bio_));
+    BIO_up_ref(sock_bio_);  // owned twice by the SSL: as rbio and as wbio
+    SSL_set_bio(ssl_, sock_bio_, sock_bio_);
 }
 
 byte_stream::~byte_stream() {
@@ -85,12 +87,14 @@ const std::string& byte_stream::peer_id() const {
     return check_ ? check_->peer_id : none;
 }
 
+std::string byte_stream::cipher_name() const { return records_ ? records_->cipher_name() : std::string(); }
+
 std::uint64_t byte_stream::wire_sent() const {
-    return ssl_ != nullptr ? BIO_number_written(sock_bio_) : plain_sent_;
+    return (ssl_ != nullptr ? BIO_number_written(sock_bio_) : 0) + plain_sent_;
 }
 
 std::uint64_t byte_stream::wire_received() const {
-    return ssl_ != nullptr ? BIO_number_read(sock_bio_) : plain_received_;
+    return (ssl_ != nullptr ? BIO_number_read(sock_bio_) : 0) + plain_received_;
 }
 
 io_result byte_stream::ssl_result(int rc, std::size_t n) {
@@ -131,12 +135,14 @@ io_result byte_stream::ssl_result(int rc, std::size_t n) {
 }
 
 io_result byte_stream::read_now(std::span<std::uint8_t> out) {
-    if (ssl_ != nullptr) {
-        std::size_t n = 0;
-        ERR_clear_error();
-        int rc = SSL_read_ex(ssl_, out.data(), out.size(), &n);
-        return ssl_result(rc, n);
-    }
+    return ssl_ != nullptr ? tls_read(out) : plain_read(out);
+}
+
+io_result byte_stream::write_now(std::span<const asio::const_buffer> buffers) {
+    return ssl_ != nullptr ? tls_write(buffers) : plain_write(buffers);
+}
+
+io_result byte_stream::plain_read(std::span<std::uint8_t> out) {
     io_result r;
     std::error_code ec;
     std::size_t n = socket_.read_some(asio::buffer(out.data(), out.size()), ec);
@@ -161,132 +167,201 @@ io_result byte_stream::read_now(std::span<std::uint8_t> out) {
     return r;
 }
 
-io_result byte_stream::write_now(std::span<const asio::const_buffer> buffers) {
+io_result byte_stream::plain_write(std::span<const asio::const_buffer> buffers) {
     io_result r;
-    if (ssl_ == nullptr) {
+    std::error_code ec;
+    std::size_t n = socket_.write_some(buffers, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+        r.wait = io_wait::write;
+        return r;
+    }
+    if (ec) {
+        r.ec = ec == asio::error::broken_pipe || ec == asio::error::connection_reset
+                   ? std::error_code(transport_errc::closed)
+                   : ec;
+        return r;
+    }
+    plain_sent_ += n;
+    r.n = n;
+    return r;
+}
+
+io_result byte_stream::tls_read(std::span<std::uint8_t> out) {
+    io_result r;
+    if (!records_) {
+        r.ec = transport_errc::tls_failed;
+        return r;
+    }
+    std::size_t produced = 0;
+    if (plain_pos_ < plain_end_) {
+        std::size_t take = std::min(out.size(), plain_end_ - plain_pos_);
+        std::memcpy(out.data(), plain_.data() + plain_pos_, take);
+        plain_pos_ += take;
+        r.n = take;
+        return r;
+    }
+    if (read_error_) {
+        r.ec = read_error_;
+        return r;
+    }
+    auto fail_read = [&](std::error_code ec) {
+        // Deliver what was opened before the failure; the error comes on the next call.
+        if (produced > 0) {
+            read_error_ = ec;
+            r.n = produced;
+        } else {
+            r.ec = ec;
+        }
+        return r;
+    };
+    // Bounded: each round either opens a record or reads from the socket once.
+    for (int round = 0; round < 64; ++round) {
+        std::size_t avail = in_end_ - in_pos_;
+        std::size_t size = tls13_records::record_size(in_.data() + in_pos_, avail);
+        if (size == SIZE_MAX) {
+            return fail_read(transport_errc::tls_failed);
+        }
+        if (size != 0 && size <= avail) {
+            std::size_t content_room = size - tls13_records::overhead + 1;  // content + inner type
+            bool direct = out.size() - produced >= content_room;
+            std::uint8_t* dst = direct ? out.data() + produced : plain_.data();
+            record_opened o = records_->open(std::span<const std::uint8_t>(in_.data() + in_pos_, size), dst);
+            in_pos_ += size;
+            switch (o.what) {
+                case record_opened::kind::data:
+                    if (!direct) {
+                        plain_pos_ = 0;
+                        plain_end_ = o.length;
+                        std::size_t take = std::min(out.size() - produced, o.length);
+                        std::memcpy(out.data() + produced, plain_.data(), take);
+                        plain_pos_ = take;
+                        produced += take;
+                        r.n = produced;
+                        return r;
+                    }
+                    produced += o.length;
+                    // A short record ends what the writer had: return at that boundary
+                    // so the caller can aim the next read at the right buffer.
+                    if (o.length < tls13_records::max_plain || produced == out.size()) {
+                        r.n = produced;
+                        return r;
+                    }
+                    continue;
+                case record_opened::kind::control: continue;
+                case record_opened::kind::close: return fail_read(transport_errc::closed);
+                case record_opened::kind::alert:
+                    return fail_read(is_refusal_description(o.alert) ? transport_errc::peer_refused
+                                                                     : transport_errc::tls_failed);
+                case record_opened::kind::bad_record: return fail_read(transport_errc::tls_failed);
+            }
+        }
+        if (produced > 0) {
+            r.n = produced;
+            return r;
+        }
+        // Need more bytes: make room for at least one whole record, then read.
+        if (in_pos_ == in_end_) {
+            in_pos_ = in_end_ = 0;
+        } else if (in_.size() - in_pos_ < tls13_records::max_record) {
+            std::memmove(in_.data(), in_.data() + in_pos_, in_end_ - in_pos_);
+            in_end_ -= in_pos_;
+            in_pos_ = 0;
+        }
         std::error_code ec;
-        std::size_t n = socket_.write_some(buffers, ec);
+        std::size_t n = socket_.read_some(asio::buffer(in_.data() + in_end_, in_.size() - in_end_), ec);
+        if (ec == asio::error::would_block || ec == asio::error::try_again) {
+            r.wait = io_wait::read;
+            return r;
+        }
+        if (ec) {
+            r.ec = ec == asio::error::eof || ec == asio::error::connection_reset
+                       ? std::error_code(transport_errc::closed)
+                       : ec;
+            return r;
+        }
+        plain_received_ += n;
+        in_end_ += n;
+    }
+    r.n = produced;
+    return r;
+}
+
+bool byte_stream::flush_out(io_result& r) {
+    while (out_off_ < out_len_) {
+        std::error_code ec;
+        std::size_t n = socket_.write_some(asio::buffer(out_.data() + out_off_, out_len_ - out_off_), ec);
         if (ec == asio::error::would_block || ec == asio::error::try_again) {
             r.wait = io_wait::write;
-            return r;
+            return false;
         }
         if (ec) {
             r.ec = ec == asio::error::broken_pipe || ec == asio::error::connection_reset
                        ? std::error_code(transport_errc::closed)
                        : ec;
-            return r;
+            return false;
         }
         plain_sent_ += n;
-        r.n = n;
-        return r;
+        out_off_ += n;
     }
-
-    // TLS: records of up to 16 KiB. A small buffer (a frame header) is coalesced with
-    // what follows it into one staged record, so a chunk costs no extra tiny record.
-    // Records collect in the write BIO and are flushed (one send) before returning.
-    if (!flush_wbio(r)) {
-        return r;
-    }
-    r = tls_write(buffers);
-    if (!r.ec && r.wait == io_wait::none) {
-        flush_wbio(r);
-    }
-    return r;
-}
-
-bool byte_stream::flush_wbio(io_result& r) {
-    ERR_clear_error();
-    BIO* w = SSL_get_wbio(ssl_);
-    if (BIO_flush(w) > 0) {
-        return true;
-    }
-    if (BIO_should_retry(w)) {
-        r.wait = io_wait::write;
-        return false;
-    }
-    int e = errno;
-    r.ec = e != 0 && e != EPIPE && e != ECONNRESET ? std::error_code(e, std::system_category())
-                                                  : make_error_code(transport_errc::closed);
-    return false;
+    out_len_ = 0;
+    out_off_ = 0;
+    return true;
 }
 
 io_result byte_stream::tls_write(std::span<const asio::const_buffer> buffers) {
     io_result r;
-    constexpr std::size_t record = 16 * 1024;
+    if (!records_) {
+        r.ec = transport_errc::tls_failed;
+        return r;
+    }
+    if (!flush_out(r)) {
+        return r;
+    }
+    // Seal records into out_ up to out_target bytes, then send them in one go. A buffer
+    // of a full record or more gets records of its own (its last one may be short);
+    // smaller buffers share records.
+    constexpr std::size_t record = tls13_records::max_plain;
     std::size_t bi = 0;
-    std::size_t boff = 0;  // offset into buffers[bi]
-    auto advance = [&](std::size_t n) {
-        r.n += n;
-        while (n > 0 && bi < buffers.size()) {
-            std::size_t left = buffers[bi].size() - boff;
-            std::size_t take = std::min(left, n);
-            boff += take;
-            n -= take;
+    std::size_t boff = 0;
+    std::span<const std::uint8_t> segs[64];
+    while (bi < buffers.size() && out_len_ < out_target) {
+        std::size_t nseg = 0;
+        std::size_t len = 0;
+        const auto* p = static_cast<const std::uint8_t*>(buffers[bi].data());
+        std::size_t left = buffers[bi].size() - boff;
+        if (left == 0) {
+            ++bi;
+            boff = 0;
+            continue;
+        }
+        if (buffers[bi].size() >= record) {
+            len = std::min(left, record);
+            segs[nseg++] = std::span<const std::uint8_t>(p + boff, len);
+            boff += len;
             if (boff == buffers[bi].size()) {
                 ++bi;
                 boff = 0;
             }
-        }
-    };
-    for (int rounds = 0; rounds < 256; ++rounds) {
-        if (stage_.empty()) {
-            while (bi < buffers.size() && buffers[bi].size() == boff) {
+        } else {
+            // Coalesce small buffers, stopping before a large one.
+            while (bi < buffers.size() && nseg < std::size(segs) && buffers[bi].size() < record) {
+                const auto* q = static_cast<const std::uint8_t*>(buffers[bi].data());
+                std::size_t take = std::min(buffers[bi].size() - boff, record - len);
+                segs[nseg++] = std::span<const std::uint8_t>(q + boff, take);
+                len += take;
+                boff += take;
+                if (boff < buffers[bi].size()) {
+                    break;  // record full
+                }
                 ++bi;
                 boff = 0;
             }
-            if (bi == buffers.size()) {
-                return r;
-            }
-            std::size_t left = buffers[bi].size() - boff;
-            if (left >= record) {
-                // Large buffer: write whole records straight from it.
-                std::size_t n = 0;
-                ERR_clear_error();
-                int rc = SSL_write_ex(ssl_, static_cast<const std::uint8_t*>(buffers[bi].data()) + boff,
-                                      left / record * record, &n);
-                io_result w = ssl_result(rc, n);
-                advance(n);
-                if (w.ec || w.wait != io_wait::none) {
-                    r.ec = w.ec;
-                    r.wait = w.wait;
-                    return r;
-                }
-                continue;
-            }
-            // Stage small pieces up to one record.
-            std::size_t sbi = bi;
-            std::size_t soff = boff;
-            while (sbi < buffers.size() && stage_.size() < record) {
-                const auto* p = static_cast<const std::uint8_t*>(buffers[sbi].data()) + soff;
-                std::size_t take = std::min(buffers[sbi].size() - soff, record - stage_.size());
-                stage_.insert(stage_.end(), p, p + take);
-                soff += take;
-                if (soff == buffers[sbi].size()) {
-                    ++sbi;
-                    soff = 0;
-                }
-            }
-            stage_src_ = stage_.size();
-            stage_off_ = 0;
         }
-        std::size_t n = 0;
-        ERR_clear_error();
-        int rc = SSL_write_ex(ssl_, stage_.data() + stage_off_, stage_.size() - stage_off_, &n);
-        io_result w = ssl_result(rc, n);
-        stage_off_ += n;
-        if (stage_off_ == stage_.size()) {
-            std::size_t src = stage_src_;
-            stage_.clear();
-            stage_src_ = 0;
-            stage_off_ = 0;
-            advance(src);
-        }
-        if (w.ec || w.wait != io_wait::none) {
-            r.ec = w.ec;
-            r.wait = w.wait;
-            return r;
-        }
+        out_len_ += records_->seal_data(std::span<const std::span<const std::uint8_t>>(segs, nseg),
+                                        out_.data() + out_len_);
+        r.n += len;
     }
+    flush_out(r);
     return r;
 }
 
@@ -307,7 +382,7 @@ void byte_stream::handshake_step(std::shared_ptr<std::function<void(std::error_c
     ERR_clear_error();
     int rc = SSL_do_handshake(ssl_);
     if (rc == 1) {
-        (*fn)({});
+        (*fn)(start_records());
         return;
     }
     io_result r = ssl_result(rc, 0);
@@ -330,15 +405,38 @@ void byte_stream::handshake_step(std::shared_ptr<std::function<void(std::error_c
     (*fn)(r.ec ? r.ec : make_error_code(transport_errc::tls_failed));
 }
 
+std::error_code byte_stream::start_records() {
+    if (SSL_has_pending(ssl_) == 1) {
+        return transport_errc::tls_failed;  // OpenSSL read past the handshake: cannot happen without read-ahead
+    }
+    tls_suite suite{};
+    tls_traffic_secrets secrets;
+    if (!tls_take_traffic_secrets(ssl_, suite, secrets)) {
+        return transport_errc::tls_failed;
+    }
+    try {
+        records_ = std::make_unique<tls13_records>(suite, secrets, SSL_is_server(ssl_) == 0, aead_backend::automatic);
+    } catch (const std::exception&) {
+        return transport_errc::tls_failed;
+    }
+    out_.resize(out_capacity);
+    in_.resize(in_capacity);
+    plain_.resize(tls13_records::max_plain + 256);
+    return {};
+}
+
 void byte_stream::close() {
     if (!socket_.is_open()) {
         return;
     }
-    if (ssl_ != nullptr && !shut_) {
-        shut_ = true;
-        SSL_shutdown(ssl_);  // best effort close_notify; never waits
-        ERR_clear_error();
+    if (records_ && !shut_ && out_off_ == out_len_) {
+        // Best effort close_notify; never waits.
+        std::uint8_t alert[2 + tls13_records::overhead];
+        std::size_t n = records_->seal_close_notify(alert);
+        std::error_code ignored;
+        plain_sent_ += socket_.write_some(asio::buffer(alert, n), ignored);
     }
+    shut_ = true;
     std::error_code ec;
     socket_.shutdown(asio::socket_base::shutdown_both, ec);
     socket_.close(ec);

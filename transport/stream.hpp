@@ -2,10 +2,14 @@
 //
 // Owned by one connection and used only on the loop thread. The stream never blocks:
 // read_now()/write_now() do what the socket allows and say whether to wait for
-// readability or writability, and async_wait() waits for that. With TLS the SSL object
-// is bound to the socket's fd (SSL_set_fd), so records go straight between OpenSSL and
-// the kernel with no extra buffer copy (asio::ssl::stream would add a BIO pair copy).
-// Wire counters are what the kernel accepted/delivered, TLS records included.
+// readability or writability, and async_wait() waits for that. With TLS, OpenSSL runs the
+// handshake on the socket's fd; the application records are then sealed and opened by
+// tls13_records (transport/tls_records.hpp) straight between the caller's buffers and
+// one record buffer per direction. Record boundaries follow the caller's buffers: a
+// buffer of 16 KiB or more starts and ends on a record boundary, smaller ones are
+// coalesced, and a read stops after a short record, so a frame's payload is decrypted
+// straight into its own buffer. Wire counters are what the kernel accepted/delivered,
+// TLS records included.
 #pragma once
 
 #include <asio.hpp>
@@ -21,6 +25,7 @@
 
 #include "transport/socket_tuning.hpp"
 #include "transport/tls.hpp"
+#include "transport/tls_records.hpp"
 
 namespace ferry {
 
@@ -78,11 +83,13 @@ public:
     void async_handshake(std::function<void(std::error_code)> fn);
 
     void close();
-    // Bytes written by OpenSSL but not yet handed to the kernel (TLS write buffer).
-    bool has_pending_output() const { return ssl_ != nullptr && BIO_wpending(SSL_get_wbio(ssl_)) > 0; }
+    // Sealed records not yet handed to the kernel.
+    bool has_pending_output() const { return out_off_ < out_len_; }
     bool is_open() const { return socket_.is_open(); }
     bool is_tls() const { return ssl_ != nullptr; }
     const std::string& peer_id() const;
+    // "TLS_AES_128_GCM_SHA256 (ipsec-mb)" once the handshake is done; "" for plaintext.
+    std::string cipher_name() const;
     asio::ip::tcp::socket& socket() { return socket_; }
     std::uint64_t wire_sent() const;
     std::uint64_t wire_received() const;
@@ -92,22 +99,38 @@ public:
 
 private:
     io_result ssl_result(int rc, std::size_t n);
+    io_result plain_read(std::span<std::uint8_t> out);
+    io_result plain_write(std::span<const asio::const_buffer> buffers);
+    io_result tls_read(std::span<std::uint8_t> out);
     io_result tls_write(std::span<const asio::const_buffer> buffers);
-    // Sends what the write BIO holds. False (with r.wait or r.ec set) if it could not.
-    bool flush_wbio(io_result& r);
-
-    static constexpr int write_buffer_bytes = 256 * 1024 + 4096;
+    // Sends what out_ holds. False (with r.wait or r.ec set) if it could not send it all.
+    bool flush_out(io_result& r);
+    // Switches from OpenSSL to ferry's record layer once the handshake is done.
+    std::error_code start_records();
     void handshake_step(std::shared_ptr<std::function<void(std::error_code)>> fn);
+
+    // Sealed records gathered per write_now(): one send() of up to this much.
+    static constexpr std::size_t out_target = 256 * 1024;
+    static constexpr std::size_t out_capacity = out_target + tls13_records::max_plain + tls13_records::seal_room;
+    static constexpr std::size_t in_capacity = 256 * 1024 + tls13_records::max_record;
 
     asio::ip::tcp::socket socket_;
     SSL* ssl_ = nullptr;
-    BIO* sock_bio_ = nullptr;  // the socket BIO (owned by ssl_); wire counters read it
+    BIO* sock_bio_ = nullptr;  // the socket BIO (owned by ssl_): handshake wire counters
     std::unique_ptr<tls_peer_check> check_;
-    std::vector<std::uint8_t> stage_;   // TLS: coalesced small buffers being written
-    std::size_t stage_src_ = 0;         // source bytes the stage covers
-    std::size_t stage_off_ = 0;         // stage bytes already written
-    std::uint64_t plain_sent_ = 0;
-    std::uint64_t plain_received_ = 0;
+    std::unique_ptr<tls13_records> records_;
+    std::vector<std::uint8_t> out_;     // sealed records [out_off_, out_len_) not yet sent
+    std::size_t out_len_ = 0;
+    std::size_t out_off_ = 0;
+    std::vector<std::uint8_t> in_;      // received record bytes, [in_pos_, in_end_)
+    std::size_t in_pos_ = 0;
+    std::size_t in_end_ = 0;
+    std::vector<std::uint8_t> plain_;   // an opened record larger than the caller's buffer
+    std::size_t plain_pos_ = 0;
+    std::size_t plain_end_ = 0;
+    std::error_code read_error_;        // held back while data decrypted before it is delivered
+    std::uint64_t plain_sent_ = 0;      // bytes written to the socket by ferry (not OpenSSL)
+    std::uint64_t plain_received_ = 0;  // bytes read from the socket by ferry (not OpenSSL)
     tuning_report tuning_;
     std::string remote_;
     bool shut_ = false;

@@ -20,6 +20,60 @@ int peer_check_index() {
     return index;
 }
 
+// ex_data slot of an SSL that holds its tls_traffic_secrets (owned by the SSL).
+void free_secrets(void* /*parent*/, void* ptr, CRYPTO_EX_DATA* /*ad*/, int /*idx*/, long /*argl*/, void* /*argp*/) {
+    delete static_cast<tls_traffic_secrets*>(ptr);
+}
+int secrets_index() {
+    static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, free_secrets);
+    return index;
+}
+
+bool from_hex(std::string_view hex, std::vector<std::uint8_t>& out) {
+    if (hex.size() % 2 != 0) {
+        return false;
+    }
+    out.resize(hex.size() / 2);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        auto nibble = [](char c) -> int {
+            if (c >= '0' && c <= '9') return c - '0';
+            if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+            if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+            return -1;
+        };
+        int hi = nibble(hex[2 * i]);
+        int lo = nibble(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        out[i] = static_cast<std::uint8_t>(hi << 4 | lo);
+    }
+    return true;
+}
+
+// OpenSSL hands every secret of the handshake to the key log callback as a text line
+// "LABEL <client random> <secret>"; ferry keeps the two application traffic secrets
+// for its record layer (tls_records.hpp) and writes nothing anywhere.
+void capture_secret(const SSL* ssl, const char* line) {
+    auto* secrets = static_cast<tls_traffic_secrets*>(SSL_get_ex_data(ssl, secrets_index()));
+    if (secrets == nullptr) {
+        return;
+    }
+    std::string_view text(line);
+    auto first = text.find(' ');
+    auto last = text.rfind(' ');
+    if (first == std::string_view::npos || last == first) {
+        return;
+    }
+    std::string_view label = text.substr(0, first);
+    std::string_view hex = text.substr(last + 1);
+    if (label == "CLIENT_TRAFFIC_SECRET_0") {
+        from_hex(hex, secrets->client);
+    } else if (label == "SERVER_TRAFFIC_SECRET_0") {
+        from_hex(hex, secrets->server);
+    }
+}
+
 // Every set-up failure reads "TLS setup: <what> (<OpenSSL errors>)".
 [[noreturn]] void fail(std::string_view what) { throw_openssl_error("TLS setup", what); }
 
@@ -103,12 +157,11 @@ tls_context::tls_context(const tls_credentials& creds, tls_role role) : role_(ro
     SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET);
-    // Partial writes and a moving buffer suit a queue of owned buffers drained by one
-    // writer; buffers are kept (not released when idle) to avoid churn on busy links.
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_clear_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_read_ahead(ctx, 1);
-    SSL_CTX_set_default_read_buffer_len(ctx, static_cast<std::size_t>(tls_read_buffer_len));
+    // OpenSSL only runs the handshake; application records are ferry's (tls_records.hpp).
+    // Without read-ahead OpenSSL reads exactly the handshake records and nothing beyond,
+    // so the first application record is still in the socket when ferry takes over.
+    SSL_CTX_set_read_ahead(ctx, 0);
+    SSL_CTX_set_keylog_callback(ctx, capture_secret);
 
     int verify_mode = SSL_VERIFY_PEER;
     if (role == tls_role::server) {
@@ -152,12 +205,38 @@ SSL* tls_context::new_ssl(tls_peer_check* check) const {
         SSL_free(ssl);
         fail("SSL_set_ex_data failed");
     }
+    auto* secrets = new tls_traffic_secrets;
+    if (SSL_set_ex_data(ssl, secrets_index(), secrets) != 1) {
+        delete secrets;
+        SSL_free(ssl);
+        fail("SSL_set_ex_data failed");
+    }
     if (role_ == tls_role::server) {
         SSL_set_accept_state(ssl);
     } else {
         SSL_set_connect_state(ssl);
     }
     return ssl;
+}
+
+bool tls_take_traffic_secrets(SSL* ssl, tls_suite& suite, tls_traffic_secrets& secrets) {
+    const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl);
+    if (cipher == nullptr) {
+        return false;
+    }
+    switch (SSL_CIPHER_get_id(cipher) & 0xffff) {
+        case 0x1301: suite = tls_suite::aes_128_gcm_sha256; break;
+        case 0x1302: suite = tls_suite::aes_256_gcm_sha384; break;
+        case 0x1303: suite = tls_suite::chacha20_poly1305_sha256; break;
+        default: return false;
+    }
+    auto* held = static_cast<tls_traffic_secrets*>(SSL_get_ex_data(ssl, secrets_index()));
+    if (held == nullptr || held->client.empty() || held->server.empty()) {
+        return false;
+    }
+    std::swap(secrets.client, held->client);
+    std::swap(secrets.server, held->server);
+    return true;
 }
 
 std::string tls_error_string() {

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "transport/identity.hpp"
+#include "transport/tls_records.hpp"
 
 namespace ferry {
 
@@ -44,8 +45,6 @@ enum class tls_role {
     server,  // accepts; requires and verifies a client certificate
 };
 
-// Default TLS read buffer (read-ahead on), sized for 256 KiB chunks arriving in bulk.
-inline constexpr long tls_read_buffer_len = 256 * 1024;
 
 class tls_context {
   public:
@@ -80,6 +79,10 @@ class tls_context {
     tls_role role_;
     std::string id_;
 };
+
+// After the handshake: the negotiated suite, and the application traffic secrets the key
+// log callback captured (moved out of the SSL). False if either is missing.
+bool tls_take_traffic_secrets(SSL* ssl, tls_suite& suite, tls_traffic_secrets& secrets);
 
 // Drains the calling thread's OpenSSL error queue into one line ("a; b; c"); "" if the
 // queue is empty.

@@ -10,12 +10,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <memory>
+#include <vector>
 #include <optional>
 #include <stdexcept>
 #include <string>
 
 #include "transport/identity.hpp"
+#include "transport/tls_records.hpp"
 
 namespace ferry {
 namespace {
@@ -180,11 +184,10 @@ TEST_F(tls_test, context_settings) {
         EXPECT_EQ(SSL_CTX_get_max_proto_version(ctx), TLS1_3_VERSION);
         EXPECT_EQ(SSL_CTX_get_num_tickets(ctx), 0u);
         EXPECT_NE(SSL_CTX_get_options(ctx) & SSL_OP_NO_RENEGOTIATION, 0u);
-        long mode = SSL_CTX_get_mode(ctx);
-        EXPECT_NE(mode & SSL_MODE_ENABLE_PARTIAL_WRITE, 0);
-        EXPECT_NE(mode & SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, 0);
-        EXPECT_EQ(mode & SSL_MODE_RELEASE_BUFFERS, 0);
-        EXPECT_EQ(SSL_CTX_get_read_ahead(ctx), 1);
+        // OpenSSL must not read past the handshake (ferry's record layer takes over), and
+        // the traffic secrets reach it through the key log callback.
+        EXPECT_EQ(SSL_CTX_get_read_ahead(ctx), 0);
+        EXPECT_NE(SSL_CTX_get_keylog_callback(ctx), nullptr);
     }
     EXPECT_EQ(SSL_CTX_get_verify_mode(server.native()), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
     EXPECT_EQ(SSL_CTX_get_verify_mode(client.native()), SSL_VERIFY_PEER);
@@ -382,6 +385,255 @@ TEST(tls_error_string, drains_the_queue) {
     EXPECT_EQ(text.find('\n'), std::string::npos);
     EXPECT_EQ(tls_error_string(), "");
 }
+
+// ---- ferry's record layer (tls_records.hpp) against OpenSSL's own ----
+
+std::vector<std::uint8_t> unhex(std::string_view hex) {
+    std::vector<std::uint8_t> out;
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+        out.push_back(static_cast<std::uint8_t>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16)));
+    }
+    return out;
+}
+
+// RFC 8448 section 3 (simple 1-RTT handshake): the server's handshake traffic keys.
+TEST(tls_records, hkdf_expand_label_matches_rfc8448) {
+    auto secret = unhex("b67b7d690cc16c4e75e54213cb2d37b4e9c912bcded9105d42befd59d391ad38");
+    EXPECT_EQ(hkdf_expand_label(tls_suite::aes_128_gcm_sha256, secret, "key", 16),
+              unhex("3fce516009c21727d0f2e4e86ee403bc"));
+    EXPECT_EQ(hkdf_expand_label(tls_suite::aes_128_gcm_sha256, secret, "iv", 12), unhex("5d313eb2671276ee13000b30"));
+}
+
+TEST(tls_records, record_size_checks_the_header) {
+    const std::uint8_t ok[5] = {23, 3, 3, 0x40, 0x11};  // 16384 + 1 + 16
+    EXPECT_EQ(tls13_records::record_size(ok, 4), 0u);
+    EXPECT_EQ(tls13_records::record_size(ok, 5), 5u + 0x4011);
+    const std::uint8_t handshake[5] = {22, 3, 3, 0, 40};
+    EXPECT_EQ(tls13_records::record_size(handshake, 5), SIZE_MAX);
+    const std::uint8_t old_version[5] = {23, 3, 1, 0, 40};
+    EXPECT_EQ(tls13_records::record_size(old_version, 5), SIZE_MAX);
+    const std::uint8_t too_long[5] = {23, 3, 3, 0x41, 0x01};  // 2^14 + 256 + 1
+    EXPECT_EQ(tls13_records::record_size(too_long, 5), SIZE_MAX);
+    const std::uint8_t too_short[5] = {23, 3, 3, 0, 16};  // no room for the type byte
+    EXPECT_EQ(tls13_records::record_size(too_short, 5), SIZE_MAX);
+}
+
+TEST(tls_records, backends_agree) {
+    std::vector<std::uint8_t> key(16, 7);
+    auto a = make_record_cipher(tls_suite::aes_128_gcm_sha256, key, aead_backend::openssl);
+    auto b = make_record_cipher(tls_suite::aes_128_gcm_sha256, key, aead_backend::ipsec_mb);
+    std::uint8_t nonce[12] = {1, 2, 3};
+    std::uint8_t aad[5] = {23, 3, 3, 0, 0};
+    std::vector<std::uint8_t> msg(5000);
+    for (std::size_t i = 0; i < msg.size(); ++i) {
+        msg[i] = static_cast<std::uint8_t>(i * 31);
+    }
+    std::span<const std::uint8_t> parts[2] = {std::span(msg).first(1234), std::span(msg).subspan(1234)};
+    std::vector<std::uint8_t> sealed_a(msg.size() + 16);
+    std::vector<std::uint8_t> sealed_b(msg.size() + 16);
+    a->seal(nonce, aad, parts, sealed_a.data());
+    b->seal(nonce, aad, parts, sealed_b.data());
+    EXPECT_EQ(sealed_a, sealed_b);
+    std::vector<std::uint8_t> opened(msg.size());
+    ASSERT_TRUE(b->open(nonce, aad, std::span(sealed_a).first(msg.size()), sealed_a.data() + msg.size(), opened.data()));
+    EXPECT_EQ(opened, msg);
+    sealed_a[100] ^= 1;
+    EXPECT_FALSE(a->open(nonce, aad, std::span(sealed_a).first(msg.size()), sealed_a.data() + msg.size(), opened.data()));
+    EXPECT_FALSE(b->open(nonce, aad, std::span(sealed_a).first(msg.size()), sealed_a.data() + msg.size(), opened.data()));
+}
+
+bool send_fd(int fd, const std::uint8_t* p, std::size_t n) {
+    for (int i = 0; i < 1000 && n > 0; ++i) {
+        ssize_t w = ::write(fd, p, n);
+        if (w > 0) {
+            p += w;
+            n -= static_cast<std::size_t>(w);
+        } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+            return false;
+        }
+    }
+    return n == 0;
+}
+
+// Reads one whole record from a non-blocking fd the peer has already written to.
+std::vector<std::uint8_t> read_record(int fd) {
+    std::vector<std::uint8_t> rec(tls13_records::max_record);
+    std::size_t have = 0;
+    std::size_t want = tls13_records::header_len;
+    for (int i = 0; i < 1000 && have < want; ++i) {
+        ssize_t r = ::read(fd, rec.data() + have, want - have);
+        if (r > 0) {
+            have += static_cast<std::size_t>(r);
+            if (have == tls13_records::header_len) {
+                want = tls13_records::record_size(rec.data(), have);
+                if (want == SIZE_MAX) {
+                    return {};
+                }
+            }
+        } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+            return {};
+        }
+    }
+    rec.resize(have);
+    return rec;
+}
+
+struct records_case {
+    const char* ciphersuite;
+    aead_backend backend;
+};
+
+class tls_records_interop : public tls_test, public ::testing::WithParamInterface<records_case> {
+  protected:
+    // Handshakes with OpenSSL on both ends; then the client switches to ferry's records.
+    std::unique_ptr<tls13_records> connect(std::uint64_t key_update_after = tls13_records::default_key_update_after) {
+        server_ctx_ = std::make_unique<tls_context>(*server_creds_, tls_role::server);
+        client_ctx_ = std::make_unique<tls_context>(*client_creds_, tls_role::client);
+        client_.attach(*client_ctx_, sp_.first());
+        server_.attach(*server_ctx_, sp_.second());
+        EXPECT_EQ(SSL_set_ciphersuites(client_.ssl.get(), GetParam().ciphersuite), 1);
+        handshake(client_, server_);
+        EXPECT_EQ(client_.state, hs_state::done) << client_.error;
+        EXPECT_EQ(server_.state, hs_state::done) << server_.error;
+        tls_suite suite{};
+        tls_traffic_secrets secrets;
+        EXPECT_TRUE(tls_take_traffic_secrets(client_.ssl.get(), suite, secrets));
+        return std::make_unique<tls13_records>(suite, secrets, true, GetParam().backend, key_update_after);
+    }
+
+    // Seals `data` in records of at most `piece` bytes and sends them to the OpenSSL end,
+    // which must read exactly `data` back.
+    void send_and_check(tls13_records& rec, const std::vector<std::uint8_t>& data, std::size_t piece) {
+        std::vector<std::uint8_t> out(tls13_records::max_plain + tls13_records::seal_room);
+        std::string got;
+        for (std::size_t off = 0; off < data.size(); off += piece) {
+            std::size_t n = std::min(piece, data.size() - off);
+            std::span<const std::uint8_t> seg(data.data() + off, n);
+            std::size_t len = rec.seal_data(std::span<const std::span<const std::uint8_t>>(&seg, 1), out.data());
+            ASSERT_TRUE(send_fd(sp_.first(), out.data(), len));
+            got += read_some(server_.ssl.get(), n);
+        }
+        ASSERT_EQ(got.size(), data.size());
+        EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin(),
+                               [](char a, std::uint8_t b) { return static_cast<std::uint8_t>(a) == b; }));
+    }
+
+    // Sends `text` from the OpenSSL end and opens it with ferry's records.
+    std::string receive(tls13_records& rec, std::string_view text) {
+        EXPECT_TRUE(write_all(server_.ssl.get(), text));
+        std::string got;
+        std::vector<std::uint8_t> out(tls13_records::max_plain + 256);
+        for (int i = 0; i < 100 && got.size() < text.size(); ++i) {
+            auto r = read_record(sp_.first());
+            if (r.empty()) {
+                break;
+            }
+            record_opened o = rec.open(r, out.data());
+            if (o.what == record_opened::kind::data) {
+                got.append(reinterpret_cast<const char*>(out.data()), o.length);
+            } else if (o.what != record_opened::kind::control) {
+                break;
+            }
+        }
+        return got;
+    }
+
+    socket_pair sp_;
+    std::unique_ptr<tls_context> server_ctx_;
+    std::unique_ptr<tls_context> client_ctx_;
+    endpoint client_;
+    endpoint server_;
+};
+
+std::vector<std::uint8_t> pattern_bytes(std::size_t n) {
+    std::vector<std::uint8_t> v(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        v[i] = static_cast<std::uint8_t>((i * 131) ^ (i >> 8));
+    }
+    return v;
+}
+
+TEST_P(tls_records_interop, openssl_reads_ferry_records) {
+    auto rec = connect();
+    send_and_check(*rec, pattern_bytes(1), 1);
+    send_and_check(*rec, pattern_bytes(100'000), tls13_records::max_plain);
+    send_and_check(*rec, pattern_bytes(40'000), 777);
+}
+
+TEST_P(tls_records_interop, ferry_reads_openssl_records) {
+    auto rec = connect();
+    std::string big(50'000, 'x');
+    for (std::size_t i = 0; i < big.size(); ++i) {
+        big[i] = static_cast<char>('a' + i % 26);
+    }
+    EXPECT_EQ(receive(*rec, "hello"), "hello");
+    EXPECT_EQ(receive(*rec, big), big);
+}
+
+TEST_P(tls_records_interop, key_updates_both_ways) {
+    // ferry updates its write key every 3 records; OpenSSL must follow.
+    auto rec = connect(3);
+    send_and_check(*rec, pattern_bytes(20'000), 1000);
+    // OpenSSL updates its key and asks ferry to update too.
+    ASSERT_EQ(SSL_key_update(server_.ssl.get(), SSL_KEY_UPDATE_REQUESTED), 1);
+    EXPECT_EQ(receive(*rec, "after update"), "after update");
+    send_and_check(*rec, pattern_bytes(5'000), 1000);
+    EXPECT_EQ(receive(*rec, "still fine"), "still fine");
+}
+
+TEST_P(tls_records_interop, close_notify_both_ways) {
+    auto rec = connect();
+    std::vector<std::uint8_t> out(64);
+    std::size_t n = rec->seal_close_notify(out.data());
+    ASSERT_TRUE(send_fd(sp_.first(), out.data(), n));
+    char byte = 0;
+    int rc = SSL_read(server_.ssl.get(), &byte, 1);
+    EXPECT_EQ(SSL_get_error(server_.ssl.get(), rc), SSL_ERROR_ZERO_RETURN);
+    ASSERT_GE(SSL_shutdown(server_.ssl.get()), 0);
+    auto r = read_record(sp_.first());
+    ASSERT_FALSE(r.empty());
+    EXPECT_EQ(rec->open(r, out.data() + 0).what, record_opened::kind::close);
+}
+
+TEST_P(tls_records_interop, tampered_records_are_refused_by_openssl) {
+    auto rec = connect();
+    // ferry -> OpenSSL: one flipped ciphertext bit fails OpenSSL's check.
+    std::vector<std::uint8_t> out(tls13_records::max_plain + tls13_records::seal_room);
+    auto data = pattern_bytes(1000);
+    std::span<const std::uint8_t> seg(data);
+    std::size_t len = rec->seal_data(std::span<const std::span<const std::uint8_t>>(&seg, 1), out.data());
+    out[len / 2] ^= 0x10;
+    ASSERT_TRUE(send_fd(sp_.first(), out.data(), len));
+    char buf[2000];
+    ERR_clear_error();
+    int rc = SSL_read(server_.ssl.get(), buf, sizeof buf);
+    EXPECT_LE(rc, 0);
+    EXPECT_EQ(SSL_get_error(server_.ssl.get(), rc), SSL_ERROR_SSL);
+    ERR_clear_error();
+}
+
+TEST_P(tls_records_interop, tampered_records_are_refused_by_ferry) {
+    auto rec = connect();
+    ASSERT_TRUE(write_all(server_.ssl.get(), "secret"));
+    auto r = read_record(sp_.first());
+    ASSERT_FALSE(r.empty());
+    r[r.size() - 3] ^= 0x01;  // inside the tag
+    std::vector<std::uint8_t> plain(64);
+    EXPECT_EQ(rec->open(r, plain.data()).what, record_opened::kind::bad_record);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    suites, tls_records_interop,
+    ::testing::Values(records_case{"TLS_AES_128_GCM_SHA256", aead_backend::openssl},
+                      records_case{"TLS_AES_128_GCM_SHA256", aead_backend::ipsec_mb},
+                      records_case{"TLS_AES_256_GCM_SHA384", aead_backend::openssl},
+                      records_case{"TLS_AES_256_GCM_SHA384", aead_backend::ipsec_mb},
+                      records_case{"TLS_CHACHA20_POLY1305_SHA256", aead_backend::openssl}),
+    [](const ::testing::TestParamInfo<records_case>& info) {
+        std::string name = info.param.ciphersuite;
+        name += info.param.backend == aead_backend::openssl ? "_openssl" : "_ipsec_mb";
+        return name;
+    });
 
 }  // namespace
 }  // namespace ferry
