@@ -35,7 +35,9 @@ struct transfer_report {
     std::string error;            // one clear line when !ok
     std::string peer_id;          // canonical
     std::string peer_address;
-    std::uint64_t files = 0;      // regular files completed
+    std::uint64_t files = 0;      // regular files transferred
+    std::uint64_t skipped_files = 0;  // already at the receiver (same size and mtime): not sent
+    std::uint64_t skipped_bytes = 0;
     std::uint64_t dirs = 0;       // directories created
     std::uint64_t total_files = 0;  // entries (files + dirs) in the transfer
     std::uint64_t payload_bytes = 0;  // receiver-confirmed file bytes

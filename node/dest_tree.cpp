@@ -61,6 +61,10 @@ const std::error_category& dest_category() noexcept {
 dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
     std::error_code ec;
     std::filesystem::create_directories(root, ec);
+    // One spelling per folder (unsynced journals are matched by it).
+    if (auto canonical = std::filesystem::canonical(root, ec); !ec) {
+        root_ = canonical;
+    }
     root_fd_ = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root_fd_ < 0) {
         throw std::system_error(errno, std::system_category(), "cannot open destination " + root.string());
@@ -164,7 +168,9 @@ std::error_code dest_tree::make_dir(std::string_view wire_path) {
     return ec;
 }
 
-std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite) {
+std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite, std::uint64_t size,
+                                      std::int64_t mtime_ns, bool& identical) {
+    identical = false;
     std::error_code ec;
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
     int dfd = dh.fd;
@@ -182,7 +188,45 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     if (S_ISDIR(st.st_mode)) {
         return dest_errc::is_dir;
     }
+    std::int64_t mtime = std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && mtime == mtime_ns) {
+        identical = true;
+        return {};
+    }
     return overwrite ? std::error_code{} : make_error_code(dest_errc::exists);
+}
+
+int dest_tree::open_final_read(std::string_view wire_path, std::error_code& ec) {
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    if (dh.fd < 0) {
+        return -1;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    int fd = ::openat(dh.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
+        return -1;
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        ec = dest_errc::is_dir;
+        return -1;
+    }
+    return fd;
+}
+
+std::error_code dest_tree::remove_final(std::string_view wire_path) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    if (dh.fd < 0) {
+        return ec;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    if (::unlinkat(dh.fd, name.c_str(), 0) != 0 && errno != ENOENT) {
+        return last_error();
+    }
+    return {};
 }
 
 int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec) {
@@ -201,13 +245,15 @@ int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec) {
 
 std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
                                     std::int64_t mtime_ns, bool fsync_file, bool overwrite) {
-    std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
-    int dfd = dh.fd;
-    if (dfd < 0) {
-        ::close(fd);
+    if (std::error_code ec = prepare_final(fd, size, mode, mtime_ns, fsync_file)) {
         return ec;
     }
+    return rename_final(wire_path, overwrite);
+}
+
+std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
+                                         bool fsync_file) {
+    std::error_code ec;
     struct stat st {};
     if (::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) != size &&
         ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
@@ -222,7 +268,14 @@ std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uin
     if (::close(fd) != 0 && !ec) {
         ec = last_error();
     }
-    if (ec) {
+    return ec;
+}
+
+std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwrite) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    int dfd = dh.fd;
+    if (dfd < 0) {
         return ec;
     }
     std::string name(split_wire_path(wire_path).back());

@@ -39,7 +39,8 @@ std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std:
 
 class dest_tree {
 public:
-    // Opens (creating if needed) the root folder. Throws std::system_error on failure.
+    // Opens (creating if needed) the root folder; root() is its canonical path. Throws
+    // std::system_error on failure.
     explicit dest_tree(const std::filesystem::path& root);
     ~dest_tree();
     dest_tree(const dest_tree&) = delete;
@@ -47,13 +48,24 @@ public:
 
     // mkdir -p of a wire path inside the root (no symlinks followed).
     std::error_code make_dir(std::string_view wire_path);
-    // Checks that a file may be written at `wire_path` (parents are created).
-    std::error_code check_file(std::string_view wire_path, bool overwrite);
+    // Checks that a file may be written at `wire_path` (parents are created). A regular
+    // file already there with this size and mtime sets `identical` (nothing to send).
+    std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
+                               bool& identical);
+    // Opens the regular file at its final name for reading. Returns an fd or -1 (ec set).
+    int open_final_read(std::string_view wire_path, std::error_code& ec);
+    // Removes the file at its final name (absent is fine).
+    std::error_code remove_final(std::string_view wire_path);
     // Opens (creating) the partial file of `wire_path` for writing. Returns an fd or -1 (ec set).
     int open_partial(std::string_view wire_path, std::error_code& ec);
-    // Makes the partial file final: size, mode, mtime, optional fsync, close, rename.
+    // Makes the partial file final: prepare_final(), then rename_final().
     std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
                              std::int64_t mtime_ns, bool fsync_file, bool overwrite);
+    // Size, mode, mtime, optional fsync, close (the fd is closed in every case).
+    std::error_code prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
+                                  bool fsync_file);
+    // Renames the partial file to its final name (never over an existing one unless `overwrite`).
+    std::error_code rename_final(std::string_view wire_path, bool overwrite);
     // Sets a directory's mode and mtime (after its contents are written).
     std::error_code finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
     // Makes everything written under the root durable (one syncfs).

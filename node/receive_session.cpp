@@ -144,24 +144,48 @@ void receive_session::next_offer() {
         file_id id;
         std::string path;
         bool is_dir;
+        std::uint64_t size;
+        std::int64_t mtime_ns;
     };
     std::vector<item> items;
     items.reserve(ids.size());
     for (file_id id : ids) {
         const entry_info& e = machine_.entry(id);
-        items.push_back({id, e.path, e.is_dir});
+        items.push_back({id, e.path, e.is_dir, e.size, e.mtime_ns});
     }
     auto tree = tree_;
     std::filesystem::path root = ctx_.config.inbox;
+    std::filesystem::path journals = journal_dir();
     bool overwrite = overwrite_;
     std::uint64_t need = total_bytes;
-    ctx_.workers.post([self = shared_from_this(), items = std::move(items), tree, root, overwrite, need]() mutable {
+    ctx_.workers.post([self = shared_from_this(), items = std::move(items), tree, root, journals, overwrite,
+                       need]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         std::vector<receiver_machine::decision> decisions;
+        std::string recovered;
         try {
             if (!tree) {
                 tree = std::make_shared<dest_tree>(root);
+                // A transfer into this folder that never reached its final sync left files
+                // that must not be trusted: re-verify them before anything is decided.
+                std::error_code ec;
+                auto r = unsynced_journal::recover(journals, *tree, ec);
+                if (ec) {
+                    error = "could not re-verify files left by an interrupted transfer: " + ec.message();
+                    code = exit_code::local_io;
+                } else if (r.journals > 0) {
+                    recovered = "re-verified " + std::to_string(r.verified + r.removed.size()) +
+                                " file(s) an interrupted transfer had renamed before its final sync: " +
+                                std::to_string(r.verified) + " intact";
+                    if (!r.removed.empty()) {
+                        recovered += ", " + std::to_string(r.removed.size()) + " damaged and removed (" +
+                                     r.removed.front() + (r.removed.size() > 1 ? ", ..." : "") + ")";
+                    }
+                    if (!r.left.empty()) {
+                        recovered += ", " + std::to_string(r.left.size()) + " changed since and left alone";
+                    }
+                }
             }
         } catch (const std::system_error& e) {
             error = e.what();
@@ -182,16 +206,21 @@ void receive_session::next_offer() {
             if (!error.empty()) {
                 break;
             }
-            std::error_code ec = it.is_dir ? tree->make_dir(it.path) : tree->check_file(it.path, overwrite);
+            bool identical = false;
+            std::error_code ec = it.is_dir ? tree->make_dir(it.path)
+                                           : tree->check_file(it.path, overwrite, it.size, it.mtime_ns, identical);
             if (ec) {
                 error = it.path + ": " + ec.message();
                 code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
                 break;
             }
-            decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}});
+            decisions.push_back({it.id, identical ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
         }
-        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code] {
+        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered] {
             self->offer_busy_ = false;
+            if (!recovered.empty()) {
+                self->ctx_.log(recovered);
+            }
             if (self->failed_) {
                 return;
             }
@@ -290,8 +319,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
 }
 
 void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload) {
-    // The chunk is the whole file: verify, write and rename in one worker task (one
-    // round trip to the pool per small file instead of two).
+    // The chunk is the whole file: verify, write and close it in one worker task (one
+    // round trip to the pool per small file instead of two). With --fsync-each it is
+    // renamed there too; otherwise it joins the next journaled batch of renames.
     file_id f{chunk.file_id()};
     const entry_info& e = machine_.entry(f);
     bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each;
@@ -314,20 +344,23 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
             if (fd >= 0) {
                 if (ec) {
                     ::close(fd);
+                } else if (fsync_now) {
+                    ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
                 } else {
-                    ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, fsync_now, overwrite);
+                    ec = tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false);
                 }
             }
         }
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, path = e.path] {
+        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, fsync_now, path = e.path] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, chunk_index{0}));
-            --self->finalizing_;
             if (self->failed_) {
+                --self->finalizing_;
                 return;
             }
             if (mismatch) {
+                --self->finalizing_;
                 self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, path + ": chunk 0 failed its hash check");
                 return;
             }
@@ -337,7 +370,12 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 self->machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
                 self->machine_.on_file_finished(f);
                 self->queue_ack(conn, chunk_key(f, chunk_index{0}));
+                if (!fsync_now) {
+                    self->queue_rename(f, self->machine_.received_digest(f));
+                    return;
+                }
             }
+            --self->finalizing_;
             self->on_file_finalized(f, ec, path);
         });
     });
@@ -381,11 +419,64 @@ void receive_session::try_finalize(file_id f) {
             sink->fd = -1;
         }
         if (!ec) {
-            ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, fsync_now, overwrite);
+            ec = fsync_now ? tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite)
+                           : tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false);
         }
-        asio::post(self->ctx_.io, [self, f, ec, path = e.path] {
+        asio::post(self->ctx_.io, [self, f, ec, fsync_now, path = e.path] {
+            if (!ec && !fsync_now && !self->failed_) {
+                self->queue_rename(f, self->machine_.received_digest(f));
+                return;
+            }
             --self->finalizing_;
             self->on_file_finalized(f, ec, path);
+        });
+    });
+}
+
+std::filesystem::path receive_session::journal_dir() const { return ctx_.config.state_dir / "unsynced"; }
+
+void receive_session::queue_rename(file_id f, digest128 digest) {
+    const entry_info& e = machine_.entry(f);
+    renames_.emplace_back(f, unsynced_journal::entry{e.path, e.size, e.mtime_ns, digest});
+    start_renames();
+}
+
+void receive_session::start_renames() {
+    if (renaming_ || renames_.empty()) {
+        return;
+    }
+    if (failed_) {
+        finalizing_ -= static_cast<std::uint32_t>(renames_.size());
+        renames_.clear();
+        return;
+    }
+    if (!journal_) {
+        journal_ = std::make_shared<unsynced_journal>(journal_dir(), tree_->root());
+    }
+    // Group commit: everything that became ready while the previous batch ran goes in
+    // one journal write + fdatasync, then its renames.
+    renaming_ = true;
+    auto batch = std::move(renames_);
+    renames_.clear();
+    ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, batch = std::move(batch),
+                       overwrite = overwrite_]() mutable {
+        std::vector<unsynced_journal::entry> entries;
+        entries.reserve(batch.size());
+        for (const auto& b : batch) {
+            entries.push_back(b.second);
+        }
+        std::error_code journal_ec = journal->commit(entries);
+        std::vector<std::error_code> results(batch.size());
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            results[i] = journal_ec ? journal_ec : tree->rename_final(batch[i].second.path, overwrite);
+        }
+        asio::post(self->ctx_.io, [self, batch = std::move(batch), results = std::move(results)] {
+            self->renaming_ = false;
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                --self->finalizing_;
+                self->on_file_finalized(batch[i].first, results[i], batch[i].second.path);
+            }
+            self->start_renames();
         });
     });
 }
@@ -426,7 +517,8 @@ void receive_session::check_all_done() {
     std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
-    ctx_.workers.post([self = shared_from_this(), tree = tree_, dirs = std::move(dirs), syncfs = need_syncfs_] {
+    ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, dirs = std::move(dirs),
+                       syncfs = need_syncfs_] {
         std::error_code ec;
         for (const entry_info& d : dirs) {
             if (tree && (ec = tree->finish_dir(d.path, d.mode, d.mtime_ns))) {
@@ -435,6 +527,9 @@ void receive_session::check_all_done() {
         }
         if (!ec && tree && syncfs) {
             ec = tree->sync_all();
+        }
+        if (!ec && journal) {
+            journal->discard();  // every renamed file is on disk now
         }
         asio::post(self->ctx_.io, [self, ec] {
             if (self->failed_) {
@@ -503,7 +598,9 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.error = error;
     r.peer_id = peer_id_;
     r.peer_address = peer_address_;
-    r.files = ok ? machine_.total_files() - machine_.total_dirs() : 0;
+    r.skipped_files = machine_.skipped_files();
+    r.skipped_bytes = machine_.skipped_bytes();
+    r.files = ok ? machine_.total_files() - machine_.total_dirs() - r.skipped_files : 0;
     r.dirs = ok ? machine_.total_dirs() : 0;
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.received_bytes();

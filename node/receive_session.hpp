@@ -4,6 +4,8 @@
 // against the destination on the worker pool (in order), chunks are verified (XXH3-128)
 // and written there, and every result is posted back here, where acks are batched per
 // connection and files are finalized (renamed into place) once their digest matches.
+// Files that rely on the final syncfs for durability are renamed in batches, each batch
+// first recorded in the session's unsynced_journal (see there).
 // The session ends when every connection has closed; then on_end is called.
 #pragma once
 
@@ -18,6 +20,7 @@
 
 #include "node/context.hpp"
 #include "node/dest_tree.hpp"
+#include "node/unsynced_journal.hpp"
 #include "protocol/transfer.hpp"
 #include "transport/connection.hpp"
 
@@ -56,6 +59,10 @@ private:
     void on_file_done(const wire::FileDone& done);
     void on_file_finalized(file_id f, std::error_code ec, const std::string& path);
     void try_finalize(file_id f);
+    // A verified file waiting in its partial file (not fsynced): journal it, then rename.
+    void queue_rename(file_id f, digest128 digest);
+    void start_renames();
+    std::filesystem::path journal_dir() const;
     void check_all_done();
     void queue_ack(std::uint32_t conn, std::uint64_t key);
     void flush_acks();
@@ -73,6 +80,9 @@ private:
     std::string peer_address_;
     receiver_machine machine_;
     std::shared_ptr<dest_tree> tree_;
+    std::shared_ptr<unsynced_journal> journal_;  // files renamed before the final sync
+    std::vector<std::pair<file_id, unsynced_journal::entry>> renames_;  // waiting for the next batch
+    bool renaming_ = false;                      // a batch is being journaled and renamed
     std::vector<std::shared_ptr<sink_file>> sinks_;
     std::deque<std::pair<std::vector<file_id>, std::uint64_t>> offers_;  // ids, bytes still to come
     bool offer_busy_ = false;

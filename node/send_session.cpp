@@ -414,7 +414,9 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.error = error;
     r.peer_id = peer_id_;
     r.peer_address = peer_address_;
-    r.files = machine_.files_done() - machine_.dirs_done();
+    r.skipped_files = machine_.skipped_files();
+    r.skipped_bytes = machine_.skipped_bytes();
+    r.files = machine_.files_done() - machine_.dirs_done() - r.skipped_files;
     r.dirs = machine_.dirs_done();
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.confirmed_bytes();

@@ -102,6 +102,7 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             if (entries_[i].is_dir) {
                 ++dirs_done_;
             } else {
+                ++skipped_files_;
                 skipped_bytes_ += entries_[i].size;
             }
             continue;
@@ -312,6 +313,10 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         fa->set_id(d.id.value);
         if (f.info.is_dir || d.kind == wire::ACCEPT_SKIP) {
             fa->set_kind(f.info.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
+            if (!f.info.is_dir) {
+                ++skipped_files_;
+                skipped_bytes_ += f.info.size;
+            }
             f.skip = true;
             f.finished = true;
             ++finished_files_;
@@ -396,6 +401,8 @@ bool receiver_machine::ready(file_id id, bool& ok) const {
     ok = file_digest(f.digests) == f.sender_digest;
     return true;
 }
+
+digest128 receiver_machine::received_digest(file_id id) const { return file_digest(files_.at(id.value).digests); }
 
 void receiver_machine::on_file_finished(file_id id) {
     file_state& f = files_.at(id.value);

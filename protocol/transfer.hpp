@@ -101,6 +101,7 @@ public:
     std::uint64_t files_done() const { return files_done_; }  // entries, directories included
     std::uint64_t dirs_done() const { return dirs_done_; }
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }
+    std::uint64_t skipped_files() const { return skipped_files_; }  // already at the receiver
     bool all_accepted() const { return accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
@@ -132,6 +133,7 @@ private:
     std::uint64_t total_bytes_ = 0;
     std::uint64_t confirmed_bytes_ = 0;
     std::uint64_t skipped_bytes_ = 0;
+    std::uint64_t skipped_files_ = 0;
     std::uint64_t files_done_ = 0;
     std::uint64_t dirs_done_ = 0;
     bool finished_ = false;
@@ -184,6 +186,10 @@ public:
     // over the chunk digests matches the sender's.
     bool ready(file_id f, bool& ok) const;
 
+    // The file digest over the chunk digests received so far (the verified digest once
+    // ready() said ok).
+    digest128 received_digest(file_id f) const;
+
     // The node finished the file (renamed into place, or failed).
     void on_file_finished(file_id f);
 
@@ -194,6 +200,8 @@ public:
     std::uint64_t total_dirs() const { return total_dirs_; }
     std::uint64_t total_bytes() const { return total_bytes_; }
     std::uint64_t received_bytes() const { return received_bytes_; }
+    std::uint64_t skipped_files() const { return skipped_files_; }  // already here (ACCEPT_SKIP)
+    std::uint64_t skipped_bytes() const { return skipped_bytes_; }
     std::uint64_t transfer_id() const { return transfer_id_; }
     transfer_options options() const { return options_; }
 
@@ -221,6 +229,8 @@ private:
     std::unordered_set<std::string> paths_;
     std::uint64_t total_bytes_ = 0;
     std::uint64_t received_bytes_ = 0;
+    std::uint64_t skipped_files_ = 0;
+    std::uint64_t skipped_bytes_ = 0;
     std::uint64_t finished_files_ = 0;
     std::uint64_t total_dirs_ = 0;
 };

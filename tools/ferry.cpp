@@ -85,12 +85,23 @@ double mbps(const ferry::transfer_report& r) {
     return r.elapsed_s > 0 ? static_cast<double>(r.payload_bytes) / r.elapsed_s / 1e6 : 0.0;
 }
 
+// ", 7 files (1.20 MB) already there, skipped" when the receiver had some files already.
+std::string skipped_note(const ferry::transfer_report& r) {
+    if (r.skipped_files == 0) {
+        return "";
+    }
+    return "; " + std::to_string(r.skipped_files) + " file(s) (" + human_bytes(r.skipped_bytes) +
+           ") already there with the same size and mtime, skipped";
+}
+
 json report_json(const ferry::transfer_report& r) {
     return {{"event", "done"},
             {"ok", r.ok},
             {"peer", ferry::format_node_id(r.peer_id)},
             {"files", r.files},
             {"dirs", r.dirs},
+            {"skipped_files", r.skipped_files},
+            {"skipped_bytes", r.skipped_bytes},
             {"payload_bytes", r.payload_bytes},
             {"total_bytes", r.total_bytes},
             {"wire_bytes_sent", r.wire_sent},
@@ -208,7 +219,8 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         if (rep.ok) {
             say("received " + std::to_string(rep.files) + " files, " + std::to_string(rep.dirs) + " folders, " +
                 human_bytes(rep.payload_bytes) + " from " +
-                ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s");
+                ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s" +
+                skipped_note(rep));
         }
         emit(o, rep.ok ? report_json(rep)
                        : json{{"event", "error"}, {"code", code_name(rep.code)}, {"exit_code", static_cast<int>(rep.code)},
@@ -325,7 +337,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
                   static_cast<unsigned long long>(r.files), static_cast<unsigned long long>(r.dirs),
                   human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r),
                   r.connections);
-    say(line);
+    say(std::string(line) + skipped_note(r));
     emit(o, report_json(r));
     return 0;
 }

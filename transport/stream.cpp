@@ -71,8 +71,7 @@ byte_stream::byte_stream(asio::ip::tcp::socket socket, SSL* ssl, std::unique_ptr
     check_ = std::move(check);
     // OpenSSL reads and writes the handshake straight on the socket.
     sock_bio_ = BIO_new_socket(socket_.native_handle(), BIO_NOCLOSE);
-    BIO_up_ref(sock_bio_);  // owned twice by the SSL: as rbio and as wbio
-    SSL_set_bio(ssl_, sock_bio_, sock_bio_);
+    SSL_set_bio(ssl_, sock_bio_, sock_bio_);  // rbio == wbio: the SSL takes the one reference
 }
 
 byte_stream::~byte_stream() {

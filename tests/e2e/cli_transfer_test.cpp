@@ -8,6 +8,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "node/unsynced_journal.hpp"
+#include "protocol/digest.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/tree.hpp"
 
@@ -84,6 +86,42 @@ nlohmann::json last_json_line(const std::string& out) {
         start = nl + 1;
     }
     return nlohmann::json::parse(last, nullptr, false);
+}
+
+std::string read_file(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// The protocol's file digest of a file's bytes.
+ferry::digest128 file_digest_of(const fs::path& p) {
+    std::string bytes = read_file(p);
+    std::vector<ferry::digest128> chunks;
+    for (std::size_t off = 0; off < bytes.size(); off += ferry::chunk_size) {
+        std::size_t n = std::min<std::size_t>(ferry::chunk_size, bytes.size() - off);
+        chunks.push_back(ferry::hash_chunk(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()) + off, n)));
+    }
+    return ferry::file_digest(chunks);
+}
+
+std::int64_t mtime_ns_of(const fs::path& p) {
+    struct stat st {};
+    EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+    return std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+// True when no transfer left an unsynced journal in state folder `state`.
+bool no_journals(const fs::path& state) {
+    fs::path dir = state / "unsynced";
+    return !fs::exists(dir) || fs::is_empty(dir);
+}
+
+std::size_t regular_files_in(const fs::path& dir) {
+    std::size_t n = 0;
+    for (const auto& de : fs::recursive_directory_iterator(dir)) {
+        n += de.is_regular_file() ? 1 : 0;
+    }
+    return n;
 }
 
 }  // namespace
@@ -287,4 +325,104 @@ TEST_F(cli_transfer, serve_accepts_concurrent_trusted_senders_and_stops_on_sigte
     EXPECT_EQ(compare_trees(src_c, inbox / "from-c"), "");
     node.proc->signal(SIGTERM);
     EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}
+
+TEST_F(cli_transfer, resend_skips_identical_files_and_re_verifies_what_an_interrupted_transfer_left) {
+    fs::path src = make_reference_tree(cli.root());
+    fs::path dest = cli.root() / "inbox";
+    std::size_t files = regular_files_in(src);
+    for (int round = 0; round < 2; ++round) {
+        auto rx = start_receiver(dest);
+        run_result s = send({src.string()}, a_id + "@" + rx.address);
+        ASSERT_EQ(s.code, 0) << s.err;
+        EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+        nlohmann::json done = last_json_line(s.out);
+        ASSERT_FALSE(done.is_discarded()) << s.out;
+        // The second time everything is already there: nothing is sent, nothing replaced.
+        EXPECT_EQ(done["files"], round == 0 ? files : 0u) << s.out;
+        EXPECT_EQ(done["skipped_files"], round == 0 ? 0u : files) << s.out;
+        if (round == 1) {
+            EXPECT_EQ(done["payload_bytes"], 0u);
+            EXPECT_NE(s.err.find("already there"), std::string::npos) << s.err;
+        }
+        EXPECT_EQ(compare_trees(src, dest / "tree"), "");
+    }
+    EXPECT_TRUE(no_journals(cli.state("A")));  // every transfer reached its sync
+
+    // What a power loss leaves after a transfer that renamed files but never reached its
+    // final sync: its journal, and files under their final names whose data did not all
+    // reach the disk (same size and mtime, other bytes; or cut short).
+    fs::path root = fs::canonical(dest);
+    {
+        ferry::unsynced_journal j(cli.state("A") / "unsynced", root);
+        std::vector<ferry::unsynced_journal::entry> entries;
+        for (const char* rel : {"one.byte", "exact-256k.bin", "nested/deeper/random-20m.bin"}) {
+            fs::path p = src / rel;
+            entries.push_back({std::string("tree/") + rel, fs::file_size(p), mtime_ns_of(p), file_digest_of(p)});
+        }
+        ASSERT_EQ(j.commit(entries), std::error_code{});
+    }  // not discarded: the "crash"
+    fs::path damaged = dest / "tree/exact-256k.bin";
+    std::string bytes = read_file(damaged);
+    bytes[1000] ^= 0x55;
+    std::int64_t mtime = mtime_ns_of(damaged);
+    {
+        std::ofstream out(damaged, std::ios::binary | std::ios::trunc);
+        out << bytes;
+    }
+    set_mtime(damaged, mtime / 1'000'000'000, static_cast<long>(mtime % 1'000'000'000));
+    fs::path cut = dest / "tree/nested/deeper/random-20m.bin";
+    mtime = mtime_ns_of(cut);
+    fs::resize_file(cut, 4096);
+    set_mtime(cut, mtime / 1'000'000'000, static_cast<long>(mtime % 1'000'000'000));
+
+    auto rx = start_receiver(dest);
+    run_result s = send({src.string()}, a_id + "@" + rx.address);
+    ASSERT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    std::string rx_err = rx.proc->err();
+    EXPECT_NE(rx_err.find("re-verified 3 file(s)"), std::string::npos) << rx_err;
+    EXPECT_NE(rx_err.find("2 damaged and removed"), std::string::npos) << rx_err;
+    nlohmann::json done = last_json_line(s.out);
+    EXPECT_EQ(done["files"], 2u) << s.out;  // only the two damaged ones travel again
+    EXPECT_EQ(done["skipped_files"], files - 2) << s.out;
+    EXPECT_EQ(compare_trees(src, dest / "tree"), "");
+    EXPECT_TRUE(no_journals(cli.state("A")));
+}
+
+TEST_F(cli_transfer, receiver_killed_mid_transfer_then_resend_completes_byte_identical) {
+    fs::path src = cli.root() / "x";
+    for (int i = 0; i < 300; ++i) {
+        write_random_file(src / ("small/f" + std::to_string(i)), 3000 + i * 17, 100 + i);
+    }
+    write_random_file(src / "big.bin", 48 * 1024 * 1024, 7);
+    fs::path dest = cli.root() / "inbox";
+    {
+        auto rx = start_receiver(dest);
+        child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json", src.string(),
+                              a_id + "@" + rx.address});
+        // Kill -9 once the sender is connected (data is flowing or about to).
+        bool connected = false;
+        for (int i = 0; i < 10 && !connected; ++i) {
+            auto line = sender.read_line(process_timeout);
+            if (!line) {
+                break;
+            }
+            connected = line->find("\"connected\"") != std::string::npos;
+        }
+        ASSERT_TRUE(connected) << sender.err();
+        rx.proc->signal(SIGKILL);
+        EXPECT_EQ(rx.proc->wait(process_timeout), 128 + SIGKILL);
+        auto code = sender.wait(process_timeout);
+        ASSERT_TRUE(code.has_value());
+        // Unless it finished first, the sender reports the lost receiver.
+        EXPECT_TRUE(*code == 0 || *code == 2) << *code << sender.err();
+    }
+    auto rx = start_receiver(dest);
+    run_result s = send({src.string()}, a_id + "@" + rx.address);
+    ASSERT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    // Byte-identical, and no partial file left behind (compare_trees sees every name).
+    EXPECT_EQ(compare_trees(src, dest / "x"), "");
+    EXPECT_TRUE(no_journals(cli.state("A")));
 }

@@ -21,6 +21,15 @@
 namespace ferry {
 namespace {
 
+// check_file() for a file that is not already there in identical form.
+std::error_code check(dest_tree& tree, std::string_view path, bool overwrite) {
+    bool identical = false;
+    std::error_code ec = tree.check_file(path, overwrite, UINT64_MAX, 0, identical);
+    EXPECT_FALSE(identical);
+    return ec;
+}
+
+
 namespace fs = std::filesystem;
 
 constexpr std::int64_t test_mtime_ns = 1'600'000'000'123'456'789;
@@ -100,36 +109,36 @@ TEST_F(DestTree, MakeDirThroughAFileIsNotADir) {
 }
 
 TEST_F(DestTree, CheckFileOnFreshPathCreatesParents) {
-    EXPECT_EQ(tree_.check_file("x/y/f", false), std::error_code{});
+    EXPECT_EQ(check(tree_, "x/y/f", false), std::error_code{});
     EXPECT_TRUE(fs::is_directory(root() / "x/y"));
     EXPECT_FALSE(fs::exists(fs::symlink_status(root() / "x/y/f")));
-    EXPECT_EQ(tree_.check_file("top", false), std::error_code{});
+    EXPECT_EQ(check(tree_, "top", false), std::error_code{});
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"x"}));
 }
 
 TEST_F(DestTree, CheckFileOnExistingFile) {
     write_text(root() / "f", "keep");
-    EXPECT_EQ(tree_.check_file("f", false), dest_errc::exists);
-    EXPECT_EQ(tree_.check_file("f", true), std::error_code{});
+    EXPECT_EQ(check(tree_, "f", false), dest_errc::exists);
+    EXPECT_EQ(check(tree_, "f", true), std::error_code{});
     EXPECT_EQ(read_text(root() / "f"), "keep");  // a check never touches the file
 }
 
 TEST_F(DestTree, CheckFileOnDirectory) {
     fs::create_directories(root() / "d/e");
-    EXPECT_EQ(tree_.check_file("d", false), dest_errc::is_dir);
-    EXPECT_EQ(tree_.check_file("d", true), dest_errc::is_dir);
-    EXPECT_EQ(tree_.check_file("d/e", true), dest_errc::is_dir);
+    EXPECT_EQ(check(tree_, "d", false), dest_errc::is_dir);
+    EXPECT_EQ(check(tree_, "d", true), dest_errc::is_dir);
+    EXPECT_EQ(check(tree_, "d/e", true), dest_errc::is_dir);
 }
 
 TEST_F(DestTree, CheckFileUnderAFileIsNotADir) {
     write_text(root() / "f", "data");
-    EXPECT_EQ(tree_.check_file("f/g", false), dest_errc::not_a_dir);
+    EXPECT_EQ(check(tree_, "f/g", false), dest_errc::not_a_dir);
 }
 
 TEST_F(DestTree, SymlinkComponentIsNeverFollowed) {
     fs::create_directory_symlink(outside_.path(), root() / "link");
-    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("link/f", false)));
-    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("link/a/b/f", true)));
+    EXPECT_TRUE(is_symlink_refusal(check(tree_, "link/f", false)));
+    EXPECT_TRUE(is_symlink_refusal(check(tree_, "link/a/b/f", true)));
     EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("link/sub")));
     EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("link")));
     std::error_code ec;
@@ -144,7 +153,7 @@ TEST_F(DestTree, SymlinkComponentIsNeverFollowed) {
 TEST_F(DestTree, SymlinkDeeperInTheTreeIsNeverFollowed) {
     ASSERT_EQ(tree_.make_dir("a/b"), std::error_code{});
     fs::create_directory_symlink(outside_.path(), root() / "a/b/link");
-    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("a/b/link/f", false)));
+    EXPECT_TRUE(is_symlink_refusal(check(tree_, "a/b/link/f", false)));
     EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("a/b/link/c/d")));
     EXPECT_TRUE(is_empty_dir(outside_.path()));
 }
@@ -152,14 +161,14 @@ TEST_F(DestTree, SymlinkDeeperInTheTreeIsNeverFollowed) {
 TEST_F(DestTree, DanglingSymlinkComponentCreatesNothing) {
     fs::path target = outside_ / "not-yet";
     fs::create_directory_symlink(target, root() / "dangling");
-    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("dangling/f", false)));
+    EXPECT_TRUE(is_symlink_refusal(check(tree_, "dangling/f", false)));
     EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("dangling/sub")));
     EXPECT_FALSE(fs::exists(fs::symlink_status(target)));
     EXPECT_TRUE(is_empty_dir(outside_.path()));
 }
 
 TEST_F(DestTree, DirectoryReplacedBySymlinkAfterUseIsNotFollowed) {
-    ASSERT_EQ(tree_.check_file("a/b/f", false), std::error_code{});
+    ASSERT_EQ(check(tree_, "a/b/f", false), std::error_code{});
     // Planted during the transfer: a/b is moved away and replaced by a symlink.
     fs::rename(root() / "a/b", root() / "a/moved");
     fs::create_directory_symlink(outside_.path(), root() / "a/b");
@@ -175,9 +184,9 @@ TEST_F(DestTree, SymlinkAtFinalNameIsRefusedEvenWithOverwrite) {
     write_text(outside_ / "target", "outside");
     fs::create_symlink(outside_ / "target", root() / "f");
     fs::create_directory_symlink(outside_.path(), root() / "d");
-    EXPECT_EQ(tree_.check_file("f", false), dest_errc::symlink);
-    EXPECT_EQ(tree_.check_file("f", true), dest_errc::symlink);
-    EXPECT_EQ(tree_.check_file("d", true), dest_errc::symlink);
+    EXPECT_EQ(check(tree_, "f", false), dest_errc::symlink);
+    EXPECT_EQ(check(tree_, "f", true), dest_errc::symlink);
+    EXPECT_EQ(check(tree_, "d", true), dest_errc::symlink);
     EXPECT_EQ(read_text(outside_ / "target"), "outside");
     EXPECT_EQ(names_in(outside_.path()), (std::vector<std::string>{"target"}));
 }
@@ -192,7 +201,7 @@ TEST_F(DestTree, SymlinkAtPartialNameIsRefused) {
 }
 
 TEST_F(DestTree, PartialWriteAndFinalize) {
-    ASSERT_EQ(tree_.check_file("dir/file.bin", false), std::error_code{});
+    ASSERT_EQ(check(tree_, "dir/file.bin", false), std::error_code{});
     std::error_code ec;
     int fd = tree_.open_partial("dir/file.bin", ec);
     ASSERT_GE(fd, 0) << ec.message();
@@ -237,7 +246,7 @@ TEST_F(DestTree, FinalizeSetsSizeAndNegativeMtime) {
 }
 
 TEST_F(DestTree, FinalizeWithoutOverwriteKeepsAFileThatAppeared) {
-    ASSERT_EQ(tree_.check_file("f", false), std::error_code{});
+    ASSERT_EQ(check(tree_, "f", false), std::error_code{});
     std::error_code ec;
     int fd = tree_.open_partial("f", ec);
     ASSERT_GE(fd, 0) << ec.message();
@@ -249,7 +258,7 @@ TEST_F(DestTree, FinalizeWithoutOverwriteKeepsAFileThatAppeared) {
 
 TEST_F(DestTree, FinalizeWithOverwriteReplaces) {
     write_text(root() / "f", "old contents");
-    ASSERT_EQ(tree_.check_file("f", true), std::error_code{});
+    ASSERT_EQ(check(tree_, "f", true), std::error_code{});
     std::error_code ec;
     int fd = tree_.open_partial("f", ec);
     ASSERT_GE(fd, 0) << ec.message();
@@ -305,7 +314,7 @@ TEST_F(DestTree, FinishDirOfMissingDirFails) {
 }
 
 TEST_F(DestTree, SyncAll) {
-    ASSERT_EQ(tree_.check_file("s/f", false), std::error_code{});
+    ASSERT_EQ(check(tree_, "s/f", false), std::error_code{});
     std::error_code ec;
     int fd = tree_.open_partial("s/f", ec);
     ASSERT_GE(fd, 0) << ec.message();

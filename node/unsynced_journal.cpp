@@ -1,0 +1,302 @@
+#include "node/unsynced_journal.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+#include <span>
+
+#include "node/dest_tree.hpp"
+#include "protocol/digest.hpp"
+
+namespace ferry {
+namespace {
+
+constexpr std::string_view header_magic{"ferry-unsynced-1", 16};
+constexpr std::string_view suffix = ".journal";
+constexpr std::size_t max_record = 64 * 1024;
+
+std::error_code last_error() { return {errno, std::system_category()}; }
+
+void put_u64(std::string& out, std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+        out.push_back(static_cast<char>(v >> (8 * i)));
+    }
+}
+
+std::uint64_t get_u64(const char* p) {
+    std::uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) {
+        v = v << 8 | static_cast<std::uint8_t>(p[i]);
+    }
+    return v;
+}
+
+std::uint64_t checksum(std::string_view payload) {
+    return hash_chunk(std::span(reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size())).lo;
+}
+
+// [u32 length][u64 checksum][payload], little-endian.
+std::string frame(const std::string& payload) {
+    std::string out;
+    auto n = static_cast<std::uint32_t>(payload.size());
+    for (int i = 0; i < 4; ++i) {
+        out.push_back(static_cast<char>(n >> (8 * i)));
+    }
+    put_u64(out, checksum(payload));
+    out += payload;
+    return out;
+}
+
+std::error_code write_all(int fd, std::string_view data) {
+    while (!data.empty()) {
+        ssize_t n = ::write(fd, data.data(), data.size());
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return last_error();
+        }
+        data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return {};
+}
+
+std::error_code sync_dir(const std::filesystem::path& dir) {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return last_error();
+    }
+    std::error_code ec;
+    if (::fsync(fd) != 0) {
+        ec = last_error();
+    }
+    ::close(fd);
+    return ec;
+}
+
+// Splits a journal's bytes into record payloads, stopping at the first torn or corrupt one.
+std::vector<std::string> read_records(int fd) {
+    std::string data;
+    char buf[64 * 1024];
+    for (;;) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        data.append(buf, static_cast<std::size_t>(n));
+    }
+    std::vector<std::string> out;
+    std::size_t pos = 0;
+    while (data.size() - pos >= 12) {
+        std::uint32_t len = 0;
+        for (int i = 3; i >= 0; --i) {
+            len = len << 8 | static_cast<std::uint8_t>(data[pos + i]);
+        }
+        if (len > max_record || data.size() - pos - 12 < len) {
+            break;
+        }
+        std::string payload = data.substr(pos + 12, len);
+        if (checksum(payload) != get_u64(data.data() + pos + 4)) {
+            break;
+        }
+        out.push_back(std::move(payload));
+        pos += 12 + len;
+    }
+    return out;
+}
+
+// Hashes a file the way the protocol digests it: XXH3-128 per chunk, then over the list.
+bool digest_of(int fd, std::uint64_t size, digest128& out) {
+    std::vector<std::uint8_t> buf(chunk_size);
+    std::vector<digest128> chunks;
+    std::uint64_t off = 0;
+    while (off < size) {
+        std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk_size, size - off));
+        std::size_t got = 0;
+        while (got < want) {
+            ssize_t n = ::pread(fd, buf.data() + got, want - got, static_cast<off_t>(off + got));
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n <= 0) {
+                return false;
+            }
+            got += static_cast<std::size_t>(n);
+        }
+        chunks.push_back(hash_chunk(std::span(buf.data(), want)));
+        off += want;
+    }
+    out = file_digest(chunks);
+    return true;
+}
+
+}  // namespace
+
+unsynced_journal::unsynced_journal(std::filesystem::path dir, std::filesystem::path root)
+    : dir_(std::move(dir)), root_(std::move(root)) {}
+
+unsynced_journal::~unsynced_journal() {
+    if (fd_ >= 0) {
+        ::close(fd_);  // releases the lock; the file stays for recovery
+    }
+}
+
+std::string unsynced_journal::encode_header(const std::filesystem::path& root) {
+    std::string payload(header_magic);
+    payload += root.string();
+    return frame(payload);
+}
+
+std::string unsynced_journal::encode(const entry& e) {
+    std::string payload;
+    put_u64(payload, e.size);
+    put_u64(payload, static_cast<std::uint64_t>(e.mtime_ns));
+    put_u64(payload, e.digest.lo);
+    put_u64(payload, e.digest.hi);
+    payload += e.path;
+    return frame(payload);
+}
+
+std::error_code unsynced_journal::open_locked() {
+    std::error_code ec;
+    std::filesystem::create_directories(dir_, ec);
+    if (ec) {
+        return ec;
+    }
+    // Created and locked under a temporary name, then renamed: recovery only looks at
+    // "*.journal", so it never sees one that is not locked yet.
+    std::random_device rd;
+    std::string name = std::to_string(::getpid()) + "-" + std::to_string(rd()) + "-" + std::to_string(rd());
+    std::filesystem::path tmp = dir_ / ("." + name + ".tmp");
+    file_ = dir_ / (name + std::string(suffix));
+    fd_ = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+    if (fd_ < 0) {
+        return last_error();
+    }
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0 || (ec = write_all(fd_, encode_header(root_))) ||
+        ::fdatasync(fd_) != 0 || ::rename(tmp.c_str(), file_.c_str()) != 0) {
+        ec = ec ? ec : last_error();
+        ::close(fd_);
+        fd_ = -1;
+        ::unlink(tmp.c_str());
+        return ec;
+    }
+    return sync_dir(dir_);
+}
+
+std::error_code unsynced_journal::commit(const std::vector<entry>& entries) {
+    std::lock_guard lock(mutex_);
+    if (fd_ < 0) {
+        if (std::error_code ec = open_locked()) {
+            return ec;
+        }
+    }
+    std::string batch;
+    for (const entry& e : entries) {
+        batch += encode(e);
+    }
+    if (std::error_code ec = write_all(fd_, batch)) {
+        return ec;
+    }
+    return ::fdatasync(fd_) == 0 ? std::error_code{} : last_error();
+}
+
+void unsynced_journal::discard() {
+    std::lock_guard lock(mutex_);
+    if (fd_ >= 0) {
+        ::unlink(file_.c_str());
+        ::close(fd_);
+        fd_ = -1;
+    }
+}
+
+unsynced_journal::recovery unsynced_journal::recover(const std::filesystem::path& dir, dest_tree& tree,
+                                                     std::error_code& ec) {
+    recovery out;
+    std::error_code iter_ec;
+    std::vector<std::filesystem::path> candidates;
+    for (const auto& de : std::filesystem::directory_iterator(dir, iter_ec)) {
+        std::string name = de.path().filename().string();
+        if (name.size() > suffix.size() && name.ends_with(suffix)) {
+            candidates.push_back(de.path());
+        }
+    }
+    std::vector<std::pair<int, std::filesystem::path>> done;  // verified journals, still locked
+    for (const auto& path : candidates) {
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+            continue;
+        }
+        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            ::close(fd);  // a live transfer's journal, or another recovery's
+            continue;
+        }
+        std::vector<std::string> records = read_records(fd);
+        std::string expect(header_magic);
+        expect += tree.root().string();
+        if (records.empty() || records.front() != expect) {
+            ::close(fd);  // another folder's journal (or a torn header: nothing was renamed)
+            if (records.empty()) {
+                ::unlink(path.c_str());
+            }
+            continue;
+        }
+        ++out.journals;
+        for (std::size_t i = 1; i < records.size(); ++i) {
+            const std::string& r = records[i];
+            if (r.size() < 32) {
+                continue;
+            }
+            entry e;
+            e.size = get_u64(r.data());
+            e.mtime_ns = static_cast<std::int64_t>(get_u64(r.data() + 8));
+            e.digest = {get_u64(r.data() + 16), get_u64(r.data() + 24)};
+            e.path = r.substr(32);
+            std::error_code fec;
+            int ffd = tree.open_final_read(e.path, fec);
+            if (ffd < 0) {
+                continue;  // gone (or never made it): nothing under the final name to judge
+            }
+            struct stat st {};
+            bool ok = ::fstat(ffd, &st) == 0;
+            std::int64_t mtime = std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+            digest128 got;
+            if (ok && mtime != e.mtime_ns) {
+                out.left.push_back(e.path);  // changed by someone since: not ours to judge
+            } else if (ok && static_cast<std::uint64_t>(st.st_size) == e.size && digest_of(ffd, e.size, got) &&
+                       got == e.digest) {
+                ++out.verified;
+            } else if (ok) {
+                if (std::error_code rec = tree.remove_final(e.path); rec && !ec) {
+                    ec = rec;
+                }
+                out.removed.push_back(e.path);
+            }
+            ::close(ffd);
+        }
+        done.emplace_back(fd, path);
+    }
+    // What was verified (and removed) is made durable before the journals go.
+    if (!done.empty() && !ec) {
+        ec = tree.sync_all();
+    }
+    for (auto& [fd, path] : done) {
+        if (!ec) {
+            ::unlink(path.c_str());
+        }
+        ::close(fd);
+    }
+    if (!done.empty() && !ec) {
+        sync_dir(dir);
+    }
+    return out;
+}
+
+}  // namespace ferry
