@@ -47,8 +47,11 @@ void connection::read_loop() {
             fail(r.ec);
             return;
         }
+        if (r.n == 0 && r.wait == io_wait::none) {
+            continue;  // records without data (KeyUpdate, empty): read again, within this turn's bound
+        }
         if (r.n == 0) {
-            if (r.wait != io_wait::none && !reading_) {
+            if (!reading_) {
                 reading_ = true;
                 stream_->async_wait(r.wait, [self = shared_from_this()](std::error_code ec) {
                     self->reading_ = false;

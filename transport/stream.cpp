@@ -191,7 +191,6 @@ io_result byte_stream::tls_read(std::span<std::uint8_t> out) {
         r.ec = transport_errc::tls_failed;
         return r;
     }
-    std::size_t produced = 0;
     if (plain_pos_ < plain_end_) {
         std::size_t take = std::min(out.size(), plain_end_ - plain_pos_);
         std::memcpy(out.data(), plain_.data() + plain_pos_, take);
@@ -203,17 +202,20 @@ io_result byte_stream::tls_read(std::span<std::uint8_t> out) {
         r.ec = read_error_;
         return r;
     }
+    std::size_t produced = 0;
     auto fail_read = [&](std::error_code ec) {
-        // Deliver what was opened before the failure; the error comes on the next call.
+        // The stream is over (nothing after close_notify or a bad record is read). What
+        // was opened before is delivered first; the error comes on every later call.
+        read_error_ = ec;
         if (produced > 0) {
-            read_error_ = ec;
             r.n = produced;
         } else {
             r.ec = ec;
         }
         return r;
     };
-    // Bounded: each round either opens a record or reads from the socket once.
+    // Bounded: each round opens a record or reads from the socket once. Running out of
+    // rounds returns n == 0 with no wait: the caller reads again.
     for (int round = 0; round < 64; ++round) {
         std::size_t avail = in_end_ - in_pos_;
         std::size_t size = tls13_records::record_size(in_.data() + in_pos_, avail);
@@ -221,27 +223,26 @@ io_result byte_stream::tls_read(std::span<std::uint8_t> out) {
             return fail_read(transport_errc::tls_failed);
         }
         if (size != 0 && size <= avail) {
-            std::size_t content_room = size - tls13_records::overhead + 1;  // content + inner type
-            bool direct = out.size() - produced >= content_room;
+            // Straight into the caller's buffer when the content fits; else via plain_.
+            bool direct = out.size() - produced >= tls13_records::content_room(size);
             std::uint8_t* dst = direct ? out.data() + produced : plain_.data();
-            record_opened o = records_->open(std::span<const std::uint8_t>(in_.data() + in_pos_, size), dst);
+            std::size_t room = direct ? out.size() - produced : plain_.size();
+            record_opened o = records_->open(std::span<const std::uint8_t>(in_.data() + in_pos_, size), dst, room);
             in_pos_ += size;
             switch (o.what) {
                 case record_opened::kind::data:
                     if (!direct) {
-                        plain_pos_ = 0;
-                        plain_end_ = o.length;
                         std::size_t take = std::min(out.size() - produced, o.length);
                         std::memcpy(out.data() + produced, plain_.data(), take);
                         plain_pos_ = take;
-                        produced += take;
-                        r.n = produced;
+                        plain_end_ = o.length;
+                        r.n = produced + take;
                         return r;
                     }
                     produced += o.length;
                     // A short record ends what the writer had: return at that boundary
                     // so the caller can aim the next read at the right buffer.
-                    if (o.length < tls13_records::max_plain || produced == out.size()) {
+                    if ((o.length > 0 && o.length < tls13_records::max_plain) || produced == out.size()) {
                         r.n = produced;
                         return r;
                     }
@@ -272,11 +273,13 @@ io_result byte_stream::tls_read(std::span<std::uint8_t> out) {
             r.wait = io_wait::read;
             return r;
         }
+        if (ec == asio::error::eof && in_pos_ < in_end_) {
+            return fail_read(transport_errc::tls_failed);  // cut off inside a record
+        }
         if (ec) {
-            r.ec = ec == asio::error::eof || ec == asio::error::connection_reset
-                       ? std::error_code(transport_errc::closed)
-                       : ec;
-            return r;
+            return fail_read(ec == asio::error::eof || ec == asio::error::connection_reset
+                                 ? std::error_code(transport_errc::closed)
+                                 : ec);
         }
         plain_received_ += n;
         in_end_ += n;
@@ -356,8 +359,13 @@ io_result byte_stream::tls_write(std::span<const asio::const_buffer> buffers) {
                 boff = 0;
             }
         }
-        out_len_ += records_->seal_data(std::span<const std::span<const std::uint8_t>>(segs, nseg),
-                                        out_.data() + out_len_);
+        try {
+            out_len_ += records_->seal_data(std::span<const std::span<const std::uint8_t>>(segs, nseg),
+                                            out_.data() + out_len_);
+        } catch (const std::exception&) {
+            r.ec = transport_errc::tls_failed;  // the AEAD failed (OpenSSL out of memory)
+            return r;
+        }
         r.n += len;
     }
     flush_out(r);

@@ -57,7 +57,9 @@ enum class io_wait { none, read, write };
 
 struct io_result {
     std::size_t n = 0;          // bytes read, or source bytes consumed by a write
-    io_wait wait = io_wait::none;  // non-zero n may still come with a wait
+    // Non-zero n may still come with a wait. n == 0 with no wait and no error: nothing
+    // yet, call again (TLS records that carried no data).
+    io_wait wait = io_wait::none;
     std::error_code ec;         // set on error or close (then wait is none)
 };
 

@@ -23,6 +23,7 @@ constexpr std::uint8_t type_application_data = 23;
 constexpr std::uint8_t handshake_key_update = 24;
 constexpr std::uint8_t handshake_new_session_ticket = 4;
 constexpr std::uint8_t alert_close_notify = 0;
+constexpr std::uint8_t alert_user_canceled = 90;
 
 std::size_t key_len(tls_suite s) { return s == tls_suite::aes_128_gcm_sha256 ? 16 : 32; }
 const EVP_MD* suite_md(tls_suite s) { return s == tls_suite::aes_256_gcm_sha384 ? EVP_sha384() : EVP_sha256(); }
@@ -72,14 +73,18 @@ public:
     }
 
     bool open(const std::uint8_t* nonce, std::span<const std::uint8_t> aad, std::span<const std::uint8_t> in,
-              const std::uint8_t* tag, std::uint8_t* out) override {
+              const std::uint8_t* tag, std::uint8_t* out, std::size_t split, std::uint8_t* tail) override {
         int n = 0;
-        int m = 0;
+        std::uint8_t end[16];
+        split = std::min(split, in.size());
+        // GCM and ChaCha20-Poly1305 are stream modes: EVP writes exactly what it is given.
         return EVP_DecryptInit_ex(dec_, nullptr, nullptr, nullptr, nonce) == 1 &&
                EVP_DecryptUpdate(dec_, nullptr, &n, aad.data(), static_cast<int>(aad.size())) == 1 &&
-               (in.empty() || EVP_DecryptUpdate(dec_, out, &n, in.data(), static_cast<int>(in.size())) == 1) &&
+               (split == 0 || EVP_DecryptUpdate(dec_, out, &n, in.data(), static_cast<int>(split)) == 1) &&
+               (split == in.size() ||
+                EVP_DecryptUpdate(dec_, tail, &n, in.data() + split, static_cast<int>(in.size() - split)) == 1) &&
                EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, tag_len, const_cast<std::uint8_t*>(tag)) == 1 &&
-               EVP_DecryptFinal_ex(dec_, out + n, &m) == 1;
+               EVP_DecryptFinal_ex(dec_, end, &n) == 1;
     }
 
 private:
@@ -147,19 +152,26 @@ public:
     }
 
     bool open(const std::uint8_t* nonce, std::span<const std::uint8_t> aad, std::span<const std::uint8_t> in,
-              const std::uint8_t* tag, std::uint8_t* out) override {
+              const std::uint8_t* tag, std::uint8_t* out, std::size_t split, std::uint8_t* tail) override {
         alignas(64) gcm_context_data ctx;
         std::uint8_t computed[tag_len];
+        split = std::min(split, in.size());
         if (aes256_) {
             IMB_AES256_GCM_INIT(mgr_, &key_, &ctx, nonce, aad.data(), aad.size());
-            if (!in.empty()) {
-                IMB_AES256_GCM_DEC_UPDATE(mgr_, &key_, &ctx, out, in.data(), in.size());
+            if (split > 0) {
+                IMB_AES256_GCM_DEC_UPDATE(mgr_, &key_, &ctx, out, in.data(), split);
+            }
+            if (split < in.size()) {
+                IMB_AES256_GCM_DEC_UPDATE(mgr_, &key_, &ctx, tail, in.data() + split, in.size() - split);
             }
             IMB_AES256_GCM_DEC_FINALIZE(mgr_, &key_, &ctx, computed, tag_len);
         } else {
             IMB_AES128_GCM_INIT(mgr_, &key_, &ctx, nonce, aad.data(), aad.size());
-            if (!in.empty()) {
-                IMB_AES128_GCM_DEC_UPDATE(mgr_, &key_, &ctx, out, in.data(), in.size());
+            if (split > 0) {
+                IMB_AES128_GCM_DEC_UPDATE(mgr_, &key_, &ctx, out, in.data(), split);
+            }
+            if (split < in.size()) {
+                IMB_AES128_GCM_DEC_UPDATE(mgr_, &key_, &ctx, tail, in.data() + split, in.size() - split);
             }
             IMB_AES128_GCM_DEC_FINALIZE(mgr_, &key_, &ctx, computed, tag_len);
         }
@@ -389,25 +401,37 @@ std::size_t tls13_records::record_size(const std::uint8_t* p, std::size_t n) {
     return header_len + len;
 }
 
-record_opened tls13_records::open(std::span<const std::uint8_t> rec, std::uint8_t* out) {
+record_opened tls13_records::open(std::span<const std::uint8_t> rec, std::uint8_t* out, std::size_t room) {
     record_opened r;
     std::size_t ct_len = rec.size() - header_len - record_cipher::tag_len;
+    // The inner plaintext (content, type, padding) is at most 2^14 + 1 bytes (RFC 8446
+    // 5.4, record_overflow); the caller gave room for all of it but the type byte.
+    if (ct_len > max_plain + 1 || room + 1 < ct_len) {
+        return r;
+    }
+    std::size_t split = std::min(room, ct_len);
+    std::uint8_t tail = 0;
     auto nonce = read_->nonce();
-    if (!read_->cipher->open(nonce.data(), rec.subspan(0, header_len), rec.subspan(header_len, ct_len),
-                             rec.data() + header_len + ct_len, out)) {
-        return r;  // bad_record: bad_record_mac
+    try {
+        if (!read_->cipher->open(nonce.data(), rec.subspan(0, header_len), rec.subspan(header_len, ct_len),
+                                 rec.data() + header_len + ct_len, out, split, &tail)) {
+            return r;  // bad_record_mac
+        }
+    } catch (const std::exception&) {
+        return r;
     }
     ++read_->seq;
     // Strip the padding: the real content type is the last non-zero byte.
+    auto at = [&](std::size_t i) { return i < split ? out[i] : tail; };
     std::size_t n = ct_len;
-    while (n > 0 && out[n - 1] == 0) {
+    while (n > 0 && at(n - 1) == 0) {
         --n;
     }
     if (n == 0) {
         return r;  // no content type: unexpected_message
     }
-    std::uint8_t type = out[n - 1];
-    --n;
+    std::uint8_t type = at(n - 1);
+    --n;  // the content is out[0, n), n <= split
     if (type == type_application_data) {
         r.what = record_opened::kind::data;
         r.length = n;
@@ -418,11 +442,21 @@ record_opened tls13_records::open(std::span<const std::uint8_t> rec, std::uint8_
             return r;
         }
         r.alert = out[1];
-        r.what = out[1] == alert_close_notify ? record_opened::kind::close : record_opened::kind::alert;
+        if (out[1] == alert_close_notify) {
+            r.what = record_opened::kind::close;
+        } else if (out[1] == alert_user_canceled && out[0] == 1) {
+            r.what = record_opened::kind::control;  // a warning; close_notify follows
+        } else {
+            r.what = record_opened::kind::alert;
+        }
         return r;
     }
-    if (type == type_handshake) {
-        return handle_handshake(out, n);
+    if (type == type_handshake && n > 0) {
+        try {
+            return handle_handshake(out, n);
+        } catch (const std::exception&) {
+            return r;  // rekeying failed
+        }
     }
     return r;
 }

@@ -49,10 +49,10 @@ public:
     // Encrypts the concatenation of `in` to `out` and writes the tag right after it.
     virtual void seal(const std::uint8_t* nonce, std::span<const std::uint8_t> aad,
                       std::span<const std::span<const std::uint8_t>> in, std::uint8_t* out) = 0;
-    // Decrypts `in` (ciphertext without the tag) to `out`; false if the tag does not match.
-    // `out` may equal `in.data()`.
+    // Decrypts `in` (ciphertext without the tag): its first `split` bytes to `out`, the rest
+    // to `tail`. False if the tag does not match (the output is then garbage).
     virtual bool open(const std::uint8_t* nonce, std::span<const std::uint8_t> aad, std::span<const std::uint8_t> in,
-                      const std::uint8_t* tag, std::uint8_t* out) = 0;
+                      const std::uint8_t* tag, std::uint8_t* out, std::size_t split, std::uint8_t* tail) = 0;
 };
 
 std::unique_ptr<record_cipher> make_record_cipher(tls_suite suite, std::span<const std::uint8_t> key,
@@ -116,9 +116,12 @@ public:
     // there; 0 if fewer than 5 bytes; SIZE_MAX if the header is not a valid TLS 1.3
     // application-data record header.
     static std::size_t record_size(const std::uint8_t* p, std::size_t n);
-    // Opens the complete record at `rec` into `out` (room for rec.size() - overhead + 1
-    // bytes; `out` may alias the record's payload at rec.data() + header_len).
-    record_opened open(std::span<const std::uint8_t> rec, std::uint8_t* out);
+    // Room open() needs in `out` for the record of `size` bytes: its content, without the
+    // inner content type byte.
+    static std::size_t content_room(std::size_t size) { return size - overhead; }
+    // Opens the complete record at `rec` into `out`, which has `room` bytes, at least
+    // content_room(rec.size()). Never throws; a crypto failure reads as bad_record.
+    record_opened open(std::span<const std::uint8_t> rec, std::uint8_t* out, std::size_t room);
 
     std::string cipher_name() const;
 

@@ -418,7 +418,14 @@ TEST(tls_records, record_size_checks_the_header) {
     EXPECT_EQ(tls13_records::record_size(too_short, 5), SIZE_MAX);
 }
 
+// True when ipsec-mb is built in and usable on this CPU (else its cases would silently
+// test OpenSSL against itself).
+bool have_ipsec_mb() { return aead_backend_name(tls_suite::aes_128_gcm_sha256, aead_backend::ipsec_mb) == "ipsec-mb"; }
+
 TEST(tls_records, backends_agree) {
+    if (!have_ipsec_mb()) {
+        GTEST_SKIP() << "ipsec-mb is not built in or this CPU lacks AVX2";
+    }
     std::vector<std::uint8_t> key(16, 7);
     auto a = make_record_cipher(tls_suite::aes_128_gcm_sha256, key, aead_backend::openssl);
     auto b = make_record_cipher(tls_suite::aes_128_gcm_sha256, key, aead_backend::ipsec_mb);
@@ -434,12 +441,23 @@ TEST(tls_records, backends_agree) {
     a->seal(nonce, aad, parts, sealed_a.data());
     b->seal(nonce, aad, parts, sealed_b.data());
     EXPECT_EQ(sealed_a, sealed_b);
-    std::vector<std::uint8_t> opened(msg.size());
-    ASSERT_TRUE(b->open(nonce, aad, std::span(sealed_a).first(msg.size()), sealed_a.data() + msg.size(), opened.data()));
-    EXPECT_EQ(opened, msg);
+    auto ct = std::span(sealed_a).first(msg.size());
+    const std::uint8_t* tag = sealed_a.data() + msg.size();
+    for (record_cipher* c : {a.get(), b.get()}) {
+        // Whole, and split so that the last byte lands in the tail.
+        std::vector<std::uint8_t> opened(msg.size());
+        ASSERT_TRUE(c->open(nonce, aad, ct, tag, opened.data(), msg.size(), nullptr));
+        EXPECT_EQ(opened, msg);
+        std::fill(opened.begin(), opened.end(), 0);
+        std::uint8_t tail = 0;
+        ASSERT_TRUE(c->open(nonce, aad, ct, tag, opened.data(), msg.size() - 1, &tail));
+        EXPECT_TRUE(std::equal(msg.begin(), msg.end() - 1, opened.begin()));
+        EXPECT_EQ(tail, msg.back());
+    }
     sealed_a[100] ^= 1;
-    EXPECT_FALSE(a->open(nonce, aad, std::span(sealed_a).first(msg.size()), sealed_a.data() + msg.size(), opened.data()));
-    EXPECT_FALSE(b->open(nonce, aad, std::span(sealed_a).first(msg.size()), sealed_a.data() + msg.size(), opened.data()));
+    std::vector<std::uint8_t> opened(msg.size());
+    EXPECT_FALSE(a->open(nonce, aad, ct, tag, opened.data(), msg.size(), nullptr));
+    EXPECT_FALSE(b->open(nonce, aad, ct, tag, opened.data(), msg.size(), nullptr));
 }
 
 bool send_fd(int fd, const std::uint8_t* p, std::size_t n) {
@@ -486,6 +504,12 @@ struct records_case {
 class tls_records_interop : public tls_test, public ::testing::WithParamInterface<records_case> {
   protected:
     // Handshakes with OpenSSL on both ends; then the client switches to ferry's records.
+    void SetUp() override {
+        if (GetParam().backend == aead_backend::ipsec_mb && !have_ipsec_mb()) {
+            GTEST_SKIP() << "ipsec-mb is not built in or this CPU lacks AVX2";
+        }
+    }
+
     std::unique_ptr<tls13_records> connect(std::uint64_t key_update_after = tls13_records::default_key_update_after) {
         server_ctx_ = std::make_unique<tls_context>(*server_creds_, tls_role::server);
         client_ctx_ = std::make_unique<tls_context>(*client_creds_, tls_role::client);
@@ -528,7 +552,7 @@ class tls_records_interop : public tls_test, public ::testing::WithParamInterfac
             if (r.empty()) {
                 break;
             }
-            record_opened o = rec.open(r, out.data());
+            record_opened o = rec.open(r, out.data(), out.size());
             if (o.what == record_opened::kind::data) {
                 got.append(reinterpret_cast<const char*>(out.data()), o.length);
             } else if (o.what != record_opened::kind::control) {
@@ -581,6 +605,26 @@ TEST_P(tls_records_interop, key_updates_both_ways) {
     EXPECT_EQ(receive(*rec, "still fine"), "still fine");
 }
 
+TEST_P(tls_records_interop, answers_a_requested_key_update) {
+    auto rec = connect();  // no key updates of its own
+    ASSERT_EQ(SSL_key_update(server_.ssl.get(), SSL_KEY_UPDATE_REQUESTED), 1);
+    EXPECT_EQ(receive(*rec, "please update"), "please update");
+    // The next record ferry seals is preceded by its own KeyUpdate (5-byte message).
+    std::vector<std::uint8_t> out(tls13_records::max_plain + tls13_records::seal_room);
+    auto data = pattern_bytes(100);
+    std::span<const std::uint8_t> seg(data);
+    std::size_t len = rec->seal_data(std::span<const std::span<const std::uint8_t>>(&seg, 1), out.data());
+    EXPECT_EQ(len, data.size() + tls13_records::overhead + 5 + tls13_records::overhead);
+    ASSERT_TRUE(send_fd(sp_.first(), out.data(), len));
+    std::string got = read_some(server_.ssl.get(), data.size());
+    EXPECT_EQ(got.size(), data.size());
+    // Only once: the record after that is plain data again.
+    len = rec->seal_data(std::span<const std::span<const std::uint8_t>>(&seg, 1), out.data());
+    EXPECT_EQ(len, data.size() + tls13_records::overhead);
+    ASSERT_TRUE(send_fd(sp_.first(), out.data(), len));
+    EXPECT_EQ(read_some(server_.ssl.get(), data.size()).size(), data.size());
+}
+
 TEST_P(tls_records_interop, close_notify_both_ways) {
     auto rec = connect();
     std::vector<std::uint8_t> out(64);
@@ -592,7 +636,7 @@ TEST_P(tls_records_interop, close_notify_both_ways) {
     ASSERT_GE(SSL_shutdown(server_.ssl.get()), 0);
     auto r = read_record(sp_.first());
     ASSERT_FALSE(r.empty());
-    EXPECT_EQ(rec->open(r, out.data() + 0).what, record_opened::kind::close);
+    EXPECT_EQ(rec->open(r, out.data(), out.size()).what, record_opened::kind::close);
 }
 
 TEST_P(tls_records_interop, tampered_records_are_refused_by_openssl) {
@@ -619,7 +663,104 @@ TEST_P(tls_records_interop, tampered_records_are_refused_by_ferry) {
     ASSERT_FALSE(r.empty());
     r[r.size() - 3] ^= 0x01;  // inside the tag
     std::vector<std::uint8_t> plain(64);
-    EXPECT_EQ(rec->open(r, plain.data()).what, record_opened::kind::bad_record);
+    EXPECT_EQ(rec->open(r, plain.data(), plain.size()).what, record_opened::kind::bad_record);
+}
+
+// Records a peer could craft: sealed correctly with the client's key (so they pass the
+// AEAD), with inner plaintexts that TLS 1.3 forbids or that must be tolerated.
+class tls_records_inner : public ::testing::Test {
+protected:
+    tls_records_inner() {
+        secrets_.client.assign(32, 0x11);
+        secrets_.server.assign(32, 0x22);
+        reader_ = std::make_unique<tls13_records>(tls_suite::aes_128_gcm_sha256, secrets_, false, aead_backend::openssl);
+        key_ = hkdf_expand_label(tls_suite::aes_128_gcm_sha256, secrets_.client, "key", 16);
+        iv_ = hkdf_expand_label(tls_suite::aes_128_gcm_sha256, secrets_.client, "iv", 12);
+        sealer_ = make_record_cipher(tls_suite::aes_128_gcm_sha256, key_, aead_backend::openssl);
+    }
+
+    // The record for inner plaintext `inner` (content, type, padding) as the client's next.
+    std::vector<std::uint8_t> seal(const std::vector<std::uint8_t>& inner) {
+        std::vector<std::uint8_t> rec(5 + inner.size() + 16);
+        std::size_t len = inner.size() + 16;
+        rec[0] = 23;
+        rec[1] = 3;
+        rec[2] = 3;
+        rec[3] = static_cast<std::uint8_t>(len >> 8);
+        rec[4] = static_cast<std::uint8_t>(len);
+        auto nonce = iv_;
+        for (int i = 0; i < 8; ++i) {
+            nonce[11 - i] ^= static_cast<std::uint8_t>(seq_ >> (8 * i));
+        }
+        ++seq_;
+        std::span<const std::uint8_t> seg(inner);
+        sealer_->seal(nonce.data(), std::span(rec).first(5), std::span<const std::span<const std::uint8_t>>(&seg, 1),
+                      rec.data() + 5);
+        return rec;
+    }
+
+    record_opened open(const std::vector<std::uint8_t>& rec, std::size_t room = 20'000) {
+        out_.assign(20'000, 0xee);
+        return reader_->open(rec, out_.data(), room);
+    }
+
+    tls_traffic_secrets secrets_;
+    std::unique_ptr<tls13_records> reader_;
+    std::vector<std::uint8_t> key_;
+    std::vector<std::uint8_t> iv_;
+    std::unique_ptr<record_cipher> sealer_;
+    std::uint64_t seq_ = 0;
+    std::vector<std::uint8_t> out_;
+};
+
+TEST_F(tls_records_inner, padding_and_empty_records_are_accepted) {
+    std::vector<std::uint8_t> padded{'h', 'i', 23};
+    padded.resize(200, 0);
+    record_opened o = open(seal(padded));
+    EXPECT_EQ(o.what, record_opened::kind::data);
+    EXPECT_EQ(o.length, 2u);
+    EXPECT_EQ(std::string(out_.begin(), out_.begin() + 2), "hi");
+    o = open(seal({23}));
+    EXPECT_EQ(o.what, record_opened::kind::data);
+    EXPECT_EQ(o.length, 0u);
+    o = open(seal({1, 90, 21}));  // user_canceled warning: tolerated, close_notify follows
+    EXPECT_EQ(o.what, record_opened::kind::control);
+    o = open(seal({1, 0, 21}));
+    EXPECT_EQ(o.what, record_opened::kind::close);
+}
+
+TEST_F(tls_records_inner, a_full_record_opens_into_exactly_its_content_size) {
+    std::vector<std::uint8_t> inner(tls13_records::max_plain, 'x');
+    inner.push_back(23);
+    auto rec = seal(inner);
+    ASSERT_EQ(tls13_records::content_room(rec.size()), tls13_records::max_plain);
+    record_opened o = open(rec, tls13_records::max_plain);
+    EXPECT_EQ(o.what, record_opened::kind::data);
+    EXPECT_EQ(o.length, tls13_records::max_plain);
+    EXPECT_EQ(out_[tls13_records::max_plain], 0xee);  // nothing written past the room
+}
+
+TEST_F(tls_records_inner, forbidden_inner_plaintexts_are_refused) {
+    EXPECT_EQ(open(seal({0, 0, 0, 0})).what, record_opened::kind::bad_record);  // no content type
+    EXPECT_EQ(open(seal({'x', 99})).what, record_opened::kind::bad_record);     // unknown type
+    EXPECT_EQ(open(seal({2, 40, 0, 21})).what, record_opened::kind::bad_record);  // alert of 3 bytes
+    EXPECT_EQ(open(seal({22})).what, record_opened::kind::bad_record);          // empty handshake
+    EXPECT_EQ(open(seal({24, 0, 0, 1, 0, 'x', 22})).what, record_opened::kind::bad_record);  // KeyUpdate not last
+    EXPECT_EQ(open(seal({13, 0, 0, 0, 22})).what, record_opened::kind::bad_record);  // CertificateRequest
+    // A fatal alert is reported with its description.
+    record_opened o = open(seal({2, 46, 21}));
+    EXPECT_EQ(o.what, record_opened::kind::alert);
+    EXPECT_EQ(o.alert, 46);
+    // Last: refused before decryption, so the sequence numbers no longer line up after it.
+    std::vector<std::uint8_t> big(tls13_records::max_plain + 1, 'y');
+    big.push_back(23);  // 2^14 + 2 bytes of inner plaintext: record_overflow
+    EXPECT_EQ(open(seal(big)).what, record_opened::kind::bad_record);
+}
+
+TEST_F(tls_records_inner, a_record_out_of_sequence_fails_authentication) {
+    auto first = seal({'a', 23});
+    auto second = seal({'b', 23});
+    EXPECT_EQ(open(second).what, record_opened::kind::bad_record);  // replayed/reordered: wrong nonce
 }
 
 INSTANTIATE_TEST_SUITE_P(
