@@ -53,6 +53,19 @@ std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtim
 
 }  // namespace
 
+bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns) {
+    // ext4/xfs/btrfs/tmpfs keep nanoseconds; CIFS and others 100 ns, exFAT 10 ms, ext4
+    // with 128-byte inodes and HFS+ 1 s, FAT 2 s. Each truncates (floors) the value.
+    for (std::int64_t g : {std::int64_t{1}, std::int64_t{100}, std::int64_t{1'000}, std::int64_t{1'000'000},
+                           std::int64_t{10'000'000}, std::int64_t{1'000'000'000}, std::int64_t{2'000'000'000}}) {
+        std::int64_t floor = wanted_ns - ((wanted_ns % g) + g) % g;
+        if (stored_ns == floor) {
+            return true;
+        }
+    }
+    return false;
+}
+
 const std::error_category& dest_category() noexcept {
     static const dest_category_impl instance;
     return instance;
@@ -189,7 +202,7 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
         return dest_errc::is_dir;
     }
     std::int64_t mtime = std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
-    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && mtime == mtime_ns) {
+    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && same_stored_mtime(mtime, mtime_ns)) {
         identical = true;
         return {};
     }
@@ -216,13 +229,20 @@ int dest_tree::open_final_read(std::string_view wire_path, std::error_code& ec) 
     return fd;
 }
 
-std::error_code dest_tree::remove_final(std::string_view wire_path) {
+std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_t dev, std::uint64_t ino) {
     std::error_code ec;
     dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
     if (dh.fd < 0) {
         return ec;
     }
     std::string name(split_wire_path(wire_path).back());
+    struct stat st {};
+    if (::fstatat(dh.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return errno == ENOENT ? std::error_code{} : last_error();
+    }
+    if (static_cast<std::uint64_t>(st.st_dev) != dev || static_cast<std::uint64_t>(st.st_ino) != ino) {
+        return {};  // replaced since: not the file that was judged
+    }
     if (::unlinkat(dh.fd, name.c_str(), 0) != 0 && errno != ENOENT) {
         return last_error();
     }
@@ -248,11 +268,11 @@ std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uin
     if (std::error_code ec = prepare_final(fd, size, mode, mtime_ns, fsync_file)) {
         return ec;
     }
-    return rename_final(wire_path, overwrite);
+    return rename_final(wire_path, overwrite, fsync_file);
 }
 
 std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
-                                         bool fsync_file) {
+                                         bool fsync_file, stored_file* stored) {
     std::error_code ec;
     struct stat st {};
     if (::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) != size &&
@@ -265,13 +285,23 @@ std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32
     if (!ec && fsync_file && ::fsync(fd) != 0) {
         ec = last_error();
     }
+    if (!ec && stored != nullptr) {
+        struct stat after {};
+        if (::fstat(fd, &after) != 0) {
+            ec = last_error();
+        } else {
+            stored->mtime_ns = std::int64_t{after.st_mtim.tv_sec} * 1'000'000'000 + after.st_mtim.tv_nsec;
+            stored->dev = static_cast<std::uint64_t>(after.st_dev);
+            stored->ino = static_cast<std::uint64_t>(after.st_ino);
+        }
+    }
     if (::close(fd) != 0 && !ec) {
         ec = last_error();
     }
     return ec;
 }
 
-std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwrite) {
+std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwrite, bool sync_dir) {
     std::error_code ec;
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
     int dfd = dh.fd;
@@ -283,6 +313,9 @@ std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwri
     unsigned flags = overwrite ? 0 : RENAME_NOREPLACE;
     if (::renameat2(dfd, part.c_str(), dfd, name.c_str(), flags) != 0) {
         return errno == EEXIST ? make_error_code(dest_errc::exists) : last_error();
+    }
+    if (sync_dir && ::fsync(dfd) != 0) {
+        return last_error();
     }
     return {};
 }

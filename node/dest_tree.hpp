@@ -34,6 +34,10 @@ struct std::is_error_code_enum<ferry::dest_errc> : std::true_type {};
 
 namespace ferry {
 
+// True if `stored_ns` is `wanted_ns` as a file system keeping nanoseconds, 100 ns, 1 us,
+// 1 ms, 10 ms, 1 s or 2 s stores it (truncated).
+bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns);
+
 // pwrite of all `len` bytes at `offset` (retries short writes and EINTR).
 std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset);
 
@@ -49,23 +53,34 @@ public:
     // mkdir -p of a wire path inside the root (no symlinks followed).
     std::error_code make_dir(std::string_view wire_path);
     // Checks that a file may be written at `wire_path` (parents are created). A regular
-    // file already there with this size and mtime sets `identical` (nothing to send).
+    // file already there with this size and mtime sets `identical` (nothing to send); the
+    // mtime matches if it is `mtime_ns` as a file system with coarser timestamps stores it.
     std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
                                bool& identical);
     // Opens the regular file at its final name for reading. Returns an fd or -1 (ec set).
     int open_final_read(std::string_view wire_path, std::error_code& ec);
-    // Removes the file at its final name (absent is fine).
-    std::error_code remove_final(std::string_view wire_path);
+    // Removes the file at its final name if it is still inode `ino` of device `dev`
+    // (absent or replaced since is fine: then nothing is removed).
+    std::error_code remove_final(std::string_view wire_path, std::uint64_t dev, std::uint64_t ino);
     // Opens (creating) the partial file of `wire_path` for writing. Returns an fd or -1 (ec set).
     int open_partial(std::string_view wire_path, std::error_code& ec);
-    // Makes the partial file final: prepare_final(), then rename_final().
+    // Makes the partial file final: prepare_final(), then rename_final() (with `fsync_file`
+    // the folder is fsynced too, so file and name are both durable).
     std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
                              std::int64_t mtime_ns, bool fsync_file, bool overwrite);
+    // What the file system recorded for a prepared file: the mtime as stored (file systems
+    // with coarse timestamps truncate it) and the inode, which the rename keeps.
+    struct stored_file {
+        std::int64_t mtime_ns = 0;
+        std::uint64_t dev = 0;
+        std::uint64_t ino = 0;
+    };
     // Size, mode, mtime, optional fsync, close (the fd is closed in every case).
     std::error_code prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
-                                  bool fsync_file);
-    // Renames the partial file to its final name (never over an existing one unless `overwrite`).
-    std::error_code rename_final(std::string_view wire_path, bool overwrite);
+                                  bool fsync_file, stored_file* stored = nullptr);
+    // Renames the partial file to its final name (never over an existing one unless
+    // `overwrite`); with `sync_dir`, fsyncs the folder so the new name is durable.
+    std::error_code rename_final(std::string_view wire_path, bool overwrite, bool sync_dir = false);
     // Sets a directory's mode and mtime (after its contents are written).
     std::error_code finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
     // Makes everything written under the root durable (one syncfs).

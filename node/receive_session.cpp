@@ -1,5 +1,9 @@
 #include "node/receive_session.hpp"
 
+#include <optional>
+#include <cstdlib>
+#include <atomic>
+
 #include <fcntl.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -16,6 +20,19 @@ namespace {
 // Files at least this large are fsynced on the worker pool when they complete; smaller
 // ones are made durable together by one syncfs at the end of the transfer.
 constexpr std::uint64_t fsync_own_threshold = 16 * 1024 * 1024;
+
+// Test hook (tests/e2e): FERRY_FAULT_EXIT_AFTER_RENAMES=N makes the process die (_exit 86)
+// as soon as N files were renamed before the final sync, the way a crash would leave it.
+void fault_point_after_renames(std::size_t renamed) {
+    static const long limit = [] {
+        const char* v = std::getenv("FERRY_FAULT_EXIT_AFTER_RENAMES");
+        return v != nullptr ? std::strtol(v, nullptr, 10) : 0L;
+    }();
+    static std::atomic<long> total{0};
+    if (limit > 0 && (total += static_cast<long>(renamed)) >= limit) {
+        std::_Exit(86);
+    }
+}
 
 std::string short_id(const std::string& id) { return id.substr(0, 8); }
 
@@ -164,6 +181,11 @@ void receive_session::next_offer() {
         exit_code code = exit_code::transfer_failed;
         std::vector<receiver_machine::decision> decisions;
         std::string recovered;
+        // Held until every entry of the batch is decided: a recovery (a session's first
+        // batch) excludes every other transfer's checks, so no transfer decides "already
+        // there" about a file that a recovery is about to remove.
+        std::optional<unsynced_journal::folder_lock> lock;
+        lock.emplace(journals, !tree);
         try {
             if (!tree) {
                 tree = std::make_shared<dest_tree>(root);
@@ -183,7 +205,7 @@ void receive_session::next_offer() {
                                      r.removed.front() + (r.removed.size() > 1 ? ", ..." : "") + ")";
                     }
                     if (!r.left.empty()) {
-                        recovered += ", " + std::to_string(r.left.size()) + " changed since and left alone";
+                        recovered += ", " + std::to_string(r.left.size()) + " replaced or changed since and left alone";
                     }
                 }
             }
@@ -216,6 +238,7 @@ void receive_session::next_offer() {
             }
             decisions.push_back({it.id, identical ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
         }
+        lock.reset();
         asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered] {
             self->offer_busy_ = false;
             if (!recovered.empty()) {
@@ -229,6 +252,13 @@ void receive_session::next_offer() {
                 self->fail(code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_REFUSED, code,
                            "refused transfer: " + error);
                 return;
+            }
+            for (const auto& d : decisions) {
+                if (d.kind == wire::ACCEPT_SKIP) {
+                    // It may have been renamed by a transfer that has not synced yet:
+                    // success is reported only once it is on disk too.
+                    self->need_syncfs_ = true;
+                }
             }
             wire::Header h;
             *h.mutable_accept() = self->machine_.accept(decisions);
@@ -336,6 +366,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
         digest128 got = hash_chunk(payload.span());
         bool mismatch = got != expect;
         std::error_code ec;
+        dest_tree::stored_file stored;
         if (!mismatch) {
             int fd = tree->open_partial(e.path, ec);
             if (!ec) {
@@ -347,12 +378,12 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 } else if (fsync_now) {
                     ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
                 } else {
-                    ec = tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false);
+                    ec = tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
                 }
             }
         }
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, fsync_now, path = e.path] {
+        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, fsync_now, stored, path = e.path] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, chunk_index{0}));
             if (self->failed_) {
@@ -371,7 +402,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 self->machine_.on_file_finished(f);
                 self->queue_ack(conn, chunk_key(f, chunk_index{0}));
                 if (!fsync_now) {
-                    self->queue_rename(f, self->machine_.received_digest(f));
+                    self->queue_rename(f, self->machine_.received_digest(f), stored);
                     return;
                 }
             }
@@ -418,13 +449,14 @@ void receive_session::try_finalize(file_id f) {
             fd = sink->fd;
             sink->fd = -1;
         }
+        dest_tree::stored_file stored;
         if (!ec) {
             ec = fsync_now ? tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite)
-                           : tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false);
+                           : tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
         }
-        asio::post(self->ctx_.io, [self, f, ec, fsync_now, path = e.path] {
+        asio::post(self->ctx_.io, [self, f, ec, fsync_now, stored, path = e.path] {
             if (!ec && !fsync_now && !self->failed_) {
-                self->queue_rename(f, self->machine_.received_digest(f));
+                self->queue_rename(f, self->machine_.received_digest(f), stored);
                 return;
             }
             --self->finalizing_;
@@ -435,9 +467,9 @@ void receive_session::try_finalize(file_id f) {
 
 std::filesystem::path receive_session::journal_dir() const { return ctx_.config.state_dir / "unsynced"; }
 
-void receive_session::queue_rename(file_id f, digest128 digest) {
+void receive_session::queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored) {
     const entry_info& e = machine_.entry(f);
-    renames_.emplace_back(f, unsynced_journal::entry{e.path, e.size, e.mtime_ns, digest});
+    renames_.emplace_back(f, unsynced_journal::entry{e.path, e.size, stored.mtime_ns, digest, stored.dev, stored.ino});
     start_renames();
 }
 
@@ -465,13 +497,22 @@ void receive_session::start_renames() {
         for (const auto& b : batch) {
             entries.push_back(b.second);
         }
+        // Without a journal (state folder full or read-only) the batch is made durable
+        // before its renames instead: slower, never unsafe.
         std::error_code journal_ec = journal->commit(entries);
+        std::error_code sync_ec = journal_ec ? tree->sync_all() : std::error_code{};
         std::vector<std::error_code> results(batch.size());
         for (std::size_t i = 0; i < batch.size(); ++i) {
-            results[i] = journal_ec ? journal_ec : tree->rename_final(batch[i].second.path, overwrite);
+            results[i] = sync_ec ? sync_ec : tree->rename_final(batch[i].second.path, overwrite);
         }
-        asio::post(self->ctx_.io, [self, batch = std::move(batch), results = std::move(results)] {
+        fault_point_after_renames(batch.size());
+        asio::post(self->ctx_.io, [self, batch = std::move(batch), results = std::move(results), journal_ec] {
             self->renaming_ = false;
+            if (journal_ec && !self->journal_warned_) {
+                self->journal_warned_ = true;
+                self->ctx_.log("cannot write the unsynced journal in " + self->journal_dir().string() + " (" +
+                               journal_ec.message() + "): syncing before each batch of renames instead");
+            }
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 --self->finalizing_;
                 self->on_file_finalized(batch[i].first, results[i], batch[i].second.path);

@@ -60,7 +60,7 @@ private:
     void on_file_finalized(file_id f, std::error_code ec, const std::string& path);
     void try_finalize(file_id f);
     // A verified file waiting in its partial file (not fsynced): journal it, then rename.
-    void queue_rename(file_id f, digest128 digest);
+    void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored);
     void start_renames();
     std::filesystem::path journal_dir() const;
     void check_all_done();
@@ -83,6 +83,7 @@ private:
     std::shared_ptr<unsynced_journal> journal_;  // files renamed before the final sync
     std::vector<std::pair<file_id, unsynced_journal::entry>> renames_;  // waiting for the next batch
     bool renaming_ = false;                      // a batch is being journaled and renamed
+    bool journal_warned_ = false;
     std::vector<std::shared_ptr<sink_file>> sinks_;
     std::deque<std::pair<std::vector<file_id>, std::uint64_t>> offers_;  // ids, bytes still to come
     bool offer_busy_ = false;

@@ -18,6 +18,7 @@ namespace {
 constexpr std::string_view header_magic{"ferry-unsynced-1", 16};
 constexpr std::string_view suffix = ".journal";
 constexpr std::size_t max_record = 64 * 1024;
+constexpr std::size_t entry_fixed = 6 * 8;  // size, mtime, digest (2), dev, ino
 
 std::error_code last_error() { return {errno, std::system_category()}; }
 
@@ -160,15 +161,37 @@ std::string unsynced_journal::encode(const entry& e) {
     put_u64(payload, static_cast<std::uint64_t>(e.mtime_ns));
     put_u64(payload, e.digest.lo);
     put_u64(payload, e.digest.hi);
+    put_u64(payload, e.dev);
+    put_u64(payload, e.ino);
     payload += e.path;
     return frame(payload);
 }
 
+unsynced_journal::folder_lock::folder_lock(const std::filesystem::path& dir, bool exclusive) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    fd_ = ::open((dir / ".lock").c_str(), O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd_ >= 0) {
+        while (::flock(fd_, exclusive ? LOCK_EX : LOCK_SH) != 0 && errno == EINTR) {
+        }
+    }
+    // Without the lock file (read-only state folder) there is nothing to recover either.
+}
+
+unsynced_journal::folder_lock::~folder_lock() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+    }
+}
+
 std::error_code unsynced_journal::open_locked() {
     std::error_code ec;
-    std::filesystem::create_directories(dir_, ec);
+    bool created = std::filesystem::create_directories(dir_, ec);
     if (ec) {
         return ec;
+    }
+    if (created && (ec = sync_dir(dir_.parent_path()))) {
+        return ec;  // the folder's own name must survive a crash too
     }
     // Created and locked under a temporary name, then renamed: recovery only looks at
     // "*.journal", so it never sees one that is not locked yet.
@@ -234,8 +257,9 @@ unsynced_journal::recovery unsynced_journal::recover(const std::filesystem::path
         if (fd < 0) {
             continue;
         }
-        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-            ::close(fd);  // a live transfer's journal, or another recovery's
+        struct stat jst {};
+        if (::flock(fd, LOCK_EX | LOCK_NB) != 0 || ::fstat(fd, &jst) != 0 || jst.st_nlink == 0) {
+            ::close(fd);  // a live transfer's journal, or one finished and unlinked meanwhile
             continue;
         }
         std::vector<std::string> records = read_records(fd);
@@ -251,14 +275,16 @@ unsynced_journal::recovery unsynced_journal::recover(const std::filesystem::path
         ++out.journals;
         for (std::size_t i = 1; i < records.size(); ++i) {
             const std::string& r = records[i];
-            if (r.size() < 32) {
+            if (r.size() < entry_fixed) {
                 continue;
             }
             entry e;
             e.size = get_u64(r.data());
             e.mtime_ns = static_cast<std::int64_t>(get_u64(r.data() + 8));
             e.digest = {get_u64(r.data() + 16), get_u64(r.data() + 24)};
-            e.path = r.substr(32);
+            e.dev = get_u64(r.data() + 32);
+            e.ino = get_u64(r.data() + 40);
+            e.path = r.substr(entry_fixed);
             std::error_code fec;
             int ffd = tree.open_final_read(e.path, fec);
             if (ffd < 0) {
@@ -268,13 +294,17 @@ unsynced_journal::recovery unsynced_journal::recover(const std::filesystem::path
             bool ok = ::fstat(ffd, &st) == 0;
             std::int64_t mtime = std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
             digest128 got;
-            if (ok && mtime != e.mtime_ns) {
-                out.left.push_back(e.path);  // changed by someone since: not ours to judge
+            bool same_file = ok && static_cast<std::uint64_t>(st.st_dev) == e.dev &&
+                             static_cast<std::uint64_t>(st.st_ino) == e.ino;
+            if (ok && (!same_file || mtime != e.mtime_ns)) {
+                // Another file under that name (the rename never happened, or someone
+                // replaced it), or changed by someone since: not ours to judge.
+                out.left.push_back(e.path);
             } else if (ok && static_cast<std::uint64_t>(st.st_size) == e.size && digest_of(ffd, e.size, got) &&
                        got == e.digest) {
                 ++out.verified;
             } else if (ok) {
-                if (std::error_code rec = tree.remove_final(e.path); rec && !ec) {
+                if (std::error_code rec = tree.remove_final(e.path, e.dev, e.ino); rec && !ec) {
                     ec = rec;
                 }
                 out.removed.push_back(e.path);

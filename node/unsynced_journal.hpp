@@ -35,8 +35,24 @@ public:
     struct entry {
         std::string path;  // wire path under the root
         std::uint64_t size = 0;
-        std::int64_t mtime_ns = 0;
-        digest128 digest;  // file digest (protocol/digest.hpp)
+        std::int64_t mtime_ns = 0;  // as the file system stored it
+        digest128 digest;           // file digest (protocol/digest.hpp)
+        std::uint64_t dev = 0;      // the partial file's inode, which the rename keeps:
+        std::uint64_t ino = 0;      // recovery judges only that very file
+    };
+
+    // Serializes recovery (exclusive) against destination checks of other transfers
+    // (shared), across threads and processes sharing the state folder: a transfer must
+    // not decide "already there" about a file that a recovery is about to remove.
+    class folder_lock {
+    public:
+        folder_lock(const std::filesystem::path& dir, bool exclusive);
+        ~folder_lock();
+        folder_lock(const folder_lock&) = delete;
+        folder_lock& operator=(const folder_lock&) = delete;
+
+    private:
+        int fd_ = -1;
     };
 
     // A journal for one transfer into `root`; nothing is created before the first commit.
@@ -55,10 +71,11 @@ public:
         std::size_t journals = 0;            // abandoned journals for this root
         std::size_t verified = 0;            // files whose data matched
         std::vector<std::string> removed;    // files removed: their data did not survive
-        std::vector<std::string> left;       // files changed since (mtime differs): not ours to judge
+        std::vector<std::string> left;       // replaced or changed since: not ours to judge
     };
     // Re-verifies the files of every abandoned journal in `dir` for `tree`'s root, removes
-    // those whose size or digest does not match, syncs, and deletes the journals.
+    // those whose size or digest does not match, syncs, and deletes the journals. The
+    // caller holds an exclusive folder_lock.
     static recovery recover(const std::filesystem::path& dir, dest_tree& tree, std::error_code& ec);
 
     // Record encoding (exposed for tests): one record per entry, and a header record.

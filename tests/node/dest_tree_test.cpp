@@ -108,6 +108,35 @@ TEST_F(DestTree, MakeDirThroughAFileIsNotADir) {
     EXPECT_EQ(read_text(root() / "f"), "data");
 }
 
+TEST_F(DestTree, CheckFileSeesAnIdenticalFileAsAlreadyThere) {
+    write_text(root() / "f", "keep");
+    struct timespec t[2] = {{0, UTIME_OMIT}, {test_mtime_ns / 1'000'000'000, test_mtime_ns % 1'000'000'000}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (root() / "f").c_str(), t, 0), 0);
+    bool identical = false;
+    EXPECT_EQ(tree_.check_file("f", false, 4, test_mtime_ns, identical), std::error_code{});
+    EXPECT_TRUE(identical);
+    // Another size or mtime: an existing file, refused unless overwrite.
+    EXPECT_EQ(tree_.check_file("f", false, 5, test_mtime_ns, identical), dest_errc::exists);
+    EXPECT_FALSE(identical);
+    EXPECT_EQ(tree_.check_file("f", false, 4, test_mtime_ns + 1'000'000'000, identical), dest_errc::exists);
+    EXPECT_FALSE(identical);
+    EXPECT_EQ(read_text(root() / "f"), "keep");
+}
+
+TEST(StoredMtime, CoarseFileSystemsMatchTheirTruncation) {
+    const std::int64_t ns = 1'600'000'001'987'654'321;
+    EXPECT_TRUE(same_stored_mtime(ns, ns));
+    EXPECT_TRUE(same_stored_mtime(1'600'000'001'987'654'300, ns));  // 100 ns
+    EXPECT_TRUE(same_stored_mtime(1'600'000'001'980'000'000, ns));  // 10 ms (exFAT)
+    EXPECT_TRUE(same_stored_mtime(1'600'000'001'000'000'000, ns));  // 1 s
+    EXPECT_TRUE(same_stored_mtime(1'600'000'000'000'000'000, ns));  // 2 s (FAT)
+    EXPECT_FALSE(same_stored_mtime(1'600'000'002'000'000'000, ns));  // rounded up: another time
+    EXPECT_FALSE(same_stored_mtime(1'600'000'001'987'654'322, ns));
+    EXPECT_FALSE(same_stored_mtime(1'599'999'999'000'000'000, ns));
+    // Before 1970 the floor goes down, as the kernel stores it.
+    EXPECT_TRUE(same_stored_mtime(-2'000'000'000, -1'500'000'000));
+}
+
 TEST_F(DestTree, CheckFileOnFreshPathCreatesParents) {
     EXPECT_EQ(check(tree_, "x/y/f", false), std::error_code{});
     EXPECT_TRUE(fs::is_directory(root() / "x/y"));

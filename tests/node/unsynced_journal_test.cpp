@@ -8,6 +8,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <span>
@@ -72,7 +75,10 @@ protected:
         fs::create_directories((root_.path() / path).parent_path());
         write_bytes(root_.path() / path, bytes);
         set_mtime(root_.path() / path, mtime_ns);
-        return {path, bytes.size(), mtime_ns, digest_of(bytes)};
+        struct stat st {};
+        EXPECT_EQ(::stat((root_.path() / path).c_str(), &st), 0);
+        return {path, bytes.size(), mtime_ns, digest_of(bytes), static_cast<std::uint64_t>(st.st_dev),
+                static_cast<std::uint64_t>(st.st_ino)};
     }
 
     test::temp_dir root_{"ferry-journal-root"};
@@ -95,7 +101,8 @@ TEST_F(unsynced_journal_test, recovery_keeps_intact_files_removes_damaged_ones_a
         unsynced_journal j(dir_, fs::canonical(root_.path()));
         ASSERT_EQ(j.commit({place("intact", content(1000, 'a')), place("sub/big", big)}), std::error_code{});
         ASSERT_EQ(j.commit({place("torn", content(5000, 'b')), place("empty-now", content(4096, 'c')),
-                            place("edited", content(10, 'd')), place("gone", "x"), place("zero", "")}),
+                            place("edited", content(10, 'd')), place("gone", "x"), place("zero", ""),
+                            place("replaced", content(300, 'e'))}),
                   std::error_code{});
         // The transfer dies here: no final sync, no discard (the lock goes with the fd).
     }
@@ -109,6 +116,10 @@ TEST_F(unsynced_journal_test, recovery_keeps_intact_files_removes_damaged_ones_a
     // Someone edited this one since (mtime moved): not ours to judge.
     write_bytes(root_.path() / "edited", "mine now");
     fs::remove(root_.path() / "gone");
+    // Another file now has that name (same mtime, other bytes): ferry never wrote it.
+    fs::remove(root_.path() / "replaced");
+    write_bytes(root_.path() / "replaced", content(300, 'f'));
+    set_mtime(root_.path() / "replaced", mtime_ns);
 
     dest_tree tree(root_.path());
     std::error_code ec;
@@ -119,12 +130,15 @@ TEST_F(unsynced_journal_test, recovery_keeps_intact_files_removes_damaged_ones_a
     std::vector<std::string> removed = r.removed;
     std::sort(removed.begin(), removed.end());
     EXPECT_EQ(removed, (std::vector<std::string>{"empty-now", "torn"}));
-    EXPECT_EQ(r.left, (std::vector<std::string>{"edited"}));
+    std::vector<std::string> left = r.left;
+    std::sort(left.begin(), left.end());
+    EXPECT_EQ(left, (std::vector<std::string>{"edited", "replaced"}));
 
     EXPECT_TRUE(fs::exists(root_.path() / "intact"));
     EXPECT_TRUE(fs::exists(root_.path() / "sub/big"));
     EXPECT_TRUE(fs::exists(root_.path() / "zero"));
     EXPECT_TRUE(fs::exists(root_.path() / "edited"));
+    EXPECT_TRUE(fs::exists(root_.path() / "replaced"));
     EXPECT_FALSE(fs::exists(root_.path() / "torn"));
     EXPECT_FALSE(fs::exists(root_.path() / "empty-now"));
     EXPECT_TRUE(journals_in(dir_).empty());
@@ -147,6 +161,25 @@ TEST_F(unsynced_journal_test, a_live_journal_is_never_recovered) {
     EXPECT_EQ(journals_in(dir_).size(), 1u);
 }
 
+TEST_F(unsynced_journal_test, checks_wait_for_a_recovery_in_progress) {
+    auto recovering = std::make_unique<unsynced_journal::folder_lock>(dir_, true);
+    std::atomic<bool> checked{false};
+    std::thread checker([&] {
+        unsynced_journal::folder_lock shared(dir_, false);
+        checked = true;
+    });
+    // The shared lock cannot be had while the exclusive one is held...
+    bool early = false;
+    for (int i = 0; i < 1000 && !early; ++i) {
+        early = checked.load();
+        std::this_thread::yield();
+    }
+    EXPECT_FALSE(early);
+    recovering.reset();  // ...and is granted once it goes.
+    checker.join();
+    EXPECT_TRUE(checked);
+}
+
 TEST_F(unsynced_journal_test, a_torn_tail_is_ignored_and_other_folders_journals_are_kept) {
     {
         unsynced_journal j(dir_, fs::canonical(root_.path()));
@@ -157,10 +190,14 @@ TEST_F(unsynced_journal_test, a_torn_tail_is_ignored_and_other_folders_journals_
         unsynced_journal j(dir_, fs::canonical(other.path()));
         ASSERT_EQ(j.commit({{"elsewhere", 1, mtime_ns, digest_of("z")}}), std::error_code{});
     }
-    // A record cut short by the crash, after the good ones.
+    // A record cut short by the crash, after the good ones. Its file is there with other
+    // bytes: were the torn record read, recovery would remove it.
+    unsynced_journal::entry torn = place("never-renamed", "abc");
+    write_bytes(root_.path() / "never-renamed", "xyz");
+    set_mtime(root_.path() / "never-renamed", mtime_ns);
     for (const auto& p : journals_in(dir_)) {
         std::ofstream out(p, std::ios::binary | std::ios::app);
-        std::string rec = unsynced_journal::encode({"never-renamed", 3, mtime_ns, digest_of("abc")});
+        std::string rec = unsynced_journal::encode(torn);
         out << rec.substr(0, rec.size() - 2);
     }
     dest_tree tree(root_.path());
@@ -170,6 +207,8 @@ TEST_F(unsynced_journal_test, a_torn_tail_is_ignored_and_other_folders_journals_
     EXPECT_EQ(r.journals, 1u);
     EXPECT_EQ(r.verified, 1u);
     EXPECT_TRUE(r.removed.empty());
+    EXPECT_TRUE(r.left.empty());
+    EXPECT_TRUE(fs::exists(root_.path() / "never-renamed"));
     EXPECT_EQ(journals_in(dir_).size(), 1u);  // the other folder's
 }
 

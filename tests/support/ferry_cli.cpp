@@ -18,11 +18,11 @@ std::string ferry_cli::id(const std::string& who) {
     return out;
 }
 
-ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args) {
+ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const std::vector<std::string>& env) {
     std::vector<std::string> argv{FERRY_BINARY};
     argv.insert(argv.end(), args.begin(), args.end());
     receiver r;
-    r.proc = std::make_unique<child_process>(argv);
+    r.proc = std::make_unique<child_process>(argv, env);
     std::optional<std::string> line = r.proc->read_line(std::chrono::seconds(30));
     if (!line) {
         ADD_FAILURE() << "receiver did not announce its address; stderr: " << r.proc->err();

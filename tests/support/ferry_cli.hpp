@@ -31,8 +31,8 @@ public:
         std::string id;
     };
     // Starts `ferry receive` (or serve) for state `who`; fails the test if it does not
-    // announce where it listens within the timeout.
-    receiver start(const std::vector<std::string>& args);
+    // announce where it listens within the timeout. `env`: extra "NAME=value" entries.
+    receiver start(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
 
     // Runs the ferry binary to completion.
     run_result ferry(const std::vector<std::string>& args);
