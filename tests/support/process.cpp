@@ -3,11 +3,14 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <stdexcept>
+#include <string_view>
 #include <system_error>
 
 namespace ferry::test {
@@ -15,6 +18,8 @@ namespace ferry::test {
 namespace {
 
 int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+constexpr std::chrono::seconds eof_timeout{5};
 
 }  // namespace
 
@@ -24,6 +29,33 @@ child_process::child_process(const std::vector<std::string>& argv, const std::ve
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
         throw std::system_error(errno, std::generic_category(), "pipe");
     }
+    // Everything the child needs is built before fork(): other children's pump threads
+    // may hold the allocator's lock at that moment.
+    std::vector<char*> args;
+    for (const std::string& a : argv) {
+        args.push_back(const_cast<char*>(a.c_str()));
+    }
+    args.push_back(nullptr);
+    std::vector<char*> envp;
+    auto overridden = [&env](const char* entry) {
+        std::string_view v(entry);
+        std::string_view name = v.substr(0, v.find('='));
+        for (const std::string& e : env) {
+            if (std::string_view(e).substr(0, e.find('=')) == name) {
+                return true;
+            }
+        }
+        return false;
+    };
+    for (char** e = environ; *e != nullptr; ++e) {
+        if (!overridden(*e)) {
+            envp.push_back(*e);
+        }
+    }
+    for (const std::string& e : env) {
+        envp.push_back(const_cast<char*>(e.c_str()));
+    }
+    envp.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ < 0) {
         throw std::system_error(errno, std::generic_category(), "fork");
@@ -33,23 +65,16 @@ child_process::child_process(const std::vector<std::string>& argv, const std::ve
         ::dup2(err[1], 2);
         int devnull = ::open("/dev/null", O_RDONLY);
         ::dup2(devnull, 0);
-        for (const std::string& e : env) {
-            ::putenv(const_cast<char*>(e.c_str()));
-        }
-        std::vector<char*> args;
-        for (const std::string& a : argv) {
-            args.push_back(const_cast<char*>(a.c_str()));
-        }
-        args.push_back(nullptr);
-        ::execv(args[0], args.data());
+        ::execve(args[0], args.data(), envp.data());
         ::_exit(127);
     }
     ::close(out[1]);
     ::close(err[1]);
     out_fd_ = out[0];
     err_fd_ = err[0];
-    ::fcntl(err_fd_, F_SETFL, O_NONBLOCK);
     pidfd_ = pidfd_open(pid_);
+    stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
+    pump_ = std::thread([this] { pump(); });
 }
 
 child_process::~child_process() {
@@ -58,38 +83,69 @@ child_process::~child_process() {
         int st = 0;
         ::waitpid(pid_, &st, 0);
     }
-    for (int fd : {out_fd_, err_fd_, pidfd_}) {
+    std::uint64_t one = 1;
+    (void)!::write(stop_fd_, &one, sizeof(one));
+    pump_.join();
+    for (int fd : {out_fd_, err_fd_, pidfd_, stop_fd_}) {
         if (fd >= 0) {
             ::close(fd);
         }
     }
 }
 
-std::optional<std::string> child_process::read_line(std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-        if (auto nl = out_buf_.find('\n'); nl != std::string::npos) {
-            std::string line = out_buf_.substr(0, nl);
-            out_buf_.erase(0, nl + 1);
-            return line;
+void child_process::pump() {
+    bool out_open = true;
+    bool err_open = true;
+    while (out_open || err_open) {
+        pollfd p[3] = {{out_open ? out_fd_ : -1, POLLIN, 0}, {err_open ? err_fd_ : -1, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+        if (::poll(p, 3, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break;
         }
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0 || out_fd_ < 0) {
-            return std::nullopt;
+        if (p[2].revents != 0) {
+            break;
         }
-        pollfd p{out_fd_, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
-            return std::nullopt;
+        for (int i = 0; i < 2; ++i) {
+            if (p[i].revents == 0) {
+                continue;
+            }
+            char buf[65536];
+            ssize_t n = ::read(p[i].fd, buf, sizeof(buf));
+            std::lock_guard lock(mutex_);
+            if (n > 0) {
+                (i == 0 ? out_buf_ : err_buf_).append(buf, static_cast<std::size_t>(n));
+            } else if (n == 0 || errno != EINTR) {
+                (i == 0 ? out_open : err_open) = false;
+            }
         }
-        char buf[4096];
-        ssize_t n = ::read(out_fd_, buf, sizeof(buf));
-        if (n <= 0) {
-            ::close(out_fd_);
-            out_fd_ = -1;
-            continue;
-        }
-        out_buf_.append(buf, static_cast<std::size_t>(n));
+        changed_.notify_all();
     }
+    std::lock_guard lock(mutex_);
+    out_eof_ = true;
+    err_eof_ = true;
+    changed_.notify_all();
+}
+
+void child_process::wait_for_eof() {
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, eof_timeout, [this] { return out_eof_ && err_eof_; });
+}
+
+std::optional<std::string> child_process::read_line(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    std::size_t nl = std::string::npos;
+    changed_.wait_for(lock, timeout, [&] {
+        nl = out_buf_.find('\n');
+        return nl != std::string::npos || out_eof_;
+    });
+    if (nl == std::string::npos) {
+        return std::nullopt;
+    }
+    std::string line = out_buf_.substr(0, nl);
+    out_buf_.erase(0, nl + 1);
+    return line;
 }
 
 std::optional<int> child_process::wait(std::chrono::milliseconds timeout) {
@@ -114,36 +170,19 @@ void child_process::signal(int sig) {
     }
 }
 
-void child_process::drain(int fd, std::string& into, bool block_until_eof) {
-    if (fd < 0) {
-        return;
-    }
-    char buf[4096];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof(buf));
-        if (n > 0) {
-            into.append(buf, static_cast<std::size_t>(n));
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN && block_until_eof) {
-            pollfd p{fd, POLLIN, 0};
-            if (::poll(&p, 1, 5000) > 0) {
-                continue;
-            }
-        }
-        return;
-    }
-}
-
 std::string child_process::err() {
-    drain(err_fd_, err_buf_, status_.has_value());
+    if (status_) {
+        wait_for_eof();
+    }
+    std::lock_guard lock(mutex_);
     return err_buf_;
 }
 
 std::string child_process::out() {
     if (status_) {
-        drain(out_fd_, out_buf_, true);
+        wait_for_eof();
     }
+    std::lock_guard lock(mutex_);
     return out_buf_;
 }
 

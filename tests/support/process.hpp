@@ -1,13 +1,17 @@
 // child_process: runs a program (the real ferry binary) with its stdout and stderr
-// piped, for end-to-end tests. Every wait is bounded: read_line() and wait() take a
-// timeout and use poll() on the pipe or on a pidfd, never a sleep loop.
+// piped, for end-to-end tests. A pump thread reads both pipes as the child writes, so a
+// chatty child (a --json receiver nobody reads yet) never blocks on a full pipe. Every
+// wait is bounded: read_line() waits on the pump with a timeout, wait() polls a pidfd.
 #pragma once
 
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace ferry::test {
@@ -30,15 +34,24 @@ public:
     pid_t pid() const { return pid_; }
 
 private:
-    void drain(int fd, std::string& into, bool block_until_eof);
+    void pump();
+    // Waits (bounded) until the pump has seen the end of both pipes.
+    void wait_for_eof();
 
     pid_t pid_ = -1;
     int pidfd_ = -1;
     int out_fd_ = -1;
     int err_fd_ = -1;
-    std::string out_buf_;
-    std::string err_buf_;
+    int stop_fd_ = -1;  // eventfd: tells the pump to give up
     std::optional<int> status_;
+
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    std::string out_buf_;  // guarded by mutex_; lines read_line() returned are removed
+    std::string err_buf_;
+    bool out_eof_ = false;
+    bool err_eof_ = false;
+    std::thread pump_;
 };
 
 // Runs a command to completion (bounded) and returns {exit code, stdout, stderr}.
