@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "node/stats.hpp"
 #include "node/trust_store.hpp"
 #include "node/worker_pool.hpp"
 #include "transport/buffer_pool.hpp"
@@ -46,6 +48,37 @@ struct transfer_report {
     std::uint64_t wire_received = 0;
     double elapsed_s = 0;
     std::uint32_t connections = 0;
+    double ttfb_s = -1;  // start -> first confirmed (sent) or written (received) byte; -1: none
+};
+
+// A live transfer, as progress bars, `--json` progress events and `ferry status` show it.
+// Read from the session's incremental counters: O(connections), never O(history).
+struct transfer_progress {
+    std::string direction;  // "send" or "receive"
+    std::string session_id;
+    std::string peer_id;
+    std::string peer_address;
+    std::uint64_t total_bytes = 0;      // payload of the whole transfer (skipped files included)
+    std::uint64_t confirmed_bytes = 0;  // confirmed by the receiver (send) / verified and written (receive)
+    std::uint64_t skipped_bytes = 0;    // already at the receiver: not sent
+    std::uint64_t inflight_bytes = 0;   // sent, not yet confirmed (send only)
+    std::uint64_t wire_sent = 0;
+    std::uint64_t wire_received = 0;
+    std::uint64_t files_total = 0;      // regular files
+    std::uint64_t files_done = 0;       // regular files finished (skipped ones included)
+    double rate = 0;                    // confirmed payload bytes/s over the last 5 s
+    double elapsed_s = 0;
+    std::uint32_t connections = 0;      // open now
+    bool offered = false;               // the whole file list is known
+};
+
+// One file of a transfer starting or finishing (for `--json` file_start/file_done).
+struct file_event {
+    bool done = false;
+    bool skipped = false;  // already at the receiver (done only)
+    std::string direction;  // "send" or "receive"
+    std::string path;
+    std::uint64_t size = 0;
 };
 
 enum class accept_policy {
@@ -76,6 +109,7 @@ struct node_events {
     std::function<void(const transfer_report&)> transfer_done;
     std::function<void()> session_ended;  // an incoming session closed its last connection
     std::function<void(const std::string& line)> log;
+    std::function<void(const file_event&)> file;  // null: not reported (costs nothing)
 };
 
 struct node_context {
@@ -88,6 +122,29 @@ struct node_context {
     std::unique_ptr<tls_context> tls_server;
     worker_pool workers;
     std::shared_ptr<buffer_pool> buffers;  // chunk buffers for both directions
+    node_stats stats;
+    // Per-peer totals over the node's life (key: canonical ID, or the address of a
+    // plaintext peer). Bounded: peers without a live transfer go first beyond the cap.
+    std::map<std::string, std::shared_ptr<stats_scope>> peer_stats;
+    static constexpr std::size_t max_peer_stats = 1024;
+
+    std::shared_ptr<stats_scope> peer_scope(const std::string& peer) {
+        auto it = peer_stats.find(peer);
+        if (it != peer_stats.end()) {
+            return it->second;
+        }
+        if (peer_stats.size() >= max_peer_stats) {
+            for (auto i = peer_stats.begin(); i != peer_stats.end(); ++i) {
+                if (i->second.use_count() == 1) {  // no live transfer holds it
+                    peer_stats.erase(i);
+                    break;
+                }
+            }
+        }
+        auto scope = std::make_shared<stats_scope>(stats.traffic);
+        peer_stats.emplace(peer, scope);
+        return scope;
+    }
 
     void log(const std::string& line) const {
         if (events.log) {

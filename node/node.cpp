@@ -30,7 +30,7 @@ node::node(asio::io_context& io, node_config config, node_events events) : accep
     trust_store trust = trust_store::load(config.state_dir);
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
-                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size)});
+                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, {}});
     if (!ctx_->config.plaintext) {
         ctx_->tls_client = std::make_unique<tls_context>(ident.creds, tls_role::client);
         ctx_->tls_server = std::make_unique<tls_context>(ident.creds, tls_role::server);
@@ -49,32 +49,7 @@ std::string node::listen_address() const {
 }
 
 std::error_code node::listen(std::string& error) {
-    std::string host;
-    std::string port;
-    if (!split_host_port(ctx_->config.listen, host, port)) {
-        error = "bad listen address \"" + ctx_->config.listen + "\" (expected HOST:PORT or [V6]:PORT)";
-        return std::make_error_code(std::errc::invalid_argument);
-    }
-    std::error_code ec;
-    asio::ip::tcp::resolver resolver(ctx_->io);
-    auto results = resolver.resolve(host, port, asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
-    if (ec || results.empty()) {
-        error = "cannot resolve listen address " + ctx_->config.listen + ": " + ec.message();
-        return ec ? ec : std::make_error_code(std::errc::invalid_argument);
-    }
-    asio::ip::tcp::endpoint ep = results.begin()->endpoint();
-    acceptor_.open(ep.protocol(), ec);
-    if (!ec) {
-        acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
-        acceptor_.bind(ep, ec);
-    }
-    if (!ec) {
-        acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-    }
-    if (ec) {
-        error = "cannot listen on " + ctx_->config.listen + ": " + ec.message();
-        std::error_code ignored;
-        acceptor_.close(ignored);
+    if (std::error_code ec = open_listener(acceptor_, ctx_->config.listen, error)) {
         return ec;
     }
     if (ctx_->events.listening) {
@@ -101,8 +76,20 @@ void node::accept_next() {
 void node::send(source_tree sources, send_target target, send_options options,
                 std::function<void(const transfer_report&)> done) {
     auto s = std::make_shared<send_session>(*ctx_, std::move(sources), std::move(target), options, std::move(done));
+    std::erase_if(sends_, [](const auto& old) { return old->finished(); });
     sends_.push_back(s);
     s->start();
+}
+
+std::vector<transfer_progress> node::transfers() const {
+    std::vector<transfer_progress> out;
+    for (const auto& s : sends_) {
+        if (!s->finished()) {
+            out.push_back(s->progress());
+        }
+    }
+    peers_->add_progress(out);
+    return out;
 }
 
 void node::stop(const std::string& why) {

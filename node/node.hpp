@@ -7,6 +7,7 @@
 
 #include <asio.hpp>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "node/context.hpp"
@@ -28,6 +29,15 @@ public:
               std::function<void(const transfer_report&)> done);
     // Stops accepting and ends every session (partial files are kept).
     void stop(const std::string& why);
+
+    // Transfers running now, both directions (O(transfers x connections)).
+    std::vector<transfer_progress> transfers() const;
+    // What `ferry status` shows (node/status.cpp; docs/json.md): peers with their live
+    // connections (tuning, TCP_INFO sampled now), transfers, totals. Cost: O(peers kept
+    // + live connections), never O(past transfers).
+    nlohmann::ordered_json status() const;
+    // Prometheus text exposition of the same counters (node/status.cpp).
+    std::string metrics() const;
 
     const std::string& id() const { return ctx_->id; }
     node_context& context() { return *ctx_; }

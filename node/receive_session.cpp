@@ -47,6 +47,7 @@ receive_session::sink_file::~sink_file() {
 receive_session::receive_session(node_context& ctx, std::string peer_id, std::string session_id,
                                  std::function<void(receive_session&)> on_end)
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
+      scope_(std::make_shared<stats_scope>(ctx_.peer_scope(peer_id_.empty() ? "plaintext" : peer_id_))),
       start_(std::chrono::steady_clock::now()) {}
 
 receive_session::~receive_session() = default;
@@ -76,6 +77,10 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     c->index = idx;
     c->set_handler(this);
     conns_[idx] = c;
+    scope_->add_wire(c->stream().wire_sent(), c->stream().wire_received());
+    c->stream().set_wire_observer([scope = scope_](std::uint64_t sent, std::uint64_t received) {
+        scope->add_wire(sent, received);
+    });
     ++open_conns_;
     wire::Header h;
     wire::Hello* reply = h.mutable_hello();
@@ -253,11 +258,17 @@ void receive_session::next_offer() {
                            "refused transfer: " + error);
                 return;
             }
+            if (self->file_started_.size() < self->machine_.total_files()) {
+                self->file_started_.resize(self->machine_.total_files(), false);
+            }
             for (const auto& d : decisions) {
                 if (d.kind == wire::ACCEPT_SKIP) {
                     // It may have been renamed by a transfer that has not synced yet:
                     // success is reported only once it is on disk too.
                     self->need_syncfs_ = true;
+                    if (self->ctx_.events.file) {
+                        self->file_event_now(d.id, true, true);
+                    }
                 }
             }
             wire::Header h;
@@ -295,6 +306,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     if (!writing_.insert(key).second) {
         return;  // a duplicate of a chunk being written: that write's ack confirms it
     }
+    if (ctx_.events.file && !file_started_[f.value]) {
+        file_event_now(f, false, false);
+    }
     if (machine_.single_chunk(f)) {
         write_whole_file(conn, chunk, std::move(payload));
         return;
@@ -310,6 +324,8 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         digest128 got = hash_chunk(payload.span());
         std::error_code ec;
         bool mismatch = got != expect;
+        std::uint64_t len = payload.size();
+        stats_clock::duration write_time{};
         if (!mismatch) {
             int fd;
             {
@@ -320,11 +336,13 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 fd = sink->fd;
             }
             if (!ec) {
+                auto t0 = stats_clock::now();
                 ec = write_at(fd, payload.data(), payload.size(), offset);
+                write_time = stats_clock::now() - t0;
             }
         }
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, idx, conn, got, mismatch, ec, path] {
+        asio::post(self->ctx_.io, [self, f, idx, conn, got, mismatch, ec, path, len, write_time] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, idx));
             if (self->failed_) {
@@ -340,6 +358,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 return;
             }
             bool complete = self->machine_.on_chunk_written(f, idx, got);
+            self->on_payload_written(len, write_time);
             self->queue_ack(conn, chunk_key(f, idx));
             if (complete) {
                 self->try_finalize(f);
@@ -367,10 +386,14 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
         bool mismatch = got != expect;
         std::error_code ec;
         dest_tree::stored_file stored;
+        std::uint64_t len = payload.size();
+        stats_clock::duration write_time{};
         if (!mismatch) {
             int fd = tree->open_partial(e.path, ec);
             if (!ec) {
+                auto t0 = stats_clock::now();
                 ec = write_at(fd, payload.data(), payload.size(), 0);
+                write_time = stats_clock::now() - t0;
             }
             if (fd >= 0) {
                 if (ec) {
@@ -383,7 +406,8 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
             }
         }
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, fsync_now, stored, path = e.path] {
+        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, fsync_now, stored, len, write_time,
+                                   path = e.path] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, chunk_index{0}));
             if (self->failed_) {
@@ -400,6 +424,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 bool ok = false;
                 self->machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
                 self->machine_.on_file_finished(f);
+                self->on_payload_written(len, write_time);
                 self->queue_ack(conn, chunk_key(f, chunk_index{0}));
                 if (!fsync_now) {
                     self->queue_rename(f, self->machine_.received_digest(f), stored);
@@ -504,8 +529,8 @@ void receive_session::start_renames() {
         std::vector<std::error_code> results(batch.size());
         for (std::size_t i = 0; i < batch.size(); ++i) {
             results[i] = sync_ec ? sync_ec : tree->rename_final(batch[i].second.path, overwrite);
+            fault_point_after_renames(1);
         }
-        fault_point_after_renames(batch.size());
         asio::post(self->ctx_.io, [self, batch = std::move(batch), results = std::move(results), journal_ec] {
             self->renaming_ = false;
             if (journal_ec && !self->journal_warned_) {
@@ -539,7 +564,65 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
         return;
     }
     send_control(h);
+    if (!machine_.entry(f).is_dir) {
+        ++files_done_;
+        if (ctx_.events.file) {
+            file_event_now(f, true, false);
+        }
+    }
     check_all_done();
+}
+
+void receive_session::on_payload_written(std::uint64_t bytes, stats_clock::duration write_time) {
+    auto now = stats_clock::now();
+    scope_->add_payload_received(bytes, 1, now);
+    ctx_.stats.write_latency.observe(write_time);
+    if (ttfb_s_ < 0) {
+        ttfb_s_ = seconds_since(start_);
+        ctx_.stats.ttfb.observe(now - start_);
+    }
+}
+
+void receive_session::file_event_now(file_id f, bool done, bool skipped) {
+    const entry_info& e = machine_.entry(f);
+    // Every file gets one file_start and then one file_done (an empty or skipped file
+    // too: its start comes right before its done).
+    if (!done && file_started_[f.value]) {
+        return;
+    }
+    if (done && !file_started_[f.value]) {
+        file_event_now(f, false, false);
+    }
+    if (!done) {
+        file_started_[f.value] = true;
+    }
+    file_event ev;
+    ev.done = done;
+    ev.skipped = skipped;
+    ev.direction = "receive";
+    ev.path = e.path;
+    ev.size = e.size;
+    ctx_.events.file(ev);
+}
+
+transfer_progress receive_session::progress() const {
+    transfer_progress p;
+    p.direction = "receive";
+    p.session_id = session_id_;
+    p.peer_id = peer_id_;
+    p.peer_address = peer_address_;
+    p.total_bytes = machine_.total_bytes();
+    p.skipped_bytes = machine_.skipped_bytes();
+    p.confirmed_bytes = scope_->counters().payload_received;
+    p.wire_sent = scope_->counters().wire_sent;
+    p.wire_received = scope_->counters().wire_received;
+    p.rate = scope_->payload_rate(stats_clock::now());
+    p.files_total = machine_.total_files() - machine_.total_dirs();
+    p.files_done = files_done_ + machine_.skipped_files();
+    p.elapsed_s = seconds_since(start_);
+    p.offered = machine_.all_offered();
+    p.connections = open_conns_;
+    return p;
 }
 
 void receive_session::check_all_done() {
@@ -651,6 +734,8 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.wire_received = w.received;
     r.elapsed_s = seconds_since(start_);
     r.connections = static_cast<std::uint32_t>(conns_.size());
+    r.ttfb_s = ttfb_s_;
+    ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
     if (ctx_.events.transfer_done) {
         ctx_.events.transfer_done(r);
     }

@@ -38,6 +38,12 @@ public:
     void stop(const std::string& why);
 
     const std::string& session_id() const { return session_id_; }
+    // The transfer as it stands (O(1)).
+    transfer_progress progress() const;
+    bool reported() const { return reported_; }
+    std::uint32_t open_connections() const { return open_conns_; }
+    // Open connections of the session (null entries: not joined yet or closed).
+    const std::vector<std::shared_ptr<connection>>& connections() const { return conns_; }
     const std::string& peer_id() const { return peer_id_; }
 
     void on_frame(connection& c, wire::Header& header, pooled_buffer payload) override;
@@ -62,6 +68,8 @@ private:
     // A verified file waiting in its partial file (not fsynced): journal it, then rename.
     void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored);
     void start_renames();
+    void on_payload_written(std::uint64_t bytes, stats_clock::duration write_time);
+    void file_event_now(file_id f, bool done, bool skipped);
     std::filesystem::path journal_dir() const;
     void check_all_done();
     void queue_ack(std::uint32_t conn, std::uint64_t key);
@@ -99,6 +107,10 @@ private:
     bool failed_ = false;
     bool reported_ = false;
     bool ended_ = false;
+    std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
+    std::vector<bool> file_started_;      // file_start reported
+    std::uint64_t files_done_ = 0;        // regular files renamed into place
+    double ttfb_s_ = -1;
     std::chrono::steady_clock::time_point start_;
 };
 

@@ -40,6 +40,10 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
     options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
     conns_.resize(options_.connections);
     files_.resize(sources_.entries.size());
+    file_started_.assign(sources_.entries.size(), false);
+    for (const entry_info& e : sources_.entries) {
+        regular_files_ += e.is_dir ? 0 : 1;
+    }
     for (std::size_t i = 0; i < files_.size(); ++i) {
         if (!sources_.entries[i].is_dir && sources_.entries[i].size > 0) {
             files_[i] = std::make_shared<source_file>();
@@ -93,6 +97,15 @@ void send_session::open_connection(std::uint32_t index) {
 }
 
 void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream) {
+    if (!scope_) {
+        // Connection 0 comes first; the peer's ID is known from its handshake.
+        std::string peer = stream->peer_id().empty() ? stream->remote() : stream->peer_id();
+        scope_ = std::make_shared<stats_scope>(ctx_.peer_scope(peer));
+    }
+    scope_->add_wire(stream->wire_sent(), stream->wire_received());
+    stream->set_wire_observer([scope = scope_](std::uint64_t sent, std::uint64_t received) {
+        scope->add_wire(sent, received);
+    });
     auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
     c->index = index;
     conns_[index].conn = c;
@@ -156,6 +169,13 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                 return;
             }
+            if (ctx_.events.file) {
+                for (const wire::FileAccept& fa : header.accept().files()) {
+                    if (fa.kind() == wire::ACCEPT_SKIP) {
+                        file_event_now(file_id{fa.id()}, true, true);
+                    }
+                }
+            }
             for (wire::FileDone& d : done_now) {
                 wire::Header h;
                 *h.mutable_file_done() = std::move(d);
@@ -172,9 +192,19 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                     return;
                 }
-                if (cs.inflight.erase(key) > 0) {
-                    cs.inflight_bytes -= chunk_length(sources_.entries[chunk_key_file(key).value].size,
-                                                      chunk_key_index(key).value);
+                if (auto it = cs.inflight.find(key); it != cs.inflight.end()) {
+                    std::uint64_t len = chunk_length(sources_.entries[chunk_key_file(key).value].size,
+                                                     chunk_key_index(key).value);
+                    auto now = stats_clock::now();
+                    ctx_.stats.chunk_rtt.observe(now - it->second);
+                    cs.inflight.erase(it);
+                    cs.inflight_bytes -= len;
+                    inflight_bytes_ -= len;
+                    scope_->add_payload_sent(len, 1, now);
+                    if (ttfb_s_ < 0) {
+                        ttfb_s_ = seconds_since(start_);
+                        ctx_.stats.ttfb.observe(now - start_);
+                    }
                 }
             }
             pump(c.index);
@@ -183,6 +213,10 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
         case wire::Header::kFileResult:
             if (std::error_code ec = machine_.on_file_result(header.file_result())) {
                 fail(exit_code::transfer_failed, "receiver failed: " + machine_.failure(), false);
+                return;
+            }
+            if (ctx_.events.file) {
+                file_event_now(file_id{header.file_result().file_id()}, true, false);
             }
             return;
         case wire::Header::kTransferResult:
@@ -328,8 +362,12 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                     c->set_codec(wire::CODEC_RAW);
                     c->set_hash_lo(digest.lo);
                     c->set_hash_hi(digest.hi);
-                    cs.inflight.insert(chunk_key(ref.file, ref.index));
+                    cs.inflight.emplace(chunk_key(ref.file, ref.index), stats_clock::now());
                     cs.inflight_bytes += ref.length;
+                    self->inflight_bytes_ += ref.length;
+                    if (self->ctx_.events.file && !self->file_started_[ref.file.value]) {
+                        self->file_event_now(ref.file, false, false);
+                    }
                     cs.conn->send(h, std::move(buf), ref.length);
                 }
             }
@@ -339,7 +377,8 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
 }
 
 void send_session::requeue_inflight(conn_state& cs) {
-    for (std::uint64_t key : cs.inflight) {
+    inflight_bytes_ -= cs.inflight_bytes;
+    for (const auto& [key, sent_at] : cs.inflight) {
         file_id f = chunk_key_file(key);
         chunk_index i = chunk_key_index(key);
         chunk_ref ref;
@@ -379,6 +418,57 @@ void send_session::on_closed(connection& c, std::error_code ec) {
              "); its unconfirmed chunks go to the others");
     requeue_inflight(cs);
     pump_all();
+}
+
+void send_session::file_event_now(file_id f, bool done, bool skipped) {
+    const entry_info& e = sources_.entries[f.value];
+    if (e.is_dir) {
+        return;
+    }
+    // Every file gets one file_start and then one file_done (an empty or skipped file
+    // too: its start comes right before its done).
+    if (!done && file_started_[f.value]) {
+        return;
+    }
+    if (done && !file_started_[f.value]) {
+        file_event_now(f, false, false);
+    }
+    if (!done) {
+        file_started_[f.value] = true;
+    }
+    file_event ev;
+    ev.done = done;
+    ev.skipped = skipped;
+    ev.direction = "send";
+    ev.path = e.path;
+    ev.size = e.size;
+    ctx_.events.file(ev);
+}
+
+transfer_progress send_session::progress() const {
+    transfer_progress p;
+    p.direction = "send";
+    p.session_id = session_id_;
+    p.peer_id = peer_id_;
+    p.peer_address = peer_address_;
+    p.total_bytes = machine_.total_bytes();
+    p.skipped_bytes = machine_.skipped_bytes();
+    p.inflight_bytes = inflight_bytes_;
+    p.files_total = regular_files_;
+    p.files_done = machine_.files_done() - machine_.dirs_done();
+    p.elapsed_s = seconds_since(start_);
+    p.offered = offers_sent_;
+    if (scope_) {
+        auto now = stats_clock::now();
+        p.confirmed_bytes = scope_->counters().payload_sent;
+        p.wire_sent = scope_->counters().wire_sent;
+        p.wire_received = scope_->counters().wire_received;
+        p.rate = scope_->payload_rate(now);
+    }
+    for (const auto& cs : conns_) {
+        p.connections += (cs.conn && !cs.conn->closed()) ? 1 : 0;
+    }
+    return p;
 }
 
 wire_bytes send_session::wire() const {
@@ -430,6 +520,13 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         used += (cs.conn && cs.conn->counters().payload_sent > 0) ? 1 : 0;
     }
     r.connections = ok ? std::max<std::uint32_t>(used, 1) : used;
+    if (ok && scope_ && scope_->counters().payload_sent < r.payload_bytes) {
+        // The receiver's TransferResult confirms every byte; ChunkAcks still on their way
+        // on other connections would have said the same.
+        scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, 0, stats_clock::now());
+    }
+    r.ttfb_s = ttfb_s_;
+    ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
     finished_ = true;
     for (auto& cs : conns_) {
         if (cs.conn && !cs.conn->closed()) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -52,6 +53,17 @@ public:
 
     void start();
     void cancel(const std::string& why);
+    // The transfer as it stands (O(connections)).
+    transfer_progress progress() const;
+    bool finished() const { return finished_; }
+    // Its connections, for `ferry status` (null or closed entries possible).
+    std::vector<std::shared_ptr<connection>> connections() const {
+        std::vector<std::shared_ptr<connection>> out;
+        for (const auto& cs : conns_) {
+            out.push_back(cs.conn);
+        }
+        return out;
+    }
 
     void on_frame(connection& c, wire::Header& header, pooled_buffer payload) override;
     void on_send_ready(connection& c) override;
@@ -66,7 +78,8 @@ private:
     };
     struct conn_state {
         std::shared_ptr<connection> conn;
-        std::unordered_set<std::uint64_t> inflight;  // chunks sent, not yet confirmed
+        // Chunks sent, not yet confirmed, with the time each was handed to the connection.
+        std::unordered_map<std::uint64_t, stats_clock::time_point> inflight;
         std::uint64_t inflight_bytes = 0;
         std::uint32_t reading = 0;
         std::uint64_t reading_bytes = 0;
@@ -83,6 +96,7 @@ private:
     void fail(exit_code code, const std::string& message, bool tell_peer = true);
     void finish(bool ok, exit_code code, const std::string& error);
     wire_bytes wire() const;  // over every connection of the session, open or closed
+    void file_event_now(file_id f, bool done, bool skipped);
 
     node_context& ctx_;
     source_tree sources_;
@@ -95,6 +109,11 @@ private:
     std::vector<std::shared_ptr<source_file>> files_;
     std::string peer_id_;
     std::string peer_address_;
+    std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
+    std::vector<bool> file_started_;      // file_start reported
+    std::uint64_t regular_files_ = 0;
+    std::uint64_t inflight_bytes_ = 0;    // over every connection
+    double ttfb_s_ = -1;
     bool offers_sent_ = false;
     bool waiting_buffer_ = false;
     bool finished_ = false;

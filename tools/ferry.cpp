@@ -14,9 +14,14 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
+#include "node/control_server.hpp"
 #include "node/identity.hpp"
+#include "node/metrics_server.hpp"
 #include "node/node.hpp"
 #include "node/trust_store.hpp"
+#include "tools/progress.hpp"
 #include "transport/identity.hpp"
 
 namespace fs = std::filesystem;
@@ -27,29 +32,63 @@ namespace {
 
 const auto program_start = std::chrono::steady_clock::now();
 
+using ferry::cli::human_bytes;
+
+// Version of the --json event stream (docs/json.md); carried by the first line.
+constexpr int json_schema = 1;
+
 struct common_opts {
     std::optional<fs::path> state;
     bool json = false;
+    bool quiet = false;  // no progress bars
 };
 
 void add_common(CLI::App* cmd, common_opts& o) {
     cmd->add_option("--state", o.state, "state folder (default $FERRY_STATE, $XDG_STATE_HOME/ferry, ~/.local/state/ferry)");
-    cmd->add_flag("--json", o.json, "print newline-delimited JSON events on stdout");
+    cmd->add_flag("--json", o.json, "print newline-delimited JSON events on stdout (docs/json.md)");
 }
 
-void emit(const common_opts& o, json j) {
+void add_quiet(CLI::App* cmd, common_opts& o) {
+    cmd->add_flag("--quiet,-q", o.quiet, "no progress bars (summary and errors only)");
+}
+
+// The progress view of the running command, if any: lines to stderr go through it so
+// that they never tear its bars.
+ferry::cli::progress_view* view = nullptr;
+
+// One JSON line. Bytes that are not UTF-8 (file names on Linux may hold any) become
+// U+FFFD rather than an exception.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+void emit_line(const std::string& text, bool flush) {
+    std::cout << text << '\n';
+    if (flush) {
+        std::cout << std::flush;
+    }
+}
+
+void emit(const common_opts& o, json j, bool flush = true) {
     if (!o.json) {
         return;
     }
-    // "event" first; every event but `listening` (whose line is fixed exactly) carries a
+    // "event" first, the schema version on the first line of the stream, and a
     // monotonic "t" in seconds last.
-    if (j["event"] != "listening") {
-        j["t"] = ferry::seconds_since(program_start);
+    static bool first = true;
+    if (first) {
+        first = false;
+        j["schema"] = json_schema;
     }
-    std::cout << j.dump() << '\n' << std::flush;
+    j["t"] = ferry::seconds_since(program_start);
+    emit_line(dump(j), flush);
 }
 
-void say(const std::string& line) { std::cerr << "ferry: " << line << '\n'; }
+void say(const std::string& line) {
+    if (view != nullptr) {
+        view->say("ferry: " + line);
+    } else {
+        std::cerr << "ferry: " << line << '\n';
+    }
+}
 
 const char* code_name(exit_code c) {
     switch (c) {
@@ -68,19 +107,6 @@ int fail(const common_opts& o, exit_code code, const std::string& message) {
     return static_cast<int>(code);
 }
 
-std::string human_bytes(std::uint64_t b) {
-    const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-    double v = static_cast<double>(b);
-    int u = 0;
-    while (v >= 1000 && u < 4) {
-        v /= 1000;
-        ++u;
-    }
-    char buf[64];
-    std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
-    return buf;
-}
-
 double mbps(const ferry::transfer_report& r) {
     return r.elapsed_s > 0 ? static_cast<double>(r.payload_bytes) / r.elapsed_s / 1e6 : 0.0;
 }
@@ -94,9 +120,19 @@ std::string skipped_note(const ferry::transfer_report& r) {
            ") already there with the same size and mtime, skipped";
 }
 
-json report_json(const ferry::transfer_report& r) {
+// Wire bytes in the direction the payload went, per payload byte, as a percentage.
+double overhead_pct(const ferry::transfer_report& r, bool sender) {
+    std::uint64_t wire = sender ? r.wire_sent : r.wire_received;
+    return r.payload_bytes > 0 ? 100.0 * (static_cast<double>(wire) - static_cast<double>(r.payload_bytes)) /
+                                     static_cast<double>(r.payload_bytes)
+                               : 0.0;
+}
+
+json report_json(const ferry::transfer_report& r, bool sender) {
+    double wire = static_cast<double>(sender ? r.wire_sent : r.wire_received);
     return {{"event", "done"},
             {"ok", r.ok},
+            {"direction", sender ? "send" : "receive"},
             {"peer", ferry::format_node_id(r.peer_id)},
             {"files", r.files},
             {"dirs", r.dirs},
@@ -108,7 +144,50 @@ json report_json(const ferry::transfer_report& r) {
             {"wire_bytes_received", r.wire_received},
             {"elapsed_s", r.elapsed_s},
             {"payload_MBps", mbps(r)},
-            {"connections", r.connections}};
+            {"wire_MBps", r.elapsed_s > 0 ? wire / r.elapsed_s / 1e6 : 0.0},
+            {"overhead_pct", overhead_pct(r, sender)},
+            {"compression_saved_bytes", 0},
+            {"connections", r.connections},
+            {"ttfb_s", r.ttfb_s >= 0 ? json(r.ttfb_s) : json(nullptr)}};
+}
+
+json progress_json(const ferry::transfer_progress& p) {
+    return {{"event", "progress"},
+            {"direction", p.direction},
+            {"peer", ferry::format_node_id(p.peer_id)},
+            {"confirmed_bytes", p.confirmed_bytes},
+            {"inflight_bytes", p.inflight_bytes},
+            {"wire_bytes_sent", p.wire_sent},
+            {"wire_bytes_received", p.wire_received},
+            {"total_bytes", p.total_bytes},
+            {"skipped_bytes", p.skipped_bytes},
+            {"rate_Bps", p.rate},
+            {"files_done", p.files_done},
+            {"files_total", p.files_total},
+            {"connections", p.connections}};
+}
+
+// The last progress of a finished transfer, from its report.
+ferry::transfer_progress final_progress(const ferry::transfer_report& r, bool sender) {
+    ferry::transfer_progress p;
+    p.direction = sender ? "send" : "receive";
+    p.peer_id = r.peer_id;
+    p.total_bytes = r.total_bytes;
+    p.confirmed_bytes = r.payload_bytes;
+    p.skipped_bytes = r.skipped_bytes;
+    p.wire_sent = r.wire_sent;
+    p.wire_received = r.wire_received;
+    p.files_total = r.files + r.skipped_files;
+    p.files_done = r.files + r.skipped_files;
+    p.rate = mbps(r) * 1e6;
+    p.elapsed_s = r.elapsed_s;
+    p.offered = true;
+    return p;
+}
+
+// Progress bars on a terminal unless --quiet; progress events with --json.
+ferry::cli::progress_view::options view_options(const common_opts& o) {
+    return {!o.quiet && ::isatty(STDERR_FILENO) == 1, o.json};
 }
 
 // Builds the node config shared by the commands; throws std::runtime_error on bad state.
@@ -133,7 +212,21 @@ ferry::node_events base_events(const common_opts& o) {
     };
     ev.connected = [&o](const std::string& peer, const std::string& address, std::uint32_t n) {
         emit(o, {{"event", "connected"}, {"peer", ferry::format_node_id(peer)}, {"address", address}, {"connections", n}});
+        if (view != nullptr) {
+            view->wake();
+        }
     };
+    if (o.json) {
+        // Per-file lines are many: buffered, flushed with the next progress or done line.
+        ev.file = [&o](const ferry::file_event& f) {
+            json j{{"event", f.done ? "file_done" : "file_start"}, {"direction", f.direction}, {"path", f.path},
+                   {"size", f.size}};
+            if (f.done) {
+                j["skipped"] = f.skipped;
+            }
+            emit(o, std::move(j), false);
+        };
+    }
     return ev;
 }
 
@@ -177,8 +270,21 @@ struct receive_opts {
     bool overwrite = false;
     bool fsync_each = false;
     bool plaintext = false;
+    std::string metrics;  // serve: HOST:PORT for /metrics ("" = off)
     fs::path dir;
 };
+
+// "9100" or ":9100" -> "127.0.0.1:9100": metrics stay on loopback unless the user names
+// another address.
+std::string metrics_address(const std::string& a) {
+    if (!a.empty() && a.find_first_not_of("0123456789") == std::string::npos) {
+        return "127.0.0.1:" + a;
+    }
+    if (a.starts_with(':')) {
+        return "127.0.0.1" + a;
+    }
+    return a;
+}
 
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     ferry::node_config cfg = base_config(o);
@@ -216,13 +322,16 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         }
     };
     ev.transfer_done = [&](const ferry::transfer_report& rep) {
+        if (rep.ok && view != nullptr) {
+            view->final_progress(final_progress(rep, false));
+        }
         if (rep.ok) {
             say("received " + std::to_string(rep.files) + " files, " + std::to_string(rep.dirs) + " folders, " +
                 human_bytes(rep.payload_bytes) + " from " +
                 ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s" +
                 skipped_note(rep));
         }
-        emit(o, rep.ok ? report_json(rep)
+        emit(o, rep.ok ? report_json(rep, false)
                        : json{{"event", "error"}, {"code", code_name(rep.code)}, {"exit_code", static_cast<int>(rep.code)},
                               {"message", rep.error}});
         if (!rep.ok) {
@@ -239,9 +348,40 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         }
     };
     ferry::node n(io, cfg, ev);
+    ferry::cli::progress_view progress(
+        io, view_options(o), [&n] { return n.transfers(); },
+        [&o](const ferry::transfer_progress& p) { emit(o, progress_json(p)); });
+    view = &progress;
+    struct unset_view {
+        ~unset_view() { view = nullptr; }
+    } unset;
     std::string error;
+    // `ferry serve` answers `ferry status` on STATE/control.sock and, when asked, serves
+    // /metrics; both are ready before the node says it listens.
+    std::optional<ferry::control_server> control;
+    std::optional<ferry::metrics_server> metrics;
+    if (!one_shot) {
+        control.emplace(io, [&n](const std::string& request) {
+            json reply = request == "status\n" ? json(n.status()) : json{{"event", "error"}, {"message", "unknown request"}};
+            reply["schema"] = json_schema;
+            return dump(reply) + "\n";
+        });
+        if (control->open(cfg.state_dir, error)) {
+            return fail(o, exit_code::local_io, error);
+        }
+        if (!r.metrics.empty()) {
+            metrics.emplace(io, [&n] { return n.metrics(); });
+            if (std::error_code ec = metrics->open(metrics_address(r.metrics), error)) {
+                return fail(o, ec == std::errc::invalid_argument ? exit_code::usage : exit_code::local_io, error);
+            }
+        }
+    }
     if (std::error_code ec = n.listen(error)) {
         return fail(o, ec == std::errc::invalid_argument ? exit_code::usage : exit_code::local_io, error);
+    }
+    if (metrics) {
+        say("metrics at http://" + metrics->local_address() + "/metrics");
+        emit(o, {{"event", "metrics"}, {"address", metrics->local_address()}});
     }
     asio::signal_set signals(io, SIGINT, SIGTERM);
     int stopped_by = 0;
@@ -264,6 +404,92 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         return static_cast<int>(exit_code::transfer_failed);
     }
     return static_cast<int>(result->code);
+}
+
+// Rate in decimal units per second ("1.23 GB/s").
+std::string human_rate(double bytes_per_s) {
+    return human_bytes(static_cast<std::uint64_t>(std::max(0.0, bytes_per_s))) + "/s";
+}
+
+// `ferry status` without --json: the node, its totals, each peer with its connections,
+// then the transfers.
+void print_status(const json& st) {
+    const json& t = st["totals"];
+    std::printf("node %s listening on %s, up %.0f s, %d threads\n", st["id"].get<std::string>().c_str(),
+                st["listen"].get<std::string>().c_str(), st["uptime_s"].get<double>(), st["threads"].get<int>());
+    std::printf("totals: payload sent %s (confirmed), received %s; wire sent %s, received %s; transfers %llu ok, "
+                "%llu failed; now %s\n",
+                human_bytes(t["payload_bytes_sent"]).c_str(), human_bytes(t["payload_bytes_received"]).c_str(),
+                human_bytes(t["wire_bytes_sent"]).c_str(), human_bytes(t["wire_bytes_received"]).c_str(),
+                t["transfers_ok"].get<unsigned long long>(), t["transfers_failed"].get<unsigned long long>(),
+                human_rate(t["payload_rate_Bps"]).c_str());
+    const json& rtt = st["latency"]["chunk_rtt"];
+    if (rtt["count"].get<std::uint64_t>() > 0) {
+        std::printf("chunk round trip: %llu chunks, p50 <= %g ms, p99 <= %g ms\n",
+                    rtt["count"].get<unsigned long long>(), rtt["p50_le_s"].get<double>() * 1000,
+                    rtt["p99_le_s"].get<double>() * 1000);
+    }
+    std::printf("peers: %zu\n", st["peers"].size());
+    for (const json& p : st["peers"]) {
+        std::string who = p["id"].get<std::string>().empty() ? p["address"].get<std::string>() : p["id"].get<std::string>();
+        if (!p["name"].get<std::string>().empty()) {
+            who += " (" + p["name"].get<std::string>() + ")";
+        }
+        std::printf("  %s: payload sent %s, received %s; wire sent %s, received %s; %zu connections\n", who.c_str(),
+                    human_bytes(p["payload_bytes_sent"]).c_str(), human_bytes(p["payload_bytes_received"]).c_str(),
+                    human_bytes(p["wire_bytes_sent"]).c_str(), human_bytes(p["wire_bytes_received"]).c_str(),
+                    p["connections"].size());
+        for (const json& c : p["connections"]) {
+            const json& tu = c["tuning"];
+            std::printf("    #%u %s  wire sent %s, received %s, chunks %llu/%llu", c["index"].get<unsigned>(),
+                        c["remote"].get<std::string>().c_str(), human_bytes(c["wire_bytes_sent"]).c_str(),
+                        human_bytes(c["wire_bytes_received"]).c_str(), c["chunks_sent"].get<unsigned long long>(),
+                        c["chunks_received"].get<unsigned long long>());
+            if (!c["tcp_info"].is_null()) {
+                const json& ti = c["tcp_info"];
+                std::printf("  rtt %.2f ms, retrans %u, cwnd %u", ti["rtt_ms"].get<double>(),
+                            ti["retransmits"].get<unsigned>(), ti["cwnd_segments"].get<unsigned>());
+            }
+            std::printf("  [%s%s, lowat %u, sndbuf %d, rcvbuf %d]\n", tu["congestion"].get<std::string>().c_str(),
+                        tu["nodelay"].get<bool>() ? ", nodelay" : "", tu["notsent_lowat"].get<unsigned>(),
+                        tu["sndbuf"].get<int>(), tu["rcvbuf"].get<int>());
+        }
+    }
+    std::printf("transfers: %zu\n", st["transfers"].size());
+    for (const json& x : st["transfers"]) {
+        std::uint64_t total = x["total_bytes"];
+        std::uint64_t done = x["confirmed_bytes"].get<std::uint64_t>() + x["skipped_bytes"].get<std::uint64_t>();
+        std::printf("  %s %s %s: %s / %s (%.0f%%), %s, files %llu/%llu, %u connections\n",
+                    x["direction"].get<std::string>().c_str(), x["direction"] == "send" ? "to" : "from",
+                    (x["peer"].get<std::string>().empty() ? x["address"] : x["peer"]).get<std::string>().c_str(),
+                    human_bytes(x["confirmed_bytes"]).c_str(), human_bytes(total).c_str(),
+                    total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0,
+                    human_rate(x["rate_Bps"]).c_str(), x["files_done"].get<unsigned long long>(),
+                    x["files_total"].get<unsigned long long>(), x["connections"].get<unsigned>());
+    }
+}
+
+int cmd_status(const common_opts& o) {
+    fs::path state = ferry::resolve_state_dir(o.state);
+    std::string reply;
+    std::error_code ec = ferry::control_request(state, "status", std::chrono::seconds(5), reply);
+    if (ec == std::errc::no_such_file_or_directory || ec == std::errc::connection_refused) {
+        return fail(o, exit_code::transfer_failed, "no ferry node is running with state folder " + state.string());
+    }
+    if (ec) {
+        return fail(o, exit_code::local_io, "the node at " + ferry::control_socket_path(state).string() +
+                                                " did not answer: " + ec.message());
+    }
+    json st = json::parse(reply, nullptr, false);
+    if (st.is_discarded() || st.value("event", "") != "status") {
+        return fail(o, exit_code::local_io, "the node's answer is not a status: " + reply.substr(0, 200));
+    }
+    if (o.json) {
+        std::cout << dump(st) << '\n' << std::flush;
+    } else {
+        print_status(st);
+    }
+    return 0;
 }
 
 struct send_opts {
@@ -313,8 +539,16 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
     std::optional<ferry::transfer_report> result;
+    ferry::cli::progress_view progress(
+        io, view_options(o), [&n] { return n.transfers(); },
+        [&o](const ferry::transfer_progress& p) { emit(o, progress_json(p)); });
+    view = &progress;
+    struct unset_view {
+        ~unset_view() { view = nullptr; }
+    } unset;
     n.send(std::move(sources), t, so, [&](const ferry::transfer_report& r) {
         result = r;
+        progress.stop();
         // Let close_notify and the last frames go out, then stop.
         asio::post(io, [&io] { io.stop(); });
     });
@@ -324,7 +558,9 @@ int cmd_send(const common_opts& o, const send_opts& s) {
             n.stop("sender interrupted");
         }
     });
+    progress.wake();
     io.run();
+    progress.stop();
     if (!result) {
         return fail(o, exit_code::transfer_failed, "transfer did not finish");
     }
@@ -332,13 +568,14 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     if (!r.ok) {
         return fail(o, r.code, r.error);
     }
+    progress.final_progress(final_progress(r, true));
     char line[256];
     std::snprintf(line, sizeof(line), "sent %llu files, %llu folders, %s in %.2f s (%.1f MB/s confirmed, %u connections)",
                   static_cast<unsigned long long>(r.files), static_cast<unsigned long long>(r.dirs),
                   human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r),
                   r.connections);
     say(std::string(line) + skipped_note(r));
-    emit(o, report_json(r));
+    emit(o, report_json(r, true));
     return 0;
 }
 
@@ -368,6 +605,7 @@ int main(int argc, char** argv) {
     receive_opts ro;
     auto* receive = app.add_subcommand("receive", "accept one transfer into DIR, then exit");
     add_common(receive, o);
+    add_quiet(receive, o);
     receive->add_option("--listen", ro.listen, "HOST:PORT to listen on (port 0 = any free port)")->capture_default_str();
     auto* from = receive->add_option("--accept-from", ro.accept_from, "accept this sender ID (besides trusted peers)");
     receive->add_flag("--accept-any", ro.accept_any, "accept any sender (trust on first use)")->excludes(from);
@@ -380,6 +618,7 @@ int main(int argc, char** argv) {
     send_opts so;
     auto* send = app.add_subcommand("send", "send files and folders to a peer");
     add_common(send, o);
+    add_quiet(send, o);
     send->add_option("--connections", so.connections, "TCP connections in the session (1..16)")->capture_default_str();
     send->add_flag("--overwrite", so.overwrite, "ask the receiver to replace existing files");
     send->add_flag("--fsync-each", so.fsync_each, "ask the receiver to fsync every file before rename");
@@ -392,13 +631,22 @@ int main(int argc, char** argv) {
     std::string inbox;
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     add_common(serve, o);
+    add_quiet(serve, o);
     serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on")->capture_default_str();
     serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
     serve->add_flag("--accept-any", serve_o.accept_any, "accept any peer (trust on first use)");
     serve->add_flag("--overwrite", serve_o.overwrite, "replace existing files");
     serve->add_flag("--fsync-each", serve_o.fsync_each, "fsync every file before it is renamed into place");
     serve->add_flag("--plaintext", serve_o.plaintext, "no TLS (benchmarks only)");
-    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox");
+    serve->add_option("--metrics", serve_o.metrics,
+                      "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1:PORT)");
+    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --metrics 127.0.0.1:9188");
+
+    auto* status = app.add_subcommand("status", "show what the running `ferry serve` is doing");
+    add_common(status, o);
+    status->footer("Example:\n  ferry status --json | jq '.transfers[] | {peer, confirmed_bytes, rate_Bps}'\n\n"
+                   "Exit codes: 0 the node answered, 2 no node is running with this state folder, "
+                   "4 it did not answer.");
 
     try {
         app.parse(argc, argv);
@@ -423,6 +671,9 @@ int main(int argc, char** argv) {
         }
         if (send->parsed()) {
             return cmd_send(o, so);
+        }
+        if (status->parsed()) {
+            return cmd_status(o);
         }
         if (serve->parsed()) {
             serve_o.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);

@@ -138,6 +138,9 @@ bool connection::process_input() {
 
 bool connection::dispatch() {
     ++counters_.frames_received;
+    if (decoder_.header().payload_len() > 0) {
+        ++counters_.payload_frames_received;
+    }
     pooled_buffer payload = std::move(payload_);
     payload_filled_ = 0;
     if (handler_ != nullptr) {
@@ -217,6 +220,7 @@ void connection::flush() {
             }
             n -= left;
             counters_.payload_sent += f.payload_len;
+            counters_.payload_frames_sent += f.payload_len > 0 ? 1 : 0;
             front_written_ = 0;
             queue_.pop_front();
         }

@@ -48,6 +48,8 @@ struct connection_counters {
     std::uint64_t frames_received = 0;
     std::uint64_t payload_sent = 0;      // payload bytes the kernel accepted (not confirmed)
     std::uint64_t payload_received = 0;
+    std::uint64_t payload_frames_sent = 0;      // frames with a payload (chunks) the kernel took whole
+    std::uint64_t payload_frames_received = 0;  // frames with a payload (chunks) received whole
 };
 
 // Bytes on the wire of a set of connections (TLS records and framing included).

@@ -34,4 +34,21 @@ struct tuning_report {
 
 tuning_report apply_socket_tuning(int fd, const socket_tuning& t);
 
+// The kernel's own view of a TCP connection (TCP_INFO), sampled on demand only (for
+// `ferry status`), never on a timer. `ok` false when the socket gave nothing.
+struct tcp_info_sample {
+    bool ok = false;
+    std::uint32_t rtt_us = 0;
+    std::uint32_t rttvar_us = 0;
+    std::uint32_t snd_cwnd = 0;       // segments
+    std::uint32_t snd_mss = 0;
+    std::uint32_t total_retrans = 0;  // segments retransmitted over the connection's life
+    std::uint64_t bytes_acked = 0;    // sent bytes the peer's kernel acknowledged
+    std::uint64_t bytes_received = 0;
+    std::uint64_t delivery_rate = 0;  // bytes/s, the kernel's latest estimate
+    std::uint32_t unacked = 0;        // segments in flight
+};
+
+tcp_info_sample sample_tcp_info(int fd);
+
 }  // namespace ferry

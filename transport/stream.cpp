@@ -161,7 +161,7 @@ io_result byte_stream::plain_read(std::span<std::uint8_t> out) {
         r.ec = transport_errc::plaintext_mismatch;
         return r;
     }
-    plain_received_ += n;
+    count_received(n);
     r.n = n;
     return r;
 }
@@ -180,7 +180,7 @@ io_result byte_stream::plain_write(std::span<const asio::const_buffer> buffers) 
                    : ec;
         return r;
     }
-    plain_sent_ += n;
+    count_sent(n);
     r.n = n;
     return r;
 }
@@ -281,7 +281,7 @@ io_result byte_stream::tls_read(std::span<std::uint8_t> out) {
                                  ? std::error_code(transport_errc::closed)
                                  : ec);
         }
-        plain_received_ += n;
+        count_received(n);
         in_end_ += n;
     }
     r.n = produced;
@@ -302,7 +302,7 @@ bool byte_stream::flush_out(io_result& r) {
                        : ec;
             return false;
         }
-        plain_sent_ += n;
+        count_sent(n);
         out_off_ += n;
     }
     out_len_ = 0;
@@ -441,7 +441,7 @@ void byte_stream::close() {
         std::uint8_t alert[2 + tls13_records::overhead];
         std::size_t n = records_->seal_close_notify(alert);
         std::error_code ignored;
-        plain_sent_ += socket_.write_some(asio::buffer(alert, n), ignored);
+        count_sent(socket_.write_some(asio::buffer(alert, n), ignored));
     }
     shut_ = true;
     std::error_code ec;
@@ -582,6 +582,37 @@ void async_accept_stream(asio::io_context& io, const tls_context* tls, asio::ip:
     op->fn = std::move(fn);
     arm_timer(op, timeout);
     start_stream(op, tls, tuning);
+}
+
+std::error_code open_listener(asio::ip::tcp::acceptor& acceptor, const std::string& address, std::string& error) {
+    std::string host;
+    std::string port;
+    if (!split_host_port(address, host, port)) {
+        error = "bad listen address \"" + address + "\" (expected HOST:PORT or [V6]:PORT)";
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    std::error_code ec;
+    asio::ip::tcp::resolver resolver(acceptor.get_executor());
+    auto results = resolver.resolve(host, port, asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
+    if (ec || results.empty()) {
+        error = "cannot resolve listen address " + address + ": " + ec.message();
+        return ec ? ec : std::make_error_code(std::errc::invalid_argument);
+    }
+    asio::ip::tcp::endpoint ep = results.begin()->endpoint();
+    acceptor.open(ep.protocol(), ec);
+    if (!ec) {
+        acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+        acceptor.bind(ep, ec);
+    }
+    if (!ec) {
+        acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    }
+    if (ec) {
+        error = "cannot listen on " + address + ": " + ec.message();
+        std::error_code ignored;
+        acceptor.close(ignored);
+    }
+    return ec;
 }
 
 }  // namespace ferry

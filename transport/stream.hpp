@@ -95,6 +95,11 @@ public:
     asio::ip::tcp::socket& socket() { return socket_; }
     std::uint64_t wire_sent() const;
     std::uint64_t wire_received() const;
+    // Called with every increment of the wire counters from now on (after the handshake:
+    // what the handshake moved is in wire_sent()/wire_received() already).
+    void set_wire_observer(std::function<void(std::uint64_t sent, std::uint64_t received)> fn) {
+        wire_observer_ = std::move(fn);
+    }
     const tuning_report& tuning() const { return tuning_; }
     void set_tuning(tuning_report r) { tuning_ = std::move(r); }
     std::string remote() const { return remote_; }
@@ -131,6 +136,19 @@ private:
     std::size_t plain_pos_ = 0;
     std::size_t plain_end_ = 0;
     std::error_code read_error_;        // held back while data decrypted before it is delivered
+    std::function<void(std::uint64_t, std::uint64_t)> wire_observer_;
+    void count_sent(std::size_t n) {
+        plain_sent_ += n;
+        if (wire_observer_) {
+            wire_observer_(n, 0);
+        }
+    }
+    void count_received(std::size_t n) {
+        plain_received_ += n;
+        if (wire_observer_) {
+            wire_observer_(0, n);
+        }
+    }
     std::uint64_t plain_sent_ = 0;      // bytes written to the socket by ferry (not OpenSSL)
     std::uint64_t plain_received_ = 0;  // bytes read from the socket by ferry (not OpenSSL)
     tuning_report tuning_;
@@ -160,5 +178,10 @@ void async_accept_stream(asio::io_context& io, const tls_context* tls, asio::ip:
 // "HOST:PORT", "[v6]:PORT" -> host, port. Returns false on a malformed address.
 bool split_host_port(const std::string& text, std::string& host, std::string& port);
 std::string format_endpoint(const asio::ip::tcp::endpoint& ep);
+
+// Resolves HOST:PORT (passive, numeric port) and opens, binds and listens `acceptor` on
+// the first result. On failure `error` says what went wrong, naming `address`; the
+// acceptor is left closed. invalid_argument: a malformed address.
+std::error_code open_listener(asio::ip::tcp::acceptor& acceptor, const std::string& address, std::string& error);
 
 }  // namespace ferry

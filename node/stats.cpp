@@ -1,0 +1,114 @@
+#include "node/stats.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace ferry {
+
+std::int64_t rate_window::second_of(stats_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
+
+void rate_window::advance(std::int64_t second) {
+    if (!started_ || second <= newest_) {
+        return;
+    }
+    // Clear the buckets of the seconds that passed without data (at most all of them).
+    std::int64_t gap = std::min<std::int64_t>(second - newest_, seconds);
+    for (std::int64_t s = 1; s <= gap; ++s) {
+        buckets_[static_cast<std::size_t>((newest_ + s) % seconds)] = 0;
+    }
+    newest_ = second;
+}
+
+void rate_window::add(std::uint64_t bytes, stats_clock::time_point now) {
+    std::int64_t second = second_of(now);
+    if (!started_) {
+        started_ = true;
+        first_ = now;
+        newest_ = second;
+        buckets_.fill(0);
+    }
+    advance(second);
+    if (second <= newest_ - seconds) {
+        return;  // older than the window (a clock that went back): ignored
+    }
+    buckets_[static_cast<std::size_t>(((second % seconds) + seconds) % seconds)] += bytes;
+}
+
+double rate_window::rate(stats_clock::time_point now, int span) const {
+    if (!started_) {
+        return 0;
+    }
+    span = std::clamp(span, 1, seconds);
+    std::int64_t second = second_of(now);
+    std::uint64_t sum = 0;
+    for (std::int64_t s = second - span + 1; s <= second; ++s) {
+        if (s <= newest_ && s > newest_ - seconds) {
+            sum += buckets_[static_cast<std::size_t>(((s % seconds) + seconds) % seconds)];
+        }
+    }
+    // Elapsed time covered: the full seconds before plus the part of the current one,
+    // and never more than the time since the first byte.
+    double into_second = std::chrono::duration<double>(now.time_since_epoch()).count() - static_cast<double>(second);
+    double covered = static_cast<double>(span - 1) + into_second;
+    double since_first = std::chrono::duration<double>(now - first_).count();
+    covered = std::min(covered, since_first);
+    if (covered <= 0.001) {
+        covered = 0.001;
+    }
+    return static_cast<double>(sum) / covered;
+}
+
+void latency_histogram::observe(stats_clock::duration d) {
+    double s = std::chrono::duration<double>(d).count();
+    std::size_t i = 0;
+    while (i < bounds.size() && s > bounds[i]) {
+        ++i;
+    }
+    ++buckets_[i];
+    ++count_;
+    sum_ += s;
+}
+
+double latency_histogram::quantile_bound(double q) const {
+    if (count_ == 0) {
+        return 0;
+    }
+    auto need = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(count_)));
+    need = std::max<std::uint64_t>(need, 1);
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i < bounds.size(); ++i) {
+        seen += buckets_[i];
+        if (seen >= need) {
+            return bounds[i];
+        }
+    }
+    return std::numeric_limits<double>::infinity();
+}
+
+void stats_scope::add_wire(std::uint64_t sent, std::uint64_t received) {
+    for (stats_scope* s = this; s != nullptr; s = s->parent_.get()) {
+        s->c_.wire_sent += sent;
+        s->c_.wire_received += received;
+    }
+}
+
+void stats_scope::add_payload_sent(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now) {
+    for (stats_scope* s = this; s != nullptr; s = s->parent_.get()) {
+        s->c_.payload_sent += bytes;
+        s->c_.chunks_sent += chunks;
+        s->payload_rate_.add(bytes, now);
+    }
+}
+
+void stats_scope::add_payload_received(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now) {
+    for (stats_scope* s = this; s != nullptr; s = s->parent_.get()) {
+        s->c_.payload_received += bytes;
+        s->c_.chunks_received += chunks;
+        s->payload_rate_.add(bytes, now);
+    }
+}
+
+}  // namespace ferry

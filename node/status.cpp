@@ -1,0 +1,275 @@
+// node::status() and node::metrics(): the two read-only views of a running node, built
+// from the same incremental counters (node/stats). Nothing here scans past transfers:
+// the cost is the peers kept (bounded by node_context::max_peer_stats) plus the live
+// sessions and their connections. TCP_INFO is sampled here, when someone asks, and never
+// on a timer.
+#include <fmt/format.h>
+
+#include <set>
+
+#include "node/node.hpp"
+#include "transport/identity.hpp"
+#include "transport/socket_tuning.hpp"
+
+namespace ferry {
+
+namespace {
+
+using json = nlohmann::ordered_json;
+
+json counters_json(const traffic_counters& c) {
+    return {{"wire_bytes_sent", c.wire_sent},
+            {"wire_bytes_received", c.wire_received},
+            {"payload_bytes_sent", c.payload_sent},
+            {"payload_bytes_received", c.payload_received},
+            {"chunks_sent", c.chunks_sent},
+            {"chunks_received", c.chunks_received}};
+}
+
+json histogram_json(const latency_histogram& h) {
+    return {{"count", h.count()},
+            {"sum_s", h.sum_seconds()},
+            {"p50_le_s", h.count() > 0 ? json(h.quantile_bound(0.5)) : json(nullptr)},
+            {"p99_le_s", h.count() > 0 ? json(h.quantile_bound(0.99)) : json(nullptr)}};
+}
+
+json connection_json(connection& c) {
+    const connection_counters& k = c.counters();
+    const tuning_report& t = c.stream().tuning();
+    json j{{"index", c.index},
+           {"remote", c.stream().remote()},
+           {"wire_bytes_sent", c.stream().wire_sent()},
+           {"wire_bytes_received", c.stream().wire_received()},
+           {"chunks_sent", k.payload_frames_sent},
+           {"chunks_received", k.payload_frames_received},
+           {"frames_sent", k.frames_sent},
+           {"frames_received", k.frames_received},
+           {"queued_bytes", c.queued_bytes()},
+           {"tuning",
+            {{"nodelay", t.nodelay},
+             {"notsent_lowat", t.notsent_lowat},
+             {"keepalive", t.keepalive},
+             {"user_timeout_ms", t.user_timeout_ms},
+             {"sndbuf", t.sndbuf},
+             {"rcvbuf", t.rcvbuf},
+             {"congestion", t.congestion}}}};
+    tcp_info_sample ti = sample_tcp_info(c.stream().socket().native_handle());
+    if (ti.ok) {
+        j["tcp_info"] = {{"rtt_ms", ti.rtt_us / 1000.0},
+                         {"rttvar_ms", ti.rttvar_us / 1000.0},
+                         {"retransmits", ti.total_retrans},
+                         {"cwnd_segments", ti.snd_cwnd},
+                         {"mss", ti.snd_mss},
+                         {"unacked_segments", ti.unacked},
+                         {"bytes_acked", ti.bytes_acked},
+                         {"bytes_received", ti.bytes_received},
+                         {"delivery_rate_Bps", ti.delivery_rate}};
+    } else {
+        j["tcp_info"] = nullptr;
+    }
+    return j;
+}
+
+std::string hex(std::string_view bytes) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char b : bytes) {
+        out += digits[b >> 4];
+        out += digits[b & 15];
+    }
+    return out;
+}
+
+json progress_json(const transfer_progress& p) {
+    return {{"direction", p.direction},
+            {"session", hex(p.session_id)},
+            {"peer", p.peer_id.empty() ? std::string() : format_node_id(p.peer_id)},
+            {"address", p.peer_address},
+            {"confirmed_bytes", p.confirmed_bytes},
+            {"inflight_bytes", p.inflight_bytes},
+            {"total_bytes", p.total_bytes},
+            {"skipped_bytes", p.skipped_bytes},
+            {"wire_bytes_sent", p.wire_sent},
+            {"wire_bytes_received", p.wire_received},
+            {"rate_Bps", p.rate},
+            {"files_done", p.files_done},
+            {"files_total", p.files_total},
+            {"elapsed_s", p.elapsed_s},
+            {"connections", p.connections}};
+}
+
+// Prometheus label value escaping (backslash, quote, newline).
+std::string label(std::string_view v) {
+    std::string out;
+    for (char ch : v) {
+        if (ch == '\\' || ch == '"') {
+            out += '\\';
+            out += ch;
+        } else if (ch == '\n') {
+            out += "\\n";
+        } else {
+            out += ch;
+        }
+    }
+    return out;
+}
+
+void histogram_text(std::string& out, const char* name, const char* help, const latency_histogram& h) {
+    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < latency_histogram::bounds.size(); ++i) {
+        cumulative += h.bucket(i);
+        fmt::format_to(std::back_inserter(out), "{}_bucket{{le=\"{}\"}} {}\n", name, latency_histogram::bounds[i],
+                       cumulative);
+    }
+    fmt::format_to(std::back_inserter(out), "{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {}\n{}_count {}\n", name, h.count(),
+                   name, h.sum_seconds(), name, h.count());
+}
+
+}  // namespace
+
+nlohmann::ordered_json node::status() const {
+    const node_context& ctx = *ctx_;
+    auto now = stats_clock::now();
+
+    // Live connections, grouped by peer (ID, or address for a plaintext peer).
+    std::map<std::string, json> live;
+    std::size_t connections = 0;
+    auto add_conns = [&](const std::string& peer, const auto& conns) {
+        json& list = live[peer];
+        if (list.is_null()) {
+            list = json::array();
+        }
+        for (const auto& c : conns) {
+            if (c && !c->closed()) {
+                list.push_back(connection_json(*c));
+                ++connections;
+            }
+        }
+    };
+    json transfers = json::array();
+    for (const auto& s : sends_) {
+        if (!s->finished()) {
+            transfer_progress p = s->progress();
+            transfers.push_back(progress_json(p));
+            add_conns(p.peer_id.empty() ? p.peer_address : p.peer_id, s->connections());
+        }
+    }
+    for (const auto& [id, s] : peers_->sessions()) {
+        transfer_progress p = s->progress();
+        if (!s->reported()) {
+            transfers.push_back(progress_json(p));
+        }
+        add_conns(p.peer_id.empty() ? p.peer_address : p.peer_id, s->connections());
+    }
+
+    json peers = json::array();
+    for (const auto& [key, scope] : ctx.peer_stats) {
+        json pj = counters_json(scope->counters());
+        bool is_id = parse_node_id(key) == key;
+        pj["id"] = is_id ? format_node_id(key) : std::string();
+        pj["address"] = is_id ? std::string() : key;
+        auto trusted = is_id ? ctx.trust.find_id(key) : std::nullopt;
+        pj["name"] = trusted ? trusted->name : std::string();
+        pj["trusted"] = trusted.has_value();
+        pj["payload_rate_Bps"] = scope->payload_rate(now);
+        auto it = live.find(key);
+        pj["connections"] = it != live.end() ? std::move(it->second) : json::array();
+        peers.push_back(std::move(pj));
+    }
+
+    const auto& tc = ctx.stats.traffic->counters();
+    json totals = counters_json(tc);
+    totals["transfers_ok"] = ctx.stats.transfers_ok;
+    totals["transfers_failed"] = ctx.stats.transfers_failed;
+    totals["payload_rate_Bps"] = ctx.stats.traffic->payload_rate(now);
+    return {{"event", "status"},
+            {"id", format_node_id(ctx.id)},
+            {"listen", listen_address()},
+            {"uptime_s", std::chrono::duration<double>(now - ctx.stats.started).count()},
+            {"threads", 1 + ctx.workers.size()},
+            {"connections", connections + peers_->pending_count()},
+            {"transfers_in_flight", transfers.size()},
+            {"totals", std::move(totals)},
+            {"latency",
+             {{"chunk_rtt", histogram_json(ctx.stats.chunk_rtt)},
+              {"ttfb", histogram_json(ctx.stats.ttfb)},
+              {"write", histogram_json(ctx.stats.write_latency)}}},
+            {"peers", std::move(peers)},
+            {"transfers", std::move(transfers)}};
+}
+
+std::string node::metrics() const {
+    const node_context& ctx = *ctx_;
+    const auto& c = ctx.stats.traffic->counters();
+    std::size_t in_flight = 0;
+    std::size_t connections = peers_->pending_count();
+    std::set<std::string> peers_connected;
+    for (const auto& s : sends_) {
+        if (!s->finished()) {
+            ++in_flight;
+            transfer_progress p = s->progress();
+            connections += p.connections;
+            if (p.connections > 0) {
+                peers_connected.insert(p.peer_id.empty() ? p.peer_address : p.peer_id);
+            }
+        }
+    }
+    for (const auto& [id, s] : peers_->sessions()) {
+        in_flight += s->reported() ? 0 : 1;
+        connections += s->open_connections();
+        if (s->open_connections() > 0) {
+            peers_connected.insert(s->peer_id().empty() ? s->progress().peer_address : s->peer_id());
+        }
+    }
+    std::string out;
+    auto it = std::back_inserter(out);
+    fmt::format_to(it, "# HELP ferry_info This node.\n# TYPE ferry_info gauge\nferry_info{{id=\"{}\"}} 1\n",
+                   label(format_node_id(ctx.id)));
+    fmt::format_to(it,
+                   "# HELP ferry_wire_bytes_sent_total Bytes the kernel accepted on ferry's TCP sockets (TLS and "
+                   "framing included).\n# TYPE ferry_wire_bytes_sent_total counter\nferry_wire_bytes_sent_total {}\n",
+                   c.wire_sent);
+    fmt::format_to(it,
+                   "# HELP ferry_wire_bytes_received_total Bytes read from ferry's TCP sockets (TLS and framing "
+                   "included).\n# TYPE ferry_wire_bytes_received_total counter\nferry_wire_bytes_received_total {}\n",
+                   c.wire_received);
+    fmt::format_to(it,
+                   "# HELP ferry_payload_bytes_confirmed_total File bytes verified and written by the receiver "
+                   "(send: confirmed by its ChunkAck).\n# TYPE ferry_payload_bytes_confirmed_total counter\n"
+                   "ferry_payload_bytes_confirmed_total{{direction=\"send\"}} {}\n"
+                   "ferry_payload_bytes_confirmed_total{{direction=\"receive\"}} {}\n",
+                   c.payload_sent, c.payload_received);
+    fmt::format_to(it,
+                   "# HELP ferry_chunks_total Chunks confirmed (send) or verified and written (receive).\n"
+                   "# TYPE ferry_chunks_total counter\nferry_chunks_total{{direction=\"send\"}} {}\n"
+                   "ferry_chunks_total{{direction=\"receive\"}} {}\n",
+                   c.chunks_sent, c.chunks_received);
+    fmt::format_to(it,
+                   "# HELP ferry_transfers_total Transfers finished, by result.\n# TYPE ferry_transfers_total counter\n"
+                   "ferry_transfers_total{{result=\"ok\"}} {}\nferry_transfers_total{{result=\"failed\"}} {}\n",
+                   ctx.stats.transfers_ok, ctx.stats.transfers_failed);
+    fmt::format_to(it, "# HELP ferry_peers Peers with an open connection.\n# TYPE ferry_peers gauge\nferry_peers {}\n",
+                   peers_connected.size());
+    fmt::format_to(it,
+                   "# HELP ferry_connections Open TCP connections (in sessions or before their Hello).\n"
+                   "# TYPE ferry_connections gauge\nferry_connections {}\n",
+                   connections);
+    fmt::format_to(it,
+                   "# HELP ferry_transfers_in_flight Transfers running now.\n# TYPE ferry_transfers_in_flight gauge\n"
+                   "ferry_transfers_in_flight {}\n",
+                   in_flight);
+    fmt::format_to(it,
+                   "# HELP ferry_uptime_seconds Seconds since the node started.\n# TYPE ferry_uptime_seconds gauge\n"
+                   "ferry_uptime_seconds {}\n",
+                   std::chrono::duration<double>(stats_clock::now() - ctx.stats.started).count());
+    histogram_text(out, "ferry_chunk_rtt_seconds", "Chunk handed to a connection until its ChunkAck (sender).",
+                   ctx.stats.chunk_rtt);
+    histogram_text(out, "ferry_ttfb_seconds", "Transfer start until its first confirmed or written byte.",
+                   ctx.stats.ttfb);
+    histogram_text(out, "ferry_write_latency_seconds", "One chunk's write on the worker pool (receiver).",
+                   ctx.stats.write_latency);
+    return out;
+}
+
+}  // namespace ferry

@@ -1,0 +1,308 @@
+// End-to-end: what ferry reports about itself. The --json event stream of both sides
+// (every line parses, "t" never goes back, confirmed bytes never decrease and end at the
+// total, the summary's figures agree with each other and with the other side), and a
+// live `ferry serve` seen through `ferry status` and /metrics while a transfer runs.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <asio.hpp>
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/ferry_cli.hpp"
+#include "tests/support/tree.hpp"
+
+namespace fs = std::filesystem;
+using namespace ferry::test;
+using nlohmann::json;
+
+namespace {
+
+std::vector<json> parse_lines(const std::string& out) {
+    std::vector<json> lines;
+    std::size_t start = 0;
+    while (start < out.size()) {
+        std::size_t nl = out.find('\n', start);
+        std::string line = out.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+        json j = json::parse(line, nullptr, false);
+        EXPECT_FALSE(j.is_discarded()) << "not JSON: " << line;
+        EXPECT_TRUE(j.is_object() && j.contains("event") && j.contains("t")) << line;
+        lines.push_back(std::move(j));
+        if (nl == std::string::npos) {
+            break;
+        }
+        start = nl + 1;
+    }
+    return lines;
+}
+
+// Checks the rules every --json stream follows and returns its `done` event.
+json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, std::size_t expect_files) {
+    EXPECT_FALSE(lines.empty());
+    if (lines.empty()) {
+        return {};
+    }
+    EXPECT_EQ(lines.front().value("schema", 0), 1) << lines.front();
+    double t = 0;
+    std::uint64_t confirmed = 0;
+    std::size_t progress = 0;
+    std::size_t started = 0;
+    std::size_t finished = 0;
+    json last_progress;
+    json done;
+    for (const json& j : lines) {
+        EXPECT_GE(j["t"].get<double>(), t) << j;
+        t = j["t"].get<double>();
+        std::string ev = j["event"];
+        if (ev == "progress") {
+            ++progress;
+            for (const char* key : {"confirmed_bytes", "inflight_bytes", "wire_bytes_sent", "total_bytes"}) {
+                EXPECT_TRUE(j.contains(key) && j[key].is_number_unsigned()) << key << " in " << j;
+            }
+            EXPECT_GE(j["confirmed_bytes"].get<std::uint64_t>(), confirmed) << j;
+            confirmed = j["confirmed_bytes"];
+            EXPECT_LE(confirmed, j["total_bytes"].get<std::uint64_t>()) << j;
+            last_progress = j;
+        } else if (ev == "file_start") {
+            ++started;
+        } else if (ev == "file_done") {
+            ++finished;
+        } else if (ev == "done") {
+            done = j;
+        }
+    }
+    EXPECT_GE(progress, 1u);
+    EXPECT_EQ(last_progress["confirmed_bytes"], expect_total) << last_progress;
+    EXPECT_EQ(last_progress["total_bytes"], expect_total) << last_progress;
+    EXPECT_EQ(last_progress["inflight_bytes"], 0u) << last_progress;
+    EXPECT_EQ(started, expect_files);
+    EXPECT_EQ(finished, expect_files);
+    EXPECT_FALSE(done.is_null());
+    EXPECT_EQ(lines.back()["event"], "done");
+    return done;
+}
+
+// A blocking HTTP GET on loopback; the whole response.
+std::string http_get(const std::string& address, const std::string& path) {
+    asio::io_context io;
+    asio::ip::tcp::socket s(io);
+    std::size_t colon = address.rfind(':');
+    s.connect({asio::ip::make_address(address.substr(0, colon)),
+               static_cast<unsigned short>(std::stoi(address.substr(colon + 1)))});
+    std::string req = "GET " + path + " HTTP/1.1\r\nHost: test\r\n\r\n";
+    asio::write(s, asio::buffer(req));
+    std::string out;
+    std::error_code ec;
+    asio::read(s, asio::dynamic_buffer(out), ec);
+    return out;
+}
+
+// The value of one sample line ("name{labels} value") of a Prometheus exposition.
+double metric(const std::string& text, const std::string& sample) {
+    std::size_t at = text.find("\n" + sample + " ");
+    EXPECT_NE(at, std::string::npos) << sample << " missing in\n" << text;
+    if (at == std::string::npos) {
+        return -1;
+    }
+    return std::stod(text.substr(at + sample.size() + 2));
+}
+
+class observability : public ::testing::Test {
+protected:
+    ferry_cli cli;
+    std::string a_id = cli.id("A");
+    std::string b_id = cli.id("B");
+
+    void SetUp() override {
+        ASSERT_EQ(cli.ferry({"trust", b_id, "--state", cli.state("A").string()}).code, 0);
+        ASSERT_EQ(cli.ferry({"trust", a_id, "--state", cli.state("B").string()}).code, 0);
+    }
+};
+
+TEST_F(observability, json_streams_of_both_sides_are_well_formed_and_agree) {
+    fs::path src = cli.root() / "src";
+    std::uint64_t total = 0;
+    for (int i = 0; i < 40; ++i) {
+        std::uint64_t size = 1000 + static_cast<std::uint64_t>(i) * 7919;
+        write_random_file(src / ("d" + std::to_string(i % 3)) / ("f" + std::to_string(i)), size, 50 + i);
+        total += size;
+    }
+    write_random_file(src / "big.bin", 24 * 1024 * 1024 + 5, 9);
+    total += 24 * 1024 * 1024 + 5;
+    write_text_file(src / "empty", "");
+    const std::size_t files = 42;
+
+    auto rx = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--json",
+                         (cli.root() / "inbox").string()});
+    run_result s = cli.ferry({"send", "--state", cli.state("B").string(), "--json", src.string(), a_id + "@" + rx.address});
+    ASSERT_EQ(s.code, 0) << s.err;
+    ASSERT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_EQ(compare_trees(src, cli.root() / "inbox" / "src"), "");
+    // Not a terminal: no escape codes on stderr.
+    EXPECT_EQ(s.err.find('\x1b'), std::string::npos) << s.err;
+
+    json sent = check_stream(parse_lines(s.out), total, files);
+    // The receiver's stream: its first line (listening) was read by start().
+    std::vector<json> rx_lines = parse_lines(rx.proc->out());
+    rx_lines.insert(rx_lines.begin(), json{{"event", "listening"}, {"schema", 1}, {"t", 0.0}});
+    json received = check_stream(rx_lines, total, files);
+
+    for (const json* d : {&sent, &received}) {
+        const json& done = *d;
+        EXPECT_EQ(done["payload_bytes"], total) << done;
+        double elapsed = done["elapsed_s"];
+        EXPECT_GT(elapsed, 0);
+        EXPECT_NEAR(done["payload_MBps"].get<double>(), static_cast<double>(total) / elapsed / 1e6, 1e-6) << done;
+        EXPECT_GE(done["ttfb_s"].get<double>(), 0.0) << done;
+        EXPECT_LE(done["ttfb_s"].get<double>(), elapsed) << done;
+        EXPECT_EQ(done["connections"], 4) << done;
+        EXPECT_EQ(done["compression_saved_bytes"], 0) << done;
+    }
+    // Wire bytes: what one side's sockets sent, the other's received (TLS included);
+    // more than the payload, by little.
+    std::uint64_t wire = sent["wire_bytes_sent"];
+    EXPECT_GT(wire, total);
+    EXPECT_LT(wire, total + total / 20);
+    // Each summary is taken when that side finishes: the receiver's before its last
+    // frames and close_notify, the sender's after the receiver's TransferResult.
+    EXPECT_LE(received["wire_bytes_received"].get<std::uint64_t>(), wire) << received;
+    EXPECT_GE(received["wire_bytes_received"].get<std::uint64_t>() + 1024, wire) << received;
+    EXPECT_LE(received["wire_bytes_sent"].get<std::uint64_t>(), sent["wire_bytes_received"].get<std::uint64_t>());
+    EXPECT_GE(received["wire_bytes_sent"].get<std::uint64_t>() + 1024, sent["wire_bytes_received"].get<std::uint64_t>());
+    EXPECT_NEAR(sent["overhead_pct"].get<double>(),
+                100.0 * static_cast<double>(wire - total) / static_cast<double>(total), 1e-9);
+}
+
+TEST_F(observability, status_and_metrics_of_a_live_serve) {
+    fs::path state = cli.state("A");
+    // No node yet: status says so, exit 2.
+    run_result none = cli.ferry({"status", "--state", state.string()});
+    EXPECT_EQ(none.code, 2) << none.err;
+    EXPECT_NE(none.err.find("no ferry node is running"), std::string::npos) << none.err;
+
+    auto sv = cli.start({"serve", "--state", state.string(), "--listen", "127.0.0.1:0", "--json", "--metrics",
+                         "127.0.0.1:0", "--inbox", (cli.root() / "inbox").string()});
+    auto metrics_line = sv.proc->read_line(process_timeout);
+    ASSERT_TRUE(metrics_line.has_value()) << sv.proc->err();
+    std::string metrics_address = json::parse(*metrics_line).value("address", "");
+    ASSERT_FALSE(metrics_address.empty()) << *metrics_line;
+
+    // An idle node answers too.
+    run_result idle = cli.ferry({"status", "--state", state.string(), "--json"});
+    ASSERT_EQ(idle.code, 0) << idle.err;
+    json st = json::parse(idle.out);
+    EXPECT_EQ(st["event"], "status");
+    EXPECT_EQ(st["transfers"].size(), 0u);
+    EXPECT_EQ(st["totals"]["payload_bytes_received"], 0u);
+
+    // A large sparse file keeps the transfer running while we look.
+    fs::path big = cli.root() / "big.sparse";
+    {
+        std::ofstream f(big);
+    }
+    fs::resize_file(big, 8ull << 30);
+    child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json", big.string(),
+                          a_id + "@" + sv.address});
+    bool flowing = false;
+    for (int i = 0; i < 100 && !flowing; ++i) {
+        auto line = sender.read_line(process_timeout);
+        if (!line) {
+            break;
+        }
+        json j = json::parse(*line, nullptr, false);
+        flowing = j.value("event", "") == "progress" && j.value("confirmed_bytes", 0ull) > 0;
+    }
+    ASSERT_TRUE(flowing) << sender.err();
+
+    run_result live = cli.ferry({"status", "--state", state.string(), "--json"});
+    ASSERT_EQ(live.code, 0) << live.err;
+    st = json::parse(live.out);
+    ASSERT_EQ(st["transfers"].size(), 1u) << st;
+    const json& x = st["transfers"][0];
+    EXPECT_EQ(x["direction"], "receive");
+    EXPECT_EQ(x["peer"], b_id);
+    EXPECT_EQ(x["total_bytes"], 8ull << 30);
+    EXPECT_GT(x["confirmed_bytes"].get<std::uint64_t>(), 0u);
+    ASSERT_EQ(st["peers"].size(), 1u) << st;
+    const json& peer = st["peers"][0];
+    EXPECT_EQ(peer["id"], b_id);
+    EXPECT_TRUE(peer["trusted"].get<bool>());
+    ASSERT_EQ(peer["connections"].size(), 4u) << peer;
+    std::uint64_t conn_wire = 0;
+    for (const json& c : peer["connections"]) {
+        EXPECT_TRUE(c["tuning"]["nodelay"].get<bool>()) << c;
+        ASSERT_TRUE(c["tcp_info"].is_object()) << c;
+        EXPECT_GT(c["tcp_info"]["rtt_ms"].get<double>(), 0.0) << c;
+        EXPECT_GT(c["tcp_info"]["bytes_received"].get<std::uint64_t>(), 0u) << c;
+        // What ferry read from a socket cannot exceed what that socket's kernel received.
+        EXPECT_LE(c["wire_bytes_received"].get<std::uint64_t>(), c["tcp_info"]["bytes_received"].get<std::uint64_t>())
+            << c;
+        conn_wire += c["wire_bytes_received"].get<std::uint64_t>();
+    }
+    EXPECT_EQ(conn_wire, peer["wire_bytes_received"].get<std::uint64_t>()) << peer;
+    EXPECT_GE(st["totals"]["payload_bytes_received"].get<std::uint64_t>(), x["confirmed_bytes"].get<std::uint64_t>());
+
+    std::string m = http_get(metrics_address, "/metrics");
+    EXPECT_EQ(m.rfind("HTTP/1.1 200 OK", 0), 0u) << m.substr(0, 200);
+    EXPECT_EQ(metric(m, "ferry_connections"), 4);
+    EXPECT_EQ(metric(m, "ferry_peers"), 1);
+    EXPECT_EQ(metric(m, "ferry_transfers_in_flight"), 1);
+    EXPECT_GT(metric(m, "ferry_payload_bytes_confirmed_total{direction=\"receive\"}"), 0);
+    EXPECT_GT(metric(m, "ferry_wire_bytes_received_total"),
+              metric(m, "ferry_payload_bytes_confirmed_total{direction=\"receive\"}"));
+    EXPECT_GT(metric(m, "ferry_chunks_total{direction=\"receive\"}"), 0);
+    EXPECT_EQ(metric(m, "ferry_transfers_total{result=\"ok\"}"), 0);
+    EXPECT_NE(m.find("ferry_chunk_rtt_seconds_bucket{le=\"+Inf\"}"), std::string::npos);
+
+    // Stop the sender; the node counts a failed transfer and keeps serving.
+    sender.signal(SIGKILL);
+    sender.wait(process_timeout);
+    sv.proc->signal(SIGTERM);
+    EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
+    EXPECT_FALSE(fs::exists(state / "control.sock"));
+}
+
+TEST_F(observability, a_stale_control_socket_is_replaced) {
+    fs::path state = cli.state("A");
+    fs::path sock = state / "control.sock";
+    {
+        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        ASSERT_LT(sock.string().size(), sizeof(sa.sun_path));
+        std::strcpy(sa.sun_path, sock.c_str());
+        ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+        ::close(fd);
+    }
+    EXPECT_EQ(cli.ferry({"status", "--state", state.string()}).code, 2);
+    auto sv = cli.start({"serve", "--state", state.string(), "--listen", "127.0.0.1:0", "--json"});
+    run_result st = cli.ferry({"status", "--state", state.string()});
+    EXPECT_EQ(st.code, 0) << st.err;
+    EXPECT_NE(st.out.find(a_id), std::string::npos) << st.out;
+    // A second serve on the same state folder is refused while the first runs.
+    run_result second = cli.ferry({"serve", "--state", state.string(), "--listen", "127.0.0.1:0"});
+    EXPECT_EQ(second.code, 4) << second.err;
+    EXPECT_NE(second.err.find("another ferry node"), std::string::npos) << second.err;
+    sv.proc->signal(SIGTERM);
+    EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
+}
+
+TEST_F(observability, a_metrics_address_in_use_fails_serve_at_start) {
+    asio::io_context io;
+    asio::ip::tcp::acceptor taken(io, {asio::ip::make_address("127.0.0.1"), 0});
+    std::string address = "127.0.0.1:" + std::to_string(taken.local_endpoint().port());
+    run_result r = cli.ferry({"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--json",
+                              "--metrics", address});
+    EXPECT_EQ(r.code, 4) << r.err;
+    EXPECT_NE(r.err.find("metrics"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(address), std::string::npos) << r.err;
+    EXPECT_EQ(r.out.find("listening"), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(cli.state("A") / "control.sock"));
+}
+
+}  // namespace

@@ -1,0 +1,32 @@
+// sample_tcp_info lives apart from the rest of socket_tuning: it needs the kernel's own
+// struct tcp_info (linux/tcp.h: bytes_acked, delivery_rate, ...), which clashes with
+// glibc's older copy in netinet/tcp.h.
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "transport/socket_tuning.hpp"
+
+namespace ferry {
+
+tcp_info_sample sample_tcp_info(int fd) {
+    tcp_info_sample out;
+    struct tcp_info ti {};
+    socklen_t len = sizeof(ti);
+    if (fd < 0 || ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) {
+        return out;
+    }
+    out.ok = true;
+    out.rtt_us = ti.tcpi_rtt;
+    out.rttvar_us = ti.tcpi_rttvar;
+    out.snd_cwnd = ti.tcpi_snd_cwnd;
+    out.snd_mss = ti.tcpi_snd_mss;
+    out.total_retrans = ti.tcpi_total_retrans;
+    out.bytes_acked = ti.tcpi_bytes_acked;
+    out.bytes_received = ti.tcpi_bytes_received;
+    out.delivery_rate = ti.tcpi_delivery_rate;
+    out.unacked = ti.tcpi_unacked;
+    return out;
+}
+
+}  // namespace ferry
