@@ -49,6 +49,7 @@ struct transfer_report {
     double elapsed_s = 0;
     std::uint32_t connections = 0;
     double ttfb_s = -1;  // start -> first confirmed (sent) or written (received) byte; -1: none
+    std::string session_id;  // raw bytes
 };
 
 // A live transfer, as progress bars, `--json` progress events and `ferry status` show it.
@@ -77,6 +78,7 @@ struct file_event {
     bool done = false;
     bool skipped = false;  // already at the receiver (done only)
     std::string direction;  // "send" or "receive"
+    std::string session_id;  // raw bytes
     std::string path;
     std::uint64_t size = 0;
 };
@@ -123,29 +125,6 @@ struct node_context {
     worker_pool workers;
     std::shared_ptr<buffer_pool> buffers;  // chunk buffers for both directions
     node_stats stats;
-    // Per-peer totals over the node's life (key: canonical ID, or the address of a
-    // plaintext peer). Bounded: peers without a live transfer go first beyond the cap.
-    std::map<std::string, std::shared_ptr<stats_scope>> peer_stats;
-    static constexpr std::size_t max_peer_stats = 1024;
-
-    std::shared_ptr<stats_scope> peer_scope(const std::string& peer) {
-        auto it = peer_stats.find(peer);
-        if (it != peer_stats.end()) {
-            return it->second;
-        }
-        if (peer_stats.size() >= max_peer_stats) {
-            for (auto i = peer_stats.begin(); i != peer_stats.end(); ++i) {
-                if (i->second.use_count() == 1) {  // no live transfer holds it
-                    peer_stats.erase(i);
-                    break;
-                }
-            }
-        }
-        auto scope = std::make_shared<stats_scope>(stats.traffic);
-        peer_stats.emplace(peer, scope);
-        return scope;
-    }
-
     void log(const std::string& line) const {
         if (events.log) {
             events.log(line);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "node/request_reply.hpp"
+#include "transport/accept_loop.hpp"
 
 namespace ferry {
 
@@ -88,7 +89,8 @@ bool same_user(int fd) {
 
 fs::path control_socket_path(const fs::path& state_dir) { return state_dir / "control.sock"; }
 
-control_server::control_server(asio::io_context& io, handler answer) : acceptor_(io), answer_(std::move(answer)) {}
+control_server::control_server(asio::io_context& io, handler answer)
+    : acceptor_(io), retry_(io), answer_(std::move(answer)) {}
 
 control_server::~control_server() { close(); }
 
@@ -102,13 +104,16 @@ std::error_code control_server::open(const fs::path& state_dir, std::string& err
             return std::make_error_code(std::errc::file_exists);
         }
         int fd = connect_control(file, ec);
-        if (fd >= 0) {
-            ::close(fd);
+        if (fd >= 0 || ec != std::errc::connection_refused) {
+            // Answering, or busy (EAGAIN: a live node's backlog is full): not ours to take.
+            if (fd >= 0) {
+                ::close(fd);
+            }
             error = "another ferry node is running with state folder " + state_dir.string() + " (" + file.string() +
-                    " answers)";
+                    (fd >= 0 ? " answers)" : " is busy: " + ec.message() + ")");
             return std::make_error_code(std::errc::address_in_use);
         }
-        // Nobody listens: left by a node that died. Replace it.
+        // Refused: nobody listens. Left by a node that died; replace it.
         if (::unlink(file.c_str()) != 0 && errno != ENOENT) {
             ec = {errno, std::generic_category()};
             error = "cannot remove stale control socket " + file.string() + ": " + ec.message();
@@ -120,7 +125,7 @@ std::error_code control_server::open(const fs::path& state_dir, std::string& err
     if (!ec) {
         acceptor_.bind(addr.endpoint(), ec);
     }
-    if (!ec && ::chmod(file.c_str(), 0600) != 0) {
+    if (!ec && (::chmod(file.c_str(), 0600) != 0 || ::lstat(file.c_str(), &st) != 0)) {
         ec = {errno, std::generic_category()};
     }
     if (!ec) {
@@ -133,6 +138,8 @@ std::error_code control_server::open(const fs::path& state_dir, std::string& err
         return ec;
     }
     path_ = file;
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
     accept_next();
     return {};
 }
@@ -143,23 +150,26 @@ void control_server::close() {
     }
     std::error_code ignored;
     acceptor_.close(ignored);
-    if (!path_.empty()) {
+    // Remove the socket file only if it is still the one this server bound (another node
+    // may have replaced it since).
+    struct stat st {};
+    if (!path_.empty() && ::lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_) {
         ::unlink(path_.c_str());
-        path_.clear();
     }
+    path_.clear();
 }
 
 void control_server::accept_next() {
-    acceptor_.async_accept([this](std::error_code ec, asio::local::stream_protocol::socket socket) {
-        if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
-            return;
-        }
-        if (!ec && *clients_ < max_clients && same_user(socket.native_handle())) {
-            ++*clients_;
-            request_reply(std::move(socket), "\n", max_request, client_timeout, answer_, [clients = clients_] { --*clients; });
-        }
-        accept_next();
-    });
+    accept_loop(
+        acceptor_, retry_,
+        [this](asio::local::stream_protocol::socket socket) {
+            if (*clients_ < max_clients && same_user(socket.native_handle())) {
+                ++*clients_;
+                request_reply(std::move(socket), "\n", max_request, client_timeout, answer_,
+                              [clients = clients_] { --*clients; });
+            }
+        },
+        [](std::error_code) {});
 }
 
 std::error_code control_request(const fs::path& state_dir, const std::string& request,

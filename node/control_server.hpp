@@ -9,6 +9,8 @@
 // replaced; a live node already answering on it is an error.
 #pragma once
 
+#include <sys/types.h>
+
 #include <asio.hpp>
 #include <filesystem>
 #include <functional>
@@ -34,8 +36,11 @@ private:
     void accept_next();
 
     asio::local::stream_protocol::acceptor acceptor_;
+    asio::steady_timer retry_;
     handler answer_;
     std::filesystem::path path_;
+    dev_t dev_ = 0;  // of the socket file bound
+    ino_t ino_ = 0;
     // Clients being served; shared with their handlers, which may outlive this object.
     std::shared_ptr<std::size_t> clients_ = std::make_shared<std::size_t>(0);
 };

@@ -1,6 +1,7 @@
 #include "node/metrics_server.hpp"
 
 #include "node/request_reply.hpp"
+#include "transport/accept_loop.hpp"
 #include "transport/stream.hpp"
 
 namespace ferry {
@@ -21,7 +22,8 @@ std::string http_reply(const char* status, const char* type, const std::string& 
 
 }  // namespace
 
-metrics_server::metrics_server(asio::io_context& io, source text) : acceptor_(io), text_(std::move(text)) {}
+metrics_server::metrics_server(asio::io_context& io, source text)
+    : acceptor_(io), retry_(io), text_(std::move(text)) {}
 
 std::string metrics_server::answer(const std::string& request, const source& text) {
     // Request line: METHOD SP TARGET SP HTTP/x.y
@@ -69,18 +71,18 @@ std::string metrics_server::local_address() const {
 }
 
 void metrics_server::accept_next() {
-    acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket socket) {
-        if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
-            return;
-        }
-        if (!ec && *clients_ < max_clients) {
-            ++*clients_;
-            request_reply(
-                std::move(socket), "\r\n\r\n", max_request, client_timeout,
-                [text = text_](const std::string& request) { return answer(request, text); }, [clients = clients_] { --*clients; });
-        }
-        accept_next();
-    });
+    accept_loop(
+        acceptor_, retry_,
+        [this](asio::ip::tcp::socket socket) {
+            if (*clients_ < max_clients) {
+                ++*clients_;
+                request_reply(
+                    std::move(socket), "\r\n\r\n", max_request, client_timeout,
+                    [text = text_](const std::string& request) { return answer(request, text); },
+                    [clients = clients_] { --*clients; });
+            }
+        },
+        [](std::error_code) {});
 }
 
 }  // namespace ferry

@@ -32,6 +32,7 @@ private:
     void accept_next();
 
     asio::ip::tcp::acceptor acceptor_;
+    asio::steady_timer retry_;
     source text_;
     // Clients being served; shared with their handlers, which may outlive this object.
     std::shared_ptr<std::size_t> clients_ = std::make_shared<std::size_t>(0);

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include "node/identity.hpp"
+#include "transport/accept_loop.hpp"
 #include "transport/identity.hpp"
 
 namespace ferry {
@@ -24,13 +25,13 @@ constexpr std::size_t pool_buffers = 256;
 
 }  // namespace
 
-node::node(asio::io_context& io, node_config config, node_events events) : acceptor_(io) {
+node::node(asio::io_context& io, node_config config, node_events events) : acceptor_(io), accept_retry_(io) {
     raise_fd_limit();
     identity ident = load_or_create_identity(config.state_dir);
     trust_store trust = trust_store::load(config.state_dir);
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
-                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, {}});
+                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}});
     if (!ctx_->config.plaintext) {
         ctx_->tls_client = std::make_unique<tls_context>(ident.creds, tls_role::client);
         ctx_->tls_server = std::make_unique<tls_context>(ident.creds, tls_role::server);
@@ -60,17 +61,14 @@ std::error_code node::listen(std::string& error) {
 }
 
 void node::accept_next() {
-    acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket socket) {
-        if (stopped_ || !acceptor_.is_open()) {
-            return;
-        }
-        if (!ec) {
-            peers_->on_accepted(std::move(socket));
-        } else if (ec != asio::error::operation_aborted) {
-            ctx_->log("accept failed: " + ec.message());
-        }
-        accept_next();
-    });
+    accept_loop(
+        acceptor_, accept_retry_,
+        [this](asio::ip::tcp::socket socket) {
+            if (!stopped_) {
+                peers_->on_accepted(std::move(socket));
+            }
+        },
+        [this](std::error_code ec) { ctx_->log("accept failed: " + ec.message() + " (retrying)"); });
 }
 
 void node::send(source_tree sources, send_target target, send_options options,

@@ -49,6 +49,7 @@ private:
     std::unique_ptr<node_context> ctx_;
     std::unique_ptr<peer_manager> peers_;
     asio::ip::tcp::acceptor acceptor_;
+    asio::steady_timer accept_retry_;
     std::vector<std::shared_ptr<send_session>> sends_;
     bool stopped_ = false;
 };

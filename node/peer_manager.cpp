@@ -71,7 +71,7 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         h.mutable_error()->set_code(code);
         h.mutable_error()->set_message(msg);
         c.send(h);
-        c.set_handler(nullptr);
+        // Closing after flush: no more frames reach this handler; on_closed counts its bytes.
         c.close_after_flush(protocol_errc::unexpected_message);
     };
     if (header.body_case() != wire::Header::kHello) {
@@ -103,7 +103,10 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
             refuse(wire::ERROR_BUSY, "too many sessions");
             return;
         }
-        auto s = std::make_shared<receive_session>(ctx_, peer, hello.session_id(),
+        // Statistics key of the peer: its ID, or its address (without the port) in plaintext.
+        std::string remote = self_c->stream().remote();
+        std::string key = peer.empty() ? remote.substr(0, remote.rfind(':')) : peer;
+        auto s = std::make_shared<receive_session>(ctx_, peer, key, hello.session_id(),
                                                    [this](receive_session& s) { end_session(s); });
         sessions_.emplace(hello.session_id(), s);
         s->add_connection(self_c, hello);
@@ -117,8 +120,11 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
 }
 
 void peer_manager::on_closed(connection& c, std::error_code ec) {
-    pending_.erase(c.shared_from_this());
-    if (ec && ec != transport_errc::closed && !stopping_) {
+    bool was_pending = pending_.erase(c.shared_from_this()) > 0;
+    // A connection that never joined a session (timed out, refused, closed before its
+    // Hello) still moved bytes on the wire: they count in the node's totals.
+    ctx_.stats.traffic->add_wire(c.stream().wire_sent(), c.stream().wire_received());
+    if (was_pending && ec && ec != transport_errc::closed && !stopping_) {
         ctx_.log("connection from " + c.stream().remote() + " closed before Hello: " + ec.message());
     }
 }

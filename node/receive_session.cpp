@@ -44,10 +44,10 @@ receive_session::sink_file::~sink_file() {
     }
 }
 
-receive_session::receive_session(node_context& ctx, std::string peer_id, std::string session_id,
-                                 std::function<void(receive_session&)> on_end)
+receive_session::receive_session(node_context& ctx, std::string peer_id, const std::string& peer_key,
+                                 std::string session_id, std::function<void(receive_session&)> on_end)
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
-      scope_(std::make_shared<stats_scope>(ctx_.peer_scope(peer_id_.empty() ? "plaintext" : peer_id_))),
+      peer_key_(peer_key), scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))),
       start_(std::chrono::steady_clock::now()) {}
 
 receive_session::~receive_session() = default;
@@ -597,6 +597,7 @@ void receive_session::file_event_now(file_id f, bool done, bool skipped) {
         file_started_[f.value] = true;
     }
     file_event ev;
+    ev.session_id = session_id_;
     ev.done = done;
     ev.skipped = skipped;
     ev.direction = "receive";
@@ -717,6 +718,7 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     }
     reported_ = true;
     transfer_report r;
+    r.session_id = session_id_;
     r.ok = ok;
     r.code = code;
     r.error = error;

@@ -28,7 +28,8 @@ namespace ferry {
 
 class receive_session : public connection_handler, public std::enable_shared_from_this<receive_session> {
 public:
-    receive_session(node_context& ctx, std::string peer_id, std::string session_id,
+    // `peer_key`: the peer's statistics key (node_stats::peers): its ID, or its address.
+    receive_session(node_context& ctx, std::string peer_id, const std::string& peer_key, std::string session_id,
                     std::function<void(receive_session&)> on_end);
     ~receive_session() override;
 
@@ -45,6 +46,7 @@ public:
     // Open connections of the session (null entries: not joined yet or closed).
     const std::vector<std::shared_ptr<connection>>& connections() const { return conns_; }
     const std::string& peer_id() const { return peer_id_; }
+    const std::string& peer_key() const { return peer_key_; }
 
     void on_frame(connection& c, wire::Header& header, pooled_buffer payload) override;
     void on_send_ready(connection& c) override {}
@@ -107,6 +109,7 @@ private:
     bool failed_ = false;
     bool reported_ = false;
     bool ended_ = false;
+    std::string peer_key_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     std::vector<bool> file_started_;      // file_start reported
     std::uint64_t files_done_ = 0;        // regular files renamed into place

@@ -99,8 +99,8 @@ void send_session::open_connection(std::uint32_t index) {
 void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream) {
     if (!scope_) {
         // Connection 0 comes first; the peer's ID is known from its handshake.
-        std::string peer = stream->peer_id().empty() ? stream->remote() : stream->peer_id();
-        scope_ = std::make_shared<stats_scope>(ctx_.peer_scope(peer));
+        peer_key_ = stream->peer_id().empty() ? stream->remote() : stream->peer_id();
+        scope_ = std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key_), start_);
     }
     scope_->add_wire(stream->wire_sent(), stream->wire_received());
     stream->set_wire_observer([scope = scope_](std::uint64_t sent, std::uint64_t received) {
@@ -437,6 +437,7 @@ void send_session::file_event_now(file_id f, bool done, bool skipped) {
         file_started_[f.value] = true;
     }
     file_event ev;
+    ev.session_id = session_id_;
     ev.done = done;
     ev.skipped = skipped;
     ev.direction = "send";
@@ -499,6 +500,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         return;
     }
     transfer_report r;
+    r.session_id = session_id_;
     r.ok = ok;
     r.code = code;
     r.error = error;
@@ -522,8 +524,15 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.connections = ok ? std::max<std::uint32_t>(used, 1) : used;
     if (ok && scope_ && scope_->counters().payload_sent < r.payload_bytes) {
         // The receiver's TransferResult confirms every byte; ChunkAcks still on their way
-        // on other connections would have said the same.
-        scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, 0, stats_clock::now());
+        // on other connections would have said the same about the chunks still in flight.
+        std::uint64_t chunks = 0;
+        for (auto& cs : conns_) {
+            chunks += cs.inflight.size();
+            cs.inflight.clear();
+            cs.inflight_bytes = 0;
+        }
+        inflight_bytes_ = 0;
+        scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, chunks, stats_clock::now());
     }
     r.ttfb_s = ttfb_s_;
     ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);

@@ -56,6 +56,8 @@ public:
     // The transfer as it stands (O(connections)).
     transfer_progress progress() const;
     bool finished() const { return finished_; }
+    // The peer's statistics key (node_stats::peers); empty until the first connection.
+    const std::string& peer_key() const { return peer_key_; }
     // Its connections, for `ferry status` (null or closed entries possible).
     std::vector<std::shared_ptr<connection>> connections() const {
         std::vector<std::shared_ptr<connection>> out;
@@ -109,6 +111,7 @@ private:
     std::vector<std::shared_ptr<source_file>> files_;
     std::string peer_id_;
     std::string peer_address_;
+    std::string peer_key_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     std::vector<bool> file_started_;      // file_start reported
     std::uint64_t regular_files_ = 0;

@@ -26,7 +26,6 @@ void rate_window::add(std::uint64_t bytes, stats_clock::time_point now) {
     std::int64_t second = second_of(now);
     if (!started_) {
         started_ = true;
-        first_ = now;
         newest_ = second;
         buckets_.fill(0);
     }
@@ -50,11 +49,12 @@ double rate_window::rate(stats_clock::time_point now, int span) const {
         }
     }
     // Elapsed time covered: the full seconds before plus the part of the current one,
-    // and never more than the time since the first byte.
+    // and never more than the time since the origin (a transfer's first ack carries bytes
+    // that took the whole time since its start to arrive).
     double into_second = std::chrono::duration<double>(now.time_since_epoch()).count() - static_cast<double>(second);
     double covered = static_cast<double>(span - 1) + into_second;
-    double since_first = std::chrono::duration<double>(now - first_).count();
-    covered = std::min(covered, since_first);
+    double since_origin = std::chrono::duration<double>(now - origin_).count();
+    covered = std::min(covered, since_origin);
     if (covered <= 0.001) {
         covered = 0.001;
     }
@@ -109,6 +109,23 @@ void stats_scope::add_payload_received(std::uint64_t bytes, std::uint64_t chunks
         s->c_.chunks_received += chunks;
         s->payload_rate_.add(bytes, now);
     }
+}
+
+std::shared_ptr<stats_scope> peer_scopes::get(const std::string& key, stats_clock::time_point now) {
+    if (auto it = scopes_.find(key); it != scopes_.end()) {
+        return it->second;
+    }
+    if (scopes_.size() >= cap_) {
+        for (auto i = scopes_.begin(); i != scopes_.end(); ++i) {
+            if (i->second.use_count() == 1) {  // no running transfer holds it
+                scopes_.erase(i);
+                break;
+            }
+        }
+    }
+    auto scope = std::make_shared<stats_scope>(root_, now);
+    scopes_.emplace(key, scope);
+    return scope;
 }
 
 }  // namespace ferry

@@ -17,6 +17,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -29,9 +30,13 @@ class rate_window {
 public:
     static constexpr int seconds = 60;
 
+    // `origin`: when what is measured started (a transfer's start). Rates never cover
+    // more time than has passed since then.
+    explicit rate_window(stats_clock::time_point origin = stats_clock::now()) : origin_(origin) {}
+
     void add(std::uint64_t bytes, stats_clock::time_point now);
     // Bytes per second over the last `span` seconds (1..60) up to `now`: the full seconds
-    // before plus the current partial one; shorter if the first byte came later.
+    // before plus the current partial one; shorter if the origin is more recent.
     double rate(stats_clock::time_point now, int span = 5) const;
 
 private:
@@ -41,14 +46,15 @@ private:
     std::array<std::uint64_t, seconds> buckets_{};
     std::int64_t newest_ = 0;      // second of the newest bucket
     bool started_ = false;
-    stats_clock::time_point first_{};
+    stats_clock::time_point origin_;
 };
 
 // Fixed buckets in seconds (Prometheus style upper bounds), a count and a sum.
 class latency_histogram {
 public:
-    static constexpr std::array<double, 16> bounds{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                                   0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
+    static constexpr std::array<double, 18> bounds{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                   0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
+                                                   1.0,    2.5,     5.0,    10.0,  30.0,   60.0};
 
     void observe(stats_clock::duration d);
     std::uint64_t count() const { return count_; }
@@ -77,7 +83,10 @@ struct traffic_counters {
 // One level of the aggregation tree. Updates go to this scope and every ancestor.
 class stats_scope {
 public:
-    explicit stats_scope(std::shared_ptr<stats_scope> parent = nullptr) : parent_(std::move(parent)) {}
+    // `origin`: when this scope's activity started (for its rate window).
+    explicit stats_scope(std::shared_ptr<stats_scope> parent = nullptr,
+                         stats_clock::time_point origin = stats_clock::now())
+        : payload_rate_(origin), parent_(std::move(parent)) {}
 
     void add_wire(std::uint64_t sent, std::uint64_t received);
     void add_payload_sent(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now);
@@ -94,6 +103,22 @@ private:
     std::shared_ptr<stats_scope> parent_;
 };
 
+// Per-peer scopes over the node's life, keyed by canonical node ID (or the address of a
+// plaintext peer), children of `root`. Bounded: beyond `cap` peers, one that no running
+// transfer holds is dropped (its bytes stay in the root) before a new one is added.
+class peer_scopes {
+public:
+    peer_scopes(std::shared_ptr<stats_scope> root, std::size_t cap) : root_(std::move(root)), cap_(cap) {}
+
+    std::shared_ptr<stats_scope> get(const std::string& key, stats_clock::time_point now = stats_clock::now());
+    const std::map<std::string, std::shared_ptr<stats_scope>>& all() const { return scopes_; }
+
+private:
+    std::shared_ptr<stats_scope> root_;
+    std::size_t cap_;
+    std::map<std::string, std::shared_ptr<stats_scope>> scopes_;
+};
+
 // Node-wide figures besides the traffic of its root scope.
 struct node_stats {
     std::shared_ptr<stats_scope> traffic = std::make_shared<stats_scope>();
@@ -103,6 +128,8 @@ struct node_stats {
     std::uint64_t transfers_ok = 0;
     std::uint64_t transfers_failed = 0;
     stats_clock::time_point started = stats_clock::now();
+    static constexpr std::size_t max_peers = 1024;
+    peer_scopes peers{traffic, max_peers};
 };
 
 }  // namespace ferry

@@ -1,10 +1,11 @@
 // node::status() and node::metrics(): the two read-only views of a running node, built
 // from the same incremental counters (node/stats). Nothing here scans past transfers:
-// the cost is the peers kept (bounded by node_context::max_peer_stats) plus the live
+// the cost is the peers kept (bounded by node_stats::max_peers) plus the live
 // sessions and their connections. TCP_INFO is sampled here, when someone asks, and never
 // on a timer.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <set>
 
 #include "node/node.hpp"
@@ -26,11 +27,20 @@ json counters_json(const traffic_counters& c) {
             {"chunks_received", c.chunks_received}};
 }
 
+// A quantile's bucket bound: a number, "+Inf" beyond the last bound, null with no data.
+json quantile_json(const latency_histogram& h, double q) {
+    if (h.count() == 0) {
+        return nullptr;
+    }
+    double b = h.quantile_bound(q);
+    return std::isinf(b) ? json("+Inf") : json(b);
+}
+
 json histogram_json(const latency_histogram& h) {
     return {{"count", h.count()},
             {"sum_s", h.sum_seconds()},
-            {"p50_le_s", h.count() > 0 ? json(h.quantile_bound(0.5)) : json(nullptr)},
-            {"p99_le_s", h.count() > 0 ? json(h.quantile_bound(0.99)) : json(nullptr)}};
+            {"p50_le_s", quantile_json(h, 0.5)},
+            {"p99_le_s", quantile_json(h, 0.99)}};
 }
 
 json connection_json(connection& c) {
@@ -70,19 +80,9 @@ json connection_json(connection& c) {
     return j;
 }
 
-std::string hex(std::string_view bytes) {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned char b : bytes) {
-        out += digits[b >> 4];
-        out += digits[b & 15];
-    }
-    return out;
-}
-
 json progress_json(const transfer_progress& p) {
     return {{"direction", p.direction},
-            {"session", hex(p.session_id)},
+            {"session", hex_encode(p.session_id)},
             {"peer", p.peer_id.empty() ? std::string() : format_node_id(p.peer_id)},
             {"address", p.peer_address},
             {"confirmed_bytes", p.confirmed_bytes},
@@ -152,7 +152,9 @@ nlohmann::ordered_json node::status() const {
         if (!s->finished()) {
             transfer_progress p = s->progress();
             transfers.push_back(progress_json(p));
-            add_conns(p.peer_id.empty() ? p.peer_address : p.peer_id, s->connections());
+            if (!s->peer_key().empty()) {
+                add_conns(s->peer_key(), s->connections());
+            }
         }
     }
     for (const auto& [id, s] : peers_->sessions()) {
@@ -160,11 +162,11 @@ nlohmann::ordered_json node::status() const {
         if (!s->reported()) {
             transfers.push_back(progress_json(p));
         }
-        add_conns(p.peer_id.empty() ? p.peer_address : p.peer_id, s->connections());
+        add_conns(s->peer_key(), s->connections());
     }
 
     json peers = json::array();
-    for (const auto& [key, scope] : ctx.peer_stats) {
+    for (const auto& [key, scope] : ctx.stats.peers.all()) {
         json pj = counters_json(scope->counters());
         bool is_id = parse_node_id(key) == key;
         pj["id"] = is_id ? format_node_id(key) : std::string();
@@ -211,7 +213,7 @@ std::string node::metrics() const {
             transfer_progress p = s->progress();
             connections += p.connections;
             if (p.connections > 0) {
-                peers_connected.insert(p.peer_id.empty() ? p.peer_address : p.peer_id);
+                peers_connected.insert(s->peer_key());
             }
         }
     }
@@ -219,7 +221,7 @@ std::string node::metrics() const {
         in_flight += s->reported() ? 0 : 1;
         connections += s->open_connections();
         if (s->open_connections() > 0) {
-            peers_connected.insert(s->peer_id().empty() ? s->progress().peer_address : s->peer_id());
+            peers_connected.insert(s->peer_key());
         }
     }
     std::string out;

@@ -133,6 +133,7 @@ json report_json(const ferry::transfer_report& r, bool sender) {
     return {{"event", "done"},
             {"ok", r.ok},
             {"direction", sender ? "send" : "receive"},
+            {"session", ferry::hex_encode(r.session_id)},
             {"peer", ferry::format_node_id(r.peer_id)},
             {"files", r.files},
             {"dirs", r.dirs},
@@ -154,6 +155,7 @@ json report_json(const ferry::transfer_report& r, bool sender) {
 json progress_json(const ferry::transfer_progress& p) {
     return {{"event", "progress"},
             {"direction", p.direction},
+            {"session", ferry::hex_encode(p.session_id)},
             {"peer", ferry::format_node_id(p.peer_id)},
             {"confirmed_bytes", p.confirmed_bytes},
             {"inflight_bytes", p.inflight_bytes},
@@ -171,6 +173,7 @@ json progress_json(const ferry::transfer_progress& p) {
 ferry::transfer_progress final_progress(const ferry::transfer_report& r, bool sender) {
     ferry::transfer_progress p;
     p.direction = sender ? "send" : "receive";
+    p.session_id = r.session_id;
     p.peer_id = r.peer_id;
     p.total_bytes = r.total_bytes;
     p.confirmed_bytes = r.payload_bytes;
@@ -185,9 +188,12 @@ ferry::transfer_progress final_progress(const ferry::transfer_report& r, bool se
     return p;
 }
 
-// Progress bars on a terminal unless --quiet; progress events with --json.
+// Progress bars when stderr is a terminal, unless --quiet, or --json goes to the same
+// kind of place (a terminal: the lines would be torn by the redraws); progress events
+// with --json.
 ferry::cli::progress_view::options view_options(const common_opts& o) {
-    return {!o.quiet && ::isatty(STDERR_FILENO) == 1, o.json};
+    bool json_on_terminal = o.json && ::isatty(STDOUT_FILENO) == 1;
+    return {!o.quiet && !json_on_terminal && ::isatty(STDERR_FILENO) == 1, o.json};
 }
 
 // Builds the node config shared by the commands; throws std::runtime_error on bad state.
@@ -219,8 +225,8 @@ ferry::node_events base_events(const common_opts& o) {
     if (o.json) {
         // Per-file lines are many: buffered, flushed with the next progress or done line.
         ev.file = [&o](const ferry::file_event& f) {
-            json j{{"event", f.done ? "file_done" : "file_start"}, {"direction", f.direction}, {"path", f.path},
-                   {"size", f.size}};
+            json j{{"event", f.done ? "file_done" : "file_start"}, {"direction", f.direction},
+                   {"session", ferry::hex_encode(f.session_id)}, {"path", f.path}, {"size", f.size}};
             if (f.done) {
                 j["skipped"] = f.skipped;
             }
@@ -362,7 +368,8 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     std::optional<ferry::metrics_server> metrics;
     if (!one_shot) {
         control.emplace(io, [&n](const std::string& request) {
-            json reply = request == "status\n" ? json(n.status()) : json{{"event", "error"}, {"message", "unknown request"}};
+            bool status = request == "status\n" || request == "status\r\n";
+            json reply = status ? json(n.status()) : json{{"event", "error"}, {"message", "unknown request"}};
             reply["schema"] = json_schema;
             return dump(reply) + "\n";
         });
@@ -423,11 +430,16 @@ void print_status(const json& st) {
                 human_bytes(t["wire_bytes_sent"]).c_str(), human_bytes(t["wire_bytes_received"]).c_str(),
                 t["transfers_ok"].get<unsigned long long>(), t["transfers_failed"].get<unsigned long long>(),
                 human_rate(t["payload_rate_Bps"]).c_str());
-    const json& rtt = st["latency"]["chunk_rtt"];
-    if (rtt["count"].get<std::uint64_t>() > 0) {
-        std::printf("chunk round trip: %llu chunks, p50 <= %g ms, p99 <= %g ms\n",
-                    rtt["count"].get<unsigned long long>(), rtt["p50_le_s"].get<double>() * 1000,
-                    rtt["p99_le_s"].get<double>() * 1000);
+    // A quantile bound: seconds, or "+Inf" beyond the last bucket.
+    auto bound = [](const json& q) {
+        return q.is_number() ? "<= " + std::to_string(q.get<double>() * 1000).substr(0, 6) + " ms" : std::string("> 60 s");
+    };
+    for (const char* name : {"chunk_rtt", "ttfb", "write"}) {
+        const json& h = st["latency"][name];
+        if (h["count"].get<std::uint64_t>() > 0) {
+            std::printf("latency %s: %llu samples, p50 %s, p99 %s\n", name, h["count"].get<unsigned long long>(),
+                        bound(h["p50_le_s"]).c_str(), bound(h["p99_le_s"]).c_str());
+        }
     }
     std::printf("peers: %zu\n", st["peers"].size());
     for (const json& p : st["peers"]) {

@@ -108,9 +108,15 @@ std::string progress_view::bar_line(const transfer_progress& p, std::size_t widt
                      : (to_move == p.confirmed_bytes ? 0.0 : -1.0);
     stats += "  ETA " + clock_text(eta);
     stats += "  files " + std::to_string(p.files_done) + "/" + std::to_string(p.files_total);
-    // The bar takes what is left of the line (the arrow counts as one column).
+    // A bar of fixed width for the terminal (so it does not wobble as the figures change
+    // length); no bar, then a cut line, where the terminal is too narrow: a wrapped line
+    // would break the redraw. The arrow is 3 bytes and one column.
     std::size_t visible = stats.size() - 2;
-    std::size_t bar = width > visible + 12 ? std::min<std::size_t>(width - visible - 3, 40) : 10;
+    std::size_t bar = width >= 110 ? 30 : 16;
+    if (bar + 2 + visible >= width) {
+        std::string cut = stats.substr(1);
+        return width > 1 && cut.size() - 2 >= width - 1 ? cut.substr(0, width + 1) : cut;
+    }
     auto filled = static_cast<std::size_t>(frac * static_cast<double>(bar));
     std::string line = "[";
     line += std::string(filled, '=');

@@ -143,7 +143,8 @@ bool connection::dispatch() {
     }
     pooled_buffer payload = std::move(payload_);
     payload_filled_ = 0;
-    if (handler_ != nullptr) {
+    // A connection closing after its last frames (close_after_flush) delivers nothing more.
+    if (handler_ != nullptr && !close_when_drained_) {
         handler_->on_frame(*this, decoder_.header(), std::move(payload));
     }
     return !closed_;

@@ -215,4 +215,15 @@ tls_credentials generate_credentials() {
     return credentials_for_key(key.get());
 }
 
+std::string hex_encode(std::string_view bytes) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(bytes.size() * 2);
+    for (unsigned char b : bytes) {
+        out += digits[b >> 4];
+        out += digits[b & 15];
+    }
+    return out;
+}
+
 }  // namespace ferry

@@ -32,6 +32,9 @@ struct tls_credentials {
 // RFC 4648 base32 (A-Z2-7) without padding.
 std::string base32_encode(std::span<const std::uint8_t> bytes);
 
+// Lower-case hex of raw bytes (session ids in status and --json output).
+std::string hex_encode(std::string_view bytes);
+
 // Canonical node ID of a public key. Throws std::runtime_error if the key cannot be
 // encoded (not a public key OpenSSL knows).
 std::string node_id_from_pubkey(EVP_PKEY* key);

@@ -3,7 +3,10 @@
 // total, the summary's figures agree with each other and with the other side), and a
 // live `ferry serve` seen through `ferry status` and /metrics while a transfer runs.
 #include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -12,6 +15,7 @@
 #include <asio.hpp>
 #include <csignal>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.hpp"
@@ -42,7 +46,8 @@ std::vector<json> parse_lines(const std::string& out) {
 }
 
 // Checks the rules every --json stream follows and returns its `done` event.
-json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, std::size_t expect_files) {
+json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, std::size_t expect_files,
+                  std::uint64_t expect_skipped = 0) {
     EXPECT_FALSE(lines.empty());
     if (lines.empty()) {
         return {};
@@ -55,6 +60,7 @@ json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, st
     std::size_t finished = 0;
     json last_progress;
     json done;
+    double last_progress_t = -1;
     for (const json& j : lines) {
         EXPECT_GE(j["t"].get<double>(), t) << j;
         t = j["t"].get<double>();
@@ -66,7 +72,14 @@ json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, st
             }
             EXPECT_GE(j["confirmed_bytes"].get<std::uint64_t>(), confirmed) << j;
             confirmed = j["confirmed_bytes"];
-            EXPECT_LE(confirmed, j["total_bytes"].get<std::uint64_t>()) << j;
+            EXPECT_LE(confirmed + j["skipped_bytes"].get<std::uint64_t>(), j["total_bytes"].get<std::uint64_t>()) << j;
+            // At most 4 a second: periodic events are >= 250 ms apart (the final one, which
+            // comes right before `done`, may follow sooner).
+            bool final_one = &j == &lines.back() - 1;
+            if (last_progress_t >= 0 && !final_one) {
+                EXPECT_GE(j["t"].get<double>() - last_progress_t, 0.24) << j;
+            }
+            last_progress_t = j["t"].get<double>();
             last_progress = j;
         } else if (ev == "file_start") {
             ++started;
@@ -77,7 +90,8 @@ json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, st
         }
     }
     EXPECT_GE(progress, 1u);
-    EXPECT_EQ(last_progress["confirmed_bytes"], expect_total) << last_progress;
+    EXPECT_EQ(last_progress["confirmed_bytes"], expect_total - expect_skipped) << last_progress;
+    EXPECT_EQ(last_progress["skipped_bytes"], expect_skipped) << last_progress;
     EXPECT_EQ(last_progress["total_bytes"], expect_total) << last_progress;
     EXPECT_EQ(last_progress["inflight_bytes"], 0u) << last_progress;
     EXPECT_EQ(started, expect_files);
@@ -102,6 +116,55 @@ std::string http_get(const std::string& address, const std::string& path) {
     return out;
 }
 
+// Checks a whole Prometheus text exposition: every sample belongs to a family announced
+// by # TYPE before it, values parse, histogram buckets are cumulative and +Inf == _count.
+void check_exposition(const std::string& text) {
+    std::map<std::string, std::string> types;
+    std::map<std::string, double> last_bucket;
+    std::map<std::string, double> inf_bucket;
+    std::size_t start = 0;
+    while (start < text.size()) {
+        std::size_t nl = text.find('\n', start);
+        ASSERT_NE(nl, std::string::npos) << "the exposition must end with a newline";
+        std::string line = text.substr(start, nl - start);
+        start = nl + 1;
+        if (line.rfind("# TYPE ", 0) == 0) {
+            std::string rest = line.substr(7);
+            types[rest.substr(0, rest.find(' '))] = rest.substr(rest.find(' ') + 1);
+            continue;
+        }
+        if (line.rfind("# HELP ", 0) == 0) {
+            continue;
+        }
+        ASSERT_FALSE(line.empty() || line[0] == '#') << line;
+        std::size_t name_end = line.find_first_of("{ ");
+        std::string name = line.substr(0, name_end);
+        std::string family = name;
+        for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+            if (family.ends_with(suffix) && types.count(family.substr(0, family.size() - std::strlen(suffix)))) {
+                family = family.substr(0, family.size() - std::strlen(suffix));
+            }
+        }
+        ASSERT_TRUE(types.count(family)) << "no # TYPE before " << line;
+        double value = std::stod(line.substr(line.rfind(' ') + 1));
+        EXPECT_GE(value, 0) << line;
+        if (name.ends_with("_bucket")) {
+            EXPECT_EQ(types[family], "histogram") << line;
+            EXPECT_GE(value, last_bucket[family]) << "buckets must be cumulative: " << line;
+            last_bucket[family] = value;
+            if (line.find("le=\"+Inf\"") != std::string::npos) {
+                inf_bucket[family] = value;
+            }
+        } else if (name.ends_with("_count") && types[family] == "histogram") {
+            ASSERT_TRUE(inf_bucket.count(family)) << line;
+            EXPECT_EQ(value, inf_bucket[family]) << line;
+        }
+    }
+    EXPECT_EQ(types["ferry_wire_bytes_sent_total"], "counter");
+    EXPECT_EQ(types["ferry_connections"], "gauge");
+    EXPECT_EQ(types["ferry_chunk_rtt_seconds"], "histogram");
+}
+
 // The value of one sample line ("name{labels} value") of a Prometheus exposition.
 double metric(const std::string& text, const std::string& sample) {
     std::size_t at = text.find("\n" + sample + " ");
@@ -112,11 +175,87 @@ double metric(const std::string& text, const std::string& sample) {
     return std::stod(text.substr(at + sample.size() + 2));
 }
 
+// What a terminal shows after `raw` was written to it: handles the only controls the
+// progress view uses (\r, \n, ESC[nA cursor up, ESC[J erase to the end of the screen).
+// Returns the lines left on screen; fails the test on any other escape sequence.
+std::vector<std::string> render_terminal(const std::string& raw) {
+    std::vector<std::string> screen(1);
+    std::size_t row = 0;
+    std::size_t col = 0;
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+        char ch = raw[i];
+        if (ch == '\r') {
+            col = 0;
+        } else if (ch == '\n') {
+            ++row;
+            col = 0;
+            if (row >= screen.size()) {
+                screen.resize(row + 1);
+            }
+        } else if (ch == '\x1b') {
+            std::size_t end = raw.find_first_of("ABCDHJK", i);
+            if (end == std::string::npos || raw[i + 1] != '[') {
+                ADD_FAILURE() << "unexpected escape at " << i;
+                break;
+            }
+            std::string arg = raw.substr(i + 2, end - i - 2);
+            if (raw[end] == 'A') {
+                std::size_t n = arg.empty() ? 1 : std::stoul(arg);
+                row = n > row ? 0 : row - n;
+            } else if (raw[end] == 'J') {
+                screen[row].resize(std::min(screen[row].size(), col));
+                screen.resize(row + 1);
+            } else {
+                ADD_FAILURE() << "unexpected escape sequence ESC[" << arg << raw[end];
+            }
+            i = end;
+        } else {
+            std::string& line = screen[row];
+            if (line.size() < col + 1) {
+                line.resize(col + 1, ' ');
+            }
+            line[col++] = ch;
+        }
+    }
+    while (!screen.empty() && screen.back().empty()) {
+        screen.pop_back();
+    }
+    return screen;
+}
+
 class observability : public ::testing::Test {
 protected:
     ferry_cli cli;
     std::string a_id = cli.id("A");
     std::string b_id = cli.id("B");
+
+    // Starts sending a large sparse file (8 GiB: it keeps the transfer running while a
+    // test looks) and returns once the sender reports confirmed bytes; null on failure.
+    std::unique_ptr<child_process> send_until_flowing(const std::string& target,
+                                                      const std::vector<std::string>& extra = {}) {
+        fs::path big = cli.root() / "big.sparse";
+        if (!fs::exists(big)) {
+            std::ofstream f(big);
+        }
+        fs::resize_file(big, 8ull << 30);
+        std::vector<std::string> argv{FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        argv.push_back(big.string());
+        argv.push_back(target);
+        auto sender = std::make_unique<child_process>(argv);
+        for (int i = 0; i < 100; ++i) {
+            auto line = sender->read_line(process_timeout);
+            if (!line) {
+                break;
+            }
+            json j = json::parse(*line, nullptr, false);
+            if (j.value("event", "") == "progress" && j.value("confirmed_bytes", 0ull) > 0) {
+                return sender;
+            }
+        }
+        ADD_FAILURE() << "the sender never reported confirmed bytes: " << sender->err();
+        return nullptr;
+    }
 
     void SetUp() override {
         ASSERT_EQ(cli.ferry({"trust", b_id, "--state", cli.state("A").string()}).code, 0);
@@ -148,9 +287,12 @@ TEST_F(observability, json_streams_of_both_sides_are_well_formed_and_agree) {
 
     json sent = check_stream(parse_lines(s.out), total, files);
     // The receiver's stream: its first line (listening) was read by start().
-    std::vector<json> rx_lines = parse_lines(rx.proc->out());
-    rx_lines.insert(rx_lines.begin(), json{{"event", "listening"}, {"schema", 1}, {"t", 0.0}});
+    std::vector<json> rx_lines = parse_lines(rx.first_line + "\n" + rx.proc->out());
+    EXPECT_EQ(rx_lines.front()["event"], "listening");
     json received = check_stream(rx_lines, total, files);
+    // Both sides name the same session in their summaries.
+    EXPECT_EQ(received["session"], sent["session"]);
+    EXPECT_EQ(received["session"].get<std::string>().size(), 32u);
 
     for (const json* d : {&sent, &received}) {
         const json& done = *d;
@@ -176,6 +318,81 @@ TEST_F(observability, json_streams_of_both_sides_are_well_formed_and_agree) {
     EXPECT_GE(received["wire_bytes_sent"].get<std::uint64_t>() + 1024, sent["wire_bytes_received"].get<std::uint64_t>());
     EXPECT_NEAR(sent["overhead_pct"].get<double>(),
                 100.0 * static_cast<double>(wire - total) / static_cast<double>(total), 1e-9);
+
+    // The same tree again: everything is already there and skipped; the figures say so.
+    auto again = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--json",
+                            (cli.root() / "inbox").string()});
+    run_result s2 =
+        cli.ferry({"send", "--state", cli.state("B").string(), "--json", src.string(), a_id + "@" + again.address});
+    ASSERT_EQ(s2.code, 0) << s2.err;
+    ASSERT_EQ(again.proc->wait(process_timeout), 0) << again.proc->err();
+    json skipped = check_stream(parse_lines(s2.out), total, files, total);
+    EXPECT_EQ(skipped["payload_bytes"], 0u);
+    EXPECT_EQ(skipped["skipped_bytes"], total);
+    EXPECT_EQ(skipped["skipped_files"], files);
+}
+
+TEST_F(observability, on_a_terminal_bars_are_drawn_and_only_the_summary_stays) {
+    fs::path src = cli.root() / "src";
+    // Large enough to last several redraws (100 ms apart) on a fast machine: sparse, so
+    // it costs no disk on the sending side.
+    fs::create_directories(src);
+    {
+        std::ofstream f(src / "a.bin");
+    }
+    fs::resize_file(src / "a.bin", 384ull << 20);
+    for (int i = 0; i < 20; ++i) {
+        write_random_file(src / "small" / ("f" + std::to_string(i)), 5000, 70 + i);
+    }
+    auto rx = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--json",
+                         (cli.root() / "inbox").string()});
+    // The sender's stderr is a pseudo-terminal (so it draws bars); stdout and stdin are not.
+    int master = -1;
+    int slave = -1;
+    winsize ws{};
+    ws.ws_col = 80;  // too narrow for bar and figures: the bar gives way, nothing wraps
+    ws.ws_row = 40;
+    ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, &ws), 0);
+    std::string state = cli.state("B").string();
+    std::string target = a_id + "@" + rx.address;
+    std::string src_arg = src.string();
+    const char* argv[] = {FERRY_BINARY, "send", "--state", state.c_str(), src_arg.c_str(), target.c_str(), nullptr};
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        int devnull = ::open("/dev/null", O_RDWR);
+        ::dup2(devnull, 0);
+        ::dup2(devnull, 1);
+        ::dup2(slave, 2);
+        ::execv(argv[0], const_cast<char* const*>(argv));
+        ::_exit(127);
+    }
+    ::close(slave);
+    std::string raw;
+    for (;;) {  // until the child closes the terminal (bounded by the poll timeout)
+        pollfd p{master, POLLIN, 0};
+        if (::poll(&p, 1, 120'000) <= 0) {
+            break;
+        }
+        char buf[4096];
+        ssize_t n = ::read(master, buf, sizeof buf);
+        if (n <= 0) {
+            break;  // EIO once the child exited
+        }
+        raw.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(master);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << raw;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    // The terminal translates \n to \r\n; the renderer handles both.
+    EXPECT_NE(raw.find("\x1b[1A"), std::string::npos) << "no bar was redrawn: " << raw;
+    EXPECT_NE(raw.find("files "), std::string::npos) << raw;
+    std::vector<std::string> screen = render_terminal(raw);
+    ASSERT_EQ(screen.size(), 1u) << raw;
+    EXPECT_EQ(screen[0].rfind("ferry: sent 21 files", 0), 0u) << screen[0];
 }
 
 TEST_F(observability, status_and_metrics_of_a_live_serve) {
@@ -200,25 +417,14 @@ TEST_F(observability, status_and_metrics_of_a_live_serve) {
     EXPECT_EQ(st["transfers"].size(), 0u);
     EXPECT_EQ(st["totals"]["payload_bytes_received"], 0u);
 
-    // A large sparse file keeps the transfer running while we look.
-    fs::path big = cli.root() / "big.sparse";
-    {
-        std::ofstream f(big);
-    }
-    fs::resize_file(big, 8ull << 30);
-    child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json", big.string(),
-                          a_id + "@" + sv.address});
-    bool flowing = false;
-    for (int i = 0; i < 100 && !flowing; ++i) {
-        auto line = sender.read_line(process_timeout);
-        if (!line) {
-            break;
-        }
-        json j = json::parse(*line, nullptr, false);
-        flowing = j.value("event", "") == "progress" && j.value("confirmed_bytes", 0ull) > 0;
-    }
-    ASSERT_TRUE(flowing) << sender.err();
+    auto sender_ptr = send_until_flowing(a_id + "@" + sv.address);
+    ASSERT_TRUE(sender_ptr);
+    child_process& sender = *sender_ptr;
 
+    run_result human = cli.ferry({"status", "--state", state.string()});
+    EXPECT_EQ(human.code, 0) << human.err;
+    EXPECT_NE(human.out.find("receive from " + b_id), std::string::npos) << human.out;
+    EXPECT_NE(human.out.find("rtt "), std::string::npos) << human.out;
     run_result live = cli.ferry({"status", "--state", state.string(), "--json"});
     ASSERT_EQ(live.code, 0) << live.err;
     st = json::parse(live.out);
@@ -249,6 +455,7 @@ TEST_F(observability, status_and_metrics_of_a_live_serve) {
 
     std::string m = http_get(metrics_address, "/metrics");
     EXPECT_EQ(m.rfind("HTTP/1.1 200 OK", 0), 0u) << m.substr(0, 200);
+    check_exposition(m.substr(m.find("\r\n\r\n") + 4));
     EXPECT_EQ(metric(m, "ferry_connections"), 4);
     EXPECT_EQ(metric(m, "ferry_peers"), 1);
     EXPECT_EQ(metric(m, "ferry_transfers_in_flight"), 1);
@@ -265,6 +472,25 @@ TEST_F(observability, status_and_metrics_of_a_live_serve) {
     sv.proc->signal(SIGTERM);
     EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
     EXPECT_FALSE(fs::exists(state / "control.sock"));
+}
+
+TEST_F(observability, status_of_a_plaintext_peer_lists_its_connections_under_its_address) {
+    fs::path state = cli.state("A");
+    auto sv = cli.start({"serve", "--state", state.string(), "--listen", "127.0.0.1:0", "--json", "--plaintext",
+                         "--accept-any", "--inbox", (cli.root() / "inbox").string()});
+    auto sender = send_until_flowing(sv.address, {"--plaintext"});
+    ASSERT_TRUE(sender);
+    run_result live = cli.ferry({"status", "--state", state.string(), "--json"});
+    ASSERT_EQ(live.code, 0) << live.err;
+    json st = json::parse(live.out);
+    ASSERT_EQ(st["peers"].size(), 1u) << st;
+    EXPECT_EQ(st["peers"][0]["address"], "127.0.0.1") << st;
+    EXPECT_EQ(st["peers"][0]["connections"].size(), 4u) << st;
+    EXPECT_EQ(st["connections"], 4) << st;
+    sender->signal(SIGKILL);
+    sender->wait(process_timeout);
+    sv.proc->signal(SIGTERM);
+    EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
 }
 
 TEST_F(observability, a_stale_control_socket_is_replaced) {

@@ -33,6 +33,7 @@ ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const
         ADD_FAILURE() << "first line is not a listening event: " << *line;
         return r;
     }
+    r.first_line = *line;
     r.address = j.value("address", "");
     r.id = j.value("id", "");
     return r;

@@ -29,6 +29,7 @@ public:
         std::unique_ptr<child_process> proc;
         std::string address;  // HOST:PORT from the listening event
         std::string id;
+        std::string first_line;  // the listening event, as printed
     };
     // Starts `ferry receive` (or serve) for state `who`; fails the test if it does not
     // announce where it listens within the timeout. `env`: extra "NAME=value" entries.
