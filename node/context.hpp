@@ -13,6 +13,7 @@
 #include <string>
 
 #include "node/stats.hpp"
+#include "protocol/transfer.hpp"
 #include "node/trust_store.hpp"
 #include "node/worker_pool.hpp"
 #include "transport/buffer_pool.hpp"
@@ -81,6 +82,49 @@ struct file_event {
     std::string session_id;  // raw bytes
     std::string path;
     std::uint64_t size = 0;
+};
+
+// Reports the files of one transfer to a file callback: each regular file once as
+// started and once as done, in that order (an empty or skipped file gets its start right
+// before its done). Costs nothing when nobody listens.
+class file_reporter {
+public:
+    file_reporter(std::string direction, std::string session_id)
+        : direction_(std::move(direction)), session_id_(std::move(session_id)) {}
+
+    void resize(std::size_t files) {
+        if (started_.size() < files) {
+            started_.resize(files, false);
+        }
+    }
+    void started(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e) {
+        if (sink && !e.is_dir && !started_[f.value]) {
+            started_[f.value] = true;
+            emit(sink, e, false, false);
+        }
+    }
+    void done(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e, bool skipped) {
+        if (sink && !e.is_dir) {
+            started(sink, f, e);
+            emit(sink, e, true, skipped);
+        }
+    }
+
+private:
+    void emit(const std::function<void(const file_event&)>& sink, const entry_info& e, bool done, bool skipped) const {
+        file_event ev;
+        ev.done = done;
+        ev.skipped = skipped;
+        ev.direction = direction_;
+        ev.session_id = session_id_;
+        ev.path = e.path;
+        ev.size = e.size;
+        sink(ev);
+    }
+
+    std::string direction_;
+    std::string session_id_;
+    std::vector<bool> started_;
 };
 
 enum class accept_policy {

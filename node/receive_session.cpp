@@ -47,7 +47,7 @@ receive_session::sink_file::~sink_file() {
 receive_session::receive_session(node_context& ctx, std::string peer_id, const std::string& peer_key,
                                  std::string session_id, std::function<void(receive_session&)> on_end)
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
-      peer_key_(peer_key), scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))),
+      peer_key_(peer_key), files_("receive", session_id_), scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))),
       start_(std::chrono::steady_clock::now()) {}
 
 receive_session::~receive_session() = default;
@@ -258,17 +258,13 @@ void receive_session::next_offer() {
                            "refused transfer: " + error);
                 return;
             }
-            if (self->file_started_.size() < self->machine_.total_files()) {
-                self->file_started_.resize(self->machine_.total_files(), false);
-            }
+            self->files_.resize(self->machine_.total_files());
             for (const auto& d : decisions) {
                 if (d.kind == wire::ACCEPT_SKIP) {
                     // It may have been renamed by a transfer that has not synced yet:
                     // success is reported only once it is on disk too.
                     self->need_syncfs_ = true;
-                    if (self->ctx_.events.file) {
-                        self->file_event_now(d.id, true, true);
-                    }
+                    self->files_.done(self->ctx_.events.file, d.id, self->machine_.entry(d.id), true);
                 }
             }
             wire::Header h;
@@ -306,9 +302,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     if (!writing_.insert(key).second) {
         return;  // a duplicate of a chunk being written: that write's ack confirms it
     }
-    if (ctx_.events.file && !file_started_[f.value]) {
-        file_event_now(f, false, false);
-    }
+    files_.started(ctx_.events.file, f, machine_.entry(f));
     if (machine_.single_chunk(f)) {
         write_whole_file(conn, chunk, std::move(payload));
         return;
@@ -566,9 +560,7 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
     send_control(h);
     if (!machine_.entry(f).is_dir) {
         ++files_done_;
-        if (ctx_.events.file) {
-            file_event_now(f, true, false);
-        }
+        files_.done(ctx_.events.file, f, machine_.entry(f), false);
     }
     check_all_done();
 }
@@ -581,29 +573,6 @@ void receive_session::on_payload_written(std::uint64_t bytes, stats_clock::durat
         ttfb_s_ = seconds_since(start_);
         ctx_.stats.ttfb.observe(now - start_);
     }
-}
-
-void receive_session::file_event_now(file_id f, bool done, bool skipped) {
-    const entry_info& e = machine_.entry(f);
-    // Every file gets one file_start and then one file_done (an empty or skipped file
-    // too: its start comes right before its done).
-    if (!done && file_started_[f.value]) {
-        return;
-    }
-    if (done && !file_started_[f.value]) {
-        file_event_now(f, false, false);
-    }
-    if (!done) {
-        file_started_[f.value] = true;
-    }
-    file_event ev;
-    ev.session_id = session_id_;
-    ev.done = done;
-    ev.skipped = skipped;
-    ev.direction = "receive";
-    ev.path = e.path;
-    ev.size = e.size;
-    ctx_.events.file(ev);
 }
 
 transfer_progress receive_session::progress() const {

@@ -71,7 +71,6 @@ private:
     void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored);
     void start_renames();
     void on_payload_written(std::uint64_t bytes, stats_clock::duration write_time);
-    void file_event_now(file_id f, bool done, bool skipped);
     std::filesystem::path journal_dir() const;
     void check_all_done();
     void queue_ack(std::uint32_t conn, std::uint64_t key);
@@ -110,8 +109,8 @@ private:
     bool reported_ = false;
     bool ended_ = false;
     std::string peer_key_;
+    file_reporter files_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
-    std::vector<bool> file_started_;      // file_start reported
     std::uint64_t files_done_ = 0;        // regular files renamed into place
     double ttfb_s_ = -1;
     std::chrono::steady_clock::time_point start_;

@@ -40,7 +40,7 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
     options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
     conns_.resize(options_.connections);
     files_.resize(sources_.entries.size());
-    file_started_.assign(sources_.entries.size(), false);
+    file_events_.resize(sources_.entries.size());
     for (const entry_info& e : sources_.entries) {
         regular_files_ += e.is_dir ? 0 : 1;
     }
@@ -169,11 +169,9 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                 return;
             }
-            if (ctx_.events.file) {
-                for (const wire::FileAccept& fa : header.accept().files()) {
-                    if (fa.kind() == wire::ACCEPT_SKIP) {
-                        file_event_now(file_id{fa.id()}, true, true);
-                    }
+            for (const wire::FileAccept& fa : header.accept().files()) {
+                if (fa.kind() == wire::ACCEPT_SKIP && fa.id() < sources_.entries.size()) {
+                    file_events_.done(ctx_.events.file, file_id{fa.id()}, sources_.entries[fa.id()], true);
                 }
             }
             for (wire::FileDone& d : done_now) {
@@ -215,8 +213,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 fail(exit_code::transfer_failed, "receiver failed: " + machine_.failure(), false);
                 return;
             }
-            if (ctx_.events.file) {
-                file_event_now(file_id{header.file_result().file_id()}, true, false);
+            if (std::uint32_t id = header.file_result().file_id(); id < sources_.entries.size()) {
+                file_events_.done(ctx_.events.file, file_id{id}, sources_.entries[id], false);
             }
             return;
         case wire::Header::kTransferResult:
@@ -365,9 +363,8 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                     cs.inflight.emplace(chunk_key(ref.file, ref.index), stats_clock::now());
                     cs.inflight_bytes += ref.length;
                     self->inflight_bytes_ += ref.length;
-                    if (self->ctx_.events.file && !self->file_started_[ref.file.value]) {
-                        self->file_event_now(ref.file, false, false);
-                    }
+                    self->file_events_.started(self->ctx_.events.file, ref.file,
+                                               self->sources_.entries[ref.file.value]);
                     cs.conn->send(h, std::move(buf), ref.length);
                 }
             }
@@ -418,32 +415,6 @@ void send_session::on_closed(connection& c, std::error_code ec) {
              "); its unconfirmed chunks go to the others");
     requeue_inflight(cs);
     pump_all();
-}
-
-void send_session::file_event_now(file_id f, bool done, bool skipped) {
-    const entry_info& e = sources_.entries[f.value];
-    if (e.is_dir) {
-        return;
-    }
-    // Every file gets one file_start and then one file_done (an empty or skipped file
-    // too: its start comes right before its done).
-    if (!done && file_started_[f.value]) {
-        return;
-    }
-    if (done && !file_started_[f.value]) {
-        file_event_now(f, false, false);
-    }
-    if (!done) {
-        file_started_[f.value] = true;
-    }
-    file_event ev;
-    ev.session_id = session_id_;
-    ev.done = done;
-    ev.skipped = skipped;
-    ev.direction = "send";
-    ev.path = e.path;
-    ev.size = e.size;
-    ctx_.events.file(ev);
 }
 
 transfer_progress send_session::progress() const {

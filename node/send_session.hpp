@@ -98,7 +98,6 @@ private:
     void fail(exit_code code, const std::string& message, bool tell_peer = true);
     void finish(bool ok, exit_code code, const std::string& error);
     wire_bytes wire() const;  // over every connection of the session, open or closed
-    void file_event_now(file_id f, bool done, bool skipped);
 
     node_context& ctx_;
     source_tree sources_;
@@ -113,7 +112,7 @@ private:
     std::string peer_address_;
     std::string peer_key_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
-    std::vector<bool> file_started_;      // file_start reported
+    file_reporter file_events_{"send", session_id_};
     std::uint64_t regular_files_ = 0;
     std::uint64_t inflight_bytes_ = 0;    // over every connection
     double ttfb_s_ = -1;

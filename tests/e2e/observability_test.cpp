@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.hpp"
+#include "tests/support/http_get.hpp"
 #include "tests/support/tree.hpp"
 
 namespace fs = std::filesystem;
@@ -101,20 +102,6 @@ json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, st
     return done;
 }
 
-// A blocking HTTP GET on loopback; the whole response.
-std::string http_get(const std::string& address, const std::string& path) {
-    asio::io_context io;
-    asio::ip::tcp::socket s(io);
-    std::size_t colon = address.rfind(':');
-    s.connect({asio::ip::make_address(address.substr(0, colon)),
-               static_cast<unsigned short>(std::stoi(address.substr(colon + 1)))});
-    std::string req = "GET " + path + " HTTP/1.1\r\nHost: test\r\n\r\n";
-    asio::write(s, asio::buffer(req));
-    std::string out;
-    std::error_code ec;
-    asio::read(s, asio::dynamic_buffer(out), ec);
-    return out;
-}
 
 // Checks a whole Prometheus text exposition: every sample belongs to a family announced
 // by # TYPE before it, values parse, histogram buckets are cumulative and +Inf == _count.

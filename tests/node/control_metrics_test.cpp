@@ -13,6 +13,7 @@
 
 #include "node/control_server.hpp"
 #include "node/metrics_server.hpp"
+#include "tests/support/http_get.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace ferry {
@@ -20,6 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using std::chrono::seconds;
+using test::http_get;
 
 // Runs an io_context on a thread for the life of the object.
 struct loop_thread {
@@ -145,20 +147,6 @@ TEST(metrics_server, http_answers) {
     EXPECT_EQ(metrics_server::answer("garbage\r\n\r\n", text).rfind("HTTP/1.1 400", 0), 0u);
 }
 
-// A blocking HTTP GET on loopback; returns the whole response.
-std::string http_get(const std::string& address, const std::string& path) {
-    asio::io_context io;
-    asio::ip::tcp::socket s(io);
-    std::size_t colon = address.rfind(':');
-    s.connect({asio::ip::make_address(address.substr(0, colon)),
-               static_cast<unsigned short>(std::stoi(address.substr(colon + 1)))});
-    std::string req = "GET " + path + " HTTP/1.1\r\nHost: test\r\n\r\n";
-    asio::write(s, asio::buffer(req));
-    std::string out;
-    std::error_code ec;
-    asio::read(s, asio::dynamic_buffer(out), ec);
-    return out;
-}
 
 TEST(metrics_server, serves_over_tcp_and_an_address_in_use_fails) {
     loop_thread loop;
