@@ -55,7 +55,7 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
 send_session::~send_session() = default;
 
 void send_session::start() {
-    start_ = std::chrono::steady_clock::now();
+    start_ = options_.started.value_or(std::chrono::steady_clock::now());
     open_connection(0);
 }
 

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -34,6 +35,10 @@ struct send_target {
 
 struct send_options {
     std::uint32_t connections = default_connections;
+    // When the transfer began, for its elapsed time and rates (`ferry send`: when the
+    // command started, so that setting up and scanning the sources count too). Default:
+    // when the session starts.
+    std::optional<std::chrono::steady_clock::time_point> started;
     bool overwrite = false;
     bool fsync_each = false;
     // Per connection: bytes sent or being read and not yet confirmed by the receiver

@@ -550,6 +550,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     so.connections = s.connections;
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
+    so.started = program_start;  // the rate a user can check from outside: from the command's start
     std::optional<ferry::transfer_report> result;
     ferry::cli::progress_view progress(
         io, view_options(o), [&n] { return n.transfers(); },
