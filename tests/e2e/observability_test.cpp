@@ -210,6 +210,58 @@ std::vector<std::string> render_terminal(const std::string& raw) {
     return screen;
 }
 
+// Runs argv with stderr on a pseudo-terminal of 80 columns (stdin and stdout: /dev/null)
+// and returns everything written to the terminal, once the program exited.
+struct term_run {
+    int exit_code = -1;
+    std::string raw;
+};
+term_run run_on_terminal(const std::vector<std::string>& args) {
+    term_run out;
+    int master = -1;
+    int slave = -1;
+    winsize ws{};
+    ws.ws_col = 80;  // too narrow for bar and figures: the bar gives way, nothing wraps
+    ws.ws_row = 40;
+    if (::openpty(&master, &slave, nullptr, nullptr, &ws) != 0) {
+        ADD_FAILURE() << "openpty failed";
+        return out;
+    }
+    std::vector<char*> argv;
+    for (const std::string& a : args) {
+        argv.push_back(const_cast<char*>(a.c_str()));
+    }
+    argv.push_back(nullptr);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        int devnull = ::open("/dev/null", O_RDWR);
+        ::dup2(devnull, 0);
+        ::dup2(devnull, 1);
+        ::dup2(slave, 2);
+        ::execv(argv[0], argv.data());
+        ::_exit(127);
+    }
+    ::close(slave);
+    for (;;) {  // until the child closes the terminal (bounded by the poll timeout)
+        pollfd p{master, POLLIN, 0};
+        if (::poll(&p, 1, 120'000) <= 0) {
+            break;
+        }
+        char buf[4096];
+        ssize_t n = ::read(master, buf, sizeof buf);
+        if (n <= 0) {
+            break;  // EIO once the child exited
+        }
+        out.raw.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(master);
+    int status = 0;
+    if (pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status)) {
+        out.exit_code = WEXITSTATUS(status);
+    }
+    return out;
+}
+
 class observability : public ::testing::Test {
 protected:
     ferry_cli cli;
@@ -333,52 +385,44 @@ TEST_F(observability, on_a_terminal_bars_are_drawn_and_only_the_summary_stays) {
     }
     auto rx = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--json",
                          (cli.root() / "inbox").string()});
-    // The sender's stderr is a pseudo-terminal (so it draws bars); stdout and stdin are not.
-    int master = -1;
-    int slave = -1;
-    winsize ws{};
-    ws.ws_col = 80;  // too narrow for bar and figures: the bar gives way, nothing wraps
-    ws.ws_row = 40;
-    ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, &ws), 0);
-    std::string state = cli.state("B").string();
-    std::string target = a_id + "@" + rx.address;
-    std::string src_arg = src.string();
-    const char* argv[] = {FERRY_BINARY, "send", "--state", state.c_str(), src_arg.c_str(), target.c_str(), nullptr};
-    pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-        int devnull = ::open("/dev/null", O_RDWR);
-        ::dup2(devnull, 0);
-        ::dup2(devnull, 1);
-        ::dup2(slave, 2);
-        ::execv(argv[0], const_cast<char* const*>(argv));
-        ::_exit(127);
-    }
-    ::close(slave);
-    std::string raw;
-    for (;;) {  // until the child closes the terminal (bounded by the poll timeout)
-        pollfd p{master, POLLIN, 0};
-        if (::poll(&p, 1, 120'000) <= 0) {
-            break;
-        }
-        char buf[4096];
-        ssize_t n = ::read(master, buf, sizeof buf);
-        if (n <= 0) {
-            break;  // EIO once the child exited
-        }
-        raw.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(master);
-    int status = 0;
-    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFEXITED(status));
-    EXPECT_EQ(WEXITSTATUS(status), 0) << raw;
+    term_run run = run_on_terminal({FERRY_BINARY, "send", "--state", cli.state("B").string(), src.string(),
+                                    a_id + "@" + rx.address});
+    EXPECT_EQ(run.exit_code, 0) << run.raw;
     EXPECT_EQ(rx.proc->wait(process_timeout), 0);
+    std::string raw = run.raw;
     // The terminal translates \n to \r\n; the renderer handles both.
     EXPECT_NE(raw.find("\x1b[1A"), std::string::npos) << "no bar was redrawn: " << raw;
     EXPECT_NE(raw.find("files "), std::string::npos) << raw;
+    // No line is as wide as the terminal (80 columns): a wrapped bar would break the
+    // redraw. Columns are characters: UTF-8 continuation bytes take none.
+    // (The bars only: the summary after the last erase may wrap, nothing redraws it.)
+    std::size_t cols = 0;
+    std::size_t bars_end = raw.rfind("\x1b[J");
+    for (std::size_t i = 0; i < bars_end && i != std::string::npos; ++i) {
+        unsigned char ch = static_cast<unsigned char>(raw[i]);
+        if (ch == '\r' || ch == '\n') {
+            cols = 0;
+        } else if (ch == 0x1b) {
+            i = raw.find_first_of("AJ", i);
+        } else if ((ch & 0xC0) != 0x80) {
+            ++cols;
+            ASSERT_LT(cols, 80u) << "a line reaches the terminal's width: " << raw.substr(raw.find_last_of("\r\n", i) + 1, 200);
+        }
+    }
     std::vector<std::string> screen = render_terminal(raw);
     ASSERT_EQ(screen.size(), 1u) << raw;
+    EXPECT_EQ(screen[0].rfind("ferry: sent 21 files", 0), 0u) << screen[0];
+
+    // --quiet: no bar, no escape code, the same summary.
+    auto rx2 = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--json",
+                          (cli.root() / "inbox2").string()});
+    term_run quiet = run_on_terminal({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--quiet",
+                                      src.string(), a_id + "@" + rx2.address});
+    EXPECT_EQ(quiet.exit_code, 0) << quiet.raw;
+    EXPECT_EQ(rx2.proc->wait(process_timeout), 0);
+    EXPECT_EQ(quiet.raw.find('\x1b'), std::string::npos) << quiet.raw;
+    screen = render_terminal(quiet.raw);
+    ASSERT_EQ(screen.size(), 1u) << quiet.raw;
     EXPECT_EQ(screen[0].rfind("ferry: sent 21 files", 0), 0u) << screen[0];
 }
 
