@@ -13,6 +13,8 @@
 #    transfer and after N (default 10000) more transfers from the same peer (4 senders at
 #    a time). Target: equal.
 #
+# 4. Idle again after all the transfers: nothing they started may keep ticking.
+#
 # Only 127.0.0.1; data in a temp folder under /dev/shm; every wait is bounded.
 # --record appends the report to bench/RESULTS.md.
 set -euo pipefail
@@ -125,7 +127,7 @@ threads_n=$(max_threads_with "$senders")
 log "threads: idle $idle_threads, 1 sender $threads_1, $senders senders $threads_n"
 busy_us=$(cat "$work/busy-status.us" 2>/dev/null || echo "?")
 busy_rtt=$(cat "$work/busy-rtt.us" 2>/dev/null || echo "?")
-busy_transfers=$(grep -o '"transfers_in_flight":[0-9]*' "$work/busy-status.json" 2>/dev/null | cut -d: -f2)
+busy_transfers=$(grep -o '"transfers_in_flight":[0-9]*' "$work/busy-status.json" 2>/dev/null | cut -d: -f2 || echo "?")
 log "status with $senders senders running: $busy_us us, the node's answer $busy_rtt us ($busy_transfers transfers in flight)"
 
 # 3. Status cost after 1 transfer and after many.
@@ -154,12 +156,21 @@ read -r us_n bytes_n < <(status_cost)
 total_transfers=$(( 2 + senders + transfers ))
 log "status after $total_transfers transfers: ${us_n} us, $bytes_n bytes"
 
+# 4. Idle again, after all that: nothing the transfers started may keep ticking.
+before=$(switches)
+sleep "$idle_s"
+after=$(switches)
+idle_after=$((after - before))
+idle_after_rate=$(awk -v n="$idle_after" -v s="$idle_s" 'BEGIN { printf "%.2f", n / s }')
+log "idle after the transfers: $idle_after context switches in $idle_s s ($idle_after_rate/s)"
+
 report=$(cat <<EOF
 ### Footprint, $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -r))
 
 | figure | value | target |
 | --- | --- | --- |
 | idle serve: context switches, all threads, over ${idle_s} s | $idle_switches ($idle_rate/s) | <= 1/s |
+| idle serve after $total_transfers transfers: context switches over ${idle_s} s | $idle_after ($idle_after_rate/s) | <= 1/s |
 | threads: idle / 1 sender / $senders senders | $idle_threads / $threads_1 / $senders: $threads_n | fixed |
 | \`ferry status --json\` (fastest of 20, process start included) after $(( 2 + senders )) / $total_transfers transfers ($ok counted ok) | ${us_1} us / ${us_n} us | equal |
 | \`ferry status --json\` while $senders senders run ($busy_transfers transfers in flight): whole command / the node's answer alone | ${busy_us} us / ${busy_rtt} us | < 100 ms |
