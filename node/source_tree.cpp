@@ -22,7 +22,7 @@ struct scanner {
 
     bool add(const std::filesystem::path& local, const std::string& wire, const struct stat& st) {
         if (check_wire_path(wire)) {
-            error = local.string() + ": name cannot be sent (too long or contains a backslash)";
+            error = local.string() + ": name cannot be sent (not UTF-8, too long, or contains a backslash)";
             return false;
         }
         if (!seen.insert(wire).second) {

@@ -5,6 +5,28 @@
 
 namespace ferry {
 
+std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+        return 1;
+    }
+    std::size_t n = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 0;
+    if (n == 0 || i + n > s.size()) {
+        return 0;
+    }
+    for (std::size_t k = 1; k < n; ++k) {
+        if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) {
+            return 0;
+        }
+    }
+    auto c1 = static_cast<unsigned char>(s[i + 1]);
+    if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 >= 0xA0) || (c == 0xF0 && c1 < 0x90) ||
+        (c == 0xF4 && c1 >= 0x90)) {
+        return 0;  // overlong, surrogate, or beyond U+10FFFF
+    }
+    return n;
+}
+
 std::error_code check_wire_path(std::string_view path) {
     if (path.empty() || path.size() > max_path_bytes) {
         return protocol_errc::bad_path;
@@ -27,10 +49,12 @@ std::error_code check_wire_path(std::string_view path) {
         if (name.empty() || name == "." || name == ".." || name.size() > max_name_bytes) {
             return protocol_errc::bad_path;
         }
-        for (char c : name) {
-            if (c == '\0' || c == '\\') {
+        for (std::size_t i = 0; i < name.size();) {
+            std::size_t n = utf8_sequence_length(name, i);
+            if (n == 0 || name[i] == '\0' || name[i] == '\\') {
                 return protocol_errc::bad_path;
             }
+            i += n;
         }
         start = end + 1;
     }

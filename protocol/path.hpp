@@ -13,8 +13,13 @@
 
 namespace ferry {
 
-// Returns {} if `path` is a safe wire path, protocol_errc::bad_path otherwise.
+// Returns {} if `path` is a safe wire path, protocol_errc::bad_path otherwise. Wire paths
+// are UTF-8 (protobuf strings must be): a name in another encoding cannot be sent.
 std::error_code check_wire_path(std::string_view path);
+
+// Length (1-4) of the well-formed UTF-8 sequence starting at s[i], or 0 if there is none
+// there (a stray continuation byte, an overlong form, a surrogate, beyond U+10FFFF, cut).
+std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 
 // True for names ferry reserves for its partial files (".NAME.ferry-part" and
 // ".ferry-HASH.part"): a receiver refuses them in an offer, a sender skips them.

@@ -117,6 +117,28 @@ TEST(check_wire_path, refuses_backslash) {
     expect_bad("\\\\server\\share");
 }
 
+TEST(check_wire_path, accepts_utf8_and_refuses_other_encodings) {
+    EXPECT_FALSE(check_wire_path("données/ñandú ☃.txt"));
+    EXPECT_FALSE(check_wire_path("日本語/ファイル.txt"));
+    EXPECT_FALSE(check_wire_path("emoji \xF0\x9F\x98\x80"));  // U+1F600
+    expect_bad("latin1 caf\xE9");        // ISO-8859-1 e-acute
+    expect_bad("\xFF\xFE");              // never in UTF-8
+    expect_bad("cut \xE2\x98");          // a sequence cut short
+    expect_bad("over\xC0\xAF");          // overlong '/'
+    expect_bad("surrogate \xED\xA0\x80");
+    expect_bad("beyond \xF4\x90\x80\x80");
+    expect_bad("stray \x80 continuation");
+}
+
+TEST(utf8_sequence_length, lengths) {
+    EXPECT_EQ(utf8_sequence_length("a", 0), 1u);
+    EXPECT_EQ(utf8_sequence_length("\xC3\xA9", 0), 2u);
+    EXPECT_EQ(utf8_sequence_length("\xE2\x98\x83", 0), 3u);
+    EXPECT_EQ(utf8_sequence_length("\xF0\x9F\x98\x80", 0), 4u);
+    EXPECT_EQ(utf8_sequence_length("\xC3", 0), 0u);
+    EXPECT_EQ(utf8_sequence_length("\xA9", 0), 0u);
+}
+
 TEST(check_wire_path, refuses_drive_letters) {
     expect_bad("C:x");
     expect_bad("c:/x");
