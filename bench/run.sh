@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Loopback benchmark: ferry against plain nc (one big file) and tar|nc (many small files).
+# Loopback benchmark: ferry against the tools it replaces, in the same run. One big file:
+# nc (the baseline), a local dd copy (the physical limit: read + page-cache write), socat
+# with 1 MiB blocks over plain TCP and over OpenSSL, rsync (daemon), rsync over ssh, scp,
+# and iperf3 -P1/-P4 (the raw TCP ceiling, no disk). Many small files: tar | nc (the
+# baseline), rsync (daemon), rsync over ssh, scp -r. ferry with TLS on 1, 4 and 8
+# connections and with --plaintext on 4. Peers that are not installed are skipped.
 #
-#   bench/run.sh [--rounds N] [--size-mib N] [--files N] [--connections N] [--quick]
-#                [--ferry PATH] [--baseline-only] [--no-plaintext] [--no-warm] [--record] [--keep]
+#   bench/run.sh [--rounds N] [--size-mib N] [--files N] [--connections LIST] [--peers LIST]
+#                [--quick] [--ferry PATH] [--baseline-only] [--no-plaintext] [--no-warm]
+#                [--record] [--keep]
 #
 # Data lives in a fresh folder under /dev/shm (page-cache backed, so the disk is not what
 # is measured). Each case runs N rounds with the tools alternating (A B C A B C ...); before
 # every timed run the destination is emptied and `sync` runs. A run is timed from the start
 # of the sender until both sender and receiver have exited, so connection set-up (and the
 # TLS handshake) is included for every tool. Each tool's result is verified once per case,
-# outside the timing. Only 127.0.0.1 is used; every wait is bounded.
+# outside the timing. Only 127.0.0.1 is used; every wait is bounded. Every process of a
+# run is started under /usr/bin/time: the report gives CPU seconds (user + system, both
+# sides) per GiB and the peak RSS of each side.
 #
 # --record appends the report (machine, date, commands, table, raw times) to
 # bench/RESULTS.md. MB/s means 10^6 payload bytes per second.
@@ -26,8 +34,12 @@ Options:
   --rounds N        timed runs per tool and case (default 5)
   --size-mib N      size of the single file in MiB (default 1024)
   --files N         number of 4 KiB files in the tree case (default 10000)
-  --connections N   ferry --connections (default 4)
-  --quick           smoke run: 16 MiB file, 200 files, 1 round, no warm-up
+  --connections L   ferry --connections values with TLS, comma-separated (default 1,4,8;
+                    --plaintext runs use 4, or the only value given)
+  --peers L         comma-separated peers to run besides nc and tar|nc (default: all of
+                    dd,socat,socat-tls,iperf3,rsync,rsync-ssh,scp that are installed)
+  --quick           smoke run: 16 MiB file, 200 files, 1 round, no warm-up, ferry on 4
+                    connections only
   --ferry PATH      ferry binary (default $FERRY_BIN or build/release/tools/ferry)
   --baseline-only   run only nc and tar|nc (no ferry binary needed)
   --no-plaintext    skip the ferry --plaintext runs
@@ -41,7 +53,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 is_uint() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 
-rounds='' size_mib='' nfiles='' connections=4 quick=0 baseline_only=0 plaintext=1 warm=1 record=0 keep=0
+rounds='' size_mib='' nfiles='' connections='' peers_arg='' quick=0 baseline_only=0 plaintext=1 warm=1 record=0 keep=0
 ferry=${FERRY_BIN:-$repo/build/release/tools/ferry}
 args_given=$*
 while [ $# -gt 0 ]; do
@@ -50,6 +62,7 @@ while [ $# -gt 0 ]; do
         --size-mib) size_mib=${2:-}; shift 2 ;;
         --files) nfiles=${2:-}; shift 2 ;;
         --connections) connections=${2:-}; shift 2 ;;
+        --peers) peers_arg=${2:-}; shift 2 ;;
         --ferry) ferry=${2:-}; shift 2 ;;
         --quick) quick=1; shift ;;
         --baseline-only) baseline_only=1; shift ;;
@@ -62,13 +75,19 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ "$quick" = 1 ]; then
-    : "${rounds:=1}" "${size_mib:=16}" "${nfiles:=200}"
+    : "${rounds:=1}" "${size_mib:=16}" "${nfiles:=200}" "${connections:=4}"
     warm=0
 fi
-: "${rounds:=5}" "${size_mib:=1024}" "${nfiles:=10000}"
-for v in rounds size_mib nfiles connections; do
+: "${rounds:=5}" "${size_mib:=1024}" "${nfiles:=10000}" "${connections:=1,4,8}"
+for v in rounds size_mib nfiles; do
     is_uint "${!v}" || die "--${v//_/-} needs a positive integer, got '${!v}'"
 done
+IFS=, read -r -a conn_list <<< "$connections"
+for c in "${conn_list[@]}"; do
+    is_uint "$c" || die "--connections needs positive integers, got '$connections'"
+done
+plain_conns=4
+[ "${#conn_list[@]}" -eq 1 ] && plain_conns=${conn_list[0]}
 
 file_kib=4
 big_bytes=$((size_mib * 1024 * 1024))
@@ -77,7 +96,7 @@ run_timeout=600          # seconds any single transfer (or listener) may take
 listen_wait_polls=3000   # x 10 ms = 30 s for a receiver to report it is listening
 
 # ---- requirements --------------------------------------------------------------------
-for tool in nc tar timeout awk split sync; do
+for tool in nc tar timeout awk split sync /usr/bin/time; do
     command -v "$tool" >/dev/null || die "$tool is not installed (make deps)"
 done
 nc -h 2>&1 | grep -q OpenBSD || die "nc must be netcat-openbsd (needs -N, -d)"
@@ -86,6 +105,35 @@ if [ "$baseline_only" = 0 ]; then
     [ -x "$ferry" ] || die "ferry binary not found at $ferry (make build, or --baseline-only)"
 fi
 if [ ! -d /dev/shm ] || [ ! -w /dev/shm ]; then die "/dev/shm is not a writable folder"; fi
+
+# The peers to run: asked for, or every one whose programs are installed.
+declare -A peer_needs=([dd]="dd" [socat]="socat" [socat-tls]="socat openssl" [iperf3]="iperf3"
+                       [rsync]="rsync" [rsync-ssh]="rsync ssh ssh-keygen /usr/sbin/sshd" [scp]="scp ssh-keygen /usr/sbin/sshd")
+all_peers=(dd socat socat-tls iperf3 rsync rsync-ssh scp)
+declare -A peer_on
+if [ "$quick" = 1 ] && [ -z "$peers_arg" ]; then peers_arg=none; fi
+if [ -n "$peers_arg" ] && [ "$peers_arg" != none ]; then
+    IFS=, read -r -a asked <<< "$peers_arg"
+    for p in "${asked[@]}"; do
+        [ -n "${peer_needs[$p]:-}" ] || die "unknown peer '$p' (known: ${all_peers[*]})"
+        peer_on[$p]=1
+    done
+elif [ -z "$peers_arg" ]; then
+    for p in "${all_peers[@]}"; do peer_on[$p]=1; done
+fi
+skipped_peers=()
+for p in "${all_peers[@]}"; do
+    [ -n "${peer_on[$p]:-}" ] || continue
+    for prog in ${peer_needs[$p]}; do
+        if ! command -v "$prog" >/dev/null; then
+            unset "peer_on[$p]"
+            skipped_peers+=("$p (no $prog; make deps-bench)")
+            break
+        fi
+    done
+done
+for p in "${skipped_peers[@]}"; do log "skipping $p"; done
+has_peer() { [ -n "${peer_on[$1]:-}" ]; }
 
 # ---- space and memory ----------------------------------------------------------------
 mib() { echo $(( ($1 + 1048575) / 1048576 )); }
@@ -177,6 +225,62 @@ port_listening() {
 
 alive() { kill -0 "$1" 2>/dev/null; }
 
+# "${RT[@]}" FILE COMMAND...: runs COMMAND under /usr/bin/time, its user and system CPU
+# seconds and peak RSS (KiB) going to FILE, named $logs/s-*.rusage (sending side) or
+# $logs/r-*.rusage (receiving side). Used as `"${RT[@]}" FILE timeout ... PROGRAM`: time
+# counts the waited-for PROGRAM and what it forked and waited for (a daemon's
+# per-connection children). An array, not a function, so that `$!` of a background one
+# is time's own pid.
+RT=(/usr/bin/time -f '%U %S %M' -o)
+
+# usage_of_run: from the last run's .rusage files, sets run_cpu (CPU seconds of every
+# process), run_rss_s and run_rss_r (peak RSS in MiB of the largest process per side).
+usage_of_run() {
+    local f line
+    run_cpu=0 run_rss_s=0 run_rss_r=0
+    for f in "$logs"/*.rusage; do
+        [ -e "$f" ] || continue
+        line=$(awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { l = $0 } END { print l }' "$f")
+        [ -n "$line" ] || continue
+        read -r run_cpu run_rss_s run_rss_r <<< "$(awk -v l="$line" -v side="${f##*/}" -v c="$run_cpu" \
+            -v s="$run_rss_s" -v r="$run_rss_r" 'BEGIN {
+                split(l, a, " "); c += a[1] + a[2]; m = a[3] / 1024;
+                if (substr(side, 1, 2) == "s-") { if (m > s) s = m } else { if (m > r) r = m }
+                printf "%.3f %.1f %.1f\n", c, s, r }')"
+    done
+}
+
+# pick_port: a free port in 20000-40000 on 127.0.0.1 (nothing listens there now).
+pick_port() {
+    local port
+    for _ in $(seq 1 50); do
+        port=$(( 20000 + RANDOM % 20001 ))
+        port_listening "$port" || { echo "$port"; return 0; }
+    done
+    die "no free port found"
+}
+
+# wait_listening PORT PID NAME: until PORT listens (5 s at most) while PID lives.
+wait_listening() {
+    for _ in $(seq 1 500); do
+        port_listening "$1" && return 0
+        alive "$2" || break
+        sleep 0.01
+    done
+    show_logs
+    die "$3 did not start listening on 127.0.0.1:$1"
+}
+
+# stop_server PID: ends a server started for one run as `rt NAME timeout ... server`
+# (SIGTERM to the timeout process, which passes it on; bounded wait).
+stop_server() {
+    pkill -TERM -P "$1" 2>/dev/null || kill "$1" 2>/dev/null || true
+    for _ in $(seq 1 500); do alive "$1" || break; sleep 0.01; done
+    kill -9 "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    bg_pids=()
+}
+
 show_logs() {
     local f
     for f in "$logs"/*; do
@@ -196,15 +300,15 @@ start_nc() {
         port_listening "$port" && continue
         listener_pids=()
         if [ "$mode" = file ]; then
-            timeout -k 5 "$run_timeout" nc -d -l 127.0.0.1 "$port" > "$dst/big.bin" 2> "$logs/nc-listen.err" &
+            "${RT[@]}" "$logs/r-nc.rusage" timeout -k 5 "$run_timeout" nc -d -l 127.0.0.1 "$port" > "$dst/big.bin" 2> "$logs/nc-listen.err" &
             listener_pids+=("$!")
         else
             rm -f "$data/fifo"
             mkfifo "$data/fifo"
-            timeout -k 5 "$run_timeout" nc -d -l 127.0.0.1 "$port" > "$data/fifo" 2> "$logs/nc-listen.err" &
+            "${RT[@]}" "$logs/r-nc.rusage" timeout -k 5 "$run_timeout" nc -d -l 127.0.0.1 "$port" > "$data/fifo" 2> "$logs/nc-listen.err" &
             listener_pids+=("$!")
             # -B: reblock short reads from the pipe (GNU tar only does this by itself for stdin)
-            timeout -k 5 "$run_timeout" tar -C "$dst" -B -xf - < "$data/fifo" 2> "$logs/tar-x.err" &
+            "${RT[@]}" "$logs/r-tar.rusage" timeout -k 5 "$run_timeout" tar -C "$dst" -B -xf - < "$data/fifo" 2> "$logs/tar-x.err" &
             listener_pids+=("$!")
         fi
         bg_pids=("${listener_pids[@]}")
@@ -247,7 +351,7 @@ run_nc_file() {
     start_nc file
     sync
     stamp; local t0=$ts rc=0
-    timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port" < "$big" 2> "$logs/nc-send.err" || rc=$?
+    "${RT[@]}" "$logs/s-nc.rusage" timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port" < "$big" 2> "$logs/nc-send.err" || rc=$?
     [ "$rc" -eq 0 ] || { show_logs; die "nc sender exited with status $rc"; }
     wait_all "${listener_pids[@]}"
     stamp; elapsed=$(sub "$ts" "$t0")
@@ -258,20 +362,20 @@ run_tar_nc() {
     start_nc tar
     sync
     stamp; local t0=$ts rc=0
-    { tar -C "$src" -cf - tree | timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port"; } 2> "$logs/tar-nc-send.err" || rc=$?
+    { "${RT[@]}" "$logs/s-tar.rusage" tar -C "$src" -cf - tree | "${RT[@]}" "$logs/s-nc.rusage" timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port"; } 2> "$logs/tar-nc-send.err" || rc=$?
     [ "$rc" -eq 0 ] || { show_logs; die "tar | nc sender exited with status $rc"; }
     wait_all "${listener_pids[@]}"
     stamp; elapsed=$(sub "$ts" "$t0")
 }
 
-# run_ferry PLAIN PATH: PLAIN is 1 for --plaintext on both sides.
+# run_ferry PLAIN CONNECTIONS PATH: PLAIN is 1 for --plaintext on both sides.
 ferry_said=
 run_ferry() {
-    local plain=$1 path=$2 flags=() recv_pid line addr t0 rc=0
+    local plain=$1 conns=$2 path=$3 flags=() recv_pid line addr t0 rc=0
     if [ "$plain" = 1 ]; then flags=(--plaintext); fi
     reset_dest
     : > "$logs/ferry-receive.out"
-    timeout -k 5 "$run_timeout" "$ferry" receive --state "$data/state-A" --listen 127.0.0.1:0 \
+    "${RT[@]}" "$logs/r-ferry.rusage" timeout -k 5 "$run_timeout" "$ferry" receive --state "$data/state-A" --listen 127.0.0.1:0 \
         --accept-from "$id_b" --json "${flags[@]}" "$dst" \
         > "$logs/ferry-receive.out" 2> "$logs/ferry-receive.err" &
     recv_pid=$!
@@ -289,13 +393,142 @@ run_ferry() {
     [ -n "$addr" ] || { show_logs; die "ferry receive did not report a listening address (first line: '$line')"; }
     sync
     stamp; t0=$ts
-    timeout "$run_timeout" "$ferry" send --state "$data/state-B" --connections "$connections" "${flags[@]}" \
+    "${RT[@]}" "$logs/s-ferry.rusage" timeout "$run_timeout" "$ferry" send --state "$data/state-B" --connections "$conns" "${flags[@]}" \
         --json "$path" "$id_a@$addr" > "$logs/ferry-send.out" 2> "$logs/ferry-send.err" || rc=$?
     [ "$rc" -eq 0 ] || { show_logs; die "ferry send exited with status $rc"; }
     wait_all "$recv_pid"
     stamp; elapsed=$(sub "$ts" "$t0")
     ferry_said=$(tail -n 1 "$logs/ferry-send.out" | sed -n 's/.*"payload_MBps": *\([0-9.eE+-]*\).*/\1/p')
     if [ -n "$ferry_said" ]; then ferry_said=$(awk -v v="$ferry_said" 'BEGIN { printf "%.1f", v }'); fi
+}
+
+# run_dd PATH: a local copy of PATH into the destination (read + page-cache write): the
+# physical limit of any loopback transfer to this folder.
+run_dd() {
+    reset_dest
+    sync
+    stamp; local t0=$ts
+    "${RT[@]}" "$logs/s-dd.rusage" dd if="$1" of="$dst/${1##*/}" bs=1M status=none || { show_logs; die "dd failed"; }
+    stamp; elapsed=$(sub "$ts" "$t0")
+}
+
+# run_socat TLS PATH: socat with 1 MiB blocks, TLS 1 (OpenSSL, certificate not verified:
+# the cheapest TLS socat can do) or plain TCP.
+run_socat() {
+    local tls=$1 path=$2 port pid t0 rc=0 listen connect
+    reset_dest
+    port=$(pick_port)
+    if [ "$tls" = 1 ]; then
+        listen="OPENSSL-LISTEN:$port,bind=127.0.0.1,reuseaddr,cert=$data/socat.pem,verify=0"
+        connect="OPENSSL:127.0.0.1:$port,verify=0"
+    else
+        listen="TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr"
+        connect="TCP:127.0.0.1:$port"
+    fi
+    "${RT[@]}" "$logs/r-socat.rusage" timeout -k 5 "$run_timeout" socat -u -b 1048576 "$listen" "CREATE:$dst/${path##*/}" \
+        2> "$logs/socat-listen.err" &
+    pid=$!
+    bg_pids=("$pid")
+    wait_listening "$port" "$pid" socat
+    sync
+    stamp; t0=$ts
+    "${RT[@]}" "$logs/s-socat.rusage" timeout "$run_timeout" socat -u -b 1048576 "OPEN:$path,rdonly" "$connect" 2> "$logs/socat-send.err" || rc=$?
+    [ "$rc" -eq 0 ] || { show_logs; die "socat sender exited with status $rc"; }
+    wait_all "$pid"
+    stamp; elapsed=$(sub "$ts" "$t0")
+}
+
+# run_iperf3 STREAMS BYTES: the raw TCP ceiling (memory to memory, no disk), client time.
+run_iperf3() {
+    local streams=$1 bytes=$2 port pid t0 rc=0
+    reset_dest
+    port=$(pick_port)
+    "${RT[@]}" "$logs/r-iperf3.rusage" timeout -k 5 "$run_timeout" iperf3 -s -1 -B 127.0.0.1 -p "$port" > "$logs/iperf3-server.out" 2>&1 &
+    pid=$!
+    bg_pids=("$pid")
+    wait_listening "$port" "$pid" iperf3
+    stamp; t0=$ts
+    "${RT[@]}" "$logs/s-iperf3.rusage" timeout "$run_timeout" iperf3 -c 127.0.0.1 -p "$port" -P "$streams" -n "$bytes" \
+        > "$logs/iperf3-client.out" 2>&1 || rc=$?
+    [ "$rc" -eq 0 ] || { show_logs; die "iperf3 client exited with status $rc"; }
+    wait_all "$pid"
+    stamp; elapsed=$(sub "$ts" "$t0")
+}
+
+# run_rsyncd PATH: rsync -a to an rsync daemon on 127.0.0.1 (started for the run, so its
+# CPU and memory are measured; not timed).
+run_rsyncd() {
+    local path=$1 port pid t0 rc=0
+    reset_dest
+    port=$(pick_port)
+    cat > "$data/rsyncd.conf" <<CONF
+use chroot = no
+[dst]
+    path = $dst
+    read only = no
+    uid = $(id -u)
+    gid = $(id -g)
+CONF
+    "${RT[@]}" "$logs/r-rsyncd.rusage" timeout -k 5 "$run_timeout" rsync --daemon --no-detach --config="$data/rsyncd.conf" \
+        --address=127.0.0.1 --port="$port" --log-file="$logs/rsyncd.log" 2> "$logs/rsyncd.err" &
+    pid=$!
+    bg_pids=("$pid")
+    wait_listening "$port" "$pid" "rsync --daemon"
+    sync
+    stamp; t0=$ts
+    "${RT[@]}" "$logs/s-rsync.rusage" timeout "$run_timeout" rsync -a "$path" "rsync://127.0.0.1:$port/dst/" 2> "$logs/rsync.err" || rc=$?
+    stamp; elapsed=$(sub "$ts" "$t0")
+    stop_server "$pid"
+    [ "$rc" -eq 0 ] || { show_logs; die "rsync exited with status $rc"; }
+}
+
+# One sshd for the rsync-over-ssh and scp runs, on 127.0.0.1 with its own keys (started
+# per run under rt, like the rsync daemon).
+ssh_setup() {
+    [ -e "$data/ssh/client_key" ] && return 0
+    mkdir -p "$data/ssh" /run/sshd
+    ssh-keygen -q -t ed25519 -N '' -f "$data/ssh/host_key"
+    ssh-keygen -q -t ed25519 -N '' -f "$data/ssh/client_key"
+    cp "$data/ssh/client_key.pub" "$data/ssh/authorized_keys"
+}
+# run_ssh KIND PATH: KIND rsync-ssh (rsync -a -e ssh) or scp (scp -r).
+run_ssh() {
+    local kind=$1 path=$2 port pid t0 rc=0 ssh_opts
+    ssh_setup
+    reset_dest
+    port=$(pick_port)
+    cat > "$data/ssh/sshd_config" <<CONF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $data/ssh/host_key
+AuthorizedKeysFile $data/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+Subsystem sftp internal-sftp
+UseDNS no
+CONF
+    "${RT[@]}" "$logs/r-sshd.rusage" timeout -k 5 "$run_timeout" /usr/sbin/sshd -D -e -f "$data/ssh/sshd_config" 2> "$logs/sshd.err" &
+    pid=$!
+    bg_pids=("$pid")
+    wait_listening "$port" "$pid" sshd
+    ssh_opts="-p $port -i $data/ssh/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+    sync
+    stamp; t0=$ts
+    if [ "$kind" = scp ]; then
+        # shellcheck disable=SC2086
+        "${RT[@]}" "$logs/s-scp.rusage" timeout "$run_timeout" scp -q -r -P "$port" ${ssh_opts#-p $port } "$path" "root@127.0.0.1:$dst/" \
+            2> "$logs/scp.err" || rc=$?
+    else
+        "${RT[@]}" "$logs/s-rsync.rusage" timeout "$run_timeout" rsync -a -e "ssh $ssh_opts" "$path" "root@127.0.0.1:$dst/" \
+            2> "$logs/rsync-ssh.err" || rc=$?
+    fi
+    stamp; elapsed=$(sub "$ts" "$t0")
+    stop_server "$pid"
+    [ "$rc" -eq 0 ] || { show_logs; die "$kind exited with status $rc"; }
 }
 
 verify() {  # verify CASE: the last run's destination equals the source
@@ -313,8 +546,7 @@ if [ "$baseline_only" = 0 ]; then
 fi
 
 # ---- the cases -----------------------------------------------------------------------
-c=$connections
-declare -A times said
+declare -A times said cpus rss_s rss_r
 cases=(file tree)
 declare -A case_label case_bytes case_tools
 case_label[file]="1 file, $size_mib MiB"
@@ -323,13 +555,27 @@ case_bytes[file]=$big_bytes
 case_bytes[tree]=$tree_bytes
 case_tools[file]="nc"
 case_tools[tree]="tar+nc"
+has_peer dd && case_tools[file]+=" dd"
+has_peer socat && case_tools[file]+=" socat"
+has_peer socat-tls && case_tools[file]+=" socat-tls"
+has_peer iperf3 && case_tools[file]+=" iperf3-P1 iperf3-P4"
+has_peer rsync && { case_tools[file]+=" rsync"; case_tools[tree]+=" rsync"; }
+has_peer rsync-ssh && { case_tools[file]+=" rsync-ssh"; case_tools[tree]+=" rsync-ssh"; }
+has_peer scp && { case_tools[file]+=" scp"; case_tools[tree]+=" scp"; }
 if [ "$baseline_only" = 0 ]; then
-    case_tools[file]+=" ferry-tls-c$c"
-    case_tools[tree]+=" ferry-tls-c$c"
+    for c in "${conn_list[@]}"; do
+        case_tools[file]+=" ferry-tls-c$c"
+        case_tools[tree]+=" ferry-tls-c$c"
+    done
     if [ "$plaintext" = 1 ]; then
-        case_tools[file]+=" ferry-plain-c$c"
-        case_tools[tree]+=" ferry-plain-c$c"
+        case_tools[file]+=" ferry-plain-c$plain_conns"
+        case_tools[tree]+=" ferry-plain-c$plain_conns"
     fi
+fi
+if has_peer socat-tls; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench \
+        -keyout "$data/socat.key" -out "$data/socat.crt" 2>/dev/null || die "openssl could not make a certificate"
+    cat "$data/socat.key" "$data/socat.crt" > "$data/socat.pem"
 fi
 
 run_tool() {  # run_tool CASE TOOL
@@ -339,9 +585,17 @@ run_tool() {  # run_tool CASE TOOL
     case $2 in
         nc) run_nc_file ;;
         tar+nc) run_tar_nc ;;
-        ferry-tls-*) run_ferry 0 "$path" ;;
-        ferry-plain-*) run_ferry 1 "$path" ;;
+        dd) run_dd "$path" ;;
+        socat) run_socat 0 "$path" ;;
+        socat-tls) run_socat 1 "$path" ;;
+        iperf3-P*) run_iperf3 "${2#iperf3-P}" "${case_bytes[$1]}" ;;
+        rsync) run_rsyncd "$path" ;;
+        rsync-ssh) run_ssh rsync-ssh "$path" ;;
+        scp) run_ssh scp "$path" ;;
+        ferry-tls-c*) run_ferry 0 "${2#ferry-tls-c}" "$path" ;;
+        ferry-plain-c*) run_ferry 1 "${2#ferry-plain-c}" "$path" ;;
     esac
+    usage_of_run
 }
 
 for cs in "${cases[@]}"; do
@@ -349,8 +603,11 @@ for cs in "${cases[@]}"; do
     for r in $(seq 1 "$rounds"); do
         for t in "${tools[@]}"; do
             run_tool "$cs" "$t"
-            if [ "$r" = 1 ]; then verify "$cs"; fi
+            if [ "$r" = 1 ] && [ "${t#iperf3}" = "$t" ]; then verify "$cs"; fi
             times[$cs/$t]+="$elapsed "
+            cpus[$cs/$t]+="$run_cpu "
+            rss_s[$cs/$t]=$(awk -v a="${rss_s[$cs/$t]:-0}" -v b="$run_rss_s" 'BEGIN { print (b > a) ? b : a }')
+            rss_r[$cs/$t]=$(awk -v a="${rss_r[$cs/$t]:-0}" -v b="$run_rss_r" 'BEGIN { print (b > a) ? b : a }')
             said[$cs/$t]+="${ferry_said:--} "
             log "$(printf '%-22s round %d/%d  %-16s %8.3f s' "${case_label[$cs]}" "$r" "$rounds" "$t" "$elapsed")"
         done
@@ -374,23 +631,32 @@ report() {
     echo "- commands: \`nc -d -l 127.0.0.1 PORT > DEST/big.bin\` / \`nc -N 127.0.0.1 PORT < big.bin\`;" \
          "\`nc -d -l 127.0.0.1 PORT | tar -C DEST -B -xf -\` / \`tar -C SRC -cf - tree | nc -N 127.0.0.1 PORT\`;" \
          "\`ferry receive --listen 127.0.0.1:0 --accept-from ID --json [--plaintext] DEST\` /" \
-         "\`ferry send --connections $c [--plaintext] --json PATH ID@ADDR\`"
+         "\`ferry send --connections N [--plaintext] --json PATH ID@ADDR\`;" \
+         "\`dd if=PATH of=DEST bs=1M\`; \`socat -u -b 1048576\` TCP-LISTEN/TCP and OPENSSL-LISTEN/OPENSSL (verify=0);" \
+         "\`iperf3 -c 127.0.0.1 -P N -n BYTES\` (no disk); \`rsync -a PATH rsync://127.0.0.1:PORT/dst/\` (daemon started per run);" \
+         "\`rsync -a -e ssh\` and \`scp -r\` to an sshd on 127.0.0.1 (started per run)"
+    echo "- resources: every process under /usr/bin/time; CPU = user + system seconds of all processes of a run (daemons included), per GiB of payload, median over rounds; RSS = the largest process of each side, max over rounds"
     echo "- time: sender start to both sides exited; MB/s = 10^6 payload bytes/s; ratio = baseline fastest time / tool fastest time (>1: faster than the baseline)"
     echo
-    echo "| case | tool | fastest s | median s | fastest MB/s | median MB/s | speed vs baseline (fastest) | (median) |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| case | tool | fastest s | median s | fastest MB/s | median MB/s | speed vs baseline (fastest) | (median) | CPU s/GiB | peak RSS MiB send / recv |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for cs in "${cases[@]}"; do
         read -r -a tools <<< "${case_tools[$cs]}"
         read -r base_f base_m <<< "$(stats "${times[$cs/${tools[0]}]}")"
         for t in "${tools[@]}"; do
             read -r f m <<< "$(stats "${times[$cs/$t]}")"
+            read -r _ cpu_m <<< "$(stats "${cpus[$cs/$t]}")"
             awk -v c="${case_label[$cs]}" -v t="$t" -v f="$f" -v m="$m" -v b="${case_bytes[$cs]}" \
-                -v bf="$base_f" -v bm="$base_m" 'BEGIN {
-                    printf "| %s | %s | %.3f | %.3f | %.0f | %.0f | %.2fx | %.2fx |\n",
-                        c, t, f, m, b / f / 1e6, b / m / 1e6, bf / f, bm / m }'
+                -v bf="$base_f" -v bm="$base_m" -v cpu="$cpu_m" -v rs="${rss_s[$cs/$t]}" -v rr="${rss_r[$cs/$t]}" 'BEGIN {
+                    printf "| %s | %s | %.3f | %.3f | %.0f | %.0f | %.2fx | %.2fx | %.2f | %.0f / %.0f |\n",
+                        c, t, f, m, b / f / 1e6, b / m / 1e6, bf / f, bm / m, cpu / (b / 1073741824), rs, rr }'
         done
     done
     echo
+    if [ "${#skipped_peers[@]}" -gt 0 ]; then
+        echo "Skipped: ${skipped_peers[*]}."
+        echo
+    fi
     echo "Raw times (s), in run order:"
     echo
     for cs in "${cases[@]}"; do

@@ -43,13 +43,12 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
                                 return;
                             }
                             auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
-                            pending_.insert(c);
-                            c->start(this);
                             // A connection that says nothing after its handshake is closed
-                            // once the handshake timeout passes again.
-                            auto timer = std::make_shared<asio::steady_timer>(ctx_.io);
+                            // once the handshake timeout passes again. The timer lives as
+                            // long as the connection is pending: leaving pending_ cancels it.
+                            auto timer = std::make_unique<asio::steady_timer>(ctx_.io);
                             timer->expires_after(ctx_.config.handshake_timeout);
-                            timer->async_wait([this, timer, weak = std::weak_ptr<connection>(c)](std::error_code ec) {
+                            timer->async_wait([this, weak = std::weak_ptr<connection>(c)](std::error_code ec) {
                                 auto conn = weak.lock();
                                 if (ec || !conn || stopping_ || pending_.count(conn) == 0) {
                                     return;
@@ -59,6 +58,8 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
                                 pending_.erase(conn);
                                 conn->close(transport_errc::timeout);
                             });
+                            pending_.emplace(c, std::move(timer));
+                            c->start(this);
                         });
 }
 
@@ -138,7 +139,11 @@ void peer_manager::end_session(receive_session& s) {
 
 void peer_manager::stop(const std::string& why) {
     stopping_ = true;
-    for (auto& c : std::set<std::shared_ptr<connection>>(pending_)) {
+    std::vector<std::shared_ptr<connection>> pending;
+    for (const auto& [c, timer] : pending_) {
+        pending.push_back(c);
+    }
+    for (auto& c : pending) {
         c->close();
     }
     pending_.clear();

@@ -44,7 +44,8 @@ private:
     void end_session(receive_session& s);
 
     node_context& ctx_;
-    std::set<std::shared_ptr<connection>> pending_;
+    // Connections before their Hello, each with its Hello timeout.
+    std::map<std::shared_ptr<connection>, std::unique_ptr<asio::steady_timer>> pending_;
     std::map<std::string, std::shared_ptr<receive_session>> sessions_;  // by session id
     bool stopping_ = false;
 };
