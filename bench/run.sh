@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Loopback benchmark: ferry against the tools it replaces, in the same run. One big file:
+# Loopback benchmark: ferry against the tools it replaces, in the same run. Four cases: one
+# big random file, one big highly compressible file, many 4 KiB files, 1 MiB files. Files:
 # nc (the baseline), a local dd copy (the physical limit: read + page-cache write), socat
 # with 1 MiB blocks over plain TCP and over OpenSSL, rsync (daemon), rsync over ssh, scp,
-# and iperf3 -P1/-P4 (the raw TCP ceiling, no disk). Many small files: tar | nc (the
-# baseline), rsync (daemon), rsync over ssh, scp -r. ferry with TLS on 1, 4 and 8
+# and iperf3 -P1/-P4 (the raw TCP ceiling, no disk; random file only). Folders: tar | nc
+# (the baseline), rsync (daemon), rsync over ssh, scp -r. ferry with TLS on 1, 4 and 8
 # connections and with --plaintext on 4. Peers that are not installed are skipped.
 #
-#   bench/run.sh [--rounds N] [--size-mib N] [--files N] [--connections LIST] [--peers LIST]
+#   bench/run.sh [--rounds N] [--size-mib N] [--files N] [--mid-files N] [--cases LIST]
+#                [--connections LIST] [--peers LIST]
 #                [--quick] [--ferry PATH] [--baseline-only] [--no-plaintext] [--no-warm]
 #                [--record] [--keep]
 #
@@ -34,6 +36,9 @@ Options:
   --rounds N        timed runs per tool and case (default 5)
   --size-mib N      size of the single file in MiB (default 1024)
   --files N         number of 4 KiB files in the tree case (default 10000)
+  --mid-files N     number of 1 MiB files in the mid case (default 1000)
+  --cases L         comma-separated cases: file (random), zero (compressible), tree (4 KiB
+                    files), mid (1 MiB files); default all four
   --connections L   ferry --connections values with TLS, comma-separated (default 1,4,8;
                     --plaintext runs use 4, or the only value given)
   --peers L         comma-separated peers to run besides nc and tar|nc (default: all of
@@ -53,7 +58,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 is_uint() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 
-rounds='' size_mib='' nfiles='' connections='' peers_arg='' quick=0 baseline_only=0 plaintext=1 warm=1 record=0 keep=0
+rounds='' size_mib='' nfiles='' mid_files='' cases_arg='' connections='' peers_arg='' quick=0 baseline_only=0 plaintext=1 warm=1 record=0 keep=0
 ferry=${FERRY_BIN:-$repo/build/release/tools/ferry}
 args_given=$*
 while [ $# -gt 0 ]; do
@@ -63,6 +68,8 @@ while [ $# -gt 0 ]; do
         --files) nfiles=${2:-}; shift 2 ;;
         --connections) connections=${2:-}; shift 2 ;;
         --peers) peers_arg=${2:-}; shift 2 ;;
+        --mid-files) mid_files=${2:-}; shift 2 ;;
+        --cases) cases_arg=${2:-}; shift 2 ;;
         --ferry) ferry=${2:-}; shift 2 ;;
         --quick) quick=1; shift ;;
         --baseline-only) baseline_only=1; shift ;;
@@ -75,11 +82,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ "$quick" = 1 ]; then
-    : "${rounds:=1}" "${size_mib:=16}" "${nfiles:=200}" "${connections:=4}"
+    : "${rounds:=1}" "${size_mib:=16}" "${nfiles:=200}" "${mid_files:=16}" "${connections:=4}"
     warm=0
 fi
-: "${rounds:=5}" "${size_mib:=1024}" "${nfiles:=10000}" "${connections:=1,4,8}"
-for v in rounds size_mib nfiles; do
+: "${rounds:=5}" "${size_mib:=1024}" "${nfiles:=10000}" "${mid_files:=1000}" "${connections:=1,4,8}"
+: "${cases_arg:=file,zero,tree,mid}"
+for v in rounds size_mib nfiles mid_files; do
     is_uint "${!v}" || die "--${v//_/-} needs a positive integer, got '${!v}'"
 done
 IFS=, read -r -a conn_list <<< "$connections"
@@ -92,6 +100,11 @@ plain_conns=4
 file_kib=4
 big_bytes=$((size_mib * 1024 * 1024))
 tree_bytes=$((nfiles * file_kib * 1024))
+mid_bytes=$((mid_files * 1048576))
+IFS=, read -r -a cases <<< "$cases_arg"
+for cs in "${cases[@]}"; do
+    case $cs in file|zero|tree|mid) ;; *) die "unknown case '$cs' (known: file, zero, tree, mid)" ;; esac
+done
 run_timeout=600          # seconds any single transfer (or listener) may take
 listen_wait_polls=3000   # x 10 ms = 30 s for a receiver to report it is listening
 
@@ -139,7 +152,8 @@ has_peer() { [ -n "${peer_on[$1]:-}" ]; }
 mib() { echo $(( ($1 + 1048575) / 1048576 )); }
 shm_avail() { df -Pk /dev/shm | awk 'NR == 2 { printf "%.0f\n", $4 * 1024 }'; }
 mem_avail() { awk '$1 == "MemAvailable:" { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
-need=$(( 2 * big_bytes + 2 * tree_bytes + 64 * 1048576 ))   # source + one destination copy
+# sources (both big files, both trees) + the largest destination copy
+need=$(( 3 * big_bytes + 2 * tree_bytes + 2 * mid_bytes + 64 * 1048576 ))
 [ "$(shm_avail)" -ge "$need" ] ||
     die "need $(mib "$need") MiB free in /dev/shm, have $(mib "$(shm_avail)") MiB"
 [ "$(mem_avail)" -ge $(( need + 512 * 1048576 )) ] ||
@@ -194,9 +208,19 @@ trap 'exit 143' TERM
 mkdir -p "$src" "$dst" "$logs"
 
 # ---- data ----------------------------------------------------------------------------
-log "creating $size_mib MiB random file and $nfiles x $file_kib KiB random files in $data"
+log "creating $size_mib MiB random and compressible files, $nfiles x $file_kib KiB and $mid_files x 1 MiB random files in $data"
 big=$src/big.bin
 head -c "$big_bytes" /dev/urandom > "$big"
+# Highly compressible: a short text line repeated (zstd and gzip shrink it > 100x).
+{ yes 'ferry bench: a highly compressible line of text, repeated 0123456789' || true; } | head -c "$big_bytes" > "$src/zero.bin"
+left=$mid_files d=0
+while [ "$left" -gt 0 ]; do
+    n=$(( left < 100 ? left : 100 ))
+    dir=$(printf '%s/mid/d%04d' "$src" "$d")
+    mkdir -p "$dir"
+    head -c $(( n * 1048576 )) /dev/urandom | split -b 1048576 -a 3 -d - "$dir/f"
+    left=$(( left - n )) d=$(( d + 1 ))
+done
 # The tree: folders of up to 100 files, each file 4 KiB of its own random bytes.
 left=$nfiles d=0
 while [ "$left" -gt 0 ]; do
@@ -291,7 +315,7 @@ show_logs() {
 }
 
 # start_nc MODE: start an nc listener on a random free port in 20000-40000 on 127.0.0.1.
-# MODE file: write the stream to $dst/big.bin. MODE tar: unpack the stream into $dst.
+# MODE file: write the stream to $dst/$nc_name. MODE tar: unpack the stream into $dst.
 # Sets nc_port and listener_pids.
 start_nc() {
     local mode=$1 attempt port pid
@@ -300,7 +324,7 @@ start_nc() {
         port_listening "$port" && continue
         listener_pids=()
         if [ "$mode" = file ]; then
-            "${RT[@]}" "$logs/r-nc.rusage" timeout -k 5 "$run_timeout" nc -d -l 127.0.0.1 "$port" > "$dst/big.bin" 2> "$logs/nc-listen.err" &
+            "${RT[@]}" "$logs/r-nc.rusage" timeout -k 5 "$run_timeout" nc -d -l 127.0.0.1 "$port" > "$dst/$nc_name" 2> "$logs/nc-listen.err" &
             listener_pids+=("$!")
         else
             rm -f "$data/fifo"
@@ -346,23 +370,24 @@ wait_all() {
 }
 
 # Each run_* function does one timed transfer and sets $elapsed (seconds).
-run_nc_file() {
+run_nc_file() {  # run_nc_file PATH
     reset_dest
+    nc_name=${1##*/}
     start_nc file
     sync
     stamp; local t0=$ts rc=0
-    "${RT[@]}" "$logs/s-nc.rusage" timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port" < "$big" 2> "$logs/nc-send.err" || rc=$?
+    "${RT[@]}" "$logs/s-nc.rusage" timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port" < "$1" 2> "$logs/nc-send.err" || rc=$?
     [ "$rc" -eq 0 ] || { show_logs; die "nc sender exited with status $rc"; }
     wait_all "${listener_pids[@]}"
     stamp; elapsed=$(sub "$ts" "$t0")
 }
 
-run_tar_nc() {
+run_tar_nc() {  # run_tar_nc FOLDER (under $src)
     reset_dest
     start_nc tar
     sync
     stamp; local t0=$ts rc=0
-    { "${RT[@]}" "$logs/s-tar.rusage" tar -C "$src" -cf - tree | "${RT[@]}" "$logs/s-nc.rusage" timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port"; } 2> "$logs/tar-nc-send.err" || rc=$?
+    { "${RT[@]}" "$logs/s-tar.rusage" tar -C "$src" -cf - "${1##*/}" | "${RT[@]}" "$logs/s-nc.rusage" timeout "$run_timeout" nc -N 127.0.0.1 "$nc_port"; } 2> "$logs/tar-nc-send.err" || rc=$?
     [ "$rc" -eq 0 ] || { show_logs; die "tar | nc sender exited with status $rc"; }
     wait_all "${listener_pids[@]}"
     stamp; elapsed=$(sub "$ts" "$t0")
@@ -532,9 +557,10 @@ CONF
 }
 
 verify() {  # verify CASE: the last run's destination equals the source
-    case $1 in
-        file) cmp "$big" "$dst/big.bin" || die "$dst/big.bin differs from the source" ;;
-        tree) diff -rq "$src/tree" "$dst/tree" >&2 || die "$dst/tree differs from the source" ;;
+    local name=${case_path[$1]##*/}
+    case ${case_kind[$1]} in
+        file) cmp "$src/$name" "$dst/$name" || die "$dst/$name differs from the source" ;;
+        tree) diff -rq "$src/$name" "$dst/$name" >&2 || die "$dst/$name differs from the source" ;;
     esac
 }
 
@@ -547,31 +573,33 @@ fi
 
 # ---- the cases -----------------------------------------------------------------------
 declare -A times said cpus rss_s rss_r
-cases=(file tree)
-declare -A case_label case_bytes case_tools
-case_label[file]="1 file, $size_mib MiB"
+declare -A case_label case_bytes case_tools case_kind case_path
+case_label[file]="1 file, $size_mib MiB random"
+case_label[zero]="1 file, $size_mib MiB compressible"
 case_label[tree]="$nfiles files x $file_kib KiB"
-case_bytes[file]=$big_bytes
-case_bytes[tree]=$tree_bytes
-case_tools[file]="nc"
-case_tools[tree]="tar+nc"
-has_peer dd && case_tools[file]+=" dd"
-has_peer socat && case_tools[file]+=" socat"
-has_peer socat-tls && case_tools[file]+=" socat-tls"
-has_peer iperf3 && case_tools[file]+=" iperf3-P1 iperf3-P4"
-has_peer rsync && { case_tools[file]+=" rsync"; case_tools[tree]+=" rsync"; }
-has_peer rsync-ssh && { case_tools[file]+=" rsync-ssh"; case_tools[tree]+=" rsync-ssh"; }
-has_peer scp && { case_tools[file]+=" scp"; case_tools[tree]+=" scp"; }
+case_label[mid]="$mid_files files x 1 MiB"
+case_bytes[file]=$big_bytes case_bytes[zero]=$big_bytes case_bytes[tree]=$tree_bytes case_bytes[mid]=$mid_bytes
+case_kind[file]=file case_kind[zero]=file case_kind[tree]=tree case_kind[mid]=tree
+case_path[file]=$big case_path[zero]=$src/zero.bin case_path[tree]=$src/tree case_path[mid]=$src/mid
+file_tools="nc"
+tree_tools="tar+nc"
+has_peer dd && file_tools+=" dd"
+has_peer socat && file_tools+=" socat"
+has_peer socat-tls && file_tools+=" socat-tls"
+has_peer rsync && { file_tools+=" rsync"; tree_tools+=" rsync"; }
+has_peer rsync-ssh && { file_tools+=" rsync-ssh"; tree_tools+=" rsync-ssh"; }
+has_peer scp && { file_tools+=" scp"; tree_tools+=" scp"; }
+ferry_tools=""
 if [ "$baseline_only" = 0 ]; then
-    for c in "${conn_list[@]}"; do
-        case_tools[file]+=" ferry-tls-c$c"
-        case_tools[tree]+=" ferry-tls-c$c"
-    done
-    if [ "$plaintext" = 1 ]; then
-        case_tools[file]+=" ferry-plain-c$plain_conns"
-        case_tools[tree]+=" ferry-plain-c$plain_conns"
-    fi
+    for c in "${conn_list[@]}"; do ferry_tools+=" ferry-tls-c$c"; done
+    if [ "$plaintext" = 1 ]; then ferry_tools+=" ferry-plain-c$plain_conns"; fi
 fi
+for cs in "${cases[@]}"; do
+    if [ "${case_kind[$cs]}" = file ]; then case_tools[$cs]=$file_tools; else case_tools[$cs]=$tree_tools; fi
+    # iperf3 moves memory, not files: once, beside the random file.
+    if [ "$cs" = file ] && has_peer iperf3; then case_tools[$cs]+=" iperf3-P1 iperf3-P4"; fi
+    case_tools[$cs]+=$ferry_tools
+done
 if has_peer socat-tls; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench \
         -keyout "$data/socat.key" -out "$data/socat.crt" 2>/dev/null || die "openssl could not make a certificate"
@@ -579,12 +607,11 @@ if has_peer socat-tls; then
 fi
 
 run_tool() {  # run_tool CASE TOOL
-    local path=$big
-    [ "$1" = tree ] && path=$src/tree
+    local path=${case_path[$1]}
     ferry_said=
     case $2 in
-        nc) run_nc_file ;;
-        tar+nc) run_tar_nc ;;
+        nc) run_nc_file "$path" ;;
+        tar+nc) run_tar_nc "$path" ;;
         dd) run_dd "$path" ;;
         socat) run_socat 0 "$path" ;;
         socat-tls) run_socat 1 "$path" ;;
@@ -628,7 +655,7 @@ report() {
     echo "- machine: $(uname -srm); ${cpu:-unknown CPU}; $(nproc) CPUs; $(awk '/^MemTotal:/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
     echo "- source: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$( [ -n "$(git -C "$repo" status --porcelain 2>/dev/null)" ] && echo ' (with local changes)')"
     echo "- run: \`bench/run.sh $args_given\` — $rounds round(s), tools alternating, data in /dev/shm, sync and empty destination before each run"
-    echo "- commands: \`nc -d -l 127.0.0.1 PORT > DEST/big.bin\` / \`nc -N 127.0.0.1 PORT < big.bin\`;" \
+    echo "- commands: \`nc -d -l 127.0.0.1 PORT > DEST/FILE\` / \`nc -N 127.0.0.1 PORT < FILE\`;" \
          "\`nc -d -l 127.0.0.1 PORT | tar -C DEST -B -xf -\` / \`tar -C SRC -cf - tree | nc -N 127.0.0.1 PORT\`;" \
          "\`ferry receive --listen 127.0.0.1:0 --accept-from ID --json [--plaintext] DEST\` /" \
          "\`ferry send --connections N [--plaintext] --json PATH ID@ADDR\`;" \
