@@ -79,14 +79,27 @@ void node::send(source_tree sources, send_target target, send_options options,
     s->start();
 }
 
-std::vector<transfer_progress> node::transfers() const {
-    std::vector<transfer_progress> out;
+std::vector<node::live_session> node::live_sessions() const {
+    std::vector<live_session> out;
     for (const auto& s : sends_) {
         if (!s->finished()) {
-            out.push_back(s->progress());
+            out.push_back({s->peer_key(), s->connections(), s->progress()});
         }
     }
-    peers_->add_progress(out);
+    for (const auto& [id, s] : peers_->sessions()) {
+        out.push_back({s->peer_key(), s->connections(),
+                       s->reported() ? std::nullopt : std::optional<transfer_progress>(s->progress())});
+    }
+    return out;
+}
+
+std::vector<transfer_progress> node::transfers() const {
+    std::vector<transfer_progress> out;
+    for (live_session& s : live_sessions()) {
+        if (s.running) {
+            out.push_back(std::move(*s.running));
+        }
+    }
     return out;
 }
 

@@ -7,6 +7,7 @@
 
 #include <asio.hpp>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -44,6 +45,15 @@ public:
     std::string listen_address() const;
 
 private:
+    // One session as progress, status and metrics see it: the single walk over the
+    // node's sessions that all three read.
+    struct live_session {
+        std::string peer_key;  // node_stats::peers key; empty before a sender's first connection
+        std::vector<std::shared_ptr<connection>> connections;  // closed or null entries possible
+        std::optional<transfer_progress> running;                // set while the transfer runs
+    };
+    std::vector<live_session> live_sessions() const;
+
     void accept_next();
 
     std::unique_ptr<node_context> ctx_;

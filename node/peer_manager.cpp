@@ -153,20 +153,4 @@ void peer_manager::stop(const std::string& why) {
     }
 }
 
-void peer_manager::add_progress(std::vector<transfer_progress>& out) const {
-    for (const auto& [id, s] : sessions_) {
-        if (!s->reported()) {
-            out.push_back(s->progress());
-        }
-    }
-}
-
-std::size_t peer_manager::connection_count() const {
-    std::size_t n = pending_.size();
-    for (const auto& [id, s] : sessions_) {
-        n += s->open_connections();
-    }
-    return n;
-}
-
 }  // namespace ferry

@@ -26,10 +26,6 @@ public:
     void on_accepted(asio::ip::tcp::socket socket);
     void stop(const std::string& why);
     std::size_t session_count() const { return sessions_.size(); }
-    // Transfers still running (not yet reported), for progress and status.
-    void add_progress(std::vector<transfer_progress>& out) const;
-    // Connections now open in sessions, and pending (before Hello).
-    std::size_t connection_count() const;
     std::size_t pending_count() const { return pending_.size(); }
     // The sessions (for `ferry status`).
     const std::map<std::string, std::shared_ptr<receive_session>>& sessions() const { return sessions_; }

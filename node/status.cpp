@@ -135,34 +135,24 @@ nlohmann::ordered_json node::status() const {
     // Live connections, grouped by peer (ID, or address for a plaintext peer).
     std::map<std::string, json> live;
     std::size_t connections = 0;
-    auto add_conns = [&](const std::string& peer, const auto& conns) {
-        json& list = live[peer];
+    json transfers = json::array();
+    for (const live_session& s : live_sessions()) {
+        if (s.running) {
+            transfers.push_back(progress_json(*s.running));
+        }
+        if (s.peer_key.empty()) {
+            continue;
+        }
+        json& list = live[s.peer_key];
         if (list.is_null()) {
             list = json::array();
         }
-        for (const auto& c : conns) {
+        for (const auto& c : s.connections) {
             if (c && !c->closed()) {
                 list.push_back(connection_json(*c));
                 ++connections;
             }
         }
-    };
-    json transfers = json::array();
-    for (const auto& s : sends_) {
-        if (!s->finished()) {
-            transfer_progress p = s->progress();
-            transfers.push_back(progress_json(p));
-            if (!s->peer_key().empty()) {
-                add_conns(s->peer_key(), s->connections());
-            }
-        }
-    }
-    for (const auto& [id, s] : peers_->sessions()) {
-        transfer_progress p = s->progress();
-        if (!s->reported()) {
-            transfers.push_back(progress_json(p));
-        }
-        add_conns(s->peer_key(), s->connections());
     }
 
     json peers = json::array();
@@ -207,21 +197,13 @@ std::string node::metrics() const {
     std::size_t in_flight = 0;
     std::size_t connections = peers_->pending_count();
     std::set<std::string> peers_connected;
-    for (const auto& s : sends_) {
-        if (!s->finished()) {
-            ++in_flight;
-            transfer_progress p = s->progress();
-            connections += p.connections;
-            if (p.connections > 0) {
-                peers_connected.insert(s->peer_key());
+    for (const live_session& s : live_sessions()) {
+        in_flight += s.running ? 1 : 0;
+        for (const auto& conn : s.connections) {
+            if (conn && !conn->closed()) {
+                ++connections;
+                peers_connected.insert(s.peer_key);
             }
-        }
-    }
-    for (const auto& [id, s] : peers_->sessions()) {
-        in_flight += s->reported() ? 0 : 1;
-        connections += s->open_connections();
-        if (s->open_connections() > 0) {
-            peers_connected.insert(s->peer_key());
         }
     }
     std::string out;
