@@ -18,6 +18,10 @@
 
 namespace ferry {
 
+// A running transfer's figures as JSON (node/status.cpp; docs/json.md): the fields of a
+// `progress` event and of each entry of `ferry status`'s transfers.
+nlohmann::ordered_json progress_json(const transfer_progress& p);
+
 class node {
 public:
     node(asio::io_context& io, node_config config, node_events events);

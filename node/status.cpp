@@ -80,23 +80,6 @@ json connection_json(connection& c) {
     return j;
 }
 
-json progress_json(const transfer_progress& p) {
-    return {{"direction", p.direction},
-            {"session", hex_encode(p.session_id)},
-            {"peer", p.peer_id.empty() ? std::string() : format_node_id(p.peer_id)},
-            {"address", p.peer_address},
-            {"confirmed_bytes", p.confirmed_bytes},
-            {"inflight_bytes", p.inflight_bytes},
-            {"total_bytes", p.total_bytes},
-            {"skipped_bytes", p.skipped_bytes},
-            {"wire_bytes_sent", p.wire_sent},
-            {"wire_bytes_received", p.wire_received},
-            {"rate_Bps", p.rate},
-            {"files_done", p.files_done},
-            {"files_total", p.files_total},
-            {"elapsed_s", p.elapsed_s},
-            {"connections", p.connections}};
-}
 
 // Prometheus label value escaping (backslash, quote, newline).
 std::string label(std::string_view v) {
@@ -127,6 +110,24 @@ void histogram_text(std::string& out, const char* name, const char* help, const 
 }
 
 }  // namespace
+
+nlohmann::ordered_json progress_json(const transfer_progress& p) {
+    return {{"direction", p.direction},
+            {"session", hex_encode(p.session_id)},
+            {"peer", p.peer_id.empty() ? std::string() : format_node_id(p.peer_id)},
+            {"address", p.peer_address},
+            {"confirmed_bytes", p.confirmed_bytes},
+            {"inflight_bytes", p.inflight_bytes},
+            {"total_bytes", p.total_bytes},
+            {"skipped_bytes", p.skipped_bytes},
+            {"wire_bytes_sent", p.wire_sent},
+            {"wire_bytes_received", p.wire_received},
+            {"rate_Bps", p.rate},
+            {"files_done", p.files_done},
+            {"files_total", p.files_total},
+            {"elapsed_s", p.elapsed_s},
+            {"connections", p.connections}};
+}
 
 nlohmann::ordered_json node::status() const {
     const node_context& ctx = *ctx_;

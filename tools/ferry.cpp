@@ -104,9 +104,7 @@ void append_json_string(std::string& out, std::string_view s) {
             ++i;
             continue;
         }
-        std::size_t n = ferry::utf8_sequence_length(s, i);
-        bool ok = n > 0;
-        if (ok) {
+        if (std::size_t n = ferry::utf8_sequence_length(s, i); n > 0) {
             out.append(s.substr(i, n));
             i += n;
         } else {
@@ -135,6 +133,10 @@ void emit_file_event(const ferry::file_event& f) {
     fmt::format_to(std::back_inserter(line), R"(","size":{})", f.size);
     if (f.done) {
         line += f.skipped ? R"(,"skipped":true)" : R"(,"skipped":false)";
+    }
+    if (!json_started) {  // never the first line in practice (connected or listening is)
+        json_started = true;
+        fmt::format_to(std::back_inserter(line), R"(,"schema":{})", json_schema);
     }
     fmt::format_to(std::back_inserter(line), R"(,"t":{}}})", ferry::seconds_since(program_start));
     emit_line(line, false);
@@ -210,21 +212,10 @@ json report_json(const ferry::transfer_report& r, bool sender) {
             {"ttfb_s", r.ttfb_s >= 0 ? json(r.ttfb_s) : json(nullptr)}};
 }
 
-json progress_json(const ferry::transfer_progress& p) {
-    return {{"event", "progress"},
-            {"direction", p.direction},
-            {"session", ferry::hex_encode(p.session_id)},
-            {"peer", ferry::format_node_id(p.peer_id)},
-            {"confirmed_bytes", p.confirmed_bytes},
-            {"inflight_bytes", p.inflight_bytes},
-            {"wire_bytes_sent", p.wire_sent},
-            {"wire_bytes_received", p.wire_received},
-            {"total_bytes", p.total_bytes},
-            {"skipped_bytes", p.skipped_bytes},
-            {"rate_Bps", p.rate},
-            {"files_done", p.files_done},
-            {"files_total", p.files_total},
-            {"connections", p.connections}};
+json progress_event(const ferry::transfer_progress& p) {
+    json j{{"event", "progress"}};
+    j.update(ferry::progress_json(p));
+    return j;
 }
 
 // The last progress of a finished transfer, from its report.
@@ -233,6 +224,7 @@ ferry::transfer_progress final_progress(const ferry::transfer_report& r, bool se
     p.direction = sender ? "send" : "receive";
     p.session_id = r.session_id;
     p.peer_id = r.peer_id;
+    p.peer_address = r.peer_address;
     p.total_bytes = r.total_bytes;
     p.confirmed_bytes = r.payload_bytes;
     p.skipped_bytes = r.skipped_bytes;
@@ -282,18 +274,7 @@ ferry::node_events base_events(const common_opts& o) {
     };
     if (o.json) {
         // Per-file lines are many: buffered, flushed with the next progress or done line.
-        ev.file = [&o](const ferry::file_event& f) {
-            if (!json_started) {  // never the first line in practice; keep the schema rule anyway
-                json j{{"event", f.done ? "file_done" : "file_start"}, {"direction", f.direction},
-                       {"session", ferry::hex_encode(f.session_id)}, {"path", f.path}, {"size", f.size}};
-                if (f.done) {
-                    j["skipped"] = f.skipped;
-                }
-                emit(o, std::move(j), false);
-                return;
-            }
-            emit_file_event(f);
-        };
+        ev.file = [](const ferry::file_event& f) { emit_file_event(f); };
     }
     return ev;
 }
@@ -418,7 +399,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     ferry::node n(io, cfg, ev);
     ferry::cli::progress_view progress(
         io, view_options(o), [&n] { return n.transfers(); },
-        [&o](const ferry::transfer_progress& p) { emit(o, progress_json(p)); });
+        [&o](const ferry::transfer_progress& p) { emit(o, progress_event(p)); });
     view = &progress;
     struct unset_view {
         ~unset_view() { view = nullptr; }
@@ -616,7 +597,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     std::optional<ferry::transfer_report> result;
     ferry::cli::progress_view progress(
         io, view_options(o), [&n] { return n.transfers(); },
-        [&o](const ferry::transfer_progress& p) { emit(o, progress_json(p)); });
+        [&o](const ferry::transfer_progress& p) { emit(o, progress_event(p)); });
     view = &progress;
     struct unset_view {
         ~unset_view() { view = nullptr; }
