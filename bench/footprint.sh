@@ -72,6 +72,24 @@ switches() {
     done
     echo "$total"
 }
+# node_answer_us N: the node's own answer time to `status` on its control socket, in
+# microseconds, fastest of N requests from one running client (no process start); "?"
+# without python3.
+node_answer_us() {
+    python3 - "$A/control.sock" "$1" 2>/dev/null <<'PY' || echo "?"
+import socket, sys, time
+best = None
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    t0 = time.perf_counter()
+    s.connect(sys.argv[1]); s.sendall(b"status\n")
+    while s.recv(65536): pass
+    s.close()
+    t = time.perf_counter() - t0
+    best = t if best is None or t < best else best
+print(int(best * 1e6))
+PY
+}
 threads() { awk '/^Threads:/ { print $2 }' /proc/"$serve_pid"/status; }
 
 # 1. Idle wakeups.
@@ -103,14 +121,7 @@ max_threads_with() {
             echo $(( (t1 - t0) / 1000 )) >"$work/busy-status.us"
             # The node's own answer time, without starting a process: one request on the
             # control socket, timed by an already running client.
-            python3 - "$A/control.sock" >"$work/busy-rtt.us" 2>/dev/null <<'PY' || echo "?" >"$work/busy-rtt.us"
-import socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-t0 = time.perf_counter()
-s.connect(sys.argv[1]); s.sendall(b"status\n")
-while s.recv(65536): pass
-print(int((time.perf_counter() - t0) * 1e6))
-PY
+            node_answer_us 1 >"$work/busy-rtt.us"
         fi
         local alive=0
         for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
@@ -142,20 +153,7 @@ status_cost() {
         (( ms < best )) && best=$ms
     done
     # The node's own answer, fastest of 200 requests from one running client.
-    node=$(python3 - "$A/control.sock" 2>/dev/null <<'PY' || echo "?"
-import socket, sys, time
-best = None
-for _ in range(200):
-    s = socket.socket(socket.AF_UNIX)
-    t0 = time.perf_counter()
-    s.connect(sys.argv[1]); s.sendall(b"status\n")
-    while s.recv(65536): pass
-    s.close()
-    t = time.perf_counter() - t0
-    best = t if best is None or t < best else best
-print(int(best * 1e6))
-PY
-)
+    node=$(node_answer_us 200)
     echo "$best $(wc -c <"$work/status.json") $node"
 }
 "$ferry" send --state "$B" --quiet --overwrite "$work/tiny.txt" "$a_id@$addr" 2>/dev/null

@@ -5,9 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -20,6 +18,7 @@
 
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/http_get.hpp"
+#include "tests/support/stale_socket.hpp"
 #include "tests/support/tree.hpp"
 
 namespace fs = std::filesystem;
@@ -527,15 +526,7 @@ TEST_F(observability, status_of_a_plaintext_peer_lists_its_connections_under_its
 TEST_F(observability, a_stale_control_socket_is_replaced) {
     fs::path state = cli.state("A");
     fs::path sock = state / "control.sock";
-    {
-        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-        sockaddr_un sa{};
-        sa.sun_family = AF_UNIX;
-        ASSERT_LT(sock.string().size(), sizeof(sa.sun_path));
-        std::strcpy(sa.sun_path, sock.c_str());
-        ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-        ::close(fd);
-    }
+    ASSERT_TRUE(leave_stale_socket(sock));  // what a crashed node leaves
     EXPECT_EQ(cli.ferry({"status", "--state", state.string()}).code, 2);
     auto sv = cli.start({"serve", "--state", state.string(), "--listen", "127.0.0.1:0", "--json"});
     run_result st = cli.ferry({"status", "--state", state.string()});

@@ -14,6 +14,7 @@
 #include "node/control_server.hpp"
 #include "node/metrics_server.hpp"
 #include "tests/support/http_get.hpp"
+#include "tests/support/stale_socket.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace ferry {
@@ -68,16 +69,7 @@ TEST(control_server, answers_one_request_per_connection_and_removes_its_socket) 
 TEST(control_server, a_stale_socket_is_replaced_and_a_live_one_is_refused) {
     test::temp_dir dir;
     fs::path sock = control_socket_path(dir.path());
-    {
-        // What a crashed node leaves: a bound socket file nobody listens on.
-        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-        sockaddr_un sa{};
-        sa.sun_family = AF_UNIX;
-        ASSERT_LT(sock.string().size(), sizeof(sa.sun_path));
-        std::strcpy(sa.sun_path, sock.c_str());
-        ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-        ::close(fd);
-    }
+    ASSERT_TRUE(test::leave_stale_socket(sock));  // what a crashed node leaves
     std::string reply;
     EXPECT_EQ(control_request(dir.path(), "status", seconds(5), reply), std::errc::connection_refused);
 
