@@ -673,14 +673,6 @@ void receive_session::flush_acks() {
     }
 }
 
-wire_bytes receive_session::wire() const {
-    wire_bytes w;
-    for (const auto& c : conns_) {
-        w.add(c.get());
-    }
-    return w;
-}
-
 void receive_session::finish_report(bool ok, exit_code code, const std::string& error) {
     if (reported_) {
         return;
@@ -700,9 +692,9 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.received_bytes();
     r.total_bytes = machine_.total_bytes();
-    wire_bytes w = wire();
-    r.wire_sent = w.sent;
-    r.wire_received = w.received;
+    // Every joined connection's bytes, open or closed, handshakes included (stats scope).
+    r.wire_sent = scope_->counters().wire_sent;
+    r.wire_received = scope_->counters().wire_received;
     r.elapsed_s = seconds_since(start_);
     r.connections = static_cast<std::uint32_t>(conns_.size());
     r.ttfb_s = ttfb_s_;

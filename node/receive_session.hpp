@@ -78,7 +78,6 @@ private:
     void fail(wire::ErrorCode code, exit_code exit, const std::string& message);
     void send_control(wire::Header& h);
     void finish_report(bool ok, exit_code code, const std::string& error);
-    wire_bytes wire() const;  // over every connection of the session, open or closed
 
     node_context& ctx_;
     std::string peer_id_;

@@ -197,7 +197,6 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     ctx_.stats.chunk_rtt.observe(now - it->second);
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
-                    inflight_bytes_ -= len;
                     scope_->add_payload_sent(len, 1, now);
                     if (ttfb_s_ < 0) {
                         ttfb_s_ = seconds_since(start_);
@@ -362,7 +361,6 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                     c->set_hash_hi(digest.hi);
                     cs.inflight.emplace(chunk_key(ref.file, ref.index), stats_clock::now());
                     cs.inflight_bytes += ref.length;
-                    self->inflight_bytes_ += ref.length;
                     self->file_events_.started(self->ctx_.events.file, ref.file,
                                                self->sources_.entries[ref.file.value]);
                     cs.conn->send(h, std::move(buf), ref.length);
@@ -374,7 +372,6 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
 }
 
 void send_session::requeue_inflight(conn_state& cs) {
-    inflight_bytes_ -= cs.inflight_bytes;
     for (const auto& [key, sent_at] : cs.inflight) {
         file_id f = chunk_key_file(key);
         chunk_index i = chunk_key_index(key);
@@ -425,7 +422,6 @@ transfer_progress send_session::progress() const {
     p.peer_address = peer_address_;
     p.total_bytes = machine_.total_bytes();
     p.skipped_bytes = machine_.skipped_bytes();
-    p.inflight_bytes = inflight_bytes_;
     p.files_total = regular_files_;
     p.files_done = machine_.files_done() - machine_.dirs_done();
     p.elapsed_s = seconds_since(start_);
@@ -439,16 +435,9 @@ transfer_progress send_session::progress() const {
     }
     for (const auto& cs : conns_) {
         p.connections += (cs.conn && !cs.conn->closed()) ? 1 : 0;
+        p.inflight_bytes += cs.inflight_bytes;
     }
     return p;
-}
-
-wire_bytes send_session::wire() const {
-    wire_bytes w;
-    for (const auto& cs : conns_) {
-        w.add(cs.conn.get());
-    }
-    return w;
 }
 
 void send_session::fail(exit_code code, const std::string& message, bool tell_peer) {
@@ -485,9 +474,10 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.payload_bytes = machine_.confirmed_bytes();
     r.total_bytes = machine_.total_bytes();
     r.elapsed_s = seconds_since(start_);
-    wire_bytes w = wire();
-    r.wire_sent = w.sent;
-    r.wire_received = w.received;
+    // Every connection's bytes, open or closed, handshakes included (stats scope; none
+    // before the first connection).
+    r.wire_sent = scope_ ? scope_->counters().wire_sent : 0;
+    r.wire_received = scope_ ? scope_->counters().wire_received : 0;
     std::uint32_t used = 0;
     for (const auto& cs : conns_) {
         used += (cs.conn && cs.conn->counters().payload_sent > 0) ? 1 : 0;
@@ -502,7 +492,6 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
             cs.inflight.clear();
             cs.inflight_bytes = 0;
         }
-        inflight_bytes_ = 0;
         scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, chunks, stats_clock::now());
     }
     r.ttfb_s = ttfb_s_;

@@ -102,7 +102,6 @@ private:
     void requeue_inflight(conn_state& cs);
     void fail(exit_code code, const std::string& message, bool tell_peer = true);
     void finish(bool ok, exit_code code, const std::string& error);
-    wire_bytes wire() const;  // over every connection of the session, open or closed
 
     node_context& ctx_;
     source_tree sources_;
@@ -119,7 +118,6 @@ private:
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     file_reporter file_events_{"send", session_id_};
     std::uint64_t regular_files_ = 0;
-    std::uint64_t inflight_bytes_ = 0;    // over every connection
     double ttfb_s_ = -1;
     bool offers_sent_ = false;
     bool waiting_buffer_ = false;

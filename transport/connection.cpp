@@ -4,13 +4,6 @@
 
 namespace ferry {
 
-void wire_bytes::add(const connection* c) {
-    if (c != nullptr) {
-        sent += c->stream().wire_sent();
-        received += c->stream().wire_received();
-    }
-}
-
 connection::connection(std::unique_ptr<byte_stream> stream, std::shared_ptr<buffer_pool> pool,
                        connection_limits limits)
     : stream_(std::move(stream)), pool_(std::move(pool)), limits_(limits), rbuf_(limits.read_buffer) {}

@@ -52,15 +52,6 @@ struct connection_counters {
     std::uint64_t payload_frames_received = 0;  // frames with a payload (chunks) received whole
 };
 
-// Bytes on the wire of a set of connections (TLS records and framing included).
-struct wire_bytes {
-    std::uint64_t sent = 0;
-    std::uint64_t received = 0;
-
-    // Adds `c`'s counters; a closed connection keeps them, so closed ones count too.
-    void add(const connection* c);
-};
-
 class connection : public std::enable_shared_from_this<connection> {
 public:
     connection(std::unique_ptr<byte_stream> stream, std::shared_ptr<buffer_pool> pool, connection_limits limits = {});
