@@ -77,10 +77,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     c->index = idx;
     c->set_handler(this);
     conns_[idx] = c;
-    scope_->add_wire(c->stream().wire_sent(), c->stream().wire_received());
-    c->stream().set_wire_observer([scope = scope_](std::uint64_t sent, std::uint64_t received) {
-        scope->add_wire(sent, received);
-    });
+    count_wire(c->stream(), scope_);
     ++open_conns_;
     wire::Header h;
     wire::Hello* reply = h.mutable_hello();

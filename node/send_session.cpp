@@ -102,10 +102,7 @@ void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream
         peer_key_ = stream->peer_id().empty() ? stream->remote() : stream->peer_id();
         scope_ = std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key_), start_);
     }
-    scope_->add_wire(stream->wire_sent(), stream->wire_received());
-    stream->set_wire_observer([scope = scope_](std::uint64_t sent, std::uint64_t received) {
-        scope->add_wire(sent, received);
-    });
+    count_wire(*stream, scope_);
     auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
     c->index = index;
     conns_[index].conn = c;

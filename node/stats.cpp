@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "transport/stream.hpp"
+
 namespace ferry {
 
 std::int64_t rate_window::second_of(stats_clock::time_point t) {
@@ -126,6 +128,11 @@ std::shared_ptr<stats_scope> peer_scopes::get(const std::string& key, stats_cloc
     auto scope = std::make_shared<stats_scope>(root_, now);
     scopes_.emplace(key, scope);
     return scope;
+}
+
+void count_wire(byte_stream& stream, const std::shared_ptr<stats_scope>& scope) {
+    scope->add_wire(stream.wire_sent(), stream.wire_received());
+    stream.set_wire_observer([scope](std::uint64_t sent, std::uint64_t received) { scope->add_wire(sent, received); });
 }
 
 }  // namespace ferry

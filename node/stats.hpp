@@ -23,6 +23,8 @@
 
 namespace ferry {
 
+class byte_stream;
+
 using stats_clock = std::chrono::steady_clock;
 
 // Bytes per 1-second bucket over the last 60 seconds.
@@ -102,6 +104,10 @@ private:
     rate_window payload_rate_;
     std::shared_ptr<stats_scope> parent_;
 };
+
+// Counts a stream's wire bytes in `scope` (and its ancestors) from now on, starting with
+// what it moved so far (its handshake).
+void count_wire(byte_stream& stream, const std::shared_ptr<stats_scope>& scope);
 
 // Per-peer scopes over the node's life, keyed by canonical node ID (or the address of a
 // plaintext peer), children of `root`. Bounded: beyond `cap` peers, one that no running
