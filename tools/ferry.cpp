@@ -246,6 +246,21 @@ ferry::cli::progress_view::options view_options(const common_opts& o) {
     return {!o.quiet && !json_on_terminal && ::isatty(STDERR_FILENO) == 1, o.json};
 }
 
+// The progress view of a running command over its node, registered as `view` (so that
+// say() never tears its bars) for as long as it lives.
+class command_progress : public ferry::cli::progress_view {
+public:
+    command_progress(asio::io_context& io, const common_opts& o, const ferry::node& n)
+        : progress_view(
+              io, view_options(o), [&n] { return n.transfers(); },
+              [&o](const ferry::transfer_progress& p) { emit(o, progress_event(p)); }) {
+        view = this;
+    }
+    ~command_progress() { view = nullptr; }
+    command_progress(const command_progress&) = delete;
+    command_progress& operator=(const command_progress&) = delete;
+};
+
 // Builds the node config shared by the commands; throws std::runtime_error on bad state.
 ferry::node_config base_config(const common_opts& o) {
     ferry::node_config cfg;
@@ -397,13 +412,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         }
     };
     ferry::node n(io, cfg, ev);
-    ferry::cli::progress_view progress(
-        io, view_options(o), [&n] { return n.transfers(); },
-        [&o](const ferry::transfer_progress& p) { emit(o, progress_event(p)); });
-    view = &progress;
-    struct unset_view {
-        ~unset_view() { view = nullptr; }
-    } unset;
+    command_progress progress(io, o, n);
     std::string error;
     // `ferry serve` answers `ferry status` on STATE/control.sock and, when asked, serves
     // /metrics; both are ready before the node says it listens.
@@ -595,13 +604,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     so.fsync_each = s.fsync_each;
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     std::optional<ferry::transfer_report> result;
-    ferry::cli::progress_view progress(
-        io, view_options(o), [&n] { return n.transfers(); },
-        [&o](const ferry::transfer_progress& p) { emit(o, progress_event(p)); });
-    view = &progress;
-    struct unset_view {
-        ~unset_view() { view = nullptr; }
-    } unset;
+    command_progress progress(io, o, n);
     n.send(std::move(sources), t, so, [&](const ferry::transfer_report& r) {
         result = r;
         progress.stop();
