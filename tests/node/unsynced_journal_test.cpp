@@ -117,7 +117,9 @@ TEST_F(unsynced_journal_test, recovery_keeps_intact_files_removes_damaged_ones_a
     write_bytes(root_.path() / "edited", "mine now");
     fs::remove(root_.path() / "gone");
     // Another file now has that name (same mtime, other bytes): ferry never wrote it.
-    fs::remove(root_.path() / "replaced");
+    // The old one is moved aside rather than deleted so that its inode stays in use: a
+    // filesystem may hand a just-freed inode number to the next file (tmpfs, overlayfs do).
+    fs::rename(root_.path() / "replaced", root_.path() / "replaced.old");
     write_bytes(root_.path() / "replaced", content(300, 'f'));
     set_mtime(root_.path() / "replaced", mtime_ns);
 
