@@ -47,6 +47,7 @@ struct transfer_report {
     std::uint64_t total_bytes = 0;
     std::uint64_t wire_sent = 0;
     std::uint64_t wire_received = 0;
+    std::uint64_t compression_saved = 0;  // payload bytes zstd kept off the wire
     double elapsed_s = 0;
     std::uint32_t connections = 0;
     double ttfb_s = -1;  // start -> first confirmed (sent) or written (received) byte; -1: none

@@ -10,12 +10,29 @@
 
 #include <algorithm>
 
+#include "node/chunk_codec.hpp"
 #include "protocol/digest.hpp"
 #include "protocol/path.hpp"
 
 namespace ferry {
 
 namespace {
+
+// How a chunk's payload is encoded (from its Chunk header), for the worker that decodes it.
+struct chunk_encoding {
+    wire::Codec codec = wire::CODEC_RAW;
+    std::uint32_t raw_len = 0;
+};
+
+// On a worker: the chunk's raw bytes, decompressed into this thread's scratch when it came
+// compressed. Empty when a zstd payload does not decode to exactly raw_len bytes (the
+// receiver_machine has already checked raw_len against the file).
+std::span<const std::uint8_t> decode_chunk(const pooled_buffer& payload, const chunk_encoding& encoding) {
+    if (encoding.codec == wire::CODEC_ZSTD) {
+        return decompress_chunk(payload.span(), encoding.raw_len);
+    }
+    return payload.span();
+}
 
 // Files at least this large are fsynced on the worker pool when they complete; smaller
 // ones are made durable together by one syncfs at the end of the transfer.
@@ -87,6 +104,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     reply->set_conn_count(static_cast<std::uint32_t>(conns_.size()));
     reply->set_plaintext(!c->stream().is_tls());
     reply->set_agent("ferry/0.1");
+    reply->add_codecs(wire::CODEC_ZSTD);
     c->send(h);
     if (idx == 0 && ctx_.events.connected) {
         ctx_.events.connected(peer_id_, peer_address_, static_cast<std::uint32_t>(conns_.size()));
@@ -283,9 +301,8 @@ void receive_session::next_offer() {
 
 void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload) {
     std::uint32_t len = static_cast<std::uint32_t>(payload.size());
-    if (std::error_code ec = machine_.on_chunk(chunk, len); ec || chunk.codec() != wire::CODEC_RAW) {
-        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
-             "protocol error from " + short_id(peer_id_) + ": " + (ec ? ec.message() : "unsupported codec"));
+    if (std::error_code ec = machine_.on_chunk(chunk, len)) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + short_id(peer_id_) + ": " + ec.message());
         return;
     }
     file_id f{chunk.file_id()};
@@ -310,12 +327,15 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     std::string path = machine_.entry(f).path;
     digest128 expect{chunk.hash_lo(), chunk.hash_hi()};
     std::uint64_t offset = std::uint64_t{idx.value} * chunk_size;
+    chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
     ctx_.workers.post([self = shared_from_this(), sink, tree, path = std::move(path), expect, offset, f, idx, conn,
-                       payload = std::move(payload)]() mutable {
-        digest128 got = hash_chunk(payload.span());
+                       encoding, payload = std::move(payload)]() mutable {
+        std::span<const std::uint8_t> raw = decode_chunk(payload, encoding);
+        digest128 got = raw.empty() ? digest128{} : hash_chunk(raw);
         std::error_code ec;
-        bool mismatch = got != expect;
-        std::uint64_t len = payload.size();
+        bool mismatch = raw.empty() || got != expect;
+        std::uint64_t len = encoding.raw_len;
+        std::uint64_t saved = raw.empty() ? 0 : encoding.raw_len - payload.size();
         stats_clock::duration write_time{};
         if (!mismatch) {
             int fd;
@@ -328,12 +348,13 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             }
             if (!ec) {
                 auto t0 = stats_clock::now();
-                ec = write_at(fd, payload.data(), payload.size(), offset);
+                ec = write_at(fd, raw.data(), raw.size(), offset);
                 write_time = stats_clock::now() - t0;
             }
         }
+        bool undecodable = raw.empty();
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, idx, conn, got, mismatch, ec, path, len, write_time] {
+        asio::post(self->ctx_.io, [self, f, idx, conn, got, mismatch, undecodable, ec, path, len, saved, write_time] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, idx));
             if (self->failed_) {
@@ -341,7 +362,8 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             }
             if (mismatch) {
                 self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed,
-                           path + ": chunk " + std::to_string(idx.value) + " failed its hash check");
+                           path + ": chunk " + std::to_string(idx.value) +
+                               (undecodable ? " does not decompress to its length" : " failed its hash check"));
                 return;
             }
             if (ec) {
@@ -349,7 +371,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 return;
             }
             bool complete = self->machine_.on_chunk_written(f, idx, got);
-            self->on_payload_written(len, write_time);
+            self->on_payload_written(len, saved, write_time);
             self->queue_ack(conn, chunk_key(f, idx));
             if (complete) {
                 self->try_finalize(f);
@@ -371,19 +393,22 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
     ++writes_;
     ++finalizing_;
     digest128 expect{chunk.hash_lo(), chunk.hash_hi()};
+    chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
     ctx_.workers.post([self = shared_from_this(), tree = tree_, e, f, conn, expect, fsync_now, overwrite = overwrite_,
-                       payload = std::move(payload)]() mutable {
-        digest128 got = hash_chunk(payload.span());
-        bool mismatch = got != expect;
+                       encoding, payload = std::move(payload)]() mutable {
+        std::span<const std::uint8_t> raw = decode_chunk(payload, encoding);
+        digest128 got = raw.empty() ? digest128{} : hash_chunk(raw);
+        bool mismatch = raw.empty() || got != expect;
         std::error_code ec;
         dest_tree::stored_file stored;
-        std::uint64_t len = payload.size();
+        std::uint64_t len = encoding.raw_len;
+        std::uint64_t saved = raw.empty() ? 0 : encoding.raw_len - payload.size();
         stats_clock::duration write_time{};
         if (!mismatch) {
             int fd = tree->open_partial(e.path, ec);
             if (!ec) {
                 auto t0 = stats_clock::now();
-                ec = write_at(fd, payload.data(), payload.size(), 0);
+                ec = write_at(fd, raw.data(), raw.size(), 0);
                 write_time = stats_clock::now() - t0;
             }
             if (fd >= 0) {
@@ -396,9 +421,10 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 }
             }
         }
+        bool undecodable = raw.empty();
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, ec, fsync_now, stored, len, write_time,
-                                   path = e.path] {
+        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, undecodable, ec, fsync_now, stored, len, saved,
+                                   write_time, path = e.path] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, chunk_index{0}));
             if (self->failed_) {
@@ -407,7 +433,9 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
             }
             if (mismatch) {
                 --self->finalizing_;
-                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, path + ": chunk 0 failed its hash check");
+                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed,
+                           path + (undecodable ? ": chunk 0 does not decompress to its length"
+                                               : ": chunk 0 failed its hash check"));
                 return;
             }
             if (!ec) {
@@ -415,7 +443,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 bool ok = false;
                 self->machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
                 self->machine_.on_file_finished(f);
-                self->on_payload_written(len, write_time);
+                self->on_payload_written(len, saved, write_time);
                 self->queue_ack(conn, chunk_key(f, chunk_index{0}));
                 if (!fsync_now) {
                     self->queue_rename(f, self->machine_.received_digest(f), stored);
@@ -562,9 +590,9 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
     check_all_done();
 }
 
-void receive_session::on_payload_written(std::uint64_t bytes, stats_clock::duration write_time) {
+void receive_session::on_payload_written(std::uint64_t bytes, std::uint64_t saved, stats_clock::duration write_time) {
     auto now = stats_clock::now();
-    scope_->add_payload_received(bytes, 1, now);
+    scope_->add_payload_received(bytes, 1, now, saved);
     ctx_.stats.write_latency.observe(write_time);
     if (ttfb_s_ < 0) {
         ttfb_s_ = seconds_since(start_);
@@ -692,6 +720,7 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     // Every joined connection's bytes, open or closed, handshakes included (stats scope).
     r.wire_sent = scope_->counters().wire_sent;
     r.wire_received = scope_->counters().wire_received;
+    r.compression_saved = scope_->counters().compression_saved;
     r.elapsed_s = seconds_since(start_);
     r.connections = static_cast<std::uint32_t>(conns_.size());
     r.ttfb_s = ttfb_s_;

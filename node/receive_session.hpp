@@ -70,7 +70,7 @@ private:
     // A verified file waiting in its partial file (not fsynced): journal it, then rename.
     void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored);
     void start_renames();
-    void on_payload_written(std::uint64_t bytes, stats_clock::duration write_time);
+    void on_payload_written(std::uint64_t bytes, std::uint64_t saved, stats_clock::duration write_time);
     std::filesystem::path journal_dir() const;
     void check_all_done();
     void queue_ack(std::uint32_t conn, std::uint64_t key);

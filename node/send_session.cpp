@@ -5,6 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
+#include "node/chunk_codec.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
 
@@ -36,7 +39,7 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
                            std::function<void(const transfer_report&)> done)
     : ctx_(ctx), sources_(std::move(sources)), target_(std::move(target)), options_(options), done_(std::move(done)),
       machine_(random_u64(), sources_.entries, transfer_options{options.overwrite, options.fsync_each}),
-      session_id_(random_bytes(16)) {
+      session_id_(random_bytes(16)), compression_(options.compress) {
     options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
     conns_.resize(options_.connections);
     files_.resize(sources_.entries.size());
@@ -115,6 +118,7 @@ void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream
     hello->set_conn_count(options_.connections);
     hello->set_plaintext(ctx_.config.plaintext);
     hello->set_agent("ferry/0.1");
+    hello->add_codecs(wire::CODEC_ZSTD);
     c->send(h);
     if (index > 0) {
         conns_[index].ready = true;
@@ -134,6 +138,11 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
     }
     peer_id_ = c.stream().peer_id();
     peer_address_ = c.stream().remote();
+    bool peer_decodes_zstd = std::find(hello.codecs().begin(), hello.codecs().end(), wire::CODEC_ZSTD) !=
+                             hello.codecs().end();
+    if (!peer_decodes_zstd) {
+        compression_ = compression_policy(compress_mode::never);
+    }
     if (c.stream().is_tls() && target_.expected_id.empty() && !ctx_.trust.trusted(peer_id_)) {
         ctx_.log("warning: receiver ID " + format_node_id(peer_id_) +
                  " is not verified (pin it with ID@HOST:PORT or `ferry trust`)");
@@ -191,10 +200,11 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     std::uint64_t len = chunk_length(sources_.entries[chunk_key_file(key).value].size,
                                                      chunk_key_index(key).value);
                     auto now = stats_clock::now();
-                    ctx_.stats.chunk_rtt.observe(now - it->second);
+                    ctx_.stats.chunk_rtt.observe(now - it->second.sent_at);
+                    std::uint64_t saved = len - it->second.wire_len;
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
-                    scope_->add_payload_sent(len, 1, now);
+                    scope_->add_payload_sent(len, 1, now, saved);
                     if (ttfb_s_ < 0) {
                         ttfb_s_ = seconds_since(start_);
                         ctx_.stats.ttfb.observe(now - start_);
@@ -274,7 +284,9 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
     auto file = files_.at(ref.file.value);
     std::filesystem::path local = sources_.locals.at(ref.file.value);
     std::uint64_t expect_size = sources_.entries.at(ref.file.value).size;
-    ctx_.workers.post([self = shared_from_this(), file, local, expect_size, ref, index,
+    sample_wire_rate();
+    int level = ref.send ? compression_.next_level() : 0;
+    ctx_.workers.post([self = shared_from_this(), file, local, expect_size, ref, index, level,
                        buf = std::move(buf)]() mutable {
         std::error_code ec;
         std::string what;
@@ -312,6 +324,10 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
             done += static_cast<std::size_t>(n);
         }
         digest128 digest = ec ? digest128{} : hash_chunk(std::span<const std::uint8_t>(buf.data(), ref.length));
+        compressed_chunk packed;
+        if (!ec && level > 0) {
+            packed = compress_chunk(std::span<std::uint8_t>(buf.data(), ref.length), level);
+        }
         {
             std::lock_guard lock(file->mutex);
             if (file->reads_left > 0 && --file->reads_left == 0 && file->fd >= 0) {
@@ -322,12 +338,17 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
         if (what.empty() && ec) {
             what = ec.message();
         }
-        asio::post(self->ctx_.io, [self, ref, index, digest, ec, what, local, buf = std::move(buf)]() mutable {
+        asio::post(self->ctx_.io, [self, ref, index, digest, ec, what, local, level, packed,
+                                   buf = std::move(buf)]() mutable {
             conn_state& cs = self->conns_[index];
             --cs.reading;
             cs.reading_bytes -= ref.length;
             if (self->finished_) {
                 return;
+            }
+            if (level > 0 && !ec) {
+                self->compression_.observe(level, ref.length, packed.size > 0 ? packed.size : ref.length,
+                                           packed.cpu_seconds);
             }
             if (ec) {
                 self->fail(exit_code::local_io, "cannot read " + local.string() + ": " + what);
@@ -353,14 +374,15 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                     c->set_file_id(ref.file.value);
                     c->set_index(ref.index.value);
                     c->set_raw_len(ref.length);
-                    c->set_codec(wire::CODEC_RAW);
+                    c->set_codec(packed.size > 0 ? wire::CODEC_ZSTD : wire::CODEC_RAW);
                     c->set_hash_lo(digest.lo);
                     c->set_hash_hi(digest.hi);
-                    cs.inflight.emplace(chunk_key(ref.file, ref.index), stats_clock::now());
+                    std::uint32_t wire_len = packed.size > 0 ? static_cast<std::uint32_t>(packed.size) : ref.length;
+                    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len});
                     cs.inflight_bytes += ref.length;
                     self->file_events_.started(self->ctx_.events.file, ref.file,
                                                self->sources_.entries[ref.file.value]);
-                    cs.conn->send(h, std::move(buf), ref.length);
+                    cs.conn->send(h, std::move(buf), wire_len);
                 }
             }
             self->pump(index);
@@ -368,8 +390,22 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
     });
 }
 
+void send_session::sample_wire_rate() {
+    auto now = stats_clock::now();
+    auto since = now - wire_sample_.at;
+    if (!scope_ || since < std::chrono::milliseconds(250)) {
+        return;
+    }
+    std::uint64_t sent = scope_->counters().wire_sent;
+    if (wire_sample_.at != stats_clock::time_point{}) {
+        compression_.on_wire_rate(static_cast<double>(sent - wire_sample_.wire_sent) /
+                                  std::chrono::duration<double>(since).count());
+    }
+    wire_sample_ = {now, sent};
+}
+
 void send_session::requeue_inflight(conn_state& cs) {
-    for (const auto& [key, sent_at] : cs.inflight) {
+    for (const auto& [key, chunk] : cs.inflight) {
         file_id f = chunk_key_file(key);
         chunk_index i = chunk_key_index(key);
         chunk_ref ref;
@@ -475,6 +511,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     // before the first connection).
     r.wire_sent = scope_ ? scope_->counters().wire_sent : 0;
     r.wire_received = scope_ ? scope_->counters().wire_received : 0;
+    r.compression_saved = scope_ ? scope_->counters().compression_saved : 0;
     std::uint32_t used = 0;
     for (const auto& cs : conns_) {
         used += (cs.conn && cs.conn->counters().payload_sent > 0) ? 1 : 0;

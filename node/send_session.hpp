@@ -22,6 +22,7 @@
 
 #include "node/context.hpp"
 #include "node/source_tree.hpp"
+#include "protocol/compression.hpp"
 #include "protocol/transfer.hpp"
 #include "transport/connection.hpp"
 
@@ -48,6 +49,8 @@ struct send_options {
     std::uint32_t window_chunks = 256;
     // Per connection: chunks being read by the workers (read-ahead).
     std::uint64_t read_ahead_bytes = 1024 * 1024;
+    // zstd for chunks (protocol/compression.hpp); only used when the receiver decodes it.
+    compress_mode compress = compress_mode::automatic;
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -83,10 +86,14 @@ private:
         std::uint64_t reads_left = 0;  // guarded by mutex; closes the fd at 0
         ~source_file();
     };
+    struct inflight_chunk {
+        stats_clock::time_point sent_at;  // handed to the connection
+        std::uint32_t wire_len;           // payload bytes on the wire (compressed or raw)
+    };
     struct conn_state {
         std::shared_ptr<connection> conn;
-        // Chunks sent, not yet confirmed, with the time each was handed to the connection.
-        std::unordered_map<std::uint64_t, stats_clock::time_point> inflight;
+        // Chunks sent, not yet confirmed.
+        std::unordered_map<std::uint64_t, inflight_chunk> inflight;
         std::uint64_t inflight_bytes = 0;
         std::uint32_t reading = 0;
         std::uint64_t reading_bytes = 0;
@@ -100,6 +107,8 @@ private:
     void pump_all();
     void read_chunk(std::uint32_t index, chunk_ref ref);
     void requeue_inflight(conn_state& cs);
+    // Every quarter second or so, tells compression_ what the sockets accepted since.
+    void sample_wire_rate();
     void fail(exit_code code, const std::string& message, bool tell_peer = true);
     void finish(bool ok, exit_code code, const std::string& error);
 
@@ -123,6 +132,11 @@ private:
     bool waiting_buffer_ = false;
     bool finished_ = false;
     std::chrono::steady_clock::time_point start_;
+    compression_policy compression_;
+    struct {
+        stats_clock::time_point at{};
+        std::uint64_t wire_sent = 0;
+    } wire_sample_;
 };
 
 }  // namespace ferry

@@ -97,18 +97,22 @@ void stats_scope::add_wire(std::uint64_t sent, std::uint64_t received) {
     }
 }
 
-void stats_scope::add_payload_sent(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now) {
+void stats_scope::add_payload_sent(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now,
+                                   std::uint64_t saved) {
     for (stats_scope* s = this; s != nullptr; s = s->parent_.get()) {
         s->c_.payload_sent += bytes;
         s->c_.chunks_sent += chunks;
+        s->c_.compression_saved += saved;
         s->payload_rate_.add(bytes, now);
     }
 }
 
-void stats_scope::add_payload_received(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now) {
+void stats_scope::add_payload_received(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now,
+                                       std::uint64_t saved) {
     for (stats_scope* s = this; s != nullptr; s = s->parent_.get()) {
         s->c_.payload_received += bytes;
         s->c_.chunks_received += chunks;
+        s->c_.compression_saved += saved;
         s->payload_rate_.add(bytes, now);
     }
 }

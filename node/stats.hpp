@@ -80,6 +80,9 @@ struct traffic_counters {
     std::uint64_t payload_received = 0;  // verified and written here
     std::uint64_t chunks_sent = 0;       // confirmed
     std::uint64_t chunks_received = 0;   // verified and written
+    // Of the payload above (either direction), bytes zstd kept off the wire: raw length
+    // minus compressed length of each confirmed compressed chunk.
+    std::uint64_t compression_saved = 0;
 };
 
 // One level of the aggregation tree. Updates go to this scope and every ancestor.
@@ -91,8 +94,11 @@ public:
         : payload_rate_(origin), parent_(std::move(parent)) {}
 
     void add_wire(std::uint64_t sent, std::uint64_t received);
-    void add_payload_sent(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now);
-    void add_payload_received(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now);
+    // `saved`: of `bytes`, what compression kept off the wire.
+    void add_payload_sent(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now,
+                          std::uint64_t saved = 0);
+    void add_payload_received(std::uint64_t bytes, std::uint64_t chunks, stats_clock::time_point now,
+                              std::uint64_t saved = 0);
 
     const traffic_counters& counters() const { return c_; }
     // Payload (sent confirmed + received) per second over the last `span` seconds.

@@ -24,7 +24,8 @@ json counters_json(const traffic_counters& c) {
             {"payload_bytes_sent", c.payload_sent},
             {"payload_bytes_received", c.payload_received},
             {"chunks_sent", c.chunks_sent},
-            {"chunks_received", c.chunks_received}};
+            {"chunks_received", c.chunks_received},
+            {"compression_saved_bytes", c.compression_saved}};
 }
 
 // A quantile's bucket bound: a number, "+Inf" beyond the last bound, null with no data.
@@ -230,6 +231,11 @@ std::string node::metrics() const {
                    "# TYPE ferry_chunks_total counter\nferry_chunks_total{{direction=\"send\"}} {}\n"
                    "ferry_chunks_total{{direction=\"receive\"}} {}\n",
                    c.chunks_sent, c.chunks_received);
+    fmt::format_to(it,
+                   "# HELP ferry_compression_saved_bytes_total Payload bytes zstd kept off the wire (confirmed "
+                   "chunks, both directions).\n# TYPE ferry_compression_saved_bytes_total counter\n"
+                   "ferry_compression_saved_bytes_total {}\n",
+                   c.compression_saved);
     fmt::format_to(it,
                    "# HELP ferry_transfers_total Transfers finished, by result.\n# TYPE ferry_transfers_total counter\n"
                    "ferry_transfers_total{{result=\"ok\"}} {}\nferry_transfers_total{{result=\"failed\"}} {}\n",

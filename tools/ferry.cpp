@@ -180,6 +180,13 @@ std::string skipped_note(const ferry::transfer_report& r) {
            ") already there with the same size and mtime, skipped";
 }
 
+std::string compression_note(const ferry::transfer_report& r) {
+    if (r.compression_saved == 0) {
+        return "";
+    }
+    return "; compression kept " + human_bytes(r.compression_saved) + " off the wire";
+}
+
 // Wire bytes in the direction the payload went, per payload byte, as a percentage.
 double overhead_pct(const ferry::transfer_report& r, bool sender) {
     std::uint64_t wire = sender ? r.wire_sent : r.wire_received;
@@ -207,7 +214,7 @@ json report_json(const ferry::transfer_report& r, bool sender) {
             {"payload_MBps", mbps(r)},
             {"wire_MBps", r.elapsed_s > 0 ? wire / r.elapsed_s / 1e6 : 0.0},
             {"overhead_pct", overhead_pct(r, sender)},
-            {"compression_saved_bytes", 0},
+            {"compression_saved_bytes", r.compression_saved},
             {"connections", r.connections},
             {"ttfb_s", r.ttfb_s >= 0 ? json(r.ttfb_s) : json(nullptr)}};
 }
@@ -393,7 +400,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
             say("received " + std::to_string(rep.files) + " files, " + std::to_string(rep.dirs) + " folders, " +
                 human_bytes(rep.payload_bytes) + " from " +
                 ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s" +
-                skipped_note(rep));
+                skipped_note(rep) + compression_note(rep));
         }
         emit(o, rep.ok ? report_json(rep, false)
                        : json{{"event", "error"}, {"code", code_name(rep.code)}, {"exit_code", static_cast<int>(rep.code)},
@@ -562,6 +569,7 @@ struct send_opts {
     bool overwrite = false;
     bool fsync_each = false;
     bool plaintext = false;
+    std::string compress = "auto";
 };
 
 int cmd_send(const common_opts& o, const send_opts& s) {
@@ -600,6 +608,9 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     ferry::node n(io, cfg, base_events(o));
     ferry::send_options so;
     so.connections = s.connections;
+    if (!ferry::parse_compress_mode(s.compress.c_str(), so.compress)) {
+        return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
+    }
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
     so.started = program_start;  // the rate a user can check from outside: from the command's start
@@ -633,7 +644,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
                   static_cast<unsigned long long>(r.files), static_cast<unsigned long long>(r.dirs),
                   human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r),
                   r.connections);
-    say(std::string(line) + skipped_note(r));
+    say(std::string(line) + skipped_note(r) + compression_note(r));
     emit(o, report_json(r, true));
     return 0;
 }
@@ -682,6 +693,9 @@ int main(int argc, char** argv) {
     send->add_flag("--overwrite", so.overwrite, "ask the receiver to replace existing files");
     send->add_flag("--fsync-each", so.fsync_each, "ask the receiver to fsync every file before rename");
     send->add_flag("--plaintext", so.plaintext, "no TLS (benchmarks only; the receiver must say it too)");
+    send->add_option("--compress", so.compress,
+                     "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")
+        ->capture_default_str();
     send->add_option("ARGS", so.args, "PATH... [ID@]HOST:PORT")->required();
     send->footer("Example:\n  ferry send photos/ notes.txt ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567@192.0.2.7:7788");
 

@@ -169,6 +169,43 @@ TEST_F(cli_transfer, one_and_sixteen_connections_both_work) {
     }
 }
 
+TEST_F(cli_transfer, compressed_chunks_arrive_identical_and_are_counted) {
+    fs::path src = cli.root() / "compressible";
+    std::string text;
+    for (int i = 0; text.size() < 3 * 1024 * 1024 + 100; ++i) {
+        text += "line " + std::to_string(i % 977) + " of a log that repeats itself\n";
+    }
+    write_text_file(src / "log.txt", text);                           // several chunks
+    write_text_file(src / "small.txt", text.substr(0, 5000));          // one chunk
+    write_random_file(src / "random.bin", 600 * 1024, 9);             // does not shrink
+    for (const char* mode : {"always", "auto", "never"}) {
+        fs::path dest = cli.root() / (std::string("inbox-") + mode);
+        auto rx = start_receiver(dest);
+        ASSERT_FALSE(rx.address.empty());
+        run_result s = send({src.string()}, a_id + "@" + rx.address, {"--compress", mode});
+        ASSERT_EQ(s.code, 0) << mode << ": " << s.err;
+        EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+        EXPECT_EQ(compare_trees(src, dest / "compressible"), "") << mode;
+        nlohmann::json done = last_json_line(s.out);
+        nlohmann::json rdone = last_json_line(rx.proc->out());
+        std::uint64_t saved = done["compression_saved_bytes"].get<std::uint64_t>();
+        std::uint64_t payload = done["payload_bytes"].get<std::uint64_t>();
+        EXPECT_EQ(payload, text.size() + 5000 + 600 * 1024) << mode;
+        EXPECT_EQ(rdone["compression_saved_bytes"].get<std::uint64_t>(), saved) << mode;
+        if (std::string(mode) == "always") {
+            // The text shrinks (tens of times), the random file does not.
+            EXPECT_GT(saved, (text.size() + 5000) * 9 / 10) << mode;
+            EXPECT_LT(done["wire_bytes_sent"].get<std::uint64_t>(), payload - saved + payload / 10) << mode;
+        } else if (std::string(mode) == "never") {
+            EXPECT_EQ(saved, 0u);
+            EXPECT_GT(done["wire_bytes_sent"].get<std::uint64_t>(), payload);
+        }
+    }
+    run_result bad = send({src.string()}, a_id + "@127.0.0.1:9", {"--compress", "zip"});
+    EXPECT_EQ(bad.code, 1);
+    EXPECT_NE(bad.err.find("--compress"), std::string::npos) << bad.err;
+}
+
 TEST_F(cli_transfer, many_small_files_and_single_file_sources) {
     fs::path src = cli.root() / "many";
     for (int i = 0; i < 2000; ++i) {

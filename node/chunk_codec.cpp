@@ -1,0 +1,81 @@
+#include "node/chunk_codec.hpp"
+
+#include <zstd.h>
+
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <vector>
+
+#include "protocol/types.hpp"
+
+namespace ferry {
+
+namespace {
+
+struct cctx_free {
+    void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
+};
+struct dctx_free {
+    void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
+};
+
+// This thread's zstd state; created on first use, freed when the thread ends.
+struct thread_codec {
+    thread_codec() {
+        // A chunk is at most 256 KiB (2^18): a peer's frame asking for a larger window is
+        // refused instead of making this thread allocate for it.
+        ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, 20);
+    }
+    std::unique_ptr<ZSTD_CCtx, cctx_free> cctx{ZSTD_createCCtx()};
+    std::unique_ptr<ZSTD_DCtx, dctx_free> dctx{ZSTD_createDCtx()};
+    std::vector<std::uint8_t> scratch = std::vector<std::uint8_t>(chunk_size);
+};
+
+thread_codec& this_thread_codec() {
+    thread_local thread_codec codec;
+    return codec;
+}
+
+double thread_cpu_seconds() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+}  // namespace
+
+compressed_chunk compress_chunk(std::span<std::uint8_t> chunk, int level) {
+    thread_codec& codec = this_thread_codec();
+    compressed_chunk out;
+    if (chunk.empty() || chunk.size() > codec.scratch.size()) {
+        return out;
+    }
+    double t0 = thread_cpu_seconds();
+    // Room for one byte less than the input: an output that would not be smaller ends in
+    // an error instead of a copy. (It costs about a full compression all the same, which
+    // is why the policy probes incompressible data only now and then.)
+    std::size_t n = ZSTD_compressCCtx(codec.cctx.get(), codec.scratch.data(), chunk.size() - 1, chunk.data(),
+                                      chunk.size(), level);
+    out.cpu_seconds = thread_cpu_seconds() - t0;
+    if (ZSTD_isError(n) || n == 0 || n >= chunk.size()) {
+        return out;
+    }
+    std::memcpy(chunk.data(), codec.scratch.data(), n);
+    out.size = n;
+    return out;
+}
+
+std::span<const std::uint8_t> decompress_chunk(std::span<const std::uint8_t> payload, std::size_t raw_len) {
+    thread_codec& codec = this_thread_codec();
+    if (raw_len == 0 || raw_len > codec.scratch.size() || payload.empty()) {
+        return {};
+    }
+    std::size_t n = ZSTD_decompressDCtx(codec.dctx.get(), codec.scratch.data(), raw_len, payload.data(), payload.size());
+    if (ZSTD_isError(n) || n != raw_len) {
+        return {};
+    }
+    return {codec.scratch.data(), raw_len};
+}
+
+}  // namespace ferry

@@ -1,0 +1,29 @@
+// zstd for chunk payloads, on the worker pool.
+//
+// Each worker thread keeps its own compression and decompression contexts and a scratch
+// buffer (thread_local), so no call allocates after a thread's first chunk. Which chunks
+// are compressed is decided on the loop thread (protocol/compression.hpp).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <system_error>
+
+namespace ferry {
+
+struct compressed_chunk {
+    std::size_t size = 0;     // bytes written back into the chunk buffer; 0: did not shrink
+    double cpu_seconds = 0;   // CPU time of this thread spent compressing
+};
+
+// Compresses `chunk` (its first `raw_len` bytes) at zstd `level`. When the result is
+// smaller it replaces the chunk's bytes in place and its size is returned; otherwise the
+// chunk is left as it was and size is 0.
+compressed_chunk compress_chunk(std::span<std::uint8_t> chunk, int level);
+
+// Decompresses a zstd chunk payload that must expand to exactly `raw_len` bytes (at most
+// one chunk). The result lives in this thread's scratch buffer until the next call on the
+// same thread. An empty span means the payload is not a valid zstd frame of that size.
+std::span<const std::uint8_t> decompress_chunk(std::span<const std::uint8_t> payload, std::size_t raw_len);
+
+}  // namespace ferry

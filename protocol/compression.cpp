@@ -1,0 +1,123 @@
+#include "protocol/compression.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace ferry {
+
+namespace {
+
+// Weight of the newest attempt in the running averages.
+constexpr double ewma_weight = 0.25;
+// Above this out/raw ratio compression is not worth its CPU anywhere.
+constexpr double max_ratio = 0.9;
+// A link is "slow" for compression at `fast_level` when that level compresses at least
+// this many times faster than the link carries bytes now.
+constexpr double link_margin = 2.0;
+// CPU seconds that one byte on the wire costs on a fast link, sender and receiver together
+// (TLS seal and open, socket write and read): 2.0 CPU s/GiB measured on loopback
+// (bench/RESULTS.md, 2026-12-01), taken a little low so that compression must clearly win.
+constexpr double wire_cost_per_byte = 1.5e-9;
+// Decompression cost per raw byte, estimated from the compression cost (zstd decodes
+// several times faster than it encodes), with a floor for the write of the output.
+constexpr double min_decode_cost_per_byte = 0.25e-9;
+constexpr std::uint32_t min_probe_interval = 16;
+constexpr std::uint32_t max_probe_interval = 128;
+
+double blend(double average, double sample) {
+    return average == 0 ? sample : average + ewma_weight * (sample - average);
+}
+
+}  // namespace
+
+bool parse_compress_mode(const char* text, compress_mode& out) {
+    if (std::strcmp(text, "auto") == 0) {
+        out = compress_mode::automatic;
+    } else if (std::strcmp(text, "always") == 0) {
+        out = compress_mode::always;
+    } else if (std::strcmp(text, "never") == 0) {
+        out = compress_mode::never;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+const char* compress_mode_name(compress_mode m) {
+    switch (m) {
+        case compress_mode::automatic: return "auto";
+        case compress_mode::always: return "always";
+        case compress_mode::never: return "never";
+    }
+    return "auto";
+}
+
+bool compression_policy::worth_it() const {
+    if (ratio_ > max_ratio || speed_fast_ <= 0) {
+        return false;
+    }
+    double encode = 1.0 / speed_fast_;
+    double decode = std::max(min_decode_cost_per_byte, encode / 4);
+    if ((1.0 - ratio_) * wire_cost_per_byte >= encode + decode) {
+        return true;  // cheaper than moving the bytes it saves, however fast the link
+    }
+    // The link is the limit, and compression keeps up with it.
+    return link_rate_ > 0 && speed_fast_ >= link_margin * link_rate_;
+}
+
+int compression_policy::next_level() {
+    int level = 0;
+    switch (mode_) {
+        case compress_mode::never: return 0;
+        case compress_mode::always: return fast_level;
+        case compress_mode::automatic: break;
+    }
+    if (ratio_ == 0) {
+        level = fast_level;  // nothing measured yet: find out
+    } else if (!worth_it()) {
+        if (++since_probe_ >= probe_interval_) {
+            since_probe_ = 0;
+            level = fast_level;
+        }
+    } else {
+        since_probe_ = 0;
+        // On a link slow enough that the stronger level keeps up too, its better ratio is free.
+        bool strong_keeps_up = speed_strong_ > 0 ? speed_strong_ >= link_margin * link_rate_
+                                                 : speed_fast_ >= 3 * link_margin * link_rate_;
+        level = strong_keeps_up ? strong_level : fast_level;
+    }
+    ++(level > 0 ? decided_compressed_ : decided_raw_);
+    return level;
+}
+
+void compression_policy::on_wire_rate(double bytes_per_second) {
+    if (decided_raw_ + decided_compressed_ == 0 || bytes_per_second <= 0) {
+        return;  // nothing was sent: says nothing about the link
+    }
+    if (decided_compressed_ * 10 <= decided_raw_) {
+        // (Nearly) all raw: this is the link's rate now, up or down.
+        link_rate_ = link_rate_ == 0 ? bytes_per_second : (link_rate_ + bytes_per_second) / 2;
+    } else {
+        // Compressed data leaves the link idle when compression is the limit, so the
+        // wire rate is only a lower bound on what the link carries.
+        link_rate_ = std::max(link_rate_, bytes_per_second);
+    }
+    decided_raw_ = 0;
+    decided_compressed_ = 0;
+}
+
+void compression_policy::observe(int level, std::uint64_t raw, std::uint64_t out, double cpu_seconds) {
+    if (raw == 0) {
+        return;
+    }
+    double r = std::min(1.0, static_cast<double>(out) / static_cast<double>(raw));
+    ratio_ = blend(ratio_, std::max(r, 1e-6));
+    if (cpu_seconds > 0) {
+        double s = static_cast<double>(raw) / cpu_seconds;
+        double& speed = level == strong_level ? speed_strong_ : speed_fast_;
+        speed = blend(speed, s);
+    }
+    probe_interval_ = r > max_ratio ? std::min(probe_interval_ * 2, max_probe_interval) : min_probe_interval;
+}
+
+}  // namespace ferry

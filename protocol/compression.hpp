@@ -1,0 +1,79 @@
+// Adaptive chunk compression: when the sender compresses a chunk (zstd) and at which level.
+//
+// Sans-IO: the caller (send_session, loop thread) measures and passes in the figures:
+// the session's wire send rate every quarter second or so, and for each compression
+// attempt the bytes in, the bytes out and the CPU time it took. No clock, no zstd here.
+//
+// The rule (`automatic`): compress while it pays.
+// - It pays on a slow link: one thread compresses at least twice as fast as the link
+//   carries raw bytes, so the link carries fewer bytes per payload byte and compression
+//   does not become the limit. The link's rate is what the sockets took while chunks
+//   went raw (the transfer starts raw until the first measurement); while compressing,
+//   the wire rate only raises that figure, because compressing lowers the wire rate by
+//   itself and must not make the link look slower. Over 100 Mbit/s or 1 Gbit/s almost
+//   anything compressible qualifies.
+// - It pays on a fast link (loopback, 10 GbE) only when compression is cheaper than
+//   moving the bytes it saves through TLS and the sockets on both sides (the CPU cost
+//   model in compression.cpp): all-zero or highly repetitive data, not ordinary text.
+// - Never when the data does not shrink (ratio above 0.9: media, archives, random).
+// Measurements are running averages, so a change of data or link is followed within a
+// few chunks. While not compressing, every `probe_interval`-th chunk (growing to 128
+// while probes fail) is still tried, to notice compressible data; the attempt's output
+// is sent when it is smaller.
+#pragma once
+
+#include <cstdint>
+
+namespace ferry {
+
+enum class compress_mode {
+    automatic,  // compress while it pays (above)
+    always,     // try every chunk at level 1; send compressed when smaller
+    never,      // never compress
+};
+
+// Parses "auto", "always" or "never"; false for anything else.
+bool parse_compress_mode(const char* text, compress_mode& out);
+const char* compress_mode_name(compress_mode m);
+
+class compression_policy {
+public:
+    static constexpr int fast_level = 1;
+    static constexpr int strong_level = 3;
+
+    explicit compression_policy(compress_mode mode = compress_mode::automatic) : mode_(mode) {}
+
+    // The level to try for the next chunk, or 0 for "send it raw".
+    int next_level();
+
+    // Bytes per second the session's sockets accepted over the period since the last call
+    // (covering the chunks decided since then).
+    void on_wire_rate(double bytes_per_second);
+
+    // One attempt: `raw` bytes in, `out` bytes out (`raw` or more if it did not shrink),
+    // `cpu_seconds` spent compressing, at `level`.
+    void observe(int level, std::uint64_t raw, std::uint64_t out, double cpu_seconds);
+
+    compress_mode mode() const { return mode_; }
+    // Running averages (for status and tests): out/raw, and raw bytes per CPU second at
+    // each level (0 until measured).
+    double ratio() const { return ratio_; }
+    double speed(int level) const { return level == strong_level ? speed_strong_ : speed_fast_; }
+    // What the link carries raw, bytes per second (0 until measured).
+    double link_rate() const { return link_rate_; }
+
+private:
+    bool worth_it() const;
+
+    compress_mode mode_;
+    double ratio_ = 0;         // 0: no attempt yet
+    double speed_fast_ = 0;    // bytes/s at fast_level
+    double speed_strong_ = 0;  // bytes/s at strong_level
+    double link_rate_ = 0;
+    std::uint32_t decided_raw_ = 0;         // since the last wire rate
+    std::uint32_t decided_compressed_ = 0;  // since the last wire rate
+    std::uint32_t since_probe_ = 0;
+    std::uint32_t probe_interval_ = 16;
+};
+
+}  // namespace ferry

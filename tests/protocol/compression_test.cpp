@@ -1,0 +1,111 @@
+// compression_policy: the adaptive rule, driven with literal measurements (no clock, no
+// zstd): what it chooses for incompressible data, for cheap-to-compress data on a fast
+// link, for ordinary text on a fast and on a slow link, and how it learns the link rate.
+#include "protocol/compression.hpp"
+
+#include <gtest/gtest.h>
+
+namespace ferry {
+namespace {
+
+constexpr std::uint64_t chunk = 256 * 1024;
+constexpr double mb = 1e6;
+
+// Feeds `n` decisions, answering each attempt with `ratio` at `speed` bytes per CPU second
+// (the stronger level at a third of it), and returns how many were compressed.
+int drive(compression_policy& p, int n, double ratio, double speed) {
+    int compressed = 0;
+    for (int i = 0; i < n; ++i) {
+        int level = p.next_level();
+        if (level > 0) {
+            ++compressed;
+            double s = level == compression_policy::strong_level ? speed / 3 : speed;
+            p.observe(level, chunk, static_cast<std::uint64_t>(ratio * chunk), static_cast<double>(chunk) / s);
+        }
+    }
+    return compressed;
+}
+
+TEST(compress_mode_test, parses_the_three_names_and_nothing_else) {
+    compress_mode m = compress_mode::never;
+    ASSERT_TRUE(parse_compress_mode("auto", m));
+    EXPECT_EQ(m, compress_mode::automatic);
+    ASSERT_TRUE(parse_compress_mode("always", m));
+    EXPECT_EQ(m, compress_mode::always);
+    ASSERT_TRUE(parse_compress_mode("never", m));
+    EXPECT_EQ(m, compress_mode::never);
+    EXPECT_FALSE(parse_compress_mode("zstd", m));
+    EXPECT_FALSE(parse_compress_mode("", m));
+    EXPECT_STREQ(compress_mode_name(compress_mode::automatic), "auto");
+}
+
+TEST(compression_policy_test, never_and_always_do_what_they_say) {
+    compression_policy never(compress_mode::never);
+    compression_policy always(compress_mode::always);
+    EXPECT_EQ(drive(never, 100, 0.01, 10e9), 0);
+    EXPECT_EQ(drive(always, 100, 1.0, 100 * mb), 100);  // even when it does not shrink
+}
+
+TEST(compression_policy_test, incompressible_data_is_probed_rarely_and_ever_more_rarely) {
+    compression_policy p;
+    p.on_wire_rate(12 * mb);  // nothing decided yet: ignored
+    EXPECT_EQ(p.link_rate(), 0);
+    int first = drive(p, 128, 1.0, 1000 * mb);
+    EXPECT_GE(first, 2);   // the first chunk, then probes
+    EXPECT_LE(first, 10);  // every 16th, then every 32nd, ...
+    int later = drive(p, 1280, 1.0, 1000 * mb);
+    EXPECT_LE(later, 1280 / 128 + 1);  // the probe interval stops growing at 128
+    EXPECT_GE(later, 1280 / 128 - 1);
+    p.on_wire_rate(12 * mb);  // a slow link changes nothing when nothing shrinks
+    EXPECT_LE(drive(p, 128, 1.0, 1000 * mb), 2);
+}
+
+TEST(compression_policy_test, very_compressible_data_is_compressed_even_on_a_fast_link) {
+    compression_policy p;
+    drive(p, 1, 0.001, 8000 * mb);
+    p.on_wire_rate(1500 * mb);  // loopback
+    EXPECT_EQ(drive(p, 100, 0.001, 8000 * mb), 100);
+}
+
+TEST(compression_policy_test, text_goes_raw_on_a_fast_link_and_compressed_on_a_slow_one) {
+    compression_policy fast;
+    drive(fast, 1, 0.35, 400 * mb);
+    EXPECT_EQ(drive(fast, 15, 0.35, 400 * mb), 0);  // no link rate yet and not cheap: raw
+    fast.on_wire_rate(1300 * mb);
+    EXPECT_LE(drive(fast, 160, 0.35, 400 * mb), 10);  // probes only
+
+    compression_policy slow;
+    drive(slow, 16, 0.35, 400 * mb);
+    slow.on_wire_rate(12.5 * mb);  // 100 Mbit/s, measured while raw
+    EXPECT_DOUBLE_EQ(slow.link_rate(), 12.5 * mb);
+    EXPECT_EQ(drive(slow, 100, 0.35, 400 * mb), 100);
+}
+
+TEST(compression_policy_test, compressing_never_makes_the_link_look_slower) {
+    compression_policy p;
+    drive(p, 16, 0.35, 400 * mb);
+    p.on_wire_rate(100 * mb);  // raw: 1 Gbit/s-ish
+    ASSERT_EQ(drive(p, 50, 0.35, 400 * mb), 50);
+    p.on_wire_rate(20 * mb);  // compressed: the wire rate drops by itself
+    EXPECT_DOUBLE_EQ(p.link_rate(), 100 * mb);
+    ASSERT_EQ(drive(p, 50, 0.35, 400 * mb), 50);
+    p.on_wire_rate(300 * mb);  // but a higher one shows the link is faster than thought
+    EXPECT_DOUBLE_EQ(p.link_rate(), 300 * mb);
+}
+
+TEST(compression_policy_test, the_stronger_level_is_used_when_it_keeps_up_with_the_link) {
+    compression_policy p;
+    drive(p, 16, 0.35, 400 * mb);
+    p.on_wire_rate(12.5 * mb);  // 400 >= 6 x 12.5: try the stronger level
+    EXPECT_EQ(p.next_level(), compression_policy::strong_level);
+    p.observe(compression_policy::strong_level, chunk, chunk / 4, chunk / (130 * mb));
+    EXPECT_EQ(p.next_level(), compression_policy::strong_level);  // 130 >= 2 x 12.5
+
+    compression_policy q;
+    drive(q, 16, 0.35, 400 * mb);
+    q.on_wire_rate(100 * mb);  // 400 < 6 x 100: the fast level
+    EXPECT_EQ(q.next_level(), compression_policy::fast_level);
+}
+
+}  // namespace
+}  // namespace ferry
