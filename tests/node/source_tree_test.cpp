@@ -1,0 +1,102 @@
+// scan_sources: what `ferry send` makes of its arguments: folders walked in bytewise name
+// order with the folder's own name first, files by base name, symlinks, special files and
+// ferry partial files skipped with a note, clashing source names and missing paths refused.
+#include "node/source_tree.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "node/dest_tree.hpp"
+#include "tests/support/temp_dir.hpp"
+
+namespace ferry {
+namespace {
+
+namespace fs = std::filesystem;
+
+void write(const fs::path& p, const std::string& bytes) {
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << bytes;
+}
+
+std::vector<std::string> wire_paths(const source_tree& t) {
+    std::vector<std::string> out;
+    for (const auto& e : t.entries) {
+        out.push_back(e.path);
+    }
+    return out;
+}
+
+TEST(source_tree_test, folders_are_walked_in_name_order_and_odd_entries_are_skipped) {
+    test::temp_dir tmp{"ferry-scan"};
+    fs::path root = tmp.path() / "photos";
+    write(root / "b.txt", "bb");
+    write(root / "a" / "z.bin", "zzz");
+    write(root / "a" / "B.bin", "");
+    fs::create_directories(root / "empty");
+    write(root / "C", "c");
+    write(root / dest_tree::partial_name("half.bin"), "partial");
+    fs::create_symlink("b.txt", root / "link");
+    ASSERT_EQ(::mkfifo((root / "fifo").c_str(), 0600), 0);
+    ::chmod((root / "b.txt").c_str(), 0640);
+
+    source_tree t;
+    std::string error;
+    ASSERT_EQ(scan_sources({root}, t, error), std::error_code{}) << error;
+    EXPECT_EQ(wire_paths(t), (std::vector<std::string>{"photos", "photos/C", "photos/a", "photos/a/B.bin",
+                                                       "photos/a/z.bin", "photos/b.txt", "photos/empty"}));
+    EXPECT_EQ(t.total_bytes, 1u + 3u + 2u);
+    ASSERT_EQ(t.locals.size(), t.entries.size());
+    EXPECT_EQ(t.locals[4], root / "a" / "z.bin");
+    EXPECT_TRUE(t.entries[0].is_dir);
+    EXPECT_EQ(t.entries[5].mode, 0640u);
+    EXPECT_EQ(t.entries[5].size, 2u);
+    EXPECT_EQ(t.skipped.size(), 3u);  // symlink, fifo, partial file
+    std::string notes;
+    for (const auto& s : t.skipped) {
+        notes += s + "\n";
+    }
+    EXPECT_NE(notes.find("link (symlink)"), std::string::npos) << notes;
+    EXPECT_NE(notes.find("fifo (not a regular file)"), std::string::npos) << notes;
+    EXPECT_NE(notes.find("(a ferry partial file)"), std::string::npos) << notes;
+}
+
+TEST(source_tree_test, files_go_by_base_name_and_trailing_slashes_do_not_matter) {
+    test::temp_dir tmp{"ferry-scan"};
+    write(tmp.path() / "x" / "notes.txt", "n");
+    write(tmp.path() / "dir" / "f", "f");
+    source_tree t;
+    std::string error;
+    ASSERT_EQ(scan_sources({tmp.path() / "x" / "notes.txt", tmp.path().string() + "/dir/"}, t, error),
+              std::error_code{})
+        << error;
+    EXPECT_EQ(wire_paths(t), (std::vector<std::string>{"notes.txt", "dir", "dir/f"}));
+    EXPECT_EQ(t.locals[2], fs::path(tmp.path().string() + "/dir/f"));
+}
+
+TEST(source_tree_test, clashing_names_missing_paths_and_nothing_to_send_are_refused) {
+    test::temp_dir tmp{"ferry-scan"};
+    write(tmp.path() / "one" / "same.txt", "1");
+    write(tmp.path() / "two" / "same.txt", "2");
+    std::string error;
+    source_tree t1;
+    EXPECT_NE(scan_sources({tmp.path() / "one" / "same.txt", tmp.path() / "two" / "same.txt"}, t1, error),
+              std::error_code{});
+    EXPECT_NE(error.find("two sources map to the same name"), std::string::npos) << error;
+
+    source_tree t2;
+    error.clear();
+    EXPECT_NE(scan_sources({tmp.path() / "missing"}, t2, error), std::error_code{});
+    EXPECT_NE(error.find("missing"), std::string::npos) << error;
+
+    source_tree t3;
+    error.clear();
+    fs::create_symlink("one", tmp.path() / "only-a-link");
+    EXPECT_NE(scan_sources({tmp.path() / "only-a-link"}, t3, error), std::error_code{});
+    EXPECT_EQ(error, "nothing to send");
+}
+
+}  // namespace
+}  // namespace ferry
