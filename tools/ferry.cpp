@@ -44,6 +44,7 @@ struct common_opts {
     std::optional<fs::path> state;
     bool json = false;
     bool quiet = false;  // no progress bars
+    std::string congestion = "bbr";  // TCP congestion control asked for each socket; "system": leave it
 };
 
 void add_common(CLI::App* cmd, common_opts& o) {
@@ -51,8 +52,12 @@ void add_common(CLI::App* cmd, common_opts& o) {
     cmd->add_flag("--json", o.json, "print newline-delimited JSON events on stdout (docs/json.md)");
 }
 
-void add_quiet(CLI::App* cmd, common_opts& o) {
+void add_transfer_options(CLI::App* cmd, common_opts& o) {
     cmd->add_flag("--quiet,-q", o.quiet, "no progress bars (summary and errors only)");
+    cmd->add_option("--congestion", o.congestion,
+                    "TCP congestion control for ferry's sockets where the kernel allows it, else the system's "
+                    "(`system`: always the system's)")
+        ->capture_default_str();
 }
 
 // The progress view of the running command, if any: lines to stderr go through it so
@@ -275,6 +280,7 @@ ferry::node_config base_config(const common_opts& o) {
     if (const char* l = std::getenv("FERRY_NOTSENT_LOWAT"); l != nullptr) {
         cfg.tuning.notsent_lowat = static_cast<std::uint32_t>(std::atoi(l));
     }
+    cfg.tuning.congestion = o.congestion == "system" ? std::string() : o.congestion;
     if (const char* w = std::getenv("FERRY_WORKERS"); w != nullptr && std::atoi(w) > 0) {
         cfg.workers = static_cast<std::size_t>(std::atoi(w));
     }
@@ -675,7 +681,7 @@ int main(int argc, char** argv) {
     receive_opts ro;
     auto* receive = app.add_subcommand("receive", "accept one transfer into DIR, then exit");
     add_common(receive, o);
-    add_quiet(receive, o);
+    add_transfer_options(receive, o);
     receive->add_option("--listen", ro.listen, "HOST:PORT to listen on (port 0 = any free port)")->capture_default_str();
     auto* from = receive->add_option("--accept-from", ro.accept_from, "accept this sender ID (besides trusted peers)");
     receive->add_flag("--accept-any", ro.accept_any, "accept any sender (trust on first use)")->excludes(from);
@@ -688,7 +694,7 @@ int main(int argc, char** argv) {
     send_opts so;
     auto* send = app.add_subcommand("send", "send files and folders to a peer");
     add_common(send, o);
-    add_quiet(send, o);
+    add_transfer_options(send, o);
     send->add_option("--connections", so.connections, "TCP connections in the session (1..16)")->capture_default_str();
     send->add_flag("--overwrite", so.overwrite, "ask the receiver to replace existing files");
     send->add_flag("--fsync-each", so.fsync_each, "ask the receiver to fsync every file before rename");
@@ -704,7 +710,7 @@ int main(int argc, char** argv) {
     std::string inbox;
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     add_common(serve, o);
-    add_quiet(serve, o);
+    add_transfer_options(serve, o);
     serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on")->capture_default_str();
     serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
     serve->add_flag("--accept-any", serve_o.accept_any, "accept any peer (trust on first use)");

@@ -19,7 +19,10 @@ struct socket_tuning {
     std::uint32_t user_timeout_ms = 60'000;  // a peer that stops acking fails within a minute
     int sndbuf = 0;                          // 0 = kernel autotuning (measured best on loopback)
     int rcvbuf = 0;
-    std::string congestion;                  // "" = system default
+    // Asked per socket (TCP_CONGESTION); when the kernel does not have it or does not
+    // allow it, the socket keeps the system default. "" = system default. BBR keeps a
+    // lossy long path full where loss-based algorithms (cubic) back off at every loss.
+    std::string congestion = "bbr";
 };
 
 struct tuning_report {
