@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "node/chunk_codec.hpp"
+#include "transport/socket_tuning.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
 
@@ -42,6 +43,9 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
       session_id_(random_bytes(16)), compression_(options.compress) {
     options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
     conns_.resize(options_.connections);
+    for (conn_state& cs : conns_) {
+        cs.window_bytes = options_.window_bytes;
+    }
     files_.resize(sources_.entries.size());
     file_events_.resize(sources_.entries.size());
     for (const entry_info& e : sources_.entries) {
@@ -211,6 +215,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     }
                 }
             }
+            adapt_window(cs);
             pump(c.index);
             return;
         }
@@ -250,7 +255,7 @@ void send_session::pump_all() {
 void send_session::pump(std::uint32_t index) {
     conn_state& cs = conns_[index];
     while (!finished_ && !waiting_buffer_ && cs.ready && cs.conn && !cs.conn->closed()) {
-        if (cs.inflight_bytes + cs.reading_bytes >= options_.window_bytes ||
+        if (cs.inflight_bytes + cs.reading_bytes >= cs.window_bytes ||
             cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading_bytes >= options_.read_ahead_bytes ||
             cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
             return;
@@ -388,6 +393,25 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
             self->pump(index);
         });
     });
+}
+
+void send_session::adapt_window(conn_state& cs) {
+    auto now = stats_clock::now();
+    if (!cs.conn || now - cs.window_sampled < std::chrono::milliseconds(100)) {
+        return;
+    }
+    cs.window_sampled = now;
+    tcp_info_sample ti = sample_tcp_info(cs.conn->stream().socket().native_handle());
+    if (!ti.ok || ti.rtt_us == 0 || ti.delivery_rate == 0) {
+        return;
+    }
+    // Twice the path's bandwidth-delay product, so that acks that wait for the receiver's
+    // disk or for a batch never leave the connection idle; never below the configured
+    // window, never above the chunk cap's worth.
+    double bdp = static_cast<double>(ti.delivery_rate) * ti.rtt_us / 1e6;
+    auto wanted = static_cast<std::uint64_t>(2 * bdp);
+    std::uint64_t cap = std::uint64_t{options_.window_chunks} * chunk_size;
+    cs.window_bytes = std::clamp<std::uint64_t>(wanted, options_.window_bytes, std::max(cap, options_.window_bytes));
 }
 
 void send_session::sample_wire_rate() {

@@ -42,9 +42,10 @@ struct send_options {
     std::optional<std::chrono::steady_clock::time_point> started;
     bool overwrite = false;
     bool fsync_each = false;
-    // Per connection: bytes sent or being read and not yet confirmed by the receiver
-    // (4 MiB fills a 1 Gbit/s x 30 ms path over 4 connections), and a cap on the number of
-    // such chunks so that many small files cannot pin every pooled buffer.
+    // Per connection: bytes sent or being read and not yet confirmed by the receiver, at
+    // least (each connection raises its own to twice its path's bandwidth-delay product,
+    // up to window_chunks chunks), and a cap on the number of such chunks so that many
+    // small files cannot pin every pooled buffer.
     std::uint64_t window_bytes = 4 * 1024 * 1024;
     std::uint32_t window_chunks = 256;
     // Per connection: chunks being read by the workers (read-ahead).
@@ -95,6 +96,10 @@ private:
         // Chunks sent, not yet confirmed.
         std::unordered_map<std::uint64_t, inflight_chunk> inflight;
         std::uint64_t inflight_bytes = 0;
+        // This connection's window: options.window_bytes, raised to twice the path's
+        // bandwidth-delay product (TCP_INFO, sampled at most every 100 ms on acks).
+        std::uint64_t window_bytes = 0;
+        stats_clock::time_point window_sampled{};
         std::uint32_t reading = 0;
         std::uint64_t reading_bytes = 0;
         bool ready = false;  // Hello sent and the session accepted
@@ -107,6 +112,7 @@ private:
     void pump_all();
     void read_chunk(std::uint32_t index, chunk_ref ref);
     void requeue_inflight(conn_state& cs);
+    void adapt_window(conn_state& cs);
     // Every quarter second or so, tells compression_ what the sockets accepted since.
     void sample_wire_rate();
     void fail(exit_code code, const std::string& message, bool tell_peer = true);
