@@ -287,7 +287,8 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
     ++cs.reading;
     cs.reading_bytes += ref.length;
     auto file = files_.at(ref.file.value);
-    std::filesystem::path local = sources_.locals.at(ref.file.value);
+    // sources_ never changes after construction and the task holds the session: no copy.
+    const std::filesystem::path* local = &sources_.locals.at(ref.file.value);
     std::uint64_t expect_size = sources_.entries.at(ref.file.value).size;
     sample_wire_rate();
     int level = ref.send ? compression_.next_level() : 0;
@@ -299,7 +300,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
         {
             std::lock_guard lock(file->mutex);
             if (file->fd < 0) {
-                file->fd = ::open(local.c_str(), O_RDONLY | O_CLOEXEC);
+                file->fd = ::open(local->c_str(), O_RDONLY | O_CLOEXEC);
                 struct stat st {};
                 if (file->fd < 0) {
                     ec = std::error_code(errno, std::system_category());
@@ -356,7 +357,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                                            packed.cpu_seconds);
             }
             if (ec) {
-                self->fail(exit_code::local_io, "cannot read " + local.string() + ": " + what);
+                self->fail(exit_code::local_io, "cannot read " + local->string() + ": " + what);
                 return;
             }
             if (auto done = self->machine_.on_chunk_hashed(ref, digest)) {
