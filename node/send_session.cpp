@@ -8,7 +8,6 @@
 #include <algorithm>
 
 #include "node/chunk_codec.hpp"
-#include "transport/socket_tuning.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
 
@@ -193,6 +192,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             return;
         }
         case wire::Header::kChunkAck: {
+            std::uint64_t acked = 0;
             for (std::uint64_t key : header.chunk_ack().chunks()) {
                 std::error_code ec;
                 machine_.on_ack(key, ec);
@@ -208,6 +208,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     std::uint64_t saved = len - it->second.wire_len;
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
+                    acked += len;
                     scope_->add_payload_sent(len, 1, now, saved);
                     if (ttfb_s_ < 0) {
                         ttfb_s_ = seconds_since(start_);
@@ -215,7 +216,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     }
                 }
             }
-            adapt_window(cs);
+            grow_window(cs, acked);
             pump(c.index);
             return;
         }
@@ -255,9 +256,14 @@ void send_session::pump_all() {
 void send_session::pump(std::uint32_t index) {
     conn_state& cs = conns_[index];
     while (!finished_ && !waiting_buffer_ && cs.ready && cs.conn && !cs.conn->closed()) {
-        if (cs.inflight_bytes + cs.reading_bytes >= cs.window_bytes ||
-            cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading_bytes >= options_.read_ahead_bytes ||
-            cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
+        if (cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
+            return;  // the socket is the limit
+        }
+        if (cs.inflight_bytes + cs.reading_bytes >= cs.window_bytes) {
+            cs.window_bound = true;  // the window is the limit, though the socket takes more
+            return;
+        }
+        if (cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading_bytes >= options_.read_ahead_bytes) {
             return;
         }
         std::optional<chunk_ref> ref = machine_.next_chunk();
@@ -396,23 +402,16 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
     });
 }
 
-void send_session::adapt_window(conn_state& cs) {
-    auto now = stats_clock::now();
-    if (!cs.conn || now - cs.window_sampled < std::chrono::milliseconds(100)) {
+void send_session::grow_window(conn_state& cs, std::uint64_t acked) {
+    // Like TCP's slow start one level up: while the window, and not the socket, is what
+    // holds a connection back, each acked byte lets one more in (the window doubles per
+    // round trip) until the kernel's buffers or the chunk cap take over.
+    if (!cs.window_bound) {
         return;
     }
-    cs.window_sampled = now;
-    tcp_info_sample ti = sample_tcp_info(cs.conn->stream().socket().native_handle());
-    if (!ti.ok || ti.rtt_us == 0 || ti.delivery_rate == 0) {
-        return;
-    }
-    // Twice the path's bandwidth-delay product, so that acks that wait for the receiver's
-    // disk or for a batch never leave the connection idle; never below the configured
-    // window, never above the chunk cap's worth.
-    double bdp = static_cast<double>(ti.delivery_rate) * ti.rtt_us / 1e6;
-    auto wanted = static_cast<std::uint64_t>(2 * bdp);
-    std::uint64_t cap = std::uint64_t{options_.window_chunks} * chunk_size;
-    cs.window_bytes = std::clamp<std::uint64_t>(wanted, options_.window_bytes, std::max(cap, options_.window_bytes));
+    cs.window_bound = false;
+    std::uint64_t cap = std::max(std::uint64_t{options_.window_chunks} * chunk_size, options_.window_bytes);
+    cs.window_bytes = std::min(cap, cs.window_bytes + acked);
 }
 
 void send_session::sample_wire_rate() {

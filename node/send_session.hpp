@@ -43,9 +43,9 @@ struct send_options {
     bool overwrite = false;
     bool fsync_each = false;
     // Per connection: bytes sent or being read and not yet confirmed by the receiver, at
-    // least (each connection raises its own to twice its path's bandwidth-delay product,
-    // up to window_chunks chunks), and a cap on the number of such chunks so that many
-    // small files cannot pin every pooled buffer.
+    // first (each connection grows its own while it is the limit, up to window_chunks
+    // chunks), and a cap on the number of such chunks so that many small files cannot pin
+    // every pooled buffer.
     std::uint64_t window_bytes = 4 * 1024 * 1024;
     std::uint32_t window_chunks = 256;
     // Per connection: chunks being read by the workers (read-ahead).
@@ -96,10 +96,10 @@ private:
         // Chunks sent, not yet confirmed.
         std::unordered_map<std::uint64_t, inflight_chunk> inflight;
         std::uint64_t inflight_bytes = 0;
-        // This connection's window: options.window_bytes, raised to twice the path's
-        // bandwidth-delay product (TCP_INFO, sampled at most every 100 ms on acks).
+        // This connection's window: options.window_bytes, grown by grow_window while it
+        // is what holds the connection back.
         std::uint64_t window_bytes = 0;
-        stats_clock::time_point window_sampled{};
+        bool window_bound = false;  // pump() stopped at the window with the socket taking more
         std::uint32_t reading = 0;
         std::uint64_t reading_bytes = 0;
         bool ready = false;  // Hello sent and the session accepted
@@ -112,7 +112,7 @@ private:
     void pump_all();
     void read_chunk(std::uint32_t index, chunk_ref ref);
     void requeue_inflight(conn_state& cs);
-    void adapt_window(conn_state& cs);
+    void grow_window(conn_state& cs, std::uint64_t acked);
     // Every quarter second or so, tells compression_ what the sockets accepted since.
     void sample_wire_rate();
     void fail(exit_code code, const std::string& message, bool tell_peer = true);
