@@ -3,10 +3,14 @@
 #   make demo    build, then send a sample folder between two local nodes and verify it
 #   make test    release tests, then the same tests under ASan+UBSan and under TSan
 #   make bench   loopback benchmark against nc / tar+nc (bench/run.sh; BENCH_ARGS=--quick)
+#   make bench-wan  the same over an emulated WAN link (bench/wan.sh; BENCH_WAN_ARGS=--quick)
+#   make bench-micro  Google Benchmark micro benchmarks (every bench/*_bench binary of the release build)
 #
 # Variables: JOBS=N (build parallelism; default: ninja's own, about nproc+2),
 # CTEST_JOBS=N (default 2), CMAKE_ARGS="..." (extra configure flags for every build, e.g.
-# -DCMAKE_CXX_COMPILER=clang++), BENCH_ARGS="..." (passed to bench/run.sh).
+# -DCMAKE_CXX_COMPILER=clang++), BENCH_ARGS="..." (passed to bench/run.sh), BENCH_WAN_ARGS="..."
+# (passed to bench/wan.sh), BENCH_MICRO_ARGS="..." (passed to every micro benchmark, e.g.
+# --benchmark_filter=zstd).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -19,6 +23,8 @@ CTEST      ?= ctest
 JOBS       ?=
 CTEST_JOBS ?= 2
 BENCH_ARGS ?=
+BENCH_WAN_ARGS ?=
+BENCH_MICRO_ARGS ?=
 CMAKE_ARGS ?=
 
 RELEASE_DIR := build/release
@@ -73,7 +79,7 @@ else \
 fi
 endef
 
-.PHONY: help deps deps-bench build release asan tsan demo test test-release test-asan test-tsan bench clean
+.PHONY: help deps deps-bench build release asan tsan demo test test-release test-asan test-tsan bench bench-wan bench-micro clean
 
 help:
 	@echo "make deps          install the Debian packages needed to build and test (scripts/install-deps.sh)"
@@ -84,6 +90,8 @@ help:
 	@echo "make test-asan     build $(ASAN_DIR) with ASan+UBSan and run ctest there"
 	@echo "make test-tsan     build $(TSAN_DIR) with TSan and run ctest there"
 	@echo "make bench         loopback benchmark vs nc and tar+nc (bench/run.sh \$$BENCH_ARGS)"
+	@echo "make bench-wan     WAN benchmark over ../shared/linkem vs iperf3, rsync, scp (bench/wan.sh \$$BENCH_WAN_ARGS; root)"
+	@echo "make bench-micro   build release, run every micro benchmark $(RELEASE_DIR)/bench/*_bench (\$$BENCH_MICRO_ARGS)"
 	@echo "make clean         remove build/"
 
 deps:
@@ -118,6 +126,21 @@ test-tsan: tsan
 
 bench: deps-bench build
 	@bench/run.sh --ferry $(FERRY_BIN) $(BENCH_ARGS)
+
+bench-wan: deps-bench build
+	@bench/wan.sh --ferry $(FERRY_BIN) $(BENCH_WAN_ARGS)
+
+# Each binary is one area (frame codec, digests, zstd, chunk codec, scheduler, buffer pool);
+# the whole set runs in well under a minute.
+bench-micro: build
+	@found=0; \
+	for b in $(RELEASE_DIR)/bench/*_bench; do \
+	  [ -x "$$b" ] || continue; found=1; \
+	  echo "make: $$b"; "$$b" $(BENCH_MICRO_ARGS); \
+	done; \
+	if [ $$found -eq 0 ]; then \
+	  echo "make: no micro benchmarks in $(RELEASE_DIR)/bench (configured without libbenchmark-dev?)" >&2; exit 1; \
+	fi
 
 clean:
 	rm -rf build

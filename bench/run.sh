@@ -51,12 +51,18 @@ Options:
   --no-warm         skip the once-per-boot /dev/shm warm-up
   --record          append the report to bench/RESULTS.md
   --keep            keep the data folder under /dev/shm
+
+The same tools over an emulated WAN (delay, loss, rate limit): bench/wan.sh, or
+make bench-wan (see bench/wan.sh --help).
 EOF
 }
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
-is_uint() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
+# Helpers shared with bench/wan.sh: log, die, is_uint, mib, shm_avail, mem_avail, stamp,
+# sub, stats, reset_dest, port_listening, alive, RT, usage_of_run, wait_listening,
+# stop_server, show_logs, wait_all, ferry_ids, ferry_listen_address, write_rsyncd_conf,
+# ssh_setup, write_sshd_config.
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 
 rounds='' size_mib='' nfiles='' mid_files='' cases_arg='' connections='' peers_arg='' quick=0 baseline_only=0 plaintext=1 warm=1 record=0 keep=0
 ferry=${FERRY_BIN:-$repo/build/release/tools/ferry}
@@ -123,35 +129,10 @@ if [ ! -d /dev/shm ] || [ ! -w /dev/shm ]; then die "/dev/shm is not a writable 
 declare -A peer_needs=([dd]="dd" [socat]="socat" [socat-tls]="socat openssl" [iperf3]="iperf3"
                        [rsync]="rsync" [rsync-ssh]="rsync ssh ssh-keygen /usr/sbin/sshd" [scp]="scp ssh-keygen /usr/sbin/sshd")
 all_peers=(dd socat socat-tls iperf3 rsync rsync-ssh scp)
-declare -A peer_on
 if [ "$quick" = 1 ] && [ -z "$peers_arg" ]; then peers_arg=none; fi
-if [ -n "$peers_arg" ] && [ "$peers_arg" != none ]; then
-    IFS=, read -r -a asked <<< "$peers_arg"
-    for p in "${asked[@]}"; do
-        [ -n "${peer_needs[$p]:-}" ] || die "unknown peer '$p' (known: ${all_peers[*]})"
-        peer_on[$p]=1
-    done
-elif [ -z "$peers_arg" ]; then
-    for p in "${all_peers[@]}"; do peer_on[$p]=1; done
-fi
-skipped_peers=()
-for p in "${all_peers[@]}"; do
-    [ -n "${peer_on[$p]:-}" ] || continue
-    for prog in ${peer_needs[$p]}; do
-        if ! command -v "$prog" >/dev/null; then
-            unset "peer_on[$p]"
-            skipped_peers+=("$p (no $prog; make deps-bench)")
-            break
-        fi
-    done
-done
-for p in "${skipped_peers[@]}"; do log "skipping $p"; done
-has_peer() { [ -n "${peer_on[$1]:-}" ]; }
+select_peers
 
 # ---- space and memory ----------------------------------------------------------------
-mib() { echo $(( ($1 + 1048575) / 1048576 )); }
-shm_avail() { df -Pk /dev/shm | awk 'NR == 2 { printf "%.0f\n", $4 * 1024 }'; }
-mem_avail() { awk '$1 == "MemAvailable:" { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
 # sources (both big files, both trees) + the largest destination copy
 need=$(( 3 * big_bytes + 2 * tree_bytes + 2 * mid_bytes + 64 * 1048576 ))
 [ "$(shm_avail)" -ge "$need" ] ||
@@ -233,47 +214,6 @@ done
 [ "$(find "$src/tree" -type f | wc -l)" -eq "$nfiles" ] || die "tree generation produced the wrong number of files"
 
 # ---- helpers -------------------------------------------------------------------------
-# stamp: sets $ts to the current time in seconds (EPOCHREALTIME avoids forking date).
-stamp() { if [ -n "${EPOCHREALTIME:-}" ]; then ts=$EPOCHREALTIME; else ts=$(date +%s.%N); fi; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a - b }'; }
-
-reset_dest() { rm -rf "$dst" "$logs"; mkdir -p "$dst" "$logs"; }   # and the last run's logs
-
-# port_listening PORT: true if something listens on TCP PORT (IPv4 or IPv6).
-port_listening() {
-    local hex
-    hex=$(printf ':%04X' "$1")
-    awk -v p="$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
-        /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-alive() { kill -0 "$1" 2>/dev/null; }
-
-# "${RT[@]}" FILE COMMAND...: runs COMMAND under /usr/bin/time, its user and system CPU
-# seconds and peak RSS (KiB) going to FILE, named $logs/s-*.rusage (sending side) or
-# $logs/r-*.rusage (receiving side). Used as `"${RT[@]}" FILE timeout ... PROGRAM`: time
-# counts the waited-for PROGRAM and what it forked and waited for (a daemon's
-# per-connection children). An array, not a function, so that `$!` of a background one
-# is time's own pid.
-RT=(/usr/bin/time -f '%U %S %M' -o)
-
-# usage_of_run: from the last run's .rusage files, sets run_cpu (CPU seconds of every
-# process), run_rss_s and run_rss_r (peak RSS in MiB of the largest process per side).
-usage_of_run() {
-    local f line
-    run_cpu=0 run_rss_s=0 run_rss_r=0
-    for f in "$logs"/*.rusage; do
-        [ -e "$f" ] || continue
-        line=$(awk 'NF == 3 && $1 ~ /^[0-9.]+$/ { l = $0 } END { print l }' "$f")
-        [ -n "$line" ] || continue
-        read -r run_cpu run_rss_s run_rss_r <<< "$(awk -v l="$line" -v side="${f##*/}" -v c="$run_cpu" \
-            -v s="$run_rss_s" -v r="$run_rss_r" 'BEGIN {
-                split(l, a, " "); c += a[1] + a[2]; m = a[3] / 1024;
-                if (substr(side, 1, 2) == "s-") { if (m > s) s = m } else { if (m > r) r = m }
-                printf "%.3f %.1f %.1f\n", c, s, r }')"
-    done
-}
-
 # pick_port: a free port in 20000-40000 on 127.0.0.1 (nothing listens there now).
 pick_port() {
     local port
@@ -282,36 +222,6 @@ pick_port() {
         port_listening "$port" || { echo "$port"; return 0; }
     done
     die "no free port found"
-}
-
-# wait_listening PORT PID NAME: until PORT listens (5 s at most) while PID lives.
-wait_listening() {
-    for _ in $(seq 1 500); do
-        port_listening "$1" && return 0
-        alive "$2" || break
-        sleep 0.01
-    done
-    show_logs
-    die "$3 did not start listening on 127.0.0.1:$1"
-}
-
-# stop_server PID: ends a server started for one run as `rt NAME timeout ... server`
-# (SIGTERM to the timeout process, which passes it on; bounded wait).
-stop_server() {
-    pkill -TERM -P "$1" 2>/dev/null || kill "$1" 2>/dev/null || true
-    for _ in $(seq 1 500); do alive "$1" || break; sleep 0.01; done
-    kill -9 "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    bg_pids=()
-}
-
-show_logs() {
-    local f
-    for f in "$logs"/*; do
-        [ -s "$f" ] || continue
-        printf -- '---- %s ----\n' "${f##*/}" >&2
-        tail -n 40 "$f" >&2
-    done
 }
 
 # start_nc MODE: start an nc listener on a random free port in 20000-40000 on 127.0.0.1.
@@ -353,22 +263,6 @@ start_nc() {
     die "could not start an nc listener on 127.0.0.1 after 20 attempts"
 }
 
-# wait_all PID...: wait for each (bounded: each runs under timeout); fail with logs if one
-# exited non-zero. Waited-for processes are dropped from bg_pids (their ids may be reused).
-wait_all() {
-    local pid rc
-    for pid in "$@"; do
-        rc=0
-        wait "$pid" || rc=$?
-        if [ "$rc" -ne 0 ]; then
-            show_logs
-            if [ "$rc" -eq 124 ]; then die "a receiver did not finish within $run_timeout s"; fi
-            die "a receiver exited with status $rc"
-        fi
-    done
-    bg_pids=()
-}
-
 # Each run_* function does one timed transfer and sets $elapsed (seconds).
 run_nc_file() {  # run_nc_file PATH
     reset_dest
@@ -393,10 +287,12 @@ run_tar_nc() {  # run_tar_nc FOLDER (under $src)
     stamp; elapsed=$(sub "$ts" "$t0")
 }
 
-# run_ferry PLAIN CONNECTIONS PATH: PLAIN is 1 for --plaintext on both sides.
+# run_ferry PLAIN CONNECTIONS PATH [SEND FLAG...]: PLAIN is 1 for --plaintext on both sides.
 ferry_said=
 run_ferry() {
-    local plain=$1 conns=$2 path=$3 flags=() recv_pid line addr t0 rc=0
+    local plain=$1 conns=$2 path=$3 flags=() recv_pid addr t0 rc=0
+    shift 3
+    local send_flags=("$@")
     if [ "$plain" = 1 ]; then flags=(--plaintext); fi
     reset_dest
     : > "$logs/ferry-receive.out"
@@ -405,20 +301,10 @@ run_ferry() {
         > "$logs/ferry-receive.out" 2> "$logs/ferry-receive.err" &
     recv_pid=$!
     bg_pids=("$recv_pid")
-    line=
-    for _ in $(seq 1 "$listen_wait_polls"); do
-        if [ "$(wc -l < "$logs/ferry-receive.out")" -ge 1 ]; then
-            line=$(head -n 1 "$logs/ferry-receive.out")
-            break
-        fi
-        alive "$recv_pid" || break
-        sleep 0.01
-    done
-    addr=$(printf '%s\n' "$line" | grep '"event": *"listening"' | sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' || true)
-    [ -n "$addr" ] || { show_logs; die "ferry receive did not report a listening address (first line: '$line')"; }
+    addr=$(ferry_listen_address "$logs/ferry-receive.out" "$recv_pid" "$listen_wait_polls")
     sync
     stamp; t0=$ts
-    "${RT[@]}" "$logs/s-ferry.rusage" timeout "$run_timeout" "$ferry" send --state "$data/state-B" --connections "$conns" "${flags[@]}" \
+    "${RT[@]}" "$logs/s-ferry.rusage" timeout "$run_timeout" "$ferry" send --state "$data/state-B" --connections "$conns" "${flags[@]}" "${send_flags[@]}" \
         --json "$path" "$id_a@$addr" > "$logs/ferry-send.out" 2> "$logs/ferry-send.err" || rc=$?
     [ "$rc" -eq 0 ] || { show_logs; die "ferry send exited with status $rc"; }
     wait_all "$recv_pid"
@@ -486,14 +372,7 @@ run_rsyncd() {
     local path=$1 port pid t0 rc=0
     reset_dest
     port=$(pick_port)
-    cat > "$data/rsyncd.conf" <<CONF
-use chroot = no
-[dst]
-    path = $dst
-    read only = no
-    uid = $(id -u)
-    gid = $(id -g)
-CONF
+    write_rsyncd_conf
     "${RT[@]}" "$logs/r-rsyncd.rusage" timeout -k 5 "$run_timeout" rsync --daemon --no-detach --config="$data/rsyncd.conf" \
         --address=127.0.0.1 --port="$port" --log-file="$logs/rsyncd.log" 2> "$logs/rsyncd.err" &
     pid=$!
@@ -507,40 +386,17 @@ CONF
     [ "$rc" -eq 0 ] || { show_logs; die "rsync exited with status $rc"; }
 }
 
-# One sshd for the rsync-over-ssh and scp runs, on 127.0.0.1 with its own keys (started
-# per run under rt, like the rsync daemon).
-ssh_setup() {
-    [ -e "$data/ssh/client_key" ] && return 0
-    mkdir -p "$data/ssh" /run/sshd
-    ssh-keygen -q -t ed25519 -N '' -f "$data/ssh/host_key"
-    ssh-keygen -q -t ed25519 -N '' -f "$data/ssh/client_key"
-    cp "$data/ssh/client_key.pub" "$data/ssh/authorized_keys"
-}
 # run_ssh KIND PATH: KIND rsync-ssh (rsync -a -e ssh) or scp (scp -r).
 run_ssh() {
     local kind=$1 path=$2 port pid t0 rc=0 ssh_opts
     ssh_setup
     reset_dest
     port=$(pick_port)
-    cat > "$data/ssh/sshd_config" <<CONF
-Port $port
-ListenAddress 127.0.0.1
-HostKey $data/ssh/host_key
-AuthorizedKeysFile $data/ssh/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-Subsystem sftp internal-sftp
-UseDNS no
-CONF
+    write_sshd_config "$port" 127.0.0.1
     "${RT[@]}" "$logs/r-sshd.rusage" timeout -k 5 "$run_timeout" /usr/sbin/sshd -D -e -f "$data/ssh/sshd_config" 2> "$logs/sshd.err" &
     pid=$!
     bg_pids=("$pid")
     wait_listening "$port" "$pid" sshd
-    ssh_opts="-p $port -i $data/ssh/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
     sync
     stamp; t0=$ts
     if [ "$kind" = scp ]; then
@@ -566,9 +422,7 @@ verify() {  # verify CASE: the last run's destination equals the source
 
 # ---- identities ----------------------------------------------------------------------
 if [ "$baseline_only" = 0 ]; then
-    id_a=$("$ferry" id --state "$data/state-A" | tail -n 1 | tr -d '[:space:]') || die "ferry id failed"
-    id_b=$("$ferry" id --state "$data/state-B" | tail -n 1 | tr -d '[:space:]') || die "ferry id failed"
-    if [ -z "$id_a" ] || [ -z "$id_b" ]; then die "ferry id printed nothing"; fi
+    ferry_ids
 fi
 
 # ---- the cases -----------------------------------------------------------------------
@@ -599,6 +453,8 @@ for cs in "${cases[@]}"; do
     # iperf3 moves memory, not files: once, beside the random file.
     if [ "$cs" = file ] && has_peer iperf3; then case_tools[$cs]+=" iperf3-P1 iperf3-P4"; fi
     case_tools[$cs]+=$ferry_tools
+    # Compression (auto by default) must not make loopback slower: the same with it off.
+    if [ "$cs" = zero ] && [ "$baseline_only" = 0 ]; then case_tools[$cs]+=" ferry-raw-c4"; fi
 done
 if has_peer socat-tls; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench \
@@ -621,6 +477,7 @@ run_tool() {  # run_tool CASE TOOL
         scp) run_ssh scp "$path" ;;
         ferry-tls-c*) run_ferry 0 "${2#ferry-tls-c}" "$path" ;;
         ferry-plain-c*) run_ferry 1 "${2#ferry-plain-c}" "$path" ;;
+        ferry-raw-c*) run_ferry 0 "${2#ferry-raw-c}" "$path" --compress never ;;
     esac
     usage_of_run
 }
@@ -642,11 +499,6 @@ for cs in "${cases[@]}"; do
 done
 
 # ---- report --------------------------------------------------------------------------
-stats() {  # stats "t1 t2 ...": prints "fastest median"
-    tr ' ' '\n' <<< "$1" | awk 'NF' | sort -g |
-        awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.6f %.6f\n", v[1], m }'
-}
-
 report() {
     local cs t base_f base_m f m cpu
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -658,7 +510,7 @@ report() {
     echo "- commands: \`nc -d -l 127.0.0.1 PORT > DEST/FILE\` / \`nc -N 127.0.0.1 PORT < FILE\`;" \
          "\`nc -d -l 127.0.0.1 PORT | tar -C DEST -B -xf -\` / \`tar -C SRC -cf - tree | nc -N 127.0.0.1 PORT\`;" \
          "\`ferry receive --listen 127.0.0.1:0 --accept-from ID --json [--plaintext] DEST\` /" \
-         "\`ferry send --connections N [--plaintext] --json PATH ID@ADDR\`;" \
+         "\`ferry send --connections N [--plaintext] --json PATH ID@ADDR\` (ferry-raw: with --compress never);" \
          "\`dd if=PATH of=DEST bs=1M\`; \`socat -u -b 1048576\` TCP-LISTEN/TCP and OPENSSL-LISTEN/OPENSSL (verify=0);" \
          "\`iperf3 -c 127.0.0.1 -P N -n BYTES\` (no disk); \`rsync -a PATH rsync://127.0.0.1:PORT/dst/\` (daemon started per run);" \
          "\`rsync -a -e ssh\` and \`scp -r\` to an sshd on 127.0.0.1 (started per run)"
