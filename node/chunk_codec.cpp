@@ -21,12 +21,10 @@ struct dctx_free {
 };
 
 // This thread's zstd state; created on first use, freed when the thread ends.
+// Single-pass decompression writes straight into the scratch buffer and allocates
+// nothing per frame, whatever window a peer's frame declares: the output is bounded by the
+// chunk's raw length, which is at most one chunk.
 struct thread_codec {
-    thread_codec() {
-        // A chunk is at most 256 KiB (2^18): a peer's frame asking for a larger window is
-        // refused instead of making this thread allocate for it.
-        ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, 20);
-    }
     std::unique_ptr<ZSTD_CCtx, cctx_free> cctx{ZSTD_createCCtx()};
     std::unique_ptr<ZSTD_DCtx, dctx_free> dctx{ZSTD_createDCtx()};
     std::vector<std::uint8_t> scratch = std::vector<std::uint8_t>(chunk_size);

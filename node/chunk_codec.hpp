@@ -5,9 +5,9 @@
 // are compressed is decided on the loop thread (protocol/compression.hpp).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
-#include <system_error>
 
 namespace ferry {
 
@@ -16,9 +16,9 @@ struct compressed_chunk {
     double cpu_seconds = 0;   // CPU time of this thread spent compressing
 };
 
-// Compresses `chunk` (its first `raw_len` bytes) at zstd `level`. When the result is
-// smaller it replaces the chunk's bytes in place and its size is returned; otherwise the
-// chunk is left as it was and size is 0.
+// Compresses `chunk` at zstd `level`. When the result is smaller it replaces the chunk's
+// first bytes in place and its size is returned; otherwise the chunk is left as it was
+// and size is 0.
 compressed_chunk compress_chunk(std::span<std::uint8_t> chunk, int level);
 
 // Decompresses a zstd chunk payload that must expand to exactly `raw_len` bytes (at most

@@ -535,7 +535,6 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     // before the first connection).
     r.wire_sent = scope_ ? scope_->counters().wire_sent : 0;
     r.wire_received = scope_ ? scope_->counters().wire_received : 0;
-    r.compression_saved = scope_ ? scope_->counters().compression_saved : 0;
     std::uint32_t used = 0;
     for (const auto& cs : conns_) {
         used += (cs.conn && cs.conn->counters().payload_sent > 0) ? 1 : 0;
@@ -545,13 +544,19 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         // The receiver's TransferResult confirms every byte; ChunkAcks still on their way
         // on other connections would have said the same about the chunks still in flight.
         std::uint64_t chunks = 0;
+        std::uint64_t saved = 0;
         for (auto& cs : conns_) {
             chunks += cs.inflight.size();
+            for (const auto& [key, chunk] : cs.inflight) {
+                saved += chunk_length(sources_.entries[chunk_key_file(key).value].size, chunk_key_index(key).value) -
+                         chunk.wire_len;
+            }
             cs.inflight.clear();
             cs.inflight_bytes = 0;
         }
-        scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, chunks, stats_clock::now());
+        scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, chunks, stats_clock::now(), saved);
     }
+    r.compression_saved = scope_ ? scope_->counters().compression_saved : 0;
     r.ttfb_s = ttfb_s_;
     ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
     finished_ = true;

@@ -19,29 +19,44 @@ std::int64_t mtime_ns_of(const struct stat& st) {
     return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
 }
 
-// A folder's entry names (without "." and ".."), sorted bytewise so that the order does
-// not depend on the filesystem.
-std::error_code list_names(int dir_fd, std::vector<std::string>& names) {
+// Folders deeper than this are walked by full path instead of keeping one open folder
+// per level, so that a very deep tree cannot run out of file descriptors.
+constexpr int max_open_depth = 128;
+
+struct listing {
+    std::vector<std::string> names;  // without "." and "..", sorted bytewise
+    std::error_code ec;
+};
+
+// A folder's entry names, sorted so that the order does not depend on the filesystem.
+listing list_names(int dir_fd) {
+    listing out;
     int fd = ::dup(dir_fd);
     DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
     if (d == nullptr) {
-        std::error_code ec(errno, std::system_category());
+        out.ec = std::error_code(errno, std::system_category());
         if (fd >= 0) {
             ::close(fd);
         }
-        return ec;
+        return out;
     }
-    errno = 0;
-    while (const dirent* de = ::readdir(d)) {
+    for (;;) {
+        errno = 0;
+        const dirent* de = ::readdir(d);
+        if (de == nullptr) {
+            if (errno != 0) {
+                out.ec = std::error_code(errno, std::system_category());
+            }
+            break;
+        }
         std::string_view n(de->d_name);
         if (n != "." && n != "..") {
-            names.emplace_back(n);
+            out.names.emplace_back(n);
         }
     }
-    std::error_code ec = errno != 0 ? std::error_code(errno, std::system_category()) : std::error_code{};
     ::closedir(d);
-    std::sort(names.begin(), names.end());
-    return ec;
+    std::sort(out.names.begin(), out.names.end());
+    return out;
 }
 
 // Walks the sources with one open folder per level: each entry is a short fstatat()
@@ -56,8 +71,9 @@ struct scanner {
         return false;
     }
 
-    // One entry: `dir_fd`/`name` (dir_fd may be AT_FDCWD with a full path as name).
-    bool visit(int dir_fd, const char* name, const std::string& local, const std::string& wire) {
+    // One entry: `dir_fd`/`name` (dir_fd may be AT_FDCWD with a full path as name), at
+    // `depth` folders below a source.
+    bool visit(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth) {
         struct stat st {};
         if (::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
             return fail(local, errno);
@@ -94,26 +110,40 @@ struct scanner {
         if (fd < 0) {
             return fail(local, errno);
         }
-        std::vector<std::string> names;
-        std::error_code ec = list_names(fd, names);
-        bool ok = !ec;
-        if (ec) {
-            error = local + ": " + ec.message();
+        listing l = list_names(fd);
+        if (l.ec) {
+            ::close(fd);
+            error = local + ": " + l.ec.message();
+            return false;
+        }
+        if (depth >= max_open_depth) {
+            ::close(fd);
+            fd = AT_FDCWD;
         }
         std::string prefix = local.back() == '/' ? local : local + "/";
-        for (std::size_t i = 0; ok && i < names.size(); ++i) {
-            ok = visit(fd, names[i].c_str(), prefix + names[i], wire + "/" + names[i]);
+        bool ok = true;
+        for (std::size_t i = 0; ok && i < l.names.size(); ++i) {
+            std::string child = prefix + l.names[i];
+            ok = visit(fd, fd == AT_FDCWD ? child.c_str() : l.names[i].c_str(), child, wire + "/" + l.names[i],
+                       depth + 1);
         }
-        ::close(fd);
+        if (fd != AT_FDCWD) {
+            ::close(fd);
+        }
         return ok;
     }
 
     bool walk(const std::filesystem::path& local, const std::string& wire) {
-        if (!top_names.insert(wire).second) {
+        std::size_t before = out.entries.size();
+        if (!visit(AT_FDCWD, local.c_str(), local.string(), wire, 0)) {
+            return false;
+        }
+        // A skipped source (a symlink, say) takes no name.
+        if (out.entries.size() > before && !top_names.insert(wire).second) {
             error = local.string() + ": two sources map to the same name \"" + wire + "\"";
             return false;
         }
-        return visit(AT_FDCWD, local.c_str(), local.string(), wire);
+        return true;
     }
 };
 

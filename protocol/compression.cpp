@@ -1,7 +1,6 @@
 #include "protocol/compression.hpp"
 
 #include <algorithm>
-#include <cstring>
 
 namespace ferry {
 
@@ -22,6 +21,9 @@ constexpr double wire_cost_per_byte = 1.5e-9;
 // several times faster than it encodes), with a floor for the write of the output.
 constexpr double min_decode_cost_per_byte = 0.25e-9;
 constexpr std::uint32_t min_probe_interval = 16;
+// While compressing because the link is slow, one wire-rate period in this many (about
+// 4 s of 16 quarter seconds) goes raw to measure the link again.
+constexpr std::uint32_t raw_period_interval = 16;
 constexpr std::uint32_t max_probe_interval = 128;
 
 double blend(double average, double sample) {
@@ -30,17 +32,17 @@ double blend(double average, double sample) {
 
 }  // namespace
 
-bool parse_compress_mode(const char* text, compress_mode& out) {
-    if (std::strcmp(text, "auto") == 0) {
-        out = compress_mode::automatic;
-    } else if (std::strcmp(text, "always") == 0) {
-        out = compress_mode::always;
-    } else if (std::strcmp(text, "never") == 0) {
-        out = compress_mode::never;
-    } else {
-        return false;
+std::optional<compress_mode> parse_compress_mode(std::string_view text) {
+    if (text == "auto") {
+        return compress_mode::automatic;
     }
-    return true;
+    if (text == "always") {
+        return compress_mode::always;
+    }
+    if (text == "never") {
+        return compress_mode::never;
+    }
+    return std::nullopt;
 }
 
 const char* compress_mode_name(compress_mode m) {
@@ -52,17 +54,17 @@ const char* compress_mode_name(compress_mode m) {
     return "auto";
 }
 
-bool compression_policy::worth_it() const {
+compression_policy::reason compression_policy::worth_it() const {
     if (ratio_ > max_ratio || speed_fast_ <= 0) {
-        return false;
+        return reason::none;
     }
     double encode = 1.0 / speed_fast_;
     double decode = std::max(min_decode_cost_per_byte, encode / 4);
     if ((1.0 - ratio_) * wire_cost_per_byte >= encode + decode) {
-        return true;  // cheaper than moving the bytes it saves, however fast the link
+        return reason::cheap;  // cheaper than moving the bytes it saves, however fast the link
     }
-    // The link is the limit, and compression keeps up with it.
-    return link_rate_ > 0 && speed_fast_ >= link_margin * link_rate_;
+    // The link (measured raw) is the limit, and compression keeps up with it.
+    return link_measured_ && speed_fast_ >= link_margin * link_rate_ ? reason::slow_link : reason::none;
 }
 
 int compression_policy::next_level() {
@@ -72,9 +74,12 @@ int compression_policy::next_level() {
         case compress_mode::always: return fast_level;
         case compress_mode::automatic: break;
     }
-    if (ratio_ == 0) {
+    reason why = ratio_ == 0 ? reason::none : worth_it();
+    if (why == reason::slow_link && measure_raw_) {
+        level = 0;  // this period goes raw, to measure the link again
+    } else if (ratio_ == 0) {
         level = fast_level;  // nothing measured yet: find out
-    } else if (!worth_it()) {
+    } else if (why == reason::none) {
         if (++since_probe_ >= probe_interval_) {
             since_probe_ = 0;
             level = fast_level;
@@ -82,9 +87,10 @@ int compression_policy::next_level() {
     } else {
         since_probe_ = 0;
         // On a link slow enough that the stronger level keeps up too, its better ratio is free.
-        bool strong_keeps_up = speed_strong_ > 0 ? speed_strong_ >= link_margin * link_rate_
-                                                 : speed_fast_ >= 3 * link_margin * link_rate_;
+        bool strong_keeps_up = link_measured_ && (speed_strong_ > 0 ? speed_strong_ >= link_margin * link_rate_
+                                                                    : speed_fast_ >= 3 * link_margin * link_rate_);
         level = strong_keeps_up ? strong_level : fast_level;
+        compressing_for_link_ = why == reason::slow_link;
     }
     ++(level > 0 ? decided_compressed_ : decided_raw_);
     return level;
@@ -96,14 +102,23 @@ void compression_policy::on_wire_rate(double bytes_per_second) {
     }
     if (decided_compressed_ * 10 <= decided_raw_) {
         // (Nearly) all raw: this is the link's rate now, up or down.
-        link_rate_ = link_rate_ == 0 ? bytes_per_second : (link_rate_ + bytes_per_second) / 2;
+        link_rate_ = link_measured_ ? (link_rate_ + bytes_per_second) / 2 : bytes_per_second;
+        link_measured_ = true;
+        measure_raw_ = false;
+        compressed_periods_ = 0;
     } else {
         // Compressed data leaves the link idle when compression is the limit, so the
         // wire rate is only a lower bound on what the link carries.
         link_rate_ = std::max(link_rate_, bytes_per_second);
+        // A decision that rests on the link's rate is checked again now and then: one
+        // period in raw_period_interval goes raw.
+        if (compressing_for_link_ && ++compressed_periods_ >= raw_period_interval) {
+            measure_raw_ = true;
+        }
     }
     decided_raw_ = 0;
     decided_compressed_ = 0;
+    compressing_for_link_ = false;
 }
 
 void compression_policy::observe(int level, std::uint64_t raw, std::uint64_t out, double cpu_seconds) {

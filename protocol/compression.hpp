@@ -6,12 +6,13 @@
 //
 // The rule (`automatic`): compress while it pays.
 // - It pays on a slow link: one thread compresses at least twice as fast as the link
-//   carries raw bytes, so the link carries fewer bytes per payload byte and compression
-//   does not become the limit. The link's rate is what the sockets took while chunks
-//   went raw (the transfer starts raw until the first measurement); while compressing,
-//   the wire rate only raises that figure, because compressing lowers the wire rate by
-//   itself and must not make the link look slower. Over 100 Mbit/s or 1 Gbit/s almost
-//   anything compressible qualifies.
+//   carries raw bytes, so the link carries fewer bytes per payload byte. The link's rate
+//   is what the sockets took in a quarter second when chunks went (nearly all) raw;
+//   until such a measurement exists this reason does not apply (the first chunks are
+//   still tried, to learn the ratio and speed). While compressing, the wire rate only
+//   raises that figure, because compressing lowers the wire rate by itself and must not
+//   make the link look slower; and one quarter second in 16 goes raw to measure the link
+//   again. Over 100 Mbit/s or 1 Gbit/s almost anything compressible qualifies.
 // - It pays on a fast link (loopback, 10 GbE) only when compression is cheaper than
 //   moving the bytes it saves through TLS and the sockets on both sides (the CPU cost
 //   model in compression.cpp): all-zero or highly repetitive data, not ordinary text.
@@ -23,6 +24,8 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 namespace ferry {
 
@@ -32,8 +35,8 @@ enum class compress_mode {
     never,      // never compress
 };
 
-// Parses "auto", "always" or "never"; false for anything else.
-bool parse_compress_mode(const char* text, compress_mode& out);
+// Parses "auto", "always" or "never"; nothing for anything else.
+std::optional<compress_mode> parse_compress_mode(std::string_view text);
 const char* compress_mode_name(compress_mode m);
 
 class compression_policy {
@@ -63,13 +66,18 @@ public:
     double link_rate() const { return link_rate_; }
 
 private:
-    bool worth_it() const;
+    enum class reason { none, cheap, slow_link };
+    reason worth_it() const;
 
     compress_mode mode_;
     double ratio_ = 0;         // 0: no attempt yet
     double speed_fast_ = 0;    // bytes/s at fast_level
     double speed_strong_ = 0;  // bytes/s at strong_level
     double link_rate_ = 0;
+    bool link_measured_ = false;       // link_rate_ comes from a (nearly) raw period
+    bool measure_raw_ = false;         // the current period goes raw to measure the link
+    bool compressing_for_link_ = false;  // this period compressed because the link is slow
+    std::uint32_t compressed_periods_ = 0;  // since the link was last measured raw
     std::uint32_t decided_raw_ = 0;         // since the last wire rate
     std::uint32_t decided_compressed_ = 0;  // since the last wire rate
     std::uint32_t since_probe_ = 0;

@@ -356,7 +356,8 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
             return protocol_errc::payload_mismatch;
         }
     } else if (chunk.codec() == wire::CODEC_ZSTD) {
-        if (payload_len == 0 || payload_len > max_payload_len) {
+        // A compressed chunk is sent only when it is smaller than the raw bytes.
+        if (payload_len == 0 || payload_len >= chunk.raw_len()) {
             return protocol_errc::payload_mismatch;
         }
     } else {

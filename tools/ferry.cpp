@@ -614,7 +614,9 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     ferry::node n(io, cfg, base_events(o));
     ferry::send_options so;
     so.connections = s.connections;
-    if (!ferry::parse_compress_mode(s.compress.c_str(), so.compress)) {
+    if (auto mode = ferry::parse_compress_mode(s.compress)) {
+        so.compress = *mode;
+    } else {
         return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
     }
     so.overwrite = s.overwrite;

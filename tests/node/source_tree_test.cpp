@@ -98,5 +98,36 @@ TEST(source_tree_test, clashing_names_missing_paths_and_nothing_to_send_are_refu
     EXPECT_EQ(error, "nothing to send");
 }
 
+TEST(source_tree_test, a_tree_deeper_than_the_open_folder_limit_is_walked_whole) {
+    test::temp_dir tmp{"ferry-scan"};
+    fs::path dir = tmp.path() / "deep";
+    std::string wire = "deep";
+    for (int i = 0; i < 150; ++i) {
+        dir /= "d";
+        wire += "/d";
+    }
+    write(dir / "leaf.txt", "leaf");
+    source_tree t;
+    std::string error;
+    ASSERT_EQ(scan_sources({tmp.path() / "deep"}, t, error), std::error_code{}) << error;
+    ASSERT_EQ(t.entries.size(), 152u);  // deep, 150 folders, the file
+    EXPECT_EQ(t.entries.back().path, wire + "/leaf.txt");
+    EXPECT_EQ(t.locals.back(), dir / "leaf.txt");
+    EXPECT_EQ(t.total_bytes, 4u);
+}
+
+TEST(source_tree_test, a_skipped_source_takes_no_name) {
+    test::temp_dir tmp{"ferry-scan"};
+    write(tmp.path() / "real" / "x", "x");
+    fs::create_directories(tmp.path() / "links");
+    fs::create_symlink(tmp.path() / "real" / "x", tmp.path() / "links" / "x");
+    source_tree t;
+    std::string error;
+    ASSERT_EQ(scan_sources({tmp.path() / "links" / "x", tmp.path() / "real" / "x"}, t, error), std::error_code{})
+        << error;
+    EXPECT_EQ(wire_paths(t), (std::vector<std::string>{"x"}));
+    EXPECT_EQ(t.skipped.size(), 1u);
+}
+
 }  // namespace
 }  // namespace ferry

@@ -964,7 +964,7 @@ TEST_F(ReceiverChunks, AdmitsValidChunks) {
     EXPECT_EQ(admit(0, 0, chunk_size, chunk_size), std::error_code{});
     EXPECT_EQ(admit(0, 1, 100, 100), std::error_code{});
     EXPECT_EQ(admit(0, 1, 100, 37, wire::CODEC_ZSTD), std::error_code{});
-    EXPECT_EQ(admit(0, 0, chunk_size, max_payload_len, wire::CODEC_ZSTD), std::error_code{});
+    EXPECT_EQ(admit(0, 0, chunk_size, chunk_size - 1, wire::CODEC_ZSTD), std::error_code{});
 }
 
 TEST_F(ReceiverChunks, RefusesBadChunks) {
@@ -977,6 +977,8 @@ TEST_F(ReceiverChunks, RefusesBadChunks) {
     EXPECT_EQ(admit(0, 1, 100, 101), protocol_errc::payload_mismatch);       // raw payload too long
     EXPECT_EQ(admit(0, 1, 100, 0, wire::CODEC_ZSTD), protocol_errc::payload_mismatch);
     EXPECT_EQ(admit(0, 1, 100, max_payload_len + 1, wire::CODEC_ZSTD), protocol_errc::payload_mismatch);
+    EXPECT_EQ(admit(0, 1, 100, 100, wire::CODEC_ZSTD), protocol_errc::payload_mismatch);  // not smaller than raw
+    EXPECT_EQ(admit(0, 0, chunk_size, max_payload_len, wire::CODEC_ZSTD), protocol_errc::payload_mismatch);
     EXPECT_EQ(admit(0, 1, 100, 100, static_cast<wire::Codec>(9)), protocol_errc::bad_chunk);
     EXPECT_EQ(admit(1, 0, 0, 0), protocol_errc::unknown_file);               // a directory
     EXPECT_EQ(admit(2, 0, 50, 50), protocol_errc::unknown_file);             // skipped
