@@ -216,7 +216,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     }
                 }
             }
-            grow_window(cs, acked);
+            adjust_window(cs, acked);
             pump(c.index);
             return;
         }
@@ -402,16 +402,21 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
     });
 }
 
-void send_session::grow_window(conn_state& cs, std::uint64_t acked) {
+void send_session::adjust_window(conn_state& cs, std::uint64_t acked) {
     // Like TCP's slow start one level up: while the window, and not the socket, is what
     // holds a connection back, each acked byte lets one more in (the window doubles per
-    // round trip) until the kernel's buffers or the chunk cap take over.
-    if (!cs.window_bound) {
-        return;
+    // round trip) until the kernel's buffers or the chunk cap take over. When something
+    // else holds it back, the window shrinks to twice what is actually outstanding, so a
+    // window grown on a fast stretch does not let a connection pile up data later (a
+    // receiver whose disk fell behind, say).
+    std::uint64_t outstanding = cs.inflight_bytes + cs.reading_bytes + acked;
+    if (cs.window_bound) {
+        cs.window_bound = false;
+        std::uint64_t cap = std::max(std::uint64_t{options_.window_chunks} * chunk_size, options_.window_bytes);
+        cs.window_bytes = std::min(cap, cs.window_bytes + acked);
+    } else {
+        cs.window_bytes = std::max(options_.window_bytes, std::min(cs.window_bytes, 2 * outstanding));
     }
-    cs.window_bound = false;
-    std::uint64_t cap = std::max(std::uint64_t{options_.window_chunks} * chunk_size, options_.window_bytes);
-    cs.window_bytes = std::min(cap, cs.window_bytes + acked);
 }
 
 void send_session::sample_wire_rate() {

@@ -96,8 +96,8 @@ private:
         // Chunks sent, not yet confirmed.
         std::unordered_map<std::uint64_t, inflight_chunk> inflight;
         std::uint64_t inflight_bytes = 0;
-        // This connection's window: options.window_bytes, grown by grow_window while it
-        // is what holds the connection back.
+        // This connection's window: options.window_bytes, grown by adjust_window while it
+        // is what holds the connection back, shrunk toward what is outstanding otherwise.
         std::uint64_t window_bytes = 0;
         bool window_bound = false;  // pump() stopped at the window with the socket taking more
         std::uint32_t reading = 0;
@@ -112,7 +112,7 @@ private:
     void pump_all();
     void read_chunk(std::uint32_t index, chunk_ref ref);
     void requeue_inflight(conn_state& cs);
-    void grow_window(conn_state& cs, std::uint64_t acked);
+    void adjust_window(conn_state& cs, std::uint64_t acked);
     // Every quarter second or so, tells compression_ what the sockets accepted since.
     void sample_wire_rate();
     void fail(exit_code code, const std::string& message, bool tell_peer = true);

@@ -9,8 +9,10 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -273,6 +275,25 @@ public:
     command_progress& operator=(const command_progress&) = delete;
 };
 
+// A --congestion name the kernel does not have at all (a typo, say), as an error line.
+// The default (bbr) and `system` are never refused: without BBR the system's is used.
+std::optional<std::string> congestion_error(const common_opts& o) {
+    if (o.congestion == "bbr" || o.congestion == "system") {
+        return std::nullopt;
+    }
+    std::ifstream in("/proc/sys/net/ipv4/tcp_available_congestion_control");
+    std::string available;
+    std::getline(in, available);
+    std::istringstream words(available);
+    for (std::string w; words >> w;) {
+        if (w == o.congestion) {
+            return std::nullopt;
+        }
+    }
+    return "--congestion " + o.congestion + ": this kernel does not have it (available: " +
+           (available.empty() ? std::string("unknown") : available) + "; or `system`)";
+}
+
 // Builds the node config shared by the commands; throws std::runtime_error on bad state.
 ferry::node_config base_config(const common_opts& o) {
     ferry::node_config cfg;
@@ -364,6 +385,9 @@ std::string metrics_address(const std::string& a) {
 }
 
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, *e);
+    }
     ferry::node_config cfg = base_config(o);
     cfg.listen = r.listen;
     cfg.inbox = r.dir;
@@ -579,6 +603,9 @@ struct send_opts {
 };
 
 int cmd_send(const common_opts& o, const send_opts& s) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, *e);
+    }
     if (s.args.size() < 2) {
         return fail(o, exit_code::usage, "need at least one PATH and a target [ID@]HOST:PORT");
     }

@@ -331,6 +331,16 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "a@b"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "desk"}).code, 0);
     EXPECT_EQ(cli.ferry({"frobnicate"}).code, 1);
+    std::string state_b = cli.state("B").string();
+    std::string dir = cli.root().string();
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{"send", "--state", state_b, "--congestion", "no-such-cc", "x", "127.0.0.1:9"},
+          std::vector<std::string>{"receive", "--state", state_b, "--congestion", "no-such-cc", dir},
+          std::vector<std::string>{"serve", "--state", state_b, "--congestion", "no-such-cc"}}) {
+        run_result cc = cli.ferry(args);
+        EXPECT_EQ(cc.code, 1) << args[0];
+        EXPECT_NE(cc.err.find("--congestion no-such-cc"), std::string::npos) << args[0] << ": " << cc.err;
+    }
     for (const char* cmd : {"id", "trust", "send", "receive", "serve"}) {
         run_result h = cli.ferry({cmd, "--help"});
         EXPECT_EQ(h.code, 0) << cmd;
