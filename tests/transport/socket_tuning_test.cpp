@@ -61,12 +61,14 @@ TEST(socket_tuning_test, bbr_is_asked_for_by_default_and_an_unknown_algorithm_ke
     {
         tcp_socket s;
         tuning_report r = apply_socket_tuning(s.fd(), socket_tuning{});
-        bool allowed = listed(read_proc("/proc/sys/net/ipv4/tcp_allowed_congestion_control"), "bbr") ||
-                       (::geteuid() == 0 && listed(read_proc("/proc/sys/net/ipv4/tcp_available_congestion_control"), "bbr"));
-        if (allowed) {
-            EXPECT_EQ(r.congestion, "bbr");
+        if (listed(read_proc("/proc/sys/net/ipv4/tcp_allowed_congestion_control"), "bbr")) {
+            EXPECT_EQ(r.congestion, "bbr");  // allowed to every process
+        } else if (!listed(read_proc("/proc/sys/net/ipv4/tcp_available_congestion_control"), "bbr")) {
+            EXPECT_EQ(r.congestion, system);  // not in this kernel
         } else {
-            EXPECT_EQ(r.congestion, system);
+            // Available but not allowed: it depends on CAP_NET_ADMIN in this network
+            // namespace, which a test cannot know beforehand; either way, never a third value.
+            EXPECT_TRUE(r.congestion == "bbr" || r.congestion == system) << r.congestion;
         }
     }
     {
