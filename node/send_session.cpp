@@ -201,8 +201,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     return;
                 }
                 if (auto it = cs.inflight.find(key); it != cs.inflight.end()) {
-                    std::uint64_t len = chunk_length(sources_.entries[chunk_key_file(key).value].size,
-                                                     chunk_key_index(key).value);
+                    std::uint64_t len = raw_length(key);
                     auto now = stats_clock::now();
                     ctx_.stats.chunk_rtt.observe(now - it->second.sent_at);
                     std::uint64_t saved = len - it->second.wire_len;
@@ -433,6 +432,10 @@ void send_session::sample_wire_rate() {
     wire_sample_ = {now, sent};
 }
 
+std::uint32_t send_session::raw_length(std::uint64_t key) const {
+    return chunk_length(sources_.entries[chunk_key_file(key).value].size, chunk_key_index(key).value);
+}
+
 void send_session::requeue_inflight(conn_state& cs) {
     for (const auto& [key, chunk] : cs.inflight) {
         file_id f = chunk_key_file(key);
@@ -441,7 +444,7 @@ void send_session::requeue_inflight(conn_state& cs) {
         ref.file = f;
         ref.index = i;
         ref.offset = std::uint64_t{i.value} * chunk_size;
-        ref.length = chunk_length(sources_.entries[f.value].size, i.value);
+        ref.length = raw_length(key);
         machine_.requeue(ref);
         std::lock_guard lock(files_[f.value]->mutex);
         ++files_[f.value]->reads_left;
@@ -553,8 +556,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         for (auto& cs : conns_) {
             chunks += cs.inflight.size();
             for (const auto& [key, chunk] : cs.inflight) {
-                saved += chunk_length(sources_.entries[chunk_key_file(key).value].size, chunk_key_index(key).value) -
-                         chunk.wire_len;
+                saved += raw_length(key) - chunk.wire_len;
             }
             cs.inflight.clear();
             cs.inflight_bytes = 0;

@@ -111,6 +111,8 @@ private:
     void pump(std::uint32_t index);
     void pump_all();
     void read_chunk(std::uint32_t index, chunk_ref ref);
+    // Payload bytes of the chunk with this chunk_key (what the window and progress count).
+    std::uint32_t raw_length(std::uint64_t key) const;
     void requeue_inflight(conn_state& cs);
     void adjust_window(conn_state& cs, std::uint64_t acked);
     // Every quarter second or so, tells compression_ what the sockets accepted since.
