@@ -24,14 +24,41 @@ struct chunk_encoding {
     std::uint32_t raw_len = 0;
 };
 
-// On a worker: the chunk's raw bytes, decompressed into this thread's scratch when it came
-// compressed. Empty when a zstd payload does not decode to exactly raw_len bytes (the
-// receiver_machine has already checked raw_len against the file).
-std::span<const std::uint8_t> decode_chunk(const pooled_buffer& payload, const chunk_encoding& encoding) {
-    if (encoding.codec == wire::CODEC_ZSTD) {
-        return decompress_chunk(payload.span(), encoding.raw_len);
+// What a worker found in a chunk, for the loop thread.
+struct chunk_verdict {
+    digest128 got;             // XXH3-128 of the raw bytes
+    bool undecodable = false;  // a zstd payload that does not decode to exactly raw_len bytes
+    bool bad = false;          // undecodable, or `got` is not the hash the sender announced
+    std::uint64_t len = 0;     // raw (payload) bytes
+    std::uint64_t saved = 0;   // raw_len minus the compressed size, for a good compressed chunk
+
+    // The error line for a bad chunk of `path`.
+    std::string problem(const std::string& path, chunk_index i) const {
+        return path + ": chunk " + std::to_string(i.value) +
+               (undecodable ? " does not decompress to its length" : " failed its hash check");
     }
-    return payload.span();
+};
+
+struct verified_chunk {
+    std::span<const std::uint8_t> raw;  // valid on this thread until its next decode
+    chunk_verdict verdict;
+};
+
+// On a worker: the chunk's raw bytes (decompressed into this thread's scratch when it came
+// compressed; the receiver_machine has already checked raw_len against the file) and
+// their hash checked against the one the sender announced.
+verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& encoding, digest128 expect) {
+    verified_chunk out;
+    out.raw = encoding.codec == wire::CODEC_ZSTD ? decompress_chunk(payload.span(), encoding.raw_len) : payload.span();
+    chunk_verdict& v = out.verdict;
+    v.len = encoding.raw_len;
+    v.undecodable = out.raw.empty();
+    if (!v.undecodable) {
+        v.got = hash_chunk(out.raw);
+        v.saved = encoding.raw_len - payload.size();
+    }
+    v.bad = v.undecodable || v.got != expect;
+    return out;
 }
 
 // Files at least this large are fsynced on the worker pool when they complete; smaller
@@ -330,14 +357,12 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
     ctx_.workers.post([self = shared_from_this(), sink, tree, path = std::move(path), expect, offset, f, idx, conn,
                        encoding, payload = std::move(payload)]() mutable {
-        std::span<const std::uint8_t> raw = decode_chunk(payload, encoding);
-        digest128 got = raw.empty() ? digest128{} : hash_chunk(raw);
+        verified_chunk checked = verify_chunk(payload, encoding, expect);
+        std::span<const std::uint8_t> raw = checked.raw;
+        chunk_verdict verdict = checked.verdict;
         std::error_code ec;
-        bool mismatch = raw.empty() || got != expect;
-        std::uint64_t len = encoding.raw_len;
-        std::uint64_t saved = raw.empty() ? 0 : encoding.raw_len - payload.size();
         stats_clock::duration write_time{};
-        if (!mismatch) {
+        if (!verdict.bad) {
             int fd;
             {
                 std::lock_guard lock(sink->mutex);
@@ -352,26 +377,23 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 write_time = stats_clock::now() - t0;
             }
         }
-        bool undecodable = raw.empty();
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, idx, conn, got, mismatch, undecodable, ec, path, len, saved, write_time] {
+        asio::post(self->ctx_.io, [self, f, idx, conn, verdict, ec, path, write_time] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, idx));
             if (self->failed_) {
                 return;
             }
-            if (mismatch) {
-                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed,
-                           path + ": chunk " + std::to_string(idx.value) +
-                               (undecodable ? " does not decompress to its length" : " failed its hash check"));
+            if (verdict.bad) {
+                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, verdict.problem(path, idx));
                 return;
             }
             if (ec) {
                 self->fail(wire::ERROR_IO, exit_code::local_io, "write failed: " + path + ": " + ec.message());
                 return;
             }
-            bool complete = self->machine_.on_chunk_written(f, idx, got);
-            self->on_payload_written(len, saved, write_time);
+            bool complete = self->machine_.on_chunk_written(f, idx, verdict.got);
+            self->on_payload_written(verdict.len, verdict.saved, write_time);
             self->queue_ack(conn, chunk_key(f, idx));
             if (complete) {
                 self->try_finalize(f);
@@ -396,15 +418,13 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
     chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
     ctx_.workers.post([self = shared_from_this(), tree = tree_, e, f, conn, expect, fsync_now, overwrite = overwrite_,
                        encoding, payload = std::move(payload)]() mutable {
-        std::span<const std::uint8_t> raw = decode_chunk(payload, encoding);
-        digest128 got = raw.empty() ? digest128{} : hash_chunk(raw);
-        bool mismatch = raw.empty() || got != expect;
+        verified_chunk checked = verify_chunk(payload, encoding, expect);
+        std::span<const std::uint8_t> raw = checked.raw;
+        chunk_verdict verdict = checked.verdict;
         std::error_code ec;
         dest_tree::stored_file stored;
-        std::uint64_t len = encoding.raw_len;
-        std::uint64_t saved = raw.empty() ? 0 : encoding.raw_len - payload.size();
         stats_clock::duration write_time{};
-        if (!mismatch) {
+        if (!verdict.bad) {
             int fd = tree->open_partial(e.path, ec);
             if (!ec) {
                 auto t0 = stats_clock::now();
@@ -421,29 +441,25 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 }
             }
         }
-        bool undecodable = raw.empty();
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, conn, got, mismatch, undecodable, ec, fsync_now, stored, len, saved,
-                                   write_time, path = e.path] {
+        asio::post(self->ctx_.io, [self, f, conn, verdict, ec, fsync_now, stored, write_time, path = e.path] {
             --self->writes_;
             self->writing_.erase(chunk_key(f, chunk_index{0}));
             if (self->failed_) {
                 --self->finalizing_;
                 return;
             }
-            if (mismatch) {
+            if (verdict.bad) {
                 --self->finalizing_;
-                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed,
-                           path + (undecodable ? ": chunk 0 does not decompress to its length"
-                                               : ": chunk 0 failed its hash check"));
+                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, verdict.problem(path, chunk_index{0}));
                 return;
             }
             if (!ec) {
-                self->machine_.on_chunk_written(f, chunk_index{0}, got);
+                self->machine_.on_chunk_written(f, chunk_index{0}, verdict.got);
                 bool ok = false;
                 self->machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
                 self->machine_.on_file_finished(f);
-                self->on_payload_written(len, saved, write_time);
+                self->on_payload_written(verdict.len, verdict.saved, write_time);
                 self->queue_ack(conn, chunk_key(f, chunk_index{0}));
                 if (!fsync_now) {
                     self->queue_rename(f, self->machine_.received_digest(f), stored);
