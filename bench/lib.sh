@@ -213,3 +213,20 @@ select_peers() {
     for p in "${skipped_peers[@]}"; do log "skipping $p"; done
 }
 has_peer() { [ -n "${peer_on[$1]:-}" ]; }
+
+# stop_pids PID...: end background processes of this script: kill every one, then wait for
+# every one (ones already gone are fine).
+stop_pids() {
+    local pid
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# drop_data: remove the run's data folder, unless --keep asked to keep it.
+drop_data() {
+    if [ "$keep" = 1 ]; then
+        log "kept $data"
+    else
+        rm -rf "$data"
+    fi
+}

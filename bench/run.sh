@@ -60,7 +60,7 @@ EOF
 # Helpers shared with bench/wan.sh: log, die, is_uint, mib, shm_avail, mem_avail, stamp,
 # sub, stats, reset_dest, port_listening, alive, RT, usage_of_run, wait_listening,
 # stop_server, show_logs, wait_all, ferry_ids, ferry_listen_address, write_rsyncd_conf,
-# ssh_setup, write_sshd_config.
+# ssh_setup, write_sshd_config, select_peers, has_peer, stop_pids, drop_data.
 # shellcheck source=bench/lib.sh
 . "$repo/bench/lib.sh"
 
@@ -169,18 +169,9 @@ logs=$data/logs
 bg_pids=()
 
 cleanup() {
-    local rc=$? pid
-    for pid in "${bg_pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${bg_pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$keep" = 1 ]; then
-        log "kept $data"
-    else
-        rm -rf "$data"
-    fi
+    local rc=$?
+    stop_pids "${bg_pids[@]}"
+    drop_data
     exit "$rc"
 }
 trap cleanup EXIT

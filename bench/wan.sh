@@ -232,23 +232,14 @@ link_down() {
 }
 
 cleanup() {
-    local rc=$? pid
+    local rc=$?
     trap - INT TERM
-    if [ -n "$ss_pid" ]; then kill "$ss_pid" 2>/dev/null || true; fi
-    for pid in "${bg_pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${bg_pids[@]}" $ss_pid; do
-        wait "$pid" 2>/dev/null || true
-    done
+    # shellcheck disable=SC2086 # ss_pid: one pid or empty
+    stop_pids $ss_pid "${bg_pids[@]}"
     mkdir -p "$logs"
     link_down
     if [ "$rc" -ne 0 ]; then log "stopped with status $rc; servers, link and namespaces torn down"; fi
-    if [ "$keep" = 1 ]; then
-        log "kept $data"
-    else
-        rm -rf "$data"
-    fi
+    drop_data
     exit "$rc"
 }
 trap cleanup EXIT
