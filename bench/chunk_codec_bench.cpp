@@ -63,22 +63,7 @@ void decompress(benchmark::State& state, data_kind kind, int level) {
     state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(src.size()));
 }
 
-bool register_all() {
-    for (data_kind kind : bench::all_data_kinds) {
-        for (int level : levels) {
-            std::string suffix = std::string("/") + bench::name_of(kind) + "/level:" + std::to_string(level);
-            benchmark::RegisterBenchmark(("compress_chunk" + suffix).c_str(),
-                                         [kind, level](benchmark::State& s) { compress(s, kind, level); });
-            if (kind != data_kind::random) {
-                benchmark::RegisterBenchmark(("decompress_chunk" + suffix).c_str(),
-                                             [kind, level](benchmark::State& s) { decompress(s, kind, level); });
-            }
-        }
-    }
-    return true;
-}
-
-[[maybe_unused]] const bool registered = register_all();
+[[maybe_unused]] const bool registered = bench::register_codec_benchmarks("chunk", levels, compress, decompress);
 
 }  // namespace
 }  // namespace ferry

@@ -8,9 +8,12 @@
 #include <cstdio>
 #include <iterator>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <benchmark/benchmark.h>
 
 #include "protocol/types.hpp"
 #include "tests/support/pattern.hpp"
@@ -78,6 +81,26 @@ inline const char* name_of(data_kind kind) {
             return "zero";
     }
     return "?";
+}
+
+// Registers PREFIX_compress/KIND/level:L for every kind of data and level, and
+// PREFIX_decompress/... for the kinds that shrink (random data is never sent compressed).
+// `compress` and `decompress` take (benchmark::State&, data_kind, int level).
+template <typename Compress, typename Decompress>
+bool register_codec_benchmarks(const std::string& prefix, std::span<const int> levels, Compress compress,
+                               Decompress decompress) {
+    for (data_kind kind : all_data_kinds) {
+        for (int level : levels) {
+            std::string suffix = std::string("/") + name_of(kind) + "/level:" + std::to_string(level);
+            benchmark::RegisterBenchmark((prefix + "_compress" + suffix).c_str(),
+                                         [=](benchmark::State& s) { compress(s, kind, level); });
+            if (kind != data_kind::random) {
+                benchmark::RegisterBenchmark((prefix + "_decompress" + suffix).c_str(),
+                                             [=](benchmark::State& s) { decompress(s, kind, level); });
+            }
+        }
+    }
+    return true;
 }
 
 }  // namespace ferry::bench

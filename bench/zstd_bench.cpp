@@ -77,22 +77,7 @@ void decompress(benchmark::State& state, data_kind kind, int level) {
 // first "lazy" level) shows what a slower level buys.
 constexpr int levels[] = {-5, -1, 1, 3, 6};
 
-bool register_all() {
-    for (data_kind kind : bench::all_data_kinds) {
-        for (int level : levels) {
-            std::string suffix = std::string("/") + bench::name_of(kind) + "/level:" + std::to_string(level);
-            benchmark::RegisterBenchmark(("zstd_compress" + suffix).c_str(),
-                                         [kind, level](benchmark::State& s) { compress(s, kind, level); });
-            if (kind != data_kind::random) {
-                benchmark::RegisterBenchmark(("zstd_decompress" + suffix).c_str(),
-                                             [kind, level](benchmark::State& s) { decompress(s, kind, level); });
-            }
-        }
-    }
-    return true;
-}
-
-[[maybe_unused]] const bool registered = register_all();
+[[maybe_unused]] const bool registered = bench::register_codec_benchmarks("zstd", levels, compress, decompress);
 
 }  // namespace
 }  // namespace ferry
