@@ -5,14 +5,13 @@
 #include <asio.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -281,17 +280,16 @@ std::optional<std::string> congestion_error(const common_opts& o) {
     if (o.congestion == "bbr" || o.congestion == "system") {
         return std::nullopt;
     }
-    std::ifstream in("/proc/sys/net/ipv4/tcp_available_congestion_control");
-    std::string available;
-    std::getline(in, available);
-    std::istringstream words(available);
-    for (std::string w; words >> w;) {
-        if (w == o.congestion) {
-            return std::nullopt;
-        }
+    std::vector<std::string> available = ferry::available_congestion_controls();
+    if (std::find(available.begin(), available.end(), o.congestion) != available.end()) {
+        return std::nullopt;
+    }
+    std::string list;
+    for (const std::string& name : available) {
+        list += (list.empty() ? "" : " ") + name;
     }
     return "--congestion " + o.congestion + ": this kernel does not have it (available: " +
-           (available.empty() ? std::string("unknown") : available) + "; or `system`)";
+           (list.empty() ? std::string("unknown") : list) + "; or `system`)";
 }
 
 // Builds the node config shared by the commands; throws std::runtime_error on bad state.

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <fstream>
 
 namespace ferry {
 
@@ -59,6 +60,15 @@ tuning_report apply_socket_tuning(int fd, const socket_tuning& t) {
         r.congestion.assign(cc, ::strnlen(cc, len));
     }
     return r;
+}
+
+std::vector<std::string> available_congestion_controls() {
+    std::ifstream in("/proc/sys/net/ipv4/tcp_available_congestion_control");
+    std::vector<std::string> names;
+    for (std::string name; in >> name;) {
+        names.push_back(name);
+    }
+    return names;
 }
 
 }  // namespace ferry

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ferry {
 
@@ -36,6 +37,10 @@ struct tuning_report {
 };
 
 tuning_report apply_socket_tuning(int fd, const socket_tuning& t);
+
+// The congestion control algorithms this kernel has (as
+// net.ipv4.tcp_available_congestion_control lists them); empty when it cannot be read.
+std::vector<std::string> available_congestion_controls();
 
 // The kernel's own view of a TCP connection (TCP_INFO), sampled on demand only (for
 // `ferry status`), never on a timer. `ok` false when the socket gave nothing.
