@@ -146,8 +146,7 @@ struct node_config {
     bool one_shot = false;  // `ferry receive`: stop after the first transfer
     socket_tuning tuning;
     std::size_t workers = 2;
-    std::chrono::milliseconds handshake_timeout{10'000};
-    std::uint32_t max_sessions = 64;
+    node_limits limits;
 };
 
 struct node_events {

@@ -1,5 +1,7 @@
 #include "node/peer_manager.hpp"
 
+#include <algorithm>
+
 #include "transport/identity.hpp"
 
 namespace ferry {
@@ -13,6 +15,41 @@ bool peer_manager::allowed(const std::string& id) const {
     return false;
 }
 
+void peer_manager::refused(refusal why, const std::string& line) {
+    ctx_.stats.refusals.add(why);
+    if (auto text = log_throttle_.pass(line, std::chrono::steady_clock::now())) {
+        ctx_.log(*text);
+    }
+}
+
+std::size_t peer_manager::connection_count() const {
+    std::size_t n = waiting_.size();
+    for (const auto& [id, s] : sessions_) {
+        n += s->open_connections();
+    }
+    return n;
+}
+
+bool peer_manager::evict_oldest_waiting() {
+    if (waiting_.empty()) {
+        return false;
+    }
+    waiting w = std::move(waiting_.begin()->second);
+    waiting_.erase(waiting_.begin());
+    refused(refusal::evicted, "closed connection from " + w.from + ": not in a session yet and the node is full (" +
+                                  std::to_string(ctx_.config.limits.max_connections) + " connections, --max-connections)");
+    if (w.conn) {
+        w.conn->close(transport_errc::evicted);
+    } else if (w.cancel) {
+        w.cancel();
+    }
+    return true;
+}
+
+std::map<std::uint64_t, peer_manager::waiting>::iterator peer_manager::find_waiting(const connection& c) {
+    return std::find_if(waiting_.begin(), waiting_.end(), [&](const auto& kv) { return kv.second.conn.get() == &c; });
+}
+
 void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
     if (stopping_) {
         return;
@@ -20,6 +57,14 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
     std::error_code ignored;
     auto ep = socket.remote_endpoint(ignored);
     std::string from = ignored ? std::string("?") : format_endpoint(ep);
+    const node_limits& limits = ctx_.config.limits;
+    if (connection_count() >= limits.max_connections && !evict_oldest_waiting()) {
+        refused(refusal::connections, "refused connection from " + from + ": " +
+                                          std::to_string(limits.max_connections) +
+                                          " connections open (--max-connections)");
+        socket.close(ignored);
+        return;
+    }
     auto check = std::make_unique<tls_peer_check>();
     auto seen_id = std::make_shared<std::string>();  // for the log line of a refusal
     check->allow = [this, seen_id](const std::string& id) {
@@ -27,47 +72,73 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
         return allowed(id);
     };
     const tls_context* tls = ctx_.config.plaintext ? nullptr : ctx_.tls_server.get();
-    async_accept_stream(ctx_.io, tls, std::move(socket), ctx_.config.tuning, ctx_.config.handshake_timeout,
-                        std::move(check),
-                        [this, from, seen_id](std::error_code ec, std::unique_ptr<byte_stream> stream) {
-                            if (stopping_) {
-                                return;
-                            }
-                            if (ec == transport_errc::untrusted_peer) {
-                                ctx_.log("refused connection from " + from + ": node " + format_node_id(*seen_id) +
-                                         " is not trusted (ferry trust ID, or --accept-from)");
-                                return;
-                            }
-                            if (ec) {
-                                ctx_.log("refused connection from " + from + ": " + ec.message());
-                                return;
-                            }
-                            auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
-                            // A connection that says nothing after its handshake is closed
-                            // once the handshake timeout passes again. The timer lives as
-                            // long as the connection is pending: leaving pending_ cancels it.
-                            auto timer = std::make_unique<asio::steady_timer>(ctx_.io);
-                            timer->expires_after(ctx_.config.handshake_timeout);
-                            timer->async_wait([this, weak = std::weak_ptr<connection>(c)](std::error_code ec) {
-                                auto conn = weak.lock();
-                                if (ec || !conn || stopping_ || pending_.count(conn) == 0) {
-                                    return;
-                                }
-                                ctx_.log("closing connection from " + conn->stream().remote() +
-                                         ": no Hello within the handshake timeout");
-                                pending_.erase(conn);
-                                conn->close(transport_errc::timeout);
-                            });
-                            pending_.emplace(c, std::move(timer));
-                            c->start(this);
-                        });
+    std::uint64_t seq = next_seq_++;
+    waiting_[seq].from = from;
+    auto cancel = async_accept_stream(
+        ctx_.io, tls, std::move(socket), ctx_.config.tuning, limits.handshake_timeout, std::move(check),
+        [this, seq, seen_id](std::error_code ec, std::unique_ptr<byte_stream> stream) {
+            on_handshake(seq, ec, std::move(stream), *seen_id);
+        });
+    if (auto it = waiting_.find(seq); it != waiting_.end()) {
+        it->second.cancel = std::move(cancel);
+    }
+}
+
+void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::unique_ptr<byte_stream> stream,
+                                const std::string& seen_id) {
+    auto it = waiting_.find(seq);
+    if (stopping_ || it == waiting_.end()) {
+        return;  // stopped, or evicted (counted and logged then)
+    }
+    if (ec) {
+        std::string from = it->second.from;
+        waiting_.erase(it);
+        if (ec == transport_errc::untrusted_peer) {
+            refused(refusal::untrusted, "refused connection from " + from + ": node " + format_node_id(seen_id) +
+                                            " is not trusted (ferry trust ID, or --accept-from)");
+        } else if (ec == transport_errc::timeout) {
+            refused(refusal::handshake_timeout, "refused connection from " + from +
+                                                    ": no TLS handshake within the handshake timeout");
+        } else {
+            refused(refusal::handshake_failed, "refused connection from " + from + ": " + ec.message());
+        }
+        return;
+    }
+    connection_limits climits;
+    climits.queue_max_bytes = ctx_.config.limits.max_queue_bytes;
+    auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers, climits);
+    // A connection that says nothing after its handshake is closed once the handshake
+    // timeout passes again. The timer lives as long as the connection waits: leaving
+    // waiting_ cancels it.
+    auto timer = std::make_unique<asio::steady_timer>(ctx_.io);
+    timer->expires_after(ctx_.config.limits.handshake_timeout);
+    timer->async_wait([this, weak = std::weak_ptr<connection>(c)](std::error_code ec) {
+        auto conn = weak.lock();
+        if (ec || !conn || stopping_) {
+            return;
+        }
+        auto w = find_waiting(*conn);
+        if (w == waiting_.end()) {
+            return;
+        }
+        refused(refusal::handshake_timeout,
+                "closing connection from " + w->second.from + ": no Hello within the handshake timeout");
+        waiting_.erase(w);
+        conn->close(transport_errc::timeout);
+    });
+    it->second.cancel = nullptr;
+    it->second.conn = c;
+    it->second.timer = std::move(timer);
+    c->start(this);
 }
 
 void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer payload) {
     auto self_c = c.shared_from_this();
-    pending_.erase(self_c);
-    auto refuse = [&](wire::ErrorCode code, const std::string& msg) {
-        ctx_.log("refused connection from " + c.stream().remote() + ": " + msg);
+    if (auto w = find_waiting(c); w != waiting_.end()) {
+        waiting_.erase(w);
+    }
+    auto refuse = [&](wire::ErrorCode code, const std::string& msg, refusal why = refusal::protocol) {
+        refused(why, "refused connection from " + c.stream().remote() + ": " + msg);
         wire::Header h;
         h.mutable_error()->set_code(code);
         h.mutable_error()->set_message(msg);
@@ -94,19 +165,32 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         return;
     }
     std::string peer = c.stream().peer_id();
+    // Statistics key of the peer: its ID, or its address (without the port) in plaintext.
+    std::string remote = c.stream().remote();
+    std::string key = peer.empty() ? remote.substr(0, remote.rfind(':')) : peer;
+    std::size_t peer_conns = 0;
+    for (const auto& [id, s] : sessions_) {
+        peer_conns += s->peer_key() == key ? s->open_connections() : 0;
+    }
+    if (peer_conns >= ctx_.config.limits.max_peer_connections) {
+        refuse(wire::ERROR_BUSY,
+               "this peer has " + std::to_string(peer_conns) + " connections open (--max-peer-connections)",
+               refusal::peer_connections);
+        return;
+    }
     auto it = sessions_.find(hello.session_id());
     if (hello.conn_index() == 0) {
         if (it != sessions_.end()) {
             refuse(wire::ERROR_PROTOCOL, "session already open");
             return;
         }
-        if (sessions_.size() >= ctx_.config.max_sessions) {
-            refuse(wire::ERROR_BUSY, "too many sessions");
+        if (sessions_.size() >= ctx_.config.limits.max_sessions) {
+            refuse(wire::ERROR_BUSY,
+                   "too many transfers at once (" + std::to_string(ctx_.config.limits.max_sessions) +
+                       ", --max-sessions)",
+                   refusal::sessions);
             return;
         }
-        // Statistics key of the peer: its ID, or its address (without the port) in plaintext.
-        std::string remote = self_c->stream().remote();
-        std::string key = peer.empty() ? remote.substr(0, remote.rfind(':')) : peer;
         auto s = std::make_shared<receive_session>(ctx_, peer, key, hello.session_id(),
                                                    [this](receive_session& s) { end_session(s); });
         sessions_.emplace(hello.session_id(), s);
@@ -121,12 +205,17 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
 }
 
 void peer_manager::on_closed(connection& c, std::error_code ec) {
-    bool was_pending = pending_.erase(c.shared_from_this()) > 0;
+    bool was_pending = false;
+    if (auto w = find_waiting(c); w != waiting_.end()) {
+        waiting_.erase(w);
+        was_pending = true;
+    }
     // A connection that never joined a session (timed out, refused, closed before its
     // Hello) still moved bytes on the wire: they count in the node's totals.
     ctx_.stats.traffic->add_wire(c.stream().wire_sent(), c.stream().wire_received());
     if (was_pending && ec && ec != transport_errc::closed && !stopping_) {
-        ctx_.log("connection from " + c.stream().remote() + " closed before Hello: " + ec.message());
+        refused(ec == transport_errc::queue_full ? refusal::queue : refusal::protocol,
+                "connection from " + c.stream().remote() + " closed before Hello: " + ec.message());
     }
 }
 
@@ -139,14 +228,15 @@ void peer_manager::end_session(receive_session& s) {
 
 void peer_manager::stop(const std::string& why) {
     stopping_ = true;
-    std::vector<std::shared_ptr<connection>> pending;
-    for (const auto& [c, timer] : pending_) {
-        pending.push_back(c);
+    auto waiting = std::move(waiting_);
+    waiting_.clear();
+    for (auto& [seq, w] : waiting) {
+        if (w.conn) {
+            w.conn->close();
+        } else if (w.cancel) {
+            w.cancel();
+        }
     }
-    for (auto& c : pending) {
-        c->close();
-    }
-    pending_.clear();
     auto sessions = sessions_;
     for (auto& [id, s] : sessions) {
         s->stop(why);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "node/chunk_codec.hpp"
 #include "protocol/digest.hpp"
@@ -91,8 +92,9 @@ receive_session::sink_file::~sink_file() {
 receive_session::receive_session(node_context& ctx, std::string peer_id, const std::string& peer_key,
                                  std::string session_id, std::function<void(receive_session&)> on_end)
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
-      peer_key_(peer_key), files_("receive", session_id_), scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))),
-      start_(std::chrono::steady_clock::now()) {}
+      machine_(receiver_limits{ctx.config.limits.max_files}), peer_key_(peer_key), files_("receive", session_id_),
+      scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))), start_(std::chrono::steady_clock::now()),
+      last_heard_(start_), idle_timer_(ctx.io) {}
 
 receive_session::~receive_session() = default;
 
@@ -114,6 +116,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
         wire::Header h;
         h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
         h.mutable_error()->set_message("bad connection index");
+        ctx_.stats.refusals.add(refusal::protocol);
         c->send(h);
         c->close_after_flush(protocol_errc::unexpected_message);
         return;
@@ -136,6 +139,35 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     if (idx == 0 && ctx_.events.connected) {
         ctx_.events.connected(peer_id_, peer_address_, static_cast<std::uint32_t>(conns_.size()));
     }
+    if (idx == 0) {
+        arm_idle_timer(ctx_.config.limits.idle_timeout);
+    }
+}
+
+void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) {
+    idle_timer_.expires_after(after);
+    idle_timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
+        auto self = weak.lock();
+        if (ec || !self || self->failed_ || self->ended_ || self->result_sent_) {
+            return;
+        }
+        auto idle = self->ctx_.config.limits.idle_timeout;
+        auto now = std::chrono::steady_clock::now();
+        bool own_work = self->offer_busy_ || self->writes_ > 0 || self->finalizing_ > 0 || self->renaming_ ||
+                        self->finishing_;
+        if (own_work) {
+            self->last_heard_ = now;  // the sender waits for us: that is not idle
+        }
+        if (now - self->last_heard_ < idle) {
+            self->arm_idle_timer(self->last_heard_ + idle - now);
+            return;
+        }
+        self->ctx_.stats.refusals.add(refusal::idle);
+        char secs[32];
+        std::snprintf(secs, sizeof secs, "%.3g", std::chrono::duration<double>(idle).count());
+        self->fail(wire::ERROR_CANCELLED, exit_code::transfer_failed,
+                   std::string("nothing from the sender for ") + secs + " s (--idle-timeout)");
+    });
 }
 
 void receive_session::send_control(wire::Header& h) {
@@ -148,6 +180,7 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
     if (failed_) {
         return;
     }
+    last_heard_ = std::chrono::steady_clock::now();
     switch (header.body_case()) {
         case wire::Header::kChunk: on_chunk(c, header.chunk(), std::move(payload)); return;
         case wire::Header::kOffer:
@@ -181,13 +214,24 @@ void receive_session::on_offer(const wire::Offer& offer) {
     std::vector<file_id> ids;
     if (std::error_code ec = machine_.on_offer(offer, ids)) {
         std::string what = ec.message();
+        if (ec == protocol_errc::too_many_files) {
+            what += " (this node takes " + std::to_string(ctx_.config.limits.max_files) + ", --max-files)";
+        }
         for (const wire::Entry& e : offer.entries()) {
             if (check_wire_path(e.path())) {
                 what += ": \"" + e.path() + "\"";
                 break;
             }
         }
+        ctx_.stats.refusals.add(ec == protocol_errc::too_many_files ? refusal::files : refusal::protocol);
         fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused transfer: " + what);
+        return;
+    }
+    if (std::uint64_t max = ctx_.config.limits.max_bytes; max > 0 && machine_.total_bytes() > max) {
+        ctx_.stats.refusals.add(refusal::bytes);
+        fail(wire::ERROR_REFUSED, exit_code::transfer_failed,
+             "refused transfer: " + std::to_string(machine_.total_bytes()) + " bytes offered, over this node's limit of " +
+                 std::to_string(max) + " (--max-bytes)");
         return;
     }
     overwrite_ = ctx_.config.overwrite || machine_.options().overwrite;
@@ -226,6 +270,7 @@ void receive_session::next_offer() {
                        need]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
+        bool no_space = false;
         std::vector<receiver_machine::decision> decisions;
         std::string recovered;
         // Held until every entry of the batch is decided: a recovery (a session's first
@@ -268,6 +313,7 @@ void receive_session::next_offer() {
                     error = "not enough space in " + root.string() + ": transfer needs " + std::to_string(need) +
                             " bytes, " + std::to_string(avail) + " available";
                     code = exit_code::local_io;
+                    no_space = true;
                 }
             }
         }
@@ -286,7 +332,7 @@ void receive_session::next_offer() {
             decisions.push_back({it.id, identical ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
         }
         lock.reset();
-        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered] {
+        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space] {
             self->offer_busy_ = false;
             if (!recovered.empty()) {
                 self->ctx_.log(recovered);
@@ -296,6 +342,9 @@ void receive_session::next_offer() {
             }
             self->tree_ = tree;
             if (!error.empty()) {
+                if (no_space) {
+                    self->ctx_.stats.refusals.add(refusal::disk_space);
+                }
                 self->fail(code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_REFUSED, code,
                            "refused transfer: " + error);
                 return;
@@ -751,6 +800,9 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
         return;
     }
     failed_ = true;
+    if (code == wire::ERROR_PROTOCOL || code == wire::ERROR_INTEGRITY) {
+        ctx_.stats.refusals.add(refusal::protocol);  // the others count where their reason is known
+    }
     ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);
     wire::Header h;
     h.mutable_error()->set_code(code);
@@ -787,6 +839,9 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     if (!result_sent_ && !failed_) {
         // Any lost connection ends an unfinished transfer (partial files stay for resume).
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "connection closed by sender";
+        if (ec == transport_errc::queue_full) {
+            ctx_.stats.refusals.add(refusal::queue);
+        }
         fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why);
     }
     for (auto& other : conns_) {
@@ -796,6 +851,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     }
     if (open_conns_ == 0 && !ended_) {
         ended_ = true;
+        idle_timer_.cancel();
         if (!reported_) {
             finish_report(result_sent_, result_sent_ ? exit_code::ok : exit_code::transfer_failed, "connection lost");
         }

@@ -78,6 +78,9 @@ private:
     void fail(wire::ErrorCode code, exit_code exit, const std::string& message);
     void send_control(wire::Header& h);
     void finish_report(bool ok, exit_code code, const std::string& error);
+    // Ends the transfer once idle_timeout passes with no frame from the sender while this
+    // side has no work of its own in flight.
+    void arm_idle_timer(std::chrono::steady_clock::duration after);
 
     node_context& ctx_;
     std::string peer_id_;
@@ -113,6 +116,8 @@ private:
     std::uint64_t files_done_ = 0;        // regular files renamed into place
     double ttfb_s_ = -1;
     std::chrono::steady_clock::time_point start_;
+    std::chrono::steady_clock::time_point last_heard_;  // the sender's last frame
+    asio::steady_timer idle_timer_;
 };
 
 }  // namespace ferry

@@ -236,6 +236,15 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             finish(true, exit_code::ok, "");
             return;
         case wire::Header::kError:
+            if (c.index != 0 && header.error().code() == wire::ERROR_BUSY) {
+                // The receiver's connection limits turned away an extra connection: go
+                // on with the ones it took (on_closed requeues whatever this one held).
+                ctx_.log("receiver refused connection " + std::to_string(c.index) + ": " + header.error().message() +
+                         "; continuing with the others");
+                cs.refused = true;
+                c.close();
+                return;
+            }
             fail(exit_code::transfer_failed, "receiver: " + header.error().message(), false);
             return;
         case wire::Header::kPong: return;
@@ -473,8 +482,10 @@ void send_session::on_closed(connection& c, std::error_code ec) {
         }
         return;
     }
-    ctx_.log("connection " + std::to_string(c.index) + " lost (" + (ec ? ec.message() : "closed") +
-             "); its unconfirmed chunks go to the others");
+    if (!cs.refused) {
+        ctx_.log("connection " + std::to_string(c.index) + " lost (" + (ec ? ec.message() : "closed") +
+                 "); its unconfirmed chunks go to the others");
+    }
     requeue_inflight(cs);
     pump_all();
 }

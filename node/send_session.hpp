@@ -103,6 +103,7 @@ private:
         std::uint32_t reading = 0;
         std::uint64_t reading_bytes = 0;
         bool ready = false;  // Hello sent and the session accepted
+        bool refused = false;  // the receiver turned it away (its limits): not a loss
     };
 
     void open_connection(std::uint32_t index);

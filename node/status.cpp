@@ -177,6 +177,10 @@ nlohmann::ordered_json node::status() const {
     totals["transfers_ok"] = ctx.stats.transfers_ok;
     totals["transfers_failed"] = ctx.stats.transfers_failed;
     totals["payload_rate_Bps"] = ctx.stats.traffic->payload_rate(now);
+    json refusals = json::object();
+    for (std::size_t i = 0; i < refusal_kinds; ++i) {
+        refusals[std::string(refusal_name(static_cast<refusal>(i)))] = ctx.stats.refusals.counts[i];
+    }
     return {{"event", "status"},
             {"id", format_node_id(ctx.id)},
             {"listen", listen_address()},
@@ -185,6 +189,7 @@ nlohmann::ordered_json node::status() const {
             {"connections", connections + peers_->pending_count()},
             {"transfers_in_flight", transfers.size()},
             {"totals", std::move(totals)},
+            {"refusals", std::move(refusals)},
             {"latency",
              {{"chunk_rtt", histogram_json(ctx.stats.chunk_rtt)},
               {"ttfb", histogram_json(ctx.stats.ttfb)},
@@ -240,6 +245,12 @@ std::string node::metrics() const {
                    "# HELP ferry_transfers_total Transfers finished, by result.\n# TYPE ferry_transfers_total counter\n"
                    "ferry_transfers_total{{result=\"ok\"}} {}\nferry_transfers_total{{result=\"failed\"}} {}\n",
                    ctx.stats.transfers_ok, ctx.stats.transfers_failed);
+    fmt::format_to(it, "# HELP ferry_refusals_total Connections and transfers refused or closed by this node, by "
+                       "reason (docs/cli.md, limits).\n# TYPE ferry_refusals_total counter\n");
+    for (std::size_t i = 0; i < refusal_kinds; ++i) {
+        fmt::format_to(it, "ferry_refusals_total{{reason=\"{}\"}} {}\n", refusal_name(static_cast<refusal>(i)),
+                       ctx.stats.refusals.counts[i]);
+    }
     fmt::format_to(it, "# HELP ferry_peers Peers with an open connection.\n# TYPE ferry_peers gauge\nferry_peers {}\n",
                    peers_connected.size());
     fmt::format_to(it,

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <map>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -368,7 +370,59 @@ struct receive_opts {
     bool plaintext = false;
     std::string metrics;  // serve: HOST:PORT for /metrics ("" = off)
     fs::path dir;
+    ferry::node_limits limits;
+    double handshake_timeout_s = 10;
+    double idle_timeout_s = 120;
 };
+
+// The limits a listening node grants its peers (node/limits.hpp; docs/cli.md, "Limits").
+void add_limit_options(CLI::App* cmd, receive_opts& r) {
+    const std::map<std::string, double> seconds{{"ms", 0.001}, {"s", 1}, {"m", 60}, {"h", 3600}};
+    ferry::node_limits& l = r.limits;
+    cmd->add_option("--max-connections", l.max_connections,
+                    "inbound connections in all; when full, the oldest not yet in a transfer is closed")
+        ->check(CLI::Range(1u, 100000u))
+        ->capture_default_str()
+        ->group("Limits");
+    cmd->add_option("--max-peer-connections", l.max_peer_connections, "connections of one peer over all its transfers")
+        ->check(CLI::Range(1u, 100000u))
+        ->capture_default_str()
+        ->group("Limits");
+    cmd->add_option("--max-sessions", l.max_sessions, "inbound transfers at once")
+        ->check(CLI::Range(1u, 10000u))
+        ->capture_default_str()
+        ->group("Limits");
+    cmd->add_option("--handshake-timeout", r.handshake_timeout_s,
+                    "time for a new connection's TLS handshake, and again for its Hello (e.g. 10s, 500ms)")
+        ->transform(CLI::AsNumberWithUnit(seconds))
+        ->check(CLI::Range(0.001, 3600.0))
+        ->capture_default_str()
+        ->group("Limits");
+    cmd->add_option("--idle-timeout", r.idle_timeout_s,
+                    "end a transfer whose sender sends nothing for this long (e.g. 2m)")
+        ->transform(CLI::AsNumberWithUnit(seconds))
+        ->check(CLI::Range(0.001, 86400.0))
+        ->capture_default_str()
+        ->group("Limits");
+    cmd->add_option("--max-files", l.max_files, "files and folders per transfer")
+        ->check(CLI::Range(std::uint64_t{1}, ferry::max_files_per_transfer))
+        ->capture_default_str()
+        ->group("Limits");
+    cmd->add_option("--max-bytes", l.max_bytes,
+                    "bytes per transfer, e.g. 50G (0: no limit but the destination's free space, always checked)")
+        ->transform(CLI::AsSizeValue(false))
+        ->capture_default_str()
+        ->group("Limits");
+    cmd->add_option("--max-conn-queue", l.max_queue_bytes, "outbound bytes queued on one connection, e.g. 64M")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(CLI::Range(std::uint64_t{2} << 20, std::uint64_t{1} << 40))
+        ->capture_default_str()
+        ->group("Limits");
+}
+
+std::chrono::milliseconds to_ms(double seconds) {
+    return std::chrono::milliseconds(std::max<std::int64_t>(1, std::llround(seconds * 1000)));
+}
 
 // "9100" or ":9100" -> "127.0.0.1:9100": metrics stay on loopback unless the user names
 // another address.
@@ -393,6 +447,9 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     cfg.fsync_each = r.fsync_each;
     cfg.plaintext = r.plaintext;
     cfg.one_shot = one_shot;
+    cfg.limits = r.limits;
+    cfg.limits.handshake_timeout = to_ms(r.handshake_timeout_s);
+    cfg.limits.idle_timeout = to_ms(r.idle_timeout_s);
     if (r.accept_any) {
         cfg.policy = ferry::accept_policy::any;
     } else if (!r.accept_from.empty()) {
@@ -716,6 +773,7 @@ int main(int argc, char** argv) {
     receive->add_flag("--fsync-each", ro.fsync_each, "fsync every file before it is renamed into place");
     receive->add_flag("--plaintext", ro.plaintext, "no TLS (benchmarks only; the sender must say it too)");
     receive->add_option("DIR", ro.dir, "destination folder")->required();
+    add_limit_options(receive, ro);
     receive->footer("Example:\n  ferry receive --listen 0.0.0.0:7788 --accept-from ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 ~/inbox");
 
     send_opts so;
@@ -746,6 +804,7 @@ int main(int argc, char** argv) {
     serve->add_flag("--plaintext", serve_o.plaintext, "no TLS (benchmarks only)");
     serve->add_option("--metrics", serve_o.metrics,
                       "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1:PORT)");
+    add_limit_options(serve, serve_o);
     serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --metrics 127.0.0.1:9188");
 
     auto* status = app.add_subcommand("status", "show what the running `ferry serve` is doing");

@@ -27,6 +27,7 @@ public:
             case transport_errc::queue_full: return "outbound queue full";
             case transport_errc::no_certificate: return "the peer sent no certificate (not a ferry node?)";
             case transport_errc::tls_version: return "the peer does not speak TLS 1.3";
+            case transport_errc::evicted: return "closed to make room for other connections (this node is full)";
         }
         return "unknown transport error";
     }
@@ -495,6 +496,7 @@ struct establish_op {
     std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn;
     bool done = false;
     bool timed_out = false;
+    bool evicted = false;
 
     void finish(std::error_code ec) {
         if (done) {
@@ -504,6 +506,8 @@ struct establish_op {
         timer.cancel();
         if (timed_out) {
             ec = transport_errc::timeout;
+        } else if (evicted) {
+            ec = transport_errc::evicted;
         }
         if (ec) {
             if (stream) {
@@ -529,6 +533,17 @@ void start_stream(const std::shared_ptr<establish_op>& op, const tls_context* tl
     op->stream->async_handshake([op](std::error_code ec) { op->finish(ec); });
 }
 
+// Stops the operation's pending steps; they complete with an error and finish() reports
+// the reason set before (timed_out or evicted).
+void abort_op(establish_op& op) {
+    std::error_code ignored;
+    op.resolver.cancel();
+    op.socket.close(ignored);
+    if (op.stream) {
+        op.stream->close();
+    }
+}
+
 void arm_timer(const std::shared_ptr<establish_op>& op, std::chrono::milliseconds timeout) {
     op->timer.expires_after(timeout);
     op->timer.async_wait([op](std::error_code ec) {
@@ -536,12 +551,7 @@ void arm_timer(const std::shared_ptr<establish_op>& op, std::chrono::millisecond
             return;
         }
         op->timed_out = true;
-        std::error_code ignored;
-        op->resolver.cancel();
-        op->socket.close(ignored);
-        if (op->stream) {
-            op->stream->close();
-        }
+        abort_op(*op);
     });
 }
 
@@ -572,16 +582,22 @@ void async_connect_stream(asio::io_context& io, const tls_context* tls, const co
         });
 }
 
-void async_accept_stream(asio::io_context& io, const tls_context* tls, asio::ip::tcp::socket socket,
-                         const socket_tuning& tuning, std::chrono::milliseconds timeout,
-                         std::unique_ptr<tls_peer_check> check,
-                         std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn) {
+std::function<void()> async_accept_stream(asio::io_context& io, const tls_context* tls, asio::ip::tcp::socket socket,
+                                          const socket_tuning& tuning, std::chrono::milliseconds timeout,
+                                          std::unique_ptr<tls_peer_check> check,
+                                          std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn) {
     auto op = std::make_shared<establish_op>(io);
     op->socket = std::move(socket);
     op->check = std::move(check);
     op->fn = std::move(fn);
     arm_timer(op, timeout);
     start_stream(op, tls, tuning);
+    return [weak = std::weak_ptr<establish_op>(op)] {
+        if (auto op = weak.lock(); op && !op->done && !op->timed_out) {
+            op->evicted = true;
+            abort_op(*op);
+        }
+    };
 }
 
 std::error_code open_listener(asio::ip::tcp::acceptor& acceptor, const std::string& address, std::string& error) {

@@ -41,6 +41,7 @@ enum class transport_errc {
     queue_full = 8,         // the outbound queue bound was reached
     no_certificate = 9,     // the peer sent no certificate (ferry requires one on both sides)
     tls_version = 10,       // the peer does not speak TLS 1.3
+    evicted = 11,           // closed by this side to make room for other connections
 };
 
 const std::error_category& transport_category() noexcept;
@@ -170,7 +171,9 @@ void async_connect_stream(asio::io_context& io, const tls_context* tls, const co
                           std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
 
 // Completes an accepted socket into a stream: tuning and TLS handshake with a timeout.
-void async_accept_stream(asio::io_context& io, const tls_context* tls, asio::ip::tcp::socket socket,
+// The returned function stops it early (the callback then gets transport_errc::evicted);
+// it does nothing once the callback has run.
+std::function<void()> async_accept_stream(asio::io_context& io, const tls_context* tls, asio::ip::tcp::socket socket,
                          const socket_tuning& tuning, std::chrono::milliseconds timeout,
                          std::unique_ptr<tls_peer_check> check,
                          std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
