@@ -37,7 +37,9 @@ void connection::read_loop() {
         }
         io_result r = stream_->read_now(target);
         if (r.ec) {
-            fail(r.ec);
+            // A close in the middle of a frame is the peer's error, not a clean end.
+            bool cut = r.ec == transport_errc::closed && !framing_refused_ && decoder_.mid_frame();
+            fail(cut ? make_error_code(protocol_errc::truncated_frame) : r.ec);
             return;
         }
         if (r.n == 0 && r.wait == io_wait::none) {
@@ -77,14 +79,18 @@ void connection::read_loop() {
 
 // Decodes what is in rbuf_. Returns false if reading must stop (closed or out of buffers).
 bool connection::process_input() {
+    if (framing_refused_) {
+        rpos_ = rend_;  // drained, never decoded, until the close
+        return !closed_;
+    }
     while (rpos_ < rend_ || (decoder_.in_payload() && !payload_)) {
         if (decoder_.in_payload() && !payload_) {
             // Header decoded; its payload needs a buffer first.
             payload_ = pool_->acquire(decoder_.header().payload_len());
             if (!payload_) {
                 if (decoder_.header().payload_len() > pool_->capacity()) {
-                    fail(protocol_errc::payload_too_large);
-                    return false;
+                    refuse_framing(protocol_errc::payload_too_large);
+                    return process_input();
                 }
                 waiting_buffer_ = true;
                 pool_->notify_when_available([weak = weak_from_this()] {
@@ -109,7 +115,7 @@ bool connection::process_input() {
         decode_result d = decoder_.feed(std::span<const std::uint8_t>(rbuf_.data() + rpos_, rend_ - rpos_));
         rpos_ += d.consumed;
         switch (d.event) {
-            case decode_event::error: fail(d.ec); return false;
+            case decode_event::error: refuse_framing(d.ec); return process_input();
             case decode_event::need_more: return true;
             case decode_event::header:
                 if (d.frame_complete && !dispatch()) {
@@ -127,6 +133,21 @@ bool connection::process_input() {
         }
     }
     return true;
+}
+
+void connection::refuse_framing(std::error_code ec) {
+    // DESIGN.md (wire format): a frame over a limit or that does not parse is a protocol
+    // error, and the peer hears why before the connection closes.
+    framing_refused_ = true;
+    payload_.reset();
+    if (close_when_drained_) {
+        return;  // already closing for its own reason: the rest is drained
+    }
+    wire::Header h;
+    h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
+    h.mutable_error()->set_message(ec.message());
+    send(h);
+    close_after_flush(ec);
 }
 
 bool connection::dispatch() {
@@ -238,7 +259,7 @@ void connection::flush() {
         }
     }
     if (queue_.empty() && !stream_->has_pending_output() && close_when_drained_) {
-        fail(close_reason_);
+        linger_then_close();
         return;
     }
     if ((!queue_.empty() || stream_->has_pending_output()) && !writing_) {
@@ -258,10 +279,26 @@ void connection::close_after_flush(std::error_code ec) {
     close_when_drained_ = true;
     close_reason_ = ec;
     if (queue_.empty() && !stream_->has_pending_output()) {
-        fail(ec);
+        linger_then_close();
     } else {
         schedule_flush();
     }
+}
+
+void connection::linger_then_close() {
+    if (lingering_ || closed_) {
+        return;
+    }
+    lingering_ = true;
+    stream_->shutdown_send();
+    // The read loop goes on and drops every frame (close_when_drained_); the peer's close
+    // ends it (fail), or the timer does.
+    linger_timer_ = std::make_unique<asio::steady_timer>(stream_->socket().get_executor(), linger);
+    linger_timer_->async_wait([self = shared_from_this()](std::error_code ec) {
+        if (!ec) {
+            self->fail(self->close_reason_);
+        }
+    });
 }
 
 void connection::fail(std::error_code ec) {
@@ -269,6 +306,10 @@ void connection::fail(std::error_code ec) {
         return;
     }
     closed_ = true;
+    if (lingering_) {
+        ec = close_reason_;  // the end of the drain, not a failure of its own
+        linger_timer_->cancel();
+    }
     stream_->close();
     queue_.clear();
     queued_bytes_ = 0;

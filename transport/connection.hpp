@@ -6,7 +6,10 @@
 // stops reading until a buffer is released (backpressure reaches the peer's TCP window).
 // Outbound: a bounded queue of owned frames drained by gather writes; frames queued in
 // the same loop turn leave in one write. The handler hears about frames, about room in
-// the queue (to pull more chunks) and, exactly once, about the close.
+// the queue (to pull more chunks) and, exactly once, about the close. A peer that breaks
+// the framing (a frame over a limit, a header that does not parse) gets an Error frame
+// (ERROR_PROTOCOL) saying why, and the close reports that protocol_errc; one that closes
+// in the middle of a frame is reported as protocol_errc::truncated_frame.
 #pragma once
 
 #include <asio.hpp>
@@ -65,8 +68,11 @@ public:
     bool send(wire::Header& header, pooled_buffer owner = {}, std::size_t payload_len = 0);
     // Closes now (queued frames are dropped). The handler's on_closed follows.
     void close(std::error_code ec = {});
-    // Sends what is queued, then closes.
+    // Sends what is queued, then ends the sending direction and drains (discards) what
+    // the peer still sends until it closes too, or for at most `linger`; then closes. The
+    // peer reads every frame sent before, instead of a reset.
     void close_after_flush(std::error_code ec = {});
+    static constexpr std::chrono::milliseconds linger{2000};
 
     bool closed() const { return closed_; }
     std::size_t queued_bytes() const { return queued_bytes_; }
@@ -86,6 +92,9 @@ private:
     bool process_input();
     bool dispatch();
     void schedule_flush();
+    void linger_then_close();
+    // The peer broke the framing: an Error frame says why, then close_after_flush().
+    void refuse_framing(std::error_code ec);
     void flush();
     void fail(std::error_code ec);
 
@@ -107,6 +116,9 @@ private:
     bool flush_posted_ = false;
     bool writing_ = false;  // a write wait is outstanding
     bool close_when_drained_ = false;
+    bool lingering_ = false;  // sending side shut, draining the peer's bytes
+    bool framing_refused_ = false;  // nothing after a framing error is decoded
+    std::unique_ptr<asio::steady_timer> linger_timer_;
     std::error_code close_reason_;
     bool closed_ = false;
     connection_counters counters_;

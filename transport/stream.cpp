@@ -433,11 +433,11 @@ std::error_code byte_stream::start_records() {
     return {};
 }
 
-void byte_stream::close() {
-    if (!socket_.is_open()) {
+void byte_stream::shutdown_send() {
+    if (!socket_.is_open() || shut_) {
         return;
     }
-    if (records_ && !shut_ && out_off_ == out_len_) {
+    if (records_ && out_off_ == out_len_) {
         // Best effort close_notify; never waits.
         std::uint8_t alert[2 + tls13_records::overhead];
         std::size_t n = records_->seal_close_notify(alert);
@@ -445,6 +445,15 @@ void byte_stream::close() {
         count_sent(socket_.write_some(asio::buffer(alert, n), ignored));
     }
     shut_ = true;
+    std::error_code ec;
+    socket_.shutdown(asio::socket_base::shutdown_send, ec);
+}
+
+void byte_stream::close() {
+    if (!socket_.is_open()) {
+        return;
+    }
+    shutdown_send();
     std::error_code ec;
     socket_.shutdown(asio::socket_base::shutdown_both, ec);
     socket_.close(ec);

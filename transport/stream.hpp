@@ -86,6 +86,10 @@ public:
     void async_handshake(std::function<void(std::error_code)> fn);
 
     void close();
+    // Ends the sending direction: close_notify (TLS) and a TCP FIN, never waiting. Reading
+    // goes on, so that what the peer still sends can be drained before close() (closing
+    // with unread data would reset the connection and could destroy what was just sent).
+    void shutdown_send();
     // Sealed records not yet handed to the kernel.
     bool has_pending_output() const { return out_off_ < out_len_; }
     bool is_open() const { return socket_.is_open(); }

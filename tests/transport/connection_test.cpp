@@ -773,6 +773,27 @@ TEST_F(connection_pair_test, close_after_flush_delivers_queued_frames) {
     EXPECT_EQ(hb_.closed_ec, transport_errc::closed) << hb_.closed_ec.message();
 }
 
+TEST_F(connection_pair_test, close_after_flush_while_the_peer_still_sends_delivers_the_last_frame) {
+    // B streams chunks at A; A answers with one frame and closes. A drains what B still
+    // sends until B closes, so B reads A's frame and sees a clean close, not a reset.
+    auto pool_b = buffer_pool::make(16, 256 * 1024);
+    ASSERT_NO_FATAL_FAILURE(connect(true, buffer_pool::make(16, 256 * 1024), pool_b));
+    for (std::uint32_t i = 0; i < 16; ++i) {
+        wire::Header h = chunk_header(i, 200 * 1024);
+        ASSERT_TRUE(b_->send(h, patterned(*pool_b, i, 200 * 1024), 200 * 1024));
+    }
+    ASSERT_TRUE(run_until(io_, [&] { return !ha_.frames.empty(); }));
+    wire::Header last = ping_header(77);
+    ASSERT_TRUE(a_->send(last));
+    a_->close_after_flush(protocol_errc::peer_error);
+    ASSERT_TRUE(run_until(io_, [&] {
+        return std::any_of(hb_.frames.begin(), hb_.frames.end(), [](const auto& f) { return f.header.has_ping(); });
+    })) << "B never read A's last frame; B closed with: " << hb_.closed_ec.message();
+    b_->close();
+    ASSERT_TRUE(run_until(io_, [&] { return ha_.closed_count > 0; }, std::chrono::milliseconds(10'000)));
+    EXPECT_EQ(ha_.closed_ec, protocol_errc::peer_error) << ha_.closed_ec.message();
+}
+
 // --- limits --------------------------------------------------------------------------
 
 TEST_F(connection_pair_test, payload_over_pool_capacity_closes_receiver) {
