@@ -175,18 +175,24 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
     return {fd, owned_fd >= 0};
 }
 
-std::error_code dest_tree::make_dir(std::string_view wire_path) {
+std::error_code dest_tree::make_dir(std::string_view wire_path, bool create) {
     std::error_code ec;
-    dir_handle h = dir_fd(wire_path, true, ec);
+    dir_handle h = dir_fd(wire_path, create, ec);
+    if (!create && ec == std::errc::no_such_file_or_directory) {
+        return {};  // not there yet: nothing in the way
+    }
     return ec;
 }
 
 std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite, std::uint64_t size,
-                                      std::int64_t mtime_ns, bool& identical) {
+                                      std::int64_t mtime_ns, bool& identical, bool create_parents) {
     identical = false;
     std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), create_parents, ec);
     int dfd = dh.fd;
+    if (!create_parents && ec == std::errc::no_such_file_or_directory) {
+        return {};  // no parent yet, so no file either
+    }
     if (dfd < 0) {
         return ec;
     }

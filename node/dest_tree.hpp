@@ -50,13 +50,17 @@ public:
     dest_tree(const dest_tree&) = delete;
     dest_tree& operator=(const dest_tree&) = delete;
 
-    // mkdir -p of a wire path inside the root (no symlinks followed).
-    std::error_code make_dir(std::string_view wire_path);
-    // Checks that a file may be written at `wire_path` (parents are created). A regular
-    // file already there with this size and mtime sets `identical` (nothing to send); the
-    // mtime matches if it is `mtime_ns` as a file system with coarser timestamps stores it.
+    // mkdir -p of a wire path inside the root (no symlinks followed). With `create` false
+    // nothing is made: it checks that every component already there is a folder and not
+    // a symlink (a missing one is fine: it would be created).
+    std::error_code make_dir(std::string_view wire_path, bool create = true);
+    // Checks that a file may be written at `wire_path` (parents are created unless
+    // `create_parents` is false; a missing parent then means nothing is in the way). A
+    // regular file already there with this size and mtime sets `identical` (nothing to
+    // send); the mtime matches if it is `mtime_ns` as a file system with coarser
+    // timestamps stores it.
     std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
-                               bool& identical);
+                               bool& identical, bool create_parents = true);
     // Opens the regular file at its final name for reading. Returns an fd or -1 (ec set).
     int open_final_read(std::string_view wire_path, std::error_code& ec);
     // Removes the file at its final name if it is still inode `ino` of device `dev`

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "protocol/path.hpp"
 #include "transport/identity.hpp"
 
 namespace ferry {
@@ -74,10 +75,14 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
     const tls_context* tls = ctx_.config.plaintext ? nullptr : ctx_.tls_server.get();
     std::uint64_t seq = next_seq_++;
     waiting_[seq].from = from;
+    // The establishment owns the check until its callback has run.
+    const tls_peer_check* seen = check.get();
     auto cancel = async_accept_stream(
         ctx_.io, tls, std::move(socket), ctx_.config.tuning, limits.handshake_timeout, std::move(check),
-        [this, seq, seen_id](std::error_code ec, std::unique_ptr<byte_stream> stream) {
-            on_handshake(seq, ec, std::move(stream), *seen_id);
+        [this, seq, seen_id, seen](std::error_code ec, std::unique_ptr<byte_stream> stream) {
+            // A certificate refused before its ID was read (a chain, an unusable key)
+            // has only the check's reason to show.
+            on_handshake(seq, ec, std::move(stream), seen_id->empty() ? std::string() : *seen_id, seen->reason);
         });
     if (auto it = waiting_.find(seq); it != waiting_.end()) {
         it->second.cancel = std::move(cancel);
@@ -85,7 +90,7 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
 }
 
 void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::unique_ptr<byte_stream> stream,
-                                const std::string& seen_id) {
+                                const std::string& seen_id, const std::string& check_reason) {
     auto it = waiting_.find(seq);
     if (stopping_ || it == waiting_.end()) {
         return;  // stopped, or evicted (counted and logged then)
@@ -93,9 +98,13 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
     if (ec) {
         std::string from = it->second.from;
         waiting_.erase(it);
-        if (ec == transport_errc::untrusted_peer) {
+        if (ec == transport_errc::untrusted_peer && !seen_id.empty()) {
             refused(refusal::untrusted, "refused connection from " + from + ": node " + format_node_id(seen_id) +
                                             " is not trusted (ferry trust ID, or --accept-from)");
+        } else if (ec == transport_errc::untrusted_peer) {
+            refused(refusal::handshake_failed,
+                    "refused connection from " + from + ": " +
+                        printable(check_reason.empty() ? ec.message() : check_reason));
         } else if (ec == transport_errc::timeout) {
             refused(refusal::handshake_timeout, "refused connection from " + from +
                                                     ": no TLS handshake within the handshake timeout");

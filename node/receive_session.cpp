@@ -219,12 +219,20 @@ void receive_session::on_offer(const wire::Offer& offer) {
         }
         for (const wire::Entry& e : offer.entries()) {
             if (check_wire_path(e.path())) {
-                what += ": \"" + e.path() + "\"";
+                // Quoted as sent, up to a readable length (fail() escapes what is not printable).
+                constexpr std::size_t shown = 200;
+                what += ": \"" + e.path().substr(0, shown) + (e.path().size() > shown ? "...\"" : "\"");
                 break;
             }
         }
-        ctx_.stats.refusals.add(ec == protocol_errc::too_many_files ? refusal::files : refusal::protocol);
-        fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused transfer: " + what);
+        // An offer out of sequence or with ids that are not dense is a broken peer
+        // (ERROR_PROTOCOL, counted by fail()); a path or a limit refuses what was offered.
+        bool malformed = ec == protocol_errc::unexpected_message || ec == protocol_errc::duplicate_id;
+        if (!malformed) {
+            ctx_.stats.refusals.add(ec == protocol_errc::too_many_files ? refusal::files : refusal::protocol);
+        }
+        fail(malformed ? wire::ERROR_PROTOCOL : wire::ERROR_REFUSED, exit_code::transfer_failed,
+             "refused transfer: " + what);
         return;
     }
     if (std::uint64_t max = ctx_.config.limits.max_bytes; max > 0 && machine_.total_bytes() > max) {
@@ -317,19 +325,27 @@ void receive_session::next_offer() {
                 }
             }
         }
-        for (const item& it : items) {
-            if (!error.empty()) {
-                break;
+        // Every entry is checked before any folder is made, so that a batch refused for one
+        // entry (a symlink or a file in the way) leaves the destination as it was. The
+        // second pass, which creates, checks again: nothing is followed if that changed.
+        for (bool create : {false, true}) {
+            for (const item& it : items) {
+                if (!error.empty()) {
+                    break;
+                }
+                bool identical = false;
+                std::error_code ec =
+                    it.is_dir ? tree->make_dir(it.path, create)
+                              : tree->check_file(it.path, overwrite, it.size, it.mtime_ns, identical, create);
+                if (ec) {
+                    error = it.path + ": " + ec.message();
+                    code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
+                    break;
+                }
+                if (create) {
+                    decisions.push_back({it.id, identical ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
+                }
             }
-            bool identical = false;
-            std::error_code ec = it.is_dir ? tree->make_dir(it.path)
-                                           : tree->check_file(it.path, overwrite, it.size, it.mtime_ns, identical);
-            if (ec) {
-                error = it.path + ": " + ec.message();
-                code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
-                break;
-            }
-            decisions.push_back({it.id, identical ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
         }
         lock.reset();
         asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space] {
@@ -795,11 +811,14 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     }
 }
 
-void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::string& message) {
+void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::string& why) {
     if (failed_ || result_sent_) {
         return;
     }
     failed_ = true;
+    // Paths and error texts in `why` come from the peer: they reach the log, the report
+    // and the peer's terminal only as printable text.
+    const std::string message = printable(why);
     if (code == wire::ERROR_PROTOCOL || code == wire::ERROR_INTEGRITY) {
         ctx_.stats.refusals.add(refusal::protocol);  // the others count where their reason is known
     }

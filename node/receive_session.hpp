@@ -75,7 +75,7 @@ private:
     void check_all_done();
     void queue_ack(std::uint32_t conn, std::uint64_t key);
     void flush_acks();
-    void fail(wire::ErrorCode code, exit_code exit, const std::string& message);
+    void fail(wire::ErrorCode code, exit_code exit, const std::string& why);
     void send_control(wire::Header& h);
     void finish_report(bool ok, exit_code code, const std::string& error);
     // Ends the transfer once idle_timeout passes with no frame from the sender while this

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "node/chunk_codec.hpp"
+#include "protocol/path.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
 
@@ -221,7 +222,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
         }
         case wire::Header::kFileResult:
             if (std::error_code ec = machine_.on_file_result(header.file_result())) {
-                fail(exit_code::transfer_failed, "receiver failed: " + machine_.failure(), false);
+                fail(exit_code::transfer_failed, "receiver failed: " + printable(machine_.failure()), false);
                 return;
             }
             if (std::uint32_t id = header.file_result().file_id(); id < sources_.entries.size()) {
@@ -230,7 +231,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             return;
         case wire::Header::kTransferResult:
             if (std::error_code ec = machine_.on_transfer_result(header.transfer_result())) {
-                fail(exit_code::transfer_failed, "receiver failed: " + machine_.failure(), false);
+                fail(exit_code::transfer_failed, "receiver failed: " + printable(machine_.failure()), false);
                 return;
             }
             finish(true, exit_code::ok, "");
@@ -239,13 +240,14 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             if (c.index != 0 && header.error().code() == wire::ERROR_BUSY) {
                 // The receiver's connection limits turned away an extra connection: go
                 // on with the ones it took (on_closed requeues whatever this one held).
-                ctx_.log("receiver refused connection " + std::to_string(c.index) + ": " + header.error().message() +
+                ctx_.log("receiver refused connection " + std::to_string(c.index) + ": " +
+                         printable(header.error().message()) +
                          "; continuing with the others");
                 cs.refused = true;
                 c.close();
                 return;
             }
-            fail(exit_code::transfer_failed, "receiver: " + header.error().message(), false);
+            fail(exit_code::transfer_failed, "receiver: " + printable(header.error().message()), false);
             return;
         case wire::Header::kPong: return;
         default: break;

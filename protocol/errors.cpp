@@ -27,6 +27,7 @@ public:
             case protocol_errc::version_mismatch: return "incompatible protocol version";
             case protocol_errc::payload_mismatch: return "unexpected payload length";
             case protocol_errc::peer_error: return "peer reported an error";
+            case protocol_errc::truncated_frame: return "the peer closed the connection in the middle of a frame";
         }
         return "unknown protocol error";
     }

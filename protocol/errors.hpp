@@ -25,6 +25,7 @@ enum class protocol_errc {
     version_mismatch = 15,    // incompatible protocol version
     payload_mismatch = 16,    // payload length not what the message requires
     peer_error = 17,          // the peer reported an error
+    truncated_frame = 18,     // the peer closed the connection in the middle of a frame
 };
 
 const std::error_category& protocol_category() noexcept;

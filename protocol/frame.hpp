@@ -60,6 +60,8 @@ public:
     wire::Header& header() { return header_; }
     std::size_t payload_remaining() const { return payload_remaining_; }
     bool in_payload() const { return state_ == state::payload; }
+    // Part of a frame was fed and the rest has not come yet.
+    bool mid_frame() const { return state_ == state::payload || !acc_.empty(); }
     bool failed() const { return state_ == state::failed; }
 
 private:

@@ -1,5 +1,7 @@
 #include "protocol/path.hpp"
 
+#include <cstdint>
+
 #include "protocol/errors.hpp"
 #include "protocol/types.hpp"
 
@@ -59,6 +61,46 @@ std::error_code check_wire_path(std::string_view path) {
         start = end + 1;
     }
     return {};
+}
+
+std::string printable(std::string_view text) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    std::string out;
+    out.reserve(text.size());
+    auto escape = [&](std::string_view bytes) {
+        for (unsigned char b : bytes) {
+            out += "\\x";
+            out += hex[b >> 4];
+            out += hex[b & 15];
+        }
+    };
+    for (std::size_t i = 0; i < text.size();) {
+        auto c = static_cast<unsigned char>(text[i]);
+        std::size_t n = utf8_sequence_length(text, i);
+        std::string_view seq = text.substr(i, n == 0 ? 1 : n);
+        // The code point, as far as it matters: C1, the separators and the bidi controls
+        // are 2- and 3-byte sequences; every 4-byte one is printable.
+        std::uint32_t cp = c;
+        if (n == 2) {
+            cp = (c & 0x1fu) << 6 | (static_cast<unsigned char>(text[i + 1]) & 0x3fu);
+        } else if (n == 3) {
+            cp = (c & 0x0fu) << 12 | (static_cast<unsigned char>(text[i + 1]) & 0x3fu) << 6 |
+                 (static_cast<unsigned char>(text[i + 2]) & 0x3fu);
+        } else if (n == 4) {
+            cp = 0x10000;
+        }
+        bool control = n == 0 || cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || cp == 0x200e ||
+                       cp == 0x200f || (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+        if (control) {
+            escape(seq);
+        } else if (c == '\\') {
+            out += "\\\\";
+        } else {
+            out += seq;
+        }
+        i += seq.size();
+    }
+    return out;
 }
 
 bool is_partial_file_name(std::string_view name) {

@@ -21,6 +21,12 @@ std::error_code check_wire_path(std::string_view path);
 // there (a stray continuation byte, an overlong form, a surrogate, beyond U+10FFFF, cut).
 std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 
+// `text` a peer sent (a path, an error message) made safe to put in one log line: control
+// characters (C0, DEL, C1), the Unicode line separators and bidirectional controls, and
+// bytes that are not UTF-8 become \xNN escapes and a backslash becomes \\, so that the
+// text can neither end the line nor drive a terminal, and reads as it was sent.
+std::string printable(std::string_view text);
+
 // True for names ferry reserves for its partial files (".NAME.ferry-part" and
 // ".ferry-HASH.part"): a receiver refuses them in an offer, a sender skips them.
 bool is_partial_file_name(std::string_view name);

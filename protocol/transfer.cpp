@@ -281,7 +281,10 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
             return protocol_errc::bad_path;
         }
         bool is_dir = e.kind() == wire::ENTRY_DIR;
-        if (!is_dir && chunk_count(e.size()) > std::numeric_limits<std::uint32_t>::max()) {
+        // Every chunk needs an index a Chunk can carry, and the sizes a sum total_bytes()
+        // can hold: a wrapped total would pass for a small transfer.
+        if (!is_dir && (chunk_count(e.size()) > std::numeric_limits<std::uint32_t>::max() ||
+                        e.size() > std::numeric_limits<std::uint64_t>::max() - total_bytes_)) {
             return protocol_errc::bad_chunk;
         }
         file_state f;

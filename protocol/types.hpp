@@ -48,10 +48,9 @@ inline constexpr std::uint64_t max_files_per_transfer = 10'000'000;
 inline constexpr std::size_t max_path_bytes = 4096;
 inline constexpr std::size_t max_name_bytes = 255;
 
-// Number of chunks in a file of `size` bytes (0 for an empty file).
-constexpr std::uint64_t chunk_count(std::uint64_t size) {
-    return (size + chunk_size - 1) / chunk_size;
-}
+// Number of chunks in a file of `size` bytes (0 for an empty file). Written so that it
+// cannot wrap: a peer's size near 2^64 has about 2^46 chunks, not 0.
+constexpr std::uint64_t chunk_count(std::uint64_t size) { return size / chunk_size + (size % chunk_size != 0 ? 1 : 0); }
 
 // Raw length of chunk `index` in a file of `size` bytes.
 constexpr std::uint32_t chunk_length(std::uint64_t size, std::uint64_t index) {

@@ -187,6 +187,24 @@ TEST_F(DestTree, SymlinkDeeperInTheTreeIsNeverFollowed) {
     EXPECT_TRUE(is_empty_dir(outside_.path()));
 }
 
+TEST_F(DestTree, CheckingWithoutCreatingMakesNothing) {
+    // What receive_session runs over a whole offer batch before it creates anything.
+    bool identical = false;
+    EXPECT_FALSE(tree_.make_dir("new/a/b", false));
+    EXPECT_FALSE(tree_.check_file("new/a/b/f", false, 5, 0, identical, false));
+    EXPECT_FALSE(identical);
+    EXPECT_FALSE(fs::exists(root() / "new"));
+    fs::create_directory_symlink(outside_.path(), root() / "link");
+    EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("link/a", false)));
+    EXPECT_TRUE(is_symlink_refusal(tree_.check_file("link/a/f", false, 5, 0, identical, false)));
+    EXPECT_EQ(tree_.check_file("link", false, 5, 0, identical, false), dest_errc::symlink);
+    write_text(root() / "file", "x");
+    EXPECT_EQ(tree_.make_dir("file/sub", false), dest_errc::not_a_dir);
+    EXPECT_EQ(tree_.check_file("file", false, 5, 0, identical, false), dest_errc::exists);
+    EXPECT_TRUE(is_empty_dir(outside_.path()));
+    EXPECT_FALSE(fs::exists(root() / "new"));
+}
+
 TEST_F(DestTree, DanglingSymlinkComponentCreatesNothing) {
     fs::path target = outside_ / "not-yet";
     fs::create_directory_symlink(target, root() / "dangling");

@@ -173,6 +173,9 @@ static_assert(chunk_count(0) == 0);
 static_assert(chunk_count(1) == 1);
 static_assert(chunk_count(chunk_size) == 1);
 static_assert(chunk_count(chunk_size + 1) == 2);
+// Sizes near 2^64 (a peer's claim) once wrapped to 0 chunks (found by receiver_machine_fuzz).
+static_assert(chunk_count(UINT64_MAX) == (std::uint64_t{1} << 46));
+static_assert(chunk_count(UINT64_MAX - chunk_size + 2) == (std::uint64_t{1} << 46));
 static_assert(chunk_length(0, 0) == 0);
 static_assert(chunk_length(chunk_size + 1, 1) == 1);
 

@@ -1,5 +1,5 @@
-// Tests of wire path safety: what check_wire_path accepts and refuses, and the
-// split_wire_path / wire_parent helpers.
+// Tests of wire path safety: what check_wire_path accepts and refuses, the
+// split_wire_path / wire_parent helpers, and printable() for a peer's text in the log.
 #include "protocol/path.hpp"
 
 #include <gtest/gtest.h>
@@ -261,6 +261,25 @@ TEST(wire_parent, parent_of_a_checked_path_is_checked) {
         EXPECT_EQ(p[parent.size()], '/');
         EXPECT_EQ(p.substr(parent.size() + 1), split_wire_path(p).back());
     }
+}
+
+TEST(printable, keeps_printable_text_and_utf8_as_sent) {
+    for (std::string_view t : {"plain/path.txt", "données/ñandú ☃.txt", "日本語/ファイル.txt", "emoji 🦀", ""}) {
+        EXPECT_EQ(printable(t), t);
+    }
+}
+
+TEST(printable, escapes_what_could_end_a_line_or_drive_a_terminal) {
+    EXPECT_EQ(printable("a\nb"), "a\\x0Ab");
+    EXPECT_EQ(printable("\x1b[2J"), "\\x1B[2J");
+    EXPECT_EQ(printable("nul\0x"s), "nul\\x00x");
+    EXPECT_EQ(printable("del\x7f"), "del\\x7F");
+    EXPECT_EQ(printable("csi\xc2\x9b" "31m"), "csi\\xC2\\x9B31m");            // C1 control U+009B
+    EXPECT_EQ(printable("rlo\xe2\x80\xae" "txt"), "rlo\\xE2\\x80\\xAEtxt");  // U+202E
+    EXPECT_EQ(printable("ls\xe2\x80\xa8"), "ls\\xE2\\x80\\xA8");            // U+2028
+    EXPECT_EQ(printable("bad\xff\xc3"), "bad\\xFF\\xC3");                     // not UTF-8, cut
+    // A backslash is doubled, so an escape in the output always was a byte in the input.
+    EXPECT_EQ(printable("a\\x1B"), "a\\\\x1B");
 }
 
 }  // namespace

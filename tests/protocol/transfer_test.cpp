@@ -916,6 +916,38 @@ TEST(ReceiverMachine, RefusesUnknownEntryKindAndHugeFile) {
     }
 }
 
+TEST(ReceiverMachine, RefusesSizesNear2To64) {
+    // chunk_count() once wrapped for these sizes, to 0 chunks, and the file was accepted as
+    // an "empty" file of 2^64-1 bytes (found by receiver_machine_fuzz).
+    for (std::uint64_t size : {~std::uint64_t{0}, ~std::uint64_t{0} - chunk_size + 2}) {
+        receiver_machine r;
+        wire::Offer o = raw_offer({{0, "a"}});
+        o.mutable_entries(0)->set_size(size);
+        EXPECT_EQ(offer_error(r, o), protocol_errc::bad_chunk) << size;
+    }
+}
+
+TEST(ReceiverMachine, RefusesOffersWhoseTotalWouldWrap) {
+    // Sizes that each fit but whose sum passed 2^64 once wrapped total_bytes() to a small
+    // figure (found by receiver_machine_fuzz's model).
+    constexpr std::uint64_t big = std::uint64_t{1} << 49;  // 2^31 chunks: allowed
+    receiver_machine r;
+    wire::Offer first = raw_offer({}, false, 1 << 15);
+    for (std::uint32_t i = 0; i < (1u << 15) - 1; ++i) {
+        wire::Entry* e = first.add_entries();
+        e->set_id(i);
+        e->set_path("f" + std::to_string(i));
+        e->set_size(big);
+    }
+    ASSERT_EQ(offer_error(r, first), std::error_code{});
+    EXPECT_EQ(r.total_bytes(), big * ((1u << 15) - 1));
+
+    wire::Offer last = raw_offer({{(1u << 15) - 1, "last"}});
+    last.mutable_entries(0)->set_size(big);  // the sum would be 2^64
+    EXPECT_EQ(offer_error(r, last), protocol_errc::bad_chunk);
+    EXPECT_EQ(r.total_bytes(), big * ((1u << 15) - 1));
+}
+
 // ---------------------------------------------------------------------------------------
 // Receiver: chunk admission and completion
 

@@ -148,6 +148,16 @@ std::optional<std::string> child_process::read_line(std::chrono::milliseconds ti
     return line;
 }
 
+std::optional<std::string> child_process::wait_for_err(std::string_view needle, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    auto found = [&] { return err_buf_.find(needle) != std::string::npos; };
+    changed_.wait_for(lock, timeout, [&] { return found() || err_eof_; });
+    if (!found()) {
+        return std::nullopt;
+    }
+    return err_buf_;
+}
+
 std::optional<int> child_process::wait(std::chrono::milliseconds timeout) {
     if (status_) {
         return status_;

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -28,6 +29,9 @@ public:
     // Exit code (128 + signal if killed by one), or nullopt on timeout.
     std::optional<int> wait(std::chrono::milliseconds timeout);
     void signal(int sig);
+    // Waits until stderr contains `needle` and returns all of it so far, or nullopt if the
+    // timeout passed or stderr ended first.
+    std::optional<std::string> wait_for_err(std::string_view needle, std::chrono::milliseconds timeout);
     // Everything the child wrote to stderr so far (non-blocking), and the rest of stdout.
     std::string err();
     std::string out();
