@@ -17,7 +17,8 @@ public:
             case protocol_errc::empty_body: return "frame carries no known message";
             case protocol_errc::unexpected_message: return "message out of sequence";
             case protocol_errc::bad_path: return "unsafe or malformed path";
-            case protocol_errc::duplicate_path: return "duplicate path in offer";
+            case protocol_errc::duplicate_path:
+                return "duplicate path in offer (or a file offered where another entry needs a folder)";
             case protocol_errc::duplicate_id: return "duplicate file id in offer";
             case protocol_errc::too_many_files: return "too many files in transfer";
             case protocol_errc::unknown_file: return "message names an unknown file";

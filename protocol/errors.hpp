@@ -15,7 +15,7 @@ enum class protocol_errc {
     empty_body = 5,           // the header carries no known message
     unexpected_message = 6,   // a message out of sequence
     bad_path = 7,             // a received path is unsafe or malformed
-    duplicate_path = 8,       // two entries map to the same path
+    duplicate_path = 8,       // two entries map to the same path, or a file is another's folder
     duplicate_id = 9,         // two entries share a file id
     too_many_files = 10,      // more entries than the limit
     unknown_file = 11,        // a chunk or message names a file not offered

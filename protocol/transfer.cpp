@@ -274,13 +274,13 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (is_partial_file_name(split_wire_path(e.path()).back())) {
             return protocol_errc::bad_path;  // would collide with the receiver's partial files
         }
-        if (!paths_.insert(e.path()).second) {
-            return protocol_errc::duplicate_path;
-        }
         if (e.kind() != wire::ENTRY_FILE && e.kind() != wire::ENTRY_DIR) {
             return protocol_errc::bad_path;
         }
         bool is_dir = e.kind() == wire::ENTRY_DIR;
+        if (std::error_code ec = claim_path(e.path(), is_dir)) {
+            return ec;
+        }
         // Every chunk needs an index a Chunk can carry, and the sizes a sum total_bytes()
         // can hold: a wrapped total would pass for a small transfer.
         if (!is_dir && (chunk_count(e.size()) > std::numeric_limits<std::uint32_t>::max() ||
@@ -302,6 +302,25 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
     }
     if (offer.last()) {
         last_seen_ = true;
+    }
+    return {};
+}
+
+std::error_code receiver_machine::claim_path(const std::string& path, bool is_dir) {
+    if (!paths_.emplace(path, !is_dir).second || (!is_dir && parents_.count(path) > 0)) {
+        return protocol_errc::duplicate_path;
+    }
+    // Each folder the path lies in must not be an offered file. Parents already recorded
+    // had their own parents checked then: stop at the first one.
+    for (std::size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0;
+         slash = path.rfind('/', slash - 1)) {
+        std::string parent = path.substr(0, slash);
+        if (auto it = paths_.find(parent); it != paths_.end() && it->second) {
+            return protocol_errc::duplicate_path;
+        }
+        if (!parents_.insert(std::move(parent)).second) {
+            break;
+        }
     }
     return {};
 }

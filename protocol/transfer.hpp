@@ -220,13 +220,18 @@ private:
         std::vector<digest128> digests;
     };
 
+    // Records an offered path: refused if offered before, if it is a file and a folder
+    // of an earlier entry, or if a folder it lies in was offered as a file.
+    std::error_code claim_path(const std::string& path, bool is_dir);
+
     receiver_limits limits_;
     std::uint64_t transfer_id_ = 0;
     bool first_seen_ = false;
     bool last_seen_ = false;
     transfer_options options_;
     std::vector<file_state> files_;
-    std::unordered_set<std::string> paths_;
+    std::unordered_map<std::string, bool> paths_;  // every offered path -> is a regular file
+    std::unordered_set<std::string> parents_;      // every folder some offered path lies in
     std::uint64_t total_bytes_ = 0;
     std::uint64_t received_bytes_ = 0;
     std::uint64_t skipped_files_ = 0;

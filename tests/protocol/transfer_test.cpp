@@ -839,6 +839,22 @@ TEST(ReceiverMachine, RefusesDuplicatePaths) {
     }
 }
 
+TEST(ReceiverMachine, RefusesAFileThatAnotherEntryNeedsAsAFolder) {
+    // Each way round, and across batches: "a" cannot be both a file and the folder of "a/b".
+    for (const auto& [first, second] : std::vector<std::pair<std::string, std::string>>{
+             {"a", "a/b"}, {"a/b", "a"}, {"x/a", "x/a/b/c"}, {"x/a/b/c", "x/a"}}) {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, raw_offer({{0, first}}, false, 2)), std::error_code{});
+        EXPECT_EQ(offer_error(r, raw_offer({{1, second}}, true, 2)), protocol_errc::duplicate_path)
+            << first << " then " << second;
+    }
+    // A folder entry and what lies in it, in either order, and siblings, are fine.
+    receiver_machine r;
+    wire::Offer o = raw_offer({{0, "d/f"}, {1, "d"}, {2, "d/g"}, {3, "e"}, {4, "d/h/i"}});
+    o.mutable_entries(1)->set_kind(wire::ENTRY_DIR);
+    EXPECT_EQ(offer_error(r, o), std::error_code{});
+}
+
 TEST(ReceiverMachine, RefusesNonDenseIds) {
     {
         receiver_machine r;
