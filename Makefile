@@ -1,7 +1,10 @@
 # ferry — developer entry points. `make help` lists the targets.
 #
 #   make demo    build, then send a sample folder between two local nodes and verify it
-#   make test    release tests, then the same tests under ASan+UBSan and under TSan
+#   make test    release tests, then the same tests under ASan+UBSan and under TSan, then
+#                the libFuzzer targets briefly (build/fuzz, clang-14, ~20 s each)
+#   make fuzz    longer libFuzzer runs: FUZZ_SECONDS (default 300) per target, one target
+#                after the other; FUZZ_TARGETS="..." picks some (docs/fuzzing.md)
 #   make bench   loopback benchmark against nc / tar+nc (bench/run.sh; BENCH_ARGS=--quick)
 #   make bench-wan  the same over an emulated WAN link (bench/wan.sh; BENCH_WAN_ARGS=--quick)
 #   make bench-micro  Google Benchmark micro benchmarks (every bench/*_bench binary of the release build)
@@ -10,12 +13,12 @@
 # CTEST_JOBS=N (default 2), CMAKE_ARGS="..." (extra configure flags for every build, e.g.
 # -DCMAKE_CXX_COMPILER=clang++), BENCH_ARGS="..." (passed to bench/run.sh), BENCH_WAN_ARGS="..."
 # (passed to bench/wan.sh), BENCH_MICRO_ARGS="..." (passed to every micro benchmark, e.g.
-# --benchmark_filter=zstd).
+# --benchmark_filter=zstd), FUZZ_SECONDS=N and FUZZ_TARGETS="..." (make fuzz).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := build
-# Targets run in the order given (test = release, then asan, then tsan), even under make -j.
+# Targets run in the order given (test = release, asan, tsan, then fuzz), even under make -j.
 .NOTPARALLEL:
 
 CMAKE      ?= cmake
@@ -26,10 +29,13 @@ BENCH_ARGS ?=
 BENCH_WAN_ARGS ?=
 BENCH_MICRO_ARGS ?=
 CMAKE_ARGS ?=
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= frame_decoder_fuzz header_fuzz receiver_machine_fuzz sender_machine_fuzz path_fuzz compression_fuzz
 
 RELEASE_DIR := build/release
 ASAN_DIR    := build/asan
 TSAN_DIR    := build/tsan
+FUZZ_DIR    := build/fuzz
 FERRY_BIN   := $(RELEASE_DIR)/tools/ferry
 
 BUILD_JOBS := $(if $(JOBS),-j $(JOBS),)
@@ -37,6 +43,9 @@ BUILD_JOBS := $(if $(JOBS),-j $(JOBS),)
 RELEASE_FLAGS := -DCMAKE_BUILD_TYPE=Release
 ASAN_FLAGS    := -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_ASAN=ON -DFERRY_BENCH=OFF
 TSAN_FLAGS    := -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_TSAN=ON -DFERRY_BENCH=OFF
+# Only proto/ and protocol/ and the fuzz targets (tests/fuzz), under ASan+UBSan.
+FUZZ_FLAGS    := -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+                 -DFERRY_FUZZ=ON
 
 # Any sanitizer report fails the run: halt on the first error, non-zero exit, leaks count.
 ASAN_ENV := ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
@@ -79,16 +88,19 @@ else \
 fi
 endef
 
-.PHONY: help deps deps-bench build release asan tsan demo test test-release test-asan test-tsan bench bench-wan bench-micro clean
+.PHONY: help deps deps-bench build release asan tsan fuzz-build demo test test-release test-asan test-tsan test-fuzz \
+        fuzz bench bench-wan bench-micro clean
 
 help:
 	@echo "make deps          install the Debian packages needed to build and test (scripts/install-deps.sh)"
 	@echo "make build         configure and build $(RELEASE_DIR) (Release, Ninja)"
 	@echo "make demo          build, then run scripts/demo.sh: a folder sent between two local nodes"
-	@echo "make test          test-release, then test-asan (ASan+UBSan), then test-tsan"
+	@echo "make test          test-release, then test-asan (ASan+UBSan), then test-tsan, then test-fuzz"
 	@echo "make test-release  ctest in $(RELEASE_DIR)"
 	@echo "make test-asan     build $(ASAN_DIR) with ASan+UBSan and run ctest there"
 	@echo "make test-tsan     build $(TSAN_DIR) with TSan and run ctest there"
+	@echo "make test-fuzz     build the libFuzzer targets in $(FUZZ_DIR) (clang-14) and run each ~20 s under ctest"
+	@echo "make fuzz          run each fuzz target for \$$FUZZ_SECONDS s (default 300; \$$FUZZ_TARGETS picks some)"
 	@echo "make bench         loopback benchmark vs nc and tar+nc (bench/run.sh \$$BENCH_ARGS)"
 	@echo "make bench-wan     WAN benchmark over ../shared/linkem vs iperf3, rsync, scp (bench/wan.sh \$$BENCH_WAN_ARGS; root)"
 	@echo "make bench-micro   build release, run every micro benchmark $(RELEASE_DIR)/bench/*_bench (\$$BENCH_MICRO_ARGS)"
@@ -109,11 +121,14 @@ asan: deps
 tsan: deps
 	@$(call configure_build,$(TSAN_DIR),$(TSAN_FLAGS))
 
+fuzz-build: deps
+	@$(call configure_build,$(FUZZ_DIR),$(FUZZ_FLAGS))
+
 demo: build
 	@scripts/demo.sh $(FERRY_BIN)
 
-test: test-release test-asan test-tsan
-	@echo "make: all tests passed (release, asan+ubsan, tsan)"
+test: test-release test-asan test-tsan test-fuzz
+	@echo "make: all tests passed (release, asan+ubsan, tsan, fuzz)"
 
 test-release: build
 	@$(call run_tests,$(RELEASE_DIR),,)
@@ -123,6 +138,21 @@ test-asan: asan
 
 test-tsan: tsan
 	@$(call run_tests,$(TSAN_DIR),$(TSAN_ENV),$(TSAN_WRAP))
+
+test-fuzz: fuzz-build
+	@$(call run_tests,$(FUZZ_DIR),$(ASAN_ENV),)
+
+# Longer runs than ctest's: the corpus each target grows is kept in build/fuzz/long/<target>
+# between runs; findings land in build/fuzz/long/<target>/artifacts. Every target runs,
+# then the ones that found something are listed.
+fuzz: fuzz-build
+	@failed=(); \
+	for t in $(FUZZ_TARGETS); do \
+	  echo "make: fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  env $(ASAN_ENV) $(CMAKE) -DFUZZER=$(FUZZ_DIR)/tests/fuzz/$$t -DCORPUS=tests/fuzz/corpus/$$t \
+	    -DWORK=$(FUZZ_DIR)/long/$$t -DSECONDS=$(FUZZ_SECONDS) -DRUNS=-1 -P tests/fuzz/run_fuzzer.cmake || failed+=($$t); \
+	done; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "make: fuzz findings in: $${failed[*]}" >&2; exit 1; fi
 
 bench: deps-bench build
 	@bench/run.sh --ferry $(FERRY_BIN) $(BENCH_ARGS)

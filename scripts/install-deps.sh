@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package ferry needs to build, test, demo and benchmark.
+# Installs every Debian package ferry needs to build, test, demo and benchmark. The fuzz
+# build (make test-fuzz, make fuzz) needs clang-14 with its sanitizer and libFuzzer runtimes.
 # Packages already present are skipped; nothing is fetched from anywhere but apt.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ build_pkgs=(
   libasio-dev libssl-dev libprotobuf-dev protobuf-compiler
   libzstd-dev libxxhash-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang-14 libclang-rt-14-dev libfuzzer-14-dev
 )
 tool_pkgs=(openssl netcat-openbsd iproute2 procps time)
 bench_pkgs=(iperf3 rsync openssh-server openssh-client socat hyperfine linux-perf strace)
