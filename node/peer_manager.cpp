@@ -24,7 +24,7 @@ void peer_manager::refused(refusal why, const std::string& line) {
 }
 
 std::size_t peer_manager::connection_count() const {
-    std::size_t n = waiting_.size();
+    std::size_t n = waiting_.size() + closing_.size();
     for (const auto& [id, s] : sessions_) {
         n += s->open_connections();
     }
@@ -154,6 +154,7 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         c.send(h);
         // Closing after flush: no more frames reach this handler; on_closed counts its bytes.
         c.close_after_flush(protocol_errc::unexpected_message);
+        closing_.insert(self_c);
     };
     if (header.body_case() != wire::Header::kHello) {
         refuse(wire::ERROR_PROTOCOL, "expected Hello");
@@ -211,9 +212,13 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         return;
     }
     it->second->add_connection(self_c, hello);
+    if (self_c->closing()) {
+        closing_.insert(self_c);  // the session turned it away (bad index): still ours to count
+    }
 }
 
 void peer_manager::on_closed(connection& c, std::error_code ec) {
+    closing_.erase(c.shared_from_this());
     bool was_pending = false;
     if (auto w = find_waiting(c); w != waiting_.end()) {
         waiting_.erase(w);
@@ -237,6 +242,11 @@ void peer_manager::end_session(receive_session& s) {
 
 void peer_manager::stop(const std::string& why) {
     stopping_ = true;
+    auto closing = std::move(closing_);
+    closing_.clear();
+    for (auto& c : closing) {
+        c->close();
+    }
     auto waiting = std::move(waiting_);
     waiting_.clear();
     for (auto& [seq, w] : waiting) {

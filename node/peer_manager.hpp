@@ -61,6 +61,9 @@ private:
 
     node_context& ctx_;
     std::map<std::uint64_t, waiting> waiting_;  // by arrival: the first is the oldest
+    // Refused after their Hello, closing after the Error frame (at most connection::linger):
+    // they still count as connections.
+    std::set<std::shared_ptr<connection>> closing_;
     std::uint64_t next_seq_ = 0;
     log_throttle log_throttle_;
     std::map<std::string, std::shared_ptr<receive_session>> sessions_;  // by session id

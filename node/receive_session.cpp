@@ -148,13 +148,26 @@ void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) 
     idle_timer_.expires_after(after);
     idle_timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
         auto self = weak.lock();
-        if (ec || !self || self->failed_ || self->ended_ || self->result_sent_) {
+        if (ec || !self || self->failed_ || self->ended_) {
             return;
         }
         auto idle = self->ctx_.config.limits.idle_timeout;
         auto now = std::chrono::steady_clock::now();
+        if (self->result_sent_) {
+            // Done, and the sender has had a whole idle timeout to close: close for it.
+            for (auto& c : self->conns_) {
+                if (c && !c->closed() && !c->closing()) {
+                    c->close();
+                }
+            }
+            return;
+        }
+        // A connection held back by the node's buffer pool (other transfers' writes) is not
+        // the sender's silence either.
         bool own_work = self->offer_busy_ || self->writes_ > 0 || self->finalizing_ > 0 || self->renaming_ ||
-                        self->finishing_;
+                        self->finishing_ ||
+                        std::any_of(self->conns_.begin(), self->conns_.end(),
+                                    [](const auto& c) { return c && !c->closed() && c->waiting_for_buffer(); });
         if (own_work) {
             self->last_heard_ = now;  // the sender waits for us: that is not idle
         }
@@ -180,7 +193,9 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
     if (failed_) {
         return;
     }
-    last_heard_ = std::chrono::steady_clock::now();
+    if (header.body_case() != wire::Header::kPing) {
+        last_heard_ = std::chrono::steady_clock::now();  // pings alone do not keep a transfer alive
+    }
     switch (header.body_case()) {
         case wire::Header::kChunk: on_chunk(c, header.chunk(), std::move(payload)); return;
         case wire::Header::kOffer:
@@ -845,8 +860,8 @@ void receive_session::stop(const std::string& why) {
         fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, why);
     }
     for (auto& c : conns_) {
-        if (c && !c->closed()) {
-            c->close();
+        if (c && !c->closed() && !c->closing()) {
+            c->close();  // one closing after its Error frame ends by itself, soon
         }
     }
 }
@@ -864,7 +879,8 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
         fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why);
     }
     for (auto& other : conns_) {
-        if (other && !other->closed() && open_conns_ > 0 && failed_) {
+        // The control connection carrying the Error frame closes by itself once it is out.
+        if (other && !other->closed() && !other->closing() && open_conns_ > 0 && failed_) {
             other->close();
         }
     }

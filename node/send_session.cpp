@@ -59,7 +59,15 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
     }
 }
 
-send_session::~send_session() = default;
+send_session::~send_session() {
+    // Connections may outlive the session while they close (close_after_flush lingers):
+    // they must not call back into it.
+    for (auto& cs : conns_) {
+        if (cs.conn) {
+            cs.conn->set_handler(nullptr);
+        }
+    }
+}
 
 void send_session::start() {
     start_ = options_.started.value_or(std::chrono::steady_clock::now());

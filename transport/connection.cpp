@@ -79,7 +79,7 @@ void connection::read_loop() {
 
 // Decodes what is in rbuf_. Returns false if reading must stop (closed or out of buffers).
 bool connection::process_input() {
-    if (framing_refused_) {
+    if (framing_refused_ || lingering_) {
         rpos_ = rend_;  // drained, never decoded, until the close
         return !closed_;
     }
@@ -276,8 +276,19 @@ void connection::close_after_flush(std::error_code ec) {
     if (closed_) {
         return;
     }
+    if (close_when_drained_) {
+        return;  // the first reason stands, and so does its deadline
+    }
     close_when_drained_ = true;
     close_reason_ = ec;
+    // One deadline for the flush and the drain together: a peer that stops reading cannot
+    // hold the connection open.
+    linger_timer_ = std::make_unique<asio::steady_timer>(stream_->socket().get_executor(), linger);
+    linger_timer_->async_wait([self = shared_from_this()](std::error_code ec) {
+        if (!ec) {
+            self->fail(self->close_reason_);
+        }
+    });
     if (queue_.empty() && !stream_->has_pending_output()) {
         linger_then_close();
     } else {
@@ -289,16 +300,10 @@ void connection::linger_then_close() {
     if (lingering_ || closed_) {
         return;
     }
-    lingering_ = true;
+    // The read loop goes on and discards what arrives; the peer's close ends it (fail), or
+    // the deadline set by close_after_flush does.
     stream_->shutdown_send();
-    // The read loop goes on and drops every frame (close_when_drained_); the peer's close
-    // ends it (fail), or the timer does.
-    linger_timer_ = std::make_unique<asio::steady_timer>(stream_->socket().get_executor(), linger);
-    linger_timer_->async_wait([self = shared_from_this()](std::error_code ec) {
-        if (!ec) {
-            self->fail(self->close_reason_);
-        }
-    });
+    lingering_ = true;
 }
 
 void connection::fail(std::error_code ec) {
@@ -308,6 +313,8 @@ void connection::fail(std::error_code ec) {
     closed_ = true;
     if (lingering_) {
         ec = close_reason_;  // the end of the drain, not a failure of its own
+    }
+    if (linger_timer_) {
         linger_timer_->cancel();
     }
     stream_->close();

@@ -69,12 +69,16 @@ public:
     // Closes now (queued frames are dropped). The handler's on_closed follows.
     void close(std::error_code ec = {});
     // Sends what is queued, then ends the sending direction and drains (discards) what
-    // the peer still sends until it closes too, or for at most `linger`; then closes. The
-    // peer reads every frame sent before, instead of a reset.
+    // the peer still sends until it closes too; then closes. The peer reads every frame
+    // sent before, instead of a reset. Flush and drain together take at most `linger`.
     void close_after_flush(std::error_code ec = {});
     static constexpr std::chrono::milliseconds linger{2000};
 
     bool closed() const { return closed_; }
+    // close_after_flush was called: the connection ends by itself within `linger`.
+    bool closing() const { return close_when_drained_ && !closed_; }
+    // Reading is held until the buffer pool has a buffer for the next payload.
+    bool waiting_for_buffer() const { return waiting_buffer_; }
     std::size_t queued_bytes() const { return queued_bytes_; }
     byte_stream& stream() { return *stream_; }
     const byte_stream& stream() const { return *stream_; }

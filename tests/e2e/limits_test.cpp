@@ -144,7 +144,9 @@ std::size_t count_lines_with(const std::string& text, const std::string& needle)
 TEST_F(limits, silent_connections_do_not_stop_a_real_transfer) {
     // 200 raw TCP connections that never start TLS, then 200 that finish TLS as a trusted
     // peer and never say Hello. The node takes 300 in all: the oldest silent ones make room.
-    auto sv = start_serve({"--max-connections", "300"});
+    // A handshake timeout longer than the test: every silent connection that goes, goes
+    // by eviction.
+    auto sv = start_serve({"--max-connections", "300", "--handshake-timeout", "60s"});
     std::vector<int> raw;
     for (int i = 0; i < 200; ++i) {
         int fd = open_silent_tcp(sv.address);
@@ -167,11 +169,12 @@ TEST_F(limits, silent_connections_do_not_stop_a_real_transfer) {
     // make room, and the real ones were never among them.
     EXPECT_GE(no["evicted"].get<std::uint64_t>(), 104u) << no;
     EXPECT_EQ(st["totals"]["transfers_ok"], 1u) << st;
-    // One log line per refusal, but throttled: far fewer lines than evictions.
+    // One log line per refusal, but throttled (20 per 10 s): far fewer lines than
+    // evictions, even if a slow run spans two windows.
     std::string log = sv.proc->err();
     std::size_t lines = count_lines_with(log, "not in a session yet and the node is full");
     EXPECT_GE(lines, 1u) << log;
-    EXPECT_LE(lines, 25u) << log.substr(0, 4000);
+    EXPECT_LE(lines, 40u) << log.substr(0, 4000);
     for (int fd : raw) {
         ::close(fd);
     }

@@ -794,6 +794,27 @@ TEST_F(connection_pair_test, close_after_flush_while_the_peer_still_sends_delive
     EXPECT_EQ(ha_.closed_ec, protocol_errc::peer_error) << ha_.closed_ec.message();
 }
 
+TEST_F(connection_pair_test, close_after_flush_is_bounded_when_the_peer_never_reads) {
+    // B holds its only two pool buffers, so it stops reading; A's queue can never drain.
+    // close_after_flush still ends A within its linger deadline.
+    auto pool_a = buffer_pool::make(64, 256 * 1024);
+    ASSERT_NO_FATAL_FAILURE(connect(true, pool_a, buffer_pool::make(2, 256 * 1024)));
+    hb_.hold = true;
+    for (std::uint32_t i = 0; i < 64; ++i) {
+        wire::Header h = chunk_header(i, 256 * 1024);
+        ASSERT_TRUE(a_->send(h, patterned(*pool_a, i, 256 * 1024), 256 * 1024));
+    }
+    ASSERT_TRUE(run_until(io_, [&] { return hb_.chunk_frames() >= 2; }));
+    quiet_for(io_, 100ms);
+    ASSERT_GT(a_->queued_bytes(), 0u) << "the queue drained: the test would not test the deadline";
+    auto t0 = std::chrono::steady_clock::now();
+    a_->close_after_flush(protocol_errc::peer_error);
+    ASSERT_TRUE(run_until(io_, [&] { return ha_.closed_count > 0; }, std::chrono::milliseconds(10'000)));
+    auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_LT(took, connection::linger + 1s);
+    EXPECT_EQ(ha_.closed_ec, protocol_errc::peer_error) << ha_.closed_ec.message();
+}
+
 // --- limits --------------------------------------------------------------------------
 
 TEST_F(connection_pair_test, payload_over_pool_capacity_closes_receiver) {
