@@ -26,15 +26,6 @@ constexpr long cert_validity_days = 100L * 365 + 25;  // 100 years, leap days in
 // Every credential failure reads "cannot create node credentials: <what> (<OpenSSL errors>)".
 [[noreturn]] void fail(std::string_view what) { throw_openssl_error("cannot create node credentials", what); }
 
-std::string bio_to_string(BIO* bio) {
-    char* data = nullptr;
-    long len = BIO_get_mem_data(bio, &data);
-    if (len <= 0 || data == nullptr) {
-        return {};
-    }
-    return std::string(data, static_cast<std::size_t>(len));
-}
-
 void add_extension(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
     ext_ptr ext(X509V3_EXT_conf_nid(nullptr, ctx, nid, value));
     if (!ext || X509_add_ext(cert, ext.get(), -1) != 1) {
@@ -198,13 +189,11 @@ tls_credentials credentials_for_key(EVP_PKEY* key) {
         fail("cannot sign the certificate");
     }
 
-    bio_ptr cert_bio(BIO_new(BIO_s_mem()));
-    bio_ptr key_bio(BIO_new(BIO_s_mem()));
-    if (!cert_bio || !key_bio || PEM_write_bio_X509(cert_bio.get(), cert.get()) != 1 ||
-        PEM_write_bio_PrivateKey(key_bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    std::optional<tls_credentials> pem = encode_pem_credentials(cert.get(), key);
+    if (!pem) {
         fail("cannot encode PEM");
     }
-    return tls_credentials{bio_to_string(cert_bio.get()), bio_to_string(key_bio.get())};
+    return *pem;
 }
 
 tls_credentials generate_credentials() {

@@ -1,8 +1,8 @@
-// Small OpenSSL helpers shared by transport/ and node/.
+// Small OpenSSL helpers shared by transport/, node/ and the tests' support code.
 //
 // Owning pointers for the OpenSSL objects ferry creates (bio_ptr, pkey_ptr, x509_ptr,
-// bn_ptr, ext_ptr), PEM parsing from memory, and the start-up exception that carries the
-// calling thread's OpenSSL error queue. Header-only; callable from any thread (the error
+// bn_ptr, ext_ptr), PEM parsing from and encoding to memory, and the start-up exception
+// that carries the calling thread's OpenSSL error queue. Header-only; callable from any thread (the error
 // queue is per thread).
 //
 // Not included by transport/tls.hpp or transport/identity.hpp on purpose: only the .cpp
@@ -17,6 +17,7 @@
 #include <openssl/x509v3.h>
 
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -67,6 +68,28 @@ inline x509_ptr read_pem_certificate(std::string_view pem) {
         cert.reset(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
     }
     return cert;
+}
+
+// The bytes written so far to a memory BIO.
+inline std::string bio_to_string(BIO* bio) {
+    char* data = nullptr;
+    long len = BIO_get_mem_data(bio, &data);
+    if (len <= 0 || data == nullptr) {
+        return {};
+    }
+    return std::string(data, static_cast<std::size_t>(len));
+}
+
+// `cert` and `key` as PEM text (the key unencrypted); nullopt if encoding fails (the
+// reason is left on the OpenSSL error queue).
+inline std::optional<tls_credentials> encode_pem_credentials(X509* cert, EVP_PKEY* key) {
+    bio_ptr cert_bio(BIO_new(BIO_s_mem()));
+    bio_ptr key_bio(BIO_new(BIO_s_mem()));
+    if (!cert_bio || !key_bio || PEM_write_bio_X509(cert_bio.get(), cert) != 1 ||
+        PEM_write_bio_PrivateKey(key_bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+        return std::nullopt;
+    }
+    return tls_credentials{bio_to_string(cert_bio.get()), bio_to_string(key_bio.get())};
 }
 
 // Throws std::runtime_error("<prefix>: <what> (<OpenSSL errors>)"), draining the calling

@@ -5,7 +5,6 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <poll.h>
@@ -23,6 +22,7 @@
 
 #include "protocol/digest.hpp"
 #include "protocol/types.hpp"
+#include "transport/openssl_util.hpp"
 #include "transport/tls.hpp"
 
 namespace ferry::test {
@@ -31,27 +31,8 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 
-struct pkey_free {
-    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-struct x509_free {
-    void operator()(X509* x) const { X509_free(x); }
-};
-struct bio_free {
-    void operator()(BIO* b) const { BIO_free(b); }
-};
-using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_free>;
-using x509_ptr = std::unique_ptr<X509, x509_free>;
-using bio_ptr = std::unique_ptr<BIO, bio_free>;
-
 [[noreturn]] void fail(const std::string& what) {
     throw std::runtime_error("hostile_peer: " + what + ": " + tls_error_string());
-}
-
-std::string bio_text(BIO* bio) {
-    char* data = nullptr;
-    long len = BIO_get_mem_data(bio, &data);
-    return len > 0 ? std::string(data, static_cast<std::size_t>(len)) : std::string();
 }
 
 // A minimal self-signed certificate for `key` with subject CN `cn` (no extensions: a node
@@ -71,13 +52,11 @@ tls_credentials self_signed(EVP_PKEY* key, const std::string& cn, const EVP_MD* 
         X509_sign(cert.get(), key, md) <= 0) {
         fail("cannot sign a certificate");
     }
-    bio_ptr cert_bio(BIO_new(BIO_s_mem()));
-    bio_ptr key_bio(BIO_new(BIO_s_mem()));
-    if (!cert_bio || !key_bio || PEM_write_bio_X509(cert_bio.get(), cert.get()) != 1 ||
-        PEM_write_bio_PrivateKey(key_bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    std::optional<tls_credentials> pem = encode_pem_credentials(cert.get(), key);
+    if (!pem) {
         fail("cannot encode PEM");
     }
-    return {bio_text(cert_bio.get()), bio_text(key_bio.get())};
+    return *pem;
 }
 
 void append_varint(std::uint64_t v, std::vector<std::uint8_t>& out) {
@@ -128,8 +107,7 @@ tls_credentials ed25519_credentials_claiming(const std::string& cn) {
 }
 
 std::string id_of(const tls_credentials& creds) {
-    bio_ptr bio(BIO_new_mem_buf(creds.cert_pem.data(), static_cast<int>(creds.cert_pem.size())));
-    x509_ptr cert(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+    x509_ptr cert = read_pem_certificate(creds.cert_pem);
     return node_id_from_cert(cert.get());
 }
 
@@ -240,20 +218,15 @@ bool hostile_peer::connect() {
     }
     SSL_CTX_set_verify(ctx_, SSL_VERIFY_NONE, nullptr);  // the node's identity is not what is tested
     if (tls_.credentials) {
-        bio_ptr cert_bio(
-            BIO_new_mem_buf(tls_.credentials->cert_pem.data(), static_cast<int>(tls_.credentials->cert_pem.size())));
-        bio_ptr key_bio(
-            BIO_new_mem_buf(tls_.credentials->key_pem.data(), static_cast<int>(tls_.credentials->key_pem.size())));
-        x509_ptr cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr));
-        pkey_ptr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+        x509_ptr cert = read_pem_certificate(tls_.credentials->cert_pem);
+        pkey_ptr key = read_pem_private_key(tls_.credentials->key_pem);
         if (!cert || !key || SSL_CTX_use_certificate(ctx_, cert.get()) != 1 ||
             SSL_CTX_use_PrivateKey(ctx_, key.get()) != 1) {
             error_ = "credentials: " + tls_error_string();
             return false;
         }
         for (const std::string& pem : tls_.extra_chain_pem) {
-            bio_ptr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-            x509_ptr extra(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+            x509_ptr extra = read_pem_certificate(pem);
             if (!extra || SSL_CTX_add1_chain_cert(ctx_, extra.get()) != 1) {
                 error_ = "chain: " + tls_error_string();
                 return false;
