@@ -67,22 +67,17 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
         return;
     }
     auto check = std::make_unique<tls_peer_check>();
-    auto seen_id = std::make_shared<std::string>();  // for the log line of a refusal
-    check->allow = [this, seen_id](const std::string& id) {
-        *seen_id = id;
-        return allowed(id);
-    };
+    check->allow = [this](const std::string& id) { return allowed(id); };
     const tls_context* tls = ctx_.config.plaintext ? nullptr : ctx_.tls_server.get();
     std::uint64_t seq = next_seq_++;
     waiting_[seq].from = from;
-    // The establishment owns the check until its callback has run.
+    // The establishment owns the check until its callback has run: what the handshake
+    // learnt (the peer's ID, why it was refused) is read there.
     const tls_peer_check* seen = check.get();
     auto cancel = async_accept_stream(
         ctx_.io, tls, std::move(socket), ctx_.config.tuning, limits.handshake_timeout, std::move(check),
-        [this, seq, seen_id, seen](std::error_code ec, std::unique_ptr<byte_stream> stream) {
-            // A certificate refused before its ID was read (a chain, an unusable key)
-            // has only the check's reason to show.
-            on_handshake(seq, ec, std::move(stream), seen_id->empty() ? std::string() : *seen_id, seen->reason);
+        [this, seq, seen](std::error_code ec, std::unique_ptr<byte_stream> stream) {
+            on_handshake(seq, ec, std::move(stream), *seen);
         });
     if (auto it = waiting_.find(seq); it != waiting_.end()) {
         it->second.cancel = std::move(cancel);
@@ -90,7 +85,7 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
 }
 
 void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::unique_ptr<byte_stream> stream,
-                                const std::string& seen_id, const std::string& check_reason) {
+                                const tls_peer_check& check) {
     auto it = waiting_.find(seq);
     if (stopping_ || it == waiting_.end()) {
         return;  // stopped, or evicted (counted and logged then)
@@ -98,13 +93,14 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
     if (ec) {
         std::string from = it->second.from;
         waiting_.erase(it);
-        if (ec == transport_errc::untrusted_peer && !seen_id.empty()) {
-            refused(refusal::untrusted, "refused connection from " + from + ": node " + format_node_id(seen_id) +
+        if (ec == transport_errc::untrusted_peer && !check.peer_id.empty()) {
+            refused(refusal::untrusted, "refused connection from " + from + ": node " + format_node_id(check.peer_id) +
                                             " is not trusted (ferry trust ID, or --accept-from)");
         } else if (ec == transport_errc::untrusted_peer) {
+            // Refused before its ID was read (a chain, an unusable key): the check's reason.
             refused(refusal::handshake_failed,
                     "refused connection from " + from + ": " +
-                        printable(check_reason.empty() ? ec.message() : check_reason));
+                        printable(check.reason.empty() ? ec.message() : check.reason));
         } else if (ec == transport_errc::timeout) {
             refused(refusal::handshake_timeout, "refused connection from " + from +
                                                     ": no TLS handshake within the handshake timeout");

@@ -52,7 +52,7 @@ private:
     bool allowed(const std::string& id) const;
     void end_session(receive_session& s);
     void on_handshake(std::uint64_t seq, std::error_code ec, std::unique_ptr<byte_stream> stream,
-                      const std::string& seen_id, const std::string& check_reason);
+                      const tls_peer_check& check);
     std::size_t connection_count() const;
     bool evict_oldest_waiting();
     std::map<std::uint64_t, waiting>::iterator find_waiting(const connection& c);
