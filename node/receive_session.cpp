@@ -175,11 +175,10 @@ void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) 
             self->arm_idle_timer(self->last_heard_ + idle - now);
             return;
         }
-        self->ctx_.stats.refusals.add(refusal::idle);
         char secs[32];
         std::snprintf(secs, sizeof secs, "%.3g", std::chrono::duration<double>(idle).count());
         self->fail(wire::ERROR_CANCELLED, exit_code::transfer_failed,
-                   std::string("nothing from the sender for ") + secs + " s (--idle-timeout)");
+                   std::string("nothing from the sender for ") + secs + " s (--idle-timeout)", refusal::idle);
     });
 }
 
@@ -241,20 +240,17 @@ void receive_session::on_offer(const wire::Offer& offer) {
             }
         }
         // An offer out of sequence or with ids that are not dense is a broken peer
-        // (ERROR_PROTOCOL, counted by fail()); a path or a limit refuses what was offered.
+        // (ERROR_PROTOCOL); a path or a limit refuses what was offered.
         bool malformed = ec == protocol_errc::unexpected_message || ec == protocol_errc::duplicate_id;
-        if (!malformed) {
-            ctx_.stats.refusals.add(ec == protocol_errc::too_many_files ? refusal::files : refusal::protocol);
-        }
         fail(malformed ? wire::ERROR_PROTOCOL : wire::ERROR_REFUSED, exit_code::transfer_failed,
-             "refused transfer: " + what);
+             "refused transfer: " + what, ec == protocol_errc::too_many_files ? refusal::files : refusal::protocol);
         return;
     }
     if (std::uint64_t max = ctx_.config.limits.max_bytes; max > 0 && machine_.total_bytes() > max) {
-        ctx_.stats.refusals.add(refusal::bytes);
         fail(wire::ERROR_REFUSED, exit_code::transfer_failed,
              "refused transfer: " + std::to_string(machine_.total_bytes()) + " bytes offered, over this node's limit of " +
-                 std::to_string(max) + " (--max-bytes)");
+                 std::to_string(max) + " (--max-bytes)",
+             refusal::bytes);
         return;
     }
     overwrite_ = ctx_.config.overwrite || machine_.options().overwrite;
@@ -373,11 +369,9 @@ void receive_session::next_offer() {
             }
             self->tree_ = tree;
             if (!error.empty()) {
-                if (no_space) {
-                    self->ctx_.stats.refusals.add(refusal::disk_space);
-                }
                 self->fail(code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_REFUSED, code,
-                           "refused transfer: " + error);
+                           "refused transfer: " + error,
+                           no_space ? std::optional<refusal>(refusal::disk_space) : std::nullopt);
                 return;
             }
             self->files_.resize(self->machine_.total_files());
@@ -826,7 +820,8 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     }
 }
 
-void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::string& why) {
+void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::string& why,
+                           std::optional<refusal> counted) {
     if (failed_ || result_sent_) {
         return;
     }
@@ -834,8 +829,11 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
     // Paths and error texts in `why` come from the peer: they reach the log, the report
     // and the peer's terminal only as printable text.
     const std::string message = printable(why);
-    if (code == wire::ERROR_PROTOCOL || code == wire::ERROR_INTEGRITY) {
-        ctx_.stats.refusals.add(refusal::protocol);  // the others count where their reason is known
+    if (!counted && (code == wire::ERROR_PROTOCOL || code == wire::ERROR_INTEGRITY)) {
+        counted = refusal::protocol;  // a broken frame or bad data from the peer
+    }
+    if (counted) {
+        ctx_.stats.refusals.add(*counted);
     }
     ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);
     wire::Header h;
@@ -873,10 +871,8 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     if (!result_sent_ && !failed_) {
         // Any lost connection ends an unfinished transfer (partial files stay for resume).
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "connection closed by sender";
-        if (ec == transport_errc::queue_full) {
-            ctx_.stats.refusals.add(refusal::queue);
-        }
-        fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why);
+        fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why,
+             ec == transport_errc::queue_full ? std::optional<refusal>(refusal::queue) : std::nullopt);
     }
     for (auto& other : conns_) {
         // The control connection carrying the Error frame closes by itself once it is out.

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -75,7 +76,11 @@ private:
     void check_all_done();
     void queue_ack(std::uint32_t conn, std::uint64_t key);
     void flush_acks();
-    void fail(wire::ErrorCode code, exit_code exit, const std::string& why);
+    // Ends the transfer with an Error frame to the sender. `counted`: the refusal it counts
+    // as (node_stats::refusals); ERROR_PROTOCOL and ERROR_INTEGRITY count as protocol
+    // unless told otherwise.
+    void fail(wire::ErrorCode code, exit_code exit, const std::string& why,
+              std::optional<refusal> counted = std::nullopt);
     void send_control(wire::Header& h);
     void finish_report(bool ok, exit_code code, const std::string& error);
     // Ends the transfer once idle_timeout passes with no frame from the sender while this
