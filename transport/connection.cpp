@@ -140,9 +140,7 @@ void connection::refuse_framing(std::error_code ec) {
     // error, and the peer hears why before the connection closes.
     framing_refused_ = true;
     payload_.reset();
-    if (close_when_drained_) {
-        return;  // already closing for its own reason: the rest is drained
-    }
+    // Already closing for its own reason: send() takes nothing more and that reason stands.
     wire::Header h;
     h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
     h.mutable_error()->set_message(ec.message());
