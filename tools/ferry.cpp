@@ -371,8 +371,10 @@ struct receive_opts {
     std::string metrics;  // serve: HOST:PORT for /metrics ("" = off)
     fs::path dir;
     ferry::node_limits limits;
-    double handshake_timeout_s = 10;
-    double idle_timeout_s = 120;
+    // The timeouts as the flags take them (seconds, units allowed); the defaults are the
+    // node's own.
+    double handshake_timeout_s = std::chrono::duration<double>(limits.handshake_timeout).count();
+    double idle_timeout_s = std::chrono::duration<double>(limits.idle_timeout).count();
 };
 
 // The limits a listening node grants its peers (node/limits.hpp; docs/cli.md, "Limits").
