@@ -50,18 +50,6 @@ std::set<std::string> listing(const fs::path& dir, const std::set<std::string>& 
     return out;
 }
 
-std::size_t lines_with(const std::string& log, std::string_view needle) {
-    std::size_t n = 0;
-    std::size_t start = 0;
-    while (start < log.size()) {
-        std::size_t nl = log.find('\n', start);
-        std::string_view line = std::string_view(log).substr(start, nl == std::string::npos ? nl : nl - start);
-        n += line.find(needle) != std::string_view::npos ? 1 : 0;
-        start = nl == std::string::npos ? log.size() : nl + 1;
-    }
-    return n;
-}
-
 std::span<const std::uint8_t> bytes_of(std::string_view s) {
     return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }

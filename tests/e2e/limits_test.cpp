@@ -1,27 +1,20 @@
 // End-to-end: a listening node's resource limits (node/limits.hpp) against connections
 // that go silent, a sender that stops talking, and transfers over the configured bounds.
-// The real ferry binary serves; the misbehaving clients are this test process, built on
-// ferry's own transport (TLS 1.3 with a trusted node identity) or on raw TCP sockets.
-#include <netinet/in.h>
+// The real ferry binary serves; the misbehaving clients are hostile_peer connections
+// (tests/support): plain TCP, or TLS 1.3 with the identity of node B, which the node trusts.
 #include <sched.h>
 #include <sys/mount.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <gtest/gtest.h>
 
-#include <asio.hpp>
 #include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "node/identity.hpp"
-#include "protocol/types.hpp"
 #include "tests/support/ferry_cli.hpp"
+#include "tests/support/hostile_peer.hpp"
 #include "tests/support/tree.hpp"
-#include "transport/buffer_pool.hpp"
-#include "transport/connection.hpp"
-#include "transport/stream.hpp"
-#include "transport/tls.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -30,84 +23,14 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Runs `io` until `done` holds or `limit` passes; returns whether `done` holds.
-bool run_until(asio::io_context& io, const std::function<bool()>& done, std::chrono::milliseconds limit = 60s) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!done() && std::chrono::steady_clock::now() < deadline) {
-        if (io.stopped()) {
-            io.restart();
-        }
-        io.run_one_for(100ms);
-    }
-    return done();
-}
-
-// A raw TCP connection to HOST:PORT (IPv4 loopback) that sends nothing.
-int open_silent_tcp(const std::string& address) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1))));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
-        ::close(fd);
-        fd = -1;
-    }
-    return fd;
-}
-
-// Collects what a client connection receives.
-struct recorder : ferry::connection_handler {
-    std::vector<ferry::wire::Header> frames;
-    bool closed = false;
-    void on_frame(ferry::connection&, ferry::wire::Header& h, ferry::pooled_buffer) override { frames.push_back(h); }
-    void on_send_ready(ferry::connection&) override {}
-    void on_closed(ferry::connection&, std::error_code) override { closed = true; }
-    const ferry::wire::Error* error() const {
-        for (const auto& h : frames) {
-            if (h.has_error()) {
-                return &h.error();
-            }
-        }
-        return nullptr;
-    }
-};
-
-// TLS 1.3 clients of node B (trusted by the node under test), on the test's own loop.
-class trusted_client {
-public:
-    explicit trusted_client(const fs::path& state)
-        : ident_(ferry::load_or_create_identity(state)), tls_(ident_.creds, ferry::tls_role::client) {}
-
-    // Starts `n` connections; each result lands in `streams` (null on failure).
-    void connect(const std::string& address, std::size_t n) {
-        ferry::connect_options opts;
-        ASSERT_TRUE(ferry::split_host_port(address, opts.host, opts.port));
-        for (std::size_t i = 0; i < n; ++i) {
-            ferry::async_connect_stream(io, &tls_, opts, std::make_unique<ferry::tls_peer_check>(),
-                                        [this](std::error_code ec, std::unique_ptr<ferry::byte_stream> s) {
-                                            ++finished;
-                                            failed += ec ? 1 : 0;
-                                            streams.push_back(std::move(s));
-                                        });
-        }
-    }
-
-    asio::io_context io;
-    std::vector<std::unique_ptr<ferry::byte_stream>> streams;
-    std::size_t finished = 0;
-    std::size_t failed = 0;
-
-private:
-    ferry::identity ident_;
-    ferry::tls_context tls_;
-};
-
 class limits : public ::testing::Test {
 protected:
     ferry_cli cli;
     std::string a_id = cli.id("A");
     std::string b_id = cli.id("B");
+
+    // TLS as node B, with B's own key and certificate.
+    hostile_tls as_b() { return {true, ferry::load_or_create_identity(cli.state("B")).creds, TLS1_3_VERSION, {}}; }
 
     ferry_cli::receiver start_serve(std::vector<std::string> extra) {
         run_result t = cli.ferry({"trust", "--state", cli.state("A").string(), b_id});
@@ -133,29 +56,22 @@ protected:
     }
 };
 
-std::size_t count_lines_with(const std::string& text, const std::string& needle) {
-    std::size_t n = 0;
-    for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
-        ++n;
-    }
-    return n;
-}
-
 TEST_F(limits, silent_connections_do_not_stop_a_real_transfer) {
     // 200 raw TCP connections that never start TLS, then 200 that finish TLS as a trusted
     // peer and never say Hello. The node takes 300 in all: the oldest silent ones make room.
     // A handshake timeout longer than the test: every silent connection that goes, goes
     // by eviction.
     auto sv = start_serve({"--max-connections", "300", "--handshake-timeout", "60s"});
-    std::vector<int> raw;
+    std::vector<std::unique_ptr<hostile_peer>> silent;
     for (int i = 0; i < 200; ++i) {
-        int fd = open_silent_tcp(sv.address);
-        ASSERT_GE(fd, 0) << "connection " << i;
-        raw.push_back(fd);
+        silent.push_back(std::make_unique<hostile_peer>(sv.address, hostile_tls{false, std::nullopt, TLS1_3_VERSION, {}}));
+        ASSERT_TRUE(silent.back()->connect()) << "connection " << i << ": " << silent.back()->error();
     }
-    trusted_client tls(cli.state("B"));
-    tls.connect(sv.address, 200);
-    ASSERT_TRUE(run_until(tls.io, [&] { return tls.finished == 200; })) << tls.finished << " of 200 handshakes ended";
+    hostile_tls b = as_b();
+    for (int i = 0; i < 200; ++i) {
+        silent.push_back(std::make_unique<hostile_peer>(sv.address, b));
+        ASSERT_TRUE(silent.back()->connect()) << "TLS connection " << i << ": " << silent.back()->error();
+    }
 
     write_random_file(cli.root() / "src/tree/a.bin", 3 * 1024 * 1024 + 17, 7);
     write_random_file(cli.root() / "src/tree/b/c.bin", 4096, 8);
@@ -172,47 +88,30 @@ TEST_F(limits, silent_connections_do_not_stop_a_real_transfer) {
     // One log line per refusal, but throttled (20 per 10 s): far fewer lines than
     // evictions, even if a slow run spans two windows.
     std::string log = sv.proc->err();
-    std::size_t lines = count_lines_with(log, "not in a session yet and the node is full");
+    std::size_t lines = lines_with(log, "not in a session yet and the node is full");
     EXPECT_GE(lines, 1u) << log;
     EXPECT_LE(lines, 40u) << log.substr(0, 4000);
-    for (int fd : raw) {
-        ::close(fd);
-    }
+    silent.clear();
     sv.proc->signal(SIGTERM);
     EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
 }
 
 TEST_F(limits, connections_that_say_nothing_are_closed_after_the_timeouts) {
     auto sv = start_serve({"--handshake-timeout", "300ms", "--idle-timeout", "500ms"});
-    trusted_client client(cli.state("B"));
     // After TLS, no Hello: closed once the handshake timeout passes again.
-    client.connect(sv.address, 1);
-    ASSERT_TRUE(run_until(client.io, [&] { return client.finished == 1; }));
-    ASSERT_TRUE(client.streams[0]) << "TLS handshake failed";
-    auto pool = ferry::buffer_pool::make(4, ferry::chunk_size);
-    recorder silent;
-    auto quiet = std::make_shared<ferry::connection>(std::move(client.streams[0]), pool);
-    quiet->start(&silent);
-    ASSERT_TRUE(run_until(client.io, [&] { return silent.closed; }, 30s)) << "still open";
+    hostile_peer quiet(sv.address, as_b(), 30s);
+    ASSERT_TRUE(quiet.connect()) << quiet.error();
+    EXPECT_TRUE(quiet.read_until_closed().closed) << "still open";
 
     // Hello, then silence: the transfer ends with an Error frame after the idle timeout.
-    client.connect(sv.address, 1);
-    ASSERT_TRUE(run_until(client.io, [&] { return client.finished == 2; }));
-    ASSERT_TRUE(client.streams[1]);
-    recorder idle;
-    auto c = std::make_shared<ferry::connection>(std::move(client.streams[1]), pool);
-    c->start(&idle);
-    ferry::wire::Header h;
-    auto* hello = h.mutable_hello();
-    hello->set_version(ferry::protocol_version);
-    hello->set_session_id(std::string(16, 'x'));
-    hello->set_conn_index(0);
-    hello->set_conn_count(1);
-    c->send(h);
-    ASSERT_TRUE(run_until(client.io, [&] { return idle.closed; }, 30s)) << "still open";
-    ASSERT_NE(idle.error(), nullptr) << "no Error frame before the close";
-    EXPECT_EQ(idle.error()->code(), ferry::wire::ERROR_CANCELLED);
-    EXPECT_NE(idle.error()->message().find("--idle-timeout"), std::string::npos) << idle.error()->message();
+    hostile_peer idle(sv.address, as_b(), 30s);
+    ASSERT_TRUE(idle.connect()) << idle.error();
+    ASSERT_TRUE(idle.hello()) << idle.error();
+    node_answer a = idle.read_until_closed();
+    ASSERT_TRUE(a.closed) << "still open";
+    ASSERT_NE(a.error(), nullptr) << "no Error frame before the close";
+    EXPECT_EQ(a.error()->code(), ferry::wire::ERROR_CANCELLED);
+    EXPECT_NE(a.error()->message().find("--idle-timeout"), std::string::npos) << a.error()->message();
 
     json st = status();
     EXPECT_EQ(st["refusals"]["handshake_timeout"], 1u) << st["refusals"];

@@ -196,6 +196,18 @@ std::string child_process::out() {
     return out_buf_;
 }
 
+std::size_t lines_with(const std::string& text, std::string_view needle) {
+    std::size_t n = 0;
+    std::size_t start = 0;
+    while (start < text.size()) {
+        std::size_t nl = text.find('\n', start);
+        std::string_view line = std::string_view(text).substr(start, nl == std::string::npos ? nl : nl - start);
+        n += line.find(needle) != std::string_view::npos ? 1 : 0;
+        start = nl == std::string::npos ? text.size() : nl + 1;
+    }
+    return n;
+}
+
 run_result run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
     child_process c(argv);
     run_result r;

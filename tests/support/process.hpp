@@ -58,6 +58,9 @@ private:
     std::thread pump_;
 };
 
+// How many lines of `text` (a child's stderr, say) contain `needle`.
+std::size_t lines_with(const std::string& text, std::string_view needle);
+
 // Runs a command to completion (bounded) and returns {exit code, stdout, stderr}.
 struct run_result {
     int code = -1;
