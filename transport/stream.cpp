@@ -4,6 +4,8 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <array>
+#include <memory>
 #include <cstring>
 
 namespace ferry {
@@ -495,6 +497,47 @@ std::string format_endpoint(const asio::ip::tcp::endpoint& ep) {
 
 namespace {
 
+// After a failed handshake the peer's last flight (its certificate, Finished, and often its
+// first frames) may still be unread. Closing then sends a reset, which can overtake the
+// alert that says why. So the sending side is shut (the alert has gone out already), what
+// arrives is read and dropped until the peer closes, and the socket closes at the latest
+// after `linger` or `budget` bytes, whichever comes first.
+struct handshake_drain : std::enable_shared_from_this<handshake_drain> {
+    static constexpr std::chrono::seconds linger{2};
+    static constexpr std::size_t budget = 256 * 1024;
+
+    explicit handshake_drain(std::unique_ptr<byte_stream> s)
+        : stream(std::move(s)), timer(stream->socket().get_executor()) {}
+
+    void start() {
+        stream->shutdown_send();
+        timer.expires_after(linger);
+        timer.async_wait([self = shared_from_this()](std::error_code ec) {
+            if (!ec) {
+                self->stream->close();
+            }
+        });
+        read();
+    }
+
+    void read() {
+        stream->socket().async_read_some(asio::buffer(buf), [self = shared_from_this()](std::error_code ec, std::size_t n) {
+            self->drained += n;
+            if (ec || self->drained >= budget) {
+                self->timer.cancel();
+                self->stream->close();
+                return;
+            }
+            self->read();
+        });
+    }
+
+    std::unique_ptr<byte_stream> stream;
+    asio::steady_timer timer;
+    std::array<std::uint8_t, 16 * 1024> buf{};
+    std::size_t drained = 0;
+};
+
 // Shared state of one establishment: a timer bounds the whole operation.
 struct establish_op {
     establish_op(asio::io_context& io) : resolver(io), socket(io), timer(io) {}
@@ -507,6 +550,7 @@ struct establish_op {
     bool done = false;
     bool timed_out = false;
     bool evicted = false;
+    bool accepting = false;  // the server side, which drains a refused client's last flight
 
     void finish(std::error_code ec) {
         if (done) {
@@ -520,7 +564,9 @@ struct establish_op {
             ec = transport_errc::evicted;
         }
         if (ec) {
-            if (stream) {
+            if (stream && accepting && !timed_out && !evicted && stream->socket().is_open()) {
+                std::make_shared<handshake_drain>(std::move(stream))->start();
+            } else if (stream) {
                 stream->close();
             }
             fn(ec, nullptr);
@@ -598,6 +644,7 @@ std::function<void()> async_accept_stream(asio::io_context& io, const tls_contex
                                           std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn) {
     auto op = std::make_shared<establish_op>(io);
     op->socket = std::move(socket);
+    op->accepting = true;
     op->check = std::move(check);
     op->fn = std::move(fn);
     arm_timer(op, timeout);
