@@ -40,7 +40,8 @@ struct transfer_report {
     std::string peer_address;
     std::uint64_t files = 0;      // regular files transferred
     std::uint64_t skipped_files = 0;  // already at the receiver (same size and mtime): not sent
-    std::uint64_t skipped_bytes = 0;
+    std::uint64_t skipped_bytes = 0;  // skipped files, and chunks of resumed files that were kept
+    std::uint64_t resumed_bytes = 0;  // of those, bytes an interrupted attempt had left and that were kept
     std::uint64_t dirs = 0;       // directories created
     std::uint64_t total_files = 0;  // entries (files + dirs) in the transfer
     std::uint64_t payload_bytes = 0;  // receiver-confirmed file bytes

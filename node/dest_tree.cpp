@@ -93,18 +93,30 @@ dest_tree::~dest_tree() {
     }
 }
 
-std::string dest_tree::partial_name(std::string_view name) {
+namespace {
+
+// ".NAME<suffix>", or when that is longer than `max` a stable short name from the name's hash.
+std::string decorated_name(std::string_view name, std::string_view suffix, const char* short_form, std::size_t max) {
     std::string p;
-    p.reserve(name.size() + 12);
-    p.append(".").append(name).append(".ferry-part");
-    if (p.size() <= 255) {
+    p.reserve(name.size() + suffix.size() + 1);
+    p.append(".").append(name).append(suffix);
+    if (p.size() <= max) {
         return p;
     }
-    // Too long with the decoration: a stable short name from the name's hash.
     std::size_t h = std::hash<std::string_view>{}(name);
     char buf[64];
-    std::snprintf(buf, sizeof(buf), ".ferry-%016zx.part", h);
+    std::snprintf(buf, sizeof(buf), short_form, h);
     return buf;
+}
+
+}  // namespace
+
+std::string dest_tree::partial_name(std::string_view name) {
+    return decorated_name(name, ".ferry-part", ".ferry-%016zx.part", 255);
+}
+
+std::string dest_tree::resume_name(std::string_view name) {
+    return decorated_name(name, ".ferry-resume", ".ferry-%016zx.resume", 254);  // room for the temporary "~"
 }
 
 dest_tree::dir_handle::~dir_handle() {
@@ -267,6 +279,108 @@ int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec) {
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
     }
     return fd;
+}
+
+int dest_tree::open_partial_read(std::string_view wire_path, std::error_code& ec) {
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    if (dh.fd < 0) {
+        if (ec == std::errc::no_such_file_or_directory) {
+            ec.clear();
+        }
+        return -1;
+    }
+    std::string part = partial_name(split_wire_path(wire_path).back());
+    int fd = ::openat(dh.fd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno != ENOENT) {
+        ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
+    }
+    return fd;
+}
+
+std::error_code dest_tree::save_resume(std::string_view wire_path, std::string_view record) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    if (dh.fd < 0) {
+        return ec;
+    }
+    std::string name = resume_name(split_wire_path(wire_path).back());
+    std::string tmp = name + "~";
+    int fd = ::openat(dh.fd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
+    }
+    ec = write_at(fd, reinterpret_cast<const std::uint8_t*>(record.data()), record.size(), 0);
+    if (!ec && ::fdatasync(fd) != 0) {
+        ec = last_error();
+    }
+    if (::close(fd) != 0 && !ec) {
+        ec = last_error();
+    }
+    if (!ec && ::renameat(dh.fd, tmp.c_str(), dh.fd, name.c_str()) != 0) {
+        ec = last_error();
+    }
+    if (ec) {
+        ::unlinkat(dh.fd, tmp.c_str(), 0);
+    }
+    return ec;
+}
+
+std::string dest_tree::load_resume(std::string_view wire_path, std::error_code& ec) {
+    // A record lists 16 bytes per chunk it has: 256 MiB covers a 4 TiB file.
+    constexpr off_t max_record = 256 << 20;
+    std::string out;
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    if (dh.fd < 0) {
+        if (ec == std::errc::no_such_file_or_directory) {
+            ec.clear();
+        }
+        return out;
+    }
+    std::string name = resume_name(split_wire_path(wire_path).back());
+    int fd = ::openat(dh.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT) {
+            ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
+        }
+        return out;
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        ec = last_error();
+    } else if (!S_ISREG(st.st_mode) || st.st_size > max_record) {
+        ec = std::make_error_code(std::errc::file_too_large);
+    } else {
+        out.resize(static_cast<std::size_t>(st.st_size));
+        std::size_t done = 0;
+        while (done < out.size()) {
+            ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(done));
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n <= 0) {
+                out.resize(done);  // shorter than it said: the decoder refuses it
+                break;
+            }
+            done += static_cast<std::size_t>(n);
+        }
+    }
+    ::close(fd);
+    return out;
+}
+
+void dest_tree::remove_partial(std::string_view wire_path, bool data, bool record) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    if (dh.fd < 0) {
+        return;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    if (data) {
+        ::unlinkat(dh.fd, partial_name(name).c_str(), 0);
+    }
+    if (record) {
+        ::unlinkat(dh.fd, resume_name(name).c_str(), 0);
+    }
 }
 
 std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,

@@ -90,8 +90,20 @@ public:
     // Makes everything written under the root durable (one syncfs).
     std::error_code sync_all();
 
+    // Resume records (protocol/resume_state.hpp), kept beside the partial file as
+    // resume_name(): written to a temporary name, fdatasynced, then renamed over the old
+    // record, so a record is always whole. Nothing is followed through a symlink.
+    std::error_code save_resume(std::string_view wire_path, std::string_view record);
+    // The record's bytes; empty with no error when there is none.
+    std::string load_resume(std::string_view wire_path, std::error_code& ec);
+    // Removes the partial file and/or the record (absent is fine).
+    void remove_partial(std::string_view wire_path, bool data, bool record);
+    // Opens the partial file of `wire_path` for reading; -1 with no error when absent.
+    int open_partial_read(std::string_view wire_path, std::error_code& ec);
+
     const std::filesystem::path& root() const { return root_; }
     static std::string partial_name(std::string_view name);
+    static std::string resume_name(std::string_view name);
 
 private:
     // A directory fd: cached (owned by the tree) or, once the cache is full, owned here.

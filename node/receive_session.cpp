@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 
 #include "node/chunk_codec.hpp"
+#include "node/resume.hpp"
 #include "protocol/digest.hpp"
 #include "protocol/path.hpp"
 
@@ -94,7 +96,7 @@ receive_session::receive_session(node_context& ctx, std::string peer_id, const s
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
       machine_(receiver_limits{ctx.config.limits.max_files}), peer_key_(peer_key), files_("receive", session_id_),
       scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))), start_(std::chrono::steady_clock::now()),
-      last_heard_(start_), idle_timer_(ctx.io) {}
+      last_heard_(start_), idle_timer_(ctx.io), checkpoint_timer_(ctx.io) {}
 
 receive_session::~receive_session() = default;
 
@@ -291,6 +293,7 @@ void receive_session::next_offer() {
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
         std::vector<receiver_machine::decision> decisions;
+        std::vector<std::string> resumed;  // one line per file resumed or restarted
         std::string recovered;
         // Held until every entry of the batch is decided: a recovery (a session's first
         // batch) excludes every other transfer's checks, so no transfer decides "already
@@ -353,16 +356,40 @@ void receive_session::next_offer() {
                     code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
                     break;
                 }
+                if (create && !identical && !it.is_dir && chunk_count(it.size) >= resume_min_chunks) {
+                    // What an interrupted attempt left: offered to the sender, which
+                    // checks every chunk's digest before it skips the chunk.
+                    entry_info e;
+                    e.path = it.path;
+                    e.size = it.size;
+                    e.mtime_ns = it.mtime_ns;
+                    resume_found found = find_resume(*tree, e);
+                    if (!found.note.empty()) {
+                        resumed.push_back(std::move(found.note));
+                    }
+                    if (found.have) {
+                        decisions.push_back({it.id, wire::ACCEPT_PARTIAL, std::move(found.have), std::move(found.digests)});
+                        continue;
+                    }
+                }
                 if (create) {
                     decisions.push_back({it.id, identical ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
                 }
             }
         }
         lock.reset();
-        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space] {
+        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space,
+                                   resumed = std::move(resumed)] {
             self->offer_busy_ = false;
             if (!recovered.empty()) {
                 self->ctx_.log(recovered);
+            }
+            constexpr std::size_t shown = 5;
+            for (std::size_t i = 0; i < resumed.size() && i < shown; ++i) {
+                self->ctx_.log(resumed[i]);
+            }
+            if (resumed.size() > shown) {
+                self->ctx_.log("... and " + std::to_string(resumed.size() - shown) + " more file(s) resumed or restarted");
             }
             if (self->failed_) {
                 return;
@@ -385,6 +412,7 @@ void receive_session::next_offer() {
             }
             wire::Header h;
             *h.mutable_accept() = self->machine_.accept(decisions);
+            self->send_have_digests(decisions);
             for (const auto& d : decisions) {
                 if (self->sinks_.size() <= d.id.value) {
                     self->sinks_.resize(d.id.value + 1);
@@ -410,7 +438,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     chunk_index idx{chunk.index()};
     std::uint32_t conn = c.index;
     std::uint64_t key = chunk_key(f, idx);
-    if (machine_.has_chunk(f, idx)) {
+    if (machine_.holds(f, idx, digest128{chunk.hash_lo(), chunk.hash_hi()})) {
         queue_ack(conn, key);  // a duplicate after a requeue: confirm again
         return;
     }
@@ -471,6 +499,8 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             self->queue_ack(conn, chunk_key(f, idx));
             if (complete) {
                 self->try_finalize(f);
+            } else {
+                self->mark_dirty(f);
             }
         });
     });
@@ -572,6 +602,7 @@ void receive_session::try_finalize(file_id f) {
         need_syncfs_ = true;
     }
     auto sink = sinks_.at(f.value);
+    dirty_.erase(f.value);
     ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, e, f, fsync_now, overwrite = overwrite_] {
         std::error_code ec;
         int fd;
@@ -582,6 +613,12 @@ void receive_session::try_finalize(file_id f) {
             }
             fd = sink->fd;
             sink->fd = -1;
+            sink->finalized = true;  // no checkpoint records it any more
+        }
+        if (chunk_count(e.size) >= resume_min_chunks) {
+            // Verified whole: its resume record has served. (A crash before the rename
+            // leaves the partial file alone, and a later attempt hashes it again.)
+            tree->remove_partial(e.path, false, true);
         }
         dest_tree::stored_file stored;
         if (!ec) {
@@ -697,7 +734,7 @@ transfer_progress receive_session::progress() const {
     p.peer_id = peer_id_;
     p.peer_address = peer_address_;
     p.total_bytes = machine_.total_bytes();
-    p.skipped_bytes = machine_.skipped_bytes();
+    p.skipped_bytes = machine_.skipped_bytes() + machine_.kept_bytes();
     p.confirmed_bytes = scope_->counters().payload_received;
     p.wire_sent = scope_->counters().wire_sent;
     p.wire_received = scope_->counters().wire_received;
@@ -801,7 +838,8 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.peer_id = peer_id_;
     r.peer_address = peer_address_;
     r.skipped_files = machine_.skipped_files();
-    r.skipped_bytes = machine_.skipped_bytes();
+    r.skipped_bytes = machine_.skipped_bytes() + machine_.kept_bytes();
+    r.resumed_bytes = machine_.kept_bytes();
     r.files = ok ? machine_.total_files() - machine_.total_dirs() - r.skipped_files : 0;
     r.dirs = ok ? machine_.total_dirs() : 0;
     r.total_files = machine_.total_files();
@@ -836,6 +874,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
         ctx_.stats.refusals.add(*counted);
     }
     ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);
+    checkpoint();  // what was verified so far stays for a later attempt
     wire::Header h;
     h.mutable_error()->set_code(code);
     h.mutable_error()->set_message(message);
@@ -864,6 +903,98 @@ void receive_session::stop(const std::string& why) {
     }
 }
 
+void receive_session::send_have_digests(const std::vector<receiver_machine::decision>& decisions) {
+    // Before the Accept, on the same connection: the sender needs them to schedule.
+    for (const auto& d : decisions) {
+        auto frames = receiver_machine::have_digest_frames(d);
+        if (frames.empty()) {
+            continue;
+        }
+        auto pool = buffer_pool::make(frames.size(), 16 * std::size_t{receiver_machine::max_have_digests_per_frame});
+        for (auto& [have, bytes] : frames) {
+            pooled_buffer buf = pool->acquire(bytes.size());
+            std::memcpy(buf.data(), bytes.data(), bytes.size());
+            wire::Header h;
+            *h.mutable_have_digests() = std::move(have);
+            if (!conns_.empty() && conns_[0] && !conns_[0]->closed()) {
+                conns_[0]->send(h, std::move(buf), bytes.size());
+            }
+        }
+    }
+}
+
+void receive_session::mark_dirty(file_id f) {
+    if (machine_.digests(f).size() < resume_min_chunks) {
+        return;
+    }
+    dirty_.insert(f.value);
+    if (!checkpoint_armed_) {
+        checkpoint_armed_ = true;
+        checkpoint_timer_.expires_after(checkpoint_interval);
+        checkpoint_timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
+            if (auto self = weak.lock(); self && !ec) {
+                self->checkpoint_armed_ = false;
+                if (!self->failed_) {
+                    self->checkpoint();
+                }
+            }
+        });
+    }
+}
+
+void receive_session::checkpoint() {
+    // The record lists what the receiver_machine has now: every chunk in it was written
+    // (on_chunk_written follows the write), and the worker makes the data durable before
+    // the record replaces the previous one.
+    for (std::uint32_t id : dirty_) {
+        file_id f{id};
+        if (machine_.finished(f) || id >= sinks_.size() || !sinks_[id]) {
+            continue;
+        }
+        const entry_info& e = machine_.entry(f);
+        resume_state state;
+        state.size = e.size;
+        state.mtime_ns = e.mtime_ns;
+        state.have = machine_.have(f);
+        state.digests = machine_.digests(f);
+        ctx_.workers.post([self = shared_from_this(), sink = sinks_[id], tree = tree_, path = e.path,
+                           state = std::move(state)] {
+            int fd = -1;
+            {
+                std::lock_guard lock(sink->mutex);
+                if (sink->finalized || sink->fd < 0) {
+                    return;
+                }
+                fd = ::dup(sink->fd);
+            }
+            if (fd < 0) {
+                return;
+            }
+            std::error_code ec;
+            if (::fdatasync(fd) != 0) {
+                ec = {errno, std::system_category()};
+            }
+            ::close(fd);
+            if (!ec) {
+                std::lock_guard lock(sink->mutex);
+                if (!sink->finalized) {
+                    ec = tree->save_resume(path, encode_resume_state(state));
+                }
+            }
+            if (ec) {
+                asio::post(self->ctx_.io, [self, path, ec] {
+                    if (!self->checkpoint_warned_) {
+                        self->checkpoint_warned_ = true;
+                        self->ctx_.log("cannot record resume state for " + path + ": " + ec.message() +
+                                       " (an interrupted transfer re-checks this file's data instead)");
+                    }
+                });
+            }
+        });
+    }
+    dirty_.clear();
+}
+
 void receive_session::on_closed(connection& c, std::error_code ec) {
     if (open_conns_ > 0) {
         --open_conns_;
@@ -883,6 +1014,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     if (open_conns_ == 0 && !ended_) {
         ended_ = true;
         idle_timer_.cancel();
+        checkpoint_timer_.cancel();
         if (!reported_) {
             finish_report(result_sent_, result_sent_ ? exit_code::ok : exit_code::transfer_failed, "connection lost");
         }

@@ -58,8 +58,11 @@ private:
     struct sink_file {
         std::mutex mutex;
         int fd = -1;
+        bool finalized = false;  // taken for its rename: no more resume records
         ~sink_file();
     };
+    // How often the resume records of files being written are brought up to date.
+    static constexpr std::chrono::seconds checkpoint_interval{2};
 
     void on_offer(const wire::Offer& offer);
     void next_offer();
@@ -71,6 +74,12 @@ private:
     // A verified file waiting in its partial file (not fsynced): journal it, then rename.
     void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored);
     void start_renames();
+    // HaveDigests frames for the ACCEPT_PARTIAL decisions, sent before their Accept.
+    void send_have_digests(const std::vector<receiver_machine::decision>& decisions);
+    // A chunk of a file large enough to resume was written: its record is due.
+    void mark_dirty(file_id f);
+    // Brings the resume records of the files written since the last one up to date.
+    void checkpoint();
     void on_payload_written(std::uint64_t bytes, std::uint64_t saved, stats_clock::duration write_time);
     std::filesystem::path journal_dir() const;
     void check_all_done();
@@ -123,6 +132,10 @@ private:
     std::chrono::steady_clock::time_point start_;
     std::chrono::steady_clock::time_point last_heard_;  // the sender's last frame
     asio::steady_timer idle_timer_;
+    std::unordered_set<std::uint32_t> dirty_;  // files written since their last resume record
+    asio::steady_timer checkpoint_timer_;
+    bool checkpoint_armed_ = false;
+    bool checkpoint_warned_ = false;
 };
 
 }  // namespace ferry

@@ -200,6 +200,15 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             pump_all();
             return;
         }
+        case wire::Header::kHaveDigests:
+            if (c.index != 0) {
+                break;
+            }
+            if (std::error_code ec = machine_.on_have_digests(header.have_digests(), payload.span())) {
+                fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
+                return;
+            }
+            return;
         case wire::Header::kChunkAck: {
             std::uint64_t acked = 0;
             for (std::uint64_t key : header.chunk_ack().chunks()) {
@@ -384,10 +393,16 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                 self->fail(exit_code::local_io, "cannot read " + local->string() + ": " + what);
                 return;
             }
-            if (auto done = self->machine_.on_chunk_hashed(ref, digest)) {
+            bool resend = false;
+            if (auto done = self->machine_.on_chunk_hashed(ref, digest, &resend)) {
                 wire::Header h;
                 *h.mutable_file_done() = std::move(*done);
                 self->conns_[0].conn->send(h);
+            }
+            if (resend) {
+                // The receiver has other bytes there: the chunk is read again and sent.
+                std::lock_guard lock(self->files_[ref.file.value]->mutex);
+                ++self->files_[ref.file.value]->reads_left;
             }
             if (ref.send) {
                 if (!cs.conn || cs.conn->closed()) {
@@ -554,6 +569,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.peer_address = peer_address_;
     r.skipped_files = machine_.skipped_files();
     r.skipped_bytes = machine_.skipped_bytes();
+    r.resumed_bytes = machine_.kept_bytes();
     r.files = machine_.files_done() - machine_.dirs_done() - r.skipped_files;
     r.dirs = machine_.dirs_done();
     r.total_files = machine_.total_files();

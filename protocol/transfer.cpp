@@ -115,6 +115,24 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             if (!f.have) {
                 return protocol_errc::bad_chunk;
             }
+            // Every chunk the receiver claims comes with its digest there.
+            auto it = have_digests_.find(i);
+            std::size_t got = it == have_digests_.end() ? 0 : it->second.size();
+            if (got != f.have->count()) {
+                return protocol_errc::bad_chunk;
+            }
+            f.theirs.assign(f.chunks, digest128{});
+            std::size_t next = 0;
+            for (std::uint64_t c = 0; c < f.chunks && next < got; ++c) {
+                if (f.have->test(c)) {
+                    f.theirs[c] = it->second[next++];
+                    claimed_bytes_ += chunk_length(entries_[i].size, c);
+                }
+            }
+            if (it != have_digests_.end()) {
+                have_digest_count_ -= it->second.size();
+                have_digests_.erase(it);
+            }
         } else if (fa.kind() != wire::ACCEPT_ALL) {
             return protocol_errc::unexpected_message;
         }
@@ -129,7 +147,47 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             ready_files_.push_back(i);
         }
     }
+    if (!have_digests_.empty()) {
+        return protocol_errc::unexpected_message;  // digests for a file not accepted PARTIAL
+    }
     ++accepted_batches_;
+    return {};
+}
+
+std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, std::span<const std::uint8_t> payload) {
+    // Only for a file of the batch whose Accept comes next, contiguous, and never more
+    // digests than the file has chunks: a receiver cannot make this side hold more.
+    if (accepted_batches_ >= batch_count_) {
+        return protocol_errc::unexpected_message;
+    }
+    auto [first, end] = batches_[accepted_batches_];
+    std::uint32_t id = have.file_id();
+    if (id < first || id >= end || entries_[id].is_dir) {
+        return protocol_errc::unknown_file;
+    }
+    if (payload.empty() || payload.size() % 16 != 0) {
+        return protocol_errc::payload_mismatch;
+    }
+    std::vector<digest128>& list = have_digests_[id];
+    std::uint64_t n = payload.size() / 16;
+    if (have.first() != list.size() || list.size() + n > files_[id].chunks) {
+        if (list.empty()) {
+            have_digests_.erase(id);
+        }
+        return protocol_errc::bad_chunk;
+    }
+    auto le64 = [&](std::size_t at) {
+        std::uint64_t v = 0;
+        for (int b = 0; b < 8; ++b) {
+            v |= std::uint64_t{payload[at + b]} << (8 * b);
+        }
+        return v;
+    };
+    list.reserve(list.size() + n);
+    for (std::uint64_t k = 0; k < n; ++k) {
+        list.push_back({le64(16 * k), le64(16 * k + 8)});
+    }
+    have_digest_count_ += n;
     return {};
 }
 
@@ -156,7 +214,7 @@ std::optional<chunk_ref> sender_machine::next_chunk() {
     return r;
 }
 
-std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& ref, digest128 digest) {
+std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& ref, digest128 digest, bool* resend) {
     file_state& f = files_.at(ref.file.value);
     if (ref.index.value >= f.chunks || f.hashed_bits.test(ref.index.value)) {
         return std::nullopt;  // a requeued chunk read twice has the same digest
@@ -164,9 +222,21 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
     f.hashed_bits.set(ref.index.value);
     f.digests[ref.index.value] = digest;
     if (!ref.send && !f.acked_bits.test(ref.index.value)) {
-        // The receiver already had this chunk: it is confirmed once its digest is known.
-        f.acked_bits.set(ref.index.value);
-        skipped_bytes_ += ref.length;
+        if (!f.theirs.empty() && f.theirs[ref.index.value] != digest) {
+            // The receiver has other bytes there: send this chunk after all.
+            chunk_ref again = ref;
+            again.send = true;
+            requeued_.push_front(again);
+            ++resent_chunks_;
+            if (resend != nullptr) {
+                *resend = true;
+            }
+        } else {
+            // The receiver already had this chunk: it is confirmed once its digest is known.
+            f.acked_bits.set(ref.index.value);
+            skipped_bytes_ += ref.length;
+            kept_bytes_ += ref.length;
+        }
     }
     if (++f.hashed < f.chunks) {
         return std::nullopt;
@@ -325,6 +395,34 @@ std::error_code receiver_machine::claim_path(const std::string& path, bool is_di
     return {};
 }
 
+std::vector<std::pair<wire::HaveDigests, std::string>> receiver_machine::have_digest_frames(const decision& d) {
+    std::vector<std::pair<wire::HaveDigests, std::string>> out;
+    if (d.kind != wire::ACCEPT_PARTIAL || !d.have || d.have_digests.size() != d.have->size()) {
+        return out;
+    }
+    std::uint32_t ordinal = 0;
+    for (std::uint64_t c = 0; c < d.have->size(); ++c) {
+        if (!d.have->test(c)) {
+            continue;
+        }
+        if (out.empty() || out.back().second.size() >= 16 * std::size_t{max_have_digests_per_frame}) {
+            wire::HaveDigests h;
+            h.set_file_id(d.id.value);
+            h.set_first(ordinal);
+            out.emplace_back(std::move(h), std::string());
+            out.back().second.reserve(16 * std::min<std::uint64_t>(max_have_digests_per_frame, d.have->size()));
+        }
+        std::string& bytes = out.back().second;
+        for (std::uint64_t v : {d.have_digests[c].lo, d.have_digests[c].hi}) {
+            for (int b = 0; b < 8; ++b) {
+                bytes.push_back(static_cast<char>((v >> (8 * b)) & 0xff));
+            }
+        }
+        ++ordinal;
+    }
+    return out;
+}
+
 wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
     wire::Accept a;
     a.set_transfer_id(transfer_id_);
@@ -353,6 +451,9 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             f.have = *d.have;
             f.have_count = f.have.count();
             f.digests = d.have_digests;
+            for (std::uint64_t c = 0; c < f.chunks; ++c) {
+                kept_bytes_ += f.have.test(c) ? chunk_length(f.info.size, c) : 0;
+            }
             f.implicit_done = false;
             fa->set_have(f.have.to_bytes());
         } else {
@@ -390,7 +491,12 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
 
 bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 digest) {
     file_state& f = files_.at(id.value);
-    if (!f.have.test(i.value)) {
+    if (f.have.test(i.value) && f.digests[i.value] != digest) {
+        // A chunk it had with other bytes (resumed), replaced by the sender's.
+        f.digests[i.value] = digest;
+        received_bytes_ += chunk_length(f.info.size, i.value);
+        kept_bytes_ -= chunk_length(f.info.size, i.value);
+    } else if (!f.have.test(i.value)) {
         f.have.set(i.value);
         f.digests[i.value] = digest;
         ++f.have_count;

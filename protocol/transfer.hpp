@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <span>
 #include <string>
 #include <system_error>
 #include <unordered_map>
@@ -80,9 +81,14 @@ public:
     // available now (all assigned, or waiting for Accept).
     std::optional<chunk_ref> next_chunk();
 
+    // The receiver's digests of chunks it has (before the Accept that names the file
+    // ACCEPT_PARTIAL); `payload` holds 16 bytes per digest.
+    std::error_code on_have_digests(const wire::HaveDigests& have, std::span<const std::uint8_t> payload);
+
     // A chunk was read and hashed. Returns the file's FileDone when that was its last
-    // missing digest.
-    std::optional<wire::FileDone> on_chunk_hashed(const chunk_ref& ref, digest128 digest);
+    // missing digest. A chunk the receiver said it had (ref.send false) whose digest is
+    // not the receiver's is queued again to be sent, and `resend` (if given) is set.
+    std::optional<wire::FileDone> on_chunk_hashed(const chunk_ref& ref, digest128 digest, bool* resend = nullptr);
 
     // A chunk that was taken but not delivered (its connection failed) goes back to the
     // front of the queue.
@@ -102,6 +108,13 @@ public:
     std::uint64_t dirs_done() const { return dirs_done_; }
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }
     std::uint64_t skipped_files() const { return skipped_files_; }  // already at the receiver
+    // Chunks the receiver had but with other bytes (a changed source, a damaged partial
+    // file): sent again.
+    std::uint64_t resent_chunks() const { return resent_chunks_; }
+    // Bytes of resumed files the receiver had and kept (their digests matched): a part of
+    // skipped_bytes(). claimed_bytes(): what the Accepts said it had.
+    std::uint64_t kept_bytes() const { return kept_bytes_; }
+    std::uint64_t claimed_bytes() const { return claimed_bytes_; }
     bool all_accepted() const { return accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
@@ -116,6 +129,7 @@ private:
         std::uint64_t hashed = 0;       // digests known
         std::uint64_t acked = 0;
         std::optional<chunk_bitmap> have;  // receiver already has these (partial accept)
+        std::vector<digest128> theirs;     // and their digests there (index order, `have` bits only)
         chunk_bitmap acked_bits;
         chunk_bitmap hashed_bits;
         std::vector<digest128> digests;
@@ -130,6 +144,11 @@ private:
     std::size_t accepted_batches_ = 0;
     std::deque<std::uint32_t> ready_files_;  // accepted files with chunks left to schedule
     std::deque<chunk_ref> requeued_;
+    std::unordered_map<std::uint32_t, std::vector<digest128>> have_digests_;  // before their Accept
+    std::uint64_t have_digest_count_ = 0;  // over have_digests_, bounded by the files' chunks
+    std::uint64_t resent_chunks_ = 0;
+    std::uint64_t kept_bytes_ = 0;
+    std::uint64_t claimed_bytes_ = 0;
     std::uint64_t total_bytes_ = 0;
     std::uint64_t confirmed_bytes_ = 0;
     std::uint64_t skipped_bytes_ = 0;
@@ -165,6 +184,11 @@ public:
     };
     wire::Accept accept(const std::vector<decision>& decisions);
 
+    // The HaveDigests frames (header, payload) that must precede that Accept: one or more
+    // per ACCEPT_PARTIAL decision, each under max_have_digests_per_frame digests.
+    static constexpr std::uint32_t max_have_digests_per_frame = 16384;  // 256 KiB of payload
+    static std::vector<std::pair<wire::HaveDigests, std::string>> have_digest_frames(const decision& d);
+
     // Admission of a chunk header before its payload is read.
     std::error_code on_chunk(const wire::Chunk& chunk, std::uint32_t payload_len) const;
 
@@ -172,8 +196,14 @@ public:
     // all its chunks (and may be ready to finalize, see ready()).
     bool on_chunk_written(file_id f, chunk_index i, digest128 digest);
 
-    // The chunk was already received (a duplicate after a requeue): drop it and re-ack.
     bool has_chunk(file_id f, chunk_index i) const { return files_.at(f.value).have.test(i.value); }
+    // The chunk is here with these very bytes (a duplicate after a requeue): drop it and
+    // re-ack. A chunk here with another digest (a resumed file whose source changed, or
+    // whose partial data was damaged) is written again.
+    bool holds(file_id f, chunk_index i, digest128 d) const {
+        const file_state& fs = files_.at(f.value);
+        return fs.have.test(i.value) && fs.digests[i.value] == d;
+    }
 
     std::error_code on_file_done(const wire::FileDone& done);
 
@@ -194,6 +224,10 @@ public:
     void on_file_finished(file_id f);
 
     const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
+    // The chunks of a decided file that are here, and their digests (for resume records).
+    const chunk_bitmap& have(file_id f) const { return files_.at(f.value).have; }
+    const std::vector<digest128>& digests(file_id f) const { return files_.at(f.value).digests; }
+    bool finished(file_id f) const { return files_.at(f.value).finished; }
     bool all_offered() const { return last_seen_; }
     bool all_finished() const { return last_seen_ && finished_files_ == files_.size(); }
     std::uint64_t total_files() const { return files_.size(); }  // entries, directories included
@@ -202,6 +236,8 @@ public:
     std::uint64_t received_bytes() const { return received_bytes_; }
     std::uint64_t skipped_files() const { return skipped_files_; }  // already here (ACCEPT_SKIP)
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }
+    // Bytes of resumed files (ACCEPT_PARTIAL) that were already here and stayed.
+    std::uint64_t kept_bytes() const { return kept_bytes_; }
     std::uint64_t transfer_id() const { return transfer_id_; }
     transfer_options options() const { return options_; }
 
@@ -236,6 +272,7 @@ private:
     std::uint64_t received_bytes_ = 0;
     std::uint64_t skipped_files_ = 0;
     std::uint64_t skipped_bytes_ = 0;
+    std::uint64_t kept_bytes_ = 0;
     std::uint64_t finished_files_ = 0;
     std::uint64_t total_dirs_ = 0;
 };

@@ -11,6 +11,7 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -56,6 +57,10 @@ std::vector<std::uint8_t> chunk_payload(file_id f, chunk_index i, std::uint32_t 
 }
 
 digest128 payload_digest(file_id f, chunk_index i, std::uint32_t len) { return hash_chunk(chunk_payload(f, i, len)); }
+
+std::span<const std::uint8_t> as_bytes(const std::string& s) {
+    return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
 
 receiver_machine::decision accept_all(file_id id) {
     receiver_machine::decision d;
@@ -124,8 +129,14 @@ public:
             for (file_id id : ids) {
                 decisions.push_back(decide ? decide(id) : accept_all(id));
             }
+            wire::Accept accept = receiver_.accept(decisions);
+            for (const receiver_machine::decision& d : decisions) {
+                for (const auto& [have, bytes] : receiver_machine::have_digest_frames(d)) {
+                    ASSERT_EQ(sender_.on_have_digests(have, as_bytes(bytes)), std::error_code{});
+                }
+            }
             std::vector<wire::FileDone> done_now;
-            ASSERT_EQ(sender_.on_accept(receiver_.accept(decisions), done_now), std::error_code{});
+            ASSERT_EQ(sender_.on_accept(accept, done_now), std::error_code{});
             for (const wire::FileDone& d : done_now) {
                 deliver_done(d);
             }
@@ -171,7 +182,7 @@ public:
         ASSERT_EQ(d, (digest128{c.header.hash_lo(), c.header.hash_hi()}));
         file_id f{c.header.file_id()};
         chunk_index i{c.header.index()};
-        if (!receiver_.has_chunk(f, i)) {
+        if (!receiver_.holds(f, i, d)) {
             receiver_.on_chunk_written(f, i, d);
         }
         std::error_code ec;
@@ -776,6 +787,99 @@ TEST(TransferLoopback, AcceptPartialSendsOnlyMissingChunks) {
     EXPECT_TRUE(s.finished());
     EXPECT_EQ(s.files_done(), 2u);
     EXPECT_EQ(s.confirmed_bytes(), s.total_bytes() - skipped);
+}
+
+TEST(TransferLoopback, ResumedChunkWithOtherBytesIsSentAgain) {
+    // The receiver claims chunks 0..2 of p, but its chunk 1 holds other bytes (a damaged
+    // partial file, or a source changed at the same size and mtime): the sender finds the
+    // digest differs when it hashes that chunk and sends it, and the file completes.
+    const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 7;  // 4 chunks
+    loopback lb({file_entry("p", size)});
+    lb.run([size](file_id id) {
+        receiver_machine::decision d = accept_all(id);
+        d.kind = wire::ACCEPT_PARTIAL;
+        d.have = chunk_bitmap(4);
+        d.have_digests.resize(4);
+        for (std::uint32_t i : {0u, 1u, 2u}) {
+            d.have->set(i);
+            d.have_digests[i] = payload_digest(id, chunk_index{i}, chunk_length(size, i));
+        }
+        d.have_digests[1].lo ^= 1;
+        return d;
+    });
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.file_results(), 1u);
+    EXPECT_EQ(lb.sender().resent_chunks(), 1u);
+    EXPECT_EQ(lb.sender().skipped_bytes(), 2 * std::uint64_t{chunk_size});
+    EXPECT_EQ(lb.sender().confirmed_bytes(), chunk_size + 7u);
+    EXPECT_EQ(lb.receiver().received_bytes(), chunk_size + 7u);
+    EXPECT_EQ(lb.receiver().kept_bytes(), 2 * std::uint64_t{chunk_size});
+}
+
+TEST(SenderMachine, HaveDigestsAreBoundedAndMustMatchTheAccept) {
+    const std::uint64_t size = 2 * std::uint64_t{chunk_size};  // 2 chunks
+    std::string one(16, '\1');
+    std::string three(48, '\1');
+    auto have = [](std::uint32_t id, std::uint32_t first) {
+        wire::HaveDigests h;
+        h.set_file_id(id);
+        h.set_first(first);
+        return h;
+    };
+    sender_machine s(test_transfer_id, {file_entry("f", size), dir_entry("d")}, {});
+    EXPECT_EQ(s.on_have_digests(have(0, 0), as_bytes(three)), protocol_errc::bad_chunk);  // more than its chunks
+    EXPECT_EQ(s.on_have_digests(have(0, 1), as_bytes(one)), protocol_errc::bad_chunk);    // not contiguous
+    EXPECT_EQ(s.on_have_digests(have(0, 0), as_bytes(std::string(15, 'x'))), protocol_errc::payload_mismatch);
+    EXPECT_EQ(s.on_have_digests(have(0, 0), {}), protocol_errc::payload_mismatch);
+    EXPECT_EQ(s.on_have_digests(have(1, 0), as_bytes(one)), protocol_errc::unknown_file);  // a folder
+    EXPECT_EQ(s.on_have_digests(have(2, 0), as_bytes(one)), protocol_errc::unknown_file);
+    ASSERT_EQ(s.on_have_digests(have(0, 0), as_bytes(one)), std::error_code{});
+
+    // The Accept claims two chunks; one digest came.
+    wire::Accept a;
+    a.set_transfer_id(test_transfer_id);
+    wire::FileAccept* fa = a.add_files();
+    fa->set_id(0);
+    fa->set_kind(wire::ACCEPT_PARTIAL);
+    fa->set_have(std::string(1, '\3'));
+    a.add_files()->set_id(1);
+    std::vector<wire::FileDone> done;
+    EXPECT_EQ(s.on_accept(a, done), protocol_errc::bad_chunk);
+
+    // Digests for a file then accepted whole are a broken peer too.
+    sender_machine t(test_transfer_id, {file_entry("f", size)}, {});
+    ASSERT_EQ(t.on_have_digests(have(0, 0), as_bytes(one)), std::error_code{});
+    wire::Accept b;
+    b.set_transfer_id(test_transfer_id);
+    b.add_files()->set_id(0);
+    EXPECT_EQ(t.on_accept(b, done), protocol_errc::unexpected_message);
+}
+
+TEST(ReceiverMachine, HaveDigestFramesSplitLargeFiles) {
+    const std::uint64_t chunks = 2 * std::uint64_t{receiver_machine::max_have_digests_per_frame} + 3;
+    receiver_machine::decision d = accept_all(file_id{5});
+    d.kind = wire::ACCEPT_PARTIAL;
+    d.have = chunk_bitmap(chunks);
+    d.have_digests.resize(chunks);
+    std::uint64_t set = 0;
+    for (std::uint64_t i = 0; i < chunks; i += (i % 7 == 0 ? 2 : 1)) {
+        d.have->set(i);
+        d.have_digests[i] = {i, ~i};
+        ++set;
+    }
+    auto frames = receiver_machine::have_digest_frames(d);
+    ASSERT_EQ(frames.size(), (set + receiver_machine::max_have_digests_per_frame - 1) /
+                                 receiver_machine::max_have_digests_per_frame);
+    std::uint64_t ordinal = 0;
+    for (const auto& [h, bytes] : frames) {
+        EXPECT_EQ(h.file_id(), 5u);
+        EXPECT_EQ(h.first(), ordinal);
+        EXPECT_EQ(bytes.size() % 16, 0u);
+        EXPECT_LE(bytes.size(), 16u * receiver_machine::max_have_digests_per_frame);
+        ordinal += bytes.size() / 16;
+    }
+    EXPECT_EQ(ordinal, set);
+    EXPECT_TRUE(receiver_machine::have_digest_frames(accept_all(file_id{1})).empty());
 }
 
 TEST(TransferLoopback, AcceptPartialWithEveryChunkPresent) {

@@ -1,0 +1,117 @@
+#include "node/resume.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <memory>
+
+#include "protocol/digest.hpp"
+
+namespace ferry {
+
+namespace {
+
+// True if [offset, offset + len) of `fd` holds no data (a hole the writer never reached).
+bool is_hole(int fd, std::uint64_t offset, std::uint32_t len) {
+    off_t data = ::lseek(fd, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) {
+        return errno == ENXIO;  // no data from here to the end
+    }
+    return static_cast<std::uint64_t>(data) >= offset + len;
+}
+
+bool read_all(int fd, std::uint8_t* out, std::uint32_t len, std::uint64_t offset) {
+    std::uint32_t done = 0;
+    while (done < len) {
+        ssize_t n = ::pread(fd, out + done, len - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        done += static_cast<std::uint32_t>(n);
+    }
+    return true;
+}
+
+}  // namespace
+
+resume_found find_resume(dest_tree& tree, const entry_info& e) {
+    resume_found out;
+    std::uint64_t chunks = chunk_count(e.size);
+    if (e.is_dir || chunks < resume_min_chunks) {
+        return out;
+    }
+    std::error_code ec;
+    std::string bytes = tree.load_resume(e.path, ec);
+    std::optional<resume_state> record;
+    std::string why;
+    if (!bytes.empty()) {
+        record = decode_resume_state(bytes, &why);
+    }
+    if (record && !record->same_source(e.size, e.mtime_ns)) {
+        tree.remove_partial(e.path, true, true);
+        out.restarted = true;
+        out.note = e.path + ": the source changed since the interrupted attempt (size or mtime): starting it over";
+        return out;
+    }
+    int fd = tree.open_partial_read(e.path, ec);
+    if (fd < 0) {
+        if (!bytes.empty()) {
+            tree.remove_partial(e.path, false, true);  // a record whose data is gone
+        }
+        return out;
+    }
+    struct stat st {};
+    std::uint64_t have_bytes = ::fstat(fd, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+    chunk_bitmap have(chunks);
+    std::vector<digest128> digests(chunks);
+    auto buf = std::make_unique<std::uint8_t[]>(chunk_size);
+    for (std::uint64_t i = 0; i < chunks; ++i) {
+        std::uint64_t offset = i * chunk_size;
+        std::uint32_t len = chunk_length(e.size, i);
+        bool listed = record && record->have.test(i);
+        out.recorded += listed ? 1 : 0;
+        if (offset + len > have_bytes || is_hole(fd, offset, len) || !read_all(fd, buf.get(), len, offset)) {
+            out.repaired += listed ? 1 : 0;
+            continue;
+        }
+        digest128 d = hash_chunk(std::span<const std::uint8_t>(buf.get(), len));
+        if (listed && d != record->digests[i]) {
+            ++out.repaired;  // the bytes changed since they were recorded: not offered
+            continue;
+        }
+        out.unrecorded += listed ? 0 : 1;
+        have.set(i);
+        digests[i] = d;
+        out.kept_bytes += len;
+    }
+    ::close(fd);
+    std::uint64_t n = have.count();
+    if (n == 0) {
+        return out;
+    }
+    out.have = std::move(have);
+    out.digests = std::move(digests);
+    out.note = e.path + ": resuming with " + std::to_string(n) + " of " + std::to_string(chunks) + " chunks (" +
+               std::to_string(out.kept_bytes) + " bytes) already here";
+    if (out.repaired > 0) {
+        out.note += ", " + std::to_string(out.repaired) + " recorded chunk(s) damaged: sent again";
+    }
+    if (!bytes.empty() && !record) {
+        out.note += " (resume record unreadable: " + why + "; every chunk checked by the sender)";
+    }
+    return out;
+}
+
+std::error_code save_checkpoint(dest_tree& tree, const std::string& wire_path, int fd, const resume_state& state) {
+    if (::fdatasync(fd) != 0) {
+        return {errno, std::system_category()};
+    }
+    return tree.save_resume(wire_path, encode_resume_state(state));
+}
+
+}  // namespace ferry

@@ -1,0 +1,44 @@
+// Resume of interrupted transfers on the receiving side: what a partial file left by an
+// earlier attempt still holds (find_resume), and the checkpoints that record it
+// (save_checkpoint). Both run on the worker pool; see docs/decisions.md, "Resume".
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "node/dest_tree.hpp"
+#include "protocol/resume_state.hpp"
+#include "protocol/transfer.hpp"
+
+namespace ferry {
+
+// Files with fewer chunks than this are not checkpointed: they restart whole.
+inline constexpr std::uint64_t resume_min_chunks = 4;
+
+struct resume_found {
+    // The chunks the partial file holds and their digests (its bytes as they are now,
+    // hashed here). Empty when there is nothing to resume.
+    std::optional<chunk_bitmap> have;
+    std::vector<digest128> digests;
+    std::uint64_t kept_bytes = 0;
+    std::uint64_t recorded = 0;   // chunks the record listed
+    std::uint64_t repaired = 0;   // of those, chunks whose bytes no longer match: sent again
+    std::uint64_t unrecorded = 0; // chunks written after the last record (a crash): the sender checks them
+    bool restarted = false;       // the source changed since (size or mtime): partial data dropped
+    std::string note;             // one line for the log, empty if nothing was found
+};
+
+// What an earlier attempt left for `e` at `e.path` in `tree`. A record of another source
+// version drops the partial file (the file restarts cleanly); a missing, truncated or
+// damaged record is not trusted either way: every complete chunk of the partial file is
+// hashed as it is now and offered with that digest, which the sender compares with its
+// own before it skips the chunk.
+resume_found find_resume(dest_tree& tree, const entry_info& e);
+
+// Records what `state` lists for the partial file open as `fd`: its data is made durable
+// first (fdatasync), then the record replaces the previous one.
+std::error_code save_checkpoint(dest_tree& tree, const std::string& wire_path, int fd, const resume_state& state);
+
+}  // namespace ferry
