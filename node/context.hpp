@@ -53,6 +53,10 @@ struct transfer_report {
     std::uint32_t connections = 0;
     double ttfb_s = -1;  // start -> first confirmed (sent) or written (received) byte; -1: none
     std::string session_id;  // raw bytes
+    bool connected = false;  // send: the receiver answered this session's Hello
+    // send: the failure is the link's or the receiver's going away (connection lost, cannot
+    // connect, receiver stopped or busy), which a later attempt may get past.
+    bool retryable = false;
 };
 
 // A live transfer, as progress bars, `--json` progress events and `ferry status` show it.
@@ -145,6 +149,9 @@ struct node_config {
     bool fsync_each = false;
     bool plaintext = false;
     bool one_shot = false;  // `ferry receive`: stop after the first transfer
+    // `ferry serve`: partial files (and resume records) in the inbox not written for this
+    // long are removed, at start and then daily; 0 keeps them for ever.
+    std::chrono::seconds partial_max_age{7 * 24 * 3600};
     socket_tuning tuning;
     std::size_t workers = 2;
     node_limits limits;
@@ -157,6 +164,11 @@ struct node_events {
     std::function<void()> session_ended;  // an incoming session closed its last connection
     std::function<void(const std::string& line)> log;
     std::function<void(const file_event&)> file;  // null: not reported (costs nothing)
+    // A transfer found what an interrupted attempt left at the receiver: `bytes` of
+    // `files` files are there already (each chunk's digest is checked before it is skipped).
+    std::function<void(const std::string& direction, const std::string& session_id, std::uint64_t bytes,
+                       std::uint64_t files)>
+        resumed;
 };
 
 struct node_context {

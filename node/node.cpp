@@ -1,5 +1,7 @@
 #include "node/node.hpp"
 
+#include "node/resume.hpp"
+
 #include <sys/resource.h>
 
 #include "node/identity.hpp"
@@ -25,7 +27,7 @@ constexpr std::size_t pool_buffers = 256;
 
 }  // namespace
 
-node::node(asio::io_context& io, node_config config, node_events events) : acceptor_(io), accept_retry_(io) {
+node::node(asio::io_context& io, node_config config, node_events events) : acceptor_(io), accept_retry_(io), sweep_timer_(io) {
     raise_fd_limit();
     identity ident = load_or_create_identity(config.state_dir);
     trust_store trust = trust_store::load(config.state_dir);
@@ -57,7 +59,43 @@ std::error_code node::listen(std::string& error) {
         ctx_->events.listening(listen_address(), ctx_->id);
     }
     accept_next();
+    if (!ctx_->config.one_shot && ctx_->config.partial_max_age.count() > 0 && !ctx_->config.inbox.empty()) {
+        sweep_partials();
+    }
     return {};
+}
+
+void node::sweep_partials() {
+    std::filesystem::path inbox = ctx_->config.inbox;
+    auto age = ctx_->config.partial_max_age;
+    ctx_->workers.post([ctx = ctx_.get(), inbox, age] {
+        sweep_result r = sweep_abandoned(inbox, age);
+        if (r.files == 0) {
+            return;
+        }
+        asio::post(ctx->io, [ctx, r, age] {
+            long long secs = age.count();
+            std::string for_ = secs % 86400 == 0   ? std::to_string(secs / 86400) + " day(s)"
+                               : secs % 3600 == 0 ? std::to_string(secs / 3600) + " hour(s)"
+                                                  : std::to_string(secs) + " s";
+            std::string line = "removed " + std::to_string(r.files) + " abandoned partial file(s) (" +
+                               std::to_string(r.bytes) + " bytes) not written for " + for_ +
+                               " or more (--partial-max-age): ";
+            for (std::size_t i = 0; i < r.removed.size(); ++i) {
+                line += (i > 0 ? ", " : "") + r.removed[i];
+            }
+            if (r.files > r.removed.size()) {
+                line += ", ...";
+            }
+            ctx->log(line);
+        });
+    });
+    sweep_timer_.expires_after(std::min<std::chrono::seconds>(age, std::chrono::hours(24)));
+    sweep_timer_.async_wait([this](std::error_code ec) {
+        if (!ec && !stopped_) {
+            sweep_partials();
+        }
+    });
 }
 
 void node::accept_next() {
@@ -108,6 +146,7 @@ void node::stop(const std::string& why) {
         return;
     }
     stopped_ = true;
+    sweep_timer_.cancel();
     std::error_code ignored;
     acceptor_.close(ignored);
     peers_->stop(why);

@@ -59,11 +59,15 @@ private:
     std::vector<live_session> live_sessions() const;
 
     void accept_next();
+    // Removes abandoned partial files in the inbox (config.partial_max_age), now and then
+    // once a day.
+    void sweep_partials();
 
     std::unique_ptr<node_context> ctx_;
     std::unique_ptr<peer_manager> peers_;
     asio::ip::tcp::acceptor acceptor_;
     asio::steady_timer accept_retry_;
+    asio::steady_timer sweep_timer_;
     std::vector<std::shared_ptr<send_session>> sends_;
     bool stopped_ = false;
 };

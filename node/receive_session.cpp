@@ -114,7 +114,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
         c->close();
         return;
     }
-    if (idx >= conns_.size() || conns_[idx]) {
+    if (idx >= conns_.size() || (conns_[idx] && !conns_[idx]->closed()) || (idx == 0 && conns_[0])) {
         wire::Header h;
         h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
         h.mutable_error()->set_message("bad connection index");
@@ -122,6 +122,11 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
         c->send(h);
         c->close_after_flush(protocol_errc::unexpected_message);
         return;
+    }
+    if (conns_[idx]) {
+        ctx_.log("connection " + std::to_string(idx) + " from " + short_id(peer_id_) + " replaced");
+        conns_[idx]->set_handler(nullptr);
+        acks_[idx].clear();
     }
     c->index = idx;
     c->set_handler(this);
@@ -257,8 +262,9 @@ void receive_session::on_offer(const wire::Offer& offer) {
     }
     overwrite_ = ctx_.config.overwrite || machine_.options().overwrite;
     // The space check uses the sizes of the entries offered so far, summed here (never
-    // the sender's own claim of a total), less what is already written.
-    offers_.emplace_back(std::move(ids), machine_.total_bytes() - machine_.received_bytes());
+    // the sender's own claim of a total), less what is already written, kept or skipped.
+    std::uint64_t here = machine_.received_bytes() + machine_.kept_bytes() + machine_.skipped_bytes();
+    offers_.emplace_back(std::move(ids), machine_.total_bytes() > here ? machine_.total_bytes() - here : 0);
     next_offer();
 }
 
@@ -327,53 +333,61 @@ void receive_session::next_offer() {
             error = e.what();
             code = exit_code::local_io;
         }
-        if (error.empty()) {
-            struct statvfs vfs {};
-            if (::statvfs(root.c_str(), &vfs) == 0) {
-                std::uint64_t avail = std::uint64_t{vfs.f_bavail} * vfs.f_frsize;
-                if (avail < need) {
-                    error = "not enough space in " + root.string() + ": transfer needs " + std::to_string(need) +
-                            " bytes, " + std::to_string(avail) + " available";
-                    code = exit_code::local_io;
-                    no_space = true;
-                }
-            }
-        }
         // Every entry is checked before any folder is made, so that a batch refused for one
         // entry (a symlink or a file in the way) leaves the destination as it was. The
         // second pass, which creates, checks again: nothing is followed if that changed.
+        std::vector<resume_found> found(items.size());
+        std::vector<bool> identical(items.size(), false);
         for (bool create : {false, true}) {
-            for (const item& it : items) {
-                if (!error.empty()) {
-                    break;
-                }
-                bool identical = false;
-                std::error_code ec =
-                    it.is_dir ? tree->make_dir(it.path, create)
-                              : tree->check_file(it.path, overwrite, it.size, it.mtime_ns, identical, create);
+            for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
+                const item& it = items[i];
+                bool same = false;
+                std::error_code ec = it.is_dir ? tree->make_dir(it.path, create)
+                                               : tree->check_file(it.path, overwrite, it.size, it.mtime_ns, same, create);
                 if (ec) {
                     error = it.path + ": " + ec.message();
                     code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
                     break;
                 }
-                if (create && !identical && !it.is_dir && chunk_count(it.size) >= resume_min_chunks) {
-                    // What an interrupted attempt left: offered to the sender, which
-                    // checks every chunk's digest before it skips the chunk.
-                    entry_info e;
-                    e.path = it.path;
-                    e.size = it.size;
-                    e.mtime_ns = it.mtime_ns;
-                    resume_found found = find_resume(*tree, e);
-                    if (!found.note.empty()) {
-                        resumed.push_back(std::move(found.note));
+                if (!create) {
+                    identical[i] = same;
+                    if (!same && !it.is_dir && chunk_count(it.size) >= resume_min_chunks) {
+                        // What an interrupted attempt left: offered to the sender, which
+                        // checks every chunk's digest before it skips the chunk.
+                        entry_info e;
+                        e.path = it.path;
+                        e.size = it.size;
+                        e.mtime_ns = it.mtime_ns;
+                        found[i] = find_resume(*tree, e);
+                        if (!found[i].note.empty()) {
+                            resumed.push_back(std::move(found[i].note));
+                        }
                     }
-                    if (found.have) {
-                        decisions.push_back({it.id, wire::ACCEPT_PARTIAL, std::move(found.have), std::move(found.digests)});
-                        continue;
-                    }
+                    continue;
                 }
-                if (create) {
-                    decisions.push_back({it.id, identical ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
+                if (found[i].have) {
+                    decisions.push_back({it.id, wire::ACCEPT_PARTIAL, std::move(found[i].have), std::move(found[i].digests)});
+                } else {
+                    decisions.push_back({it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
+                }
+            }
+            if (!create && error.empty()) {
+                // Room for what is still to come: files already here and the chunks
+                // resumed files keep need none.
+                std::uint64_t here = 0;
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    here += identical[i] ? items[i].size : found[i].kept_bytes;
+                }
+                std::uint64_t want = need > here ? need - here : 0;
+                struct statvfs vfs {};
+                if (::statvfs(root.c_str(), &vfs) == 0) {
+                    std::uint64_t avail = std::uint64_t{vfs.f_bavail} * vfs.f_frsize;
+                    if (avail < want) {
+                        error = "not enough space in " + root.string() + ": transfer needs " + std::to_string(want) +
+                                " bytes, " + std::to_string(avail) + " available";
+                        code = exit_code::local_io;
+                        no_space = true;
+                    }
                 }
             }
         }
@@ -411,8 +425,14 @@ void receive_session::next_offer() {
                 }
             }
             wire::Header h;
+            std::uint64_t kept_before = self->machine_.kept_bytes();
             *h.mutable_accept() = self->machine_.accept(decisions);
             self->send_have_digests(decisions);
+            if (std::uint64_t kept = self->machine_.kept_bytes() - kept_before; kept > 0 && self->ctx_.events.resumed) {
+                std::uint64_t files = std::count_if(decisions.begin(), decisions.end(),
+                                                    [](const auto& d) { return d.kind == wire::ACCEPT_PARTIAL; });
+                self->ctx_.events.resumed("receive", self->session_id_, kept, files);
+            }
             for (const auto& d : decisions) {
                 if (self->sinks_.size() <= d.id.value) {
                     self->sinks_.resize(d.id.value + 1);
@@ -442,8 +462,13 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         queue_ack(conn, key);  // a duplicate after a requeue: confirm again
         return;
     }
-    if (!writing_.insert(key).second) {
-        return;  // a duplicate of a chunk being written: that write's ack confirms it
+    if (auto [it, fresh] = writing_.try_emplace(key); !fresh) {
+        // A duplicate of a chunk being written (sent again after its first connection was
+        // lost): that write's ack confirms it on this connection too.
+        if (std::find(it->second.begin(), it->second.end(), conn) == it->second.end()) {
+            it->second.push_back(conn);
+        }
+        return;
     }
     files_.started(ctx_.events.file, f, machine_.entry(f));
     if (machine_.single_chunk(f)) {
@@ -482,7 +507,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         payload.reset();
         asio::post(self->ctx_.io, [self, f, idx, conn, verdict, ec, path, write_time] {
             --self->writes_;
-            self->writing_.erase(chunk_key(f, idx));
+            std::vector<std::uint32_t> also = self->written(chunk_key(f, idx));
             if (self->failed_) {
                 return;
             }
@@ -497,6 +522,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             bool complete = self->machine_.on_chunk_written(f, idx, verdict.got);
             self->on_payload_written(verdict.len, verdict.saved, write_time);
             self->queue_ack(conn, chunk_key(f, idx));
+            for (std::uint32_t other : also) {
+                self->queue_ack(other, chunk_key(f, idx));
+            }
             if (complete) {
                 self->try_finalize(f);
             } else {
@@ -548,7 +576,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
         payload.reset();
         asio::post(self->ctx_.io, [self, f, conn, verdict, ec, fsync_now, stored, write_time, path = e.path] {
             --self->writes_;
-            self->writing_.erase(chunk_key(f, chunk_index{0}));
+            std::vector<std::uint32_t> also = self->written(chunk_key(f, chunk_index{0}));
             if (self->failed_) {
                 --self->finalizing_;
                 return;
@@ -565,6 +593,9 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 self->machine_.on_file_finished(f);
                 self->on_payload_written(verdict.len, verdict.saved, write_time);
                 self->queue_ack(conn, chunk_key(f, chunk_index{0}));
+                for (std::uint32_t other : also) {
+                    self->queue_ack(other, chunk_key(f, chunk_index{0}));
+                }
                 if (!fsync_now) {
                     self->queue_rename(f, self->machine_.received_digest(f), stored);
                     return;
@@ -903,6 +934,15 @@ void receive_session::stop(const std::string& why) {
     }
 }
 
+std::vector<std::uint32_t> receive_session::written(std::uint64_t key) {
+    std::vector<std::uint32_t> also;
+    if (auto it = writing_.find(key); it != writing_.end()) {
+        also = std::move(it->second);
+        writing_.erase(it);
+    }
+    return also;
+}
+
 void receive_session::send_have_digests(const std::vector<receiver_machine::decision>& decisions) {
     // Before the Accept, on the same connection: the sender needs them to schedule.
     for (const auto& d : decisions) {
@@ -999,8 +1039,14 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     if (open_conns_ > 0) {
         --open_conns_;
     }
-    if (!result_sent_ && !failed_) {
-        // Any lost connection ends an unfinished transfer (partial files stay for resume).
+    if (!result_sent_ && !failed_ && c.index != 0 && !ended_) {
+        // One of the data connections: what it carried is sent again on the others, and
+        // the sender opens a replacement (which joins at the same index).
+        std::string why = ec && ec != transport_errc::closed ? ec.message() : "closed by the sender";
+        ctx_.log("connection " + std::to_string(c.index) + " from " + short_id(peer_id_) + " lost (" + why +
+                 "); the transfer goes on over the others");
+    } else if (!result_sent_ && !failed_) {
+        // The control connection: the transfer ends (partial files stay for resume).
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "connection closed by sender";
         fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why,
              ec == transport_errc::queue_full ? std::optional<refusal>(refusal::queue) : std::nullopt);

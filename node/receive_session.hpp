@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -75,6 +76,8 @@ private:
     void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored);
     void start_renames();
     // HaveDigests frames for the ACCEPT_PARTIAL decisions, sent before their Accept.
+    // The write of chunk `key` is over: the other connections waiting for its ack.
+    std::vector<std::uint32_t> written(std::uint64_t key);
     void send_have_digests(const std::vector<receiver_machine::decision>& decisions);
     // A chunk of a file large enough to resume was written: its record is due.
     void mark_dirty(file_id f);
@@ -116,7 +119,9 @@ private:
     bool ack_flush_posted_ = false;
     std::uint32_t finalizing_ = 0;
     std::uint32_t writes_ = 0;
-    std::unordered_set<std::uint64_t> writing_;  // chunk keys with a write in flight
+    // Chunk keys with a write in flight -> other connections that sent the same chunk
+    // meanwhile (each gets the ack too).
+    std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> writing_;
     bool need_syncfs_ = false;
     bool overwrite_ = false;
     bool finishing_ = false;    // every file is in; folder metadata and durability are running

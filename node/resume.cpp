@@ -114,4 +114,45 @@ std::error_code save_checkpoint(dest_tree& tree, const std::string& wire_path, i
     return tree.save_resume(wire_path, encode_resume_state(state));
 }
 
+bool is_partial_name(std::string_view name) {
+    if (name.ends_with("~")) {
+        name.remove_suffix(1);
+        return name.starts_with(".") && (name.ends_with(".ferry-resume") ||
+                                         (name.starts_with(".ferry-") && name.ends_with(".resume")));
+    }
+    if (!name.starts_with(".")) {
+        return false;
+    }
+    return name.ends_with(".ferry-part") || name.ends_with(".ferry-resume") ||
+           (name.starts_with(".ferry-") && (name.ends_with(".part") || name.ends_with(".resume")));
+}
+
+sweep_result sweep_abandoned(const std::filesystem::path& root, std::chrono::seconds max_age) {
+    namespace fs = std::filesystem;
+    sweep_result out;
+    std::error_code ec;
+    auto cutoff = fs::file_time_type::clock::now() - max_age;
+    for (fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
+         !ec && it != end; it.increment(ec)) {
+        const fs::directory_entry& e = *it;
+        std::error_code fe;
+        if (!e.is_regular_file(fe) || e.is_symlink(fe) || !is_partial_name(e.path().filename().string())) {
+            continue;
+        }
+        auto written = e.last_write_time(fe);
+        if (fe || written > cutoff) {
+            continue;
+        }
+        std::uintmax_t size = e.file_size(fe);
+        if (fs::remove(e.path(), fe)) {
+            ++out.files;
+            out.bytes += fe ? 0 : size;
+            if (out.removed.size() < 5) {
+                out.removed.push_back(fs::relative(e.path(), root, fe).string());
+            }
+        }
+    }
+    return out;
+}
+
 }  // namespace ferry

@@ -3,9 +3,12 @@
 // (save_checkpoint). Both run on the worker pool; see docs/decisions.md, "Resume".
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "node/dest_tree.hpp"
@@ -40,5 +43,19 @@ resume_found find_resume(dest_tree& tree, const entry_info& e);
 // Records what `state` lists for the partial file open as `fd`: its data is made durable
 // first (fdatasync), then the record replaces the previous one.
 std::error_code save_checkpoint(dest_tree& tree, const std::string& wire_path, int fd, const resume_state& state);
+
+// True for the names of partial files and resume records (dest_tree::partial_name,
+// resume_name, and a record's temporary "~" name).
+bool is_partial_name(std::string_view name);
+
+struct sweep_result {
+    std::uint64_t files = 0;  // removed
+    std::uint64_t bytes = 0;
+    std::vector<std::string> removed;  // relative paths, the first few
+};
+
+// Removes, under `root` (symlinks not followed), every partial file and resume record
+// last written more than `max_age` ago: what transfers that never came back left.
+sweep_result sweep_abandoned(const std::filesystem::path& root, std::chrono::seconds max_age);
 
 }  // namespace ferry

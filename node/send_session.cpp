@@ -1,5 +1,8 @@
 #include "node/send_session.hpp"
 
+#include <cstdio>
+#include <random>
+
 #include <fcntl.h>
 #include <openssl/rand.h>
 #include <sys/stat.h>
@@ -100,10 +103,11 @@ void send_session::open_connection(std::uint32_t index) {
                                                 false);
                                  } else if (index == 0) {
                                      self->fail(exit_code::transfer_failed,
-                                                "cannot connect to " + where + ": " + ec.message(), false);
+                                                "cannot connect to " + where + ": " + ec.message(), false, true);
                                  } else {
                                      self->ctx_.log("connection " + std::to_string(index) + " to " + where +
                                                     " failed: " + ec.message() + "; continuing with the others");
+                                     self->schedule_reopen(index);
                                  }
                                  return;
                              }
@@ -120,7 +124,17 @@ void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream
     count_wire(*stream, scope_);
     auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
     c->index = index;
+    if (conns_[index].conn) {
+        conns_[index].conn->set_handler(nullptr);  // the lost one it replaces
+        conns_[index].window_bytes = options_.window_bytes;
+        conns_[index].window_bound = false;
+    }
     conns_[index].conn = c;
+    conns_[index].heard = stats_clock::now();
+    if (!stall_timer_) {
+        stall_timer_ = std::make_unique<asio::steady_timer>(ctx_.io);
+        check_stalls();
+    }
     c->start(this);
     wire::Header h;
     wire::Hello* hello = h.mutable_hello();
@@ -179,6 +193,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
         return;
     }
     conn_state& cs = conns_[c.index];
+    cs.heard = stats_clock::now();
     switch (header.body_case()) {
         case wire::Header::kHello: on_hello(c, header.hello()); return;
         case wire::Header::kAccept: {
@@ -196,6 +211,13 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 wire::Header h;
                 *h.mutable_file_done() = std::move(d);
                 conns_[0].conn->send(h);
+            }
+            if (machine_.all_accepted() && machine_.claimed_bytes() > 0 && ctx_.events.resumed) {
+                std::uint64_t files = 0;
+                for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
+                    files += machine_.resumed(file_id{i}) ? 1 : 0;
+                }
+                ctx_.events.resumed("send", session_id_, machine_.claimed_bytes(), files);
             }
             pump_all();
             return;
@@ -233,6 +255,15 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     }
                 }
             }
+            if (acked > 0 && cs.failures > 0) {
+                cs.failures = 0;
+                if (cs.lost_at != stats_clock::time_point{}) {
+                    double ms = std::chrono::duration<double, std::milli>(stats_clock::now() - cs.lost_at).count();
+                    ctx_.log("connection " + std::to_string(c.index) + " is back and carrying data, " +
+                             std::to_string(static_cast<long>(ms)) + " ms after it was lost");
+                    cs.lost_at = {};
+                }
+            }
             adjust_window(cs, acked);
             pump(c.index);
             return;
@@ -264,7 +295,9 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 c.close();
                 return;
             }
-            fail(exit_code::transfer_failed, "receiver: " + printable(header.error().message()), false);
+            // A receiver that stopped, timed out or is full may take the transfer later.
+            fail(exit_code::transfer_failed, "receiver: " + printable(header.error().message()), false,
+                 header.error().code() == wire::ERROR_CANCELLED || header.error().code() == wire::ERROR_BUSY);
             return;
         case wire::Header::kPong: return;
         default: break;
@@ -503,16 +536,73 @@ void send_session::on_closed(connection& c, std::error_code ec) {
             fail(exit_code::transfer_failed, ec.message(), false);
         } else {
             fail(exit_code::transfer_failed,
-                 "connection to receiver lost: " + (ec ? ec.message() : std::string("closed")), false);
+                 "connection to receiver lost: " + (ec ? ec.message() : std::string("closed")), false, true);
         }
         return;
     }
     if (!cs.refused) {
         ctx_.log("connection " + std::to_string(c.index) + " lost (" + (ec ? ec.message() : "closed") +
                  "); its unconfirmed chunks go to the others");
+        if (cs.lost_at == stats_clock::time_point{}) {
+            cs.lost_at = stats_clock::now();
+        }
     }
     requeue_inflight(cs);
     pump_all();
+    if (!cs.refused) {
+        schedule_reopen(c.index);
+    }
+}
+
+void send_session::check_stalls() {
+    if (finished_) {
+        return;
+    }
+    auto now = stats_clock::now();
+    for (auto& cs : conns_) {
+        if (cs.conn && !cs.conn->closed() && !cs.inflight.empty() && now - cs.heard >= options_.stall_timeout) {
+            char secs[32];
+            std::snprintf(secs, sizeof secs, "%.3g",
+                          std::chrono::duration<double>(options_.stall_timeout).count());
+            ctx_.log("connection " + std::to_string(cs.conn->index) + " stalled: nothing from the receiver for " + secs +
+                     " s with chunks in flight");
+            cs.conn->close(std::make_error_code(std::errc::timed_out));
+        }
+    }
+    // A quarter of the timeout between checks: a stall is found within 1.25 timeouts.
+    stall_timer_->expires_after(options_.stall_timeout / 4);
+    stall_timer_->async_wait([weak = weak_from_this()](std::error_code ec) {
+        if (auto self = weak.lock(); self && !ec) {
+            self->check_stalls();
+        }
+    });
+}
+
+void send_session::schedule_reopen(std::uint32_t index) {
+    conn_state& cs = conns_[index];
+    if (finished_ || cs.refused) {
+        return;
+    }
+    if (cs.failures >= max_reopen_attempts) {
+        ctx_.log("giving up on connection " + std::to_string(index) + " after " + std::to_string(cs.failures) +
+                 " attempts; the transfer goes on over the others");
+        return;
+    }
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    double cap = std::min(5000.0, 100.0 * static_cast<double>(1u << std::min(cs.failures, 6u)));
+    auto delay = std::chrono::milliseconds(std::llround(std::uniform_real_distribution<double>(cap / 2, cap)(rng)));
+    ++cs.failures;
+    if (!cs.reopen) {
+        cs.reopen = std::make_shared<asio::steady_timer>(ctx_.io);
+    }
+    cs.reopen->expires_after(delay);
+    cs.reopen->async_wait([weak = weak_from_this(), index](std::error_code ec) {
+        auto self = weak.lock();
+        if (ec || !self || self->finished_) {
+            return;
+        }
+        self->open_connection(index);
+    });
 }
 
 transfer_progress send_session::progress() const {
@@ -541,10 +631,11 @@ transfer_progress send_session::progress() const {
     return p;
 }
 
-void send_session::fail(exit_code code, const std::string& message, bool tell_peer) {
+void send_session::fail(exit_code code, const std::string& message, bool tell_peer, bool retryable) {
     if (finished_) {
         return;
     }
+    retryable_ = retryable;
     if (tell_peer && conns_[0].conn && !conns_[0].conn->closed()) {
         wire::Header h;
         h.mutable_error()->set_code(code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_PROTOCOL);
@@ -565,6 +656,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.ok = ok;
     r.code = code;
     r.error = error;
+    r.connected = offers_sent_;
+    r.retryable = !ok && retryable_;
     r.peer_id = peer_id_;
     r.peer_address = peer_address_;
     r.skipped_files = machine_.skipped_files();
@@ -604,7 +697,13 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.ttfb_s = ttfb_s_;
     ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
     finished_ = true;
+    if (stall_timer_) {
+        stall_timer_->cancel();
+    }
     for (auto& cs : conns_) {
+        if (cs.reopen) {
+            cs.reopen->cancel();
+        }
         if (cs.conn && !cs.conn->closed()) {
             cs.conn->close_after_flush();
         }

@@ -52,6 +52,9 @@ struct send_options {
     std::uint64_t read_ahead_bytes = 1024 * 1024;
     // zstd for chunks (protocol/compression.hpp); only used when the receiver decodes it.
     compress_mode compress = compress_mode::automatic;
+    // A connection with chunks in flight that hears nothing from the receiver for this
+    // long is taken for dead (a link that stalls without a reset) and closed.
+    std::chrono::milliseconds stall_timeout{30'000};
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -104,7 +107,19 @@ private:
         std::uint64_t reading_bytes = 0;
         bool ready = false;  // Hello sent and the session accepted
         bool refused = false;  // the receiver turned it away (its limits): not a loss
+        // Replacement of a lost connection: attempts since it last carried data, and the
+        // backoff timer.
+        unsigned failures = 0;
+        std::shared_ptr<asio::steady_timer> reopen;
+        stats_clock::time_point lost_at{};  // when it was lost, until a replacement carries data
+        stats_clock::time_point heard{};    // its last frame from the receiver (or when it opened)
     };
+    // Closes connections that hold chunks and hear nothing for options_.stall_timeout.
+    void check_stalls();
+    // A lost data connection is reopened after 100 ms doubling up to 5 s (with jitter), and
+    // given up after this many attempts in a row that carry nothing.
+    static constexpr unsigned max_reopen_attempts = 8;
+    void schedule_reopen(std::uint32_t index);
 
     void open_connection(std::uint32_t index);
     void on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream);
@@ -118,7 +133,8 @@ private:
     void adjust_window(conn_state& cs, std::uint64_t acked);
     // Every quarter second or so, tells compression_ what the sockets accepted since.
     void sample_wire_rate();
-    void fail(exit_code code, const std::string& message, bool tell_peer = true);
+    // `retryable`: see transfer_report::retryable.
+    void fail(exit_code code, const std::string& message, bool tell_peer = true, bool retryable = false);
     void finish(bool ok, exit_code code, const std::string& error);
 
     node_context& ctx_;
@@ -138,6 +154,8 @@ private:
     std::uint64_t regular_files_ = 0;
     double ttfb_s_ = -1;
     bool offers_sent_ = false;
+    bool retryable_ = false;  // the failure may pass (transfer_report::retryable)
+    std::unique_ptr<asio::steady_timer> stall_timer_;
     bool waiting_buffer_ = false;
     bool finished_ = false;
     std::chrono::steady_clock::time_point start_;

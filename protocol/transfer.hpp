@@ -118,6 +118,8 @@ public:
     bool all_accepted() const { return accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
+    // The receiver accepted the file ACCEPT_PARTIAL, claiming some of its chunks.
+    bool resumed(file_id f) const { return !files_.at(f.value).theirs.empty(); }
     const std::string& failure() const { return failure_; }
 
 private:

@@ -13,7 +13,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <functional>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -214,6 +216,7 @@ json report_json(const ferry::transfer_report& r, bool sender) {
             {"dirs", r.dirs},
             {"skipped_files", r.skipped_files},
             {"skipped_bytes", r.skipped_bytes},
+            {"resumed_bytes", r.resumed_bytes},
             {"payload_bytes", r.payload_bytes},
             {"total_bytes", r.total_bytes},
             {"wire_bytes_sent", r.wire_sent},
@@ -325,6 +328,18 @@ ferry::node_events base_events(const common_opts& o) {
         // Per-file lines are many: buffered, flushed with the next progress or done line.
         ev.file = [](const ferry::file_event& f) { emit_file_event(f); };
     }
+    ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
+                      std::uint64_t files) {
+        if (direction == "send") {
+            say("resuming: the receiver still has " + human_bytes(bytes) + " of " + std::to_string(files) +
+                " interrupted file(s); each chunk is checked before it is skipped");
+        }
+        emit(o, {{"event", "resumed"},
+                 {"direction", direction},
+                 {"session", ferry::hex_encode(session)},
+                 {"bytes_kept", bytes},
+                 {"files", files}});
+    };
     return ev;
 }
 
@@ -375,11 +390,18 @@ struct receive_opts {
     // node's own.
     double handshake_timeout_s = std::chrono::duration<double>(limits.handshake_timeout).count();
     double idle_timeout_s = std::chrono::duration<double>(limits.idle_timeout).count();
+    double partial_max_age_s = 7 * 86400;  // serve
 };
+
+// Units for duration options given in seconds ("500ms", "30s", "5m", "2h", "7d").
+const std::map<std::string, double>& time_units() {
+    static const std::map<std::string, double> units{{"ms", 0.001}, {"s", 1}, {"m", 60}, {"h", 3600}, {"d", 86400}};
+    return units;
+}
 
 // The limits a listening node grants its peers (node/limits.hpp; docs/cli.md, "Limits").
 void add_limit_options(CLI::App* cmd, receive_opts& r) {
-    const std::map<std::string, double> seconds{{"ms", 0.001}, {"s", 1}, {"m", 60}, {"h", 3600}};
+    const std::map<std::string, double>& seconds = time_units();
     ferry::node_limits& l = r.limits;
     cmd->add_option("--max-connections", l.max_connections,
                     "inbound connections in all; when full, the oldest not yet in a transfer is closed")
@@ -452,6 +474,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     cfg.limits = r.limits;
     cfg.limits.handshake_timeout = to_ms(r.handshake_timeout_s);
     cfg.limits.idle_timeout = to_ms(r.idle_timeout_s);
+    cfg.partial_max_age = std::chrono::seconds(std::llround(r.partial_max_age_s));
     if (r.accept_any) {
         cfg.policy = ferry::accept_policy::any;
     } else if (!r.accept_from.empty()) {
@@ -657,7 +680,18 @@ struct send_opts {
     bool fsync_each = false;
     bool plaintext = false;
     std::string compress = "auto";
+    double retry_for_s = 300;
+    double stall_timeout_s = 30;
 };
+
+// The wait before reconnect attempt `attempt` (0-based): 0.5 s doubling up to 30 s, each
+// drawn between half and all of that (jitter), so that many senders cut off together do
+// not come back in step.
+std::chrono::milliseconds reconnect_delay(unsigned attempt) {
+    static std::mt19937_64 rng{std::random_device{}()};
+    double cap = std::min(30'000.0, 500.0 * std::pow(2.0, std::min(attempt, 10u)));
+    return std::chrono::milliseconds(std::llround(std::uniform_real_distribution<double>(cap / 2, cap)(rng)));
+}
 
 int cmd_send(const common_opts& o, const send_opts& s) {
     if (auto e = congestion_error(o)) {
@@ -705,18 +739,76 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     }
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
+    so.stall_timeout = std::chrono::milliseconds(std::llround(s.stall_timeout_s * 1000));
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     std::optional<ferry::transfer_report> result;
     command_progress progress(io, o, n);
-    n.send(std::move(sources), t, so, [&](const ferry::transfer_report& r) {
+    // A session that reached the receiver and then lost it (connection lost, receiver
+    // stopped or full) is tried again, with backoff, for --retry-for after each loss; the
+    // receiver keeps what arrived, so each attempt resumes where the last one stopped.
+    // (A first attempt that cannot connect at all fails at once: a wrong address should
+    // not make a script wait.)
+    const auto retry_for = std::chrono::milliseconds(std::llround(s.retry_for_s * 1000));
+    asio::steady_timer retry_timer(io);
+    unsigned attempts = 0;
+    bool ever_connected = false;
+    bool interrupted = false;
+    std::chrono::steady_clock::time_point lost_at{};
+    std::function<void()> attempt;
+    auto finish = [&](const ferry::transfer_report& r) {
         result = r;
         progress.stop();
         // Let close_notify and the last frames go out, then stop.
         asio::post(io, [&io] { io.stop(); });
-    });
+    };
+    auto on_done = [&](const ferry::transfer_report& r) {
+        auto now = std::chrono::steady_clock::now();
+        if (r.connected) {
+            ever_connected = true;
+            attempts = 0;
+            lost_at = now;
+        }
+        if (r.ok || !r.retryable || !ever_connected || interrupted || retry_for.count() == 0 ||
+            now - lost_at >= retry_for) {
+            if (!r.ok && r.retryable && ever_connected && retry_for.count() > 0 && !interrupted) {
+                ferry::transfer_report last = r;
+                last.error += " (gave up after retrying for " + std::to_string(retry_for.count() / 1000) + " s, --retry-for)";
+                finish(last);
+                return;
+            }
+            finish(r);
+            return;
+        }
+        auto delay = reconnect_delay(attempts++);
+        double left_s = std::chrono::duration<double>(retry_for - (now - lost_at)).count();
+        say(r.error + "; reconnecting in " + std::to_string(delay.count() / 1000.0).substr(0, 4) + " s (attempt " +
+            std::to_string(attempts) + ", giving up in " + std::to_string(static_cast<long>(left_s)) + " s)");
+        emit(o, {{"event", "reconnecting"},
+                 {"attempt", attempts},
+                 {"in_s", delay.count() / 1000.0},
+                 {"reason", r.error},
+                 {"bytes_confirmed", r.payload_bytes},
+                 {"give_up_in_s", left_s}});
+        retry_timer.expires_after(delay);
+        retry_timer.async_wait([&](std::error_code ec) {
+            if (!ec && !interrupted) {
+                attempt();
+            }
+        });
+    };
+    attempt = [&] { n.send(sources, t, so, on_done); };
+    attempt();
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](std::error_code ec, int) {
         if (!ec) {
+            interrupted = true;
+            if (retry_timer.cancel() > 0) {
+                ferry::transfer_report r;
+                r.code = exit_code::transfer_failed;
+                r.error = "sender interrupted while waiting to reconnect";
+                finish(r);
+                return;
+            }
             n.stop("sender interrupted");
         }
     });
@@ -789,6 +881,18 @@ int main(int argc, char** argv) {
     send->add_option("--compress", so.compress,
                      "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")
         ->capture_default_str();
+    send->add_option("--retry-for", so.retry_for_s,
+                     "after the receiver is lost mid-transfer, keep reconnecting (and resuming) this long "
+                     "(e.g. 30s, 5m, 0 = never)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(0.0, 7.0 * 86400))
+        ->default_str("5m");
+    send->add_option("--stall-timeout", so.stall_timeout_s,
+                     "a connection with data in flight that hears nothing from the receiver this long is "
+                     "closed and replaced (e.g. 30s)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(0.1, 86400.0))
+        ->default_str("30s");
     send->add_option("ARGS", so.args, "PATH... [ID@]HOST:PORT")->required();
     send->footer("Example:\n  ferry send photos/ notes.txt ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567@192.0.2.7:7788");
 
@@ -804,6 +908,11 @@ int main(int argc, char** argv) {
     serve->add_flag("--overwrite", serve_o.overwrite, "replace existing files");
     serve->add_flag("--fsync-each", serve_o.fsync_each, "fsync every file before it is renamed into place");
     serve->add_flag("--plaintext", serve_o.plaintext, "no TLS (benchmarks only)");
+    serve->add_option("--partial-max-age", serve_o.partial_max_age_s,
+                      "remove partial files of interrupted transfers not resumed for this long (e.g. 7d, 12h; 0 = keep)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(0.0, 3650.0 * 86400))
+        ->default_str("7d");
     serve->add_option("--metrics", serve_o.metrics,
                       "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1:PORT)");
     add_limit_options(serve, serve_o);

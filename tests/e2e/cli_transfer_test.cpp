@@ -404,7 +404,7 @@ TEST_F(cli_transfer, crash_after_renames_before_sync_then_resend_re_verifies_and
         // The receiver dies (like a crash) once 10 files were renamed into place before
         // the transfer's final sync.
         auto rx = start_receiver(dest, {}, {"FERRY_FAULT_EXIT_AFTER_RENAMES=10"});
-        run_result s = send({src.string()}, a_id + "@" + rx.address);
+        run_result s = send({src.string()}, a_id + "@" + rx.address, {"--retry-for", "0"});
         EXPECT_EQ(s.code, 2) << s.err;
         EXPECT_EQ(rx.proc->wait(process_timeout), 86);
     }
@@ -461,8 +461,9 @@ TEST_F(cli_transfer, receiver_killed_mid_transfer_then_resend_completes_byte_ide
     fs::path dest = cli.root() / "inbox";
     {
         auto rx = start_receiver(dest);
-        child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json", src.string(),
-                              a_id + "@" + rx.address});
+        // --retry-for 0: this sender gives up at once instead of waiting for the receiver.
+        child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json", "--retry-for", "0",
+                              src.string(), a_id + "@" + rx.address});
         // Kill -9 once the sender is connected (data is flowing or about to).
         bool connected = false;
         for (int i = 0; i < 10 && !connected; ++i) {
