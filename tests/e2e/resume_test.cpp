@@ -308,6 +308,32 @@ TEST_F(resume, a_stalled_link_is_detected_and_the_transfer_resumes_when_it_flows
         << done;
 }
 
+TEST_F(resume, serve_restarted_mid_transfer_the_waiting_sender_resumes) {
+    // kill -9 of serve while the sender keeps retrying; a new serve on the same address
+    // and inbox: the sender reconnects by itself and sends only what is missing.
+    auto sv = serve();
+    fault_proxy proxy(sv.address);
+    const std::uint64_t at = file_size / 2;
+    proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
+    child_process tx(send_args(proxy.address(), {"--retry-for", "2m"}));
+    ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
+    ASSERT_TRUE(wait_until([&] { return allocated(part) + slack(at) >= at; }, 60s));
+    sv.proc->signal(SIGKILL);
+    ASSERT_TRUE(sv.proc->wait(process_timeout).has_value());
+    proxy.cut_all();
+    proxy.stall(false);
+    ASSERT_TRUE(tx.wait_for_err("reconnecting in", 60s)) << tx.err();
+    auto sv2 = cli.start({"serve", "--state", cli.state("A").string(), "--listen", sv.address, "--json", "--inbox",
+                          inbox.string()});
+    ASSERT_EQ(tx.wait(process_timeout), 0) << tx.err() << sv2.proc->err();
+    EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
+    std::vector<json> ev = events(tx.out());
+    json done = find_event(ev, "done");
+    EXPECT_GE(done.value("resumed_bytes", std::uint64_t{0}) + slack(at), at) << done;
+    EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}) + done.value("resumed_bytes", std::uint64_t{0}), file_size);
+    EXPECT_FALSE(find_event(ev, "resumed").is_null());
+}
+
 TEST_F(resume, retry_gives_up_after_retry_for) {
     // The receiver goes away for good: the sender tries again for --retry-for, then fails.
     auto sv = serve();
