@@ -27,6 +27,7 @@ asio::ip::tcp::endpoint parse(const std::string& hostport) {
 
 fault_proxy::fault_proxy(const std::string& target)
     : acceptor_(io_, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)), target_(parse(target)) {
+    address_ = "127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port());  // before the loop thread runs
     accept();
     thread_ = std::thread([this] { io_.run(); });
 }
@@ -46,9 +47,7 @@ fault_proxy::~fault_proxy() {
     thread_.join();
 }
 
-std::string fault_proxy::address() const {
-    return "127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port());
-}
+std::string fault_proxy::address() const { return address_; }
 
 void fault_proxy::accept() {
     acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket s) {

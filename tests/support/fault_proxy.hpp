@@ -68,6 +68,7 @@ private:
     asio::io_context io_;
     asio::ip::tcp::acceptor acceptor_;
     asio::ip::tcp::endpoint target_;
+    std::string address_;
     std::vector<std::weak_ptr<link>> links_;  // loop thread
     struct trigger {
         std::uint64_t at;
