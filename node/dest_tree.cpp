@@ -267,14 +267,14 @@ std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_
     return {};
 }
 
-int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec) {
+int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec, bool create) {
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
     int dfd = dh.fd;
     if (dfd < 0) {
         return -1;
     }
     std::string part = partial_name(split_wire_path(wire_path).back());
-    int fd = ::openat(dfd, part.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = ::openat(dfd, part.c_str(), O_WRONLY | (create ? O_CREAT : 0) | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
     }
@@ -295,6 +295,18 @@ int dest_tree::open_partial_read(std::string_view wire_path, std::error_code& ec
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
     }
     return fd;
+}
+
+std::uint64_t dest_tree::partial_size(std::string_view wire_path) {
+    std::error_code ec;
+    int fd = open_partial_read(wire_path, ec);
+    if (fd < 0) {
+        return 0;
+    }
+    struct stat st {};
+    std::uint64_t size = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
+    ::close(fd);
+    return size;
 }
 
 std::error_code dest_tree::save_resume(std::string_view wire_path, std::string_view record) {

@@ -66,8 +66,9 @@ public:
     // Removes the file at its final name if it is still inode `ino` of device `dev`
     // (absent or replaced since is fine: then nothing is removed).
     std::error_code remove_final(std::string_view wire_path, std::uint64_t dev, std::uint64_t ino);
-    // Opens (creating) the partial file of `wire_path` for writing. Returns an fd or -1 (ec set).
-    int open_partial(std::string_view wire_path, std::error_code& ec);
+    // Opens (creating, unless `create` is false) the partial file of `wire_path` for
+    // writing. Returns an fd or -1 (ec set).
+    int open_partial(std::string_view wire_path, std::error_code& ec, bool create = true);
     // Makes the partial file final: prepare_final(), then rename_final() (with `fsync_file`
     // the folder is fsynced too, so file and name are both durable).
     std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
@@ -100,6 +101,8 @@ public:
     void remove_partial(std::string_view wire_path, bool data, bool record);
     // Opens the partial file of `wire_path` for reading; -1 with no error when absent.
     int open_partial_read(std::string_view wire_path, std::error_code& ec);
+    // The partial file's size in bytes (0 when there is none).
+    std::uint64_t partial_size(std::string_view wire_path);
 
     const std::filesystem::path& root() const { return root_; }
     static std::string partial_name(std::string_view name);

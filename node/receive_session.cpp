@@ -114,7 +114,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
         c->close();
         return;
     }
-    if (idx >= conns_.size() || (conns_[idx] && !conns_[idx]->closed()) || (idx == 0 && conns_[0])) {
+    if (idx >= conns_.size() || (idx == 0 && conns_[0])) {
         wire::Header h;
         h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
         h.mutable_error()->set_message("bad connection index");
@@ -124,8 +124,14 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
         return;
     }
     if (conns_[idx]) {
+        // The sender gave this index up (lost or stalled, maybe not yet closed here) and
+        // opened a replacement: the new one takes its place.
         ctx_.log("connection " + std::to_string(idx) + " from " + short_id(peer_id_) + " replaced");
         conns_[idx]->set_handler(nullptr);
+        if (!conns_[idx]->closed()) {
+            conns_[idx]->close();
+            --open_conns_;  // its on_closed no longer reaches this session
+        }
         acks_[idx].clear();
     }
     c->index = idx;
@@ -261,10 +267,11 @@ void receive_session::on_offer(const wire::Offer& offer) {
         return;
     }
     overwrite_ = ctx_.config.overwrite || machine_.options().overwrite;
-    // The space check uses the sizes of the entries offered so far, summed here (never
-    // the sender's own claim of a total), less what is already written, kept or skipped.
-    std::uint64_t here = machine_.received_bytes() + machine_.kept_bytes() + machine_.skipped_bytes();
-    offers_.emplace_back(std::move(ids), machine_.total_bytes() > here ? machine_.total_bytes() - here : 0);
+    // The space check uses the sizes of the entries offered up to this batch, summed here
+    // (never the sender's own claim of a total); what is already written, kept or skipped
+    // is taken off when the batch's turn comes (next_offer), once the batches before it
+    // are decided.
+    offers_.emplace_back(std::move(ids), machine_.total_bytes());
     next_offer();
 }
 
@@ -273,8 +280,10 @@ void receive_session::next_offer() {
         return;
     }
     offer_busy_ = true;
-    auto [ids, total_bytes] = std::move(offers_.front());
+    auto [ids, offered_so_far] = std::move(offers_.front());
     offers_.pop_front();
+    std::uint64_t here = machine_.received_bytes() + machine_.kept_bytes() + machine_.skipped_bytes();
+    std::uint64_t total_bytes = offered_so_far > here ? offered_so_far - here : 0;
     struct item {
         file_id id;
         std::string path;
@@ -338,6 +347,22 @@ void receive_session::next_offer() {
         // second pass, which creates, checks again: nothing is followed if that changed.
         std::vector<resume_found> found(items.size());
         std::vector<bool> identical(items.size(), false);
+        auto space_check = [&](std::uint64_t here) {
+            std::uint64_t want = need > here ? need - here : 0;
+            struct statvfs vfs {};
+            if (error.empty() && ::statvfs(root.c_str(), &vfs) == 0) {
+                std::uint64_t avail = std::uint64_t{vfs.f_bavail} * vfs.f_frsize;
+                if (avail < want) {
+                    error = "not enough space in " + root.string() + ": transfer needs " + std::to_string(want) +
+                            " bytes, " + std::to_string(avail) + " available";
+                    code = exit_code::local_io;
+                    no_space = true;
+                }
+            }
+        };
+        // Chunks this batch may offer back to the sender: their digests travel before the
+        // Accept on the control connection, whose queue is bounded (32 MiB of digests).
+        std::uint64_t claim_budget = std::uint64_t{2} << 20;
         for (bool create : {false, true}) {
             for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
                 const item& it = items[i];
@@ -351,18 +376,6 @@ void receive_session::next_offer() {
                 }
                 if (!create) {
                     identical[i] = same;
-                    if (!same && !it.is_dir && chunk_count(it.size) >= resume_min_chunks) {
-                        // What an interrupted attempt left: offered to the sender, which
-                        // checks every chunk's digest before it skips the chunk.
-                        entry_info e;
-                        e.path = it.path;
-                        e.size = it.size;
-                        e.mtime_ns = it.mtime_ns;
-                        found[i] = find_resume(*tree, e);
-                        if (!found[i].note.empty()) {
-                            resumed.push_back(std::move(found[i].note));
-                        }
-                    }
                     continue;
                 }
                 if (found[i].have) {
@@ -372,23 +385,41 @@ void receive_session::next_offer() {
                 }
             }
             if (!create && error.empty()) {
-                // Room for what is still to come: files already here and the chunks
-                // resumed files keep need none.
+                // Room for what is still to come: files already here need none, nor the
+                // chunks resumed files keep. First with every partial file's bytes
+                // counted as kept (a bound, before any is read: an offer that cannot fit
+                // is refused before its partial files are hashed), then with what the
+                // hashing found.
                 std::uint64_t here = 0;
+                std::vector<bool> partial(items.size(), false);
                 for (std::size_t i = 0; i < items.size(); ++i) {
-                    here += identical[i] ? items[i].size : found[i].kept_bytes;
-                }
-                std::uint64_t want = need > here ? need - here : 0;
-                struct statvfs vfs {};
-                if (::statvfs(root.c_str(), &vfs) == 0) {
-                    std::uint64_t avail = std::uint64_t{vfs.f_bavail} * vfs.f_frsize;
-                    if (avail < want) {
-                        error = "not enough space in " + root.string() + ": transfer needs " + std::to_string(want) +
-                                " bytes, " + std::to_string(avail) + " available";
-                        code = exit_code::local_io;
-                        no_space = true;
+                    if (identical[i]) {
+                        here += items[i].size;
+                    } else if (!items[i].is_dir && chunk_count(items[i].size) >= resume_min_chunks) {
+                        std::uint64_t bytes = tree->partial_size(items[i].path);
+                        partial[i] = bytes > 0;
+                        here += std::min(bytes, items[i].size);
                     }
                 }
+                space_check(here);
+                here = 0;
+                for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
+                    if (partial[i]) {
+                        // What an interrupted attempt left: offered to the sender, which
+                        // checks every chunk's digest before it skips the chunk.
+                        entry_info e;
+                        e.path = items[i].path;
+                        e.size = items[i].size;
+                        e.mtime_ns = items[i].mtime_ns;
+                        found[i] = find_resume(*tree, e, claim_budget);
+                        claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
+                        if (!found[i].note.empty()) {
+                            resumed.push_back(std::move(found[i].note));
+                        }
+                    }
+                    here += identical[i] ? items[i].size : found[i].kept_bytes;
+                }
+                space_check(here);
             }
         }
         lock.reset();
@@ -439,6 +470,7 @@ void receive_session::next_offer() {
                 }
                 if (!self->machine_.entry(d.id).is_dir) {
                     self->sinks_[d.id.value] = std::make_shared<sink_file>();
+                    self->sinks_[d.id.value]->resumed = d.kind == wire::ACCEPT_PARTIAL;
                 }
             }
             self->send_control(h);
@@ -477,13 +509,15 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     }
     ++writes_;
     auto sink = sinks_.at(f.value);
+    ++sink->writes;
+    bool create = !sink->resumed;
     auto tree = tree_;
     std::string path = machine_.entry(f).path;
     digest128 expect{chunk.hash_lo(), chunk.hash_hi()};
     std::uint64_t offset = std::uint64_t{idx.value} * chunk_size;
     chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
     ctx_.workers.post([self = shared_from_this(), sink, tree, path = std::move(path), expect, offset, f, idx, conn,
-                       encoding, payload = std::move(payload)]() mutable {
+                       encoding, create, payload = std::move(payload)]() mutable {
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         std::span<const std::uint8_t> raw = checked.raw;
         chunk_verdict verdict = checked.verdict;
@@ -494,7 +528,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             {
                 std::lock_guard lock(sink->mutex);
                 if (sink->fd < 0) {
-                    sink->fd = tree->open_partial(path, ec);
+                    // A resumed file's partial file holds the chunks kept: it must still
+                    // be there (never an empty one made in its place).
+                    sink->fd = tree->open_partial(path, ec, create);
                 }
                 fd = sink->fd;
             }
@@ -505,11 +541,16 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             }
         }
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, idx, conn, verdict, ec, path, write_time] {
+        asio::post(self->ctx_.io, [self, sink, f, idx, conn, verdict, ec, path, write_time] {
             --self->writes_;
+            --sink->writes;
             std::vector<std::uint32_t> also = self->written(chunk_key(f, idx));
             if (self->failed_) {
                 return;
+            }
+            if (sink->writes == 0 && sink->finalize_waits) {
+                sink->finalize_waits = false;
+                asio::post(self->ctx_.io, [self, f] { self->try_finalize(f); });
             }
             if (verdict.bad) {
                 self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, verdict.problem(path, idx));
@@ -626,6 +667,10 @@ void receive_session::try_finalize(file_id f) {
         fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, e.path + ": file digest mismatch");
         return;
     }
+    if (auto& sink = sinks_.at(f.value); sink->writes > 0) {
+        sink->finalize_waits = true;  // a chunk being replaced: finalize once it is written
+        return;
+    }
     machine_.on_file_finished(f);  // no second finalize for this file
     ++finalizing_;
     bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each || e.size >= fsync_own_threshold;
@@ -634,13 +679,16 @@ void receive_session::try_finalize(file_id f) {
     }
     auto sink = sinks_.at(f.value);
     dirty_.erase(f.value);
-    ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, e, f, fsync_now, overwrite = overwrite_] {
+    ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, e, f, fsync_now, overwrite = overwrite_,
+                       create = !sink->resumed] {
         std::error_code ec;
         int fd;
         {
             std::lock_guard lock(sink->mutex);
             if (sink->fd < 0) {
-                sink->fd = tree->open_partial(e.path, ec);  // an empty file has no chunk write
+                // An empty file has no chunk write; nor has a resumed one whose chunks were
+                // all kept, whose partial file must still be there.
+                sink->fd = tree->open_partial(e.path, ec, create);
             }
             fd = sink->fd;
             sink->fd = -1;
@@ -968,29 +1016,40 @@ void receive_session::mark_dirty(file_id f) {
         return;
     }
     dirty_.insert(f.value);
-    if (!checkpoint_armed_) {
-        checkpoint_armed_ = true;
-        checkpoint_timer_.expires_after(checkpoint_interval);
-        checkpoint_timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
-            if (auto self = weak.lock(); self && !ec) {
-                self->checkpoint_armed_ = false;
-                if (!self->failed_) {
-                    self->checkpoint();
-                }
-            }
-        });
+    arm_checkpoint();
+}
+
+void receive_session::arm_checkpoint() {
+    if (checkpoint_armed_ || failed_) {
+        return;
     }
+    checkpoint_armed_ = true;
+    checkpoint_timer_.expires_after(checkpoint_interval);
+    checkpoint_timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
+        if (auto self = weak.lock(); self && !ec) {
+            self->checkpoint_armed_ = false;
+            if (!self->failed_) {
+                self->checkpoint();
+            }
+        }
+    });
 }
 
 void receive_session::checkpoint() {
     // The record lists what the receiver_machine has now: every chunk in it was written
     // (on_chunk_written follows the write), and the worker makes the data durable before
     // the record replaces the previous one.
+    std::unordered_set<std::uint32_t> still;  // a record of theirs is being written: next time
     for (std::uint32_t id : dirty_) {
         file_id f{id};
         if (machine_.finished(f) || id >= sinks_.size() || !sinks_[id]) {
             continue;
         }
+        if (sinks_[id]->checkpointing) {
+            still.insert(id);
+            continue;
+        }
+        sinks_[id]->checkpointing = true;
         const entry_info& e = machine_.entry(f);
         resume_state state;
         state.size = e.size;
@@ -1002,44 +1061,49 @@ void receive_session::checkpoint() {
             int fd = -1;
             {
                 std::lock_guard lock(sink->mutex);
-                if (sink->finalized || sink->fd < 0) {
-                    return;
+                if (!sink->finalized && sink->fd >= 0) {
+                    fd = ::dup(sink->fd);
                 }
-                fd = ::dup(sink->fd);
-            }
-            if (fd < 0) {
-                return;
             }
             std::error_code ec;
-            if (::fdatasync(fd) != 0) {
-                ec = {errno, std::system_category()};
-            }
-            ::close(fd);
-            if (!ec) {
-                std::lock_guard lock(sink->mutex);
-                if (!sink->finalized) {
-                    ec = tree->save_resume(path, encode_resume_state(state));
+            if (fd >= 0) {
+                if (::fdatasync(fd) != 0) {
+                    ec = {errno, std::system_category()};
+                }
+                ::close(fd);
+                if (!ec) {
+                    std::lock_guard lock(sink->mutex);
+                    if (!sink->finalized) {
+                        ec = tree->save_resume(path, encode_resume_state(state));
+                    }
                 }
             }
-            if (ec) {
-                asio::post(self->ctx_.io, [self, path, ec] {
+            asio::post(self->ctx_.io, [self, sink, path, ec] {
+                sink->checkpointing = false;
+                if (self->failed_ && !self->dirty_.empty()) {
+                    self->checkpoint();  // the final record of a file this one was in the way of
+                }
+                if (ec) {
                     if (!self->checkpoint_warned_) {
                         self->checkpoint_warned_ = true;
                         self->ctx_.log("cannot record resume state for " + path + ": " + ec.message() +
                                        " (an interrupted transfer re-checks this file's data instead)");
                     }
-                });
-            }
+                }
+            });
         });
     }
-    dirty_.clear();
+    dirty_ = std::move(still);
+    if (!dirty_.empty()) {
+        arm_checkpoint();
+    }
 }
 
 void receive_session::on_closed(connection& c, std::error_code ec) {
     if (open_conns_ > 0) {
         --open_conns_;
     }
-    if (!result_sent_ && !failed_ && c.index != 0 && !ended_) {
+    if (!result_sent_ && !failed_ && c.index != 0 && !ended_ && ec != transport_errc::queue_full) {
         // One of the data connections: what it carried is sent again on the others, and
         // the sender opens a replacement (which joins at the same index).
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "closed by the sender";

@@ -60,6 +60,11 @@ private:
         std::mutex mutex;
         int fd = -1;
         bool finalized = false;  // taken for its rename: no more resume records
+        // Loop thread only:
+        bool resumed = false;        // accepted ACCEPT_PARTIAL: its partial file must exist
+        std::uint32_t writes = 0;    // chunk writes in flight
+        bool finalize_waits = false; // ready while writes were in flight: finalize after them
+        bool checkpointing = false;  // a resume record is being written
         ~sink_file();
     };
     // How often the resume records of files being written are brought up to date.
@@ -81,8 +86,10 @@ private:
     void send_have_digests(const std::vector<receiver_machine::decision>& decisions);
     // A chunk of a file large enough to resume was written: its record is due.
     void mark_dirty(file_id f);
-    // Brings the resume records of the files written since the last one up to date.
+    // Brings the resume records of the files written since the last one up to date (one
+    // record in flight per file; a file whose record is being written waits its turn).
     void checkpoint();
+    void arm_checkpoint();
     void on_payload_written(std::uint64_t bytes, std::uint64_t saved, stats_clock::duration write_time);
     std::filesystem::path journal_dir() const;
     void check_all_done();

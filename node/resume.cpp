@@ -39,7 +39,7 @@ bool read_all(int fd, std::uint8_t* out, std::uint32_t len, std::uint64_t offset
 
 }  // namespace
 
-resume_found find_resume(dest_tree& tree, const entry_info& e) {
+resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims) {
     resume_found out;
     std::uint64_t chunks = chunk_count(e.size);
     if (e.is_dir || chunks < resume_min_chunks) {
@@ -67,10 +67,12 @@ resume_found find_resume(dest_tree& tree, const entry_info& e) {
     }
     struct stat st {};
     std::uint64_t have_bytes = ::fstat(fd, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+    ::futimens(fd, nullptr);  // in use again: not abandoned (serve's --partial-max-age)
     chunk_bitmap have(chunks);
     std::vector<digest128> digests(chunks);
     auto buf = std::make_unique<std::uint8_t[]>(chunk_size);
-    for (std::uint64_t i = 0; i < chunks; ++i) {
+    std::uint64_t claims = 0;
+    for (std::uint64_t i = 0; i < chunks && claims < max_claims; ++i) {
         std::uint64_t offset = i * chunk_size;
         std::uint32_t len = chunk_length(e.size, i);
         bool listed = record && record->have.test(i);
@@ -85,6 +87,7 @@ resume_found find_resume(dest_tree& tree, const entry_info& e) {
             continue;
         }
         out.unrecorded += listed ? 0 : 1;
+        ++claims;
         have.set(i);
         digests[i] = d;
         out.kept_bytes += len;

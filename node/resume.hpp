@@ -38,7 +38,9 @@ struct resume_found {
 // damaged record is not trusted either way: every complete chunk of the partial file is
 // hashed as it is now and offered with that digest, which the sender compares with its
 // own before it skips the chunk.
-resume_found find_resume(dest_tree& tree, const entry_info& e);
+// At most `max_claims` chunks are offered (the rest are sent again). The partial file's
+// mtime is set to now, so that it does not look abandoned while the transfer runs.
+resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX);
 
 // Records what `state` lists for the partial file open as `fd`: its data is made durable
 // first (fdatasync), then the record replaces the previous one.

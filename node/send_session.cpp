@@ -235,10 +235,17 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             std::uint64_t acked = 0;
             for (std::uint64_t key : header.chunk_ack().chunks()) {
                 std::error_code ec;
-                machine_.on_ack(key, ec);
+                std::optional<wire::FileDone> released;
+                machine_.on_ack(key, ec, &released);
                 if (ec) {
                     fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                     return;
+                }
+                if (released) {
+                    // A resumed file's FileDone, held until the chunks sent again were written.
+                    wire::Header h;
+                    *h.mutable_file_done() = std::move(*released);
+                    conns_[0].conn->send(h);
                 }
                 if (auto it = cs.inflight.find(key); it != cs.inflight.end()) {
                     std::uint64_t len = raw_length(key);

@@ -228,6 +228,11 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
             again.send = true;
             requeued_.push_front(again);
             ++resent_chunks_;
+            if (f.resend_bits.size() == 0) {
+                f.resend_bits = chunk_bitmap(f.chunks);
+            }
+            f.resend_bits.set(ref.index.value);
+            ++f.resend_pending;
             if (resend != nullptr) {
                 *resend = true;
             }
@@ -244,9 +249,17 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
     if (f.chunks == 1 && ref.send && !f.have) {
         return std::nullopt;  // the Chunk frame is the whole file: no FileDone
     }
+    if (f.resend_pending > 0) {
+        f.done_held = true;  // released by the last resent chunk's ack (on_ack)
+        return std::nullopt;
+    }
+    return file_done(ref.file.value);
+}
+
+wire::FileDone sender_machine::file_done(std::uint32_t id) const {
     wire::FileDone d;
-    d.set_file_id(ref.file.value);
-    digest128 dg = file_digest(f.digests);
+    d.set_file_id(id);
+    digest128 dg = file_digest(files_[id].digests);
     d.set_digest_lo(dg.lo);
     d.set_digest_hi(dg.hi);
     return d;
@@ -254,7 +267,7 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
 
 void sender_machine::requeue(const chunk_ref& ref) { requeued_.push_front(ref); }
 
-std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec) {
+std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released) {
     file_id fid = chunk_key_file(key);
     chunk_index idx = chunk_key_index(key);
     // Only files whose chunks are sent have acked bits: a directory, a skipped file or a
@@ -273,6 +286,15 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec) {
     ++f.acked;
     std::uint64_t n = chunk_length(entries_[fid.value].size, idx.value);
     confirmed_bytes_ += n;
+    if (f.resend_pending > 0 && f.resend_bits.test(idx.value)) {
+        f.resend_bits.reset(idx.value);
+        if (--f.resend_pending == 0 && f.done_held) {
+            f.done_held = false;
+            if (released != nullptr) {
+                *released = file_done(fid.value);
+            }
+        }
+    }
     return n;
 }
 
@@ -449,6 +471,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         if (d.kind == wire::ACCEPT_PARTIAL && d.have && d.have->size() == f.chunks &&
             d.have_digests.size() == f.chunks) {
             f.have = *d.have;
+            f.claimed = *d.have;
             f.have_count = f.have.count();
             f.digests = d.have_digests;
             for (std::uint64_t c = 0; c < f.chunks; ++c) {
@@ -492,7 +515,11 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
 bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 digest) {
     file_state& f = files_.at(id.value);
     if (f.have.test(i.value) && f.digests[i.value] != digest) {
+        if (!replaceable(id, i)) {
+            return f.have_count == f.chunks;  // only a chunk offered when resuming is replaced, once
+        }
         // A chunk it had with other bytes (resumed), replaced by the sender's.
+        f.claimed.reset(i.value);
         f.digests[i.value] = digest;
         received_bytes_ += chunk_length(f.info.size, i.value);
         kept_bytes_ -= chunk_length(f.info.size, i.value);

@@ -52,6 +52,7 @@ public:
     static std::optional<chunk_bitmap> from_bytes(std::uint64_t bits, const std::string& bytes);
     bool test(std::uint64_t i) const { return (bytes_[i / 8] >> (i % 8)) & 1u; }
     void set(std::uint64_t i) { bytes_[i / 8] |= static_cast<std::uint8_t>(1u << (i % 8)); }
+    void reset(std::uint64_t i) { bytes_[i / 8] &= static_cast<std::uint8_t>(~(1u << (i % 8))); }
     std::uint64_t size() const { return bits_; }
     std::uint64_t count() const;
     std::string to_bytes() const { return {bytes_.begin(), bytes_.end()}; }
@@ -94,8 +95,11 @@ public:
     // front of the queue.
     void requeue(const chunk_ref& ref);
 
-    // Receiver-confirmed chunk. Returns the confirmed payload bytes it adds.
-    std::uint64_t on_ack(std::uint64_t key, std::error_code& ec);
+    // Receiver-confirmed chunk. Returns the confirmed payload bytes it adds. When it was
+    // the last chunk of a file sent again (see on_chunk_hashed), the file's FileDone,
+    // held back until then, is put in `released`: the receiver must have written the
+    // replacement before it checks the file digest.
+    std::uint64_t on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released = nullptr);
 
     std::error_code on_file_result(const wire::FileResult& result);
     std::error_code on_transfer_result(const wire::TransferResult& result);
@@ -132,10 +136,15 @@ private:
         std::uint64_t acked = 0;
         std::optional<chunk_bitmap> have;  // receiver already has these (partial accept)
         std::vector<digest128> theirs;     // and their digests there (index order, `have` bits only)
+        chunk_bitmap resend_bits;          // claimed chunks with other bytes there, sent again, not yet acked
+        std::uint64_t resend_pending = 0;
+        bool done_held = false;            // FileDone waits for those acks
         chunk_bitmap acked_bits;
         chunk_bitmap hashed_bits;
         std::vector<digest128> digests;
     };
+
+    wire::FileDone file_done(std::uint32_t id) const;
 
     std::uint64_t transfer_id_;
     std::vector<entry_info> entries_;
@@ -204,7 +213,12 @@ public:
     // whose partial data was damaged) is written again.
     bool holds(file_id f, chunk_index i, digest128 d) const {
         const file_state& fs = files_.at(f.value);
-        return fs.have.test(i.value) && fs.digests[i.value] == d;
+        return fs.have.test(i.value) && (fs.digests[i.value] == d || !replaceable(f, i));
+    }
+    // A chunk this side offered when resuming, which the sender may replace once.
+    bool replaceable(file_id f, chunk_index i) const {
+        const file_state& fs = files_.at(f.value);
+        return fs.claimed.size() > i.value && fs.claimed.test(i.value);
     }
 
     std::error_code on_file_done(const wire::FileDone& done);
@@ -255,6 +269,7 @@ private:
         std::uint64_t chunks = 0;
         std::uint64_t have_count = 0;
         chunk_bitmap have;
+        chunk_bitmap claimed;  // offered in ACCEPT_PARTIAL and not yet replaced: the only chunks a different digest may replace
         std::vector<digest128> digests;
     };
 

@@ -754,6 +754,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     bool ever_connected = false;
     bool interrupted = false;
     std::chrono::steady_clock::time_point lost_at{};
+    std::optional<ferry::transfer_report> last_failure;
     std::function<void()> attempt;
     auto finish = [&](const ferry::transfer_report& r) {
         result = r;
@@ -763,11 +764,18 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     };
     auto on_done = [&](const ferry::transfer_report& r) {
         auto now = std::chrono::steady_clock::now();
-        if (r.connected) {
+        if (r.connected && !ever_connected) {
             ever_connected = true;
+            lost_at = now;
+        }
+        if (r.connected && r.payload_bytes > 0) {
+            // It got somewhere: the backoff and the --retry-for budget start again. (An
+            // attempt that reaches the receiver and moves nothing does not reset them, so a
+            // receiver that keeps answering BUSY is given up on in time.)
             attempts = 0;
             lost_at = now;
         }
+        last_failure = r;
         if (r.ok || !r.retryable || !ever_connected || interrupted || retry_for.count() == 0 ||
             now - lost_at >= retry_for) {
             if (!r.ok && r.retryable && ever_connected && retry_for.count() > 0 && !interrupted) {
@@ -791,9 +799,17 @@ int cmd_send(const common_opts& o, const send_opts& s) {
                  {"give_up_in_s", left_s}});
         retry_timer.expires_after(delay);
         retry_timer.async_wait([&](std::error_code ec) {
-            if (!ec && !interrupted) {
-                attempt();
+            if (ec) {
+                return;  // cancelled by SIGINT/SIGTERM, which finished
             }
+            if (interrupted) {
+                // The signal came after the wait ended but before this ran.
+                ferry::transfer_report stopped = *last_failure;
+                stopped.error = "sender interrupted while waiting to reconnect";
+                finish(stopped);
+                return;
+            }
+            attempt();
         });
     };
     attempt = [&] { n.send(sources, t, so, on_done); };

@@ -186,9 +186,13 @@ public:
             receiver_.on_chunk_written(f, i, d);
         }
         std::error_code ec;
-        sender_.on_ack(chunk_key(f, i), ec);
+        std::optional<wire::FileDone> released;
+        sender_.on_ack(chunk_key(f, i), ec, &released);
         ASSERT_FALSE(ec) << ec.message();
         finish_if_ready(f);
+        if (released) {
+            deliver_done(*released);
+        }
     }
 
     void deliver_done(const wire::FileDone& done) {
@@ -814,6 +818,66 @@ TEST(TransferLoopback, ResumedChunkWithOtherBytesIsSentAgain) {
     EXPECT_EQ(lb.sender().confirmed_bytes(), chunk_size + 7u);
     EXPECT_EQ(lb.receiver().received_bytes(), chunk_size + 7u);
     EXPECT_EQ(lb.receiver().kept_bytes(), 2 * std::uint64_t{chunk_size});
+}
+
+TEST(TransferLoopback, FileDoneWaitsForTheResentChunk) {
+    // Every chunk claimed, the last with other bytes: hashing the last chunk must not
+    // release the FileDone (the receiver, which has every bit set, would check the digest
+    // over its stale chunk and fail); the ack of the resent chunk releases it.
+    const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 9;  // 4 chunks
+    loopback lb({file_entry("p", size)});
+    lb.exchange_offers([size](file_id id) {
+        receiver_machine::decision d = accept_all(id);
+        d.kind = wire::ACCEPT_PARTIAL;
+        d.have = chunk_bitmap(4);
+        d.have_digests.resize(4);
+        for (std::uint32_t i = 0; i < 4; ++i) {
+            d.have->set(i);
+            d.have_digests[i] = payload_digest(id, chunk_index{i}, chunk_length(size, i));
+        }
+        d.have_digests[3].hi ^= 4;
+        return d;
+    });
+    std::vector<in_flight> frames = lb.pull_chunks();
+    ASSERT_EQ(frames.size(), 1u);  // the resent chunk, pulled after the others were hashed
+    EXPECT_EQ(frames[0].ref.index, chunk_index{3});
+    EXPECT_EQ(lb.file_dones(file_id{0}), 0);
+    lb.deliver(frames[0]);
+    EXPECT_EQ(lb.file_dones(file_id{0}), 1);
+    EXPECT_EQ(lb.file_results(), 1u);  // the digest matched: the replacement was in first
+    EXPECT_EQ(lb.finish(), std::error_code{});
+    EXPECT_TRUE(lb.sender().finished());
+}
+
+TEST(ReceiverMachine, OnlyAnOfferedChunkIsReplacedAndOnlyOnce) {
+    const std::uint64_t size = 2 * std::uint64_t{chunk_size};
+    receiver_machine r;
+    std::vector<file_id> ids;
+    wire::Offer o = raw_offer({{0, "f"}, {1, "g"}});
+    o.mutable_entries(0)->set_size(size);
+    o.mutable_entries(1)->set_size(size);
+    ASSERT_EQ(r.on_offer(o, ids), std::error_code{});
+    receiver_machine::decision d = accept_all(file_id{0});
+    d.kind = wire::ACCEPT_PARTIAL;
+    d.have = chunk_bitmap(2);
+    d.have->set(0);
+    d.have_digests = {digest128{1, 1}, digest128{}};
+    r.accept({d, accept_all(file_id{1})});
+    const digest128 other{2, 2};
+    // Offered chunk 0: replaced once by other bytes, never again.
+    EXPECT_FALSE(r.holds(file_id{0}, chunk_index{0}, other));
+    r.on_chunk_written(file_id{0}, chunk_index{0}, other);
+    EXPECT_EQ(r.kept_bytes(), 0u);
+    EXPECT_EQ(r.received_bytes(), chunk_size);
+    EXPECT_TRUE(r.holds(file_id{0}, chunk_index{0}, digest128{3, 3}));  // a later different copy is dropped
+    r.on_chunk_written(file_id{0}, chunk_index{0}, digest128{3, 3});
+    EXPECT_EQ(r.received_bytes(), chunk_size);
+    // A file accepted whole: a chunk written is never rewritten by another digest.
+    r.on_chunk_written(file_id{1}, chunk_index{1}, other);
+    EXPECT_TRUE(r.holds(file_id{1}, chunk_index{1}, digest128{5, 5}));
+    r.on_chunk_written(file_id{1}, chunk_index{1}, digest128{5, 5});
+    EXPECT_EQ(r.received_bytes(), 2 * std::uint64_t{chunk_size});
+    EXPECT_EQ(r.digests(file_id{1})[1], other);
 }
 
 TEST(SenderMachine, HaveDigestsAreBoundedAndMustMatchTheAccept) {
