@@ -7,7 +7,7 @@
 #      data, from the sender's own log line (RUNS runs).
 #   3. the transfer rate with one connection reset every KILL_EVERY seconds against the
 #      same transfer undisturbed, alternating (RUNS runs each; fastest and median).
-# Usage: bench/resume.sh [--size BYTES] [--runs N] [--kill-every SECONDS]
+# Usage: bench/resume.sh [--size BYTES] [--runs N] [--kill-every SECONDS] [--parts 123]
 # Data lives in /dev/shm (the source) and DEST_DIR (default: a folder in /dev/shm).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,12 +15,14 @@ ferry=${FERRY:-$repo/build/release/tools/ferry}
 size=$((1024 * 1024 * 1024))
 runs=3
 kill_every=5
+parts="123"
 while [ $# -gt 0 ]; do
     case $1 in
         --size) size=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
         --kill-every) kill_every=$2; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --parts) parts=$2; shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 1 ;;
     esac
 done
@@ -69,6 +71,7 @@ wait_half() {
     exit 1
 }
 
+if [[ $parts == *1* ]]; then
 echo "== kill -9 at half of $size bytes, then the same send again"
 printf '%-9s %14s %14s %14s %14s %9s\n' killed at_kill kept resent_wire missing beyond_%
 for who in receiver sender; do
@@ -95,6 +98,8 @@ for who in receiver sender; do
     done
 done
 
+fi
+if [[ $parts == *2* ]]; then
 echo
 echo "== a connection reset from outside (ss -K): time until its replacement carries data"
 rm -rf "$dest"; mkdir -p "$dest"
@@ -113,6 +118,8 @@ for r in $(seq 1 "$runs"); do
 done
 stop_serve
 echo "replacement carrying data after (ms): ${times[*]}"
+fi
+[[ $parts == *3* ]] || exit 0
 
 echo
 echo "== one connection reset every $kill_every s against undisturbed, alternating"

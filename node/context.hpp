@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "node/resume.hpp"
 #include "node/stats.hpp"
 #include "protocol/transfer.hpp"
 #include "node/trust_store.hpp"
@@ -182,6 +183,7 @@ struct node_context {
     worker_pool workers;
     std::shared_ptr<buffer_pool> buffers;  // chunk buffers for both directions
     node_stats stats;
+    known_partials known;  // partial files of unfinished transfers, as this process wrote them
     void log(const std::string& line) const {
         if (events.log) {
             events.log(line);

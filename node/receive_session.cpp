@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -293,8 +294,12 @@ void receive_session::next_offer() {
     };
     std::vector<item> items;
     items.reserve(ids.size());
+    std::vector<std::optional<known_partial>> known(ids.size());
     for (file_id id : ids) {
         const entry_info& e = machine_.entry(id);
+        if (!e.is_dir && chunk_count(e.size) >= resume_min_chunks) {
+            known[items.size()] = ctx_.known.take(e.path);
+        }
         items.push_back({id, e.path, e.is_dir, e.size, e.mtime_ns});
     }
     auto tree = tree_;
@@ -302,8 +307,8 @@ void receive_session::next_offer() {
     std::filesystem::path journals = journal_dir();
     bool overwrite = overwrite_;
     std::uint64_t need = total_bytes;
-    ctx_.workers.post([self = shared_from_this(), items = std::move(items), tree, root, journals, overwrite,
-                       need]() mutable {
+    ctx_.workers.post([self = shared_from_this(), items = std::move(items), known = std::move(known), tree, root,
+                       journals, overwrite, need]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
@@ -411,7 +416,7 @@ void receive_session::next_offer() {
                         e.path = items[i].path;
                         e.size = items[i].size;
                         e.mtime_ns = items[i].mtime_ns;
-                        found[i] = find_resume(*tree, e, claim_budget);
+                        found[i] = find_resume(*tree, e, claim_budget, known[i] ? &*known[i] : nullptr);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
                         if (!found[i].note.empty()) {
                             resumed.push_back(std::move(found[i].note));
@@ -953,7 +958,15 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
         ctx_.stats.refusals.add(*counted);
     }
     ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);
-    checkpoint();  // what was verified so far stays for a later attempt
+    // What was verified so far stays for a later attempt: every unfinished file with chunks
+    // here gets its record, and is remembered (ctx_.known) for a sender that comes back.
+    for (std::uint32_t id = 0; id < sinks_.size(); ++id) {
+        if (sinks_[id] && !machine_.finished(file_id{id}) && machine_.digests(file_id{id}).size() >= resume_min_chunks &&
+            machine_.have(file_id{id}).count() > 0) {
+            dirty_.insert(id);
+        }
+    }
+    checkpoint();
     wire::Header h;
     h.mutable_error()->set_code(code);
     h.mutable_error()->set_message(message);
@@ -1066,8 +1079,10 @@ void receive_session::checkpoint() {
                 }
             }
             std::error_code ec;
+            struct stat st {};
+            bool saved = false;
             if (fd >= 0) {
-                if (::fdatasync(fd) != 0) {
+                if (::fdatasync(fd) != 0 || ::fstat(fd, &st) != 0) {
                     ec = {errno, std::system_category()};
                 }
                 ::close(fd);
@@ -1075,11 +1090,17 @@ void receive_session::checkpoint() {
                     std::lock_guard lock(sink->mutex);
                     if (!sink->finalized) {
                         ec = tree->save_resume(path, encode_resume_state(state));
+                        saved = !ec;
                     }
                 }
             }
-            asio::post(self->ctx_.io, [self, sink, path, ec] {
+            asio::post(self->ctx_.io, [self, sink, path, ec, saved, stamp = stamp_of(st),
+                                       state = std::move(state)]() mutable {
                 sink->checkpointing = false;
+                if (saved && self->failed_) {
+                    self->ctx_.known.put(path, known_partial{stamp, state.size, state.mtime_ns, std::move(state.have),
+                                                             std::move(state.digests)});
+                }
                 if (self->failed_ && !self->dirty_.empty()) {
                     self->checkpoint();  // the final record of a file this one was in the way of
                 }

@@ -39,7 +39,44 @@ bool read_all(int fd, std::uint8_t* out, std::uint32_t len, std::uint64_t offset
 
 }  // namespace
 
-resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims) {
+partial_stamp stamp_of(const struct stat& st) {
+    return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+            static_cast<std::uint64_t>(st.st_size), std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec,
+            std::int64_t{st.st_ctim.tv_sec} * 1'000'000'000 + st.st_ctim.tv_nsec};
+}
+
+void known_partials::put(const std::string& key, known_partial k) {
+    if (auto it = map_.find(key); it != map_.end()) {
+        chunks_ -= it->second.have.size();
+        map_.erase(it);
+    }
+    chunks_ += k.have.size();
+    map_.emplace(key, std::move(k));
+    order_.push_back(key);
+    while ((map_.size() > max_entries || chunks_ > max_chunks) && !order_.empty()) {
+        if (auto it = map_.find(order_.front()); it != map_.end()) {
+            chunks_ -= it->second.have.size();
+            map_.erase(it);
+        }
+        order_.pop_front();
+    }
+    if (order_.size() > 2 * max_entries) {
+        std::erase_if(order_, [this](const std::string& k) { return !map_.contains(k); });
+    }
+}
+
+std::optional<known_partial> known_partials::take(const std::string& key) {
+    auto it = map_.find(key);
+    if (it == map_.end()) {
+        return std::nullopt;
+    }
+    known_partial k = std::move(it->second);
+    chunks_ -= k.have.size();
+    map_.erase(it);
+    return k;
+}
+
+resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known) {
     resume_found out;
     std::uint64_t chunks = chunk_count(e.size);
     if (e.is_dir || chunks < resume_min_chunks) {
@@ -67,6 +104,11 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     }
     struct stat st {};
     std::uint64_t have_bytes = ::fstat(fd, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+    if (known != nullptr &&
+        (!(known->file == stamp_of(st)) || known->size != e.size || known->mtime_ns != e.mtime_ns ||
+         known->have.size() != chunks)) {
+        known = nullptr;  // touched since, another file, or another source version
+    }
     ::futimens(fd, nullptr);  // in use again: not abandoned (serve's --partial-max-age)
     chunk_bitmap have(chunks);
     std::vector<digest128> digests(chunks);
@@ -75,6 +117,15 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     for (std::uint64_t i = 0; i < chunks && claims < max_claims; ++i) {
         std::uint64_t offset = i * chunk_size;
         std::uint32_t len = chunk_length(e.size, i);
+        if (known != nullptr && known->have.test(i) && offset + len <= have_bytes) {
+            // Hashed by this process when it arrived, written, and the file not replaced.
+            ++claims;
+            ++out.remembered;
+            have.set(i);
+            digests[i] = known->digests[i];
+            out.kept_bytes += len;
+            continue;
+        }
         bool listed = record && record->have.test(i);
         out.recorded += listed ? 1 : 0;
         if (offset + len > have_bytes || is_hole(fd, offset, len) || !read_all(fd, buf.get(), len, offset)) {
@@ -101,6 +152,9 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     out.digests = std::move(digests);
     out.note = e.path + ": resuming with " + std::to_string(n) + " of " + std::to_string(chunks) + " chunks (" +
                std::to_string(out.kept_bytes) + " bytes) already here";
+    if (out.remembered > 0) {
+        out.note += " (" + std::to_string(out.remembered) + " known from the interrupted session, not read again)";
+    }
     if (out.repaired > 0) {
         out.note += ", " + std::to_string(out.repaired) + " recorded chunk(s) damaged: sent again";
     }

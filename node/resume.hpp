@@ -5,11 +5,15 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
+
+#include <sys/stat.h>
 
 #include "node/dest_tree.hpp"
 #include "protocol/resume_state.hpp"
@@ -20,6 +24,42 @@ namespace ferry {
 // Files with fewer chunks than this are not checkpointed: they restart whole.
 inline constexpr std::uint64_t resume_min_chunks = 4;
 
+// What this process verified and wrote into a partial file, kept when its transfer ended
+// unfinished, so that a sender coming back while the node runs resumes without the
+// partial file being read again (its chunks were hashed when they arrived). Only used if
+// the partial file is untouched since: the same inode, size, mtime and ctime.
+struct partial_stamp {
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    std::uint64_t bytes = 0;
+    std::int64_t mtime_ns = 0;
+    std::int64_t ctime_ns = 0;
+    bool operator==(const partial_stamp&) const = default;
+};
+partial_stamp stamp_of(const struct stat& st);
+
+struct known_partial {
+    partial_stamp file;
+    std::uint64_t size = 0;     // the source version
+    std::int64_t mtime_ns = 0;
+    chunk_bitmap have;
+    std::vector<digest128> digests;
+};
+
+// known_partials by destination path, bounded (oldest dropped first). Loop thread only.
+class known_partials {
+public:
+    void put(const std::string& key, known_partial k);
+    std::optional<known_partial> take(const std::string& key);
+
+private:
+    static constexpr std::size_t max_entries = 4096;
+    static constexpr std::uint64_t max_chunks = 16u << 20;  // 256 MiB of digests
+    std::unordered_map<std::string, known_partial> map_;
+    std::deque<std::string> order_;
+    std::uint64_t chunks_ = 0;
+};
+
 struct resume_found {
     // The chunks the partial file holds and their digests (its bytes as they are now,
     // hashed here). Empty when there is nothing to resume.
@@ -29,6 +69,7 @@ struct resume_found {
     std::uint64_t recorded = 0;   // chunks the record listed
     std::uint64_t repaired = 0;   // of those, chunks whose bytes no longer match: sent again
     std::uint64_t unrecorded = 0; // chunks written after the last record (a crash): the sender checks them
+    std::uint64_t remembered = 0; // chunks taken from a known_partial, not read
     bool restarted = false;       // the source changed since (size or mtime): partial data dropped
     std::string note;             // one line for the log, empty if nothing was found
 };
@@ -40,7 +81,10 @@ struct resume_found {
 // own before it skips the chunk.
 // At most `max_claims` chunks are offered (the rest are sent again). The partial file's
 // mtime is set to now, so that it does not look abandoned while the transfer runs.
-resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX);
+// With `known` (from known_partials) for the same inode and source version, the chunks it
+// lists are offered without being read.
+resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX,
+                         const known_partial* known = nullptr);
 
 // Records what `state` lists for the partial file open as `fd`: its data is made durable
 // first (fdatasync), then the record replaces the previous one.

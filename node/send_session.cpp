@@ -50,6 +50,7 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
         cs.window_bytes = options_.window_bytes;
     }
     files_.resize(sources_.entries.size());
+    memo_ok_.assign(sources_.entries.size(), 0);
     file_events_.resize(sources_.entries.size());
     for (const entry_info& e : sources_.entries) {
         regular_files_ += e.is_dir ? 0 : 1;
@@ -337,7 +338,90 @@ void send_session::pump(std::uint32_t index) {
         if (!ref) {
             return;
         }
+        if (!ref->send && hashed_from_memo(*ref)) {
+            continue;
+        }
         read_chunk(index, *ref);
+    }
+}
+
+void digest_memo::put(file_id f, chunk_index i, std::uint64_t chunks, digest128 d) {
+    if (known.size() <= f.value) {
+        known.resize(f.value + 1);
+        digests.resize(f.value + 1);
+    }
+    if (known[f.value].size() != chunks) {
+        known[f.value] = chunk_bitmap(chunks);
+        digests[f.value].assign(chunks, digest128{});
+    }
+    known[f.value].set(i.value);
+    digests[f.value][i.value] = d;
+}
+
+bool digest_memo::get(file_id f, chunk_index i, digest128& d) const {
+    if (f.value >= known.size() || i.value >= known[f.value].size() || !known[f.value].test(i.value)) {
+        return false;
+    }
+    d = digests[f.value][i.value];
+    return true;
+}
+
+void digest_memo::forget(file_id f) {
+    if (f.value < known.size()) {
+        known[f.value] = chunk_bitmap();
+        digests[f.value].clear();
+    }
+}
+
+bool send_session::hashed_from_memo(const chunk_ref& ref) {
+    const auto& memo = options_.memo;
+    digest128 d;
+    if (!memo || !memo->get(ref.file, ref.index, d)) {
+        return false;
+    }
+    std::int8_t& ok = memo_ok_.at(ref.file.value);
+    if (ok == 0) {
+        // Once per file per attempt: the memo holds for the file as scanned, unchanged.
+        struct stat st {};
+        const entry_info& e = sources_.entries[ref.file.value];
+        bool same = ::stat(sources_.locals[ref.file.value].c_str(), &st) == 0 &&
+                    static_cast<std::uint64_t>(st.st_size) == e.size &&
+                    std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec == e.mtime_ns;
+        ok = same ? 1 : -1;
+        if (!same) {
+            memo->forget(ref.file);
+        }
+    }
+    if (ok < 0) {
+        return false;
+    }
+    auto file = files_.at(ref.file.value);
+    {
+        std::lock_guard lock(file->mutex);
+        if (file->reads_left > 0 && --file->reads_left == 0 && file->fd >= 0) {
+            ::close(file->fd);
+            file->fd = -1;
+        }
+    }
+    on_hashed(ref, d);
+    return true;
+}
+
+void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
+    if (std::uint64_t chunks = chunk_count(sources_.entries[ref.file.value].size);
+        options_.memo && chunks >= resume_min_chunks) {  // smaller files never resume
+        options_.memo->put(ref.file, ref.index, chunks, digest);
+    }
+    bool resend = false;
+    if (auto done = machine_.on_chunk_hashed(ref, digest, &resend)) {
+        wire::Header h;
+        *h.mutable_file_done() = std::move(*done);
+        conns_[0].conn->send(h);
+    }
+    if (resend) {
+        // The receiver has other bytes there: the chunk is read again and sent.
+        std::lock_guard lock(files_[ref.file.value]->mutex);
+        ++files_[ref.file.value]->reads_left;
     }
 }
 
@@ -433,17 +517,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
                 self->fail(exit_code::local_io, "cannot read " + local->string() + ": " + what);
                 return;
             }
-            bool resend = false;
-            if (auto done = self->machine_.on_chunk_hashed(ref, digest, &resend)) {
-                wire::Header h;
-                *h.mutable_file_done() = std::move(*done);
-                self->conns_[0].conn->send(h);
-            }
-            if (resend) {
-                // The receiver has other bytes there: the chunk is read again and sent.
-                std::lock_guard lock(self->files_[ref.file.value]->mutex);
-                ++self->files_[ref.file.value]->reads_left;
-            }
+            self->on_hashed(ref, digest);
             if (ref.send) {
                 if (!cs.conn || cs.conn->closed()) {
                     self->machine_.requeue(ref);

@@ -34,6 +34,17 @@ struct send_target {
     std::string expected_id;  // canonical; empty = any (a warning if not trusted)
 };
 
+// Chunk digests of the sources, kept by `ferry send` across its attempts (--retry-for):
+// a resumed attempt does not read and hash again the chunks the receiver kept when an
+// earlier attempt hashed them already (and the file has not changed since). Loop thread.
+struct digest_memo {
+    std::vector<chunk_bitmap> known;  // per entry (empty until one of its chunks is hashed)
+    std::vector<std::vector<digest128>> digests;
+    void put(file_id f, chunk_index i, std::uint64_t chunks, digest128 d);
+    bool get(file_id f, chunk_index i, digest128& d) const;
+    void forget(file_id f);
+};
+
 struct send_options {
     std::uint32_t connections = default_connections;
     // When the transfer began, for its elapsed time and rates (`ferry send`: when the
@@ -55,6 +66,7 @@ struct send_options {
     // A connection with chunks in flight that hears nothing from the receiver for this
     // long is taken for dead (a link that stalls without a reset) and closed.
     std::chrono::milliseconds stall_timeout{30'000};
+    std::shared_ptr<digest_memo> memo;  // null: none
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -127,6 +139,12 @@ private:
     void pump(std::uint32_t index);
     void pump_all();
     void read_chunk(std::uint32_t index, chunk_ref ref);
+    // A chunk the receiver has, whose digest options_.memo knows: no read. False when the
+    // memo does not know it (or the file changed since the scan).
+    bool hashed_from_memo(const chunk_ref& ref);
+    // A chunk hashed (read, or from the memo): the machine learns its digest; a FileDone
+    // that releases goes out, and a chunk the receiver has with other bytes is read again.
+    void on_hashed(const chunk_ref& ref, digest128 digest);
     // Payload bytes of the chunk with this chunk_key (what the window and progress count).
     std::uint32_t raw_length(std::uint64_t key) const;
     void requeue_inflight(conn_state& cs);
@@ -156,6 +174,7 @@ private:
     bool offers_sent_ = false;
     bool retryable_ = false;  // the failure may pass (transfer_report::retryable)
     std::unique_ptr<asio::steady_timer> stall_timer_;
+    std::vector<std::int8_t> memo_ok_;  // per entry: 0 unknown, 1 the memo may be used, -1 not
     bool waiting_buffer_ = false;
     bool finished_ = false;
     std::chrono::steady_clock::time_point start_;

@@ -740,6 +740,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
     so.stall_timeout = std::chrono::milliseconds(std::llround(s.stall_timeout_s * 1000));
+    so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     std::optional<ferry::transfer_report> result;
     command_progress progress(io, o, n);
