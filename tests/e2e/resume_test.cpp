@@ -28,7 +28,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr std::uint64_t file_size = 40ull * 1024 * 1024 + 12345;  // 161 chunks, the last one short
+constexpr std::uint64_t file_size = 24ull * 1024 * 1024 + 12345;  // 97 chunks, the last one short
 constexpr std::uint64_t chunk = 256 * 1024;
 
 // Polls `ready` every 5 ms until it holds or `timeout` passes (for state only the file
@@ -252,10 +252,10 @@ TEST_F(resume, one_cut_connection_is_replaced_and_the_transfer_goes_on) {
     auto sv = serve();
     fault_proxy proxy(sv.address);
     // Connection 2 in accept order is a data connection (0 is the control connection).
-    // Each forwarded piece (up to 64 KiB) waits 2 ms, so that the transfer outlasts the
-    // replacement's backoff.
-    proxy.set_delay(2ms);
-    proxy.at_up_bytes(file_size / 10, [](fault_proxy& p) { p.cut(2); });
+    // Each forwarded piece (up to 64 KiB) waits 4 ms (about 60 MB/s per connection), so
+    // that the transfer outlasts the replacement's backoff and handshake.
+    proxy.set_delay(4ms);
+    proxy.at_up_bytes(file_size / 20, [](fault_proxy& p) { p.cut(2); });
     std::vector<std::string> args = send_args(proxy.address());
     args.erase(args.begin());
     run_result r = cli.ferry(args);
