@@ -2,7 +2,6 @@
 // that go silent, a sender that stops talking, and transfers over the configured bounds.
 // The real ferry binary serves; the misbehaving clients are hostile_peer connections
 // (tests/support): plain TCP, or TLS 1.3 with the identity of node B, which the node trusts.
-#include <sched.h>
 #include <sys/mount.h>
 
 #include <gtest/gtest.h>
@@ -13,6 +12,7 @@
 
 #include "node/identity.hpp"
 #include "tests/support/ferry_cli.hpp"
+#include "tests/support/fs_util.hpp"
 #include "tests/support/hostile_peer.hpp"
 #include "tests/support/tree.hpp"
 
@@ -167,13 +167,10 @@ TEST_F(limits, disk_full_mid_transfer_fails_with_exit_4_keeps_verified_data_and_
     // A tmpfs with room for the bytes but only 40 inodes, mounted in a mount namespace of
     // this test process (the ferry processes inherit it; the host never sees it): the
     // space check passes and file creation runs out mid-transfer with ENOSPC.
-    if (::unshare(CLONE_NEWNS) != 0) {
-        GTEST_SKIP() << "cannot create a mount namespace (needs root): " << std::strerror(errno);
-    }
-    ASSERT_EQ(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0) << std::strerror(errno);
     fs::path disk = cli.root() / "disk";
-    fs::create_directories(disk);
-    ASSERT_EQ(::mount("ferry-test", disk.c_str(), "tmpfs", 0, "size=64m,nr_inodes=40"), 0) << std::strerror(errno);
+    if (std::string why = mount_private_tmpfs(disk, "size=64m,nr_inodes=40"); !why.empty()) {
+        GTEST_SKIP() << why;
+    }
     fs::path src = cli.root() / "src/tree";
     for (int i = 0; i < 100; ++i) {
         write_random_file(src / ("f" + std::to_string(i)), 4096 + i, 100 + i);

@@ -27,24 +27,6 @@ using nlohmann::json;
 
 namespace {
 
-std::vector<json> parse_lines(const std::string& out) {
-    std::vector<json> lines;
-    std::size_t start = 0;
-    while (start < out.size()) {
-        std::size_t nl = out.find('\n', start);
-        std::string line = out.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
-        json j = json::parse(line, nullptr, false);
-        EXPECT_FALSE(j.is_discarded()) << "not JSON: " << line;
-        EXPECT_TRUE(j.is_object() && j.contains("event") && j.contains("t")) << line;
-        lines.push_back(std::move(j));
-        if (nl == std::string::npos) {
-            break;
-        }
-        start = nl + 1;
-    }
-    return lines;
-}
-
 // Checks the rules every --json stream follows and returns its `done` event.
 json check_stream(const std::vector<json>& lines, std::uint64_t expect_total, std::size_t expect_files,
                   std::uint64_t expect_skipped = 0) {
@@ -323,9 +305,9 @@ TEST_F(observability, json_streams_of_both_sides_are_well_formed_and_agree) {
     // Not a terminal: no escape codes on stderr.
     EXPECT_EQ(s.err.find('\x1b'), std::string::npos) << s.err;
 
-    json sent = check_stream(parse_lines(s.out), total, files);
+    json sent = check_stream(json_events(s.out), total, files);
     // The receiver's stream: its first line (listening) was read by start().
-    std::vector<json> rx_lines = parse_lines(rx.first_line + "\n" + rx.proc->out());
+    std::vector<json> rx_lines = json_events(rx.first_line + "\n" + rx.proc->out());
     EXPECT_EQ(rx_lines.front()["event"], "listening");
     json received = check_stream(rx_lines, total, files);
     // Both sides name the same session in their summaries.
@@ -364,7 +346,7 @@ TEST_F(observability, json_streams_of_both_sides_are_well_formed_and_agree) {
         cli.ferry({"send", "--state", cli.state("B").string(), "--json", src.string(), a_id + "@" + again.address});
     ASSERT_EQ(s2.code, 0) << s2.err;
     ASSERT_EQ(again.proc->wait(process_timeout), 0) << again.proc->err();
-    json skipped = check_stream(parse_lines(s2.out), total, files, total);
+    json skipped = check_stream(json_events(s2.out), total, files, total);
     EXPECT_EQ(skipped["payload_bytes"], 0u);
     EXPECT_EQ(skipped["skipped_bytes"], total);
     EXPECT_EQ(skipped["skipped_files"], files);

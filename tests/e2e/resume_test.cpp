@@ -4,7 +4,6 @@
 // while data flows (tests/support/fault_proxy): one is replaced and the transfer goes on;
 // all of them, and `ferry send` reconnects and resumes.
 #include <fcntl.h>
-#include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -13,12 +12,12 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
-#include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "tests/support/fault_proxy.hpp"
 #include "tests/support/ferry_cli.hpp"
+#include "tests/support/fs_util.hpp"
 #include "tests/support/tree.hpp"
 
 namespace fs = std::filesystem;
@@ -31,20 +30,6 @@ namespace {
 constexpr std::uint64_t file_size = 24ull * 1024 * 1024 + 12345;  // 97 chunks, the last one short
 constexpr std::uint64_t chunk = 256 * 1024;
 
-// Polls `ready` every 5 ms until it holds or `timeout` passes (for state only the file
-// system shows, such as how much of a partial file another process has written).
-template <typename F>
-bool wait_until(F ready, std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!ready()) {
-        if (std::chrono::steady_clock::now() > deadline) {
-            return false;
-        }
-        std::this_thread::sleep_for(5ms);
-    }
-    return true;
-}
-
 // How far short of `wire` bytes (what passed the proxy) the whole chunks a receiver wrote
 // may fall: a chunk cut short on each of the 4 connections, and the framing and TLS bytes
 // that are not file data (well under 1%).
@@ -54,31 +39,6 @@ std::uint64_t slack(std::uint64_t wire) { return 4 * chunk + wire / 100; }
 std::uint64_t allocated(const fs::path& p) {
     struct stat st {};
     return ::stat(p.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
-}
-
-// The JSON events of a `--json` command's stdout.
-std::vector<json> events(const std::string& out) {
-    std::vector<json> ev;
-    std::size_t at = 0;
-    while (at < out.size()) {
-        std::size_t nl = out.find('\n', at);
-        std::string line = out.substr(at, nl == std::string::npos ? std::string::npos : nl - at);
-        at = nl == std::string::npos ? out.size() : nl + 1;
-        json j = json::parse(line, nullptr, false);
-        if (!j.is_discarded()) {
-            ev.push_back(std::move(j));
-        }
-    }
-    return ev;
-}
-
-json find_event(const std::vector<json>& ev, const std::string& name) {
-    for (auto it = ev.rbegin(); it != ev.rend(); ++it) {
-        if ((*it).value("event", "") == name) {
-            return *it;
-        }
-    }
-    return json();
 }
 
 class resume : public ::testing::Test {
@@ -109,16 +69,59 @@ protected:
         return args;
     }
 
+    // The send, straight to `address`, run to its end.
+    run_result send(const std::string& address, std::vector<std::string> extra = {}) {
+        std::vector<std::string> args = send_args(address, std::move(extra));
+        args.erase(args.begin());  // cli.ferry names the binary itself
+        return cli.ferry(args);
+    }
+
+    // Waits (on the file system, bounded) until the partial file `p` holds what `at` bytes
+    // on the wire carried in whole chunks.
+    bool written(const fs::path& p, std::uint64_t at) {
+        return wait_for_change(p.parent_path(), [&] { return allocated(p) + slack(at) >= at; }, 60s);
+    }
+
+    bool resume_record_written() {
+        return wait_for_change(inbox, [&] { return fs::exists(inbox / ".big.bin.ferry-resume"); }, 30s);
+    }
+
+    // Starts the send through `proxy`, which stalls once `at` bytes passed it; returns once
+    // they did and, given `partial`, once the receiver wrote them. Null (the test failed)
+    // if that does not happen in time.
+    std::unique_ptr<child_process> send_stalled_at(fault_proxy& proxy, std::uint64_t at,
+                                                   std::vector<std::string> extra = {}, const fs::path& partial = {}) {
+        proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
+        auto tx = std::make_unique<child_process>(send_args(proxy.address(), std::move(extra)));
+        if (!proxy.wait_up_bytes(at, 60s)) {
+            ADD_FAILURE() << "the proxy never passed " << at << " bytes: " << tx->err();
+            return nullptr;
+        }
+        if (!partial.empty() && !written(partial, at)) {
+            ADD_FAILURE() << "the receiver wrote " << allocated(partial) << " bytes of the " << at << " that passed";
+            return nullptr;
+        }
+        return tx;
+    }
+
+    // kill -9 of a sender held by the stalled proxy; the proxy then resets its links (it
+    // would hold the sender's end open) and serve reports the transfer failed.
+    void kill_sender(child_process& tx, fault_proxy& proxy, ferry_cli::receiver& sv) {
+        tx.signal(SIGKILL);
+        EXPECT_TRUE(tx.wait(process_timeout).has_value());
+        proxy.cut_all();
+        EXPECT_TRUE(sv.proc->wait_for_err("failed", process_timeout)) << sv.proc->err();
+    }
+
     // The same send again, straight to `address`; checks it succeeded, that the file is
     // identical, and that it sent exactly the chunks the receiver lacked (and on the wire
     // little more). Returns the bytes the receiver kept.
     std::uint64_t resend_and_check(const std::string& address) {
-        std::vector<std::string> args = send_args(address);
-        args.erase(args.begin());
-        run_result r = cli.ferry(args);
+        run_result r = send(address);
         EXPECT_EQ(r.code, 0) << r.err;
         EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
-        json done = find_event(events(r.out), "done");
+        std::vector<json> ev = json_events(r.out);
+        json done = find_event(ev, "done");
         EXPECT_TRUE(done.value("ok", false)) << r.out;
         std::uint64_t kept = done.value("resumed_bytes", std::uint64_t{0});
         std::uint64_t sent = done.value("payload_bytes", std::uint64_t{0});
@@ -126,7 +129,7 @@ protected:
         EXPECT_EQ(sent + kept, file_size) << done;
         // TLS records, frame headers and the handshake: well under 1% plus 64 KiB.
         EXPECT_LE(wire, sent + sent / 100 + 64 * 1024) << done;
-        json resumed = find_event(events(r.out), "resumed");
+        json resumed = find_event(ev, "resumed");
         EXPECT_EQ(resumed.value("bytes_kept", std::uint64_t{0}), kept) << r.out;
         return kept;
     }
@@ -140,16 +143,11 @@ TEST_P(sender_killed, resend_sends_only_what_is_missing) {
     auto sv = serve();
     fault_proxy proxy(sv.address);
     const std::uint64_t at = static_cast<std::uint64_t>(GetParam() * file_size);
-    proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
-    child_process tx(send_args(proxy.address()));
-    ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
     // Everything that passed is written (the receiver is alive): all but the chunks cut
     // short by the stall, one per connection at most.
-    ASSERT_TRUE(wait_until([&] { return allocated(part) + slack(at) >= at; }, 60s)) << allocated(part);
-    tx.signal(SIGKILL);
-    ASSERT_TRUE(tx.wait(process_timeout).has_value());
-    proxy.cut_all();  // the stalled proxy would hold the sender's end open
-    ASSERT_TRUE(sv.proc->wait_for_err("failed", process_timeout)) << sv.proc->err();
+    auto tx = send_stalled_at(proxy, at, {}, part);
+    ASSERT_TRUE(tx);
+    kill_sender(*tx, proxy, sv);
 
     std::uint64_t kept = resend_and_check(sv.address);
     EXPECT_GE(kept + slack(at), at);
@@ -170,15 +168,13 @@ TEST_P(receiver_killed, resend_to_a_new_serve_sends_only_what_is_missing) {
         auto sv = serve();
         fault_proxy proxy(sv.address);
         const std::uint64_t at = static_cast<std::uint64_t>(GetParam() * file_size);
-        proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
-        child_process tx(send_args(proxy.address(), {"--retry-for", "0"}));
-        ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
-        ASSERT_TRUE(wait_until([&] { return allocated(part) + slack(at) >= at; }, 60s)) << allocated(part);
+        auto tx = send_stalled_at(proxy, at, {"--retry-for", "0"}, part);
+        ASSERT_TRUE(tx);
         sv.proc->signal(SIGKILL);
         ASSERT_TRUE(sv.proc->wait(process_timeout).has_value());
         kept_before = allocated(part);
         proxy.cut_all();
-        EXPECT_EQ(tx.wait(process_timeout), 2) << tx.err();
+        EXPECT_EQ(tx->wait(process_timeout), 2) << tx->err();
     }
     auto sv = serve();
     std::uint64_t kept = resend_and_check(sv.address);
@@ -195,18 +191,11 @@ TEST_F(resume, damaged_partial_data_is_repaired_not_trusted) {
     auto sv = serve();
     {
         fault_proxy proxy(sv.address);
-        const std::uint64_t at = file_size / 2;
-        proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
-        child_process tx(send_args(proxy.address()));
-        ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
-        ASSERT_TRUE(wait_until([&] { return allocated(part) + slack(at) >= at; }, 60s));
-        tx.signal(SIGKILL);
-        ASSERT_TRUE(tx.wait(process_timeout).has_value());
-        proxy.cut_all();  // the stalled proxy would hold the sender's end open
-        ASSERT_TRUE(sv.proc->wait_for_err("failed", process_timeout)) << sv.proc->err();
+        auto tx = send_stalled_at(proxy, file_size / 2, {}, part);
+        ASSERT_TRUE(tx);
+        kill_sender(*tx, proxy, sv);
     }
-    ASSERT_TRUE(wait_until([&] { return fs::exists(inbox / ".big.bin.ferry-resume"); }, 30s))
-        << "no resume record after the failed transfer";
+    ASSERT_TRUE(resume_record_written()) << "no resume record after the failed transfer";
     {
         // Flips bits of one byte in chunk 3, which the record lists.
         int fd = ::open(part.c_str(), O_RDWR);
@@ -226,23 +215,16 @@ TEST_F(resume, changed_source_restarts_the_file) {
     auto sv = serve();
     {
         fault_proxy proxy(sv.address);
-        const std::uint64_t at = file_size / 2;
-        proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
-        child_process tx(send_args(proxy.address()));
-        ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
-        tx.signal(SIGKILL);
-        ASSERT_TRUE(tx.wait(process_timeout).has_value());
-        proxy.cut_all();  // the stalled proxy would hold the sender's end open
-        ASSERT_TRUE(sv.proc->wait_for_err("failed", process_timeout)) << sv.proc->err();
+        auto tx = send_stalled_at(proxy, file_size / 2);
+        ASSERT_TRUE(tx);
+        kill_sender(*tx, proxy, sv);
     }
-    ASSERT_TRUE(wait_until([&] { return fs::exists(inbox / ".big.bin.ferry-resume"); }, 30s));
+    ASSERT_TRUE(resume_record_written());
     write_random_file(src, file_size + 1, 78);  // another version of the file
-    std::vector<std::string> args = send_args(sv.address);
-    args.erase(args.begin());
-    run_result r = cli.ferry(args);
+    run_result r = send(sv.address);
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
-    json done = find_event(events(r.out), "done");
+    json done = find_event(json_events(r.out), "done");
     EXPECT_EQ(done.value("resumed_bytes", 1), 0) << done;
     EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}), file_size + 1) << done;
     EXPECT_NE(sv.proc->err().find("starting it over"), std::string::npos) << sv.proc->err();
@@ -256,12 +238,10 @@ TEST_F(resume, one_cut_connection_is_replaced_and_the_transfer_goes_on) {
     // that the transfer outlasts the replacement's backoff and handshake.
     proxy.set_delay(4ms);
     proxy.at_up_bytes(file_size / 20, [](fault_proxy& p) { p.cut(2); });
-    std::vector<std::string> args = send_args(proxy.address());
-    args.erase(args.begin());
-    run_result r = cli.ferry(args);
+    run_result r = send(proxy.address());
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
-    std::vector<json> ev = events(r.out);
+    std::vector<json> ev = json_events(r.out);
     EXPECT_TRUE(find_event(ev, "reconnecting").is_null()) << "the session itself was restarted:\n" << r.out;
     EXPECT_NE(r.err.find("lost"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("is back and carrying data"), std::string::npos) << r.err;
@@ -274,12 +254,10 @@ TEST_F(resume, all_connections_cut_the_sender_reconnects_and_resumes) {
     auto sv = serve();
     fault_proxy proxy(sv.address);
     proxy.at_up_bytes(file_size / 2, [](fault_proxy& p) { p.cut_all(); });
-    std::vector<std::string> args = send_args(proxy.address(), {"--retry-for", "60s"});
-    args.erase(args.begin());
-    run_result r = cli.ferry(args);
+    run_result r = send(proxy.address(), {"--retry-for", "60s"});
     ASSERT_EQ(r.code, 0) << r.err << sv.proc->err();
     EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
-    std::vector<json> ev = events(r.out);
+    std::vector<json> ev = json_events(r.out);
     json again = find_event(ev, "reconnecting");
     ASSERT_FALSE(again.is_null()) << r.out;
     EXPECT_GE(again.value("attempt", 0), 1);
@@ -303,7 +281,7 @@ TEST_F(resume, a_stalled_link_is_detected_and_the_transfer_resumes_when_it_flows
     proxy.stall(false);
     ASSERT_EQ(tx.wait(process_timeout), 0) << tx.err() << sv.proc->err();
     EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
-    json done = find_event(events(tx.out()), "done");
+    json done = find_event(json_events(tx.out()), "done");
     EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}) + done.value("resumed_bytes", std::uint64_t{0}), file_size)
         << done;
 }
@@ -314,20 +292,18 @@ TEST_F(resume, serve_restarted_mid_transfer_the_waiting_sender_resumes) {
     auto sv = serve();
     fault_proxy proxy(sv.address);
     const std::uint64_t at = file_size / 2;
-    proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
-    child_process tx(send_args(proxy.address(), {"--retry-for", "2m"}));
-    ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
-    ASSERT_TRUE(wait_until([&] { return allocated(part) + slack(at) >= at; }, 60s));
+    auto tx = send_stalled_at(proxy, at, {"--retry-for", "2m"}, part);
+    ASSERT_TRUE(tx);
     sv.proc->signal(SIGKILL);
     ASSERT_TRUE(sv.proc->wait(process_timeout).has_value());
     proxy.cut_all();
     proxy.stall(false);
-    ASSERT_TRUE(tx.wait_for_err("reconnecting in", 60s)) << tx.err();
+    ASSERT_TRUE(tx->wait_for_err("reconnecting in", 60s)) << tx->err();
     auto sv2 = cli.start({"serve", "--state", cli.state("A").string(), "--listen", sv.address, "--json", "--inbox",
                           inbox.string()});
-    ASSERT_EQ(tx.wait(process_timeout), 0) << tx.err() << sv2.proc->err();
+    ASSERT_EQ(tx->wait(process_timeout), 0) << tx->err() << sv2.proc->err();
     EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
-    std::vector<json> ev = events(tx.out());
+    std::vector<json> ev = json_events(tx->out());
     json done = find_event(ev, "done");
     EXPECT_GE(done.value("resumed_bytes", std::uint64_t{0}) + slack(at), at) << done;
     EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}) + done.value("resumed_bytes", std::uint64_t{0}), file_size);
@@ -338,28 +314,24 @@ TEST_F(resume, retry_gives_up_after_retry_for) {
     // The receiver goes away for good: the sender tries again for --retry-for, then fails.
     auto sv = serve();
     fault_proxy proxy(sv.address);
-    proxy.at_up_bytes(file_size / 4, [&](fault_proxy& p) { p.stall(true); });
-    child_process tx(send_args(proxy.address(), {"--retry-for", "1s"}));
-    ASSERT_TRUE(proxy.wait_up_bytes(file_size / 4, 60s)) << tx.err();
+    auto tx = send_stalled_at(proxy, file_size / 4, {"--retry-for", "1s"});
+    ASSERT_TRUE(tx);
     sv.proc->signal(SIGKILL);
     ASSERT_TRUE(sv.proc->wait(process_timeout).has_value());
     proxy.cut_all();
-    EXPECT_EQ(tx.wait(process_timeout), 2) << tx.err();
-    EXPECT_NE(tx.err().find("--retry-for"), std::string::npos) << tx.err();
-    EXPECT_NE(tx.err().find("reconnecting in"), std::string::npos) << tx.err();
+    EXPECT_EQ(tx->wait(process_timeout), 2) << tx->err();
+    EXPECT_NE(tx->err().find("--retry-for"), std::string::npos) << tx->err();
+    EXPECT_NE(tx->err().find("reconnecting in"), std::string::npos) << tx->err();
 }
 
 TEST_F(resume, disk_full_mid_file_exits_4_and_the_resend_keeps_what_was_written) {
     // A 48 MiB tmpfs in a mount namespace of this test process (the ferry processes
     // inherit it). The transfer passes the space check, stalls at half, another writer
     // fills the disk, and the rest of the file meets ENOSPC.
-    if (::unshare(CLONE_NEWNS) != 0) {
-        GTEST_SKIP() << "cannot create a mount namespace (needs root): " << std::strerror(errno);
-    }
-    ASSERT_EQ(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0) << std::strerror(errno);
     fs::path disk = cli.root() / "disk";
-    fs::create_directories(disk);
-    ASSERT_EQ(::mount("ferry-test", disk.c_str(), "tmpfs", 0, "size=48m"), 0) << std::strerror(errno);
+    if (std::string why = mount_private_tmpfs(disk, "size=48m"); !why.empty()) {
+        GTEST_SKIP() << why;
+    }
     auto receive = [&] {
         return cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--accept-from",
                           b_id, "--json", disk.string()});
@@ -369,10 +341,8 @@ TEST_F(resume, disk_full_mid_file_exits_4_and_the_resend_keeps_what_was_written)
     {
         auto rx = receive();
         fault_proxy proxy(rx.address);
-        proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
-        child_process tx(send_args(proxy.address(), {"--retry-for", "0"}));
-        ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
-        ASSERT_TRUE(wait_until([&] { return allocated(disk_part) + slack(at) >= at; }, 60s));
+        auto tx = send_stalled_at(proxy, at, {"--retry-for", "0"}, disk_part);
+        ASSERT_TRUE(tx);
         {
             // The other writer: takes what is left, but for 64 KiB.
             struct statvfs vfs {};
@@ -384,18 +354,16 @@ TEST_F(resume, disk_full_mid_file_exits_4_and_the_resend_keeps_what_was_written)
         proxy.stall(false);
         EXPECT_EQ(rx.proc->wait(process_timeout), 4) << rx.proc->err();
         EXPECT_NE(rx.proc->err().find("No space left on device"), std::string::npos) << rx.proc->err();
-        EXPECT_EQ(tx.wait(process_timeout), 2) << tx.err();
+        EXPECT_EQ(tx->wait(process_timeout), 2) << tx->err();
         EXPECT_FALSE(fs::exists(disk / "big.bin"));  // never a partial file under its final name
     }
     fs::remove(disk / "filler");
     auto rx = receive();
-    std::vector<std::string> args = send_args(rx.address);
-    args.erase(args.begin());
-    run_result r = cli.ferry(args);
+    run_result r = send(rx.address);
     ASSERT_EQ(r.code, 0) << r.err << rx.proc->err();
     EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
     EXPECT_EQ(compare_trees(src, disk / "big.bin"), "");
-    json done = find_event(events(r.out), "done");
+    json done = find_event(json_events(r.out), "done");
     EXPECT_GE(done.value("resumed_bytes", std::uint64_t{0}) + slack(at), at) << done;
     EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}) + done.value("resumed_bytes", std::uint64_t{0}), file_size);
     ::umount2(disk.c_str(), MNT_DETACH);
@@ -434,15 +402,13 @@ TEST_F(resume, sigterm_stops_serve_at_once_and_keeps_a_resume_record) {
     auto sv = serve();
     fault_proxy proxy(sv.address);
     const std::uint64_t at = file_size / 2;
-    proxy.at_up_bytes(at, [](fault_proxy& p) { p.stall(true); });
-    child_process tx(send_args(proxy.address(), {"--retry-for", "0"}));
-    ASSERT_TRUE(proxy.wait_up_bytes(at, 60s)) << tx.err();
-    ASSERT_TRUE(wait_until([&] { return allocated(part) + slack(at) >= at; }, 60s));
+    auto tx = send_stalled_at(proxy, at, {"--retry-for", "0"}, part);
+    ASSERT_TRUE(tx);
     sv.proc->signal(SIGTERM);
     EXPECT_EQ(sv.proc->wait(10s), 0) << sv.proc->err();
     EXPECT_TRUE(fs::exists(inbox / ".big.bin.ferry-resume"));
     proxy.cut_all();
-    tx.wait(process_timeout);
+    tx->wait(process_timeout);
 
     auto sv2 = serve();
     std::uint64_t kept = resend_and_check(sv2.address);

@@ -45,4 +45,31 @@ run_result ferry_cli::ferry(const std::vector<std::string>& args) {
     return run(argv, process_timeout);
 }
 
+std::vector<nlohmann::json> json_events(const std::string& out) {
+    std::vector<nlohmann::json> lines;
+    std::size_t start = 0;
+    while (start < out.size()) {
+        std::size_t nl = out.find('\n', start);
+        std::string line = out.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+        nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+        EXPECT_FALSE(j.is_discarded()) << "not JSON: " << line;
+        EXPECT_TRUE(j.is_object() && j.contains("event") && j.contains("t")) << line;
+        lines.push_back(std::move(j));
+        if (nl == std::string::npos) {
+            break;
+        }
+        start = nl + 1;
+    }
+    return lines;
+}
+
+nlohmann::json find_event(const std::vector<nlohmann::json>& events, const std::string& name) {
+    for (auto it = events.rbegin(); it != events.rend(); ++it) {
+        if (it->is_object() && it->value("event", "") == name) {
+            return *it;
+        }
+    }
+    return nullptr;
+}
+
 }  // namespace ferry::test

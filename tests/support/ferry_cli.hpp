@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -41,5 +43,11 @@ public:
 private:
     temp_dir dir_;
 };
+
+// The events of a `--json` command's stdout, one per line; a line that is not a JSON
+// object with `event` and `t` fails the test.
+std::vector<nlohmann::json> json_events(const std::string& out);
+// The last event named `name` in `events`, or null.
+nlohmann::json find_event(const std::vector<nlohmann::json>& events, const std::string& name);
 
 }  // namespace ferry::test
