@@ -68,6 +68,20 @@ receiver_machine::decision accept_all(file_id id) {
     return d;
 }
 
+// ACCEPT_PARTIAL of file `id` (of `size` bytes): the receiver has `chunks`, with the right
+// bytes (their true digests).
+receiver_machine::decision accept_partial(file_id id, std::uint64_t size, std::initializer_list<std::uint32_t> chunks) {
+    receiver_machine::decision d = accept_all(id);
+    d.kind = wire::ACCEPT_PARTIAL;
+    d.have = chunk_bitmap(chunk_count(size));
+    d.have_digests.resize(chunk_count(size));
+    for (std::uint32_t i : chunks) {
+        d.have->set(i);
+        d.have_digests[i] = payload_digest(id, chunk_index{i}, chunk_length(size, i));
+    }
+    return d;
+}
+
 wire::Chunk chunk_header(file_id f, chunk_index i, std::uint32_t raw_len, digest128 d = {}) {
     wire::Chunk c;
     c.set_file_id(f.value);
@@ -739,20 +753,7 @@ TEST(TransferLoopback, AcceptPartialSendsOnlyMissingChunks) {
     const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 5;  // 4 chunks
     loopback lb({file_entry("p", size), file_entry("q", 9)});
     // The receiver already has chunks 0 and 2 of p (with the right bytes).
-    lb.exchange_offers([size](file_id id) {
-        receiver_machine::decision d = accept_all(id);
-        if (id == file_id{0}) {
-            d.kind = wire::ACCEPT_PARTIAL;
-            d.have = chunk_bitmap(4);
-            d.have->set(0);
-            d.have->set(2);
-            d.have_digests.resize(4);
-            for (std::uint32_t i : {0u, 2u}) {
-                d.have_digests[i] = payload_digest(id, chunk_index{i}, chunk_length(size, i));
-            }
-        }
-        return d;
-    });
+    lb.exchange_offers([size](file_id id) { return id == file_id{0} ? accept_partial(id, size, {0, 2}) : accept_all(id); });
     sender_machine& s = lb.sender();
 
     std::vector<chunk_ref> refs;
@@ -800,14 +801,7 @@ TEST(TransferLoopback, ResumedChunkWithOtherBytesIsSentAgain) {
     const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 7;  // 4 chunks
     loopback lb({file_entry("p", size)});
     lb.run([size](file_id id) {
-        receiver_machine::decision d = accept_all(id);
-        d.kind = wire::ACCEPT_PARTIAL;
-        d.have = chunk_bitmap(4);
-        d.have_digests.resize(4);
-        for (std::uint32_t i : {0u, 1u, 2u}) {
-            d.have->set(i);
-            d.have_digests[i] = payload_digest(id, chunk_index{i}, chunk_length(size, i));
-        }
+        receiver_machine::decision d = accept_partial(id, size, {0, 1, 2});
         d.have_digests[1].lo ^= 1;
         return d;
     });
@@ -827,14 +821,7 @@ TEST(TransferLoopback, FileDoneWaitsForTheResentChunk) {
     const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 9;  // 4 chunks
     loopback lb({file_entry("p", size)});
     lb.exchange_offers([size](file_id id) {
-        receiver_machine::decision d = accept_all(id);
-        d.kind = wire::ACCEPT_PARTIAL;
-        d.have = chunk_bitmap(4);
-        d.have_digests.resize(4);
-        for (std::uint32_t i = 0; i < 4; ++i) {
-            d.have->set(i);
-            d.have_digests[i] = payload_digest(id, chunk_index{i}, chunk_length(size, i));
-        }
+        receiver_machine::decision d = accept_partial(id, size, {0, 1, 2, 3});
         d.have_digests[3].hi ^= 4;
         return d;
     });
@@ -949,15 +936,7 @@ TEST(ReceiverMachine, HaveDigestFramesSplitLargeFiles) {
 TEST(TransferLoopback, AcceptPartialWithEveryChunkPresent) {
     const std::uint64_t size = chunk_size + 1;
     loopback lb({file_entry("p", size)});
-    lb.run([size](file_id id) {
-        receiver_machine::decision d = accept_all(id);
-        d.kind = wire::ACCEPT_PARTIAL;
-        d.have = chunk_bitmap(2);
-        d.have->set(0);
-        d.have->set(1);
-        d.have_digests = {payload_digest(id, chunk_index{0}, chunk_size), payload_digest(id, chunk_index{1}, 1)};
-        return d;
-    });
+    lb.run([size](file_id id) { return accept_partial(id, size, {0, 1}); });
     EXPECT_EQ(lb.file_results(), 1u);
     EXPECT_TRUE(lb.sender().finished());
     EXPECT_EQ(lb.sender().skipped_bytes(), size);
@@ -1353,14 +1332,7 @@ TEST(SingleChunkFile, NoFileDoneWhenSentWholeAndOneWhenTheReceiverHasIt) {
     // The receiver already has the one chunk: it is read and hashed only, and the FileDone
     // (the sender's digest) is what lets the receiver check what it has.
     loopback partial({file_entry("small", 100)});
-    partial.exchange_offers([](file_id id) {
-        receiver_machine::decision d = accept_all(id);
-        d.kind = wire::ACCEPT_PARTIAL;
-        d.have = chunk_bitmap(1);
-        d.have->set(0);
-        d.have_digests = {payload_digest(id, chunk_index{0}, 100)};
-        return d;
-    });
+    partial.exchange_offers([](file_id id) { return accept_partial(id, 100, {0}); });
     EXPECT_FALSE(partial.receiver().single_chunk(file_id{0}));
     std::optional<chunk_ref> r = partial.sender().next_chunk();
     ASSERT_TRUE(r.has_value());
