@@ -11,6 +11,7 @@
 
 #include "node/dest_tree.hpp"
 #include "protocol/digest.hpp"
+#include "protocol/le_bytes.hpp"
 
 namespace ferry {
 namespace {
@@ -22,20 +23,6 @@ constexpr std::size_t entry_fixed = 6 * 8;  // size, mtime, digest (2), dev, ino
 
 std::error_code last_error() { return {errno, std::system_category()}; }
 
-void put_u64(std::string& out, std::uint64_t v) {
-    for (int i = 0; i < 8; ++i) {
-        out.push_back(static_cast<char>(v >> (8 * i)));
-    }
-}
-
-std::uint64_t get_u64(const char* p) {
-    std::uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) {
-        v = v << 8 | static_cast<std::uint8_t>(p[i]);
-    }
-    return v;
-}
-
 std::uint64_t checksum(std::string_view payload) {
     return hash_chunk(std::span(reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size())).lo;
 }
@@ -43,11 +30,8 @@ std::uint64_t checksum(std::string_view payload) {
 // [u32 length][u64 checksum][payload], little-endian.
 std::string frame(const std::string& payload) {
     std::string out;
-    auto n = static_cast<std::uint32_t>(payload.size());
-    for (int i = 0; i < 4; ++i) {
-        out.push_back(static_cast<char>(n >> (8 * i)));
-    }
-    put_u64(out, checksum(payload));
+    put_le(out, payload.size(), 4);
+    put_le(out, checksum(payload));
     out += payload;
     return out;
 }
@@ -96,15 +80,12 @@ std::vector<std::string> read_records(int fd) {
     std::vector<std::string> out;
     std::size_t pos = 0;
     while (data.size() - pos >= 12) {
-        std::uint32_t len = 0;
-        for (int i = 3; i >= 0; --i) {
-            len = len << 8 | static_cast<std::uint8_t>(data[pos + i]);
-        }
+        auto len = static_cast<std::uint32_t>(get_le(data.data() + pos, 4));
         if (len > max_record || data.size() - pos - 12 < len) {
             break;
         }
         std::string payload = data.substr(pos + 12, len);
-        if (checksum(payload) != get_u64(data.data() + pos + 4)) {
+        if (checksum(payload) != get_le(data.data() + pos + 4)) {
             break;
         }
         out.push_back(std::move(payload));
@@ -157,12 +138,11 @@ std::string unsynced_journal::encode_header(const std::filesystem::path& root) {
 
 std::string unsynced_journal::encode(const entry& e) {
     std::string payload;
-    put_u64(payload, e.size);
-    put_u64(payload, static_cast<std::uint64_t>(e.mtime_ns));
-    put_u64(payload, e.digest.lo);
-    put_u64(payload, e.digest.hi);
-    put_u64(payload, e.dev);
-    put_u64(payload, e.ino);
+    put_le(payload, e.size);
+    put_le(payload, static_cast<std::uint64_t>(e.mtime_ns));
+    put_digest(payload, e.digest);
+    put_le(payload, e.dev);
+    put_le(payload, e.ino);
     payload += e.path;
     return frame(payload);
 }
@@ -279,11 +259,11 @@ unsynced_journal::recovery unsynced_journal::recover(const std::filesystem::path
                 continue;
             }
             entry e;
-            e.size = get_u64(r.data());
-            e.mtime_ns = static_cast<std::int64_t>(get_u64(r.data() + 8));
-            e.digest = {get_u64(r.data() + 16), get_u64(r.data() + 24)};
-            e.dev = get_u64(r.data() + 32);
-            e.ino = get_u64(r.data() + 40);
+            e.size = get_le(r.data());
+            e.mtime_ns = static_cast<std::int64_t>(get_le(r.data() + 8));
+            e.digest = get_digest(r.data() + 16);
+            e.dev = get_le(r.data() + 32);
+            e.ino = get_le(r.data() + 40);
             e.path = r.substr(entry_fixed);
             std::error_code fec;
             int ffd = tree.open_final_read(e.path, fec);

@@ -1,5 +1,7 @@
 #include "protocol/digest.hpp"
 
+#include "protocol/le_bytes.hpp"
+
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -15,12 +17,7 @@ digest128 file_digest(std::span<const digest128> chunk_digests) {
     std::vector<std::uint8_t> bytes;
     bytes.reserve(chunk_digests.size() * 16);
     for (const digest128& d : chunk_digests) {
-        for (int i = 0; i < 8; ++i) {
-            bytes.push_back(static_cast<std::uint8_t>(d.lo >> (8 * i)));
-        }
-        for (int i = 0; i < 8; ++i) {
-            bytes.push_back(static_cast<std::uint8_t>(d.hi >> (8 * i)));
-        }
+        put_digest(bytes, d);
     }
     return hash_chunk(bytes);
 }

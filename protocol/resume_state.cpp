@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "protocol/digest.hpp"
+#include "protocol/le_bytes.hpp"
 
 namespace ferry {
 
@@ -12,26 +13,6 @@ constexpr std::string_view magic = "FERRYRS1";
 constexpr std::size_t fixed_bytes = 8 + 4 + 8 + 8;
 // A file size the record can describe: its chunk count must fit the 32-bit chunk index.
 constexpr std::uint64_t max_chunks = std::uint64_t{1} << 32;
-
-void put_u32(std::string& out, std::uint32_t v) {
-    for (int i = 0; i < 4; ++i) {
-        out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-    }
-}
-
-void put_u64(std::string& out, std::uint64_t v) {
-    for (int i = 0; i < 8; ++i) {
-        out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-    }
-}
-
-std::uint64_t get_le(std::string_view in, std::size_t at, int bytes) {
-    std::uint64_t v = 0;
-    for (int i = 0; i < bytes; ++i) {
-        v |= std::uint64_t{static_cast<std::uint8_t>(in[at + i])} << (8 * i);
-    }
-    return v;
-}
 
 // XXH3-128 of the record's body, as its trailer.
 digest128 checksum(std::string_view body) {
@@ -52,20 +33,17 @@ std::string encode_resume_state(const resume_state& state) {
     std::string out;
     out.reserve(fixed_bytes + (chunks + 7) / 8 + 16 * state.have.count() + 16);
     out.append(magic);
-    put_u32(out, chunk_size);
-    put_u64(out, state.size);
-    put_u64(out, static_cast<std::uint64_t>(state.mtime_ns));
+    put_le(out, chunk_size, 4);
+    put_le(out, state.size);
+    put_le(out, static_cast<std::uint64_t>(state.mtime_ns));
     chunk_bitmap have = state.have.size() == chunks ? state.have : chunk_bitmap(chunks);
     out.append(have.to_bytes());
     for (std::uint64_t i = 0; i < chunks; ++i) {
         if (have.test(i)) {
-            put_u64(out, state.digests.at(i).lo);
-            put_u64(out, state.digests.at(i).hi);
+            put_digest(out, state.digests.at(i));
         }
     }
-    digest128 sum = checksum(out);
-    put_u64(out, sum.lo);
-    put_u64(out, sum.hi);
+    put_digest(out, checksum(out));
     return out;
 }
 
@@ -77,16 +55,15 @@ std::optional<resume_state> decode_resume_state(std::string_view in, std::string
         return reject(why, "not a ferry resume record");
     }
     std::string_view body = in.substr(0, in.size() - 16);
-    digest128 sum{get_le(in, body.size(), 8), get_le(in, body.size() + 8, 8)};
-    if (sum != checksum(body)) {
+    if (get_digest(in.data() + body.size()) != checksum(body)) {
         return reject(why, "checksum mismatch (truncated or corrupted)");
     }
-    if (get_le(in, 8, 4) != chunk_size) {
+    if (get_le(in.data() + 8, 4) != chunk_size) {
         return reject(why, "written with another chunk size");
     }
     resume_state s;
-    s.size = get_le(in, 12, 8);
-    s.mtime_ns = static_cast<std::int64_t>(get_le(in, 20, 8));
+    s.size = get_le(in.data() + 12);
+    s.mtime_ns = static_cast<std::int64_t>(get_le(in.data() + 20));
     std::uint64_t chunks = chunk_count(s.size);
     if (chunks > max_chunks) {
         return reject(why, "file size out of range");
@@ -108,7 +85,7 @@ std::optional<resume_state> decode_resume_state(std::string_view in, std::string
     std::size_t at = fixed_bytes + map_bytes;
     for (std::uint64_t i = 0; i < chunks; ++i) {
         if (s.have.test(i)) {
-            s.digests[i] = {get_le(in, at, 8), get_le(in, at + 8, 8)};
+            s.digests[i] = get_digest(in.data() + at);
             at += 16;
         }
     }

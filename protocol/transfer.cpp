@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "protocol/digest.hpp"
+#include "protocol/le_bytes.hpp"
 #include "protocol/path.hpp"
 
 namespace ferry {
@@ -176,16 +177,9 @@ std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, s
         }
         return protocol_errc::bad_chunk;
     }
-    auto le64 = [&](std::size_t at) {
-        std::uint64_t v = 0;
-        for (int b = 0; b < 8; ++b) {
-            v |= std::uint64_t{payload[at + b]} << (8 * b);
-        }
-        return v;
-    };
     list.reserve(list.size() + n);
     for (std::uint64_t k = 0; k < n; ++k) {
-        list.push_back({le64(16 * k), le64(16 * k + 8)});
+        list.push_back(get_digest(payload.data() + 16 * k));
     }
     have_digest_count_ += n;
     return {};
@@ -434,12 +428,7 @@ std::vector<std::pair<wire::HaveDigests, std::string>> receiver_machine::have_di
             out.emplace_back(std::move(h), std::string());
             out.back().second.reserve(16 * std::min<std::uint64_t>(max_have_digests_per_frame, d.have->size()));
         }
-        std::string& bytes = out.back().second;
-        for (std::uint64_t v : {d.have_digests[c].lo, d.have_digests[c].hi}) {
-            for (int b = 0; b < 8; ++b) {
-                bytes.push_back(static_cast<char>((v >> (8 * b)) & 0xff));
-            }
-        }
+        put_digest(out.back().second, d.have_digests[c]);
         ++ordinal;
     }
     return out;

@@ -31,6 +31,7 @@
 #include "protocol/digest.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/frame.hpp"
+#include "protocol/le_bytes.hpp"
 #include "protocol/transfer.hpp"
 #include "protocol/types.hpp"
 #include "tests/fuzz/fuzz_support.hpp"
@@ -344,12 +345,7 @@ class sender_driver {
                 if (!have->test(c)) {
                     continue;
                 }
-                digest128 d = true_digest(id, c);
-                for (std::uint64_t v : {d.lo, d.hi}) {
-                    for (int b = 0; b < 8; ++b) {
-                        payload.push_back(static_cast<std::uint8_t>(v >> (8 * b)));
-                    }
-                }
+                put_digest(payload, true_digest(id, c));
                 if (payload.size() == 8 * 16) {
                     flush();
                 }
