@@ -363,18 +363,9 @@ std::string dest_tree::load_resume(std::string_view wire_path, std::error_code& 
         ec = std::make_error_code(std::errc::file_too_large);
     } else {
         out.resize(static_cast<std::size_t>(st.st_size));
-        std::size_t done = 0;
-        while (done < out.size()) {
-            ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(done));
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n <= 0) {
-                out.resize(done);  // shorter than it said: the decoder refuses it
-                break;
-            }
-            done += static_cast<std::size_t>(n);
-        }
+        std::error_code rec;
+        // Shorter than it said (or unreadable): the decoder refuses what there is.
+        out.resize(read_at(fd, reinterpret_cast<std::uint8_t*>(out.data()), out.size(), 0, rec));
     }
     ::close(fd);
     return out;
@@ -475,6 +466,25 @@ std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std:
         done += static_cast<std::size_t>(n);
     }
     return {};
+}
+
+std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec) {
+    std::size_t done = 0;
+    while (done < len) {
+        ssize_t n = ::pread(fd, data + done, len - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            ec = last_error();
+            break;
+        }
+        if (n == 0) {
+            break;  // the end of the file
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    return done;
 }
 
 std::error_code dest_tree::sync_all() {

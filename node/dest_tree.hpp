@@ -40,6 +40,9 @@ bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns);
 
 // pwrite of all `len` bytes at `offset` (retries short writes and EINTR).
 std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset);
+// pread of `len` bytes at `offset` (retries short reads and EINTR). Returns the bytes read:
+// fewer than `len` only at the end of the file, or with `ec` set on an error.
+std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec);
 
 class dest_tree {
 public:

@@ -22,21 +22,6 @@ bool is_hole(int fd, std::uint64_t offset, std::uint32_t len) {
     return static_cast<std::uint64_t>(data) >= offset + len;
 }
 
-bool read_all(int fd, std::uint8_t* out, std::uint32_t len, std::uint64_t offset) {
-    std::uint32_t done = 0;
-    while (done < len) {
-        ssize_t n = ::pread(fd, out + done, len - done, static_cast<off_t>(offset + done));
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            return false;
-        }
-        done += static_cast<std::uint32_t>(n);
-    }
-    return true;
-}
-
 }  // namespace
 
 partial_stamp stamp_of(const struct stat& st) {
@@ -128,7 +113,8 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
         }
         bool listed = record && record->have.test(i);
         out.recorded += listed ? 1 : 0;
-        if (offset + len > have_bytes || is_hole(fd, offset, len) || !read_all(fd, buf.get(), len, offset)) {
+        std::error_code rec;
+        if (offset + len > have_bytes || is_hole(fd, offset, len) || read_at(fd, buf.get(), len, offset, rec) != len) {
             out.repaired += listed ? 1 : 0;
             continue;
         }
@@ -162,13 +148,6 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
         out.note += " (resume record unreadable: " + why + "; every chunk checked by the sender)";
     }
     return out;
-}
-
-std::error_code save_checkpoint(dest_tree& tree, const std::string& wire_path, int fd, const resume_state& state) {
-    if (::fdatasync(fd) != 0) {
-        return {errno, std::system_category()};
-    }
-    return tree.save_resume(wire_path, encode_resume_state(state));
 }
 
 bool is_partial_name(std::string_view name) {

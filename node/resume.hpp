@@ -1,6 +1,8 @@
 // Resume of interrupted transfers on the receiving side: what a partial file left by an
-// earlier attempt still holds (find_resume), and the checkpoints that record it
-// (save_checkpoint). Both run on the worker pool; see docs/decisions.md, "Resume".
+// earlier attempt still holds (find_resume, on the worker pool), what this process
+// remembers of the ones it wrote (known_partials), and the sweep of abandoned ones. The
+// records themselves are written by receive_session::checkpoint (dest_tree::save_resume);
+// see docs/decisions.md, "Resume".
 #pragma once
 
 #include <chrono>
@@ -85,10 +87,6 @@ struct resume_found {
 // lists are offered without being read.
 resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX,
                          const known_partial* known = nullptr);
-
-// Records what `state` lists for the partial file open as `fd`: its data is made durable
-// first (fdatasync), then the record replaces the previous one.
-std::error_code save_checkpoint(dest_tree& tree, const std::string& wire_path, int fd, const resume_state& state);
 
 // True for the names of partial files and resume records (dest_tree::partial_name,
 // resume_name, and a record's temporary "~" name).

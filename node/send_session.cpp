@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "node/chunk_codec.hpp"
+#include "node/dest_tree.hpp"
 #include "protocol/path.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
@@ -470,21 +471,9 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
             }
             fd = file->fd;
         }
-        std::size_t done = 0;
-        while (!ec && done < ref.length) {
-            ssize_t n = ::pread(fd, buf.data() + done, ref.length - done, static_cast<off_t>(ref.offset + done));
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n <= 0) {
-                ec = n < 0 ? std::error_code(errno, std::system_category())
-                           : std::make_error_code(std::errc::invalid_argument);
-                if (n == 0) {
-                    what = "file shrank during the transfer";
-                }
-                break;
-            }
-            done += static_cast<std::size_t>(n);
+        if (!ec && read_at(fd, buf.data(), ref.length, ref.offset, ec) != ref.length && !ec) {
+            ec = std::make_error_code(std::errc::invalid_argument);
+            what = "file shrank during the transfer";
         }
         digest128 digest = ec ? digest128{} : hash_chunk(std::span<const std::uint8_t>(buf.data(), ref.length));
         compressed_chunk packed;

@@ -101,16 +101,9 @@ bool digest_of(int fd, std::uint64_t size, digest128& out) {
     std::uint64_t off = 0;
     while (off < size) {
         std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk_size, size - off));
-        std::size_t got = 0;
-        while (got < want) {
-            ssize_t n = ::pread(fd, buf.data() + got, want - got, static_cast<off_t>(off + got));
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n <= 0) {
-                return false;
-            }
-            got += static_cast<std::size_t>(n);
+        std::error_code ec;
+        if (read_at(fd, buf.data(), want, off, ec) != want) {
+            return false;
         }
         chunks.push_back(hash_chunk(std::span(buf.data(), want)));
         off += want;
