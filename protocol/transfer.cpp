@@ -131,7 +131,6 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
                 }
             }
             if (it != have_digests_.end()) {
-                have_digest_count_ -= it->second.size();
                 have_digests_.erase(it);
             }
         } else if (fa.kind() != wire::ACCEPT_ALL) {
@@ -181,7 +180,6 @@ std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, s
     for (std::uint64_t k = 0; k < n; ++k) {
         list.push_back(get_digest(payload.data() + 16 * k));
     }
-    have_digest_count_ += n;
     return {};
 }
 

@@ -156,7 +156,6 @@ private:
     std::deque<std::uint32_t> ready_files_;  // accepted files with chunks left to schedule
     std::deque<chunk_ref> requeued_;
     std::unordered_map<std::uint32_t, std::vector<digest128>> have_digests_;  // before their Accept
-    std::uint64_t have_digest_count_ = 0;  // over have_digests_, bounded by the files' chunks
     std::uint64_t resent_chunks_ = 0;
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t claimed_bytes_ = 0;
