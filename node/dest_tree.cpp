@@ -219,7 +219,7 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     if (S_ISDIR(st.st_mode)) {
         return dest_errc::is_dir;
     }
-    std::int64_t mtime = std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+    std::int64_t mtime = timespec_ns(st.st_mtim);
     if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && same_stored_mtime(mtime, mtime_ns)) {
         identical = true;
         return {};
@@ -413,7 +413,7 @@ std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32
         if (::fstat(fd, &after) != 0) {
             ec = last_error();
         } else {
-            stored->mtime_ns = std::int64_t{after.st_mtim.tv_sec} * 1'000'000'000 + after.st_mtim.tv_nsec;
+            stored->mtime_ns = timespec_ns(after.st_mtim);
             stored->dev = static_cast<std::uint64_t>(after.st_dev);
             stored->ino = static_cast<std::uint64_t>(after.st_ino);
         }
@@ -453,39 +453,7 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
     return set_mode_and_mtime(fd, mode, mtime_ns);
 }
 
-std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset) {
-    std::size_t done = 0;
-    while (done < len) {
-        ssize_t n = ::pwrite(fd, data + done, len - done, static_cast<off_t>(offset + done));
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            return last_error();
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    return {};
-}
 
-std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec) {
-    std::size_t done = 0;
-    while (done < len) {
-        ssize_t n = ::pread(fd, data + done, len - done, static_cast<off_t>(offset + done));
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            ec = last_error();
-            break;
-        }
-        if (n == 0) {
-            break;  // the end of the file
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    return done;
-}
 
 std::error_code dest_tree::sync_all() {
     if (::syncfs(root_fd_) != 0) {

@@ -15,6 +15,8 @@
 #include <system_error>
 #include <unordered_map>
 
+#include "node/file_io.hpp"
+
 namespace ferry {
 
 enum class dest_errc {
@@ -37,12 +39,6 @@ namespace ferry {
 // True if `stored_ns` is `wanted_ns` as a file system keeping nanoseconds, 100 ns, 1 us,
 // 1 ms, 10 ms, 1 s or 2 s stores it (truncated).
 bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns);
-
-// pwrite of all `len` bytes at `offset` (retries short writes and EINTR).
-std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset);
-// pread of `len` bytes at `offset` (retries short reads and EINTR). Returns the bytes read:
-// fewer than `len` only at the end of the file, or with `ec` set on an error.
-std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec);
 
 class dest_tree {
 public:

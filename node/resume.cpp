@@ -26,8 +26,8 @@ bool is_hole(int fd, std::uint64_t offset, std::uint32_t len) {
 
 partial_stamp stamp_of(const struct stat& st) {
     return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
-            static_cast<std::uint64_t>(st.st_size), std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec,
-            std::int64_t{st.st_ctim.tv_sec} * 1'000'000'000 + st.st_ctim.tv_nsec};
+            static_cast<std::uint64_t>(st.st_size), timespec_ns(st.st_mtim),
+            timespec_ns(st.st_ctim)};
 }
 
 void known_partials::put(const std::string& key, known_partial k) {
@@ -63,10 +63,10 @@ std::optional<known_partial> known_partials::take(const std::string& key) {
 
 resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known) {
     resume_found out;
-    std::uint64_t chunks = chunk_count(e.size);
-    if (e.is_dir || chunks < resume_min_chunks) {
+    if (!resumable(e)) {
         return out;
     }
+    std::uint64_t chunks = chunk_count(e.size);
     std::error_code ec;
     std::string bytes = tree.load_resume(e.path, ec);
     std::optional<resume_state> record;

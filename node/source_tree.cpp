@@ -9,15 +9,12 @@
 #include <set>
 #include <string_view>
 
+#include "node/file_io.hpp"
 #include "protocol/path.hpp"
 
 namespace ferry {
 
 namespace {
-
-std::int64_t mtime_ns_of(const struct stat& st) {
-    return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-}
 
 // Folders deeper than this are walked by full path instead of keeping one open folder
 // per level, so that a very deep tree cannot run out of file descriptors.
@@ -99,7 +96,7 @@ struct scanner {
         e.is_dir = S_ISDIR(st.st_mode);
         e.size = e.is_dir ? 0 : static_cast<std::uint64_t>(st.st_size);
         e.mode = st.st_mode & 07777;
-        e.mtime_ns = mtime_ns_of(st);
+        e.mtime_ns = timespec_ns(st.st_mtim);
         out.total_bytes += e.size;
         out.entries.push_back(std::move(e));
         out.locals.emplace_back(local);

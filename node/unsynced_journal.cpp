@@ -265,7 +265,7 @@ unsynced_journal::recovery unsynced_journal::recover(const std::filesystem::path
             }
             struct stat st {};
             bool ok = ::fstat(ffd, &st) == 0;
-            std::int64_t mtime = std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+            std::int64_t mtime = timespec_ns(st.st_mtim);
             digest128 got;
             bool same_file = ok && static_cast<std::uint64_t>(st.st_dev) == e.dev &&
                              static_cast<std::uint64_t>(st.st_ino) == e.ino;

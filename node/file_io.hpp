@@ -1,0 +1,24 @@
+// Plain file I/O helpers shared by both sides: whole positioned reads and writes, and
+// timestamps in nanoseconds. Called from worker threads; no state.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <system_error>
+
+namespace ferry {
+
+// pwrite of all `len` bytes at `offset` (retries short writes and EINTR).
+std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset);
+// pread of `len` bytes at `offset` (retries short reads and EINTR). Returns the bytes read:
+// fewer than `len` only at the end of the file, or with `ec` set on an error.
+std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec);
+
+// A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch.
+inline std::int64_t timespec_ns(const struct timespec& t) {
+    return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
+
+}  // namespace ferry
