@@ -5,6 +5,7 @@
 #include <asio.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -190,6 +191,13 @@ struct node_context {
         }
     }
 };
+
+// A duration for a log line: seconds, 3 significant digits ("120", "0.5").
+inline std::string seconds_text(std::chrono::duration<double> d) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.3g", d.count());
+    return text;
+}
 
 // Time since `start` in seconds.
 inline double seconds_since(std::chrono::steady_clock::time_point start) {

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 
 #include "node/chunk_codec.hpp"
 #include "node/resume.hpp"
@@ -189,10 +190,8 @@ void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) 
             self->arm_idle_timer(self->last_heard_ + idle - now);
             return;
         }
-        char secs[32];
-        std::snprintf(secs, sizeof secs, "%.3g", std::chrono::duration<double>(idle).count());
         self->fail(wire::ERROR_CANCELLED, exit_code::transfer_failed,
-                   std::string("nothing from the sender for ") + secs + " s (--idle-timeout)", refusal::idle);
+                   "nothing from the sender for " + seconds_text(idle) + " s (--idle-timeout)", refusal::idle);
     });
 }
 
@@ -287,20 +286,17 @@ void receive_session::next_offer() {
     std::uint64_t total_bytes = offered_so_far > here ? offered_so_far - here : 0;
     struct item {
         file_id id;
-        std::string path;
-        bool is_dir;
-        std::uint64_t size;
-        std::int64_t mtime_ns;
+        entry_info e;  // a copy: the worker must not read the machine
     };
     std::vector<item> items;
     items.reserve(ids.size());
     std::vector<std::optional<known_partial>> known(ids.size());
     for (file_id id : ids) {
         const entry_info& e = machine_.entry(id);
-        if (!e.is_dir && chunk_count(e.size) >= resume_min_chunks) {
+        if (resumable(e)) {
             known[items.size()] = ctx_.known.take(e.path);
         }
-        items.push_back({id, e.path, e.is_dir, e.size, e.mtime_ns});
+        items.push_back({id, e});
     }
     auto tree = tree_;
     std::filesystem::path root = ctx_.config.inbox;
@@ -372,10 +368,11 @@ void receive_session::next_offer() {
             for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
                 const item& it = items[i];
                 bool same = false;
-                std::error_code ec = it.is_dir ? tree->make_dir(it.path, create)
-                                               : tree->check_file(it.path, overwrite, it.size, it.mtime_ns, same, create);
+                const entry_info& e = it.e;
+                std::error_code ec = e.is_dir ? tree->make_dir(e.path, create)
+                                              : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create);
                 if (ec) {
-                    error = it.path + ": " + ec.message();
+                    error = e.path + ": " + ec.message();
                     code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
                     break;
                 }
@@ -399,11 +396,11 @@ void receive_session::next_offer() {
                 std::vector<bool> partial(items.size(), false);
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (identical[i]) {
-                        here += items[i].size;
-                    } else if (!items[i].is_dir && chunk_count(items[i].size) >= resume_min_chunks) {
-                        std::uint64_t bytes = tree->partial_size(items[i].path);
+                        here += items[i].e.size;
+                    } else if (resumable(items[i].e)) {
+                        std::uint64_t bytes = tree->partial_size(items[i].e.path);
                         partial[i] = bytes > 0;
-                        here += std::min(bytes, items[i].size);
+                        here += std::min(bytes, items[i].e.size);
                     }
                 }
                 space_check(here);
@@ -412,17 +409,13 @@ void receive_session::next_offer() {
                     if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
-                        entry_info e;
-                        e.path = items[i].path;
-                        e.size = items[i].size;
-                        e.mtime_ns = items[i].mtime_ns;
-                        found[i] = find_resume(*tree, e, claim_budget, known[i] ? &*known[i] : nullptr);
+                        found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
                         if (!found[i].note.empty()) {
                             resumed.push_back(std::move(found[i].note));
                         }
                     }
-                    here += identical[i] ? items[i].size : found[i].kept_bytes;
+                    here += identical[i] ? items[i].e.size : found[i].kept_bytes;
                 }
                 space_check(here);
             }
@@ -699,7 +692,7 @@ void receive_session::try_finalize(file_id f) {
             sink->fd = -1;
             sink->finalized = true;  // no checkpoint records it any more
         }
-        if (chunk_count(e.size) >= resume_min_chunks) {
+        if (resumable(e)) {
             // Verified whole: its resume record has served. (A crash before the rename
             // leaves the partial file alone, and a later attempt hashes it again.)
             tree->remove_partial(e.path, false, true);
@@ -961,7 +954,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
     // What was verified so far stays for a later attempt: every unfinished file with chunks
     // here gets its record, and is remembered (ctx_.known) for a sender that comes back.
     for (std::uint32_t id = 0; id < sinks_.size(); ++id) {
-        if (sinks_[id] && !machine_.finished(file_id{id}) && machine_.digests(file_id{id}).size() >= resume_min_chunks &&
+        if (sinks_[id] && !machine_.finished(file_id{id}) && resumable(machine_.entry(file_id{id})) &&
             machine_.have(file_id{id}).count() > 0) {
             dirty_.insert(id);
         }
@@ -1006,26 +999,30 @@ std::vector<std::uint32_t> receive_session::written(std::uint64_t key) {
 
 void receive_session::send_have_digests(const std::vector<receiver_machine::decision>& decisions) {
     // Before the Accept, on the same connection: the sender needs them to schedule.
+    if (conns_.empty() || !conns_[0] || conns_[0]->closed()) {
+        return;
+    }
+    std::vector<std::pair<wire::HaveDigests, std::string>> frames;
     for (const auto& d : decisions) {
-        auto frames = receiver_machine::have_digest_frames(d);
-        if (frames.empty()) {
-            continue;
-        }
-        auto pool = buffer_pool::make(frames.size(), 16 * std::size_t{receiver_machine::max_have_digests_per_frame});
-        for (auto& [have, bytes] : frames) {
-            pooled_buffer buf = pool->acquire(bytes.size());
-            std::memcpy(buf.data(), bytes.data(), bytes.size());
-            wire::Header h;
-            *h.mutable_have_digests() = std::move(have);
-            if (!conns_.empty() && conns_[0] && !conns_[0]->closed()) {
-                conns_[0]->send(h, std::move(buf), bytes.size());
-            }
-        }
+        auto more = receiver_machine::have_digest_frames(d);
+        std::move(more.begin(), more.end(), std::back_inserter(frames));
+    }
+    if (frames.empty()) {
+        return;
+    }
+    // Their own buffers (one per frame, released as each is written): not the chunk pool.
+    auto pool = buffer_pool::make(frames.size(), 16 * std::size_t{receiver_machine::max_have_digests_per_frame});
+    for (auto& [have, bytes] : frames) {
+        pooled_buffer buf = pool->acquire(bytes.size());
+        std::memcpy(buf.data(), bytes.data(), bytes.size());
+        wire::Header h;
+        *h.mutable_have_digests() = std::move(have);
+        conns_[0]->send(h, std::move(buf), bytes.size());
     }
 }
 
 void receive_session::mark_dirty(file_id f) {
-    if (machine_.digests(f).size() < resume_min_chunks) {
+    if (!resumable(machine_.entry(f))) {
         return;
     }
     dirty_.insert(f.value);

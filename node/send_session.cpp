@@ -1,7 +1,5 @@
 #include "node/send_session.hpp"
 
-#include <cstdio>
-#include <random>
 
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -11,7 +9,8 @@
 #include <algorithm>
 
 #include "node/chunk_codec.hpp"
-#include "node/dest_tree.hpp"
+#include "node/backoff.hpp"
+#include "node/file_io.hpp"
 #include "protocol/path.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
@@ -33,6 +32,19 @@ std::uint64_t random_u64() {
 }
 
 }  // namespace
+
+void send_session::source_file::read_done() {
+    std::lock_guard lock(mutex);
+    if (reads_left > 0 && --reads_left == 0 && fd >= 0) {
+        ::close(fd);
+        fd = -1;
+    }
+}
+
+void send_session::source_file::read_again() {
+    std::lock_guard lock(mutex);
+    ++reads_left;
+}
 
 send_session::source_file::~source_file() {
     if (fd >= 0) {
@@ -387,7 +399,7 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
         const entry_info& e = sources_.entries[ref.file.value];
         bool same = ::stat(sources_.locals[ref.file.value].c_str(), &st) == 0 &&
                     static_cast<std::uint64_t>(st.st_size) == e.size &&
-                    std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec == e.mtime_ns;
+                    timespec_ns(st.st_mtim) == e.mtime_ns;
         ok = same ? 1 : -1;
         if (!same) {
             memo->forget(ref.file);
@@ -396,22 +408,14 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
     if (ok < 0) {
         return false;
     }
-    auto file = files_.at(ref.file.value);
-    {
-        std::lock_guard lock(file->mutex);
-        if (file->reads_left > 0 && --file->reads_left == 0 && file->fd >= 0) {
-            ::close(file->fd);
-            file->fd = -1;
-        }
-    }
+    files_.at(ref.file.value)->read_done();
     on_hashed(ref, d);
     return true;
 }
 
 void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
-    if (std::uint64_t chunks = chunk_count(sources_.entries[ref.file.value].size);
-        options_.memo && chunks >= resume_min_chunks) {  // smaller files never resume
-        options_.memo->put(ref.file, ref.index, chunks, digest);
+    if (const entry_info& e = sources_.entries[ref.file.value]; options_.memo && resumable(e)) {
+        options_.memo->put(ref.file, ref.index, chunk_count(e.size), digest);
     }
     bool resend = false;
     if (auto done = machine_.on_chunk_hashed(ref, digest, &resend)) {
@@ -420,9 +424,7 @@ void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
         conns_[0].conn->send(h);
     }
     if (resend) {
-        // The receiver has other bytes there: the chunk is read again and sent.
-        std::lock_guard lock(files_[ref.file.value]->mutex);
-        ++files_[ref.file.value]->reads_left;
+        files_[ref.file.value]->read_again();  // the receiver has other bytes there: read and send it
     }
 }
 
@@ -480,13 +482,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
         if (!ec && level > 0) {
             packed = compress_chunk(std::span<std::uint8_t>(buf.data(), ref.length), level);
         }
-        {
-            std::lock_guard lock(file->mutex);
-            if (file->reads_left > 0 && --file->reads_left == 0 && file->fd >= 0) {
-                ::close(file->fd);
-                file->fd = -1;
-            }
-        }
+        file->read_done();
         if (what.empty() && ec) {
             what = ec.message();
         }
@@ -510,10 +506,7 @@ void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
             if (ref.send) {
                 if (!cs.conn || cs.conn->closed()) {
                     self->machine_.requeue(ref);
-                    {
-                        std::lock_guard lock(self->files_[ref.file.value]->mutex);
-                        ++self->files_[ref.file.value]->reads_left;
-                    }
+                    self->files_[ref.file.value]->read_again();
                     self->pump_all();  // this connection is gone: another one takes the chunk
                     return;
                 } else {
@@ -583,8 +576,7 @@ void send_session::requeue_inflight(conn_state& cs) {
         ref.offset = std::uint64_t{i.value} * chunk_size;
         ref.length = raw_length(key);
         machine_.requeue(ref);
-        std::lock_guard lock(files_[f.value]->mutex);
-        ++files_[f.value]->reads_left;
+        files_[f.value]->read_again();
     }
     cs.inflight.clear();
     cs.inflight_bytes = 0;
@@ -631,11 +623,8 @@ void send_session::check_stalls() {
     auto now = stats_clock::now();
     for (auto& cs : conns_) {
         if (cs.conn && !cs.conn->closed() && !cs.inflight.empty() && now - cs.heard >= options_.stall_timeout) {
-            char secs[32];
-            std::snprintf(secs, sizeof secs, "%.3g",
-                          std::chrono::duration<double>(options_.stall_timeout).count());
-            ctx_.log("connection " + std::to_string(cs.conn->index) + " stalled: nothing from the receiver for " + secs +
-                     " s with chunks in flight");
+            ctx_.log("connection " + std::to_string(cs.conn->index) + " stalled: nothing from the receiver for " +
+                     seconds_text(options_.stall_timeout) + " s with chunks in flight");
             cs.conn->close(std::make_error_code(std::errc::timed_out));
         }
     }
@@ -658,9 +647,7 @@ void send_session::schedule_reopen(std::uint32_t index) {
                  " attempts; the transfer goes on over the others");
         return;
     }
-    static thread_local std::mt19937_64 rng{std::random_device{}()};
-    double cap = std::min(5000.0, 100.0 * static_cast<double>(1u << std::min(cs.failures, 6u)));
-    auto delay = std::chrono::milliseconds(std::llround(std::uniform_real_distribution<double>(cap / 2, cap)(rng)));
+    auto delay = backoff_delay(cs.failures, std::chrono::milliseconds(100), std::chrono::seconds(5));
     ++cs.failures;
     if (!cs.reopen) {
         cs.reopen = std::make_shared<asio::steady_timer>(ctx_.io);

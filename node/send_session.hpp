@@ -100,6 +100,10 @@ private:
         std::mutex mutex;
         int fd = -1;
         std::uint64_t reads_left = 0;  // guarded by mutex; closes the fd at 0
+        // One read fewer to come (done, or not needed): the fd closes after the last.
+        void read_done();
+        // One more to come: a chunk requeued, or to be sent after all.
+        void read_again();
         ~source_file();
     };
     struct inflight_chunk {

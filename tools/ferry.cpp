@@ -15,7 +15,6 @@
 #include <iostream>
 #include <functional>
 #include <optional>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -23,6 +22,7 @@
 
 #include <fmt/format.h>
 
+#include "node/backoff.hpp"
 #include "node/control_server.hpp"
 #include "protocol/path.hpp"
 #include "node/identity.hpp"
@@ -684,15 +684,6 @@ struct send_opts {
     double stall_timeout_s = 30;
 };
 
-// The wait before reconnect attempt `attempt` (0-based): 0.5 s doubling up to 30 s, each
-// drawn between half and all of that (jitter), so that many senders cut off together do
-// not come back in step.
-std::chrono::milliseconds reconnect_delay(unsigned attempt) {
-    static std::mt19937_64 rng{std::random_device{}()};
-    double cap = std::min(30'000.0, 500.0 * std::pow(2.0, std::min(attempt, 10u)));
-    return std::chrono::milliseconds(std::llround(std::uniform_real_distribution<double>(cap / 2, cap)(rng)));
-}
-
 int cmd_send(const common_opts& o, const send_opts& s) {
     if (auto e = congestion_error(o)) {
         return fail(o, exit_code::usage, *e);
@@ -739,7 +730,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     }
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
-    so.stall_timeout = std::chrono::milliseconds(std::llround(s.stall_timeout_s * 1000));
+    so.stall_timeout = to_ms(s.stall_timeout_s);
     so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     std::optional<ferry::transfer_report> result;
@@ -757,6 +748,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     std::chrono::steady_clock::time_point lost_at{};
     std::optional<ferry::transfer_report> last_failure;
     std::function<void()> attempt;
+    std::function<void()> stop_waiting;  // SIGINT/SIGTERM during a reconnect wait
     auto finish = [&](const ferry::transfer_report& r) {
         result = r;
         progress.stop();
@@ -777,21 +769,20 @@ int cmd_send(const common_opts& o, const send_opts& s) {
             lost_at = now;
         }
         last_failure = r;
-        if (r.ok || !r.retryable || !ever_connected || interrupted || retry_for.count() == 0 ||
-            now - lost_at >= retry_for) {
-            if (!r.ok && r.retryable && ever_connected && retry_for.count() > 0 && !interrupted) {
-                ferry::transfer_report last = r;
-                last.error += " (gave up after retrying for " + std::to_string(retry_for.count() / 1000) + " s, --retry-for)";
-                finish(last);
-                return;
-            }
+        if (r.ok || !r.retryable || !ever_connected || interrupted || retry_for.count() == 0) {
             finish(r);
             return;
         }
-        auto delay = reconnect_delay(attempts++);
+        if (now - lost_at >= retry_for) {
+            ferry::transfer_report last = r;
+            last.error += " (gave up after retrying for " + ferry::seconds_text(retry_for) + " s, --retry-for)";
+            finish(last);
+            return;
+        }
+        auto delay = ferry::backoff_delay(attempts++, std::chrono::milliseconds(500), std::chrono::seconds(30));
         double left_s = std::chrono::duration<double>(retry_for - (now - lost_at)).count();
-        say(r.error + "; reconnecting in " + std::to_string(delay.count() / 1000.0).substr(0, 4) + " s (attempt " +
-            std::to_string(attempts) + ", giving up in " + std::to_string(static_cast<long>(left_s)) + " s)");
+        say(r.error + "; reconnecting in " + ferry::seconds_text(delay) + " s (attempt " + std::to_string(attempts) +
+            ", giving up in " + std::to_string(static_cast<long>(left_s)) + " s)");
         emit(o, {{"event", "reconnecting"},
                  {"attempt", attempts},
                  {"in_s", delay.count() / 1000.0},
@@ -804,14 +795,16 @@ int cmd_send(const common_opts& o, const send_opts& s) {
                 return;  // cancelled by SIGINT/SIGTERM, which finished
             }
             if (interrupted) {
-                // The signal came after the wait ended but before this ran.
-                ferry::transfer_report stopped = *last_failure;
-                stopped.error = "sender interrupted while waiting to reconnect";
-                finish(stopped);
+                stop_waiting();  // the signal came after the wait ended but before this ran
                 return;
             }
             attempt();
         });
+    };
+    stop_waiting = [&] {
+        ferry::transfer_report stopped = *last_failure;
+        stopped.error = "sender interrupted while waiting to reconnect";
+        finish(stopped);
     };
     attempt = [&] { n.send(sources, t, so, on_done); };
     attempt();
@@ -820,10 +813,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
         if (!ec) {
             interrupted = true;
             if (retry_timer.cancel() > 0) {
-                ferry::transfer_report r;
-                r.code = exit_code::transfer_failed;
-                r.error = "sender interrupted while waiting to reconnect";
-                finish(r);
+                stop_waiting();
                 return;
             }
             n.stop("sender interrupted");
