@@ -336,25 +336,56 @@ void send_session::pump_all() {
 
 void send_session::pump(std::uint32_t index) {
     conn_state& cs = conns_[index];
+    // Reads go to the pool in batches: a chunk of a big file alone (both workers hash in
+    // parallel), small files together (one round trip to the pool for many files).
+    std::vector<read_job> batch;
+    std::uint64_t batch_bytes = 0;
     while (!finished_ && !waiting_buffer_ && cs.ready && cs.conn && !cs.conn->closed()) {
         if (cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
-            return;  // the socket is the limit
+            break;  // the socket is the limit
         }
         if (cs.inflight_bytes + cs.reading_bytes >= cs.window_bytes) {
             cs.window_bound = true;  // the window is the limit, though the socket takes more
-            return;
+            break;
         }
         if (cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading_bytes >= options_.read_ahead_bytes) {
-            return;
+            break;
         }
         std::optional<chunk_ref> ref = machine_.next_chunk();
         if (!ref) {
-            return;
+            break;
         }
         if (!ref->send && hashed_from_memo(*ref)) {
             continue;
         }
-        read_chunk(index, *ref);
+        pooled_buffer buf = ctx_.buffers->acquire(ref->length);
+        if (!buf) {
+            machine_.requeue(*ref);
+            waiting_buffer_ = true;
+            ctx_.buffers->notify_when_available([weak = weak_from_this()] {
+                if (auto self = weak.lock()) {
+                    asio::post(self->ctx_.io, [self] {
+                        self->waiting_buffer_ = false;
+                        self->pump_all();
+                    });
+                }
+            });
+            break;
+        }
+        ++cs.reading;
+        cs.reading_bytes += ref->length;
+        batch.push_back(make_read_job(*ref, std::move(buf)));
+        batch_bytes += ref->length;
+        if (batch.size() >= max_batch_reads || batch_bytes >= chunk_size) {
+            sample_wire_rate();
+            post_reads(index, std::move(batch));
+            batch.clear();
+            batch_bytes = 0;
+        }
+    }
+    if (!batch.empty()) {
+        sample_wire_rate();
+        post_reads(index, std::move(batch));
     }
 }
 
@@ -428,107 +459,107 @@ void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
     }
 }
 
-void send_session::read_chunk(std::uint32_t index, chunk_ref ref) {
-    pooled_buffer buf = ctx_.buffers->acquire(ref.length);
-    if (!buf) {
-        machine_.requeue(ref);
-        waiting_buffer_ = true;
-        ctx_.buffers->notify_when_available([weak = weak_from_this()] {
-            if (auto self = weak.lock()) {
-                asio::post(self->ctx_.io, [self] {
-                    self->waiting_buffer_ = false;
-                    self->pump_all();
-                });
-            }
-        });
-        return;
-    }
-    conn_state& cs = conns_[index];
-    ++cs.reading;
-    cs.reading_bytes += ref.length;
-    auto file = files_.at(ref.file.value);
+send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_buffer buf) {
+    read_job job;
+    job.ref = ref;
+    job.file = files_.at(ref.file.value);
     // sources_ never changes after construction and the task holds the session: no copy.
-    const std::filesystem::path* local = &sources_.locals.at(ref.file.value);
-    std::uint64_t expect_size = sources_.entries.at(ref.file.value).size;
-    sample_wire_rate();
-    int level = ref.send ? compression_.next_level() : 0;
-    ctx_.workers.post([self = shared_from_this(), file, local, expect_size, ref, index, level,
-                       buf = std::move(buf)]() mutable {
-        std::error_code ec;
-        std::string what;
-        int fd;
-        {
-            std::lock_guard lock(file->mutex);
-            if (file->fd < 0) {
-                file->fd = ::open(local->c_str(), O_RDONLY | O_CLOEXEC);
-                struct stat st {};
-                if (file->fd < 0) {
-                    ec = std::error_code(errno, std::system_category());
-                } else if (::fstat(file->fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != expect_size) {
-                    ec = std::make_error_code(std::errc::invalid_argument);
-                    what = "file changed size since the transfer started";
-                } else if (expect_size > chunk_size) {
-                    ::posix_fadvise(file->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-                }
+    job.local = &sources_.locals.at(ref.file.value);
+    job.expect_size = sources_.entries.at(ref.file.value).size;
+    job.level = ref.send ? compression_.next_level() : 0;
+    job.buf = std::move(buf);
+    return job;
+}
+
+void send_session::read_source(read_job& job) {
+    const chunk_ref& ref = job.ref;
+    source_file& file = *job.file;
+    int fd;
+    {
+        std::lock_guard lock(file.mutex);
+        if (file.fd < 0) {
+            file.fd = ::open(job.local->c_str(), O_RDONLY | O_CLOEXEC);
+            struct stat st {};
+            if (file.fd < 0) {
+                job.ec = std::error_code(errno, std::system_category());
+            } else if (::fstat(file.fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != job.expect_size) {
+                job.ec = std::make_error_code(std::errc::invalid_argument);
+                job.what = "file changed size since the transfer started";
+            } else if (job.expect_size > chunk_size) {
+                ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
             }
-            fd = file->fd;
         }
-        if (!ec && read_at(fd, buf.data(), ref.length, ref.offset, ec) != ref.length && !ec) {
-            ec = std::make_error_code(std::errc::invalid_argument);
-            what = "file shrank during the transfer";
+        fd = file.fd;
+    }
+    if (!job.ec && read_at(fd, job.buf.data(), ref.length, ref.offset, job.ec) != ref.length && !job.ec) {
+        job.ec = std::make_error_code(std::errc::invalid_argument);
+        job.what = "file shrank during the transfer";
+    }
+    if (!job.ec) {
+        job.digest = hash_chunk(std::span<const std::uint8_t>(job.buf.data(), ref.length));
+        if (job.level > 0) {
+            job.packed = compress_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.level);
         }
-        digest128 digest = ec ? digest128{} : hash_chunk(std::span<const std::uint8_t>(buf.data(), ref.length));
-        compressed_chunk packed;
-        if (!ec && level > 0) {
-            packed = compress_chunk(std::span<std::uint8_t>(buf.data(), ref.length), level);
+    }
+    file.read_done();
+    if (job.what.empty() && job.ec) {
+        job.what = job.ec.message();
+    }
+}
+
+void send_session::post_reads(std::uint32_t index, std::vector<read_job> jobs) {
+    ctx_.workers.post([self = shared_from_this(), index, jobs = std::move(jobs)]() mutable {
+        for (read_job& job : jobs) {
+            read_source(job);
         }
-        file->read_done();
-        if (what.empty() && ec) {
-            what = ec.message();
-        }
-        asio::post(self->ctx_.io, [self, ref, index, digest, ec, what, local, level, packed,
-                                   buf = std::move(buf)]() mutable {
-            conn_state& cs = self->conns_[index];
-            --cs.reading;
-            cs.reading_bytes -= ref.length;
-            if (self->finished_) {
-                return;
-            }
-            if (level > 0 && !ec) {
-                self->compression_.observe(level, ref.length, packed.size > 0 ? packed.size : ref.length,
-                                           packed.cpu_seconds);
-            }
-            if (ec) {
-                self->fail(exit_code::local_io, "cannot read " + local->string() + ": " + what);
-                return;
-            }
-            self->on_hashed(ref, digest);
-            if (ref.send) {
-                if (!cs.conn || cs.conn->closed()) {
-                    self->machine_.requeue(ref);
-                    self->files_[ref.file.value]->read_again();
-                    self->pump_all();  // this connection is gone: another one takes the chunk
-                    return;
-                } else {
-                    wire::Header h;
-                    wire::Chunk* c = h.mutable_chunk();
-                    c->set_file_id(ref.file.value);
-                    c->set_index(ref.index.value);
-                    c->set_raw_len(ref.length);
-                    c->set_codec(packed.size > 0 ? wire::CODEC_ZSTD : wire::CODEC_RAW);
-                    c->set_hash_lo(digest.lo);
-                    c->set_hash_hi(digest.hi);
-                    std::uint32_t wire_len = packed.size > 0 ? static_cast<std::uint32_t>(packed.size) : ref.length;
-                    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len});
-                    cs.inflight_bytes += ref.length;
-                    self->file_events_.started(self->ctx_.events.file, ref.file,
-                                               self->sources_.entries[ref.file.value]);
-                    cs.conn->send(h, std::move(buf), wire_len);
-                }
+        asio::post(self->ctx_.io, [self, index, jobs = std::move(jobs)]() mutable {
+            for (read_job& job : jobs) {
+                self->on_read(index, job);
             }
             self->pump(index);
         });
     });
+}
+
+void send_session::on_read(std::uint32_t index, read_job& job) {
+    const chunk_ref& ref = job.ref;
+    conn_state& cs = conns_[index];
+    --cs.reading;
+    cs.reading_bytes -= ref.length;
+    if (finished_) {
+        return;
+    }
+    if (job.level > 0 && !job.ec) {
+        compression_.observe(job.level, ref.length, job.packed.size > 0 ? job.packed.size : ref.length,
+                             job.packed.cpu_seconds);
+    }
+    if (job.ec) {
+        fail(exit_code::local_io, "cannot read " + job.local->string() + ": " + job.what);
+        return;
+    }
+    on_hashed(ref, job.digest);
+    if (!ref.send) {
+        return;
+    }
+    if (!cs.conn || cs.conn->closed()) {
+        machine_.requeue(ref);
+        files_[ref.file.value]->read_again();
+        pump_all();  // this connection is gone: another one takes the chunk
+        return;
+    }
+    wire::Header h;
+    wire::Chunk* c = h.mutable_chunk();
+    c->set_file_id(ref.file.value);
+    c->set_index(ref.index.value);
+    c->set_raw_len(ref.length);
+    c->set_codec(job.packed.size > 0 ? wire::CODEC_ZSTD : wire::CODEC_RAW);
+    c->set_hash_lo(job.digest.lo);
+    c->set_hash_hi(job.digest.hi);
+    std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
+    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len});
+    cs.inflight_bytes += ref.length;
+    file_events_.started(ctx_.events.file, ref.file, sources_.entries[ref.file.value]);
+    cs.conn->send(h, std::move(job.buf), wire_len);
 }
 
 void send_session::adjust_window(conn_state& cs, std::uint64_t acked) {

@@ -20,6 +20,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "node/chunk_codec.hpp"
 #include "node/context.hpp"
 #include "node/source_tree.hpp"
 #include "protocol/compression.hpp"
@@ -142,7 +143,26 @@ private:
     void on_hello(connection& c, const wire::Hello& hello);
     void pump(std::uint32_t index);
     void pump_all();
-    void read_chunk(std::uint32_t index, chunk_ref ref);
+    // One chunk to read, hash (and compress) on the worker pool, and what came of it.
+    struct read_job {
+        chunk_ref ref;
+        std::shared_ptr<source_file> file;
+        const std::filesystem::path* local = nullptr;
+        std::uint64_t expect_size = 0;
+        int level = 0;  // zstd level, 0: none
+        pooled_buffer buf;
+        digest128 digest{};
+        std::error_code ec;
+        std::string what;
+        compressed_chunk packed;
+    };
+    // Small files are read this many to a pool task at most (a batch also ends at one
+    // chunk's worth of bytes).
+    static constexpr std::size_t max_batch_reads = 32;
+    read_job make_read_job(const chunk_ref& ref, pooled_buffer buf);
+    static void read_source(read_job& job);  // on a worker
+    void post_reads(std::uint32_t index, std::vector<read_job> jobs);
+    void on_read(std::uint32_t index, read_job& job);
     // A chunk the receiver has, whose digest options_.memo knows: no read. False when the
     // memo does not know it (or the file changed since the scan).
     bool hashed_from_memo(const chunk_ref& ref);
