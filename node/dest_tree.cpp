@@ -129,10 +129,13 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
     if (dir.empty()) {
         return {root_fd_, false};
     }
-    std::lock_guard lock(mutex_);
-    if (auto it = dirs_.find(std::string(dir)); it != dirs_.end()) {
-        return {it->second, false};
+    {
+        std::shared_lock lock(mutex_);
+        if (auto it = dirs_.find(dir); it != dirs_.end()) {
+            return {it->second, false};
+        }
     }
+    std::lock_guard lock(mutex_);
     int fd = root_fd_;
     int owned_fd = -1;  // an uncached intermediate fd, closed once the next one is open
     std::string sofar;
@@ -187,9 +190,12 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
     return {fd, owned_fd >= 0};
 }
 
-std::error_code dest_tree::make_dir(std::string_view wire_path, bool create) {
+std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, bool* absent) {
     std::error_code ec;
     dir_handle h = dir_fd(wire_path, create, ec);
+    if (absent != nullptr) {
+        *absent = !create && ec == std::errc::no_such_file_or_directory;
+    }
     if (!create && ec == std::errc::no_such_file_or_directory) {
         return {};  // not there yet: nothing in the way
     }

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -52,7 +53,8 @@ public:
     // mkdir -p of a wire path inside the root (no symlinks followed). With `create` false
     // nothing is made: it checks that every component already there is a folder and not
     // a symlink (a missing one is fine: it would be created).
-    std::error_code make_dir(std::string_view wire_path, bool create = true);
+    // With create false, only checks: `absent` (if given) tells whether it is not there yet.
+    std::error_code make_dir(std::string_view wire_path, bool create = true, bool* absent = nullptr);
     // Checks that a file may be written at `wire_path` (parents are created unless
     // `create_parents` is false; a missing parent then means nothing is in the way). A
     // regular file already there with this size and mtime sets `identical` (nothing to
@@ -123,8 +125,13 @@ private:
 
     std::filesystem::path root_;
     int root_fd_ = -1;
-    std::mutex mutex_;
-    std::unordered_map<std::string, int> dirs_;
+    struct path_hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+    };
+    // Looked up by every file operation from both workers: shared for lookups.
+    std::shared_mutex mutex_;
+    std::unordered_map<std::string, int, path_hash, std::equal_to<>> dirs_;
 };
 
 }  // namespace ferry

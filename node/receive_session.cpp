@@ -364,13 +364,26 @@ void receive_session::next_offer() {
         // Chunks this batch may offer back to the sender: their digests travel before the
         // Accept on the control connection, whose queue is bounded (32 MiB of digests).
         std::uint64_t claim_budget = std::uint64_t{2} << 20;
+        // Folders of the batch found missing by the check: what they hold is not there
+        // either (parents come before their contents in an offer), so it is not looked for.
+        std::unordered_set<std::string_view> absent;
         for (bool create : {false, true}) {
             for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
                 const item& it = items[i];
                 bool same = false;
                 const entry_info& e = it.e;
-                std::error_code ec = e.is_dir ? tree->make_dir(e.path, create)
+                if (!create && absent.contains(wire_parent(e.path))) {
+                    if (e.is_dir) {
+                        absent.insert(e.path);
+                    }
+                    continue;
+                }
+                bool missing = false;
+                std::error_code ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
                                               : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create);
+                if (missing) {
+                    absent.insert(e.path);
+                }
                 if (ec) {
                     error = e.path + ": " + ec.message();
                     code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
@@ -573,30 +586,27 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     });
 }
 
-void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload) {
-    // The chunk is the whole file: verify, write and close it in one worker task (one
-    // round trip to the pool per small file instead of two). With --fsync-each it is
-    // renamed there too; otherwise it joins the next journaled batch of renames.
-    file_id f{chunk.file_id()};
-    const entry_info& e = machine_.entry(f);
-    bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each;
-    if (!fsync_now) {
-        need_syncfs_ = true;
-    }
-    ++writes_;
-    ++finalizing_;
-    digest128 expect{chunk.hash_lo(), chunk.hash_hi()};
-    chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
-    ctx_.workers.post([self = shared_from_this(), tree = tree_, e, f, conn, expect, fsync_now, overwrite = overwrite_,
-                       encoding, payload = std::move(payload)]() mutable {
+struct receive_session::whole_write {
+    file_id f;
+    std::uint32_t conn = 0;
+    entry_info e;  // a copy: the worker must not read the machine
+    digest128 expect;
+    chunk_encoding encoding;
+    pooled_buffer payload;
+    // Filled in by the worker:
+    chunk_verdict verdict;
+    std::error_code ec;
+    dest_tree::stored_file stored;
+    stats_clock::duration write_time{};
+
+    // Verifies the chunk, writes it to the partial file and closes that: renamed here with
+    // --fsync-each, else prepared for the next journaled batch of renames.
+    void run(dest_tree& tree, bool fsync_now, bool overwrite) {
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         std::span<const std::uint8_t> raw = checked.raw;
-        chunk_verdict verdict = checked.verdict;
-        std::error_code ec;
-        dest_tree::stored_file stored;
-        stats_clock::duration write_time{};
+        verdict = checked.verdict;
         if (!verdict.bad) {
-            int fd = tree->open_partial(e.path, ec);
+            int fd = tree.open_partial(e.path, ec);
             if (!ec) {
                 auto t0 = stats_clock::now();
                 ec = write_at(fd, raw.data(), raw.size(), 0);
@@ -606,44 +616,86 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
                 if (ec) {
                     ::close(fd);
                 } else if (fsync_now) {
-                    ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
+                    ec = tree.finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
                 } else {
-                    ec = tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
+                    ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
                 }
             }
         }
         payload.reset();
-        asio::post(self->ctx_.io, [self, f, conn, verdict, ec, fsync_now, stored, write_time, path = e.path] {
-            --self->writes_;
-            std::vector<std::uint32_t> also = self->written(chunk_key(f, chunk_index{0}));
-            if (self->failed_) {
-                --self->finalizing_;
-                return;
+    }
+};
+
+void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload) {
+    file_id f{chunk.file_id()};
+    ++writes_;
+    ++finalizing_;
+    whole_write& w = whole_writes_.emplace_back();
+    w.f = f;
+    w.conn = conn;
+    w.e = machine_.entry(f);
+    w.expect = digest128{chunk.hash_lo(), chunk.hash_hi()};
+    w.encoding = chunk_encoding{chunk.codec(), chunk.raw_len()};
+    w.payload = std::move(payload);
+    if (whole_writes_.size() >= max_batch_writes) {
+        post_whole_writes();
+    } else if (whole_writes_.size() == 1) {
+        asio::post(ctx_.io, [self = shared_from_this()] { self->post_whole_writes(); });
+    }
+}
+
+void receive_session::post_whole_writes() {
+    if (whole_writes_.empty()) {
+        return;
+    }
+    bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each;
+    if (!fsync_now) {
+        need_syncfs_ = true;
+    }
+    ctx_.workers.post([self = shared_from_this(), tree = tree_, fsync_now, overwrite = overwrite_,
+                       batch = std::move(whole_writes_)]() mutable {
+        for (whole_write& w : batch) {
+            w.run(*tree, fsync_now, overwrite);
+        }
+        asio::post(self->ctx_.io, [self, fsync_now, batch = std::move(batch)]() mutable {
+            for (whole_write& w : batch) {
+                self->on_whole_written(w, fsync_now);
             }
-            if (verdict.bad) {
-                --self->finalizing_;
-                self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, verdict.problem(path, chunk_index{0}));
-                return;
-            }
-            if (!ec) {
-                self->machine_.on_chunk_written(f, chunk_index{0}, verdict.got);
-                bool ok = false;
-                self->machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
-                self->machine_.on_file_finished(f);
-                self->on_payload_written(verdict.len, verdict.saved, write_time);
-                self->queue_ack(conn, chunk_key(f, chunk_index{0}));
-                for (std::uint32_t other : also) {
-                    self->queue_ack(other, chunk_key(f, chunk_index{0}));
-                }
-                if (!fsync_now) {
-                    self->queue_rename(f, self->machine_.received_digest(f), stored);
-                    return;
-                }
-            }
-            --self->finalizing_;
-            self->on_file_finalized(f, ec, path);
         });
     });
+    whole_writes_.clear();
+}
+
+void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
+    file_id f = w.f;
+    --writes_;
+    std::vector<std::uint32_t> also = written(chunk_key(f, chunk_index{0}));
+    if (failed_) {
+        --finalizing_;
+        return;
+    }
+    if (w.verdict.bad) {
+        --finalizing_;
+        fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, w.verdict.problem(w.e.path, chunk_index{0}));
+        return;
+    }
+    if (!w.ec) {
+        machine_.on_chunk_written(f, chunk_index{0}, w.verdict.got);
+        bool ok = false;
+        machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
+        machine_.on_file_finished(f);
+        on_payload_written(w.verdict.len, w.verdict.saved, w.write_time);
+        queue_ack(w.conn, chunk_key(f, chunk_index{0}));
+        for (std::uint32_t other : also) {
+            queue_ack(other, chunk_key(f, chunk_index{0}));
+        }
+        if (!fsync_now) {
+            queue_rename(f, machine_.received_digest(f), w.stored);
+            return;
+        }
+    }
+    --finalizing_;
+    on_file_finalized(f, w.ec, w.e.path);
 }
 
 void receive_session::on_file_done(const wire::FileDone& done) {

@@ -74,6 +74,12 @@ private:
     void next_offer();
     void on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload);
     void write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload);
+    // Files of one chunk wait in whole_writes_ until the loop's current turn ends (or a
+    // batch is full), then go to the pool together: one round trip for many small files.
+    struct whole_write;
+    static constexpr std::size_t max_batch_writes = 32;
+    void post_whole_writes();
+    void on_whole_written(whole_write& w, bool fsync_now);
     void on_file_done(const wire::FileDone& done);
     void on_file_finalized(file_id f, std::error_code ec, const std::string& path);
     void try_finalize(file_id f);
@@ -126,6 +132,7 @@ private:
     bool ack_flush_posted_ = false;
     std::uint32_t finalizing_ = 0;
     std::uint32_t writes_ = 0;
+    std::vector<whole_write> whole_writes_;
     // Chunk keys with a write in flight -> other connections that sent the same chunk
     // meanwhile (each gets the ack too).
     std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> writing_;
