@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <iostream>
 #include <functional>
+#include <future>
 #include <optional>
 #include <string>
 #include <vector>
@@ -708,19 +709,36 @@ int cmd_send(const common_opts& o, const send_opts& s) {
         return fail(o, exit_code::usage, "--connections must be 1..16");
     }
     std::vector<fs::path> paths(s.args.begin(), s.args.end() - 1);
-    ferry::source_tree sources;
+    // The sources are scanned on a thread of their own while the node loads its identity
+    // and sets up TLS (each takes milliseconds; a big tree, tens of them).
     std::string error;
-    if (std::error_code ec = ferry::scan_sources(paths, sources, error)) {
-        bool missing = error.find("No such file") != std::string::npos || error == "nothing to send";
-        return fail(o, missing ? exit_code::usage : exit_code::local_io, error);
-    }
-    for (const auto& note : sources.skipped) {
-        say("skipping " + note);
-    }
+    auto scanned = std::async(std::launch::async, [&paths, &error] {
+        ferry::source_tree out;
+        std::error_code ec = ferry::scan_sources(paths, out, error);
+        return std::make_pair(ec, std::move(out));
+    });
     ferry::node_config cfg = base_config(o);
     cfg.plaintext = s.plaintext;
     asio::io_context io(1);
-    ferry::node n(io, cfg, base_events(o));
+    std::optional<ferry::node> node_made;
+    std::exception_ptr node_failed;
+    try {
+        node_made.emplace(io, cfg, base_events(o));
+    } catch (...) {
+        node_failed = std::current_exception();
+    }
+    auto [scan_ec, sources] = scanned.get();
+    if (scan_ec) {
+        bool missing = error.find("No such file") != std::string::npos || error == "nothing to send";
+        return fail(o, missing ? exit_code::usage : exit_code::local_io, error);
+    }
+    if (node_failed) {
+        std::rethrow_exception(node_failed);
+    }
+    ferry::node& n = *node_made;
+    for (const auto& note : sources.skipped) {
+        say("skipping " + note);
+    }
     ferry::send_options so;
     so.connections = s.connections;
     if (auto mode = ferry::parse_compress_mode(s.compress)) {
