@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "node/resume.hpp"
 #include "node/stats.hpp"
@@ -86,9 +87,10 @@ struct transfer_progress {
 struct file_event {
     bool done = false;
     bool skipped = false;  // already at the receiver (done only)
-    std::string direction;  // "send" or "receive"
-    std::string session_id;  // raw bytes
-    std::string path;
+    // Views into the reporter's and the transfer's own strings: valid during the call.
+    std::string_view direction;  // "send" or "receive"
+    std::string_view session_id;  // raw bytes
+    std::string_view path;
     std::uint64_t size = 0;
 };
 

@@ -21,6 +21,7 @@
 
 #include <unistd.h>
 
+#include <fmt/compile.h>
 #include <fmt/format.h>
 
 #include "node/backoff.hpp"
@@ -138,18 +139,18 @@ void emit_file_event(const ferry::file_event& f) {
         session_hex = ferry::hex_encode(f.session_id);
     }
     line.clear();
-    fmt::format_to(std::back_inserter(line), R"({{"event":"{}","direction":"{}","session":"{}","path":")",
+    fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"({{"event":"{}","direction":"{}","session":"{}","path":")"),
                    f.done ? "file_done" : "file_start", f.direction, session_hex);
     append_json_string(line, f.path);
-    fmt::format_to(std::back_inserter(line), R"(","size":{})", f.size);
+    fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(","size":{})"), f.size);
     if (f.done) {
         line += f.skipped ? R"(,"skipped":true)" : R"(,"skipped":false)";
     }
     if (!json_started) {  // never the first line in practice (connected or listening is)
         json_started = true;
-        fmt::format_to(std::back_inserter(line), R"(,"schema":{})", json_schema);
+        fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(,"schema":{})"), json_schema);
     }
-    fmt::format_to(std::back_inserter(line), R"(,"t":{}}})", ferry::seconds_since(program_start));
+    fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(,"t":{}}})"), ferry::seconds_since(program_start));
     emit_line(line, false);
 }
 
