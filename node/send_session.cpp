@@ -55,23 +55,24 @@ send_session::source_file::~source_file() {
 send_session::send_session(node_context& ctx, source_tree sources, send_target target, send_options options,
                            std::function<void(const transfer_report&)> done)
     : ctx_(ctx), sources_(std::move(sources)), target_(std::move(target)), options_(options), done_(std::move(done)),
-      machine_(random_u64(), sources_.entries, transfer_options{options.overwrite, options.fsync_each}),
+      machine_(random_u64(), std::move(sources_.entries), transfer_options{options.overwrite, options.fsync_each}),
       session_id_(random_bytes(16)), compression_(options.compress) {
     options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
     conns_.resize(options_.connections);
     for (conn_state& cs : conns_) {
         cs.window_bytes = options_.window_bytes;
     }
-    files_.resize(sources_.entries.size());
-    memo_ok_.assign(sources_.entries.size(), 0);
-    file_events_.resize(sources_.entries.size());
-    for (const entry_info& e : sources_.entries) {
+    // The entries now live in machine_ (sources_ keeps the local paths).
+    std::size_t n = machine_.total_files();
+    files_.resize(n);
+    memo_ok_.assign(n, 0);
+    file_events_.resize(n);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        const entry_info& e = machine_.entry(file_id{i});
         regular_files_ += e.is_dir ? 0 : 1;
-    }
-    for (std::size_t i = 0; i < files_.size(); ++i) {
-        if (!sources_.entries[i].is_dir && sources_.entries[i].size > 0) {
+        if (!e.is_dir && e.size > 0) {
             files_[i] = std::make_shared<source_file>();
-            files_[i]->reads_left = chunk_count(sources_.entries[i].size);
+            files_[i]->reads_left = chunk_count(e.size);
         }
     }
 }
@@ -217,8 +218,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 return;
             }
             for (const wire::FileAccept& fa : header.accept().files()) {
-                if (fa.kind() == wire::ACCEPT_SKIP && fa.id() < sources_.entries.size()) {
-                    file_events_.done(ctx_.events.file, file_id{fa.id()}, sources_.entries[fa.id()], true);
+                if (fa.kind() == wire::ACCEPT_SKIP && fa.id() < machine_.total_files()) {
+                    file_events_.done(ctx_.events.file, file_id{fa.id()}, machine_.entry(file_id{fa.id()}), true);
                 }
             }
             for (wire::FileDone& d : done_now) {
@@ -294,8 +295,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 fail(exit_code::transfer_failed, "receiver failed: " + printable(machine_.failure()), false);
                 return;
             }
-            if (std::uint32_t id = header.file_result().file_id(); id < sources_.entries.size()) {
-                file_events_.done(ctx_.events.file, file_id{id}, sources_.entries[id], false);
+            if (std::uint32_t id = header.file_result().file_id(); id < machine_.total_files()) {
+                file_events_.done(ctx_.events.file, file_id{id}, machine_.entry(file_id{id}), false);
             }
             return;
         case wire::Header::kTransferResult:
@@ -427,7 +428,7 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
     if (ok == 0) {
         // Once per file per attempt: the memo holds for the file as scanned, unchanged.
         struct stat st {};
-        const entry_info& e = sources_.entries[ref.file.value];
+        const entry_info& e = machine_.entry(ref.file);
         bool same = ::stat(sources_.locals[ref.file.value].c_str(), &st) == 0 &&
                     static_cast<std::uint64_t>(st.st_size) == e.size &&
                     timespec_ns(st.st_mtim) == e.mtime_ns;
@@ -445,7 +446,7 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
 }
 
 void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
-    if (const entry_info& e = sources_.entries[ref.file.value]; options_.memo && resumable(e)) {
+    if (const entry_info& e = machine_.entry(ref.file); options_.memo && resumable(e)) {
         options_.memo->put(ref.file, ref.index, chunk_count(e.size), digest);
     }
     bool resend = false;
@@ -465,7 +466,7 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     job.file = files_.at(ref.file.value);
     // sources_ never changes after construction and the task holds the session: no copy.
     job.local = &sources_.locals.at(ref.file.value);
-    job.expect_size = sources_.entries.at(ref.file.value).size;
+    job.expect_size = machine_.entry(ref.file).size;
     job.level = ref.send ? compression_.next_level() : 0;
     job.buf = std::move(buf);
     return job;
@@ -534,7 +535,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
                              job.packed.cpu_seconds);
     }
     if (job.ec) {
-        fail(exit_code::local_io, "cannot read " + job.local->string() + ": " + job.what);
+        fail(exit_code::local_io, "cannot read " + *job.local + ": " + job.what);
         return;
     }
     on_hashed(ref, job.digest);
@@ -558,7 +559,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
     cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len});
     cs.inflight_bytes += ref.length;
-    file_events_.started(ctx_.events.file, ref.file, sources_.entries[ref.file.value]);
+    file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));
     cs.conn->send(h, std::move(job.buf), wire_len);
 }
 
@@ -594,7 +595,7 @@ void send_session::sample_wire_rate() {
 }
 
 std::uint32_t send_session::raw_length(std::uint64_t key) const {
-    return chunk_length(sources_.entries[chunk_key_file(key).value].size, chunk_key_index(key).value);
+    return chunk_length(machine_.entry(chunk_key_file(key)).size, chunk_key_index(key).value);
 }
 
 void send_session::requeue_inflight(conn_state& cs) {

@@ -147,7 +147,7 @@ private:
     struct read_job {
         chunk_ref ref;
         std::shared_ptr<source_file> file;
-        const std::filesystem::path* local = nullptr;
+        const std::string* local = nullptr;
         std::uint64_t expect_size = 0;
         int level = 0;  // zstd level, 0: none
         pooled_buffer buf;
@@ -180,7 +180,7 @@ private:
     void finish(bool ok, exit_code code, const std::string& error);
 
     node_context& ctx_;
-    source_tree sources_;
+    source_tree sources_;  // its entries are moved into machine_: locals and totals stay here
     send_target target_;
     send_options options_;
     std::function<void(const transfer_report&)> done_;

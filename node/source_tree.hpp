@@ -17,7 +17,7 @@ namespace ferry {
 
 struct source_tree {
     std::vector<entry_info> entries;             // wire view, id = index
-    std::vector<std::filesystem::path> locals;   // local path of each entry
+    std::vector<std::string> locals;             // local path of each entry
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks, specials)
     std::uint64_t total_bytes = 0;
 };
