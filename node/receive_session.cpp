@@ -214,7 +214,12 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
             if (c.index != 0) {
                 break;
             }
-            on_offer(header.offer());
+            // One Offer batch per turn of the loop: an offer of many batches arrives at
+            // once, and the Accept of the first must not wait behind the checks of all.
+            queued_offers_.push_back(std::move(*header.mutable_offer()));
+            if (queued_offers_.size() == 1) {
+                asio::post(ctx_.io, [self = shared_from_this()] { self->take_offer(); });
+            }
             return;
         case wire::Header::kFileDone:
             if (c.index != 0) {
@@ -235,6 +240,19 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
     }
     fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
          "protocol error from " + short_id(peer_id_) + ": unexpected message");
+}
+
+void receive_session::take_offer() {
+    if (failed_ || queued_offers_.empty()) {
+        queued_offers_.clear();
+        return;
+    }
+    wire::Offer offer = std::move(queued_offers_.front());
+    queued_offers_.pop_front();
+    on_offer(offer);
+    if (!queued_offers_.empty()) {
+        asio::post(ctx_.io, [self = shared_from_this()] { self->take_offer(); });
+    }
 }
 
 void receive_session::on_offer(const wire::Offer& offer) {
@@ -877,7 +895,8 @@ transfer_progress receive_session::progress() const {
 }
 
 void receive_session::check_all_done() {
-    if (finishing_ || failed_ || !machine_.all_finished() || finalizing_ > 0 || offer_busy_ || !offers_.empty()) {
+    if (finishing_ || failed_ || !machine_.all_finished() || finalizing_ > 0 || offer_busy_ || !offers_.empty() ||
+        !queued_offers_.empty()) {
         return;
     }
     finishing_ = true;

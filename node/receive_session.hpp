@@ -70,6 +70,7 @@ private:
     // How often the resume records of files being written are brought up to date.
     static constexpr std::chrono::seconds checkpoint_interval{2};
 
+    void take_offer();  // the next of queued_offers_, then the rest on later turns
     void on_offer(const wire::Offer& offer);
     void next_offer();
     void on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload);
@@ -133,6 +134,7 @@ private:
     std::uint32_t finalizing_ = 0;
     std::uint32_t writes_ = 0;
     std::vector<whole_write> whole_writes_;
+    std::deque<wire::Offer> queued_offers_;
     // Chunk keys with a write in flight -> other connections that sent the same chunk
     // meanwhile (each gets the ack too).
     std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> writing_;
