@@ -192,14 +192,24 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
         ctx_.events.connected(peer_id_, peer_address_, options_.connections);
     }
     offers_sent_ = true;
-    for (wire::Offer& o : machine_.make_offers()) {
-        wire::Header h;
-        *h.mutable_offer() = std::move(o);
-        c.send(h);
-    }
+    send_offer(0);
     conns_[0].ready = true;
     for (std::uint32_t i = 1; i < options_.connections; ++i) {
         open_connection(i);
+    }
+}
+
+void send_session::send_offer(std::size_t batch) {
+    // The first batch goes out alone, the others one per turn of the loop: the receiver
+    // starts checking the first while the rest are built.
+    if (finished_ || !conns_[0].conn || conns_[0].conn->closed()) {
+        return;
+    }
+    wire::Header h;
+    *h.mutable_offer() = machine_.make_offer(batch);
+    conns_[0].conn->send(h);
+    if (batch + 1 < machine_.offer_count()) {
+        asio::post(ctx_.io, [self = shared_from_this(), batch] { self->send_offer(batch + 1); });
     }
 }
 

@@ -141,6 +141,7 @@ private:
     void open_connection(std::uint32_t index);
     void on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream);
     void on_hello(connection& c, const wire::Hello& hello);
+    void send_offer(std::size_t batch);  // then the next batches, one per turn
     void pump(std::uint32_t index);
     void pump_all();
     // One chunk to read, hash (and compress) on the worker pool, and what came of it.

@@ -56,28 +56,32 @@ sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info
     batch_count_ = batches_.size();
 }
 
+wire::Offer sender_machine::make_offer(std::size_t b) const {
+    wire::Offer o;
+    o.set_transfer_id(transfer_id_);
+    o.set_last(b + 1 == batches_.size());
+    o.set_total_files(entries_.size());
+    o.set_total_bytes(total_bytes_);
+    o.set_overwrite(options_.overwrite);
+    o.set_fsync_each(options_.fsync_each);
+    for (std::uint32_t i = batches_.at(b).first; i < batches_[b].second; ++i) {
+        const entry_info& e = entries_[i];
+        wire::Entry* w = o.add_entries();
+        w->set_id(i);
+        w->set_path(e.path);
+        w->set_kind(e.is_dir ? wire::ENTRY_DIR : wire::ENTRY_FILE);
+        w->set_size(e.is_dir ? 0 : e.size);
+        w->set_mode(e.mode);
+        w->set_mtime_ns(e.mtime_ns);
+    }
+    return o;
+}
+
 std::vector<wire::Offer> sender_machine::make_offers() const {
     std::vector<wire::Offer> offers;
     offers.reserve(batches_.size());
     for (std::size_t b = 0; b < batches_.size(); ++b) {
-        wire::Offer o;
-        o.set_transfer_id(transfer_id_);
-        o.set_last(b + 1 == batches_.size());
-        o.set_total_files(entries_.size());
-        o.set_total_bytes(total_bytes_);
-        o.set_overwrite(options_.overwrite);
-        o.set_fsync_each(options_.fsync_each);
-        for (std::uint32_t i = batches_[b].first; i < batches_[b].second; ++i) {
-            const entry_info& e = entries_[i];
-            wire::Entry* w = o.add_entries();
-            w->set_id(i);
-            w->set_path(e.path);
-            w->set_kind(e.is_dir ? wire::ENTRY_DIR : wire::ENTRY_FILE);
-            w->set_size(e.is_dir ? 0 : e.size);
-            w->set_mode(e.mode);
-            w->set_mtime_ns(e.mtime_ns);
-        }
-        offers.push_back(std::move(o));
+        offers.push_back(make_offer(b));
     }
     return offers;
 }

@@ -71,6 +71,9 @@ public:
 
     // The Offer batches, each under offer_batch_bytes, in the order they must be sent.
     std::vector<wire::Offer> make_offers() const;
+    // Batch b of those (b < offer_count()), built alone.
+    wire::Offer make_offer(std::size_t b) const;
+    std::size_t offer_count() const { return batch_count_; }
 
     // The receiver's Accept for the next unanswered batch. Appends FileDone messages for
     // files that need no chunk read (empty or skipped) to `done_now`. A file of exactly
