@@ -21,9 +21,11 @@ void raise_fd_limit() {
     }
 }
 
-// Chunk buffers per node: enough for 16 connections' read-ahead and a receiver's
-// write-behind, a hard cap on the memory of chunk data in flight (~66 MiB worst case).
-constexpr std::size_t pool_buffers = 256;
+// Chunk buffers per node: enough for 16 connections' read-ahead (1 MiB each, plus two
+// queued chunks) and a receiver's write-behind, and a hard cap on the memory of chunk
+// data in flight: 40 MiB, so that a receiver whose page-cache writes stall stays under
+// 64 MiB of RSS (with 256 buffers a --plaintext receiver reached 78 MiB).
+constexpr std::size_t pool_buffers = 160;
 
 }  // namespace
 
