@@ -32,10 +32,7 @@ std::error_code last_error() { return {errno, std::system_category()}; }
 constexpr std::size_t max_cached_dirs = 256;
 
 // Permission bits and modification time (ns since the epoch; access time untouched).
-std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns) {
-    if (::fchmod(fd, mode & 07777) != 0) {
-        return last_error();
-    }
+std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
     struct timespec times[2];
     times[0].tv_sec = 0;
     times[0].tv_nsec = UTIME_OMIT;
@@ -49,6 +46,13 @@ std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtim
         return last_error();
     }
     return {};
+}
+
+std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns) {
+    if (::fchmod(fd, mode & 07777) != 0) {
+        return last_error();
+    }
+    return set_mtime(fd, mtime_ns);
 }
 
 }  // namespace
@@ -274,13 +278,21 @@ std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_
 }
 
 int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec, bool create) {
+    return open_partial_file(wire_path, create ? O_CREAT : 0, 0600, ec);
+}
+
+int dest_tree::open_whole_partial(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {
+    return open_partial_file(wire_path, O_CREAT | O_TRUNC, mode & 0777, ec);
+}
+
+int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec) {
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
     int dfd = dh.fd;
     if (dfd < 0) {
         return -1;
     }
     std::string part = partial_name(split_wire_path(wire_path).back());
-    int fd = ::openat(dfd, part.c_str(), O_WRONLY | (create ? O_CREAT : 0) | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(mode));
     if (fd < 0) {
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
     }
@@ -401,28 +413,31 @@ std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uin
 }
 
 std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
-                                         bool fsync_file, stored_file* stored) {
+                                         bool fsync_file, stored_file* stored, bool size_written) {
     std::error_code ec;
     struct stat st {};
-    if (::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) != size &&
+    if (!size_written && ::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) != size &&
         ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
         ec = last_error();
     }
     if (!ec) {
-        ec = set_mode_and_mtime(fd, mode, mtime_ns);
+        ec = set_mtime(fd, mtime_ns);
+    }
+    // One fstat serves the mode check and what is stored (a chmod leaves the mtime).
+    struct stat after {};
+    if (!ec && ::fstat(fd, &after) != 0) {
+        ec = last_error();
+    }
+    if (!ec && (after.st_mode & 07777) != (mode & 07777) && ::fchmod(fd, mode & 07777) != 0) {
+        ec = last_error();
     }
     if (!ec && fsync_file && ::fsync(fd) != 0) {
         ec = last_error();
     }
     if (!ec && stored != nullptr) {
-        struct stat after {};
-        if (::fstat(fd, &after) != 0) {
-            ec = last_error();
-        } else {
-            stored->mtime_ns = timespec_ns(after.st_mtim);
-            stored->dev = static_cast<std::uint64_t>(after.st_dev);
-            stored->ino = static_cast<std::uint64_t>(after.st_ino);
-        }
+        stored->mtime_ns = timespec_ns(after.st_mtim);
+        stored->dev = static_cast<std::uint64_t>(after.st_dev);
+        stored->ino = static_cast<std::uint64_t>(after.st_ino);
     }
     if (::close(fd) != 0 && !ec) {
         ec = last_error();

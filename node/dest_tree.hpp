@@ -70,6 +70,10 @@ public:
     // Opens (creating, unless `create` is false) the partial file of `wire_path` for
     // writing. Returns an fd or -1 (ec set).
     int open_partial(std::string_view wire_path, std::error_code& ec, bool create = true);
+    // The partial file of a file written whole at once (one chunk): created with its final
+    // permission bits (the umask applies; prepare_final sets the exact mode if that
+    // differs) and truncated (an earlier attempt may have left a longer one).
+    int open_whole_partial(std::string_view wire_path, std::uint32_t mode, std::error_code& ec);
     // Makes the partial file final: prepare_final(), then rename_final() (with `fsync_file`
     // the folder is fsynced too, so file and name are both durable).
     std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
@@ -82,8 +86,9 @@ public:
         std::uint64_t ino = 0;
     };
     // Size, mode, mtime, optional fsync, close (the fd is closed in every case).
+    // `size_written`: exactly `size` bytes were written to a truncated file (no check).
     std::error_code prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
-                                  bool fsync_file, stored_file* stored = nullptr);
+                                  bool fsync_file, stored_file* stored = nullptr, bool size_written = false);
     // Renames the partial file to its final name (never over an existing one unless
     // `overwrite`); with `sync_dir`, fsyncs the folder so the new name is durable.
     std::error_code rename_final(std::string_view wire_path, bool overwrite, bool sync_dir = false);
@@ -122,6 +127,7 @@ private:
     };
     // The directory `dir` (a wire path, "" = root), created if `create`.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec);
+    int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec);
 
     std::filesystem::path root_;
     int root_fd_ = -1;

@@ -383,18 +383,27 @@ void receive_session::next_offer() {
         // Accept on the control connection, whose queue is bounded (32 MiB of digests).
         std::uint64_t claim_budget = std::uint64_t{2} << 20;
         // Folders of the batch found missing by the check: what they hold is not there
-        // either (parents come before their contents in an offer), so it is not looked for.
+        // either (parents come before their contents in an offer), so it is not looked
+        // for, neither by the check nor after the second pass made the folder.
         std::unordered_set<std::string_view> absent;
         for (bool create : {false, true}) {
             for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
                 const item& it = items[i];
                 bool same = false;
                 const entry_info& e = it.e;
-                if (!create && absent.contains(wire_parent(e.path))) {
-                    if (e.is_dir) {
-                        absent.insert(e.path);
+                if (absent.contains(wire_parent(e.path))) {
+                    if (!create) {
+                        if (e.is_dir) {
+                            absent.insert(e.path);
+                        }
+                        continue;
                     }
-                    continue;
+                    if (!e.is_dir) {
+                        // In a folder this pass has just made (from the offer, before
+                        // it): nothing to look at.
+                        decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}});
+                        continue;
+                    }
                 }
                 bool missing = false;
                 std::error_code ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
@@ -624,7 +633,7 @@ struct receive_session::whole_write {
         std::span<const std::uint8_t> raw = checked.raw;
         verdict = checked.verdict;
         if (!verdict.bad) {
-            int fd = tree.open_partial(e.path, ec);
+            int fd = tree.open_whole_partial(e.path, e.mode, ec);
             if (!ec) {
                 auto t0 = stats_clock::now();
                 ec = write_at(fd, raw.data(), raw.size(), 0);
@@ -636,7 +645,7 @@ struct receive_session::whole_write {
                 } else if (fsync_now) {
                     ec = tree.finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
                 } else {
-                    ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
+                    ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size);
                 }
             }
         }
