@@ -573,6 +573,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 fd = sink->fd;
             }
             if (!ec) {
+                std::lock_guard write_lock(sink->write_mutex);
                 auto t0 = stats_clock::now();
                 ec = write_at(fd, raw.data(), raw.size(), offset);
                 write_time = stats_clock::now() - t0;

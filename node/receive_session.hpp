@@ -59,6 +59,9 @@ private:
     struct sink_file {
         std::mutex mutex;
         int fd = -1;
+        // One chunk write at a time per file: the file's lock in the kernel (i_rwsem) makes
+        // a second writer spin on the CPU; waiting here it sleeps.
+        std::mutex write_mutex;
         bool finalized = false;  // taken for its rename: no more resume records
         // Loop thread only:
         bool resumed = false;        // accepted ACCEPT_PARTIAL: its partial file must exist
