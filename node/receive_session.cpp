@@ -214,12 +214,7 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
             if (c.index != 0) {
                 break;
             }
-            // One Offer batch per turn of the loop: an offer of many batches arrives at
-            // once, and the Accept of the first must not wait behind the checks of all.
-            queued_offers_.push_back(std::move(*header.mutable_offer()));
-            if (queued_offers_.size() == 1) {
-                asio::post(ctx_.io, [self = shared_from_this()] { self->take_offer(); });
-            }
+            queue_offer(std::move(*header.mutable_offer()));
             return;
         case wire::Header::kFileDone:
             if (c.index != 0) {
@@ -242,6 +237,34 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
          "protocol error from " + short_id(peer_id_) + ": unexpected message");
 }
 
+void receive_session::queue_offer(wire::Offer offer) {
+    // One Offer batch per turn of the loop: an offer of many batches arrives at once, and
+    // the Accept of the first must not wait behind the checks of all. The queue is
+    // bounded: a peer that sends batches faster than they are checked has them checked
+    // as they come (its limits, --max-files among them, apply within a few batches).
+    queued_offers_.push_back(std::move(offer));
+    while (queued_offers_.size() > max_queued_offers && !failed_) {
+        take_offer();
+    }
+    if (!queued_offers_.empty()) {
+        queue_next_offer_turn();
+    }
+}
+
+void receive_session::queue_next_offer_turn() {
+    if (offer_turn_posted_) {
+        return;
+    }
+    offer_turn_posted_ = true;
+    asio::post(ctx_.io, [self = shared_from_this()] {
+        self->offer_turn_posted_ = false;
+        self->take_offer();
+        if (!self->queued_offers_.empty()) {
+            self->queue_next_offer_turn();
+        }
+    });
+}
+
 void receive_session::take_offer() {
     if (failed_ || queued_offers_.empty()) {
         queued_offers_.clear();
@@ -250,9 +273,6 @@ void receive_session::take_offer() {
     wire::Offer offer = std::move(queued_offers_.front());
     queued_offers_.pop_front();
     on_offer(offer);
-    if (!queued_offers_.empty()) {
-        asio::post(ctx_.io, [self = shared_from_this()] { self->take_offer(); });
-    }
 }
 
 void receive_session::on_offer(const wire::Offer& offer) {
@@ -677,6 +697,15 @@ void receive_session::post_whole_writes() {
         return;
     }
     bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each;
+    if (failed_) {
+        // Nothing more is written for a failed transfer; the counters still settle.
+        auto batch = std::move(whole_writes_);
+        whole_writes_.clear();
+        for (whole_write& w : batch) {
+            on_whole_written(w, fsync_now);
+        }
+        return;
+    }
     if (!fsync_now) {
         need_syncfs_ = true;
     }
