@@ -293,6 +293,14 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
     }
     std::string part = partial_name(split_wire_path(wire_path).back());
     int fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(mode));
+    if (fd < 0 && (errno == EACCES || errno == EPERM) && (flags & O_TRUNC) != 0) {
+        // A partial file an earlier attempt left with a read-only mode (a file written
+        // whole is created with its final bits): replaced, since it is truncated anyway.
+        if (::unlinkat(dfd, part.c_str(), 0) == 0) {
+            fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                          static_cast<mode_t>(mode));
+        }
+    }
     if (fd < 0) {
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
     }
