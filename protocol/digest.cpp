@@ -2,15 +2,18 @@
 
 #include "protocol/le_bytes.hpp"
 
+#if FERRY_XXH_DISPATCH
 #include <xxhash.h>
-#if defined(__x86_64__)
 #include <xxh_x86dispatch.h>
+#else
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 #endif
 
 namespace ferry {
 
 digest128 hash_chunk(std::span<const std::uint8_t> bytes) {
-#if defined(__x86_64__)
+#if FERRY_XXH_DISPATCH
     // The library picks AVX-512, AVX2 or SSE2 at run time (the header alone, inlined,
     // compiles for the baseline x86-64: SSE2, about half the speed on long inputs).
     XXH128_hash_t h = XXH3_128bits_dispatch(bytes.data(), bytes.size());
