@@ -230,3 +230,13 @@ drop_data() {
         rm -rf "$data"
     fi
 }
+
+# source_revision: the commit measured, marked when the tree has local changes.
+source_revision() {
+    local rev
+    rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git -C "$repo" status --porcelain 2>/dev/null)" ]; then
+        rev="$rev (with local changes)"
+    fi
+    printf '%s\n' "$rev"
+}

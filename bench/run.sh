@@ -60,7 +60,8 @@ EOF
 # Helpers shared with bench/wan.sh: log, die, is_uint, mib, shm_avail, mem_avail, stamp,
 # sub, stats, reset_dest, port_listening, alive, RT, usage_of_run, wait_listening,
 # stop_server, show_logs, wait_all, ferry_ids, ferry_listen_address, write_rsyncd_conf,
-# ssh_setup, write_sshd_config, select_peers, has_peer, stop_pids, drop_data.
+# ssh_setup, write_sshd_config, select_peers, has_peer, stop_pids, drop_data,
+# source_revision.
 # shellcheck source=bench/lib.sh
 . "$repo/bench/lib.sh"
 
@@ -496,7 +497,7 @@ report() {
     echo "## $(date -u +%Y-%m-%dT%H:%M:%SZ) — loopback"
     echo
     echo "- machine: $(uname -srm); ${cpu:-unknown CPU}; $(nproc) CPUs; $(awk '/^MemTotal:/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
-    echo "- source: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$( [ -n "$(git -C "$repo" status --porcelain 2>/dev/null)" ] && echo ' (with local changes)')"
+    echo "- source: $(source_revision)"
     echo "- run: \`bench/run.sh $args_given\` — $rounds round(s), tools alternating, data in /dev/shm, sync and empty destination before each run"
     echo "- commands: \`nc -d -l 127.0.0.1 PORT > DEST/FILE\` / \`nc -N 127.0.0.1 PORT < FILE\`;" \
          "\`nc -d -l 127.0.0.1 PORT | tar -C DEST -B -xf -\` / \`tar -C SRC -cf - tree | nc -N 127.0.0.1 PORT\`;" \

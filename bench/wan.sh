@@ -553,7 +553,7 @@ run_one() {
 }
 
 t_start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-source_rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$( [ -n "$(git -C "$repo" status --porcelain 2>/dev/null)" ] && echo ' (with local changes)')"
+source_rev=$(source_revision)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for sc in "${scenarios[@]}"; do
     for cc in "${cc_list[@]}"; do
