@@ -1,6 +1,7 @@
 // End-to-end: the real ferry binary, two nodes on loopback, real TLS 1.3.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -277,6 +278,47 @@ TEST_F(cli_transfer, existing_file_is_not_overwritten_unless_asked) {
     EXPECT_EQ(s.code, 0) << s.err;
     EXPECT_EQ(rx.proc->wait(process_timeout), 0);
     EXPECT_EQ(compare_trees(src, dest / "x"), "");
+}
+
+// A small file's partial file is created with the file's final mode, so an attempt that
+// failed mid-write can leave a read-only one behind; the next attempt replaces it. Only a
+// receiver that is not root meets that permission check: the test runs it as nobody.
+TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
+    if (::geteuid() != 0 || !fs::exists("/usr/bin/setpriv")) {
+        GTEST_SKIP() << "needs root and setpriv, to run a receiver as nobody";
+    }
+    constexpr uid_t nobody = 65534;
+    constexpr gid_t nogroup = 65534;
+    const fs::perms read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
+    fs::path src = cli.root() / "r";
+    write_text_file(src / "f", "read-only contents");
+    fs::permissions(src / "f", read_only);
+    fs::path dest = cli.root() / "inbox";
+    write_text_file(dest / "r" / ".f.ferry-part", "left by an earlier attempt, longer than the file");
+    fs::permissions(dest / "r" / ".f.ferry-part", read_only);
+    // Everything the receiver uses belongs to nobody, its binary too (the build folder
+    // may not be reachable for it).
+    fs::path bin = cli.root() / "ferry-as-nobody";
+    fs::copy_file(FERRY_BINARY, bin);
+    fs::permissions(bin, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                             fs::perms::others_read | fs::perms::others_exec);
+    fs::permissions(cli.root(), fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
+    for (const fs::path& top : {cli.state("A"), dest}) {
+        ASSERT_EQ(::lchown(top.c_str(), nobody, nogroup), 0) << top;
+        for (const auto& de : fs::recursive_directory_iterator(top)) {
+            ASSERT_EQ(::lchown(de.path().c_str(), nobody, nogroup), 0) << de.path();
+        }
+    }
+    auto rx = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--accept-from",
+                         b_id, "--json", dest.string()},
+                        {}, {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin.string()});
+    ASSERT_FALSE(rx.address.empty());
+    run_result s = send({src.string()}, a_id + "@" + rx.address);
+    EXPECT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_EQ(read_file(dest / "r" / "f"), "read-only contents");
+    EXPECT_EQ(fs::status(dest / "r" / "f").permissions(), read_only);
+    EXPECT_FALSE(fs::exists(dest / "r" / ".f.ferry-part"));
 }
 
 TEST_F(cli_transfer, plaintext_on_both_sides_works_and_mismatch_fails_clearly) {

@@ -18,8 +18,9 @@ std::string ferry_cli::id(const std::string& who) {
     return out;
 }
 
-ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const std::vector<std::string>& env) {
-    std::vector<std::string> argv{FERRY_BINARY};
+ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const std::vector<std::string>& env,
+                                     const std::vector<std::string>& launcher) {
+    std::vector<std::string> argv = launcher.empty() ? std::vector<std::string>{FERRY_BINARY} : launcher;
     argv.insert(argv.end(), args.begin(), args.end());
     receiver r;
     r.proc = std::make_unique<child_process>(argv, env);

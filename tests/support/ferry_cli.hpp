@@ -35,7 +35,10 @@ public:
     };
     // Starts `ferry receive` (or serve) for state `who`; fails the test if it does not
     // announce where it listens within the timeout. `env`: extra "NAME=value" entries.
-    receiver start(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+    // `launcher`, when given, replaces the binary at the front of the command line (a
+    // wrapper such as setpriv followed by the ferry binary to run).
+    receiver start(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
+                   const std::vector<std::string>& launcher = {});
 
     // Runs the ferry binary to completion.
     run_result ferry(const std::vector<std::string>& args);
