@@ -246,21 +246,16 @@ void receive_session::queue_offer(wire::Offer offer) {
     while (queued_offers_.size() > max_queued_offers && !failed_) {
         take_offer();
     }
-    if (!queued_offers_.empty()) {
-        queue_next_offer_turn();
+    if (queued_offers_.size() == 1) {
+        post_offer_turn();  // else a turn is already posted: one is, while the queue holds any
     }
 }
 
-void receive_session::queue_next_offer_turn() {
-    if (offer_turn_posted_) {
-        return;
-    }
-    offer_turn_posted_ = true;
+void receive_session::post_offer_turn() {
     asio::post(ctx_.io, [self = shared_from_this()] {
-        self->offer_turn_posted_ = false;
         self->take_offer();
         if (!self->queued_offers_.empty()) {
-            self->queue_next_offer_turn();
+            self->post_offer_turn();
         }
     });
 }

@@ -77,7 +77,7 @@ private:
     // max_queued_offers wait: beyond that they are checked as they come).
     static constexpr std::size_t max_queued_offers = 8;
     void queue_offer(wire::Offer offer);
-    void queue_next_offer_turn();
+    void post_offer_turn();
     void take_offer();  // checks the first of queued_offers_
     void on_offer(const wire::Offer& offer);
     void next_offer();
@@ -143,7 +143,6 @@ private:
     std::uint32_t writes_ = 0;
     std::vector<whole_write> whole_writes_;
     std::deque<wire::Offer> queued_offers_;
-    bool offer_turn_posted_ = false;
     // Chunk keys with a write in flight -> other connections that sent the same chunk
     // meanwhile (each gets the ack too).
     std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> writing_;
