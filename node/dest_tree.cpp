@@ -31,7 +31,7 @@ std::error_code last_error() { return {errno, std::system_category()}; }
 
 constexpr std::size_t max_cached_dirs = 256;
 
-// Permission bits and modification time (ns since the epoch; access time untouched).
+// Modification time (ns since the epoch; access time untouched).
 std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
     struct timespec times[2];
     times[0].tv_sec = 0;
@@ -48,6 +48,7 @@ std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
     return {};
 }
 
+// Permission bits, then the modification time.
 std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns) {
     if (::fchmod(fd, mode & 07777) != 0) {
         return last_error();
@@ -481,8 +482,6 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
     }
     return set_mode_and_mtime(fd, mode, mtime_ns);
 }
-
-
 
 std::error_code dest_tree::sync_all() {
     if (::syncfs(root_fd_) != 0) {
