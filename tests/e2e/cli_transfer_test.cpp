@@ -53,12 +53,13 @@ protected:
     std::string b_id = cli.id("B");
 
     ferry_cli::receiver start_receiver(const fs::path& dest, std::vector<std::string> extra = {},
-                                       const std::vector<std::string>& env = {}) {
+                                       const std::vector<std::string>& env = {},
+                                       const std::vector<std::string>& launcher = {}) {
         std::vector<std::string> args{"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0",
                                       "--accept-from", b_id, "--json"};
         args.insert(args.end(), extra.begin(), extra.end());
         args.push_back(dest.string());
-        return cli.start(args, env);
+        return cli.start(args, env, launcher);
     }
 
     run_result send(const std::vector<std::string>& paths, const std::string& target,
@@ -309,9 +310,9 @@ TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
             ASSERT_EQ(::lchown(de.path().c_str(), nobody, nogroup), 0) << de.path();
         }
     }
-    auto rx = cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--accept-from",
-                         b_id, "--json", dest.string()},
-                        {}, {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin.string()});
+    auto rx = start_receiver(dest, {}, {},
+                             {"/usr/bin/setpriv", "--reuid=" + std::to_string(nobody),
+                              "--regid=" + std::to_string(nogroup), "--clear-groups", bin.string()});
     ASSERT_FALSE(rx.address.empty());
     run_result s = send({src.string()}, a_id + "@" + rx.address);
     EXPECT_EQ(s.code, 0) << s.err;
