@@ -1,0 +1,59 @@
+// exclude_set: gitignore-style patterns for `ferry sync --exclude` (docs/cli.md).
+//
+// Checked on both sides: the sender leaves out what matches, and the receiver never
+// deletes what matches (rsync's exclude semantics). The receiver gets the patterns from
+// the peer, so matching is bounded: each segment is matched with the two-pointer glob
+// algorithm (no exponential backtracking), and the count and size of patterns are capped.
+//
+// Rules, as in .gitignore: '#' starts a comment line and blank lines are ignored; `!`
+// re-includes; a trailing '/' matches folders only; a pattern with a '/' elsewhere is
+// anchored at the sync root (a leading '/' only anchors), otherwise it matches a name at
+// any depth; '*' and '?' never match '/', "[a-z]" and "[!a-z]" are classes, '\' escapes;
+// a "**" segment matches any number of folders. The last matching pattern decides. What
+// lies inside an excluded folder is excluded too (walkers do not descend into it).
+// A plain value: no I/O, no locking.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ferry {
+
+class exclude_set {
+public:
+    static constexpr std::size_t max_patterns = 1024;
+    static constexpr std::size_t max_pattern_bytes = 1024;
+
+    // Adds one pattern line. Returns false (adding nothing) for a pattern that is too
+    // long or would match nothing ever ("/", "!"), or when the set is full; blank lines
+    // and comments are accepted and ignored.
+    bool add(std::string_view line);
+
+    // Whether `path` (a wire path relative to the sync root; `is_dir`: it is a folder)
+    // is excluded by the patterns themselves. Its parents are not looked at: see
+    // excluded_or_inside().
+    bool excluded(std::string_view path, bool is_dir) const;
+    // Whether `path` or a folder it lies in is excluded.
+    bool excluded_or_inside(std::string_view path, bool is_dir) const;
+
+    // The pattern lines kept, as given (for the wire).
+    const std::vector<std::string>& lines() const { return lines_; }
+    bool empty() const { return rules_.empty(); }
+
+private:
+    struct rule {
+        std::vector<std::string> segments;  // "**" stands for any number of folders
+        bool negate = false;
+        bool dir_only = false;
+        bool anchored = false;  // relative to the root; otherwise one segment, any depth
+    };
+    std::vector<rule> rules_;
+    std::vector<std::string> lines_;
+};
+
+// Glob match of one path segment (no '/'): '*', '?', classes, '\' escapes. O(|p| x |s|).
+bool glob_segment_match(std::string_view pattern, std::string_view name);
+
+}  // namespace ferry

@@ -1,0 +1,103 @@
+#include "protocol/exclude.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+
+namespace ferry {
+namespace {
+
+exclude_set make(std::initializer_list<const char*> lines) {
+    exclude_set s;
+    for (const char* l : lines) {
+        EXPECT_TRUE(s.add(l)) << l;
+    }
+    return s;
+}
+
+TEST(glob_segment, stars_questions_classes_and_escapes) {
+    EXPECT_TRUE(glob_segment_match("*.o", "main.o"));
+    EXPECT_FALSE(glob_segment_match("*.o", "main.c"));
+    EXPECT_TRUE(glob_segment_match("*", ""));
+    EXPECT_TRUE(glob_segment_match("a*b*c", "aXXbYYc"));
+    EXPECT_FALSE(glob_segment_match("a*b*c", "aXXbYY"));
+    EXPECT_TRUE(glob_segment_match("f?o", "foo"));
+    EXPECT_FALSE(glob_segment_match("f?o", "fo"));
+    EXPECT_TRUE(glob_segment_match("[a-c]x", "bx"));
+    EXPECT_FALSE(glob_segment_match("[a-c]x", "dx"));
+    EXPECT_TRUE(glob_segment_match("[!a-c]x", "dx"));
+    EXPECT_TRUE(glob_segment_match("[]]", "]"));
+    EXPECT_TRUE(glob_segment_match("\\*", "*"));
+    EXPECT_FALSE(glob_segment_match("\\*", "a"));
+    EXPECT_TRUE(glob_segment_match("[ab", "[ab"));  // not closed: literal
+}
+
+TEST(glob_segment, a_hostile_pattern_is_matched_without_backtracking) {
+    // Backtracking matchers take exponential time on this; the two-pointer one is
+    // O(pattern x name) (the test's ctest timeout is the bound).
+    std::string pattern;
+    for (int i = 0; i < 200; ++i) {
+        pattern += "*a";
+    }
+    pattern += "b";
+    EXPECT_FALSE(glob_segment_match(pattern, std::string(4000, 'a')));
+    EXPECT_TRUE(glob_segment_match(pattern, std::string(4000, 'a') + "b"));
+}
+
+TEST(exclude_set, a_pattern_without_slash_matches_a_name_at_any_depth) {
+    exclude_set s = make({"*.tmp", "build/"});
+    EXPECT_TRUE(s.excluded("x.tmp", false));
+    EXPECT_TRUE(s.excluded("a/b/x.tmp", false));
+    EXPECT_FALSE(s.excluded("a/b/x.tmpl", false));
+    EXPECT_TRUE(s.excluded("src/build", true));
+    EXPECT_FALSE(s.excluded("src/build", false));  // trailing '/': folders only
+    EXPECT_TRUE(s.excluded_or_inside("src/build/out.o", false));
+    EXPECT_FALSE(s.excluded("src/build/out.o", false));
+}
+
+TEST(exclude_set, a_pattern_with_slash_is_anchored_at_the_root) {
+    exclude_set s = make({"/top.txt", "docs/*.pdf", "a/**/z", "**/cache", "logs/**"});
+    EXPECT_TRUE(s.excluded("top.txt", false));
+    EXPECT_FALSE(s.excluded("sub/top.txt", false));
+    EXPECT_TRUE(s.excluded("docs/x.pdf", false));
+    EXPECT_FALSE(s.excluded("docs/sub/x.pdf", false));  // '*' never crosses '/'
+    EXPECT_FALSE(s.excluded("other/docs/x.pdf", false));
+    EXPECT_TRUE(s.excluded("a/z", false));
+    EXPECT_TRUE(s.excluded("a/b/c/z", false));
+    EXPECT_FALSE(s.excluded("b/a/z", false));
+    EXPECT_TRUE(s.excluded("cache", true));
+    EXPECT_TRUE(s.excluded("x/y/cache", true));
+    EXPECT_TRUE(s.excluded("logs/2026/day.log", false));
+}
+
+TEST(exclude_set, the_last_matching_pattern_decides_and_negation_re_includes) {
+    exclude_set s = make({"*.log", "!keep.log"});
+    EXPECT_TRUE(s.excluded("a.log", false));
+    EXPECT_FALSE(s.excluded("keep.log", false));
+    EXPECT_FALSE(s.excluded("d/keep.log", false));
+    exclude_set t = make({"!keep.log", "*.log"});
+    EXPECT_TRUE(t.excluded("keep.log", false));
+}
+
+TEST(exclude_set, comments_blank_lines_and_bad_patterns) {
+    exclude_set s;
+    EXPECT_TRUE(s.add("# a comment"));
+    EXPECT_TRUE(s.add(""));
+    EXPECT_TRUE(s.add("   "));
+    EXPECT_TRUE(s.empty());
+    EXPECT_FALSE(s.add("/"));
+    EXPECT_FALSE(s.add("!"));
+    EXPECT_FALSE(s.add(std::string(exclude_set::max_pattern_bytes + 1, 'x')));
+    EXPECT_TRUE(s.add("name \r\n"));  // line ends and trailing spaces dropped
+    EXPECT_TRUE(s.excluded("name", false));
+    EXPECT_EQ(s.lines().size(), 1u);
+    EXPECT_EQ(s.lines().front(), "name");
+    for (std::size_t i = 1; i < exclude_set::max_patterns; ++i) {
+        ASSERT_TRUE(s.add("p" + std::to_string(i)));
+    }
+    EXPECT_FALSE(s.add("one-too-many"));
+}
+
+}  // namespace
+}  // namespace ferry
