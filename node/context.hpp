@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "node/resume.hpp"
 #include "node/stats.hpp"
@@ -55,6 +56,9 @@ struct transfer_report {
     double elapsed_s = 0;
     std::uint32_t connections = 0;
     double ttfb_s = -1;  // start -> first confirmed (sent) or written (received) byte; -1: none
+    // sync: what the receiver reported removing (or, in a dry run, would remove).
+    std::uint64_t deleted_files = 0;
+    std::uint64_t deleted_dirs = 0;
     std::string session_id;  // raw bytes
     bool connected = false;  // send: the receiver answered this session's Hello
     // send: the failure is the link's or the receiver's going away (connection lost, cannot
@@ -87,6 +91,8 @@ struct transfer_progress {
 struct file_event {
     bool done = false;
     bool skipped = false;  // already at the receiver (done only)
+    // sync: what the receiver does with the file (SYNC_NONE: not a sync, or unchanged).
+    wire::SyncAction action = wire::SYNC_NONE;
     // Views into the reporter's and the transfer's own strings: valid during the call.
     std::string_view direction;  // "send" or "receive"
     std::string_view session_id;  // raw bytes
@@ -110,21 +116,24 @@ public:
     void started(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e) {
         if (sink && !e.is_dir && !started_[f.value]) {
             started_[f.value] = true;
-            emit(sink, e, false, false);
+            emit(sink, e, false, false, wire::SYNC_NONE);
         }
     }
-    void done(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e, bool skipped) {
+    void done(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e, bool skipped,
+              wire::SyncAction action = wire::SYNC_NONE) {
         if (sink && !e.is_dir) {
             started(sink, f, e);
-            emit(sink, e, true, skipped);
+            emit(sink, e, true, skipped, action);
         }
     }
 
 private:
-    void emit(const std::function<void(const file_event&)>& sink, const entry_info& e, bool done, bool skipped) const {
+    void emit(const std::function<void(const file_event&)>& sink, const entry_info& e, bool done, bool skipped,
+              wire::SyncAction action) const {
         file_event ev;
         ev.done = done;
         ev.skipped = skipped;
+        ev.action = action;
         ev.direction = direction_;
         ev.session_id = session_id_;
         ev.path = e.path;
@@ -143,9 +152,17 @@ enum class accept_policy {
     any,        // anyone (explicit flag)
 };
 
+// A folder `ferry serve --share NAME=DIR[:ro|rw]` offers to trusted peers (docs/cli.md).
+struct share_config {
+    std::string name;
+    std::filesystem::path dir;  // absolute, an existing folder
+    bool writable = false;      // rw: peers may sync into it; ro (the default): read only
+};
+
 struct node_config {
     std::filesystem::path state_dir;
     std::filesystem::path inbox;
+    std::vector<share_config> shares;  // `ferry serve --share`
     std::string listen = "0.0.0.0:7788";
     accept_policy policy = accept_policy::trusted;
     std::string accept_from;  // canonical ID for accept_policy::from_id
@@ -168,6 +185,8 @@ struct node_events {
     std::function<void()> session_ended;  // an incoming session closed its last connection
     std::function<void(const std::string& line)> log;
     std::function<void(const file_event&)> file;  // null: not reported (costs nothing)
+    // sync with --delete: a path the receiver removed (or, in a dry run, would remove).
+    std::function<void(std::string_view path, bool is_dir)> deleted;
     // A transfer found what an interrupted attempt left at the receiver: `bytes` of
     // `files` files are there already (each chunk's digest is checked before it is skipped).
     std::function<void(const std::string& direction, const std::string& session_id, std::uint64_t bytes,

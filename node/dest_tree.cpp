@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "protocol/path.hpp"
@@ -208,8 +209,11 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
 }
 
 std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite, std::uint64_t size,
-                                      std::int64_t mtime_ns, bool& identical, bool create_parents) {
+                                      std::int64_t mtime_ns, bool& identical, bool create_parents, bool* exists) {
     identical = false;
+    if (exists != nullptr) {
+        *exists = false;
+    }
     std::error_code ec;
     dir_handle dh = dir_fd(wire_parent(wire_path), create_parents, ec);
     int dfd = dh.fd;
@@ -230,12 +234,112 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     if (S_ISDIR(st.st_mode)) {
         return dest_errc::is_dir;
     }
+    if (exists != nullptr) {
+        *exists = S_ISREG(st.st_mode);
+    }
     std::int64_t mtime = timespec_ns(st.st_mtim);
     if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && same_stored_mtime(mtime, mtime_ns)) {
         identical = true;
         return {};
     }
     return overwrite ? std::error_code{} : make_error_code(dest_errc::exists);
+}
+
+namespace {
+
+struct pruner {
+    const std::function<dest_tree::verdict(const std::string&, bool)>& keep;
+    bool dry_run;
+    std::vector<dest_tree::removed_entry>& removed;
+
+    std::string& failed;  // the path an error is about
+
+    // Removes `name` in `dir_fd` (wire path `path`) with everything in it.
+    std::error_code remove(int dir_fd, const std::string& name, const std::string& path, bool is_dir) {
+        failed = path;
+        if (is_dir) {
+            int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (fd < 0) {
+                return {errno, std::system_category()};
+            }
+            std::vector<std::string> names;
+            std::error_code ec = list_folder(fd, names);
+            for (std::size_t i = 0; !ec && i < names.size(); ++i) {
+                struct stat st {};
+                if (::fstatat(fd, names[i].c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+                    ec = std::error_code(errno, std::system_category());
+                    break;
+                }
+                ec = remove(fd, names[i], path + "/" + names[i], S_ISDIR(st.st_mode));
+            }
+            ::close(fd);
+            if (ec) {
+                return ec;
+            }
+        }
+        if (!dry_run && ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0 && errno != ENOENT) {
+            return {errno, std::system_category()};
+        }
+        removed.push_back({path, is_dir});
+        return {};
+    }
+
+    // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root).
+    std::error_code walk(int dir_fd, const std::string& prefix) {
+        std::vector<std::string> names;
+        if (std::error_code ec = list_folder(dir_fd, names)) {
+            return ec;
+        }
+        for (const std::string& name : names) {
+            if (dest_tree::own_file_name(name)) {
+                continue;
+            }
+            struct stat st {};
+            if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+                if (errno == ENOENT) {
+                    continue;
+                }
+                return {errno, std::system_category()};
+            }
+            bool is_dir = S_ISDIR(st.st_mode);
+            std::string path = prefix.empty() ? name : prefix + "/" + name;
+            failed = path;
+            dest_tree::verdict v = keep(path, is_dir);
+            if (v == dest_tree::verdict::remove) {
+                if (std::error_code ec = remove(dir_fd, name, path, is_dir)) {
+                    return ec;
+                }
+                continue;
+            }
+            if (is_dir && v == dest_tree::verdict::keep) {
+                int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (fd < 0) {
+                    return {errno, std::system_category()};
+                }
+                std::error_code ec = walk(fd, path);
+                ::close(fd);
+                if (ec) {
+                    return ec;
+                }
+            }
+        }
+        return {};
+    }
+};
+
+}  // namespace
+
+std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
+                                 std::vector<removed_entry>& removed, std::string& failed_path) {
+    pruner p{keep, dry_run, removed, failed_path};
+    return p.walk(root_fd_, "");
+}
+
+bool dest_tree::own_file_name(std::string_view name) {
+    auto ends_with = [&](std::string_view suffix) { return name.ends_with(suffix); };
+    return is_partial_file_name(name) ||
+           (name.starts_with(".") && (ends_with(".ferry-resume") || ends_with(".ferry-resume~"))) ||
+           (name.starts_with(".ferry-") && (ends_with(".resume") || ends_with(".resume~")));
 }
 
 int dest_tree::open_final_read(std::string_view wire_path, std::error_code& ec) {

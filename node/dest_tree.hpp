@@ -9,12 +9,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
+#include <vector>
 
 #include "node/file_io.hpp"
 
@@ -60,8 +62,25 @@ public:
     // regular file already there with this size and mtime sets `identical` (nothing to
     // send); the mtime matches if it is `mtime_ns` as a file system with coarser
     // timestamps stores it.
+    // `exists` (if given) tells whether a regular file is there (identical or not).
     std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
-                               bool& identical, bool create_parents = true);
+                               bool& identical, bool create_parents = true, bool* exists = nullptr);
+    // Removes what lies under the root and is not kept (`ferry sync --delete`). `keep` is
+    // asked about every entry (a wire path; is_dir): a folder kept is walked into (unless
+    // kept whole), and an entry removed goes with everything in it. Nothing is followed
+    // through a symlink (a symlink is removed as itself), and partial files and resume
+    // records are left alone. With `dry_run` nothing is removed. `removed` gets every path
+    // removed, a folder's contents before the folder. Stops at the first error, with
+    // `failed_path` naming the entry it is about.
+    struct removed_entry {
+        std::string path;
+        bool is_dir = false;
+    };
+    enum class verdict { remove, keep, keep_whole };
+    std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
+                          std::vector<removed_entry>& removed, std::string& failed_path);
+    // Names of ferry's own files in a destination: partial files and resume records.
+    static bool own_file_name(std::string_view name);
     // Opens the regular file at its final name for reading. Returns an fd or -1 (ec set).
     int open_final_read(std::string_view wire_path, std::error_code& ec);
     // Removes the file at its final name if it is still inode `ino` of device `dev`

@@ -1,8 +1,11 @@
 #include "node/file_io.hpp"
 
+#include <dirent.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <string_view>
 
 namespace ferry {
 
@@ -38,6 +41,38 @@ std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t o
         done += static_cast<std::size_t>(n);
     }
     return done;
+}
+
+std::error_code list_folder(int dir_fd, std::vector<std::string>& names) {
+    names.clear();
+    int fd = ::dup(dir_fd);  // fdopendir takes the fd it is given; the caller keeps its own
+    DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
+    if (d == nullptr) {
+        std::error_code ec(errno, std::system_category());
+        if (fd >= 0) {
+            ::close(fd);
+        }
+        return ec;
+    }
+    ::rewinddir(d);  // the dup shares its position with dir_fd, which may have been read
+    std::error_code ec;
+    for (;;) {
+        errno = 0;
+        const dirent* de = ::readdir(d);
+        if (de == nullptr) {
+            if (errno != 0) {
+                ec = std::error_code(errno, std::system_category());
+            }
+            break;
+        }
+        std::string_view n(de->d_name);
+        if (n != "." && n != "..") {
+            names.emplace_back(n);
+        }
+    }
+    ::closedir(d);
+    std::sort(names.begin(), names.end());
+    return ec;
 }
 
 }  // namespace ferry

@@ -1,12 +1,14 @@
-// Plain file I/O helpers shared by both sides: whole positioned reads and writes, and
-// timestamps in nanoseconds. Called from worker threads; no state.
+// Plain file I/O helpers shared by both sides: whole positioned reads and writes, folder
+// listings, and timestamps in nanoseconds. Called from worker threads; no state.
 #pragma once
 
 #include <sys/stat.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <system_error>
+#include <vector>
 
 namespace ferry {
 
@@ -15,6 +17,10 @@ std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std:
 // pread of `len` bytes at `offset` (retries short reads and EINTR). Returns the bytes read:
 // fewer than `len` only at the end of the file, or with `ec` set on an error.
 std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec);
+
+// The names in the open folder `dir_fd` (without "." and ".."), sorted bytewise so that
+// the order does not depend on the file system. `dir_fd` stays open and is not moved.
+std::error_code list_folder(int dir_fd, std::vector<std::string>& names);
 
 // A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch.
 inline std::int64_t timespec_ns(const struct timespec& t) {

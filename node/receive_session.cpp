@@ -98,7 +98,9 @@ receive_session::receive_session(node_context& ctx, std::string peer_id, const s
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
       machine_(receiver_limits{ctx.config.limits.max_files}), peer_key_(peer_key), files_("receive", session_id_),
       scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))), start_(std::chrono::steady_clock::now()),
-      last_heard_(start_), idle_timer_(ctx.io), checkpoint_timer_(ctx.io) {}
+      last_heard_(start_), idle_timer_(ctx.io), checkpoint_timer_(ctx.io) {
+    root_ = ctx_.config.inbox;
+}
 
 receive_session::~receive_session() = default;
 
@@ -299,13 +301,48 @@ void receive_session::on_offer(const wire::Offer& offer) {
              refusal::bytes);
         return;
     }
-    overwrite_ = ctx_.config.overwrite || machine_.options().overwrite;
+    if (machine_.sync() && !sync_ && !open_sync_target(*machine_.sync())) {
+        return;
+    }
+    overwrite_ = ctx_.config.overwrite || machine_.options().overwrite || sync_;
     // The space check uses the sizes of the entries offered up to this batch, summed here
     // (never the sender's own claim of a total); what is already written, kept or skipped
     // is taken off when the batch's turn comes (next_offer), once the batches before it
     // are decided.
     offers_.emplace_back(std::move(ids), machine_.total_bytes());
     next_offer();
+}
+
+bool receive_session::open_sync_target(const wire::SyncTarget& target) {
+    const std::string& name = target.share();
+    auto share = std::find_if(ctx_.config.shares.begin(), ctx_.config.shares.end(),
+                              [&](const share_config& s) { return s.name == name; });
+    std::string refused;
+    if (share == ctx_.config.shares.end()) {
+        refused = "this node has no share named \"" + name + "\"";
+    } else if (std::optional<trusted_peer> peer = ctx_.trust.find_id(peer_id_); !peer || !peer->may_use(name)) {
+        refused = "share \"" + name + "\" is not open to " + short_id(peer_id_);
+    } else if (!share->writable) {
+        refused = "share \"" + name + "\" is read-only";
+    }
+    std::size_t pattern_bytes = 0;
+    for (const std::string& line : target.exclude()) {
+        pattern_bytes += line.size();
+        if (refused.empty() && (pattern_bytes > max_sync_exclude_bytes || !excludes_.add(line))) {
+            refused = "bad exclude pattern \"" + line.substr(0, 100) + "\"";
+        }
+    }
+    if (!refused.empty()) {
+        fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
+        return false;
+    }
+    sync_ = true;
+    dry_run_ = target.dry_run();
+    delete_ = target.delete_();
+    share_dir_ = share->dir;
+    sync_path_ = target.path();
+    root_ = sync_path_.empty() ? share_dir_ : share_dir_ / sync_path_;
+    return true;
 }
 
 void receive_session::next_offer() {
@@ -326,18 +363,24 @@ void receive_session::next_offer() {
     std::vector<std::optional<known_partial>> known(ids.size());
     for (file_id id : ids) {
         const entry_info& e = machine_.entry(id);
-        if (resumable(e)) {
-            known[items.size()] = ctx_.known.take(e.path);
+        if (resumable(e) && !sync_) {
+            known[items.size()] = ctx_.known.take(e.path);  // kept by inbox path
         }
         items.push_back({id, e});
     }
     auto tree = tree_;
-    std::filesystem::path root = ctx_.config.inbox;
+    std::filesystem::path root = root_;
     std::filesystem::path journals = journal_dir();
     bool overwrite = overwrite_;
     std::uint64_t need = total_bytes;
+    struct sync_view {
+        bool on = false;
+        bool dry_run = false;
+        std::filesystem::path share_dir;
+        std::string path;
+    } sync{sync_, dry_run_, share_dir_, sync_path_};
     ctx_.workers.post([self = shared_from_this(), items = std::move(items), known = std::move(known), tree, root,
-                       journals, overwrite, need]() mutable {
+                       journals, overwrite, need, sync = std::move(sync)]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
@@ -349,8 +392,19 @@ void receive_session::next_offer() {
         // there" about a file that a recovery is about to remove.
         std::optional<unsynced_journal::folder_lock> lock;
         lock.emplace(journals, !tree);
+        // A dry run into a folder of the share that is not there yet: everything would be
+        // created, and nothing is looked at (or made).
+        bool nothing_there = false;
         try {
-            if (!tree) {
+            if (!tree && sync.on && !sync.path.empty()) {
+                // Made inside the share without following a symlink, like every entry.
+                dest_tree share(sync.share_dir);
+                std::error_code ec = share.make_dir(sync.path, !sync.dry_run, &nothing_there);
+                if (ec) {
+                    throw std::system_error(ec, sync.path);
+                }
+            }
+            if (!tree && !nothing_there) {
                 tree = std::make_shared<dest_tree>(root);
                 // A transfer into this folder that never reached its final sync left files
                 // that must not be trusted: re-verify them before anything is decided.
@@ -381,6 +435,21 @@ void receive_session::next_offer() {
         // second pass, which creates, checks again: nothing is followed if that changed.
         std::vector<resume_found> found(items.size());
         std::vector<bool> identical(items.size(), false);
+        std::vector<bool> exists(items.size(), false);  // a regular file is there (identical or not)
+        // What a sync does with each file, told to the sender.
+        auto action = [&](std::size_t i) {
+            if (!sync.on || items[i].e.is_dir || identical[i]) {
+                return wire::SYNC_NONE;
+            }
+            return exists[i] ? wire::SYNC_UPDATE : wire::SYNC_CREATE;
+        };
+        // A dry run decides after the check pass: every file is answered ACCEPT_SKIP (no
+        // chunk comes), with what would happen to it.
+        auto dry_decisions = [&] {
+            for (std::size_t i = 0; i < items.size(); ++i) {
+                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i)});
+            }
+        };
         auto space_check = [&](std::uint64_t here) {
             std::uint64_t want = need > here ? need - here : 0;
             struct statvfs vfs {};
@@ -402,6 +471,16 @@ void receive_session::next_offer() {
         // for, neither by the check nor after the second pass made the folder.
         std::unordered_set<std::string_view> absent;
         for (bool create : {false, true}) {
+            if (!tree) {
+                if (error.empty()) {
+                    dry_decisions();  // a dry run into a folder not there yet: all created
+                }
+                break;
+            }
+            if (create && sync.dry_run) {
+                dry_decisions();
+                break;
+            }
             for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
                 const item& it = items[i];
                 bool same = false;
@@ -416,13 +495,15 @@ void receive_session::next_offer() {
                     if (!e.is_dir) {
                         // In a folder this pass has just made (from the offer, before
                         // it): nothing to look at.
-                        decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}});
+                        decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}, action(i)});
                         continue;
                     }
                 }
                 bool missing = false;
+                bool is_there = false;
                 std::error_code ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
-                                              : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create);
+                                              : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
+                                                                 create ? nullptr : &is_there);
                 if (missing) {
                     absent.insert(e.path);
                 }
@@ -433,12 +514,15 @@ void receive_session::next_offer() {
                 }
                 if (!create) {
                     identical[i] = same;
+                    exists[i] = is_there;
                     continue;
                 }
                 if (found[i].have) {
-                    decisions.push_back({it.id, wire::ACCEPT_PARTIAL, std::move(found[i].have), std::move(found[i].digests)});
+                    decisions.push_back({it.id, wire::ACCEPT_PARTIAL, std::move(found[i].have), std::move(found[i].digests),
+                                         action(i)});
                 } else {
-                    decisions.push_back({it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}});
+                    decisions.push_back(
+                        {it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}, action(i)});
                 }
             }
             if (!create && error.empty()) {
@@ -460,7 +544,7 @@ void receive_session::next_offer() {
                 }
                 space_check(here);
                 here = 0;
-                for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
+                for (std::size_t i = 0; i < items.size() && error.empty() && !sync.dry_run; ++i) {
                     if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
@@ -945,26 +1029,63 @@ void receive_session::check_all_done() {
     std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
+    if (sync_ && !sync_path_.empty() && machine_.sync()->root_mode() != 0) {
+        // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never).
+        dirs.push_back({"", true, 0, machine_.sync()->root_mode() & 07777, machine_.sync()->root_mtime_ns()});
+    }
+    // Sync --delete: what is under the destination and was not offered goes (never what
+    // an exclude pattern matches, nor ferry's own partial files), before the folders get
+    // their mtimes. Offers are over: the machine hands its path set to the worker.
+    std::function<dest_tree::verdict(const std::string&, bool)> keep;
+    if (delete_) {
+        keep = [paths = machine_.take_paths(), excludes = excludes_](const std::string& path, bool is_dir) {
+            if (excludes.excluded(path, is_dir)) {
+                return dest_tree::verdict::keep_whole;
+            }
+            auto it = paths.find(path);
+            if (it == paths.end() || it->second == is_dir) {
+                return dest_tree::verdict::remove;  // not offered, or offered as the other kind
+            }
+            return dest_tree::verdict::keep;
+        };
+    }
+    bool dry_run = dry_run_;
     ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, dirs = std::move(dirs),
-                       syncfs = need_syncfs_] {
+                       syncfs = need_syncfs_, keep = std::move(keep), dry_run] {
         std::error_code ec;
+        std::string error;
+        std::vector<dest_tree::removed_entry> removed;
+        if (keep && tree) {
+            std::string where;
+            if ((ec = tree->prune(keep, dry_run, removed, where))) {
+                error = "could not delete " + where + ": " + ec.message();
+            }
+        }
         for (const entry_info& d : dirs) {
+            if (ec || dry_run) {
+                break;
+            }
             if (tree && (ec = tree->finish_dir(d.path, d.mode, d.mtime_ns))) {
                 break;
             }
         }
-        if (!ec && tree && syncfs) {
+        if (!ec && tree && (syncfs || !removed.empty()) && !dry_run) {
             ec = tree->sync_all();
         }
         if (!ec && journal) {
             journal->discard();  // every renamed file is on disk now
         }
-        asio::post(self->ctx_.io, [self, ec] {
+        if (ec && error.empty()) {
+            error = "could not finish the transfer: " + ec.message();
+        }
+        asio::post(self->ctx_.io, [self, error, removed = std::move(removed)]() mutable {
             if (self->failed_) {
                 return;
             }
-            if (ec) {
-                self->fail(wire::ERROR_IO, exit_code::local_io, "could not finish the transfer: " + ec.message());
+            // Reported even when a later deletion failed: these are gone.
+            self->send_deleted(std::move(removed));
+            if (!error.empty()) {
+                self->fail(wire::ERROR_IO, exit_code::local_io, error);
                 return;
             }
             self->result_sent_ = true;
@@ -978,6 +1099,34 @@ void receive_session::check_all_done() {
             self->finish_report(true, exit_code::ok, "");
         });
     });
+}
+
+void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed) {
+    if (removed.empty()) {
+        return;
+    }
+    ctx_.log(std::string(dry_run_ ? "sync dry run: would delete " : "sync: deleted ") + std::to_string(removed.size()) +
+             " path(s) under " + root_.string());
+    wire::Header h;
+    std::size_t bytes = 0;
+    auto flush = [&] {
+        if (h.deleted().entries_size() > 0) {
+            send_control(h);
+            h.Clear();
+            bytes = 0;
+        }
+    };
+    for (const dest_tree::removed_entry& r : removed) {
+        std::string path = printable(r.path);  // a local name need not be UTF-8; the wire's must
+        if (bytes + path.size() + 16 > offer_batch_bytes) {
+            flush();
+        }
+        bytes += path.size() + 16;
+        wire::Entry* e = h.mutable_deleted()->add_entries();
+        e->set_kind(r.is_dir ? wire::ENTRY_DIR : wire::ENTRY_FILE);
+        e->set_path(std::move(path));
+    }
+    flush();
 }
 
 void receive_session::queue_ack(std::uint32_t conn, std::uint64_t key) {

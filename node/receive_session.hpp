@@ -23,6 +23,7 @@
 #include "node/context.hpp"
 #include "node/dest_tree.hpp"
 #include "node/unsynced_journal.hpp"
+#include "protocol/exclude.hpp"
 #include "protocol/transfer.hpp"
 #include "transport/connection.hpp"
 
@@ -148,6 +149,20 @@ private:
     std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> writing_;
     bool need_syncfs_ = false;
     bool overwrite_ = false;
+    // The destination: the inbox, or for `ferry sync` SHARE/path (set by the first batch).
+    std::filesystem::path root_;
+    std::filesystem::path share_dir_;  // sync: the share's folder ("" otherwise)
+    std::string sync_path_;            // sync: the wire path inside it
+    bool sync_ = false;
+    bool dry_run_ = false;             // sync --dry-run: decide and report, change nothing
+    bool delete_ = false;              // sync --delete
+    exclude_set excludes_;             // sync: never deleted
+    // Checks a sync target (share, access, patterns) and sets root_ and the sync flags.
+    // False (the transfer failed) when refused.
+    bool open_sync_target(const wire::SyncTarget& target);
+    // Sync --delete: removes what was not offered, reports it (Deleted frames), then calls
+    // `then` on the loop thread with the error, if any.
+    void send_deleted(std::vector<dest_tree::removed_entry> removed);
     bool finishing_ = false;    // every file is in; folder metadata and durability are running
     bool result_sent_ = false;  // the TransferResult (success) went out
     bool failed_ = false;

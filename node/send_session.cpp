@@ -55,7 +55,7 @@ send_session::source_file::~source_file() {
 send_session::send_session(node_context& ctx, source_tree sources, send_target target, send_options options,
                            std::function<void(const transfer_report&)> done)
     : ctx_(ctx), sources_(std::move(sources)), target_(std::move(target)), options_(options), done_(std::move(done)),
-      machine_(random_u64(), std::move(sources_.entries), transfer_options{options.overwrite, options.fsync_each}),
+      machine_(random_u64(), std::move(sources_.entries), transfer_options{options.overwrite, options.fsync_each, options.sync}),
       session_id_(random_bytes(16)), compression_(options.compress) {
     options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
     conns_.resize(options_.connections);
@@ -229,7 +229,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             }
             for (const wire::FileAccept& fa : header.accept().files()) {
                 if (fa.kind() == wire::ACCEPT_SKIP && fa.id() < machine_.total_files()) {
-                    file_events_.done(ctx_.events.file, file_id{fa.id()}, machine_.entry(file_id{fa.id()}), true);
+                    file_events_.done(ctx_.events.file, file_id{fa.id()}, machine_.entry(file_id{fa.id()}), true,
+                                      fa.action());
                 }
             }
             for (wire::FileDone& d : done_now) {
@@ -306,7 +307,21 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 return;
             }
             if (std::uint32_t id = header.file_result().file_id(); id < machine_.total_files()) {
-                file_events_.done(ctx_.events.file, file_id{id}, machine_.entry(file_id{id}), false);
+                file_events_.done(ctx_.events.file, file_id{id}, machine_.entry(file_id{id}), false,
+                                  machine_.action(file_id{id}));
+            }
+            return;
+        case wire::Header::kDeleted:
+            if (c.index != 0 || !options_.sync || !options_.sync->delete_()) {
+                break;
+            }
+            for (const wire::Entry& e : header.deleted().entries()) {
+                ++(e.kind() == wire::ENTRY_DIR ? deleted_dirs_ : deleted_files_);
+                if (ctx_.events.deleted) {
+                    // Names as the receiver's file system has them, escaped there; made
+                    // printable here too (the peer's text).
+                    ctx_.events.deleted(printable(e.path()), e.kind() == wire::ENTRY_DIR);
+                }
             }
             return;
         case wire::Header::kTransferResult:
@@ -807,6 +822,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     }
     r.compression_saved = scope_ ? scope_->counters().compression_saved : 0;
     r.ttfb_s = ttfb_s_;
+    r.deleted_files = deleted_files_;
+    r.deleted_dirs = deleted_dirs_;
     ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
     finished_ = true;
     if (stall_timer_) {

@@ -68,6 +68,8 @@ struct send_options {
     // long is taken for dead (a link that stalls without a reset) and closed.
     std::chrono::milliseconds stall_timeout{30'000};
     std::shared_ptr<digest_memo> memo;  // null: none
+    // `ferry sync`: mirror into a share of the receiver instead of its inbox.
+    std::optional<wire::SyncTarget> sync;
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -194,6 +196,8 @@ private:
     std::string peer_key_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     file_reporter file_events_{"send", session_id_};
+    std::uint64_t deleted_files_ = 0;  // sync: as the receiver reported them (Deleted)
+    std::uint64_t deleted_dirs_ = 0;
     std::uint64_t regular_files_ = 0;
     double ttfb_s_ = -1;
     bool offers_sent_ = false;

@@ -1,6 +1,5 @@
 #include "node/source_tree.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,48 +19,13 @@ namespace {
 // per level, so that a very deep tree cannot run out of file descriptors.
 constexpr int max_open_depth = 128;
 
-struct listing {
-    std::vector<std::string> names;  // without "." and "..", sorted bytewise
-    std::error_code ec;
-};
-
-// A folder's entry names, sorted so that the order does not depend on the filesystem.
-listing list_names(int dir_fd) {
-    listing out;
-    int fd = ::dup(dir_fd);
-    DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
-    if (d == nullptr) {
-        out.ec = std::error_code(errno, std::system_category());
-        if (fd >= 0) {
-            ::close(fd);
-        }
-        return out;
-    }
-    for (;;) {
-        errno = 0;
-        const dirent* de = ::readdir(d);
-        if (de == nullptr) {
-            if (errno != 0) {
-                out.ec = std::error_code(errno, std::system_category());
-            }
-            break;
-        }
-        std::string_view n(de->d_name);
-        if (n != "." && n != "..") {
-            out.names.emplace_back(n);
-        }
-    }
-    ::closedir(d);
-    std::sort(out.names.begin(), out.names.end());
-    return out;
-}
-
 // Walks the sources with one open folder per level: each entry is a short fstatat()
 // relative to its folder, not a lookup of its whole path (10,000 files: a few ms).
 struct scanner {
     source_tree& out;
     std::string& error;
     std::set<std::string> top_names;  // inside a folder names are unique; only sources can clash
+    const exclude_set* excludes = nullptr;
 
     bool fail(const std::string& local, int err) {
         error = local + ": " + std::error_code(err, std::system_category()).message();
@@ -87,6 +51,10 @@ struct scanner {
             out.skipped.push_back(local + " (a ferry partial file)");
             return true;
         }
+        if (excludes != nullptr && excludes->excluded(wire, S_ISDIR(st.st_mode))) {
+            ++out.excluded;
+            return true;  // and whatever is in it
+        }
         if (check_wire_path(wire)) {
             error = local + ": name cannot be sent (not UTF-8, too long, or contains a backslash)";
             return false;
@@ -103,14 +71,20 @@ struct scanner {
         if (!S_ISDIR(st.st_mode)) {
             return true;
         }
+        return walk_contents(dir_fd, name, local, wire, depth);
+    }
+
+    // The entries inside the folder `dir_fd`/`name` (wire path `wire`, "" for a sync
+    // root whose contents are the transfer).
+    bool walk_contents(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth) {
         int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) {
             return fail(local, errno);
         }
-        listing l = list_names(fd);
-        if (l.ec) {
+        std::vector<std::string> names;
+        if (std::error_code ec = list_folder(fd, names)) {
             ::close(fd);
-            error = local + ": " + l.ec.message();
+            error = local + ": " + ec.message();
             return false;
         }
         if (depth >= max_open_depth) {
@@ -119,10 +93,10 @@ struct scanner {
         }
         std::string prefix = local.back() == '/' ? local : local + "/";
         bool ok = true;
-        for (std::size_t i = 0; ok && i < l.names.size(); ++i) {
-            std::string child = prefix + l.names[i];
-            ok = visit(fd, fd == AT_FDCWD ? child.c_str() : l.names[i].c_str(), child, wire + "/" + l.names[i],
-                       depth + 1);
+        for (std::size_t i = 0; ok && i < names.size(); ++i) {
+            std::string child = prefix + names[i];
+            ok = visit(fd, fd == AT_FDCWD ? child.c_str() : names[i].c_str(), child,
+                       wire.empty() ? names[i] : wire + "/" + names[i], depth + 1);
         }
         if (fd != AT_FDCWD) {
             ::close(fd);
@@ -145,6 +119,25 @@ struct scanner {
 };
 
 }  // namespace
+
+std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
+                              std::string& error) {
+    scanner s{out, error, {}, &excludes};
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0) {
+        error = dir.string() + ": " + std::error_code(errno, std::system_category()).message();
+        return std::error_code(errno, std::system_category());
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        error = dir.string() + ": not a folder";
+        return std::make_error_code(std::errc::not_a_directory);
+    }
+    // The folder itself may be a symlink (named by the user); what is inside is not followed.
+    if (!s.walk_contents(AT_FDCWD, dir.c_str(), dir.string(), "", 0)) {
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    return {};
+}
 
 std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error) {
     scanner s{out, error, {}};

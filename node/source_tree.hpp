@@ -11,6 +11,7 @@
 #include <system_error>
 #include <vector>
 
+#include "protocol/exclude.hpp"
 #include "protocol/transfer.hpp"
 
 namespace ferry {
@@ -20,9 +21,16 @@ struct source_tree {
     std::vector<std::string> locals;             // local path of each entry
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks, specials)
     std::uint64_t total_bytes = 0;
+    std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)
 };
 
 // Scans `paths`. On failure `error` names the path and the reason.
 std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error);
+
+// Scans what the folder `dir` holds (`ferry sync`): wire paths are relative to it, and
+// entries `excludes` matches are left out with everything in them. An empty folder gives
+// no entries (not an error). On failure `error` names the path and the reason.
+std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
+                              std::string& error);
 
 }  // namespace ferry

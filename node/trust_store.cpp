@@ -71,13 +71,28 @@ trust_store trust_store::load(const fs::path& state_dir) {
             }
             name = entry["name"].get<std::string>();
         }
+        std::string address;
+        if (entry.contains("address") && !entry["address"].is_null()) {
+            if (!entry["address"].is_string()) {
+                corrupt(file, fmt::format("peer #{} has an \"address\" that is not a string", index));
+            }
+            address = entry["address"].get<std::string>();
+        }
+        std::optional<std::vector<std::string>> shares;
+        if (entry.contains("shares") && !entry["shares"].is_null()) {
+            const nlohmann::json& list = entry["shares"];
+            if (!list.is_array() || !std::all_of(list.begin(), list.end(), [](const auto& v) { return v.is_string(); })) {
+                corrupt(file, fmt::format("peer #{} has \"shares\" that are not an array of names", index));
+            }
+            shares = list.get<std::vector<std::string>>();
+        }
         if (store.find_id(*id)) {
             corrupt(file, fmt::format("node ID {} is listed twice", format_node_id(*id)));
         }
         if (!name.empty() && store.find_name(name)) {
             corrupt(file, fmt::format("name \"{}\" is used by two peers", name));
         }
-        store.peers_.push_back(trusted_peer{std::move(*id), std::move(name)});
+        store.peers_.push_back(trusted_peer{std::move(*id), std::move(name), std::move(address), std::move(shares)});
         ++index;
     }
     return store;
@@ -99,7 +114,23 @@ bool trust_store::add(const std::string& id, const std::string& name) {
     if (same != peers_.end()) {
         same->name = name;
     } else {
-        peers_.push_back(trusted_peer{std::move(*canonical), name});
+        peers_.push_back(trusted_peer{std::move(*canonical), name, {}, std::nullopt});
+    }
+    return true;
+}
+
+bool trust_store::set_details(std::string_view id, std::optional<std::string> address,
+                              std::optional<std::optional<std::vector<std::string>>> shares) {
+    std::optional<std::string> canonical = parse_node_id(id);
+    auto it = std::find_if(peers_.begin(), peers_.end(), [&](const trusted_peer& p) { return canonical && p.id == *canonical; });
+    if (it == peers_.end()) {
+        return false;
+    }
+    if (address) {
+        it->address = std::move(*address);
+    }
+    if (shares) {
+        it->shares = std::move(*shares);
     }
     return true;
 }
@@ -107,7 +138,14 @@ bool trust_store::add(const std::string& id, const std::string& name) {
 void trust_store::save() const {
     nlohmann::json peers = nlohmann::json::array();
     for (const trusted_peer& p : peers_) {
-        peers.push_back({{"id", p.id}, {"name", p.name}});
+        nlohmann::json entry = {{"id", p.id}, {"name", p.name}};
+        if (!p.address.empty()) {
+            entry["address"] = p.address;
+        }
+        if (p.shares) {
+            entry["shares"] = *p.shares;
+        }
+        peers.push_back(std::move(entry));
     }
     nlohmann::json doc = {{"peers", std::move(peers)}};
     if (file_.has_parent_path()) {

@@ -1,11 +1,13 @@
-// The peers this node trusts: canonical node IDs with optional names, kept in
-// <state>/trusted.json as {"peers":[{"id":"...","name":"..."}]}.
+// The peers this node trusts: canonical node IDs with optional names, addresses and share
+// lists, kept in <state>/trusted.json as
+// {"peers":[{"id":"...","name":"...","address":"HOST:PORT","shares":["docs"]}]}.
 //
 // A plain value: no locking. The node keeps one on its loop thread; one-shot commands
 // (ferry trust) load, change, save and exit. save() replaces the file atomically
 // (0600 temp file + rename), so a reader never sees a half-written file.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -15,8 +17,15 @@
 namespace ferry {
 
 struct trusted_peer {
-    std::string id;    // canonical node ID
-    std::string name;  // may be empty
+    std::string id;       // canonical node ID
+    std::string name;     // may be empty
+    std::string address;  // HOST:PORT where it serves, for NAME:SHARE arguments; may be empty
+    // The shares of this node the peer may use; nullopt: every share.
+    std::optional<std::vector<std::string>> shares;
+
+    bool may_use(std::string_view share) const {
+        return !shares || std::find(shares->begin(), shares->end(), share) != shares->end();
+    }
 };
 
 class trust_store {
@@ -31,6 +40,10 @@ class trust_store {
     // already used by another ID. `id` may be canonical or grouped; throws
     // std::invalid_argument if it is not a node ID.
     bool add(const std::string& id, const std::string& name);
+    // Sets a trusted peer's address and share list (nullopt: leave as it is). Returns false
+    // if the peer is not trusted.
+    bool set_details(std::string_view id, std::optional<std::string> address,
+                     std::optional<std::optional<std::vector<std::string>>> shares);
 
     // Writes state_dir/trusted.json atomically (creating state_dir 0700 if needed).
     // Throws std::runtime_error on failure.

@@ -35,8 +35,8 @@ std::uint64_t chunk_bitmap::count() const {
 // Sender
 
 sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options)
-    : transfer_id_(transfer_id), entries_(std::move(entries)), options_(options), files_(entries_.size()) {
-    std::size_t bytes = 0;
+    : transfer_id_(transfer_id), entries_(std::move(entries)), options_(std::move(options)), files_(entries_.size()) {
+    std::size_t bytes = options_.sync ? options_.sync->ByteSizeLong() : 0;
     std::uint32_t first = 0;
     for (std::uint32_t i = 0; i < entries_.size(); ++i) {
         const entry_info& e = entries_[i];
@@ -64,6 +64,9 @@ wire::Offer sender_machine::make_offer(std::size_t b) const {
     o.set_total_bytes(total_bytes_);
     o.set_overwrite(options_.overwrite);
     o.set_fsync_each(options_.fsync_each);
+    if (b == 0 && options_.sync) {
+        *o.mutable_sync() = *options_.sync;
+    }
     for (std::uint32_t i = batches_.at(b).first; i < batches_[b].second; ++i) {
         const entry_info& e = entries_[i];
         wire::Entry* w = o.add_entries();
@@ -101,6 +104,7 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
         }
         file_state& f = files_[i];
         f.accepted = true;
+        f.action = fa.action();
         if (entries_[i].is_dir || fa.kind() == wire::ACCEPT_SKIP) {
             f.result = true;
             ++files_done_;
@@ -342,10 +346,18 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         transfer_id_ = offer.transfer_id();
         options_.overwrite = offer.overwrite();
         options_.fsync_each = offer.fsync_each();
+        if (offer.has_sync()) {
+            if (!offer.sync().path().empty()) {
+                if (std::error_code ec = check_wire_path(offer.sync().path())) {
+                    return ec;
+                }
+            }
+            sync_ = offer.sync();
+        }
         if (offer.total_files() > limits_.max_files) {
             return protocol_errc::too_many_files;
         }
-    } else if (offer.transfer_id() != transfer_id_) {
+    } else if (offer.transfer_id() != transfer_id_ || offer.has_sync()) {
         return protocol_errc::unexpected_message;
     }
     if (files_.size() + static_cast<std::size_t>(offer.entries_size()) > limits_.max_files) {
@@ -444,6 +456,9 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         f.decided = true;
         wire::FileAccept* fa = a.add_files();
         fa->set_id(d.id.value);
+        if (!f.info.is_dir) {
+            fa->set_action(d.action);
+        }
         if (f.info.is_dir || d.kind == wire::ACCEPT_SKIP) {
             fa->set_kind(f.info.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
             if (!f.info.is_dir) {

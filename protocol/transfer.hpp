@@ -42,7 +42,13 @@ struct chunk_ref {
 struct transfer_options {
     bool overwrite = false;
     bool fsync_each = false;
+    // `ferry sync`: carried by the first Offer batch (its size counts against that batch).
+    std::optional<wire::SyncTarget> sync;
 };
+
+// Bytes of exclude patterns a SyncTarget may carry, so that the first Offer batch stays
+// under max_header_len.
+inline constexpr std::size_t max_sync_exclude_bytes = 8 * 1024;
 
 // A simple growable bitmap (bit i = chunk i), LSB-first bytes on the wire.
 class chunk_bitmap {
@@ -125,6 +131,9 @@ public:
     bool all_accepted() const { return accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
+    // What a sync receiver said it does with the file (FileAccept.action): SYNC_NONE
+    // before its Accept and outside a sync.
+    wire::SyncAction action(file_id f) const { return files_.at(f.value).action; }
     // The receiver accepted the file ACCEPT_PARTIAL, claiming some of its chunks.
     bool resumed(file_id f) const { return !files_.at(f.value).theirs.empty(); }
     const std::string& failure() const { return failure_; }
@@ -133,6 +142,7 @@ private:
     struct file_state {
         bool accepted = false;
         bool result = false;
+        wire::SyncAction action = wire::SYNC_NONE;
         std::uint64_t chunks = 0;
         std::uint64_t next = 0;         // scheduling cursor
         std::uint64_t hashed = 0;       // digests known
@@ -194,6 +204,7 @@ public:
         wire::AcceptKind kind = wire::ACCEPT_ALL;
         std::optional<chunk_bitmap> have;
         std::vector<digest128> have_digests;  // PARTIAL: digests of the chunks it has
+        wire::SyncAction action = wire::SYNC_NONE;  // sync: what happens to the file (told to the sender)
     };
     wire::Accept accept(const std::vector<decision>& decisions);
 
@@ -242,6 +253,11 @@ public:
     void on_file_finished(file_id f);
 
     const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
+    // Every path the batches offered (-> is a regular file), moved out: for the receiver's
+    // clean-up once the last batch is in (the machine no longer needs them then).
+    std::unordered_map<std::string, bool> take_paths() { return std::move(paths_); }
+    // The first batch's sync target, if it had one (`ferry sync` into a share).
+    const std::optional<wire::SyncTarget>& sync() const { return sync_; }
     // The chunks of a decided file that are here, and their digests (for resume records).
     const chunk_bitmap& have(file_id f) const { return files_.at(f.value).have; }
     const std::vector<digest128>& digests(file_id f) const { return files_.at(f.value).digests; }
@@ -284,6 +300,7 @@ private:
     bool first_seen_ = false;
     bool last_seen_ = false;
     transfer_options options_;
+    std::optional<wire::SyncTarget> sync_;
     std::vector<file_state> files_;
     std::unordered_map<std::string, bool> paths_;  // every offered path -> is a regular file
     std::unordered_set<std::string> parents_;      // every folder some offered path lies in

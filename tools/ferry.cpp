@@ -11,7 +11,9 @@
 #include <map>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <functional>
 #include <future>
@@ -19,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/compile.h>
@@ -26,6 +29,7 @@
 
 #include "node/backoff.hpp"
 #include "node/control_server.hpp"
+#include "node/file_io.hpp"
 #include "protocol/path.hpp"
 #include "node/identity.hpp"
 #include "node/metrics_server.hpp"
@@ -37,6 +41,7 @@
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 using ferry::exit_code;
+namespace wire = ferry::wire;
 
 namespace {
 
@@ -357,7 +362,16 @@ int cmd_id(const common_opts& o) {
     return 0;
 }
 
-int cmd_trust(const common_opts& o, const std::string& id_text, const std::string& name) {
+struct trust_opts {
+    std::string id;
+    std::string name;
+    std::optional<std::string> address;  // --address HOST:PORT
+    std::optional<std::string> shares;   // --shares a,b ("*" = every share)
+};
+
+int cmd_trust(const common_opts& o, const trust_opts& t) {
+    const std::string& id_text = t.id;
+    const std::string& name = t.name;
     std::optional<std::string> id = ferry::parse_node_id(id_text);
     if (!id) {
         return fail(o, exit_code::usage, "\"" + id_text + "\" is not a node ID (32 base32 characters, as `ferry id` prints)");
@@ -369,9 +383,39 @@ int cmd_trust(const common_opts& o, const std::string& id_text, const std::strin
     }
     fs::path dir = ferry::resolve_state_dir(o.state);
     ferry::trust_store store = ferry::trust_store::load(dir);
-    if (!store.add(*id, name)) {
+    if (t.address) {
+        std::string host;
+        std::string port;
+        if (!t.address->empty() && !ferry::split_host_port(*t.address, host, port)) {
+            return fail(o, exit_code::usage, "--address \"" + *t.address + "\": expected HOST:PORT ([::1]:PORT for IPv6)");
+        }
+    }
+    std::optional<std::optional<std::vector<std::string>>> shares;
+    if (t.shares) {
+        if (*t.shares == "*") {
+            shares.emplace(std::nullopt);
+        } else {
+            std::vector<std::string> list;
+            std::size_t start = 0;
+            while (start <= t.shares->size()) {
+                std::size_t comma = t.shares->find(',', start);
+                std::string one = t.shares->substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+                if (!one.empty()) {
+                    list.push_back(one);
+                }
+                if (comma == std::string::npos) {
+                    break;
+                }
+                start = comma + 1;
+            }
+            shares.emplace(std::move(list));
+        }
+    }
+    std::optional<ferry::trusted_peer> before = store.find_id(*id);
+    if (!store.add(*id, name.empty() && before ? before->name : name)) {
         return fail(o, exit_code::usage, "the name \"" + name + "\" is already used by another peer");
     }
+    store.set_details(*id, t.address, shares);
     store.save();
     say("trusted " + ferry::format_node_id(*id) + (name.empty() ? "" : " as \"" + name + "\""));
     emit(o, {{"event", "trusted"}, {"id", ferry::format_node_id(*id)}, {"name", name}});
@@ -386,6 +430,7 @@ struct receive_opts {
     bool fsync_each = false;
     bool plaintext = false;
     std::string metrics;  // serve: HOST:PORT for /metrics ("" = off)
+    std::vector<std::string> shares;  // serve: NAME=DIR[:ro|rw]
     fs::path dir;
     ferry::node_limits limits;
     // The timeouts as the flags take them (seconds, units allowed); the defaults are the
@@ -462,6 +507,38 @@ std::string metrics_address(const std::string& a) {
     return a;
 }
 
+// "NAME=DIR[:ro|rw]" (read-only unless ":rw"): DIR must be an existing folder.
+std::optional<ferry::share_config> parse_share(const std::string& spec, std::string& error) {
+    std::size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0) {
+        error = "--share \"" + spec + "\": expected NAME=DIR[:ro|rw]";
+        return std::nullopt;
+    }
+    ferry::share_config share;
+    share.name = spec.substr(0, eq);
+    std::string dir = spec.substr(eq + 1);
+    if (dir.ends_with(":rw")) {
+        share.writable = true;
+        dir.resize(dir.size() - 3);
+    } else if (dir.ends_with(":ro")) {
+        dir.resize(dir.size() - 3);
+    }
+    bool name_ok = share.name.size() <= 64 && std::all_of(share.name.begin(), share.name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_' || c == '.';
+    });
+    if (!name_ok || share.name == "." || share.name == "..") {
+        error = "--share \"" + spec + "\": a share name is letters, digits, '-', '_' and '.' (at most 64)";
+        return std::nullopt;
+    }
+    std::error_code ec;
+    share.dir = fs::canonical(dir, ec);
+    if (ec || !fs::is_directory(share.dir, ec)) {
+        error = "--share \"" + spec + "\": " + dir + " is not an existing folder" + (ec ? " (" + ec.message() + ")" : "");
+        return std::nullopt;
+    }
+    return share;
+}
+
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     if (auto e = congestion_error(o)) {
         return fail(o, exit_code::usage, *e);
@@ -477,6 +554,17 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     cfg.limits.handshake_timeout = to_ms(r.handshake_timeout_s);
     cfg.limits.idle_timeout = to_ms(r.idle_timeout_s);
     cfg.partial_max_age = std::chrono::seconds(std::llround(r.partial_max_age_s));
+    for (const std::string& spec : r.shares) {
+        std::string error;
+        std::optional<ferry::share_config> share = parse_share(spec, error);
+        if (!share) {
+            return fail(o, exit_code::usage, error);
+        }
+        if (std::any_of(cfg.shares.begin(), cfg.shares.end(), [&](const auto& s) { return s.name == share->name; })) {
+            return fail(o, exit_code::usage, "--share: the name \"" + share->name + "\" is given twice");
+        }
+        cfg.shares.push_back(std::move(*share));
+    }
     if (r.accept_any) {
         cfg.policy = ferry::accept_policy::any;
     } else if (!r.accept_from.empty()) {
@@ -686,6 +774,105 @@ struct send_opts {
     double stall_timeout_s = 30;
 };
 
+struct sync_opts {
+    std::string src;
+    std::string dst;
+    bool delete_ = false;
+    bool dry_run = false;
+    bool verbose = false;
+    std::vector<std::string> exclude;
+    std::vector<std::string> exclude_from;
+};
+
+struct sync_run;
+using scan_fn = std::function<std::pair<std::error_code, ferry::source_tree>(std::string& error)>;
+int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
+             sync_run* sync);
+
+// A remote folder of `ferry sync`: a peer, one of its shares and a path inside it.
+struct remote_spec {
+    ferry::send_target target;
+    std::string share;
+    std::string path;  // wire path inside the share; "" = its root
+};
+
+constexpr const char* default_port = "7788";
+
+// "ferry://[ID@]HOST[:PORT]/SHARE[/PATH]" or "NAME:SHARE[/PATH]" (NAME: a trusted peer's
+// name or ID, with the address `ferry trust --address` gave it). A local path (no scheme,
+// no ':' before the first '/') gives nullopt with `error` empty; a bad remote sets it.
+std::optional<remote_spec> parse_remote(const common_opts& o, const std::string& text, std::string& error) {
+    remote_spec r;
+    std::string rest;
+    constexpr std::string_view scheme = "ferry://";
+    if (text.starts_with(scheme)) {
+        std::string after = text.substr(scheme.size());
+        std::size_t slash = after.find('/');
+        std::string authority = after.substr(0, slash);
+        rest = slash == std::string::npos ? "" : after.substr(slash + 1);
+        if (auto at = authority.find('@'); at != std::string::npos) {
+            std::optional<std::string> id = ferry::parse_node_id(authority.substr(0, at));
+            if (!id) {
+                error = "\"" + authority.substr(0, at) + "\" in \"" + text + "\" is not a node ID";
+                return std::nullopt;
+            }
+            r.target.expected_id = *id;
+            authority = authority.substr(at + 1);
+        }
+        bool has_port = authority.starts_with('[') ? authority.find("]:") != std::string::npos
+                                                   : authority.find(':') != std::string::npos;
+        if (!has_port) {
+            authority += std::string(":") + default_port;
+        }
+        if (authority.empty() || !ferry::split_host_port(authority, r.target.host, r.target.port)) {
+            error = "bad address in \"" + text + "\" (expected ferry://[ID@]HOST[:PORT]/SHARE[/PATH])";
+            return std::nullopt;
+        }
+    } else {
+        std::size_t colon = text.find(':');
+        if (colon == std::string::npos || text.find('/') < colon) {
+            return std::nullopt;  // a local path
+        }
+        std::string name = text.substr(0, colon);
+        rest = text.substr(colon + 1);
+        ferry::trust_store store = ferry::trust_store::load(ferry::resolve_state_dir(o.state));
+        std::optional<ferry::trusted_peer> peer = store.find_name(name);
+        if (!peer) {
+            peer = store.find_id(name);
+        }
+        if (!peer) {
+            error = "no trusted peer named \"" + name + "\" (ferry trust ID --name " + name +
+                    " --address HOST:PORT), in \"" + text + "\"";
+            return std::nullopt;
+        }
+        if (peer->address.empty()) {
+            error = "peer \"" + name + "\" has no address; give it one with ferry trust " +
+                    ferry::format_node_id(peer->id) + " --address HOST:PORT";
+            return std::nullopt;
+        }
+        if (!ferry::split_host_port(peer->address, r.target.host, r.target.port)) {
+            error = "peer \"" + name + "\" has a bad address \"" + peer->address + "\"";
+            return std::nullopt;
+        }
+        r.target.expected_id = peer->id;
+    }
+    while (!rest.empty() && rest.back() == '/') {
+        rest.pop_back();
+    }
+    std::size_t slash = rest.find('/');
+    r.share = rest.substr(0, slash);
+    r.path = slash == std::string::npos ? "" : rest.substr(slash + 1);
+    if (r.share.empty()) {
+        error = "no share named in \"" + text + "\"";
+        return std::nullopt;
+    }
+    if (!r.path.empty() && ferry::check_wire_path(r.path)) {
+        error = "bad path \"" + r.path + "\" in \"" + text + "\" (relative, no '.', '..' or empty parts)";
+        return std::nullopt;
+    }
+    return r;
+}
+
 int cmd_send(const common_opts& o, const send_opts& s) {
     if (auto e = congestion_error(o)) {
         return fail(o, exit_code::usage, *e);
@@ -710,27 +897,212 @@ int cmd_send(const common_opts& o, const send_opts& s) {
         return fail(o, exit_code::usage, "--connections must be 1..16");
     }
     std::vector<fs::path> paths(s.args.begin(), s.args.end() - 1);
-    // The sources are scanned on a thread of their own while the node loads its identity
-    // and sets up TLS (each takes milliseconds; a big tree, tens of them).
-    std::string error;
-    auto scanned = std::async(std::launch::async, [&paths, &error] {
+    return run_send(o, s, t, [paths](std::string& error) {
         ferry::source_tree out;
         std::error_code ec = ferry::scan_sources(paths, out, error);
         return std::make_pair(ec, std::move(out));
-    });
+    }, nullptr);
+}
+
+// What `ferry sync` adds to a send: the target share, and counts for its summary.
+struct sync_run {
+    wire::SyncTarget target;
+    bool verbose = false;
+    std::uint64_t created = 0;
+    std::uint64_t updated = 0;
+    std::uint64_t unchanged = 0;
+    std::uint64_t created_bytes = 0;
+    std::uint64_t updated_bytes = 0;
+    std::uint64_t unchanged_bytes = 0;
+};
+
+// One sync event: a file created, updated or skipped, or a path deleted (or, in a dry
+// run, what would happen to it): a JSON line, and with -v an itemized line.
+void sync_event(const common_opts& o, sync_run& run, const char* what, std::string_view path, std::uint64_t size,
+                const char* kind) {
+    if (o.json) {
+        json j{{"event", what}, {"path", std::string(path)}, {"kind", kind}};
+        if (std::string_view(kind) == "file" && std::string_view(what) != "deleted") {
+            j["size"] = size;
+        }
+        emit(o, std::move(j), false);
+    } else if (run.verbose && std::string_view(what) != "skipped") {
+        say(fmt::format("{:<8} {}{}", what, ferry::printable(path), std::string_view(kind) == "dir" ? "/" : ""));
+    }
+}
+
+// Pushes the contents of a local folder into a share of a peer. Pulling (a remote SRC)
+// is not there yet: docs/cli.md says so.
+int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, *e);
+    }
+    std::string error;
+    std::optional<remote_spec> src = parse_remote(o, y.src, error);
+    if (!error.empty()) {
+        return fail(o, exit_code::usage, error);
+    }
+    std::optional<remote_spec> dst = parse_remote(o, y.dst, error);
+    if (!error.empty()) {
+        return fail(o, exit_code::usage, error);
+    }
+    if (src && dst) {
+        return fail(o, exit_code::usage, "both SRC and DST are remote; one side of a sync must be a local folder");
+    }
+    if (!src && !dst) {
+        return fail(o, exit_code::usage,
+                    "neither SRC nor DST is remote (ferry://[ID@]HOST[:PORT]/SHARE[/PATH] or NAME:SHARE[/PATH])");
+    }
+    if (src) {
+        return fail(o, exit_code::usage,
+                    "pulling from a share (a remote SRC) is not available yet; push from the other node instead");
+    }
+    if (s.connections < 1 || s.connections > ferry::max_connections) {
+        return fail(o, exit_code::usage, "--connections must be 1..16");
+    }
+    ferry::exclude_set excludes;
+    auto add_pattern = [&](const std::string& line, const std::string& where) {
+        if (!excludes.add(line)) {
+            error = "bad exclude pattern \"" + line + "\"" + where + " (too long, too many, or matches nothing)";
+            return false;
+        }
+        return true;
+    };
+    for (const std::string& file : y.exclude_from) {
+        std::ifstream in(file);
+        if (!in) {
+            return fail(o, exit_code::usage, "--exclude-from " + file + ": " + std::strerror(errno));
+        }
+        std::string line;
+        for (int n = 1; std::getline(in, line); ++n) {
+            if (!add_pattern(line, " in " + file + ":" + std::to_string(n))) {
+                return fail(o, exit_code::usage, error);
+            }
+        }
+    }
+    for (const std::string& p : y.exclude) {
+        if (!add_pattern(p, "")) {
+            return fail(o, exit_code::usage, error);
+        }
+    }
+    std::size_t pattern_bytes = 0;
+    for (const std::string& l : excludes.lines()) {
+        pattern_bytes += l.size();
+    }
+    if (pattern_bytes > ferry::max_sync_exclude_bytes) {
+        return fail(o, exit_code::usage, "exclude patterns over " + std::to_string(ferry::max_sync_exclude_bytes / 1024) +
+                                             " KiB in all; use fewer, broader ones");
+    }
+    sync_run run;
+    run.verbose = y.verbose;
+    run.target.set_share(dst->share);
+    run.target.set_path(dst->path);
+    run.target.set_delete_(y.delete_);
+    run.target.set_dry_run(y.dry_run);
+    for (const std::string& l : excludes.lines()) {
+        run.target.add_exclude(l);
+    }
+    fs::path root = y.src;
+    struct stat st {};
+    if (::stat(root.c_str(), &st) == 0) {
+        run.target.set_root_mode(st.st_mode & 07777);
+        run.target.set_root_mtime_ns(ferry::timespec_ns(st.st_mtim));
+    }
+    return run_send(o, s, dst->target, [root, excludes](std::string& error) {
+        ferry::source_tree out;
+        std::error_code ec = ferry::scan_contents(root, excludes, out, error);
+        return std::make_pair(ec, std::move(out));
+    }, &run);
+}
+
+// The last line of a sync: what changed (or would), and the `done` event.
+int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfer_report& r,
+                 const ferry::source_tree& sources) {
+    bool dry = run.target.dry_run();
+    std::uint64_t files = std::count_if(sources.entries.begin(), sources.entries.end(),
+                                        [](const ferry::entry_info& e) { return !e.is_dir; });
+    std::uint64_t deleted = r.deleted_files + r.deleted_dirs;
+    if (dry) {
+        say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
+                        run.created, run.updated, run.unchanged, deleted));
+    } else {
+        say(fmt::format("synced {} file(s): {} created, {} updated, {} unchanged, {} path(s) deleted; {} sent in {:.2f} s "
+                        "({:.1f} MB/s confirmed, {} connections)",
+                        files, run.created, run.updated, run.unchanged, deleted, human_bytes(r.payload_bytes),
+                        r.elapsed_s, mbps(r), r.connections) +
+            compression_note(r));
+    }
+    emit(o, {{"event", "done"},
+             {"ok", true},
+             {"dry_run", dry},
+             {"session", ferry::hex_encode(r.session_id)},
+             {"peer", ferry::format_node_id(r.peer_id)},
+             {"files_checked", files},
+             {"bytes_checked", r.total_bytes},
+             {"excluded", sources.excluded},
+             {"created", run.created},
+             {"updated", run.updated},
+             {"skipped", run.unchanged},
+             {"deleted_files", r.deleted_files},
+             {"deleted_dirs", r.deleted_dirs},
+             {"bytes_transferred", r.payload_bytes},
+             {"bytes_matched", r.skipped_bytes},
+             {"wire_bytes_sent", r.wire_sent},
+             {"wire_bytes_received", r.wire_received},
+             {"compression_saved_bytes", r.compression_saved},
+             {"elapsed_s", r.elapsed_s},
+             {"connections", r.connections}});
+    return 0;
+}
+
+// Runs one outgoing transfer (`ferry send`, or with `sync` a push of `ferry sync`) to the
+// end: scan, connect, send, retry after a lost connection, and report.
+int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
+             sync_run* sync) {
+    // The sources are scanned on a thread of their own while the node loads its identity
+    // and sets up TLS (each takes milliseconds; a big tree, tens of them).
+    std::string error;
+    auto scanned = std::async(std::launch::async, [&scan, &error] { return scan(error); });
     ferry::node_config cfg = base_config(o);
     cfg.plaintext = s.plaintext;
     asio::io_context io(1);
     std::optional<ferry::node> node_made;
     std::exception_ptr node_failed;
     try {
-        node_made.emplace(io, cfg, base_events(o));
+        ferry::node_events ev = base_events(o);
+        if (sync != nullptr) {
+            // Per-file lines say what the sync did (or, in a dry run, would do).
+            ev.file = [&o, sync](const ferry::file_event& f) {
+                if (!f.done) {
+                    return;
+                }
+                const char* what = "skipped";
+                if (f.action == wire::SYNC_CREATE) {
+                    what = "created";
+                    ++sync->created;
+                    sync->created_bytes += f.size;
+                } else if (f.action == wire::SYNC_UPDATE) {
+                    what = "updated";
+                    ++sync->updated;
+                    sync->updated_bytes += f.size;
+                } else {
+                    ++sync->unchanged;
+                    sync->unchanged_bytes += f.size;
+                }
+                sync_event(o, *sync, what, f.path, f.size, "file");
+            };
+            ev.deleted = [&o, sync](std::string_view path, bool is_dir) {
+                sync_event(o, *sync, "deleted", path, 0, is_dir ? "dir" : "file");
+            };
+        }
+        node_made.emplace(io, cfg, std::move(ev));
     } catch (...) {
         node_failed = std::current_exception();
     }
     auto [scan_ec, sources] = scanned.get();
     if (scan_ec) {
-        bool missing = error.find("No such file") != std::string::npos || error == "nothing to send";
+        bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
+                       scan_ec == std::errc::not_a_directory;
         return fail(o, missing ? exit_code::usage : exit_code::local_io, error);
     }
     if (node_failed) {
@@ -752,6 +1124,9 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     so.stall_timeout = to_ms(s.stall_timeout_s);
     so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
     so.started = program_start;  // the rate a user can check from outside: from the command's start
+    if (sync != nullptr) {
+        so.sync = sync->target;
+    }
     std::optional<ferry::transfer_report> result;
     command_progress progress(io, o, n);
     // A session that reached the receiver and then lost it (connection lost, receiver
@@ -849,6 +1224,9 @@ int cmd_send(const common_opts& o, const send_opts& s) {
         return fail(o, r.code, r.error);
     }
     progress.final_progress(final_progress(r, true));
+    if (sync != nullptr) {
+        return sync_summary(o, *sync, r, sources);
+    }
     char line[256];
     std::snprintf(line, sizeof(line), "sent %llu files, %llu folders, %s in %.2f s (%.1f MB/s confirmed, %u connections)",
                   static_cast<unsigned long long>(r.files), static_cast<unsigned long long>(r.dirs),
@@ -857,6 +1235,26 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     say(std::string(line) + skipped_note(r) + compression_note(r));
     emit(o, report_json(r, true));
     return 0;
+}
+
+// Flags of an outgoing transfer, shared by `send` and `sync`.
+void add_send_flags(CLI::App* cmd, send_opts& so) {
+    cmd->add_option("--connections", so.connections, "TCP connections in the session (1..16)")->capture_default_str();
+    cmd->add_option("--compress", so.compress,
+                    "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")
+        ->capture_default_str();
+    cmd->add_option("--retry-for", so.retry_for_s,
+                    "after the receiver is lost mid-transfer, keep reconnecting (and resuming) this long "
+                    "(e.g. 30s, 5m, 0 = never)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(0.0, 7.0 * 86400))
+        ->default_str("5m");
+    cmd->add_option("--stall-timeout", so.stall_timeout_s,
+                    "a connection with data in flight that hears nothing from the receiver this long is "
+                    "closed and replaced (e.g. 30s)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(0.1, 86400.0))
+        ->default_str("30s");
 }
 
 }  // namespace
@@ -874,13 +1272,14 @@ int main(int argc, char** argv) {
     add_common(id, o);
     id->footer("Example:\n  ferry id --state ~/.local/state/ferry");
 
-    std::string trust_id;
-    std::string trust_name;
+    trust_opts to;
     auto* trust = app.add_subcommand("trust", "trust a peer's node ID");
     add_common(trust, o);
-    trust->add_option("ID", trust_id, "the peer's node ID, as its `ferry id` prints it")->required();
-    trust->add_option("--name", trust_name, "a name for the peer");
-    trust->footer("Example:\n  ferry trust ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 --name laptop");
+    trust->add_option("ID", to.id, "the peer's node ID, as its `ferry id` prints it")->required();
+    trust->add_option("--name", to.name, "a name for the peer (NAME:SHARE in `ferry sync`)");
+    trust->add_option("--address", to.address, "where the peer serves, HOST:PORT (for NAME:SHARE)");
+    trust->add_option("--shares", to.shares, "the shares of this node the peer may use, comma-separated (\"*\": all, the default)");
+    trust->footer("Example:\n  ferry trust ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 --name laptop --address 192.0.2.7:7788 --shares www,docs");
 
     receive_opts ro;
     auto* receive = app.add_subcommand("receive", "accept one transfer into DIR, then exit");
@@ -900,36 +1299,46 @@ int main(int argc, char** argv) {
     auto* send = app.add_subcommand("send", "send files and folders to a peer");
     add_common(send, o);
     add_transfer_options(send, o);
-    send->add_option("--connections", so.connections, "TCP connections in the session (1..16)")->capture_default_str();
+    add_send_flags(send, so);
     send->add_flag("--overwrite", so.overwrite, "ask the receiver to replace existing files");
     send->add_flag("--fsync-each", so.fsync_each, "ask the receiver to fsync every file before rename");
     send->add_flag("--plaintext", so.plaintext, "no TLS (benchmarks only; the receiver must say it too)");
-    send->add_option("--compress", so.compress,
-                     "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")
-        ->capture_default_str();
-    send->add_option("--retry-for", so.retry_for_s,
-                     "after the receiver is lost mid-transfer, keep reconnecting (and resuming) this long "
-                     "(e.g. 30s, 5m, 0 = never)")
-        ->transform(CLI::AsNumberWithUnit(time_units()))
-        ->check(CLI::Range(0.0, 7.0 * 86400))
-        ->default_str("5m");
-    send->add_option("--stall-timeout", so.stall_timeout_s,
-                     "a connection with data in flight that hears nothing from the receiver this long is "
-                     "closed and replaced (e.g. 30s)")
-        ->transform(CLI::AsNumberWithUnit(time_units()))
-        ->check(CLI::Range(0.1, 86400.0))
-        ->default_str("30s");
     send->add_option("ARGS", so.args, "PATH... [ID@]HOST:PORT")->required();
     send->footer("Example:\n  ferry send photos/ notes.txt ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567@192.0.2.7:7788");
 
     receive_opts serve_o;
     serve_o.dir = "";
     std::string inbox;
+    send_opts sync_so;
+    sync_opts sy;
+    auto* sync = app.add_subcommand("sync", "mirror a local folder into a peer's share (only what changed moves)");
+    add_common(sync, o);
+    add_transfer_options(sync, o);
+    add_send_flags(sync, sync_so);
+    sync->add_flag("--delete", sy.delete_, "remove files and folders at DST that are not in SRC (never excluded ones)");
+    sync->add_flag("--dry-run,-n", sy.dry_run, "print what would change, change nothing");
+    sync->add_flag("--verbose,-v", sy.verbose, "one line per file created or updated and per path deleted");
+    sync->add_option("--exclude", sy.exclude, "leave out paths matching PATTERN (gitignore-style; repeatable)")
+        ->type_name("PATTERN");
+    sync->add_option("--exclude-from", sy.exclude_from, "read exclude patterns from FILE, one per line")
+        ->check(CLI::ExistingFile);
+    sync->add_option("SRC", sy.src, "local folder whose contents are mirrored")->required();
+    sync->add_option("DST", sy.dst, "ferry://[ID@]HOST[:PORT]/SHARE[/PATH] or NAME:SHARE[/PATH]")->required();
+    sync->footer("Examples:\n"
+                 "  ferry sync --delete ~/site/ web1:www/blog\n"
+                 "  ferry sync --dry-run --json --exclude '*.tmp' build/ ferry://ABCD-...-4567@192.0.2.7/artifacts/nightly\n"
+                 "SRC's contents become DST's: files differing in size or mtime are replaced, others are skipped.\n"
+                 "Exit codes: 0 done, 1 usage, 2 sync failed (refused, lost), 3 authentication/trust, 4 local I/O.");
+
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     add_common(serve, o);
     add_transfer_options(serve, o);
     serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on")->capture_default_str();
     serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
+    serve->add_option("--share", serve_o.shares,
+                      "offer DIR to trusted peers as NAME (read-only unless :rw; `ferry sync` pushes into rw shares); "
+                      "repeatable")
+        ->type_name("NAME=DIR[:ro|rw]");
     serve->add_flag("--accept-any", serve_o.accept_any, "accept any peer (trust on first use)");
     serve->add_flag("--overwrite", serve_o.overwrite, "replace existing files");
     serve->add_flag("--fsync-each", serve_o.fsync_each, "fsync every file before it is renamed into place");
@@ -942,7 +1351,7 @@ int main(int argc, char** argv) {
     serve->add_option("--metrics", serve_o.metrics,
                       "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1:PORT)");
     add_limit_options(serve, serve_o);
-    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --metrics 127.0.0.1:9188");
+    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --share www=/srv/www:rw --metrics 127.0.0.1:9188");
 
     auto* status = app.add_subcommand("status", "show what the running `ferry serve` is doing");
     add_common(status, o);
@@ -966,13 +1375,16 @@ int main(int argc, char** argv) {
             return cmd_id(o);
         }
         if (trust->parsed()) {
-            return cmd_trust(o, trust_id, trust_name);
+            return cmd_trust(o, to);
         }
         if (receive->parsed()) {
             return run_receiver(o, ro, true);
         }
         if (send->parsed()) {
             return cmd_send(o, so);
+        }
+        if (sync->parsed()) {
+            return cmd_sync(o, sync_so, sy);
         }
         if (status->parsed()) {
             return cmd_status(o);

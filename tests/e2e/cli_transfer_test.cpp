@@ -384,7 +384,7 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
         EXPECT_EQ(cc.code, 1) << args[0];
         EXPECT_NE(cc.err.find("--congestion no-such-cc"), std::string::npos) << args[0] << ": " << cc.err;
     }
-    for (const char* cmd : {"id", "trust", "send", "receive", "serve"}) {
+    for (const char* cmd : {"id", "trust", "send", "sync", "receive", "serve"}) {
         run_result h = cli.ferry({cmd, "--help"});
         EXPECT_EQ(h.code, 0) << cmd;
         EXPECT_NE(h.out.find("Example"), std::string::npos) << cmd;

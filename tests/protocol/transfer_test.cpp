@@ -470,7 +470,7 @@ TEST(TransferLoopback, BatchesStayUnderLimitWithLargestFieldValues) {
         e.mtime_ns = -1;
         entries.push_back(std::move(e));
     }
-    sender_machine sender(~std::uint64_t{0}, entries, {.overwrite = true, .fsync_each = true});
+    sender_machine sender(~std::uint64_t{0}, entries, {.overwrite = true, .fsync_each = true, .sync = {}});
     std::vector<wire::Offer> offers = sender.make_offers();
     ASSERT_GT(offers.size(), 1u);
     for (const wire::Offer& o : offers) {
@@ -491,7 +491,7 @@ TEST(TransferLoopback, EmptyTransfer) {
 }
 
 TEST(TransferLoopback, OptionsReachTheReceiver) {
-    loopback lb({file_entry("f", 3)}, {.overwrite = true, .fsync_each = true});
+    loopback lb({file_entry("f", 3)}, {.overwrite = true, .fsync_each = true, .sync = {}});
     lb.run();
     EXPECT_TRUE(lb.receiver().options().overwrite);
     EXPECT_TRUE(lb.receiver().options().fsync_each);
