@@ -448,6 +448,15 @@ std::vector<std::pair<wire::HaveDigests, std::string>> receiver_machine::have_di
     return out;
 }
 
+std::unordered_map<std::string, bool> receiver_machine::take_paths() {
+    std::unordered_map<std::string, bool> out = std::move(paths_);
+    for (const std::string& parent : parents_) {
+        out.try_emplace(parent, false);
+    }
+    parents_.clear();
+    return out;
+}
+
 wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
     wire::Accept a;
     a.set_transfer_id(transfer_id_);

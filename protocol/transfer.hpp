@@ -253,9 +253,10 @@ public:
     void on_file_finished(file_id f);
 
     const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
-    // Every path the batches offered (-> is a regular file), moved out: for the receiver's
-    // clean-up once the last batch is in (the machine no longer needs them then).
-    std::unordered_map<std::string, bool> take_paths() { return std::move(paths_); }
+    // Every path the batches offered (-> is a regular file), and every folder an offered
+    // path lies in (-> false), moved out: for the receiver's clean-up once the last batch
+    // is in (the machine no longer needs them then).
+    std::unordered_map<std::string, bool> take_paths();
     // The first batch's sync target, if it had one (`ferry sync` into a share).
     const std::optional<wire::SyncTarget>& sync() const { return sync_; }
     // The chunks of a decided file that are here, and their digests (for resume records).

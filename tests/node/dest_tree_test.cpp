@@ -380,3 +380,107 @@ TEST(DestCategory, MessagesAndName) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+// prune() with a keep rule from a list of kept paths and of paths kept whole.
+std::vector<dest_tree::removed_entry> prune(dest_tree& tree, const std::vector<std::string>& keep,
+                                            const std::vector<std::string>& keep_whole, bool dry_run,
+                                            std::error_code* ec_out = nullptr) {
+    std::vector<dest_tree::removed_entry> removed;
+    std::string where;
+    std::error_code ec = tree.prune(
+        [&](const std::string& path, bool) {
+            if (std::find(keep_whole.begin(), keep_whole.end(), path) != keep_whole.end()) {
+                return dest_tree::verdict::keep_whole;
+            }
+            return std::find(keep.begin(), keep.end(), path) != keep.end() ? dest_tree::verdict::keep
+                                                                            : dest_tree::verdict::remove;
+        },
+        dry_run, removed, where);
+    if (ec_out != nullptr) {
+        *ec_out = ec;
+    } else {
+        EXPECT_EQ(ec, std::error_code{}) << where;
+    }
+    return removed;
+}
+
+std::vector<std::string> removed_paths(const std::vector<dest_tree::removed_entry>& removed) {
+    std::vector<std::string> out;
+    for (const auto& r : removed) {
+        out.push_back(r.path + (r.is_dir ? "/" : ""));
+    }
+    return out;
+}
+
+TEST_F(DestTree, PruneRemovesWhatIsNotKeptContentsBeforeTheirFolder) {
+    fs::create_directories(root() / "keep/old/deep");
+    fs::create_directories(root() / "cache/x");
+    write_text(root() / "keep/a.txt", "a");
+    write_text(root() / "keep/gone.txt", "g");
+    write_text(root() / "keep/old/deep/f", "f");
+    write_text(root() / "cache/x/y", "y");
+    write_text(root() / "top.txt", "t");
+    // ferry's own files are never looked at
+    write_text(root() / "keep/.b.txt.ferry-part", "partial");
+    write_text(root() / "keep/.b.txt.ferry-resume", "record");
+
+    // A dry run reports the same and removes nothing.
+    auto dry = prune(tree_, {"keep", "keep/a.txt"}, {"cache"}, true);
+    auto wet = prune(tree_, {"keep", "keep/a.txt"}, {"cache"}, false);
+    std::vector<std::string> expected{"keep/gone.txt", "keep/old/deep/f", "keep/old/deep/", "keep/old/", "top.txt"};
+    EXPECT_EQ(removed_paths(dry), expected);
+    EXPECT_EQ(removed_paths(wet), expected);
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{"cache", "keep"}));
+    EXPECT_EQ(names_in(root() / "keep"), (std::vector<std::string>{".b.txt.ferry-part", ".b.txt.ferry-resume", "a.txt"}));
+    EXPECT_EQ(read_text(root() / "cache/x/y"), "y");  // kept whole: not walked into
+}
+
+TEST_F(DestTree, PruneNeverFollowsASymlink) {
+    write_text(outside_ / "precious", "p");
+    fs::create_directories(outside_ / "dir");
+    write_text(outside_ / "dir/inner", "i");
+    fs::create_symlink(outside_ / "precious", root() / "link-to-file");
+    fs::create_symlink(outside_ / "dir", root() / "link-to-dir");
+    fs::create_directories(root() / "kept");
+    fs::create_symlink(outside_ / "dir", root() / "kept/inner-link");
+    auto removed = prune(tree_, {"kept"}, {}, false);
+    EXPECT_EQ(removed_paths(removed), (std::vector<std::string>{"kept/inner-link", "link-to-dir", "link-to-file"}));
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{"kept"}));
+    EXPECT_TRUE(is_empty_dir(root() / "kept"));
+    EXPECT_EQ(read_text(outside_ / "precious"), "p");
+    EXPECT_EQ(read_text(outside_ / "dir/inner"), "i");
+}
+
+TEST_F(DestTree, PruneStopsAtTheFirstErrorAndNamesThePath) {
+    if (::geteuid() == 0) {
+        GTEST_SKIP() << "root removes files from a read-only folder";
+    }
+    fs::create_directories(root() / "locked");
+    write_text(root() / "locked/f", "f");
+    ASSERT_EQ(::chmod((root() / "locked").c_str(), 0555), 0);
+    std::vector<dest_tree::removed_entry> removed;
+    std::string where;
+    std::error_code ec = tree_.prune([](const std::string&, bool) { return dest_tree::verdict::remove; }, false,
+                                     removed, where);
+    ::chmod((root() / "locked").c_str(), 0755);
+    EXPECT_EQ(ec, std::errc::permission_denied);
+    EXPECT_EQ(where, "locked/f");
+    EXPECT_TRUE(fs::exists(root() / "locked/f"));
+}
+
+TEST_F(DestTree, CheckFileTellsWhetherAFileIsThere) {
+    write_text(root() / "here", "x");
+    bool identical = true;
+    bool exists = false;
+    EXPECT_EQ(tree_.check_file("here", true, 99, 0, identical, false, &exists), std::error_code{});
+    EXPECT_FALSE(identical);
+    EXPECT_TRUE(exists);
+    EXPECT_EQ(tree_.check_file("absent", true, 99, 0, identical, false, &exists), std::error_code{});
+    EXPECT_FALSE(exists);
+}
+
+}  // namespace
+}  // namespace ferry

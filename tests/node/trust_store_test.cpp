@@ -171,3 +171,37 @@ TEST(trust_store, corrupt_files_are_clear_errors) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST(trust_store, address_and_share_list_round_trip_and_limit_shares) {
+    test::temp_dir tmp;
+    {
+        trust_store store = trust_store::load(tmp.path());
+        ASSERT_TRUE(store.add(id_a, "web"));
+        ASSERT_TRUE(store.add(id_b, ""));
+        EXPECT_TRUE(store.set_details(id_a, "192.0.2.7:7788", std::vector<std::string>{"www", "docs"}));
+        EXPECT_FALSE(store.set_details(id_c, "x:1", std::nullopt));  // not trusted
+        store.save();
+    }
+    trust_store store = trust_store::load(tmp.path());
+    std::optional<trusted_peer> a = store.find_name("web");
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->address, "192.0.2.7:7788");
+    EXPECT_TRUE(a->may_use("www"));
+    EXPECT_FALSE(a->may_use("private"));
+    std::optional<trusted_peer> b = store.find_id(id_b);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->address, "");
+    EXPECT_TRUE(b->may_use("anything"));  // no list: every share
+    // Back to every share; the address stays when not given.
+    EXPECT_TRUE(store.set_details(id_a, std::nullopt, std::optional<std::vector<std::string>>{}));
+    EXPECT_TRUE(store.find_id(id_a)->may_use("private"));
+    EXPECT_EQ(store.find_id(id_a)->address, "192.0.2.7:7788");
+    expect_corrupt(tmp.path(), R"({"peers":[{"id":")" + id_a + R"(","shares":"www"}]})", "shares");
+    expect_corrupt(tmp.path(), R"({"peers":[{"id":")" + id_a + R"(","address":7}]})", "address");
+}
+
+}  // namespace
+}  // namespace ferry

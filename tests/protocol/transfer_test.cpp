@@ -1374,3 +1374,71 @@ TEST(ReceiverMachine, NeverTakesSetuidOrSetgidFromThePeer) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+wire::SyncTarget sync_target(const std::string& share, const std::string& path) {
+    wire::SyncTarget t;
+    t.set_share(share);
+    t.set_path(path);
+    t.set_delete_(true);
+    t.add_exclude("*.tmp");
+    return t;
+}
+
+TEST(TransferLoopback, SyncTargetRidesTheFirstBatchOnlyAndActionsReachTheSender) {
+    std::vector<entry_info> entries;
+    for (int i = 0; i < 3000; ++i) {  // several batches
+        entries.push_back(file_entry("dir-with-a-long-name/file-" + std::to_string(i), 10));
+    }
+    transfer_options options{.overwrite = false, .fsync_each = false, .sync = sync_target("www", "site/blog")};
+    loopback lb(entries, options);
+    std::vector<wire::Offer> offers = lb.sender().make_offers();
+    ASSERT_GT(offers.size(), 1u);
+    EXPECT_TRUE(offers[0].has_sync());
+    EXPECT_EQ(offers[0].sync().path(), "site/blog");
+    for (std::size_t b = 1; b < offers.size(); ++b) {
+        EXPECT_FALSE(offers[b].has_sync());
+    }
+    for (const wire::Offer& o : offers) {
+        EXPECT_LE(o.ByteSizeLong(), offer_batch_bytes + max_sync_exclude_bytes);
+    }
+    lb.exchange_offers([](file_id id) {
+        receiver_machine::decision d = accept_all(id);
+        d.action = id.value % 2 == 0 ? wire::SYNC_CREATE : wire::SYNC_UPDATE;
+        return d;
+    });
+    ASSERT_TRUE(lb.receiver().sync());
+    EXPECT_EQ(lb.receiver().sync()->share(), "www");
+    EXPECT_EQ(lb.receiver().sync()->exclude_size(), 1);
+    EXPECT_EQ(lb.sender().action(file_id{0}), wire::SYNC_CREATE);
+    EXPECT_EQ(lb.sender().action(file_id{1}), wire::SYNC_UPDATE);
+    auto paths = lb.receiver().take_paths();
+    EXPECT_EQ(paths.size(), entries.size() + 1);  // and the folder they are in
+    EXPECT_TRUE(paths.contains("dir-with-a-long-name/file-2999"));
+}
+
+TEST(ReceiverMachine, RefusesABadSyncPathAndASyncTargetAfterTheFirstBatch) {
+    for (const char* bad : {"../up", "/abs", "a//b", "a/./b"}) {
+        receiver_machine r;
+        wire::Offer o;
+        o.set_transfer_id(test_transfer_id);
+        o.set_last(true);
+        *o.mutable_sync() = sync_target("www", bad);
+        std::vector<file_id> ids;
+        EXPECT_EQ(r.on_offer(o, ids), protocol_errc::bad_path) << bad;
+    }
+    receiver_machine r;
+    wire::Offer first;
+    first.set_transfer_id(test_transfer_id);
+    *first.mutable_sync() = sync_target("www", "");
+    std::vector<file_id> ids;
+    ASSERT_EQ(r.on_offer(first, ids), std::error_code{});
+    wire::Offer second = first;  // a later batch may not change the target
+    second.set_last(true);
+    EXPECT_EQ(r.on_offer(second, ids), protocol_errc::unexpected_message);
+}
+
+}  // namespace
+}  // namespace ferry
