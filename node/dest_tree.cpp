@@ -251,62 +251,103 @@ struct pruner {
     const std::function<dest_tree::verdict(const std::string&, bool)>& keep;
     bool dry_run;
     std::vector<dest_tree::removed_entry>& removed;
-
     std::string& failed;  // the path an error is about
 
-    // Removes `name` in `dir_fd` (wire path `path`) with everything in it.
-    std::error_code remove(int dir_fd, const std::string& name, const std::string& path, bool is_dir) {
+    // One open folder per level: a peer-made tree deeper than this is an error, not a
+    // descriptor shortage for the whole node.
+    static constexpr int max_depth = 256;
+
+    static std::error_code too_deep() { return std::make_error_code(std::errc::too_many_symbolic_link_levels); }
+
+    // The entries of the open folder `fd` (wire path `prefix`) with their kind, ferry's own
+    // files left out (`own` tells whether there were any).
+    std::error_code entries(int fd, const std::string& prefix, std::vector<std::pair<std::string, bool>>& out,
+                            bool& own) {
+        std::vector<std::string> names;
+        if (std::error_code ec = list_folder(fd, names)) {
+            return ec;
+        }
+        own = false;
+        for (std::string& name : names) {
+            if (dest_tree::own_file_name(name)) {
+                own = true;
+                continue;
+            }
+            struct stat st {};
+            if (::fstatat(fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+                if (errno == ENOENT) {
+                    continue;
+                }
+                failed = prefix.empty() ? name : prefix + "/" + name;
+                return {errno, std::system_category()};
+            }
+            out.emplace_back(std::move(name), S_ISDIR(st.st_mode));
+        }
+        return {};
+    }
+
+    // Removes `name` in `dir_fd` (wire path `path`) and what is in it, except what `keep`
+    // protects (an excluded path) and ferry's own files: a folder still holding any of
+    // those stays. `gone` tells whether the entry went.
+    std::error_code remove(int dir_fd, const std::string& name, const std::string& path, bool is_dir, int depth,
+                           bool& gone) {
+        gone = false;
         failed = path;
         if (is_dir) {
+            if (depth >= max_depth) {
+                return too_deep();
+            }
             int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (fd < 0) {
                 return {errno, std::system_category()};
             }
-            std::vector<std::string> names;
-            std::error_code ec = list_folder(fd, names);
-            for (std::size_t i = 0; !ec && i < names.size(); ++i) {
-                struct stat st {};
-                if (::fstatat(fd, names[i].c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-                    ec = std::error_code(errno, std::system_category());
-                    break;
+            std::vector<std::pair<std::string, bool>> children;
+            bool emptied = true;
+            std::error_code ec = entries(fd, path, children, emptied);
+            emptied = !emptied;
+            for (std::size_t i = 0; !ec && i < children.size(); ++i) {
+                const auto& [child, child_dir] = children[i];
+                std::string child_path = path + "/" + child;
+                if (keep(child_path, child_dir) != dest_tree::verdict::remove) {
+                    emptied = false;
+                    continue;
                 }
-                ec = remove(fd, names[i], path + "/" + names[i], S_ISDIR(st.st_mode));
+                bool child_gone = false;
+                ec = remove(fd, child, child_path, child_dir, depth + 1, child_gone);
+                emptied = emptied && child_gone;
             }
             ::close(fd);
-            if (ec) {
+            if (ec || !emptied) {
                 return ec;
             }
+            failed = path;
         }
         if (!dry_run && ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0 && errno != ENOENT) {
             return {errno, std::system_category()};
         }
         removed.push_back({path, is_dir});
+        gone = true;
         return {};
     }
 
     // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root).
-    std::error_code walk(int dir_fd, const std::string& prefix) {
-        std::vector<std::string> names;
-        if (std::error_code ec = list_folder(dir_fd, names)) {
+    std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
+        if (depth >= max_depth) {
+            failed = prefix;
+            return too_deep();
+        }
+        std::vector<std::pair<std::string, bool>> children;
+        bool own = false;
+        if (std::error_code ec = entries(dir_fd, prefix, children, own)) {
             return ec;
         }
-        for (const std::string& name : names) {
-            if (dest_tree::own_file_name(name)) {
-                continue;
-            }
-            struct stat st {};
-            if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-                if (errno == ENOENT) {
-                    continue;
-                }
-                return {errno, std::system_category()};
-            }
-            bool is_dir = S_ISDIR(st.st_mode);
+        for (const auto& [name, is_dir] : children) {
             std::string path = prefix.empty() ? name : prefix + "/" + name;
             failed = path;
             dest_tree::verdict v = keep(path, is_dir);
             if (v == dest_tree::verdict::remove) {
-                if (std::error_code ec = remove(dir_fd, name, path, is_dir)) {
+                bool gone = false;
+                if (std::error_code ec = remove(dir_fd, name, path, is_dir, depth + 1, gone)) {
                     return ec;
                 }
                 continue;
@@ -316,7 +357,7 @@ struct pruner {
                 if (fd < 0) {
                     return {errno, std::system_category()};
                 }
-                std::error_code ec = walk(fd, path);
+                std::error_code ec = walk(fd, path, depth + 1);
                 ::close(fd);
                 if (ec) {
                     return ec;
@@ -332,7 +373,7 @@ struct pruner {
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                                  std::vector<removed_entry>& removed, std::string& failed_path) {
     pruner p{keep, dry_run, removed, failed_path};
-    return p.walk(root_fd_, "");
+    return p.walk(root_fd_, "", 0);
 }
 
 bool dest_tree::own_file_name(std::string_view name) {

@@ -67,11 +67,13 @@ public:
                                bool& identical, bool create_parents = true, bool* exists = nullptr);
     // Removes what lies under the root and is not kept (`ferry sync --delete`). `keep` is
     // asked about every entry (a wire path; is_dir): a folder kept is walked into (unless
-    // kept whole), and an entry removed goes with everything in it. Nothing is followed
-    // through a symlink (a symlink is removed as itself), and partial files and resume
-    // records are left alone. With `dry_run` nothing is removed. `removed` gets every path
-    // removed, a folder's contents before the folder. Stops at the first error, with
-    // `failed_path` naming the entry it is about.
+    // kept whole); an entry not kept is removed with what is in it, except what `keep`
+    // keeps there (a folder still holding something stays). Nothing is followed through a
+    // symlink (a symlink is removed as itself), partial files and resume records are left
+    // alone (their folder too), and folders nested deeper than 256 levels are an error.
+    // With `dry_run` nothing is removed. `removed` gets every path removed, a folder's
+    // contents before the folder. Stops at the first error, with `failed_path` naming the
+    // entry it is about.
     struct removed_entry {
         std::string path;
         bool is_dir = false;

@@ -408,8 +408,9 @@ void receive_session::next_offer() {
                 tree = std::make_shared<dest_tree>(root);
                 // A transfer into this folder that never reached its final sync left files
                 // that must not be trusted: re-verify them before anything is decided.
+                // (A dry run changes nothing: it leaves them to the next real transfer.)
                 std::error_code ec;
-                auto r = unsynced_journal::recover(journals, *tree, ec);
+                auto r = sync.dry_run ? unsynced_journal::recovery{} : unsynced_journal::recover(journals, *tree, ec);
                 if (ec) {
                     error = "could not re-verify files left by an interrupted transfer: " + ec.message();
                     code = exit_code::local_io;
@@ -1030,8 +1031,9 @@ void receive_session::check_all_done() {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
     if (sync_ && !sync_path_.empty() && machine_.sync()->root_mode() != 0) {
-        // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never).
-        dirs.push_back({"", true, 0, machine_.sync()->root_mode() & 07777, machine_.sync()->root_mtime_ns()});
+        // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
+        // setuid and setgid: never on a peer's word).
+        dirs.push_back({"", true, 0, machine_.sync()->root_mode() & 01777, machine_.sync()->root_mtime_ns()});
     }
     // Sync --delete: what is under the destination and was not offered goes (never what
     // an exclude pattern matches, nor ferry's own partial files), before the folders get

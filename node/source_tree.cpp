@@ -39,16 +39,17 @@ struct scanner {
         if (::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
             return fail(local, errno);
         }
+        const char* skip = nullptr;
         if (S_ISLNK(st.st_mode)) {
-            out.skipped.push_back(local + " (symlink)");
-            return true;
+            skip = " (symlink)";
+        } else if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+            skip = " (not a regular file)";
+        } else if (S_ISREG(st.st_mode) && is_partial_file_name(wire.substr(wire.rfind('/') + 1))) {
+            skip = " (a ferry partial file)";
         }
-        if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
-            out.skipped.push_back(local + " (not a regular file)");
-            return true;
-        }
-        if (S_ISREG(st.st_mode) && is_partial_file_name(wire.substr(wire.rfind('/') + 1))) {
-            out.skipped.push_back(local + " (a ferry partial file)");
+        if (skip != nullptr) {
+            out.skipped.push_back(local + skip);
+            out.skipped_paths.push_back(wire);
             return true;
         }
         if (excludes != nullptr && excludes->excluded(wire, S_ISDIR(st.st_mode))) {
@@ -76,8 +77,9 @@ struct scanner {
 
     // The entries inside the folder `dir_fd`/`name` (wire path `wire`, "" for a sync
     // root whose contents are the transfer).
-    bool walk_contents(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth) {
-        int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    bool walk_contents(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth,
+                       bool follow = false) {
+        int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
         if (fd < 0) {
             return fail(local, errno);
         }
@@ -133,7 +135,7 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         return std::make_error_code(std::errc::not_a_directory);
     }
     // The folder itself may be a symlink (named by the user); what is inside is not followed.
-    if (!s.walk_contents(AT_FDCWD, dir.c_str(), dir.string(), "", 0)) {
+    if (!s.walk_contents(AT_FDCWD, dir.c_str(), dir.string(), "", 0, true)) {
         return std::make_error_code(std::errc::invalid_argument);
     }
     return {};

@@ -20,6 +20,7 @@ struct source_tree {
     std::vector<entry_info> entries;             // wire view, id = index
     std::vector<std::string> locals;             // local path of each entry
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks, specials)
+    std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
     std::uint64_t total_bytes = 0;
     std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)
 };

@@ -6,78 +6,18 @@ namespace ferry {
 
 namespace {
 
-// Matches the class starting at p[i] ('[') against c; sets `end` to the index after its
-// ']'. Returns false with end == 0 when the class is not closed (then '[' is a literal).
-bool class_match(std::string_view p, std::size_t i, char c, std::size_t& end) {
-    std::size_t j = i + 1;
-    bool negate = j < p.size() && (p[j] == '!' || p[j] == '^');
-    if (negate) {
-        ++j;
-    }
-    bool hit = false;
-    bool first = true;
-    for (; j < p.size() && (p[j] != ']' || first); first = false) {
-        char lo = p[j];
-        if (lo == '\\' && j + 1 < p.size()) {
-            lo = p[++j];
-        }
-        char hi = lo;
-        if (j + 2 < p.size() && p[j + 1] == '-' && p[j + 2] != ']') {
-            hi = p[j + 2];
-            if (hi == '\\' && j + 3 < p.size()) {
-                ++j;
-                hi = p[j + 2];
-            }
-            j += 2;
-        }
-        auto u = static_cast<unsigned char>(c);
-        if (static_cast<unsigned char>(lo) <= u && u <= static_cast<unsigned char>(hi)) {
-            hit = true;
-        }
-        ++j;
-    }
-    if (j >= p.size()) {
-        end = 0;
-        return false;
-    }
-    end = j + 1;
-    return hit != negate;
-}
-
-// One element of the pattern at p[i] matched against c: sets `next` to the index after it.
-bool one_match(std::string_view p, std::size_t i, char c, std::size_t& next) {
-    if (p[i] == '?') {
-        next = i + 1;
-        return true;
-    }
-    if (p[i] == '[') {
-        std::size_t end = 0;
-        bool hit = class_match(p, i, c, end);
-        if (end != 0) {
-            next = end;
-            return hit;
-        }
-    }
-    if (p[i] == '\\' && i + 1 < p.size()) {
-        next = i + 2;
-        return p[i + 1] == c;
-    }
-    next = i + 1;
-    return p[i] == c;
-}
-
-// Segments of `rule` from `ri` against path segments from `pi`: "**" matches any number
-// of them. The same two-pointer scheme as glob_segment_match, one level up.
-bool segments_match(const std::vector<std::string>& rule, const std::vector<std::string_view>& path) {
+// Rule segments against path segments: a "**" segment matches any number of them. The
+// same two-pointer scheme as glob_segment::match, one level up.
+bool segments_match(const std::vector<glob_segment>& rule, const std::vector<std::string_view>& path) {
     std::size_t r = 0;
     std::size_t s = 0;
     std::size_t star_r = std::string::npos;
     std::size_t star_s = 0;
     while (s < path.size()) {
-        if (r < rule.size() && rule[r] == "**") {
+        if (r < rule.size() && rule[r].globstar()) {
             star_r = r++;
             star_s = s;
-        } else if (r < rule.size() && glob_segment_match(rule[r], path[s])) {
+        } else if (r < rule.size() && rule[r].match(path[s])) {
             ++r;
             ++s;
         } else if (star_r != std::string::npos) {
@@ -87,7 +27,7 @@ bool segments_match(const std::vector<std::string>& rule, const std::vector<std:
             return false;
         }
     }
-    while (r < rule.size() && rule[r] == "**") {
+    while (r < rule.size() && rule[r].globstar()) {
         ++r;
     }
     return r == rule.size();
@@ -95,31 +35,101 @@ bool segments_match(const std::vector<std::string>& rule, const std::vector<std:
 
 }  // namespace
 
-bool glob_segment_match(std::string_view p, std::string_view s) {
-    std::size_t pi = 0;
-    std::size_t si = 0;
-    std::size_t star_p = std::string::npos;
-    std::size_t star_s = 0;
-    while (si < s.size()) {
-        std::size_t next = 0;
-        if (pi < p.size() && p[pi] == '*') {
-            star_p = pi++;
-            star_s = si;
-        } else if (pi < p.size() && one_match(p, pi, s[si], next)) {
-            pi = next;
-            ++si;
-        } else if (star_p != std::string::npos) {
-            pi = star_p + 1;
-            si = ++star_s;
+glob_segment::glob_segment(std::string_view p) {
+    globstar_ = p == "**";
+    for (std::size_t i = 0; i < p.size();) {
+        char c = p[i];
+        if (c == '*') {
+            if (tokens_.empty() || tokens_.back().kind != token::star) {  // "**" in a name is '*'
+                tokens_.push_back({token::star});
+            }
+            ++i;
+        } else if (c == '?') {
+            tokens_.push_back({token::any});
+            ++i;
+        } else if (c == '\\' && i + 1 < p.size()) {
+            tokens_.push_back({token::literal, static_cast<unsigned char>(p[i + 1])});
+            i += 2;
+        } else if (c == '[') {
+            // The class runs to the first ']' after its first member; unclosed: a literal '['.
+            std::size_t j = i + 1;
+            bool negate = j < p.size() && (p[j] == '!' || p[j] == '^');
+            j += negate ? 1 : 0;
+            std::bitset<256> set;
+            bool first = true;
+            for (; j < p.size() && (p[j] != ']' || first); first = false) {
+                unsigned char lo = static_cast<unsigned char>(p[j]);
+                if (lo == '\\' && j + 1 < p.size()) {
+                    lo = static_cast<unsigned char>(p[++j]);
+                }
+                unsigned char hi = lo;
+                if (j + 2 < p.size() && p[j + 1] == '-' && p[j + 2] != ']') {
+                    j += 2;
+                    if (p[j] == '\\' && j + 1 < p.size()) {
+                        ++j;
+                    }
+                    hi = static_cast<unsigned char>(p[j]);
+                }
+                for (unsigned v = lo; v <= hi; ++v) {
+                    set.set(v);
+                }
+                ++j;
+            }
+            if (j >= p.size()) {
+                tokens_.push_back({token::literal, static_cast<unsigned char>('[')});
+                ++i;
+                continue;
+            }
+            if (negate) {
+                set.flip();
+            }
+            set.reset('/');
+            tokens_.push_back({token::set, 0, static_cast<std::uint32_t>(sets_.size())});
+            sets_.push_back(set);
+            i = j + 1;
+        } else {
+            tokens_.push_back({token::literal, static_cast<unsigned char>(c)});
+            ++i;
+        }
+    }
+}
+
+bool glob_segment::match(std::string_view s) const {
+    std::size_t t = 0;
+    std::size_t i = 0;
+    std::size_t star_t = std::string::npos;
+    std::size_t star_i = 0;
+    auto one = [&](const token& k, unsigned char c) {
+        switch (k.kind) {
+            case token::literal: return k.c == c;
+            case token::any: return c != '/';
+            case token::set: return sets_[k.index].test(c);
+            case token::star: return false;
+        }
+        return false;
+    };
+    while (i < s.size()) {
+        auto c = static_cast<unsigned char>(s[i]);
+        if (t < tokens_.size() && tokens_[t].kind == token::star) {
+            star_t = t++;
+            star_i = i;
+        } else if (t < tokens_.size() && one(tokens_[t], c)) {
+            ++t;
+            ++i;
+        } else if (star_t != std::string::npos) {
+            t = star_t + 1;
+            i = ++star_i;
         } else {
             return false;
         }
     }
-    while (pi < p.size() && p[pi] == '*') {
-        ++pi;
+    while (t < tokens_.size() && tokens_[t].kind == token::star) {
+        ++t;
     }
-    return pi == p.size();
+    return t == tokens_.size();
 }
+
+bool glob_segment_match(std::string_view pattern, std::string_view name) { return glob_segment(pattern).match(name); }
 
 bool exclude_set::add(std::string_view line) {
     while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) {
@@ -155,7 +165,7 @@ bool exclude_set::add(std::string_view line) {
     while (start <= p.size()) {
         std::size_t slash = p.find('/', start);
         std::string_view seg = p.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
-        if (!seg.empty() && !(seg == "**" && !r.segments.empty() && r.segments.back() == "**")) {
+        if (!seg.empty() && !(seg == "**" && !r.segments.empty() && r.segments.back().globstar())) {
             r.segments.emplace_back(seg);
         }
         if (slash == std::string_view::npos) {
@@ -171,6 +181,17 @@ bool exclude_set::add(std::string_view line) {
     return true;
 }
 
+std::string exclude_set::literal(std::string_view path) {
+    std::string out = "/";
+    for (char c : path) {
+        if (c == '*' || c == '?' || c == '[' || c == '\\' || c == ' ' || c == '!' || c == '#') {
+            out += '\\';
+        }
+        out += c;
+    }
+    return out;
+}
+
 bool exclude_set::excluded(std::string_view path, bool is_dir) const {
     if (rules_.empty()) {
         return false;
@@ -182,8 +203,11 @@ bool exclude_set::excluded(std::string_view path, bool is_dir) const {
         if (r.dir_only && !is_dir) {
             continue;
         }
-        bool hit = r.anchored ? segments_match(r.segments, segments)
-                              : r.segments.size() == 1 && glob_segment_match(r.segments.front(), name);
+        // "a/**" is what lies inside a, not a itself (as in gitignore).
+        bool inside_only = r.segments.size() > 1 && r.segments.back().globstar();
+        bool hit = r.anchored ? (!inside_only || segments.size() >= r.segments.size()) &&
+                                    segments_match(r.segments, segments)
+                              : r.segments.size() == 1 && r.segments.front().match(name);
         if (hit) {
             out = !r.negate;
         }

@@ -14,12 +14,33 @@
 // A plain value: no I/O, no locking.
 #pragma once
 
+#include <bitset>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace ferry {
+
+// One path segment's pattern, parsed: '*', '?', classes ("[a-z]", "[!a-z]"; an unclosed
+// '[' is a literal), '\' escapes, or "**" alone (any number of folders, see exclude_set).
+class glob_segment {
+public:
+    explicit glob_segment(std::string_view pattern);
+    bool match(std::string_view name) const;
+    bool globstar() const { return globstar_; }
+
+private:
+    struct token {
+        enum kind_t : std::uint8_t { literal, any, star, set } kind;
+        unsigned char c = 0;      // literal
+        std::uint32_t index = 0;  // set: into sets_
+    };
+    std::vector<token> tokens_;
+    std::vector<std::bitset<256>> sets_;
+    bool globstar_ = false;
+};
 
 class exclude_set {
 public:
@@ -38,13 +59,17 @@ public:
     // Whether `path` or a folder it lies in is excluded.
     bool excluded_or_inside(std::string_view path, bool is_dir) const;
 
+    // A pattern that matches exactly `path` (a wire path) from the root: "/" and the path
+    // with every special character escaped.
+    static std::string literal(std::string_view path);
+
     // The pattern lines kept, as given (for the wire).
     const std::vector<std::string>& lines() const { return lines_; }
     bool empty() const { return rules_.empty(); }
 
 private:
     struct rule {
-        std::vector<std::string> segments;  // "**" stands for any number of folders
+        std::vector<glob_segment> segments;  // "**" stands for any number of folders
         bool negate = false;
         bool dir_only = false;
         bool anchored = false;  // relative to the root; otherwise one segment, any depth
@@ -53,7 +78,7 @@ private:
     std::vector<std::string> lines_;
 };
 
-// Glob match of one path segment (no '/'): '*', '?', classes, '\' escapes. O(|p| x |s|).
+// glob_segment(pattern).match(name).
 bool glob_segment_match(std::string_view pattern, std::string_view name);
 
 }  // namespace ferry

@@ -35,6 +35,7 @@
 #include "node/metrics_server.hpp"
 #include "node/node.hpp"
 #include "node/trust_store.hpp"
+#include "protocol/exclude.hpp"
 #include "tools/progress.hpp"
 #include "transport/identity.hpp"
 
@@ -362,6 +363,14 @@ int cmd_id(const common_opts& o) {
     return 0;
 }
 
+// A share name: letters, digits, '-', '_' and '.' (not "." or ".."), at most 64 bytes.
+bool share_name_ok(std::string_view name) {
+    return !name.empty() && name.size() <= 64 && name != "." && name != ".." &&
+           std::all_of(name.begin(), name.end(), [](char c) {
+               return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_' || c == '.';
+           });
+}
+
 struct trust_opts {
     std::string id;
     std::string name;
@@ -401,6 +410,10 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
                 std::size_t comma = t.shares->find(',', start);
                 std::string one = t.shares->substr(start, comma == std::string::npos ? std::string::npos : comma - start);
                 if (!one.empty()) {
+                    if (!share_name_ok(one)) {
+                        return fail(o, exit_code::usage, "--shares: \"" + one +
+                                                             "\" is not a share name (letters, digits, '-', '_', '.')");
+                    }
                     list.push_back(one);
                 }
                 if (comma == std::string::npos) {
@@ -523,10 +536,7 @@ std::optional<ferry::share_config> parse_share(const std::string& spec, std::str
     } else if (dir.ends_with(":ro")) {
         dir.resize(dir.size() - 3);
     }
-    bool name_ok = share.name.size() <= 64 && std::all_of(share.name.begin(), share.name.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_' || c == '.';
-    });
-    if (!name_ok || share.name == "." || share.name == "..") {
+    if (!share_name_ok(share.name)) {
         error = "--share \"" + spec + "\": a share name is letters, digits, '-', '_' and '.' (at most 64)";
         return std::nullopt;
     }
@@ -562,6 +572,21 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         }
         if (std::any_of(cfg.shares.begin(), cfg.shares.end(), [&](const auto& s) { return s.name == share->name; })) {
             return fail(o, exit_code::usage, "--share: the name \"" + share->name + "\" is given twice");
+        }
+        // A peer that may write a share must not reach the node's own keys, trust list
+        // or inbox through it, nor the share through the inbox.
+        std::error_code ec;
+        for (const fs::path& own : {cfg.state_dir, cfg.inbox}) {
+            fs::path mine = fs::weakly_canonical(fs::absolute(own, ec), ec);
+            auto inside = [](const fs::path& a, const fs::path& b) {  // a is b or lies in it
+                auto rel = a.lexically_relative(b);
+                return !rel.empty() && *rel.begin() != "..";
+            };
+            if (!mine.empty() && (inside(mine, share->dir) || inside(share->dir, mine))) {
+                return fail(o, exit_code::usage, "--share " + share->name + "=" + share->dir.string() + ": overlaps " +
+                                                     (own == cfg.state_dir ? "the state folder " : "the inbox ") +
+                                                     mine.string());
+            }
         }
         cfg.shares.push_back(std::move(*share));
     }
@@ -914,6 +939,10 @@ struct sync_run {
     std::uint64_t created_bytes = 0;
     std::uint64_t updated_bytes = 0;
     std::uint64_t unchanged_bytes = 0;
+    void reset_counts() {
+        created = updated = unchanged = 0;
+        created_bytes = updated_bytes = unchanged_bytes = 0;
+    }
 };
 
 // One sync event: a file created, updated or skipped, or a path deleted (or, in a dry
@@ -1125,6 +1154,22 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     if (sync != nullptr) {
+        // What the scan skipped (symlinks, special files) is not SRC's to delete at DST.
+        std::size_t pattern_bytes = 0;
+        for (const std::string& l : sync->target.exclude()) {
+            pattern_bytes += l.size();
+        }
+        for (const std::string& path : sources.skipped_paths) {
+            std::string pattern = ferry::exclude_set::literal(path);
+            pattern_bytes += pattern.size();
+            if (pattern_bytes > ferry::max_sync_exclude_bytes) {
+                return fail(o, exit_code::usage,
+                            std::to_string(sources.skipped_paths.size()) +
+                                " symlinks or special files in SRC are more than --delete can be told to keep; "
+                                "exclude their folders (--exclude) or sync without --delete");
+            }
+            sync->target.add_exclude(std::move(pattern));
+        }
         so.sync = sync->target;
     }
     std::optional<ferry::transfer_report> result;
@@ -1200,7 +1245,12 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         stopped.error = "sender interrupted while waiting to reconnect";
         finish(stopped);
     };
-    attempt = [&] { n.send(sources, t, so, on_done); };
+    attempt = [&] {
+        if (sync != nullptr) {
+            sync->reset_counts();  // each attempt's receiver says again what it does
+        }
+        n.send(sources, t, so, on_done);
+    };
     attempt();
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](std::error_code ec, int) {

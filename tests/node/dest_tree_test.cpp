@@ -438,6 +438,40 @@ TEST_F(DestTree, PruneRemovesWhatIsNotKeptContentsBeforeTheirFolder) {
     EXPECT_EQ(read_text(root() / "cache/x/y"), "y");  // kept whole: not walked into
 }
 
+TEST_F(DestTree, PruneKeepsWhatIsKeptInsideAFolderItRemoves) {
+    fs::create_directories(root() / "old/sub");
+    write_text(root() / "old/a.txt", "a");
+    write_text(root() / "old/important.keep", "k");  // excluded
+    write_text(root() / "old/sub/.big.iso.ferry-part", "partial of another transfer");
+    write_text(root() / "old/sub/b.txt", "b");
+    std::vector<dest_tree::removed_entry> removed;
+    std::string where;
+    ASSERT_EQ(tree_.prune(
+                  [](const std::string& path, bool) {
+                      return path.ends_with(".keep") ? dest_tree::verdict::keep_whole : dest_tree::verdict::remove;
+                  },
+                  false, removed, where),
+              std::error_code{});
+    EXPECT_EQ(removed_paths(removed), (std::vector<std::string>{"old/a.txt", "old/sub/b.txt"}));
+    EXPECT_EQ(names_in(root() / "old"), (std::vector<std::string>{"important.keep", "sub"}));
+    EXPECT_EQ(names_in(root() / "old/sub"), (std::vector<std::string>{".big.iso.ferry-part"}));
+}
+
+TEST_F(DestTree, PruneRefusesTreesDeeperThanItsBound) {
+    fs::path deep = root();
+    for (int i = 0; i < 300; ++i) {
+        deep /= "d";
+    }
+    fs::create_directories(deep);
+    std::vector<dest_tree::removed_entry> removed;
+    std::string where;
+    std::error_code ec = tree_.prune([](const std::string&, bool) { return dest_tree::verdict::keep; }, false, removed,
+                                     where);
+    EXPECT_EQ(ec, std::errc::too_many_symbolic_link_levels);
+    EXPECT_TRUE(removed.empty());
+    EXPECT_TRUE(fs::is_directory(deep));
+}
+
 TEST_F(DestTree, PruneNeverFollowsASymlink) {
     write_text(outside_ / "precious", "p");
     fs::create_directories(outside_ / "dir");

@@ -45,6 +45,21 @@ TEST(glob_segment, a_hostile_pattern_is_matched_without_backtracking) {
     EXPECT_TRUE(glob_segment_match(pattern, std::string(4000, 'a') + "b"));
 }
 
+TEST(exclude_set, unclosed_classes_in_a_long_hostile_pattern_stay_cheap) {
+    // Each unclosed '[' is parsed once as a literal: matching stays O(pattern x name).
+    exclude_set s;
+    for (int i = 0; i < 8; ++i) {
+        ASSERT_TRUE(s.add("**/*" + std::string(128, '[') + "b" + std::string(880, 'x')));
+    }
+    std::string path;
+    for (int i = 0; i < 15; ++i) {
+        path += (i ? "/" : "") + std::string(255, '[');
+    }
+    for (int i = 0; i < 20; ++i) {
+        EXPECT_FALSE(s.excluded(path, false));
+    }
+}
+
 TEST(exclude_set, a_pattern_without_slash_matches_a_name_at_any_depth) {
     exclude_set s = make({"*.tmp", "build/"});
     EXPECT_TRUE(s.excluded("x.tmp", false));
@@ -69,6 +84,7 @@ TEST(exclude_set, a_pattern_with_slash_is_anchored_at_the_root) {
     EXPECT_TRUE(s.excluded("cache", true));
     EXPECT_TRUE(s.excluded("x/y/cache", true));
     EXPECT_TRUE(s.excluded("logs/2026/day.log", false));
+    EXPECT_FALSE(s.excluded("logs", true));  // "logs/**" is what is inside, not logs itself
 }
 
 TEST(exclude_set, the_last_matching_pattern_decides_and_negation_re_includes) {
@@ -78,6 +94,17 @@ TEST(exclude_set, the_last_matching_pattern_decides_and_negation_re_includes) {
     EXPECT_FALSE(s.excluded("d/keep.log", false));
     exclude_set t = make({"!keep.log", "*.log"});
     EXPECT_TRUE(t.excluded("keep.log", false));
+}
+
+TEST(exclude_set, a_literal_pattern_matches_exactly_its_path) {
+    exclude_set s;
+    for (const char* p : {"a*b/[x]?", "sp ace ", "!bang", "#hash", "back\\slash"}) {
+        ASSERT_TRUE(s.add(exclude_set::literal(p))) << p;
+        EXPECT_TRUE(s.excluded(p, false)) << p;
+    }
+    EXPECT_FALSE(s.excluded("aXb/[x]?", false));
+    EXPECT_FALSE(s.excluded("a*b/x!", false));
+    EXPECT_FALSE(s.excluded("sub/!bang", false));
 }
 
 TEST(exclude_set, comments_blank_lines_and_bad_patterns) {
