@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "node/resume.hpp"
 #include "protocol/path.hpp"
 
 namespace ferry {
@@ -269,7 +270,7 @@ struct pruner {
         }
         own = false;
         for (std::string& name : names) {
-            if (dest_tree::own_file_name(name)) {
+            if (is_partial_name(name)) {
                 own = true;
                 continue;
             }
@@ -376,12 +377,6 @@ std::error_code dest_tree::prune(const std::function<verdict(const std::string& 
     return p.walk(root_fd_, "", 0);
 }
 
-bool dest_tree::own_file_name(std::string_view name) {
-    auto ends_with = [&](std::string_view suffix) { return name.ends_with(suffix); };
-    return is_partial_file_name(name) ||
-           (name.starts_with(".") && (ends_with(".ferry-resume") || ends_with(".ferry-resume~"))) ||
-           (name.starts_with(".ferry-") && (ends_with(".resume") || ends_with(".resume~")));
-}
 
 int dest_tree::open_final_read(std::string_view wire_path, std::error_code& ec) {
     dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);

@@ -69,9 +69,9 @@ public:
     // asked about every entry (a wire path; is_dir): a folder kept is walked into (unless
     // kept whole); an entry not kept is removed with what is in it, except what `keep`
     // keeps there (a folder still holding something stays). Nothing is followed through a
-    // symlink (a symlink is removed as itself), partial files and resume records are left
-    // alone (their folder too), and folders nested deeper than 256 levels are an error.
-    // With `dry_run` nothing is removed. `removed` gets every path removed, a folder's
+    // symlink (a symlink is removed as itself), partial files and resume records
+    // (is_partial_name) are left alone (their folder too), and folders nested deeper than
+    // 256 levels are an error. With `dry_run` nothing is removed. `removed` gets every path removed, a folder's
     // contents before the folder. Stops at the first error, with `failed_path` naming the
     // entry it is about.
     struct removed_entry {
@@ -81,8 +81,6 @@ public:
     enum class verdict { remove, keep, keep_whole };
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                           std::vector<removed_entry>& removed, std::string& failed_path);
-    // Names of ferry's own files in a destination: partial files and resume records.
-    static bool own_file_name(std::string_view name);
     // Opens the regular file at its final name for reading. Returns an fd or -1 (ec set).
     int open_final_read(std::string_view wire_path, std::error_code& ec);
     // Removes the file at its final name if it is still inode `ino` of device `dev`
