@@ -1,6 +1,8 @@
 #include "node/dest_tree.hpp"
 
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -420,6 +422,44 @@ std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_
 
 int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec, bool create) {
     return open_partial_file(wire_path, create ? O_CREAT : 0, 0600, ec);
+}
+
+std::uint64_t dest_tree::seed_partial(std::string_view wire_path, std::uint64_t bytes) {
+    std::error_code ec;
+    int in = open_final_read(wire_path, ec);
+    if (in < 0) {
+        return 0;
+    }
+    int out = open_partial_file(wire_path, O_CREAT | O_TRUNC, 0600, ec);
+    if (out < 0) {
+        ::close(in);
+        return 0;
+    }
+    struct stat st {};
+    std::uint64_t want = ::fstat(in, &st) == 0 ? std::min<std::uint64_t>(bytes, st.st_size) : 0;
+    std::uint64_t done = 0;
+    if (want > 0 && want == static_cast<std::uint64_t>(st.st_size) && ::ioctl(out, FICLONE, in) == 0) {
+        done = want;  // shares the old file's blocks: no copy
+    }
+    while (done < want) {
+        loff_t from = static_cast<loff_t>(done);
+        loff_t to = static_cast<loff_t>(done);
+        ssize_t n = ::copy_file_range(in, &from, out, &to, want - done, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        done += static_cast<std::uint64_t>(n);
+    }
+    ::close(in);
+    ::close(out);
+    if (done < want) {
+        remove_partial(wire_path, true, false);
+        return 0;
+    }
+    return done;
 }
 
 int dest_tree::open_whole_partial(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {

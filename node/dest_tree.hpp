@@ -93,6 +93,11 @@ public:
     // permission bits (the umask applies; prepare_final sets the exact mode if that
     // differs) and truncated (an earlier attempt may have left a longer one).
     int open_whole_partial(std::string_view wire_path, std::uint32_t mode, std::error_code& ec);
+    // Starts the partial file of `wire_path` as a copy of the first `bytes` bytes of the
+    // final file there (a reflink where the file system has them, else copy_file_range in
+    // the kernel): `ferry sync` then offers its chunks, and only the chunks that differ are
+    // sent. Returns the bytes copied; 0 (and no partial file) when it could not copy.
+    std::uint64_t seed_partial(std::string_view wire_path, std::uint64_t bytes);
     // Makes the partial file final: prepare_final(), then rename_final() (with `fsync_file`
     // the folder is fsynced too, so file and name are both durable).
     std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,

@@ -534,7 +534,15 @@ void receive_session::next_offer() {
                 // hashing found.
                 std::uint64_t here = 0;
                 std::vector<bool> partial(items.size(), false);
+                std::vector<bool> seeded(items.size(), false);
                 for (std::size_t i = 0; i < items.size(); ++i) {
+                    if (sync.on && !sync.dry_run && exists[i] && !identical[i] && resumable(items[i].e) &&
+                        tree->partial_size(items[i].e.path) == 0) {
+                        // A changed file of a sync: its old version seeds the new one, so
+                        // that only the chunks that differ travel (the resume path below
+                        // hashes and offers them; the sender checks every digest).
+                        seeded[i] = tree->seed_partial(items[i].e.path, items[i].e.size) > 0;
+                    }
                     if (identical[i]) {
                         here += items[i].e.size;
                     } else if (resumable(items[i].e)) {
@@ -551,6 +559,9 @@ void receive_session::next_offer() {
                         // checks every chunk's digest before it skips the chunk.
                         found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
+                        if (seeded[i]) {
+                            found[i].note.clear();  // an update, not a resume: nothing to tell
+                        }
                         if (!found[i].note.empty()) {
                             resumed.push_back(std::move(found[i].note));
                         }

@@ -1120,6 +1120,13 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                 }
                 sync_event(o, *sync, what, f.path, f.size, "file");
             };
+            ev.resumed = [](const std::string& direction, const std::string&, std::uint64_t bytes, std::uint64_t files) {
+                if (direction == "send") {
+                    say(human_bytes(bytes) + " of " + std::to_string(files) +
+                        " changed file(s) are already at the receiver (an older version, or what an interrupted "
+                        "attempt left); only the chunks that differ are sent");
+                }
+            };
             ev.deleted = [&o, sync](std::string_view path, bool is_dir) {
                 sync_event(o, *sync, "deleted", path, 0, is_dir ? "dir" : "file");
             };

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.hpp"
@@ -120,6 +121,29 @@ TEST_F(sync_push, first_sync_creates_the_tree_and_a_second_changes_only_what_cha
     EXPECT_EQ(done["bytes_matched"], 3 * 256 * 1024 + 5);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
     EXPECT_TRUE(!fs::exists(cli.root() / "inbox") || fs::is_empty(cli.root() / "inbox"));  // nothing went there
+}
+
+TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(src / "big.bin", 12 * chunk + 100, 7);
+    ASSERT_EQ(sync({}).code, 0);
+    {
+        // 1000 bytes inside chunk 5, same size, another mtime.
+        std::fstream f(src / "big.bin", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(5 * chunk + 1234);
+        f << std::string(1000, 'Z');
+    }
+    set_mtime(src / "big.bin", 1'700'000'000);
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"big.bin"}));
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], chunk);
+    EXPECT_EQ(done["bytes_matched"], 11 * chunk + 100);
+    EXPECT_LT(done["wire_bytes_sent"].get<std::uint64_t>(), 2 * chunk);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
 TEST_F(sync_push, delete_removes_what_src_lacks_but_never_what_is_excluded) {
