@@ -12,7 +12,7 @@ build_pkgs=(
   clang-14 libclang-rt-14-dev libfuzzer-14-dev
 )
 tool_pkgs=(openssl netcat-openbsd iproute2 procps time)
-bench_pkgs=(iperf3 rsync openssh-server openssh-client socat hyperfine linux-perf strace)
+bench_pkgs=(iperf3 rsync openssh-server openssh-client socat hyperfine linux-perf strace xxhash)
 
 # AES-GCM with VAES for the TLS record layer; only packaged for x86-64 (optional).
 if [ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ]; then

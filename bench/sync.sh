@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# `ferry sync` figures (issue 8) on loopback, release build, against rsync -a to an
+# rsync daemon measured in the same run, tools alternating round by round:
+#   1. first sync of FILES x 4 KiB files (fastest and median of ROUNDS);
+#   2. no-change resync of the same tree;
+#   3. a SIZE file with 1 MiB overwritten in place, then with 1 byte inserted at offset 0:
+#      bytes on the loopback interface (its kernel counters, both directions) and time,
+#      against reading and hashing the file once (xxhsum -H2, XXH128).
+# Usage: bench/sync.sh [--files N] [--size BYTES] [--rounds N]
+# Data lives in a folder of /dev/shm, removed at the end.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+ferry=${FERRY:-$repo/build/release/tools/ferry}
+files=10000
+size=$((1024 * 1024 * 1024))
+rounds=5
+while [ $# -gt 0 ]; do
+    case $1 in
+        --files) files=$2; shift 2 ;;
+        --size) size=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 1 ;;
+    esac
+done
+[ -x "$ferry" ] || { echo "no $ferry: run make first" >&2; exit 1; }
+for tool in rsync xxhsum; do
+    command -v "$tool" > /dev/null || { echo "needs $tool (scripts/install-deps.sh --bench)" >&2; exit 1; }
+done
+
+work=$(mktemp -d /dev/shm/ferry-sync-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
+    wait 2> /dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+log() { printf 'sync-bench: %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+lo_bytes() { echo $(( $(cat /sys/class/net/lo/statistics/tx_bytes) )); }
+
+mkdir -p "$work/share" "$work/rsync" "$work/src/tree" "$work/src/big"
+A=$("$ferry" id --state "$work/A")
+B=$("$ferry" id --state "$work/B")
+"$ferry" trust --state "$work/A" "$B" --name bee > /dev/null 2>&1
+port=$((20000 + RANDOM % 20000))
+"$ferry" serve --state "$work/A" --listen "127.0.0.1:$port" --inbox "$work/inbox" \
+    --share "s=$work/share:rw" --json > "$work/serve.out" 2> "$work/serve.err" &
+pids+=($!)
+cat > "$work/rsyncd.conf" << CONF
+use chroot = no
+uid = root
+gid = root
+[r]
+path = $work/rsync
+read only = no
+CONF
+rport=$((port + 1))
+rsync --daemon --no-detach --config="$work/rsyncd.conf" --address=127.0.0.1 --port="$rport" \
+    --log-file="$work/rsyncd.log" 2> "$work/rsyncd.err" &
+pids+=($!)
+for _ in $(seq 1 200); do
+    grep -q listening "$work/serve.out" 2> /dev/null && ss -ltn | grep -q ":$rport " && break
+    sleep 0.02
+done
+"$ferry" trust --state "$work/B" "$A" --name ay --address "127.0.0.1:$port" > /dev/null 2>&1
+
+log "making $files x 4 KiB files and a $size-byte file"
+for ((i = 0; i < files; i++)); do
+    d=$(printf '%s/src/tree/d%04d' "$work" $((i / 100)))
+    [ $((i % 100)) -eq 0 ] && mkdir -p "$d"
+    head -c 4096 /dev/urandom > "$d/f$((i % 100))"
+done
+head -c "$size" /dev/urandom > "$work/src/big/big.bin"
+
+ferry_sync() { "$ferry" sync --state "$work/B" -q --json "$@" > "$work/sync.out" 2> "$work/sync.err" || {
+    cat "$work/sync.err" >&2; exit 1; }; }
+rsync_to() { rsync -a "$1/" "rsync://127.0.0.1:$rport/r/$2/"; }
+# times LIST...: "fastest median" of the numbers
+times() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f %.3f", v[1], v[int((NR + 1) / 2)] }'; }
+
+declare -a f_first r_first f_same r_same
+for ((r = 0; r < rounds; r++)); do
+    rm -rf "$work/share/tree" "$work/rsync/tree"
+    sync; t0=$(now); ferry_sync "$work/src/tree" ay:s/tree; f_first+=("$(echo "$(now) - $t0" | bc)")
+    sync; t0=$(now); rsync_to "$work/src/tree" tree; r_first+=("$(echo "$(now) - $t0" | bc)")
+    sync; t0=$(now); ferry_sync "$work/src/tree" ay:s/tree; f_same+=("$(echo "$(now) - $t0" | bc)")
+    sync; t0=$(now); rsync_to "$work/src/tree" tree; r_same+=("$(echo "$(now) - $t0" | bc)")
+done
+diff -r "$work/src/tree" "$work/share/tree" > /dev/null || { log "FAILED: the synced tree differs"; exit 1; }
+read -r ff fm <<< "$(times "${f_first[@]}")"; read -r rf rm_ <<< "$(times "${r_first[@]}")"
+read -r sf sm <<< "$(times "${f_same[@]}")"; read -r qf qm <<< "$(times "${r_same[@]}")"
+printf '%-44s %10s %10s %10s %10s %8s\n' "case ($rounds rounds)" "ferry min" "ferry med" "rsync min" "rsync med" "speedup"
+printf '%-44s %10s %10s %10s %10s %7.2fx\n' "first sync, $files x 4 KiB" "$ff" "$fm" "$rf" "$rm_" "$(echo "$rf / $ff" | bc -l)"
+printf '%-44s %10s %10s %10s %10s %7.2fx\n' "no-change resync, $files files" "$sf" "$sm" "$qf" "$qm" "$(echo "$qf / $sf" | bc -l)"
+
+# The big file: first sync, then the edits (each measured once: the edit is the state).
+ferry_sync "$work/src/big" ay:s/big
+big=$work/src/big/big.bin
+delta() {  # delta LABEL: resync after an edit; prints wire bytes and time vs read+hash
+    local label=$1 b0 b1 t0 t1 h0 h1
+    sync; h0=$(now); xxhsum -H2 "$big" > /dev/null; h1=$(now)
+    sync; b0=$(lo_bytes); t0=$(now); ferry_sync --compress never "$work/src/big" ay:s/big; t1=$(now); b1=$(lo_bytes)
+    cmp "$big" "$work/share/big/big.bin" || { log "FAILED: $label: the synced file differs"; exit 1; }
+    local sent; sent=$(tail -n 1 "$work/sync.out" | sed -n 's/.*"bytes_transferred":\([0-9]*\).*/\1/p')
+    printf '%-44s wire %8.2f MiB (payload %8.2f MiB), %.3f s = %.2fx read+hash (%.3f s)\n' "$label" \
+        "$(echo "($b1 - $b0) / 1048576" | bc -l)" "$(echo "$sent / 1048576" | bc -l)" "$(echo "$t1 - $t0" | bc)" \
+        "$(echo "($t1 - $t0) / ($h1 - $h0)" | bc -l)" "$(echo "$h1 - $h0" | bc)"
+}
+head -c 1048576 /dev/urandom | dd of="$big" bs=1M seek=$((size / 2 / 1048576)) conv=notrunc status=none
+delta "$((size / 1048576)) MiB file, 1 MiB changed in place"
+{ printf 'x'; cat "$big"; } > "$big.new" && touch -r "$big" "$big.new" && mv "$big.new" "$big"
+touch "$big"
+delta "$((size / 1048576)) MiB file, 1 byte inserted at 0"
+log "machine: $(nproc) cores, $(uname -r); ferry $(git -C "$repo" rev-parse --short HEAD 2> /dev/null || echo '?')"
