@@ -93,6 +93,20 @@ dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
     }
 }
 
+dest_tree::dest_tree(std::filesystem::path root, int root_fd) : root_(std::move(root)), root_fd_(root_fd) {}
+
+int dest_tree::open_dir(std::string_view wire_path, std::error_code& ec) {
+    dir_handle dh = dir_fd(wire_path, false, ec);
+    if (dh.fd < 0) {
+        return -1;
+    }
+    int fd = ::fcntl(dh.fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        ec = last_error();
+    }
+    return fd;
+}
+
 dest_tree::~dest_tree() {
     for (auto& [name, fd] : dirs_) {
         ::close(fd);

@@ -48,6 +48,9 @@ public:
     // Opens (creating if needed) the root folder; root() is its canonical path. Throws
     // std::system_error on failure.
     explicit dest_tree(const std::filesystem::path& root);
+    // A tree whose root is the open folder `root_fd` (owned from now on), known as `root`:
+    // a folder opened through another tree (open_dir), so no symlink was followed to it.
+    dest_tree(std::filesystem::path root, int root_fd);
     ~dest_tree();
     dest_tree(const dest_tree&) = delete;
     dest_tree& operator=(const dest_tree&) = delete;
@@ -81,6 +84,9 @@ public:
     enum class verdict { remove, keep, keep_whole };
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                           std::vector<removed_entry>& removed, std::string& failed_path);
+    // Opens the folder at `wire_path` (no symlink followed) and returns a descriptor of
+    // its own, or -1 with `ec` set.
+    int open_dir(std::string_view wire_path, std::error_code& ec);
     // Opens the regular file at its final name for reading. Returns an fd or -1 (ec set).
     int open_final_read(std::string_view wire_path, std::error_code& ec);
     // Removes the file at its final name if it is still inode `ino` of device `dev`

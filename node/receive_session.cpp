@@ -396,16 +396,22 @@ void receive_session::next_offer() {
         // created, and nothing is looked at (or made).
         bool nothing_there = false;
         try {
+            std::shared_ptr<dest_tree> opened;
             if (!tree && sync.on && !sync.path.empty()) {
-                // Made inside the share without following a symlink, like every entry.
+                // Made and opened inside the share without following a symlink, like every
+                // entry: the tree's root is that folder's own descriptor.
                 dest_tree share(sync.share_dir);
                 std::error_code ec = share.make_dir(sync.path, !sync.dry_run, &nothing_there);
+                int fd = ec || nothing_there ? -1 : share.open_dir(sync.path, ec);
                 if (ec) {
                     throw std::system_error(ec, sync.path);
                 }
+                if (fd >= 0) {
+                    opened = std::make_shared<dest_tree>(root, fd);
+                }
             }
             if (!tree && !nothing_there) {
-                tree = std::make_shared<dest_tree>(root);
+                tree = opened ? std::move(opened) : std::make_shared<dest_tree>(root);
                 // A transfer into this folder that never reached its final sync left files
                 // that must not be trusted: re-verify them before anything is decided.
                 // (A dry run changes nothing: it leaves them to the next real transfer.)

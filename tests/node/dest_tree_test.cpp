@@ -518,3 +518,23 @@ TEST_F(DestTree, CheckFileTellsWhetherAFileIsThere) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST_F(DestTree, ATreeOpenedThroughAnotherFollowsNoSymlinkToItsRoot) {
+    fs::create_directories(root() / "share/site");
+    fs::create_symlink(outside_.path(), root() / "share/elsewhere");
+    std::error_code ec;
+    int fd = tree_.open_dir("share/site", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    dest_tree sub(root() / "share/site", fd);
+    EXPECT_EQ(sub.make_dir("x/y"), std::error_code{});
+    EXPECT_TRUE(fs::is_directory(root() / "share/site/x/y"));
+    EXPECT_EQ(tree_.open_dir("share/elsewhere", ec), -1);
+    EXPECT_TRUE(is_symlink_refusal(ec)) << ec.message();
+    EXPECT_TRUE(fs::is_empty(outside_.path()));
+}
+
+}  // namespace
+}  // namespace ferry
