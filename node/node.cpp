@@ -68,10 +68,26 @@ std::error_code node::listen(std::string& error) {
 }
 
 void node::sweep_partials() {
-    std::filesystem::path inbox = ctx_->config.inbox;
+    // The inbox, and the writable shares (syncs leave partial files there too).
+    std::vector<std::filesystem::path> roots{ctx_->config.inbox};
+    for (const share_config& share : ctx_->config.shares) {
+        if (share.writable) {
+            roots.push_back(share.dir);
+        }
+    }
     auto age = ctx_->config.partial_max_age;
-    ctx_->workers.post([ctx = ctx_.get(), inbox, age] {
-        sweep_result r = sweep_abandoned(inbox, age);
+    ctx_->workers.post([ctx = ctx_.get(), roots, age] {
+        sweep_result r;
+        for (const std::filesystem::path& root : roots) {
+            sweep_result one = sweep_abandoned(root, age);
+            r.files += one.files;
+            r.bytes += one.bytes;
+            for (std::string& path : one.removed) {
+                if (r.removed.size() < 5) {
+                    r.removed.push_back(root == roots.front() ? std::move(path) : (root / path).string());
+                }
+            }
+        }
         if (r.files == 0) {
             return;
         }
