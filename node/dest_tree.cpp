@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -444,16 +445,25 @@ std::uint64_t dest_tree::seed_partial(std::string_view wire_path, std::uint64_t 
     if (in < 0) {
         return 0;
     }
-    int out = open_partial_file(wire_path, O_CREAT | O_TRUNC, 0600, ec);
+    struct stat st {};
+    std::uint64_t want = ::fstat(in, &st) == 0 ? std::min<std::uint64_t>(bytes, st.st_size) : 0;
+    // A partial file already there (another transfer of the same path, or one that
+    // appeared since the caller looked) is never overwritten: O_EXCL.
+    int out = want == 0 ? -1 : open_partial_file(wire_path, O_CREAT | O_EXCL, 0600, ec);
     if (out < 0) {
         ::close(in);
         return 0;
     }
-    struct stat st {};
-    std::uint64_t want = ::fstat(in, &st) == 0 ? std::min<std::uint64_t>(bytes, st.st_size) : 0;
     std::uint64_t done = 0;
-    if (want > 0 && want == static_cast<std::uint64_t>(st.st_size) && ::ioctl(out, FICLONE, in) == 0) {
+    if (want == static_cast<std::uint64_t>(st.st_size) && ::ioctl(out, FICLONE, in) == 0) {
         done = want;  // shares the old file's blocks: no copy
+    } else {
+        // A real copy: only while it leaves room (what the transfer needs is checked after).
+        struct statvfs vfs {};
+        constexpr std::uint64_t reserve = 64u << 20;
+        if (::fstatvfs(out, &vfs) != 0 || std::uint64_t{vfs.f_bavail} * vfs.f_frsize < want + reserve) {
+            want = 1;  // no room: give up below (done < want)
+        }
     }
     while (done < want) {
         loff_t from = static_cast<loff_t>(done);
@@ -469,7 +479,7 @@ std::uint64_t dest_tree::seed_partial(std::string_view wire_path, std::uint64_t 
     }
     ::close(in);
     ::close(out);
-    if (done < want) {
+    if (done < want || done == 0) {
         remove_partial(wire_path, true, false);
         return 0;
     }

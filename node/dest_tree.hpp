@@ -102,7 +102,9 @@ public:
     // Starts the partial file of `wire_path` as a copy of the first `bytes` bytes of the
     // final file there (a reflink where the file system has them, else copy_file_range in
     // the kernel): `ferry sync` then offers its chunks, and only the chunks that differ are
-    // sent. Returns the bytes copied; 0 (and no partial file) when it could not copy.
+    // sent. Never replaces a partial file already there; copies (when it cannot reflink)
+    // only while 64 MiB stay free. Returns the bytes copied; 0 (and no partial file of its
+    // own left) when it did not.
     std::uint64_t seed_partial(std::string_view wire_path, std::uint64_t bytes);
     // Makes the partial file final: prepare_final(), then rename_final() (with `fsync_file`
     // the folder is fsynced too, so file and name are both durable).

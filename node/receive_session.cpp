@@ -547,6 +547,9 @@ void receive_session::next_offer() {
                         // A changed file of a sync: its old version seeds the new one, so
                         // that only the chunks that differ travel (the resume path below
                         // hashes and offers them; the sender checks every digest).
+                        // No partial data, so any resume record is stale: it must not
+                        // make find_resume drop the seed.
+                        tree->remove_partial(items[i].e.path, false, true);
                         seeded[i] = tree->seed_partial(items[i].e.path, items[i].e.size) > 0;
                     }
                     if (identical[i]) {

@@ -319,6 +319,14 @@ ferry::node_config base_config(const common_opts& o) {
     return cfg;
 }
 
+json resumed_event(const std::string& direction, const std::string& session, std::uint64_t bytes, std::uint64_t files) {
+    return {{"event", "resumed"},
+            {"direction", direction},
+            {"session", ferry::hex_encode(session)},
+            {"bytes_kept", bytes},
+            {"files", files}};
+}
+
 ferry::node_events base_events(const common_opts& o) {
     ferry::node_events ev;
     ev.log = [](const std::string& line) { say(line); };
@@ -342,11 +350,7 @@ ferry::node_events base_events(const common_opts& o) {
             say("resuming: the receiver still has " + human_bytes(bytes) + " of " + std::to_string(files) +
                 " interrupted file(s); each chunk is checked before it is skipped");
         }
-        emit(o, {{"event", "resumed"},
-                 {"direction", direction},
-                 {"session", ferry::hex_encode(session)},
-                 {"bytes_kept", bytes},
-                 {"files", files}});
+        emit(o, resumed_event(direction, session, bytes, files));
     };
     return ev;
 }
@@ -1120,12 +1124,12 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                 }
                 sync_event(o, *sync, what, f.path, f.size, "file");
             };
-            ev.resumed = [](const std::string& direction, const std::string&, std::uint64_t bytes, std::uint64_t files) {
-                if (direction == "send") {
-                    say(human_bytes(bytes) + " of " + std::to_string(files) +
-                        " changed file(s) are already at the receiver (an older version, or what an interrupted "
-                        "attempt left); only the chunks that differ are sent");
-                }
+            ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
+                              std::uint64_t files) {
+                say(human_bytes(bytes) + " of " + std::to_string(files) +
+                    " changed file(s) are already at the receiver (an older version, or what an interrupted "
+                    "attempt left); only the chunks that differ are sent");
+                emit(o, resumed_event(direction, session, bytes, files));
             };
             ev.deleted = [&o, sync](std::string_view path, bool is_dir) {
                 sync_event(o, *sync, "deleted", path, 0, is_dir ? "dir" : "file");

@@ -42,7 +42,7 @@ inline std::vector<sample_message> sample_messages() {
         {"docs/big.bin", false, std::uint64_t{chunk_size} * 2 + 1, 0600, 1'700'000'000'000'000'002},
         {"empty", false, 0, 0644, 0},
     };
-    sender_machine sender(7, entries, {true, false});
+    sender_machine sender(7, entries, {true, false, std::nullopt});
     wire::Header offer;
     *offer.mutable_offer() = sender.make_offers().front();
     add("offer", offer);
