@@ -100,7 +100,7 @@ ferry_sync "$work/src/big" ay:s/big
 big=$work/src/big/big.bin
 delta() {  # delta LABEL: resync after an edit; prints wire bytes and time vs read+hash
     local label=$1 b0 b1 t0 t1 h0 h1
-    sync; h0=$(now); xxhsum -H2 "$big" > /dev/null; h1=$(now)
+    sync; h0=$(now); xxhsum -H2 "$big" > /dev/null 2>&1; h1=$(now)
     sync; b0=$(lo_bytes); t0=$(now); ferry_sync --compress never "$work/src/big" ay:s/big; t1=$(now); b1=$(lo_bytes)
     cmp "$big" "$work/share/big/big.bin" || { log "FAILED: $label: the synced file differs"; exit 1; }
     local sent; sent=$(tail -n 1 "$work/sync.out" | sed -n 's/.*"bytes_transferred":\([0-9]*\).*/\1/p')
