@@ -301,10 +301,10 @@ void receive_session::on_offer(const wire::Offer& offer) {
              refusal::bytes);
         return;
     }
-    if (machine_.sync() && !sync_ && !open_sync_target(*machine_.sync())) {
+    if (machine_.sync() && !sync_target() && !open_sync_target(*machine_.sync())) {
         return;
     }
-    overwrite_ = ctx_.config.overwrite || machine_.options().overwrite || sync_;
+    overwrite_ = ctx_.config.overwrite || machine_.options().overwrite || sync_target() != nullptr;
     // The space check uses the sizes of the entries offered up to this batch, summed here
     // (never the sender's own claim of a total); what is already written, kept or skipped
     // is taken off when the batch's turn comes (next_offer), once the batches before it
@@ -336,12 +336,8 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
         return false;
     }
-    sync_ = true;
-    dry_run_ = target.dry_run();
-    delete_ = target.delete_();
     share_dir_ = share->dir;
-    sync_path_ = target.path();
-    root_ = sync_path_.empty() ? share_dir_ : share_dir_ / sync_path_;
+    root_ = target.path().empty() ? share_dir_ : share_dir_ / target.path();
     return true;
 }
 
@@ -363,7 +359,7 @@ void receive_session::next_offer() {
     std::vector<std::optional<known_partial>> known(ids.size());
     for (file_id id : ids) {
         const entry_info& e = machine_.entry(id);
-        if (resumable(e) && !sync_) {
+        if (resumable(e) && !sync_target()) {
             known[items.size()] = ctx_.known.take(e.path);  // kept by inbox path
         }
         items.push_back({id, e});
@@ -378,7 +374,10 @@ void receive_session::next_offer() {
         bool dry_run = false;
         std::filesystem::path share_dir;
         std::string path;
-    } sync{sync_, dry_run_, share_dir_, sync_path_};
+    } sync;
+    if (const wire::SyncTarget* t = sync_target()) {
+        sync = {true, t->dry_run(), share_dir_, t->path()};
+    }
     ctx_.workers.post([self = shared_from_this(), items = std::move(items), known = std::move(known), tree, root,
                        journals, overwrite, need, sync = std::move(sync)]() mutable {
         std::string error;
@@ -542,20 +541,20 @@ void receive_session::next_offer() {
                 std::vector<bool> partial(items.size(), false);
                 std::vector<bool> seeded(items.size(), false);
                 for (std::size_t i = 0; i < items.size(); ++i) {
-                    if (sync.on && !sync.dry_run && exists[i] && !identical[i] && resumable(items[i].e) &&
-                        tree->partial_size(items[i].e.path) == 0) {
-                        // A changed file of a sync: its old version seeds the new one, so
-                        // that only the chunks that differ travel (the resume path below
-                        // hashes and offers them; the sender checks every digest).
-                        // No partial data, so any resume record is stale: it must not
-                        // make find_resume drop the seed.
-                        tree->remove_partial(items[i].e.path, false, true);
-                        seeded[i] = tree->seed_partial(items[i].e.path, items[i].e.size) > 0;
-                    }
                     if (identical[i]) {
                         here += items[i].e.size;
                     } else if (resumable(items[i].e)) {
                         std::uint64_t bytes = tree->partial_size(items[i].e.path);
+                        if (bytes == 0 && sync.on && !sync.dry_run && exists[i]) {
+                            // A changed file of a sync: its old version seeds the new one,
+                            // so that only the chunks that differ travel (the resume path
+                            // below hashes and offers them; the sender checks every
+                            // digest). No partial data, so any resume record is stale: it
+                            // must not make find_resume drop the seed.
+                            tree->remove_partial(items[i].e.path, false, true);
+                            bytes = tree->seed_partial(items[i].e.path, items[i].e.size);
+                            seeded[i] = bytes > 0;
+                        }
                         partial[i] = bytes > 0;
                         here += std::min(bytes, items[i].e.size);
                     }
@@ -1050,16 +1049,17 @@ void receive_session::check_all_done() {
     std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
-    if (sync_ && !sync_path_.empty() && machine_.sync()->root_mode() != 0) {
+    const wire::SyncTarget* target = sync_target();
+    if (target && !target->path().empty() && target->root_mode() != 0) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
         // setuid and setgid: never on a peer's word).
-        dirs.push_back({"", true, 0, machine_.sync()->root_mode() & 01777, machine_.sync()->root_mtime_ns()});
+        dirs.push_back({"", true, 0, target->root_mode() & 01777, target->root_mtime_ns()});
     }
     // Sync --delete: what is under the destination and was not offered goes (never what
     // an exclude pattern matches, nor ferry's own partial files), before the folders get
     // their mtimes. Offers are over: the machine hands its path set to the worker.
     std::function<dest_tree::verdict(const std::string&, bool)> keep;
-    if (delete_) {
+    if (target && target->delete_()) {
         keep = [paths = machine_.take_paths(), excludes = excludes_](const std::string& path, bool is_dir) {
             if (excludes.excluded(path, is_dir)) {
                 return dest_tree::verdict::keep_whole;
@@ -1071,7 +1071,7 @@ void receive_session::check_all_done() {
             return dest_tree::verdict::keep;
         };
     }
-    bool dry_run = dry_run_;
+    bool dry_run = target && target->dry_run();
     ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, dirs = std::move(dirs),
                        syncfs = need_syncfs_, keep = std::move(keep), dry_run] {
         std::error_code ec;
@@ -1127,7 +1127,7 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
     if (removed.empty()) {
         return;
     }
-    ctx_.log(std::string(dry_run_ ? "sync dry run: would delete " : "sync: deleted ") + std::to_string(removed.size()) +
+    ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") + std::to_string(removed.size()) +
              " path(s) under " + root_.string());
     wire::Header h;
     std::size_t bytes = 0;

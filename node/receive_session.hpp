@@ -151,17 +151,14 @@ private:
     bool overwrite_ = false;
     // The destination: the inbox, or for `ferry sync` SHARE/path (set by the first batch).
     std::filesystem::path root_;
-    std::filesystem::path share_dir_;  // sync: the share's folder ("" otherwise)
-    std::string sync_path_;            // sync: the wire path inside it
-    bool sync_ = false;
-    bool dry_run_ = false;             // sync --dry-run: decide and report, change nothing
-    bool delete_ = false;              // sync --delete
+    std::filesystem::path share_dir_;  // sync: the share's folder, once the target is open ("" otherwise)
     exclude_set excludes_;             // sync: never deleted
-    // Checks a sync target (share, access, patterns) and sets root_ and the sync flags.
-    // False (the transfer failed) when refused.
+    // The sync target (the first batch's), once open_sync_target took it; null otherwise.
+    const wire::SyncTarget* sync_target() const { return share_dir_.empty() ? nullptr : &*machine_.sync(); }
+    // Checks a sync target (share, access, patterns) and sets root_, share_dir_ and
+    // excludes_. False (the transfer failed) when refused.
     bool open_sync_target(const wire::SyncTarget& target);
-    // Sync --delete: removes what was not offered, reports it (Deleted frames), then calls
-    // `then` on the loop thread with the error, if any.
+    // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0).
     void send_deleted(std::vector<dest_tree::removed_entry> removed);
     bool finishing_ = false;    // every file is in; folder metadata and durability are running
     bool result_sent_ = false;  // the TransferResult (success) went out
