@@ -325,10 +325,11 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
     } else if (!share->writable) {
         refused = "share \"" + name + "\" is read-only";
     }
-    std::size_t pattern_bytes = 0;
+    if (refused.empty() && exclude_bytes(target) > max_sync_exclude_bytes) {
+        refused = "exclude patterns over " + std::to_string(max_sync_exclude_bytes) + " bytes in all";
+    }
     for (const std::string& line : target.exclude()) {
-        pattern_bytes += line.size();
-        if (refused.empty() && (pattern_bytes > max_sync_exclude_bytes || !excludes_.add(line))) {
+        if (refused.empty() && !excludes_.add(line)) {
             refused = "bad exclude pattern \"" + line.substr(0, 100) + "\"";
         }
     }

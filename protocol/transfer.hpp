@@ -49,6 +49,14 @@ struct transfer_options {
 // Bytes of exclude patterns a SyncTarget may carry, so that the first Offer batch stays
 // under max_header_len.
 inline constexpr std::size_t max_sync_exclude_bytes = 8 * 1024;
+// The bytes of a SyncTarget's exclude patterns (what max_sync_exclude_bytes bounds).
+inline std::size_t exclude_bytes(const wire::SyncTarget& t) {
+    std::size_t n = 0;
+    for (const std::string& line : t.exclude()) {
+        n += line.size();
+    }
+    return n;
+}
 
 // A simple growable bitmap (bit i = chunk i), LSB-first bytes on the wire.
 class chunk_bitmap {

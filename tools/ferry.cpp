@@ -827,6 +827,24 @@ struct remote_spec {
 
 constexpr const char* default_port = "7788";
 
+// "ID@REST" -> t.expected_id = ID, `address` = REST (an address without '@' is left as
+// it is). False with `error` set when ID is not a node ID; `whole` is the argument as
+// given, for the message.
+bool take_expected_id(std::string& address, const std::string& whole, ferry::send_target& t, std::string& error) {
+    auto at = address.find('@');
+    if (at == std::string::npos) {
+        return true;
+    }
+    std::optional<std::string> id = ferry::parse_node_id(address.substr(0, at));
+    if (!id) {
+        error = "\"" + address.substr(0, at) + "\" in \"" + whole + "\" is not a node ID";
+        return false;
+    }
+    t.expected_id = *id;
+    address = address.substr(at + 1);
+    return true;
+}
+
 // "ferry://[ID@]HOST[:PORT]/SHARE[/PATH]" or "NAME:SHARE[/PATH]" (NAME: a trusted peer's
 // name or ID, with the address `ferry trust --address` gave it). A local path (no scheme,
 // no ':' before the first '/') gives nullopt with `error` empty; a bad remote sets it.
@@ -839,14 +857,8 @@ std::optional<remote_spec> parse_remote(const common_opts& o, const std::string&
         std::size_t slash = after.find('/');
         std::string authority = after.substr(0, slash);
         rest = slash == std::string::npos ? "" : after.substr(slash + 1);
-        if (auto at = authority.find('@'); at != std::string::npos) {
-            std::optional<std::string> id = ferry::parse_node_id(authority.substr(0, at));
-            if (!id) {
-                error = "\"" + authority.substr(0, at) + "\" in \"" + text + "\" is not a node ID";
-                return std::nullopt;
-            }
-            r.target.expected_id = *id;
-            authority = authority.substr(at + 1);
+        if (!take_expected_id(authority, text, r.target, error)) {
+            return std::nullopt;
         }
         bool has_port = authority.starts_with('[') ? authority.find("]:") != std::string::npos
                                                    : authority.find(':') != std::string::npos;
@@ -903,27 +915,17 @@ std::optional<remote_spec> parse_remote(const common_opts& o, const std::string&
 }
 
 int cmd_send(const common_opts& o, const send_opts& s) {
-    if (auto e = congestion_error(o)) {
-        return fail(o, exit_code::usage, *e);
-    }
     if (s.args.size() < 2) {
         return fail(o, exit_code::usage, "need at least one PATH and a target [ID@]HOST:PORT");
     }
     std::string target = s.args.back();
     ferry::send_target t;
-    if (auto at = target.find('@'); at != std::string::npos) {
-        std::optional<std::string> id = ferry::parse_node_id(target.substr(0, at));
-        if (!id) {
-            return fail(o, exit_code::usage, "\"" + target.substr(0, at) + "\" in \"" + target + "\" is not a node ID");
-        }
-        t.expected_id = *id;
-        target = target.substr(at + 1);
+    std::string error;
+    if (!take_expected_id(target, s.args.back(), t, error)) {
+        return fail(o, exit_code::usage, error);
     }
     if (!ferry::split_host_port(target, t.host, t.port)) {
         return fail(o, exit_code::usage, "bad target \"" + s.args.back() + "\" (expected [ID@]HOST:PORT, [::1]:PORT for IPv6)");
-    }
-    if (s.connections < 1 || s.connections > ferry::max_connections) {
-        return fail(o, exit_code::usage, "--connections must be 1..16");
     }
     std::vector<fs::path> paths(s.args.begin(), s.args.end() - 1);
     return run_send(o, s, t, [paths](std::string& error) {
@@ -940,13 +942,7 @@ struct sync_run {
     std::uint64_t created = 0;
     std::uint64_t updated = 0;
     std::uint64_t unchanged = 0;
-    std::uint64_t created_bytes = 0;
-    std::uint64_t updated_bytes = 0;
-    std::uint64_t unchanged_bytes = 0;
-    void reset_counts() {
-        created = updated = unchanged = 0;
-        created_bytes = updated_bytes = unchanged_bytes = 0;
-    }
+    void reset_counts() { created = updated = unchanged = 0; }
 };
 
 // One sync event: a file created, updated or skipped, or a path deleted (or, in a dry
@@ -967,9 +963,6 @@ void sync_event(const common_opts& o, sync_run& run, const char* what, std::stri
 // Pushes the contents of a local folder into a share of a peer. Pulling (a remote SRC)
 // is not there yet: docs/cli.md says so.
 int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
-    if (auto e = congestion_error(o)) {
-        return fail(o, exit_code::usage, *e);
-    }
     std::string error;
     std::optional<remote_spec> src = parse_remote(o, y.src, error);
     if (!error.empty()) {
@@ -989,9 +982,6 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     if (src) {
         return fail(o, exit_code::usage,
                     "pulling from a share (a remote SRC) is not available yet; push from the other node instead");
-    }
-    if (s.connections < 1 || s.connections > ferry::max_connections) {
-        return fail(o, exit_code::usage, "--connections must be 1..16");
     }
     ferry::exclude_set excludes;
     auto add_pattern = [&](const std::string& line, const std::string& where) {
@@ -1018,14 +1008,6 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
             return fail(o, exit_code::usage, error);
         }
     }
-    std::size_t pattern_bytes = 0;
-    for (const std::string& l : excludes.lines()) {
-        pattern_bytes += l.size();
-    }
-    if (pattern_bytes > ferry::max_sync_exclude_bytes) {
-        return fail(o, exit_code::usage, "exclude patterns over " + std::to_string(ferry::max_sync_exclude_bytes / 1024) +
-                                             " KiB in all; use fewer, broader ones");
-    }
     sync_run run;
     run.verbose = y.verbose;
     run.target.set_share(dst->share);
@@ -1034,6 +1016,10 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     run.target.set_dry_run(y.dry_run);
     for (const std::string& l : excludes.lines()) {
         run.target.add_exclude(l);
+    }
+    if (ferry::exclude_bytes(run.target) > ferry::max_sync_exclude_bytes) {
+        return fail(o, exit_code::usage, "exclude patterns over " + std::to_string(ferry::max_sync_exclude_bytes / 1024) +
+                                             " KiB in all; use fewer, broader ones");
     }
     fs::path root = y.src;
     struct stat st {};
@@ -1092,6 +1078,12 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
 // end: scan, connect, send, retry after a lost connection, and report.
 int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
              sync_run* sync) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, *e);
+    }
+    if (s.connections < 1 || s.connections > ferry::max_connections) {
+        return fail(o, exit_code::usage, "--connections must be 1..16");
+    }
     // The sources are scanned on a thread of their own while the node loads its identity
     // and sets up TLS (each takes milliseconds; a big tree, tens of them).
     std::string error;
@@ -1113,14 +1105,11 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                 if (f.action == wire::SYNC_CREATE) {
                     what = "created";
                     ++sync->created;
-                    sync->created_bytes += f.size;
                 } else if (f.action == wire::SYNC_UPDATE) {
                     what = "updated";
                     ++sync->updated;
-                    sync->updated_bytes += f.size;
                 } else {
                     ++sync->unchanged;
-                    sync->unchanged_bytes += f.size;
                 }
                 sync_event(o, *sync, what, f.path, f.size, "file");
             };
@@ -1166,10 +1155,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     if (sync != nullptr) {
         // What the scan skipped (symlinks, special files) is not SRC's to delete at DST.
-        std::size_t pattern_bytes = 0;
-        for (const std::string& l : sync->target.exclude()) {
-            pattern_bytes += l.size();
-        }
+        std::size_t pattern_bytes = ferry::exclude_bytes(sync->target);
         for (const std::string& path : sources.skipped_paths) {
             std::string pattern = ferry::exclude_set::literal(path);
             pattern_bytes += pattern.size();
