@@ -6,31 +6,42 @@ namespace ferry {
 
 namespace {
 
-// Rule segments against path segments: a "**" segment matches any number of them. The
-// same two-pointer scheme as glob_segment::match, one level up.
-bool segments_match(const std::vector<glob_segment>& rule, const std::vector<std::string_view>& path) {
-    std::size_t r = 0;
-    std::size_t s = 0;
-    std::size_t star_r = std::string::npos;
-    std::size_t star_s = 0;
-    while (s < path.size()) {
-        if (r < rule.size() && rule[r].globstar()) {
-            star_r = r++;
-            star_s = s;
-        } else if (r < rule.size() && rule[r].match(path[s])) {
-            ++r;
-            ++s;
-        } else if (star_r != std::string::npos) {
-            r = star_r + 1;
-            s = ++star_s;
+// The two-pointer wildcard match of pattern elements [0, np) against text elements
+// [0, nt): `is_star(p)` says element p matches any run (an empty one too), `one(p, t)`
+// whether element p matches text element t. On a mismatch only the last star is moved
+// on: O(np x nt), never exponential. Serves both levels: characters of a name, and
+// segments of a path ("**").
+template <class IsStar, class One>
+bool wildcard_match(std::size_t np, std::size_t nt, IsStar is_star, One one) {
+    std::size_t p = 0;
+    std::size_t t = 0;
+    std::size_t star_p = std::string::npos;
+    std::size_t star_t = 0;
+    while (t < nt) {
+        if (p < np && is_star(p)) {
+            star_p = p++;
+            star_t = t;
+        } else if (p < np && one(p, t)) {
+            ++p;
+            ++t;
+        } else if (star_p != std::string::npos) {
+            p = star_p + 1;
+            t = ++star_t;
         } else {
             return false;
         }
     }
-    while (r < rule.size() && rule[r].globstar()) {
-        ++r;
+    while (p < np && is_star(p)) {
+        ++p;
     }
-    return r == rule.size();
+    return p == np;
+}
+
+// Rule segments against path segments: a "**" segment matches any number of them.
+bool segments_match(const std::vector<glob_segment>& rule, const std::vector<std::string_view>& path) {
+    return wildcard_match(
+        rule.size(), path.size(), [&](std::size_t r) { return rule[r].globstar(); },
+        [&](std::size_t r, std::size_t t) { return rule[r].match(path[t]); });
 }
 
 }  // namespace
@@ -95,38 +106,19 @@ glob_segment::glob_segment(std::string_view p) {
 }
 
 bool glob_segment::match(std::string_view s) const {
-    std::size_t t = 0;
-    std::size_t i = 0;
-    std::size_t star_t = std::string::npos;
-    std::size_t star_i = 0;
-    auto one = [&](const token& k, unsigned char c) {
-        switch (k.kind) {
-            case token::literal: return k.c == c;
-            case token::any: return c != '/';
-            case token::set: return sets_[k.index].test(c);
-            case token::star: return false;
-        }
-        return false;
-    };
-    while (i < s.size()) {
-        auto c = static_cast<unsigned char>(s[i]);
-        if (t < tokens_.size() && tokens_[t].kind == token::star) {
-            star_t = t++;
-            star_i = i;
-        } else if (t < tokens_.size() && one(tokens_[t], c)) {
-            ++t;
-            ++i;
-        } else if (star_t != std::string::npos) {
-            t = star_t + 1;
-            i = ++star_i;
-        } else {
+    return wildcard_match(
+        tokens_.size(), s.size(), [&](std::size_t t) { return tokens_[t].kind == token::star; },
+        [&](std::size_t t, std::size_t i) {
+            const token& k = tokens_[t];
+            auto c = static_cast<unsigned char>(s[i]);
+            switch (k.kind) {
+                case token::literal: return k.c == c;
+                case token::any: return c != '/';
+                case token::set: return sets_[k.index].test(c);
+                case token::star: return false;
+            }
             return false;
-        }
-    }
-    while (t < tokens_.size() && tokens_[t].kind == token::star) {
-        ++t;
-    }
-    return t == tokens_.size();
+        });
 }
 
 bool glob_segment_match(std::string_view pattern, std::string_view name) { return glob_segment(pattern).match(name); }
