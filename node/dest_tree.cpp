@@ -320,9 +320,9 @@ struct pruner {
                 return {errno, std::system_category()};
             }
             std::vector<std::pair<std::string, bool>> children;
-            bool emptied = true;
-            std::error_code ec = entries(fd, path, children, emptied);
-            emptied = !emptied;
+            bool own = false;
+            std::error_code ec = entries(fd, path, children, own);
+            bool emptied = !own;  // stays true while everything in it goes
             for (std::size_t i = 0; !ec && i < children.size(); ++i) {
                 const auto& [child, child_dir] = children[i];
                 std::string child_path = path + "/" + child;
