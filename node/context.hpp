@@ -98,6 +98,9 @@ struct file_event {
     std::string_view session_id;  // raw bytes
     std::string_view path;
     std::uint64_t size = 0;
+    // sync, done: the file was made at the receiver from its own file at this path (a
+    // rename at SRC: that path is not in SRC), and no byte of it was sent. Empty otherwise.
+    std::string_view renamed_from;
 };
 
 // Reports the files of one transfer to a file callback: each regular file once as
@@ -120,17 +123,18 @@ public:
         }
     }
     void done(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e, bool skipped,
-              wire::SyncAction action = wire::SYNC_NONE) {
+              wire::SyncAction action = wire::SYNC_NONE, std::string_view renamed_from = {}) {
         if (sink && !e.is_dir) {
             started(sink, f, e);
-            emit(sink, e, true, skipped, action);
+            emit(sink, e, true, skipped, action, renamed_from);
         }
     }
 
 private:
     void emit(const std::function<void(const file_event&)>& sink, const entry_info& e, bool done, bool skipped,
-              wire::SyncAction action) const {
+              wire::SyncAction action, std::string_view renamed_from = {}) const {
         file_event ev;
+        ev.renamed_from = renamed_from;
         ev.done = done;
         ev.skipped = skipped;
         ev.action = action;

@@ -265,6 +265,50 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
 
 namespace {
 
+// The entries of the open folder `fd` (wire path `prefix`) with their kind, ferry's own
+// files left out (`own` tells whether there were any). `stats` (if given) gets each
+// entry's stat, in the same order. On an error, `failed` names the entry.
+std::error_code folder_entries(int fd, const std::string& prefix, std::vector<std::pair<std::string, bool>>& out,
+                               bool& own, std::string& failed, std::vector<struct stat>* stats = nullptr) {
+    std::vector<std::string> names;
+    if (std::error_code ec = list_folder(fd, names)) {
+        return ec;
+    }
+    own = false;
+    for (std::string& name : names) {
+        if (is_partial_name(name)) {
+            own = true;
+            continue;
+        }
+        struct stat st {};
+        if (::fstatat(fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (errno == ENOENT) {
+                continue;
+            }
+            failed = prefix.empty() ? name : prefix + "/" + name;
+            return {errno, std::system_category()};
+        }
+        out.emplace_back(std::move(name), S_ISDIR(st.st_mode));
+        if (stats != nullptr) {
+            stats->push_back(st);
+        }
+    }
+    return {};
+}
+
+// Opens the folder `name` in `dir_fd` without following a symlink, runs `f` (taking the
+// folder's fd, returning an error_code) on it, and closes it.
+template <class F>
+std::error_code in_folder(int dir_fd, const std::string& name, F&& f) {
+    int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        return {errno, std::system_category()};
+    }
+    std::error_code ec = f(fd);
+    ::close(fd);
+    return ec;
+}
+
 struct pruner {
     const std::function<dest_tree::verdict(const std::string&, bool)>& keep;
     bool dry_run;
@@ -276,33 +320,6 @@ struct pruner {
     static constexpr int max_depth = 256;
 
     static std::error_code too_deep() { return std::make_error_code(std::errc::too_many_symbolic_link_levels); }
-
-    // The entries of the open folder `fd` (wire path `prefix`) with their kind, ferry's own
-    // files left out (`own` tells whether there were any).
-    std::error_code entries(int fd, const std::string& prefix, std::vector<std::pair<std::string, bool>>& out,
-                            bool& own) {
-        std::vector<std::string> names;
-        if (std::error_code ec = list_folder(fd, names)) {
-            return ec;
-        }
-        own = false;
-        for (std::string& name : names) {
-            if (is_partial_name(name)) {
-                own = true;
-                continue;
-            }
-            struct stat st {};
-            if (::fstatat(fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-                if (errno == ENOENT) {
-                    continue;
-                }
-                failed = prefix.empty() ? name : prefix + "/" + name;
-                return {errno, std::system_category()};
-            }
-            out.emplace_back(std::move(name), S_ISDIR(st.st_mode));
-        }
-        return {};
-    }
 
     // Removes `name` in `dir_fd` (wire path `path`) and what is in it, except what `keep`
     // protects (an excluded path) and ferry's own files: a folder still holding any of
@@ -321,7 +338,7 @@ struct pruner {
             }
             std::vector<std::pair<std::string, bool>> children;
             bool own = false;
-            std::error_code ec = entries(fd, path, children, own);
+            std::error_code ec = folder_entries(fd, path, children, own, failed);
             bool emptied = !own;  // stays true while everything in it goes
             for (std::size_t i = 0; !ec && i < children.size(); ++i) {
                 const auto& [child, child_dir] = children[i];
@@ -356,7 +373,7 @@ struct pruner {
         }
         std::vector<std::pair<std::string, bool>> children;
         bool own = false;
-        if (std::error_code ec = entries(dir_fd, prefix, children, own)) {
+        if (std::error_code ec = folder_entries(dir_fd, prefix, children, own, failed)) {
             return ec;
         }
         for (const auto& [name, is_dir] : children) {
@@ -371,13 +388,7 @@ struct pruner {
                 continue;
             }
             if (is_dir && v == dest_tree::verdict::keep) {
-                int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (fd < 0) {
-                    return {errno, std::system_category()};
-                }
-                std::error_code ec = walk(fd, path, depth + 1);
-                ::close(fd);
-                if (ec) {
+                if (std::error_code ec = in_folder(dir_fd, name, [&](int fd) { return walk(fd, path, depth + 1); })) {
                     return ec;
                 }
             }
@@ -386,7 +397,57 @@ struct pruner {
     }
 };
 
+// Lists the regular files under a folder for dest_tree::list_files.
+struct lister {
+    std::size_t max;
+    std::vector<dest_tree::file_stamp>& out;
+    std::string& failed;
+
+    std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
+        if (depth >= pruner::max_depth) {
+            failed = prefix;
+            return pruner::too_deep();
+        }
+        std::vector<std::pair<std::string, bool>> children;
+        std::vector<struct stat> stats;
+        bool own = false;
+        if (std::error_code ec = folder_entries(dir_fd, prefix, children, own, failed, &stats)) {
+            return ec;
+        }
+        for (std::size_t i = 0; i < children.size() && out.size() < max; ++i) {
+            const auto& [name, is_dir] = children[i];
+            std::string path = prefix.empty() ? name : prefix + "/" + name;
+            if (S_ISREG(stats[i].st_mode)) {
+                out.push_back({std::move(path), static_cast<std::uint64_t>(stats[i].st_size), timespec_ns(stats[i].st_mtim)});
+                continue;
+            }
+            if (!is_dir) {
+                continue;
+            }
+            bool opened = false;
+            std::error_code ec = in_folder(dir_fd, name, [&](int fd) {
+                opened = true;
+                return walk(fd, path, depth + 1);
+            });
+            if (!opened && (ec == std::errc::no_such_file_or_directory || ec == std::errc::too_many_symbolic_link_levels ||
+                            ec == std::errc::not_a_directory || ec == std::errc::permission_denied)) {
+                continue;  // gone or replaced since it was listed, or not ours to read
+            }
+            if (ec) {
+                failed = opened ? failed : path;
+                return ec;
+            }
+        }
+        return {};
+    }
+};
+
 }  // namespace
+
+std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& out, std::string& failed_path) {
+    lister l{max, out, failed_path};
+    return l.walk(root_fd_, "", 0);
+}
 
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                                  std::vector<removed_entry>& removed, std::string& failed_path) {
@@ -439,9 +500,9 @@ int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec, boo
     return open_partial_file(wire_path, create ? O_CREAT : 0, 0600, ec);
 }
 
-std::uint64_t dest_tree::seed_partial(std::string_view wire_path, std::uint64_t bytes) {
+std::uint64_t dest_tree::seed_partial(std::string_view wire_path, std::uint64_t bytes, std::string_view from) {
     std::error_code ec;
-    int in = open_final_read(wire_path, ec);
+    int in = open_final_read(from.empty() ? wire_path : from, ec);
     if (in < 0) {
         return 0;
     }

@@ -84,6 +84,16 @@ public:
     enum class verdict { remove, keep, keep_whole };
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                           std::vector<removed_entry>& removed, std::string& failed_path);
+    // The regular files under the root (wire path, size, mtime), in a stable order, at most
+    // `max` of them: what a sync may copy from locally (a renamed or copied file). Nothing
+    // is followed through a symlink, ferry's own files are left out, a folder that cannot
+    // be read is passed over, and folders nested deeper than 256 levels are an error.
+    struct file_stamp {
+        std::string path;
+        std::uint64_t size = 0;
+        std::int64_t mtime_ns = 0;
+    };
+    std::error_code list_files(std::size_t max, std::vector<file_stamp>& out, std::string& failed_path);
     // Opens the folder at `wire_path` (no symlink followed) and returns a descriptor of
     // its own, or -1 with `ec` set.
     int open_dir(std::string_view wire_path, std::error_code& ec);
@@ -105,7 +115,9 @@ public:
     // sent. Never replaces a partial file already there; copies (when it cannot reflink)
     // only while 64 MiB stay free. Returns the bytes copied; 0 (and no partial file of its
     // own left) when it did not.
-    std::uint64_t seed_partial(std::string_view wire_path, std::uint64_t bytes);
+    // `from` (if not empty) names another file of the tree to start from instead (a
+    // rename or copy detected by a sync).
+    std::uint64_t seed_partial(std::string_view wire_path, std::uint64_t bytes, std::string_view from = {});
     // Makes the partial file final: prepare_final(), then rename_final() (with `fsync_file`
     // the folder is fsynced too, so file and name are both durable).
     std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,

@@ -21,6 +21,54 @@
 
 namespace ferry {
 
+// The files under a sync's folder by size and mtime: a file new at DST with the size and
+// mtime of one already there was likely renamed or copied at SRC, so it starts as a copy
+// of that one (made in the kernel, or a reflink), and only chunks the sender finds
+// different travel. Files of resume size match on size alone too (a copy whose mtime was
+// not kept). The digests decide in every case: a wrong guess costs a local copy, never
+// a wrong byte.
+struct local_basis {
+    static constexpr std::size_t max_files = 256 * 1024;  // bounds the memory (about 25 MiB)
+    bool built = false;
+    std::vector<dest_tree::file_stamp> files;
+    std::unordered_map<std::uint64_t, std::uint32_t> by_stamp;  // stamp_key -> first such file
+    std::unordered_map<std::uint64_t, std::uint32_t> by_size;   // files of resume size and up
+
+    static std::uint64_t stamp_key(std::uint64_t size, std::int64_t mtime_ns) {
+        return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
+    }
+
+    // Lists the folder (once). A listing cut short by an error is used as far as it got:
+    // it only ever saves bytes.
+    void build(dest_tree& tree) {
+        built = true;
+        std::string failed;
+        (void)tree.list_files(max_files, files, failed);
+        for (std::uint32_t i = 0; i < files.size(); ++i) {
+            const dest_tree::file_stamp& f = files[i];
+            if (f.size == 0) {
+                continue;
+            }
+            by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i);
+            if (chunk_count(f.size) >= resume_min_chunks) {
+                by_size.try_emplace(f.size, i);
+            }
+        }
+    }
+
+    // The file to start `e` from, if any.
+    const dest_tree::file_stamp* find(const entry_info& e) const {
+        if (auto it = by_stamp.find(stamp_key(e.size, e.mtime_ns)); it != by_stamp.end()) {
+            const dest_tree::file_stamp& f = files[it->second];
+            if (f.size == e.size && f.mtime_ns == e.mtime_ns) {
+                return &f;
+            }
+        }
+        auto it = by_size.find(e.size);
+        return it == by_size.end() ? nullptr : &files[it->second];
+    }
+};
+
 namespace {
 
 // How a chunk's payload is encoded (from its Chunk header), for the worker that decodes it.
@@ -376,11 +424,18 @@ void receive_session::next_offer() {
         std::filesystem::path share_dir;
         std::string path;
     } sync;
+    std::shared_ptr<local_basis> basis;
     if (const wire::SyncTarget* t = sync_target()) {
         sync = {true, t->dry_run(), share_dir_, t->path()};
+        if (!t->dry_run()) {
+            if (!basis_) {
+                basis_ = std::make_shared<local_basis>();
+            }
+            basis = basis_;
+        }
     }
     ctx_.workers.post([self = shared_from_this(), items = std::move(items), known = std::move(known), tree, root,
-                       journals, overwrite, need, sync = std::move(sync)]() mutable {
+                       journals, overwrite, need, sync = std::move(sync), basis]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
@@ -454,7 +509,7 @@ void receive_session::next_offer() {
         // chunk comes), with what would happen to it.
         auto dry_decisions = [&] {
             for (std::size_t i = 0; i < items.size(); ++i) {
-                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i)});
+                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}});
             }
         };
         auto space_check = [&](std::uint64_t here) {
@@ -473,6 +528,35 @@ void receive_session::next_offer() {
         // Chunks this batch may offer back to the sender: their digests travel before the
         // Accept on the control connection, whose queue is bounded (32 MiB of digests).
         std::uint64_t claim_budget = std::uint64_t{2} << 20;
+        // A file new at DST that SRC may have renamed or copied from one DST has: started
+        // from that file and accepted ACCEPT_PARTIAL with its chunks' digests (the sender
+        // checks each). False when there is none to start from.
+        auto from_basis = [&](std::size_t i) {
+            const entry_info& e = items[i].e;
+            if (!basis || e.is_dir || e.size == 0 || identical[i] || exists[i] || claim_budget == 0) {
+                return false;
+            }
+            if (!basis->built) {
+                basis->build(*tree);
+            }
+            const dest_tree::file_stamp* from = basis->find(e);
+            if (from == nullptr || from->path == e.path || tree->partial_size(e.path) != 0) {
+                return false;  // nothing like it, or an earlier attempt's partial file is there
+            }
+            tree->remove_partial(e.path, false, true);  // a record without data: stale
+            if (tree->seed_partial(e.path, e.size, from->path) == 0) {
+                return false;
+            }
+            resume_found r = find_resume(*tree, e, claim_budget, nullptr, true);
+            if (!r.have) {
+                tree->remove_partial(e.path, true, true);
+                return false;
+            }
+            claim_budget -= std::min(claim_budget, r.have->count());
+            decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests),
+                                 wire::SYNC_CREATE, from->path});
+            return true;
+        };
         // Folders of the batch found missing by the check: what they hold is not there
         // either (parents come before their contents in an offer), so it is not looked
         // for, neither by the check nor after the second pass made the folder.
@@ -502,7 +586,9 @@ void receive_session::next_offer() {
                     if (!e.is_dir) {
                         // In a folder this pass has just made (from the offer, before
                         // it): nothing to look at.
-                        decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}, action(i)});
+                        if (!from_basis(i)) {
+                            decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}});
+                        }
                         continue;
                     }
                 }
@@ -526,10 +612,12 @@ void receive_session::next_offer() {
                 }
                 if (found[i].have) {
                     decisions.push_back({it.id, wire::ACCEPT_PARTIAL, std::move(found[i].have), std::move(found[i].digests),
-                                         action(i)});
+                                         action(i), {}});
+                } else if (!e.is_dir && from_basis(i)) {
+                    continue;
                 } else {
                     decisions.push_back(
-                        {it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}, action(i)});
+                        {it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}});
                 }
             }
             if (!create && error.empty()) {
@@ -566,7 +654,8 @@ void receive_session::next_offer() {
                     if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
-                        found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr);
+                        found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr,
+                                               seeded[i]);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
                         if (seeded[i]) {
                             found[i].note.clear();  // an update, not a resume: nothing to tell

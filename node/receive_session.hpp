@@ -153,6 +153,9 @@ private:
     std::filesystem::path root_;
     std::filesystem::path share_dir_;  // sync: the share's folder, once the target is open ("" otherwise)
     exclude_set excludes_;             // sync: never deleted
+    // Sync: the files already under the sync's folder, where a new path may start from (a
+    // rename or copy at SRC). Filled by the offer worker the first time it needs it.
+    std::shared_ptr<struct local_basis> basis_;
     // The sync target (the first batch's), once open_sync_target took it; null otherwise.
     const wire::SyncTarget* sync_target() const { return share_dir_.empty() ? nullptr : &*machine_.sync(); }
     // Checks a sync target (share, access, patterns) and sets root_, share_dir_ and

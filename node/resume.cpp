@@ -61,9 +61,10 @@ std::optional<known_partial> known_partials::take(const std::string& key) {
     return k;
 }
 
-resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known) {
+resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known,
+                         bool seeded) {
     resume_found out;
-    if (!resumable(e)) {
+    if (!resumable(e) && !(seeded && !e.is_dir)) {
         return out;
     }
     std::uint64_t chunks = chunk_count(e.size);

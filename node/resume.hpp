@@ -87,9 +87,10 @@ struct resume_found {
 // At most `max_claims` chunks are offered (the rest are sent again). The partial file's
 // mtime is set to now, so that it does not look abandoned while the transfer runs.
 // With `known` (from known_partials) for the same inode and source version, the chunks it
-// lists are offered without being read.
+// lists are offered without being read. `seeded`: a partial file this attempt has just
+// started from another version (dest_tree::seed_partial), offered whatever the file's size.
 resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX,
-                         const known_partial* known = nullptr);
+                         const known_partial* known = nullptr, bool seeded = false);
 
 // True for the names of partial files and resume records (dest_tree::partial_name,
 // resume_name, and a record's temporary "~" name).

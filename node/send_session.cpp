@@ -307,8 +307,12 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 return;
             }
             if (std::uint32_t id = header.file_result().file_id(); id < machine_.total_files()) {
-                file_events_.done(ctx_.events.file, file_id{id}, machine_.entry(file_id{id}), false,
-                                  machine_.action(file_id{id}));
+                file_id f{id};
+                std::string_view from = machine_.basis(f);
+                if (from.empty() || !machine_.sent_nothing(f) || offered(from)) {
+                    from = {};  // sent (in part), or a copy of a file SRC still has
+                }
+                file_events_.done(ctx_.events.file, f, machine_.entry(f), false, machine_.action(f), from);
             }
             return;
         case wire::Header::kDeleted:
@@ -353,6 +357,16 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
 }
 
 void send_session::on_send_ready(connection& c) { pump(c.index); }
+
+bool send_session::offered(std::string_view path) {
+    if (offered_paths_.empty()) {
+        offered_paths_.reserve(machine_.total_files());
+        for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
+            offered_paths_.insert(machine_.entry(file_id{i}).path);
+        }
+    }
+    return offered_paths_.contains(path);
+}
 
 void send_session::pump_all() {
     for (std::uint32_t i = 0; i < conns_.size(); ++i) {

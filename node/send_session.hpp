@@ -181,6 +181,8 @@ private:
     // `retryable`: see transfer_report::retryable.
     void fail(exit_code code, const std::string& message, bool tell_peer = true, bool retryable = false);
     void finish(bool ok, exit_code code, const std::string& error);
+    // Whether `path` is one of the transfer's entries (looked up in a set built on first use).
+    bool offered(std::string_view path);
 
     node_context& ctx_;
     source_tree sources_;  // its entries are moved into machine_: locals and totals stay here
@@ -196,6 +198,7 @@ private:
     std::string peer_key_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     file_reporter file_events_{"send", session_id_};
+    std::unordered_set<std::string_view> offered_paths_;  // views into machine_'s entries (offered())
     std::uint64_t deleted_files_ = 0;  // sync: as the receiver reported them (Deleted)
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t regular_files_ = 0;

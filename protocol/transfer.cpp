@@ -141,6 +141,7 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             if (it != have_digests_.end()) {
                 have_digests_.erase(it);
             }
+            f.basis = fa.basis();
         } else if (fa.kind() != wire::ACCEPT_ALL) {
             return protocol_errc::unexpected_message;
         }
@@ -494,6 +495,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             }
             f.implicit_done = false;
             fa->set_have(f.have.to_bytes());
+            fa->set_basis(d.basis);
         } else {
             fa->set_kind(wire::ACCEPT_ALL);
         }

@@ -144,6 +144,13 @@ public:
     wire::SyncAction action(file_id f) const { return files_.at(f.value).action; }
     // The receiver accepted the file ACCEPT_PARTIAL, claiming some of its chunks.
     bool resumed(file_id f) const { return !files_.at(f.value).theirs.empty(); }
+    // Sync: the receiver's own file it started this one from (FileAccept.basis; "" when
+    // none), and whether the receiver had every chunk, so that no byte of it was sent.
+    const std::string& basis(file_id f) const { return files_.at(f.value).basis; }
+    bool sent_nothing(file_id f) const {
+        const file_state& s = files_.at(f.value);
+        return s.have && s.have->count() == s.chunks && s.resend_bits.size() == 0;
+    }
     const std::string& failure() const { return failure_; }
 
 private:
@@ -151,6 +158,7 @@ private:
         bool accepted = false;
         bool result = false;
         wire::SyncAction action = wire::SYNC_NONE;
+        std::string basis;
         std::uint64_t chunks = 0;
         std::uint64_t next = 0;         // scheduling cursor
         std::uint64_t hashed = 0;       // digests known
@@ -213,6 +221,7 @@ public:
         std::optional<chunk_bitmap> have;
         std::vector<digest128> have_digests;  // PARTIAL: digests of the chunks it has
         wire::SyncAction action = wire::SYNC_NONE;  // sync: what happens to the file (told to the sender)
+        std::string basis;  // PARTIAL: the receiver's own file it started from (FileAccept.basis)
     };
     wire::Accept accept(const std::vector<decision>& decisions);
 

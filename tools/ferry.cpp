@@ -941,22 +941,28 @@ struct sync_run {
     bool verbose = false;
     std::uint64_t created = 0;
     std::uint64_t updated = 0;
+    std::uint64_t renamed = 0;
     std::uint64_t unchanged = 0;
-    void reset_counts() { created = updated = unchanged = 0; }
+    void reset_counts() { created = updated = renamed = unchanged = 0; }
 };
 
-// One sync event: a file created, updated or skipped, or a path deleted (or, in a dry
-// run, what would happen to it): a JSON line, and with -v an itemized line.
+// One sync event: a file created, updated, renamed (`from` another path at DST) or
+// skipped, or a path deleted (or, in a dry run, what would happen to it): a JSON line, and
+// with -v an itemized line.
 void sync_event(const common_opts& o, sync_run& run, const char* what, std::string_view path, std::uint64_t size,
-                const char* kind) {
+                const char* kind, std::string_view from = {}) {
     if (o.json) {
         json j{{"event", what}, {"path", std::string(path)}, {"kind", kind}};
         if (std::string_view(kind) == "file" && std::string_view(what) != "deleted") {
             j["size"] = size;
         }
+        if (!from.empty()) {
+            j["from"] = std::string(from);
+        }
         emit(o, std::move(j), false);
     } else if (run.verbose && std::string_view(what) != "skipped") {
-        say(fmt::format("{:<8} {}{}", what, ferry::printable(path), std::string_view(kind) == "dir" ? "/" : ""));
+        say(fmt::format("{:<8} {}{}{}", what, ferry::printable(path), std::string_view(kind) == "dir" ? "/" : "",
+                        from.empty() ? "" : " (from " + ferry::printable(from) + ")"));
     }
 }
 
@@ -1045,9 +1051,9 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
         say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
                         run.created, run.updated, run.unchanged, deleted));
     } else {
-        say(fmt::format("synced {} file(s): {} created, {} updated, {} unchanged, {} path(s) deleted; {} sent in {:.2f} s "
-                        "({:.1f} MB/s confirmed, {} connections)",
-                        files, run.created, run.updated, run.unchanged, deleted, human_bytes(r.payload_bytes),
+        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} sent "
+                        "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
+                        files, run.created, run.updated, run.renamed, run.unchanged, deleted, human_bytes(r.payload_bytes),
                         r.elapsed_s, mbps(r), r.connections) +
             compression_note(r));
     }
@@ -1061,6 +1067,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
              {"excluded", sources.excluded},
              {"created", run.created},
              {"updated", run.updated},
+             {"renamed", run.renamed},
              {"skipped", run.unchanged},
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
@@ -1102,7 +1109,10 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                     return;
                 }
                 const char* what = "skipped";
-                if (f.action == wire::SYNC_CREATE) {
+                if (!f.renamed_from.empty()) {
+                    what = "renamed";
+                    ++sync->renamed;
+                } else if (f.action == wire::SYNC_CREATE) {
                     what = "created";
                     ++sync->created;
                 } else if (f.action == wire::SYNC_UPDATE) {
@@ -1111,13 +1121,13 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                 } else {
                     ++sync->unchanged;
                 }
-                sync_event(o, *sync, what, f.path, f.size, "file");
+                sync_event(o, *sync, what, f.path, f.size, "file", f.renamed_from);
             };
             ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
                               std::uint64_t files) {
                 say(human_bytes(bytes) + " of " + std::to_string(files) +
-                    " changed file(s) are already at the receiver (an older version, or what an interrupted "
-                    "attempt left); only the chunks that differ are sent");
+                    " changed file(s) are already at the receiver (an older version, a renamed or copied "
+                    "file, or what an interrupted attempt left); only the chunks that differ are sent");
                 emit(o, resumed_event(direction, session, bytes, files));
             };
             ev.deleted = [&o, sync](std::string_view path, bool is_dir) {
@@ -1364,7 +1374,7 @@ int main(int argc, char** argv) {
     add_send_flags(sync, sync_so);
     sync->add_flag("--delete", sy.delete_, "remove files and folders at DST that are not in SRC (never excluded ones)");
     sync->add_flag("--dry-run,-n", sy.dry_run, "print what would change, change nothing");
-    sync->add_flag("--verbose,-v", sy.verbose, "one line per file created or updated and per path deleted");
+    sync->add_flag("--verbose,-v", sy.verbose, "one line per file created, updated or renamed and per path deleted");
     sync->add_option("--exclude", sy.exclude, "leave out paths matching PATTERN (gitignore-style; repeatable)")
         ->type_name("PATTERN");
     sync->add_option("--exclude-from", sy.exclude_from, "read exclude patterns from FILE, one per line")

@@ -146,6 +146,70 @@ TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not_sent_again) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(src / "big.bin", 5 * chunk + 17, 11);
+    for (int i = 0; i < 20; ++i) {
+        write_random_file(src / "d1" / ("f" + std::to_string(i)), 4096 + i, 100 + i);
+    }
+    ASSERT_EQ(sync({}).code, 0);
+
+    fs::create_directories(src / "moved");
+    fs::rename(src / "big.bin", src / "moved/big.bin");  // into a folder DST does not have yet
+    fs::rename(src / "d1", src / "d2");
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    paths renamed = paths_of(ev, "renamed");
+    ASSERT_EQ(renamed.size(), 21u);
+    EXPECT_EQ(renamed.front(), "d2/f0");
+    EXPECT_EQ(renamed.back(), "moved/big.bin");
+    for (const auto& e : ev) {
+        if (e["event"] == "renamed" && e["path"] == "moved/big.bin") {
+            EXPECT_EQ(e["from"], "big.bin");
+        }
+    }
+    EXPECT_TRUE(paths_of(ev, "created").empty());
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["renamed"], 21);
+    EXPECT_EQ(done["bytes_transferred"], 0);
+    EXPECT_EQ(done["deleted_files"], 21);  // the old names
+    EXPECT_EQ(done["deleted_dirs"], 1);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
+TEST_F(sync_push, a_new_file_that_only_looks_like_one_at_dst_is_sent_whole) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(src / "old.bin", 4 * chunk, 1);
+    write_random_file(src / "small", 9000, 2);
+    set_mtime(src / "old.bin", 1'500'000'000);
+    set_mtime(src / "small", 1'500'000'000);
+    ASSERT_EQ(sync({}).code, 0);
+
+    // Same sizes and mtimes, other bytes (one chunk of the big one is the same).
+    write_random_file(src / "new.bin", 4 * chunk, 3);
+    {
+        std::ifstream in(src / "old.bin", std::ios::binary);
+        std::string first(chunk, '\0');
+        in.read(first.data(), chunk);
+        std::fstream f(src / "new.bin", std::ios::in | std::ios::out | std::ios::binary);
+        f.write(first.data(), chunk);
+    }
+    write_random_file(src / "small2", 9000, 4);
+    set_mtime(src / "new.bin", 1'500'000'000);
+    set_mtime(src / "small2", 1'500'000'000);
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"new.bin", "small2"}));
+    EXPECT_TRUE(paths_of(ev, "renamed").empty());
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], 3 * chunk + 9000);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, delete_removes_what_src_lacks_but_never_what_is_excluded) {
     serve();
     write_text_file(src / "keep.txt", "k\n");

@@ -505,6 +505,41 @@ TEST_F(DestTree, PruneStopsAtTheFirstErrorAndNamesThePath) {
     EXPECT_TRUE(fs::exists(root() / "locked/f"));
 }
 
+TEST_F(DestTree, ListFilesGivesRegularFilesWithSizeAndMtimeButNothingBehindASymlink) {
+    write_text(root() / "a", "12345");
+    fs::create_directories(root() / "d/e");
+    write_text(root() / "d/e/b", "xy");
+    write_text(root() / ("d/" + dest_tree::partial_name("c")), "partial");
+    write_text(outside_ / "secret", "s");
+    fs::create_symlink(outside_.path(), root() / "d/link-to-dir");
+    fs::create_symlink(outside_ / "secret", root() / "link-to-file");
+    struct timespec t[2] = {{0, UTIME_OMIT}, {1'500'000'000, 42}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (root() / "a").c_str(), t, 0), 0);
+
+    std::vector<dest_tree::file_stamp> files;
+    std::string where;
+    ASSERT_EQ(tree_.list_files(100, files, where), std::error_code{});
+    ASSERT_EQ(files.size(), 2u);
+    EXPECT_EQ(files[0].path, "a");
+    EXPECT_EQ(files[0].size, 5u);
+    EXPECT_EQ(files[0].mtime_ns, 1'500'000'000'000'000'042);
+    EXPECT_EQ(files[1].path, "d/e/b");
+    EXPECT_EQ(files[1].size, 2u);
+
+    files.clear();
+    ASSERT_EQ(tree_.list_files(1, files, where), std::error_code{});
+    EXPECT_EQ(files.size(), 1u);  // the bound
+}
+
+TEST_F(DestTree, SeedPartialFromAnotherFileCopiesItsBytes) {
+    write_text(root() / "old", "the old name's bytes");
+    EXPECT_EQ(tree_.seed_partial("sub/new", 20, "old"), 20u);
+    EXPECT_EQ(read_text(root() / ("sub/" + dest_tree::partial_name("new"))), "the old name's bytes");
+    EXPECT_EQ(read_text(root() / "old"), "the old name's bytes");
+    EXPECT_EQ(tree_.seed_partial("other", 5, "missing"), 0u);
+    EXPECT_FALSE(fs::exists(root() / dest_tree::partial_name("other")));
+}
+
 TEST_F(DestTree, CheckFileTellsWhetherAFileIsThere) {
     write_text(root() / "here", "x");
     bool identical = true;
