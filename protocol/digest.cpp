@@ -3,6 +3,7 @@
 #include "protocol/le_bytes.hpp"
 
 #if FERRY_XXH_DISPATCH
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
 #else
@@ -20,6 +21,19 @@ digest128 hash_chunk(std::span<const std::uint8_t> bytes) {
 #else
     XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
 #endif
+    return {h.low64, h.high64};
+}
+
+digest128 hash_parts(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail) {
+    if (tail.empty()) {
+        return hash_chunk(head);
+    }
+    XXH3_state_t state;
+    XXH3_INITSTATE(&state);
+    XXH3_128bits_reset(&state);
+    XXH3_128bits_update(&state, head.data(), head.size());
+    XXH3_128bits_update(&state, tail.data(), tail.size());
+    XXH128_hash_t h = XXH3_128bits_digest(&state);
     return {h.low64, h.high64};
 }
 

@@ -11,6 +11,8 @@
 namespace ferry {
 
 digest128 hash_chunk(std::span<const std::uint8_t> bytes);
+// hash_chunk of `head` followed by `tail` (a window that spans two buffers).
+digest128 hash_parts(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail);
 
 // Digest of a whole file from its chunk digests (index order). An empty file has the
 // digest of the empty list.

@@ -1,0 +1,240 @@
+#include "protocol/delta.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+
+#include "protocol/digest.hpp"
+#include "protocol/le_bytes.hpp"
+
+namespace ferry {
+
+void rolling_sum::reset(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail) {
+    a_ = 0;
+    b_ = 0;
+    n_ = static_cast<std::uint32_t>(head.size() + tail.size());
+    // b = sum of (n - k) * x_k: each byte adds a into b once per byte that follows it, and
+    // once for itself.
+    for (std::span<const std::uint8_t> part : {head, tail}) {
+        for (std::uint8_t x : part) {
+            a_ += x;
+            b_ += a_;
+        }
+    }
+}
+
+std::uint32_t weak_sum(std::span<const std::uint8_t> block) {
+    rolling_sum s;
+    s.reset(block);
+    return s.value();
+}
+
+namespace {
+
+bool strong_less(const digest128& x, const digest128& y) { return std::tie(x.hi, x.lo) < std::tie(y.hi, y.lo); }
+
+}  // namespace
+
+block_index::block_index(std::vector<basis_block> blocks) : blocks_(std::move(blocks)), filter_(filter_mask + 1, 0) {
+    std::stable_sort(blocks_.begin(), blocks_.end(),
+                     [](const basis_block& x, const basis_block& y) { return x.weak < y.weak; });
+    by_strong_.resize(blocks_.size());
+    for (std::uint32_t i = 0; i < blocks_.size(); ++i) {
+        std::uint32_t w = blocks_[i].weak;
+        filter_[w >> 6 & filter_mask] |= std::uint64_t{1} << (w & 63);
+        by_strong_[i] = i;
+    }
+    std::stable_sort(by_strong_.begin(), by_strong_.end(), [this](std::uint32_t x, std::uint32_t y) {
+        return strong_less(blocks_[x].strong, blocks_[y].strong);
+    });
+}
+
+std::span<const basis_block> block_index::with_weak(std::uint32_t weak) const {
+    auto [lo, hi] = std::equal_range(blocks_.begin(), blocks_.end(), basis_block{weak, {}, 0},
+                                     [](const basis_block& x, const basis_block& y) { return x.weak < y.weak; });
+    return {lo, hi};
+}
+
+const basis_block* block_index::with_strong(const digest128& strong) const {
+    auto it = std::lower_bound(by_strong_.begin(), by_strong_.end(), strong,
+                               [this](std::uint32_t i, const digest128& d) { return strong_less(blocks_[i].strong, d); });
+    return it != by_strong_.end() && blocks_[*it].strong == strong ? &blocks_[*it] : nullptr;
+}
+
+bool delta_matcher::try_match(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail) {
+    std::uint32_t w = sum_.value();
+    if (!index_.maybe(w)) {
+        return false;
+    }
+    std::span<const basis_block> candidates = index_.with_weak(w);
+    if (candidates.empty()) {
+        return false;
+    }
+    digest128 strong = hash_parts(head, tail);
+    for (const basis_block& b : candidates) {
+        if (b.strong == strong) {
+            matches_.push_back({p_, b.offset});
+            return true;
+        }
+    }
+    return false;
+}
+
+void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& digest) {
+    constexpr std::uint64_t block = chunk_size;
+    const std::uint64_t base = k_ * block;          // this chunk's offset in the file
+    const std::uint64_t end = base + chunk.size();  // bytes known so far
+    const std::span<const std::uint8_t> prev(prev_);
+    bool examined = false;  // the window at p_ was looked at and matched nothing
+    while (!index_.empty() && p_ + block <= end) {
+        if (p_ == base) {
+            // The window is this chunk exactly: its digest is known, no weak sum needed.
+            if (const basis_block* b = index_.with_strong(digest)) {
+                matches_.push_back({p_, b->offset});
+                p_ += block;
+                fresh_ = true;
+                continue;
+            }
+            break;  // sliding on needs the next chunk
+        }
+        // p_ is in the previous chunk: the window is prev_[o..] then chunk[..o], and
+        // sliding it one byte drops prev_[o] and takes chunk[o].
+        std::size_t o = p_ - (base - block);
+        if (fresh_) {
+            sum_.reset(prev.subspan(o), chunk.first(o));
+            fresh_ = false;
+            examined = false;
+        }
+        std::size_t limit = chunk.size();  // chunk[o] must exist to slide
+        bool matched = false;
+        for (;;) {
+            if (!examined && try_match(prev.subspan(o), chunk.first(o))) {
+                matched = true;
+                break;
+            }
+            if (o >= limit) {
+                break;
+            }
+            sum_.roll(prev[o], chunk[o]);
+            ++o;
+            ++rolled_;
+            ++p_;
+            examined = false;
+        }
+        if (!matched) {
+            break;  // the window reached the end of what is known
+        }
+        p_ += block;
+        fresh_ = true;
+    }
+    if (chunk.size() == block) {
+        prev_.assign(chunk.begin(), chunk.end());
+    }
+    ++k_;
+}
+
+std::vector<delta_op> chunk_ops(std::span<const block_match> matches, std::uint64_t chunk_offset,
+                                std::uint32_t chunk_len) {
+    constexpr std::uint64_t block = chunk_size;
+    std::vector<delta_op> ops;
+    const std::uint64_t end = chunk_offset + chunk_len;
+    std::uint64_t pos = chunk_offset;
+    auto it = std::upper_bound(matches.begin(), matches.end(), chunk_offset,
+                               [](std::uint64_t off, const block_match& m) { return off < m.at + block; });
+    for (; it != matches.end() && it->at < end; ++it) {
+        std::uint64_t from = std::max(it->at, chunk_offset);
+        std::uint64_t to = std::min(it->at + block, end);
+        if (from > pos) {
+            ops.push_back({static_cast<std::uint32_t>(from - pos), false, 0});
+        }
+        std::uint64_t basis = it->basis_offset + (from - it->at);
+        if (!ops.empty() && ops.back().copy && ops.back().basis_offset + ops.back().length == basis) {
+            ops.back().length += static_cast<std::uint32_t>(to - from);
+        } else {
+            ops.push_back({static_cast<std::uint32_t>(to - from), true, basis});
+        }
+        pos = to;
+    }
+    if (pos < end) {
+        ops.push_back({static_cast<std::uint32_t>(end - pos), false, 0});
+    }
+    return ops;
+}
+
+std::uint64_t copied_bytes(std::span<const delta_op> ops) {
+    std::uint64_t n = 0;
+    for (const delta_op& op : ops) {
+        n += op.copy ? op.length : 0;
+    }
+    return n;
+}
+
+std::size_t encode_delta(std::span<const delta_op> ops, std::span<const std::uint8_t> chunk, std::uint8_t* out,
+                         std::size_t cap) {
+    std::size_t n = 0;
+    std::size_t at = 0;  // where the op's bytes are in the chunk
+    std::uint8_t head[12];
+    for (const delta_op& op : ops) {
+        std::size_t need = op.copy ? 12 : 4 + std::size_t{op.length};
+        if (op.length == 0 || at + op.length > chunk.size() || n + need > cap) {
+            return 0;
+        }
+        std::uint64_t word = std::uint64_t{op.length} << 1 | (op.copy ? 1 : 0);
+        for (int i = 0; i < 4; ++i) {
+            head[i] = static_cast<std::uint8_t>(word >> (8 * i));
+        }
+        for (int i = 0; i < 8; ++i) {
+            head[4 + i] = static_cast<std::uint8_t>(op.basis_offset >> (8 * i));
+        }
+        std::memcpy(out + n, head, op.copy ? 12 : 4);
+        if (!op.copy) {
+            std::memcpy(out + n + 4, chunk.data() + at, op.length);
+        }
+        n += need;
+        at += op.length;
+    }
+    return at == chunk.size() ? n : 0;
+}
+
+bool decode_delta(std::span<const std::uint8_t> payload, std::uint32_t raw_len, std::uint64_t basis_size,
+                  std::vector<delta_piece>& out) {
+    out.clear();
+    std::size_t n = 0;
+    std::uint64_t at = 0;
+    while (n < payload.size()) {
+        if (payload.size() - n < 4) {
+            return false;
+        }
+        std::uint64_t word = get_le(payload.data() + n, 4);
+        n += 4;
+        delta_piece piece;
+        piece.copy = (word & 1) != 0;
+        std::uint64_t length = word >> 1;
+        if (length == 0 || length > raw_len - at) {
+            return false;
+        }
+        piece.at = static_cast<std::uint32_t>(at);
+        piece.length = static_cast<std::uint32_t>(length);
+        if (piece.copy) {
+            if (payload.size() - n < 8) {
+                return false;
+            }
+            piece.basis_offset = get_le(payload.data() + n, 8);
+            n += 8;
+            if (piece.basis_offset > basis_size || length > basis_size - piece.basis_offset) {
+                return false;
+            }
+        } else {
+            if (payload.size() - n < length) {
+                return false;
+            }
+            piece.literal_at = static_cast<std::uint32_t>(n);
+            n += length;
+        }
+        at += length;
+        out.push_back(piece);
+    }
+    return at == raw_len;
+}
+
+}  // namespace ferry

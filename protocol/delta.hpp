@@ -1,0 +1,142 @@
+// Rolling block delta (rsync's algorithm on chunk_size blocks). Pure computation.
+//
+// The receiver describes the version of a file it has (the basis) by one weak, rolling
+// sum and one strong digest (XXH3-128) per chunk_size block. The sender slides a window of
+// chunk_size bytes over its own version, one byte at a time where nothing matches, and
+// finds those blocks at any offset: a byte inserted near the start shifts every block,
+// and each is still found one byte further on. A chunk of the new file is then sent as
+// copies of basis bytes and literal bytes (CODEC_DELTA), and the receiver rebuilds it from
+// its basis file and checks the chunk's digest as for any chunk.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "protocol/types.hpp"
+
+namespace ferry {
+
+// The weak sum of a window: Adler-style a = sum of x_k, b = sum of (n - k) * x_k (mod
+// 2^32), mixed into 32 bits. Sliding it one byte costs a few additions.
+class rolling_sum {
+public:
+    // Over the window `head` then `tail` (a window that spans two buffers).
+    void reset(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail = {});
+    // Slides the window one byte: `out` leaves at its start, `in` enters at its end.
+    void roll(std::uint8_t out, std::uint8_t in) {
+        a_ += static_cast<std::uint32_t>(in) - out;
+        b_ += a_ - n_ * out;
+    }
+    std::uint32_t value() const {
+        std::uint64_t v = (std::uint64_t{a_} << 32 | b_) * 0x9E3779B97F4A7C15ull;
+        return static_cast<std::uint32_t>(v >> 32);
+    }
+
+private:
+    std::uint32_t a_ = 0;
+    std::uint32_t b_ = 0;
+    std::uint32_t n_ = 0;
+};
+
+std::uint32_t weak_sum(std::span<const std::uint8_t> block);
+
+// One full block (chunk_size bytes) of the basis, at `offset` in it.
+struct basis_block {
+    std::uint32_t weak = 0;
+    digest128 strong;
+    std::uint64_t offset = 0;
+};
+
+// The basis blocks looked up by weak sum (behind a bit filter, since most windows match
+// nothing) and by strong digest.
+class block_index {
+public:
+    explicit block_index(std::vector<basis_block> blocks);
+    bool empty() const { return blocks_.empty(); }
+    bool maybe(std::uint32_t weak) const { return (filter_[weak >> 6 & filter_mask] >> (weak & 63)) & 1; }
+    // The blocks with this weak sum.
+    std::span<const basis_block> with_weak(std::uint32_t weak) const;
+    // A block with this strong digest, or null.
+    const basis_block* with_strong(const digest128& strong) const;
+
+private:
+    static constexpr std::uint32_t filter_mask = (1u << 14) - 1;  // 2^20 bits
+    std::vector<basis_block> blocks_;                              // by weak sum
+    std::vector<std::uint64_t> filter_;
+    std::vector<std::uint32_t> by_strong_;  // indexes into blocks_, by strong digest
+};
+
+// A basis block found in the new file: new[at, at + chunk_size) = basis[basis_offset, ...).
+struct block_match {
+    std::uint64_t at = 0;
+    std::uint64_t basis_offset = 0;
+};
+
+// Finds basis blocks in a file fed to it chunk by chunk, in order. Holds one chunk of
+// its own (the window spans the previous chunk and the current one).
+class delta_matcher {
+public:
+    explicit delta_matcher(const block_index& index) : index_(index) {}
+    // The file's next chunk (chunk_size bytes, the last one possibly fewer) and its
+    // XXH3-128: a chunk equal to a basis block is found without rolling.
+    void feed(std::span<const std::uint8_t> chunk, const digest128& digest);
+    // The blocks found, by position, never overlapping.
+    const std::vector<block_match>& matches() const { return matches_; }
+    // Bytes the window slid over one at a time (what found nothing at once).
+    std::uint64_t rolled_bytes() const { return rolled_; }
+
+private:
+    // The window at p_ as two spans: the part in prev_ and the part in the current chunk.
+    bool try_match(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail);
+
+    const block_index& index_;
+    std::vector<std::uint8_t> prev_;  // the previous chunk (full)
+    std::uint64_t k_ = 0;             // index of the chunk being fed
+    std::uint64_t p_ = 0;             // next window start to look at
+    bool fresh_ = true;               // the rolling sum is not the window at p_
+    rolling_sum sum_;
+    std::uint64_t rolled_ = 0;
+    std::vector<block_match> matches_;
+};
+
+// One step of rebuilding a chunk: `length` bytes copied from the basis at
+// `basis_offset`, or `length` literal bytes.
+struct delta_op {
+    std::uint32_t length = 0;
+    bool copy = false;
+    std::uint64_t basis_offset = 0;
+};
+
+// The ops that make the chunk at `chunk_offset` (`chunk_len` bytes) from `matches`: a copy
+// where a match covers it (copies of contiguous basis bytes merged), literals between.
+std::vector<delta_op> chunk_ops(std::span<const block_match> matches, std::uint64_t chunk_offset,
+                                std::uint32_t chunk_len);
+// Bytes of the chunk those ops copy.
+std::uint64_t copied_bytes(std::span<const delta_op> ops);
+
+// The CODEC_DELTA payload: per op a 32-bit little-endian (length << 1 | copy), then for a
+// copy the 64-bit basis offset, for a literal its bytes (taken from `chunk`, the chunk's
+// raw bytes). Writes at most `cap` bytes into `out`; returns the size, or 0 when it would
+// not fit.
+std::size_t encode_delta(std::span<const delta_op> ops, std::span<const std::uint8_t> chunk, std::uint8_t* out,
+                         std::size_t cap);
+
+// A decoded op: where its bytes go in the chunk and, for a literal, where they are in the
+// payload.
+struct delta_piece {
+    std::uint32_t at = 0;
+    std::uint32_t length = 0;
+    bool copy = false;
+    std::uint64_t basis_offset = 0;  // copy
+    std::uint32_t literal_at = 0;    // literal: offset in the payload
+};
+
+// Parses a CODEC_DELTA payload for a chunk of `raw_len` bytes from a basis of `basis_size`
+// bytes. False (with `out` unspecified) when it is malformed: ops of length 0, lengths
+// that do not add up to raw_len, a truncated op or literal, bytes after the last op, or a
+// copy reaching past the basis.
+bool decode_delta(std::span<const std::uint8_t> payload, std::uint32_t raw_len, std::uint64_t basis_size,
+                  std::vector<delta_piece>& out);
+
+}  // namespace ferry

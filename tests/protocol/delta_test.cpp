@@ -1,0 +1,185 @@
+// Rolling block delta: the weak sum slides exactly, the matcher finds basis blocks at any
+// offset (insertions, deletions, edits in place), the ops of each chunk rebuild it from
+// the basis, and malformed delta payloads are refused.
+#include "protocol/delta.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "protocol/digest.hpp"
+
+namespace ferry {
+namespace {
+
+using bytes = std::vector<std::uint8_t>;
+constexpr std::uint64_t B = chunk_size;
+
+bytes random_bytes(std::size_t n, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    bytes out(n);
+    for (auto& b : out) {
+        b = static_cast<std::uint8_t>(rng());
+    }
+    return out;
+}
+
+// The basis's full blocks as the receiver describes them.
+block_index index_of(const bytes& basis) {
+    std::vector<basis_block> blocks;
+    for (std::uint64_t off = 0; off + B <= basis.size(); off += B) {
+        std::span<const std::uint8_t> b(basis.data() + off, B);
+        blocks.push_back({weak_sum(b), hash_chunk(b), off});
+    }
+    return block_index(std::move(blocks));
+}
+
+struct delta_result {
+    std::vector<block_match> matches;
+    std::uint64_t copied = 0;    // bytes the ops copy from the basis
+    std::uint64_t literal = 0;   // bytes they send
+    std::uint64_t rolled = 0;
+};
+
+// Runs the sender's side over `file` against `basis`, encodes and decodes every chunk's
+// ops, rebuilds each chunk from the basis and the payload, and checks it is the chunk.
+delta_result run(const bytes& basis, const bytes& file) {
+    block_index index = index_of(basis);
+    delta_matcher m(index);
+    for (std::uint64_t off = 0; off < file.size(); off += B) {
+        std::span<const std::uint8_t> c(file.data() + off, std::min<std::uint64_t>(B, file.size() - off));
+        m.feed(c, hash_chunk(c));
+    }
+    delta_result r;
+    r.matches = m.matches();
+    r.rolled = m.rolled_bytes();
+    for (std::uint64_t off = 0; off < file.size(); off += B) {
+        auto len = static_cast<std::uint32_t>(std::min<std::uint64_t>(B, file.size() - off));
+        std::span<const std::uint8_t> c(file.data() + off, len);
+        std::vector<delta_op> ops = chunk_ops(r.matches, off, len);
+        r.copied += copied_bytes(ops);
+        r.literal += len - copied_bytes(ops);
+        bytes payload(2 * B);
+        std::size_t n = encode_delta(ops, c, payload.data(), payload.size());
+        EXPECT_GT(n, 0u);
+        payload.resize(n);
+        std::vector<delta_piece> pieces;
+        EXPECT_TRUE(decode_delta(payload, len, basis.size(), pieces));
+        bytes rebuilt(len);
+        for (const delta_piece& p : pieces) {
+            const std::uint8_t* from = p.copy ? basis.data() + p.basis_offset : payload.data() + p.literal_at;
+            std::memcpy(rebuilt.data() + p.at, from, p.length);
+        }
+        EXPECT_TRUE(std::equal(rebuilt.begin(), rebuilt.end(), c.begin())) << "chunk at " << off;
+    }
+    return r;
+}
+
+TEST(RollingSum, SlidingIsTheSumOfTheShiftedWindow) {
+    bytes data = random_bytes(5000, 1);
+    constexpr std::size_t n = 1024;
+    rolling_sum s;
+    s.reset(std::span(data).first(n));
+    for (std::size_t p = 0; p + n < data.size(); ++p) {
+        s.roll(data[p], data[p + n]);
+        ASSERT_EQ(s.value(), weak_sum(std::span(data).subspan(p + 1, n))) << p;
+    }
+    rolling_sum split;
+    split.reset(std::span(data).subspan(10, 100), std::span(data).subspan(110, n - 100));
+    EXPECT_EQ(split.value(), weak_sum(std::span(data).subspan(10, n)));
+}
+
+TEST(HashParts, IsTheHashOfTheConcatenation) {
+    bytes data = random_bytes(B, 2);
+    for (std::size_t cut : {std::size_t{0}, std::size_t{1}, std::size_t{4096}, B - 1, B}) {
+        EXPECT_EQ(hash_parts(std::span(data).first(cut), std::span(data).subspan(cut)), hash_chunk(data)) << cut;
+    }
+}
+
+TEST(DeltaMatcher, AByteInsertedAtTheStartShiftsEveryBlockAndEachIsFound) {
+    bytes basis = random_bytes(8 * B + 1000, 3);
+    bytes file = basis;
+    file.insert(file.begin(), 0x42);
+    delta_result r = run(basis, file);
+    ASSERT_EQ(r.matches.size(), 8u);
+    for (std::size_t j = 0; j < 8; ++j) {
+        EXPECT_EQ(r.matches[j].at, j * B + 1);
+        EXPECT_EQ(r.matches[j].basis_offset, j * B);
+    }
+    EXPECT_EQ(r.copied, 8 * B);
+    EXPECT_EQ(r.literal, 1 + 1000u);  // the new byte, and the basis's short last block
+    EXPECT_LT(r.rolled, 10u);
+}
+
+TEST(DeltaMatcher, BytesRemovedInTheMiddleCostOnlyTheBlockTheyWereIn) {
+    bytes basis = random_bytes(10 * B, 4);
+    bytes file = basis;
+    file.erase(file.begin() + 3 * B + 500, file.begin() + 3 * B + 600);
+    delta_result r = run(basis, file);
+    EXPECT_EQ(r.matches.size(), 9u);  // every block but the one cut
+    EXPECT_EQ(r.copied, 9 * B);
+    EXPECT_EQ(r.literal, B - 100);
+}
+
+TEST(DeltaMatcher, AnEditInPlaceMatchesEveryOtherBlockWhereItIs) {
+    bytes basis = random_bytes(6 * B + 77, 5);
+    bytes file = basis;
+    std::memset(file.data() + 2 * B + 10, 0, 5000);
+    delta_result r = run(basis, file);
+    ASSERT_EQ(r.matches.size(), 5u);
+    for (const block_match& m : r.matches) {
+        EXPECT_EQ(m.at, m.basis_offset);
+        EXPECT_EQ(m.at % B, 0u);
+    }
+    EXPECT_EQ(r.literal, B + 77);
+}
+
+TEST(DeltaMatcher, MovedBlocksAreFoundAndUnrelatedDataMatchesNothing) {
+    bytes basis = random_bytes(4 * B, 6);
+    bytes file(basis.begin() + 2 * B, basis.end());      // the second half first
+    file.insert(file.end(), basis.begin(), basis.begin() + 2 * B);
+    delta_result r = run(basis, file);
+    EXPECT_EQ(r.copied, 4 * B);
+    EXPECT_EQ(r.literal, 0u);
+
+    delta_result none = run(basis, random_bytes(3 * B + 5, 7));
+    EXPECT_TRUE(none.matches.empty());
+    EXPECT_EQ(none.literal, 3 * B + 5);
+}
+
+TEST(ChunkOps, AdjacentCopiesOfContiguousBasisBytesMerge) {
+    std::vector<block_match> matches{{1, 0}, {B + 1, B}};
+    std::vector<delta_op> ops = chunk_ops(matches, B, static_cast<std::uint32_t>(B));
+    ASSERT_EQ(ops.size(), 1u);
+    EXPECT_TRUE(ops[0].copy);
+    EXPECT_EQ(ops[0].basis_offset, B - 1);
+    EXPECT_EQ(ops[0].length, B);
+}
+
+TEST(DecodeDelta, RefusesMalformedPayloads) {
+    bytes chunk = random_bytes(100, 8);
+    std::vector<delta_op> ops{{40, false, 0}, {60, true, 1000}};
+    bytes payload(200);
+    payload.resize(encode_delta(ops, chunk, payload.data(), payload.size()));
+    ASSERT_EQ(payload.size(), 4u + 40 + 12);
+    std::vector<delta_piece> pieces;
+    ASSERT_TRUE(decode_delta(payload, 100, 1060, pieces));
+    EXPECT_EQ(pieces.size(), 2u);
+    EXPECT_FALSE(decode_delta(payload, 100, 1059, pieces));   // the copy reaches past the basis
+    EXPECT_FALSE(decode_delta(payload, 101, 2000, pieces));   // lengths do not add up
+    EXPECT_FALSE(decode_delta(payload, 99, 2000, pieces));
+    EXPECT_FALSE(decode_delta(std::span(payload).first(payload.size() - 1), 100, 2000, pieces));  // truncated
+    bytes longer = payload;
+    longer.push_back(0);
+    EXPECT_FALSE(decode_delta(longer, 100, 2000, pieces));  // bytes after the last op
+    bytes zero{0, 0, 0, 0};
+    EXPECT_FALSE(decode_delta(zero, 100, 2000, pieces));  // an op of length 0
+    bytes huge{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    EXPECT_FALSE(decode_delta(huge, 100, UINT64_MAX, pieces));
+    EXPECT_EQ(encode_delta(ops, chunk, payload.data(), 50), 0u);  // does not fit
+}
+
+}  // namespace
+}  // namespace ferry
