@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "node/file_io.hpp"
 #include "protocol/types.hpp"
 
 namespace ferry {
@@ -28,6 +29,7 @@ struct thread_codec {
     std::unique_ptr<ZSTD_CCtx, cctx_free> cctx{ZSTD_createCCtx()};
     std::unique_ptr<ZSTD_DCtx, dctx_free> dctx{ZSTD_createDCtx()};
     std::vector<std::uint8_t> scratch = std::vector<std::uint8_t>(chunk_size);
+    std::vector<delta_piece> pieces;
 };
 
 thread_codec& this_thread_codec() {
@@ -64,6 +66,20 @@ compressed_chunk compress_chunk(std::span<std::uint8_t> chunk, int level) {
     return out;
 }
 
+compressed_chunk delta_chunk(std::span<std::uint8_t> chunk, std::span<const delta_op> ops) {
+    thread_codec& codec = this_thread_codec();
+    compressed_chunk out;
+    if (chunk.empty() || chunk.size() > codec.scratch.size()) {
+        return out;
+    }
+    std::size_t n = encode_delta(ops, chunk, codec.scratch.data(), chunk.size() - 1);
+    if (n > 0) {
+        std::memcpy(chunk.data(), codec.scratch.data(), n);
+        out.size = n;
+    }
+    return out;
+}
+
 std::span<const std::uint8_t> decompress_chunk(std::span<const std::uint8_t> payload, std::size_t raw_len) {
     thread_codec& codec = this_thread_codec();
     if (raw_len == 0 || raw_len > codec.scratch.size() || payload.empty()) {
@@ -72,6 +88,27 @@ std::span<const std::uint8_t> decompress_chunk(std::span<const std::uint8_t> pay
     std::size_t n = ZSTD_decompressDCtx(codec.dctx.get(), codec.scratch.data(), raw_len, payload.data(), payload.size());
     if (ZSTD_isError(n) || n != raw_len) {
         return {};
+    }
+    return {codec.scratch.data(), raw_len};
+}
+
+std::span<const std::uint8_t> rebuild_delta(std::span<const std::uint8_t> payload, std::size_t raw_len, int basis_fd,
+                                            std::uint64_t basis_size) {
+    thread_codec& codec = this_thread_codec();
+    if (raw_len == 0 || raw_len > codec.scratch.size() || basis_fd < 0 ||
+        !decode_delta(payload, static_cast<std::uint32_t>(raw_len), basis_size, codec.pieces)) {
+        return {};
+    }
+    for (const delta_piece& p : codec.pieces) {
+        std::uint8_t* to = codec.scratch.data() + p.at;
+        if (!p.copy) {
+            std::memcpy(to, payload.data() + p.literal_at, p.length);
+            continue;
+        }
+        std::error_code ec;
+        if (read_at(basis_fd, to, p.length, p.basis_offset, ec) != p.length) {
+            return {};  // the basis shrank since it was opened
+        }
     }
     return {codec.scratch.data(), raw_len};
 }

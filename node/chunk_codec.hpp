@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <span>
 
+#include "protocol/delta.hpp"
+
 namespace ferry {
 
 struct compressed_chunk {
@@ -21,9 +23,20 @@ struct compressed_chunk {
 // and size is 0.
 compressed_chunk compress_chunk(std::span<std::uint8_t> chunk, int level);
 
+// Encodes `chunk` as the CODEC_DELTA payload of `ops` (protocol/delta.hpp), with the same
+// contract as compress_chunk: when smaller, it replaces the chunk's first bytes in place.
+compressed_chunk delta_chunk(std::span<std::uint8_t> chunk, std::span<const delta_op> ops);
+
 // Decompresses a zstd chunk payload that must expand to exactly `raw_len` bytes (at most
 // one chunk). The result lives in this thread's scratch buffer until the next call on the
 // same thread. An empty span means the payload is not a valid zstd frame of that size.
 std::span<const std::uint8_t> decompress_chunk(std::span<const std::uint8_t> payload, std::size_t raw_len);
+
+// Rebuilds a CODEC_DELTA chunk of `raw_len` bytes (at most one chunk) from its payload and
+// the older version open at `basis_fd` (`basis_size` bytes), into this thread's scratch
+// buffer (valid until the next call on the same thread). An empty span means the payload
+// is malformed (protocol/delta.hpp decode_delta) or the basis could not be read.
+std::span<const std::uint8_t> rebuild_delta(std::span<const std::uint8_t> payload, std::size_t raw_len, int basis_fd,
+                                            std::uint64_t basis_size);
 
 }  // namespace ferry

@@ -53,6 +53,9 @@ struct transfer_report {
     std::uint64_t wire_sent = 0;
     std::uint64_t wire_received = 0;
     std::uint64_t compression_saved = 0;  // payload bytes zstd kept off the wire
+    // Of payload_bytes, what the receiver copied from its older version of the file (sync
+    // deltas, CODEC_DELTA): confirmed, not sent.
+    std::uint64_t delta_copied = 0;
     double elapsed_s = 0;
     std::uint32_t connections = 0;
     double ttfb_s = -1;  // start -> first confirmed (sent) or written (received) byte; -1: none

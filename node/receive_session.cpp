@@ -75,15 +75,17 @@ namespace {
 struct chunk_encoding {
     wire::Codec codec = wire::CODEC_RAW;
     std::uint32_t raw_len = 0;
+    int basis_fd = -1;             // CODEC_DELTA: the older version to copy from
+    std::uint64_t basis_size = 0;
 };
 
 // What a worker found in a chunk, for the loop thread.
 struct chunk_verdict {
     digest128 got;             // XXH3-128 of the raw bytes
-    bool undecodable = false;  // a zstd payload that does not decode to exactly raw_len bytes
+    bool undecodable = false;  // a zstd or delta payload that does not decode to exactly raw_len bytes
     bool bad = false;          // undecodable, or `got` is not the hash the sender announced
     std::uint64_t len = 0;     // raw (payload) bytes
-    std::uint64_t saved = 0;   // raw_len minus the compressed size, for a good compressed chunk
+    std::uint64_t saved = 0;   // raw_len minus the compressed size, for a good compressed (not delta) chunk
 
     // The error line for a bad chunk of `path`.
     std::string problem(const std::string& path, chunk_index i) const {
@@ -102,13 +104,20 @@ struct verified_chunk {
 // their hash checked against the one the sender announced.
 verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& encoding, digest128 expect) {
     verified_chunk out;
-    out.raw = encoding.codec == wire::CODEC_ZSTD ? decompress_chunk(payload.span(), encoding.raw_len) : payload.span();
+    switch (encoding.codec) {
+        case wire::CODEC_ZSTD: out.raw = decompress_chunk(payload.span(), encoding.raw_len); break;
+        case wire::CODEC_DELTA:
+            out.raw = rebuild_delta(payload.span(), encoding.raw_len, encoding.basis_fd, encoding.basis_size);
+            break;
+        default: out.raw = payload.span(); break;
+    }
     chunk_verdict& v = out.verdict;
     v.len = encoding.raw_len;
     v.undecodable = out.raw.empty();
     if (!v.undecodable) {
         v.got = hash_chunk(out.raw);
-        v.saved = encoding.raw_len - payload.size();
+        // A delta's bytes came from the older version here, not through compression.
+        v.saved = encoding.codec == wire::CODEC_DELTA ? 0 : encoding.raw_len - payload.size();
     }
     v.bad = v.undecodable || v.got != expect;
     return out;
@@ -138,6 +147,9 @@ std::string short_id(const std::string& id) { return id.substr(0, 8); }
 receive_session::sink_file::~sink_file() {
     if (fd >= 0) {
         ::close(fd);
+    }
+    if (basis_fd >= 0) {
+        ::close(basis_fd);
     }
 }
 
@@ -496,6 +508,7 @@ void receive_session::next_offer() {
         // entry (a symlink or a file in the way) leaves the destination as it was. The
         // second pass, which creates, checks again: nothing is followed if that changed.
         std::vector<resume_found> found(items.size());
+        std::vector<std::optional<basis_sums>> sums(items.size());  // a sync's changed file: its older version
         std::vector<bool> identical(items.size(), false);
         std::vector<bool> exists(items.size(), false);  // a regular file is there (identical or not)
         // What a sync does with each file, told to the sender.
@@ -509,7 +522,7 @@ void receive_session::next_offer() {
         // chunk comes), with what would happen to it.
         auto dry_decisions = [&] {
             for (std::size_t i = 0; i < items.size(); ++i) {
-                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}});
+                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
             }
         };
         auto space_check = [&](std::uint64_t here) {
@@ -531,6 +544,20 @@ void receive_session::next_offer() {
         // A file new at DST that SRC may have renamed or copied from one DST has: started
         // from that file and accepted ACCEPT_PARTIAL with its chunks' digests (the sender
         // checks each). False when there is none to start from.
+        // A partial file just seeded with `bytes` of the older version at `basis_path`:
+        // that version's sums (a delta's basis) and the chunks it holds (in `claims`), or
+        // null (and no partial file left) when it could not be read.
+        auto seeded = [&](const entry_info& e, std::string_view basis_path, std::uint64_t bytes, resume_found& claims) {
+            std::optional<basis_sums> sums = seeded_sums(*tree, e, basis_path, bytes, claim_budget, claims);
+            if (!sums) {
+                tree->remove_partial(e.path, true, true);
+                claims = {};
+                return sums;
+            }
+            std::uint64_t cost = (claims.have ? claims.have->count() : 0) + sums->weak.size();
+            claim_budget -= std::min(claim_budget, cost);
+            return sums;
+        };
         auto from_basis = [&](std::size_t i) {
             const entry_info& e = items[i].e;
             if (!basis || e.is_dir || e.size == 0 || identical[i] || exists[i] || claim_budget == 0) {
@@ -544,17 +571,14 @@ void receive_session::next_offer() {
                 return false;  // nothing like it, or an earlier attempt's partial file is there
             }
             tree->remove_partial(e.path, false, true);  // a record without data: stale
-            if (tree->seed_partial(e.path, e.size, from->path) == 0) {
+            std::uint64_t bytes = tree->seed_partial(e.path, e.size, from->path);
+            resume_found r;
+            std::optional<basis_sums> sums = bytes == 0 ? std::nullopt : seeded(e, from->path, bytes, r);
+            if (!sums) {
                 return false;
             }
-            resume_found r = find_resume(*tree, e, claim_budget, nullptr, true);
-            if (!r.have) {
-                tree->remove_partial(e.path, true, true);
-                return false;
-            }
-            claim_budget -= std::min(claim_budget, r.have->count());
             decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests),
-                                 wire::SYNC_CREATE, from->path});
+                                 wire::SYNC_CREATE, from->path, std::move(sums)});
             return true;
         };
         // Folders of the batch found missing by the check: what they hold is not there
@@ -587,7 +611,7 @@ void receive_session::next_offer() {
                         // In a folder this pass has just made (from the offer, before
                         // it): nothing to look at.
                         if (!from_basis(i)) {
-                            decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}});
+                            decisions.push_back({it.id, wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}, {}});
                         }
                         continue;
                     }
@@ -612,12 +636,12 @@ void receive_session::next_offer() {
                 }
                 if (found[i].have) {
                     decisions.push_back({it.id, wire::ACCEPT_PARTIAL, std::move(found[i].have), std::move(found[i].digests),
-                                         action(i), {}});
+                                         action(i), {}, std::move(sums[i])});
                 } else if (!e.is_dir && from_basis(i)) {
                     continue;
                 } else {
                     decisions.push_back(
-                        {it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}});
+                        {it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}, {}});
                 }
             }
             if (!create && error.empty()) {
@@ -628,21 +652,21 @@ void receive_session::next_offer() {
                 // hashing found.
                 std::uint64_t here = 0;
                 std::vector<bool> partial(items.size(), false);
-                std::vector<bool> seeded(items.size(), false);
+                std::vector<std::uint64_t> seed_bytes(items.size(), 0);
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (identical[i]) {
                         here += items[i].e.size;
                     } else if (resumable(items[i].e)) {
                         std::uint64_t bytes = tree->partial_size(items[i].e.path);
                         if (bytes == 0 && sync.on && !sync.dry_run && exists[i]) {
-                            // A changed file of a sync: its old version seeds the new one,
-                            // so that only the chunks that differ travel (the resume path
-                            // below hashes and offers them; the sender checks every
-                            // digest). No partial data, so any resume record is stale: it
-                            // must not make find_resume drop the seed.
+                            // A changed file of a sync: its old version seeds the new one
+                            // and is the basis of a delta, so that only what differs
+                            // travels (below: its sums, and the chunks the seed holds as
+                            // they are; the sender checks every digest). No partial data,
+                            // so any resume record is stale.
                             tree->remove_partial(items[i].e.path, false, true);
                             bytes = tree->seed_partial(items[i].e.path, items[i].e.size);
-                            seeded[i] = bytes > 0;
+                            seed_bytes[i] = bytes;
                         }
                         partial[i] = bytes > 0;
                         here += std::min(bytes, items[i].e.size);
@@ -651,15 +675,13 @@ void receive_session::next_offer() {
                 space_check(here);
                 here = 0;
                 for (std::size_t i = 0; i < items.size() && error.empty() && !sync.dry_run; ++i) {
-                    if (partial[i]) {
+                    if (seed_bytes[i] > 0) {
+                        sums[i] = seeded(items[i].e, items[i].e.path, seed_bytes[i], found[i]);
+                    } else if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
-                        found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr,
-                                               seeded[i]);
+                        found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
-                        if (seeded[i]) {
-                            found[i].note.clear();  // an update, not a resume: nothing to tell
-                        }
                         if (!found[i].note.empty()) {
                             resumed.push_back(std::move(found[i].note));
                         }
@@ -715,9 +737,13 @@ void receive_session::next_offer() {
                 if (self->sinks_.size() <= d.id.value) {
                     self->sinks_.resize(d.id.value + 1);
                 }
-                if (!self->machine_.entry(d.id).is_dir) {
-                    self->sinks_[d.id.value] = std::make_shared<sink_file>();
-                    self->sinks_[d.id.value]->resumed = d.kind == wire::ACCEPT_PARTIAL;
+                if (const entry_info& e = self->machine_.entry(d.id); !e.is_dir) {
+                    auto sink = std::make_shared<sink_file>();
+                    sink->resumed = d.kind == wire::ACCEPT_PARTIAL;
+                    if (d.sums) {
+                        sink->basis = d.basis.empty() ? e.path : d.basis;
+                    }
+                    self->sinks_[d.id.value] = std::move(sink);
                 }
             }
             self->send_control(h);
@@ -765,6 +791,19 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
     ctx_.workers.post([self = shared_from_this(), sink, tree, path = std::move(path), expect, offset, f, idx, conn,
                        encoding, create, payload = std::move(payload)]() mutable {
+        if (encoding.codec == wire::CODEC_DELTA) {
+            // The older version stays at its final name until this file replaces it; if
+            // it changed meanwhile, the chunk fails its digest check.
+            std::lock_guard lock(sink->mutex);
+            if (sink->basis_fd < 0) {
+                std::error_code open_ec;
+                sink->basis_fd = tree->open_final_read(sink->basis, open_ec);
+                struct stat st {};
+                sink->basis_size = sink->basis_fd >= 0 && ::fstat(sink->basis_fd, &st) == 0 ? st.st_size : 0;
+            }
+            encoding.basis_fd = sink->basis_fd;
+            encoding.basis_size = sink->basis_size;
+        }
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         std::span<const std::uint8_t> raw = checked.raw;
         chunk_verdict verdict = checked.verdict;
@@ -989,6 +1028,10 @@ void receive_session::try_finalize(file_id f) {
             fd = sink->fd;
             sink->fd = -1;
             sink->finalized = true;  // no checkpoint records it any more
+            if (sink->basis_fd >= 0) {
+                ::close(sink->basis_fd);  // every chunk is in
+                sink->basis_fd = -1;
+            }
         }
         if (resumable(e)) {
             // Verified whole: its resume record has served. (A crash before the rename
@@ -1368,21 +1411,26 @@ void receive_session::send_have_digests(const std::vector<receiver_machine::deci
     if (conns_.empty() || !conns_[0] || conns_[0]->closed()) {
         return;
     }
-    std::vector<std::pair<wire::HaveDigests, std::string>> frames;
+    // Per file: its HaveDigests, then (a sync's older version) its BasisSums.
+    std::vector<std::pair<wire::Header, std::string>> frames;
     for (const auto& d : decisions) {
-        auto more = receiver_machine::have_digest_frames(d);
-        std::move(more.begin(), more.end(), std::back_inserter(frames));
+        for (auto& [have, bytes] : receiver_machine::have_digest_frames(d)) {
+            frames.emplace_back(wire::Header(), std::move(bytes));
+            *frames.back().first.mutable_have_digests() = std::move(have);
+        }
+        for (auto& [sums, bytes] : receiver_machine::basis_sum_frames(d)) {
+            frames.emplace_back(wire::Header(), std::move(bytes));
+            *frames.back().first.mutable_basis_sums() = std::move(sums);
+        }
     }
     if (frames.empty()) {
         return;
     }
     // Their own buffers (one per frame, released as each is written): not the chunk pool.
-    auto pool = buffer_pool::make(frames.size(), 16 * std::size_t{receiver_machine::max_have_digests_per_frame});
-    for (auto& [have, bytes] : frames) {
+    auto pool = buffer_pool::make(frames.size(), 20 * std::size_t{receiver_machine::max_have_digests_per_frame});
+    for (auto& [h, bytes] : frames) {
         pooled_buffer buf = pool->acquire(bytes.size());
         std::memcpy(buf.data(), bytes.data(), bytes.size());
-        wire::Header h;
-        *h.mutable_have_digests() = std::move(have);
         conns_[0]->send(h, std::move(buf), bytes.size());
     }
 }

@@ -64,6 +64,11 @@ private:
         // a second writer spin on the CPU; waiting here it sleeps.
         std::mutex write_mutex;
         bool finalized = false;  // taken for its rename: no more resume records
+        // Delta: the older version's final name, opened on the first CODEC_DELTA chunk to
+        // copy from (basis_fd, under `mutex`; closed when the file is finalized).
+        std::string basis;
+        int basis_fd = -1;
+        std::uint64_t basis_size = 0;
         // Loop thread only:
         bool resumed = false;        // accepted ACCEPT_PARTIAL: its partial file must exist
         std::uint32_t writes = 0;    // chunk writes in flight

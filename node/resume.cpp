@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <memory>
 
+#include "node/file_io.hpp"
+#include "protocol/delta.hpp"
 #include "protocol/digest.hpp"
 
 namespace ferry {
@@ -61,10 +63,9 @@ std::optional<known_partial> known_partials::take(const std::string& key) {
     return k;
 }
 
-resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known,
-                         bool seeded) {
+resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known) {
     resume_found out;
-    if (!resumable(e) && !(seeded && !e.is_dir)) {
+    if (!resumable(e)) {
         return out;
     }
     std::uint64_t chunks = chunk_count(e.size);
@@ -148,6 +149,76 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     if (!bytes.empty() && !record) {
         out.note += " (resume record unreadable: " + why + "; every chunk checked by the sender)";
     }
+    return out;
+}
+
+std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std::string_view basis_path,
+                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims) {
+    std::error_code ec;
+    int partial = tree.open_partial_read(e.path, ec);
+    int basis = partial < 0 ? -1 : tree.open_final_read(basis_path, ec);
+    struct stat st {};
+    std::optional<basis_sums> out;
+    if (basis >= 0 && ::fstat(basis, &st) == 0) {
+        out.emplace();
+        out->size = static_cast<std::uint64_t>(st.st_size);
+    }
+    auto buf = std::make_unique<std::uint8_t[]>(chunk_size);
+    // Block `off`..`off + len` of the older version: from the partial file where the seed
+    // put it (what a claim must describe), else from the older version itself.
+    auto read_block = [&](std::uint64_t off, std::uint32_t len) {
+        int fd = off + len <= seeded ? partial : basis;
+        std::error_code rec;
+        return read_at(fd, buf.get(), len, off, rec) == len ? std::span<const std::uint8_t>(buf.get(), len)
+                                                            : std::span<const std::uint8_t>();
+    };
+    std::uint64_t chunks = chunk_count(e.size);
+    chunk_bitmap have(chunks);
+    std::vector<digest128> digests(chunks);
+    std::uint64_t claimed = 0;
+    // A chunk of the new version whose range is a block of the older one that the seed copied.
+    auto claim = [&](std::uint64_t off, std::uint32_t len, const digest128& d) {
+        std::uint64_t i = off / chunk_size;
+        if (off % chunk_size == 0 && i < chunks && chunk_length(e.size, i) == len && off + len <= seeded &&
+            claimed < max_claims) {
+            have.set(i);
+            digests[i] = d;
+            claims.kept_bytes += len;
+            ++claimed;
+        }
+    };
+    std::uint64_t blocks = out ? std::min(out->size / chunk_size, max_basis_blocks(e.size)) : 0;
+    for (std::uint64_t b = 0; out && b < blocks; ++b) {
+        std::span<const std::uint8_t> bytes = read_block(b * chunk_size, chunk_size);
+        if (bytes.empty()) {
+            out.reset();  // it changed size under us: no delta (the transfer sends the file)
+            break;
+        }
+        out->weak.push_back(weak_sum(bytes));
+        out->strong.push_back(hash_chunk(bytes));
+        claim(b * chunk_size, chunk_size, out->strong.back());
+    }
+    if (std::uint64_t t = out ? out->tail_length() : 0; t > 0) {
+        std::span<const std::uint8_t> bytes = read_block(out->size - t, static_cast<std::uint32_t>(t));
+        if (bytes.empty()) {
+            out.reset();
+        } else {
+            out->tail = hash_chunk(bytes);
+            claim(out->size - t, static_cast<std::uint32_t>(t), out->tail);
+        }
+    }
+    if (partial >= 0) {
+        ::close(partial);
+    }
+    if (basis >= 0) {
+        ::close(basis);
+    }
+    if (!out) {
+        claims.kept_bytes = 0;
+        return out;
+    }
+    claims.have = std::move(have);  // possibly no chunk: the delta alone then saves the bytes
+    claims.digests = std::move(digests);
     return out;
 }
 

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 
 #include "node/dest_tree.hpp"
+#include "protocol/delta.hpp"
 #include "protocol/resume_state.hpp"
 #include "protocol/transfer.hpp"
 
@@ -87,10 +88,19 @@ struct resume_found {
 // At most `max_claims` chunks are offered (the rest are sent again). The partial file's
 // mtime is set to now, so that it does not look abandoned while the transfer runs.
 // With `known` (from known_partials) for the same inode and source version, the chunks it
-// lists are offered without being read. `seeded`: a partial file this attempt has just
-// started from another version (dest_tree::seed_partial), offered whatever the file's size.
+// lists are offered without being read.
 resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX,
-                         const known_partial* known = nullptr, bool seeded = false);
+                         const known_partial* known = nullptr);
+
+// A sync's changed (or renamed) file whose partial file was just seeded with the first
+// `seeded` bytes of its older version at `basis_path` (dest_tree::seed_partial): the sums
+// of that older version for a delta (protocol/delta.hpp; at most max_basis_blocks of
+// `e`'s size), read from the partial file where it holds the bytes and from the older
+// version beyond, and in `claims` the chunks of `e` the partial file holds as they are
+// (a full block of the older version, or its short last block, in the same place), with
+// their digests, at most `max_claims` (possibly none). Null when a file cannot be read.
+std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std::string_view basis_path,
+                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims);
 
 // True for the names of partial files and resume records (dest_tree::partial_name,
 // resume_name, and a record's temporary "~" name).

@@ -257,6 +257,15 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 return;
             }
             return;
+        case wire::Header::kBasisSums:
+            if (c.index != 0) {
+                break;
+            }
+            if (std::error_code ec = machine_.on_basis_sums(header.basis_sums(), payload.span())) {
+                fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
+                return;
+            }
+            return;
         case wire::Header::kChunkAck: {
             std::uint64_t acked = 0;
             for (std::uint64_t key : header.chunk_ack().chunks()) {
@@ -277,7 +286,9 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     std::uint64_t len = raw_length(key);
                     auto now = stats_clock::now();
                     ctx_.stats.chunk_rtt.observe(now - it->second.sent_at);
-                    std::uint64_t saved = len - it->second.wire_len;
+                    // A delta's bytes copied at the receiver are not what compression saved.
+                    std::uint64_t saved = it->second.copied > 0 ? 0 : len - it->second.wire_len;
+                    delta_copied_ += it->second.copied;
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
                     acked += len;
@@ -395,6 +406,13 @@ void send_session::pump(std::uint32_t index) {
         if (!ref) {
             break;
         }
+        bool stop = false;
+        if (delta_ref(*ref, stop)) {
+            continue;
+        }
+        if (stop) {
+            break;
+        }
         if (!ref->send && hashed_from_memo(*ref)) {
             continue;
         }
@@ -484,6 +502,116 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
     return true;
 }
 
+bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
+    auto it = scans_.find(ref.file.value);
+    if (it == scans_.end()) {
+        if (!machine_.resumed(ref.file)) {
+            return false;
+        }
+        const basis_sums* basis = machine_.basis_of(ref.file);
+        if (basis == nullptr) {
+            scans_.emplace(ref.file.value, nullptr);  // a resume, not a sync's older version
+            return false;
+        }
+        if (scans_running_ >= max_delta_scans) {
+            machine_.requeue(ref);  // taken again once a pass is done
+            stop = true;
+            return false;
+        }
+        auto scan = std::make_shared<delta_scan>();
+        it = scans_.emplace(ref.file.value, scan).first;
+        ++scans_running_;
+        const entry_info& e = machine_.entry(ref.file);
+        std::vector<basis_block> blocks;
+        blocks.reserve(basis->weak.size());
+        for (std::size_t b = 0; b < basis->weak.size(); ++b) {
+            blocks.push_back({basis->weak[b], basis->strong[b], b * std::uint64_t{chunk_size}});
+        }
+        std::uint64_t tail = basis->tail_length();
+        ctx_.workers.post([self = shared_from_this(), scan, f = ref.file, blocks = std::move(blocks), tail,
+                           tail_digest = basis->tail, tail_at = basis->size - tail,
+                           local = &sources_.locals.at(ref.file.value), size = e.size]() mutable {
+            block_index index(std::move(blocks));
+            delta_matcher matcher(index);
+            int fd = ::open(local->c_str(), O_RDONLY | O_CLOEXEC);
+            struct stat st {};
+            if (fd < 0) {
+                scan->ec = std::error_code(errno, std::system_category());
+            } else if (::fstat(fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != size) {
+                scan->ec = std::make_error_code(std::errc::invalid_argument);
+                scan->what = "file changed size since the transfer started";
+            } else {
+                ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+            }
+            std::vector<std::uint8_t> buf(chunk_size);
+            scan->digests.reserve(chunk_count(size));
+            for (std::uint64_t i = 0; !scan->ec && i < chunk_count(size); ++i) {
+                std::uint32_t len = chunk_length(size, i);
+                if (read_at(fd, buf.data(), len, i * chunk_size, scan->ec) != len && !scan->ec) {
+                    scan->ec = std::make_error_code(std::errc::invalid_argument);
+                    scan->what = "file shrank during the transfer";
+                }
+                if (!scan->ec) {
+                    std::span<const std::uint8_t> chunk(buf.data(), len);
+                    scan->digests.push_back(hash_chunk(chunk));
+                    matcher.feed(chunk, scan->digests.back());
+                }
+            }
+            if (!scan->ec && tail > 0 && tail <= size) {
+                // The older version's short last block, looked for at the very end.
+                std::error_code tail_ec;
+                if (read_at(fd, buf.data(), tail, size - tail, tail_ec) == tail) {
+                    matcher.match_tail(std::span<const std::uint8_t>(buf.data(), tail), size, tail_digest, tail_at);
+                }
+            }
+            if (fd >= 0) {
+                ::close(fd);
+            }
+            if (scan->ec && scan->what.empty()) {
+                scan->what = scan->ec.message();
+            }
+            scan->matches = matcher.matches();
+            asio::post(self->ctx_.io, [self, f, scan] { self->on_scanned(f, scan); });
+        });
+    }
+    if (!it->second) {
+        return false;
+    }
+    delta_scan& scan = *it->second;
+    if (!scan.done) {
+        scan.parked.push_back(ref);
+        return true;
+    }
+    if (ref.send) {
+        return false;  // read as usual; make_read_job gives it its ops
+    }
+    files_.at(ref.file.value)->read_done();
+    on_hashed(ref, scan.digests.at(ref.index.value));
+    return true;
+}
+
+void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan) {
+    --scans_running_;
+    scan->done = true;
+    if (finished_) {
+        return;
+    }
+    if (scan->ec) {
+        fail(exit_code::local_io, "cannot read " + sources_.locals.at(f.value) + ": " + scan->what);
+        return;
+    }
+    std::vector<chunk_ref> parked = std::move(scan->parked);
+    for (const chunk_ref& ref : parked) {
+        if (ref.send) {
+            machine_.requeue(ref);
+        } else {
+            files_.at(f.value)->read_done();
+            on_hashed(ref, scan->digests.at(ref.index.value));
+        }
+    }
+    pump_all();
+}
+
 void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
     if (const entry_info& e = machine_.entry(ref.file); options_.memo && resumable(e)) {
         options_.memo->put(ref.file, ref.index, chunk_count(e.size), digest);
@@ -506,8 +634,14 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     // sources_ never changes after construction and the task holds the session: no copy.
     job.local = &sources_.locals.at(ref.file.value);
     job.expect_size = machine_.entry(ref.file).size;
-    job.level = ref.send ? compression_.next_level() : 0;
     job.buf = std::move(buf);
+    if (auto it = scans_.find(ref.file.value); ref.send && it != scans_.end() && it->second && it->second->done) {
+        job.ops = chunk_ops(it->second->matches, ref.offset, ref.length);
+        if (copied_bytes(job.ops) == 0) {
+            job.ops.clear();
+        }
+    }
+    job.level = ref.send && job.ops.empty() ? compression_.next_level() : 0;
     return job;
 }
 
@@ -550,6 +684,10 @@ void send_session::read_source(read_job& job) {
     }
     if (!job.ec) {
         job.digest = hash_chunk(std::span<const std::uint8_t>(job.buf.data(), ref.length));
+        if (!job.ops.empty()) {
+            job.packed = delta_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.ops);
+            job.delta = job.packed.size > 0;
+        }
         if (job.level > 0) {
             job.packed = compress_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.level);
         }
@@ -582,7 +720,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     if (finished_) {
         return;
     }
-    if (job.level > 0 && !job.ec) {
+    if (job.level > 0 && !job.ec && !job.delta) {
         compression_.observe(job.level, ref.length, job.packed.size > 0 ? job.packed.size : ref.length,
                              job.packed.cpu_seconds);
     }
@@ -605,11 +743,12 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     c->set_file_id(ref.file.value);
     c->set_index(ref.index.value);
     c->set_raw_len(ref.length);
-    c->set_codec(job.packed.size > 0 ? wire::CODEC_ZSTD : wire::CODEC_RAW);
+    c->set_codec(job.delta ? wire::CODEC_DELTA : job.packed.size > 0 ? wire::CODEC_ZSTD : wire::CODEC_RAW);
     c->set_hash_lo(job.digest.lo);
     c->set_hash_hi(job.digest.hi);
     std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
-    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len});
+    std::uint32_t copied = job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
+    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len, copied});
     cs.inflight_bytes += ref.length;
     file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));
     cs.conn->send(h, std::move(job.buf), wire_len);
@@ -827,7 +966,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         for (auto& cs : conns_) {
             chunks += cs.inflight.size();
             for (const auto& [key, chunk] : cs.inflight) {
-                saved += raw_length(key) - chunk.wire_len;
+                saved += chunk.copied > 0 ? 0 : raw_length(key) - chunk.wire_len;
+                delta_copied_ += chunk.copied;
             }
             cs.inflight.clear();
             cs.inflight_bytes = 0;
@@ -835,6 +975,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, chunks, stats_clock::now(), saved);
     }
     r.compression_saved = scope_ ? scope_->counters().compression_saved : 0;
+    r.delta_copied = delta_copied_;
     r.ttfb_s = ttfb_s_;
     r.deleted_files = deleted_files_;
     r.deleted_dirs = deleted_dirs_;

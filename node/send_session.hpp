@@ -112,6 +112,7 @@ private:
     struct inflight_chunk {
         stats_clock::time_point sent_at;  // handed to the connection
         std::uint32_t wire_len;           // payload bytes on the wire (compressed or raw)
+        std::uint32_t copied = 0;         // CODEC_DELTA: bytes the receiver copies from its older version
     };
     struct conn_state {
         std::shared_ptr<connection> conn;
@@ -158,6 +159,8 @@ private:
         std::error_code ec;
         std::string what;
         compressed_chunk packed;
+        std::vector<delta_op> ops;  // a sync's changed file: the chunk as copies and literals (if any copy)
+        bool delta = false;         // packed holds the CODEC_DELTA payload
     };
     // Small files are read this many to a pool task at most (a batch also ends at one
     // chunk's worth of bytes).
@@ -169,6 +172,26 @@ private:
     // A chunk the receiver has, whose digest options_.memo knows: no read. False when the
     // memo does not know it (or the file changed since the scan).
     bool hashed_from_memo(const chunk_ref& ref);
+
+    // A file the receiver sent weak sums for (a sync's changed file): one pass over it on
+    // a worker finds the receiver's blocks at any offset (protocol/delta.hpp) and hashes
+    // every chunk. Its chunks wait (parked) until the pass is done; then the digests come
+    // from it, and the chunks to send carry their copy/literal ops.
+    struct delta_scan {
+        bool done = false;
+        std::vector<chunk_ref> parked;
+        std::vector<digest128> digests;  // per chunk of the file
+        std::vector<block_match> matches;
+        std::error_code ec;
+        std::string what;
+    };
+    // At most this many passes run (or wait for a worker) at once: chunks of further such
+    // files wait in the machine's queue.
+    static constexpr std::size_t max_delta_scans = 2;
+    // Takes `ref` if it is a chunk of such a file (parked, or hashed from the pass); false
+    // when it is read as usual. Sets `stop` when pump() must stop here for now.
+    bool delta_ref(const chunk_ref& ref, bool& stop);
+    void on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan);
     // A chunk hashed (read, or from the memo): the machine learns its digest; a FileDone
     // that releases goes out, and a chunk the receiver has with other bytes is read again.
     void on_hashed(const chunk_ref& ref, digest128 digest);
@@ -199,6 +222,10 @@ private:
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     file_reporter file_events_{"send", session_id_};
     std::unordered_set<std::string_view> offered_paths_;  // views into machine_'s entries (offered())
+    // delta_ref(): by file id; null for a resumed file with no weak sums.
+    std::unordered_map<std::uint32_t, std::shared_ptr<delta_scan>> scans_;
+    std::size_t scans_running_ = 0;
+    std::uint64_t delta_copied_ = 0;  // confirmed bytes receivers rebuilt from their older versions
     std::uint64_t deleted_files_ = 0;  // sync: as the receiver reported them (Deleted)
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t regular_files_ = 0;

@@ -73,7 +73,7 @@ bool delta_matcher::try_match(std::span<const std::uint8_t> head, std::span<cons
     digest128 strong = hash_parts(head, tail);
     for (const basis_block& b : candidates) {
         if (b.strong == strong) {
-            matches_.push_back({p_, b.offset});
+            matches_.push_back({p_, b.offset, chunk_size});
             return true;
         }
     }
@@ -90,7 +90,7 @@ void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& d
         if (p_ == base) {
             // The window is this chunk exactly: its digest is known, no weak sum needed.
             if (const basis_block* b = index_.with_strong(digest)) {
-                matches_.push_back({p_, b->offset});
+                matches_.push_back({p_, b->offset, block});
                 p_ += block;
                 fresh_ = true;
                 continue;
@@ -105,21 +105,37 @@ void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& d
             fresh_ = false;
             examined = false;
         }
-        std::size_t limit = chunk.size();  // chunk[o] must exist to slide
+        const std::size_t limit = chunk.size();  // chunk[o] must exist to slide
         bool matched = false;
-        for (;;) {
-            if (!examined && try_match(prev.subspan(o), chunk.first(o))) {
+        if (!examined && try_match(prev.subspan(o), chunk.first(o))) {
+            matched = true;
+        }
+        // Slide one byte at a time until the weak sum passes the filter (most windows
+        // match nothing: this loop is where a changed file's time goes).
+        const std::uint8_t* out = prev.data();
+        const std::uint8_t* in = chunk.data();
+        while (!matched && o < limit) {
+            std::uint32_t a = sum_.a_;
+            std::uint32_t b = sum_.b_;
+            const std::uint32_t n = sum_.n_;
+            std::size_t start = o;
+            bool hit = false;
+            while (o < limit) {
+                a += static_cast<std::uint32_t>(in[o]) - out[o];
+                b += a - n * out[o];
+                ++o;
+                if (index_.maybe(rolling_sum::mix(a, b))) {
+                    hit = true;
+                    break;
+                }
+            }
+            sum_.a_ = a;
+            sum_.b_ = b;
+            rolled_ += o - start;
+            p_ += o - start;
+            if (hit && try_match(prev.subspan(o), chunk.first(o))) {
                 matched = true;
-                break;
             }
-            if (o >= limit) {
-                break;
-            }
-            sum_.roll(prev[o], chunk[o]);
-            ++o;
-            ++rolled_;
-            ++p_;
-            examined = false;
         }
         if (!matched) {
             break;  // the window reached the end of what is known
@@ -133,17 +149,33 @@ void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& d
     ++k_;
 }
 
+void delta_matcher::match_tail(std::span<const std::uint8_t> tail, std::uint64_t file_size, const digest128& want,
+                               std::uint64_t basis_offset) {
+    if (tail.empty() || tail.size() > file_size) {
+        return;
+    }
+    std::uint64_t at = file_size - tail.size();
+    if (!matches_.empty() && matches_.back().at + matches_.back().length > at) {
+        return;
+    }
+    if (hash_chunk(tail) == want) {
+        matches_.push_back({at, basis_offset, tail.size()});
+    }
+}
+
 std::vector<delta_op> chunk_ops(std::span<const block_match> matches, std::uint64_t chunk_offset,
                                 std::uint32_t chunk_len) {
-    constexpr std::uint64_t block = chunk_size;
     std::vector<delta_op> ops;
     const std::uint64_t end = chunk_offset + chunk_len;
     std::uint64_t pos = chunk_offset;
     auto it = std::upper_bound(matches.begin(), matches.end(), chunk_offset,
-                               [](std::uint64_t off, const block_match& m) { return off < m.at + block; });
+                               [](std::uint64_t off, const block_match& m) { return off < m.at + m.length; });
     for (; it != matches.end() && it->at < end; ++it) {
         std::uint64_t from = std::max(it->at, chunk_offset);
-        std::uint64_t to = std::min(it->at + block, end);
+        std::uint64_t to = std::min(it->at + it->length, end);
+        if (to <= from) {
+            continue;  // an empty chunk
+        }
         if (from > pos) {
             ops.push_back({static_cast<std::uint32_t>(from - pos), false, 0});
         }

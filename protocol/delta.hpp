@@ -28,18 +28,36 @@ public:
         a_ += static_cast<std::uint32_t>(in) - out;
         b_ += a_ - n_ * out;
     }
-    std::uint32_t value() const {
-        std::uint64_t v = (std::uint64_t{a_} << 32 | b_) * 0x9E3779B97F4A7C15ull;
+    std::uint32_t value() const { return mix(a_, b_); }
+    static std::uint32_t mix(std::uint32_t a, std::uint32_t b) {
+        std::uint64_t v = (std::uint64_t{a} << 32 | b) * 0x9E3779B97F4A7C15ull;
         return static_cast<std::uint32_t>(v >> 32);
     }
 
 private:
+    friend class delta_matcher;  // slides it in a tight loop
     std::uint32_t a_ = 0;
     std::uint32_t b_ = 0;
     std::uint32_t n_ = 0;
 };
 
 std::uint32_t weak_sum(std::span<const std::uint8_t> block);
+
+// What the receiver tells of its older version of a file (BasisSums frames): the sums of
+// every full block, in order (block i at offset i * chunk_size), and the digest of the
+// short block at its end (its last size % chunk_size bytes), when it has one.
+struct basis_sums {
+    std::uint64_t size = 0;
+    std::vector<std::uint32_t> weak;
+    std::vector<digest128> strong;
+    digest128 tail;
+    std::uint64_t tail_length() const { return size % chunk_size; }
+};
+
+// Full blocks of a basis that a receiver may describe for a new version of `new_size`
+// bytes (and a sender accepts): what a delta can use, bounded by the new file's size so
+// that a peer cannot make the other side hold more than a few bytes per chunk of it.
+constexpr std::uint64_t max_basis_blocks(std::uint64_t new_size) { return 2 * (new_size / chunk_size) + 64; }
 
 // One full block (chunk_size bytes) of the basis, at `offset` in it.
 struct basis_block {
@@ -67,10 +85,11 @@ private:
     std::vector<std::uint32_t> by_strong_;  // indexes into blocks_, by strong digest
 };
 
-// A basis block found in the new file: new[at, at + chunk_size) = basis[basis_offset, ...).
+// Basis bytes found in the new file: new[at, at + length) = basis[basis_offset, ...).
 struct block_match {
     std::uint64_t at = 0;
     std::uint64_t basis_offset = 0;
+    std::uint64_t length = chunk_size;
 };
 
 // Finds basis blocks in a file fed to it chunk by chunk, in order. Holds one chunk of
@@ -81,6 +100,11 @@ public:
     // The file's next chunk (chunk_size bytes, the last one possibly fewer) and its
     // XXH3-128: a chunk equal to a basis block is found without rolling.
     void feed(std::span<const std::uint8_t> chunk, const digest128& digest);
+    // After the last chunk: the basis's short last block (`want`, at `basis_offset`) is
+    // looked for at the very end of the file, whose last bytes are `tail` (as long as
+    // that block), unless a match already covers them.
+    void match_tail(std::span<const std::uint8_t> tail, std::uint64_t file_size, const digest128& want,
+                    std::uint64_t basis_offset);
     // The blocks found, by position, never overlapping.
     const std::vector<block_match>& matches() const { return matches_; }
     // Bytes the window slid over one at a time (what found nothing at once).

@@ -141,6 +141,10 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             if (it != have_digests_.end()) {
                 have_digests_.erase(it);
             }
+            if (auto b = basis_pending_.find(i); b != basis_pending_.end()) {
+                f.sums = std::move(b->second);
+                basis_pending_.erase(b);
+            }
             f.basis = fa.basis();
         } else if (fa.kind() != wire::ACCEPT_ALL) {
             return protocol_errc::unexpected_message;
@@ -156,23 +160,30 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             ready_files_.push_back(i);
         }
     }
-    if (!have_digests_.empty()) {
+    if (!have_digests_.empty() || !basis_pending_.empty()) {
         return protocol_errc::unexpected_message;  // digests for a file not accepted PARTIAL
     }
     ++accepted_batches_;
     return {};
 }
 
-std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, std::span<const std::uint8_t> payload) {
-    // Only for a file of the batch whose Accept comes next, contiguous, and never more
-    // digests than the file has chunks: a receiver cannot make this side hold more.
+std::error_code sender_machine::next_accepted_file(std::uint32_t id) const {
     if (accepted_batches_ >= batch_count_) {
         return protocol_errc::unexpected_message;
     }
     auto [first, end] = batches_[accepted_batches_];
-    std::uint32_t id = have.file_id();
     if (id < first || id >= end || entries_[id].is_dir) {
         return protocol_errc::unknown_file;
+    }
+    return {};
+}
+
+std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, std::span<const std::uint8_t> payload) {
+    // Only for a file of the batch whose Accept comes next, contiguous, and never more
+    // digests than the file has chunks: a receiver cannot make this side hold more.
+    std::uint32_t id = have.file_id();
+    if (std::error_code ec = next_accepted_file(id)) {
+        return ec;
     }
     if (payload.empty() || payload.size() % 16 != 0) {
         return protocol_errc::payload_mismatch;
@@ -188,6 +199,34 @@ std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, s
     list.reserve(list.size() + n);
     for (std::uint64_t k = 0; k < n; ++k) {
         list.push_back(get_digest(payload.data() + 16 * k));
+    }
+    return {};
+}
+
+std::error_code sender_machine::on_basis_sums(const wire::BasisSums& sums, std::span<const std::uint8_t> payload) {
+    // Like HaveDigests: only for a file of the batch whose Accept comes next, contiguous,
+    // and never more blocks than max_basis_blocks of the file.
+    std::uint32_t id = sums.file_id();
+    if (std::error_code ec = next_accepted_file(id)) {
+        return ec;
+    }
+    if (payload.size() % 20 != 0) {
+        return protocol_errc::payload_mismatch;
+    }
+    auto [it, fresh] = basis_pending_.try_emplace(id);
+    basis_sums& b = it->second;
+    if (fresh) {
+        b.size = sums.size();
+        b.tail = {sums.tail_lo(), sums.tail_hi()};
+    }
+    std::uint64_t n = payload.size() / 20;
+    if (b.size != sums.size() || b.tail != digest128{sums.tail_lo(), sums.tail_hi()} || sums.first() != b.weak.size() ||
+        b.weak.size() + n > std::min(b.size / chunk_size, max_basis_blocks(entries_[id].size))) {
+        return protocol_errc::bad_chunk;
+    }
+    for (std::uint64_t k = 0; k < n; ++k) {
+        b.strong.push_back(get_digest(payload.data() + 20 * k));
+        b.weak.push_back(static_cast<std::uint32_t>(get_le(payload.data() + 20 * k + 16, 4)));
     }
     return {};
 }
@@ -256,6 +295,7 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
     }
     return file_done(ref.file.value);
 }
+
 
 wire::FileDone sender_machine::file_done(std::uint32_t id) const {
     wire::FileDone d;
@@ -449,6 +489,34 @@ std::vector<std::pair<wire::HaveDigests, std::string>> receiver_machine::have_di
     return out;
 }
 
+std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum_frames(const decision& d) {
+    std::vector<std::pair<wire::BasisSums, std::string>> out;
+    if (d.kind != wire::ACCEPT_PARTIAL || !d.sums) {
+        return out;
+    }
+    const basis_sums& b = *d.sums;
+    auto frame = [&](std::uint32_t first) {
+        wire::BasisSums h;
+        h.set_file_id(d.id.value);
+        h.set_first(first);
+        h.set_size(b.size);
+        h.set_tail_lo(b.tail.lo);
+        h.set_tail_hi(b.tail.hi);
+        out.emplace_back(std::move(h), std::string());
+    };
+    for (std::uint32_t i = 0; i < b.weak.size(); ++i) {
+        if (out.empty() || out.back().second.size() >= 20 * std::size_t{max_have_digests_per_frame}) {
+            frame(i);
+        }
+        put_digest(out.back().second, b.strong[i]);
+        put_le(out.back().second, b.weak[i], 4);
+    }
+    if (out.empty() && b.tail_length() > 0) {
+        frame(0);  // no full block: the tail alone
+    }
+    return out;
+}
+
 std::unordered_map<std::string, bool> receiver_machine::take_paths() {
     std::unordered_map<std::string, bool> out = std::move(paths_);
     for (const std::string& parent : parents_) {
@@ -494,6 +562,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
                 kept_bytes_ += f.have.test(c) ? chunk_length(f.info.size, c) : 0;
             }
             f.implicit_done = false;
+            f.delta = d.sums.has_value();
             fa->set_have(f.have.to_bytes());
             fa->set_basis(d.basis);
         } else {
@@ -518,8 +587,8 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
         if (payload_len != chunk.raw_len()) {
             return protocol_errc::payload_mismatch;
         }
-    } else if (chunk.codec() == wire::CODEC_ZSTD) {
-        // A compressed chunk is sent only when it is smaller than the raw bytes.
+    } else if (chunk.codec() == wire::CODEC_ZSTD || (chunk.codec() == wire::CODEC_DELTA && f.delta)) {
+        // A compressed or delta chunk is sent only when it is smaller than the raw bytes.
         if (payload_len == 0 || payload_len >= chunk.raw_len()) {
             return protocol_errc::payload_mismatch;
         }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "ferry.pb.h"
+#include "protocol/delta.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/types.hpp"
 
@@ -102,6 +103,9 @@ public:
     // The receiver's digests of chunks it has (before the Accept that names the file
     // ACCEPT_PARTIAL); `payload` holds 16 bytes per digest.
     std::error_code on_have_digests(const wire::HaveDigests& have, std::span<const std::uint8_t> payload);
+    // The receiver's sums of its older version of a file (before the Accept that names
+    // it ACCEPT_PARTIAL); `payload` holds 20 bytes per block.
+    std::error_code on_basis_sums(const wire::BasisSums& sums, std::span<const std::uint8_t> payload);
 
     // A chunk was read and hashed. Returns the file's FileDone when that was its last
     // missing digest. A chunk the receiver said it had (ref.send false) whose digest is
@@ -147,6 +151,12 @@ public:
     // Sync: the receiver's own file it started this one from (FileAccept.basis; "" when
     // none), and whether the receiver had every chunk, so that no byte of it was sent.
     const std::string& basis(file_id f) const { return files_.at(f.value).basis; }
+    // What the receiver sent of its older version of the file (BasisSums), which a
+    // delta may copy from; null for any other file.
+    const basis_sums* basis_of(file_id f) const {
+        const auto& b = files_.at(f.value).sums;
+        return b ? &*b : nullptr;
+    }
     bool sent_nothing(file_id f) const {
         const file_state& s = files_.at(f.value);
         return s.have && s.have->count() == s.chunks && s.resend_bits.size() == 0;
@@ -165,6 +175,7 @@ private:
         std::uint64_t acked = 0;
         std::optional<chunk_bitmap> have;  // receiver already has these (partial accept)
         std::vector<digest128> theirs;     // and their digests there (index order, `have` bits only)
+        std::optional<basis_sums> sums;    // its older version there (BasisSums)
         chunk_bitmap resend_bits;          // claimed chunks with other bytes there, sent again, not yet acked
         std::uint64_t resend_pending = 0;
         bool done_held = false;            // FileDone waits for those acks
@@ -174,6 +185,9 @@ private:
     };
 
     wire::FileDone file_done(std::uint32_t id) const;
+    // A file of the batch whose Accept comes next (what HaveDigests and BasisSums may be
+    // about): the error to answer otherwise.
+    std::error_code next_accepted_file(std::uint32_t id) const;
 
     std::uint64_t transfer_id_;
     std::vector<entry_info> entries_;
@@ -185,6 +199,7 @@ private:
     std::deque<std::uint32_t> ready_files_;  // accepted files with chunks left to schedule
     std::deque<chunk_ref> requeued_;
     std::unordered_map<std::uint32_t, std::vector<digest128>> have_digests_;  // before their Accept
+    std::unordered_map<std::uint32_t, basis_sums> basis_pending_;  // BasisSums before their Accept
     std::uint64_t resent_chunks_ = 0;
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t claimed_bytes_ = 0;
@@ -222,6 +237,9 @@ public:
         std::vector<digest128> have_digests;  // PARTIAL: digests of the chunks it has
         wire::SyncAction action = wire::SYNC_NONE;  // sync: what happens to the file (told to the sender)
         std::string basis;  // PARTIAL: the receiver's own file it started from (FileAccept.basis)
+        // PARTIAL, a sync's older version: its sums (BasisSums frames, basis_sum_frames);
+        // the file then takes CODEC_DELTA chunks. At most max_basis_blocks full blocks.
+        std::optional<basis_sums> sums;
     };
     wire::Accept accept(const std::vector<decision>& decisions);
 
@@ -229,6 +247,9 @@ public:
     // per ACCEPT_PARTIAL decision, each under max_have_digests_per_frame digests.
     static constexpr std::uint32_t max_have_digests_per_frame = 16384;  // 256 KiB of payload
     static std::vector<std::pair<wire::HaveDigests, std::string>> have_digest_frames(const decision& d);
+    // The BasisSums frames (header, payload) of a decision with sums: sent after its
+    // HaveDigests, before the Accept.
+    static std::vector<std::pair<wire::BasisSums, std::string>> basis_sum_frames(const decision& d);
 
     // Admission of a chunk header before its payload is read.
     std::error_code on_chunk(const wire::Chunk& chunk, std::uint32_t payload_len) const;
@@ -301,6 +322,7 @@ private:
         bool done_seen = false;
         bool finished = false;
         bool implicit_done = false;  // one chunk, sent: no FileDone follows (see single_chunk)
+        bool delta = false;          // weak sums went out: CODEC_DELTA chunks are welcome
         digest128 sender_digest;
         std::uint64_t chunks = 0;
         std::uint64_t have_count = 0;

@@ -1053,7 +1053,8 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     } else {
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} sent "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
-                        files, run.created, run.updated, run.renamed, run.unchanged, deleted, human_bytes(r.payload_bytes),
+                        files, run.created, run.updated, run.renamed, run.unchanged, deleted,
+                        human_bytes(r.payload_bytes - r.delta_copied),
                         r.elapsed_s, mbps(r), r.connections) +
             compression_note(r));
     }
@@ -1071,8 +1072,8 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
              {"skipped", run.unchanged},
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
-             {"bytes_transferred", r.payload_bytes},
-             {"bytes_matched", r.skipped_bytes},
+             {"bytes_transferred", r.payload_bytes - r.delta_copied},
+             {"bytes_matched", r.skipped_bytes + r.delta_copied},
              {"wire_bytes_sent", r.wire_sent},
              {"wire_bytes_received", r.wire_received},
              {"compression_saved_bytes", r.compression_saved},

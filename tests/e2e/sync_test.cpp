@@ -146,6 +146,35 @@ TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, bytes_inserted_and_removed_cost_only_the_blocks_they_touch) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(src / "big.bin", 12 * chunk + 100, 21);
+    ASSERT_EQ(sync({}).code, 0);
+    std::string data;
+    {
+        std::ifstream in(src / "big.bin", std::ios::binary);
+        data.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    // 10 bytes in at 1000 (block 0), 50 out at 8 chunks (block 8): every other block of
+    // the old version moves, and is found where it went, the short last one included.
+    data.erase(8 * chunk, 50);
+    data.insert(1000, "0123456789");
+    {
+        std::ofstream out(src / "big.bin", std::ios::binary | std::ios::trunc);
+        out << data;
+    }
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"big.bin"}));
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], 2 * chunk - 40);  // blocks 0 and 8, as they are now
+    EXPECT_EQ(done["bytes_matched"], data.size() - (2 * chunk - 40));
+    EXPECT_LT(done["wire_bytes_sent"].get<std::uint64_t>(), 3 * chunk);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not_sent_again) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;

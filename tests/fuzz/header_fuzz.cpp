@@ -57,7 +57,7 @@ receiver_machine fixture_receiver() {
     FUZZ_CHECK(!r.on_offer(s.make_offers().front(), ids));
     std::vector<receiver_machine::decision> decisions;
     for (file_id id : ids) {
-        decisions.push_back({id, wire::ACCEPT_ALL, std::nullopt, {}, wire::SYNC_NONE, {}});
+        decisions.push_back({id, wire::ACCEPT_ALL, std::nullopt, {}, wire::SYNC_NONE, {}, {}});
     }
     r.accept(decisions);
     return r;

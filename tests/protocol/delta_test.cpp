@@ -149,6 +149,29 @@ TEST(DeltaMatcher, MovedBlocksAreFoundAndUnrelatedDataMatchesNothing) {
     EXPECT_EQ(none.literal, 3 * B + 5);
 }
 
+TEST(DeltaMatcher, TheBasisShortLastBlockIsFoundAtTheEnd) {
+    bytes basis = random_bytes(5 * B + 3000, 10);
+    bytes file = basis;
+    file.erase(file.begin() + 100, file.begin() + 200);  // everything after shifts by 100
+    block_index index = index_of(basis);
+    delta_matcher m(index);
+    for (std::uint64_t off = 0; off < file.size(); off += B) {
+        std::span<const std::uint8_t> c(file.data() + off, std::min<std::uint64_t>(B, file.size() - off));
+        m.feed(c, hash_chunk(c));
+    }
+    std::span<const std::uint8_t> tail(basis.data() + 5 * B, 3000);
+    m.match_tail(std::span(file).last(3000), file.size(), hash_chunk(tail), 5 * B);
+    ASSERT_EQ(m.matches().size(), 5u);  // blocks 1..4 and the tail; block 0 held the cut
+    EXPECT_EQ(m.matches().back().at, file.size() - 3000);
+    EXPECT_EQ(m.matches().back().length, 3000u);
+    std::vector<delta_op> ops = chunk_ops(m.matches(), 5 * B, static_cast<std::uint32_t>(file.size() - 5 * B));
+    EXPECT_EQ(copied_bytes(ops), file.size() - 5 * B);  // the last chunk: all copies
+
+    delta_matcher other(index);
+    other.match_tail(std::span(file).last(3000), file.size(), hash_chunk(std::span(file).first(3000)), 5 * B);
+    EXPECT_TRUE(other.matches().empty());  // other bytes at the end
+}
+
 TEST(ChunkOps, AdjacentCopiesOfContiguousBasisBytesMerge) {
     std::vector<block_match> matches{{1, 0}, {B + 1, B}};
     std::vector<delta_op> ops = chunk_ops(matches, B, static_cast<std::uint32_t>(B));

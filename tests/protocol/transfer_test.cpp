@@ -906,6 +906,88 @@ TEST(SenderMachine, HaveDigestsAreBoundedAndMustMatchTheAccept) {
     EXPECT_EQ(t.on_accept(b, done), protocol_errc::unexpected_message);
 }
 
+TEST(SenderMachine, BasisSumsAreBoundedAndReachTheFileOnlyThroughItsPartialAccept) {
+    const std::uint64_t size = 3 * std::uint64_t{chunk_size};
+    auto sums = [](std::uint32_t id, std::uint32_t first, std::uint64_t basis_size) {
+        wire::BasisSums h;
+        h.set_file_id(id);
+        h.set_first(first);
+        h.set_size(basis_size);
+        h.set_tail_lo(7);
+        return h;
+    };
+    std::string one(20, '\1');
+    std::string two(40, '\1');
+    const std::uint64_t big = 1000 * std::uint64_t{chunk_size};  // more blocks than max_basis_blocks(size)
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", size), dir_entry("d")}, {});
+        EXPECT_EQ(s.on_basis_sums(sums(1, 0, size), as_bytes(one)), protocol_errc::unknown_file);  // a folder
+        EXPECT_EQ(s.on_basis_sums(sums(0, 0, size), as_bytes(std::string(19, 'x'))), protocol_errc::payload_mismatch);
+        EXPECT_EQ(s.on_basis_sums(sums(0, 0, chunk_size), as_bytes(two)), protocol_errc::bad_chunk);  // past its size
+        EXPECT_EQ(s.on_basis_sums(sums(0, 1, size), as_bytes(one)), protocol_errc::bad_chunk);  // not contiguous
+    }
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", size)}, {});
+        std::string many(20 * (max_basis_blocks(size) + 1), '\2');
+        EXPECT_EQ(s.on_basis_sums(sums(0, 0, big), as_bytes(many)), protocol_errc::bad_chunk);  // over the bound
+    }
+    sender_machine s(test_transfer_id, {file_entry("f", size)}, {});
+    ASSERT_EQ(s.on_basis_sums(sums(0, 0, 2 * chunk_size + 10), as_bytes(one)), std::error_code{});
+    EXPECT_EQ(s.on_basis_sums(sums(0, 1, 2 * chunk_size + 11), as_bytes(one)), protocol_errc::bad_chunk);  // size changed
+    ASSERT_EQ(s.on_basis_sums(sums(0, 1, 2 * chunk_size + 10), as_bytes(one)), std::error_code{});
+    wire::Accept a;
+    a.set_transfer_id(test_transfer_id);
+    wire::FileAccept* fa = a.add_files();
+    fa->set_id(0);
+    fa->set_kind(wire::ACCEPT_PARTIAL);
+    fa->set_have(std::string(1, '\0'));  // no chunk kept as it is: the delta alone
+    std::vector<wire::FileDone> done;
+    ASSERT_EQ(s.on_accept(a, done), std::error_code{});
+    const basis_sums* b = s.basis_of(file_id{0});
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(b->size, 2 * std::uint64_t{chunk_size} + 10);
+    EXPECT_EQ(b->weak.size(), 2u);
+    EXPECT_EQ(b->weak[0], 0x01010101u);
+    EXPECT_EQ(b->tail, (digest128{7, 0}));
+
+    // Sums for a file then accepted whole are a broken peer.
+    sender_machine t(test_transfer_id, {file_entry("f", size)}, {});
+    ASSERT_EQ(t.on_basis_sums(sums(0, 0, size), as_bytes(one)), std::error_code{});
+    wire::Accept whole;
+    whole.set_transfer_id(test_transfer_id);
+    whole.add_files()->set_id(0);
+    EXPECT_EQ(t.on_accept(whole, done), protocol_errc::unexpected_message);
+}
+
+TEST(ReceiverMachine, BasisSumFramesCarryEveryBlockAndTheTail) {
+    receiver_machine::decision d = accept_all(file_id{3});
+    d.kind = wire::ACCEPT_PARTIAL;
+    d.have = chunk_bitmap(2);
+    d.have_digests.resize(2);
+    EXPECT_TRUE(receiver_machine::basis_sum_frames(d).empty());  // a resume: no sums
+    basis_sums b;
+    b.size = 5 * std::uint64_t{chunk_size} + 1;
+    for (std::uint32_t i = 0; i < 5; ++i) {
+        b.weak.push_back(i);
+        b.strong.push_back({i, i});
+    }
+    b.tail = {9, 9};
+    d.sums = b;
+    auto frames = receiver_machine::basis_sum_frames(d);
+    ASSERT_EQ(frames.size(), 1u);
+    EXPECT_EQ(frames[0].first.file_id(), 3u);
+    EXPECT_EQ(frames[0].first.size(), b.size);
+    EXPECT_EQ(frames[0].first.tail_lo(), 9u);
+    EXPECT_EQ(frames[0].second.size(), 100u);
+
+    // A basis shorter than a block: one frame, the tail alone.
+    d.sums = basis_sums{};
+    d.sums->size = 10;
+    frames = receiver_machine::basis_sum_frames(d);
+    ASSERT_EQ(frames.size(), 1u);
+    EXPECT_TRUE(frames[0].second.empty());
+}
+
 TEST(ReceiverMachine, HaveDigestFramesSplitLargeFiles) {
     const std::uint64_t chunks = 2 * std::uint64_t{receiver_machine::max_have_digests_per_frame} + 3;
     receiver_machine::decision d = accept_all(file_id{5});
