@@ -33,6 +33,15 @@ enum class exit_code : int {
     transfer_failed = 2,
     auth = 3,
     local_io = 4,
+    partial = 5,    // done, but some source files could not be read (or changed while read)
+    vanished = 6,   // done, but some source files vanished while the transfer ran
+};
+
+// A source file the sender skipped during a transfer (FileAbort).
+struct skipped_file {
+    std::string path;
+    std::string reason;
+    bool vanished = false;  // gone from the source (else changed, or unreadable)
 };
 
 // What one finished transfer reports (either side).
@@ -56,6 +65,9 @@ struct transfer_report {
     // Of payload_bytes, what the receiver copied from its older version of the file (sync
     // deltas, CODEC_DELTA): confirmed, not sent.
     std::uint64_t delta_copied = 0;
+    // Source files the sender skipped (vanished, changed while read, unreadable): the
+    // transfer still succeeds without them (exit codes partial / vanished).
+    std::vector<skipped_file> given_up;
     double elapsed_s = 0;
     std::uint32_t connections = 0;
     double ttfb_s = -1;  // start -> first confirmed (sent) or written (received) byte; -1: none

@@ -46,8 +46,8 @@ struct local_basis {
         (void)tree.list_files(max_files, files, failed);
         for (std::uint32_t i = 0; i < files.size(); ++i) {
             const dest_tree::file_stamp& f = files[i];
-            if (f.size == 0) {
-                continue;
+            if (f.size == 0 || check_wire_path(f.path)) {
+                continue;  // empty, or a name the wire cannot carry (FileAccept.basis is UTF-8)
             }
             by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i);
             if (chunk_count(f.size) >= resume_min_chunks) {
@@ -70,6 +70,26 @@ struct local_basis {
 };
 
 namespace {
+
+// A sync's older version of a file, open (seeded_sums), on its way to the file's sink:
+// the delta then copies from that very inode, whatever its name holds by then.
+struct basis_file {
+    file_id id;
+    int fd = -1;
+    std::uint64_t size = 0;
+    basis_file(file_id i, int f, std::uint64_t s) : id(i), fd(f), size(s) {}
+    basis_file(basis_file&& o) noexcept : id(o.id), fd(std::exchange(o.fd, -1)), size(o.size) {}
+    basis_file& operator=(basis_file&&) = delete;
+    ~basis_file() {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+};
+
+// Older versions one session keeps open at once (beyond that, a delta opens the older
+// version by its name at its first chunk).
+constexpr std::size_t max_pinned_bases = 256;
 
 // How a chunk's payload is encoded (from its Chunk header), for the worker that decodes it.
 struct chunk_encoding {
@@ -284,6 +304,12 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
             }
             on_file_done(header.file_done());
             return;
+        case wire::Header::kFileAbort:
+            if (c.index != 0) {
+                break;
+            }
+            on_file_abort(header.file_abort());
+            return;
         case wire::Header::kPing: {
             wire::Header h;
             h.mutable_pong()->set_nonce(header.ping().nonce());
@@ -447,7 +473,8 @@ void receive_session::next_offer() {
         }
     }
     ctx_.workers.post([self = shared_from_this(), items = std::move(items), known = std::move(known), tree, root,
-                       journals, overwrite, need, sync = std::move(sync), basis]() mutable {
+                       journals, overwrite, need, sync = std::move(sync), basis,
+                       pinned = pinned_bases_]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
@@ -509,6 +536,7 @@ void receive_session::next_offer() {
         // second pass, which creates, checks again: nothing is followed if that changed.
         std::vector<resume_found> found(items.size());
         std::vector<std::optional<basis_sums>> sums(items.size());  // a sync's changed file: its older version
+        std::vector<basis_file> basis_fds;  // and that version, open (handed to the file's sink)
         std::vector<bool> identical(items.size(), false);
         std::vector<bool> exists(items.size(), false);  // a regular file is there (identical or not)
         // What a sync does with each file, told to the sender.
@@ -547,16 +575,26 @@ void receive_session::next_offer() {
         // A partial file just seeded with `bytes` of the older version at `basis_path`:
         // that version's sums (a delta's basis) and the chunks it holds (in `claims`), or
         // null (and no partial file left) when it could not be read.
-        auto seeded = [&](const entry_info& e, std::string_view basis_path, std::uint64_t bytes, resume_found& claims) {
-            std::optional<basis_sums> sums = seeded_sums(*tree, e, basis_path, bytes, claim_budget, claims);
+        auto seeded = [&](const item& it, std::string_view basis_path, std::uint64_t bytes, resume_found& claims,
+                          std::optional<basis_sums>& sums) {
+            int fd = -1;
+            sums = seeded_sums(*tree, it.e, basis_path, bytes, claim_budget, claims, fd);
             if (!sums) {
-                tree->remove_partial(e.path, true, true);
+                tree->remove_partial(it.e.path, true, true);
                 claims = {};
-                return sums;
+                return false;
             }
             std::uint64_t cost = (claims.have ? claims.have->count() : 0) + sums->weak.size();
             claim_budget -= std::min(claim_budget, cost);
-            return sums;
+            if (sums->weak.empty()) {
+                ::close(fd);  // no full block: nothing a delta could copy (the claims hold)
+                sums.reset();
+            } else if (pinned + basis_fds.size() < max_pinned_bases) {
+                basis_fds.emplace_back(it.id, fd, sums->size);
+            } else {
+                ::close(fd);
+            }
+            return true;
         };
         auto from_basis = [&](std::size_t i) {
             const entry_info& e = items[i].e;
@@ -573,8 +611,8 @@ void receive_session::next_offer() {
             tree->remove_partial(e.path, false, true);  // a record without data: stale
             std::uint64_t bytes = tree->seed_partial(e.path, e.size, from->path);
             resume_found r;
-            std::optional<basis_sums> sums = bytes == 0 ? std::nullopt : seeded(e, from->path, bytes, r);
-            if (!sums) {
+            std::optional<basis_sums> sums;
+            if (bytes == 0 || !seeded(items[i], from->path, bytes, r, sums)) {
                 return false;
             }
             decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests),
@@ -676,7 +714,7 @@ void receive_session::next_offer() {
                 here = 0;
                 for (std::size_t i = 0; i < items.size() && error.empty() && !sync.dry_run; ++i) {
                     if (seed_bytes[i] > 0) {
-                        sums[i] = seeded(items[i].e, items[i].e.path, seed_bytes[i], found[i]);
+                        seeded(items[i], items[i].e.path, seed_bytes[i], found[i], sums[i]);
                     } else if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
@@ -693,7 +731,7 @@ void receive_session::next_offer() {
         }
         lock.reset();
         asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space,
-                                   resumed = std::move(resumed)] {
+                                   resumed = std::move(resumed), basis_fds = std::move(basis_fds)]() mutable {
             self->offer_busy_ = false;
             if (!recovered.empty()) {
                 self->ctx_.log(recovered);
@@ -746,9 +784,68 @@ void receive_session::next_offer() {
                     self->sinks_[d.id.value] = std::move(sink);
                 }
             }
+            for (basis_file& b : basis_fds) {
+                if (auto& sink = self->sinks_.at(b.id.value); sink && !sink->basis.empty()) {
+                    sink->basis_fd = std::exchange(b.fd, -1);
+                    sink->basis_size = b.size;
+                    sink->pinned = true;
+                    ++self->pinned_bases_;
+                }
+            }
             self->send_control(h);
             self->check_all_done();
             self->next_offer();
+        });
+    });
+}
+
+void receive_session::on_file_abort(const wire::FileAbort& abort) {
+    if (std::error_code ec = machine_.on_file_abort(abort)) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + short_id(peer_id_) + ": " + ec.message());
+        return;
+    }
+    file_id f{abort.file_id()};
+    const entry_info& e = machine_.entry(f);
+    ctx_.log("the sender skipped " + printable(e.path) + " (" + printable(abort.reason()) + "): left as it was here");
+    dirty_.erase(f.value);
+    drop_partial(f);
+    check_all_done();
+}
+
+void receive_session::unpin(sink_file& sink) {
+    if (sink.pinned) {
+        sink.pinned = false;
+        --pinned_bases_;  // its worker job closes basis_fd
+    }
+}
+
+void receive_session::drop_partial(file_id f) {
+    auto sink = sinks_.at(f.value);
+    if (sink->writes > 0) {
+        sink->drop = true;  // once its writes in flight are done
+        return;
+    }
+    ++finalizing_;  // the transfer ends after this
+    unpin(*sink);
+    ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, path = machine_.entry(f).path] {
+        {
+            std::lock_guard lock(sink->mutex);
+            if (sink->fd >= 0) {
+                ::close(sink->fd);
+                sink->fd = -1;
+            }
+            if (sink->basis_fd >= 0) {
+                ::close(sink->basis_fd);
+                sink->basis_fd = -1;
+            }
+            sink->finalized = true;  // no resume record for it any more
+        }
+        if (tree) {
+            tree->remove_partial(path, true, true);
+        }
+        asio::post(self->ctx_.io, [self] {
+            --self->finalizing_;
+            self->check_all_done();
         });
     });
 }
@@ -760,6 +857,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         return;
     }
     file_id f{chunk.file_id()};
+    if (machine_.aborted(f)) {
+        return;  // sent before the sender gave up on the file
+    }
     chunk_index idx{chunk.index()};
     std::uint32_t conn = c.index;
     std::uint64_t key = chunk_key(f, idx);
@@ -838,6 +938,14 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             if (sink->writes == 0 && sink->finalize_waits) {
                 sink->finalize_waits = false;
                 asio::post(self->ctx_.io, [self, f] { self->try_finalize(f); });
+            }
+            if (sink->writes == 0 && sink->drop) {
+                sink->drop = false;
+                self->drop_partial(f);
+                return;
+            }
+            if (self->machine_.aborted(f)) {
+                return;  // given up on while this chunk was written: not confirmed
             }
             if (verdict.bad) {
                 self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, verdict.problem(path, idx));
@@ -1008,6 +1116,7 @@ void receive_session::try_finalize(file_id f) {
     }
     machine_.on_file_finished(f);  // no second finalize for this file
     ++finalizing_;
+    unpin(*sinks_.at(f.value));
     bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each || e.size >= fsync_own_threshold;
     if (!fsync_now) {
         need_syncfs_ = true;
@@ -1029,7 +1138,7 @@ void receive_session::try_finalize(file_id f) {
             sink->fd = -1;
             sink->finalized = true;  // no checkpoint records it any more
             if (sink->basis_fd >= 0) {
-                ::close(sink->basis_fd);  // every chunk is in
+                ::close(sink->basis_fd);  // every chunk is in (the loop thread counts it unpinned)
                 sink->basis_fd = -1;
             }
         }
@@ -1326,7 +1435,7 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.skipped_files = machine_.skipped_files();
     r.skipped_bytes = machine_.skipped_bytes() + machine_.kept_bytes();
     r.resumed_bytes = machine_.kept_bytes();
-    r.files = ok ? machine_.total_files() - machine_.total_dirs() - r.skipped_files : 0;
+    r.files = ok ? machine_.total_files() - machine_.total_dirs() - r.skipped_files - machine_.aborted_files() : 0;
     r.dirs = ok ? machine_.total_dirs() : 0;
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.received_bytes();
@@ -1427,7 +1536,7 @@ void receive_session::send_have_digests(const std::vector<receiver_machine::deci
         return;
     }
     // Their own buffers (one per frame, released as each is written): not the chunk pool.
-    auto pool = buffer_pool::make(frames.size(), 20 * std::size_t{receiver_machine::max_have_digests_per_frame});
+    auto pool = buffer_pool::make(frames.size(), chunk_size);  // what either kind of frame holds at most
     for (auto& [h, bytes] : frames) {
         pooled_buffer buf = pool->acquire(bytes.size());
         std::memcpy(buf.data(), bytes.data(), bytes.size());

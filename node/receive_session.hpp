@@ -73,6 +73,8 @@ private:
         bool resumed = false;        // accepted ACCEPT_PARTIAL: its partial file must exist
         std::uint32_t writes = 0;    // chunk writes in flight
         bool finalize_waits = false; // ready while writes were in flight: finalize after them
+        bool drop = false;           // the sender gave up on it: its partial file goes after those writes
+        bool pinned = false;         // basis_fd was handed over open (counted in pinned_bases_)
         bool checkpointing = false;  // a resume record is being written
         ~sink_file();
     };
@@ -88,6 +90,12 @@ private:
     void on_offer(const wire::Offer& offer);
     void next_offer();
     void on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload);
+    // The sender gave up on a file: its partial file goes (drop_partial), the destination
+    // keeps what it had, and the transfer goes on without it.
+    void on_file_abort(const wire::FileAbort& abort);
+    void drop_partial(file_id f);
+    // The file's older version is about to be closed: one fewer held open.
+    void unpin(sink_file& sink);
     void write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload);
     // Files of one chunk wait in whole_writes_ until the loop's current turn ends (or a
     // batch is full), then go to the pool together: one round trip for many small files.
@@ -161,6 +169,7 @@ private:
     // Sync: the files already under the sync's folder, where a new path may start from (a
     // rename or copy at SRC). Filled by the offer worker the first time it needs it.
     std::shared_ptr<struct local_basis> basis_;
+    std::size_t pinned_bases_ = 0;  // older versions held open by sinks (basis_fd), roughly
     // The sync target (the first batch's), once open_sync_target took it; null otherwise.
     const wire::SyncTarget* sync_target() const { return share_dir_.empty() ? nullptr : &*machine_.sync(); }
     // Checks a sync target (share, access, patterns) and sets root_, share_dir_ and

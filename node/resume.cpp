@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <memory>
 
@@ -153,7 +154,9 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
 }
 
 std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std::string_view basis_path,
-                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims) {
+                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims,
+                                      int& basis_fd) {
+    basis_fd = -1;
     std::error_code ec;
     int partial = tree.open_partial_read(e.path, ec);
     int basis = partial < 0 ? -1 : tree.open_final_read(basis_path, ec);
@@ -187,7 +190,7 @@ std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std:
             ++claimed;
         }
     };
-    std::uint64_t blocks = out ? std::min(out->size / chunk_size, max_basis_blocks(e.size)) : 0;
+    std::uint64_t blocks = out ? std::min({out->size / chunk_size, max_basis_blocks(e.size), max_claims}) : 0;
     for (std::uint64_t b = 0; out && b < blocks; ++b) {
         std::span<const std::uint8_t> bytes = read_block(b * chunk_size, chunk_size);
         if (bytes.empty()) {
@@ -210,8 +213,10 @@ std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std:
     if (partial >= 0) {
         ::close(partial);
     }
-    if (basis >= 0) {
+    if (basis >= 0 && !out) {
         ::close(basis);
+    } else {
+        basis_fd = basis;
     }
     if (!out) {
         claims.kept_bytes = 0;

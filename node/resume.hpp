@@ -98,9 +98,13 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
 // `e`'s size), read from the partial file where it holds the bytes and from the older
 // version beyond, and in `claims` the chunks of `e` the partial file holds as they are
 // (a full block of the older version, or its short last block, in the same place), with
-// their digests, at most `max_claims` (possibly none). Null when a file cannot be read.
+// their digests, at most `max_claims` (possibly none) and at most `max_claims` blocks.
+// Null when a file cannot be read. `basis_fd` gets the older version, open for reading:
+// the delta copies from that very file (the caller owns it), whatever its name holds by
+// then.
 std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std::string_view basis_path,
-                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims);
+                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims,
+                                      int& basis_fd);
 
 // True for the names of partial files and resume records (dest_tree::partial_name,
 // resume_name, and a record's temporary "~" name).

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "node/chunk_codec.hpp"
 #include "node/backoff.hpp"
@@ -271,16 +273,14 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             for (std::uint64_t key : header.chunk_ack().chunks()) {
                 std::error_code ec;
                 std::optional<wire::FileDone> released;
-                machine_.on_ack(key, ec, &released);
+                bool first_ack = machine_.on_ack(key, ec, &released) > 0;
                 if (ec) {
                     fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                     return;
                 }
                 if (released) {
                     // A resumed file's FileDone, held until the chunks sent again were written.
-                    wire::Header h;
-                    *h.mutable_file_done() = std::move(*released);
-                    conns_[0].conn->send(h);
+                    send_file_done(chunk_key_file(key), std::move(*released));
                 }
                 if (auto it = cs.inflight.find(key); it != cs.inflight.end()) {
                     std::uint64_t len = raw_length(key);
@@ -288,7 +288,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     ctx_.stats.chunk_rtt.observe(now - it->second.sent_at);
                     // A delta's bytes copied at the receiver are not what compression saved.
                     std::uint64_t saved = it->second.copied > 0 ? 0 : len - it->second.wire_len;
-                    delta_copied_ += it->second.copied;
+                    delta_copied_ += first_ack ? it->second.copied : 0;  // a chunk sent twice counts once
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
                     acked += len;
@@ -597,18 +597,75 @@ void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan
         return;
     }
     if (scan->ec) {
-        fail(exit_code::local_io, "cannot read " + sources_.locals.at(f.value) + ": " + scan->what);
+        scan->parked.clear();
+        give_up(f, scan->ec == std::errc::no_such_file_or_directory, "cannot read it: " + scan->what);
         return;
     }
     std::vector<chunk_ref> parked = std::move(scan->parked);
     for (const chunk_ref& ref : parked) {
-        if (ref.send) {
-            machine_.requeue(ref);
-        } else {
+        if (!ref.send) {
             files_.at(f.value)->read_done();
             on_hashed(ref, scan->digests.at(ref.index.value));
         }
     }
+    // Chunks to send go back to the front of the queue, last first: they come out in order.
+    for (auto it = parked.rbegin(); it != parked.rend(); ++it) {
+        if (it->send) {
+            machine_.requeue(*it);
+        }
+    }
+    pump_all();
+}
+
+void send_session::forget_scan(file_id f) {
+    if (auto it = scans_.find(f.value); it != scans_.end()) {
+        it->second = nullptr;  // no more reads of it need ops: its memory goes
+    }
+}
+
+void send_session::send_file_done(file_id f, wire::FileDone done) {
+    forget_scan(f);
+    // The file as it was read must still be the file that was scanned: a size or mtime
+    // that moved means it changed while it was read (the chunks may mix two versions).
+    const entry_info& e = machine_.entry(f);
+    struct stat st {};
+    if (::stat(sources_.locals.at(f.value).c_str(), &st) != 0) {
+        give_up(f, errno == ENOENT, std::string("vanished while it was read: ") + std::strerror(errno));
+        return;
+    }
+    if (static_cast<std::uint64_t>(st.st_size) != e.size || timespec_ns(st.st_mtim) != e.mtime_ns) {
+        give_up(f, false, "changed while it was read (size or mtime)");
+        return;
+    }
+    wire::Header h;
+    *h.mutable_file_done() = std::move(done);
+    conns_[0].conn->send(h);
+}
+
+void send_session::give_up(file_id f, bool vanished, const std::string& reason) {
+    std::optional<wire::FileAbort> abort = machine_.abort_file(f, vanished, reason);
+    if (!abort) {
+        return;
+    }
+    forget_scan(f);
+    // Its chunks in flight will not be confirmed (the receiver drops them): they leave the
+    // windows now.
+    for (conn_state& cs : conns_) {
+        for (auto it = cs.inflight.begin(); it != cs.inflight.end();) {
+            if (chunk_key_file(it->first) == f) {
+                cs.inflight_bytes -= raw_length(it->first);
+                it = cs.inflight.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+    const std::string& path = machine_.entry(f).path;
+    ctx_.log("skipped " + printable(path) + ": " + reason);
+    given_up_.push_back({path, reason, vanished});
+    wire::Header h;
+    *h.mutable_file_abort() = std::move(*abort);
+    conns_[0].conn->send(h);
     pump_all();
 }
 
@@ -618,9 +675,7 @@ void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
     }
     bool resend = false;
     if (auto done = machine_.on_chunk_hashed(ref, digest, &resend)) {
-        wire::Header h;
-        *h.mutable_file_done() = std::move(*done);
-        conns_[0].conn->send(h);
+        send_file_done(ref.file, std::move(*done));
     }
     if (resend) {
         files_[ref.file.value]->read_again();  // the receiver has other bytes there: read and send it
@@ -641,7 +696,7 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
             job.ops.clear();
         }
     }
-    job.level = ref.send && job.ops.empty() ? compression_.next_level() : 0;
+    job.level = ref.send ? compression_.next_level() : 0;  // also when a delta does not pay
     return job;
 }
 
@@ -688,7 +743,7 @@ void send_session::read_source(read_job& job) {
             job.packed = delta_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.ops);
             job.delta = job.packed.size > 0;
         }
-        if (job.level > 0) {
+        if (job.level > 0 && !job.delta) {
             job.packed = compress_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.level);
         }
     }
@@ -724,8 +779,13 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
         compression_.observe(job.level, ref.length, job.packed.size > 0 ? job.packed.size : ref.length,
                              job.packed.cpu_seconds);
     }
+    if (machine_.aborted(ref.file)) {
+        return;  // given up on while it was read
+    }
     if (job.ec) {
-        fail(exit_code::local_io, "cannot read " + *job.local + ": " + job.what);
+        // One file that cannot be read (gone, changed, unreadable) is skipped, not the
+        // transfer: the report lists it and the exit code says so.
+        give_up(ref.file, job.ec == std::errc::no_such_file_or_directory, "cannot read it: " + job.what);
         return;
     }
     on_hashed(ref, job.digest);
@@ -943,7 +1003,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.skipped_files = machine_.skipped_files();
     r.skipped_bytes = machine_.skipped_bytes();
     r.resumed_bytes = machine_.kept_bytes();
-    r.files = machine_.files_done() - machine_.dirs_done() - r.skipped_files;
+    r.files = machine_.files_done() - machine_.dirs_done() - r.skipped_files - machine_.aborted_files();
     r.dirs = machine_.dirs_done();
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.confirmed_bytes();
@@ -976,6 +1036,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     }
     r.compression_saved = scope_ ? scope_->counters().compression_saved : 0;
     r.delta_copied = delta_copied_;
+    r.given_up = given_up_;
     r.ttfb_s = ttfb_s_;
     r.deleted_files = deleted_files_;
     r.deleted_dirs = deleted_dirs_;

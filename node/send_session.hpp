@@ -187,11 +187,19 @@ private:
     };
     // At most this many passes run (or wait for a worker) at once: chunks of further such
     // files wait in the machine's queue.
-    static constexpr std::size_t max_delta_scans = 2;
+    static constexpr std::size_t max_delta_scans = 1;  // a worker stays free for everything else
     // Takes `ref` if it is a chunk of such a file (parked, or hashed from the pass); false
     // when it is read as usual. Sets `stop` when pump() must stop here for now.
     bool delta_ref(const chunk_ref& ref, bool& stop);
     void on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan);
+    // Sends a file's FileDone, unless the file changed or vanished since the scan (a size
+    // or mtime that moved): then it is given up on instead.
+    void send_file_done(file_id f, wire::FileDone done);
+    // The file's delta pass is no longer needed (done, or given up on).
+    void forget_scan(file_id f);
+    // Skips one file that vanished, changed or cannot be read: FileAbort to the receiver,
+    // its chunks in flight out of the windows, and a line in the report.
+    void give_up(file_id f, bool vanished, const std::string& reason);
     // A chunk hashed (read, or from the memo): the machine learns its digest; a FileDone
     // that releases goes out, and a chunk the receiver has with other bytes is read again.
     void on_hashed(const chunk_ref& ref, digest128 digest);
@@ -226,6 +234,7 @@ private:
     std::unordered_map<std::uint32_t, std::shared_ptr<delta_scan>> scans_;
     std::size_t scans_running_ = 0;
     std::uint64_t delta_copied_ = 0;  // confirmed bytes receivers rebuilt from their older versions
+    std::vector<skipped_file> given_up_;
     std::uint64_t deleted_files_ = 0;  // sync: as the receiver reported them (Deleted)
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t regular_files_ = 0;

@@ -36,8 +36,21 @@ bool strong_less(const digest128& x, const digest128& y) { return std::tie(x.hi,
 }  // namespace
 
 block_index::block_index(std::vector<basis_block> blocks) : blocks_(std::move(blocks)), filter_(filter_mask + 1, 0) {
-    std::stable_sort(blocks_.begin(), blocks_.end(),
-                     [](const basis_block& x, const basis_block& y) { return x.weak < y.weak; });
+    std::stable_sort(blocks_.begin(), blocks_.end(), [](const basis_block& x, const basis_block& y) {
+        return x.weak != y.weak ? x.weak < y.weak : strong_less(x.strong, y.strong);
+    });
+    // One block per (weak, strong) (the first: any copy will do), at most max_per_weak per weak.
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+        const basis_block& b = blocks_[i];
+        if (kept > 0 && blocks_[kept - 1].weak == b.weak &&
+            (blocks_[kept - 1].strong == b.strong ||
+             (kept >= max_per_weak && blocks_[kept - max_per_weak].weak == b.weak))) {
+            continue;
+        }
+        blocks_[kept++] = b;
+    }
+    blocks_.resize(kept);
     by_strong_.resize(blocks_.size());
     for (std::uint32_t i = 0; i < blocks_.size(); ++i) {
         std::uint32_t w = blocks_[i].weak;
@@ -77,6 +90,9 @@ bool delta_matcher::try_match(std::span<const std::uint8_t> head, std::span<cons
             return true;
         }
     }
+    if (++false_alarms_ > max_false_alarms + matches_.size()) {
+        sliding_ = false;
+    }
     return false;
 }
 
@@ -85,7 +101,6 @@ void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& d
     const std::uint64_t base = k_ * block;          // this chunk's offset in the file
     const std::uint64_t end = base + chunk.size();  // bytes known so far
     const std::span<const std::uint8_t> prev(prev_);
-    bool examined = false;  // the window at p_ was looked at and matched nothing
     while (!index_.empty() && p_ + block <= end) {
         if (p_ == base) {
             // The window is this chunk exactly: its digest is known, no weak sum needed.
@@ -99,22 +114,24 @@ void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& d
         }
         // p_ is in the previous chunk: the window is prev_[o..] then chunk[..o], and
         // sliding it one byte drops prev_[o] and takes chunk[o].
+        if (!sliding_) {
+            // Only a chunk equal to a block from now on: the next chunk's start.
+            p_ = base;
+            fresh_ = true;
+            continue;
+        }
         std::size_t o = p_ - (base - block);
         if (fresh_) {
             sum_.reset(prev.subspan(o), chunk.first(o));
             fresh_ = false;
-            examined = false;
         }
         const std::size_t limit = chunk.size();  // chunk[o] must exist to slide
-        bool matched = false;
-        if (!examined && try_match(prev.subspan(o), chunk.first(o))) {
-            matched = true;
-        }
+        bool matched = try_match(prev.subspan(o), chunk.first(o));
         // Slide one byte at a time until the weak sum passes the filter (most windows
         // match nothing: this loop is where a changed file's time goes).
         const std::uint8_t* out = prev.data();
         const std::uint8_t* in = chunk.data();
-        while (!matched && o < limit) {
+        while (!matched && sliding_ && o < limit) {
             std::uint32_t a = sum_.a_;
             std::uint32_t b = sum_.b_;
             const std::uint32_t n = sum_.n_;

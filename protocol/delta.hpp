@@ -67,7 +67,8 @@ struct basis_block {
 };
 
 // The basis blocks looked up by weak sum (behind a bit filter, since most windows match
-// nothing) and by strong digest.
+// nothing) and by strong digest. Blocks with the same sums are kept once, and at most
+// max_per_weak blocks share a weak sum (each candidate costs a strong hash of a window).
 class block_index {
 public:
     explicit block_index(std::vector<basis_block> blocks);
@@ -77,6 +78,8 @@ public:
     std::span<const basis_block> with_weak(std::uint32_t weak) const;
     // A block with this strong digest, or null.
     const basis_block* with_strong(const digest128& strong) const;
+
+    static constexpr std::size_t max_per_weak = 4;
 
 private:
     static constexpr std::uint32_t filter_mask = (1u << 14) - 1;  // 2^20 bits
@@ -109,6 +112,11 @@ public:
     const std::vector<block_match>& matches() const { return matches_; }
     // Bytes the window slid over one at a time (what found nothing at once).
     std::uint64_t rolled_bytes() const { return rolled_; }
+    // Windows whose weak sum matched a block but whose strong digest did not. Past
+    // max_false_alarms more than there are matches (a degenerate basis, or a hostile peer's
+    // sums), the window stops sliding: only chunks equal to a block are found from then on.
+    std::uint64_t false_alarms() const { return false_alarms_; }
+    static constexpr std::uint64_t max_false_alarms = 256;
 
 private:
     // The window at p_ as two spans: the part in prev_ and the part in the current chunk.
@@ -121,6 +129,8 @@ private:
     bool fresh_ = true;               // the rolling sum is not the window at p_
     rolling_sum sum_;
     std::uint64_t rolled_ = 0;
+    std::uint64_t false_alarms_ = 0;
+    bool sliding_ = true;             // false once false alarms pass the bound
     std::vector<block_match> matches_;
 };
 

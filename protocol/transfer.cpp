@@ -206,6 +206,9 @@ std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, s
 std::error_code sender_machine::on_basis_sums(const wire::BasisSums& sums, std::span<const std::uint8_t> payload) {
     // Like HaveDigests: only for a file of the batch whose Accept comes next, contiguous,
     // and never more blocks than max_basis_blocks of the file.
+    if (!options_.sync) {
+        return protocol_errc::unexpected_message;  // a delta is for a sync's older versions only
+    }
     std::uint32_t id = sums.file_id();
     if (std::error_code ec = next_accepted_file(id)) {
         return ec;
@@ -256,7 +259,7 @@ std::optional<chunk_ref> sender_machine::next_chunk() {
 
 std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& ref, digest128 digest, bool* resend) {
     file_state& f = files_.at(ref.file.value);
-    if (ref.index.value >= f.chunks || f.hashed_bits.test(ref.index.value)) {
+    if (f.aborted || ref.index.value >= f.chunks || f.hashed_bits.test(ref.index.value)) {
         return std::nullopt;  // a requeued chunk read twice has the same digest
     }
     f.hashed_bits.set(ref.index.value);
@@ -306,7 +309,11 @@ wire::FileDone sender_machine::file_done(std::uint32_t id) const {
     return d;
 }
 
-void sender_machine::requeue(const chunk_ref& ref) { requeued_.push_front(ref); }
+void sender_machine::requeue(const chunk_ref& ref) {
+    if (!files_.at(ref.file.value).aborted) {
+        requeued_.push_front(ref);
+    }
+}
 
 std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released) {
     file_id fid = chunk_key_file(key);
@@ -318,7 +325,7 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
         return 0;
     }
     file_state& f = files_[fid.value];
-    if (finished_ || f.acked_bits.test(idx.value)) {
+    if (finished_ || f.aborted || f.acked_bits.test(idx.value)) {
         // A chunk delivered twice (after a requeue) is confirmed once; after the
         // TransferResult every byte is already confirmed.
         return 0;
@@ -339,11 +346,34 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     return n;
 }
 
+std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanished, const std::string& reason) {
+    file_state& f = files_.at(id.value);
+    if (!f.accepted || f.result || f.aborted || entries_[id.value].is_dir) {
+        return std::nullopt;
+    }
+    f.aborted = true;
+    f.result = true;
+    f.done_held = false;
+    ++files_done_;
+    ++aborted_files_;
+    aborted_bytes_ += entries_[id.value].size;
+    std::erase(ready_files_, id.value);
+    std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file == id; });
+    wire::FileAbort a;
+    a.set_file_id(id.value);
+    a.set_vanished(vanished);
+    a.set_reason(reason);
+    return a;
+}
+
 std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
     if (result.file_id() >= files_.size() || !files_[result.file_id()].accepted) {
         return protocol_errc::unknown_file;
     }
     file_state& f = files_[result.file_id()];
+    if (f.aborted) {
+        return {};  // crossed the FileAbort: the receiver made it final before it knew
+    }
     if (!result.ok()) {
         failure_ = entries_[result.file_id()].path + ": " + result.error();
         return protocol_errc::peer_error;
@@ -370,7 +400,7 @@ std::error_code sender_machine::on_transfer_result(const wire::TransferResult& r
     }
     // The result is the receiver's confirmation of every byte (verified and durable);
     // ChunkAcks still in flight on other connections would only repeat it.
-    confirmed_bytes_ = total_bytes_ - skipped_bytes_;
+    confirmed_bytes_ = total_bytes_ - skipped_bytes_ - aborted_bytes_;
     finished_ = true;
     return {};
 }
@@ -505,7 +535,7 @@ std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum
         out.emplace_back(std::move(h), std::string());
     };
     for (std::uint32_t i = 0; i < b.weak.size(); ++i) {
-        if (out.empty() || out.back().second.size() >= 20 * std::size_t{max_have_digests_per_frame}) {
+        if (out.empty() || out.back().second.size() >= 20 * std::size_t{max_basis_sums_per_frame}) {
             frame(i);
         }
         put_digest(out.back().second, b.strong[i]);
@@ -577,6 +607,9 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
         return protocol_errc::unknown_file;
     }
     const file_state& f = files_[chunk.file_id()];
+    if (f.aborted) {
+        return {};  // sent before the sender gave up on it: dropped
+    }
     if (!f.decided || f.skip || f.info.is_dir || f.finished) {
         return protocol_errc::unknown_file;
     }
@@ -620,6 +653,23 @@ bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 dig
         }
     }
     return f.have_count == f.chunks;
+}
+
+std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
+    if (abort.file_id() >= files_.size()) {
+        return protocol_errc::unknown_file;
+    }
+    file_state& f = files_[abort.file_id()];
+    if (!f.decided || f.skip || f.info.is_dir || f.done_seen || f.aborted) {
+        return protocol_errc::unexpected_message;
+    }
+    f.aborted = true;
+    ++aborted_files_;
+    if (!f.finished) {
+        f.finished = true;
+        ++finished_files_;
+    }
+    return {};
 }
 
 std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {

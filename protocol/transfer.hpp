@@ -122,6 +122,14 @@ public:
     // replacement before it checks the file digest.
     std::uint64_t on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released = nullptr);
 
+    // Gives up on an accepted file (it vanished or changed at the source): no more of its
+    // chunks are handed out, its acks and results are ignored, and the transfer can end
+    // without it (its bytes are not confirmed). Returns the FileAbort to send on
+    // connection 0; nullopt when there is nothing to abort (already done, or skipped).
+    std::optional<wire::FileAbort> abort_file(file_id f, bool vanished, const std::string& reason);
+    bool aborted(file_id f) const { return files_.at(f.value).aborted; }
+    std::uint64_t aborted_files() const { return aborted_files_; }
+
     std::error_code on_file_result(const wire::FileResult& result);
     std::error_code on_transfer_result(const wire::TransferResult& result);
 
@@ -169,6 +177,7 @@ private:
         bool result = false;
         wire::SyncAction action = wire::SYNC_NONE;
         std::string basis;
+        bool aborted = false;  // abort_file()
         std::uint64_t chunks = 0;
         std::uint64_t next = 0;         // scheduling cursor
         std::uint64_t hashed = 0;       // digests known
@@ -201,6 +210,8 @@ private:
     std::unordered_map<std::uint32_t, std::vector<digest128>> have_digests_;  // before their Accept
     std::unordered_map<std::uint32_t, basis_sums> basis_pending_;  // BasisSums before their Accept
     std::uint64_t resent_chunks_ = 0;
+    std::uint64_t aborted_files_ = 0;
+    std::uint64_t aborted_bytes_ = 0;  // their sizes: never confirmed
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t claimed_bytes_ = 0;
     std::uint64_t total_bytes_ = 0;
@@ -246,6 +257,9 @@ public:
     // The HaveDigests frames (header, payload) that must precede that Accept: one or more
     // per ACCEPT_PARTIAL decision, each under max_have_digests_per_frame digests.
     static constexpr std::uint32_t max_have_digests_per_frame = 16384;  // 256 KiB of payload
+    // BasisSums frames carry 20 bytes per block: at most a chunk's worth of payload too
+    // (what the sender's frame buffers hold).
+    static constexpr std::uint32_t max_basis_sums_per_frame = chunk_size / 20;
     static std::vector<std::pair<wire::HaveDigests, std::string>> have_digest_frames(const decision& d);
     // The BasisSums frames (header, payload) of a decision with sums: sent after its
     // HaveDigests, before the Accept.
@@ -303,6 +317,11 @@ public:
     bool finished(file_id f) const { return files_.at(f.value).finished; }
     bool all_offered() const { return last_seen_; }
     bool all_finished() const { return last_seen_ && finished_files_ == files_.size(); }
+    // The sender gave up on a file (FileAbort): it counts as finished, is never made
+    // final, and chunks of it still on their way are to be dropped (on_chunk accepts them).
+    std::error_code on_file_abort(const wire::FileAbort& abort);
+    bool aborted(file_id f) const { return files_.at(f.value).aborted; }
+    std::uint64_t aborted_files() const { return aborted_files_; }
     std::uint64_t total_files() const { return files_.size(); }  // entries, directories included
     std::uint64_t total_dirs() const { return total_dirs_; }
     std::uint64_t total_bytes() const { return total_bytes_; }
@@ -323,6 +342,7 @@ private:
         bool finished = false;
         bool implicit_done = false;  // one chunk, sent: no FileDone follows (see single_chunk)
         bool delta = false;          // weak sums went out: CODEC_DELTA chunks are welcome
+        bool aborted = false;        // FileAbort
         digest128 sender_digest;
         std::uint64_t chunks = 0;
         std::uint64_t have_count = 0;
@@ -350,6 +370,7 @@ private:
     std::uint64_t skipped_bytes_ = 0;
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t finished_files_ = 0;
+    std::uint64_t aborted_files_ = 0;
     std::uint64_t total_dirs_ = 0;
 };
 

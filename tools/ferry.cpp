@@ -175,6 +175,8 @@ const char* code_name(exit_code c) {
         case exit_code::transfer_failed: return "transfer_failed";
         case exit_code::auth: return "auth";
         case exit_code::local_io: return "local_io";
+        case exit_code::partial: return "partial";
+        case exit_code::vanished: return "vanished";
     }
     return "unknown";
 }
@@ -216,7 +218,8 @@ double overhead_pct(const ferry::transfer_report& r, bool sender) {
 json report_json(const ferry::transfer_report& r, bool sender) {
     double wire = static_cast<double>(sender ? r.wire_sent : r.wire_received);
     return {{"event", "done"},
-            {"ok", r.ok},
+            {"ok", r.ok && r.given_up.empty()},
+            {"failed_files", r.given_up.size()},
             {"direction", sender ? "send" : "receive"},
             {"session", ferry::hex_encode(r.session_id)},
             {"peer", ferry::format_node_id(r.peer_id)},
@@ -1040,6 +1043,50 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     }, &run);
 }
 
+// Test hook (tests/e2e): FERRY_FAULT_AFTER_SCAN="rm:PATH" or "grow:PATH" removes, or
+// appends a byte to, the source file at wire path PATH right after the first scan, the way
+// a program writing into SRC during a sync would.
+void fault_after_scan(const ferry::source_tree& sources) {
+    const char* v = std::getenv("FERRY_FAULT_AFTER_SCAN");
+    std::string spec = v != nullptr ? v : "";
+    auto colon = spec.find(':');
+    if (colon == std::string::npos) {
+        return;
+    }
+    std::string what = spec.substr(0, colon);
+    std::string path = spec.substr(colon + 1);
+    for (std::size_t i = 0; i < sources.entries.size(); ++i) {
+        if (sources.entries[i].path != path) {
+            continue;
+        }
+        if (what == "rm") {
+            ::unlink(sources.locals[i].c_str());
+        } else if (what == "grow") {
+            std::ofstream(sources.locals[i], std::ios::app | std::ios::binary) << 'x';
+        }
+    }
+}
+
+// After a transfer that succeeded: one line and one `failed` event per source file the
+// sender skipped (vanished, changed while read, unreadable), and the exit code: 0 when
+// there is none, `vanished` when every one of them vanished, else `partial`.
+int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) {
+    bool all_vanished = true;
+    for (const ferry::skipped_file& f : r.given_up) {
+        say("not sent: " + ferry::printable(f.path) + ": " + f.reason);
+        emit(o, {{"event", "failed"}, {"path", f.path}, {"reason", f.reason}, {"vanished", f.vanished}}, false);
+        all_vanished = all_vanished && f.vanished;
+    }
+    if (r.given_up.empty()) {
+        return 0;
+    }
+    exit_code code = all_vanished ? exit_code::vanished : exit_code::partial;
+    say(std::to_string(r.given_up.size()) + " source file(s) not sent (" +
+        (all_vanished ? "they vanished" : "they changed while read, vanished or could not be read") + "): exit " +
+        std::to_string(static_cast<int>(code)));
+    return static_cast<int>(code);
+}
+
 // The last line of a sync: what changed (or would), and the `done` event.
 int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfer_report& r,
                  const ferry::source_tree& sources) {
@@ -1054,12 +1101,13 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} sent "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
                         files, run.created, run.updated, run.renamed, run.unchanged, deleted,
-                        human_bytes(r.payload_bytes - r.delta_copied),
+                        human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),
                         r.elapsed_s, mbps(r), r.connections) +
             compression_note(r));
     }
     emit(o, {{"event", "done"},
-             {"ok", true},
+             {"ok", r.given_up.empty()},
+             {"failed_files", r.given_up.size()},
              {"dry_run", dry},
              {"session", ferry::hex_encode(r.session_id)},
              {"peer", ferry::format_node_id(r.peer_id)},
@@ -1072,14 +1120,14 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
              {"skipped", run.unchanged},
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
-             {"bytes_transferred", r.payload_bytes - r.delta_copied},
+             {"bytes_transferred", r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)},
              {"bytes_matched", r.skipped_bytes + r.delta_copied},
              {"wire_bytes_sent", r.wire_sent},
              {"wire_bytes_received", r.wire_received},
              {"compression_saved_bytes", r.compression_saved},
              {"elapsed_s", r.elapsed_s},
              {"connections", r.connections}});
-    return 0;
+    return skipped_sources_exit(o, r);
 }
 
 // Runs one outgoing transfer (`ferry send`, or with `sync` a push of `ferry sync`) to the
@@ -1139,7 +1187,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     } catch (...) {
         node_failed = std::current_exception();
     }
-    auto [scan_ec, sources] = scanned.get();
+    auto [scan_ec, scanned_sources] = scanned.get();
+    ferry::source_tree sources = std::move(scanned_sources);
+    fault_after_scan(sources);
     if (scan_ec) {
         bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
                        scan_ec == std::errc::not_a_directory;
@@ -1190,6 +1240,8 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     const auto retry_for = std::chrono::milliseconds(std::llround(s.retry_for_s * 1000));
     asio::steady_timer retry_timer(io);
     unsigned attempts = 0;
+    bool rescanned = false;  // the one new scan after files changed or vanished
+    std::vector<ferry::skipped_file> vanished_before;  // by the first attempt: still reported
     bool ever_connected = false;
     bool interrupted = false;
     std::chrono::steady_clock::time_point lost_at{};
@@ -1216,6 +1268,24 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
             lost_at = now;
         }
         last_failure = r;
+        if (r.ok && !r.given_up.empty() && !rescanned && !interrupted) {
+            // Files that changed or vanished while they were read get one more try: the
+            // folder is scanned again and sent again (what arrived is skipped as there).
+            rescanned = true;
+            for (const ferry::skipped_file& f : r.given_up) {
+                if (f.vanished) {
+                    vanished_before.push_back(f);
+                }
+            }
+            say(std::to_string(r.given_up.size()) + " file(s) changed or vanished while read; scanning and sending once more");
+            std::string rescan_error;
+            auto [ec, again] = scan(rescan_error);
+            if (!ec) {
+                sources = std::move(again);
+                attempt();
+                return;
+            }
+        }
         if (r.ok || !r.retryable || !ever_connected || interrupted || retry_for.count() == 0) {
             finish(r);
             return;
@@ -1277,9 +1347,18 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (!result) {
         return fail(o, exit_code::transfer_failed, "transfer did not finish");
     }
-    const ferry::transfer_report& r = *result;
+    ferry::transfer_report& r = *result;
     if (!r.ok) {
         return fail(o, r.code, r.error);
+    }
+    // A file that vanished during the first attempt and is not in the second scan is
+    // still a file that vanished during the run.
+    for (ferry::skipped_file& f : vanished_before) {
+        bool listed = std::any_of(sources.entries.begin(), sources.entries.end(),
+                                  [&f](const ferry::entry_info& e) { return e.path == f.path; });
+        if (!listed) {
+            r.given_up.push_back(std::move(f));
+        }
     }
     progress.final_progress(final_progress(r, true));
     if (sync != nullptr) {
@@ -1292,7 +1371,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                   r.connections);
     say(std::string(line) + skipped_note(r) + compression_note(r));
     emit(o, report_json(r, true));
-    return 0;
+    return skipped_sources_exit(o, r);
 }
 
 // Flags of an outgoing transfer, shared by `send` and `sync`.

@@ -89,11 +89,6 @@ nlohmann::json last_json_line(const std::string& out) {
     return nlohmann::json::parse(last, nullptr, false);
 }
 
-std::string read_file(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 std::int64_t mtime_ns_of(const fs::path& p) {
     struct stat st {};
     EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
@@ -317,7 +312,7 @@ TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
     run_result s = send({src.string()}, a_id + "@" + rx.address);
     EXPECT_EQ(s.code, 0) << s.err;
     EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
-    EXPECT_EQ(read_file(dest / "r" / "f"), "read-only contents");
+    EXPECT_EQ(read_text_file(dest / "r" / "f"), "read-only contents");
     EXPECT_EQ(fs::status(dest / "r" / "f").permissions(), read_only);
     EXPECT_FALSE(fs::exists(dest / "r" / ".f.ferry-part"));
 }
@@ -470,7 +465,7 @@ TEST_F(cli_transfer, crash_after_renames_before_sync_then_resend_re_verifies_and
         if (cut) {
             fs::resize_file(p, fs::file_size(p) / 2);
         } else {
-            std::string bytes = read_file(p);
+            std::string bytes = read_text_file(p);
             bytes[bytes.size() / 2] ^= 0x55;
             std::fstream out(p, std::ios::binary | std::ios::in | std::ios::out);
             out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));

@@ -78,12 +78,24 @@ protected:
                   0);
     }
 
-    run_result sync(std::vector<std::string> extra, const std::string& dst = "ay:www/site") {
+    run_result sync(std::vector<std::string> extra, const std::string& dst = "ay:www/site",
+                    const std::vector<std::string>& env = {}) {
         std::vector<std::string> args{"sync", "--state", cli.state("B").string(), "--json"};
         args.insert(args.end(), extra.begin(), extra.end());
         args.push_back(src.string());
         args.push_back(dst);
-        return cli.ferry(args);
+        return cli.ferry(args, env);
+    }
+
+    // No partial file or resume record of ferry's left anywhere under `dir`.
+    static bool no_partial_files(const fs::path& dir) {
+        for (const auto& e : fs::recursive_directory_iterator(dir)) {
+            if (e.path().filename().string().find(".ferry") != std::string::npos) {
+                ADD_FAILURE() << "left behind: " << e.path();
+                return false;
+            }
+        }
+        return true;
     }
 };
 
@@ -151,11 +163,7 @@ TEST_F(sync_push, bytes_inserted_and_removed_cost_only_the_blocks_they_touch) {
     constexpr std::uint64_t chunk = 256 * 1024;
     write_random_file(src / "big.bin", 12 * chunk + 100, 21);
     ASSERT_EQ(sync({}).code, 0);
-    std::string data;
-    {
-        std::ifstream in(src / "big.bin", std::ios::binary);
-        data.assign(std::istreambuf_iterator<char>(in), {});
-    }
+    std::string data = read_text_file(src / "big.bin");
     // 10 bytes in at 1000 (block 0), 50 out at 8 chunks (block 8): every other block of
     // the old version moves, and is found where it went, the short last one included.
     data.erase(8 * chunk, 50);
@@ -237,6 +245,47 @@ TEST_F(sync_push, a_new_file_that_only_looks_like_one_at_dst_is_sent_whole) {
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["bytes_transferred"], 3 * chunk + 9000);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
+TEST_F(sync_push, a_file_that_changes_while_read_is_sent_again_from_a_new_scan) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(src / "big.bin", 5 * chunk, 31);
+    write_text_file(src / "a.txt", "a\n");
+    // Right after the scan the file grows by a byte: the first attempt gives it up
+    // (FileAbort), the second scan sends it as it is now.
+    run_result r = sync({}, "ay:www/site", {"FERRY_FAULT_AFTER_SCAN=grow:big.bin"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("changed or vanished while read; scanning and sending once more"), std::string::npos) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_TRUE(paths_of(ev, "failed").empty());
+    EXPECT_EQ(fs::file_size(src / "big.bin"), 5 * chunk + 1);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    EXPECT_TRUE(no_partial_files(share));
+}
+
+TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_the_rest_is_synced) {
+    serve();
+    write_random_file(src / "gone.bin", 3 * 256 * 1024, 32);
+    write_text_file(src / "stays.txt", "here\n");
+    fs::path dst = share / "site";
+    write_text_file(dst / "gone.bin", "the receiver's older version\n");
+    run_result r = sync({"--delete"}, "ay:www/site", {"FERRY_FAULT_AFTER_SCAN=rm:gone.bin"});
+    EXPECT_EQ(r.code, 6) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"gone.bin"}));
+    for (const auto& e : ev) {
+        if (e["event"] == "failed") {
+            EXPECT_EQ(e["vanished"], true);
+        }
+    }
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["ok"], false);
+    EXPECT_EQ(done["failed_files"], 1);
+    EXPECT_EQ(read_text_file(dst / "stays.txt"), "here\n");
+    // The second scan no longer has it: --delete removes DST's copy, as rsync would.
+    EXPECT_FALSE(fs::exists(dst / "gone.bin"));
+    EXPECT_TRUE(no_partial_files(share));
 }
 
 TEST_F(sync_push, delete_removes_what_src_lacks_but_never_what_is_excluded) {

@@ -172,6 +172,40 @@ TEST(DeltaMatcher, TheBasisShortLastBlockIsFoundAtTheEnd) {
     EXPECT_TRUE(other.matches().empty());  // other bytes at the end
 }
 
+TEST(DeltaMatcher, SumsThatMatchWeaklyButNeverStronglyStopTheSliding) {
+    // A hostile (or degenerate) basis: many blocks with the weak sum of a window of zeros
+    // and digests that never match. Each window of zeros would cost a strong hash.
+    bytes zeros(B, 0);
+    std::vector<basis_block> blocks;
+    for (std::uint64_t i = 0; i < 64; ++i) {
+        blocks.push_back({weak_sum(zeros), digest128{i, i}, i * B});
+    }
+    block_index index(std::move(blocks));
+    delta_matcher m(index);
+    bytes file(16 * B, 0);
+    for (std::uint64_t off = 0; off < file.size(); off += B) {
+        std::span<const std::uint8_t> c(file.data() + off, B);
+        m.feed(c, hash_chunk(c));
+    }
+    EXPECT_TRUE(m.matches().empty());
+    EXPECT_LE(m.false_alarms(), delta_matcher::max_false_alarms + 1);
+}
+
+TEST(BlockIndex, KeepsEachBlockOnceAndFewBlocksPerWeakSum) {
+    std::vector<basis_block> blocks;
+    for (std::uint64_t i = 0; i < 10; ++i) {
+        blocks.push_back({7, digest128{i % 2, 0}, i * B});  // two distinct digests, five times each
+    }
+    for (std::uint64_t i = 0; i < 10; ++i) {
+        blocks.push_back({9, digest128{i, 1}, i * B});  // ten distinct digests
+    }
+    block_index index(std::move(blocks));
+    EXPECT_EQ(index.with_weak(7).size(), 2u);
+    EXPECT_EQ(index.with_weak(9).size(), block_index::max_per_weak);
+    EXPECT_NE(index.with_strong(digest128{1, 0}), nullptr);
+    EXPECT_EQ(index.with_weak(8).size(), 0u);
+}
+
 TEST(ChunkOps, AdjacentCopiesOfContiguousBasisBytesMerge) {
     std::vector<block_match> matches{{1, 0}, {B + 1, B}};
     std::vector<delta_op> ops = chunk_ops(matches, B, static_cast<std::uint32_t>(B));

@@ -553,6 +553,45 @@ TEST(SenderMachine, RequeuedChunkComesBackFirstAndYieldsOneFileDone) {
     EXPECT_EQ(s.confirmed_bytes(), s.total_bytes());
 }
 
+TEST(TransferLoopback, AFileGivenUpOnEndsTheTransferWithoutItAndItsLateChunksAreDropped) {
+    const std::uint64_t size = 3 * std::uint64_t{chunk_size};
+    loopback lb({file_entry("gone", size), file_entry("kept", 100)});
+    lb.exchange_offers();
+    sender_machine& s = lb.sender();
+    receiver_machine& r = lb.receiver();
+    std::optional<chunk_ref> c0 = s.next_chunk();
+    ASSERT_TRUE(c0);
+    std::optional<in_flight> f0 = lb.read_and_hash(*c0);  // on the wire when the file goes
+    ASSERT_TRUE(f0);
+    s.requeue(*s.next_chunk());  // one waits to be sent again
+
+    std::optional<wire::FileAbort> abort = s.abort_file(file_id{0}, true, "gone");
+    ASSERT_TRUE(abort);
+    EXPECT_TRUE(abort->vanished());
+    EXPECT_FALSE(s.abort_file(file_id{0}, true, "again"));  // once
+    // Nothing more of it is handed out: the next chunk is the other file's.
+    std::optional<chunk_ref> next = s.next_chunk();
+    ASSERT_TRUE(next);
+    EXPECT_EQ(next->file, file_id{1});
+    std::optional<in_flight> k = lb.read_and_hash(*next);
+    ASSERT_TRUE(k);
+    EXPECT_FALSE(s.next_chunk());
+
+    ASSERT_EQ(r.on_file_abort(*abort), std::error_code{});
+    EXPECT_TRUE(r.aborted(file_id{0}));
+    EXPECT_EQ(r.on_file_abort(*abort), protocol_errc::unexpected_message);
+    // Its chunk still on the wire is admitted (and dropped by the node), never an error.
+    EXPECT_EQ(r.on_chunk(f0->header, static_cast<std::uint32_t>(f0->payload.size())), std::error_code{});
+    std::error_code ec;
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{0}), ec), 0u);  // confirms nothing
+    EXPECT_FALSE(ec);
+    lb.deliver(*k);
+    EXPECT_EQ(lb.finish(), std::error_code{}) << s.failure();
+    EXPECT_EQ(s.aborted_files(), 1u);
+    EXPECT_EQ(r.aborted_files(), 1u);
+    EXPECT_EQ(s.confirmed_bytes(), 100u);  // not the file given up on
+}
+
 TEST(SenderMachine, RequeueBeforeHashing) {
     sender_machine s(test_transfer_id, {file_entry("f", chunk_size + 1)}, {});
     wire::Accept a;
@@ -918,20 +957,25 @@ TEST(SenderMachine, BasisSumsAreBoundedAndReachTheFileOnlyThroughItsPartialAccep
     };
     std::string one(20, '\1');
     std::string two(40, '\1');
+    transfer_options sync;
+    sync.sync.emplace();
+    sync.sync->set_share("www");
     const std::uint64_t big = 1000 * std::uint64_t{chunk_size};  // more blocks than max_basis_blocks(size)
     {
-        sender_machine s(test_transfer_id, {file_entry("f", size), dir_entry("d")}, {});
+        sender_machine plain(test_transfer_id, {file_entry("f", size)}, {});
+        EXPECT_EQ(plain.on_basis_sums(sums(0, 0, size), as_bytes(one)), protocol_errc::unexpected_message);  // not a sync
+        sender_machine s(test_transfer_id, {file_entry("f", size), dir_entry("d")}, sync);
         EXPECT_EQ(s.on_basis_sums(sums(1, 0, size), as_bytes(one)), protocol_errc::unknown_file);  // a folder
         EXPECT_EQ(s.on_basis_sums(sums(0, 0, size), as_bytes(std::string(19, 'x'))), protocol_errc::payload_mismatch);
         EXPECT_EQ(s.on_basis_sums(sums(0, 0, chunk_size), as_bytes(two)), protocol_errc::bad_chunk);  // past its size
         EXPECT_EQ(s.on_basis_sums(sums(0, 1, size), as_bytes(one)), protocol_errc::bad_chunk);  // not contiguous
     }
     {
-        sender_machine s(test_transfer_id, {file_entry("f", size)}, {});
+        sender_machine s(test_transfer_id, {file_entry("f", size)}, sync);
         std::string many(20 * (max_basis_blocks(size) + 1), '\2');
         EXPECT_EQ(s.on_basis_sums(sums(0, 0, big), as_bytes(many)), protocol_errc::bad_chunk);  // over the bound
     }
-    sender_machine s(test_transfer_id, {file_entry("f", size)}, {});
+    sender_machine s(test_transfer_id, {file_entry("f", size)}, sync);
     ASSERT_EQ(s.on_basis_sums(sums(0, 0, 2 * chunk_size + 10), as_bytes(one)), std::error_code{});
     EXPECT_EQ(s.on_basis_sums(sums(0, 1, 2 * chunk_size + 11), as_bytes(one)), protocol_errc::bad_chunk);  // size changed
     ASSERT_EQ(s.on_basis_sums(sums(0, 1, 2 * chunk_size + 10), as_bytes(one)), std::error_code{});
@@ -951,7 +995,7 @@ TEST(SenderMachine, BasisSumsAreBoundedAndReachTheFileOnlyThroughItsPartialAccep
     EXPECT_EQ(b->tail, (digest128{7, 0}));
 
     // Sums for a file then accepted whole are a broken peer.
-    sender_machine t(test_transfer_id, {file_entry("f", size)}, {});
+    sender_machine t(test_transfer_id, {file_entry("f", size)}, sync);
     ASSERT_EQ(t.on_basis_sums(sums(0, 0, size), as_bytes(one)), std::error_code{});
     wire::Accept whole;
     whole.set_transfer_id(test_transfer_id);
@@ -979,6 +1023,22 @@ TEST(ReceiverMachine, BasisSumFramesCarryEveryBlockAndTheTail) {
     EXPECT_EQ(frames[0].first.size(), b.size);
     EXPECT_EQ(frames[0].first.tail_lo(), 9u);
     EXPECT_EQ(frames[0].second.size(), 100u);
+
+    // Many blocks: frames of at most a chunk's worth of payload (the peer's frame buffers).
+    basis_sums many;
+    many.size = 30000 * std::uint64_t{chunk_size};
+    many.weak.assign(30000, 1);
+    many.strong.assign(30000, digest128{1, 2});
+    d.sums = many;
+    frames = receiver_machine::basis_sum_frames(d);
+    ASSERT_EQ(frames.size(), 3u);
+    std::uint32_t first = 0;
+    for (const auto& [h, bytes] : frames) {
+        EXPECT_EQ(h.first(), first);
+        EXPECT_LE(bytes.size(), chunk_size);
+        first += static_cast<std::uint32_t>(bytes.size() / 20);
+    }
+    EXPECT_EQ(first, 30000u);
 
     // A basis shorter than a block: one frame, the tail alone.
     d.sums = basis_sums{};

@@ -40,10 +40,10 @@ ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const
     return r;
 }
 
-run_result ferry_cli::ferry(const std::vector<std::string>& args) {
+run_result ferry_cli::ferry(const std::vector<std::string>& args, const std::vector<std::string>& env) {
     std::vector<std::string> argv{FERRY_BINARY};
     argv.insert(argv.end(), args.begin(), args.end());
-    return run(argv, process_timeout);
+    return run(argv, process_timeout, env);
 }
 
 std::vector<nlohmann::json> json_events(const std::string& out) {

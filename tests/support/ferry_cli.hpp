@@ -40,8 +40,8 @@ public:
     receiver start(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
                    const std::vector<std::string>& launcher = {});
 
-    // Runs the ferry binary to completion.
-    run_result ferry(const std::vector<std::string>& args);
+    // Runs the ferry binary to completion (`env`: extra "NAME=value" entries).
+    run_result ferry(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
 
 private:
     temp_dir dir_;

@@ -208,8 +208,9 @@ std::size_t lines_with(const std::string& text, std::string_view needle) {
     return n;
 }
 
-run_result run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
-    child_process c(argv);
+run_result run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+               const std::vector<std::string>& env) {
+    child_process c(argv, env);
     run_result r;
     std::optional<int> code = c.wait(timeout);
     r.code = code ? *code : -1;

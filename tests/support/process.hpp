@@ -67,6 +67,7 @@ struct run_result {
     std::string out;
     std::string err;
 };
-run_result run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = std::chrono::seconds(60));
+run_result run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = std::chrono::seconds(60),
+               const std::vector<std::string>& env = {});
 
 }  // namespace ferry::test

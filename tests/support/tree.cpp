@@ -32,12 +32,12 @@ void write_text_file(const fs::path& path, const std::string& text) {
     out << text;
 }
 
-namespace {
-
-std::string read_all(const fs::path& p) {
+std::string read_text_file(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
+
+namespace {
 
 std::set<std::string> names(const fs::path& dir) {
     std::set<std::string> out;
@@ -86,7 +86,7 @@ std::string compare_trees(const fs::path& a, const fs::path& b) {
     if (sa.st_mtim.tv_sec != sb.st_mtim.tv_sec || sa.st_mtim.tv_nsec != sb.st_mtim.tv_nsec) {
         return "mtime differs: " + b.string();
     }
-    if (read_all(a) != read_all(b)) {
+    if (read_text_file(a) != read_text_file(b)) {
         return "bytes differ: " + b.string();
     }
     return {};

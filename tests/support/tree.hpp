@@ -10,6 +10,8 @@ namespace ferry::test {
 // Writes `size` pseudo-random bytes (seeded) to `path`, creating parent folders.
 void write_random_file(const std::filesystem::path& path, std::uint64_t size, std::uint32_t seed);
 void write_text_file(const std::filesystem::path& path, const std::string& text);
+// The bytes of the file at `path` (empty if it cannot be read).
+std::string read_text_file(const std::filesystem::path& path);
 
 // Empty string if `a` and `b` hold the same tree (names, kinds, bytes, permission bits,
 // mtimes of files to the nanosecond); otherwise the first difference, in words.
