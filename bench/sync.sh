@@ -44,8 +44,7 @@ mkdir -p "$work/share" "$work/rsync" "$work/src/tree" "$work/src/big"
 A=$("$ferry" id --state "$work/A")
 B=$("$ferry" id --state "$work/B")
 "$ferry" trust --state "$work/A" "$B" --name bee > /dev/null 2>&1
-port=$((20000 + RANDOM % 20000))
-"$ferry" serve --state "$work/A" --listen "127.0.0.1:$port" --inbox "$work/inbox" \
+"$ferry" serve --state "$work/A" --listen "127.0.0.1:0" --inbox "$work/inbox" \
     --share "s=$work/share:rw" --json > "$work/serve.out" 2> "$work/serve.err" &
 pids+=($!)
 cat > "$work/rsyncd.conf" << CONF
@@ -56,7 +55,7 @@ gid = root
 path = $work/rsync
 read only = no
 CONF
-rport=$((port + 1))
+rport=$((20000 + RANDOM % 10000))  # below the ephemeral range
 rsync --daemon --no-detach --config="$work/rsyncd.conf" --address=127.0.0.1 --port="$rport" \
     --log-file="$work/rsyncd.log" 2> "$work/rsyncd.err" &
 pids+=($!)
@@ -64,7 +63,9 @@ for _ in $(seq 1 200); do
     grep -q listening "$work/serve.out" 2> /dev/null && ss -ltn | grep -q ":$rport " && break
     sleep 0.02
 done
-"$ferry" trust --state "$work/B" "$A" --name ay --address "127.0.0.1:$port" > /dev/null 2>&1
+address=$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$work/serve.out" | head -1)
+[ -n "$address" ] || { log "ferry serve did not start: $(cat "$work/serve.err")"; exit 1; }
+"$ferry" trust --state "$work/B" "$A" --name ay --address "$address" > /dev/null 2>&1
 
 log "making $files x 4 KiB files and a $size-byte file"
 for ((i = 0; i < files; i++)); do

@@ -692,8 +692,12 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     job.buf = std::move(buf);
     if (auto it = scans_.find(ref.file.value); ref.send && it != scans_.end() && it->second && it->second->done) {
         job.ops = chunk_ops(it->second->matches, ref.offset, ref.length);
-        if (copied_bytes(job.ops) == 0) {
+        std::uint64_t copied = copied_bytes(job.ops);
+        if (copied == 0) {
             job.ops.clear();
+        } else if (copied == ref.length) {
+            job.copies_only = true;
+            job.digest = it->second->digests.at(ref.index.value);
         }
     }
     job.level = ref.send ? compression_.next_level() : 0;  // also when a delta does not pay
@@ -703,6 +707,19 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
 void send_session::read_source(read_job& job) {
     const chunk_ref& ref = job.ref;
     source_file& file = *job.file;
+    if (job.copies_only) {
+        // The receiver rebuilds it all from its older version: the ops are the payload.
+        // (The chunk's span is only a length here: copies take no byte from it.)
+        std::size_t n = encode_delta(job.ops, std::span<const std::uint8_t>(job.buf.data(), ref.length), job.buf.data(),
+                                     ref.length - 1);
+        job.packed.size = n;
+        job.delta = n > 0;
+        if (job.delta) {
+            file.read_done();
+            return;
+        }
+        job.copies_only = false;  // cannot happen (a few ops, a chunk of room): read it after all
+    }
     // A file read whole in one go is checked for a size change by reading one byte more
     // than it had at the scan, not by an fstat (one system call fewer per small file).
     bool whole = ref.offset == 0 && ref.length == job.expect_size && ref.length < job.buf.capacity();

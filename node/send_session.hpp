@@ -161,6 +161,9 @@ private:
         compressed_chunk packed;
         std::vector<delta_op> ops;  // a sync's changed file: the chunk as copies and literals (if any copy)
         bool delta = false;         // packed holds the CODEC_DELTA payload
+        // Every byte of the chunk is a copy: nothing to read, its digest (`digest`) is the
+        // delta pass's.
+        bool copies_only = false;
     };
     // Small files are read this many to a pool task at most (a batch also ends at one
     // chunk's worth of bytes).
