@@ -14,7 +14,10 @@ namespace {
 // Adds the bytes and the bytes weighted by their position (from `k0`) to `a` and
 // `weighted` (mod 2^32): two independent sums the compiler vectorizes (a running a fed
 // into b would be one serial chain), with AVX2 where the CPU has it.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// (Not under the sanitizers: the ifunc resolver target_clones adds runs before their
+// runtime is up, and ThreadSanitizer crashes at start.)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__) && \
+    !defined(__SANITIZE_ADDRESS__)
 __attribute__((target_clones("avx2", "default")))
 #endif
 void add_sums(const std::uint8_t* x, std::uint32_t len, std::uint32_t k0, std::uint32_t& a, std::uint32_t& weighted) {

@@ -1401,7 +1401,8 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     CLI::App app{"ferry: fast, authenticated peer-to-peer file transfer"};
     app.require_subcommand(1);
-    app.footer("Exit codes: 0 ok, 1 usage, 2 transfer failed, 3 authentication/trust, 4 local I/O. See docs/cli.md.");
+    app.footer("Exit codes: 0 ok, 1 usage, 2 transfer failed, 3 authentication/trust, 4 local I/O, 5 some source files\n"
+               "not sent, 6 some source files vanished. See docs/cli.md.");
 
     common_opts o;
 
@@ -1465,7 +1466,8 @@ int main(int argc, char** argv) {
                  "  ferry sync --delete ~/site/ web1:www/blog\n"
                  "  ferry sync --dry-run --json --exclude '*.tmp' build/ ferry://ABCD-...-4567@192.0.2.7/artifacts/nightly\n"
                  "SRC's contents become DST's: files differing in size or mtime are replaced, others are skipped.\n"
-                 "Exit codes: 0 done, 1 usage, 2 sync failed (refused, lost), 3 authentication/trust, 4 local I/O.");
+                 "Exit codes: 0 done, 1 usage, 2 sync failed (refused, lost), 3 authentication/trust, 4 local I/O,\n"
+                 "5 some files not sent (changed while read, unreadable), 6 some files vanished.");
 
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     add_common(serve, o);
