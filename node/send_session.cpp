@@ -533,16 +533,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
                            local = &sources_.locals.at(ref.file.value), size = e.size]() mutable {
             block_index index(std::move(blocks));
             delta_matcher matcher(index);
-            int fd = ::open(local->c_str(), O_RDONLY | O_CLOEXEC);
-            struct stat st {};
-            if (fd < 0) {
-                scan->ec = std::error_code(errno, std::system_category());
-            } else if (::fstat(fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != size) {
-                scan->ec = std::make_error_code(std::errc::invalid_argument);
-                scan->what = "file changed size since the transfer started";
-            } else {
-                ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-            }
+            int fd = open_source(*local, size, true, scan->ec, scan->what);
             std::vector<std::uint8_t> buf(chunk_size);
             scan->digests.reserve(chunk_count(size));
             for (std::uint64_t i = 0; !scan->ec && i < chunk_count(size); ++i) {
@@ -704,6 +695,21 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     return job;
 }
 
+int send_session::open_source(const std::string& path, std::uint64_t expect_size, bool check_size, std::error_code& ec,
+                              std::string& what) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (fd < 0) {
+        ec = std::error_code(errno, std::system_category());
+    } else if (check_size && (::fstat(fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != expect_size)) {
+        ec = std::make_error_code(std::errc::invalid_argument);
+        what = "file changed size since the transfer started";
+    } else if (expect_size > chunk_size) {
+        ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
+    return fd;
+}
+
 void send_session::read_source(read_job& job) {
     const chunk_ref& ref = job.ref;
     source_file& file = *job.file;
@@ -727,17 +733,7 @@ void send_session::read_source(read_job& job) {
     {
         std::lock_guard lock(file.mutex);
         if (file.fd < 0) {
-            file.fd = ::open(job.local->c_str(), O_RDONLY | O_CLOEXEC);
-            struct stat st {};
-            if (file.fd < 0) {
-                job.ec = std::error_code(errno, std::system_category());
-            } else if (!whole && (::fstat(file.fd, &st) != 0 ||
-                                  static_cast<std::uint64_t>(st.st_size) != job.expect_size)) {
-                job.ec = std::make_error_code(std::errc::invalid_argument);
-                job.what = "file changed size since the transfer started";
-            } else if (job.expect_size > chunk_size) {
-                ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-            }
+            file.fd = open_source(*job.local, job.expect_size, !whole, job.ec, job.what);
         }
         fd = file.fd;
     }

@@ -170,6 +170,10 @@ private:
     static constexpr std::size_t max_batch_reads = 32;
     read_job make_read_job(const chunk_ref& ref, pooled_buffer buf);
     static void read_source(read_job& job);  // on a worker
+    // Opens a source file for reading (on a worker). With `check_size`, a size other than
+    // the scan's is an error (`ec`, `what`); the fd is returned all the same (or -1).
+    static int open_source(const std::string& path, std::uint64_t expect_size, bool check_size, std::error_code& ec,
+                           std::string& what);
     void post_reads(std::uint32_t index, std::vector<read_job> jobs);
     void on_read(std::uint32_t index, read_job& job);
     // A chunk the receiver has, whose digest options_.memo knows: no read. False when the

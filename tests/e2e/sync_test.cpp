@@ -168,10 +168,7 @@ TEST_F(sync_push, bytes_inserted_and_removed_cost_only_the_blocks_they_touch) {
     // the old version moves, and is found where it went, the short last one included.
     data.erase(8 * chunk, 50);
     data.insert(1000, "0123456789");
-    {
-        std::ofstream out(src / "big.bin", std::ios::binary | std::ios::trunc);
-        out << data;
-    }
+    write_text_file(src / "big.bin", data);
     run_result r = sync({"--compress", "never"});
     ASSERT_EQ(r.code, 0) << r.err;
     auto ev = json_events(r.out);
