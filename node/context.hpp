@@ -2,6 +2,7 @@
 // thread (the worker pool and buffer pools are the thread-safe parts).
 #pragma once
 
+#include <algorithm>
 #include <asio.hpp>
 #include <chrono>
 #include <cstdint>
@@ -231,6 +232,28 @@ struct node_context {
         }
     }
 };
+
+// A peer's node ID in a log line: its first 8 characters.
+inline std::string short_id(const std::string& id) { return id.substr(0, 8); }
+
+// Whether the peer `peer_id` may use this node's share `name` (`write`: sync into it). ""
+// with `*out` set to the share when it may; otherwise why not, as a line for the peer.
+inline std::string share_access(const node_context& ctx, const std::string& peer_id, const std::string& name,
+                                bool write, const share_config** out) {
+    auto share = std::find_if(ctx.config.shares.begin(), ctx.config.shares.end(),
+                              [&](const share_config& s) { return s.name == name; });
+    if (share == ctx.config.shares.end()) {
+        return "this node has no share named \"" + name + "\"";
+    }
+    if (std::optional<trusted_peer> peer = ctx.trust.find_id(peer_id); !peer || !peer->may_use(name)) {
+        return "share \"" + name + "\" is not open to " + short_id(peer_id);
+    }
+    if (write && !share->writable) {
+        return "share \"" + name + "\" is read-only";
+    }
+    *out = &*share;
+    return {};
+}
 
 // A duration for a log line: seconds, 3 significant digits ("120", "0.5").
 inline std::string seconds_text(std::chrono::duration<double> d) {

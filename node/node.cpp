@@ -2,6 +2,7 @@
 
 #include "node/resume.hpp"
 
+#include <openssl/rand.h>
 #include <sys/resource.h>
 
 #include "node/identity.hpp"
@@ -135,9 +136,73 @@ void node::send(source_tree sources, send_target target, send_options options,
     s->start();
 }
 
+void node::pull(pull_spec spec, send_target target) {
+    std::string session_id(16, '\0');
+    RAND_bytes(reinterpret_cast<unsigned char*>(session_id.data()), static_cast<int>(session_id.size()));
+    std::uint32_t count = std::clamp<std::uint32_t>(spec.connections, 1, max_connections);
+    auto hello_for = [session_id, count](std::uint32_t index) {
+        wire::Hello h;
+        h.set_session_id(session_id);
+        h.set_conn_index(index);
+        h.set_conn_count(count);
+        return h;
+    };
+    std::erase_if(pulls_, [](const auto& s) { return s->reported(); });
+    dial_peer(*ctx_, target, [this, spec = std::move(spec), target, session_id, hello_for](
+                                 std::error_code ec, std::unique_ptr<byte_stream> stream) mutable {
+        std::string where = target.host + ":" + target.port;
+        if (ec || stopped_) {
+            transfer_report r;
+            r.session_id = session_id;
+            r.code = ec == transport_errc::untrusted_peer ? exit_code::auth : exit_code::transfer_failed;
+            r.error = ec == transport_errc::untrusted_peer
+                          ? "peer at " + where + " is not " + format_node_id(target.expected_id) +
+                                " (its certificate has another ID)"
+                          : "cannot connect to " + where + ": " + (ec ? ec.message() : "node stopped");
+            spec.done(r);
+            return;
+        }
+        auto c = std::make_shared<connection>(std::move(stream), ctx_->buffers);
+        std::string peer = c->stream().peer_id();
+        std::string key = peer.empty() ? c->stream().remote() : peer;
+        auto s = std::make_shared<receive_session>(*ctx_, peer, key, session_id, [](receive_session&) {});
+        spec.open = [this, weak = std::weak_ptr<receive_session>(s), target, hello_for](std::uint32_t index) {
+            dial_peer(*ctx_, target, [this, weak, target, index, hello_for](std::error_code ec,
+                                                                            std::unique_ptr<byte_stream> stream) {
+                auto s = weak.lock();
+                if (!s || s->reported()) {
+                    return;
+                }
+                if (ec) {
+                    ctx_->log("connection " + std::to_string(index) + " to " + target.host + ":" + target.port +
+                              " failed: " + ec.message() + "; continuing with the others");
+                    return;
+                }
+                auto c = std::make_shared<connection>(std::move(stream), ctx_->buffers);
+                s->add_connection(c, hello_for(index));
+                c->start(s.get());
+            });
+        };
+        s->set_pull(std::move(spec));
+        pulls_.push_back(s);
+        s->add_connection(c, hello_for(0));
+        c->start(s.get());
+    });
+}
+
 std::vector<node::live_session> node::live_sessions() const {
     std::vector<live_session> out;
     for (const auto& s : sends_) {
+        if (!s->finished()) {
+            out.push_back({s->peer_key(), s->connections(), s->progress()});
+        }
+    }
+    for (const auto& s : pulls_) {
+        if (!s->reported()) {
+            out.push_back({s->peer_key(), s->connections(), s->progress()});
+        }
+    }
+    for (const auto& [id, s] : peers_->pull_senders()) {
         if (!s->finished()) {
             out.push_back({s->peer_key(), s->connections(), s->progress()});
         }
@@ -170,6 +235,9 @@ void node::stop(const std::string& why) {
     peers_->stop(why);
     for (auto& s : sends_) {
         s->cancel(why);
+    }
+    for (auto& s : pulls_) {
+        s->stop(why);
     }
 }
 

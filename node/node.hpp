@@ -13,6 +13,7 @@
 
 #include "node/context.hpp"
 #include "node/peer_manager.hpp"
+#include "node/receive_session.hpp"
 #include "node/send_session.hpp"
 #include "node/source_tree.hpp"
 
@@ -32,6 +33,10 @@ public:
     // Starts an outgoing transfer; `done` runs on the loop thread.
     void send(source_tree sources, send_target target, send_options options,
               std::function<void(const transfer_report&)> done);
+    // Starts a pull (`ferry sync` from a remote SRC): dials `target`, asks for
+    // spec.source and receives it into spec.dest. spec.done runs on the loop thread with
+    // the report (a connection that fails at once too).
+    void pull(pull_spec spec, send_target target);
     // Stops accepting and ends every session (partial files are kept).
     void stop(const std::string& why);
 
@@ -69,6 +74,7 @@ private:
     asio::steady_timer accept_retry_;
     asio::steady_timer sweep_timer_;
     std::vector<std::shared_ptr<send_session>> sends_;
+    std::vector<std::shared_ptr<receive_session>> pulls_;  // this node's own pulls
     bool stopped_ = false;
 };
 

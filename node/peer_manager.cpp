@@ -1,6 +1,13 @@
 #include "node/peer_manager.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+
+#include "node/dest_tree.hpp"
+#include "node/file_io.hpp"
 
 #include "protocol/path.hpp"
 #include "transport/identity.hpp"
@@ -24,9 +31,16 @@ void peer_manager::refused(refusal why, const std::string& line) {
 }
 
 std::size_t peer_manager::connection_count() const {
-    std::size_t n = waiting_.size() + closing_.size();
+    return waiting_.size() + closing_.size() + scanning_.size() + peer_connections("");
+}
+
+std::size_t peer_manager::peer_connections(const std::string& key) const {
+    std::size_t n = 0;
     for (const auto& [id, s] : sessions_) {
-        n += s->open_connections();
+        n += key.empty() || s->peer_key() == key ? s->open_connections() : 0;
+    }
+    for (const auto& [id, s] : pulls_) {
+        n += key.empty() || s->peer_key() == key ? s->open_connections() : 0;
     }
     return n;
 }
@@ -143,14 +157,7 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         waiting_.erase(w);
     }
     auto refuse = [&](wire::ErrorCode code, const std::string& msg, refusal why = refusal::protocol) {
-        refused(why, "refused connection from " + c.stream().remote() + ": " + msg);
-        wire::Header h;
-        h.mutable_error()->set_code(code);
-        h.mutable_error()->set_message(msg);
-        c.send(h);
-        // Closing after flush: no more frames reach this handler; on_closed counts its bytes.
-        c.close_after_flush(protocol_errc::unexpected_message);
-        closing_.insert(self_c);
+        turn_away(self_c, code, msg, why);
     };
     if (header.body_case() != wire::Header::kHello) {
         refuse(wire::ERROR_PROTOCOL, "expected Hello");
@@ -174,10 +181,7 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
     // Statistics key of the peer: its ID, or its address (without the port) in plaintext.
     std::string remote = c.stream().remote();
     std::string key = peer.empty() ? remote.substr(0, remote.rfind(':')) : peer;
-    std::size_t peer_conns = 0;
-    for (const auto& [id, s] : sessions_) {
-        peer_conns += s->peer_key() == key ? s->open_connections() : 0;
-    }
+    std::size_t peer_conns = peer_connections(key);
     if (peer_conns >= ctx_.config.limits.max_peer_connections) {
         refuse(wire::ERROR_BUSY,
                "this peer has " + std::to_string(peer_conns) + " connections open (--max-peer-connections)",
@@ -185,22 +189,34 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         return;
     }
     auto it = sessions_.find(hello.session_id());
+    auto pull = pulls_.find(hello.session_id());
     if (hello.conn_index() == 0) {
-        if (it != sessions_.end()) {
+        if (it != sessions_.end() || pull != pulls_.end()) {
             refuse(wire::ERROR_PROTOCOL, "session already open");
             return;
         }
-        if (sessions_.size() >= ctx_.config.limits.max_sessions) {
+        if (sessions_.size() + pulls_.size() + scanning_.size() >= ctx_.config.limits.max_sessions) {
             refuse(wire::ERROR_BUSY,
                    "too many transfers at once (" + std::to_string(ctx_.config.limits.max_sessions) +
                        ", --max-sessions)",
                    refusal::sessions);
             return;
         }
+        if (hello.has_pull()) {
+            start_pull(self_c, hello, key);
+            return;
+        }
         auto s = std::make_shared<receive_session>(ctx_, peer, key, hello.session_id(),
                                                    [this](receive_session& s) { end_session(s); });
         sessions_.emplace(hello.session_id(), s);
         s->add_connection(self_c, hello);
+        return;
+    }
+    if (pull != pulls_.end() && pull->second->peer_id() == peer) {
+        pull->second->add_connection(self_c, hello);
+        if (self_c->closing()) {
+            closing_.insert(self_c);  // the session turned it away (bad index): still ours to count
+        }
         return;
     }
     if (it == sessions_.end() || it->second->peer_id() != peer) {
@@ -213,8 +229,129 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
     }
 }
 
+void peer_manager::turn_away(const std::shared_ptr<connection>& c, wire::ErrorCode code, const std::string& msg,
+                             std::optional<refusal> why) {
+    std::string line = "refused connection from " + c->stream().remote() + ": " + msg;
+    if (why) {
+        refused(*why, line);
+    } else {
+        ctx_.log(line);
+    }
+    wire::Header h;
+    h.mutable_error()->set_code(code);
+    h.mutable_error()->set_message(msg);
+    c->set_handler(this);
+    c->send(h);
+    // Closing after flush: no more frames reach this handler; on_closed counts its bytes.
+    c->close_after_flush(protocol_errc::unexpected_message);
+    closing_.insert(c);
+}
+
+void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& hello, const std::string& key) {
+    std::string peer = c->stream().peer_id();
+    const wire::SyncTarget& want = hello.pull();
+    const share_config* share = nullptr;
+    std::string why = c->stream().is_tls() ? share_access(ctx_, peer, want.share(), false, &share)
+                                           : "shares are not offered over --plaintext (no node ID to check)";
+    exclude_set excludes;
+    if (why.empty() && exclude_bytes(want) > max_sync_exclude_bytes) {
+        why = "exclude patterns over " + std::to_string(max_sync_exclude_bytes) + " bytes in all";
+    }
+    for (const std::string& line : want.exclude()) {
+        if (why.empty() && !excludes.add(line)) {
+            why = "bad exclude pattern \"" + printable(line.substr(0, 100)) + "\"";
+        }
+    }
+    if (why.empty() && !want.path().empty() && check_wire_path(want.path())) {
+        why = "bad path \"" + printable(want.path().substr(0, 200)) + "\"";
+    }
+    if (!why.empty()) {
+        turn_away(c, wire::ERROR_REFUSED, "refused pull: " + why, std::nullopt);
+        return;
+    }
+    scanning_.insert(c);
+    // The folder is opened inside the share without following a symlink (as a sync into a
+    // share makes it), then scanned through its descriptor.
+    ctx_.workers.post([this, alive = std::weak_ptr<int>(alive_), c, hello, key, dir = share->dir,
+                       excludes = std::move(excludes)]() mutable {
+        const std::string& path = hello.pull().path();
+        source_tree sources;
+        std::string error;
+        struct stat st {};
+        try {
+            std::error_code ec;
+            int fd = path.empty() ? ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                                  : dest_tree(dir).open_dir(path, ec);
+            if (fd < 0 && !ec) {
+                ec = {errno, std::system_category()};
+            }
+            if (fd >= 0) {
+                sources.root_fd = std::shared_ptr<const int>(new int(fd), [](const int* p) {
+                    ::close(*p);
+                    delete p;
+                });
+                ::fstat(fd, &st);
+                if (scan_contents("/proc/self/fd/" + std::to_string(fd), excludes, sources, error)) {
+                    error = "cannot read the share: " + error;
+                }
+            } else {
+                error = ec == std::errc::no_such_file_or_directory ? "no folder \"" + path + "\" in the share"
+                        : ec == std::errc::not_a_directory || ec == dest_errc::not_a_dir
+                            ? "\"" + path + "\" is not a folder (a sync mirrors a folder)"
+                        : ec == dest_errc::symlink ? "\"" + path + "\" is or goes through a symlink (never followed)"
+                                                   : "cannot open \"" + path + "\": " + ec.message();
+            }
+        } catch (const std::exception& e) {
+            error = std::string("cannot open the share: ") + e.what();
+        }
+        asio::post(ctx_.io, [this, alive, c, hello = std::move(hello), key, sources = std::move(sources), error,
+                             st]() mutable {
+            if (alive.expired() || !scanning_.erase(c) || stopping_ || c->closed()) {
+                return;
+            }
+            wire::SyncTarget target = hello.pull();
+            if (error.empty()) {
+                target.set_root_mode(st.st_mode & 07777);
+                target.set_root_mtime_ns(timespec_ns(st.st_mtim));
+                error = keep_skipped(sources, target);
+            }
+            if (!error.empty()) {
+                turn_away(c, wire::ERROR_REFUSED, "refused pull: " + error, std::nullopt);
+                return;
+            }
+            send_options so;
+            so.connections = hello.conn_count();
+            so.sync = std::move(target);
+            std::string what = hello.pull().share() + (hello.pull().path().empty() ? "" : "/" + hello.pull().path());
+            std::string sid = hello.session_id();
+            auto s = std::make_shared<send_session>(
+                ctx_, std::move(sources), send_target{}, so,
+                [this, alive, what, sid](const transfer_report& r) {
+                    std::string peer = format_node_id(r.peer_id);
+                    ctx_.log(r.ok ? "sent " + what + " to " + peer + " (a pull): " + std::to_string(r.files) +
+                                        " file(s) sent, " + std::to_string(r.skipped_files) + " unchanged, " +
+                                        std::to_string(r.payload_bytes) + " bytes in " +
+                                        seconds_text(std::chrono::duration<double>(r.elapsed_s)) + " s"
+                                  : "pull of " + what + " by " + peer + " failed: " + r.error);
+                    // Not from inside the session's own call.
+                    asio::post(ctx_.io, [this, alive, sid] {
+                        if (!alive.expired()) {
+                            pulls_.erase(sid);
+                            if (ctx_.events.session_ended) {
+                                ctx_.events.session_ended();
+                            }
+                        }
+                    });
+                });
+            pulls_.emplace(sid, s);
+            s->start_accepted(c, hello);
+        });
+    });
+}
+
 void peer_manager::on_closed(connection& c, std::error_code ec) {
     closing_.erase(c.shared_from_this());
+    scanning_.erase(c.shared_from_this());
     bool was_pending = false;
     if (auto w = find_waiting(c); w != waiting_.end()) {
         waiting_.erase(w);
@@ -256,6 +393,14 @@ void peer_manager::stop(const std::string& why) {
     for (auto& [id, s] : sessions) {
         s->stop(why);
     }
+    auto pulls = pulls_;
+    for (auto& [id, s] : pulls) {
+        s->cancel(why);
+    }
+    for (const auto& c : std::set<std::shared_ptr<connection>>(std::move(scanning_))) {
+        c->close();
+    }
+    scanning_.clear();
 }
 
 }  // namespace ferry

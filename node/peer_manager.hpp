@@ -12,11 +12,13 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
 #include "node/context.hpp"
 #include "node/receive_session.hpp"
+#include "node/send_session.hpp"
 #include "transport/connection.hpp"
 
 namespace ferry {
@@ -33,6 +35,8 @@ public:
     std::size_t pending_count() const { return waiting_.size(); }
     // The sessions (for `ferry status`).
     const std::map<std::string, std::shared_ptr<receive_session>>& sessions() const { return sessions_; }
+    // Pulls peers asked for (Hello.pull), this node sending (for `ferry status`).
+    const std::map<std::string, std::shared_ptr<send_session>>& pull_senders() const { return pulls_; }
 
     // Pending connections (before Hello).
     void on_frame(connection& c, wire::Header& header, pooled_buffer payload) override;
@@ -50,6 +54,15 @@ private:
     };
 
     bool allowed(const std::string& id) const;
+    // Hello.pull on connection 0: the peer asks to receive a folder of a share. Checked,
+    // scanned on the worker pool, then sent by a send_session over the peer's connections.
+    void start_pull(std::shared_ptr<connection> c, const wire::Hello& hello, const std::string& key);
+    // Open connections of the peer with statistics key `key` (or of every peer: "").
+    std::size_t peer_connections(const std::string& key) const;
+    // Sends an Error frame on `c` and closes it once that is out. `why`: the refusal it
+    // counts as (none: logged only, a request this node declines).
+    void turn_away(const std::shared_ptr<connection>& c, wire::ErrorCode code, const std::string& msg,
+                   std::optional<refusal> why);
     void end_session(receive_session& s);
     void on_handshake(std::uint64_t seq, std::error_code ec, std::unique_ptr<byte_stream> stream,
                       const tls_peer_check& check);
@@ -67,7 +80,11 @@ private:
     std::uint64_t next_seq_ = 0;
     log_throttle log_throttle_;
     std::map<std::string, std::shared_ptr<receive_session>> sessions_;  // by session id
+    std::map<std::string, std::shared_ptr<send_session>> pulls_;         // by session id
+    // Pulls whose share is being scanned: connection 0, until its send_session starts.
+    std::set<std::shared_ptr<connection>> scanning_;
     bool stopping_ = false;
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak copies: worker results check it
 };
 
 }  // namespace ferry

@@ -18,6 +18,7 @@
 #include "node/resume.hpp"
 #include "protocol/digest.hpp"
 #include "protocol/path.hpp"
+#include "transport/identity.hpp"
 
 namespace ferry {
 
@@ -106,6 +107,7 @@ struct chunk_verdict {
     bool bad = false;          // undecodable, or `got` is not the hash the sender announced
     std::uint64_t len = 0;     // raw (payload) bytes
     std::uint64_t saved = 0;   // raw_len minus the compressed size, for a good compressed (not delta) chunk
+    std::uint64_t copied = 0;  // a good delta chunk: raw_len minus its payload (rebuilt from the older version)
 
     // The error line for a bad chunk of `path`.
     std::string problem(const std::string& path, chunk_index i) const {
@@ -138,6 +140,7 @@ verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& 
         v.got = hash_chunk(out.raw);
         // A delta's bytes came from the older version here, not through compression.
         v.saved = encoding.codec == wire::CODEC_DELTA ? 0 : encoding.raw_len - payload.size();
+        v.copied = encoding.codec == wire::CODEC_DELTA ? encoding.raw_len - payload.size() : 0;
     }
     v.bad = v.undecodable || v.got != expect;
     return out;
@@ -159,8 +162,6 @@ void fault_point_after_renames(std::size_t renamed) {
         std::_Exit(86);
     }
 }
-
-std::string short_id(const std::string& id) { return id.substr(0, 8); }
 
 }  // namespace
 
@@ -231,7 +232,12 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     reply->set_conn_count(static_cast<std::uint32_t>(conns_.size()));
     reply->set_plaintext(!c->stream().is_tls());
     reply->set_agent("ferry/0.1");
-    reply->add_codecs(wire::CODEC_ZSTD);
+    if (!pull_ || pull_->zstd) {
+        reply->add_codecs(wire::CODEC_ZSTD);
+    }
+    if (pull_ && idx == 0) {
+        *reply->mutable_pull() = pull_->source;  // this side asks: the peer answers with its Hello
+    }
     c->send(h);
     if (idx == 0 && ctx_.events.connected) {
         ctx_.events.connected(peer_id_, peer_address_, static_cast<std::uint32_t>(conns_.size()));
@@ -316,13 +322,34 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
             c.send(h);
             return;
         }
+        case wire::Header::kHello:
+            if (!pull_) {
+                break;
+            }
+            on_peer_hello(c, header.hello());
+            return;
         case wire::Header::kError:
-            fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "sender stopped: " + header.error().message());
+            retryable_ = header.error().code() == wire::ERROR_CANCELLED || header.error().code() == wire::ERROR_BUSY;
+            fail(wire::ERROR_CANCELLED, exit_code::transfer_failed,
+                 (pull_ ? "peer: " : "sender stopped: ") + header.error().message());
             return;
         default: break;
     }
     fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
          "protocol error from " + short_id(peer_id_) + ": unexpected message");
+}
+
+void receive_session::on_peer_hello(connection& c, const wire::Hello& hello) {
+    if (hello.version() != protocol_version) {
+        fail(wire::ERROR_VERSION, exit_code::transfer_failed,
+             "peer speaks protocol version " + std::to_string(hello.version()) + ", this ferry speaks " +
+                 std::to_string(protocol_version) + " (upgrade the older side)");
+        return;
+    }
+    if (c.index != 0 || peer_hello_) {
+        return;  // a data connection's answer: nothing to do
+    }
+    peer_hello_ = true;  // the peer took the pull; the other connections join once data is due
 }
 
 void receive_session::queue_offer(wire::Offer offer) {
@@ -400,16 +427,21 @@ void receive_session::on_offer(const wire::Offer& offer) {
 }
 
 bool receive_session::open_sync_target(const wire::SyncTarget& target) {
-    const std::string& name = target.share();
-    auto share = std::find_if(ctx_.config.shares.begin(), ctx_.config.shares.end(),
-                              [&](const share_config& s) { return s.name == name; });
     std::string refused;
-    if (share == ctx_.config.shares.end()) {
-        refused = "this node has no share named \"" + name + "\"";
-    } else if (std::optional<trusted_peer> peer = ctx_.trust.find_id(peer_id_); !peer || !peer->may_use(name)) {
-        refused = "share \"" + name + "\" is not open to " + short_id(peer_id_);
-    } else if (!share->writable) {
-        refused = "share \"" + name + "\" is read-only";
+    const share_config* share = nullptr;
+    if (pull_) {
+        // Our own folder, with our own options: a peer that changes them is broken.
+        const wire::SyncTarget& asked = pull_->source;
+        bool same = target.delete_() == asked.delete_() && target.dry_run() == asked.dry_run() &&
+                    target.exclude_size() >= asked.exclude_size() &&
+                    std::equal(asked.exclude().begin(), asked.exclude().end(), target.exclude().begin());
+        if (!same) {
+            fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+                 "protocol error from " + short_id(peer_id_) + ": its offer changes the sync's options");
+            return false;
+        }
+    } else {
+        refused = share_access(ctx_, peer_id_, target.share(), true, &share);
     }
     if (refused.empty() && exclude_bytes(target) > max_sync_exclude_bytes) {
         refused = "exclude patterns over " + std::to_string(max_sync_exclude_bytes) + " bytes in all";
@@ -423,8 +455,15 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
         return false;
     }
-    share_dir_ = share->dir;
-    root_ = target.path().empty() ? share_dir_ : share_dir_ / target.path();
+    if (pull_) {
+        share_dir_ = pull_->dest.parent_path();
+        sync_path_ = pull_->dest.filename().string();
+        root_ = pull_->dest;
+    } else {
+        share_dir_ = share->dir;
+        sync_path_ = target.path();
+        root_ = sync_path_.empty() ? share_dir_ : share_dir_ / sync_path_;
+    }
     return true;
 }
 
@@ -464,7 +503,7 @@ void receive_session::next_offer() {
     } sync;
     std::shared_ptr<local_basis> basis;
     if (const wire::SyncTarget* t = sync_target()) {
-        sync = {true, t->dry_run(), share_dir_, t->path()};
+        sync = {true, t->dry_run(), share_dir_, sync_path_};
         if (!t->dry_run()) {
             if (!basis_) {
                 basis_ = std::make_shared<local_basis>();
@@ -778,6 +817,8 @@ void receive_session::next_offer() {
                 if (const entry_info& e = self->machine_.entry(d.id); !e.is_dir) {
                     auto sink = std::make_shared<sink_file>();
                     sink->resumed = d.kind == wire::ACCEPT_PARTIAL;
+                    sink->action = d.action;
+                    sink->from = d.basis;
                     if (d.sums) {
                         sink->basis = d.basis.empty() ? e.path : d.basis;
                     }
@@ -793,6 +834,17 @@ void receive_session::next_offer() {
                 }
             }
             self->send_control(h);
+            if (self->pull_ && !self->data_conns_opened_ &&
+                std::any_of(decisions.begin(), decisions.end(), [&](const receiver_machine::decision& d) {
+                    return d.kind != wire::ACCEPT_SKIP && self->machine_.entry(d.id).size > 0;
+                })) {
+                // A pull opens its data connections when there is data to come (a sync
+                // that changes nothing needs none).
+                self->data_conns_opened_ = true;
+                for (std::uint32_t i = 1; i < self->conns_.size(); ++i) {
+                    self->pull_->open(i);
+                }
+            }
             self->check_all_done();
             self->next_offer();
         });
@@ -807,6 +859,7 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
     file_id f{abort.file_id()};
     const entry_info& e = machine_.entry(f);
     ctx_.log("the sender skipped " + printable(e.path) + " (" + printable(abort.reason()) + "): left as it was here");
+    given_up_.push_back({e.path, printable(abort.reason()), abort.vanished()});
     dirty_.erase(f.value);
     drop_partial(f);
     check_all_done();
@@ -876,6 +929,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         return;
     }
     files_.started(ctx_.events.file, f, machine_.entry(f));
+    sinks_.at(f.value)->got_bytes = true;
     if (machine_.single_chunk(f)) {
         write_whole_file(conn, chunk, std::move(payload));
         return;
@@ -957,6 +1011,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             }
             bool complete = self->machine_.on_chunk_written(f, idx, verdict.got);
             self->on_payload_written(verdict.len, verdict.saved, write_time);
+            self->delta_copied_ += verdict.copied;
             self->queue_ack(conn, chunk_key(f, idx));
             for (std::uint32_t other : also) {
                 self->queue_ack(other, chunk_key(f, idx));
@@ -1239,7 +1294,7 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
     send_control(h);
     if (!machine_.entry(f).is_dir) {
         ++files_done_;
-        files_.done(ctx_.events.file, f, machine_.entry(f), false);
+        report_done(f);
     }
     check_all_done();
 }
@@ -1274,12 +1329,28 @@ transfer_progress receive_session::progress() const {
     return p;
 }
 
+void receive_session::report_done(file_id f) {
+    const sink_file& sink = *sinks_.at(f.value);
+    if (!sink.from.empty() && !sink.got_bytes) {
+        maybe_renamed_.push_back(f);  // a rename if SRC no longer has `from`: known once all is offered
+        return;
+    }
+    files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action);
+}
+
 void receive_session::check_all_done() {
     if (finishing_ || failed_ || !machine_.all_finished() || finalizing_ > 0 || offer_busy_ || !offers_.empty() ||
         !queued_offers_.empty()) {
         return;
     }
     finishing_ = true;
+    for (file_id f : maybe_renamed_) {
+        const sink_file& sink = *sinks_.at(f.value);
+        bool renamed = !machine_.offered_file(sink.from);
+        files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action,
+                    renamed ? std::string_view(sink.from) : std::string_view());
+    }
+    maybe_renamed_.clear();
     flush_acks();
     // Directory modes and mtimes last (deepest first), then durability, then success.
     std::vector<entry_info> dirs;
@@ -1292,7 +1363,7 @@ void receive_session::check_all_done() {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
     const wire::SyncTarget* target = sync_target();
-    if (target && !target->path().empty() && target->root_mode() != 0) {
+    if (target && !sync_path_.empty() && target->root_mode() != 0) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
         // setuid and setgid: never on a peer's word).
         dirs.push_back({"", true, 0, target->root_mode() & 01777, target->root_mtime_ns()});
@@ -1371,6 +1442,15 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
     }
     ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") + std::to_string(removed.size()) +
              " path(s) under " + root_.string());
+    if (pull_) {
+        // This side asked for the sync: what went is its to report (the peer hears it too).
+        for (const dest_tree::removed_entry& r : removed) {
+            ++(r.is_dir ? deleted_dirs_ : deleted_files_);
+            if (ctx_.events.deleted) {
+                ctx_.events.deleted(printable(r.path), r.is_dir);
+            }
+        }
+    }
     wire::Header h;
     std::size_t bytes = 0;
     auto flush = [&] {
@@ -1445,10 +1525,21 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.wire_received = scope_->counters().wire_received;
     r.compression_saved = scope_->counters().compression_saved;
     r.elapsed_s = seconds_since(start_);
-    r.connections = static_cast<std::uint32_t>(conns_.size());
+    r.connections = static_cast<std::uint32_t>(std::count_if(conns_.begin(), conns_.end(), [](const auto& c) {
+        return c != nullptr;  // joined (open or closed since)
+    }));
     r.ttfb_s = ttfb_s_;
+    r.connected = peer_hello_;
+    r.retryable = !ok && retryable_;
+    r.given_up = given_up_;
+    r.deleted_files = deleted_files_;
+    r.deleted_dirs = deleted_dirs_;
+    r.delta_copied = delta_copied_;
     ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
-    if (ctx_.events.transfer_done) {
+    if (pull_ && pull_->done) {
+        auto done = std::move(pull_->done);
+        done(r);
+    } else if (ctx_.events.transfer_done) {
         ctx_.events.transfer_done(r);
     }
 }
@@ -1468,7 +1559,9 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
     if (counted) {
         ctx_.stats.refusals.add(*counted);
     }
-    ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);
+    if (!pull_) {
+        ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);  // a pull's report says it
+    }
     // What was verified so far stays for a later attempt: every unfinished file with chunks
     // here gets its record, and is remembered (ctx_.known) for a sender that comes back.
     for (std::uint32_t id = 0; id < sinks_.size(); ++id) {
@@ -1650,8 +1743,13 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "closed by the sender";
         ctx_.log("connection " + std::to_string(c.index) + " from " + short_id(peer_id_) + " lost (" + why +
                  "); the transfer goes on over the others");
+    } else if (!result_sent_ && !failed_ && pull_ && ec == transport_errc::peer_refused) {
+        fail(wire::ERROR_CANCELLED, exit_code::auth,
+             "peer refused this node: its ID " + format_node_id(ctx_.id) + " is not trusted there (run `ferry trust " +
+                 format_node_id(ctx_.id) + "` on the peer)");
     } else if (!result_sent_ && !failed_) {
         // The control connection: the transfer ends (partial files stay for resume).
+        retryable_ = ec != transport_errc::queue_full;
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "connection closed by sender";
         fail(wire::ERROR_CANCELLED, exit_code::transfer_failed, "transfer interrupted: " + why,
              ec == transport_errc::queue_full ? std::optional<refusal>(refusal::queue) : std::nullopt);

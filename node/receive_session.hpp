@@ -29,6 +29,20 @@
 
 namespace ferry {
 
+// `ferry sync` from a remote SRC (a pull): this node dialed the peer (node::pull) and
+// receives a folder of the peer's share into a local one.
+struct pull_spec {
+    // The peer's share and path, and this side's own delete, dry_run and exclude (the
+    // peer's Offer must echo delete and dry_run, and keep these patterns first).
+    wire::SyncTarget source;
+    std::filesystem::path dest;  // the local folder, absolute; its parent must exist
+    std::uint32_t connections = default_connections;
+    bool zstd = true;  // offer to decode zstd chunks (`--compress never`: no)
+    // Dials connection `index` (1..connections-1) once the peer took the pull.
+    std::function<void(std::uint32_t index)> open;
+    std::function<void(const transfer_report&)> done;  // the report (not events.transfer_done)
+};
+
 class receive_session : public connection_handler, public std::enable_shared_from_this<receive_session> {
 public:
     // `peer_key`: the peer's statistics key (node_stats::peers): its ID, or its address.
@@ -38,6 +52,10 @@ public:
 
     // A connection whose Hello named this session. Replies with our Hello.
     void add_connection(std::shared_ptr<connection> c, const wire::Hello& hello);
+    // Makes this session a pull (before its first connection): add_connection then takes
+    // connections this node dialed, `hello` giving their index and count, and its Hello on
+    // connection 0 asks for the pull.
+    void set_pull(pull_spec spec) { pull_.emplace(std::move(spec)); }
     // Stops the session (node shutdown): partial files are kept.
     void stop(const std::string& why);
 
@@ -76,6 +94,9 @@ private:
         bool drop = false;           // the sender gave up on it: its partial file goes after those writes
         bool pinned = false;         // basis_fd was handed over open (counted in pinned_bases_)
         bool checkpointing = false;  // a resume record is being written
+        bool got_bytes = false;      // a chunk of it arrived
+        wire::SyncAction action = wire::SYNC_NONE;
+        std::string from;            // sync: the file of ours it started from (FileAccept.basis)
         ~sink_file();
     };
     // How often the resume records of files being written are brought up to date.
@@ -177,6 +198,24 @@ private:
     bool open_sync_target(const wire::SyncTarget& target);
     // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0).
     void send_deleted(std::vector<dest_tree::removed_entry> removed);
+    // A pull (set_pull), with what its report adds: files the sender skipped, paths
+    // deleted, bytes rebuilt from older versions here. peer_hello_: the peer's Hello on
+    // connection 0 came (the pull was taken).
+    std::optional<pull_spec> pull_;
+    bool peer_hello_ = false;
+    bool data_conns_opened_ = false;
+    bool retryable_ = false;  // the failure may pass: lost connection, peer stopped or busy
+    std::vector<skipped_file> given_up_;
+    std::uint64_t deleted_files_ = 0;
+    std::uint64_t deleted_dirs_ = 0;
+    std::uint64_t delta_copied_ = 0;
+    // Files made from another of ours with no byte received: told as renamed (or not)
+    // once every path is offered.
+    std::vector<file_id> maybe_renamed_;
+    std::string sync_path_;  // sync: the folder inside share_dir_ ("" = share_dir_ itself)
+    void on_peer_hello(connection& c, const wire::Hello& hello);
+    // A file in place: its `done` file event, with what the sync did.
+    void report_done(file_id f);
     bool finishing_ = false;    // every file is in; folder metadata and durability are running
     bool result_sent_ = false;  // the TransferResult (success) went out
     bool failed_ = false;

@@ -94,18 +94,24 @@ void send_session::start() {
     open_connection(0);
 }
 
-void send_session::open_connection(std::uint32_t index) {
+void dial_peer(node_context& ctx, const send_target& target,
+               std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn) {
     connect_options opts;
-    opts.host = target_.host;
-    opts.port = target_.port;
-    opts.plaintext = ctx_.config.plaintext;
-    opts.tuning = ctx_.config.tuning;
+    opts.host = target.host;
+    opts.port = target.port;
+    opts.plaintext = ctx.config.plaintext;
+    opts.tuning = ctx.config.tuning;
     auto check = std::make_unique<tls_peer_check>();
-    if (!target_.expected_id.empty()) {
-        std::string want = target_.expected_id;
+    if (!target.expected_id.empty()) {
+        std::string want = target.expected_id;
         check->allow = [want](const std::string& id) { return id == want; };
     }
-    async_connect_stream(ctx_.io, ctx_.config.plaintext ? nullptr : ctx_.tls_client.get(), opts, std::move(check),
+    async_connect_stream(ctx.io, ctx.config.plaintext ? nullptr : ctx.tls_client.get(), opts, std::move(check),
+                         std::move(fn));
+}
+
+void send_session::open_connection(std::uint32_t index) {
+    dial_peer(ctx_, target_,
                          [self = shared_from_this(), index](std::error_code ec, std::unique_ptr<byte_stream> stream) {
                              if (self->finished_) {
                                  return;
@@ -133,16 +139,27 @@ void send_session::open_connection(std::uint32_t index) {
 }
 
 void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream) {
+    adopt(index, std::make_shared<connection>(std::move(stream), ctx_.buffers));
+    if (index > 0) {
+        conns_[index].ready = true;
+        pump(index);
+    }
+}
+
+void send_session::adopt(std::uint32_t index, std::shared_ptr<connection> c, bool reading) {
     if (!scope_) {
         // Connection 0 comes first; the peer's ID is known from its handshake.
-        peer_key_ = stream->peer_id().empty() ? stream->remote() : stream->peer_id();
+        peer_key_ = c->stream().peer_id().empty() ? c->stream().remote() : c->stream().peer_id();
         scope_ = std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key_), start_);
     }
-    count_wire(*stream, scope_);
-    auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers);
+    count_wire(c->stream(), scope_);
     c->index = index;
     if (conns_[index].conn) {
         conns_[index].conn->set_handler(nullptr);  // the lost one it replaces
+        if (!conns_[index].conn->closed()) {
+            conns_[index].conn->close();
+        }
+        requeue_inflight(conns_[index]);
         conns_[index].window_bytes = options_.window_bytes;
         conns_[index].window_bound = false;
     }
@@ -152,7 +169,11 @@ void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream
         stall_timer_ = std::make_unique<asio::steady_timer>(ctx_.io);
         check_stalls();
     }
-    c->start(this);
+    if (reading) {
+        c->set_handler(this);
+    } else {
+        c->start(this);
+    }
     wire::Header h;
     wire::Hello* hello = h.mutable_hello();
     hello->set_version(protocol_version);
@@ -163,10 +184,38 @@ void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream
     hello->set_agent("ferry/0.1");
     hello->add_codecs(wire::CODEC_ZSTD);
     c->send(h);
-    if (index > 0) {
-        conns_[index].ready = true;
-        pump(index);
+}
+
+void send_session::start_accepted(std::shared_ptr<connection> c, const wire::Hello& hello) {
+    start_ = options_.started.value_or(std::chrono::steady_clock::now());
+    accepted_ = true;
+    session_id_ = hello.session_id();  // the receiver chose it: its other connections name it
+    adopt(0, std::move(c), true);
+    on_hello(*conns_[0].conn, hello);
+}
+
+void send_session::add_connection(std::shared_ptr<connection> c, const wire::Hello& hello) {
+    std::uint32_t idx = hello.conn_index();
+    if (finished_ || !accepted_ || idx == 0 || idx >= conns_.size()) {
+        wire::Header h;
+        h.mutable_error()->set_code(wire::ERROR_PROTOCOL);
+        h.mutable_error()->set_message(finished_ ? "session over" : "bad connection index");
+        c->send(h);
+        c->close_after_flush(protocol_errc::unexpected_message);
+        return;
     }
+    if (conns_[idx].conn) {
+        ctx_.log("connection " + std::to_string(idx) + " from " + short_id(peer_id_) + " replaced");
+    }
+    adopt(idx, std::move(c), true);
+    conns_[idx].ready = true;
+    pump(idx);
+}
+
+std::uint32_t send_session::open_connections() const {
+    return static_cast<std::uint32_t>(std::count_if(conns_.begin(), conns_.end(), [](const conn_state& cs) {
+        return cs.conn && !cs.conn->closed();
+    }));
 }
 
 void send_session::on_hello(connection& c, const wire::Hello& hello) {
@@ -196,7 +245,7 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
     offers_sent_ = true;
     send_offer(0);
     conns_[0].ready = true;
-    for (std::uint32_t i = 1; i < options_.connections; ++i) {
+    for (std::uint32_t i = 1; i < options_.connections && !accepted_; ++i) {
         open_connection(i);
     }
 }
@@ -935,7 +984,7 @@ void send_session::check_stalls() {
 
 void send_session::schedule_reopen(std::uint32_t index) {
     conn_state& cs = conns_[index];
-    if (finished_ || cs.refused) {
+    if (finished_ || cs.refused || accepted_) {  // a pull's receiver reopens its own
         return;
     }
     if (cs.failures >= max_reopen_attempts) {

@@ -35,6 +35,11 @@ struct send_target {
     std::string expected_id;  // canonical; empty = any (a warning if not trusted)
 };
 
+// Dials `target` (TLS with this node's client identity, the peer's ID checked when
+// given, or plaintext) with the node's socket tuning; `fn` runs on the loop thread.
+void dial_peer(node_context& ctx, const send_target& target,
+               std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
+
 // Chunk digests of the sources, kept by `ferry send` across its attempts (--retry-for):
 // a resumed attempt does not read and hash again the chunks the receiver kept when an
 // earlier attempt hashed them already (and the file has not changed since). Loop thread.
@@ -79,6 +84,16 @@ public:
     ~send_session() override;
 
     void start();
+    // A pull (Hello.pull): the receiver dialed this node and asked for `sources`.
+    // Connection 0 is `c`, whose Hello is the receiver's; the receiver opens the others,
+    // which join through add_connection. Lost ones are not reopened from this side.
+    void start_accepted(std::shared_ptr<connection> c, const wire::Hello& hello);
+    // A pull's connection 1..N-1 (its Hello named this session). Replies with our Hello.
+    void add_connection(std::shared_ptr<connection> c, const wire::Hello& hello);
+    // Connections open now (O(connections)).
+    std::uint32_t open_connections() const;
+    const std::string& session_id() const { return session_id_; }
+    const std::string& peer_id() const { return peer_id_; }
     void cancel(const std::string& why);
     // The transfer as it stands (O(connections)).
     transfer_progress progress() const;
@@ -143,6 +158,9 @@ private:
 
     void open_connection(std::uint32_t index);
     void on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream);
+    // Takes `c` as connection `index` (replacing a lost one) and sends our Hello on it.
+    // `reading`: its read loop runs already (an accepted connection): only the handler changes.
+    void adopt(std::uint32_t index, std::shared_ptr<connection> c, bool reading = false);
     void on_hello(connection& c, const wire::Hello& hello);
     void send_offer(std::size_t batch);  // then the next batches, one per turn
     void pump(std::uint32_t index);
@@ -247,6 +265,7 @@ private:
     std::uint64_t regular_files_ = 0;
     double ttfb_s_ = -1;
     bool offers_sent_ = false;
+    bool accepted_ = false;  // a pull: the receiver dialed in (start_accepted)
     bool retryable_ = false;  // the failure may pass (transfer_report::retryable)
     std::unique_ptr<asio::steady_timer> stall_timer_;
     std::vector<std::int8_t> memo_ok_;  // per entry: 0 unknown, 1 the memo may be used, -1 not

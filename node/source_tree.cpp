@@ -169,4 +169,22 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
     return {};
 }
 
+std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
+    std::size_t bytes = exclude_bytes(target);
+    std::vector<std::string> patterns;
+    for (const std::string& path : sources.skipped_paths) {
+        patterns.push_back(exclude_set::literal(path));
+        bytes += patterns.back().size();
+        if (bytes > max_sync_exclude_bytes) {
+            return std::to_string(sources.skipped_paths.size()) +
+                   " symlinks or special files in SRC are more than --delete can be told to keep; "
+                   "exclude their folders (--exclude) or sync without --delete";
+        }
+    }
+    for (std::string& p : patterns) {
+        target.add_exclude(std::move(p));
+    }
+    return {};
+}
+
 }  // namespace ferry

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -23,6 +24,9 @@ struct source_tree {
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
     std::uint64_t total_bytes = 0;
     std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)
+    // A pull's share folder, held open while its entries are read: `locals` name files
+    // under it as /proc/self/fd/N/... (null otherwise).
+    std::shared_ptr<const int> root_fd;
 };
 
 // Scans `paths`. On failure `error` names the path and the reason.
@@ -33,5 +37,12 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 // no entries (not an error). On failure `error` names the path and the reason.
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
                               std::string& error);
+
+// `ferry sync`: what the scan skipped (symlinks, special files) is not SRC's to delete
+// at DST, so a literal exclude pattern for each is appended to `target` (whose patterns
+// only ever keep paths at DST). When they would take its patterns over
+// max_sync_exclude_bytes, `target` is left as it was and the error line is returned;
+// otherwise "".
+std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target);
 
 }  // namespace ferry

@@ -309,6 +309,11 @@ public:
     // path lies in (-> false), moved out: for the receiver's clean-up once the last batch
     // is in (the machine no longer needs them then).
     std::unordered_map<std::string, bool> take_paths();
+    // Whether `path` is a regular file offered so far (before take_paths).
+    bool offered_file(const std::string& path) const {
+        auto it = paths_.find(path);
+        return it != paths_.end() && it->second;
+    }
     // The first batch's sync target, if it had one (`ferry sync` into a share).
     const std::optional<wire::SyncTarget>& sync() const { return sync_; }
     // The chunks of a decided file that are here, and their digests (for resume records).

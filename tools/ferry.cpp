@@ -18,6 +18,7 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -942,6 +943,7 @@ int cmd_send(const common_opts& o, const send_opts& s) {
 struct sync_run {
     wire::SyncTarget target;
     bool verbose = false;
+    bool pull = false;  // SRC is remote: this side receives
     std::uint64_t created = 0;
     std::uint64_t updated = 0;
     std::uint64_t renamed = 0;
@@ -969,8 +971,11 @@ void sync_event(const common_opts& o, sync_run& run, const char* what, std::stri
     }
 }
 
-// Pushes the contents of a local folder into a share of a peer. Pulling (a remote SRC)
-// is not there yet: docs/cli.md says so.
+int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target& t, const std::string& dst,
+             sync_run& run);
+
+// Pushes the contents of a local folder into a share of a peer, or pulls a folder of a
+// peer's share into a local one.
 int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     std::string error;
     std::optional<remote_spec> src = parse_remote(o, y.src, error);
@@ -987,10 +992,6 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     if (!src && !dst) {
         return fail(o, exit_code::usage,
                     "neither SRC nor DST is remote (ferry://[ID@]HOST[:PORT]/SHARE[/PATH] or NAME:SHARE[/PATH])");
-    }
-    if (src) {
-        return fail(o, exit_code::usage,
-                    "pulling from a share (a remote SRC) is not available yet; push from the other node instead");
     }
     ferry::exclude_set excludes;
     auto add_pattern = [&](const std::string& line, const std::string& where) {
@@ -1017,10 +1018,12 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
             return fail(o, exit_code::usage, error);
         }
     }
+    const remote_spec& remote = src ? *src : *dst;
     sync_run run;
     run.verbose = y.verbose;
-    run.target.set_share(dst->share);
-    run.target.set_path(dst->path);
+    run.pull = src.has_value();
+    run.target.set_share(remote.share);
+    run.target.set_path(remote.path);
     run.target.set_delete_(y.delete_);
     run.target.set_dry_run(y.dry_run);
     for (const std::string& l : excludes.lines()) {
@@ -1029,6 +1032,9 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     if (ferry::exclude_bytes(run.target) > ferry::max_sync_exclude_bytes) {
         return fail(o, exit_code::usage, "exclude patterns over " + std::to_string(ferry::max_sync_exclude_bytes / 1024) +
                                              " KiB in all; use fewer, broader ones");
+    }
+    if (src) {
+        return run_pull(o, s, src->target, y.dst, run);
     }
     fs::path root = y.src;
     struct stat st {};
@@ -1087,34 +1093,72 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
     return static_cast<int>(code);
 }
 
+// What a sync reports per file and per deleted path, and the resumed line (either
+// direction: the node that decides at DST tells, or is told, what it does).
+void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& ev) {
+    // Per-file lines say what the sync did (or, in a dry run, would do).
+    ev.file = [&o, &sync](const ferry::file_event& f) {
+        if (!f.done) {
+            return;
+        }
+        const char* what = "skipped";
+        if (!f.renamed_from.empty()) {
+            what = "renamed";
+            ++sync.renamed;
+        } else if (f.action == wire::SYNC_CREATE) {
+            what = "created";
+            ++sync.created;
+        } else if (f.action == wire::SYNC_UPDATE) {
+            what = "updated";
+            ++sync.updated;
+        } else {
+            ++sync.unchanged;
+        }
+        sync_event(o, sync, what, f.path, f.size, "file", f.renamed_from);
+    };
+    ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
+                      std::uint64_t files) {
+        say(human_bytes(bytes) + " of " + std::to_string(files) +
+            " changed file(s) are already at the receiver (an older version, a renamed or copied "
+            "file, or what an interrupted attempt left); only the chunks that differ are sent");
+        emit(o, resumed_event(direction, session, bytes, files));
+    };
+    ev.deleted = [&o, &sync](std::string_view path, bool is_dir) {
+        sync_event(o, sync, "deleted", path, 0, is_dir ? "dir" : "file");
+    };
+}
+
 // The last line of a sync: what changed (or would), and the `done` event.
-int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfer_report& r,
-                 const ferry::source_tree& sources) {
+// `files`: regular files in SRC (as scanned); `excluded`: what the patterns left out
+// there (unknown to a pull: the peer scanned).
+int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfer_report& r, std::uint64_t files,
+                 std::optional<std::uint64_t> excluded) {
     bool dry = run.target.dry_run();
-    std::uint64_t files = std::count_if(sources.entries.begin(), sources.entries.end(),
-                                        [](const ferry::entry_info& e) { return !e.is_dir; });
     std::uint64_t deleted = r.deleted_files + r.deleted_dirs;
     if (dry) {
         say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
                         run.created, run.updated, run.unchanged, deleted));
     } else {
-        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} sent "
+        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
                         files, run.created, run.updated, run.renamed, run.unchanged, deleted,
+                        run.pull ? "received" : "sent",
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),
                         r.elapsed_s, mbps(r), r.connections) +
             compression_note(r));
     }
-    emit(o, {{"event", "done"},
+    json done{{"event", "done"},
              {"ok", r.given_up.empty()},
              {"failed_files", r.given_up.size()},
              {"dry_run", dry},
              {"session", ferry::hex_encode(r.session_id)},
              {"peer", ferry::format_node_id(r.peer_id)},
              {"files_checked", files},
-             {"bytes_checked", r.total_bytes},
-             {"excluded", sources.excluded},
-             {"created", run.created},
+             {"bytes_checked", r.total_bytes}};
+    if (excluded) {
+        done["excluded"] = *excluded;
+    }
+    done.update(json{{"created", run.created},
              {"updated", run.updated},
              {"renamed", run.renamed},
              {"skipped", run.unchanged},
@@ -1127,121 +1171,33 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
              {"compression_saved_bytes", r.compression_saved},
              {"elapsed_s", r.elapsed_s},
              {"connections", r.connections}});
+    emit(o, std::move(done));
     return skipped_sources_exit(o, r);
 }
 
-// Runs one outgoing transfer (`ferry send`, or with `sync` a push of `ferry sync`) to the
-// end: scan, connect, send, retry after a lost connection, and report.
-int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
-             sync_run* sync) {
-    if (auto e = congestion_error(o)) {
-        return fail(o, exit_code::usage, *e);
-    }
-    if (s.connections < 1 || s.connections > ferry::max_connections) {
-        return fail(o, exit_code::usage, "--connections must be 1..16");
-    }
-    // The sources are scanned on a thread of their own while the node loads its identity
-    // and sets up TLS (each takes milliseconds; a big tree, tens of them).
-    std::string error;
-    auto scanned = std::async(std::launch::async, [&scan, &error] { return scan(error); });
-    ferry::node_config cfg = base_config(o);
-    cfg.plaintext = s.plaintext;
-    asio::io_context io(1);
-    std::optional<ferry::node> node_made;
-    std::exception_ptr node_failed;
-    try {
-        ferry::node_events ev = base_events(o);
-        if (sync != nullptr) {
-            // Per-file lines say what the sync did (or, in a dry run, would do).
-            ev.file = [&o, sync](const ferry::file_event& f) {
-                if (!f.done) {
-                    return;
-                }
-                const char* what = "skipped";
-                if (!f.renamed_from.empty()) {
-                    what = "renamed";
-                    ++sync->renamed;
-                } else if (f.action == wire::SYNC_CREATE) {
-                    what = "created";
-                    ++sync->created;
-                } else if (f.action == wire::SYNC_UPDATE) {
-                    what = "updated";
-                    ++sync->updated;
-                } else {
-                    ++sync->unchanged;
-                }
-                sync_event(o, *sync, what, f.path, f.size, "file", f.renamed_from);
-            };
-            ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
-                              std::uint64_t files) {
-                say(human_bytes(bytes) + " of " + std::to_string(files) +
-                    " changed file(s) are already at the receiver (an older version, a renamed or copied "
-                    "file, or what an interrupted attempt left); only the chunks that differ are sent");
-                emit(o, resumed_event(direction, session, bytes, files));
-            };
-            ev.deleted = [&o, sync](std::string_view path, bool is_dir) {
-                sync_event(o, *sync, "deleted", path, 0, is_dir ? "dir" : "file");
-            };
-        }
-        node_made.emplace(io, cfg, std::move(ev));
-    } catch (...) {
-        node_failed = std::current_exception();
-    }
-    auto [scan_ec, scanned_sources] = scanned.get();
-    ferry::source_tree sources = std::move(scanned_sources);
-    fault_after_scan(sources);
-    if (scan_ec) {
-        bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
-                       scan_ec == std::errc::not_a_directory;
-        return fail(o, missing ? exit_code::usage : exit_code::local_io, error);
-    }
-    if (node_failed) {
-        std::rethrow_exception(node_failed);
-    }
-    ferry::node& n = *node_made;
-    for (const auto& note : sources.skipped) {
-        say("skipping " + note);
-    }
-    ferry::send_options so;
-    so.connections = s.connections;
-    if (auto mode = ferry::parse_compress_mode(s.compress)) {
-        so.compress = *mode;
-    } else {
-        return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
-    }
-    so.overwrite = s.overwrite;
-    so.fsync_each = s.fsync_each;
-    so.stall_timeout = to_ms(s.stall_timeout_s);
-    so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
-    so.started = program_start;  // the rate a user can check from outside: from the command's start
-    if (sync != nullptr) {
-        // What the scan skipped (symlinks, special files) is not SRC's to delete at DST.
-        std::size_t pattern_bytes = ferry::exclude_bytes(sync->target);
-        for (const std::string& path : sources.skipped_paths) {
-            std::string pattern = ferry::exclude_set::literal(path);
-            pattern_bytes += pattern.size();
-            if (pattern_bytes > ferry::max_sync_exclude_bytes) {
-                return fail(o, exit_code::usage,
-                            std::to_string(sources.skipped_paths.size()) +
-                                " symlinks or special files in SRC are more than --delete can be told to keep; "
-                                "exclude their folders (--exclude) or sync without --delete");
-            }
-            sync->target.add_exclude(std::move(pattern));
-        }
-        so.sync = sync->target;
-    }
+// The attempts of one transfer (`send`, or `sync` either way), run to a final report on
+// `io`. A session that reached the peer and then lost it (connection lost, peer stopped
+// or full) is tried again, with backoff, for --retry-for after each loss; the receiver
+// keeps what arrived, so each attempt resumes where the last one stopped. (A first
+// attempt that cannot connect at all fails at once: a wrong address should not make a
+// script wait.) Files that changed or vanished while read get one more attempt.
+struct attempt_loop {
+    // Starts one attempt; `done` gets its report on the loop thread.
+    std::function<void(const std::function<void(const ferry::transfer_report&)>& done)> start;
+    // Before the one more attempt for files that changed or vanished: false if it cannot be made.
+    std::function<bool()> again;
+    std::string again_line;  // what is said then, after "N file(s) "
+    // Filled: the files the first attempt found vanished (still reported if still gone).
+    std::vector<ferry::skipped_file> vanished_before;
+};
+
+std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const send_opts& s, asio::io_context& io,
+                                                   ferry::node& n, command_progress& progress, attempt_loop& loop) {
     std::optional<ferry::transfer_report> result;
-    command_progress progress(io, o, n);
-    // A session that reached the receiver and then lost it (connection lost, receiver
-    // stopped or full) is tried again, with backoff, for --retry-for after each loss; the
-    // receiver keeps what arrived, so each attempt resumes where the last one stopped.
-    // (A first attempt that cannot connect at all fails at once: a wrong address should
-    // not make a script wait.)
     const auto retry_for = std::chrono::milliseconds(std::llround(s.retry_for_s * 1000));
     asio::steady_timer retry_timer(io);
     unsigned attempts = 0;
-    bool rescanned = false;  // the one new scan after files changed or vanished
-    std::vector<ferry::skipped_file> vanished_before;  // by the first attempt: still reported
+    bool tried_again = false;  // the one more attempt after files changed or vanished
     bool ever_connected = false;
     bool interrupted = false;
     std::chrono::steady_clock::time_point lost_at{};
@@ -1254,7 +1210,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         // Let close_notify and the last frames go out, then stop.
         asio::post(io, [&io] { io.stop(); });
     };
-    auto on_done = [&](const ferry::transfer_report& r) {
+    std::function<void(const ferry::transfer_report&)> on_done = [&](const ferry::transfer_report& r) {
         auto now = std::chrono::steady_clock::now();
         if (r.connected && !ever_connected) {
             ever_connected = true;
@@ -1262,26 +1218,21 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         }
         if (r.connected && r.payload_bytes > 0) {
             // It got somewhere: the backoff and the --retry-for budget start again. (An
-            // attempt that reaches the receiver and moves nothing does not reset them, so a
-            // receiver that keeps answering BUSY is given up on in time.)
+            // attempt that reaches the peer and moves nothing does not reset them, so a
+            // peer that keeps answering BUSY is given up on in time.)
             attempts = 0;
             lost_at = now;
         }
         last_failure = r;
-        if (r.ok && !r.given_up.empty() && !rescanned && !interrupted) {
-            // Files that changed or vanished while they were read get one more try: the
-            // folder is scanned again and sent again (what arrived is skipped as there).
-            rescanned = true;
+        if (r.ok && !r.given_up.empty() && !tried_again && !interrupted) {
+            tried_again = true;
             for (const ferry::skipped_file& f : r.given_up) {
                 if (f.vanished) {
-                    vanished_before.push_back(f);
+                    loop.vanished_before.push_back(f);
                 }
             }
-            say(std::to_string(r.given_up.size()) + " file(s) changed or vanished while read; scanning and sending once more");
-            std::string rescan_error;
-            auto [ec, again] = scan(rescan_error);
-            if (!ec) {
-                sources = std::move(again);
+            say(std::to_string(r.given_up.size()) + " file(s) " + loop.again_line);
+            if (loop.again()) {
                 attempt();
                 return;
             }
@@ -1320,15 +1271,10 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     };
     stop_waiting = [&] {
         ferry::transfer_report stopped = *last_failure;
-        stopped.error = "sender interrupted while waiting to reconnect";
+        stopped.error = "interrupted while waiting to reconnect";
         finish(stopped);
     };
-    attempt = [&] {
-        if (sync != nullptr) {
-            sync->reset_counts();  // each attempt's receiver says again what it does
-        }
-        n.send(sources, t, so, on_done);
-    };
+    attempt = [&] { loop.start(on_done); };
     attempt();
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](std::error_code ec, int) {
@@ -1338,15 +1284,100 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                 stop_waiting();
                 return;
             }
-            n.stop("sender interrupted");
+            n.stop("interrupted");
         }
     });
     progress.wake();
     io.run();
     progress.stop();
+    return result;
+}
+
+// Runs one outgoing transfer (`ferry send`, or with `sync` a push of `ferry sync`) to the
+// end: scan, connect, send, retry after a lost connection, and report.
+int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
+             sync_run* sync) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, *e);
+    }
+    if (s.connections < 1 || s.connections > ferry::max_connections) {
+        return fail(o, exit_code::usage, "--connections must be 1..16");
+    }
+    // The sources are scanned on a thread of their own while the node loads its identity
+    // and sets up TLS (each takes milliseconds; a big tree, tens of them).
+    std::string error;
+    auto scanned = std::async(std::launch::async, [&scan, &error] { return scan(error); });
+    ferry::node_config cfg = base_config(o);
+    cfg.plaintext = s.plaintext;
+    asio::io_context io(1);
+    std::optional<ferry::node> node_made;
+    std::exception_ptr node_failed;
+    try {
+        ferry::node_events ev = base_events(o);
+        if (sync != nullptr) {
+            add_sync_events(o, *sync, ev);
+        }
+        node_made.emplace(io, cfg, std::move(ev));
+    } catch (...) {
+        node_failed = std::current_exception();
+    }
+    auto [scan_ec, scanned_sources] = scanned.get();
+    ferry::source_tree sources = std::move(scanned_sources);
+    fault_after_scan(sources);
+    if (scan_ec) {
+        bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
+                       scan_ec == std::errc::not_a_directory;
+        return fail(o, missing ? exit_code::usage : exit_code::local_io, error);
+    }
+    if (node_failed) {
+        std::rethrow_exception(node_failed);
+    }
+    ferry::node& n = *node_made;
+    for (const auto& note : sources.skipped) {
+        say("skipping " + note);
+    }
+    ferry::send_options so;
+    so.connections = s.connections;
+    if (auto mode = ferry::parse_compress_mode(s.compress)) {
+        so.compress = *mode;
+    } else {
+        return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
+    }
+    so.overwrite = s.overwrite;
+    so.fsync_each = s.fsync_each;
+    so.stall_timeout = to_ms(s.stall_timeout_s);
+    so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
+    so.started = program_start;  // the rate a user can check from outside: from the command's start
+    if (sync != nullptr) {
+        // What the scan skipped (symlinks, special files) is not SRC's to delete at DST.
+        if (std::string e = ferry::keep_skipped(sources, sync->target); !e.empty()) {
+            return fail(o, exit_code::usage, e);
+        }
+        so.sync = sync->target;
+    }
+    command_progress progress(io, o, n);
+    attempt_loop loop;
+    loop.start = [&](const std::function<void(const ferry::transfer_report&)>& done) {
+        if (sync != nullptr) {
+            sync->reset_counts();  // each attempt's receiver says again what it does
+        }
+        n.send(sources, t, so, done);
+    };
+    loop.again = [&] {
+        std::string rescan_error;
+        auto [ec, again] = scan(rescan_error);
+        if (ec) {
+            return false;
+        }
+        sources = std::move(again);
+        return true;
+    };
+    loop.again_line = "changed or vanished while read; scanning and sending once more";
+    std::optional<ferry::transfer_report> result = run_attempts(o, s, io, n, progress, loop);
     if (!result) {
         return fail(o, exit_code::transfer_failed, "transfer did not finish");
     }
+    std::vector<ferry::skipped_file>& vanished_before = loop.vanished_before;
     ferry::transfer_report& r = *result;
     if (!r.ok) {
         return fail(o, r.code, r.error);
@@ -1362,7 +1393,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     progress.final_progress(final_progress(r, true));
     if (sync != nullptr) {
-        return sync_summary(o, *sync, r, sources);
+        std::uint64_t files = std::count_if(sources.entries.begin(), sources.entries.end(),
+                                            [](const ferry::entry_info& e) { return !e.is_dir; });
+        return sync_summary(o, *sync, r, files, sources.excluded);
     }
     char line[256];
     std::snprintf(line, sizeof(line), "sent %llu files, %llu folders, %s in %.2f s (%.1f MB/s confirmed, %u connections)",
@@ -1372,6 +1405,85 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     say(std::string(line) + skipped_note(r) + compression_note(r));
     emit(o, report_json(r, true));
     return skipped_sources_exit(o, r);
+}
+
+// Pulls a folder of a peer's share into the local folder `dst` (`ferry sync` with a remote
+// SRC): this node dials the peer, which scans its share and sends what differs; this
+// side decides, deletes and reports, as a share does for a push. Retries like a push:
+// once more when files changed or vanished at the peer while read, and after a lost
+// connection for --retry-for.
+int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target& t, const std::string& dst,
+             sync_run& run) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, *e);
+    }
+    if (s.connections < 1 || s.connections > ferry::max_connections) {
+        return fail(o, exit_code::usage, "--connections must be 1..16");
+    }
+    std::optional<ferry::compress_mode> mode = ferry::parse_compress_mode(s.compress);
+    if (!mode) {
+        return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
+    }
+    std::error_code ec;
+    fs::path dest = fs::absolute(dst, ec).lexically_normal();
+    if (!dest.has_filename() && dest.has_parent_path() && dest != dest.root_path()) {
+        dest = dest.parent_path();  // "DIR/"
+    }
+    if (ec) {
+        return fail(o, exit_code::usage, "DST " + dst + ": " + ec.message());
+    }
+    struct stat st {};
+    if (::stat(dest.c_str(), &st) == 0 ? !S_ISDIR(st.st_mode) : errno != ENOENT) {
+        return fail(o, exit_code::usage, "DST " + dst + " is not a folder");
+    }
+    if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        return fail(o, exit_code::usage, "DST " + dst + ": its parent folder " + dest.parent_path().string() +
+                                             " does not exist (ferry creates DST itself, not its parents)");
+    }
+    ferry::node_config cfg = base_config(o);
+    cfg.plaintext = s.plaintext;
+    asio::io_context io(1);
+    ferry::node_events ev = base_events(o);
+    add_sync_events(o, run, ev);
+    std::set<std::string> seen;  // paths the current attempt reported
+    ev.file = [&seen, report = std::move(ev.file)](const ferry::file_event& f) {
+        if (f.done) {
+            seen.emplace(f.path);
+        }
+        report(f);
+    };
+    ferry::node n(io, cfg, std::move(ev));
+    command_progress progress(io, o, n);
+    attempt_loop loop;
+    loop.start = [&](const std::function<void(const ferry::transfer_report&)>& done) {
+        run.reset_counts();
+        seen.clear();
+        ferry::pull_spec spec;
+        spec.source = run.target;
+        spec.dest = dest;
+        spec.connections = s.connections;
+        spec.zstd = *mode != ferry::compress_mode::never;
+        spec.done = done;
+        n.pull(std::move(spec), t);
+    };
+    loop.again = [] { return true; };  // the peer scans again
+    loop.again_line = "changed or vanished at the peer while read; syncing once more";
+    std::optional<ferry::transfer_report> result = run_attempts(o, s, io, n, progress, loop);
+    if (!result) {
+        return fail(o, exit_code::transfer_failed, "sync did not finish");
+    }
+    std::vector<ferry::skipped_file>& vanished_before = loop.vanished_before;
+    ferry::transfer_report& r = *result;
+    if (!r.ok) {
+        return fail(o, r.code, r.error);
+    }
+    for (ferry::skipped_file& f : vanished_before) {
+        if (!seen.contains(f.path)) {
+            r.given_up.push_back(std::move(f));  // still gone: it vanished during the run
+        }
+    }
+    progress.final_progress(final_progress(r, false));
+    return sync_summary(o, run, r, r.total_files - r.dirs, std::nullopt);
 }
 
 // Flags of an outgoing transfer, shared by `send` and `sync`.
@@ -1449,7 +1561,7 @@ int main(int argc, char** argv) {
     std::string inbox;
     send_opts sync_so;
     sync_opts sy;
-    auto* sync = app.add_subcommand("sync", "mirror a local folder into a peer's share (only what changed moves)");
+    auto* sync = app.add_subcommand("sync", "mirror a folder into a peer's share or out of one (only what changed moves)");
     add_common(sync, o);
     add_transfer_options(sync, o);
     add_send_flags(sync, sync_so);
@@ -1460,11 +1572,13 @@ int main(int argc, char** argv) {
         ->type_name("PATTERN");
     sync->add_option("--exclude-from", sy.exclude_from, "read exclude patterns from FILE, one per line")
         ->check(CLI::ExistingFile);
-    sync->add_option("SRC", sy.src, "local folder whose contents are mirrored")->required();
-    sync->add_option("DST", sy.dst, "ferry://[ID@]HOST[:PORT]/SHARE[/PATH] or NAME:SHARE[/PATH]")->required();
+    sync->add_option("SRC", sy.src, "folder whose contents are mirrored: local, or a peer's (pull)")->required();
+    sync->add_option("DST", sy.dst, "ferry://[ID@]HOST[:PORT]/SHARE[/PATH] or NAME:SHARE[/PATH], or a local folder (pull)")
+        ->required();
     sync->footer("Examples:\n"
                  "  ferry sync --delete ~/site/ web1:www/blog\n"
                  "  ferry sync --dry-run --json --exclude '*.tmp' build/ ferry://ABCD-...-4567@192.0.2.7/artifacts/nightly\n"
+                 "  ferry sync --delete web1:www/blog ~/blog-copy      (a pull: web1's share into a local folder)\n"
                  "SRC's contents become DST's: files differing in size or mtime are replaced, others are skipped.\n"
                  "Exit codes: 0 done, 1 usage, 2 sync failed (refused, lost), 3 authentication/trust, 4 local I/O,\n"
                  "5 some files not sent (changed while read, unreadable), 6 some files vanished.");

@@ -1,5 +1,5 @@
-// End-to-end `ferry sync` pushes: the real binary, a `ferry serve` with shares on
-// loopback, real TLS 1.3. Results are checked on disk (bytes, modes, mtimes) and in the
+// End-to-end `ferry sync`, pushes and pulls: the real binary, a `ferry serve` with shares
+// on loopback, real TLS 1.3. Results are checked on disk (bytes, modes, mtimes) and in the
 // --json events.
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -371,8 +371,7 @@ TEST_F(sync_push, refused_targets_are_clear_errors_and_change_nothing) {
           std::vector<std::string>{"ay:www", "ay:docs"},
           std::vector<std::string>{src.string(), "ay:www/../up"},
           std::vector<std::string>{src.string(), "nobody:www"},
-          std::vector<std::string>{(cli.root() / "missing").string(), "ay:www"},
-          std::vector<std::string>{"ay:www", src.string()}}) {
+          std::vector<std::string>{(cli.root() / "missing").string(), "ay:www"}}) {
         std::vector<std::string> full{"sync", "--state", cli.state("B").string()};
         full.insert(full.end(), args.begin(), args.end());
         run_result r = cli.ferry(full);
@@ -386,6 +385,144 @@ TEST_F(sync_push, a_url_target_with_the_peer_id_works_without_a_name) {
     run_result r = sync({}, "ferry://" + a_id + "@" + node.address + "/www/by-url");
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(src, share / "by-url"), "");
+}
+
+// Pulls: the remote side is SRC. The same `serve`; B pulls A's share into a local folder.
+class sync_pull : public sync_push {
+protected:
+    fs::path site = share / "site";  // what B pulls (ay:www/site)
+    fs::path dst = cli.root() / "dst";
+
+    run_result pull(std::vector<std::string> extra, const std::string& from = "ay:www/site",
+                    const std::string& state = "B") {
+        std::vector<std::string> args{"sync", "--state", cli.state(state).string(), "--json"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        args.push_back(from);
+        args.push_back(dst.string());
+        return cli.ferry(args);
+    }
+};
+
+TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_changed) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(site / "big.bin", 12 * chunk + 100, 41);
+    write_text_file(site / "a.txt", "alpha\n");
+    write_text_file(site / "sub/deeper/b.txt", "beta\n");
+    fs::create_directories(site / "empty-dir");
+    ::chmod((site / "a.txt").c_str(), 0600);
+    set_mtime(site / "big.bin", 1'500'000'000);
+
+    run_result first = pull({});
+    ASSERT_EQ(first.code, 0) << first.err;
+    auto ev = json_events(first.out);
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"a.txt", "big.bin", "sub/deeper/b.txt"}));
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["created"], 3);
+    EXPECT_EQ(done["bytes_transferred"], 12 * chunk + 100 + 6 + 5);
+    EXPECT_EQ(compare_trees(site, dst), "");
+
+    // Nothing changed: nothing moves, and one connection is enough.
+    run_result same = pull({});
+    ASSERT_EQ(same.code, 0) << same.err;
+    done = find_event(json_events(same.out), "done");
+    EXPECT_EQ(done["skipped"], 3);
+    EXPECT_EQ(done["bytes_transferred"], 0);
+    EXPECT_EQ(done["connections"], 1);
+
+    // Bytes inserted near the start of the big file: only the block they touch travels
+    // (the delta runs at the share, against sums of B's copy).
+    std::string data = read_text_file(site / "big.bin");
+    data.insert(1000, "0123456789");
+    write_text_file(site / "big.bin", data);
+    write_text_file(site / "a.txt", "alpha, edited\n");
+    run_result edited = pull({"--compress", "never"});
+    ASSERT_EQ(edited.code, 0) << edited.err;
+    ev = json_events(edited.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"a.txt", "big.bin"}));
+    done = find_event(ev, "done");
+    EXPECT_GT(done["bytes_transferred"].get<std::uint64_t>(), 0u);
+    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), chunk + 1024);  // block 0, a.txt, the delta's ops
+    EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 2 * chunk);
+    EXPECT_EQ(compare_trees(site, dst), "");
+}
+
+TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(site / "big.bin", 5 * chunk + 17, 51);
+    write_text_file(site / "gone.txt", "gone\n");
+    ASSERT_EQ(pull({}).code, 0);
+    write_text_file(dst / "stray.txt", "only at dst\n");
+    write_text_file(dst / "keep.log", "excluded at dst\n");
+    fs::remove(site / "gone.txt");
+    fs::create_directories(site / "moved");
+    fs::rename(site / "big.bin", site / "moved/big.bin");
+
+    // A dry run says what would happen and changes nothing.
+    run_result dry = pull({"--delete", "--dry-run", "--exclude", "*.log"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    auto ev = json_events(dry.out);
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"big.bin", "gone.txt", "stray.txt"}));
+    EXPECT_TRUE(fs::exists(dst / "stray.txt"));
+    EXPECT_TRUE(fs::exists(dst / "big.bin"));
+    EXPECT_FALSE(fs::exists(dst / "moved"));
+
+    run_result r = pull({"--delete", "--exclude", "*.log"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), (paths{"moved/big.bin"}));
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"big.bin", "gone.txt", "stray.txt"}));
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], 0);
+    EXPECT_EQ(done["deleted_files"], 3);
+    EXPECT_TRUE(fs::exists(dst / "keep.log"));  // excluded: never deleted
+    fs::remove(dst / "keep.log");
+    fs::last_write_time(dst, fs::last_write_time(site));  // as the sync left it, before that removal
+    EXPECT_EQ(compare_trees(site, dst), "");
+}
+
+TEST_F(sync_pull, a_read_only_share_can_be_pulled_and_refusals_are_clear) {
+    serve("docs");  // B may use "docs" only
+    write_text_file(ro_share / "manual/intro.txt", "read me\n");
+    write_text_file(site / "f.txt", "f\n");
+    fs::create_symlink("/etc", share / "etc-link");
+    fs::create_symlink("/etc", ro_share / "etc-link");
+
+    run_result ok = pull({}, "ay:docs/manual");
+    ASSERT_EQ(ok.code, 0) << ok.err;
+    EXPECT_EQ(compare_trees(ro_share / "manual", dst), "");
+    fs::remove_all(dst);
+
+    struct refused_case {
+        std::string from;
+        std::string message;
+    };
+    for (const refused_case& c : {refused_case{"ay:www/site", "is not open to"},
+                                  refused_case{"ay:nope", "no share named \"nope\""},
+                                  refused_case{"ay:docs/missing", "no folder \"missing\""},
+                                  refused_case{"ay:docs/manual/intro.txt", "is not a folder"},
+                                  refused_case{"ay:docs/etc-link", "symlink"}}) {
+        run_result r = pull({}, c.from);
+        EXPECT_EQ(r.code, 2) << c.from;
+        EXPECT_NE(r.err.find(c.message), std::string::npos) << c.from << ": " << r.err;
+        EXPECT_FALSE(fs::exists(dst)) << c.from;
+    }
+
+    // A node A does not trust is refused as such.
+    std::string c_id = cli.id("C");
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("C").string(), a_id, "--name", "ay", "--address", node.address})
+                  .code,
+              0);
+    run_result stranger = pull({}, "ay:docs/manual", "C");
+    EXPECT_EQ(stranger.code, 3) << stranger.err;
+    EXPECT_NE(stranger.err.find("not trusted there"), std::string::npos) << stranger.err;
+
+    // A DST whose parent is missing, or that is a file, is a usage error.
+    dst = cli.root() / "no/such/parent";
+    EXPECT_EQ(pull({}, "ay:docs/manual").code, 1);
+    dst = ro_share / "manual/intro.txt";
+    EXPECT_EQ(pull({}, "ay:docs/manual").code, 1);
 }
 
 }  // namespace
