@@ -1,6 +1,9 @@
 #include "node/file_io.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +11,41 @@
 #include <string_view>
 
 namespace ferry {
+
+namespace {
+
+int open_beneath(int root_fd, const std::string& path, std::uint64_t flags) {
+    struct open_how how {};
+    how.flags = flags | O_CLOEXEC | O_NOFOLLOW;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    for (;;) {
+        long fd = ::syscall(SYS_openat2, root_fd, path.c_str(), &how, sizeof how);
+        if (fd >= 0 || errno != EAGAIN) {  // EAGAIN: a rename raced the lookup
+            return static_cast<int>(fd);
+        }
+    }
+}
+
+}  // namespace
+
+int open_read(int root_fd, const std::string& path) {
+    return root_fd < 0 ? ::open(path.c_str(), O_RDONLY | O_CLOEXEC) : open_beneath(root_fd, path, O_RDONLY);
+}
+
+int stat_at(int root_fd, const std::string& path, struct stat& st) {
+    if (root_fd < 0) {
+        return ::stat(path.c_str(), &st);
+    }
+    int fd = open_beneath(root_fd, path, O_PATH);
+    if (fd < 0) {
+        return -1;
+    }
+    int r = ::fstat(fd, &st);
+    int saved = errno;
+    ::close(fd);
+    errno = saved;
+    return r;
+}
 
 std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset) {
     std::size_t done = 0;

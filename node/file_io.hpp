@@ -22,6 +22,14 @@ std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t o
 // the order does not depend on the file system. `dir_fd` stays open and is not moved.
 std::error_code list_folder(int dir_fd, std::vector<std::string>& names);
 
+// Opens `path` for reading. With `root_fd` >= 0, `path` is relative to that folder and
+// must resolve inside it without any symlink (openat2 RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS: what a peer asks for out of a share); with -1 it is an ordinary
+// open. Returns an fd, or -1 with errno set.
+int open_read(int root_fd, const std::string& path);
+// stat of `path` the same way (without following a symlink when `root_fd` >= 0).
+int stat_at(int root_fd, const std::string& path, struct stat& st);
+
 // A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch.
 inline std::int64_t timespec_ns(const struct timespec& t) {
     return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;

@@ -147,7 +147,6 @@ void node::pull(pull_spec spec, send_target target) {
         h.set_conn_count(count);
         return h;
     };
-    std::erase_if(pulls_, [](const auto& s) { return s->reported(); });
     dial_peer(*ctx_, target, [this, spec = std::move(spec), target, session_id, hello_for](
                                  std::error_code ec, std::unique_ptr<byte_stream> stream) mutable {
         std::string where = target.host + ":" + target.port;
@@ -165,7 +164,14 @@ void node::pull(pull_spec spec, send_target target) {
         auto c = std::make_shared<connection>(std::move(stream), ctx_->buffers);
         std::string peer = c->stream().peer_id();
         std::string key = peer.empty() ? c->stream().remote() : peer;
-        auto s = std::make_shared<receive_session>(*ctx_, peer, key, session_id, [](receive_session&) {});
+        if (c->stream().is_tls() && target.expected_id.empty() && !ctx_->trust.trusted(peer)) {
+            ctx_->log("warning: peer ID " + format_node_id(peer) +
+                      " is not verified (pin it with ferry://ID@HOST or `ferry trust`)");
+        }
+        // Dropped once every connection closed (not when it reports: they may still call in).
+        auto s = std::make_shared<receive_session>(*ctx_, peer, key, session_id, [this](receive_session& done) {
+            std::erase_if(pulls_, [&](const auto& p) { return p.get() == &done; });
+        });
         spec.open = [this, weak = std::weak_ptr<receive_session>(s), target, hello_for](std::uint32_t index) {
             dial_peer(*ctx_, target, [this, weak, target, index, hello_for](std::error_code ec,
                                                                             std::unique_ptr<byte_stream> stream) {
@@ -176,6 +182,7 @@ void node::pull(pull_spec spec, send_target target) {
                 if (ec) {
                     ctx_->log("connection " + std::to_string(index) + " to " + target.host + ":" + target.port +
                               " failed: " + ec.message() + "; continuing with the others");
+                    s->data_connection_lost(index);
                     return;
                 }
                 auto c = std::make_shared<connection>(std::move(stream), ctx_->buffers);

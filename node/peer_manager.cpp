@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "node/dest_tree.hpp"
 #include "node/file_io.hpp"
@@ -153,6 +154,11 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
 
 void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer payload) {
     auto self_c = c.shared_from_this();
+    if (scanning_.erase(self_c) > 0) {
+        // A puller waits for the Offer while its folder is scanned: it has nothing to say.
+        turn_away(self_c, wire::ERROR_PROTOCOL, "unexpected message while the pull is prepared", refusal::protocol);
+        return;
+    }
     if (auto w = find_waiting(c); w != waiting_.end()) {
         waiting_.erase(w);
     }
@@ -269,44 +275,71 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
         turn_away(c, wire::ERROR_REFUSED, "refused pull: " + why, std::nullopt);
         return;
     }
+    if (scanning_.size() >= max_waiting_scans) {
+        turn_away(c, wire::ERROR_BUSY,
+                  "busy: " + std::to_string(max_waiting_scans) + " pulls are being prepared; try again soon",
+                  refusal::sessions);
+        return;
+    }
     scanning_.insert(c);
+    // Our Hello goes out now: the puller knows the pull was taken and waits for the Offer
+    // while the folder is scanned (its send_session does not send another on connection 0).
+    wire::Header h;
+    wire::Hello* reply = h.mutable_hello();
+    reply->set_version(protocol_version);
+    reply->set_session_id(hello.session_id());
+    reply->set_conn_index(0);
+    reply->set_conn_count(std::clamp<std::uint32_t>(hello.conn_count(), 1, max_connections));
+    reply->set_agent("ferry/0.1");
+    reply->add_codecs(wire::CODEC_ZSTD);
+    c->send(h);
     // The folder is opened inside the share without following a symlink (as a sync into a
-    // share makes it), then scanned through its descriptor.
-    ctx_.workers.post([this, alive = std::weak_ptr<int>(alive_), c, hello, key, dir = share->dir,
-                       excludes = std::move(excludes)]() mutable {
+    // share makes it), then scanned through its descriptor; the files are opened relative
+    // to it the same way (file_io's open_read).
+    node_context* ctx = &ctx_;
+    scan_queue_.push_back([this, ctx, alive = std::weak_ptr<int>(alive_), c, hello, key, dir = share->dir,
+                           excludes = std::move(excludes)]() mutable {
         const std::string& path = hello.pull().path();
         source_tree sources;
         std::string error;
         struct stat st {};
-        try {
-            std::error_code ec;
-            int fd = path.empty() ? ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                                  : dest_tree(dir).open_dir(path, ec);
-            if (fd < 0 && !ec) {
-                ec = {errno, std::system_category()};
-            }
-            if (fd >= 0) {
-                sources.root_fd = std::shared_ptr<const int>(new int(fd), [](const int* p) {
-                    ::close(*p);
-                    delete p;
-                });
-                ::fstat(fd, &st);
-                if (scan_contents("/proc/self/fd/" + std::to_string(fd), excludes, sources, error)) {
-                    error = "cannot read the share: " + error;
-                }
-            } else {
-                error = ec == std::errc::no_such_file_or_directory ? "no folder \"" + path + "\" in the share"
-                        : ec == std::errc::not_a_directory || ec == dest_errc::not_a_dir
-                            ? "\"" + path + "\" is not a folder (a sync mirrors a folder)"
-                        : ec == dest_errc::symlink ? "\"" + path + "\" is or goes through a symlink (never followed)"
-                                                   : "cannot open \"" + path + "\": " + ec.message();
-            }
-        } catch (const std::exception& e) {
-            error = std::string("cannot open the share: ") + e.what();
+        std::error_code ec;
+        int fd = -1;
+        if (int share_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); share_fd < 0) {
+            error = "the share's folder cannot be opened: " + std::string(std::strerror(errno));
+        } else if (path.empty()) {
+            fd = share_fd;
+        } else {
+            fd = dest_tree(dir, share_fd).open_dir(path, ec);  // the tree owns share_fd
+            error = ec == std::errc::no_such_file_or_directory ? "no folder \"" + path + "\" in the share"
+                    : ec == std::errc::not_a_directory || ec == dest_errc::not_a_dir
+                        ? "\"" + path + "\" is not a folder (a sync mirrors a folder)"
+                    : ec == dest_errc::symlink ? "\"" + path + "\" is or goes through a symlink (never followed)"
+                    : ec                       ? "cannot open \"" + path + "\": " + ec.message()
+                                               : "";
         }
-        asio::post(ctx_.io, [this, alive, c, hello = std::move(hello), key, sources = std::move(sources), error,
+        if (fd >= 0) {
+            sources.root_fd = std::shared_ptr<const int>(new int(fd), [](const int* p) {
+                ::close(*p);
+                delete p;
+            });
+            ::fstat(fd, &st);
+            std::string root = "/proc/self/fd/" + std::to_string(fd);
+            if (scan_contents(root, excludes, sources, error)) {
+                error = "cannot read the share: " + error.substr(std::min(error.size(), root.size() + 1));
+            }
+            for (std::string& local : sources.locals) {
+                local.erase(0, root.size() + 1);  // relative to root_fd
+            }
+        }
+        asio::post(ctx->io, [this, alive, c, hello = std::move(hello), key, sources = std::move(sources), error,
                              st]() mutable {
-            if (alive.expired() || !scanning_.erase(c) || stopping_ || c->closed()) {
+            if (alive.expired()) {
+                return;
+            }
+            --scans_running_;
+            next_scan();
+            if (!scanning_.erase(c) || stopping_ || c->closed() || c->closing()) {
                 return;
             }
             wire::SyncTarget target = hello.pull();
@@ -322,11 +355,14 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             send_options so;
             so.connections = hello.conn_count();
             so.sync = std::move(target);
+            so.idle_timeout = ctx_.config.limits.idle_timeout;
             std::string what = hello.pull().share() + (hello.pull().path().empty() ? "" : "/" + hello.pull().path());
             std::string sid = hello.session_id();
             auto s = std::make_shared<send_session>(
-                ctx_, std::move(sources), send_target{}, so,
-                [this, alive, what, sid](const transfer_report& r) {
+                ctx_, std::move(sources), send_target{}, so, [this, alive, what, sid](const transfer_report& r) {
+                    if (alive.expired()) {
+                        return;
+                    }
                     std::string peer = format_node_id(r.peer_id);
                     ctx_.log(r.ok ? "sent " + what + " to " + peer + " (a pull): " + std::to_string(r.files) +
                                         " file(s) sent, " + std::to_string(r.skipped_files) + " unchanged, " +
@@ -347,6 +383,15 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             s->start_accepted(c, hello);
         });
     });
+    next_scan();
+}
+
+void peer_manager::next_scan() {
+    while (scans_running_ < max_running_scans && !scan_queue_.empty() && !stopping_) {
+        ++scans_running_;
+        ctx_.workers.post(std::move(scan_queue_.front()));
+        scan_queue_.pop_front();
+    }
 }
 
 void peer_manager::on_closed(connection& c, std::error_code ec) {
@@ -397,6 +442,7 @@ void peer_manager::stop(const std::string& why) {
     for (auto& [id, s] : pulls) {
         s->cancel(why);
     }
+    scan_queue_.clear();
     for (const auto& c : std::set<std::shared_ptr<connection>>(std::move(scanning_))) {
         c->close();
     }

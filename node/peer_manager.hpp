@@ -10,6 +10,8 @@
 // through a throttle so that a flood cannot flood the log.
 #pragma once
 
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -31,8 +33,9 @@ public:
     void on_accepted(asio::ip::tcp::socket socket);
     void stop(const std::string& why);
     std::size_t session_count() const { return sessions_.size(); }
-    // Connections not yet in a session (in their TLS handshake or before their Hello).
-    std::size_t pending_count() const { return waiting_.size(); }
+    // Connections not in a session: in their TLS handshake, before their Hello, closing
+    // after an Error frame, or waiting for their pull's scan.
+    std::size_t pending_count() const { return waiting_.size() + closing_.size() + scanning_.size(); }
     // The sessions (for `ferry status`).
     const std::map<std::string, std::shared_ptr<receive_session>>& sessions() const { return sessions_; }
     // Pulls peers asked for (Hello.pull), this node sending (for `ferry status`).
@@ -81,8 +84,15 @@ private:
     log_throttle log_throttle_;
     std::map<std::string, std::shared_ptr<receive_session>> sessions_;  // by session id
     std::map<std::string, std::shared_ptr<send_session>> pulls_;         // by session id
-    // Pulls whose share is being scanned: connection 0, until its send_session starts.
+    // Pulls whose share is being scanned or waits to be: connection 0, until its
+    // send_session starts (at most max_waiting_scans). One scan runs at a time (it holds a
+    // worker while it walks a folder; the other worker stays free for transfers).
     std::set<std::shared_ptr<connection>> scanning_;
+    std::deque<std::function<void()>> scan_queue_;
+    std::size_t scans_running_ = 0;
+    static constexpr std::size_t max_waiting_scans = 16;
+    static constexpr std::size_t max_running_scans = 1;
+    void next_scan();
     bool stopping_ = false;
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak copies: worker results check it
 };

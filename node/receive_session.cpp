@@ -14,6 +14,7 @@
 #include <cstring>
 #include <iterator>
 
+#include "node/backoff.hpp"
 #include "node/chunk_codec.hpp"
 #include "node/resume.hpp"
 #include "protocol/digest.hpp"
@@ -183,7 +184,13 @@ receive_session::receive_session(node_context& ctx, std::string peer_id, const s
     root_ = ctx_.config.inbox;
 }
 
-receive_session::~receive_session() = default;
+receive_session::~receive_session() {
+    for (auto& c : conns_) {
+        if (c) {
+            c->set_handler(nullptr);  // a connection closing after the session must not call into it
+        }
+    }
+}
 
 void receive_session::add_connection(std::shared_ptr<connection> c, const wire::Hello& hello) {
     std::uint32_t count = std::clamp<std::uint32_t>(hello.conn_count(), 1, max_connections);
@@ -267,8 +274,12 @@ void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) 
         }
         // A connection held back by the node's buffer pool (other transfers' writes) is not
         // the sender's silence either.
+        // A pull's peer took the request and scans its folder before its first Offer (up
+        // to an hour: a very large tree on a cold disk).
+        bool peer_scanning = self->pull_ && self->peer_hello_ && !self->offer_seen_ &&
+                             now - self->start_ < std::chrono::hours(1);
         bool own_work = self->offer_busy_ || self->writes_ > 0 || self->finalizing_ > 0 || self->renaming_ ||
-                        self->finishing_ ||
+                        self->finishing_ || peer_scanning ||
                         std::any_of(self->conns_.begin(), self->conns_.end(),
                                     [](const auto& c) { return c && !c->closed() && c->waiting_for_buffer(); });
         if (own_work) {
@@ -302,6 +313,7 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
             if (c.index != 0) {
                 break;
             }
+            offer_seen_ = true;
             queue_offer(std::move(*header.mutable_offer()));
             return;
         case wire::Header::kFileDone:
@@ -350,6 +362,29 @@ void receive_session::on_peer_hello(connection& c, const wire::Hello& hello) {
         return;  // a data connection's answer: nothing to do
     }
     peer_hello_ = true;  // the peer took the pull; the other connections join once data is due
+}
+
+void receive_session::data_connection_lost(std::uint32_t index) {
+    if (!pull_ || failed_ || result_sent_ || ended_ || index == 0 || index >= conns_.size()) {
+        return;
+    }
+    redials_.resize(conns_.size());
+    redial& r = redials_[index];
+    if (r.failures >= 8) {
+        ctx_.log("giving up on connection " + std::to_string(index) + " after " + std::to_string(r.failures) +
+                 " attempts; the transfer goes on over the others");
+        return;
+    }
+    if (!r.timer) {
+        r.timer = std::make_shared<asio::steady_timer>(ctx_.io);
+    }
+    r.timer->expires_after(backoff_delay(r.failures++, std::chrono::milliseconds(100), std::chrono::seconds(5)));
+    r.timer->async_wait([weak = weak_from_this(), index](std::error_code ec) {
+        auto self = weak.lock();
+        if (!ec && self && !self->failed_ && !self->result_sent_) {
+            self->pull_->open(index);
+        }
+    });
 }
 
 void receive_session::queue_offer(wire::Offer offer) {
@@ -412,6 +447,11 @@ void receive_session::on_offer(const wire::Offer& offer) {
              "refused transfer: " + std::to_string(machine_.total_bytes()) + " bytes offered, over this node's limit of " +
                  std::to_string(max) + " (--max-bytes)",
              refusal::bytes);
+        return;
+    }
+    if (pull_ && !machine_.sync()) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + short_id(peer_id_) + ": its offer is not the sync that was asked for");
         return;
     }
     if (machine_.sync() && !sync_target() && !open_sync_target(*machine_.sync())) {
@@ -930,6 +970,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     }
     files_.started(ctx_.events.file, f, machine_.entry(f));
     sinks_.at(f.value)->got_bytes = true;
+    if (c.index < redials_.size()) {
+        redials_[c.index].failures = 0;  // it carries data again
+    }
     if (machine_.single_chunk(f)) {
         write_whole_file(conn, chunk, std::move(payload));
         return;
@@ -1743,6 +1786,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "closed by the sender";
         ctx_.log("connection " + std::to_string(c.index) + " from " + short_id(peer_id_) + " lost (" + why +
                  "); the transfer goes on over the others");
+        data_connection_lost(c.index);  // a pull's: this side dials it again
     } else if (!result_sent_ && !failed_ && pull_ && ec == transport_errc::peer_refused) {
         fail(wire::ERROR_CANCELLED, exit_code::auth,
              "peer refused this node: its ID " + format_node_id(ctx_.id) + " is not trusted there (run `ferry trust " +

@@ -56,6 +56,9 @@ public:
     // connections this node dialed, `hello` giving their index and count, and its Hello on
     // connection 0 asks for the pull.
     void set_pull(pull_spec spec) { pull_.emplace(std::move(spec)); }
+    // A pull's data connection `index` could not be opened or was lost: it is dialed again
+    // after a backoff (100 ms doubling to 5 s), up to 8 times in a row without data.
+    void data_connection_lost(std::uint32_t index);
     // Stops the session (node shutdown): partial files are kept.
     void stop(const std::string& why);
 
@@ -204,6 +207,12 @@ private:
     std::optional<pull_spec> pull_;
     bool peer_hello_ = false;
     bool data_conns_opened_ = false;
+    bool offer_seen_ = false;
+    struct redial {
+        unsigned failures = 0;
+        std::shared_ptr<asio::steady_timer> timer;
+    };
+    std::vector<redial> redials_;  // a pull's data connections, by index
     bool retryable_ = false;  // the failure may pass: lost connection, peer stopped or busy
     std::vector<skipped_file> given_up_;
     std::uint64_t deleted_files_ = 0;

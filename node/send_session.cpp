@@ -174,6 +174,9 @@ void send_session::adopt(std::uint32_t index, std::shared_ptr<connection> c, boo
     } else {
         c->start(this);
     }
+    if (accepted_ && index == 0) {
+        return;  // a pull's: peer_manager answered its Hello before the scan
+    }
     wire::Header h;
     wire::Hello* hello = h.mutable_hello();
     hello->set_version(protocol_version);
@@ -579,10 +582,10 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
         std::uint64_t tail = basis->tail_length();
         ctx_.workers.post([self = shared_from_this(), scan, f = ref.file, blocks = std::move(blocks), tail,
                            tail_digest = basis->tail, tail_at = basis->size - tail,
-                           local = &sources_.locals.at(ref.file.value), size = e.size]() mutable {
+                           local = &sources_.locals.at(ref.file.value), root_fd = root_fd(), size = e.size]() mutable {
             block_index index(std::move(blocks));
             delta_matcher matcher(index);
-            int fd = open_source(*local, size, true, scan->ec, scan->what);
+            int fd = open_source(root_fd, *local, size, true, scan->ec, scan->what);
             std::vector<std::uint8_t> buf(chunk_size);
             scan->digests.reserve(chunk_count(size));
             for (std::uint64_t i = 0; !scan->ec && i < chunk_count(size); ++i) {
@@ -669,7 +672,7 @@ void send_session::send_file_done(file_id f, wire::FileDone done) {
     // that moved means it changed while it was read (the chunks may mix two versions).
     const entry_info& e = machine_.entry(f);
     struct stat st {};
-    if (::stat(sources_.locals.at(f.value).c_str(), &st) != 0) {
+    if (stat_at(root_fd(), sources_.locals.at(f.value), st) != 0) {
         give_up(f, errno == ENOENT, std::string("vanished while it was read: ") + std::strerror(errno));
         return;
     }
@@ -728,6 +731,7 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     job.file = files_.at(ref.file.value);
     // sources_ never changes after construction and the task holds the session: no copy.
     job.local = &sources_.locals.at(ref.file.value);
+    job.root_fd = root_fd();
     job.expect_size = machine_.entry(ref.file).size;
     job.buf = std::move(buf);
     if (auto it = scans_.find(ref.file.value); ref.send && it != scans_.end() && it->second && it->second->done) {
@@ -744,9 +748,9 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     return job;
 }
 
-int send_session::open_source(const std::string& path, std::uint64_t expect_size, bool check_size, std::error_code& ec,
-                              std::string& what) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+int send_session::open_source(int root_fd, const std::string& path, std::uint64_t expect_size, bool check_size,
+                              std::error_code& ec, std::string& what) {
+    int fd = open_read(root_fd, path);
     struct stat st {};
     if (fd < 0) {
         ec = std::error_code(errno, std::system_category());
@@ -782,7 +786,7 @@ void send_session::read_source(read_job& job) {
     {
         std::lock_guard lock(file.mutex);
         if (file.fd < 0) {
-            file.fd = open_source(*job.local, job.expect_size, !whole, job.ec, job.what);
+            file.fd = open_source(job.root_fd, *job.local, job.expect_size, !whole, job.ec, job.what);
         }
         fd = file.fd;
     }
@@ -966,6 +970,17 @@ void send_session::check_stalls() {
         return;
     }
     auto now = stats_clock::now();
+    if (options_.idle_timeout.count() > 0) {
+        stats_clock::time_point heard{};
+        for (const auto& cs : conns_) {
+            heard = std::max(heard, cs.heard);
+        }
+        if (now - heard >= options_.idle_timeout) {
+            fail(exit_code::transfer_failed,
+                 "nothing from the receiver for " + seconds_text(options_.idle_timeout) + " s (--idle-timeout)");
+            return;
+        }
+    }
     for (auto& cs : conns_) {
         if (cs.conn && !cs.conn->closed() && !cs.inflight.empty() && now - cs.heard >= options_.stall_timeout) {
             ctx_.log("connection " + std::to_string(cs.conn->index) + " stalled: nothing from the receiver for " +
@@ -974,7 +989,11 @@ void send_session::check_stalls() {
         }
     }
     // A quarter of the timeout between checks: a stall is found within 1.25 timeouts.
-    stall_timer_->expires_after(options_.stall_timeout / 4);
+    auto every = options_.stall_timeout / 4;
+    if (options_.idle_timeout.count() > 0) {
+        every = std::min(every, options_.idle_timeout / 4);
+    }
+    stall_timer_->expires_after(every);
     stall_timer_->async_wait([weak = weak_from_this()](std::error_code ec) {
         if (auto self = weak.lock(); self && !ec) {
             self->check_stalls();

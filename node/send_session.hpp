@@ -75,6 +75,9 @@ struct send_options {
     std::shared_ptr<digest_memo> memo;  // null: none
     // `ferry sync`: mirror into a share of the receiver instead of its inbox.
     std::optional<wire::SyncTarget> sync;
+    // A pull's sender (start_accepted): the session fails when nothing comes from the
+    // receiver for this long (0: never), so a puller that goes silent frees its slot.
+    std::chrono::milliseconds idle_timeout{0};
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -170,6 +173,7 @@ private:
         chunk_ref ref;
         std::shared_ptr<source_file> file;
         const std::string* local = nullptr;
+        int root_fd = -1;  // sources_.root_fd, or -1
         std::uint64_t expect_size = 0;
         int level = 0;  // zstd level, 0: none
         pooled_buffer buf;
@@ -188,10 +192,13 @@ private:
     static constexpr std::size_t max_batch_reads = 32;
     read_job make_read_job(const chunk_ref& ref, pooled_buffer buf);
     static void read_source(read_job& job);  // on a worker
-    // Opens a source file for reading (on a worker). With `check_size`, a size other than
-    // the scan's is an error (`ec`, `what`); the fd is returned all the same (or -1).
-    static int open_source(const std::string& path, std::uint64_t expect_size, bool check_size, std::error_code& ec,
-                           std::string& what);
+    // Opens a source file for reading (on a worker): `path` as file_io's open_read takes
+    // it with `root_fd`. With `check_size`, a size other than the scan's is an error (`ec`,
+    // `what`); the fd is returned all the same (or -1).
+    static int open_source(int root_fd, const std::string& path, std::uint64_t expect_size, bool check_size,
+                           std::error_code& ec, std::string& what);
+    // A pull's share folder (sources_.root_fd; its locals are relative to it), or -1.
+    int root_fd() const { return sources_.root_fd ? *sources_.root_fd : -1; }
     void post_reads(std::uint32_t index, std::vector<read_job> jobs);
     void on_read(std::uint32_t index, read_job& job);
     // A chunk the receiver has, whose digest options_.memo knows: no read. False when the

@@ -24,8 +24,9 @@ struct source_tree {
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
     std::uint64_t total_bytes = 0;
     std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)
-    // A pull's share folder, held open while its entries are read: `locals` name files
-    // under it as /proc/self/fd/N/... (null otherwise).
+    // A pull's share folder, held open while its entries are read: `locals` are then
+    // relative to it, and opened without following a symlink (file_io's open_read).
+    // Null otherwise.
     std::shared_ptr<const int> root_fd;
 };
 

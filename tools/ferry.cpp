@@ -1436,6 +1436,9 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (::stat(dest.c_str(), &st) == 0 ? !S_ISDIR(st.st_mode) : errno != ENOENT) {
         return fail(o, exit_code::usage, "DST " + dst + " is not a folder");
     }
+    if (fs::exists(dest, ec)) {
+        dest = fs::canonical(dest, ec);  // DST given as a symlink to a folder: that folder (nothing inside is followed)
+    }
     if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
         return fail(o, exit_code::usage, "DST " + dst + ": its parent folder " + dest.parent_path().string() +
                                              " does not exist (ferry creates DST itself, not its parents)");

@@ -12,6 +12,7 @@
 #include "tests/support/hostile_peer.hpp"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <limits>
 #include <memory>
@@ -115,7 +116,11 @@ class hostile : public ::testing::Test {
         if (one_shot) {
             args.insert(args.end(), {"--accept-from", hostile_.id, inbox_.string()});
         } else {
-            args.insert(args.end(), {"--inbox", inbox_.string()});
+            // A read-only share for pulls: a file, and a symlink out of the share.
+            write_text_file(share_ / "pub/readme.txt", "shared\n");
+            write_text_file(outside_ / "../secret.txt", "not shared\n");
+            fs::create_symlink(cli_.root() / "secret.txt", share_ / "pub/leak.txt");
+            args.insert(args.end(), {"--inbox", inbox_.string(), "--share", "pub=" + share_.string()});
         }
         node_ = cli_.start(args);
         ASSERT_FALSE(node_.address.empty());
@@ -184,7 +189,7 @@ class hostile : public ::testing::Test {
     std::string failed_line() const { return "transfer from " + hostile_.id.substr(0, 8) + " failed: "; }
 
     std::set<std::string> outside_listing() const {
-        return listing(cli_.root(), {"state-A", "state-B", "state-C", "state-H", "inbox", "sources"});
+        return listing(cli_.root(), {"state-A", "state-B", "state-C", "state-H", "inbox", "sources", "share"});
     }
 
     void expect_nothing_outside() {
@@ -226,6 +231,7 @@ class hostile : public ::testing::Test {
     fs::path inbox_ = cli_.root() / "inbox";
     fs::path outside_ = cli_.root() / "outside";
     fs::path sources_ = cli_.root() / "sources";
+    fs::path share_ = cli_.root() / "share";
     ferry_cli::receiver node_;
     std::set<std::string> outside_before_;
     std::set<std::string> inbox_before_;
@@ -787,4 +793,85 @@ TEST_F(hostile_receive, protocol_error_ends_the_one_shot_receiver_with_exit_2) {
     expect_nothing_outside();
 }
 
+// ---------------------------------------------------------------------------------------
+// Pulls (Hello.pull): the node sends out of a share, never outside it.
+
+class hostile_pull_test : public hostile_frames_test {
+  protected:
+    // Connection 0 asking to pull `path` of share `share`.
+    static wire::Header pull_hello(const std::string& share, const std::string& path) {
+        wire::Header h;
+        wire::Hello* hello = h.mutable_hello();
+        hello->set_version(protocol_version);
+        hello->set_session_id(std::string(16, 'p'));
+        hello->set_conn_index(0);
+        hello->set_conn_count(1);
+        hello->set_agent("hostile-peer/0");
+        hello->mutable_pull()->set_share(share);
+        hello->mutable_pull()->set_path(path);
+        return h;
+    }
+};
+
+TEST_F(hostile_pull_test, a_pull_offers_what_the_share_holds_and_no_symlink_out_of_it) {
+    auto p = connect(trusted_tls());
+    ASSERT_TRUE(p->send_frame(pull_hello("pub", "")));
+    std::optional<wire::Header> hello = p->read_frame();
+    ASSERT_TRUE(hello && hello->has_hello()) << p->last_end().detail;
+    std::vector<std::string> offered;
+    for (bool last = false; !last;) {
+        std::optional<wire::Header> f = p->read_frame();
+        ASSERT_TRUE(f && f->has_offer()) << p->last_end().detail;
+        EXPECT_TRUE(f->offer().sync().share() == "pub");
+        for (const wire::Entry& e : f->offer().entries()) {
+            offered.push_back(e.path());
+        }
+        last = f->offer().last();
+    }
+    EXPECT_EQ(offered, (std::vector<std::string>{"pub", "pub/readme.txt"}));
+    p->close();
+    expect_node_still_serves();
+}
+
+TEST_F(hostile_pull_test, paths_out_of_the_share_are_refused) {
+    for (const std::string& path : {std::string("../outside"), std::string("pub/leak.txt"), std::string("/etc"),
+                                    std::string("pub/../..")}) {
+        auto p = connect(trusted_tls());
+        ASSERT_TRUE(p->send_frame(pull_hello("pub", path)));
+        node_answer a = p->read_until_closed();
+        p->close();
+        expect_error_frame(a, wire::ERROR_REFUSED, "refused pull");
+        EXPECT_EQ(a.count(wire::Header::kOffer), 0u) << path;
+    }
+    expect_node_still_serves();
+    expect_nothing_outside();
+}
+
+TEST_F(hostile_pull_test, a_frame_while_the_pull_is_prepared_ends_it_and_frees_its_connection) {
+    // Many times over: a connection that took over while closing would stay counted, and
+    // the node would end up refusing everyone (--max-connections).
+    for (int i = 0; i < 40; ++i) {
+        auto p = connect(trusted_tls());
+        ASSERT_TRUE(p->send_frame(pull_hello("pub", "")));
+        ASSERT_TRUE(p->send_frame(frame_with(offer_of({"x.txt"}))));
+        node_answer a = p->read_until_closed();
+        p->close();
+        // Either the node read the second frame during the scan (Error), or the scan won
+        // and the session read it as a protocol error: the connection ends both ways.
+        EXPECT_TRUE(a.closed) << a.detail;
+        EXPECT_EQ(a.count(wire::Header::kError), 1u) << i;
+    }
+    expect_node_still_serves();
+    // Every one of them is gone from the node's count (asked until it is, at most 300 times:
+    // the last transfer's connections close just after the sender exits).
+    int connections = -1;
+    for (int i = 0; i < 300 && connections != 0; ++i) {
+        run_result status = cli_.ferry({"status", "--state", cli_.state("A").string(), "--json"});
+        ASSERT_EQ(status.code, 0) << status.err;
+        connections = nlohmann::json::parse(status.out)["connections"].get<int>();
+    }
+    EXPECT_EQ(connections, 0);
+}
+
 }  // namespace
+
