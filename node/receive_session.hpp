@@ -38,6 +38,7 @@ struct pull_spec {
     std::filesystem::path dest;  // the local folder, absolute; its parent must exist
     std::uint32_t connections = default_connections;
     bool zstd = true;  // offer to decode zstd chunks (`--compress never`: no)
+    std::uint64_t max_rate = 0;  // --bwlimit: bytes per second the peer may send (0: no limit)
     // Dials connection `index` (1..connections-1) once the peer took the pull.
     std::function<void(std::uint32_t index)> open;
     std::function<void(const transfer_report&)> done;  // the report (not events.transfer_done)

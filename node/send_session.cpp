@@ -454,6 +454,9 @@ void send_session::pump(std::uint32_t index) {
         if (cs.inflight.size() + cs.reading >= options_.window_chunks || cs.reading_bytes >= options_.read_ahead_bytes) {
             break;
         }
+        if (options_.max_rate > 0 && !rate_allows()) {
+            break;
+        }
         std::optional<chunk_ref> ref = machine_.next_chunk();
         if (!ref) {
             break;
@@ -484,6 +487,7 @@ void send_session::pump(std::uint32_t index) {
         }
         ++cs.reading;
         cs.reading_bytes += ref->length;
+        rate_.tokens -= ref->length;  // --bwlimit: charged now, what compression saves refunded in on_read
         batch.push_back(make_read_job(*ref, std::move(buf)));
         batch_bytes += ref->length;
         if (batch.size() >= max_batch_reads || batch_bytes >= chunk_size) {
@@ -497,6 +501,36 @@ void send_session::pump(std::uint32_t index) {
         sample_wire_rate();
         post_reads(index, std::move(batch));
     }
+}
+
+bool send_session::rate_allows() {
+    auto now = stats_clock::now();
+    double rate = static_cast<double>(options_.max_rate);
+    double burst = std::max(rate / 10, static_cast<double>(chunk_size));
+    if (rate_.at == stats_clock::time_point{}) {
+        rate_.tokens = burst;
+    } else {
+        rate_.tokens = std::min(burst, rate_.tokens + rate * std::chrono::duration<double>(now - rate_.at).count());
+    }
+    rate_.at = now;
+    if (rate_.tokens > 0) {
+        return true;
+    }
+    if (!rate_.armed) {
+        rate_.armed = true;
+        if (!rate_.timer) {
+            rate_.timer = std::make_unique<asio::steady_timer>(ctx_.io);
+        }
+        rate_.timer->expires_after(std::chrono::duration_cast<stats_clock::duration>(
+            std::chrono::duration<double>((1 - rate_.tokens) / rate)));
+        rate_.timer->async_wait([weak = weak_from_this()](std::error_code ec) {
+            if (auto self = weak.lock(); self && !ec) {
+                self->rate_.armed = false;
+                self->pump_all();
+            }
+        });
+    }
+    return false;
 }
 
 void digest_memo::put(file_id f, chunk_index i, std::uint64_t chunks, digest128 d) {
@@ -875,6 +909,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
     std::uint32_t copied = job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
     cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len, copied});
+    rate_.tokens += ref.length - wire_len;  // --bwlimit: it was charged its raw length
     cs.inflight_bytes += ref.length;
     file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));
     cs.conn->send(h, std::move(job.buf), wire_len);
@@ -1125,6 +1160,9 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     finished_ = true;
     if (stall_timer_) {
         stall_timer_->cancel();
+    }
+    if (rate_.timer) {
+        rate_.timer->cancel();
     }
     for (auto& cs : conns_) {
         if (cs.reopen) {

@@ -78,6 +78,9 @@ struct send_options {
     // A pull's sender (start_accepted): the session fails when nothing comes from the
     // receiver for this long (0: never), so a puller that goes silent frees its slot.
     std::chrono::milliseconds idle_timeout{0};
+    // --bwlimit: chunk payload bytes per second on the wire, over all connections (0: no
+    // limit). Frame headers, acks and TLS records add a little on top.
+    std::uint64_t max_rate = 0;
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -168,6 +171,18 @@ private:
     void send_offer(std::size_t batch);  // then the next batches, one per turn
     void pump(std::uint32_t index);
     void pump_all();
+    // --bwlimit as a token bucket: each chunk is charged its length when its read starts
+    // (what compression or a delta saves is refunded once it is known), the bucket may go
+    // into debt, and pump() starts no read while in debt; a timer pumps again once the
+    // debt is paid. The burst is a tenth of a second's
+    // worth, and at least one chunk. False when pump() must wait.
+    bool rate_allows();
+    struct {
+        double tokens = 0;
+        stats_clock::time_point at{};
+        std::unique_ptr<asio::steady_timer> timer;
+        bool armed = false;
+    } rate_;
     // One chunk to read, hash (and compress) on the worker pool, and what came of it.
     struct read_job {
         chunk_ref ref;

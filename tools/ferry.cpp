@@ -805,7 +805,40 @@ struct send_opts {
     std::string compress = "auto";
     double retry_for_s = 300;
     double stall_timeout_s = 30;
+    std::string bwlimit = "0";
 };
+
+// --bwlimit RATE in bytes per second: a number with K, M or G (powers of 1024), optionally
+// followed by "B" or "B/s"; a bare number is KiB/s, as in rsync. 0: no limit. nullopt
+// when it is not such a number.
+std::optional<std::uint64_t> parse_rate(const std::string& text) {
+    std::size_t used = 0;
+    double value = 0;
+    try {
+        value = std::stod(text, &used);
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+    std::string unit = text.substr(used);
+    for (const char* tail : {"B/s", "/s", "B"}) {
+        if (unit.size() > std::strlen(tail) && unit.ends_with(tail)) {
+            unit.resize(unit.size() - std::strlen(tail));
+            break;
+        }
+    }
+    double scale = unit.empty() ? 1024.0 : 0;
+    if (unit == "K" || unit == "k") {
+        scale = 1024.0;
+    } else if (unit == "M" || unit == "m") {
+        scale = 1024.0 * 1024;
+    } else if (unit == "G" || unit == "g") {
+        scale = 1024.0 * 1024 * 1024;
+    }
+    if (scale == 0 || !(value >= 0) || value * scale > 1e15) {
+        return std::nullopt;
+    }
+    return static_cast<std::uint64_t>(std::llround(value * scale));
+}
 
 struct sync_opts {
     std::string src;
@@ -1343,6 +1376,11 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     } else {
         return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
     }
+    std::optional<std::uint64_t> rate = parse_rate(s.bwlimit);
+    if (!rate) {
+        return fail(o, exit_code::usage, "--bwlimit takes a rate such as 500K, 10M or 1G, not '" + s.bwlimit + "'");
+    }
+    so.max_rate = *rate;
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
     so.stall_timeout = to_ms(s.stall_timeout_s);
@@ -1424,6 +1462,10 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (!mode) {
         return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
     }
+    std::optional<std::uint64_t> rate = parse_rate(s.bwlimit);
+    if (!rate) {
+        return fail(o, exit_code::usage, "--bwlimit takes a rate such as 500K, 10M or 1G, not '" + s.bwlimit + "'");
+    }
     std::error_code ec;
     fs::path dest = fs::absolute(dst, ec).lexically_normal();
     if (!dest.has_filename() && dest.has_parent_path() && dest != dest.root_path()) {
@@ -1466,6 +1508,7 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         spec.dest = dest;
         spec.connections = s.connections;
         spec.zstd = *mode != ferry::compress_mode::never;
+        spec.max_rate = *rate;
         spec.done = done;
         n.pull(std::move(spec), t);
     };
@@ -1507,6 +1550,11 @@ void add_send_flags(CLI::App* cmd, send_opts& so) {
         ->transform(CLI::AsNumberWithUnit(time_units()))
         ->check(CLI::Range(0.1, 86400.0))
         ->default_str("30s");
+    cmd->add_option("--bwlimit", so.bwlimit,
+                    "send at most RATE of data per second, e.g. 500K, 10M, 1G (a bare number is KiB/s, as in "
+                    "rsync; 0 = no limit); for a pull, the peer is asked to")
+        ->type_name("RATE")
+        ->default_str("0");
 }
 
 }  // namespace

@@ -525,4 +525,25 @@ TEST_F(sync_pull, a_read_only_share_can_be_pulled_and_refusals_are_clear) {
     EXPECT_EQ(pull({}, "ay:docs/manual").code, 1);
 }
 
+TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
+    serve();
+    constexpr std::uint64_t size = 3 * 1024 * 1024;
+    write_random_file(site / "data.bin", size, 61);
+    write_random_file(src / "data.bin", size, 62);
+    // 2 MiB/s: the first quarter megabyte may go at once (the burst), the rest takes at
+    // least 1.3 s. Only a lower bound: a slow machine takes longer, never less.
+    run_result down = pull({"--bwlimit", "2M", "--compress", "never"});
+    ASSERT_EQ(down.code, 0) << down.err;
+    EXPECT_GE(find_event(json_events(down.out), "done")["elapsed_s"].get<double>(), 1.2);
+    EXPECT_EQ(compare_trees(site, dst), "");
+    run_result up = sync({"--bwlimit", "2048", "--compress", "never"});  // KiB/s, as rsync reads it
+    ASSERT_EQ(up.code, 0) << up.err;
+    EXPECT_GE(find_event(json_events(up.out), "done")["elapsed_s"].get<double>(), 1.2);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    for (const char* bad : {"fast", "-1M", "10X", "1e30"}) {
+        EXPECT_EQ(sync({"--bwlimit", bad}).code, 1) << bad;
+    }
+}
+
 }  // namespace
+
