@@ -53,15 +53,14 @@ std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
     return {};
 }
 
-// Permission bits, then the modification time.
+}  // namespace
+
 std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns) {
     if (::fchmod(fd, mode & 07777) != 0) {
         return last_error();
     }
     return set_mtime(fd, mtime_ns);
 }
-
-}  // namespace
 
 bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns) {
     // ext4/xfs/btrfs/tmpfs keep nanoseconds; CIFS and others 100 ns, exFAT 10 ms, ext4

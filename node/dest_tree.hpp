@@ -43,6 +43,9 @@ namespace ferry {
 // 1 ms, 10 ms, 1 s or 2 s stores it (truncated).
 bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns);
 
+// Permission bits (07777), then the modification time, of the open file `fd`.
+std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns);
+
 class dest_tree {
 public:
     // Opens (creating if needed) the root folder; root() is its canonical path. Throws

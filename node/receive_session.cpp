@@ -164,6 +164,35 @@ void fault_point_after_renames(std::size_t renamed) {
     }
 }
 
+// Sync --checksum: whether the file at `e.path` under `tree` has e.digest as content (read
+// and hashed chunk by chunk; a size other than e.size is a difference). With `fix_meta` and
+// the same content, its mode and mtime become e's (they may differ: --checksum looks at
+// content only).
+bool same_content(dest_tree& tree, const entry_info& e, bool fix_meta) {
+    std::error_code ec;
+    int fd = tree.open_final_read(e.path, ec);
+    if (fd < 0) {
+        return false;
+    }
+    struct stat st {};
+    bool same = ::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) == e.size;
+    std::vector<digest128> chunks;
+    std::vector<std::uint8_t> buf(same ? std::min<std::uint64_t>(e.size, chunk_size) : 0);
+    for (std::uint64_t c = 0; same && c < chunk_count(e.size); ++c) {
+        std::uint32_t len = chunk_length(e.size, c);
+        same = read_at(fd, buf.data(), len, c * chunk_size, ec) == len;
+        if (same) {
+            chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+        }
+    }
+    same = same && file_digest(chunks) == *e.digest;
+    if (same && fix_meta && timespec_ns(st.st_mtim) != e.mtime_ns) {
+        set_mode_and_mtime(fd, e.mode, e.mtime_ns);  // best effort: the content is what counts
+    }
+    ::close(fd);
+    return same;
+}
+
 }  // namespace
 
 receive_session::sink_file::~sink_file() {
@@ -539,12 +568,13 @@ void receive_session::next_offer() {
     struct sync_view {
         bool on = false;
         bool dry_run = false;
+        bool checksum = false;
         std::filesystem::path share_dir;
         std::string path;
     } sync;
     std::shared_ptr<local_basis> basis;
     if (const wire::SyncTarget* t = sync_target()) {
-        sync = {true, t->dry_run(), share_dir_, sync_path_};
+        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_};
         if (!t->dry_run()) {
             if (!basis_) {
                 basis_ = std::make_shared<local_basis>();
@@ -750,6 +780,9 @@ void receive_session::next_offer() {
                 if (!create) {
                     identical[i] = same;
                     exists[i] = is_there;
+                    if (sync.checksum && is_there && e.digest) {
+                        identical[i] = same_content(*tree, e, !sync.dry_run);  // content decides, not the stamps
+                    }
                     continue;
                 }
                 if (found[i].have) {

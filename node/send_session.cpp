@@ -228,7 +228,7 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
                  std::to_string(protocol_version) + " (upgrade the older side)");
         return;
     }
-    if (c.index != 0 || offers_sent_) {
+    if (c.index != 0 || offers_sent_ || checksums_left_ > 0) {
         return;
     }
     peer_id_ = c.stream().peer_id();
@@ -245,11 +245,98 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
     if (ctx_.events.connected) {
         ctx_.events.connected(peer_id_, peer_address_, options_.connections);
     }
+    if (options_.sync && options_.sync->checksum()) {
+        checksum_pass();
+        return;
+    }
+    begin_offers();
+}
+
+void send_session::begin_offers() {
     offers_sent_ = true;
     send_offer(0);
     conns_[0].ready = true;
     for (std::uint32_t i = 1; i < options_.connections && !accepted_; ++i) {
         open_connection(i);
+    }
+}
+
+void send_session::checksum_pass() {
+    if (!options_.memo) {
+        options_.memo = std::make_shared<digest_memo>();
+    }
+    // Batches of about 8 MiB or 256 files, so that both workers read and hash at once
+    // and many small files cost one round trip to the pool.
+    struct result {
+        std::uint32_t id = 0;
+        std::vector<digest128> chunks;  // empty with `failed`
+        bool failed = false;
+    };
+    std::vector<std::vector<std::uint32_t>> batches(1);
+    std::uint64_t bytes = 0;
+    for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
+        const entry_info& e = machine_.entry(file_id{i});
+        if (e.is_dir) {
+            continue;
+        }
+        if (batches.back().size() >= 256 || bytes >= (std::uint64_t{8} << 20)) {
+            batches.emplace_back();
+            bytes = 0;
+        }
+        batches.back().push_back(i);
+        bytes += e.size;
+    }
+    std::erase_if(batches, [](const auto& b) { return b.empty(); });
+    checksums_left_ = batches.size();
+    if (batches.empty()) {
+        begin_offers();
+        return;
+    }
+    for (auto& ids : batches) {
+        std::vector<std::pair<const std::string*, std::uint64_t>> files;
+        for (std::uint32_t id : ids) {
+            files.emplace_back(&sources_.locals.at(id), machine_.entry(file_id{id}).size);
+        }
+        ctx_.workers.post([self = shared_from_this(), ids = std::move(ids), files = std::move(files),
+                           root_fd = root_fd()] {
+            std::vector<result> out(ids.size());
+            std::vector<std::uint8_t> buf(chunk_size);
+            for (std::size_t k = 0; k < ids.size(); ++k) {
+                out[k].id = ids[k];
+                auto [local, size] = files[k];
+                int fd = open_read(root_fd, *local);
+                std::error_code ec;
+                for (std::uint64_t c = 0; fd >= 0 && !ec && c < chunk_count(size); ++c) {
+                    std::uint32_t len = chunk_length(size, c);
+                    if (read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
+                        break;
+                    }
+                    out[k].chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+                }
+                out[k].failed = fd < 0 || out[k].chunks.size() != chunk_count(size);
+                if (fd >= 0) {
+                    ::close(fd);
+                }
+            }
+            asio::post(self->ctx_.io, [self, out = std::move(out)] {
+                if (self->finished_) {
+                    return;
+                }
+                for (const result& r : out) {
+                    if (r.failed) {
+                        continue;  // offered without a digest: compared by size and mtime, and its read reports it
+                    }
+                    file_id f{r.id};
+                    self->machine_.set_digest(f, file_digest(r.chunks));
+                    for (std::uint32_t c = 0; c < r.chunks.size(); ++c) {
+                        self->options_.memo->put(f, chunk_index{c}, r.chunks.size(), r.chunks[c]);
+                    }
+                }
+                if (--self->checksums_left_ == 0) {
+                    self->begin_offers();
+                }
+            });
+        });
     }
 }
 
@@ -572,7 +659,7 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
         // Once per file per attempt: the memo holds for the file as scanned, unchanged.
         struct stat st {};
         const entry_info& e = machine_.entry(ref.file);
-        bool same = ::stat(sources_.locals[ref.file.value].c_str(), &st) == 0 &&
+        bool same = stat_at(root_fd(), sources_.locals[ref.file.value], st) == 0 &&
                     static_cast<std::uint64_t>(st.st_size) == e.size &&
                     timespec_ns(st.st_mtim) == e.mtime_ns;
         ok = same ? 1 : -1;

@@ -169,6 +169,14 @@ private:
     void adopt(std::uint32_t index, std::shared_ptr<connection> c, bool reading = false);
     void on_hello(connection& c, const wire::Hello& hello);
     void send_offer(std::size_t batch);  // then the next batches, one per turn
+    // The first Offer batch goes out and the other connections open.
+    void begin_offers();
+    // Sync --checksum: every file is read and hashed on the workers first, its digest
+    // offered with it (Entry.digest) and its chunk digests kept in options_.memo (so no
+    // chunk is hashed twice); then begin_offers(). A file that cannot be read goes without
+    // a digest (its read reports it).
+    void checksum_pass();
+    std::size_t checksums_left_ = 0;  // checksum_pass() batches still on the workers
     void pump(std::uint32_t index);
     void pump_all();
     // --bwlimit as a token bucket: each chunk is charged its length when its read starts

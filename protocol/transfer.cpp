@@ -76,6 +76,11 @@ wire::Offer sender_machine::make_offer(std::size_t b) const {
         w->set_size(e.is_dir ? 0 : e.size);
         w->set_mode(e.mode);
         w->set_mtime_ns(e.mtime_ns);
+        if (e.digest) {
+            std::string d;
+            put_digest(d, *e.digest);
+            w->set_digest(std::move(d));
+        }
     }
     return o;
 }
@@ -465,6 +470,9 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         // Never setuid/setgid from a peer's word; the sticky bit only on folders.
         f.info.mode = e.mode() & (is_dir ? 01777u : 0777u);
         f.info.mtime_ns = e.mtime_ns();
+        if (!is_dir && e.digest().size() == 16) {
+            f.info.digest = get_digest(e.digest().data());
+        }
         f.chunks = is_dir ? 0 : chunk_count(e.size());
         total_bytes_ += f.info.size;
         total_dirs_ += is_dir ? 1 : 0;

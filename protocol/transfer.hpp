@@ -30,6 +30,7 @@ struct entry_info {
     std::uint64_t size = 0;
     std::uint32_t mode = 0644;
     std::int64_t mtime_ns = 0;
+    std::optional<digest128> digest = std::nullopt;  // sync --checksum: the file digest (Entry.digest)
 };
 
 struct chunk_ref {
@@ -151,6 +152,8 @@ public:
     bool all_accepted() const { return accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
+    // Sync --checksum: the file's digest, offered with it (before the offer is made).
+    void set_digest(file_id f, digest128 d) { entries_.at(f.value).digest = d; }
     // What a sync receiver said it does with the file (FileAccept.action): SYNC_NONE
     // before its Accept and outside a sync.
     wire::SyncAction action(file_id f) const { return files_.at(f.value).action; }

@@ -845,6 +845,7 @@ struct sync_opts {
     std::string dst;
     bool delete_ = false;
     bool dry_run = false;
+    bool checksum = false;
     bool verbose = false;
     std::vector<std::string> exclude;
     std::vector<std::string> exclude_from;
@@ -1059,6 +1060,7 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     run.target.set_path(remote.path);
     run.target.set_delete_(y.delete_);
     run.target.set_dry_run(y.dry_run);
+    run.target.set_checksum(y.checksum);
     for (const std::string& l : excludes.lines()) {
         run.target.add_exclude(l);
     }
@@ -1618,6 +1620,8 @@ int main(int argc, char** argv) {
     add_send_flags(sync, sync_so);
     sync->add_flag("--delete", sy.delete_, "remove files and folders at DST that are not in SRC (never excluded ones)");
     sync->add_flag("--dry-run,-n", sy.dry_run, "print what would change, change nothing");
+    sync->add_flag("--checksum,-c", sy.checksum,
+                   "compare files by content digest, not size and mtime (reads every file on both sides)");
     sync->add_flag("--verbose,-v", sy.verbose, "one line per file created, updated or renamed and per path deleted");
     sync->add_option("--exclude", sy.exclude, "leave out paths matching PATTERN (gitignore-style; repeatable)")
         ->type_name("PATTERN");

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <csignal>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.hpp"
@@ -543,6 +544,60 @@ TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
     for (const char* bad : {"fast", "-1M", "10X", "1e30"}) {
         EXPECT_EQ(sync({"--bwlimit", bad}).code, 1) << bad;
     }
+}
+
+TEST_F(sync_push, checksum_compares_content_not_size_and_mtime) {
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(src / "big.bin", 6 * chunk + 3, 71);
+    write_text_file(src / "a.txt", "alpha\n");
+    write_text_file(src / "b.txt", "bravo\n");
+    ASSERT_EQ(sync({}).code, 0);
+    fs::path dst = share / "site";
+    // At DST: one chunk of big.bin and a byte of a.txt changed, their size and mtime kept
+    // (what a plain sync cannot see); b.txt the same bytes with another mtime.
+    auto keep_stamp = [](const fs::path& p, const std::function<void()>& change) {
+        auto t = fs::last_write_time(p);
+        change();
+        fs::last_write_time(p, t);
+    };
+    keep_stamp(dst / "big.bin", [&] {
+        std::fstream f(dst / "big.bin", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(2 * chunk + 10);
+        f.write("changed", 7);
+    });
+    keep_stamp(dst / "a.txt", [&] { write_text_file(dst / "a.txt", "alphA\n"); });
+    set_mtime(dst / "b.txt", 1'000'000'000);
+
+    run_result plain = sync({"--dry-run"});
+    ASSERT_EQ(plain.code, 0) << plain.err;
+    EXPECT_EQ(paths_of(json_events(plain.out), "updated"), (paths{"b.txt"}));  // by its mtime only
+
+    run_result r = sync({"--checksum", "--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"a.txt", "big.bin"}));
+    EXPECT_EQ(paths_of(ev, "skipped"), (paths{"b.txt"}));  // same content: its mtime is set, nothing sent
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], chunk + 6);  // the changed chunk and a.txt
+    EXPECT_EQ(compare_trees(src, dst), "");
+
+    // A pull compares the same way.
+    fs::path local = cli.root() / "pulled";
+    std::vector<std::string> pull{"sync", "--state", cli.state("B").string(), "--json", "-c", "ay:www/site",
+                                  local.string()};
+    ASSERT_EQ(cli.ferry(pull).code, 0);
+    keep_stamp(local / "big.bin", [&] {
+        std::fstream f(local / "big.bin", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(5 * chunk);
+        f.write("x", 1);
+    });
+    run_result again = cli.ferry(pull);
+    ASSERT_EQ(again.code, 0) << again.err;
+    ev = json_events(again.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"big.bin"}));
+    EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], chunk);
+    EXPECT_EQ(compare_trees(dst, local), "");
 }
 
 }  // namespace
