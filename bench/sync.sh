@@ -3,6 +3,8 @@
 # rsync daemon measured in the same run, tools alternating round by round:
 #   1. first sync of FILES x 4 KiB files (fastest and median of ROUNDS);
 #   2. no-change resync of the same tree;
+#   2b. the same two the other way: a pull of the share's copy into a new local folder
+#      (`ferry sync ay:s/tree DIR` against `rsync -a rsync://.../r/tree/ DIR/`);
 #   3. a SIZE file with 1 MiB overwritten in place, then with 1 byte inserted at offset 0:
 #      bytes on the loopback interface (its kernel counters, both directions) and time,
 #      against reading and hashing the file once (xxhsum -H2, XXH128).
@@ -40,7 +42,7 @@ log() { printf 'sync-bench: %s\n' "$*" >&2; }
 now() { date +%s.%N; }
 lo_bytes() { echo $(( $(cat /sys/class/net/lo/statistics/tx_bytes) )); }
 
-mkdir -p "$work/share" "$work/rsync" "$work/src/tree" "$work/src/big"
+mkdir -p "$work/share" "$work/rsync" "$work/src/tree" "$work/src/big" "$work/pull" "$work/rpull"
 A=$("$ferry" id --state "$work/A")
 B=$("$ferry" id --state "$work/B")
 "$ferry" trust --state "$work/A" "$B" --name bee > /dev/null 2>&1
@@ -81,20 +83,31 @@ rsync_to() { rsync -a "$1/" "rsync://127.0.0.1:$rport/r/$2/"; }
 # times LIST...: "fastest median" of the numbers
 times() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f %.3f", v[1], v[int((NR + 1) / 2)] }'; }
 
-declare -a f_first r_first f_same r_same
+rsync_from() { rsync -a "rsync://127.0.0.1:$rport/r/$1/" "$2/"; }
+declare -a f_first r_first f_same r_same fp_first rp_first fp_same rp_same
 for ((r = 0; r < rounds; r++)); do
     rm -rf "$work/share/tree" "$work/rsync/tree"
     sync; t0=$(now); ferry_sync "$work/src/tree" ay:s/tree; f_first+=("$(echo "$(now) - $t0" | bc)")
     sync; t0=$(now); rsync_to "$work/src/tree" tree; r_first+=("$(echo "$(now) - $t0" | bc)")
     sync; t0=$(now); ferry_sync "$work/src/tree" ay:s/tree; f_same+=("$(echo "$(now) - $t0" | bc)")
     sync; t0=$(now); rsync_to "$work/src/tree" tree; r_same+=("$(echo "$(now) - $t0" | bc)")
+    rm -rf "$work/pull/tree" "$work/rpull/tree"
+    sync; t0=$(now); ferry_sync ay:s/tree "$work/pull/tree"; fp_first+=("$(echo "$(now) - $t0" | bc)")
+    sync; t0=$(now); rsync_from tree "$work/rpull/tree"; rp_first+=("$(echo "$(now) - $t0" | bc)")
+    sync; t0=$(now); ferry_sync ay:s/tree "$work/pull/tree"; fp_same+=("$(echo "$(now) - $t0" | bc)")
+    sync; t0=$(now); rsync_from tree "$work/rpull/tree"; rp_same+=("$(echo "$(now) - $t0" | bc)")
 done
+diff -r "$work/src/tree" "$work/pull/tree" > /dev/null || { log "FAILED: the pulled tree differs"; exit 1; }
 diff -r "$work/src/tree" "$work/share/tree" > /dev/null || { log "FAILED: the synced tree differs"; exit 1; }
 read -r ff fm <<< "$(times "${f_first[@]}")"; read -r rf rm_ <<< "$(times "${r_first[@]}")"
 read -r sf sm <<< "$(times "${f_same[@]}")"; read -r qf qm <<< "$(times "${r_same[@]}")"
 printf '%-44s %10s %10s %10s %10s %8s\n' "case ($rounds rounds)" "ferry min" "ferry med" "rsync min" "rsync med" "speedup"
 printf '%-44s %10s %10s %10s %10s %7.2fx\n' "first sync, $files x 4 KiB" "$ff" "$fm" "$rf" "$rm_" "$(echo "$rf / $ff" | bc -l)"
 printf '%-44s %10s %10s %10s %10s %7.2fx\n' "no-change resync, $files files" "$sf" "$sm" "$qf" "$qm" "$(echo "$qf / $sf" | bc -l)"
+read -r pf pm <<< "$(times "${fp_first[@]}")"; read -r qpf qpm <<< "$(times "${rp_first[@]}")"
+read -r nf nm <<< "$(times "${fp_same[@]}")"; read -r rnf rnm <<< "$(times "${rp_same[@]}")"
+printf '%-44s %10s %10s %10s %10s %7.2fx\n' "pull, first, $files x 4 KiB" "$pf" "$pm" "$qpf" "$qpm" "$(echo "$qpf / $pf" | bc -l)"
+printf '%-44s %10s %10s %10s %10s %7.2fx\n' "pull, no change, $files files" "$nf" "$nm" "$rnf" "$rnm" "$(echo "$rnf / $nf" | bc -l)"
 
 # The big file: first sync, then the edits (each measured once: the edit is the state).
 ferry_sync "$work/src/big" ay:s/big
