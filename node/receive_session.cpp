@@ -304,8 +304,9 @@ void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) 
         }
         // A connection held back by the node's buffer pool (other transfers' writes) is not
         // the sender's silence either.
-        // A pull's peer took the request and scans its folder before its first Offer (up
-        // to an hour: a very large tree on a cold disk).
+        // A pull's peer took the request and scans (and with --checksum hashes) its folder
+        // before its first Offer: up to an hour for a very large tree on a cold disk. (A
+        // pushing sender does all that before it connects.)
         bool peer_scanning = self->pull_ && self->peer_hello_ && !self->offer_seen_ &&
                              now - self->start_ < std::chrono::hours(1);
         bool own_work = self->offer_busy_ || self->writes_ > 0 || self->finalizing_ > 0 || self->renaming_ ||
@@ -503,6 +504,7 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         // Our own folder, with our own options: a peer that changes them is broken.
         const wire::SyncTarget& asked = pull_->source;
         bool same = target.delete_() == asked.delete_() && target.dry_run() == asked.dry_run() &&
+                    target.checksum() == asked.checksum() &&
                     target.exclude_size() >= asked.exclude_size() &&
                     std::equal(asked.exclude().begin(), asked.exclude().end(), target.exclude().begin());
         if (!same) {

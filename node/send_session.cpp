@@ -91,6 +91,11 @@ send_session::~send_session() {
 
 void send_session::start() {
     start_ = options_.started.value_or(std::chrono::steady_clock::now());
+    if (options_.sync && options_.sync->checksum()) {
+        // Hashed before connecting: the receiver does not wait on a silent sender.
+        checksum_pass([this] { open_connection(0); });
+        return;
+    }
     open_connection(0);
 }
 
@@ -245,8 +250,8 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
     if (ctx_.events.connected) {
         ctx_.events.connected(peer_id_, peer_address_, options_.connections);
     }
-    if (options_.sync && options_.sync->checksum()) {
-        checksum_pass();
+    if (accepted_ && options_.sync && options_.sync->checksum()) {
+        checksum_pass([this] { begin_offers(); });  // a pull: the puller waits for the first Offer
         return;
     }
     begin_offers();
@@ -261,83 +266,100 @@ void send_session::begin_offers() {
     }
 }
 
-void send_session::checksum_pass() {
+void send_session::checksum_pass(std::function<void()> then) {
+    checksum_then_ = std::move(then);
     if (!options_.memo) {
         options_.memo = std::make_shared<digest_memo>();
     }
-    // Batches of about 8 MiB or 256 files, so that both workers read and hash at once
-    // and many small files cost one round trip to the pool.
-    struct result {
-        std::uint32_t id = 0;
-        std::vector<digest128> chunks;  // empty with `failed`
-        bool failed = false;
-    };
-    std::vector<std::vector<std::uint32_t>> batches(1);
+    // Batches of about 8 MiB or 256 files (many small files cost one round trip to the
+    // pool), at most two on the pool at once, so that other sessions' work is not queued
+    // behind a whole tree and a session that ends stops hashing.
+    std::vector<std::uint32_t> batch;
     std::uint64_t bytes = 0;
     for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
         const entry_info& e = machine_.entry(file_id{i});
         if (e.is_dir) {
             continue;
         }
-        if (batches.back().size() >= 256 || bytes >= (std::uint64_t{8} << 20)) {
-            batches.emplace_back();
+        if (batch.size() >= 256 || bytes >= (std::uint64_t{8} << 20)) {
+            checksum_batches_.push_back(std::move(batch));
+            batch.clear();
             bytes = 0;
         }
-        batches.back().push_back(i);
+        batch.push_back(i);
         bytes += e.size;
     }
-    std::erase_if(batches, [](const auto& b) { return b.empty(); });
-    checksums_left_ = batches.size();
-    if (batches.empty()) {
-        begin_offers();
+    if (!batch.empty()) {
+        checksum_batches_.push_back(std::move(batch));
+    }
+    checksums_left_ = checksum_batches_.size();
+    if (checksums_left_ == 0) {
+        checksum_then_();
         return;
     }
-    for (auto& ids : batches) {
-        std::vector<std::pair<const std::string*, std::uint64_t>> files;
-        for (std::uint32_t id : ids) {
-            files.emplace_back(&sources_.locals.at(id), machine_.entry(file_id{id}).size);
-        }
-        ctx_.workers.post([self = shared_from_this(), ids = std::move(ids), files = std::move(files),
-                           root_fd = root_fd()] {
-            std::vector<result> out(ids.size());
-            std::vector<std::uint8_t> buf(chunk_size);
-            for (std::size_t k = 0; k < ids.size(); ++k) {
-                out[k].id = ids[k];
-                auto [local, size] = files[k];
-                int fd = open_read(root_fd, *local);
-                std::error_code ec;
-                for (std::uint64_t c = 0; fd >= 0 && !ec && c < chunk_count(size); ++c) {
-                    std::uint32_t len = chunk_length(size, c);
-                    if (read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
-                        break;
-                    }
-                    out[k].chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+    for (int k = 0; k < 2; ++k) {
+        next_checksum_batch();
+    }
+}
+
+void send_session::next_checksum_batch() {
+    if (checksum_batches_.empty() || finished_) {
+        return;
+    }
+    struct result {
+        std::uint32_t id = 0;
+        std::vector<digest128> chunks;
+        bool failed = false;
+    };
+    std::vector<std::uint32_t> ids = std::move(checksum_batches_.front());
+    checksum_batches_.pop_front();
+    std::vector<std::pair<const std::string*, std::uint64_t>> files;
+    for (std::uint32_t id : ids) {
+        files.emplace_back(&sources_.locals.at(id), machine_.entry(file_id{id}).size);
+    }
+    ctx_.workers.post([self = shared_from_this(), ids = std::move(ids), files = std::move(files), root_fd = root_fd()] {
+        std::vector<result> out(ids.size());
+        std::vector<std::uint8_t> buf(chunk_size);
+        for (std::size_t k = 0; k < ids.size() && !self->cancelled_->load(std::memory_order_relaxed); ++k) {
+            out[k].id = ids[k];
+            auto [local, size] = files[k];
+            int fd = open_read(root_fd, *local);
+            std::error_code ec;
+            for (std::uint64_t c = 0; fd >= 0 && !ec && c < chunk_count(size); ++c) {
+                std::uint32_t len = chunk_length(size, c);
+                if (self->cancelled_->load(std::memory_order_relaxed) ||
+                    read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
+                    break;
                 }
-                out[k].failed = fd < 0 || out[k].chunks.size() != chunk_count(size);
-                if (fd >= 0) {
-                    ::close(fd);
+                out[k].chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+            }
+            out[k].failed = fd < 0 || out[k].chunks.size() != chunk_count(size);
+            if (fd >= 0) {
+                ::close(fd);
+            }
+        }
+        asio::post(self->ctx_.io, [self, out = std::move(out)] {
+            if (self->finished_) {
+                return;
+            }
+            for (const result& r : out) {
+                file_id f{r.id};
+                if (r.failed) {
+                    self->options_.memo->forget(f);  // offered without a digest: compared by size and mtime
+                    continue;
+                }
+                self->machine_.set_digest(f, file_digest(r.chunks));
+                for (std::uint32_t c = 0; c < r.chunks.size(); ++c) {
+                    self->options_.memo->put(f, chunk_index{c}, r.chunks.size(), r.chunks[c]);
                 }
             }
-            asio::post(self->ctx_.io, [self, out = std::move(out)] {
-                if (self->finished_) {
-                    return;
-                }
-                for (const result& r : out) {
-                    if (r.failed) {
-                        continue;  // offered without a digest: compared by size and mtime, and its read reports it
-                    }
-                    file_id f{r.id};
-                    self->machine_.set_digest(f, file_digest(r.chunks));
-                    for (std::uint32_t c = 0; c < r.chunks.size(); ++c) {
-                        self->options_.memo->put(f, chunk_index{c}, r.chunks.size(), r.chunks[c]);
-                    }
-                }
-                if (--self->checksums_left_ == 0) {
-                    self->begin_offers();
-                }
-            });
+            if (--self->checksums_left_ == 0) {
+                self->checksum_then_();
+            } else {
+                self->next_checksum_batch();
+            }
         });
-    }
+    });
 }
 
 void send_session::send_offer(std::size_t batch) {
@@ -574,7 +596,9 @@ void send_session::pump(std::uint32_t index) {
         }
         ++cs.reading;
         cs.reading_bytes += ref->length;
-        rate_.tokens -= ref->length;  // --bwlimit: charged now, what compression saves refunded in on_read
+        if (ref->send) {
+            rate_.tokens -= ref->length;  // --bwlimit: charged now; on_read refunds what does not go out
+        }
         batch.push_back(make_read_job(*ref, std::move(buf)));
         batch_bytes += ref->length;
         if (batch.size() >= max_batch_reads || batch_bytes >= chunk_size) {
@@ -966,6 +990,9 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
         compression_.observe(job.level, ref.length, job.packed.size > 0 ? job.packed.size : ref.length,
                              job.packed.cpu_seconds);
     }
+    if (ref.send) {
+        rate_.tokens += ref.length;  // --bwlimit: charged again below with what really goes out
+    }
     if (machine_.aborted(ref.file)) {
         return;  // given up on while it was read
     }
@@ -996,7 +1023,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
     std::uint32_t copied = job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
     cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len, copied});
-    rate_.tokens += ref.length - wire_len;  // --bwlimit: it was charged its raw length
+    rate_.tokens -= wire_len;  // --bwlimit
     cs.inflight_bytes += ref.length;
     file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));
     cs.conn->send(h, std::move(job.buf), wire_len);
@@ -1097,7 +1124,10 @@ void send_session::check_stalls() {
         for (const auto& cs : conns_) {
             heard = std::max(heard, cs.heard);
         }
-        if (now - heard >= options_.idle_timeout) {
+        // Until every Offer batch is answered the receiver may be busy checking (hashing,
+        // with --checksum) what it has: up to an hour.
+        bool checking = !machine_.all_accepted() && now - start_ < std::chrono::hours(1);
+        if (!checking && now - heard >= options_.idle_timeout) {
             fail(exit_code::transfer_failed,
                  "nothing from the receiver for " + seconds_text(options_.idle_timeout) + " s (--idle-timeout)");
             return;
@@ -1245,6 +1275,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.deleted_dirs = deleted_dirs_;
     ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
     finished_ = true;
+    cancelled_->store(true);  // work still queued for this session stops early
     if (stall_timer_) {
         stall_timer_->cancel();
     }

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -173,10 +174,15 @@ private:
     void begin_offers();
     // Sync --checksum: every file is read and hashed on the workers first, its digest
     // offered with it (Entry.digest) and its chunk digests kept in options_.memo (so no
-    // chunk is hashed twice); then begin_offers(). A file that cannot be read goes without
-    // a digest (its read reports it).
-    void checksum_pass();
-    std::size_t checksums_left_ = 0;  // checksum_pass() batches still on the workers
+    // chunk is hashed twice); then `then` (a push: connect; a pull: begin_offers). A file
+    // that cannot be read goes without a digest (its read reports it).
+    void checksum_pass(std::function<void()> then);
+    std::function<void()> checksum_then_;
+    void next_checksum_batch();
+    std::deque<std::vector<std::uint32_t>> checksum_batches_;  // file ids, not posted yet
+    std::size_t checksums_left_ = 0;  // checksum_pass() batches not done yet
+    // Set when the session finishes: long worker jobs (checksum_pass) stop early.
+    std::shared_ptr<std::atomic<bool>> cancelled_ = std::make_shared<std::atomic<bool>>(false);
     void pump(std::uint32_t index);
     void pump_all();
     // --bwlimit as a token bucket: each chunk is charged its length when its read starts

@@ -810,7 +810,9 @@ struct send_opts {
 
 // --bwlimit RATE in bytes per second: a number with K, M or G (powers of 1024), optionally
 // followed by "B" or "B/s"; a bare number is KiB/s, as in rsync. 0: no limit. nullopt
-// when it is not such a number.
+// when it is not such a number, or under min_rate: a 256 KiB chunk must go out well
+// within the peer's idle timeout (2 minutes by default).
+constexpr double min_rate = 16 * 1024;
 std::optional<std::uint64_t> parse_rate(const std::string& text) {
     std::size_t used = 0;
     double value = 0;
@@ -834,7 +836,7 @@ std::optional<std::uint64_t> parse_rate(const std::string& text) {
     } else if (unit == "G" || unit == "g") {
         scale = 1024.0 * 1024 * 1024;
     }
-    if (scale == 0 || !(value >= 0) || value * scale > 1e15) {
+    if (scale == 0 || !(value >= 0) || value * scale > 1e15 || (value > 0 && value * scale < min_rate)) {
         return std::nullopt;
     }
     return static_cast<std::uint64_t>(std::llround(value * scale));
@@ -1380,7 +1382,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     std::optional<std::uint64_t> rate = parse_rate(s.bwlimit);
     if (!rate) {
-        return fail(o, exit_code::usage, "--bwlimit takes a rate such as 500K, 10M or 1G, not '" + s.bwlimit + "'");
+        return fail(o, exit_code::usage, "--bwlimit takes a rate of at least 16K, such as 500K, 10M or 1G (0: no limit), not '" + s.bwlimit + "'");
     }
     so.max_rate = *rate;
     so.overwrite = s.overwrite;
@@ -1466,7 +1468,7 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     std::optional<std::uint64_t> rate = parse_rate(s.bwlimit);
     if (!rate) {
-        return fail(o, exit_code::usage, "--bwlimit takes a rate such as 500K, 10M or 1G, not '" + s.bwlimit + "'");
+        return fail(o, exit_code::usage, "--bwlimit takes a rate of at least 16K, such as 500K, 10M or 1G (0: no limit), not '" + s.bwlimit + "'");
     }
     std::error_code ec;
     fs::path dest = fs::absolute(dst, ec).lexically_normal();

@@ -541,7 +541,7 @@ TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
     ASSERT_EQ(up.code, 0) << up.err;
     EXPECT_GE(find_event(json_events(up.out), "done")["elapsed_s"].get<double>(), 1.2);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
-    for (const char* bad : {"fast", "-1M", "10X", "1e30"}) {
+    for (const char* bad : {"fast", "-1M", "10X", "1e30", "1K", "0.0001"}) {
         EXPECT_EQ(sync({"--bwlimit", bad}).code, 1) << bad;
     }
 }
