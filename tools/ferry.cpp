@@ -1646,7 +1646,7 @@ int main(int argc, char** argv) {
     serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on")->capture_default_str();
     serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
     serve->add_option("--share", serve_o.shares,
-                      "offer DIR to trusted peers as NAME (read-only unless :rw; `ferry sync` pushes into rw shares); "
+                      "offer DIR to trusted peers as NAME (read-only unless :rw; `ferry sync` pushes into rw shares, pulls from any); "
                       "repeatable")
         ->type_name("NAME=DIR[:ro|rw]");
     serve->add_flag("--accept-any", serve_o.accept_any, "accept any peer (trust on first use)");

@@ -533,10 +533,28 @@ TEST(frame_stream, whole_stream_in_one_piece) {
     EXPECT_EQ(c.finish(), "");
 }
 
+// Whether a split at `k` is worth its own run: every point in or near a frame's header,
+// and within 64 bytes of a payload's ends. Points deep inside a payload all leave the
+// decoder in the same state (a stride of 997 through them checks that): trying each of a
+// megabyte's took 15 s under ASan and 41 s under TSan for nothing more.
+bool telling_split(const encoded_stream& s, std::size_t k) {
+    for (const expected_frame& f : s.frames) {
+        if (k > f.payload_begin + 64 && k + 64 < f.payload_begin + f.payload_len) {
+            return k % 997 == 0;
+        }
+    }
+    return true;
+}
+
 TEST(frame_stream, split_at_every_byte_boundary) {
     encoded_stream s = mixed_stream();
     std::size_t n = s.data.size();
+    std::size_t tried = 0;
     for (std::size_t k = 0; k <= n; ++k) {
+        if (!telling_split(s, k)) {
+            continue;
+        }
+        ++tried;
         stream_checker c(s);
         std::string err = c.feed(0, k);
         if (err.empty()) {
@@ -547,6 +565,7 @@ TEST(frame_stream, split_at_every_byte_boundary) {
         }
         ASSERT_EQ(err, "") << "split at " << k << " of " << n;
     }
+    EXPECT_GT(tried, n / 997);  // the stride ran, and every boundary region besides
 }
 
 TEST(frame_stream, split_at_every_byte_boundary_with_copies) {
