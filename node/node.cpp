@@ -149,15 +149,13 @@ void node::pull(pull_spec spec, send_target target) {
     };
     dial_peer(*ctx_, target, [this, spec = std::move(spec), target, session_id, hello_for](
                                  std::error_code ec, std::unique_ptr<byte_stream> stream) mutable {
-        std::string where = target.host + ":" + target.port;
         if (ec || stopped_) {
             transfer_report r;
             r.session_id = session_id;
-            r.code = ec == transport_errc::untrusted_peer ? exit_code::auth : exit_code::transfer_failed;
-            r.error = ec == transport_errc::untrusted_peer
-                          ? "peer at " + where + " is not " + format_node_id(target.expected_id) +
-                                " (its certificate has another ID)"
-                          : "cannot connect to " + where + ": " + (ec ? ec.message() : "node stopped");
+            std::tie(r.code, r.error) = ec ? dial_failure(ec, target, "peer")
+                                           : std::pair(exit_code::transfer_failed,
+                                                       "cannot connect to " + target.host + ":" + target.port +
+                                                           ": node stopped");
             spec.done(r);
             return;
         }

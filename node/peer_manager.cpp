@@ -284,15 +284,9 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
     scanning_.insert(c);
     // Our Hello goes out now: the puller knows the pull was taken and waits for the Offer
     // while the folder is scanned (its send_session does not send another on connection 0).
-    wire::Header h;
-    wire::Hello* reply = h.mutable_hello();
-    reply->set_version(protocol_version);
-    reply->set_session_id(hello.session_id());
-    reply->set_conn_index(0);
-    reply->set_conn_count(std::clamp<std::uint32_t>(hello.conn_count(), 1, max_connections));
-    reply->set_agent("ferry/0.1");
-    reply->add_codecs(wire::CODEC_ZSTD);
-    c->send(h);
+    wire::Header reply =
+        make_hello(hello.session_id(), 0, std::clamp<std::uint32_t>(hello.conn_count(), 1, max_connections), false, true);
+    c->send(reply);
     // The folder is opened inside the share without following a symlink (as a sync into a
     // share makes it), then scanned through its descriptor; the files are opened relative
     // to it the same way (file_io's open_read).

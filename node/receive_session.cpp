@@ -260,17 +260,9 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     conns_[idx] = c;
     count_wire(c->stream(), scope_);
     ++open_conns_;
-    wire::Header h;
+    wire::Header h = make_hello(session_id_, idx, static_cast<std::uint32_t>(conns_.size()), !c->stream().is_tls(),
+                                !pull_ || pull_->zstd);
     wire::Hello* reply = h.mutable_hello();
-    reply->set_version(protocol_version);
-    reply->set_session_id(session_id_);
-    reply->set_conn_index(idx);
-    reply->set_conn_count(static_cast<std::uint32_t>(conns_.size()));
-    reply->set_plaintext(!c->stream().is_tls());
-    reply->set_agent("ferry/0.1");
-    if (!pull_ || pull_->zstd) {
-        reply->add_codecs(wire::CODEC_ZSTD);
-    }
     if (pull_ && idx == 0) {
         *reply->mutable_pull() = pull_->source;  // this side asks: the peer answers with its Hello
         reply->set_max_rate(pull_->max_rate);

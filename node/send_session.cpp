@@ -115,6 +115,15 @@ void dial_peer(node_context& ctx, const send_target& target,
                          std::move(fn));
 }
 
+std::pair<exit_code, std::string> dial_failure(std::error_code ec, const send_target& target, const std::string& role) {
+    std::string where = target.host + ":" + target.port;
+    if (ec == transport_errc::untrusted_peer) {
+        return {exit_code::auth,
+                role + " at " + where + " is not " + format_node_id(target.expected_id) + " (its certificate has another ID)"};
+    }
+    return {exit_code::transfer_failed, "cannot connect to " + where + ": " + ec.message()};
+}
+
 void send_session::open_connection(std::uint32_t index) {
     dial_peer(ctx_, target_,
                          [self = shared_from_this(), index](std::error_code ec, std::unique_ptr<byte_stream> stream) {
@@ -123,15 +132,11 @@ void send_session::open_connection(std::uint32_t index) {
                              }
                              if (ec) {
                                  std::string where = self->target_.host + ":" + self->target_.port;
-                                 if (ec == transport_errc::untrusted_peer) {
-                                     self->fail(exit_code::auth,
-                                                "receiver at " + where + " is not " +
-                                                    format_node_id(self->target_.expected_id) +
-                                                    " (its certificate has another ID)",
-                                                false);
+                                 auto [code, line] = dial_failure(ec, self->target_, "receiver");
+                                 if (code == exit_code::auth) {
+                                     self->fail(code, line, false);
                                  } else if (index == 0) {
-                                     self->fail(exit_code::transfer_failed,
-                                                "cannot connect to " + where + ": " + ec.message(), false, true);
+                                     self->fail(code, line, false, true);
                                  } else {
                                      self->ctx_.log("connection " + std::to_string(index) + " to " + where +
                                                     " failed: " + ec.message() + "; continuing with the others");
@@ -182,15 +187,7 @@ void send_session::adopt(std::uint32_t index, std::shared_ptr<connection> c, boo
     if (accepted_ && index == 0) {
         return;  // a pull's: peer_manager answered its Hello before the scan
     }
-    wire::Header h;
-    wire::Hello* hello = h.mutable_hello();
-    hello->set_version(protocol_version);
-    hello->set_session_id(session_id_);
-    hello->set_conn_index(index);
-    hello->set_conn_count(options_.connections);
-    hello->set_plaintext(ctx_.config.plaintext);
-    hello->set_agent("ferry/0.1");
-    hello->add_codecs(wire::CODEC_ZSTD);
+    wire::Header h = make_hello(session_id_, index, options_.connections, ctx_.config.plaintext, true);
     c->send(h);
 }
 

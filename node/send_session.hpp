@@ -40,6 +40,10 @@ struct send_target {
 // given, or plaintext) with the node's socket tuning; `fn` runs on the loop thread.
 void dial_peer(node_context& ctx, const send_target& target,
                std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
+// What a dial_peer that failed with `ec` means: exit_code::auth when the peer proved
+// another ID than `target` expects, else transfer_failed; and the line that says so,
+// naming the peer as `role` ("receiver", "peer").
+std::pair<exit_code, std::string> dial_failure(std::error_code ec, const send_target& target, const std::string& role);
 
 // Chunk digests of the sources, kept by `ferry send` across its attempts (--retry-for):
 // a resumed attempt does not read and hash again the chunks the receiver kept when an

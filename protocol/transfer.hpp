@@ -60,6 +60,25 @@ inline std::size_t exclude_bytes(const wire::SyncTarget& t) {
     return n;
 }
 
+// The Hello this node sends on connection `index` of session `session_id` (either side,
+// either direction): this protocol version and agent, `count` connections, and CODEC_ZSTD
+// among the codecs it decodes when `zstd`.
+inline wire::Header make_hello(const std::string& session_id, std::uint32_t index, std::uint32_t count, bool plaintext,
+                               bool zstd) {
+    wire::Header h;
+    wire::Hello* hello = h.mutable_hello();
+    hello->set_version(protocol_version);
+    hello->set_session_id(session_id);
+    hello->set_conn_index(index);
+    hello->set_conn_count(count);
+    hello->set_plaintext(plaintext);
+    hello->set_agent("ferry/0.1");
+    if (zstd) {
+        hello->add_codecs(wire::CODEC_ZSTD);
+    }
+    return h;
+}
+
 // A simple growable bitmap (bit i = chunk i), LSB-first bytes on the wire.
 class chunk_bitmap {
 public:
