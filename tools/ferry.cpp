@@ -842,6 +842,33 @@ std::optional<std::uint64_t> parse_rate(const std::string& text) {
     return static_cast<std::uint64_t>(std::llround(value * scale));
 }
 
+// The flags of an outgoing transfer that need checking (`send`, and `sync` either way),
+// parsed: 0, or the usage failure's exit code (the error said).
+struct checked_flags {
+    ferry::compress_mode compress = ferry::compress_mode::automatic;
+    std::uint64_t max_rate = 0;
+};
+int check_flags(const common_opts& o, const send_opts& s, checked_flags& out) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, *e);
+    }
+    if (s.connections < 1 || s.connections > ferry::max_connections) {
+        return fail(o, exit_code::usage, "--connections must be 1..16");
+    }
+    std::optional<ferry::compress_mode> mode = ferry::parse_compress_mode(s.compress);
+    if (!mode) {
+        return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
+    }
+    std::optional<std::uint64_t> rate = parse_rate(s.bwlimit);
+    if (!rate) {
+        return fail(o, exit_code::usage,
+                    "--bwlimit takes a rate of at least 16K, such as 500K, 10M or 1G (0: no limit), not '" + s.bwlimit +
+                        "'");
+    }
+    out = {*mode, *rate};
+    return 0;
+}
+
 struct sync_opts {
     std::string src;
     std::string dst;
@@ -1334,11 +1361,9 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
 // end: scan, connect, send, retry after a lost connection, and report.
 int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
              sync_run* sync) {
-    if (auto e = congestion_error(o)) {
-        return fail(o, exit_code::usage, *e);
-    }
-    if (s.connections < 1 || s.connections > ferry::max_connections) {
-        return fail(o, exit_code::usage, "--connections must be 1..16");
+    checked_flags flags;
+    if (int code = check_flags(o, s, flags)) {
+        return code;
     }
     // The sources are scanned on a thread of their own while the node loads its identity
     // and sets up TLS (each takes milliseconds; a big tree, tens of them).
@@ -1375,16 +1400,8 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     ferry::send_options so;
     so.connections = s.connections;
-    if (auto mode = ferry::parse_compress_mode(s.compress)) {
-        so.compress = *mode;
-    } else {
-        return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
-    }
-    std::optional<std::uint64_t> rate = parse_rate(s.bwlimit);
-    if (!rate) {
-        return fail(o, exit_code::usage, "--bwlimit takes a rate of at least 16K, such as 500K, 10M or 1G (0: no limit), not '" + s.bwlimit + "'");
-    }
-    so.max_rate = *rate;
+    so.compress = flags.compress;
+    so.max_rate = flags.max_rate;
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
     so.stall_timeout = to_ms(s.stall_timeout_s);
@@ -1456,19 +1473,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
 // connection for --retry-for.
 int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target& t, const std::string& dst,
              sync_run& run) {
-    if (auto e = congestion_error(o)) {
-        return fail(o, exit_code::usage, *e);
-    }
-    if (s.connections < 1 || s.connections > ferry::max_connections) {
-        return fail(o, exit_code::usage, "--connections must be 1..16");
-    }
-    std::optional<ferry::compress_mode> mode = ferry::parse_compress_mode(s.compress);
-    if (!mode) {
-        return fail(o, exit_code::usage, "--compress takes auto, always or never, not '" + s.compress + "'");
-    }
-    std::optional<std::uint64_t> rate = parse_rate(s.bwlimit);
-    if (!rate) {
-        return fail(o, exit_code::usage, "--bwlimit takes a rate of at least 16K, such as 500K, 10M or 1G (0: no limit), not '" + s.bwlimit + "'");
+    checked_flags flags;
+    if (int code = check_flags(o, s, flags)) {
+        return code;
     }
     std::error_code ec;
     fs::path dest = fs::absolute(dst, ec).lexically_normal();
@@ -1511,8 +1518,8 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         spec.source = run.target;
         spec.dest = dest;
         spec.connections = s.connections;
-        spec.zstd = *mode != ferry::compress_mode::never;
-        spec.max_rate = *rate;
+        spec.zstd = flags.compress != ferry::compress_mode::never;
+        spec.max_rate = flags.max_rate;
         spec.done = done;
         n.pull(std::move(spec), t);
     };
