@@ -108,9 +108,6 @@ int dest_tree::open_dir(std::string_view wire_path, std::error_code& ec) {
 }
 
 dest_tree::~dest_tree() {
-    for (auto& [name, fd] : dirs_) {
-        ::close(fd);
-    }
     if (root_fd_ >= 0) {
         ::close(root_fd_);
     }
@@ -142,25 +139,26 @@ std::string dest_tree::resume_name(std::string_view name) {
     return decorated_name(name, ".ferry-resume", ".ferry-%016zx.resume", 254);  // room for the temporary "~"
 }
 
-dest_tree::dir_handle::~dir_handle() {
-    if (owned && fd >= 0) {
+dest_tree::open_folder::~open_folder() {
+    if (fd >= 0) {
         ::close(fd);
     }
 }
 
 dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::error_code& ec) {
     if (dir.empty()) {
-        return {root_fd_, false};
+        return {root_fd_, nullptr};
     }
     {
         std::shared_lock lock(mutex_);
         if (auto it = dirs_.find(dir); it != dirs_.end()) {
-            return {it->second, false};
+            it->second->last_use.store(++use_clock_, std::memory_order_relaxed);
+            return {it->second->fd, it->second};
         }
     }
     std::lock_guard lock(mutex_);
     int fd = root_fd_;
-    int owned_fd = -1;  // an uncached intermediate fd, closed once the next one is open
+    std::shared_ptr<open_folder> folder;
     std::string sofar;
     for (std::string_view comp : split_wire_path(dir)) {
         if (!sofar.empty()) {
@@ -168,7 +166,9 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         }
         sofar += comp;
         if (auto it = dirs_.find(sofar); it != dirs_.end()) {
-            fd = it->second;
+            folder = it->second;
+            folder->last_use.store(++use_clock_, std::memory_order_relaxed);
+            fd = folder->fd;
             continue;
         }
         std::string name(comp);
@@ -176,7 +176,7 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         if (next < 0 && errno == ENOENT && create) {
             if (::mkdirat(fd, name.c_str(), 0755) != 0 && errno != EEXIST) {
                 ec = last_error();
-                break;
+                return {};
             }
             next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         }
@@ -191,26 +191,23 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             } else {
                 ec = last_error();
             }
-            break;
+            return {};
         }
-        if (owned_fd >= 0) {
-            ::close(owned_fd);
-            owned_fd = -1;
+        // `folder` (the parent, held here) stays open however the cache changes.
+        auto opened = std::make_shared<open_folder>(next);
+        opened->last_use.store(++use_clock_, std::memory_order_relaxed);
+        if (dirs_.size() >= max_cached_dirs) {
+            auto lru = std::min_element(dirs_.begin(), dirs_.end(), [](const auto& a, const auto& b) {
+                return a.second->last_use.load(std::memory_order_relaxed) <
+                       b.second->last_use.load(std::memory_order_relaxed);
+            });
+            dirs_.erase(lru);
         }
-        if (dirs_.size() < max_cached_dirs) {
-            dirs_.emplace(sofar, next);
-        } else {
-            owned_fd = next;
-        }
+        dirs_.emplace(sofar, opened);
+        folder = std::move(opened);
         fd = next;
     }
-    if (ec) {
-        if (owned_fd >= 0) {
-            ::close(owned_fd);
-        }
-        return {};
-    }
-    return {fd, owned_fd >= 0};
+    return {fd, std::move(folder)};
 }
 
 std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, bool* absent) {

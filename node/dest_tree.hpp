@@ -7,9 +7,11 @@
 // Called from worker threads; the directory-fd cache is guarded by a mutex.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -162,15 +164,20 @@ public:
     static std::string resume_name(std::string_view name);
 
 private:
-    // A directory fd: cached (owned by the tree) or, once the cache is full, owned here.
+    // An open folder of the tree, closed when the cache and every handle have let go.
+    struct open_folder {
+        int fd = -1;
+        std::atomic<std::uint64_t> last_use{0};
+        explicit open_folder(int f) : fd(f) {}
+        open_folder(const open_folder&) = delete;
+        open_folder& operator=(const open_folder&) = delete;
+        ~open_folder();
+    };
+    // A directory fd: the root's (owned by the tree) or a cached folder's, which stays
+    // open while the handle lives even if the cache evicts it meanwhile.
     struct dir_handle {
         int fd = -1;
-        bool owned = false;
-        dir_handle() = default;
-        dir_handle(int f, bool o) : fd(f), owned(o) {}
-        dir_handle(dir_handle&& o) noexcept : fd(o.fd), owned(o.owned) { o.owned = false; }
-        dir_handle& operator=(dir_handle&&) = delete;
-        ~dir_handle();
+        std::shared_ptr<open_folder> folder;
     };
     // The directory `dir` (a wire path, "" = root), created if `create`.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec);
@@ -182,9 +189,11 @@ private:
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
     };
-    // Looked up by every file operation from both workers: shared for lookups.
+    // Looked up by every file operation from both workers: shared for lookups. At most
+    // max_cached_dirs folders stay open; the least recently used one makes room.
     std::shared_mutex mutex_;
-    std::unordered_map<std::string, int, path_hash, std::equal_to<>> dirs_;
+    std::unordered_map<std::string, std::shared_ptr<open_folder>, path_hash, std::equal_to<>> dirs_;
+    std::atomic<std::uint64_t> use_clock_{0};
 };
 
 }  // namespace ferry

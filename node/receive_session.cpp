@@ -758,6 +758,11 @@ void receive_session::next_offer() {
                         continue;
                     }
                 }
+                if (create && identical[i] && !e.is_dir && !found[i].have) {
+                    // Already there and nothing is written: the check pass's look is enough.
+                    decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
+                    continue;
+                }
                 bool missing = false;
                 bool is_there = false;
                 std::error_code ec = e.is_dir ? tree->make_dir(e.path, create, &missing)

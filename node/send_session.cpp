@@ -72,11 +72,17 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
     for (std::uint32_t i = 0; i < n; ++i) {
         const entry_info& e = machine_.entry(file_id{i});
         regular_files_ += e.is_dir ? 0 : 1;
-        if (!e.is_dir && e.size > 0) {
-            files_[i] = std::make_shared<source_file>();
-            files_[i]->reads_left = chunk_count(e.size);
-        }
     }
+}
+
+const std::shared_ptr<send_session::source_file>& send_session::file(file_id f) {
+    std::shared_ptr<source_file>& p = files_.at(f.value);
+    if (!p) {
+        // Made at its first read: a sync that finds most files unchanged never makes them.
+        p = std::make_shared<source_file>();
+        p->reads_left = chunk_count(machine_.entry(f).size);
+    }
+    return p;
 }
 
 send_session::~send_session() {
@@ -691,7 +697,7 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
     if (ok < 0) {
         return false;
     }
-    files_.at(ref.file.value)->read_done();
+    file(ref.file)->read_done();
     on_hashed(ref, d);
     return true;
 }
@@ -770,7 +776,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
     if (ref.send) {
         return false;  // read as usual; make_read_job gives it its ops
     }
-    files_.at(ref.file.value)->read_done();
+    file(ref.file)->read_done();
     on_hashed(ref, scan.digests.at(ref.index.value));
     return true;
 }
@@ -789,7 +795,7 @@ void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan
     std::vector<chunk_ref> parked = std::move(scan->parked);
     for (const chunk_ref& ref : parked) {
         if (!ref.send) {
-            files_.at(f.value)->read_done();
+            file(f)->read_done();
             on_hashed(ref, scan->digests.at(ref.index.value));
         }
     }
@@ -863,14 +869,14 @@ void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {
         send_file_done(ref.file, std::move(*done));
     }
     if (resend) {
-        files_[ref.file.value]->read_again();  // the receiver has other bytes there: read and send it
+        file(ref.file)->read_again();  // the receiver has other bytes there: read and send it
     }
 }
 
 send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_buffer buf) {
     read_job job;
     job.ref = ref;
-    job.file = files_.at(ref.file.value);
+    job.file = file(ref.file);
     // sources_ never changes after construction and the task holds the session: no copy.
     job.local = &sources_.locals.at(ref.file.value);
     job.root_fd = root_fd();
@@ -1005,7 +1011,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     }
     if (!cs.conn || cs.conn->closed()) {
         machine_.requeue(ref);
-        files_[ref.file.value]->read_again();
+        file(ref.file)->read_again();
         pump_all();  // this connection is gone: another one takes the chunk
         return;
     }
@@ -1071,7 +1077,7 @@ void send_session::requeue_inflight(conn_state& cs) {
         ref.offset = std::uint64_t{i.value} * chunk_size;
         ref.length = raw_length(key);
         machine_.requeue(ref);
-        files_[f.value]->read_again();
+        file(f)->read_again();
     }
     cs.inflight.clear();
     cs.inflight_bytes = 0;

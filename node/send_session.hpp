@@ -288,7 +288,8 @@ private:
     sender_machine machine_;
     std::string session_id_;
     std::vector<conn_state> conns_;
-    std::vector<std::shared_ptr<source_file>> files_;
+    std::vector<std::shared_ptr<source_file>> files_;  // per entry, made by file() when first needed
+    const std::shared_ptr<source_file>& file(file_id f);
     std::string peer_id_;
     std::string peer_address_;
     std::string peer_key_;

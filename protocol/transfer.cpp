@@ -121,25 +121,27 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             }
             continue;
         }
-        f.acked_bits = chunk_bitmap(f.chunks);
-        f.hashed_bits = chunk_bitmap(f.chunks);
-        f.digests.assign(f.chunks, digest128{});
+        f.work = std::make_unique<file_work>();
+        file_work& w = *f.work;
+        w.acked_bits = chunk_bitmap(f.chunks);
+        w.hashed_bits = chunk_bitmap(f.chunks);
+        w.digests.assign(f.chunks, digest128{});
         if (fa.kind() == wire::ACCEPT_PARTIAL) {
-            f.have = chunk_bitmap::from_bytes(f.chunks, fa.have());
-            if (!f.have) {
+            w.have = chunk_bitmap::from_bytes(f.chunks, fa.have());
+            if (!w.have) {
                 return protocol_errc::bad_chunk;
             }
             // Every chunk the receiver claims comes with its digest there.
             auto it = have_digests_.find(i);
             std::size_t got = it == have_digests_.end() ? 0 : it->second.size();
-            if (got != f.have->count()) {
+            if (got != w.have->count()) {
                 return protocol_errc::bad_chunk;
             }
-            f.theirs.assign(f.chunks, digest128{});
+            w.theirs.assign(f.chunks, digest128{});
             std::size_t next = 0;
             for (std::uint64_t c = 0; c < f.chunks && next < got; ++c) {
-                if (f.have->test(c)) {
-                    f.theirs[c] = it->second[next++];
+                if (w.have->test(c)) {
+                    w.theirs[c] = it->second[next++];
                     claimed_bytes_ += chunk_length(entries_[i].size, c);
                 }
             }
@@ -147,10 +149,10 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
                 have_digests_.erase(it);
             }
             if (auto b = basis_pending_.find(i); b != basis_pending_.end()) {
-                f.sums = std::move(b->second);
+                w.sums = std::move(b->second);
                 basis_pending_.erase(b);
             }
-            f.basis = fa.basis();
+            w.basis = fa.basis();
         } else if (fa.kind() != wire::ACCEPT_ALL) {
             return protocol_errc::unexpected_message;
         }
@@ -255,7 +257,7 @@ std::optional<chunk_ref> sender_machine::next_chunk() {
     r.index = chunk_index{static_cast<std::uint32_t>(f.next)};
     r.offset = f.next * chunk_size;
     r.length = chunk_length(entries_[id].size, f.next);
-    r.send = !(f.have && f.have->test(f.next));
+    r.send = !(f.work->have && f.work->have->test(f.next));
     if (++f.next == f.chunks) {
         ready_files_.pop_front();
     }
@@ -264,29 +266,30 @@ std::optional<chunk_ref> sender_machine::next_chunk() {
 
 std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& ref, digest128 digest, bool* resend) {
     file_state& f = files_.at(ref.file.value);
-    if (f.aborted || ref.index.value >= f.chunks || f.hashed_bits.test(ref.index.value)) {
+    if (f.aborted || !f.work || ref.index.value >= f.chunks || f.work->hashed_bits.test(ref.index.value)) {
         return std::nullopt;  // a requeued chunk read twice has the same digest
     }
-    f.hashed_bits.set(ref.index.value);
-    f.digests[ref.index.value] = digest;
-    if (!ref.send && !f.acked_bits.test(ref.index.value)) {
-        if (!f.theirs.empty() && f.theirs[ref.index.value] != digest) {
+    file_work& w = *f.work;
+    w.hashed_bits.set(ref.index.value);
+    w.digests[ref.index.value] = digest;
+    if (!ref.send && !w.acked_bits.test(ref.index.value)) {
+        if (!w.theirs.empty() && w.theirs[ref.index.value] != digest) {
             // The receiver has other bytes there: send this chunk after all.
             chunk_ref again = ref;
             again.send = true;
             requeued_.push_front(again);
             ++resent_chunks_;
-            if (f.resend_bits.size() == 0) {
-                f.resend_bits = chunk_bitmap(f.chunks);
+            if (w.resend_bits.size() == 0) {
+                w.resend_bits = chunk_bitmap(f.chunks);
             }
-            f.resend_bits.set(ref.index.value);
+            w.resend_bits.set(ref.index.value);
             ++f.resend_pending;
             if (resend != nullptr) {
                 *resend = true;
             }
         } else {
             // The receiver already had this chunk: it is confirmed once its digest is known.
-            f.acked_bits.set(ref.index.value);
+            w.acked_bits.set(ref.index.value);
             skipped_bytes_ += ref.length;
             kept_bytes_ += ref.length;
         }
@@ -294,7 +297,7 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
     if (++f.hashed < f.chunks) {
         return std::nullopt;
     }
-    if (f.chunks == 1 && ref.send && !f.have) {
+    if (f.chunks == 1 && ref.send && !w.have) {
         return std::nullopt;  // the Chunk frame is the whole file: no FileDone
     }
     if (f.resend_pending > 0) {
@@ -308,7 +311,8 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
 wire::FileDone sender_machine::file_done(std::uint32_t id) const {
     wire::FileDone d;
     d.set_file_id(id);
-    digest128 dg = file_digest(files_[id].digests);
+    const auto& w = files_[id].work;
+    digest128 dg = file_digest(w ? w->digests : std::vector<digest128>{});
     d.set_digest_lo(dg.lo);
     d.set_digest_hi(dg.hi);
     return d;
@@ -325,22 +329,23 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     chunk_index idx = chunk_key_index(key);
     // Only files whose chunks are sent have acked bits: a directory, a skipped file or a
     // file not yet accepted has none, and an ack for it is the peer's error.
-    if (fid.value >= files_.size() || idx.value >= files_[fid.value].acked_bits.size()) {
+    if (fid.value >= files_.size() || !files_[fid.value].work || idx.value >= files_[fid.value].work->acked_bits.size()) {
         ec = protocol_errc::unknown_file;
         return 0;
     }
     file_state& f = files_[fid.value];
-    if (finished_ || f.aborted || f.acked_bits.test(idx.value)) {
+    file_work& w = *f.work;
+    if (finished_ || f.aborted || w.acked_bits.test(idx.value)) {
         // A chunk delivered twice (after a requeue) is confirmed once; after the
         // TransferResult every byte is already confirmed.
         return 0;
     }
-    f.acked_bits.set(idx.value);
+    w.acked_bits.set(idx.value);
     ++f.acked;
     std::uint64_t n = chunk_length(entries_[fid.value].size, idx.value);
     confirmed_bytes_ += n;
-    if (f.resend_pending > 0 && f.resend_bits.test(idx.value)) {
-        f.resend_bits.reset(idx.value);
+    if (f.resend_pending > 0 && w.resend_bits.test(idx.value)) {
+        w.resend_bits.reset(idx.value);
         if (--f.resend_pending == 0 && f.done_held) {
             f.done_held = false;
             if (released != nullptr) {

@@ -177,42 +177,53 @@ public:
     // before its Accept and outside a sync.
     wire::SyncAction action(file_id f) const { return files_.at(f.value).action; }
     // The receiver accepted the file ACCEPT_PARTIAL, claiming some of its chunks.
-    bool resumed(file_id f) const { return !files_.at(f.value).theirs.empty(); }
+    bool resumed(file_id f) const {
+        const auto& w = files_.at(f.value).work;
+        return w && !w->theirs.empty();
+    }
     // Sync: the receiver's own file it started this one from (FileAccept.basis; "" when
     // none), and whether the receiver had every chunk, so that no byte of it was sent.
-    const std::string& basis(file_id f) const { return files_.at(f.value).basis; }
+    std::string_view basis(file_id f) const {
+        const auto& w = files_.at(f.value).work;
+        return w ? std::string_view(w->basis) : std::string_view();
+    }
     // What the receiver sent of its older version of the file (BasisSums), which a
     // delta may copy from; null for any other file.
     const basis_sums* basis_of(file_id f) const {
-        const auto& b = files_.at(f.value).sums;
-        return b ? &*b : nullptr;
+        const auto& w = files_.at(f.value).work;
+        return w && w->sums ? &*w->sums : nullptr;
     }
     bool sent_nothing(file_id f) const {
         const file_state& s = files_.at(f.value);
-        return s.have && s.have->count() == s.chunks && s.resend_bits.size() == 0;
+        return s.work && s.work->have && s.work->have->count() == s.chunks && s.work->resend_bits.size() == 0;
     }
     const std::string& failure() const { return failure_; }
 
 private:
-    struct file_state {
-        bool accepted = false;
-        bool result = false;
-        wire::SyncAction action = wire::SYNC_NONE;
+    // What a file accepted to be sent needs while its chunks go out: made by its Accept,
+    // so that the files a sync finds unchanged cost only their file_state.
+    struct file_work {
         std::string basis;
-        bool aborted = false;  // abort_file()
-        std::uint64_t chunks = 0;
-        std::uint64_t next = 0;         // scheduling cursor
-        std::uint64_t hashed = 0;       // digests known
-        std::uint64_t acked = 0;
         std::optional<chunk_bitmap> have;  // receiver already has these (partial accept)
         std::vector<digest128> theirs;     // and their digests there (index order, `have` bits only)
         std::optional<basis_sums> sums;    // its older version there (BasisSums)
         chunk_bitmap resend_bits;          // claimed chunks with other bytes there, sent again, not yet acked
-        std::uint64_t resend_pending = 0;
-        bool done_held = false;            // FileDone waits for those acks
         chunk_bitmap acked_bits;
         chunk_bitmap hashed_bits;
         std::vector<digest128> digests;
+    };
+    struct file_state {
+        bool accepted = false;
+        bool result = false;
+        bool aborted = false;    // abort_file()
+        bool done_held = false;  // FileDone waits for the acks of resent chunks
+        wire::SyncAction action = wire::SYNC_NONE;
+        std::uint64_t chunks = 0;
+        std::uint64_t next = 0;    // scheduling cursor
+        std::uint64_t hashed = 0;  // digests known
+        std::uint64_t acked = 0;
+        std::uint64_t resend_pending = 0;
+        std::unique_ptr<file_work> work;  // accepted, not skipped
     };
 
     wire::FileDone file_done(std::uint32_t id) const;

@@ -540,6 +540,42 @@ TEST_F(DestTree, SeedPartialFromAnotherFileCopiesItsBytes) {
     EXPECT_FALSE(fs::exists(root() / dest_tree::partial_name("other")));
 }
 
+// More folders than the tree keeps open: each is still found (the least recently used
+// one is closed to make room), and the open descriptors stay bounded.
+TEST_F(DestTree, ManyMoreFoldersThanItKeepsOpenAreStillCheckedRight) {
+    constexpr int folders = 700;
+    for (int i = 0; i < folders; ++i) {
+        fs::create_directories(root() / ("d" + std::to_string(i)) / "s");
+        write_text(root() / ("d" + std::to_string(i)) / "s" / "f", std::string(static_cast<std::size_t>(i), 'x'));
+    }
+    auto open_fds = [] {
+        return std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator());
+    };
+    const auto before = open_fds();
+    for (int round = 0; round < 2; ++round) {
+        for (int i = 0; i < folders; ++i) {
+            std::string path = "d" + std::to_string(i) + "/s/f";
+            struct stat st = lstat_of(root() / path);
+            bool identical = false;
+            bool exists = false;
+            ASSERT_EQ(tree_.check_file(path, false, static_cast<std::uint64_t>(i), timespec_ns(st.st_mtim), identical,
+                                       false, &exists),
+                      std::error_code{})
+                << path;
+            EXPECT_TRUE(identical) << path;
+            EXPECT_TRUE(exists) << path;
+            // A size that differs is not identical: the lookup is of this folder's file.
+            ASSERT_EQ(tree_.check_file(path, true, static_cast<std::uint64_t>(i) + 1, timespec_ns(st.st_mtim),
+                                       identical, false),
+                      std::error_code{});
+            EXPECT_FALSE(identical) << path;
+        }
+    }
+    // Two folders per path (d<i> and d<i>/s), 1,400 in all, against a cache of 256.
+    EXPECT_LE(open_fds() - before, 256);
+    EXPECT_GT(open_fds() - before, 0);
+}
+
 TEST_F(DestTree, CheckFileTellsWhetherAFileIsThere) {
     write_text(root() / "here", "x");
     bool identical = true;
