@@ -22,8 +22,10 @@ constexpr double wire_cost_per_byte = 1.5e-9;
 constexpr double min_decode_cost_per_byte = 0.25e-9;
 constexpr std::uint32_t min_probe_interval = 16;
 // While compressing because the link is slow, one wire-rate period in this many (about
-// 4 s of 16 quarter seconds) goes raw to measure the link again.
-constexpr std::uint32_t raw_period_interval = 16;
+// 12 s of quarter seconds) goes raw to measure the link again. Such a period moves
+// 1/ratio less payload (text over 100 Mbit/s: one in 16 cost 5 % of the rate, one in
+// 48 costs under 2 %); a link that became fast is noticed that much later.
+constexpr std::uint32_t raw_period_interval = 48;
 constexpr std::uint32_t max_probe_interval = 128;
 
 double blend(double average, double sample) {
@@ -89,7 +91,13 @@ int compression_policy::next_level() {
         // On a link slow enough that the stronger level keeps up too, its better ratio is free.
         bool strong_keeps_up = link_measured_ && (speed_strong_ > 0 ? speed_strong_ >= link_margin * link_rate_
                                                                     : speed_fast_ >= 3 * link_margin * link_rate_);
-        level = strong_keeps_up ? strong_level : fast_level;
+        // The strongest level: one thread must compress what the link carries at this
+        // ratio (raw bytes link_rate / ratio a second); until measured, level 3 must do
+        // four times that (level 5 is about a quarter of its speed).
+        double raw_needed = link_rate_ / ratio_;
+        bool strongest_keeps_up = strong_keeps_up && (speed_strongest_ > 0 ? speed_strongest_ >= raw_needed
+                                                                          : speed_strong_ >= 4 * raw_needed);
+        level = strongest_keeps_up ? strongest_level : strong_keeps_up ? strong_level : fast_level;
         compressing_for_link_ = why == reason::slow_link;
     }
     ++(level > 0 ? decided_compressed_ : decided_raw_);
@@ -129,7 +137,7 @@ void compression_policy::observe(int level, std::uint64_t raw, std::uint64_t out
     ratio_ = blend(ratio_, std::max(r, 1e-6));
     if (cpu_seconds > 0) {
         double s = static_cast<double>(raw) / cpu_seconds;
-        double& speed = level == strong_level ? speed_strong_ : speed_fast_;
+        double& speed = level == strongest_level ? speed_strongest_ : level == strong_level ? speed_strong_ : speed_fast_;
         speed = blend(speed, s);
     }
     probe_interval_ = r > max_ratio ? std::min(probe_interval_ * 2, max_probe_interval) : min_probe_interval;

@@ -11,8 +11,13 @@
 //   until such a measurement exists this reason does not apply (the first chunks are
 //   still tried, to learn the ratio and speed). While compressing, the wire rate only
 //   raises that figure, because compressing lowers the wire rate by itself and must not
-//   make the link look slower; and one quarter second in 16 goes raw to measure the link
+//   make the link look slower; and one quarter second in 48 goes raw to measure the link
 //   again. Over 100 Mbit/s or 1 Gbit/s almost anything compressible qualifies.
+// - The level: the strongest of 1, 3 and 5 that still keeps up. Level 3 when it compresses
+//   twice as fast as the link carries bytes; level 5 (about a tenth smaller than 3 on text,
+//   a quarter of its speed) when one thread at it feeds the link at its current ratio,
+//   i.e. compresses link_rate / ratio raw bytes a second (so two workers have a margin
+//   of two): 100 Mbit/s text qualifies, 1 Gbit/s does not.
 // - It pays on a fast link (loopback, 10 GbE) only when compression is cheaper than
 //   moving the bytes it saves through TLS and the sockets on both sides (the CPU cost
 //   model in compression.cpp): all-zero or highly repetitive data, not ordinary text.
@@ -43,6 +48,7 @@ class compression_policy {
 public:
     static constexpr int fast_level = 1;
     static constexpr int strong_level = 3;
+    static constexpr int strongest_level = 5;
 
     explicit compression_policy(compress_mode mode = compress_mode::automatic) : mode_(mode) {}
 
@@ -61,7 +67,9 @@ public:
     // Running averages (for status and tests): out/raw, and raw bytes per CPU second at
     // each level (0 until measured).
     double ratio() const { return ratio_; }
-    double speed(int level) const { return level == strong_level ? speed_strong_ : speed_fast_; }
+    double speed(int level) const {
+        return level == strongest_level ? speed_strongest_ : level == strong_level ? speed_strong_ : speed_fast_;
+    }
     // What the link carries raw, bytes per second (0 until measured).
     double link_rate() const { return link_rate_; }
 
@@ -73,6 +81,7 @@ private:
     double ratio_ = 0;         // 0: no attempt yet
     double speed_fast_ = 0;    // bytes/s at fast_level
     double speed_strong_ = 0;  // bytes/s at strong_level
+    double speed_strongest_ = 0;  // bytes/s at strongest_level
     double link_rate_ = 0;
     bool link_measured_ = false;       // link_rate_ comes from a (nearly) raw period
     bool measure_raw_ = false;         // the current period goes raw to measure the link
