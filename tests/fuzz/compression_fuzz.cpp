@@ -5,8 +5,8 @@
 // Then a mode byte and a sequence of events as send_session produces them: next_level()
 // for a chunk, the attempt's figures (observe(), only at the level next_level() gave:
 // any raw length up to a chunk, any output size, any CPU time) and wire rates (any
-// non-negative figure). Checked throughout: next_level() is 0, fast_level or
-// strong_level, 0 under `never` and fast_level under `always`; ratio() stays in [0, 1]
+// non-negative figure). Checked throughout: next_level() is 0, fast_level, strong_level
+// or strongest_level, 0 under `never` and fast_level under `always`; ratio() stays in [0, 1]
 // and every average is finite and non-negative (no division turning into NaN or inf).
 #include <cmath>
 #include <cstddef>
@@ -31,7 +31,8 @@ enum op : std::uint8_t {
 
 void check_figures(const compression_policy& p) {
     FUZZ_CHECK(std::isfinite(p.ratio()) && p.ratio() >= 0 && p.ratio() <= 1);
-    for (int level : {compression_policy::fast_level, compression_policy::strong_level}) {
+    for (int level :
+         {compression_policy::fast_level, compression_policy::strong_level, compression_policy::strongest_level}) {
         FUZZ_CHECK(std::isfinite(p.speed(level)) && p.speed(level) >= 0);
     }
     FUZZ_CHECK(std::isfinite(p.link_rate()) && p.link_rate() >= 0);
@@ -88,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (in.u8() % op_count == op_chunk) {
             int level = policy.next_level();
             FUZZ_CHECK(level == 0 || level == compression_policy::fast_level ||
-                       level == compression_policy::strong_level);
+                       level == compression_policy::strong_level || level == compression_policy::strongest_level);
             FUZZ_CHECK(mode != compress_mode::never || level == 0);
             FUZZ_CHECK(mode != compress_mode::always || level == compression_policy::fast_level);
             if (level > 0) {
