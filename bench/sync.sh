@@ -70,10 +70,11 @@ address=$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$work/serve.out" | head -
 "$ferry" trust --state "$work/B" "$A" --name ay --address "$address" > /dev/null 2>&1
 
 log "making $files x 4 KiB files and a $size-byte file"
-for ((i = 0; i < files; i++)); do
+for ((i = 0; i < files; i += 100)); do  # 100 files per folder, one split per folder
     d=$(printf '%s/src/tree/d%04d' "$work" $((i / 100)))
-    [ $((i % 100)) -eq 0 ] && mkdir -p "$d"
-    head -c 4096 /dev/urandom > "$d/f$((i % 100))"
+    n=$((files - i < 100 ? files - i : 100))
+    mkdir -p "$d"
+    head -c $((n * 4096)) /dev/urandom | split -b 4096 -a 2 -d - "$d/f"
 done
 head -c "$size" /dev/urandom > "$work/src/big/big.bin"
 
