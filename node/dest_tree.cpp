@@ -223,7 +223,8 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
 }
 
 std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite, std::uint64_t size,
-                                      std::int64_t mtime_ns, bool& identical, bool create_parents, bool* exists) {
+                                      std::int64_t mtime_ns, bool& identical, bool create_parents, bool* exists,
+                                      std::uint32_t* mode_there) {
     identical = false;
     if (exists != nullptr) {
         *exists = false;
@@ -250,6 +251,9 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     }
     if (exists != nullptr) {
         *exists = S_ISREG(st.st_mode);
+    }
+    if (mode_there != nullptr) {
+        *mode_there = st.st_mode & 07777;
     }
     std::int64_t mtime = timespec_ns(st.st_mtim);
     if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && same_stored_mtime(mtime, mtime_ns)) {
@@ -470,6 +474,22 @@ int dest_tree::open_final_read(std::string_view wire_path, std::error_code& ec) 
         return -1;
     }
     return fd;
+}
+
+std::error_code dest_tree::set_final_mode(std::string_view wire_path, std::uint32_t mode) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    if (dh.fd < 0) {
+        return ec;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    // Not through a symlink planted since the check (glibc refuses one for
+    // AT_SYMLINK_NOFOLLOW: fchmodat2, or an O_PATH descriptor), and any permission bits
+    // (a file its owner cannot read is still changed: no open for reading).
+    if (::fchmodat(dh.fd, name.c_str(), mode & 07777, AT_SYMLINK_NOFOLLOW) != 0) {
+        return errno == EOPNOTSUPP ? make_error_code(dest_errc::symlink) : last_error();
+    }
+    return {};
 }
 
 std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_t dev, std::uint64_t ino) {
@@ -734,14 +754,15 @@ std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwri
     return {};
 }
 
-std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns) {
+std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
+                                      bool keep_mode) {
     std::error_code ec;
     dir_handle dh = dir_fd(wire_path, false, ec);
     int fd = dh.fd;
     if (fd < 0) {
         return ec;
     }
-    return set_mode_and_mtime(fd, mode, mtime_ns);
+    return keep_mode ? set_mtime(fd, mtime_ns) : set_mode_and_mtime(fd, mode, mtime_ns);
 }
 
 std::error_code dest_tree::sync_all() {

@@ -70,9 +70,13 @@ public:
     // regular file already there with this size and mtime sets `identical` (nothing to
     // send); the mtime matches if it is `mtime_ns` as a file system with coarser
     // timestamps stores it.
-    // `exists` (if given) tells whether a regular file is there (identical or not).
+    // `exists` (if given) tells whether a regular file is there (identical or not), and
+    // `mode_there` (if given) gets that file's permission bits (07777).
     std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
-                               bool& identical, bool create_parents = true, bool* exists = nullptr);
+                               bool& identical, bool create_parents = true, bool* exists = nullptr,
+                               std::uint32_t* mode_there = nullptr);
+    // Sets the permission bits of the regular file at its final name (no symlink followed).
+    std::error_code set_final_mode(std::string_view wire_path, std::uint32_t mode);
     // Removes what lies under the root and is not kept (`ferry sync --delete`). `keep` is
     // asked about every entry (a wire path; is_dir): a folder kept is walked into (unless
     // kept whole); an entry not kept is removed with what is in it, except what `keep`
@@ -141,8 +145,10 @@ public:
     // Renames the partial file to its final name (never over an existing one unless
     // `overwrite`); with `sync_dir`, fsyncs the folder so the new name is durable.
     std::error_code rename_final(std::string_view wire_path, bool overwrite, bool sync_dir = false);
-    // Sets a directory's mode and mtime (after its contents are written).
-    std::error_code finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
+    // Sets a directory's mode and mtime (after its contents are written); with
+    // `keep_mode`, only its mtime.
+    std::error_code finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
+                               bool keep_mode = false);
     // Makes everything written under the root durable (one syncfs).
     std::error_code sync_all();
 

@@ -583,7 +583,7 @@ void receive_session::next_offer() {
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
         std::vector<receiver_machine::decision> decisions;
-        std::vector<std::string> resumed;  // one line per file resumed or restarted
+        std::vector<std::string> resumed;  // one line per file resumed or restarted, or whose mode could not be set
         std::string recovered;
         // Held until every entry of the batch is decided: a recovery (a session's first
         // batch) excludes every other transfer's checks, so no transfer decides "already
@@ -643,8 +643,15 @@ void receive_session::next_offer() {
         std::vector<basis_file> basis_fds;  // and that version, open (handed to the file's sink)
         std::vector<bool> identical(items.size(), false);
         std::vector<bool> exists(items.size(), false);  // a regular file is there (identical or not)
+        std::vector<std::uint32_t> mode_there(items.size(), 0);
+        // A sync's file already there whose permission bits differ: set in place (rsync -a
+        // does too), nothing sent.
+        std::vector<bool> mode_only(items.size(), false);
         // What a sync does with each file, told to the sender.
         auto action = [&](std::size_t i) {
+            if (mode_only[i]) {
+                return wire::SYNC_UPDATE;
+            }
             if (!sync.on || items[i].e.is_dir || identical[i]) {
                 return wire::SYNC_NONE;
             }
@@ -760,6 +767,12 @@ void receive_session::next_offer() {
                 }
                 if (create && identical[i] && !e.is_dir && !found[i].have) {
                     // Already there and nothing is written: the check pass's look is enough.
+                    if (mode_only[i]) {
+                        if (std::error_code mec = tree->set_final_mode(e.path, e.mode)) {
+                            mode_only[i] = false;
+                            resumed.push_back(e.path + ": could not set its permission bits: " + mec.message());
+                        }
+                    }
                     decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
                     continue;
                 }
@@ -767,7 +780,8 @@ void receive_session::next_offer() {
                 bool is_there = false;
                 std::error_code ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
                                               : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
-                                                                 create ? nullptr : &is_there);
+                                                                 create ? nullptr : &is_there,
+                                                                 create ? nullptr : &mode_there[i]);
                 if (missing) {
                     absent.insert(e.path);
                 }
@@ -782,6 +796,7 @@ void receive_session::next_offer() {
                     if (sync.checksum && is_there && e.digest) {
                         identical[i] = same_content(*tree, e, !sync.dry_run);  // content decides, not the stamps
                     }
+                    mode_only[i] = sync.on && identical[i] && is_there && mode_there[i] != (e.mode & 07777);
                     continue;
                 }
                 if (found[i].have) {
@@ -1444,6 +1459,12 @@ void receive_session::check_all_done() {
         // setuid and setgid: never on a peer's word).
         dirs.push_back({"", true, 0, target->root_mode() & 01777, target->root_mtime_ns()});
     }
+    // A share's own folder keeps its mode (the share's owner set it) but takes SRC's
+    // mtime, as rsync -a gives a module's root; best effort (the folder may not be ours).
+    std::optional<std::int64_t> share_root_mtime;
+    if (target && sync_path_.empty() && target->root_mode() != 0) {
+        share_root_mtime = target->root_mtime_ns();
+    }
     // Sync --delete: what is under the destination and was not offered goes (never what
     // an exclude pattern matches, nor ferry's own partial files), before the folders get
     // their mtimes. Offers are over: the machine hands its path set to the worker.
@@ -1462,7 +1483,7 @@ void receive_session::check_all_done() {
     }
     bool dry_run = target && target->dry_run();
     ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, dirs = std::move(dirs),
-                       syncfs = need_syncfs_, keep = std::move(keep), dry_run] {
+                       syncfs = need_syncfs_, keep = std::move(keep), dry_run, share_root_mtime] {
         std::error_code ec;
         std::string error;
         std::vector<dest_tree::removed_entry> removed;
@@ -1479,6 +1500,9 @@ void receive_session::check_all_done() {
             if (tree && (ec = tree->finish_dir(d.path, d.mode, d.mtime_ns))) {
                 break;
             }
+        }
+        if (!ec && !dry_run && tree && share_root_mtime) {
+            tree->finish_dir("", 0, *share_root_mtime, true);
         }
         if (!ec && tree && (syncfs || !removed.empty()) && !dry_run) {
             ec = tree->sync_all();

@@ -136,6 +136,51 @@ TEST_F(sync_push, first_sync_creates_the_tree_and_a_second_changes_only_what_cha
     EXPECT_TRUE(!fs::exists(cli.root() / "inbox") || fs::is_empty(cli.root() / "inbox"));  // nothing went there
 }
 
+// rsync -a's view of a mirror: a file whose permission bits alone changed is "updated" in
+// place with no byte sent (a dry run says so and changes nothing), and a push into a
+// share's own folder gives that folder SRC's mtime, keeping its mode.
+TEST_F(sync_push, permission_bits_alone_are_set_in_place_and_the_share_folder_takes_the_mtime) {
+    serve();
+    write_text_file(src / "a.txt", "alpha\n");
+    write_text_file(src / "b.txt", "beta\n");
+    ::chmod((src / "a.txt").c_str(), 0644);
+    set_mtime(src, 1'400'000'000);
+    ::chmod(share.c_str(), 0750);
+    ASSERT_EQ(sync({}, "ay:www").code, 0);
+    auto mode_of = [](const fs::path& p) {
+        struct stat st {};
+        EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+        return st.st_mode & 07777;
+    };
+    auto mtime_of = [](const fs::path& p) {
+        struct stat st {};
+        EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+        return st.st_mtim.tv_sec;
+    };
+    EXPECT_EQ(mtime_of(share), 1'400'000'000);
+    EXPECT_EQ(mode_of(share), 0750u);  // the share owner's choice stays
+    ASSERT_EQ(mode_of(share / "a.txt"), 0644u);
+
+    ::chmod((src / "a.txt").c_str(), 0600);  // the mtime stays
+    run_result dry = sync({"--dry-run"}, "ay:www");
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    auto ev = json_events(dry.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"a.txt"}));
+    EXPECT_EQ(paths_of(ev, "skipped"), (paths{"b.txt"}));
+    EXPECT_EQ(mode_of(share / "a.txt"), 0644u);
+
+    run_result real = sync({}, "ay:www");
+    ASSERT_EQ(real.code, 0) << real.err;
+    ev = json_events(real.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"a.txt"}));
+    EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 0);
+    EXPECT_EQ(mode_of(share / "a.txt"), 0600u);
+    EXPECT_EQ(read_text_file(share / "a.txt"), "alpha\n");
+    EXPECT_EQ(mtime_of(share), 1'400'000'000);
+    EXPECT_EQ(mode_of(share), 0750u);
+    EXPECT_EQ(read_text_file(share / "b.txt"), "beta\n");
+}
+
 TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
