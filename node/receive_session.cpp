@@ -886,7 +886,9 @@ void receive_session::next_offer() {
                     // It may have been renamed by a transfer that has not synced yet:
                     // success is reported only once it is on disk too.
                     self->need_syncfs_ = true;
-                    self->files_.done(self->ctx_.events.file, d.id, self->machine_.entry(d.id), true);
+                    // With what a sync does to it (a dry run's every file; permission
+                    // bits set in place), as the sender reports it for a push.
+                    self->files_.done(self->ctx_.events.file, d.id, self->machine_.entry(d.id), true, d.action);
                 }
             }
             wire::Header h;

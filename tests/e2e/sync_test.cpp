@@ -498,18 +498,28 @@ TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
     constexpr std::uint64_t chunk = 256 * 1024;
     write_random_file(site / "big.bin", 5 * chunk + 17, 51);
     write_text_file(site / "gone.txt", "gone\n");
+    write_text_file(site / "edit.txt", "v1\n");
+    write_text_file(site / "mode.txt", "mode\n");
+    ::chmod((site / "mode.txt").c_str(), 0644);
     ASSERT_EQ(pull({}).code, 0);
     write_text_file(dst / "stray.txt", "only at dst\n");
     write_text_file(dst / "keep.log", "excluded at dst\n");
     fs::remove(site / "gone.txt");
     fs::create_directories(site / "moved");
     fs::rename(site / "big.bin", site / "moved/big.bin");
+    write_text_file(site / "edit.txt", "version 2\n");
+    ::chmod((site / "mode.txt").c_str(), 0600);  // the permission bits alone
 
-    // A dry run says what would happen and changes nothing.
+    // A dry run says what would happen (a rename it cannot check: as a file created) and
+    // changes nothing.
     run_result dry = pull({"--delete", "--dry-run", "--exclude", "*.log"});
     ASSERT_EQ(dry.code, 0) << dry.err;
     auto ev = json_events(dry.out);
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"big.bin", "gone.txt", "stray.txt"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"moved/big.bin"}));
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"edit.txt", "mode.txt"}));
+    EXPECT_EQ(find_event(ev, "done")["updated"], 2);
+    EXPECT_EQ(read_text_file(dst / "edit.txt"), "v1\n");
     EXPECT_TRUE(fs::exists(dst / "stray.txt"));
     EXPECT_TRUE(fs::exists(dst / "big.bin"));
     EXPECT_FALSE(fs::exists(dst / "moved"));
@@ -519,8 +529,9 @@ TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
     ev = json_events(r.out);
     EXPECT_EQ(paths_of(ev, "renamed"), (paths{"moved/big.bin"}));
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"big.bin", "gone.txt", "stray.txt"}));
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"edit.txt", "mode.txt"}));
     nlohmann::json done = find_event(ev, "done");
-    EXPECT_EQ(done["bytes_transferred"], 0);
+    EXPECT_EQ(done["bytes_transferred"], 10);  // "version 2\n"
     EXPECT_EQ(done["deleted_files"], 3);
     EXPECT_TRUE(fs::exists(dst / "keep.log"));  // excluded: never deleted
     fs::remove(dst / "keep.log");
