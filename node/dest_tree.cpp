@@ -213,6 +213,28 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
 std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, bool* absent) {
     std::error_code ec;
     dir_handle h = dir_fd(wire_path, create, ec);
+    if (ec == dest_errc::symlink && replace_symlinks_ && !wire_path.empty()) {
+        // A mirror: a symlink where the folder goes is removed (as itself), and the folder
+        // made. Only at the final name: the folders it lies in came first in the offer.
+        std::error_code pec;
+        dir_handle parent = dir_fd(wire_parent(wire_path), false, pec);
+        std::string name(split_wire_path(wire_path).back());
+        struct stat st {};
+        if (parent.fd >= 0 && ::fstatat(parent.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISLNK(st.st_mode)) {
+            if (!create) {
+                if (absent != nullptr) {
+                    *absent = true;  // what it would hold is not there either
+                }
+                return {};
+            }
+            if (::unlinkat(parent.fd, name.c_str(), 0) != 0 && errno != ENOENT) {
+                return last_error();
+            }
+            ec.clear();
+            h = dir_fd(wire_path, true, ec);
+        }
+    }
     if (absent != nullptr) {
         *absent = !create && ec == std::errc::no_such_file_or_directory;
     }
@@ -244,6 +266,12 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
         return errno == ENOENT ? std::error_code{} : last_error();
     }
     if (S_ISLNK(st.st_mode)) {
+        if (replace_symlinks_) {
+            if (exists != nullptr) {
+                *exists = true;  // replaced by the new file's rename, never followed
+            }
+            return {};
+        }
         return dest_errc::symlink;
     }
     if (S_ISDIR(st.st_mode)) {

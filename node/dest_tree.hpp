@@ -60,6 +60,11 @@ public:
     dest_tree(const dest_tree&) = delete;
     dest_tree& operator=(const dest_tree&) = delete;
 
+    // A sync's tree (a mirror): a symlink at the final name of a file or folder that
+    // comes is replaced (renamed over, or removed before the folder is made), never
+    // followed. Otherwise it is refused (dest_errc::symlink). Set before any use.
+    void set_replace_symlinks(bool on) { replace_symlinks_ = on; }
+
     // mkdir -p of a wire path inside the root (no symlinks followed). With `create` false
     // nothing is made: it checks that every component already there is a folder and not
     // a symlink (a missing one is fine: it would be created); `absent` (if given) then
@@ -191,6 +196,7 @@ private:
 
     std::filesystem::path root_;
     int root_fd_ = -1;
+    std::atomic<bool> replace_symlinks_{false};
     struct path_hash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }

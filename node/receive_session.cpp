@@ -610,6 +610,7 @@ void receive_session::next_offer() {
             }
             if (!tree && !nothing_there) {
                 tree = opened ? std::move(opened) : std::make_shared<dest_tree>(root);
+                tree->set_replace_symlinks(sync.on);  // a mirror replaces what is in the way
                 // A transfer into this folder that never reached its final sync left files
                 // that must not be trusted: re-verify them before anything is decided.
                 // (A dry run changes nothing: it leaves them to the next real transfer.)

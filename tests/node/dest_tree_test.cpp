@@ -238,6 +238,46 @@ TEST_F(DestTree, SymlinkAtFinalNameIsRefusedEvenWithOverwrite) {
     EXPECT_EQ(names_in(outside_.path()), (std::vector<std::string>{"target"}));
 }
 
+// A sync's tree (a mirror) replaces a symlink where a file or folder goes, as itself:
+// the file's rename goes over the link, the folder is made after the link is removed, and
+// nothing lands where a link pointed. A symlink deeper in a path is still refused.
+TEST_F(DestTree, ASyncTreeReplacesSymlinksInTheWayWithoutFollowingThem) {
+    tree_.set_replace_symlinks(true);
+    fs::create_directory_symlink(outside_.path(), root() / "dir");
+    write_text(outside_.path() / "victim", "keep");
+    fs::create_symlink(outside_.path() / "victim", root() / "file");
+
+    bool identical = true;
+    bool exists = false;
+    ASSERT_EQ(tree_.check_file("file", true, 4, 0, identical, false, &exists), std::error_code{});
+    EXPECT_FALSE(identical);
+    EXPECT_TRUE(exists);
+    std::error_code ec;
+    int fd = tree_.open_partial("file", ec);
+    ASSERT_GE(fd, 0) << ec.message();
+    pwrite_all(fd, "new!", 0);
+    ASSERT_EQ(tree_.finalize("file", fd, 4, 0644, test_mtime_ns, false, true), std::error_code{});
+    EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(root() / "file")));
+    EXPECT_EQ(read_text(root() / "file"), "new!");
+    EXPECT_EQ(read_text(outside_.path() / "victim"), "keep");
+
+    bool absent = false;
+    ASSERT_EQ(tree_.make_dir("dir", false, &absent), std::error_code{});
+    EXPECT_TRUE(absent);
+    EXPECT_TRUE(fs::is_symlink(root() / "dir"));  // a check changes nothing
+    EXPECT_TRUE(is_symlink_refusal(tree_.make_dir("dir/sub")));  // not at the final name
+    ASSERT_EQ(tree_.make_dir("dir"), std::error_code{});  // a sync offers the folder first
+    EXPECT_TRUE(fs::is_directory(fs::symlink_status(root() / "dir")));
+    ASSERT_EQ(tree_.make_dir("dir/sub"), std::error_code{});
+    EXPECT_TRUE(fs::is_directory(root() / "dir/sub"));
+    EXPECT_EQ(names_in(outside_.path()), std::vector<std::string>{"victim"});
+
+    fs::create_directory(root() / "real");
+    fs::create_directory_symlink(outside_.path(), root() / "real/link");
+    EXPECT_TRUE(is_symlink_refusal(check(tree_, "real/link/deeper/f", false)));
+    EXPECT_EQ(names_in(outside_.path()), std::vector<std::string>{"victim"});
+}
+
 TEST_F(DestTree, SymlinkAtPartialNameIsRefused) {
     fs::create_symlink(outside_ / "stolen", root() / dest_tree::partial_name("g"));
     std::error_code ec;
