@@ -216,6 +216,9 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
     if (ec == dest_errc::symlink && replace_symlinks_ && !wire_path.empty()) {
         // A mirror: a symlink where the folder goes is removed (as itself), and the folder
         // made. Only at the final name: the folders it lies in came first in the offer.
+        // (A local user who swaps a file in between the look and the unlink loses that
+        // file, in a folder they can write anyway; a folder swapped in fails the unlink,
+        // and a link put back fails the O_NOFOLLOW open: nothing outside is reached.)
         std::error_code pec;
         dir_handle parent = dir_fd(wire_parent(wire_path), false, pec);
         std::string name(split_wire_path(wire_path).back());
@@ -511,13 +514,30 @@ std::error_code dest_tree::set_final_mode(std::string_view wire_path, std::uint3
         return ec;
     }
     std::string name(split_wire_path(wire_path).back());
-    // Not through a symlink planted since the check (glibc refuses one for
-    // AT_SYMLINK_NOFOLLOW: fchmodat2, or an O_PATH descriptor), and any permission bits
-    // (a file its owner cannot read is still changed: no open for reading).
-    if (::fchmodat(dh.fd, name.c_str(), mode & 07777, AT_SYMLINK_NOFOLLOW) != 0) {
-        return errno == EOPNOTSUPP ? make_error_code(dest_errc::symlink) : last_error();
+    // Not through a symlink planted since the check, and any permission bits (a file its
+    // owner cannot read is still changed): fchmodat2, or glibc's O_PATH descriptor.
+    if (::fchmodat(dh.fd, name.c_str(), mode & 07777, AT_SYMLINK_NOFOLLOW) == 0) {
+        return {};
     }
-    return {};
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EPERM) {
+        return last_error();
+    }
+    // A symlink there, or a C library or sandbox without either way (older glibc, no
+    // /proc, a seccomp filter): the file itself, opened without following a link.
+    int fd = ::openat(dh.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return dest_errc::is_dir;
+    }
+    if (::fchmod(fd, mode & 07777) != 0) {
+        ec = last_error();
+    }
+    ::close(fd);
+    return ec;
 }
 
 std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_t dev, std::uint64_t ino) {

@@ -769,7 +769,8 @@ void receive_session::next_offer() {
                 if (create && identical[i] && !e.is_dir && !found[i].have) {
                     // Already there and nothing is written: the check pass's look is enough.
                     if (mode_only[i]) {
-                        if (std::error_code mec = tree->set_final_mode(e.path, e.mode)) {
+                        std::uint32_t mode = (mode_there[i] & 07000) | (e.mode & 0777);  // its own high bits stay
+                        if (std::error_code mec = tree->set_final_mode(e.path, mode)) {
                             mode_only[i] = false;
                             resumed.push_back(e.path + ": could not set its permission bits: " + mec.message());
                         }
@@ -797,7 +798,9 @@ void receive_session::next_offer() {
                     if (sync.checksum && is_there && e.digest) {
                         identical[i] = same_content(*tree, e, !sync.dry_run);  // content decides, not the stamps
                     }
-                    mode_only[i] = sync.on && identical[i] && is_there && mode_there[i] != (e.mode & 07777);
+                    // Permission bits only: set-user-ID, set-group-ID and sticky bits a
+                    // peer never sets (nor clears) on a file.
+                    mode_only[i] = sync.on && identical[i] && is_there && (mode_there[i] & 0777) != (e.mode & 0777);
                     continue;
                 }
                 if (found[i].have) {

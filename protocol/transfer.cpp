@@ -311,8 +311,9 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
 wire::FileDone sender_machine::file_done(std::uint32_t id) const {
     wire::FileDone d;
     d.set_file_id(id);
+    static const std::vector<digest128> none;
     const auto& w = files_[id].work;
-    digest128 dg = file_digest(w ? w->digests : std::vector<digest128>{});
+    digest128 dg = file_digest(w ? w->digests : none);  // both named: no copy
     d.set_digest_lo(dg.lo);
     d.set_digest_hi(dg.hi);
     return d;

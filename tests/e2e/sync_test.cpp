@@ -179,6 +179,13 @@ TEST_F(sync_push, permission_bits_alone_are_set_in_place_and_the_share_folder_ta
     EXPECT_EQ(mtime_of(share), 1'400'000'000);
     EXPECT_EQ(mode_of(share), 0750u);
     EXPECT_EQ(read_text_file(share / "b.txt"), "beta\n");
+
+    // Set-user-ID and the like at DST are not a peer's to set or clear.
+    ASSERT_EQ(::chmod((share / "a.txt").c_str(), 04600), 0);
+    run_result again = sync({}, "ay:www");
+    ASSERT_EQ(again.code, 0) << again.err;
+    EXPECT_EQ(paths_of(json_events(again.out), "skipped"), (paths{"a.txt", "b.txt"}));
+    EXPECT_EQ(mode_of(share / "a.txt"), 04600u);
 }
 
 TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
@@ -587,6 +594,9 @@ TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
     constexpr std::uint64_t size = 3 * 1024 * 1024;
     write_random_file(site / "data.bin", size, 61);
     write_random_file(src / "data.bin", size, 62);
+    // Same size: a distinct mtime, or two writes within one clock tick would make the
+    // push's size-and-mtime check call them the same file.
+    set_mtime(src / "data.bin", 1'500'000'000);
     // 2 MiB/s: the first quarter megabyte may go at once (the burst), the rest takes at
     // least 1.3 s. Only a lower bound: a slow machine takes longer, never less.
     run_result down = pull({"--bwlimit", "2M", "--compress", "never"});
