@@ -523,15 +523,10 @@ std::error_code dest_tree::set_final_mode(std::string_view wire_path, std::uint3
         return last_error();
     }
     // A symlink there, or a C library or sandbox without either way (older glibc, no
-    // /proc, a seccomp filter): the file itself, opened without following a link.
-    int fd = ::openat(dh.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    // /proc, a seccomp filter): the regular file itself, opened without following a link.
+    int fd = open_final_read(wire_path, ec);
     if (fd < 0) {
-        return errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
-    }
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        ::close(fd);
-        return dest_errc::is_dir;
+        return ec;
     }
     if (::fchmod(fd, mode & 07777) != 0) {
         ec = last_error();
