@@ -114,12 +114,13 @@ struct file_event {
     std::string_view session_id;  // raw bytes
     std::string_view path;
     std::uint64_t size = 0;
+    bool symlink = false;  // a sync's symlink (made as a link, no data), not a regular file
     // sync, done: the file was made at the receiver from its own file at this path (a
     // rename at SRC: that path is not in SRC), and no byte of it was sent. Empty otherwise.
     std::string_view renamed_from;
 };
 
-// Reports the files of one transfer to a file callback: each regular file once as
+// Reports the files of one transfer to a file callback: each file (and a sync's symlink) once as
 // started and once as done, in that order (an empty or skipped file gets its start right
 // before its done). Costs nothing when nobody listens.
 class file_reporter {
@@ -158,6 +159,7 @@ private:
         ev.session_id = session_id_;
         ev.path = e.path;
         ev.size = e.size;
+        ev.symlink = e.is_link;
         sink(ev);
     }
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 
 #include "node/resume.hpp"
@@ -36,9 +37,10 @@ std::error_code last_error() { return {errno, std::system_category()}; }
 
 constexpr std::size_t max_cached_dirs = 256;
 
-// Modification time (ns since the epoch; access time untouched).
-std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
-    struct timespec times[2];
+// The times utimensat() takes to set the modification time (ns since the epoch) and
+// leave the access time untouched.
+std::array<struct timespec, 2> mtime_only(std::int64_t mtime_ns) {
+    std::array<struct timespec, 2> times{};
     times[0].tv_sec = 0;
     times[0].tv_nsec = UTIME_OMIT;
     times[1].tv_sec = mtime_ns / 1'000'000'000;
@@ -47,7 +49,11 @@ std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
         times[1].tv_nsec += 1'000'000'000;
         times[1].tv_sec -= 1;
     }
-    if (::futimens(fd, times) != 0) {
+    return times;
+}
+
+std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
+    if (::futimens(fd, mtime_only(mtime_ns).data()) != 0) {
         return last_error();
     }
     return {};
@@ -213,18 +219,18 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
 std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, bool* absent) {
     std::error_code ec;
     dir_handle h = dir_fd(wire_path, create, ec);
-    if (ec == dest_errc::symlink && replace_symlinks_ && !wire_path.empty()) {
-        // A mirror: a symlink where the folder goes is removed (as itself), and the folder
-        // made. Only at the final name: the folders it lies in came first in the offer.
-        // (A local user who swaps a file in between the look and the unlink loses that
-        // file, in a folder they can write anyway; a folder swapped in fails the unlink,
-        // and a link put back fails the O_NOFOLLOW open: nothing outside is reached.)
+    if ((ec == dest_errc::symlink || ec == dest_errc::not_a_dir) && mirror_ && !wire_path.empty()) {
+        // A mirror: a symlink or a file where the folder goes is removed (as itself), and
+        // the folder made. Only at the final name: the folders it lies in came first in the
+        // offer. (A local user who swaps a file in between the look and the unlink loses
+        // that file, in a folder they can write anyway; a folder swapped in fails the
+        // unlink, and a link put back fails the O_NOFOLLOW open: nothing outside is reached.)
         std::error_code pec;
         dir_handle parent = dir_fd(wire_parent(wire_path), false, pec);
         std::string name(split_wire_path(wire_path).back());
         struct stat st {};
         if (parent.fd >= 0 && ::fstatat(parent.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-            S_ISLNK(st.st_mode)) {
+            !S_ISDIR(st.st_mode)) {
             if (!create) {
                 if (absent != nullptr) {
                     *absent = true;  // what it would hold is not there either
@@ -247,6 +253,26 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
     return ec;
 }
 
+std::error_code dest_tree::stat_final(std::string_view wire_path, bool create_parents, struct stat& st, bool& found,
+                                      dir_handle* dir) {
+    found = false;
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), create_parents, ec);
+    if (dh.fd < 0) {
+        // No parent (and none made): nothing at the name either.
+        return ec == std::errc::no_such_file_or_directory && !create_parents ? std::error_code{} : ec;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    if (::fstatat(dh.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return errno == ENOENT ? std::error_code{} : last_error();
+    }
+    found = true;
+    if (dir != nullptr) {
+        *dir = std::move(dh);
+    }
+    return {};
+}
+
 std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite, std::uint64_t size,
                                       std::int64_t mtime_ns, bool& identical, bool create_parents, bool* exists,
                                       std::uint32_t* mode_there) {
@@ -254,22 +280,13 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     if (exists != nullptr) {
         *exists = false;
     }
-    std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), create_parents, ec);
-    int dfd = dh.fd;
-    if (!create_parents && ec == std::errc::no_such_file_or_directory) {
-        return {};  // no parent yet, so no file either
-    }
-    if (dfd < 0) {
+    struct stat st {};
+    bool found = false;
+    if (std::error_code ec = stat_final(wire_path, create_parents, st, found); ec || !found) {
         return ec;
     }
-    std::string name(split_wire_path(wire_path).back());
-    struct stat st {};
-    if (::fstatat(dfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        return errno == ENOENT ? std::error_code{} : last_error();
-    }
     if (S_ISLNK(st.st_mode)) {
-        if (replace_symlinks_) {
+        if (mirror_) {
             if (exists != nullptr) {
                 *exists = true;  // replaced by the new file's rename, never followed
             }
@@ -292,6 +309,56 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
         return {};
     }
     return overwrite ? std::error_code{} : make_error_code(dest_errc::exists);
+}
+
+std::error_code dest_tree::check_link(std::string_view wire_path, const std::string& target, std::int64_t mtime_ns,
+                                      bool& identical, bool create_parents, bool& exists) {
+    identical = false;
+    exists = false;
+    struct stat st {};
+    bool found = false;
+    dir_handle dh;
+    if (std::error_code ec = stat_final(wire_path, create_parents, st, found, &dh); ec || !found) {
+        return ec;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        return dest_errc::is_dir;
+    }
+    exists = true;  // a file or a link: replaced by the new link's rename
+    if (!S_ISLNK(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != target.size() ||
+        !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns)) {
+        return {};
+    }
+    std::string there(target.size() + 1, '\0');
+    std::string name(split_wire_path(wire_path).back());
+    ssize_t n = ::readlinkat(dh.fd, name.c_str(), there.data(), there.size());
+    identical = n >= 0 && static_cast<std::size_t>(n) == target.size() && there.compare(0, target.size(), target) == 0;
+    return {};
+}
+
+std::error_code dest_tree::make_link(std::string_view wire_path, const std::string& target, std::int64_t mtime_ns) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    if (dh.fd < 0) {
+        return ec;
+    }
+    std::string name(split_wire_path(wire_path).back());
+    std::string part = partial_name(name);
+    // What an earlier transfer of a file by this name left is stale now: SRC has a link.
+    ::unlinkat(dh.fd, part.c_str(), 0);
+    ::unlinkat(dh.fd, resume_name(name).c_str(), 0);
+    if (::symlinkat(target.c_str(), dh.fd, part.c_str()) != 0) {
+        return last_error();
+    }
+    // The link's own time (the target is never touched), then the rename, which replaces a
+    // file or link at the name in one step; a folder there is refused (check_link).
+    if (::utimensat(dh.fd, part.c_str(), mtime_only(mtime_ns).data(), AT_SYMLINK_NOFOLLOW) != 0 ||
+        ::renameat(dh.fd, part.c_str(), dh.fd, name.c_str()) != 0) {
+        ec = last_error();
+        ::unlinkat(dh.fd, part.c_str(), 0);
+        return ec;
+    }
+    return {};
 }
 
 namespace {
@@ -486,6 +553,35 @@ std::error_code dest_tree::prune(const std::function<verdict(const std::string& 
     return p.walk(root_fd_, "", 0);
 }
 
+std::error_code dest_tree::clear_folder(std::string_view wire_path,
+                                        const std::function<verdict(const std::string& path, bool is_dir)>& keep,
+                                        bool dry_run, std::vector<removed_entry>& removed, std::string& failed_path) {
+    failed_path = std::string(wire_path);
+    std::error_code ec;
+    dir_handle parent = dir_fd(wire_parent(wire_path), false, ec);
+    if (parent.fd < 0) {
+        return ec;
+    }
+    const std::function<verdict(const std::string&, bool)> only_empty = [](const std::string&, bool) {
+        return verdict::keep_whole;
+    };
+    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path};
+    bool gone = false;
+    int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/'));
+    ec = p.remove(parent.fd, std::string(split_wire_path(wire_path).back()), std::string(wire_path), true, depth, gone);
+    if (!dry_run) {
+        // Its folders' descriptors (cached) name nothing any more.
+        std::lock_guard lock(mutex_);
+        std::erase_if(dirs_, [&](const auto& d) {
+            return d.first.starts_with(wire_path) &&
+                   (d.first.size() == wire_path.size() || d.first[wire_path.size()] == '/');
+        });
+    }
+    if (!ec && !gone) {
+        return dest_errc::is_dir;
+    }
+    return ec;
+}
 
 int dest_tree::open_final_read(std::string_view wire_path, std::error_code& ec) {
     dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
@@ -536,16 +632,13 @@ std::error_code dest_tree::set_final_mode(std::string_view wire_path, std::uint3
 }
 
 std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_t dev, std::uint64_t ino) {
-    std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
-    if (dh.fd < 0) {
+    struct stat st {};
+    bool found = false;
+    dir_handle dh;
+    if (std::error_code ec = stat_final(wire_path, false, st, found, &dh); ec || !found) {
         return ec;
     }
     std::string name(split_wire_path(wire_path).back());
-    struct stat st {};
-    if (::fstatat(dh.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        return errno == ENOENT ? std::error_code{} : last_error();
-    }
     if (static_cast<std::uint64_t>(st.st_dev) != dev || static_cast<std::uint64_t>(st.st_ino) != ino) {
         return {};  // replaced since: not the file that was judged
     }

@@ -7,6 +7,8 @@
 // Called from worker threads; the directory-fd cache is guarded by a mutex.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -61,9 +63,10 @@ public:
     dest_tree& operator=(const dest_tree&) = delete;
 
     // A sync's tree (a mirror): a symlink at the final name of a file or folder that
-    // comes is replaced (renamed over, or removed before the folder is made), never
-    // followed. Otherwise it is refused (dest_errc::symlink). Set before any use.
-    void set_replace_symlinks(bool on) { replace_symlinks_ = on; }
+    // comes, or a file where a folder comes, is replaced (renamed over, or removed before
+    // the folder is made), never followed. Otherwise it is refused (dest_errc::symlink,
+    // not_a_dir). Set before any use.
+    void set_mirror(bool on) { mirror_ = on; }
 
     // mkdir -p of a wire path inside the root (no symlinks followed). With `create` false
     // nothing is made: it checks that every component already there is a folder and not
@@ -80,6 +83,16 @@ public:
     std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
                                bool& identical, bool create_parents = true, bool* exists = nullptr,
                                std::uint32_t* mode_there = nullptr);
+    // A sync's symlink at `wire_path` (parents created unless `create_parents` is false):
+    // `exists` tells whether a file or a symlink is there (which make_link replaces),
+    // `identical` whether it is a symlink holding `target` with this mtime. A folder
+    // there is an error (dest_errc::is_dir).
+    std::error_code check_link(std::string_view wire_path, const std::string& target, std::int64_t mtime_ns,
+                               bool& identical, bool create_parents, bool& exists);
+    // Makes the symlink `wire_path` -> `target` with this mtime: made under the partial
+    // name, then renamed over whatever file or symlink is at the final name, so that the
+    // name is always the old entry or the new link. Nothing is followed.
+    std::error_code make_link(std::string_view wire_path, const std::string& target, std::int64_t mtime_ns);
     // Sets the permission bits of the regular file at its final name (no symlink followed).
     std::error_code set_final_mode(std::string_view wire_path, std::uint32_t mode);
     // Removes what lies under the root and is not kept (`ferry sync --delete`). `keep` is
@@ -98,6 +111,14 @@ public:
     enum class verdict { remove, keep, keep_whole };
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                           std::vector<removed_entry>& removed, std::string& failed_path);
+    // A sync's file or symlink whose name a folder takes at DST: removes that folder as
+    // prune() would remove it (what `keep` protects stays, and ferry's own files); with
+    // `keep` null only an empty folder goes. A folder still there afterwards (something
+    // kept in it) is dest_errc::is_dir. With `dry_run` nothing is removed, and `removed`
+    // gets what would be.
+    std::error_code clear_folder(std::string_view wire_path,
+                                 const std::function<verdict(const std::string& path, bool is_dir)>& keep,
+                                 bool dry_run, std::vector<removed_entry>& removed, std::string& failed_path);
     // The regular files under the root (wire path, size, mtime), in a stable order, at most
     // `max` of them: what a sync may copy from locally (a renamed or copied file). Nothing
     // is followed through a symlink, ferry's own files are left out, a folder that cannot
@@ -193,10 +214,15 @@ private:
     // The directory `dir` (a wire path, "" = root), created if `create`.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec);
     int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec);
+    // lstat() of what is at the final name of `wire_path` (its folder made if
+    // `create_parents`): `found` false, with no error, when nothing is (nor, without
+    // create_parents, its folder). `dir` (if given) gets the folder it is in.
+    std::error_code stat_final(std::string_view wire_path, bool create_parents, struct stat& st, bool& found,
+                               dir_handle* dir = nullptr);
 
     std::filesystem::path root_;
     int root_fd_ = -1;
-    std::atomic<bool> replace_symlinks_{false};
+    std::atomic<bool> mirror_{false};
     struct path_hash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }

@@ -565,10 +565,18 @@ void receive_session::next_offer() {
         bool checksum = false;
         std::filesystem::path share_dir;
         std::string path;
+        // A folder where SRC has a file or a symlink: with --delete removed with what it
+        // holds (never what an exclude pattern matches); else only when empty.
+        std::function<dest_tree::verdict(const std::string&, bool)> in_the_way;
     } sync;
     std::shared_ptr<local_basis> basis;
     if (const wire::SyncTarget* t = sync_target()) {
-        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_};
+        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_, nullptr};
+        if (t->delete_()) {
+            sync.in_the_way = [excludes = excludes_](const std::string& path, bool is_dir) {
+                return excludes.excluded(path, is_dir) ? dest_tree::verdict::keep_whole : dest_tree::verdict::remove;
+            };
+        }
         if (!t->dry_run()) {
             if (!basis_) {
                 basis_ = std::make_shared<local_basis>();
@@ -610,7 +618,7 @@ void receive_session::next_offer() {
             }
             if (!tree && !nothing_there) {
                 tree = opened ? std::move(opened) : std::make_shared<dest_tree>(root);
-                tree->set_replace_symlinks(sync.on);  // a mirror replaces what is in the way
+                tree->set_mirror(sync.on);  // a mirror replaces what is in the way
                 // A transfer into this folder that never reached its final sync left files
                 // that must not be trusted: re-verify them before anything is decided.
                 // (A dry run changes nothing: it leaves them to the next real transfer.)
@@ -644,6 +652,36 @@ void receive_session::next_offer() {
         std::vector<basis_file> basis_fds;  // and that version, open (handed to the file's sink)
         std::vector<bool> identical(items.size(), false);
         std::vector<bool> exists(items.size(), false);  // a regular file is there (identical or not)
+        // A sync's file or symlink whose name a folder takes: that folder goes first
+        // (sync_view::in_the_way), with what it holds. What went (or, in a dry run, would).
+        std::vector<bool> folder_there(items.size(), false);
+        std::vector<dest_tree::removed_entry> cleared;
+        // Removes (or with `dry` only looks at) the folder where item i goes: false, with
+        // `error` set, when it cannot go (something kept in it, or not empty without --delete).
+        auto clear_folder = [&](std::size_t i, bool dry) {
+            std::string where;
+            std::vector<dest_tree::removed_entry> gone;
+            std::error_code ec = tree->clear_folder(items[i].e.path, sync.in_the_way, dry, gone, where);
+            if (ec == dest_errc::is_dir) {
+                error = items[i].e.path + ": a folder is in the way of this " +
+                        (items[i].e.is_link ? "symlink" : "file") +
+                        (sync.in_the_way ? " and holds excluded paths or ferry's partial files"
+                                         : "; it is not empty (--delete removes it)");
+                code = exit_code::transfer_failed;
+                return false;
+            }
+            if (ec) {
+                error = "could not delete " + where + ": " + ec.message();
+                code = exit_code::local_io;
+                return false;
+            }
+            // A dry run with --delete leaves the report to its prune, which finds the
+            // folder there (offered as a file).
+            if (dry == sync.dry_run && !(sync.dry_run && sync.in_the_way)) {
+                cleared.insert(cleared.end(), gone.begin(), gone.end());
+            }
+            return true;
+        };
         std::vector<std::uint32_t> mode_there(items.size(), 0);
         // A sync's file already there whose permission bits differ: set in place (rsync -a
         // does too), nothing sent.
@@ -750,6 +788,38 @@ void receive_session::next_offer() {
                 const item& it = items[i];
                 bool same = false;
                 const entry_info& e = it.e;
+                if (e.is_link) {
+                    // A sync's symlink: looked at by the check, made (or renamed over what
+                    // is there) by the second pass. Nothing is sent either way.
+                    std::error_code ec;
+                    if (!create && !absent.contains(wire_parent(e.path))) {
+                        bool there = false;
+                        ec = tree->check_link(e.path, e.link_target, e.mtime_ns, same, false, there);
+                        if (ec == dest_errc::is_dir) {
+                            ec.clear();
+                            folder_there[i] = there = true;
+                            if (!clear_folder(i, true)) {
+                                break;
+                            }
+                        }
+                        identical[i] = same;
+                        exists[i] = there;
+                    } else if (create && !identical[i]) {
+                        if (folder_there[i] && !clear_folder(i, false)) {
+                            break;
+                        }
+                        ec = tree->make_link(e.path, e.link_target, e.mtime_ns);
+                    }
+                    if (ec) {
+                        error = e.path + ": " + ec.message();
+                        code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
+                        break;
+                    }
+                    if (create) {
+                        decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
+                    }
+                    continue;
+                }
                 if (absent.contains(wire_parent(e.path))) {
                     if (!create) {
                         if (e.is_dir) {
@@ -780,12 +850,22 @@ void receive_session::next_offer() {
                 }
                 bool missing = false;
                 bool is_there = false;
+                if (create && folder_there[i] && !clear_folder(i, false)) {
+                    break;
+                }
                 std::error_code ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
                                               : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
                                                                  create ? nullptr : &is_there,
                                                                  create ? nullptr : &mode_there[i]);
                 if (missing) {
                     absent.insert(e.path);
+                }
+                if (ec == dest_errc::is_dir && sync.on && !create) {
+                    ec.clear();
+                    folder_there[i] = is_there = true;
+                    if (!clear_folder(i, true)) {
+                        break;
+                    }
                 }
                 if (ec) {
                     error = e.path + ": " + ec.message();
@@ -827,7 +907,7 @@ void receive_session::next_offer() {
                         here += items[i].e.size;
                     } else if (resumable(items[i].e)) {
                         std::uint64_t bytes = tree->partial_size(items[i].e.path);
-                        if (bytes == 0 && sync.on && !sync.dry_run && exists[i]) {
+                        if (bytes == 0 && sync.on && !sync.dry_run && exists[i] && !folder_there[i]) {
                             // A changed file of a sync: its old version seeds the new one
                             // and is the basis of a delta, so that only what differs
                             // travels (below: its sums, and the chunks the seed holds as
@@ -862,8 +942,12 @@ void receive_session::next_offer() {
         }
         lock.reset();
         asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space,
-                                   resumed = std::move(resumed), basis_fds = std::move(basis_fds)]() mutable {
+                                   resumed = std::move(resumed), basis_fds = std::move(basis_fds),
+                                   cleared = std::move(cleared)]() mutable {
             self->offer_busy_ = false;
+            if (!self->failed_) {
+                self->send_deleted(std::move(cleared));  // gone even if the batch failed later
+            }
             if (!recovered.empty()) {
                 self->ctx_.log(recovered);
             }
@@ -908,7 +992,7 @@ void receive_session::next_offer() {
                 if (self->sinks_.size() <= d.id.value) {
                     self->sinks_.resize(d.id.value + 1);
                 }
-                if (const entry_info& e = self->machine_.entry(d.id); !e.is_dir) {
+                if (const entry_info& e = self->machine_.entry(d.id); e.is_file()) {
                     auto sink = std::make_shared<sink_file>();
                     sink->resumed = d.kind == wire::ACCEPT_PARTIAL;
                     sink->action = d.action;
@@ -1463,7 +1547,8 @@ void receive_session::check_all_done() {
     if (target && !sync_path_.empty() && target->root_mode() != 0) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
         // setuid and setgid: never on a peer's word).
-        dirs.push_back({"", true, 0, target->root_mode() & 01777, target->root_mtime_ns()});
+        dirs.push_back({.path = "", .is_dir = true, .mode = target->root_mode() & 01777,
+                        .mtime_ns = target->root_mtime_ns()});
     }
     // A share's own folder keeps its mode (the share's owner set it) but takes SRC's
     // mtime, as rsync -a gives a module's root; best effort (the folder may not be ours).
@@ -1480,9 +1565,12 @@ void receive_session::check_all_done() {
             if (excludes.excluded(path, is_dir)) {
                 return dest_tree::verdict::keep_whole;
             }
+            // Not offered, or a folder where a file or symlink was offered (gone already, but
+            // not in a dry run, which lists it here). A file or symlink where a folder was
+            // offered was replaced by it (a dry run: would be), as rsync does, not deleted.
             auto it = paths.find(path);
-            if (it == paths.end() || it->second == is_dir) {
-                return dest_tree::verdict::remove;  // not offered, or offered as the other kind
+            if (it == paths.end() || (it->second && is_dir)) {
+                return dest_tree::verdict::remove;
             }
             return dest_tree::verdict::keep;
         };

@@ -28,7 +28,7 @@ namespace ferry {
 inline constexpr std::uint64_t resume_min_chunks = 4;
 // True for a file (not a folder) large enough to resume: records, offers and digest memos
 // are kept for these only.
-inline bool resumable(const entry_info& e) { return !e.is_dir && chunk_count(e.size) >= resume_min_chunks; }
+inline bool resumable(const entry_info& e) { return e.is_file() && chunk_count(e.size) >= resume_min_chunks; }
 
 // What this process verified and wrote into a partial file, kept when its transfer ended
 // unfinished, so that a sender coming back while the node runs resumes without the

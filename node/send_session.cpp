@@ -281,7 +281,7 @@ void send_session::checksum_pass(std::function<void()> then) {
     std::uint64_t bytes = 0;
     for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
         const entry_info& e = machine_.entry(file_id{i});
-        if (e.is_dir) {
+        if (!e.is_file()) {
             continue;
         }
         if (batch.size() >= 256 || bytes >= (std::uint64_t{8} << 20)) {
@@ -491,7 +491,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             }
             return;
         case wire::Header::kDeleted:
-            if (c.index != 0 || !options_.sync || !options_.sync->delete_()) {
+            // --delete's prune, or a folder in the way of a file (either way, a sync's).
+            if (c.index != 0 || !options_.sync) {
                 break;
             }
             for (const wire::Entry& e : header.deleted().entries()) {

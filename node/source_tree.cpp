@@ -26,6 +26,7 @@ struct scanner {
     std::string& error;
     std::set<std::string> top_names;  // inside a folder names are unique; only sources can clash
     const exclude_set* excludes = nullptr;
+    bool keep_links = false;  // `ferry sync`: a symlink is an entry of its own (kept as a link)
 
     bool fail(const std::string& local, int err) {
         error = local + ": " + std::error_code(err, std::system_category()).message();
@@ -40,9 +41,9 @@ struct scanner {
             return fail(local, errno);
         }
         const char* skip = nullptr;
-        if (S_ISLNK(st.st_mode)) {
+        if (S_ISLNK(st.st_mode) && !keep_links) {
             skip = " (symlink)";
-        } else if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        } else if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
             skip = " (not a regular file)";
         } else if (S_ISREG(st.st_mode) && is_partial_file_name(wire.substr(wire.rfind('/') + 1))) {
             skip = " (a ferry partial file)";
@@ -63,9 +64,13 @@ struct scanner {
         entry_info e;
         e.path = wire;
         e.is_dir = S_ISDIR(st.st_mode);
-        e.size = e.is_dir ? 0 : static_cast<std::uint64_t>(st.st_size);
-        e.mode = st.st_mode & 07777;
+        e.is_link = S_ISLNK(st.st_mode);
+        e.size = S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
+        e.mode = e.is_link ? 0777 : st.st_mode & 07777;
         e.mtime_ns = timespec_ns(st.st_mtim);
+        if (e.is_link && !read_link(dir_fd, name, local, e.link_target)) {
+            return false;
+        }
         out.total_bytes += e.size;
         out.entries.push_back(std::move(e));
         out.locals.emplace_back(local);
@@ -73,6 +78,23 @@ struct scanner {
             return true;
         }
         return walk_contents(dir_fd, name, local, wire, depth);
+    }
+
+    // What the symlink `dir_fd`/`name` holds, never followed. One that cannot be sent as
+    // it is (longer than a link may hold, or changed to something else meanwhile) fails
+    // the scan, as a file that cannot be read does.
+    bool read_link(int dir_fd, const char* name, const std::string& local, std::string& target) {
+        target.resize(max_link_target + 1);
+        ssize_t n = ::readlinkat(dir_fd, name, target.data(), target.size());
+        if (n < 0) {
+            return fail(local, errno);
+        }
+        if (n == 0 || static_cast<std::size_t>(n) > max_link_target) {
+            error = local + ": symlink target too long to send";
+            return false;
+        }
+        target.resize(static_cast<std::size_t>(n));
+        return true;
     }
 
     // The entries inside the folder `dir_fd`/`name` (wire path `wire`, "" for a sync
@@ -124,7 +146,7 @@ struct scanner {
 
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
                               std::string& error) {
-    scanner s{out, error, {}, &excludes};
+    scanner s{out, error, {}, &excludes, true};
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0) {
         error = dir.string() + ": " + std::error_code(errno, std::system_category()).message();
@@ -177,7 +199,7 @@ std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
         bytes += patterns.back().size();
         if (bytes > max_sync_exclude_bytes) {
             return std::to_string(sources.skipped_paths.size()) +
-                   " symlinks or special files in SRC are more than --delete can be told to keep; "
+                   " special files in SRC are more than --delete can be told to keep; "
                    "exclude their folders (--exclude) or sync without --delete";
         }
     }

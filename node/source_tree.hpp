@@ -20,7 +20,7 @@ namespace ferry {
 struct source_tree {
     std::vector<entry_info> entries;             // wire view, id = index
     std::vector<std::string> locals;             // local path of each entry
-    std::vector<std::string> skipped;            // notes on what was not sent (symlinks, specials)
+    std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials)
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
     std::uint64_t total_bytes = 0;
     std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)
@@ -34,12 +34,13 @@ struct source_tree {
 std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error);
 
 // Scans what the folder `dir` holds (`ferry sync`): wire paths are relative to it, and
-// entries `excludes` matches are left out with everything in them. An empty folder gives
+// entries `excludes` matches are left out with everything in them. A symlink is an
+// entry of its own (is_link, its target read, never followed); special files are skipped. An empty folder gives
 // no entries (not an error). On failure `error` names the path and the reason.
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
                               std::string& error);
 
-// `ferry sync`: what the scan skipped (symlinks, special files) is not SRC's to delete
+// `ferry sync`: what the scan skipped (special files, ferry's partial files) is not SRC's to delete
 // at DST, so a literal exclude pattern for each is appended to `target` (whose patterns
 // only ever keep paths at DST). When they would take its patterns over
 // max_sync_exclude_bytes, `target` is left as it was and the error line is returned;

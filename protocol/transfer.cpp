@@ -40,11 +40,11 @@ sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info
     std::uint32_t first = 0;
     for (std::uint32_t i = 0; i < entries_.size(); ++i) {
         const entry_info& e = entries_[i];
-        if (!e.is_dir) {
+        if (e.is_file()) {
             total_bytes_ += e.size;
         }
-        files_[i].chunks = e.is_dir ? 0 : chunk_count(e.size);
-        std::size_t cost = e.path.size() + 40;
+        files_[i].chunks = e.is_file() ? chunk_count(e.size) : 0;
+        std::size_t cost = e.path.size() + e.link_target.size() + 40;
         if (bytes + cost > offer_batch_bytes && i > first) {
             batches_.emplace_back(first, i);
             first = i;
@@ -72,8 +72,11 @@ wire::Offer sender_machine::make_offer(std::size_t b) const {
         wire::Entry* w = o.add_entries();
         w->set_id(i);
         w->set_path(e.path);
-        w->set_kind(e.is_dir ? wire::ENTRY_DIR : wire::ENTRY_FILE);
-        w->set_size(e.is_dir ? 0 : e.size);
+        w->set_kind(e.is_dir ? wire::ENTRY_DIR : e.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE);
+        w->set_size(e.is_file() ? e.size : 0);
+        if (e.is_link) {
+            w->set_link_target(e.link_target);
+        }
         w->set_mode(e.mode);
         w->set_mtime_ns(e.mtime_ns);
         if (e.digest) {
@@ -110,7 +113,7 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
         file_state& f = files_[i];
         f.accepted = true;
         f.action = fa.action();
-        if (entries_[i].is_dir || fa.kind() == wire::ACCEPT_SKIP) {
+        if (!entries_[i].is_file() || fa.kind() == wire::ACCEPT_SKIP) {  // a symlink: made there, nothing sent
             f.result = true;
             ++files_done_;
             if (entries_[i].is_dir) {
@@ -179,7 +182,7 @@ std::error_code sender_machine::next_accepted_file(std::uint32_t id) const {
         return protocol_errc::unexpected_message;
     }
     auto [first, end] = batches_[accepted_batches_];
-    if (id < first || id >= end || entries_[id].is_dir) {
+    if (id < first || id >= end || !entries_[id].is_file()) {
         return protocol_errc::unknown_file;
     }
     return {};
@@ -359,7 +362,7 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
 
 std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanished, const std::string& reason) {
     file_state& f = files_.at(id.value);
-    if (!f.accepted || f.result || f.aborted || entries_[id.value].is_dir) {
+    if (!f.accepted || f.result || f.aborted || !entries_[id.value].is_file()) {
         return std::nullopt;
     }
     f.aborted = true;
@@ -456,10 +459,16 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (is_partial_file_name(split_wire_path(e.path()).back())) {
             return protocol_errc::bad_path;  // would collide with the receiver's partial files
         }
-        if (e.kind() != wire::ENTRY_FILE && e.kind() != wire::ENTRY_DIR) {
+        bool is_dir = e.kind() == wire::ENTRY_DIR;
+        bool is_link = e.kind() == wire::ENTRY_SYMLINK;
+        if (!is_dir && !is_link && e.kind() != wire::ENTRY_FILE) {
             return protocol_errc::bad_path;
         }
-        bool is_dir = e.kind() == wire::ENTRY_DIR;
+        // A symlink only into a sync's mirror, with a target a link can hold and no data.
+        if (is_link && (!sync_ || e.link_target().empty() || e.link_target().size() > max_link_target ||
+                        e.link_target().find('\0') != std::string::npos || e.size() != 0)) {
+            return protocol_errc::bad_path;
+        }
         if (std::error_code ec = claim_path(e.path(), is_dir)) {
             return ec;
         }
@@ -472,14 +481,19 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         file_state f;
         f.info.path = e.path();
         f.info.is_dir = is_dir;
-        f.info.size = is_dir ? 0 : e.size();
-        // Never setuid/setgid from a peer's word; the sticky bit only on folders.
-        f.info.mode = e.mode() & (is_dir ? 01777u : 0777u);
+        f.info.is_link = is_link;
+        f.info.size = f.info.is_file() ? e.size() : 0;
+        // Never setuid/setgid from a peer's word; the sticky bit only on folders. A
+        // symlink's own bits mean nothing on Linux.
+        f.info.mode = is_link ? 0777u : e.mode() & (is_dir ? 01777u : 0777u);
         f.info.mtime_ns = e.mtime_ns();
-        if (!is_dir && e.digest().size() == 16) {
+        if (f.info.is_file() && e.digest().size() == 16) {
             f.info.digest = get_digest(e.digest().data());
         }
-        f.chunks = is_dir ? 0 : chunk_count(e.size());
+        if (is_link) {
+            f.info.link_target = e.link_target();
+        }
+        f.chunks = f.info.is_file() ? chunk_count(e.size()) : 0;
         total_bytes_ += f.info.size;
         total_dirs_ += is_dir ? 1 : 0;
         ids.push_back(file_id{e.id()});
@@ -581,7 +595,9 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         if (!f.info.is_dir) {
             fa->set_action(d.action);
         }
-        if (f.info.is_dir || d.kind == wire::ACCEPT_SKIP) {
+        // A symlink is made (or found) by the receiver itself: always answered
+        // ACCEPT_SKIP, with what the sync did to it.
+        if (!f.info.is_file() || d.kind == wire::ACCEPT_SKIP) {
             fa->set_kind(f.info.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
             if (!f.info.is_dir) {
                 ++skipped_files_;
@@ -624,7 +640,7 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
     if (f.aborted) {
         return {};  // sent before the sender gave up on it: dropped
     }
-    if (!f.decided || f.skip || f.info.is_dir || f.finished) {
+    if (!f.decided || f.skip || !f.info.is_file() || f.finished) {
         return protocol_errc::unknown_file;
     }
     if (chunk.index() >= f.chunks || chunk.raw_len() != chunk_length(f.info.size, chunk.index())) {
@@ -674,7 +690,7 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
         return protocol_errc::unknown_file;
     }
     file_state& f = files_[abort.file_id()];
-    if (!f.decided || f.skip || f.info.is_dir || f.done_seen || f.aborted) {
+    if (!f.decided || f.skip || !f.info.is_file() || f.done_seen || f.aborted) {
         return protocol_errc::unexpected_message;
     }
     f.aborted = true;
@@ -691,7 +707,7 @@ std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
         return protocol_errc::unknown_file;
     }
     file_state& f = files_[done.file_id()];
-    if (!f.decided || f.skip || f.info.is_dir || f.done_seen || f.implicit_done) {
+    if (!f.decided || f.skip || !f.info.is_file() || f.done_seen || f.implicit_done) {
         return protocol_errc::unexpected_message;
     }
     f.done_seen = true;

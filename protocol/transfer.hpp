@@ -31,7 +31,14 @@ struct entry_info {
     std::uint32_t mode = 0644;
     std::int64_t mtime_ns = 0;
     std::optional<digest128> digest = std::nullopt;  // sync --checksum: the file digest (Entry.digest)
+    bool is_link = false;  // a symlink (`ferry sync` only): link_target, no data
+    std::string link_target = {};  // is_link: what the link holds (readlink), never followed
+    // A regular file: the only kind with bytes to send.
+    bool is_file() const { return !is_dir && !is_link; }
 };
+
+// The longest link target an offer may carry (PATH_MAX less its NUL).
+inline constexpr std::size_t max_link_target = 4095;
 
 struct chunk_ref {
     file_id file;

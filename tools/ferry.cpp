@@ -1178,7 +1178,7 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
         } else {
             ++sync.unchanged;
         }
-        sync_event(o, sync, what, f.path, f.size, "file", f.renamed_from);
+        sync_event(o, sync, what, f.path, f.size, f.symlink ? "symlink" : "file", f.renamed_from);
     };
     ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
                       std::uint64_t files) {
@@ -1408,7 +1408,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     if (sync != nullptr) {
-        // What the scan skipped (symlinks, special files) is not SRC's to delete at DST.
+        // What the scan skipped (special files) is not SRC's to delete at DST.
         if (std::string e = ferry::keep_skipped(sources, sync->target); !e.empty()) {
             return fail(o, exit_code::usage, e);
         }

@@ -813,7 +813,9 @@ class hostile_pull_test : public hostile_frames_test {
     }
 };
 
-TEST_F(hostile_pull_test, a_pull_offers_what_the_share_holds_and_no_symlink_out_of_it) {
+// A symlink in the share (here to a file outside it) is offered as a link, its target as
+// text with no data: never what it points to.
+TEST_F(hostile_pull_test, a_pull_offers_what_the_share_holds_and_a_symlink_only_as_a_link) {
     auto p = connect(trusted_tls());
     ASSERT_TRUE(p->send_frame(pull_hello("pub", "")));
     std::optional<wire::Header> hello = p->read_frame();
@@ -825,10 +827,15 @@ TEST_F(hostile_pull_test, a_pull_offers_what_the_share_holds_and_no_symlink_out_
         EXPECT_TRUE(f->offer().sync().share() == "pub");
         for (const wire::Entry& e : f->offer().entries()) {
             offered.push_back(e.path());
+            if (e.path() == "pub/leak.txt") {
+                EXPECT_EQ(e.kind(), wire::ENTRY_SYMLINK);
+                EXPECT_EQ(e.size(), 0u);
+                EXPECT_EQ(e.link_target(), (cli_.root() / "secret.txt").string());
+            }
         }
         last = f->offer().last();
     }
-    EXPECT_EQ(offered, (std::vector<std::string>{"pub", "pub/readme.txt"}));
+    EXPECT_EQ(offered, (std::vector<std::string>{"pub", "pub/leak.txt", "pub/readme.txt"}));
     p->close();
     expect_node_still_serves();
 }

@@ -546,6 +546,93 @@ TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
     EXPECT_EQ(compare_trees(site, dst), "");
 }
 
+// Symlinks are kept as links (their targets as they are, never followed: absolute,
+// dangling or pointing out of the share) both ways, with their own mtimes; an entry that
+// changes kind (file, link, folder) is replaced, a folder in the way with what it holds
+// only with --delete; and a pull gives back the same tree.
+TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_replaced) {
+    serve();
+    write_text_file(src / "a.txt", "alpha\n");
+    write_text_file(src / "sub/x.txt", "x\n");
+    write_text_file(cli.root() / "outside.txt", "not in the share\n");
+    fs::create_symlink("a.txt", src / "rel");
+    fs::create_symlink((cli.root() / "outside.txt").string(), src / "abs");
+    fs::create_symlink("no/such/thing", src / "dangling");
+    fs::create_directory_symlink("sub", src / "to-dir");
+    fs::create_symlink("../a.txt", src / "sub/up");
+    write_text_file(src / "was-file", "a file for now\n");
+    write_text_file(src / "was-dir/inside", "in a folder for now\n");
+    std::int64_t t = 1'500'000'000;
+    for (const char* link : {"rel", "abs", "dangling", "to-dir", "sub/up"}) {
+        set_mtime(src / link, t++);
+    }
+    set_mtime(src / "sub", t++);
+
+    run_result first = sync({});
+    ASSERT_EQ(first.code, 0) << first.err;
+    auto ev = json_events(first.out);
+    EXPECT_EQ(paths_of(ev, "created"),
+              (paths{"a.txt", "abs", "dangling", "rel", "sub/up", "sub/x.txt", "to-dir", "was-dir/inside", "was-file"}));
+    for (const auto& e : ev) {
+        if (e["event"] == "created" && std::string(e["path"]).find('.') == std::string::npos &&
+            e["path"] != "was-file" && e["path"] != "was-dir/inside") {
+            EXPECT_EQ(e["kind"], "symlink") << e;
+        }
+    }
+    EXPECT_EQ(compare_trees(src, site), "");
+    EXPECT_TRUE(fs::is_symlink(site / "abs"));  // not the outside file's bytes
+    EXPECT_EQ(read_text_file(cli.root() / "outside.txt"), "not in the share\n");
+
+    run_result again = sync({});
+    ASSERT_EQ(again.code, 0) << again.err;
+    ev = json_events(again.out);
+    EXPECT_TRUE(paths_of(ev, "created").empty());
+    EXPECT_TRUE(paths_of(ev, "updated").empty());
+    EXPECT_EQ(paths_of(ev, "skipped").size(), 9u);
+
+    // Another target, the link's mtime alone, a file that becomes a link, a link that
+    // becomes a folder, a folder that becomes a file.
+    fs::remove(src / "rel");
+    fs::create_symlink("sub/x.txt", src / "rel");
+    set_mtime(src / "rel", 1'400'000'000);
+    set_mtime(src / "abs", 1'400'000'001);
+    fs::remove(src / "was-file");
+    fs::create_symlink("a.txt", src / "was-file");
+    set_mtime(src / "was-file", 1'400'000'002);
+    fs::remove(src / "dangling");
+    write_text_file(src / "dangling/now-a-file", "here\n");
+    fs::remove_all(src / "was-dir");
+    write_text_file(src / "was-dir", "a file now\n");
+    fs::last_write_time(src, fs::last_write_time(site));  // only the entries changed
+
+    // A folder in the way holds a file: without --delete it stays (the sync fails, and says
+    // how to go on); a dry run with --delete lists what would go.
+    run_result kept = sync({});
+    EXPECT_EQ(kept.code, 2);
+    EXPECT_NE(kept.err.find("was-dir: a folder is in the way"), std::string::npos) << kept.err;
+    EXPECT_TRUE(fs::exists(site / "was-dir/inside"));
+    run_result dry = sync({"--delete", "--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    ev = json_events(dry.out);
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"was-dir", "was-dir/inside"}));
+    EXPECT_TRUE(fs::exists(site / "was-dir/inside"));
+
+    run_result third = sync({"--delete"});
+    ASSERT_EQ(third.code, 0) << third.err;
+    ev = json_events(third.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"abs", "rel", "was-dir", "was-file"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"dangling/now-a-file"}));
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"was-dir", "was-dir/inside"}));
+    EXPECT_EQ(compare_trees(src, site), "");
+
+    // Pulled back: the same tree, links as links.
+    run_result pulled = pull({});
+    ASSERT_EQ(pulled.code, 0) << pulled.err;
+    EXPECT_EQ(compare_trees(site, dst), "");
+    EXPECT_TRUE(fs::is_symlink(dst / "abs"));
+    EXPECT_TRUE(fs::is_symlink(dst / "to-dir"));
+}
+
 TEST_F(sync_pull, a_read_only_share_can_be_pulled_and_refusals_are_clear) {
     serve("docs");  // B may use "docs" only
     write_text_file(ro_share / "manual/intro.txt", "read me\n");

@@ -92,11 +92,15 @@ void check_offer(const wire::Offer& offer, receiver_limits limits) {
         FUZZ_CHECK(ids[i].value == i && e.id() == i);
         FUZZ_CHECK(!check_wire_path(e.path()) && !is_partial_file_name(split_wire_path(e.path()).back()));
         FUZZ_CHECK(paths.insert(e.path()).second);
-        FUZZ_CHECK(e.kind() == wire::ENTRY_FILE || e.kind() == wire::ENTRY_DIR);
+        FUZZ_CHECK(e.kind() == wire::ENTRY_FILE || e.kind() == wire::ENTRY_DIR ||
+                   (e.kind() == wire::ENTRY_SYMLINK && offer.has_sync()));  // a symlink only in a sync
         const entry_info& info = r.entry(ids[i]);
         FUZZ_CHECK(info.path == e.path() && info.is_dir == (e.kind() == wire::ENTRY_DIR));
+        FUZZ_CHECK(info.is_link == (e.kind() == wire::ENTRY_SYMLINK));
+        FUZZ_CHECK(!info.is_link || (!info.link_target.empty() && info.link_target.size() <= max_link_target &&
+                                     info.link_target.find('\0') == std::string::npos));
         FUZZ_CHECK((info.mode & 06000) == 0 && (info.is_dir || (info.mode & 01000) == 0));
-        FUZZ_CHECK(info.size == (info.is_dir ? 0 : e.size()));
+        FUZZ_CHECK(info.size == (info.is_file() ? e.size() : 0));
         // Every chunk of the file has an index a Chunk message can carry.
         FUZZ_CHECK(reference_chunks(info.size) <= std::numeric_limits<std::uint32_t>::max());
         total += info.size;

@@ -173,6 +173,7 @@ struct path_index {
 struct model_file {
     std::string path;
     bool is_dir = false;
+    bool is_link = false;  // a sync's symlink: no data, answered ACCEPT_SKIP whatever the decision
     std::uint64_t size = 0;
     std::uint64_t chunks = 0;
     bool decided = false;
@@ -305,6 +306,12 @@ class receiver_driver {
             }
             bool safe = !check_wire_path(e.path()) && !is_partial_file_name(split_wire_path(e.path()).back());
             bool known_kind = e.kind() == wire::ENTRY_FILE || e.kind() == wire::ENTRY_DIR;
+            // A symlink only in a sync (the first batch says), holding what a link can hold.
+            if (e.kind() == wire::ENTRY_SYMLINK) {
+                const std::string& t = e.link_target();
+                known_kind = (first_seen_ ? sync_ : o.has_sync()) && !t.empty() && t.size() <= max_link_target &&
+                             t.find('\0') == std::string::npos && e.size() == 0;
+            }
             if (!safe || !known_kind) {
                 broken.push_back(protocol_errc::bad_path);
             }
@@ -335,6 +342,9 @@ class receiver_driver {
         o.set_last((flags & 1) != 0);
         o.set_overwrite((flags & 2) != 0);
         o.set_fsync_each((flags & 4) != 0);
+        if ((flags & 32) != 0 && !first_seen_) {
+            o.mutable_sync()->set_share("s");  // a sync: symlinks may come
+        }
         std::size_t n = bulk ? in.u16() % 64 : in.u8() % 9;
         o.set_total_files((flags & 16) != 0 ? in.u64() : files_.size() + n);
         std::vector<std::string> batch;
@@ -351,10 +361,18 @@ class receiver_driver {
                 e->set_id((sel & 0x80) != 0 ? in.u32() : static_cast<std::uint32_t>(ordinal));
                 e->set_path(read_path(in, ordinal, batch));
                 std::uint8_t kind = in.u8();
-                e->set_kind(kind % 4 == 1   ? wire::ENTRY_DIR
-                            : kind % 4 == 2 ? static_cast<wire::EntryKind>(kind)
+                e->set_kind(kind % 8 == 1   ? wire::ENTRY_DIR
+                            : kind % 8 == 2 ? static_cast<wire::EntryKind>(kind)
+                            : kind % 8 == 3 ? wire::ENTRY_SYMLINK
                                             : wire::ENTRY_FILE);
-                e->set_size(read_size(in));
+                if (kind % 8 == 3) {
+                    std::uint8_t t = in.u8();  // mostly a short target; else empty, NUL or too long
+                    e->set_link_target(t < 200   ? std::string(1 + t % 16, 'a' + t % 26)
+                                       : t < 220 ? std::string()
+                                       : t < 240 ? std::string("a\0b", 3)
+                                                 : std::string(max_link_target + t % 2, 'x'));
+                }
+                e->set_size(kind % 8 == 3 && (kind & 0x80) == 0 ? 0 : read_size(in));
                 e->set_mode((sel & 0x40) != 0 ? in.u32() : 0644);
                 e->set_mtime_ns(static_cast<std::int64_t>(in.u64()));
             }
@@ -375,6 +393,7 @@ class receiver_driver {
         }
         if (!first_seen_) {
             first_seen_ = true;
+            sync_ = o.has_sync();
             transfer_id_ = o.transfer_id();
             overwrite_ = o.overwrite();
             fsync_each_ = o.fsync_each();
@@ -387,11 +406,14 @@ class receiver_driver {
             model_file f;
             f.path = e.path();
             f.is_dir = e.kind() == wire::ENTRY_DIR;
-            f.size = f.is_dir ? 0 : e.size();
+            f.is_link = e.kind() == wire::ENTRY_SYMLINK;
+            f.size = f.is_dir || f.is_link ? 0 : e.size();
             f.chunks = static_cast<std::uint64_t>(reference_chunks(f.size));
             const entry_info& info = machine_.entry(ids[i]);
             FUZZ_CHECK(info.path == f.path && info.is_dir == f.is_dir && info.size == f.size);
-            FUZZ_CHECK(info.mode == (e.mode() & (f.is_dir ? 01777u : 0777u)));  // never setuid/setgid
+            FUZZ_CHECK(info.is_link == f.is_link && info.link_target == (f.is_link ? e.link_target() : ""));
+            // Never setuid/setgid; a symlink's own bits mean nothing.
+            FUZZ_CHECK(info.mode == (f.is_link ? 0777u : e.mode() & (f.is_dir ? 01777u : 0777u)));
             FUZZ_CHECK(info.mtime_ns == e.mtime_ns());
             paths_.add(f.path, !f.is_dir);
             total_bytes_ += f.size;
@@ -459,7 +481,7 @@ class receiver_driver {
             model_file& f = files_[d.id.value];
             FUZZ_CHECK(fa.id() == d.id.value);
             f.decided = true;
-            if (f.is_dir || d.kind == wire::ACCEPT_SKIP) {
+            if (f.is_dir || f.is_link || d.kind == wire::ACCEPT_SKIP) {
                 FUZZ_CHECK(fa.kind() == (f.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP) && fa.have().empty());
                 if (!f.is_dir) {
                     ++skipped_files_;
@@ -697,6 +719,7 @@ class receiver_driver {
     std::deque<pending_write> writes_;
     std::unordered_set<std::uint64_t> writing_;
     bool first_seen_ = false;
+    bool sync_ = false;  // the first batch carried a SyncTarget
     bool last_seen_ = false;
     std::uint64_t transfer_id_ = 0;
     bool overwrite_ = false;

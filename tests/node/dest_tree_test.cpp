@@ -242,7 +242,7 @@ TEST_F(DestTree, SymlinkAtFinalNameIsRefusedEvenWithOverwrite) {
 // the file's rename goes over the link, the folder is made after the link is removed, and
 // nothing lands where a link pointed. A symlink deeper in a path is still refused.
 TEST_F(DestTree, ASyncTreeReplacesSymlinksInTheWayWithoutFollowingThem) {
-    tree_.set_replace_symlinks(true);
+    tree_.set_mirror(true);
     fs::create_directory_symlink(outside_.path(), root() / "dir");
     write_text(outside_.path() / "victim", "keep");
     fs::create_symlink(outside_.path() / "victim", root() / "file");
@@ -276,6 +276,83 @@ TEST_F(DestTree, ASyncTreeReplacesSymlinksInTheWayWithoutFollowingThem) {
     fs::create_directory_symlink(outside_.path(), root() / "real/link");
     EXPECT_TRUE(is_symlink_refusal(check(tree_, "real/link/deeper/f", false)));
     EXPECT_EQ(names_in(outside_.path()), std::vector<std::string>{"victim"});
+}
+
+// A sync's symlink: made under the partial name and renamed over a file or link there,
+// with its own mtime; identical only with the same target and mtime; never followed.
+TEST_F(DestTree, ASyncsSymlinkReplacesAFileOrLinkButNeverFollowsOne) {
+    tree_.set_mirror(true);
+    write_text(outside_.path() / "victim", "keep");
+    fs::create_symlink(outside_.path() / "victim", root() / "l");
+    write_text(root() / "f", "a file");
+    bool identical = true;
+    bool exists = false;
+    ASSERT_EQ(tree_.check_link("new", "t", test_mtime_ns, identical, false, exists), std::error_code{});
+    EXPECT_FALSE(identical);
+    EXPECT_FALSE(exists);
+    ASSERT_EQ(tree_.check_link("l", "t", test_mtime_ns, identical, false, exists), std::error_code{});
+    EXPECT_FALSE(identical);
+    EXPECT_TRUE(exists);
+    for (const char* name : {"l", "f", "new", "sub/new"}) {
+        ASSERT_EQ(tree_.make_link(name, "../x y", test_mtime_ns), std::error_code{}) << name;
+        EXPECT_EQ(fs::read_symlink(root() / name), "../x y") << name;
+        struct stat st {};
+        ASSERT_EQ(::lstat((root() / name).c_str(), &st), 0);
+        EXPECT_EQ(st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec, test_mtime_ns) << name;
+        ASSERT_EQ(tree_.check_link(name, "../x y", test_mtime_ns, identical, false, exists), std::error_code{});
+        EXPECT_TRUE(identical) << name;
+        ASSERT_EQ(tree_.check_link(name, "../x z", test_mtime_ns, identical, false, exists), std::error_code{});
+        EXPECT_FALSE(identical) << name;  // another target
+        ASSERT_EQ(tree_.check_link(name, "../x y", test_mtime_ns + 1'000'000'000, identical, false, exists),
+                  std::error_code{});
+        EXPECT_FALSE(identical) << name;  // another mtime
+    }
+    EXPECT_EQ(read_text(outside_.path() / "victim"), "keep");
+    EXPECT_EQ(names_in(outside_.path()), std::vector<std::string>{"victim"});
+    fs::create_directory(root() / "dir");
+    EXPECT_EQ(tree_.check_link("dir", "t", test_mtime_ns, identical, false, exists), dest_errc::is_dir);
+}
+
+// A folder where a sync's file or symlink goes: removed with what it holds, except what
+// `keep` protects (then it stays, dest_errc::is_dir); with no `keep`, only an empty one.
+// A dry run removes nothing and lists the same.
+TEST_F(DestTree, ClearFolderRemovesAFolderInTheWayUnlessSomethingInItIsKept) {
+    fs::create_directories(root() / "d/sub");
+    write_text(root() / "d/a", "a");
+    write_text(root() / "d/sub/b", "b");
+    fs::create_directory_symlink(outside_.path(), root() / "d/link");
+    write_text(outside_.path() / "victim", "keep");
+    fs::create_directory(root() / "empty");
+    auto remove_all = [](const std::string&, bool) { return dest_tree::verdict::remove; };
+    auto keep_b = [](const std::string& p, bool) {
+        return p == "d/sub/b" ? dest_tree::verdict::keep_whole : dest_tree::verdict::remove;
+    };
+    std::vector<dest_tree::removed_entry> removed;
+    std::string where;
+    EXPECT_EQ(tree_.clear_folder("d", nullptr, false, removed, where), dest_errc::is_dir);  // not empty
+    EXPECT_TRUE(removed.empty());
+    EXPECT_EQ(tree_.clear_folder("d", keep_b, false, removed, where), dest_errc::is_dir);
+    EXPECT_TRUE(fs::exists(root() / "d/sub/b"));
+    EXPECT_FALSE(fs::exists(root() / "d/a"));
+    EXPECT_FALSE(fs::exists(fs::symlink_status(root() / "d/link")));  // the link itself went
+    removed.clear();
+    write_text(root() / "d/a", "a");
+    fs::create_directory_symlink(outside_.path(), root() / "d/link");
+    ASSERT_EQ(tree_.clear_folder("d", remove_all, true, removed, where), std::error_code{});  // dry run
+    EXPECT_EQ(removed.size(), 5u);  // a, link, sub/b, sub, d
+    EXPECT_TRUE(fs::exists(root() / "d/sub/b"));
+    removed.clear();
+    ASSERT_EQ(tree_.clear_folder("d", remove_all, false, removed, where), std::error_code{});
+    EXPECT_EQ(removed.size(), 5u);
+    EXPECT_EQ(removed.back().path, "d");
+    EXPECT_FALSE(fs::exists(fs::symlink_status(root() / "d")));
+    EXPECT_EQ(names_in(outside_.path()), std::vector<std::string>{"victim"});
+    removed.clear();
+    ASSERT_EQ(tree_.clear_folder("empty", nullptr, false, removed, where), std::error_code{});
+    EXPECT_FALSE(fs::exists(root() / "empty"));
+    // The name is free again (no stale folder descriptor of the tree's stands in the way).
+    ASSERT_EQ(tree_.make_link("d", "t", test_mtime_ns), std::error_code{});
+    EXPECT_TRUE(fs::is_symlink(root() / "d"));
 }
 
 TEST_F(DestTree, SymlinkAtPartialNameIsRefused) {

@@ -63,6 +63,31 @@ TEST(source_tree_test, folders_are_walked_in_name_order_and_odd_entries_are_skip
     EXPECT_NE(notes.find("(a ferry partial file)"), std::string::npos) << notes;
 }
 
+// `ferry sync`'s scan keeps a symlink as an entry of its own (its target read, never
+// followed, even to a folder), and still skips special files.
+TEST(source_tree_test, a_syncs_scan_keeps_symlinks_as_links_and_skips_special_files) {
+    test::temp_dir tmp{"ferry-scan"};
+    fs::path root = tmp.path() / "src";
+    write(root / "sub/f.txt", "ff");
+    fs::create_directory_symlink("sub", root / "dir-link");
+    fs::create_symlink("/nowhere/at all", root / "dangling");
+    ASSERT_EQ(::mkfifo((root / "fifo").c_str(), 0600), 0);
+
+    source_tree t;
+    std::string error;
+    ASSERT_EQ(scan_contents(root, exclude_set{}, t, error), std::error_code{}) << error;
+    EXPECT_EQ(wire_paths(t), (std::vector<std::string>{"dangling", "dir-link", "sub", "sub/f.txt"}));
+    EXPECT_TRUE(t.entries[0].is_link);
+    EXPECT_EQ(t.entries[0].link_target, "/nowhere/at all");
+    EXPECT_TRUE(t.entries[1].is_link);
+    EXPECT_FALSE(t.entries[1].is_dir);  // not walked into
+    EXPECT_EQ(t.entries[1].link_target, "sub");
+    EXPECT_EQ(t.entries[1].size, 0u);
+    EXPECT_FALSE(t.entries[1].is_file());
+    EXPECT_EQ(t.total_bytes, 2u);
+    EXPECT_EQ(t.skipped_paths, std::vector<std::string>{"fifo"});
+}
+
 TEST(source_tree_test, files_go_by_base_name_and_trailing_slashes_do_not_matter) {
     test::temp_dir tmp{"ferry-scan"};
     write(tmp.path() / "x" / "notes.txt", "n");

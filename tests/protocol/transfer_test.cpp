@@ -1221,6 +1221,79 @@ TEST(ReceiverMachine, RefusesUnknownEntryKindAndHugeFile) {
     }
 }
 
+TEST(TransferLoopback, ASyncsSymlinkTravelsAsItsTargetAndIsNeverSentData) {
+    transfer_options sync;
+    sync.sync.emplace();
+    sync.sync->set_share("www");
+    entry_info link;
+    link.path = "d/link";
+    link.is_link = true;
+    link.link_target = "../some where/\xff";  // any bytes but NUL
+    link.mtime_ns = test_mtime_ns;
+    loopback lb({dir_entry("d"), link, file_entry("d/f", 5)}, sync);
+    wire::Offer offer = lb.sender().make_offer(0);
+    ASSERT_EQ(offer.entries_size(), 3);
+    EXPECT_EQ(offer.entries(1).kind(), wire::ENTRY_SYMLINK);
+    EXPECT_EQ(offer.entries(1).link_target(), link.link_target);
+    EXPECT_EQ(offer.entries(1).size(), 0u);
+    // The receiver makes the link itself and answers ACCEPT_SKIP with what it did.
+    lb.exchange_offers([](file_id id) {
+        receiver_machine::decision d = accept_all(id);
+        if (id == file_id{1}) {
+            d.kind = wire::ACCEPT_SKIP;
+            d.action = wire::SYNC_CREATE;
+        }
+        return d;
+    });
+    const entry_info& got = lb.receiver().entry(file_id{1});
+    EXPECT_TRUE(got.is_link);
+    EXPECT_FALSE(got.is_file());
+    EXPECT_EQ(got.link_target, link.link_target);
+    EXPECT_EQ(got.mode, 0777u);
+    EXPECT_TRUE(lb.receiver().finished(file_id{1}));
+    EXPECT_EQ(lb.sender().action(file_id{1}), wire::SYNC_CREATE);
+    // No chunk of it is handed out, and none is taken.
+    std::vector<in_flight> chunks = lb.pull_chunks();
+    ASSERT_EQ(chunks.size(), 1u);
+    EXPECT_EQ(chunks[0].ref.file, file_id{2});
+    EXPECT_EQ(lb.receiver().on_chunk(chunk_header(file_id{1}, chunk_index{0}, 1), 1), protocol_errc::unknown_file);
+    lb.deliver(chunks[0]);
+    EXPECT_EQ(lb.finish(), std::error_code{});
+    EXPECT_TRUE(lb.sender().finished());
+}
+
+TEST(ReceiverMachine, RefusesASymlinkOutsideASyncOrWithATargetNoLinkCanHold) {
+    auto link_offer = [](std::string target, bool sync, std::uint64_t size = 0) {
+        wire::Offer o = raw_offer({{0, "l"}});
+        o.mutable_entries(0)->set_kind(wire::ENTRY_SYMLINK);
+        o.mutable_entries(0)->set_size(size);
+        o.mutable_entries(0)->set_link_target(std::move(target));
+        if (sync) {
+            o.mutable_sync()->set_share("www");
+        }
+        return o;
+    };
+    {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, link_offer("ok", true)), std::error_code{});
+    }
+    for (const wire::Offer& bad : {link_offer("ok", false), link_offer("", true), link_offer(std::string("a\0b", 3), true),
+                                   link_offer(std::string(max_link_target + 1, 'x'), true), link_offer("ok", true, 10)}) {
+        receiver_machine r;
+        EXPECT_EQ(offer_error(r, bad), protocol_errc::bad_path);
+    }
+    {
+        receiver_machine r;  // a link is not a folder: nothing may lie in it
+        wire::Offer o = link_offer("/etc", true);
+        wire::Entry* e = o.add_entries();
+        e->set_id(1);
+        e->set_path("l/passwd");
+        e->set_kind(wire::ENTRY_FILE);
+        o.set_total_files(2);
+        EXPECT_EQ(offer_error(r, o), protocol_errc::duplicate_path);
+    }
+}
+
 TEST(ReceiverMachine, RefusesSizesNear2To64) {
     // chunk_count() once wrapped for these sizes, to 0 chunks, and the file was accepted as
     // an "empty" file of 2^64-1 bytes (found by receiver_machine_fuzz).

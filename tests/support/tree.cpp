@@ -86,6 +86,9 @@ std::string compare_trees(const fs::path& a, const fs::path& b) {
     if (sa.st_mtim.tv_sec != sb.st_mtim.tv_sec || sa.st_mtim.tv_nsec != sb.st_mtim.tv_nsec) {
         return "mtime differs: " + b.string();
     }
+    if (S_ISLNK(sa.st_mode)) {
+        return fs::read_symlink(a) == fs::read_symlink(b) ? "" : "link target differs: " + b.string();
+    }
     if (read_text_file(a) != read_text_file(b)) {
         return "bytes differ: " + b.string();
     }

@@ -14,7 +14,8 @@ void write_text_file(const std::filesystem::path& path, const std::string& text)
 std::string read_text_file(const std::filesystem::path& path);
 
 // Empty string if `a` and `b` hold the same tree (names, kinds, bytes, permission bits,
-// mtimes of files to the nanosecond); otherwise the first difference, in words.
+// mtimes of files and symlinks to the nanosecond, symlink targets; nothing followed);
+// otherwise the first difference, in words.
 std::string compare_trees(const std::filesystem::path& a, const std::filesystem::path& b);
 
 }  // namespace ferry::test
