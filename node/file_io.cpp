@@ -28,6 +28,18 @@ int open_beneath(int root_fd, const std::string& path, std::uint64_t flags) {
 
 }  // namespace
 
+int open_share_root(const std::string& canonical_dir) {
+    struct open_how how {};
+    how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW;
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    for (;;) {
+        long fd = ::syscall(SYS_openat2, AT_FDCWD, canonical_dir.c_str(), &how, sizeof how);
+        if (fd >= 0 || errno != EAGAIN) {  // EAGAIN: a rename raced the lookup
+            return static_cast<int>(fd);
+        }
+    }
+}
+
 int open_read(int root_fd, const std::string& path) {
     return root_fd < 0 ? ::open(path.c_str(), O_RDONLY | O_CLOEXEC) : open_beneath(root_fd, path, O_RDONLY);
 }

@@ -29,6 +29,12 @@ std::error_code list_folder(int dir_fd, std::vector<std::string>& names);
 int open_read(int root_fd, const std::string& path);
 // stat of `path` the same way (without following a symlink when `root_fd` >= 0).
 int stat_at(int root_fd, const std::string& path, struct stat& st);
+// Opens a share's folder, given by its canonical path (symlinks resolved when the share
+// was configured), refusing any symlink on the way (openat2 RESOLVE_NO_SYMLINKS): a peer
+// that may write to a share holding another share's folder cannot swap a link in for that
+// folder, or for one above it, and so move the other share. Returns an fd, or -1 with
+// errno set (ELOOP or ENOTDIR: a symlink is there now).
+int open_share_root(const std::string& canonical_dir);
 
 // A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch.
 inline std::int64_t timespec_ns(const struct timespec& t) {

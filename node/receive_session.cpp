@@ -532,8 +532,8 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
 }
 
 void receive_session::next_offer() {
-    if (offer_busy_ || offers_.empty() || failed_) {
-        return;
+    if (offer_busy_ || offers_.empty() || failed_ || machine_.in_progress() >= max_files_in_progress) {
+        return;  // (a file that finishes calls again)
     }
     offer_busy_ = true;
     auto [ids, offered_so_far] = std::move(offers_.front());
@@ -566,16 +566,20 @@ void receive_session::next_offer() {
         std::filesystem::path share_dir;
         std::string path;
         // A folder where SRC has a file or a symlink: with --delete removed with what it
-        // holds (never what an exclude pattern matches); else only when empty.
-        std::function<dest_tree::verdict(const std::string&, bool)> in_the_way;
+        // holds (never what an exclude pattern matches); else only when empty. Never one
+        // that is excluded or inside an excluded folder.
+        bool del = false;
+        exclude_set excludes;
     } sync;
     std::shared_ptr<local_basis> basis;
+    std::shared_ptr<std::unordered_set<std::string>> absent;
     if (const wire::SyncTarget* t = sync_target()) {
-        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_, nullptr};
-        if (t->delete_()) {
-            sync.in_the_way = [excludes = excludes_](const std::string& path, bool is_dir) {
-                return excludes.excluded(path, is_dir) ? dest_tree::verdict::keep_whole : dest_tree::verdict::remove;
-            };
+        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_, t->delete_(), excludes_};
+        if (t->dry_run()) {
+            if (!dry_absent_) {
+                dry_absent_ = std::make_shared<std::unordered_set<std::string>>();
+            }
+            absent = dry_absent_;
         }
         if (!t->dry_run()) {
             if (!basis_) {
@@ -584,8 +588,11 @@ void receive_session::next_offer() {
             basis = basis_;
         }
     }
+    if (!absent) {
+        absent = std::make_shared<std::unordered_set<std::string>>();  // this batch's alone
+    }
     ctx_.workers.post([self = shared_from_this(), items = std::move(items), known = std::move(known), tree, root,
-                       journals, overwrite, need, sync = std::move(sync), basis,
+                       journals, overwrite, need, sync = std::move(sync), basis, absent,
                        pinned = pinned_bases_]() mutable {
         std::string error;
         exit_code code = exit_code::transfer_failed;
@@ -603,17 +610,31 @@ void receive_session::next_offer() {
         bool nothing_there = false;
         try {
             std::shared_ptr<dest_tree> opened;
-            if (!tree && sync.on && !sync.path.empty()) {
-                // Made and opened inside the share without following a symlink, like every
-                // entry: the tree's root is that folder's own descriptor.
-                dest_tree share(sync.share_dir);
-                std::error_code ec = share.make_dir(sync.path, !sync.dry_run, &nothing_there);
-                int fd = ec || nothing_there ? -1 : share.open_dir(sync.path, ec);
-                if (ec) {
-                    throw std::system_error(ec, sync.path);
+            if (!tree && sync.on) {
+                // The share's folder with no symlink on its path (one a writer of an outer
+                // share swapped in would move this share), and SHARE/path made and opened
+                // inside it without following one, like every entry: the tree's root is
+                // that folder's own descriptor.
+                int share_fd = open_share_root(sync.share_dir.string());
+                if (share_fd < 0) {
+                    throw std::system_error(errno, std::system_category(),
+                                            errno == ELOOP || errno == ENOTDIR
+                                                ? "the share's folder is no longer a folder reached without a "
+                                                  "symlink (one was put on its path)"
+                                                : "the share's folder cannot be opened");
                 }
-                if (fd >= 0) {
-                    opened = std::make_shared<dest_tree>(root, fd);
+                auto share = std::make_shared<dest_tree>(sync.share_dir, share_fd);
+                if (sync.path.empty()) {
+                    opened = std::move(share);
+                } else {
+                    std::error_code ec = share->make_dir(sync.path, !sync.dry_run, &nothing_there);
+                    int fd = ec || nothing_there ? -1 : share->open_dir(sync.path, ec);
+                    if (ec) {
+                        throw std::system_error(ec, sync.path);
+                    }
+                    if (fd >= 0) {
+                        opened = std::make_shared<dest_tree>(root, fd);
+                    }
                 }
             }
             if (!tree && !nothing_there) {
@@ -652,8 +673,8 @@ void receive_session::next_offer() {
         std::vector<basis_file> basis_fds;  // and that version, open (handed to the file's sink)
         std::vector<bool> identical(items.size(), false);
         std::vector<bool> exists(items.size(), false);  // a regular file is there (identical or not)
-        // A sync's file or symlink whose name a folder takes: that folder goes first
-        // (sync_view::in_the_way), with what it holds. What went (or, in a dry run, would).
+        // A sync's file or symlink whose name a folder takes: that folder goes first, with
+        // what it holds (sync_view: --delete, excludes). What went (or, in a dry run, would).
         std::vector<bool> folder_there(items.size(), false);
         std::vector<dest_tree::removed_entry> cleared;
         // Removes (or with `dry` only looks at) the folder where item i goes: false, with
@@ -661,12 +682,29 @@ void receive_session::next_offer() {
         auto clear_folder = [&](std::size_t i, bool dry) {
             std::string where;
             std::vector<dest_tree::removed_entry> gone;
-            std::error_code ec = tree->clear_folder(items[i].e.path, sync.in_the_way, dry, gone, where);
+            std::error_code ec;
+            if (sync.excludes.excluded_or_inside(items[i].e.path, true)) {
+                ec = dest_errc::is_dir;  // an excluded folder is never SRC's to remove
+            } else {
+                std::function<dest_tree::verdict(const std::string&, bool)> keep;
+                if (sync.del) {
+                    keep = [&](const std::string& path, bool is_dir) {
+                        return sync.excludes.excluded(path, is_dir) ? dest_tree::verdict::keep_whole
+                                                                    : dest_tree::verdict::remove;
+                    };
+                }
+                ec = tree->clear_folder(items[i].e.path, keep, dry, gone, where);
+            }
+            // What went is reported even when the walk failed later on.
+            if (dry == sync.dry_run && !(sync.dry_run && sync.del)) {
+                cleared.insert(cleared.end(), gone.begin(), gone.end());
+            }
             if (ec == dest_errc::is_dir) {
                 error = items[i].e.path + ": a folder is in the way of this " +
                         (items[i].e.is_link ? "symlink" : "file") +
-                        (sync.in_the_way ? " and holds excluded paths or ferry's partial files"
-                                         : "; it is not empty (--delete removes it)");
+                        (sync.excludes.excluded_or_inside(items[i].e.path, true) ? " and is excluded"
+                         : sync.del ? " and holds excluded paths or ferry's partial files"
+                                    : "; it is not empty (--delete removes it)");
                 code = exit_code::transfer_failed;
                 return false;
             }
@@ -674,11 +712,6 @@ void receive_session::next_offer() {
                 error = "could not delete " + where + ": " + ec.message();
                 code = exit_code::local_io;
                 return false;
-            }
-            // A dry run with --delete leaves the report to its prune, which finds the
-            // folder there (offered as a file).
-            if (dry == sync.dry_run && !(sync.dry_run && sync.in_the_way)) {
-                cleared.insert(cleared.end(), gone.begin(), gone.end());
             }
             return true;
         };
@@ -772,7 +805,7 @@ void receive_session::next_offer() {
         // Folders of the batch found missing by the check: what they hold is not there
         // either (parents come before their contents in an offer), so it is not looked
         // for, neither by the check nor after the second pass made the folder.
-        std::unordered_set<std::string_view> absent;
+        // (A dry run's set lives on over its batches: `absent` then is the session's.)
         for (bool create : {false, true}) {
             if (!tree) {
                 if (error.empty()) {
@@ -792,7 +825,7 @@ void receive_session::next_offer() {
                     // A sync's symlink: looked at by the check, made (or renamed over what
                     // is there) by the second pass. Nothing is sent either way.
                     std::error_code ec;
-                    if (!create && !absent.contains(wire_parent(e.path))) {
+                    if (!create && !absent->contains(std::string(wire_parent(e.path)))) {
                         bool there = false;
                         ec = tree->check_link(e.path, e.link_target, e.mtime_ns, same, false, there);
                         if (ec == dest_errc::is_dir) {
@@ -820,10 +853,10 @@ void receive_session::next_offer() {
                     }
                     continue;
                 }
-                if (absent.contains(wire_parent(e.path))) {
+                if (absent->contains(std::string(wire_parent(e.path)))) {
                     if (!create) {
                         if (e.is_dir) {
-                            absent.insert(e.path);
+                            absent->insert(e.path);
                         }
                         continue;
                     }
@@ -858,7 +891,7 @@ void receive_session::next_offer() {
                                                                  create ? nullptr : &is_there,
                                                                  create ? nullptr : &mode_there[i]);
                 if (missing) {
-                    absent.insert(e.path);
+                    absent->insert(e.path);
                 }
                 if (ec == dest_errc::is_dir && sync.on && !create) {
                     ec.clear();
@@ -992,7 +1025,8 @@ void receive_session::next_offer() {
                 if (self->sinks_.size() <= d.id.value) {
                     self->sinks_.resize(d.id.value + 1);
                 }
-                if (const entry_info& e = self->machine_.entry(d.id); e.is_file()) {
+                // A file that comes (a skipped one has nothing to write, and no sink).
+                if (const entry_info& e = self->machine_.entry(d.id); e.is_file() && d.kind != wire::ACCEPT_SKIP) {
                     auto sink = std::make_shared<sink_file>();
                     sink->resumed = d.kind == wire::ACCEPT_PARTIAL;
                     sink->action = d.action;
@@ -1040,6 +1074,7 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
     given_up_.push_back({e.path, printable(abort.reason()), abort.vanished()});
     dirty_.erase(f.value);
     drop_partial(f);
+    next_offer();  // one fewer in progress
     check_all_done();
 }
 
@@ -1477,6 +1512,7 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
         ++files_done_;
         report_done(f);
     }
+    next_offer();  // one fewer in progress
     check_all_done();
 }
 
@@ -1517,6 +1553,8 @@ void receive_session::report_done(file_id f) {
         return;
     }
     files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action);
+    sinks_[f.value].reset();  // final and reported: nothing more comes for it
+    machine_.release(f);
 }
 
 void receive_session::check_all_done() {
@@ -1530,6 +1568,7 @@ void receive_session::check_all_done() {
         bool renamed = !machine_.offered_file(sink.from);
         files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action,
                     renamed ? std::string_view(sink.from) : std::string_view());
+        sinks_[f.value].reset();
     }
     maybe_renamed_.clear();
     flush_acks();

@@ -109,6 +109,10 @@ private:
     // Offer batches wait in queued_offers_ and are checked one per loop turn (at most
     // max_queued_offers wait: beyond that they are checked as they come).
     static constexpr std::size_t max_queued_offers = 8;
+    // No batch is decided while this many accepted files are still to come: their sinks
+    // and chunk state are what a tree of 200,000 files would otherwise hold all at once
+    // (the sender has that many files' chunks to send meanwhile).
+    static constexpr std::uint64_t max_files_in_progress = 8192;
     void queue_offer(wire::Offer offer);
     void post_offer_turn();
     void take_offer();  // checks the first of queued_offers_
@@ -194,6 +198,9 @@ private:
     // Sync: the files already under the sync's folder, where a new path may start from (a
     // rename or copy at SRC). Filled by the offer worker the first time it needs it.
     std::shared_ptr<struct local_basis> basis_;
+    // A dry run's folders found missing (or in the way of a file or link), over all its
+    // batches: a later batch's entries in them are not there either (nothing is made).
+    std::shared_ptr<std::unordered_set<std::string>> dry_absent_;
     std::size_t pinned_bases_ = 0;  // older versions held open by sinks (basis_fd), roughly
     // The sync target (the first batch's), once open_sync_target took it; null otherwise.
     const wire::SyncTarget* sync_target() const { return share_dir_.empty() ? nullptr : &*machine_.sync(); }

@@ -110,6 +110,9 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
         if (fa.id() != i) {
             return protocol_errc::unknown_file;
         }
+        if (entries_[i].is_link && fa.kind() != wire::ACCEPT_SKIP) {
+            return protocol_errc::unexpected_message;  // the receiver makes a link itself
+        }
         file_state& f = files_[i];
         f.accepted = true;
         f.action = fa.action();
@@ -322,10 +325,12 @@ wire::FileDone sender_machine::file_done(std::uint32_t id) const {
     return d;
 }
 
-void sender_machine::requeue(const chunk_ref& ref) {
-    if (!files_.at(ref.file.value).aborted) {
-        requeued_.push_front(ref);
+bool sender_machine::requeue(const chunk_ref& ref) {
+    if (const file_state& f = files_.at(ref.file.value); f.aborted || f.released) {
+        return false;
     }
+    requeued_.push_front(ref);
+    return true;
 }
 
 std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released) {
@@ -333,6 +338,9 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     chunk_index idx = chunk_key_index(key);
     // Only files whose chunks are sent have acked bits: a directory, a skipped file or a
     // file not yet accepted has none, and an ack for it is the peer's error.
+    if (fid.value < files_.size() && files_[fid.value].released && idx.value < files_[fid.value].chunks) {
+        return 0;  // every chunk of it was confirmed before its result: a late duplicate
+    }
     if (fid.value >= files_.size() || !files_[fid.value].work || idx.value >= files_[fid.value].work->acked_bits.size()) {
         ec = protocol_errc::unknown_file;
         return 0;
@@ -442,6 +450,9 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (offer.total_files() > limits_.max_files) {
             return protocol_errc::too_many_files;
         }
+        // Room for them all at once: no doubling (200,000 files: the old and the new
+        // arrays both held while one is copied). Capped: the count is the peer's word.
+        files_.reserve(std::min<std::uint64_t>(offer.total_files(), std::uint64_t{1} << 18));
     } else if (offer.transfer_id() != transfer_id_ || offer.has_sync()) {
         return protocol_errc::unexpected_message;
     }
@@ -589,6 +600,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
     a.set_transfer_id(transfer_id_);
     for (const decision& d : decisions) {
         file_state& f = files_.at(d.id.value);
+        decided_files_ += f.decided ? 0 : 1;
         f.decided = true;
         wire::FileAccept* fa = a.add_files();
         fa->set_id(d.id.value);
@@ -608,22 +620,24 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             ++finished_files_;
             continue;
         }
-        f.have = chunk_bitmap(f.chunks);
-        f.digests.assign(f.chunks, digest128{});
+        f.data = std::make_unique<file_state::chunk_data>();
+        file_state::chunk_data& fd = *f.data;
+        fd.have = chunk_bitmap(f.chunks);
+        fd.digests.assign(f.chunks, digest128{});
         f.implicit_done = f.chunks == 1;
         fa->set_kind(d.kind);
         if (d.kind == wire::ACCEPT_PARTIAL && d.have && d.have->size() == f.chunks &&
             d.have_digests.size() == f.chunks) {
-            f.have = *d.have;
-            f.claimed = *d.have;
-            f.have_count = f.have.count();
-            f.digests = d.have_digests;
+            fd.have = *d.have;
+            fd.claimed = *d.have;
+            f.have_count = fd.have.count();
+            fd.digests = d.have_digests;
             for (std::uint64_t c = 0; c < f.chunks; ++c) {
-                kept_bytes_ += f.have.test(c) ? chunk_length(f.info.size, c) : 0;
+                kept_bytes_ += fd.have.test(c) ? chunk_length(f.info.size, c) : 0;
             }
             f.implicit_done = false;
             f.delta = d.sums.has_value();
-            fa->set_have(f.have.to_bytes());
+            fa->set_have(fd.have.to_bytes());
             fa->set_basis(d.basis);
         } else {
             fa->set_kind(wire::ACCEPT_ALL);
@@ -663,23 +677,27 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
 
 bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 digest) {
     file_state& f = files_.at(id.value);
-    if (f.have.test(i.value) && f.digests[i.value] != digest) {
+    if (!f.data) {
+        return false;  // not a file that comes (on_chunk refuses its chunks)
+    }
+    file_state::chunk_data& fd = *f.data;
+    if (fd.have.test(i.value) && fd.digests[i.value] != digest) {
         if (!replaceable(id, i)) {
             return f.have_count == f.chunks;  // only a chunk offered when resuming is replaced, once
         }
         // A chunk it had with other bytes (resumed), replaced by the sender's.
-        f.claimed.reset(i.value);
-        f.digests[i.value] = digest;
+        fd.claimed.reset(i.value);
+        fd.digests[i.value] = digest;
         received_bytes_ += chunk_length(f.info.size, i.value);
         kept_bytes_ -= chunk_length(f.info.size, i.value);
-    } else if (!f.have.test(i.value)) {
-        f.have.set(i.value);
-        f.digests[i.value] = digest;
+    } else if (!fd.have.test(i.value)) {
+        fd.have.set(i.value);
+        fd.digests[i.value] = digest;
         ++f.have_count;
         received_bytes_ += chunk_length(f.info.size, i.value);
         if (f.implicit_done) {
             f.done_seen = true;
-            f.sender_digest = file_digest(f.digests);
+            f.sender_digest = file_digest(fd.digests);
         }
     }
     return f.have_count == f.chunks;
@@ -717,14 +735,14 @@ std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
 
 bool receiver_machine::ready(file_id id, bool& ok) const {
     const file_state& f = files_.at(id.value);
-    if (f.finished || !f.done_seen || f.have_count != f.chunks) {
+    if (f.finished || !f.done_seen || f.have_count != f.chunks || !f.data) {
         return false;
     }
-    ok = file_digest(f.digests) == f.sender_digest;
+    ok = file_digest(f.data->digests) == f.sender_digest;
     return true;
 }
 
-digest128 receiver_machine::received_digest(file_id id) const { return file_digest(files_.at(id.value).digests); }
+digest128 receiver_machine::received_digest(file_id id) const { return file_digest(digests(id)); }
 
 void receiver_machine::on_file_finished(file_id id) {
     file_state& f = files_.at(id.value);

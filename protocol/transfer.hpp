@@ -140,8 +140,8 @@ public:
     std::optional<wire::FileDone> on_chunk_hashed(const chunk_ref& ref, digest128 digest, bool* resend = nullptr);
 
     // A chunk that was taken but not delivered (its connection failed) goes back to the
-    // front of the queue.
-    void requeue(const chunk_ref& ref);
+    // front of the queue. False (dropped) when its file was given up on or released.
+    bool requeue(const chunk_ref& ref);
 
     // Receiver-confirmed chunk. Returns the confirmed payload bytes it adds. When it was
     // the last chunk of a file sent again (see on_chunk_hashed), the file's FileDone,
@@ -158,6 +158,17 @@ public:
     std::uint64_t aborted_files() const { return aborted_files_; }
 
     std::error_code on_file_result(const wire::FileResult& result);
+    // Once a file's result is in and reported: what its chunks needed (bitmaps, digests,
+    // the receiver's sums) goes, about 500 bytes a file. basis(), resumed(),
+    // sent_nothing() and basis_of() then answer as for a file sent whole; a late
+    // duplicate ack of it is ignored, a requeue of it dropped.
+    void release(file_id f) {
+        file_state& s = files_.at(f.value);
+        if (s.result && !s.aborted && s.work) {
+            s.work.reset();
+            s.released = true;
+        }
+    }
     std::error_code on_transfer_result(const wire::TransferResult& result);
 
     std::uint64_t transfer_id() const { return transfer_id_; }
@@ -224,6 +235,7 @@ private:
         bool result = false;
         bool aborted = false;    // abort_file()
         bool done_held = false;  // FileDone waits for the acks of resent chunks
+        bool released = false;   // release(): its file_work is gone
         wire::SyncAction action = wire::SYNC_NONE;
         std::uint64_t chunks = 0;
         std::uint64_t next = 0;    // scheduling cursor
@@ -312,18 +324,21 @@ public:
     // all its chunks (and may be ready to finalize, see ready()).
     bool on_chunk_written(file_id f, chunk_index i, digest128 digest);
 
-    bool has_chunk(file_id f, chunk_index i) const { return files_.at(f.value).have.test(i.value); }
+    bool has_chunk(file_id f, chunk_index i) const {
+        const auto& d = files_.at(f.value).data;
+        return d && d->have.test(i.value);
+    }
     // The chunk is here with these very bytes (a duplicate after a requeue): drop it and
     // re-ack. A chunk here with another digest (a resumed file whose source changed, or
     // whose partial data was damaged) is written again.
     bool holds(file_id f, chunk_index i, digest128 d) const {
-        const file_state& fs = files_.at(f.value);
-        return fs.have.test(i.value) && (fs.digests[i.value] == d || !replaceable(f, i));
+        const auto& fd = files_.at(f.value).data;
+        return fd && fd->have.test(i.value) && (fd->digests[i.value] == d || !replaceable(f, i));
     }
     // A chunk this side offered when resuming, which the sender may replace once.
     bool replaceable(file_id f, chunk_index i) const {
-        const file_state& fs = files_.at(f.value);
-        return fs.claimed.size() > i.value && fs.claimed.test(i.value);
+        const auto& fd = files_.at(f.value).data;
+        return fd && fd->claimed.size() > i.value && fd->claimed.test(i.value);
     }
 
     std::error_code on_file_done(const wire::FileDone& done);
@@ -343,13 +358,23 @@ public:
 
     // The node finished the file (renamed into place, or failed).
     void on_file_finished(file_id f);
+    // Files decided and not finished yet: what the node holds chunk state and open files
+    // for (it takes no more batches while too many are).
+    std::uint64_t in_progress() const { return decided_files_ - finished_files_; }
+    // A finished file's chunk state (bitmaps, digests) goes once the node is done with it
+    // (received_digest() then no longer answers for it).
+    void release(file_id f) {
+        if (file_state& s = files_.at(f.value); s.finished) {
+            s.data.reset();
+        }
+    }
 
     const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
-    // Every path the batches offered (-> is a regular file), and every folder an offered
+    // Every path the batches offered (-> not a folder: a file or a symlink), and every folder an offered
     // path lies in (-> false), moved out: for the receiver's clean-up once the last batch
     // is in (the machine no longer needs them then).
     std::unordered_map<std::string, bool> take_paths();
-    // Whether `path` is a regular file offered so far (before take_paths).
+    // Whether `path` is a regular file or a symlink offered so far (before take_paths).
     bool offered_file(const std::string& path) const {
         auto it = paths_.find(path);
         return it != paths_.end() && it->second;
@@ -357,8 +382,16 @@ public:
     // The first batch's sync target, if it had one (`ferry sync` into a share).
     const std::optional<wire::SyncTarget>& sync() const { return sync_; }
     // The chunks of a decided file that are here, and their digests (for resume records).
-    const chunk_bitmap& have(file_id f) const { return files_.at(f.value).have; }
-    const std::vector<digest128>& digests(file_id f) const { return files_.at(f.value).digests; }
+    const chunk_bitmap& have(file_id f) const {
+        static const chunk_bitmap none;
+        const auto& d = files_.at(f.value).data;
+        return d ? d->have : none;
+    }
+    const std::vector<digest128>& digests(file_id f) const {
+        static const std::vector<digest128> none;
+        const auto& d = files_.at(f.value).data;
+        return d ? d->digests : none;
+    }
     bool finished(file_id f) const { return files_.at(f.value).finished; }
     bool all_offered() const { return last_seen_; }
     bool all_finished() const { return last_seen_ && finished_files_ == files_.size(); }
@@ -391,9 +424,14 @@ private:
         digest128 sender_digest;
         std::uint64_t chunks = 0;
         std::uint64_t have_count = 0;
-        chunk_bitmap have;
-        chunk_bitmap claimed;  // offered in ACCEPT_PARTIAL and not yet replaced: the only chunks a different digest may replace
-        std::vector<digest128> digests;
+        // The chunks of a file that comes (decided, not skipped): made by accept(), so
+        // that the files a sync finds unchanged cost only their file_state.
+        struct chunk_data {
+            chunk_bitmap have;
+            chunk_bitmap claimed;  // offered in ACCEPT_PARTIAL and not yet replaced: the only chunks a different digest may replace
+            std::vector<digest128> digests;
+        };
+        std::unique_ptr<chunk_data> data;
     };
 
     // Records an offered path: refused if offered before, if it is a file and a folder
@@ -415,6 +453,7 @@ private:
     std::uint64_t skipped_bytes_ = 0;
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t finished_files_ = 0;
+    std::uint64_t decided_files_ = 0;
     std::uint64_t aborted_files_ = 0;
     std::uint64_t total_dirs_ = 0;
 };

@@ -62,17 +62,24 @@ protected:
         }
     }
 
-    // `ferry serve` for A with a writable share "www" and a read-only "docs"; B trusts A
-    // as "ay" at its address (and A trusts B, limited to `b_shares` when given).
-    void serve(const std::string& b_shares = "") {
+    // `ferry serve` for A with a writable share "www" and a read-only "docs" (or the
+    // `shares` given: NAME=DIR[:rw] each); B trusts A as "ay" at its address (and A trusts
+    // B, limited to `b_shares` when given).
+    void serve(const std::string& b_shares = "", std::vector<std::string> shares = {}) {
         std::vector<std::string> trust{"trust", "--state", cli.state("A").string(), b_id, "--name", "bee"};
         if (!b_shares.empty()) {
             trust.insert(trust.end(), {"--shares", b_shares});
         }
         ASSERT_EQ(cli.ferry(trust).code, 0);
-        node = cli.start({"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--inbox",
-                          (cli.root() / "inbox").string(), "--share", "www=" + share.string() + ":rw", "--share",
-                          "docs=" + ro_share.string(), "--json"});
+        if (shares.empty()) {
+            shares = {"www=" + share.string() + ":rw", "docs=" + ro_share.string()};
+        }
+        std::vector<std::string> args{"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--inbox",
+                                      (cli.root() / "inbox").string(), "--json"};
+        for (const std::string& s : shares) {
+            args.insert(args.end(), {"--share", s});
+        }
+        node = cli.start(args);
         ASSERT_FALSE(node.address.empty());
         ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "ay", "--address", node.address})
                       .code,
@@ -631,6 +638,62 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     EXPECT_EQ(compare_trees(site, dst), "");
     EXPECT_TRUE(fs::is_symlink(dst / "abs"));
     EXPECT_TRUE(fs::is_symlink(dst / "to-dir"));
+}
+
+// What a writer's symlinks must never do: move another share kept inside its share (the
+// inner share's folder is opened with no symlink on its path), or cost an excluded folder
+// that stands where SRC has a link (never removed, even with --delete). And a dry run over
+// many offer batches sees a folder replacing a file as a real run does.
+TEST_F(sync_pull, a_writers_symlinks_cannot_move_a_share_or_remove_an_excluded_folder) {
+    // "inner" lives inside the writable share "www".
+    fs::path inner = share / "inner";
+    write_text_file(inner / "public.txt", "public\n");
+    write_text_file(cli.root() / "secret/key.txt", "secret\n");
+    serve("", {"www=" + share.string() + ":rw", "inner=" + inner.string()});
+    // The writer mirrors a tree where "inner" is a link to the secret folder into www.
+    fs::create_directory_symlink(cli.root() / "secret", src / "inner");
+    run_result planted = sync({"--delete"}, "ay:www");
+    ASSERT_EQ(planted.code, 0) << planted.err;
+    ASSERT_TRUE(fs::is_symlink(inner));
+    run_result leak = pull({}, "ay:inner");
+    EXPECT_NE(leak.code, 0);
+    EXPECT_NE(leak.err.find("symlink"), std::string::npos) << leak.err;
+    EXPECT_FALSE(fs::exists(dst / "key.txt"));
+    EXPECT_EQ(read_text_file(cli.root() / "secret/key.txt"), "secret\n");
+
+    // An excluded folder where SRC has a link stays, --delete or not.
+    fs::remove_all(src);
+    fs::create_directories(src);
+    write_text_file(share / "site/cache/data.bin", "cached\n");
+    fs::create_symlink("elsewhere", src / "cache");
+    for (const std::vector<std::string>& extra : {std::vector<std::string>{"--exclude", "cache/", "--delete"},
+                                                  std::vector<std::string>{"--exclude", "cache/", "--delete",
+                                                                           "--dry-run"}}) {
+        run_result r = sync(extra);
+        EXPECT_EQ(r.code, 2) << r.err;
+        EXPECT_NE(r.err.find("cache: a folder is in the way of this symlink and is excluded"), std::string::npos)
+            << r.err;
+        EXPECT_EQ(read_text_file(share / "site/cache/data.bin"), "cached\n");
+    }
+
+    // A file at DST where SRC now has a folder of 2,000 files (several offer batches): the
+    // dry run lists them all as created, as the real run then creates them.
+    fs::remove_all(src);
+    fs::remove_all(share / "site");
+    write_text_file(src / "many", "a file for now\n");
+    ASSERT_EQ(sync({}).code, 0);
+    fs::remove(src / "many");
+    for (int i = 0; i < 2000; ++i) {
+        write_text_file(src / "many" / ("a-longer-file-name-to-fill-offer-batches-" + std::to_string(i)), "x");
+    }
+    run_result dry = sync({"--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    EXPECT_EQ(paths_of(json_events(dry.out), "created").size(), 2000u);
+    EXPECT_TRUE(fs::is_regular_file(share / "site/many"));
+    run_result real = sync({});
+    ASSERT_EQ(real.code, 0) << real.err;
+    EXPECT_EQ(paths_of(json_events(real.out), "created").size(), 2000u);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
 TEST_F(sync_pull, a_read_only_share_can_be_pulled_and_refusals_are_clear) {
