@@ -405,11 +405,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 conns_[0].conn->send(h);
             }
             if (machine_.all_accepted() && machine_.claimed_bytes() > 0 && ctx_.events.resumed) {
-                std::uint64_t files = 0;
-                for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
-                    files += machine_.resumed(file_id{i}) ? 1 : 0;
-                }
-                ctx_.events.resumed("send", session_id_, machine_.claimed_bytes(), files);
+                ctx_.events.resumed("send", session_id_, machine_.claimed_bytes(), machine_.resumed_files());
             }
             pump_all();
             return;

@@ -144,6 +144,7 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
                 return protocol_errc::bad_chunk;
             }
             w.theirs.assign(f.chunks, digest128{});
+            ++resumed_files_;
             std::size_t next = 0;
             for (std::uint64_t c = 0; c < f.chunks && next < got; ++c) {
                 if (w.have->test(c)) {

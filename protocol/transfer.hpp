@@ -162,9 +162,12 @@ public:
     // the receiver's sums) goes, about 500 bytes a file. basis(), resumed(),
     // sent_nothing() and basis_of() then answer as for a file sent whole; a late
     // duplicate ack of it is ignored, a requeue of it dropped.
+    // Only once every chunk was handed out and hashed, none is to be sent again, and the
+    // result is in (an early FileResult from a broken peer leaves the file as it is).
     void release(file_id f) {
         file_state& s = files_.at(f.value);
-        if (s.result && !s.aborted && s.work) {
+        if (s.result && !s.aborted && s.work && s.next == s.chunks && s.hashed == s.chunks && s.resend_pending == 0) {
+            std::erase_if(requeued_, [f](const chunk_ref& r) { return r.file == f; });
             s.work.reset();
             s.released = true;
         }
@@ -186,6 +189,7 @@ public:
     // skipped_bytes(). claimed_bytes(): what the Accepts said it had.
     std::uint64_t kept_bytes() const { return kept_bytes_; }
     std::uint64_t claimed_bytes() const { return claimed_bytes_; }
+    std::uint64_t resumed_files() const { return resumed_files_; }  // accepted ACCEPT_PARTIAL
     bool all_accepted() const { return accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
@@ -266,6 +270,7 @@ private:
     std::uint64_t aborted_bytes_ = 0;  // their sizes: never confirmed
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t claimed_bytes_ = 0;
+    std::uint64_t resumed_files_ = 0;
     std::uint64_t total_bytes_ = 0;
     std::uint64_t confirmed_bytes_ = 0;
     std::uint64_t skipped_bytes_ = 0;

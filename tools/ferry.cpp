@@ -1406,14 +1406,22 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     so.overwrite = s.overwrite;
     so.fsync_each = s.fsync_each;
     so.stall_timeout = to_ms(s.stall_timeout_s);
-    so.memo = std::make_shared<ferry::digest_memo>();  // shared by the attempts (--retry-for)
     so.started = program_start;  // the rate a user can check from outside: from the command's start
-    if (sync != nullptr) {
-        // What the scan skipped (special files) is not SRC's to delete at DST.
-        if (std::string e = ferry::keep_skipped(sources, sync->target); !e.empty()) {
-            return fail(o, exit_code::usage, e);
+    // What goes with each scan: the chunk digests the attempts share (--retry-for) are
+    // kept by entry number, so a new scan starts a new memo; and for a sync, what the scan
+    // skipped (special files) is not SRC's to delete at DST.
+    const std::optional<wire::SyncTarget> base_target =
+        sync != nullptr ? std::optional<wire::SyncTarget>(sync->target) : std::nullopt;
+    auto with_scan = [&](const ferry::source_tree& scanned) -> std::string {
+        so.memo = std::make_shared<ferry::digest_memo>();
+        if (base_target) {
+            so.sync = base_target;
+            return ferry::keep_skipped(scanned, *so.sync);
         }
-        so.sync = sync->target;
+        return {};
+    };
+    if (std::string e = with_scan(sources); !e.empty()) {
+        return fail(o, exit_code::usage, e);
     }
     command_progress progress(io, o, n);
     attempt_loop loop;
@@ -1430,7 +1438,13 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         if (!have_scan) {
             std::string rescan_error;
             auto [ec, again] = scan(rescan_error);
-            if (ec) {
+            if (!ec) {
+                for (const auto& note : again.skipped) {
+                    say("skipping " + note);
+                }
+                rescan_error = with_scan(again);
+            }
+            if (ec || !rescan_error.empty()) {
                 ferry::transfer_report failed;
                 failed.code = exit_code::local_io;
                 failed.error = "cannot scan the sources again: " + rescan_error;
@@ -1461,6 +1475,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
             if (!listed.contains(f.path)) {
                 still_gone.push_back(f);
             }
+        }
+        if (!with_scan(again).empty()) {
+            return false;
         }
         sources = std::move(again);
         have_scan = true;
@@ -1517,7 +1534,10 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     if (fs::exists(dest, ec)) {
         dest = fs::canonical(dest, ec);  // DST given as a symlink to a folder: that folder (nothing inside is followed)
+    } else if (auto parent = fs::canonical(dest.parent_path(), ec); !ec) {
+        dest = parent / dest.filename();  // a new DST: its folder is opened with no symlink on the way
     }
+    ec.clear();
     if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
         return fail(o, exit_code::usage, "DST " + dst + ": its parent folder " + dest.parent_path().string() +
                                              " does not exist (ferry creates DST itself, not its parents)");

@@ -737,6 +737,15 @@ TEST_F(sync_pull, a_read_only_share_can_be_pulled_and_refusals_are_clear) {
     EXPECT_EQ(pull({}, "ay:docs/manual").code, 1);
     dst = ro_share / "manual/intro.txt";
     EXPECT_EQ(pull({}, "ay:docs/manual").code, 1);
+
+    // A new DST in a folder named through a symlink (the user's own path: followed once,
+    // to find the folder DST is made in).
+    fs::create_directories(cli.root() / "real-parent");
+    fs::create_directory_symlink(cli.root() / "real-parent", cli.root() / "link-parent");
+    dst = cli.root() / "link-parent" / "new";
+    run_result via_link = pull({}, "ay:docs/manual");
+    ASSERT_EQ(via_link.code, 0) << via_link.err;
+    EXPECT_EQ(compare_trees(ro_share / "manual", cli.root() / "real-parent/new"), "");
 }
 
 TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
