@@ -1129,6 +1129,12 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     chunk_index idx{chunk.index()};
     std::uint32_t conn = c.index;
     std::uint64_t key = chunk_key(f, idx);
+    if (machine_.finished(f)) {
+        // Sent again after its first copy's connection was lost with the ack on its way,
+        // and the file was made final from that copy meanwhile: confirmed again.
+        queue_ack(conn, key);
+        return;
+    }
     if (machine_.holds(f, idx, digest128{chunk.hash_lo(), chunk.hash_hi()})) {
         queue_ack(conn, key);  // a duplicate after a requeue: confirm again
         return;

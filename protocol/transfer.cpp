@@ -655,7 +655,10 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
     if (f.aborted) {
         return {};  // sent before the sender gave up on it: dropped
     }
-    if (!f.decided || f.skip || !f.info.is_file() || f.finished) {
+    // A finished file's chunk is admitted (and dropped by the node, which confirms it
+    // again): a chunk resent after its connection was lost with the ack on its way may
+    // come after the file was made final from the first copy.
+    if (!f.decided || f.skip || !f.info.is_file()) {
         return protocol_errc::unknown_file;
     }
     if (chunk.index() >= f.chunks || chunk.raw_len() != chunk_length(f.info.size, chunk.index())) {

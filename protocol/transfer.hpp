@@ -322,7 +322,8 @@ public:
     // HaveDigests, before the Accept.
     static std::vector<std::pair<wire::BasisSums, std::string>> basis_sum_frames(const decision& d);
 
-    // Admission of a chunk header before its payload is read.
+    // Admission of a chunk header before its payload is read. A chunk of a finished file
+    // is admitted: the node drops it and confirms it again (see finished()).
     std::error_code on_chunk(const wire::Chunk& chunk, std::uint32_t payload_len) const;
 
     // A chunk was verified against its hash and written. Returns true when the file has

@@ -519,8 +519,8 @@ class receiver_driver {
             return protocol_errc::unknown_file;
         }
         const model_file& f = files_[c.file_id()];
-        if (!f.decided || f.skip || f.is_dir || f.finished) {
-            return protocol_errc::unknown_file;
+        if (!f.decided || f.skip || f.is_dir || f.is_link) {
+            return protocol_errc::unknown_file;  // (a finished file's chunk is admitted, then dropped)
         }
         if (c.index() >= f.chunks || c.raw_len() != reference_length(f.size, c.index())) {
             return protocol_errc::bad_chunk;
@@ -594,6 +594,9 @@ class receiver_driver {
         FUZZ_CHECK(ec == expected_chunk(c, payload_len));
         if (ec) {
             return true;  // refused without a change (on_chunk is const)
+        }
+        if (f->finished) {
+            return true;  // receive_session::on_chunk: dropped and confirmed again
         }
         // receive_session::on_chunk: a duplicate is re-acked, one being written dropped.
         file_id id{file};

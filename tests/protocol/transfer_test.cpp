@@ -1396,9 +1396,15 @@ TEST_F(ReceiverChunks, RefusesBadChunks) {
     EXPECT_EQ(admit(4, 0, 10, 10), protocol_errc::unknown_file);             // offered, not decided
 }
 
-TEST_F(ReceiverChunks, RefusesChunkOfFinishedFile) {
+// A chunk sent again after its connection was lost with the ack on its way may come after
+// the file was made final: admitted (the node drops it and confirms it again), as long as
+// it is a chunk the file has.
+TEST_F(ReceiverChunks, AdmitsAResentChunkOfAFinishedFileButStillChecksIt) {
     r_.on_file_finished(file_id{0});
-    EXPECT_EQ(admit(0, 0, chunk_size, chunk_size), protocol_errc::unknown_file);
+    EXPECT_TRUE(r_.finished(file_id{0}));
+    EXPECT_EQ(admit(0, 0, chunk_size, chunk_size), std::error_code{});
+    EXPECT_EQ(admit(0, 99, chunk_size, chunk_size), protocol_errc::bad_chunk);
+    EXPECT_EQ(admit(0, 0, chunk_size, chunk_size + 1), protocol_errc::payload_mismatch);
 }
 
 TEST_F(ReceiverChunks, CompletionNeedsEveryChunkAndFileDone) {
