@@ -683,7 +683,8 @@ void receive_session::next_offer() {
             std::string where;
             std::vector<dest_tree::removed_entry> gone;
             std::error_code ec;
-            if (sync.excludes.excluded_or_inside(items[i].e.path, true)) {
+            bool excluded = sync.excludes.excluded_or_inside(items[i].e.path, true);
+            if (excluded) {
                 ec = dest_errc::is_dir;  // an excluded folder is never SRC's to remove
             } else {
                 std::function<dest_tree::verdict(const std::string&, bool)> keep;
@@ -702,7 +703,7 @@ void receive_session::next_offer() {
             if (ec == dest_errc::is_dir) {
                 error = items[i].e.path + ": a folder is in the way of this " +
                         (items[i].e.is_link ? "symlink" : "file") +
-                        (sync.excludes.excluded_or_inside(items[i].e.path, true) ? " and is excluded"
+                        (excluded ? " and is excluded"
                          : sync.del ? " and holds excluded paths or ferry's partial files"
                                     : "; it is not empty (--delete removes it)");
                 code = exit_code::transfer_failed;
