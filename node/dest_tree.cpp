@@ -652,51 +652,44 @@ int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec, boo
     return open_partial_file(wire_path, create ? O_CREAT : 0, 0600, ec);
 }
 
-std::uint64_t dest_tree::seed_partial(std::string_view wire_path, std::uint64_t bytes, std::string_view from) {
+partial_seed::~partial_seed() {
+    if (basis >= 0) {
+        ::close(basis);
+    }
+    if (partial >= 0) {
+        ::close(partial);
+    }
+}
+
+std::optional<partial_seed> dest_tree::start_seed(std::string_view wire_path, std::uint64_t bytes,
+                                                  std::string_view from) {
     std::error_code ec;
-    int in = open_final_read(from.empty() ? wire_path : from, ec);
-    if (in < 0) {
-        return 0;
+    partial_seed seed;
+    seed.basis = open_final_read(from.empty() ? wire_path : from, ec);
+    if (seed.basis < 0) {
+        return std::nullopt;
     }
     struct stat st {};
-    std::uint64_t want = ::fstat(in, &st) == 0 ? std::min<std::uint64_t>(bytes, st.st_size) : 0;
+    seed.bytes = ::fstat(seed.basis, &st) == 0 ? std::min<std::uint64_t>(bytes, st.st_size) : 0;
     // A partial file already there (another transfer of the same path, or one that
     // appeared since the caller looked) is never overwritten: O_EXCL.
-    int out = want == 0 ? -1 : open_partial_file(wire_path, O_CREAT | O_EXCL, 0600, ec);
-    if (out < 0) {
-        ::close(in);
-        return 0;
+    seed.partial = seed.bytes == 0 ? -1 : open_partial_file(wire_path, O_CREAT | O_EXCL, 0600, ec);
+    if (seed.partial < 0) {
+        return std::nullopt;
     }
-    std::uint64_t done = 0;
-    if (want == static_cast<std::uint64_t>(st.st_size) && ::ioctl(out, FICLONE, in) == 0) {
-        done = want;  // shares the old file's blocks: no copy
-    } else {
-        // A real copy: only while it leaves room (what the transfer needs is checked after).
-        struct statvfs vfs {};
-        constexpr std::uint64_t reserve = 64u << 20;
-        if (::fstatvfs(out, &vfs) != 0 || std::uint64_t{vfs.f_bavail} * vfs.f_frsize < want + reserve) {
-            want = 1;  // no room: give up below (done < want)
-        }
+    if (seed.bytes == static_cast<std::uint64_t>(st.st_size) && ::ioctl(seed.partial, FICLONE, seed.basis) == 0) {
+        seed.cloned = true;  // shares the old file's blocks: no copy
+        return seed;
     }
-    while (done < want) {
-        loff_t from = static_cast<loff_t>(done);
-        loff_t to = static_cast<loff_t>(done);
-        ssize_t n = ::copy_file_range(in, &from, out, &to, want - done, 0);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            break;
-        }
-        done += static_cast<std::uint64_t>(n);
-    }
-    ::close(in);
-    ::close(out);
-    if (done < want || done == 0) {
+    // A real copy: only while it leaves room (what the transfer needs is checked after).
+    struct statvfs vfs {};
+    constexpr std::uint64_t reserve = 64u << 20;
+    if (::fstatvfs(seed.partial, &vfs) != 0 || std::uint64_t{vfs.f_bavail} * vfs.f_frsize < seed.bytes + reserve ||
+        ::ftruncate(seed.partial, static_cast<off_t>(seed.bytes)) != 0) {
         remove_partial(wire_path, true, false);
-        return 0;
+        return std::nullopt;
     }
-    return done;
+    return seed;
 }
 
 int dest_tree::open_whole_partial(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {

@@ -15,11 +15,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "node/file_io.hpp"
@@ -49,6 +51,30 @@ bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns);
 
 // Permission bits (07777), then the modification time, of the open file `fd`.
 std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns);
+
+// A partial file started from an older version of its file (dest_tree::start_seed): the
+// partial file is to hold the older version's first `bytes` bytes (it already does when
+// `cloned`; else it is that long and its filler writes them). Closes both on destruction.
+struct partial_seed {
+    int basis = -1;    // the older version, open for reading
+    int partial = -1;  // the partial file, open for writing
+    std::uint64_t bytes = 0;
+    bool cloned = false;  // a reflink: the bytes are there already
+
+    partial_seed() = default;
+    partial_seed(partial_seed&& o) noexcept
+        : basis(std::exchange(o.basis, -1)), partial(std::exchange(o.partial, -1)), bytes(o.bytes), cloned(o.cloned) {}
+    partial_seed& operator=(partial_seed&& o) noexcept {  // `o` closes what this held
+        std::swap(basis, o.basis);
+        std::swap(partial, o.partial);
+        bytes = o.bytes;
+        cloned = o.cloned;
+        return *this;
+    }
+    ~partial_seed();
+    // The older version's fd, which the caller now owns (closed by the caller).
+    int release_basis() { return std::exchange(basis, -1); }
+};
 
 class dest_tree {
 public:
@@ -144,15 +170,16 @@ public:
     // permission bits (the umask applies; prepare_final sets the exact mode if that
     // differs) and truncated (an earlier attempt may have left a longer one).
     int open_whole_partial(std::string_view wire_path, std::uint32_t mode, std::error_code& ec);
-    // Starts the partial file of `wire_path` as a copy of the first `bytes` bytes of the
-    // final file there (a reflink where the file system has them, else copy_file_range in
-    // the kernel): `ferry sync` then offers its chunks, and only the chunks that differ are
-    // sent. Never replaces a partial file already there; copies (when it cannot reflink)
-    // only while 64 MiB stay free. Returns the bytes copied; 0 (and no partial file of its
-    // own left) when it did not.
+    // Starts the partial file of `wire_path` from the first `bytes` bytes of the final file
+    // there: `ferry sync` then offers its chunks, and only the chunks that differ are sent.
+    // A reflink where the file system has them (`cloned`); else an empty partial file of
+    // that length, which the caller fills (resume.hpp's seeded_sums copies the bytes as
+    // it reads them for their sums), and only while 64 MiB stay free beyond it. Never
+    // replaces a partial file already there. Null (and no partial file of its own left)
+    // when it did not start one.
     // `from` (if not empty) names another file of the tree to start from instead (a
     // rename or copy detected by a sync).
-    std::uint64_t seed_partial(std::string_view wire_path, std::uint64_t bytes, std::string_view from = {});
+    std::optional<partial_seed> start_seed(std::string_view wire_path, std::uint64_t bytes, std::string_view from = {});
     // Makes the partial file final: prepare_final(), then rename_final() (with `fsync_file`
     // the folder is fsynced too, so file and name are both durable).
     std::error_code finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,

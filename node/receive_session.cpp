@@ -756,13 +756,12 @@ void receive_session::next_offer() {
         // A file new at DST that SRC may have renamed or copied from one DST has: started
         // from that file and accepted ACCEPT_PARTIAL with its chunks' digests (the sender
         // checks each). False when there is none to start from.
-        // A partial file just seeded with `bytes` of the older version at `basis_path`:
-        // that version's sums (a delta's basis) and the chunks it holds (in `claims`), or
-        // null (and no partial file left) when it could not be read.
-        auto seeded = [&](const item& it, std::string_view basis_path, std::uint64_t bytes, resume_found& claims,
-                          std::optional<basis_sums>& sums) {
+        // A partial file just started from an older version (`seed`), filled: that
+        // version's sums (a delta's basis) and the chunks it holds (in `claims`), or false
+        // (and no partial file left) when it could not be read or written.
+        auto seeded = [&](const item& it, partial_seed seed, resume_found& claims, std::optional<basis_sums>& sums) {
             int fd = -1;
-            sums = seeded_sums(*tree, it.e, basis_path, bytes, claim_budget, claims, fd);
+            sums = seeded_sums(it.e, std::move(seed), self->ctx_.workers, claim_budget, claims, fd);
             if (!sums) {
                 tree->remove_partial(it.e.path, true, true);
                 claims = {};
@@ -793,10 +792,10 @@ void receive_session::next_offer() {
                 return false;  // nothing like it, or an earlier attempt's partial file is there
             }
             tree->remove_partial(e.path, false, true);  // a record without data: stale
-            std::uint64_t bytes = tree->seed_partial(e.path, e.size, from->path);
+            std::optional<partial_seed> seed = tree->start_seed(e.path, e.size, from->path);
             resume_found r;
             std::optional<basis_sums> sums;
-            if (bytes == 0 || !seeded(items[i], from->path, bytes, r, sums)) {
+            if (!seed || !seeded(items[i], std::move(*seed), r, sums)) {
                 return false;
             }
             decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests),
@@ -935,7 +934,7 @@ void receive_session::next_offer() {
                 // hashing found.
                 std::uint64_t here = 0;
                 std::vector<bool> partial(items.size(), false);
-                std::vector<std::uint64_t> seed_bytes(items.size(), 0);
+                std::vector<std::optional<partial_seed>> seeds(items.size());
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (identical[i]) {
                         here += items[i].e.size;
@@ -948,8 +947,8 @@ void receive_session::next_offer() {
                             // they are; the sender checks every digest). No partial data,
                             // so any resume record is stale.
                             tree->remove_partial(items[i].e.path, false, true);
-                            bytes = tree->seed_partial(items[i].e.path, items[i].e.size);
-                            seed_bytes[i] = bytes;
+                            seeds[i] = tree->start_seed(items[i].e.path, items[i].e.size);
+                            bytes = seeds[i] ? seeds[i]->bytes : 0;
                         }
                         partial[i] = bytes > 0;
                         here += std::min(bytes, items[i].e.size);
@@ -958,8 +957,8 @@ void receive_session::next_offer() {
                 space_check(here);
                 here = 0;
                 for (std::size_t i = 0; i < items.size() && error.empty() && !sync.dry_run; ++i) {
-                    if (seed_bytes[i] > 0) {
-                        seeded(items[i], items[i].e.path, seed_bytes[i], found[i], sums[i]);
+                    if (seeds[i]) {
+                        seeded(items[i], std::move(*seeds[i]), found[i], sums[i]);
                     } else if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
@@ -970,6 +969,12 @@ void receive_session::next_offer() {
                         }
                     }
                     here += identical[i] ? items[i].e.size : found[i].kept_bytes;
+                }
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    if (seeds[i] && seeds[i]->partial >= 0) {
+                        seeds[i].reset();  // not filled (the batch failed): not left behind
+                        tree->remove_partial(items[i].e.path, true, false);
+                    }
                 }
                 space_check(here);
             }

@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <memory>
 
 #include "node/file_io.hpp"
+#include "node/worker_pool.hpp"
 #include "protocol/delta.hpp"
 #include "protocol/digest.hpp"
 
@@ -153,36 +155,84 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     return out;
 }
 
-std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std::string_view basis_path,
-                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims,
-                                      int& basis_fd) {
+std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, worker_pool& pool,
+                                      std::uint64_t max_claims, resume_found& claims, int& basis_fd) {
     basis_fd = -1;
-    std::error_code ec;
-    int partial = tree.open_partial_read(e.path, ec);
-    int basis = partial < 0 ? -1 : tree.open_final_read(basis_path, ec);
     struct stat st {};
-    std::optional<basis_sums> out;
-    if (basis >= 0 && ::fstat(basis, &st) == 0) {
-        out.emplace();
-        out->size = static_cast<std::uint64_t>(st.st_size);
+    if (::fstat(seed.basis, &st) != 0) {
+        return std::nullopt;
     }
-    auto buf = std::make_unique<std::uint8_t[]>(chunk_size);
-    // Block `off`..`off + len` of the older version: from the partial file where the seed
-    // put it (what a claim must describe), else from the older version itself.
-    auto read_block = [&](std::uint64_t off, std::uint32_t len) {
-        int fd = off + len <= seeded ? partial : basis;
-        std::error_code rec;
-        return read_at(fd, buf.get(), len, off, rec) == len ? std::span<const std::uint8_t>(buf.get(), len)
-                                                            : std::span<const std::uint8_t>();
+    basis_sums out;
+    out.size = static_cast<std::uint64_t>(st.st_size);
+    const std::uint64_t bytes = seed.bytes;  // of the partial file, to be copied unless cloned
+    const std::uint64_t blocks = std::min({out.size / chunk_size, max_basis_blocks(e.size), max_claims});
+    out.weak.resize(blocks);
+    out.strong.resize(blocks);
+    std::atomic<bool> failed{false};
+    // Bytes [off, off + len) of the older version: read, copied into the partial file
+    // (what lies inside its length) and summed from the very buffer that was written, so
+    // that a claim describes the partial file's bytes even if the older version changes.
+    auto copy_block = [&](std::uint8_t* buf, std::uint64_t off, std::uint32_t len) {
+        std::error_code ec;
+        if (read_at(seed.basis, buf, len, off, ec) != len) {
+            return false;  // it changed size under us: no delta (the transfer sends the file)
+        }
+        if (!seed.cloned && off < bytes) {
+            return !write_at(seed.partial, buf, static_cast<std::size_t>(std::min<std::uint64_t>(len, bytes - off)), off);
+        }
+        return true;
     };
+    // The full blocks, in parts over the pool's workers (the sender waits for these sums).
+    const std::size_t parts = blocks < 16 ? 1 : static_cast<std::size_t>(std::min<std::uint64_t>(blocks / 8, 64));
+    pool.run_parts(parts, [&](std::size_t p) {
+        auto buf = std::make_unique_for_overwrite<std::uint8_t[]>(chunk_size);
+        for (std::uint64_t b = blocks * p / parts; b < blocks * (p + 1) / parts && !failed.load(); ++b) {
+            if (!copy_block(buf.get(), b * chunk_size, chunk_size)) {
+                failed = true;
+                break;
+            }
+            std::span<const std::uint8_t> block(buf.get(), chunk_size);
+            out.weak[b] = weak_sum(block);
+            out.strong[b] = hash_chunk(block);
+        }
+    });
+    const std::uint64_t t = out.tail_length();
+    const std::uint64_t tail_at = out.size - t;
+    // What lies between the last block summed and the short last block (only when the
+    // blocks were capped), copied as it is.
+    for (std::uint64_t done = blocks * chunk_size, end = std::min(bytes, tail_at); !failed && !seed.cloned && done < end;) {
+        loff_t from = static_cast<loff_t>(done);
+        loff_t to = static_cast<loff_t>(done);
+        ssize_t n = ::copy_file_range(seed.basis, &from, seed.partial, &to, end - done, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            failed = true;
+            break;
+        }
+        done += static_cast<std::uint64_t>(n);
+    }
+    if (t > 0 && !failed) {
+        auto buf = std::make_unique_for_overwrite<std::uint8_t[]>(t);
+        if (copy_block(buf.get(), tail_at, static_cast<std::uint32_t>(t))) {
+            out.tail = hash_chunk(std::span<const std::uint8_t>(buf.get(), t));
+        } else {
+            failed = true;
+        }
+    }
+    if (failed) {
+        return std::nullopt;
+    }
     std::uint64_t chunks = chunk_count(e.size);
     chunk_bitmap have(chunks);
     std::vector<digest128> digests(chunks);
     std::uint64_t claimed = 0;
-    // A chunk of the new version whose range is a block of the older one that the seed copied.
+    // A chunk of the new version whose range is a block of the older one now in the
+    // partial file at the same place.
     auto claim = [&](std::uint64_t off, std::uint32_t len, const digest128& d) {
         std::uint64_t i = off / chunk_size;
-        if (off % chunk_size == 0 && i < chunks && chunk_length(e.size, i) == len && off + len <= seeded &&
+        if (off % chunk_size == 0 && i < chunks && chunk_length(e.size, i) == len && off + len <= bytes &&
             claimed < max_claims) {
             have.set(i);
             digests[i] = d;
@@ -190,40 +240,15 @@ std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std:
             ++claimed;
         }
     };
-    std::uint64_t blocks = out ? std::min({out->size / chunk_size, max_basis_blocks(e.size), max_claims}) : 0;
-    for (std::uint64_t b = 0; out && b < blocks; ++b) {
-        std::span<const std::uint8_t> bytes = read_block(b * chunk_size, chunk_size);
-        if (bytes.empty()) {
-            out.reset();  // it changed size under us: no delta (the transfer sends the file)
-            break;
-        }
-        out->weak.push_back(weak_sum(bytes));
-        out->strong.push_back(hash_chunk(bytes));
-        claim(b * chunk_size, chunk_size, out->strong.back());
+    for (std::uint64_t b = 0; b < blocks; ++b) {
+        claim(b * chunk_size, chunk_size, out.strong[b]);
     }
-    if (std::uint64_t t = out ? out->tail_length() : 0; t > 0) {
-        std::span<const std::uint8_t> bytes = read_block(out->size - t, static_cast<std::uint32_t>(t));
-        if (bytes.empty()) {
-            out.reset();
-        } else {
-            out->tail = hash_chunk(bytes);
-            claim(out->size - t, static_cast<std::uint32_t>(t), out->tail);
-        }
-    }
-    if (partial >= 0) {
-        ::close(partial);
-    }
-    if (basis >= 0 && !out) {
-        ::close(basis);
-    } else {
-        basis_fd = basis;
-    }
-    if (!out) {
-        claims.kept_bytes = 0;
-        return out;
+    if (t > 0) {
+        claim(tail_at, static_cast<std::uint32_t>(t), out.tail);
     }
     claims.have = std::move(have);  // possibly no chunk: the delta alone then saves the bytes
     claims.digests = std::move(digests);
+    basis_fd = seed.release_basis();
     return out;
 }
 

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 
 #include "node/dest_tree.hpp"
+#include "node/worker_pool.hpp"
 #include "protocol/delta.hpp"
 #include "protocol/resume_state.hpp"
 #include "protocol/transfer.hpp"
@@ -92,19 +93,18 @@ struct resume_found {
 resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX,
                          const known_partial* known = nullptr);
 
-// A sync's changed (or renamed) file whose partial file was just seeded with the first
-// `seeded` bytes of its older version at `basis_path` (dest_tree::seed_partial): the sums
-// of that older version for a delta (protocol/delta.hpp; at most max_basis_blocks of
-// `e`'s size), read from the partial file where it holds the bytes and from the older
-// version beyond, and in `claims` the chunks of `e` the partial file holds as they are
-// (a full block of the older version, or its short last block, in the same place), with
-// their digests, at most `max_claims` (possibly none) and at most `max_claims` blocks.
-// Null when a file cannot be read. `basis_fd` gets the older version, open for reading:
-// the delta copies from that very file (the caller owns it), whatever its name holds by
-// then.
-std::optional<basis_sums> seeded_sums(dest_tree& tree, const entry_info& e, std::string_view basis_path,
-                                      std::uint64_t seeded, std::uint64_t max_claims, resume_found& claims,
-                                      int& basis_fd);
+// A sync's changed (or renamed) file whose partial file was just started from its older
+// version (`seed`, dest_tree::start_seed): copies that version's first seed.bytes into
+// the partial file (unless cloned) while it reads them for their sums, over the pool's
+// workers. Returns the sums of that older version for a delta (protocol/delta.hpp; at
+// most max_basis_blocks of `e`'s size, and at most `max_claims` blocks), and in `claims`
+// the chunks of `e` the partial file now holds as they are (a full block of the older
+// version, or its short last block, in the same place), with their digests, at most
+// `max_claims` (possibly none). Null when a file cannot be read or written (the caller
+// removes the partial file). `basis_fd` gets the older version, open for reading: the
+// delta copies from that very file (the caller owns it), whatever its name holds by then.
+std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, worker_pool& pool,
+                                      std::uint64_t max_claims, resume_found& claims, int& basis_fd);
 
 // True for the names of partial files and resume records (dest_tree::partial_name,
 // resume_name, and a record's temporary "~" name).

@@ -31,6 +31,43 @@ void worker_pool::post(unique_task task) {
     cv_.notify_one();
 }
 
+void worker_pool::run_parts(std::size_t parts, const std::function<void(std::size_t)>& fn) {
+    struct shared {
+        std::mutex mutex;
+        std::condition_variable cv;
+        std::size_t parts = 0;
+        std::size_t next = 0;  // the next part to take
+        std::size_t done = 0;
+        const std::function<void(std::size_t)>* fn = nullptr;  // read only after taking a part
+    };
+    auto state = std::make_shared<shared>();
+    state->parts = parts;
+    state->fn = &fn;
+    auto take_parts = [](shared& s) {
+        for (;;) {
+            std::size_t i = 0;
+            {
+                std::lock_guard lock(s.mutex);
+                if (s.next == s.parts) {
+                    return;  // a helper that came late touches nothing else
+                }
+                i = s.next++;
+            }
+            (*s.fn)(i);
+            std::lock_guard lock(s.mutex);
+            if (++s.done == s.parts) {
+                s.cv.notify_all();
+            }
+        }
+    };
+    for (std::size_t h = 1; h < size() && h < parts; ++h) {
+        post([state, take_parts] { take_parts(*state); });
+    }
+    take_parts(*state);
+    std::unique_lock lock(state->mutex);
+    state->cv.wait(lock, [&] { return state->done == state->parts; });
+}
+
 void worker_pool::run() {
     for (;;) {
         unique_task task;

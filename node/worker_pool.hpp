@@ -50,6 +50,13 @@ public:
     void post(unique_task task);
     std::size_t size() const { return threads_.size(); }
 
+    // Runs fn(0) .. fn(parts - 1) and returns once every one has run: the calling thread
+    // takes parts in turn, and helpers posted to the pool (at most size() - 1) take others
+    // when a worker comes free. Safe from a worker's own task: a part no helper has taken
+    // is run by the caller, which waits only for parts already running elsewhere. Parts
+    // run concurrently; fn must not throw.
+    void run_parts(std::size_t parts, const std::function<void(std::size_t)>& fn);
+
 private:
     void run();
 

@@ -12,10 +12,16 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
+#include <span>
 #include <string>
 #include <system_error>
 #include <vector>
 
+#include "node/resume.hpp"
+#include "node/worker_pool.hpp"
+#include "protocol/delta.hpp"
+#include "protocol/digest.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace ferry {
@@ -650,11 +656,67 @@ TEST_F(DestTree, ListFilesGivesRegularFilesWithSizeAndMtimeButNothingBehindASyml
 
 TEST_F(DestTree, SeedPartialFromAnotherFileCopiesItsBytes) {
     write_text(root() / "old", "the old name's bytes");
-    EXPECT_EQ(tree_.seed_partial("sub/new", 20, "old"), 20u);
+    std::optional<partial_seed> seed = tree_.start_seed("sub/new", 20, "old");
+    ASSERT_TRUE(seed);
+    EXPECT_EQ(seed->bytes, 20u);
+    worker_pool pool(2);
+    resume_found claims;
+    int basis_fd = -1;
+    entry_info e{"sub/new", false, 20};
+    std::optional<basis_sums> sums = seeded_sums(e, std::move(*seed), pool, UINT64_MAX, claims, basis_fd);
+    ASSERT_TRUE(sums);
+    EXPECT_GE(basis_fd, 0);
+    ::close(basis_fd);
     EXPECT_EQ(read_text(root() / ("sub/" + dest_tree::partial_name("new"))), "the old name's bytes");
     EXPECT_EQ(read_text(root() / "old"), "the old name's bytes");
-    EXPECT_EQ(tree_.seed_partial("other", 5, "missing"), 0u);
+    EXPECT_TRUE(sums->weak.empty());  // no full block; the short one is the file
+    EXPECT_EQ(sums->tail, hash_chunk(std::span(reinterpret_cast<const std::uint8_t*>("the old name's bytes"), 20)));
+    ASSERT_TRUE(claims.have);
+    EXPECT_TRUE(claims.have->test(0));
+    EXPECT_EQ(claims.digests[0], sums->tail);
+    EXPECT_EQ(claims.kept_bytes, 20u);
+
+    EXPECT_FALSE(tree_.start_seed("other", 5, "missing"));
     EXPECT_FALSE(fs::exists(root() / dest_tree::partial_name("other")));
+}
+
+// A changed file seeded from its older version, longer than the new one and of many
+// blocks (summed in parts on both workers): the partial file holds the older version's
+// first bytes up to the new size, every block's sums are those of its bytes, and only
+// the chunks of the new size that are whole blocks inside the partial file are claimed.
+TEST_F(DestTree, SeedFromALongerOlderVersionSumsEveryBlockAndClaimsWholeChunks) {
+    const std::uint64_t old_size = 21 * chunk_size + 1000;
+    const std::uint64_t new_size = 10 * chunk_size + 77;
+    std::string bytes(old_size, '\0');
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+    }
+    write_text(root() / "f", bytes);
+    std::optional<partial_seed> seed = tree_.start_seed("f", new_size);
+    ASSERT_TRUE(seed);
+    worker_pool pool(2);
+    resume_found claims;
+    int basis_fd = -1;
+    entry_info e{"f", false, new_size};
+    std::optional<basis_sums> sums = seeded_sums(e, std::move(*seed), pool, UINT64_MAX, claims, basis_fd);
+    ASSERT_TRUE(sums);
+    ::close(basis_fd);
+    EXPECT_EQ(read_text(root() / dest_tree::partial_name("f")), bytes.substr(0, new_size));
+    auto span_of = [&](std::uint64_t at, std::uint64_t len) {
+        return std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()) + at, len);
+    };
+    ASSERT_EQ(sums->weak.size(), 21u);
+    for (std::uint64_t b = 0; b < 21; ++b) {
+        EXPECT_EQ(sums->weak[b], weak_sum(span_of(b * chunk_size, chunk_size))) << b;
+        EXPECT_EQ(sums->strong[b], hash_chunk(span_of(b * chunk_size, chunk_size))) << b;
+    }
+    EXPECT_EQ(sums->size, old_size);
+    EXPECT_EQ(sums->tail, hash_chunk(span_of(21 * chunk_size, 1000)));
+    ASSERT_TRUE(claims.have);
+    EXPECT_EQ(claims.have->count(), 10u);
+    EXPECT_FALSE(claims.have->test(10));  // 77 bytes: not a block of the older version
+    EXPECT_EQ(claims.digests[3], sums->strong[3]);
+    EXPECT_EQ(claims.kept_bytes, 10 * chunk_size);
 }
 
 // More folders than the tree keeps open: each is still found (the least recently used
