@@ -732,36 +732,70 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
                            tail_digest = basis->tail, tail_at = basis->size - tail,
                            local = &sources_.locals.at(ref.file.value), root_fd = root_fd(), size = e.size]() mutable {
             block_index index(std::move(blocks));
-            delta_matcher matcher(index);
-            int fd = open_source(root_fd, *local, size, true, scan->ec, scan->what);
-            std::vector<std::uint8_t> buf(chunk_size);
-            scan->digests.reserve(chunk_count(size));
-            for (std::uint64_t i = 0; !scan->ec && i < chunk_count(size); ++i) {
-                std::uint32_t len = chunk_length(size, i);
-                if (read_at(fd, buf.data(), len, i * chunk_size, scan->ec) != len && !scan->ec) {
-                    scan->ec = std::make_error_code(std::errc::invalid_argument);
-                    scan->what = "file shrank during the transfer";
+            const std::uint64_t chunks = chunk_count(size);
+            scan->digests.resize(chunks);
+            // In parts over the pool's workers, each part's own matcher fed one chunk past
+            // its end as well, so that a block straddling two parts is still found (the
+            // next part's matches that overlap it are dropped below).
+            const std::size_t parts = chunks < 64 ? 1 : static_cast<std::size_t>(std::min<std::uint64_t>(chunks / 32, 8));
+            struct part_result {
+                std::vector<block_match> matches;
+                std::uint64_t end = 0;  // in bytes
+                std::error_code ec;
+                std::string what;
+            };
+            std::vector<part_result> results(parts);
+            self->ctx_.workers.run_parts(parts, [&](std::size_t p) {
+                part_result& r = results[p];
+                const std::uint64_t first = chunks * p / parts;
+                const std::uint64_t end = chunks * (p + 1) / parts;
+                delta_matcher matcher(index, first);
+                int fd = open_source(root_fd, *local, size, true, r.ec, r.what);
+                std::vector<std::uint8_t> buf(chunk_size);
+                for (std::uint64_t i = first; !r.ec && i < std::min(end + 1, chunks); ++i) {
+                    std::uint32_t len = chunk_length(size, i);
+                    if (read_at(fd, buf.data(), len, i * chunk_size, r.ec) != len && !r.ec) {
+                        r.ec = std::make_error_code(std::errc::invalid_argument);
+                        r.what = "file shrank during the transfer";
+                    }
+                    if (!r.ec) {
+                        digest128 d = hash_chunk(std::span<const std::uint8_t>(buf.data(), len));
+                        if (i < end) {
+                            scan->digests[i] = d;
+                        }
+                        matcher.feed(buf, len, d);
+                    }
                 }
-                if (!scan->ec) {
-                    std::span<const std::uint8_t> chunk(buf.data(), len);
-                    scan->digests.push_back(hash_chunk(chunk));
-                    matcher.feed(chunk, scan->digests.back());
+                if (fd >= 0) {
+                    ::close(fd);
                 }
+                r.matches = matcher.matches();
+                r.end = end * chunk_size;
+            });
+            for (part_result& r : results) {
+                if (r.ec) {
+                    scan->ec = r.ec;
+                    scan->what = std::move(r.what);
+                    break;
+                }
+                append_part_matches(scan->matches, r.matches, r.end);
             }
             if (!scan->ec && tail > 0 && tail <= size) {
                 // The older version's short last block, looked for at the very end.
                 std::error_code tail_ec;
-                if (read_at(fd, buf.data(), tail, size - tail, tail_ec) == tail) {
-                    matcher.match_tail(std::span<const std::uint8_t>(buf.data(), tail), size, tail_digest, tail_at);
+                int fd = open_source(root_fd, *local, size, true, tail_ec, scan->what);
+                std::vector<std::uint8_t> buf(tail);
+                if (fd >= 0 && read_at(fd, buf.data(), tail, size - tail, tail_ec) == tail) {
+                    delta_matcher::match_tail(scan->matches, buf, size, tail_digest, tail_at);
                 }
-            }
-            if (fd >= 0) {
-                ::close(fd);
+                if (fd >= 0) {
+                    ::close(fd);
+                }
+                scan->what.clear();
             }
             if (scan->ec && scan->what.empty()) {
                 scan->what = scan->ec.message();
             }
-            scan->matches = matcher.matches();
             asio::post(self->ctx_.io, [self, f, scan] { self->on_scanned(f, scan); });
         });
     }

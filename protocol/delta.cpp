@@ -118,6 +118,23 @@ bool delta_matcher::try_match(std::span<const std::uint8_t> head, std::span<cons
 }
 
 void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& digest) {
+    look(chunk, digest);
+    if (chunk.size() == chunk_size) {
+        prev_.assign(chunk.begin(), chunk.end());
+    }
+    ++k_;
+}
+
+void delta_matcher::feed(std::vector<std::uint8_t>& buf, std::size_t len, const digest128& digest) {
+    look(std::span<const std::uint8_t>(buf.data(), len), digest);
+    if (len == chunk_size) {
+        prev_.swap(buf);
+        buf.resize(chunk_size);
+    }
+    ++k_;
+}
+
+void delta_matcher::look(std::span<const std::uint8_t> chunk, const digest128& digest) {
     constexpr std::uint64_t block = chunk_size;
     const std::uint64_t base = k_ * block;          // this chunk's offset in the file
     const std::uint64_t end = base + chunk.size();  // bytes known so far
@@ -188,23 +205,27 @@ void delta_matcher::feed(std::span<const std::uint8_t> chunk, const digest128& d
         p_ += block;
         fresh_ = true;
     }
-    if (chunk.size() == block) {
-        prev_.assign(chunk.begin(), chunk.end());
-    }
-    ++k_;
 }
 
-void delta_matcher::match_tail(std::span<const std::uint8_t> tail, std::uint64_t file_size, const digest128& want,
-                               std::uint64_t basis_offset) {
+void delta_matcher::match_tail(std::vector<block_match>& matches, std::span<const std::uint8_t> tail,
+                               std::uint64_t file_size, const digest128& want, std::uint64_t basis_offset) {
     if (tail.empty() || tail.size() > file_size) {
         return;
     }
     std::uint64_t at = file_size - tail.size();
-    if (!matches_.empty() && matches_.back().at + matches_.back().length > at) {
+    if (!matches.empty() && matches.back().at + matches.back().length > at) {
         return;
     }
     if (hash_chunk(tail) == want) {
-        matches_.push_back({at, basis_offset, tail.size()});
+        matches.push_back({at, basis_offset, tail.size()});
+    }
+}
+
+void append_part_matches(std::vector<block_match>& into, std::span<const block_match> part, std::uint64_t end) {
+    for (const block_match& m : part) {
+        if (m.at < end && (into.empty() || m.at >= into.back().at + into.back().length)) {
+            into.push_back(m);
+        }
     }
 }
 

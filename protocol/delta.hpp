@@ -99,15 +99,27 @@ struct block_match {
 // its own (the window spans the previous chunk and the current one).
 class delta_matcher {
 public:
-    explicit delta_matcher(const block_index& index) : index_(index) {}
+    // Fed from chunk `first_chunk` of the file on (a pass split in parts: each part's
+    // matcher finds nothing that starts before its first chunk).
+    explicit delta_matcher(const block_index& index, std::uint64_t first_chunk = 0)
+        : index_(index), k_(first_chunk), p_(first_chunk * chunk_size) {}
     // The file's next chunk (chunk_size bytes, the last one possibly fewer) and its
     // XXH3-128: a chunk equal to a basis block is found without rolling.
     void feed(std::span<const std::uint8_t> chunk, const digest128& digest);
+    // As feed(), for a chunk in the first `len` bytes of `buf` (chunk_size bytes long),
+    // without a copy: `buf` becomes the matcher's previous chunk and gets back a buffer
+    // of the same size, to read the next chunk into.
+    void feed(std::vector<std::uint8_t>& buf, std::size_t len, const digest128& digest);
     // After the last chunk: the basis's short last block (`want`, at `basis_offset`) is
     // looked for at the very end of the file, whose last bytes are `tail` (as long as
     // that block), unless a match already covers them.
     void match_tail(std::span<const std::uint8_t> tail, std::uint64_t file_size, const digest128& want,
-                    std::uint64_t basis_offset);
+                    std::uint64_t basis_offset) {
+        match_tail(matches_, tail, file_size, want, basis_offset);
+    }
+    // The same over `matches` (the merged matches of a pass made in parts).
+    static void match_tail(std::vector<block_match>& matches, std::span<const std::uint8_t> tail,
+                           std::uint64_t file_size, const digest128& want, std::uint64_t basis_offset);
     // The blocks found, by position, never overlapping.
     const std::vector<block_match>& matches() const { return matches_; }
     // Bytes the window slid over one at a time (what found nothing at once).
@@ -119,6 +131,8 @@ public:
     static constexpr std::uint64_t max_false_alarms = 256;
 
 private:
+    // feed() but for keeping the chunk as prev_.
+    void look(std::span<const std::uint8_t> chunk, const digest128& digest);
     // The window at p_ as two spans: the part in prev_ and the part in the current chunk.
     bool try_match(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail);
 
@@ -133,6 +147,13 @@ private:
     bool sliding_ = true;             // false once false alarms pass the bound
     std::vector<block_match> matches_;
 };
+
+// A pass over a file made in parts, each by its own matcher (constructed at the part's
+// first chunk) fed one chunk past the part's end, so that a block straddling two parts
+// is found too: adds the matches of the next part to `into` (the earlier parts', in
+// file order), without those that start at or past `end` (the part's end, in bytes:
+// the next part's own) or overlap one already there.
+void append_part_matches(std::vector<block_match>& into, std::span<const block_match> part, std::uint64_t end);
 
 // One step of rebuilding a chunk: `length` bytes copied from the basis at
 // `basis_offset`, or `length` literal bytes.

@@ -45,16 +45,27 @@ struct delta_result {
 
 // Runs the sender's side over `file` against `basis`, encodes and decodes every chunk's
 // ops, rebuilds each chunk from the basis and the payload, and checks it is the chunk.
-delta_result run(const bytes& basis, const bytes& file) {
+// With `parts` > 1 the pass is made as ferry's sender makes it for a big file: in parts,
+// each matcher fed its chunks (through the buffer-swapping feed) and one past its end,
+// the matches merged by append_part_matches.
+delta_result run(const bytes& basis, const bytes& file, std::size_t parts = 1) {
     block_index index = index_of(basis);
-    delta_matcher m(index);
-    for (std::uint64_t off = 0; off < file.size(); off += B) {
-        std::span<const std::uint8_t> c(file.data() + off, std::min<std::uint64_t>(B, file.size() - off));
-        m.feed(c, hash_chunk(c));
-    }
     delta_result r;
-    r.matches = m.matches();
-    r.rolled = m.rolled_bytes();
+    const std::uint64_t chunks = (file.size() + B - 1) / B;
+    for (std::size_t p = 0; p < parts; ++p) {
+        const std::uint64_t first = chunks * p / parts;
+        const std::uint64_t end = chunks * (p + 1) / parts;
+        delta_matcher m(index, first);
+        bytes buf(B);
+        for (std::uint64_t i = first; i < std::min(parts > 1 ? end + 1 : end, chunks); ++i) {
+            std::size_t len = std::min<std::uint64_t>(B, file.size() - i * B);
+            std::memcpy(buf.data(), file.data() + i * B, len);
+            m.feed(buf, len, hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+            EXPECT_EQ(buf.size(), B);
+        }
+        append_part_matches(r.matches, m.matches(), std::min(end * B, std::uint64_t{file.size()}));
+        r.rolled += m.rolled_bytes();
+    }
     for (std::uint64_t off = 0; off < file.size(); off += B) {
         auto len = static_cast<std::uint32_t>(std::min<std::uint64_t>(B, file.size() - off));
         std::span<const std::uint8_t> c(file.data() + off, len);
@@ -134,6 +145,28 @@ TEST(DeltaMatcher, AnEditInPlaceMatchesEveryOtherBlockWhereItIs) {
         EXPECT_EQ(m.at % B, 0u);
     }
     EXPECT_EQ(r.literal, B + 77);
+}
+
+// A big file's pass is split in parts (one matcher each, fed one chunk past its end):
+// it finds what one pass finds, blocks straddling two parts included.
+TEST(DeltaMatcher, APassInPartsFindsWhatOnePassFinds) {
+    bytes basis = random_bytes(12 * B + 300, 6);
+    bytes inserted = basis;
+    inserted.insert(inserted.begin(), 0x42);
+    bytes removed = basis;
+    removed.erase(removed.begin() + 5 * B + 9, removed.begin() + 5 * B + 109);  // in part 2 of 3, not at its edge
+    bytes edited = basis;
+    std::memset(edited.data() + 8 * B + 10, 0, 5000);
+    for (const bytes* file : {&inserted, &removed, &edited, &basis}) {
+        delta_result one = run(basis, *file);
+        for (std::size_t parts : {2, 3, 4}) {
+            delta_result split = run(basis, *file, parts);
+            EXPECT_EQ(split.copied, one.copied) << parts << " parts";
+            EXPECT_EQ(split.literal, one.literal) << parts << " parts";
+            EXPECT_EQ(split.matches.size(), one.matches.size()) << parts << " parts";
+        }
+    }
+    EXPECT_EQ(run(basis, inserted, 3).literal, 1 + 300u);  // the new byte and the short last block
 }
 
 TEST(DeltaMatcher, MovedBlocksAreFoundAndUnrelatedDataMatchesNothing) {
