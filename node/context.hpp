@@ -208,7 +208,7 @@ struct node_events {
     std::function<void(const std::string& line)> log;
     std::function<void(const file_event&)> file;  // null: not reported (costs nothing)
     // sync with --delete: a path the receiver removed (or, in a dry run, would remove).
-    std::function<void(std::string_view path, bool is_dir)> deleted;
+    std::function<void(std::string_view path, wire::EntryKind kind)> deleted;
     // A transfer found what an interrupted attempt left at the receiver: `bytes` of
     // `files` files are there already (each chunk's digest is checked before it is skipped).
     std::function<void(const std::string& direction, const std::string& session_id, std::uint64_t bytes,

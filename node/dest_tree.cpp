@@ -366,7 +366,14 @@ namespace {
 // The entries of the open folder `fd` (wire path `prefix`) with their kind, ferry's own
 // files left out (`own` tells whether there were any). `stats` (if given) gets each
 // entry's stat, in the same order. On an error, `failed` names the entry.
-std::error_code folder_entries(int fd, const std::string& prefix, std::vector<std::pair<std::string, bool>>& out,
+// An entry of a folder as folder_entries finds it.
+struct folder_child {
+    std::string name;
+    bool is_dir = false;
+    bool is_link = false;
+};
+
+std::error_code folder_entries(int fd, const std::string& prefix, std::vector<folder_child>& out,
                                bool& own, std::string& failed, std::vector<struct stat>* stats = nullptr) {
     std::vector<std::string> names;
     if (std::error_code ec = list_folder(fd, names)) {
@@ -386,7 +393,7 @@ std::error_code folder_entries(int fd, const std::string& prefix, std::vector<st
             failed = prefix.empty() ? name : prefix + "/" + name;
             return {errno, std::system_category()};
         }
-        out.emplace_back(std::move(name), S_ISDIR(st.st_mode));
+        out.push_back({std::move(name), S_ISDIR(st.st_mode), S_ISLNK(st.st_mode)});
         if (stats != nullptr) {
             stats->push_back(st);
         }
@@ -422,8 +429,8 @@ struct pruner {
     // Removes `name` in `dir_fd` (wire path `path`) and what is in it, except what `keep`
     // protects (an excluded path) and ferry's own files: a folder still holding any of
     // those stays. `gone` tells whether the entry went.
-    std::error_code remove(int dir_fd, const std::string& name, const std::string& path, bool is_dir, int depth,
-                           bool& gone) {
+    std::error_code remove(int dir_fd, const std::string& name, const std::string& path, bool is_dir, bool is_link,
+                           int depth, bool& gone) {
         gone = false;
         failed = path;
         if (is_dir) {
@@ -434,19 +441,19 @@ struct pruner {
             if (fd < 0) {
                 return {errno, std::system_category()};
             }
-            std::vector<std::pair<std::string, bool>> children;
+            std::vector<folder_child> children;
             bool own = false;
             std::error_code ec = folder_entries(fd, path, children, own, failed);
             bool emptied = !own;  // stays true while everything in it goes
             for (std::size_t i = 0; !ec && i < children.size(); ++i) {
-                const auto& [child, child_dir] = children[i];
-                std::string child_path = path + "/" + child;
-                if (keep(child_path, child_dir) != dest_tree::verdict::remove) {
+                const folder_child& child = children[i];
+                std::string child_path = path + "/" + child.name;
+                if (keep(child_path, child.is_dir) != dest_tree::verdict::remove) {
                     emptied = false;
                     continue;
                 }
                 bool child_gone = false;
-                ec = remove(fd, child, child_path, child_dir, depth + 1, child_gone);
+                ec = remove(fd, child.name, child_path, child.is_dir, child.is_link, depth + 1, child_gone);
                 emptied = emptied && child_gone;
             }
             ::close(fd);
@@ -458,7 +465,7 @@ struct pruner {
         if (!dry_run && ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0 && errno != ENOENT) {
             return {errno, std::system_category()};
         }
-        removed.push_back({path, is_dir});
+        removed.push_back({path, is_dir, is_link});
         gone = true;
         return {};
     }
@@ -469,18 +476,18 @@ struct pruner {
             failed = prefix;
             return too_deep();
         }
-        std::vector<std::pair<std::string, bool>> children;
+        std::vector<folder_child> children;
         bool own = false;
         if (std::error_code ec = folder_entries(dir_fd, prefix, children, own, failed)) {
             return ec;
         }
-        for (const auto& [name, is_dir] : children) {
+        for (const auto& [name, is_dir, is_link] : children) {
             std::string path = prefix.empty() ? name : prefix + "/" + name;
             failed = path;
             dest_tree::verdict v = keep(path, is_dir);
             if (v == dest_tree::verdict::remove) {
                 bool gone = false;
-                if (std::error_code ec = remove(dir_fd, name, path, is_dir, depth + 1, gone)) {
+                if (std::error_code ec = remove(dir_fd, name, path, is_dir, is_link, depth + 1, gone)) {
                     return ec;
                 }
                 continue;
@@ -506,14 +513,14 @@ struct lister {
             failed = prefix;
             return pruner::too_deep();
         }
-        std::vector<std::pair<std::string, bool>> children;
+        std::vector<folder_child> children;
         std::vector<struct stat> stats;
         bool own = false;
         if (std::error_code ec = folder_entries(dir_fd, prefix, children, own, failed, &stats)) {
             return ec;
         }
         for (std::size_t i = 0; i < children.size() && out.size() < max; ++i) {
-            const auto& [name, is_dir] = children[i];
+            const auto& [name, is_dir, is_link] = children[i];
             std::string path = prefix.empty() ? name : prefix + "/" + name;
             if (S_ISREG(stats[i].st_mode)) {
                 out.push_back({std::move(path), static_cast<std::uint64_t>(stats[i].st_size), timespec_ns(stats[i].st_mtim)});
@@ -568,7 +575,8 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     pruner p{keep ? keep : only_empty, dry_run, removed, failed_path};
     bool gone = false;
     int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/'));
-    ec = p.remove(parent.fd, std::string(split_wire_path(wire_path).back()), std::string(wire_path), true, depth, gone);
+    ec = p.remove(parent.fd, std::string(split_wire_path(wire_path).back()), std::string(wire_path), true, false, depth,
+                  gone);
     if (!dry_run) {
         // Its folders' descriptors (cached) name nothing any more.
         std::lock_guard lock(mutex_);

@@ -133,6 +133,7 @@ public:
     struct removed_entry {
         std::string path;
         bool is_dir = false;
+        bool is_link = false;  // a symlink (removed as itself)
     };
     enum class verdict { remove, keep, keep_whole };
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,

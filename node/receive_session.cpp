@@ -1692,7 +1692,7 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
         for (const dest_tree::removed_entry& r : removed) {
             ++(r.is_dir ? deleted_dirs_ : deleted_files_);
             if (ctx_.events.deleted) {
-                ctx_.events.deleted(printable(r.path), r.is_dir);
+                ctx_.events.deleted(printable(r.path), r.is_dir ? wire::ENTRY_DIR : r.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE);
             }
         }
     }
@@ -1712,7 +1712,7 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
         }
         bytes += path.size() + 16;
         wire::Entry* e = h.mutable_deleted()->add_entries();
-        e->set_kind(r.is_dir ? wire::ENTRY_DIR : wire::ENTRY_FILE);
+        e->set_kind(r.is_dir ? wire::ENTRY_DIR : r.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE);
         e->set_path(std::move(path));
     }
     flush();

@@ -499,7 +499,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 if (ctx_.events.deleted) {
                     // Names as the receiver's file system has them, escaped there; made
                     // printable here too (the peer's text).
-                    ctx_.events.deleted(printable(e.path()), e.kind() == wire::ENTRY_DIR);
+                    ctx_.events.deleted(printable(e.path()), e.kind());
                 }
             }
             return;

@@ -1188,8 +1188,9 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
             "file, or what an interrupted attempt left); only the chunks that differ are sent");
         emit(o, resumed_event(direction, session, bytes, files));
     };
-    ev.deleted = [&o, &sync](std::string_view path, bool is_dir) {
-        sync_event(o, sync, "deleted", path, 0, is_dir ? "dir" : "file");
+    ev.deleted = [&o, &sync](std::string_view path, wire::EntryKind kind) {
+        sync_event(o, sync, "deleted", path, 0,
+                   kind == wire::ENTRY_DIR ? "dir" : kind == wire::ENTRY_SYMLINK ? "symlink" : "file");
     };
 }
 

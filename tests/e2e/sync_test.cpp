@@ -610,6 +610,8 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     write_text_file(src / "dangling/now-a-file", "here\n");
     fs::remove_all(src / "was-dir");
     write_text_file(src / "was-dir", "a file now\n");
+    fs::remove(src / "sub/up");  // a link gone from SRC: deleted with --delete, as a link
+    fs::last_write_time(src / "sub", fs::last_write_time(site / "sub"));
     fs::last_write_time(src, fs::last_write_time(site));  // only the entries changed
 
     // A folder in the way holds a file: without --delete it stays (the sync fails, and says
@@ -621,7 +623,7 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     run_result dry = sync({"--delete", "--dry-run"});
     ASSERT_EQ(dry.code, 0) << dry.err;
     ev = json_events(dry.out);
-    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"was-dir", "was-dir/inside"}));
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"sub/up", "was-dir", "was-dir/inside"}));
     EXPECT_TRUE(fs::exists(site / "was-dir/inside"));
 
     run_result third = sync({"--delete"});
@@ -629,7 +631,18 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     ev = json_events(third.out);
     EXPECT_EQ(paths_of(ev, "updated"), (paths{"abs", "rel", "was-dir", "was-file"}));
     EXPECT_EQ(paths_of(ev, "created"), (paths{"dangling/now-a-file"}));
-    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"was-dir", "was-dir/inside"}));
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"sub/up", "was-dir", "was-dir/inside"}));
+    auto kind_of = [](const auto& events, const std::string& path) {
+        for (const auto& e : events) {
+            if (e["event"] == "deleted" && e["path"] == path) {
+                return std::string(e["kind"]);
+            }
+        }
+        return std::string("(not reported)");
+    };
+    EXPECT_EQ(kind_of(ev, "sub/up"), "symlink");
+    EXPECT_EQ(kind_of(ev, "was-dir"), "dir");
+    EXPECT_EQ(kind_of(ev, "was-dir/inside"), "file");
     EXPECT_EQ(compare_trees(src, site), "");
 
     // Pulled back: the same tree, links as links.
@@ -638,6 +651,15 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     EXPECT_EQ(compare_trees(site, dst), "");
     EXPECT_TRUE(fs::is_symlink(dst / "abs"));
     EXPECT_TRUE(fs::is_symlink(dst / "to-dir"));
+    // A link gone from the share: the puller deletes it, and says it was a link.
+    fs::remove(site / "to-dir");
+    run_result pruned = pull({"--delete"});
+    ASSERT_EQ(pruned.code, 0) << pruned.err;
+    ev = json_events(pruned.out);
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"to-dir"}));
+    EXPECT_EQ(kind_of(ev, "to-dir"), "symlink");
+    EXPECT_FALSE(fs::is_symlink(dst / "to-dir"));
+    EXPECT_TRUE(fs::exists(dst / "sub/x.txt"));  // not the folder it named
 }
 
 // What a writer's symlinks must never do: move another share kept inside its share (the
