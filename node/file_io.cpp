@@ -28,13 +28,18 @@ int open_beneath(int root_fd, const std::string& path, std::uint64_t flags) {
 
 }  // namespace
 
-int open_share_root(const std::string& canonical_dir) {
+int open_share_root(const std::string& canonical_dir, std::string& why) {
     struct open_how how {};
     how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW;
     how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
     for (;;) {
         long fd = ::syscall(SYS_openat2, AT_FDCWD, canonical_dir.c_str(), &how, sizeof how);
         if (fd >= 0 || errno != EAGAIN) {  // EAGAIN: a rename raced the lookup
+            if (fd < 0) {
+                why = errno == ELOOP || errno == ENOTDIR
+                          ? "the share's folder is no longer a folder reached without a symlink (one was put on its path)"
+                          : "the share's folder cannot be opened";
+            }
             return static_cast<int>(fd);
         }
     }

@@ -33,8 +33,9 @@ int stat_at(int root_fd, const std::string& path, struct stat& st);
 // was configured), refusing any symlink on the way (openat2 RESOLVE_NO_SYMLINKS): a peer
 // that may write to a share holding another share's folder cannot swap a link in for that
 // folder, or for one above it, and so move the other share. Returns an fd, or -1 with
-// errno set (ELOOP or ENOTDIR: a symlink is there now).
-int open_share_root(const std::string& canonical_dir);
+// errno set (ELOOP or ENOTDIR: a symlink is there now) and `why` saying what is wrong
+// (without errno's text).
+int open_share_root(const std::string& canonical_dir, std::string& why);
 
 // A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch.
 inline std::int64_t timespec_ns(const struct timespec& t) {

@@ -299,11 +299,8 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
         struct stat st {};
         std::error_code ec;
         int fd = -1;
-        if (int share_fd = open_share_root(dir.string()); share_fd < 0) {
-            error = errno == ELOOP || errno == ENOTDIR
-                        ? std::string("the share's folder is no longer a folder reached without a symlink "
-                                      "(one was put on its path)")
-                        : "the share's folder cannot be opened: " + std::string(std::strerror(errno));
+        if (int share_fd = open_share_root(dir.string(), error); share_fd < 0) {
+            error += ": " + std::string(std::strerror(errno));
         } else if (path.empty()) {
             fd = share_fd;
         } else {

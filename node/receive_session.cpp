@@ -615,13 +615,10 @@ void receive_session::next_offer() {
                 // share swapped in would move this share), and SHARE/path made and opened
                 // inside it without following one, like every entry: the tree's root is
                 // that folder's own descriptor.
-                int share_fd = open_share_root(sync.share_dir.string());
+                std::string why;
+                int share_fd = open_share_root(sync.share_dir.string(), why);
                 if (share_fd < 0) {
-                    throw std::system_error(errno, std::system_category(),
-                                            errno == ELOOP || errno == ENOTDIR
-                                                ? "the share's folder is no longer a folder reached without a "
-                                                  "symlink (one was put on its path)"
-                                                : "the share's folder cannot be opened");
+                    throw std::system_error(errno, std::system_category(), why);
                 }
                 auto share = std::make_shared<dest_tree>(sync.share_dir, share_fd);
                 if (sync.path.empty()) {
@@ -715,6 +712,22 @@ void receive_session::next_offer() {
                 return false;
             }
             return true;
+        };
+        // The check found a folder where item i (a sync's file or link) goes (`ec` is_dir):
+        // marked as there, and looked at as a dry run would; false (`error` set) when it
+        // cannot go. Any other `ec` is left to the caller.
+        auto folder_in_the_way = [&](std::size_t i, std::error_code& ec, bool& there) {
+            if (ec != dest_errc::is_dir) {
+                return true;
+            }
+            ec.clear();
+            folder_there[i] = there = true;
+            return clear_folder(i, true);
+        };
+        // The batch stops at item i's error.
+        auto fail_item = [&](std::size_t i, std::error_code ec) {
+            error = items[i].e.path + ": " + ec.message();
+            code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
         };
         std::vector<std::uint32_t> mode_there(items.size(), 0);
         // A sync's file already there whose permission bits differ: set in place (rsync -a
@@ -828,12 +841,8 @@ void receive_session::next_offer() {
                     if (!create && !absent->contains(std::string(wire_parent(e.path)))) {
                         bool there = false;
                         ec = tree->check_link(e.path, e.link_target, e.mtime_ns, same, false, there);
-                        if (ec == dest_errc::is_dir) {
-                            ec.clear();
-                            folder_there[i] = there = true;
-                            if (!clear_folder(i, true)) {
-                                break;
-                            }
+                        if (!folder_in_the_way(i, ec, there)) {
+                            break;
                         }
                         identical[i] = same;
                         exists[i] = there;
@@ -844,8 +853,7 @@ void receive_session::next_offer() {
                         ec = tree->make_link(e.path, e.link_target, e.mtime_ns);
                     }
                     if (ec) {
-                        error = e.path + ": " + ec.message();
-                        code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
+                        fail_item(i, ec);
                         break;
                     }
                     if (create) {
@@ -893,16 +901,11 @@ void receive_session::next_offer() {
                 if (missing) {
                     absent->insert(e.path);
                 }
-                if (ec == dest_errc::is_dir && sync.on && !create) {
-                    ec.clear();
-                    folder_there[i] = is_there = true;
-                    if (!clear_folder(i, true)) {
-                        break;
-                    }
+                if (sync.on && !create && !folder_in_the_way(i, ec, is_there)) {
+                    break;
                 }
                 if (ec) {
-                    error = e.path + ": " + ec.message();
-                    code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
+                    fail_item(i, ec);
                     break;
                 }
                 if (!create) {
