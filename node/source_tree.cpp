@@ -5,8 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <iterator>
 #include <set>
 #include <string_view>
+#include <thread>
 
 #include "node/file_io.hpp"
 #include "protocol/path.hpp"
@@ -18,6 +21,12 @@ namespace {
 // Folders deeper than this are walked by full path instead of keeping one open folder
 // per level, so that a very deep tree cannot run out of file descriptors.
 constexpr int max_open_depth = 128;
+
+// Threads a sync's scan uses: one per core, up to 4 (the stats are system calls that
+// scale with cores; past a few, the file system's locks do not).
+std::size_t max_scan_threads() {
+    return std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 4);
+}
 
 // Walks the sources with one open folder per level: each entry is a short fstatat()
 // relative to its folder, not a lookup of its whole path (10,000 files: a few ms).
@@ -97,11 +106,9 @@ struct scanner {
         return true;
     }
 
-    // The entries inside the folder `dir_fd`/`name` (wire path `wire`, "" for a sync
-    // root whose contents are the transfer).
-    bool walk_contents(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth,
-                       bool follow = false) {
-        int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    // The entries inside the folder `dir_fd`/`name` (wire path `wire`).
+    bool walk_contents(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth) {
+        int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
             return fail(local, errno);
         }
@@ -119,8 +126,7 @@ struct scanner {
         bool ok = true;
         for (std::size_t i = 0; ok && i < names.size(); ++i) {
             std::string child = prefix + names[i];
-            ok = visit(fd, fd == AT_FDCWD ? child.c_str() : names[i].c_str(), child,
-                       wire.empty() ? names[i] : wire + "/" + names[i], depth + 1);
+            ok = visit(fd, fd == AT_FDCWD ? child.c_str() : names[i].c_str(), child, wire + "/" + names[i], depth + 1);
         }
         if (fd != AT_FDCWD) {
             ::close(fd);
@@ -146,7 +152,6 @@ struct scanner {
 
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
                               std::string& error) {
-    scanner s{out, error, {}, &excludes, true};
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0) {
         error = dir.string() + ": " + std::error_code(errno, std::system_category()).message();
@@ -157,8 +162,64 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         return std::make_error_code(std::errc::not_a_directory);
     }
     // The folder itself may be a symlink (named by the user); what is inside is not followed.
-    if (!s.walk_contents(AT_FDCWD, dir.c_str(), dir.string(), "", 0, true)) {
-        return std::make_error_code(std::errc::invalid_argument);
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        std::error_code ec(errno, std::system_category());
+        error = dir.string() + ": " + ec.message();
+        return ec;
+    }
+    std::vector<std::string> names;
+    if (std::error_code ec = list_folder(fd, names)) {
+        ::close(fd);
+        error = dir.string() + ": " + ec.message();
+        return ec;
+    }
+    // Its entries in runs of consecutive names, each run walked whole by one of a few
+    // threads into a tree of its own; the runs are then joined in order, so the entries
+    // come as one walk would give them (a folder before what it holds). A stat costs a
+    // system call, and a big tree's scan is most of what a no-change sync does.
+    const std::size_t runs = std::min<std::size_t>(names.size(), 256);
+    std::vector<source_tree> parts(runs);
+    std::vector<std::string> errors(runs);
+    std::atomic<std::size_t> next{0};
+    const std::string prefix = dir.string().back() == '/' ? dir.string() : dir.string() + "/";
+    auto scan_runs = [&] {
+        for (std::size_t r = next++; r < runs; r = next++) {
+            scanner part{parts[r], errors[r], {}, &excludes, true};
+            for (std::size_t i = names.size() * r / runs; i < names.size() * (r + 1) / runs; ++i) {
+                if (!part.visit(fd, names[i].c_str(), prefix + names[i], names[i], 1)) {
+                    break;
+                }
+            }
+        }
+    };
+    {
+        std::vector<std::jthread> helpers;
+        for (std::size_t t = 1; t < std::min<std::size_t>(runs, max_scan_threads()); ++t) {
+            helpers.emplace_back(scan_runs);
+        }
+        scan_runs();
+    }
+    ::close(fd);
+    std::size_t entries = 0;
+    for (const source_tree& p : parts) {
+        entries += p.entries.size();
+    }
+    out.entries.reserve(out.entries.size() + entries);
+    out.locals.reserve(out.locals.size() + entries);
+    for (std::size_t r = 0; r < runs; ++r) {
+        if (!errors[r].empty()) {
+            error = std::move(errors[r]);  // the first in walk order, as one walk would stop at
+            return std::make_error_code(std::errc::invalid_argument);
+        }
+        source_tree& p = parts[r];
+        std::move(p.entries.begin(), p.entries.end(), std::back_inserter(out.entries));
+        std::move(p.locals.begin(), p.locals.end(), std::back_inserter(out.locals));
+        std::move(p.skipped.begin(), p.skipped.end(), std::back_inserter(out.skipped));
+        std::move(p.skipped_paths.begin(), p.skipped_paths.end(), std::back_inserter(out.skipped_paths));
+        out.total_bytes += p.total_bytes;
+        out.excluded += p.excluded;
+        p = {};  // its memory goes now, not after the last run's
     }
     return {};
 }

@@ -88,6 +88,38 @@ TEST(source_tree_test, a_syncs_scan_keeps_symlinks_as_links_and_skips_special_fi
     EXPECT_EQ(t.skipped_paths, std::vector<std::string>{"fifo"});
 }
 
+// A sync's scan walks the folder's entries in runs on several threads (more entries than
+// runs here, so runs hold several names): joined, they are one walk's entries, each
+// folder before what it holds, with the skipped and excluded ones counted once.
+TEST(source_tree_test, a_syncs_scan_over_several_threads_gives_one_walks_entries) {
+    test::temp_dir tmp{"ferry-scan"};
+    fs::path root = tmp.path() / "src";
+    std::vector<std::string> expected;
+    for (int i = 0; i < 300; ++i) {
+        char name[8];
+        std::snprintf(name, sizeof name, "d%03d", i);
+        write(root / name / "a.txt", "aa");
+        write(root / name / "b.log", "b");
+        expected.push_back(name);
+        expected.push_back(std::string(name) + "/a.txt");
+    }
+    ASSERT_EQ(::mkfifo((root / "d299/fifo").c_str(), 0600), 0);
+    write(root / "top.txt", "top");
+    expected.push_back("top.txt");
+
+    exclude_set excludes;
+    ASSERT_TRUE(excludes.add("*.log"));
+    source_tree t;
+    std::string error;
+    ASSERT_EQ(scan_contents(root, excludes, t, error), std::error_code{}) << error;
+    EXPECT_EQ(wire_paths(t), expected);
+    ASSERT_EQ(t.locals.size(), t.entries.size());
+    EXPECT_EQ(t.locals[1], (root / "d000/a.txt").string());
+    EXPECT_EQ(t.total_bytes, 300u * 2 + 3);
+    EXPECT_EQ(t.excluded, 300u);
+    EXPECT_EQ(t.skipped_paths, std::vector<std::string>{"d299/fifo"});
+}
+
 TEST(source_tree_test, files_go_by_base_name_and_trailing_slashes_do_not_matter) {
     test::temp_dir tmp{"ferry-scan"};
     write(tmp.path() / "x" / "notes.txt", "n");
