@@ -454,6 +454,7 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         // Room for them all at once: no doubling (200,000 files: the old and the new
         // arrays both held while one is copied). Capped: the count is the peer's word.
         files_.reserve(std::min<std::uint64_t>(offer.total_files(), std::uint64_t{1} << 18));
+        paths_.reserve(files_.capacity());
     } else if (offer.transfer_id() != transfer_id_ || offer.has_sync()) {
         return protocol_errc::unexpected_message;
     }
@@ -518,20 +519,21 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
 }
 
 std::error_code receiver_machine::claim_path(const std::string& path, bool is_dir) {
-    if (!paths_.emplace(path, !is_dir).second || (!is_dir && parents_.count(path) > 0)) {
+    if (!paths_.emplace(path, !is_dir).second || (!is_dir && parents_.contains(path))) {
         return protocol_errc::duplicate_path;
     }
     // Each folder the path lies in must not be an offered file. Parents already recorded
     // had their own parents checked then: stop at the first one.
     for (std::size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0;
          slash = path.rfind('/', slash - 1)) {
-        std::string parent = path.substr(0, slash);
+        std::string_view parent(path.data(), slash);
         if (auto it = paths_.find(parent); it != paths_.end() && it->second) {
             return protocol_errc::duplicate_path;
         }
-        if (!parents_.insert(std::move(parent)).second) {
+        if (parents_.contains(parent)) {
             break;
         }
+        parents_.emplace(parent);
     }
     return {};
 }
@@ -587,8 +589,8 @@ std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum
     return out;
 }
 
-std::unordered_map<std::string, bool> receiver_machine::take_paths() {
-    std::unordered_map<std::string, bool> out = std::move(paths_);
+receiver_machine::path_map receiver_machine::take_paths() {
+    path_map out = std::move(paths_);
     for (const std::string& parent : parents_) {
         out.try_emplace(parent, false);
     }

@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <unordered_map>
 #include <unordered_set>
@@ -379,7 +381,15 @@ public:
     // Every path the batches offered (-> not a folder: a file or a symlink), and every folder an offered
     // path lies in (-> false), moved out: for the receiver's clean-up once the last batch
     // is in (the machine no longer needs them then).
-    std::unordered_map<std::string, bool> take_paths();
+    // Looked up by string_view, without making a string. (Not noexcept, so that the maps
+    // keep each key's hash, as they do with std::hash<std::string>: a lookup then compares
+    // strings only when the hashes are equal.)
+    struct path_hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+    };
+    using path_map = std::unordered_map<std::string, bool, path_hash, std::equal_to<>>;
+    path_map take_paths();
     // Whether `path` is a regular file or a symlink offered so far (before take_paths).
     bool offered_file(const std::string& path) const {
         auto it = paths_.find(path);
@@ -451,8 +461,8 @@ private:
     transfer_options options_;
     std::optional<wire::SyncTarget> sync_;
     std::vector<file_state> files_;
-    std::unordered_map<std::string, bool> paths_;  // every offered path -> is a regular file
-    std::unordered_set<std::string> parents_;      // every folder some offered path lies in
+    path_map paths_;  // every offered path -> is a regular file
+    std::unordered_set<std::string, path_hash, std::equal_to<>> parents_;  // every folder some offered path lies in
     std::uint64_t total_bytes_ = 0;
     std::uint64_t received_bytes_ = 0;
     std::uint64_t skipped_files_ = 0;
