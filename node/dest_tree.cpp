@@ -363,9 +363,6 @@ std::error_code dest_tree::make_link(std::string_view wire_path, const std::stri
 
 namespace {
 
-// The entries of the open folder `fd` (wire path `prefix`) with their kind, ferry's own
-// files left out (`own` tells whether there were any). `stats` (if given) gets each
-// entry's stat, in the same order. On an error, `failed` names the entry.
 // An entry of a folder as folder_entries finds it.
 struct folder_child {
     std::string name;
@@ -373,8 +370,11 @@ struct folder_child {
     bool is_link = false;
 };
 
-std::error_code folder_entries(int fd, const std::string& prefix, std::vector<folder_child>& out,
-                               bool& own, std::string& failed, std::vector<struct stat>* stats = nullptr) {
+// The entries of the open folder `fd` (wire path `prefix`) with their kind, ferry's own
+// files left out (`own` tells whether there were any). `stats` (if given) gets each
+// entry's stat, in the same order. On an error, `failed` names the entry.
+std::error_code folder_entries(int fd, const std::string& prefix, std::vector<folder_child>& out, bool& own,
+                               std::string& failed, std::vector<struct stat>* stats = nullptr) {
     std::vector<std::string> names;
     if (std::error_code ec = list_folder(fd, names)) {
         return ec;
@@ -686,7 +686,15 @@ std::optional<partial_seed> dest_tree::start_seed(std::string_view wire_path, st
         return std::nullopt;
     }
     if (seed.bytes == static_cast<std::uint64_t>(st.st_size) && ::ioctl(seed.partial, FICLONE, seed.basis) == 0) {
-        seed.cloned = true;  // shares the old file's blocks: no copy
+        // Shares the old file's blocks: no copy. The sums are read from the clone itself
+        // (the older version may change after it), so it is open for reading from now on.
+        seed.cloned = true;
+        ::close(std::exchange(seed.partial, -1));
+        seed.partial = open_partial_read(wire_path, ec);
+        if (seed.partial < 0) {
+            remove_partial(wire_path, true, false);
+            return std::nullopt;
+        }
         return seed;
     }
     // A real copy: only while it leaves room (what the transfer needs is checked after).

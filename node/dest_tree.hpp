@@ -57,7 +57,7 @@ std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtim
 // `cloned`; else it is that long and its filler writes them). Closes both on destruction.
 struct partial_seed {
     int basis = -1;    // the older version, open for reading
-    int partial = -1;  // the partial file, open for writing
+    int partial = -1;  // the partial file, open for writing (for reading when cloned)
     std::uint64_t bytes = 0;
     bool cloned = false;  // a reflink: the bytes are there already
 
@@ -175,7 +175,8 @@ public:
     // there: `ferry sync` then offers its chunks, and only the chunks that differ are sent.
     // A reflink where the file system has them (`cloned`); else an empty partial file of
     // that length, which the caller fills (resume.hpp's seeded_sums copies the bytes as
-    // it reads them for their sums), and only while 64 MiB stay free beyond it. Never
+    // it reads them for their sums), and only while 64 MiB stay free beyond it (seeds
+    // started before are filled, so the room they take is counted). Never
     // replaces a partial file already there. Null (and no partial file of its own left)
     // when it did not start one.
     // `from` (if not empty) names another file of the tree to start from instead (a

@@ -36,9 +36,12 @@ int open_share_root(const std::string& canonical_dir, std::string& why) {
         long fd = ::syscall(SYS_openat2, AT_FDCWD, canonical_dir.c_str(), &how, sizeof how);
         if (fd >= 0 || errno != EAGAIN) {  // EAGAIN: a rename raced the lookup
             if (fd < 0) {
-                why = errno == ELOOP || errno == ENOTDIR
-                          ? "the share's folder is no longer a folder reached without a symlink (one was put on its path)"
-                          : "the share's folder cannot be opened";
+                int err = errno;
+                why =
+                    err == ELOOP || err == ENOTDIR
+                        ? "the share's folder is no longer a folder reached without a symlink (one was put on its path)"
+                        : "the share's folder cannot be opened";
+                errno = err;
             }
             return static_cast<int>(fd);
         }

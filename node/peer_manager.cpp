@@ -319,7 +319,7 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             });
             ::fstat(fd, &st);
             std::string root = "/proc/self/fd/" + std::to_string(fd);
-            if (scan_contents(root, excludes, sources, error)) {
+            if (scan_contents(root, excludes, sources, error, &ctx->workers)) {
                 error = "cannot read the share: " + error.substr(std::min(error.size(), root.size() + 1));
             }
             for (std::string& local : sources.locals) {

@@ -73,6 +73,11 @@ struct local_basis {
 
 namespace {
 
+// The kind a removed entry goes on the wire as (Deleted) and in events.
+wire::EntryKind kind_of(const dest_tree::removed_entry& r) {
+    return r.is_dir ? wire::ENTRY_DIR : r.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE;
+}
+
 // A sync's older version of a file, open (seeded_sums), on its way to the file's sink:
 // the delta then copies from that very inode, whatever its name holds by then.
 struct basis_file {
@@ -937,7 +942,7 @@ void receive_session::next_offer() {
                 // hashing found.
                 std::uint64_t here = 0;
                 std::vector<bool> partial(items.size(), false);
-                std::vector<std::optional<partial_seed>> seeds(items.size());
+                std::vector<bool> seed(items.size(), false);
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (identical[i]) {
                         here += items[i].e.size;
@@ -948,10 +953,10 @@ void receive_session::next_offer() {
                             // and is the basis of a delta, so that only what differs
                             // travels (below: its sums, and the chunks the seed holds as
                             // they are; the sender checks every digest). No partial data,
-                            // so any resume record is stale.
+                            // so any resume record is stale. The seed is written below:
+                            // until then it takes room like the rest of the new version.
                             tree->remove_partial(items[i].e.path, false, true);
-                            seeds[i] = tree->start_seed(items[i].e.path, items[i].e.size);
-                            bytes = seeds[i] ? seeds[i]->bytes : 0;
+                            seed[i] = true;
                         }
                         partial[i] = bytes > 0;
                         here += std::min(bytes, items[i].e.size);
@@ -960,8 +965,10 @@ void receive_session::next_offer() {
                 space_check(here);
                 here = 0;
                 for (std::size_t i = 0; i < items.size() && error.empty() && !sync.dry_run; ++i) {
-                    if (seeds[i]) {
-                        seeded(items[i], std::move(*seeds[i]), found[i], sums[i]);
+                    if (seed[i]) {
+                        if (std::optional<partial_seed> s = tree->start_seed(items[i].e.path, items[i].e.size)) {
+                            seeded(items[i], std::move(*s), found[i], sums[i]);
+                        }
                     } else if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
@@ -972,12 +979,6 @@ void receive_session::next_offer() {
                         }
                     }
                     here += identical[i] ? items[i].e.size : found[i].kept_bytes;
-                }
-                for (std::size_t i = 0; i < items.size(); ++i) {
-                    if (seeds[i] && seeds[i]->partial >= 0) {
-                        seeds[i].reset();  // not filled (the batch failed): not left behind
-                        tree->remove_partial(items[i].e.path, true, false);
-                    }
                 }
                 space_check(here);
             }
@@ -1695,7 +1696,7 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
         for (const dest_tree::removed_entry& r : removed) {
             ++(r.is_dir ? deleted_dirs_ : deleted_files_);
             if (ctx_.events.deleted) {
-                ctx_.events.deleted(printable(r.path), r.is_dir ? wire::ENTRY_DIR : r.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE);
+                ctx_.events.deleted(printable(r.path), kind_of(r));
             }
         }
     }
@@ -1715,7 +1716,7 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
         }
         bytes += path.size() + 16;
         wire::Entry* e = h.mutable_deleted()->add_entries();
-        e->set_kind(r.is_dir ? wire::ENTRY_DIR : r.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE);
+        e->set_kind(kind_of(r));
         e->set_path(std::move(path));
     }
     flush();

@@ -172,13 +172,15 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
     // Bytes [off, off + len) of the older version: read, copied into the partial file
     // (what lies inside its length) and summed from the very buffer that was written, so
     // that a claim describes the partial file's bytes even if the older version changes.
+    // A clone is read itself, for the same reason.
     auto copy_block = [&](std::uint8_t* buf, std::uint64_t off, std::uint32_t len) {
         std::error_code ec;
-        if (read_at(seed.basis, buf, len, off, ec) != len) {
+        if (read_at(seed.cloned ? seed.partial : seed.basis, buf, len, off, ec) != len) {
             return false;  // it changed size under us: no delta (the transfer sends the file)
         }
         if (!seed.cloned && off < bytes) {
-            return !write_at(seed.partial, buf, static_cast<std::size_t>(std::min<std::uint64_t>(len, bytes - off)), off);
+            return !write_at(seed.partial, buf, static_cast<std::size_t>(std::min<std::uint64_t>(len, bytes - off)),
+                             off);
         }
         return true;
     };
@@ -200,7 +202,8 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
     const std::uint64_t tail_at = out.size - t;
     // What lies between the last block summed and the short last block (only when the
     // blocks were capped), copied as it is.
-    for (std::uint64_t done = blocks * chunk_size, end = std::min(bytes, tail_at); !failed && !seed.cloned && done < end;) {
+    for (std::uint64_t done = blocks * chunk_size, end = std::min(bytes, tail_at);
+         !failed && !seed.cloned && done < end;) {
         loff_t from = static_cast<loff_t>(done);
         loff_t to = static_cast<loff_t>(done);
         ssize_t n = ::copy_file_range(seed.basis, &from, seed.partial, &to, end - done, 0);

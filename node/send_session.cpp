@@ -735,9 +735,10 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
             const std::uint64_t chunks = chunk_count(size);
             scan->digests.resize(chunks);
             // In parts over the pool's workers, each part's own matcher fed one chunk past
-            // its end as well, so that a block straddling two parts is still found (the
-            // next part's matches that overlap it are dropped below).
-            const std::size_t parts = chunks < 64 ? 1 : static_cast<std::size_t>(std::min<std::uint64_t>(chunks / 32, 8));
+            // its end as well, so that a block straddling two parts is still found
+            // (append_part_matches cuts what the next part's matches overlap).
+            const std::size_t parts =
+                chunks < 64 ? 1 : static_cast<std::size_t>(std::min<std::uint64_t>(chunks / 32, 8));
             struct part_result {
                 std::vector<block_match> matches;
                 std::uint64_t end = 0;  // in bytes
@@ -769,7 +770,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
                 if (fd >= 0) {
                     ::close(fd);
                 }
-                r.matches = matcher.matches();
+                r.matches = matcher.take_matches();
                 r.end = end * chunk_size;
             });
             for (part_result& r : results) {

@@ -252,7 +252,8 @@ private:
     };
     // At most this many passes run (or wait for a worker) at once: chunks of further such
     // files wait in the machine's queue.
-    static constexpr std::size_t max_delta_scans = 1;  // a worker stays free for everything else
+    // (One pass at a time: it splits itself over the workers, run_parts, between their other tasks.)
+    static constexpr std::size_t max_delta_scans = 1;
     // Takes `ref` if it is a chunk of such a file (parked, or hashed from the pass); false
     // when it is read as usual. Sets `stop` when pump() must stop here for now.
     bool delta_ref(const chunk_ref& ref, bool& stop);

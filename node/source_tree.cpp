@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "node/file_io.hpp"
+#include "node/worker_pool.hpp"
 #include "protocol/path.hpp"
 
 namespace ferry {
@@ -22,11 +23,9 @@ namespace {
 // per level, so that a very deep tree cannot run out of file descriptors.
 constexpr int max_open_depth = 128;
 
-// Threads a sync's scan uses: one per core, up to 4 (the stats are system calls that
-// scale with cores; past a few, the file system's locks do not).
-std::size_t max_scan_threads() {
-    return std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 4);
-}
+// Threads a sync's scan uses outside a node: one per core, up to 4 (the stats are system
+// calls that scale with cores; past a few, the file system's locks do not).
+std::size_t max_scan_threads() { return std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 4); }
 
 // Walks the sources with one open folder per level: each entry is a short fstatat()
 // relative to its folder, not a lookup of its whole path (10,000 files: a few ms).
@@ -151,7 +150,7 @@ struct scanner {
 }  // namespace
 
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
-                              std::string& error) {
+                              std::string& error, worker_pool* pool) {
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0) {
         error = dir.string() + ": " + std::error_code(errno, std::system_category()).message();
@@ -168,9 +167,12 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         error = dir.string() + ": " + ec.message();
         return ec;
     }
+    struct closer {
+        int fd;
+        ~closer() { ::close(fd); }
+    } close_fd{fd};
     std::vector<std::string> names;
     if (std::error_code ec = list_folder(fd, names)) {
-        ::close(fd);
         error = dir.string() + ": " + ec.message();
         return ec;
     }
@@ -193,14 +195,19 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
             }
         }
     };
-    {
+    if (pool != nullptr) {
+        pool->run_parts(std::min(runs, pool->size()), [&](std::size_t) { scan_runs(); });  // a node's own threads
+    } else {
         std::vector<std::jthread> helpers;
-        for (std::size_t t = 1; t < std::min<std::size_t>(runs, max_scan_threads()); ++t) {
-            helpers.emplace_back(scan_runs);
+        try {
+            for (std::size_t t = 1; t < std::min<std::size_t>(runs, max_scan_threads()); ++t) {
+                helpers.emplace_back(scan_runs);
+            }
+        } catch (const std::system_error&) {
+            // no more threads to be had: the ones there (this one at least) take every run
         }
         scan_runs();
     }
-    ::close(fd);
     std::size_t entries = 0;
     for (const source_tree& p : parts) {
         entries += p.entries.size();

@@ -17,6 +17,8 @@
 
 namespace ferry {
 
+class worker_pool;
+
 struct source_tree {
     std::vector<entry_info> entries;             // wire view, id = index
     std::vector<std::string> locals;             // local path of each entry
@@ -37,8 +39,10 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 // entries `excludes` matches are left out with everything in them. A symlink is an
 // entry of its own (is_link, its target read, never followed); special files are skipped. An empty folder gives
 // no entries (not an error). On failure `error` names the path and the reason.
+// The walk runs on several threads: the pool's workers (the caller's among them, when it
+// is one) with `pool`, else threads of its own, one per core up to 4.
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
-                              std::string& error);
+                              std::string& error, worker_pool* pool = nullptr);
 
 // `ferry sync`: what the scan skipped (special files, ferry's partial files) is not SRC's to delete
 // at DST, so a literal exclude pattern for each is appended to `target` (whose patterns

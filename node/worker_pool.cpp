@@ -1,5 +1,7 @@
 #include "node/worker_pool.hpp"
 
+#include <exception>
+
 namespace ferry {
 
 worker_pool::worker_pool(std::size_t threads) {
@@ -39,6 +41,7 @@ void worker_pool::run_parts(std::size_t parts, const std::function<void(std::siz
         std::size_t next = 0;  // the next part to take
         std::size_t done = 0;
         const std::function<void(std::size_t)>* fn = nullptr;  // read only after taking a part
+        std::exception_ptr failure;                            // the first part that threw
     };
     auto state = std::make_shared<shared>();
     state->parts = parts;
@@ -53,8 +56,16 @@ void worker_pool::run_parts(std::size_t parts, const std::function<void(std::siz
                 }
                 i = s.next++;
             }
-            (*s.fn)(i);
+            std::exception_ptr failed;
+            try {
+                (*s.fn)(i);
+            } catch (...) {
+                failed = std::current_exception();
+            }
             std::lock_guard lock(s.mutex);
+            if (failed && !s.failure) {
+                s.failure = failed;
+            }
             if (++s.done == s.parts) {
                 s.cv.notify_all();
             }
@@ -66,6 +77,9 @@ void worker_pool::run_parts(std::size_t parts, const std::function<void(std::siz
     take_parts(*state);
     std::unique_lock lock(state->mutex);
     state->cv.wait(lock, [&] { return state->done == state->parts; });
+    if (state->failure) {
+        std::rethrow_exception(state->failure);  // on the caller, once no part runs any more
+    }
 }
 
 void worker_pool::run() {

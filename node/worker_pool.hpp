@@ -54,7 +54,8 @@ public:
     // takes parts in turn, and helpers posted to the pool (at most size() - 1) take others
     // when a worker comes free. Safe from a worker's own task: a part no helper has taken
     // is run by the caller, which waits only for parts already running elsewhere. Parts
-    // run concurrently; fn must not throw.
+    // run concurrently. A part that throws does not stop the others: once all are done,
+    // the first exception is thrown again here.
     void run_parts(std::size_t parts, const std::function<void(std::size_t)>& fn);
 
 private:

@@ -222,10 +222,24 @@ void delta_matcher::match_tail(std::vector<block_match>& matches, std::span<cons
 }
 
 void append_part_matches(std::vector<block_match>& into, std::span<const block_match> part, std::uint64_t end) {
-    for (const block_match& m : part) {
-        if (m.at < end && (into.empty() || m.at >= into.back().at + into.back().length)) {
-            into.push_back(m);
+    for (block_match m : part) {
+        if (m.at >= end) {
+            break;
         }
+        std::uint64_t covered = into.empty() ? 0 : into.back().at + into.back().length;
+        if (m.at + m.length <= covered) {
+            continue;
+        }
+        if (m.at < covered) {
+            // The earlier part's last match runs into this one (on repetitive data this
+            // part may have found its own first block aligned): the rest of it still
+            // copies, and this part's next matches follow on from it.
+            std::uint64_t cut = covered - m.at;
+            m.at += cut;
+            m.basis_offset += cut;
+            m.length -= cut;
+        }
+        into.push_back(m);
     }
 }
 

@@ -122,6 +122,7 @@ public:
                            std::uint64_t file_size, const digest128& want, std::uint64_t basis_offset);
     // The blocks found, by position, never overlapping.
     const std::vector<block_match>& matches() const { return matches_; }
+    std::vector<block_match> take_matches() { return std::move(matches_); }
     // Bytes the window slid over one at a time (what found nothing at once).
     std::uint64_t rolled_bytes() const { return rolled_; }
     // Windows whose weak sum matched a block but whose strong digest did not. Past
@@ -152,7 +153,8 @@ private:
 // first chunk) fed one chunk past the part's end, so that a block straddling two parts
 // is found too: adds the matches of the next part to `into` (the earlier parts', in
 // file order), without those that start at or past `end` (the part's end, in bytes:
-// the next part's own) or overlap one already there.
+// the next part's own) or lie inside one already there; one that overlaps the last
+// one there keeps the bytes past it (a match may be shorter than a block).
 void append_part_matches(std::vector<block_match>& into, std::span<const block_match> part, std::uint64_t end);
 
 // One step of rebuilding a chunk: `length` bytes copied from the basis at

@@ -10,6 +10,7 @@
 #include <future>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -29,6 +30,22 @@ TEST(WorkerPool, RunPartsRunsEveryPartOnceAndReturnsAfterTheLast) {
     for (std::size_t i = 0; i < parts; ++i) {
         EXPECT_EQ(runs[i].load(), 1) << i;
     }
+}
+
+// A part that throws: every other part still runs, and the caller gets the exception
+// once none runs any more.
+TEST(WorkerPool, RunPartsThrowsAPartsExceptionAfterAllPartsRan) {
+    worker_pool pool(2);
+    std::atomic<int> ran{0};
+    EXPECT_THROW(pool.run_parts(50,
+                                [&](std::size_t i) {
+                                    ran.fetch_add(1);
+                                    if (i == 7) {
+                                        throw std::runtime_error("part 7");
+                                    }
+                                }),
+                 std::runtime_error);
+    EXPECT_EQ(ran.load(), 50);
 }
 
 // Two parts that each wait (bounded) for the other to start can only both finish if they

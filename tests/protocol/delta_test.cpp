@@ -167,6 +167,23 @@ TEST(DeltaMatcher, APassInPartsFindsWhatOnePassFinds) {
         }
     }
     EXPECT_EQ(run(basis, inserted, 3).literal, 1 + 300u);  // the new byte and the short last block
+
+    // Repetitive data: a part finds its first block aligned while the part before it ran
+    // a match past their border; the overlap is cut, and nothing more is sent. (One pass
+    // stays 1000 bytes off the blocks to the end, so its last 256 KiB - 1000 bytes match
+    // no whole block; the parts' last one matches aligned, and sends only the new bytes.)
+    bytes zeros(16 * B, 0);
+    bytes shifted = zeros;
+    shifted.insert(shifted.begin(), 1000, 0x42);
+    shifted.resize(zeros.size());
+    EXPECT_EQ(run(zeros, shifted).literal, B);
+    for (std::size_t parts : {2, 4, 8}) {
+        delta_result split = run(zeros, shifted, parts);
+        EXPECT_EQ(split.literal, 1000u) << parts << " parts";
+        for (std::size_t j = 1; j < split.matches.size(); ++j) {
+            EXPECT_GE(split.matches[j].at, split.matches[j - 1].at + split.matches[j - 1].length);
+        }
+    }
 }
 
 TEST(DeltaMatcher, MovedBlocksAreFoundAndUnrelatedDataMatchesNothing) {
