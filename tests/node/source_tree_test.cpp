@@ -96,7 +96,7 @@ TEST(source_tree_test, a_syncs_scan_over_several_threads_gives_one_walks_entries
     fs::path root = tmp.path() / "src";
     std::vector<std::string> expected;
     for (int i = 0; i < 300; ++i) {
-        char name[8];
+        char name[16];
         std::snprintf(name, sizeof name, "d%03d", i);
         write(root / name / "a.txt", "aa");
         write(root / name / "b.log", "b");
