@@ -824,6 +824,51 @@ void receive_session::next_offer() {
         // either (parents come before their contents in an offer), so it is not looked
         // for, neither by the check nor after the second pass made the folder.
         // (A dry run's set lives on over its batches: `absent` then is the session's.)
+        //
+        // The check's look at the batch's regular files, taken ahead over the pool's
+        // workers (a no-change sync of a big tree is mostly these stats): the batch's
+        // folders first, one at a time, as the check finds them (those missing go into
+        // `absent`), then every file not in a missing folder. Nothing is made or changed
+        // by either, so the check takes these answers in its own order instead of
+        // looking again.
+        struct look {
+            bool done = false;
+            bool same = false;
+            bool there = false;
+            std::error_code ec;
+        };
+        std::vector<look> ahead;
+        if (tree && items.size() >= 512 && self->ctx_.workers.size() > 1) {
+            std::vector<std::size_t> files;
+            for (std::size_t i = 0; i < items.size(); ++i) {
+                const entry_info& e = items[i].e;
+                bool in_absent = absent->contains(std::string(wire_parent(e.path)));
+                if (e.is_dir) {
+                    bool missing = in_absent;
+                    if (!in_absent) {
+                        tree->make_dir(e.path, false, &missing);  // an error is the check's to report
+                    }
+                    if (missing) {
+                        absent->insert(e.path);
+                    }
+                } else if (!e.is_link && !in_absent) {
+                    files.push_back(i);
+                }
+            }
+            const std::size_t parts = std::min<std::size_t>(files.size() / 256, 16);
+            if (parts > 1) {
+                ahead.resize(items.size());
+                self->ctx_.workers.run_parts(parts, [&](std::size_t p) {
+                    for (std::size_t k = files.size() * p / parts; k < files.size() * (p + 1) / parts; ++k) {
+                        const entry_info& e = items[files[k]].e;
+                        look& l = ahead[files[k]];
+                        l.ec = tree->check_file(e.path, overwrite, e.size, e.mtime_ns, l.same, false, &l.there,
+                                                &mode_there[files[k]]);
+                        l.done = true;
+                    }
+                });
+            }
+        }
         for (bool create : {false, true}) {
             if (!tree) {
                 if (error.empty()) {
@@ -899,10 +944,16 @@ void receive_session::next_offer() {
                 if (create && folder_there[i] && !clear_folder(i, false)) {
                     break;
                 }
-                std::error_code ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
-                                              : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
-                                                                 create ? nullptr : &is_there,
-                                                                 create ? nullptr : &mode_there[i]);
+                std::error_code ec;
+                if (!create && !ahead.empty() && ahead[i].done) {
+                    ec = ahead[i].ec;  // looked at ahead (above)
+                    same = ahead[i].same;
+                    is_there = ahead[i].there;
+                } else {
+                    ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
+                                  : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
+                                                     create ? nullptr : &is_there, create ? nullptr : &mode_there[i]);
+                }
                 if (missing) {
                     absent->insert(e.path);
                 }

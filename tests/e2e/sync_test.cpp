@@ -716,6 +716,23 @@ TEST_F(sync_pull, a_writers_symlinks_cannot_move_a_share_or_remove_an_excluded_f
     ASSERT_EQ(real.code, 0) << real.err;
     EXPECT_EQ(paths_of(json_events(real.out), "created").size(), 2000u);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
+
+    // A resync of those folders (batches big enough for the receiver to look at their
+    // files over both workers ahead of its check): what changed is found, the rest skipped.
+    const std::string name = "a-longer-file-name-to-fill-offer-batches-";
+    write_text_file(src / "many" / (name + "7"), "changed");
+    write_text_file(src / "many" / (name + "1500"), "y");  // same size
+    set_mtime(src / "many" / (name + "1500"), 1'500'000'000);
+    fs::permissions(src / "many" / (name + "999"), fs::perms::owner_read | fs::perms::owner_write);
+    fs::remove(src / "many" / (name + "1999"));
+    fs::last_write_time(src / "many", fs::last_write_time(share / "site/many"));
+    run_result again = sync({"--delete"});
+    ASSERT_EQ(again.code, 0) << again.err;
+    auto ev = json_events(again.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"many/" + name + "1500", "many/" + name + "7", "many/" + name + "999"}));
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"many/" + name + "1999"}));
+    EXPECT_EQ(paths_of(ev, "skipped").size(), 1996u);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
 TEST_F(sync_pull, a_read_only_share_can_be_pulled_and_refusals_are_clear) {
