@@ -660,38 +660,29 @@ int dest_tree::open_partial(std::string_view wire_path, std::error_code& ec, boo
     return open_partial_file(wire_path, create ? O_CREAT : 0, 0600, ec);
 }
 
-partial_seed::~partial_seed() {
-    if (basis >= 0) {
-        ::close(basis);
-    }
-    if (partial >= 0) {
-        ::close(partial);
-    }
-}
-
 std::optional<partial_seed> dest_tree::start_seed(std::string_view wire_path, std::uint64_t bytes,
                                                   std::string_view from) {
     std::error_code ec;
     partial_seed seed;
-    seed.basis = open_final_read(from.empty() ? wire_path : from, ec);
-    if (seed.basis < 0) {
+    seed.basis.reset(open_final_read(from.empty() ? wire_path : from, ec));
+    if (seed.basis.get() < 0) {
         return std::nullopt;
     }
     struct stat st {};
-    seed.bytes = ::fstat(seed.basis, &st) == 0 ? std::min<std::uint64_t>(bytes, st.st_size) : 0;
+    seed.bytes = ::fstat(seed.basis.get(), &st) == 0 ? std::min<std::uint64_t>(bytes, st.st_size) : 0;
     // A partial file already there (another transfer of the same path, or one that
     // appeared since the caller looked) is never overwritten: O_EXCL.
-    seed.partial = seed.bytes == 0 ? -1 : open_partial_file(wire_path, O_CREAT | O_EXCL, 0600, ec);
-    if (seed.partial < 0) {
+    seed.partial.reset(seed.bytes == 0 ? -1 : open_partial_file(wire_path, O_CREAT | O_EXCL, 0600, ec));
+    if (seed.partial.get() < 0) {
         return std::nullopt;
     }
-    if (seed.bytes == static_cast<std::uint64_t>(st.st_size) && ::ioctl(seed.partial, FICLONE, seed.basis) == 0) {
+    if (seed.bytes == static_cast<std::uint64_t>(st.st_size) &&
+        ::ioctl(seed.partial.get(), FICLONE, seed.basis.get()) == 0) {
         // Shares the old file's blocks: no copy. The sums are read from the clone itself
         // (the older version may change after it), so it is open for reading from now on.
         seed.cloned = true;
-        ::close(std::exchange(seed.partial, -1));
-        seed.partial = open_partial_read(wire_path, ec);
-        if (seed.partial < 0) {
+        seed.partial.reset(open_partial_read(wire_path, ec));
+        if (seed.partial.get() < 0) {
             remove_partial(wire_path, true, false);
             return std::nullopt;
         }
@@ -700,8 +691,9 @@ std::optional<partial_seed> dest_tree::start_seed(std::string_view wire_path, st
     // A real copy: only while it leaves room (what the transfer needs is checked after).
     struct statvfs vfs {};
     constexpr std::uint64_t reserve = 64u << 20;
-    if (::fstatvfs(seed.partial, &vfs) != 0 || std::uint64_t{vfs.f_bavail} * vfs.f_frsize < seed.bytes + reserve ||
-        ::ftruncate(seed.partial, static_cast<off_t>(seed.bytes)) != 0) {
+    if (::fstatvfs(seed.partial.get(), &vfs) != 0 ||
+        std::uint64_t{vfs.f_bavail} * vfs.f_frsize < seed.bytes + reserve ||
+        ::ftruncate(seed.partial.get(), static_cast<off_t>(seed.bytes)) != 0) {
         remove_partial(wire_path, true, false);
         return std::nullopt;
     }

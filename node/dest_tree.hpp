@@ -56,24 +56,10 @@ std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtim
 // partial file is to hold the older version's first `bytes` bytes (it already does when
 // `cloned`; else it is that long and its filler writes them). Closes both on destruction.
 struct partial_seed {
-    int basis = -1;    // the older version, open for reading
-    int partial = -1;  // the partial file, open for writing (for reading when cloned)
+    unique_fd basis;    // the older version, open for reading
+    unique_fd partial;  // the partial file, open for writing (for reading when cloned)
     std::uint64_t bytes = 0;
     bool cloned = false;  // a reflink: the bytes are there already
-
-    partial_seed() = default;
-    partial_seed(partial_seed&& o) noexcept
-        : basis(std::exchange(o.basis, -1)), partial(std::exchange(o.partial, -1)), bytes(o.bytes), cloned(o.cloned) {}
-    partial_seed& operator=(partial_seed&& o) noexcept {  // `o` closes what this held
-        std::swap(basis, o.basis);
-        std::swap(partial, o.partial);
-        bytes = o.bytes;
-        cloned = o.cloned;
-        return *this;
-    }
-    ~partial_seed();
-    // The older version's fd, which the caller now owns (closed by the caller).
-    int release_basis() { return std::exchange(basis, -1); }
 };
 
 class dest_tree {

@@ -3,14 +3,46 @@
 #pragma once
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace ferry {
+
+// Owns a file descriptor (-1: none): closed on destruction. Move-only.
+class unique_fd {
+public:
+    unique_fd() = default;
+    explicit unique_fd(int fd) : fd_(fd) {}
+    unique_fd(unique_fd&& o) noexcept : fd_(o.release()) {}
+    unique_fd& operator=(unique_fd&& o) noexcept {
+        if (this != &o) {
+            reset(o.release());
+        }
+        return *this;
+    }
+    ~unique_fd() { reset(); }
+    int get() const { return fd_; }
+    // Gives the fd up to the caller, who closes it.
+    int release() { return std::exchange(fd_, -1); }
+    // Closes the fd held (if any) and holds `fd` instead.
+    void reset(int fd = -1) {
+        if (fd_ >= 0) {
+            ::close(fd_);
+        }
+        fd_ = fd;
+    }
+    // Closes now and reports the result (close can report a deferred write error).
+    int close() { return ::close(release()); }
+
+private:
+    int fd_ = -1;
+};
 
 // pwrite of all `len` bytes at `offset` (retries short writes and EINTR).
 std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset);

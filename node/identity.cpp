@@ -18,6 +18,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "node/file_io.hpp"
 #include "transport/openssl_util.hpp"
 #include "transport/tls.hpp"
 
@@ -25,29 +26,6 @@ namespace ferry {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Closes a file descriptor on scope exit.
-class unique_fd {
-  public:
-    explicit unique_fd(int fd) : fd_(fd) {}
-    unique_fd(const unique_fd&) = delete;
-    unique_fd& operator=(const unique_fd&) = delete;
-    ~unique_fd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    int get() const { return fd_; }
-    // Closes now and reports the result (close can report a deferred write error).
-    int close() {
-        int rc = ::close(fd_);
-        fd_ = -1;
-        return rc;
-    }
-
-  private:
-    int fd_;
-};
 
 [[noreturn]] void fail(const fs::path& path, std::string_view reason) {
     throw std::runtime_error(fmt::format("{}: {}", path.string(), reason));

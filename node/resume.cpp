@@ -159,7 +159,7 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
                                       std::uint64_t max_claims, resume_found& claims, int& basis_fd) {
     basis_fd = -1;
     struct stat st {};
-    if (::fstat(seed.basis, &st) != 0) {
+    if (::fstat(seed.basis.get(), &st) != 0) {
         return std::nullopt;
     }
     basis_sums out;
@@ -175,11 +175,11 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
     // A clone is read itself, for the same reason.
     auto copy_block = [&](std::uint8_t* buf, std::uint64_t off, std::uint32_t len) {
         std::error_code ec;
-        if (read_at(seed.cloned ? seed.partial : seed.basis, buf, len, off, ec) != len) {
+        if (read_at(seed.cloned ? seed.partial.get() : seed.basis.get(), buf, len, off, ec) != len) {
             return false;  // it changed size under us: no delta (the transfer sends the file)
         }
         if (!seed.cloned && off < bytes) {
-            return !write_at(seed.partial, buf, static_cast<std::size_t>(std::min<std::uint64_t>(len, bytes - off)),
+            return !write_at(seed.partial.get(), buf, static_cast<std::size_t>(std::min<std::uint64_t>(len, bytes - off)),
                              off);
         }
         return true;
@@ -206,7 +206,7 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
          !failed && !seed.cloned && done < end;) {
         loff_t from = static_cast<loff_t>(done);
         loff_t to = static_cast<loff_t>(done);
-        ssize_t n = ::copy_file_range(seed.basis, &from, seed.partial, &to, end - done, 0);
+        ssize_t n = ::copy_file_range(seed.basis.get(), &from, seed.partial.get(), &to, end - done, 0);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -251,7 +251,7 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
     }
     claims.have = std::move(have);  // possibly no chunk: the delta alone then saves the bytes
     claims.digests = std::move(digests);
-    basis_fd = seed.release_basis();
+    basis_fd = seed.basis.release();
     return out;
 }
 

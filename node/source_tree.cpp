@@ -161,16 +161,13 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         return std::make_error_code(std::errc::not_a_directory);
     }
     // The folder itself may be a symlink (named by the user); what is inside is not followed.
-    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    unique_fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    const int fd = dir_fd.get();
     if (fd < 0) {
         std::error_code ec(errno, std::system_category());
         error = dir.string() + ": " + ec.message();
         return ec;
     }
-    struct closer {
-        int fd;
-        ~closer() { ::close(fd); }
-    } close_fd{fd};
     std::vector<std::string> names;
     if (std::error_code ec = list_folder(fd, names)) {
         error = dir.string() + ": " + ec.message();
