@@ -746,53 +746,48 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
                 std::string what;
             };
             std::vector<part_result> results(parts);
-            self->ctx_.workers.run_parts(parts, [&](std::size_t p) {
-                part_result& r = results[p];
-                const std::uint64_t first = chunks * p / parts;
-                const std::uint64_t end = chunks * (p + 1) / parts;
-                delta_matcher matcher(index, first);
-                int fd = open_source(root_fd, *local, size, true, r.ec, r.what);
-                std::vector<std::uint8_t> buf(chunk_size);
-                for (std::uint64_t i = first; !r.ec && i < std::min(end + 1, chunks); ++i) {
-                    std::uint32_t len = chunk_length(size, i);
-                    if (read_at(fd, buf.data(), len, i * chunk_size, r.ec) != len && !r.ec) {
-                        r.ec = std::make_error_code(std::errc::invalid_argument);
-                        r.what = "file shrank during the transfer";
-                    }
-                    if (!r.ec) {
-                        digest128 d = hash_chunk(std::span<const std::uint8_t>(buf.data(), len));
-                        if (i < end) {
-                            scan->digests[i] = d;
+            // One descriptor, read by every part (pread), and its size checked once.
+            unique_fd fd(open_source(root_fd, *local, size, true, scan->ec, scan->what));
+            if (!scan->ec) {
+                self->ctx_.workers.run_parts(parts, [&](std::size_t p) {
+                    part_result& r = results[p];
+                    const std::uint64_t first = chunks * p / parts;
+                    const std::uint64_t end = chunks * (p + 1) / parts;
+                    delta_matcher matcher(index, first);
+                    std::vector<std::uint8_t> buf(chunk_size);
+                    for (std::uint64_t i = first; !r.ec && i < std::min(end + 1, chunks); ++i) {
+                        std::uint32_t len = chunk_length(size, i);
+                        if (read_at(fd.get(), buf.data(), len, i * chunk_size, r.ec) != len && !r.ec) {
+                            r.ec = std::make_error_code(std::errc::invalid_argument);
+                            r.what = "file shrank during the transfer";
                         }
-                        matcher.feed(buf, len, d);
+                        if (!r.ec) {
+                            digest128 d = hash_chunk(std::span<const std::uint8_t>(buf.data(), len));
+                            if (i < end) {
+                                scan->digests[i] = d;
+                            }
+                            matcher.feed(buf, len, d);
+                        }
                     }
+                    r.matches = matcher.take_matches();
+                    r.end = end * chunk_size;
+                });
+                for (part_result& r : results) {
+                    if (r.ec) {
+                        scan->ec = r.ec;
+                        scan->what = std::move(r.what);
+                        break;
+                    }
+                    append_part_matches(scan->matches, r.matches, r.end);
                 }
-                if (fd >= 0) {
-                    ::close(fd);
-                }
-                r.matches = matcher.take_matches();
-                r.end = end * chunk_size;
-            });
-            for (part_result& r : results) {
-                if (r.ec) {
-                    scan->ec = r.ec;
-                    scan->what = std::move(r.what);
-                    break;
-                }
-                append_part_matches(scan->matches, r.matches, r.end);
             }
             if (!scan->ec && tail > 0 && tail <= size) {
                 // The older version's short last block, looked for at the very end.
                 std::error_code tail_ec;
-                int fd = open_source(root_fd, *local, size, true, tail_ec, scan->what);
                 std::vector<std::uint8_t> buf(tail);
-                if (fd >= 0 && read_at(fd, buf.data(), tail, size - tail, tail_ec) == tail) {
+                if (read_at(fd.get(), buf.data(), tail, size - tail, tail_ec) == tail) {
                     delta_matcher::match_tail(scan->matches, buf, size, tail_digest, tail_at);
                 }
-                if (fd >= 0) {
-                    ::close(fd);
-                }
-                scan->what.clear();
             }
             if (scan->ec && scan->what.empty()) {
                 scan->what = scan->ec.message();
