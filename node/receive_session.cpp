@@ -774,12 +774,18 @@ void receive_session::next_offer() {
         // A file new at DST that SRC may have renamed or copied from one DST has: started
         // from that file and accepted ACCEPT_PARTIAL with its chunks' digests (the sender
         // checks each). False when there is none to start from.
-        // A partial file just started from an older version (`seed`), filled: that
-        // version's sums (a delta's basis) and the chunks it holds (in `claims`), or false
-        // (and no partial file left) when it could not be read or written.
-        auto seeded = [&](const item& it, partial_seed seed, resume_found& claims, std::optional<basis_sums>& sums) {
+        // The partial file of item `it` started from an older version (its own final file,
+        // or `from`) and filled: that version's sums (a delta's basis) and the chunks it
+        // holds (in `claims`), or false (and no partial file left) when it could not be
+        // started, read or written.
+        auto seeded = [&](const item& it, std::string_view from, resume_found& claims,
+                          std::optional<basis_sums>& sums) {
+            std::optional<partial_seed> seed = tree->start_seed(it.e.path, it.e.size, from);
+            if (!seed) {
+                return false;
+            }
             int fd = -1;
-            sums = seeded_sums(it.e, std::move(seed), self->ctx_.workers, claim_budget, claims, fd);
+            sums = seeded_sums(it.e, std::move(*seed), self->ctx_.workers, claim_budget, claims, fd);
             if (!sums) {
                 tree->remove_partial(it.e.path, true, true);
                 claims = {};
@@ -810,10 +816,9 @@ void receive_session::next_offer() {
                 return false;  // nothing like it, or an earlier attempt's partial file is there
             }
             tree->remove_partial(e.path, false, true);  // a record without data: stale
-            std::optional<partial_seed> seed = tree->start_seed(e.path, e.size, from->path);
             resume_found r;
             std::optional<basis_sums> sums;
-            if (!seed || !seeded(items[i], std::move(*seed), r, sums)) {
+            if (!seeded(items[i], from->path, r, sums)) {
                 return false;
             }
             decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests),
@@ -1017,9 +1022,7 @@ void receive_session::next_offer() {
                 here = 0;
                 for (std::size_t i = 0; i < items.size() && error.empty() && !sync.dry_run; ++i) {
                     if (seed[i]) {
-                        if (std::optional<partial_seed> s = tree->start_seed(items[i].e.path, items[i].e.size)) {
-                            seeded(items[i], std::move(*s), found[i], sums[i]);
-                        }
+                        seeded(items[i], {}, found[i], sums[i]);
                     } else if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
