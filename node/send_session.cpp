@@ -587,7 +587,7 @@ void send_session::pump(std::uint32_t index) {
         if (!buf) {
             machine_.requeue(*ref);
             waiting_buffer_ = true;
-            ctx_.buffers->notify_when_available([weak = weak_from_this()] {
+            ctx_.buffers->notify_when_available(ref->length, [weak = weak_from_this()] {
                 if (auto self = weak.lock()) {
                     asio::post(self->ctx_.io, [self] {
                         self->waiting_buffer_ = false;

@@ -4,28 +4,37 @@
 
 namespace ferry {
 
+namespace {
+
+constexpr std::size_t page = 4096;
+
+std::size_t whole_pages(std::size_t n) { return (n + page - 1) / page * page; }
+
+}  // namespace
+
 pooled_buffer& pooled_buffer::operator=(pooled_buffer&& o) noexcept {
     if (this != &o) {
         reset();
         pool_ = std::move(o.pool_);
         data_ = o.data_;
         size_ = o.size_;
+        capacity_ = o.capacity_;
         o.data_ = nullptr;
         o.size_ = 0;
+        o.capacity_ = 0;
     }
     return *this;
 }
 
 void pooled_buffer::reset() {
     if (data_ != nullptr && pool_) {
-        pool_->release(data_);
+        pool_->release(data_, capacity_);
     }
     pool_.reset();
     data_ = nullptr;
     size_ = 0;
+    capacity_ = 0;
 }
-
-std::size_t pooled_buffer::capacity() const { return pool_ ? pool_->capacity() : 0; }
 
 std::shared_ptr<buffer_pool> buffer_pool::make(std::size_t max_buffers, std::size_t buffer_capacity) {
     return std::shared_ptr<buffer_pool>(new buffer_pool(max_buffers, buffer_capacity));
@@ -37,37 +46,73 @@ buffer_pool::~buffer_pool() {
     }
 }
 
+std::size_t buffer_pool::small_capacity(std::size_t size) const {
+    // Room for one byte more: a sender reads a small file whole plus one byte, to see
+    // that it did not grow without an fstat.
+    std::size_t n = whole_pages(size + 1);
+    return size <= capacity_ / 4 && n < capacity_ ? n : 0;
+}
+
+std::size_t buffer_pool::buffer_capacity(std::size_t size) const {
+    std::size_t small = small_capacity(size);
+    return small != 0 ? small : capacity_;
+}
+
+bool buffer_pool::room_for(std::size_t capacity) const {
+    if (capacity == capacity_ && !free_.empty()) {
+        return true;
+    }
+    std::size_t idle = free_.size() * whole_pages(capacity_);
+    return allocated_bytes_ - idle + whole_pages(capacity) <= budget_;
+}
+
 pooled_buffer buffer_pool::acquire(std::size_t size) {
+    std::size_t cap = buffer_capacity(size);
+    bool small = cap != capacity_;
     std::uint8_t* data = nullptr;
     {
         std::lock_guard lock(mutex_);
         if (size > capacity_) {
             return {};
         }
-        if (!free_.empty()) {
+        if (!small && !free_.empty()) {
             data = free_.back();
             free_.pop_back();
-        } else if (allocated_ < max_) {
-            // Page-aligned so that reads and writes of whole chunks stay page-aligned.
-            data = static_cast<std::uint8_t*>(std::aligned_alloc(4096, (capacity_ + 4095) / 4096 * 4096));
-            if (data == nullptr) {
-                return {};
-            }
-            ++allocated_;
-        } else {
+            ++in_use_;
+            return pooled_buffer(shared_from_this(), data, size, cap);
+        }
+        // Idle whole-size buffers give their room to small ones.
+        std::size_t alloc = whole_pages(cap);
+        while (allocated_bytes_ + alloc > budget_ && !free_.empty()) {
+            std::free(free_.back());
+            free_.pop_back();
+            allocated_bytes_ -= whole_pages(capacity_);
+        }
+        if (allocated_bytes_ + alloc > budget_) {
             ++exhausted_;
             return {};
         }
+        // Page-aligned so that reads and writes of whole chunks stay page-aligned.
+        data = static_cast<std::uint8_t*>(std::aligned_alloc(page, alloc));
+        if (data == nullptr) {
+            return {};
+        }
+        allocated_bytes_ += alloc;
         ++in_use_;
     }
-    return pooled_buffer(shared_from_this(), data, size);
+    return pooled_buffer(shared_from_this(), data, size, cap);
 }
 
-void buffer_pool::release(std::uint8_t* data) {
+void buffer_pool::release(std::uint8_t* data, std::size_t capacity) {
     std::vector<std::function<void()>> wake;
     {
         std::lock_guard lock(mutex_);
-        free_.push_back(data);
+        if (capacity == capacity_) {
+            free_.push_back(data);
+        } else {
+            std::free(data);
+            allocated_bytes_ -= whole_pages(capacity);
+        }
         --in_use_;
         wake.swap(waiters_);
     }
@@ -76,9 +121,9 @@ void buffer_pool::release(std::uint8_t* data) {
     }
 }
 
-void buffer_pool::notify_when_available(std::function<void()> fn) {
+void buffer_pool::notify_when_available(std::size_t size, std::function<void()> fn) {
     std::unique_lock lock(mutex_);
-    if (!free_.empty() || allocated_ < max_) {
+    if (room_for(buffer_capacity(size))) {
         lock.unlock();
         fn();
         return;
@@ -89,6 +134,11 @@ void buffer_pool::notify_when_available(std::function<void()> fn) {
 std::size_t buffer_pool::in_use() const {
     std::lock_guard lock(mutex_);
     return in_use_;
+}
+
+std::size_t buffer_pool::bytes_allocated() const {
+    std::lock_guard lock(mutex_);
+    return allocated_bytes_;
 }
 
 std::uint64_t buffer_pool::exhausted_count() const {

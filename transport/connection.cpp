@@ -93,7 +93,7 @@ bool connection::process_input() {
                     return process_input();
                 }
                 waiting_buffer_ = true;
-                pool_->notify_when_available([weak = weak_from_this()] {
+                pool_->notify_when_available(decoder_.header().payload_len(), [weak = weak_from_this()] {
                     if (auto self = weak.lock()) {
                         asio::post(self->stream_->socket().get_executor(), [self] {
                             self->waiting_buffer_ = false;

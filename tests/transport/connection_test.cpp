@@ -688,19 +688,19 @@ void run_backpressure(asio::io_context& io, connection& a, recording_handler& hb
 TEST_F(connection_pair_test, tls_exhausted_pool_stops_reading_until_release) {
     auto recv_pool = buffer_pool::make(2, 256 * 1024);
     ASSERT_NO_FATAL_FAILURE(connect(true, buffer_pool::make(1, 256 * 1024), recv_pool));
-    run_backpressure(io_, *a_, hb_, *recv_pool, 64 * 1024);
+    run_backpressure(io_, *a_, hb_, *recv_pool, 128 * 1024);
 }
 
 TEST_F(connection_pair_test, plaintext_exhausted_pool_stops_reading_until_release) {
     auto recv_pool = buffer_pool::make(2, 256 * 1024);
     ASSERT_NO_FATAL_FAILURE(connect(false, buffer_pool::make(1, 256 * 1024), recv_pool));
-    run_backpressure(io_, *a_, hb_, *recv_pool, 64 * 1024);
+    run_backpressure(io_, *a_, hb_, *recv_pool, 128 * 1024);
 }
 
 // A connection closed while it waits for a pool buffer must not deliver the frames it
 // already has in its read buffer once a buffer comes back.
 TEST_F(connection_pair_test, closed_while_waiting_for_a_buffer_delivers_nothing_more) {
-    auto recv_pool = buffer_pool::make(2, 256 * 1024);
+    auto recv_pool = buffer_pool::make(2, 4096);  // 512-byte payloads take whole 4 KiB buffers
     auto send_pool = buffer_pool::make(10, 256 * 1024);
     ASSERT_NO_FATAL_FAILURE(connect(false, send_pool, recv_pool));
     hb_.hold = true;
