@@ -1364,7 +1364,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
     w.payload = std::move(payload);
     if (whole_writes_.size() >= max_batch_writes) {
         post_whole_writes();
-    } else if (whole_writes_.size() == 1) {
+    } else if (whole_writes_.size() == 1 && whole_batches_out_ < ctx_.workers.size()) {
         asio::post(ctx_.io, [self = shared_from_this()] { self->post_whole_writes(); });
     }
 }
@@ -1386,15 +1386,18 @@ void receive_session::post_whole_writes() {
     if (!fsync_now) {
         need_syncfs_ = true;
     }
+    ++whole_batches_out_;
     ctx_.workers.post([self = shared_from_this(), tree = tree_, fsync_now, overwrite = overwrite_,
                        batch = std::move(whole_writes_)]() mutable {
         for (whole_write& w : batch) {
             w.run(*tree, fsync_now, overwrite);
         }
         asio::post(self->ctx_.io, [self, fsync_now, batch = std::move(batch)]() mutable {
+            --self->whole_batches_out_;
             for (whole_write& w : batch) {
                 self->on_whole_written(w, fsync_now);
             }
+            self->post_whole_writes();  // what gathered while every worker was busy
         });
     });
     whole_writes_.clear();

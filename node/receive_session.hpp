@@ -128,8 +128,11 @@ private:
     void write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload);
     // Files of one chunk wait in whole_writes_ until the loop's current turn ends (or a
     // batch is full), then go to the pool together: one round trip for many small files.
+    // While every worker has a batch, the next one grows until a batch comes back (or it
+    // is full): busy workers take bigger batches, so fewer wake-ups and acks per file.
     struct whole_write;
-    static constexpr std::size_t max_batch_writes = 32;
+    static constexpr std::size_t max_batch_writes = 64;
+    std::size_t whole_batches_out_ = 0;
     void post_whole_writes();
     void on_whole_written(whole_write& w, bool fsync_now);
     void on_file_done(const wire::FileDone& done);
