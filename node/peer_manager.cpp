@@ -322,9 +322,6 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             if (scan_contents(root, excludes, sources, error, &ctx->workers)) {
                 error = "cannot read the share: " + error.substr(std::min(error.size(), root.size() + 1));
             }
-            for (std::string& local : sources.locals) {
-                local.erase(0, root.size() + 1);  // relative to root_fd
-            }
         }
         asio::post(ctx->io, [this, alive, c, hello = std::move(hello), key, sources = std::move(sources), error,
                              st]() mutable {

@@ -318,7 +318,7 @@ void send_session::next_checksum_batch() {
     checksum_batches_.pop_front();
     std::vector<std::pair<const std::string*, std::uint64_t>> files;
     for (std::uint32_t id : ids) {
-        files.emplace_back(&sources_.locals.at(id), machine_.entry(file_id{id}).size);
+        files.emplace_back(&local_path(file_id{id}), machine_.entry(file_id{id}).size);
     }
     ctx_.workers.post([self = shared_from_this(), ids = std::move(ids), files = std::move(files), root_fd = root_fd()] {
         std::vector<result> out(ids.size());
@@ -686,7 +686,7 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
         // Once per file per attempt: the memo holds for the file as scanned, unchanged.
         struct stat st {};
         const entry_info& e = machine_.entry(ref.file);
-        bool same = stat_at(root_fd(), sources_.locals[ref.file.value], st) == 0 &&
+        bool same = stat_at(root_fd(), local_path(ref.file), st) == 0 &&
                     static_cast<std::uint64_t>(st.st_size) == e.size &&
                     timespec_ns(st.st_mtim) == e.mtime_ns;
         ok = same ? 1 : -1;
@@ -730,7 +730,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
         std::uint64_t tail = basis->tail_length();
         ctx_.workers.post([self = shared_from_this(), scan, f = ref.file, blocks = std::move(blocks), tail,
                            tail_digest = basis->tail, tail_at = basis->size - tail,
-                           local = &sources_.locals.at(ref.file.value), root_fd = root_fd(), size = e.size]() mutable {
+                           local = &local_path(ref.file), root_fd = root_fd(), size = e.size]() mutable {
             block_index index(std::move(blocks));
             const std::uint64_t chunks = chunk_count(size);
             scan->digests.resize(chunks);
@@ -850,7 +850,7 @@ void send_session::send_file_done(file_id f, wire::FileDone done) {
     // that moved means it changed while it was read (the chunks may mix two versions).
     const entry_info& e = machine_.entry(f);
     struct stat st {};
-    if (stat_at(root_fd(), sources_.locals.at(f.value), st) != 0) {
+    if (stat_at(root_fd(), local_path(f), st) != 0) {
         give_up(f, errno == ENOENT, std::string("vanished while it was read: ") + std::strerror(errno));
         return;
     }
@@ -907,8 +907,8 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     read_job job;
     job.ref = ref;
     job.file = file(ref.file);
-    // sources_ never changes after construction and the task holds the session: no copy.
-    job.local = &sources_.locals.at(ref.file.value);
+    // sources_ and the entries never change and the task holds the session: no copy.
+    job.local = &local_path(ref.file);
     job.root_fd = root_fd();
     job.expect_size = machine_.entry(ref.file).size;
     job.buf = std::move(buf);

@@ -232,6 +232,9 @@ private:
                            std::error_code& ec, std::string& what);
     // A pull's share folder (sources_.root_fd; its locals are relative to it), or -1.
     int root_fd() const { return sources_.root_fd ? *sources_.root_fd : -1; }
+    // Where file `f` is read from (relative to root_fd() when that is set). Stable: the
+    // session's sources and machine_'s entries never change.
+    const std::string& local_path(file_id f) const { return sources_.local(f.value, machine_.entry(f).path); }
     void post_reads(std::uint32_t index, std::vector<read_job> jobs);
     void on_read(std::uint32_t index, read_job& job);
     // A chunk the receiver has, whose digest options_.memo knows: no read. False when the

@@ -35,6 +35,7 @@ struct scanner {
     std::set<std::string> top_names;  // inside a folder names are unique; only sources can clash
     const exclude_set* excludes = nullptr;
     bool keep_links = false;  // `ferry sync`: a symlink is an entry of its own (kept as a link)
+    bool keep_locals = true;  // false: out.locals stays empty (scan_contents' local_prefix)
 
     bool fail(const std::string& local, int err) {
         error = local + ": " + std::error_code(err, std::system_category()).message();
@@ -81,7 +82,9 @@ struct scanner {
         }
         out.total_bytes += e.size;
         out.entries.push_back(std::move(e));
-        out.locals.emplace_back(local);
+        if (keep_locals) {
+            out.locals.emplace_back(local);
+        }
         if (!S_ISDIR(st.st_mode)) {
             return true;
         }
@@ -184,7 +187,7 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
     const std::string prefix = dir.string().back() == '/' ? dir.string() : dir.string() + "/";
     auto scan_runs = [&] {
         for (std::size_t r = next++; r < runs; r = next++) {
-            scanner part{parts[r], errors[r], {}, &excludes, true};
+            scanner part{parts[r], errors[r], {}, &excludes, true, false};
             for (std::size_t i = names.size() * r / runs; i < names.size() * (r + 1) / runs; ++i) {
                 if (!part.visit(fd, names[i].c_str(), prefix + names[i], names[i], 1)) {
                     break;
@@ -210,7 +213,13 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         entries += p.entries.size();
     }
     out.entries.reserve(out.entries.size() + entries);
-    out.locals.reserve(out.locals.size() + entries);
+    out.local_prefix = prefix;
+    if (!out.root_fd) {
+        out.root_fd = std::shared_ptr<const int>(new int(dir_fd.release()), [](const int* p) {
+            ::close(*p);
+            delete p;
+        });
+    }
     for (std::size_t r = 0; r < runs; ++r) {
         if (!errors[r].empty()) {
             error = std::move(errors[r]);  // the first in walk order, as one walk would stop at
@@ -218,7 +227,6 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         }
         source_tree& p = parts[r];
         std::move(p.entries.begin(), p.entries.end(), std::back_inserter(out.entries));
-        std::move(p.locals.begin(), p.locals.end(), std::back_inserter(out.locals));
         std::move(p.skipped.begin(), p.skipped.end(), std::back_inserter(out.skipped));
         std::move(p.skipped_paths.begin(), p.skipped_paths.end(), std::back_inserter(out.skipped_paths));
         out.total_bytes += p.total_bytes;

@@ -21,15 +21,25 @@ class worker_pool;
 
 struct source_tree {
     std::vector<entry_info> entries;             // wire view, id = index
-    std::vector<std::string> locals;             // local path of each entry
+    // Local path of each entry (scan_sources). Empty after scan_contents: its entries are
+    // read through root_fd by their wire paths (200,000 paths not held twice), and
+    // local_prefix + wire path names one for a person.
+    std::vector<std::string> locals;
+    std::string local_prefix;
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials)
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
     std::uint64_t total_bytes = 0;
     std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)
-    // A pull's share folder, held open while its entries are read: `locals` are then
-    // relative to it, and opened without following a symlink (file_io's open_read).
-    // Null otherwise.
+    // The folder scan_contents walked (a pull's share folder, or SRC of a push), held open
+    // while its entries are read: they are opened by their wire paths relative to it,
+    // without following a symlink (file_io's open_read). Null after scan_sources.
     std::shared_ptr<const int> root_fd;
+
+    // Where the entry `id`, of wire path `wire`, is read from: relative to root_fd when
+    // that is set (the entries may have moved elsewhere: the caller passes the path).
+    const std::string& local(std::size_t id, const std::string& wire) const {
+        return locals.empty() ? wire : locals.at(id);
+    }
 };
 
 // Scans `paths`. On failure `error` names the path and the reason.
@@ -40,7 +50,8 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 // entry of its own (is_link, its target read, never followed); special files are skipped. An empty folder gives
 // no entries (not an error). On failure `error` names the path and the reason.
 // The walk runs on several threads: the pool's workers (the caller's among them, when it
-// is one) with `pool`, else threads of its own, one per core up to 4.
+// is one) with `pool`, else threads of its own, one per core up to 4. `out` must be
+// empty; it keeps `dir` open as its root_fd (unless the caller set one: the same folder).
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
                               std::string& error, worker_pool* pool = nullptr);
 

@@ -1130,10 +1130,11 @@ void fault_after_scan(const ferry::source_tree& sources) {
         if (sources.entries[i].path != path) {
             continue;
         }
+        std::string local = sources.locals.empty() ? sources.local_prefix + path : sources.locals[i];
         if (what == "rm") {
-            ::unlink(sources.locals[i].c_str());
+            ::unlink(local.c_str());
         } else if (what == "grow") {
-            std::ofstream(sources.locals[i], std::ios::app | std::ios::binary) << 'x';
+            std::ofstream(local, std::ios::app | std::ios::binary) << 'x';
         }
     }
 }

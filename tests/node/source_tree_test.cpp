@@ -113,8 +113,16 @@ TEST(source_tree_test, a_syncs_scan_over_several_threads_gives_one_walks_entries
     std::string error;
     ASSERT_EQ(scan_contents(root, excludes, t, error), std::error_code{}) << error;
     EXPECT_EQ(wire_paths(t), expected);
-    ASSERT_EQ(t.locals.size(), t.entries.size());
-    EXPECT_EQ(t.locals[1], (root / "d000/a.txt").string());
+    // Read through the folder kept open, by wire path; no local path held per entry.
+    EXPECT_TRUE(t.locals.empty());
+    ASSERT_TRUE(t.root_fd);
+    EXPECT_EQ(t.local(1, t.entries[1].path), "d000/a.txt");
+    EXPECT_EQ(t.local_prefix + t.entries[1].path, (root / "d000/a.txt").string());
+    struct stat by_fd {};
+    struct stat by_path {};
+    ASSERT_EQ(::fstatat(*t.root_fd, "d000/a.txt", &by_fd, 0), 0);
+    ASSERT_EQ(::stat((root / "d000/a.txt").c_str(), &by_path), 0);
+    EXPECT_EQ(by_fd.st_ino, by_path.st_ino);
     EXPECT_EQ(t.total_bytes, 300u * 2 + 3);
     EXPECT_EQ(t.excluded, 300u);
     EXPECT_EQ(t.skipped_paths, std::vector<std::string>{"d299/fifo"});
