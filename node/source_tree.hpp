@@ -38,7 +38,7 @@ struct source_tree {
     // Where the entry `id`, of wire path `wire`, is read from: relative to root_fd when
     // that is set (the entries may have moved elsewhere: the caller passes the path).
     const std::string& local(std::size_t id, const std::string& wire) const {
-        return locals.empty() ? wire : locals.at(id);
+        return root_fd ? wire : locals.at(id);  // never a wire path taken as relative to the cwd
     }
 };
 
