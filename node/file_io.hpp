@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -43,6 +44,15 @@ public:
 private:
     int fd_ = -1;
 };
+
+// An fd shared by whoever holds the pointer, closed when the last one lets go (a source
+// tree's root folder, read by tasks on the worker pool).
+inline std::shared_ptr<const int> shared_fd(unique_fd fd) {
+    return std::shared_ptr<const int>(new int(fd.release()), [](const int* p) {
+        ::close(*p);
+        delete p;
+    });
+}
 
 // pwrite of all `len` bytes at `offset` (retries short writes and EINTR).
 std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std::uint64_t offset);

@@ -313,10 +313,7 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
                                                : "";
         }
         if (fd >= 0) {
-            sources.root_fd = std::shared_ptr<const int>(new int(fd), [](const int* p) {
-                ::close(*p);
-                delete p;
-            });
+            sources.root_fd = shared_fd(unique_fd(fd));
             ::fstat(fd, &st);
             std::string root = "/proc/self/fd/" + std::to_string(fd);
             if (scan_contents(root, excludes, sources, error, &ctx->workers)) {

@@ -215,10 +215,7 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
     out.entries.reserve(out.entries.size() + entries);
     out.local_prefix = prefix;
     if (!out.root_fd) {
-        out.root_fd = std::shared_ptr<const int>(new int(dir_fd.release()), [](const int* p) {
-            ::close(*p);
-            delete p;
-        });
+        out.root_fd = shared_fd(std::move(dir_fd));
     }
     for (std::size_t r = 0; r < runs; ++r) {
         if (!errors[r].empty()) {

@@ -36,6 +36,9 @@ void pooled_buffer::reset() {
     capacity_ = 0;
 }
 
+buffer_pool::buffer_pool(std::size_t max_buffers, std::size_t capacity)
+    : max_(max_buffers), capacity_(capacity), budget_(max_buffers * whole_pages(capacity)) {}
+
 std::shared_ptr<buffer_pool> buffer_pool::make(std::size_t max_buffers, std::size_t buffer_capacity) {
     return std::shared_ptr<buffer_pool>(new buffer_pool(max_buffers, buffer_capacity));
 }

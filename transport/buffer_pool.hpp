@@ -80,8 +80,7 @@ public:
 
 private:
     friend class pooled_buffer;
-    buffer_pool(std::size_t max_buffers, std::size_t capacity)
-        : max_(max_buffers), capacity_(capacity), budget_(max_buffers * ((capacity + 4095) / 4096 * 4096)) {}
+    buffer_pool(std::size_t max_buffers, std::size_t capacity);
     void release(std::uint8_t* data, std::size_t capacity);
     std::size_t buffer_capacity(std::size_t size) const;
     bool room_for(std::size_t capacity) const;  // with mutex_ held
