@@ -185,7 +185,10 @@ struct node_config {
     std::filesystem::path state_dir;
     std::filesystem::path inbox;
     std::vector<share_config> shares;  // `ferry serve --share`
-    std::string listen = "0.0.0.0:7788";
+    std::vector<std::string> listen{"0.0.0.0:7788"};  // HOST:PORT each (`ferry serve --listen`, repeatable)
+    // Trusted peers the configuration file declares (tools/config.hpp), besides the state
+    // folder's trust list; they are never written to it.
+    std::vector<trusted_peer> config_peers;
     accept_policy policy = accept_policy::trusted;
     std::string accept_from;  // canonical ID for accept_policy::from_id
     bool overwrite = false;

@@ -30,10 +30,17 @@ constexpr std::size_t pool_buffers = 160;
 
 }  // namespace
 
-node::node(asio::io_context& io, node_config config, node_events events) : acceptor_(io), accept_retry_(io), sweep_timer_(io) {
+node::node(asio::io_context& io, node_config config, node_events events) : sweep_timer_(io) {
     raise_fd_limit();
     identity ident = load_or_create_identity(config.state_dir);
     trust_store trust = trust_store::load(config.state_dir);
+    for (const trusted_peer& p : config.config_peers) {
+        try {
+            trust.merge(p);
+        } catch (const std::invalid_argument& e) {
+            throw std::runtime_error(std::string("configuration file, peer ") + p.id + ": " + e.what());
+        }
+    }
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
                                 worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, known_partials{}});
@@ -49,19 +56,42 @@ node::~node() {
 }
 
 std::string node::listen_address() const {
-    std::error_code ec;
-    auto ep = acceptor_.local_endpoint(ec);
-    return ec ? std::string() : format_endpoint(ep);
+    std::vector<std::string> all = listen_addresses();
+    return all.empty() ? std::string() : all.front();
+}
+
+std::vector<std::string> node::listen_addresses() const {
+    std::vector<std::string> out;
+    for (const auto& l : listeners_) {
+        std::error_code ec;
+        if (auto ep = l->acceptor.local_endpoint(ec); !ec) {
+            out.push_back(format_endpoint(ep));
+        }
+    }
+    return out;
 }
 
 std::error_code node::listen(std::string& error) {
-    if (std::error_code ec = open_listener(acceptor_, ctx_->config.listen, error)) {
-        return ec;
+    // Every address is bound before any accepts: one that fails leaves none open.
+    for (const std::string& address : ctx_->config.listen) {
+        auto l = std::make_unique<listener>(ctx_->io);
+        if (std::error_code ec = open_listener(l->acceptor, address, error)) {
+            listeners_.clear();
+            return ec;
+        }
+        listeners_.push_back(std::move(l));
     }
-    if (ctx_->events.listening) {
-        ctx_->events.listening(listen_address(), ctx_->id);
+    if (listeners_.empty()) {
+        error = "no address to listen on";
+        return std::make_error_code(std::errc::invalid_argument);
     }
-    accept_next();
+    for (auto& l : listeners_) {
+        if (ctx_->events.listening) {
+            std::error_code ec;
+            ctx_->events.listening(format_endpoint(l->acceptor.local_endpoint(ec)), ctx_->id);
+        }
+        accept_next(*l);
+    }
     if (!ctx_->config.one_shot && ctx_->config.partial_max_age.count() > 0 && !ctx_->config.inbox.empty()) {
         sweep_partials();
     }
@@ -117,9 +147,9 @@ void node::sweep_partials() {
     });
 }
 
-void node::accept_next() {
+void node::accept_next(listener& l) {
     accept_loop(
-        acceptor_, accept_retry_,
+        l.acceptor, l.retry,
         [this](asio::ip::tcp::socket socket) {
             if (!stopped_) {
                 peers_->on_accepted(std::move(socket));
@@ -235,8 +265,11 @@ void node::stop(const std::string& why) {
     }
     stopped_ = true;
     sweep_timer_.cancel();
-    std::error_code ignored;
-    acceptor_.close(ignored);
+    for (auto& l : listeners_) {
+        std::error_code ignored;
+        l->acceptor.close(ignored);
+        l->retry.cancel();
+    }
     peers_->stop(why);
     for (auto& s : sends_) {
         s->cancel(why);

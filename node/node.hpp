@@ -51,7 +51,9 @@ public:
 
     const std::string& id() const { return ctx_->id; }
     node_context& context() { return *ctx_; }
+    // The first address it listens on ("" before listen()); listen_addresses(): all of them.
     std::string listen_address() const;
+    std::vector<std::string> listen_addresses() const;
 
 private:
     // One session as progress, status and metrics see it: the single walk over the
@@ -63,15 +65,20 @@ private:
     };
     std::vector<live_session> live_sessions() const;
 
-    void accept_next();
+    // One listening socket (config.listen holds one address per listener).
+    struct listener {
+        explicit listener(asio::io_context& io) : acceptor(io), retry(io) {}
+        asio::ip::tcp::acceptor acceptor;
+        asio::steady_timer retry;
+    };
+    void accept_next(listener& l);
     // Removes abandoned partial files in the inbox (config.partial_max_age), now and then
     // once a day.
     void sweep_partials();
 
     std::unique_ptr<node_context> ctx_;
     std::unique_ptr<peer_manager> peers_;
-    asio::ip::tcp::acceptor acceptor_;
-    asio::steady_timer accept_retry_;
+    std::vector<std::unique_ptr<listener>> listeners_;
     asio::steady_timer sweep_timer_;
     std::vector<std::shared_ptr<send_session>> sends_;
     std::vector<std::shared_ptr<receive_session>> pulls_;  // this node's own pulls

@@ -184,6 +184,7 @@ nlohmann::ordered_json node::status() const {
     return {{"event", "status"},
             {"id", format_node_id(ctx.id)},
             {"listen", listen_address()},
+            {"listen_addresses", listen_addresses()},
             {"uptime_s", std::chrono::duration<double>(now - ctx.stats.started).count()},
             {"threads", 1 + ctx.workers.size()},
             {"connections", connections + peers_->pending_count()},

@@ -135,6 +135,19 @@ bool trust_store::set_details(std::string_view id, std::optional<std::string> ad
     return true;
 }
 
+void trust_store::merge(const trusted_peer& peer) {
+    std::optional<std::string> canonical = parse_node_id(peer.id);
+    if (!canonical) {
+        throw std::invalid_argument("not a node ID: " + peer.id);
+    }
+    bool known = trusted(*canonical);
+    if ((!known || !peer.name.empty()) && !add(*canonical, peer.name.empty() ? std::string() : peer.name)) {
+        throw std::invalid_argument("the name \"" + peer.name + "\" is already another peer's");
+    }
+    set_details(*canonical, peer.address.empty() ? std::nullopt : std::optional<std::string>(peer.address),
+                peer.shares ? std::optional<std::optional<std::vector<std::string>>>(peer.shares) : std::nullopt);
+}
+
 void trust_store::save() const {
     nlohmann::json peers = nlohmann::json::array();
     for (const trusted_peer& p : peers_) {

@@ -45,6 +45,11 @@ class trust_store {
     bool set_details(std::string_view id, std::optional<std::string> address,
                      std::optional<std::optional<std::vector<std::string>>> shares);
 
+    // Adds `peer` as it stands, or sets a trusted one's name, address and shares to its
+    // own (an empty name or address keeps the one there): the configuration file's peers.
+    // Throws std::invalid_argument if its ID is not a node ID or its name is another's.
+    void merge(const trusted_peer& peer);
+
     // Writes state_dir/trusted.json atomically (creating state_dir 0700 if needed).
     // Throws std::runtime_error on failure.
     void save() const;

@@ -38,6 +38,7 @@
 #include "node/node.hpp"
 #include "node/trust_store.hpp"
 #include "protocol/exclude.hpp"
+#include "tools/config.hpp"
 #include "tools/progress.hpp"
 #include "transport/identity.hpp"
 
@@ -57,13 +58,18 @@ constexpr int json_schema = 1;
 
 struct common_opts {
     std::optional<fs::path> state;
+    std::optional<fs::path> config;  // --config
     bool json = false;
     bool quiet = false;  // no progress bars
     std::string congestion = "bbr";  // TCP congestion control asked for each socket; "system": leave it
 };
 
 void add_common(CLI::App* cmd, common_opts& o) {
-    cmd->add_option("--state", o.state, "state folder (default $FERRY_STATE, $XDG_STATE_HOME/ferry, ~/.local/state/ferry)");
+    cmd->add_option("--state", o.state, "state folder (default $FERRY_STATE, the configuration file's `state`, "
+                                        "$XDG_STATE_HOME/ferry, ~/.local/state/ferry)");
+    cmd->add_option("--config", o.config,
+                    "configuration file (default $FERRY_CONFIG, else $XDG_CONFIG_HOME/ferry/config.toml when there; "
+                    "docs/config.md)");
     cmd->add_flag("--json", o.json, "print newline-delimited JSON events on stdout (docs/json.md)");
 }
 
@@ -73,6 +79,24 @@ void add_transfer_options(CLI::App* cmd, common_opts& o) {
                     "TCP congestion control for ferry's sockets where the kernel allows it, else the system's "
                     "(`system`: always the system's)")
         ->capture_default_str();
+}
+
+// The configuration file the command read (tools/config.hpp), if any.
+std::optional<ferry::cli::config_file> loaded_config;
+
+// The trust list of the state folder, with the configuration file's peers.
+ferry::trust_store load_trust(const fs::path& state) {
+    ferry::trust_store store = ferry::trust_store::load(state);
+    if (loaded_config) {
+        for (const auto& p : loaded_config->peers) {
+            try {
+                store.merge(p.peer);
+            } catch (const std::invalid_argument& e) {
+                throw std::runtime_error(p.where + ": " + e.what());
+            }
+        }
+    }
+    return store;
 }
 
 // The progress view of the running command, if any: lines to stderr go through it so
@@ -314,6 +338,11 @@ std::optional<std::string> congestion_error(const common_opts& o) {
 ferry::node_config base_config(const common_opts& o) {
     ferry::node_config cfg;
     cfg.state_dir = ferry::resolve_state_dir(o.state);
+    if (loaded_config) {
+        for (const auto& p : loaded_config->peers) {
+            cfg.config_peers.push_back(p.peer);
+        }
+    }
     if (const char* l = std::getenv("FERRY_NOTSENT_LOWAT"); l != nullptr) {
         cfg.tuning.notsent_lowat = static_cast<std::uint32_t>(std::atoi(l));
     }
@@ -445,7 +474,7 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
 }
 
 struct receive_opts {
-    std::string listen = "0.0.0.0:7788";
+    std::vector<std::string> listen{"0.0.0.0:7788"};
     std::string accept_from;
     bool accept_any = false;
     bool overwrite = false;
@@ -558,11 +587,26 @@ std::optional<ferry::share_config> parse_share(const std::string& spec, std::str
     return share;
 }
 
-int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
-    if (auto e = congestion_error(o)) {
-        return fail(o, exit_code::usage, *e);
+// Where the configuration file gave `flag` the value `value` ("FILE:LINE:COLUMN: "), or
+// "" when it did not.
+std::string config_place(std::string_view flag, const std::string& value) {
+    if (loaded_config) {
+        for (const auto& v : loaded_config->values) {
+            if (v.flag == flag && v.value == value) {
+                return v.where + ": ";
+            }
+        }
     }
-    ferry::node_config cfg = base_config(o);
+    return {};
+}
+
+// The node settings of `ferry receive` and `ferry serve` (`cfg`), checked: 0, or the
+// exit code of the error it printed.
+int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, ferry::node_config& cfg) {
+    if (auto e = congestion_error(o)) {
+        return fail(o, exit_code::usage, config_place("--congestion", o.congestion) + *e);
+    }
+    cfg = base_config(o);
     cfg.listen = r.listen;
     cfg.inbox = r.dir;
     cfg.overwrite = r.overwrite;
@@ -576,11 +620,12 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     for (const std::string& spec : r.shares) {
         std::string error;
         std::optional<ferry::share_config> share = parse_share(spec, error);
+        const std::string place = config_place("--share", spec);
         if (!share) {
-            return fail(o, exit_code::usage, error);
+            return fail(o, exit_code::usage, place + error);
         }
         if (std::any_of(cfg.shares.begin(), cfg.shares.end(), [&](const auto& s) { return s.name == share->name; })) {
-            return fail(o, exit_code::usage, "--share: the name \"" + share->name + "\" is given twice");
+            return fail(o, exit_code::usage, place + "--share: the name \"" + share->name + "\" is given twice");
         }
         // A peer that may write a share must not reach the node's own keys, trust list
         // or inbox through it, nor the share through the inbox.
@@ -592,7 +637,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
                 return !rel.empty() && *rel.begin() != "..";
             };
             if (!mine.empty() && (inside(mine, share->dir) || inside(share->dir, mine))) {
-                return fail(o, exit_code::usage, "--share " + share->name + "=" + share->dir.string() + ": overlaps " +
+                return fail(o, exit_code::usage, place + "--share " + share->name + "=" + share->dir.string() + ": overlaps " +
                                                      (own == cfg.state_dir ? "the state folder " : "the inbox ") +
                                                      mine.string());
             }
@@ -608,6 +653,14 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         }
         cfg.policy = ferry::accept_policy::from_id;
         cfg.accept_from = *id;
+    }
+    return 0;
+}
+
+int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
+    ferry::node_config cfg;
+    if (int code = receiver_config(o, r, one_shot, cfg)) {
+        return code;
     }
     asio::io_context io(1);
     std::optional<ferry::transfer_report> result;
@@ -676,13 +729,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
             }
         }
     }
-    if (std::error_code ec = n.listen(error)) {
-        return fail(o, ec == std::errc::invalid_argument ? exit_code::usage : exit_code::local_io, error);
-    }
-    if (metrics) {
-        say("metrics at http://" + metrics->local_address() + "/metrics");
-        emit(o, {{"event", "metrics"}, {"address", metrics->local_address()}});
-    }
+    // Caught from before the node says it listens: a supervisor may stop it at once.
     asio::signal_set signals(io, SIGINT, SIGTERM);
     int stopped_by = 0;
     signals.async_wait([&](std::error_code ec, int sig) {
@@ -696,6 +743,13 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         linger.expires_after(std::chrono::milliseconds(300));
         linger.async_wait([&io](std::error_code) { io.stop(); });
     });
+    if (std::error_code ec = n.listen(error)) {
+        return fail(o, ec == std::errc::invalid_argument ? exit_code::usage : exit_code::local_io, error);
+    }
+    if (metrics) {
+        say("metrics at http://" + metrics->local_address() + "/metrics");
+        emit(o, {{"event", "metrics"}, {"address", metrics->local_address()}});
+    }
     io.run();
     if (stopped_by != 0) {
         return one_shot && !result ? static_cast<int>(exit_code::transfer_failed) : 0;
@@ -944,7 +998,7 @@ std::optional<remote_spec> parse_remote(const common_opts& o, const std::string&
         }
         std::string name = text.substr(0, colon);
         rest = text.substr(colon + 1);
-        ferry::trust_store store = ferry::trust_store::load(ferry::resolve_state_dir(o.state));
+        ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
         std::optional<ferry::trusted_peer> peer = store.find_name(name);
         if (!peer) {
             peer = store.find_id(name);
@@ -1616,6 +1670,74 @@ void add_send_flags(CLI::App* cmd, send_opts& so) {
         ->default_str("0");
 }
 
+// "30s", or "1500ms" when not whole seconds: as the configuration file takes it.
+std::string duration_text(std::chrono::milliseconds d) {
+    return d.count() % 1000 == 0 ? std::to_string(d.count() / 1000) + "s" : std::to_string(d.count()) + "ms";
+}
+
+// `ferry config check` (`show` false) and `ferry config show`: the settings `ferry serve`
+// would run with, checked as it checks them (shares, peers).
+int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
+    ferry::node_config cfg;
+    if (int code = receiver_config(o, r, false, cfg)) {
+        return code;
+    }
+    ferry::trust_store trust = load_trust(cfg.state_dir);
+    const std::string file = loaded_config ? loaded_config->path.string() : std::string();
+    if (!show) {
+        say(file + ": ok");
+        emit(o, {{"event", "config"}, {"file", file}, {"ok", true}});
+        return 0;
+    }
+    json shares = json::array();
+    for (const auto& sh : cfg.shares) {
+        shares.push_back({{"name", sh.name}, {"path", sh.dir.string()}, {"access", sh.writable ? "rw" : "ro"}});
+    }
+    json peers = json::array();
+    for (const auto& p : trust.peers()) {
+        json entry = {{"id", ferry::format_node_id(p.id)}};
+        if (!p.name.empty()) {
+            entry["name"] = p.name;
+        }
+        if (!p.address.empty()) {
+            entry["address"] = p.address;
+        }
+        entry["shares"] = p.shares ? json(*p.shares) : json::array({"*"});
+        peers.push_back(std::move(entry));
+    }
+    const ferry::node_limits& l = cfg.limits;
+    json settings = {
+        {"state", cfg.state_dir.string()},
+        {"inbox", cfg.inbox.string()},
+        {"listen", cfg.listen},
+        {"accept_any", cfg.policy == ferry::accept_policy::any},
+        {"overwrite", cfg.overwrite},
+        {"fsync_each", cfg.fsync_each},
+        {"partial_max_age", cfg.partial_max_age.count()},
+        {"congestion", o.congestion},
+        {"limits",
+         {{"max_connections", l.max_connections},
+          {"max_peer_connections", l.max_peer_connections},
+          {"max_sessions", l.max_sessions},
+          {"handshake_timeout", duration_text(l.handshake_timeout)},
+          {"idle_timeout", duration_text(l.idle_timeout)},
+          {"max_files", l.max_files},
+          {"max_bytes", l.max_bytes},
+          {"max_conn_queue", l.max_queue_bytes}}},
+        {"metrics", r.metrics.empty() ? json::object() : json{{"listen", metrics_address(r.metrics)}}},
+        {"share", std::move(shares)},
+        {"peer", std::move(peers)},
+    };
+    if (o.json) {
+        emit(o, {{"event", "config"}, {"file", file}, {"settings", settings}});
+    } else {
+        std::printf("# ferry serve's settings: %s\n%s",
+                    file.empty() ? "the defaults (no configuration file)" : (file + " over the defaults").c_str(),
+                    ferry::cli::to_toml(settings).c_str());
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1645,7 +1767,8 @@ int main(int argc, char** argv) {
     auto* receive = app.add_subcommand("receive", "accept one transfer into DIR, then exit");
     add_common(receive, o);
     add_transfer_options(receive, o);
-    receive->add_option("--listen", ro.listen, "HOST:PORT to listen on (port 0 = any free port)")->capture_default_str();
+    std::string receive_listen = "0.0.0.0:7788";
+    receive->add_option("--listen", receive_listen, "HOST:PORT to listen on (port 0 = any free port)")->capture_default_str();
     auto* from = receive->add_option("--accept-from", ro.accept_from, "accept this sender ID (besides trusted peers)");
     receive->add_flag("--accept-any", ro.accept_any, "accept any sender (trust on first use)")->excludes(from);
     receive->add_flag("--overwrite", ro.overwrite, "replace existing files");
@@ -1698,7 +1821,7 @@ int main(int argc, char** argv) {
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     add_common(serve, o);
     add_transfer_options(serve, o);
-    serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on")->capture_default_str();
+    serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on (repeatable)")->capture_default_str();
     serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
     serve->add_option("--share", serve_o.shares,
                       "offer DIR to trusted peers as NAME (read-only unless :rw; `ferry sync` pushes into rw shares, pulls from any); "
@@ -1718,6 +1841,22 @@ int main(int argc, char** argv) {
     add_limit_options(serve, serve_o);
     serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --share www=/srv/www:rw --metrics 127.0.0.1:9188");
 
+    auto* config = app.add_subcommand("config", "check the configuration file, or show the settings `ferry serve` takes from it");
+    config->require_subcommand(1);
+    config->footer("Examples:\n  ferry config check /etc/ferry/config.toml\n  ferry config show --json\n"
+                   "Every key: docs/config.md.");
+    auto* config_check = config->add_subcommand("check", "check a configuration file: its syntax, keys, values, shares and peers");
+    add_common(config_check, o);
+    std::string check_file;
+    config_check->add_option("FILE", check_file, "the file (default: --config, $FERRY_CONFIG, or the default path)");
+    config_check->footer("Example:\n  ferry config check /etc/ferry/config.toml\n\n"
+                         "Exit codes: 0 the file is good, 1 it is not (the first mistake is printed as FILE:LINE:COLUMN).");
+    auto* config_show = config->add_subcommand("show", "print the settings `ferry serve` would run with (the file's, "
+                                                       "over the defaults), as TOML or with --json as JSON");
+    add_common(config_show, o);
+    config_show->footer("Example:\n  ferry config show --config /etc/ferry/config.toml\n\n"
+                        "Exit codes: 0 printed, 1 the file has a mistake.");
+
     auto* status = app.add_subcommand("status", "show what the running `ferry serve` is doing");
     add_common(status, o);
     status->footer("Example:\n  ferry status --json | jq '.transfers[] | {peer, confirmed_bytes, rate_Bps}'\n\n"
@@ -1735,7 +1874,40 @@ int main(int argc, char** argv) {
         return static_cast<int>(exit_code::usage);
     }
 
+    // The configuration file: `ferry serve` (and `ferry config`) take all of it, the other
+    // commands its state folder, congestion control and peers. Flags given win.
+    const bool serve_settings = serve->parsed() || config->parsed();
     try {
+        std::optional<fs::path> file =
+            config_check->parsed() && !check_file.empty() ? fs::path(check_file) : ferry::cli::pick_config(o.config);
+        if (file) {
+            loaded_config = ferry::cli::load_config(*file);
+            ferry::cli::config_file use = *loaded_config;
+            CLI::App* ran = serve_settings ? serve : app.get_subcommands().front();
+            if (!serve_settings) {
+                std::erase_if(use.values, [](const auto& v) { return v.flag != "--state" && v.flag != "--congestion"; });
+            }
+            for (CLI::App* sub : {config_check, config_show}) {
+                if (sub->parsed() && sub->count("--state") > 0) {  // given to `config`, not to serve's own flag
+                    std::erase_if(use.values, [](const auto& v) { return v.flag == "--state"; });
+                }
+            }
+            ferry::cli::apply_config(use, *ran);
+        } else if (config_check->parsed()) {
+            return fail(o, exit_code::usage,
+                        "no configuration file: give one (--config FILE), set FERRY_CONFIG, or write " +
+                            ferry::cli::default_config_path().string());
+        }
+    } catch (const ferry::cli::config_error& e) {
+        return fail(o, exit_code::usage, e.what());
+    }
+    ro.listen = {receive_listen};
+
+    try {
+        if (config->parsed()) {
+            serve_o.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
+            return cmd_config(o, serve_o, config_show->parsed());
+        }
         if (id->parsed()) {
             return cmd_id(o);
         }

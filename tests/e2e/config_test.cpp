@@ -1,0 +1,103 @@
+// End-to-end configuration files: a `ferry serve` started from its file alone (listen
+// addresses, state, inbox, shares, trusted peers) takes a `ferry sync` from a peer that
+// names it through its own file; `ferry config check` reports a mistake at its place.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/ferry_cli.hpp"
+#include "tests/support/tree.hpp"
+
+namespace fs = std::filesystem;
+using namespace ferry::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+void write_file(const fs::path& p, const std::string& text) { write_text_file(p, text); }
+
+TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_file_syncs_into_its_share) {
+    ferry_cli cli;
+    const std::string a_id = cli.id("A");
+    const std::string b_id = cli.id("B");
+    const fs::path share = cli.root() / "share";
+    fs::create_directories(share);
+    const fs::path a_conf = cli.root() / "a" / "config.toml";
+    write_file(a_conf, "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n"
+                       "state = \"" + cli.state("A").string() + "\"\n"
+                       "inbox = \"inbox\"\n"
+                       "[limits]\nmax_sessions = 2\n"
+                       "[[share]]\nname = \"www\"\npath = \"" + share.string() + "\"\naccess = \"rw\"\n"
+                       "[[share]]\nname = \"docs\"\npath = \"" + share.string() + "\"\n"
+                       "[[peer]]\nid = \"" + b_id + "\"\nname = \"bee\"\nshares = [\"www\"]\n");
+    ferry_cli::receiver node = cli.start({"serve", "--json"}, {"FERRY_CONFIG=" + a_conf.string()});
+    ASSERT_FALSE(node.address.empty());
+    EXPECT_EQ(node.id, a_id);
+    // The second address is announced too, and `ferry status` (the state folder from the
+    // same file) lists both.
+    std::optional<std::string> second = node.proc->read_line(30s);
+    ASSERT_TRUE(second);
+    EXPECT_EQ(nlohmann::json::parse(*second).value("event", ""), "listening") << *second;
+    run_result st = cli.ferry({"status", "--json", "--config", a_conf.string()});
+    ASSERT_EQ(st.code, 0) << st.err;
+    nlohmann::json status = nlohmann::json::parse(st.out, nullptr, false);
+    ASSERT_EQ(status["listen_addresses"].size(), 2u) << st.out;
+    // `ferry config show` gives what serve took: the inbox relative to the file's folder.
+    run_result show = cli.ferry({"config", "show", "--json", "--config", a_conf.string()});
+    ASSERT_EQ(show.code, 0) << show.err;
+    nlohmann::json settings = find_event(json_events(show.out), "config")["settings"];
+    EXPECT_EQ(settings["inbox"], (cli.root() / "a" / "inbox").string()) << show.out;
+    EXPECT_EQ(settings["limits"]["max_sessions"], 2) << show.out;
+    EXPECT_EQ(settings["share"].size(), 2u) << show.out;
+
+    // B knows A by name from its own file: NAME:SHARE works without `ferry trust`.
+    const fs::path b_conf = cli.root() / "b.toml";
+    write_file(b_conf, "state = \"" + cli.state("B").string() + "\"\n"
+                       "[[peer]]\nid = \"" + a_id + "\"\nname = \"ay\"\naddress = \"" + node.address + "\"\n");
+    const fs::path src = cli.root() / "src";
+    for (int i = 0; i < 20; ++i) {
+        write_random_file(src / ("d" + std::to_string(i % 3)) / ("f" + std::to_string(i)), 3000 + 1000 * i, i);
+    }
+    run_result r = cli.ferry({"sync", "--json", "--config", b_conf.string(), src.string(), "ay:www/site"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    // The file gives B the www share only: docs is refused.
+    run_result refused = cli.ferry({"sync", "--json", "--config", b_conf.string(), src.string(), "ay:docs/site"});
+    EXPECT_EQ(refused.code, 2) << refused.err;
+    EXPECT_NE(refused.err.find("docs"), std::string::npos) << refused.err;
+    // Nothing of the file's peers was written to either trust list.
+    EXPECT_FALSE(fs::exists(cli.state("A") / "trusted.json"));
+    EXPECT_FALSE(fs::exists(cli.state("B") / "trusted.json"));
+
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}
+
+TEST(config_file, a_flag_overrides_the_file_and_a_mistake_stops_serve_with_its_place) {
+    ferry_cli cli;
+    const fs::path conf = cli.root() / "config.toml";
+    write_file(conf, "listen = [\"127.0.0.1:1\"]\nstate = \"" + cli.state("A").string() + "\"\n");
+    // --listen on the command line replaces the file's (port 1 could not be bound).
+    ferry_cli::receiver node = cli.start({"serve", "--json", "--listen", "127.0.0.1:0", "--config", conf.string()});
+    ASSERT_FALSE(node.address.empty());
+    EXPECT_NE(node.address, "127.0.0.1:1");
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+
+    write_file(conf, "state = \"" + cli.state("A").string() + "\"\n[limits]\nmax_sesions = 3\n");
+    run_result check = cli.ferry({"config", "check", conf.string()});
+    EXPECT_EQ(check.code, 1);
+    EXPECT_NE(check.err.find(conf.string() + ":3:1: unknown key \"max_sesions\" in [limits]"), std::string::npos)
+        << check.err;
+    run_result serve = cli.ferry({"serve", "--config", conf.string()});
+    EXPECT_EQ(serve.code, 1);
+    EXPECT_NE(serve.err.find(conf.string() + ":3:1"), std::string::npos) << serve.err;
+    // A file named by FERRY_CONFIG must exist.
+    run_result missing = cli.ferry({"id"}, {"FERRY_CONFIG=" + (cli.root() / "nope.toml").string()});
+    EXPECT_EQ(missing.code, 1);
+    EXPECT_NE(missing.err.find("nope.toml"), std::string::npos) << missing.err;
+}
+
+}  // namespace
