@@ -188,7 +188,7 @@ struct node_config {
     std::vector<std::string> listen{"0.0.0.0:7788"};  // HOST:PORT each (`ferry serve --listen`, repeatable)
     // Trusted peers the configuration file declares (tools/config.hpp), besides the state
     // folder's trust list; they are never written to it.
-    std::vector<trusted_peer> config_peers;
+    std::vector<declared_peer> config_peers;
     accept_policy policy = accept_policy::trusted;
     std::string accept_from;  // canonical ID for accept_policy::from_id
     bool overwrite = false;

@@ -34,11 +34,11 @@ node::node(asio::io_context& io, node_config config, node_events events) : sweep
     raise_fd_limit();
     identity ident = load_or_create_identity(config.state_dir);
     trust_store trust = trust_store::load(config.state_dir);
-    for (const trusted_peer& p : config.config_peers) {
+    for (const declared_peer& p : config.config_peers) {
         try {
-            trust.merge(p);
+            trust.merge(p.peer, p.shares_given);
         } catch (const std::invalid_argument& e) {
-            throw std::runtime_error(std::string("configuration file, peer ") + p.id + ": " + e.what());
+            throw std::runtime_error("configuration file, peer " + format_node_id(p.peer.id) + ": " + e.what());
         }
     }
     std::size_t workers = config.workers;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -135,7 +136,18 @@ bool trust_store::set_details(std::string_view id, std::optional<std::string> ad
     return true;
 }
 
-void trust_store::merge(const trusted_peer& peer) {
+bool share_name_ok(std::string_view name) {
+    return !name.empty() && name.size() <= 64 && name != "." && name != ".." &&
+           std::all_of(name.begin(), name.end(), [](char c) {
+               return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_' || c == '.';
+           });
+}
+
+bool peer_name_ok(std::string_view name) {
+    return name.size() <= 64 && name.find_first_of("@:/ \t\n\r") == std::string_view::npos;
+}
+
+void trust_store::merge(const trusted_peer& peer, bool set_shares) {
     std::optional<std::string> canonical = parse_node_id(peer.id);
     if (!canonical) {
         throw std::invalid_argument("not a node ID: " + peer.id);
@@ -145,7 +157,7 @@ void trust_store::merge(const trusted_peer& peer) {
         throw std::invalid_argument("the name \"" + peer.name + "\" is already another peer's");
     }
     set_details(*canonical, peer.address.empty() ? std::nullopt : std::optional<std::string>(peer.address),
-                peer.shares ? std::optional<std::optional<std::vector<std::string>>>(peer.shares) : std::nullopt);
+                set_shares ? std::optional<std::optional<std::vector<std::string>>>(peer.shares) : std::nullopt);
 }
 
 void trust_store::save() const {

@@ -16,6 +16,12 @@
 
 namespace ferry {
 
+// A share name: letters, digits, '-', '_' and '.' (not "." or ".."), at most 64 bytes.
+bool share_name_ok(std::string_view name);
+// A peer name stands in for the peer in PEER and NAME:SHARE arguments: at most 64 bytes,
+// none of '@', ':', '/' or white space.
+bool peer_name_ok(std::string_view name);
+
 struct trusted_peer {
     std::string id;       // canonical node ID
     std::string name;     // may be empty
@@ -26,6 +32,13 @@ struct trusted_peer {
     bool may_use(std::string_view share) const {
         return !shares || std::find(shares->begin(), shares->end(), share) != shares->end();
     }
+};
+
+// A peer the configuration file declares; `shares_given`: its shares (every share when
+// peer.shares is nullopt) replace the trust list's, else the trust list's stay.
+struct declared_peer {
+    trusted_peer peer;
+    bool shares_given = false;
 };
 
 class trust_store {
@@ -45,10 +58,11 @@ class trust_store {
     bool set_details(std::string_view id, std::optional<std::string> address,
                      std::optional<std::optional<std::vector<std::string>>> shares);
 
-    // Adds `peer` as it stands, or sets a trusted one's name, address and shares to its
-    // own (an empty name or address keeps the one there): the configuration file's peers.
-    // Throws std::invalid_argument if its ID is not a node ID or its name is another's.
-    void merge(const trusted_peer& peer);
+    // Adds `peer` as it stands, or sets a trusted one's name, address and (with
+    // `set_shares`) shares to its own; an empty name or address keeps the one there: the
+    // configuration file's peers. Throws std::invalid_argument if its ID is not a node ID
+    // or its name is another's.
+    void merge(const trusted_peer& peer, bool set_shares);
 
     // Writes state_dir/trusted.json atomically (creating state_dir 0700 if needed).
     // Throws std::runtime_error on failure.

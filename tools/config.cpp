@@ -10,6 +10,7 @@
 
 #include "node/identity.hpp"
 #include "transport/identity.hpp"
+#include "transport/stream.hpp"
 
 namespace ferry::cli {
 
@@ -107,6 +108,9 @@ public:
         for (const toml::node& e : *a) {
             out.push_back(text(e, key));
         }
+        if (out.empty()) {
+            fail(n, std::string(key) + ": an empty list");
+        }
         return out;
     }
 
@@ -184,6 +188,9 @@ public:
         for (auto&& [key, value] : *t) {
             if (key == "name") {
                 name = text(value, "name");
+                if (!share_name_ok(name)) {
+                    fail(value, "name: a share name is letters, digits, '-', '_' and '.' (at most 64)");
+                }
             } else if (key == "path") {
                 dir = path(value, "path");
             } else if (key == "access") {
@@ -209,6 +216,7 @@ public:
         }
         config_peer p;
         p.where = where(n);
+        trusted_peer& peer = p.declared.peer;
         for (auto&& [key, value] : *t) {
             if (key == "id") {
                 std::string id = text(value, "id");
@@ -216,29 +224,43 @@ public:
                 if (!canonical) {
                     fail(value, "id: \"" + id + "\" is not a node ID (as `ferry id` prints it)");
                 }
-                p.peer.id = *canonical;
+                peer.id = *canonical;
             } else if (key == "name") {
-                p.peer.name = text(value, "name");
+                peer.name = text(value, "name");
+                if (peer.name.empty() || !peer_name_ok(peer.name)) {
+                    fail(value, "name: a peer name is 1 to 64 bytes without '@', ':', '/' or spaces");
+                }
             } else if (key == "address") {
-                p.peer.address = text(value, "address");
+                peer.address = text(value, "address");
+                std::string host;
+                std::string port;
+                if (!split_host_port(peer.address, host, port)) {
+                    fail(value, "address: expected HOST:PORT ([::1]:PORT for IPv6)");
+                }
             } else if (key == "shares") {
                 std::vector<std::string> shares = texts(value, "shares");
+                p.declared.shares_given = true;
+                for (const std::string& s : shares) {
+                    if (s != "*" && !share_name_ok(s)) {
+                        fail(value, "shares: \"" + s + "\" is not a share name (letters, digits, '-', '_', '.')");
+                    }
+                }
                 if (std::find(shares.begin(), shares.end(), "*") == shares.end()) {
-                    p.peer.shares = std::move(shares);
+                    peer.shares = std::move(shares);  // else every share
                 }
             } else {
                 throw config_error(where(key.source()) + ": unknown key \"" + std::string(key.str()) + "\" in [[peer]]");
             }
         }
-        if (p.peer.id.empty()) {
+        if (peer.id.empty()) {
             fail(n, "[[peer]] needs an id");
         }
         for (const config_peer& other : out.peers) {
-            if (other.peer.id == p.peer.id) {
+            if (other.declared.peer.id == peer.id) {
                 fail(n, "this peer is already declared at " + other.where);
             }
-            if (!p.peer.name.empty() && other.peer.name == p.peer.name) {
-                fail(n, "the name \"" + p.peer.name + "\" is already declared at " + other.where);
+            if (!peer.name.empty() && other.declared.peer.name == peer.name) {
+                fail(n, "the name \"" + peer.name + "\" is already declared at " + other.where);
             }
         }
         out.peers.push_back(std::move(p));

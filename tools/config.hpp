@@ -32,7 +32,7 @@ struct config_value {
 };
 
 struct config_peer {
-    trusted_peer peer;
+    declared_peer declared;
     std::string where;
 };
 

@@ -90,9 +90,9 @@ ferry::trust_store load_trust(const fs::path& state) {
     if (loaded_config) {
         for (const auto& p : loaded_config->peers) {
             try {
-                store.merge(p.peer);
+                store.merge(p.declared.peer, p.declared.shares_given);
             } catch (const std::invalid_argument& e) {
-                throw std::runtime_error(p.where + ": " + e.what());
+                throw ferry::cli::config_error(p.where + ": " + e.what());
             }
         }
     }
@@ -340,7 +340,7 @@ ferry::node_config base_config(const common_opts& o) {
     cfg.state_dir = ferry::resolve_state_dir(o.state);
     if (loaded_config) {
         for (const auto& p : loaded_config->peers) {
-            cfg.config_peers.push_back(p.peer);
+            cfg.config_peers.push_back(p.declared);
         }
     }
     if (const char* l = std::getenv("FERRY_NOTSENT_LOWAT"); l != nullptr) {
@@ -401,13 +401,7 @@ int cmd_id(const common_opts& o) {
     return 0;
 }
 
-// A share name: letters, digits, '-', '_' and '.' (not "." or ".."), at most 64 bytes.
-bool share_name_ok(std::string_view name) {
-    return !name.empty() && name.size() <= 64 && name != "." && name != ".." &&
-           std::all_of(name.begin(), name.end(), [](char c) {
-               return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '_' || c == '.';
-           });
-}
+using ferry::share_name_ok;
 
 struct trust_opts {
     std::string id;
@@ -425,7 +419,7 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
     }
     // Names stand in for peers in PEER and NAME:SHARE arguments, so they may not contain
     // the characters those use.
-    if (name.find_first_of("@:/ \t") != std::string::npos || name.size() > 64) {
+    if (!ferry::peer_name_ok(name)) {
         return fail(o, exit_code::usage, "a peer name may not contain '@', ':', '/' or spaces (and at most 64 bytes)");
     }
     fs::path dir = ferry::resolve_state_dir(o.state);
@@ -1682,6 +1676,22 @@ int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
     if (int code = receiver_config(o, r, false, cfg)) {
         return code;
     }
+    for (const std::string& address : cfg.listen) {
+        std::string host;
+        std::string port;
+        if (!ferry::split_host_port(address, host, port)) {
+            return fail(o, exit_code::usage, config_place("--listen", address) + "--listen \"" + address +
+                                                 "\": expected HOST:PORT ([::]:PORT for IPv6)");
+        }
+    }
+    if (!r.metrics.empty()) {
+        std::string host;
+        std::string port;
+        if (!ferry::split_host_port(metrics_address(r.metrics), host, port)) {
+            return fail(o, exit_code::usage, config_place("--metrics", r.metrics) + "--metrics \"" + r.metrics +
+                                                 "\": expected HOST:PORT or PORT");
+        }
+    }
     ferry::trust_store trust = load_trust(cfg.state_dir);
     const std::string file = loaded_config ? loaded_config->path.string() : std::string();
     if (!show) {
@@ -1827,9 +1837,10 @@ int main(int argc, char** argv) {
                       "offer DIR to trusted peers as NAME (read-only unless :rw; `ferry sync` pushes into rw shares, pulls from any); "
                       "repeatable")
         ->type_name("NAME=DIR[:ro|rw]");
-    serve->add_flag("--accept-any", serve_o.accept_any, "accept any peer (trust on first use)");
-    serve->add_flag("--overwrite", serve_o.overwrite, "replace existing files");
-    serve->add_flag("--fsync-each", serve_o.fsync_each, "fsync every file before it is renamed into place");
+    serve->add_flag("--accept-any,!--no-accept-any", serve_o.accept_any, "accept any peer (trust on first use)");
+    serve->add_flag("--overwrite,!--no-overwrite", serve_o.overwrite, "replace existing files");
+    serve->add_flag("--fsync-each,!--no-fsync-each", serve_o.fsync_each,
+                    "fsync every file before it is renamed into place");
     serve->add_flag("--plaintext", serve_o.plaintext, "no TLS (benchmarks only)");
     serve->add_option("--partial-max-age", serve_o.partial_max_age_s,
                       "remove partial files of interrupted transfers not resumed for this long (e.g. 7d, 12h; 0 = keep)")
@@ -1893,6 +1904,9 @@ int main(int argc, char** argv) {
                 }
             }
             ferry::cli::apply_config(use, *ran);
+            if (!loaded_config->peers.empty()) {
+                load_trust(ferry::resolve_state_dir(o.state));  // a name the trust list gives another peer
+            }
         } else if (config_check->parsed()) {
             return fail(o, exit_code::usage,
                         "no configuration file: give one (--config FILE), set FERRY_CONFIG, or write " +
@@ -1900,6 +1914,8 @@ int main(int argc, char** argv) {
         }
     } catch (const ferry::cli::config_error& e) {
         return fail(o, exit_code::usage, e.what());
+    } catch (const std::exception& e) {
+        return fail(o, exit_code::local_io, e.what());
     }
     ro.listen = {receive_listen};
 

@@ -675,6 +675,13 @@ std::error_code open_listener(asio::ip::tcp::acceptor& acceptor, const std::stri
     acceptor.open(ep.protocol(), ec);
     if (!ec) {
         acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    }
+    if (!ec && ep.address().is_v6()) {
+        // [::]:PORT is IPv6 only, whatever net.ipv6.bindv6only says: a node may listen on
+        // 0.0.0.0:PORT beside it.
+        acceptor.set_option(asio::ip::v6_only(true), ec);
+    }
+    if (!ec) {
         acceptor.bind(ep, ec);
     }
     if (!ec) {

@@ -25,7 +25,7 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
     const fs::path share = cli.root() / "share";
     fs::create_directories(share);
     const fs::path a_conf = cli.root() / "a" / "config.toml";
-    write_file(a_conf, "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n"
+    write_file(a_conf, "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n"
                        "state = \"" + cli.state("A").string() + "\"\n"
                        "inbox = \"inbox\"\n"
                        "[limits]\nmax_sessions = 2\n"

@@ -210,26 +210,30 @@ TEST(trust_store, merge_adds_a_peer_or_takes_its_details_and_refuses_a_name_of_a
     ASSERT_TRUE(store.set_details(id_a, std::string("192.0.2.1:7788"), std::vector<std::string>{"docs"}));
 
     // Known: the given name and shares replace the store's; an empty address keeps its own.
-    store.merge(trusted_peer{id_a, "first", "", std::vector<std::string>{"www"}});
+    store.merge(trusted_peer{id_a, "first", "", std::vector<std::string>{"www"}}, true);
     std::optional<trusted_peer> a = store.find_id(id_a);
     ASSERT_TRUE(a);
     EXPECT_EQ(a->name, "first");
     EXPECT_EQ(a->address, "192.0.2.1:7788");
     EXPECT_EQ(a->shares, std::vector<std::string>{"www"});
     // No name and no shares given: the store's stay.
-    store.merge(trusted_peer{id_a, "", "", std::nullopt});
+    store.merge(trusted_peer{id_a, "", "", std::nullopt}, false);
     EXPECT_EQ(store.find_id(id_a)->name, "first");
     EXPECT_EQ(store.find_id(id_a)->shares, std::vector<std::string>{"www"});
 
     // New: added as given (no shares: every share).
-    store.merge(trusted_peer{id_b, "", "192.0.2.2:7788", std::nullopt});
+    store.merge(trusted_peer{id_b, "", "192.0.2.2:7788", std::nullopt}, false);
     ASSERT_TRUE(store.find_id(id_b));
     EXPECT_TRUE(store.find_id(id_b)->may_use("anything"));
     EXPECT_EQ(store.find_id(id_b)->address, "192.0.2.2:7788");
 
-    EXPECT_THROW(store.merge(trusted_peer{id_c, "first", "", std::nullopt}), std::invalid_argument);
+    // Every share, given: replaces the store's list.
+    store.merge(trusted_peer{id_a, "", "", std::nullopt}, true);
+    EXPECT_TRUE(store.find_id(id_a)->may_use("anything"));
+
+    EXPECT_THROW(store.merge(trusted_peer{id_c, "first", "", std::nullopt}, false), std::invalid_argument);
     EXPECT_FALSE(store.find_id(id_c));
-    EXPECT_THROW(store.merge(trusted_peer{"not-an-id", "", "", std::nullopt}), std::invalid_argument);
+    EXPECT_THROW(store.merge(trusted_peer{"not-an-id", "", "", std::nullopt}, false), std::invalid_argument);
 }
 
 }  // namespace

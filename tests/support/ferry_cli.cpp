@@ -1,7 +1,5 @@
 #include "tests/support/ferry_cli.hpp"
 
-#include <algorithm>
-
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -20,27 +18,12 @@ std::string ferry_cli::id(const std::string& who) {
     return out;
 }
 
-// A ferry started by a test reads no configuration file of the user running the tests:
-// its default one is looked for under the test's own folder (unless `env` says otherwise).
-std::vector<std::string> ferry_cli::hermetic(const std::vector<std::string>& env) const {
-    std::vector<std::string> out = env;
-    bool given = std::any_of(env.begin(), env.end(), [](const std::string& e) { return e.starts_with("XDG_CONFIG_HOME="); });
-    if (!given) {
-        out.push_back("XDG_CONFIG_HOME=" + (dir_.path() / "config-home").string());
-    }
-    given = std::any_of(env.begin(), env.end(), [](const std::string& e) { return e.starts_with("FERRY_CONFIG="); });
-    if (!given) {
-        out.push_back("FERRY_CONFIG=");
-    }
-    return out;
-}
-
 ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const std::vector<std::string>& env,
                                      const std::vector<std::string>& launcher) {
     std::vector<std::string> argv = launcher.empty() ? std::vector<std::string>{FERRY_BINARY} : launcher;
     argv.insert(argv.end(), args.begin(), args.end());
     receiver r;
-    r.proc = std::make_unique<child_process>(argv, hermetic(env));
+    r.proc = std::make_unique<child_process>(argv, env);
     std::optional<std::string> line = r.proc->read_line(std::chrono::seconds(30));
     if (!line) {
         ADD_FAILURE() << "receiver did not announce its address; stderr: " << r.proc->err();
@@ -60,7 +43,7 @@ ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const
 run_result ferry_cli::ferry(const std::vector<std::string>& args, const std::vector<std::string>& env) {
     std::vector<std::string> argv{FERRY_BINARY};
     argv.insert(argv.end(), args.begin(), args.end());
-    return run(argv, process_timeout, hermetic(env));
+    return run(argv, process_timeout, env);
 }
 
 std::vector<nlohmann::json> json_events(const std::string& out) {

@@ -44,7 +44,6 @@ public:
     run_result ferry(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
 
 private:
-    std::vector<std::string> hermetic(const std::vector<std::string>& env) const;
     temp_dir dir_;
 };
 

@@ -55,6 +55,15 @@ child_process::child_process(const std::vector<std::string>& argv, const std::ve
     for (const std::string& e : env) {
         envp.push_back(const_cast<char*>(e.c_str()));
     }
+    // A ferry a test starts reads no configuration file of the user running the tests
+    // (docs/config.md: $FERRY_CONFIG, then $XDG_CONFIG_HOME), unless `env` names one.
+    static const std::string no_config = "FERRY_CONFIG=";
+    static const std::string no_config_home = "XDG_CONFIG_HOME=/nonexistent/ferry-tests";
+    for (const std::string* d : {&no_config, &no_config_home}) {
+        if (!overridden(d->c_str())) {
+            envp.push_back(const_cast<char*>(d->c_str()));
+        }
+    }
     envp.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ < 0) {

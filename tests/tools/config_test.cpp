@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 
 #include "tests/support/temp_dir.hpp"
@@ -76,8 +77,15 @@ name = "bee"
 address = "192.0.2.7:7788"
 shares = ["www"]
 )");
+    const char* home = std::getenv("HOME");
+    const std::string saved = home != nullptr ? home : "";
     ::setenv("HOME", "/home/someone", 1);
     ferry::cli::config_file c = load_config(file);
+    if (home != nullptr) {
+        ::setenv("HOME", saved.c_str(), 1);
+    } else {
+        ::unsetenv("HOME");
+    }
     std::string root = dir.path().lexically_normal().string();
     // Top-level keys, the [limits] and [metrics] tables, then the shares, in that order.
     EXPECT_EQ(values_of(c), "--listen 127.0.0.1:7788\n--listen [::1]:7788\n--state " + root + "/st\n"
@@ -86,11 +94,21 @@ shares = ["www"]
                             "--share www=/srv/www:rw\n--share docs=" + root + "/docs:ro\n");
     EXPECT_EQ(c.values[0].where, file.string() + ":2:10");
     ASSERT_EQ(c.peers.size(), 1u);
-    EXPECT_EQ(c.peers[0].peer.name, "bee");
-    EXPECT_EQ(c.peers[0].peer.address, "192.0.2.7:7788");
-    ASSERT_TRUE(c.peers[0].peer.shares.has_value());
-    EXPECT_EQ(*c.peers[0].peer.shares, std::vector<std::string>{"www"});
-    EXPECT_EQ(c.peers[0].peer.id, *ferry::parse_node_id(peer_id));
+    EXPECT_EQ(c.peers[0].declared.peer.name, "bee");
+    EXPECT_EQ(c.peers[0].declared.peer.address, "192.0.2.7:7788");
+    ASSERT_TRUE(c.peers[0].declared.peer.shares.has_value());
+    EXPECT_EQ(*c.peers[0].declared.peer.shares, std::vector<std::string>{"www"});
+    EXPECT_EQ(c.peers[0].declared.peer.id, *ferry::parse_node_id(peer_id));
+    EXPECT_TRUE(c.peers[0].declared.shares_given);
+}
+
+TEST_F(config_file_test, a_peer_given_every_share_says_so_and_one_without_shares_does_not) {
+    ferry::cli::config_file c = load_config(write("[[peer]]\nid = \"" + peer_id + "\"\nshares = [\"*\"]\n"));
+    ASSERT_EQ(c.peers.size(), 1u);
+    EXPECT_TRUE(c.peers[0].declared.shares_given);
+    EXPECT_FALSE(c.peers[0].declared.peer.shares.has_value());  // every share
+    c = load_config(write("[[peer]]\nid = \"" + peer_id + "\"\n"));
+    EXPECT_FALSE(c.peers[0].declared.shares_given);
 }
 
 TEST_F(config_file_test, a_mistake_is_reported_at_its_line_and_column) {
@@ -108,6 +126,15 @@ TEST_F(config_file_test, a_mistake_is_reported_at_its_line_and_column) {
     EXPECT_EQ(error_of("[[peer]]\nid = \"" + peer_id + "\"\n[[peer]]\nid = \"" + peer_id + "\"\n"),
               f + ":3:1: this peer is already declared at " + f + ":1:1");
     EXPECT_EQ(error_of("metrics = 9188\n"), f + ":1:11: metrics: expected a table ([metrics])");
+    EXPECT_EQ(error_of("listen = []\n"), f + ":1:10: listen: an empty list");
+    EXPECT_EQ(error_of("[[share]]\nname = \"a=b\"\npath = \"/x\"\n"),
+              f + ":2:8: name: a share name is letters, digits, '-', '_' and '.' (at most 64)");
+    EXPECT_EQ(error_of("[[peer]]\nid = \"" + peer_id + "\"\nname = \"a b\"\n"),
+              f + ":3:8: name: a peer name is 1 to 64 bytes without '@', ':', '/' or spaces");
+    EXPECT_EQ(error_of("[[peer]]\nid = \"" + peer_id + "\"\naddress = \"host\"\n"),
+              f + ":3:11: address: expected HOST:PORT ([::1]:PORT for IPv6)");
+    EXPECT_EQ(error_of("[[peer]]\nid = \"" + peer_id + "\"\nshares = [\"w w\"]\n"),
+              f + ":3:10: shares: \"w w\" is not a share name (letters, digits, '-', '_', '.')");
     // Syntax: the parser's own words, at its place.
     std::string syntax = error_of("listen = [\n");
     EXPECT_EQ(syntax.rfind(f + ":", 0), 0u) << syntax;
@@ -140,6 +167,25 @@ TEST_F(config_file_test, the_command_line_wins_and_values_go_through_the_flags_o
     EXPECT_EQ(listen, (std::vector<std::string>{"127.0.0.1:1", "[::1]:2"}));
     EXPECT_EQ(sessions, 9u);  // given on the command line
     EXPECT_EQ(max_bytes, 2048u);
+
+    // A repeatable option given on the command line replaces all of the file's values; a
+    // flag takes the file's true, and its --no- form given on the command line wins.
+    {
+        CLI::App cmd;
+        std::vector<std::string> l{"0.0.0.0:7788"};
+        bool overwrite = false;
+        bool fsync_each = false;
+        cmd.add_option("--listen", l);
+        cmd.add_flag("--overwrite,!--no-overwrite", overwrite);
+        cmd.add_flag("--fsync-each,!--no-fsync-each", fsync_each);
+        cmd.parse(std::vector<std::string>{"--no-fsync-each", "127.0.0.1:9", "--listen"});
+        ferry::cli::apply_config(load_config(write("listen = [\"127.0.0.1:1\", \"[::1]:2\"]\n"
+                                                   "overwrite = true\nfsync_each = true\n")),
+                                 cmd);
+        EXPECT_EQ(l, std::vector<std::string>{"127.0.0.1:9"});
+        EXPECT_TRUE(overwrite);
+        EXPECT_FALSE(fsync_each);
+    }
 
     CLI::App fresh;
     fresh.add_option("--max-sessions", sessions)->check(CLI::Range(1u, 10000u));
