@@ -954,6 +954,11 @@ void receive_session::next_offer() {
                     ec = ahead[i].ec;  // looked at ahead (above)
                     same = ahead[i].same;
                     is_there = ahead[i].there;
+                } else if (create && !e.is_dir && !exists[i] && !folder_there[i]) {
+                    // The check pass found nothing at its name (in a folder that is
+                    // there): nothing to look at again. A file put there meanwhile meets
+                    // the final rename, which replaces only where replacing is asked for
+                    // (RENAME_NOREPLACE otherwise), as one put there after this pass would.
                 } else {
                     ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
                                   : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
