@@ -153,7 +153,7 @@ void trust_store::merge(const trusted_peer& peer, bool set_shares) {
         throw std::invalid_argument("not a node ID: " + peer.id);
     }
     bool known = trusted(*canonical);
-    if ((!known || !peer.name.empty()) && !add(*canonical, peer.name.empty() ? std::string() : peer.name)) {
+    if ((!known || !peer.name.empty()) && !add(*canonical, peer.name)) {
         throw std::invalid_argument("the name \"" + peer.name + "\" is already another peer's");
     }
     set_details(*canonical, peer.address.empty() ? std::nullopt : std::optional<std::string>(peer.address),

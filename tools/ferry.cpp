@@ -1920,8 +1920,10 @@ int main(int argc, char** argv) {
     ro.listen = {receive_listen};
 
     try {
-        if (config->parsed()) {
+        if (serve_settings) {
             serve_o.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
+        }
+        if (config->parsed()) {
             return cmd_config(o, serve_o, config_show->parsed());
         }
         if (id->parsed()) {
@@ -1943,7 +1945,6 @@ int main(int argc, char** argv) {
             return cmd_status(o);
         }
         if (serve->parsed()) {
-            serve_o.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
             return run_receiver(o, serve_o, false);
         }
     } catch (const std::exception& e) {
