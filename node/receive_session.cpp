@@ -502,7 +502,7 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         const wire::SyncTarget& asked = pull_->source;
         bool same = target.delete_() == asked.delete_() && target.dry_run() == asked.dry_run() &&
                     target.checksum() == asked.checksum() &&
-                    target.exclude_size() >= asked.exclude_size() &&
+                    target.exclude_size() == asked.exclude_size() &&
                     std::equal(asked.exclude().begin(), asked.exclude().end(), target.exclude().begin());
         if (!same) {
             fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
@@ -517,7 +517,15 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
     }
     for (const std::string& line : target.exclude()) {
         if (refused.empty() && !excludes_.add(line)) {
-            refused = "bad exclude pattern \"" + line.substr(0, 100) + "\"";
+            refused = "bad exclude pattern \"" + printable(line.substr(0, 100)) + "\"";
+        }
+    }
+    if (refused.empty() && keep_bytes(target) > max_sync_keep_bytes) {
+        refused = "paths to keep over " + std::to_string(max_sync_keep_bytes) + " bytes in all";
+    }
+    for (const std::string& path : target.keep()) {
+        if (refused.empty() && !excludes_.keep(path)) {
+            refused = "bad path to keep \"" + printable(path.substr(0, 100)) + "\"";
         }
     }
     if (!refused.empty()) {
@@ -1758,7 +1766,7 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
         for (const dest_tree::removed_entry& r : removed) {
             ++(r.is_dir ? deleted_dirs_ : deleted_files_);
             if (ctx_.events.deleted) {
-                ctx_.events.deleted(printable(r.path), kind_of(r));
+                ctx_.events.deleted(r.path, kind_of(r));
             }
         }
     }
@@ -1772,14 +1780,13 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
         }
     };
     for (const dest_tree::removed_entry& r : removed) {
-        std::string path = printable(r.path);  // a local name need not be UTF-8; the wire's must
-        if (bytes + path.size() + 16 > offer_batch_bytes) {
+        if (bytes + r.path.size() + 16 > offer_batch_bytes) {
             flush();
         }
-        bytes += path.size() + 16;
+        bytes += r.path.size() + 16;
         wire::Entry* e = h.mutable_deleted()->add_entries();
         e->set_kind(kind_of(r));
-        e->set_path(std::move(path));
+        e->set_path(r.path);
     }
     flush();
 }

@@ -497,9 +497,9 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             for (const wire::Entry& e : header.deleted().entries()) {
                 ++(e.kind() == wire::ENTRY_DIR ? deleted_dirs_ : deleted_files_);
                 if (ctx_.events.deleted) {
-                    // Names as the receiver's file system has them, escaped there; made
-                    // printable here too (the peer's text).
-                    ctx_.events.deleted(printable(e.path()), e.kind());
+                    // Names as the receiver's file system has them (any bytes): the
+                    // events' reader escapes them for a terminal or JSON.
+                    ctx_.events.deleted(e.path(), e.kind());
                 }
             }
             return;

@@ -57,18 +57,18 @@ struct scanner {
         } else if (S_ISREG(st.st_mode) && is_partial_file_name(wire.substr(wire.rfind('/') + 1))) {
             skip = " (a ferry partial file)";
         }
-        if (skip != nullptr) {
-            out.skipped.push_back(local + skip);
-            out.skipped_paths.push_back(wire);
-            return true;
-        }
         if (excludes != nullptr && excludes->excluded(wire, S_ISDIR(st.st_mode))) {
             ++out.excluded;
             return true;  // and whatever is in it
         }
         if (check_wire_path(wire)) {
-            error = local + ": name cannot be sent (not UTF-8, too long, or contains a backslash)";
+            error = local + ": path too long to send (over " + std::to_string(max_path_bytes) + " bytes below SRC)";
             return false;
+        }
+        if (skip != nullptr) {
+            out.skipped.push_back(local + skip);
+            out.skipped_paths.push_back(wire);
+            return true;
         }
         entry_info e;
         e.path = wire;
@@ -262,19 +262,17 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 }
 
 std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
-    std::size_t bytes = exclude_bytes(target);
-    std::vector<std::string> patterns;
+    std::size_t bytes = keep_bytes(target);
     for (const std::string& path : sources.skipped_paths) {
-        patterns.push_back(exclude_set::literal(path));
-        bytes += patterns.back().size();
-        if (bytes > max_sync_exclude_bytes) {
-            return std::to_string(sources.skipped_paths.size()) +
-                   " special files in SRC are more than --delete can be told to keep; "
-                   "exclude their folders (--exclude) or sync without --delete";
-        }
+        bytes += path.size() + 2;
     }
-    for (std::string& p : patterns) {
-        target.add_exclude(std::move(p));
+    if (bytes > max_sync_keep_bytes) {
+        return std::to_string(sources.skipped_paths.size()) +
+               " special files in SRC are more than --delete can be told to keep; "
+               "exclude their folders (--exclude) or sync without --delete";
+    }
+    for (const std::string& path : sources.skipped_paths) {
+        target.add_keep(path);
     }
     return {};
 }

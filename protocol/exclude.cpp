@@ -173,18 +173,18 @@ bool exclude_set::add(std::string_view line) {
     return true;
 }
 
-std::string exclude_set::literal(std::string_view path) {
-    std::string out = "/";
-    for (char c : path) {
-        if (c == '*' || c == '?' || c == '[' || c == '\\' || c == ' ' || c == '!' || c == '#') {
-            out += '\\';
-        }
-        out += c;
+bool exclude_set::keep(std::string_view path) {
+    if (check_wire_path(path)) {
+        return false;
     }
-    return out;
+    kept_.emplace(path);
+    return true;
 }
 
 bool exclude_set::excluded(std::string_view path, bool is_dir) const {
+    if (!kept_.empty() && kept_.contains(path)) {
+        return true;
+    }
     if (rules_.empty()) {
         return false;
     }
@@ -208,7 +208,7 @@ bool exclude_set::excluded(std::string_view path, bool is_dir) const {
 }
 
 bool exclude_set::excluded_or_inside(std::string_view path, bool is_dir) const {
-    if (rules_.empty()) {
+    if (empty()) {
         return false;
     }
     for (std::size_t slash = path.find('/'); slash != std::string_view::npos; slash = path.find('/', slash + 1)) {

@@ -17,6 +17,8 @@
 #include <bitset>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,13 +61,14 @@ public:
     // Whether `path` or a folder it lies in is excluded.
     bool excluded_or_inside(std::string_view path, bool is_dir) const;
 
-    // A pattern that matches exactly `path` (a wire path) from the root: "/" and the path
-    // with every special character escaped.
-    static std::string literal(std::string_view path);
+    // Keeps exactly `path` (a wire path from the root; any bytes, no pattern syntax):
+    // excluded() is true for it whatever the patterns say (SyncTarget.keep, what SRC's
+    // scan skipped). A path that is not a wire path is refused (false).
+    bool keep(std::string_view path);
 
     // The pattern lines kept, as given (for the wire).
     const std::vector<std::string>& lines() const { return lines_; }
-    bool empty() const { return rules_.empty(); }
+    bool empty() const { return rules_.empty() && kept_.empty(); }
 
 private:
     struct rule {
@@ -76,6 +79,7 @@ private:
     };
     std::vector<rule> rules_;
     std::vector<std::string> lines_;
+    std::set<std::string, std::less<>> kept_;
 };
 
 // glob_segment(pattern).match(name).

@@ -36,11 +36,6 @@ std::error_code check_wire_path(std::string_view path) {
     if (path.front() == '/') {
         return protocol_errc::bad_path;
     }
-    // Windows drive letters ("C:") are refused even though ':' is a legal name byte elsewhere.
-    if (path.size() >= 2 && path[1] == ':' &&
-        ((path[0] >= 'A' && path[0] <= 'Z') || (path[0] >= 'a' && path[0] <= 'z'))) {
-        return protocol_errc::bad_path;
-    }
     std::size_t start = 0;
     while (start <= path.size()) {
         std::size_t end = path.find('/', start);
@@ -51,12 +46,8 @@ std::error_code check_wire_path(std::string_view path) {
         if (name.empty() || name == "." || name == ".." || name.size() > max_name_bytes) {
             return protocol_errc::bad_path;
         }
-        for (std::size_t i = 0; i < name.size();) {
-            std::size_t n = utf8_sequence_length(name, i);
-            if (n == 0 || name[i] == '\0' || name[i] == '\\') {
-                return protocol_errc::bad_path;
-            }
-            i += n;
+        if (name.find('\0') != std::string_view::npos) {
+            return protocol_errc::bad_path;
         }
         start = end + 1;
     }

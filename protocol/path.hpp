@@ -1,9 +1,10 @@
 // Path safety for received entries.
 //
 // A wire path is relative, '/'-separated and already normalized: no leading '/', no
-// empty, "." or ".." components, no NUL, no backslash, no drive letter, each name at
-// most max_name_bytes and the whole at most max_path_bytes. Anything else is refused,
-// never "repaired", so two different wire paths can never name the same file.
+// empty, "." or ".." components, no NUL, each name at most max_name_bytes and the whole
+// at most max_path_bytes. Anything else is refused, never "repaired", so two different
+// wire paths can never name the same file. Within those rules a name is any bytes, as on
+// Linux: UTF-8 or not, a backslash or a ':' included (docs/decisions.md, "File names are bytes").
 #pragma once
 
 #include <string>
@@ -13,8 +14,7 @@
 
 namespace ferry {
 
-// Returns {} if `path` is a safe wire path, protocol_errc::bad_path otherwise. Wire paths
-// are UTF-8 (protobuf strings must be): a name in another encoding cannot be sent.
+// Returns {} if `path` is a safe wire path, protocol_errc::bad_path otherwise.
 std::error_code check_wire_path(std::string_view path);
 
 // Length (1-4) of the well-formed UTF-8 sequence starting at s[i], or 0 if there is none

@@ -57,14 +57,25 @@ struct transfer_options {
     std::optional<wire::SyncTarget> sync;
 };
 
-// Bytes of exclude patterns a SyncTarget may carry, so that the first Offer batch stays
-// under max_header_len.
+// Bytes of exclude patterns a SyncTarget may carry, and of the paths it keeps: the sync
+// target rides the first Offer batch, which must stay under max_header_len with at least
+// one entry (offer_batch_bytes counts the target; a batch takes at least one entry).
 inline constexpr std::size_t max_sync_exclude_bytes = 8 * 1024;
+inline constexpr std::size_t max_sync_keep_bytes = 40 * 1024;
 // The bytes of a SyncTarget's exclude patterns (what max_sync_exclude_bytes bounds).
 inline std::size_t exclude_bytes(const wire::SyncTarget& t) {
     std::size_t n = 0;
     for (const std::string& line : t.exclude()) {
         n += line.size();
+    }
+    return n;
+}
+// The bytes of the paths it keeps (max_sync_keep_bytes), each counting 2 more for its
+// field's tag and length.
+inline std::size_t keep_bytes(const wire::SyncTarget& t) {
+    std::size_t n = 0;
+    for (const std::string& path : t.keep()) {
+        n += path.size() + 2;
     }
     return n;
 }

@@ -158,6 +158,28 @@ void append_json_string(std::string& out, std::string_view s) {
     }
 }
 
+// Whether `s` is UTF-8 all through (a JSON string can hold it as it is).
+bool is_utf8(std::string_view s) {
+    for (std::size_t i = 0; i < s.size();) {
+        std::size_t n = ferry::utf8_sequence_length(s, i);
+        if (n == 0) {
+            return false;
+        }
+        i += n;
+    }
+    return true;
+}
+
+// A file name in a JSON event (docs/json.md, "File names"): `key` holds it as it is when
+// it is UTF-8; otherwise with each byte that is not replaced by U+FFFD, and `key`_hex
+// holds its exact bytes in hex.
+void add_path(json& j, const std::string& key, std::string_view path) {
+    j[key] = std::string(path);
+    if (!is_utf8(path)) {
+        j[key + "_hex"] = ferry::hex_encode(path);
+    }
+}
+
 // file_start / file_done: one per file each, so many that building a json object for
 // every one showed in profiles of 10,000-file transfers; written directly instead, with
 // the same fields and escaping as emit(). Buffered: the next progress or done line
@@ -174,7 +196,11 @@ void emit_file_event(const ferry::file_event& f) {
     fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"({{"event":"{}","direction":"{}","session":"{}","path":")"),
                    f.done ? "file_done" : "file_start", f.direction, session_hex);
     append_json_string(line, f.path);
-    fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(","size":{})"), f.size);
+    line += '"';
+    if (!is_utf8(f.path)) {
+        fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(,"path_hex":"{}")"), ferry::hex_encode(f.path));
+    }
+    fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(,"size":{})"), f.size);
     if (f.done) {
         line += f.skipped ? R"(,"skipped":true)" : R"(,"skipped":false)";
     }
@@ -1069,12 +1095,14 @@ struct sync_run {
 void sync_event(const common_opts& o, sync_run& run, const char* what, std::string_view path, std::uint64_t size,
                 const char* kind, std::string_view from = {}) {
     if (o.json) {
-        json j{{"event", what}, {"path", std::string(path)}, {"kind", kind}};
+        json j{{"event", what}};
+        add_path(j, "path", path);
+        j["kind"] = kind;
         if (std::string_view(kind) == "file" && std::string_view(what) != "deleted") {
             j["size"] = size;
         }
         if (!from.empty()) {
-            j["from"] = std::string(from);
+            add_path(j, "from", from);
         }
         emit(o, std::move(j), false);
     } else if (run.verbose && std::string_view(what) != "skipped") {
@@ -1194,7 +1222,11 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
     bool all_vanished = true;
     for (const ferry::skipped_file& f : r.given_up) {
         say("not sent: " + ferry::printable(f.path) + ": " + f.reason);
-        emit(o, {{"event", "failed"}, {"path", f.path}, {"reason", f.reason}, {"vanished", f.vanished}}, false);
+        json j{{"event", "failed"}};
+        add_path(j, "path", f.path);
+        j["reason"] = f.reason;
+        j["vanished"] = f.vanished;
+        emit(o, std::move(j), false);
         all_vanished = all_vanished && f.vanished;
     }
     if (r.given_up.empty()) {

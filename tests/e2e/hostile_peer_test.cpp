@@ -716,10 +716,6 @@ TEST_F(hostile_paths_test, unsafe_paths_are_refused_before_anything_is_written) 
         "",
         std::string("nul\0byte.txt", 12),  // NUL
         std::string(256, 'n'),             // a name over 255 bytes
-        "C:x.txt",                         // drive letters and backslashes
-        "c:/windows/x.txt",
-        "fine\\..\\..\\outside\\x.txt",
-        "..\\outside\\x.txt",
         ".x.txt.ferry-part",  // a name the receiver keeps for its own partial files
     };
     std::string deep;  // a path over 4096 bytes, of names of 200 bytes

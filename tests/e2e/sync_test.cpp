@@ -787,6 +787,91 @@ TEST_F(sync_pull, a_read_only_share_can_be_pulled_and_refusals_are_clear) {
     EXPECT_EQ(compare_trees(ro_share / "manual", cli.root() / "real-parent/new"), "");
 }
 
+// The bytes of `s` in lowercase hex (an event's path_hex).
+std::string hex_of(const std::string& s) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : s) {
+        out += digits[c >> 4];
+        out += digits[c & 15];
+    }
+    return out;
+}
+
+TEST_F(sync_pull, any_name_linux_allows_travels_and_special_files_are_kept_at_dst) {
+    serve();
+    // Names that are not UTF-8, with a backslash, ':' second, control characters: each a
+    // file name like any other, both ways.
+    const std::string name200(200, 'n');
+    const std::string deep = name200 + "/" + name200 + "/" + name200 + "/" + name200 + "/" + name200 + "/" + name200;
+    const std::vector<std::string> names{"back\\slash.txt", "a:b", "new\nline", "cr\r", "latin1 caf\xE9.txt",
+                                         "dir\xFF/inner.txt", "..\\..\\x", deep + "/file"};
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        write_text_file(src / names[i], "content " + std::to_string(i) + "\n");
+    }
+    // Special files at paths an exclude pattern could not say (a newline, bytes that are
+    // not UTF-8, over a pattern's 1 KiB): skipped, and kept at DST by --delete.
+    const std::vector<std::string> fifos{"\n", "fifo-\xFE", deep + "/fifo"};
+    for (const std::string& f : fifos) {
+        ASSERT_EQ(::mkfifo((src / f).c_str(), 0600), 0) << f;
+        write_text_file(site / f, "the receiver's own\n");
+    }
+    const std::string stale = "stale-\xFD.txt";
+    write_text_file(site / stale, "not in SRC\n");
+
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    for (const std::string& n : names) {
+        EXPECT_EQ(read_text_file(site / n), read_text_file(src / n)) << n;
+    }
+    for (const std::string& f : fifos) {
+        EXPECT_EQ(read_text_file(site / f), "the receiver's own\n") << f;
+    }
+    EXPECT_FALSE(fs::exists(site / stale));
+    // In JSON a name that is not UTF-8 has U+FFFD for its bad bytes and its exact bytes
+    // in path_hex; a UTF-8 one (a newline included) is given as it is, with no path_hex.
+    auto ev = json_events(r.out);
+    bool stale_seen = false;
+    bool newline_seen = false;
+    for (const nlohmann::json& e : ev) {
+        if (e["event"] == "deleted") {
+            EXPECT_EQ(e["path"], "stale-\xEF\xBF\xBD.txt");
+            EXPECT_EQ(e["path_hex"], hex_of(stale));
+            stale_seen = true;
+        }
+        if (e["event"] == "created" && e["path"] == "new\nline") {
+            EXPECT_FALSE(e.contains("path_hex"));
+            newline_seen = true;
+        }
+    }
+    EXPECT_TRUE(stale_seen) << r.out;
+    EXPECT_TRUE(newline_seen) << r.out;
+
+    // The same names pulled back; a special file at the share is kept at the local DST.
+    const std::string pfifo = "pfifo\xFA";
+    ASSERT_EQ(::mkfifo((site / pfifo).c_str(), 0600), 0);
+    for (const std::string& f : fifos) {
+        fs::remove(site / f);  // the share's copies of the fifos' paths stay regular files
+        write_text_file(site / f, "now a file\n");
+    }
+    write_text_file(dst / pfifo, "local\n");
+    write_text_file(dst / stale, "local stale\n");
+    run_result p = pull({"--delete"});
+    ASSERT_EQ(p.code, 0) << p.err;
+    EXPECT_EQ(read_text_file(dst / pfifo), "local\n");
+    EXPECT_FALSE(fs::exists(dst / stale));
+    ev = json_events(p.out);
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"stale-\xEF\xBF\xBD.txt"}));
+    fs::remove(site / pfifo);
+    fs::remove(dst / pfifo);
+    EXPECT_EQ(compare_trees(site, dst), "");
+
+    // A share name that is not UTF-8 is refused as any unknown share is, at once.
+    run_result bad = pull({}, "ay:w\xFFw/x");
+    EXPECT_EQ(bad.code, 2) << bad.err;
+    EXPECT_NE(bad.err.find("no share named"), std::string::npos) << bad.err;
+}
+
 TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
     serve();
     constexpr std::uint64_t size = 3 * 1024 * 1024;

@@ -2,11 +2,11 @@
 //
 // The input is the path, byte for byte. check_wire_path must agree exactly with an
 // independent reading of what path.hpp documents (relative, '/'-separated, no empty, "."
-// or ".." component, no NUL, no backslash, no leading drive letter, well-formed UTF-8,
-// names <= max_name_bytes, whole <= max_path_bytes), both ways: nothing unsafe accepted,
-// nothing safe refused. utf8_sequence_length is checked against a plain decoder at every
-// byte. An accepted path also splits and joins back to itself, its parent is accepted
-// too, and it survives a protobuf round trip (proto3 strings must be UTF-8).
+// or ".." component, no NUL, names <= max_name_bytes, whole <= max_path_bytes; any other
+// byte, UTF-8 or not), both ways: nothing unsafe accepted, nothing safe refused.
+// utf8_sequence_length is checked against a plain decoder at every byte. An accepted path
+// also splits and joins back to itself, its parent is accepted too, and it survives a
+// protobuf round trip (Entry.path is bytes: no UTF-8 check may drop it).
 //
 // The same bytes go through printable() (peer text on its way to a log line): the result
 // is well-formed UTF-8 without any of the characters path.hpp lists (C0, DEL, C1, the
@@ -101,22 +101,15 @@ void check_printable(std::string_view text) {
     FUZZ_CHECK(back == text);
 }
 
-bool is_ascii_letter(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-
 // path.hpp's contract, written out independently of path.cpp.
 bool reference_safe(std::string_view path) {
     if (path.empty() || path.size() > max_path_bytes || path.front() == '/') {
         return false;
     }
-    if (path.size() >= 2 && is_ascii_letter(path[0]) && path[1] == ':') {
-        return false;
-    }
-    for (std::size_t i = 0; i < path.size();) {
-        std::size_t n = reference_utf8_length(path, i);
-        if (n == 0 || path[i] == '\0' || path[i] == '\\') {
+    for (char c : path) {
+        if (c == '\0') {
             return false;
         }
-        i += n;
     }
     std::string_view rest = path;
     while (true) {

@@ -96,15 +96,28 @@ TEST(exclude_set, the_last_matching_pattern_decides_and_negation_re_includes) {
     EXPECT_TRUE(t.excluded("keep.log", false));
 }
 
-TEST(exclude_set, a_literal_pattern_matches_exactly_its_path) {
-    exclude_set s;
-    for (const char* p : {"a*b/[x]?", "sp ace ", "!bang", "#hash", "back\\slash"}) {
-        ASSERT_TRUE(s.add(exclude_set::literal(p))) << p;
+TEST(exclude_set, a_kept_path_matches_exactly_itself_whatever_its_bytes) {
+    exclude_set s = make({"!*"});  // a re-include does not undo a kept path
+    const std::string name(200, 'y');
+    for (const std::string& p : std::vector<std::string>{"a*b/[x]?", "sp ace ", "!bang", "#hash", "back\\slash",
+                                                         "new\nline", "cr\r", "not\xff" "utf8", "d:x",
+                                                         name + "/" + name + "/" + name + "/" + name + "/" + name}) {
+        ASSERT_TRUE(s.keep(p)) << p;
         EXPECT_TRUE(s.excluded(p, false)) << p;
+        EXPECT_TRUE(s.excluded_or_inside(p + "/inside", false)) << p;
     }
     EXPECT_FALSE(s.excluded("aXb/[x]?", false));
     EXPECT_FALSE(s.excluded("a*b/x!", false));
     EXPECT_FALSE(s.excluded("sub/!bang", false));
+    EXPECT_FALSE(s.excluded("new", false));
+    for (const std::string& bad :
+         std::vector<std::string>{"", "/abs", "a/../b", "a//b", std::string("nul\0", 4), std::string(256, 'n')}) {
+        EXPECT_FALSE(s.keep(bad)) << bad;
+    }
+    exclude_set none;
+    EXPECT_TRUE(none.empty());
+    ASSERT_TRUE(none.keep("x"));
+    EXPECT_FALSE(none.empty());
 }
 
 TEST(exclude_set, comments_blank_lines_and_bad_patterns) {

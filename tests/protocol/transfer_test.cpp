@@ -1107,7 +1107,7 @@ TEST(ReceiverMachine, MalformedPartialDecisionFallsBackToAcceptAll) {
 // Receiver: offer validation
 
 TEST(ReceiverMachine, RefusesBadPaths) {
-    for (const char* path : {"../x", "/abs", "a//b", "", "a/./b", "a/..", "a/", "a\\b", "C:x"}) {
+    for (const char* path : {"../x", "/abs", "a//b", "", "a/./b", "a/..", "a/", "./a", "a/.", "..\\a/.."}) {
         receiver_machine r;
         EXPECT_EQ(offer_error(r, raw_offer({{0, path}})), protocol_errc::bad_path) << '"' << path << '"';
         EXPECT_EQ(r.total_files(), 0u);
