@@ -68,17 +68,42 @@ std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtim
     return set_mtime(fd, mtime_ns);
 }
 
-bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns) {
-    // ext4/xfs/btrfs/tmpfs keep nanoseconds; CIFS and others 100 ns, exFAT 10 ms, ext4
-    // with 128-byte inodes and HFS+ 1 s, FAT 2 s. Each truncates (floors) the value.
-    for (std::int64_t g : {std::int64_t{1}, std::int64_t{100}, std::int64_t{1'000}, std::int64_t{1'000'000},
-                           std::int64_t{10'000'000}, std::int64_t{1'000'000'000}, std::int64_t{2'000'000'000}}) {
-        std::int64_t floor = wanted_ns - ((wanted_ns % g) + g) % g;
-        if (stored_ns == floor) {
-            return true;
+namespace {
+
+// The steps file systems store mtimes in: ext4/xfs/btrfs/tmpfs keep nanoseconds; CIFS and
+// others 100 ns, exFAT 10 ms, ext4 with 128-byte inodes and HFS+ 1 s, FAT 2 s. Each
+// truncates (floors) the value.
+constexpr std::array<std::int64_t, 7> mtime_steps{1, 100, 1'000, 1'000'000, 10'000'000, 1'000'000'000, 2'000'000'000};
+
+std::int64_t floor_to(std::int64_t ns, std::int64_t step) { return ns - ((ns % step) + step) % step; }
+
+}  // namespace
+
+bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns, std::int64_t step_ns) {
+    if (step_ns > 0) {
+        return stored_ns == floor_to(wanted_ns, step_ns);
+    }
+    return std::any_of(mtime_steps.begin(), mtime_steps.end(),
+                       [&](std::int64_t step) { return stored_ns == floor_to(wanted_ns, step); });
+}
+
+std::int64_t probe_mtime_step(int dir_fd) {
+    unique_fd fd(::openat(dir_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+    if (fd.get() < 0) {
+        return 0;  // no O_TMPFILE here (or no write access): fall back to any step
+    }
+    constexpr std::int64_t probe = 1'600'000'001'987'654'321;  // a different value at every step
+    struct stat st {};
+    if (set_mtime(fd.get(), probe) || ::fstat(fd.get(), &st) != 0) {
+        return 0;
+    }
+    std::int64_t stored = timespec_ns(st.st_mtim);
+    for (std::int64_t step : mtime_steps) {
+        if (stored == floor_to(probe, step)) {
+            return step;
         }
     }
-    return false;
+    return 0;
 }
 
 const std::error_category& dest_category() noexcept {
@@ -97,6 +122,7 @@ dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
     if (root_fd_ < 0) {
         throw std::system_error(errno, std::system_category(), "cannot open destination " + root.string());
     }
+    mtime_step_ = probe_mtime_step(root_fd_);
 }
 
 dest_tree::dest_tree(std::filesystem::path root, int root_fd) : root_(std::move(root)), root_fd_(root_fd) {}
@@ -304,7 +330,7 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
         *mode_there = st.st_mode & 07777;
     }
     std::int64_t mtime = timespec_ns(st.st_mtim);
-    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && same_stored_mtime(mtime, mtime_ns)) {
+    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && same_stored_mtime(mtime, mtime_ns, mtime_step_)) {
         identical = true;
         return {};
     }
@@ -326,7 +352,7 @@ std::error_code dest_tree::check_link(std::string_view wire_path, const std::str
     }
     exists = true;  // a file or a link: replaced by the new link's rename
     if (!S_ISLNK(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != target.size() ||
-        !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns)) {
+        !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step_)) {
         return {};
     }
     std::string there(target.size() + 1, '\0');

@@ -45,9 +45,17 @@ struct std::is_error_code_enum<ferry::dest_errc> : std::true_type {};
 
 namespace ferry {
 
-// True if `stored_ns` is `wanted_ns` as a file system keeping nanoseconds, 100 ns, 1 us,
-// 1 ms, 10 ms, 1 s or 2 s stores it (truncated).
-bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns);
+// True if `stored_ns` is `wanted_ns` as a file system that keeps steps of `step_ns`
+// stores it (truncated). With step_ns 0 (not known) any of 1 ns, 100 ns, 1 us, 1 ms,
+// 10 ms, 1 s or 2 s will do.
+bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns, std::int64_t step_ns = 0);
+
+// The step in which the file system holding the folder `dir_fd` stores modification
+// times (1 for nanoseconds, up to 2 s for FAT), found by setting one on a file no one can
+// see (O_TMPFILE) and reading it back; 0 where that cannot be done. Knowing it, a file
+// whose mtime is a whole second at DST is not taken for SRC's file of that second plus a
+// fraction: that is only so where the file system keeps whole seconds.
+std::int64_t probe_mtime_step(int dir_fd);
 
 // Permission bits (07777), then the modification time, of the open file `fd`.
 std::error_code set_mode_and_mtime(int fd, std::uint32_t mode, std::int64_t mtime_ns);
@@ -237,6 +245,7 @@ private:
 
     std::filesystem::path root_;
     int root_fd_ = -1;
+    std::int64_t mtime_step_ = 0;  // probe_mtime_step(root_fd_)
     std::atomic<bool> mirror_{false};
     struct path_hash {
         using is_transparent = void;

@@ -141,6 +141,33 @@ TEST(StoredMtime, CoarseFileSystemsMatchTheirTruncation) {
     EXPECT_FALSE(same_stored_mtime(1'599'999'999'000'000'000, ns));
     // Before 1970 the floor goes down, as the kernel stores it.
     EXPECT_TRUE(same_stored_mtime(-2'000'000'000, -1'500'000'000));
+    // A known step takes only its own truncation.
+    EXPECT_TRUE(same_stored_mtime(ns, ns, 1));
+    EXPECT_FALSE(same_stored_mtime(1'600'000'001'000'000'000, ns, 1));
+    EXPECT_TRUE(same_stored_mtime(1'600'000'001'000'000'000, ns, 1'000'000'000));
+    EXPECT_FALSE(same_stored_mtime(1'600'000'001'980'000'000, ns, 1'000'000'000));
+    EXPECT_TRUE(same_stored_mtime(1'600'000'001'980'000'000, ns, 10'000'000));
+}
+
+TEST_F(DestTree, AWholeSecondAtDstIsNotSrcsTimeWithAFractionWhereNanosecondsAreKept) {
+    // The test folder's file system (tmpfs or ext4 here) keeps nanoseconds.
+    int dir = ::open(root().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(dir, 0);
+    std::int64_t step = probe_mtime_step(dir);
+    ::close(dir);
+    if (step != 1) {
+        GTEST_SKIP() << "the test folder's file system keeps mtimes in steps of " << step
+                     << " ns (0: O_TMPFILE not supported); this check needs nanoseconds";
+    }
+    write_text(root() / "f", "same");
+    const std::int64_t whole = 1'600'000'001'000'000'000;
+    struct timespec t[2] = {{0, UTIME_OMIT}, {whole / 1'000'000'000, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (root() / "f").c_str(), t, 0), 0);
+    bool identical = true;
+    EXPECT_EQ(tree_.check_file("f", true, 4, whole + 500'000'000, identical), std::error_code{});
+    EXPECT_FALSE(identical);  // SRC is half a second later: it is sent
+    EXPECT_EQ(tree_.check_file("f", true, 4, whole, identical), std::error_code{});
+    EXPECT_TRUE(identical);
 }
 
 TEST_F(DestTree, CheckFileOnFreshPathCreatesParents) {
