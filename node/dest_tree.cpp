@@ -447,7 +447,8 @@ struct pruner {
     std::string& failed;  // the path an error is about
 
     // One open folder per level: a peer-made tree deeper than this is an error, not a
-    // descriptor shortage for the whole node.
+    // descriptor shortage for the whole node. A folder at depth 1 is in the root; one at
+    // max_depth is the deepest allowed (256 nested folders are fine, 257 are not).
     static constexpr int max_depth = 256;
 
     static std::error_code too_deep() { return std::make_error_code(std::errc::too_many_symbolic_link_levels); }
@@ -460,7 +461,7 @@ struct pruner {
         gone = false;
         failed = path;
         if (is_dir) {
-            if (depth >= max_depth) {
+            if (depth > max_depth) {
                 return too_deep();
             }
             int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -498,7 +499,7 @@ struct pruner {
 
     // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root).
     std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
-        if (depth >= max_depth) {
+        if (depth > max_depth) {
             failed = prefix;
             return too_deep();
         }
@@ -535,7 +536,7 @@ struct lister {
     std::string& failed;
 
     std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
-        if (depth >= pruner::max_depth) {
+        if (depth > pruner::max_depth) {
             failed = prefix;
             return pruner::too_deep();
         }

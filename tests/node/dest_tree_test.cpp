@@ -607,14 +607,40 @@ TEST_F(DestTree, PruneKeepsWhatIsKeptInsideAFolderItRemoves) {
     EXPECT_EQ(names_in(root() / "old/sub"), (std::vector<std::string>{".big.iso.ferry-part"}));
 }
 
-TEST_F(DestTree, PruneRefusesTreesDeeperThanItsBound) {
+TEST_F(DestTree, PruneTakes256NestedFoldersAndRefusesDeeperTrees) {
+    // Exactly 256 nested folders, the deepest holding a file to remove and one to keep:
+    // walked whole. A file list and a removal of the whole chain go as deep.
     fs::path deep = root();
-    for (int i = 0; i < 300; ++i) {
+    for (int i = 0; i < 256; ++i) {
         deep /= "d";
     }
     fs::create_directories(deep);
+    write_text(deep / "old", "o");
+    write_text(deep / "new", "n");
     std::vector<dest_tree::removed_entry> removed;
     std::string where;
+    EXPECT_EQ(tree_.prune([](const std::string& path, bool) {
+        return path.ends_with("/old") ? dest_tree::verdict::remove : dest_tree::verdict::keep;
+    }, false, removed, where), std::error_code{}) << where;
+    ASSERT_EQ(removed.size(), 1u);
+    EXPECT_FALSE(fs::exists(deep / "old"));
+    std::vector<dest_tree::file_stamp> files;
+    EXPECT_EQ(tree_.list_files(10, files, where), std::error_code{}) << where;
+    EXPECT_EQ(files.size(), 1u);
+    removed.clear();
+    EXPECT_EQ(tree_.prune([](const std::string&, bool) { return dest_tree::verdict::remove; }, false, removed, where),
+              std::error_code{})
+        << where;
+    EXPECT_EQ(removed.size(), 257u);  // 256 folders and the file
+    EXPECT_FALSE(fs::exists(root() / "d"));
+
+    // 257: an error naming the folder, and nothing removed.
+    deep = root();
+    for (int i = 0; i < 257; ++i) {
+        deep /= "d";
+    }
+    fs::create_directories(deep);
+    removed.clear();
     std::error_code ec = tree_.prune([](const std::string&, bool) { return dest_tree::verdict::keep; }, false, removed,
                                      where);
     EXPECT_EQ(ec, std::errc::too_many_symbolic_link_levels);
