@@ -397,10 +397,12 @@ struct folder_child {
 };
 
 // The entries of the open folder `fd` (wire path `prefix`) with their kind, ferry's own
-// files left out (`own` tells whether there were any). `stats` (if given) gets each
-// entry's stat, in the same order. On an error, `failed` names the entry.
+// files left out (`own` tells whether there were any; `own_names`, if given, gets their
+// names). `stats` (if given) gets each entry's stat, in the same order. On an error,
+// `failed` names the entry.
 std::error_code folder_entries(int fd, const std::string& prefix, std::vector<folder_child>& out, bool& own,
-                               std::string& failed, std::vector<struct stat>* stats = nullptr) {
+                               std::string& failed, std::vector<struct stat>* stats = nullptr,
+                               std::vector<std::string>* own_names = nullptr) {
     std::vector<std::string> names;
     if (std::error_code ec = list_folder(fd, names)) {
         return ec;
@@ -409,6 +411,9 @@ std::error_code folder_entries(int fd, const std::string& prefix, std::vector<fo
     for (std::string& name : names) {
         if (is_partial_name(name)) {
             own = true;
+            if (own_names != nullptr) {
+                own_names->push_back(std::move(name));
+            }
             continue;
         }
         struct stat st {};
@@ -445,6 +450,10 @@ struct pruner {
     bool dry_run;
     std::vector<dest_tree::removed_entry>& removed;
     std::string& failed;  // the path an error is about
+    // Whether ferry's own files (partial files, resume records) in a folder being removed
+    // go too, unreported: true where no file of this transfer can lie below (clear_folder);
+    // otherwise they keep their folder.
+    bool remove_own = false;
 
     // One open folder per level: a peer-made tree deeper than this is an error, not a
     // descriptor shortage for the whole node. A folder at depth 1 is in the root; one at
@@ -469,9 +478,16 @@ struct pruner {
                 return {errno, std::system_category()};
             }
             std::vector<folder_child> children;
+            std::vector<std::string> own_names;
             bool own = false;
-            std::error_code ec = folder_entries(fd, path, children, own, failed);
-            bool emptied = !own;  // stays true while everything in it goes
+            std::error_code ec = folder_entries(fd, path, children, own, failed, nullptr, remove_own ? &own_names : nullptr);
+            for (std::size_t i = 0; !ec && !dry_run && i < own_names.size(); ++i) {
+                if (::unlinkat(fd, own_names[i].c_str(), 0) != 0 && errno != ENOENT) {
+                    failed = path + "/" + own_names[i];
+                    ec = {errno, std::system_category()};
+                }
+            }
+            bool emptied = !own || remove_own;  // stays true while everything in it goes
             for (std::size_t i = 0; !ec && i < children.size(); ++i) {
                 const folder_child& child = children[i];
                 std::string child_path = path + "/" + child.name;
@@ -599,7 +615,9 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     const std::function<verdict(const std::string&, bool)> only_empty = [](const std::string&, bool) {
         return verdict::keep_whole;
     };
-    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path};
+    // SRC has a file or link at wire_path, so nothing below it is offered: partial files
+    // there are an older attempt's (say, a killed sync before SRC changed) and go too.
+    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, true};
     bool gone = false;
     int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/'));
     ec = p.remove(parent.fd, std::string(split_wire_path(wire_path).back()), std::string(wire_path), true, false, depth,

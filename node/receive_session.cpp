@@ -714,7 +714,7 @@ void receive_session::next_offer() {
                 error = items[i].e.path + ": a folder is in the way of this " +
                         (items[i].e.is_link ? "symlink" : "file") +
                         (excluded ? " and is excluded"
-                         : sync.del ? " and holds excluded paths or ferry's partial files"
+                         : sync.del ? " and holds excluded paths"
                                     : "; it is not empty (--delete removes it)");
                 code = exit_code::transfer_failed;
                 return false;

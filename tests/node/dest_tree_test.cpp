@@ -58,6 +58,14 @@ struct stat lstat_of(const fs::path& p) {
     return st;
 }
 
+std::vector<std::string> removed_paths(const std::vector<dest_tree::removed_entry>& removed) {
+    std::vector<std::string> out;
+    for (const auto& r : removed) {
+        out.push_back(r.path + (r.is_dir ? "/" : ""));
+    }
+    return out;
+}
+
 std::vector<std::string> names_in(const fs::path& dir) {
     std::vector<std::string> names;
     for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
@@ -388,6 +396,36 @@ TEST_F(DestTree, ClearFolderRemovesAFolderInTheWayUnlessSomethingInItIsKept) {
     EXPECT_TRUE(fs::is_symlink(root() / "d"));
 }
 
+TEST_F(DestTree, ClearFolderTakesAnOlderAttemptsPartialFilesWithIt) {
+    // A killed sync left partial files (and a resume record) in folders; SRC now has a
+    // file where the folder is. Nothing below that path can be offered, so they go, with
+    // --delete or without, and are not reported.
+    for (const char* dir : {"d/sub", "only", "mixed"}) {
+        fs::create_directories(root() / dir);
+    }
+    write_text(root() / "d" / dest_tree::partial_name("big"), "half");
+    write_text(root() / "d/sub" / dest_tree::partial_name("x"), "half");
+    write_text(root() / "only" / dest_tree::partial_name("y"), "half");
+    write_text(root() / "mixed" / dest_tree::partial_name("z"), "half");
+    write_text(root() / "mixed/theirs", "kept without --delete");
+    auto remove_all = [](const std::string&, bool) { return dest_tree::verdict::remove; };
+    std::vector<dest_tree::removed_entry> removed;
+    std::string where;
+    ASSERT_EQ(tree_.clear_folder("only", nullptr, true, removed, where), std::error_code{});  // a dry run: all there
+    EXPECT_TRUE(fs::exists(root() / "only" / dest_tree::partial_name("y")));
+    removed.clear();
+    ASSERT_EQ(tree_.clear_folder("only", nullptr, false, removed, where), std::error_code{}) << where;
+    EXPECT_FALSE(fs::exists(root() / "only"));
+    EXPECT_EQ(removed_paths(removed), std::vector<std::string>{"only/"});
+    removed.clear();
+    ASSERT_EQ(tree_.clear_folder("d", remove_all, false, removed, where), std::error_code{}) << where;
+    EXPECT_FALSE(fs::exists(root() / "d"));
+    EXPECT_EQ(removed_paths(removed), (std::vector<std::string>{"d/sub/", "d/"}));
+    removed.clear();
+    EXPECT_EQ(tree_.clear_folder("mixed", nullptr, false, removed, where), dest_errc::is_dir);  // not empty: stays
+    EXPECT_TRUE(fs::exists(root() / "mixed/theirs"));
+}
+
 TEST_F(DestTree, SymlinkAtPartialNameIsRefused) {
     fs::create_symlink(outside_ / "stolen", root() / dest_tree::partial_name("g"));
     std::error_code ec;
@@ -555,14 +593,6 @@ std::vector<dest_tree::removed_entry> prune(dest_tree& tree, const std::vector<s
         EXPECT_EQ(ec, std::error_code{}) << where;
     }
     return removed;
-}
-
-std::vector<std::string> removed_paths(const std::vector<dest_tree::removed_entry>& removed) {
-    std::vector<std::string> out;
-    for (const auto& r : removed) {
-        out.push_back(r.path + (r.is_dir ? "/" : ""));
-    }
-    return out;
 }
 
 TEST_F(DestTree, PruneRemovesWhatIsNotKeptContentsBeforeTheirFolder) {
