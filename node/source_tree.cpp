@@ -66,7 +66,7 @@ struct scanner {
             return false;
         }
         if (skip != nullptr) {
-            out.skipped.push_back(local + skip);
+            out.skipped.push_back(printable(local) + skip);
             out.skipped_paths.push_back(wire);
             return true;
         }

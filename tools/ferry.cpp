@@ -1472,7 +1472,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (scan_ec) {
         bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
                        scan_ec == std::errc::not_a_directory;
-        return fail(o, missing ? exit_code::usage : exit_code::local_io, error);
+        return fail(o, missing ? exit_code::usage : exit_code::local_io, ferry::printable(error));  // names as they are on disk
     }
     if (node_failed) {
         std::rethrow_exception(node_failed);
@@ -1529,7 +1529,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
             if (ec || !rescan_error.empty()) {
                 ferry::transfer_report failed;
                 failed.code = exit_code::local_io;
-                failed.error = "cannot scan the sources again: " + rescan_error;
+                failed.error = "cannot scan the sources again: " + ferry::printable(rescan_error);
                 done(failed);
                 return;
             }
