@@ -125,7 +125,8 @@ dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
     mtime_step_ = probe_mtime_step(root_fd_);
 }
 
-dest_tree::dest_tree(std::filesystem::path root, int root_fd) : root_(std::move(root)), root_fd_(root_fd) {}
+dest_tree::dest_tree(std::filesystem::path root, int root_fd)
+    : root_(std::move(root)), root_fd_(root_fd), mtime_step_(probe_mtime_step(root_fd)) {}
 
 int dest_tree::open_dir(std::string_view wire_path, std::error_code& ec) {
     dir_handle dh = dir_fd(wire_path, false, ec);

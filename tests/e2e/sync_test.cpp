@@ -447,6 +447,23 @@ TEST_F(sync_push, a_url_target_with_the_peer_id_works_without_a_name) {
     EXPECT_EQ(compare_trees(src, share / "by-url"), "");
 }
 
+TEST_F(sync_push, a_whole_second_at_dst_is_not_taken_for_src_time_with_a_fraction) {
+    // DST's file system keeps nanoseconds: a DST file of the same size whose mtime is the
+    // whole second of SRC's is another version, and is sent (as rsync --modify-window=-1).
+    serve();
+    write_text_file(src / "f", "aaaa");
+    set_mtime(src / "f", 1'700'000'000);
+    ASSERT_EQ(sync({}).code, 0);
+    write_text_file(src / "f", "bbbb");
+    struct timespec t[2] = {{0, UTIME_OMIT}, {1'700'000'000, 500'000'000}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (src / "f").c_str(), t, 0), 0);
+    run_result r = sync({});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(paths_of(json_events(r.out), "updated"), (paths{"f"}));
+    EXPECT_EQ(read_text_file(share / "site/f"), "bbbb");
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 // Pulls: the remote side is SRC. The same `serve`; B pulls A's share into a local folder.
 class sync_pull : public sync_push {
 protected:
