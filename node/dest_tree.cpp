@@ -28,6 +28,7 @@ public:
             case dest_errc::not_a_dir: return "a path component exists and is not a directory";
             case dest_errc::symlink: return "refusing to write through a symlink";
             case dest_errc::is_dir: return "destination is a directory";
+            case dest_errc::too_deep: return "folders nested deeper than 256 levels here";
         }
         return "unknown destination error";
     }
@@ -461,7 +462,7 @@ struct pruner {
     // max_depth is the deepest allowed (256 nested folders are fine, 257 are not).
     static constexpr int max_depth = 256;
 
-    static std::error_code too_deep() { return std::make_error_code(std::errc::too_many_symbolic_link_levels); }
+    static std::error_code too_deep() { return make_error_code(dest_errc::too_deep); }
 
     // Removes `name` in `dir_fd` (wire path `path`) and what is in it, except what `keep`
     // protects (an excluded path) and ferry's own files: a folder still holding any of

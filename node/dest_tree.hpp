@@ -34,6 +34,7 @@ enum class dest_errc {
     not_a_dir = 2,     // a path component exists and is not a directory
     symlink = 3,       // a path component or the target is a symlink
     is_dir = 4,        // a file's destination is a directory
+    too_deep = 5,      // folders nested deeper than a walk of DST goes (256 levels)
 };
 const std::error_category& dest_category() noexcept;
 inline std::error_code make_error_code(dest_errc e) noexcept { return {static_cast<int>(e), dest_category()}; }

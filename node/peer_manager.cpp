@@ -237,7 +237,9 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
 
 void peer_manager::turn_away(const std::shared_ptr<connection>& c, wire::ErrorCode code, const std::string& msg,
                              std::optional<refusal> why) {
-    std::string line = "refused connection from " + c->stream().remote() + ": " + msg;
+    // `msg` may quote what the peer sent (a share name, a path): escaped for the log, sent
+    // as it is (the peer escapes what it shows).
+    std::string line = "refused connection from " + c->stream().remote() + ": " + printable(msg);
     if (why) {
         refused(*why, line);
     } else {
@@ -265,11 +267,11 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
     }
     for (const std::string& line : want.exclude()) {
         if (why.empty() && !excludes.add(line)) {
-            why = "bad exclude pattern \"" + printable(line.substr(0, 100)) + "\"";
+            why = "bad exclude pattern \"" + line.substr(0, 100) + "\"";
         }
     }
     if (why.empty() && !want.path().empty() && check_wire_path(want.path())) {
-        why = "bad path \"" + printable(want.path().substr(0, 200)) + "\"";
+        why = "bad path \"" + want.path().substr(0, 200) + "\"";
     }
     if (!why.empty()) {
         turn_away(c, wire::ERROR_REFUSED, "refused pull: " + why, std::nullopt);

@@ -720,7 +720,8 @@ void receive_session::next_offer() {
                 return false;
             }
             if (ec) {
-                error = "could not delete " + where + ": " + ec.message();
+                error = ec == dest_errc::too_deep ? where + ": " + ec.message() + " (a folder in the way goes no deeper)"
+                                                  : "could not delete " + where + ": " + ec.message();
                 code = exit_code::local_io;
                 return false;
             }
@@ -1709,7 +1710,8 @@ void receive_session::check_all_done() {
         if (keep && tree) {
             std::string where;
             if ((ec = tree->prune(keep, dry_run, removed, where))) {
-                error = "could not delete " + where + ": " + ec.message();
+                error = ec == dest_errc::too_deep ? "--delete: " + where + ": " + ec.message() + " (it goes no deeper)"
+                                                  : "could not delete " + where + ": " + ec.message();
             }
         }
         for (const entry_info& d : dirs) {
@@ -1891,7 +1893,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
     checkpoint();
     wire::Header h;
     h.mutable_error()->set_code(code);
-    h.mutable_error()->set_message(message);
+    h.mutable_error()->set_message(why);  // bytes as they are: the peer escapes what it shows
     for (auto& c : conns_) {
         if (!c || c->closed()) {
             continue;

@@ -262,6 +262,9 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 }
 
 std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
+    if (!target.delete_()) {
+        return {};  // nothing at DST is deleted: nothing to keep
+    }
     std::size_t bytes = keep_bytes(target);
     for (const std::string& path : sources.skipped_paths) {
         bytes += path.size() + 2;

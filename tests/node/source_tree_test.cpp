@@ -196,3 +196,31 @@ TEST(source_tree_test, a_skipped_source_takes_no_name) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST(source_tree_test, skipped_paths_are_kept_by_a_delete_sync_only_and_within_their_bound) {
+    source_tree sources;
+    for (int i = 0; i < 4000; ++i) {
+        sources.skipped_paths.push_back("run/sock" + std::to_string(i));
+    }
+    wire::SyncTarget plain;
+    EXPECT_EQ(keep_skipped(sources, plain), "");  // nothing is deleted: nothing to keep, however many
+    EXPECT_EQ(plain.keep_size(), 0);
+
+    wire::SyncTarget del;
+    del.set_delete_(true);
+    EXPECT_NE(keep_skipped(sources, del), "");  // over max_sync_keep_bytes: refused whole
+    EXPECT_EQ(del.keep_size(), 0);
+
+    sources.skipped_paths.resize(100);
+    sources.skipped_paths.push_back("odd\nname \xFF");
+    EXPECT_EQ(keep_skipped(sources, del), "");
+    ASSERT_EQ(del.keep_size(), 101);
+    EXPECT_EQ(del.keep(100), "odd\nname \xFF");
+    EXPECT_LE(keep_bytes(del), max_sync_keep_bytes);
+}
+
+}  // namespace
+}  // namespace ferry
