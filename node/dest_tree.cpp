@@ -28,7 +28,8 @@ public:
             case dest_errc::not_a_dir: return "a path component exists and is not a directory";
             case dest_errc::symlink: return "refusing to write through a symlink";
             case dest_errc::is_dir: return "destination is a directory";
-            case dest_errc::too_deep: return "folders nested deeper than 256 levels here";
+            case dest_errc::too_deep:
+                return "folders nested deeper than " + std::to_string(dest_tree::max_walk_depth) + " levels here";
         }
         return "unknown destination error";
     }
@@ -123,11 +124,21 @@ dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
     if (root_fd_ < 0) {
         throw std::system_error(errno, std::system_category(), "cannot open destination " + root.string());
     }
-    mtime_step_ = probe_mtime_step(root_fd_);
 }
 
-dest_tree::dest_tree(std::filesystem::path root, int root_fd)
-    : root_(std::move(root)), root_fd_(root_fd), mtime_step_(probe_mtime_step(root_fd)) {}
+dest_tree::dest_tree(std::filesystem::path root, int root_fd) : root_(std::move(root)), root_fd_(root_fd) {}
+
+std::int64_t dest_tree::mtime_step(std::uint64_t dev, int dir_fd) {
+    std::lock_guard lock(steps_mutex_);
+    for (const auto& [d, step] : mtime_steps_) {
+        if (d == dev) {
+            return step;
+        }
+    }
+    std::int64_t step = probe_mtime_step(dir_fd);
+    mtime_steps_.emplace_back(dev, step);
+    return step;
+}
 
 int dest_tree::open_dir(std::string_view wire_path, std::error_code& ec) {
     dir_handle dh = dir_fd(wire_path, false, ec);
@@ -310,7 +321,8 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     }
     struct stat st {};
     bool found = false;
-    if (std::error_code ec = stat_final(wire_path, create_parents, st, found); ec || !found) {
+    dir_handle dh;
+    if (std::error_code ec = stat_final(wire_path, create_parents, st, found, &dh); ec || !found) {
         return ec;
     }
     if (S_ISLNK(st.st_mode)) {
@@ -332,7 +344,8 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
         *mode_there = st.st_mode & 07777;
     }
     std::int64_t mtime = timespec_ns(st.st_mtim);
-    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size && same_stored_mtime(mtime, mtime_ns, mtime_step_)) {
+    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size &&
+        same_stored_mtime(mtime, mtime_ns, mtime_step(st.st_dev, dh.fd))) {
         identical = true;
         return {};
     }
@@ -354,7 +367,7 @@ std::error_code dest_tree::check_link(std::string_view wire_path, const std::str
     }
     exists = true;  // a file or a link: replaced by the new link's rename
     if (!S_ISLNK(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != target.size() ||
-        !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step_)) {
+        !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step(st.st_dev, dh.fd))) {
         return {};
     }
     std::string there(target.size() + 1, '\0');
@@ -460,7 +473,7 @@ struct pruner {
     // One open folder per level: a peer-made tree deeper than this is an error, not a
     // descriptor shortage for the whole node. A folder at depth 1 is in the root; one at
     // max_depth is the deepest allowed (256 nested folders are fine, 257 are not).
-    static constexpr int max_depth = 256;
+    static constexpr int max_depth = dest_tree::max_walk_depth;
 
     static std::error_code too_deep() { return make_error_code(dest_errc::too_deep); }
 
@@ -482,7 +495,8 @@ struct pruner {
             std::vector<folder_child> children;
             std::vector<std::string> own_names;
             bool own = false;
-            std::error_code ec = folder_entries(fd, path, children, own, failed, nullptr, remove_own ? &own_names : nullptr);
+            std::error_code ec =
+                folder_entries(fd, path, children, own, failed, nullptr, remove_own ? &own_names : nullptr);
             for (std::size_t i = 0; !ec && !dry_run && i < own_names.size(); ++i) {
                 if (::unlinkat(fd, own_names[i].c_str(), 0) != 0 && errno != ENOENT) {
                     failed = path + "/" + own_names[i];
@@ -621,7 +635,7 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     // there are an older attempt's (say, a killed sync before SRC changed) and go too.
     pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, true};
     bool gone = false;
-    int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/'));
+    int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/')) + 1;  // prune's: 1 in the root
     ec = p.remove(parent.fd, std::string(split_wire_path(wire_path).back()), std::string(wire_path), true, false, depth,
                   gone);
     if (!dry_run) {

@@ -55,7 +55,8 @@ bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns, std::int6
 // times (1 for nanoseconds, up to 2 s for FAT), found by setting one on a file no one can
 // see (O_TMPFILE) and reading it back; 0 where that cannot be done. Knowing it, a file
 // whose mtime is a whole second at DST is not taken for SRC's file of that second plus a
-// fraction: that is only so where the file system keeps whole seconds.
+// fraction: that is only so where the file system keeps whole seconds. A dest_tree probes
+// each file system it compares a file on once, the first time.
 std::int64_t probe_mtime_step(int dir_fd);
 
 // Permission bits (07777), then the modification time, of the open file `fd`.
@@ -73,6 +74,10 @@ struct partial_seed {
 
 class dest_tree {
 public:
+    // The deepest a walk of DST goes (prune, clear_folder, list_files): one open folder
+    // per level, so a peer-made tree cannot run the node out of descriptors.
+    static constexpr int max_walk_depth = 256;
+
     // Opens (creating if needed) the root folder; root() is its canonical path. Throws
     // std::system_error on failure.
     explicit dest_tree(const std::filesystem::path& root);
@@ -247,7 +252,11 @@ private:
 
     std::filesystem::path root_;
     int root_fd_ = -1;
-    std::int64_t mtime_step_ = 0;  // probe_mtime_step(root_fd_)
+    // The mtime step of each file system met below the root (a mount inside DST may keep
+    // whole seconds where the root keeps nanoseconds), probed where it is first needed.
+    std::int64_t mtime_step(std::uint64_t dev, int dir_fd);
+    std::mutex steps_mutex_;
+    std::vector<std::pair<std::uint64_t, std::int64_t>> mtime_steps_;  // st_dev -> step (0: unknown)
     std::atomic<bool> mirror_{false};
     struct path_hash {
         using is_transparent = void;

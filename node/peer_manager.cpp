@@ -347,7 +347,8 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             so.sync = std::move(target);
             so.idle_timeout = ctx_.config.limits.idle_timeout;
             so.max_rate = hello.max_rate();  // the puller's --bwlimit
-            std::string what = hello.pull().share() + (hello.pull().path().empty() ? "" : "/" + hello.pull().path());
+            std::string what =
+                printable(hello.pull().share() + (hello.pull().path().empty() ? "" : "/" + hello.pull().path()));
             std::string sid = hello.session_id();
             auto s = std::make_shared<send_session>(
                 ctx_, std::move(sources), send_target{}, so, [this, alive, what, sid](const transfer_report& r) {

@@ -49,7 +49,7 @@ struct local_basis {
         for (std::uint32_t i = 0; i < files.size(); ++i) {
             const dest_tree::file_stamp& f = files[i];
             if (f.size == 0 || check_wire_path(f.path)) {
-                continue;  // empty, or a name the wire cannot carry (FileAccept.basis is UTF-8)
+                continue;  // empty, or a path the wire cannot carry (too long for FileAccept.basis)
             }
             by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i);
             if (chunk_count(f.size) >= resume_min_chunks) {
@@ -515,19 +515,21 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
     if (refused.empty() && exclude_bytes(target) > max_sync_exclude_bytes) {
         refused = "exclude patterns over " + std::to_string(max_sync_exclude_bytes) + " bytes in all";
     }
+    auto excludes = std::make_shared<exclude_set>();
     for (const std::string& line : target.exclude()) {
-        if (refused.empty() && !excludes_.add(line)) {
-            refused = "bad exclude pattern \"" + printable(line.substr(0, 100)) + "\"";
+        if (refused.empty() && !excludes->add(line)) {
+            refused = "bad exclude pattern \"" + line.substr(0, 100) + "\"";
         }
     }
     if (refused.empty() && keep_bytes(target) > max_sync_keep_bytes) {
         refused = "paths to keep over " + std::to_string(max_sync_keep_bytes) + " bytes in all";
     }
     for (const std::string& path : target.keep()) {
-        if (refused.empty() && !excludes_.keep(path)) {
-            refused = "bad path to keep \"" + printable(path.substr(0, 100)) + "\"";
+        if (refused.empty() && !excludes->keep(path)) {
+            refused = "bad path to keep \"" + path.substr(0, 100) + "\"";
         }
     }
+    excludes_ = std::move(excludes);
     if (!refused.empty()) {
         fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
         return false;
@@ -582,7 +584,7 @@ void receive_session::next_offer() {
         // holds (never what an exclude pattern matches); else only when empty. Never one
         // that is excluded or inside an excluded folder.
         bool del = false;
-        exclude_set excludes;
+        std::shared_ptr<const exclude_set> excludes;
     } sync;
     std::shared_ptr<local_basis> basis;
     std::shared_ptr<std::unordered_set<std::string>> absent;
@@ -664,7 +666,7 @@ void receive_session::next_offer() {
                                 std::to_string(r.verified) + " intact";
                     if (!r.removed.empty()) {
                         recovered += ", " + std::to_string(r.removed.size()) + " damaged and removed (" +
-                                     r.removed.front() + (r.removed.size() > 1 ? ", ..." : "") + ")";
+                                     printable(r.removed.front()) + (r.removed.size() > 1 ? ", ..." : "") + ")";
                     }
                     if (!r.left.empty()) {
                         recovered += ", " + std::to_string(r.left.size()) + " replaced or changed since and left alone";
@@ -693,14 +695,14 @@ void receive_session::next_offer() {
             std::string where;
             std::vector<dest_tree::removed_entry> gone;
             std::error_code ec;
-            bool excluded = sync.excludes.excluded_or_inside(items[i].e.path, true);
+            bool excluded = sync.excludes->excluded_or_inside(items[i].e.path, true);
             if (excluded) {
                 ec = dest_errc::is_dir;  // an excluded folder is never SRC's to remove
             } else {
                 std::function<dest_tree::verdict(const std::string&, bool)> keep;
                 if (sync.del) {
                     keep = [&](const std::string& path, bool is_dir) {
-                        return sync.excludes.excluded(path, is_dir) ? dest_tree::verdict::keep_whole
+                        return sync.excludes->excluded(path, is_dir) ? dest_tree::verdict::keep_whole
                                                                     : dest_tree::verdict::remove;
                     };
                 }
@@ -714,14 +716,15 @@ void receive_session::next_offer() {
                 error = items[i].e.path + ": a folder is in the way of this " +
                         (items[i].e.is_link ? "symlink" : "file") +
                         (excluded ? " and is excluded"
-                         : sync.del ? " and holds excluded paths"
+                         : sync.del ? " and holds excluded paths or SRC's special files"
                                     : "; it is not empty (--delete removes it)");
                 code = exit_code::transfer_failed;
                 return false;
             }
             if (ec) {
-                error = ec == dest_errc::too_deep ? where + ": " + ec.message() + " (a folder in the way goes no deeper)"
-                                                  : "could not delete " + where + ": " + ec.message();
+                error = ec == dest_errc::too_deep
+                            ? where + ": " + ec.message() + " (a folder in the way goes no deeper)"
+                            : "could not delete " + where + ": " + ec.message();
                 code = exit_code::local_io;
                 return false;
             }
@@ -947,7 +950,8 @@ void receive_session::next_offer() {
                         std::uint32_t mode = (mode_there[i] & 07000) | (e.mode & 0777);  // its own high bits stay
                         if (std::error_code mec = tree->set_final_mode(e.path, mode)) {
                             mode_only[i] = false;
-                            resumed.push_back(e.path + ": could not set its permission bits: " + mec.message());
+                            resumed.push_back(printable(e.path) +
+                                              ": could not set its permission bits: " + mec.message());
                         }
                     }
                     decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
@@ -1688,7 +1692,7 @@ void receive_session::check_all_done() {
     std::function<dest_tree::verdict(const std::string&, bool)> keep;
     if (target && target->delete_()) {
         keep = [paths = machine_.take_paths(), excludes = excludes_](const std::string& path, bool is_dir) {
-            if (excludes.excluded(path, is_dir)) {
+            if (excludes->excluded(path, is_dir)) {
                 return dest_tree::verdict::keep_whole;
             }
             // Not offered, or a folder where a file or symlink was offered (gone already, but
@@ -2040,7 +2044,7 @@ void receive_session::checkpoint() {
                 if (ec) {
                     if (!self->checkpoint_warned_) {
                         self->checkpoint_warned_ = true;
-                        self->ctx_.log("cannot record resume state for " + path + ": " + ec.message() +
+                        self->ctx_.log("cannot record resume state for " + printable(path) + ": " + ec.message() +
                                        " (an interrupted transfer re-checks this file's data instead)");
                     }
                 }

@@ -197,7 +197,7 @@ private:
     // The destination: the inbox, or for `ferry sync` SHARE/path (set by the first batch).
     std::filesystem::path root_;
     std::filesystem::path share_dir_;  // sync: the share's folder, once the target is open ("" otherwise)
-    exclude_set excludes_;             // sync: never deleted
+    std::shared_ptr<const exclude_set> excludes_;  // sync: never deleted (shared with the workers)
     // Sync: the files already under the sync's folder, where a new path may start from (a
     // rename or copy at SRC). Filled by the offer worker the first time it needs it.
     std::shared_ptr<struct local_basis> basis_;

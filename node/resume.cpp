@@ -13,6 +13,7 @@
 #include "node/worker_pool.hpp"
 #include "protocol/delta.hpp"
 #include "protocol/digest.hpp"
+#include "protocol/path.hpp"
 
 namespace ferry {
 
@@ -82,7 +83,8 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     if (record && !record->same_source(e.size, e.mtime_ns)) {
         tree.remove_partial(e.path, true, true);
         out.restarted = true;
-        out.note = e.path + ": the source changed since the interrupted attempt (size or mtime): starting it over";
+        out.note = printable(e.path) +
+                   ": the source changed since the interrupted attempt (size or mtime): starting it over";
         return out;
     }
     int fd = tree.open_partial_read(e.path, ec);
@@ -141,7 +143,8 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     }
     out.have = std::move(have);
     out.digests = std::move(digests);
-    out.note = e.path + ": resuming with " + std::to_string(n) + " of " + std::to_string(chunks) + " chunks (" +
+    out.note = printable(e.path) + ": resuming with " + std::to_string(n) + " of " + std::to_string(chunks) +
+               " chunks (" +
                std::to_string(out.kept_bytes) + " bytes) already here";
     if (out.remembered > 0) {
         out.note += " (" + std::to_string(out.remembered) + " known from the interrupted session, not read again)";

@@ -27,6 +27,17 @@ constexpr int max_open_depth = 128;
 // calls that scale with cores; past a few, the file system's locks do not).
 std::size_t max_scan_threads() { return std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 4); }
 
+// Why the wire path `wire`, of a name on disk, cannot be sent (check_wire_path refused it:
+// a name or the whole path too long).
+std::string unsendable_path(std::string_view wire) {
+    for (std::string_view name : split_wire_path(wire)) {
+        if (name.size() > max_name_bytes) {
+            return "a name over " + std::to_string(max_name_bytes) + " bytes cannot be sent";
+        }
+    }
+    return "path too long to send (over " + std::to_string(max_path_bytes) + " bytes below SRC)";
+}
+
 // Walks the sources with one open folder per level: each entry is a short fstatat()
 // relative to its folder, not a lookup of its whole path (10,000 files: a few ms).
 struct scanner {
@@ -57,18 +68,18 @@ struct scanner {
         } else if (S_ISREG(st.st_mode) && is_partial_file_name(wire.substr(wire.rfind('/') + 1))) {
             skip = " (a ferry partial file)";
         }
+        if (skip != nullptr) {
+            out.skipped.push_back(printable(local) + skip);
+            out.skipped_paths.push_back(wire);  // checked if it must travel (keep_skipped)
+            return true;
+        }
         if (excludes != nullptr && excludes->excluded(wire, S_ISDIR(st.st_mode))) {
             ++out.excluded;
             return true;  // and whatever is in it
         }
         if (check_wire_path(wire)) {
-            error = local + ": path too long to send (over " + std::to_string(max_path_bytes) + " bytes below SRC)";
+            error = local + ": " + unsendable_path(wire);
             return false;
-        }
-        if (skip != nullptr) {
-            out.skipped.push_back(printable(local) + skip);
-            out.skipped_paths.push_back(wire);
-            return true;
         }
         entry_info e;
         e.path = wire;
@@ -267,7 +278,11 @@ std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
     }
     std::size_t bytes = keep_bytes(target);
     for (const std::string& path : sources.skipped_paths) {
-        bytes += path.size() + 2;
+        if (check_wire_path(path)) {
+            return printable(sources.local_prefix + path) + ": " + unsendable_path(path) +
+                   ", so --delete cannot be told to keep it; exclude its folder (--exclude) or sync without --delete";
+        }
+        bytes += keep_entry_bytes(path);
     }
     if (bytes > max_sync_keep_bytes) {
         return std::to_string(sources.skipped_paths.size()) +

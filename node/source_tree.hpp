@@ -26,7 +26,7 @@ struct source_tree {
     // local_prefix + wire path names one for a person.
     std::vector<std::string> locals;
     std::string local_prefix;
-    std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials), printable()
+    std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials), escaped
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
     std::uint64_t total_bytes = 0;
     std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)

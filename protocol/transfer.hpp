@@ -70,12 +70,14 @@ inline std::size_t exclude_bytes(const wire::SyncTarget& t) {
     }
     return n;
 }
-// The bytes of the paths it keeps (max_sync_keep_bytes), each counting 2 more for its
-// field's tag and length.
+// The bytes one kept path takes in a SyncTarget: its field's tag, its length (a varint:
+// 2 bytes from 128 on) and the path.
+inline std::size_t keep_entry_bytes(const std::string& path) { return 1 + (path.size() < 128 ? 1 : 2) + path.size(); }
+// The bytes of the paths it keeps (what max_sync_keep_bytes bounds).
 inline std::size_t keep_bytes(const wire::SyncTarget& t) {
     std::size_t n = 0;
     for (const std::string& path : t.keep()) {
-        n += path.size() + 2;
+        n += keep_entry_bytes(path);
     }
     return n;
 }

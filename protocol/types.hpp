@@ -27,7 +27,9 @@ using file_id = strong_int<file_id_tag, std::uint32_t>;
 using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 
 // Wire protocol version carried in Hello; bumped on any incompatible change.
-inline constexpr std::uint32_t protocol_version = 8;  // 2: HaveDigests (resume); 3: sync to shares; 4: delta; 5: pull; 6: --checksum, --bwlimit; 7: symlinks; 8: paths as bytes, SyncTarget.keep
+// 2: HaveDigests (resume); 3: sync to shares; 4: delta; 5: pull; 6: --checksum, --bwlimit;
+// 7: symlinks; 8: paths as bytes, SyncTarget.keep.
+inline constexpr std::uint32_t protocol_version = 8;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

@@ -131,8 +131,21 @@ void emit(const common_opts& o, json j, bool flush = true) {
     emit_line(dump(j), flush);
 }
 
+// Appends the well-formed UTF-8 sequence at s[i] and moves `i` past it, or U+FFFD for
+// the byte there when none starts at it.
+void append_utf8_or_replacement(std::string& out, std::string_view s, std::size_t& i) {
+    if (std::size_t n = ferry::utf8_sequence_length(s, i); n > 0) {
+        out.append(s.substr(i, n));
+        i += n;
+    } else {
+        out += "\xEF\xBF\xBD";
+        ++i;
+    }
+}
+
 // Appends `s` as the inside of a JSON string: quotes, backslashes and control characters
-// escaped, bytes that are not UTF-8 replaced by U+FFFD (as dump() does).
+// escaped, each byte that is not part of a well-formed UTF-8 sequence replaced by U+FFFD
+// (as utf8_replaced() does, so that a name reads the same in every event).
 void append_json_string(std::string& out, std::string_view s) {
     for (std::size_t i = 0; i < s.size();) {
         auto c = static_cast<unsigned char>(s[i]);
@@ -148,13 +161,7 @@ void append_json_string(std::string& out, std::string_view s) {
             ++i;
             continue;
         }
-        if (std::size_t n = ferry::utf8_sequence_length(s, i); n > 0) {
-            out.append(s.substr(i, n));
-            i += n;
-        } else {
-            out += "\xEF\xBF\xBD";
-            ++i;
-        }
+        append_utf8_or_replacement(out, s, i);
     }
 }
 
@@ -170,12 +177,24 @@ bool is_utf8(std::string_view s) {
     return true;
 }
 
+// `s` with each byte that is not part of a well-formed UTF-8 sequence replaced by U+FFFD.
+std::string utf8_replaced(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size();) {
+        append_utf8_or_replacement(out, s, i);
+    }
+    return out;
+}
+
 // A file name in a JSON event (docs/json.md, "File names"): `key` holds it as it is when
-// it is UTF-8; otherwise with each byte that is not replaced by U+FFFD, and `key`_hex
-// holds its exact bytes in hex.
+// it is UTF-8; otherwise with each byte that is not UTF-8 replaced by U+FFFD, and
+// `key`_hex holds its exact bytes in hex.
 void add_path(json& j, const std::string& key, std::string_view path) {
-    j[key] = std::string(path);
-    if (!is_utf8(path)) {
+    if (is_utf8(path)) {
+        j[key] = std::string(path);
+    } else {
+        j[key] = utf8_replaced(path);
         j[key + "_hex"] = ferry::hex_encode(path);
     }
 }
@@ -1472,7 +1491,8 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (scan_ec) {
         bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
                        scan_ec == std::errc::not_a_directory;
-        return fail(o, missing ? exit_code::usage : exit_code::local_io, ferry::printable(error));  // names as they are on disk
+        // The names as they are on disk, escaped for the terminal.
+        return fail(o, missing ? exit_code::usage : exit_code::local_io, ferry::printable(error));
     }
     if (node_failed) {
         std::rethrow_exception(node_failed);

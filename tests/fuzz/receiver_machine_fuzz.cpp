@@ -89,11 +89,12 @@ const std::vector<std::string>& hostile_paths() {
         "/abs",
         "a//b",
         "a/",
-        "C:x",
-        "a\\b",
+        "a/./b",
+        "..\\x/..",
         std::string("x\0y", 3),
-        "\xC0\xAF",
-        "\xED\xA0\x80",
+        "\xC0\xAF/..",  // names that are not UTF-8 are fine; ".." after one is not
+        "C:x",  // safe names that look like other systems' paths
+        "a\\..\\..\\b",
         ".x.ferry-part",
         "d/.ferry-0123.part",
         std::string(max_name_bytes + 1, 'n'),

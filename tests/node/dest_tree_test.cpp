@@ -664,6 +664,27 @@ TEST_F(DestTree, PruneTakes256NestedFoldersAndRefusesDeeperTrees) {
     EXPECT_EQ(removed.size(), 257u);  // 256 folders and the file
     EXPECT_FALSE(fs::exists(root() / "d"));
 
+    // A folder in the way of a file takes 256 levels below it too, with a file at the end.
+    deep = root() / "way";
+    for (int i = 0; i < 255; ++i) {
+        deep /= "d";
+    }
+    fs::create_directories(deep);
+    write_text(deep / "f", "f");
+    removed.clear();
+    EXPECT_EQ(tree_.clear_folder("way", [](const std::string&, bool) { return dest_tree::verdict::remove; }, false,
+                                 removed, where),
+              std::error_code{})
+        << where;
+    EXPECT_FALSE(fs::exists(root() / "way"));
+    fs::create_directories(root() / "way2" / fs::path(deep).lexically_relative(root() / "way") / "one-more");
+    removed.clear();
+    EXPECT_EQ(tree_.clear_folder("way2", [](const std::string&, bool) { return dest_tree::verdict::remove; }, false,
+                                 removed, where),
+              dest_errc::too_deep);
+    EXPECT_TRUE(fs::is_directory(root() / "way2"));
+    fs::remove_all(root() / "way2");
+
     // 257: an error naming the folder, and nothing removed.
     deep = root();
     for (int i = 0; i < 257; ++i) {

@@ -194,12 +194,6 @@ TEST(source_tree_test, a_skipped_source_takes_no_name) {
     EXPECT_EQ(t.skipped.size(), 1u);
 }
 
-}  // namespace
-}  // namespace ferry
-
-namespace ferry {
-namespace {
-
 TEST(source_tree_test, skipped_paths_are_kept_by_a_delete_sync_only_and_within_their_bound) {
     source_tree sources;
     for (int i = 0; i < 4000; ++i) {

@@ -114,7 +114,8 @@ TEST(check_wire_path, a_name_is_any_bytes_but_slash_and_nul) {
     // bytes that are not UTF-8 are all name bytes; "..\\.." is a name, not a parent.
     for (const char* p : {"a\\b", "\\a", "a\\", "dir/..\\..\\etc", "C:x", "c:/x", "Z:\\x", "a:b/c", "new\nline",
                           "tab\there", "cr\r", "latin1 caf\xE9", "\xFF\xFE", "cut \xE2\x98", "over\xC0\xAF",
-                          "surrogate \xED\xA0\x80", "donn\xC3\xA9" "es/\xE6\x97\xA5\xE6\x9C\xAC", "emoji \xF0\x9F\x98\x80"}) {
+                          "surrogate \xED\xA0\x80", "donn\xC3\xA9" "es/\xE6\x97\xA5\xE6\x9C\xAC",
+                          "emoji \xF0\x9F\x98\x80"}) {
         expect_ok(p);
     }
     expect_bad(std::string("nul\0in", 6));
