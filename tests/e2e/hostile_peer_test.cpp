@@ -21,6 +21,7 @@
 
 #include "node/identity.hpp"
 #include "protocol/digest.hpp"
+#include "protocol/transfer.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/pattern.hpp"
 #include "tests/support/tree.hpp"
@@ -120,7 +121,9 @@ class hostile : public ::testing::Test {
             write_text_file(share_ / "pub/readme.txt", "shared\n");
             write_text_file(outside_ / "../secret.txt", "not shared\n");
             fs::create_symlink(cli_.root() / "secret.txt", share_ / "pub/leak.txt");
-            args.insert(args.end(), {"--inbox", inbox_.string(), "--share", "pub=" + share_.string()});
+            args.insert(args.end(), {"--inbox", inbox_.string(), "--share", "pub=" + share_.string(), "--share",
+                                     "drop=" + drop_.string() + ":rw"});
+            fs::create_directories(drop_);
         }
         node_ = cli_.start(args);
         ASSERT_FALSE(node_.address.empty());
@@ -189,7 +192,7 @@ class hostile : public ::testing::Test {
     std::string failed_line() const { return "transfer from " + hostile_.id.substr(0, 8) + " failed: "; }
 
     std::set<std::string> outside_listing() const {
-        return listing(cli_.root(), {"state-A", "state-B", "state-C", "state-H", "inbox", "sources", "share"});
+        return listing(cli_.root(), {"state-A", "state-B", "state-C", "state-H", "inbox", "sources", "share", "drop"});
     }
 
     void expect_nothing_outside() {
@@ -232,6 +235,7 @@ class hostile : public ::testing::Test {
     fs::path outside_ = cli_.root() / "outside";
     fs::path sources_ = cli_.root() / "sources";
     fs::path share_ = cli_.root() / "share";
+    fs::path drop_ = cli_.root() / "drop";  // a writable share ("drop") for sync pushes
     ferry_cli::receiver node_;
     std::set<std::string> outside_before_;
     std::set<std::string> inbox_before_;
@@ -736,6 +740,48 @@ TEST_F(hostile_paths_test, unsafe_path_with_control_characters_is_logged_escaped
     expect_all_logged_then_serving("unsafe or malformed path");
     EXPECT_EQ(lines_with(node_.proc->err(), "received 999 files"), 2u);  // inside the two lines, not one of its own
     EXPECT_EQ(node_.proc->err().find("\nferry: received 999"), std::string::npos) << node_.proc->err();
+}
+
+TEST_F(hostile_paths_test, a_backslash_name_is_one_name_inside_the_destination) {
+    // Any bytes but '/' and NUL make a name on Linux: "..\\..\\outside\\x.txt" is one
+    // file, made inside the inbox, never a way out of it.
+    const std::string name = "..\\..\\outside\\x.txt";
+    fs::path src = sources_ / "odd";
+    write_text_file(src / name, "hello\n");
+    run_result r = cli_.ferry({"send", "--state", cli_.state("B").string(), "--quiet", src.string(),
+                               node_.id + "@" + node_.address});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(read_text_file(inbox_ / "odd" / name), "hello\n");
+    expect_nothing_outside();
+}
+
+TEST_F(hostile_paths_test, a_sync_keep_list_that_is_unsafe_or_too_long_is_refused) {
+    // SyncTarget.keep names paths --delete must leave: each must be a wire path, and all of
+    // them fit max_sync_keep_bytes. Either way the sync is refused before anything is
+    // decided, and the log quotes the path escaped.
+    auto refuse = [&](const std::vector<std::string>& keep, std::string_view text) {
+        auto p = session();
+        ASSERT_TRUE(p);
+        wire::Offer o = offer_of({"a.txt"});
+        wire::SyncTarget* t = o.mutable_sync();
+        t->set_share("drop");
+        t->set_delete_(true);
+        for (const std::string& k : keep) {
+            t->add_keep(k);
+        }
+        std::optional<wire::Accept> a = p->offer(o);
+        p->close();
+        EXPECT_FALSE(a) << "accepted";
+        expect_error_frame(p->last_end(), wire::ERROR_REFUSED, text);
+        ++refusals_;
+    };
+    refuse({"ok", "../escape"}, "bad path to keep");
+    refuse({"/etc/passwd"}, "bad path to keep");
+    refuse({"\x1b[2J\nferry: forged line/../x"}, "bad path to keep");
+    refuse(std::vector<std::string>(max_sync_keep_bytes / 100 + 1, std::string(98, 'k')), "paths to keep over");
+    expect_all_logged_then_serving("refused sync");
+    EXPECT_TRUE(fs::is_empty(drop_));
+    EXPECT_EQ(node_.proc->err().find("\nferry: forged line"), std::string::npos) << node_.proc->err();
 }
 
 TEST_F(hostile_paths_test, write_through_a_symlink_in_the_destination_is_refused) {
