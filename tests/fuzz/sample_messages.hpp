@@ -47,6 +47,7 @@ inline std::vector<sample_message> sample_messages() {
     *offer.mutable_offer() = sender.make_offers().front();
     add("offer", offer);
 
+
     wire::Header accept;
     accept.mutable_accept()->set_transfer_id(7);
     for (std::uint32_t i = 0; i < entries.size(); ++i) {
@@ -106,6 +107,20 @@ inline std::vector<sample_message> sample_messages() {
     wire::Header pong;
     pong.mutable_pong()->set_nonce(0x0123456789abcdefu);
     add("pong", pong);
+
+    // A sync's first batch: a target with exclude patterns and paths to keep (any bytes).
+    wire::SyncTarget target;
+    target.set_share("www");
+    target.set_path("site");
+    target.set_delete_(true);
+    target.add_exclude("*.tmp");
+    target.add_exclude("!keep.tmp");
+    target.add_keep("run/fifo");
+    target.add_keep("odd\nname \xFF");
+    sender_machine syncer(8, entries, {false, false, target});
+    wire::Header sync_offer;
+    *sync_offer.mutable_offer() = syncer.make_offers().front();
+    add("sync_offer", sync_offer);
     return out;
 }
 
