@@ -13,6 +13,7 @@
 // line separators and bidi controls), and undoing its escapes gives the input back.
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -194,6 +195,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
     }
     FUZZ_CHECK(joined == path);
+
+    // Joined to a folder it never names anything outside it, however it is normalized.
+    std::string inside = std::filesystem::path("/root/dst/" + std::string(path)).lexically_normal().string();
+    FUZZ_CHECK(inside.rfind("/root/dst/", 0) == 0 && inside.size() > std::string("/root/dst/").size());
 
     std::string_view parent = wire_parent(path);
     FUZZ_CHECK(parent.empty() == (names.size() == 1));
