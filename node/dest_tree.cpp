@@ -79,14 +79,20 @@ constexpr std::array<std::int64_t, 7> mtime_steps{1, 100, 1'000, 1'000'000, 10'0
 
 std::int64_t floor_to(std::int64_t ns, std::int64_t step) { return ns - ((ns % step) + step) % step; }
 
+// The finest of mtime_steps in which `stored_ns` is `wanted_ns` truncated, or 0 for none.
+std::int64_t matching_step(std::int64_t stored_ns, std::int64_t wanted_ns) {
+    for (std::int64_t step : mtime_steps) {
+        if (stored_ns == floor_to(wanted_ns, step)) {
+            return step;
+        }
+    }
+    return 0;
+}
+
 }  // namespace
 
 bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns, std::int64_t step_ns) {
-    if (step_ns > 0) {
-        return stored_ns == floor_to(wanted_ns, step_ns);
-    }
-    return std::any_of(mtime_steps.begin(), mtime_steps.end(),
-                       [&](std::int64_t step) { return stored_ns == floor_to(wanted_ns, step); });
+    return step_ns > 0 ? stored_ns == floor_to(wanted_ns, step_ns) : matching_step(stored_ns, wanted_ns) > 0;
 }
 
 std::int64_t probe_mtime_step(int dir_fd) {
@@ -99,13 +105,7 @@ std::int64_t probe_mtime_step(int dir_fd) {
     if (set_mtime(fd.get(), probe) || ::fstat(fd.get(), &st) != 0) {
         return 0;
     }
-    std::int64_t stored = timespec_ns(st.st_mtim);
-    for (std::int64_t step : mtime_steps) {
-        if (stored == floor_to(probe, step)) {
-            return step;
-        }
-    }
-    return 0;
+    return matching_step(timespec_ns(st.st_mtim), probe);
 }
 
 const std::error_category& dest_category() noexcept {
@@ -470,11 +470,8 @@ struct pruner {
     // otherwise they keep their folder.
     bool remove_own = false;
 
-    // One open folder per level: a peer-made tree deeper than this is an error, not a
-    // descriptor shortage for the whole node. A folder at depth 1 is in the root; one at
-    // max_depth is the deepest allowed (256 nested folders are fine, 257 are not).
-    static constexpr int max_depth = dest_tree::max_walk_depth;
-
+    // Depths count from 1 for a folder in the root; dest_tree::max_walk_depth is the
+    // deepest allowed (256 nested folders are fine, 257 are not).
     static std::error_code too_deep() { return make_error_code(dest_errc::too_deep); }
 
     // Removes `name` in `dir_fd` (wire path `path`) and what is in it, except what `keep`
@@ -485,7 +482,7 @@ struct pruner {
         gone = false;
         failed = path;
         if (is_dir) {
-            if (depth > max_depth) {
+            if (depth > dest_tree::max_walk_depth) {
                 return too_deep();
             }
             int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -531,7 +528,7 @@ struct pruner {
 
     // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root).
     std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
-        if (depth > max_depth) {
+        if (depth > dest_tree::max_walk_depth) {
             failed = prefix;
             return too_deep();
         }
@@ -568,7 +565,7 @@ struct lister {
     std::string& failed;
 
     std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
-        if (depth > pruner::max_depth) {
+        if (depth > dest_tree::max_walk_depth) {
             failed = prefix;
             return pruner::too_deep();
         }

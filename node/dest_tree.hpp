@@ -141,8 +141,8 @@ public:
     // A sync's file or symlink whose name a folder takes at DST: removes that folder as
     // prune() would remove it (what `keep` protects stays), with ferry's own partial files
     // in it (an older attempt's: nothing below a file's path is offered), unreported; with
-    // `keep` null only a folder empty but for those goes. A folder still there afterwards (something
-    // kept in it) is dest_errc::is_dir. With `dry_run` nothing is removed, and `removed`
+    // `keep` null only a folder empty but for those goes. A folder still there afterwards
+    // (something kept in it) is dest_errc::is_dir. With `dry_run` nothing is removed, and `removed`
     // gets what would be.
     std::error_code clear_folder(std::string_view wire_path,
                                  const std::function<verdict(const std::string& path, bool is_dir)>& keep,

@@ -73,6 +73,13 @@ struct local_basis {
 
 namespace {
 
+// The error line of a removal at DST (--delete, or a folder in the way) that failed at
+// `where`.
+std::string removal_error(const std::string& where, std::error_code ec) {
+    return ec == dest_errc::too_deep ? where + ": " + ec.message() + " (removals at DST go no deeper)"
+                                     : "could not delete " + where + ": " + ec.message();
+}
+
 // The kind a removed entry goes on the wire as (Deleted) and in events.
 wire::EntryKind kind_of(const dest_tree::removed_entry& r) {
     return r.is_dir ? wire::ENTRY_DIR : r.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE;
@@ -722,9 +729,7 @@ void receive_session::next_offer() {
                 return false;
             }
             if (ec) {
-                error = ec == dest_errc::too_deep
-                            ? where + ": " + ec.message() + " (a folder in the way goes no deeper)"
-                            : "could not delete " + where + ": " + ec.message();
+                error = removal_error(where, ec);
                 code = exit_code::local_io;
                 return false;
             }
@@ -1714,8 +1719,7 @@ void receive_session::check_all_done() {
         if (keep && tree) {
             std::string where;
             if ((ec = tree->prune(keep, dry_run, removed, where))) {
-                error = ec == dest_errc::too_deep ? "--delete: " + where + ": " + ec.message() + " (it goes no deeper)"
-                                                  : "could not delete " + where + ": " + ec.message();
+                error = removal_error(where, ec);
             }
         }
         for (const entry_info& d : dirs) {

@@ -57,8 +57,8 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
 
 // `ferry sync --delete`: what the scan skipped (special files, ferry's partial files) is
 // not SRC's to delete at DST, so each path is added to `target`'s keep list (without
-// --delete, nothing). When they would take it
-// over max_sync_keep_bytes, `target` is left as it was and the error line is returned;
+// --delete, nothing). When one cannot travel, or they would take the list over
+// max_sync_keep_bytes, `target` is left as it was and the error line is returned;
 // otherwise "".
 std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target);
 

@@ -18,6 +18,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include <google/protobuf/io/coded_stream.h>
+
 #include "ferry.pb.h"
 #include "protocol/delta.hpp"
 #include "protocol/errors.hpp"
@@ -70,9 +72,12 @@ inline std::size_t exclude_bytes(const wire::SyncTarget& t) {
     }
     return n;
 }
-// The bytes one kept path takes in a SyncTarget: its field's tag, its length (a varint:
-// 2 bytes from 128 on) and the path.
-inline std::size_t keep_entry_bytes(const std::string& path) { return 1 + (path.size() < 128 ? 1 : 2) + path.size(); }
+// The bytes one kept path takes in a SyncTarget: its field's tag, its length (a varint)
+// and the path.
+inline std::size_t keep_entry_bytes(const std::string& path) {
+    return 1 + google::protobuf::io::CodedOutputStream::VarintSize32(static_cast<std::uint32_t>(path.size())) +
+           path.size();
+}
 // The bytes of the paths it keeps (what max_sync_keep_bytes bounds).
 inline std::size_t keep_bytes(const wire::SyncTarget& t) {
     std::size_t n = 0;

@@ -132,21 +132,24 @@ void emit(const common_opts& o, json j, bool flush = true) {
 }
 
 // Appends the well-formed UTF-8 sequence at s[i] and moves `i` past it, or U+FFFD for
-// the byte there when none starts at it.
-void append_utf8_or_replacement(std::string& out, std::string_view s, std::size_t& i) {
+// the byte there when none starts at it (then false).
+bool append_utf8_or_replacement(std::string& out, std::string_view s, std::size_t& i) {
     if (std::size_t n = ferry::utf8_sequence_length(s, i); n > 0) {
         out.append(s.substr(i, n));
         i += n;
-    } else {
-        out += "\xEF\xBF\xBD";
-        ++i;
+        return true;
     }
+    out += "\xEF\xBF\xBD";
+    ++i;
+    return false;
 }
 
 // Appends `s` as the inside of a JSON string: quotes, backslashes and control characters
 // escaped, each byte that is not part of a well-formed UTF-8 sequence replaced by U+FFFD
-// (as utf8_replaced() does, so that a name reads the same in every event).
-void append_json_string(std::string& out, std::string_view s) {
+// (as utf8_replaced() does, so that a name reads the same in every event). Returns
+// whether `s` was UTF-8 all through (nothing replaced).
+bool append_json_string(std::string& out, std::string_view s) {
+    bool utf8 = true;
     for (std::size_t i = 0; i < s.size();) {
         auto c = static_cast<unsigned char>(s[i]);
         if (c < 0x80) {
@@ -161,8 +164,9 @@ void append_json_string(std::string& out, std::string_view s) {
             ++i;
             continue;
         }
-        append_utf8_or_replacement(out, s, i);
+        utf8 = append_utf8_or_replacement(out, s, i) && utf8;
     }
+    return utf8;
 }
 
 // Whether `s` is UTF-8 all through (a JSON string can hold it as it is).
@@ -214,9 +218,9 @@ void emit_file_event(const ferry::file_event& f) {
     line.clear();
     fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"({{"event":"{}","direction":"{}","session":"{}","path":")"),
                    f.done ? "file_done" : "file_start", f.direction, session_hex);
-    append_json_string(line, f.path);
+    bool utf8 = append_json_string(line, f.path);
     line += '"';
-    if (!is_utf8(f.path)) {
+    if (!utf8) {
         fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(,"path_hex":"{}")"), ferry::hex_encode(f.path));
     }
     fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(,"size":{})"), f.size);
