@@ -12,7 +12,6 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
-#include "node/dest_tree.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/tree.hpp"
 #include "transport/identity.hpp"
@@ -453,12 +452,8 @@ TEST_F(sync_push, a_whole_second_at_dst_is_not_taken_for_src_time_with_a_fractio
     // Where DST's file system keeps nanoseconds, a DST file of the same size whose mtime is
     // the whole second of SRC's is another version, and is sent (as rsync
     // --modify-window=-1 does).
-    if (int dir = ::open(share.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dir >= 0) {
-        std::int64_t step = ferry::probe_mtime_step(dir);
-        ::close(dir);
-        if (step != 1) {
-            GTEST_SKIP() << "the test folder's file system keeps mtimes in steps of " << step << " ns";
-        }
+    if (std::int64_t step = mtime_step_of(share); step != 1) {
+        GTEST_SKIP() << "the test folder's file system keeps mtimes in steps of " << step << " ns";
     }
     serve();
     write_text_file(src / "f", "aaaa");

@@ -23,6 +23,7 @@
 #include "protocol/delta.hpp"
 #include "protocol/digest.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/tree.hpp"
 
 namespace ferry {
 namespace {
@@ -159,11 +160,7 @@ TEST(StoredMtime, CoarseFileSystemsMatchTheirTruncation) {
 
 TEST_F(DestTree, AWholeSecondAtDstIsNotSrcsTimeWithAFractionWhereNanosecondsAreKept) {
     // The test folder's file system (tmpfs or ext4 here) keeps nanoseconds.
-    int dir = ::open(root().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    ASSERT_GE(dir, 0);
-    std::int64_t step = probe_mtime_step(dir);
-    ::close(dir);
-    if (step != 1) {
+    if (std::int64_t step = ferry::test::mtime_step_of(root()); step != 1) {
         GTEST_SKIP() << "the test folder's file system keeps mtimes in steps of " << step
                      << " ns (0: O_TMPFILE not supported); this check needs nanoseconds";
     }

@@ -1,11 +1,15 @@
 #include "tests/support/tree.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <random>
 #include <set>
 #include <vector>
+
+#include "node/dest_tree.hpp"
 
 namespace ferry::test {
 
@@ -93,6 +97,16 @@ std::string compare_trees(const fs::path& a, const fs::path& b) {
         return "bytes differ: " + b.string();
     }
     return {};
+}
+
+std::int64_t mtime_step_of(const fs::path& dir) {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    std::int64_t step = probe_mtime_step(fd);
+    ::close(fd);
+    return step;
 }
 
 }  // namespace ferry::test

@@ -18,4 +18,8 @@ std::string read_text_file(const std::filesystem::path& path);
 // otherwise the first difference, in words.
 std::string compare_trees(const std::filesystem::path& a, const std::filesystem::path& b);
 
+// The step, in ns, in which the file system holding the folder `dir` keeps mtimes
+// (probe_mtime_step of node/dest_tree.hpp); 0 when it cannot be told.
+std::int64_t mtime_step_of(const std::filesystem::path& dir);
+
 }  // namespace ferry::test
