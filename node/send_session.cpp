@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "node/chunk_codec.hpp"
 #include "node/backoff.hpp"
@@ -16,6 +17,7 @@
 #include "protocol/path.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
+#include "transport/socket_tuning.hpp"
 
 namespace ferry {
 
@@ -178,6 +180,8 @@ void send_session::adopt(std::uint32_t index, std::shared_ptr<connection> c, boo
         requeue_inflight(conns_[index]);
         conns_[index].window_bytes = options_.window_bytes;
         conns_[index].window_bound = false;
+        conns_[index].busy_us = 0;
+        conns_[index].rwnd_limited_us = 0;
     }
     conns_[index].conn = c;
     conns_[index].heard = stats_clock::now();
@@ -630,6 +634,7 @@ bool send_session::rate_allows() {
     if (rate_.tokens > 0) {
         return true;
     }
+    rate_.held = true;
     if (!rate_.armed) {
         rate_.armed = true;
         if (!rate_.timer) {
@@ -1019,8 +1024,9 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     if (finished_) {
         return;
     }
-    if (job.level > 0 && !job.ec && !job.delta) {
-        compression_.observe(job.level, ref.length, job.packed.size > 0 ? job.packed.size : ref.length,
+    if (job.level > 0) {
+        bool tried = !job.ec && !job.delta;
+        compression_.observe(job.level, tried ? ref.length : 0, job.packed.size > 0 ? job.packed.size : ref.length,
                              job.packed.cpu_seconds);
     }
     if (ref.send) {
@@ -1087,11 +1093,34 @@ void send_session::sample_wire_rate() {
         return;
     }
     std::uint64_t sent = scope_->counters().wire_sent;
+    std::chrono::duration<double> period = since;
+    double busy = link_busy(period);
     if (wire_sample_.at != stats_clock::time_point{}) {
-        compression_.on_wire_rate(static_cast<double>(sent - wire_sample_.wire_sent) /
-                                  std::chrono::duration<double>(since).count());
+        compression_.on_wire_rate(static_cast<double>(sent - wire_sample_.wire_sent) / period.count(), busy);
     }
     wire_sample_ = {now, sent};
+}
+
+double send_session::link_busy(std::chrono::duration<double> period) {
+    double busiest = 0;
+    for (auto& cs : conns_) {
+        if (!cs.conn || cs.conn->closed()) {
+            continue;
+        }
+        tcp_info_sample ti = sample_tcp_info(cs.conn->stream().socket().native_handle());
+        if (!ti.ok) {
+            return 1.0;  // no kernel figures: take the wire rate for the link's, as before
+        }
+        // A counter below the last sample is a new socket's (a replaced connection).
+        std::uint64_t busy = ti.busy_us >= cs.busy_us ? ti.busy_us - cs.busy_us : ti.busy_us;
+        std::uint64_t held = ti.rwnd_limited_us >= cs.rwnd_limited_us ? ti.rwnd_limited_us - cs.rwnd_limited_us
+                                                                      : ti.rwnd_limited_us;
+        cs.busy_us = ti.busy_us;
+        cs.rwnd_limited_us = ti.rwnd_limited_us;
+        double share = static_cast<double>(busy - std::min(busy, held)) * 1e-6 / period.count();
+        busiest = std::max(busiest, share);
+    }
+    return std::exchange(rate_.held, false) ? 1.0 : std::min(busiest, 1.0);
 }
 
 std::uint32_t send_session::raw_length(std::uint64_t key) const {

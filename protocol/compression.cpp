@@ -27,6 +27,10 @@ constexpr std::uint32_t min_probe_interval = 16;
 // 48 costs under 2 %); a link that became fast is noticed that much later.
 constexpr std::uint32_t raw_period_interval = 48;
 constexpr std::uint32_t max_probe_interval = 128;
+// A raw period measures the link only when the network held the sockets' bytes back for
+// at least this share of it. A 100 Mbit/s link shows 0.98-1.0; loopback carrying many
+// small files 0.01-0.2 (bench/RESULTS.md, 2026-12-03).
+constexpr double min_link_busy = 0.5;
 
 double blend(double average, double sample) {
     return average == 0 ? sample : average + ewma_weight * (sample - average);
@@ -80,7 +84,10 @@ int compression_policy::next_level() {
     if (why == reason::slow_link && measure_raw_) {
         level = 0;  // this period goes raw, to measure the link again
     } else if (ratio_ == 0) {
-        level = fast_level;  // nothing measured yet: find out
+        // Nothing measured yet: find out, one chunk at a time (the chunks decided before
+        // its result comes back go raw, or a first window of any data would be compressed).
+        level = trial_pending_ ? 0 : fast_level;
+        trial_pending_ = true;
     } else if (why == reason::none) {
         if (++since_probe_ >= probe_interval_) {
             since_probe_ = 0;
@@ -104,14 +111,21 @@ int compression_policy::next_level() {
     return level;
 }
 
-void compression_policy::on_wire_rate(double bytes_per_second) {
+void compression_policy::on_wire_rate(double bytes_per_second, double link_busy) {
     if (decided_raw_ + decided_compressed_ == 0 || bytes_per_second <= 0) {
         return;  // nothing was sent: says nothing about the link
     }
     if (decided_compressed_ * 10 <= decided_raw_) {
-        // (Nearly) all raw: this is the link's rate now, up or down.
-        link_rate_ = link_measured_ ? (link_rate_ + bytes_per_second) / 2 : bytes_per_second;
-        link_measured_ = true;
+        if (link_busy >= min_link_busy) {
+            // (Nearly) all raw and the network the limit: this is the link's rate now.
+            link_rate_ = link_measured_ ? (link_rate_ + bytes_per_second) / 2 : bytes_per_second;
+            link_measured_ = true;
+        } else {
+            // The sockets waited for data: the link carries more than this and is not
+            // what limits the transfer. Compressing would only add CPU work.
+            link_rate_ = std::max(link_rate_, bytes_per_second);
+            link_measured_ = false;
+        }
         measure_raw_ = false;
         compressed_periods_ = 0;
     } else {
@@ -130,6 +144,7 @@ void compression_policy::on_wire_rate(double bytes_per_second) {
 }
 
 void compression_policy::observe(int level, std::uint64_t raw, std::uint64_t out, double cpu_seconds) {
+    trial_pending_ = false;
     if (raw == 0) {
         return;
     }
@@ -140,7 +155,11 @@ void compression_policy::observe(int level, std::uint64_t raw, std::uint64_t out
         double& speed = level == strongest_level ? speed_strongest_ : level == strong_level ? speed_strong_ : speed_fast_;
         speed = blend(speed, s);
     }
-    probe_interval_ = r > max_ratio ? std::min(probe_interval_ * 2, max_probe_interval) : min_probe_interval;
+    // Probes grow rarer while they find nothing worth compressing: data that does not
+    // shrink, or text on a link that is not the limit (whose probes cost CPU and save
+    // nothing that matters).
+    probe_interval_ =
+        worth_it() == reason::none ? std::min(probe_interval_ * 2, max_probe_interval) : min_probe_interval;
 }
 
 }  // namespace ferry

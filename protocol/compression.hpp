@@ -7,8 +7,13 @@
 // The rule (`automatic`): compress while it pays.
 // - It pays on a slow link: one thread compresses at least twice as fast as the link
 //   carries raw bytes, so the link carries fewer bytes per payload byte. The link's rate
-//   is what the sockets took in a quarter second when chunks went (nearly all) raw;
-//   until such a measurement exists this reason does not apply (the first chunks are
+//   is what the sockets took in a quarter second when chunks went (nearly all) raw and
+//   the network held them back: some connection had bytes the network had not taken
+//   (sent and unacknowledged, or queued) for at least half of it, not counting waits
+//   for the receiver's window. A raw period with idle sockets says the link is not the
+//   limit (the sender's or receiver's file work is: many small files), and this reason
+//   stops applying until a busy raw period measures the link again. Until such a
+//   measurement exists this reason does not apply (the first chunks are
 //   still tried, to learn the ratio and speed). While compressing, the wire rate only
 //   raises that figure, because compressing lowers the wire rate by itself and must not
 //   make the link look slower; and one quarter second in 48 goes raw to measure the link
@@ -24,8 +29,8 @@
 // - Never when the data does not shrink (ratio above 0.9: media, archives, random).
 // Measurements are running averages, so a change of data or link is followed within a
 // few chunks. While not compressing, every `probe_interval`-th chunk (growing to 128
-// while probes fail) is still tried, to notice compressible data; the attempt's output
-// is sent when it is smaller.
+// while probes find nothing worth compressing) is still tried, to notice data or a link
+// that makes it worth it; the attempt's output is sent when it is smaller.
 #pragma once
 
 #include <cstdint>
@@ -56,11 +61,15 @@ public:
     int next_level();
 
     // Bytes per second the session's sockets accepted over the period since the last call
-    // (covering the chunks decided since then).
-    void on_wire_rate(double bytes_per_second);
+    // (covering the chunks decided since then), and `link_busy`: the largest share of that
+    // period (0 to 1) in which one connection had bytes the network had not yet taken,
+    // less the time the receiver's window held it (TCP_INFO busy and rwnd-limited times).
+    void on_wire_rate(double bytes_per_second, double link_busy);
 
     // One attempt: `raw` bytes in, `out` bytes out (`raw` or more if it did not shrink),
-    // `cpu_seconds` spent compressing, at `level`.
+    // `cpu_seconds` spent compressing, at `level`. `raw` 0: a chunk decided with `level`
+    // was not compressed after all (a read error, a delta instead); every decision with a
+    // level comes back here once.
     void observe(int level, std::uint64_t raw, std::uint64_t out, double cpu_seconds);
 
     compress_mode mode() const { return mode_; }
@@ -83,12 +92,13 @@ private:
     double speed_strong_ = 0;  // bytes/s at strong_level
     double speed_strongest_ = 0;  // bytes/s at strongest_level
     double link_rate_ = 0;
-    bool link_measured_ = false;       // link_rate_ comes from a (nearly) raw period
+    bool link_measured_ = false;       // link_rate_ comes from a (nearly) raw, busy period
     bool measure_raw_ = false;         // the current period goes raw to measure the link
     bool compressing_for_link_ = false;  // this period compressed because the link is slow
     std::uint32_t compressed_periods_ = 0;  // since the link was last measured raw
     std::uint32_t decided_raw_ = 0;         // since the last wire rate
     std::uint32_t decided_compressed_ = 0;  // since the last wire rate
+    bool trial_pending_ = false;  // the first attempt is out, its result not yet observed
     std::uint32_t since_probe_ = 0;
     std::uint32_t probe_interval_ = 16;
 };

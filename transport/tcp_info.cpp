@@ -26,6 +26,9 @@ tcp_info_sample sample_tcp_info(int fd) {
     out.bytes_received = ti.tcpi_bytes_received;
     out.delivery_rate = ti.tcpi_delivery_rate;
     out.unacked = ti.tcpi_unacked;
+    out.busy_us = ti.tcpi_busy_time;
+    out.rwnd_limited_us = ti.tcpi_rwnd_limited;
+    out.sndbuf_limited_us = ti.tcpi_sndbuf_limited;
     return out;
 }
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.hpp"
+#include "tests/support/pattern.hpp"
 #include "tests/support/tree.hpp"
 
 namespace fs = std::filesystem;
@@ -201,6 +202,32 @@ TEST_F(cli_transfer, compressed_chunks_arrive_identical_and_are_counted) {
     run_result bad = send({src.string()}, a_id + "@127.0.0.1:9", {"--compress", "zip"});
     EXPECT_EQ(bad.code, 1);
     EXPECT_NE(bad.err.find("--compress"), std::string::npos) << bad.err;
+}
+
+// `--compress auto` compresses ordinary text only where the link is the limit. Over
+// loopback it is not (the text goes raw, but for the first chunk and probes); under
+// --bwlimit the limit is the link, and the same text is compressed.
+TEST_F(cli_transfer, auto_compresses_text_where_the_link_is_the_limit) {
+    fs::path src = cli.root() / "words";
+    std::string text = ferry::test::pattern_words(3 * 1024 * 1024, 7);
+    write_text_file(src / "words.txt", text);
+    std::uint64_t saved_at[2] = {};
+    for (int limited = 0; limited < 2; ++limited) {
+        fs::path dest = cli.root() / (limited ? "inbox-limited" : "inbox");
+        auto rx = start_receiver(dest);
+        ASSERT_FALSE(rx.address.empty());
+        std::vector<std::string> flags = {"--compress", "auto"};
+        if (limited) {
+            flags.insert(flags.end(), {"--bwlimit", "1M"});
+        }
+        run_result s = send({src.string()}, a_id + "@" + rx.address, flags);
+        ASSERT_EQ(s.code, 0) << s.err;
+        EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+        EXPECT_EQ(compare_trees(src, dest / "words"), "");
+        saved_at[limited] = last_json_line(s.out)["compression_saved_bytes"].get<std::uint64_t>();
+    }
+    EXPECT_LT(saved_at[0], text.size() / 5);  // raw but for a few chunks
+    EXPECT_GT(saved_at[1], text.size() / 4);  // 2.3x: most chunks compressed
 }
 
 TEST_F(cli_transfer, many_small_files_and_single_file_sources) {

@@ -25,7 +25,7 @@ namespace {
 
 enum op : std::uint8_t {
     op_chunk,      // next_level(); if it compresses: raw (u32), out (u32), cpu (u32 ns)
-    op_wire_rate,  // on_wire_rate(u32 * 2^(u8 % 16) bytes/s)
+    op_wire_rate,  // on_wire_rate(u32 * 2^(u8 % 16) bytes/s, u8 / 255 busy)
     op_count,
 };
 
@@ -45,7 +45,7 @@ std::vector<seed> seeds() {
         for (int i = 0; i < chunks; ++i) {
             o.u8(op_chunk).u32(chunk_size).u32(out).u32(400'000);  // 0.4 ms per chunk
             if (i % 4 == 3) {
-                o.u8(op_wire_rate).u32(12'500'000).u8(0);  // 100 Mbit/s
+                o.u8(op_wire_rate).u32(12'500'000).u8(0).u8(255);  // 100 Mbit/s, busy
             }
         }
         return o.data();
@@ -100,7 +100,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             }
         } else {
             std::uint32_t rate = in.u32();
-            policy.on_wire_rate(std::ldexp(static_cast<double>(rate), in.u8() % 16));
+            int scale = in.u8() % 16;
+            policy.on_wire_rate(std::ldexp(static_cast<double>(rate), scale), in.u8() / 255.0);
         }
         check_figures(policy);
     }
