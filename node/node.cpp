@@ -33,14 +33,7 @@ constexpr std::size_t pool_buffers = 160;
 node::node(asio::io_context& io, node_config config, node_events events) : sweep_timer_(io) {
     raise_fd_limit();
     identity ident = load_or_create_identity(config.state_dir);
-    trust_store trust = trust_store::load(config.state_dir);
-    for (const declared_peer& p : config.config_peers) {
-        try {
-            trust.merge(p.peer, p.shares_given);
-        } catch (const std::invalid_argument& e) {
-            throw std::runtime_error("configuration file, peer " + format_node_id(p.peer.id) + ": " + e.what());
-        }
-    }
+    trust_store trust = trust_store::load(config.state_dir, config.config_peers);
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
                                 worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, known_partials{}});

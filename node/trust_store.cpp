@@ -28,6 +28,18 @@ constexpr const char* trust_file_name = "trusted.json";
 
 }  // namespace
 
+trust_store trust_store::load(const fs::path& state_dir, const std::vector<declared_peer>& declared) {
+    trust_store store = load(state_dir);
+    for (const declared_peer& p : declared) {
+        try {
+            store.merge(p.peer, p.shares_given);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument(p.where + ": " + e.what());
+        }
+    }
+    return store;
+}
+
 trust_store trust_store::load(const fs::path& state_dir) {
     trust_store store(state_dir / trust_file_name);
     const fs::path& file = store.file_;

@@ -39,6 +39,7 @@ struct trusted_peer {
 struct declared_peer {
     trusted_peer peer;
     bool shares_given = false;
+    std::string where;  // its place in the file, "FILE:LINE:COLUMN", for messages
 };
 
 class trust_store {
@@ -47,6 +48,9 @@ class trust_store {
     // std::runtime_error naming the file if it cannot be read or is corrupt (not JSON,
     // wrong shape, an invalid ID, a duplicate ID or name).
     static trust_store load(const std::filesystem::path& state_dir);
+    // The same, with the configuration file's peers merged in (merge()). Throws
+    // std::invalid_argument "WHERE: why" for a peer that cannot be merged.
+    static trust_store load(const std::filesystem::path& state_dir, const std::vector<declared_peer>& declared);
 
     // Adds or updates a peer; the same ID with a new name replaces the name (an empty
     // name keeps none). Returns false, changing nothing, if `name` is non-empty and

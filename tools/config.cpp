@@ -214,9 +214,9 @@ public:
         if (t == nullptr) {
             fail(n, "peer: expected a table ([[peer]])");
         }
-        config_peer p;
+        declared_peer p;
         p.where = where(n);
-        trusted_peer& peer = p.declared.peer;
+        trusted_peer& peer = p.peer;
         for (auto&& [key, value] : *t) {
             if (key == "id") {
                 std::string id = text(value, "id");
@@ -239,7 +239,7 @@ public:
                 }
             } else if (key == "shares") {
                 std::vector<std::string> shares = texts(value, "shares");
-                p.declared.shares_given = true;
+                p.shares_given = true;
                 for (const std::string& s : shares) {
                     if (s != "*" && !share_name_ok(s)) {
                         fail(value, "shares: \"" + s + "\" is not a share name (letters, digits, '-', '_', '.')");
@@ -255,11 +255,11 @@ public:
         if (peer.id.empty()) {
             fail(n, "[[peer]] needs an id");
         }
-        for (const config_peer& other : out.peers) {
-            if (other.declared.peer.id == peer.id) {
+        for (const declared_peer& other : out.peers) {
+            if (other.peer.id == peer.id) {
                 fail(n, "this peer is already declared at " + other.where);
             }
-            if (!peer.name.empty() && other.declared.peer.name == peer.name) {
+            if (!peer.name.empty() && other.peer.name == peer.name) {
                 fail(n, "the name \"" + peer.name + "\" is already declared at " + other.where);
             }
         }

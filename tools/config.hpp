@@ -31,15 +31,10 @@ struct config_value {
     std::string where;  // "FILE:LINE:COLUMN"
 };
 
-struct config_peer {
-    declared_peer declared;
-    std::string where;
-};
-
 struct config_file {
     std::filesystem::path path;
     std::vector<config_value> values;  // in the file's order; repeatable flags repeat
-    std::vector<config_peer> peers;
+    std::vector<declared_peer> peers;
 };
 
 // $XDG_CONFIG_HOME/ferry/config.toml, else ~/.config/ferry/config.toml; empty when

@@ -86,17 +86,11 @@ std::optional<ferry::cli::config_file> loaded_config;
 
 // The trust list of the state folder, with the configuration file's peers.
 ferry::trust_store load_trust(const fs::path& state) {
-    ferry::trust_store store = ferry::trust_store::load(state);
-    if (loaded_config) {
-        for (const auto& p : loaded_config->peers) {
-            try {
-                store.merge(p.declared.peer, p.declared.shares_given);
-            } catch (const std::invalid_argument& e) {
-                throw ferry::cli::config_error(p.where + ": " + e.what());
-            }
-        }
+    try {
+        return ferry::trust_store::load(state, loaded_config ? loaded_config->peers : std::vector<ferry::declared_peer>{});
+    } catch (const std::invalid_argument& e) {
+        throw ferry::cli::config_error(e.what());
     }
-    return store;
 }
 
 // The progress view of the running command, if any: lines to stderr go through it so
@@ -388,9 +382,7 @@ ferry::node_config base_config(const common_opts& o) {
     ferry::node_config cfg;
     cfg.state_dir = ferry::resolve_state_dir(o.state);
     if (loaded_config) {
-        for (const auto& p : loaded_config->peers) {
-            cfg.config_peers.push_back(p.declared);
-        }
+        cfg.config_peers = loaded_config->peers;
     }
     if (const char* l = std::getenv("FERRY_NOTSENT_LOWAT"); l != nullptr) {
         cfg.tuning.notsent_lowat = static_cast<std::uint32_t>(std::atoi(l));

@@ -94,21 +94,21 @@ shares = ["www"]
                             "--share www=/srv/www:rw\n--share docs=" + root + "/docs:ro\n");
     EXPECT_EQ(c.values[0].where, file.string() + ":2:10");
     ASSERT_EQ(c.peers.size(), 1u);
-    EXPECT_EQ(c.peers[0].declared.peer.name, "bee");
-    EXPECT_EQ(c.peers[0].declared.peer.address, "192.0.2.7:7788");
-    ASSERT_TRUE(c.peers[0].declared.peer.shares.has_value());
-    EXPECT_EQ(*c.peers[0].declared.peer.shares, std::vector<std::string>{"www"});
-    EXPECT_EQ(c.peers[0].declared.peer.id, *ferry::parse_node_id(peer_id));
-    EXPECT_TRUE(c.peers[0].declared.shares_given);
+    EXPECT_EQ(c.peers[0].peer.name, "bee");
+    EXPECT_EQ(c.peers[0].peer.address, "192.0.2.7:7788");
+    ASSERT_TRUE(c.peers[0].peer.shares.has_value());
+    EXPECT_EQ(*c.peers[0].peer.shares, std::vector<std::string>{"www"});
+    EXPECT_EQ(c.peers[0].peer.id, *ferry::parse_node_id(peer_id));
+    EXPECT_TRUE(c.peers[0].shares_given);
 }
 
 TEST_F(config_file_test, a_peer_given_every_share_says_so_and_one_without_shares_does_not) {
     ferry::cli::config_file c = load_config(write("[[peer]]\nid = \"" + peer_id + "\"\nshares = [\"*\"]\n"));
     ASSERT_EQ(c.peers.size(), 1u);
-    EXPECT_TRUE(c.peers[0].declared.shares_given);
-    EXPECT_FALSE(c.peers[0].declared.peer.shares.has_value());  // every share
+    EXPECT_TRUE(c.peers[0].shares_given);
+    EXPECT_FALSE(c.peers[0].peer.shares.has_value());  // every share
     c = load_config(write("[[peer]]\nid = \"" + peer_id + "\"\n"));
-    EXPECT_FALSE(c.peers[0].declared.shares_given);
+    EXPECT_FALSE(c.peers[0].shares_given);
 }
 
 TEST_F(config_file_test, a_mistake_is_reported_at_its_line_and_column) {
