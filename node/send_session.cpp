@@ -1108,8 +1108,8 @@ double send_session::link_busy(std::chrono::duration<double> period) {
             continue;
         }
         tcp_info_sample ti = sample_tcp_info(cs.conn->stream().socket().native_handle());
-        if (!ti.ok) {
-            return 1.0;  // no kernel figures: take the wire rate for the link's, as before
+        if (!ti.ok || !ti.has_busy) {
+            return 1.0;  // no kernel figures: take the wire rate for the link's
         }
         // A counter below the last sample is a new socket's (a replaced connection).
         std::uint64_t busy = ti.busy_us >= cs.busy_us ? ti.busy_us - cs.busy_us : ti.busy_us;

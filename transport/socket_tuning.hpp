@@ -57,7 +57,9 @@ struct tcp_info_sample {
     std::uint64_t delivery_rate = 0;  // bytes/s, the kernel's latest estimate
     std::uint32_t unacked = 0;        // segments in flight
     // Microseconds over the connection's life: sending (data queued or in flight), and
-    // of that, held back by the peer's receive window or by our send buffer.
+    // of that, held back by the peer's receive window or by our send buffer. Only when
+    // `has_busy` (the kernel reports them).
+    bool has_busy = false;
     std::uint64_t busy_us = 0;
     std::uint64_t rwnd_limited_us = 0;
     std::uint64_t sndbuf_limited_us = 0;
