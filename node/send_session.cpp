@@ -17,7 +17,6 @@
 #include "protocol/path.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
-#include "transport/socket_tuning.hpp"
 
 namespace ferry {
 
@@ -180,8 +179,8 @@ void send_session::adopt(std::uint32_t index, std::shared_ptr<connection> c, boo
         requeue_inflight(conns_[index]);
         conns_[index].window_bytes = options_.window_bytes;
         conns_[index].window_bound = false;
-        conns_[index].busy_us = 0;
-        conns_[index].rwnd_limited_us = 0;
+        conns_[index].pushed_back_since = {};
+        conns_[index].pushed_back = {};
     }
     conns_[index].conn = c;
     conns_[index].heard = stats_clock::now();
@@ -559,8 +558,16 @@ void send_session::pump(std::uint32_t index) {
     // parallel), small files together (one round trip to the pool for many files).
     std::vector<read_job> batch;
     std::uint64_t batch_bytes = 0;
+    if (cs.pushed_back_since != stats_clock::time_point{} &&
+        (!cs.conn || cs.conn->queued_bytes() < 2 * std::size_t{chunk_size})) {
+        cs.pushed_back += stats_clock::now() - cs.pushed_back_since;
+        cs.pushed_back_since = {};
+    }
     while (!finished_ && !waiting_buffer_ && cs.ready && cs.conn && !cs.conn->closed()) {
         if (cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
+            if (cs.pushed_back_since == stats_clock::time_point{}) {
+                cs.pushed_back_since = stats_clock::now();
+            }
             break;  // the socket is the limit
         }
         if (cs.inflight_bytes + cs.reading_bytes >= cs.window_bytes) {
@@ -634,14 +641,15 @@ bool send_session::rate_allows() {
     if (rate_.tokens > 0) {
         return true;
     }
-    rate_.held = true;
     if (!rate_.armed) {
         rate_.armed = true;
         if (!rate_.timer) {
             rate_.timer = std::make_unique<asio::steady_timer>(ctx_.io);
         }
-        rate_.timer->expires_after(std::chrono::duration_cast<stats_clock::duration>(
-            std::chrono::duration<double>((1 - rate_.tokens) / rate)));
+        auto wait = std::chrono::duration_cast<stats_clock::duration>(
+            std::chrono::duration<double>((1 - rate_.tokens) / rate));
+        rate_.held += wait;
+        rate_.timer->expires_after(wait);
         rate_.timer->async_wait([weak = weak_from_this()](std::error_code ec) {
             if (auto self = weak.lock(); self && !ec) {
                 self->rate_.armed = false;
@@ -1093,34 +1101,29 @@ void send_session::sample_wire_rate() {
         return;
     }
     std::uint64_t sent = scope_->counters().wire_sent;
-    std::chrono::duration<double> period = since;
-    double busy = link_busy(period);
+    double busy = link_busy(wire_sample_.at, now);
     if (wire_sample_.at != stats_clock::time_point{}) {
-        compression_.on_wire_rate(static_cast<double>(sent - wire_sample_.wire_sent) / period.count(), busy);
+        compression_.on_wire_rate(
+            static_cast<double>(sent - wire_sample_.wire_sent) / std::chrono::duration<double>(since).count(), busy);
     }
     wire_sample_ = {now, sent};
 }
 
-double send_session::link_busy(std::chrono::duration<double> period) {
+double send_session::link_busy(stats_clock::time_point from, stats_clock::time_point now) {
     double busiest = 0;
     for (auto& cs : conns_) {
-        if (!cs.conn || cs.conn->closed()) {
-            continue;
+        stats_clock::duration pushed = cs.pushed_back;
+        if (cs.pushed_back_since != stats_clock::time_point{}) {
+            pushed += now - std::max(cs.pushed_back_since, from);
+            cs.pushed_back_since = now;
         }
-        tcp_info_sample ti = sample_tcp_info(cs.conn->stream().socket().native_handle());
-        if (!ti.ok || !ti.has_busy) {
-            return 1.0;  // no kernel figures: take the wire rate for the link's
-        }
-        // A counter below the last sample is a new socket's (a replaced connection).
-        std::uint64_t busy = ti.busy_us >= cs.busy_us ? ti.busy_us - cs.busy_us : ti.busy_us;
-        std::uint64_t held = ti.rwnd_limited_us >= cs.rwnd_limited_us ? ti.rwnd_limited_us - cs.rwnd_limited_us
-                                                                      : ti.rwnd_limited_us;
-        cs.busy_us = ti.busy_us;
-        cs.rwnd_limited_us = ti.rwnd_limited_us;
-        double share = static_cast<double>(busy - std::min(busy, held)) * 1e-6 / period.count();
-        busiest = std::max(busiest, share);
+        cs.pushed_back = {};
+        busiest = std::max(busiest, std::chrono::duration<double>(pushed) / std::chrono::duration<double>(now - from));
     }
-    return std::exchange(rate_.held, false) ? 1.0 : std::min(busiest, 1.0);
+    // --bwlimit holding reads back is the link pushing back.
+    busiest = std::max(busiest, std::chrono::duration<double>(std::exchange(rate_.held, {})) /
+                                    std::chrono::duration<double>(now - from));
+    return std::min(busiest, 1.0);
 }
 
 std::uint32_t send_session::raw_length(std::uint64_t key) const {

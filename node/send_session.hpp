@@ -159,10 +159,10 @@ private:
         std::shared_ptr<asio::steady_timer> reopen;
         stats_clock::time_point lost_at{};  // when it was lost, until a replacement carries data
         stats_clock::time_point heard{};    // its last frame from the receiver (or when it opened)
-        // TCP_INFO at the last wire-rate sample: time busy sending, and held by the
-        // receiver's window (microseconds over the socket's life).
-        std::uint64_t busy_us = 0;
-        std::uint64_t rwnd_limited_us = 0;
+        // Time the socket pushed back (pump() stopped with two chunks queued on it): since
+        // when, if it does now, and how long before that since the last wire-rate sample.
+        stats_clock::time_point pushed_back_since{};
+        stats_clock::duration pushed_back{};
     };
     // Closes connections that hold chunks and hear nothing for options_.stall_timeout.
     void check_stalls();
@@ -204,7 +204,7 @@ private:
         stats_clock::time_point at{};
         std::unique_ptr<asio::steady_timer> timer;
         bool armed = false;
-        bool held = false;  // it held a read back since the last wire-rate sample
+        stats_clock::duration held{};  // waits for tokens since the last wire-rate sample
     } rate_;
     // One chunk to read, hash (and compress) on the worker pool, and what came of it.
     struct read_job {
@@ -283,10 +283,10 @@ private:
     void adjust_window(conn_state& cs, std::uint64_t acked);
     // Every quarter second or so, tells compression_ what the sockets accepted since.
     void sample_wire_rate();
-    // The largest share of the last `period` in which one connection's bytes waited on the
-    // network rather than on us or the receiver's window (for compression_policy); 1 when
-    // --bwlimit held reads back, since the limit is then the link.
-    double link_busy(std::chrono::duration<double> period);
+    // The largest share of the period since `from` in which one connection's socket
+    // pushed back, or --bwlimit held reads back (for compression_policy: the network or
+    // the limit, not file work, was what held the transfer).
+    double link_busy(stats_clock::time_point from, stats_clock::time_point now);
     // `retryable`: see transfer_report::retryable.
     void fail(exit_code code, const std::string& message, bool tell_peer = true, bool retryable = false);
     void finish(bool ok, exit_code code, const std::string& error);

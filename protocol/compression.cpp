@@ -27,9 +27,9 @@ constexpr std::uint32_t min_probe_interval = 16;
 // 48 costs under 2 %); a link that became fast is noticed that much later.
 constexpr std::uint32_t raw_period_interval = 48;
 constexpr std::uint32_t max_probe_interval = 128;
-// A raw period measures the link only when the network held the sockets' bytes back for
-// at least this share of it. A 100 Mbit/s link shows 0.98-1.0; loopback carrying many
-// small files 0.01-0.2 (bench/RESULTS.md, 2026-12-03).
+// A raw period measures the link only when a socket pushed back for at least this share
+// of it. A 100 Mbit/s link shows 0.88-1.0; loopback carrying many small files 0-0.13
+// (bench/RESULTS.md, 2026-12-03).
 constexpr double min_link_busy = 0.5;
 
 double blend(double average, double sample) {

@@ -8,13 +8,13 @@
 // - It pays on a slow link: one thread compresses at least twice as fast as the link
 //   carries raw bytes, so the link carries fewer bytes per payload byte. The link's rate
 //   is what the sockets took in a quarter second when chunks went (nearly all) raw and
-//   the network held them back: some connection had bytes the network had not taken
-//   (sent and unacknowledged, or queued) for at least half of it, not counting waits
-//   for the receiver's window. A raw period with idle sockets says the link is not the
-//   limit (the sender's or receiver's file work is: many small files), and this reason
-//   stops applying until a busy raw period measures the link again. Until such a
-//   measurement exists this reason does not apply (the first chunks are
-//   still tried, to learn the ratio and speed). While compressing, the wire rate only
+//   the network held them back: some connection's socket pushed back (would take no
+//   more) for at least half of it, or --bwlimit did. A raw period in which the sockets
+//   took everything says the link is not the limit (the sender's or receiver's file
+//   work is: many small files), and this reason stops applying until a busy raw period
+//   measures the link again. Until such a measurement exists this reason does not
+//   apply (the first chunk is still tried, to learn the ratio and speed; one at a time
+//   until a result is back). While compressing, the wire rate only
 //   raises that figure, because compressing lowers the wire rate by itself and must not
 //   make the link look slower; and one quarter second in 48 goes raw to measure the link
 //   again. Over 100 Mbit/s or 1 Gbit/s almost anything compressible qualifies.
@@ -29,8 +29,9 @@
 // - Never when the data does not shrink (ratio above 0.9: media, archives, random).
 // Measurements are running averages, so a change of data or link is followed within a
 // few chunks. While not compressing, every `probe_interval`-th chunk (growing to 128
-// while probes find nothing worth compressing) is still tried, to notice data or a link
-// that makes it worth it; the attempt's output is sent when it is smaller.
+// while probes find nothing worth compressing) is still tried, to keep the ratio and
+// speed current (data that became compressible); the attempt's output is sent when it
+// is smaller.
 #pragma once
 
 #include <cstdint>
@@ -62,8 +63,8 @@ public:
 
     // Bytes per second the session's sockets accepted over the period since the last call
     // (covering the chunks decided since then), and `link_busy`: the largest share of that
-    // period (0 to 1) in which one connection had bytes the network had not yet taken,
-    // less the time the receiver's window held it (TCP_INFO busy and rwnd-limited times).
+    // period (0 to 1) in which one connection's socket pushed back, or a rate limit held
+    // the sender.
     void on_wire_rate(double bytes_per_second, double link_busy);
 
     // One attempt: `raw` bytes in, `out` bytes out (`raw` or more if it did not shrink),

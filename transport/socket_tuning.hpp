@@ -42,9 +42,8 @@ tuning_report apply_socket_tuning(int fd, const socket_tuning& t);
 // net.ipv4.tcp_available_congestion_control lists them); empty when it cannot be read.
 std::vector<std::string> available_congestion_controls();
 
-// The kernel's own view of a TCP connection (TCP_INFO), sampled on demand (for `ferry
-// status`) and by a sending session every quarter second (for compression_policy).
-// `ok` false when the socket gave nothing.
+// The kernel's own view of a TCP connection (TCP_INFO), sampled on demand only (for
+// `ferry status`), never on a timer. `ok` false when the socket gave nothing.
 struct tcp_info_sample {
     bool ok = false;
     std::uint32_t rtt_us = 0;
@@ -56,13 +55,6 @@ struct tcp_info_sample {
     std::uint64_t bytes_received = 0;
     std::uint64_t delivery_rate = 0;  // bytes/s, the kernel's latest estimate
     std::uint32_t unacked = 0;        // segments in flight
-    // Microseconds over the connection's life: sending (data queued or in flight), and
-    // of that, held back by the peer's receive window or by our send buffer. Only when
-    // `has_busy` (the kernel reports them).
-    bool has_busy = false;
-    std::uint64_t busy_us = 0;
-    std::uint64_t rwnd_limited_us = 0;
-    std::uint64_t sndbuf_limited_us = 0;
 };
 
 tcp_info_sample sample_tcp_info(int fd);

@@ -5,8 +5,6 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <cstddef>
-
 #include "transport/socket_tuning.hpp"
 
 namespace ferry {
@@ -28,11 +26,6 @@ tcp_info_sample sample_tcp_info(int fd) {
     out.bytes_received = ti.tcpi_bytes_received;
     out.delivery_rate = ti.tcpi_delivery_rate;
     out.unacked = ti.tcpi_unacked;
-    // Linux 4.10 and later; an older kernel fills less of the struct.
-    out.has_busy = len >= offsetof(struct tcp_info, tcpi_sndbuf_limited) + sizeof(ti.tcpi_sndbuf_limited);
-    out.busy_us = ti.tcpi_busy_time;
-    out.rwnd_limited_us = ti.tcpi_rwnd_limited;
-    out.sndbuf_limited_us = ti.tcpi_sndbuf_limited;
     return out;
 }
 
