@@ -482,9 +482,6 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
                         e.link_target().find('\0') != std::string::npos || e.size() != 0)) {
             return protocol_errc::bad_path;
         }
-        if (std::error_code ec = claim_path(e.path(), is_dir)) {
-            return ec;
-        }
         // Every chunk needs an index a Chunk can carry, and the sizes a sum total_bytes()
         // can hold: a wrapped total would pass for a small transfer.
         if (!is_dir && (chunk_count(e.size()) > std::numeric_limits<std::uint32_t>::max() ||
@@ -507,10 +504,18 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
             f.info.link_target = e.link_target();
         }
         f.chunks = f.info.is_file() ? chunk_count(e.size()) : 0;
-        total_bytes_ += f.info.size;
+        bool moves = files_.size() == files_.capacity();
+        files_.push_back(std::move(f));
+        if (moves) {
+            index_paths();
+        }
+        if (std::error_code ec = claim_path(files_.back().info.path, is_dir)) {
+            files_.pop_back();
+            return ec;
+        }
+        total_bytes_ += files_.back().info.size;
         total_dirs_ += is_dir ? 1 : 0;
         ids.push_back(file_id{e.id()});
-        files_.push_back(std::move(f));
     }
     if (offer.last()) {
         last_seen_ = true;
@@ -518,23 +523,42 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
     return {};
 }
 
-std::error_code receiver_machine::claim_path(const std::string& path, bool is_dir) {
-    if (!paths_.emplace(path, !is_dir).second || (!is_dir && parents_.contains(path))) {
+void receiver_machine::index_paths() {
+    paths_.clear();
+    parents_.clear();
+    for (std::size_t i = 0; i + 1 < files_.size(); ++i) {  // the last is claimed next
+        claim_path(files_[i].info.path, files_[i].info.is_dir);  // each was claimed once: no error
+    }
+}
+
+std::error_code receiver_machine::claim_path(std::string_view path, bool is_dir) {
+    if (paths_.contains(path) || (!is_dir && parents_.contains(path))) {
         return protocol_errc::duplicate_path;
     }
     // Each folder the path lies in must not be an offered file. Parents already recorded
-    // had their own parents checked then: stop at the first one.
-    for (std::size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0;
-         slash = path.rfind('/', slash - 1)) {
-        std::string_view parent(path.data(), slash);
+    // had their own parents checked then: stop at the first one. Nothing is recorded until
+    // all is checked (a refused entry is not kept, and its path goes with it).
+    auto parents = [&path](auto&& fn) {
+        for (std::size_t slash = path.rfind('/'); slash != std::string_view::npos && slash > 0;
+             slash = path.rfind('/', slash - 1)) {
+            if (!fn(path.substr(0, slash))) {
+                return;
+            }
+        }
+    };
+    bool refused = false;
+    parents([&](std::string_view parent) {
         if (auto it = paths_.find(parent); it != paths_.end() && it->second) {
-            return protocol_errc::duplicate_path;
+            refused = true;
+            return false;
         }
-        if (parents_.contains(parent)) {
-            break;
-        }
-        parents_.emplace(parent);
+        return !parents_.contains(parent);
+    });
+    if (refused) {
+        return protocol_errc::duplicate_path;
     }
+    paths_.emplace(path, !is_dir);
+    parents([&](std::string_view parent) { return parents_.emplace(parent).second; });
     return {};
 }
 
@@ -591,7 +615,7 @@ std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum
 
 receiver_machine::path_map receiver_machine::take_paths() {
     path_map out = std::move(paths_);
-    for (const std::string& parent : parents_) {
+    for (std::string_view parent : parents_) {
         out.try_emplace(parent, false);
     }
     parents_.clear();

@@ -1128,6 +1128,40 @@ TEST(ReceiverMachine, RefusesDuplicatePaths) {
     }
 }
 
+// The path index holds views of the entries' own paths. The peer announced one file and
+// offers 200: the entries' array moves as it grows, and every check still holds, short
+// (in-place) and long paths alike; a refused entry leaves nothing behind.
+TEST(ReceiverMachine, PathChecksHoldWhenTheEntriesOutgrowTheAnnouncedCount) {
+    const std::string long_dir(40, 'd');
+    auto offer_all = [&](receiver_machine& r) {
+        ASSERT_EQ(offer_error(r, raw_offer({{0, "a/f"}, {1, long_dir + "/g"}}, false, 1)), std::error_code{});
+        std::vector<std::pair<std::uint32_t, std::string>> more;
+        for (std::uint32_t i = 2; i < 200; ++i) {
+            more.emplace_back(i, (i % 2 == 0 ? std::string("a/") : long_dir + "/") + "x" + std::to_string(i));
+        }
+        ASSERT_EQ(offer_error(r, raw_offer(more, false, 1)), std::error_code{});
+    };
+    receiver_machine r;
+    offer_all(r);
+    EXPECT_TRUE(r.offered_file("a/f"));
+    EXPECT_TRUE(r.offered_file(long_dir + "/g"));
+    EXPECT_TRUE(r.offered_file(long_dir + "/x199"));
+    EXPECT_FALSE(r.offered_file("a"));  // a folder they lie in
+    EXPECT_EQ(offer_error(r, raw_offer({{200, "a/f/z"}}, false, 1)), protocol_errc::duplicate_path);
+    EXPECT_FALSE(r.offered_file("a/f/z"));
+    EXPECT_EQ(r.total_files(), 200u);
+    EXPECT_EQ(offer_error(r, raw_offer({{200, long_dir + "/g"}}, true, 1)), protocol_errc::duplicate_path);
+
+    receiver_machine t;
+    offer_all(t);
+    auto paths = t.take_paths();
+    EXPECT_EQ(paths.size(), 202u);  // and the two folders
+    EXPECT_EQ(paths.at("a"), false);
+    EXPECT_EQ(paths.at(long_dir), false);
+    EXPECT_EQ(paths.at("a/f"), true);
+    EXPECT_EQ(paths.at(long_dir + "/x101"), true);
+}
+
 TEST(ReceiverMachine, RefusesAFileThatAnotherEntryNeedsAsAFolder) {
     // Each way round, and across batches: "a" cannot be both a file and the folder of "a/b".
     for (const auto& [first, second] : std::vector<std::pair<std::string, std::string>>{
