@@ -1682,8 +1682,8 @@ void receive_session::check_all_done() {
     if (target && !sync_path_.empty() && target->root_mode() != 0) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
         // setuid and setgid: never on a peer's word).
-        dirs.push_back({.path = "", .is_dir = true, .mode = target->root_mode() & 01777,
-                        .mtime_ns = target->root_mtime_ns()});
+        dirs.push_back({.path = "", .mtime_ns = target->root_mtime_ns(), .mode = target->root_mode() & 01777,
+                        .is_dir = true});
     }
     // A share's own folder keeps its mode (the share's owner set it) but takes SRC's
     // mtime, as rsync -a gives a module's root; best effort (the folder may not be ours).

@@ -42,10 +42,10 @@ unsigned __int128 reference_chunks(std::uint64_t size) { return size / chunk_siz
 // The entries both fixtures use: dir, two-chunk file, one-chunk file, empty file.
 std::vector<entry_info> fixture_entries() {
     return {
-        {"d", true, 0, 0755, 0},
-        {"d/two", false, std::uint64_t{chunk_size} + 100, 0644, 0},
-        {"one", false, 1000, 0644, 0},
-        {"empty", false, 0, 0644, 0},
+        {.path = "d", .mode = 0755, .is_dir = true},
+        {.path = "d/two", .size = std::uint64_t{chunk_size} + 100, .mode = 0644},
+        {.path = "one", .size = 1000, .mode = 0644},
+        {.path = "empty", .mode = 0644},
     };
 }
 

@@ -37,10 +37,11 @@ inline std::vector<sample_message> sample_messages() {
     add("hello", hello);
 
     std::vector<entry_info> entries = {
-        {"docs", true, 0, 0755, 1'700'000'000'000'000'000},
-        {"docs/a.txt", false, 100, 0644, 1'700'000'000'000'000'001},
-        {"docs/big.bin", false, std::uint64_t{chunk_size} * 2 + 1, 0600, 1'700'000'000'000'000'002},
-        {"empty", false, 0, 0644, 0},
+        {.path = "docs", .mtime_ns = 1'700'000'000'000'000'000, .mode = 0755, .is_dir = true},
+        {.path = "docs/a.txt", .size = 100, .mtime_ns = 1'700'000'000'000'000'001, .mode = 0644},
+        {.path = "docs/big.bin", .size = std::uint64_t{chunk_size} * 2 + 1, .mtime_ns = 1'700'000'000'000'000'002,
+         .mode = 0600},
+        {.path = "empty", .mode = 0644},
     };
     sender_machine sender(7, entries, {true, false, std::nullopt});
     wire::Header offer;

@@ -763,7 +763,7 @@ TEST_F(DestTree, SeedPartialFromAnotherFileCopiesItsBytes) {
     worker_pool pool(2);
     resume_found claims;
     int basis_fd = -1;
-    entry_info e{"sub/new", false, 20};
+    entry_info e{.path = "sub/new", .size = 20};
     std::optional<basis_sums> sums = seeded_sums(e, std::move(*seed), pool, UINT64_MAX, claims, basis_fd);
     ASSERT_TRUE(sums);
     EXPECT_GE(basis_fd, 0);
@@ -798,7 +798,7 @@ TEST_F(DestTree, SeedFromALongerOlderVersionSumsEveryBlockAndClaimsWholeChunks) 
     worker_pool pool(2);
     resume_found claims;
     int basis_fd = -1;
-    entry_info e{"f", false, new_size};
+    entry_info e{.path = "f", .size = new_size};
     std::optional<basis_sums> sums = seeded_sums(e, std::move(*seed), pool, UINT64_MAX, claims, basis_fd);
     ASSERT_TRUE(sums);
     ::close(basis_fd);
