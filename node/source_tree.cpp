@@ -1,6 +1,7 @@
 #include "node/source_tree.hpp"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -241,6 +242,10 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         out.excluded += p.excluded;
         p = {};  // its memory goes now, not after the last run's
     }
+    // The runs' arrays were allocated by the scanning threads, in their malloc arenas,
+    // among the paths that live on: freed, their pages stay with the process (200,000
+    // entries: 20 MB of RSS, depending on the entries' size) until given back here.
+    ::malloc_trim(0);
     return {};
 }
 
