@@ -1,9 +1,11 @@
 #include "node/source_tree.hpp"
 
 #include <fcntl.h>
-#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>  // malloc_trim
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -23,6 +25,9 @@ namespace {
 // Folders deeper than this are walked by full path instead of keeping one open folder
 // per level, so that a very deep tree cannot run out of file descriptors.
 constexpr int max_open_depth = 128;
+
+// Scans of at least this many entries give their threads' freed memory back (below).
+constexpr std::size_t trim_after_entries = 10'000;
 
 // Threads a sync's scan uses outside a node: one per core, up to 4 (the stats are system
 // calls that scale with cores; past a few, the file system's locks do not).
@@ -244,8 +249,13 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
     }
     // The runs' arrays were allocated by the scanning threads, in their malloc arenas,
     // among the paths that live on: freed, their pages stay with the process (200,000
-    // entries: 20 MB of RSS, depending on the entries' size) until given back here.
-    ::malloc_trim(0);
+    // entries: 20 MB of RSS, depending on the entries' size) until given back here. Not
+    // for small trees: it walks every arena under its lock.
+#ifdef __GLIBC__
+    if (entries >= trim_after_entries) {
+        ::malloc_trim(0);
+    }
+#endif
     return {};
 }
 

@@ -312,6 +312,11 @@ struct receiver_limits {
 class receiver_machine {
 public:
     explicit receiver_machine(receiver_limits limits = {}) : limits_(limits) {}
+    // Not copied: its path maps point into its own entries (a move keeps them).
+    receiver_machine(const receiver_machine&) = delete;
+    receiver_machine& operator=(const receiver_machine&) = delete;
+    receiver_machine(receiver_machine&&) = default;
+    receiver_machine& operator=(receiver_machine&&) = default;
 
     // Validates one Offer batch (ids dense and in order, paths safe and unique, sizes,
     // limits). On success returns the ids of the batch's entries, in order.
