@@ -558,13 +558,12 @@ void send_session::pump(std::uint32_t index) {
     // parallel), small files together (one round trip to the pool for many files).
     std::vector<read_job> batch;
     std::uint64_t batch_bytes = 0;
-    if (cs.pushed_back_since != stats_clock::time_point{} &&
-        (!cs.conn || cs.conn->queued_bytes() < 2 * std::size_t{chunk_size})) {
+    if (cs.pushed_back_since != stats_clock::time_point{} && !cs.socket_full()) {
         cs.pushed_back += stats_clock::now() - cs.pushed_back_since;
         cs.pushed_back_since = {};
     }
     while (!finished_ && !waiting_buffer_ && cs.ready && cs.conn && !cs.conn->closed()) {
-        if (cs.conn->queued_bytes() >= 2 * std::size_t{chunk_size}) {
+        if (cs.socket_full()) {
             if (cs.pushed_back_since == stats_clock::time_point{}) {
                 cs.pushed_back_since = stats_clock::now();
             }
@@ -1110,20 +1109,17 @@ void send_session::sample_wire_rate() {
 }
 
 double send_session::link_busy(stats_clock::time_point from, stats_clock::time_point now) {
-    double busiest = 0;
+    // --bwlimit holding reads back is the link pushing back.
+    stats_clock::duration busiest = std::exchange(rate_.held, {});
     for (auto& cs : conns_) {
-        stats_clock::duration pushed = cs.pushed_back;
+        stats_clock::duration pushed = std::exchange(cs.pushed_back, {});
         if (cs.pushed_back_since != stats_clock::time_point{}) {
             pushed += now - std::max(cs.pushed_back_since, from);
             cs.pushed_back_since = now;
         }
-        cs.pushed_back = {};
-        busiest = std::max(busiest, std::chrono::duration<double>(pushed) / std::chrono::duration<double>(now - from));
+        busiest = std::max(busiest, pushed);
     }
-    // --bwlimit holding reads back is the link pushing back.
-    busiest = std::max(busiest, std::chrono::duration<double>(std::exchange(rate_.held, {})) /
-                                    std::chrono::duration<double>(now - from));
-    return std::min(busiest, 1.0);
+    return std::min(std::chrono::duration<double>(busiest) / std::chrono::duration<double>(now - from), 1.0);
 }
 
 std::uint32_t send_session::raw_length(std::uint64_t key) const {

@@ -163,6 +163,8 @@ private:
         // when, if it does now, and how long before that since the last wire-rate sample.
         stats_clock::time_point pushed_back_since{};
         stats_clock::duration pushed_back{};
+        // The socket takes no more for now: two chunks wait on it (pump() stops).
+        bool socket_full() const { return conn && conn->queued_bytes() >= 2 * std::size_t{chunk_size}; }
     };
     // Closes connections that hold chunks and hear nothing for options_.stall_timeout.
     void check_stalls();
