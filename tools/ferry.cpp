@@ -163,24 +163,14 @@ bool append_json_string(std::string& out, std::string_view s) {
     return utf8;
 }
 
-// Whether `s` is UTF-8 all through (a JSON string can hold it as it is).
-bool is_utf8(std::string_view s) {
-    for (std::size_t i = 0; i < s.size();) {
-        std::size_t n = ferry::utf8_sequence_length(s, i);
-        if (n == 0) {
-            return false;
-        }
-        i += n;
-    }
-    return true;
-}
-
-// `s` with each byte that is not part of a well-formed UTF-8 sequence replaced by U+FFFD.
-std::string utf8_replaced(std::string_view s) {
+// `s` with each byte that is not part of a well-formed UTF-8 sequence replaced by U+FFFD;
+// `replaced` says whether there was any.
+std::string utf8_replaced(std::string_view s, bool& replaced) {
     std::string out;
     out.reserve(s.size());
+    replaced = false;
     for (std::size_t i = 0; i < s.size();) {
-        append_utf8_or_replacement(out, s, i);
+        replaced = !append_utf8_or_replacement(out, s, i) || replaced;
     }
     return out;
 }
@@ -189,10 +179,9 @@ std::string utf8_replaced(std::string_view s) {
 // it is UTF-8; otherwise with each byte that is not UTF-8 replaced by U+FFFD, and
 // `key`_hex holds its exact bytes in hex.
 void add_path(json& j, const std::string& key, std::string_view path) {
-    if (is_utf8(path)) {
-        j[key] = std::string(path);
-    } else {
-        j[key] = utf8_replaced(path);
+    bool replaced = false;
+    j[key] = utf8_replaced(path, replaced);
+    if (replaced) {
         j[key + "_hex"] = ferry::hex_encode(path);
     }
 }
