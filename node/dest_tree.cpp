@@ -605,9 +605,23 @@ struct lister {
 
 }  // namespace
 
-std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& out, std::string& failed_path) {
+std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& out, std::string& failed_path,
+                                      std::string_view under) {
     lister l{max, out, failed_path};
-    return l.walk(root_fd_, "", 0);
+    if (under.empty()) {
+        return l.walk(root_fd_, "", 0);
+    }
+    std::error_code ec;
+    unique_fd fd(open_dir(under, ec));
+    if (fd.get() < 0) {
+        bool none = ec == std::errc::no_such_file_or_directory || ec == std::errc::not_a_directory ||
+                    ec == dest_errc::not_a_dir || ec == dest_errc::symlink;
+        if (!none) {
+            failed_path = std::string(under);
+        }
+        return none ? std::error_code() : ec;
+    }
+    return l.walk(fd.get(), std::string(under), static_cast<int>(std::ranges::count(under, '/')) + 1);
 }
 
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,

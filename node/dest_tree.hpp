@@ -151,12 +151,15 @@ public:
     // `max` of them: what a sync may copy from locally (a renamed or copied file). Nothing
     // is followed through a symlink, ferry's own files are left out, a folder that cannot
     // be read is passed over, and folders nested deeper than 256 levels are an error.
+    // With `under`, only what the folder at that wire path holds (none when it is not a
+    // folder).
     struct file_stamp {
         std::string path;
         std::uint64_t size = 0;
         std::int64_t mtime_ns = 0;
     };
-    std::error_code list_files(std::size_t max, std::vector<file_stamp>& out, std::string& failed_path);
+    std::error_code list_files(std::size_t max, std::vector<file_stamp>& out, std::string& failed_path,
+                               std::string_view under = {});
     // Opens the folder at `wire_path` (no symlink followed) and returns a descriptor of
     // its own, or -1 with `ec` set.
     int open_dir(std::string_view wire_path, std::error_code& ec);

@@ -15,6 +15,38 @@
 
 namespace ferry {
 
+namespace {
+
+// A get's scan (worker pool): the file or folder `path` of the share open as `share_fd`
+// (owned), as the entry `as`. The folder holding it is opened without following a
+// symlink, as a pull's folder is. On failure `error` says why, for the puller.
+void scan_for_get(int share_fd, const std::string& path, const std::string& as, source_tree& sources,
+                  std::string& error, worker_pool& workers) {
+    std::size_t slash = path.rfind('/');
+    std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+    std::shared_ptr<const int> parent;
+    if (slash == std::string::npos) {
+        parent = shared_fd(unique_fd(share_fd));
+    } else {
+        std::error_code ec;
+        int fd = dest_tree("", share_fd).open_dir(path.substr(0, slash), ec);  // the tree owns share_fd
+        if (fd < 0) {
+            error = ec == std::errc::no_such_file_or_directory ? "no \"" + path + "\" in the share"
+                    : ec == dest_errc::symlink ? "\"" + path + "\" goes through a symlink (never followed)"
+                                               : "cannot open \"" + path + "\": " + ec.message();
+            return;
+        }
+        parent = shared_fd(unique_fd(fd));
+    }
+    if (std::error_code ec = scan_get(std::move(parent), name, as, sources, error, &workers)) {
+        error = ec == std::errc::no_such_file_or_directory && error == "not found"
+                    ? "no \"" + path + "\" in the share"
+                    : (path.empty() ? std::string("the share") : "\"" + path + "\"") + ": " + error;
+    }
+}
+
+}  // namespace
+
 bool peer_manager::allowed(const std::string& id) const {
     switch (ctx_.config.policy) {
         case accept_policy::any: return true;
@@ -273,6 +305,13 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
     if (why.empty() && !want.path().empty() && check_wire_path(want.path())) {
         why = "bad path \"" + want.path().substr(0, 200) + "\"";
     }
+    if (why.empty() && !want.get().empty() &&
+        (check_wire_path(want.get()) || want.get().find('/') != std::string::npos)) {
+        why = "bad name for a get \"" + want.get().substr(0, 200) + "\" (one name, no '/')";
+    }
+    if (why.empty() && !want.get().empty() && (want.delete_() || want.root_mode() != 0 || want.keep_size() > 0)) {
+        why = "a get deletes nothing and changes no folder of the puller's";
+    }
     if (!why.empty()) {
         turn_away(c, wire::ERROR_REFUSED, "refused pull: " + why, std::nullopt);
         return;
@@ -303,6 +342,8 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
         int fd = -1;
         if (int share_fd = open_share_root(dir.string(), error); share_fd < 0) {
             error += ": " + std::string(std::strerror(errno));
+        } else if (!hello.pull().get().empty()) {
+            scan_for_get(share_fd, path, hello.pull().get(), sources, error, ctx->workers);
         } else if (path.empty()) {
             fd = share_fd;
         } else {
@@ -333,7 +374,7 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
                 return;
             }
             wire::SyncTarget target = hello.pull();
-            if (error.empty()) {
+            if (error.empty() && target.get().empty()) {
                 target.set_root_mode(st.st_mode & 07777);
                 target.set_root_mtime_ns(timespec_ns(st.st_mtim));
                 error = keep_skipped(sources, target);

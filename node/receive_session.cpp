@@ -40,12 +40,13 @@ struct local_basis {
         return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
     }
 
-    // Lists the folder (once). A listing cut short by an error is used as far as it got:
-    // it only ever saves bytes.
-    void build(dest_tree& tree) {
+    // Lists the folder (once; a get's, only what its own entry holds there: the folder
+    // it lands in may be a big one). A listing cut short by an error is used as far as it
+    // got: it only ever saves bytes.
+    void build(dest_tree& tree, std::string_view under) {
         built = true;
         std::string failed;
-        (void)tree.list_files(max_files, files, failed);
+        (void)tree.list_files(max_files, files, failed, under);
         for (std::uint32_t i = 0; i < files.size(); ++i) {
             const dest_tree::file_stamp& f = files[i];
             if (f.size == 0 || check_wire_path(f.path)) {
@@ -477,6 +478,20 @@ void receive_session::on_offer(const wire::Offer& offer) {
              "refused transfer: " + what, ec == protocol_errc::too_many_files ? refusal::files : refusal::protocol);
         return;
     }
+    if (pull_ && !pull_->source.get().empty()) {
+        // A get: the one entry asked for, and what is below it. Nothing else in the
+        // puller's folder is the peer's to write.
+        const std::string& name = pull_->source.get();
+        for (file_id id : ids) {
+            const std::string& path = machine_.entry(id).path;
+            if (!path.starts_with(name) || (path.size() > name.size() && path[name.size()] != '/')) {
+                fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+                     "protocol error from " + short_id(peer_id_) + ": it offers \"" + path.substr(0, 200) +
+                         "\", not below \"" + name + "\" that was asked for");
+                return;
+            }
+        }
+    }
     if (std::uint64_t max = ctx_.config.limits.max_bytes; max > 0 && machine_.total_bytes() > max) {
         fail(wire::ERROR_REFUSED, exit_code::transfer_failed,
              "refused transfer: " + std::to_string(machine_.total_bytes()) + " bytes offered, over this node's limit of " +
@@ -508,7 +523,8 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         // Our own folder, with our own options: a peer that changes them is broken.
         const wire::SyncTarget& asked = pull_->source;
         bool same = target.delete_() == asked.delete_() && target.dry_run() == asked.dry_run() &&
-                    target.checksum() == asked.checksum() &&
+                    target.checksum() == asked.checksum() && target.get() == asked.get() &&
+                    (asked.get().empty() || (target.root_mode() == 0 && target.keep_size() == 0)) &&
                     target.exclude_size() == asked.exclude_size() &&
                     std::equal(asked.exclude().begin(), asked.exclude().end(), target.exclude().begin());
         if (!same) {
@@ -592,11 +608,12 @@ void receive_session::next_offer() {
         // that is excluded or inside an excluded folder.
         bool del = false;
         std::shared_ptr<const exclude_set> excludes;
+        std::string get;  // a get: the name of its one entry
     } sync;
     std::shared_ptr<local_basis> basis;
     std::shared_ptr<std::unordered_set<std::string>> absent;
     if (const wire::SyncTarget* t = sync_target()) {
-        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_, t->delete_(), excludes_};
+        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_, t->delete_(), excludes_, t->get()};
         if (t->dry_run()) {
             if (!dry_absent_) {
                 dry_absent_ = std::make_shared<std::unordered_set<std::string>>();
@@ -683,6 +700,17 @@ void receive_session::next_offer() {
         } catch (const std::system_error& e) {
             error = e.what();
             code = exit_code::local_io;
+        }
+        // A get does not turn a file here into a folder, or the other way (as cp -r would not).
+        for (std::size_t i = 0; error.empty() && !sync.get.empty() && i < items.size(); ++i) {
+            struct stat st {};
+            if (items[i].e.path == sync.get && ::lstat((root / sync.get).c_str(), &st) == 0 &&
+                S_ISDIR(st.st_mode) != items[i].e.is_dir) {
+                error = printable(sync.get) + (items[i].e.is_dir ? " is a file here, and a folder at the peer"
+                                                                 : " is a folder here, and a file at the peer") +
+                        ": give DEST another name";
+                code = exit_code::usage;
+            }
         }
         // Every entry is checked before any folder is made, so that a batch refused for one
         // entry (a symlink or a file in the way) leaves the destination as it was. The
@@ -826,7 +854,7 @@ void receive_session::next_offer() {
                 return false;
             }
             if (!basis->built) {
-                basis->build(*tree);
+                basis->build(*tree, sync.get);
             }
             const dest_tree::file_stamp* from = basis->find(e);
             if (from == nullptr || from->path == e.path || tree->partial_size(e.path) != 0) {

@@ -13,6 +13,7 @@
 #include <set>
 #include <string_view>
 #include <thread>
+#include <utility>
 
 #include "node/file_io.hpp"
 #include "node/worker_pool.hpp"
@@ -256,6 +257,65 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         ::malloc_trim(0);
     }
 #endif
+    return {};
+}
+
+std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& name, const std::string& as,
+                         source_tree& out, std::string& error, worker_pool* pool) {
+    struct stat st {};
+    if (::fstatat(*parent, name.empty() ? "." : name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        std::error_code ec(errno, std::system_category());
+        error = ec == std::errc::no_such_file_or_directory ? "not found" : ec.message();
+        return ec;
+    }
+    if (S_ISLNK(st.st_mode)) {
+        error = "a symlink (never followed)";
+        return std::make_error_code(std::errc::too_many_symbolic_link_levels);
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        error = "not a regular file or a folder";
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    entry_info top{.path = as, .size = S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0,
+                   .mtime_ns = timespec_ns(st.st_mtim), .mode = st.st_mode & 07777, .is_dir = S_ISDIR(st.st_mode)};
+    if (!top.is_dir) {
+        out.total_bytes = top.size;
+        out.entries.push_back(std::move(top));
+        out.locals.push_back(name);
+        out.root_fd = std::move(parent);
+        return {};
+    }
+    int fd = name.empty() ? ::fcntl(*parent, F_DUPFD_CLOEXEC, 0)
+                          : ::openat(*parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        std::error_code ec(errno, std::system_category());
+        error = ec.message();
+        return ec;
+    }
+    source_tree inside;
+    inside.root_fd = shared_fd(unique_fd(fd));
+    std::string root = "/proc/self/fd/" + std::to_string(fd);
+    if (std::error_code ec = scan_contents(root, exclude_set{}, inside, error, pool)) {
+        error = error.substr(std::min(error.size(), root.size() + 1));  // "PATH: why", PATH inside the folder
+        return ec;
+    }
+    // Its entries below `as`, read by their paths inside it.
+    out.entries.reserve(inside.entries.size() + 1);
+    out.locals.reserve(inside.entries.size() + 1);
+    out.entries.push_back(std::move(top));
+    out.locals.emplace_back(".");
+    for (entry_info& e : inside.entries) {
+        std::string wire = as + "/" + e.path;
+        if (check_wire_path(wire)) {
+            error = e.path + ": " + unsendable_path(wire);
+            return std::make_error_code(std::errc::filename_too_long);
+        }
+        out.locals.push_back(std::exchange(e.path, std::move(wire)));
+        out.entries.push_back(std::move(e));
+    }
+    out.total_bytes = inside.total_bytes;
+    out.skipped = std::move(inside.skipped);
+    out.root_fd = std::move(inside.root_fd);
     return {};
 }
 

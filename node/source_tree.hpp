@@ -21,9 +21,9 @@ class worker_pool;
 
 struct source_tree {
     std::vector<entry_info> entries;             // wire view, id = index
-    // Local path of each entry (scan_sources). Empty after scan_contents: its entries are
-    // read through root_fd by their wire paths (200,000 paths not held twice), and
-    // local_prefix + wire path names one for a person.
+    // Local path of each entry (scan_sources; scan_get's relative to root_fd). Empty after
+    // scan_contents: its entries are read through root_fd by their wire paths (200,000
+    // paths not held twice), and local_prefix + wire path names one for a person.
     std::vector<std::string> locals;
     std::string local_prefix;
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials), escaped
@@ -35,10 +35,11 @@ struct source_tree {
     // without following a symlink (file_io's open_read). Null after scan_sources.
     std::shared_ptr<const int> root_fd;
 
-    // Where the entry `id`, of wire path `wire`, is read from: relative to root_fd when
-    // that is set (the entries may have moved elsewhere: the caller passes the path).
+    // Where the entry `id`, of wire path `wire`, is read from: its local path when there
+    // are locals (relative to root_fd when that is set: scan_get), else its wire path
+    // relative to root_fd (the entries may have moved elsewhere: the caller passes it).
     const std::string& local(std::size_t id, const std::string& wire) const {
-        return root_fd ? wire : locals.at(id);  // never a wire path taken as relative to the cwd
+        return root_fd && locals.empty() ? wire : locals.at(id);  // never a wire path taken as relative to the cwd
     }
 };
 
@@ -54,6 +55,14 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 // empty; it keeps `dir` open as its root_fd (unless the caller set one: the same folder).
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
                               std::string& error, worker_pool* pool = nullptr);
+
+// `ferry get`: the file or folder `name` of the open folder `parent` (a share's folder),
+// offered as one entry named `as`, a folder with what it holds below it (walked as
+// scan_contents walks, symlinks inside kept as links). `name` itself is never followed:
+// a symlink or a special file there is refused. With `name` empty the folder `parent` is
+// the one offered. The entries are read relative to out.root_fd by out.locals.
+std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& name, const std::string& as,
+                         source_tree& out, std::string& error, worker_pool* pool = nullptr);
 
 // `ferry sync --delete`: what the scan skipped (special files, ferry's partial files) is
 // not SRC's to delete at DST, so each path is added to `target`'s keep list (without

@@ -1086,6 +1086,7 @@ struct sync_run {
     wire::SyncTarget target;
     bool verbose = false;
     bool pull = false;  // SRC is remote: this side receives
+    bool get = false;   // `ferry get`: one file or folder of a share into a local folder
     std::uint64_t created = 0;
     std::uint64_t updated = 0;
     std::uint64_t renamed = 0;
@@ -1194,6 +1195,48 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     }, &run);
 }
 
+struct get_opts {
+    std::string source;
+    std::string dest = ".";
+    bool verbose = false;
+};
+
+// Pulls one file or folder of a peer's share into a local folder, as `cp -r` places it:
+// into DEST when DEST is a folder (or ends in '/'), else as DEST itself (a new name in
+// DEST's folder). Files already there with the same size and mtime are kept; others
+// are replaced, resumed from what an interrupted get left.
+int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
+    std::string error;
+    std::optional<remote_spec> src = parse_remote(o, g.source, error);
+    if (!error.empty()) {
+        return fail(o, exit_code::usage, error);
+    }
+    if (!src) {
+        return fail(o, exit_code::usage, "\"" + g.source + "\" names no peer's share (NAME:SHARE[/PATH] or "
+                                         "ferry://[ID@]HOST[:PORT]/SHARE[/PATH])");
+    }
+    std::string name = src->path.empty() ? src->share : src->path.substr(src->path.rfind('/') + 1);
+    fs::path folder = g.dest;
+    struct stat st {};
+    bool into = g.dest.ends_with('/') || (::stat(g.dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode));
+    if (!into) {
+        fs::path d(g.dest);
+        name = d.filename().string();
+        folder = d.has_parent_path() ? d.parent_path() : fs::path(".");
+        if (name == "." || name == ".." || ferry::check_wire_path(name)) {
+            return fail(o, exit_code::usage, "DEST " + g.dest + ": not a name a file or folder can take");
+        }
+    }
+    sync_run run;
+    run.verbose = g.verbose;
+    run.pull = true;
+    run.get = true;
+    run.target.set_share(src->share);
+    run.target.set_path(src->path);
+    run.target.set_get(name);
+    return run_pull(o, s, src->target, folder.string(), run);
+}
+
 // Test hook (tests/e2e): FERRY_FAULT_AFTER_SCAN="rm:PATH" or "grow:PATH" removes, or
 // appends a byte to, the source file at wire path PATH right after the first scan, the way
 // a program writing into SRC during a sync would.
@@ -1286,7 +1329,14 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
                  std::optional<std::uint64_t> excluded) {
     bool dry = run.target.dry_run();
     std::uint64_t deleted = r.deleted_files + r.deleted_dirs;
-    if (dry) {
+    if (run.get) {
+        say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged; received {} "
+                        "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
+                        files, run.created, run.updated, run.renamed, run.unchanged,
+                        human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)), r.elapsed_s, mbps(r),
+                        r.connections) +
+            compression_note(r));
+    } else if (dry) {
         say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
                         run.created, run.updated, run.unchanged, deleted));
     } else {
@@ -1603,6 +1653,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
 // connection for --retry-for.
 int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target& t, const std::string& dst,
              sync_run& run) {
+    const std::string label = run.get ? "DEST " : "DST ";
     checked_flags flags;
     if (int code = check_flags(o, s, flags)) {
         return code;
@@ -1613,11 +1664,11 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         dest = dest.parent_path();  // "DIR/"
     }
     if (ec) {
-        return fail(o, exit_code::usage, "DST " + dst + ": " + ec.message());
+        return fail(o, exit_code::usage, label + dst + ": " + ec.message());
     }
     struct stat st {};
     if (::stat(dest.c_str(), &st) == 0 ? !S_ISDIR(st.st_mode) : errno != ENOENT) {
-        return fail(o, exit_code::usage, "DST " + dst + " is not a folder");
+        return fail(o, exit_code::usage, label + dst + " is not a folder");
     }
     if (fs::exists(dest, ec)) {
         dest = fs::canonical(dest, ec);  // DST given as a symlink to a folder: that folder (nothing inside is followed)
@@ -1626,8 +1677,8 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     ec.clear();
     if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-        return fail(o, exit_code::usage, "DST " + dst + ": its parent folder " + dest.parent_path().string() +
-                                             " does not exist (ferry creates DST itself, not its parents)");
+        return fail(o, exit_code::usage, label + dst + ": its parent folder " + dest.parent_path().string() +
+                                             " does not exist (ferry creates " + label + "itself, not its parents)");
     }
     ferry::node_config cfg = base_config(o);
     cfg.plaintext = s.plaintext;
@@ -1657,7 +1708,8 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         n.pull(std::move(spec), t);
     };
     loop.again = [] { return true; };  // the peer scans again
-    loop.again_line = "changed or vanished at the peer while read; syncing once more";
+    loop.again_line = run.get ? "changed or vanished at the peer while read; getting them once more"
+                              : "changed or vanished at the peer while read; syncing once more";
     std::optional<ferry::transfer_report> result = run_attempts(o, s, io, n, progress, loop);
     if (!result) {
         return fail(o, exit_code::transfer_failed, "sync did not finish");
@@ -1865,6 +1917,27 @@ int main(int argc, char** argv) {
                  "Exit codes: 0 done, 1 usage, 2 sync failed (refused, lost), 3 authentication/trust, 4 local I/O,\n"
                  "5 some files not sent (changed while read, unreadable), 6 some files vanished.");
 
+    send_opts get_so;
+    get_opts go;
+    auto* get = app.add_subcommand("get", "copy a file or folder out of a peer's share (read-only shares too)");
+    add_common(get, o);
+    add_transfer_options(get, o);
+    add_send_flags(get, get_so);
+    get->add_flag("--verbose,-v", go.verbose, "one line per file created or updated");
+    get->add_option("SOURCE", go.source, "NAME:SHARE[/PATH] or ferry://[ID@]HOST[:PORT]/SHARE[/PATH]")->required();
+    get->add_option("DEST", go.dest,
+                    "a folder to put it in (default: the current folder), or a new name for it")
+        ->capture_default_str();
+    get->footer("Examples:\n"
+                "  ferry get web1:www/blog/index.html              (into the current folder)\n"
+                "  ferry get --json web1:isos/debian.iso ~/Downloads/\n"
+                "  ferry get ferry://ABCD-...-4567@192.0.2.7/photos/2024 ./photos-2024   (a folder, renamed)\n"
+                "DEST as cp -r takes it: a folder (or a name ending in '/') receives SOURCE under its own name;\n"
+                "any other name is what SOURCE is called here. Files already there with the same size and mtime\n"
+                "are kept, others replaced (an interrupted get resumes).\n"
+                "Exit codes: 0 done, 1 usage, 2 get failed (refused, not found, lost), 3 authentication/trust,\n"
+                "4 local I/O, 5 some files not sent (changed while read, unreadable), 6 some files vanished.");
+
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     add_common(serve, o);
     add_transfer_options(serve, o);
@@ -1977,6 +2050,9 @@ int main(int argc, char** argv) {
         }
         if (sync->parsed()) {
             return cmd_sync(o, sync_so, sy);
+        }
+        if (get->parsed()) {
+            return cmd_get(o, get_so, go);
         }
         if (status->parsed()) {
             return cmd_status(o);

@@ -896,6 +896,51 @@ TEST_F(hostile_pull_test, paths_out_of_the_share_are_refused) {
     expect_nothing_outside();
 }
 
+// A get (SyncTarget.get) offers the one file or folder asked for under the name asked,
+// and never follows a symlink or leaves the share to find it.
+TEST_F(hostile_pull_test, a_get_offers_one_entry_by_the_name_asked_and_never_leaves_the_share) {
+    auto p = connect(trusted_tls());
+    wire::Header h = pull_hello("pub", "pub/readme.txt");
+    h.mutable_hello()->mutable_pull()->set_get("renamed.txt");
+    ASSERT_TRUE(p->send_frame(h));
+    std::optional<wire::Header> hello = p->read_frame();
+    ASSERT_TRUE(hello && hello->has_hello()) << p->last_end().detail;
+    std::optional<wire::Header> f = p->read_frame();
+    ASSERT_TRUE(f && f->has_offer()) << p->last_end().detail;
+    ASSERT_EQ(f->offer().entries_size(), 1);
+    EXPECT_EQ(f->offer().entries(0).path(), "renamed.txt");
+    EXPECT_EQ(f->offer().entries(0).kind(), wire::ENTRY_FILE);
+    EXPECT_EQ(f->offer().entries(0).size(), 7u);
+    EXPECT_TRUE(f->offer().last());
+    EXPECT_EQ(f->offer().sync().root_mode(), 0u);  // the puller's folder is not the share's
+    p->close();
+
+    struct refused_case {
+        std::string path;
+        std::string get;
+        bool del;
+        std::string message;
+    };
+    for (const refused_case& c : {refused_case{"pub/leak.txt", "x", false, "symlink"},
+                                  refused_case{"../outside", "x", false, "bad path"},
+                                  refused_case{"pub/missing", "x", false, "no \"pub/missing\" in the share"},
+                                  refused_case{"pub", "a/b", false, "bad name for a get"},
+                                  refused_case{"pub", "..", false, "bad name for a get"},
+                                  refused_case{"pub", "pub", true, "deletes nothing"}}) {
+        auto q = connect(trusted_tls());
+        wire::Header g = pull_hello("pub", c.path);
+        g.mutable_hello()->mutable_pull()->set_get(c.get);
+        g.mutable_hello()->mutable_pull()->set_delete_(c.del);
+        ASSERT_TRUE(q->send_frame(g));
+        node_answer a = q->read_until_closed();
+        q->close();
+        expect_error_frame(a, wire::ERROR_REFUSED, c.message);
+        EXPECT_EQ(a.count(wire::Header::kOffer), 0u) << c.path;
+    }
+    expect_node_still_serves();
+    expect_nothing_outside();
+}
+
 TEST_F(hostile_pull_test, a_frame_while_the_pull_is_prepared_ends_it_and_frees_its_connection) {
     // Many times over: a connection that took over while closing would stay counted, and
     // the node would end up refusing everyone (--max-connections).

@@ -969,3 +969,108 @@ TEST_F(sync_push, checksum_compares_content_not_size_and_mtime) {
 
 }  // namespace
 
+
+// `ferry get`: one file or folder out of a share, placed as cp -r places it.
+class share_get : public sync_push {
+protected:
+    fs::path out = cli.root() / "out";
+
+    run_result get(const std::string& from, const std::string& dest, std::vector<std::string> extra = {},
+                   const std::string& state = "B") {
+        std::vector<std::string> args{"get", "--state", cli.state(state).string(), "--json"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        args.push_back(from);
+        args.push_back(dest);
+        return cli.ferry(args);
+    }
+};
+
+TEST_F(share_get, a_file_or_folder_lands_as_cp_places_it_and_a_second_get_moves_nothing) {
+    serve();
+    write_random_file(ro_share / "manual/big.bin", 5 * 256 * 1024 + 7, 71);
+    write_text_file(ro_share / "manual/sub/intro.txt", "read me\n");
+    fs::create_directories(ro_share / "manual/empty");
+    fs::create_symlink("intro.txt", ro_share / "manual/sub/link");
+    set_mtime(ro_share / "manual/big.bin", 1'500'000'000);
+    fs::create_directories(out);
+    write_text_file(out / "mine.txt", "B's own\n");  // never touched by a get beside it
+
+    // A file into a folder, under its own name; then under another name.
+    run_result file = get("ay:docs/manual/big.bin", out.string());
+    ASSERT_EQ(file.code, 0) << file.err;
+    EXPECT_EQ(read_text_file(out / "big.bin"), read_text_file(ro_share / "manual/big.bin"));
+    EXPECT_EQ(fs::last_write_time(out / "big.bin"), fs::last_write_time(ro_share / "manual/big.bin"));
+    ASSERT_EQ(get("ay:docs/manual/sub/intro.txt", (out / "renamed.txt").string()).code, 0);
+    EXPECT_EQ(read_text_file(out / "renamed.txt"), "read me\n");
+
+    // A folder into a folder (DEST ending in '/' is made), and under a new name.
+    run_result folder = get("ay:docs/manual", (out / "made/").string(), {"-v"});
+    ASSERT_EQ(folder.code, 0) << folder.err;
+    EXPECT_EQ(compare_trees(ro_share / "manual", out / "made/manual"), "");
+    nlohmann::json done = find_event(json_events(folder.out), "done");
+    EXPECT_EQ(done["created"], 3);  // two files and a symlink
+    EXPECT_EQ(done["deleted_files"], 0);
+    ASSERT_EQ(get("ay:docs/manual", (out / "copy").string()).code, 0);
+    EXPECT_EQ(compare_trees(ro_share / "manual", out / "copy"), "");
+
+    // The share itself, under its name.
+    ASSERT_EQ(get("ay:docs", out.string()).code, 0);
+    EXPECT_EQ(compare_trees(ro_share, out / "docs"), "");
+    EXPECT_EQ(read_text_file(out / "mine.txt"), "B's own\n");
+
+    // Again into the same folder: what is there with the same size and mtime stays,
+    // nothing travels; a file changed at the share replaces the one here. (A DEST that is
+    // a folder now takes SOURCE inside it, as cp -r does.)
+    run_result again = get("ay:docs/manual", (out / "made").string());
+    ASSERT_EQ(again.code, 0) << again.err;
+    done = find_event(json_events(again.out), "done");
+    EXPECT_EQ(done["skipped"], 3);
+    EXPECT_EQ(done["bytes_transferred"], 0);
+    write_text_file(ro_share / "manual/sub/intro.txt", "read me, edited\n");
+    run_result edited = get("ay:docs/manual", (out / "made").string());
+    ASSERT_EQ(edited.code, 0) << edited.err;
+    EXPECT_EQ(paths_of(json_events(edited.out), "updated"), (paths{"manual/sub/intro.txt"}));
+    EXPECT_EQ(compare_trees(ro_share / "manual", out / "made/manual"), "");
+    EXPECT_TRUE(no_partial_files(out));
+}
+
+TEST_F(share_get, refusals_are_clear_and_leave_dest_as_it_was) {
+    serve("docs");  // B may use "docs" only
+    write_text_file(ro_share / "manual/intro.txt", "read me\n");
+    write_text_file(share / "site/f.txt", "f\n");
+    fs::create_symlink("/etc", ro_share / "etc-link");
+    fs::create_directories(out);
+
+    struct refused_case {
+        std::string from;
+        int code;
+        std::string message;
+    };
+    for (const refused_case& c : {refused_case{"ay:www/site", 2, "is not open to"},
+                                  refused_case{"ay:nope/x", 2, "no share named \"nope\""},
+                                  refused_case{"ay:docs/missing", 2, "no \"missing\" in the share"},
+                                  refused_case{"ay:docs/etc-link", 2, "symlink"},
+                                  refused_case{"ay:docs/etc-link/passwd", 2, "symlink"},
+                                  refused_case{"ay:docs/../x", 1, "bad path"},
+                                  refused_case{"docs/manual", 1, "names no peer's share"}}) {
+        run_result r = get(c.from, out.string());
+        EXPECT_EQ(r.code, c.code) << c.from << ": " << r.err;
+        EXPECT_NE(r.err.find(c.message), std::string::npos) << c.from << ": " << r.err;
+    }
+    EXPECT_TRUE(fs::is_empty(out));
+
+    // A file here where the peer has a folder (and the other way): nothing replaced.
+    write_text_file(out / "manual", "a file of B's\n");
+    run_result kind = get("ay:docs/manual", out.string());
+    EXPECT_EQ(kind.code, 1) << kind.err;
+    EXPECT_NE(kind.err.find("is a file here, and a folder at the peer"), std::string::npos) << kind.err;
+    EXPECT_EQ(read_text_file(out / "manual"), "a file of B's\n");
+    fs::create_directories(out / "dir/intro.txt");
+    kind = get("ay:docs/manual/intro.txt", (out / "dir").string());
+    EXPECT_EQ(kind.code, 1) << kind.err;
+    EXPECT_NE(kind.err.find("is a folder here, and a file at the peer"), std::string::npos) << kind.err;
+    EXPECT_TRUE(fs::is_directory(out / "dir/intro.txt"));
+
+    // DEST in a folder that does not exist.
+    EXPECT_EQ(get("ay:docs/manual", (out / "no/such/place").string()).code, 1);
+}
