@@ -218,6 +218,13 @@ void node::pull(pull_spec spec, send_target target) {
     });
 }
 
+void node::list(list_spec spec, send_target target) {
+    std::erase_if(lists_, [](const auto& l) { return l->finished(); });
+    auto l = std::make_shared<list_client>(*ctx_, std::move(spec), std::move(target));
+    lists_.push_back(l);
+    l->start();
+}
+
 std::vector<node::live_session> node::live_sessions() const {
     std::vector<live_session> out;
     for (const auto& s : sends_) {
@@ -269,6 +276,9 @@ void node::stop(const std::string& why) {
     }
     for (auto& s : pulls_) {
         s->stop(why);
+    }
+    for (auto& l : lists_) {
+        l->cancel(why);
     }
 }
 

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "node/context.hpp"
+#include "node/list_client.hpp"
 #include "node/peer_manager.hpp"
 #include "node/receive_session.hpp"
 #include "node/send_session.hpp"
@@ -37,6 +38,9 @@ public:
     // spec.source and receives it into spec.dest. spec.done runs on the loop thread with
     // the report (a connection that fails at once too).
     void pull(pull_spec spec, send_target target);
+    // Asks `target` for a listing (`ferry ls`): spec.entries gets it batch by batch, then
+    // spec.done the report (a connection that fails at once too), on the loop thread.
+    void list(list_spec spec, send_target target);
     // Stops accepting and ends every session (partial files are kept).
     void stop(const std::string& why);
 
@@ -82,6 +86,7 @@ private:
     asio::steady_timer sweep_timer_;
     std::vector<std::shared_ptr<send_session>> sends_;
     std::vector<std::shared_ptr<receive_session>> pulls_;  // this node's own pulls
+    std::vector<std::shared_ptr<list_client>> lists_;      // and listings it asked for
     bool stopped_ = false;
 };
 

@@ -21,7 +21,7 @@ namespace {
 // (owned), as the entry `as`. The folder holding it is opened without following a
 // symlink, as a pull's folder is. On failure `error` says why, for the puller.
 void scan_for_get(int share_fd, const std::string& path, const std::string& as, source_tree& sources,
-                  std::string& error, worker_pool& workers) {
+                  std::string& error, worker_pool& workers, bool recursive = true) {
     std::size_t slash = path.rfind('/');
     std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
     std::shared_ptr<const int> parent;
@@ -38,7 +38,7 @@ void scan_for_get(int share_fd, const std::string& path, const std::string& as, 
         }
         parent = shared_fd(unique_fd(fd));
     }
-    if (std::error_code ec = scan_get(std::move(parent), name, as, sources, error, &workers)) {
+    if (std::error_code ec = scan_get(std::move(parent), name, as, sources, error, &workers, recursive)) {
         error = ec == std::errc::no_such_file_or_directory && error == "not found"
                     ? "no \"" + path + "\" in the share"
                     : (path.empty() ? std::string("the share") : "\"" + path + "\"") + ": " + error;
@@ -244,6 +244,10 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
             start_pull(self_c, hello, key);
             return;
         }
+        if (hello.has_list()) {
+            start_list(self_c, hello);
+            return;
+        }
         auto s = std::make_shared<receive_session>(ctx_, peer, key, hello.session_id(),
                                                    [this](receive_session& s) { end_session(s); });
         sessions_.emplace(hello.session_id(), s);
@@ -316,18 +320,10 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
         turn_away(c, wire::ERROR_REFUSED, "refused pull: " + why, std::nullopt);
         return;
     }
-    if (scanning_.size() >= max_waiting_scans) {
-        turn_away(c, wire::ERROR_BUSY,
-                  "busy: " + std::to_string(max_waiting_scans) + " pulls are being prepared; try again soon",
-                  refusal::sessions);
+    // (Its send_session does not send another Hello on connection 0.)
+    if (!take_scan(c, hello, std::clamp<std::uint32_t>(hello.conn_count(), 1, max_connections), true)) {
         return;
     }
-    scanning_.insert(c);
-    // Our Hello goes out now: the puller knows the pull was taken and waits for the Offer
-    // while the folder is scanned (its send_session does not send another on connection 0).
-    wire::Header reply =
-        make_hello(hello.session_id(), 0, std::clamp<std::uint32_t>(hello.conn_count(), 1, max_connections), false, true);
-    c->send(reply);
     // The folder is opened inside the share without following a symlink (as a sync into a
     // share makes it), then scanned through its descriptor; the files are opened relative
     // to it the same way (file_io's open_read).
@@ -368,9 +364,7 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             if (alive.expired()) {
                 return;
             }
-            --scans_running_;
-            next_scan();
-            if (!scanning_.erase(c) || stopping_ || c->closed() || c->closing()) {
+            if (!scan_done(c)) {
                 return;
             }
             wire::SyncTarget target = hello.pull();
@@ -417,6 +411,101 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
         });
     });
     next_scan();
+}
+
+bool peer_manager::take_scan(const std::shared_ptr<connection>& c, const wire::Hello& hello, std::uint32_t count,
+                             bool zstd) {
+    if (scanning_.size() >= max_waiting_scans) {
+        turn_away(c, wire::ERROR_BUSY,
+                  "busy: " + std::to_string(max_waiting_scans) + " pulls are being prepared; try again soon",
+                  refusal::sessions);
+        return false;
+    }
+    scanning_.insert(c);
+    wire::Header reply = make_hello(hello.session_id(), 0, count, false, zstd);
+    c->send(reply);
+    return true;
+}
+
+void peer_manager::start_list(std::shared_ptr<connection> c, const wire::Hello& hello) {
+    std::string peer = c->stream().peer_id();
+    const wire::ListRequest& want = hello.list();
+    if (!c->stream().is_tls()) {
+        turn_away(c, wire::ERROR_REFUSED, "refused list: shares are not offered over --plaintext (no node ID to check)",
+                  std::nullopt);
+        return;
+    }
+    if (want.share().empty()) {
+        std::vector<entry_info> shares;
+        for (const share_config& s : ctx_.config.shares) {
+            const share_config* open = nullptr;
+            if (share_access(ctx_, peer, s.name, false, &open).empty()) {
+                shares.push_back({.path = s.name, .mode = s.writable ? 0755u : 0555u, .is_dir = true});
+            }
+        }
+        wire::Header reply = make_hello(hello.session_id(), 0, 1, false, false);
+        c->send(reply);
+        send_listing(c, std::move(shares));
+        return;
+    }
+    const share_config* share = nullptr;
+    std::string why = share_access(ctx_, peer, want.share(), false, &share);
+    if (why.empty() && !want.path().empty() && check_wire_path(want.path())) {
+        why = "bad path \"" + want.path().substr(0, 200) + "\"";
+    }
+    if (!why.empty()) {
+        turn_away(c, wire::ERROR_REFUSED, "refused list: " + why, std::nullopt);
+        return;
+    }
+    if (!take_scan(c, hello, 1, false)) {
+        return;
+    }
+    node_context* ctx = &ctx_;
+    scan_queue_.push_back([this, ctx, alive = std::weak_ptr<int>(alive_), c, hello, dir = share->dir]() mutable {
+        const wire::ListRequest& want = hello.list();
+        const std::string& path = want.path();
+        std::string name = path.empty() ? want.share() : path.substr(path.rfind('/') + 1);
+        source_tree sources;
+        std::string error;
+        if (int share_fd = open_share_root(dir.string(), error); share_fd < 0) {
+            error += ": " + std::string(std::strerror(errno));
+        } else {
+            scan_for_get(share_fd, path, name, sources, error, ctx->workers, want.recursive());
+        }
+        asio::post(ctx->io, [this, alive, c, hello = std::move(hello), entries = std::move(sources.entries),
+                             error]() mutable {
+            if (alive.expired()) {
+                return;
+            }
+            if (!scan_done(c)) {
+                return;
+            }
+            if (!error.empty()) {
+                turn_away(c, wire::ERROR_REFUSED, "refused list: " + error, std::nullopt);
+                return;
+            }
+            send_listing(c, std::move(entries));
+        });
+    });
+    next_scan();
+}
+
+void peer_manager::send_listing(const std::shared_ptr<connection>& c, std::vector<entry_info> entries) {
+    sender_machine listing(0, std::move(entries), {});
+    for (std::size_t b = 0; b < listing.offer_count(); ++b) {
+        wire::Header h;
+        *h.mutable_offer() = listing.make_offer(b);
+        c->send(h);
+    }
+    c->set_handler(this);
+    c->close_after_flush();
+    closing_.insert(c);
+}
+
+bool peer_manager::scan_done(const std::shared_ptr<connection>& c) {
+    --scans_running_;
+    next_scan();
+    return scanning_.erase(c) > 0 && !stopping_ && !c->closed() && !c->closing();
 }
 
 void peer_manager::next_scan() {

@@ -60,6 +60,16 @@ private:
     // Hello.pull on connection 0: the peer asks to receive a folder of a share. Checked,
     // scanned on the worker pool, then sent by a send_session over the peer's connections.
     void start_pull(std::shared_ptr<connection> c, const wire::Hello& hello, const std::string& key);
+    // A pull or a listing whose folder is to be scanned: false (turned away) when
+    // max_waiting_scans wait already; else it waits in scanning_, and our Hello (with
+    // `count` connections, CODEC_ZSTD when `zstd`) goes out now: the peer knows it was
+    // taken and waits while the folder is scanned.
+    bool take_scan(const std::shared_ptr<connection>& c, const wire::Hello& hello, std::uint32_t count, bool zstd);
+    // Hello.list on connection 0 (`ferry ls`): checked as a pull, scanned on the worker
+    // pool in its turn, answered with Offer batches, then closed.
+    void start_list(std::shared_ptr<connection> c, const wire::Hello& hello);
+    // Sends the listing `entries` on `c` (after our Hello) in Offer batches, then closes it.
+    void send_listing(const std::shared_ptr<connection>& c, std::vector<entry_info> entries);
     // Open connections of the peer with statistics key `key` (or of every peer: "").
     std::size_t peer_connections(const std::string& key) const;
     // Sends an Error frame on `c` and closes it once that is out. `why`: the refusal it
@@ -84,8 +94,8 @@ private:
     log_throttle log_throttle_;
     std::map<std::string, std::shared_ptr<receive_session>> sessions_;  // by session id
     std::map<std::string, std::shared_ptr<send_session>> pulls_;         // by session id
-    // Pulls whose share is being scanned or waits to be: connection 0, until its
-    // send_session starts (at most max_waiting_scans). One scan runs at a time (it holds a
+    // Pulls (and lists) whose share is being scanned or waits to be: connection 0, until
+    // its send_session starts or its listing is sent (at most max_waiting_scans). One scan runs at a time (it holds a
     // worker while it walks a folder; the other worker stays free for transfers).
     std::set<std::shared_ptr<connection>> scanning_;
     std::deque<std::function<void()>> scan_queue_;
@@ -93,6 +103,9 @@ private:
     static constexpr std::size_t max_waiting_scans = 16;
     static constexpr std::size_t max_running_scans = 1;
     void next_scan();
+    // A scan for `c` ended (loop thread): the next one starts. True when `c` still waits
+    // for its result (not closed, the node not stopping).
+    bool scan_done(const std::shared_ptr<connection>& c);
     bool stopping_ = false;
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak copies: worker results check it
 };

@@ -54,6 +54,7 @@ struct scanner {
     const exclude_set* excludes = nullptr;
     bool keep_links = false;  // `ferry sync`: a symlink is an entry of its own (kept as a link)
     bool keep_locals = true;  // false: out.locals stays empty (scan_contents' local_prefix)
+    bool recurse = true;      // false: a folder's own entry only, not what it holds
 
     bool fail(const std::string& local, int err) {
         error = local + ": " + std::error_code(err, std::system_category()).message();
@@ -103,7 +104,7 @@ struct scanner {
         if (keep_locals) {
             out.locals.emplace_back(local);
         }
-        if (!S_ISDIR(st.st_mode)) {
+        if (!S_ISDIR(st.st_mode) || !recurse) {
             return true;
         }
         return walk_contents(dir_fd, name, local, wire, depth);
@@ -171,7 +172,7 @@ struct scanner {
 }  // namespace
 
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
-                              std::string& error, worker_pool* pool) {
+                              std::string& error, worker_pool* pool, bool recursive) {
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0) {
         error = dir.string() + ": " + std::error_code(errno, std::system_category()).message();
@@ -205,7 +206,7 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
     const std::string prefix = dir.string().back() == '/' ? dir.string() : dir.string() + "/";
     auto scan_runs = [&] {
         for (std::size_t r = next++; r < runs; r = next++) {
-            scanner part{parts[r], errors[r], {}, &excludes, true, false};
+            scanner part{parts[r], errors[r], {}, &excludes, true, false, recursive};
             for (std::size_t i = names.size() * r / runs; i < names.size() * (r + 1) / runs; ++i) {
                 if (!part.visit(fd, names[i].c_str(), prefix + names[i], names[i], 1)) {
                     break;
@@ -261,7 +262,7 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
 }
 
 std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& name, const std::string& as,
-                         source_tree& out, std::string& error, worker_pool* pool) {
+                         source_tree& out, std::string& error, worker_pool* pool, bool recursive) {
     struct stat st {};
     if (::fstatat(*parent, name.empty() ? "." : name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
         std::error_code ec(errno, std::system_category());
@@ -295,7 +296,7 @@ std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& n
     source_tree inside;
     inside.root_fd = shared_fd(unique_fd(fd));
     std::string root = "/proc/self/fd/" + std::to_string(fd);
-    if (std::error_code ec = scan_contents(root, exclude_set{}, inside, error, pool)) {
+    if (std::error_code ec = scan_contents(root, exclude_set{}, inside, error, pool, recursive)) {
         error = error.substr(std::min(error.size(), root.size() + 1));  // "PATH: why", PATH inside the folder
         return ec;
     }

@@ -53,16 +53,18 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 // The walk runs on several threads: the pool's workers (the caller's among them, when it
 // is one) with `pool`, else threads of its own, one per core up to 4. `out` must be
 // empty; it keeps `dir` open as its root_fd (unless the caller set one: the same folder).
+// Not `recursive`: the folder's own entries only (`ferry ls`).
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
-                              std::string& error, worker_pool* pool = nullptr);
+                              std::string& error, worker_pool* pool = nullptr, bool recursive = true);
 
 // `ferry get`: the file or folder `name` of the open folder `parent` (a share's folder),
 // offered as one entry named `as`, a folder with what it holds below it (walked as
 // scan_contents walks, symlinks inside kept as links). `name` itself is never followed:
 // a symlink or a special file there is refused. With `name` empty the folder `parent` is
-// the one offered. The entries are read relative to out.root_fd by out.locals.
+// the one offered. The entries are read relative to out.root_fd by out.locals. Not
+// `recursive`: a folder's own entries only (`ferry ls`).
 std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& name, const std::string& as,
-                         source_tree& out, std::string& error, worker_pool* pool = nullptr);
+                         source_tree& out, std::string& error, worker_pool* pool = nullptr, bool recursive = true);
 
 // `ferry sync --delete`: what the scan skipped (special files, ferry's partial files) is
 // not SRC's to delete at DST, so each path is added to `target`'s keep list (without

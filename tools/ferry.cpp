@@ -994,7 +994,8 @@ bool take_expected_id(std::string& address, const std::string& whole, ferry::sen
 // "ferry://[ID@]HOST[:PORT]/SHARE[/PATH]" or "NAME:SHARE[/PATH]" (NAME: a trusted peer's
 // name or ID, with the address `ferry trust --address` gave it). A local path (no scheme,
 // no ':' before the first '/') gives nullopt with `error` empty; a bad remote sets it.
-std::optional<remote_spec> parse_remote(const common_opts& o, const std::string& text, std::string& error) {
+std::optional<remote_spec> parse_remote(const common_opts& o, const std::string& text, std::string& error,
+                                        bool share_optional = false) {
     remote_spec r;
     std::string rest;
     constexpr std::string_view scheme = "ferry://";
@@ -1049,7 +1050,7 @@ std::optional<remote_spec> parse_remote(const common_opts& o, const std::string&
     std::size_t slash = rest.find('/');
     r.share = rest.substr(0, slash);
     r.path = slash == std::string::npos ? "" : rest.substr(slash + 1);
-    if (r.share.empty()) {
+    if (r.share.empty() && !(share_optional && r.path.empty())) {
         error = "no share named in \"" + text + "\"";
         return std::nullopt;
     }
@@ -1235,6 +1236,146 @@ int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
     run.target.set_path(src->path);
     run.target.set_get(name);
     return run_pull(o, s, src->target, folder.string(), run);
+}
+
+struct ls_opts {
+    std::string target;
+    bool recursive = false;
+};
+
+// "drwxr-xr-x" for an entry's kind and permission bits.
+std::string mode_text(const ferry::entry_info& e) {
+    std::string t = e.is_dir ? "d" : e.is_link ? "l" : "-";
+    const char* rwx = "rwxrwxrwx";
+    for (int bit = 8; bit >= 0; --bit) {
+        t += (e.mode >> bit) & 1u ? rwx[8 - bit] : '-';
+    }
+    if (e.mode & 04000) {
+        t[3] = t[3] == 'x' ? 's' : 'S';
+    }
+    if (e.mode & 02000) {
+        t[6] = t[6] == 'x' ? 's' : 'S';
+    }
+    if (e.mode & 01000) {
+        t[9] = t[9] == 'x' ? 't' : 'T';
+    }
+    return t;
+}
+
+// "2026-12-03 13:13" in local time.
+std::string mtime_text(std::int64_t ns) {
+    std::time_t sec = static_cast<std::time_t>(ns / 1'000'000'000);
+    struct tm tm {};
+    char text[32] = "?";
+    if (::localtime_r(&sec, &tm) != nullptr) {
+        std::strftime(text, sizeof text, "%Y-%m-%d %H:%M", &tm);
+    }
+    return text;
+}
+
+// Lists a peer's shares open to this node, or what a share holds at a path (one level,
+// or everything with -r), like ls -l.
+int cmd_ls(const common_opts& o, const ls_opts& l) {
+    std::string arg = l.target;
+    if (arg.find("://") == std::string::npos && arg.find(':') == std::string::npos) {
+        arg += ':';  // a peer's name alone: its shares
+    }
+    std::string error;
+    std::optional<remote_spec> remote = parse_remote(o, arg, error, true);
+    if (!error.empty()) {
+        return fail(o, exit_code::usage, error);
+    }
+    if (!remote) {
+        return fail(o, exit_code::usage, "\"" + l.target + "\" names no peer (NAME[:SHARE[/PATH]] or "
+                                         "ferry://[ID@]HOST[:PORT][/SHARE[/PATH]])");
+    }
+    const bool shares = remote->share.empty();
+    // A folder's listing starts with the folder itself; what it holds is shown relative to it.
+    const std::string top = remote->path.empty() ? remote->share : remote->path.substr(remote->path.rfind('/') + 1);
+    ferry::node_config cfg = base_config(o);
+    asio::io_context io(1);
+    ferry::node n(io, cfg, ferry::node_events{});
+    struct counts {
+        std::uint64_t files = 0, dirs = 0, links = 0, bytes = 0, shown = 0;
+    } count;
+    bool first = true;
+    bool top_is_dir = false;
+    std::optional<ferry::list_report> result;
+    ferry::list_spec spec;
+    spec.request.set_share(remote->share);
+    spec.request.set_path(remote->path);
+    spec.request.set_recursive(l.recursive);
+    spec.entries = [&](std::vector<ferry::entry_info> batch) {
+        for (ferry::entry_info& e : batch) {
+            std::string_view path = e.path;
+            if (std::exchange(first, false) && !shares && e.path == top && e.is_dir) {
+                top_is_dir = true;  // the folder asked for: what it holds follows
+                continue;
+            }
+            if (top_is_dir && path.starts_with(top + "/")) {
+                path.remove_prefix(top.size() + 1);
+            }
+            ++count.shown;
+            (e.is_dir ? count.dirs : e.is_link ? count.links : count.files) += 1;
+            count.bytes += e.size;
+            if (shares) {
+                if (o.json) {
+                    json j{{"event", "share"}};
+                    add_path(j, "name", e.path);
+                    j["writable"] = (e.mode & 0200) != 0;
+                    emit(o, std::move(j), false);
+                } else {
+                    std::printf("%-24s %s\n", ferry::printable(e.path).c_str(),
+                                e.mode & 0200 ? "read-write" : "read-only");
+                }
+                continue;
+            }
+            if (o.json) {
+                json j{{"event", "entry"}};
+                add_path(j, "path", path);
+                j["kind"] = e.is_dir ? "dir" : e.is_link ? "symlink" : "file";
+                j["size"] = e.size;
+                j["mode"] = fmt::format("{:04o}", e.mode);
+                j["mtime_ns"] = e.mtime_ns;
+                if (e.is_link) {
+                    add_path(j, "link_target", e.link_target);
+                }
+                emit(o, std::move(j), false);
+            } else {
+                std::printf("%s %12s %s %s%s%s\n", mode_text(e).c_str(),
+                            e.is_file() ? std::to_string(e.size).c_str() : "-", mtime_text(e.mtime_ns).c_str(),
+                            ferry::printable(path).c_str(), e.is_dir ? "/" : "",
+                            e.is_link ? (" -> " + ferry::printable(e.link_target)).c_str() : "");
+            }
+        }
+    };
+    spec.done = [&](const ferry::list_report& r) {
+        result = r;
+        n.stop("listed");
+    };
+    n.list(std::move(spec), remote->target);
+    io.run();
+    std::fflush(stdout);
+    if (!result || !result->ok) {
+        return fail(o, result ? result->code : exit_code::transfer_failed,
+                    result ? result->error : "the listing did not finish");
+    }
+    if (o.json) {
+        emit(o, json{{"event", "done"},
+                     {"peer", ferry::format_node_id(result->peer_id)},
+                     {"entries", count.shown},
+                     {"files", count.files},
+                     {"dirs", count.dirs},
+                     {"symlinks", count.links},
+                     {"bytes", count.bytes}});
+    } else if (shares) {
+        say(std::to_string(count.shown) + " share(s) open to this node");
+    } else {
+        say(fmt::format("{} entr{}: {} file(s) ({}), {} folder(s), {} symlink(s)", count.shown,
+                        count.shown == 1 ? "y" : "ies", count.files, human_bytes(count.bytes),
+                        count.dirs, count.links));
+    }
+    return 0;
 }
 
 // Test hook (tests/e2e): FERRY_FAULT_AFTER_SCAN="rm:PATH" or "grow:PATH" removes, or
@@ -1938,6 +2079,20 @@ int main(int argc, char** argv) {
                 "Exit codes: 0 done, 1 usage, 2 get failed (refused, not found, lost), 3 authentication/trust,\n"
                 "4 local I/O, 5 some files not sent (changed while read, unreadable), 6 some files vanished.");
 
+    ls_opts lo;
+    auto* ls = app.add_subcommand("ls", "list a peer's shares, or what one holds");
+    add_common(ls, o);
+    ls->add_flag("--recursive,-r", lo.recursive, "everything below PATH, not only what it holds itself");
+    ls->add_option("TARGET", lo.target,
+                   "NAME (its shares open to this node), NAME:SHARE[/PATH], or ferry://[ID@]HOST[:PORT][/SHARE[/PATH]]")
+        ->required();
+    ls->footer("Examples:\n"
+               "  ferry ls web1                     (the shares web1 opens to this node)\n"
+               "  ferry ls web1:www/blog\n"
+               "  ferry ls -r --json web1:isos | jq -r 'select(.event==\"entry\") | .path'\n"
+               "Lines: mode, size (files), mtime (local time), path (relative to PATH; a folder ends in '/').\n"
+               "Exit codes: 0 listed, 1 usage, 2 failed (not found, refused, lost), 3 authentication/trust.");
+
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     add_common(serve, o);
     add_transfer_options(serve, o);
@@ -2053,6 +2208,9 @@ int main(int argc, char** argv) {
         }
         if (get->parsed()) {
             return cmd_get(o, get_so, go);
+        }
+        if (ls->parsed()) {
+            return cmd_ls(o, lo);
         }
         if (status->parsed()) {
             return cmd_status(o);

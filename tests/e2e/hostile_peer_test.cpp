@@ -941,6 +941,48 @@ TEST_F(hostile_pull_test, a_get_offers_one_entry_by_the_name_asked_and_never_lea
     expect_nothing_outside();
 }
 
+// A listing (Hello.list) shows the share's entries, a symlink as a link, and nothing
+// out of the share; then the node closes the connection.
+TEST_F(hostile_pull_test, a_listing_stays_in_the_share_and_ends_with_the_connection) {
+    auto list_hello = [](const std::string& share, const std::string& path) {
+        wire::Header h = pull_hello(share, path);
+        h.mutable_hello()->clear_pull();
+        h.mutable_hello()->mutable_list()->set_share(share);
+        h.mutable_hello()->mutable_list()->set_path(path);
+        return h;
+    };
+    auto p = connect(trusted_tls());
+    ASSERT_TRUE(p->send_frame(list_hello("pub", "pub")));
+    node_answer a = p->read_until_closed();
+    p->close();
+    EXPECT_TRUE(a.closed) << a.detail;
+    ASSERT_EQ(a.count(wire::Header::kOffer), 1u) << a.detail;
+    std::vector<std::string> listed;
+    for (const wire::Header& f : a.frames) {
+        if (f.has_offer()) {
+            EXPECT_TRUE(f.offer().last());
+            for (const wire::Entry& e : f.offer().entries()) {
+                listed.push_back(e.path());
+                if (e.path() == "pub/leak.txt") {
+                    EXPECT_EQ(e.kind(), wire::ENTRY_SYMLINK);  // a link, never what it points to
+                    EXPECT_EQ(e.size(), 0u);
+                }
+            }
+        }
+    }
+    EXPECT_EQ(listed, (std::vector<std::string>{"pub", "pub/leak.txt", "pub/readme.txt"}));
+    for (const std::string& path : {std::string("../outside"), std::string("pub/leak.txt"), std::string("/etc")}) {
+        auto q = connect(trusted_tls());
+        ASSERT_TRUE(q->send_frame(list_hello("pub", path)));
+        node_answer r = q->read_until_closed();
+        q->close();
+        expect_error_frame(r, wire::ERROR_REFUSED, "refused list");
+        EXPECT_EQ(r.count(wire::Header::kOffer), 0u) << path;
+    }
+    expect_node_still_serves();
+    expect_nothing_outside();
+}
+
 TEST_F(hostile_pull_test, a_frame_while_the_pull_is_prepared_ends_it_and_frees_its_connection) {
     // Many times over: a connection that took over while closing would stay counted, and
     // the node would end up refusing everyone (--max-connections).

@@ -1074,3 +1074,75 @@ TEST_F(share_get, refusals_are_clear_and_leave_dest_as_it_was) {
     // DEST in a folder that does not exist.
     EXPECT_EQ(get("ay:docs/manual", (out / "no/such/place").string()).code, 1);
 }
+
+// `ferry ls`: a peer's shares open to this node, and what one holds.
+TEST_F(share_get, ls_lists_the_shares_open_to_this_node_and_what_a_folder_holds) {
+    serve("docs,www");
+    write_random_file(ro_share / "manual/big.bin", 300'000, 72);
+    write_text_file(ro_share / "manual/sub/intro.txt", "read me\n");
+    fs::create_symlink("sub/intro.txt", ro_share / "manual/link");
+    set_mtime(ro_share / "manual/big.bin", 1'500'000'000);
+    ::chmod((ro_share / "manual/big.bin").c_str(), 0640);
+    write_text_file(share / "hidden-from-c.txt", "x\n");
+
+    auto ls = [&](std::vector<std::string> extra, const std::string& state = "B") {
+        std::vector<std::string> args{"ls", "--state", cli.state(state).string(), "--json"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        return cli.ferry(args);
+    };
+    run_result shares = ls({"ay"});
+    ASSERT_EQ(shares.code, 0) << shares.err;
+    std::vector<std::string> names;
+    for (const nlohmann::json& e : json_events(shares.out)) {
+        if (e["event"] == "share") {
+            names.push_back(e["name"].get<std::string>() + (e["writable"].get<bool>() ? ":rw" : ":ro"));
+        }
+    }
+    EXPECT_EQ(names, (paths{"www:rw", "docs:ro"}));
+
+    // One level: what the folder holds, by paths relative to it.
+    run_result level = ls({"ay:docs/manual"});
+    ASSERT_EQ(level.code, 0) << level.err;
+    auto ev = json_events(level.out);
+    EXPECT_EQ(paths_of(ev, "entry"), (paths{"big.bin", "link", "sub"}));
+    for (const nlohmann::json& e : ev) {
+        if (e["event"] == "entry" && e["path"] == "big.bin") {
+            EXPECT_EQ(e["size"], 300'000);
+            EXPECT_EQ(e["mode"], "0640");
+            EXPECT_EQ(e["mtime_ns"], 1'500'000'000LL * 1'000'000'000LL);
+        }
+        if (e["event"] == "entry" && e["path"] == "link") {
+            EXPECT_EQ(e["kind"], "symlink");
+            EXPECT_EQ(e["link_target"], "sub/intro.txt");
+        }
+    }
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["files"], 1);
+    EXPECT_EQ(done["dirs"], 1);
+    EXPECT_EQ(done["symlinks"], 1);
+
+    // Everything below it; a file alone; the share's own folder.
+    run_result all = ls({"-r", "ay:docs/manual"});
+    ASSERT_EQ(all.code, 0) << all.err;
+    EXPECT_EQ(paths_of(json_events(all.out), "entry"), (paths{"big.bin", "link", "sub", "sub/intro.txt"}));
+    run_result one = ls({"ay:docs/manual/sub/intro.txt"});
+    ASSERT_EQ(one.code, 0) << one.err;
+    EXPECT_EQ(paths_of(json_events(one.out), "entry"), (paths{"intro.txt"}));
+    run_result root = ls({"ay:docs"});
+    ASSERT_EQ(root.code, 0) << root.err;
+    EXPECT_EQ(paths_of(json_events(root.out), "entry"), (paths{"manual"}));
+
+    // Refusals: a path that is not there, a symlink, a share not open to this node, a
+    // stranger, a path out of the share.
+    EXPECT_EQ(ls({"ay:docs/missing"}).code, 2);
+    run_result link = ls({"ay:docs/manual/link"});
+    EXPECT_EQ(link.code, 2);
+    EXPECT_NE(link.err.find("symlink"), std::string::npos) << link.err;
+    EXPECT_EQ(ls({"ay:docs/../x"}).code, 1);
+    std::string c_id = cli.id("C");
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("C").string(), a_id, "--name", "ay", "--address", node.address})
+                  .code,
+              0);
+    run_result stranger = ls({"ay"}, "C");
+    EXPECT_EQ(stranger.code, 3) << stranger.err;
+}
