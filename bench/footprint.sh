@@ -54,7 +54,7 @@ b_id=$("$ferry" id --state "$B")
 "$ferry" trust "$b_id" --state "$A" >/dev/null 2>&1
 "$ferry" trust "$a_id" --state "$B" >/dev/null 2>&1
 
-"$ferry" serve --state "$A" --listen 127.0.0.1:0 --inbox "$work/inbox" --json --quiet \
+"$ferry" serve --no-discovery --state "$A" --listen 127.0.0.1:0 --inbox "$work/inbox" --json --quiet \
     >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!
 for _ in $(seq 100); do

@@ -48,7 +48,7 @@ head -c "$size" /dev/urandom > "$work/big.bin"
 port=$((20000 + RANDOM % 20000))
 
 start_serve() {
-    "$ferry" serve --state "$work/A" --listen "127.0.0.1:$port" --inbox "$dest" --json > "$work/serve.out" 2> "$work/serve.err" &
+    "$ferry" serve --no-discovery --state "$work/A" --listen "127.0.0.1:$port" --inbox "$dest" --json > "$work/serve.out" 2> "$work/serve.err" &
     serve_pid=$!
     pids+=("$serve_pid")
     for _ in $(seq 1 200); do

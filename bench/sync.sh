@@ -46,7 +46,7 @@ mkdir -p "$work/share" "$work/rsync" "$work/src/tree" "$work/src/big" "$work/pul
 A=$("$ferry" id --state "$work/A")
 B=$("$ferry" id --state "$work/B")
 "$ferry" trust --state "$work/A" "$B" --name bee > /dev/null 2>&1
-"$ferry" serve --state "$work/A" --listen "127.0.0.1:0" --inbox "$work/inbox" \
+"$ferry" serve --no-discovery --state "$work/A" --listen "127.0.0.1:0" --inbox "$work/inbox" \
     --share "s=$work/share:rw" --json > "$work/serve.out" 2> "$work/serve.err" &
 pids+=($!)
 cat > "$work/rsyncd.conf" << CONF

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "node/discovery.hpp"
 #include "node/resume.hpp"
 #include "node/stats.hpp"
 #include "protocol/transfer.hpp"
@@ -201,6 +202,8 @@ struct node_config {
     socket_tuning tuning;
     std::size_t workers = 2;
     node_limits limits;
+    // LAN discovery (node/discovery.hpp): off unless asked (`ferry serve` asks by default).
+    discovery_config discovery;
 };
 
 struct node_events {
@@ -209,6 +212,9 @@ struct node_events {
     std::function<void(const transfer_report&)> transfer_done;
     std::function<void()> session_ended;  // an incoming session closed its last connection
     std::function<void(const std::string& line)> log;
+    // LAN discovery heard a node for the first time (or again after forgetting it), or
+    // one said it leaves (`present` false).
+    std::function<void(const discovered_peer&, bool present)> discovered;
     std::function<void(const file_event&)> file;  // null: not reported (costs nothing)
     // sync with --delete: a path the receiver removed (or, in a dry run, would remove).
     std::function<void(std::string_view path, wire::EntryKind kind)> deleted;

@@ -37,6 +37,7 @@ node::node(asio::io_context& io, node_config config, node_events events) : sweep
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
                                 worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, known_partials{}});
+    key_pem_ = ident.creds.key_pem;
     if (!ctx_->config.plaintext) {
         ctx_->tls_client = std::make_unique<tls_context>(ident.creds, tls_role::client);
         ctx_->tls_server = std::make_unique<tls_context>(ident.creds, tls_role::server);
@@ -87,6 +88,21 @@ std::error_code node::listen(std::string& error) {
     }
     if (!ctx_->config.one_shot && ctx_->config.partial_max_age.count() > 0 && !ctx_->config.inbox.empty()) {
         sweep_partials();
+    }
+    if (ctx_->config.discovery.enabled && !ctx_->config.plaintext) {  // a plaintext node has no ID to announce
+        discovery_ = std::make_unique<discovery>(
+            ctx_->io, ctx_->config.discovery, key_pem_, [this] { return listen_addresses(); },
+            [this](const std::string& line) { ctx_->log(line); },
+            [this](const discovered_peer& p, bool present) {
+                if (ctx_->events.discovered) {
+                    ctx_->events.discovered(p, present);
+                }
+            });
+        std::string why;
+        if (!discovery_->start(why)) {
+            ctx_->log("LAN discovery is off: " + why);
+            discovery_.reset();
+        }
     }
     return {};
 }
@@ -271,6 +287,9 @@ void node::stop(const std::string& why) {
         l->retry.cancel();
     }
     peers_->stop(why);
+    if (discovery_) {
+        discovery_->stop();  // says it leaves
+    }
     for (auto& s : sends_) {
         s->cancel(why);
     }

@@ -58,6 +58,8 @@ public:
     // The first address it listens on ("" before listen()); listen_addresses(): all of them.
     std::string listen_address() const;
     std::vector<std::string> listen_addresses() const;
+    // LAN discovery, while it runs (null: off, or it could not start).
+    const discovery* lan() const { return discovery_.get(); }
 
 private:
     // One session as progress, status and metrics see it: the single walk over the
@@ -87,6 +89,8 @@ private:
     std::vector<std::shared_ptr<send_session>> sends_;
     std::vector<std::shared_ptr<receive_session>> pulls_;  // this node's own pulls
     std::vector<std::shared_ptr<list_client>> lists_;      // and listings it asked for
+    std::unique_ptr<discovery> discovery_;
+    std::string key_pem_;  // signs the announcements
     bool stopped_ = false;
 };
 

@@ -181,6 +181,33 @@ nlohmann::ordered_json node::status() const {
     for (std::size_t i = 0; i < refusal_kinds; ++i) {
         refusals[std::string(refusal_name(static_cast<refusal>(i)))] = ctx.stats.refusals.counts[i];
     }
+    json lan = {{"enabled", discovery_ != nullptr}};
+    if (discovery_) {
+        const discovery_config& dc = discovery_->config();
+        const discovery_counts& n = discovery_->counts();
+        lan["name"] = dc.name;
+        lan["group4"] = dc.group4;
+        lan["group6"] = dc.group6;
+        lan["port"] = dc.port;
+        lan["announcements"] = {{"sent", n.sent},         {"received", n.received}, {"taken", n.taken},
+                                {"forged", n.forged},     {"stale", n.stale},       {"replayed", n.replayed},
+                                {"dropped", n.dropped}};
+        json found = json::array();
+        for (const discovered_peer& p : discovery_->peers()) {
+            auto trusted = ctx.trust.find_id(p.id);
+            found.push_back({{"id", format_node_id(p.id)},
+                             {"name", p.name},
+                             {"trusted_name", trusted ? trusted->name : std::string()},
+                             {"trusted", trusted.has_value()},
+                             {"addresses", p.addresses},
+                             {"from", p.from},
+                             {"version", p.version},
+                             {"last_seen_ms", p.last_seen_ms},
+                             {"seen_s_ago", std::chrono::duration<double>(std::chrono::steady_clock::now() - p.last_seen)
+                                                .count()}});
+        }
+        lan["peers"] = std::move(found);
+    }
     return {{"event", "status"},
             {"id", format_node_id(ctx.id)},
             {"listen", listen_address()},
@@ -196,7 +223,8 @@ nlohmann::ordered_json node::status() const {
               {"ttfb", histogram_json(ctx.stats.ttfb)},
               {"write", histogram_json(ctx.stats.write_latency)}}},
             {"peers", std::move(peers)},
-            {"transfers", std::move(transfers)}};
+            {"transfers", std::move(transfers)},
+            {"discovery", std::move(lan)}};
 }
 
 std::string node::metrics() const {

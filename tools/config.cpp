@@ -35,7 +35,7 @@ struct key_spec {
     kind how;
 };
 
-// Top level, then [limits] and [metrics]. [[share]] and [[peer]] are read apart.
+// Top level, then [limits], [metrics] and [discovery]. [[share]] and [[peer]] are read apart.
 constexpr key_spec top_keys[] = {
     {"listen", "--listen", kind::texts},
     {"inbox", "--inbox", kind::path},
@@ -58,6 +58,15 @@ constexpr key_spec limit_keys[] = {
 };
 constexpr key_spec metrics_keys[] = {
     {"listen", "--metrics", kind::text},
+};
+constexpr key_spec discovery_keys[] = {
+    {"enabled", "--discovery", kind::boolean},
+    {"name", "--name", kind::text},
+    {"interval", "--discovery-interval", kind::duration},
+    {"timeout", "--discovery-timeout", kind::duration},
+    {"port", "--discovery-port", kind::count},
+    {"group4", "--discovery-group4", kind::text},
+    {"group6", "--discovery-group6", kind::text},
 };
 
 class reader {
@@ -336,9 +345,10 @@ config_file load_config(const fs::path& path) {
                            ": " + std::string(e.description()));
     }
     reader rd(path);
-    rd.settings(top, top_keys, "", {"limits", "metrics", "share", "peer"}, out);
+    rd.settings(top, top_keys, "", {"limits", "metrics", "discovery", "share", "peer"}, out);
     rd.section(top, "limits", limit_keys, out);
     rd.section(top, "metrics", metrics_keys, out);
+    rd.section(top, "discovery", discovery_keys, out);
     if (const toml::node* n = top.get("share")) {
         rd.each(*n, "share", [&](const toml::node& e) { rd.share(e, out); });
     }

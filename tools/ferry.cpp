@@ -513,6 +513,14 @@ struct receive_opts {
     double handshake_timeout_s = std::chrono::duration<double>(limits.handshake_timeout).count();
     double idle_timeout_s = std::chrono::duration<double>(limits.idle_timeout).count();
     double partial_max_age_s = 7 * 86400;  // serve
+    // serve: LAN discovery (node/discovery.hpp; docs/discovery.md).
+    bool discovery = true;
+    std::string name;  // announced; "" = the host name
+    std::string group4 = ferry::discovery_config{}.group4;
+    std::string group6 = ferry::discovery_config{}.group6;
+    std::uint16_t discovery_port = ferry::discovery_config{}.port;
+    double discovery_interval_s = 30;
+    double discovery_timeout_s = 100;
 };
 
 // Units for duration options given in seconds ("500ms", "30s", "5m", "2h", "7d").
@@ -641,6 +649,25 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     cfg.limits.handshake_timeout = to_ms(r.handshake_timeout_s);
     cfg.limits.idle_timeout = to_ms(r.idle_timeout_s);
     cfg.partial_max_age = std::chrono::seconds(std::llround(r.partial_max_age_s));
+    cfg.discovery.enabled = r.discovery && !one_shot;
+    cfg.discovery.name = r.name;
+    cfg.discovery.group4 = r.group4;
+    cfg.discovery.group6 = r.group6;
+    cfg.discovery.port = r.discovery_port;
+    cfg.discovery.interval = to_ms(r.discovery_interval_s);
+    cfg.discovery.timeout = to_ms(r.discovery_timeout_s);
+    for (const auto& [flag, group, v6] : {std::tuple{"--discovery-group4", r.group4, false},
+                                          std::tuple{"--discovery-group6", r.group6, true}}) {
+        std::error_code ec;
+        asio::ip::address a = asio::ip::make_address(group, ec);
+        if (!group.empty() && (ec || !a.is_multicast() || a.is_v6() != v6)) {
+            return fail(o, exit_code::usage, config_place(flag, group) + flag + " " + group + ": not an IPv" +
+                                                 (v6 ? "6" : "4") + " multicast group (\"\" turns it off)");
+        }
+    }
+    if (cfg.discovery.timeout <= cfg.discovery.interval) {
+        return fail(o, exit_code::usage, "--discovery-timeout must be longer than --discovery-interval");
+    }
     for (const std::string& spec : r.shares) {
         std::string error;
         std::optional<ferry::share_config> share = parse_share(spec, error);
@@ -728,6 +755,19 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         if (one_shot && result) {
             io.stop();
         }
+    };
+    ev.discovered = [&o](const ferry::discovered_peer& p, bool present) {
+        std::string who = (p.name.empty() ? "" : "\"" + ferry::printable(p.name) + "\" ") + ferry::format_node_id(p.id);
+        if (!o.json) {
+            say(present ? "discovered " + who + " at " + (p.addresses.empty() ? p.from : p.addresses.front())
+                        : who + " left the LAN");
+            return;
+        }
+        json j{{"event", present ? "discovered" : "peer_left"}, {"id", ferry::format_node_id(p.id)}};
+        add_path(j, "name", p.name);
+        j["addresses"] = p.addresses;
+        j["from"] = p.from;
+        emit(o, std::move(j));
     };
     ferry::node n(io, cfg, ev);
     command_progress progress(io, o, n);
@@ -991,6 +1031,62 @@ bool take_expected_id(std::string& address, const std::string& whole, ferry::sen
     return true;
 }
 
+// The running `ferry serve`'s status (same state folder), or null when none answers.
+json local_node_status(const common_opts& o) {
+    std::string reply;
+    if (ferry::control_request(ferry::resolve_state_dir(o.state), "status", std::chrono::seconds(2), reply)) {
+        return nullptr;
+    }
+    json st = json::parse(reply, nullptr, false);
+    return st.is_discarded() || st.value("event", "") != "status" ? json(nullptr) : st;
+}
+
+// Where to reach the peer `name`: a trusted peer's name or ID with the address `ferry
+// trust --address` gave it, else the address LAN discovery found it at (the running
+// `ferry serve` of this state folder heard its signed announcement), by ID, trusted
+// name or the name it announces. `t` gets the address and the ID to expect.
+bool resolve_peer(const common_opts& o, const std::string& name, ferry::send_target& t, std::string& error) {
+    ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
+    std::optional<ferry::trusted_peer> peer = store.find_name(name);
+    if (!peer) {
+        peer = store.find_id(name);
+    }
+    std::string address = peer ? peer->address : "";
+    std::string id = peer ? peer->id : ferry::parse_node_id(name).value_or("");
+    if (address.empty()) {
+        json st = local_node_status(o);
+        const json* found = nullptr;
+        if (st.is_object() && st["discovery"].value("enabled", false)) {
+            for (const json& d : st["discovery"]["peers"]) {
+                std::string did = ferry::parse_node_id(d.value("id", "")).value_or("");
+                bool match = id.empty() ? d.value("name", "") == name : did == id;
+                if (match && !d["addresses"].empty()) {
+                    if (found != nullptr && id.empty()) {
+                        error = "two nodes on the LAN announce the name \"" + name + "\"; name one by its ID";
+                        return false;
+                    }
+                    found = &d;
+                }
+            }
+        }
+        if (found == nullptr) {
+            error = peer ? "peer \"" + name + "\" has no address, and LAN discovery has not seen it (give it one: "
+                               "ferry trust " + ferry::format_node_id(peer->id) + " --address HOST:PORT)"
+                         : "no trusted peer named \"" + name + "\", and no node of that name or ID on the LAN (ferry "
+                               "trust ID --name " + name + " --address HOST:PORT; `ferry peers` lists what discovery sees)";
+            return false;
+        }
+        address = (*found)["addresses"][0].get<std::string>();
+        id = ferry::parse_node_id((*found).value("id", "")).value_or("");
+    }
+    if (!ferry::split_host_port(address, t.host, t.port)) {
+        error = "peer \"" + name + "\" has a bad address \"" + address + "\"";
+        return false;
+    }
+    t.expected_id = id;
+    return true;
+}
+
 // "ferry://[ID@]HOST[:PORT]/SHARE[/PATH]" or "NAME:SHARE[/PATH]" (NAME: a trusted peer's
 // name or ID, with the address `ferry trust --address` gave it). A local path (no scheme,
 // no ':' before the first '/') gives nullopt with `error` empty; a bad remote sets it.
@@ -1023,26 +1119,10 @@ std::optional<remote_spec> parse_remote(const common_opts& o, const std::string&
         }
         std::string name = text.substr(0, colon);
         rest = text.substr(colon + 1);
-        ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
-        std::optional<ferry::trusted_peer> peer = store.find_name(name);
-        if (!peer) {
-            peer = store.find_id(name);
-        }
-        if (!peer) {
-            error = "no trusted peer named \"" + name + "\" (ferry trust ID --name " + name +
-                    " --address HOST:PORT), in \"" + text + "\"";
+        if (!resolve_peer(o, name, r.target, error)) {
+            error += ", in \"" + text + "\"";
             return std::nullopt;
         }
-        if (peer->address.empty()) {
-            error = "peer \"" + name + "\" has no address; give it one with ferry trust " +
-                    ferry::format_node_id(peer->id) + " --address HOST:PORT";
-            return std::nullopt;
-        }
-        if (!ferry::split_host_port(peer->address, r.target.host, r.target.port)) {
-            error = "peer \"" + name + "\" has a bad address \"" + peer->address + "\"";
-            return std::nullopt;
-        }
-        r.target.expected_id = peer->id;
     }
     while (!rest.empty() && rest.back() == '/') {
         rest.pop_back();
@@ -1068,10 +1148,13 @@ int cmd_send(const common_opts& o, const send_opts& s) {
     std::string target = s.args.back();
     ferry::send_target t;
     std::string error;
-    if (!take_expected_id(target, s.args.back(), t, error)) {
+    if (target.find(':') == std::string::npos && target.find('@') == std::string::npos) {
+        if (!resolve_peer(o, target, t, error)) {  // a peer's name or ID
+            return fail(o, exit_code::usage, error);
+        }
+    } else if (!take_expected_id(target, s.args.back(), t, error)) {
         return fail(o, exit_code::usage, error);
-    }
-    if (!ferry::split_host_port(target, t.host, t.port)) {
+    } else if (!ferry::split_host_port(target, t.host, t.port)) {
         return fail(o, exit_code::usage, "bad target \"" + s.args.back() + "\" (expected [ID@]HOST:PORT, [::1]:PORT for IPv6)");
     }
     std::vector<fs::path> paths(s.args.begin(), s.args.end() - 1);
@@ -1374,6 +1457,149 @@ int cmd_ls(const common_opts& o, const ls_opts& l) {
         say(fmt::format("{} entr{}: {} file(s) ({}), {} folder(s), {} symlink(s)", count.shown,
                         count.shown == 1 ? "y" : "ies", count.files, human_bytes(count.bytes),
                         count.dirs, count.links));
+    }
+    return 0;
+}
+
+struct peers_opts {
+    bool shares = true;
+};
+
+// Trusted and discovered peers: who they are, where, whether seen and connected, and
+// (asked of each, at once) the shares they open to this node.
+int cmd_peers(const common_opts& o, const peers_opts& po) {
+    struct row {
+        std::string id;  // canonical
+        std::string name;            // ours (trust list)
+        std::string announced;       // its own, as discovery heard it
+        std::vector<std::string> addresses;
+        std::optional<double> seen_s_ago;
+        bool trusted = false;
+        bool connected = false;
+        std::optional<json> shares;  // [{name, writable}], once asked
+        std::string shares_error;
+    };
+    std::map<std::string, row> rows;
+    ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
+    for (const ferry::trusted_peer& p : store.peers()) {
+        row& r = rows[p.id];
+        r.id = p.id;
+        r.name = p.name;
+        r.trusted = true;
+        if (!p.address.empty()) {
+            r.addresses.push_back(p.address);
+        }
+    }
+    json st = local_node_status(o);
+    bool discovering = st.is_object() && st["discovery"].value("enabled", false);
+    if (discovering) {
+        for (const json& d : st["discovery"]["peers"]) {
+            std::string id = ferry::parse_node_id(d.value("id", "")).value_or("");
+            if (id.empty()) {
+                continue;
+            }
+            row& r = rows[id];
+            r.id = id;
+            r.announced = d.value("name", "");
+            r.seen_s_ago = d.value("seen_s_ago", 0.0);
+            for (const json& a : d["addresses"]) {
+                if (std::ranges::find(r.addresses, a.get<std::string>()) == r.addresses.end()) {
+                    r.addresses.push_back(a.get<std::string>());
+                }
+            }
+        }
+    }
+    if (st.is_object()) {
+        for (const json& p : st["peers"]) {
+            std::string id = ferry::parse_node_id(p.value("id", "")).value_or("");
+            if (auto it = rows.find(id); it != rows.end() && !p["connections"].empty()) {
+                it->second.connected = true;
+            }
+        }
+    }
+    if (po.shares) {
+        // One listing each, all at once, none longer than a few seconds.
+        asio::io_context io(1);
+        ferry::node n(io, base_config(o), ferry::node_events{});
+        asio::steady_timer deadline(io);
+        std::size_t pending = 0;
+        for (auto& [id, r] : rows) {
+            ferry::send_target t;
+            if (r.addresses.empty() || !ferry::split_host_port(r.addresses.front(), t.host, t.port)) {
+                continue;
+            }
+            t.expected_id = id;
+            ++pending;
+            ferry::list_spec spec;
+            auto shares = std::make_shared<json>(json::array());
+            spec.entries = [shares](std::vector<ferry::entry_info> batch) {
+                for (const ferry::entry_info& e : batch) {
+                    shares->push_back({{"name", e.path}, {"writable", (e.mode & 0200) != 0}});
+                }
+            };
+            spec.done = [&pending, &deadline, shares, &r = r](const ferry::list_report& rep) {
+                if (rep.ok) {
+                    r.shares = *shares;
+                } else {
+                    r.shares_error = rep.error;
+                }
+                if (--pending == 0) {
+                    deadline.cancel();
+                }
+            };
+            n.list(std::move(spec), t);
+        }
+        if (pending > 0) {
+            deadline.expires_after(std::chrono::seconds(4));
+            deadline.async_wait([&](std::error_code) { n.stop("no answer within 4 s"); });
+            io.run();
+        }
+    }
+    std::size_t listed = 0;
+    for (const auto& [id, r] : rows) {
+        ++listed;
+        if (o.json) {
+            json j{{"event", "peer"},
+                   {"id", ferry::format_node_id(id)},
+                   {"name", r.name},
+                   {"announced_name", r.announced},
+                   {"addresses", r.addresses},
+                   {"seen_s_ago", r.seen_s_ago ? json(*r.seen_s_ago) : json(nullptr)},
+                   {"trusted", r.trusted},
+                   {"connected", r.connected},
+                   {"shares", r.shares ? *r.shares : json(nullptr)}};
+            if (!r.shares_error.empty()) {
+                j["shares_error"] = r.shares_error;
+            }
+            emit(o, std::move(j), false);
+            continue;
+        }
+        std::string shares = "-";
+        if (r.shares) {
+            shares.clear();
+            for (const json& sh : *r.shares) {
+                shares += (shares.empty() ? "" : ",") + ferry::printable(sh["name"].get<std::string>()) +
+                          (sh["writable"].get<bool>() ? ":rw" : "");
+            }
+            shares = shares.empty() ? "(none)" : shares;
+        } else if (!r.shares_error.empty()) {
+            shares = "?";
+        }
+        std::string name = r.name.empty() ? (r.announced.empty() ? "-" : "(" + r.announced + ")") : r.name;
+        std::printf("%-16s %-19s %-24s %-9s %-11s %-9s %s\n", ferry::printable(name).c_str(),
+                    ferry::format_node_id(id).substr(0, 19).c_str(),
+                    r.addresses.empty() ? "-" : r.addresses.front().c_str(),
+                    r.seen_s_ago ? fmt::format("{:.0f}s ago", *r.seen_s_ago).c_str() : "-",
+                    r.trusted ? "trusted" : "not-trusted", r.connected ? "connected" : "-", shares.c_str());
+    }
+    std::fflush(stdout);
+    std::string note = discovering ? "" : st.is_object() ? "; LAN discovery is off in the running ferry serve"
+                                                         : "; no ferry serve runs with this state folder, so "
+                                                           "nothing was discovered";
+    if (o.json) {
+        emit(o, json{{"event", "done"}, {"peers", listed}, {"discovery", discovering}});
+    } else {
+        say(std::to_string(listed) + " peer(s)" + note);
     }
     return 0;
 }
@@ -1965,6 +2191,14 @@ int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
           {"max_bytes", l.max_bytes},
           {"max_conn_queue", l.max_queue_bytes}}},
         {"metrics", r.metrics.empty() ? json::object() : json{{"listen", metrics_address(r.metrics)}}},
+        {"discovery",
+         {{"enabled", cfg.discovery.enabled},
+          {"name", cfg.discovery.name},
+          {"interval", duration_text(cfg.discovery.interval)},
+          {"timeout", duration_text(cfg.discovery.timeout)},
+          {"port", cfg.discovery.port},
+          {"group4", cfg.discovery.group4},
+          {"group6", cfg.discovery.group6}}},
         {"share", std::move(shares)},
         {"peer", std::move(peers)},
     };
@@ -2079,6 +2313,16 @@ int main(int argc, char** argv) {
                 "Exit codes: 0 done, 1 usage, 2 get failed (refused, not found, lost), 3 authentication/trust,\n"
                 "4 local I/O, 5 some files not sent (changed while read, unreadable), 6 some files vanished.");
 
+    peers_opts po;
+    auto* peers = app.add_subcommand("peers", "list trusted peers and the nodes LAN discovery found");
+    add_common(peers, o);
+    peers->add_flag("--shares,!--no-shares", po.shares, "ask each peer which of its shares it opens to this node");
+    peers->footer("Example:\n  ferry peers\n  ferry peers --json | jq -r 'select(.event==\"peer\") | .id'\n"
+                  "Columns: name (ours; the one it announces in parentheses), ID, address, last heard on the LAN,\n"
+                  "trusted, connected, its shares open to this node (:rw writable; ? when it did not answer).\n"
+                  "Discovery needs a running `ferry serve` with this state folder.\n"
+                  "Exit codes: 0 listed, 1 usage, 4 local I/O.");
+
     ls_opts lo;
     auto* ls = app.add_subcommand("ls", "list a peer's shares, or what one holds");
     add_common(ls, o);
@@ -2115,6 +2359,25 @@ int main(int argc, char** argv) {
     serve->add_option("--metrics", serve_o.metrics,
                       "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1:PORT)");
     add_limit_options(serve, serve_o);
+    serve->add_flag("--discovery,!--no-discovery", serve_o.discovery,
+                    "announce this node on the LAN and listen for others (UDP multicast; docs/discovery.md)");
+    serve->add_option("--name", serve_o.name, "the name this node announces (default: the host name)");
+    serve->add_option("--discovery-interval", serve_o.discovery_interval_s,
+                      "the longest gap between two announcements (they start at 1 s and double)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(1.0, 3600.0))
+        ->default_str("30s");
+    serve->add_option("--discovery-timeout", serve_o.discovery_timeout_s,
+                      "a node not heard this long is forgotten")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(2.0, 86400.0))
+        ->default_str("100s");
+    serve->add_option("--discovery-port", serve_o.discovery_port, "the UDP port of the discovery groups")
+        ->check(CLI::Range(1, 65535))
+        ->capture_default_str();
+    serve->add_option("--discovery-group4", serve_o.group4, "IPv4 multicast group (\"\": none)")->capture_default_str();
+    serve->add_option("--discovery-group6", serve_o.group6, "IPv6 link-local multicast group (\"\": none)")
+        ->capture_default_str();
     serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --share www=/srv/www:rw --metrics 127.0.0.1:9188");
 
     auto* config = app.add_subcommand("config", "check the configuration file, or show the settings `ferry serve` takes from it");
@@ -2211,6 +2474,9 @@ int main(int argc, char** argv) {
         }
         if (ls->parsed()) {
             return cmd_ls(o, lo);
+        }
+        if (peers->parsed()) {
+            return cmd_peers(o, po);
         }
         if (status->parsed()) {
             return cmd_status(o);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 namespace ferry::test {
@@ -18,8 +20,27 @@ std::string ferry_cli::id(const std::string& who) {
     return out;
 }
 
-ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const std::vector<std::string>& env,
+namespace {
+
+// `ferry serve` announces itself on the LAN by multicast unless told not to: a test's
+// node must not (tests talk to loopback and their own namespaces only), so one that
+// says nothing about discovery gets --no-discovery.
+std::vector<std::string> quiet_on_the_lan(std::vector<std::string> args) {
+    bool serve = !args.empty() && args.front() == "serve";
+    bool said = std::ranges::any_of(args, [](const std::string& a) {
+        return a == "--discovery" || a == "--no-discovery" || a.starts_with("--discovery-");
+    });
+    if (serve && !said) {
+        args.push_back("--no-discovery");
+    }
+    return args;
+}
+
+}  // namespace
+
+ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& given, const std::vector<std::string>& env,
                                      const std::vector<std::string>& launcher) {
+    std::vector<std::string> args = quiet_on_the_lan(given);
     std::vector<std::string> argv = launcher.empty() ? std::vector<std::string>{FERRY_BINARY} : launcher;
     argv.insert(argv.end(), args.begin(), args.end());
     receiver r;
@@ -40,7 +61,8 @@ ferry_cli::receiver ferry_cli::start(const std::vector<std::string>& args, const
     return r;
 }
 
-run_result ferry_cli::ferry(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+run_result ferry_cli::ferry(const std::vector<std::string>& given, const std::vector<std::string>& env) {
+    std::vector<std::string> args = quiet_on_the_lan(given);
     std::vector<std::string> argv{FERRY_BINARY};
     argv.insert(argv.end(), args.begin(), args.end());
     return run(argv, process_timeout, env);

@@ -102,6 +102,17 @@ shares = ["www"]
     EXPECT_TRUE(c.peers[0].shares_given);
 }
 
+TEST_F(config_file_test, the_discovery_table_gives_every_discovery_flag) {
+    ferry::cli::config_file c = load_config(write("[discovery]\nenabled = false\nname = \"desk\"\ninterval = \"10s\"\n"
+                                                  "timeout = \"1m\"\nport = 7790\ngroup4 = \"239.1.2.3\"\n"
+                                                  "group6 = \"\"\n"));
+    EXPECT_EQ(values_of(c), "--discovery false\n--name desk\n--discovery-interval 10s\n--discovery-timeout 1m\n"
+                            "--discovery-port 7790\n--discovery-group4 239.1.2.3\n--discovery-group6 \n");
+    const std::string f = (dir / "config.toml").string();
+    EXPECT_EQ(error_of("[discovery]\nintervall = \"10s\"\n"), f + ":2:1: unknown key \"intervall\" in [discovery]");
+    EXPECT_EQ(error_of("[discovery]\nenabled = \"no\"\n"), f + ":2:11: enabled: expected true or false");
+}
+
 TEST_F(config_file_test, a_peer_given_every_share_says_so_and_one_without_shares_does_not) {
     ferry::cli::config_file c = load_config(write("[[peer]]\nid = \"" + peer_id + "\"\nshares = [\"*\"]\n"));
     ASSERT_EQ(c.peers.size(), 1u);
