@@ -121,13 +121,6 @@ void discovery::stop() {
     }
 }
 
-void discovery::changed() {
-    round_ = 0;
-    if (!stopped_) {
-        announce(false);
-    }
-}
-
 void discovery::join_interfaces() {
     ifaddrs* list = nullptr;
     if (::getifaddrs(&list) != 0) {
@@ -202,7 +195,24 @@ void discovery::announce(bool leaving) {
 }
 
 void discovery::schedule() {
-    timer_.expires_after(backoff_delay(round_++, std::chrono::seconds(1), config_.interval));
+    auto delay = backoff_delay(round_++, std::chrono::seconds(1), config_.interval);
+    next_announce_ = std::chrono::steady_clock::now() + delay;
+    timer_.expires_at(next_announce_);
+    timer_.async_wait([this](std::error_code ec) {
+        if (!ec && !stopped_) {
+            announce(false);
+        }
+    });
+}
+
+void discovery::answer() {
+    auto at = std::chrono::steady_clock::now() +
+              backoff_delay(0, std::chrono::seconds(1), std::chrono::seconds(1));  // 0.5-1 s, drawn
+    if (stopped_ || at >= next_announce_) {
+        return;
+    }
+    next_announce_ = at;
+    timer_.expires_at(at);
     timer_.async_wait([this](std::error_code ec) {
         if (!ec && !stopped_) {
             announce(false);
@@ -251,9 +261,15 @@ void discovery::take(std::span<const std::uint8_t> datagram, const asio::ip::add
     std::int64_t now_ms = wall_ms();
     announce_filter::verdict v = filter_.check(a->id, a->instance, a->seq, a->time_ms, now_ms);
     if (v == announce_filter::verdict::duplicate) {
-        if (auto it = peers_.find(a->id); it != peers_.end()) {
-            add_addresses(it->second, *a, from);  // the same one by the other family: its addresses too
+        // The same one by the other family (once): its addresses too. Another copy by
+        // the same family is a recording sent again.
+        auto it = peers_.find(a->id);
+        if (it == peers_.end() || (from.is_v6() ? it->second.heard_v6 : it->second.heard_v4)) {
+            ++counts_.replayed;
+            return;
         }
+        (from.is_v6() ? it->second.heard_v6 : it->second.heard_v4) = true;
+        add_addresses(it->second, *a, from);
         return;
     }
     if (v != announce_filter::verdict::fresh) {
@@ -282,15 +298,19 @@ void discovery::take(std::span<const std::uint8_t> datagram, const asio::ip::add
     p.last_seen = now;
     p.last_seen_ms = now_ms;
     p.from = from.to_string();
+    p.heard_v4 = from.is_v4();
+    p.heard_v6 = from.is_v6();
     p.addresses.clear();
     add_addresses(p, *a, from);
     if (is_new) {
         // A node new here has not heard this one yet, most likely: announce within a
         // second (drawn, so that a LAN of nodes does not answer at once), not at the end
         // of a long gap.
-        round_ = 0;
-        schedule();
-        if (seen_) {
+        answer();
+        seen_tokens_ = std::min(20.0, seen_tokens_ + std::chrono::duration<double>(now - seen_refill_).count() / 3);
+        seen_refill_ = now;
+        if (seen_ && seen_tokens_ >= 1) {
+            seen_tokens_ -= 1;
             seen_(p, true);
         }
     }
@@ -307,17 +327,20 @@ void discovery::add_addresses(discovered_peer& p, const announcement& a, const a
         std::error_code ec;
         asio::ip::address h = asio::ip::make_address(host, ec);
         std::string dial;
-        if (!ec && h.is_unspecified()) {
+        if (ec) {
+            continue;  // an IP address, not a name (nor anything a terminal would take for a command)
+        }
+        if (h.is_unspecified()) {
             if (h.is_v4() && from.is_v6()) {
                 continue;  // 0.0.0.0 takes IPv4 only: its IPv4 copy gives the address
             }
             dial = from.is_v6() ? "[" + sender + "]:" + port : sender + ":" + port;
-        } else if (!ec && h.is_loopback() && !from.is_loopback()) {
+        } else if (h.is_loopback() && !from.is_loopback()) {
             continue;  // its loopback is not ours
         } else {
-            dial = l;
+            dial = h.is_v6() ? "[" + h.to_string() + "]:" + port : h.to_string() + ":" + port;  // as asio writes it
         }
-        if (std::ranges::find(p.addresses, dial) == p.addresses.end()) {
+        if (std::ranges::find(p.addresses, dial) == p.addresses.end() && p.addresses.size() < max_discovered_addresses) {
             p.addresses.push_back(dial);
         }
     }

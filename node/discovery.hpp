@@ -40,11 +40,15 @@ struct discovery_config {
     std::chrono::milliseconds timeout{std::chrono::seconds(100)};  // a node not heard this long is forgotten
 };
 
+inline constexpr std::size_t max_discovered_addresses = 8;
+
 struct discovered_peer {
     std::string id;
     std::string name;
     std::vector<std::string> addresses;  // HOST:PORT to dial, as heard (newest first)
     std::string from;                    // the address the last announcement came from
+    bool heard_v4 = false;               // the last announcement taken came by IPv4 (and/or IPv6)
+    bool heard_v6 = false;
     std::uint32_t version = 0;
     std::chrono::steady_clock::time_point last_seen;
     std::int64_t last_seen_ms = 0;  // our wall clock then
@@ -75,8 +79,6 @@ public:
     bool start(std::string& error);
     // Says it is leaving (once on each interface) and closes.
     void stop();
-    // What it announces changed: announce now, gaps from 1 s again.
-    void changed();
 
     // Nodes heard within the timeout, by ID.
     std::vector<discovered_peer> peers() const;
@@ -87,10 +89,13 @@ private:
     struct family;
     void announce(bool leaving);
     void schedule();
+    // A node new here: the next announcement goes within a second, unless one is due
+    // sooner (never later: a flood of new IDs cannot hold this node's announcements back).
+    void answer();
     void receive(family& f);
     void take(std::span<const std::uint8_t> datagram, const asio::ip::address& from);
     // The addresses `a` gives to dial `p` at, heard from `from` (0.0.0.0 and [::] mean
-    // `from`), added to p.addresses.
+    // `from`), added to p.addresses (IP literals only; at most max_addresses in all).
     static void add_addresses(discovered_peer& p, const announcement& a, const asio::ip::address& from);
     void join_interfaces();
 
@@ -104,6 +109,10 @@ private:
     std::unique_ptr<family> v6_;
     asio::steady_timer timer_;
     unsigned round_ = 0;
+    std::chrono::steady_clock::time_point next_announce_;
+    // `seen` calls for new nodes: a token bucket (a flood of new IDs is not a flood of lines).
+    double seen_tokens_ = 20;
+    std::chrono::steady_clock::time_point seen_refill_;
     std::uint64_t instance_ = 0;
     std::uint64_t seq_ = 0;
     announce_filter filter_;

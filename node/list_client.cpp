@@ -127,6 +127,7 @@ void list_client::on_frame(connection& c, wire::Header& header, pooled_buffer) {
 }
 
 void list_client::on_closed(connection&, std::error_code ec) {
+    closed_ = true;
     if (finished_) {
         return;
     }

@@ -41,6 +41,8 @@ public:
     // Dials the peer and asks; spec.done follows (a failure to connect too).
     void start();
     bool finished() const { return finished_; }
+    // Finished, and its connection closed (it calls in until then).
+    bool done() const { return finished_ && (!conn_ || closed_); }
     // Ends it now (the node stops): spec.done gets `why`.
     void cancel(const std::string& why) { finish(exit_code::transfer_failed, why); }
 
@@ -60,6 +62,7 @@ private:
     list_report report_;
     bool hello_seen_ = false;
     bool finished_ = false;
+    bool closed_ = false;
 };
 
 }  // namespace ferry

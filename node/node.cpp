@@ -235,7 +235,13 @@ void node::pull(pull_spec spec, send_target target) {
 }
 
 void node::list(list_spec spec, send_target target) {
-    std::erase_if(lists_, [](const auto& l) { return l->finished(); });
+    std::erase_if(lists_, [](const auto& l) { return l->done(); });  // the connection calls in until it closed
+    if (stopped_) {
+        list_report r;
+        r.error = "node stopped";
+        spec.done(r);
+        return;
+    }
     auto l = std::make_shared<list_client>(*ctx_, std::move(spec), std::move(target));
     lists_.push_back(l);
     l->start();

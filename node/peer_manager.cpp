@@ -186,6 +186,11 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
 
 void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer payload) {
     auto self_c = c.shared_from_this();
+    if (listings_.erase(&c) > 0) {
+        // An asker has nothing to say while its listing goes out.
+        turn_away(self_c, wire::ERROR_PROTOCOL, "unexpected message during a listing", refusal::protocol);
+        return;
+    }
     if (scanning_.erase(self_c) > 0) {
         // A puller waits for the Offer while its folder is scanned: it has nothing to say.
         turn_away(self_c, wire::ERROR_PROTOCOL, "unexpected message while the pull is prepared", refusal::protocol);
@@ -491,16 +496,31 @@ void peer_manager::start_list(std::shared_ptr<connection> c, const wire::Hello& 
 }
 
 void peer_manager::send_listing(const std::shared_ptr<connection>& c, std::vector<entry_info> entries) {
-    sender_machine listing(0, std::move(entries), {});
-    for (std::size_t b = 0; b < listing.offer_count(); ++b) {
-        wire::Header h;
-        *h.mutable_offer() = listing.make_offer(b);
-        c->send(h);
-    }
     c->set_handler(this);
-    c->close_after_flush();
-    closing_.insert(c);
+    closing_.insert(c);  // counted as a connection until it closes; no frame of the asker's is read now
+    listings_[c.get()] = std::make_unique<listing>(listing{sender_machine(0, std::move(entries), {}), 0});
+    pump_listing(*c);
 }
+
+void peer_manager::pump_listing(connection& c) {
+    auto it = listings_.find(&c);
+    if (it == listings_.end()) {
+        return;
+    }
+    listing& l = *it->second;
+    constexpr std::size_t queue_target = 1024 * 1024;  // a few dozen batches ahead
+    while (l.next < l.batches.offer_count() && c.queued_bytes() < queue_target && !c.closed()) {
+        wire::Header h;
+        *h.mutable_offer() = l.batches.make_offer(l.next++);
+        c.send(h);
+    }
+    if (l.next == l.batches.offer_count()) {
+        listings_.erase(it);
+        c.close_after_flush();
+    }
+}
+
+void peer_manager::on_send_ready(connection& c) { pump_listing(c); }
 
 bool peer_manager::scan_done(const std::shared_ptr<connection>& c) {
     --scans_running_;
@@ -517,6 +537,7 @@ void peer_manager::next_scan() {
 }
 
 void peer_manager::on_closed(connection& c, std::error_code ec) {
+    listings_.erase(&c);
     closing_.erase(c.shared_from_this());
     scanning_.erase(c.shared_from_this());
     bool was_pending = false;

@@ -43,7 +43,7 @@ public:
 
     // Pending connections (before Hello).
     void on_frame(connection& c, wire::Header& header, pooled_buffer payload) override;
-    void on_send_ready(connection& c) override {}
+    void on_send_ready(connection& c) override;
     void on_closed(connection& c, std::error_code ec) override;
 
 private:
@@ -68,8 +68,18 @@ private:
     // Hello.list on connection 0 (`ferry ls`): checked as a pull, scanned on the worker
     // pool in its turn, answered with Offer batches, then closed.
     void start_list(std::shared_ptr<connection> c, const wire::Hello& hello);
-    // Sends the listing `entries` on `c` (after our Hello) in Offer batches, then closes it.
+    // Sends the listing `entries` on `c` (after our Hello) in Offer batches, as the
+    // connection's queue drains (a listing of millions of entries is not queued at once),
+    // then closes it.
     void send_listing(const std::shared_ptr<connection>& c, std::vector<entry_info> entries);
+    // Queues the next batches of `c`'s listing while its queue is short; closes it after
+    // the last.
+    void pump_listing(connection& c);
+    struct listing {
+        sender_machine batches;
+        std::size_t next = 0;
+    };
+    std::map<connection*, std::unique_ptr<listing>> listings_;
     // Open connections of the peer with statistics key `key` (or of every peer: "").
     std::size_t peer_connections(const std::string& key) const;
     // Sends an Error frame on `c` and closes it once that is out. `why`: the refusal it

@@ -484,7 +484,8 @@ void receive_session::on_offer(const wire::Offer& offer) {
         const std::string& name = pull_->source.get();
         for (file_id id : ids) {
             const std::string& path = machine_.entry(id).path;
-            if (!path.starts_with(name) || (path.size() > name.size() && path[name.size()] != '/')) {
+            bool top_link = path == name && machine_.entry(id).is_link;  // what was asked for is a file or a folder
+            if (top_link || !path.starts_with(name) || (path.size() > name.size() && path[name.size()] != '/')) {
                 fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
                      "protocol error from " + short_id(peer_id_) + ": it offers \"" + path.substr(0, 200) +
                          "\", not below \"" + name + "\" that was asked for");

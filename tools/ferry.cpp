@@ -759,7 +759,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     ev.discovered = [&o](const ferry::discovered_peer& p, bool present) {
         std::string who = (p.name.empty() ? "" : "\"" + ferry::printable(p.name) + "\" ") + ferry::format_node_id(p.id);
         if (!o.json) {
-            say(present ? "discovered " + who + " at " + (p.addresses.empty() ? p.from : p.addresses.front())
+            say(present ? "discovered " + who + " at " + ferry::printable(p.addresses.empty() ? p.from : p.addresses.front())
                         : who + " left the LAN");
             return;
         }
@@ -1043,8 +1043,10 @@ json local_node_status(const common_opts& o) {
 
 // Where to reach the peer `name`: a trusted peer's name or ID with the address `ferry
 // trust --address` gave it, else the address LAN discovery found it at (the running
-// `ferry serve` of this state folder heard its signed announcement), by ID, trusted
-// name or the name it announces. `t` gets the address and the ID to expect.
+// `ferry serve` of this state folder heard its signed announcement), by ID, or by the
+// name a trusted node announces. A name only an untrusted node announces is refused
+// (anyone may announce any name; an ID given by the user is pinned as given). `t` gets
+// the address and the ID to expect.
 bool resolve_peer(const common_opts& o, const std::string& name, ferry::send_target& t, std::string& error) {
     ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
     std::optional<ferry::trusted_peer> peer = store.find_name(name);
@@ -1056,31 +1058,41 @@ bool resolve_peer(const common_opts& o, const std::string& name, ferry::send_tar
     if (address.empty()) {
         json st = local_node_status(o);
         const json* found = nullptr;
+        std::string untrusted;  // a node announcing `name` that is not trusted here
         if (st.is_object() && st["discovery"].value("enabled", false)) {
             for (const json& d : st["discovery"]["peers"]) {
                 std::string did = ferry::parse_node_id(d.value("id", "")).value_or("");
                 bool match = id.empty() ? d.value("name", "") == name : did == id;
-                if (match && !d["addresses"].empty()) {
-                    if (found != nullptr && id.empty()) {
-                        error = "two nodes on the LAN announce the name \"" + name + "\"; name one by its ID";
-                        return false;
-                    }
-                    found = &d;
+                if (!match || d["addresses"].empty()) {
+                    continue;
                 }
+                if (id.empty() && !store.find_id(did)) {
+                    untrusted = ferry::format_node_id(did);
+                    continue;
+                }
+                if (found != nullptr) {
+                    error = "two trusted nodes on the LAN announce the name \"" + name + "\"; name one by its ID";
+                    return false;
+                }
+                found = &d;
             }
         }
         if (found == nullptr) {
             error = peer ? "peer \"" + name + "\" has no address, and LAN discovery has not seen it (give it one: "
                                "ferry trust " + ferry::format_node_id(peer->id) + " --address HOST:PORT)"
-                         : "no trusted peer named \"" + name + "\", and no node of that name or ID on the LAN (ferry "
-                               "trust ID --name " + name + " --address HOST:PORT; `ferry peers` lists what discovery sees)";
+                    : !untrusted.empty()
+                        ? "\"" + name + "\" is the name node " + untrusted + " announces on the LAN, but that node is "
+                              "not trusted here (anyone may announce any name): ferry trust " + untrusted +
+                              " --name " + name + ", or name it by its ID"
+                        : "no trusted peer named \"" + name + "\", and no node of that name or ID on the LAN (ferry "
+                              "trust ID --name " + name + " --address HOST:PORT; `ferry peers` lists what discovery sees)";
             return false;
         }
         address = (*found)["addresses"][0].get<std::string>();
         id = ferry::parse_node_id((*found).value("id", "")).value_or("");
     }
     if (!ferry::split_host_port(address, t.host, t.port)) {
-        error = "peer \"" + name + "\" has a bad address \"" + address + "\"";
+        error = "peer \"" + name + "\" has a bad address \"" + ferry::printable(address) + "\"";
         return false;
     }
     t.expected_id = id;
@@ -1143,7 +1155,7 @@ std::optional<remote_spec> parse_remote(const common_opts& o, const std::string&
 
 int cmd_send(const common_opts& o, const send_opts& s) {
     if (s.args.size() < 2) {
-        return fail(o, exit_code::usage, "need at least one PATH and a target [ID@]HOST:PORT");
+        return fail(o, exit_code::usage, "need at least one PATH and a target [ID@]HOST:PORT or PEER");
     }
     std::string target = s.args.back();
     ferry::send_target t;
@@ -1309,6 +1321,10 @@ int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
         folder = d.has_parent_path() ? d.parent_path() : fs::path(".");
         if (name == "." || name == ".." || ferry::check_wire_path(name)) {
             return fail(o, exit_code::usage, "DEST " + g.dest + ": not a name a file or folder can take");
+        }
+        if (::stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+            return fail(o, exit_code::usage, "DEST " + g.dest + ": its folder " + folder.string() +
+                                                 " does not exist (as with cp, name a folder that does, or end DEST in '/')");
         }
     }
     sync_run run;
@@ -1525,7 +1541,8 @@ int cmd_peers(const common_opts& o, const peers_opts& po) {
         std::size_t pending = 0;
         for (auto& [id, r] : rows) {
             ferry::send_target t;
-            if (r.addresses.empty() || !ferry::split_host_port(r.addresses.front(), t.host, t.port)) {
+            // Trusted peers only: a node that only announced itself is not dialed.
+            if (!r.trusted || r.addresses.empty() || !ferry::split_host_port(r.addresses.front(), t.host, t.port)) {
                 continue;
             }
             t.expected_id = id;
@@ -1534,7 +1551,9 @@ int cmd_peers(const common_opts& o, const peers_opts& po) {
             auto shares = std::make_shared<json>(json::array());
             spec.entries = [shares](std::vector<ferry::entry_info> batch) {
                 for (const ferry::entry_info& e : batch) {
-                    shares->push_back({{"name", e.path}, {"writable", (e.mode & 0200) != 0}});
+                    if (shares->size() < 1024) {  // a peer's answer, bounded
+                        shares->push_back({{"name", e.path}, {"writable", (e.mode & 0200) != 0}});
+                    }
                 }
             };
             spec.done = [&pending, &deadline, shares, &r = r](const ferry::list_report& rep) {
@@ -1588,7 +1607,7 @@ int cmd_peers(const common_opts& o, const peers_opts& po) {
         std::string name = r.name.empty() ? (r.announced.empty() ? "-" : "(" + r.announced + ")") : r.name;
         std::printf("%-16s %-19s %-24s %-9s %-11s %-9s %s\n", ferry::printable(name).c_str(),
                     ferry::format_node_id(id).substr(0, 19).c_str(),
-                    r.addresses.empty() ? "-" : r.addresses.front().c_str(),
+                    r.addresses.empty() ? "-" : ferry::printable(r.addresses.front()).c_str(),
                     r.seen_s_ago ? fmt::format("{:.0f}s ago", *r.seen_s_ago).c_str() : "-",
                     r.trusted ? "trusted" : "not-trusted", r.connected ? "connected" : "-", shares.c_str());
     }
@@ -2260,8 +2279,10 @@ int main(int argc, char** argv) {
     send->add_flag("--overwrite", so.overwrite, "ask the receiver to replace existing files");
     send->add_flag("--fsync-each", so.fsync_each, "ask the receiver to fsync every file before rename");
     send->add_flag("--plaintext", so.plaintext, "no TLS (benchmarks only; the receiver must say it too)");
-    send->add_option("ARGS", so.args, "PATH... [ID@]HOST:PORT")->required();
-    send->footer("Example:\n  ferry send photos/ notes.txt ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567@192.0.2.7:7788");
+    send->add_option("ARGS", so.args, "PATH... [ID@]HOST:PORT, or PATH... PEER (a trusted name, or an ID LAN discovery found)")
+        ->required();
+    send->footer("Examples:\n  ferry send photos/ notes.txt ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567@192.0.2.7:7788\n"
+                 "  ferry send report.pdf desk");
 
     receive_opts serve_o;
     serve_o.dir = "";

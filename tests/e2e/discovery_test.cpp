@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <thread>
 
 #include "ferry.pb.h"
@@ -171,13 +172,25 @@ TEST(discovery, nodes_on_a_link_find_each_other_and_forged_or_replayed_announcem
     b_args.insert(b_args.end(), fast.begin(), fast.end());
     ferry_cli::receiver b = cli.start(b_args, {}, in_ns(lan.b()));
     ASSERT_FALSE(b.address.empty());
+    // C, beside A, is not trusted by B and announces a name of its choice.
+    const std::string c_canon = parse_node_id(cli.id("C")).value_or("");
+    std::vector<std::string> c_args{"serve", "--state", cli.state("C").string(), "--listen", "0.0.0.0:0", "--json",
+                                    "--inbox", (cli.root() / "in-c").string(), "--name", "desk"};
+    c_args.insert(c_args.end(), fast.begin(), fast.end());
+    ferry_cli::receiver c = cli.start(c_args, {}, in_ns(lan.a()));
+    ASSERT_FALSE(c.address.empty());
 
-    // B hears A (its first announcement, or the next within the interval).
-    std::optional<nlohmann::json> found = next_event(*b.proc, "discovered", 20s);
-    ASSERT_TRUE(found) << b.proc->err();
-    EXPECT_EQ(parse_node_id((*found)["id"].get<std::string>()), a_canon);
-    EXPECT_EQ((*found)["name"], "node-a");
-    EXPECT_EQ((*found)["addresses"][0], "198.18.213.1:" + a_port);
+    // B hears A and C (their first announcements, or the next within the interval).
+    std::map<std::string, nlohmann::json> heard;
+    while (heard.size() < 2) {
+        std::optional<nlohmann::json> found = next_event(*b.proc, "discovered", 20s);
+        ASSERT_TRUE(found) << b.proc->err();
+        heard[parse_node_id((*found)["id"].get<std::string>()).value_or("")] = *found;
+    }
+    ASSERT_TRUE(heard.contains(a_canon));
+    EXPECT_EQ(heard[a_canon]["name"], "node-a");
+    EXPECT_EQ(heard[a_canon]["addresses"][0], "198.18.213.1:" + a_port);
+    ASSERT_TRUE(heard.contains(c_canon));
 
     auto b_cmd = [&](std::vector<std::string> args) {
         std::vector<std::string> argv = in_ns(lan.b());
@@ -187,9 +200,17 @@ TEST(discovery, nodes_on_a_link_find_each_other_and_forged_or_replayed_announcem
     // `ferry peers` on B: A, trusted, where discovery heard it, with the share it opens to B.
     run_result peers = b_cmd({"peers", "--state", cli.state("B").string(), "--json"});
     ASSERT_EQ(peers.code, 0) << peers.err;
-    std::vector<nlohmann::json> ev = json_events(peers.out);
-    nlohmann::json a_row = find_event(ev, "peer");
+    nlohmann::json a_row;
+    nlohmann::json c_row;
+    for (const nlohmann::json& e : json_events(peers.out)) {
+        if (e["event"] == "peer") {
+            (parse_node_id(e["id"].get<std::string>()) == a_canon ? a_row : c_row) = e;
+        }
+    }
     ASSERT_FALSE(a_row.is_null()) << peers.out;
+    ASSERT_FALSE(c_row.is_null()) << peers.out;
+    EXPECT_EQ(c_row["trusted"], false);
+    EXPECT_TRUE(c_row["shares"].is_null());  // a node that is not trusted is not dialed
     EXPECT_EQ(parse_node_id(a_row["id"].get<std::string>()), a_canon);
     EXPECT_EQ(a_row["name"], "ay");
     EXPECT_EQ(a_row["announced_name"], "node-a");
@@ -208,6 +229,11 @@ TEST(discovery, nodes_on_a_link_find_each_other_and_forged_or_replayed_announcem
     run_result ls = b_cmd({"ls", "--state", cli.state("B").string(), "node-a:pub"});
     ASSERT_EQ(ls.code, 0) << ls.err;
     EXPECT_NE(ls.out.find("data.bin"), std::string::npos) << ls.out;
+    // A name only an untrusted node announces is not resolved: anyone may announce any name.
+    run_result spoof = b_cmd({"send", "--state", cli.state("B").string(), (share / "data.bin").string(), "desk"});
+    EXPECT_EQ(spoof.code, 1) << spoof.err;
+    EXPECT_NE(spoof.err.find("not trusted here"), std::string::npos) << spoof.err;
+    EXPECT_FALSE(fs::exists(cli.root() / "in-c" / "data.bin"));
 
     // Into the link from B's side: an announcement for A's ID signed by another key, and
     // a real announcement of A's recorded and sent again. Neither moves A's address.
@@ -243,10 +269,15 @@ TEST(discovery, nodes_on_a_link_find_each_other_and_forged_or_replayed_announcem
     }
     ::close(probe);
     ASSERT_TRUE(status) << "B did not count the forged and the replayed announcement";
-    const nlohmann::json& d = (*status)["discovery"]["peers"];
-    ASSERT_EQ(d.size(), 1u);
-    EXPECT_EQ(d[0]["addresses"], nlohmann::json::array({"198.18.213.1:" + a_port}));
-    EXPECT_EQ(d[0]["name"], "node-a");
+    const nlohmann::json* d = nullptr;
+    for (const nlohmann::json& p : (*status)["discovery"]["peers"]) {
+        if (parse_node_id(p["id"].get<std::string>()) == a_canon) {
+            d = &p;
+        }
+    }
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ((*d)["addresses"], nlohmann::json::array({"198.18.213.1:" + a_port}));
+    EXPECT_EQ((*d)["name"], "node-a");
 
     // A stops: it says so, and B forgets it at once.
     a.proc->signal(SIGTERM);
@@ -254,8 +285,10 @@ TEST(discovery, nodes_on_a_link_find_each_other_and_forged_or_replayed_announcem
     std::optional<nlohmann::json> left = next_event(*b.proc, "peer_left", 10s);
     ASSERT_TRUE(left) << b.proc->err();
     EXPECT_EQ(parse_node_id((*left)["id"].get<std::string>()), a_canon);
-    b.proc->signal(SIGTERM);
-    EXPECT_EQ(b.proc->wait(10s), 0);
+    for (ferry_cli::receiver* r : {&b, &c}) {
+        r->proc->signal(SIGTERM);
+        EXPECT_EQ(r->proc->wait(10s), 0);
+    }
 }
 
 }  // namespace

@@ -1071,8 +1071,40 @@ TEST_F(share_get, refusals_are_clear_and_leave_dest_as_it_was) {
     EXPECT_NE(kind.err.find("is a folder here, and a file at the peer"), std::string::npos) << kind.err;
     EXPECT_TRUE(fs::is_directory(out / "dir/intro.txt"));
 
-    // DEST in a folder that does not exist.
+    // DEST in a folder that does not exist: nothing is made (as cp would not).
     EXPECT_EQ(get("ay:docs/manual", (out / "no/such/place").string()).code, 1);
+    run_result no_dir = get("ay:docs/manual/intro.txt", (out / "nodir/renamed.txt").string());
+    EXPECT_EQ(no_dir.code, 1) << no_dir.err;
+    EXPECT_NE(no_dir.err.find("does not exist"), std::string::npos) << no_dir.err;
+    EXPECT_FALSE(fs::exists(out / "nodir"));
+}
+
+// A listing far bigger than the serving node's per-connection queue goes out as the
+// queue drains, not all at once.
+TEST_F(share_get, a_listing_bigger_than_the_connection_queue_arrives_whole) {
+    std::vector<std::string> shares{"docs=" + ro_share.string()};
+    std::vector<std::string> trust{"trust", "--state", cli.state("A").string(), b_id, "--name", "bee"};
+    ASSERT_EQ(cli.ferry(trust).code, 0);
+    // 9,000 entries of about 265 bytes each: 2.4 MB of Offer batches, over the 2 MiB queue.
+    constexpr int files = 9'000;
+    const std::string longname(240, 'n');
+    fs::create_directories(ro_share / "many");
+    for (int i = 0; i < files; ++i) {
+        int fd = ::open((ro_share / "many" / (longname + std::to_string(i))).c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        ASSERT_GE(fd, 0);
+        ::close(fd);
+    }
+    node = cli.start({"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--json", "--inbox",
+                      (cli.root() / "inbox").string(), "--share", shares[0], "--max-conn-queue", "2M"});
+    ASSERT_FALSE(node.address.empty());
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "ay", "--address", node.address})
+                  .code,
+              0);
+    run_result all = cli.ferry({"ls", "--state", cli.state("B").string(), "--json", "-r", "ay:docs"});
+    ASSERT_EQ(all.code, 0) << all.err;
+    nlohmann::json done = find_event(json_events(all.out), "done");
+    EXPECT_EQ(done["files"], files);
+    EXPECT_EQ(done["dirs"], 1);
 }
 
 // `ferry ls`: a peer's shares open to this node, and what one holds.
