@@ -878,6 +878,19 @@ void print_status(const json& st) {
                         tu["sndbuf"].get<int>(), tu["rcvbuf"].get<int>());
         }
     }
+    const json& lan = st["discovery"];
+    if (lan.is_object() && lan.value("enabled", false)) {
+        const json& n = lan["announcements"];
+        std::printf("discovery: announcing as \"%s\" on %s %s port %d; %zu node(s) heard; announcements sent %llu, "
+                    "taken %llu, ignored %llu (forged %llu, stale %llu, replayed %llu, over the rate %llu)\n",
+                    ferry::printable(lan.value("name", "")).c_str(), lan.value("group4", "").c_str(),
+                    lan.value("group6", "").c_str(), lan.value("port", 0), lan["peers"].size(),
+                    n.value("sent", 0ULL), n.value("taken", 0ULL),
+                    n.value("forged", 0ULL) + n.value("stale", 0ULL) + n.value("replayed", 0ULL) + n.value("dropped", 0ULL),
+                    n.value("forged", 0ULL), n.value("stale", 0ULL), n.value("replayed", 0ULL), n.value("dropped", 0ULL));
+    } else if (lan.is_object()) {
+        std::printf("discovery: off\n");
+    }
     std::printf("transfers: %zu\n", st["transfers"].size());
     for (const json& x : st["transfers"]) {
         std::uint64_t total = x["total_bytes"];
