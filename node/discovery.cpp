@@ -264,7 +264,10 @@ void discovery::take(std::span<const std::uint8_t> datagram, const asio::ip::add
         // The same one by the other family (once): its addresses too. Another copy by
         // the same family is a recording sent again.
         auto it = peers_.find(a->id);
-        if (it == peers_.end() || (from.is_v6() ? it->second.heard_v6 : it->second.heard_v4)) {
+        if (it == peers_.end()) {
+            return;  // the other copy of a `leaving` (nothing to add to)
+        }
+        if (from.is_v6() ? it->second.heard_v6 : it->second.heard_v4) {
             ++counts_.replayed;
             return;
         }
