@@ -15,9 +15,6 @@ namespace ferry {
 
 namespace {
 
-constexpr double read_rate = 50;    // announcements a second, read and checked at most
-constexpr double read_burst = 100;
-
 std::int64_t wall_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
@@ -50,8 +47,6 @@ discovery::discovery(asio::io_context& io, discovery_config config, const std::s
         config_.name = host_name();
     }
     RAND_bytes(reinterpret_cast<unsigned char*>(&instance_), sizeof instance_);
-    tokens_ = read_burst;
-    refill_ = std::chrono::steady_clock::now();
 }
 
 discovery::~discovery() = default;
@@ -195,22 +190,18 @@ void discovery::announce(bool leaving) {
 }
 
 void discovery::schedule() {
-    auto delay = backoff_delay(round_++, std::chrono::seconds(1), config_.interval);
-    next_announce_ = std::chrono::steady_clock::now() + delay;
-    timer_.expires_at(next_announce_);
-    timer_.async_wait([this](std::error_code ec) {
-        if (!ec && !stopped_) {
-            announce(false);
-        }
-    });
+    announce_at(std::chrono::steady_clock::now() + backoff_delay(round_++, std::chrono::seconds(1), config_.interval));
 }
 
 void discovery::answer() {
     auto at = std::chrono::steady_clock::now() +
               backoff_delay(0, std::chrono::seconds(1), std::chrono::seconds(1));  // 0.5-1 s, drawn
-    if (stopped_ || at >= next_announce_) {
-        return;
+    if (!stopped_ && at < next_announce_) {
+        announce_at(at);
     }
+}
+
+void discovery::announce_at(std::chrono::steady_clock::time_point at) {
     next_announce_ = at;
     timer_.expires_at(at);
     timer_.async_wait([this](std::error_code ec) {
@@ -235,13 +226,10 @@ void discovery::receive(family& f) {
 void discovery::take(std::span<const std::uint8_t> datagram, const asio::ip::address& from) {
     ++counts_.received;
     auto now = std::chrono::steady_clock::now();
-    tokens_ = std::min(read_burst, tokens_ + read_rate * std::chrono::duration<double>(now - refill_).count());
-    refill_ = now;
-    if (tokens_ < 1) {
+    if (!read_rate_.take(now)) {
         ++counts_.dropped;
         return;
     }
-    tokens_ -= 1;
     std::string why;
     std::optional<announcement> a = open_announcement(datagram, why);
     if (a && a->id == signer_.id()) {
@@ -310,10 +298,7 @@ void discovery::take(std::span<const std::uint8_t> datagram, const asio::ip::add
         // second (drawn, so that a LAN of nodes does not answer at once), not at the end
         // of a long gap.
         answer();
-        seen_tokens_ = std::min(20.0, seen_tokens_ + std::chrono::duration<double>(now - seen_refill_).count() / 3);
-        seen_refill_ = now;
-        if (seen_ && seen_tokens_ >= 1) {
-            seen_tokens_ -= 1;
+        if (seen_ && seen_rate_.take(now)) {
             seen_(p, true);
         }
     }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <asio.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -41,6 +42,24 @@ struct discovery_config {
 };
 
 inline constexpr std::size_t max_discovered_addresses = 8;
+
+// Events against a rate: `burst` at once, then `rate` a second.
+struct event_bucket {
+    double rate;
+    double burst;
+    double tokens = burst;
+    std::chrono::steady_clock::time_point refill{};
+    // True (and one taken) when an event may pass at `now`.
+    bool take(std::chrono::steady_clock::time_point now) {
+        tokens = std::min(burst, tokens + rate * std::chrono::duration<double>(now - refill).count());
+        refill = now;
+        if (tokens < 1) {
+            return false;
+        }
+        tokens -= 1;
+        return true;
+    }
+};
 
 struct discovered_peer {
     std::string id;
@@ -89,6 +108,8 @@ private:
     struct family;
     void announce(bool leaving);
     void schedule();
+    // The next announcement at `at`.
+    void announce_at(std::chrono::steady_clock::time_point at);
     // A node new here: the next announcement goes within a second, unless one is due
     // sooner (never later: a flood of new IDs cannot hold this node's announcements back).
     void answer();
@@ -110,17 +131,15 @@ private:
     asio::steady_timer timer_;
     unsigned round_ = 0;
     std::chrono::steady_clock::time_point next_announce_;
-    // `seen` calls for new nodes: a token bucket (a flood of new IDs is not a flood of lines).
-    double seen_tokens_ = 20;
-    std::chrono::steady_clock::time_point seen_refill_;
+    // `seen` calls for new nodes (a flood of new IDs is not a flood of lines).
+    event_bucket seen_rate_{.rate = 1.0 / 3, .burst = 20};
     std::uint64_t instance_ = 0;
     std::uint64_t seq_ = 0;
     announce_filter filter_;
     std::map<std::string, discovered_peer> peers_;
     discovery_counts counts_;
-    // Reading rate: a token bucket (announcements per second), so a flood costs little.
-    double tokens_ = 0;
-    std::chrono::steady_clock::time_point refill_;
+    // Announcements read a second, so a flood costs little.
+    event_bucket read_rate_{.rate = 50, .burst = 100};
     std::chrono::steady_clock::time_point last_log_;
     bool stopped_ = false;
 };
