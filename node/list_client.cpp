@@ -13,22 +13,16 @@ namespace {
 constexpr std::chrono::seconds hello_wait{30};
 constexpr std::chrono::seconds scan_wait{600};
 
-// An entry of the listing as a receiver would take it from an offer: nullopt when no
-// node sends such a thing.
+// An entry of the listing, checked as a receiver checks an offer's (check_wire_entry):
+// nullopt when no node sends such a thing.
 std::optional<entry_info> listed_entry(const wire::Entry& e) {
-    if (check_wire_path(e.path())) {
+    if (check_wire_entry(e, true)) {
         return std::nullopt;
     }
     entry_info out{.path = e.path(), .size = e.size(), .mtime_ns = e.mtime_ns(), .mode = e.mode() & 07777,
                    .is_dir = e.kind() == wire::ENTRY_DIR, .is_link = e.kind() == wire::ENTRY_SYMLINK};
     if (out.is_link) {
-        if (e.link_target().empty() || e.link_target().size() > max_link_target ||
-            e.link_target().find('\0') != std::string::npos) {
-            return std::nullopt;
-        }
         out.link_target = e.link_target();
-    } else if (!out.is_dir && e.kind() != wire::ENTRY_FILE) {
-        return std::nullopt;
     }
     if (!out.is_file()) {
         out.size = 0;

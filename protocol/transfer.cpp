@@ -31,6 +31,21 @@ std::uint64_t chunk_bitmap::count() const {
     return n;
 }
 
+std::error_code check_wire_entry(const wire::Entry& e, bool links) {
+    if (std::error_code ec = check_wire_path(e.path())) {
+        return ec;
+    }
+    bool is_link = e.kind() == wire::ENTRY_SYMLINK;
+    if (e.kind() != wire::ENTRY_DIR && !is_link && e.kind() != wire::ENTRY_FILE) {
+        return protocol_errc::bad_path;
+    }
+    if (is_link && (!links || e.link_target().empty() || e.link_target().size() > max_link_target ||
+                    e.link_target().find('\0') != std::string::npos || e.size() != 0)) {
+        return protocol_errc::bad_path;
+    }
+    return {};
+}
+
 // ---------------------------------------------------------------------------------------
 // Sender
 
@@ -466,7 +481,8 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (e.id() != files_.size()) {
             return protocol_errc::duplicate_id;
         }
-        if (std::error_code ec = check_wire_path(e.path())) {
+        // A symlink only into a sync's mirror.
+        if (std::error_code ec = check_wire_entry(e, sync_.has_value())) {
             return ec;
         }
         if (is_partial_file_name(split_wire_path(e.path()).back())) {
@@ -474,14 +490,6 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         }
         bool is_dir = e.kind() == wire::ENTRY_DIR;
         bool is_link = e.kind() == wire::ENTRY_SYMLINK;
-        if (!is_dir && !is_link && e.kind() != wire::ENTRY_FILE) {
-            return protocol_errc::bad_path;
-        }
-        // A symlink only into a sync's mirror, with a target a link can hold and no data.
-        if (is_link && (!sync_ || e.link_target().empty() || e.link_target().size() > max_link_target ||
-                        e.link_target().find('\0') != std::string::npos || e.size() != 0)) {
-            return protocol_errc::bad_path;
-        }
         // Every chunk needs an index a Chunk can carry, and the sizes a sum total_bytes()
         // can hold: a wrapped total would pass for a small transfer.
         if (!is_dir && (chunk_count(e.size()) > std::numeric_limits<std::uint32_t>::max() ||

@@ -45,6 +45,11 @@ struct entry_info {
 // The longest link target an offer may carry (PATH_MAX less its NUL).
 inline constexpr std::size_t max_link_target = 4095;
 
+// What any receiver of an Entry (an Offer's, a listing's) checks before taking it: a path
+// the wire allows (check_wire_path's error), a kind it knows, and for a symlink (only
+// where `links` are allowed) a target a link can hold and no data (bad_path).
+std::error_code check_wire_entry(const wire::Entry& e, bool links);
+
 struct chunk_ref {
     file_id file;
     chunk_index index;
