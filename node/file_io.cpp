@@ -101,6 +101,20 @@ std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t o
     return done;
 }
 
+bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std::vector<digest128>& out,
+                 const std::function<bool()>& stop) {
+    buf.resize(chunk_size);
+    for (std::uint64_t c = 0; c < chunk_count(size); ++c) {
+        std::uint32_t len = chunk_length(size, c);
+        std::error_code ec;
+        if ((stop && stop()) || read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
+            return false;
+        }
+        out.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+    }
+    return true;
+}
+
 std::error_code list_folder(int dir_fd, std::vector<std::string>& names) {
     names.clear();
     int fd = ::dup(dir_fd);  // fdopendir takes the fd it is given; the caller keeps its own

@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 
+#include "protocol/le_bytes.hpp"
 #include "protocol/path.hpp"
 
 namespace ferry {
@@ -26,6 +27,8 @@ std::optional<entry_info> listed_entry(const wire::Entry& e) {
     }
     if (!out.is_file()) {
         out.size = 0;
+    } else if (e.digest().size() == 16) {
+        out.digest = get_digest(e.digest().data());  // ListRequest.checksum
     }
     return out;
 }

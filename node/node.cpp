@@ -175,7 +175,19 @@ void node::send(source_tree sources, send_target target, send_options options,
     s->start();
 }
 
-void node::pull(pull_spec spec, send_target target) {
+void node::cancel_pull(const std::string& session_id, const std::string& why) {
+    for (auto& s : pulls_) {
+        if (s->session_id() == session_id) {
+            if (!s->reported()) {
+                s->stop(why);
+            }
+            return;
+        }
+    }
+    cancelled_dials_.push_back(session_id);  // a pull whose session does not exist yet (or ended)
+}
+
+std::string node::pull(pull_spec spec, send_target target) {
     std::string session_id(16, '\0');
     RAND_bytes(reinterpret_cast<unsigned char*>(session_id.data()), static_cast<int>(session_id.size()));
     std::uint32_t count = std::clamp<std::uint32_t>(spec.connections, 1, max_connections);
@@ -188,13 +200,14 @@ void node::pull(pull_spec spec, send_target target) {
     };
     dial_peer(*ctx_, target, [this, spec = std::move(spec), target, session_id, hello_for](
                                  std::error_code ec, std::unique_ptr<byte_stream> stream) mutable {
-        if (ec || stopped_) {
+        bool cancelled = std::erase(cancelled_dials_, session_id) > 0;
+        if (ec || stopped_ || cancelled) {
             transfer_report r;
             r.session_id = session_id;
             std::tie(r.code, r.error) = ec ? dial_failure(ec, target, "peer")
                                            : std::pair(exit_code::transfer_failed,
                                                        "cannot connect to " + target.host + ":" + target.port +
-                                                           ": node stopped");
+                                                           (cancelled ? ": cancelled" : ": node stopped"));
             spec.done(r);
             return;
         }
@@ -232,6 +245,7 @@ void node::pull(pull_spec spec, send_target target) {
         s->add_connection(c, hello_for(0));
         c->start(s.get());
     });
+    return session_id;
 }
 
 void node::list(list_spec spec, send_target target) {

@@ -37,7 +37,11 @@ public:
     // Starts a pull (`ferry sync` from a remote SRC): dials `target`, asks for
     // spec.source and receives it into spec.dest. spec.done runs on the loop thread with
     // the report (a connection that fails at once too).
-    void pull(pull_spec spec, send_target target);
+    // Returns the pull's session ID (what cancel_pull takes).
+    std::string pull(pull_spec spec, send_target target);
+    // Ends that pull (partial files are kept; spec.done follows, not ok). Nothing when it
+    // has already reported.
+    void cancel_pull(const std::string& session_id, const std::string& why);
     // Asks `target` for a listing (`ferry ls`): spec.entries gets it batch by batch, then
     // spec.done the report (a connection that fails at once too), on the loop thread.
     void list(list_spec spec, send_target target);
@@ -88,6 +92,7 @@ private:
     asio::steady_timer sweep_timer_;
     std::vector<std::shared_ptr<send_session>> sends_;
     std::vector<std::shared_ptr<receive_session>> pulls_;  // this node's own pulls
+    std::vector<std::string> cancelled_dials_;  // pulls cancelled while their first connection was dialed
     std::vector<std::shared_ptr<list_client>> lists_;      // and listings it asked for
     std::unique_ptr<discovery> discovery_;
     std::string key_pem_;  // signs the announcements

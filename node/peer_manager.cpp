@@ -20,6 +20,23 @@ namespace {
 // A get's scan (worker pool): the file or folder `path` of the share open as `share_fd`
 // (owned), as the entry `as`. The folder holding it is opened without following a
 // symlink, as a pull's folder is. On failure `error` says why, for the puller.
+// A range get (SyncTarget.range_*): the scanned entry, one regular file, becomes the
+// range's bytes. Returns the error line, or "" (then `file_size` is the whole file's).
+std::string take_range(source_tree& sources, std::uint64_t offset, std::uint64_t length, std::uint64_t& file_size) {
+    if (sources.entries.size() != 1 || !sources.entries[0].is_file()) {
+        return "a range is a get of one regular file";
+    }
+    entry_info& e = sources.entries[0];
+    if (offset >= e.size) {
+        return "range from " + std::to_string(offset) + " is past the end of the file (" + std::to_string(e.size) +
+               " bytes)";
+    }
+    file_size = e.size;
+    e.size = std::min(length, e.size - offset);
+    sources.total_bytes = e.size;
+    return "";
+}
+
 void scan_for_get(int share_fd, const std::string& path, const std::string& as, source_tree& sources,
                   std::string& error, worker_pool& workers, bool recursive = true) {
     std::size_t slash = path.rfind('/');
@@ -321,6 +338,12 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
     if (why.empty() && !want.get().empty() && (want.delete_() || want.root_mode() != 0 || want.keep_size() > 0)) {
         why = "a get deletes nothing and changes no folder of the puller's";
     }
+    if (why.empty() && want.range_length() > 0 && (want.get().empty() || want.checksum())) {
+        why = "a range is a get's, of one file, without --checksum";
+    }
+    if (why.empty() && want.range_offset() % chunk_size != 0) {
+        why = "a range starts at a multiple of the chunk size";
+    }
     if (!why.empty()) {
         turn_away(c, wire::ERROR_REFUSED, "refused pull: " + why, std::nullopt);
         return;
@@ -341,10 +364,14 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
         struct stat st {};
         std::error_code ec;
         int fd = -1;
+        std::uint64_t range_file_size = 0;
         if (int share_fd = open_share_root(dir.string(), error); share_fd < 0) {
             error += ": " + std::string(std::strerror(errno));
         } else if (!hello.pull().get().empty()) {
             scan_for_get(share_fd, path, hello.pull().get(), sources, error, ctx->workers);
+            if (error.empty() && hello.pull().range_length() > 0) {
+                error = take_range(sources, hello.pull().range_offset(), hello.pull().range_length(), range_file_size);
+            }
         } else if (path.empty()) {
             fd = share_fd;
         } else {
@@ -365,7 +392,7 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             }
         }
         asio::post(ctx->io, [this, alive, c, hello = std::move(hello), key, sources = std::move(sources), error,
-                             st]() mutable {
+                             st, range_file_size]() mutable {
             if (alive.expired()) {
                 return;
             }
@@ -387,6 +414,9 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             so.sync = std::move(target);
             so.idle_timeout = ctx_.config.limits.idle_timeout;
             so.max_rate = hello.max_rate();  // the puller's --bwlimit
+            if (hello.pull().range_length() > 0) {
+                so.range = send_options::source_range{hello.pull().range_offset(), range_file_size};
+            }
             std::string what =
                 printable(hello.pull().share() + (hello.pull().path().empty() ? "" : "/" + hello.pull().path()));
             std::string sid = hello.session_id();
@@ -476,6 +506,20 @@ void peer_manager::start_list(std::shared_ptr<connection> c, const wire::Hello& 
             error += ": " + std::string(std::strerror(errno));
         } else {
             scan_for_get(share_fd, path, name, sources, error, ctx->workers, want.recursive());
+            if (error.empty() && want.checksum() && !sources.entries.empty() && sources.entries[0].is_file()) {
+                // Read and hashed as it is now: a size or mtime other than the scan's is a change.
+                entry_info& e = sources.entries[0];
+                unique_fd fd(open_read(*sources.root_fd, sources.locals.at(0)));
+                struct stat st {};
+                std::vector<std::uint8_t> buf;
+                std::vector<digest128> chunks;
+                if (fd.get() < 0 || !hash_chunks(fd.get(), e.size, buf, chunks) || ::fstat(fd.get(), &st) != 0 ||
+                    static_cast<std::uint64_t>(st.st_size) != e.size || timespec_ns(st.st_mtim) != e.mtime_ns) {
+                    error = "\"" + path + "\" could not be read whole, or changed while it was read";
+                } else {
+                    e.digest = file_digest(chunks);
+                }
+            }
         }
         asio::post(ctx->io, [this, alive, c, hello = std::move(hello), entries = std::move(sources.entries),
                              error]() mutable {

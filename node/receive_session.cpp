@@ -485,10 +485,15 @@ void receive_session::on_offer(const wire::Offer& offer) {
         for (file_id id : ids) {
             const std::string& path = machine_.entry(id).path;
             bool top_link = path == name && machine_.entry(id).is_link;  // what was asked for is a file or a folder
-            if (top_link || !path.starts_with(name) || (path.size() > name.size() && path[name.size()] != '/')) {
+            // A range: one file of at most the range's length.
+            bool bad_range = pull_->source.range_length() > 0 &&
+                             (path != name || !machine_.entry(id).is_file() || id.value != 0 ||
+                              machine_.entry(id).size > pull_->source.range_length());
+            if (top_link || bad_range || !path.starts_with(name) || (path.size() > name.size() && path[name.size()] != '/')) {
                 fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
                      "protocol error from " + short_id(peer_id_) + ": it offers \"" + path.substr(0, 200) +
-                         "\", not below \"" + name + "\" that was asked for");
+                         (bad_range ? "\", not the one file range that was asked for"
+                                    : "\", not below \"" + name + "\" that was asked for"));
                 return;
             }
         }
@@ -525,6 +530,7 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         const wire::SyncTarget& asked = pull_->source;
         bool same = target.delete_() == asked.delete_() && target.dry_run() == asked.dry_run() &&
                     target.checksum() == asked.checksum() && target.get() == asked.get() &&
+                    target.range_offset() == asked.range_offset() && target.range_length() == asked.range_length() &&
                     (asked.get().empty() || (target.root_mode() == 0 && target.keep_size() == 0)) &&
                     target.exclude_size() == asked.exclude_size() &&
                     std::equal(asked.exclude().begin(), asked.exclude().end(), target.exclude().begin());
@@ -1425,7 +1431,7 @@ void receive_session::post_whole_writes() {
     if (whole_writes_.empty()) {
         return;
     }
-    bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each;
+    bool fsync_now = durable() && (machine_.options().fsync_each || ctx_.config.fsync_each);
     if (failed_) {
         // Nothing more is written for a failed transfer; the counters still settle.
         auto batch = std::move(whole_writes_);
@@ -1513,7 +1519,8 @@ void receive_session::try_finalize(file_id f) {
     machine_.on_file_finished(f);  // no second finalize for this file
     ++finalizing_;
     unpin(*sinks_.at(f.value));
-    bool fsync_now = machine_.options().fsync_each || ctx_.config.fsync_each || e.size >= fsync_own_threshold;
+    bool fsync_now =
+        durable() && (machine_.options().fsync_each || ctx_.config.fsync_each || e.size >= fsync_own_threshold);
     if (!fsync_now) {
         need_syncfs_ = true;
     }
@@ -1741,7 +1748,7 @@ void receive_session::check_all_done() {
     }
     bool dry_run = target && target->dry_run();
     ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, dirs = std::move(dirs),
-                       syncfs = need_syncfs_, keep = std::move(keep), dry_run, share_root_mtime] {
+                       syncfs = need_syncfs_ && durable(), keep = std::move(keep), dry_run, share_root_mtime] {
         std::error_code ec;
         std::string error;
         std::vector<dest_tree::removed_entry> removed;

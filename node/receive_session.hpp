@@ -42,6 +42,9 @@ struct pull_spec {
     // Dials connection `index` (1..connections-1) once the peer took the pull.
     std::function<void(std::uint32_t index)> open;
     std::function<void(const transfer_report&)> done;  // the report (not events.transfer_done)
+    // Files are made durable (fsync, syncfs) before success is reported. Off for the
+    // ranges of a multi-source get: only the file they make is (node/multi_get.hpp).
+    bool durable = true;
 };
 
 class receive_session : public connection_handler, public std::enable_shared_from_this<receive_session> {
@@ -216,6 +219,7 @@ private:
     // deleted, bytes rebuilt from older versions here. peer_hello_: the peer's Hello on
     // connection 0 came (the pull was taken).
     std::optional<pull_spec> pull_;
+    bool durable() const { return !pull_ || pull_->durable; }
     bool peer_hello_ = false;
     bool data_conns_opened_ = false;
     bool offer_seen_ = false;

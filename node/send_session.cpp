@@ -325,24 +325,14 @@ void send_session::next_checksum_batch() {
     }
     ctx_.workers.post([self = shared_from_this(), ids = std::move(ids), files = std::move(files), root_fd = root_fd()] {
         std::vector<result> out(ids.size());
-        std::vector<std::uint8_t> buf(chunk_size);
+        std::vector<std::uint8_t> buf;
         for (std::size_t k = 0; k < ids.size() && !self->cancelled_->load(std::memory_order_relaxed); ++k) {
             out[k].id = ids[k];
             auto [local, size] = files[k];
-            int fd = open_read(root_fd, *local);
-            std::error_code ec;
-            for (std::uint64_t c = 0; fd >= 0 && !ec && c < chunk_count(size); ++c) {
-                std::uint32_t len = chunk_length(size, c);
-                if (self->cancelled_->load(std::memory_order_relaxed) ||
-                    read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
-                    break;
-                }
-                out[k].chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
-            }
-            out[k].failed = fd < 0 || out[k].chunks.size() != chunk_count(size);
-            if (fd >= 0) {
-                ::close(fd);
-            }
+            unique_fd fd(open_read(root_fd, *local));
+            out[k].failed = fd.get() < 0 || !hash_chunks(fd.get(), size, buf, out[k].chunks, [&] {
+                return self->cancelled_->load(std::memory_order_relaxed);
+            });
         }
         asio::post(self->ctx_.io, [self, out = std::move(out)] {
             if (self->finished_) {
@@ -699,7 +689,7 @@ bool send_session::hashed_from_memo(const chunk_ref& ref) {
         struct stat st {};
         const entry_info& e = machine_.entry(ref.file);
         bool same = stat_at(root_fd(), local_path(ref.file), st) == 0 &&
-                    static_cast<std::uint64_t>(st.st_size) == e.size &&
+                    static_cast<std::uint64_t>(st.st_size) == file_size(e) &&
                     timespec_ns(st.st_mtim) == e.mtime_ns;
         ok = same ? 1 : -1;
         if (!same) {
@@ -742,7 +732,8 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
         std::uint64_t tail = basis->tail_length();
         ctx_.workers.post([self = shared_from_this(), scan, f = ref.file, blocks = std::move(blocks), tail,
                            tail_digest = basis->tail, tail_at = basis->size - tail,
-                           local = &local_path(ref.file), root_fd = root_fd(), size = e.size]() mutable {
+                           local = &local_path(ref.file), root_fd = root_fd(), size = e.size,
+                           base = file_base(), whole_size = file_size(e)]() mutable {
             block_index index(std::move(blocks));
             const std::uint64_t chunks = chunk_count(size);
             scan->digests.resize(chunks);
@@ -759,7 +750,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
             };
             std::vector<part_result> results(parts);
             // One descriptor, read by every part (pread), and its size checked once.
-            unique_fd fd(open_source(root_fd, *local, size, true, scan->ec, scan->what));
+            unique_fd fd(open_source(root_fd, *local, whole_size, true, scan->ec, scan->what));
             if (!scan->ec) {
                 self->ctx_.workers.run_parts(parts, [&](std::size_t p) {
                     part_result& r = results[p];
@@ -769,7 +760,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
                     std::vector<std::uint8_t> buf(chunk_size);
                     for (std::uint64_t i = first; !r.ec && i < std::min(end + 1, chunks); ++i) {
                         std::uint32_t len = chunk_length(size, i);
-                        if (read_at(fd.get(), buf.data(), len, i * chunk_size, r.ec) != len && !r.ec) {
+                        if (read_at(fd.get(), buf.data(), len, base + i * chunk_size, r.ec) != len && !r.ec) {
                             r.ec = std::make_error_code(std::errc::invalid_argument);
                             r.what = "file shrank during the transfer";
                         }
@@ -797,7 +788,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
                 // The older version's short last block, looked for at the very end.
                 std::error_code tail_ec;
                 std::vector<std::uint8_t> buf(tail);
-                if (read_at(fd.get(), buf.data(), tail, size - tail, tail_ec) == tail) {
+                if (read_at(fd.get(), buf.data(), tail, base + size - tail, tail_ec) == tail) {
                     delta_matcher::match_tail(scan->matches, buf, size, tail_digest, tail_at);
                 }
             }
@@ -866,7 +857,7 @@ void send_session::send_file_done(file_id f, wire::FileDone done) {
         give_up(f, errno == ENOENT, std::string("vanished while it was read: ") + std::strerror(errno));
         return;
     }
-    if (static_cast<std::uint64_t>(st.st_size) != e.size || timespec_ns(st.st_mtim) != e.mtime_ns) {
+    if (static_cast<std::uint64_t>(st.st_size) != file_size(e) || timespec_ns(st.st_mtim) != e.mtime_ns) {
         give_up(f, false, "changed while it was read (size or mtime)");
         return;
     }
@@ -922,7 +913,8 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     // sources_ and the entries never change and the task holds the session: no copy.
     job.local = &local_path(ref.file);
     job.root_fd = root_fd();
-    job.expect_size = machine_.entry(ref.file).size;
+    job.expect_size = file_size(machine_.entry(ref.file));
+    job.base = file_base();
     job.buf = std::move(buf);
     if (auto it = scans_.find(ref.file.value); ref.send && it != scans_.end() && it->second && it->second->done) {
         job.ops = chunk_ops(it->second->matches, ref.offset, ref.length);
@@ -971,7 +963,7 @@ void send_session::read_source(read_job& job) {
     }
     // A file read whole in one go is checked for a size change by reading one byte more
     // than it had at the scan, not by an fstat (one system call fewer per small file).
-    bool whole = ref.offset == 0 && ref.length == job.expect_size && ref.length < job.buf.capacity();
+    bool whole = job.base == 0 && ref.offset == 0 && ref.length == job.expect_size && ref.length < job.buf.capacity();
     int fd;
     {
         std::lock_guard lock(file.mutex);
@@ -987,7 +979,7 @@ void send_session::read_source(read_job& job) {
         ssize_t first = whole ? ::pread(fd, job.buf.data(), want, 0) : -1;
         std::size_t got = first == static_cast<ssize_t>(ref.length)
                               ? ref.length
-                              : read_at(fd, job.buf.data(), want, ref.offset, job.ec);
+                              : read_at(fd, job.buf.data(), want, job.base + ref.offset, job.ec);
         if (!job.ec && got != ref.length) {
             job.ec = std::make_error_code(std::errc::invalid_argument);
             job.what = whole ? "file changed size since the transfer started" : "file shrank during the transfer";

@@ -86,6 +86,14 @@ struct send_options {
     // --bwlimit: chunk payload bytes per second on the wire, over all connections (0: no
     // limit). Frame headers, acks and TLS records add a little on top.
     std::uint64_t max_rate = 0;
+    // A get of one range of a file (SyncTarget.range_*): the session's one entry is the
+    // range, read from `offset` of the file, whose whole size is `file_size` (what the
+    // size re-checks compare with).
+    struct source_range {
+        std::uint64_t offset = 0;
+        std::uint64_t file_size = 0;
+    };
+    std::optional<source_range> range;
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -214,7 +222,8 @@ private:
         std::shared_ptr<source_file> file;
         const std::string* local = nullptr;
         int root_fd = -1;  // sources_.root_fd, or -1
-        std::uint64_t expect_size = 0;
+        std::uint64_t expect_size = 0;  // the whole file's, as scanned
+        std::uint64_t base = 0;         // where the entry's bytes start in the file (a range)
         int level = 0;  // zstd level, 0: none
         pooled_buffer buf;
         digest128 digest{};
@@ -239,6 +248,10 @@ private:
                            std::error_code& ec, std::string& what);
     // A pull's share folder (sources_.root_fd; its locals are relative to it), or -1.
     int root_fd() const { return sources_.root_fd ? *sources_.root_fd : -1; }
+    // The size of the file entry `e` is read from (its range's file, for a range get), and
+    // where its bytes start there.
+    std::uint64_t file_size(const entry_info& e) const { return options_.range ? options_.range->file_size : e.size; }
+    std::uint64_t file_base() const { return options_.range ? options_.range->offset : 0; }
     // Where file `f` is read from (relative to root_fd() when that is set). Stable: the
     // session's sources and machine_'s entries never change.
     const std::string& local_path(file_id f) const { return sources_.local(f.value, machine_.entry(f).path); }

@@ -29,8 +29,8 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // Wire protocol version carried in Hello; bumped on any incompatible change.
 // 2: HaveDigests (resume); 3: sync to shares; 4: delta; 5: pull; 6: --checksum, --bwlimit;
 // 7: symlinks; 8: paths as bytes, SyncTarget.keep; 9: SyncTarget.get (ferry get), Hello.list
-// (ferry ls).
-inline constexpr std::uint32_t protocol_version = 9;
+// (ferry ls); 10: SyncTarget.range_* and ListRequest.checksum (ferry get --from).
+inline constexpr std::uint32_t protocol_version = 10;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

@@ -35,6 +35,7 @@
 #include "protocol/path.hpp"
 #include "node/identity.hpp"
 #include "node/metrics_server.hpp"
+#include "node/multi_get.hpp"
 #include "node/node.hpp"
 #include "node/trust_store.hpp"
 #include "protocol/exclude.hpp"
@@ -1308,7 +1309,11 @@ struct get_opts {
     std::string source;
     std::string dest = ".";
     bool verbose = false;
+    std::vector<std::string> from;  // --from: several sources of one file
 };
+
+int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, std::optional<remote_spec> first,
+                  const std::string& share, const std::string& path, const std::string& name, const fs::path& folder);
 
 // Pulls one file or folder of a peer's share into a local folder, as `cp -r` places it:
 // into DEST when DEST is a folder (or ends in '/'), else as DEST itself (a new name in
@@ -1316,7 +1321,9 @@ struct get_opts {
 // are replaced, resumed from what an interrupted get left.
 int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
     std::string error;
-    std::optional<remote_spec> src = parse_remote(o, g.source, error);
+    // With --from, SOURCE may be SHARE/PATH alone (no peer of its own).
+    bool bare = !g.from.empty() && g.source.find(':') == std::string::npos;
+    std::optional<remote_spec> src = parse_remote(o, bare ? "ferry://0.0.0.0/" + g.source : g.source, error);
     if (!error.empty()) {
         return fail(o, exit_code::usage, error);
     }
@@ -1339,6 +1346,12 @@ int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
             return fail(o, exit_code::usage, "DEST " + g.dest + ": its folder " + folder.string() +
                                                  " does not exist (as with cp, name a folder that does, or end DEST in '/')");
         }
+    }
+    if (!g.from.empty()) {
+        if (src->path.empty()) {
+            return fail(o, exit_code::usage, "--from gets one file from several sources: name the file (SHARE/PATH)");
+        }
+        return run_multi_get(o, s, g, bare ? std::nullopt : src, src->share, src->path, name, folder);
     }
     sync_run run;
     run.verbose = g.verbose;
@@ -2127,6 +2140,149 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     return sync_summary(o, run, r, r.total_files - r.dirs, std::nullopt);
 }
 
+// `ferry get --from`: one file from several sources at once (node/multi_get.hpp).
+// `first`: SOURCE's own peer, when it named one.
+int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, std::optional<remote_spec> first,
+                  const std::string& share, const std::string& path, const std::string& name, const fs::path& folder) {
+    checked_flags flags;
+    if (int code = check_flags(o, s, flags)) {
+        return code;
+    }
+    ferry::multi_get_spec spec;
+    std::set<std::string> seen;  // one source per address and ID
+    auto add = [&](const std::string& label, const ferry::send_target& t) {
+        if (seen.insert(t.host + " " + t.port + " " + t.expected_id).second) {
+            spec.sources.push_back({label, t});
+        }
+    };
+    if (first) {
+        add(g.source.substr(0, g.source.find(':')), first->target);
+    }
+    for (const std::string& peer : g.from) {
+        if (peer.empty()) {
+            return fail(o, exit_code::usage, "--from: an empty peer name in the list");
+        }
+        std::string error;
+        std::string text = peer.find("://") != std::string::npos ? peer + "/" + share : peer + ":" + share;
+        std::optional<remote_spec> r = parse_remote(o, text, error);
+        if (!r) {
+            return fail(o, exit_code::usage,
+                        "--from " + peer + ": " + (error.empty() ? "not a peer (NAME, ID or ferry://[ID@]HOST[:PORT])" : error));
+        }
+        add(peer, r->target);
+    }
+    std::error_code ec;
+    fs::path dir = fs::canonical(folder, ec);
+    if (ec) {
+        return fail(o, exit_code::usage, "DEST " + g.dest + ": " + ec.message());
+    }
+    spec.share = share;
+    spec.path = path;
+    spec.name = name;
+    spec.folder = dir;
+    spec.connections = s.connections;
+    spec.zstd = flags.compress != ferry::compress_mode::never;
+    spec.max_rate = flags.max_rate;
+    spec.note = [&o](const std::string& line) {
+        say(line);
+        emit(o, {{"event", "note"}, {"message", line}});
+    };
+    ferry::node_config cfg = base_config(o);
+    cfg.plaintext = s.plaintext;
+    asio::io_context io(1);
+    ferry::node_events ev = base_events(o);
+    ev.file = nullptr;  // the ranges are pulls of their own: the file is told once, at the end
+    ev.connected = nullptr;
+    ev.log = [](const std::string& line) {
+        // A range pull cancelled because another source brought it first is the end game
+        // working, not news.
+        if (line.find("another source brought that range first") == std::string::npos &&
+            line.find("every range is in") == std::string::npos) {
+            say(line);
+        }
+    };
+    ferry::node n(io, cfg, std::move(ev));
+    std::optional<ferry::multi_get_report> result;
+    spec.done = [&](const ferry::multi_get_report& r) {
+        result = r;
+        n.stop("done");
+        asio::post(io, [&io] { io.stop(); });
+    };
+    auto mg = std::make_shared<ferry::multi_get>(n, std::move(spec));
+    ferry::cli::progress_view progress(
+        io, view_options(o),
+        [&mg] {
+            std::optional<ferry::transfer_progress> p = mg->progress();
+            return p ? std::vector<ferry::transfer_progress>{*p} : std::vector<ferry::transfer_progress>{};
+        },
+        [&o](const ferry::transfer_progress& p) { emit(o, progress_event(p)); });
+    view = &progress;
+    mg->start();
+    progress.wake();
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    signals.async_wait([&](std::error_code e, int) {
+        if (!e) {
+            n.stop("interrupted");
+            result = ferry::multi_get_report{};
+            result->error = "interrupted (the ranges that arrived stay in the parts folder for a rerun)";
+            asio::post(io, [&io] { io.stop(); });
+        }
+    });
+    io.run();
+    progress.stop();
+    view = nullptr;
+    if (!result) {
+        return fail(o, exit_code::transfer_failed, "get did not finish");
+    }
+    const ferry::multi_get_report& r = *result;
+    if (!r.ok) {
+        return fail(o, r.code, r.error);
+    }
+    json sources = json::array();
+    std::string per;
+    std::size_t used = 0;
+    for (const auto& src : r.sources) {
+        sources.push_back({{"source", src.label},
+                           {"peer", src.peer_id.empty() ? json(nullptr) : json(ferry::format_node_id(src.peer_id))},
+                           {"used", src.used},
+                           {"ranges", src.figures.ranges},
+                           {"bytes", src.figures.bytes},
+                           {"failures", src.figures.failures},
+                           {"dropped", src.figures.dropped},
+                           {"wire_bytes_received", src.wire_received},
+                           {"note", src.note}});
+        used += src.used ? 1 : 0;
+        if (src.used) {
+            per += fmt::format("{}{} {} range(s) ({})", per.empty() ? "" : ", ", src.label, src.figures.ranges,
+                               human_bytes(src.figures.bytes));
+        }
+    }
+    double rate = r.elapsed_s > 0 ? static_cast<double>(r.payload_bytes) / r.elapsed_s / 1e6 : 0.0;
+    if (r.unchanged) {
+        say(fmt::format("got {}: unchanged (same size and mtime here), nothing moved", ferry::printable(name)));
+    } else {
+        say(fmt::format("got {} ({}) from {} source(s) in {:.2f} s ({:.1f} MB/s confirmed): {}{}", ferry::printable(name),
+                        human_bytes(r.size), used, r.elapsed_s, rate, per,
+                        r.kept_bytes > 0 ? "; " + human_bytes(r.kept_bytes) + " kept from an earlier get" : ""));
+    }
+    emit(o, {{"event", "done"},
+             {"ok", true},
+             {"path", name},
+             {"size", r.size},
+             {"unchanged", r.unchanged},
+             {"ranges", r.ranges},
+             {"payload_bytes", r.payload_bytes},
+             {"kept_bytes", r.kept_bytes},
+             {"wire_bytes_received", r.wire_received},
+             {"wire_bytes_sent", r.wire_sent},
+             {"elapsed_s", r.elapsed_s},
+             {"payload_MBps", rate},
+             {"digest", r.unchanged ? json(nullptr) : json(ferry::hex_encode(std::string(
+                                                           reinterpret_cast<const char*>(&r.digest), sizeof r.digest)))},
+             {"sources", std::move(sources)}});
+    return 0;
+}
+
 // Flags of an outgoing transfer, shared by `send` and `sync`.
 void add_send_flags(CLI::App* cmd, send_opts& so) {
     cmd->add_option("--connections", so.connections, "TCP connections in the session (1..16)")->capture_default_str();
@@ -2333,6 +2489,12 @@ int main(int argc, char** argv) {
     add_transfer_options(get, o);
     add_send_flags(get, get_so);
     get->add_flag("--verbose,-v", go.verbose, "one line per file created or updated");
+    get->add_option("--from", go.from,
+                    "get one file from these peers at once (NAME, ID or ferry://[ID@]HOST[:PORT], comma-separated); "
+                    "SOURCE is then SHARE/PATH")
+        ->delimiter(',')
+        ->allow_extra_args(false)
+        ->type_name("PEER,...");
     get->add_option("SOURCE", go.source, "NAME:SHARE[/PATH] or ferry://[ID@]HOST[:PORT]/SHARE[/PATH]")->required();
     get->add_option("DEST", go.dest,
                     "a folder to put it in (default: the current folder), or a new name for it")
@@ -2341,6 +2503,7 @@ int main(int argc, char** argv) {
                 "  ferry get web1:www/blog/index.html              (into the current folder)\n"
                 "  ferry get --json web1:isos/debian.iso ~/Downloads/\n"
                 "  ferry get ferry://ABCD-...-4567@192.0.2.7/photos/2024 ./photos-2024   (a folder, renamed)\n"
+                "  ferry get --from web1,web2,web3 isos/debian.iso ~/Downloads/   (one file, from three peers at once)\n"
                 "DEST as cp -r takes it: a folder (or a name ending in '/') receives SOURCE under its own name;\n"
                 "any other name is what SOURCE is called here. Files already there with the same size and mtime\n"
                 "are kept, others replaced (an interrupted get resumes).\n"

@@ -1,0 +1,145 @@
+// multi_get: `ferry get --from PEER1,PEER2,...`: one file of a share, downloaded from
+// several peers at once (docs/decisions.md, "Multi-source get").
+//
+// - Every source is asked for a listing of the file; those that list a regular file of
+//   the size and mtime the first one listed are used (the others are named and left).
+//   The first is also asked for the file's digest (ListRequest.checksum), read there
+//   while the download runs.
+// - The file is cut into ranges (protocol/range_schedule.hpp). Each range is a pull of its
+//   own (SyncTarget.range_*) into a folder beside DEST, ".NAME.ferry-parts", each source
+//   running up to two at once over its own connections: a faster source asks for its
+//   next range sooner and carries more of the file. A range is verified as any pulled
+//   file is (every chunk, then its digest), so a range that is there is whole.
+// - A failed range goes to another source; a source that fails twice in a row is
+//   dropped; in the end game idle sources also run the ranges still running elsewhere
+//   and the first to finish wins (the other pull is cancelled).
+// - Once every range is in, a worker copies them in order into DEST's partial file,
+//   hashing every chunk; the file digest must equal the one the first source read, or
+//   nothing is placed (sources that disagree never make a mixed file). Then the file is
+//   renamed into place and the parts folder removed. An interrupted get leaves the
+//   parts folder: a rerun keeps the ranges there (same size and mtime) and resumes the
+//   partial ones.
+//
+// Loop thread only; disk work runs on the node's worker pool.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "node/context.hpp"
+#include "node/send_session.hpp"
+#include "protocol/range_schedule.hpp"
+
+namespace ferry {
+
+class node;
+
+struct multi_get_source {
+    std::string label;  // as the user named it
+    send_target target;
+};
+
+struct multi_get_report {
+    bool ok = false;
+    exit_code code = exit_code::transfer_failed;
+    std::string error;
+    bool unchanged = false;  // DEST already held it (same size and mtime): nothing moved
+    std::uint64_t size = 0;
+    std::uint64_t payload_bytes = 0;  // range bytes received and verified (wasted end-game copies included)
+    std::uint64_t kept_bytes = 0;     // ranges an earlier, interrupted get had left
+    std::uint64_t wire_received = 0;  // over every range pull
+    std::uint64_t wire_sent = 0;
+    std::uint64_t ranges = 0;
+    double elapsed_s = 0;
+    digest128 digest{};
+    struct source {
+        std::string label;
+        std::string peer_id;  // canonical, once it answered
+        bool used = false;    // it listed the same file and took part
+        std::string note;     // why not used, or why dropped
+        range_schedule::source_figures figures;
+        std::uint64_t wire_received = 0;
+    };
+    std::vector<source> sources;
+};
+
+struct multi_get_spec {
+    std::vector<multi_get_source> sources;
+    std::string share;
+    std::string path;  // the file, inside the share (not "")
+    std::string name;  // the name it takes in `folder`
+    std::filesystem::path folder;  // absolute; exists
+    std::uint32_t connections = default_connections;  // per range pull
+    bool zstd = true;
+    std::uint64_t max_rate = 0;  // over all sources (0: no limit)
+    std::function<void(const std::string&)> note;  // a line for the user (a source left, a range retried)
+    std::function<void(const multi_get_report&)> done;
+};
+
+class multi_get : public std::enable_shared_from_this<multi_get> {
+public:
+    // At most this many range pulls per source at once: the next one's connections are
+    // set up while the current one still moves data.
+    static constexpr std::size_t pulls_per_source = 2;
+
+    multi_get(node& n, multi_get_spec spec);
+    void start();
+    // The download as one transfer (for progress bars and events); nullopt before the size
+    // is known.
+    std::optional<transfer_progress> progress() const;
+
+private:
+    struct run {
+        std::size_t range;
+        std::string session_id;
+        std::string name;  // its file in the parts folder (an end-game second runner's has its own)
+        bool cancelled = false;  // another runner brought the range first
+    };
+    struct source_state {
+        multi_get_source given;
+        std::optional<std::size_t> index;  // in schedule_, once it listed the same file
+        std::vector<run> runs;
+        bool listed = false;  // its listing came (good or not)
+        multi_get_report::source figures;
+    };
+
+    void on_listed(std::size_t i, bool ok, exit_code code, const std::string& error, std::optional<entry_info> e,
+                   const std::string& peer_id);
+    void ask_digest(std::size_t i);
+    void prepare();  // worker: the parts folder, ranges already there, DEST as it is
+    void fill();
+    void start_range(std::size_t i, std::size_t r);
+    void on_range_done(std::size_t i, const std::string& session_id, const transfer_report& report);
+    void check_end();
+    void assemble();
+    void finish(bool ok, exit_code code, const std::string& error);
+    std::string range_name(std::size_t r) const;
+    std::filesystem::path parts_dir() const;
+
+    node& node_;
+    multi_get_spec spec_;
+    std::vector<source_state> sources_;
+    std::chrono::steady_clock::time_point start_;
+    // The file as the first source listed it.
+    std::optional<entry_info> file_;
+    std::optional<range_schedule> schedule_;
+    std::vector<std::string> brought_;  // per range: the file in the parts folder that holds it
+    bool prepared_ = false;
+    std::optional<digest128> digest_;    // the first source's reading of the file digest
+    std::size_t digest_from_ = 0;        // the source asked for it
+    bool digest_failed_ = false;         // no source could give it
+    bool asking_digest_ = false;
+    bool assembling_ = false;
+    bool finished_ = false;
+    std::string last_error_;
+    exit_code last_code_ = exit_code::transfer_failed;
+    multi_get_report report_;
+};
+
+}  // namespace ferry
