@@ -8,6 +8,7 @@
 #   make bench   loopback benchmark against nc / tar+nc (bench/run.sh; BENCH_ARGS=--quick)
 #   make bench-wan  the same over an emulated WAN link (bench/wan.sh; BENCH_WAN_ARGS=--quick)
 #   make bench-discovery  LAN discovery latency between two network namespaces (bench/discovery.sh; root)
+#   make bench-multi  multi-source get over two emulated 100 Mbit/s links against one (bench/multi_source.sh; root)
 #   make bench-micro  Google Benchmark micro benchmarks (every bench/*_bench binary of the release build)
 #
 # Variables: JOBS=N (build parallelism; default: ninja's own, about nproc+2),
@@ -94,7 +95,7 @@ fi
 endef
 
 .PHONY: help deps deps-bench build release asan tsan fuzz-build demo test test-release test-asan test-tsan test-fuzz \
-        fuzz bench bench-wan bench-discovery bench-micro clean
+        fuzz bench bench-wan bench-discovery bench-multi bench-micro clean
 
 help:
 	@echo "make deps          install the Debian packages needed to build and test (scripts/install-deps.sh)"
@@ -109,6 +110,7 @@ help:
 	@echo "make bench         loopback benchmark vs nc and tar+nc (bench/run.sh \$$BENCH_ARGS)"
 	@echo "make bench-wan     WAN benchmark over ../shared/linkem vs iperf3, rsync, scp (bench/wan.sh \$$BENCH_WAN_ARGS; root)"
 	@echo "make bench-discovery  LAN discovery latency in two network namespaces (bench/discovery.sh; root)"
+	@echo "make bench-multi   ferry get --from over two emulated 100 Mbit/s links vs one (bench/multi_source.sh; root)"
 	@echo "make bench-micro   build release, run every micro benchmark $(RELEASE_DIR)/bench/*_bench (\$$BENCH_MICRO_ARGS)"
 	@echo "make clean         remove build/"
 
@@ -168,6 +170,9 @@ bench-wan: deps-bench build
 
 bench-discovery: build
 	@FERRY=$(FERRY_BIN) bench/discovery.sh
+
+bench-multi: deps-bench build
+	@FERRY=$(FERRY_BIN) bench/multi_source.sh $(BENCH_MULTI_ARGS)
 
 # Each binary is one area (frame codec, digests, zstd, chunk codec, scheduler, buffer pool);
 # the whole set runs in well under a minute.

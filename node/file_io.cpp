@@ -102,12 +102,12 @@ std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t o
 }
 
 bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std::vector<digest128>& out,
-                 const std::function<bool()>& stop) {
+                 const std::function<bool()>& stop, std::uint64_t offset) {
     buf.resize(chunk_size);
     for (std::uint64_t c = 0; c < chunk_count(size); ++c) {
         std::uint32_t len = chunk_length(size, c);
         std::error_code ec;
-        if ((stop && stop()) || read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
+        if ((stop && stop()) || read_at(fd, buf.data(), len, offset + c * chunk_size, ec) != len) {
             return false;
         }
         out.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));

@@ -63,11 +63,11 @@ std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std:
 // fewer than `len` only at the end of the file, or with `ec` set on an error.
 std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec);
 
-// The chunk digests (protocol/digest.hpp) of the `size` bytes of the open file `fd`, read
-// chunk by chunk into `buf` (chunk_size bytes) until `stop` says so. False when the file
-// could not be read whole (shorter, an error) or `stop` stopped it.
+// The chunk digests (protocol/digest.hpp) of the `size` bytes of the open file `fd` from
+// `offset` on, read chunk by chunk into `buf` (chunk_size bytes) until `stop` says so.
+// False when they could not all be read (the file is shorter, an error) or `stop` stopped it.
 bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std::vector<digest128>& out,
-                 const std::function<bool()>& stop = {});
+                 const std::function<bool()>& stop = {}, std::uint64_t offset = 0);
 
 // The names in the open folder `dir_fd` (without "." and ".."), sorted bytewise so that
 // the order does not depend on the file system. `dir_fd` stays open and is not moved.

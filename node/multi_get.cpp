@@ -1,14 +1,18 @@
 #include "node/multi_get.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <tuple>
 
 #include "node/dest_tree.hpp"
 #include "node/file_io.hpp"
 #include "node/node.hpp"
+#include "protocol/le_bytes.hpp"
 #include "protocol/path.hpp"
 
 namespace ferry {
@@ -20,6 +24,19 @@ constexpr std::uint64_t MiB = 1024 * 1024;
 // slow one, and each pull's setup (connections, TLS, slow start) is small beside it.
 constexpr std::uint64_t min_range = 8 * MiB;
 constexpr std::uint64_t max_range = 64 * MiB;
+
+// A small file of ours in the parts folder: its bytes ("" when absent or unreadable).
+std::string read_text(const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::error_code write_text(const std::filesystem::path& p, const std::string& text) {
+    std::ofstream o(p, std::ios::binary | std::ios::trunc);
+    o << text;
+    o.close();
+    return o ? std::error_code{} : std::error_code(errno ? errno : EIO, std::system_category());
+}
 
 }  // namespace
 
@@ -76,43 +93,81 @@ void multi_get::on_listed(std::size_t i, bool ok, exit_code code, const std::str
                                                       "download one file)"
                                                     : "no listing";
         last_error_ = s.given.label + ": " + s.figures.note;
-        last_code_ = code;
+        s.code = code;
         if (spec_.note) {
             spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
         }
-        check_end();
+        take_listings();
         return;
     }
-    if (!file_) {
-        file_ = e;
-        schedule_.emplace(e->size, range_schedule::pick_length(e->size, sources_.size(), chunk_size, min_range,
-                                                               max_range));
-        ask_digest(i);
-        prepare();
-    } else if (e->size != file_->size || e->mtime_ns != file_->mtime_ns) {
-        s.figures.note = "it has another version of the file (" + std::to_string(e->size) + " bytes, another mtime)";
-        if (spec_.note) {
-            spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
-        }
-        check_end();
-        return;
-    }
-    s.index = schedule_->add_source();
-    s.figures.used = true;
-    fill();
+    s.listing = std::move(e);
+    take_listings();
 }
 
-void multi_get::ask_digest(std::size_t i) {
+void multi_get::take_listings() {
+    // The first source named that lists the file sets the version (size and mtime): the
+    // ones after it are taken as their listings come, once it is known.
+    for (std::size_t i = 0; i < sources_.size(); ++i) {
+        source_state& s = sources_[i];
+        if (!file_ && !s.listed) {
+            return;  // an earlier source may still set it
+        }
+        if (!s.listing || s.index || !s.figures.note.empty()) {
+            continue;  // failed, or taken already
+        }
+        const entry_info& e = *s.listing;
+        if (!file_) {
+            file_ = e;
+            schedule_.emplace(e.size, spec_.range_length > 0 ? spec_.range_length
+                                                             : range_schedule::pick_length(e.size, sources_.size(),
+                                                                                           chunk_size, min_range,
+                                                                                           max_range));
+            digest_from_ = i;
+            prepare();
+        } else if (e.size != file_->size || e.mtime_ns != file_->mtime_ns) {
+            s.figures.note = "it has another version of the file (" + std::to_string(e.size) +
+                             " bytes, another mtime) than " + sources_[digest_from_].given.label;
+            if (spec_.note) {
+                spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
+            }
+            continue;
+        }
+        s.index = schedule_->add_source();
+        s.figures.used = true;
+    }
+    if (file_) {
+        ask_digest();
+    }
+    fill();
+    check_end();
+}
+
+void multi_get::ask_digest() {
+    if (digest_ || asking_digest_ || finished_) {
+        return;
+    }
+    // The first source taking part not asked yet (the first named, unless it failed).
+    std::optional<std::size_t> pick;
+    for (std::size_t k = 0; k < sources_.size() && !pick; ++k) {
+        if (sources_[k].index && !sources_[k].digest_asked && !schedule_->dropped(*sources_[k].index)) {
+            pick = k;
+        }
+    }
+    if (!pick) {
+        return;  // check_end fails the get once no listing can bring another candidate
+    }
+    std::size_t i = *pick;
+    sources_[i].digest_asked = true;
     digest_from_ = i;
     asking_digest_ = true;
-    auto digest = std::make_shared<std::optional<digest128>>();
+    auto digest = std::make_shared<std::optional<entry_info>>();
     list_spec ls;
     ls.request.set_share(spec_.share);
     ls.request.set_path(spec_.path);
     ls.request.set_checksum(true);
     ls.entries = [digest](std::vector<entry_info> batch) {
-        if (!*digest && !batch.empty() && batch.front().digest) {
-            *digest = batch.front().digest;
+        if (!*digest && !batch.empty()) {
+            *digest = std::move(batch.front());
         }
     };
     ls.done = [self = shared_from_this(), i, digest](const list_report& r) {
@@ -120,23 +175,22 @@ void multi_get::ask_digest(std::size_t i) {
             return;
         }
         self->asking_digest_ = false;
-        if (r.ok && *digest) {
-            self->digest_ = **digest;
+        const std::optional<entry_info>& e = *digest;
+        // Read from the version the ranges come from, or worth nothing.
+        bool same = e && e->digest && e->size == self->file_->size && e->mtime_ns == self->file_->mtime_ns;
+        if (r.ok && same) {
+            self->digest_ = *e->digest;
             self->check_end();
             return;
         }
         if (self->spec_.note) {
             self->spec_.note("could not read the file digest at " + self->sources_[i].given.label + ": " +
-                             (r.ok ? std::string("none given") : r.error) + "; asking another source");
+                             (!r.ok ? r.error
+                              : e && e->digest ? std::string("the file changed there since it was listed")
+                                               : std::string("none given")) +
+                             "; asking another source");
         }
-        // The next source that lists the same file.
-        for (std::size_t k = i + 1; k < self->sources_.size(); ++k) {
-            if (self->sources_[k].index && !self->schedule_->dropped(*self->sources_[k].index)) {
-                self->ask_digest(k);
-                return;
-            }
-        }
-        self->digest_failed_ = true;
+        self->ask_digest();
         self->check_end();
     };
     node_.list(std::move(ls), sources_[i].given.target);
@@ -145,43 +199,96 @@ void multi_get::ask_digest(std::size_t i) {
 void multi_get::prepare() {
     struct result {
         std::string error;
+        exit_code code = exit_code::local_io;
         bool unchanged = false;
-        std::vector<std::uint8_t> staged;
+        std::vector<std::uint8_t> staged;  // per range: 0 missing, 1 downloaded (to copy), 2 copied
+        std::vector<digest128> digests;    // of the copied ranges' chunks
+        std::shared_ptr<unique_fd> parts;  // the parts folder, locked
+        std::shared_ptr<unique_fd> file;   // the file being made in it
     };
     auto out = std::make_shared<result>();
-    std::vector<std::pair<std::string, std::uint64_t>> ranges;
+    std::vector<std::tuple<std::string, std::uint64_t, std::uint64_t>> ranges;
     for (std::size_t r = 0; r < schedule_->ranges(); ++r) {
-        ranges.emplace_back(range_name(r), schedule_->length(r));
+        ranges.emplace_back(range_name(r), schedule_->offset(r), schedule_->length(r));
     }
-    node_.context().workers.post([self = shared_from_this(), out, ranges = std::move(ranges), file = *file_] {
+    node_.context().workers.post([self = shared_from_this(), out, io = &node_.context().io, stop = stop_,
+                                  ranges = std::move(ranges), file = *file_] {
         try {
             dest_tree dest(self->spec_.folder);
             bool identical = false;
             if (std::error_code ec = dest.check_file(self->spec_.name, true, file.size, file.mtime_ns, identical, false)) {
-                out->error = printable(self->spec_.name) + ": " +
-                             (ec == dest_errc::is_dir ? "a folder here, and a file at the peer" : ec.message());
-            } else if (identical) {
+                out->code = ec == dest_errc::is_dir ? exit_code::usage : exit_code::local_io;
+                throw std::runtime_error(printable(self->spec_.name) + ": " +
+                                         (ec == dest_errc::is_dir ? "a folder here, and a file at the peer" : ec.message()));
+            }
+            if (identical) {
                 out->unchanged = true;
             } else {
-                dest_tree parts(self->parts_dir());  // made if missing
+                const std::filesystem::path dir = self->parts_dir();
+                dest_tree made(dir);  // made if missing, never through a symlink
+                out->parts = std::make_shared<unique_fd>(
+                    ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+                if (out->parts->get() < 0) {
+                    throw std::system_error(errno, std::system_category(), "cannot open " + dir.string());
+                }
+                if (::flock(out->parts->get(), LOCK_EX | LOCK_NB) != 0) {
+                    out->code = exit_code::transfer_failed;
+                    throw std::runtime_error("another `ferry get --from` is making " + printable(self->spec_.name) +
+                                             " in " + self->spec_.folder.string());
+                }
+                // What the parts folder holds is for one version of the file: another
+                // version's ranges (and file) go.
+                const std::string version = std::to_string(file.size) + " " + std::to_string(file.mtime_ns) + "\n";
+                if (read_text(dir / "source") != version) {
+                    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+                        std::error_code rm;
+                        std::filesystem::remove_all(e.path(), rm);
+                    }
+                }
+                if (std::error_code wec = write_text(dir / "source", version)) {
+                    throw std::system_error(wec, "cannot write in " + dir.string());
+                }
+                out->file = std::make_shared<unique_fd>(::openat(out->parts->get(), "file",
+                                                                 O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+                if (out->file->get() < 0) {
+                    throw std::system_error(errno, std::system_category(), "cannot write in " + dir.string());
+                }
                 out->staged.assign(ranges.size(), 0);
-                for (std::size_t r = 0; r < ranges.size(); ++r) {
+                out->digests.assign(chunk_count(file.size), digest128{});
+                std::vector<std::uint8_t> buf;
+                for (std::size_t r = 0; r < ranges.size() && !stop->load(); ++r) {
+                    const auto& [name, offset, length] = ranges[r];
+                    // A range copied before counts only if the file still holds what its sums
+                    // say (a crash may have lost pages the sums outlived): read again here.
+                    std::string sums = read_text(dir / (name + ".sums"));
+                    std::vector<digest128> now;
                     bool same = false;
-                    bool exists = false;
-                    if (!parts.check_file(ranges[r].first, true, ranges[r].second, file.mtime_ns, same, false, &exists)) {
-                        out->staged[r] = same ? 1 : 0;
+                    if (sums.size() == chunk_count(length) * 16 &&
+                        hash_chunks(out->file->get(), length, buf, now, {}, offset)) {
+                        bool match = true;
+                        for (std::size_t c = 0; c < now.size() && match; ++c) {
+                            match = now[c] == get_digest(sums.data() + 16 * c);
+                        }
+                        if (match) {
+                            out->staged[r] = 2;
+                            std::copy(now.begin(), now.end(), out->digests.begin() + static_cast<std::ptrdiff_t>(offset / chunk_size));
+                            continue;
+                        }
+                    }
+                    if (!made.check_file(name, true, length, file.mtime_ns, same, false) && same) {
+                        out->staged[r] = 1;
                     }
                 }
             }
         } catch (const std::exception& e) {
             out->error = e.what();
         }
-        asio::post(self->node_.context().io, [self, out] {
+        asio::post(*io, [self, out] {
             if (self->finished_) {
                 return;
             }
             if (!out->error.empty()) {
-                self->finish(false, exit_code::transfer_failed, out->error);
+                self->finish(false, out->code, out->error);
                 return;
             }
             if (out->unchanged) {
@@ -189,6 +296,10 @@ void multi_get::prepare() {
                 self->finish(true, exit_code::ok, "");
                 return;
             }
+            self->parts_fd_ = out->parts;
+            self->file_fd_ = out->file;
+            self->chunk_digests_ = std::move(out->digests);
+            self->copied_.assign(self->schedule_->ranges(), 0);
             self->brought_.assign(self->schedule_->ranges(), std::string());
             for (std::size_t r = 0; r < out->staged.size(); ++r) {
                 self->brought_[r] = self->range_name(r);
@@ -196,15 +307,22 @@ void multi_get::prepare() {
                     self->schedule_->have(r);  // an earlier get left it
                     self->report_.kept_bytes += self->schedule_->length(r);
                 }
+                if (out->staged[r] == 2) {
+                    self->copied_[r] = 1;
+                    ++self->copied_count_;
+                } else if (out->staged[r] == 1) {
+                    self->to_copy_.push_back(r);
+                }
             }
             self->prepared_ = true;
+            self->copy_next();
             self->fill();
         });
     });
 }
 
 void multi_get::fill() {
-    if (!prepared_ || finished_ || assembling_) {
+    if (!prepared_ || finished_ || placing_) {
         return;
     }
     for (std::size_t i = 0; i < sources_.size(); ++i) {
@@ -240,10 +358,22 @@ void multi_get::start_range(std::size_t i, std::size_t r) {
     spec.dest = parts_dir();
     spec.connections = spec_.connections;
     spec.zstd = spec_.zstd;
-    spec.durable = false;  // the assembled file is, once verified
+    spec.durable = false;  // the file they make is, once verified
+    spec.range_mtime_ns = file_->mtime_ns;
+    ++live_pulls_;
+    spec.lifetime = std::shared_ptr<void>(nullptr, [self = shared_from_this(), io = &node_.context().io](void*) {
+        // Wherever the session let go (a worker, the loop): told on the loop.
+        asio::post(*io, [self] {
+            --self->live_pulls_;
+            self->deliver();
+        });
+    });
     // --bwlimit holds over everything running at once.
-    spec.max_rate = spec_.max_rate == 0 ? 0
-                                        : std::max<std::uint64_t>(1, spec_.max_rate / (sources_.size() * pulls_per_source));
+    // (At least 16 KiB/s each, as --bwlimit takes: a chunk must go out well within the
+    // peer's idle timeout.)
+    spec.max_rate = spec_.max_rate == 0
+                        ? 0
+                        : std::max<std::uint64_t>(16 * 1024, spec_.max_rate / (sources_.size() * pulls_per_source));
     auto sid = std::make_shared<std::string>();
     spec.done = [self = shared_from_this(), i, sid](const transfer_report& report) {
         // Posted: the pull may report from inside node::pull (a dial that fails at once),
@@ -269,6 +399,7 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
         s.figures.peer_id = report.peer_id;
     }
     if (finished_) {
+        deliver();  // once the last pull has reported
         return;
     }
     // A range that changed at the source while read comes back as given up: not here.
@@ -277,6 +408,8 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
         report_.payload_bytes += report.payload_bytes;
         if (schedule_->done(done.range, *s.index)) {
             brought_.at(done.range) = done.name;
+            to_copy_.push_back(done.range);
+            copy_next();
             for (source_state& other : sources_) {
                 for (run& x : other.runs) {
                     if (x.range == done.range && !x.cancelled) {
@@ -294,7 +427,6 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
                               : !report.given_up.empty() ? "the file changed at the source while it was read"
                                                          : "the range did not arrive";
             last_error_ = s.given.label + ": " + why;
-            last_code_ = report.ok ? exit_code::vanished : report.code;
             if (spec_.note) {
                 spec_.note("range " + std::to_string(done.range + 1) + "/" + std::to_string(schedule_->ranges()) +
                            " from " + s.given.label + " failed (" + why + "); it goes to another source");
@@ -318,42 +450,123 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
 }
 
 void multi_get::check_end() {
-    if (finished_ || assembling_) {
+    if (finished_ || placing_) {
         return;
     }
     bool listing = std::any_of(sources_.begin(), sources_.end(), [](const source_state& s) { return !s.listed; });
     if (!file_) {
         if (!listing) {
-            finish(false, last_code_, "no source lists the file: " + last_error_);
+            // Every source's reason. A folder named where a file must be is a usage error;
+            // sources that all refused this node's identity, an authentication one.
+            std::string why;
+            bool not_a_file = false;
+            bool all_auth = true;
+            for (const source_state& s : sources_) {
+                why += (why.empty() ? "" : "; ") + s.given.label + ": " + s.figures.note;
+                not_a_file = not_a_file || s.code == exit_code::usage;
+                all_auth = all_auth && s.code == exit_code::auth;
+            }
+            finish(false, not_a_file ? exit_code::usage : all_auth ? exit_code::auth : exit_code::transfer_failed,
+                   "no source lists the file (" + why + ")");
         }
+        return;
+    }
+    bool can_ask = std::any_of(sources_.begin(), sources_.end(), [&](const source_state& s) {
+        return s.index && !s.digest_asked && !schedule_->dropped(*s.index);
+    });
+    if (!digest_ && !asking_digest_ && !can_ask && !listing) {
+        finish(false, exit_code::transfer_failed, "no source could read the file digest to check the ranges against");
         return;
     }
     if (!prepared_) {
         return;
     }
-    if (schedule_->stuck() || std::none_of(sources_.begin(), sources_.end(), [](const source_state& s) {
-            return s.index.has_value();
-        })) {
+    bool any = std::any_of(sources_.begin(), sources_.end(), [](const source_state& s) { return s.index.has_value(); });
+    if (!schedule_->finished() && (schedule_->stuck() || !any)) {
         if (!listing) {
-            finish(false, last_code_, "every source failed; last: " + last_error_);
+            finish(false, exit_code::transfer_failed, "every source failed; last: " + last_error_);
         }
         return;
     }
-    if (!schedule_->finished()) {
-        return;
+    if (!schedule_->finished() || copied_count_ < schedule_->ranges() || !digest_) {
+        return;  // the digest comes when the source has read the file
     }
-    if (digest_failed_) {
-        finish(false, exit_code::transfer_failed, "no source could read the file digest to check the ranges against");
-        return;
-    }
-    if (!digest_ && asking_digest_) {
-        return;  // comes when the source has read the file
-    }
-    assemble();
+    place();
 }
 
-void multi_get::assemble() {
-    assembling_ = true;
+void multi_get::copy_next() {
+    if (copying_ || to_copy_.empty() || finished_) {
+        return;
+    }
+    copying_ = true;
+    std::size_t r = to_copy_.front();
+    to_copy_.pop_front();
+    struct result {
+        std::string error;
+        std::vector<digest128> digests;
+    };
+    auto out = std::make_shared<result>();
+    node_.context().workers.post([self = shared_from_this(), out, r, io = &node_.context().io, stop = stop_,
+                                  file = file_fd_, name = brought_.at(r), sums = range_name(r) + ".sums",
+                                  offset = schedule_->offset(r), length = schedule_->length(r)] {
+        try {
+            const std::filesystem::path dir = self->parts_dir();
+            unique_fd part(::open((dir / name).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+            struct stat st {};
+            if (part.get() < 0 || ::fstat(part.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != length) {
+                throw std::runtime_error("range " + name + " in " + dir.string() + " is missing or cut short");
+            }
+            ::posix_fadvise(part.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+            std::vector<std::uint8_t> buf(chunk_size);
+            std::string sum_bytes;
+            for (std::uint64_t off = 0; off < length && !stop->load(); off += chunk_size) {
+                std::uint32_t len = chunk_length(length, off / chunk_size);
+                std::error_code ec;
+                if (read_at(part.get(), buf.data(), len, off, ec) != len) {
+                    throw std::runtime_error("cannot read range " + name + ": " +
+                                             (ec ? ec.message() : std::string("cut short")));
+                }
+                digest128 d = hash_chunk(std::span<const std::uint8_t>(buf.data(), len));
+                out->digests.push_back(d);
+                put_digest(sum_bytes, d);
+                if (std::error_code wec = write_at(file->get(), buf.data(), len, offset + off)) {
+                    throw std::system_error(wec, "cannot write " + (dir / "file").string());
+                }
+            }
+            if (!stop->load()) {
+                // Its pages start for the disk now, so the fsync before the rename finds
+                // little left.
+                ::sync_file_range(file->get(), static_cast<off_t>(offset), static_cast<off_t>(length),
+                                  SYNC_FILE_RANGE_WRITE);
+                if (std::error_code wec = write_text(dir / sums, sum_bytes)) {
+                    throw std::system_error(wec, "cannot write in " + dir.string());
+                }
+                ::unlink((dir / name).c_str());
+            }
+        } catch (const std::exception& e) {
+            out->error = e.what();
+        }
+        asio::post(*io, [self, out, r] {
+            self->copying_ = false;
+            if (self->finished_) {
+                return;
+            }
+            if (!out->error.empty()) {
+                self->finish(false, exit_code::local_io, out->error);
+                return;
+            }
+            std::copy(out->digests.begin(), out->digests.end(),
+                      self->chunk_digests_.begin() + static_cast<std::ptrdiff_t>(self->schedule_->offset(r) / chunk_size));
+            self->copied_[r] = 1;
+            ++self->copied_count_;
+            self->copy_next();
+            self->check_end();
+        });
+    });
+}
+
+void multi_get::place() {
+    placing_ = true;
     for (source_state& s : sources_) {
         for (run& x : s.runs) {
             if (!x.cancelled) {
@@ -368,68 +581,41 @@ void multi_get::assemble() {
         digest128 digest{};
     };
     auto out = std::make_shared<result>();
-    std::vector<std::pair<std::string, std::uint64_t>> ranges;
-    for (std::size_t r = 0; r < schedule_->ranges(); ++r) {
-        ranges.emplace_back(brought_[r], schedule_->length(r));
-    }
-    node_.context().workers.post([self = shared_from_this(), out, ranges = std::move(ranges), file = *file_,
-                                  want = *digest_] {
+    node_.context().workers.post([self = shared_from_this(), out, io = &node_.context().io, stop = stop_,
+                                  parts = parts_fd_, file = file_fd_, entry = *file_, want = *digest_,
+                                  digest = file_digest(chunk_digests_)] {
+        out->digest = digest;
         try {
-            dest_tree dest(self->spec_.folder);
-            std::error_code ec;
-            unique_fd fd(dest.open_partial(self->spec_.name, ec));
-            if (fd.get() < 0 || ::ftruncate(fd.get(), 0) != 0) {
-                throw std::system_error(ec ? ec : std::error_code(errno, std::system_category()),
-                                        "cannot write " + self->spec_.name);
-            }
-            std::vector<digest128> chunks;
-            chunks.reserve(chunk_count(file.size));
-            std::vector<std::uint8_t> buf(chunk_size);
-            std::uint64_t at = 0;
-            std::filesystem::path dir = self->parts_dir();
-            for (const auto& [name, length] : ranges) {
-                unique_fd part(::open((dir / name).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-                struct stat st {};
-                if (part.get() < 0 || ::fstat(part.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != length) {
-                    throw std::runtime_error("range " + name + " in " + dir.string() + " is missing or cut short");
+            if (!(digest == want)) {
+                out->mismatch = true;  // the parts folder goes (deliver)
+            } else if (!stop->load()) {
+                // Its size, mode and mtime, fsynced; then renamed from the parts folder to its
+                // name (replacing what was there, as a get does), and that folder fsynced.
+                dest_tree dest(self->spec_.folder);
+                if (std::error_code ec = dest.prepare_final(file->release(), entry.size, entry.mode, entry.mtime_ns, true)) {
+                    throw std::system_error(ec, "cannot finish " + self->spec_.name);
                 }
-                ::posix_fadvise(part.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-                for (std::uint64_t off = 0; off < length; off += chunk_size) {
-                    std::uint32_t len = chunk_length(length, off / chunk_size);
-                    std::error_code rec;
-                    if (read_at(part.get(), buf.data(), len, off, rec) != len) {
-                        throw std::runtime_error("cannot read range " + name + ": " +
-                                                 (rec ? rec.message() : std::string("cut short")));
-                    }
-                    chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
-                    if (std::error_code wec = write_at(fd.get(), buf.data(), len, at + off)) {
-                        throw std::system_error(wec, "cannot write " + self->spec_.name);
-                    }
+                unique_fd folder(::open(self->spec_.folder.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+                if (folder.get() < 0 || ::renameat(parts->get(), "file", folder.get(), self->spec_.name.c_str()) != 0 ||
+                    ::fsync(folder.get()) != 0) {
+                    throw std::system_error(errno, std::system_category(),
+                                            "cannot place " + printable(self->spec_.name) + " in " +
+                                                self->spec_.folder.string());
                 }
-                at += length;
             }
-            out->digest = file_digest(chunks);
-            if (!(out->digest == want)) {
-                out->mismatch = true;
-                dest.remove_partial(self->spec_.name, true, false);
-            } else if (std::error_code fec = dest.finalize(self->spec_.name, fd.release(), file.size, file.mode,
-                                                           file.mtime_ns, true, true)) {
-                throw std::system_error(fec, "cannot place " + self->spec_.name);
-            }
-            // Placed, or the ranges do not make the file the source read: either way the
-            // parts have served (a rerun starts afresh).
-            std::error_code rm;
-            std::filesystem::remove_all(dir, rm);
         } catch (const std::exception& e) {
             out->error = e.what();
         }
-        asio::post(self->node_.context().io, [self, out] {
+        asio::post(*io, [self, out] {
             if (self->finished_) {
                 return;
             }
             self->report_.digest = out->digest;
+            // Placed, or the ranges do not make the file the source read: either way the
+            // parts folder has served (a rerun starts afresh).
+            self->remove_parts_ = out->error.empty();
             if (!out->error.empty()) {
-                self->finish(false, exit_code::transfer_failed, out->error);
+                self->finish(false, exit_code::local_io, out->error);
             } else if (out->mismatch) {
                 self->finish(false, exit_code::transfer_failed,
                              "the ranges do not make the file " + self->sources_[self->digest_from_].given.label +
@@ -459,6 +645,15 @@ void multi_get::finish(bool ok, exit_code code, const std::string& error) {
     report_.code = ok ? exit_code::ok : code;
     report_.error = error;
     report_.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    deliver();
+}
+
+void multi_get::deliver() {
+    bool running = std::any_of(sources_.begin(), sources_.end(), [](const source_state& s) { return !s.runs.empty(); });
+    if (!finished_ || delivered_ || running || live_pulls_ > 0) {
+        return;  // a cancelled pull may still write into the parts folder until it is gone
+    }
+    delivered_ = true;
     if (file_) {
         report_.size = file_->size;
         report_.ranges = schedule_->ranges();
@@ -469,9 +664,23 @@ void multi_get::finish(bool ok, exit_code code, const std::string& error) {
         }
         report_.sources.push_back(s.figures);
     }
-    if (spec_.done) {
-        spec_.done(report_);
+    if (!remove_parts_) {
+        if (spec_.done) {
+            spec_.done(report_);
+        }
+        return;
     }
+    parts_fd_.reset();
+    file_fd_.reset();
+    node_.context().workers.post([self = shared_from_this(), io = &node_.context().io] {
+        std::error_code ec;
+        std::filesystem::remove_all(self->parts_dir(), ec);
+        asio::post(*io, [self] {
+            if (self->spec_.done) {
+                self->spec_.done(self->report_);
+            }
+        });
+    });
 }
 
 std::optional<transfer_progress> multi_get::progress() const {

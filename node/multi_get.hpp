@@ -13,17 +13,24 @@
 // - A failed range goes to another source; a source that fails twice in a row is
 //   dropped; in the end game idle sources also run the ranges still running elsewhere
 //   and the first to finish wins (the other pull is cancelled).
-// - Once every range is in, a worker copies them in order into DEST's partial file,
-//   hashing every chunk; the file digest must equal the one the first source read, or
-//   nothing is placed (sources that disagree never make a mixed file). Then the file is
-//   renamed into place and the parts folder removed. An interrupted get leaves the
-//   parts folder: a rerun keeps the ranges there (same size and mtime) and resumes the
-//   partial ones.
+// - As each range arrives, a worker copies it into DEST's partial file (".NAME.ferry-part")
+//   at its offset, hashing every chunk, starts its writeback, then replaces the range's
+//   file by its chunk digests ("rNNNNNN.sums"): the copy runs while the other ranges
+//   download, and the file's pages reach the disk as they come, not all at the end.
+// - Once every range is copied, the file digest over all chunk digests must equal the one
+//   the first source read, or nothing is placed (sources that disagree never make a
+//   mixed file). Then the file is fsynced, renamed into place and the parts folder
+//   removed.
+// - An interrupted get leaves the parts folder (with "source": the file's size and mtime
+//   as listed) and the partial file: a rerun for the same version keeps the ranges
+//   copied or downloaded there, and resumes the partial ones.
 //
 // Loop thread only; disk work runs on the node's worker pool.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <deque>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -33,6 +40,7 @@
 #include <vector>
 
 #include "node/context.hpp"
+#include "node/file_io.hpp"
 #include "node/send_session.hpp"
 #include "protocol/range_schedule.hpp"
 
@@ -78,6 +86,8 @@ struct multi_get_spec {
     std::uint32_t connections = default_connections;  // per range pull
     bool zstd = true;
     std::uint64_t max_rate = 0;  // over all sources (0: no limit)
+    // The length of a range, a whole number of chunks (0: about 16 ranges a source, 8-64 MiB).
+    std::uint64_t range_length = 0;
     std::function<void(const std::string&)> note;  // a line for the user (a source left, a range retried)
     std::function<void(const multi_get_report&)> done;
 };
@@ -90,6 +100,9 @@ public:
 
     multi_get(node& n, multi_get_spec spec);
     void start();
+    // The command is interrupted: what runs on the worker pool stops at its next step and
+    // nothing is placed; the parts folder stays for a rerun.
+    void stop() { stop_->store(true); }
     // The download as one transfer (for progress bars and events); nullopt before the size
     // is known.
     std::optional<transfer_progress> progress() const;
@@ -106,19 +119,28 @@ private:
         std::optional<std::size_t> index;  // in schedule_, once it listed the same file
         std::vector<run> runs;
         bool listed = false;  // its listing came (good or not)
+        std::optional<entry_info> listing;  // the file, as it listed it
+        bool digest_asked = false;
+        exit_code code = exit_code::ok;  // why its listing failed
         multi_get_report::source figures;
     };
 
     void on_listed(std::size_t i, bool ok, exit_code code, const std::string& error, std::optional<entry_info> e,
                    const std::string& peer_id);
-    void ask_digest(std::size_t i);
+    void take_listings();
+    // Asks the first source taking part and not asked yet for the file digest.
+    void ask_digest();
     void prepare();  // worker: the parts folder, ranges already there, DEST as it is
     void fill();
     void start_range(std::size_t i, std::size_t r);
     void on_range_done(std::size_t i, const std::string& session_id, const transfer_report& report);
     void check_end();
-    void assemble();
+    void copy_next();  // the next range that arrived, into the partial file
+    void place();      // every range copied: check the digest, place the file
     void finish(bool ok, exit_code code, const std::string& error);
+    // Hands the report over once no pull is left running (and the parts folder is gone
+    // when remove_parts_).
+    void deliver();
     std::string range_name(std::size_t r) const;
     std::filesystem::path parts_dir() const;
 
@@ -130,15 +152,27 @@ private:
     std::optional<entry_info> file_;
     std::optional<range_schedule> schedule_;
     std::vector<std::string> brought_;  // per range: the file in the parts folder that holds it
+    // The parts folder (held locked: one get --from per file and folder) and the file being
+    // made in it ("file"), open while ranges are copied into it.
+    std::shared_ptr<unique_fd> parts_fd_;
+    std::shared_ptr<unique_fd> file_fd_;
+    // Set by stop(): work on the pool skips what is left (nothing is placed after it).
+    std::shared_ptr<std::atomic<bool>> stop_ = std::make_shared<std::atomic<bool>>(false);
+    std::vector<digest128> chunk_digests_;  // the whole file's, as the ranges were copied
+    std::vector<std::uint8_t> copied_;      // per range
+    std::size_t copied_count_ = 0;
+    std::deque<std::size_t> to_copy_;
+    bool copying_ = false;
     bool prepared_ = false;
     std::optional<digest128> digest_;    // the first source's reading of the file digest
     std::size_t digest_from_ = 0;        // the source asked for it
-    bool digest_failed_ = false;         // no source could give it
     bool asking_digest_ = false;
-    bool assembling_ = false;
+    bool placing_ = false;
     bool finished_ = false;
+    bool delivered_ = false;
+    std::size_t live_pulls_ = 0;  // range pulls whose session (or dial) still exists
+    bool remove_parts_ = false;  // the file was placed, or its ranges proved wrong
     std::string last_error_;
-    exit_code last_code_ = exit_code::transfer_failed;
     multi_get_report report_;
 };
 

@@ -506,23 +506,18 @@ void peer_manager::start_list(std::shared_ptr<connection> c, const wire::Hello& 
             error += ": " + std::string(std::strerror(errno));
         } else {
             scan_for_get(share_fd, path, name, sources, error, ctx->workers, want.recursive());
-            if (error.empty() && want.checksum() && !sources.entries.empty() && sources.entries[0].is_file()) {
-                // Read and hashed as it is now: a size or mtime other than the scan's is a change.
-                entry_info& e = sources.entries[0];
-                unique_fd fd(open_read(*sources.root_fd, sources.locals.at(0)));
-                struct stat st {};
-                std::vector<std::uint8_t> buf;
-                std::vector<digest128> chunks;
-                if (fd.get() < 0 || !hash_chunks(fd.get(), e.size, buf, chunks) || ::fstat(fd.get(), &st) != 0 ||
-                    static_cast<std::uint64_t>(st.st_size) != e.size || timespec_ns(st.st_mtim) != e.mtime_ns) {
-                    error = "\"" + path + "\" could not be read whole, or changed while it was read";
-                } else {
-                    e.digest = file_digest(chunks);
-                }
+        }
+        // ListRequest.checksum: the file is opened here (as the scan found it, relative to
+        // the share) and read later, outside the scan slot.
+        std::shared_ptr<unique_fd> file;
+        if (error.empty() && want.checksum() && !sources.entries.empty() && sources.entries[0].is_file()) {
+            file = std::make_shared<unique_fd>(open_read(*sources.root_fd, sources.locals.at(0)));
+            if (file->get() < 0) {
+                error = "cannot read \"" + path + "\": " + std::strerror(errno);
             }
         }
-        asio::post(ctx->io, [this, alive, c, hello = std::move(hello), entries = std::move(sources.entries),
-                             error]() mutable {
+        asio::post(ctx->io, [this, alive, c, hello = std::move(hello), entries = std::move(sources.entries), error,
+                             file]() mutable {
             if (alive.expired()) {
                 return;
             }
@@ -533,10 +528,53 @@ void peer_manager::start_list(std::shared_ptr<connection> c, const wire::Hello& 
                 turn_away(c, wire::ERROR_REFUSED, "refused list: " + error, std::nullopt);
                 return;
             }
+            if (file) {
+                list_with_digest(c, std::move(entries), std::move(file));
+                return;
+            }
             send_listing(c, std::move(entries));
         });
     });
     next_scan();
+}
+
+void peer_manager::list_with_digest(const std::shared_ptr<connection>& c, std::vector<entry_info> entries,
+                                    std::shared_ptr<unique_fd> file) {
+    if (digest_reads_.size() >= max_digest_reads) {
+        turn_away(c, wire::ERROR_BUSY, "busy reading other files for their digest; try again later", std::nullopt);
+        return;
+    }
+    auto stop = std::make_shared<std::atomic<bool>>(false);
+    c->set_handler(this);
+    closing_.insert(c);  // counted as a connection until it closes; no frame of the asker's is read now
+    digest_reads_[c.get()] = stop;
+    ctx_.workers.post([this, alive = std::weak_ptr<int>(alive_), io = &ctx_.io, c, entries = std::move(entries),
+                       file, stop]() mutable {
+        // Read and hashed as it is now: a size or mtime other than the scan's is a change.
+        entry_info& e = entries[0];
+        struct stat st {};
+        std::vector<std::uint8_t> buf;
+        std::vector<digest128> chunks;
+        bool ok = hash_chunks(file->get(), e.size, buf, chunks, [&] { return stop->load(); }) &&
+                  ::fstat(file->get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == e.size &&
+                  timespec_ns(st.st_mtim) == e.mtime_ns;
+        if (ok) {
+            e.digest = file_digest(chunks);
+        }
+        asio::post(*io, [this, alive, c, entries = std::move(entries), ok, stop]() mutable {
+            if (alive.expired() || stop->load()) {
+                return;  // the asker left (or the node stops)
+            }
+            digest_reads_.erase(c.get());
+            if (!ok) {
+                turn_away(c, wire::ERROR_REFUSED,
+                          "refused list: \"" + entries[0].path + "\" could not be read whole, or changed while it was read",
+                          std::nullopt);
+                return;
+            }
+            send_listing(c, std::move(entries));
+        });
+    });
 }
 
 void peer_manager::send_listing(const std::shared_ptr<connection>& c, std::vector<entry_info> entries) {
@@ -582,6 +620,10 @@ void peer_manager::next_scan() {
 
 void peer_manager::on_closed(connection& c, std::error_code ec) {
     listings_.erase(&c);
+    if (auto it = digest_reads_.find(&c); it != digest_reads_.end()) {
+        it->second->store(true);  // its read stops
+        digest_reads_.erase(it);
+    }
     closing_.erase(c.shared_from_this());
     scanning_.erase(c.shared_from_this());
     bool was_pending = false;

@@ -10,6 +10,7 @@
 // through a throttle so that a flood cannot flood the log.
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -19,6 +20,7 @@
 #include <string>
 
 #include "node/context.hpp"
+#include "node/file_io.hpp"
 #include "node/receive_session.hpp"
 #include "node/send_session.hpp"
 #include "transport/connection.hpp"
@@ -75,6 +77,14 @@ private:
     // Queues the next batches of `c`'s listing while its queue is short; closes it after
     // the last.
     void pump_listing(connection& c);
+    // A listing with ListRequest.checksum: its one file (open) is read and hashed on a
+    // worker, outside the scan slot, then the listing goes out with the digest. At most
+    // max_digest_reads at once (more are told to come back: ERROR_BUSY); a read stops when
+    // its connection closes.
+    void list_with_digest(const std::shared_ptr<connection>& c, std::vector<entry_info> entries,
+                          std::shared_ptr<unique_fd> file);
+    static constexpr std::size_t max_digest_reads = 2;
+    std::map<connection*, std::shared_ptr<std::atomic<bool>>> digest_reads_;
     struct listing {
         sender_machine batches;
         std::size_t next = 0;

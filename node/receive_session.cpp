@@ -486,9 +486,15 @@ void receive_session::on_offer(const wire::Offer& offer) {
             const std::string& path = machine_.entry(id).path;
             bool top_link = path == name && machine_.entry(id).is_link;  // what was asked for is a file or a folder
             // A range: one file of at most the range's length.
-            bool bad_range = pull_->source.range_length() > 0 &&
-                             (path != name || !machine_.entry(id).is_file() || id.value != 0 ||
-                              machine_.entry(id).size > pull_->source.range_length());
+            const entry_info& e = machine_.entry(id);
+            const std::uint64_t length = pull_->source.range_length();
+            bool bad_range = length > 0 && (path != name || !e.is_file() || id.value != 0 || e.size > length);
+            if (!bad_range && length > 0 &&
+                (e.size != length || (pull_->range_mtime_ns && e.mtime_ns != *pull_->range_mtime_ns))) {
+                fail(wire::ERROR_REFUSED, exit_code::transfer_failed,
+                     "the file changed at " + short_id(peer_id_) + " since it was listed (another size or mtime)");
+                return;
+            }
             if (top_link || bad_range || !path.starts_with(name) || (path.size() > name.size() && path[name.size()] != '/')) {
                 fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
                      "protocol error from " + short_id(peer_id_) + ": it offers \"" + path.substr(0, 200) +
@@ -1583,7 +1589,7 @@ void receive_session::start_renames() {
         renames_.clear();
         return;
     }
-    if (!journal_) {
+    if (!journal_ && durable()) {
         journal_ = std::make_shared<unsynced_journal>(journal_dir(), tree_->root());
     }
     // Group commit: everything that became ready while the previous batch ran goes in
@@ -1599,8 +1605,9 @@ void receive_session::start_renames() {
             entries.push_back(b.second);
         }
         // Without a journal (state folder full or read-only) the batch is made durable
-        // before its renames instead: slower, never unsafe.
-        std::error_code journal_ec = journal->commit(entries);
+        // before its renames instead: slower, never unsafe. (A pull that is not to be
+        // durable has none: nothing is synced for it.)
+        std::error_code journal_ec = journal ? journal->commit(entries) : std::error_code{};
         std::error_code sync_ec = journal_ec ? tree->sync_all() : std::error_code{};
         std::vector<std::error_code> results(batch.size());
         for (std::size_t i = 0; i < batch.size(); ++i) {

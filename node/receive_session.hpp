@@ -45,6 +45,12 @@ struct pull_spec {
     // Files are made durable (fsync, syncfs) before success is reported. Off for the
     // ranges of a multi-source get: only the file they make is (node/multi_get.hpp).
     bool durable = true;
+    // A range get (source.range_length): the file's mtime as listed. The range offered must
+    // have it, and be exactly range_length long: else the file changed at the peer.
+    std::optional<std::int64_t> range_mtime_ns;
+    // Held by the session while it lives: released once it is gone, when no task of it is
+    // left on the worker pool (so nothing more is written in `dest`).
+    std::shared_ptr<void> lifetime;
 };
 
 class receive_session : public connection_handler, public std::enable_shared_from_this<receive_session> {

@@ -35,24 +35,46 @@ bool range_schedule::runs(std::size_t r, std::size_t s) const {
     return std::find(run.begin(), run.end(), s) != run.end();
 }
 
+bool range_schedule::failed_it(std::size_t r, std::size_t s) const {
+    const auto& f = ranges_[r].failed_by;
+    return std::find(f.begin(), f.end(), s) != f.end();
+}
+
+bool range_schedule::others_alive(std::size_t s) const {
+    for (std::size_t k = 0; k < sources_.size(); ++k) {
+        if (k != s && !sources_[k].dropped) {
+            return true;
+        }
+    }
+    return false;
+}
+
 std::optional<std::size_t> range_schedule::next(std::size_t s) {
     if (sources_.at(s).dropped) {
         return std::nullopt;
     }
-    if (!waiting_.empty()) {
-        std::size_t r = waiting_.front();
-        waiting_.pop_front();
+    // The first waiting range this source has not failed (any, when it is the last source).
+    bool alone = !others_alive(s);
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+        std::size_t r = *it;
+        if (!alone && failed_it(r, s)) {
+            continue;
+        }
+        waiting_.erase(it);
         ranges_[r].runners.push_back(s);
         if (ranges_[r].handed == 0) {
             ranges_[r].handed = ++handed_;
         }
         return r;
     }
+    if (!waiting_.empty() && !alone) {
+        return std::nullopt;  // what waits is for the others
+    }
     // End game: the range running longest that `s` does not run, with one runner.
     std::optional<std::size_t> best;
     for (std::size_t r = 0; r < ranges_.size(); ++r) {
         const range_state& st = ranges_[r];
-        if (st.done || st.runners.empty() || st.runners.size() >= max_runners || runs(r, s)) {
+        if (st.done || st.runners.empty() || st.runners.size() >= max_runners || runs(r, s) || failed_it(r, s)) {
             continue;
         }
         if (!best || st.handed < ranges_[*best].handed) {
@@ -93,6 +115,9 @@ void range_schedule::failed(std::size_t r, std::size_t s, bool counts) {
     range_state& st = ranges_.at(r);
     std::erase(st.runners, s);
     if (counts) {
+        if (!failed_it(r, s)) {
+            st.failed_by.push_back(s);
+        }
         source_state& src = sources_.at(s);
         ++src.figures.failures;
         if (++src.failures_in_row >= max_failures) {

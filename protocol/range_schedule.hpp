@@ -5,8 +5,9 @@
 // - The file is cut into ranges of equal length (the last one shorter), handed out in
 //   order to whichever source asks: a faster source finishes its ranges sooner, asks
 //   sooner, and so carries more of the file.
-// - A range whose download failed goes back to the front of the queue. A source that
-//   fails `max_failures` times in a row is dropped: it gets no more work.
+// - A range whose download failed goes back to the front of the queue, for another
+//   source: the one that failed it takes it again only when no other source is left. A
+//   source that fails `max_failures` times in a row is dropped: it gets no more work.
 // - End game: once no range is waiting, a source with room takes a range another source
 //   is still downloading (the one handed out first, at most two runners a range), so a
 //   slow or stalled source does not set the end time. The first to finish wins.
@@ -74,6 +75,7 @@ public:
 private:
     struct range_state {
         std::vector<std::size_t> runners;
+        std::vector<std::size_t> failed_by;  // sources that failed it (counted failures)
         bool done = false;
         std::uint64_t handed = 0;  // when it was first handed out (a count), for the end game
     };
@@ -83,6 +85,9 @@ private:
         bool dropped = false;
     };
     bool runs(std::size_t r, std::size_t s) const;
+    bool failed_it(std::size_t r, std::size_t s) const;
+    // Another source than `s` may still take work.
+    bool others_alive(std::size_t s) const;
 
     std::uint64_t size_;
     std::uint64_t length_;

@@ -1310,6 +1310,7 @@ struct get_opts {
     std::string dest = ".";
     bool verbose = false;
     std::vector<std::string> from;  // --from: several sources of one file
+    std::uint64_t range_size = 0;   // --range-size (0: automatic)
 };
 
 int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, std::optional<remote_spec> first,
@@ -1346,6 +1347,9 @@ int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
             return fail(o, exit_code::usage, "DEST " + g.dest + ": its folder " + folder.string() +
                                                  " does not exist (as with cp, name a folder that does, or end DEST in '/')");
         }
+    }
+    if (g.from.empty() && g.range_size != 0) {
+        return fail(o, exit_code::usage, "--range-size is for --from (one file from several peers)");
     }
     if (!g.from.empty()) {
         if (src->path.empty()) {
@@ -2148,6 +2152,10 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     if (int code = check_flags(o, s, flags)) {
         return code;
     }
+    if (g.range_size % ferry::chunk_size != 0) {
+        return fail(o, exit_code::usage, "--range-size takes a whole number of 256 KiB chunks, such as 1M or 32M, not " +
+                                             std::to_string(g.range_size) + " bytes");
+    }
     ferry::multi_get_spec spec;
     std::set<std::string> seen;  // one source per address and ID
     auto add = [&](const std::string& label, const ferry::send_target& t) {
@@ -2156,7 +2164,11 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
         }
     };
     if (first) {
-        add(g.source.substr(0, g.source.find(':')), first->target);
+        // Named as the user named it: "desk", or "ferry://HOST[:PORT]".
+        std::string label = g.source.starts_with("ferry://")
+                                ? g.source.substr(0, g.source.find('/', std::string_view("ferry://").size()))
+                                : g.source.substr(0, g.source.find(':'));
+        add(label, first->target);
     }
     for (const std::string& peer : g.from) {
         if (peer.empty()) {
@@ -2183,6 +2195,7 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     spec.connections = s.connections;
     spec.zstd = flags.compress != ferry::compress_mode::never;
     spec.max_rate = flags.max_rate;
+    spec.range_length = g.range_size;
     spec.note = [&o](const std::string& line) {
         say(line);
         emit(o, {{"event", "note"}, {"message", line}});
@@ -2222,6 +2235,7 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](std::error_code e, int) {
         if (!e) {
+            mg->stop();
             n.stop("interrupted");
             result = ferry::multi_get_report{};
             result->error = "interrupted (the ranges that arrived stay in the parts folder for a rerun)";
@@ -2495,6 +2509,11 @@ int main(int argc, char** argv) {
         ->delimiter(',')
         ->allow_extra_args(false)
         ->type_name("PEER,...");
+    get->add_option("--range-size", go.range_size,
+                    "with --from: bytes a source is asked for at a time, in 256K chunks (e.g. 4M; default: about 16 "
+                    "ranges a source, 8M-64M)")
+        ->transform(CLI::AsSizeValue(false))
+        ->type_name("SIZE");
     get->add_option("SOURCE", go.source, "NAME:SHARE[/PATH] or ferry://[ID@]HOST[:PORT]/SHARE[/PATH]")->required();
     get->add_option("DEST", go.dest,
                     "a folder to put it in (default: the current folder), or a new name for it")

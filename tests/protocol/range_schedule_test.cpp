@@ -102,6 +102,22 @@ TEST(RangeSchedule, a_failed_range_goes_to_another_source_and_two_failures_in_a_
     EXPECT_TRUE(s.figures(a).dropped);
 }
 
+TEST(RangeSchedule, a_range_a_source_failed_goes_to_the_others_unless_it_is_the_last_source) {
+    range_schedule s(2 * MiB, MiB);
+    std::size_t a = s.add_source();
+    std::size_t b = s.add_source();
+    std::size_t r0 = *s.next(a);
+    s.failed(r0, a);
+    // r0 waits at the front, for b: a gets the next one instead.
+    std::size_t r1 = *s.next(a);
+    EXPECT_NE(r1, r0);
+    EXPECT_TRUE(s.done(r1, a));
+    EXPECT_EQ(s.next(a), std::nullopt);
+    // Once b is gone, a is the only one left to try it again.
+    s.drop(b);
+    EXPECT_EQ(s.next(a), r0);
+}
+
 TEST(RangeSchedule, a_success_resets_the_failures_in_a_row) {
     range_schedule s(4 * MiB, MiB);
     std::size_t a = s.add_source();
