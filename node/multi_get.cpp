@@ -64,6 +64,7 @@ void multi_get::start() {
         list_spec ls;
         ls.request.set_share(spec_.share);
         ls.request.set_path(spec_.path);
+        ls.request.set_checksum(sources_[i].given.found);
         ls.entries = [entry](std::vector<entry_info> batch) {
             if (!*entry && !batch.empty()) {
                 *entry = std::move(batch.front());
@@ -118,6 +119,10 @@ void multi_get::take_listings() {
         const entry_info& e = *s.listing;
         if (!file_) {
             file_ = e;
+            if (s.given.found && e.digest) {
+                digest_ = e.digest;  // its listing read it
+                s.digest_asked = true;
+            }
             schedule_.emplace(e.size, spec_.range_length > 0 ? spec_.range_length
                                                              : range_schedule::pick_length(e.size, sources_.size(),
                                                                                            chunk_size, min_range,
@@ -131,6 +136,17 @@ void multi_get::take_listings() {
                 spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
             }
             continue;
+        } else if (s.given.found) {
+            if (!digest_) {
+                continue;  // taken once the first source's digest is known
+            }
+            if (!e.digest || !(*e.digest == *digest_)) {
+                s.figures.note = "it holds other bytes under the same size and mtime (another digest)";
+                if (spec_.note) {
+                    spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
+                }
+                continue;
+            }
         }
         s.index = schedule_->add_source();
         s.figures.used = true;
@@ -180,7 +196,7 @@ void multi_get::ask_digest() {
         bool same = e && e->digest && e->size == self->file_->size && e->mtime_ns == self->file_->mtime_ns;
         if (r.ok && same) {
             self->digest_ = *e->digest;
-            self->check_end();
+            self->take_listings();  // sources found on the LAN can join now
             return;
         }
         if (self->spec_.note) {

@@ -51,6 +51,9 @@ class node;
 struct multi_get_source {
     std::string label;  // as the user named it
     send_target target;
+    // Found by LAN discovery, not named: it is asked for the file digest with its listing,
+    // and takes part only when that digest is the one the first source read.
+    bool found = false;
 };
 
 struct multi_get_report {

@@ -1311,6 +1311,7 @@ struct get_opts {
     bool verbose = false;
     std::vector<std::string> from;  // --from: several sources of one file
     std::uint64_t range_size = 0;   // --range-size (0: automatic)
+    bool from_lan = false;          // --from-lan: and every trusted peer discovery sees with the same file
 };
 
 int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, std::optional<remote_spec> first,
@@ -1323,7 +1324,8 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
 int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
     std::string error;
     // With --from, SOURCE may be SHARE/PATH alone (no peer of its own).
-    bool bare = !g.from.empty() && g.source.find(':') == std::string::npos;
+    const bool multi = !g.from.empty() || g.from_lan;
+    bool bare = multi && g.source.find(':') == std::string::npos;
     std::optional<remote_spec> src = parse_remote(o, bare ? "ferry://0.0.0.0/" + g.source : g.source, error);
     if (!error.empty()) {
         return fail(o, exit_code::usage, error);
@@ -1348,12 +1350,13 @@ int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
                                                  " does not exist (as with cp, name a folder that does, or end DEST in '/')");
         }
     }
-    if (g.from.empty() && g.range_size != 0) {
+    if (!multi && g.range_size != 0) {
         return fail(o, exit_code::usage, "--range-size is for --from (one file from several peers)");
     }
-    if (!g.from.empty()) {
+    if (multi) {
         if (src->path.empty()) {
-            return fail(o, exit_code::usage, "--from gets one file from several sources: name the file (SHARE/PATH)");
+            return fail(o, exit_code::usage,
+                        "--from and --from-lan get one file from several sources: name the file (SHARE/PATH)");
         }
         return run_multi_get(o, s, g, bare ? std::nullopt : src, src->share, src->path, name, folder);
     }
@@ -2157,10 +2160,13 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
                                              std::to_string(g.range_size) + " bytes");
     }
     ferry::multi_get_spec spec;
-    std::set<std::string> seen;  // one source per address and ID
-    auto add = [&](const std::string& label, const ferry::send_target& t) {
+    std::set<std::string> seen;  // one source per address, and per ID
+    auto add = [&](const std::string& label, const ferry::send_target& t, bool found = false) {
+        if (!t.expected_id.empty() && !seen.insert(t.expected_id).second) {
+            return;
+        }
         if (seen.insert(t.host + " " + t.port + " " + t.expected_id).second) {
-            spec.sources.push_back({label, t});
+            spec.sources.push_back({label, t, found});
         }
     };
     if (first) {
@@ -2182,6 +2188,31 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
                         "--from " + peer + ": " + (error.empty() ? "not a peer (NAME, ID or ferry://[ID@]HOST[:PORT])" : error));
         }
         add(peer, r->target);
+    }
+    if (g.from_lan) {
+        // Every trusted peer the running `ferry serve` hears on the LAN; each joins only once
+        // its own reading of the file digest equals the first source's.
+        json st = local_node_status(o);
+        if (!st.is_object() || !st["discovery"].value("enabled", false)) {
+            return fail(o, exit_code::usage,
+                        "--from-lan needs a running `ferry serve` with LAN discovery on, with this state folder "
+                        "(name the peers with --from instead)");
+        }
+        ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
+        for (const json& d : st["discovery"]["peers"]) {
+            std::optional<std::string> id = ferry::parse_node_id(d.value("id", ""));
+            std::optional<ferry::trusted_peer> peer = id ? store.find_id(*id) : std::nullopt;
+            ferry::send_target t;
+            if (!peer || d["addresses"].empty() ||
+                !ferry::split_host_port(d["addresses"][0].get<std::string>(), t.host, t.port)) {
+                continue;  // untrusted nodes are never asked
+            }
+            t.expected_id = *id;
+            add(!peer->name.empty() ? peer->name : ferry::format_node_id(*id).substr(0, 9), t, true);
+        }
+    }
+    if (spec.sources.empty()) {
+        return fail(o, exit_code::usage, "no source: name peers with --from (no trusted peer was found on the LAN)");
     }
     std::error_code ec;
     fs::path dir = fs::canonical(folder, ec);
@@ -2514,6 +2545,9 @@ int main(int argc, char** argv) {
                     "ranges a source, 8M-64M)")
         ->transform(CLI::AsSizeValue(false))
         ->type_name("SIZE");
+    get->add_flag("--from-lan", go.from_lan,
+                  "also get from every trusted peer LAN discovery hears (a running `ferry serve`) that holds the "
+                  "same file: same size, mtime and digest");
     get->add_option("SOURCE", go.source, "NAME:SHARE[/PATH] or ferry://[ID@]HOST[:PORT]/SHARE[/PATH]")->required();
     get->add_option("DEST", go.dest,
                     "a folder to put it in (default: the current folder), or a new name for it")
@@ -2523,6 +2557,7 @@ int main(int argc, char** argv) {
                 "  ferry get --json web1:isos/debian.iso ~/Downloads/\n"
                 "  ferry get ferry://ABCD-...-4567@192.0.2.7/photos/2024 ./photos-2024   (a folder, renamed)\n"
                 "  ferry get --from web1,web2,web3 isos/debian.iso ~/Downloads/   (one file, from three peers at once)\n"
+                "  ferry get --from-lan web1:isos/debian.iso ~/Downloads/   (and from every trusted LAN peer holding it)\n"
                 "DEST as cp -r takes it: a folder (or a name ending in '/') receives SOURCE under its own name;\n"
                 "any other name is what SOURCE is called here. Files already there with the same size and mtime\n"
                 "are kept, others replaced (an interrupted get resumes).\n"

@@ -229,6 +229,18 @@ TEST(discovery, nodes_on_a_link_find_each_other_and_forged_or_replayed_announcem
     run_result ls = b_cmd({"ls", "--state", cli.state("B").string(), "node-a:pub"});
     ASSERT_EQ(ls.code, 0) << ls.err;
     EXPECT_NE(ls.out.find("data.bin"), std::string::npos) << ls.out;
+    // --from-lan: every trusted node B hears that holds the same file (A; never C, which B
+    // does not trust), its digest read there.
+    fs::path lan_dest = cli.root() / "got-lan";
+    fs::create_directories(lan_dest);
+    run_result multi = b_cmd({"get", "--state", cli.state("B").string(), "--json", "--from-lan", "--range-size", "256K",
+                              "pub/data.bin", lan_dest.string()});
+    ASSERT_EQ(multi.code, 0) << multi.err;
+    EXPECT_EQ(read_text_file(lan_dest / "data.bin"), read_text_file(share / "data.bin"));
+    nlohmann::json multi_done = find_event(json_events(multi.out), "done");
+    ASSERT_EQ(multi_done["sources"].size(), 1u) << multi.out;
+    EXPECT_EQ(multi_done["sources"][0]["source"], "ay");
+    EXPECT_EQ(multi_done["sources"][0]["ranges"], 3);
     // A name only an untrusted node announces is not resolved: anyone may announce any name.
     run_result spoof = b_cmd({"send", "--state", cli.state("B").string(), (share / "data.bin").string(), "desk"});
     EXPECT_EQ(spoof.code, 1) << spoof.err;

@@ -941,6 +941,56 @@ TEST_F(hostile_pull_test, a_get_offers_one_entry_by_the_name_asked_and_never_lea
     expect_nothing_outside();
 }
 
+// A range get (SyncTarget.range_*, `ferry get --from`) offers the range of one regular
+// file as a file of the range's length; anything else is refused before a byte is read.
+TEST_F(hostile_pull_test, a_range_get_offers_only_that_range_of_one_file) {
+    auto ranged = [](const std::string& path, const std::string& get, std::uint64_t offset, std::uint64_t length) {
+        wire::Header h = pull_hello("pub", path);
+        h.mutable_hello()->mutable_pull()->set_get(get);
+        h.mutable_hello()->mutable_pull()->set_range_offset(offset);
+        h.mutable_hello()->mutable_pull()->set_range_length(length);
+        return h;
+    };
+    auto p = connect(trusted_tls());
+    ASSERT_TRUE(p->send_frame(ranged("pub/readme.txt", "r0", 0, 3)));
+    std::optional<wire::Header> hello = p->read_frame();
+    ASSERT_TRUE(hello && hello->has_hello()) << p->last_end().detail;
+    std::optional<wire::Header> f = p->read_frame();
+    ASSERT_TRUE(f && f->has_offer()) << p->last_end().detail;
+    ASSERT_EQ(f->offer().entries_size(), 1);
+    EXPECT_EQ(f->offer().entries(0).path(), "r0");
+    EXPECT_EQ(f->offer().entries(0).size(), 3u);  // the range, not the file's 7 bytes
+    EXPECT_EQ(f->offer().total_bytes(), 3u);
+    p->close();
+
+    struct refused_case {
+        std::string path;
+        std::string get;
+        std::uint64_t offset;
+        std::uint64_t length;
+        bool checksum;
+        std::string message;
+    };
+    for (const refused_case& c :
+         {refused_case{"pub/readme.txt", "r", chunk_size, 10, false, "past the end of the file"},
+          refused_case{"pub/readme.txt", "r", 5, 10, false, "multiple of the chunk size"},
+          refused_case{"pub", "r", 0, 10, false, "one regular file"},
+          refused_case{"pub/readme.txt", "", 0, 10, false, "a range is a get's"},
+          refused_case{"pub/readme.txt", "r", 0, 10, true, "without --checksum"},
+          refused_case{"pub/leak.txt", "r", 0, 10, false, "symlink"}}) {
+        auto q = connect(trusted_tls());
+        wire::Header g = ranged(c.path, c.get, c.offset, c.length);
+        g.mutable_hello()->mutable_pull()->set_checksum(c.checksum);
+        ASSERT_TRUE(q->send_frame(g));
+        node_answer a = q->read_until_closed();
+        q->close();
+        expect_error_frame(a, wire::ERROR_REFUSED, c.message);
+        EXPECT_EQ(a.count(wire::Header::kOffer), 0u) << c.message;
+    }
+    expect_node_still_serves();
+    expect_nothing_outside();
+}
+
 // A listing (Hello.list) shows the share's entries, a symlink as a link, and nothing
 // out of the share; then the node closes the connection.
 TEST_F(hostile_pull_test, a_listing_stays_in_the_share_and_ends_with_the_connection) {
@@ -971,6 +1021,21 @@ TEST_F(hostile_pull_test, a_listing_stays_in_the_share_and_ends_with_the_connect
         }
     }
     EXPECT_EQ(listed, (std::vector<std::string>{"pub", "pub/leak.txt", "pub/readme.txt"}));
+    // With checksum, a file comes with its digest (a folder never has one).
+    for (const std::string& path : {std::string("pub/readme.txt"), std::string("pub")}) {
+        auto q = connect(trusted_tls());
+        wire::Header h = list_hello("pub", path);
+        h.mutable_hello()->mutable_list()->set_checksum(true);
+        ASSERT_TRUE(q->send_frame(h));
+        node_answer r = q->read_until_closed();
+        q->close();
+        ASSERT_EQ(r.count(wire::Header::kOffer), 1u) << r.detail;
+        for (const wire::Header& f : r.frames) {
+            if (f.has_offer()) {
+                EXPECT_EQ(f.offer().entries(0).digest().size(), path == "pub" ? 0u : 16u) << path;
+            }
+        }
+    }
     for (const std::string& path : {std::string("../outside"), std::string("pub/leak.txt"), std::string("/etc")}) {
         auto q = connect(trusted_tls());
         ASSERT_TRUE(q->send_frame(list_hello("pub", path)));
