@@ -10,6 +10,7 @@
 #   make bench-discovery  LAN discovery latency between two network namespaces (bench/discovery.sh; root)
 #   make bench-multi  multi-source get over two emulated 100 Mbit/s links against one (bench/multi_source.sh; root)
 #   make bench-micro  Google Benchmark micro benchmarks (every bench/*_bench binary of the release build)
+#   make package  the Debian package build/release/ferry_VERSION_ARCH.deb (CPack; docs/service.md)
 #
 # Variables: JOBS=N (build parallelism; default: ninja's own, about nproc+2),
 # CTEST_JOBS=N (default 2), CMAKE_ARGS="..." (extra configure flags for every build, e.g.
@@ -42,7 +43,7 @@ FERRY_BIN   := $(RELEASE_DIR)/tools/ferry
 
 BUILD_JOBS := $(if $(JOBS),-j $(JOBS),)
 
-RELEASE_FLAGS := -DCMAKE_BUILD_TYPE=Release
+RELEASE_FLAGS := -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr
 # Sanitizer builds: -O1 and line tables only (-g1). Reports keep file:line; the build is
 # about 3x faster than -O2 -g (tools/ferry.cpp under ASan+UBSan: 312 s -> 74 s), which is
 # most of `make test`'s time on 2 cores.
@@ -95,7 +96,7 @@ fi
 endef
 
 .PHONY: help deps deps-bench build release asan tsan fuzz-build demo test test-release test-asan test-tsan test-fuzz \
-        fuzz bench bench-wan bench-discovery bench-multi bench-micro clean
+        fuzz bench bench-wan bench-discovery bench-multi bench-micro package clean
 
 help:
 	@echo "make deps          install the Debian packages needed to build and test (scripts/install-deps.sh)"
@@ -111,6 +112,7 @@ help:
 	@echo "make bench-wan     WAN benchmark over ../shared/linkem vs iperf3, rsync, scp (bench/wan.sh \$$BENCH_WAN_ARGS; root)"
 	@echo "make bench-discovery  LAN discovery latency in two network namespaces (bench/discovery.sh; root)"
 	@echo "make bench-multi   ferry get --from over two emulated 100 Mbit/s links vs one (bench/multi_source.sh; root)"
+	@echo "make package       the Debian package in $(RELEASE_DIR) (CPack; install: apt install ./$(RELEASE_DIR)/ferry_*.deb)"
 	@echo "make bench-micro   build release, run every micro benchmark $(RELEASE_DIR)/bench/*_bench (\$$BENCH_MICRO_ARGS)"
 	@echo "make clean         remove build/"
 
@@ -134,6 +136,9 @@ fuzz-build: deps
 
 demo: build
 	@scripts/demo.sh $(FERRY_BIN)
+
+package: build
+	@cd $(RELEASE_DIR) && cpack -G DEB && ls -1 $(CURDIR)/$(RELEASE_DIR)/ferry_*.deb
 
 test: test-release test-asan test-tsan test-fuzz
 	@echo "make: all tests passed (release, asan+ubsan, tsan, fuzz)"

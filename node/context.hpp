@@ -206,12 +206,17 @@ struct node_config {
     discovery_config discovery;
 };
 
+// How much a log line matters, as syslog's priorities (the journal takes them as such).
+enum class log_level : int { error = 3, warn = 4, info = 6 };
+
 struct node_events {
     std::function<void(const std::string& address, const std::string& id)> listening;
     std::function<void(const std::string& peer_id, const std::string& address, std::uint32_t connections)> connected;
     std::function<void(const transfer_report&)> transfer_done;
     std::function<void()> session_ended;  // an incoming session closed its last connection
-    std::function<void(const std::string& line)> log;
+    // One line for the log, never one per chunk: a transfer's start and end, a refusal,
+    // a lost connection. `level`: how much it matters (the CLI's --log-level filters).
+    std::function<void(log_level level, const std::string& line)> log;
     // LAN discovery heard a node for the first time (or again after forgetting it), or
     // one said it leaves (`present` false).
     std::function<void(const discovered_peer&, bool present)> discovered;
@@ -237,9 +242,9 @@ struct node_context {
     std::shared_ptr<buffer_pool> buffers;  // chunk buffers for both directions
     node_stats stats;
     known_partials known;  // partial files of unfinished transfers, as this process wrote them
-    void log(const std::string& line) const {
+    void log(const std::string& line, log_level level = log_level::info) const {
         if (events.log) {
-            events.log(line);
+            events.log(level, line);
         }
     }
 };

@@ -92,7 +92,7 @@ std::error_code node::listen(std::string& error) {
     if (ctx_->config.discovery.enabled && !ctx_->config.plaintext) {  // a plaintext node has no ID to announce
         discovery_ = std::make_unique<discovery>(
             ctx_->io, ctx_->config.discovery, key_pem_, [this] { return listen_addresses(); },
-            [this](const std::string& line) { ctx_->log(line); },
+            [this](const std::string& line) { ctx_->log(line, log_level::warn); },
             [this](const discovered_peer& p, bool present) {
                 if (ctx_->events.discovered) {
                     ctx_->events.discovered(p, present);
@@ -100,7 +100,7 @@ std::error_code node::listen(std::string& error) {
             });
         std::string why;
         if (!discovery_->start(why)) {
-            ctx_->log("LAN discovery is off: " + why);
+            ctx_->log("LAN discovery is off: " + why, log_level::warn);
             discovery_.reset();
         }
     }
@@ -164,7 +164,7 @@ void node::accept_next(listener& l) {
                 peers_->on_accepted(std::move(socket));
             }
         },
-        [this](std::error_code ec) { ctx_->log("accept failed: " + ec.message() + " (retrying)"); });
+        [this](std::error_code ec) { ctx_->log("accept failed: " + ec.message() + " (retrying)", log_level::warn); });
 }
 
 void node::send(source_tree sources, send_target target, send_options options,
@@ -216,7 +216,7 @@ std::string node::pull(pull_spec spec, send_target target) {
         std::string key = peer.empty() ? c->stream().remote() : peer;
         if (c->stream().is_tls() && target.expected_id.empty() && !ctx_->trust.trusted(peer)) {
             ctx_->log("warning: peer ID " + format_node_id(peer) +
-                      " is not verified (pin it with ferry://ID@HOST or `ferry trust`)");
+                      " is not verified (pin it with ferry://ID@HOST or `ferry trust`)", log_level::warn);
         }
         // Dropped once every connection closed (not when it reports: they may still call in).
         auto s = std::make_shared<receive_session>(*ctx_, peer, key, session_id, [this](receive_session& done) {
@@ -231,7 +231,7 @@ std::string node::pull(pull_spec spec, send_target target) {
                 }
                 if (ec) {
                     ctx_->log("connection " + std::to_string(index) + " to " + target.host + ":" + target.port +
-                              " failed: " + ec.message() + "; continuing with the others");
+                              " failed: " + ec.message() + "; continuing with the others", log_level::warn);
                     s->data_connection_lost(index);
                     return;
                 }

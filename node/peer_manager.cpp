@@ -76,7 +76,7 @@ bool peer_manager::allowed(const std::string& id) const {
 void peer_manager::refused(refusal why, const std::string& line) {
     ctx_.stats.refusals.add(why);
     if (auto text = log_throttle_.pass(line, std::chrono::steady_clock::now())) {
-        ctx_.log(*text);
+        ctx_.log(*text, log_level::warn);
     }
 }
 
@@ -430,7 +430,8 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
                                         " file(s) sent, " + std::to_string(r.skipped_files) + " unchanged, " +
                                         std::to_string(r.payload_bytes) + " bytes in " +
                                         seconds_text(std::chrono::duration<double>(r.elapsed_s)) + " s"
-                                  : "pull of " + what + " by " + peer + " failed: " + r.error);
+                                  : "pull of " + what + " by " + peer + " failed: " + r.error,
+                             r.ok ? log_level::info : log_level::warn);
                     // Not from inside the session's own call.
                     asio::post(ctx_.io, [this, alive, sid] {
                         if (!alive.expired()) {

@@ -408,7 +408,7 @@ void receive_session::data_connection_lost(std::uint32_t index) {
     redial& r = redials_[index];
     if (r.failures >= 8) {
         ctx_.log("giving up on connection " + std::to_string(index) + " after " + std::to_string(r.failures) +
-                 " attempts; the transfer goes on over the others");
+                 " attempts; the transfer goes on over the others", log_level::warn);
         return;
     }
     if (!r.timer) {
@@ -1619,7 +1619,7 @@ void receive_session::start_renames() {
             if (journal_ec && !self->journal_warned_) {
                 self->journal_warned_ = true;
                 self->ctx_.log("cannot write the unsynced journal in " + self->journal_dir().string() + " (" +
-                               journal_ec.message() + "): syncing before each batch of renames instead");
+                               journal_ec.message() + "): syncing before each batch of renames instead", log_level::warn);
             }
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 --self->finalizing_;
@@ -1931,7 +1931,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
         ctx_.stats.refusals.add(*counted);
     }
     if (!pull_) {
-        ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message);  // a pull's report says it
+        ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message, log_level::error);  // a pull's report says it
     }
     // What was verified so far stays for a later attempt: every unfinished file with chunks
     // here gets its record, and is remembered (ctx_.known) for a sender that comes back.
@@ -2092,7 +2092,7 @@ void receive_session::checkpoint() {
                     if (!self->checkpoint_warned_) {
                         self->checkpoint_warned_ = true;
                         self->ctx_.log("cannot record resume state for " + printable(path) + ": " + ec.message() +
-                                       " (an interrupted transfer re-checks this file's data instead)");
+                                       " (an interrupted transfer re-checks this file's data instead)", log_level::warn);
                     }
                 }
             });
@@ -2113,7 +2113,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
         // the sender opens a replacement (which joins at the same index).
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "closed by the sender";
         ctx_.log("connection " + std::to_string(c.index) + " from " + short_id(peer_id_) + " lost (" + why +
-                 "); the transfer goes on over the others");
+                 "); the transfer goes on over the others", log_level::warn);
         data_connection_lost(c.index);  // a pull's: this side dials it again
     } else if (!result_sent_ && !failed_ && pull_ && ec == transport_errc::peer_refused) {
         fail(wire::ERROR_CANCELLED, exit_code::auth,

@@ -146,7 +146,7 @@ void send_session::open_connection(std::uint32_t index) {
                                      self->fail(code, line, false, true);
                                  } else {
                                      self->ctx_.log("connection " + std::to_string(index) + " to " + where +
-                                                    " failed: " + ec.message() + "; continuing with the others");
+                                                    " failed: " + ec.message() + "; continuing with the others", log_level::warn);
                                      self->schedule_reopen(index);
                                  }
                                  return;
@@ -251,7 +251,7 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
     }
     if (c.stream().is_tls() && target_.expected_id.empty() && !ctx_.trust.trusted(peer_id_)) {
         ctx_.log("warning: receiver ID " + format_node_id(peer_id_) +
-                 " is not verified (pin it with ID@HOST:PORT or `ferry trust`)");
+                 " is not verified (pin it with ID@HOST:PORT or `ferry trust`)", log_level::warn);
     }
     if (ctx_.events.connected) {
         ctx_.events.connected(peer_id_, peer_address_, options_.connections);
@@ -509,7 +509,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 // on with the ones it took (on_closed requeues whatever this one held).
                 ctx_.log("receiver refused connection " + std::to_string(c.index) + ": " +
                          printable(header.error().message()) +
-                         "; continuing with the others");
+                         "; continuing with the others", log_level::warn);
                 cs.refused = true;
                 c.close();
                 return;
@@ -885,7 +885,7 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason) 
         }
     }
     const std::string& path = machine_.entry(f).path;
-    ctx_.log("skipped " + printable(path) + ": " + reason);
+    ctx_.log("skipped " + printable(path) + ": " + reason, log_level::warn);
     given_up_.push_back({path, reason, vanished});
     wire::Header h;
     *h.mutable_file_abort() = std::move(*abort);
@@ -1157,7 +1157,7 @@ void send_session::on_closed(connection& c, std::error_code ec) {
     }
     if (!cs.refused) {
         ctx_.log("connection " + std::to_string(c.index) + " lost (" + (ec ? ec.message() : "closed") +
-                 "); its unconfirmed chunks go to the others");
+                 "); its unconfirmed chunks go to the others", log_level::warn);
         if (cs.lost_at == stats_clock::time_point{}) {
             cs.lost_at = stats_clock::now();
         }
@@ -1191,7 +1191,7 @@ void send_session::check_stalls() {
     for (auto& cs : conns_) {
         if (cs.conn && !cs.conn->closed() && !cs.inflight.empty() && now - cs.heard >= options_.stall_timeout) {
             ctx_.log("connection " + std::to_string(cs.conn->index) + " stalled: nothing from the receiver for " +
-                     seconds_text(options_.stall_timeout) + " s with chunks in flight");
+                     seconds_text(options_.stall_timeout) + " s with chunks in flight", log_level::warn);
             cs.conn->close(std::make_error_code(std::errc::timed_out));
         }
     }
@@ -1215,7 +1215,7 @@ void send_session::schedule_reopen(std::uint32_t index) {
     }
     if (cs.failures >= max_reopen_attempts) {
         ctx_.log("giving up on connection " + std::to_string(index) + " after " + std::to_string(cs.failures) +
-                 " attempts; the transfer goes on over the others");
+                 " attempts; the transfer goes on over the others", log_level::warn);
         return;
     }
     auto delay = backoff_delay(cs.failures, std::chrono::milliseconds(100), std::chrono::seconds(5));

@@ -9,6 +9,7 @@ build_pkgs=(
   libasio-dev libssl-dev libprotobuf-dev protobuf-compiler
   libzstd-dev libxxhash-dev libcli11-dev nlohmann-json3-dev libfmt-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  help2man dpkg-dev
   clang-14 libclang-rt-14-dev libfuzzer-14-dev
 )
 tool_pkgs=(openssl netcat-openbsd iproute2 procps time)

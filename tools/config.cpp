@@ -45,6 +45,7 @@ constexpr key_spec top_keys[] = {
     {"fsync_each", "--fsync-each", kind::boolean},
     {"partial_max_age", "--partial-max-age", kind::duration},
     {"congestion", "--congestion", kind::text},
+    {"log_level", "--log-level", kind::text},
 };
 constexpr key_spec limit_keys[] = {
     {"max_connections", "--max-connections", kind::count},

@@ -41,6 +41,7 @@
 #include "protocol/exclude.hpp"
 #include "tools/config.hpp"
 #include "tools/progress.hpp"
+#include "tools/sd_notify.hpp"
 #include "transport/identity.hpp"
 
 namespace fs = std::filesystem;
@@ -63,6 +64,7 @@ struct common_opts {
     bool json = false;
     bool quiet = false;  // no progress bars
     std::string congestion = "bbr";  // TCP congestion control asked for each socket; "system": leave it
+    std::string log_level = "info";  // the node's log lines of this level and above
 };
 
 void add_common(CLI::App* cmd, common_opts& o) {
@@ -72,6 +74,9 @@ void add_common(CLI::App* cmd, common_opts& o) {
                     "configuration file (default $FERRY_CONFIG, else $XDG_CONFIG_HOME/ferry/config.toml when there; "
                     "docs/config.md)");
     cmd->add_flag("--json", o.json, "print newline-delimited JSON events on stdout (docs/json.md)");
+    cmd->add_option("--log-level", o.log_level, "the node's log lines to print: error, warn or info (and above)")
+        ->check(CLI::IsMember({"error", "warn", "info"}))
+        ->capture_default_str();
 }
 
 void add_transfer_options(CLI::App* cmd, common_opts& o) {
@@ -219,11 +224,37 @@ void emit_file_event(const ferry::file_event& f) {
     emit_line(line, false);
 }
 
-void say(const std::string& line) {
+// How stderr lines are dressed (main and run_receiver set them): under the systemd journal a
+// "<N>" priority first and nothing else (the journal stamps and names them); elsewhere
+// "ferry: ", after the local time for a node that runs for long (serve, receive).
+bool log_to_journal = false;
+bool log_timestamps = false;
+int log_most = 6;  // --log-level: the lines of this priority and above (a lower number matters more)
+
+std::string local_time_now() {
+    auto now = std::chrono::system_clock::now();
+    std::time_t sec = std::chrono::system_clock::to_time_t(now);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    struct tm tm {};
+    char text[40] = "";
+    if (::localtime_r(&sec, &tm) != nullptr) {
+        std::size_t n = std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S", &tm);
+        std::snprintf(text + n, sizeof text - n, ".%03lld", static_cast<long long>(ms));
+    }
+    return text;
+}
+
+void say(const std::string& line, ferry::log_level level = ferry::log_level::info) {
+    if (static_cast<int>(level) > log_most) {
+        return;
+    }
+    std::string text = log_to_journal  ? "<" + std::to_string(static_cast<int>(level)) + ">" + line
+                       : log_timestamps ? local_time_now() + " ferry: " + line
+                                        : "ferry: " + line;
     if (view != nullptr) {
-        view->say("ferry: " + line);
+        view->say(text);
     } else {
-        std::cerr << "ferry: " << line << '\n';
+        std::cerr << text << '\n';
     }
 }
 
@@ -241,7 +272,7 @@ const char* code_name(exit_code c) {
 }
 
 int fail(const common_opts& o, exit_code code, const std::string& message) {
-    say("error: " + message);
+    say("error: " + message, ferry::log_level::error);
     emit(o, {{"event", "error"}, {"code", code_name(code)}, {"exit_code", static_cast<int>(code)}, {"message", message}});
     return static_cast<int>(code);
 }
@@ -394,7 +425,7 @@ json resumed_event(const std::string& direction, const std::string& session, std
 
 ferry::node_events base_events(const common_opts& o) {
     ferry::node_events ev;
-    ev.log = [](const std::string& line) { say(line); };
+    ev.log = [](ferry::log_level level, const std::string& line) { say(line, level); };
     ev.listening = [&o](const std::string& address, const std::string& id) {
         say("listening on " + address + " as " + ferry::format_node_id(id));
         emit(o, {{"event", "listening"}, {"address", address}, {"id", ferry::format_node_id(id)}});
@@ -710,6 +741,7 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
 }
 
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
+    log_timestamps = !log_to_journal;  // a node's lines, read later: when each happened
     ferry::node_config cfg;
     if (int code = receiver_config(o, r, one_shot, cfg)) {
         return code;
@@ -745,7 +777,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
                        : json{{"event", "error"}, {"code", code_name(rep.code)}, {"exit_code", static_cast<int>(rep.code)},
                               {"message", rep.error}});
         if (!rep.ok) {
-            say("error: " + rep.error);
+            say("error: " + rep.error, ferry::log_level::error);
         }
         if (one_shot && !result) {
             result = rep;
@@ -802,6 +834,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
             return;
         }
         stopped_by = sig;
+        ferry::cli::sd_notify("STOPPING=1");
         say(std::string("stopping (") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + "); partial files are kept");
         n.stop("receiver stopped");
         // Let the Error frames go out, then leave (bounded).
@@ -815,6 +848,9 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         say("metrics at http://" + metrics->local_address() + "/metrics");
         emit(o, {{"event", "metrics"}, {"address", metrics->local_address()}});
     }
+    // A service manager (systemd Type=notify) learns that it serves now.
+    ferry::cli::sd_notify("READY=1\nSTATUS=listening on " + n.listen_address() + "\nMAINPID=" +
+                          std::to_string(::getpid()));
     io.run();
     if (stopped_by != 0) {
         return one_shot && !result ? static_cast<int>(exit_code::transfer_failed) : 0;
@@ -2237,12 +2273,12 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     ferry::node_events ev = base_events(o);
     ev.file = nullptr;  // the ranges are pulls of their own: the file is told once, at the end
     ev.connected = nullptr;
-    ev.log = [](const std::string& line) {
+    ev.log = [shown = std::move(ev.log)](ferry::log_level level, const std::string& line) {
         // A range pull cancelled because another source brought it first is the end game
         // working, not news.
         if (line.find("another source brought that range first") == std::string::npos &&
             line.find("every range is in") == std::string::npos) {
-            say(line);
+            shown(level, line);
         }
     };
     ferry::node n(io, cfg, std::move(ev));
@@ -2452,6 +2488,7 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
     CLI::App app{"ferry: fast, authenticated peer-to-peer file transfer"};
     app.require_subcommand(1);
+    app.set_version_flag("--version", "ferry " FERRY_VERSION);
     app.footer("Exit codes: 0 ok, 1 usage, 2 transfer failed, 3 authentication/trust, 4 local I/O, 5 some source files\n"
                "not sent, 6 some source files vanished. See docs/cli.md.");
 
@@ -2664,6 +2701,7 @@ int main(int argc, char** argv) {
         return static_cast<int>(exit_code::usage);
     }
 
+    log_to_journal = ferry::cli::stderr_is_journal();
     // The configuration file: `ferry serve` (and `ferry config`) take all of it, the other
     // commands its state folder, congestion control and peers. Flags given win.
     const bool serve_settings = serve->parsed() || config->parsed();
@@ -2696,6 +2734,7 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
         return fail(o, exit_code::local_io, e.what());
     }
+    log_most = o.log_level == "error" ? 3 : o.log_level == "warn" ? 4 : 6;  // flag or file
     ro.listen = {receive_listen};
 
     try {

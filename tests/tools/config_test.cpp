@@ -53,6 +53,7 @@ inbox = "~/in"
 accept_any = false
 partial_max_age = "2d"
 congestion = "cubic"
+log_level = "warn"
 
 [limits]
 max_sessions = 3
@@ -90,7 +91,7 @@ shares = ["www"]
     // Top-level keys, the [limits] and [metrics] tables, then the shares, in that order.
     EXPECT_EQ(values_of(c), "--listen 127.0.0.1:7788\n--listen [::1]:7788\n--state " + root + "/st\n"
                             "--inbox /home/someone/in\n--accept-any false\n--partial-max-age 2d\n--congestion cubic\n"
-                            "--max-sessions 3\n--handshake-timeout 10\n--max-bytes 10G\n--metrics 127.0.0.1:9188\n"
+                            "--log-level warn\n--max-sessions 3\n--handshake-timeout 10\n--max-bytes 10G\n--metrics 127.0.0.1:9188\n"
                             "--share www=/srv/www:rw\n--share docs=" + root + "/docs:ro\n");
     EXPECT_EQ(c.values[0].where, file.string() + ":2:10");
     ASSERT_EQ(c.peers.size(), 1u);

@@ -1,0 +1,133 @@
+// `ferry serve` under a service manager: the sd_notify readiness protocol (READY=1 once it
+// listens, STOPPING=1 on SIGTERM) on a NOTIFY_SOCKET datagram socket the test binds.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <cstring>
+
+#include "tests/support/ferry_cli.hpp"
+#include "tests/support/tree.hpp"
+
+namespace fs = std::filesystem;
+using namespace ferry::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A unix datagram socket bound at `path`, as a service manager's notify socket.
+class notify_socket {
+public:
+    explicit notify_socket(const fs::path& path) : path_(path) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+        bound_ = fd_ >= 0 && ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    }
+    ~notify_socket() {
+        if (fd_ >= 0) {
+            ::close(fd_);
+        }
+    }
+    bool bound() const { return bound_; }
+    // The next datagram, or nullopt when none comes within `timeout`.
+    std::optional<std::string> next(std::chrono::milliseconds timeout) {
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) {
+            return std::nullopt;
+        }
+        char buf[4096];
+        ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+        return n < 0 ? std::nullopt : std::optional<std::string>(std::string(buf, static_cast<std::size_t>(n)));
+    }
+
+private:
+    fs::path path_;
+    int fd_ = -1;
+    bool bound_ = false;
+};
+
+TEST(service, serve_tells_the_service_manager_it_is_ready_and_when_it_stops) {
+    ferry_cli cli;
+    cli.id("A");
+    notify_socket notify(cli.root() / "notify.sock");
+    ASSERT_TRUE(notify.bound());
+    ferry_cli::receiver node = cli.start({"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0",
+                                          "--inbox", (cli.root() / "inbox").string(), "--json"},
+                                         {"NOTIFY_SOCKET=" + (cli.root() / "notify.sock").string()});
+    ASSERT_FALSE(node.address.empty());
+    std::optional<std::string> ready = notify.next(30s);
+    ASSERT_TRUE(ready) << node.proc->err();
+    EXPECT_NE(ready->find("READY=1\n"), std::string::npos) << *ready;
+    EXPECT_NE(ready->find("STATUS=listening on " + node.address), std::string::npos) << *ready;
+    EXPECT_NE(ready->find("MAINPID=" + std::to_string(node.proc->pid())), std::string::npos) << *ready;
+    node.proc->signal(SIGTERM);
+    std::optional<std::string> stopping = notify.next(10s);
+    ASSERT_TRUE(stopping) << node.proc->err();
+    EXPECT_EQ(*stopping, "STOPPING=1");
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}
+
+// Under the journal (stderr is the stream $JOURNAL_STREAM names) each line starts with its
+// syslog priority and carries no time; elsewhere a node's lines start with the local time.
+// --log-level keeps the lines of that level and above.
+TEST(service, log_lines_carry_their_priority_under_the_journal_and_the_time_elsewhere) {
+    ferry_cli cli;
+    cli.id("A");
+    std::string stranger = cli.id("S");  // not trusted by A: its transfer is refused (a warning)
+    auto serve_args = [&](const std::string& level) {
+        return std::vector<std::string>{"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0",
+                                        "--inbox", (cli.root() / "inbox").string(), "--log-level", level, "--json"};
+    };
+    auto refused_send = [&](const std::string& address) {
+        write_text_file(cli.root() / "f.txt", "x");
+        run_result r = cli.ferry({"send", "--state", cli.state("S").string(), (cli.root() / "f.txt").string(),
+                                  address});
+        EXPECT_NE(r.code, 0);
+    };
+    // The journal's stream: bash hands its own stderr (the pipe to the test) to ferry.
+    std::vector<std::string> in_journal{"/bin/bash", "-c",
+                                        "JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$0\" \"$@\"",
+                                        FERRY_BINARY};
+    {
+        ferry_cli::receiver node = cli.start(serve_args("info"), {}, in_journal);
+        ASSERT_FALSE(node.address.empty());
+        refused_send(node.address);
+        ASSERT_TRUE(node.proc->wait_for_err("<4>refused connection", 30s)) << node.proc->err();
+        node.proc->signal(SIGTERM);
+        EXPECT_EQ(node.proc->wait(10s), 0);
+        std::string err = node.proc->err();
+        EXPECT_NE(err.find("<6>listening on 127.0.0.1:"), std::string::npos) << err;
+        EXPECT_NE(err.find("<6>stopping (SIGTERM)"), std::string::npos) << err;
+        EXPECT_EQ(err.find("ferry: "), std::string::npos) << err;
+    }
+    {
+        // Not under the journal, --log-level warn: no info line, the warning with its time.
+        ferry_cli::receiver node = cli.start(serve_args("warn"));
+        ASSERT_FALSE(node.address.empty());
+        refused_send(node.address);
+        std::optional<std::string> line = node.proc->wait_for_err("refused connection", 30s);
+        ASSERT_TRUE(line) << node.proc->err();
+        node.proc->signal(SIGTERM);
+        EXPECT_EQ(node.proc->wait(10s), 0);
+        std::string err = node.proc->err();
+        EXPECT_EQ(err.find("listening on"), std::string::npos) << err;
+        EXPECT_EQ(err.find("stopping"), std::string::npos) << err;
+        // "2026-12-03 17:40:01.123 ferry: refused connection ..."
+        std::size_t at = err.find("ferry: refused connection");
+        ASSERT_NE(at, std::string::npos) << err;
+        ASSERT_GE(at, 24u);
+        std::string stamp = err.substr(at - 24, 24);
+        EXPECT_EQ(stamp[4], '-') << stamp;
+        EXPECT_EQ(stamp[10], ' ') << stamp;
+        EXPECT_EQ(stamp[13], ':') << stamp;
+        EXPECT_EQ(stamp[19], '.') << stamp;
+    }
+}
+
+}  // namespace
