@@ -175,6 +175,38 @@ void node::send(source_tree sources, send_target target, send_options options,
     s->start();
 }
 
+std::vector<std::string> node::reload(const node_config& fresh, trust_store trust) {
+    node_config& now = ctx_->config;
+    std::vector<std::string> restart;
+    auto differs = [&](bool changed, const char* name) {
+        if (changed) {
+            restart.emplace_back(name);
+        }
+    };
+    differs(fresh.listen != now.listen, "listen");
+    differs(fresh.state_dir != now.state_dir, "state");
+    differs(fresh.inbox != now.inbox, "inbox");
+    differs(fresh.plaintext != now.plaintext, "plaintext");
+    differs(fresh.overwrite != now.overwrite, "overwrite");
+    differs(fresh.fsync_each != now.fsync_each, "fsync_each");
+    differs(fresh.partial_max_age != now.partial_max_age, "partial_max_age");
+    differs(fresh.tuning.congestion != now.tuning.congestion, "congestion");
+    const discovery_config& a = fresh.discovery;
+    const discovery_config& b = now.discovery;
+    differs(a.enabled != b.enabled || a.name != b.name || a.group4 != b.group4 || a.group6 != b.group6 ||
+                a.port != b.port || a.interval != b.interval || a.timeout != b.timeout,
+            "discovery");
+    // Read on the loop thread only (a share's folder is copied out when a transfer opens
+    // it), so they are replaced here whole.
+    now.shares = fresh.shares;
+    now.limits = fresh.limits;
+    now.policy = fresh.policy;
+    now.accept_from = fresh.accept_from;
+    now.config_peers = fresh.config_peers;
+    ctx_->trust = std::move(trust);
+    return restart;
+}
+
 void node::cancel_pull(const std::string& session_id, const std::string& why) {
     for (auto& s : pulls_) {
         if (s->session_id() == session_id) {

@@ -45,6 +45,12 @@ public:
     // Asks `target` for a listing (`ferry ls`): spec.entries gets it batch by batch, then
     // spec.done the report (a connection that fails at once too), on the loop thread.
     void list(list_spec spec, send_target target);
+    // SIGHUP (`ferry serve`): takes `fresh`'s shares, limits and accept policy, and `trust`
+    // (the trust list with the configuration file's peers), between two events of the
+    // loop. Transfers that run go on; what changed applies to the next connection,
+    // handshake and transfer. Returns the settings `fresh` changes that only a restart
+    // applies (listen addresses, state folder, inbox, discovery, ...), by name.
+    std::vector<std::string> reload(const node_config& fresh, trust_store trust);
     // Stops accepting and ends every session (partial files are kept).
     void stop(const std::string& why);
 

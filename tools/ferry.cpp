@@ -740,6 +740,44 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     return 0;
 }
 
+// The command line, kept for a SIGHUP's re-reading (main sets them).
+int saved_argc = 0;
+char** saved_argv = nullptr;
+void define_serve(CLI::App* serve, common_opts& o, receive_opts& serve_o, std::string& inbox);
+
+// SIGHUP: `ferry serve`'s settings read again as at start, the command line over the
+// configuration file (read anew). nullopt when they cannot be had (the error said).
+std::optional<ferry::node_config> reread_serve_settings(const common_opts& running) {
+    CLI::App app;
+    CLI::App* serve = app.add_subcommand("serve");
+    common_opts o;
+    receive_opts r;
+    std::string inbox;
+    define_serve(serve, o, r, inbox);
+    try {
+        app.parse(saved_argc, saved_argv);
+        if (std::optional<fs::path> file = ferry::cli::pick_config(o.config)) {
+            loaded_config = ferry::cli::load_config(*file);
+            ferry::cli::apply_config(*loaded_config, *serve);
+        } else {
+            loaded_config.reset();
+        }
+    } catch (const CLI::ParseError& e) {
+        fail(running, exit_code::usage, std::string("reload: ") + e.what());
+        return std::nullopt;
+    } catch (const ferry::cli::config_error& e) {
+        fail(running, exit_code::usage, std::string("reload: ") + e.what());
+        return std::nullopt;
+    }
+    r.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
+    o.json = running.json;
+    ferry::node_config cfg;
+    if (receiver_config(o, r, false, cfg) != 0) {
+        return std::nullopt;
+    }
+    return cfg;
+}
+
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     log_timestamps = !log_to_journal;  // a node's lines, read later: when each happened
     ferry::node_config cfg;
@@ -841,6 +879,47 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         linger.expires_after(std::chrono::milliseconds(300));
         linger.async_wait([&io](std::error_code) { io.stop(); });
     });
+    // SIGHUP (`systemctl reload ferry`): trust, shares and limits read again, transfers go on.
+    asio::signal_set hup(io);
+    std::function<void()> await_hup = [&] {
+        hup.async_wait([&](std::error_code ec, int) {
+            if (ec) {
+                return;
+            }
+            ferry::cli::sd_notify("RELOADING=1");
+            std::optional<ferry::node_config> fresh;
+            std::optional<ferry::trust_store> trust;
+            try {
+                fresh = reread_serve_settings(o);
+                if (fresh) {
+                    trust = load_trust(fresh->state_dir);
+                }
+            } catch (const std::exception& e) {
+                say(std::string("reload: ") + e.what(), ferry::log_level::error);
+            }
+            if (fresh && trust) {
+                std::size_t peers = trust->peers().size();
+                std::vector<std::string> restart = n.reload(*fresh, std::move(*trust));
+                std::string also;
+                for (const std::string& name : restart) {
+                    also += (also.empty() ? "" : ", ") + name;
+                }
+                say("reloaded: " + std::to_string(peers) + " trusted peer(s), " +
+                    std::to_string(fresh->shares.size()) + " share(s), limits" +
+                    (also.empty() ? "" : "; changed but not applied until a restart: " + also));
+                emit(o, {{"event", "reloaded"}, {"trusted_peers", peers}, {"shares", fresh->shares.size()},
+                         {"needs_restart", restart}});
+            } else {
+                say("reload refused: the running settings stay", ferry::log_level::error);
+            }
+            ferry::cli::sd_notify("READY=1");
+            await_hup();
+        });
+    };
+    if (!one_shot) {
+        hup.add(SIGHUP);
+        await_hup();
+    }
     if (std::error_code ec = n.listen(error)) {
         return fail(o, ec == std::errc::invalid_argument ? exit_code::usage : exit_code::local_io, error);
     }
@@ -2483,7 +2562,59 @@ int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
 
 }  // namespace
 
+namespace {
+
+// `ferry serve`'s options, bound to `o`, `serve_o` and `inbox` (main, and a SIGHUP's
+// re-reading of the command line and the configuration file).
+void define_serve(CLI::App* serve, common_opts& o, receive_opts& serve_o, std::string& inbox) {
+    add_common(serve, o);
+    add_transfer_options(serve, o);
+    serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on (repeatable)")->capture_default_str();
+    serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
+    serve->add_option("--share", serve_o.shares,
+                      "offer DIR to trusted peers as NAME (read-only unless :rw; `ferry sync` pushes into rw shares, pulls from any); "
+                      "repeatable")
+        ->type_name("NAME=DIR[:ro|rw]");
+    serve->add_flag("--accept-any,!--no-accept-any", serve_o.accept_any, "accept any peer (trust on first use)");
+    serve->add_flag("--overwrite,!--no-overwrite", serve_o.overwrite, "replace existing files");
+    serve->add_flag("--fsync-each,!--no-fsync-each", serve_o.fsync_each,
+                    "fsync every file before it is renamed into place");
+    serve->add_flag("--plaintext", serve_o.plaintext, "no TLS (benchmarks only)");
+    serve->add_option("--partial-max-age", serve_o.partial_max_age_s,
+                      "remove partial files of interrupted transfers not resumed for this long (e.g. 7d, 12h; 0 = keep)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(0.0, 3650.0 * 86400))
+        ->default_str("7d");
+    serve->add_option("--metrics", serve_o.metrics,
+                      "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1:PORT)");
+    add_limit_options(serve, serve_o);
+    serve->add_flag("--discovery,!--no-discovery", serve_o.discovery,
+                    "announce this node on the LAN and listen for others (UDP multicast; docs/discovery.md)");
+    serve->add_option("--name", serve_o.name, "the name this node announces (default: the host name)");
+    serve->add_option("--discovery-interval", serve_o.discovery_interval_s,
+                      "the longest gap between two announcements (they start at 1 s and double)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(1.0, 3600.0))
+        ->default_str("30s");
+    serve->add_option("--discovery-timeout", serve_o.discovery_timeout_s,
+                      "a node not heard this long is forgotten")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(2.0, 86400.0))
+        ->default_str("100s");
+    serve->add_option("--discovery-port", serve_o.discovery_port, "the UDP port of the discovery groups")
+        ->check(CLI::Range(1, 65535))
+        ->capture_default_str();
+    serve->add_option("--discovery-group4", serve_o.group4, "IPv4 multicast group (\"\": none)")->capture_default_str();
+    serve->add_option("--discovery-group6", serve_o.group6, "IPv6 link-local multicast group (\"\": none)")
+        ->capture_default_str();
+    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --share www=/srv/www:rw --metrics 127.0.0.1:9188");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+    saved_argc = argc;
+    saved_argv = argv;
     // A peer that closes first must not kill us: writes to a closed socket return EPIPE.
     std::signal(SIGPIPE, SIG_IGN);
     CLI::App app{"ferry: fast, authenticated peer-to-peer file transfer"};
@@ -2626,47 +2757,7 @@ int main(int argc, char** argv) {
                "Exit codes: 0 listed, 1 usage, 2 failed (not found, refused, lost), 3 authentication/trust.");
 
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
-    add_common(serve, o);
-    add_transfer_options(serve, o);
-    serve->add_option("--listen", serve_o.listen, "HOST:PORT to listen on (repeatable)")->capture_default_str();
-    serve->add_option("--inbox", inbox, "folder for received transfers (default: STATE/inbox)");
-    serve->add_option("--share", serve_o.shares,
-                      "offer DIR to trusted peers as NAME (read-only unless :rw; `ferry sync` pushes into rw shares, pulls from any); "
-                      "repeatable")
-        ->type_name("NAME=DIR[:ro|rw]");
-    serve->add_flag("--accept-any,!--no-accept-any", serve_o.accept_any, "accept any peer (trust on first use)");
-    serve->add_flag("--overwrite,!--no-overwrite", serve_o.overwrite, "replace existing files");
-    serve->add_flag("--fsync-each,!--no-fsync-each", serve_o.fsync_each,
-                    "fsync every file before it is renamed into place");
-    serve->add_flag("--plaintext", serve_o.plaintext, "no TLS (benchmarks only)");
-    serve->add_option("--partial-max-age", serve_o.partial_max_age_s,
-                      "remove partial files of interrupted transfers not resumed for this long (e.g. 7d, 12h; 0 = keep)")
-        ->transform(CLI::AsNumberWithUnit(time_units()))
-        ->check(CLI::Range(0.0, 3650.0 * 86400))
-        ->default_str("7d");
-    serve->add_option("--metrics", serve_o.metrics,
-                      "serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT means 127.0.0.1:PORT)");
-    add_limit_options(serve, serve_o);
-    serve->add_flag("--discovery,!--no-discovery", serve_o.discovery,
-                    "announce this node on the LAN and listen for others (UDP multicast; docs/discovery.md)");
-    serve->add_option("--name", serve_o.name, "the name this node announces (default: the host name)");
-    serve->add_option("--discovery-interval", serve_o.discovery_interval_s,
-                      "the longest gap between two announcements (they start at 1 s and double)")
-        ->transform(CLI::AsNumberWithUnit(time_units()))
-        ->check(CLI::Range(1.0, 3600.0))
-        ->default_str("30s");
-    serve->add_option("--discovery-timeout", serve_o.discovery_timeout_s,
-                      "a node not heard this long is forgotten")
-        ->transform(CLI::AsNumberWithUnit(time_units()))
-        ->check(CLI::Range(2.0, 86400.0))
-        ->default_str("100s");
-    serve->add_option("--discovery-port", serve_o.discovery_port, "the UDP port of the discovery groups")
-        ->check(CLI::Range(1, 65535))
-        ->capture_default_str();
-    serve->add_option("--discovery-group4", serve_o.group4, "IPv4 multicast group (\"\": none)")->capture_default_str();
-    serve->add_option("--discovery-group6", serve_o.group6, "IPv6 link-local multicast group (\"\": none)")
-        ->capture_default_str();
-    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --share www=/srv/www:rw --metrics 127.0.0.1:9188");
+    define_serve(serve, o, serve_o, inbox);
 
     auto* config = app.add_subcommand("config", "check the configuration file, or show the settings `ferry serve` takes from it");
     config->require_subcommand(1);

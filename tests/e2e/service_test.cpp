@@ -130,4 +130,77 @@ TEST(service, log_lines_carry_their_priority_under_the_journal_and_the_time_else
     }
 }
 
+// SIGHUP (`systemctl reload ferry`): trust, shares and limits read again from the file; a
+// transfer that runs goes on; a file with a mistake changes nothing.
+TEST(service, sighup_reloads_trust_shares_and_limits_without_dropping_a_transfer) {
+    ferry_cli cli;
+    const std::string a_id = cli.id("A");
+    const std::string b_id = cli.id("B");
+    const fs::path one = cli.root() / "one";
+    const fs::path two = cli.root() / "two";
+    fs::create_directories(one);
+    fs::create_directories(two);
+    const fs::path conf = cli.root() / "a.toml";
+    auto write_conf = [&](const std::string& shares_of_b, bool with_two, const std::string& extra) {
+        write_text_file(conf, "listen = [\"127.0.0.1:0\"]\nstate = \"" + cli.state("A").string() + "\"\n" + extra +
+                                  "[[share]]\nname = \"one\"\npath = \"" + one.string() + "\"\naccess = \"rw\"\n" +
+                                  (with_two ? "[[share]]\nname = \"two\"\npath = \"" + two.string() + "\"\n" : "") +
+                                  "[[peer]]\nid = \"" + b_id + "\"\nname = \"bee\"\nshares = [" + shares_of_b + "]\n");
+    };
+    write_conf("\"one\"", false, "");
+    ferry_cli::receiver node = cli.start({"serve", "--json", "--config", conf.string()});
+    ASSERT_FALSE(node.address.empty());
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "ay", "--address", node.address})
+                  .code,
+              0);
+    auto shares_seen = [&] {
+        run_result r = cli.ferry({"ls", "--state", cli.state("B").string(), "--json", "ay"});
+        EXPECT_EQ(r.code, 0) << r.err;
+        std::vector<std::string> names;
+        for (const auto& e : json_events(r.out)) {
+            if (e["event"] == "share") {
+                names.push_back(e["name"]);
+            }
+        }
+        return names;
+    };
+    EXPECT_EQ(shares_seen(), std::vector<std::string>{"one"});
+
+    // A push into "one" held to 1 MiB/s, running while the node reloads.
+    const fs::path src = cli.root() / "src";
+    write_random_file(src / "big.bin", 3 * 1024 * 1024, 5);
+    child_process pushing({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "1M",
+                           src.string(), "ay:one/site"});
+    bool moving = false;  // until its first progress event: the transfer runs
+    while (!moving) {
+        std::optional<std::string> line = pushing.read_line(30s);
+        ASSERT_TRUE(line) << pushing.err();
+        moving = line->find("\"event\":\"progress\"") != std::string::npos;
+    }
+    write_conf("\"one\", \"two\"", true, "");
+    node.proc->signal(SIGHUP);
+    std::optional<std::string> reloaded = node.proc->wait_for_err("reloaded: 1 trusted peer(s), 2 share(s)", 30s);
+    ASSERT_TRUE(reloaded) << node.proc->err();
+    EXPECT_EQ(shares_seen(), (std::vector<std::string>{"one", "two"}));
+    EXPECT_EQ(pushing.wait(60s), 0) << pushing.err();
+    EXPECT_EQ(compare_trees(src, one / "site"), "");
+
+    // A mistake in the file: refused, the running settings stay.
+    write_text_file(conf, "bogus = 1\n");
+    node.proc->signal(SIGHUP);
+    ASSERT_TRUE(node.proc->wait_for_err("reload refused", 30s)) << node.proc->err();
+    EXPECT_NE(node.proc->err().find("bogus"), std::string::npos) << node.proc->err();
+    EXPECT_EQ(shares_seen(), (std::vector<std::string>{"one", "two"}));
+
+    // What only a restart applies is named, and the rest is taken.
+    write_conf("\"two\"", true, "inbox = \"" + (cli.root() / "elsewhere").string() + "\"\n");
+    node.proc->signal(SIGHUP);
+    std::optional<std::string> named = node.proc->wait_for_err("not applied until a restart: inbox", 30s);
+    ASSERT_TRUE(named) << node.proc->err();
+    EXPECT_EQ(shares_seen(), std::vector<std::string>{"two"});
+
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}
+
 }  // namespace
