@@ -191,6 +191,9 @@ std::vector<std::string> node::reload(const node_config& fresh, trust_store trus
     differs(fresh.fsync_each != now.fsync_each, "fsync_each");
     differs(fresh.partial_max_age != now.partial_max_age, "partial_max_age");
     differs(fresh.tuning.congestion != now.tuning.congestion, "congestion");
+    differs(fresh.tuning.notsent_lowat != now.tuning.notsent_lowat || fresh.tuning.sndbuf != now.tuning.sndbuf ||
+                fresh.tuning.rcvbuf != now.tuning.rcvbuf || fresh.tuning.user_timeout_ms != now.tuning.user_timeout_ms,
+            "tuning");
     const discovery_config& a = fresh.discovery;
     const discovery_config& b = now.discovery;
     differs(a.enabled != b.enabled || a.name != b.name || a.group4 != b.group4 || a.group6 != b.group6 ||

@@ -60,6 +60,14 @@ constexpr key_spec limit_keys[] = {
 constexpr key_spec metrics_keys[] = {
     {"listen", "--metrics", kind::text},
 };
+// Outgoing transfers' connection count (send, sync, get) and every command's sockets.
+constexpr key_spec tuning_keys[] = {
+    {"connections", "--connections", kind::count},
+    {"notsent_lowat", "--notsent-lowat", kind::size},
+    {"sndbuf", "--sndbuf", kind::size},
+    {"rcvbuf", "--rcvbuf", kind::size},
+    {"user_timeout", "--user-timeout", kind::duration},
+};
 constexpr key_spec discovery_keys[] = {
     {"enabled", "--discovery", kind::boolean},
     {"name", "--name", kind::text},
@@ -346,10 +354,11 @@ config_file load_config(const fs::path& path) {
                            ": " + std::string(e.description()));
     }
     reader rd(path);
-    rd.settings(top, top_keys, "", {"limits", "metrics", "discovery", "share", "peer"}, out);
+    rd.settings(top, top_keys, "", {"limits", "metrics", "discovery", "tuning", "share", "peer"}, out);
     rd.section(top, "limits", limit_keys, out);
     rd.section(top, "metrics", metrics_keys, out);
     rd.section(top, "discovery", discovery_keys, out);
+    rd.section(top, "tuning", tuning_keys, out);
     if (const toml::node* n = top.get("share")) {
         rd.each(*n, "share", [&](const toml::node& e) { rd.share(e, out); });
     }

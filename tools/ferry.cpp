@@ -65,6 +65,11 @@ struct common_opts {
     bool quiet = false;  // no progress bars
     std::string congestion = "bbr";  // TCP congestion control asked for each socket; "system": leave it
     std::string log_level = "info";  // the node's log lines of this level and above
+    // Socket tuning (transport/socket_tuning.hpp): nullopt keeps ferry's default.
+    std::optional<std::uint64_t> notsent_lowat;
+    std::optional<std::uint64_t> sndbuf;
+    std::optional<std::uint64_t> rcvbuf;
+    std::optional<double> user_timeout_s;
 };
 
 void add_common(CLI::App* cmd, common_opts& o) {
@@ -79,8 +84,30 @@ void add_common(CLI::App* cmd, common_opts& o) {
         ->capture_default_str();
 }
 
+const std::map<std::string, double>& time_units();  // "30s", "5m" (below)
+
 void add_transfer_options(CLI::App* cmd, common_opts& o) {
     cmd->add_flag("--quiet,-q", o.quiet, "no progress bars (summary and errors only)");
+    cmd->add_option("--notsent-lowat", o.notsent_lowat,
+                    "per socket: unsent bytes the kernel may hold (TCP_NOTSENT_LOWAT; default 256K, 0 = the "
+                    "kernel's own)")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30))
+        ->group("Socket tuning");
+    cmd->add_option("--sndbuf", o.sndbuf, "per socket: send buffer (SO_SNDBUF; default 0 = the kernel's autotuning)")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30))
+        ->group("Socket tuning");
+    cmd->add_option("--rcvbuf", o.rcvbuf, "per socket: receive buffer (SO_RCVBUF; default 0 = the kernel's autotuning)")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30))
+        ->group("Socket tuning");
+    cmd->add_option("--user-timeout", o.user_timeout_s,
+                    "per socket: a peer that acknowledges nothing this long is cut (TCP_USER_TIMEOUT; default 60s, "
+                    "0 = the kernel's)")
+        ->transform(CLI::AsNumberWithUnit(time_units()))
+        ->check(CLI::Range(0.0, 86400.0))
+        ->group("Socket tuning");
     cmd->add_option("--congestion", o.congestion,
                     "TCP congestion control for ferry's sockets where the kernel allows it, else the system's "
                     "(`system`: always the system's)")
@@ -409,6 +436,18 @@ ferry::node_config base_config(const common_opts& o) {
         cfg.tuning.notsent_lowat = static_cast<std::uint32_t>(std::atoi(l));
     }
     cfg.tuning.congestion = o.congestion == "system" ? std::string() : o.congestion;
+    if (o.notsent_lowat) {
+        cfg.tuning.notsent_lowat = static_cast<std::uint32_t>(*o.notsent_lowat);
+    }
+    if (o.sndbuf) {
+        cfg.tuning.sndbuf = static_cast<int>(*o.sndbuf);
+    }
+    if (o.rcvbuf) {
+        cfg.tuning.rcvbuf = static_cast<int>(*o.rcvbuf);
+    }
+    if (o.user_timeout_s) {
+        cfg.tuning.user_timeout_ms = static_cast<std::uint32_t>(std::llround(*o.user_timeout_s * 1000));
+    }
     if (const char* w = std::getenv("FERRY_WORKERS"); w != nullptr && std::atoi(w) > 0) {
         cfg.workers = static_cast<std::size_t>(std::atoi(w));
     }
@@ -2539,6 +2578,11 @@ int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
           {"max_bytes", l.max_bytes},
           {"max_conn_queue", l.max_queue_bytes}}},
         {"metrics", r.metrics.empty() ? json::object() : json{{"listen", metrics_address(r.metrics)}}},
+        {"tuning",
+         {{"notsent_lowat", cfg.tuning.notsent_lowat},
+          {"sndbuf", cfg.tuning.sndbuf},
+          {"rcvbuf", cfg.tuning.rcvbuf},
+          {"user_timeout", duration_text(std::chrono::milliseconds(cfg.tuning.user_timeout_ms))}}},
         {"discovery",
          {{"enabled", cfg.discovery.enabled},
           {"name", cfg.discovery.name},
@@ -2794,7 +2838,7 @@ int main(int argc, char** argv) {
 
     log_to_journal = ferry::cli::stderr_is_journal();
     // The configuration file: `ferry serve` (and `ferry config`) take all of it, the other
-    // commands its state folder, congestion control and peers. Flags given win.
+    // commands its state folder, congestion control, [tuning] and peers. Flags given win.
     const bool serve_settings = serve->parsed() || config->parsed();
     try {
         std::optional<fs::path> file =
@@ -2804,7 +2848,10 @@ int main(int argc, char** argv) {
             ferry::cli::config_file use = *loaded_config;
             CLI::App* ran = serve_settings ? serve : app.get_subcommands().front();
             if (!serve_settings) {
-                std::erase_if(use.values, [](const auto& v) { return v.flag != "--state" && v.flag != "--congestion"; });
+                // Their state folder, peers, and what tunes their sockets and connections.
+                static const std::set<std::string> taken{"--state",  "--congestion", "--connections", "--notsent-lowat",
+                                                         "--sndbuf", "--rcvbuf",     "--user-timeout"};
+                std::erase_if(use.values, [](const auto& v) { return !taken.contains(v.flag); });
             }
             for (CLI::App* sub : {config_check, config_show}) {
                 if (sub->parsed() && sub->count("--state") > 0) {  // given to `config`, not to serve's own flag

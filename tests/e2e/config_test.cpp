@@ -29,6 +29,7 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
                        "state = \"" + cli.state("A").string() + "\"\n"
                        "inbox = \"inbox\"\n"
                        "[limits]\nmax_sessions = 2\n"
+                       "[tuning]\nsndbuf = \"2M\"\nuser_timeout = \"45s\"\n"
                        "[[share]]\nname = \"www\"\npath = \"" + share.string() + "\"\naccess = \"rw\"\n"
                        "[[share]]\nname = \"docs\"\npath = \"" + share.string() + "\"\n"
                        "[[peer]]\nid = \"" + b_id + "\"\nname = \"bee\"\nshares = [\"www\"]\n");
@@ -51,10 +52,13 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
     EXPECT_EQ(settings["inbox"], (cli.root() / "a" / "inbox").string()) << show.out;
     EXPECT_EQ(settings["limits"]["max_sessions"], 2) << show.out;
     EXPECT_EQ(settings["share"].size(), 2u) << show.out;
+    EXPECT_EQ(settings["tuning"]["sndbuf"], 2 * 1024 * 1024) << show.out;
+    EXPECT_EQ(settings["tuning"]["user_timeout"], "45s") << show.out;
 
     // B knows A by name from its own file: NAME:SHARE works without `ferry trust`.
     const fs::path b_conf = cli.root() / "b.toml";
     write_file(b_conf, "state = \"" + cli.state("B").string() + "\"\n"
+                       "[tuning]\nconnections = 2\n"
                        "[[peer]]\nid = \"" + a_id + "\"\nname = \"ay\"\naddress = \"" + node.address + "\"\n");
     const fs::path src = cli.root() / "src";
     for (int i = 0; i < 20; ++i) {
@@ -63,6 +67,7 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
     run_result r = cli.ferry({"sync", "--json", "--config", b_conf.string(), src.string(), "ay:www/site"});
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(src, share / "site"), "");
+    EXPECT_EQ(find_event(json_events(r.out), "connected")["connections"], 2) << r.out;  // the file's [tuning]
     // The file gives B the www share only: docs is refused.
     run_result refused = cli.ferry({"sync", "--json", "--config", b_conf.string(), src.string(), "ay:docs/site"});
     EXPECT_EQ(refused.code, 2) << refused.err;

@@ -63,6 +63,13 @@ max_bytes = "10G"
 [metrics]
 listen = "127.0.0.1:9188"
 
+[tuning]
+connections = 8
+notsent_lowat = "128K"
+sndbuf = "4M"
+rcvbuf = 0
+user_timeout = "30s"
+
 [[share]]
 name = "www"
 path = "/srv/www"
@@ -92,6 +99,7 @@ shares = ["www"]
     EXPECT_EQ(values_of(c), "--listen 127.0.0.1:7788\n--listen [::1]:7788\n--state " + root + "/st\n"
                             "--inbox /home/someone/in\n--accept-any false\n--partial-max-age 2d\n--congestion cubic\n"
                             "--log-level warn\n--max-sessions 3\n--handshake-timeout 10\n--max-bytes 10G\n--metrics 127.0.0.1:9188\n"
+                            "--connections 8\n--notsent-lowat 128K\n--sndbuf 4M\n--rcvbuf 0\n--user-timeout 30s\n"
                             "--share www=/srv/www:rw\n--share docs=" + root + "/docs:ro\n");
     EXPECT_EQ(c.values[0].where, file.string() + ":2:10");
     ASSERT_EQ(c.peers.size(), 1u);
