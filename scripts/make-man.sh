@@ -17,7 +17,7 @@ escape() { sed -e 's/\\/\\e/g' -e "s/^\\([.']\\)/\\\\\\&\\1/"; }
     echo "[COMMANDS]"
     for cmd in $("$bin" --help | awk '/^Subcommands:/ { on = 1; next } on && NF { print $1 } on && !NF { exit }'); do
         echo ".SS \"ferry $cmd\""
-        # The command's help without its own first line (the usage line says it again).
+        # The command's whole help, as the binary prints it.
         echo ".nf"
         "$bin" "$cmd" --help | sed "s|$bin|ferry|g" | escape
         echo ".fi"

@@ -79,7 +79,9 @@ void add_common(CLI::App* cmd, common_opts& o) {
                     "configuration file (default $FERRY_CONFIG, else $XDG_CONFIG_HOME/ferry/config.toml when there; "
                     "docs/config.md)");
     cmd->add_flag("--json", o.json, "print newline-delimited JSON events on stdout (docs/json.md)");
-    cmd->add_option("--log-level", o.log_level, "the node's log lines to print: error, warn or info (and above)")
+    cmd->add_option("--log-level", o.log_level,
+                    "log lines to print: error, warn or info (and above); for serve and receive every line, for the "
+                    "other commands the node's own (their summary always shows)")
         ->check(CLI::IsMember({"error", "warn", "info"}))
         ->capture_default_str();
 }
@@ -257,6 +259,9 @@ void emit_file_event(const ferry::file_event& f) {
 bool log_to_journal = false;
 bool log_timestamps = false;
 int log_most = 6;  // --log-level: the lines of this priority and above (a lower number matters more)
+// A node (serve, receive) filters every stderr line by --log-level; the other commands
+// only the node's own log lines (their summaries always show).
+bool filter_all_lines = false;
 
 std::string local_time_now() {
     auto now = std::chrono::system_clock::now();
@@ -272,7 +277,7 @@ std::string local_time_now() {
 }
 
 void say(const std::string& line, ferry::log_level level = ferry::log_level::info) {
-    if (static_cast<int>(level) > log_most) {
+    if (filter_all_lines && static_cast<int>(level) > log_most) {
         return;
     }
     std::string text = log_to_journal  ? "<" + std::to_string(static_cast<int>(level)) + ">" + line
@@ -298,7 +303,11 @@ const char* code_name(exit_code c) {
     return "unknown";
 }
 
+// The message of the last fail() (a refused reload reports it in its own event).
+std::string last_fail_message;
+
 int fail(const common_opts& o, exit_code code, const std::string& message) {
+    last_fail_message = message;
     say("error: " + message, ferry::log_level::error);
     emit(o, {{"event", "error"}, {"code", code_name(code)}, {"exit_code", static_cast<int>(code)}, {"message", message}});
     return static_cast<int>(code);
@@ -464,7 +473,11 @@ json resumed_event(const std::string& direction, const std::string& session, std
 
 ferry::node_events base_events(const common_opts& o) {
     ferry::node_events ev;
-    ev.log = [](ferry::log_level level, const std::string& line) { say(line, level); };
+    ev.log = [](ferry::log_level level, const std::string& line) {
+        if (static_cast<int>(level) <= log_most) {
+            say(line, level);
+        }
+    };
     ev.listening = [&o](const std::string& address, const std::string& id) {
         say("listening on " + address + " as " + ferry::format_node_id(id));
         emit(o, {{"event", "listening"}, {"address", address}, {"id", ferry::format_node_id(id)}});
@@ -786,7 +799,13 @@ void define_serve(CLI::App* serve, common_opts& o, receive_opts& serve_o, std::s
 
 // SIGHUP: `ferry serve`'s settings read again as at start, the command line over the
 // configuration file (read anew). nullopt when they cannot be had (the error said).
-std::optional<ferry::node_config> reread_serve_settings(const common_opts& running) {
+struct reread_settings {
+    ferry::node_config cfg;
+    std::vector<std::string> restart;  // changed, but bound at start: state, inbox, metrics
+    std::string log_level;
+};
+std::optional<reread_settings> reread_serve_settings(const ferry::node_config& now, const receive_opts& running_r) {
+    common_opts running;  // no JSON error events from here: the node goes on (the caller says)
     CLI::App app;
     CLI::App* serve = app.add_subcommand("serve");
     common_opts o;
@@ -809,16 +828,30 @@ std::optional<ferry::node_config> reread_serve_settings(const common_opts& runni
         return std::nullopt;
     }
     r.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
-    o.json = running.json;
-    ferry::node_config cfg;
-    if (receiver_config(o, r, false, cfg) != 0) {
+    // The folders the node runs with stay (a share is checked against those, and the trust
+    // list read from that state folder); a change to them is named for a restart.
+    reread_settings out;
+    if (ferry::resolve_state_dir(o.state) != now.state_dir) {
+        out.restart.emplace_back("state");
+    }
+    if (r.dir != now.inbox) {
+        out.restart.emplace_back("inbox");
+    }
+    if (r.metrics != running_r.metrics) {
+        out.restart.emplace_back("metrics");
+    }
+    o.state = now.state_dir;
+    r.dir = now.inbox;
+    if (receiver_config(o, r, false, out.cfg) != 0) {
         return std::nullopt;
     }
-    return cfg;
+    out.log_level = o.log_level;
+    return out;
 }
 
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     log_timestamps = !log_to_journal;  // a node's lines, read later: when each happened
+    filter_all_lines = true;
     ferry::node_config cfg;
     if (int code = receiver_config(o, r, one_shot, cfg)) {
         return code;
@@ -922,34 +955,42 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     asio::signal_set hup(io);
     std::function<void()> await_hup = [&] {
         hup.async_wait([&](std::error_code ec, int) {
-            if (ec) {
+            if (ec || stopped_by != 0) {
                 return;
             }
-            ferry::cli::sd_notify("RELOADING=1");
-            std::optional<ferry::node_config> fresh;
+            timespec mono{};
+            ::clock_gettime(CLOCK_MONOTONIC, &mono);
+            ferry::cli::sd_notify("RELOADING=1\nMONOTONIC_USEC=" +
+                                  std::to_string(static_cast<long long>(mono.tv_sec) * 1000000 + mono.tv_nsec / 1000));
+            std::optional<reread_settings> fresh;
             std::optional<ferry::trust_store> trust;
+            last_fail_message.clear();
             try {
-                fresh = reread_serve_settings(o);
+                fresh = reread_serve_settings(cfg, r);
                 if (fresh) {
-                    trust = load_trust(fresh->state_dir);
+                    trust = load_trust(cfg.state_dir);  // the running state folder's
                 }
             } catch (const std::exception& e) {
+                last_fail_message = e.what();
                 say(std::string("reload: ") + e.what(), ferry::log_level::error);
             }
             if (fresh && trust) {
                 std::size_t peers = trust->peers().size();
-                std::vector<std::string> restart = n.reload(*fresh, std::move(*trust));
+                std::vector<std::string> restart = n.reload(fresh->cfg, std::move(*trust));
+                restart.insert(restart.begin(), fresh->restart.begin(), fresh->restart.end());
+                log_most = fresh->log_level == "error" ? 3 : fresh->log_level == "warn" ? 4 : 6;
                 std::string also;
                 for (const std::string& name : restart) {
                     also += (also.empty() ? "" : ", ") + name;
                 }
                 say("reloaded: " + std::to_string(peers) + " trusted peer(s), " +
-                    std::to_string(fresh->shares.size()) + " share(s), limits" +
+                    std::to_string(fresh->cfg.shares.size()) + " share(s), limits" +
                     (also.empty() ? "" : "; changed but not applied until a restart: " + also));
-                emit(o, {{"event", "reloaded"}, {"trusted_peers", peers}, {"shares", fresh->shares.size()},
+                emit(o, {{"event", "reloaded"}, {"trusted_peers", peers}, {"shares", fresh->cfg.shares.size()},
                          {"needs_restart", restart}});
             } else {
                 say("reload refused: the running settings stay", ferry::log_level::error);
+                emit(o, {{"event", "reload_refused"}, {"message", last_fail_message}});
             }
             ferry::cli::sd_notify("READY=1");
             await_hup();

@@ -33,13 +33,16 @@ _ferry() {
     if [[ $cur != */* && $cur != *:* ]]; then
         case $cmd in
             send | sync | get | ls)
+                # The name alone (':' breaks words in bash): the user types the ':' next.
                 mapfile -t names < <(ferry peers "${where[@]}" --no-shares --json 2>/dev/null |
-                    sed -n 's/.*"name":"\([^"][^"]*\)".*/\1:/p')
+                    sed -n 's/.*"name":"\([^"][^"]*\)".*/\1/p')
                 ;;
         esac
     fi
     mapfile -t COMPREPLY < <(compgen -W "${names[*]}" -- "$cur"; compgen -f -- "$cur")
-    [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *: ]] && compopt -o nospace 2>/dev/null
+    if [[ ${#COMPREPLY[@]} -eq 1 && " ${names[*]} " == *" ${COMPREPLY[0]} "* ]]; then
+        compopt -o nospace 2>/dev/null  # a peer's name: SHARE follows after a ':'
+    fi
     return 0
 }
 complete -o filenames -F _ferry ferry

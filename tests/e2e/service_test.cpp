@@ -190,6 +190,15 @@ TEST(service, sighup_reloads_trust_shares_and_limits_without_dropping_a_transfer
     node.proc->signal(SIGHUP);
     ASSERT_TRUE(node.proc->wait_for_err("reload refused", 30s)) << node.proc->err();
     EXPECT_NE(node.proc->err().find("bogus"), std::string::npos) << node.proc->err();
+    bool told = false;  // --json: a reload_refused event with the mistake, not an error
+    for (int i = 0; i < 200 && !told; ++i) {
+        std::optional<std::string> line = node.proc->read_line(30s);
+        ASSERT_TRUE(line) << node.proc->err();
+        EXPECT_EQ(line->find("\"event\":\"error\""), std::string::npos) << *line;
+        told = line->find("\"event\":\"reload_refused\"") != std::string::npos &&
+               line->find("bogus") != std::string::npos;
+    }
+    EXPECT_TRUE(told);
     EXPECT_EQ(shares_seen(), (std::vector<std::string>{"one", "two"}));
 
     // What only a restart applies is named, and the rest is taken.
