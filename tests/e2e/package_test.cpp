@@ -39,6 +39,10 @@ TEST(package, the_deb_holds_the_binary_man_page_completions_units_and_a_conffile
     if (FERRY_SANITIZED) {
         GTEST_SKIP() << "packages are built from the release build";
     }
+    if (std::string(FERRY_INSTALL_PREFIX) != "/usr") {
+        GTEST_SKIP() << "the package is checked as `make build` configures it (prefix /usr), not "
+                     << FERRY_INSTALL_PREFIX;
+    }
     std::optional<std::string> cpack = find_tool("cpack");
     std::optional<std::string> dpkg_deb = find_tool("dpkg-deb");
     if (!cpack || !dpkg_deb) {
