@@ -725,7 +725,6 @@ std::optional<transfer_progress> multi_get::progress() const {
             for (const run& x : s.runs) {
                 if (x.session_id == t.session_id && !x.cancelled) {
                     running[x.range] = std::max(running[x.range], t.confirmed_bytes + t.skipped_bytes);
-                    p.rate += t.rate;
                     p.connections += t.connections;
                     p.wire_received += t.wire_received;
                 }
@@ -736,6 +735,16 @@ std::optional<transfer_progress> multi_get::progress() const {
         done += b;
     }
     p.confirmed_bytes = std::min(done, file_->size);
+    // The rate over the last 5 s of the whole file's progress: the range pulls' own rates
+    // jump as each one starts and ends.
+    auto now = std::chrono::steady_clock::now();
+    rate_samples_.emplace_back(now, p.confirmed_bytes);
+    while (rate_samples_.size() > 2 && now - rate_samples_[1].first >= std::chrono::seconds(5)) {
+        rate_samples_.pop_front();
+    }
+    if (double dt = std::chrono::duration<double>(now - rate_samples_.front().first).count(); dt > 0.2) {
+        p.rate = static_cast<double>(p.confirmed_bytes - std::min(p.confirmed_bytes, rate_samples_.front().second)) / dt;
+    }
     p.wire_received += report_.wire_received;
     p.peer_id = std::to_string(peers) + " source(s)";
     return p;

@@ -177,6 +177,8 @@ private:
     bool remove_parts_ = false;  // the file was placed, or its ranges proved wrong
     std::string last_error_;
     multi_get_report report_;
+    // progress(): (when, bytes in) over the last 5 s, for the rate.
+    mutable std::deque<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> rate_samples_;
 };
 
 }  // namespace ferry
