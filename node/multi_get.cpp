@@ -60,20 +60,44 @@ std::filesystem::path multi_get::parts_dir() const { return spec_.folder / ("." 
 void multi_get::start() {
     start_ = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < sources_.size(); ++i) {
-        auto entry = std::make_shared<std::optional<entry_info>>();
-        list_spec ls;
-        ls.request.set_share(spec_.share);
-        ls.request.set_path(spec_.path);
-        ls.request.set_checksum(sources_[i].given.found);
-        ls.entries = [entry](std::vector<entry_info> batch) {
-            if (!*entry && !batch.empty()) {
-                *entry = std::move(batch.front());
+        list_file(i, sources_[i].given.found, [self = shared_from_this(), i](const list_report& r,
+                                                                             std::optional<entry_info> e) {
+            self->on_listed(i, r.ok, r.code, r.error, std::move(e), r.peer_id);
+        });
+    }
+}
+
+void multi_get::list_file(std::size_t i, bool checksum,
+                          std::function<void(const list_report&, std::optional<entry_info>)> done) {
+    auto entry = std::make_shared<std::optional<entry_info>>();
+    list_spec ls;
+    ls.request.set_share(spec_.share);
+    ls.request.set_path(spec_.path);
+    ls.request.set_checksum(checksum);
+    ls.entries = [entry](std::vector<entry_info> batch) {
+        if (!*entry && !batch.empty()) {
+            *entry = std::move(batch.front());
+        }
+    };
+    ls.done = [entry, done = std::move(done)](const list_report& r) { done(r, std::move(*entry)); };
+    node_.list(std::move(ls), sources_[i].given.target);
+}
+
+void multi_get::leave_out(source_state& s, std::string why) {
+    s.figures.note = std::move(why);
+    if (spec_.note) {
+        spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
+    }
+}
+
+void multi_get::cancel_runs(const std::function<bool(const source_state&, const run&)>& which, const std::string& why) {
+    for (source_state& s : sources_) {
+        for (run& x : s.runs) {
+            if (!x.cancelled && which(s, x)) {
+                x.cancelled = true;
+                node_.cancel_pull(x.session_id, why);
             }
-        };
-        ls.done = [self = shared_from_this(), i, entry](const list_report& r) {
-            self->on_listed(i, r.ok, r.code, r.error, *entry, r.peer_id);
-        };
-        node_.list(std::move(ls), sources_[i].given.target);
+        }
     }
 }
 
@@ -90,14 +114,11 @@ void multi_get::on_listed(std::size_t i, bool ok, exit_code code, const std::str
         code = exit_code::usage;
     }
     if (!ok) {
-        s.figures.note = !error.empty() ? error : e ? "\"" + spec_.path + "\" is not a regular file there (several sources "
-                                                      "download one file)"
-                                                    : "no listing";
+        leave_out(s, !error.empty() ? error
+                     : e            ? "\"" + spec_.path + "\" is not a regular file there (several sources download one file)"
+                                    : "no listing");
         last_error_ = s.given.label + ": " + s.figures.note;
         s.code = code;
-        if (spec_.note) {
-            spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
-        }
         take_listings();
         return;
     }
@@ -130,21 +151,15 @@ void multi_get::take_listings() {
             digest_from_ = i;
             prepare();
         } else if (e.size != file_->size || e.mtime_ns != file_->mtime_ns) {
-            s.figures.note = "it has another version of the file (" + std::to_string(e.size) +
-                             " bytes, another mtime) than " + sources_[digest_from_].given.label;
-            if (spec_.note) {
-                spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
-            }
+            leave_out(s, "it has another version of the file (" + std::to_string(e.size) + " bytes, another mtime) than " +
+                             sources_[digest_from_].given.label);
             continue;
         } else if (s.given.found) {
             if (!digest_) {
                 continue;  // taken once the first source's digest is known
             }
             if (!e.digest || !(*e.digest == *digest_)) {
-                s.figures.note = "it holds other bytes under the same size and mtime (another digest)";
-                if (spec_.note) {
-                    spec_.note("not getting from " + s.given.label + ": " + s.figures.note);
-                }
+                leave_out(s, "it holds other bytes under the same size and mtime (another digest)");
                 continue;
             }
         }
@@ -176,22 +191,11 @@ void multi_get::ask_digest() {
     sources_[i].digest_asked = true;
     digest_from_ = i;
     asking_digest_ = true;
-    auto digest = std::make_shared<std::optional<entry_info>>();
-    list_spec ls;
-    ls.request.set_share(spec_.share);
-    ls.request.set_path(spec_.path);
-    ls.request.set_checksum(true);
-    ls.entries = [digest](std::vector<entry_info> batch) {
-        if (!*digest && !batch.empty()) {
-            *digest = std::move(batch.front());
-        }
-    };
-    ls.done = [self = shared_from_this(), i, digest](const list_report& r) {
+    list_file(i, true, [self = shared_from_this(), i](const list_report& r, std::optional<entry_info> e) {
         if (self->finished_) {
             return;
         }
         self->asking_digest_ = false;
-        const std::optional<entry_info>& e = *digest;
         // Read from the version the ranges come from, or worth nothing.
         bool same = e && e->digest && e->size == self->file_->size && e->mtime_ns == self->file_->mtime_ns;
         if (r.ok && same) {
@@ -208,8 +212,7 @@ void multi_get::ask_digest() {
         }
         self->ask_digest();
         self->check_end();
-    };
-    node_.list(std::move(ls), sources_[i].given.target);
+    });
 }
 
 void multi_get::prepare() {
@@ -315,7 +318,6 @@ void multi_get::prepare() {
             self->parts_fd_ = out->parts;
             self->file_fd_ = out->file;
             self->chunk_digests_ = std::move(out->digests);
-            self->copied_.assign(self->schedule_->ranges(), 0);
             self->brought_.assign(self->schedule_->ranges(), std::string());
             for (std::size_t r = 0; r < out->staged.size(); ++r) {
                 self->brought_[r] = self->range_name(r);
@@ -324,7 +326,6 @@ void multi_get::prepare() {
                     self->report_.kept_bytes += self->schedule_->length(r);
                 }
                 if (out->staged[r] == 2) {
-                    self->copied_[r] = 1;
                     ++self->copied_count_;
                 } else if (out->staged[r] == 1) {
                     self->to_copy_.push_back(r);
@@ -426,14 +427,8 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
             brought_.at(done.range) = done.name;
             to_copy_.push_back(done.range);
             copy_next();
-            for (source_state& other : sources_) {
-                for (run& x : other.runs) {
-                    if (x.range == done.range && !x.cancelled) {
-                        x.cancelled = true;
-                        node_.cancel_pull(x.session_id, "another source brought that range first");
-                    }
-                }
-            }
+            cancel_runs([r = done.range](const source_state&, const run& x) { return x.range == r; },
+                        "another source brought that range first");
         }
     } else {
         bool was_dropped = schedule_->dropped(*s.index);
@@ -453,12 +448,7 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
                 if (spec_.note) {
                     spec_.note("no longer getting from " + s.given.label + ": " + s.figures.note);
                 }
-                for (run& x : s.runs) {
-                    if (!x.cancelled) {
-                        x.cancelled = true;
-                        node_.cancel_pull(x.session_id, "source dropped");
-                    }
-                }
+                cancel_runs([&s](const source_state& of, const run&) { return &of == &s; }, "source dropped");
             }
         }
     }
@@ -573,7 +563,6 @@ void multi_get::copy_next() {
             }
             std::copy(out->digests.begin(), out->digests.end(),
                       self->chunk_digests_.begin() + static_cast<std::ptrdiff_t>(self->schedule_->offset(r) / chunk_size));
-            self->copied_[r] = 1;
             ++self->copied_count_;
             self->copy_next();
             self->check_end();
@@ -583,14 +572,7 @@ void multi_get::copy_next() {
 
 void multi_get::place() {
     placing_ = true;
-    for (source_state& s : sources_) {
-        for (run& x : s.runs) {
-            if (!x.cancelled) {
-                x.cancelled = true;
-                node_.cancel_pull(x.session_id, "every range is in");
-            }
-        }
-    }
+    cancel_runs([](const source_state&, const run&) { return true; }, "every range is in");
     struct result {
         std::string error;
         bool mismatch = false;
@@ -649,14 +631,7 @@ void multi_get::finish(bool ok, exit_code code, const std::string& error) {
         return;
     }
     finished_ = true;
-    for (source_state& s : sources_) {
-        for (run& x : s.runs) {
-            if (!x.cancelled) {
-                x.cancelled = true;
-                node_.cancel_pull(x.session_id, ok ? "done" : "the get failed");
-            }
-        }
-    }
+    cancel_runs([](const source_state&, const run&) { return true; }, ok ? "done" : "the get failed");
     report_.ok = ok;
     report_.code = ok ? exit_code::ok : code;
     report_.error = error;

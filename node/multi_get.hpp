@@ -41,6 +41,7 @@
 
 #include "node/context.hpp"
 #include "node/file_io.hpp"
+#include "node/list_client.hpp"
 #include "node/send_session.hpp"
 #include "protocol/range_schedule.hpp"
 
@@ -131,6 +132,14 @@ private:
     void on_listed(std::size_t i, bool ok, exit_code code, const std::string& error, std::optional<entry_info> e,
                    const std::string& peer_id);
     void take_listings();
+    // Asks source `i` for a listing of the file (with its digest read there when
+    // `checksum`); `done` gets the report and the file's entry, if one came.
+    void list_file(std::size_t i, bool checksum,
+                   std::function<void(const list_report&, std::optional<entry_info>)> done);
+    // Source `s` takes no part: `why` is its note, and told to the user.
+    void leave_out(source_state& s, std::string why);
+    // Cancels the range pulls `which` picks that are not cancelled yet.
+    void cancel_runs(const std::function<bool(const source_state&, const run&)>& which, const std::string& why);
     // Asks the first source taking part and not asked yet for the file digest.
     void ask_digest();
     void prepare();  // worker: the parts folder, ranges already there, DEST as it is
@@ -162,8 +171,7 @@ private:
     // Set by stop(): work on the pool skips what is left (nothing is placed after it).
     std::shared_ptr<std::atomic<bool>> stop_ = std::make_shared<std::atomic<bool>>(false);
     std::vector<digest128> chunk_digests_;  // the whole file's, as the ranges were copied
-    std::vector<std::uint8_t> copied_;      // per range
-    std::size_t copied_count_ = 0;
+    std::size_t copied_count_ = 0;          // ranges copied into the file
     std::deque<std::size_t> to_copy_;
     bool copying_ = false;
     bool prepared_ = false;
