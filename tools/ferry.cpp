@@ -792,6 +792,11 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     return 0;
 }
 
+// `ferry serve --inbox`: the folder given, or STATE/inbox.
+fs::path serve_inbox(const common_opts& o, const std::string& inbox) {
+    return inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
+}
+
 // The command line, kept for a SIGHUP's re-reading (main sets them).
 int saved_argc = 0;
 char** saved_argv = nullptr;
@@ -827,7 +832,7 @@ std::optional<reread_settings> reread_serve_settings(const ferry::node_config& n
         fail(running, exit_code::usage, std::string("reload: ") + e.what());
         return std::nullopt;
     }
-    r.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
+    r.dir = serve_inbox(o, inbox);
     // The folders the node runs with stay (a share is checked against those, and the trust
     // list read from that state folder); a change to them is named for a restart.
     reread_settings out;
@@ -1250,6 +1255,21 @@ json local_node_status(const common_opts& o) {
     return st.is_discarded() || st.value("event", "") != "status" ? json(nullptr) : st;
 }
 
+// The nodes LAN discovery hears, from a `ferry status` reply (local_node_status): its
+// `discovery.peers` array, or null when no node runs or its discovery is off.
+const json* lan_peers(const json& status) {
+    if (!status.is_object()) {
+        return nullptr;
+    }
+    auto lan = status.find("discovery");
+    if (lan == status.end() || !lan->is_object() || !lan->value("enabled", false)) {
+        return nullptr;
+    }
+    static const json none = json::array();
+    auto peers = lan->find("peers");
+    return peers != lan->end() && peers->is_array() ? &*peers : &none;
+}
+
 // Where to reach the peer `name`: a trusted peer's name or ID with the address `ferry
 // trust --address` gave it, else the address LAN discovery found it at (the running
 // `ferry serve` of this state folder heard its signed announcement), by ID, or by the
@@ -1268,8 +1288,8 @@ bool resolve_peer(const common_opts& o, const std::string& name, ferry::send_tar
         json st = local_node_status(o);
         const json* found = nullptr;
         std::string untrusted;  // a node announcing `name` that is not trusted here
-        if (st.is_object() && st["discovery"].value("enabled", false)) {
-            for (const json& d : st["discovery"]["peers"]) {
+        if (const json* lan = lan_peers(st)) {
+            for (const json& d : *lan) {
                 std::string did = ferry::parse_node_id(d.value("id", "")).value_or("");
                 bool match = id.empty() ? d.value("name", "") == name : did == id;
                 if (!match || d["addresses"].empty()) {
@@ -1735,9 +1755,10 @@ int cmd_peers(const common_opts& o, const peers_opts& po) {
         }
     }
     json st = local_node_status(o);
-    bool discovering = st.is_object() && st["discovery"].value("enabled", false);
-    if (discovering) {
-        for (const json& d : st["discovery"]["peers"]) {
+    const json* lan = lan_peers(st);
+    const bool discovering = lan != nullptr;
+    if (lan) {
+        for (const json& d : *lan) {
             std::string id = ferry::parse_node_id(d.value("id", "")).value_or("");
             if (id.empty()) {
                 continue;
@@ -2388,13 +2409,14 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
         // Every trusted peer the running `ferry serve` hears on the LAN; each joins only once
         // its own reading of the file digest equals the first source's.
         json st = local_node_status(o);
-        if (!st.is_object() || !st["discovery"].value("enabled", false)) {
+        const json* lan = lan_peers(st);
+        if (!lan) {
             return fail(o, exit_code::usage,
                         "--from-lan needs a running `ferry serve` with LAN discovery on, with this state folder "
                         "(name the peers with --from instead)");
         }
         ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
-        for (const json& d : st["discovery"]["peers"]) {
+        for (const json& d : *lan) {
             std::optional<std::string> id = ferry::parse_node_id(d.value("id", ""));
             std::optional<ferry::trusted_peer> peer = id ? store.find_id(*id) : std::nullopt;
             ferry::send_target t;
@@ -2918,7 +2940,7 @@ int main(int argc, char** argv) {
 
     try {
         if (serve_settings) {
-            serve_o.dir = inbox.empty() ? ferry::resolve_state_dir(o.state) / "inbox" : fs::path(inbox);
+            serve_o.dir = serve_inbox(o, inbox);
         }
         if (config->parsed()) {
             return cmd_config(o, serve_o, config_show->parsed());
