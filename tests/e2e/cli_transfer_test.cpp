@@ -423,6 +423,9 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
         EXPECT_EQ(h.code, 0) << cmd;
         EXPECT_NE(h.out.find("Example"), std::string::npos) << cmd;
     }
+    run_result version = cli.ferry({"--version"});
+    EXPECT_EQ(version.code, 0) << version.err;
+    EXPECT_EQ(version.out.rfind("ferry ", 0), 0u) << version.out;
 }
 
 TEST_F(cli_transfer, serve_accepts_concurrent_trusted_senders_and_stops_on_sigterm) {
