@@ -53,6 +53,9 @@ sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info
     : transfer_id_(transfer_id), entries_(std::move(entries)), options_(std::move(options)), files_(entries_.size()) {
     std::size_t bytes = options_.sync ? options_.sync->ByteSizeLong() : 0;
     std::uint32_t first = 0;
+    // The first batch is small: the receiver answers it, and the first files move, while
+    // it still reads the batches after it.
+    std::size_t limit = first_offer_batch_bytes;
     for (std::uint32_t i = 0; i < entries_.size(); ++i) {
         const entry_info& e = entries_[i];
         if (e.is_file()) {
@@ -60,7 +63,8 @@ sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info
         }
         files_[i].chunks = e.is_file() ? chunk_count(e.size) : 0;
         std::size_t cost = e.path.size() + e.link_target.size() + 40;
-        if (bytes + cost > offer_batch_bytes && i > first) {
+        if (bytes + cost > limit && i > first) {
+            limit = offer_batch_bytes;
             batches_.emplace_back(first, i);
             first = i;
             bytes = 0;

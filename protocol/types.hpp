@@ -41,6 +41,7 @@ inline constexpr std::uint32_t max_payload_len = 1024 * 1024;
 
 // Offer batches are kept well under max_header_len.
 inline constexpr std::size_t offer_batch_bytes = 48 * 1024;
+inline constexpr std::size_t first_offer_batch_bytes = 4 * 1024;  // the first batch only
 
 // Connections per peer session.
 inline constexpr std::uint32_t default_connections = 4;
