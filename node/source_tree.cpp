@@ -45,6 +45,10 @@ std::string unsendable_path(std::string_view wire) {
     return "path too long to send (over " + std::to_string(max_path_bytes) + " bytes below SRC)";
 }
 
+struct scanner;
+bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& names, const std::string& local_prefix,
+                   const std::string& wire_prefix, worker_pool* pool);
+
 // Walks the sources with one open folder per level: each entry is a short fstatat()
 // relative to its folder, not a lookup of its whole path (10,000 files: a few ms).
 struct scanner {
@@ -155,19 +159,103 @@ struct scanner {
         return ok;
     }
 
+    // One source: a folder's contents are walked in parts, on a few threads.
     bool walk(const std::filesystem::path& local, const std::string& wire) {
         std::size_t before = out.entries.size();
-        if (!visit(AT_FDCWD, local.c_str(), local.string(), wire, 0)) {
+        recurse = false;
+        bool ok = visit(AT_FDCWD, local.c_str(), local.string(), wire, 0);
+        recurse = true;
+        if (!ok) {
             return false;
         }
         // A skipped source (a symlink, say) takes no name.
-        if (out.entries.size() > before && !top_names.insert(wire).second) {
+        if (out.entries.size() == before) {
+            return true;
+        }
+        if (!top_names.insert(wire).second) {
             error = local.string() + ": two sources map to the same name \"" + wire + "\"";
             return false;
         }
-        return true;
+        if (!out.entries.back().is_dir) {
+            return true;
+        }
+        int fd = ::openat(AT_FDCWD, local.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+            return fail(local.string(), errno);
+        }
+        unique_fd dir(fd);
+        std::vector<std::string> names;
+        if (std::error_code ec = list_folder(fd, names)) {
+            error = local.string() + ": " + ec.message();
+            return false;
+        }
+        std::string prefix = local.string().back() == '/' ? local.string() : local.string() + "/";
+        return walk_in_parts(*this, fd, names, prefix, wire + "/", nullptr);
     }
 };
+
+// The entries `names` of the open folder `fd` (local path `local_prefix` + name, wire path
+// `wire_prefix` + name) and all they hold, walked as `how` walks, appended to how.out in
+// the order one walk would give (a folder before what it holds). The names are taken in
+// runs of consecutive names, each run walked whole by one of a few threads into a tree of
+// its own, then joined: a stat costs a system call, and a big tree's scan is most of what
+// a no-change sync does. The threads are the pool's workers (the caller's among them,
+// when it is one) with `pool`, else threads of their own, one per core up to 4. On
+// failure how.error names the first path, in walk order, that failed.
+bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& names,
+                          const std::string& local_prefix, const std::string& wire_prefix, worker_pool* pool) {
+    const std::size_t runs = std::min<std::size_t>(names.size(), 256);
+    std::vector<source_tree> parts(runs);
+    std::vector<std::string> errors(runs);
+    std::atomic<std::size_t> next{0};
+    auto scan_runs = [&] {
+        for (std::size_t r = next++; r < runs; r = next++) {
+            scanner part{parts[r], errors[r], {}, how.excludes, how.keep_links, how.keep_locals, how.recurse};
+            for (std::size_t i = names.size() * r / runs; i < names.size() * (r + 1) / runs; ++i) {
+                if (!part.visit(fd, names[i].c_str(), local_prefix + names[i], wire_prefix + names[i], 1)) {
+                    break;
+                }
+            }
+        }
+    };
+    if (pool != nullptr) {
+        pool->run_parts(std::min(runs, pool->size()), [&](std::size_t) { scan_runs(); });
+    } else {
+        std::vector<std::jthread> helpers;
+        try {
+            for (std::size_t t = 1; t < std::min<std::size_t>(runs, max_scan_threads()); ++t) {
+                helpers.emplace_back(scan_runs);
+            }
+        } catch (const std::system_error&) {
+            // no more threads to be had: the ones there (this one at least) take every run
+        }
+        scan_runs();
+    }
+    source_tree& out = how.out;
+    std::size_t entries = 0;  // all the runs', reserved at once
+    for (const source_tree& p : parts) {
+        entries += p.entries.size();
+    }
+    out.entries.reserve(out.entries.size() + entries);
+    if (how.keep_locals) {
+        out.locals.reserve(out.locals.size() + entries);
+    }
+    for (std::size_t r = 0; r < runs; ++r) {
+        if (!errors[r].empty()) {
+            how.error = std::move(errors[r]);  // the first in walk order, as one walk would stop at
+            return false;
+        }
+        source_tree& p = parts[r];
+        std::move(p.entries.begin(), p.entries.end(), std::back_inserter(out.entries));
+        std::move(p.locals.begin(), p.locals.end(), std::back_inserter(out.locals));
+        std::move(p.skipped.begin(), p.skipped.end(), std::back_inserter(out.skipped));
+        std::move(p.skipped_paths.begin(), p.skipped_paths.end(), std::back_inserter(out.skipped_paths));
+        out.total_bytes += p.total_bytes;
+        out.excluded += p.excluded;
+        p = {};  // its memory goes now, not after the last run's
+    }
+    return true;
+}
 
 }  // namespace
 
@@ -195,60 +283,16 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
         error = dir.string() + ": " + ec.message();
         return ec;
     }
-    // Its entries in runs of consecutive names, each run walked whole by one of a few
-    // threads into a tree of its own; the runs are then joined in order, so the entries
-    // come as one walk would give them (a folder before what it holds). A stat costs a
-    // system call, and a big tree's scan is most of what a no-change sync does.
-    const std::size_t runs = std::min<std::size_t>(names.size(), 256);
-    std::vector<source_tree> parts(runs);
-    std::vector<std::string> errors(runs);
-    std::atomic<std::size_t> next{0};
     const std::string prefix = dir.string().back() == '/' ? dir.string() : dir.string() + "/";
-    auto scan_runs = [&] {
-        for (std::size_t r = next++; r < runs; r = next++) {
-            scanner part{parts[r], errors[r], {}, &excludes, true, false, recursive};
-            for (std::size_t i = names.size() * r / runs; i < names.size() * (r + 1) / runs; ++i) {
-                if (!part.visit(fd, names[i].c_str(), prefix + names[i], names[i], 1)) {
-                    break;
-                }
-            }
-        }
-    };
-    if (pool != nullptr) {
-        pool->run_parts(std::min(runs, pool->size()), [&](std::size_t) { scan_runs(); });  // a node's own threads
-    } else {
-        std::vector<std::jthread> helpers;
-        try {
-            for (std::size_t t = 1; t < std::min<std::size_t>(runs, max_scan_threads()); ++t) {
-                helpers.emplace_back(scan_runs);
-            }
-        } catch (const std::system_error&) {
-            // no more threads to be had: the ones there (this one at least) take every run
-        }
-        scan_runs();
-    }
-    std::size_t entries = 0;
-    for (const source_tree& p : parts) {
-        entries += p.entries.size();
-    }
-    out.entries.reserve(out.entries.size() + entries);
     out.local_prefix = prefix;
     if (!out.root_fd) {
         out.root_fd = shared_fd(std::move(dir_fd));
     }
-    for (std::size_t r = 0; r < runs; ++r) {
-        if (!errors[r].empty()) {
-            error = std::move(errors[r]);  // the first in walk order, as one walk would stop at
-            return std::make_error_code(std::errc::invalid_argument);
-        }
-        source_tree& p = parts[r];
-        std::move(p.entries.begin(), p.entries.end(), std::back_inserter(out.entries));
-        std::move(p.skipped.begin(), p.skipped.end(), std::back_inserter(out.skipped));
-        std::move(p.skipped_paths.begin(), p.skipped_paths.end(), std::back_inserter(out.skipped_paths));
-        out.total_bytes += p.total_bytes;
-        out.excluded += p.excluded;
-        p = {};  // its memory goes now, not after the last run's
+    const std::size_t before = out.entries.size();
+    if (!walk_in_parts(scanner{out, error, {}, &excludes, true, false, recursive}, fd, names, prefix, "", pool)) {
+        return std::make_error_code(std::errc::invalid_argument);
     }
+    const std::size_t entries = out.entries.size() - before;
     // The runs' arrays were allocated by the scanning threads, in their malloc arenas,
     // among the paths that live on: freed, their pages stay with the process (200,000
     // entries: 20 MB of RSS, depending on the entries' size) until given back here. Not
