@@ -37,7 +37,8 @@ void pooled_buffer::reset() {
 }
 
 buffer_pool::buffer_pool(std::size_t max_buffers, std::size_t capacity)
-    : max_(max_buffers), capacity_(capacity), budget_(max_buffers * whole_pages(capacity)) {}
+    : max_(max_buffers), capacity_(capacity), budget_(max_buffers * whole_pages(capacity)),
+      small_free_(whole_pages(capacity / 4 + 1) / page) {}
 
 std::shared_ptr<buffer_pool> buffer_pool::make(std::size_t max_buffers, std::size_t buffer_capacity) {
     return std::shared_ptr<buffer_pool>(new buffer_pool(max_buffers, buffer_capacity));
@@ -46,6 +47,11 @@ std::shared_ptr<buffer_pool> buffer_pool::make(std::size_t max_buffers, std::siz
 buffer_pool::~buffer_pool() {
     for (std::uint8_t* p : free_) {
         std::free(p);
+    }
+    for (const auto& kept : small_free_) {
+        for (std::uint8_t* p : kept) {
+            std::free(p);
+        }
     }
 }
 
@@ -65,8 +71,28 @@ bool buffer_pool::room_for(std::size_t capacity) const {
     if (capacity == capacity_ && !free_.empty()) {
         return true;
     }
-    std::size_t idle = free_.size() * whole_pages(capacity_);
+    if (capacity != capacity_ && !small_free_[capacity / page - 1].empty()) {
+        return true;
+    }
+    std::size_t idle = free_.size() * whole_pages(capacity_) + small_idle_bytes_;
     return allocated_bytes_ - idle + whole_pages(capacity) <= budget_;
+}
+
+void buffer_pool::make_room(std::size_t need) {
+    while (allocated_bytes_ + need > budget_ && !free_.empty()) {
+        std::free(free_.back());
+        free_.pop_back();
+        allocated_bytes_ -= whole_pages(capacity_);
+    }
+    for (std::size_t c = small_free_.size(); c-- > 0 && allocated_bytes_ + need > budget_;) {
+        std::vector<std::uint8_t*>& kept = small_free_[c];
+        while (!kept.empty() && allocated_bytes_ + need > budget_) {
+            std::free(kept.back());
+            kept.pop_back();
+            allocated_bytes_ -= (c + 1) * page;
+            small_idle_bytes_ -= (c + 1) * page;
+        }
+    }
 }
 
 pooled_buffer buffer_pool::acquire(std::size_t size) {
@@ -78,19 +104,19 @@ pooled_buffer buffer_pool::acquire(std::size_t size) {
         if (size > capacity_) {
             return {};
         }
-        if (!small && !free_.empty()) {
-            data = free_.back();
-            free_.pop_back();
+        std::vector<std::uint8_t*>& kept = small ? small_free_[cap / page - 1] : free_;
+        if (!kept.empty()) {
+            data = kept.back();
+            kept.pop_back();
+            if (small) {
+                small_idle_bytes_ -= cap;
+            }
             ++in_use_;
             return pooled_buffer(shared_from_this(), data, size, cap);
         }
-        // Idle whole-size buffers give their room to small ones.
+        // Idle buffers of other sizes give their room.
         std::size_t alloc = whole_pages(cap);
-        while (allocated_bytes_ + alloc > budget_ && !free_.empty()) {
-            std::free(free_.back());
-            free_.pop_back();
-            allocated_bytes_ -= whole_pages(capacity_);
-        }
+        make_room(alloc);
         if (allocated_bytes_ + alloc > budget_) {
             ++exhausted_;
             return {};
@@ -112,6 +138,9 @@ void buffer_pool::release(std::uint8_t* data, std::size_t capacity) {
         std::lock_guard lock(mutex_);
         if (capacity == capacity_) {
             free_.push_back(data);
+        } else if (small_idle_bytes_ + capacity <= budget_ / 4) {
+            small_free_[capacity / page - 1].push_back(data);
+            small_idle_bytes_ += capacity;
         } else {
             std::free(data);
             allocated_bytes_ -= whole_pages(capacity);

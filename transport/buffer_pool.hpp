@@ -5,8 +5,10 @@
 // memory limit for chunk data in flight on one node side. A payload of up to a quarter
 // of the capacity (a small file's only chunk) takes a buffer of its own size, rounded up
 // to whole pages with room for one byte more, so thousands of small files fit in the
-// bound that holds max_buffers whole chunks; whole-size buffers are kept for reuse (and
-// freed when small ones need their room). When the bound is reached, acquire() fails and
+// bound that holds max_buffers whole chunks. Released buffers are kept for reuse: the
+// whole-size ones, and small ones by their number of pages up to a quarter of the bound
+// (many small files would otherwise cost a malloc, a free from another thread and fresh
+// pages each); idle ones are freed when another size needs their room. When the bound is reached, acquire() fails and
 // the caller waits for notify_when_available(), which runs the callback (from whichever
 // thread released the buffer: the callback must post to its own executor).
 #pragma once
@@ -90,6 +92,12 @@ private:
     const std::size_t budget_;  // bytes
     mutable std::mutex mutex_;
     std::vector<std::uint8_t*> free_;  // whole-size buffers kept for reuse
+    // Small buffers kept for reuse: [pages - 1], and the bytes they hold (at most a
+    // quarter of the bound).
+    std::vector<std::vector<std::uint8_t*>> small_free_;
+    std::size_t small_idle_bytes_ = 0;
+    // Frees idle buffers (whole-size first) until `need` more bytes fit in the bound.
+    void make_room(std::size_t need);  // with mutex_ held
     std::size_t allocated_bytes_ = 0;
     std::size_t in_use_ = 0;
     std::uint64_t exhausted_ = 0;

@@ -1,5 +1,6 @@
 // The chunk buffer pool's byte bound: whole-size buffers are reused, small payloads take
-// only their own pages, and idle whole-size buffers give their room to small ones.
+// only their own pages (reused too, up to a quarter of the bound), and idle buffers give
+// their room to other sizes.
 #include "transport/buffer_pool.hpp"
 
 #include <gtest/gtest.h>
@@ -47,15 +48,31 @@ TEST(buffer_pool_test, small_payloads_take_their_own_pages) {
     EXPECT_FALSE(pool->acquire(cap));
     EXPECT_FALSE(pool->acquire(0)) << "even an empty payload takes a page";
     held.resize(32);  // half of them back: room for one whole buffer exactly
-    EXPECT_EQ(pool->bytes_allocated(), cap);
+    EXPECT_EQ(pool->bytes_allocated(), cap + cap / 2) << "a quarter of the bound (16 x 8 KiB) kept idle for reuse";
     pooled_buffer whole = pool->acquire(cap);
-    ASSERT_TRUE(whole);
+    ASSERT_TRUE(whole) << "the idle small buffers give their room";
+    EXPECT_EQ(pool->bytes_allocated(), 2 * cap);
     EXPECT_FALSE(pool->acquire(100));
     EXPECT_EQ(pool->in_use(), 33u);
     held.clear();
     whole.reset();
     EXPECT_EQ(pool->in_use(), 0u);
-    EXPECT_EQ(pool->bytes_allocated(), cap) << "the whole buffer stays for reuse, small ones are freed";
+    EXPECT_EQ(pool->bytes_allocated(), cap + cap / 2) << "the whole buffer and a quarter of the bound stay for reuse";
+}
+
+TEST(buffer_pool_test, released_small_buffers_are_reused_by_their_size) {
+    auto pool = buffer_pool::make(2, cap);
+    pooled_buffer a = pool->acquire(4096);
+    std::uint8_t* eight_kib = a.data();
+    a.reset();
+    pooled_buffer other = pool->acquire(100);
+    EXPECT_NE(other.data(), eight_kib) << "one page: another size";
+    pooled_buffer again = pool->acquire(5000);
+    EXPECT_EQ(again.data(), eight_kib) << "two pages again: the same buffer";
+    EXPECT_EQ(again.capacity(), 8192u);
+    EXPECT_EQ(again.size(), 5000u);
+    EXPECT_EQ(pool->bytes_allocated(), 8192u + 4096u);
+    EXPECT_EQ(pool->in_use(), 2u);
 }
 
 TEST(buffer_pool_test, idle_whole_buffers_make_room_for_small_ones) {
