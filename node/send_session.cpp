@@ -122,6 +122,55 @@ void dial_peer(node_context& ctx, const send_target& target,
                          std::move(fn));
 }
 
+early_dial::early_dial(node_context& ctx, send_target target, std::chrono::milliseconds hold)
+    : ctx_(ctx), target_(std::move(target)), hold_(hold), expiry_(ctx.io) {}
+
+std::shared_ptr<early_dial> early_dial::start(node_context& ctx, const send_target& target,
+                                              std::chrono::milliseconds hold) {
+    auto d = std::make_shared<early_dial>(ctx, target, hold);
+    dial_peer(ctx, target, [d](std::error_code ec, std::unique_ptr<byte_stream> stream) {
+        d->on_dialed(ec, std::move(stream));
+    });
+    return d;
+}
+
+void early_dial::on_dialed(std::error_code ec, std::unique_ptr<byte_stream> stream) {
+    done_ = true;
+    done_at_ = std::chrono::steady_clock::now();
+    ec_ = ec;
+    stream_ = std::move(stream);
+    if (fn_) {
+        std::exchange(fn_, nullptr)(ec_, std::move(stream_));
+        return;
+    }
+    if (stream_) {
+        expiry_.expires_after(hold_);
+        expiry_.async_wait([weak = weak_from_this()](std::error_code wait_ec) {
+            if (auto d = weak.lock(); d && !wait_ec && d->stream_) {
+                d->stream_.reset();  // closed before its Hello
+                d->dropped_ = true;
+            }
+        });
+    }
+}
+
+void early_dial::take(result_fn fn) {
+    if (!done_) {
+        fn_ = std::move(fn);
+        return;
+    }
+    expiry_.cancel();
+    if (stream_ && std::chrono::steady_clock::now() - done_at_ > hold_) {
+        stream_.reset();  // held too long (the loop did not run meanwhile)
+        dropped_ = true;
+    }
+    if (dropped_) {
+        dial_peer(ctx_, target_, std::move(fn));
+        return;
+    }
+    fn(ec_, std::move(stream_));
+}
+
 std::pair<exit_code, std::string> dial_failure(std::error_code ec, const send_target& target, const std::string& role) {
     std::string where = target.host + ":" + target.port;
     if (ec == transport_errc::untrusted_peer) {
@@ -132,27 +181,31 @@ std::pair<exit_code, std::string> dial_failure(std::error_code ec, const send_ta
 }
 
 void send_session::open_connection(std::uint32_t index) {
-    dial_peer(ctx_, target_,
-                         [self = shared_from_this(), index](std::error_code ec, std::unique_ptr<byte_stream> stream) {
-                             if (self->finished_) {
-                                 return;
-                             }
-                             if (ec) {
-                                 std::string where = self->target_.host + ":" + self->target_.port;
-                                 auto [code, line] = dial_failure(ec, self->target_, "receiver");
-                                 if (code == exit_code::auth) {
-                                     self->fail(code, line, false);
-                                 } else if (index == 0) {
-                                     self->fail(code, line, false, true);
-                                 } else {
-                                     self->ctx_.log("connection " + std::to_string(index) + " to " + where +
-                                                    " failed: " + ec.message() + "; continuing with the others", log_level::warn);
-                                     self->schedule_reopen(index);
-                                 }
-                                 return;
-                             }
-                             self->on_connected(index, std::move(stream));
-                         });
+    auto on_dialed = [self = shared_from_this(), index](std::error_code ec, std::unique_ptr<byte_stream> stream) {
+        if (self->finished_) {
+            return;
+        }
+        if (ec) {
+            std::string where = self->target_.host + ":" + self->target_.port;
+            auto [code, line] = dial_failure(ec, self->target_, "receiver");
+            if (code == exit_code::auth) {
+                self->fail(code, line, false);
+            } else if (index == 0) {
+                self->fail(code, line, false, true);
+            } else {
+                self->ctx_.log("connection " + std::to_string(index) + " to " + where +
+                               " failed: " + ec.message() + "; continuing with the others", log_level::warn);
+                self->schedule_reopen(index);
+            }
+            return;
+        }
+        self->on_connected(index, std::move(stream));
+    };
+    if (index == 0 && options_.dialed) {
+        std::exchange(options_.dialed, nullptr)->take(std::move(on_dialed));
+        return;
+    }
+    dial_peer(ctx_, target_, std::move(on_dialed));
 }
 
 void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream) {

@@ -21,6 +21,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include <asio/steady_timer.hpp>
+
 #include "node/chunk_codec.hpp"
 #include "node/context.hpp"
 #include "node/source_tree.hpp"
@@ -40,6 +42,37 @@ struct send_target {
 // given, or plaintext) with the node's socket tuning; `fn` runs on the loop thread.
 void dial_peer(node_context& ctx, const send_target& target,
                std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
+// Connection 0's dial begun before its send session (`ferry send` dials while it scans
+// its sources): what the dial gave, held until the session takes it. A connection not
+// taken within `hold` of being made is closed (cleanly, before any Hello: the receiver
+// does not count it), so that a long scan does not run into the receiver's handshake
+// timeout; the session then dials anew. Loop thread.
+class early_dial : public std::enable_shared_from_this<early_dial> {
+public:
+    using result_fn = std::function<void(std::error_code, std::unique_ptr<byte_stream>)>;
+    early_dial(node_context& ctx, send_target target, std::chrono::milliseconds hold);
+    static std::shared_ptr<early_dial> start(node_context& ctx, const send_target& target,
+                                             std::chrono::milliseconds hold = std::chrono::milliseconds(1000));
+    // Runs `fn` with the dial's outcome: now if it is in, when it comes, or with a new
+    // dial's once the connection was dropped. Once.
+    void take(result_fn fn);
+    bool done() const { return done_; }
+
+private:
+    void on_dialed(std::error_code ec, std::unique_ptr<byte_stream> stream);
+
+    node_context& ctx_;
+    send_target target_;
+    std::chrono::milliseconds hold_;
+    asio::steady_timer expiry_;
+    bool done_ = false;
+    bool dropped_ = false;
+    std::chrono::steady_clock::time_point done_at_;
+    std::error_code ec_;
+    std::unique_ptr<byte_stream> stream_;
+    result_fn fn_;
+};
+
 // What a dial_peer that failed with `ec` means: exit_code::auth when the peer proved
 // another ID than `target` expects, else transfer_failed; and the line that says so,
 // naming the peer as `role` ("receiver", "peer").
@@ -94,6 +127,9 @@ struct send_options {
         std::uint64_t file_size = 0;
     };
     std::optional<source_range> range;
+    // Connection 0, dialed before the session (null: the session dials it). Taken by the
+    // session's first dial only.
+    std::shared_ptr<early_dial> dialed;
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {

@@ -17,6 +17,7 @@
 #include <iostream>
 #include <functional>
 #include <future>
+#include <thread>
 #include <optional>
 #include <set>
 #include <unordered_set>
@@ -1875,6 +1876,14 @@ int cmd_peers(const common_opts& o, const peers_opts& po) {
 // Test hook (tests/e2e): FERRY_FAULT_AFTER_SCAN="rm:PATH" or "grow:PATH" removes, or
 // appends a byte to, the source file at wire path PATH right after the first scan, the way
 // a program writing into SRC during a sync would.
+// FERRY_FAULT_SCAN_DELAY_MS=N (tests): the scan of a send or push starts N ms late, as
+// on a slow disk, while the node dials the receiver.
+void fault_scan_delay() {
+    if (const char* v = std::getenv("FERRY_FAULT_SCAN_DELAY_MS")) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(v)));
+    }
+}
+
 void fault_after_scan(const ferry::source_tree& sources) {
     const char* v = std::getenv("FERRY_FAULT_AFTER_SCAN");
     std::string spec = v != nullptr ? v : "";
@@ -2140,7 +2149,10 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     // The sources are scanned on a thread of their own while the node loads its identity
     // and sets up TLS (each takes milliseconds; a big tree, tens of them).
     std::string error;
-    auto scanned = std::async(std::launch::async, [&scan, &error] { return scan(error); });
+    auto scanned = std::async(std::launch::async, [&scan, &error] {
+        fault_scan_delay();
+        return scan(error);
+    });
     ferry::node_config cfg = base_config(o);
     cfg.plaintext = s.plaintext;
     asio::io_context io(1);
@@ -2154,6 +2166,17 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         node_made.emplace(io, cfg, std::move(ev));
     } catch (...) {
         node_failed = std::current_exception();
+    }
+    // Connection 0 is dialed (TCP, TLS) while a scan still runs: the loop turns until the
+    // scan is in. (Not before a sync --checksum, which hashes before it connects.)
+    std::shared_ptr<ferry::early_dial> dialed;
+    const bool hashes_first = sync != nullptr && sync->target.checksum();
+    if (node_made && !hashes_first && scanned.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        dialed = ferry::early_dial::start(node_made->context(), t);
+        while (scanned.wait_for(std::chrono::seconds(0)) != std::future_status::ready && !io.stopped()) {
+            io.run_one_for(std::chrono::milliseconds(5));
+        }
+        io.restart();
     }
     auto [scan_ec, scanned_sources] = scanned.get();
     ferry::source_tree sources = std::move(scanned_sources);
@@ -2179,6 +2202,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     so.fsync_each = s.fsync_each;
     so.stall_timeout = to_ms(s.stall_timeout_s);
     so.started = program_start;  // the rate a user can check from outside: from the command's start
+    so.dialed = dialed;
     // What goes with each scan: the chunk digests the attempts share (--retry-for) are
     // kept by entry number, so a new scan starts a new memo; and for a sync, what the scan
     // skipped (special files) is not SRC's to delete at DST.
@@ -2230,6 +2254,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                                       [](const ferry::entry_info& e) { return !e.is_dir; });
         scanned_excluded = sources.excluded;
         n.send(std::move(sources), t, so, done);
+        so.dialed.reset();  // the first attempt's; a later one dials its own
     };
     loop.again = [&] {
         std::string rescan_error;

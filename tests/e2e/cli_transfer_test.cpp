@@ -450,6 +450,38 @@ TEST_F(cli_transfer, serve_accepts_concurrent_trusted_senders_and_stops_on_sigte
     EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
 }
 
+// `ferry send` dials the receiver while it scans its sources. A connection the scan keeps
+// waiting over a second is closed before its Hello (the receiver counts nothing) and the
+// session dials again; one taken in time carries the transfer.
+TEST_F(cli_transfer, a_connection_dialed_during_the_scan_carries_the_send_or_is_dropped_unseen_after_a_long_one) {
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("A").string(), b_id}).code, 0);
+    fs::path src = make_reference_tree(cli.root());
+    fs::path inbox = cli.root() / "inbox";
+    auto node = cli.start({"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--inbox",
+                           inbox.string(), "--overwrite", "--json"});
+    ASSERT_FALSE(node.address.empty());
+    for (const char* delay_ms : {"300", "1500"}) {
+        run_result s = cli.ferry({"send", "--state", cli.state("B").string(), "--json", "--overwrite", src.string(),
+                                  a_id + "@" + node.address},
+                                 {std::string("FERRY_FAULT_SCAN_DELAY_MS=") + delay_ms});
+        ASSERT_EQ(s.code, 0) << delay_ms << ": " << s.err;
+        EXPECT_EQ(compare_trees(src, inbox / "tree"), "") << delay_ms;
+        EXPECT_EQ(last_json_line(s.out)["event"], "done") << s.out;
+    }
+    run_result status = cli.ferry({"status", "--state", cli.state("A").string(), "--json"});
+    ASSERT_EQ(status.code, 0) << status.err;
+    nlohmann::json st = nlohmann::json::parse(status.out, nullptr, false);
+    ASSERT_FALSE(st.is_discarded()) << status.out;
+    ASSERT_TRUE(st["refusals"].is_object()) << status.out;
+    for (const auto& [reason, count] : st["refusals"].items()) {
+        EXPECT_EQ(count, 0u) << reason;
+    }
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+    EXPECT_EQ(node.proc->err().find("refused"), std::string::npos) << node.proc->err();
+    EXPECT_EQ(node.proc->err().find("before Hello"), std::string::npos) << node.proc->err();
+}
+
 TEST_F(cli_transfer, resend_skips_identical_files_and_re_verifies_what_an_interrupted_transfer_left) {
     fs::path src = make_reference_tree(cli.root());
     fs::path dest = cli.root() / "inbox";
