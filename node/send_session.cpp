@@ -160,15 +160,19 @@ void early_dial::take(result_fn fn) {
         return;
     }
     expiry_.cancel();
-    if (stream_ && std::chrono::steady_clock::now() - done_at_ > hold_) {
-        stream_.reset();  // held too long (the loop did not run meanwhile)
+    if (std::chrono::steady_clock::now() - done_at_ > hold_) {
+        // Held too long (the loop did not run meanwhile), or failed a while ago: the
+        // receiver may be up by now. A new dial's outcome is the one that counts.
+        stream_.reset();
         dropped_ = true;
     }
     if (dropped_) {
         dial_peer(ctx_, target_, std::move(fn));
         return;
     }
-    fn(ec_, std::move(stream_));
+    // From the loop, as a dial's outcome always comes.
+    auto held = std::make_shared<std::unique_ptr<byte_stream>>(std::move(stream_));
+    asio::post(ctx_.io, [fn = std::move(fn), ec = ec_, held] { fn(ec, std::move(*held)); });
 }
 
 std::pair<exit_code, std::string> dial_failure(std::error_code ec, const send_target& target, const std::string& role) {
@@ -202,9 +206,11 @@ void send_session::open_connection(std::uint32_t index) {
         self->on_connected(index, std::move(stream));
     };
     if (index == 0 && options_.dialed) {
+        redial_first_ = true;
         std::exchange(options_.dialed, nullptr)->take(std::move(on_dialed));
         return;
     }
+    redial_first_ = false;
     dial_peer(ctx_, target_, std::move(on_dialed));
 }
 
@@ -1194,6 +1200,15 @@ void send_session::on_closed(connection& c, std::error_code ec) {
         return;
     }
     if (c.index == 0) {
+        if (redial_first_ && !offers_sent_ && ec != transport_errc::peer_refused &&
+            ec != transport_errc::plaintext_mismatch) {
+            // The connection dialed while the sources were scanned was closed by the
+            // receiver before its Hello came (a short handshake timeout there, or an
+            // eviction): dialed again, once.
+            redial_first_ = false;
+            open_connection(0);
+            return;
+        }
         if (ec == transport_errc::peer_refused) {
             fail(exit_code::auth,
                  "receiver refused this node: its ID " + format_node_id(ctx_.id) +

@@ -370,6 +370,7 @@ private:
     std::uint64_t regular_files_ = 0;
     double ttfb_s_ = -1;
     bool offers_sent_ = false;
+    bool redial_first_ = false;  // connection 0 came from an early_dial: dialed again once if it dies before Hello
     bool accepted_ = false;  // a pull: the receiver dialed in (start_accepted)
     bool retryable_ = false;  // the failure may pass (transfer_report::retryable)
     std::unique_ptr<asio::steady_timer> stall_timer_;

@@ -2168,10 +2168,14 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         node_failed = std::current_exception();
     }
     // Connection 0 is dialed (TCP, TLS) while a scan still runs: the loop turns until the
-    // scan is in. (Not before a sync --checksum, which hashes before it connects.)
+    // scan is in. Not before a sync --checksum, which hashes before it connects, and not to
+    // a host name: a scan that fails would wait for its lookup to end before exiting.
     std::shared_ptr<ferry::early_dial> dialed;
     const bool hashes_first = sync != nullptr && sync->target.checksum();
-    if (node_made && !hashes_first && scanned.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    std::error_code not_numeric;
+    asio::ip::make_address(t.host, not_numeric);
+    if (node_made && !hashes_first && !not_numeric &&
+        scanned.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
         dialed = ferry::early_dial::start(node_made->context(), t);
         while (scanned.wait_for(std::chrono::seconds(0)) != std::future_status::ready && !io.stopped()) {
             io.run_one_for(std::chrono::milliseconds(5));
