@@ -49,36 +49,69 @@ std::error_code check_wire_entry(const wire::Entry& e, bool links) {
 // ---------------------------------------------------------------------------------------
 // Sender
 
-sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options)
-    : transfer_id_(transfer_id), entries_(std::move(entries)), options_(std::move(options)), files_(entries_.size()) {
-    std::size_t bytes = options_.sync ? options_.sync->ByteSizeLong() : 0;
-    std::uint32_t first = 0;
+sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options,
+                               bool complete)
+    : transfer_id_(transfer_id), entries_(std::make_move_iterator(entries.begin()), std::make_move_iterator(entries.end())),
+      options_(std::move(options)) {
+    open_bytes_ = options_.sync ? options_.sync->ByteSizeLong() : 0;
+    take_entries(0);
+    streamed_ = !complete;
+    if (complete) {
+        this->complete();
+    } else if (batches_.empty() && open_first_ < entries_.size()) {
+        seal_batch(static_cast<std::uint32_t>(entries_.size()));  // the first goes out as it is
+    }
+}
+
+void sender_machine::append(std::vector<entry_info> more) {
+    std::size_t from = entries_.size();
+    std::move(more.begin(), more.end(), std::back_inserter(entries_));
+    take_entries(from);
+    // What came so far goes out once it is worth an Offer of its own (or is the first).
+    if (open_first_ < entries_.size() && (batches_.empty() || open_bytes_ >= first_offer_batch_bytes)) {
+        seal_batch(static_cast<std::uint32_t>(entries_.size()));
+    }
+}
+
+void sender_machine::complete() {
+    // An empty transfer still has its one (empty) batch; so has a streamed one whose
+    // batches all went out before the end was known: the last must say it is.
+    if (open_first_ < entries_.size() || batches_.empty() || streamed_) {
+        seal_batch(static_cast<std::uint32_t>(entries_.size()));
+    }
+    complete_ = true;
+}
+
+void sender_machine::take_entries(std::size_t from) {
     // The first batch is small: the receiver answers it, and the first files move, while
     // it still reads the batches after it.
-    std::size_t limit = first_offer_batch_bytes;
-    for (std::uint32_t i = 0; i < entries_.size(); ++i) {
+    for (std::size_t i = from; i < entries_.size(); ++i) {
         const entry_info& e = entries_[i];
         if (e.is_file()) {
             total_bytes_ += e.size;
         }
-        files_[i].chunks = e.is_file() ? chunk_count(e.size) : 0;
+        file_state& f = files_.emplace_back();
+        f.chunks = e.is_file() ? chunk_count(e.size) : 0;
         std::size_t cost = e.path.size() + e.link_target.size() + 40;
-        if (bytes + cost > limit && i > first) {
-            limit = offer_batch_bytes;
-            batches_.emplace_back(first, i);
-            first = i;
-            bytes = 0;
+        std::size_t limit = batches_.empty() ? first_offer_batch_bytes : offer_batch_bytes;
+        if (open_bytes_ + cost > limit && i > open_first_) {
+            seal_batch(static_cast<std::uint32_t>(i));
         }
-        bytes += cost;
+        open_bytes_ += cost;
     }
-    batches_.emplace_back(first, static_cast<std::uint32_t>(entries_.size()));
+}
+
+void sender_machine::seal_batch(std::uint32_t end) {
+    batches_.emplace_back(open_first_, end);
+    open_first_ = end;
+    open_bytes_ = 0;
     batch_count_ = batches_.size();
 }
 
 wire::Offer sender_machine::make_offer(std::size_t b) const {
     wire::Offer o;
     o.set_transfer_id(transfer_id_);
-    o.set_last(b + 1 == batches_.size());
+    o.set_last(complete_ && b + 1 == batches_.size());
     o.set_total_files(entries_.size());
     o.set_total_bytes(total_bytes_);
     o.set_overwrite(options_.overwrite);
@@ -436,7 +469,7 @@ std::error_code sender_machine::on_transfer_result(const wire::TransferResult& r
         failure_ = result.error();
         return protocol_errc::peer_error;
     }
-    if (files_done_ != entries_.size()) {
+    if (files_done_ != entries_.size() || !complete_) {
         failure_ = "receiver reported success before every file was confirmed";
         return protocol_errc::unexpected_message;
     }

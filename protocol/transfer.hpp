@@ -135,7 +135,17 @@ private:
 
 class sender_machine {
 public:
-    sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options);
+    // `complete`: `entries` are all there is. Otherwise more follow through append(), and
+    // complete() says when the last did (`ferry send` offers a tree while it scans it).
+    sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options,
+                   bool complete = true);
+
+    // Entries scanned since, whose ids follow on. Offer batches are sealed as they fill
+    // (the first at once); the batch being filled is not offered until it is sealed.
+    void append(std::vector<entry_info> more);
+    // No more entries: the batch being filled is sealed, and is the last.
+    void complete();
+    bool is_complete() const { return complete_; }
 
     // The Offer batches, each under offer_batch_bytes, in the order they must be sent.
     std::vector<wire::Offer> make_offers() const;
@@ -216,7 +226,7 @@ public:
     std::uint64_t kept_bytes() const { return kept_bytes_; }
     std::uint64_t claimed_bytes() const { return claimed_bytes_; }
     std::uint64_t resumed_files() const { return resumed_files_; }  // accepted ACCEPT_PARTIAL
-    bool all_accepted() const { return accepted_batches_ == batch_count_; }
+    bool all_accepted() const { return complete_ && accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
     // Sync --checksum: the file's digest, offered with it (before the offer is made).
@@ -280,12 +290,21 @@ private:
     // about): the error to answer otherwise.
     std::error_code next_accepted_file(std::uint32_t id) const;
 
+    // Adds entries_[from..] to the totals, files_ and the batches (sealed as they fill).
+    void take_entries(std::size_t from);
+    void seal_batch(std::uint32_t end);  // the batch being filled ends before entry `end`
+
     std::uint64_t transfer_id_;
-    std::vector<entry_info> entries_;
+    // Deques: an entry or a file's state stays where it is while more are appended.
+    std::deque<entry_info> entries_;
     transfer_options options_;
-    std::vector<file_state> files_;
-    std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids
+    std::deque<file_state> files_;
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids, sealed
     std::size_t batch_count_ = 0;
+    std::uint32_t open_first_ = 0;  // the batch being filled: entries [open_first_, size)
+    std::size_t open_bytes_ = 0;
+    bool complete_ = false;
+    bool streamed_ = false;  // made before all its entries were known
     std::size_t accepted_batches_ = 0;
     std::deque<std::uint32_t> ready_files_;  // accepted files with chunks left to schedule
     std::deque<chunk_ref> requeued_;

@@ -122,8 +122,15 @@ class loopback {
 public:
     using decide_fn = std::function<receiver_machine::decision(file_id)>;
 
-    explicit loopback(std::vector<entry_info> entries, transfer_options options = {})
-        : sender_(test_transfer_id, std::move(entries), options), file_dones_(sender_.total_files(), 0) {}
+    explicit loopback(std::vector<entry_info> entries, transfer_options options = {}, bool complete = true)
+        : sender_(test_transfer_id, std::move(entries), options, complete), file_dones_(sender_.total_files(), 0) {}
+
+    // More entries for a sender that was not given them all (a streamed scan), and the end.
+    void append(std::vector<entry_info> more) {
+        sender_.append(std::move(more));
+        file_dones_.resize(sender_.total_files(), 0);
+    }
+    void complete() { sender_.complete(); }
 
     sender_machine& sender() { return sender_; }
     receiver_machine& receiver() { return receiver_; }
@@ -133,9 +140,9 @@ public:
     // Offer → Accept for every batch, in order. FileDones the Accept releases at once
     // (empty files) go straight to the receiver.
     void exchange_offers(const decide_fn& decide = {}) {
-        std::vector<wire::Offer> offers = sender_.make_offers();
-        ASSERT_FALSE(offers.empty());
-        for (const wire::Offer& offer : offers) {
+        ASSERT_GT(sender_.offer_count(), offered_);
+        for (; offered_ < sender_.offer_count(); ++offered_) {
+            wire::Offer offer = sender_.make_offer(offered_);
             std::vector<file_id> ids;
             ASSERT_EQ(receiver_.on_offer(offer, ids), std::error_code{});
             ASSERT_EQ(ids.size(), static_cast<std::size_t>(offer.entries_size()));
@@ -155,8 +162,8 @@ public:
                 deliver_done(d);
             }
         }
-        EXPECT_TRUE(sender_.all_accepted());
-        EXPECT_TRUE(receiver_.all_offered());
+        EXPECT_EQ(sender_.all_accepted(), sender_.is_complete());
+        EXPECT_EQ(receiver_.all_offered(), sender_.is_complete());
     }
 
     // The sender's reader: reads and hashes the chunk, sends the FileDone it releases.
@@ -258,6 +265,7 @@ private:
 
     sender_machine sender_;
     receiver_machine receiver_;
+    std::size_t offered_ = 0;  // Offer batches exchanged so far
     std::vector<int> file_dones_;
     std::uint64_t file_results_ = 0;
 };
@@ -459,6 +467,93 @@ TEST(TransferLoopback, ManyOfferBatchesOutOfOrder) {
     EXPECT_EQ(lb.sender().files_done(), entries.size());
     EXPECT_EQ(lb.receiver().received_bytes(), lb.sender().total_bytes());
     EXPECT_EQ(lb.receiver().total_files(), entries.size());
+}
+
+// `ferry send` offers a tree while it scans it: entries come in parts, each part's files
+// move before the next part is there, and only the batch sealed by complete() is `last`.
+TEST(TransferLoopback, EntriesAppendedWhileTheFirstOnesMove) {
+    std::vector<entry_info> all;
+    all.push_back(dir_entry("t"));
+    for (std::uint32_t i = 1; i < 400; ++i) {
+        all.push_back(file_entry("t/f" + std::to_string(i), i % 5 == 0 ? 0 : 100 + i));
+    }
+    all.push_back(file_entry("t/big", 3 * std::uint64_t{chunk_size} + 7));
+    std::vector<entry_info> first(all.begin(), all.begin() + 3);
+    loopback lb(first, {}, false);
+    EXPECT_FALSE(lb.sender().is_complete());
+    ASSERT_EQ(lb.sender().offer_count(), 1u) << "the first part goes out at once, however small";
+    EXPECT_FALSE(lb.sender().make_offer(0).last());
+    lb.exchange_offers();
+    for (const in_flight& c : lb.pull_chunks()) {
+        lb.deliver(c);
+    }
+    EXPECT_EQ(lb.sender().files_done(), 3u) << "the first part's files are done before the rest is scanned";
+    EXPECT_FALSE(lb.sender().all_accepted());
+
+    // A part too small for an Offer of its own waits for the next.
+    lb.append({all[3]});
+    EXPECT_EQ(lb.sender().offer_count(), 1u);
+    std::size_t at = 4;
+    std::size_t offered = 1;
+    for (std::size_t part : {150u, 1u, 200u}) {
+        lb.append(std::vector<entry_info>(all.begin() + at, all.begin() + at + part));
+        at += part;
+        if (lb.sender().offer_count() > offered) {
+            offered = lb.sender().offer_count();
+            lb.exchange_offers();
+            for (const in_flight& c : lb.pull_chunks()) {
+                lb.deliver(c);
+            }
+        }
+    }
+    lb.append(std::vector<entry_info>(all.begin() + at, all.end()));
+    EXPECT_EQ(lb.sender().total_files(), all.size());
+    EXPECT_NE(lb.sender().on_transfer_result(transfer_result(true)), std::error_code{})
+        << "a result before the scan's end is refused";
+    EXPECT_FALSE(lb.sender().finished());
+    lb.complete();
+    EXPECT_TRUE(lb.sender().make_offer(lb.sender().offer_count() - 1).last());
+    for (std::size_t b = 0; b + 1 < lb.sender().offer_count(); ++b) {
+        EXPECT_FALSE(lb.sender().make_offer(b).last()) << b;
+        EXPECT_LE(lb.sender().make_offer(b).ByteSizeLong(), offer_batch_bytes) << b;
+    }
+    lb.exchange_offers();
+    for (const in_flight& c : lb.pull_chunks()) {
+        lb.deliver(c);
+    }
+    EXPECT_EQ(lb.finish(), std::error_code{}) << lb.sender().failure();
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.sender().files_done(), all.size());
+    EXPECT_EQ(lb.receiver().total_files(), all.size());
+    EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
+    for (std::uint32_t i = 0; i < all.size(); ++i) {
+        EXPECT_EQ(lb.receiver().entry(file_id{i}).path, all[i].path);
+    }
+}
+
+// Every batch went out before the scan's end was known: an empty last batch says it.
+TEST(TransferLoopback, AStreamedTransferWhoseBatchesAllWentOutEndsWithAnEmptyLastBatch) {
+    std::vector<entry_info> more;
+    for (std::uint32_t i = 0; i < 200; ++i) {
+        more.push_back(file_entry("f" + std::to_string(i), 10));
+    }
+    loopback lb({dir_entry("d")}, {}, false);
+    lb.append(more);  // over 4 KiB of entries: sealed at once
+    std::size_t sealed = lb.sender().offer_count();
+    ASSERT_GE(sealed, 2u);
+    lb.exchange_offers();
+    lb.complete();
+    ASSERT_EQ(lb.sender().offer_count(), sealed + 1);
+    wire::Offer last = lb.sender().make_offer(sealed);
+    EXPECT_TRUE(last.last());
+    EXPECT_EQ(last.entries_size(), 0);
+    lb.exchange_offers();
+    for (const in_flight& c : lb.pull_chunks()) {
+        lb.deliver(c);
+    }
+    EXPECT_EQ(lb.finish(), std::error_code{}) << lb.sender().failure();
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.receiver().total_files(), 201u);
 }
 
 TEST(TransferLoopback, BatchesStayUnderLimitWithLargestFieldValues) {
