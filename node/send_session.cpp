@@ -58,7 +58,8 @@ send_session::source_file::~source_file() {
 send_session::send_session(node_context& ctx, source_tree sources, send_target target, send_options options,
                            std::function<void(const transfer_report&)> done)
     : ctx_(ctx), sources_(std::move(sources)), target_(std::move(target)), options_(options), done_(std::move(done)),
-      machine_(random_u64(), std::move(sources_.entries), transfer_options{options.overwrite, options.fsync_each, options.sync}),
+      machine_(random_u64(), std::move(sources_.entries), transfer_options{options.overwrite, options.fsync_each, options.sync},
+               options.feed == nullptr),
       session_id_(random_bytes(16)), compression_(options.compress) {
     options_.connections = std::clamp<std::uint32_t>(options_.connections, 1, max_connections);
     conns_.resize(options_.connections);
@@ -98,6 +99,19 @@ send_session::~send_session() {
 
 void send_session::start() {
     start_ = options_.started.value_or(std::chrono::steady_clock::now());
+    if (options_.feed) {
+        options_.feed->on_change([weak = weak_from_this(), &io = ctx_.io] {
+            asio::post(io, [weak] {
+                if (auto self = weak.lock()) {
+                    self->take_scan();
+                }
+            });
+        });
+        take_scan();  // what came before
+        if (finished_) {
+            return;
+        }
+    }
     if (options_.sync && options_.sync->checksum()) {
         // Hashed before connecting: the receiver does not wait on a silent sender.
         checksum_pass([this] { open_connection(0); });
@@ -324,7 +338,7 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
 
 void send_session::begin_offers() {
     offers_sent_ = true;
-    send_offer(0);
+    send_offers();
     conns_[0].ready = true;
     for (std::uint32_t i = 1; i < options_.connections && !accepted_; ++i) {
         open_connection(i);
@@ -417,18 +431,55 @@ void send_session::next_checksum_batch() {
     });
 }
 
-void send_session::send_offer(std::size_t batch) {
-    // The first batch goes out alone, the others one per turn of the loop: the receiver
-    // starts checking the first while the rest are built.
-    if (finished_ || !conns_[0].conn || conns_[0].conn->closed()) {
+void send_session::send_offers() {
+    if (!offers_sent_ || offer_posted_ || finished_ || next_offer_ >= machine_.offer_count() || !conns_[0].conn ||
+        conns_[0].conn->closed()) {
         return;
     }
     wire::Header h;
-    *h.mutable_offer() = machine_.make_offer(batch);
+    *h.mutable_offer() = machine_.make_offer(next_offer_++);
     conns_[0].conn->send(h);
-    if (batch + 1 < machine_.offer_count()) {
-        asio::post(ctx_.io, [self = shared_from_this(), batch] { self->send_offer(batch + 1); });
+    if (next_offer_ < machine_.offer_count()) {
+        offer_posted_ = true;
+        asio::post(ctx_.io, [self = shared_from_this()] {
+            self->offer_posted_ = false;
+            self->send_offers();
+        });
     }
+}
+
+void send_session::take_scan() {
+    if (finished_ || !options_.feed) {
+        return;
+    }
+    scan_feed::taken got = options_.feed->take();
+    for (source_tree& part : got.parts) {
+        if (options_.skipped_note) {
+            for (const std::string& note : part.skipped) {
+                options_.skipped_note(note);
+            }
+        }
+        for (const entry_info& e : part.entries) {
+            regular_files_ += e.is_dir ? 0 : 1;
+        }
+        sources_.total_bytes += part.total_bytes;
+        std::move(part.locals.begin(), part.locals.end(), std::back_inserter(sources_.locals));
+        machine_.append(std::move(part.entries));
+    }
+    std::size_t n = machine_.total_files();
+    files_.resize(n);
+    memo_ok_.resize(n, 0);
+    file_events_.resize(n);
+    if (got.finished) {
+        options_.feed.reset();
+        if (got.ec) {
+            fail(exit_code::local_io, "cannot scan the sources: " + printable(got.error));
+            return;
+        }
+        machine_.complete();
+    }
+    send_offers();
+    pump_all();
 }
 
 void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer payload) {
@@ -1312,7 +1363,7 @@ transfer_progress send_session::progress() const {
     p.files_total = regular_files_;
     p.files_done = machine_.files_done() - machine_.dirs_done();
     p.elapsed_s = seconds_since(start_);
-    p.offered = offers_sent_;
+    p.offered = offers_sent_ && machine_.is_complete();
     if (scope_) {
         auto now = stats_clock::now();
         p.confirmed_bytes = scope_->counters().payload_sent;
@@ -1346,6 +1397,10 @@ void send_session::cancel(const std::string& why) { fail(exit_code::transfer_fai
 void send_session::finish(bool ok, exit_code code, const std::string& error) {
     if (finished_) {
         return;
+    }
+    if (options_.feed) {
+        options_.feed->cancel();  // the scan stops: nothing more is sent
+        options_.feed.reset();
     }
     transfer_report r;
     r.session_id = session_id_;

@@ -130,6 +130,12 @@ struct send_options {
     // Connection 0, dialed before the session (null: the session dials it). Taken by the
     // session's first dial only.
     std::shared_ptr<early_dial> dialed;
+    // A scan still going (`ferry send`): its further entries come through the feed and are
+    // offered as they come; the transfer ends only after the scan did. Null: the sources
+    // given are all there is.
+    std::shared_ptr<scan_feed> feed;
+    // What the feed's parts skipped (symlinks, special files), one note each (loop thread).
+    std::function<void(const std::string&)> skipped_note;
 };
 
 class send_session : public connection_handler, public std::enable_shared_from_this<send_session> {
@@ -223,7 +229,11 @@ private:
     // `reading`: its read loop runs already (an accepted connection): only the handler changes.
     void adopt(std::uint32_t index, std::shared_ptr<connection> c, bool reading = false);
     void on_hello(connection& c, const wire::Hello& hello);
-    void send_offer(std::size_t batch);  // then the next batches, one per turn
+    // The Offer batches not sent yet, one per turn of the loop (the receiver starts
+    // checking the first while the rest are built), once the receiver's Hello is in.
+    void send_offers();
+    // Takes what the scan feed has: entries appended and offered, or the scan's failure.
+    void take_scan();
     // The first Offer batch goes out and the other connections open.
     void begin_offers();
     // Sync --checksum: every file is read and hashed on the workers first, its digest
@@ -369,7 +379,9 @@ private:
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t regular_files_ = 0;
     double ttfb_s_ = -1;
-    bool offers_sent_ = false;
+    bool offers_sent_ = false;  // the receiver's Hello is in: Offers go out
+    std::size_t next_offer_ = 0;  // the first batch not sent yet
+    bool offer_posted_ = false;   // send_offers() is due on the loop
     bool redial_first_ = false;  // connection 0 came from an early_dial: dialed again once if it dies before Hello
     bool accepted_ = false;  // a pull: the receiver dialed in (start_accepted)
     bool retryable_ = false;  // the failure may pass (transfer_report::retryable)

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <iterator>
 #include <set>
 #include <string_view>
@@ -45,6 +47,48 @@ std::string unsendable_path(std::string_view wire) {
     return "path too long to send (over " + std::to_string(max_path_bytes) + " bytes below SRC)";
 }
 
+// Test faults for a streamed scan (a send offers its entries while it scans):
+// FERRY_FAULT_SCAN_WAIT=ENTRY=FILE holds the scan at the wire path ENTRY until FILE exists
+// (the scan fails after 10 s without it), FERRY_FAULT_SCAN_FAIL=ENTRY fails it there.
+struct scan_faults {
+    std::string wait_at, wait_for, fail_at;
+    scan_faults() {
+        if (const char* v = std::getenv("FERRY_FAULT_SCAN_WAIT")) {
+            std::string spec = v;
+            if (auto eq = spec.find('='); eq != std::string::npos) {
+                wait_at = spec.substr(0, eq);
+                wait_for = spec.substr(eq + 1);
+            }
+        }
+        if (const char* v = std::getenv("FERRY_FAULT_SCAN_FAIL")) {
+            fail_at = v;
+        }
+    }
+    // False (and `error` set) when the scan must fail at `wire`.
+    bool at(const std::string& wire, std::string& error) const {
+        if (!wait_at.empty() && wire == wait_at) {
+            auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+            while (::access(wait_for.c_str(), F_OK) != 0) {
+                if (std::chrono::steady_clock::now() > until) {
+                    error = wire + ": FERRY_FAULT_SCAN_WAIT timed out";
+                    return false;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            }
+        }
+        if (!fail_at.empty() && wire == fail_at) {
+            error = wire + ": injected scan failure";
+            return false;
+        }
+        return true;
+    }
+};
+
+const scan_faults& faults() {
+    static const scan_faults f;
+    return f;
+}
+
 struct scanner;
 bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& names, const std::string& local_prefix,
                    const std::string& wire_prefix, worker_pool* pool);
@@ -59,6 +103,7 @@ struct scanner {
     bool keep_links = false;  // `ferry sync`: a symlink is an entry of its own (kept as a link)
     bool keep_locals = true;  // false: out.locals stays empty (scan_contents' local_prefix)
     bool recurse = true;      // false: a folder's own entry only, not what it holds
+    scan_feed* feed = nullptr;  // scan_sources': parts go to it as the walk goes
 
     bool fail(const std::string& local, int err) {
         error = local + ": " + std::error_code(err, std::system_category()).message();
@@ -68,6 +113,13 @@ struct scanner {
     // One entry: `dir_fd`/`name` (dir_fd may be AT_FDCWD with a full path as name), at
     // `depth` folders below a source.
     bool visit(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth) {
+        if (feed != nullptr && feed->cancelled()) {
+            error = "scan stopped";  // the send it fed ended
+            return false;
+        }
+        if (!faults().at(wire, error)) {
+            return false;
+        }
         struct stat st {};
         if (::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
             return fail(local, errno);
@@ -208,13 +260,39 @@ bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& n
     std::vector<source_tree> parts(runs);
     std::vector<std::string> errors(runs);
     std::atomic<std::size_t> next{0};
+    source_tree& out = how.out;
+    // Runs are joined to `out` in order as they end; with a feed, each joined stretch
+    // goes to it at once (with whatever the walk put in `out` before).
+    std::mutex join_mutex;
+    std::vector<char> ended(runs, 0);
+    std::size_t joined = 0;
+    std::size_t entries = 0;
+    auto join_ended = [&] {  // with join_mutex held
+        std::size_t before = joined;
+        while (joined < runs && ended[joined] && errors[joined].empty()) {
+            entries += parts[joined].entries.size();
+            append_part(out, std::move(parts[joined]));
+            parts[joined] = {};  // its memory goes now, not after the last run's
+            ++joined;
+        }
+        if (how.feed != nullptr && joined > before) {
+            source_tree part;
+            append_part(part, std::move(out));
+            how.feed->put(std::move(part));
+        }
+    };
     auto scan_runs = [&] {
         for (std::size_t r = next++; r < runs; r = next++) {
-            scanner part{parts[r], errors[r], {}, how.excludes, how.keep_links, how.keep_locals, how.recurse};
+            scanner part{parts[r], errors[r], {}, how.excludes, how.keep_links, how.keep_locals, how.recurse, how.feed};
             for (std::size_t i = names.size() * r / runs; i < names.size() * (r + 1) / runs; ++i) {
                 if (!part.visit(fd, names[i].c_str(), local_prefix + names[i], wire_prefix + names[i], 1)) {
                     break;
                 }
+            }
+            std::lock_guard lock(join_mutex);
+            ended[r] = 1;
+            if (how.feed != nullptr) {
+                join_ended();
             }
         }
     };
@@ -231,28 +309,17 @@ bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& n
         }
         scan_runs();
     }
-    source_tree& out = how.out;
-    std::size_t entries = 0;  // all the runs', reserved at once
-    for (const source_tree& p : parts) {
-        entries += p.entries.size();
-    }
-    out.entries.reserve(out.entries.size() + entries);
-    if (how.keep_locals) {
-        out.locals.reserve(out.locals.size() + entries);
-    }
-    for (std::size_t r = 0; r < runs; ++r) {
-        if (!errors[r].empty()) {
-            how.error = std::move(errors[r]);  // the first in walk order, as one walk would stop at
-            return false;
+    if (how.feed == nullptr) {
+        std::size_t all = 0;
+        for (std::size_t r = 0; r < runs; ++r) {
+            all += parts[r].entries.size();
         }
-        source_tree& p = parts[r];
-        std::move(p.entries.begin(), p.entries.end(), std::back_inserter(out.entries));
-        std::move(p.locals.begin(), p.locals.end(), std::back_inserter(out.locals));
-        std::move(p.skipped.begin(), p.skipped.end(), std::back_inserter(out.skipped));
-        std::move(p.skipped_paths.begin(), p.skipped_paths.end(), std::back_inserter(out.skipped_paths));
-        out.total_bytes += p.total_bytes;
-        out.excluded += p.excluded;
-        p = {};  // its memory goes now, not after the last run's
+        out.entries.reserve(out.entries.size() + all);  // one array, not doubled as it grows
+        join_ended();
+    }
+    if (joined < runs) {
+        how.error = std::move(errors[joined]);  // the first in walk order, as one walk would stop at
+        return false;
     }
     // The runs' arrays were allocated by the scanning threads, in their malloc arenas,
     // among the paths that live on: freed, their pages stay with the process (200,000
@@ -344,7 +411,6 @@ std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& n
     }
     // Its entries below `as`, read by their paths inside it.
     out.entries.reserve(inside.entries.size() + 1);
-    out.locals.reserve(inside.entries.size() + 1);
     out.entries.push_back(std::move(top));
     out.locals.emplace_back(".");
     for (entry_info& e : inside.entries) {
@@ -362,8 +428,93 @@ std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& n
     return {};
 }
 
-std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error) {
+void append_part(source_tree& to, source_tree&& from) {
+    auto move_all = [](auto& dst, auto& src) {
+        if (dst.empty()) {
+            dst = std::move(src);
+        } else {
+            std::move(src.begin(), src.end(), std::back_inserter(dst));
+        }
+        src.clear();
+    };
+    move_all(to.entries, from.entries);
+    move_all(to.locals, from.locals);
+    move_all(to.skipped, from.skipped);
+    move_all(to.skipped_paths, from.skipped_paths);
+    to.total_bytes += std::exchange(from.total_bytes, 0);
+    to.excluded += std::exchange(from.excluded, 0);
+}
+
+void scan_feed::put(source_tree part) {
+    std::function<void()> wake;
+    {
+        std::lock_guard lock(mutex_);
+        entries_put_ += part.entries.size();
+        parts_.push_back(std::move(part));
+        wake = wake_;
+    }
+    news_.notify_all();
+    if (wake && !cancelled()) {
+        wake();
+    }
+}
+
+void scan_feed::finish(std::error_code ec, std::string error) {
+    std::function<void()> wake;
+    {
+        std::lock_guard lock(mutex_);
+        finished_ = true;
+        ec_ = ec;
+        error_ = std::move(error);
+        wake = wake_;
+    }
+    news_.notify_all();
+    if (wake && !cancelled()) {
+        wake();
+    }
+}
+
+void scan_feed::on_change(std::function<void()> wake) {
+    std::lock_guard lock(mutex_);
+    wake_ = std::move(wake);
+}
+
+void scan_feed::cancel() {
+    cancelled_ = true;
+    std::lock_guard lock(mutex_);
+    wake_ = nullptr;
+}
+
+scan_feed::taken scan_feed::take() {
+    std::lock_guard lock(mutex_);
+    taken t;
+    t.parts = std::move(parts_);
+    parts_.clear();
+    t.finished = finished_;
+    t.ec = ec_;
+    t.error = error_;
+    return t;
+}
+
+std::uint64_t scan_feed::entries_put() const {
+    std::lock_guard lock(mutex_);
+    return entries_put_;
+}
+
+void scan_feed::wait_news() const {
+    std::unique_lock lock(mutex_);
+    news_.wait(lock, [this] { return finished_ || !parts_.empty(); });
+}
+
+bool scan_feed::has_news() const {
+    std::lock_guard lock(mutex_);
+    return finished_ || !parts_.empty();
+}
+
+std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error,
+                             scan_feed* feed) {
     scanner s{out, error, {}};
+    s.feed = feed;
     for (const auto& p : paths) {
         std::filesystem::path clean = p.lexically_normal();
         if (clean.has_filename() == false) {
@@ -379,11 +530,21 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
             error = p.string() + ": cannot send the root folder itself; name a folder inside it";
             return std::make_error_code(std::errc::invalid_argument);
         }
+        std::size_t before = out.entries.size();
         if (!s.walk(p, name)) {
             return std::make_error_code(std::errc::invalid_argument);
         }
+        if (feed != nullptr) {
+            // A file source, or a folder's own entry when it holds nothing: what the
+            // walk left in `out`.
+            if (out.entries.size() > before || !out.skipped.empty()) {
+                source_tree part;
+                append_part(part, std::move(out));
+                feed->put(std::move(part));
+            }
+        }
     }
-    if (out.entries.empty()) {
+    if (out.entries.empty() && (feed == nullptr || feed->entries_put() == 0)) {
         error = "nothing to send";
         return std::make_error_code(std::errc::invalid_argument);
     }

@@ -6,8 +6,13 @@
 // later on the worker pool.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -24,7 +29,9 @@ struct source_tree {
     // Local path of each entry (scan_sources; scan_get's relative to root_fd). Empty after
     // scan_contents: its entries are read through root_fd by their wire paths (200,000
     // paths not held twice), and local_prefix + wire path names one for a person.
-    std::vector<std::string> locals;
+    // A deque: a local path stays where it is while a streamed scan appends more (a read
+    // on the worker pool holds it by address).
+    std::deque<std::string> locals;
     std::string local_prefix;
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials), escaped
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
@@ -43,8 +50,53 @@ struct source_tree {
     }
 };
 
-// Scans `paths`. On failure `error` names the path and the reason.
-std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error);
+// A scan handed out as it goes, so that a send starts before its scan ends: parts in
+// walk order, each taking up where the one before stopped (entries, their locals and
+// skipped notes). The scan's threads put parts and finish; the loop takes them.
+class scan_feed {
+public:
+    // The scan's side (any thread).
+    void put(source_tree part);
+    void finish(std::error_code ec, std::string error);
+    bool cancelled() const { return cancelled_.load(); }
+    const std::atomic<bool>& stop_flag() const { return cancelled_; }
+
+    // The taker's side. `wake` runs, on a scan thread, each time a part comes or the scan
+    // ends (it must post to the taker's loop); set once, before taking.
+    void on_change(std::function<void()> wake);
+    // The send ended: the scan stops at its next entry, nobody is woken.
+    void cancel();
+    struct taken {
+        std::vector<source_tree> parts;
+        bool finished = false;
+        std::error_code ec;  // with finished: how the scan ended
+        std::string error;
+    };
+    taken take();
+    bool has_news() const;  // a part or the end is waiting
+    void wait_news() const;  // blocks until has_news()
+    std::uint64_t entries_put() const;  // so far, in all parts
+
+private:
+    mutable std::mutex mutex_;
+    mutable std::condition_variable news_;
+    std::vector<source_tree> parts_;
+    std::uint64_t entries_put_ = 0;
+    bool finished_ = false;
+    std::error_code ec_;
+    std::string error_;
+    std::function<void()> wake_;
+    std::atomic<bool> cancelled_{false};
+};
+
+// Moves what `from` holds (entries, locals, skipped notes, counts) to the end of `to`.
+void append_part(source_tree& to, source_tree&& from);
+
+// Scans `paths`. On failure `error` names the path and the reason. With `feed`, the
+// entries go to it in parts as the walk goes (`out` keeps none; the caller finishes the
+// feed with the outcome).
+std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error,
+                             scan_feed* feed = nullptr);
 
 // Scans what the folder `dir` holds (`ferry sync`): wire paths are relative to it, and
 // entries `excludes` matches are left out with everything in them. A symlink is an

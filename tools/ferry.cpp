@@ -1216,8 +1216,11 @@ struct sync_opts {
 
 struct sync_run;
 using scan_fn = std::function<std::pair<std::error_code, ferry::source_tree>(std::string& error)>;
+// A scan that hands its entries to a feed as it goes (`ferry send`): the transfer starts
+// with the first part.
+using stream_scan_fn = std::function<std::error_code(ferry::scan_feed& feed, std::string& error)>;
 int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
-             sync_run* sync);
+             sync_run* sync, const stream_scan_fn& stream = {});
 
 // A remote folder of `ferry sync`: a peer, one of its shares and a path inside it.
 struct remote_spec {
@@ -1400,11 +1403,18 @@ int cmd_send(const common_opts& o, const send_opts& s) {
         return fail(o, exit_code::usage, "bad target \"" + s.args.back() + "\" (expected [ID@]HOST:PORT, [::1]:PORT for IPv6)");
     }
     std::vector<fs::path> paths(s.args.begin(), s.args.end() - 1);
-    return run_send(o, s, t, [paths](std::string& error) {
-        ferry::source_tree out;
-        std::error_code ec = ferry::scan_sources(paths, out, error);
-        return std::make_pair(ec, std::move(out));
-    }, nullptr);
+    return run_send(
+        o, s, t,
+        [paths](std::string& error) {
+            ferry::source_tree out;
+            std::error_code ec = ferry::scan_sources(paths, out, error);
+            return std::make_pair(ec, std::move(out));
+        },
+        nullptr,
+        [paths](ferry::scan_feed& feed, std::string& error) {
+            ferry::source_tree none;
+            return ferry::scan_sources(paths, none, error, &feed);
+        });
 }
 
 // What `ferry sync` adds to a send: the target share, and counts for its summary.
@@ -2141,7 +2151,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
 // Runs one outgoing transfer (`ferry send`, or with `sync` a push of `ferry sync`) to the
 // end: scan, connect, send, retry after a lost connection, and report.
 int run_send(const common_opts& o, const send_opts& s, const ferry::send_target& t, const scan_fn& scan,
-             sync_run* sync) {
+             sync_run* sync, const stream_scan_fn& stream) {
     checked_flags flags;
     if (int code = check_flags(o, s, flags)) {
         return code;
@@ -2149,13 +2159,36 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     // The sources are scanned on a thread of their own while the node loads its identity
     // and sets up TLS (each takes milliseconds; a big tree, tens of them).
     std::string error;
-    auto scanned = std::async(std::launch::async, [&scan, &error] {
+    std::shared_ptr<ferry::scan_feed> feed = stream ? std::make_shared<ferry::scan_feed>() : nullptr;
+    auto scanned = std::async(std::launch::async, [&scan, &stream, feed, &error] {
         fault_scan_delay();
+        if (feed) {
+            std::string why;
+            std::error_code ec = stream(*feed, why);
+            feed->finish(ec, std::move(why));
+            return std::make_pair(std::error_code{}, ferry::source_tree{});
+        }
         return scan(error);
     });
     ferry::node_config cfg = base_config(o);
     cfg.plaintext = s.plaintext;
     asio::io_context io(1);
+    // The scan's thread ends before the loop it posts to goes (a send that failed stops it).
+    struct scan_joiner {
+        std::shared_ptr<ferry::scan_feed> feed;
+        decltype(scanned)& thread;
+        ~scan_joiner() {
+            if (feed) {
+                feed->cancel();
+            }
+            if (thread.valid()) {
+                thread.wait();
+            }
+        }
+    } joiner{feed, scanned};
+    auto scan_news = [&] {
+        return feed ? feed->has_news() : scanned.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+    };
     std::optional<ferry::node> node_made;
     std::exception_ptr node_failed;
     try {
@@ -2174,16 +2207,31 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     const bool hashes_first = sync != nullptr && sync->target.checksum();
     std::error_code not_numeric;
     asio::ip::make_address(t.host, not_numeric);
-    if (node_made && !hashes_first && !not_numeric &&
-        scanned.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    if (node_made && !hashes_first && !not_numeric && !scan_news()) {
         dialed = ferry::early_dial::start(node_made->context(), t);
-        while (scanned.wait_for(std::chrono::seconds(0)) != std::future_status::ready && !io.stopped()) {
+        while (!scan_news() && !io.stopped()) {
             io.run_one_for(std::chrono::milliseconds(5));
         }
         io.restart();
     }
-    auto [scan_ec, scanned_sources] = scanned.get();
-    ferry::source_tree sources = std::move(scanned_sources);
+    // The sources: the whole scan, or (streamed) what it found so far, the rest to come.
+    ferry::source_tree sources;
+    std::error_code scan_ec;
+    bool streaming = false;
+    if (feed) {
+        feed->wait_news();
+        ferry::scan_feed::taken got = feed->take();
+        for (ferry::source_tree& part : got.parts) {
+            ferry::append_part(sources, std::move(part));
+        }
+        streaming = !got.finished;
+        scan_ec = got.ec;
+        error = std::move(got.error);
+    } else {
+        auto [ec, scanned_sources] = scanned.get();
+        scan_ec = ec;
+        sources = std::move(scanned_sources);
+    }
     fault_after_scan(sources);
     if (scan_ec) {
         bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
@@ -2207,6 +2255,10 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     so.stall_timeout = to_ms(s.stall_timeout_s);
     so.started = program_start;  // the rate a user can check from outside: from the command's start
     so.dialed = dialed;
+    if (streaming) {
+        so.feed = feed;
+        so.skipped_note = [](const std::string& note) { say("skipping " + note); };
+    }
     // What goes with each scan: the chunk digests the attempts share (--retry-for) are
     // kept by entry number, so a new scan starts a new memo; and for a sync, what the scan
     // skipped (special files) is not SRC's to delete at DST.
@@ -2259,6 +2311,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         scanned_excluded = sources.excluded;
         n.send(std::move(sources), t, so, done);
         so.dialed.reset();  // the first attempt's; a later one dials its own
+        so.feed.reset();    // and scans whole
     };
     loop.again = [&] {
         std::string rescan_error;

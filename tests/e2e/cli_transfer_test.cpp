@@ -482,6 +482,41 @@ TEST_F(cli_transfer, a_connection_dialed_during_the_scan_carries_the_send_or_is_
     EXPECT_EQ(node.proc->err().find("before Hello"), std::string::npos) << node.proc->err();
 }
 
+// A big tree's files move while it is still scanned: the scan is held at a late folder
+// until the receiver has placed a file of the first one (it gives up after 10 s, failing
+// the send). A scan that fails after files moved fails the send (exit 4) with its reason.
+TEST_F(cli_transfer, a_tree_is_sent_while_it_is_scanned_and_a_scan_failing_midway_fails_the_send) {
+    fs::path src = cli.root() / "src" / "tree";
+    for (int d = 0; d < 60; ++d) {
+        for (int f = 0; f < 5; ++f) {
+            write_random_file(src / ("d" + std::to_string(100 + d)) / ("f" + std::to_string(f)), 3000 + d * 7 + f,
+                              static_cast<unsigned>(d * 10 + f));
+        }
+    }
+    fs::path dest = cli.root() / "inbox";
+    {
+        auto rx = start_receiver(dest);
+        run_result s = cli.ferry({"send", "--state", cli.state("B").string(), "--json", src.string(), a_id + "@" + rx.address},
+                                 {"FERRY_FAULT_SCAN_WAIT=tree/d150=" + (dest / "tree" / "d100" / "f0").string()});
+        ASSERT_EQ(s.code, 0) << s.err;
+        EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+        EXPECT_EQ(compare_trees(src, dest / "tree"), "");
+        nlohmann::json done = last_json_line(s.out);
+        EXPECT_EQ(done["files"], 300u) << s.out;
+        EXPECT_EQ(done["dirs"], 61u) << s.out;
+    }
+    fs::path dest2 = cli.root() / "inbox2";
+    auto rx = start_receiver(dest2);
+    run_result s = cli.ferry({"send", "--state", cli.state("B").string(), "--json", src.string(), a_id + "@" + rx.address},
+                             {"FERRY_FAULT_SCAN_WAIT=tree/d150=" + (dest2 / "tree" / "d100" / "f0").string(),
+                              "FERRY_FAULT_SCAN_FAIL=tree/d155"});
+    EXPECT_EQ(s.code, 4) << s.err;
+    EXPECT_NE(s.err.find("cannot scan the sources: tree/d155: injected scan failure"), std::string::npos) << s.err;
+    EXPECT_NE(rx.proc->wait(process_timeout), 0);
+    EXPECT_TRUE(fs::exists(dest2 / "tree" / "d100" / "f0")) << "files moved before the scan failed";
+    EXPECT_FALSE(fs::exists(dest2 / "tree" / "d159")) << "nothing after the failure was offered";
+}
+
 TEST_F(cli_transfer, resend_skips_identical_files_and_re_verifies_what_an_interrupted_transfer_left) {
     fs::path src = make_reference_tree(cli.root());
     fs::path dest = cli.root() / "inbox";

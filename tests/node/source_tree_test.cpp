@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <fstream>
 
 #include "node/dest_tree.hpp"
@@ -161,6 +162,57 @@ TEST(source_tree_test, clashing_names_missing_paths_and_nothing_to_send_are_refu
     fs::create_symlink("one", tmp.path() / "only-a-link");
     EXPECT_NE(scan_sources({tmp.path() / "only-a-link"}, t3, error), std::error_code{});
     EXPECT_EQ(error, "nothing to send");
+}
+
+// `ferry send` starts before its scan ends: the parts a feed gets, joined, are what one
+// scan gives; the first comes before the last run of the walk, and a stopped feed stops it.
+TEST(source_tree_test, a_scan_fed_in_parts_gives_one_walks_entries_in_order) {
+    test::temp_dir tmp{"ferry-scan"};
+    fs::path root = tmp.path() / "src";
+    for (int i = 0; i < 300; ++i) {
+        char name[16];
+        std::snprintf(name, sizeof name, "d%03d", i);
+        write(root / name / "a.txt", "aa");
+        write(root / name / "b" / "c.txt", "c");
+    }
+    fs::create_symlink("d000", root / "link");
+    write(tmp.path() / "single.txt", "1");
+    fs::create_directories(tmp.path() / "empty");
+    std::vector<fs::path> sources{root, tmp.path() / "single.txt", tmp.path() / "empty"};
+
+    source_tree whole;
+    std::string error;
+    ASSERT_EQ(scan_sources(sources, whole, error), std::error_code{}) << error;
+
+    scan_feed feed;
+    std::atomic<int> wakes{0};
+    feed.on_change([&] { ++wakes; });
+    source_tree unused;
+    ASSERT_EQ(scan_sources(sources, unused, error, &feed), std::error_code{}) << error;
+    EXPECT_TRUE(unused.entries.empty());
+    EXPECT_EQ(feed.entries_put(), whole.entries.size());
+    scan_feed::taken got = feed.take();
+    EXPECT_FALSE(got.finished) << "the caller finishes the feed";
+    ASSERT_GT(got.parts.size(), 2u);
+    EXPECT_EQ(wakes.load(), static_cast<int>(got.parts.size()));
+    EXPECT_EQ(got.parts.front().entries.front().path, "src") << "the folder's own entry comes with the first part";
+    source_tree joined;
+    for (source_tree& part : got.parts) {
+        ASSERT_EQ(part.locals.size(), part.entries.size());
+        append_part(joined, std::move(part));
+    }
+    EXPECT_EQ(wire_paths(joined), wire_paths(whole));
+    EXPECT_EQ(joined.locals, whole.locals);
+    EXPECT_EQ(joined.skipped, whole.skipped);
+    EXPECT_EQ(joined.total_bytes, whole.total_bytes);
+    EXPECT_EQ(wire_paths(joined).back(), "empty");
+
+    scan_feed stopped;
+    stopped.cancel();
+    source_tree none;
+    error.clear();
+    EXPECT_NE(scan_sources(sources, none, error, &stopped), std::error_code{});
+    EXPECT_EQ(error, "scan stopped");
 }
 
 TEST(source_tree_test, a_tree_deeper_than_the_open_folder_limit_is_walked_whole) {
