@@ -266,7 +266,7 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
         // unlink, and a link put back fails the O_NOFOLLOW open: nothing outside is reached.)
         std::error_code pec;
         dir_handle parent = dir_fd(wire_parent(wire_path), false, pec);
-        std::string name(split_wire_path(wire_path).back());
+        std::string name(wire_name(wire_path));
         struct stat st {};
         if (parent.fd >= 0 && ::fstatat(parent.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
             !S_ISDIR(st.st_mode)) {
@@ -301,7 +301,7 @@ std::error_code dest_tree::stat_final(std::string_view wire_path, bool create_pa
         // No parent (and none made): nothing at the name either.
         return ec == std::errc::no_such_file_or_directory && !create_parents ? std::error_code{} : ec;
     }
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     if (::fstatat(dh.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
         return errno == ENOENT ? std::error_code{} : last_error();
     }
@@ -371,7 +371,7 @@ std::error_code dest_tree::check_link(std::string_view wire_path, const std::str
         return {};
     }
     std::string there(target.size() + 1, '\0');
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     ssize_t n = ::readlinkat(dh.fd, name.c_str(), there.data(), there.size());
     identical = n >= 0 && static_cast<std::size_t>(n) == target.size() && there.compare(0, target.size(), target) == 0;
     return {};
@@ -383,7 +383,7 @@ std::error_code dest_tree::make_link(std::string_view wire_path, const std::stri
     if (dh.fd < 0) {
         return ec;
     }
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     std::string part = partial_name(name);
     // What an earlier transfer of a file by this name left is stale now: SRC has a link.
     ::unlinkat(dh.fd, part.c_str(), 0);
@@ -647,7 +647,7 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, true};
     bool gone = false;
     int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/')) + 1;  // prune's: 1 in the root
-    ec = p.remove(parent.fd, std::string(split_wire_path(wire_path).back()), std::string(wire_path), true, false, depth,
+    ec = p.remove(parent.fd, std::string(wire_name(wire_path)), std::string(wire_path), true, false, depth,
                   gone);
     if (!dry_run) {
         // Its folders' descriptors (cached) name nothing any more.
@@ -668,7 +668,7 @@ int dest_tree::open_final_read(std::string_view wire_path, std::error_code& ec) 
     if (dh.fd < 0) {
         return -1;
     }
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     int fd = ::openat(dh.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
@@ -689,7 +689,7 @@ std::error_code dest_tree::set_final_mode(std::string_view wire_path, std::uint3
     if (dh.fd < 0) {
         return ec;
     }
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     // Not through a symlink planted since the check, and any permission bits (a file its
     // owner cannot read is still changed): fchmodat2, or glibc's O_PATH descriptor.
     if (::fchmodat(dh.fd, name.c_str(), mode & 07777, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -718,7 +718,7 @@ std::error_code dest_tree::remove_final(std::string_view wire_path, std::uint64_
     if (std::error_code ec = stat_final(wire_path, false, st, found, &dh); ec || !found) {
         return ec;
     }
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     if (static_cast<std::uint64_t>(st.st_dev) != dev || static_cast<std::uint64_t>(st.st_ino) != ino) {
         return {};  // replaced since: not the file that was judged
     }
@@ -782,7 +782,7 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
     if (dfd < 0) {
         return -1;
     }
-    std::string part = partial_name(split_wire_path(wire_path).back());
+    std::string part = partial_name(wire_name(wire_path));
     int fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(mode));
     if (fd < 0 && (errno == EACCES || errno == EPERM) && (flags & O_TRUNC) != 0) {
         // A partial file an earlier attempt left with a read-only mode (a file written
@@ -806,7 +806,7 @@ int dest_tree::open_partial_read(std::string_view wire_path, std::error_code& ec
         }
         return -1;
     }
-    std::string part = partial_name(split_wire_path(wire_path).back());
+    std::string part = partial_name(wire_name(wire_path));
     int fd = ::openat(dh.fd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 && errno != ENOENT) {
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
@@ -832,7 +832,7 @@ std::error_code dest_tree::save_resume(std::string_view wire_path, std::string_v
     if (dh.fd < 0) {
         return ec;
     }
-    std::string name = resume_name(split_wire_path(wire_path).back());
+    std::string name = resume_name(wire_name(wire_path));
     std::string tmp = name + "~";
     int fd = ::openat(dh.fd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -865,7 +865,7 @@ std::string dest_tree::load_resume(std::string_view wire_path, std::error_code& 
         }
         return out;
     }
-    std::string name = resume_name(split_wire_path(wire_path).back());
+    std::string name = resume_name(wire_name(wire_path));
     int fd = ::openat(dh.fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         if (errno != ENOENT) {
@@ -894,7 +894,7 @@ void dest_tree::remove_partial(std::string_view wire_path, bool data, bool recor
     if (dh.fd < 0) {
         return;
     }
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     if (data) {
         ::unlinkat(dh.fd, partial_name(name).c_str(), 0);
     }
@@ -951,7 +951,7 @@ std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwri
     if (dfd < 0) {
         return ec;
     }
-    std::string name(split_wire_path(wire_path).back());
+    std::string name(wire_name(wire_path));
     std::string part = partial_name(name);
     unsigned flags = overwrite ? 0 : RENAME_NOREPLACE;
     if (::renameat2(dfd, part.c_str(), dfd, name.c_str(), flags) != 0) {

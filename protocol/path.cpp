@@ -117,6 +117,11 @@ std::vector<std::string_view> split_wire_path(std::string_view path) {
     return out;
 }
 
+std::string_view wire_name(std::string_view path) {
+    std::size_t slash = path.rfind('/');
+    return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
 std::string_view wire_parent(std::string_view path) {
     std::size_t slash = path.rfind('/');
     return slash == std::string_view::npos ? std::string_view{} : path.substr(0, slash);

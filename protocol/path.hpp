@@ -36,5 +36,7 @@ std::vector<std::string_view> split_wire_path(std::string_view path);
 
 // The parent of a wire path ("" for a top-level entry).
 std::string_view wire_parent(std::string_view path);
+// The last component of a wire path (split_wire_path's last, without the array).
+std::string_view wire_name(std::string_view path);
 
 }  // namespace ferry

@@ -522,7 +522,7 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (std::error_code ec = check_wire_entry(e, sync_.has_value())) {
             return ec;
         }
-        if (is_partial_file_name(split_wire_path(e.path()).back())) {
+        if (is_partial_file_name(wire_name(e.path()))) {
             return protocol_errc::bad_path;  // would collide with the receiver's partial files
         }
         bool is_dir = e.kind() == wire::ENTRY_DIR;

@@ -224,6 +224,14 @@ TEST(wire_parent, parents) {
     EXPECT_EQ(wire_parent(".hidden/..a/a.."), ".hidden/..a");
 }
 
+TEST(wire_name, is_the_last_component_split_gives) {
+    for (std::string_view p : {"a", "file.txt", "a/b", "a/b/c", "données/ñ.txt", ".hidden/..a/a..", ""}) {
+        EXPECT_EQ(wire_name(p), split_wire_path(p).back()) << p;
+    }
+    EXPECT_EQ(wire_name("a/b/c"), "c");
+    EXPECT_EQ(wire_name("top"), "top");
+}
+
 TEST(wire_parent, walks_up_to_the_top) {
     std::string_view p = "a/b/c/d";
     std::vector<std::string_view> chain;
