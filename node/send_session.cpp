@@ -439,6 +439,7 @@ void send_session::send_offers() {
     wire::Header h;
     *h.mutable_offer() = machine_.make_offer(next_offer_++);
     conns_[0].conn->send(h);
+    offer_sent_at_ = stats_clock::now();
     if (next_offer_ < machine_.offer_count()) {
         offer_posted_ = true;
         asio::post(ctx_.io, [self = shared_from_this()] {
@@ -1307,6 +1308,14 @@ void send_session::check_stalls() {
             return;
         }
     }
+    // A scan that holds its entries back (one big folder walked whole before the next
+    // part) still sends an Offer, empty if need be, every few seconds: the receiver's idle
+    // timeout counts the sender's silence.
+    if (options_.feed && offers_sent_ && next_offer_ == machine_.offer_count() &&
+        now - offer_sent_at_ >= scan_keepalive) {
+        machine_.flush();
+        send_offers();
+    }
     for (auto& cs : conns_) {
         if (cs.conn && !cs.conn->closed() && !cs.inflight.empty() && now - cs.heard >= options_.stall_timeout) {
             ctx_.log("connection " + std::to_string(cs.conn->index) + " stalled: nothing from the receiver for " +
@@ -1318,6 +1327,9 @@ void send_session::check_stalls() {
     auto every = options_.stall_timeout / 4;
     if (options_.idle_timeout.count() > 0) {
         every = std::min(every, options_.idle_timeout / 4);
+    }
+    if (options_.feed) {
+        every = std::min<std::chrono::milliseconds>(every, scan_keepalive);
     }
     stall_timer_->expires_after(every);
     stall_timer_->async_wait([weak = weak_from_this()](std::error_code ec) {

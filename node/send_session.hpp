@@ -221,6 +221,8 @@ private:
     // A lost data connection is reopened after 100 ms doubling up to 5 s (with jitter), and
     // given up after this many attempts in a row that carry nothing.
     static constexpr unsigned max_reopen_attempts = 8;
+    // While a streamed scan goes on, an Offer goes out at least this often.
+    static constexpr std::chrono::milliseconds scan_keepalive{1'000};
     void schedule_reopen(std::uint32_t index);
 
     void open_connection(std::uint32_t index);
@@ -381,6 +383,7 @@ private:
     double ttfb_s_ = -1;
     bool offers_sent_ = false;  // the receiver's Hello is in: Offers go out
     std::size_t next_offer_ = 0;  // the first batch not sent yet
+    stats_clock::time_point offer_sent_at_{};  // the last Offer's (a streamed scan's keep-alive)
     bool offer_posted_ = false;   // send_offers() is due on the loop
     bool redial_first_ = false;  // connection 0 came from an early_dial: dialed again once if it dies before Hello
     bool accepted_ = false;  // a pull: the receiver dialed in (start_accepted)

@@ -430,7 +430,11 @@ std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& n
 
 void append_part(source_tree& to, source_tree&& from) {
     auto move_all = [](auto& dst, auto& src) {
-        if (dst.empty()) {
+        bool steal = dst.empty();
+        if constexpr (requires { dst.capacity(); }) {
+            steal = steal && dst.capacity() < src.size();  // a reserved array is kept
+        }
+        if (steal) {
             dst = std::move(src);
         } else {
             std::move(src.begin(), src.end(), std::back_inserter(dst));
@@ -513,8 +517,8 @@ bool scan_feed::has_news() const {
 
 std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error,
                              scan_feed* feed) {
-    scanner s{out, error, {}};
-    s.feed = feed;
+    // Each source's name (its base name; a folder named by "." or "dir/" too).
+    std::vector<std::string> names;
     for (const auto& p : paths) {
         std::filesystem::path clean = p.lexically_normal();
         if (clean.has_filename() == false) {
@@ -530,23 +534,49 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
             error = p.string() + ": cannot send the root folder itself; name a folder inside it";
             return std::make_error_code(std::errc::invalid_argument);
         }
-        std::size_t before = out.entries.size();
-        if (!s.walk(p, name)) {
+        names.push_back(std::move(name));
+    }
+    if (feed != nullptr) {
+        // Fed, the first entries may travel before the last source is looked at: what
+        // would fail the sources as a whole (a missing one, two of one name) is found
+        // before any of them is walked.
+        std::set<std::string> taken;
+        for (std::size_t i = 0; i < paths.size(); ++i) {
+            struct stat st {};
+            if (::lstat(paths[i].c_str(), &st) != 0) {
+                error = paths[i].string() + ": " + std::error_code(errno, std::system_category()).message();
+                return std::error_code(errno, std::system_category());
+            }
+            bool walked = S_ISDIR(st.st_mode) || (S_ISREG(st.st_mode) && !is_partial_file_name(names[i]));
+            if (walked && !taken.insert(names[i]).second) {
+                error = paths[i].string() + ": two sources map to the same name \"" + names[i] + "\"";
+                return std::make_error_code(std::errc::invalid_argument);
+            }
+        }
+    }
+    scanner s{out, error, {}};
+    s.feed = feed;
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+        if (!s.walk(paths[i], names[i])) {
             return std::make_error_code(std::errc::invalid_argument);
         }
-        if (feed != nullptr) {
-            // A file source, or a folder's own entry when it holds nothing: what the
-            // walk left in `out`.
-            if (out.entries.size() > before || !out.skipped.empty()) {
-                source_tree part;
-                append_part(part, std::move(out));
-                feed->put(std::move(part));
-            }
+        // A file source, or a folder's own entry when it holds nothing: what the walk left
+        // in `out`. (Skipped notes alone wait for a part with entries: the send starts
+        // with its first entry.)
+        if (feed != nullptr && !out.entries.empty()) {
+            source_tree part;
+            append_part(part, std::move(out));
+            feed->put(std::move(part));
         }
     }
     if (out.entries.empty() && (feed == nullptr || feed->entries_put() == 0)) {
         error = "nothing to send";
         return std::make_error_code(std::errc::invalid_argument);
+    }
+    if (feed != nullptr && !out.skipped.empty()) {
+        source_tree part;
+        append_part(part, std::move(out));
+        feed->put(std::move(part));
     }
     return {};
 }

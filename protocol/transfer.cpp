@@ -58,8 +58,14 @@ sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info
     streamed_ = !complete;
     if (complete) {
         this->complete();
-    } else if (batches_.empty() && open_first_ < entries_.size()) {
-        seal_batch(static_cast<std::uint32_t>(entries_.size()));  // the first goes out as it is
+    } else if (open_first_ < entries_.size() && (batches_.empty() || open_bytes_ >= first_offer_batch_bytes)) {
+        seal_batch(static_cast<std::uint32_t>(entries_.size()));  // as append() does
+    }
+}
+
+void sender_machine::flush() {
+    if (!complete_) {
+        seal_batch(static_cast<std::uint32_t>(entries_.size()));
     }
 }
 

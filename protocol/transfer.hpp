@@ -145,6 +145,9 @@ public:
     void append(std::vector<entry_info> more);
     // No more entries: the batch being filled is sealed, and is the last.
     void complete();
+    // The batch being filled is sealed now, even empty (a scan that holds entries back
+    // for long still sends an Offer now and then: the receiver hears from it).
+    void flush();
     bool is_complete() const { return complete_; }
 
     // The Offer batches, each under offer_batch_bytes, in the order they must be sent.

@@ -2219,14 +2219,22 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     std::error_code scan_ec;
     bool streaming = false;
     if (feed) {
-        feed->wait_news();
-        ferry::scan_feed::taken got = feed->take();
-        for (ferry::source_tree& part : got.parts) {
-            ferry::append_part(sources, std::move(part));
+        for (;;) {  // until the first entry, or the scan's end
+            feed->wait_news();
+            ferry::scan_feed::taken got = feed->take();
+            for (ferry::source_tree& part : got.parts) {
+                ferry::append_part(sources, std::move(part));
+            }
+            if (got.finished) {
+                scan_ec = got.ec;
+                error = std::move(got.error);
+                break;
+            }
+            if (!sources.entries.empty()) {
+                streaming = true;
+                break;
+            }
         }
-        streaming = !got.finished;
-        scan_ec = got.ec;
-        error = std::move(got.error);
     } else {
         auto [ec, scanned_sources] = scanned.get();
         scan_ec = ec;

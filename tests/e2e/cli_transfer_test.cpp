@@ -517,6 +517,38 @@ TEST_F(cli_transfer, a_tree_is_sent_while_it_is_scanned_and_a_scan_failing_midwa
     EXPECT_FALSE(fs::exists(dest2 / "tree" / "d159")) << "nothing after the failure was offered";
 }
 
+// A scan that holds its entries back longer than the receiver's idle timeout (one big
+// folder, a slow disk): the sender keeps offering, empty batches if need be, and the
+// receiver keeps waiting.
+TEST_F(cli_transfer, a_scan_stalled_past_the_receivers_idle_timeout_keeps_the_send_alive) {
+    fs::path src = cli.root() / "src" / "tree";
+    for (int d = 0; d < 20; ++d) {
+        for (int f = 0; f < 3; ++f) {
+            write_random_file(src / ("d" + std::to_string(100 + d)) / ("f" + std::to_string(f)), 2000 + d + f,
+                              static_cast<unsigned>(d * 3 + f));
+        }
+    }
+    fs::path dest = cli.root() / "inbox";
+    fs::path go = cli.root() / "go";
+    auto rx = start_receiver(dest, {"--idle-timeout", "2"});
+    child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json", src.string(),
+                          a_id + "@" + rx.address},
+                         {"FERRY_FAULT_SCAN_WAIT=tree/d110=" + go.string()});
+    bool first_placed = false;
+    while (!first_placed) {
+        std::optional<std::string> line = rx.proc->read_line(30s);
+        ASSERT_TRUE(line) << "the first files never came: " << rx.proc->err();
+        first_placed = line->find("\"file_done\"") != std::string::npos &&
+                       line->find("\"tree/d100/f0\"") != std::string::npos;
+    }
+    // The scan stays held for twice the receiver's idle timeout (a slow folder), then goes on.
+    std::this_thread::sleep_for(4s);
+    write_random_file(go, 1, 1);
+    EXPECT_EQ(sender.wait(process_timeout), 0) << sender.err();
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_EQ(compare_trees(src, dest / "tree"), "");
+}
+
 TEST_F(cli_transfer, resend_skips_identical_files_and_re_verifies_what_an_interrupted_transfer_left) {
     fs::path src = make_reference_tree(cli.root());
     fs::path dest = cli.root() / "inbox";

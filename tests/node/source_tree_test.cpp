@@ -207,6 +207,19 @@ TEST(source_tree_test, a_scan_fed_in_parts_gives_one_walks_entries_in_order) {
     EXPECT_EQ(joined.total_bytes, whole.total_bytes);
     EXPECT_EQ(wire_paths(joined).back(), "empty");
 
+    // What fails the sources as a whole fails before the first entry is handed out.
+    for (const std::vector<fs::path>& bad :
+         {std::vector<fs::path>{root, tmp.path() / "missing"}, std::vector<fs::path>{root, tmp.path() / "x" / "src"}}) {
+        write(tmp.path() / "x" / "src" / "f", "f");
+        scan_feed early;
+        source_tree t;
+        error.clear();
+        EXPECT_NE(scan_sources(bad, t, error, &early), std::error_code{});
+        EXPECT_EQ(early.entries_put(), 0u) << error;
+        EXPECT_FALSE(early.has_news()) << error;
+    }
+    EXPECT_NE(error.find("two sources map to the same name"), std::string::npos) << error;
+
     scan_feed stopped;
     stopped.cancel();
     source_tree none;
