@@ -534,15 +534,22 @@ TEST_F(cli_transfer, a_scan_stalled_past_the_receivers_idle_timeout_keeps_the_se
     child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--json", src.string(),
                           a_id + "@" + rx.address},
                          {"FERRY_FAULT_SCAN_WAIT=tree/d110=" + go.string()});
-    bool first_placed = false;
-    while (!first_placed) {
+    // The receiver's own events tell the time: the scan stays held until the receiver,
+    // still in the transfer, has reported twice its idle timeout past its first file
+    // (its progress events keep coming while a transfer runs; a receiver that gave up
+    // ends its output, and the read fails).
+    std::optional<double> placed_at;
+    for (double t = 0; !placed_at || t < *placed_at + 4.0;) {
         std::optional<std::string> line = rx.proc->read_line(30s);
-        ASSERT_TRUE(line) << "the first files never came: " << rx.proc->err();
-        first_placed = line->find("\"file_done\"") != std::string::npos &&
-                       line->find("\"tree/d100/f0\"") != std::string::npos;
+        ASSERT_TRUE(line) << "the receiver stopped: " << rx.proc->err();
+        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
+        ASSERT_FALSE(ev.is_discarded()) << *line;
+        ASSERT_NE(ev["event"], "done") << *line;
+        t = ev["t"].get<double>();
+        if (!placed_at && ev["event"] == "file_done" && ev["path"] == "tree/d100/f0") {
+            placed_at = t;
+        }
     }
-    // The scan stays held for twice the receiver's idle timeout (a slow folder), then goes on.
-    std::this_thread::sleep_for(4s);
     write_random_file(go, 1, 1);
     EXPECT_EQ(sender.wait(process_timeout), 0) << sender.err();
     EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
