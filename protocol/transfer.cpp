@@ -58,8 +58,15 @@ sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info
     streamed_ = !complete;
     if (complete) {
         this->complete();
-    } else if (open_first_ < entries_.size() && (batches_.empty() || open_bytes_ >= first_offer_batch_bytes)) {
-        seal_batch(static_cast<std::uint32_t>(entries_.size()));  // as append() does
+    } else {
+        seal_if_due();
+    }
+}
+
+void sender_machine::seal_if_due() {
+    // What came so far goes out once it is worth an Offer of its own (or is the first).
+    if (open_first_ < entries_.size() && (batches_.empty() || open_bytes_ >= first_offer_batch_bytes)) {
+        seal_batch(static_cast<std::uint32_t>(entries_.size()));
     }
 }
 
@@ -73,10 +80,7 @@ void sender_machine::append(std::vector<entry_info> more) {
     std::size_t from = entries_.size();
     std::move(more.begin(), more.end(), std::back_inserter(entries_));
     take_entries(from);
-    // What came so far goes out once it is worth an Offer of its own (or is the first).
-    if (open_first_ < entries_.size() && (batches_.empty() || open_bytes_ >= first_offer_batch_bytes)) {
-        seal_batch(static_cast<std::uint32_t>(entries_.size()));
-    }
+    seal_if_due();
 }
 
 void sender_machine::complete() {

@@ -296,6 +296,7 @@ private:
     // Adds entries_[from..] to the totals, files_ and the batches (sealed as they fill).
     void take_entries(std::size_t from);
     void seal_batch(std::uint32_t end);  // the batch being filled ends before entry `end`
+    void seal_if_due();  // the batch being filled, once it holds first_offer_batch_bytes (or is the first)
 
     std::uint64_t transfer_id_;
     // Deques: an entry or a file's state stays where it is while more are appended.
