@@ -67,13 +67,16 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
         cs.window_bytes = options_.window_bytes;
     }
     // The entries now live in machine_ (sources_ keeps the local paths).
+    took_entries(0);
+}
+
+void send_session::took_entries(std::uint32_t from) {
     std::size_t n = machine_.total_files();
     files_.resize(n);
-    memo_ok_.assign(n, 0);
+    memo_ok_.resize(n, 0);
     file_events_.resize(n);
-    for (std::uint32_t i = 0; i < n; ++i) {
-        const entry_info& e = machine_.entry(file_id{i});
-        regular_files_ += e.is_dir ? 0 : 1;
+    for (std::uint32_t i = from; i < n; ++i) {
+        regular_files_ += machine_.entry(file_id{i}).is_dir ? 0 : 1;
     }
 }
 
@@ -160,9 +163,8 @@ void early_dial::on_dialed(std::error_code ec, std::unique_ptr<byte_stream> stre
     if (stream_) {
         expiry_.expires_after(hold_);
         expiry_.async_wait([weak = weak_from_this()](std::error_code wait_ec) {
-            if (auto d = weak.lock(); d && !wait_ec && d->stream_) {
+            if (auto d = weak.lock(); d && !wait_ec) {
                 d->stream_.reset();  // closed before its Hello
-                d->dropped_ = true;
             }
         });
     }
@@ -174,13 +176,9 @@ void early_dial::take(result_fn fn) {
         return;
     }
     expiry_.cancel();
-    if (std::chrono::steady_clock::now() - done_at_ > hold_) {
-        // Held too long (the loop did not run meanwhile), or failed a while ago: the
-        // receiver may be up by now. A new dial's outcome is the one that counts.
-        stream_.reset();
-        dropped_ = true;
-    }
-    if (dropped_) {
+    // Dropped (held too long), held too long while the loop did not run, or failed a while
+    // ago (the receiver may be up by now): a new dial's outcome is the one that counts.
+    if ((!ec_ && !stream_) || std::chrono::steady_clock::now() - done_at_ > hold_) {
         dial_peer(ctx_, target_, std::move(fn));
         return;
     }
@@ -454,23 +452,17 @@ void send_session::take_scan() {
         return;
     }
     scan_feed::taken got = options_.feed->take();
+    auto from = static_cast<std::uint32_t>(machine_.total_files());
     for (source_tree& part : got.parts) {
         if (options_.skipped_note) {
             for (const std::string& note : part.skipped) {
                 options_.skipped_note(note);
             }
         }
-        for (const entry_info& e : part.entries) {
-            regular_files_ += e.is_dir ? 0 : 1;
-        }
-        sources_.total_bytes += part.total_bytes;
         std::move(part.locals.begin(), part.locals.end(), std::back_inserter(sources_.locals));
         machine_.append(std::move(part.entries));
     }
-    std::size_t n = machine_.total_files();
-    files_.resize(n);
-    memo_ok_.resize(n, 0);
-    file_events_.resize(n);
+    took_entries(from);
     if (got.finished) {
         options_.feed.reset();
         if (got.ec) {

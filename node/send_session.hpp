@@ -56,7 +56,6 @@ public:
     // Runs `fn` with the dial's outcome: now if it is in, when it comes, or with a new
     // dial's once the connection was dropped. Once.
     void take(result_fn fn);
-    bool done() const { return done_; }
 
 private:
     void on_dialed(std::error_code ec, std::unique_ptr<byte_stream> stream);
@@ -66,7 +65,6 @@ private:
     std::chrono::milliseconds hold_;
     asio::steady_timer expiry_;
     bool done_ = false;
-    bool dropped_ = false;
     std::chrono::steady_clock::time_point done_at_;
     std::error_code ec_;
     std::unique_ptr<byte_stream> stream_;
@@ -236,6 +234,8 @@ private:
     void send_offers();
     // Takes what the scan feed has: entries appended and offered, or the scan's failure.
     void take_scan();
+    // The per-entry arrays grown to the machine's entries, and entries `from..` counted.
+    void took_entries(std::uint32_t from);
     // The first Offer batch goes out and the other connections open.
     void begin_offers();
     // Sync --checksum: every file is read and hashed on the workers first, its digest
