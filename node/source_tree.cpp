@@ -89,6 +89,21 @@ const scan_faults& faults() {
     return f;
 }
 
+// Why an entry of mode `mode` named `name` is left out of a scan (the note's ending), or
+// null when it is walked.
+const char* skip_note(mode_t mode, std::string_view name, bool keep_links) {
+    if (S_ISLNK(mode) && !keep_links) {
+        return " (symlink)";
+    }
+    if (!S_ISREG(mode) && !S_ISDIR(mode) && !S_ISLNK(mode)) {
+        return " (not a regular file)";
+    }
+    if (S_ISREG(mode) && is_partial_file_name(name)) {
+        return " (a ferry partial file)";
+    }
+    return nullptr;
+}
+
 struct scanner;
 bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& names, const std::string& local_prefix,
                    const std::string& wire_prefix, worker_pool* pool);
@@ -124,15 +139,7 @@ struct scanner {
         if (::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
             return fail(local, errno);
         }
-        const char* skip = nullptr;
-        if (S_ISLNK(st.st_mode) && !keep_links) {
-            skip = " (symlink)";
-        } else if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
-            skip = " (not a regular file)";
-        } else if (S_ISREG(st.st_mode) && is_partial_file_name(wire.substr(wire.rfind('/') + 1))) {
-            skip = " (a ferry partial file)";
-        }
-        if (skip != nullptr) {
+        if (const char* skip = skip_note(st.st_mode, wire_name(wire), keep_links)) {
             out.skipped.push_back(printable(local) + skip);
             out.skipped_paths.push_back(wire);  // checked if it must travel (keep_skipped)
             return true;
@@ -547,8 +554,7 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
                 error = paths[i].string() + ": " + std::error_code(errno, std::system_category()).message();
                 return std::error_code(errno, std::system_category());
             }
-            bool walked = S_ISDIR(st.st_mode) || (S_ISREG(st.st_mode) && !is_partial_file_name(names[i]));
-            if (walked && !taken.insert(names[i]).second) {
+            if (skip_note(st.st_mode, names[i], false) == nullptr && !taken.insert(names[i]).second) {
                 error = paths[i].string() + ": two sources map to the same name \"" + names[i] + "\"";
                 return std::make_error_code(std::errc::invalid_argument);
             }
