@@ -461,6 +461,9 @@ TEST_F(cli_transfer, a_connection_dialed_during_the_scan_carries_the_send_or_is_
                            inbox.string(), "--overwrite", "--json"});
     ASSERT_FALSE(node.address.empty());
     for (const char* delay_ms : {"300", "1500"}) {
+        // Each send moves the whole tree (a send whose files are all there already ends
+        // before its other connections join, and the node turns those away).
+        fs::remove_all(inbox / "tree");
         run_result s = cli.ferry({"send", "--state", cli.state("B").string(), "--json", "--overwrite", src.string(),
                                   a_id + "@" + node.address},
                                  {std::string("FERRY_FAULT_SCAN_DELAY_MS=") + delay_ms});
