@@ -1,5 +1,8 @@
 #include "node/worker_pool.hpp"
 
+#include <pthread.h>
+
+#include <csignal>
 #include <exception>
 
 namespace ferry {
@@ -9,9 +12,20 @@ worker_pool::worker_pool(std::size_t threads) {
         threads = 1;
     }
     threads_.reserve(threads);
+    // The workers never take the signals a command handles (asio's signal_set, on the
+    // loop thread): they inherit them blocked, so SIGINT, SIGTERM and SIGHUP always reach
+    // a thread that runs the loop, not one busy in a long task.
+    sigset_t handled;
+    sigset_t before;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &handled, &before);
     for (std::size_t i = 0; i < threads; ++i) {
         threads_.emplace_back([this] { run(); });
     }
+    pthread_sigmask(SIG_SETMASK, &before, nullptr);
 }
 
 worker_pool::~worker_pool() {
