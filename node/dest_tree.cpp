@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 
 #include "node/resume.hpp"
 #include "protocol/path.hpp"
@@ -106,6 +108,29 @@ std::int64_t probe_mtime_step(int dir_fd) {
         return 0;
     }
     return matching_step(timespec_ns(st.st_mtim), probe);
+}
+
+namespace {
+std::atomic<int> unnamed_open{0};
+}  // namespace
+
+void unnamed_file::reset() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+        fd_ = -1;
+        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+    }
+}
+
+int unnamed_file::open_count() { return unnamed_open.load(std::memory_order_relaxed); }
+
+int unnamed_file::max_open() {
+    static const int most = [] {
+        struct rlimit rl {};
+        rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+        return static_cast<int>(std::clamp<rlim_t>(cur / 4, 64, 4096));
+    }();
+    return most;
 }
 
 const std::error_category& dest_category() noexcept {
@@ -217,9 +242,11 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             continue;
         }
         std::string name(comp);
+        bool made = false;
         int next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (next < 0 && errno == ENOENT && create) {
-            if (::mkdirat(fd, name.c_str(), 0755) != 0 && errno != EEXIST) {
+            made = ::mkdirat(fd, name.c_str(), 0755) == 0;
+            if (!made && errno != EEXIST) {
                 ec = last_error();
                 return {};
             }
@@ -240,6 +267,7 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         }
         // `folder` (the parent, held here) stays open however the cache changes.
         auto opened = std::make_shared<open_folder>(next);
+        opened->made = made;
         opened->last_use.store(++use_clock_, std::memory_order_relaxed);
         if (dirs_.size() >= max_cached_dirs) {
             auto lru = std::min_element(dirs_.begin(), dirs_.end(), [](const auto& a, const auto& b) {
@@ -776,6 +804,64 @@ int dest_tree::open_whole_partial(std::string_view wire_path, std::uint32_t mode
     return open_partial_file(wire_path, O_CREAT | O_TRUNC, mode & 0777, ec);
 }
 
+unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {
+    int can = can_link_unnamed_.load(std::memory_order_relaxed);
+    if (can < 0) {
+        // Asked once, without making a name: linking an open O_TMPFILE file to "." fails
+        // with EEXIST where linkat may name it, and with ENOENT where it may not. (Test
+        // hook, tests/e2e: FERRY_FAULT_NO_UNNAMED=1 answers no, as an older kernel would.)
+        unique_fd probe(::openat(root_fd_, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+        can = probe.get() >= 0 && ::linkat(probe.get(), "", root_fd_, ".", AT_EMPTY_PATH) != 0 && errno == EEXIST &&
+              std::getenv("FERRY_FAULT_NO_UNNAMED") == nullptr;
+        can_link_unnamed_.store(can, std::memory_order_relaxed);
+    }
+    if (can == 0 || unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
+        if (can != 0) {
+            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+        }
+        return {};
+    }
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    int fd = dh.fd < 0 ? -1 : ::openat(dh.fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, static_cast<mode_t>(mode & 0777));
+    if (fd < 0) {
+        int err = errno;
+        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+        // No O_TMPFILE on this file system (EISDIR: a kernel that does not know the flag).
+        if (dh.fd >= 0 && err != EOPNOTSUPP && err != EISDIR && err != EINVAL) {
+            ec = std::error_code(err, std::system_category());
+        }
+        return {};
+    }
+    return unnamed_file(fd);  // counted above; reset() uncounts it
+}
+
+std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view wire_path, bool overwrite) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    if (dh.fd < 0) {
+        return ec;
+    }
+    std::string name(wire_name(wire_path));
+    if (::linkat(file.get(), "", dh.fd, name.c_str(), AT_EMPTY_PATH) == 0) {
+        if (dh.folder == nullptr || !dh.folder->made) {
+            ::unlinkat(dh.fd, partial_name(name).c_str(), 0);  // one an earlier attempt left
+        }
+        return {};
+    }
+    if (errno != EEXIST) {
+        return last_error();
+    }
+    if (!overwrite) {
+        return make_error_code(dest_errc::exists);
+    }
+    std::string part = partial_name(name);
+    ::unlinkat(dh.fd, part.c_str(), 0);  // one an earlier attempt left
+    if (::linkat(file.get(), "", dh.fd, part.c_str(), AT_EMPTY_PATH) != 0) {
+        return last_error();
+    }
+    return rename_final(wire_path, true);
+}
+
 int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec) {
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
     int dfd = dh.fd;
@@ -912,7 +998,7 @@ std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uin
 }
 
 std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
-                                         bool fsync_file, stored_file* stored, bool size_written) {
+                                         bool fsync_file, stored_file* stored, bool size_written, bool keep_open) {
     std::error_code ec;
     struct stat st {};
     if (!size_written && ::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) != size &&
@@ -938,7 +1024,7 @@ std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32
         stored->dev = static_cast<std::uint64_t>(after.st_dev);
         stored->ino = static_cast<std::uint64_t>(after.st_ino);
     }
-    if (::close(fd) != 0 && !ec) {
+    if (!keep_open && ::close(fd) != 0 && !ec) {
         ec = last_error();
     }
     return ec;

@@ -3,7 +3,9 @@
 // Every path is resolved component by component with openat(O_NOFOLLOW) from the root
 // folder's fd, so a symlink anywhere under the root (planted before or during the
 // transfer) is never followed and nothing is created outside the root. Data goes into a
-// partial file beside the final name and is renamed into place only once verified.
+// partial file beside the final name and is renamed into place only once verified; a new
+// file written whole (verified before it is written) goes into a file with no name,
+// linked to its final name instead (open_unnamed, link_final).
 // Called from worker threads; the directory-fd cache is guarded by a mutex.
 #pragma once
 
@@ -70,6 +72,36 @@ struct partial_seed {
     unique_fd partial;  // the partial file, open for writing (for reading when cloned)
     std::uint64_t bytes = 0;
     bool cloned = false;  // a reflink: the bytes are there already
+};
+
+// A new file written whole that has no name yet (dest_tree::open_unnamed): an O_TMPFILE
+// file, named by dest_tree::link_final once it is verified and its journal entry is
+// durable. Closed on destruction; a file closed unnamed is gone, leaving nothing behind.
+// The process holds a bounded number of them (open_unnamed falls back beyond it).
+class unnamed_file {
+public:
+    unnamed_file() = default;
+    unnamed_file(unnamed_file&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    unnamed_file& operator=(unnamed_file&& o) noexcept {
+        if (this != &o) {
+            reset();
+            fd_ = std::exchange(o.fd_, -1);
+        }
+        return *this;
+    }
+    unnamed_file(const unnamed_file&) = delete;
+    unnamed_file& operator=(const unnamed_file&) = delete;
+    ~unnamed_file() { reset(); }
+    int get() const { return fd_; }
+    void reset();
+    // How many the process holds, and how many it may (a quarter of its descriptors, 64-4096).
+    static int open_count();
+    static int max_open();
+
+private:
+    friend class dest_tree;
+    explicit unnamed_file(int fd) : fd_(fd) {}
+    int fd_ = -1;
 };
 
 class dest_tree {
@@ -197,10 +229,24 @@ public:
         std::uint64_t dev = 0;
         std::uint64_t ino = 0;
     };
-    // Size, mode, mtime, optional fsync, close (the fd is closed in every case).
+    // Size, mode, mtime, optional fsync, close (the fd is closed in every case, unless
+    // `keep_open`: then the caller closes it, also after an error).
     // `size_written`: exactly `size` bytes were written to a truncated file (no check).
     std::error_code prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,
-                                  bool fsync_file, stored_file* stored = nullptr, bool size_written = false);
+                                  bool fsync_file, stored_file* stored = nullptr, bool size_written = false,
+                                  bool keep_open = false);
+    // A file of `wire_path` to be written whole, with no name (O_TMPFILE in its folder,
+    // parents made, mode & 0777): it spares the partial name and its rename, which on
+    // tmpfs cost a receiver of many small files a sixth of its CPU. Empty (get() < 0) with
+    // no error where it cannot be had: no O_TMPFILE on that file system, a kernel whose
+    // linkat will not name an open file for this process (before 6.10 without
+    // CAP_DAC_READ_SEARCH), or unnamed_file::max_open() held already; the caller writes a
+    // partial file instead.
+    unnamed_file open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec);
+    // Names the unnamed file `file` `wire_path` (linkat). A name already there:
+    // dest_errc::exists, or with `overwrite` it is replaced as rename_final replaces it
+    // (the file is linked under the partial name, then renamed over).
+    std::error_code link_final(const unnamed_file& file, std::string_view wire_path, bool overwrite);
     // Renames the partial file to its final name (never over an existing one unless
     // `overwrite`); with `sync_dir`, fsyncs the folder so the new name is durable.
     std::error_code rename_final(std::string_view wire_path, bool overwrite, bool sync_dir = false);
@@ -232,6 +278,7 @@ private:
     // An open folder of the tree, closed when the cache and every handle have let go.
     struct open_folder {
         int fd = -1;
+        bool made = false;  // this tree made it: nothing of an earlier attempt is in it
         std::atomic<std::uint64_t> last_use{0};
         explicit open_folder(int f) : fd(f) {}
         open_folder(const open_folder&) = delete;
@@ -260,6 +307,7 @@ private:
     std::int64_t mtime_step(std::uint64_t dev, int dir_fd);
     std::mutex steps_mutex_;
     std::vector<std::pair<std::uint64_t, std::int64_t>> mtime_steps_;  // st_dev -> step (0: unknown)
+    std::atomic<int> can_link_unnamed_{-1};  // open_unnamed's probe: -1 not asked yet, 0 no, 1 yes
     std::atomic<bool> mirror_{false};
     struct path_hash {
         using is_transparent = void;

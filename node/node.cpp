@@ -3,8 +3,11 @@
 #include "node/resume.hpp"
 
 #include <openssl/rand.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include "node/dest_tree.hpp"
 #include "node/identity.hpp"
 #include "transport/accept_loop.hpp"
 #include "transport/identity.hpp"
@@ -13,14 +16,6 @@ namespace ferry {
 
 namespace {
 
-// Many small files in flight each hold an fd for a moment: lift the soft limit to the hard one.
-void raise_fd_limit() {
-    struct rlimit rl {};
-    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        ::setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
 
 // Chunk buffers per node: enough for 16 connections' read-ahead (1 MiB each, plus two
 // queued chunks) and a receiver's write-behind, and a hard cap on the memory of chunk
@@ -30,8 +25,25 @@ constexpr std::size_t pool_buffers = 160;
 
 }  // namespace
 
+void reserve_descriptors() {
+    struct rlimit rl {};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    // A descriptor far up grows the table once; the slot is given back at once, the table stays.
+    int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        int high = ::fcntl(fd, F_DUPFD_CLOEXEC, unnamed_file::max_open() + 256);
+        if (high >= 0) {
+            ::close(high);
+        }
+        ::close(fd);
+    }
+}
+
 node::node(asio::io_context& io, node_config config, node_events events) : sweep_timer_(io) {
-    raise_fd_limit();
+    reserve_descriptors();
     identity ident = load_or_create_identity(config.state_dir);
     trust_store trust = trust_store::load(config.state_dir, config.config_peers);
     std::size_t workers = config.workers;

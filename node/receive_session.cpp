@@ -1386,22 +1386,34 @@ struct receive_session::whole_write {
     chunk_verdict verdict;
     std::error_code ec;
     dest_tree::stored_file stored;
+    unnamed_file unnamed;  // the file, kept open with no name until the batch links it
     stats_clock::duration write_time{};
 
-    // Verifies the chunk, writes it to the partial file and closes that: renamed here with
-    // --fsync-each, else prepared for the next journaled batch of renames.
+    // Verifies the chunk and writes the file: with --fsync-each to a partial file renamed
+    // here; else to a file with no name (a partial file where there can be none), kept
+    // for the next journaled batch of names.
     void run(dest_tree& tree, bool fsync_now, bool overwrite) {
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         std::span<const std::uint8_t> raw = checked.raw;
         verdict = checked.verdict;
         if (!verdict.bad) {
-            int fd = tree.open_whole_partial(e.path, e.mode, ec);
+            if (!fsync_now) {
+                unnamed = tree.open_unnamed(e.path, e.mode, ec);
+            }
+            int fd = unnamed.get() >= 0 || ec ? unnamed.get() : tree.open_whole_partial(e.path, e.mode, ec);
             if (!ec) {
                 auto t0 = stats_clock::now();
                 ec = write_at(fd, raw.data(), raw.size(), 0);
                 write_time = stats_clock::now() - t0;
             }
-            if (fd >= 0) {
+            if (unnamed.get() >= 0) {
+                if (!ec) {
+                    ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size, true);
+                }
+                if (ec) {
+                    unnamed.reset();  // gone with its descriptor
+                }
+            } else if (fd >= 0) {
                 if (ec) {
                     ::close(fd);
                 } else if (fsync_now) {
@@ -1491,7 +1503,7 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
             queue_ack(other, chunk_key(f, chunk_index{0}));
         }
         if (!fsync_now) {
-            queue_rename(f, machine_.received_digest(f), w.stored);
+            queue_rename(f, machine_.received_digest(f), w.stored, std::move(w.unnamed));
             return;
         }
     }
@@ -1574,9 +1586,11 @@ void receive_session::try_finalize(file_id f) {
 
 std::filesystem::path receive_session::journal_dir() const { return ctx_.config.state_dir / "unsynced"; }
 
-void receive_session::queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored) {
+void receive_session::queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored,
+                                   unnamed_file unnamed) {
     const entry_info& e = machine_.entry(f);
-    renames_.emplace_back(f, unsynced_journal::entry{e.path, e.size, stored.mtime_ns, digest, stored.dev, stored.ino});
+    renames_.push_back(pending_name{
+        f, unsynced_journal::entry{e.path, e.size, stored.mtime_ns, digest, stored.dev, stored.ino}, std::move(unnamed)});
     start_renames();
 }
 
@@ -1601,8 +1615,8 @@ void receive_session::start_renames() {
                        overwrite = overwrite_]() mutable {
         std::vector<unsynced_journal::entry> entries;
         entries.reserve(batch.size());
-        for (const auto& b : batch) {
-            entries.push_back(b.second);
+        for (const pending_name& b : batch) {
+            entries.push_back(b.entry);
         }
         // Without a journal (state folder full or read-only) the batch is made durable
         // before its renames instead: slower, never unsafe. (A pull that is not to be
@@ -1611,7 +1625,11 @@ void receive_session::start_renames() {
         std::error_code sync_ec = journal_ec ? tree->sync_all() : std::error_code{};
         std::vector<std::error_code> results(batch.size());
         for (std::size_t i = 0; i < batch.size(); ++i) {
-            results[i] = sync_ec ? sync_ec : tree->rename_final(batch[i].second.path, overwrite);
+            pending_name& b = batch[i];
+            results[i] = sync_ec                   ? sync_ec
+                         : b.unnamed.get() >= 0 ? tree->link_final(b.unnamed, b.entry.path, overwrite)
+                                                 : tree->rename_final(b.entry.path, overwrite);
+            b.unnamed.reset();  // named now, or gone with its descriptor
             fault_point_after_renames(1);
         }
         asio::post(self->ctx_.io, [self, batch = std::move(batch), results = std::move(results), journal_ec] {
@@ -1623,7 +1641,7 @@ void receive_session::start_renames() {
             }
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 --self->finalizing_;
-                self->on_file_finalized(batch[i].first, results[i], batch[i].second.path);
+                self->on_file_finalized(batch[i].f, results[i], batch[i].entry.path);
             }
             self->start_renames();
         });

@@ -148,7 +148,7 @@ private:
     void on_file_finalized(file_id f, std::error_code ec, const std::string& path);
     void try_finalize(file_id f);
     // A verified file waiting in its partial file (not fsynced): journal it, then rename.
-    void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored);
+    void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored, unnamed_file unnamed = {});
     void start_renames();
     // HaveDigests frames for the ACCEPT_PARTIAL decisions, sent before their Accept.
     // The write of chunk `key` is over: the other connections waiting for its ack.
@@ -186,7 +186,14 @@ private:
     receiver_machine machine_;
     std::shared_ptr<dest_tree> tree_;
     std::shared_ptr<unsynced_journal> journal_;  // files renamed before the final sync
-    std::vector<std::pair<file_id, unsynced_journal::entry>> renames_;  // waiting for the next batch
+    // A file verified and prepared, waiting for the next batch of journal entries and names:
+    // renamed from its partial name, or (a new file written whole) linked from `unnamed`.
+    struct pending_name {
+        file_id f;
+        unsynced_journal::entry entry;
+        unnamed_file unnamed;
+    };
+    std::vector<pending_name> renames_;  // waiting for the next batch
     bool renaming_ = false;                      // a batch is being journaled and renamed
     bool journal_warned_ = false;
     std::vector<std::shared_ptr<sink_file>> sinks_;

@@ -2818,6 +2818,7 @@ void define_serve(CLI::App* serve, common_opts& o, receive_opts& serve_o, std::s
 int main(int argc, char** argv) {
     saved_argc = argc;
     saved_argv = argv;
+    ferry::reserve_descriptors();  // before any thread starts
     // A peer that closes first must not kill us: writes to a closed socket return EPIPE.
     std::signal(SIGPIPE, SIG_IGN);
     // --json lines into a file or a pipe go out in 64 KiB writes (a small file makes two

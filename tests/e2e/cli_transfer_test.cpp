@@ -329,8 +329,6 @@ TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
     write_text_file(src / "f", "read-only contents");
     fs::permissions(src / "f", read_only);
     fs::path dest = cli.root() / "inbox";
-    write_text_file(dest / "r" / ".f.ferry-part", "left by an earlier attempt, longer than the file");
-    fs::permissions(dest / "r" / ".f.ferry-part", read_only);
     // Everything the receiver uses belongs to nobody, its binary too (the build folder
     // may not be reachable for it).
     fs::path bin = cli.root() / "ferry-as-nobody";
@@ -338,22 +336,35 @@ TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
     fs::permissions(bin, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                              fs::perms::others_read | fs::perms::others_exec);
     fs::permissions(cli.root(), fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
-    for (const fs::path& top : {cli.state("A"), dest}) {
-        ASSERT_EQ(::lchown(top.c_str(), nobody, nogroup), 0) << top;
-        for (const auto& de : fs::recursive_directory_iterator(top)) {
-            ASSERT_EQ(::lchown(de.path().c_str(), nobody, nogroup), 0) << de.path();
+    // A new file written whole is made with no name and linked (the partial file left is
+    // removed then); where that cannot be (here forced, as on a kernel before 6.10) it is
+    // written under the partial name, which is replaced.
+    for (bool unnamed : {true, false}) {
+        SCOPED_TRACE(unnamed ? "written with no name, then linked" : "written to the partial file");
+        fs::remove(dest / "r" / "f");
+        write_text_file(dest / "r" / ".f.ferry-part", "left by an earlier attempt, longer than the file");
+        fs::permissions(dest / "r" / ".f.ferry-part", read_only);
+        for (const fs::path& top : {cli.state("A"), dest}) {
+            ASSERT_EQ(::lchown(top.c_str(), nobody, nogroup), 0) << top;
+            for (const auto& de : fs::recursive_directory_iterator(top)) {
+                ASSERT_EQ(::lchown(de.path().c_str(), nobody, nogroup), 0) << de.path();
+            }
         }
+        std::vector<std::string> env;
+        if (!unnamed) {
+            env.push_back("FERRY_FAULT_NO_UNNAMED=1");
+        }
+        auto rx = start_receiver(dest, {}, env,
+                                 {"/usr/bin/setpriv", "--reuid=" + std::to_string(nobody),
+                                  "--regid=" + std::to_string(nogroup), "--clear-groups", bin.string()});
+        ASSERT_FALSE(rx.address.empty());
+        run_result s = send({src.string()}, a_id + "@" + rx.address);
+        EXPECT_EQ(s.code, 0) << s.err;
+        EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+        EXPECT_EQ(read_text_file(dest / "r" / "f"), "read-only contents");
+        EXPECT_EQ(fs::status(dest / "r" / "f").permissions(), read_only);
+        EXPECT_FALSE(fs::exists(dest / "r" / ".f.ferry-part"));
     }
-    auto rx = start_receiver(dest, {}, {},
-                             {"/usr/bin/setpriv", "--reuid=" + std::to_string(nobody),
-                              "--regid=" + std::to_string(nogroup), "--clear-groups", bin.string()});
-    ASSERT_FALSE(rx.address.empty());
-    run_result s = send({src.string()}, a_id + "@" + rx.address);
-    EXPECT_EQ(s.code, 0) << s.err;
-    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
-    EXPECT_EQ(read_text_file(dest / "r" / "f"), "read-only contents");
-    EXPECT_EQ(fs::status(dest / "r" / "f").permissions(), read_only);
-    EXPECT_FALSE(fs::exists(dest / "r" / ".f.ferry-part"));
 }
 
 TEST_F(cli_transfer, plaintext_on_both_sides_works_and_mismatch_fails_clearly) {

@@ -500,6 +500,89 @@ TEST_F(DestTree, FinalizeWithOverwriteReplaces) {
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f"}));
 }
 
+// A new file written whole has no name until link_final: nothing shows in its folder
+// before (not even a partial name), and the name comes with the mode, mtime and bytes.
+TEST_F(DestTree, AnUnnamedFileShowsOnlyOnceLinkedWithItsModeAndMtime) {
+    std::error_code ec;
+    unnamed_file file = tree_.open_unnamed("dir/new.txt", 0640, ec);
+    ASSERT_FALSE(ec) << ec.message();
+    ASSERT_GE(file.get(), 0) << "O_TMPFILE and linkat(AT_EMPTY_PATH) work on this kernel and file system";
+    EXPECT_EQ(unnamed_file::open_count(), 1);
+    pwrite_all(file.get(), "hello", 0);
+    dest_tree::stored_file stored;
+    ASSERT_EQ(tree_.prepare_final(file.get(), 5, 0640, test_mtime_ns, false, &stored, true, true), std::error_code{});
+    EXPECT_TRUE(is_empty_dir(root() / "dir"));
+    ASSERT_EQ(tree_.link_final(file, "dir/new.txt", false), std::error_code{});
+    file.reset();
+    EXPECT_EQ(unnamed_file::open_count(), 0);
+    EXPECT_EQ(names_in(root() / "dir"), (std::vector<std::string>{"new.txt"}));
+    EXPECT_EQ(read_text(root() / "dir/new.txt"), "hello");
+    struct stat st = lstat_of(root() / "dir/new.txt");
+    EXPECT_EQ(st.st_mode & 07777, 0640u);
+    EXPECT_EQ(st.st_mtim.tv_sec, test_mtime_ns / 1'000'000'000);
+    EXPECT_EQ(st.st_mtim.tv_nsec, test_mtime_ns % 1'000'000'000);
+    EXPECT_EQ(static_cast<std::uint64_t>(st.st_ino), stored.ino);  // what the unsynced journal records
+
+    // One closed before its name is gone, and leaves nothing behind.
+    unnamed_file dropped = tree_.open_unnamed("dir/never.txt", 0644, ec);
+    ASSERT_GE(dropped.get(), 0) << ec.message();
+    pwrite_all(dropped.get(), "lost", 0);
+    dropped.reset();
+    EXPECT_EQ(names_in(root() / "dir"), (std::vector<std::string>{"new.txt"}));
+}
+
+TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePartialAway) {
+    std::error_code ec;
+    unnamed_file file = tree_.open_unnamed("f", 0644, ec);
+    ASSERT_GE(file.get(), 0) << ec.message();
+    pwrite_all(file.get(), "new", 0);
+    write_text(root() / "f", "existing");  // appeared after the check
+    EXPECT_EQ(tree_.link_final(file, "f", false), dest_errc::exists);
+    EXPECT_EQ(read_text(root() / "f"), "existing");
+    ASSERT_EQ(tree_.link_final(file, "f", true), std::error_code{});
+    EXPECT_EQ(read_text(root() / "f"), "new");
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f"}));
+
+    // A partial file an earlier attempt left for the name goes when the file is named;
+    // in a folder this tree made there can be none, and none is looked for.
+    write_text(root() / dest_tree::partial_name("g"), "left by an earlier attempt");
+    unnamed_file g = tree_.open_unnamed("g", 0644, ec);
+    ASSERT_GE(g.get(), 0) << ec.message();
+    ASSERT_EQ(tree_.link_final(g, "g", false), std::error_code{});
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f", "g"}));
+
+    // A symlink at the name is never followed: refused, or replaced as itself.
+    fs::create_symlink(outside_.path() / "target", root() / "h");
+    unnamed_file h = tree_.open_unnamed("h", 0644, ec);
+    ASSERT_GE(h.get(), 0) << ec.message();
+    EXPECT_EQ(tree_.link_final(h, "h", false), dest_errc::exists);
+    ASSERT_EQ(tree_.link_final(h, "h", true), std::error_code{});
+    EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(root() / "h")));
+    EXPECT_TRUE(is_empty_dir(outside_.path()));
+}
+
+// The process holds a bounded number of unnamed files; beyond it the caller is told to
+// write a partial file instead (an empty result, no error), and a slot freed is reused.
+TEST_F(DestTree, UnnamedFilesAreBoundedAndFallBackToPartialFilesBeyond) {
+    std::error_code ec;
+    std::vector<unnamed_file> held;
+    for (int i = 0; i < unnamed_file::max_open(); ++i) {
+        held.push_back(tree_.open_unnamed("f" + std::to_string(i), 0644, ec));
+        ASSERT_GE(held.back().get(), 0) << i << ": " << ec.message();
+    }
+    EXPECT_EQ(unnamed_file::open_count(), unnamed_file::max_open());
+    unnamed_file over = tree_.open_unnamed("over", 0644, ec);
+    EXPECT_LT(over.get(), 0);
+    EXPECT_FALSE(ec);
+    held.pop_back();
+    over = tree_.open_unnamed("over", 0644, ec);
+    EXPECT_GE(over.get(), 0) << ec.message();
+    held.clear();
+    over.reset();
+    EXPECT_EQ(unnamed_file::open_count(), 0);
+    EXPECT_TRUE(names_in(root()).empty());
+}
+
 TEST_F(DestTree, PartialNameOfLongNames) {
     EXPECT_EQ(dest_tree::partial_name("a.txt"), ".a.txt.ferry-part");
     std::string at_limit(243, 'n');  // decorated: exactly 255 bytes
