@@ -128,7 +128,7 @@ int unnamed_file::max_open() {
     static const int most = [] {
         struct rlimit rl {};
         rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        return static_cast<int>(std::clamp<rlim_t>(cur / 4, 64, 4096));
+        return static_cast<int>(std::clamp<rlim_t>(cur / 4, 16, 4096));
     }();
     return most;
 }
@@ -804,15 +804,44 @@ int dest_tree::open_whole_partial(std::string_view wire_path, std::uint32_t mode
     return open_partial_file(wire_path, O_CREAT | O_TRUNC, mode & 0777, ec);
 }
 
+namespace {
+
+// Links the open unnamed file `fd` as `name` in the folder `dfd`: by the descriptor
+// itself, or (`by_proc`, or where that is refused) by its /proc/self/fd link, which older
+// kernels allow any process. -1 with errno as linkat left it.
+int link_unnamed(int fd, int dfd, const char* name, bool by_proc) {
+    if (!by_proc && ::linkat(fd, "", dfd, name, AT_EMPTY_PATH) == 0) {
+        return 0;
+    }
+    if (!by_proc && errno != ENOENT) {
+        return -1;
+    }
+    char self[32];
+    std::snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    return ::linkat(AT_FDCWD, self, dfd, name, AT_SYMLINK_FOLLOW);
+}
+
+}  // namespace
+
 unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {
     int can = can_link_unnamed_.load(std::memory_order_relaxed);
     if (can < 0) {
         // Asked once, without making a name: linking an open O_TMPFILE file to "." fails
-        // with EEXIST where linkat may name it, and with ENOENT where it may not. (Test
-        // hook, tests/e2e: FERRY_FAULT_NO_UNNAMED=1 answers no, as an older kernel would.)
+        // with EEXIST where linkat may name it that way, and with ENOENT where it may
+        // not (or where /proc is not there). (Test hook, tests/e2e:
+        // FERRY_FAULT_NO_UNNAMED=all answers no, as a file system without O_TMPFILE
+        // would; =fd skips the link by the descriptor, as a kernel before 6.10 would.)
+        const char* fault = std::getenv("FERRY_FAULT_NO_UNNAMED");
+        std::string_view no = fault != nullptr ? fault : "";
         unique_fd probe(::openat(root_fd_, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
-        can = probe.get() >= 0 && ::linkat(probe.get(), "", root_fd_, ".", AT_EMPTY_PATH) != 0 && errno == EEXIST &&
-              std::getenv("FERRY_FAULT_NO_UNNAMED") == nullptr;
+        can = 0;
+        if (probe.get() >= 0 && no != "all") {
+            if (no != "fd" && ::linkat(probe.get(), "", root_fd_, ".", AT_EMPTY_PATH) != 0 && errno == EEXIST) {
+                can = 1;
+            } else if (link_unnamed(probe.get(), root_fd_, ".", true) != 0 && errno == EEXIST) {
+                can = 2;
+            }
+        }
         can_link_unnamed_.store(can, std::memory_order_relaxed);
     }
     if (can == 0 || unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
@@ -841,8 +870,9 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
     if (dh.fd < 0) {
         return ec;
     }
+    bool by_proc = can_link_unnamed_.load(std::memory_order_relaxed) == 2;
     std::string name(wire_name(wire_path));
-    if (::linkat(file.get(), "", dh.fd, name.c_str(), AT_EMPTY_PATH) == 0) {
+    if (link_unnamed(file.get(), dh.fd, name.c_str(), by_proc) == 0) {
         if (dh.folder == nullptr || !dh.folder->made) {
             ::unlinkat(dh.fd, partial_name(name).c_str(), 0);  // one an earlier attempt left
         }
@@ -854,10 +884,13 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
     if (!overwrite) {
         return make_error_code(dest_errc::exists);
     }
+    // Replaced as rename_final replaces: linked under the partial name, renamed over.
     std::string part = partial_name(name);
-    ::unlinkat(dh.fd, part.c_str(), 0);  // one an earlier attempt left
-    if (::linkat(file.get(), "", dh.fd, part.c_str(), AT_EMPTY_PATH) != 0) {
-        return last_error();
+    if (link_unnamed(file.get(), dh.fd, part.c_str(), by_proc) != 0) {
+        if (errno != EEXIST || ::unlinkat(dh.fd, part.c_str(), 0) != 0 ||  // one an earlier attempt left
+            link_unnamed(file.get(), dh.fd, part.c_str(), by_proc) != 0) {
+            return last_error();
+        }
     }
     return rename_final(wire_path, true);
 }

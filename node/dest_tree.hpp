@@ -94,7 +94,7 @@ public:
     ~unnamed_file() { reset(); }
     int get() const { return fd_; }
     void reset();
-    // How many the process holds, and how many it may (a quarter of its descriptors, 64-4096).
+    // How many the process holds, and how many it may (a quarter of its descriptors, 16-4096).
     static int open_count();
     static int max_open();
 
@@ -238,10 +238,10 @@ public:
     // A file of `wire_path` to be written whole, with no name (O_TMPFILE in its folder,
     // parents made, mode & 0777): it spares the partial name and its rename, which on
     // tmpfs cost a receiver of many small files a sixth of its CPU. Empty (get() < 0) with
-    // no error where it cannot be had: no O_TMPFILE on that file system, a kernel whose
-    // linkat will not name an open file for this process (before 6.10 without
-    // CAP_DAC_READ_SEARCH), or unnamed_file::max_open() held already; the caller writes a
-    // partial file instead.
+    // no error where it cannot be had: no O_TMPFILE on that file system, no way for
+    // linkat to name an open file (by the descriptor: from kernel 6.10, or before with
+    // CAP_DAC_READ_SEARCH; else by its /proc/self/fd link, where /proc is mounted), or
+    // unnamed_file::max_open() held already; the caller writes a partial file instead.
     unnamed_file open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec);
     // Names the unnamed file `file` `wire_path` (linkat). A name already there:
     // dest_errc::exists, or with `overwrite` it is replaced as rename_final replaces it

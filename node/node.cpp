@@ -3,6 +3,7 @@
 #include "node/resume.hpp"
 
 #include <openssl/rand.h>
+#include <algorithm>
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -33,13 +34,17 @@ void reserve_descriptors() {
     }
     // A descriptor far up grows the table once; the slot is given back at once, the table stays.
     int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        int high = ::fcntl(fd, F_DUPFD_CLOEXEC, unnamed_file::max_open() + 256);
+    if (fd < 0) {
+        return;
+    }
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 1) {
+        rlim_t want = static_cast<rlim_t>(unnamed_file::max_open()) + 256;
+        int high = ::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(std::min(want, rl.rlim_cur - 1)));
         if (high >= 0) {
             ::close(high);
         }
-        ::close(fd);
     }
+    ::close(fd);
 }
 
 node::node(asio::io_context& io, node_config config, node_events events) : sweep_timer_(io) {

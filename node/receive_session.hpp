@@ -147,7 +147,8 @@ private:
     void on_file_done(const wire::FileDone& done);
     void on_file_finalized(file_id f, std::error_code ec, const std::string& path);
     void try_finalize(file_id f);
-    // A verified file waiting in its partial file (not fsynced): journal it, then rename.
+    // A verified file (not fsynced) waiting in its partial file, or with no name in
+    // `unnamed`: journal it, then rename or link it.
     void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored, unnamed_file unnamed = {});
     void start_renames();
     // HaveDigests frames for the ACCEPT_PARTIAL decisions, sent before their Accept.

@@ -147,6 +147,13 @@ void emit_line(std::string_view text, bool flush) {
     }
 }
 
+// "t" of the --json events: whole microseconds since the start, so that the two ways
+// events print it (a double, integers) agree and t never goes back.
+std::int64_t micros_since_start() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - program_start)
+        .count();
+}
+
 // Whether the --json stream has its first line yet (which carries "schema").
 bool json_started = false;
 
@@ -160,7 +167,7 @@ void emit(const common_opts& o, json j, bool flush = true) {
         json_started = true;
         j["schema"] = json_schema;
     }
-    j["t"] = ferry::seconds_since(program_start);
+    j["t"] = static_cast<double>(micros_since_start()) / 1e6;  // as file events print it: t never goes back
     emit_line(dump(j), flush);
 }
 
@@ -255,7 +262,7 @@ void emit_file_event(const ferry::file_event& f) {
     }
     // "t" to the microsecond from integers: two events a file make the shortest form of a
     // double a cost of its own.
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - program_start).count();
+    std::int64_t us = micros_since_start();
     fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"(,"t":{}.{:06}}})"), us / 1000000, us % 1000000);
     emit_line(line, false);
 }

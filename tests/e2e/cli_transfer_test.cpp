@@ -336,11 +336,12 @@ TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
     fs::permissions(bin, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                              fs::perms::others_read | fs::perms::others_exec);
     fs::permissions(cli.root(), fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
-    // A new file written whole is made with no name and linked (the partial file left is
-    // removed then); where that cannot be (here forced, as on a kernel before 6.10) it is
-    // written under the partial name, which is replaced.
-    for (bool unnamed : {true, false}) {
-        SCOPED_TRACE(unnamed ? "written with no name, then linked" : "written to the partial file");
+    // A new file written whole is made with no name and linked, by its descriptor or (as
+    // on a kernel before 6.10, forced here) by its /proc/self/fd link, and the partial
+    // file left is removed then; where neither can be (forced) it is written under the
+    // partial name, which is replaced.
+    for (std::string no_unnamed : {"", "fd", "all"}) {
+        SCOPED_TRACE("FERRY_FAULT_NO_UNNAMED=" + no_unnamed);
         fs::remove(dest / "r" / "f");
         write_text_file(dest / "r" / ".f.ferry-part", "left by an earlier attempt, longer than the file");
         fs::permissions(dest / "r" / ".f.ferry-part", read_only);
@@ -351,8 +352,8 @@ TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
             }
         }
         std::vector<std::string> env;
-        if (!unnamed) {
-            env.push_back("FERRY_FAULT_NO_UNNAMED=1");
+        if (!no_unnamed.empty()) {
+            env.push_back("FERRY_FAULT_NO_UNNAMED=" + no_unnamed);
         }
         auto rx = start_receiver(dest, {}, env,
                                  {"/usr/bin/setpriv", "--reuid=" + std::to_string(nobody),

@@ -506,7 +506,9 @@ TEST_F(DestTree, AnUnnamedFileShowsOnlyOnceLinkedWithItsModeAndMtime) {
     std::error_code ec;
     unnamed_file file = tree_.open_unnamed("dir/new.txt", 0640, ec);
     ASSERT_FALSE(ec) << ec.message();
-    ASSERT_GE(file.get(), 0) << "O_TMPFILE and linkat(AT_EMPTY_PATH) work on this kernel and file system";
+    if (file.get() < 0) {
+        GTEST_SKIP() << "no O_TMPFILE, or no linkat of an open file, here: partial files are used";
+    }
     EXPECT_EQ(unnamed_file::open_count(), 1);
     pwrite_all(file.get(), "hello", 0);
     dest_tree::stored_file stored;
@@ -534,7 +536,10 @@ TEST_F(DestTree, AnUnnamedFileShowsOnlyOnceLinkedWithItsModeAndMtime) {
 TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePartialAway) {
     std::error_code ec;
     unnamed_file file = tree_.open_unnamed("f", 0644, ec);
-    ASSERT_GE(file.get(), 0) << ec.message();
+    ASSERT_FALSE(ec) << ec.message();
+    if (file.get() < 0) {
+        GTEST_SKIP() << "no O_TMPFILE, or no linkat of an open file, here: partial files are used";
+    }
     pwrite_all(file.get(), "new", 0);
     write_text(root() / "f", "existing");  // appeared after the check
     EXPECT_EQ(tree_.link_final(file, "f", false), dest_errc::exists);
@@ -543,8 +548,7 @@ TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePa
     EXPECT_EQ(read_text(root() / "f"), "new");
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f"}));
 
-    // A partial file an earlier attempt left for the name goes when the file is named;
-    // in a folder this tree made there can be none, and none is looked for.
+    // A partial file an earlier attempt left for the name goes when the file is named.
     write_text(root() / dest_tree::partial_name("g"), "left by an earlier attempt");
     unnamed_file g = tree_.open_unnamed("g", 0644, ec);
     ASSERT_GE(g.get(), 0) << ec.message();
@@ -565,6 +569,9 @@ TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePa
 // write a partial file instead (an empty result, no error), and a slot freed is reused.
 TEST_F(DestTree, UnnamedFilesAreBoundedAndFallBackToPartialFilesBeyond) {
     std::error_code ec;
+    if (tree_.open_unnamed("probe", 0644, ec).get() < 0) {
+        GTEST_SKIP() << "no O_TMPFILE, or no linkat of an open file, here: partial files are used";
+    }
     std::vector<unnamed_file> held;
     for (int i = 0; i < unnamed_file::max_open(); ++i) {
         held.push_back(tree_.open_unnamed("f" + std::to_string(i), 0644, ec));
