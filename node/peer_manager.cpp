@@ -168,6 +168,9 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
         } else if (ec == transport_errc::timeout) {
             refused(refusal::handshake_timeout, "refused connection from " + from +
                                                     ": no TLS handshake within the handshake timeout");
+        } else if (ec == transport_errc::closed) {
+            // The peer left before the handshake was done (a sender whose transfer ended
+            // while its extra connections were being made): nothing was refused.
         } else {
             refused(refusal::handshake_failed, "refused connection from " + from + ": " + ec.message());
         }
@@ -284,7 +287,11 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         return;
     }
     if (it == sessions_.end() || it->second->peer_id() != peer) {
-        refuse(wire::ERROR_PROTOCOL, "unknown session");
+        // A session can end before all its connections are in (a send of a few small
+        // files, or whose files were all here already): the late ones are no refusal.
+        bool ended = std::find(ended_.begin(), ended_.end(), std::make_pair(hello.session_id(), peer)) != ended_.end();
+        turn_away(self_c, wire::ERROR_PROTOCOL, ended ? "session already ended" : "unknown session", refusal::protocol,
+                  ended);
         return;
     }
     it->second->add_connection(self_c, hello);
@@ -294,13 +301,13 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
 }
 
 void peer_manager::turn_away(const std::shared_ptr<connection>& c, wire::ErrorCode code, const std::string& msg,
-                             std::optional<refusal> why) {
+                             std::optional<refusal> why, bool quiet) {
     // `msg` may quote what the peer sent (a share name, a path): escaped for the log, sent
     // as it is (the peer escapes what it shows).
     std::string line = "refused connection from " + c->stream().remote() + ": " + printable(msg);
-    if (why) {
+    if (why && !quiet) {
         refused(*why, line);
-    } else {
+    } else if (!quiet) {
         ctx_.log(line);
     }
     wire::Header h;
@@ -642,6 +649,10 @@ void peer_manager::on_closed(connection& c, std::error_code ec) {
 }
 
 void peer_manager::end_session(receive_session& s) {
+    ended_.emplace_back(s.session_id(), s.peer_id());
+    if (ended_.size() > max_ended) {
+        ended_.pop_front();
+    }
     sessions_.erase(s.session_id());
     if (ctx_.events.session_ended) {
         ctx_.events.session_ended();

@@ -93,9 +93,9 @@ private:
     // Open connections of the peer with statistics key `key` (or of every peer: "").
     std::size_t peer_connections(const std::string& key) const;
     // Sends an Error frame on `c` and closes it once that is out. `why`: the refusal it
-    // counts as (none: logged only, a request this node declines).
+    // counts as (none: logged only, a request this node declines); `quiet`: neither.
     void turn_away(const std::shared_ptr<connection>& c, wire::ErrorCode code, const std::string& msg,
-                   std::optional<refusal> why);
+                   std::optional<refusal> why, bool quiet = false);
     void end_session(receive_session& s);
     void on_handshake(std::uint64_t seq, std::error_code ec, std::unique_ptr<byte_stream> stream,
                       const tls_peer_check& check);
@@ -113,6 +113,10 @@ private:
     std::uint64_t next_seq_ = 0;
     log_throttle log_throttle_;
     std::map<std::string, std::shared_ptr<receive_session>> sessions_;  // by session id
+    // The last sessions that ended (session id, peer ID), newest last: a connection the
+    // peer dialed for one while it ended is turned away quietly, not as a refusal.
+    std::deque<std::pair<std::string, std::string>> ended_;
+    static constexpr std::size_t max_ended = 256;
     std::map<std::string, std::shared_ptr<send_session>> pulls_;         // by session id
     // Pulls (and lists) whose share is being scanned or waits to be: connection 0, until
     // its send_session starts or its listing is sent (at most max_waiting_scans). One scan runs at a time (it holds a

@@ -127,9 +127,13 @@ io_result byte_stream::ssl_result(int rc, std::size_t n) {
                 r.ec = transport_errc::tls_version;
             }
             if (ERR_GET_REASON(code) == SSL_R_WRONG_VERSION_NUMBER || ERR_GET_REASON(code) == SSL_R_HTTP_REQUEST ||
-                ERR_GET_REASON(code) == SSL_R_PACKET_LENGTH_TOO_LONG ||
-                (ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING && !SSL_is_init_finished(ssl_))) {
+                ERR_GET_REASON(code) == SSL_R_PACKET_LENGTH_TOO_LONG) {
                 r.ec = transport_errc::plaintext_mismatch;
+            } else if (ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING && !SSL_is_init_finished(ssl_)) {
+                // A client that meets a plaintext server sees it close; a server whose
+                // client leaves mid-handshake (a sender that finished before its extra
+                // connections were up) has only been left.
+                r.ec = SSL_is_server(ssl_) != 0 ? transport_errc::closed : transport_errc::plaintext_mismatch;
             }
             ERR_clear_error();
             return r;
@@ -409,8 +413,9 @@ void byte_stream::handshake_step(std::shared_ptr<std::function<void(std::error_c
     }
     if (check_ && !check_->reason.empty()) {
         r.ec = transport_errc::untrusted_peer;
-    } else if (r.ec == transport_errc::closed) {
-        // A plaintext peer closes on our ClientHello.
+    } else if (r.ec == transport_errc::closed && SSL_is_server(ssl_) == 0) {
+        // A plaintext peer closes on our ClientHello. (A client that closes on a server
+        // has only left: see ssl_result.)
         r.ec = transport_errc::plaintext_mismatch;
     }
     (*fn)(r.ec ? r.ec : make_error_code(transport_errc::tls_failed));
