@@ -440,8 +440,9 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
                                   : "pull of " + what + " by " + peer + " failed: " + r.error,
                              r.ok ? log_level::info : log_level::warn);
                     // Not from inside the session's own call.
-                    asio::post(ctx_.io, [this, alive, sid] {
+                    asio::post(ctx_.io, [this, alive, sid, id = r.peer_id] {
                         if (!alive.expired()) {
+                            remember_ended(sid, id);
                             pulls_.erase(sid);
                             if (ctx_.events.session_ended) {
                                 ctx_.events.session_ended();
@@ -648,11 +649,15 @@ void peer_manager::on_closed(connection& c, std::error_code ec) {
     }
 }
 
-void peer_manager::end_session(receive_session& s) {
-    ended_.emplace_back(s.session_id(), s.peer_id());
+void peer_manager::remember_ended(const std::string& session_id, const std::string& peer) {
+    ended_.emplace_back(session_id, peer);
     if (ended_.size() > max_ended) {
         ended_.pop_front();
     }
+}
+
+void peer_manager::end_session(receive_session& s) {
+    remember_ended(s.session_id(), s.peer_id());
     sessions_.erase(s.session_id());
     if (ctx_.events.session_ended) {
         ctx_.events.session_ended();

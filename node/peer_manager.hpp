@@ -97,6 +97,7 @@ private:
     void turn_away(const std::shared_ptr<connection>& c, wire::ErrorCode code, const std::string& msg,
                    std::optional<refusal> why, bool quiet = false);
     void end_session(receive_session& s);
+    void remember_ended(const std::string& session_id, const std::string& peer);
     void on_handshake(std::uint64_t seq, std::error_code ec, std::unique_ptr<byte_stream> stream,
                       const tls_peer_check& check);
     std::size_t connection_count() const;

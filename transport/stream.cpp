@@ -417,6 +417,8 @@ void byte_stream::handshake_step(std::shared_ptr<std::function<void(std::error_c
         // A plaintext peer closes on our ClientHello. (A client that closes on a server
         // has only left: see ssl_result.)
         r.ec = transport_errc::plaintext_mismatch;
+    } else if (SSL_is_server(ssl_) != 0 && (r.ec == std::errc::connection_reset || r.ec == std::errc::broken_pipe)) {
+        r.ec = transport_errc::closed;  // left with our reply unread: the kernel reset it
     }
     (*fn)(r.ec ? r.ec : make_error_code(transport_errc::tls_failed));
 }

@@ -492,6 +492,30 @@ TEST(stream_establish, plaintext_client_to_tls_server_fails) {
     }
 }
 
+// A client that connects and leaves before its handshake is done (a sender whose transfer
+// ended while its extra connections were being made) has only left: closed, not taken
+// for a peer that does not speak TLS (which a plaintext peer that says something is).
+TEST(stream_establish, a_client_that_leaves_during_the_tls_handshake_is_closed_not_a_plaintext_peer) {
+    asio::io_context io;
+    asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    bool server_done = false;
+    std::error_code server_ec;
+    acceptor.async_accept([&](std::error_code ec, asio::ip::tcp::socket socket) {
+        ASSERT_FALSE(ec) << ec.message();
+        async_accept_stream(io, &bob().server, std::move(socket), socket_tuning{}, 10s, allow_only(alice().client.id()),
+                            [&](std::error_code ec, std::unique_ptr<byte_stream> s) {
+                                server_done = true;
+                                server_ec = ec;
+                                EXPECT_FALSE(s);
+                            });
+    });
+    asio::ip::tcp::socket client(io);
+    client.connect(acceptor.local_endpoint());
+    client.close();
+    ASSERT_TRUE(run_until(io, [&] { return server_done; }));
+    EXPECT_EQ(server_ec, make_error_code(transport_errc::closed)) << server_ec.message();
+}
+
 TEST(stream_establish, tls_client_to_plaintext_server_fails) {
     recording_handler h;  // declared first: outlives the loop and its pending handlers
     asio::io_context io;
