@@ -824,8 +824,8 @@ int link_unnamed(int fd, int dfd, const char* name, bool by_proc) {
 }  // namespace
 
 unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {
-    int can = can_link_unnamed_.load(std::memory_order_relaxed);
-    if (can < 0) {
+    unnamed_link how = unnamed_link_.load(std::memory_order_relaxed);
+    if (how == unnamed_link::unknown) {
         // Asked once, without making a name: linking an open O_TMPFILE file to "." fails
         // with EEXIST where linkat may name it that way, and with ENOENT where it may
         // not (or where /proc is not there). (Test hook, tests/e2e:
@@ -834,20 +834,21 @@ unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t m
         const char* fault = std::getenv("FERRY_FAULT_NO_UNNAMED");
         std::string_view no = fault != nullptr ? fault : "";
         unique_fd probe(::openat(root_fd_, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
-        can = 0;
+        how = unnamed_link::none;
         if (probe.get() >= 0 && no != "all") {
             if (no != "fd" && ::linkat(probe.get(), "", root_fd_, ".", AT_EMPTY_PATH) != 0 && errno == EEXIST) {
-                can = 1;
+                how = unnamed_link::by_fd;
             } else if (link_unnamed(probe.get(), root_fd_, ".", true) != 0 && errno == EEXIST) {
-                can = 2;
+                how = unnamed_link::by_proc;
             }
         }
-        can_link_unnamed_.store(can, std::memory_order_relaxed);
+        unnamed_link_.store(how, std::memory_order_relaxed);
     }
-    if (can == 0 || unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
-        if (can != 0) {
-            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
-        }
+    if (how == unnamed_link::none) {
+        return {};
+    }
+    if (unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
+        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
         return {};
     }
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
@@ -870,7 +871,7 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
     if (dh.fd < 0) {
         return ec;
     }
-    bool by_proc = can_link_unnamed_.load(std::memory_order_relaxed) == 2;
+    bool by_proc = unnamed_link_.load(std::memory_order_relaxed) == unnamed_link::by_proc;
     std::string name(wire_name(wire_path));
     if (link_unnamed(file.get(), dh.fd, name.c_str(), by_proc) == 0) {
         if (dh.folder == nullptr || !dh.folder->made) {

@@ -307,7 +307,9 @@ private:
     std::int64_t mtime_step(std::uint64_t dev, int dir_fd);
     std::mutex steps_mutex_;
     std::vector<std::pair<std::uint64_t, std::int64_t>> mtime_steps_;  // st_dev -> step (0: unknown)
-    std::atomic<int> can_link_unnamed_{-1};  // open_unnamed's probe: -1 not asked yet, 0 no, 1 yes
+    // How this tree's unnamed files get their names, from open_unnamed's probe.
+    enum class unnamed_link { unknown, none, by_fd, by_proc };
+    std::atomic<unnamed_link> unnamed_link_{unnamed_link::unknown};
     std::atomic<bool> mirror_{false};
     struct path_hash {
         using is_transparent = void;

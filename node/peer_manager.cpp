@@ -157,6 +157,11 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
     if (ec) {
         std::string from = it->second.from;
         waiting_.erase(it);
+        if (ec == transport_errc::closed) {
+            // The peer left before the handshake was done (a sender whose transfer ended
+            // while its extra connections were being made): nothing was refused.
+            return;
+        }
         if (ec == transport_errc::untrusted_peer && !check.peer_id.empty()) {
             refused(refusal::untrusted, "refused connection from " + from + ": node " + format_node_id(check.peer_id) +
                                             " is not trusted (ferry trust ID, or --accept-from)");
@@ -168,9 +173,6 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
         } else if (ec == transport_errc::timeout) {
             refused(refusal::handshake_timeout, "refused connection from " + from +
                                                     ": no TLS handshake within the handshake timeout");
-        } else if (ec == transport_errc::closed) {
-            // The peer left before the handshake was done (a sender whose transfer ended
-            // while its extra connections were being made): nothing was refused.
         } else {
             refused(refusal::handshake_failed, "refused connection from " + from + ": " + ec.message());
         }
