@@ -64,6 +64,22 @@ protected:
         return cli.start(args, env, launcher);
     }
 
+    // The serving node `node` (state A) counted no refusal of any kind; then it stops on
+    // SIGTERM, exits 0 and has logged no "refused" line.
+    void expect_no_refusals_then_stop(ferry_cli::receiver& node) {
+        run_result status = cli.ferry({"status", "--state", cli.state("A").string(), "--json"});
+        ASSERT_EQ(status.code, 0) << status.err;
+        nlohmann::json st = nlohmann::json::parse(status.out, nullptr, false);
+        ASSERT_FALSE(st.is_discarded()) << status.out;
+        ASSERT_TRUE(st["refusals"].is_object()) << status.out;
+        for (const auto& [reason, count] : st["refusals"].items()) {
+            EXPECT_EQ(count, 0u) << reason;
+        }
+        node.proc->signal(SIGTERM);
+        EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+        EXPECT_EQ(node.proc->err().find("refused"), std::string::npos) << node.proc->err();
+    }
+
     run_result send(const std::vector<std::string>& paths, const std::string& target,
                     std::vector<std::string> extra = {}, const std::string& who = "B") {
         std::vector<std::string> args{"send", "--state", cli.state(who).string(), "--json"};
@@ -483,17 +499,7 @@ TEST_F(cli_transfer, a_connection_dialed_during_the_scan_carries_the_send_or_is_
         EXPECT_EQ(compare_trees(src, inbox / "tree"), "") << delay_ms;
         EXPECT_EQ(last_json_line(s.out)["event"], "done") << s.out;
     }
-    run_result status = cli.ferry({"status", "--state", cli.state("A").string(), "--json"});
-    ASSERT_EQ(status.code, 0) << status.err;
-    nlohmann::json st = nlohmann::json::parse(status.out, nullptr, false);
-    ASSERT_FALSE(st.is_discarded()) << status.out;
-    ASSERT_TRUE(st["refusals"].is_object()) << status.out;
-    for (const auto& [reason, count] : st["refusals"].items()) {
-        EXPECT_EQ(count, 0u) << reason;
-    }
-    node.proc->signal(SIGTERM);
-    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
-    EXPECT_EQ(node.proc->err().find("refused"), std::string::npos) << node.proc->err();
+    expect_no_refusals_then_stop(node);
     EXPECT_EQ(node.proc->err().find("before Hello"), std::string::npos) << node.proc->err();
 }
 
@@ -515,17 +521,7 @@ TEST_F(cli_transfer, connections_a_short_send_no_longer_needs_are_not_counted_as
         EXPECT_EQ(last_json_line(s.out)["files"], round == 0 ? 1u : 0u) << s.out;
     }
     EXPECT_EQ(compare_trees(src, inbox / "one"), "");
-    run_result status = cli.ferry({"status", "--state", cli.state("A").string(), "--json"});
-    ASSERT_EQ(status.code, 0) << status.err;
-    nlohmann::json st = nlohmann::json::parse(status.out, nullptr, false);
-    ASSERT_FALSE(st.is_discarded()) << status.out;
-    ASSERT_TRUE(st["refusals"].is_object()) << status.out;
-    for (const auto& [reason, count] : st["refusals"].items()) {
-        EXPECT_EQ(count, 0u) << reason;
-    }
-    node.proc->signal(SIGTERM);
-    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
-    EXPECT_EQ(node.proc->err().find("refused"), std::string::npos) << node.proc->err();
+    expect_no_refusals_then_stop(node);
 }
 
 // A big tree's files move while it is still scanned: the scan is held at a late folder

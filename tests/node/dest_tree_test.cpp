@@ -500,6 +500,9 @@ TEST_F(DestTree, FinalizeWithOverwriteReplaces) {
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f"}));
 }
 
+// Why the tests of unnamed files skip where open_unnamed gives none (no error).
+constexpr const char* no_unnamed_files_here = "no O_TMPFILE, or no linkat of an open file, here: partial files are used";
+
 // A new file written whole has no name until link_final: nothing shows in its folder
 // before (not even a partial name), and the name comes with the mode, mtime and bytes.
 TEST_F(DestTree, AnUnnamedFileShowsOnlyOnceLinkedWithItsModeAndMtime) {
@@ -507,7 +510,7 @@ TEST_F(DestTree, AnUnnamedFileShowsOnlyOnceLinkedWithItsModeAndMtime) {
     unnamed_file file = tree_.open_unnamed("dir/new.txt", 0640, ec);
     ASSERT_FALSE(ec) << ec.message();
     if (file.get() < 0) {
-        GTEST_SKIP() << "no O_TMPFILE, or no linkat of an open file, here: partial files are used";
+        GTEST_SKIP() << no_unnamed_files_here;
     }
     EXPECT_EQ(unnamed_file::open_count(), 1);
     pwrite_all(file.get(), "hello", 0);
@@ -538,7 +541,7 @@ TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePa
     unnamed_file file = tree_.open_unnamed("f", 0644, ec);
     ASSERT_FALSE(ec) << ec.message();
     if (file.get() < 0) {
-        GTEST_SKIP() << "no O_TMPFILE, or no linkat of an open file, here: partial files are used";
+        GTEST_SKIP() << no_unnamed_files_here;
     }
     pwrite_all(file.get(), "new", 0);
     write_text(root() / "f", "existing");  // appeared after the check
@@ -570,7 +573,7 @@ TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePa
 TEST_F(DestTree, UnnamedFilesAreBoundedAndFallBackToPartialFilesBeyond) {
     std::error_code ec;
     if (tree_.open_unnamed("probe", 0644, ec).get() < 0) {
-        GTEST_SKIP() << "no O_TMPFILE, or no linkat of an open file, here: partial files are used";
+        GTEST_SKIP() << no_unnamed_files_here;
     }
     std::vector<unnamed_file> held;
     for (int i = 0; i < unnamed_file::max_open(); ++i) {
