@@ -12,9 +12,10 @@ worker_pool::worker_pool(std::size_t threads) {
         threads = 1;
     }
     threads_.reserve(threads);
-    // The workers never take the signals a command handles (asio's signal_set, on the
-    // loop thread): they inherit them blocked, so SIGINT, SIGTERM and SIGHUP always reach
-    // a thread that runs the loop, not one busy in a long task.
+    // The workers never take SIGINT, SIGTERM or SIGHUP: they inherit them blocked, so a
+    // program that handles them with a handler has it run on one of its own threads, not
+    // in a worker's long task. (The ferry binary blocks them in every thread and takes
+    // them on one: tools/signals.hpp.)
     sigset_t handled;
     sigset_t before;
     sigemptyset(&handled);

@@ -43,6 +43,7 @@
 #include "tools/config.hpp"
 #include "tools/progress.hpp"
 #include "tools/sd_notify.hpp"
+#include "tools/signals.hpp"
 #include "transport/identity.hpp"
 
 namespace fs = std::filesystem;
@@ -956,28 +957,9 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         }
     }
     // Caught from before the node says it listens: a supervisor may stop it at once.
-    asio::signal_set signals(io, SIGINT, SIGTERM);
-#if defined(__SANITIZE_THREAD__)
-    // ThreadSanitizer holds a signal that reaches a thread outside a blocking call until
-    // that thread next enters its runtime. Twice in TSan runs (never in other builds) a
-    // node that sat idle did not act on SIGTERM within 10 s; a wake-up every second lets
-    // a held signal through. (The loop ends by io.stop(), so the timer holds nothing up.)
-    asio::steady_timer tsan_wake(io);
-    std::function<void()> wake = [&] {
-        tsan_wake.expires_after(std::chrono::seconds(1));
-        tsan_wake.async_wait([&](std::error_code ec) {
-            if (!ec) {
-                wake();
-            }
-        });
-    };
-    wake();
-#endif
+    ferry::cli::signal_watch signals(io, {SIGINT, SIGTERM});
     int stopped_by = 0;
-    signals.async_wait([&](std::error_code ec, int sig) {
-        if (ec) {
-            return;
-        }
+    signals.async_wait([&](int sig) {
         stopped_by = sig;
         ferry::cli::sd_notify("STOPPING=1");
         say(std::string("stopping (") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + "); partial files are kept");
@@ -987,10 +969,10 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         linger.async_wait([&io](std::error_code) { io.stop(); });
     });
     // SIGHUP (`systemctl reload ferry`): trust, shares and limits read again, transfers go on.
-    asio::signal_set hup(io);
+    ferry::cli::signal_watch hup(io, {});
     std::function<void()> await_hup = [&] {
-        hup.async_wait([&](std::error_code ec, int) {
-            if (ec || stopped_by != 0) {
+        hup.async_wait([&](int) {
+            if (stopped_by != 0) {
                 return;
             }
             timespec mono{};
@@ -2160,16 +2142,14 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     };
     attempt = [&] { loop.start(on_done); };
     attempt();
-    asio::signal_set signals(io, SIGINT, SIGTERM);
-    signals.async_wait([&](std::error_code ec, int) {
-        if (!ec) {
-            interrupted = true;
-            if (retry_timer.cancel() > 0) {
-                stop_waiting();
-                return;
-            }
-            n.stop("interrupted");
+    ferry::cli::signal_watch signals(io, {SIGINT, SIGTERM});
+    signals.async_wait([&](int) {
+        interrupted = true;
+        if (retry_timer.cancel() > 0) {
+            stop_waiting();
+            return;
         }
+        n.stop("interrupted");
     });
     progress.wake();
     io.run();
@@ -2599,15 +2579,13 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     view = &progress;
     mg->start();
     progress.wake();
-    asio::signal_set signals(io, SIGINT, SIGTERM);
-    signals.async_wait([&](std::error_code e, int) {
-        if (!e) {
-            mg->stop();
-            n.stop("interrupted");
-            result = ferry::multi_get_report{};
-            result->error = "interrupted (the ranges that arrived stay in the parts folder for a rerun)";
-            asio::post(io, [&io] { io.stop(); });
-        }
+    ferry::cli::signal_watch signals(io, {SIGINT, SIGTERM});
+    signals.async_wait([&](int) {
+        mg->stop();
+        n.stop("interrupted");
+        result = ferry::multi_get_report{};
+        result->error = "interrupted (the ranges that arrived stay in the parts folder for a rerun)";
+        asio::post(io, [&io] { io.stop(); });
     });
     io.run();
     progress.stop();
@@ -2842,6 +2820,7 @@ int main(int argc, char** argv) {
     saved_argc = argc;
     saved_argv = argv;
     ferry::reserve_descriptors();  // before any thread starts
+    ferry::cli::start_signal_thread();  // so too: every thread after it keeps the signals blocked
     // A peer that closes first must not kill us: writes to a closed socket return EPIPE.
     std::signal(SIGPIPE, SIG_IGN);
     // --json lines into a file or a pipe go out in 64 KiB writes (a small file makes two

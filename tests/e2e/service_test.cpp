@@ -73,6 +73,34 @@ TEST(service, serve_tells_the_service_manager_it_is_ready_and_when_it_stops) {
     EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
 }
 
+// Every thread keeps SIGINT, SIGTERM and SIGHUP blocked and one takes them (tools/signals.hpp).
+// A signal the command handles stops it cleanly; one it does not handle (SIGHUP to
+// `ferry receive`) ends it as it would with no handler, and one that is ignored when ferry
+// starts (as nohup ignores SIGHUP) stays ignored.
+TEST(service, signals_the_command_does_not_handle_keep_their_default_action) {
+    ferry_cli cli;
+    cli.id("A");
+    auto start_receive = [&](const std::vector<std::string>& launcher) {
+        return cli.start({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--accept-any",
+                          "--json", (cli.root() / "inbox").string()},
+                         {}, launcher);
+    };
+    {
+        ferry_cli::receiver rx = start_receive({});
+        ASSERT_FALSE(rx.address.empty()) << rx.proc->err();
+        rx.proc->signal(SIGHUP);
+        EXPECT_EQ(rx.proc->wait(10s), 128 + SIGHUP) << rx.proc->err();
+    }
+    {
+        ferry_cli::receiver rx = start_receive({"/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", FERRY_BINARY});
+        ASSERT_FALSE(rx.address.empty()) << rx.proc->err();
+        rx.proc->signal(SIGHUP);
+        rx.proc->signal(SIGINT);  // handled; the SIGHUP before it was taken and ignored
+        EXPECT_EQ(rx.proc->wait(10s), 2) << rx.proc->err();  // 2: stopped before any transfer
+        EXPECT_NE(rx.proc->err().find("stopping (SIGINT)"), std::string::npos) << rx.proc->err();
+    }
+}
+
 // Under the journal (stderr is the stream $JOURNAL_STREAM names) each line starts with its
 // syslog priority and carries no time; elsewhere a node's lines start with the local time.
 // --log-level keeps the lines of that level and above.

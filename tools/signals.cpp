@@ -1,0 +1,147 @@
+#include "tools/signals.hpp"
+
+#include <pthread.h>
+
+#include <asio/executor_work_guard.hpp>
+#include <asio/post.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+namespace ferry::cli {
+
+struct signal_watch::state {
+    explicit state(asio::io_context& io) : ex(io.get_executor()) {}
+    asio::io_context::executor_type ex;
+    sigset_t wanted{};  // under registry().mutex
+
+    // The loop's thread only.
+    std::function<void(int)> handler;
+    // An armed wait keeps the loop running, as a pending asio operation does (the commands
+    // end their loops with io.stop(), never by running out of work).
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+    std::deque<int> kept;
+    bool alive = true;
+
+    void deliver(int signal) {
+        if (!alive) {
+            return;
+        }
+        if (!handler) {
+            if (std::find(kept.begin(), kept.end(), signal) == kept.end()) {
+                kept.push_back(signal);  // like a pending signal: the same one twice is once
+            }
+            return;
+        }
+        std::function<void(int)> h = std::move(handler);
+        handler = nullptr;
+        work.reset();
+        h(signal);
+    }
+};
+
+namespace {
+
+struct watch_registry {
+    std::mutex mutex;
+    std::vector<std::shared_ptr<signal_watch::state>> watches;
+};
+
+watch_registry& registry() {
+    static watch_registry r;
+    return r;
+}
+
+sigset_t taken_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    return set;
+}
+
+// What the signal does with no handler: ends the process, unless it is ignored.
+void default_action(int signal) {
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, signal);
+    pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
+    ::raise(signal);  // delivered to this thread before raise returns
+    pthread_sigmask(SIG_BLOCK, &one, nullptr);
+}
+
+void take_signals() {
+    const sigset_t taken = taken_signals();
+    for (;;) {
+        siginfo_t info{};
+        int signal = ::sigwaitinfo(&taken, &info);
+        if (signal < 0) {
+            continue;  // EINTR (a stop and continue under a debugger)
+        }
+        bool wanted = false;
+        {
+            std::lock_guard lock(registry().mutex);
+            for (const std::shared_ptr<signal_watch::state>& w : registry().watches) {
+                if (sigismember(&w->wanted, signal) == 1) {
+                    wanted = true;
+                    asio::post(w->ex, [w, signal] { w->deliver(signal); });
+                }
+            }
+        }
+        if (!wanted) {
+            default_action(signal);
+        }
+    }
+}
+
+}  // namespace
+
+void start_signal_thread() {
+    const sigset_t taken = taken_signals();
+    pthread_sigmask(SIG_BLOCK, &taken, nullptr);
+    std::thread(take_signals).detach();
+}
+
+signal_watch::signal_watch(asio::io_context& io, std::initializer_list<int> signals)
+    : state_(std::make_shared<state>(io)) {
+    std::lock_guard lock(registry().mutex);
+    sigemptyset(&state_->wanted);
+    for (int s : signals) {
+        sigaddset(&state_->wanted, s);
+    }
+    registry().watches.push_back(state_);
+}
+
+signal_watch::~signal_watch() {
+    {
+        std::lock_guard lock(registry().mutex);
+        std::erase(registry().watches, state_);
+    }
+    state_->alive = false;
+    state_->handler = nullptr;
+    state_->work.reset();
+}
+
+void signal_watch::add(int signal) {
+    std::lock_guard lock(registry().mutex);
+    sigaddset(&state_->wanted, signal);
+}
+
+void signal_watch::async_wait(std::function<void(int)> handler) {
+    state_->handler = std::move(handler);
+    state_->work.emplace(state_->ex);
+    if (!state_->kept.empty()) {
+        int signal = state_->kept.front();
+        state_->kept.pop_front();
+        asio::post(state_->ex, [s = state_, signal] { s->deliver(signal); });
+    }
+}
+
+}  // namespace ferry::cli
