@@ -1,12 +1,16 @@
 #include "tools/signals.hpp"
 
+#include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
 
 #include <algorithm>
-#include <cerrno>
+#include <cstdint>
 #include <csignal>
 #include <deque>
 #include <mutex>
@@ -77,14 +81,53 @@ void default_action(int signal) {
     pthread_sigmask(SIG_BLOCK, &one, nullptr);
 }
 
-void take_signals() {
-    const sigset_t taken = taken_signals();
-    for (;;) {
-        siginfo_t info{};
-        int signal = ::sigwaitinfo(&taken, &info);
-        if (signal < 0) {
-            continue;  // EINTR (a stop and continue under a debugger)
+// The thread that takes the signals: it reads them from a signalfd, and leaves when the
+// process exits (a thread still running then would hold up a ThreadSanitizer build's exit
+// by its atexit_sleep_ms).
+class signal_taker {
+public:
+    explicit signal_taker(const sigset_t& taken)
+        : signals_(::signalfd(-1, &taken, SFD_CLOEXEC)), stop_(::eventfd(0, EFD_CLOEXEC)) {
+        if (signals_ >= 0 && stop_ >= 0) {
+            thread_ = std::thread([this] { run(); });
         }
+    }
+    ~signal_taker() {
+        if (thread_.joinable()) {
+            std::uint64_t one = 1;
+            (void)!::write(stop_, &one, sizeof one);
+            thread_.join();
+        }
+        for (int fd : {signals_, stop_}) {
+            if (fd >= 0) {
+                ::close(fd);
+            }
+        }
+    }
+    signal_taker(const signal_taker&) = delete;
+    signal_taker& operator=(const signal_taker&) = delete;
+
+    bool running() const { return thread_.joinable(); }
+
+private:
+    void run() {
+        for (;;) {
+            pollfd fds[2] = {{signals_, POLLIN, 0}, {stop_, POLLIN, 0}};
+            if (::poll(fds, 2, -1) < 0) {
+                continue;  // EINTR (a stop and continue under a debugger)
+            }
+            if (fds[1].revents != 0) {
+                return;
+            }
+            signalfd_siginfo info{};
+            if (::read(signals_, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) {
+                continue;
+            }
+            take(static_cast<int>(info.ssi_signo));
+        }
+    }
+
+    static void take(int signal) {
         bool wanted = false;
         {
             std::lock_guard lock(registry().mutex);
@@ -99,14 +142,22 @@ void take_signals() {
             default_action(signal);
         }
     }
-}
+
+    int signals_;
+    int stop_;
+    std::thread thread_;
+};
 
 }  // namespace
 
 void start_signal_thread() {
     const sigset_t taken = taken_signals();
     pthread_sigmask(SIG_BLOCK, &taken, nullptr);
-    std::thread(take_signals).detach();
+    registry();  // made first, so that it outlives the taker at exit
+    static signal_taker taker(taken);
+    if (!taker.running()) {
+        pthread_sigmask(SIG_UNBLOCK, &taken, nullptr);  // no descriptors: the signals do their default action
+    }
 }
 
 signal_watch::signal_watch(asio::io_context& io, std::initializer_list<int> signals)

@@ -1,5 +1,5 @@
 // Stop and reload signals (SIGINT, SIGTERM, SIGHUP) without a signal handler: every
-// thread keeps them blocked and one thread takes them with sigwaitinfo(2), then posts each
+// thread keeps them blocked and one thread takes them from a signalfd(2), then posts each
 // to the loops that watch it. A handler would run on whichever thread the kernel picks,
 // at any point of its work (ThreadSanitizer, which defers such handlers, twice left a
 // node deaf to SIGTERM); a blocked signal waits in the kernel until it is taken.
