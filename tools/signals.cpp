@@ -15,6 +15,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -87,9 +88,15 @@ void default_action(int signal) {
 class signal_taker {
 public:
     explicit signal_taker(const sigset_t& taken)
-        : signals_(::signalfd(-1, &taken, SFD_CLOEXEC)), stop_(::eventfd(0, EFD_CLOEXEC)) {
+        : taken_(taken),
+          signals_(::signalfd(-1, &taken, SFD_CLOEXEC | SFD_NONBLOCK)),
+          stop_(::eventfd(0, EFD_CLOEXEC)) {
         if (signals_ >= 0 && stop_ >= 0) {
-            thread_ = std::thread([this] { run(); });
+            try {
+                thread_ = std::thread([this] { run(); });
+            } catch (const std::system_error&) {
+                // no thread to be had: running() says so
+            }
         }
     }
     ~signal_taker() {
@@ -97,6 +104,8 @@ public:
             std::uint64_t one = 1;
             (void)!::write(stop_, &one, sizeof one);
             thread_.join();
+            // What is left of the exit may still be stopped: a signal now does its default action.
+            pthread_sigmask(SIG_UNBLOCK, &taken_, nullptr);
         }
         for (int fd : {signals_, stop_}) {
             if (fd >= 0) {
@@ -121,7 +130,7 @@ private:
             }
             signalfd_siginfo info{};
             if (::read(signals_, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) {
-                continue;
+                continue;  // EAGAIN: taken by nobody else, but never a reason to block here
             }
             take(static_cast<int>(info.ssi_signo));
         }
@@ -143,6 +152,7 @@ private:
         }
     }
 
+    sigset_t taken_;
     int signals_;
     int stop_;
     std::thread thread_;

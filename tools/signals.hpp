@@ -19,9 +19,12 @@ namespace ferry::cli {
 // the process (or nothing, when it was ignored, as under nohup).
 void start_signal_thread();
 
-// The signals a command handles, on its loop's thread. As with asio::signal_set, an armed
-// wait keeps io.run() going, and a signal that comes while no wait is armed is kept for the
-// next one; a signal that comes before the watch exists does its default action.
+// The signals a command handles, on its loop's thread; the watch must not outlive `io`.
+// As with asio::signal_set, an armed wait keeps io.run() going, a signal that comes while
+// no wait is armed is kept for the next one (the same signal twice, once), and a signal a
+// watch wants is taken even when it was ignored at exec (`ferry serve &` from a script
+// still stops on SIGINT). A signal that comes before the watch exists does its default
+// action.
 class signal_watch {
 public:
     signal_watch(asio::io_context& io, std::initializer_list<int> signals);

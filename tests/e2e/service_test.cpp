@@ -95,7 +95,9 @@ TEST(service, signals_the_command_does_not_handle_keep_their_default_action) {
         ferry_cli::receiver rx = start_receive({"/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", FERRY_BINARY});
         ASSERT_FALSE(rx.address.empty()) << rx.proc->err();
         rx.proc->signal(SIGHUP);
-        rx.proc->signal(SIGINT);  // handled; the SIGHUP before it was taken and ignored
+        // The kernel hands over SIGHUP first. Taken and ignored, it is gone; left pending, it
+        // would be read again and again ahead of SIGINT, and the node would not stop.
+        rx.proc->signal(SIGINT);
         EXPECT_EQ(rx.proc->wait(10s), 2) << rx.proc->err();  // 2: stopped before any transfer
         EXPECT_NE(rx.proc->err().find("stopping (SIGINT)"), std::string::npos) << rx.proc->err();
     }

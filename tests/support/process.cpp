@@ -70,6 +70,14 @@ child_process::child_process(const std::vector<std::string>& argv, const std::ve
         throw std::system_error(errno, std::generic_category(), "fork");
     }
     if (pid_ == 0) {
+        // Each child starts from the default signal actions and an empty mask, whatever
+        // the test runner ignores or blocks (nohup ignores SIGHUP).
+        for (int sig : {SIGHUP, SIGINT, SIGTERM}) {
+            ::signal(sig, SIG_DFL);
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
         ::dup2(out[1], 1);
         ::dup2(err[1], 2);
         int devnull = ::open("/dev/null", O_RDONLY);
