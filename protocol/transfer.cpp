@@ -14,19 +14,21 @@ std::optional<chunk_bitmap> chunk_bitmap::from_bytes(std::uint64_t bits, const s
         return std::nullopt;
     }
     chunk_bitmap b(bits);
+    std::uint8_t* out = b.data();
     for (std::size_t i = 0; i < bytes.size(); ++i) {
-        b.bytes_[i] = static_cast<std::uint8_t>(bytes[i]);
+        out[i] = static_cast<std::uint8_t>(bytes[i]);
     }
-    if (bits % 8 != 0 && !b.bytes_.empty()) {
-        b.bytes_.back() &= static_cast<std::uint8_t>((1u << (bits % 8)) - 1);
+    if (bits % 8 != 0 && !bytes.empty()) {
+        out[bytes.size() - 1] &= static_cast<std::uint8_t>((1u << (bits % 8)) - 1);
     }
     return b;
 }
 
 std::uint64_t chunk_bitmap::count() const {
     std::uint64_t n = 0;
-    for (std::uint8_t byte : bytes_) {
-        n += static_cast<std::uint64_t>(std::popcount(byte));
+    const std::uint8_t* bytes = data();
+    for (std::size_t i = 0; i < byte_count(); ++i) {
+        n += static_cast<std::uint64_t>(std::popcount(bytes[i]));
     }
     return n;
 }

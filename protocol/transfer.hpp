@@ -116,18 +116,30 @@ inline wire::Header make_hello(const std::string& session_id, std::uint32_t inde
 class chunk_bitmap {
 public:
     chunk_bitmap() = default;
-    explicit chunk_bitmap(std::uint64_t bits) : bits_(bits), bytes_((bits + 7) / 8, 0) {}
+    // A file of up to 64 chunks (16 MiB) keeps its bits inline: most files, and each of
+    // their bitmaps would otherwise be an allocation of its own.
+    explicit chunk_bitmap(std::uint64_t bits) : bits_(bits) {
+        if (bits > inline_bits) {
+            heap_.assign((bits + 7) / 8, 0);
+        }
+    }
     static std::optional<chunk_bitmap> from_bytes(std::uint64_t bits, const std::string& bytes);
-    bool test(std::uint64_t i) const { return (bytes_[i / 8] >> (i % 8)) & 1u; }
-    void set(std::uint64_t i) { bytes_[i / 8] |= static_cast<std::uint8_t>(1u << (i % 8)); }
-    void reset(std::uint64_t i) { bytes_[i / 8] &= static_cast<std::uint8_t>(~(1u << (i % 8))); }
+    bool test(std::uint64_t i) const { return (data()[i / 8] >> (i % 8)) & 1u; }
+    void set(std::uint64_t i) { data()[i / 8] |= static_cast<std::uint8_t>(1u << (i % 8)); }
+    void reset(std::uint64_t i) { data()[i / 8] &= static_cast<std::uint8_t>(~(1u << (i % 8))); }
     std::uint64_t size() const { return bits_; }
     std::uint64_t count() const;
-    std::string to_bytes() const { return {bytes_.begin(), bytes_.end()}; }
+    std::string to_bytes() const { return {reinterpret_cast<const char*>(data()), byte_count()}; }
 
 private:
+    static constexpr std::uint64_t inline_bits = 64;
+    std::size_t byte_count() const { return static_cast<std::size_t>((bits_ + 7) / 8); }
+    std::uint8_t* data() { return bits_ <= inline_bits ? small_ : heap_.data(); }
+    const std::uint8_t* data() const { return bits_ <= inline_bits ? small_ : heap_.data(); }
+
     std::uint64_t bits_ = 0;
-    std::vector<std::uint8_t> bytes_;
+    std::uint8_t small_[inline_bits / 8] = {};
+    std::vector<std::uint8_t> heap_;
 };
 
 // ---------------------------------------------------------------------------------------

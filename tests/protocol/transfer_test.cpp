@@ -314,6 +314,29 @@ TEST(ChunkBitmap, SetTestCount) {
     EXPECT_EQ(b.to_bytes(), std::string("\x81\x01\x08", 3));
 }
 
+// Up to 64 bits are kept inline, more on the heap: both behave the same, copies included.
+TEST(ChunkBitmap, InlineAndHeapBitmapsAgree) {
+    for (std::uint64_t bits : {1u, 63u, 64u, 65u, 200u}) {
+        chunk_bitmap b(bits);
+        b.set(0);
+        b.set(bits - 1);
+        chunk_bitmap copy = b;
+        copy.set(bits / 2);
+        EXPECT_EQ(b.count(), bits == 1 ? 1u : 2u) << bits;
+        EXPECT_FALSE(b.test(bits / 2) && bits / 2 != 0 && bits / 2 != bits - 1) << bits;
+        EXPECT_TRUE(copy.test(bits / 2)) << bits;
+        std::string bytes = copy.to_bytes();
+        EXPECT_EQ(bytes.size(), (bits + 7) / 8) << bits;
+        std::optional<chunk_bitmap> back = chunk_bitmap::from_bytes(bits, bytes);
+        ASSERT_TRUE(back) << bits;
+        EXPECT_EQ(back->count(), copy.count()) << bits;
+        EXPECT_EQ(back->to_bytes(), bytes) << bits;
+        copy.reset(0);
+        EXPECT_FALSE(copy.test(0)) << bits;
+        EXPECT_TRUE(b.test(0)) << bits;
+    }
+}
+
 TEST(ChunkBitmap, FromBytesRoundTrip) {
     chunk_bitmap b(13);
     b.set(2);
