@@ -650,6 +650,7 @@ void receive_session::next_offer() {
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
         std::vector<receiver_machine::decision> decisions;
+        decisions.reserve(items.size());  // one array a batch, not a doubling one (fresh pages each time)
         std::vector<std::string> resumed;  // one line per file resumed or restarted, or whose mode could not be set
         std::string recovered;
         // Held until every entry of the batch is decided: a recovery (a session's first
