@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 #include "protocol/exclude.hpp"
@@ -25,6 +26,15 @@ namespace ferry {
 class worker_pool;
 
 struct source_tree {
+    source_tree() = default;
+    source_tree(const source_tree&) = default;
+    source_tree& operator=(const source_tree&) = default;
+    // noexcept, so that a vector of parts (scan_feed) moves them when it grows rather than
+    // copying every entry and path: std::deque's move may allocate, and a failure there
+    // ends the program.
+    source_tree(source_tree&&) noexcept = default;
+    source_tree& operator=(source_tree&&) noexcept = default;
+
     std::vector<entry_info> entries;             // wire view, id = index
     // Local path of each entry (scan_sources; scan_get's relative to root_fd). Empty after
     // scan_contents: its entries are read through root_fd by their wire paths (200,000
@@ -49,6 +59,7 @@ struct source_tree {
         return root_fd && locals.empty() ? wire : locals.at(id);  // never a wire path taken as relative to the cwd
     }
 };
+static_assert(std::is_nothrow_move_constructible_v<source_tree>);
 
 // A scan handed out as it goes, so that a send starts before its scan ends: parts in
 // walk order, each taking up where the one before stopped (entries, their locals and
