@@ -1484,7 +1484,7 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
     file_id f = w.f;
     --writes_;
     std::vector<std::uint32_t> also = written(chunk_key(f, chunk_index{0}));
-    if (failed_) {
+    if (failed_ && (w.ec || w.verdict.bad || fsync_now)) {
         --finalizing_;
         return;
     }
@@ -1498,11 +1498,15 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
         bool ok = false;
         machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
         machine_.on_file_finished(f);
-        on_payload_written(w.verdict.len, w.verdict.saved, w.write_time);
-        queue_ack(w.conn, chunk_key(f, chunk_index{0}));
-        for (std::uint32_t other : also) {
-            queue_ack(other, chunk_key(f, chunk_index{0}));
+        if (!failed_) {
+            on_payload_written(w.verdict.len, w.verdict.saved, w.write_time);
+            queue_ack(w.conn, chunk_key(f, chunk_index{0}));
+            for (std::uint32_t other : also) {
+                queue_ack(other, chunk_key(f, chunk_index{0}));
+            }
         }
+        // Whole and verified: it gets its name even when the transfer failed meanwhile (a
+        // full disk, a lost peer), so that a later attempt finds it done.
         if (!fsync_now) {
             queue_rename(f, machine_.received_digest(f), w.stored, std::move(w.unnamed));
             return;
@@ -1599,11 +1603,9 @@ void receive_session::start_renames() {
     if (renaming_ || renames_.empty()) {
         return;
     }
-    if (failed_) {
-        finalizing_ -= static_cast<std::uint32_t>(renames_.size());
-        renames_.clear();
-        return;
-    }
+    // Every file here is whole and verified: named even after a failure (nothing is
+    // reported for it then), so that a failed transfer keeps what it verified. A one-chunk
+    // file written without a name would otherwise be gone.
     if (!journal_ && durable()) {
         journal_ = std::make_shared<unsynced_journal>(journal_dir(), tree_->root());
     }
