@@ -1,7 +1,7 @@
 // Stop and reload signals (SIGINT, SIGTERM, SIGHUP) without a signal handler: every
 // thread keeps them blocked and one thread takes them from a signalfd(2), then posts each
 // to the loops that watch it. A handler would run on whichever thread the kernel picks,
-// at any point of its work (ThreadSanitizer, which defers such handlers, twice left a
+// at any point of its work (ThreadSanitizer, which defers such handlers, three times left a
 // node deaf to SIGTERM); a blocked signal waits in the kernel until it is taken.
 #pragma once
 
