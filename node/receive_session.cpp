@@ -1579,7 +1579,9 @@ void receive_session::try_finalize(file_id f) {
                            : tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
         }
         asio::post(self->ctx_.io, [self, f, ec, fsync_now, stored, path = e.path] {
-            if (!ec && !fsync_now && !self->failed_) {
+            // Whole and verified: named even when the transfer failed meanwhile, as a
+            // one-chunk file is (on_whole_written), so that a later attempt finds it done.
+            if (!ec && !fsync_now) {
                 self->queue_rename(f, self->machine_.received_digest(f), stored);
                 return;
             }

@@ -187,9 +187,9 @@ TEST_F(limits, disk_full_mid_transfer_fails_with_exit_4_keeps_verified_data_and_
     EXPECT_NE(rx.proc->err().find("No space left on device"), std::string::npos) << rx.proc->err();
     // Nothing under a final name that is not the whole, verified file; what was written
     // stays, renamed into place or (verified, its rename not yet done when the disk
-    // filled) as a partial file, for the next attempt. A one-chunk file written without a
-    // name and verified is named even though the transfer failed; one not yet verified is
-    // gone with its descriptor.
+    // filled) as a partial file, for the next attempt. A whole, verified file is named
+    // even though the transfer failed; a one-chunk file written without a name and not
+    // yet verified is gone with its descriptor.
     std::size_t kept = 0;
     for (const auto& e : fs::directory_iterator(disk / "tree")) {
         std::string name = e.path().filename().string();
