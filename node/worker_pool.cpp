@@ -7,6 +7,15 @@
 
 namespace ferry {
 
+sigset_t stop_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    return set;
+}
+
 worker_pool::worker_pool(std::size_t threads) {
     if (threads == 0) {
         threads = 1;
@@ -16,12 +25,8 @@ worker_pool::worker_pool(std::size_t threads) {
     // program that handles them with a handler has it run on one of its own threads, not
     // in a worker's long task. (The ferry binary blocks them in every thread and takes
     // them on one: tools/signals.hpp.)
-    sigset_t handled;
+    const sigset_t handled = stop_signals();
     sigset_t before;
-    sigemptyset(&handled);
-    sigaddset(&handled, SIGINT);
-    sigaddset(&handled, SIGTERM);
-    sigaddset(&handled, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &handled, &before);
     for (std::size_t i = 0; i < threads; ++i) {
         threads_.emplace_back([this] { run(); });

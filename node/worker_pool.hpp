@@ -5,6 +5,8 @@
 // never grows with peers or transfers.
 #pragma once
 
+#include <signal.h>
+
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -16,6 +18,10 @@
 #include <vector>
 
 namespace ferry {
+
+// The signals that stop a ferry process: SIGINT, SIGTERM and SIGHUP. The workers never
+// take them, and the ferry binary takes them on one thread of its own (tools/signals.hpp).
+sigset_t stop_signals();
 
 // A move-only type-erased task (tasks own move-only buffers; std::function needs copies).
 class unique_task {

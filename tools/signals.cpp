@@ -1,5 +1,7 @@
 #include "tools/signals.hpp"
 
+#include "node/worker_pool.hpp"
+
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
@@ -61,15 +63,6 @@ struct watch_registry {
 watch_registry& registry() {
     static watch_registry r;
     return r;
-}
-
-sigset_t taken_signals() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    return set;
 }
 
 // What the signal does with no handler: ends the process, unless it is ignored.
@@ -161,7 +154,7 @@ private:
 }  // namespace
 
 void start_signal_thread() {
-    const sigset_t taken = taken_signals();
+    const sigset_t taken = stop_signals();
     pthread_sigmask(SIG_BLOCK, &taken, nullptr);
     registry();  // made first, so that it outlives the taker at exit
     static signal_taker taker(taken);
