@@ -437,9 +437,9 @@ std::error_code byte_stream::start_records() {
     } catch (const std::exception&) {
         return transport_errc::tls_failed;
     }
-    out_.resize(out_capacity);
-    in_.resize(in_capacity);
-    plain_.resize(tls13_records::max_plain + 256);
+    out_.allocate(out_capacity);
+    in_.allocate(in_capacity);
+    plain_.allocate(tls13_records::max_plain + 256);
     return {};
 }
 
