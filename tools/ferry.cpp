@@ -969,7 +969,8 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         linger.async_wait([&io](std::error_code) { io.stop(); });
     });
     // SIGHUP (`systemctl reload ferry`): trust, shares and limits read again, transfers go on.
-    ferry::cli::signal_watch hup(io, {});
+    // (`receive` does not watch it: SIGHUP ends it, as it ends most programs.)
+    ferry::cli::signal_watch hup = one_shot ? ferry::cli::signal_watch(io, {}) : ferry::cli::signal_watch(io, {SIGHUP});
     std::function<void()> await_hup = [&] {
         hup.async_wait([&](int) {
             if (stopped_by != 0) {
@@ -1014,7 +1015,6 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         });
     };
     if (!one_shot) {
-        hup.add(SIGHUP);
         await_hup();
     }
     if (std::error_code ec = n.listen(error)) {

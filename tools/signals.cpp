@@ -183,11 +183,6 @@ signal_watch::~signal_watch() {
     state_->work.reset();
 }
 
-void signal_watch::add(int signal) {
-    std::lock_guard lock(registry().mutex);
-    sigaddset(&state_->wanted, signal);
-}
-
 void signal_watch::async_wait(std::function<void(int)> handler) {
     state_->handler = std::move(handler);
     state_->work.emplace(state_->ex);

@@ -32,7 +32,6 @@ public:
     signal_watch(const signal_watch&) = delete;
     signal_watch& operator=(const signal_watch&) = delete;
 
-    void add(int signal);
     // `handler(signal)` runs on the loop's thread for the next signal (never inside this
     // call); once the watch is gone, never.
     void async_wait(std::function<void(int)> handler);
