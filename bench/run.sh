@@ -4,7 +4,7 @@
 # nc (the baseline), a local dd copy (the physical limit: read + page-cache write), socat
 # with 1 MiB blocks over plain TCP and over OpenSSL, rsync (daemon), rsync over ssh, scp,
 # and iperf3 -P1/-P4 (the raw TCP ceiling, no disk; random file only). Folders: tar | nc
-# (the baseline), rsync (daemon), rsync over ssh, scp -r. ferry with TLS on 1, 4 and 8
+# (the baseline), rsync (daemon), rsync over ssh, scp -r. ferry with TLS without --connections (its default) and on 1, 4 and 8
 # connections and with --plaintext on 4. Peers that are not installed are skipped.
 #
 #   bench/run.sh [--rounds N] [--size-mib N] [--files N] [--mid-files N] [--cases LIST]
@@ -39,8 +39,9 @@ Options:
   --mid-files N     number of 1 MiB files in the mid case (default 1000)
   --cases L         comma-separated cases: file (random), zero (compressible), tree (4 KiB
                     files), mid (1 MiB files); default all four
-  --connections L   ferry --connections values with TLS, comma-separated (default 1,4,8;
-                    --plaintext runs use 4, or the only value given)
+  --connections L   ferry --connections values with TLS, comma-separated; "default" runs
+                    it without the flag (default default,1,4,8; --plaintext runs use 4, or
+                    the only value given)
   --peers L         comma-separated peers to run besides nc and tar|nc (default: all of
                     dd,socat,socat-tls,iperf3,rsync,rsync-ssh,scp that are installed)
   --quick           smoke run: 16 MiB file, 200 files, 1 round, no warm-up, ferry on 4
@@ -92,14 +93,14 @@ if [ "$quick" = 1 ]; then
     : "${rounds:=1}" "${size_mib:=16}" "${nfiles:=200}" "${mid_files:=16}" "${connections:=4}"
     warm=0
 fi
-: "${rounds:=5}" "${size_mib:=1024}" "${nfiles:=10000}" "${mid_files:=1000}" "${connections:=1,4,8}"
+: "${rounds:=5}" "${size_mib:=1024}" "${nfiles:=10000}" "${mid_files:=1000}" "${connections:=default,1,4,8}"
 : "${cases_arg:=file,zero,tree,mid}"
 for v in rounds size_mib nfiles mid_files; do
     is_uint "${!v}" || die "--${v//_/-} needs a positive integer, got '${!v}'"
 done
 IFS=, read -r -a conn_list <<< "$connections"
 for c in "${conn_list[@]}"; do
-    is_uint "$c" || die "--connections needs positive integers, got '$connections'"
+    [ "$c" = default ] || is_uint "$c" || die "--connections needs positive integers or 'default', got '$connections'"
 done
 plain_conns=4
 [ "${#conn_list[@]}" -eq 1 ] && plain_conns=${conn_list[0]}
@@ -282,8 +283,9 @@ run_tar_nc() {  # run_tar_nc FOLDER (under $src)
 # run_ferry PLAIN CONNECTIONS PATH [SEND FLAG...]: PLAIN is 1 for --plaintext on both sides.
 ferry_said=
 run_ferry() {
-    local plain=$1 conns=$2 path=$3 flags=() recv_pid addr t0 rc=0
+    local plain=$1 conns=$2 path=$3 flags=() recv_pid addr t0 rc=0 conn_flags=()
     shift 3
+    [ "$conns" = default ] || conn_flags=(--connections "$conns")
     local send_flags=("$@")
     if [ "$plain" = 1 ]; then flags=(--plaintext); fi
     reset_dest
@@ -296,7 +298,7 @@ run_ferry() {
     addr=$(ferry_listen_address "$logs/ferry-receive.out" "$recv_pid" "$listen_wait_polls")
     sync
     stamp; t0=$ts
-    "${RT[@]}" "$logs/s-ferry.rusage" timeout "$run_timeout" "$ferry" send --state "$data/state-B" --connections "$conns" "${flags[@]}" "${send_flags[@]}" \
+    "${RT[@]}" "$logs/s-ferry.rusage" timeout "$run_timeout" "$ferry" send --state "$data/state-B" "${conn_flags[@]}" "${flags[@]}" "${send_flags[@]}" \
         --json "$path" "$id_a@$addr" > "$logs/ferry-send.out" 2> "$logs/ferry-send.err" || rc=$?
     [ "$rc" -eq 0 ] || { show_logs; die "ferry send exited with status $rc"; }
     wait_all "$recv_pid"
@@ -502,7 +504,7 @@ report() {
     echo "- commands: \`nc -d -l 127.0.0.1 PORT > DEST/FILE\` / \`nc -N 127.0.0.1 PORT < FILE\`;" \
          "\`nc -d -l 127.0.0.1 PORT | tar -C DEST -B -xf -\` / \`tar -C SRC -cf - tree | nc -N 127.0.0.1 PORT\`;" \
          "\`ferry receive --listen 127.0.0.1:0 --accept-from ID --json [--plaintext] DEST\` /" \
-         "\`ferry send --connections N [--plaintext] --json PATH ID@ADDR\` (ferry-raw: with --compress never);" \
+         "\`ferry send [--connections N] [--plaintext] --json PATH ID@ADDR\` (ferry-tls-cdefault: without --connections; ferry-raw: with --compress never);" \
          "\`dd if=PATH of=DEST bs=1M\`; \`socat -u -b 1048576\` TCP-LISTEN/TCP and OPENSSL-LISTEN/OPENSSL (verify=0);" \
          "\`iperf3 -c 127.0.0.1 -P N -n BYTES\` (no disk); \`rsync -a PATH rsync://127.0.0.1:PORT/dst/\` (daemon started per run);" \
          "\`rsync -a -e ssh\` and \`scp -r\` to an sshd on 127.0.0.1 (started per run)"

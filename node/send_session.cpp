@@ -17,6 +17,7 @@
 #include "protocol/path.hpp"
 #include "protocol/digest.hpp"
 #include "transport/identity.hpp"
+#include "transport/socket_tuning.hpp"
 
 namespace ferry {
 
@@ -338,7 +339,38 @@ void send_session::begin_offers() {
     offers_sent_ = true;
     send_offers();
     conns_[0].ready = true;
-    for (std::uint32_t i = 1; i < options_.connections && !accepted_; ++i) {
+    if (!accepted_) {
+        widen();
+    }
+}
+
+bool send_session::path_calls_for_more() const {
+    const std::shared_ptr<connection>& c = conns_[0].conn;
+    if (!c || c->closed()) {
+        return false;  // lost: the session ends or dials it again, and its path is unknown
+    }
+    tcp_info_sample ti = sample_tcp_info(c->stream().socket().native_handle());
+    return !ti.ok || ti.rtt_us >= options_.widen_rtt_us || ti.total_retrans > 0;
+}
+
+void send_session::widen() {
+    if (widened_ || finished_ || options_.connections < 2) {
+        return;
+    }
+    if (options_.adaptive_connections && !path_calls_for_more()) {
+        if (!widen_timer_) {
+            widen_timer_ = std::make_unique<asio::steady_timer>(ctx_.io);
+        }
+        widen_timer_->expires_after(widen_every);
+        widen_timer_->async_wait([weak = weak_from_this()](std::error_code ec) {
+            if (auto self = weak.lock(); self && !ec) {
+                self->widen();
+            }
+        });
+        return;
+    }
+    widened_ = true;
+    for (std::uint32_t i = 1; i < options_.connections; ++i) {
         open_connection(i);
     }
 }
@@ -1460,6 +1492,9 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     cancelled_->store(true);  // work still queued for this session stops early
     if (stall_timer_) {
         stall_timer_->cancel();
+    }
+    if (widen_timer_) {
+        widen_timer_->cancel();
     }
     if (rate_.timer) {
         rate_.timer->cancel();

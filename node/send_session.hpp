@@ -89,6 +89,15 @@ struct digest_memo {
 
 struct send_options {
     std::uint32_t connections = default_connections;
+    // The connections above the first are opened only when the path calls for them
+    // (`--connections` not given): a round trip of 2 ms or more on connection 0, or a
+    // segment it had to retransmit, looked at when the receiver's Hello is in and every
+    // half second after. On a short clean path (a LAN, loopback) one connection carries
+    // what the ends can process, and each further one costs a TLS handshake and its
+    // buffers on both sides (docs/decisions.md, "Extra connections when the path calls
+    // for them"). False: all `connections` are opened at once.
+    bool adaptive_connections = false;
+    std::uint32_t widen_rtt_us = 2'000;  // the round trip that calls for them
     // When the transfer began, for its elapsed time and rates (`ferry send`: when the
     // command started, so that setting up and scanning the sources count too). Default:
     // when the session starts.
@@ -236,8 +245,15 @@ private:
     void take_scan();
     // The per-entry arrays grown to the machine's entries, and entries `from..` counted.
     void took_entries(std::uint32_t from);
-    // The first Offer batch goes out and the other connections open.
+    // The first Offer batch goes out and the other connections open (or, with
+    // adaptive_connections, once the path calls for them: widen()).
     void begin_offers();
+    // Whether connection 0's path calls for more connections (adaptive_connections): a
+    // long round trip or a retransmission; also when its TCP_INFO cannot be read.
+    bool path_calls_for_more() const;
+    // Opens connections 1.. once path_calls_for_more(), looking every widen_every.
+    void widen();
+    static constexpr std::chrono::milliseconds widen_every{500};
     // Sync --checksum: every file is read and hashed on the workers first, its digest
     // offered with it (Entry.digest) and its chunk digests kept in options_.memo (so no
     // chunk is hashed twice); then `then` (a push: connect; a pull: begin_offers). A file
@@ -389,6 +405,8 @@ private:
     bool accepted_ = false;  // a pull: the receiver dialed in (start_accepted)
     bool retryable_ = false;  // the failure may pass (transfer_report::retryable)
     std::unique_ptr<asio::steady_timer> stall_timer_;
+    std::unique_ptr<asio::steady_timer> widen_timer_;  // adaptive_connections: the next look
+    bool widened_ = false;                              // connections 1.. opened
     std::vector<std::int8_t> memo_ok_;  // per entry: 0 unknown, 1 the memo may be used, -1 not
     bool waiting_buffer_ = false;
     bool finished_ = false;

@@ -1144,6 +1144,9 @@ int cmd_status(const common_opts& o) {
 struct send_opts {
     std::vector<std::string> args;  // PATH... TARGET
     std::uint32_t connections = ferry::default_connections;
+    // --connections itself: not given (on the command line or in the configuration file),
+    // a push opens the connections above the first only when the path calls for them.
+    CLI::Option* connections_flag = nullptr;
     bool overwrite = false;
     bool fsync_each = false;
     bool plaintext = false;
@@ -2265,6 +2268,10 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     ferry::send_options so;
     so.connections = s.connections;
+    so.adaptive_connections = s.connections_flag == nullptr || s.connections_flag->count() == 0;
+    if (const char* rtt = std::getenv("FERRY_WIDEN_RTT_US"); rtt != nullptr) {
+        so.widen_rtt_us = static_cast<std::uint32_t>(std::strtoul(rtt, nullptr, 10));
+    }
     so.compress = flags.compress;
     so.max_rate = flags.max_rate;
     so.overwrite = s.overwrite;
@@ -2644,7 +2651,11 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
 
 // Flags of an outgoing transfer, shared by `send` and `sync`.
 void add_send_flags(CLI::App* cmd, send_opts& so) {
-    cmd->add_option("--connections", so.connections, "TCP connections in the session (1..16)")->capture_default_str();
+    so.connections_flag =
+        cmd->add_option("--connections", so.connections,
+                        "TCP connections in the session (1..16); when not given, up to 4: those above the first "
+                        "only once the path calls for them (a round trip of 2 ms or more, or losses)")
+            ->capture_default_str();
     cmd->add_option("--compress", so.compress,
                     "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")
         ->capture_default_str();

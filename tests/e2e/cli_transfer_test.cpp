@@ -184,6 +184,36 @@ TEST_F(cli_transfer, one_and_sixteen_connections_both_work) {
     }
 }
 
+TEST_F(cli_transfer, without_connections_a_send_opens_more_only_when_the_round_trip_calls_for_them) {
+    // 12 MiB: 48 chunks, enough to reach every connection that is open.
+    fs::path src = cli.root() / "data.bin";
+    write_random_file(src, 12 * 1024 * 1024, 21);
+    struct run {
+        std::vector<std::string> flags;
+        std::string widen_rtt_us;  // the round trip that calls for more connections
+        int connections;           // what the summaries must say carried data
+    };
+    for (const run& r : {run{{}, "2000", 1},                       // loopback: far below 2 ms
+                         run{{"--connections", "4"}, "2000", 4},   // asked for: all at once
+                         run{{}, "0", 4}}) {                       // any round trip calls for them
+        std::string what = (r.flags.empty() ? "no --connections" : "--connections 4") + std::string(", ") +
+                           r.widen_rtt_us + " us";
+        fs::path dest = cli.root() / ("inbox-" + std::to_string(r.connections) + "-" + r.widen_rtt_us);
+        auto rx = start_receiver(dest);
+        ASSERT_FALSE(rx.address.empty());
+        std::vector<std::string> args{"send", "--state", cli.state("B").string(), "--json"};
+        args.insert(args.end(), r.flags.begin(), r.flags.end());
+        args.push_back(src.string());
+        args.push_back(a_id + "@" + rx.address);
+        run_result s = cli.ferry(args, {"FERRY_WIDEN_RTT_US=" + r.widen_rtt_us});
+        ASSERT_EQ(s.code, 0) << what << ": " << s.err;
+        ASSERT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+        EXPECT_EQ(compare_trees(src, dest / "data.bin"), "") << what;
+        EXPECT_EQ(last_json_line(s.out)["connections"], r.connections) << what << ": " << s.out;
+        EXPECT_EQ(last_json_line(rx.proc->out())["connections"], r.connections) << what << ": " << rx.proc->out();
+    }
+}
+
 TEST_F(cli_transfer, compressed_chunks_arrive_identical_and_are_counted) {
     fs::path src = cli.root() / "compressible";
     std::string text;
