@@ -20,6 +20,7 @@
 #include "protocol/digest.hpp"
 #include "protocol/path.hpp"
 #include "transport/identity.hpp"
+#include "transport/socket_tuning.hpp"
 
 namespace ferry {
 
@@ -398,6 +399,31 @@ void receive_session::on_peer_hello(connection& c, const wire::Hello& hello) {
         return;  // a data connection's answer: nothing to do
     }
     peer_hello_ = true;  // the peer took the pull; the other connections join once data is due
+}
+
+void receive_session::open_data_connections() {
+    if (data_conns_opened_ || failed_ || result_sent_ || ended_ || !pull_) {
+        return;
+    }
+    const std::shared_ptr<connection>& c0 = conns_.empty() ? nullptr : conns_[0];
+    if (pull_->adaptive_connections && conns_.size() > 1 &&
+        !(c0 && !c0->closed() &&
+          path_calls_for_more_connections(c0->stream().socket().native_handle(), pull_->widen_rtt_us))) {
+        if (!widen_timer_) {
+            widen_timer_ = std::make_unique<asio::steady_timer>(ctx_.io);
+        }
+        widen_timer_->expires_after(std::chrono::milliseconds(500));
+        widen_timer_->async_wait([weak = weak_from_this()](std::error_code ec) {
+            if (auto self = weak.lock(); self && !ec) {
+                self->open_data_connections();
+            }
+        });
+        return;
+    }
+    data_conns_opened_ = true;
+    for (std::uint32_t i = 1; i < conns_.size(); ++i) {
+        pull_->open(i);
+    }
 }
 
 void receive_session::data_connection_lost(std::uint32_t index) {
@@ -1181,10 +1207,7 @@ void receive_session::next_offer() {
                 })) {
                 // A pull opens its data connections when there is data to come (a sync
                 // that changes nothing needs none).
-                self->data_conns_opened_ = true;
-                for (std::uint32_t i = 1; i < self->conns_.size(); ++i) {
-                    self->pull_->open(i);
-                }
+                self->open_data_connections();
             }
             self->check_all_done();
             self->next_offer();
@@ -2159,6 +2182,9 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
         ended_ = true;
         idle_timer_.cancel();
         checkpoint_timer_.cancel();
+        if (widen_timer_) {
+            widen_timer_->cancel();
+        }
         if (!reported_) {
             finish_report(result_sent_, result_sent_ ? exit_code::ok : exit_code::transfer_failed, "connection lost");
         }

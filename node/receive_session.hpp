@@ -37,6 +37,10 @@ struct pull_spec {
     wire::SyncTarget source;
     std::filesystem::path dest;  // the local folder, absolute; its parent must exist
     std::uint32_t connections = default_connections;
+    // As send_options::adaptive_connections: connections 1.. are dialed only once
+    // connection 0's path calls for them (round trip widen_rtt_us or more, or losses).
+    bool adaptive_connections = false;
+    std::uint32_t widen_rtt_us = 2'000;
     bool zstd = true;  // offer to decode zstd chunks (`--compress never`: no)
     std::uint64_t max_rate = 0;  // --bwlimit: bytes per second the peer may send (0: no limit)
     // Dials connection `index` (1..connections-1) once the peer took the pull.
@@ -236,6 +240,10 @@ private:
     bool durable() const { return !pull_ || pull_->durable; }
     bool peer_hello_ = false;
     bool data_conns_opened_ = false;
+    // A pull's data connections: dialed once data is due and (adaptive_connections) the
+    // path calls for them, looking every 500 ms.
+    void open_data_connections();
+    std::unique_ptr<asio::steady_timer> widen_timer_;
     bool offer_seen_ = false;
     struct redial {
         unsigned failures = 0;

@@ -349,8 +349,7 @@ bool send_session::path_calls_for_more() const {
     if (!c || c->closed()) {
         return false;  // lost: the session ends or dials it again, and its path is unknown
     }
-    tcp_info_sample ti = sample_tcp_info(c->stream().socket().native_handle());
-    return !ti.ok || ti.rtt_us >= options_.widen_rtt_us || ti.total_retrans > 0;
+    return path_calls_for_more_connections(c->stream().socket().native_handle(), options_.widen_rtt_us);
 }
 
 void send_session::widen() {

@@ -1156,6 +1156,19 @@ struct send_opts {
     std::string bwlimit = "0";
 };
 
+// Connections above the first only when the path calls for them: --connections not given
+// (on the command line or in the configuration file).
+bool adaptive_connections(const send_opts& s) {
+    return s.connections_flag == nullptr || s.connections_flag->count() == 0;
+}
+
+// The round trip that calls for them: FERRY_WIDEN_RTT_US (for measurements and tests), or
+// `fallback`.
+std::uint32_t widen_rtt_us(std::uint32_t fallback) {
+    const char* rtt = std::getenv("FERRY_WIDEN_RTT_US");
+    return rtt != nullptr ? static_cast<std::uint32_t>(std::strtoul(rtt, nullptr, 10)) : fallback;
+}
+
 // --bwlimit RATE in bytes per second: a number with K, M or G (powers of 1024), optionally
 // followed by "B" or "B/s"; a bare number is KiB/s, as in rsync. 0: no limit. nullopt
 // when it is not such a number, or under min_rate: a 256 KiB chunk must go out well
@@ -2268,10 +2281,8 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     ferry::send_options so;
     so.connections = s.connections;
-    so.adaptive_connections = s.connections_flag == nullptr || s.connections_flag->count() == 0;
-    if (const char* rtt = std::getenv("FERRY_WIDEN_RTT_US"); rtt != nullptr) {
-        so.widen_rtt_us = static_cast<std::uint32_t>(std::strtoul(rtt, nullptr, 10));
-    }
+    so.adaptive_connections = adaptive_connections(s);
+    so.widen_rtt_us = widen_rtt_us(so.widen_rtt_us);
     so.compress = flags.compress;
     so.max_rate = flags.max_rate;
     so.overwrite = s.overwrite;
@@ -2443,6 +2454,8 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         spec.source = run.target;
         spec.dest = dest;
         spec.connections = s.connections;
+        spec.adaptive_connections = adaptive_connections(s);
+        spec.widen_rtt_us = widen_rtt_us(spec.widen_rtt_us);
         spec.zstd = flags.compress != ferry::compress_mode::never;
         spec.max_rate = flags.max_rate;
         spec.done = done;

@@ -59,4 +59,11 @@ struct tcp_info_sample {
 
 tcp_info_sample sample_tcp_info(int fd);
 
+// Whether the path of the connection on socket `fd` calls for more connections beside it
+// (a transfer's connections above the first, when --connections is not given): a
+// smoothed round trip of `rtt_us` or more, or a segment it had to retransmit; also when
+// TCP_INFO cannot be read (docs/decisions.md, "Extra connections when the path calls for
+// them").
+bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us);
+
 }  // namespace ferry

@@ -29,4 +29,9 @@ tcp_info_sample sample_tcp_info(int fd) {
     return out;
 }
 
+bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us) {
+    tcp_info_sample ti = sample_tcp_info(fd);
+    return !ti.ok || ti.rtt_us >= rtt_us || ti.total_retrans > 0;
+}
+
 }  // namespace ferry

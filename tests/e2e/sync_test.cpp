@@ -1185,3 +1185,26 @@ TEST_F(share_get, ls_lists_the_shares_open_to_this_node_and_what_a_folder_holds)
     run_result stranger = ls({"ay"}, "C");
     EXPECT_EQ(stranger.code, 3) << stranger.err;
 }
+
+TEST_F(share_get, without_connections_a_pull_dials_more_only_when_the_round_trip_calls_for_them) {
+    serve();
+    write_random_file(ro_share / "data.bin", 12 * 1024 * 1024, 72);  // 48 chunks
+    struct run {
+        std::vector<std::string> flags;
+        std::string widen_rtt_us;
+        int connections;  // what the summary must say carried data
+    };
+    int n = 0;
+    for (const run& r : {run{{}, "2000", 1}, run{{"--connections", "4"}, "2000", 4}, run{{}, "0", 4}}) {
+        fs::path dest = cli.root() / ("got-" + std::to_string(++n));
+        std::vector<std::string> args{"get", "--state", cli.state("B").string(), "--json"};
+        args.insert(args.end(), r.flags.begin(), r.flags.end());
+        args.push_back("ay:docs/data.bin");
+        args.push_back(dest.string());
+        run_result got = cli.ferry(args, {"FERRY_WIDEN_RTT_US=" + r.widen_rtt_us});
+        ASSERT_EQ(got.code, 0) << got.err;
+        EXPECT_EQ(read_text_file(dest), read_text_file(ro_share / "data.bin"));
+        EXPECT_EQ(find_event(json_events(got.out), "done")["connections"], r.connections)
+            << r.widen_rtt_us << " us: " << got.out;
+    }
+}
