@@ -90,14 +90,14 @@ struct digest_memo {
 struct send_options {
     std::uint32_t connections = default_connections;
     // The connections above the first are opened only when the path calls for them
-    // (`--connections` not given): a round trip of 2 ms or more on connection 0, or a
+    // (`--connections` not given): a round trip of 5 ms or more on connection 0, or a
     // segment it had to retransmit, looked at when the receiver's Hello is in and every
     // half second after. On a short clean path (a LAN, loopback) one connection carries
     // what the ends can process, and each further one costs a TLS handshake and its
     // buffers on both sides (docs/decisions.md, "Extra connections when the path calls
     // for them"). False: all `connections` are opened at once.
     bool adaptive_connections = false;
-    std::uint32_t widen_rtt_us = 2'000;  // the round trip that calls for them
+    std::uint32_t widen_rtt_us = 5'000;  // the round trip that calls for them
     // When the transfer began, for its elapsed time and rates (`ferry send`: when the
     // command started, so that setting up and scanning the sources count too). Default:
     // when the session starts.

@@ -2667,7 +2667,7 @@ void add_send_flags(CLI::App* cmd, send_opts& so) {
     so.connections_flag =
         cmd->add_option("--connections", so.connections,
                         "TCP connections in the session (1..16); when not given, up to 4: those above the first "
-                        "only once the path calls for them (a round trip of 2 ms or more, or losses)")
+                        "only once the path calls for them (a round trip of 5 ms or more, or losses)")
             ->capture_default_str();
     cmd->add_option("--compress", so.compress,
                     "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")

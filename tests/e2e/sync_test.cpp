@@ -1192,10 +1192,10 @@ TEST_F(share_get, without_connections_a_pull_dials_more_only_when_the_round_trip
     struct run {
         std::vector<std::string> flags;
         std::string widen_rtt_us;
-        int connections;  // what the summary must say carried data
+        int connections;  // 1: one carried data; 4: more than one did (how many reach data is timing)
     };
     int n = 0;
-    for (const run& r : {run{{}, "2000", 1}, run{{"--connections", "4"}, "2000", 4}, run{{}, "0", 4}}) {
+    for (const run& r : {run{{}, "60000000", 1}, run{{"--connections", "4"}, "60000000", 4}, run{{}, "0", 4}}) {
         fs::path dest = cli.root() / ("got-" + std::to_string(++n));
         std::vector<std::string> args{"get", "--state", cli.state("B").string(), "--json"};
         args.insert(args.end(), r.flags.begin(), r.flags.end());
@@ -1204,7 +1204,12 @@ TEST_F(share_get, without_connections_a_pull_dials_more_only_when_the_round_trip
         run_result got = cli.ferry(args, {"FERRY_WIDEN_RTT_US=" + r.widen_rtt_us});
         ASSERT_EQ(got.code, 0) << got.err;
         EXPECT_EQ(read_text_file(dest), read_text_file(ro_share / "data.bin"));
-        EXPECT_EQ(find_event(json_events(got.out), "done")["connections"], r.connections)
-            << r.widen_rtt_us << " us: " << got.out;
+        int used = find_event(json_events(got.out), "done")["connections"];
+        if (r.connections == 1) {
+            EXPECT_EQ(used, 1) << r.widen_rtt_us << " us: " << got.out;
+        } else {
+            EXPECT_GT(used, 1) << r.widen_rtt_us << " us: " << got.out;
+            EXPECT_LE(used, r.connections) << got.out;
+        }
     }
 }
