@@ -7,12 +7,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <utility>
 
 #include "node/chunk_codec.hpp"
 #include "node/backoff.hpp"
+#include "node/batch_reads.hpp"
 #include "node/file_io.hpp"
 #include "protocol/path.hpp"
 #include "protocol/digest.hpp"
@@ -1097,16 +1099,18 @@ void send_session::read_source(read_job& job) {
     }
     // A file read whole in one go is checked for a size change by reading one byte more
     // than it had at the scan, not by an fstat (one system call fewer per small file).
-    bool whole = job.base == 0 && ref.offset == 0 && ref.length == job.expect_size && ref.length < job.buf.capacity();
-    int fd;
-    {
+    bool whole = job.whole();
+    // Read already, with its open and close, in the batch's io_uring submission.
+    bool prefetched = whole && job.prefetched == static_cast<long>(ref.length);
+    int fd = -1;
+    if (!prefetched) {
         std::lock_guard lock(file.mutex);
         if (file.fd < 0) {
             file.fd = open_source(job.root_fd, *job.local, job.expect_size, !whole, job.ec, job.what);
         }
         fd = file.fd;
     }
-    if (!job.ec) {
+    if (!job.ec && !prefetched) {
         std::size_t want = ref.length + (whole ? 1 : 0);
         // One pread for a small file (its end included); anything unusual is read again
         // with read_at, which retries short reads and interruptions.
@@ -1135,8 +1139,35 @@ void send_session::read_source(read_job& job) {
     }
 }
 
+void send_session::prefetch_whole(std::span<read_job> jobs) {
+    static_assert(max_batch_reads <= max_whole_reads, "a batch of reads fits one submission");
+    std::array<whole_read, max_whole_reads> reads;
+    std::array<read_job*, max_whole_reads> of;
+    std::size_t n = 0;
+    for (read_job& job : jobs) {
+        if (n == reads.size() || !job.whole()) {
+            continue;
+        }
+        {
+            std::lock_guard lock(job.file->mutex);
+            if (job.file->fd >= 0) {
+                continue;  // open already: read as it is
+            }
+        }
+        reads[n] = whole_read{job.root_fd, job.local, job.buf.data(), job.ref.length + 1};
+        of[n++] = &job;
+    }
+    if (n < 2 || !read_whole(std::span<whole_read>(reads.data(), n))) {
+        return;  // one file: as cheap through read_source
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        of[i]->prefetched = reads[i].got;
+    }
+}
+
 void send_session::post_reads(std::uint32_t index, std::vector<read_job> jobs) {
     ctx_.workers.post([self = shared_from_this(), index, jobs = std::move(jobs)]() mutable {
+        prefetch_whole(jobs);
         for (read_job& job : jobs) {
             read_source(job);
         }

@@ -14,6 +14,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <span>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -299,12 +300,23 @@ private:
         // Every byte of the chunk is a copy: nothing to read, its digest (`digest`) is the
         // delta pass's.
         bool copies_only = false;
+        // A whole small file read by read_whole() beforehand: its bytes, or < 0 (not read
+        // there: read_source reads it).
+        long prefetched = -1;
+        // Read whole in one go (its size plus one byte, to see it grew), not in parts.
+        bool whole() const {
+            return !copies_only && base == 0 && ref.offset == 0 && ref.length == expect_size &&
+                   ref.length < buf.capacity();
+        }
     };
     // Small files are read this many to a pool task at most (a batch also ends at one
     // chunk's worth of bytes).
     static constexpr std::size_t max_batch_reads = 32;
     read_job make_read_job(const chunk_ref& ref, pooled_buffer buf);
     static void read_source(read_job& job);  // on a worker
+    // The batch's whole small files not open yet, read in one io_uring submission (on a
+    // worker; node/batch_reads.hpp).
+    static void prefetch_whole(std::span<read_job> jobs);
     // Opens a source file for reading (on a worker): `path` as file_io's open_read takes
     // it with `root_fd`. With `check_size`, a size other than the scan's is an error (`ec`,
     // `what`); the fd is returned all the same (or -1).

@@ -7,7 +7,7 @@ set -euo pipefail
 build_pkgs=(
   build-essential cmake ninja-build pkg-config
   libasio-dev libssl-dev libprotobuf-dev protobuf-compiler
-  libzstd-dev libxxhash-dev libcli11-dev nlohmann-json3-dev libfmt-dev libtomlplusplus-dev
+  libzstd-dev libxxhash-dev libcli11-dev nlohmann-json3-dev libfmt-dev libtomlplusplus-dev liburing-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   help2man dpkg-dev
   clang-14 libclang-rt-14-dev libfuzzer-14-dev

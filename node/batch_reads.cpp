@@ -1,0 +1,138 @@
+#include "node/batch_reads.hpp"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#ifdef FERRY_HAVE_LIBURING
+#include <liburing.h>
+#endif
+
+namespace ferry {
+
+#ifdef FERRY_HAVE_LIBURING
+
+namespace {
+
+// One ring per worker thread, with a fixed-file slot per file of a batch: the open puts
+// the file in its slot, the read and the close name the slot, so the three can be linked
+// in one submission (a plain descriptor is not known before the open completes).
+class thread_ring {
+public:
+    thread_ring() {
+        const char* env = std::getenv("FERRY_IO_URING");
+        if (env != nullptr && std::strcmp(env, "0") == 0) {
+            return;
+        }
+        // Completions are taken by this thread alone, when it waits for them.
+        io_uring_params p{};
+        p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+        if (io_uring_queue_init_params(entries, &ring_, &p) != 0 && io_uring_queue_init(entries, &ring_, 0) != 0) {
+            return;
+        }
+        if (io_uring_register_files_sparse(&ring_, max_whole_reads) != 0) {
+            io_uring_queue_exit(&ring_);
+            return;
+        }
+        ok_ = true;
+    }
+    ~thread_ring() {
+        if (ok_) {
+            io_uring_queue_exit(&ring_);
+        }
+    }
+    thread_ring(const thread_ring&) = delete;
+    thread_ring& operator=(const thread_ring&) = delete;
+
+    bool read(std::span<whole_read> reads) {
+        if (!ok_) {
+            return false;
+        }
+        std::size_t n = reads.size() < max_whole_reads ? reads.size() : max_whole_reads;
+        for (std::size_t i = 0; i < n; ++i) {
+            whole_read& r = reads[i];
+            r.got = -ECANCELED;
+            auto slot = static_cast<unsigned>(i);
+            // As open_read: under root_fd without a symlink or leaving it, else as open(2).
+            how_[i] = open_how{};
+            how_[i].flags = O_RDONLY | (r.root_fd >= 0 ? O_NOFOLLOW : 0);
+            how_[i].resolve = r.root_fd >= 0 ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0;
+            io_uring_sqe* open = io_uring_get_sqe(&ring_);
+            io_uring_sqe* read = io_uring_get_sqe(&ring_);
+            io_uring_sqe* close = io_uring_get_sqe(&ring_);
+            if (open == nullptr || read == nullptr || close == nullptr) {
+                return give_up(reads);  // cannot happen: the ring holds three a file
+            }
+            io_uring_prep_openat2_direct(open, r.root_fd >= 0 ? r.root_fd : AT_FDCWD, r.path->c_str(), &how_[i], slot);
+            open->flags |= IOSQE_IO_LINK;  // a failed open cancels its read
+            io_uring_sqe_set_data64(open, (i << 2) | 0);
+            io_uring_prep_read(read, static_cast<int>(slot), r.buf, static_cast<unsigned>(r.want), 0);
+            // A short read (the usual end: `want` asks one byte past the size) must not
+            // cancel the close: a hard link.
+            read->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
+            io_uring_sqe_set_data64(read, (i << 2) | 1);
+            io_uring_prep_close_direct(close, slot);
+            io_uring_sqe_set_data64(close, (i << 2) | 2);
+        }
+        int submitted = io_uring_submit_and_wait(&ring_, static_cast<unsigned>(3 * n));
+        if (submitted != static_cast<int>(3 * n)) {
+            return give_up(reads);
+        }
+        // Every entry submitted completes, cancelled ones too; wait for all of them.
+        std::size_t done = 0;
+        while (done < 3 * n) {
+            io_uring_cqe* cqe = nullptr;
+            if (io_uring_wait_cqe(&ring_, &cqe) != 0) {
+                return give_up(reads);  // not expected
+            }
+            std::uint64_t tag = io_uring_cqe_get_data64(cqe);
+            std::size_t i = tag >> 2;
+            if ((tag & 3) == 0 && cqe->res < 0) {
+                reads[i].got = cqe->res;
+            } else if ((tag & 3) == 1 && reads[i].got == -ECANCELED) {
+                reads[i].got = cqe->res;
+            }
+            io_uring_cqe_seen(&ring_, cqe);
+            ++done;
+        }
+        for (std::size_t i = n; i < reads.size(); ++i) {
+            reads[i].got = -1;
+        }
+        return true;
+    }
+
+private:
+    static constexpr unsigned entries = 4 * max_whole_reads;
+    // Something the ring should never do: it is closed for good on this thread (with what
+    // it still held, so that no late completion is taken for a later batch's), and the
+    // files are read by the caller's own path.
+    bool give_up(std::span<whole_read> reads) {
+        io_uring_queue_exit(&ring_);
+        ok_ = false;
+        for (whole_read& r : reads) {
+            r.got = -1;
+        }
+        return true;
+    }
+    io_uring ring_{};
+    bool ok_ = false;
+    open_how how_[max_whole_reads]{};  // alive until the opens are done (openat2 copies it at issue)
+};
+
+}  // namespace
+
+bool read_whole(std::span<whole_read> reads) {
+    thread_local thread_ring ring;
+    return ring.read(reads);
+}
+
+#else
+
+bool read_whole(std::span<whole_read>) { return false; }
+
+#endif
+
+}  // namespace ferry

@@ -1,0 +1,42 @@
+// Whole small files read in one io_uring submission: each file's open, read and close go
+// to the kernel together, instead of three system calls a file.
+//
+// Why: a send of 10,000 x 4 KiB files spends most of its sender's CPU in system calls, and
+// on the 2-core bench VM a system call's entry and exit alone cost ~2 us (a bare
+// getppid() loop). One submission for 32 files replaces 96 of them (bench/RESULTS.md,
+// "Tuning log (issue 5): small files read through io_uring").
+//
+// Each worker thread keeps a ring of its own, made on first use. Where io_uring cannot be
+// had (built without liburing, an old kernel, a seccomp filter, kernel.io_uring_disabled,
+// FERRY_IO_URING=0), read_whole() returns false and the caller reads as before. A file
+// that fails in any way here (not found, a symlink where RESOLVE_NO_SYMLINKS refuses it,
+// a short or long read) is simply not read here: the caller's ordinary path reads it
+// again and reports what went wrong, in its own words.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace ferry {
+
+struct whole_read {
+    // As file_io's open_read takes them: `path` relative to `root_fd` and never leaving it
+    // (openat2, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), or with root_fd < 0 a path opened
+    // as ::open opens it.
+    int root_fd = -1;
+    const std::string* path = nullptr;
+    std::uint8_t* buf = nullptr;
+    std::size_t want = 0;  // bytes to read from offset 0 (a file's size, plus one to see it grew)
+    long got = -1;         // bytes read, or a negative errno (-1: not attempted)
+};
+
+// Opens, reads (from offset 0, up to `want` bytes) and closes every file of `reads` in one
+// submission, setting each `got`. At most max_whole_reads files at once. False when io_uring is
+// not available on this thread (nothing was attempted).
+bool read_whole(std::span<whole_read> reads);
+
+constexpr std::size_t max_whole_reads = 32;
+
+}  // namespace ferry
