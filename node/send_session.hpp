@@ -91,8 +91,8 @@ struct digest_memo {
 struct send_options {
     std::uint32_t connections = default_connections;
     // The connections above the first are opened only when the path calls for them
-    // (`--connections` not given): a round trip of 5 ms or more on connection 0, or a
-    // segment it had to retransmit, looked at when the receiver's Hello is in and every
+    // (`--connections` not given): a round trip of 5 ms or more on connection 0, or
+    // losses on it (path_calls_for_more_connections), looked at when the receiver's Hello is in and every
     // half second after. On a short clean path (a LAN, loopback) one connection carries
     // what the ends can process, and each further one costs a TLS handshake and its
     // buffers on both sides (docs/decisions.md, "Extra connections when the path calls

@@ -55,13 +55,15 @@ struct tcp_info_sample {
     std::uint64_t bytes_received = 0;
     std::uint64_t delivery_rate = 0;  // bytes/s, the kernel's latest estimate
     std::uint32_t unacked = 0;        // segments in flight
+    std::uint32_t segs_out = 0;       // segments sent over the connection's life
 };
 
 tcp_info_sample sample_tcp_info(int fd);
 
 // Whether the path of the connection on socket `fd` calls for more connections beside it
 // (a transfer's connections above the first, when --connections is not given): a
-// smoothed round trip of `rtt_us` or more, or a segment it had to retransmit; also when
+// smoothed round trip of `rtt_us` or more, or losses (8 segments retransmitted or more,
+// and at least 1 % of those sent: a lone timeout on a busy loopback is none); also when
 // TCP_INFO cannot be read (docs/decisions.md, "Extra connections when the path calls for
 // them").
 bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us);

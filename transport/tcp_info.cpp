@@ -26,12 +26,14 @@ tcp_info_sample sample_tcp_info(int fd) {
     out.bytes_received = ti.tcpi_bytes_received;
     out.delivery_rate = ti.tcpi_delivery_rate;
     out.unacked = ti.tcpi_unacked;
+    out.segs_out = ti.tcpi_segs_out;
     return out;
 }
 
 bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us) {
     tcp_info_sample ti = sample_tcp_info(fd);
-    return !ti.ok || ti.rtt_us >= rtt_us || ti.total_retrans > 0;
+    bool losses = ti.total_retrans >= 8 && std::uint64_t{ti.total_retrans} * 100 >= ti.segs_out;
+    return !ti.ok || ti.rtt_us >= rtt_us || losses;
 }
 
 }  // namespace ferry
