@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 
 #ifdef FERRY_HAVE_LIBURING
 #include <liburing.h>
@@ -104,8 +105,77 @@ public:
         return true;
     }
 
+    bool link(std::span<link_close> ops) {
+        if (!ok_) {
+            return false;
+        }
+        // Two submissions a round: the links, then the closes of those linked. (A failed
+        // linkat does not break an io_uring link chain, unlike a failed read: a close
+        // linked after it would run all the same, and the caller needs the file open.)
+        std::size_t done = 0;
+        while (done < ops.size()) {
+            std::size_t n = std::min<std::size_t>(ops.size() - done, entries);
+            for (std::size_t i = done; i < done + n; ++i) {
+                link_close& op = ops[i];
+                io_uring_sqe* link = io_uring_get_sqe(&ring_);
+                if (link == nullptr) {
+                    return give_up_links();  // cannot happen: the ring holds `entries`
+                }
+                op.result = 2;  // submitted: until its completion, unknown
+                io_uring_prep_linkat(link, op.fd, "", op.dir_fd, op.name, AT_EMPTY_PATH);
+                io_uring_sqe_set_data64(link, i);
+            }
+            if (!complete(n, [&](std::uint64_t i, int res) { ops[i].result = res < 0 ? res : 3; })) {
+                return give_up_links();
+            }
+            std::size_t closes = 0;
+            for (std::size_t i = done; i < done + n; ++i) {
+                if (ops[i].result == 3) {  // linked: now closed
+                    io_uring_sqe* close = io_uring_get_sqe(&ring_);
+                    if (close == nullptr) {
+                        return give_up_links();
+                    }
+                    io_uring_prep_close(close, ops[i].fd);
+                    io_uring_sqe_set_data64(close, i);
+                    ++closes;
+                }
+            }
+            // close(2) frees the descriptor even when it reports an error.
+            if (closes > 0 && !complete(closes, [&](std::uint64_t i, int) { ops[i].result = 0; })) {
+                return give_up_links();
+            }
+            done += n;
+        }
+        return true;
+    }
+
 private:
     static constexpr unsigned entries = 4 * max_whole_reads;
+    // As give_up(), for links: the ring is closed for good on this thread. Files not
+    // submitted keep result 1 (the caller names them itself); one whose link or close
+    // was submitted and not seen through keeps 2 or 3, both "unknown" to the caller.
+    bool give_up_links() {
+        io_uring_queue_exit(&ring_);
+        ok_ = false;
+        return true;
+    }
+    // Submits what is queued and takes `n` completions, handing each (user data, result)
+    // to `seen`. False when the ring fails (not expected).
+    template <typename Seen>
+    bool complete(std::size_t n, Seen seen) {
+        if (io_uring_submit_and_wait(&ring_, static_cast<unsigned>(n)) != static_cast<int>(n)) {
+            return false;
+        }
+        for (std::size_t k = 0; k < n; ++k) {
+            io_uring_cqe* cqe = nullptr;
+            if (io_uring_wait_cqe(&ring_, &cqe) != 0) {
+                return false;
+            }
+            seen(io_uring_cqe_get_data64(cqe), cqe->res);
+            io_uring_cqe_seen(&ring_, cqe);
+        }
+        return true;
+    }
     // Something the ring should never do: it is closed for good on this thread (with what
     // it still held, so that no late completion is taken for a later batch's), and the
     // files are read by the caller's own path.
@@ -124,14 +194,20 @@ private:
 
 }  // namespace
 
-bool read_whole(std::span<whole_read> reads) {
+thread_ring& this_thread_ring() {
     thread_local thread_ring ring;
-    return ring.read(reads);
+    return ring;
 }
+
+bool read_whole(std::span<whole_read> reads) { return this_thread_ring().read(reads); }
+
+bool link_and_close(std::span<link_close> ops) { return this_thread_ring().link(ops); }
 
 #else
 
 bool read_whole(std::span<whole_read>) { return false; }
+
+bool link_and_close(std::span<link_close>) { return false; }
 
 #endif
 

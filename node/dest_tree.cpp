@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "node/batch_reads.hpp"
 #include "node/resume.hpp"
 #include "protocol/path.hpp"
 
@@ -117,6 +118,13 @@ std::atomic<int> unnamed_open{0};
 void unnamed_file::reset() {
     if (fd_ >= 0) {
         ::close(fd_);
+        fd_ = -1;
+        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+    }
+}
+
+void unnamed_file::forget() {
+    if (fd_ >= 0) {
         fd_ = -1;
         unnamed_open.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -894,6 +902,50 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
         }
     }
     return rename_final(wire_path, true);
+}
+
+std::vector<int> dest_tree::link_new(std::span<unnamed_file* const> files,
+                                    std::span<const std::string* const> wire_paths) {
+    std::vector<int> out(files.size(), 1);
+    if (unnamed_link_.load(std::memory_order_relaxed) != unnamed_link::by_fd) {
+        return out;
+    }
+    std::vector<link_close> ops;
+    std::vector<std::size_t> of;
+    std::vector<dir_handle> dirs;  // held open until the links are done
+    std::vector<std::string> names;
+    ops.reserve(files.size());
+    of.reserve(files.size());
+    dirs.reserve(files.size());
+    names.reserve(files.size());
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        std::error_code ec;
+        dir_handle dh = dir_fd(wire_parent(*wire_paths[i]), false, ec);
+        if (dh.fd < 0 || dh.folder == nullptr || !dh.folder->made || files[i]->get() < 0) {
+            continue;  // link_final: a partial file may be there to remove
+        }
+        names.emplace_back(wire_name(*wire_paths[i]));
+        dirs.push_back(std::move(dh));
+        ops.push_back(link_close{files[i]->get(), dirs.back().fd, nullptr});
+        of.push_back(i);
+    }
+    for (std::size_t k = 0; k < ops.size(); ++k) {
+        ops[k].name = names[k].c_str();  // names no longer grows: stable
+    }
+    if (ops.size() < 2 || !link_and_close(ops)) {
+        return out;
+    }
+    for (std::size_t k = 0; k < ops.size(); ++k) {
+        std::size_t i = of[k];
+        if (ops[k].result == 0) {
+            files[i]->forget();  // closed by the submission
+            out[i] = 0;
+        } else if (ops[k].result == 2 || ops[k].result == 3) {
+            files[i]->forget();  // whether it is still open is unknown: never close it
+            out[i] = 2;
+        }
+    }
+    return out;
 }
 
 int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec) {

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -101,6 +102,7 @@ public:
 private:
     friend class dest_tree;
     explicit unnamed_file(int fd) : fd_(fd) {}
+    void forget();  // closed (or lost) elsewhere: uncounted, not closed
     int fd_ = -1;
 };
 
@@ -247,6 +249,13 @@ public:
     // dest_errc::exists, or with `overwrite` it is replaced as rename_final replaces it
     // (the file is linked under the partial name, then renamed over).
     std::error_code link_final(const unnamed_file& file, std::string_view wire_path, bool overwrite);
+    // link_final for many files at once, none over an existing name: those whose folder
+    // this tree made (no partial file of an earlier attempt can be there) are linked and
+    // closed in one io_uring submission (node/batch_reads.hpp) where linkat by descriptor
+    // works. For each file: 0 named (its descriptor gone), 1 left to the caller's
+    // link_final (not tried, or its link failed: the caller's attempt says why), or 2
+    // failed in a way that leaves its descriptor unknown (released unclosed; report EIO).
+    std::vector<int> link_new(std::span<unnamed_file* const> files, std::span<const std::string* const> wire_paths);
     // Renames the partial file to its final name (never over an existing one unless
     // `overwrite`); with `sync_dir`, fsyncs the folder so the new name is durable.
     std::error_code rename_final(std::string_view wire_path, bool overwrite, bool sync_dir = false);

@@ -167,11 +167,18 @@ constexpr std::uint64_t fsync_own_threshold = 16 * 1024 * 1024;
 
 // Test hook (tests/e2e): FERRY_FAULT_EXIT_AFTER_RENAMES=N makes the process die (_exit 86)
 // as soon as N files were renamed before the final sync, the way a crash would leave it.
-void fault_point_after_renames(std::size_t renamed) {
+long fault_rename_limit() {
     static const long limit = [] {
         const char* v = std::getenv("FERRY_FAULT_EXIT_AFTER_RENAMES");
         return v != nullptr ? std::strtol(v, nullptr, 10) : 0L;
     }();
+    return limit;
+}
+
+bool fault_hook_armed() { return fault_rename_limit() > 0; }
+
+void fault_point_after_renames(std::size_t renamed) {
+    const long limit = fault_rename_limit();
     static std::atomic<long> total{0};
     if (limit > 0 && (total += static_cast<long>(renamed)) >= limit) {
         std::_Exit(86);
@@ -1652,9 +1659,25 @@ void receive_session::start_renames() {
         std::error_code journal_ec = journal ? journal->commit(entries) : std::error_code{};
         std::error_code sync_ec = journal_ec ? tree->sync_all() : std::error_code{};
         std::vector<std::error_code> results(batch.size());
+        // New files in new folders: linked and closed in one submission where io_uring is
+        // there (not with the crash hook armed, which counts names one by one).
+        std::vector<int> named(batch.size(), 1);
+        if (!sync_ec && !overwrite && !fault_hook_armed()) {
+            std::vector<unnamed_file*> files;
+            std::vector<const std::string*> paths;
+            files.reserve(batch.size());
+            paths.reserve(batch.size());
+            for (pending_name& b : batch) {
+                files.push_back(&b.unnamed);
+                paths.push_back(&b.entry.path);
+            }
+            named = tree->link_new(files, paths);
+        }
         for (std::size_t i = 0; i < batch.size(); ++i) {
             pending_name& b = batch[i];
-            results[i] = sync_ec                   ? sync_ec
+            results[i] = named[i] == 0             ? std::error_code{}
+                         : named[i] == 2          ? std::make_error_code(std::errc::io_error)
+                         : sync_ec                ? sync_ec
                          : b.unnamed.get() >= 0 ? tree->link_final(b.unnamed, b.entry.path, overwrite)
                                                  : tree->rename_final(b.entry.path, overwrite);
             b.unnamed.reset();  // named now, or gone with its descriptor

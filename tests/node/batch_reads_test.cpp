@@ -100,6 +100,39 @@ TEST(BatchReads, MoreFilesThanOneSubmissionTakesAreLeftToTheCaller) {
     }
 }
 
+TEST(BatchReads, UnnamedFilesAreLinkedAndClosedAndAFailedLinkLeavesItsFileOpen) {
+    test::temp_dir dir("ferry-batch-links");
+    int dir_fd = ::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(dir_fd, 0);
+    test::write_text_file(dir.path() / "taken", "already here\n");
+    std::vector<std::string> names{"one", "two", "taken"};
+    std::vector<link_close> ops;
+    for (const std::string& name : names) {
+        int fd = ::openat(dir_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            GTEST_SKIP() << "no O_TMPFILE here";
+        }
+        ASSERT_EQ(::write(fd, name.data(), name.size()), static_cast<ssize_t>(name.size()));
+        ops.push_back(link_close{fd, dir_fd, name.c_str()});
+    }
+    if (!link_and_close(ops)) {
+        GTEST_SKIP() << "io_uring is not available here";
+    }
+    EXPECT_EQ(ops[0].result, 0);
+    EXPECT_EQ(ops[1].result, 0);
+    EXPECT_EQ(contents(dir.path() / "one"), "one");
+    EXPECT_EQ(contents(dir.path() / "two"), "two");
+    // Linked and closed: the descriptors are gone.
+    EXPECT_EQ(::fcntl(ops[0].fd, F_GETFD), -1);
+    EXPECT_EQ(::fcntl(ops[1].fd, F_GETFD), -1);
+    // A name already there is kept, and the unnamed file stays open for the caller.
+    EXPECT_EQ(ops[2].result, -EEXIST);
+    EXPECT_EQ(contents(dir.path() / "taken"), "already here\n");
+    EXPECT_GE(::fcntl(ops[2].fd, F_GETFD), 0);
+    ::close(ops[2].fd);
+    ::close(dir_fd);
+}
+
 TEST(BatchReads, FerryIoUringZeroTurnsItOffForNewThreads) {
     // A thread's ring is made on its first use: a fresh thread sees the variable.
     ::setenv("FERRY_IO_URING", "0", 1);
