@@ -449,6 +449,23 @@ std::optional<std::string> congestion_error(const common_opts& o) {
            (list.empty() ? std::string("unknown") : list) + "; or `system`)";
 }
 
+// A flag's value in brackets is taken as it is: the exclude pattern "[ab]". CLI11 reads
+// "[a,b]" given to an option of many values as the list a, b (and "[ab]" as "ab"), which
+// turned `--exclude '[ab]'` into the pattern "ab" and let `--delete` remove what it was to
+// protect. Each such flag still takes one value per occurrence. (Positional arguments
+// keep CLI11's reading: a list of them needs it to take more than one. A source named
+// "[ab]" is given as ./[ab]: docs/cli.md.)
+void take_brackets_literally(CLI::App& app) {
+    for (CLI::Option* opt : app.get_options()) {
+        if (opt->nonpositional() && opt->get_expected_max() > 1) {
+            opt->allow_extra_args(false);
+        }
+    }
+    for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+        take_brackets_literally(*sub);
+    }
+}
+
 // Builds the node config shared by the commands; throws std::runtime_error on bad state.
 ferry::node_config base_config(const common_opts& o) {
     ferry::node_config cfg;
@@ -832,6 +849,7 @@ std::optional<reread_settings> reread_serve_settings(const ferry::node_config& n
     receive_opts r;
     std::string inbox;
     define_serve(serve, o, r, inbox);
+    take_brackets_literally(app);
     try {
         app.parse(saved_argc, saved_argv);
         if (std::optional<fs::path> file = ferry::cli::pick_config(o.config)) {
@@ -3018,6 +3036,7 @@ int main(int argc, char** argv) {
                    "Exit codes: 0 the node answered, 2 no node is running with this state folder, "
                    "4 it did not answer.");
 
+    take_brackets_literally(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -346,6 +346,24 @@ TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_th
     EXPECT_TRUE(no_partial_files(share));
 }
 
+TEST_F(sync_push, an_exclude_pattern_in_brackets_is_a_pattern_not_a_list) {
+    // gitignore's [ab] matches "a" or "b"; read as CLI11's list syntax it was the pattern
+    // "ab", and --delete removed a and b.
+    serve();
+    write_text_file(src / "ab", "sent\n");
+    write_text_file(src / "keep", "sent\n");
+    fs::path dst = share / "site";
+    write_text_file(dst / "a", "the receiver's own\n");
+    write_text_file(dst / "b", "the receiver's own\n");
+    run_result r = sync({"--delete", "--exclude", "[ab]", "--exclude", "[x,y]"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(read_text_file(dst / "a"), "the receiver's own\n");
+    EXPECT_EQ(read_text_file(dst / "b"), "the receiver's own\n");
+    EXPECT_EQ(read_text_file(dst / "ab"), "sent\n");
+    EXPECT_EQ(read_text_file(dst / "keep"), "sent\n");
+    EXPECT_EQ(find_event(json_events(r.out), "done")["deleted_files"], 0);
+}
+
 TEST_F(sync_push, delete_removes_what_src_lacks_but_never_what_is_excluded) {
     serve();
     write_text_file(src / "keep.txt", "k\n");
