@@ -242,6 +242,7 @@ struct node_context {
     std::shared_ptr<buffer_pool> buffers;  // chunk buffers for both directions
     node_stats stats;
     known_partials known;  // partial files of unfinished transfers, as this process wrote them
+    partial_claims claims;  // the files running transfers write, by destination path
     void log(const std::string& line, log_level level = log_level::info) const {
         if (events.log) {
             events.log(level, line);

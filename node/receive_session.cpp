@@ -235,6 +235,7 @@ receive_session::receive_session(node_context& ctx, std::string peer_id, const s
 }
 
 receive_session::~receive_session() {
+    ctx_.claims.release_all(this);  // no task of this session is left to write
     for (auto& c : conns_) {
         if (c) {
             c->set_handler(nullptr);  // a connection closing after the session must not call into it
@@ -682,6 +683,7 @@ void receive_session::next_offer() {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
+        bool busy = false;  // a file is another transfer's (partial_claims)
         std::vector<receiver_machine::decision> decisions;
         decisions.reserve(items.size());  // one array a batch, not a doubling one (fresh pages each time)
         std::vector<std::string> resumed;  // one line per file resumed or restarted, or whose mode could not be set
@@ -1088,6 +1090,19 @@ void receive_session::next_offer() {
                         {it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}, {}});
                 }
             }
+            // The files this batch writes are this transfer's until it ends: one that another
+            // transfer into the same folder is writing refuses the batch as busy, before
+            // any partial file is touched (the sender tries again later).
+            for (std::size_t i = 0; !create && error.empty() && !sync.dry_run && i < items.size(); ++i) {
+                const entry_info& e = items[i].e;
+                if (e.is_file() && !identical[i] &&
+                    !self->ctx_.claims.claim((tree->root() / e.path).string(), self.get())) {
+                    error = printable(e.path) + " is being received by another transfer into the same folder; "
+                                                "try again once it has ended";
+                    code = exit_code::transfer_failed;
+                    busy = true;
+                }
+            }
             if (!create && error.empty()) {
                 // Room for what is still to come: files already here need none, nor the
                 // chunks resumed files keep. First with every partial file's bytes
@@ -1136,7 +1151,7 @@ void receive_session::next_offer() {
             }
         }
         lock.reset();
-        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space,
+        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space, busy,
                                    resumed = std::move(resumed), basis_fds = std::move(basis_fds),
                                    cleared = std::move(cleared)]() mutable {
             self->offer_busy_ = false;
@@ -1158,7 +1173,7 @@ void receive_session::next_offer() {
             }
             self->tree_ = tree;
             if (!error.empty()) {
-                self->fail(code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_REFUSED, code,
+                self->fail(busy ? wire::ERROR_BUSY : code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_REFUSED, code,
                            "refused transfer: " + error,
                            no_space ? std::optional<refusal>(refusal::disk_space) : std::nullopt);
                 return;

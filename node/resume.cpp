@@ -36,6 +36,17 @@ partial_stamp stamp_of(const struct stat& st) {
             timespec_ns(st.st_ctim)};
 }
 
+bool partial_claims::claim(const std::string& path, const void* owner) {
+    std::lock_guard lock(mutex_);
+    auto [it, fresh] = owners_.try_emplace(path, owner);
+    return fresh || it->second == owner;
+}
+
+void partial_claims::release_all(const void* owner) {
+    std::lock_guard lock(mutex_);
+    std::erase_if(owners_, [owner](const auto& kv) { return kv.second == owner; });
+}
+
 void known_partials::put(const std::string& key, known_partial k) {
     if (auto it = map_.find(key); it != map_.end()) {
         chunks_ -= it->second.have.size();

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -65,6 +66,23 @@ private:
     std::unordered_map<std::string, known_partial> map_;
     std::deque<std::string> order_;
     std::uint64_t chunks_ = 0;
+};
+
+// The destination files each running transfer of this process writes, by their path: two
+// transfers into one folder must never write one partial file together (two syncs of
+// the same tree at once left files made of both: a soak test, 2026-12-04). A transfer
+// claims a file before it touches its partial file, and gives its claims back when it
+// ends; one that finds a file claimed by another is refused as busy (its sender retries
+// later). Thread-safe (claimed on the workers).
+class partial_claims {
+public:
+    // True when `path` was free or is `owner`'s already.
+    bool claim(const std::string& path, const void* owner);
+    void release_all(const void* owner);
+
+private:
+    std::mutex mutex_;
+    std::unordered_map<std::string, const void*> owners_;
 };
 
 struct resume_found {

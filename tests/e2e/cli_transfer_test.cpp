@@ -522,6 +522,36 @@ TEST_F(cli_transfer, serve_accepts_concurrent_trusted_senders_and_stops_on_sigte
     EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
 }
 
+// Two senders of the same name at once into one inbox: one file arrives whole from one of
+// them, never a mix of both (they once shared one partial file). The other is told the
+// file is busy, tries again, and finds it there.
+TEST_F(cli_transfer, two_sends_of_one_name_at_once_never_mix_in_one_file) {
+    std::string c_id = cli.id("C");
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("A").string(), b_id}).code, 0);
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("A").string(), c_id}).code, 0);
+    fs::path src_b = cli.root() / "b/p";
+    fs::path src_c = cli.root() / "c/p";
+    write_random_file(src_b / "x", 12 * 1024 * 1024, 31);
+    write_random_file(src_c / "x", 12 * 1024 * 1024, 32);
+    fs::path inbox = cli.root() / "inbox";
+    auto node = cli.start({"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--inbox",
+                           inbox.string(), "--json"});
+    ASSERT_FALSE(node.address.empty());
+    // Slowed down so that the two overlap.
+    child_process sb({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--bwlimit", "24M", src_b.string(),
+                      a_id + "@" + node.address});
+    child_process sc({FERRY_BINARY, "send", "--state", cli.state("C").string(), "--bwlimit", "24M", src_c.string(),
+                      a_id + "@" + node.address});
+    int rb = sb.wait(process_timeout).value_or(-1);
+    int rc = sc.wait(process_timeout).value_or(-1);
+    EXPECT_TRUE((rb == 0) != (rc == 0)) << rb << " " << rc << "\n" << sb.err() << "\n" << sc.err();
+    const fs::path& winner = rb == 0 ? src_b : src_c;
+    EXPECT_EQ(compare_trees(winner / "x", inbox / "p/x"), "");
+    EXPECT_NE((rb == 0 ? sc : sb).err().find("exists"), std::string::npos) << sb.err() << sc.err();
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}
+
 // `ferry send` dials the receiver while it scans its sources. A connection the scan keeps
 // waiting over a second is closed before its Hello (the receiver counts nothing) and the
 // session dials again; one taken in time carries the transfer.
