@@ -268,18 +268,7 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
     return out;
 }
 
-bool is_partial_name(std::string_view name) {
-    if (name.ends_with("~")) {
-        name.remove_suffix(1);
-        return name.starts_with(".") && (name.ends_with(".ferry-resume") ||
-                                         (name.starts_with(".ferry-") && name.ends_with(".resume")));
-    }
-    if (!name.starts_with(".")) {
-        return false;
-    }
-    return name.ends_with(".ferry-part") || name.ends_with(".ferry-resume") ||
-           (name.starts_with(".ferry-") && (name.ends_with(".part") || name.ends_with(".resume")));
-}
+bool is_partial_name(std::string_view name) { return is_partial_file_name(name); }
 
 sweep_result sweep_abandoned(const std::filesystem::path& root, std::chrono::seconds max_age) {
     namespace fs = std::filesystem;

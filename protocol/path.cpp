@@ -94,13 +94,22 @@ std::string printable(std::string_view text) {
     return out;
 }
 
+namespace {
+
+// ".NAME<suffix>" with a name of at least one byte, or ".ferry-HASH<hashed>".
+bool decorated(std::string_view name, std::string_view suffix, std::string_view hashed) {
+    return (name.size() > suffix.size() + 1 && name.front() == '.' && name.ends_with(suffix)) ||
+           (name.starts_with(".ferry-") && name.ends_with(hashed));
+}
+
+}  // namespace
+
 bool is_partial_file_name(std::string_view name) {
-    auto ends_with = [&](std::string_view suffix) {
-        return name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
-    };
-    constexpr std::string_view suffix = ".ferry-part";  // after "." and a name of at least one byte
-    return (name.size() > suffix.size() + 1 && name.front() == '.' && ends_with(suffix)) ||
-           (name.substr(0, 7) == ".ferry-" && ends_with(".part"));
+    if (name.ends_with('~')) {  // a resume record being replaced
+        name.remove_suffix(1);
+        return decorated(name, ".ferry-resume", ".resume");
+    }
+    return decorated(name, ".ferry-part", ".part") || decorated(name, ".ferry-resume", ".resume");
 }
 
 std::vector<std::string_view> split_wire_path(std::string_view path) {

@@ -27,8 +27,11 @@ std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 // text can neither end the line nor drive a terminal, and reads as it was sent.
 std::string printable(std::string_view text);
 
-// True for names ferry reserves for its partial files (".NAME.ferry-part" and
-// ".ferry-HASH.part"): a receiver refuses them in an offer, a sender skips them.
+// True for names ferry reserves for its partial files and their resume records
+// (".NAME.ferry-part", ".ferry-HASH.part", ".NAME.ferry-resume", ".ferry-HASH.resume", and
+// a record being replaced, with "~" after it): a receiver refuses them in an offer, a
+// sender skips them, and a receiver's sweep removes old ones. (A user's file of such a
+// name was once sent, then deleted by the receiver as its own record: 2026-12-04.)
 bool is_partial_file_name(std::string_view name);
 
 // Splits a checked wire path into its components.

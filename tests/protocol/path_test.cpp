@@ -285,4 +285,11 @@ TEST(PartialFileName, MatchesOnlyFerrysOwnPartialNames) {
     EXPECT_FALSE(ferry::is_partial_file_name("ferry-x.part"));
     EXPECT_FALSE(ferry::is_partial_file_name(".part"));
     EXPECT_FALSE(ferry::is_partial_file_name("notes.txt"));
+    // Resume records too, and one being replaced.
+    EXPECT_TRUE(ferry::is_partial_file_name(".a.ferry-resume"));
+    EXPECT_TRUE(ferry::is_partial_file_name(".a.ferry-resume~"));
+    EXPECT_TRUE(ferry::is_partial_file_name(".ferry-0123456789abcdef.resume"));
+    EXPECT_FALSE(ferry::is_partial_file_name(".ferry-resume"));
+    EXPECT_FALSE(ferry::is_partial_file_name("a.ferry-resume"));
+    EXPECT_FALSE(ferry::is_partial_file_name(".a.ferry-part~"));
 }
