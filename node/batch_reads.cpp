@@ -30,9 +30,15 @@ public:
         }
         // Completions are taken by this thread alone, when it waits for them.
         io_uring_params p{};
-        p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-        if (io_uring_queue_init_params(entries, &ring_, &p) != 0 && io_uring_queue_init(entries, &ring_, 0) != 0) {
-            return;
+        // SUBMIT_ALL: an entry that fails its preparation does not stop the submission of
+        // the rest, so every entry submitted completes (what complete() counts on).
+        p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL;
+        if (io_uring_queue_init_params(entries, &ring_, &p) != 0) {
+            io_uring_params plain{};
+            plain.flags = IORING_SETUP_SUBMIT_ALL;
+            if (io_uring_queue_init_params(entries, &ring_, &plain) != 0) {
+                return;  // before 5.18: the plain system calls
+            }
         }
         if (io_uring_register_files_sparse(&ring_, max_whole_reads) != 0) {
             io_uring_queue_exit(&ring_);

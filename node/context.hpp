@@ -242,7 +242,9 @@ struct node_context {
     std::shared_ptr<buffer_pool> buffers;  // chunk buffers for both directions
     node_stats stats;
     known_partials known;  // partial files of unfinished transfers, as this process wrote them
-    partial_claims claims;  // the files running transfers write, by destination path
+    // The files running transfers write, by destination path (shared: each receiving
+    // session holds it too, and may outlive this context at shutdown).
+    std::shared_ptr<partial_claims> claims = std::make_shared<partial_claims>();
     void log(const std::string& line, log_level level = log_level::info) const {
         if (events.log) {
             events.log(level, line);

@@ -53,7 +53,7 @@ node::node(asio::io_context& io, node_config config, node_events events) : sweep
     trust_store trust = trust_store::load(config.state_dir, config.config_peers);
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
-                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, known_partials{}, {}});
+                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, known_partials{}, std::make_shared<partial_claims>()});
     key_pem_ = ident.creds.key_pem;
     if (!ctx_->config.plaintext) {
         ctx_->tls_client = std::make_unique<tls_context>(ident.creds, tls_role::client);

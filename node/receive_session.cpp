@@ -230,12 +230,12 @@ receive_session::receive_session(node_context& ctx, std::string peer_id, const s
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
       machine_(receiver_limits{ctx.config.limits.max_files}), peer_key_(peer_key), files_("receive", session_id_),
       scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))), start_(std::chrono::steady_clock::now()),
-      last_heard_(start_), idle_timer_(ctx.io), checkpoint_timer_(ctx.io) {
+      last_heard_(start_), idle_timer_(ctx.io), checkpoint_timer_(ctx.io), claims_(ctx.claims) {
     root_ = ctx_.config.inbox;
 }
 
 receive_session::~receive_session() {
-    ctx_.claims.release_all(this);  // no task of this session is left to write
+    claims_->release_all(this);  // no task of this session is left to write
     for (auto& c : conns_) {
         if (c) {
             c->set_handler(nullptr);  // a connection closing after the session must not call into it
@@ -1093,12 +1093,18 @@ void receive_session::next_offer() {
             // The files this batch writes are this transfer's until it ends: one that another
             // transfer into the same folder is writing refuses the batch as busy, before
             // any partial file is touched (the sender tries again later).
-            for (std::size_t i = 0; !create && error.empty() && !sync.dry_run && i < items.size(); ++i) {
-                const entry_info& e = items[i].e;
-                if (e.is_file() && !identical[i] &&
-                    !self->ctx_.claims.claim((tree->root() / e.path).string(), self.get())) {
-                    error = printable(e.path) + " is being received by another transfer into the same folder; "
-                                                "try again once it has ended";
+            // All of the batch or none of it (two transfers taking the same files in other
+            // orders must not each hold some).
+            if (!create && error.empty() && !sync.dry_run) {
+                std::vector<std::string> writes;
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    if (items[i].e.is_file() && !identical[i]) {
+                        writes.push_back((tree->root() / items[i].e.path).string());
+                    }
+                }
+                if (std::optional<std::size_t> taken = self->claims_->claim_all(writes, self.get())) {
+                    error = printable(writes[*taken]) + " is being received by another transfer into the same folder; "
+                                                        "try again once it has ended";
                     code = exit_code::transfer_failed;
                     busy = true;
                 }

@@ -277,6 +277,9 @@ private:
     asio::steady_timer idle_timer_;
     std::unordered_set<std::uint32_t> dirty_;  // files written since their last resume record
     asio::steady_timer checkpoint_timer_;
+    // The node's claims, held by the session itself: its last reference may go after the
+    // node's context (a task posted to a stopped loop is destroyed with the io_context).
+    std::shared_ptr<partial_claims> claims_;
     bool checkpoint_armed_ = false;
     bool checkpoint_warned_ = false;
 };

@@ -36,10 +36,17 @@ partial_stamp stamp_of(const struct stat& st) {
             timespec_ns(st.st_ctim)};
 }
 
-bool partial_claims::claim(const std::string& path, const void* owner) {
+std::optional<std::size_t> partial_claims::claim_all(const std::vector<std::string>& paths, const void* owner) {
     std::lock_guard lock(mutex_);
-    auto [it, fresh] = owners_.try_emplace(path, owner);
-    return fresh || it->second == owner;
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+        if (auto it = owners_.find(paths[i]); it != owners_.end() && it->second != owner) {
+            return i;
+        }
+    }
+    for (const std::string& path : paths) {
+        owners_.emplace(path, owner);
+    }
+    return std::nullopt;
 }
 
 void partial_claims::release_all(const void* owner) {

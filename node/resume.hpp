@@ -76,8 +76,9 @@ private:
 // later). Thread-safe (claimed on the workers).
 class partial_claims {
 public:
-    // True when `path` was free or is `owner`'s already.
-    bool claim(const std::string& path, const void* owner);
+    // Claims every path for `owner`, or none: the index of the first one another owner
+    // holds, else nullopt (all free or `owner`'s already, and now `owner`'s).
+    std::optional<std::size_t> claim_all(const std::vector<std::string>& paths, const void* owner);
     void release_all(const void* owner);
 
 private:
