@@ -913,24 +913,19 @@ std::vector<int> dest_tree::link_new(std::span<unnamed_file* const> files,
     std::vector<link_close> ops;
     std::vector<std::size_t> of;
     std::vector<dir_handle> dirs;  // held open until the links are done
-    std::vector<std::string> names;
     ops.reserve(files.size());
     of.reserve(files.size());
     dirs.reserve(files.size());
-    names.reserve(files.size());
     for (std::size_t i = 0; i < files.size(); ++i) {
         std::error_code ec;
         dir_handle dh = dir_fd(wire_parent(*wire_paths[i]), false, ec);
         if (dh.fd < 0 || dh.folder == nullptr || !dh.folder->made || files[i]->get() < 0) {
             continue;  // link_final: a partial file may be there to remove
         }
-        names.emplace_back(wire_name(*wire_paths[i]));
         dirs.push_back(std::move(dh));
-        ops.push_back(link_close{files[i]->get(), dirs.back().fd, nullptr});
+        // The name is the path's tail, so its bytes end with the path's own terminator.
+        ops.push_back(link_close{files[i]->get(), dirs.back().fd, wire_name(*wire_paths[i]).data()});
         of.push_back(i);
-    }
-    for (std::size_t k = 0; k < ops.size(); ++k) {
-        ops[k].name = names[k].c_str();  // names no longer grows: stable
     }
     if (ops.size() < 2 || !link_and_close(ops)) {
         return out;

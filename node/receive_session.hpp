@@ -24,6 +24,7 @@
 #include "node/dest_tree.hpp"
 #include "node/unsynced_journal.hpp"
 #include "protocol/exclude.hpp"
+#include "transport/socket_tuning.hpp"
 #include "protocol/transfer.hpp"
 #include "transport/connection.hpp"
 
@@ -40,7 +41,7 @@ struct pull_spec {
     // As send_options::adaptive_connections: connections 1.. are dialed only once
     // connection 0's path calls for them (round trip widen_rtt_us or more, or losses).
     bool adaptive_connections = false;
-    std::uint32_t widen_rtt_us = 5'000;
+    std::uint32_t widen_rtt_us = default_widen_rtt_us;
     bool zstd = true;  // offer to decode zstd chunks (`--compress never`: no)
     std::uint64_t max_rate = 0;  // --bwlimit: bytes per second the peer may send (0: no limit)
     // Dials connection `index` (1..connections-1) once the peer took the pull.

@@ -30,6 +30,7 @@
 #include "protocol/compression.hpp"
 #include "protocol/transfer.hpp"
 #include "transport/connection.hpp"
+#include "transport/socket_tuning.hpp"
 
 namespace ferry {
 
@@ -91,14 +92,14 @@ struct digest_memo {
 struct send_options {
     std::uint32_t connections = default_connections;
     // The connections above the first are opened only when the path calls for them
-    // (`--connections` not given): a round trip of 5 ms or more on connection 0, or
-    // losses on it (path_calls_for_more_connections), looked at when the receiver's Hello is in and every
-    // half second after. On a short clean path (a LAN, loopback) one connection carries
-    // what the ends can process, and each further one costs a TLS handshake and its
-    // buffers on both sides (docs/decisions.md, "Extra connections when the path calls
+    // (`--connections` not given): a long round trip or losses on connection 0
+    // (path_calls_for_more_connections), looked at when the receiver's Hello is in and
+    // every half second after. On a short clean path (a LAN, loopback) one connection
+    // carries what the ends can process, and each further one costs a TLS handshake and
+    // its buffers on both sides (docs/decisions.md, "Extra connections when the path calls
     // for them"). False: all `connections` are opened at once.
     bool adaptive_connections = false;
-    std::uint32_t widen_rtt_us = 5'000;  // the round trip that calls for them
+    std::uint32_t widen_rtt_us = default_widen_rtt_us;  // the round trip that calls for them
     // When the transfer began, for its elapsed time and rates (`ferry send`: when the
     // command started, so that setting up and scanning the sources count too). Default:
     // when the session starts.
@@ -249,8 +250,8 @@ private:
     // The first Offer batch goes out and the other connections open (or, with
     // adaptive_connections, once the path calls for them: widen()).
     void begin_offers();
-    // Whether connection 0's path calls for more connections (adaptive_connections): a
-    // long round trip or a retransmission; also when its TCP_INFO cannot be read.
+    // Whether connection 0's path calls for more connections (adaptive_connections):
+    // path_calls_for_more_connections on its socket; false while it is lost.
     bool path_calls_for_more() const;
     // Opens connections 1.. once path_calls_for_more(), looking every widen_every.
     void widen();

@@ -67,5 +67,6 @@ tcp_info_sample sample_tcp_info(int fd);
 // TCP_INFO cannot be read (docs/decisions.md, "Extra connections when the path calls for
 // them").
 bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us);
+constexpr std::uint32_t default_widen_rtt_us = 5'000;  // above loopback and LAN round trips
 
 }  // namespace ferry
