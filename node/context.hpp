@@ -18,6 +18,7 @@
 
 #include "node/discovery.hpp"
 #include "node/resume.hpp"
+#include "node/source_tree.hpp"
 #include "node/stats.hpp"
 #include "protocol/transfer.hpp"
 #include "node/trust_store.hpp"
@@ -37,13 +38,6 @@ enum class exit_code : int {
     local_io = 4,
     partial = 5,    // done, but some source files could not be read (or changed while read)
     vanished = 6,   // done, but some source files vanished while the transfer ran
-};
-
-// A source file the sender skipped during a transfer (FileAbort).
-struct skipped_file {
-    std::string path;
-    std::string reason;
-    bool vanished = false;  // gone from the source (else changed, or unreadable)
 };
 
 // What one finished transfer reports (either side).

@@ -512,6 +512,16 @@ void receive_session::on_offer(const wire::Offer& offer) {
              "refused transfer: " + what, ec == protocol_errc::too_many_files ? refusal::files : refusal::protocol);
         return;
     }
+    // What the sender's scan could not read: in the report as not sent (its log names
+    // them), no more of them than files this node takes.
+    if (given_up_.size() + offer.not_sent_size() > ctx_.config.limits.max_files) {
+        fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused transfer: too many paths not sent",
+             refusal::files);
+        return;
+    }
+    for (const wire::NotSent& n : offer.not_sent()) {
+        given_up_.push_back({n.path(), printable(n.reason()), n.vanished(), false});
+    }
     if (pull_ && !pull_->source.get().empty()) {
         // A get: the one entry asked for, and what is below it. Nothing else in the
         // puller's folder is the peer's to write.
@@ -1251,7 +1261,7 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
     file_id f{abort.file_id()};
     const entry_info& e = machine_.entry(f);
     ctx_.log("the sender skipped " + printable(e.path) + " (" + printable(abort.reason()) + "): left as it was here");
-    given_up_.push_back({e.path, printable(abort.reason()), abort.vanished()});
+    given_up_.push_back({e.path, printable(abort.reason()), abort.vanished(), abort.again()});
     dirty_.erase(f.value);
     drop_partial(f);
     next_offer();  // one fewer in progress

@@ -37,6 +37,12 @@ std::uint64_t random_u64() {
     return v;
 }
 
+// Whether a file that failed to be read with `ec` may be read in another attempt: not one
+// this user may not read (a file that changed or vanished meanwhile may).
+bool worth_again(std::error_code ec) {
+    return ec != std::errc::permission_denied && ec != std::errc::operation_not_permitted;
+}
+
 }  // namespace
 
 void send_session::source_file::read_done() {
@@ -71,6 +77,16 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
     }
     // The entries now live in machine_ (sources_ keeps the local paths).
     took_entries(0);
+    took_unread(sources_.unread);
+}
+
+void send_session::took_unread(std::vector<skipped_file>& unread) {
+    for (skipped_file& f : unread) {
+        ctx_.log("not sent " + printable(f.path) + ": " + f.reason, log_level::warn);
+        given_up_.push_back(f);
+        not_sent_.push_back(std::move(f));
+    }
+    unread.clear();
 }
 
 void send_session::took_entries(std::uint32_t from) {
@@ -469,6 +485,13 @@ void send_session::send_offers() {
     }
     wire::Header h;
     *h.mutable_offer() = machine_.make_offer(next_offer_++);
+    for (const skipped_file& f : not_sent_) {
+        wire::NotSent* n = h.mutable_offer()->add_not_sent();
+        n->set_path(f.path);
+        n->set_reason(f.reason);
+        n->set_vanished(f.vanished);
+    }
+    not_sent_.clear();
     conns_[0].conn->send(h);
     offer_sent_at_ = stats_clock::now();
     if (next_offer_ < machine_.offer_count()) {
@@ -494,6 +517,7 @@ void send_session::take_scan() {
         }
         std::move(part.locals.begin(), part.locals.end(), std::back_inserter(sources_.locals));
         machine_.append(std::move(part.entries));
+        took_unread(part.unread);
     }
     took_entries(from);
     if (got.finished) {
@@ -958,7 +982,8 @@ void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan
     }
     if (scan->ec) {
         scan->parked.clear();
-        give_up(f, scan->ec == std::errc::no_such_file_or_directory, "cannot read it: " + scan->what);
+        give_up(f, scan->ec == std::errc::no_such_file_or_directory, "cannot read it: " + scan->what,
+                worth_again(scan->ec));
         return;
     }
     std::vector<chunk_ref> parked = std::move(scan->parked);
@@ -990,11 +1015,11 @@ void send_session::send_file_done(file_id f, wire::FileDone done) {
     const entry_info& e = machine_.entry(f);
     struct stat st {};
     if (stat_at(root_fd(), local_path(f), st) != 0) {
-        give_up(f, errno == ENOENT, std::string("vanished while it was read: ") + std::strerror(errno));
+        give_up(f, errno == ENOENT, std::string("vanished while it was read: ") + std::strerror(errno), true);
         return;
     }
     if (static_cast<std::uint64_t>(st.st_size) != file_size(e) || timespec_ns(st.st_mtim) != e.mtime_ns) {
-        give_up(f, false, "changed while it was read (size or mtime)");
+        give_up(f, false, "changed while it was read (size or mtime)", true);
         return;
     }
     wire::Header h;
@@ -1002,11 +1027,12 @@ void send_session::send_file_done(file_id f, wire::FileDone done) {
     conns_[0].conn->send(h);
 }
 
-void send_session::give_up(file_id f, bool vanished, const std::string& reason) {
+void send_session::give_up(file_id f, bool vanished, const std::string& reason, bool again) {
     std::optional<wire::FileAbort> abort = machine_.abort_file(f, vanished, reason);
     if (!abort) {
         return;
     }
+    abort->set_again(again);
     forget_scan(f);
     // Its chunks in flight will not be confirmed (the receiver drops them): they leave the
     // windows now.
@@ -1022,7 +1048,7 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason) 
     }
     const std::string& path = machine_.entry(f).path;
     ctx_.log("skipped " + printable(path) + ": " + reason, log_level::warn);
-    given_up_.push_back({path, reason, vanished});
+    given_up_.push_back({path, reason, vanished, again});
     wire::Header h;
     *h.mutable_file_abort() = std::move(*abort);
     conns_[0].conn->send(h);
@@ -1202,7 +1228,8 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     if (job.ec) {
         // One file that cannot be read (gone, changed, unreadable) is skipped, not the
         // transfer: the report lists it and the exit code says so.
-        give_up(ref.file, job.ec == std::errc::no_such_file_or_directory, "cannot read it: " + job.what);
+        give_up(ref.file, job.ec == std::errc::no_such_file_or_directory, "cannot read it: " + job.what,
+                worth_again(job.ec));
         return;
     }
     on_hashed(ref, job.digest);

@@ -247,6 +247,8 @@ private:
     void take_scan();
     // The per-entry arrays grown to the machine's entries, and entries `from..` counted.
     void took_entries(std::uint32_t from);
+    // What the scan could not read (`unread`, emptied): into the report, and the next Offer.
+    void took_unread(std::vector<skipped_file>& unread);
     // The first Offer batch goes out and the other connections open (or, with
     // adaptive_connections, once the path calls for them: widen()).
     void begin_offers();
@@ -364,8 +366,9 @@ private:
     // The file's delta pass is no longer needed (done, or given up on).
     void forget_scan(file_id f);
     // Skips one file that vanished, changed or cannot be read: FileAbort to the receiver,
-    // its chunks in flight out of the windows, and a line in the report.
-    void give_up(file_id f, bool vanished, const std::string& reason);
+    // its chunks in flight out of the windows, and a line in the report. `again`: one
+    // more attempt may send it (FileAbort.again).
+    void give_up(file_id f, bool vanished, const std::string& reason, bool again);
     // A chunk hashed (read, or from the memo): the machine learns its digest; a FileDone
     // that releases goes out, and a chunk the receiver has with other bytes is read again.
     void on_hashed(const chunk_ref& ref, digest128 digest);
@@ -406,6 +409,7 @@ private:
     std::size_t scans_running_ = 0;
     std::uint64_t delta_copied_ = 0;  // confirmed bytes receivers rebuilt from their older versions
     std::vector<skipped_file> given_up_;
+    std::vector<skipped_file> not_sent_;  // what the scan could not read, for the next Offer
     std::uint64_t deleted_files_ = 0;  // sync: as the receiver reported them (Deleted)
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t regular_files_ = 0;

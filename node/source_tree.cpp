@@ -125,6 +125,24 @@ struct scanner {
         return false;
     }
 
+    // An entry below a source that `err` keeps from being walked: one this user may not
+    // read is left out and kept at DST (skipped_paths); one that vanished (or turned from
+    // a folder into something else) meanwhile is left out. Either way it is reported as
+    // not sent and the walk goes on: true. Any other error fails the scan (false).
+    bool not_read(const std::string& local, const std::string& wire, int err) {
+        const bool vanished = err == ENOENT || err == ENOTDIR;
+        if (!vanished && err != EACCES && err != EPERM && err != EIO) {
+            return fail(local, err);
+        }
+        std::string why = std::error_code(err, std::system_category()).message();
+        out.unread.push_back({wire, vanished ? "vanished while the sources were scanned" : "cannot read it: " + why,
+                              vanished, false});
+        if (!vanished) {
+            out.skipped_paths.push_back(wire);
+        }
+        return true;
+    }
+
     // One entry: `dir_fd`/`name` (dir_fd may be AT_FDCWD with a full path as name), at
     // `depth` folders below a source.
     bool visit(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth) {
@@ -137,7 +155,7 @@ struct scanner {
         }
         struct stat st {};
         if (::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-            return fail(local, errno);
+            return depth > 0 ? not_read(local, wire, errno) : fail(local, errno);
         }
         if (const char* skip = skip_note(st.st_mode, wire_name(wire), keep_links)) {
             out.skipped.push_back(printable(local) + skip);
@@ -193,14 +211,13 @@ struct scanner {
     // The entries inside the folder `dir_fd`/`name` (wire path `wire`).
     bool walk_contents(int dir_fd, const char* name, const std::string& local, const std::string& wire, int depth) {
         int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0) {
-            return fail(local, errno);
-        }
         std::vector<std::string> names;
-        if (std::error_code ec = list_folder(fd, names)) {
-            ::close(fd);
-            error = local + ": " + ec.message();
-            return false;
+        int err = fd < 0 ? errno : list_folder(fd, names).value();
+        if (err != 0) {
+            if (fd >= 0) {
+                ::close(fd);
+            }
+            return unread_folder(local, wire, err);
         }
         if (depth >= max_open_depth) {
             ::close(fd);
@@ -216,6 +233,22 @@ struct scanner {
             ::close(fd);
         }
         return ok;
+    }
+
+    // The folder `wire`, just added to out, whose contents `err` keeps from being read.
+    // One that vanished takes its entry out again; one this user may not read keeps it
+    // (it is made at DST, what is in it there kept).
+    bool unread_folder(const std::string& local, const std::string& wire, int err) {
+        if (!not_read(local, wire, err)) {
+            return false;
+        }
+        if (out.unread.back().vanished && !out.entries.empty() && out.entries.back().path == wire) {
+            out.entries.pop_back();
+            if (keep_locals) {
+                out.locals.pop_back();
+            }
+        }
+        return true;
     }
 
     // One source: a folder's contents are walked in parts, on a few threads.
@@ -431,6 +464,10 @@ std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& n
     }
     out.total_bytes = inside.total_bytes;
     out.skipped = std::move(inside.skipped);
+    for (skipped_file& f : inside.unread) {
+        f.path = as + "/" + f.path;
+        out.unread.push_back(std::move(f));
+    }
     out.root_fd = std::move(inside.root_fd);
     return {};
 }
@@ -452,6 +489,7 @@ void append_part(source_tree& to, source_tree&& from) {
     move_all(to.locals, from.locals);
     move_all(to.skipped, from.skipped);
     move_all(to.skipped_paths, from.skipped_paths);
+    move_all(to.unread, from.unread);
     to.total_bytes += std::exchange(from.total_bytes, 0);
     to.excluded += std::exchange(from.excluded, 0);
 }
@@ -579,7 +617,7 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
         error = "nothing to send";
         return std::make_error_code(std::errc::invalid_argument);
     }
-    if (feed != nullptr && !out.skipped.empty()) {
+    if (feed != nullptr && (!out.skipped.empty() || !out.unread.empty())) {
         source_tree part;
         append_part(part, std::move(out));
         feed->put(std::move(part));

@@ -25,6 +25,17 @@ namespace ferry {
 
 class worker_pool;
 
+// A source path not sent: a file the sender gave up on during a transfer (FileAbort), or
+// an entry its scan could not read (Offer.not_sent).
+struct skipped_file {
+    std::string path;
+    std::string reason;
+    bool vanished = false;  // gone from the source (else changed, or unreadable)
+    // Changed or vanished while it was read: worth one more attempt. Not so for what this
+    // user may not read, or what vanished before it was offered.
+    bool again = false;
+};
+
 struct source_tree {
     source_tree() = default;
     source_tree(const source_tree&) = default;
@@ -45,6 +56,10 @@ struct source_tree {
     std::string local_prefix;
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials), escaped
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
+    // Entries below a source the scan could not read (a folder or file this user may not
+    // read, kept at DST as skipped_paths are) or that vanished while it was walked: left
+    // out, reported as not sent (exit code partial or vanished), the rest sent.
+    std::vector<skipped_file> unread;
     std::uint64_t total_bytes = 0;
     std::uint64_t excluded = 0;  // entries an exclude pattern left out (scan_contents)
     // The folder scan_contents walked (a pull's share folder, or SRC of a push), held open

@@ -1472,7 +1472,26 @@ struct sync_run {
     std::uint64_t updated = 0;
     std::uint64_t renamed = 0;
     std::uint64_t unchanged = 0;
+    // Each attempt's receiver says again what it does: the counts start again, but for
+    // what the passes before the one more attempt (for files that changed while read) did.
     void reset_counts() { created = updated = renamed = unchanged = 0; }
+    void carry_counts() {
+        carried_changed += created + updated + renamed;
+        carried_created += std::exchange(created, 0);
+        carried_updated += std::exchange(updated, 0);
+        carried_renamed += std::exchange(renamed, 0);
+    }
+    // The run's counts: files the first pass changed are unchanged to the second.
+    std::uint64_t all_created() const { return created + carried_created; }
+    std::uint64_t all_updated() const { return updated + carried_updated; }
+    std::uint64_t all_renamed() const { return renamed + carried_renamed; }
+    std::uint64_t all_unchanged() const { return unchanged - std::min(unchanged, carried_changed); }
+
+private:
+    std::uint64_t carried_created = 0;
+    std::uint64_t carried_updated = 0;
+    std::uint64_t carried_renamed = 0;
+    std::uint64_t carried_changed = 0;
 };
 
 // One sync event: a file created, updated, renamed (`from` another path at DST) or
@@ -2031,17 +2050,17 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     if (run.get) {
         say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged; received {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
-                        files, run.created, run.updated, run.renamed, run.unchanged,
+                        files, run.all_created(), run.all_updated(), run.all_renamed(), run.all_unchanged(),
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)), r.elapsed_s, mbps(r),
                         r.connections) +
             compression_note(r));
     } else if (dry) {
         say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
-                        run.created, run.updated, run.unchanged, deleted));
+                        run.all_created(), run.all_updated(), run.all_unchanged(), deleted));
     } else {
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
-                        files, run.created, run.updated, run.renamed, run.unchanged, deleted,
+                        files, run.all_created(), run.all_updated(), run.all_renamed(), run.all_unchanged(), deleted,
                         run.pull ? "received" : "sent",
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),
                         r.elapsed_s, mbps(r), r.connections) +
@@ -2058,10 +2077,10 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     if (excluded) {
         done["excluded"] = *excluded;
     }
-    done.update(json{{"created", run.created},
-             {"updated", run.updated},
-             {"renamed", run.renamed},
-             {"skipped", run.unchanged},
+    done.update(json{{"created", run.all_created()},
+             {"updated", run.all_updated()},
+             {"renamed", run.all_renamed()},
+             {"skipped", run.all_unchanged()},
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
              {"bytes_transferred", r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)},
@@ -2091,6 +2110,26 @@ struct attempt_loop {
     std::vector<ferry::skipped_file> vanished_before;
 };
 
+// A run's report after the one more attempt (`second`) for files that changed or
+// vanished during the first (`first`): what both moved, changed and deleted. The second
+// found the files the first sent already there: they are not counted as skipped twice.
+ferry::transfer_report both_passes(const ferry::transfer_report& first, ferry::transfer_report second) {
+    second.files += first.files;
+    second.dirs += first.dirs;
+    second.skipped_files -= std::min(second.skipped_files, first.files);
+    second.skipped_bytes -= std::min(second.skipped_bytes, first.payload_bytes);
+    second.resumed_bytes += first.resumed_bytes;
+    second.payload_bytes += first.payload_bytes;
+    second.delta_copied += first.delta_copied;
+    second.wire_sent += first.wire_sent;
+    second.wire_received += first.wire_received;
+    second.compression_saved += first.compression_saved;
+    second.deleted_files += first.deleted_files;
+    second.deleted_dirs += first.deleted_dirs;
+    second.elapsed_s += first.elapsed_s;
+    return second;
+}
+
 std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const send_opts& s, asio::io_context& io,
                                                    ferry::node& n, command_progress& progress, attempt_loop& loop) {
     std::optional<ferry::transfer_report> result;
@@ -2098,6 +2137,8 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     asio::steady_timer retry_timer(io);
     unsigned attempts = 0;
     bool tried_again = false;  // the one more attempt after files changed or vanished
+    std::optional<ferry::transfer_report> first_pass;  // the report before it
+    bool again_connected = false;  // it reached the peer and moved something
     bool ever_connected = false;
     bool interrupted = false;
     std::chrono::steady_clock::time_point lost_at{};
@@ -2124,18 +2165,34 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             lost_at = now;
         }
         last_failure = r;
-        if (r.ok && !r.given_up.empty() && !tried_again && !interrupted) {
+        if (first_pass && !again_connected && !r.connected) {
+            // The one more attempt found nobody (a one-shot `ferry receive` ends with its
+            // transfer): what the first one did is the outcome, its files not sent.
+            say("the peer is gone (" + r.error + "): the file(s) are left not sent");
+            finish(*first_pass);
+            return;
+        }
+        again_connected = again_connected || (r.connected && r.payload_bytes > 0);  // got somewhere
+        auto worth_again = std::count_if(r.given_up.begin(), r.given_up.end(),
+                                         [](const ferry::skipped_file& f) { return f.again; });
+        if (r.ok && worth_again > 0 && !tried_again && !interrupted) {
             tried_again = true;
             for (const ferry::skipped_file& f : r.given_up) {
                 if (f.vanished) {
                     loop.vanished_before.push_back(f);
                 }
             }
-            say(std::to_string(r.given_up.size()) + " file(s) " + loop.again_line);
+            say(std::to_string(worth_again) + " file(s) " + loop.again_line);
             if (loop.again()) {
+                first_pass = r;
+                again_connected = false;
                 attempt();
                 return;
             }
+        }
+        if (r.ok && first_pass) {
+            finish(both_passes(*first_pass, r));
+            return;
         }
         if (r.ok || !r.retryable || !ever_connected || interrupted || retry_for.count() == 0) {
             finish(r);
@@ -2386,6 +2443,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         if (!with_scan(again).empty()) {
             return false;
         }
+        if (sync != nullptr) {
+            sync->carry_counts();
+        }
         sources = std::move(again);
         have_scan = true;
         return true;
@@ -2479,7 +2539,10 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         spec.done = done;
         n.pull(std::move(spec), t);
     };
-    loop.again = [] { return true; };  // the peer scans again
+    loop.again = [&run] {
+        run.carry_counts();
+        return true;  // the peer scans again
+    };
     loop.again_line = run.get ? "changed or vanished at the peer while read; getting them once more"
                               : "changed or vanished at the peer while read; syncing once more";
     std::optional<ferry::transfer_report> result = run_attempts(o, s, io, n, progress, loop);

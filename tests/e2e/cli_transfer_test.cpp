@@ -428,6 +428,28 @@ TEST_F(cli_transfer, read_only_partial_left_by_an_earlier_attempt_is_replaced) {
     }
 }
 
+// A file that changes while it is read gets one more attempt. A one-shot receiver has
+// ended by then: the sender says the peer is gone and reports the file as not sent at
+// once, rather than retrying for all of --retry-for.
+TEST_F(cli_transfer, a_second_pass_that_finds_a_one_shot_receiver_gone_ends_at_once) {
+    fs::path src = cli.root() / "x";
+    write_random_file(src / "big.bin", 3 * 256 * 1024, 7);
+    write_text_file(src / "a.txt", "a\n");
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    ASSERT_FALSE(rx.address.empty());
+    run_result s = cli.ferry({"send", "--state", cli.state("B").string(), "--json", "--retry-for", "10m",
+                              (src / "big.bin").string(), (src / "a.txt").string(), a_id + "@" + rx.address},
+                             {"FERRY_FAULT_AFTER_SCAN=grow:big.bin"});
+    EXPECT_EQ(s.code, 5) << s.err;
+    EXPECT_NE(s.err.find("scanning and sending once more"), std::string::npos) << s.err;
+    EXPECT_NE(s.err.find("the peer is gone"), std::string::npos) << s.err;
+    EXPECT_NE(s.err.find("not sent: big.bin: "), std::string::npos) << s.err;
+    EXPECT_TRUE(rx.proc->wait(process_timeout).has_value());
+    EXPECT_EQ(read_text_file(dest / "a.txt"), "a\n");
+    EXPECT_FALSE(fs::exists(dest / "big.bin"));
+}
+
 TEST_F(cli_transfer, plaintext_on_both_sides_works_and_mismatch_fails_clearly) {
     fs::path src = cli.root() / "x";
     write_random_file(src / "f.bin", 1'000'000, 5);

@@ -66,7 +66,9 @@ protected:
     // `ferry serve` for A with a writable share "www" and a read-only "docs" (or the
     // `shares` given: NAME=DIR[:rw] each); B trusts A as "ay" at its address (and A trusts
     // B, limited to `b_shares` when given).
-    void serve(const std::string& b_shares = "", std::vector<std::string> shares = {}) {
+    // `as_nobody`: the node runs as nobody (a copy of the binary, its state folder and the
+    // share folders handed over to it); the caller checks can_run_as_nobody() first.
+    void serve(const std::string& b_shares = "", std::vector<std::string> shares = {}, bool as_nobody = false) {
         std::vector<std::string> trust{"trust", "--state", cli.state("A").string(), b_id, "--name", "bee"};
         if (!b_shares.empty()) {
             trust.insert(trust.end(), {"--shares", b_shares});
@@ -80,11 +82,37 @@ protected:
         for (const std::string& s : shares) {
             args.insert(args.end(), {"--share", s});
         }
-        node = cli.start(args);
+        std::vector<std::string> launcher;
+        if (as_nobody) {
+            launcher = nobody_launcher({cli.state("A"), share, ro_share});
+        }
+        node = cli.start(args, {}, launcher);
         ASSERT_FALSE(node.address.empty());
         ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "ay", "--address", node.address})
                       .code,
                   0);
+    }
+
+    static bool can_run_as_nobody() { return ::geteuid() == 0 && fs::exists("/usr/bin/setpriv"); }
+
+    // What runs the binary as nobody, after `trees` (and all they hold) are given to it.
+    // Permission bits then hold as they do for any user (root's reads pass them all).
+    std::vector<std::string> nobody_launcher(const std::vector<fs::path>& trees) {
+        constexpr uid_t nobody = 65534;
+        constexpr gid_t nogroup = 65534;
+        for (const fs::path& top : trees) {
+            EXPECT_EQ(::lchown(top.c_str(), nobody, nogroup), 0) << top;
+            for (const auto& de : fs::recursive_directory_iterator(top)) {
+                EXPECT_EQ(::lchown(de.path().c_str(), nobody, nogroup), 0) << de.path();
+            }
+        }
+        fs::path bin = cli.root() / "ferry-as-nobody";  // the build folder may be closed to it
+        fs::copy_file(FERRY_BINARY, bin, fs::copy_options::overwrite_existing);
+        fs::permissions(bin, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                 fs::perms::others_read | fs::perms::others_exec);
+        fs::permissions(cli.root(), fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
+        return {"/usr/bin/setpriv", "--reuid=" + std::to_string(nobody), "--regid=" + std::to_string(nogroup),
+                "--clear-groups", bin.string()};
     }
 
     run_result sync(std::vector<std::string> extra, const std::string& dst = "ay:www/site",
@@ -317,6 +345,11 @@ TEST_F(sync_push, a_file_that_changes_while_read_is_sent_again_from_a_new_scan) 
     EXPECT_NE(r.err.find("changed or vanished while read; scanning and sending once more"), std::string::npos) << r.err;
     auto ev = json_events(r.out);
     EXPECT_TRUE(paths_of(ev, "failed").empty());
+    // The summary counts both passes: a.txt made by the first, big.bin by the second.
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["created"], 2) << r.out;
+    EXPECT_EQ(done["skipped"], 0) << r.out;
+    EXPECT_EQ(done["bytes_transferred"], 5 * chunk + 1 + 2) << r.out;
     EXPECT_EQ(fs::file_size(src / "big.bin"), 5 * chunk + 1);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
     EXPECT_TRUE(no_partial_files(share));
@@ -545,6 +578,45 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), chunk + 1024);  // block 0, a.txt, the delta's ops
     EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 2 * chunk);
     EXPECT_EQ(compare_trees(site, dst), "");
+}
+
+// What the serving node may not read (it runs as nobody here) is left out and listed as
+// not sent, with the exit code of a partial run and no second pass (it would not help):
+// a folder it cannot open, a file inside a folder it cannot search, a file it cannot
+// read. --delete keeps what DST holds in their place; everything else is synced.
+TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_rest_synced) {
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
+    }
+    write_text_file(site / "ok.txt", "ok\n");
+    write_text_file(site / "locked/inside.txt", "src's\n");
+    write_text_file(site / "unsearchable/f.txt", "x\n");
+    write_text_file(site / "secret.txt", "not for nobody\n");
+    write_text_file(dst / "locked/inside.txt", "dst's own\n");
+    write_text_file(dst / "locked/more.txt", "dst's too\n");
+    write_text_file(dst / "stale.txt", "not in src\n");
+    serve("", {}, true);
+    ASSERT_EQ(::chmod((site / "locked").c_str(), 0), 0);
+    ASSERT_EQ(::chmod((site / "unsearchable").c_str(), 0644), 0);
+    ASSERT_EQ(::chmod((site / "secret.txt").c_str(), 0), 0);
+
+    run_result r = pull({"--delete"});
+    EXPECT_EQ(r.code, 5) << r.err;
+    EXPECT_EQ(r.err.find("once more"), std::string::npos) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"locked", "secret.txt", "unsearchable/f.txt"})) << r.out;
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["ok"], false);
+    EXPECT_EQ(done["failed_files"], 3);
+    EXPECT_EQ(read_text_file(dst / "ok.txt"), "ok\n");
+    EXPECT_EQ(read_text_file(dst / "locked/inside.txt"), "dst's own\n");
+    EXPECT_EQ(read_text_file(dst / "locked/more.txt"), "dst's too\n");
+    EXPECT_FALSE(fs::exists(dst / "secret.txt"));
+    EXPECT_FALSE(fs::exists(dst / "stale.txt"));
+    EXPECT_TRUE(fs::is_directory(dst / "unsearchable"));
+    EXPECT_TRUE(no_partial_files(dst));
+    ASSERT_EQ(::chmod((site / "locked").c_str(), 0755), 0);  // for the test folder's removal
+    ASSERT_EQ(::chmod((site / "unsearchable").c_str(), 0755), 0);
 }
 
 TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
