@@ -186,6 +186,7 @@ int dest_tree::open_dir(std::string_view wire_path, std::error_code& ec) {
 }
 
 dest_tree::~dest_tree() {
+    restore_modes();
     if (root_fd_ >= 0) {
         ::close(root_fd_);
     }
@@ -273,6 +274,7 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             }
             return {};
         }
+        make_writable(next, sofar);
         // `folder` (the parent, held here) stays open however the cache changes.
         auto opened = std::make_shared<open_folder>(next);
         opened->made = made;
@@ -501,6 +503,8 @@ struct pruner {
     bool dry_run;
     std::vector<dest_tree::removed_entry>& removed;
     std::string& failed;  // the path an error is about
+    // A folder about to lose entries: writable for its owner (dest_tree::make_writable).
+    const std::function<void(int fd, const std::string& path)>& writable;
     // Whether ferry's own files (partial files, resume records) in a folder being removed
     // go too, unreported: true where no file of this transfer can lie below (clear_folder);
     // otherwise they keep their folder.
@@ -524,6 +528,9 @@ struct pruner {
             int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (fd < 0) {
                 return {errno, std::system_category()};
+            }
+            if (!dry_run) {
+                writable(fd, path);
             }
             std::vector<folder_child> children;
             std::vector<std::string> own_names;
@@ -585,7 +592,12 @@ struct pruner {
                 continue;
             }
             if (is_dir && v == dest_tree::verdict::keep) {
-                if (std::error_code ec = in_folder(dir_fd, name, [&](int fd) { return walk(fd, path, depth + 1); })) {
+                if (std::error_code ec = in_folder(dir_fd, name, [&](int fd) {
+                        if (!dry_run) {
+                            writable(fd, path);
+                        }
+                        return walk(fd, path, depth + 1);
+                    })) {
                     return ec;
                 }
             }
@@ -662,7 +674,10 @@ std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& 
 
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                                  std::vector<removed_entry>& removed, std::string& failed_path) {
-    pruner p{keep, dry_run, removed, failed_path};
+    const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
+        make_writable(fd, path);
+    };
+    pruner p{keep, dry_run, removed, failed_path, writable};
     return p.walk(root_fd_, "", 0);
 }
 
@@ -680,7 +695,10 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     };
     // SRC has a file or link at wire_path, so nothing below it is offered: partial files
     // there are an older attempt's (say, a killed sync before SRC changed) and go too.
-    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, true};
+    const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
+        make_writable(fd, path);
+    };
+    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, writable, true};
     bool gone = false;
     int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/')) + 1;  // prune's: 1 in the root
     ec = p.remove(parent.fd, std::string(wire_name(wire_path)), std::string(wire_path), true, false, depth,
@@ -1138,7 +1156,40 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
     if (fd < 0) {
         return ec;
     }
-    return keep_mode ? set_mtime(fd, mtime_ns) : set_mode_and_mtime(fd, mode, mtime_ns);
+    if (keep_mode) {
+        return set_mtime(fd, mtime_ns);
+    }
+    ec = set_mode_and_mtime(fd, mode, mtime_ns);
+    if (!ec) {
+        std::lock_guard lock(loosened_mutex_);
+        std::erase_if(loosened_, [&](const loosened_folder& f) { return f.path == wire_path; });  // SRC's mode now
+    }
+    return ec;
+}
+
+void dest_tree::make_writable(int fd, std::string_view path) {
+    static const uid_t me = ::geteuid();
+    struct stat st {};
+    if (me == 0 || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != me || (st.st_mode & S_IWUSR) != 0) {
+        return;
+    }
+    int kept = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (kept < 0 || ::fchmod(fd, (st.st_mode & 07777) | S_IWUSR) != 0) {
+        if (kept >= 0) {
+            ::close(kept);
+        }
+        return;  // what is written there then fails, and says why
+    }
+    std::lock_guard lock(loosened_mutex_);
+    loosened_.push_back({std::string(path), unique_fd(kept), static_cast<mode_t>(st.st_mode & 07777)});
+}
+
+void dest_tree::restore_modes() {
+    std::lock_guard lock(loosened_mutex_);
+    for (const loosened_folder& f : loosened_) {
+        ::fchmod(f.fd.get(), f.mode);  // a folder removed since takes it too: harmless
+    }
+    loosened_.clear();
 }
 
 std::error_code dest_tree::sync_all() {

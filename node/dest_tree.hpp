@@ -263,6 +263,12 @@ public:
     // `keep_mode`, only its mtime.
     std::error_code finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
                                bool keep_mode = false);
+    // A node that is not root writes into a folder below the root that it owns but may not
+    // write to (a read-only folder an earlier transfer made, as SRC has it) as rsync does:
+    // the folder gets its owner's write bit while the tree writes, and its mode back at
+    // the end, unless finish_dir gave it SRC's. Gives each folder still changed its mode
+    // back (also done when the tree goes).
+    void restore_modes();
     // Makes everything written under the root durable (one syncfs).
     std::error_code sync_all();
 
@@ -302,6 +308,17 @@ private:
     };
     // The directory `dir` (a wire path, "" = root), created if `create`.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec);
+    // The open folder `fd` (wire path `path`, below the root): made writable for its
+    // owner if this process owns it, is not root and may not write there; its mode is kept
+    // to be given back (restore_modes).
+    void make_writable(int fd, std::string_view path);
+    struct loosened_folder {
+        std::string path;
+        unique_fd fd;
+        mode_t mode = 0;
+    };
+    std::mutex loosened_mutex_;
+    std::vector<loosened_folder> loosened_;
     int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec);
     // lstat() of what is at the final name of `wire_path` (its folder made if
     // `create_parents`): `found` false, with no error, when nothing is (nor, without

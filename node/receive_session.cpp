@@ -1876,6 +1876,9 @@ void receive_session::check_all_done() {
         if (!ec && !dry_run && tree && share_root_mtime) {
             tree->finish_dir("", 0, *share_root_mtime, true);
         }
+        if (tree) {
+            tree->restore_modes();  // read-only folders written into, that SRC did not give a mode
+        }
         if (!ec && tree && (syncfs || !removed.empty()) && !dry_run) {
             ec = tree->sync_all();
         }

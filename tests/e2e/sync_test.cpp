@@ -379,6 +379,53 @@ TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_th
     EXPECT_TRUE(no_partial_files(share));
 }
 
+// A receiver that is not root can still change what a read-only folder holds (one an
+// earlier sync made, as SRC has it), as rsync can: files in it updated, added and
+// deleted, a read-only folder deleted whole; the folders keep SRC's mode.
+TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hold) {
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
+    }
+    serve("", {}, true);
+    write_text_file(src / "ro/f", "v1\n");
+    write_text_file(src / "ro/gone", "goes\n");
+    write_text_file(src / "ro/sub/g", "deeper\n");
+    write_text_file(src / "rodel/x", "the whole folder goes\n");
+    for (const char* dir : {"ro/sub", "ro", "rodel"}) {
+        ASSERT_EQ(::chmod((src / dir).c_str(), 0555), 0);
+    }
+    run_result first = sync({"--delete"});
+    ASSERT_EQ(first.code, 0) << first.err;
+    fs::path dst = share / "site";
+    EXPECT_EQ(compare_trees(src, dst), "");
+
+    ASSERT_EQ(::chmod((src / "ro").c_str(), 0755), 0);
+    ASSERT_EQ(::chmod((src / "ro/sub").c_str(), 0755), 0);
+    ASSERT_EQ(::chmod((src / "rodel").c_str(), 0755), 0);
+    write_text_file(src / "ro/f", "v2, longer\n");
+    write_text_file(src / "ro/new", "new\n");
+    write_text_file(src / "ro/sub/g", "deeper, changed\n");
+    fs::remove(src / "ro/gone");
+    fs::remove_all(src / "rodel");
+    ASSERT_EQ(::chmod((src / "ro/sub").c_str(), 0555), 0);
+    ASSERT_EQ(::chmod((src / "ro").c_str(), 0555), 0);
+    run_result second = sync({"--delete"});
+    ASSERT_EQ(second.code, 0) << second.err;
+    EXPECT_EQ(compare_trees(src, dst), "");
+    EXPECT_EQ(read_text_file(dst / "ro/f"), "v2, longer\n");
+    EXPECT_FALSE(fs::exists(dst / "ro/gone"));
+    EXPECT_FALSE(fs::exists(dst / "rodel"));
+    struct stat st {};
+    ASSERT_EQ(::stat((dst / "ro").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0555u);
+    ASSERT_EQ(::stat((dst / "ro/sub").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0555u);
+    for (const fs::path& top : {src, dst}) {  // for the test folder's removal
+        ASSERT_EQ(::chmod((top / "ro").c_str(), 0755), 0);
+        ASSERT_EQ(::chmod((top / "ro/sub").c_str(), 0755), 0);
+    }
+}
+
 TEST_F(sync_push, an_exclude_pattern_in_brackets_is_a_pattern_not_a_list) {
     // gitignore's [ab] matches "a" or "b"; read as CLI11's list syntax it was the pattern
     // "ab", and --delete removed a and b.
