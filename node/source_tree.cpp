@@ -119,6 +119,7 @@ struct scanner {
     bool keep_locals = true;  // false: out.locals stays empty (scan_contents' local_prefix)
     bool recurse = true;      // false: a folder's own entry only, not what it holds
     scan_feed* feed = nullptr;  // scan_sources': parts go to it as the walk goes
+    std::errc failure = std::errc::invalid_argument;  // scan_sources' error code: file_exists for a name clash
 
     bool fail(const std::string& local, int err) {
         error = local + ": " + std::error_code(err, std::system_category()).message();
@@ -266,6 +267,7 @@ struct scanner {
         }
         if (!top_names.insert(wire).second) {
             error = local.string() + ": two sources map to the same name \"" + wire + "\"";
+            failure = std::errc::file_exists;
             return false;
         }
         if (!out.entries.back().is_dir) {
@@ -594,7 +596,7 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
             }
             if (skip_note(st.st_mode, names[i], false) == nullptr && !taken.insert(names[i]).second) {
                 error = paths[i].string() + ": two sources map to the same name \"" + names[i] + "\"";
-                return std::make_error_code(std::errc::invalid_argument);
+                return std::make_error_code(std::errc::file_exists);
             }
         }
     }
@@ -602,7 +604,7 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
     s.feed = feed;
     for (std::size_t i = 0; i < paths.size(); ++i) {
         if (!s.walk(paths[i], names[i])) {
-            return std::make_error_code(std::errc::invalid_argument);
+            return std::make_error_code(s.failure);
         }
         // A file source, or a folder's own entry when it holds nothing: what the walk left
         // in `out`. (Skipped notes alone wait for a part with entries: the send starts
@@ -613,14 +615,15 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
             feed->put(std::move(part));
         }
     }
-    if (out.entries.empty() && (feed == nullptr || feed->entries_put() == 0)) {
-        error = "nothing to send";
-        return std::make_error_code(std::errc::invalid_argument);
-    }
+    // Notes on what was skipped go too when nothing else does: they say why.
     if (feed != nullptr && (!out.skipped.empty() || !out.unread.empty())) {
         source_tree part;
         append_part(part, std::move(out));
         feed->put(std::move(part));
+    }
+    if (out.entries.empty() && (feed == nullptr || feed->entries_put() == 0)) {
+        error = "nothing to send";
+        return std::make_error_code(std::errc::invalid_argument);
     }
     return {};
 }

@@ -2204,8 +2204,11 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             finish(last);
             return;
         }
-        auto delay = ferry::backoff_delay(attempts++, std::chrono::milliseconds(500), std::chrono::seconds(30));
-        double left_s = std::chrono::duration<double>(retry_for - (now - lost_at)).count();
+        // The last wait ends with the budget: --retry-for is not overrun by a backoff step.
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(retry_for - (now - lost_at));
+        auto delay = std::min(ferry::backoff_delay(attempts++, std::chrono::milliseconds(500), std::chrono::seconds(30)),
+                              left);
+        double left_s = std::chrono::duration<double>(left).count();
         say(r.error + "; reconnecting in " + ferry::seconds_text(delay) + " s (attempt " + std::to_string(attempts) +
             ", giving up in " + std::to_string(static_cast<long>(left_s)) + " s)");
         emit(o, {{"event", "reconnecting"},
@@ -2342,8 +2345,11 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     fault_after_scan(sources);
     if (scan_ec) {
+        for (const auto& note : sources.skipped) {
+            say("skipping " + note);  // why there may be nothing to send
+        }
         bool missing = error.find("No such file") != std::string::npos || error == "nothing to send" ||
-                       scan_ec == std::errc::not_a_directory;
+                       scan_ec == std::errc::not_a_directory || scan_ec == std::errc::file_exists;
         // The names as they are on disk, escaped for the terminal.
         return fail(o, missing ? exit_code::usage : exit_code::local_io, ferry::printable(error));
     }

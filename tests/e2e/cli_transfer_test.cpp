@@ -497,6 +497,17 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
 
     EXPECT_EQ(send({src.string()}, "not-an-address").code, 1);
     EXPECT_EQ(send({(cli.root() / "missing").string()}, "127.0.0.1:1").code, 1);
+    // Two sources of one name would arrive as one: a usage error.
+    write_text_file(cli.root() / "y" / "f.txt", "other");
+    run_result clash = send({(src / "f.txt").string(), (cli.root() / "y" / "f.txt").string()}, "127.0.0.1:1");
+    EXPECT_EQ(clash.code, 1) << clash.err;
+    EXPECT_NE(clash.err.find("two sources map to the same name"), std::string::npos) << clash.err;
+    // Only a symlink: nothing to send, and the note says why.
+    fs::create_symlink(src, cli.root() / "link");
+    run_result link = send({(cli.root() / "link").string()}, "127.0.0.1:1");
+    EXPECT_EQ(link.code, 1) << link.err;
+    EXPECT_NE(link.err.find("skipping"), std::string::npos) << link.err;
+    EXPECT_NE(link.err.find("nothing to send"), std::string::npos) << link.err;
     EXPECT_EQ(cli.ferry({"send", "--state", cli.state("B").string(), "only-one-arg"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), "NOT-AN-ID"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "a@b"}).code, 1);
