@@ -155,11 +155,41 @@ public:
         return true;
     }
 
+    bool calls(std::span<ring_call> cs) {
+        if (!ok_) {
+            return false;
+        }
+        std::size_t done = 0;
+        while (done < cs.size()) {
+            std::size_t n = std::min<std::size_t>(cs.size() - done, entries);
+            for (std::size_t i = done; i < done + n; ++i) {
+                ring_call& c = cs[i];
+                io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+                if (sqe == nullptr) {
+                    return give_up_links();  // cannot happen: the ring holds `entries`
+                }
+                if (c.what == ring_call::op::open_tmpfile) {
+                    io_uring_prep_openat(sqe, c.fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, c.mode);
+                } else {
+                    io_uring_prep_write(sqe, c.fd, c.buf, c.len, 0);
+                }
+                io_uring_sqe_set_data64(sqe, i);
+            }
+            if (!complete(n, [&](std::uint64_t i, int res) { cs[i].res = res; })) {
+                return give_up_links();
+            }
+            done += n;
+        }
+        return true;
+    }
+
 private:
     static constexpr unsigned entries = 4 * max_whole_reads;
-    // As give_up(), for links: the ring is closed for good on this thread. Files not
-    // submitted keep result 1 (the caller names them itself); one whose link or close
-    // was submitted and not seen through keeps 2 or 3, both "unknown" to the caller.
+
+    // As give_up(), for links and calls: the ring is closed for good on this thread. Files
+    // not submitted keep result 1 (the caller names them itself); one whose link or close
+    // was submitted and not seen through keeps 2 or 3, both "unknown" to the caller. A
+    // call not seen through keeps res 1.
     bool give_up_links() {
         io_uring_queue_exit(&ring_);
         ok_ = false;
@@ -209,11 +239,15 @@ bool read_whole(std::span<whole_read> reads) { return this_thread_ring().read(re
 
 bool link_and_close(std::span<link_close> ops) { return this_thread_ring().link(ops); }
 
+bool make_calls(std::span<ring_call> calls) { return this_thread_ring().calls(calls); }
+
 #else
 
 bool read_whole(std::span<whole_read>) { return false; }
 
 bool link_and_close(std::span<link_close>) { return false; }
+
+bool make_calls(std::span<ring_call>) { return false; }
 
 #endif
 

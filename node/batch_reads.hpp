@@ -58,4 +58,22 @@ struct link_close {
 // (nothing was attempted, every `result` stays 1).
 bool link_and_close(std::span<link_close> ops);
 
+// One system call of a batch that make_calls() makes through io_uring.
+struct ring_call {
+    enum class op { open_tmpfile, write };
+    op what = op::write;
+    int fd = -1;                  // open_tmpfile: the folder the file is made in; write: the file
+    unsigned mode = 0;            // open_tmpfile: openat(fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, mode)
+    const void* buf = nullptr;    // write: `len` bytes at offset 0
+    unsigned len = 0;
+    // What the call returned (a descriptor, the bytes written) or -errno; 1: not made
+    // (the ring failed before it: cannot happen short of a kernel fault).
+    int res = 1;
+};
+
+// Makes every call of `calls` through io_uring, none waiting for another, in as few
+// submissions as the ring holds (one for a batch of whole writes), setting each `res`.
+// False when io_uring is not available on this thread (nothing was attempted).
+bool make_calls(std::span<ring_call> calls);
+
 }  // namespace ferry

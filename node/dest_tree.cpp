@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 
@@ -849,7 +851,7 @@ int link_unnamed(int fd, int dfd, const char* name, bool by_proc) {
 
 }  // namespace
 
-unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {
+dest_tree::unnamed_link dest_tree::unnamed_how() {
     unnamed_link how = unnamed_link_.load(std::memory_order_relaxed);
     if (how == unnamed_link::unknown) {
         // Asked once, without making a name: linking an open O_TMPFILE file to "." fails
@@ -870,7 +872,11 @@ unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t m
         }
         unnamed_link_.store(how, std::memory_order_relaxed);
     }
-    if (how == unnamed_link::none) {
+    return how;
+}
+
+unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec) {
+    if (unnamed_how() == unnamed_link::none) {
         return {};
     }
     if (unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
@@ -889,6 +895,92 @@ unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t m
         return {};
     }
     return unnamed_file(fd);  // counted above; reset() uncounts it
+}
+
+void dest_tree::write_new_files(std::span<new_file> files) {
+    if (files.empty() || unnamed_how() == unnamed_link::none) {
+        return;
+    }
+    // The opens: one call each, in one submission (each file's folder made first, here).
+    std::vector<dir_handle> dirs(files.size());
+    std::vector<ring_call> calls;
+    std::vector<std::size_t> of;  // the file of each call
+    calls.reserve(files.size());
+    of.reserve(files.size());
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        new_file& f = files[i];
+        if (f.data.size() > std::numeric_limits<unsigned>::max() ||
+            unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
+            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+            continue;  // open_unnamed's caller makes a partial file
+        }
+        dirs[i] = dir_fd(wire_parent(f.wire_path), true, f.ec);
+        if (dirs[i].fd < 0) {
+            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+            f.handled = true;  // as open_unnamed fails
+            continue;
+        }
+        calls.push_back({.what = ring_call::op::open_tmpfile, .fd = dirs[i].fd, .mode = f.mode & 0777});
+        of.push_back(i);
+    }
+    if (calls.empty()) {
+        return;
+    }
+    if (!make_calls(calls)) {
+        for (std::size_t k = 0; k < calls.size(); ++k) {
+            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+        }
+        return;
+    }
+    // The writes, in a second submission.
+    std::vector<ring_call> writes;
+    std::vector<std::size_t> written;
+    writes.reserve(calls.size());
+    for (std::size_t k = 0; k < calls.size(); ++k) {
+        new_file& f = files[of[k]];
+        int res = calls[k].res;
+        if (res < 0 || res == 1) {
+            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+            // No O_TMPFILE here (EISDIR: a kernel that does not know the flag): the
+            // caller's own way makes a partial file; any other error is the file's.
+            if (res != 1 && res != -EOPNOTSUPP && res != -EISDIR && res != -EINVAL) {
+                f.ec = std::error_code(-res, std::system_category());
+                f.handled = true;
+            }
+            continue;
+        }
+        f.file = unnamed_file(res);  // counted above
+        writes.push_back({.what = ring_call::op::write, .fd = res, .buf = f.data.data(),
+                          .len = static_cast<unsigned>(f.data.size())});
+        written.push_back(of[k]);
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    if (!writes.empty() && !make_calls(writes)) {
+        for (ring_call& w : writes) {
+            w.res = 0;  // written below, as a short write's rest is
+        }
+    }
+    auto each = (std::chrono::steady_clock::now() - t0) / std::max<std::size_t>(writes.size(), 1);
+    for (std::size_t k = 0; k < writes.size(); ++k) {
+        new_file& f = files[written[k]];
+        f.handled = true;
+        f.write_time = each;
+        int res = writes[k].res;
+        if (res < 0) {
+            f.ec = std::error_code(-res, std::system_category());
+        } else if (res == 1 || static_cast<std::size_t>(res) < f.data.size()) {
+            // A short write: the rest. Not made (1; or a 1-byte file written whole): all again.
+            auto done = static_cast<std::size_t>(res == 1 ? 0 : res);
+            f.ec = write_at(f.file.get(), f.data.data() + done, f.data.size() - done, done);
+        }
+        if (!f.ec) {
+            f.ec = prepare_final(f.file.get(), f.size, f.mode, f.mtime_ns, false, &f.stored, f.data.size() == f.size,
+                                 true);
+        }
+        if (f.ec) {
+            f.file.reset();  // gone with its descriptor
+        }
+    }
 }
 
 std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view wire_path, bool overwrite) {

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -245,6 +246,25 @@ public:
     // CAP_DAC_READ_SEARCH; else by its /proc/self/fd link, where /proc is mounted), or
     // unnamed_file::max_open() held already; the caller writes a partial file instead.
     unnamed_file open_unnamed(std::string_view wire_path, std::uint32_t mode, std::error_code& ec);
+    // New files written whole, many at once (open_unnamed, a write and prepare_final for
+    // each, kept open): the opens go to the kernel in one io_uring submission and the
+    // writes in a second (node/batch_reads.hpp), not two system calls a file. A file
+    // `handled` has its outcome here (`file` open and prepared, `stored` set; or `ec`);
+    // one not handled (no io_uring, no O_TMPFILE, unnamed_file::max_open() held) is left
+    // to the caller's own way: open_unnamed, else a partial file.
+    struct new_file {
+        std::string_view wire_path;
+        std::uint32_t mode = 0;
+        std::span<const std::uint8_t> data;  // written from offset 0
+        std::uint64_t size = 0;  // the file's (data is all of it, or the rest reads as zeros)
+        std::int64_t mtime_ns = 0;
+        bool handled = false;
+        std::error_code ec;
+        unnamed_file file;
+        stored_file stored;
+        std::chrono::steady_clock::duration write_time{};
+    };
+    void write_new_files(std::span<new_file> files);
     // Names the unnamed file `file` `wire_path` (linkat). A name already there:
     // dest_errc::exists, or with `overwrite` it is replaced as rename_final replaces it
     // (the file is linked under the partial name, then renamed over).
@@ -336,6 +356,7 @@ private:
     // How this tree's unnamed files get their names, from open_unnamed's probe.
     enum class unnamed_link { unknown, none, by_fd, by_proc };
     std::atomic<unnamed_link> unnamed_link_{unnamed_link::unknown};
+    unnamed_link unnamed_how();  // probed on first use
     std::atomic<bool> mirror_{false};
     struct path_hash {
         using is_transparent = void;

@@ -1456,38 +1456,85 @@ struct receive_session::whole_write {
     // for the next journaled batch of names.
     void run(dest_tree& tree, bool fsync_now, bool overwrite) {
         verified_chunk checked = verify_chunk(payload, encoding, expect);
-        std::span<const std::uint8_t> raw = checked.raw;
         verdict = checked.verdict;
         if (!verdict.bad) {
-            if (!fsync_now) {
-                unnamed = tree.open_unnamed(e.path, e.mode, ec);
-            }
-            int fd = unnamed.get() >= 0 || ec ? unnamed.get() : tree.open_whole_partial(e.path, e.mode, ec);
-            if (!ec) {
-                auto t0 = stats_clock::now();
-                ec = write_at(fd, raw.data(), raw.size(), 0);
-                write_time = stats_clock::now() - t0;
-            }
-            if (unnamed.get() >= 0) {
-                if (!ec) {
-                    ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size, true);
-                }
-                if (ec) {
-                    unnamed.reset();  // gone with its descriptor
-                }
-            } else if (fd >= 0) {
-                if (ec) {
-                    ::close(fd);
-                } else if (fsync_now) {
-                    ec = tree.finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
-                } else {
-                    ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size);
-                }
-            }
+            write(tree, fsync_now, overwrite, checked.raw);
         }
         payload.reset();
     }
+
+    // Writes the verified bytes `raw`, as run() does.
+    void write(dest_tree& tree, bool fsync_now, bool overwrite, std::span<const std::uint8_t> raw) {
+        if (!fsync_now) {
+            unnamed = tree.open_unnamed(e.path, e.mode, ec);
+        }
+        int fd = unnamed.get() >= 0 || ec ? unnamed.get() : tree.open_whole_partial(e.path, e.mode, ec);
+        if (!ec) {
+            auto t0 = stats_clock::now();
+            ec = write_at(fd, raw.data(), raw.size(), 0);
+            write_time = stats_clock::now() - t0;
+        }
+        if (unnamed.get() >= 0) {
+            if (!ec) {
+                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size, true);
+            }
+            if (ec) {
+                unnamed.reset();  // gone with its descriptor
+            }
+        } else if (fd >= 0) {
+            if (ec) {
+                ::close(fd);
+            } else if (fsync_now) {
+                ec = tree.finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
+            } else {
+                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size);
+            }
+        }
+    }
 };
+
+// A batch of whole files on a worker: each verified, then written as run() writes it, the
+// new files' opens and writes batched (dest_tree::write_new_files). A compressed chunk is
+// decoded into the thread's scratch, which the next decode reuses: such a file is written
+// at once, on its own.
+void receive_session::write_whole_batch(dest_tree& tree, std::span<whole_write> batch, bool fsync_now,
+                                        bool overwrite) {
+    std::vector<dest_tree::new_file> files;
+    std::vector<whole_write*> owners;
+    for (whole_write& w : batch) {
+        if (fsync_now || w.encoding.codec != wire::CODEC_RAW) {
+            w.run(tree, fsync_now, overwrite);
+            continue;
+        }
+        verified_chunk checked = verify_chunk(w.payload, w.encoding, w.expect);
+        w.verdict = checked.verdict;
+        if (w.verdict.bad) {
+            w.payload.reset();
+            continue;
+        }
+        dest_tree::new_file& f = files.emplace_back();
+        f.wire_path = w.e.path;
+        f.mode = w.e.mode;
+        f.data = checked.raw;
+        f.size = w.e.size;
+        f.mtime_ns = w.e.mtime_ns;
+        owners.push_back(&w);
+    }
+    tree.write_new_files(files);
+    for (std::size_t k = 0; k < files.size(); ++k) {
+        whole_write& w = *owners[k];
+        dest_tree::new_file& f = files[k];
+        if (f.handled) {
+            w.ec = f.ec;
+            w.unnamed = std::move(f.file);
+            w.stored = f.stored;
+            w.write_time = f.write_time;
+        } else {
+            w.write(tree, fsync_now, overwrite, f.data);
+        }
+        w.payload.reset();
+    }
+}
 
 void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& chunk, pooled_buffer payload) {
     file_id f{chunk.file_id()};
@@ -1527,9 +1574,7 @@ void receive_session::post_whole_writes() {
     ++whole_batches_out_;
     ctx_.workers.post([self = shared_from_this(), tree = tree_, fsync_now, overwrite = overwrite_,
                        batch = std::move(whole_writes_)]() mutable {
-        for (whole_write& w : batch) {
-            w.run(*tree, fsync_now, overwrite);
-        }
+        self->write_whole_batch(*tree, batch, fsync_now, overwrite);
         asio::post(self->ctx_.io, [self, fsync_now, batch = std::move(batch)]() mutable {
             --self->whole_batches_out_;
             for (whole_write& w : batch) {

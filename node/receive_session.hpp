@@ -145,6 +145,7 @@ private:
     // While every worker has a batch, the next one grows until a batch comes back (or it
     // is full): busy workers take bigger batches, so fewer wake-ups and acks per file.
     struct whole_write;
+    static void write_whole_batch(dest_tree& tree, std::span<whole_write> batch, bool fsync_now, bool overwrite);
     static constexpr std::size_t max_batch_writes = 64;
     std::size_t whole_batches_out_ = 0;
     void post_whole_writes();
