@@ -12,6 +12,7 @@
 #include <array>
 #include <chrono>
 #include <limits>
+#include <map>
 #include <cstdio>
 #include <cstdlib>
 
@@ -148,6 +149,22 @@ const std::error_category& dest_category() noexcept {
     return instance;
 }
 
+namespace {
+
+// The folders made writable for their owner (dest_tree::make_writable) in this process,
+// by device and inode: the mode each gets back, and how many trees still write there (two
+// transfers into one folder: the last one done gives the mode back).
+struct loosened_entry {
+    mode_t mode = 0;
+    int users = 0;
+};
+std::mutex loosened_registry_mutex;
+std::map<std::pair<dev_t, ino_t>, loosened_entry> loosened_registry;
+
+const uid_t effective_uid = ::geteuid();
+
+}  // namespace
+
 dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
     std::error_code ec;
     std::filesystem::create_directories(root, ec);
@@ -226,7 +243,8 @@ dest_tree::open_folder::~open_folder() {
     }
 }
 
-dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::error_code& ec) {
+dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write) {
+    write = write || create;
     if (dir.empty()) {
         return {root_fd_, nullptr};
     }
@@ -234,6 +252,9 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         std::shared_lock lock(mutex_);
         if (auto it = dirs_.find(dir); it != dirs_.end()) {
             it->second->last_use.store(++use_clock_, std::memory_order_relaxed);
+            if (write && !it->second->write_checked.exchange(true)) {
+                make_writable(it->second->fd, dir);
+            }
             return {it->second->fd, it->second};
         }
     }
@@ -250,6 +271,9 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             folder = it->second;
             folder->last_use.store(++use_clock_, std::memory_order_relaxed);
             fd = folder->fd;
+            if (write && !folder->write_checked.exchange(true)) {
+                make_writable(fd, sofar);
+            }
             continue;
         }
         std::string name(comp);
@@ -276,9 +300,12 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             }
             return {};
         }
-        make_writable(next, sofar);
         // `folder` (the parent, held here) stays open however the cache changes.
         auto opened = std::make_shared<open_folder>(next);
+        if (write) {
+            opened->write_checked = true;
+            make_writable(next, sofar);  // what is made in it, or in a folder below
+        }
         opened->made = made;
         opened->last_use.store(++use_clock_, std::memory_order_relaxed);
         if (dirs_.size() >= max_cached_dirs) {
@@ -305,7 +332,7 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
         // that file, in a folder they can write anyway; a folder swapped in fails the
         // unlink, and a link put back fails the O_NOFOLLOW open: nothing outside is reached.)
         std::error_code pec;
-        dir_handle parent = dir_fd(wire_parent(wire_path), false, pec);
+        dir_handle parent = dir_fd(wire_parent(wire_path), false, pec, true);
         std::string name(wire_name(wire_path));
         struct stat st {};
         if (parent.fd >= 0 && ::fstatat(parent.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
@@ -582,11 +609,16 @@ struct pruner {
         if (std::error_code ec = folder_entries(dir_fd, prefix, children, own, failed)) {
             return ec;
         }
+        bool loosened = false;
         for (const auto& [name, is_dir, is_link] : children) {
             std::string path = prefix.empty() ? name : prefix + "/" + name;
             failed = path;
             dest_tree::verdict v = keep(path, is_dir);
             if (v == dest_tree::verdict::remove) {
+                if (!dry_run && !loosened) {
+                    writable(dir_fd, prefix);  // it loses an entry
+                    loosened = true;
+                }
                 bool gone = false;
                 if (std::error_code ec = remove(dir_fd, name, path, is_dir, is_link, depth + 1, gone)) {
                     return ec;
@@ -594,12 +626,7 @@ struct pruner {
                 continue;
             }
             if (is_dir && v == dest_tree::verdict::keep) {
-                if (std::error_code ec = in_folder(dir_fd, name, [&](int fd) {
-                        if (!dry_run) {
-                            writable(fd, path);
-                        }
-                        return walk(fd, path, depth + 1);
-                    })) {
+                if (std::error_code ec = in_folder(dir_fd, name, [&](int fd) { return walk(fd, path, depth + 1); })) {
                     return ec;
                 }
             }
@@ -688,7 +715,7 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
                                         bool dry_run, std::vector<removed_entry>& removed, std::string& failed_path) {
     failed_path = std::string(wire_path);
     std::error_code ec;
-    dir_handle parent = dir_fd(wire_parent(wire_path), false, ec);
+    dir_handle parent = dir_fd(wire_parent(wire_path), false, ec, !dry_run);
     if (parent.fd < 0) {
         return ec;
     }
@@ -1028,7 +1055,7 @@ std::vector<int> dest_tree::link_new(std::span<unnamed_file* const> files,
     dirs.reserve(files.size());
     for (std::size_t i = 0; i < files.size(); ++i) {
         std::error_code ec;
-        dir_handle dh = dir_fd(wire_parent(*wire_paths[i]), false, ec);
+        dir_handle dh = dir_fd(wire_parent(*wire_paths[i]), false, ec, true);
         if (dh.fd < 0 || dh.folder == nullptr || !dh.folder->made || files[i]->get() < 0) {
             continue;  // link_final: a partial file may be there to remove
         }
@@ -1105,7 +1132,7 @@ std::uint64_t dest_tree::partial_size(std::string_view wire_path) {
 
 std::error_code dest_tree::save_resume(std::string_view wire_path, std::string_view record) {
     std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec, true);
     if (dh.fd < 0) {
         return ec;
     }
@@ -1167,7 +1194,7 @@ std::string dest_tree::load_resume(std::string_view wire_path, std::error_code& 
 
 void dest_tree::remove_partial(std::string_view wire_path, bool data, bool record) {
     std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), false, ec, true);
     if (dh.fd < 0) {
         return;
     }
@@ -1251,37 +1278,65 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
     if (keep_mode) {
         return set_mtime(fd, mtime_ns);
     }
-    ec = set_mode_and_mtime(fd, mode, mtime_ns);
-    if (!ec) {
-        std::lock_guard lock(loosened_mutex_);
-        std::erase_if(loosened_, [&](const loosened_folder& f) { return f.path == wire_path; });  // SRC's mode now
+    if (effective_uid != 0) {
+        // A folder made writable for its owner takes SRC's mode when the last transfer
+        // writing there is done (restore_modes): until then it keeps the owner's bits.
+        struct stat st {};
+        std::lock_guard registry(loosened_registry_mutex);
+        auto it = ::fstat(fd, &st) == 0 ? loosened_registry.find({st.st_dev, st.st_ino}) : loosened_registry.end();
+        if (it != loosened_registry.end()) {
+            it->second.mode = static_cast<mode_t>(mode & 07777);
+            return set_mode_and_mtime(fd, (mode & 07777) | S_IWUSR | S_IXUSR, mtime_ns);
+        }
     }
-    return ec;
+    return set_mode_and_mtime(fd, mode, mtime_ns);
 }
 
 void dest_tree::make_writable(int fd, std::string_view path) {
-    static const uid_t me = ::geteuid();
+    constexpr mode_t owner_writes = S_IWUSR | S_IXUSR;
     struct stat st {};
-    if (me == 0 || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != me || (st.st_mode & S_IWUSR) != 0) {
+    if (effective_uid == 0 || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != effective_uid) {
         return;
     }
-    int kept = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (kept < 0 || ::fchmod(fd, (st.st_mode & 07777) | S_IWUSR) != 0) {
-        if (kept >= 0) {
-            ::close(kept);
+    const std::pair<dev_t, ino_t> key{st.st_dev, st.st_ino};
+    std::lock_guard registry(loosened_registry_mutex);
+    auto it = loosened_registry.find(key);
+    if (it == loosened_registry.end()) {
+        if ((st.st_mode & owner_writes) == owner_writes || ::fchmod(fd, (st.st_mode & 07777) | owner_writes) != 0) {
+            return;  // writable already; or what is written there fails, and says why
         }
-        return;  // what is written there then fails, and says why
+        it = loosened_registry.emplace(key, loosened_entry{static_cast<mode_t>(st.st_mode & 07777), 0}).first;
     }
     std::lock_guard lock(loosened_mutex_);
-    loosened_.push_back({std::string(path), unique_fd(kept), static_cast<mode_t>(st.st_mode & 07777)});
+    if (loosened_.emplace(std::string(path), key).second) {
+        ++it->second.users;
+    }
 }
 
 void dest_tree::restore_modes() {
-    std::lock_guard lock(loosened_mutex_);
-    for (const loosened_folder& f : loosened_) {
-        ::fchmod(f.fd.get(), f.mode);  // a folder removed since takes it too: harmless
+    std::unordered_map<std::string, std::pair<dev_t, ino_t>> loosened;
+    {
+        std::lock_guard lock(loosened_mutex_);  // (taken after the registry's in make_writable: not held with it here)
+        loosened.swap(loosened_);
     }
-    loosened_.clear();
+    for (const auto& [path, key] : loosened) {
+        // Found again by its path (no descriptor is held for each: there may be thousands),
+        // before the registry is locked (dir_fd takes the tree's lock, which make_writable
+        // is called under); one removed or replaced since is left alone.
+        std::error_code ec;
+        dir_handle dh = dir_fd(path, false, ec);
+        std::lock_guard registry(loosened_registry_mutex);
+        auto it = loosened_registry.find(key);
+        if (it == loosened_registry.end() || --it->second.users > 0) {
+            continue;  // another transfer still writes there: its end gives the mode back
+        }
+        mode_t mode = it->second.mode;
+        loosened_registry.erase(it);
+        struct stat st {};
+        if (dh.fd >= 0 && ::fstat(dh.fd, &st) == 0 && st.st_dev == key.first && st.st_ino == key.second) {
+            ::fchmod(dh.fd, mode);
+        }
+    }
 }
 
 std::error_code dest_tree::sync_all() {

@@ -314,6 +314,7 @@ private:
     struct open_folder {
         int fd = -1;
         bool made = false;  // this tree made it: nothing of an earlier attempt is in it
+        std::atomic<bool> write_checked{false};  // make_writable asked about it
         std::atomic<std::uint64_t> last_use{0};
         explicit open_folder(int f) : fd(f) {}
         open_folder(const open_folder&) = delete;
@@ -326,19 +327,17 @@ private:
         int fd = -1;
         std::shared_ptr<open_folder> folder;
     };
-    // The directory `dir` (a wire path, "" = root), created if `create`.
-    dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec);
-    // The open folder `fd` (wire path `path`, below the root): made writable for its
-    // owner if this process owns it, is not root and may not write there; its mode is kept
-    // to be given back (restore_modes).
+    // The directory `dir` (a wire path, "" = root), created if `create`. With `write` (or
+    // `create`) something is to be made or removed in it: it, and each folder on the way,
+    // is made writable for its owner where it must be (make_writable), once per tree.
+    dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write = false);
+    // The open folder `fd` (wire path `path`, below the root): made writable (and
+    // searchable) for its owner if this process owns it, is not root and may not write
+    // there; its mode is given back by restore_modes (by the last tree writing there, in
+    // a process with several).
     void make_writable(int fd, std::string_view path);
-    struct loosened_folder {
-        std::string path;
-        unique_fd fd;
-        mode_t mode = 0;
-    };
     std::mutex loosened_mutex_;
-    std::vector<loosened_folder> loosened_;
+    std::unordered_map<std::string, std::pair<dev_t, ino_t>> loosened_;  // by wire path
     int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec);
     // lstat() of what is at the final name of `wire_path` (its folder made if
     // `create_parents`): `found` false, with no error, when nothing is (nor, without

@@ -522,6 +522,10 @@ void receive_session::on_offer(const wire::Offer& offer) {
     for (const wire::NotSent& n : offer.not_sent()) {
         given_up_.push_back({n.path(), printable(n.reason()), n.vanished(), false});
     }
+    if (offer.not_sent_more() > 0) {
+        given_up_.push_back({"...", std::to_string(offer.not_sent_more()) + " more path(s) not sent (" +
+                                        short_id(peer_id_) + "'s log lists them)", false, false});
+    }
     if (pull_ && !pull_->source.get().empty()) {
         // A get: the one entry asked for, and what is below it. Nothing else in the
         // puller's folder is the peer's to write.

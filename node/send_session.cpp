@@ -37,6 +37,10 @@ std::uint64_t random_u64() {
     return v;
 }
 
+// Bytes of Offer.not_sent in one Offer: a batch (offer_batch_bytes, with a sync's target)
+// leaves this much room under max_header_len, with one entry's overshoot to spare.
+constexpr std::size_t max_not_sent_bytes = 2 * 1024;
+
 // Whether a file that failed to be read with `ec` may be read in another attempt: not one
 // this user may not read (a file that changed or vanished meanwhile may).
 bool worth_again(std::error_code ec) {
@@ -485,13 +489,25 @@ void send_session::send_offers() {
     }
     wire::Header h;
     *h.mutable_offer() = machine_.make_offer(next_offer_++);
-    for (const skipped_file& f : not_sent_) {
+    // Paths not sent ride along in what the frame header has room for beside the batch;
+    // the rest wait for the next batch, and the last says how many it could not list.
+    std::size_t listed = 0;
+    for (std::size_t bytes = 0; listed < not_sent_.size(); ++listed) {
+        const skipped_file& f = not_sent_[listed];
+        bytes += f.path.size() + f.reason.size() + 16;
+        if (bytes > max_not_sent_bytes) {
+            break;
+        }
         wire::NotSent* n = h.mutable_offer()->add_not_sent();
         n->set_path(f.path);
         n->set_reason(f.reason);
         n->set_vanished(f.vanished);
     }
-    not_sent_.clear();
+    not_sent_.erase(not_sent_.begin(), not_sent_.begin() + static_cast<std::ptrdiff_t>(listed));
+    if (h.offer().last()) {
+        h.mutable_offer()->set_not_sent_more(not_sent_.size());
+        not_sent_.clear();
+    }
     conns_[0].conn->send(h);
     offer_sent_at_ = stats_clock::now();
     if (next_offer_ < machine_.offer_count()) {

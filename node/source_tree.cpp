@@ -128,10 +128,10 @@ struct scanner {
 
     // An entry below a source that `err` keeps from being walked: one this user may not
     // read is left out and kept at DST (skipped_paths); one that vanished (or turned from
-    // a folder into something else) meanwhile is left out. Either way it is reported as
+    // a folder into something else, a symlink too) meanwhile is left out. Either way it is reported as
     // not sent and the walk goes on: true. Any other error fails the scan (false).
     bool not_read(const std::string& local, const std::string& wire, int err) {
-        const bool vanished = err == ENOENT || err == ENOTDIR;
+        const bool vanished = err == ENOENT || err == ENOTDIR || err == ELOOP;  // ELOOP: a folder became a symlink
         if (!vanished && err != EACCES && err != EPERM && err != EIO) {
             return fail(local, err);
         }
@@ -642,7 +642,7 @@ std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
     }
     if (bytes > max_sync_keep_bytes) {
         return std::to_string(sources.skipped_paths.size()) +
-               " special files in SRC are more than --delete can be told to keep; "
+               " special files and paths that cannot be read in SRC are more than --delete can be told to keep; "
                "exclude their folders (--exclude) or sync without --delete";
     }
     for (const std::string& path : sources.skipped_paths) {

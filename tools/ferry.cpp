@@ -22,6 +22,7 @@
 #include <set>
 #include <unordered_set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <sys/stat.h>
@@ -1476,10 +1477,16 @@ struct sync_run {
     // what the passes before the one more attempt (for files that changed while read) did.
     void reset_counts() { created = updated = renamed = unchanged = 0; }
     void carry_counts() {
+        first_pass = {created, updated, renamed, unchanged};
         carried_changed += created + updated + renamed;
         carried_created += std::exchange(created, 0);
         carried_updated += std::exchange(updated, 0);
         carried_renamed += std::exchange(renamed, 0);
+    }
+    // The run ended with the first pass's report (the one more never reached the peer).
+    void first_pass_counts() {
+        std::tie(created, updated, renamed, unchanged) = first_pass;
+        carried_created = carried_updated = carried_renamed = carried_changed = 0;
     }
     // The run's counts: files the first pass changed are unchanged to the second.
     std::uint64_t all_created() const { return created + carried_created; }
@@ -1492,6 +1499,7 @@ private:
     std::uint64_t carried_updated = 0;
     std::uint64_t carried_renamed = 0;
     std::uint64_t carried_changed = 0;
+    std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};
 };
 
 // One sync event: a file created, updated, renamed (`from` another path at DST) or
@@ -2108,14 +2116,16 @@ struct attempt_loop {
     std::string again_line;  // what is said then, after "N file(s) "
     // Filled: the files the first attempt found vanished (still reported if still gone).
     std::vector<ferry::skipped_file> vanished_before;
+    // The one more attempt found the peer gone: the outcome is the first attempt's report,
+    // which lists those files already (and a sync's counts are the first pass's).
+    bool ended_with_first_pass = false;
 };
 
 // A run's report after the one more attempt (`second`) for files that changed or
 // vanished during the first (`first`): what both moved, changed and deleted. The second
 // found the files the first sent already there: they are not counted as skipped twice.
 ferry::transfer_report both_passes(const ferry::transfer_report& first, ferry::transfer_report second) {
-    second.files += first.files;
-    second.dirs += first.dirs;
+    second.files += first.files;  // (each pass counts every folder: dirs is the second's)
     second.skipped_files -= std::min(second.skipped_files, first.files);
     second.skipped_bytes -= std::min(second.skipped_bytes, first.payload_bytes);
     second.resumed_bytes += first.resumed_bytes;
@@ -2165,10 +2175,11 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             lost_at = now;
         }
         last_failure = r;
-        if (first_pass && !again_connected && !r.connected) {
+        if (first_pass && !again_connected && !r.connected && !interrupted) {
             // The one more attempt found nobody (a one-shot `ferry receive` ends with its
             // transfer): what the first one did is the outcome, its files not sent.
             say("the peer is gone (" + r.error + "): the file(s) are left not sent");
+            loop.ended_with_first_pass = true;
             finish(*first_pass);
             return;
         }
@@ -2465,6 +2476,12 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (!r.ok) {
         return fail(o, r.code, r.error);
     }
+    if (loop.ended_with_first_pass) {
+        still_gone.clear();
+        if (sync != nullptr) {
+            sync->first_pass_counts();
+        }
+    }
     for (ferry::skipped_file& f : still_gone) {
         r.given_up.push_back(std::move(f));
     }
@@ -2556,6 +2573,10 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         return fail(o, exit_code::transfer_failed, "sync did not finish");
     }
     std::vector<ferry::skipped_file>& vanished_before = loop.vanished_before;
+    if (loop.ended_with_first_pass) {
+        vanished_before.clear();
+        run.first_pass_counts();
+    }
     ferry::transfer_report& r = *result;
     if (!r.ok) {
         return fail(o, r.code, r.error);
