@@ -189,7 +189,7 @@ private:
     // As give_up(), for links and calls: the ring is closed for good on this thread. Files
     // not submitted keep result 1 (the caller names them itself); one whose link or close
     // was submitted and not seen through keeps 2 or 3, both "unknown" to the caller. A
-    // call not seen through keeps res 1.
+    // call not seen through keeps res not_made.
     bool give_up_links() {
         io_uring_queue_exit(&ring_);
         ok_ = false;

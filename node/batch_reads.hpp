@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 
@@ -66,9 +67,10 @@ struct ring_call {
     unsigned mode = 0;            // open_tmpfile: openat(fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, mode)
     const void* buf = nullptr;    // write: `len` bytes at offset 0
     unsigned len = 0;
-    // What the call returned (a descriptor, the bytes written) or -errno; 1: not made
-    // (the ring failed before it: cannot happen short of a kernel fault).
-    int res = 1;
+    // What the call returned (a descriptor, the bytes written) or -errno; not_made when
+    // the ring failed before it was seen through (cannot happen short of a kernel fault).
+    static constexpr int not_made = std::numeric_limits<int>::min();
+    int res = not_made;
 };
 
 // Makes every call of `calls` through io_uring, none waiting for another, in as few

@@ -966,11 +966,11 @@ void dest_tree::write_new_files(std::span<new_file> files) {
     for (std::size_t k = 0; k < calls.size(); ++k) {
         new_file& f = files[of[k]];
         int res = calls[k].res;
-        if (res < 0 || res == 1) {
+        if (res < 0) {  // (not_made too)
             unnamed_open.fetch_sub(1, std::memory_order_relaxed);
             // No O_TMPFILE here (EISDIR: a kernel that does not know the flag): the
             // caller's own way makes a partial file; any other error is the file's.
-            if (res != 1 && res != -EOPNOTSUPP && res != -EISDIR && res != -EINVAL) {
+            if (res != ring_call::not_made && res != -EOPNOTSUPP && res != -EISDIR && res != -EINVAL) {
                 f.ec = std::error_code(-res, std::system_category());
                 f.handled = true;
             }
@@ -982,10 +982,8 @@ void dest_tree::write_new_files(std::span<new_file> files) {
         written.push_back(of[k]);
     }
     auto t0 = std::chrono::steady_clock::now();
-    if (!writes.empty() && !make_calls(writes)) {
-        for (ring_call& w : writes) {
-            w.res = 0;  // written below, as a short write's rest is
-        }
+    if (!writes.empty()) {
+        make_calls(writes);  // without io_uring every res stays not_made: written below
     }
     auto each = (std::chrono::steady_clock::now() - t0) / std::max<std::size_t>(writes.size(), 1);
     for (std::size_t k = 0; k < writes.size(); ++k) {
@@ -993,11 +991,11 @@ void dest_tree::write_new_files(std::span<new_file> files) {
         f.handled = true;
         f.write_time = each;
         int res = writes[k].res;
-        if (res < 0) {
+        if (res < 0 && res != ring_call::not_made) {
             f.ec = std::error_code(-res, std::system_category());
-        } else if (res == 1 || static_cast<std::size_t>(res) < f.data.size()) {
-            // A short write: the rest. Not made (1; or a 1-byte file written whole): all again.
-            auto done = static_cast<std::size_t>(res == 1 ? 0 : res);
+        } else if (res == ring_call::not_made || static_cast<std::size_t>(res) < f.data.size()) {
+            // A short write: the rest. Not made: all of it.
+            auto done = static_cast<std::size_t>(res == ring_call::not_made ? 0 : res);
             f.ec = write_at(f.file.get(), f.data.data() + done, f.data.size() - done, done);
         }
         if (!f.ec) {

@@ -536,6 +536,52 @@ TEST_F(DestTree, AnUnnamedFileShowsOnlyOnceLinkedWithItsModeAndMtime) {
     EXPECT_EQ(names_in(root() / "dir"), (std::vector<std::string>{"new.txt"}));
 }
 
+// A batch of new files written at once (io_uring where there is one): each is open, has
+// its bytes, mode and mtime and no name, in folders made for it; one whose folder cannot
+// be made has that error; a file shorter than its size reads as zeros to the end.
+TEST_F(DestTree, NewFilesWrittenAtOnceAreUnnamedWithTheirBytesModeAndMtime) {
+    std::error_code ec;
+    if (tree_.open_unnamed("probe", 0644, ec).get() < 0) {
+        GTEST_SKIP() << no_unnamed_files_here;
+    }
+    write_text(root() / "a-file", "in the way of a folder");
+    const std::string one = "first", two(4000, 'x');
+    std::vector<dest_tree::new_file> files(4);
+    auto set = [](dest_tree::new_file& f, std::string_view path, const std::string& data, std::uint64_t size,
+                  std::uint32_t mode) {
+        f.wire_path = path;
+        f.data = {reinterpret_cast<const std::uint8_t*>(data.data()), data.size()};
+        f.size = size;
+        f.mode = mode;
+        f.mtime_ns = test_mtime_ns;
+    };
+    set(files[0], "one.txt", one, one.size(), 0600);
+    set(files[1], "new/deeper/two.bin", two, two.size(), 0644);
+    set(files[2], "a-file/three", one, one.size(), 0644);
+    set(files[3], "new/padded", one, 100, 0640);
+    tree_.write_new_files(files);
+    EXPECT_EQ(names_in(root()), (std::vector<std::string>{"a-file", "new"}));  // no names yet
+    EXPECT_TRUE(files[2].handled);
+    EXPECT_EQ(files[2].ec, make_error_code(dest_errc::not_a_dir));
+    for (std::size_t i : {0u, 1u, 3u}) {
+        if (!files[i].handled) {
+            GTEST_SKIP() << "no io_uring here: the caller's own way writes them";
+        }
+        ASSERT_FALSE(files[i].ec) << files[i].wire_path << ": " << files[i].ec.message();
+        ASSERT_GE(files[i].file.get(), 0);
+        ASSERT_EQ(tree_.link_final(files[i].file, files[i].wire_path, false), std::error_code{});
+        files[i].file.reset();
+        struct stat st = lstat_of(root() / std::string(files[i].wire_path));
+        EXPECT_EQ(st.st_mode & 07777, files[i].mode);
+        EXPECT_EQ(st.st_mtim.tv_sec, test_mtime_ns / 1'000'000'000);
+        EXPECT_EQ(static_cast<std::uint64_t>(st.st_ino), files[i].stored.ino);
+    }
+    EXPECT_EQ(read_text(root() / "one.txt"), one);
+    EXPECT_EQ(read_text(root() / "new/deeper/two.bin"), two);
+    EXPECT_EQ(read_text(root() / "new/padded"), one + std::string(95, '\0'));
+    EXPECT_EQ(unnamed_file::open_count(), 0);
+}
+
 TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePartialAway) {
     std::error_code ec;
     unnamed_file file = tree_.open_unnamed("f", 0644, ec);
