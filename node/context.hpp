@@ -20,10 +20,12 @@
 #include "node/resume.hpp"
 #include "node/source_tree.hpp"
 #include "node/stats.hpp"
+#include "protocol/path.hpp"
 #include "protocol/transfer.hpp"
 #include "node/trust_store.hpp"
 #include "node/worker_pool.hpp"
 #include "transport/buffer_pool.hpp"
+#include "transport/identity.hpp"
 #include "transport/socket_tuning.hpp"
 #include "transport/tls.hpp"
 
@@ -246,8 +248,9 @@ struct node_context {
     }
 };
 
-// A peer's node ID in a log line: its first 8 characters.
-inline std::string short_id(const std::string& id) { return id.substr(0, 8); }
+// A peer's node ID in a log line: written out as everywhere else (a user greps the logs
+// for the ID `ferry id` printed), escaped should it not be one.
+inline std::string log_id(const std::string& id) { return printable(format_node_id(id)); }
 
 // Whether the peer `peer_id` may use this node's share `name` (`write`: sync into it). ""
 // with `*out` set to the share when it may; otherwise why not, as a line for the peer.
@@ -259,7 +262,7 @@ inline std::string share_access(const node_context& ctx, const std::string& peer
         return "this node has no share named \"" + name + "\"";
     }
     if (std::optional<trusted_peer> peer = ctx.trust.find_id(peer_id); !peer || !peer->may_use(name)) {
-        return "share \"" + name + "\" is not open to " + short_id(peer_id);
+        return "share \"" + name + "\" is not open to " + log_id(peer_id);
     }
     if (write && !share->writable) {
         return "share \"" + name + "\" is read-only";

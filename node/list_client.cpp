@@ -75,7 +75,7 @@ void list_client::on_frame(connection& c, wire::Header& header, pooled_buffer) {
         return;
     }
     auto broken = [&](const std::string& what) {
-        finish(exit_code::transfer_failed, "protocol error from " + short_id(report_.peer_id) + ": " + what);
+        finish(exit_code::transfer_failed, "protocol error from " + log_id(report_.peer_id) + ": " + what);
     };
     switch (header.body_case()) {
         case wire::Header::kError:

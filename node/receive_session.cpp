@@ -269,7 +269,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     if (conns_[idx]) {
         // The sender gave this index up (lost or stalled, maybe not yet closed here) and
         // opened a replacement: the new one takes its place.
-        ctx_.log("connection " + std::to_string(idx) + " from " + short_id(peer_id_) + " replaced");
+        ctx_.log("connection " + std::to_string(idx) + " from " + log_id(peer_id_) + " replaced");
         conns_[idx]->set_handler(nullptr);
         if (!conns_[idx]->closed()) {
             conns_[idx]->close();
@@ -393,7 +393,7 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
         default: break;
     }
     fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
-         "protocol error from " + short_id(peer_id_) + ": unexpected message");
+         "protocol error from " + log_id(peer_id_) + ": unexpected message");
 }
 
 void receive_session::on_peer_hello(connection& c, const wire::Hello& hello) {
@@ -524,7 +524,7 @@ void receive_session::on_offer(const wire::Offer& offer) {
     }
     if (offer.not_sent_more() > 0) {
         given_up_.push_back({"...", std::to_string(offer.not_sent_more()) + " more path(s) not sent (" +
-                                        short_id(peer_id_) + "'s log lists them)", false, false});
+                                        log_id(peer_id_) + "'s log lists them)", false, false});
     }
     if (pull_ && !pull_->source.get().empty()) {
         // A get: the one entry asked for, and what is below it. Nothing else in the
@@ -540,12 +540,12 @@ void receive_session::on_offer(const wire::Offer& offer) {
             if (!bad_range && length > 0 &&
                 (e.size != length || (pull_->range_mtime_ns && e.mtime_ns != *pull_->range_mtime_ns))) {
                 fail(wire::ERROR_REFUSED, exit_code::transfer_failed,
-                     "the file changed at " + short_id(peer_id_) + " since it was listed (another size or mtime)");
+                     "the file changed at " + log_id(peer_id_) + " since it was listed (another size or mtime)");
                 return;
             }
             if (top_link || bad_range || !path.starts_with(name) || (path.size() > name.size() && path[name.size()] != '/')) {
                 fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
-                     "protocol error from " + short_id(peer_id_) + ": it offers \"" + path.substr(0, 200) +
+                     "protocol error from " + log_id(peer_id_) + ": it offers \"" + path.substr(0, 200) +
                          (bad_range ? "\", not the one file range that was asked for"
                                     : "\", not below \"" + name + "\" that was asked for"));
                 return;
@@ -561,7 +561,7 @@ void receive_session::on_offer(const wire::Offer& offer) {
     }
     if (pull_ && !machine_.sync()) {
         fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
-             "protocol error from " + short_id(peer_id_) + ": its offer is not the sync that was asked for");
+             "protocol error from " + log_id(peer_id_) + ": its offer is not the sync that was asked for");
         return;
     }
     if (machine_.sync() && !sync_target() && !open_sync_target(*machine_.sync())) {
@@ -590,7 +590,7 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
                     std::equal(asked.exclude().begin(), asked.exclude().end(), target.exclude().begin());
         if (!same) {
             fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
-                 "protocol error from " + short_id(peer_id_) + ": its offer changes the sync's options");
+                 "protocol error from " + log_id(peer_id_) + ": its offer changes the sync's options");
             return false;
         }
     } else {
@@ -1259,7 +1259,7 @@ void receive_session::next_offer() {
 
 void receive_session::on_file_abort(const wire::FileAbort& abort) {
     if (std::error_code ec = machine_.on_file_abort(abort)) {
-        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + short_id(peer_id_) + ": " + ec.message());
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + log_id(peer_id_) + ": " + ec.message());
         return;
     }
     file_id f{abort.file_id()};
@@ -1313,7 +1313,7 @@ void receive_session::drop_partial(file_id f) {
 void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload) {
     std::uint32_t len = static_cast<std::uint32_t>(payload.size());
     if (std::error_code ec = machine_.on_chunk(chunk, len)) {
-        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + short_id(peer_id_) + ": " + ec.message());
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + log_id(peer_id_) + ": " + ec.message());
         return;
     }
     file_id f{chunk.file_id()};
@@ -1629,7 +1629,7 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
 void receive_session::on_file_done(const wire::FileDone& done) {
     if (std::error_code ec = machine_.on_file_done(done)) {
         fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
-             "protocol error from " + short_id(peer_id_) + ": " + ec.message());
+             "protocol error from " + log_id(peer_id_) + ": " + ec.message());
         return;
     }
     try_finalize(file_id{done.file_id()});
@@ -2083,7 +2083,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
         ctx_.stats.refusals.add(*counted);
     }
     if (!pull_) {
-        ctx_.log("transfer from " + short_id(peer_id_) + " failed: " + message, log_level::error);  // a pull's report says it
+        ctx_.log("transfer from " + log_id(peer_id_) + " failed: " + message, log_level::error);  // a pull's report says it
     }
     // What was verified so far stays for a later attempt: every unfinished file with chunks
     // here gets its record, and is remembered (ctx_.known) for a sender that comes back.
@@ -2264,7 +2264,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
         // One of the data connections: what it carried is sent again on the others, and
         // the sender opens a replacement (which joins at the same index).
         std::string why = ec && ec != transport_errc::closed ? ec.message() : "closed by the sender";
-        ctx_.log("connection " + std::to_string(c.index) + " from " + short_id(peer_id_) + " lost (" + why +
+        ctx_.log("connection " + std::to_string(c.index) + " from " + log_id(peer_id_) + " lost (" + why +
                  "); the transfer goes on over the others", log_level::warn);
         data_connection_lost(c.index);  // a pull's: this side dials it again
     } else if (!result_sent_ && !failed_ && pull_ && ec == transport_errc::peer_refused) {

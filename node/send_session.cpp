@@ -313,7 +313,7 @@ void send_session::add_connection(std::shared_ptr<connection> c, const wire::Hel
         return;
     }
     if (conns_[idx].conn) {
-        ctx_.log("connection " + std::to_string(idx) + " from " + short_id(peer_id_) + " replaced");
+        ctx_.log("connection " + std::to_string(idx) + " from " + log_id(peer_id_) + " replaced");
     }
     adopt(idx, std::move(c), true);
     conns_[idx].ready = true;
@@ -1367,8 +1367,12 @@ void send_session::on_closed(connection& c, std::error_code ec) {
         } else if (ec == transport_errc::plaintext_mismatch) {
             fail(exit_code::transfer_failed, ec.message(), false);
         } else {
-            fail(exit_code::transfer_failed,
-                 "connection to receiver lost: " + (ec ? ec.message() : std::string("closed")), false, true);
+            std::string why = "connection to receiver lost: " + (ec ? ec.message() : std::string("closed"));
+            if (ctx_.config.plaintext && !offers_sent_) {
+                // A TLS receiver closes on the first plaintext frame, without a word.
+                why += " before it answered (this side uses --plaintext: does the receiver?)";
+            }
+            fail(exit_code::transfer_failed, why, false, true);
         }
         return;
     }

@@ -758,6 +758,10 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     cfg = base_config(o);
     cfg.listen = r.listen;
     cfg.inbox = r.dir;
+    // A folder that cannot be one is refused now, not when the first sender comes.
+    if (std::error_code ec; !r.dir.empty() && fs::exists(r.dir, ec) && !fs::is_directory(r.dir, ec)) {
+        return fail(o, exit_code::usage, config_place("--inbox", r.dir.string()) + r.dir.string() + ": not a folder");
+    }
     cfg.overwrite = r.overwrite;
     cfg.fsync_each = r.fsync_each;
     cfg.plaintext = r.plaintext;
@@ -2775,8 +2779,7 @@ void add_send_flags(CLI::App* cmd, send_opts& so) {
     so.connections_flag =
         cmd->add_option("--connections", so.connections,
                         "TCP connections in the session (1..16); when not given, up to 4: those above the first "
-                        "only once the path calls for them (a round trip of 5 ms or more, or losses)")
-            ->capture_default_str();
+                        "only once the path calls for them (a round trip of 5 ms or more, or losses)");
     cmd->add_option("--compress", so.compress,
                     "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")
         ->capture_default_str();

@@ -462,6 +462,16 @@ TEST_F(cli_transfer, plaintext_on_both_sides_works_and_mismatch_fails_clearly) {
         rx.proc->signal(SIGTERM);
         rx.proc->wait(process_timeout);
     }
+    {
+        // The other way: a TLS receiver closes on the first plaintext frame, and the
+        // sender says what may be wrong.
+        auto rx = start_receiver(dest);
+        run_result s = send({src.string()}, rx.address, {"--plaintext", "--retry-for", "0"});
+        EXPECT_EQ(s.code, 2) << s.err;
+        EXPECT_NE(s.err.find("--plaintext"), std::string::npos) << s.err;
+        rx.proc->signal(SIGTERM);
+        rx.proc->wait(process_timeout);
+    }
     auto rx = start_receiver(dest, {"--plaintext"});
     run_result s = send({src.string()}, rx.address, {"--plaintext"});
     EXPECT_EQ(s.code, 0) << s.err;
@@ -497,6 +507,11 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
 
     EXPECT_EQ(send({src.string()}, "not-an-address").code, 1);
     EXPECT_EQ(send({(cli.root() / "missing").string()}, "127.0.0.1:1").code, 1);
+    // A receiver's folder that is a file is refused at start.
+    run_result not_dir = cli.ferry({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0",
+                                    (src / "f.txt").string()});
+    EXPECT_EQ(not_dir.code, 1) << not_dir.err;
+    EXPECT_NE(not_dir.err.find("not a folder"), std::string::npos) << not_dir.err;
     // Two sources of one name would arrive as one: a usage error.
     write_text_file(cli.root() / "y" / "f.txt", "other");
     run_result clash = send({(src / "f.txt").string(), (cli.root() / "y" / "f.txt").string()}, "127.0.0.1:1");

@@ -22,6 +22,7 @@
 #include "node/identity.hpp"
 #include "protocol/digest.hpp"
 #include "protocol/transfer.hpp"
+#include "transport/identity.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/pattern.hpp"
 #include "tests/support/tree.hpp"
@@ -188,8 +189,8 @@ class hostile : public ::testing::Test {
         return *log;
     }
 
-    // The line of a transfer from H that failed: "transfer from HHHHHHHH failed: ...".
-    std::string failed_line() const { return "transfer from " + hostile_.id.substr(0, 8) + " failed: "; }
+    // The line of a transfer from H that failed: "transfer from HHHH-...-HHHH failed: ...".
+    std::string failed_line() const { return "transfer from " + ferry::format_node_id(hostile_.id) + " failed: "; }
 
     std::set<std::string> outside_listing() const {
         return listing(cli_.root(), {"state-A", "state-B", "state-C", "state-H", "inbox", "sources", "share", "drop"});
