@@ -151,9 +151,9 @@ const std::error_category& dest_category() noexcept {
 
 namespace {
 
-// The folders made writable for their owner (dest_tree::make_writable) in this process,
-// by device and inode: the mode each gets back, and how many trees still write there (two
-// transfers into one folder: the last one done gives the mode back).
+// The folders opened up for their owner (dest_tree::hold_folder) in this process, and the
+// folders trees write in, by device and inode: the mode each gets at the end, and how many
+// trees still use it (two transfers into one folder: the last one done sets the mode).
 struct loosened_entry {
     mode_t mode = 0;
     int users = 0;
@@ -253,7 +253,7 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         if (auto it = dirs_.find(dir); it != dirs_.end()) {
             it->second->last_use.store(++use_clock_, std::memory_order_relaxed);
             if (write && !it->second->write_checked.exchange(true)) {
-                make_writable(it->second->fd, dir);
+                make_accessible(it->second->fd, dir, S_IRWXU);
             }
             return {it->second->fd, it->second};
         }
@@ -272,13 +272,16 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             folder->last_use.store(++use_clock_, std::memory_order_relaxed);
             fd = folder->fd;
             if (write && !folder->write_checked.exchange(true)) {
-                make_writable(fd, sofar);
+                make_accessible(fd, sofar, S_IRWXU);
             }
             continue;
         }
         std::string name(comp);
         bool made = false;
         int next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0 && errno == EACCES && open_up(fd, name, sofar, write ? S_IRWXU : S_IRUSR | S_IXUSR)) {
+            next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);  // one it may not read
+        }
         if (next < 0 && errno == ENOENT && create) {
             made = ::mkdirat(fd, name.c_str(), 0755) == 0;
             if (!made && errno != EEXIST) {
@@ -302,10 +305,9 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         }
         // `folder` (the parent, held here) stays open however the cache changes.
         auto opened = std::make_shared<open_folder>(next);
-        if (write) {
-            opened->write_checked = true;
-            make_writable(next, sofar);  // what is made in it, or in a folder below
-        }
+        opened->write_checked = write;
+        // Written in (or in a folder below): rwx for its owner; looked in: r-x.
+        make_accessible(next, sofar, write ? S_IRWXU : S_IRUSR | S_IXUSR);
         opened->made = made;
         opened->last_use.store(++use_clock_, std::memory_order_relaxed);
         if (dirs_.size() >= max_cached_dirs) {
@@ -532,7 +534,7 @@ struct pruner {
     bool dry_run;
     std::vector<dest_tree::removed_entry>& removed;
     std::string& failed;  // the path an error is about
-    // A folder about to lose entries: writable for its owner (dest_tree::make_writable).
+    // A folder about to lose entries: writable for its owner (dest_tree::make_accessible).
     const std::function<void(int fd, const std::string& path)>& writable;
     // Whether ferry's own files (partial files, resume records) in a folder being removed
     // go too, unreported: true where no file of this transfer can lie below (clear_folder);
@@ -704,7 +706,7 @@ std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& 
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                                  std::vector<removed_entry>& removed, std::string& failed_path) {
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
-        make_writable(fd, path);
+        make_accessible(fd, path, S_IRWXU);
     };
     pruner p{keep, dry_run, removed, failed_path, writable};
     return p.walk(root_fd_, "", 0);
@@ -725,7 +727,7 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     // SRC has a file or link at wire_path, so nothing below it is offered: partial files
     // there are an older attempt's (say, a killed sync before SRC changed) and go too.
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
-        make_writable(fd, path);
+        make_accessible(fd, path, S_IRWXU);
     };
     pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, writable, true};
     bool gone = false;
@@ -1284,26 +1286,25 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
         auto it = ::fstat(fd, &st) == 0 ? loosened_registry.find({st.st_dev, st.st_ino}) : loosened_registry.end();
         if (it != loosened_registry.end()) {
             it->second.mode = static_cast<mode_t>(mode & 07777);
-            return set_mode_and_mtime(fd, (mode & 07777) | S_IWUSR | S_IXUSR, mtime_ns);
+            return set_mode_and_mtime(fd, (mode & 07777) | S_IRWXU, mtime_ns);
         }
     }
     return set_mode_and_mtime(fd, mode, mtime_ns);
 }
 
-void dest_tree::make_writable(int fd, std::string_view path) {
-    constexpr mode_t owner_writes = S_IWUSR | S_IXUSR;
-    struct stat st {};
-    if (effective_uid == 0 || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != effective_uid) {
-        return;
-    }
-    const std::pair<dev_t, ino_t> key{st.st_dev, st.st_ino};
+void dest_tree::hold_folder(std::pair<dev_t, ino_t> key, mode_t mode, std::string_view path, mode_t need,
+                            const std::function<bool(mode_t)>& chmod) {
     std::lock_guard registry(loosened_registry_mutex);
     auto it = loosened_registry.find(key);
+    const bool lacking = (mode & need) != need;
+    if (it == loosened_registry.end() && !lacking && (need & S_IWUSR) == 0) {
+        return;  // only looked in, and it may be
+    }
+    if (lacking && !chmod((mode & 07777) | need)) {
+        return;  // what is done there then fails, and says why
+    }
     if (it == loosened_registry.end()) {
-        if ((st.st_mode & owner_writes) == owner_writes || ::fchmod(fd, (st.st_mode & 07777) | owner_writes) != 0) {
-            return;  // writable already; or what is written there fails, and says why
-        }
-        it = loosened_registry.emplace(key, loosened_entry{static_cast<mode_t>(st.st_mode & 07777), 0}).first;
+        it = loosened_registry.emplace(key, loosened_entry{static_cast<mode_t>(mode & 07777), 0}).first;
     }
     std::lock_guard lock(loosened_mutex_);
     if (loosened_.emplace(std::string(path), key).second) {
@@ -1311,15 +1312,41 @@ void dest_tree::make_writable(int fd, std::string_view path) {
     }
 }
 
+void dest_tree::make_accessible(int fd, std::string_view path, mode_t need) {
+    struct stat st {};
+    if (effective_uid == 0 || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != effective_uid) {
+        return;
+    }
+    hold_folder({st.st_dev, st.st_ino}, st.st_mode, path, need, [fd](mode_t m) { return ::fchmod(fd, m) == 0; });
+}
+
+bool dest_tree::open_up(int parent_fd, const std::string& name, std::string_view path, mode_t need) {
+    struct stat st {};
+    if (effective_uid == 0 || path.empty() || ::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISDIR(st.st_mode) || st.st_uid != effective_uid) {
+        return false;
+    }
+    bool changed = false;
+    // Never through a symlink swapped in since the look (fchmodat2, or glibc's O_PATH way).
+    hold_folder({st.st_dev, st.st_ino}, st.st_mode, path, need, [&](mode_t m) {
+        return changed = ::fchmodat(parent_fd, name.c_str(), m, AT_SYMLINK_NOFOLLOW) == 0;
+    });
+    return changed;
+}
+
 void dest_tree::restore_modes() {
     std::unordered_map<std::string, std::pair<dev_t, ino_t>> loosened;
     {
-        std::lock_guard lock(loosened_mutex_);  // (taken after the registry's in make_writable: not held with it here)
+        std::lock_guard lock(loosened_mutex_);  // (taken after the registry's in hold_folder: not held with it here)
         loosened.swap(loosened_);
     }
-    for (const auto& [path, key] : loosened) {
+    // Deepest first: a folder found again by its path is not reached through one whose
+    // mode already went back.
+    std::vector<std::pair<std::string, std::pair<dev_t, ino_t>>> order(loosened.begin(), loosened.end());
+    std::ranges::sort(order, std::greater<>{}, [](const auto& e) { return std::ranges::count(e.first, '/'); });
+    for (const auto& [path, key] : order) {
         // Found again by its path (no descriptor is held for each: there may be thousands),
-        // before the registry is locked (dir_fd takes the tree's lock, which make_writable
+        // before the registry is locked (dir_fd takes the tree's lock, which make_accessible
         // is called under); one removed or replaced since is left alone.
         std::error_code ec;
         dir_handle dh = dir_fd(path, false, ec);
@@ -1331,7 +1358,8 @@ void dest_tree::restore_modes() {
         mode_t mode = it->second.mode;
         loosened_registry.erase(it);
         struct stat st {};
-        if (dh.fd >= 0 && ::fstat(dh.fd, &st) == 0 && st.st_dev == key.first && st.st_ino == key.second) {
+        if (dh.fd >= 0 && ::fstat(dh.fd, &st) == 0 && st.st_dev == key.first && st.st_ino == key.second &&
+            (st.st_mode & 07777) != mode) {
             ::fchmod(dh.fd, mode);
         }
     }

@@ -314,7 +314,7 @@ private:
     struct open_folder {
         int fd = -1;
         bool made = false;  // this tree made it: nothing of an earlier attempt is in it
-        std::atomic<bool> write_checked{false};  // make_writable asked about it
+        std::atomic<bool> write_checked{false};  // made accessible for writing
         std::atomic<std::uint64_t> last_use{0};
         explicit open_folder(int f) : fd(f) {}
         open_folder(const open_folder&) = delete;
@@ -329,13 +329,19 @@ private:
     };
     // The directory `dir` (a wire path, "" = root), created if `create`. With `write` (or
     // `create`) something is to be made or removed in it: it, and each folder on the way,
-    // is made writable for its owner where it must be (make_writable), once per tree.
+    // is made accessible to its owner where it must be (make_accessible), once per tree.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write = false);
-    // The open folder `fd` (wire path `path`, below the root): made writable (and
-    // searchable) for its owner if this process owns it, is not root and may not write
-    // there; its mode is given back by restore_modes (by the last tree writing there, in
-    // a process with several).
-    void make_writable(int fd, std::string_view path);
+    // A process that is not root, in a folder below the root that it owns: the owner bits
+    // `need` (r-x to look in it, rwx to write there) added where they lack, and the folder
+    // held by this tree until restore_modes gives it its mode (its own, or SRC's from
+    // finish_dir), as the last tree of the process using it. A folder written in is held
+    // even when nothing was added, so that a transfer finishing there leaves it open to
+    // another still writing. make_accessible for an open folder `fd`; open_up for the
+    // folder `name` in `parent_fd` that could not be opened (true: its bits were added).
+    void make_accessible(int fd, std::string_view path, mode_t need);
+    bool open_up(int parent_fd, const std::string& name, std::string_view path, mode_t need);
+    void hold_folder(std::pair<dev_t, ino_t> key, mode_t mode, std::string_view path, mode_t need,
+                     const std::function<bool(mode_t)>& chmod);
     std::mutex loosened_mutex_;
     std::unordered_map<std::string, std::pair<dev_t, ino_t>> loosened_;  // by wire path
     int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec);

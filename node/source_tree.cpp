@@ -214,6 +214,11 @@ struct scanner {
         int fd = ::openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
         std::vector<std::string> names;
         int err = fd < 0 ? errno : list_folder(fd, names).value();
+        // A folder that may be listed but not searched: none of its entries can be looked
+        // at, so it is left out (and kept at DST) as one, not as each of them.
+        if (err == 0 && !names.empty() && ::faccessat(fd, ".", X_OK, AT_EACCESS) != 0 && errno == EACCES) {
+            err = EACCES;
+        }
         if (err != 0) {
             if (fd >= 0) {
                 ::close(fd);

@@ -2140,7 +2140,7 @@ ferry::transfer_report both_passes(const ferry::transfer_report& first, ferry::t
     second.compression_saved += first.compression_saved;
     second.deleted_files += first.deleted_files;
     second.deleted_dirs += first.deleted_dirs;
-    second.elapsed_s += first.elapsed_s;
+    // elapsed_s: the second's, timed from the command's start, covers both already.
     return second;
 }
 

@@ -637,10 +637,14 @@ TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_r
     }
     write_text_file(site / "ok.txt", "ok\n");
     write_text_file(site / "locked/inside.txt", "src's\n");
+    // A folder that may be listed but not searched is one path not sent, not one each.
+    for (int i = 0; i < 50; ++i) {
+        write_text_file(site / "unsearchable" / ("f" + std::to_string(i)), "x\n");
+    }
     // More paths than one Offer lists: the rest are counted ("... N more").
-    constexpr int unsearchable = 300;
-    for (int i = 0; i < unsearchable; ++i) {
-        write_text_file(site / "unsearchable" / ("a-file-with-a-longer-name-" + std::to_string(i) + ".txt"), "x\n");
+    constexpr int closed = 300;
+    for (int i = 0; i < closed; ++i) {
+        write_text_file(site / "closed" / ("a-folder-with-a-longer-name-" + std::to_string(i)) / "f", "x\n");
     }
     write_text_file(site / "secret.txt", "not for nobody\n");
     write_text_file(dst / "locked/inside.txt", "dst's own\n");
@@ -650,6 +654,9 @@ TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_r
     ASSERT_EQ(::chmod((site / "locked").c_str(), 0), 0);
     ASSERT_EQ(::chmod((site / "unsearchable").c_str(), 0644), 0);
     ASSERT_EQ(::chmod((site / "secret.txt").c_str(), 0), 0);
+    for (int i = 0; i < closed; ++i) {
+        ASSERT_EQ(::chmod((site / "closed" / ("a-folder-with-a-longer-name-" + std::to_string(i))).c_str(), 0), 0);
+    }
 
     run_result r = pull({"--delete"});
     EXPECT_EQ(r.code, 5) << r.err;
@@ -658,8 +665,8 @@ TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_r
     paths failed = paths_of(ev, "failed");
     ASSERT_GE(failed.size(), 4u) << r.out;
     EXPECT_EQ(failed[0], "...");  // the count of those not listed
-    EXPECT_EQ(failed[1], "locked");
-    EXPECT_EQ(failed.back().rfind("unsearchable/a-file-with-a-longer-name-", 0), 0u) << failed.back();
+    EXPECT_EQ(failed[1].rfind("closed/a-folder-with-a-longer-name-", 0), 0u) << failed[1];
+    // (locked and unsearchable come after the closed folders: among those counted.)
     std::size_t listed = failed.size() - 1;
     std::size_t more = 0;
     for (const auto& e : ev) {
@@ -667,7 +674,7 @@ TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_r
             more = std::stoul(e["reason"].get<std::string>());
         }
     }
-    EXPECT_EQ(listed + more, 2u + unsearchable) << r.out;
+    EXPECT_EQ(listed + more, 3u + closed) << r.out;
     EXPECT_NE(std::find(failed.begin(), failed.end(), "secret.txt"), failed.end());
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["ok"], false);
@@ -679,8 +686,22 @@ TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_r
     EXPECT_FALSE(fs::exists(dst / "stale.txt"));
     EXPECT_TRUE(fs::is_directory(dst / "unsearchable"));
     EXPECT_TRUE(no_partial_files(dst));
+    // A second sync, with DST's copies of those folders as SRC's modes left them (000,
+    // 0644): the receiver opens them up to look in and write, and gives them their modes
+    // back.
+    write_text_file(site / "ok.txt", "ok, changed\n");
+    run_result again = pull({"--delete"});
+    EXPECT_EQ(again.code, 5) << again.err;
+    EXPECT_EQ(read_text_file(dst / "ok.txt"), "ok, changed\n");
+    EXPECT_EQ(read_text_file(dst / "locked/inside.txt"), "dst's own\n");
+    struct stat st {};
+    ASSERT_EQ(::stat((dst / "unsearchable").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0644u);
     ASSERT_EQ(::chmod((site / "locked").c_str(), 0755), 0);  // for the test folder's removal
     ASSERT_EQ(::chmod((site / "unsearchable").c_str(), 0755), 0);
+    for (int i = 0; i < closed; ++i) {
+        ASSERT_EQ(::chmod((site / "closed" / ("a-folder-with-a-longer-name-" + std::to_string(i))).c_str(), 0755), 0);
+    }
 }
 
 TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
