@@ -1314,7 +1314,7 @@ void dest_tree::hold_folder(std::pair<dev_t, ino_t> key, mode_t mode, std::strin
 
 void dest_tree::make_accessible(int fd, std::string_view path, mode_t need) {
     struct stat st {};
-    if (effective_uid == 0 || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != effective_uid) {
+    if (effective_uid == 0 || !receiving_ || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != effective_uid) {
         return;
     }
     hold_folder({st.st_dev, st.st_ino}, st.st_mode, path, need, [fd](mode_t m) { return ::fchmod(fd, m) == 0; });
@@ -1322,7 +1322,8 @@ void dest_tree::make_accessible(int fd, std::string_view path, mode_t need) {
 
 bool dest_tree::open_up(int parent_fd, const std::string& name, std::string_view path, mode_t need) {
     struct stat st {};
-    if (effective_uid == 0 || path.empty() || ::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+    if (effective_uid == 0 || !receiving_ || path.empty() ||
+        ::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
         !S_ISDIR(st.st_mode) || st.st_uid != effective_uid) {
         return false;
     }

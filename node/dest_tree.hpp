@@ -128,6 +128,11 @@ public:
     // the folder is made), never followed. Otherwise it is refused (dest_errc::symlink,
     // not_a_dir). Set before any use.
     void set_mirror(bool on) { mirror_ = on; }
+    // A tree a transfer receives into: a folder below the root that its owner (this
+    // process, not root) may not look or write in is opened up while the tree works there
+    // (make_accessible). Not for a tree that only finds a share's folder to send from: the
+    // owner's modes say what may be read. Set before any use.
+    void set_receiving(bool on) { receiving_ = on; }
 
     // mkdir -p of a wire path inside the root (no symlinks followed). With `create` false
     // nothing is made: it checks that every component already there is a folder and not
@@ -363,6 +368,7 @@ private:
     std::atomic<unnamed_link> unnamed_link_{unnamed_link::unknown};
     unnamed_link unnamed_how();  // probed on first use
     std::atomic<bool> mirror_{false};
+    std::atomic<bool> receiving_{false};
     struct path_hash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }

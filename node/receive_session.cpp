@@ -723,6 +723,7 @@ void receive_session::next_offer() {
                     throw std::system_error(errno, std::system_category(), why);
                 }
                 auto share = std::make_shared<dest_tree>(sync.share_dir, share_fd);
+                share->set_receiving(true);
                 if (sync.path.empty()) {
                     opened = std::move(share);
                 } else {
@@ -739,6 +740,7 @@ void receive_session::next_offer() {
             if (!tree && !nothing_there) {
                 tree = opened ? std::move(opened) : std::make_shared<dest_tree>(root);
                 tree->set_mirror(sync.on);  // a mirror replaces what is in the way
+                tree->set_receiving(true);
                 // A transfer into this folder that never reached its final sync left files
                 // that must not be trusted: re-verify them before anything is decided.
                 // (A dry run changes nothing: it leaves them to the next real transfer.)
