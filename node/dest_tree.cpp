@@ -157,6 +157,7 @@ namespace {
 struct loosened_entry {
     mode_t mode = 0;
     int users = 0;
+    bool changed = false;  // bits were added, or SRC's mode waits: the last user sets `mode`
 };
 std::mutex loosened_registry_mutex;
 std::map<std::pair<dev_t, ino_t>, loosened_entry> loosened_registry;
@@ -252,8 +253,8 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         std::shared_lock lock(mutex_);
         if (auto it = dirs_.find(dir); it != dirs_.end()) {
             it->second->last_use.store(++use_clock_, std::memory_order_relaxed);
-            if (write && !it->second->write_checked.exchange(true)) {
-                make_accessible(it->second->fd, dir, S_IRWXU);
+            if (write) {
+                std::call_once(it->second->write_once, [&] { make_accessible(it->second->fd, dir, S_IRWXU); });
             }
             return {it->second->fd, it->second};
         }
@@ -271,8 +272,8 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             folder = it->second;
             folder->last_use.store(++use_clock_, std::memory_order_relaxed);
             fd = folder->fd;
-            if (write && !folder->write_checked.exchange(true)) {
-                make_accessible(fd, sofar, S_IRWXU);
+            if (write) {
+                std::call_once(folder->write_once, [&] { make_accessible(fd, sofar, S_IRWXU); });
             }
             continue;
         }
@@ -305,9 +306,12 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         }
         // `folder` (the parent, held here) stays open however the cache changes.
         auto opened = std::make_shared<open_folder>(next);
-        opened->write_checked = write;
         // Written in (or in a folder below): rwx for its owner; looked in: r-x.
-        make_accessible(next, sofar, write ? S_IRWXU : S_IRUSR | S_IXUSR);
+        if (write) {
+            std::call_once(opened->write_once, [&] { make_accessible(next, sofar, S_IRWXU); });
+        } else {
+            make_accessible(next, sofar, S_IRUSR | S_IXUSR);
+        }
         opened->made = made;
         opened->last_use.store(++use_clock_, std::memory_order_relaxed);
         if (dirs_.size() >= max_cached_dirs) {
@@ -1286,26 +1290,38 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
         auto it = ::fstat(fd, &st) == 0 ? loosened_registry.find({st.st_dev, st.st_ino}) : loosened_registry.end();
         if (it != loosened_registry.end()) {
             it->second.mode = static_cast<mode_t>(mode & 07777);
+            if ((mode & S_IRWXU) == S_IRWXU) {
+                return set_mode_and_mtime(fd, mode, mtime_ns);  // nothing the others need is taken away
+            }
+            it->second.changed = true;
             return set_mode_and_mtime(fd, (mode & 07777) | S_IRWXU, mtime_ns);
         }
     }
     return set_mode_and_mtime(fd, mode, mtime_ns);
 }
 
-void dest_tree::hold_folder(std::pair<dev_t, ino_t> key, mode_t mode, std::string_view path, mode_t need,
+void dest_tree::hold_folder(std::string_view path, mode_t need, const std::function<bool(struct stat&)>& look,
                             const std::function<bool(mode_t)>& chmod) {
+    // The look, the change and the record under one lock: a folder another tree of the
+    // process is giving its mode back meanwhile is seen as it is after that.
     std::lock_guard registry(loosened_registry_mutex);
+    struct stat st {};
+    if (!look(st) || !S_ISDIR(st.st_mode) || st.st_uid != effective_uid) {
+        return;
+    }
+    const std::pair<dev_t, ino_t> key{st.st_dev, st.st_ino};
     auto it = loosened_registry.find(key);
-    const bool lacking = (mode & need) != need;
+    const bool lacking = (st.st_mode & need) != need;
     if (it == loosened_registry.end() && !lacking && (need & S_IWUSR) == 0) {
         return;  // only looked in, and it may be
     }
-    if (lacking && !chmod((mode & 07777) | need)) {
+    if (lacking && !chmod((st.st_mode & 07777) | need)) {
         return;  // what is done there then fails, and says why
     }
     if (it == loosened_registry.end()) {
-        it = loosened_registry.emplace(key, loosened_entry{static_cast<mode_t>(mode & 07777), 0}).first;
+        it = loosened_registry.emplace(key, loosened_entry{static_cast<mode_t>(st.st_mode & 07777), 0, false}).first;
     }
+    it->second.changed = it->second.changed || lacking;
     std::lock_guard lock(loosened_mutex_);
     if (loosened_.emplace(std::string(path), key).second) {
         ++it->second.users;
@@ -1313,25 +1329,24 @@ void dest_tree::hold_folder(std::pair<dev_t, ino_t> key, mode_t mode, std::strin
 }
 
 void dest_tree::make_accessible(int fd, std::string_view path, mode_t need) {
-    struct stat st {};
-    if (effective_uid == 0 || !receiving_ || path.empty() || ::fstat(fd, &st) != 0 || st.st_uid != effective_uid) {
+    if (effective_uid == 0 || !receiving_ || restoring_ || path.empty()) {
         return;
     }
-    hold_folder({st.st_dev, st.st_ino}, st.st_mode, path, need, [fd](mode_t m) { return ::fchmod(fd, m) == 0; });
+    hold_folder(
+        path, need, [fd](struct stat& st) { return ::fstat(fd, &st) == 0; },
+        [fd](mode_t m) { return ::fchmod(fd, m) == 0; });
 }
 
 bool dest_tree::open_up(int parent_fd, const std::string& name, std::string_view path, mode_t need) {
-    struct stat st {};
-    if (effective_uid == 0 || !receiving_ || path.empty() ||
-        ::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-        !S_ISDIR(st.st_mode) || st.st_uid != effective_uid) {
+    if (effective_uid == 0 || !receiving_ || restoring_ || path.empty()) {
         return false;
     }
     bool changed = false;
     // Never through a symlink swapped in since the look (fchmodat2, or glibc's O_PATH way).
-    hold_folder({st.st_dev, st.st_ino}, st.st_mode, path, need, [&](mode_t m) {
-        return changed = ::fchmodat(parent_fd, name.c_str(), m, AT_SYMLINK_NOFOLLOW) == 0;
-    });
+    hold_folder(
+        path, need,
+        [&](struct stat& st) { return ::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0; },
+        [&](mode_t m) { return changed = ::fchmodat(parent_fd, name.c_str(), m, AT_SYMLINK_NOFOLLOW) == 0; });
     return changed;
 }
 
@@ -1345,25 +1360,48 @@ void dest_tree::restore_modes() {
     // mode already went back.
     std::vector<std::pair<std::string, std::pair<dev_t, ino_t>>> order(loosened.begin(), loosened.end());
     std::ranges::sort(order, std::greater<>{}, [](const auto& e) { return std::ranges::count(e.first, '/'); });
-    for (const auto& [path, key] : order) {
-        // Found again by its path (no descriptor is held for each: there may be thousands),
-        // before the registry is locked (dir_fd takes the tree's lock, which make_accessible
-        // is called under); one removed or replaced since is left alone.
-        std::error_code ec;
-        dir_handle dh = dir_fd(path, false, ec);
-        std::lock_guard registry(loosened_registry_mutex);
-        auto it = loosened_registry.find(key);
-        if (it == loosened_registry.end() || --it->second.users > 0) {
-            continue;  // another transfer still writes there: its end gives the mode back
+    restoring_ = true;  // the folders found again below are not held again
+    // In runs, so that few folders are held open at once: those this tree is the last to
+    // hold and whose mode is to change are found again by their paths (no descriptor is
+    // kept for each: there may be thousands), outside the registry's lock (dir_fd takes
+    // the tree's, which make_accessible is called under); then, under it, each hold is let
+    // go and the last one sets the mode. (A folder another tree let go of in between is
+    // not found: it keeps its owner's bits.)
+    constexpr std::size_t run = 64;
+    for (std::size_t from = 0; from < order.size(); from += run) {
+        const std::size_t to = std::min(order.size(), from + run);
+        std::vector<bool> wanted(to - from, false);
+        {
+            std::lock_guard registry(loosened_registry_mutex);
+            for (std::size_t i = from; i < to; ++i) {
+                auto it = loosened_registry.find(order[i].second);
+                wanted[i - from] = it != loosened_registry.end() && it->second.users == 1 && it->second.changed;
+            }
         }
-        mode_t mode = it->second.mode;
-        loosened_registry.erase(it);
-        struct stat st {};
-        if (dh.fd >= 0 && ::fstat(dh.fd, &st) == 0 && st.st_dev == key.first && st.st_ino == key.second &&
-            (st.st_mode & 07777) != mode) {
-            ::fchmod(dh.fd, mode);
+        std::vector<dir_handle> found(to - from);
+        for (std::size_t i = from; i < to; ++i) {
+            if (wanted[i - from]) {
+                std::error_code ec;
+                found[i - from] = dir_fd(order[i].first, false, ec);  // one removed or replaced: not found
+            }
+        }
+        std::lock_guard registry(loosened_registry_mutex);
+        for (std::size_t i = from; i < to; ++i) {
+            const auto& key = order[i].second;
+            auto it = loosened_registry.find(key);
+            if (it == loosened_registry.end() || --it->second.users > 0) {
+                continue;  // another transfer still works there: its end sets the mode
+            }
+            struct stat st {};
+            const int fd = found[i - from].fd;
+            if (it->second.changed && fd >= 0 && ::fstat(fd, &st) == 0 && st.st_dev == key.first &&
+                st.st_ino == key.second && (st.st_mode & 07777) != it->second.mode) {
+                ::fchmod(fd, it->second.mode);
+            }
+            loosened_registry.erase(it);
         }
     }
+    restoring_ = false;
 }
 
 std::error_code dest_tree::sync_all() {

@@ -319,7 +319,7 @@ private:
     struct open_folder {
         int fd = -1;
         bool made = false;  // this tree made it: nothing of an earlier attempt is in it
-        std::atomic<bool> write_checked{false};  // made accessible for writing
+        std::once_flag write_once;  // made accessible for writing (others wait for it)
         std::atomic<std::uint64_t> last_use{0};
         explicit open_folder(int f) : fd(f) {}
         open_folder(const open_folder&) = delete;
@@ -345,8 +345,9 @@ private:
     // folder `name` in `parent_fd` that could not be opened (true: its bits were added).
     void make_accessible(int fd, std::string_view path, mode_t need);
     bool open_up(int parent_fd, const std::string& name, std::string_view path, mode_t need);
-    void hold_folder(std::pair<dev_t, ino_t> key, mode_t mode, std::string_view path, mode_t need,
+    void hold_folder(std::string_view path, mode_t need, const std::function<bool(struct stat&)>& look,
                      const std::function<bool(mode_t)>& chmod);
+    std::atomic<bool> restoring_{false};  // restore_modes runs: nothing is held again
     std::mutex loosened_mutex_;
     std::unordered_map<std::string, std::pair<dev_t, ino_t>> loosened_;  // by wire path
     int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec);

@@ -2140,7 +2140,9 @@ ferry::transfer_report both_passes(const ferry::transfer_report& first, ferry::t
     second.compression_saved += first.compression_saved;
     second.deleted_files += first.deleted_files;
     second.deleted_dirs += first.deleted_dirs;
-    // elapsed_s: the second's, timed from the command's start, covers both already.
+    // From the command's start: both passes and the rescan between them (a send's second
+    // is timed so already, a pull's from its own session's start).
+    second.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - program_start).count();
     return second;
 }
 

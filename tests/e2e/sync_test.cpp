@@ -394,6 +394,13 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
     for (const char* dir : {"ro/sub", "ro", "rodel"}) {
         ASSERT_EQ(::chmod((src / dir).c_str(), 0555), 0);
     }
+    // More read-only folders than a tree keeps open: each found again by its path.
+    constexpr int many = 300;
+    auto many_dir = [&](const fs::path& top, int i) { return top / "many" / ("d" + std::to_string(i)); };
+    for (int i = 0; i < many; ++i) {
+        write_text_file(many_dir(src, i) / "f", "v1\n");
+        ASSERT_EQ(::chmod(many_dir(src, i).c_str(), 0555), 0);
+    }
     run_result first = sync({"--delete"});
     ASSERT_EQ(first.code, 0) << first.err;
     fs::path dst = share / "site";
@@ -407,6 +414,11 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
     write_text_file(src / "ro/sub/g", "deeper, changed\n");
     fs::remove(src / "ro/gone");
     fs::remove_all(src / "rodel");
+    for (int i = 0; i < many; ++i) {
+        ASSERT_EQ(::chmod(many_dir(src, i).c_str(), 0755), 0);
+        write_text_file(many_dir(src, i) / "f", "v2, longer\n");
+        ASSERT_EQ(::chmod(many_dir(src, i).c_str(), 0555), 0);
+    }
     ASSERT_EQ(::chmod((src / "ro/sub").c_str(), 0555), 0);
     ASSERT_EQ(::chmod((src / "ro").c_str(), 0555), 0);
     run_result second = sync({"--delete"});
@@ -420,9 +432,17 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
     EXPECT_EQ(st.st_mode & 07777, 0555u);
     ASSERT_EQ(::stat((dst / "ro/sub").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 07777, 0555u);
+    for (int i = 0; i < many; ++i) {
+        ASSERT_EQ(::stat(many_dir(dst, i).c_str(), &st), 0);
+        ASSERT_EQ(st.st_mode & 07777, 0555u) << many_dir(dst, i);
+        ASSERT_EQ(read_text_file(many_dir(dst, i) / "f"), "v2, longer\n");
+    }
     for (const fs::path& top : {src, dst}) {  // for the test folder's removal
         ASSERT_EQ(::chmod((top / "ro").c_str(), 0755), 0);
         ASSERT_EQ(::chmod((top / "ro/sub").c_str(), 0755), 0);
+        for (int i = 0; i < many; ++i) {
+            ASSERT_EQ(::chmod(many_dir(top, i).c_str(), 0755), 0);
+        }
     }
 }
 
