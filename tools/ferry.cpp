@@ -1481,6 +1481,7 @@ struct sync_run {
     // what the passes before the one more attempt (for files that changed while read) did.
     void reset_counts() { created = updated = renamed = unchanged = 0; }
     void carry_counts() {
+        carried = true;
         first_pass = {created, updated, renamed, unchanged};
         carried_changed += created + updated + renamed;
         carried_created += std::exchange(created, 0);
@@ -1497,12 +1498,14 @@ struct sync_run {
     std::uint64_t all_updated() const { return updated + carried_updated; }
     std::uint64_t all_renamed() const { return renamed + carried_renamed; }
     std::uint64_t all_unchanged() const { return unchanged - std::min(unchanged, carried_changed); }
+    bool second_pass() const { return carried; }
 
 private:
     std::uint64_t carried_created = 0;
     std::uint64_t carried_updated = 0;
     std::uint64_t carried_renamed = 0;
     std::uint64_t carried_changed = 0;
+    bool carried = false;
     std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};
 };
 
@@ -2036,6 +2039,9 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
             ++sync.updated;
         } else {
             ++sync.unchanged;
+            if (sync.second_pass()) {
+                return;  // the first pass told of it (made, changed or unchanged): not twice
+            }
         }
         sync_event(o, sync, what, f.path, f.size, f.symlink ? "symlink" : "file", f.renamed_from);
     };

@@ -345,7 +345,10 @@ TEST_F(sync_push, a_file_that_changes_while_read_is_sent_again_from_a_new_scan) 
     EXPECT_NE(r.err.find("changed or vanished while read; scanning and sending once more"), std::string::npos) << r.err;
     auto ev = json_events(r.out);
     EXPECT_TRUE(paths_of(ev, "failed").empty());
-    // The summary counts both passes: a.txt made by the first, big.bin by the second.
+    // The summary counts both passes: a.txt made by the first, big.bin by the second; each
+    // file is told of once (a.txt, unchanged to the second pass, is not "skipped" too).
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"a.txt", "big.bin"}));
+    EXPECT_TRUE(paths_of(ev, "skipped").empty()) << r.out;
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["created"], 2) << r.out;
     EXPECT_EQ(done["skipped"], 0) << r.out;
