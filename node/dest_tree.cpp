@@ -116,20 +116,36 @@ std::int64_t probe_mtime_step(int dir_fd) {
 
 namespace {
 std::atomic<int> unnamed_open{0};
+
+// One more unnamed file held by the process, if it may hold one more
+// (unnamed_file::max_open()): true; release_unnamed() gives it back.
+bool reserve_unnamed() {
+    if (unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
+        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+        return false;
+    }
+    return true;
+}
+
+void release_unnamed() { unnamed_open.fetch_sub(1, std::memory_order_relaxed); }
+
+// An O_TMPFILE open failed with `err` because there is none on this file system (EISDIR: a
+// kernel that does not know the flag): the caller writes a partial file instead.
+bool no_tmpfile_here(int err) { return err == EOPNOTSUPP || err == EISDIR || err == EINVAL; }
 }  // namespace
 
 void unnamed_file::reset() {
     if (fd_ >= 0) {
         ::close(fd_);
         fd_ = -1;
-        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+        release_unnamed();
     }
 }
 
 void unnamed_file::forget() {
     if (fd_ >= 0) {
         fd_ = -1;
-        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+        release_unnamed();
     }
 }
 
@@ -912,17 +928,15 @@ unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t m
     if (unnamed_how() == unnamed_link::none) {
         return {};
     }
-    if (unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
-        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+    if (!reserve_unnamed()) {
         return {};
     }
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
     int fd = dh.fd < 0 ? -1 : ::openat(dh.fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, static_cast<mode_t>(mode & 0777));
     if (fd < 0) {
         int err = errno;
-        unnamed_open.fetch_sub(1, std::memory_order_relaxed);
-        // No O_TMPFILE on this file system (EISDIR: a kernel that does not know the flag).
-        if (dh.fd >= 0 && err != EOPNOTSUPP && err != EISDIR && err != EINVAL) {
+        release_unnamed();
+        if (dh.fd >= 0 && !no_tmpfile_here(err)) {
             ec = std::error_code(err, std::system_category());
         }
         return {};
@@ -942,14 +956,12 @@ void dest_tree::write_new_files(std::span<new_file> files) {
     of.reserve(files.size());
     for (std::size_t i = 0; i < files.size(); ++i) {
         new_file& f = files[i];
-        if (f.data.size() > std::numeric_limits<unsigned>::max() ||
-            unnamed_open.fetch_add(1, std::memory_order_relaxed) >= unnamed_file::max_open()) {
-            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+        if (f.data.size() > std::numeric_limits<unsigned>::max() || !reserve_unnamed()) {
             continue;  // open_unnamed's caller makes a partial file
         }
         dirs[i] = dir_fd(wire_parent(f.wire_path), true, f.ec);
         if (dirs[i].fd < 0) {
-            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+            release_unnamed();
             f.handled = true;  // as open_unnamed fails
             continue;
         }
@@ -961,7 +973,7 @@ void dest_tree::write_new_files(std::span<new_file> files) {
     }
     if (!make_calls(calls)) {
         for (std::size_t k = 0; k < calls.size(); ++k) {
-            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
+            release_unnamed();
         }
         return;
     }
@@ -973,10 +985,10 @@ void dest_tree::write_new_files(std::span<new_file> files) {
         new_file& f = files[of[k]];
         int res = calls[k].res;
         if (res < 0) {  // (not_made too)
-            unnamed_open.fetch_sub(1, std::memory_order_relaxed);
-            // No O_TMPFILE here (EISDIR: a kernel that does not know the flag): the
-            // caller's own way makes a partial file; any other error is the file's.
-            if (res != ring_call::not_made && res != -EOPNOTSUPP && res != -EISDIR && res != -EINVAL) {
+            release_unnamed();
+            // No O_TMPFILE here: the caller's own way makes a partial file; any other
+            // error is the file's.
+            if (res != ring_call::not_made && !no_tmpfile_here(-res)) {
                 f.ec = std::error_code(-res, std::system_category());
                 f.handled = true;
             }
