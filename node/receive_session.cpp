@@ -216,6 +216,62 @@ bool same_content(dest_tree& tree, const entry_info& e, bool fix_meta) {
 
 }  // namespace
 
+struct receive_session::whole_write {
+    file_id f;
+    std::uint32_t conn = 0;
+    entry_info e;  // a copy: the worker must not read the machine
+    digest128 expect;
+    chunk_encoding encoding;
+    pooled_buffer payload;
+    // Filled in by the worker:
+    chunk_verdict verdict;
+    std::error_code ec;
+    dest_tree::stored_file stored;
+    unnamed_file unnamed;  // the file, kept open with no name until the batch links it
+    stats_clock::duration write_time{};
+
+    // Verifies the chunk and writes the file: with --fsync-each to a partial file renamed
+    // here; else to a file with no name (a partial file where there can be none), kept
+    // for the next journaled batch of names.
+    void run(dest_tree& tree, bool fsync_now, bool overwrite) {
+        verified_chunk checked = verify_chunk(payload, encoding, expect);
+        verdict = checked.verdict;
+        if (!verdict.bad) {
+            write(tree, fsync_now, overwrite, checked.raw);
+        }
+        payload.reset();
+    }
+
+    // Writes the verified bytes `raw`, as run() does.
+    void write(dest_tree& tree, bool fsync_now, bool overwrite, std::span<const std::uint8_t> raw) {
+        if (!fsync_now) {
+            unnamed = tree.open_unnamed(e.path, e.mode, ec);
+        }
+        int fd = unnamed.get() >= 0 || ec ? unnamed.get() : tree.open_whole_partial(e.path, e.mode, ec);
+        if (!ec) {
+            auto t0 = stats_clock::now();
+            ec = write_at(fd, raw.data(), raw.size(), 0);
+            write_time = stats_clock::now() - t0;
+        }
+        if (unnamed.get() >= 0) {
+            if (!ec) {
+                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size, true);
+            }
+            if (ec) {
+                unnamed.reset();  // gone with its descriptor
+            }
+        } else if (fd >= 0) {
+            if (ec) {
+                ::close(fd);
+            } else if (fsync_now) {
+                ec = tree.finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
+            } else {
+                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size);
+            }
+        }
+    }
+};
+
 receive_session::sink_file::~sink_file() {
     if (fd >= 0) {
         ::close(fd);
@@ -1442,62 +1498,6 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         });
     });
 }
-
-struct receive_session::whole_write {
-    file_id f;
-    std::uint32_t conn = 0;
-    entry_info e;  // a copy: the worker must not read the machine
-    digest128 expect;
-    chunk_encoding encoding;
-    pooled_buffer payload;
-    // Filled in by the worker:
-    chunk_verdict verdict;
-    std::error_code ec;
-    dest_tree::stored_file stored;
-    unnamed_file unnamed;  // the file, kept open with no name until the batch links it
-    stats_clock::duration write_time{};
-
-    // Verifies the chunk and writes the file: with --fsync-each to a partial file renamed
-    // here; else to a file with no name (a partial file where there can be none), kept
-    // for the next journaled batch of names.
-    void run(dest_tree& tree, bool fsync_now, bool overwrite) {
-        verified_chunk checked = verify_chunk(payload, encoding, expect);
-        verdict = checked.verdict;
-        if (!verdict.bad) {
-            write(tree, fsync_now, overwrite, checked.raw);
-        }
-        payload.reset();
-    }
-
-    // Writes the verified bytes `raw`, as run() does.
-    void write(dest_tree& tree, bool fsync_now, bool overwrite, std::span<const std::uint8_t> raw) {
-        if (!fsync_now) {
-            unnamed = tree.open_unnamed(e.path, e.mode, ec);
-        }
-        int fd = unnamed.get() >= 0 || ec ? unnamed.get() : tree.open_whole_partial(e.path, e.mode, ec);
-        if (!ec) {
-            auto t0 = stats_clock::now();
-            ec = write_at(fd, raw.data(), raw.size(), 0);
-            write_time = stats_clock::now() - t0;
-        }
-        if (unnamed.get() >= 0) {
-            if (!ec) {
-                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size, true);
-            }
-            if (ec) {
-                unnamed.reset();  // gone with its descriptor
-            }
-        } else if (fd >= 0) {
-            if (ec) {
-                ::close(fd);
-            } else if (fsync_now) {
-                ec = tree.finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
-            } else {
-                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size);
-            }
-        }
-    }
-};
 
 // A batch of whole files on a worker: each verified, then written as run() writes it, the
 // new files' opens and writes batched (dest_tree::write_new_files). A compressed chunk is

@@ -910,7 +910,7 @@ TEST(TransferLoopback, AcceptPartialSendsOnlyMissingChunks) {
     const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 5;  // 4 chunks
     loopback lb({file_entry("p", size), file_entry("q", 9)});
     // The receiver already has chunks 0 and 2 of p (with the right bytes).
-    lb.exchange_offers([size](file_id id) { return id == file_id{0} ? accept_partial(id, size, {0, 2}) : accept_all(id); });
+    lb.exchange_offers([&](file_id id) { return id == file_id{0} ? accept_partial(id, size, {0, 2}) : accept_all(id); });
     sender_machine& s = lb.sender();
 
     std::vector<chunk_ref> refs;
@@ -957,7 +957,7 @@ TEST(TransferLoopback, ResumedChunkWithOtherBytesIsSentAgain) {
     // digest differs when it hashes that chunk and sends it, and the file completes.
     const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 7;  // 4 chunks
     loopback lb({file_entry("p", size)});
-    lb.run([size](file_id id) {
+    lb.run([&](file_id id) {
         receiver_machine::decision d = accept_partial(id, size, {0, 1, 2});
         d.have_digests[1].lo ^= 1;
         return d;
@@ -977,7 +977,7 @@ TEST(TransferLoopback, FileDoneWaitsForTheResentChunk) {
     // over its stale chunk and fail); the ack of the resent chunk releases it.
     const std::uint64_t size = 3 * std::uint64_t{chunk_size} + 9;  // 4 chunks
     loopback lb({file_entry("p", size)});
-    lb.exchange_offers([size](file_id id) {
+    lb.exchange_offers([&](file_id id) {
         receiver_machine::decision d = accept_partial(id, size, {0, 1, 2, 3});
         d.have_digests[3].hi ^= 4;
         return d;
@@ -1196,7 +1196,7 @@ TEST(ReceiverMachine, HaveDigestFramesSplitLargeFiles) {
 TEST(TransferLoopback, AcceptPartialWithEveryChunkPresent) {
     const std::uint64_t size = chunk_size + 1;
     loopback lb({file_entry("p", size)});
-    lb.run([size](file_id id) { return accept_partial(id, size, {0, 1}); });
+    lb.run([&](file_id id) { return accept_partial(id, size, {0, 1}); });
     EXPECT_EQ(lb.file_results(), 1u);
     EXPECT_TRUE(lb.sender().finished());
     EXPECT_EQ(lb.sender().skipped_bytes(), size);
