@@ -260,6 +260,9 @@ std::string node::pull(pull_spec spec, send_target target) {
                                            : std::pair(exit_code::transfer_failed,
                                                        "cannot connect to " + target.host + ":" + target.port +
                                                            (cancelled ? ": cancelled" : ": node stopped"));
+            // As for a push: a peer not answering now may answer later (a restarted node),
+            // so a run that reached it once retries for --retry-for; a refused ID does not.
+            r.retryable = ec && r.code != exit_code::auth;
             spec.done(r);
             return;
         }

@@ -35,12 +35,6 @@ constexpr std::uint64_t chunk = 256 * 1024;
 // that are not file data (well under 1%).
 std::uint64_t slack(std::uint64_t wire) { return 4 * chunk + wire / 100; }
 
-// Bytes of data a (sparse) partial file holds.
-std::uint64_t allocated(const fs::path& p) {
-    struct stat st {};
-    return ::stat(p.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
-}
-
 class resume : public ::testing::Test {
 protected:
     ferry_cli cli;
@@ -79,7 +73,7 @@ protected:
     // Waits (on the file system, bounded) until the partial file `p` holds what `at` bytes
     // on the wire carried in whole chunks.
     bool written(const fs::path& p, std::uint64_t at) {
-        return wait_for_change(p.parent_path(), [&] { return allocated(p) + slack(at) >= at; }, 60s);
+        return wait_for_change(p.parent_path(), [&] { return allocated_bytes(p) + slack(at) >= at; }, 60s);
     }
 
     bool resume_record_written() {
@@ -98,7 +92,7 @@ protected:
             return nullptr;
         }
         if (!partial.empty() && !written(partial, at)) {
-            ADD_FAILURE() << "the receiver wrote " << allocated(partial) << " bytes of the " << at << " that passed";
+            ADD_FAILURE() << "the receiver wrote " << allocated_bytes(partial) << " bytes of the " << at << " that passed";
             return nullptr;
         }
         return tx;
@@ -172,7 +166,7 @@ TEST_P(receiver_killed, resend_to_a_new_serve_sends_only_what_is_missing) {
         ASSERT_TRUE(tx);
         sv.proc->signal(SIGKILL);
         ASSERT_TRUE(sv.proc->wait(process_timeout).has_value());
-        kept_before = allocated(part);
+        kept_before = allocated_bytes(part);
         proxy.cut_all();
         EXPECT_EQ(tx->wait(process_timeout), 2) << tx->err();
     }

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.hpp"
+#include "tests/support/fs_util.hpp"
 #include "tests/support/tree.hpp"
 #include "transport/identity.hpp"
 
@@ -1116,6 +1117,35 @@ TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
     for (const char* bad : {"fast", "-1M", "10X", "1e30", "1K", "0.0001"}) {
         EXPECT_EQ(sync({"--bwlimit", bad}).code, 1) << bad;
     }
+}
+
+TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_resumes) {
+    // kill -9 of the serving node mid-pull: its port refuses dials until a new node listens
+    // there. The pull keeps trying for --retry-for (a refused dial of a run that reached
+    // its peer once is not the end, as for a push), then resumes what it has.
+    serve();
+    constexpr std::uint64_t size = 6 * 1024 * 1024;
+    write_random_file(site / "data.bin", size, 81);
+    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                      "--compress", "never", "--retry-for", "2m", "ay:www/site", dst.string()});
+    fs::path part = dst / ".data.bin.ferry-part";
+    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 1024 * 1024; }, process_timeout))
+        << rx.err();
+    node.proc->signal(SIGKILL);
+    ASSERT_TRUE(node.proc->wait(process_timeout).has_value());
+    // The first wait, then a dial the dead port refuses, then another wait.
+    ASSERT_TRUE(rx.wait_for_err("(attempt 2,", 60s)) << rx.err();
+    EXPECT_NE(rx.err().find("Connection refused"), std::string::npos) << rx.err();
+    std::vector<std::string> args{"serve", "--state", cli.state("A").string(), "--listen", node.address, "--inbox",
+                                  (cli.root() / "inbox").string(), "--json", "--share", "www=" + share.string() + ":rw"};
+    node = cli.start(args);
+    ASSERT_EQ(rx.wait(process_timeout), 0) << rx.err() << node.proc->err();
+    EXPECT_EQ(compare_trees(site, dst), "");
+    nlohmann::json done = find_event(json_events(rx.out()), "done");
+    // What the first node sent before it died is kept (a sync counts it as matched).
+    EXPECT_GE(done.value("bytes_matched", std::uint64_t{0}), 1024u * 1024) << done;
+    EXPECT_EQ(done.value("bytes_matched", std::uint64_t{0}) + done.value("bytes_transferred", std::uint64_t{0}), size)
+        << done;
 }
 
 TEST_F(sync_push, checksum_compares_content_not_size_and_mtime) {

@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <sys/inotify.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -11,6 +12,11 @@
 #include <cstring>
 
 namespace ferry::test {
+
+std::uint64_t allocated_bytes(const std::filesystem::path& p) {
+    struct stat st {};
+    return ::stat(p.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
+}
 
 bool wait_for_change(const std::filesystem::path& dir, const std::function<bool()>& ready,
                      std::chrono::milliseconds timeout) {

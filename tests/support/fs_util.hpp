@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -14,6 +15,10 @@ namespace ferry::test {
 // attributes changed. `dir` is created if missing. False on timeout.
 bool wait_for_change(const std::filesystem::path& dir, const std::function<bool()>& ready,
                      std::chrono::milliseconds timeout);
+
+// Bytes of data the (possibly sparse) file `p` holds: its allocated blocks; 0 if it is not
+// there.
+std::uint64_t allocated_bytes(const std::filesystem::path& p);
 
 // Mounts a tmpfs with `options` (e.g. "size=48m") on `dir` in a mount namespace of this
 // process alone (the ferry processes it starts inherit it; the host never sees it).
