@@ -1461,6 +1461,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             --sink->writes;
             std::vector<std::uint32_t> also = self->written(chunk_key(f, idx));
             if (self->failed_) {
+                self->settle();
                 return;
             }
             if (sink->writes == 0 && sink->finalize_waits) {
@@ -1572,6 +1573,7 @@ void receive_session::post_whole_writes() {
         for (whole_write& w : batch) {
             on_whole_written(w, fsync_now);
         }
+        settle();
         return;
     }
     if (!fsync_now) {
@@ -1587,6 +1589,7 @@ void receive_session::post_whole_writes() {
                 self->on_whole_written(w, fsync_now);
             }
             self->post_whole_writes();  // what gathered while every worker was busy
+            self->settle();
         });
     });
     whole_writes_.clear();
@@ -1777,6 +1780,7 @@ void receive_session::start_renames() {
                 self->on_file_finalized(batch[i].f, results[i], batch[i].entry.path);
             }
             self->start_renames();
+            self->settle();
         });
     });
 }
@@ -2110,7 +2114,27 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
             c->close();
         }
     }
-    finish_report(false, exit, message);
+    held_report_ = held_report{exit, message};
+    settle();
+}
+
+bool receive_session::work_out() const {
+    return writes_ > 0 || whole_batches_out_ > 0 || renaming_ || !renames_.empty();
+}
+
+void receive_session::settle() {
+    if (work_out()) {
+        return;
+    }
+    if (held_report_) {
+        held_report report = std::move(*held_report_);
+        held_report_.reset();
+        finish_report(false, report.code, report.message);
+    }
+    if (ended_ && reported_ && !end_posted_) {
+        end_posted_ = true;
+        asio::post(ctx_.io, [self = shared_from_this()] { self->on_end_(*self); });
+    }
 }
 
 void receive_session::stop(const std::string& why) {
@@ -2293,7 +2317,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
         if (widen_timer_) {
             widen_timer_->cancel();
         }
-        if (!reported_) {
+        if (!reported_ && !held_report_) {
             finish_report(result_sent_, result_sent_ ? exit_code::ok : exit_code::transfer_failed, "connection lost");
         }
         for (auto& x : conns_) {
@@ -2301,8 +2325,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
                 x->set_handler(nullptr);
             }
         }
-        auto self = shared_from_this();
-        asio::post(ctx_.io, [self] { self->on_end_(*self); });
+        settle();
     }
 }
 

@@ -80,7 +80,8 @@ public:
     const std::string& session_id() const { return session_id_; }
     // The transfer as it stands (O(1)).
     transfer_progress progress() const;
-    bool reported() const { return reported_; }
+    // Its report is out, or held until its work comes back (a failure).
+    bool reported() const { return reported_ || held_report_.has_value(); }
     std::uint32_t open_connections() const { return open_conns_; }
     // Open connections of the session (null entries: not joined yet or closed).
     const std::vector<std::shared_ptr<connection>>& connections() const { return conns_; }
@@ -179,6 +180,13 @@ private:
               std::optional<refusal> counted = std::nullopt);
     void send_control(wire::Header& h);
     void finish_report(bool ok, exit_code code, const std::string& error);
+    // A failed transfer reports, and a session whose connections all closed ends, only
+    // once the writes and renames on the workers are back: a command that stops its loop
+    // on the report would otherwise drop their results, and a verified file written
+    // without a name would be gone instead of named (on_whole_written). Called where
+    // that work comes back.
+    void settle();
+    bool work_out() const;
     // Ends the transfer once idle_timeout passes with no frame from the sender while this
     // side has no work of its own in flight.
     void arm_idle_timer(std::chrono::steady_clock::duration after);
@@ -269,6 +277,13 @@ private:
     bool failed_ = false;
     bool reported_ = false;
     bool ended_ = false;
+    bool end_posted_ = false;
+    // fail()'s report, held until the work out comes back (settle).
+    struct held_report {
+        exit_code code;
+        std::string message;
+    };
+    std::optional<held_report> held_report_;
     std::string peer_key_;
     file_reporter files_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
