@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -88,9 +89,17 @@ int stat_at(int root_fd, const std::string& path, struct stat& st);
 // (without errno's text).
 int open_share_root(const std::string& canonical_dir, std::string& why);
 
-// A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch.
+// A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch, as the wire carries
+// it: 64 bits hold 1677-09-21 to 2262-04-11, and a time outside is clamped to the nearest
+// end (a file dated 2300 arrives dated 2262-04-11T23:47:16.854775807Z, and a later sync
+// finds the two alike instead of sending it every time).
 inline std::int64_t timespec_ns(const struct timespec& t) {
-    return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+    std::int64_t out = 0;
+    if (__builtin_mul_overflow(std::int64_t{t.tv_sec}, std::int64_t{1'000'000'000}, &out) ||
+        __builtin_add_overflow(out, std::int64_t{t.tv_nsec}, &out)) {
+        return t.tv_sec > 0 ? std::numeric_limits<std::int64_t>::max() : std::numeric_limits<std::int64_t>::min();
+    }
+    return out;
 }
 
 }  // namespace ferry

@@ -1148,6 +1148,26 @@ TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_r
         << done;
 }
 
+TEST_F(sync_push, an_mtime_past_2262_is_clamped_to_the_last_the_wire_holds_and_the_next_sync_keeps_it) {
+    // 64-bit nanoseconds end at 2262-04-11T23:47:16.854775807Z. A file dated 2300 arrives
+    // dated so (not wrapped round to 1715), and the next sync finds it unchanged.
+    serve();
+    write_text_file(src / "far.txt", "far\n");
+    struct timespec t[2] = {{0, UTIME_OMIT}, {10'413'792'000, 987'654'321}};  // 2300-01-01
+    ASSERT_EQ(::utimensat(AT_FDCWD, (src / "far.txt").c_str(), t, 0), 0);
+    run_result first = sync({});
+    ASSERT_EQ(first.code, 0) << first.err;
+    struct stat st {};
+    ASSERT_EQ(::stat((share / "site/far.txt").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mtim.tv_sec, 9'223'372'036);
+    EXPECT_EQ(st.st_mtim.tv_nsec, 854'775'807);
+    run_result again = sync({});
+    ASSERT_EQ(again.code, 0) << again.err;
+    nlohmann::json done = find_event(json_events(again.out), "done");
+    EXPECT_EQ(done["updated"], 0) << done;
+    EXPECT_EQ(done["bytes_transferred"], 0) << done;
+}
+
 TEST_F(sync_push, checksum_compares_content_not_size_and_mtime) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
