@@ -1477,9 +1477,12 @@ struct sync_run {
     std::uint64_t updated = 0;
     std::uint64_t renamed = 0;
     std::uint64_t unchanged = 0;
+    // A dry run's bytes_matched: the sizes of the files found unchanged or to be renamed
+    // (its receiver skips every file, so the report's skipped bytes are all of them).
+    std::uint64_t dry_matched_bytes = 0;
     // Each attempt's receiver says again what it does: the counts start again, but for
     // what the passes before the one more attempt (for files that changed while read) did.
-    void reset_counts() { created = updated = renamed = unchanged = 0; }
+    void reset_counts() { created = updated = renamed = unchanged = dry_matched_bytes = 0; }
     void carry_counts() {
         carried = true;
         first_pass = {created, updated, renamed, unchanged};
@@ -2031,6 +2034,7 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
         if (!f.renamed_from.empty()) {
             what = "renamed";
             ++sync.renamed;
+            sync.dry_matched_bytes += f.size;
         } else if (f.action == wire::SYNC_CREATE) {
             what = "created";
             ++sync.created;
@@ -2039,6 +2043,7 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
             ++sync.updated;
         } else {
             ++sync.unchanged;
+            sync.dry_matched_bytes += f.size;
             if (sync.second_pass()) {
                 return;  // the first pass told of it (made, changed or unchanged): not twice
             }
@@ -2102,7 +2107,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
              {"bytes_transferred", r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)},
-             {"bytes_matched", r.skipped_bytes + r.delta_copied},
+             {"bytes_matched", dry ? run.dry_matched_bytes : r.skipped_bytes + r.delta_copied},
              {"wire_bytes_sent", r.wire_sent},
              {"wire_bytes_received", r.wire_received},
              {"compression_saved_bytes", r.compression_saved},

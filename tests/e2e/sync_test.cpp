@@ -522,13 +522,22 @@ TEST_F(sync_push, dry_run_reports_every_change_and_makes_none) {
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["dry_run"], true);
     EXPECT_EQ(done["bytes_transferred"], 0);
+    EXPECT_EQ(done["bytes_matched"], 0);  // no file is there as it is at SRC
     EXPECT_EQ(compare_trees(copy, dst), "");  // untouched: bytes, modes, mtimes
 
     // Into a folder of the share that is not there: all would be created, none is made.
     run_result fresh = sync({"--dry-run"}, "ay:www/not/there");
     ASSERT_EQ(fresh.code, 0) << fresh.err;
     EXPECT_EQ(paths_of(json_events(fresh.out), "created"), (paths{"changed.txt", "new.txt"}));
+    EXPECT_EQ(find_event(json_events(fresh.out), "done")["bytes_matched"], 0);
     EXPECT_FALSE(fs::exists(share / "not"));
+
+    // What is there already counts as matched: changed.txt once synced.
+    ASSERT_EQ(sync({}).code, 0);
+    write_text_file(src / "more.txt", "m\n");
+    run_result more = sync({"--dry-run"});
+    ASSERT_EQ(more.code, 0) << more.err;
+    EXPECT_EQ(find_event(json_events(more.out), "done")["bytes_matched"], 2 + 10) << more.out;
 }
 
 TEST_F(sync_push, refused_targets_are_clear_errors_and_change_nothing) {
