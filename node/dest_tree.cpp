@@ -344,7 +344,7 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
     return {fd, std::move(folder)};
 }
 
-std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, bool* absent) {
+std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, bool* absent, removed_entry* replaced) {
     std::error_code ec;
     dir_handle h = dir_fd(wire_path, create, ec);
     if ((ec == dest_errc::symlink || ec == dest_errc::not_a_dir) && mirror_ && !wire_path.empty()) {
@@ -359,6 +359,9 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
         struct stat st {};
         if (parent.fd >= 0 && ::fstatat(parent.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
             !S_ISDIR(st.st_mode)) {
+            if (replaced != nullptr) {
+                *replaced = {std::string(wire_path), false, S_ISLNK(st.st_mode)};
+            }
             if (!create) {
                 if (absent != nullptr) {
                     *absent = true;  // what it would hold is not there either

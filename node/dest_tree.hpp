@@ -137,8 +137,12 @@ public:
     // mkdir -p of a wire path inside the root (no symlinks followed). With `create` false
     // nothing is made: it checks that every component already there is a folder and not
     // a symlink (a missing one is fine: it would be created); `absent` (if given) then
-    // tells whether the folder is not there yet.
-    std::error_code make_dir(std::string_view wire_path, bool create = true, bool* absent = nullptr);
+    // tells whether the folder is not there yet. In a mirror, a file or symlink at the
+    // folder's own name is removed first (or, with `create` false, would be): `replaced` (if
+    // given) then tells what.
+    struct removed_entry;
+    std::error_code make_dir(std::string_view wire_path, bool create = true, bool* absent = nullptr,
+                             removed_entry* replaced = nullptr);
     // Checks that a file may be written at `wire_path` (parents are created unless
     // `create_parents` is false; a missing parent then means nothing is in the way). A
     // regular file already there with this size and mtime sets `identical` (nothing to

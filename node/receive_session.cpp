@@ -1127,9 +1127,15 @@ void receive_session::next_offer() {
                     // the final rename, which replaces only where replacing is asked for
                     // (RENAME_NOREPLACE otherwise), as one put there after this pass would.
                 } else {
-                    ec = e.is_dir ? tree->make_dir(e.path, create, &missing)
+                    dest_tree::removed_entry replaced;
+                    ec = e.is_dir ? tree->make_dir(e.path, create, &missing, &replaced)
                                   : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
                                                      create ? nullptr : &is_there, create ? nullptr : &mode_there[i]);
+                    // A file or symlink SRC made a folder: it goes (a dry run's check tells
+                    // it would), and is reported as deleted, as a folder in a file's way is.
+                    if (!ec && !replaced.path.empty() && create != sync.dry_run) {
+                        cleared.push_back(std::move(replaced));
+                    }
                 }
                 if (missing) {
                     absent->insert(e.path);

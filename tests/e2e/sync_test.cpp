@@ -853,15 +853,18 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     run_result dry = sync({"--delete", "--dry-run"});
     ASSERT_EQ(dry.code, 0) << dry.err;
     ev = json_events(dry.out);
-    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"sub/up", "was-dir", "was-dir/inside"}));
+    // The link where a folder goes is reported too (it went without a word before).
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"dangling", "sub/up", "was-dir", "was-dir/inside"}));
     EXPECT_TRUE(fs::exists(site / "was-dir/inside"));
+    EXPECT_TRUE(fs::is_symlink(site / "dangling"));
 
     run_result third = sync({"--delete"});
     ASSERT_EQ(third.code, 0) << third.err;
     ev = json_events(third.out);
     EXPECT_EQ(paths_of(ev, "updated"), (paths{"abs", "rel", "was-dir", "was-file"}));
     EXPECT_EQ(paths_of(ev, "created"), (paths{"dangling/now-a-file"}));
-    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"sub/up", "was-dir", "was-dir/inside"}));
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"dangling", "sub/up", "was-dir", "was-dir/inside"}));
+    EXPECT_EQ(find_event(ev, "done")["deleted_files"], 3) << third.out;
     auto kind_of = [](const auto& events, const std::string& path) {
         for (const auto& e : events) {
             if (e["event"] == "deleted" && e["path"] == path) {
@@ -871,6 +874,7 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
         return std::string("(not reported)");
     };
     EXPECT_EQ(kind_of(ev, "sub/up"), "symlink");
+    EXPECT_EQ(kind_of(ev, "dangling"), "symlink");
     EXPECT_EQ(kind_of(ev, "was-dir"), "dir");
     EXPECT_EQ(kind_of(ev, "was-dir/inside"), "file");
     EXPECT_EQ(compare_trees(src, site), "");
