@@ -563,6 +563,9 @@ struct pruner {
     // go too, unreported: true where no file of this transfer can lie below (clear_folder);
     // otherwise they keep their folder.
     bool remove_own = false;
+    // In a kept folder (walk), whether the partial file and resume record an earlier
+    // attempt left for the file at this wire path may go (prune's `stale`); unset: they stay.
+    std::function<bool(const std::string& path)> stale_own;
 
     // Depths count from 1 for a folder in the root; dest_tree::max_walk_depth is the
     // deepest allowed (256 nested folders are fine, 257 are not).
@@ -630,11 +633,34 @@ struct pruner {
             return too_deep();
         }
         std::vector<folder_child> children;
+        std::vector<std::string> own_names;
         bool own = false;
-        if (std::error_code ec = folder_entries(dir_fd, prefix, children, own, failed)) {
+        if (std::error_code ec =
+                folder_entries(dir_fd, prefix, children, own, failed, nullptr, stale_own ? &own_names : nullptr)) {
             return ec;
         }
         bool loosened = false;
+        for (const std::string& own_name : own_names) {
+            // Only ".NAME.ferry-part" and ".NAME.ferry-resume": a long NAME's hashed form
+            // does not give NAME back.
+            std::string_view n = own_name;
+            std::string_view suffix = n.ends_with(".ferry-part") ? ".ferry-part" : ".ferry-resume";
+            if (!n.starts_with('.') || !n.ends_with(suffix) || n.size() <= suffix.size() + 1) {
+                continue;
+            }
+            std::string name(n.substr(1, n.size() - suffix.size() - 1));
+            if (dry_run || !stale_own(prefix.empty() ? name : prefix + "/" + name)) {
+                continue;
+            }
+            if (!loosened) {
+                writable(dir_fd, prefix);
+                loosened = true;
+            }
+            if (::unlinkat(dir_fd, own_name.c_str(), 0) != 0 && errno != ENOENT) {
+                failed = prefix.empty() ? own_name : prefix + "/" + own_name;
+                return {errno, std::system_category()};
+            }
+        }
         for (const auto& [name, is_dir, is_link] : children) {
             std::string path = prefix.empty() ? name : prefix + "/" + name;
             failed = path;
@@ -727,11 +753,12 @@ std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& 
 }
 
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
-                                 std::vector<removed_entry>& removed, std::string& failed_path) {
+                                 std::vector<removed_entry>& removed, std::string& failed_path,
+                                 std::function<bool(const std::string& path)> stale) {
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{keep, dry_run, removed, failed_path, writable};
+    pruner p{keep, dry_run, removed, failed_path, writable, false, std::move(stale)};
     return p.walk(root_fd_, "", 0);
 }
 
@@ -752,7 +779,7 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, writable, true};
+    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, writable, true, {}};
     bool gone = false;
     int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/')) + 1;  // prune's: 1 in the root
     ec = p.remove(parent.fd, std::string(wire_name(wire_path)), std::string(wire_path), true, false, depth,

@@ -180,8 +180,12 @@ public:
         bool is_link = false;  // a symlink (removed as itself)
     };
     enum class verdict { remove, keep, keep_whole };
+    // `stale` (if given) says, for a wire path, whether the partial file and resume record
+    // an earlier attempt left for that file in a kept folder go (unreported; not in a dry
+    // run).
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
-                          std::vector<removed_entry>& removed, std::string& failed_path);
+                          std::vector<removed_entry>& removed, std::string& failed_path,
+                          std::function<bool(const std::string& path)> stale = {});
     // A sync's file or symlink whose name a folder takes at DST: removes that folder as
     // prune() would remove it (what `keep` protects stays), with ferry's own partial files
     // in it (an older attempt's: nothing below a file's path is offered), unreported; with

@@ -1922,7 +1922,13 @@ void receive_session::check_all_done() {
         std::vector<dest_tree::removed_entry> removed;
         if (keep && tree) {
             std::string where;
-            if ((ec = tree->prune(keep, dry_run, removed, where))) {
+            // What an interrupted attempt left beside a file that needs it no more (SRC has
+            // it as DST does, or not at all) goes too, unless another transfer into this
+            // folder is writing that file: it is claimed first, and stays this session's.
+            auto stale = [&](const std::string& path) {
+                return !self->claims_->claim_all({(tree->root() / path).string()}, self.get());
+            };
+            if ((ec = tree->prune(keep, dry_run, removed, where, stale))) {
                 error = removal_error(where, ec);
             }
         }

@@ -1181,6 +1181,35 @@ TEST_F(sync_push, an_mtime_past_2262_is_clamped_to_the_last_the_wire_holds_and_t
     EXPECT_EQ(done["bytes_transferred"], 0) << done;
 }
 
+TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_that_need_it_no_more) {
+    // An attempt killed mid-file leaves .NAME.ferry-part and .NAME.ferry-resume. When SRC
+    // then has that file as DST does (it was put back), or no longer has it, nothing
+    // resumes from them: --delete removes them, unreported; without it they stay.
+    serve();
+    write_random_file(src / "big.bin", 3 * 256 * 1024, 91);
+    write_text_file(src / "sub/a.txt", "a\n");
+    ASSERT_EQ(sync({}).code, 0);
+    fs::path site = share / "site";
+    std::vector<fs::path> left{site / ".big.bin.ferry-part", site / ".big.bin.ferry-resume",
+                               site / "sub/.a.txt.ferry-part", site / "sub/.gone.bin.ferry-part",
+                               site / "sub/.gone.bin.ferry-resume"};
+    for (const fs::path& p : left) {
+        write_text_file(p, "an older attempt's bytes\n");
+    }
+    run_result plain = sync({});
+    ASSERT_EQ(plain.code, 0) << plain.err;
+    for (const fs::path& p : left) {
+        EXPECT_TRUE(fs::exists(p)) << p;
+    }
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    for (const fs::path& p : left) {
+        EXPECT_FALSE(fs::exists(p)) << p;
+    }
+    EXPECT_EQ(paths_of(json_events(r.out), "deleted"), paths{});
+    EXPECT_EQ(compare_trees(src, site), "");
+}
+
 TEST_F(sync_push, checksum_compares_content_not_size_and_mtime) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
