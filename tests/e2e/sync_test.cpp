@@ -1210,6 +1210,27 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
     EXPECT_EQ(compare_trees(src, site), "");
 }
 
+TEST_F(sync_push, an_unrecorded_partial_file_does_not_stop_a_delta_against_dsts_own_file) {
+    // A sync killed within its first seconds leaves a partial file and no record of what
+    // it holds. If SRC then shifts every block (bytes inserted at the start), the partial
+    // file's chunks match nothing where they are: DST's own file seeds the new one
+    // instead, and only what differs travels.
+    serve();
+    constexpr std::uint64_t size = 16 * 256 * 1024;
+    write_random_file(src / "f.bin", size, 93);
+    ASSERT_EQ(sync({}).code, 0);
+    fs::path site = share / "site";
+    fs::copy_file(site / "f.bin", site / ".f.bin.ferry-part");  // as a seeded attempt leaves it
+    std::string data = read_text_file(src / "f.bin");
+    write_text_file(src / "f.bin", "inserted" + data);
+    run_result r = sync({});
+    ASSERT_EQ(r.code, 0) << r.err;
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), 256u * 1024) << done;
+    EXPECT_EQ(compare_trees(src, site), "");
+    EXPECT_FALSE(fs::exists(site / ".f.bin.ferry-part"));
+}
+
 TEST_F(sync_push, checksum_compares_content_not_size_and_mtime) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
