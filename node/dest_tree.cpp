@@ -15,6 +15,7 @@
 #include <map>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 
 #include "node/batch_reads.hpp"
 #include "node/resume.hpp"
@@ -359,10 +360,10 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
         struct stat st {};
         if (parent.fd >= 0 && ::fstatat(parent.fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
             !S_ISDIR(st.st_mode)) {
-            if (replaced != nullptr) {
-                *replaced = {std::string(wire_path), false, S_ISLNK(st.st_mode)};
-            }
             if (!create) {
+                if (replaced != nullptr) {
+                    *replaced = {std::string(wire_path), false, S_ISLNK(st.st_mode)};  // would be
+                }
                 if (absent != nullptr) {
                     *absent = true;  // what it would hold is not there either
                 }
@@ -370,6 +371,9 @@ std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, boo
             }
             if (::unlinkat(parent.fd, name.c_str(), 0) != 0 && errno != ENOENT) {
                 return last_error();
+            }
+            if (replaced != nullptr) {
+                *replaced = {std::string(wire_path), false, S_ISLNK(st.st_mode)};  // gone, even if the mkdir fails
             }
             ec.clear();
             h = dir_fd(wire_path, true, ec);
@@ -649,7 +653,12 @@ struct pruner {
                 continue;
             }
             std::string name(n.substr(1, n.size() - suffix.size() - 1));
-            if (dry_run || !stale_own(prefix.empty() ? name : prefix + "/" + name)) {
+            // One written in the last minute may be a live transfer's in another process
+            // (claims are per process): it stays, for --partial-max-age or a later sync.
+            struct stat own_st {};
+            if (dry_run || ::fstatat(dir_fd, own_name.c_str(), &own_st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                !S_ISREG(own_st.st_mode) || std::time(nullptr) - own_st.st_mtim.tv_sec < 60 ||
+                !stale_own(prefix.empty() ? name : prefix + "/" + name)) {
                 continue;
             }
             if (!loosened) {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -91,15 +92,20 @@ int open_share_root(const std::string& canonical_dir, std::string& why);
 
 // A file timestamp (st_mtim, st_ctim) in nanoseconds since the epoch, as the wire carries
 // it: 64 bits hold 1677-09-21 to 2262-04-11, and a time outside is clamped to the nearest
-// end (a file dated 2300 arrives dated 2262-04-11T23:47:16.854775807Z, and a later sync
-// finds the two alike instead of sending it every time).
+// end (the early one 2 s in). A file dated 2300 arrives dated 2262-04-11T23:47:16.854775807Z,
+// and a later sync finds the two alike instead of sending it every time (where DST's file
+// system keeps such dates: XFS without bigtime ends in 2038).
 inline std::int64_t timespec_ns(const struct timespec& t) {
+    constexpr std::int64_t ns = 1'000'000'000;
+    // The early end in whole seconds, 2 s in: rounding a time down to a file system's
+    // step (up to FAT's 2 s) stays inside 64 bits.
+    constexpr std::int64_t earliest = (std::numeric_limits<std::int64_t>::min() / ns + 2) * ns;
     std::int64_t out = 0;
-    if (__builtin_mul_overflow(std::int64_t{t.tv_sec}, std::int64_t{1'000'000'000}, &out) ||
+    if (__builtin_mul_overflow(std::int64_t{t.tv_sec}, ns, &out) ||
         __builtin_add_overflow(out, std::int64_t{t.tv_nsec}, &out)) {
-        return t.tv_sec > 0 ? std::numeric_limits<std::int64_t>::max() : std::numeric_limits<std::int64_t>::min();
+        return t.tv_sec > 0 ? std::numeric_limits<std::int64_t>::max() : earliest;
     }
-    return out;
+    return std::max(out, earliest);
 }
 
 }  // namespace ferry

@@ -1133,7 +1133,7 @@ void receive_session::next_offer() {
                                                      create ? nullptr : &is_there, create ? nullptr : &mode_there[i]);
                     // A file or symlink SRC made a folder: it goes (a dry run's check tells
                     // it would), and is reported as deleted, as a folder in a file's way is.
-                    if (!ec && !replaced.path.empty() && create != sync.dry_run) {
+                    if (!replaced.path.empty() && create != sync.dry_run) {
                         cleared.push_back(std::move(replaced));
                     }
                 }
@@ -1223,9 +1223,10 @@ void receive_session::next_offer() {
                     } else if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
+                        const bool looked = claim_budget > 0;  // with none left, no chunk is looked at
                         found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
-                        bool unknown = found[i].recorded == 0 && found[i].remembered == 0;
+                        bool unknown = looked && found[i].recorded == 0 && found[i].remembered == 0;
                         if ((found[i].restarted || unknown) && sync.on && exists[i] && !folder_there[i]) {
                             // The attempt was for another version of SRC's file, or left no
                             // record of what it wrote (killed within its first seconds):
@@ -1365,6 +1366,7 @@ void receive_session::drop_partial(file_id f) {
         return;
     }
     ++finalizing_;  // the transfer ends after this
+    ++tasks_out_;
     unpin(*sink);
     ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, path = machine_.entry(f).path] {
         {
@@ -1384,7 +1386,9 @@ void receive_session::drop_partial(file_id f) {
         }
         asio::post(self->ctx_.io, [self] {
             --self->finalizing_;
+            --self->tasks_out_;
             self->check_all_done();
+            self->settle();
         });
     });
 }
@@ -1588,10 +1592,13 @@ void receive_session::post_whole_writes() {
     }
     bool fsync_now = durable() && (machine_.options().fsync_each || ctx_.config.fsync_each);
     if (failed_) {
-        // Nothing more is written for a failed transfer; the counters still settle.
+        // Nothing more is written for a failed transfer; the counters still settle. Such a
+        // file was never written: it is not named (a partial file an earlier attempt left
+        // at its name must not take the final name for it).
         auto batch = std::move(whole_writes_);
         whole_writes_.clear();
         for (whole_write& w : batch) {
+            w.ec = std::make_error_code(std::errc::operation_canceled);
             on_whole_written(w, fsync_now);
         }
         settle();
@@ -1685,6 +1692,7 @@ void receive_session::try_finalize(file_id f) {
     }
     auto sink = sinks_.at(f.value);
     dirty_.erase(f.value);
+    ++tasks_out_;
     ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, e, f, fsync_now, overwrite = overwrite_,
                        create = !sink->resumed] {
         std::error_code ec;
@@ -1715,14 +1723,16 @@ void receive_session::try_finalize(file_id f) {
                            : tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
         }
         asio::post(self->ctx_.io, [self, f, ec, fsync_now, stored, path = e.path] {
+            --self->tasks_out_;
             // Whole and verified: named even when the transfer failed meanwhile, as a
             // one-chunk file is (on_whole_written), so that a later attempt finds it done.
             if (!ec && !fsync_now) {
                 self->queue_rename(f, self->machine_.received_digest(f), stored);
-                return;
+            } else {
+                --self->finalizing_;
+                self->on_file_finalized(f, ec, path);
             }
-            --self->finalizing_;
-            self->on_file_finalized(f, ec, path);
+            self->settle();
         });
     });
 }
@@ -1941,7 +1951,8 @@ void receive_session::check_all_done() {
             // it as DST does, or not at all) goes too, unless another transfer into this
             // folder is writing that file: it is claimed first, and stays this session's.
             auto stale = [&](const std::string& path) {
-                return !self->claims_->claim_all({(tree->root() / path).string()}, self.get());
+                return !self->excludes_->excluded(path, false) &&
+                       !self->claims_->claim_all({(tree->root() / path).string()}, self.get());
             };
             if ((ec = tree->prune(keep, dry_run, removed, where, stale))) {
                 error = removal_error(where, ec);
@@ -2146,7 +2157,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
 }
 
 bool receive_session::work_out() const {
-    return writes_ > 0 || whole_batches_out_ > 0 || renaming_ || !renames_.empty();
+    return writes_ > 0 || whole_batches_out_ > 0 || tasks_out_ > 0 || renaming_ || !renames_.empty();
 }
 
 void receive_session::settle() {

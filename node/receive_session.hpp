@@ -278,6 +278,7 @@ private:
     bool reported_ = false;
     bool ended_ = false;
     bool end_posted_ = false;
+    std::uint32_t tasks_out_ = 0;  // finalize and drop tasks on the workers (settle)
     // fail()'s report, held until the work out comes back (settle).
     struct held_report {
         exit_code code;

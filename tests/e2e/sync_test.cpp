@@ -1195,7 +1195,10 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
                                site / "sub/.gone.bin.ferry-resume"};
     for (const fs::path& p : left) {
         write_text_file(p, "an older attempt's bytes\n");
+        set_mtime(p, 1'500'000'000);  // long ago: one written in the last minute may be live
     }
+    // One just written stays (another process's transfer may be writing it).
+    write_text_file(site / ".live.bin.ferry-part", "live\n");
     run_result plain = sync({});
     ASSERT_EQ(plain.code, 0) << plain.err;
     for (const fs::path& p : left) {
@@ -1207,6 +1210,9 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
         EXPECT_FALSE(fs::exists(p)) << p;
     }
     EXPECT_EQ(paths_of(json_events(r.out), "deleted"), paths{});
+    EXPECT_TRUE(fs::exists(site / ".live.bin.ferry-part"));
+    fs::remove(site / ".live.bin.ferry-part");
+    fs::last_write_time(site, fs::last_write_time(src));  // as the sync left it
     EXPECT_EQ(compare_trees(src, site), "");
 }
 
