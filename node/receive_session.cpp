@@ -1223,23 +1223,23 @@ void receive_session::next_offer() {
                     } else if (partial[i]) {
                         // What an interrupted attempt left: offered to the sender, which
                         // checks every chunk's digest before it skips the chunk.
-                        const bool looked = claim_budget > 0;  // with none left, no chunk is looked at
-                        found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr);
+                        const bool seed_instead = sync.on && exists[i] && !folder_there[i];
+                        found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr,
+                                               seed_instead);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
-                        bool unknown = looked && found[i].recorded == 0 && found[i].remembered == 0;
-                        if ((found[i].restarted || unknown) && sync.on && exists[i] && !folder_there[i]) {
+                        if (seed_instead && (found[i].restarted || found[i].no_record)) {
                             // The attempt was for another version of SRC's file, or left no
                             // record of what it wrote (killed within its first seconds):
                             // DST's own file seeds the new one instead, as when nothing was
                             // left, so that a delta finds what moved (the partial file's
                             // chunks are only ever offered where they are).
-                            claim_budget += found[i].have ? found[i].have->count() : 0;
-                            tree->remove_partial(items[i].e.path, true, true);
-                            found[i] = {};
+                            // (Neither read the partial file: no chunk was claimed.)
                             resumed.push_back(printable(items[i].e.path) +
                                               ": an interrupted attempt's partial file was " +
-                                              (unknown ? "not recorded" : "for another version") +
+                                              (found[i].no_record ? "not recorded" : "for another version") +
                                               ": starting from the file here instead");
+                            tree->remove_partial(items[i].e.path, true, true);
+                            found[i] = {};
                             seeded(items[i], {}, found[i], sums[i]);
                         } else if (!found[i].note.empty()) {
                             resumed.push_back(std::move(found[i].note));

@@ -85,7 +85,8 @@ std::optional<known_partial> known_partials::take(const std::string& key) {
     return k;
 }
 
-resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known) {
+resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims, const known_partial* known,
+                         bool seed_instead) {
     resume_found out;
     if (!resumable(e)) {
         return out;
@@ -103,6 +104,10 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
         out.restarted = true;
         out.note = printable(e.path) +
                    ": the source changed since the interrupted attempt (size or mtime): starting it over";
+        return out;
+    }
+    if (seed_instead && (!record || record->have.count() == 0) && (known == nullptr || known->have.count() == 0)) {
+        out.no_record = true;
         return out;
     }
     int fd = tree.open_partial_read(e.path, ec);

@@ -97,6 +97,7 @@ struct resume_found {
     std::uint64_t unrecorded = 0; // chunks written after the last record (a crash): the sender checks them
     std::uint64_t remembered = 0; // chunks taken from a known_partial, not read
     bool restarted = false;       // the source changed since (size or mtime): partial data dropped
+    bool no_record = false;       // seed_instead: nothing tells what the partial file holds (not read)
     std::string note;             // one line for the log, empty if nothing was found
 };
 
@@ -109,8 +110,10 @@ struct resume_found {
 // mtime is set to now, so that it does not look abandoned while the transfer runs.
 // With `known` (from known_partials) for the same inode and source version, the chunks it
 // lists are offered without being read.
+// With `seed_instead` (a sync's changed file, whose own older version can seed it), a
+// partial file that neither a record nor `known` lists chunks of is not read: `no_record`.
 resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max_claims = UINT64_MAX,
-                         const known_partial* known = nullptr);
+                         const known_partial* known = nullptr, bool seed_instead = false);
 
 // A sync's changed (or renamed) file whose partial file was just started from its older
 // version (`seed`, dest_tree::start_seed): copies that version's first seed.bytes into
