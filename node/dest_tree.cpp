@@ -646,13 +646,17 @@ struct pruner {
         bool loosened = false;
         for (const std::string& own_name : own_names) {
             // Only ".NAME.ferry-part" and ".NAME.ferry-resume": a long NAME's hashed form
-            // does not give NAME back.
+            // does not give NAME back. The NAME taken out must give the same name back.
             std::string_view n = own_name;
-            std::string_view suffix = n.ends_with(".ferry-part") ? ".ferry-part" : ".ferry-resume";
+            bool part = n.ends_with(".ferry-part");
+            std::string_view suffix = part ? ".ferry-part" : ".ferry-resume";
             if (!n.starts_with('.') || !n.ends_with(suffix) || n.size() <= suffix.size() + 1) {
                 continue;
             }
             std::string name(n.substr(1, n.size() - suffix.size() - 1));
+            if ((part ? dest_tree::partial_name(name) : dest_tree::resume_name(name)) != own_name) {
+                continue;
+            }
             // One written in the last minute may be a live transfer's in another process
             // (claims are per process): it stays, for --partial-max-age or a later sync.
             struct stat own_st {};
