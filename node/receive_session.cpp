@@ -1932,8 +1932,8 @@ void receive_session::check_all_done() {
             // Not offered, or a folder where a file or symlink was offered (gone already, but
             // not in a dry run, which lists it here). A file or symlink where a folder was
             // offered was replaced by it (a dry run: would be), as rsync does, not deleted.
-            auto it = paths.find(path);
-            if (it == paths.end() || (it->second && is_dir)) {
+            offered_paths::kind k = paths.find(path);
+            if (k == offered_paths::kind::none || (k == offered_paths::kind::file && is_dir)) {
                 return dest_tree::verdict::remove;
             }
             return dest_tree::verdict::keep;

@@ -567,11 +567,11 @@ bool scan_feed::has_news() const {
     return finished_ || !parts_.empty();
 }
 
-std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, source_tree& out, std::string& error,
+std::error_code scan_sources(const std::vector<std::filesystem::path>& given, source_tree& out, std::string& error,
                              scan_feed* feed) {
     // Each source's name (its base name; a folder named by "." or "dir/" too).
     std::vector<std::string> names;
-    for (const auto& p : paths) {
+    for (const auto& p : given) {
         std::filesystem::path clean = p.lexically_normal();
         if (clean.has_filename() == false) {
             clean = clean.parent_path();
@@ -588,6 +588,20 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
         }
         names.push_back(std::move(name));
     }
+    // Walked in order of their names, as a folder's entries are: the offer order
+    // (wire_path_less).
+    std::vector<std::size_t> order(given.size());
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        order[i] = i;
+    }
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return names[a] < names[b]; });
+    std::vector<std::filesystem::path> paths;
+    std::vector<std::string> by_name;
+    for (std::size_t i : order) {
+        paths.push_back(given[i]);
+        by_name.push_back(std::move(names[i]));
+    }
+    names = std::move(by_name);
     if (feed != nullptr) {
         // Fed, the first entries may travel before the last source is looked at: what
         // would fail the sources as a whole (a missing one, two of one name) is found

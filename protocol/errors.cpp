@@ -29,6 +29,8 @@ public:
             case protocol_errc::payload_mismatch: return "unexpected payload length";
             case protocol_errc::peer_error: return "peer reported an error";
             case protocol_errc::truncated_frame: return "the peer closed the connection in the middle of a frame";
+            case protocol_errc::path_out_of_order:
+                return "offer out of order (entries go by name, a folder right before what it holds)";
         }
         return "unknown protocol error";
     }

@@ -26,6 +26,7 @@ enum class protocol_errc {
     payload_mismatch = 16,    // payload length not what the message requires
     peer_error = 17,          // the peer reported an error
     truncated_frame = 18,     // the peer closed the connection in the middle of a frame
+    path_out_of_order = 19,   // an offered path not after the one before it (wire_path_less)
 };
 
 const std::error_category& protocol_category() noexcept;

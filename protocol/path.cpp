@@ -1,5 +1,6 @@
 #include "protocol/path.hpp"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "protocol/errors.hpp"
@@ -134,6 +135,21 @@ std::string_view wire_name(std::string_view path) {
 std::string_view wire_parent(std::string_view path) {
     std::size_t slash = path.rfind('/');
     return slash == std::string_view::npos ? std::string_view{} : path.substr(0, slash);
+}
+
+bool wire_path_less(std::string_view a, std::string_view b) {
+    const std::size_t n = std::min(a.size(), b.size());
+    for (std::size_t i = 0; i < n; ++i) {
+        if (a[i] != b[i]) {
+            auto rank = [](char c) { return c == '/' ? 0u : static_cast<unsigned char>(c) + 1u; };
+            return rank(a[i]) < rank(b[i]);
+        }
+    }
+    return a.size() < b.size();
+}
+
+bool wire_path_within(std::string_view inner, std::string_view outer) {
+    return inner.size() > outer.size() && inner[outer.size()] == '/' && inner.starts_with(outer);
 }
 
 }  // namespace ferry

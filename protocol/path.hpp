@@ -42,4 +42,12 @@ std::string_view wire_parent(std::string_view path);
 // The last component of a wire path (split_wire_path's last, without the array).
 std::string_view wire_name(std::string_view path);
 
+// The order a sender offers entries in (docs/decisions.md, "A bounded index"): name by
+// name, each compared as bytes, so a folder comes right before what it holds ("a",
+// "a/b", "a.txt"). Strictly less. As strings compared byte by byte, with '/' below
+// every other byte.
+bool wire_path_less(std::string_view a, std::string_view b);
+// Whether `inner` lies in the folder `outer` (at any depth; not `outer` itself).
+bool wire_path_within(std::string_view inner, std::string_view outer);
+
 }  // namespace ferry

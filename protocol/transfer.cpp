@@ -518,7 +518,6 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         // Room for them all at once: no doubling (200,000 files: the old and the new
         // arrays both held while one is copied). Capped: the count is the peer's word.
         files_.reserve(std::min<std::uint64_t>(offer.total_files(), std::uint64_t{1} << 18));
-        paths_.reserve(files_.capacity());
     } else if (offer.transfer_id() != transfer_id_ || offer.has_sync()) {
         return protocol_errc::unexpected_message;
     }
@@ -561,15 +560,10 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
             f.info.link_target = e.link_target();
         }
         f.chunks = f.info.is_file() ? chunk_count(e.size()) : 0;
-        bool moves = files_.size() == files_.capacity();
-        files_.push_back(std::move(f));
-        if (moves) {
-            index_paths();
-        }
-        if (std::error_code ec = claim_path(files_.back().info.path, is_dir)) {
-            files_.pop_back();
+        if (std::error_code ec = claim_path(f.info)) {
             return ec;
         }
+        files_.push_back(std::move(f));
         total_bytes_ += files_.back().info.size;
         total_dirs_ += is_dir ? 1 : 0;
         ids.push_back(file_id{e.id()});
@@ -580,43 +574,50 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
     return {};
 }
 
-void receiver_machine::index_paths() {
-    paths_.clear();
-    parents_.clear();
-    for (std::size_t i = 0; i + 1 < files_.size(); ++i) {  // the last is claimed next
-        claim_path(files_[i].info.path, files_[i].info.is_dir);  // each was claimed once: no error
+std::error_code receiver_machine::claim_path(const entry_info& e) {
+    // In order, each after the one before: no path twice, and what lies in a folder comes
+    // right after it. So the offered folders the path may lie in are the ones the entry
+    // before lies in (or that entry itself): a chain as deep as the tree, not a set of
+    // every path.
+    if (!files_.empty()) {
+        const std::string& before = files_.back().info.path;
+        if (!wire_path_less(before, e.path)) {
+            return before == e.path ? protocol_errc::duplicate_path : protocol_errc::path_out_of_order;
+        }
     }
+    std::size_t around = chain_.size();  // how many of the chain hold this path
+    while (around > 0 && !wire_path_within(e.path, files_[chain_[around - 1]].info.path)) {
+        --around;
+    }
+    if (around > 0 && !files_[chain_[around - 1]].info.is_dir) {
+        return protocol_errc::duplicate_path;  // a file or symlink offered as its folder
+    }
+    chain_.resize(around);
+    chain_.push_back(static_cast<std::uint32_t>(files_.size()));
+    return {};
 }
 
-std::error_code receiver_machine::claim_path(std::string_view path, bool is_dir) {
-    if (paths_.contains(path) || (!is_dir && parents_.contains(path))) {
-        return protocol_errc::duplicate_path;
+std::vector<receiver_machine::file_state>::const_iterator receiver_machine::find_offered(std::string_view path) const {
+    return std::lower_bound(files_.begin(), files_.end(), path,
+                            [](const file_state& f, std::string_view p) { return wire_path_less(f.info.path, p); });
+}
+
+bool receiver_machine::offered_file(std::string_view path) const {
+    auto it = find_offered(path);
+    return it != files_.end() && it->info.path == path && !it->info.is_dir;
+}
+
+offered_paths::kind offered_paths::find(std::string_view path) const {
+    auto it = std::lower_bound(paths_.begin(), paths_.end(), path,
+                               [](const auto& p, std::string_view x) { return wire_path_less(p.first, x); });
+    if (it == paths_.end()) {
+        return kind::none;
     }
-    // Each folder the path lies in must not be an offered file. Parents already recorded
-    // had their own parents checked then: stop at the first one. Nothing is recorded until
-    // all is checked (a refused entry is not kept, and its path goes with it).
-    auto parents = [&path](auto&& fn) {
-        for (std::size_t slash = path.rfind('/'); slash != std::string_view::npos && slash > 0;
-             slash = path.rfind('/', slash - 1)) {
-            if (!fn(path.substr(0, slash))) {
-                return;
-            }
-        }
-    };
-    bool refused = false;
-    parents([&](std::string_view parent) {
-        if (auto it = paths_.find(parent); it != paths_.end() && it->second) {
-            refused = true;
-            return false;
-        }
-        return !parents_.contains(parent);
-    });
-    if (refused) {
-        return protocol_errc::duplicate_path;
+    if (it->first == path) {
+        return it->second ? kind::file : kind::folder;
     }
-    paths_.emplace(path, !is_dir);
-    parents([&](std::string_view parent) { return parents_.emplace(parent).second; });
-    return {};
+    // What lies in `path`, if anything was offered there, comes right after it.
+    return wire_path_within(it->first, path) ? kind::folder : kind::none;
 }
 
 std::vector<std::pair<wire::HaveDigests, std::string>> receiver_machine::have_digest_frames(const decision& d) {
@@ -670,12 +671,12 @@ std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum
     return out;
 }
 
-receiver_machine::path_map receiver_machine::take_paths() {
-    path_map out = std::move(paths_);
-    for (std::string_view parent : parents_) {
-        out.try_emplace(parent, false);
+offered_paths receiver_machine::take_paths() const {
+    offered_paths out;
+    out.paths_.reserve(files_.size());
+    for (const file_state& f : files_) {
+        out.paths_.emplace_back(f.info.path, !f.info.is_dir);
     }
-    parents_.clear();
     return out;
 }
 

@@ -15,7 +15,6 @@
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <google/protobuf/io/coded_stream.h>
@@ -345,6 +344,19 @@ private:
 // ---------------------------------------------------------------------------------------
 // Receiver
 
+// The paths a sender offered, in offer order (wire_path_less), looked up by halving.
+class offered_paths {
+public:
+    // `folder`: offered as one, or some offered path lies in it.
+    enum class kind { none, file, folder };
+    kind find(std::string_view path) const;
+    std::size_t size() const { return paths_.size(); }
+
+private:
+    friend class receiver_machine;
+    std::vector<std::pair<std::string_view, bool>> paths_;  // -> a regular file or a symlink
+};
+
 struct receiver_limits {
     std::uint64_t max_files = max_files_per_transfer;
 };
@@ -442,24 +454,12 @@ public:
     }
 
     const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
-    // Every path the batches offered (-> not a folder: a file or a symlink), and every folder an offered
-    // path lies in (-> false), moved out: for the receiver's clean-up once the last batch
-    // is in (the machine no longer needs them then). The keys are views of the entries'
-    // own paths (no path is held twice: 200,000 paths took 11 MB more as strings), so the
-    // map is valid while this machine lives; it takes no offer after the last.
-    // Looked up by string_view. (Not noexcept, so that the maps keep each key's hash: a
-    // lookup then compares strings only when the hashes are equal.)
-    struct path_hash {
-        using is_transparent = void;
-        std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-    };
-    using path_map = std::unordered_map<std::string_view, bool, path_hash, std::equal_to<>>;
-    path_map take_paths();
-    // Whether `path` is a regular file or a symlink offered so far (before take_paths).
-    bool offered_file(const std::string& path) const {
-        auto it = paths_.find(path);
-        return it != paths_.end() && it->second;
-    }
+    // Every path the batches offered, for the receiver's clean-up once the last batch is
+    // in. Views of the entries' own paths: valid while this machine lives (it takes no
+    // offer after the last, and its entries stay where they are).
+    offered_paths take_paths() const;
+    // Whether `path` is a regular file or a symlink offered so far.
+    bool offered_file(std::string_view path) const;
     // The first batch's sync target, if it had one (`ferry sync` into a share).
     const std::optional<wire::SyncTarget>& sync() const { return sync_; }
     // The chunks of a decided file that are here, and their digests (for resume records).
@@ -515,12 +515,12 @@ private:
         std::unique_ptr<chunk_data> data;
     };
 
-    // Records an offered path (a view of an entry's own): refused if offered before, if it
-    // is a file and a folder of an earlier entry, or if a folder it lies in was offered as
-    // a file.
-    std::error_code claim_path(std::string_view path, bool is_dir);
-    // files_ moved (it grew): the maps' views point into the old array; made again.
-    void index_paths();
+    // Checks the entry `e`, to be offered next: refused unless its path comes after the
+    // one before it (wire_path_less), or if a folder it lies in was offered as a file or
+    // symlink. Then it is the last of the chain.
+    std::error_code claim_path(const entry_info& e);
+    // The first entry whose path is not before `path` (the entries are in offer order).
+    std::vector<file_state>::const_iterator find_offered(std::string_view path) const;
 
     receiver_limits limits_;
     std::uint64_t transfer_id_ = 0;
@@ -529,8 +529,9 @@ private:
     transfer_options options_;
     std::optional<wire::SyncTarget> sync_;
     std::vector<file_state> files_;
-    path_map paths_;  // every offered path -> is a regular file (views of files_' paths)
-    std::unordered_set<std::string_view, path_hash, std::equal_to<>> parents_;  // every folder some offered path lies in
+    // The last entry offered and the offered folders it lies in, outermost first (indexes
+    // into files_).
+    std::vector<std::uint32_t> chain_;
     std::uint64_t total_bytes_ = 0;
     std::uint64_t received_bytes_ = 0;
     std::uint64_t skipped_files_ = 0;

@@ -29,8 +29,9 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // Wire protocol version carried in Hello; bumped on any incompatible change.
 // 2: HaveDigests (resume); 3: sync to shares; 4: delta; 5: pull; 6: --checksum, --bwlimit;
 // 7: symlinks; 8: paths as bytes, SyncTarget.keep; 9: SyncTarget.get (ferry get), Hello.list
-// (ferry ls); 10: SyncTarget.range_* and ListRequest.checksum (ferry get --from).
-inline constexpr std::uint32_t protocol_version = 10;
+// (ferry ls); 10: SyncTarget.range_* and ListRequest.checksum (ferry get --from); 11: Offer
+// entries in path order (wire_path_less), the receiver refuses any other.
+inline constexpr std::uint32_t protocol_version = 11;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;
@@ -49,7 +50,10 @@ inline constexpr std::uint32_t max_connections = 16;
 
 // Default limits for one transfer.
 inline constexpr std::uint64_t max_files_per_transfer = 10'000'000;
-inline constexpr std::size_t max_path_bytes = 4096;
+// A path the kernel takes whole (PATH_MAX, 4096, counts the NUL): a sender opens a file by
+// its wire path below SRC. (4096 until protocol 11: such a path was scanned, then failed
+// to open as if it had changed.)
+inline constexpr std::size_t max_path_bytes = 4095;
 inline constexpr std::size_t max_name_bytes = 255;
 
 // Number of chunks in a file of `size` bytes (0 for an empty file). Written so that it

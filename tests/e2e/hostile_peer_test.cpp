@@ -797,8 +797,16 @@ TEST_F(hostile_paths_test, write_through_a_symlink_in_the_destination_is_refused
 
 TEST_F(hostile_paths_test, two_entries_for_the_same_path_are_refused) {
     expect_offer_refused("fine/first.txt", "duplicate path");
-    expect_offer_refused("fine", "duplicate path");  // a folder entry and a file entry
+    expect_offer_refused("fine/first.txt/inside", "duplicate path");  // a file taken for a folder
     expect_all_logged_then_serving("duplicate path");
+}
+
+// Entries go by name, a folder right before what it holds: so a receiver checks them
+// against the chain of folders the last one lies in, not a set of every path.
+TEST_F(hostile_paths_test, entries_out_of_order_are_refused) {
+    expect_offer_refused("a-before-fine", "offer out of order");
+    expect_offer_refused("fine", "offer out of order", true);  // the folder again, after what it holds
+    expect_all_logged_then_serving("offer out of order");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ std::vector<entry_info> fixture_entries() {
     return {
         {.path = "d", .mode = 0755, .is_dir = true},
         {.path = "d/two", .size = std::uint64_t{chunk_size} + 100, .mode = 0644},
-        {.path = "one", .size = 1000, .mode = 0644},
+        {.path = "e-one", .size = 1000, .mode = 0644},  // before "empty": the offer order
         {.path = "empty", .mode = 0644},
     };
 }

@@ -22,10 +22,12 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <deque>
 #include <limits>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <unordered_map>
 #include <unordered_set>
@@ -71,11 +73,13 @@ enum size_class : std::uint8_t {
 };
 
 enum path_class : std::uint8_t {
-    path_fresh,    // "f<n>"
-    path_nested,   // "d<k>/f<n>"
+    // <n> is the entry's ordinal, zero-padded: fresh and nested paths come in the offer
+    // order (wire_path_less), so that most offers get past the order check.
+    path_fresh,    // "p<n>"
+    path_nested,   // "p<n>/f"
     path_dup,      // one already offered, or earlier in the batch
     path_hostile,  // from hostile_paths()
-    path_child,    // inside one already offered, or earlier in the batch: "<that>/c<n>"
+    path_child,    // inside the last one offered (or any one before): "<that>/c<n>"
     path_raw,      // bytes of the input
     path_class_count = path_raw + 4,
 };
@@ -141,6 +145,21 @@ std::uint64_t read_size(fuzz_input& in) {
         default:
             return in.u64();
     }
+}
+
+// "<prefix><n>", n zero-padded: ascending in n as bytes.
+std::string ordered_name(const char* prefix, std::size_t n) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "%s%08zu", prefix, n);
+    return name;
+}
+
+// The offer order, from its definition (not wire_path_less's shortcut): the names of two
+// checked paths compared one by one as bytes, a path before the ones it is a prefix of.
+bool names_less(const std::string& a, const std::string& b) {
+    std::vector<std::string_view> x = split_wire_path(a);
+    std::vector<std::string_view> y = split_wire_path(b);
+    return std::lexicographical_compare(x.begin(), x.end(), y.begin(), y.end());
 }
 
 // Offered paths, for the rule that a path is offered once and a file is nobody's folder.
@@ -261,18 +280,19 @@ class receiver_driver {
         std::uint8_t sel = in.u8();
         switch (sel % path_class_count) {
             case path_fresh:
-                return "f" + std::to_string(ordinal);
+                return ordered_name("p", ordinal);
             case path_nested:
-                return "d" + std::to_string(in.u8() % 4) + "/f" + std::to_string(ordinal);
+                return ordered_name("p", ordinal) + "/f";
             case path_dup:
             case path_child: {
                 std::size_t n = files_.size() + batch.size();
                 if (n == 0) {
-                    return "f0";
+                    return ordered_name("p", 0);
                 }
-                std::size_t k = in.u16() % n;
+                std::uint16_t pick = in.u16();
+                std::size_t k = (pick & 1) != 0 ? n - 1 : (pick >> 1) % n;
                 std::string path = k < files_.size() ? files_[k].path : batch[k - files_.size()];
-                return sel % path_class_count == path_dup ? path : path + "/c" + std::to_string(ordinal);
+                return sel % path_class_count == path_dup ? path : path + "/" + ordered_name("c", ordinal);
             }
             case path_hostile:
                 return hostile_paths()[in.u8() % hostile_paths().size()];
@@ -298,6 +318,7 @@ class receiver_driver {
             return {protocol_errc::too_many_files};
         }
         path_index batch;  // this batch's entries so far
+        std::string before = files_.empty() ? std::string() : files_.back().path;  // the last accepted
         u128 total = total_bytes_;
         for (int i = 0; i < o.entries_size(); ++i) {
             const wire::Entry& e = o.entries(i);
@@ -320,6 +341,10 @@ class receiver_driver {
             if (safe && (paths_.taken(e.path(), is_file) || batch.taken(e.path(), is_file))) {
                 broken.push_back(protocol_errc::duplicate_path);
             }
+            // Each after the one before, name by name, each name compared as bytes.
+            if (safe && (!files_.empty() || i > 0) && !names_less(before, e.path())) {
+                broken.push_back(before == e.path() ? protocol_errc::duplicate_path : protocol_errc::path_out_of_order);
+            }
             if (e.kind() == wire::ENTRY_FILE) {
                 total += e.size();
                 // Every chunk needs an index a Chunk can carry, and the sum a total_bytes().
@@ -332,6 +357,7 @@ class receiver_driver {
                 return broken;
             }
             batch.add(e.path(), is_file);
+            before = e.path();
         }
         return {};
     }
@@ -355,7 +381,7 @@ class receiver_driver {
             std::size_t ordinal = files_.size() + i;
             if (bulk) {
                 e->set_id(static_cast<std::uint32_t>(ordinal));
-                e->set_path("b/" + std::to_string(ordinal));
+                e->set_path(ordered_name("p", ordinal));
                 e->set_size(bulk_size);
             } else {
                 std::uint8_t sel = in.u8();
@@ -797,7 +823,7 @@ std::vector<seed> seeds() {
     {
         // A folder, a 2-chunk file, a 1-chunk file, an empty file: everything arrives.
         session_writer s(false);
-        s.offer({{"d", true, 0}, {"d/two", false, chunk_size + 100}, {"one", false, 100}, {"empty", false, 0}}, true)
+        s.offer({{"d", true, 0}, {"d/two", false, chunk_size + 100}, {"e-one", false, 100}, {"empty", false, 0}}, true)
             .decide({0, 0, 0, 0})
             .chunk(1)
             .chunk(2)

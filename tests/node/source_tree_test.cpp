@@ -6,10 +6,12 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 
 #include "node/dest_tree.hpp"
+#include "protocol/path.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace ferry {
@@ -138,8 +140,9 @@ TEST(source_tree_test, files_go_by_base_name_and_trailing_slashes_do_not_matter)
     ASSERT_EQ(scan_sources({tmp.path() / "x" / "notes.txt", tmp.path().string() + "/dir/"}, t, error),
               std::error_code{})
         << error;
-    EXPECT_EQ(wire_paths(t), (std::vector<std::string>{"notes.txt", "dir", "dir/f"}));
-    EXPECT_EQ(t.locals[2], fs::path(tmp.path().string() + "/dir/f"));
+    // By name, whatever the order given (the offer order, wire_path_less).
+    EXPECT_EQ(wire_paths(t), (std::vector<std::string>{"dir", "dir/f", "notes.txt"}));
+    EXPECT_EQ(t.locals[1], fs::path(tmp.path().string() + "/dir/f"));
 }
 
 TEST(source_tree_test, clashing_names_missing_paths_and_nothing_to_send_are_refused) {
@@ -178,7 +181,7 @@ TEST(source_tree_test, a_scan_fed_in_parts_gives_one_walks_entries_in_order) {
     fs::create_symlink("d000", root / "link");
     write(tmp.path() / "single.txt", "1");
     fs::create_directories(tmp.path() / "empty");
-    std::vector<fs::path> sources{root, tmp.path() / "single.txt", tmp.path() / "empty"};
+    std::vector<fs::path> sources{tmp.path() / "single.txt", root, tmp.path() / "empty"};  // walked by name
 
     source_tree whole;
     std::string error;
@@ -195,7 +198,7 @@ TEST(source_tree_test, a_scan_fed_in_parts_gives_one_walks_entries_in_order) {
     EXPECT_FALSE(got.finished) << "the caller finishes the feed";
     ASSERT_GT(got.parts.size(), 2u);
     EXPECT_EQ(wakes.load(), static_cast<int>(got.parts.size()));
-    EXPECT_EQ(got.parts.front().entries.front().path, "src") << "the folder's own entry comes with the first part";
+    EXPECT_EQ(got.parts.front().entries.front().path, "empty") << "the first by name comes with the first part";
     source_tree joined;
     for (source_tree& part : got.parts) {
         ASSERT_EQ(part.locals.size(), part.entries.size());
@@ -205,7 +208,11 @@ TEST(source_tree_test, a_scan_fed_in_parts_gives_one_walks_entries_in_order) {
     EXPECT_EQ(joined.locals, whole.locals);
     EXPECT_EQ(joined.skipped, whole.skipped);
     EXPECT_EQ(joined.total_bytes, whole.total_bytes);
-    EXPECT_EQ(wire_paths(joined).back(), "empty");
+    std::vector<std::string> paths = wire_paths(joined);
+    EXPECT_EQ(paths[1], "single.txt");
+    EXPECT_EQ(paths[2], "src");
+    EXPECT_EQ(paths.back(), "src/d299/b/c.txt");
+    EXPECT_TRUE(std::is_sorted(paths.begin(), paths.end(), wire_path_less));
 
     // What fails the sources as a whole fails before the first entry is handed out.
     for (const std::vector<fs::path>& bad :

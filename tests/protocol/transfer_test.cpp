@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <optional>
 #include <random>
@@ -19,6 +20,7 @@
 #include "ferry.pb.h"
 #include "protocol/digest.hpp"
 #include "protocol/errors.hpp"
+#include "protocol/path.hpp"
 #include "protocol/types.hpp"
 
 namespace ferry {
@@ -34,6 +36,13 @@ entry_info file_entry(std::string path, std::uint64_t size) {
     e.mode = 0644;
     e.mtime_ns = test_mtime_ns;
     return e;
+}
+
+// prefix + i, zero-padded: names in the offer order (wire_path_less) for ascending i.
+std::string numbered(const std::string& prefix, std::uint32_t i) {
+    char n[16];
+    std::snprintf(n, sizeof(n), "%05u", i);
+    return prefix + n;
 }
 
 entry_info dir_entry(std::string path) {
@@ -377,11 +386,11 @@ TEST(ChunkBitmap, FromBytesIgnoresPaddingBits) {
 std::vector<entry_info> mixed_entries() {
     return {
         dir_entry("d"),
-        file_entry("d/empty", 0),
-        file_entry("d/one", 1),
-        file_entry("d/exact", chunk_size),
-        file_entry("d/plus", chunk_size + 1),
-        file_entry("d/multi", 3 * std::uint64_t{chunk_size} + 100),
+        file_entry("d/a-empty", 0),
+        file_entry("d/b-one", 1),
+        file_entry("d/c-exact", chunk_size),
+        file_entry("d/d-plus", chunk_size + 1),
+        file_entry("d/e-multi", 3 * std::uint64_t{chunk_size} + 100),
         dir_entry("d/sub"),
         file_entry("d/sub/small", 1000),
         file_entry("top", 5 * std::uint64_t{chunk_size}),
@@ -455,8 +464,7 @@ TEST(TransferLoopback, ManyOfferBatchesOutOfOrder) {
     std::vector<entry_info> entries;
     entries.push_back(dir_entry(std::string(200, 'd')));
     for (std::uint32_t i = 1; i < 700; ++i) {
-        std::string name = std::to_string(i);
-        std::string path = std::string(200, 'd') + "/" + name + std::string(40, 'x');
+        std::string path = numbered(std::string(200, 'd') + "/", i) + std::string(40, 'x');
         std::uint64_t size = i % 4 == 0 ? 0 : i * 13;
         if (i % 97 == 0) {
             size = 2 * std::uint64_t{chunk_size} + i;
@@ -498,9 +506,9 @@ TEST(TransferLoopback, EntriesAppendedWhileTheFirstOnesMove) {
     std::vector<entry_info> all;
     all.push_back(dir_entry("t"));
     for (std::uint32_t i = 1; i < 400; ++i) {
-        all.push_back(file_entry("t/f" + std::to_string(i), i % 5 == 0 ? 0 : 100 + i));
+        all.push_back(file_entry(numbered("t/f", i), i % 5 == 0 ? 0 : 100 + i));
     }
-    all.push_back(file_entry("t/big", 3 * std::uint64_t{chunk_size} + 7));
+    all.push_back(file_entry("t/z-big", 3 * std::uint64_t{chunk_size} + 7));
     std::vector<entry_info> first(all.begin(), all.begin() + 3);
     loopback lb(first, {}, false);
     EXPECT_FALSE(lb.sender().is_complete());
@@ -558,7 +566,7 @@ TEST(TransferLoopback, EntriesAppendedWhileTheFirstOnesMove) {
 TEST(TransferLoopback, AStreamedTransferWhoseBatchesAllWentOutEndsWithAnEmptyLastBatch) {
     std::vector<entry_info> more;
     for (std::uint32_t i = 0; i < 200; ++i) {
-        more.push_back(file_entry("f" + std::to_string(i), 10));
+        more.push_back(file_entry(numbered("f", i), 10));
     }
     loopback lb({dir_entry("d")}, {}, false);
     lb.append(more);  // over 4 KiB of entries: sealed at once
@@ -1237,7 +1245,7 @@ TEST(ReceiverMachine, RefusesBadPaths) {
 TEST(ReceiverMachine, RefusesDuplicatePaths) {
     {
         receiver_machine r;
-        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {1, "b"}, {2, "a"}})), protocol_errc::duplicate_path);
+        EXPECT_EQ(offer_error(r, raw_offer({{0, "a"}, {1, "b"}, {2, "b"}})), protocol_errc::duplicate_path);
     }
     {
         receiver_machine r;  // across batches too
@@ -1246,53 +1254,95 @@ TEST(ReceiverMachine, RefusesDuplicatePaths) {
     }
 }
 
-// The path index holds views of the entries' own paths. The peer announced one file and
-// offers 200: the entries' array moves as it grows, and every check still holds, short
-// (in-place) and long paths alike; a refused entry leaves nothing behind.
+// Entries go by name, each name compared as bytes, a folder right before what it holds.
+TEST(ReceiverMachine, RefusesAnOfferOutOfOrder) {
+    EXPECT_TRUE(wire_path_less("a", "a/b"));
+    EXPECT_TRUE(wire_path_less("a/b", "a.txt"));  // '/' before every other byte
+    EXPECT_TRUE(wire_path_less("a/z/z", "a0"));
+    EXPECT_TRUE(wire_path_less("B", "a"));
+    EXPECT_TRUE(wire_path_less("a", "\xff"));  // bytes, unsigned
+    EXPECT_FALSE(wire_path_less("a", "a"));
+    EXPECT_FALSE(wire_path_less("a.txt", "a/b"));
+    for (const auto& [first, second] : std::vector<std::pair<std::string, std::string>>{
+             {"b", "a"}, {"a.txt", "a/b"}, {"a/b", "a"}, {"x/a/b/c", "x/a"}, {"\xff", "a"}}) {
+        receiver_machine r;  // in one batch and across two
+        EXPECT_EQ(offer_error(r, raw_offer({{0, first}, {1, second}})), protocol_errc::path_out_of_order)
+            << first << " then " << second;
+        receiver_machine t;
+        EXPECT_EQ(offer_error(t, raw_offer({{0, first}}, false, 2)), std::error_code{});
+        EXPECT_EQ(offer_error(t, raw_offer({{1, second}}, true, 2)), protocol_errc::path_out_of_order);
+        EXPECT_EQ(t.total_files(), 1u);
+    }
+    receiver_machine r;
+    wire::Offer o = raw_offer({{0, "a"}, {1, "a/b"}, {2, "a/b/c"}, {3, "a/z"}, {4, "a.txt"}, {5, "b"}});
+    o.mutable_entries(0)->set_kind(wire::ENTRY_DIR);
+    o.mutable_entries(1)->set_kind(wire::ENTRY_DIR);
+    EXPECT_EQ(offer_error(r, o), std::error_code{});
+}
+
+// The checks keep no set of paths: the peer announced one file and offers 200, and every
+// check still holds across batches; a refused entry leaves nothing behind. The offered
+// paths are looked up in offer order once all are in.
 TEST(ReceiverMachine, PathChecksHoldWhenTheEntriesOutgrowTheAnnouncedCount) {
     const std::string long_dir(40, 'd');
+    auto name = [&](std::uint32_t i) {
+        char n[16];
+        std::snprintf(n, sizeof(n), "x%03u", i);
+        return (i % 2 == 0 ? std::string("a/") : long_dir + "/") + n;
+    };
     auto offer_all = [&](receiver_machine& r) {
-        ASSERT_EQ(offer_error(r, raw_offer({{0, "a/f"}, {1, long_dir + "/g"}}, false, 1)), std::error_code{});
+        ASSERT_EQ(offer_error(r, raw_offer({{0, "a/f"}, {1, "a/g"}}, false, 1)), std::error_code{});
         std::vector<std::pair<std::uint32_t, std::string>> more;
-        for (std::uint32_t i = 2; i < 200; ++i) {
-            more.emplace_back(i, (i % 2 == 0 ? std::string("a/") : long_dir + "/") + "x" + std::to_string(i));
+        for (std::uint32_t i = 2; i < 200; i += 2) {
+            more.emplace_back(more.size() + 2, name(i));
+        }
+        for (std::uint32_t i = 3; i < 200; i += 2) {
+            more.emplace_back(more.size() + 2, name(i));
         }
         ASSERT_EQ(offer_error(r, raw_offer(more, false, 1)), std::error_code{});
     };
     receiver_machine r;
     offer_all(r);
     EXPECT_TRUE(r.offered_file("a/f"));
-    EXPECT_TRUE(r.offered_file(long_dir + "/g"));
-    EXPECT_TRUE(r.offered_file(long_dir + "/x199"));
+    EXPECT_TRUE(r.offered_file(name(198)));
+    EXPECT_TRUE(r.offered_file(name(199)));
     EXPECT_FALSE(r.offered_file("a"));  // a folder they lie in
-    EXPECT_EQ(offer_error(r, raw_offer({{200, "a/f/z"}}, false, 1)), protocol_errc::duplicate_path);
     EXPECT_FALSE(r.offered_file("a/f/z"));
+    EXPECT_EQ(offer_error(r, raw_offer({{200, name(199) + "/z"}}, false, 1)), protocol_errc::duplicate_path);
+    EXPECT_FALSE(r.offered_file(name(199) + "/z"));
     EXPECT_EQ(r.total_files(), 200u);
-    EXPECT_EQ(offer_error(r, raw_offer({{200, long_dir + "/g"}}, true, 1)), protocol_errc::duplicate_path);
+    EXPECT_EQ(offer_error(r, raw_offer({{200, name(199)}}, true, 1)), protocol_errc::duplicate_path);
+    EXPECT_EQ(offer_error(r, raw_offer({{200, "a/zz"}}, true, 1)), protocol_errc::path_out_of_order);
 
     receiver_machine t;
     offer_all(t);
-    auto paths = t.take_paths();
-    EXPECT_EQ(paths.size(), 202u);  // and the two folders
-    EXPECT_EQ(paths.at("a"), false);
-    EXPECT_EQ(paths.at(long_dir), false);
-    EXPECT_EQ(paths.at("a/f"), true);
-    EXPECT_EQ(paths.at(long_dir + "/x101"), true);
+    offered_paths paths = t.take_paths();
+    EXPECT_EQ(paths.size(), 200u);
+    EXPECT_EQ(paths.find("a"), offered_paths::kind::folder);
+    EXPECT_EQ(paths.find(long_dir), offered_paths::kind::folder);
+    EXPECT_EQ(paths.find("a/f"), offered_paths::kind::file);
+    EXPECT_EQ(paths.find(name(101)), offered_paths::kind::file);
+    EXPECT_EQ(paths.find("a/f/z"), offered_paths::kind::none);
+    EXPECT_EQ(paths.find("a/h"), offered_paths::kind::none);
+    EXPECT_EQ(paths.find("b"), offered_paths::kind::none);
+    EXPECT_EQ(paths.find(std::string(41, 'd')), offered_paths::kind::none);
+    EXPECT_EQ(paths.find(std::string(39, 'd')), offered_paths::kind::none);
 }
 
 TEST(ReceiverMachine, RefusesAFileThatAnotherEntryNeedsAsAFolder) {
-    // Each way round, and across batches: "a" cannot be both a file and the folder of "a/b".
-    for (const auto& [first, second] : std::vector<std::pair<std::string, std::string>>{
-             {"a", "a/b"}, {"a/b", "a"}, {"x/a", "x/a/b/c"}, {"x/a/b/c", "x/a"}}) {
+    // In one batch and across two: "a" cannot be both a file and the folder of "a/b".
+    for (const auto& [first, second] : std::vector<std::pair<std::string, std::string>>{{"a", "a/b"}, {"x/a", "x/a/b/c"}}) {
         receiver_machine r;
         EXPECT_EQ(offer_error(r, raw_offer({{0, first}}, false, 2)), std::error_code{});
         EXPECT_EQ(offer_error(r, raw_offer({{1, second}}, true, 2)), protocol_errc::duplicate_path)
             << first << " then " << second;
+        receiver_machine t;
+        EXPECT_EQ(offer_error(t, raw_offer({{0, first}, {1, second}})), protocol_errc::duplicate_path);
     }
-    // A folder entry and what lies in it, in either order, and siblings, are fine.
+    // A folder entry, what lies in it, and siblings are fine; a folder never offered too.
     receiver_machine r;
-    wire::Offer o = raw_offer({{0, "d/f"}, {1, "d"}, {2, "d/g"}, {3, "e"}, {4, "d/h/i"}});
-    o.mutable_entries(1)->set_kind(wire::ENTRY_DIR);
+    wire::Offer o = raw_offer({{0, "d"}, {1, "d/f"}, {2, "d/g"}, {3, "d/h/i"}, {4, "e"}});
+    o.mutable_entries(0)->set_kind(wire::ENTRY_DIR);
     EXPECT_EQ(offer_error(r, o), std::error_code{});
 }
 
@@ -1382,7 +1432,7 @@ TEST(TransferLoopback, ASyncsSymlinkTravelsAsItsTargetAndIsNeverSentData) {
     link.is_link = true;
     link.link_target = "../some where/\xff";  // any bytes but NUL
     link.mtime_ns = test_mtime_ns;
-    loopback lb({dir_entry("d"), link, file_entry("d/f", 5)}, sync);
+    loopback lb({dir_entry("d"), link, file_entry("d/m", 5)}, sync);
     wire::Offer offer = lb.sender().make_offer(0);
     ASSERT_EQ(offer.entries_size(), 3);
     EXPECT_EQ(offer.entries(1).kind(), wire::ENTRY_SYMLINK);
@@ -1466,7 +1516,7 @@ TEST(ReceiverMachine, RefusesOffersWhoseTotalWouldWrap) {
     for (std::uint32_t i = 0; i < (1u << 15) - 1; ++i) {
         wire::Entry* e = first.add_entries();
         e->set_id(i);
-        e->set_path("f" + std::to_string(i));
+        e->set_path(numbered("f", i));
         e->set_size(big);
     }
     ASSERT_EQ(offer_error(r, first), std::error_code{});
@@ -1488,7 +1538,7 @@ protected:
     static constexpr std::uint64_t f_size = chunk_size + 100;
 
     void SetUp() override {
-        wire::Offer first = raw_offer({{0, "f"}, {1, "d"}, {2, "s"}, {3, "e"}}, false, 5);
+        wire::Offer first = raw_offer({{0, "a-f"}, {1, "b-d"}, {2, "c-s"}, {3, "d-e"}}, false, 5);
         first.mutable_entries(0)->set_size(f_size);
         first.mutable_entries(1)->set_kind(wire::ENTRY_DIR);
         first.mutable_entries(2)->set_size(50);
@@ -1726,13 +1776,13 @@ TEST(ReceiverMachine, RefusesNamesReservedForPartialFiles) {
         EXPECT_EQ(offer_error(r, raw_offer({{0, path}})), make_error_code(protocol_errc::bad_path)) << path;
     }
     receiver_machine ok;
-    EXPECT_EQ(offer_error(ok, raw_offer({{0, ".ferry-part"}, {1, "x.ferry-part.txt"}, {2, ".part"}})),
+    EXPECT_EQ(offer_error(ok, raw_offer({{0, ".ferry-part"}, {1, ".part"}, {2, "x.ferry-part.txt"}})),
               std::error_code{});
 }
 
 TEST(ReceiverMachine, NeverTakesSetuidOrSetgidFromThePeer) {
     receiver_machine r;
-    wire::Offer o = raw_offer({{0, "tool"}});
+    wire::Offer o = raw_offer({{0, "a-tool"}});
     o.mutable_entries(0)->set_mode(06755);
     wire::Entry* d = o.add_entries();
     d->set_id(1);
@@ -1763,7 +1813,7 @@ wire::SyncTarget sync_target(const std::string& share, const std::string& path) 
 TEST(TransferLoopback, SyncTargetRidesTheFirstBatchOnlyAndActionsReachTheSender) {
     std::vector<entry_info> entries;
     for (int i = 0; i < 3000; ++i) {  // several batches
-        entries.push_back(file_entry("dir-with-a-long-name/file-" + std::to_string(i), 10));
+        entries.push_back(file_entry(numbered("dir-with-a-long-name/file-", i), 10));
     }
     transfer_options options{.overwrite = false, .fsync_each = false, .sync = sync_target("www", "site/blog")};
     loopback lb(entries, options);
@@ -1787,9 +1837,10 @@ TEST(TransferLoopback, SyncTargetRidesTheFirstBatchOnlyAndActionsReachTheSender)
     EXPECT_EQ(lb.receiver().sync()->exclude_size(), 1);
     EXPECT_EQ(lb.sender().action(file_id{0}), wire::SYNC_CREATE);
     EXPECT_EQ(lb.sender().action(file_id{1}), wire::SYNC_UPDATE);
-    auto paths = lb.receiver().take_paths();
-    EXPECT_EQ(paths.size(), entries.size() + 1);  // and the folder they are in
-    EXPECT_TRUE(paths.contains("dir-with-a-long-name/file-2999"));
+    offered_paths paths = lb.receiver().take_paths();
+    EXPECT_EQ(paths.size(), entries.size());
+    EXPECT_EQ(paths.find(numbered("dir-with-a-long-name/file-", 2999)), offered_paths::kind::file);
+    EXPECT_EQ(paths.find("dir-with-a-long-name"), offered_paths::kind::folder);
 }
 
 TEST(ReceiverMachine, RefusesABadSyncPathAndASyncTargetAfterTheFirstBatch) {
