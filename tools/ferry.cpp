@@ -23,6 +23,7 @@
 #include <unordered_set>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <sys/stat.h>
@@ -1480,35 +1481,54 @@ struct sync_run {
     // A dry run's bytes_matched: the sizes of the files found unchanged or to be renamed
     // (its receiver skips every file, so the report's skipped bytes are all of them).
     std::uint64_t dry_matched_bytes = 0;
-    // Each attempt's receiver says again what it does: the counts start again, but for
-    // what the passes before the one more attempt (for files that changed while read) did.
-    void reset_counts() { created = updated = renamed = unchanged = dry_matched_bytes = 0; }
-    void carry_counts() {
-        carried = true;
-        first_pass = {created, updated, renamed, unchanged};
-        carried_changed += created + updated + renamed;
-        carried_created += std::exchange(created, 0);
-        carried_updated += std::exchange(updated, 0);
-        carried_renamed += std::exchange(renamed, 0);
+    // What the sync did to a file, as counted.
+    enum class action : std::uint8_t { created, updated, renamed, unchanged };
+    // Each attempt's receiver says again what it does, of every file: the counts start
+    // again. A file an earlier attempt (lost connection, or the one more pass for files
+    // that changed while read) made, changed or found unchanged is then found unchanged:
+    // it counts as it did then, and is not told of twice (told(), below).
+    void new_attempt() {
+        if (!now_.empty()) {
+            // This attempt's word on a path replaces an earlier one's: stable, then the
+            // last of each hash kept.
+            earlier_.insert(earlier_.end(), now_.begin(), now_.end());
+            now_.clear();
+            std::stable_sort(earlier_.begin(), earlier_.end(),
+                             [](const auto& a, const auto& b) { return a.first < b.first; });
+            auto last = std::unique(earlier_.rbegin(), earlier_.rend(),
+                                    [](const auto& a, const auto& b) { return a.first == b.first; });
+            earlier_.erase(earlier_.begin(), last.base());
+        }
+        created = updated = renamed = unchanged = dry_matched_bytes = 0;
     }
+    // Before the one more attempt for files that changed while read: what to go back to if
+    // that attempt never reaches the peer.
+    void keep_first_pass() { first_pass = {created, updated, renamed, unchanged}; }
     // The run ended with the first pass's report (the one more never reached the peer).
-    void first_pass_counts() {
-        std::tie(created, updated, renamed, unchanged) = first_pass;
-        carried_created = carried_updated = carried_renamed = carried_changed = 0;
+    void first_pass_counts() { std::tie(created, updated, renamed, unchanged) = first_pass; }
+    // This attempt says `a` of `path` (of `size` bytes): counted as what it is to the run,
+    // and false if an earlier attempt told of it already.
+    bool told(std::string_view path, action a, std::uint64_t size) {
+        const std::uint64_t h = std::hash<std::string_view>{}(path);
+        auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
+                                   [](const auto& e, std::uint64_t x) { return e.first < x; });
+        bool before = it != earlier_.end() && it->first == h;
+        action counted = before && a == action::unchanged ? it->second : a;
+        now_.emplace_back(h, counted);
+        switch (counted) {
+            case action::created: ++created; break;
+            case action::updated: ++updated; break;
+            case action::renamed: ++renamed; dry_matched_bytes += size; break;
+            case action::unchanged: ++unchanged; dry_matched_bytes += size; break;
+        }
+        return !(before && a == action::unchanged);
     }
-    // The run's counts: files the first pass changed are unchanged to the second.
-    std::uint64_t all_created() const { return created + carried_created; }
-    std::uint64_t all_updated() const { return updated + carried_updated; }
-    std::uint64_t all_renamed() const { return renamed + carried_renamed; }
-    std::uint64_t all_unchanged() const { return unchanged - std::min(unchanged, carried_changed); }
-    bool second_pass() const { return carried; }
 
 private:
-    std::uint64_t carried_created = 0;
-    std::uint64_t carried_updated = 0;
-    std::uint64_t carried_renamed = 0;
-    std::uint64_t carried_changed = 0;
-    bool carried = false;
+    // What earlier attempts told of each path (by its hash, sorted; 16 bytes a file, not a
+    // copy of every path), and what this one did so far.
+    std::vector<std::pair<std::uint64_t, action>> earlier_;
+    std::vector<std::pair<std::uint64_t, action>> now_;
     std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};
 };
 
@@ -2030,25 +2050,17 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
         if (!f.done) {
             return;
         }
-        const char* what = "skipped";
-        if (!f.renamed_from.empty()) {
-            what = "renamed";
-            ++sync.renamed;
-            sync.dry_matched_bytes += f.size;
-        } else if (f.action == wire::SYNC_CREATE) {
-            what = "created";
-            ++sync.created;
-        } else if (f.action == wire::SYNC_UPDATE) {
-            what = "updated";
-            ++sync.updated;
-        } else {
-            ++sync.unchanged;
-            sync.dry_matched_bytes += f.size;
-            if (sync.second_pass()) {
-                return;  // the first pass told of it (made, changed or unchanged): not twice
-            }
+        using action = sync_run::action;
+        action a = !f.renamed_from.empty()          ? action::renamed
+                   : f.action == wire::SYNC_CREATE ? action::created
+                   : f.action == wire::SYNC_UPDATE ? action::updated
+                                                   : action::unchanged;
+        if (!sync.told(f.path, a, f.size)) {
+            return;  // an earlier attempt told of it (made, changed or unchanged): not twice
         }
-        sync_event(o, sync, what, f.path, f.size, f.symlink ? "symlink" : "file", f.renamed_from);
+        constexpr const char* names[] = {"created", "updated", "renamed", "skipped"};
+        sync_event(o, sync, names[static_cast<int>(a)], f.path, f.size, f.symlink ? "symlink" : "file",
+                   f.renamed_from);
     };
     ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
                       std::uint64_t files) {
@@ -2073,17 +2085,17 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     if (run.get) {
         say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged; received {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
-                        files, run.all_created(), run.all_updated(), run.all_renamed(), run.all_unchanged(),
+                        files, run.created, run.updated, run.renamed, run.unchanged,
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)), r.elapsed_s, mbps(r),
                         r.connections) +
             compression_note(r));
     } else if (dry) {
         say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
-                        run.all_created(), run.all_updated(), run.all_unchanged(), deleted));
+                        run.created, run.updated, run.unchanged, deleted));
     } else {
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
-                        files, run.all_created(), run.all_updated(), run.all_renamed(), run.all_unchanged(), deleted,
+                        files, run.created, run.updated, run.renamed, run.unchanged, deleted,
                         run.pull ? "received" : "sent",
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),
                         r.elapsed_s, mbps(r), r.connections) +
@@ -2100,10 +2112,10 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     if (excluded) {
         done["excluded"] = *excluded;
     }
-    done.update(json{{"created", run.all_created()},
-             {"updated", run.all_updated()},
-             {"renamed", run.all_renamed()},
-             {"skipped", run.all_unchanged()},
+    done.update(json{{"created", run.created},
+             {"updated", run.updated},
+             {"renamed", run.renamed},
+             {"skipped", run.unchanged},
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
              {"bytes_transferred", r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)},
@@ -2178,7 +2190,14 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
         // Let close_notify and the last frames go out, then stop.
         asio::post(io, [&io] { io.stop(); });
     };
-    std::function<void(const ferry::transfer_report&)> on_done = [&](const ferry::transfer_report& r) {
+    // The wire bytes of attempts lost on the way: the report that ends the run counts them
+    // (what they moved and the receiver confirmed is that report's matched data).
+    std::uint64_t lost_wire_sent = 0;
+    std::uint64_t lost_wire_received = 0;
+    std::function<void(const ferry::transfer_report&)> on_done = [&](const ferry::transfer_report& given) {
+        ferry::transfer_report r = given;
+        r.wire_sent += std::exchange(lost_wire_sent, 0);
+        r.wire_received += std::exchange(lost_wire_received, 0);
         auto now = std::chrono::steady_clock::now();
         if (r.connected && !ever_connected) {
             ever_connected = true;
@@ -2245,6 +2264,8 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
                  {"reason", r.error},
                  {"bytes_confirmed", r.payload_bytes},
                  {"give_up_in_s", left_s}});
+        lost_wire_sent = r.wire_sent;
+        lost_wire_received = r.wire_received;
         retry_timer.expires_after(delay);
         retry_timer.async_wait([&](std::error_code ec) {
             if (ec) {
@@ -2429,7 +2450,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     std::vector<ferry::skipped_file> still_gone;  // vanished in the first attempt, not in the rescan
     loop.start = [&](const std::function<void(const ferry::transfer_report&)>& done) {
         if (sync != nullptr) {
-            sync->reset_counts();  // each attempt's receiver says again what it does
+            sync->new_attempt();  // each attempt's receiver says again what it does
         }
         if (!have_scan) {
             std::string rescan_error;
@@ -2478,7 +2499,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
             return false;
         }
         if (sync != nullptr) {
-            sync->carry_counts();
+            sync->keep_first_pass();
         }
         sources = std::move(again);
         have_scan = true;
@@ -2566,7 +2587,7 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     command_progress progress(io, o, n);
     attempt_loop loop;
     loop.start = [&](const std::function<void(const ferry::transfer_report&)>& done) {
-        run.reset_counts();
+        run.new_attempt();
         seen.clear();
         ferry::pull_spec spec;
         spec.source = run.target;
@@ -2580,7 +2601,7 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         n.pull(std::move(spec), t);
     };
     loop.again = [&run] {
-        run.carry_counts();
+        run.keep_first_pass();
         return true;  // the peer scans again
     };
     loop.again_line = run.get ? "changed or vanished at the peer while read; getting them once more"

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/ferry_cli.hpp"
@@ -1139,10 +1140,14 @@ TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_r
     serve();
     constexpr std::uint64_t size = 6 * 1024 * 1024;
     write_random_file(site / "data.bin", size, 81);
+    for (int i = 0; i < 10; ++i) {  // offered before data.bin, and placed before the kill
+        write_text_file(site / ("a" + std::to_string(i)), "small " + std::to_string(i) + "\n");
+    }
     child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
                       "--compress", "never", "--retry-for", "2m", "ay:www/site", dst.string()});
     fs::path part = dst / ".data.bin.ferry-part";
-    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 1024 * 1024; }, process_timeout))
+    ASSERT_TRUE(wait_for_change(
+        dst, [&] { return fs::exists(dst / "a9") && allocated_bytes(part) >= 1024 * 1024; }, process_timeout))
         << rx.err();
     node.proc->signal(SIGKILL);
     ASSERT_TRUE(node.proc->wait(process_timeout).has_value());
@@ -1157,8 +1162,24 @@ TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_r
     nlohmann::json done = find_event(json_events(rx.out()), "done");
     // What the first node sent before it died is kept (a sync counts it as matched).
     EXPECT_GE(done.value("bytes_matched", std::uint64_t{0}), 1024u * 1024) << done;
-    EXPECT_EQ(done.value("bytes_matched", std::uint64_t{0}) + done.value("bytes_transferred", std::uint64_t{0}), size)
+    EXPECT_EQ(done.value("bytes_matched", std::uint64_t{0}) + done.value("bytes_transferred", std::uint64_t{0}),
+              size + 10 * 8)
         << done;
+    // The second attempt's receiver finds the small files there: each is told of once, as
+    // created, and counted so.
+    std::map<std::string, int> told;
+    for (const nlohmann::json& e : json_events(rx.out())) {
+        if (e.contains("path") && e.value("event", "") != "progress") {
+            ++told[e["path"].get<std::string>()];
+            EXPECT_EQ(e["event"], "created") << e;
+        }
+    }
+    EXPECT_EQ(told.size(), 11u) << rx.out();
+    for (const auto& [path, n] : told) {
+        EXPECT_EQ(n, 1) << path;
+    }
+    EXPECT_EQ(done["created"], 11) << done;
+    EXPECT_EQ(done["skipped"], 0) << done;
 }
 
 TEST_F(sync_push, an_mtime_past_2262_is_clamped_to_the_last_the_wire_holds_and_the_next_sync_keeps_it) {
