@@ -170,8 +170,14 @@ void emit(const common_opts& o, json j, bool flush = true) {
         json_started = true;
         j["schema"] = json_schema;
     }
-    j["t"] = static_cast<double>(micros_since_start()) / 1e6;  // as file events print it: t never goes back
-    emit_line(dump(j), flush);
+    // "t" last, to the microsecond from integers as file events print it (t never goes
+    // back; a double's dump may take 17 digits: 0.08093500000000001).
+    std::string line = dump(j);
+    line.pop_back();  // the object's '}'
+    std::int64_t us = micros_since_start();
+    fmt::format_to(std::back_inserter(line), FMT_COMPILE(R"({}"t":{}.{:06}}})"), j.empty() ? "" : ",", us / 1000000,
+                   us % 1000000);
+    emit_line(line, flush);
 }
 
 // Appends the well-formed UTF-8 sequence at s[i] and moves `i` past it, or U+FFFD for
@@ -1549,7 +1555,7 @@ void sync_event(const common_opts& o, sync_run& run, const char* what, std::stri
         }
         emit(o, std::move(j), false);
     } else if (run.verbose && std::string_view(what) != "skipped") {
-        say(fmt::format("{:<8} {}{}{}", what, ferry::printable(path), std::string_view(kind) == "dir" ? "/" : "",
+        say(fmt::format("{} {}{}{}", what, ferry::printable(path), std::string_view(kind) == "dir" ? "/" : "",
                         from.empty() ? "" : " (from " + ferry::printable(from) + ")"));
     }
 }
