@@ -35,10 +35,19 @@ struct local_basis {
     bool built = false;
     std::vector<dest_tree::file_stamp> files;
     std::unordered_map<std::uint64_t, std::uint32_t> by_stamp;  // stamp_key -> first such file
+    // stamp_key and the file's name -> first such file: of many files with one size and
+    // mtime (a script wrote them in one clock tick), a moved folder's file finds its own.
+    std::unordered_map<std::uint64_t, std::uint32_t> by_named_stamp;
     std::unordered_map<std::uint64_t, std::uint32_t> by_size;   // files of resume size and up
 
     static std::uint64_t stamp_key(std::uint64_t size, std::int64_t mtime_ns) {
         return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
+    }
+    static std::uint64_t named_key(std::uint64_t stamp, std::string_view path) {
+        return stamp ^ (std::hash<std::string_view>{}(wire_name(path)) * 0xC2B2AE3D27D4EB4Full);
+    }
+    static bool same_stamp(const dest_tree::file_stamp& f, const entry_info& e) {
+        return f.size == e.size && f.mtime_ns == e.mtime_ns;
     }
 
     // Lists the folder (once; a get's, only what its own entry holds there: the folder
@@ -54,6 +63,7 @@ struct local_basis {
                 continue;  // empty, or a path the wire cannot carry (too long for FileAccept.basis)
             }
             by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i);
+            by_named_stamp.try_emplace(named_key(stamp_key(f.size, f.mtime_ns), f.path), i);
             if (chunk_count(f.size) >= resume_min_chunks) {
                 by_size.try_emplace(f.size, i);
             }
@@ -62,9 +72,16 @@ struct local_basis {
 
     // The file to start `e` from, if any.
     const dest_tree::file_stamp* find(const entry_info& e) const {
-        if (auto it = by_stamp.find(stamp_key(e.size, e.mtime_ns)); it != by_stamp.end()) {
+        const std::uint64_t stamp = stamp_key(e.size, e.mtime_ns);
+        if (auto it = by_named_stamp.find(named_key(stamp, e.path)); it != by_named_stamp.end()) {
             const dest_tree::file_stamp& f = files[it->second];
-            if (f.size == e.size && f.mtime_ns == e.mtime_ns) {
+            if (same_stamp(f, e) && wire_name(f.path) == wire_name(e.path)) {
+                return &f;
+            }
+        }
+        if (auto it = by_stamp.find(stamp); it != by_stamp.end()) {
+            const dest_tree::file_stamp& f = files[it->second];
+            if (same_stamp(f, e)) {
                 return &f;
             }
         }

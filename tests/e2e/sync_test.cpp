@@ -304,6 +304,28 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, files_of_one_size_and_mtime_moved_with_their_folder_each_start_from_their_own) {
+    // A script wrote them in one clock tick: many files share a size and an mtime. Moved
+    // with their folder, each keeps its name, and starts from the file of that name.
+    serve();
+    for (int i = 0; i < 30; ++i) {
+        fs::path f = src / "batch" / ("f" + std::to_string(i));
+        write_random_file(f, 6000 + i % 3, 200 + i);
+        set_mtime(f, 1'600'000'000);
+    }
+    ASSERT_EQ(sync({}).code, 0);
+    fs::rename(src / "batch", src / "moved");
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed").size(), 30u) << r.out;
+    EXPECT_TRUE(paths_of(ev, "created").empty()) << r.out;
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["renamed"], 30) << done;
+    EXPECT_EQ(done["bytes_transferred"], 0) << done;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, a_new_file_that_only_looks_like_one_at_dst_is_sent_whole) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
