@@ -1480,6 +1480,7 @@ struct sync_run {
     bool verbose = false;
     bool pull = false;  // SRC is remote: this side receives
     bool get = false;   // `ferry get`: one file or folder of a share into a local folder
+    std::filesystem::path src_root;  // a push's SRC folder
     std::uint64_t created = 0;
     std::uint64_t updated = 0;
     std::uint64_t renamed = 0;
@@ -1627,11 +1628,7 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
         return run_pull(o, s, src->target, y.dst, run);
     }
     fs::path root = y.src;
-    struct stat st {};
-    if (::stat(root.c_str(), &st) == 0) {
-        run.target.set_root_mode(st.st_mode & 07777);
-        run.target.set_root_mtime_ns(ferry::timespec_ns(st.st_mtim));
-    }
+    run.src_root = root;  // its mode and mtime go with each scan of it (run_send)
     return run_send(o, s, dst->target, [root, excludes](std::string& error) {
         ferry::source_tree out;
         std::error_code ec = ferry::scan_contents(root, excludes, out, error);
@@ -2439,6 +2436,13 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         so.memo = std::make_shared<ferry::digest_memo>();
         if (base_target) {
             so.sync = base_target;
+            // SRC's own folder as this scan left it: a file replaced at its top while the
+            // first attempt ran changed its mtime, which the next scan's attempt then sets.
+            struct stat st {};
+            if (!sync->src_root.empty() && ::stat(sync->src_root.c_str(), &st) == 0) {
+                so.sync->set_root_mode(st.st_mode & 07777);
+                so.sync->set_root_mtime_ns(ferry::timespec_ns(st.st_mtim));
+            }
             return ferry::keep_skipped(scanned, *so.sync);
         }
         return {};

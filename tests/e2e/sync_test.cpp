@@ -404,6 +404,14 @@ TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_th
     // The second scan no longer has it: --delete removes DST's copy, as rsync would.
     EXPECT_FALSE(fs::exists(dst / "gone.bin"));
     EXPECT_TRUE(no_partial_files(share));
+    // SRC's folder lost an entry after the first scan: DST's gets its mtime as the second
+    // scan found it, not the first's.
+    struct stat s {};
+    struct stat d {};
+    ASSERT_EQ(::stat(src.c_str(), &s), 0);
+    ASSERT_EQ(::stat(dst.c_str(), &d), 0);
+    EXPECT_EQ(d.st_mtim.tv_sec, s.st_mtim.tv_sec);
+    EXPECT_EQ(d.st_mtim.tv_nsec, s.st_mtim.tv_nsec);
 }
 
 // A receiver that is not root can still change what a read-only folder holds (one an
