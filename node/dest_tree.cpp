@@ -644,18 +644,35 @@ struct pruner {
             return ec;
         }
         bool loosened = false;
-        for (const std::string& own_name : own_names) {
-            // Only ".NAME.ferry-part" and ".NAME.ferry-resume": a long NAME's hashed form
-            // does not give NAME back. The NAME taken out must give the same name back.
-            std::string_view n = own_name;
-            bool part = n.ends_with(".ferry-part");
-            std::string_view suffix = part ? ".ferry-part" : ".ferry-resume";
-            if (!n.starts_with('.') || !n.ends_with(suffix) || n.size() <= suffix.size() + 1) {
-                continue;
+        // A long NAME's partial file and record have a hashed name (".ferry-HASH.part"),
+        // which does not give NAME back: they are known by the DST file of that NAME.
+        std::unordered_map<std::string, std::string> hashed;
+        if (!own_names.empty()) {
+            for (const folder_child& c : children) {
+                for (std::string own : {dest_tree::partial_name(c.name), dest_tree::resume_name(c.name)}) {
+                    if (own.size() < c.name.size()) {  // the hashed form
+                        hashed.emplace(std::move(own), c.name);
+                    }
+                }
             }
-            std::string name(n.substr(1, n.size() - suffix.size() - 1));
-            if ((part ? dest_tree::partial_name(name) : dest_tree::resume_name(name)) != own_name) {
-                continue;
+        }
+        for (const std::string& own_name : own_names) {
+            // ".NAME.ferry-part" and ".NAME.ferry-resume", where the NAME taken out gives
+            // the same name back, or a hashed one of a NAME DST holds.
+            std::string name;
+            if (auto h = hashed.find(own_name); h != hashed.end()) {
+                name = h->second;
+            } else {
+                std::string_view n = own_name;
+                bool part = n.ends_with(".ferry-part");
+                std::string_view suffix = part ? ".ferry-part" : ".ferry-resume";
+                if (!n.starts_with('.') || !n.ends_with(suffix) || n.size() <= suffix.size() + 1) {
+                    continue;
+                }
+                name = n.substr(1, n.size() - suffix.size() - 1);
+                if ((part ? dest_tree::partial_name(name) : dest_tree::resume_name(name)) != own_name) {
+                    continue;
+                }
             }
             // One written in the last minute may be a live transfer's in another process
             // (claims are per process): it stays, for --partial-max-age or a later sync.

@@ -13,6 +13,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "node/dest_tree.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/fs_util.hpp"
 #include "tests/support/tree.hpp"
@@ -1239,11 +1240,18 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
     serve();
     write_random_file(src / "big.bin", 3 * 256 * 1024, 91);
     write_text_file(src / "sub/a.txt", "a\n");
+    const std::string long_name(250, 'L');  // its partial file's name is a hash
+    write_text_file(src / "sub" / long_name, "long\n");
     ASSERT_EQ(sync({}).code, 0);
     fs::path site = share / "site";
-    std::vector<fs::path> left{site / ".big.bin.ferry-part", site / ".big.bin.ferry-resume",
-                               site / "sub/.a.txt.ferry-part", site / "sub/.gone.bin.ferry-part",
-                               site / "sub/.gone.bin.ferry-resume"};
+    std::vector<fs::path> left{site / ".big.bin.ferry-part",
+                               site / ".big.bin.ferry-resume",
+                               site / "sub/.a.txt.ferry-part",
+                               site / "sub/.gone.bin.ferry-part",
+                               site / "sub/.gone.bin.ferry-resume",
+                               site / "sub" / ferry::dest_tree::partial_name(long_name),
+                               site / "sub" / ferry::dest_tree::resume_name(long_name)};
+    ASSERT_EQ(ferry::dest_tree::partial_name(long_name).size(), 28u);
     for (const fs::path& p : left) {
         write_text_file(p, "an older attempt's bytes\n");
         set_mtime(p, 1'500'000'000);  // long ago: one written in the last minute may be live
