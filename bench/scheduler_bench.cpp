@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -48,7 +49,10 @@ transfer_plan make_plan(std::uint32_t files, std::uint64_t size, bool resume) {
     transfer_plan p;
     for (std::uint32_t i = 0; i < files; ++i) {
         entry_info e;
-        e.path = "dir" + std::to_string(i / 100) + "/file" + std::to_string(i) + ".bin";
+        // Zero-padded: offered in path order (wire_path_less), as a receiver demands.
+        char path[40];
+        std::snprintf(path, sizeof(path), "dir%05u/file%07u.bin", i / 100, i);
+        e.path = path;
         e.size = size;
         e.mtime_ns = 1'700'000'000'000'000'000;
         p.entries.push_back(std::move(e));

@@ -1520,6 +1520,8 @@ struct sync_run {
         auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
                                    [](const auto& e, std::uint64_t x) { return e.first < x; });
         bool before = it != earlier_.end() && it->first == h;
+        // Found unchanged now, or said the same again (a dry run places nothing).
+        bool again = before && (a == action::unchanged || a == it->second);
         action counted = before && a == action::unchanged ? it->second : a;
         now_.emplace_back(h, counted);
         switch (counted) {
@@ -1528,7 +1530,7 @@ struct sync_run {
             case action::renamed: ++renamed; dry_matched_bytes += size; break;
             case action::unchanged: ++unchanged; dry_matched_bytes += size; break;
         }
-        return !(before && a == action::unchanged);
+        return !again;
     }
 
 private:
