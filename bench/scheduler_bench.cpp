@@ -38,6 +38,8 @@ struct transfer_plan {
     std::vector<entry_info> entries;
     std::vector<wire::Offer> offers;
     std::vector<wire::Accept> accepts;
+    // Per Accept, the HaveDigests frames (header, payload) that go before it.
+    std::vector<std::vector<std::pair<wire::HaveDigests, std::string>>> have_frames;
     std::vector<receiver_machine::decision> decisions;  // in entry order, over all batches
     std::vector<wire::FileDone> file_dones;             // per file of more than one chunk
     std::uint64_t chunks = 0;
@@ -83,6 +85,13 @@ transfer_plan make_plan(std::uint32_t files, std::uint64_t size, bool resume) {
             batch.push_back(d);
             p.decisions.push_back(d);
         }
+        std::vector<std::pair<wire::HaveDigests, std::string>> frames;
+        for (const receiver_machine::decision& d : batch) {
+            for (auto& f : receiver_machine::have_digest_frames(d)) {
+                frames.push_back(std::move(f));
+            }
+        }
+        p.have_frames.push_back(std::move(frames));
         p.accepts.push_back(receiver.accept(batch));
     }
     for (std::uint32_t i = 0; i < files; ++i) {
@@ -112,8 +121,13 @@ std::uint64_t run_sender(const transfer_plan& p, std::vector<entry_info> entries
     std::vector<wire::Offer> offers = s.make_offers();
     benchmark::DoNotOptimize(offers.data());
     std::vector<wire::FileDone> done_now;
-    for (const wire::Accept& a : p.accepts) {
-        if (s.on_accept(a, done_now)) {
+    for (std::size_t b = 0; b < p.accepts.size(); ++b) {
+        for (const auto& [have, payload] : p.have_frames[b]) {  // what the receiver has, first
+            if (s.on_have_digests(have, {reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size()})) {
+                return 0;
+            }
+        }
+        if (s.on_accept(p.accepts[b], done_now)) {
             return 0;
         }
     }
