@@ -1905,9 +1905,16 @@ void receive_session::check_all_done() {
         return;
     }
     finishing_ = true;
+    // What was offered, looked up by the files made from DST's own copy (renamed when SRC
+    // no longer has the old path) and by --delete: made once, and only for them.
+    const wire::SyncTarget* target = sync_target();
+    std::optional<offered_paths> offered;
+    if (!maybe_renamed_.empty() || (target && target->delete_())) {
+        offered = machine_.take_paths();
+    }
     for (file_id f : maybe_renamed_) {
         const sink_file& sink = *sinks_.at(f.value);
-        bool renamed = !machine_.offered_file(sink.from);
+        bool renamed = offered->find(sink.from) != offered_paths::kind::file;
         files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action,
                     renamed ? std::string_view(sink.from) : std::string_view());
         sinks_[f.value].reset();
@@ -1924,7 +1931,6 @@ void receive_session::check_all_done() {
     std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
-    const wire::SyncTarget* target = sync_target();
     if (target && !sync_path_.empty() && target->root_mode() != 0) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
         // setuid and setgid: never on a peer's word).
@@ -1942,7 +1948,7 @@ void receive_session::check_all_done() {
     // their mtimes. Offers are over: the machine hands its path set to the worker.
     std::function<dest_tree::verdict(const std::string&, bool)> keep;
     if (target && target->delete_()) {
-        keep = [paths = machine_.take_paths(), excludes = excludes_](const std::string& path, bool is_dir) {
+        keep = [paths = std::move(*offered), excludes = excludes_](const std::string& path, bool is_dir) {
             if (excludes->excluded(path, is_dir)) {
                 return dest_tree::verdict::keep_whole;
             }

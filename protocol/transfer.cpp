@@ -597,16 +597,6 @@ std::error_code receiver_machine::claim_path(const entry_info& e) {
     return {};
 }
 
-std::vector<receiver_machine::file_state>::const_iterator receiver_machine::find_offered(std::string_view path) const {
-    return std::lower_bound(files_.begin(), files_.end(), path,
-                            [](const file_state& f, std::string_view p) { return wire_path_less(f.info.path, p); });
-}
-
-bool receiver_machine::offered_file(std::string_view path) const {
-    auto it = find_offered(path);
-    return it != files_.end() && it->info.path == path && !it->info.is_dir;
-}
-
 offered_paths::kind offered_paths::find(std::string_view path) const {
     auto it = std::lower_bound(paths_.begin(), paths_.end(), path,
                                [](const auto& p, std::string_view x) { return wire_path_less(p.first, x); });

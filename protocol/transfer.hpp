@@ -454,12 +454,10 @@ public:
     }
 
     const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
-    // Every path the batches offered, for the receiver's clean-up once the last batch is
-    // in. Views of the entries' own paths: valid while this machine lives (it takes no
-    // offer after the last, and its entries stay where they are).
+    // Every path the batches offered, for the receiver's clean-up and its renamed files
+    // once the last batch is in. Views of the entries' own paths: valid while this machine
+    // lives (it takes no offer after the last, and its entries stay where they are).
     offered_paths take_paths() const;
-    // Whether `path` is a regular file or a symlink offered so far.
-    bool offered_file(std::string_view path) const;
     // The first batch's sync target, if it had one (`ferry sync` into a share).
     const std::optional<wire::SyncTarget>& sync() const { return sync_; }
     // The chunks of a decided file that are here, and their digests (for resume records).
@@ -519,8 +517,6 @@ private:
     // one before it (wire_path_less), or if a folder it lies in was offered as a file or
     // symlink. Then it is the last of the chain.
     std::error_code claim_path(const entry_info& e);
-    // The first entry whose path is not before `path` (the entries are in offer order).
-    std::vector<file_state>::const_iterator find_offered(std::string_view path) const;
 
     receiver_limits limits_;
     std::uint64_t transfer_id_ = 0;
