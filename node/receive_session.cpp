@@ -1947,8 +1947,9 @@ void receive_session::check_all_done() {
     // an exclude pattern matches, nor ferry's own partial files), before the folders get
     // their mtimes. Offers are over: the machine hands its path set to the worker.
     std::function<dest_tree::verdict(const std::string&, bool)> keep;
-    if (target && target->delete_()) {
-        keep = [paths = std::move(*offered), excludes = excludes_](const std::string& path, bool is_dir) {
+    if (target && target->delete_() && tree_) {
+        keep = [paths = std::move(*offered), excludes = excludes_, claims = claims_, owner = this,
+                root = tree_->root()](const std::string& path, bool is_dir) {
             if (excludes->excluded(path, is_dir)) {
                 return dest_tree::verdict::keep_whole;
             }
@@ -1956,10 +1957,15 @@ void receive_session::check_all_done() {
             // not in a dry run, which lists it here). A file or symlink where a folder was
             // offered was replaced by it (a dry run: would be), as rsync does, not deleted.
             offered_paths::kind k = paths.find(path);
-            if (k == offered_paths::kind::none || (k == offered_paths::kind::file && is_dir)) {
-                return dest_tree::verdict::remove;
+            if (k != offered_paths::kind::none && !(k == offered_paths::kind::file && is_dir)) {
+                return dest_tree::verdict::keep;
             }
-            return dest_tree::verdict::keep;
+            // Another transfer into this folder is writing it, or a file below it (a folder
+            // it has just made): it stays, and what else the folder holds is judged as usual.
+            if (claims->held_by_another((root / path).string(), owner)) {
+                return dest_tree::verdict::keep;
+            }
+            return dest_tree::verdict::remove;
         };
     }
     bool dry_run = target && target->dry_run();

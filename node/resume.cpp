@@ -54,6 +54,20 @@ void partial_claims::release_all(const void* owner) {
     std::erase_if(owners_, [owner](const auto& kv) { return kv.second == owner; });
 }
 
+bool partial_claims::held_by_another(std::string_view path, const void* owner) {
+    std::lock_guard lock(mutex_);
+    if (auto it = owners_.find(path); it != owners_.end() && it->second != owner) {
+        return true;
+    }
+    std::string below = std::string(path) + '/';
+    for (auto it = owners_.lower_bound(below); it != owners_.end() && it->first.starts_with(below); ++it) {
+        if (it->second != owner) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void known_partials::put(const std::string& key, known_partial k) {
     if (auto it = map_.find(key); it != map_.end()) {
         chunks_ -= it->second.have.size();

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -80,10 +81,13 @@ public:
     // holds, else nullopt (all free or `owner`'s already, and now `owner`'s).
     std::optional<std::size_t> claim_all(const std::vector<std::string>& paths, const void* owner);
     void release_all(const void* owner);
+    // Whether an owner other than `owner` holds `path` or a path below it (a folder a
+    // live transfer writes into).
+    bool held_by_another(std::string_view path, const void* owner);
 
 private:
     std::mutex mutex_;
-    std::unordered_map<std::string, const void*> owners_;
+    std::map<std::string, const void*, std::less<>> owners_;  // ordered: a folder's claims are adjacent
 };
 
 struct resume_found {

@@ -1275,6 +1275,33 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
     EXPECT_EQ(compare_trees(src, site), "");
 }
 
+TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
+    // Two pushes with --delete into one folder at once: the second's walk finds a folder
+    // the first has just made (and the partial file of its big file). They are the first
+    // transfer's while it runs: the second leaves them, and the first, ending last, leaves
+    // DST as its SRC (it deleted the second's file, as rsync would).
+    serve();
+    write_random_file(src / "big.bin", 6 * 1024 * 1024, 95);
+    write_text_file(src / "onlyA/x", "a\n");
+    fs::path other = cli.root() / "other";
+    write_text_file(other / "b", "b\n");
+    fs::path site = share / "site";
+    child_process first({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--delete", "--bwlimit",
+                         "2M", "--compress", "never", src.string(), "ay:www/site"});
+    ASSERT_TRUE(wait_for_change(
+        site, [&] { return fs::is_directory(site / "onlyA") && allocated_bytes(site / ".big.bin.ferry-part") > 0; },
+        process_timeout))
+        << first.err();
+    run_result second = cli.ferry({"sync", "--state", cli.state("B").string(), "--json", "--delete", other.string(),
+                                   "ay:www/site"});
+    ASSERT_EQ(second.code, 0) << second.err;
+    EXPECT_TRUE(fs::is_directory(site / "onlyA"));
+    EXPECT_EQ(paths_of(json_events(second.out), "deleted"), paths{});
+    ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
+    EXPECT_EQ(paths_of(json_events(first.out()), "deleted"), paths{"b"});
+    EXPECT_EQ(compare_trees(src, site), "");
+}
+
 TEST_F(sync_push, an_unrecorded_partial_file_does_not_stop_a_delta_against_dsts_own_file) {
     // A sync killed within its first seconds leaves a partial file and no record of what
     // it holds. If SRC then shifts every block (bytes inserted at the start), the partial
