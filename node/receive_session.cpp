@@ -1192,9 +1192,12 @@ void receive_session::next_offer() {
             // orders must not each hold some).
             if (!create && error.empty() && !sync.dry_run) {
                 std::vector<std::string> writes;
+                std::vector<std::string> folders;
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (items[i].e.is_file() && !identical[i]) {
                         writes.push_back((tree->root() / items[i].e.path).string());
+                    } else if (items[i].e.is_dir) {
+                        folders.push_back((tree->root() / items[i].e.path).string());
                     }
                 }
                 if (std::optional<std::size_t> taken = self->claims_->claim_all(writes, self.get())) {
@@ -1202,6 +1205,8 @@ void receive_session::next_offer() {
                                                         "try again once it has ended";
                     code = exit_code::transfer_failed;
                     busy = true;
+                } else {
+                    self->claims_->use_folders(folders, self.get());  // another's --delete leaves them
                 }
             }
             if (!create && error.empty()) {
@@ -1851,6 +1856,9 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
     }
     send_control(h);
     if (!machine_.entry(f).is_dir) {
+        if (tree_) {
+            claims_->release((tree_->root() / path).string(), this);  // named: another may replace it now
+        }
         ++files_done_;
         report_done(f);
     }

@@ -49,23 +49,47 @@ std::optional<std::size_t> partial_claims::claim_all(const std::vector<std::stri
     return std::nullopt;
 }
 
+void partial_claims::release(const std::string& path, const void* owner) {
+    std::lock_guard lock(mutex_);
+    if (auto it = owners_.find(path); it != owners_.end() && it->second == owner) {
+        owners_.erase(it);
+    }
+}
+
+void partial_claims::use_folders(const std::vector<std::string>& paths, const void* owner) {
+    std::lock_guard lock(mutex_);
+    for (const std::string& path : paths) {
+        auto [from, to] = folders_.equal_range(path);
+        if (std::none_of(from, to, [owner](const auto& kv) { return kv.second == owner; })) {
+            folders_.emplace_hint(to, path, owner);
+        }
+    }
+}
+
 void partial_claims::release_all(const void* owner) {
     std::lock_guard lock(mutex_);
-    std::erase_if(owners_, [owner](const auto& kv) { return kv.second == owner; });
+    auto owned = [owner](const auto& kv) { return kv.second == owner; };
+    std::erase_if(owners_, owned);
+    std::erase_if(folders_, owned);
 }
 
 bool partial_claims::held_by_another(std::string_view path, const void* owner) {
     std::lock_guard lock(mutex_);
-    if (auto it = owners_.find(path); it != owners_.end() && it->second != owner) {
-        return true;
-    }
-    std::string below = std::string(path) + '/';
-    for (auto it = owners_.lower_bound(below); it != owners_.end() && it->first.starts_with(below); ++it) {
-        if (it->second != owner) {
+    auto another = [&](const auto& map) {
+        auto other = [owner](const auto& kv) { return kv.second != owner; };
+        auto [from, to] = map.equal_range(path);
+        if (std::any_of(from, to, other)) {
             return true;
         }
-    }
-    return false;
+        std::string below = std::string(path) + '/';
+        for (auto it = map.lower_bound(below); it != map.end() && it->first.starts_with(below); ++it) {
+            if (other(*it)) {
+                return true;
+            }
+        }
+        return false;
+    };
+    return another(owners_) || another(folders_);
 }
 
 void known_partials::put(const std::string& key, known_partial k) {

@@ -72,22 +72,30 @@ private:
 // The destination files each running transfer of this process writes, by their path: two
 // transfers into one folder must never write one partial file together (two syncs of
 // the same tree at once left files made of both: a soak test, 2026-12-04). A transfer
-// claims a file before it touches its partial file, and gives its claims back when it
-// ends; one that finds a file claimed by another is refused as busy (its sender retries
-// later). Thread-safe (claimed on the workers).
+// claims a file before it touches its partial file, and gives the claim back once the
+// file has its name (or all its claims when it ends); one that finds a file claimed by
+// another is refused as busy (its sender retries later). A transfer also marks the
+// folders it offers as in use, which other transfers may share: `--delete` of another
+// transfer leaves what is claimed or in use (held_by_another). Thread-safe (claimed on
+// the workers).
 class partial_claims {
 public:
     // Claims every path for `owner`, or none: the index of the first one another owner
     // holds, else nullopt (all free or `owner`'s already, and now `owner`'s).
     std::optional<std::size_t> claim_all(const std::vector<std::string>& paths, const void* owner);
+    // Gives back `owner`'s claim of `path` (its file is written and named).
+    void release(const std::string& path, const void* owner);
+    // Marks folders as in use by `owner` (shared: never refused).
+    void use_folders(const std::vector<std::string>& paths, const void* owner);
     void release_all(const void* owner);
-    // Whether an owner other than `owner` holds `path` or a path below it (a folder a
-    // live transfer writes into).
+    // Whether an owner other than `owner` claims or uses `path` or a path below it.
     bool held_by_another(std::string_view path, const void* owner);
 
 private:
     std::mutex mutex_;
-    std::map<std::string, const void*, std::less<>> owners_;  // ordered: a folder's claims are adjacent
+    // Ordered, so that what lies below a folder is found by one search.
+    std::map<std::string, const void*, std::less<>> owners_;
+    std::multimap<std::string, const void*, std::less<>> folders_;
 };
 
 struct resume_found {

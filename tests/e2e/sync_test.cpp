@@ -1276,12 +1276,13 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
 }
 
 TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
-    // Two pushes with --delete into one folder at once: the second's walk finds a folder
-    // the first has just made (and the partial file of its big file). They are the first
-    // transfer's while it runs: the second leaves them, and the first, ending last, leaves
-    // DST as its SRC (it deleted the second's file, as rsync would).
+    // Two pushes with --delete into one folder at once. The second's walk finds a folder
+    // the first has made, holding a small file already named, and the partial file of the
+    // first's big file. The second deletes the named file (SRC lacks it; rsync would too)
+    // but leaves the folder and the partial file: the first is still writing there, and
+    // ends well. Before, the folder went and the first failed ("Operation not permitted").
     serve();
-    write_random_file(src / "big.bin", 6 * 1024 * 1024, 95);
+    write_random_file(src / "zbig.bin", 6 * 1024 * 1024, 95);  // sent after onlyA/x
     write_text_file(src / "onlyA/x", "a\n");
     fs::path other = cli.root() / "other";
     write_text_file(other / "b", "b\n");
@@ -1289,16 +1290,20 @@ TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
     child_process first({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--delete", "--bwlimit",
                          "2M", "--compress", "never", src.string(), "ay:www/site"});
     ASSERT_TRUE(wait_for_change(
-        site, [&] { return fs::is_directory(site / "onlyA") && allocated_bytes(site / ".big.bin.ferry-part") > 0; },
+        site, [&] { return fs::exists(site / "onlyA/x") && allocated_bytes(site / ".zbig.bin.ferry-part") > 0; },
         process_timeout))
         << first.err();
     run_result second = cli.ferry({"sync", "--state", cli.state("B").string(), "--json", "--delete", other.string(),
                                    "ay:www/site"});
     ASSERT_EQ(second.code, 0) << second.err;
+    EXPECT_EQ(paths_of(json_events(second.out), "deleted"), paths{"onlyA/x"});
     EXPECT_TRUE(fs::is_directory(site / "onlyA"));
-    EXPECT_EQ(paths_of(json_events(second.out), "deleted"), paths{});
     ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
     EXPECT_EQ(paths_of(json_events(first.out()), "deleted"), paths{"b"});
+    EXPECT_TRUE(fs::exists(site / "zbig.bin"));
+    run_result again = sync({"--delete"});  // and the next run mends what the second removed
+    ASSERT_EQ(again.code, 0) << again.err;
+    EXPECT_EQ(paths_of(json_events(again.out), "created"), paths{"onlyA/x"});
     EXPECT_EQ(compare_trees(src, site), "");
 }
 
