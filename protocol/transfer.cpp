@@ -53,8 +53,7 @@ std::error_code check_wire_entry(const wire::Entry& e, bool links) {
 
 sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info> entries, transfer_options options,
                                bool complete)
-    : transfer_id_(transfer_id), entries_(std::make_move_iterator(entries.begin()), std::make_move_iterator(entries.end())),
-      options_(std::move(options)) {
+    : transfer_id_(transfer_id), entries_(std::move(entries)), options_(std::move(options)) {
     open_bytes_ = options_.sync ? options_.sync->ByteSizeLong() : 0;
     take_entries(0);
     streamed_ = !complete;
@@ -80,7 +79,7 @@ void sender_machine::flush() {
 
 void sender_machine::append(std::vector<entry_info> more) {
     std::size_t from = entries_.size();
-    std::move(more.begin(), more.end(), std::back_inserter(entries_));
+    entries_.append(std::move(more));
     take_entries(from);
     seal_if_due();
 }

@@ -22,6 +22,7 @@
 #include "ferry.pb.h"
 #include "protocol/delta.hpp"
 #include "protocol/errors.hpp"
+#include "protocol/segments.hpp"
 #include "protocol/types.hpp"
 
 namespace ferry {
@@ -310,8 +311,9 @@ private:
     void seal_if_due();  // the batch being filled, once it holds first_offer_batch_bytes (or is the first)
 
     std::uint64_t transfer_id_;
-    // Deques: an entry or a file's state stays where it is while more are appended.
-    std::deque<entry_info> entries_;
+    // An entry or a file's state stays where it is while more are appended; the entries
+    // are the vectors handed over, kept whole (not moved into a second array).
+    segments<entry_info> entries_;
     transfer_options options_;
     std::deque<file_state> files_;
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids, sealed

@@ -305,6 +305,29 @@ std::error_code offer_error(receiver_machine& r, const wire::Offer& o) {
 // ---------------------------------------------------------------------------------------
 // chunk_bitmap
 
+TEST(Segments, VectorsTakenWholeAreIndexedAsOneAndNeverMove) {
+    std::vector<int> first{0, 1, 2};
+    const int* kept = first.data();
+    segments<int> s(std::move(first));
+    EXPECT_EQ(&s[0], kept);  // the vector handed over is the storage, not copied
+    s.append({});
+    s.append({3});
+    s.append({4, 5, 6, 7});
+    ASSERT_EQ(s.size(), 8u);
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        EXPECT_EQ(s[i], static_cast<int>(i));
+        EXPECT_EQ(s.at(i), static_cast<int>(i));
+    }
+    const int* third = &s[3];
+    for (int i = 0; i < 100; ++i) {
+        s.append({8 + i});
+    }
+    EXPECT_EQ(&s[3], third);
+    EXPECT_EQ(s[107], 107);
+    EXPECT_THROW(s.at(108), std::out_of_range);
+    EXPECT_TRUE(segments<int>().empty());
+}
+
 TEST(ChunkBitmap, SetTestCount) {
     chunk_bitmap b(20);
     EXPECT_EQ(b.size(), 20u);
