@@ -168,6 +168,12 @@ bool exclude_set::add(std::string_view line) {
     if (r.segments.empty()) {
         return false;
     }
+    if (r.segments.size() > 1 && r.segments.back().globstar()) {
+        // "a/**" is what lies inside a, not a itself (as in gitignore): the trailing "**"
+        // stands for one name or more, "*/**", wherever in the path the rest matched
+        // (a "**" before it may stand for no folder at all: "**/build/**" holds build/x).
+        r.segments.insert(r.segments.end() - 1, glob_segment("*"));
+    }
     rules_.push_back(std::move(r));
     lines_.emplace_back(line);
     return true;
@@ -195,10 +201,7 @@ bool exclude_set::excluded(std::string_view path, bool is_dir) const {
         if (r.dir_only && !is_dir) {
             continue;
         }
-        // "a/**" is what lies inside a, not a itself (as in gitignore).
-        bool inside_only = r.segments.size() > 1 && r.segments.back().globstar();
-        bool hit = r.anchored ? (!inside_only || segments.size() >= r.segments.size()) &&
-                                    segments_match(r.segments, segments)
+        bool hit = r.anchored ? segments_match(r.segments, segments)
                               : r.segments.size() == 1 && r.segments.front().match(name);
         if (hit) {
             out = !r.negate;

@@ -87,6 +87,22 @@ TEST(exclude_set, a_pattern_with_slash_is_anchored_at_the_root) {
     EXPECT_FALSE(s.excluded("logs", true));  // "logs/**" is what is inside, not logs itself
 }
 
+TEST(exclude_set, a_trailing_globstar_holds_what_is_inside_wherever_an_earlier_one_stands_for_no_folder) {
+    // "**/build/**" holds build/x at the top as git's does (a soak test, 2026-12-05: it
+    // did not, and --delete then removed DST's own build/ files).
+    exclude_set s = make({"**/build/**", "a/**/b/**"});
+    EXPECT_TRUE(s.excluded("build/out.bin", false));
+    EXPECT_TRUE(s.excluded("build/deep/er/x", false));
+    EXPECT_TRUE(s.excluded("sub/build/out.bin", false));
+    EXPECT_FALSE(s.excluded("build", true));
+    EXPECT_FALSE(s.excluded("sub/build", true));
+    EXPECT_TRUE(s.excluded_or_inside("build/out.bin", false));
+    EXPECT_TRUE(s.excluded("a/b/f", false));
+    EXPECT_TRUE(s.excluded("a/x/y/b/f", false));
+    EXPECT_FALSE(s.excluded("a/b", true));
+    EXPECT_FALSE(s.excluded("b/f", false));
+}
+
 TEST(exclude_set, the_last_matching_pattern_decides_and_negation_re_includes) {
     exclude_set s = make({"*.log", "!keep.log"});
     EXPECT_TRUE(s.excluded("a.log", false));
