@@ -1167,9 +1167,13 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
     if (fd < 0 && (errno == EACCES || errno == EPERM) && (flags & O_TRUNC) != 0) {
         // A partial file an earlier attempt left with a read-only mode (a file written
         // whole is created with its final bits): replaced, since it is truncated anyway.
+        // None there (the folder itself is not writable): the open's error stands.
+        int open_errno = errno;
         if (::unlinkat(dfd, part.c_str(), 0) == 0) {
             fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                           static_cast<mode_t>(mode));
+        } else {
+            errno = open_errno;
         }
     }
     if (fd < 0) {

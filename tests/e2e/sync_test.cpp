@@ -482,6 +482,23 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
     }
 }
 
+TEST_F(sync_push, a_file_the_receiver_may_not_create_is_reported_as_such) {
+    // The sync's own folder is read-only to the (non-root) serving node, which does not
+    // loosen the folder a sync is rooted in. The error is the create's, not that of the
+    // clean-up after it (it said "No such file or directory": a soak test, 2026-12-05).
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
+    }
+    fs::create_directories(share / "locked");
+    serve("", {}, true);
+    ASSERT_EQ(::chmod((share / "locked").c_str(), 0555), 0);
+    write_text_file(src / "newfile", "y\n");
+    run_result r = sync({}, "ay:www/locked");
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_NE(r.err.find("newfile: Permission denied"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(share / "locked/newfile"));
+}
+
 TEST_F(sync_push, an_exclude_pattern_in_brackets_is_a_pattern_not_a_list) {
     // gitignore's [ab] matches "a" or "b"; read as CLI11's list syntax it was the pattern
     // "ab", and --delete removed a and b.
