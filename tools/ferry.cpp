@@ -26,6 +26,8 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -2554,6 +2556,50 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
 // side decides, deletes and reports, as a share does for a push. Retries like a push:
 // once more when files changed or vanished at the peer while read, and after a lost
 // connection for --retry-for.
+int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target& t, const fs::path& dest,
+              sync_run& run, const checked_flags& flags);
+
+// Two pulls into one folder at once (two cron jobs, two sources) would write the same
+// partial files, and one could name a file made of both (a soak test, 2026-12-05). A
+// pull holds an exclusive flock on its folder for the run: DST of a sync (made first if
+// it is new), DEST of a get when it is a folder. One that finds it held waits for the
+// other to end, up to --retry-for. (Transfers within one `ferry serve` claim files
+// instead; a dry run writes nothing and takes no lock.)
+// `made`: DST was made here (the caller removes it again, if still empty, when the pull
+// fails: a refused pull leaves no folder behind).
+int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, bool make, const std::string& label,
+              ferry::unique_fd& held, bool& made) {
+    made = make && ::mkdir(dest.c_str(), 0755) == 0;
+    if (make && !made && errno != EEXIST) {
+        return fail(o, exit_code::local_io, label + dest.string() + ": " + std::error_code(errno, std::system_category()).message());
+    }
+    held.reset(::open(dest.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (held.get() < 0) {
+        return errno == ENOENT || errno == ENOTDIR ? 0
+                                                   : fail(o, exit_code::local_io,
+                                                          label + dest.string() + ": " + std::error_code(errno, std::system_category()).message());
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::llround(s.retry_for_s * 1000));
+    bool told = false;
+    while (::flock(held.get(), LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            return 0;  // a file system without flock: as before
+        }
+        if (std::chrono::steady_clock::now() >= deadline) {
+            return fail(o, exit_code::transfer_failed,
+                        label + dest.string() + " is being written by another ferry process (a sync or get into it); "
+                                                "try again once it has ended");
+        }
+        if (!told) {
+            say(label + dest.string() + " is being written by another ferry process; waiting for it to end "
+                                        "(up to --retry-for)");
+            told = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return 0;
+}
+
 int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target& t, const std::string& dst,
              sync_run& run) {
     const std::string label = run.get ? "DEST " : "DST ";
@@ -2583,6 +2629,23 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         return fail(o, exit_code::usage, label + dst + ": its parent folder " + dest.parent_path().string() +
                                              " does not exist (ferry creates " + label + "itself, not its parents)");
     }
+    ferry::unique_fd held;
+    bool made = false;
+    if (!run.target.dry_run()) {
+        if (int code = hold_dest(o, s, dest, !run.get, label, held, made)) {
+            return code;
+        }
+    }
+    int code = pull_into(o, s, t, dest, run, flags);
+    if (made && code != 0) {
+        ::rmdir(dest.c_str());  // only if nothing is in it
+    }
+    return code;
+}
+
+// run_pull once DST is known good (and held).
+int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target& t, const fs::path& dest,
+              sync_run& run, const checked_flags& flags) {
     ferry::node_config cfg = base_config(o);
     cfg.plaintext = s.plaintext;
     asio::io_context io(1);

@@ -1181,6 +1181,30 @@ TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
     }
 }
 
+TEST_F(sync_pull, a_second_pull_into_the_same_folder_waits_for_the_first) {
+    // Two pulls into one DST at once would write one partial file together, and one of
+    // them could name a file made of both (a soak test, 2026-12-05). The second waits for
+    // the first to end, then syncs what it has: its version is the one left.
+    serve();
+    fs::path site2 = share / "site2";
+    write_random_file(site / "big.bin", 4 * 1024 * 1024, 96);
+    write_random_file(site2 / "big.bin", 4 * 1024 * 1024, 97);
+    set_mtime(site2 / "big.bin", 1'600'000'000);
+    child_process first({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                         "--compress", "never", "ay:www/site", dst.string()});
+    ASSERT_TRUE(wait_for_change(
+        dst, [&] { return allocated_bytes(dst / ".big.bin.ferry-part") > 0; }, process_timeout))
+        << first.err();
+    child_process second({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--compress", "never",
+                          "ay:www/site2", dst.string()});
+    ASSERT_TRUE(second.wait_for_err("is being written by another ferry process; waiting", process_timeout))
+        << second.err();
+    ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
+    ASSERT_EQ(second.wait(process_timeout), 0) << second.err();
+    EXPECT_EQ(paths_of(json_events(second.out()), "updated"), paths{"big.bin"});
+    EXPECT_EQ(compare_trees(site2, dst), "");
+}
+
 TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_resumes) {
     // kill -9 of the serving node mid-pull: its port refuses dials until a new node listens
     // there. The pull keeps trying for --retry-for (a refused dial of a run that reached
