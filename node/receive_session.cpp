@@ -1922,7 +1922,9 @@ void receive_session::check_all_done() {
     }
     for (file_id f : maybe_renamed_) {
         const sink_file& sink = *sinks_.at(f.value);
-        bool renamed = offered->find(sink.from) != offered_paths::kind::file;
+        // An excluded old path (or one SRC could not read) stays at DST: a copy, not a rename.
+        bool renamed = offered->find(sink.from) != offered_paths::kind::file &&
+                       !(excludes_ && excludes_->excluded_or_inside(sink.from, false));
         files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action,
                     renamed ? std::string_view(sink.from) : std::string_view());
         sinks_[f.value].reset();

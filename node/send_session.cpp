@@ -649,8 +649,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             if (std::uint32_t id = header.file_result().file_id(); id < machine_.total_files()) {
                 file_id f{id};
                 std::string_view from = machine_.basis(f);
-                if (from.empty() || !machine_.sent_nothing(f) || offered(from)) {
-                    from = {};  // sent (in part), or a copy of a file SRC still has
+                if (from.empty() || !machine_.sent_nothing(f) || still_at_dst(from)) {
+                    from = {};  // sent (in part), or a copy of a file DST keeps
                 }
                 file_events_.done(ctx_.events.file, f, machine_.entry(f), false, machine_.action(f), from);
                 // Done with: 200,000 files kept ~600 bytes each for nothing.
@@ -702,14 +702,35 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
 
 void send_session::on_send_ready(connection& c) { pump(c.index); }
 
-bool send_session::offered(std::string_view path) {
-    if (offered_paths_.empty()) {
-        offered_paths_.reserve(machine_.total_files());
-        for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
-            offered_paths_.insert(machine_.entry(file_id{i}).path);
+bool send_session::still_at_dst(std::string_view path) {
+    // Offered: the entries are in wire path order (protocol 11), so halving finds it.
+    std::size_t lo = 0;
+    std::size_t hi = machine_.total_files();
+    while (lo < hi) {
+        std::size_t mid = lo + (hi - lo) / 2;
+        if (wire_path_less(machine_.entry(file_id{static_cast<std::uint32_t>(mid)}).path, path)) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
-    return offered_paths_.contains(path);
+    if (lo < machine_.total_files() && machine_.entry(file_id{static_cast<std::uint32_t>(lo)}).path == path) {
+        return true;
+    }
+    // Excluded, or what SRC could not read: DST keeps it.
+    if (!options_.sync) {
+        return false;
+    }
+    if (!excludes_) {
+        excludes_.emplace();
+        for (const std::string& line : options_.sync->exclude()) {
+            excludes_->add(line);
+        }
+        for (const std::string& keep : options_.sync->keep()) {
+            excludes_->keep(keep);
+        }
+    }
+    return excludes_->excluded_or_inside(path, false);
 }
 
 void send_session::pump_all() {

@@ -19,7 +19,6 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <asio/steady_timer.hpp>
@@ -28,6 +27,7 @@
 #include "node/context.hpp"
 #include "node/source_tree.hpp"
 #include "protocol/compression.hpp"
+#include "protocol/exclude.hpp"
 #include "protocol/transfer.hpp"
 #include "transport/connection.hpp"
 #include "transport/socket_tuning.hpp"
@@ -386,7 +386,9 @@ private:
     void fail(exit_code code, const std::string& message, bool tell_peer = true, bool retryable = false);
     void finish(bool ok, exit_code code, const std::string& error);
     // Whether `path` is one of the transfer's entries (looked up in a set built on first use).
-    bool offered(std::string_view path);
+    // Whether DST keeps `path` after this sync: SRC offered it, or excluded it (a file made
+    // from DST's copy there is a copy, not a rename).
+    bool still_at_dst(std::string_view path);
 
     node_context& ctx_;
     source_tree sources_;  // its entries are moved into machine_: locals and totals stay here
@@ -403,7 +405,7 @@ private:
     std::string peer_key_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     file_reporter file_events_{"send", session_id_};
-    std::unordered_set<std::string_view> offered_paths_;  // views into machine_'s entries (offered())
+    std::optional<exclude_set> excludes_;  // the sync's, made when first needed (still_at_dst)
     // delta_ref(): by file id; null for a resumed file with no weak sums.
     std::unordered_map<std::uint32_t, std::shared_ptr<delta_scan>> scans_;
     std::size_t scans_running_ = 0;

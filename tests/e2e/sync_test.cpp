@@ -305,6 +305,29 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a_rename) {
+    // SRC still has cache/big.bin (only excluded), and DST keeps its own: data/big.bin,
+    // made from it, is created, not renamed (a soak test, 2026-12-05: it said renamed).
+    serve();
+    write_random_file(src / "cache/big.bin", 3 * 256 * 1024, 98);
+    fs::path site = share / "site";
+    fs::create_directories(site / "cache");
+    fs::copy_file(src / "cache/big.bin", site / "cache/big.bin");
+    fs::last_write_time(site / "cache/big.bin", fs::last_write_time(src / "cache/big.bin"));
+    fs::create_directories(src / "data");
+    fs::copy_file(src / "cache/big.bin", src / "data/big.bin");
+    fs::last_write_time(src / "data/big.bin", fs::last_write_time(src / "cache/big.bin"));
+    run_result r = sync({"--delete", "--exclude", "cache/"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), paths{});
+    EXPECT_EQ(paths_of(ev, "created"), paths{"data/big.bin"});
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], 0) << done;
+    EXPECT_TRUE(fs::exists(site / "cache/big.bin"));
+    EXPECT_EQ(compare_trees(src / "data", site / "data"), "");
+}
+
 TEST_F(sync_push, files_of_one_size_and_mtime_moved_with_their_folder_each_start_from_their_own) {
     // A script wrote them in one clock tick: many files share a size and an mtime. Moved
     // with their folder, each keeps its name, and starts from the file of that name.
@@ -1179,6 +1202,24 @@ TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
     for (const char* bad : {"fast", "-1M", "10X", "1e30", "1K", "0.0001"}) {
         EXPECT_EQ(sync({"--bwlimit", bad}).code, 1) << bad;
     }
+}
+
+TEST_F(sync_pull, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a_rename) {
+    serve();
+    write_random_file(site / "cache/big.bin", 3 * 256 * 1024, 99);
+    fs::create_directories(dst / "cache");
+    fs::copy_file(site / "cache/big.bin", dst / "cache/big.bin");
+    fs::last_write_time(dst / "cache/big.bin", fs::last_write_time(site / "cache/big.bin"));
+    fs::create_directories(site / "data");
+    fs::copy_file(site / "cache/big.bin", site / "data/big.bin");
+    fs::last_write_time(site / "data/big.bin", fs::last_write_time(site / "cache/big.bin"));
+    run_result r = pull({"--delete", "--exclude", "cache/"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), paths{});
+    EXPECT_EQ(paths_of(ev, "created"), paths{"data/big.bin"});
+    EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 0);
+    EXPECT_TRUE(fs::exists(dst / "cache/big.bin"));
 }
 
 TEST_F(sync_pull, a_second_pull_into_the_same_folder_waits_for_the_first) {
