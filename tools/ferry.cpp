@@ -2694,6 +2694,9 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     if (!r.ok) {
         return fail(o, r.code, r.error);
     }
+    // From the command's start, as a push's: every attempt and the waits between them (a
+    // pull's own report starts with its last session).
+    r.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - program_start).count();
     for (ferry::skipped_file& f : vanished_before) {
         if (!seen.contains(f.path)) {
             r.given_up.push_back(std::move(f));  // still gone: it vanished during the run
