@@ -623,6 +623,10 @@ struct pruner {
             failed = path;
         }
         if (!dry_run && ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0 && errno != ENOENT) {
+            if (is_dir && (errno == ENOTEMPTY || errno == EEXIST)) {
+                failed.clear();
+                return {};  // something came into it meanwhile (another transfer's): it stays
+            }
             return {errno, std::system_category()};
         }
         removed.push_back({path, is_dir, is_link});

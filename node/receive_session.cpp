@@ -869,7 +869,11 @@ void receive_session::next_offer() {
             std::vector<dest_tree::removed_entry> gone;
             std::error_code ec;
             bool excluded = sync.excludes->excluded_or_inside(items[i].e.path, true);
-            if (excluded) {
+            // Another transfer into this folder writes there (a file it claims, a folder it
+            // offered): not this one's to remove now; the sender tries again later.
+            bool held = !excluded && !sync.dry_run &&
+                        self->claims_->held_by_another((tree->root() / items[i].e.path).string(), self.get());
+            if (excluded || held) {
                 ec = dest_errc::is_dir;  // an excluded folder is never SRC's to remove
             } else {
                 std::function<dest_tree::verdict(const std::string&, bool)> keep;
@@ -889,9 +893,12 @@ void receive_session::next_offer() {
                 error = items[i].e.path + ": a folder is in the way of this " +
                         (items[i].e.is_link ? "symlink" : "file") +
                         (excluded ? " and is excluded"
+                         : held   ? " and another transfer into the same folder is writing there; try again once it has "
+                                    "ended"
                          : sync.del ? " and holds excluded paths or SRC's special files"
                                     : "; it is not empty (--delete removes it)");
                 code = exit_code::transfer_failed;
+                busy = busy || held;
                 return false;
             }
             if (ec) {
@@ -1193,6 +1200,9 @@ void receive_session::next_offer() {
             if (!create && error.empty() && !sync.dry_run) {
                 std::vector<std::string> writes;
                 std::vector<std::string> folders;
+                if (!self->sync_path_.empty()) {
+                    folders.push_back(tree->root().string());  // the sync's own folder, below the share's
+                }
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (items[i].e.is_file() && !identical[i]) {
                         writes.push_back((tree->root() / items[i].e.path).string());

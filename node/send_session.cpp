@@ -714,8 +714,11 @@ bool send_session::still_at_dst(std::string_view path) {
             hi = mid;
         }
     }
-    if (lo < machine_.total_files() && machine_.entry(file_id{static_cast<std::uint32_t>(lo)}).path == path) {
-        return true;
+    if (lo < machine_.total_files()) {
+        const entry_info& e = machine_.entry(file_id{static_cast<std::uint32_t>(lo)});
+        if (e.path == path) {
+            return !e.is_dir;  // a folder of SRC's there replaces DST's file: it was moved
+        }
     }
     // Excluded, or what SRC could not read: DST keeps it.
     if (!options_.sync) {

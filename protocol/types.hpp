@@ -30,8 +30,11 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // 2: HaveDigests (resume); 3: sync to shares; 4: delta; 5: pull; 6: --checksum, --bwlimit;
 // 7: symlinks; 8: paths as bytes, SyncTarget.keep; 9: SyncTarget.get (ferry get), Hello.list
 // (ferry ls); 10: SyncTarget.range_* and ListRequest.checksum (ferry get --from); 11: Offer
-// entries in path order (wire_path_less), the receiver refuses any other.
-inline constexpr std::uint32_t protocol_version = 11;
+// entries in path order (wire_path_less), the receiver refuses any other; 12: an exclude
+// pattern's trailing "/**" holds what is inside wherever an earlier "**" stood for no folder
+// ("**/build/**" holds build/x): both sides must read patterns alike, or --delete removes
+// what the sender left out.
+inline constexpr std::uint32_t protocol_version = 12;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

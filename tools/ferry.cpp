@@ -2560,44 +2560,55 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
               sync_run& run, const checked_flags& flags);
 
 // Two pulls into one folder at once (two cron jobs, two sources) would write the same
-// partial files, and one could name a file made of both (a soak test, 2026-12-05). A
-// pull holds an exclusive flock on its folder for the run: DST of a sync (made first if
-// it is new), DEST of a get when it is a folder. One that finds it held waits for the
-// other to end, up to --retry-for. (Transfers within one `ferry serve` claim files
-// instead; a dry run writes nothing and takes no lock.)
+// partial files, and one could name a file made of both (a soak test, 2026-12-05). A sync
+// pulling holds an exclusive flock on DST for its run (made first if it is new). One that
+// finds it held waits for the other to end, up to --retry-for. The lock is the folder at
+// DST when it is taken: one removed or replaced meanwhile (the other pull failed and
+// removed the DST it had made) is let go and the folder there locked instead. (Transfers
+// within one `ferry serve` claim files instead; `ferry get` writes into a folder others
+// write to, a downloads folder, and takes no lock; a dry run writes nothing.)
 // `made`: DST was made here (the caller removes it again, if still empty, when the pull
 // fails: a refused pull leaves no folder behind).
-int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, bool make, const std::string& label,
+int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, const std::string& label,
               ferry::unique_fd& held, bool& made) {
-    made = make && ::mkdir(dest.c_str(), 0755) == 0;
-    if (make && !made && errno != EEXIST) {
+    auto io_error = [&] {
         return fail(o, exit_code::local_io, label + dest.string() + ": " + std::error_code(errno, std::system_category()).message());
-    }
-    held.reset(::open(dest.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (held.get() < 0) {
-        return errno == ENOENT || errno == ENOTDIR ? 0
-                                                   : fail(o, exit_code::local_io,
-                                                          label + dest.string() + ": " + std::error_code(errno, std::system_category()).message());
-    }
+    };
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::llround(s.retry_for_s * 1000));
     bool told = false;
-    while (::flock(held.get(), LOCK_EX | LOCK_NB) != 0) {
-        if (errno != EWOULDBLOCK && errno != EINTR) {
-            return 0;  // a file system without flock: as before
+    for (;;) {
+        made = ::mkdir(dest.c_str(), 0755) == 0;
+        if (!made && errno != EEXIST) {
+            return io_error();
         }
-        if (std::chrono::steady_clock::now() >= deadline) {
-            return fail(o, exit_code::transfer_failed,
-                        label + dest.string() + " is being written by another ferry process (a sync or get into it); "
-                                                "try again once it has ended");
+        held.reset(::open(dest.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (held.get() < 0) {
+            return errno == ENOENT ? 0 : io_error();  // gone again: the pull makes it, as before
         }
-        if (!told) {
-            say(label + dest.string() + " is being written by another ferry process; waiting for it to end "
-                                        "(up to --retry-for)");
-            told = true;
+        while (::flock(held.get(), LOCK_EX | LOCK_NB) != 0) {
+            if (errno != EWOULDBLOCK && errno != EINTR) {
+                return 0;  // a file system without flock: as before
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                return fail(o, exit_code::transfer_failed,
+                            label + dest.string() + " is being written by another ferry process (a sync into it); "
+                                                    "try again once it has ended");
+            }
+            if (!told) {
+                say(label + dest.string() + " is being written by another ferry process; waiting for it to end "
+                                            "(up to --retry-for)");
+                told = true;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        struct stat locked {};
+        struct stat there {};
+        if (::fstat(held.get(), &locked) == 0 && locked.st_nlink > 0 && ::lstat(dest.c_str(), &there) == 0 &&
+            locked.st_dev == there.st_dev && locked.st_ino == there.st_ino) {
+            return 0;
+        }
+        held.reset();  // the folder locked is no longer DST: lock the one there now
     }
-    return 0;
 }
 
 int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target& t, const std::string& dst,
@@ -2632,7 +2643,7 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     ferry::unique_fd held;
     bool made = false;
     if (!run.target.dry_run()) {
-        if (int code = hold_dest(o, s, dest, !run.get, label, held, made)) {
+        if (int code = run.get ? 0 : hold_dest(o, s, dest, label, held, made)) {
             return code;
         }
     }

@@ -2,6 +2,7 @@
 // on loopback, real TLS 1.3. Results are checked on disk (bytes, modes, mtimes) and in the
 // --json events.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "node/dest_tree.hpp"
+#include "node/file_io.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/fs_util.hpp"
 #include "tests/support/tree.hpp"
@@ -1222,28 +1224,34 @@ TEST_F(sync_pull, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a
     EXPECT_TRUE(fs::exists(dst / "cache/big.bin"));
 }
 
-TEST_F(sync_pull, a_second_pull_into_the_same_folder_waits_for_the_first) {
+TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {
     // Two pulls into one DST at once would write one partial file together, and one of
-    // them could name a file made of both (a soak test, 2026-12-05). The second waits for
-    // the first to end, then syncs what it has: its version is the one left.
+    // them could name a file made of both (a soak test, 2026-12-05). A pull holds DST
+    // (flock) for its run; here the test holds it, as another pull would, and lets go
+    // once the pull has said it waits.
     serve();
-    fs::path site2 = share / "site2";
-    write_random_file(site / "big.bin", 4 * 1024 * 1024, 96);
-    write_random_file(site2 / "big.bin", 4 * 1024 * 1024, 97);
-    set_mtime(site2 / "big.bin", 1'600'000'000);
-    child_process first({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
-                         "--compress", "never", "ay:www/site", dst.string()});
-    ASSERT_TRUE(wait_for_change(
-        dst, [&] { return allocated_bytes(dst / ".big.bin.ferry-part") > 0; }, process_timeout))
-        << first.err();
-    child_process second({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--compress", "never",
-                          "ay:www/site2", dst.string()});
-    ASSERT_TRUE(second.wait_for_err("is being written by another ferry process; waiting", process_timeout))
-        << second.err();
-    ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
-    ASSERT_EQ(second.wait(process_timeout), 0) << second.err();
-    EXPECT_EQ(paths_of(json_events(second.out()), "updated"), paths{"big.bin"});
-    EXPECT_EQ(compare_trees(site2, dst), "");
+    write_random_file(site / "big.bin", 1024 * 1024, 96);
+    fs::create_directories(dst);
+    ferry::unique_fd lock(::open(dst.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    ASSERT_GE(lock.get(), 0);
+    ASSERT_EQ(::flock(lock.get(), LOCK_EX), 0);
+    child_process puller({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "ay:www/site",
+                          dst.string()});
+    ASSERT_TRUE(puller.wait_for_err("is being written by another ferry process; waiting", process_timeout))
+        << puller.err();
+    EXPECT_FALSE(fs::exists(dst / "big.bin"));
+    EXPECT_FALSE(fs::exists(dst / ".big.bin.ferry-part"));
+    lock.reset();
+    ASSERT_EQ(puller.wait(process_timeout), 0) << puller.err();
+    EXPECT_EQ(compare_trees(site, dst), "");
+    // Held for longer than --retry-for: the pull gives up, exit 2, and touches nothing.
+    lock.reset(::open(dst.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    ASSERT_EQ(::flock(lock.get(), LOCK_EX), 0);
+    write_text_file(site / "new.txt", "new\n");
+    run_result r = pull({"--retry-for", "0"});
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_NE(r.err.find("is being written by another ferry process"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dst / "new.txt"));
 }
 
 TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_resumes) {
@@ -1387,6 +1395,29 @@ TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
     ASSERT_EQ(again.code, 0) << again.err;
     EXPECT_EQ(paths_of(json_events(again.out), "created"), paths{"onlyA/x"});
     EXPECT_EQ(compare_trees(src, site), "");
+}
+
+TEST_F(sync_push, a_file_does_not_replace_a_folder_another_push_is_writing_into) {
+    // The first push writes P/big.bin; the second's SRC has a file at P. Removing the
+    // folder would take the first's partial file with it: the second is told the folder is
+    // in use (busy: with --retry-for 0 it fails at once) and the first ends well.
+    serve();
+    write_random_file(src / "P/big.bin", 6 * 1024 * 1024, 93);
+    fs::path other = cli.root() / "other";
+    write_text_file(other / "P", "a file now\n");
+    fs::path site = share / "site";
+    child_process first({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                         "--compress", "never", src.string(), "ay:www/site"});
+    ASSERT_TRUE(wait_for_change(
+        site / "P", [&] { return allocated_bytes(site / "P/.big.bin.ferry-part") > 0; }, process_timeout))
+        << first.err();
+    run_result second = cli.ferry({"sync", "--state", cli.state("B").string(), "--json", "--delete", "--retry-for",
+                                   "0", other.string(), "ay:www/site"});
+    EXPECT_EQ(second.code, 2) << second.err;
+    EXPECT_NE(second.err.find("another transfer into the same folder is writing there"), std::string::npos)
+        << second.err;
+    ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
+    EXPECT_EQ(compare_trees(src / "P", site / "P"), "");
 }
 
 TEST_F(sync_push, an_unrecorded_partial_file_does_not_stop_a_delta_against_dsts_own_file) {
