@@ -2041,6 +2041,9 @@ void receive_session::check_all_done() {
                 return;
             }
             self->result_sent_ = true;
+            // Every file is named and every folder finished: nothing is left to keep from
+            // another transfer's --delete, however long the sender takes to close.
+            self->claims_->release_all(self.get());
             wire::Header h;
             wire::TransferResult* r = h.mutable_transfer_result();
             r->set_transfer_id(self->machine_.transfer_id());

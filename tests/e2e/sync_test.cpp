@@ -1383,11 +1383,13 @@ TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
         site, [&] { return fs::exists(site / "onlyA/x") && allocated_bytes(site / ".zbig.bin.ferry-part") > 0; },
         process_timeout))
         << first.err();
+    first.signal(SIGSTOP);  // the first stays mid-transfer, however long the second takes
     run_result second = cli.ferry({"sync", "--state", cli.state("B").string(), "--json", "--delete", other.string(),
                                    "ay:www/site"});
     ASSERT_EQ(second.code, 0) << second.err;
     EXPECT_EQ(paths_of(json_events(second.out), "deleted"), paths{"onlyA/x"});
     EXPECT_TRUE(fs::is_directory(site / "onlyA"));
+    first.signal(SIGCONT);
     ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
     EXPECT_EQ(paths_of(json_events(first.out()), "deleted"), paths{"b"});
     EXPECT_TRUE(fs::exists(site / "zbig.bin"));
@@ -1411,11 +1413,13 @@ TEST_F(sync_push, a_file_does_not_replace_a_folder_another_push_is_writing_into)
     ASSERT_TRUE(wait_for_change(
         site / "P", [&] { return allocated_bytes(site / "P/.big.bin.ferry-part") > 0; }, process_timeout))
         << first.err();
+    first.signal(SIGSTOP);  // the first stays mid-transfer, however long the second takes
     run_result second = cli.ferry({"sync", "--state", cli.state("B").string(), "--json", "--delete", "--retry-for",
                                    "0", other.string(), "ay:www/site"});
     EXPECT_EQ(second.code, 2) << second.err;
     EXPECT_NE(second.err.find("another transfer into the same folder is writing there"), std::string::npos)
         << second.err;
+    first.signal(SIGCONT);
     ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
     EXPECT_EQ(compare_trees(src / "P", site / "P"), "");
 }
