@@ -329,13 +329,8 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
     std::string why = c->stream().is_tls() ? share_access(ctx_, peer, want.share(), false, &share)
                                            : "shares are not offered over --plaintext (no node ID to check)";
     exclude_set excludes;
-    if (why.empty() && exclude_bytes(want) > max_sync_exclude_bytes) {
-        why = "exclude patterns over " + std::to_string(max_sync_exclude_bytes) + " bytes in all";
-    }
-    for (const std::string& line : want.exclude()) {
-        if (why.empty() && !excludes.add(line)) {
-            why = "bad exclude pattern \"" + line.substr(0, 100) + "\"";
-        }
+    if (why.empty()) {
+        why = sync_excludes(want, excludes);
     }
     if (why.empty() && !want.path().empty() && check_wire_path(want.path())) {
         why = "bad path \"" + want.path().substr(0, 200) + "\"";

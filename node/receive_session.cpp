@@ -669,22 +669,9 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
     } else {
         refused = share_access(ctx_, peer_id_, target.share(), true, &share);
     }
-    if (refused.empty() && exclude_bytes(target) > max_sync_exclude_bytes) {
-        refused = "exclude patterns over " + std::to_string(max_sync_exclude_bytes) + " bytes in all";
-    }
     auto excludes = std::make_shared<exclude_set>();
-    for (const std::string& line : target.exclude()) {
-        if (refused.empty() && !excludes->add(line)) {
-            refused = "bad exclude pattern \"" + line.substr(0, 100) + "\"";
-        }
-    }
-    if (refused.empty() && keep_bytes(target) > max_sync_keep_bytes) {
-        refused = "paths to keep over " + std::to_string(max_sync_keep_bytes) + " bytes in all";
-    }
-    for (const std::string& path : target.keep()) {
-        if (refused.empty() && !excludes->keep(path)) {
-            refused = "bad path to keep \"" + path.substr(0, 100) + "\"";
-        }
+    if (refused.empty()) {
+        refused = sync_excludes(target, *excludes);
     }
     excludes_ = std::move(excludes);
     if (!refused.empty()) {

@@ -703,22 +703,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
 void send_session::on_send_ready(connection& c) { pump(c.index); }
 
 bool send_session::still_at_dst(std::string_view path) {
-    // Offered: the entries are in wire path order (protocol 11), so halving finds it.
-    std::size_t lo = 0;
-    std::size_t hi = machine_.total_files();
-    while (lo < hi) {
-        std::size_t mid = lo + (hi - lo) / 2;
-        if (wire_path_less(machine_.entry(file_id{static_cast<std::uint32_t>(mid)}).path, path)) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    if (lo < machine_.total_files()) {
-        const entry_info& e = machine_.entry(file_id{static_cast<std::uint32_t>(lo)});
-        if (e.path == path) {
-            return !e.is_dir;  // a folder of SRC's there replaces DST's file: it was moved
-        }
+    if (const entry_info* e = machine_.find_entry(path)) {
+        return !e->is_dir;  // a folder of SRC's there replaces DST's file: it was moved
     }
     // Excluded, or what SRC could not read: DST keeps it.
     if (!options_.sync) {
@@ -726,12 +712,7 @@ bool send_session::still_at_dst(std::string_view path) {
     }
     if (!excludes_) {
         excludes_.emplace();
-        for (const std::string& line : options_.sync->exclude()) {
-            excludes_->add(line);
-        }
-        for (const std::string& keep : options_.sync->keep()) {
-            excludes_->keep(keep);
-        }
+        sync_excludes(*options_.sync, *excludes_);  // checked when the sync began
     }
     return excludes_->excluded_or_inside(path, false);
 }

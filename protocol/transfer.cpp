@@ -2,6 +2,7 @@
 
 #include <bit>
 #include <limits>
+#include <ranges>
 
 #include "protocol/digest.hpp"
 #include "protocol/le_bytes.hpp"
@@ -596,6 +597,14 @@ std::error_code receiver_machine::claim_path(const entry_info& e) {
     return {};
 }
 
+const entry_info* sender_machine::find_entry(std::string_view path) const {
+    auto ids = std::views::iota(std::size_t{0}, entries_.size());
+    auto it = std::ranges::lower_bound(ids, path, wire_path_less, [this](std::size_t i) -> std::string_view {
+        return entries_[i].path;
+    });
+    return it != ids.end() && entries_[*it].path == path ? &entries_[*it] : nullptr;
+}
+
 offered_paths::kind offered_paths::find(std::string_view path) const {
     auto it = std::lower_bound(paths_.begin(), paths_.end(), path,
                                [](const auto& p, std::string_view x) { return wire_path_less(p.first, x); });
@@ -765,13 +774,13 @@ bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 dig
         // A chunk it had with other bytes (resumed), replaced by the sender's.
         fd.claimed.reset(i.value);
         fd.digests[i.value] = digest;
-        received_bytes_ += chunk_length(f.info.size, i.value);
+        received_bytes_ += f.aborted ? 0 : chunk_length(f.info.size, i.value);
         kept_bytes_ -= chunk_length(f.info.size, i.value);
     } else if (!fd.have.test(i.value)) {
         fd.have.set(i.value);
         fd.digests[i.value] = digest;
         ++f.have_count;
-        received_bytes_ += chunk_length(f.info.size, i.value);
+        received_bytes_ += f.aborted ? 0 : chunk_length(f.info.size, i.value);
         if (f.implicit_done) {
             f.done_seen = true;
             f.sender_digest = file_digest(fd.digests);
@@ -790,6 +799,15 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
     }
     f.aborted = true;
     ++aborted_files_;
+    if (f.data) {
+        // What came of it is not the file: the one more pass sends it again, and counts it.
+        const file_state::chunk_data& fd = *f.data;
+        for (std::uint64_t c = 0; c < f.chunks; ++c) {
+            if (fd.have.test(c) && !fd.claimed.test(c)) {
+                received_bytes_ -= chunk_length(f.info.size, c);
+            }
+        }
+    }
     if (!f.finished) {
         f.finished = true;
         ++finished_files_;
@@ -827,6 +845,26 @@ void receiver_machine::on_file_finished(file_id id) {
         f.finished = true;
         ++finished_files_;
     }
+}
+
+std::string sync_excludes(const wire::SyncTarget& t, exclude_set& out) {
+    if (exclude_bytes(t) > max_sync_exclude_bytes) {
+        return "exclude patterns over " + std::to_string(max_sync_exclude_bytes) + " bytes in all";
+    }
+    for (const std::string& line : t.exclude()) {
+        if (!out.add(line)) {
+            return "bad exclude pattern \"" + line.substr(0, 100) + "\"";
+        }
+    }
+    if (keep_bytes(t) > max_sync_keep_bytes) {
+        return "paths to keep over " + std::to_string(max_sync_keep_bytes) + " bytes in all";
+    }
+    for (const std::string& path : t.keep()) {
+        if (!out.keep(path)) {
+            return "bad path to keep \"" + path.substr(0, 100) + "\"";
+        }
+    }
+    return {};
 }
 
 }  // namespace ferry

@@ -22,6 +22,7 @@
 #include "ferry.pb.h"
 #include "protocol/delta.hpp"
 #include "protocol/errors.hpp"
+#include "protocol/exclude.hpp"
 #include "protocol/segments.hpp"
 #include "protocol/types.hpp"
 
@@ -92,6 +93,11 @@ inline std::size_t keep_bytes(const wire::SyncTarget& t) {
     }
     return n;
 }
+
+// The exclude set a SyncTarget carries: its patterns, then the paths it keeps. Returns ""
+// or why a receiver refuses the target (too many bytes, a bad pattern or path); `out`
+// then holds what was added before it.
+std::string sync_excludes(const wire::SyncTarget& t, exclude_set& out);
 
 // The Hello this node sends on connection `index` of session `session_id` (either side,
 // either direction): this protocol version and agent, `count` connections, and CODEC_ZSTD
@@ -244,6 +250,9 @@ public:
     bool all_accepted() const { return complete_ && accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
+    // The entry offered at `path`, or nullptr: the entries are in offer order
+    // (wire_path_less), so halving finds it.
+    const entry_info* find_entry(std::string_view path) const;
     // Sync --checksum: the file's digest, offered with it (before the offer is made).
     void set_digest(file_id f, digest128 d) { entries_.at(f.value).digest = d; }
     // What a sync receiver said it does with the file (FileAccept.action): SYNC_NONE
@@ -484,6 +493,8 @@ public:
     std::uint64_t total_files() const { return files_.size(); }  // entries, directories included
     std::uint64_t total_dirs() const { return total_dirs_; }
     std::uint64_t total_bytes() const { return total_bytes_; }
+    // Payload received and written, of files not aborted (FileAbort): what the sender
+    // counts as confirmed once the transfer ends.
     std::uint64_t received_bytes() const { return received_bytes_; }
     std::uint64_t skipped_files() const { return skipped_files_; }  // already here (ACCEPT_SKIP)
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }

@@ -313,12 +313,8 @@ TEST_F(sync_push, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a
     serve();
     write_random_file(src / "cache/big.bin", 3 * 256 * 1024, 98);
     fs::path site = share / "site";
-    fs::create_directories(site / "cache");
-    fs::copy_file(src / "cache/big.bin", site / "cache/big.bin");
-    fs::last_write_time(site / "cache/big.bin", fs::last_write_time(src / "cache/big.bin"));
-    fs::create_directories(src / "data");
-    fs::copy_file(src / "cache/big.bin", src / "data/big.bin");
-    fs::last_write_time(src / "data/big.bin", fs::last_write_time(src / "cache/big.bin"));
+    copy_file_with_mtime(src / "cache/big.bin", site / "cache/big.bin");
+    copy_file_with_mtime(src / "cache/big.bin", src / "data/big.bin");
     run_result r = sync({"--delete", "--exclude", "cache/"});
     ASSERT_EQ(r.code, 0) << r.err;
     auto ev = json_events(r.out);
@@ -1209,12 +1205,8 @@ TEST_F(sync_pull, bwlimit_holds_either_way_down_to_the_rate_asked) {
 TEST_F(sync_pull, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a_rename) {
     serve();
     write_random_file(site / "cache/big.bin", 3 * 256 * 1024, 99);
-    fs::create_directories(dst / "cache");
-    fs::copy_file(site / "cache/big.bin", dst / "cache/big.bin");
-    fs::last_write_time(dst / "cache/big.bin", fs::last_write_time(site / "cache/big.bin"));
-    fs::create_directories(site / "data");
-    fs::copy_file(site / "cache/big.bin", site / "data/big.bin");
-    fs::last_write_time(site / "data/big.bin", fs::last_write_time(site / "cache/big.bin"));
+    copy_file_with_mtime(site / "cache/big.bin", dst / "cache/big.bin");
+    copy_file_with_mtime(site / "cache/big.bin", site / "data/big.bin");
     run_result r = pull({"--delete", "--exclude", "cache/"});
     ASSERT_EQ(r.code, 0) << r.err;
     auto ev = json_events(r.out);
@@ -1222,6 +1214,46 @@ TEST_F(sync_pull, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a
     EXPECT_EQ(paths_of(ev, "created"), paths{"data/big.bin"});
     EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 0);
     EXPECT_TRUE(fs::exists(dst / "cache/big.bin"));
+}
+
+TEST_F(sync_pull, a_file_that_changes_while_read_is_counted_once_as_in_a_push) {
+    // The serving node gives the file up (FileAbort) and the pull asks once more. Its
+    // bytes count once, as the pass that placed it sent them: a soak test (2026-12-05)
+    // found a pull counting both passes (confirmed above total_bytes - skipped_bytes).
+    serve();
+    constexpr std::uint64_t size = 4 * 1024 * 1024;
+    write_random_file(site / "big.bin", size, 84);
+    write_text_file(site / "a.txt", "a\n");
+    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                      "--compress", "never", "ay:www/site", dst.string()});
+    fs::path part = dst / ".big.bin.ferry-part";
+    // Under way and not all read yet (2 MB/s: its last chunk is confirmed after ~2 s).
+    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 512 * 1024; }, process_timeout))
+        << rx.err();
+    {
+        std::ofstream grow(site / "big.bin", std::ios::binary | std::ios::app);
+        grow << 'x';
+    }
+    ASSERT_EQ(rx.wait(process_timeout), 0) << rx.err();
+    EXPECT_NE(rx.err().find("changed or vanished at the peer while read; syncing once more"), std::string::npos)
+        << rx.err();
+    EXPECT_EQ(compare_trees(site, dst), "");
+    auto ev = json_events(rx.out());
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["created"], 2) << done;
+    EXPECT_EQ(done.value("bytes_transferred", std::uint64_t{0}) + done.value("bytes_matched", std::uint64_t{0}),
+              size + 1 + 2)
+        << done;
+    nlohmann::json last;
+    for (const nlohmann::json& e : ev) {
+        if (e.value("event", "") == "progress") {
+            last = e;
+        }
+    }
+    ASSERT_FALSE(last.is_null()) << rx.out();
+    EXPECT_EQ(last["confirmed_bytes"].get<std::uint64_t>(),
+              last["total_bytes"].get<std::uint64_t>() - last["skipped_bytes"].get<std::uint64_t>())
+        << last;
 }
 
 TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {

@@ -710,7 +710,12 @@ TEST(TransferLoopback, AFileGivenUpOnEndsTheTransferWithoutItAndItsLateChunksAre
     receiver_machine& r = lb.receiver();
     std::optional<chunk_ref> c0 = s.next_chunk();
     ASSERT_TRUE(c0);
-    std::optional<in_flight> f0 = lb.read_and_hash(*c0);  // on the wire when the file goes
+    std::optional<in_flight> d0 = lb.read_and_hash(*c0);
+    ASSERT_TRUE(d0);
+    lb.deliver(*d0);  // received and written before the file goes
+    std::optional<chunk_ref> c1 = s.next_chunk();
+    ASSERT_TRUE(c1);
+    std::optional<in_flight> f0 = lb.read_and_hash(*c1);  // on the wire when the file goes
     ASSERT_TRUE(f0);
     s.requeue(*s.next_chunk());  // one waits to be sent again
 
@@ -732,13 +737,16 @@ TEST(TransferLoopback, AFileGivenUpOnEndsTheTransferWithoutItAndItsLateChunksAre
     // Its chunk still on the wire is admitted (and dropped by the node), never an error.
     EXPECT_EQ(r.on_chunk(f0->header, static_cast<std::uint32_t>(f0->payload.size())), std::error_code{});
     std::error_code ec;
-    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{0}), ec), 0u);  // confirms nothing
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 0u);  // confirms nothing
     EXPECT_FALSE(ec);
     lb.deliver(*k);
     EXPECT_EQ(lb.finish(), std::error_code{}) << s.failure();
     EXPECT_EQ(s.aborted_files(), 1u);
     EXPECT_EQ(r.aborted_files(), 1u);
     EXPECT_EQ(s.confirmed_bytes(), 100u);  // not the file given up on
+    // The receiver counts the same: not the chunk of it that was written (a pull's report
+    // is the receiver's, and the one more pass sends the file again, counted then).
+    EXPECT_EQ(r.received_bytes(), 100u);
 }
 
 TEST(SenderMachine, RequeueBeforeHashing) {

@@ -36,6 +36,12 @@ void write_text_file(const fs::path& path, const std::string& text) {
     out << text;
 }
 
+void copy_file_with_mtime(const fs::path& from, const fs::path& to) {
+    fs::create_directories(to.parent_path());
+    fs::copy_file(from, to);
+    fs::last_write_time(to, fs::last_write_time(from));
+}
+
 std::string read_text_file(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};

@@ -10,6 +10,9 @@ namespace ferry::test {
 // Writes `size` pseudo-random bytes (seeded) to `path`, creating parent folders.
 void write_random_file(const std::filesystem::path& path, std::uint64_t size, std::uint32_t seed);
 void write_text_file(const std::filesystem::path& path, const std::string& text);
+// Copies the file `from` to `to` with its mtime, creating parent folders: a file that
+// looks the same to a sync (size and mtime) and is.
+void copy_file_with_mtime(const std::filesystem::path& from, const std::filesystem::path& to);
 // The bytes of the file at `path` (empty if it cannot be read).
 std::string read_text_file(const std::filesystem::path& path);
 
