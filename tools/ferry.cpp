@@ -2597,6 +2597,10 @@ int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, co
             if (!told) {
                 say(label + dest.string() + " is being written by another ferry process; waiting for it to end "
                                             "(up to --retry-for)");
+                emit(o, {{"event", "waiting"},
+                         {"path", dest.string()},
+                         {"reason", "another ferry process is syncing into it"},
+                         {"give_up_in_s", s.retry_for_s}});
                 told = true;
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -1276,6 +1276,9 @@ TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {
     lock.reset();
     ASSERT_EQ(puller.wait(process_timeout), 0) << puller.err();
     EXPECT_EQ(compare_trees(site, dst), "");
+    nlohmann::json waiting = find_event(json_events(puller.out()), "waiting");
+    ASSERT_TRUE(waiting.is_object()) << puller.out();
+    EXPECT_EQ(waiting.value("path", ""), dst.string());
     // Held for longer than --retry-for: the pull gives up, exit 2, and touches nothing.
     lock.reset(::open(dst.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     ASSERT_EQ(::flock(lock.get(), LOCK_EX), 0);
