@@ -570,6 +570,9 @@ struct pruner {
     // In a kept folder (walk), whether the partial file and resume record an earlier
     // attempt left for the file at this wire path may go (prune's `stale`); unset: they stay.
     std::function<bool(const std::string& path)> stale_own;
+    // prune: a folder emptied is asked about once more right before it goes, as `keep`
+    // may change its answer meanwhile (another transfer into the folder has marked it).
+    bool ask_again = false;
 
     // Depths count from 1 for a folder in the root; dest_tree::max_walk_depth is the
     // deepest allowed (256 nested folders are fine, 257 are not).
@@ -619,6 +622,10 @@ struct pruner {
             ::close(fd);
             if (ec || !emptied) {
                 return ec;
+            }
+            if (ask_again && !dry_run && keep(path, true) != dest_tree::verdict::remove) {
+                failed.clear();
+                return {};  // taken meanwhile: it stays, empty
             }
             failed = path;
         }
@@ -792,7 +799,7 @@ std::error_code dest_tree::prune(const std::function<verdict(const std::string& 
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{keep, dry_run, removed, failed_path, writable, false, std::move(stale)};
+    pruner p{keep, dry_run, removed, failed_path, writable, false, std::move(stale), true};
     return p.walk(root_fd_, "", 0);
 }
 

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -771,6 +772,28 @@ TEST_F(DestTree, PruneKeepsWhatIsKeptInsideAFolderItRemoves) {
     EXPECT_EQ(removed_paths(removed), (std::vector<std::string>{"old/a.txt", "old/sub/b.txt"}));
     EXPECT_EQ(names_in(root() / "old"), (std::vector<std::string>{"important.keep", "sub"}));
     EXPECT_EQ(names_in(root() / "old/sub"), (std::vector<std::string>{".big.iso.ferry-part"}));
+}
+
+TEST_F(DestTree, PruneLeavesAFolderThatIsTakenWhileItIsEmptied) {
+    // Another transfer into DST marks a folder (it offers it) after this prune judged the
+    // folder but before it removes it: asked once more before its rmdir, it stays.
+    fs::create_directories(root() / "old/sub");
+    write_text(root() / "old/a.txt", "a");
+    write_text(root() / "old/sub/b.txt", "b");
+    std::map<std::string, int> asked;
+    std::vector<dest_tree::removed_entry> removed;
+    std::string where;
+    ASSERT_EQ(tree_.prune(
+                  [&](const std::string& path, bool) {
+                      bool taken = path == "old/sub" && ++asked[path] > 1;
+                      return taken ? dest_tree::verdict::keep : dest_tree::verdict::remove;
+                  },
+                  false, removed, where),
+              std::error_code{})
+        << where;
+    EXPECT_EQ(removed_paths(removed), (std::vector<std::string>{"old/a.txt", "old/sub/b.txt"}));
+    EXPECT_EQ(names_in(root() / "old"), (std::vector<std::string>{"sub"}));
+    EXPECT_TRUE(names_in(root() / "old/sub").empty());
 }
 
 TEST_F(DestTree, PruneTakes256NestedFoldersAndRefusesDeeperTrees) {
