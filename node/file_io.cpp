@@ -115,8 +115,9 @@ bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std
     return true;
 }
 
-std::error_code list_folder(int dir_fd, std::vector<std::string>& names) {
+std::error_code list_folder(int dir_fd, std::vector<std::string>& names, std::vector<unsigned char>* types) {
     names.clear();
+    std::vector<std::pair<std::string, unsigned char>> typed;  // only with `types`
     int fd = ::dup(dir_fd);  // fdopendir takes the fd it is given; the caller keeps its own
     DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
     if (d == nullptr) {
@@ -138,12 +139,28 @@ std::error_code list_folder(int dir_fd, std::vector<std::string>& names) {
             break;
         }
         std::string_view n(de->d_name);
-        if (n != "." && n != "..") {
+        if (n == "." || n == "..") {
+            continue;
+        }
+        if (types != nullptr) {
+            typed.emplace_back(n, de->d_type);
+        } else {
             names.emplace_back(n);
         }
     }
     ::closedir(d);
-    std::sort(names.begin(), names.end());
+    if (types == nullptr) {
+        std::sort(names.begin(), names.end());
+        return ec;
+    }
+    std::sort(typed.begin(), typed.end());
+    types->clear();
+    names.reserve(typed.size());
+    types->reserve(typed.size());
+    for (auto& [name, type] : typed) {
+        names.push_back(std::move(name));
+        types->push_back(type);
+    }
     return ec;
 }
 

@@ -73,7 +73,10 @@ bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std
 
 // The names in the open folder `dir_fd` (without "." and ".."), sorted bytewise so that
 // the order does not depend on the file system. `dir_fd` stays open and is not moved.
-std::error_code list_folder(int dir_fd, std::vector<std::string>& names);
+// `types` (if given) gets each name's d_type as the folder told it (DT_UNKNOWN where the
+// file system does not say), in the same order.
+std::error_code list_folder(int dir_fd, std::vector<std::string>& names,
+                            std::vector<unsigned char>* types = nullptr);
 
 // Opens `path` for reading. With `root_fd` >= 0, `path` is relative to that folder and
 // must resolve inside it without any symlink (openat2 RESOLVE_BENEATH and
