@@ -13,9 +13,11 @@
 #include <cstdio>
 #include <cstring>
 #include <iterator>
+#include <thread>
 
 #include "node/backoff.hpp"
 #include "node/chunk_codec.hpp"
+#include "node/file_io.hpp"
 #include "node/resume.hpp"
 #include "protocol/digest.hpp"
 #include "protocol/path.hpp"
@@ -193,6 +195,21 @@ long fault_rename_limit() {
 }
 
 bool fault_hook_armed() { return fault_rename_limit() > 0; }
+
+// Test hook (tests/e2e): FERRY_FAULT_PRUNE_WAIT=FILE holds a sync's --delete walk, once every
+// file is in, until FILE exists (at most 10 s); it makes FILE.waiting first, so that a test
+// knows the walk is about to start.
+void fault_point_before_prune() {
+    static const char* const go = std::getenv("FERRY_FAULT_PRUNE_WAIT");
+    if (go == nullptr) {
+        return;
+    }
+    unique_fd(::open((std::string(go) + ".waiting").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (::access(go, F_OK) != 0 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
 
 void fault_point_after_renames(std::size_t renamed) {
     const long limit = fault_rename_limit();
@@ -1976,6 +1993,7 @@ void receive_session::check_all_done() {
         };
     }
     bool dry_run = target && target->dry_run();
+    ++tasks_out_;
     ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, dirs = std::move(dirs),
                        syncfs = need_syncfs_ && durable(), keep = std::move(keep), dry_run, share_root_mtime] {
         std::error_code ec;
@@ -1990,6 +2008,7 @@ void receive_session::check_all_done() {
                 return !self->excludes_->excluded(path, false) &&
                        !self->claims_->claim_all({(tree->root() / path).string()}, self.get());
             };
+            fault_point_before_prune();
             if ((ec = tree->prune(keep, dry_run, removed, where, stale))) {
                 error = removal_error(where, ec);
             }
@@ -2018,11 +2037,15 @@ void receive_session::check_all_done() {
             error = "could not finish the transfer: " + ec.message();
         }
         asio::post(self->ctx_.io, [self, error, removed = std::move(removed)]() mutable {
+            --self->tasks_out_;
+            // Reported even when a later deletion failed, or the transfer failed meanwhile
+            // (a pull whose peer went while DST was pruned): these are gone. A failure's
+            // report waits for this (settle), so that it counts them.
+            self->send_deleted(std::move(removed));
             if (self->failed_) {
+                self->settle();
                 return;
             }
-            // Reported even when a later deletion failed: these are gone.
-            self->send_deleted(std::move(removed));
             if (!error.empty()) {
                 self->fail(wire::ERROR_IO, exit_code::local_io, error);
                 return;
@@ -2057,6 +2080,9 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
                 ctx_.events.deleted(r.path, kind_of(r));
             }
         }
+    }
+    if (failed_) {
+        return;  // its Error frame was the last the peer hears
     }
     wire::Header h;
     std::size_t bytes = 0;

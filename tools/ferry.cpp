@@ -2201,10 +2201,16 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     // (what they moved and the receiver confirmed is that report's matched data).
     std::uint64_t lost_wire_sent = 0;
     std::uint64_t lost_wire_received = 0;
+    // So do the paths they deleted: each was told of (a `deleted` event) as it went, and
+    // the next attempt finds it gone.
+    std::uint64_t lost_deleted_files = 0;
+    std::uint64_t lost_deleted_dirs = 0;
     std::function<void(const ferry::transfer_report&)> on_done = [&](const ferry::transfer_report& given) {
         ferry::transfer_report r = given;
         r.wire_sent += std::exchange(lost_wire_sent, 0);
         r.wire_received += std::exchange(lost_wire_received, 0);
+        r.deleted_files += std::exchange(lost_deleted_files, 0);
+        r.deleted_dirs += std::exchange(lost_deleted_dirs, 0);
         auto now = std::chrono::steady_clock::now();
         if (r.connected && !ever_connected) {
             ever_connected = true;
@@ -2273,6 +2279,8 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
                  {"give_up_in_s", left_s}});
         lost_wire_sent = r.wire_sent;
         lost_wire_received = r.wire_received;
+        lost_deleted_files = r.deleted_files;
+        lost_deleted_dirs = r.deleted_dirs;
         retry_timer.expires_after(delay);
         retry_timer.async_wait([&](std::error_code ec) {
             if (ec) {

@@ -98,6 +98,13 @@ protected:
                   0);
     }
 
+    // A new serving node for A at the address of the one killed before (its share "www"
+    // only): what a restarted service is to a sync that reconnects.
+    void serve_again() {
+        node = cli.start({"serve", "--state", cli.state("A").string(), "--listen", node.address, "--inbox",
+                          (cli.root() / "inbox").string(), "--json", "--share", "www=" + share.string() + ":rw"});
+    }
+
     static bool can_run_as_nobody() { return ::geteuid() == 0 && fs::exists("/usr/bin/setpriv"); }
 
     // What runs the binary as nobody, after `trees` (and all they hold) are given to it.
@@ -1256,6 +1263,35 @@ TEST_F(sync_pull, a_file_that_changes_while_read_is_counted_once_as_in_a_push) {
         << last;
 }
 
+TEST_F(sync_pull, what_a_pull_deletes_after_its_peer_is_gone_is_told_of_and_counted) {
+    // Every file is in and DST's --delete walk is about to start when the serving node
+    // dies. The walk is DST's own and goes on; each path it removes is told of and counted
+    // (a soak test, 2026-12-05: none was, and done said 0 after the reconnect).
+    serve();
+    write_text_file(site / "keep.txt", "keep\n");
+    for (int i = 0; i < 20; ++i) {
+        write_text_file(dst / "old" / ("f" + std::to_string(i)), "old\n");
+    }
+    fs::path go = cli.root() / "prune-go";
+    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--delete", "--retry-for",
+                      "2m", "ay:www/site", dst.string()},
+                     {"FERRY_FAULT_PRUNE_WAIT=" + go.string()});
+    ASSERT_TRUE(wait_for_change(cli.root(), [&] { return fs::exists(go.string() + ".waiting"); }, process_timeout))
+        << rx.err();
+    node.proc->signal(SIGKILL);
+    ASSERT_TRUE(node.proc->wait(process_timeout).has_value());
+    write_text_file(go, "");
+    ASSERT_TRUE(rx.wait_for_err("reconnecting", process_timeout)) << rx.err();
+    serve_again();
+    ASSERT_EQ(rx.wait(process_timeout), 0) << rx.err() << node.proc->err();
+    EXPECT_EQ(compare_trees(site, dst), "");
+    auto ev = json_events(rx.out());
+    EXPECT_EQ(paths_of(ev, "deleted").size(), 21u) << rx.out();
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["deleted_files"], 20) << done;
+    EXPECT_EQ(done["deleted_dirs"], 1) << done;
+}
+
 TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {
     // Two pulls into one DST at once would write one partial file together, and one of
     // them could name a file made of both (a soak test, 2026-12-05). A pull holds DST
@@ -1310,9 +1346,7 @@ TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_r
     // The first wait, then a dial the dead port refuses, then another wait.
     ASSERT_TRUE(rx.wait_for_err("(attempt 2,", 60s)) << rx.err();
     EXPECT_NE(rx.err().find("Connection refused"), std::string::npos) << rx.err();
-    std::vector<std::string> args{"serve", "--state", cli.state("A").string(), "--listen", node.address, "--inbox",
-                                  (cli.root() / "inbox").string(), "--json", "--share", "www=" + share.string() + ":rw"};
-    node = cli.start(args);
+    serve_again();
     ASSERT_EQ(rx.wait(process_timeout), 0) << rx.err() << node.proc->err();
     EXPECT_EQ(compare_trees(site, dst), "");
     nlohmann::json done = find_event(json_events(rx.out()), "done");
@@ -1336,6 +1370,38 @@ TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_r
     }
     EXPECT_EQ(done["created"], 11) << done;
     EXPECT_EQ(done["skipped"], 0) << done;
+}
+
+TEST_F(sync_push, what_an_attempt_deleted_before_the_connection_was_lost_counts_in_done) {
+    // The file x becomes a folder: the first attempt removes DST's file (a `deleted`
+    // event), then the serving node dies mid-transfer and a new one takes over. The next
+    // attempt finds x a folder already; `done` still counts the deletion (a soak test,
+    // 2026-12-05: deleted_files 0 after a `deleted` event).
+    serve();
+    write_text_file(src / "x", "one\n");
+    ASSERT_EQ(sync({"--delete"}).code, 0);
+    fs::remove(src / "x");
+    write_text_file(src / "x/f", "in\n");
+    constexpr std::uint64_t size = 6 * 1024 * 1024;
+    write_random_file(src / "big.bin", size, 86);
+    child_process tx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--delete", "--bwlimit",
+                      "2M", "--compress", "never", "--retry-for", "2m", src.string(), "ay:www/site"});
+    fs::path site = share / "site";
+    ASSERT_TRUE(wait_for_change(
+        site, [&] { return fs::is_directory(site / "x") && allocated_bytes(site / ".big.bin.ferry-part") >= 1024 * 1024; },
+        process_timeout))
+        << tx.err();
+    node.proc->signal(SIGKILL);
+    ASSERT_TRUE(node.proc->wait(process_timeout).has_value());
+    ASSERT_TRUE(tx.wait_for_err("reconnecting", process_timeout)) << tx.err();
+    serve_again();
+    ASSERT_EQ(tx.wait(process_timeout), 0) << tx.err() << node.proc->err();
+    EXPECT_EQ(compare_trees(src, site), "");
+    auto ev = json_events(tx.out());
+    EXPECT_EQ(paths_of(ev, "deleted"), paths{"x"}) << tx.out();
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["deleted_files"], 1) << done;
+    EXPECT_EQ(done["deleted_dirs"], 0) << done;
 }
 
 TEST_F(sync_push, an_mtime_past_2262_is_clamped_to_the_last_the_wire_holds_and_the_next_sync_keeps_it) {
