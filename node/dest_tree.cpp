@@ -582,6 +582,8 @@ struct pruner {
     // prune: a folder emptied is asked about once more right before it goes, as `keep`
     // may change its answer meanwhile (another transfer into the folder has marked it).
     bool ask_again = false;
+    // prune's `taken`: handed `removed` every dest_tree::prune_report_every entries.
+    std::function<void(std::vector<dest_tree::removed_entry>&)> taken;
 
     // Depths count from 1 for a folder in the root; dest_tree::max_walk_depth is the
     // deepest allowed (256 nested folders are fine, 257 are not).
@@ -599,8 +601,10 @@ struct pruner {
                 return too_deep();
             }
             int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (fd < 0 && errno == ENOENT) {
-                gone = true;  // gone since it was listed
+            if (fd < 0 && (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)) {
+                // Gone since it was listed, or no longer a folder (a file or symlink took
+                // its name): passed over, this walk's to leave.
+                gone = errno == ENOENT;
                 failed.clear();
                 return {};
             }
@@ -643,7 +647,12 @@ struct pruner {
             }
             failed = path;
         }
-        if (!dry_run && ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0 && errno != ENOENT) {
+        if (!dry_run && ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0) {
+            if (errno == ENOENT) {
+                gone = true;  // gone since it was listed: not this walk's to tell of
+                failed.clear();
+                return {};
+            }
             if (is_dir && (errno == ENOTEMPTY || errno == EEXIST)) {
                 failed.clear();
                 return {};  // something came into it meanwhile (another transfer's): it stays
@@ -651,6 +660,10 @@ struct pruner {
             return {errno, std::system_category()};
         }
         removed.push_back({path, is_dir, is_link});
+        if (taken && removed.size() >= dest_tree::prune_report_every) {
+            taken(removed);
+            removed.clear();
+        }
         gone = true;
         return {};
     }
@@ -737,8 +750,9 @@ struct pruner {
                     opened = true;
                     return walk(fd, path, depth + 1);
                 });
-                if (ec && !(!opened && ec == std::errc::no_such_file_or_directory)) {
-                    return ec;  // (one gone since it was listed is passed over)
+                if (ec && !(!opened && (ec == std::errc::no_such_file_or_directory || ec == std::errc::not_a_directory ||
+                                        ec == std::errc::too_many_symbolic_link_levels))) {
+                    return ec;  // (one gone or no longer a folder since it was listed is passed over)
                 }
             }
         }
@@ -814,11 +828,12 @@ std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& 
 
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                                  std::vector<removed_entry>& removed, std::string& failed_path,
-                                 std::function<bool(const std::string& path)> stale) {
+                                 std::function<bool(const std::string& path)> stale,
+                                 std::function<void(std::vector<removed_entry>&)> taken) {
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{keep, dry_run, removed, failed_path, writable, false, std::move(stale), true};
+    pruner p{keep, dry_run, removed, failed_path, writable, false, std::move(stale), true, std::move(taken)};
     return p.walk(root_fd_, "", 0);
 }
 
@@ -839,7 +854,7 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, writable, true, {}};
+    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, writable, true, {}, false, {}};
     bool gone = false;
     int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/')) + 1;  // prune's: 1 in the root
     ec = p.remove(parent.fd, std::string(wire_name(wire_path)), std::string(wire_path), true, false, depth,

@@ -183,9 +183,13 @@ public:
     // `stale` (if given) says, for a wire path, whether the partial file and resume record
     // an earlier attempt left for that file in a kept folder go (unreported; not in a dry
     // run).
+    // `taken` (if given) is handed `removed` each time prune_report_every more entries are
+    // in it, and takes them (it is left empty): a long walk is told of as it goes.
+    static constexpr std::size_t prune_report_every = 1024;
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                           std::vector<removed_entry>& removed, std::string& failed_path,
-                          std::function<bool(const std::string& path)> stale = {});
+                          std::function<bool(const std::string& path)> stale = {},
+                          std::function<void(std::vector<removed_entry>&)> taken = {});
     // A sync's file or symlink whose name a folder takes at DST: removes that folder as
     // prune() would remove it (what `keep` protects stays), with ferry's own partial files
     // in it (an older attempt's: nothing below a file's path is offered), unreported; with

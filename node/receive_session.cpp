@@ -714,7 +714,8 @@ void receive_session::next_offer() {
     offer_busy_ = true;
     auto [ids, offered_so_far] = std::move(offers_.front());
     offers_.pop_front();
-    std::uint64_t here = machine_.received_bytes() + machine_.kept_bytes() + machine_.skipped_bytes();
+    std::uint64_t here =
+        machine_.received_bytes() + machine_.discarded_bytes() + machine_.kept_bytes() + machine_.skipped_bytes();
     std::uint64_t total_bytes = offered_so_far > here ? offered_so_far - here : 0;
     struct item {
         file_id id;
@@ -1291,9 +1292,8 @@ void receive_session::next_offer() {
                                    resumed = std::move(resumed), basis_fds = std::move(basis_fds),
                                    cleared = std::move(cleared)]() mutable {
             self->offer_busy_ = false;
-            if (!self->failed_) {
-                self->send_deleted(std::move(cleared));  // gone even if the batch failed later
-            }
+            // Gone even if the batch or the transfer failed meanwhile (the report waits).
+            self->send_deleted(std::move(cleared));
             if (!recovered.empty()) {
                 self->ctx_.log(recovered);
             }
@@ -1305,6 +1305,7 @@ void receive_session::next_offer() {
                 self->ctx_.log("... and " + std::to_string(resumed.size() - shown) + " more file(s) resumed or restarted");
             }
             if (self->failed_) {
+                self->settle();
                 return;
             }
             self->tree_ = tree;
@@ -1999,6 +2000,7 @@ void receive_session::check_all_done() {
         std::error_code ec;
         std::string error;
         std::vector<dest_tree::removed_entry> removed;
+        std::size_t told = 0;  // of those removed, told of already (taken, below)
         if (keep && tree) {
             std::string where;
             // What an interrupted attempt left beside a file that needs it no more (SRC has
@@ -2009,7 +2011,13 @@ void receive_session::check_all_done() {
                        !self->claims_->claim_all({(tree->root() / path).string()}, self.get());
             };
             fault_point_before_prune();
-            if ((ec = tree->prune(keep, dry_run, removed, where, stale))) {
+            // Told of as the walk goes (a receiver that dies in a long one has still told
+            // of most of what it removed); the log line counts them all at the end.
+            auto taken = [&](std::vector<dest_tree::removed_entry>& part) {
+                told += part.size();
+                asio::post(self->ctx_.io, [self, part = std::move(part)]() mutable { self->tell_deleted(std::move(part)); });
+            };
+            if ((ec = tree->prune(keep, dry_run, removed, where, stale, taken))) {
                 error = removal_error(where, ec);
             }
         }
@@ -2036,12 +2044,16 @@ void receive_session::check_all_done() {
         if (ec && error.empty()) {
             error = "could not finish the transfer: " + ec.message();
         }
-        asio::post(self->ctx_.io, [self, error, removed = std::move(removed)]() mutable {
+        asio::post(self->ctx_.io, [self, error, told, dry_run, removed = std::move(removed)]() mutable {
             --self->tasks_out_;
             // Reported even when a later deletion failed, or the transfer failed meanwhile
             // (a pull whose peer went while DST was pruned): these are gone. A failure's
             // report waits for this (settle), so that it counts them.
-            self->send_deleted(std::move(removed));
+            if (told + removed.size() > 0) {
+                self->ctx_.log(std::string(dry_run ? "sync dry run: would delete " : "sync: deleted ") +
+                               std::to_string(told + removed.size()) + " path(s) under " + self->root_.string());
+            }
+            self->tell_deleted(std::move(removed));
             if (self->failed_) {
                 self->settle();
                 return;
@@ -2072,6 +2084,13 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
     }
     ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") + std::to_string(removed.size()) +
              " path(s) under " + root_.string());
+    tell_deleted(std::move(removed));
+}
+
+void receive_session::tell_deleted(std::vector<dest_tree::removed_entry> removed) {
+    if (failed_ && sync_target()->dry_run()) {
+        return;  // nothing went: the next attempt lists it again
+    }
     if (pull_) {
         // This side asked for the sync: what went is its to report (the peer hears it too).
         for (const dest_tree::removed_entry& r : removed) {
@@ -2222,7 +2241,7 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
 }
 
 bool receive_session::work_out() const {
-    return writes_ > 0 || whole_batches_out_ > 0 || tasks_out_ > 0 || renaming_ || !renames_.empty();
+    return writes_ > 0 || whole_batches_out_ > 0 || tasks_out_ > 0 || offer_busy_ || renaming_ || !renames_.empty();
 }
 
 void receive_session::settle() {

@@ -241,8 +241,11 @@ private:
     // Checks a sync target (share, access, patterns) and sets root_, share_dir_ and
     // excludes_. False (the transfer failed) when refused.
     bool open_sync_target(const wire::SyncTarget& target);
-    // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0).
+    // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0; a
+    // pull's own events and counts), with a log line (send_deleted) or without (tell_deleted,
+    // a part of a longer walk).
     void send_deleted(std::vector<dest_tree::removed_entry> removed);
+    void tell_deleted(std::vector<dest_tree::removed_entry> removed);
     // A pull (set_pull), with what its report adds: files the sender skipped, paths
     // deleted, bytes rebuilt from older versions here. peer_hello_: the peer's Hello on
     // connection 0 came (the pull was taken).

@@ -801,10 +801,12 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
     ++aborted_files_;
     if (f.data) {
         // What came of it is not the file: the one more pass sends it again, and counts it.
+        // (`claimed` has bits only for a file accepted ACCEPT_PARTIAL.)
         const file_state::chunk_data& fd = *f.data;
         for (std::uint64_t c = 0; c < f.chunks; ++c) {
-            if (fd.have.test(c) && !fd.claimed.test(c)) {
+            if (fd.have.test(c) && !(c < fd.claimed.size() && fd.claimed.test(c))) {
                 received_bytes_ -= chunk_length(f.info.size, c);
+                discarded_bytes_ += chunk_length(f.info.size, c);
             }
         }
     }

@@ -496,6 +496,9 @@ public:
     // Payload received and written, of files not aborted (FileAbort): what the sender
     // counts as confirmed once the transfer ends.
     std::uint64_t received_bytes() const { return received_bytes_; }
+    // What aborted files had received and written before the FileAbort (their partial
+    // files keep it): left out of received_bytes().
+    std::uint64_t discarded_bytes() const { return discarded_bytes_; }
     std::uint64_t skipped_files() const { return skipped_files_; }  // already here (ACCEPT_SKIP)
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }
     // Bytes of resumed files (ACCEPT_PARTIAL) that were already here and stayed.
@@ -543,6 +546,7 @@ private:
     std::vector<std::uint32_t> chain_;
     std::uint64_t total_bytes_ = 0;
     std::uint64_t received_bytes_ = 0;
+    std::uint64_t discarded_bytes_ = 0;
     std::uint64_t skipped_files_ = 0;
     std::uint64_t skipped_bytes_ = 0;
     std::uint64_t kept_bytes_ = 0;

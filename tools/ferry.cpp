@@ -2153,6 +2153,9 @@ struct attempt_loop {
     // The one more attempt found the peer gone: the outcome is the first attempt's report,
     // which lists those files already (and a sync's counts are the first pass's).
     bool ended_with_first_pass = false;
+    // A dry run removes nothing: the next attempt lists a lost one's "would delete" paths
+    // again, so they are not carried into its report.
+    bool dry_run = false;
 };
 
 // A run's report after the one more attempt (`second`) for files that changed or
@@ -2229,7 +2232,12 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             // transfer): what the first one did is the outcome, its files not sent.
             say("the peer is gone (" + r.error + "): the file(s) are left not sent");
             loop.ended_with_first_pass = true;
-            finish(*first_pass);
+            ferry::transfer_report out = *first_pass;  // with what the attempts since moved and deleted
+            out.wire_sent += r.wire_sent;
+            out.wire_received += r.wire_received;
+            out.deleted_files += r.deleted_files;
+            out.deleted_dirs += r.deleted_dirs;
+            finish(out);
             return;
         }
         again_connected = again_connected || (r.connected && r.payload_bytes > 0);  // got somewhere
@@ -2279,8 +2287,8 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
                  {"give_up_in_s", left_s}});
         lost_wire_sent = r.wire_sent;
         lost_wire_received = r.wire_received;
-        lost_deleted_files = r.deleted_files;
-        lost_deleted_dirs = r.deleted_dirs;
+        lost_deleted_files = loop.dry_run ? 0 : r.deleted_files;
+        lost_deleted_dirs = loop.dry_run ? 0 : r.deleted_dirs;
         retry_timer.expires_after(delay);
         retry_timer.async_wait([&](std::error_code ec) {
             if (ec) {
@@ -2528,6 +2536,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         return true;
     };
     loop.again_line = "changed or vanished while read; scanning and sending once more";
+    loop.dry_run = sync != nullptr && sync->target.dry_run();
     std::optional<ferry::transfer_report> result = run_attempts(o, s, io, n, progress, loop);
     if (!result) {
         return fail(o, exit_code::transfer_failed, "transfer did not finish");
@@ -2704,6 +2713,7 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     };
     loop.again_line = run.get ? "changed or vanished at the peer while read; getting them once more"
                               : "changed or vanished at the peer while read; syncing once more";
+    loop.dry_run = run.target.dry_run();
     std::optional<ferry::transfer_report> result = run_attempts(o, s, io, n, progress, loop);
     if (!result) {
         return fail(o, exit_code::transfer_failed, "sync did not finish");
