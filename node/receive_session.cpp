@@ -2088,8 +2088,9 @@ void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed
 }
 
 void receive_session::tell_deleted(std::vector<dest_tree::removed_entry> removed) {
-    if (failed_ && sync_target()->dry_run()) {
-        return;  // nothing went: the next attempt lists it again
+    const wire::SyncTarget* target = sync_target();
+    if (removed.empty() || target == nullptr || (failed_ && target->dry_run())) {
+        return;  // (a dry run's: nothing went, and the next attempt lists it again)
     }
     if (pull_) {
         // This side asked for the sync: what went is its to report (the peer hears it too).
