@@ -2,7 +2,6 @@
 
 #include <bit>
 #include <limits>
-#include <ranges>
 
 #include "protocol/digest.hpp"
 #include "protocol/le_bytes.hpp"
@@ -598,11 +597,19 @@ std::error_code receiver_machine::claim_path(const entry_info& e) {
 }
 
 const entry_info* sender_machine::find_entry(std::string_view path) const {
-    auto ids = std::views::iota(std::size_t{0}, entries_.size());
-    auto it = std::ranges::lower_bound(ids, path, wire_path_less, [this](std::size_t i) -> std::string_view {
-        return entries_[i].path;
-    });
-    return it != ids.end() && entries_[*it].path == path ? &entries_[*it] : nullptr;
+    // By hand: segments has no iterators, and clang 14 cannot take libstdc++ 12's
+    // std::views::iota as a range.
+    std::size_t lo = 0;
+    std::size_t hi = entries_.size();
+    while (lo < hi) {
+        std::size_t mid = lo + (hi - lo) / 2;
+        if (wire_path_less(entries_[mid].path, path)) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < entries_.size() && entries_[lo].path == path ? &entries_[lo] : nullptr;
 }
 
 offered_paths::kind offered_paths::find(std::string_view path) const {
