@@ -178,8 +178,12 @@ struct scanner {
         e.size = S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
         e.mode = e.is_link ? 0777 : st.st_mode & 07777;
         e.mtime_ns = timespec_ns(st.st_mtim);
-        if (e.is_link && !read_link(dir_fd, name, local, e.link_target)) {
-            return false;
+        if (e.is_link) {
+            std::string target;
+            if (!read_link(dir_fd, name, local, target)) {
+                return false;
+            }
+            e.link_target = std::move(target);
         }
         out.total_bytes += e.size;
         out.entries.push_back(std::move(e));

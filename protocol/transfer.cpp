@@ -138,7 +138,7 @@ wire::Offer sender_machine::make_offer(std::size_t b) const {
         w->set_kind(e.is_dir ? wire::ENTRY_DIR : e.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE);
         w->set_size(e.is_file() ? e.size : 0);
         if (e.is_link) {
-            w->set_link_target(e.link_target);
+            w->set_link_target(e.link_target.str());
         }
         w->set_mode(e.mode);
         w->set_mtime_ns(e.mtime_ns);

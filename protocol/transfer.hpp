@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
+#include <ostream>
 #include <optional>
 #include <span>
 #include <string>
@@ -28,11 +30,51 @@
 
 namespace ferry {
 
+// A symlink's target in an entry. Few entries are links, so the text is on the heap only
+// when there is one: 8 bytes in each entry, not a std::string's 32 (200,000 entries: 4.8
+// MB on each side). A value: copies copy the text.
+class link_text {
+public:
+    link_text() = default;
+    explicit link_text(std::string text) { assign(std::move(text)); }
+    link_text(const link_text& other) : text_(other.text_ ? std::make_unique<std::string>(*other.text_) : nullptr) {}
+    link_text& operator=(const link_text& other) {
+        if (this != &other) {
+            text_ = other.text_ ? std::make_unique<std::string>(*other.text_) : nullptr;
+        }
+        return *this;
+    }
+    link_text(link_text&&) noexcept = default;
+    link_text& operator=(link_text&&) noexcept = default;
+    link_text& operator=(std::string text) {
+        assign(std::move(text));
+        return *this;
+    }
+
+    void assign(std::string text) {
+        text_ = text.empty() ? nullptr : std::make_unique<std::string>(std::move(text));
+    }
+    const std::string& str() const {
+        static const std::string none;
+        return text_ ? *text_ : none;
+    }
+    operator const std::string&() const { return str(); }
+    std::size_t size() const { return text_ ? text_->size() : 0; }
+    bool empty() const { return !text_; }
+
+    friend bool operator==(const link_text& a, const link_text& b) { return a.str() == b.str(); }
+    friend bool operator==(const link_text& a, std::string_view b) { return a.str() == b; }
+    friend std::ostream& operator<<(std::ostream& out, const link_text& t) { return out << t.str(); }
+
+private:
+    std::unique_ptr<std::string> text_;
+};
+
 // One entry of a transfer as the sender describes it.
-// (Members ordered for size: 112 bytes, not 128. Every side holds one per entry.)
+// (Members ordered for size: 88 bytes. Every side holds one per entry.)
 struct entry_info {
     std::string path;  // wire path (relative, '/'-separated)
-    std::string link_target = {};  // is_link: what the link holds (readlink), never followed
+    link_text link_target = {};  // is_link: what the link holds (readlink), never followed
     std::uint64_t size = 0;
     std::int64_t mtime_ns = 0;
     std::optional<digest128> digest = std::nullopt;  // sync --checksum: the file digest (Entry.digest)

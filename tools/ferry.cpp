@@ -1805,14 +1805,14 @@ int cmd_ls(const common_opts& o, const ls_opts& l) {
                 j["mode"] = fmt::format("{:04o}", e.mode);
                 j["mtime_ns"] = e.mtime_ns;
                 if (e.is_link) {
-                    add_path(j, "link_target", e.link_target);
+                    add_path(j, "link_target", e.link_target.str());
                 }
                 emit(o, std::move(j), false);
             } else {
                 std::printf("%s %12s %s %s%s%s\n", mode_text(e).c_str(),
                             e.is_file() ? std::to_string(e.size).c_str() : "-", mtime_text(e.mtime_ns).c_str(),
                             ferry::printable(path).c_str(), e.is_dir ? "/" : "",
-                            e.is_link ? (" -> " + ferry::printable(e.link_target)).c_str() : "");
+                            e.is_link ? (" -> " + ferry::printable(e.link_target.str())).c_str() : "");
             }
         }
     };

@@ -98,7 +98,7 @@ void check_offer(const wire::Offer& offer, receiver_limits limits) {
         FUZZ_CHECK(info.path == e.path() && info.is_dir == (e.kind() == wire::ENTRY_DIR));
         FUZZ_CHECK(info.is_link == (e.kind() == wire::ENTRY_SYMLINK));
         FUZZ_CHECK(!info.is_link || (!info.link_target.empty() && info.link_target.size() <= max_link_target &&
-                                     info.link_target.find('\0') == std::string::npos));
+                                     info.link_target.str().find('\0') == std::string::npos));
         FUZZ_CHECK((info.mode & 06000) == 0 && (info.is_dir || (info.mode & 01000) == 0));
         FUZZ_CHECK(info.size == (info.is_file() ? e.size() : 0));
         // Every chunk of the file has an index a Chunk message can carry.
