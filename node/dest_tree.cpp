@@ -552,6 +552,13 @@ std::error_code folder_entries(int fd, const std::string& prefix, std::vector<fo
     return {};
 }
 
+// Whether `ec`, from opening a folder a listing named without following a symlink, says
+// it is gone since, or no longer a folder (a file or symlink took its name).
+bool gone_or_replaced(std::error_code ec) {
+    return ec == std::errc::no_such_file_or_directory || ec == std::errc::not_a_directory ||
+           ec == std::errc::too_many_symbolic_link_levels;
+}
+
 // Opens the folder `name` in `dir_fd` without following a symlink, runs `f` (taking the
 // folder's fd, returning an error_code) on it, and closes it.
 template <class F>
@@ -601,10 +608,8 @@ struct pruner {
                 return too_deep();
             }
             int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (fd < 0 && (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)) {
-                // Gone since it was listed, or no longer a folder (a file or symlink took
-                // its name): passed over, this walk's to leave.
-                gone = errno == ENOENT;
+            if (fd < 0 && gone_or_replaced({errno, std::system_category()})) {
+                gone = errno == ENOENT;  // passed over: this walk's to leave
                 failed.clear();
                 return {};
             }
@@ -750,8 +755,7 @@ struct pruner {
                     opened = true;
                     return walk(fd, path, depth + 1);
                 });
-                if (ec && !(!opened && (ec == std::errc::no_such_file_or_directory || ec == std::errc::not_a_directory ||
-                                        ec == std::errc::too_many_symbolic_link_levels))) {
+                if (ec && !(!opened && gone_or_replaced(ec))) {
                     return ec;  // (one gone or no longer a folder since it was listed is passed over)
                 }
             }
@@ -792,8 +796,7 @@ struct lister {
                 opened = true;
                 return walk(fd, path, depth + 1);
             });
-            if (!opened && (ec == std::errc::no_such_file_or_directory || ec == std::errc::too_many_symbolic_link_levels ||
-                            ec == std::errc::not_a_directory || ec == std::errc::permission_denied)) {
+            if (!opened && (gone_or_replaced(ec) || ec == std::errc::permission_denied)) {
                 continue;  // gone or replaced since it was listed, or not ours to read
             }
             if (ec) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <string_view>
+#include <thread>
 
 namespace ferry {
 
@@ -111,6 +112,17 @@ bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std
             return false;
         }
         out.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+    }
+    return true;
+}
+
+bool wait_until_exists(const std::string& path, std::chrono::milliseconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (::access(path.c_str(), F_OK) != 0) {
+        if (std::chrono::steady_clock::now() > until) {
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     return true;
 }

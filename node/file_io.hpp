@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -70,6 +71,10 @@ std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t o
 // False when they could not all be read (the file is shorter, an error) or `stop` stopped it.
 bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std::vector<digest128>& out,
                  const std::function<bool()>& stop = {}, std::uint64_t offset = 0);
+
+// For test hooks (FERRY_FAULT_*): waits until `path` exists, looking every millisecond,
+// for at most `timeout`. False when it timed out.
+bool wait_until_exists(const std::string& path, std::chrono::milliseconds timeout);
 
 // The names in the open folder `dir_fd` (without "." and ".."), sorted bytewise so that
 // the order does not depend on the file system. `dir_fd` stays open and is not moved.

@@ -13,7 +13,6 @@
 #include <cstdio>
 #include <cstring>
 #include <iterator>
-#include <thread>
 
 #include "node/backoff.hpp"
 #include "node/chunk_codec.hpp"
@@ -205,10 +204,7 @@ void fault_point_before_prune() {
         return;
     }
     unique_fd(::open((std::string(go) + ".waiting").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
-    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (::access(go, F_OK) != 0 && std::chrono::steady_clock::now() < until) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    wait_until_exists(go, std::chrono::seconds(10));
 }
 
 void fault_point_after_renames(std::size_t renamed) {
@@ -2044,16 +2040,12 @@ void receive_session::check_all_done() {
         if (ec && error.empty()) {
             error = "could not finish the transfer: " + ec.message();
         }
-        asio::post(self->ctx_.io, [self, error, told, dry_run, removed = std::move(removed)]() mutable {
+        asio::post(self->ctx_.io, [self, error, told, removed = std::move(removed)]() mutable {
             --self->tasks_out_;
             // Reported even when a later deletion failed, or the transfer failed meanwhile
             // (a pull whose peer went while DST was pruned): these are gone. A failure's
             // report waits for this (settle), so that it counts them.
-            if (told + removed.size() > 0) {
-                self->ctx_.log(std::string(dry_run ? "sync dry run: would delete " : "sync: deleted ") +
-                               std::to_string(told + removed.size()) + " path(s) under " + self->root_.string());
-            }
-            self->tell_deleted(std::move(removed));
+            self->send_deleted(std::move(removed), told);
             if (self->failed_) {
                 self->settle();
                 return;
@@ -2078,12 +2070,12 @@ void receive_session::check_all_done() {
     });
 }
 
-void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed) {
-    if (removed.empty()) {
+void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told) {
+    if (told + removed.size() == 0) {
         return;
     }
-    ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") + std::to_string(removed.size()) +
-             " path(s) under " + root_.string());
+    ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") +
+             std::to_string(told + removed.size()) + " path(s) under " + root_.string());
     tell_deleted(std::move(removed));
 }
 

@@ -242,9 +242,9 @@ private:
     // excludes_. False (the transfer failed) when refused.
     bool open_sync_target(const wire::SyncTarget& target);
     // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0; a
-    // pull's own events and counts), with a log line (send_deleted) or without (tell_deleted,
-    // a part of a longer walk).
-    void send_deleted(std::vector<dest_tree::removed_entry> removed);
+    // pull's own events and counts), with a log line that counts `told` more, told of
+    // already as the walk went (send_deleted), or without one (tell_deleted: such a part).
+    void send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told = 0);
     void tell_deleted(std::vector<dest_tree::removed_entry> removed);
     // A pull (set_pull), with what its report adds: files the sender skipped, paths
     // deleted, bytes rebuilt from older versions here. peer_hello_: the peer's Hello on

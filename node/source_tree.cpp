@@ -66,15 +66,9 @@ struct scan_faults {
     }
     // False (and `error` set) when the scan must fail at `wire`.
     bool at(const std::string& wire, std::string& error) const {
-        if (!wait_at.empty() && wire == wait_at) {
-            auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-            while (::access(wait_for.c_str(), F_OK) != 0) {
-                if (std::chrono::steady_clock::now() > until) {
-                    error = wire + ": FERRY_FAULT_SCAN_WAIT timed out";
-                    return false;
-                }
-                std::this_thread::sleep_for(std::chrono::milliseconds(1));
-            }
+        if (!wait_at.empty() && wire == wait_at && !wait_until_exists(wait_for, std::chrono::seconds(10))) {
+            error = wire + ": FERRY_FAULT_SCAN_WAIT timed out";
+            return false;
         }
         if (!fail_at.empty() && wire == fail_at) {
             error = wire + ": injected scan failure";

@@ -2179,6 +2179,17 @@ ferry::transfer_report both_passes(const ferry::transfer_report& first, ferry::t
     return second;
 }
 
+// Adds to `to` what the attempt `from` moved on the wire and, with `deletions`, the paths
+// it deleted: what a run carries from attempts it did not end with.
+void add_carried(ferry::transfer_report& to, const ferry::transfer_report& from, bool deletions) {
+    to.wire_sent += from.wire_sent;
+    to.wire_received += from.wire_received;
+    if (deletions) {
+        to.deleted_files += from.deleted_files;
+        to.deleted_dirs += from.deleted_dirs;
+    }
+}
+
 std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const send_opts& s, asio::io_context& io,
                                                    ferry::node& n, command_progress& progress, attempt_loop& loop) {
     std::optional<ferry::transfer_report> result;
@@ -2202,18 +2213,12 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     };
     // The wire bytes of attempts lost on the way: the report that ends the run counts them
     // (what they moved and the receiver confirmed is that report's matched data).
-    std::uint64_t lost_wire_sent = 0;
-    std::uint64_t lost_wire_received = 0;
     // So do the paths they deleted: each was told of (a `deleted` event) as it went, and
     // the next attempt finds it gone.
-    std::uint64_t lost_deleted_files = 0;
-    std::uint64_t lost_deleted_dirs = 0;
+    ferry::transfer_report lost;
     std::function<void(const ferry::transfer_report&)> on_done = [&](const ferry::transfer_report& given) {
         ferry::transfer_report r = given;
-        r.wire_sent += std::exchange(lost_wire_sent, 0);
-        r.wire_received += std::exchange(lost_wire_received, 0);
-        r.deleted_files += std::exchange(lost_deleted_files, 0);
-        r.deleted_dirs += std::exchange(lost_deleted_dirs, 0);
+        add_carried(r, std::exchange(lost, {}), true);
         auto now = std::chrono::steady_clock::now();
         if (r.connected && !ever_connected) {
             ever_connected = true;
@@ -2232,11 +2237,8 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             // transfer): what the first one did is the outcome, its files not sent.
             say("the peer is gone (" + r.error + "): the file(s) are left not sent");
             loop.ended_with_first_pass = true;
-            ferry::transfer_report out = *first_pass;  // with what the attempts since moved and deleted
-            out.wire_sent += r.wire_sent;
-            out.wire_received += r.wire_received;
-            out.deleted_files += r.deleted_files;
-            out.deleted_dirs += r.deleted_dirs;
+            ferry::transfer_report out = *first_pass;
+            add_carried(out, r, true);  // what the attempts since moved and deleted
             finish(out);
             return;
         }
@@ -2285,10 +2287,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
                  {"reason", r.error},
                  {"bytes_confirmed", r.payload_bytes},
                  {"give_up_in_s", left_s}});
-        lost_wire_sent = r.wire_sent;
-        lost_wire_received = r.wire_received;
-        lost_deleted_files = loop.dry_run ? 0 : r.deleted_files;
-        lost_deleted_dirs = loop.dry_run ? 0 : r.deleted_dirs;
+        add_carried(lost, r, !loop.dry_run);
         retry_timer.expires_after(delay);
         retry_timer.async_wait([&](std::error_code ec) {
             if (ec) {
