@@ -364,9 +364,7 @@ TEST_F(cli_transfer, existing_file_is_not_overwritten_unless_asked) {
         EXPECT_EQ(s.code, 2) << s.err;
         EXPECT_NE(s.err.find("exists"), std::string::npos) << s.err;
         EXPECT_EQ(rx.proc->wait(process_timeout), 2);
-        std::ifstream in(dest / "x" / "f.txt");
-        std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        EXPECT_EQ(got, "old");
+        EXPECT_EQ(read_text_file(dest / "x" / "f.txt"), "old");
     }
     auto rx = start_receiver(dest, {"--overwrite"});
     run_result s = send({src.string()}, a_id + "@" + rx.address);

@@ -12,8 +12,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,11 +23,6 @@ namespace ferry {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string contents(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 TEST(BatchReads, EachFileGetsWhatAPlainReadGivesAndFailuresTheirErrno) {
     test::temp_dir dir("ferry-batch-reads");
@@ -59,9 +52,9 @@ TEST(BatchReads, EachFileGetsWhatAPlainReadGivesAndFailuresTheirErrno) {
         GTEST_SKIP() << "io_uring is not available here (or ferry was built without liburing)";
     }
     EXPECT_EQ(reads[0].got, 4096);
-    EXPECT_EQ(std::string(bufs[0].begin(), bufs[0].begin() + 4096), contents(root / "a.bin"));
+    EXPECT_EQ(std::string(bufs[0].begin(), bufs[0].begin() + 4096), test::read_text_file(root / "a.bin"));
     EXPECT_EQ(reads[1].got, 1);
-    EXPECT_EQ(bufs[1][0], static_cast<std::uint8_t>(contents(root / "sub/b.bin")[0]));
+    EXPECT_EQ(bufs[1][0], static_cast<std::uint8_t>(test::read_text_file(root / "sub/b.bin")[0]));
     EXPECT_EQ(reads[2].got, 0);
     EXPECT_EQ(reads[3].got, 4097) << "one byte past the size it was given: it grew";
     EXPECT_EQ(reads[4].got, -ENOENT);
@@ -120,14 +113,14 @@ TEST(BatchReads, UnnamedFilesAreLinkedAndClosedAndAFailedLinkLeavesItsFileOpen) 
     }
     EXPECT_EQ(ops[0].result, 0);
     EXPECT_EQ(ops[1].result, 0);
-    EXPECT_EQ(contents(dir.path() / "one"), "one");
-    EXPECT_EQ(contents(dir.path() / "two"), "two");
+    EXPECT_EQ(test::read_text_file(dir.path() / "one"), "one");
+    EXPECT_EQ(test::read_text_file(dir.path() / "two"), "two");
     // Linked and closed: the descriptors are gone.
     EXPECT_EQ(::fcntl(ops[0].fd, F_GETFD), -1);
     EXPECT_EQ(::fcntl(ops[1].fd, F_GETFD), -1);
     // A name already there is kept, and the unnamed file stays open for the caller.
     EXPECT_EQ(ops[2].result, -EEXIST);
-    EXPECT_EQ(contents(dir.path() / "taken"), "already here\n");
+    EXPECT_EQ(test::read_text_file(dir.path() / "taken"), "already here\n");
     EXPECT_GE(::fcntl(ops[2].fd, F_GETFD), 0);
     ::close(ops[2].fd);
     ::close(dir_fd);

@@ -48,12 +48,6 @@ void write_text(const fs::path& p, const std::string& text) {
     ASSERT_TRUE(out.good()) << p;
 }
 
-std::string read_text(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    EXPECT_TRUE(in.good()) << p;
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 struct stat lstat_of(const fs::path& p) {
     struct stat st {};
     EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
@@ -121,7 +115,7 @@ TEST_F(DestTree, MakeDirThroughAFileIsNotADir) {
     write_text(root() / "f", "data");
     EXPECT_EQ(tree_.make_dir("f"), dest_errc::not_a_dir);
     EXPECT_EQ(tree_.make_dir("f/sub"), dest_errc::not_a_dir);
-    EXPECT_EQ(read_text(root() / "f"), "data");
+    EXPECT_EQ(test::read_text_file(root() / "f"), "data");
 }
 
 TEST_F(DestTree, CheckFileSeesAnIdenticalFileAsAlreadyThere) {
@@ -136,7 +130,7 @@ TEST_F(DestTree, CheckFileSeesAnIdenticalFileAsAlreadyThere) {
     EXPECT_FALSE(identical);
     EXPECT_EQ(tree_.check_file("f", false, 4, test_mtime_ns + 1'000'000'000, identical), dest_errc::exists);
     EXPECT_FALSE(identical);
-    EXPECT_EQ(read_text(root() / "f"), "keep");
+    EXPECT_EQ(test::read_text_file(root() / "f"), "keep");
 }
 
 TEST(StoredMtime, CoarseFileSystemsMatchTheirTruncation) {
@@ -188,7 +182,7 @@ TEST_F(DestTree, CheckFileOnExistingFile) {
     write_text(root() / "f", "keep");
     EXPECT_EQ(check(tree_, "f", false), dest_errc::exists);
     EXPECT_EQ(check(tree_, "f", true), std::error_code{});
-    EXPECT_EQ(read_text(root() / "f"), "keep");  // a check never touches the file
+    EXPECT_EQ(test::read_text_file(root() / "f"), "keep");  // a check never touches the file
 }
 
 TEST_F(DestTree, CheckFileOnDirectory) {
@@ -273,7 +267,7 @@ TEST_F(DestTree, SymlinkAtFinalNameIsRefusedEvenWithOverwrite) {
     EXPECT_EQ(check(tree_, "f", false), dest_errc::symlink);
     EXPECT_EQ(check(tree_, "f", true), dest_errc::symlink);
     EXPECT_EQ(check(tree_, "d", true), dest_errc::symlink);
-    EXPECT_EQ(read_text(outside_ / "target"), "outside");
+    EXPECT_EQ(test::read_text_file(outside_ / "target"), "outside");
     EXPECT_EQ(names_in(outside_.path()), (std::vector<std::string>{"target"}));
 }
 
@@ -297,8 +291,8 @@ TEST_F(DestTree, ASyncTreeReplacesSymlinksInTheWayWithoutFollowingThem) {
     pwrite_all(fd, "new!", 0);
     ASSERT_EQ(tree_.finalize("file", fd, 4, 0644, test_mtime_ns, false, true), std::error_code{});
     EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(root() / "file")));
-    EXPECT_EQ(read_text(root() / "file"), "new!");
-    EXPECT_EQ(read_text(outside_.path() / "victim"), "keep");
+    EXPECT_EQ(test::read_text_file(root() / "file"), "new!");
+    EXPECT_EQ(test::read_text_file(outside_.path() / "victim"), "keep");
 
     bool absent = false;
     ASSERT_EQ(tree_.make_dir("dir", false, &absent), std::error_code{});
@@ -346,7 +340,7 @@ TEST_F(DestTree, ASyncsSymlinkReplacesAFileOrLinkButNeverFollowsOne) {
                   std::error_code{});
         EXPECT_FALSE(identical) << name;  // another mtime
     }
-    EXPECT_EQ(read_text(outside_.path() / "victim"), "keep");
+    EXPECT_EQ(test::read_text_file(outside_.path() / "victim"), "keep");
     EXPECT_EQ(names_in(outside_.path()), std::vector<std::string>{"victim"});
     fs::create_directory(root() / "dir");
     EXPECT_EQ(tree_.check_link("dir", "t", test_mtime_ns, identical, false, exists), dest_errc::is_dir);
@@ -447,7 +441,7 @@ TEST_F(DestTree, PartialWriteAndFinalize) {
     ASSERT_EQ(tree_.finalize("dir/file.bin", fd, 11, 0640, test_mtime_ns, true, false), std::error_code{});
 
     fs::path final_path = root() / "dir/file.bin";
-    EXPECT_EQ(read_text(final_path), "hello world");
+    EXPECT_EQ(test::read_text_file(final_path), "hello world");
     struct stat st = lstat_of(final_path);
     EXPECT_TRUE(S_ISREG(st.st_mode));
     EXPECT_EQ(st.st_mode & 07777, 0640u);
@@ -465,7 +459,7 @@ TEST_F(DestTree, FinalizeSetsSizeAndNegativeMtime) {
     pwrite_all(fd, "0123456789", 0);
     const std::int64_t before_epoch = -1'500'000'000;  // 1.5 s before the epoch
     ASSERT_EQ(tree_.finalize("long", fd, 4, 0600, before_epoch, false, false), std::error_code{});
-    EXPECT_EQ(read_text(root() / "long"), "0123");
+    EXPECT_EQ(test::read_text_file(root() / "long"), "0123");
     struct stat st = lstat_of(root() / "long");
     EXPECT_EQ(st.st_mtim.tv_sec, -2);
     EXPECT_EQ(st.st_mtim.tv_nsec, 500'000'000);
@@ -474,7 +468,7 @@ TEST_F(DestTree, FinalizeSetsSizeAndNegativeMtime) {
     ASSERT_GE(fd, 0) << ec.message();
     pwrite_all(fd, "ab", 0);
     ASSERT_EQ(tree_.finalize("short", fd, 5, 0755, test_mtime_ns, false, false), std::error_code{});
-    EXPECT_EQ(read_text(root() / "short"), std::string("ab\0\0\0", 5));
+    EXPECT_EQ(test::read_text_file(root() / "short"), std::string("ab\0\0\0", 5));
     EXPECT_EQ(lstat_of(root() / "short").st_mode & 07777, 0755u);
 }
 
@@ -486,7 +480,7 @@ TEST_F(DestTree, FinalizeWithoutOverwriteKeepsAFileThatAppeared) {
     pwrite_all(fd, "new", 0);
     write_text(root() / "f", "existing");  // appeared after the check
     EXPECT_EQ(tree_.finalize("f", fd, 3, 0644, test_mtime_ns, false, false), dest_errc::exists);
-    EXPECT_EQ(read_text(root() / "f"), "existing");
+    EXPECT_EQ(test::read_text_file(root() / "f"), "existing");
 }
 
 TEST_F(DestTree, FinalizeWithOverwriteReplaces) {
@@ -497,7 +491,7 @@ TEST_F(DestTree, FinalizeWithOverwriteReplaces) {
     ASSERT_GE(fd, 0) << ec.message();
     pwrite_all(fd, "new", 0);
     ASSERT_EQ(tree_.finalize("f", fd, 3, 0644, test_mtime_ns, false, true), std::error_code{});
-    EXPECT_EQ(read_text(root() / "f"), "new");
+    EXPECT_EQ(test::read_text_file(root() / "f"), "new");
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f"}));
 }
 
@@ -522,7 +516,7 @@ TEST_F(DestTree, AnUnnamedFileShowsOnlyOnceLinkedWithItsModeAndMtime) {
     file.reset();
     EXPECT_EQ(unnamed_file::open_count(), 0);
     EXPECT_EQ(names_in(root() / "dir"), (std::vector<std::string>{"new.txt"}));
-    EXPECT_EQ(read_text(root() / "dir/new.txt"), "hello");
+    EXPECT_EQ(test::read_text_file(root() / "dir/new.txt"), "hello");
     struct stat st = lstat_of(root() / "dir/new.txt");
     EXPECT_EQ(st.st_mode & 07777, 0640u);
     EXPECT_EQ(st.st_mtim.tv_sec, test_mtime_ns / 1'000'000'000);
@@ -577,9 +571,9 @@ TEST_F(DestTree, NewFilesWrittenAtOnceAreUnnamedWithTheirBytesModeAndMtime) {
         EXPECT_EQ(st.st_mtim.tv_sec, test_mtime_ns / 1'000'000'000);
         EXPECT_EQ(static_cast<std::uint64_t>(st.st_ino), files[i].stored.ino);
     }
-    EXPECT_EQ(read_text(root() / "one.txt"), one);
-    EXPECT_EQ(read_text(root() / "new/deeper/two.bin"), two);
-    EXPECT_EQ(read_text(root() / "new/padded"), one + std::string(95, '\0'));
+    EXPECT_EQ(test::read_text_file(root() / "one.txt"), one);
+    EXPECT_EQ(test::read_text_file(root() / "new/deeper/two.bin"), two);
+    EXPECT_EQ(test::read_text_file(root() / "new/padded"), one + std::string(95, '\0'));
     EXPECT_EQ(unnamed_file::open_count(), 0);
 }
 
@@ -593,9 +587,9 @@ TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePa
     pwrite_all(file.get(), "new", 0);
     write_text(root() / "f", "existing");  // appeared after the check
     EXPECT_EQ(tree_.link_final(file, "f", false), dest_errc::exists);
-    EXPECT_EQ(read_text(root() / "f"), "existing");
+    EXPECT_EQ(test::read_text_file(root() / "f"), "existing");
     ASSERT_EQ(tree_.link_final(file, "f", true), std::error_code{});
-    EXPECT_EQ(read_text(root() / "f"), "new");
+    EXPECT_EQ(test::read_text_file(root() / "f"), "new");
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"f"}));
 
     // A partial file an earlier attempt left for the name goes when the file is named.
@@ -661,7 +655,7 @@ TEST_F(DestTree, PartialNameOfLongNames) {
     ASSERT_GE(fd, 0) << ec.message();
     pwrite_all(fd, "x", 0);
     ASSERT_EQ(tree_.finalize(long_a, fd, 1, 0644, test_mtime_ns, false, false), std::error_code{});
-    EXPECT_EQ(read_text(root() / long_a), "x");
+    EXPECT_EQ(test::read_text_file(root() / long_a), "x");
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{long_a}));
 }
 
@@ -693,7 +687,7 @@ TEST_F(DestTree, SyncAll) {
     pwrite_all(fd, "durable", 0);
     ASSERT_EQ(tree_.finalize("s/f", fd, 7, 0644, test_mtime_ns, false, false), std::error_code{});
     EXPECT_EQ(tree_.sync_all(), std::error_code{});
-    EXPECT_EQ(read_text(root() / "s/f"), "durable");
+    EXPECT_EQ(test::read_text_file(root() / "s/f"), "durable");
 }
 
 TEST(DestCategory, MessagesAndName) {
@@ -752,7 +746,7 @@ TEST_F(DestTree, PruneRemovesWhatIsNotKeptContentsBeforeTheirFolder) {
     EXPECT_EQ(removed_paths(wet), expected);
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"cache", "keep"}));
     EXPECT_EQ(names_in(root() / "keep"), (std::vector<std::string>{".b.txt.ferry-part", ".b.txt.ferry-resume", "a.txt"}));
-    EXPECT_EQ(read_text(root() / "cache/x/y"), "y");  // kept whole: not walked into
+    EXPECT_EQ(test::read_text_file(root() / "cache/x/y"), "y");  // kept whole: not walked into
 }
 
 TEST_F(DestTree, PruneKeepsWhatIsKeptInsideAFolderItRemoves) {
@@ -870,8 +864,8 @@ TEST_F(DestTree, PruneNeverFollowsASymlink) {
     EXPECT_EQ(removed_paths(removed), (std::vector<std::string>{"kept/inner-link", "link-to-dir", "link-to-file"}));
     EXPECT_EQ(names_in(root()), (std::vector<std::string>{"kept"}));
     EXPECT_TRUE(is_empty_dir(root() / "kept"));
-    EXPECT_EQ(read_text(outside_ / "precious"), "p");
-    EXPECT_EQ(read_text(outside_ / "dir/inner"), "i");
+    EXPECT_EQ(test::read_text_file(outside_ / "precious"), "p");
+    EXPECT_EQ(test::read_text_file(outside_ / "dir/inner"), "i");
 }
 
 TEST_F(DestTree, PruneStopsAtTheFirstErrorAndNamesThePath) {
@@ -930,8 +924,8 @@ TEST_F(DestTree, SeedPartialFromAnotherFileCopiesItsBytes) {
     ASSERT_TRUE(sums);
     EXPECT_GE(basis_fd, 0);
     ::close(basis_fd);
-    EXPECT_EQ(read_text(root() / ("sub/" + dest_tree::partial_name("new"))), "the old name's bytes");
-    EXPECT_EQ(read_text(root() / "old"), "the old name's bytes");
+    EXPECT_EQ(test::read_text_file(root() / ("sub/" + dest_tree::partial_name("new"))), "the old name's bytes");
+    EXPECT_EQ(test::read_text_file(root() / "old"), "the old name's bytes");
     EXPECT_TRUE(sums->weak.empty());  // no full block; the short one is the file
     EXPECT_EQ(sums->tail, hash_chunk(std::span(reinterpret_cast<const std::uint8_t*>("the old name's bytes"), 20)));
     ASSERT_TRUE(claims.have);
@@ -964,7 +958,7 @@ TEST_F(DestTree, SeedFromALongerOlderVersionSumsEveryBlockAndClaimsWholeChunks) 
     std::optional<basis_sums> sums = seeded_sums(e, std::move(*seed), pool, UINT64_MAX, claims, basis_fd);
     ASSERT_TRUE(sums);
     ::close(basis_fd);
-    EXPECT_EQ(read_text(root() / dest_tree::partial_name("f")), bytes.substr(0, new_size));
+    EXPECT_EQ(test::read_text_file(root() / dest_tree::partial_name("f")), bytes.substr(0, new_size));
     auto span_of = [&](std::uint64_t at, std::uint64_t len) {
         return std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()) + at, len);
     };

@@ -5,12 +5,12 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <optional>
 #include <stdexcept>
 #include <string>
 
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/tree.hpp"
 #include "transport/tls.hpp"
 
 namespace ferry {
@@ -22,11 +22,6 @@ unsigned mode_of(const fs::path& p) {
     struct stat st {};
     EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
     return st.st_mode & 07777;
-}
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 // Sets or unsets an environment variable for one scope, restoring the old value.
@@ -78,8 +73,8 @@ TEST(identity, created_on_first_use_with_private_modes) {
     EXPECT_EQ(mode_of(dir), 0700u);
     EXPECT_EQ(mode_of(dir / "key.pem"), 0600u);
     EXPECT_EQ(mode_of(dir / "cert.pem"), 0600u);
-    EXPECT_EQ(slurp(dir / "key.pem"), id.creds.key_pem);
-    EXPECT_EQ(slurp(dir / "cert.pem"), id.creds.cert_pem);
+    EXPECT_EQ(test::read_text_file(dir / "key.pem"), id.creds.key_pem);
+    EXPECT_EQ(test::read_text_file(dir / "cert.pem"), id.creds.cert_pem);
 
     // Nothing else is left behind (no temp files).
     for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
@@ -168,7 +163,7 @@ TEST(write_private_file, mode_0600_whatever_the_umask_and_replaces) {
     write_private_file(p, "two");
     ::umask(old);
     EXPECT_EQ(mode_of(p), 0600u);
-    EXPECT_EQ(slurp(p), "two");
+    EXPECT_EQ(test::read_text_file(p), "two");
     EXPECT_THROW(write_private_file(tmp / "missing/f", "x"), std::runtime_error);
 }
 
