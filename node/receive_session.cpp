@@ -29,8 +29,10 @@ namespace ferry {
 // mtime of one already there was likely renamed or copied at SRC, so it starts as a copy
 // of that one (made in the kernel, or a reflink), and only chunks the sender finds
 // different travel. Files of resume size match on size alone too (a copy whose mtime was
-// not kept). The digests decide in every case: a wrong guess costs a local copy, never
-// a wrong byte.
+// not kept), but only where one file at DST has that size, and once: where files of one
+// size are many (fixed-size records, a camera's raw files, a first sync cut short), each
+// new one would otherwise be copied from the same file and hashed for nothing. The
+// digests decide in every case: a wrong guess costs a local copy, never a wrong byte.
 struct local_basis {
     static constexpr std::size_t max_files = 256 * 1024;  // bounds the memory (about 25 MiB)
     bool built = false;
@@ -39,7 +41,10 @@ struct local_basis {
     // stamp_key and the file's name -> first such file: of many files with one size and
     // mtime (a script wrote them in one clock tick), a moved folder's file finds its own.
     std::unordered_map<std::uint64_t, std::uint32_t> by_named_stamp;
-    std::unordered_map<std::uint64_t, std::uint32_t> by_size;   // files of resume size and up
+    // Files of resume size and up, by size: `guessed` where more than one has that size,
+    // or one was guessed from already.
+    std::unordered_map<std::uint64_t, std::uint32_t> by_size;
+    static constexpr std::uint32_t guessed = UINT32_MAX;
 
     static std::uint64_t stamp_key(std::uint64_t size, std::int64_t mtime_ns) {
         return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
@@ -66,13 +71,15 @@ struct local_basis {
             by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i);
             by_named_stamp.try_emplace(named_key(stamp_key(f.size, f.mtime_ns), f.path), i);
             if (chunk_count(f.size) >= resume_min_chunks) {
-                by_size.try_emplace(f.size, i);
+                if (auto [it, fresh] = by_size.try_emplace(f.size, i); !fresh) {
+                    it->second = guessed;
+                }
             }
         }
     }
 
     // The file to start `e` from, if any.
-    const dest_tree::file_stamp* find(const entry_info& e) const {
+    const dest_tree::file_stamp* find(const entry_info& e) {
         const std::uint64_t stamp = stamp_key(e.size, e.mtime_ns);
         if (auto it = by_named_stamp.find(named_key(stamp, e.path)); it != by_named_stamp.end()) {
             const dest_tree::file_stamp& f = files[it->second];
@@ -87,7 +94,12 @@ struct local_basis {
             }
         }
         auto it = by_size.find(e.size);
-        return it == by_size.end() ? nullptr : &files[it->second];
+        if (it == by_size.end() || it->second == guessed) {
+            return nullptr;
+        }
+        const dest_tree::file_stamp* f = &files[it->second];
+        it->second = guessed;
+        return f;
     }
 };
 

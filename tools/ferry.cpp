@@ -2071,9 +2071,9 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
     };
     ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
                       std::uint64_t files) {
-        say(human_bytes(bytes) + " of " + std::to_string(files) +
-            " changed file(s) are already at the receiver (an older version, a renamed or copied "
-            "file, or what an interrupted attempt left); only the chunks that differ are sent");
+        say(std::to_string(files) + " changed file(s) start from " + human_bytes(bytes) +
+            " the receiver has (an older version, a renamed or copied file, or what an interrupted "
+            "attempt left); only the chunks that differ from it are sent");
         emit(o, resumed_event(direction, session, bytes, files));
     };
     ev.deleted = [&o, &sync](std::string_view path, wire::EntryKind kind) {

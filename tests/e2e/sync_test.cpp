@@ -386,6 +386,44 @@ TEST_F(sync_push, a_new_file_that_only_looks_like_one_at_dst_is_sent_whole) {
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, new_files_of_a_size_many_at_dst_have_are_not_all_started_from_one_of_them) {
+    // A new file of a size one file at DST has (4 chunks and up) starts as a copy of it,
+    // in case it was copied without its mtime. Where files of one size are many, new ones
+    // of that size are not copies: before, each started from the same file at DST (a
+    // local copy and a hash each), and the sync said that many bytes were already there.
+    serve();
+    constexpr std::uint64_t size = 4 * 256 * 1024 + 7;
+    write_random_file(src / "a.bin", size, 1);
+    write_random_file(src / "b.bin", size, 2);
+    ASSERT_EQ(sync({}).code, 0);
+    for (int i = 0; i < 3; ++i) {
+        write_random_file(src / ("new" + std::to_string(i) + ".bin"), size, 10 + i);
+    }
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"new0.bin", "new1.bin", "new2.bin"}));
+    for (const auto& e : ev) {
+        EXPECT_NE(e["event"], "resumed") << e;
+    }
+    EXPECT_EQ(r.err.find("start from"), std::string::npos) << r.err;
+    EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 3 * size);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+
+    // One file of a size: a new file of that size with another mtime (a copy that did
+    // not keep it) starts from it, once.
+    write_random_file(src / "c.bin", size + 1, 3);
+    ASSERT_EQ(sync({}).code, 0);
+    copy_file_with_mtime(src / "c.bin", src / "copy1.bin");
+    set_mtime(src / "copy1.bin", 1'700'000'000);
+    r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"copy1.bin"}));
+    EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 0) << r.out;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, a_file_that_changes_while_read_is_sent_again_from_a_new_scan) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
