@@ -328,7 +328,8 @@ receive_session::receive_session(node_context& ctx, std::string peer_id, const s
     : ctx_(ctx), peer_id_(std::move(peer_id)), session_id_(std::move(session_id)), on_end_(std::move(on_end)),
       machine_(receiver_limits{ctx.config.limits.max_files}), peer_key_(peer_key), files_("receive", session_id_),
       scope_(std::make_shared<stats_scope>(ctx_.stats.peers.get(peer_key))), start_(std::chrono::steady_clock::now()),
-      last_heard_(start_), idle_timer_(ctx.io), checkpoint_timer_(ctx.io), claims_(ctx.claims) {
+      last_heard_(start_), idle_timer_(ctx.io), last_frame_(start_), answer_timer_(ctx.io), checkpoint_timer_(ctx.io),
+      claims_(ctx.claims) {
     root_ = ctx_.config.inbox;
 }
 
@@ -393,7 +394,49 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     }
     if (idx == 0) {
         arm_idle_timer(ctx_.config.limits.idle_timeout);
+        claims_->set_asked(this, [weak = weak_from_this(), &io = ctx_.io] {
+            asio::post(io, [weak] {
+                if (auto self = weak.lock()) {
+                    self->ask_sender();
+                }
+            });
+        });
     }
+}
+
+void receive_session::ask_sender() {
+    if (failed_ || ended_ || result_sent_ || finishing_ || asking_) {
+        return;  // ending anyway, or asked already
+    }
+    auto open = std::find_if(conns_.begin(), conns_.end(), [](const auto& c) { return c && !c->closed() && !c->closing(); });
+    if (open == conns_.end()) {
+        return;  // the session ends with its last connection
+    }
+    wire::Header h;
+    h.mutable_ping()->set_nonce(++ping_nonce_);
+    (*open)->send(h);
+    asking_ = true;
+    asked_at_ = std::chrono::steady_clock::now();
+    answer_timer_.expires_after(sender_answer_timeout);
+    answer_timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
+        auto self = weak.lock();
+        if (ec || !self) {
+            return;
+        }
+        self->asking_ = false;
+        if (self->failed_ || self->ended_ || self->result_sent_ || self->last_frame_ >= self->asked_at_) {
+            return;
+        }
+        // A connection held back by the node's buffer pool is not read: the answer may
+        // be waiting in it. The next transfer that wants the files asks again.
+        if (std::any_of(self->conns_.begin(), self->conns_.end(),
+                        [](const auto& c) { return c && !c->closed() && c->waiting_for_buffer(); })) {
+            return;
+        }
+        self->fail(wire::ERROR_CANCELLED, exit_code::transfer_failed,
+                   "the sender did not answer for " + seconds_text(sender_answer_timeout) +
+                       " s while another transfer waited for its files");
+    });
 }
 
 void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) {
@@ -447,8 +490,9 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
     if (failed_) {
         return;
     }
-    if (header.body_case() != wire::Header::kPing) {
-        last_heard_ = std::chrono::steady_clock::now();  // pings alone do not keep a transfer alive
+    last_frame_ = std::chrono::steady_clock::now();
+    if (header.body_case() != wire::Header::kPing && header.body_case() != wire::Header::kPong) {
+        last_heard_ = last_frame_;  // pings alone do not keep a transfer alive
     }
     switch (header.body_case()) {
         case wire::Header::kChunk: on_chunk(c, header.chunk(), std::move(payload)); return;
@@ -477,6 +521,7 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
             c.send(h);
             return;
         }
+        case wire::Header::kPong: return;  // the sender is there (ask_sender)
         case wire::Header::kHello:
             if (!pull_) {
                 break;
@@ -1224,6 +1269,7 @@ void receive_session::next_offer() {
                     }
                 }
                 if (std::optional<std::size_t> taken = self->claims_->claim_all(writes, self.get())) {
+                    self->claims_->ask_holder(writes[*taken]);  // is that one's sender still there?
                     error = printable(writes[*taken]) + " is being received by another transfer into the same folder; "
                                                         "try again once it has ended";
                     code = exit_code::transfer_failed;
@@ -2440,6 +2486,7 @@ void receive_session::on_closed(connection& c, std::error_code ec) {
     if (open_conns_ == 0 && !ended_) {
         ended_ = true;
         idle_timer_.cancel();
+        answer_timer_.cancel();
         checkpoint_timer_.cancel();
         if (widen_timer_) {
             widen_timer_->cancel();

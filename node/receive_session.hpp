@@ -294,8 +294,19 @@ private:
     std::uint64_t files_done_ = 0;        // regular files renamed into place
     double ttfb_s_ = -1;
     std::chrono::steady_clock::time_point start_;
-    std::chrono::steady_clock::time_point last_heard_;  // the sender's last frame
+    std::chrono::steady_clock::time_point last_heard_;  // the sender's last frame (not a ping or pong)
     asio::steady_timer idle_timer_;
+    // Another transfer wants a file this one claims (partial_claims::ask_holder): the
+    // sender gets a Ping, and the transfer ends if no frame at all comes from it within
+    // sender_answer_timeout (a sender stopped or cut off without a FIN would otherwise
+    // hold its files until the idle timeout).
+    void ask_sender();
+    static constexpr std::chrono::seconds sender_answer_timeout{5};
+    std::chrono::steady_clock::time_point last_frame_;  // the sender's last frame of any kind
+    std::chrono::steady_clock::time_point asked_at_;
+    bool asking_ = false;
+    std::uint64_t ping_nonce_ = 0;
+    asio::steady_timer answer_timer_;
     std::unordered_set<std::uint32_t> dirty_;  // files written since their last resume record
     asio::steady_timer checkpoint_timer_;
     // The node's claims, held by the session itself: its last reference may go after the

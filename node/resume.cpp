@@ -71,6 +71,27 @@ void partial_claims::release_all(const void* owner) {
     auto owned = [owner](const auto& kv) { return kv.second == owner; };
     std::erase_if(owners_, owned);
     std::erase_if(folders_, owned);
+    asked_.erase(owner);
+}
+
+void partial_claims::set_asked(const void* owner, std::function<void()> asked) {
+    std::lock_guard lock(mutex_);
+    asked_[owner] = std::move(asked);
+}
+
+void partial_claims::ask_holder(const std::string& path) {
+    std::function<void()> asked;
+    {
+        std::lock_guard lock(mutex_);
+        if (auto it = owners_.find(path); it != owners_.end()) {
+            if (auto a = asked_.find(it->second); a != asked_.end()) {
+                asked = a->second;
+            }
+        }
+    }
+    if (asked) {
+        asked();
+    }
 }
 
 bool partial_claims::held_by_another(std::string_view path, const void* owner) {

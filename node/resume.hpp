@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -87,12 +88,20 @@ public:
     void release(const std::string& path, const void* owner);
     // Marks folders as in use by `owner` (shared: never refused).
     void use_folders(const std::vector<std::string>& paths, const void* owner);
+    // Gives back all of `owner`'s claims and marks, and forgets its `asked`.
     void release_all(const void* owner);
     // Whether an owner other than `owner` claims or uses `path` or a path below it.
     bool held_by_another(std::string_view path, const void* owner);
+    // What to call when another transfer wants a path `owner` claims (ask_holder): the
+    // owner checks that its peer is still there, and gives its claims back if not. Called
+    // on the asking thread: it must post to the owner's own.
+    void set_asked(const void* owner, std::function<void()> asked);
+    // Calls the `asked` of the owner that claims `path`, if any.
+    void ask_holder(const std::string& path);
 
 private:
     std::mutex mutex_;
+    std::map<const void*, std::function<void()>> asked_;
     // Ordered, so that what lies below a folder is found by one search.
     std::map<std::string, const void*, std::less<>> owners_;
     std::multimap<std::string, const void*, std::less<>> folders_;

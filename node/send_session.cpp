@@ -695,6 +695,14 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                  header.error().code() == wire::ERROR_CANCELLED || header.error().code() == wire::ERROR_BUSY);
             return;
         case wire::Header::kPong: return;
+        case wire::Header::kPing: {
+            // The receiver asks whether this side is still there (another transfer wants
+            // files this one writes): the answer goes out on the loop, whatever is queued.
+            wire::Header h;
+            h.mutable_pong()->set_nonce(header.ping().nonce());
+            c.send(h);
+            return;
+        }
         default: break;
     }
     fail(exit_code::transfer_failed, "protocol error from receiver: unexpected message");

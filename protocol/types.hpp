@@ -33,8 +33,9 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // entries in path order (wire_path_less), the receiver refuses any other; 12: an exclude
 // pattern's trailing "/**" holds what is inside wherever an earlier "**" stood for no folder
 // ("**/build/**" holds build/x): both sides must read patterns alike, or --delete removes
-// what the sender left out.
-inline constexpr std::uint32_t protocol_version = 12;
+// what the sender left out; 13: a sender answers the receiver's Ping with a Pong (a
+// receiver asks when another transfer wants files the sender's transfer claims).
+inline constexpr std::uint32_t protocol_version = 13;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

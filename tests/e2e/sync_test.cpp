@@ -1565,6 +1565,36 @@ TEST_F(sync_push, a_file_does_not_replace_a_folder_another_push_is_writing_into)
     EXPECT_EQ(compare_trees(src / "P", site / "P"), "");
 }
 
+TEST_F(sync_push, files_a_sender_that_stopped_answering_holds_go_to_the_next_sync) {
+    // A sync whose sender stops mid-transfer (SIGSTOP: no FIN, as a machine cut off)
+    // holds the files it writes. Another sync of them is refused as busy, and the refusal
+    // makes the serving node ping the first one's sender: with no answer in 5 s that
+    // transfer ends, and a later attempt of the second takes the files. (Before, they
+    // stayed held until the node's idle timeout, 2 minutes: longer than the second's
+    // --retry-for.)
+    serve();
+    write_random_file(src / "big.bin", 6 * 1024 * 1024, 97);
+    write_text_file(src / "small.txt", "small\n");
+    fs::path site = share / "site";
+    child_process first({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                         "--compress", "never", src.string(), "ay:www/site"});
+    ASSERT_TRUE(wait_for_change(
+        site, [&] { return allocated_bytes(site / ".big.bin.ferry-part") > 0; }, process_timeout))
+        << first.err();
+    first.signal(SIGSTOP);
+    run_result second = sync({"--retry-for", "60"});
+    ASSERT_EQ(second.code, 0) << second.err;
+    EXPECT_NE(second.err.find("is being received by another transfer"), std::string::npos) << second.err;
+    EXPECT_EQ(compare_trees(src, site), "");
+    // The first, let go on, finds its transfer ended, connects again and has nothing left to send.
+    first.signal(SIGCONT);
+    ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
+    EXPECT_EQ(compare_trees(src, site), "");
+    EXPECT_NE(node.proc->err().find("did not answer for 5 s while another transfer waited for its files"),
+              std::string::npos)
+        << node.proc->err();
+}
+
 TEST_F(sync_push, an_unrecorded_partial_file_does_not_stop_a_delta_against_dsts_own_file) {
     // A sync killed within its first seconds leaves a partial file and no record of what
     // it holds. If SRC then shifts every block (bytes inserted at the start), the partial
