@@ -296,11 +296,13 @@ private:
     std::chrono::steady_clock::time_point start_;
     std::chrono::steady_clock::time_point last_heard_;  // the sender's last frame (not a ping or pong)
     asio::steady_timer idle_timer_;
-    // Another transfer wants a file this one claims (partial_claims::ask_holder): the
-    // sender gets a Ping, and the transfer ends if no frame at all comes from it within
-    // sender_answer_timeout (a sender stopped or cut off without a FIN would otherwise
-    // hold its files until the idle timeout).
+    // Another transfer wants a file this one claims, or a folder it writes into
+    // (partial_claims::ask_holders): the sender gets a Ping, and the transfer ends if not
+    // one byte comes from it within sender_answer_timeout (a sender stopped or cut off
+    // without a FIN would otherwise hold its files until the idle timeout).
     void ask_sender();
+    std::uint64_t wire_received() const;  // over all of this session's connections
+    std::uint64_t asked_wire_ = 0;
     static constexpr std::chrono::seconds sender_answer_timeout{5};
     std::chrono::steady_clock::time_point last_frame_;  // the sender's last frame of any kind
     std::chrono::steady_clock::time_point asked_at_;

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cerrno>
 #include <memory>
+#include <set>
+#include <vector>
 
 #include "node/file_io.hpp"
 #include "node/worker_pool.hpp"
@@ -79,18 +81,32 @@ void partial_claims::set_asked(const void* owner, std::function<void()> asked) {
     asked_[owner] = std::move(asked);
 }
 
-void partial_claims::ask_holder(const std::string& path) {
-    std::function<void()> asked;
+void partial_claims::ask_holders(const std::string& path, const void* asker) {
+    std::vector<std::function<void()>> asks;
     {
         std::lock_guard lock(mutex_);
-        if (auto it = owners_.find(path); it != owners_.end()) {
-            if (auto a = asked_.find(it->second); a != asked_.end()) {
-                asked = a->second;
+        std::set<const void*> owners;
+        auto collect = [&](const auto& map) {
+            auto [from, to] = map.equal_range(path);
+            for (auto it = from; it != to; ++it) {
+                owners.insert(it->second);
+            }
+            std::string below = path + '/';
+            for (auto it = map.lower_bound(below); it != map.end() && it->first.starts_with(below); ++it) {
+                owners.insert(it->second);
+            }
+        };
+        collect(owners_);
+        collect(folders_);
+        owners.erase(asker);
+        for (const void* owner : owners) {
+            if (auto a = asked_.find(owner); a != asked_.end()) {
+                asks.push_back(a->second);
             }
         }
     }
-    if (asked) {
-        asked();
+    for (const auto& ask : asks) {
+        ask();
     }
 }
 

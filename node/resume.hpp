@@ -96,8 +96,9 @@ public:
     // owner checks that its peer is still there, and gives its claims back if not. Called
     // on the asking thread: it must post to the owner's own.
     void set_asked(const void* owner, std::function<void()> asked);
-    // Calls the `asked` of the owner that claims `path`, if any.
-    void ask_holder(const std::string& path);
+    // Calls the `asked` of each owner other than `asker` that claims or uses `path` or a
+    // path below it.
+    void ask_holders(const std::string& path, const void* asker);
 
 private:
     std::mutex mutex_;

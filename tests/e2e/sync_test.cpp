@@ -411,16 +411,18 @@ TEST_F(sync_push, new_files_of_a_size_many_at_dst_have_are_not_all_started_from_
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 
     // One file of a size: a new file of that size with another mtime (a copy that did
-    // not keep it) starts from it, once.
+    // not keep it) starts from it, once: of two such copies, the second travels.
     write_random_file(src / "c.bin", size + 1, 3);
     ASSERT_EQ(sync({}).code, 0);
-    copy_file_with_mtime(src / "c.bin", src / "copy1.bin");
-    set_mtime(src / "copy1.bin", 1'700'000'000);
+    for (const char* name : {"copy1.bin", "copy2.bin"}) {
+        copy_file_with_mtime(src / "c.bin", src / name);
+        set_mtime(src / name, 1'700'000'000);
+    }
     r = sync({"--compress", "never"});
     ASSERT_EQ(r.code, 0) << r.err;
     ev = json_events(r.out);
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"copy1.bin"}));
-    EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 0) << r.out;
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"copy1.bin", "copy2.bin"}));
+    EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], size + 1) << r.out;
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
