@@ -417,7 +417,7 @@ void receive_session::ask_sender() {
     (*open)->send(h);
     asking_ = true;
     asked_at_ = std::chrono::steady_clock::now();
-    asked_wire_ = wire_received();
+    asked_wire_ = scope_->counters().wire_received;
     answer_timer_.expires_after(sender_answer_timeout);
     answer_timer_.async_wait([weak = weak_from_this()](std::error_code ec) {
         auto self = weak.lock();
@@ -428,7 +428,7 @@ void receive_session::ask_sender() {
         // Any byte from the sender is an answer: on a slow link the Pong waits behind
         // chunks queued before it, and a chunk frame may take longer than the wait.
         if (self->failed_ || self->ended_ || self->result_sent_ || self->last_frame_ >= self->asked_at_ ||
-            self->wire_received() != self->asked_wire_) {
+            self->scope_->counters().wire_received != self->asked_wire_) {
             return;
         }
         // A connection held back by the node's buffer pool is not read: the answer may
@@ -441,16 +441,6 @@ void receive_session::ask_sender() {
                    "the sender did not answer for " + seconds_text(sender_answer_timeout) +
                        " s while another transfer waited for its files");
     });
-}
-
-std::uint64_t receive_session::wire_received() const {
-    std::uint64_t n = 0;
-    for (const auto& c : conns_) {
-        if (c) {
-            n += c->stream().wire_received();
-        }
-    }
-    return n;
 }
 
 void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) {
@@ -943,10 +933,13 @@ void receive_session::next_offer() {
             bool excluded = sync.excludes->excluded_or_inside(items[i].e.path, true);
             // Another transfer into this folder writes there (a file it claims, a folder it
             // offered): not this one's to remove now; the sender tries again later.
-            std::string folder = (tree->root() / items[i].e.path).string();
-            bool held = !excluded && !sync.dry_run && self->claims_->held_by_another(folder, self.get());
-            if (held) {
-                self->claims_->ask_holders(folder, self.get());  // are their senders still there?
+            bool held = false;
+            if (!excluded && !sync.dry_run) {
+                std::string folder = (tree->root() / items[i].e.path).string();
+                held = self->claims_->held_by_another(folder, self.get());
+                if (held) {
+                    self->claims_->ask_holders(folder, self.get());  // are their senders still there?
+                }
             }
             if (excluded || held) {
                 ec = dest_errc::is_dir;  // an excluded folder is never SRC's to remove

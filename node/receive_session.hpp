@@ -301,8 +301,7 @@ private:
     // one byte comes from it within sender_answer_timeout (a sender stopped or cut off
     // without a FIN would otherwise hold its files until the idle timeout).
     void ask_sender();
-    std::uint64_t wire_received() const;  // over all of this session's connections
-    std::uint64_t asked_wire_ = 0;
+    std::uint64_t asked_wire_ = 0;  // the session's wire bytes received (scope_) at the Ping
     static constexpr std::chrono::seconds sender_answer_timeout{5};
     std::chrono::steady_clock::time_point last_frame_;  // the sender's last frame of any kind
     std::chrono::steady_clock::time_point asked_at_;

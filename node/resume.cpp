@@ -81,23 +81,40 @@ void partial_claims::set_asked(const void* owner, std::function<void()> asked) {
     asked_[owner] = std::move(asked);
 }
 
+namespace {
+
+// Calls `f` with the owner of each entry of `map` at `path` or below it, until `f` returns
+// true; whether it did.
+template <class Map, class F>
+bool any_at_or_below(const Map& map, std::string_view path, F f) {
+    auto [from, to] = map.equal_range(path);
+    for (auto it = from; it != to; ++it) {
+        if (f(it->second)) {
+            return true;
+        }
+    }
+    std::string below = std::string(path) + '/';
+    for (auto it = map.lower_bound(below); it != map.end() && it->first.starts_with(below); ++it) {
+        if (f(it->second)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
 void partial_claims::ask_holders(const std::string& path, const void* asker) {
     std::vector<std::function<void()>> asks;
     {
         std::lock_guard lock(mutex_);
         std::set<const void*> owners;
-        auto collect = [&](const auto& map) {
-            auto [from, to] = map.equal_range(path);
-            for (auto it = from; it != to; ++it) {
-                owners.insert(it->second);
-            }
-            std::string below = path + '/';
-            for (auto it = map.lower_bound(below); it != map.end() && it->first.starts_with(below); ++it) {
-                owners.insert(it->second);
-            }
+        auto add = [&owners](const void* owner) {
+            owners.insert(owner);
+            return false;  // all of them
         };
-        collect(owners_);
-        collect(folders_);
+        any_at_or_below(owners_, path, add);
+        any_at_or_below(folders_, path, add);
         owners.erase(asker);
         for (const void* owner : owners) {
             if (auto a = asked_.find(owner); a != asked_.end()) {
@@ -112,21 +129,8 @@ void partial_claims::ask_holders(const std::string& path, const void* asker) {
 
 bool partial_claims::held_by_another(std::string_view path, const void* owner) {
     std::lock_guard lock(mutex_);
-    auto another = [&](const auto& map) {
-        auto other = [owner](const auto& kv) { return kv.second != owner; };
-        auto [from, to] = map.equal_range(path);
-        if (std::any_of(from, to, other)) {
-            return true;
-        }
-        std::string below = std::string(path) + '/';
-        for (auto it = map.lower_bound(below); it != map.end() && it->first.starts_with(below); ++it) {
-            if (other(*it)) {
-                return true;
-            }
-        }
-        return false;
-    };
-    return another(owners_) || another(folders_);
+    auto other = [owner](const void* o) { return o != owner; };
+    return any_at_or_below(owners_, path, other) || any_at_or_below(folders_, path, other);
 }
 
 void known_partials::put(const std::string& key, known_partial k) {

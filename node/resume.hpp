@@ -92,7 +92,7 @@ public:
     void release_all(const void* owner);
     // Whether an owner other than `owner` claims or uses `path` or a path below it.
     bool held_by_another(std::string_view path, const void* owner);
-    // What to call when another transfer wants a path `owner` claims (ask_holder): the
+    // What to call when another transfer wants a path `owner` claims (ask_holders): the
     // owner checks that its peer is still there, and gives its claims back if not. Called
     // on the asking thread: it must post to the owner's own.
     void set_asked(const void* owner, std::function<void()> asked);
