@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "node/dest_tree.hpp"
+#include "node/file_io.hpp"
 
 namespace ferry::test {
 
@@ -45,7 +45,7 @@ void copy_file_with_mtime(const fs::path& from, const fs::path& to) {
 }
 
 std::string read_text_file(const fs::path& p) {
-    // Whole blocks by read(2), not a call per byte through a stream iterator: under the
+    // Whole blocks (read_at), not a call per byte through a stream iterator: under the
     // sanitizers the iterator made reading a test's files most of an e2e test's time.
     std::string out;
     int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
@@ -54,23 +54,17 @@ std::string read_text_file(const fs::path& p) {
     }
     struct stat st {};
     std::size_t expected = ::fstat(fd, &st) == 0 && st.st_size > 0 ? static_cast<std::size_t>(st.st_size) : 0;
-    out.resize(expected);
     std::size_t have = 0;
-    char more[64 * 1024];  // what is read past the size fstat gave (a file still growing)
-    for (;;) {
-        char* into = have < out.size() ? out.data() + have : more;
-        std::size_t room = have < out.size() ? out.size() - have : sizeof more;
-        ssize_t n = ::read(fd, into, room);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
+    std::error_code ec;
+    // One byte past the size fstat gave, then 64 KiB at a time: a file still growing is
+    // read to its end.
+    for (std::size_t room = expected + 1;; room = 64 * 1024) {
+        out.resize(have + room);
+        std::size_t n = read_at(fd, reinterpret_cast<std::uint8_t*>(out.data()) + have, room, have, ec);
+        have += n;
+        if (ec || n < room) {
             break;
         }
-        if (into == more) {
-            out.append(more, static_cast<std::size_t>(n));
-        }
-        have += static_cast<std::size_t>(n);
     }
     out.resize(have);
     ::close(fd);
@@ -84,35 +78,19 @@ namespace {
 // sanitizers a fresh buffer for each costs a page fault per page of its shadow.
 bool same_bytes(const fs::path& a, const fs::path& b) {
     constexpr std::size_t block = 1 << 20;
-    thread_local std::vector<char> ba(block);
-    thread_local std::vector<char> bb(block);
+    thread_local std::vector<std::uint8_t> ba(block);
+    thread_local std::vector<std::uint8_t> bb(block);
     int fa = ::open(a.c_str(), O_RDONLY | O_CLOEXEC);
     int fb = ::open(b.c_str(), O_RDONLY | O_CLOEXEC);
     bool same = fa >= 0 && fb >= 0;
-    // Fills `buf` from `fd` (short only at the end of the file); -1 on an error.
-    auto fill = [](int fd, std::vector<char>& buf) -> ssize_t {
-        std::size_t have = 0;
-        while (have < buf.size()) {
-            ssize_t n = ::read(fd, buf.data() + have, buf.size() - have);
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n < 0) {
-                return -1;
-            }
-            if (n == 0) {
-                break;
-            }
-            have += static_cast<std::size_t>(n);
-        }
-        return static_cast<ssize_t>(have);
-    };
-    while (same) {
-        ssize_t na = fill(fa, ba);
-        ssize_t nb = fill(fb, bb);
-        same = na >= 0 && na == nb && std::memcmp(ba.data(), bb.data(), static_cast<std::size_t>(na)) == 0;
-        if (na <= 0) {
-            break;
+    std::error_code ea;
+    std::error_code eb;
+    for (std::uint64_t offset = 0; same; offset += block) {
+        std::size_t na = read_at(fa, ba.data(), block, offset, ea);
+        std::size_t nb = read_at(fb, bb.data(), block, offset, eb);
+        same = !ea && !eb && na == nb && std::memcmp(ba.data(), bb.data(), na) == 0;
+        if (na < block) {
+            break;  // the end of both (or of one: then `same` is false already)
         }
     }
     for (int fd : {fa, fb}) {
