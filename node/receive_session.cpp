@@ -1381,6 +1381,9 @@ void receive_session::next_offer() {
             }
             self->files_.resize(self->machine_.total_files());
             for (const auto& d : decisions) {
+                if (const entry_info& e = self->machine_.entry(d.id); e.is_dir) {
+                    self->dirs_.push_back(e);
+                }
                 if (d.kind == wire::ACCEPT_SKIP) {
                     // It may have been renamed by a transfer that has not synced yet:
                     // success is reported only once it is on disk too.
@@ -1400,9 +1403,6 @@ void receive_session::next_offer() {
                 self->ctx_.events.resumed("receive", self->session_id_, kept, files);
             }
             for (const auto& d : decisions) {
-                if (self->sinks_.size() <= d.id.value) {
-                    self->sinks_.resize(d.id.value + 1);
-                }
                 // A file that comes (a skipped one has nothing to write, and no sink).
                 if (const entry_info& e = self->machine_.entry(d.id); e.is_file() && d.kind != wire::ACCEPT_SKIP) {
                     auto sink = std::make_shared<sink_file>();
@@ -1416,7 +1416,7 @@ void receive_session::next_offer() {
                 }
             }
             for (basis_file& b : basis_fds) {
-                if (auto& sink = self->sinks_.at(b.id.value); sink && !sink->basis.empty()) {
+                if (auto sink = self->sink_of(b.id); sink && !sink->basis.empty()) {
                     sink->basis_fd = std::exchange(b.fd, -1);
                     sink->basis_size = b.size;
                     sink->pinned = true;
@@ -1461,7 +1461,7 @@ void receive_session::unpin(sink_file& sink) {
 }
 
 void receive_session::drop_partial(file_id f) {
-    auto sink = sinks_.at(f.value);
+    auto sink = sink_of(f);
     if (sink->writes > 0) {
         sink->drop = true;  // once its writes in flight are done
         return;
@@ -1526,7 +1526,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         return;
     }
     files_.started(ctx_.events.file, f, machine_.entry(f));
-    sinks_.at(f.value)->got_bytes = true;
+    sink_of(f)->got_bytes = true;
     if (c.index < redials_.size()) {
         redials_[c.index].failures = 0;  // it carries data again
     }
@@ -1535,7 +1535,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         return;
     }
     ++writes_;
-    auto sink = sinks_.at(f.value);
+    auto sink = sink_of(f);
     ++sink->writes;
     bool create = !sink->resumed;
     auto tree = tree_;
@@ -1779,19 +1779,19 @@ void receive_session::try_finalize(file_id f) {
         fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, e.path + ": file digest mismatch");
         return;
     }
-    if (auto& sink = sinks_.at(f.value); sink->writes > 0) {
+    if (auto sink = sink_of(f); sink->writes > 0) {
         sink->finalize_waits = true;  // a chunk being replaced: finalize once it is written
         return;
     }
     machine_.on_file_finished(f);  // no second finalize for this file
     ++finalizing_;
-    unpin(*sinks_.at(f.value));
+    unpin(*sink_of(f));
     bool fsync_now =
         durable() && (machine_.options().fsync_each || ctx_.config.fsync_each || e.size >= fsync_own_threshold);
     if (!fsync_now) {
         need_syncfs_ = true;
     }
-    auto sink = sinks_.at(f.value);
+    auto sink = sink_of(f);
     dirty_.erase(f.value);
     ++tasks_out_;
     ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, e, f, fsync_now, overwrite = overwrite_,
@@ -1976,13 +1976,14 @@ transfer_progress receive_session::progress() const {
 }
 
 void receive_session::report_done(file_id f) {
-    const sink_file& sink = *sinks_.at(f.value);
+    const sink_file& sink = *sink_of(f);
     if (!sink.from.empty() && !sink.got_bytes) {
-        maybe_renamed_.push_back(f);  // a rename if SRC no longer has `from`: known once all is offered
-        return;
+        // A rename if SRC no longer has `from`: known once all is offered.
+        maybe_renamed_.push_back({f, machine_.entry(f), sink.action, sink.from});
+    } else {
+        files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action);
     }
-    files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action);
-    sinks_[f.value].reset();  // final and reported: nothing more comes for it
+    sinks_.erase(f.value);  // final: nothing more comes for it
     machine_.release(f);
 }
 
@@ -1995,28 +1996,18 @@ void receive_session::check_all_done() {
     // What was offered, looked up by the files made from DST's own copy (renamed when SRC
     // no longer has the old path) and by --delete: made once, and only for them.
     const wire::SyncTarget* target = sync_target();
-    std::optional<offered_paths> offered;
-    if (!maybe_renamed_.empty() || (target && target->delete_())) {
-        offered = machine_.take_paths();
-    }
-    for (file_id f : maybe_renamed_) {
-        const sink_file& sink = *sinks_.at(f.value);
+    const offered_paths& offered = machine_.paths();
+    for (const maybe_renamed& m : maybe_renamed_) {
         // An excluded old path (or one SRC could not read) stays at DST: a copy, not a rename.
-        bool renamed = offered->find(sink.from) != offered_paths::kind::file &&
-                       !(excludes_ && excludes_->excluded_or_inside(sink.from, false));
-        files_.done(ctx_.events.file, f, machine_.entry(f), false, sink.action,
-                    renamed ? std::string_view(sink.from) : std::string_view());
-        sinks_[f.value].reset();
+        bool renamed = offered.find(m.from) != offered_paths::kind::file &&
+                       !(excludes_ && excludes_->excluded_or_inside(m.from, false));
+        files_.done(ctx_.events.file, m.id, m.e, false, m.action,
+                    renamed ? std::string_view(m.from) : std::string_view());
     }
     maybe_renamed_.clear();
     flush_acks();
     // Directory modes and mtimes last (deepest first), then durability, then success.
-    std::vector<entry_info> dirs;
-    for (std::uint32_t i = 0; i < machine_.total_files(); ++i) {
-        if (machine_.entry(file_id{i}).is_dir) {
-            dirs.push_back(machine_.entry(file_id{i}));
-        }
-    }
+    std::vector<entry_info> dirs = std::move(dirs_);
     std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
@@ -2037,7 +2028,8 @@ void receive_session::check_all_done() {
     // their mtimes. Offers are over: the machine hands its path set to the worker.
     std::function<dest_tree::verdict(const std::string&, bool)> keep;
     if (target && target->delete_() && tree_) {
-        keep = [paths = std::move(*offered), excludes = excludes_, claims = claims_, owner = this,
+        // (The machine's paths: it lives while the worker's task holds this session.)
+        keep = [&paths = offered, excludes = excludes_, claims = claims_, owner = this,
                 root = tree_->root()](const std::string& path, bool is_dir) {
             if (excludes->excluded(path, is_dir)) {
                 return dest_tree::verdict::keep_whole;
@@ -2276,8 +2268,8 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
     }
     // What was verified so far stays for a later attempt: every unfinished file with chunks
     // here gets its record, and is remembered (ctx_.known) for a sender that comes back.
-    for (std::uint32_t id = 0; id < sinks_.size(); ++id) {
-        if (sinks_[id] && !machine_.finished(file_id{id}) && resumable(machine_.entry(file_id{id})) &&
+    for (const auto& [id, sink] : sinks_) {
+        if (sink && !machine_.finished(file_id{id}) && resumable(machine_.entry(file_id{id})) &&
             machine_.have(file_id{id}).count() > 0) {
             dirty_.insert(id);
         }
@@ -2400,7 +2392,7 @@ void receive_session::checkpoint() {
     std::unordered_set<std::uint32_t> still;  // a record of theirs is being written: next time
     for (std::uint32_t id : dirty_) {
         file_id f{id};
-        if (machine_.finished(f) || id >= sinks_.size() || !sinks_[id]) {
+        if (machine_.finished(f) || !sink_of(f)) {
             continue;
         }
         if (sinks_[id]->checkpointing) {

@@ -211,7 +211,12 @@ private:
     std::vector<pending_name> renames_;  // waiting for the next batch
     bool renaming_ = false;                      // a batch is being journaled and renamed
     bool journal_warned_ = false;
-    std::vector<std::shared_ptr<sink_file>> sinks_;
+    // The files that come, by id, from their Accept until they are final.
+    std::unordered_map<std::uint32_t, std::shared_ptr<sink_file>> sinks_;
+    std::shared_ptr<sink_file> sink_of(file_id f) const {
+        auto it = sinks_.find(f.value);
+        return it == sinks_.end() ? nullptr : it->second;
+    }
     std::deque<std::pair<std::vector<file_id>, std::uint64_t>> offers_;  // ids, bytes still to come
     bool offer_busy_ = false;
     std::vector<std::vector<std::uint64_t>> acks_;  // per connection
@@ -270,7 +275,18 @@ private:
     std::uint64_t delta_copied_ = 0;
     // Files made from another of ours with no byte received: told as renamed (or not)
     // once every path is offered.
-    std::vector<file_id> maybe_renamed_;
+    // Files made from DST's own copy at `from`, with nothing sent: renamed if SRC no longer
+    // has `from`, known once the last batch is in (check_all_done).
+    struct maybe_renamed {
+        file_id id;
+        entry_info e;
+        wire::SyncAction action = wire::SYNC_NONE;
+        std::string from;
+    };
+    std::vector<maybe_renamed> maybe_renamed_;
+    // The folders offered, for their modes and mtimes at the end (the machine forgets
+    // entries once they are finished).
+    std::vector<entry_info> dirs_;
     std::string sync_path_;  // sync: the folder inside share_dir_ ("" = share_dir_ itself)
     void on_peer_hello(connection& c, const wire::Hello& hello);
     // A file in place: its `done` file event, with what the sync did.

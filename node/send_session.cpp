@@ -483,12 +483,15 @@ void send_session::next_checksum_batch() {
 }
 
 void send_session::send_offers() {
-    if (!offers_sent_ || offer_posted_ || finished_ || next_offer_ >= machine_.offer_count() || !conns_[0].conn ||
-        conns_[0].conn->closed()) {
+    if (!offers_sent_ || offer_posted_ || finished_ || !conns_[0].conn || conns_[0].conn->closed()) {
         return;
     }
+    std::optional<wire::Offer> offer = machine_.next_offer();
+    if (!offer) {
+        return;  // none sealed, or the receiver has max_offers_ahead to answer (its Accept calls again)
+    }
     wire::Header h;
-    *h.mutable_offer() = machine_.make_offer(next_offer_++);
+    *h.mutable_offer() = std::move(*offer);
     // Paths not sent ride along in what the frame header has room for beside the batch;
     // the rest wait for the next batch, and the last says how many it could not list.
     std::size_t listed = 0;
@@ -510,7 +513,7 @@ void send_session::send_offers() {
     }
     conns_[0].conn->send(h);
     offer_sent_at_ = stats_clock::now();
-    if (next_offer_ < machine_.offer_count()) {
+    if (machine_.offers_sent() < machine_.offer_count()) {
         offer_posted_ = true;
         asio::post(ctx_.io, [self = shared_from_this()] {
             self->offer_posted_ = false;
@@ -576,6 +579,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             if (machine_.all_accepted() && machine_.claimed_bytes() > 0 && ctx_.events.resumed) {
                 ctx_.events.resumed("send", session_id_, machine_.claimed_bytes(), machine_.resumed_files());
             }
+            send_offers();  // room for one more batch
             pump_all();
             return;
         }
@@ -1425,7 +1429,7 @@ void send_session::check_stalls() {
     // A scan that holds its entries back (one big folder walked whole before the next
     // part) still sends an Offer, empty if need be, every few seconds: the receiver's idle
     // timeout counts the sender's silence.
-    if (options_.feed && offers_sent_ && next_offer_ == machine_.offer_count() &&
+    if (options_.feed && offers_sent_ && machine_.offers_sent() == machine_.offer_count() &&
         now - offer_sent_at_ >= scan_keepalive) {
         machine_.flush();
         send_offers();

@@ -417,7 +417,6 @@ private:
     std::uint64_t regular_files_ = 0;
     double ttfb_s_ = -1;
     bool offers_sent_ = false;  // the receiver's Hello is in: Offers go out
-    std::size_t next_offer_ = 0;  // the first batch not sent yet
     stats_clock::time_point offer_sent_at_{};  // the last Offer's (a streamed scan's keep-alive)
     bool offer_posted_ = false;   // send_offers() is due on the loop
     bool redial_first_ = false;  // connection 0 came from an early_dial: dialed again once if it dies before Hello

@@ -1,6 +1,7 @@
 #include "protocol/transfer.hpp"
 
 #include <bit>
+#include <cstring>
 #include <limits>
 
 #include "protocol/digest.hpp"
@@ -149,6 +150,13 @@ wire::Offer sender_machine::make_offer(std::size_t b) const {
         }
     }
     return o;
+}
+
+std::optional<wire::Offer> sender_machine::next_offer() {
+    if (offers_sent_ >= batch_count_ || offers_sent_ >= accepted_batches_ + max_offers_ahead) {
+        return std::nullopt;
+    }
+    return make_offer(offers_sent_++);
 }
 
 std::vector<wire::Offer> sender_machine::make_offers() const {
@@ -514,18 +522,16 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (offer.total_files() > limits_.max_files) {
             return protocol_errc::too_many_files;
         }
-        // Room for them all at once: no doubling (200,000 files: the old and the new
-        // arrays both held while one is copied). Capped: the count is the peer's word.
-        files_.reserve(std::min<std::uint64_t>(offer.total_files(), std::uint64_t{1} << 18));
     } else if (offer.transfer_id() != transfer_id_ || offer.has_sync()) {
         return protocol_errc::unexpected_message;
     }
-    if (files_.size() + static_cast<std::size_t>(offer.entries_size()) > limits_.max_files) {
+    if (offered() + static_cast<std::size_t>(offer.entries_size()) > limits_.max_files) {
         return protocol_errc::too_many_files;
     }
+    forget();  // what the batches before left finished
     ids.clear();
     for (const wire::Entry& e : offer.entries()) {
-        if (e.id() != files_.size()) {
+        if (e.id() != offered()) {
             return protocol_errc::duplicate_id;
         }
         // A symlink only into a sync's mirror.
@@ -562,8 +568,8 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         if (std::error_code ec = claim_path(f.info)) {
             return ec;
         }
+        total_bytes_ += f.info.size;
         files_.push_back(std::move(f));
-        total_bytes_ += files_.back().info.size;
         total_dirs_ += is_dir ? 1 : 0;
         ids.push_back(file_id{e.id()});
     }
@@ -578,21 +584,22 @@ std::error_code receiver_machine::claim_path(const entry_info& e) {
     // right after it. So the offered folders the path may lie in are the ones the entry
     // before lies in (or that entry itself): a chain as deep as the tree, not a set of
     // every path.
-    if (!files_.empty()) {
-        const std::string& before = files_.back().info.path;
+    if (paths_.size() > 0) {
+        std::string_view before = paths_.path(paths_.size() - 1);
         if (!wire_path_less(before, e.path)) {
             return before == e.path ? protocol_errc::duplicate_path : protocol_errc::path_out_of_order;
         }
     }
     std::size_t around = chain_.size();  // how many of the chain hold this path
-    while (around > 0 && !wire_path_within(e.path, files_[chain_[around - 1]].info.path)) {
+    while (around > 0 && !wire_path_within(e.path, paths_.path(chain_[around - 1]))) {
         --around;
     }
-    if (around > 0 && !files_[chain_[around - 1]].info.is_dir) {
+    if (around > 0 && !paths_.is_folder(chain_[around - 1])) {
         return protocol_errc::duplicate_path;  // a file or symlink offered as its folder
     }
     chain_.resize(around);
-    chain_.push_back(static_cast<std::uint32_t>(files_.size()));
+    chain_.push_back(static_cast<std::uint32_t>(paths_.size()));
+    paths_.add(e.path, e.is_dir);
     return {};
 }
 
@@ -612,17 +619,38 @@ const entry_info* sender_machine::find_entry(std::string_view path) const {
     return lo < entries_.size() && entries_[lo].path == path ? &entries_[lo] : nullptr;
 }
 
+void offered_paths::add(std::string_view path, bool folder) {
+    if (block_bytes - used_ < path.size() + 1) {
+        blocks_.push_back(std::make_unique_for_overwrite<char[]>(block_bytes));
+        used_ = 0;
+    }
+    char* at = &blocks_.back()[used_];
+    std::memcpy(at, path.data(), path.size());
+    at[path.size()] = '\0';
+    starts_.push_back(((blocks_.size() - 1) * block_bytes + used_) | (folder ? folder_bit : 0));
+    used_ += path.size() + 1;
+}
+
 offered_paths::kind offered_paths::find(std::string_view path) const {
-    auto it = std::lower_bound(paths_.begin(), paths_.end(), path,
-                               [](const auto& p, std::string_view x) { return wire_path_less(p.first, x); });
-    if (it == paths_.end()) {
+    // By hand, as sender_machine::find_entry.
+    std::size_t lo = 0;
+    std::size_t hi = size();
+    while (lo < hi) {
+        std::size_t mid = lo + (hi - lo) / 2;
+        if (wire_path_less(this->path(mid), path)) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo == size()) {
         return kind::none;
     }
-    if (it->first == path) {
-        return it->second ? kind::file : kind::folder;
+    if (this->path(lo) == path) {
+        return is_folder(lo) ? kind::folder : kind::file;
     }
     // What lies in `path`, if anything was offered there, comes right after it.
-    return wire_path_within(it->first, path) ? kind::folder : kind::none;
+    return wire_path_within(this->path(lo), path) ? kind::folder : kind::none;
 }
 
 std::vector<std::pair<wire::HaveDigests, std::string>> receiver_machine::have_digest_frames(const decision& d) {
@@ -676,20 +704,18 @@ std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum
     return out;
 }
 
-offered_paths receiver_machine::take_paths() const {
-    offered_paths out;
-    out.paths_.reserve(files_.size());
-    for (const file_state& f : files_) {
-        out.paths_.emplace_back(f.info.path, !f.info.is_dir);
+void receiver_machine::forget() {
+    while (!files_.empty() && files_.front().finished && !files_.front().data) {
+        files_.pop_front();
+        ++base_;
     }
-    return out;
 }
 
 wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
     wire::Accept a;
     a.set_transfer_id(transfer_id_);
     for (const decision& d : decisions) {
-        file_state& f = files_.at(d.id.value);
+        file_state& f = held(d.id);
         decided_files_ += f.decided ? 0 : 1;
         f.decided = true;
         wire::FileAccept* fa = a.add_files();
@@ -737,10 +763,14 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
 }
 
 std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32_t payload_len) const {
-    if (chunk.file_id() >= files_.size()) {
+    if (chunk.file_id() >= offered()) {
         return protocol_errc::unknown_file;
     }
-    const file_state& f = files_[chunk.file_id()];
+    const file_state* state = live(file_id{chunk.file_id()});
+    if (!state) {
+        return {};  // finished, and forgotten: confirmed again
+    }
+    const file_state& f = *state;
     if (f.aborted) {
         return {};  // sent before the sender gave up on it: dropped
     }
@@ -769,10 +799,11 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
 }
 
 bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 digest) {
-    file_state& f = files_.at(id.value);
-    if (!f.data) {
-        return false;  // not a file that comes (on_chunk refuses its chunks)
+    file_state* state = live(id);
+    if (!state || !state->data) {
+        return false;  // not a file that comes (on_chunk refuses its chunks), or forgotten
     }
+    file_state& f = *state;
     file_state::chunk_data& fd = *f.data;
     if (fd.have.test(i.value) && fd.digests[i.value] != digest) {
         if (!replaceable(id, i)) {
@@ -797,10 +828,14 @@ bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 dig
 }
 
 std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
-    if (abort.file_id() >= files_.size()) {
+    if (abort.file_id() >= offered()) {
         return protocol_errc::unknown_file;
     }
-    file_state& f = files_[abort.file_id()];
+    file_state* state = live(file_id{abort.file_id()});
+    if (!state) {
+        return protocol_errc::unexpected_message;  // finished and forgotten
+    }
+    file_state& f = *state;
     if (!f.decided || f.skip || !f.info.is_file() || f.done_seen || f.aborted) {
         return protocol_errc::unexpected_message;
     }
@@ -825,10 +860,14 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
 }
 
 std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
-    if (done.file_id() >= files_.size()) {
+    if (done.file_id() >= offered()) {
         return protocol_errc::unknown_file;
     }
-    file_state& f = files_[done.file_id()];
+    file_state* state = live(file_id{done.file_id()});
+    if (!state) {
+        return protocol_errc::unexpected_message;  // finished and forgotten
+    }
+    file_state& f = *state;
     if (!f.decided || f.skip || !f.info.is_file() || f.done_seen || f.implicit_done) {
         return protocol_errc::unexpected_message;
     }
@@ -838,7 +877,11 @@ std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
 }
 
 bool receiver_machine::ready(file_id id, bool& ok) const {
-    const file_state& f = files_.at(id.value);
+    const file_state* state = live(id);
+    if (!state) {
+        return false;
+    }
+    const file_state& f = *state;
     if (f.finished || !f.done_seen || f.have_count != f.chunks || !f.data) {
         return false;
     }
@@ -849,7 +892,11 @@ bool receiver_machine::ready(file_id id, bool& ok) const {
 digest128 receiver_machine::received_digest(file_id id) const { return file_digest(digests(id)); }
 
 void receiver_machine::on_file_finished(file_id id) {
-    file_state& f = files_.at(id.value);
+    file_state* state = live(id);
+    if (!state) {
+        return;
+    }
+    file_state& f = *state;
     if (!f.finished) {
         f.finished = true;
         ++finished_files_;

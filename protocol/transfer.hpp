@@ -13,10 +13,12 @@
 #include <ostream>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <google/protobuf/io/coded_stream.h>
@@ -215,6 +217,16 @@ public:
     // Batch b of those (b < offer_count()), built alone.
     wire::Offer make_offer(std::size_t b) const;
     std::size_t offer_count() const { return batch_count_; }
+    // Offer batches out before their Accept, at most. The receiver holds the entries of
+    // the batches it has not answered (for a tree of 200,000 files offered at once, all of
+    // them), so they go as it answers. 16 x offer_batch_bytes (768 KiB, some 16,000
+    // entries of 40-byte paths) still keeps a link of 40 ms busy with some 400,000
+    // entries a second.
+    static constexpr std::size_t max_offers_ahead = 16;
+    // The next batch to send, once it is sealed and fewer than max_offers_ahead of those
+    // sent are unanswered; nullopt otherwise (an Accept, or a batch sealed, makes room).
+    std::optional<wire::Offer> next_offer();
+    std::size_t offers_sent() const { return offers_sent_; }
 
     // The receiver's Accept for the next unanswered batch. Appends FileDone messages for
     // files that need no chunk read (empty or skipped) to `done_now`. A file of exactly
@@ -374,6 +386,7 @@ private:
     bool complete_ = false;
     bool streamed_ = false;  // made before all its entries were known
     std::size_t accepted_batches_ = 0;
+    std::size_t offers_sent_ = 0;  // by next_offer()
     std::deque<std::uint32_t> ready_files_;  // accepted files with chunks left to schedule
     std::deque<chunk_ref> requeued_;
     std::unordered_map<std::uint32_t, std::vector<digest128>> have_digests_;  // before their Accept
@@ -397,17 +410,30 @@ private:
 // ---------------------------------------------------------------------------------------
 // Receiver
 
-// The paths a sender offered, in offer order (wire_path_less), looked up by halving.
+// The paths a sender offered, in offer order (wire_path_less), looked up by halving:
+// each path once, in blocks of bytes (a path and its NUL), with one offset and kind per
+// path. About 9 MB for 200,000 paths of 38 bytes, where the offered entries themselves
+// are no longer held (receiver_machine keeps only the files in flight).
 class offered_paths {
 public:
     // `folder`: offered as one, or some offered path lies in it.
     enum class kind { none, file, folder };
     kind find(std::string_view path) const;
-    std::size_t size() const { return paths_.size(); }
+    std::size_t size() const { return starts_.size(); }
+    std::string_view path(std::size_t i) const {
+        std::uint64_t at = starts_[i] & ~folder_bit;
+        return {&blocks_[at / block_bytes][at % block_bytes]};
+    }
+    bool is_folder(std::size_t i) const { return (starts_[i] & folder_bit) != 0; }
+    // The next path in offer order (no NUL in it; at most max_path_bytes).
+    void add(std::string_view path, bool folder);
 
 private:
-    friend class receiver_machine;
-    std::vector<std::pair<std::string_view, bool>> paths_;  // -> a regular file or a symlink
+    static constexpr std::size_t block_bytes = std::size_t{1} << 20;
+    static constexpr std::uint64_t folder_bit = std::uint64_t{1} << 63;
+    std::vector<std::unique_ptr<char[]>> blocks_;
+    std::size_t used_ = block_bytes;  // of the last block
+    std::vector<std::uint64_t> starts_;  // block * block_bytes + offset, and folder_bit
 };
 
 struct receiver_limits {
@@ -417,7 +443,7 @@ struct receiver_limits {
 class receiver_machine {
 public:
     explicit receiver_machine(receiver_limits limits = {}) : limits_(limits) {}
-    // Not copied: its path maps point into its own entries (a move keeps them).
+    // Not copied: it holds a file's chunk state and an offered path once (a move keeps them).
     receiver_machine(const receiver_machine&) = delete;
     receiver_machine& operator=(const receiver_machine&) = delete;
     receiver_machine(receiver_machine&&) = default;
@@ -462,20 +488,20 @@ public:
     bool on_chunk_written(file_id f, chunk_index i, digest128 digest);
 
     bool has_chunk(file_id f, chunk_index i) const {
-        const auto& d = files_.at(f.value).data;
-        return d && d->have.test(i.value);
+        const file_state* s = live(f);
+        return s && s->data && s->data->have.test(i.value);
     }
     // The chunk is here with these very bytes (a duplicate after a requeue): drop it and
     // re-ack. A chunk here with another digest (a resumed file whose source changed, or
     // whose partial data was damaged) is written again.
     bool holds(file_id f, chunk_index i, digest128 d) const {
-        const auto& fd = files_.at(f.value).data;
-        return fd && fd->have.test(i.value) && (fd->digests[i.value] == d || !replaceable(f, i));
+        const file_state* s = live(f);
+        return s && s->data && s->data->have.test(i.value) && (s->data->digests[i.value] == d || !replaceable(f, i));
     }
     // A chunk this side offered when resuming, which the sender may replace once.
     bool replaceable(file_id f, chunk_index i) const {
-        const auto& fd = files_.at(f.value).data;
-        return fd && fd->claimed.size() > i.value && fd->claimed.test(i.value);
+        const file_state* s = live(f);
+        return s && s->data && s->data->claimed.size() > i.value && s->data->claimed.test(i.value);
     }
 
     std::error_code on_file_done(const wire::FileDone& done);
@@ -483,7 +509,10 @@ public:
     // A file of exactly one chunk that the sender sends whole: its Chunk frame is the
     // whole file, the file digest is the digest of that one chunk digest, and no
     // FileDone follows. The node may verify, write and finalize it in one step.
-    bool single_chunk(file_id f) const { return files_.at(f.value).implicit_done; }
+    bool single_chunk(file_id f) const {
+        const file_state* s = live(f);
+        return s && s->implicit_done;
+    }
 
     // True when the file has every chunk and its FileDone; `ok` tells whether the digest
     // over the chunk digests matches the sender's.
@@ -499,40 +528,57 @@ public:
     // for (it takes no more batches while too many are).
     std::uint64_t in_progress() const { return decided_files_ - finished_files_; }
     // A finished file's chunk state (bitmaps, digests) goes once the node is done with it
-    // (received_digest() then no longer answers for it).
+    // (received_digest() then no longer answers for it), and with it, once every file
+    // offered before it is finished and released too, its entry (see forget()).
     void release(file_id f) {
-        if (file_state& s = files_.at(f.value); s.finished) {
-            s.data.reset();
+        if (file_state* s = live(f); s && s->finished) {
+            s->data.reset();
         }
+        forget();
     }
 
-    const entry_info& entry(file_id f) const { return files_.at(f.value).info; }
-    // Every path the batches offered, for the receiver's clean-up and its renamed files
-    // once the last batch is in. Views of the entries' own paths: valid while this machine
-    // lives (it takes no offer after the last, and its entries stay where they are).
-    offered_paths take_paths() const;
+    // A file's entry, while the machine holds it: from its offer until it is finished and
+    // released, and every file before it is too (entry_held()). The node copies what it
+    // needs of an entry for later.
+    const entry_info& entry(file_id f) const { return held(f).info; }
+    bool entry_held(file_id f) const { return live(f) != nullptr; }
+    // Every path the batches offered, in offer order, for the receiver's clean-up and its
+    // renamed files once the last batch is in. Valid while this machine lives; it takes no
+    // offer after the last, so it no longer changes then.
+    const offered_paths& paths() const { return paths_; }
     // The first batch's sync target, if it had one (`ferry sync` into a share).
     const std::optional<wire::SyncTarget>& sync() const { return sync_; }
     // The chunks of a decided file that are here, and their digests (for resume records).
     const chunk_bitmap& have(file_id f) const {
         static const chunk_bitmap none;
-        const auto& d = files_.at(f.value).data;
-        return d ? d->have : none;
+        const file_state* s = live(f);
+        return s && s->data ? s->data->have : none;
     }
     const std::vector<digest128>& digests(file_id f) const {
         static const std::vector<digest128> none;
-        const auto& d = files_.at(f.value).data;
-        return d ? d->digests : none;
+        const file_state* s = live(f);
+        return s && s->data ? s->data->digests : none;
     }
-    bool finished(file_id f) const { return files_.at(f.value).finished; }
+    // (A file no longer held was finished.)
+    bool finished(file_id f) const {
+        const file_state* s = live(f);
+        return !s || s->finished;
+    }
     bool all_offered() const { return last_seen_; }
-    bool all_finished() const { return last_seen_ && finished_files_ == files_.size(); }
+    bool all_finished() const { return last_seen_ && finished_files_ == offered(); }
     // The sender gave up on a file (FileAbort): it counts as finished, is never made
     // final, and chunks of it still on their way are to be dropped (on_chunk accepts them).
     std::error_code on_file_abort(const wire::FileAbort& abort);
-    bool aborted(file_id f) const { return files_.at(f.value).aborted; }
+    // (A file given up on is held until the node releases it.)
+    bool aborted(file_id f) const {
+        const file_state* s = live(f);
+        return s && s->aborted;
+    }
     std::uint64_t aborted_files() const { return aborted_files_; }
-    std::uint64_t total_files() const { return files_.size(); }  // entries, directories included
+    std::uint64_t total_files() const { return offered(); }  // entries, directories included
+    // Entries the machine holds now (the files in flight, and finished ones it waits to
+    // forget): what its memory grows with.
+    std::size_t held_entries() const { return files_.size(); }
     std::uint64_t total_dirs() const { return total_dirs_; }
     std::uint64_t total_bytes() const { return total_bytes_; }
     // Payload received and written, of files not aborted (FileAbort): what the sender
@@ -573,8 +619,29 @@ private:
 
     // Checks the entry `e`, to be offered next: refused unless its path comes after the
     // one before it (wire_path_less), or if a folder it lies in was offered as a file or
-    // symlink. Then it is the last of the chain.
+    // symlink. Then it is the last of the chain, and in paths_.
     std::error_code claim_path(const entry_info& e);
+
+    std::uint64_t offered() const { return paths_.size(); }
+    // The state of file `f` while held; nullptr once forgotten. An id never offered is out
+    // of range (std::out_of_range), as a bad index was.
+    const file_state* live(file_id f) const {
+        if (f.value >= offered()) {
+            throw std::out_of_range("receiver_machine: no such file");
+        }
+        return f.value < base_ ? nullptr : &files_[f.value - base_];
+    }
+    file_state* live(file_id f) { return const_cast<file_state*>(std::as_const(*this).live(f)); }
+    const file_state& held(file_id f) const {
+        const file_state* s = live(f);
+        if (!s) {
+            throw std::out_of_range("receiver_machine: file no longer held");
+        }
+        return *s;
+    }
+    file_state& held(file_id f) { return const_cast<file_state&>(std::as_const(*this).held(f)); }
+    // Drops the entries at the front that are finished and hold no chunk state.
+    void forget();
 
     receiver_limits limits_;
     std::uint64_t transfer_id_ = 0;
@@ -582,9 +649,13 @@ private:
     bool last_seen_ = false;
     transfer_options options_;
     std::optional<wire::SyncTarget> sync_;
-    std::vector<file_state> files_;
+    // The files from id base_ on: the oldest one not finished and released, and those
+    // offered after it.
+    std::deque<file_state> files_;
+    std::uint32_t base_ = 0;
+    offered_paths paths_;
     // The last entry offered and the offered folders it lies in, outermost first (indexes
-    // into files_).
+    // into paths_).
     std::vector<std::uint32_t> chain_;
     std::uint64_t total_bytes_ = 0;
     std::uint64_t received_bytes_ = 0;

@@ -580,9 +580,60 @@ TEST(TransferLoopback, EntriesAppendedWhileTheFirstOnesMove) {
     EXPECT_EQ(lb.sender().files_done(), all.size());
     EXPECT_EQ(lb.receiver().total_files(), all.size());
     EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
+    // (The receiver forgets entries once they are finished; their paths stay.)
+    ASSERT_EQ(lb.receiver().paths().size(), all.size());
     for (std::uint32_t i = 0; i < all.size(); ++i) {
-        EXPECT_EQ(lb.receiver().entry(file_id{i}).path, all[i].path);
+        EXPECT_EQ(lb.receiver().paths().path(i), all[i].path);
+        EXPECT_EQ(lb.receiver().paths().is_folder(i), all[i].is_dir);
     }
+}
+
+// The sender keeps at most max_offers_ahead batches unanswered: the receiver holds the
+// entries of every batch it has not answered yet.
+TEST(TransferLoopback, OfferBatchesGoAsTheReceiverAnswersThem) {
+    std::vector<entry_info> entries;
+    for (std::uint32_t i = 0; i < 30000; ++i) {
+        entries.push_back(file_entry(numbered("folder-with-a-name/file-with-a-longer-name-", i), 10));
+    }
+    sender_machine sender(test_transfer_id, entries, {});
+    receiver_machine receiver;
+    const std::size_t ahead = sender_machine::max_offers_ahead;
+    ASSERT_GT(sender.offer_count(), ahead + 2);
+    std::deque<wire::Offer> out;  // sent, not answered
+    auto drain = [&] {
+        while (std::optional<wire::Offer> o = sender.next_offer()) {
+            out.push_back(std::move(*o));
+        }
+    };
+    auto answer_one = [&] {
+        std::vector<file_id> ids;
+        ASSERT_EQ(receiver.on_offer(out.front(), ids), std::error_code{});
+        out.pop_front();
+        std::vector<receiver_machine::decision> decisions;
+        for (file_id id : ids) {
+            decisions.push_back(accept_all(id));
+            decisions.back().kind = wire::ACCEPT_SKIP;
+        }
+        std::vector<wire::FileDone> done_now;
+        ASSERT_EQ(sender.on_accept(receiver.accept(decisions), done_now), std::error_code{});
+    };
+    drain();
+    EXPECT_EQ(out.size(), ahead);
+    EXPECT_EQ(sender.offers_sent(), ahead);
+    answer_one();
+    drain();
+    EXPECT_EQ(out.size(), ahead);  // one answered, one more out
+    EXPECT_EQ(sender.offers_sent(), ahead + 1);
+    while (!out.empty()) {
+        answer_one();
+        drain();
+        EXPECT_LE(out.size(), ahead);
+    }
+    EXPECT_EQ(sender.offers_sent(), sender.offer_count());
+    EXPECT_TRUE(sender.all_accepted());
+    EXPECT_TRUE(receiver.all_finished());
+    EXPECT_EQ(receiver.total_files(), entries.size());
+    EXPECT_LT(receiver.held_entries(), entries.size() / 10);  // the last batch's
 }
 
 // Every batch went out before the scan's end was known: an empty last batch says it.
@@ -1337,7 +1388,7 @@ TEST(ReceiverMachine, PathChecksHoldWhenTheEntriesOutgrowTheAnnouncedCount) {
     receiver_machine r;
     offer_all(r);
     auto offered_file = [&r](const std::string& path) {
-        return r.take_paths().find(path) == offered_paths::kind::file;
+        return r.paths().find(path) == offered_paths::kind::file;
     };
     EXPECT_TRUE(offered_file("a/f"));
     EXPECT_TRUE(offered_file(name(198)));
@@ -1352,7 +1403,7 @@ TEST(ReceiverMachine, PathChecksHoldWhenTheEntriesOutgrowTheAnnouncedCount) {
 
     receiver_machine t;
     offer_all(t);
-    offered_paths paths = t.take_paths();
+    const offered_paths& paths = t.paths();
     EXPECT_EQ(paths.size(), 200u);
     EXPECT_EQ(paths.find("a"), offered_paths::kind::folder);
     EXPECT_EQ(paths.find(long_dir), offered_paths::kind::folder);
@@ -1363,6 +1414,82 @@ TEST(ReceiverMachine, PathChecksHoldWhenTheEntriesOutgrowTheAnnouncedCount) {
     EXPECT_EQ(paths.find("b"), offered_paths::kind::none);
     EXPECT_EQ(paths.find(std::string(41, 'd')), offered_paths::kind::none);
     EXPECT_EQ(paths.find(std::string(39, 'd')), offered_paths::kind::none);
+}
+
+// The receiver holds the entries of files in flight, not of every file offered: a
+// finished file's entry goes once the files before it are finished too, and its path
+// stays in paths(). A forgotten file's late chunk is confirmed again, its FileDone is
+// unexpected, as for any finished file.
+TEST(ReceiverMachine, ForgetsFinishedEntriesAndKeepsTheirPaths) {
+    receiver_machine r;
+    constexpr std::uint32_t batch = 1000;
+    constexpr std::uint32_t batches = 10;
+    auto offer = [&](std::uint32_t first, std::uint32_t count, bool last) {
+        std::vector<std::pair<std::uint32_t, std::string>> entries;
+        for (std::uint32_t id = first; id < first + count; ++id) {
+            entries.emplace_back(id, numbered("f", id));
+        }
+        std::vector<file_id> ids;
+        EXPECT_EQ(r.on_offer(raw_offer(entries, last, batch * batches + 1), ids), std::error_code{});
+        return ids;
+    };
+    auto decide = [&](const std::vector<file_id>& ids, wire::AcceptKind kind) {
+        std::vector<receiver_machine::decision> decisions;
+        for (file_id id : ids) {
+            receiver_machine::decision d = accept_all(id);
+            d.kind = kind;
+            decisions.push_back(std::move(d));
+        }
+        r.accept(decisions);
+    };
+    // One file in flight (accepted, not finished) holds every entry after it.
+    std::vector<file_id> first = offer(0, 1, false);
+    decide(first, wire::ACCEPT_ALL);
+    for (std::uint32_t b = 0; b < batches; ++b) {
+        decide(offer(1 + b * batch, batch, b + 1 == batches), wire::ACCEPT_SKIP);
+    }
+    EXPECT_EQ(r.held_entries(), std::size_t{batch * batches + 1});
+    EXPECT_FALSE(r.all_finished());
+
+    // It finishes (one chunk, whole): every entry is forgotten.
+    file_id f = first[0];
+    EXPECT_TRUE(r.on_chunk_written(f, chunk_index{0}, digest128{1, 2}));
+    bool ok = false;
+    ASSERT_TRUE(r.ready(f, ok));
+    EXPECT_TRUE(ok);
+    r.on_file_finished(f);
+    EXPECT_EQ(r.held_entries(), std::size_t{batch * batches + 1});  // until the node is done with it
+    r.release(f);
+    EXPECT_EQ(r.held_entries(), 0u);
+    EXPECT_TRUE(r.all_finished());
+    EXPECT_EQ(r.total_files(), std::uint64_t{batch * batches + 1});
+    EXPECT_EQ(r.skipped_files(), std::uint64_t{batch * batches});
+
+    for (file_id id : {f, file_id{batch * batches}}) {
+        EXPECT_FALSE(r.entry_held(id));
+        EXPECT_TRUE(r.finished(id));
+        EXPECT_FALSE(r.aborted(id));
+        EXPECT_THROW(r.entry(id), std::out_of_range);
+    }
+    // A late copy of its chunk is admitted (the node confirms it again) and changes nothing.
+    wire::Chunk late;
+    late.set_file_id(f.value);
+    late.set_index(0);
+    late.set_raw_len(10);
+    EXPECT_EQ(r.on_chunk(late, 10), std::error_code{});
+    EXPECT_FALSE(r.on_chunk_written(f, chunk_index{0}, digest128{3, 4}));
+    wire::FileDone done;
+    done.set_file_id(f.value);
+    EXPECT_EQ(r.on_file_done(done), protocol_errc::unexpected_message);
+    late.set_file_id(batch * batches + 1);
+    EXPECT_EQ(r.on_chunk(late, 10), protocol_errc::unknown_file);  // never offered
+    EXPECT_THROW(r.finished(file_id{batch * batches + 1}), std::out_of_range);
+
+    // The paths stay, in offer order.
+    ASSERT_EQ(r.paths().size(), std::size_t{batch * batches + 1});
+    EXPECT_EQ(r.paths().path(0), numbered("f", 0));
+    EXPECT_EQ(r.paths().path(batch * batches), numbered("f", batch * batches));
+    EXPECT_EQ(r.paths().find(numbered("f", 4321)), offered_paths::kind::file);
 }
 
 TEST(ReceiverMachine, RefusesAFileThatAnotherEntryNeedsAsAFolder) {
@@ -1873,7 +2000,7 @@ TEST(TransferLoopback, SyncTargetRidesTheFirstBatchOnlyAndActionsReachTheSender)
     EXPECT_EQ(lb.receiver().sync()->exclude_size(), 1);
     EXPECT_EQ(lb.sender().action(file_id{0}), wire::SYNC_CREATE);
     EXPECT_EQ(lb.sender().action(file_id{1}), wire::SYNC_UPDATE);
-    offered_paths paths = lb.receiver().take_paths();
+    const offered_paths& paths = lb.receiver().paths();
     EXPECT_EQ(paths.size(), entries.size());
     EXPECT_EQ(paths.find(numbered("dir-with-a-long-name/file-", 2999)), offered_paths::kind::file);
     EXPECT_EQ(paths.find("dir-with-a-long-name"), offered_paths::kind::folder);
