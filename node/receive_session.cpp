@@ -1469,7 +1469,7 @@ void receive_session::drop_partial(file_id f) {
     ++finalizing_;  // the transfer ends after this
     ++tasks_out_;
     unpin(*sink);
-    ctx_.workers.post([self = shared_from_this(), sink, tree = tree_, path = machine_.entry(f).path] {
+    ctx_.workers.post([self = shared_from_this(), f, sink, tree = tree_, path = machine_.entry(f).path] {
         {
             std::lock_guard lock(sink->mutex);
             if (sink->fd >= 0) {
@@ -1485,7 +1485,10 @@ void receive_session::drop_partial(file_id f) {
         if (tree) {
             tree->remove_partial(path, true, true);
         }
-        asio::post(self->ctx_.io, [self] {
+        asio::post(self->ctx_.io, [self, f] {
+            // Done with: its state goes, so that the files after it are forgotten too.
+            self->sinks_.erase(f.value);
+            self->machine_.release(f);
             --self->finalizing_;
             --self->tasks_out_;
             self->check_all_done();
@@ -1728,7 +1731,9 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
     file_id f = w.f;
     --writes_;
     std::vector<std::uint32_t> also = written(chunk_key(f, chunk_index{0}));
-    if (failed_ && (w.ec || w.verdict.bad || fsync_now)) {
+    if ((failed_ && (w.ec || w.verdict.bad || fsync_now)) || machine_.aborted(f) || !machine_.entry_held(f)) {
+        // (Given up on by the sender while it was written: left unnamed, as a file whose
+        // chunks were written one by one is; and maybe forgotten since.)
         --finalizing_;
         return;
     }

@@ -102,8 +102,6 @@ void sender_machine::take_entries(std::size_t from) {
         if (e.is_file()) {
             total_bytes_ += e.size;
         }
-        file_state& f = files_.emplace_back();
-        f.chunks = e.is_file() ? chunk_count(e.size) : 0;
         std::size_t cost = e.path.size() + e.link_target.size() + 40;
         std::size_t limit = batches_.empty() ? first_offer_batch_bytes : offer_batch_bytes;
         if (open_bytes_ + cost > limit && i > open_first_) {
@@ -176,6 +174,21 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
     if (static_cast<std::uint32_t>(accept.files_size()) != end - first) {
         return protocol_errc::unexpected_message;
     }
+    // The batch's files get their states now (those before are all made: the batches are
+    // answered in order), and lose them again if the Accept is refused.
+    struct undo {
+        std::deque<file_state>& files;
+        std::size_t keep;
+        bool armed = true;
+        ~undo() {
+            if (armed) {
+                files.resize(keep);
+            }
+        }
+    } made{files_, files_.size()};
+    for (std::uint32_t i = first; i < end; ++i) {
+        files_.emplace_back().chunks = entries_[i].is_file() ? chunk_count(entries_[i].size) : 0;
+    }
     for (std::uint32_t i = first; i < end; ++i) {
         const wire::FileAccept& fa = accept.files(static_cast<int>(i - first));
         if (fa.id() != i) {
@@ -184,7 +197,7 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
         if (entries_[i].is_link && fa.kind() != wire::ACCEPT_SKIP) {
             return protocol_errc::unexpected_message;  // the receiver makes a link itself
         }
-        file_state& f = files_[i];
+        file_state& f = files_[i - base_];
         f.accepted = true;
         f.action = fa.action();
         if (!entries_[i].is_file() || fa.kind() == wire::ACCEPT_SKIP) {  // a symlink: made there, nothing sent
@@ -199,6 +212,10 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             continue;
         }
         f.work = std::make_unique<file_work>();
+        if (sent_.size() <= i) {
+            sent_.resize(entries_.size(), false);
+        }
+        sent_[i] = true;
         file_work& w = *f.work;
         w.acked_bits = chunk_bitmap(f.chunks);
         w.hashed_bits = chunk_bitmap(f.chunks);
@@ -248,8 +265,17 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
     if (!have_digests_.empty() || !basis_pending_.empty()) {
         return protocol_errc::unexpected_message;  // digests for a file not accepted PARTIAL
     }
+    made.armed = false;
     ++accepted_batches_;
+    forget();
     return {};
+}
+
+void sender_machine::forget() {
+    while (!files_.empty() && files_.front().result && !files_.front().work) {
+        files_.pop_front();
+        ++base_;
+    }
 }
 
 std::error_code sender_machine::next_accepted_file(std::uint32_t id) const {
@@ -275,7 +301,7 @@ std::error_code sender_machine::on_have_digests(const wire::HaveDigests& have, s
     }
     std::vector<digest128>& list = have_digests_[id];
     std::uint64_t n = payload.size() / 16;
-    if (have.first() != list.size() || list.size() + n > files_[id].chunks) {
+    if (have.first() != list.size() || list.size() + n > chunk_count(entries_[id].size)) {
         if (list.empty()) {
             have_digests_.erase(id);
         }
@@ -329,7 +355,7 @@ std::optional<chunk_ref> sender_machine::next_chunk() {
         return std::nullopt;
     }
     std::uint32_t id = ready_files_.front();
-    file_state& f = files_[id];
+    file_state& f = *state(file_id{id});  // accepted, chunks left: held
     chunk_ref r;
     r.file = file_id{id};
     r.index = chunk_index{static_cast<std::uint32_t>(f.next)};
@@ -343,10 +369,11 @@ std::optional<chunk_ref> sender_machine::next_chunk() {
 }
 
 std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& ref, digest128 digest, bool* resend) {
-    file_state& f = files_.at(ref.file.value);
-    if (f.aborted || !f.work || ref.index.value >= f.chunks || f.work->hashed_bits.test(ref.index.value)) {
+    file_state* s = state(ref.file);
+    if (!s || s->aborted || !s->work || ref.index.value >= s->chunks || s->work->hashed_bits.test(ref.index.value)) {
         return std::nullopt;  // a requeued chunk read twice has the same digest
     }
+    file_state& f = *s;
     file_work& w = *f.work;
     w.hashed_bits.set(ref.index.value);
     w.digests[ref.index.value] = digest;
@@ -390,7 +417,7 @@ wire::FileDone sender_machine::file_done(std::uint32_t id) const {
     wire::FileDone d;
     d.set_file_id(id);
     static const std::vector<digest128> none;
-    const auto& w = files_[id].work;
+    const file_work* w = work(file_id{id});
     digest128 dg = file_digest(w ? w->digests : none);  // both named: no copy
     d.set_digest_lo(dg.lo);
     d.set_digest_hi(dg.hi);
@@ -398,8 +425,8 @@ wire::FileDone sender_machine::file_done(std::uint32_t id) const {
 }
 
 bool sender_machine::requeue(const chunk_ref& ref) {
-    if (const file_state& f = files_.at(ref.file.value); f.aborted || f.released) {
-        return false;
+    if (const file_state* f = state(ref.file); !f || f->aborted || f->released) {
+        return false;  // (no state: done with, and forgotten)
     }
     requeued_.push_front(ref);
     return true;
@@ -410,14 +437,21 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     chunk_index idx = chunk_key_index(key);
     // Only files whose chunks are sent have acked bits: a directory, a skipped file or a
     // file not yet accepted has none, and an ack for it is the peer's error.
-    if (fid.value < files_.size() && files_[fid.value].released && idx.value < files_[fid.value].chunks) {
-        return 0;  // every chunk of it was confirmed before its result: a late duplicate
-    }
-    if (fid.value >= files_.size() || !files_[fid.value].work || idx.value >= files_[fid.value].work->acked_bits.size()) {
+    if (fid.value >= entries_.size()) {
         ec = protocol_errc::unknown_file;
         return 0;
     }
-    file_state& f = files_[fid.value];
+    file_state* s = state(fid);
+    // (A forgotten file was done with: sent and released, or skipped, which no ack names.)
+    bool forgotten = !s && fid.value < base_ && fid.value < sent_.size() && sent_[fid.value];
+    if ((forgotten || (s && s->released)) && idx.value < chunk_count(entries_[fid.value].size)) {
+        return 0;  // every chunk of it was confirmed before its result: a late duplicate
+    }
+    if (!s || !s->work || idx.value >= s->work->acked_bits.size()) {
+        ec = protocol_errc::unknown_file;
+        return 0;
+    }
+    file_state& f = *s;
     file_work& w = *f.work;
     if (finished_ || f.aborted || w.acked_bits.test(idx.value)) {
         // A chunk delivered twice (after a requeue) is confirmed once; after the
@@ -441,10 +475,11 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
 }
 
 std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanished, const std::string& reason) {
-    file_state& f = files_.at(id.value);
-    if (!f.accepted || f.result || f.aborted || !entries_[id.value].is_file()) {
-        return std::nullopt;
+    file_state* s = state(id);
+    if (!s || !s->accepted || s->result || s->aborted || !entries_[id.value].is_file()) {
+        return std::nullopt;  // (no state: not accepted, or done with and forgotten)
     }
+    file_state& f = *s;
     f.aborted = true;
     f.result = true;
     f.done_held = false;
@@ -461,10 +496,25 @@ std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanis
 }
 
 std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
-    if (result.file_id() >= files_.size() || !files_[result.file_id()].accepted) {
+    if (result.file_id() >= entries_.size()) {
         return protocol_errc::unknown_file;
     }
-    file_state& f = files_[result.file_id()];
+    file_state* s = state(file_id{result.file_id()});
+    if (!s && result.file_id() >= base_) {
+        return protocol_errc::unknown_file;  // not accepted yet
+    }
+    if (!s) {
+        // Done with and forgotten: its result was in. Another is a broken peer's.
+        if (!result.ok()) {
+            failure_ = entries_[result.file_id()].path + ": " + result.error();
+            return protocol_errc::peer_error;
+        }
+        return protocol_errc::unexpected_message;
+    }
+    file_state& f = *s;
+    if (!f.accepted) {
+        return protocol_errc::unknown_file;
+    }
     if (f.aborted) {
         return {};  // crossed the FileAbort: the receiver made it final before it knew
     }
@@ -737,6 +787,10 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             continue;
         }
         f.data = std::make_unique<file_state::chunk_data>();
+        if (came_.size() <= d.id.value) {
+            came_.resize(offered(), false);
+        }
+        came_[d.id.value] = true;
         file_state::chunk_data& fd = *f.data;
         fd.have = chunk_bitmap(f.chunks);
         fd.digests.assign(f.chunks, digest128{});
@@ -768,7 +822,10 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
     }
     const file_state* state = live(file_id{chunk.file_id()});
     if (!state) {
-        return {};  // finished, and forgotten: confirmed again
+        // Finished and forgotten: a file that came is confirmed again; no chunk ever
+        // belonged to a folder, a link or a skipped file.
+        bool came = chunk.file_id() < came_.size() && came_[chunk.file_id()];
+        return came ? std::error_code{} : protocol_errc::unknown_file;
     }
     const file_state& f = *state;
     if (f.aborted) {

@@ -265,7 +265,10 @@ public:
     // without it (its bytes are not confirmed). Returns the FileAbort to send on
     // connection 0; nullopt when there is nothing to abort (already done, or skipped).
     std::optional<wire::FileAbort> abort_file(file_id f, bool vanished, const std::string& reason);
-    bool aborted(file_id f) const { return files_.at(f.value).aborted; }
+    bool aborted(file_id f) const {
+        const file_state* s = state(f);
+        return s && s->aborted;
+    }
     std::uint64_t aborted_files() const { return aborted_files_; }
 
     std::error_code on_file_result(const wire::FileResult& result);
@@ -275,14 +278,20 @@ public:
     // duplicate ack of it is ignored, a requeue of it dropped.
     // Only once every chunk was handed out and hashed, none is to be sent again, and the
     // result is in (an early FileResult from a broken peer leaves the file as it is).
+    // Then, once every file before it is done with too, its state goes (forget()).
     void release(file_id f) {
-        file_state& s = files_.at(f.value);
-        if (s.result && !s.aborted && s.work && s.next == s.chunks && s.hashed == s.chunks && s.resend_pending == 0) {
+        file_state* s = state(f);
+        if (s && s->result && !s->aborted && s->work && s->next == s->chunks && s->hashed == s->chunks &&
+            s->resend_pending == 0) {
             std::erase_if(requeued_, [f](const chunk_ref& r) { return r.file == f; });
-            s.work.reset();
-            s.released = true;
+            s->work.reset();
+            s->released = true;
+            forget();
         }
     }
+    // Per-file states held now: made by a batch's Accept, gone once the file and every
+    // one before it is done with (what the machine's memory grows with, beside entries).
+    std::size_t held_states() const { return files_.size(); }
     std::error_code on_transfer_result(const wire::TransferResult& result);
 
     std::uint64_t transfer_id() const { return transfer_id_; }
@@ -311,27 +320,30 @@ public:
     void set_digest(file_id f, digest128 d) { entries_.at(f.value).digest = d; }
     // What a sync receiver said it does with the file (FileAccept.action): SYNC_NONE
     // before its Accept and outside a sync.
-    wire::SyncAction action(file_id f) const { return files_.at(f.value).action; }
+    wire::SyncAction action(file_id f) const {
+        const file_state* s = state(f);
+        return s ? s->action : wire::SYNC_NONE;
+    }
     // The receiver accepted the file ACCEPT_PARTIAL, claiming some of its chunks.
     bool resumed(file_id f) const {
-        const auto& w = files_.at(f.value).work;
+        const file_work* w = work(f);
         return w && !w->theirs.empty();
     }
     // Sync: the receiver's own file it started this one from (FileAccept.basis; "" when
     // none), and whether the receiver had every chunk, so that no byte of it was sent.
     std::string_view basis(file_id f) const {
-        const auto& w = files_.at(f.value).work;
+        const file_work* w = work(f);
         return w ? std::string_view(w->basis) : std::string_view();
     }
     // What the receiver sent of its older version of the file (BasisSums), which a
     // delta may copy from; null for any other file.
     const basis_sums* basis_of(file_id f) const {
-        const auto& w = files_.at(f.value).work;
+        const file_work* w = work(f);
         return w && w->sums ? &*w->sums : nullptr;
     }
     bool sent_nothing(file_id f) const {
-        const file_state& s = files_.at(f.value);
-        return s.work && s.work->have && s.work->have->count() == s.chunks && s.work->resend_bits.size() == 0;
+        const file_state* s = state(f);
+        return s && s->work && s->work->have && s->work->have->count() == s->chunks && s->work->resend_bits.size() == 0;
     }
     const std::string& failure() const { return failure_; }
 
@@ -364,6 +376,22 @@ private:
     };
 
     wire::FileDone file_done(std::uint32_t id) const;
+    // The state of file `f`: null before its batch's Accept and once forgotten. An id
+    // never offered is out of range (std::out_of_range).
+    const file_state* state(file_id f) const {
+        if (f.value >= entries_.size()) {
+            throw std::out_of_range("sender_machine: no such file");
+        }
+        return f.value < base_ || f.value - base_ >= files_.size() ? nullptr : &files_[f.value - base_];
+    }
+    file_state* state(file_id f) { return const_cast<file_state*>(std::as_const(*this).state(f)); }
+    const file_work* work(file_id f) const {
+        const file_state* s = state(f);
+        return s ? s->work.get() : nullptr;
+    }
+    // Drops the states at the front that are done with: a result in, and no chunk work
+    // (released, skipped, a folder or a link). A file given up on keeps its state.
+    void forget();
     // A file of the batch whose Accept comes next (what HaveDigests and BasisSums may be
     // about): the error to answer otherwise.
     std::error_code next_accepted_file(std::uint32_t id) const;
@@ -378,7 +406,10 @@ private:
     // are the vectors handed over, kept whole (not moved into a second array).
     segments<entry_info> entries_;
     transfer_options options_;
+    // The states of files base_ on, up to the end of the last batch accepted.
     std::deque<file_state> files_;
+    std::uint32_t base_ = 0;
+    std::vector<bool> sent_;  // by id: accepted to be sent (a forgotten file's late ack is ignored only then)
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids, sealed
     std::size_t batch_count_ = 0;
     std::uint32_t open_first_ = 0;  // the batch being filled: entries [open_first_, size)
@@ -654,6 +685,7 @@ private:
     std::deque<file_state> files_;
     std::uint32_t base_ = 0;
     offered_paths paths_;
+    std::vector<bool> came_;  // by id: accepted with data to come (a forgotten file's chunk is admitted only then)
     // The last entry offered and the offered folders it lies in, outermost first (indexes
     // into paths_).
     std::vector<std::uint32_t> chain_;

@@ -6,7 +6,8 @@
 // bulk batches of up to 63 entries of one size; an Offer no frame could carry is not
 // passed on), the node's decisions (all, skip, partial with a well-formed or malformed
 // bitmap), Chunk headers with any index, length, codec and payload length, chunk writes
-// completing in any order, FileDone messages, queries.
+// completing in any order, FileDone messages, releases (the node done with a file: the
+// machine forgets what lies before the oldest file not done with), queries.
 //
 // Only what the node would call, given the machine's earlier answers: a refused Offer or
 // a failed digest ends the session (the run); a batch is decided after the node's space
@@ -58,6 +59,7 @@ enum op : std::uint8_t {
     op_complete,    // the write of one admitted chunk completes
     op_file_done,   // a FileDone
     op_query,       // the read-only accessors on one file
+    op_release,     // the node is done with one file (receiver_machine::release)
     op_count,
 };
 
@@ -201,6 +203,7 @@ struct model_file {
     bool implicit_done = false;
     bool done_seen = false;
     bool finished = false;
+    bool released = false;  // finished, and release()d: its chunk state is gone
     digest128 sender_digest;
     std::vector<bool> have;
     std::vector<digest128> digests;  // received (or had) chunk digests; zero where missing
@@ -234,6 +237,9 @@ class receiver_driver {
                 return complete(in);
             case op_file_done:
                 return file_done(in);
+            case op_release:
+                release(in);
+                return true;
             default:
                 query(in);
                 return true;
@@ -541,11 +547,18 @@ class receiver_driver {
         return true;
     }
 
+    // A file accepted with data to come (not skipped, not a folder or link).
+    static bool came(const model_file& f) { return f.decided && !f.skip && !f.is_dir && !f.is_link; }
+
     std::error_code expected_chunk(const wire::Chunk& c, std::uint32_t payload_len) const {
         if (c.file_id() >= files_.size()) {
             return protocol_errc::unknown_file;
         }
         const model_file& f = files_[c.file_id()];
+        if (!machine_.entry_held(file_id{c.file_id()})) {
+            // Forgotten (query checks when that may be): a file that came is finished.
+            return came(f) ? std::error_code{} : protocol_errc::unknown_file;
+        }
         if (!f.decided || f.skip || f.is_dir || f.is_link) {
             return protocol_errc::unknown_file;  // (a finished file's chunk is admitted, then dropped)
         }
@@ -728,17 +741,41 @@ class receiver_driver {
         }
         std::uint32_t file = in.u16() % files_.size();
         const model_file& f = files_[file];
+        if (!machine_.entry_held(file_id{file})) {
+            // Forgotten only once done with, and so is every file before it.
+            FUZZ_CHECK(f.finished && (!came(f) || f.released));
+            FUZZ_CHECK(file == 0 || !machine_.entry_held(file_id{file - 1}));
+            FUZZ_CHECK(machine_.finished(file_id{file}) && !machine_.aborted(file_id{file}));
+            FUZZ_CHECK(!machine_.single_chunk(file_id{file}));
+            bool ok = false;
+            FUZZ_CHECK(!machine_.ready(file_id{file}, ok));
+            return;
+        }
         FUZZ_CHECK(machine_.entry(file_id{file}).path == f.path);
         FUZZ_CHECK(machine_.single_chunk(file_id{file}) == f.implicit_done);
-        FUZZ_CHECK(machine_.received_digest(file_id{file}) == file_digest(f.digests));
+        static const std::vector<digest128> none;
+        FUZZ_CHECK(machine_.received_digest(file_id{file}) == file_digest(f.released ? none : f.digests));
         bool ok = false;
         bool ready = machine_.ready(file_id{file}, ok);
         FUZZ_CHECK(ready == (!f.finished && f.done_seen && f.have_count == f.chunks));
         std::uint32_t pick = in.u32();
         if (f.decided && !f.skip && !f.finished && f.chunks > 0) {
             std::uint64_t i = pick % f.chunks;
+            FUZZ_CHECK(!f.released);
             FUZZ_CHECK(machine_.has_chunk(file_id{file}, chunk_index{static_cast<std::uint32_t>(i)}) == f.have[i]);
         }
+    }
+
+    // receive_session::report_done: a finished file's state goes (the machine does nothing
+    // for one not finished).
+    void release(fuzz_input& in) {
+        if (files_.empty()) {
+            return;
+        }
+        std::uint32_t file = in.u16() % files_.size();
+        machine_.release(file_id{file});
+        model_file& f = files_[file];
+        f.released = f.released || (f.finished && came(f));
     }
 
     receiver_limits limits_;

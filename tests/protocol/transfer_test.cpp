@@ -588,6 +588,63 @@ TEST(TransferLoopback, EntriesAppendedWhileTheFirstOnesMove) {
     }
 }
 
+// A file given up on (FileAbort) is finished but keeps its chunk state, and so holds the
+// entries after it, until the node releases it too.
+TEST(ReceiverMachine, AFileGivenUpOnIsForgottenOnceReleased) {
+    receiver_machine r;
+    std::vector<file_id> ids;
+    ASSERT_EQ(r.on_offer(raw_offer({{0, "a"}}, false, 2000), ids), std::error_code{});
+    receiver_machine::decision d = accept_all(file_id{0});
+    r.accept({d});
+    wire::FileAbort abort;
+    abort.set_file_id(0);
+    ASSERT_EQ(r.on_file_abort(abort), std::error_code{});
+    for (std::uint32_t b = 0; b < 4; ++b) {
+        std::vector<std::pair<std::uint32_t, std::string>> entries;
+        for (std::uint32_t id = 1 + b * 100; id < 1 + (b + 1) * 100; ++id) {
+            entries.emplace_back(id, numbered("b", id));
+        }
+        ASSERT_EQ(r.on_offer(raw_offer(entries, b == 3, 2000), ids), std::error_code{});
+        std::vector<receiver_machine::decision> skip;
+        for (file_id id : ids) {
+            skip.push_back(accept_all(id));
+            skip.back().kind = wire::ACCEPT_SKIP;
+        }
+        r.accept(skip);
+    }
+    EXPECT_TRUE(r.all_finished());
+    EXPECT_EQ(r.held_entries(), 401u);
+    EXPECT_TRUE(r.aborted(file_id{0}));
+    r.release(file_id{0});
+    EXPECT_EQ(r.held_entries(), 0u);
+    EXPECT_EQ(r.aborted_files(), 1u);
+}
+
+// Paths of any length up to max_path_bytes, across the blocks they are kept in.
+TEST(ReceiverMachine, OfferedPathsSpanBlocks) {
+    offered_paths p;
+    std::vector<std::string> all;
+    for (std::uint32_t i = 0; i < 600; ++i) {
+        std::string path = numbered("d", i) + "/" + std::string(max_path_bytes - 7, 'x');
+        ASSERT_EQ(path.size(), max_path_bytes);
+        all.push_back(path);
+        p.add(path, false);
+    }
+    p.add("e", true);
+    p.add("e/f", false);
+    ASSERT_EQ(p.size(), 602u);
+    for (std::uint32_t i = 0; i < 600; ++i) {
+        ASSERT_EQ(p.path(i), all[i]) << i;
+        EXPECT_EQ(p.find(all[i]), offered_paths::kind::file);
+        EXPECT_EQ(p.find(numbered("d", i)), offered_paths::kind::folder);  // what it lies in
+    }
+    EXPECT_EQ(p.find("e"), offered_paths::kind::folder);
+    EXPECT_TRUE(p.is_folder(600));
+    EXPECT_EQ(p.find("e/f"), offered_paths::kind::file);
+    EXPECT_EQ(p.find("e/g"), offered_paths::kind::none);
+    EXPECT_EQ(p.find("d"), offered_paths::kind::none);
+}
+
 // The sender keeps at most max_offers_ahead batches unanswered: the receiver holds the
 // entries of every batch it has not answered yet.
 TEST(TransferLoopback, OfferBatchesGoAsTheReceiverAnswersThem) {
@@ -599,15 +656,20 @@ TEST(TransferLoopback, OfferBatchesGoAsTheReceiverAnswersThem) {
     receiver_machine receiver;
     const std::size_t ahead = sender_machine::max_offers_ahead;
     ASSERT_GT(sender.offer_count(), ahead + 2);
-    std::deque<wire::Offer> out;  // sent, not answered
+    std::deque<std::vector<file_id>> out;  // sent and taken by the receiver, not answered
+    std::size_t largest = 0;  // entries in a batch
     auto drain = [&] {
         while (std::optional<wire::Offer> o = sender.next_offer()) {
-            out.push_back(std::move(*o));
+            std::vector<file_id> ids;
+            ASSERT_EQ(receiver.on_offer(*o, ids), std::error_code{});
+            largest = std::max(largest, ids.size());
+            out.push_back(std::move(ids));
+            // It holds the entries of the batches it has not answered, and not many more.
+            EXPECT_LE(receiver.held_entries(), (ahead + 1) * largest);
         }
     };
     auto answer_one = [&] {
-        std::vector<file_id> ids;
-        ASSERT_EQ(receiver.on_offer(out.front(), ids), std::error_code{});
+        std::vector<file_id> ids = std::move(out.front());
         out.pop_front();
         std::vector<receiver_machine::decision> decisions;
         for (file_id id : ids) {
@@ -620,6 +682,7 @@ TEST(TransferLoopback, OfferBatchesGoAsTheReceiverAnswersThem) {
     drain();
     EXPECT_EQ(out.size(), ahead);
     EXPECT_EQ(sender.offers_sent(), ahead);
+    EXPECT_GE(receiver.held_entries(), ahead * (largest / 2));  // unanswered: held
     answer_one();
     drain();
     EXPECT_EQ(out.size(), ahead);  // one answered, one more out
@@ -631,9 +694,48 @@ TEST(TransferLoopback, OfferBatchesGoAsTheReceiverAnswersThem) {
     }
     EXPECT_EQ(sender.offers_sent(), sender.offer_count());
     EXPECT_TRUE(sender.all_accepted());
+    EXPECT_EQ(sender.held_states(), 0u);  // every file skipped: done with at its Accept
     EXPECT_TRUE(receiver.all_finished());
     EXPECT_EQ(receiver.total_files(), entries.size());
-    EXPECT_LT(receiver.held_entries(), entries.size() / 10);  // the last batch's
+    // (Skipped entries are forgotten at the next batch: the last batches' stay.)
+    EXPECT_LE(receiver.held_entries(), (ahead + 1) * largest);
+}
+
+// The sender holds a file's state from its batch's Accept until it is released and every
+// file before it is too; a late duplicate ack of a forgotten file is ignored, a requeue
+// of it dropped, a second result refused.
+TEST(TransferLoopback, TheSenderForgetsTheStatesOfFilesDoneWith) {
+    loopback lb({dir_entry("d"), file_entry("d/a", 2 * std::uint64_t{chunk_size} + 1), file_entry("d/b", 7),
+                 file_entry("d/c", 0)});
+    EXPECT_EQ(lb.sender().held_states(), 0u);  // nothing accepted yet
+    lb.run();
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    EXPECT_TRUE(lb.sender().finished());
+    EXPECT_EQ(lb.sender().held_states(), 3u);  // the folder is done with; the files wait for release
+    lb.sender().release(file_id{2});
+    EXPECT_EQ(lb.sender().held_states(), 3u);  // d/a before it is not released yet
+    lb.sender().release(file_id{1});
+    EXPECT_EQ(lb.sender().held_states(), 1u);
+    lb.sender().release(file_id{3});
+    EXPECT_EQ(lb.sender().held_states(), 0u);
+
+    std::error_code ec;
+    EXPECT_EQ(lb.sender().on_ack(chunk_key(file_id{1}, chunk_index{1}), ec), 0u);
+    EXPECT_FALSE(ec);
+    lb.sender().on_ack(chunk_key(file_id{1}, chunk_index{3}), ec);  // beyond its chunks
+    EXPECT_EQ(ec, protocol_errc::unknown_file);
+    ec = {};
+    lb.sender().on_ack(chunk_key(file_id{0}, chunk_index{0}), ec);  // a folder has none
+    EXPECT_EQ(ec, protocol_errc::unknown_file);
+    chunk_ref ref;
+    ref.file = file_id{1};
+    ref.index = chunk_index{0};
+    EXPECT_FALSE(lb.sender().requeue(ref));
+    EXPECT_FALSE(lb.sender().abort_file(file_id{1}, false, "late").has_value());
+    EXPECT_EQ(lb.sender().on_file_result(file_result(file_id{1}, true)), protocol_errc::unexpected_message);
+    EXPECT_EQ(lb.sender().basis(file_id{1}), "");
+    EXPECT_FALSE(lb.sender().sent_nothing(file_id{1}));
+    EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
 }
 
 // Every batch went out before the scan's end was known: an empty last batch says it.
@@ -1616,7 +1718,11 @@ TEST(TransferLoopback, ASyncsSymlinkTravelsAsItsTargetAndIsNeverSentData) {
     EXPECT_EQ(got.link_target, link.link_target);
     EXPECT_EQ(got.mode, 0777u);
     EXPECT_TRUE(lb.receiver().finished(file_id{1}));
-    EXPECT_EQ(lb.sender().action(file_id{1}), wire::SYNC_CREATE);
+    // The sender is done with the folder and the link at their Accept (the node reports
+    // a skipped entry's action from the Accept itself): only d/m's state is held.
+    EXPECT_EQ(lb.sender().files_done(), 2u);
+    EXPECT_EQ(lb.sender().held_states(), 1u);
+    EXPECT_EQ(lb.sender().action(file_id{1}), wire::SYNC_NONE);
     // No chunk of it is handed out, and none is taken.
     std::vector<in_flight> chunks = lb.pull_chunks();
     ASSERT_EQ(chunks.size(), 1u);
