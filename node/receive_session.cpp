@@ -1485,10 +1485,14 @@ void receive_session::drop_partial(file_id f) {
         if (tree) {
             tree->remove_partial(path, true, true);
         }
-        asio::post(self->ctx_.io, [self, f] {
-            // Done with: its state goes, so that the files after it are forgotten too.
-            self->sinks_.erase(f.value);
-            self->machine_.release(f);
+        asio::post(self->ctx_.io, [self, f, sink] {
+            // Done with: its state goes, so that the files after it are forgotten too;
+            // unless a whole-file write of it is still out, which names and reports it as
+            // it always did (report_done then releases it).
+            if (sink->whole == 0 && self->sink_of(f) == sink) {
+                self->sinks_.erase(f.value);
+                self->machine_.release(f);
+            }
             --self->finalizing_;
             --self->tasks_out_;
             self->check_all_done();
@@ -1676,6 +1680,7 @@ void receive_session::write_whole_file(std::uint32_t conn, const wire::Chunk& ch
     file_id f{chunk.file_id()};
     ++writes_;
     ++finalizing_;
+    ++sink_of(f)->whole;  // (an aborted file is not released while it is written)
     whole_write& w = whole_writes_.emplace_back();
     w.f = f;
     w.conn = conn;
@@ -1731,9 +1736,10 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
     file_id f = w.f;
     --writes_;
     std::vector<std::uint32_t> also = written(chunk_key(f, chunk_index{0}));
-    if ((failed_ && (w.ec || w.verdict.bad || fsync_now)) || machine_.aborted(f) || !machine_.entry_held(f)) {
-        // (Given up on by the sender while it was written: left unnamed, as a file whose
-        // chunks were written one by one is; and maybe forgotten since.)
+    if (auto sink = sink_of(f)) {
+        --sink->whole;
+    }
+    if (failed_ && (w.ec || w.verdict.bad || fsync_now)) {
         --finalizing_;
         return;
     }

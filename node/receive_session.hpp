@@ -109,6 +109,7 @@ private:
         // Loop thread only:
         bool resumed = false;        // accepted ACCEPT_PARTIAL: its partial file must exist
         std::uint32_t writes = 0;    // chunk writes in flight
+        std::uint32_t whole = 0;     // whole-file writes in flight (write_whole_file)
         bool finalize_waits = false; // ready while writes were in flight: finalize after them
         bool drop = false;           // the sender gave up on it: its partial file goes after those writes
         bool pinned = false;         // basis_fd was handed over open (counted in pinned_bases_)

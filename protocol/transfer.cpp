@@ -179,13 +179,16 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
     struct undo {
         std::deque<file_state>& files;
         std::size_t keep;
+        std::deque<std::uint32_t>& ready;
+        std::size_t ready_keep;
         bool armed = true;
         ~undo() {
             if (armed) {
                 files.resize(keep);
+                ready.resize(ready_keep);  // no chunk of a file whose state went
             }
         }
-    } made{files_, files_.size()};
+    } made{files_, files_.size(), ready_files_, ready_files_.size()};
     for (std::uint32_t i = first; i < end; ++i) {
         files_.emplace_back().chunks = entries_[i].is_file() ? chunk_count(entries_[i].size) : 0;
     }
@@ -442,10 +445,11 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
         return 0;
     }
     file_state* s = state(fid);
-    // (A forgotten file was done with: sent and released, or skipped, which no ack names.)
+    // (A forgotten file was done with: sent and released or given up on, or skipped,
+    // which no ack names.)
     bool forgotten = !s && fid.value < base_ && fid.value < sent_.size() && sent_[fid.value];
-    if ((forgotten || (s && s->released)) && idx.value < chunk_count(entries_[fid.value].size)) {
-        return 0;  // every chunk of it was confirmed before its result: a late duplicate
+    if ((forgotten || (s && (s->released || s->aborted))) && idx.value < chunk_count(entries_[fid.value].size)) {
+        return 0;  // confirmed before its result, or of a file given up on: nothing to count
     }
     if (!s || !s->work || idx.value >= s->work->acked_bits.size()) {
         ec = protocol_errc::unknown_file;
@@ -483,11 +487,17 @@ std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanis
     f.aborted = true;
     f.result = true;
     f.done_held = false;
+    f.work.reset();  // nothing more of it is sent or counted (forget() may take it now)
+    if (gave_up_.size() <= id.value) {
+        gave_up_.resize(entries_.size(), false);
+    }
+    gave_up_[id.value] = true;
     ++files_done_;
     ++aborted_files_;
     aborted_bytes_ += entries_[id.value].size;
     std::erase(ready_files_, id.value);
     std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file == id; });
+    forget();
     wire::FileAbort a;
     a.set_file_id(id.value);
     a.set_vanished(vanished);
@@ -502,6 +512,9 @@ std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
     file_state* s = state(file_id{result.file_id()});
     if (!s && result.file_id() >= base_) {
         return protocol_errc::unknown_file;  // not accepted yet
+    }
+    if (!s && aborted(file_id{result.file_id()})) {
+        return {};  // crossed the FileAbort (below)
     }
     if (!s) {
         // Done with and forgotten: its result was in. Another is a broken peer's.

@@ -267,7 +267,7 @@ public:
     std::optional<wire::FileAbort> abort_file(file_id f, bool vanished, const std::string& reason);
     bool aborted(file_id f) const {
         const file_state* s = state(f);
-        return s && s->aborted;
+        return s ? s->aborted : f.value < gave_up_.size() && gave_up_[f.value];
     }
     std::uint64_t aborted_files() const { return aborted_files_; }
 
@@ -319,7 +319,8 @@ public:
     // Sync --checksum: the file's digest, offered with it (before the offer is made).
     void set_digest(file_id f, digest128 d) { entries_.at(f.value).digest = d; }
     // What a sync receiver said it does with the file (FileAccept.action): SYNC_NONE
-    // before its Accept and outside a sync.
+    // before its Accept, once forgotten (a folder, link or skipped file at once; the node
+    // reports those from the Accept itself) and outside a sync.
     wire::SyncAction action(file_id f) const {
         const file_state* s = state(f);
         return s ? s->action : wire::SYNC_NONE;
@@ -390,7 +391,7 @@ private:
         return s ? s->work.get() : nullptr;
     }
     // Drops the states at the front that are done with: a result in, and no chunk work
-    // (released, skipped, a folder or a link). A file given up on keeps its state.
+    // (released, skipped, a folder or a link, or given up on).
     void forget();
     // A file of the batch whose Accept comes next (what HaveDigests and BasisSums may be
     // about): the error to answer otherwise.
@@ -410,6 +411,7 @@ private:
     std::deque<file_state> files_;
     std::uint32_t base_ = 0;
     std::vector<bool> sent_;  // by id: accepted to be sent (a forgotten file's late ack is ignored only then)
+    std::vector<bool> gave_up_;  // by id: abort_file()d (its state is forgotten like any other)
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids, sealed
     std::size_t batch_count_ = 0;
     std::uint32_t open_first_ = 0;  // the batch being filled: entries [open_first_, size)

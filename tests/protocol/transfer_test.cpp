@@ -1028,7 +1028,51 @@ TEST(SenderMachine, BadAcceptIsRefused) {
         a.add_files()->set_id(0);
         EXPECT_EQ(s.on_accept(a, done), protocol_errc::unexpected_message);  // no batch left
     }
+    {
+        // Refused at its second file: the first one's state and chunks go with it, and the
+        // same batch can still be answered.
+        sender_machine s(test_transfer_id, {file_entry("f", 10), file_entry("g", 10)}, {});
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        a.add_files()->set_id(0);
+        wire::FileAccept* bad = a.add_files();
+        bad->set_id(1);
+        bad->set_kind(static_cast<wire::AcceptKind>(77));
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::unexpected_message);
+        EXPECT_EQ(s.held_states(), 0u);
+        EXPECT_FALSE(s.next_chunk().has_value());
+        bad->set_kind(wire::ACCEPT_ALL);
+        EXPECT_EQ(s.on_accept(a, done), std::error_code{});
+        EXPECT_EQ(s.held_states(), 2u);
+        std::optional<chunk_ref> c = s.next_chunk();
+        ASSERT_TRUE(c.has_value());
+        EXPECT_EQ(c->file, file_id{0});
+    }
     EXPECT_TRUE(done.empty());
+}
+
+// A file given up on is done with: its state is forgotten like any other, and it still
+// answers as given up on (a chunk read meanwhile is not sent, a late ack is ignored, a
+// result that crossed the FileAbort is taken).
+TEST(SenderMachine, AFileGivenUpOnIsForgottenAndStillKnownAsSuch) {
+    loopback lb({file_entry("a", 3 * std::uint64_t{chunk_size}), file_entry("b", 5)});
+    lb.exchange_offers();
+    sender_machine& s = lb.sender();
+    std::optional<chunk_ref> first = s.next_chunk();
+    ASSERT_TRUE(first.has_value());
+    EXPECT_EQ(first->file, file_id{0});
+    ASSERT_TRUE(s.abort_file(file_id{0}, true, "gone").has_value());
+    EXPECT_EQ(s.held_states(), 1u);  // b's
+    EXPECT_TRUE(s.aborted(file_id{0}));
+    EXPECT_FALSE(s.requeue(*first));
+    std::error_code ec;
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{0}), ec), 0u);
+    EXPECT_FALSE(ec);
+    EXPECT_EQ(s.on_file_result(file_result(file_id{0}, true)), std::error_code{});  // crossed it
+    std::optional<chunk_ref> next = s.next_chunk();
+    ASSERT_TRUE(next.has_value());
+    EXPECT_EQ(next->file, file_id{1});  // a's other chunks are not handed out
+    EXPECT_EQ(s.aborted_files(), 1u);
 }
 
 TEST(SenderMachine, EmptyFileIsDoneOnAccept) {
