@@ -2004,8 +2004,8 @@ void receive_session::check_all_done() {
         return;
     }
     finishing_ = true;
-    // What was offered, looked up by the files made from DST's own copy (renamed when SRC
-    // no longer has the old path) and by --delete: made once, and only for them.
+    // What was offered (every path, in offer order), looked up by the files made from
+    // DST's own copy (renamed when SRC no longer has the old path) and by --delete.
     const wire::SyncTarget* target = sync_target();
     const offered_paths& offered = machine_.paths();
     for (const maybe_renamed& m : maybe_renamed_) {
@@ -2036,7 +2036,8 @@ void receive_session::check_all_done() {
     }
     // Sync --delete: what is under the destination and was not offered goes (never what
     // an exclude pattern matches, nor ferry's own partial files), before the folders get
-    // their mtimes. Offers are over: the machine hands its path set to the worker.
+    // their mtimes. Offers are over: the worker reads the machine's paths, which no longer
+    // change.
     std::function<dest_tree::verdict(const std::string&, bool)> keep;
     if (target && target->delete_() && tree_) {
         // (The machine's paths: it lives while the worker's task holds this session.)

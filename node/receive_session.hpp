@@ -274,8 +274,6 @@ private:
     std::uint64_t deleted_files_ = 0;
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t delta_copied_ = 0;
-    // Files made from another of ours with no byte received: told as renamed (or not)
-    // once every path is offered.
     // Files made from DST's own copy at `from`, with nothing sent: renamed if SRC no longer
     // has `from`, known once the last batch is in (check_all_done).
     struct maybe_renamed {
