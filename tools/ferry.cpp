@@ -342,6 +342,11 @@ double mbps(const ferry::transfer_report& r) {
     return r.elapsed_s > 0 ? static_cast<double>(r.payload_bytes) / r.elapsed_s / 1e6 : 0.0;
 }
 
+// "1 connection", "4 connections": how many carried the transfer, in a summary line.
+std::string connections_text(const ferry::transfer_report& r) {
+    return std::to_string(r.connections) + (r.connections == 1 ? " connection" : " connections");
+}
+
 // ", 7 files (1.20 MB) already there, skipped" when the receiver had some files already.
 std::string skipped_note(const ferry::transfer_report& r) {
     if (r.skipped_files == 0) {
@@ -2091,21 +2096,21 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     std::uint64_t deleted = r.deleted_files + r.deleted_dirs;
     if (run.get) {
         say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged; received {} "
-                        "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
+                        "in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)), r.elapsed_s, mbps(r),
-                        r.connections) +
+                        connections_text(r)) +
             compression_note(r));
     } else if (dry) {
         say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
                         run.created, run.updated, run.unchanged, deleted));
     } else {
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} {} "
-                        "in {:.2f} s ({:.1f} MB/s confirmed, {} connections)",
+                        "in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged, deleted,
                         run.pull ? "received" : "sent",
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),
-                        r.elapsed_s, mbps(r), r.connections) +
+                        r.elapsed_s, mbps(r), connections_text(r)) +
             compression_note(r));
     }
     json done{{"event", "done"},
@@ -2558,10 +2563,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         return sync_summary(o, *sync, r, scanned_files, scanned_excluded);
     }
     char line[256];
-    std::snprintf(line, sizeof(line), "sent %llu files, %llu folders, %s in %.2f s (%.1f MB/s confirmed, %u connections)",
+    std::snprintf(line, sizeof(line), "sent %llu files, %llu folders, %s in %.2f s (%.1f MB/s confirmed, %s)",
                   static_cast<unsigned long long>(r.files), static_cast<unsigned long long>(r.dirs),
-                  human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r),
-                  r.connections);
+                  human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r), connections_text(r).c_str());
     say(std::string(line) + skipped_note(r) + compression_note(r));
     emit(o, report_json(r, true));
     return skipped_sources_exit(o, r);
