@@ -95,6 +95,8 @@ void sender_machine::complete() {
 }
 
 void sender_machine::take_entries(std::size_t from) {
+    sent_.resize(entries_.size(), false);
+    gave_up_.resize(entries_.size(), false);
     // The first batch is small: the receiver answers it, and the first files move, while
     // it still reads the batches after it.
     for (std::size_t i = from; i < entries_.size(); ++i) {
@@ -215,9 +217,6 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             continue;
         }
         f.work = std::make_unique<file_work>();
-        if (sent_.size() <= i) {
-            sent_.resize(entries_.size(), false);
-        }
         sent_[i] = true;
         file_work& w = *f.work;
         w.acked_bits = chunk_bitmap(f.chunks);
@@ -447,7 +446,7 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     file_state* s = state(fid);
     // (A forgotten file was done with: sent and released or given up on, or skipped,
     // which no ack names.)
-    bool forgotten = !s && fid.value < base_ && fid.value < sent_.size() && sent_[fid.value];
+    bool forgotten = !s && fid.value < base_ && sent_[fid.value];
     if ((forgotten || (s && (s->released || s->aborted))) && idx.value < chunk_count(entries_[fid.value].size)) {
         return 0;  // confirmed before its result, or of a file given up on: nothing to count
     }
@@ -488,9 +487,6 @@ std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanis
     f.result = true;
     f.done_held = false;
     f.work.reset();  // nothing more of it is sent or counted (forget() may take it now)
-    if (gave_up_.size() <= id.value) {
-        gave_up_.resize(entries_.size(), false);
-    }
     gave_up_[id.value] = true;
     ++files_done_;
     ++aborted_files_;
@@ -633,6 +629,7 @@ std::error_code receiver_machine::on_offer(const wire::Offer& offer, std::vector
         }
         total_bytes_ += f.info.size;
         files_.push_back(std::move(f));
+        came_.push_back(false);
         total_dirs_ += is_dir ? 1 : 0;
         ids.push_back(file_id{e.id()});
     }
@@ -800,9 +797,6 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             continue;
         }
         f.data = std::make_unique<file_state::chunk_data>();
-        if (came_.size() <= d.id.value) {
-            came_.resize(offered(), false);
-        }
         came_[d.id.value] = true;
         file_state::chunk_data& fd = *f.data;
         fd.have = chunk_bitmap(f.chunks);
@@ -837,8 +831,7 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
     if (!state) {
         // Finished and forgotten: a file that came is confirmed again; no chunk ever
         // belonged to a folder, a link or a skipped file.
-        bool came = chunk.file_id() < came_.size() && came_[chunk.file_id()];
-        return came ? std::error_code{} : protocol_errc::unknown_file;
+        return came_[chunk.file_id()] ? std::error_code{} : protocol_errc::unknown_file;
     }
     const file_state& f = *state;
     if (f.aborted) {

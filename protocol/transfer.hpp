@@ -267,7 +267,7 @@ public:
     std::optional<wire::FileAbort> abort_file(file_id f, bool vanished, const std::string& reason);
     bool aborted(file_id f) const {
         const file_state* s = state(f);
-        return s ? s->aborted : f.value < gave_up_.size() && gave_up_[f.value];
+        return s ? s->aborted : gave_up_[f.value];
     }
     std::uint64_t aborted_files() const { return aborted_files_; }
 
@@ -410,8 +410,11 @@ private:
     // The states of files base_ on, up to the end of the last batch accepted.
     std::deque<file_state> files_;
     std::uint32_t base_ = 0;
-    std::vector<bool> sent_;  // by id: accepted to be sent (a forgotten file's late ack is ignored only then)
-    std::vector<bool> gave_up_;  // by id: abort_file()d (its state is forgotten like any other)
+    // By id, sized as entries come (take_entries): accepted to be sent (a forgotten file's
+    // late ack is ignored only then), and abort_file()d (its state is forgotten like any
+    // other).
+    std::vector<bool> sent_;
+    std::vector<bool> gave_up_;
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids, sealed
     std::size_t batch_count_ = 0;
     std::uint32_t open_first_ = 0;  // the batch being filled: entries [open_first_, size)
@@ -687,7 +690,9 @@ private:
     std::deque<file_state> files_;
     std::uint32_t base_ = 0;
     offered_paths paths_;
-    std::vector<bool> came_;  // by id: accepted with data to come (a forgotten file's chunk is admitted only then)
+    // By id, one per offered entry: accepted with data to come (a forgotten file's chunk is
+    // admitted only then).
+    std::vector<bool> came_;
     // The last entry offered and the offered folders it lies in, outermost first (indexes
     // into paths_).
     std::vector<std::uint32_t> chain_;
