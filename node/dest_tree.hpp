@@ -286,7 +286,8 @@ public:
     // dest_errc::exists, or with `overwrite` it is replaced as rename_final replaces it
     // (the file is linked under the partial name, then renamed over).
     std::error_code link_final(const unnamed_file& file, std::string_view wire_path, bool overwrite);
-    // link_final for many files at once, none over an existing name: those whose folder
+    // link_final for many files at once, none over an existing name (such a link fails
+    // and is left to the caller's link_final, which may replace the name): those whose folder
     // this tree made (no partial file of an earlier attempt can be there) are linked and
     // closed in one io_uring submission (node/batch_reads.hpp) where linkat by descriptor
     // works. For each file: 0 named (its descriptor gone), 1 left to the caller's

@@ -1888,9 +1888,11 @@ void receive_session::start_renames() {
         std::error_code sync_ec = journal_ec ? tree->sync_all() : std::error_code{};
         std::vector<std::error_code> results(batch.size());
         // New files in new folders: linked and closed in one submission where io_uring is
-        // there (not with the crash hook armed, which counts names one by one).
+        // there (not with the crash hook armed, which counts names one by one). A name
+        // that appeared there meanwhile fails its link: link_final below keeps it or, with
+        // `overwrite` (sync), replaces it.
         std::vector<int> named(batch.size(), 1);
-        if (!sync_ec && !overwrite && !fault_hook_armed()) {
+        if (!sync_ec && !fault_hook_armed()) {
             std::vector<unnamed_file*> files;
             std::vector<const std::string*> paths;
             files.reserve(batch.size());

@@ -577,6 +577,40 @@ TEST_F(DestTree, NewFilesWrittenAtOnceAreUnnamedWithTheirBytesModeAndMtime) {
     EXPECT_EQ(unnamed_file::open_count(), 0);
 }
 
+TEST_F(DestTree, LinkingNewFilesTogetherLeavesANameThatAppearedToTheOneByOneLink) {
+    std::error_code ec;
+    unnamed_file a = tree_.open_unnamed("made/a", 0644, ec);  // makes the folder
+    ASSERT_FALSE(ec) << ec.message();
+    if (a.get() < 0) {
+        GTEST_SKIP() << no_unnamed_files_here;
+    }
+    unnamed_file b = tree_.open_unnamed("made/b", 0644, ec);
+    ASSERT_FALSE(ec) << ec.message();
+    ASSERT_GE(b.get(), 0);
+    pwrite_all(a.get(), "new a", 0);
+    pwrite_all(b.get(), "new b", 0);
+    write_text(root() / "made/b", "appeared");  // after the folder was made
+    std::string path_a = "made/a";
+    std::string path_b = "made/b";
+    std::vector<unnamed_file*> files{&a, &b};
+    std::vector<const std::string*> paths{&path_a, &path_b};
+    std::vector<int> named = tree_.link_new(files, paths);
+    if (named == std::vector<int>{1, 1}) {
+        GTEST_SKIP() << "no io_uring, or no link by descriptor, here: every file goes through link_final";
+    }
+    EXPECT_EQ(named, (std::vector<int>{0, 1}));
+    EXPECT_LT(a.get(), 0);  // closed by the submission
+    ASSERT_GE(b.get(), 0);  // still open for the fallback
+    EXPECT_EQ(test::read_text_file(root() / "made/a"), "new a");
+    EXPECT_EQ(test::read_text_file(root() / "made/b"), "appeared");
+    EXPECT_EQ(tree_.link_final(b, "made/b", false), dest_errc::exists);
+    ASSERT_EQ(tree_.link_final(b, "made/b", true), std::error_code{});
+    EXPECT_EQ(test::read_text_file(root() / "made/b"), "new b");
+    EXPECT_EQ(names_in(root() / "made"), (std::vector<std::string>{"a", "b"}));
+    b.reset();
+    EXPECT_EQ(unnamed_file::open_count(), 0);
+}
+
 TEST_F(DestTree, LinkingAnUnnamedFileKeepsOrReplacesWhatAppearedAndTakesAStalePartialAway) {
     std::error_code ec;
     unnamed_file file = tree_.open_unnamed("f", 0644, ec);
