@@ -11,11 +11,13 @@
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -48,10 +50,46 @@ using x509_ptr = std::unique_ptr<X509, x509_deleter>;
 using bn_ptr = std::unique_ptr<BIGNUM, bn_deleter>;
 using ext_ptr = std::unique_ptr<X509_EXTENSION, ext_deleter>;
 
+// The Ed25519 key of `der` when it is one in the unencrypted PKCS #8 form OpenSSL
+// writes (RFC 8410: version 0, the algorithm, the 32-byte key, nothing else); else null.
+inline pkey_ptr ed25519_pkcs8_key(const unsigned char* der, long len) {
+    static constexpr unsigned char prefix[] = {0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06,
+                                               0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20};
+    if (len != static_cast<long>(sizeof prefix) + 32 || std::memcmp(der, prefix, sizeof prefix) != 0) {
+        return {};
+    }
+    return pkey_ptr(EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr, der + sizeof prefix, 32));
+}
+
 // Unencrypted PEM private key held in `pem`; null if it does not parse (the reason is
-// left on the OpenSSL error queue).
+// left on the OpenSSL error queue). A node's own key (Ed25519, PKCS #8) is taken
+// directly: OpenSSL 3's generic decoding tries every format it knows, 0.7 ms a key here
+// (4.7 ms the first), against 0.05 ms, and each command reads the key three times.
 inline pkey_ptr read_pem_private_key(std::string_view pem) {
     bio_ptr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+    if (!bio) {
+        return {};
+    }
+    char* name = nullptr;
+    char* header = nullptr;
+    unsigned char* der = nullptr;
+    long len = 0;
+    ERR_set_mark();
+    if (PEM_read_bio(bio.get(), &name, &header, &der, &len) == 1) {
+        pkey_ptr key;
+        if (std::strcmp(name, PEM_STRING_PKCS8INF) == 0 && header[0] == '\0') {
+            key = ed25519_pkcs8_key(der, len);
+        }
+        OPENSSL_free(name);
+        OPENSSL_free(header);
+        OPENSSL_free(der);
+        if (key) {
+            ERR_pop_to_mark();
+            return key;
+        }
+    }
+    ERR_pop_to_mark();  // the generic way below says why it does not parse
+    bio.reset(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
     pkey_ptr key;
     if (bio) {
         key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));

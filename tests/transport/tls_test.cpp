@@ -19,6 +19,7 @@
 #include <string>
 
 #include "transport/identity.hpp"
+#include "transport/openssl_util.hpp"
 #include "transport/tls_records.hpp"
 
 namespace ferry {
@@ -372,6 +373,43 @@ TEST_F(tls_test, allow_that_throws_refuses) {
     EXPECT_EQ(server.state, hs_state::failed);
     EXPECT_NE(server.check.reason.find("store unavailable"), std::string::npos) << server.check.reason;
     EXPECT_TRUE(client.refused());
+}
+
+std::string pem_of(EVP_PKEY* key) {
+    bio_ptr out(BIO_new(BIO_s_mem()));
+    EXPECT_EQ(PEM_write_bio_PrivateKey(out.get(), key, nullptr, nullptr, 0, nullptr, nullptr), 1);
+    return bio_to_string(out.get());
+}
+
+TEST(read_pem_private_key, takes_a_node_key_directly_and_any_other_the_generic_way) {
+    ERR_clear_error();
+    tls_credentials creds = generate_credentials();
+    pkey_ptr fast = read_pem_private_key(creds.key_pem);
+    ASSERT_TRUE(fast);
+    EXPECT_EQ(ERR_peek_error(), 0u);  // nothing left on the queue
+    bio_ptr in(BIO_new_mem_buf(creds.key_pem.data(), static_cast<int>(creds.key_pem.size())));
+    pkey_ptr generic(PEM_read_bio_PrivateKey(in.get(), nullptr, nullptr, nullptr));
+    ASSERT_TRUE(generic);
+    EXPECT_EQ(EVP_PKEY_get_id(fast.get()), EVP_PKEY_ED25519);
+    EXPECT_EQ(EVP_PKEY_eq(fast.get(), generic.get()), 1);
+    EXPECT_EQ(pem_of(fast.get()), creds.key_pem);  // the private half too
+
+    // Another kind of key, and one whose PKCS #8 form is not the short one.
+    pkey_ptr ec(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+    ASSERT_TRUE(ec);
+    pkey_ptr back = read_pem_private_key(pem_of(ec.get()));
+    ASSERT_TRUE(back);
+    EXPECT_EQ(EVP_PKEY_get_id(back.get()), EVP_PKEY_EC);
+    EXPECT_EQ(EVP_PKEY_eq(back.get(), ec.get()), 1);
+
+    // Not a key: null, with the reason on the queue.
+    ERR_clear_error();
+    EXPECT_FALSE(read_pem_private_key("-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n"));
+    EXPECT_NE(ERR_peek_error(), 0u);
+    ERR_clear_error();
+    EXPECT_FALSE(read_pem_private_key("not a key"));
+    EXPECT_NE(ERR_peek_error(), 0u);
+    ERR_clear_error();
 }
 
 TEST(tls_error_string, drains_the_queue) {
