@@ -2,6 +2,9 @@
 
 #include "protocol/le_bytes.hpp"
 
+#include <array>
+#include <vector>
+
 #if FERRY_XXH_DISPATCH
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
@@ -12,6 +15,17 @@
 #endif
 
 namespace ferry {
+
+namespace {
+
+// Writes bytes one after another from `at` (put_le's output, into room already there).
+struct byte_cursor {
+    using value_type = std::uint8_t;
+    std::uint8_t* at;
+    void push_back(std::uint8_t b) { *at++ = b; }
+};
+
+}  // namespace
 
 digest128 hash_chunk(std::span<const std::uint8_t> bytes) {
 #if FERRY_XXH_DISPATCH
@@ -38,13 +52,22 @@ digest128 hash_parts(std::span<const std::uint8_t> head, std::span<const std::ui
 }
 
 digest128 file_digest(std::span<const digest128> chunk_digests) {
-    // Little-endian (lo, hi) pairs, so both ends agree whatever the host order.
-    std::vector<std::uint8_t> bytes;
-    bytes.reserve(chunk_digests.size() * 16);
-    for (const digest128& d : chunk_digests) {
-        put_digest(bytes, d);
+    // Little-endian (lo, hi) pairs, so both ends agree whatever the host order. A file of
+    // up to 64 chunks (16 MiB: most files, each hashed so two or three times) takes no
+    // allocation.
+    constexpr std::size_t inline_chunks = 64;
+    std::array<std::uint8_t, inline_chunks * 16> small;
+    std::vector<std::uint8_t> big;
+    std::uint8_t* bytes = small.data();
+    if (chunk_digests.size() > inline_chunks) {
+        big.resize(chunk_digests.size() * 16);
+        bytes = big.data();
     }
-    return hash_chunk(bytes);
+    byte_cursor out{bytes};
+    for (const digest128& d : chunk_digests) {
+        put_digest(out, d);
+    }
+    return hash_chunk({bytes, chunk_digests.size() * 16});
 }
 
 }  // namespace ferry

@@ -128,6 +128,17 @@ TEST(file_digest, order_matters) {
     EXPECT_NE(file_digest(std::span<const digest128>(&a, 1)), file_digest(aa));
 }
 
+TEST(file_digest, is_the_same_hash_either_side_of_the_inline_limit) {
+    // 64 digests are serialized on the stack, more in a heap buffer: the same bytes.
+    for (std::size_t n : {1u, 63u, 64u, 65u, 200u}) {
+        std::vector<digest128> chunks;
+        for (std::size_t i = 0; i < n; ++i) {
+            chunks.push_back(hash_chunk(pattern_bytes(32, static_cast<int>(i))));
+        }
+        EXPECT_EQ(file_digest(chunks), hash_chunk(serialize_le(chunks))) << n << " chunks";
+    }
+}
+
 TEST(file_digest, equals_hash_of_little_endian_serialization) {
     // A digest whose serialization is the bytes 0x00..0x0f, whatever the host byte order.
     digest128 d{0x0706050403020100ULL, 0x0f0e0d0c0b0a0908ULL};
