@@ -331,7 +331,10 @@ private:
     // An open folder of the tree, closed when the cache and every handle have let go.
     struct open_folder {
         int fd = -1;
-        bool made = false;  // this tree made it: nothing of an earlier attempt is in it
+        // This tree made it: nothing of an earlier attempt is in it. (Another transfer
+        // into the same share may leave a partial file of its own there, which naming a
+        // file does not remove: a leftover, never taken for data, since a resume verifies.)
+        bool made = false;
         std::once_flag write_once;  // made accessible for writing (others wait for it)
         std::atomic<std::uint64_t> last_use{0};
         explicit open_folder(int f) : fd(f) {}

@@ -82,7 +82,7 @@ inline pkey_ptr read_pem_private_key(std::string_view pem) {
         }
         OPENSSL_free(name);
         OPENSSL_free(header);
-        OPENSSL_free(der);
+        OPENSSL_clear_free(der, static_cast<std::size_t>(len));  // the private key's bytes
         if (key) {
             ERR_pop_to_mark();
             return key;
