@@ -372,7 +372,7 @@ std::optional<chunk_ref> sender_machine::next_chunk() {
 
 std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& ref, digest128 digest, bool* resend) {
     file_state* s = state(ref.file);
-    if (!s || s->aborted || !s->work || ref.index.value >= s->chunks || s->work->hashed_bits.test(ref.index.value)) {
+    if (!s || !s->work || ref.index.value >= s->chunks || s->work->hashed_bits.test(ref.index.value)) {
         return std::nullopt;  // a requeued chunk read twice has the same digest
     }
     file_state& f = *s;
@@ -427,7 +427,7 @@ wire::FileDone sender_machine::file_done(std::uint32_t id) const {
 }
 
 bool sender_machine::requeue(const chunk_ref& ref) {
-    if (const file_state* f = state(ref.file); !f || f->aborted || f->released) {
+    if (const file_state* f = state(ref.file); !f || gave_up_[ref.file.value] || f->released) {
         return false;  // (no state: done with, and forgotten)
     }
     requeued_.push_front(ref);
@@ -447,7 +447,8 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     // (A forgotten file was done with: sent and released or given up on, or skipped,
     // which no ack names.)
     bool forgotten = !s && fid.value < base_ && sent_[fid.value];
-    if ((forgotten || (s && (s->released || s->aborted))) && idx.value < chunk_count(entries_[fid.value].size)) {
+    bool done_with = forgotten || (s && (s->released || gave_up_[fid.value]));
+    if (done_with && idx.value < chunk_count(entries_[fid.value].size)) {
         return 0;  // confirmed before its result, or of a file given up on: nothing to count
     }
     if (!s || !s->work || idx.value >= s->work->acked_bits.size()) {
@@ -456,7 +457,7 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     }
     file_state& f = *s;
     file_work& w = *f.work;
-    if (finished_ || f.aborted || w.acked_bits.test(idx.value)) {
+    if (finished_ || w.acked_bits.test(idx.value)) {
         // A chunk delivered twice (after a requeue) is confirmed once; after the
         // TransferResult every byte is already confirmed.
         return 0;
@@ -479,11 +480,12 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
 
 std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanished, const std::string& reason) {
     file_state* s = state(id);
-    if (!s || !s->accepted || s->result || s->aborted || !entries_[id.value].is_file()) {
-        return std::nullopt;  // (no state: not accepted, or done with and forgotten)
+    if (!s || !s->accepted || s->result || !entries_[id.value].is_file()) {
+        // (No state: not accepted, or done with and forgotten. A result: done, or given
+        // up on already.)
+        return std::nullopt;
     }
     file_state& f = *s;
-    f.aborted = true;
     f.result = true;
     f.done_held = false;
     f.work.reset();  // nothing more of it is sent or counted (forget() may take it now)
@@ -505,12 +507,12 @@ std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
     if (result.file_id() >= entries_.size()) {
         return protocol_errc::unknown_file;
     }
+    if (gave_up_[result.file_id()]) {
+        return {};  // crossed the FileAbort: the receiver made it final before it knew
+    }
     file_state* s = state(file_id{result.file_id()});
     if (!s && result.file_id() >= base_) {
         return protocol_errc::unknown_file;  // not accepted yet
-    }
-    if (!s && aborted(file_id{result.file_id()})) {
-        return {};  // crossed the FileAbort (below)
     }
     if (!s) {
         // Done with and forgotten: its result was in. Another is a broken peer's.
@@ -523,9 +525,6 @@ std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
     file_state& f = *s;
     if (!f.accepted) {
         return protocol_errc::unknown_file;
-    }
-    if (f.aborted) {
-        return {};  // crossed the FileAbort: the receiver made it final before it knew
     }
     if (!result.ok()) {
         failure_ = entries_[result.file_id()].path + ": " + result.error();

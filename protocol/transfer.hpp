@@ -265,10 +265,7 @@ public:
     // without it (its bytes are not confirmed). Returns the FileAbort to send on
     // connection 0; nullopt when there is nothing to abort (already done, or skipped).
     std::optional<wire::FileAbort> abort_file(file_id f, bool vanished, const std::string& reason);
-    bool aborted(file_id f) const {
-        const file_state* s = state(f);
-        return s ? s->aborted : gave_up_[f.value];
-    }
+    bool aborted(file_id f) const { return gave_up_.at(f.value); }  // std::out_of_range: never offered
     std::uint64_t aborted_files() const { return aborted_files_; }
 
     std::error_code on_file_result(const wire::FileResult& result);
@@ -281,7 +278,7 @@ public:
     // Then, once every file before it is done with too, its state goes (forget()).
     void release(file_id f) {
         file_state* s = state(f);
-        if (s && s->result && !s->aborted && s->work && s->next == s->chunks && s->hashed == s->chunks &&
+        if (s && s->result && s->work && s->next == s->chunks && s->hashed == s->chunks &&
             s->resend_pending == 0) {
             std::erase_if(requeued_, [f](const chunk_ref& r) { return r.file == f; });
             s->work.reset();
@@ -364,7 +361,6 @@ private:
     struct file_state {
         bool accepted = false;
         bool result = false;
-        bool aborted = false;    // abort_file()
         bool done_held = false;  // FileDone waits for the acks of resent chunks
         bool released = false;   // release(): its file_work is gone
         wire::SyncAction action = wire::SYNC_NONE;
@@ -411,8 +407,8 @@ private:
     std::deque<file_state> files_;
     std::uint32_t base_ = 0;
     // By id, sized as entries come (take_entries): accepted to be sent (a forgotten file's
-    // late ack is ignored only then), and abort_file()d (its state is forgotten like any
-    // other).
+    // late ack is ignored only then), and abort_file()d (whether its state is there or
+    // forgotten; a file given up on has no chunk work left).
     std::vector<bool> sent_;
     std::vector<bool> gave_up_;
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids, sealed
