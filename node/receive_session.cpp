@@ -714,6 +714,9 @@ void receive_session::on_offer(const wire::Offer& offer) {
     if (machine_.sync() && !sync_target() && !open_sync_target(*machine_.sync())) {
         return;
     }
+    if (offer.keep_size() > 0 && !take_keep(offer)) {
+        return;
+    }
     overwrite_ = ctx_.config.overwrite || machine_.options().overwrite || sync_target() != nullptr;
     // The space check uses the sizes of the entries offered up to this batch, summed here
     // (never the sender's own claim of a total); what is already written, kept or skipped
@@ -748,6 +751,7 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         refused = sync_excludes(target, *excludes);
     }
     excludes_ = std::move(excludes);
+    keep_bytes_ = keep_bytes(target);
     if (!refused.empty()) {
         fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
         return false;
@@ -760,6 +764,21 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         share_dir_ = share->dir;
         sync_path_ = target.path();
         root_ = sync_path_.empty() ? share_dir_ : share_dir_ / sync_path_;
+    }
+    return true;
+}
+
+bool receive_session::take_keep(const wire::Offer& offer) {
+    if (!sync_target() || !sync_target()->get().empty()) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + log_id(peer_id_) + ": paths to keep in a transfer that is no sync (or a get)");
+        return false;
+    }
+    for (const std::string& path : offer.keep()) {
+        if (std::string refused = add_keep(path, keep_bytes_, later_keeps_); !refused.empty()) {
+            fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
+            return false;
+        }
     }
     return true;
 }
@@ -2006,6 +2025,12 @@ void receive_session::check_all_done() {
         return;
     }
     finishing_ = true;
+    if (!later_keeps_.empty()) {
+        // (A worker deciding a batch holds the set it was given: a new one.)
+        auto all = std::make_shared<exclude_set>(*excludes_);
+        all->keep_all_of(later_keeps_);
+        excludes_ = std::move(all);
+    }
     // What was offered (every path, in offer order), looked up by the files made from
     // DST's own copy (renamed when SRC no longer has the old path) and by --delete.
     const wire::SyncTarget* target = sync_target();

@@ -235,6 +235,10 @@ private:
     std::filesystem::path root_;
     std::filesystem::path share_dir_;  // sync: the share's folder, once the target is open ("" otherwise)
     std::shared_ptr<const exclude_set> excludes_;  // sync: never deleted (shared with the workers)
+    // Sync: the paths to keep later batches added (Offer.keep), read only at the end of the
+    // run (renames, --delete): merged into excludes_ then, once.
+    exclude_set later_keeps_;
+    std::size_t keep_bytes_ = 0;  // sync: the paths to keep so far (SyncTarget.keep, Offer.keep)
     // Sync: the files already under the sync's folder, where a new path may start from (a
     // rename or copy at SRC). Filled by the offer worker the first time it needs it.
     std::shared_ptr<struct local_basis> basis_;
@@ -247,6 +251,10 @@ private:
     // Checks a sync target (share, access, patterns) and sets root_, share_dir_ and
     // excludes_. False (the transfer failed) when refused.
     bool open_sync_target(const wire::SyncTarget& target);
+    // A batch's further paths to keep (Offer.keep) added to later_keeps_; false (the
+    // transfer failed) when refused: no sync, over max_sync_keep_bytes in all, or not a
+    // wire path.
+    bool take_keep(const wire::Offer& offer);
     // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0; a
     // pull's own events and counts), with a log line that counts `told` more, told of
     // already as the walk went (send_deleted), or without one (tell_deleted: such a part).

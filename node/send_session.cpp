@@ -10,6 +10,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <stdexcept>
 #include <utility>
 
 #include "node/chunk_codec.hpp"
@@ -40,6 +41,11 @@ std::uint64_t random_u64() {
 // Bytes of Offer.not_sent in one Offer: a batch (offer_batch_bytes, with a sync's target)
 // leaves this much room under max_header_len, with one entry's overshoot to spare.
 constexpr std::size_t max_not_sent_bytes = 2 * 1024;
+// Bytes of Offer.keep in one Offer, with max_not_sent_bytes still under max_header_len. A
+// batch carries more than keep_per_offer of them while more wait (a path is at most
+// max_path_bytes).
+constexpr std::size_t max_keep_offer_bytes = 8 * 1024;
+constexpr std::size_t keep_per_offer = max_keep_offer_bytes - (max_path_bytes + 3);
 
 // Whether a file that failed to be read with `ec` may be read in another attempt: not one
 // this user may not read (a file that changed or vanished meanwhile may).
@@ -79,6 +85,9 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
     for (conn_state& cs : conns_) {
         cs.window_bytes = options_.window_bytes;
     }
+    if (options_.sync) {
+        keep_bytes_ = keep_bytes(*options_.sync);
+    }
     // The entries now live in machine_ (sources_ keeps the local paths).
     took_entries(0);
     took_unread(sources_.unread);
@@ -93,9 +102,23 @@ void send_session::took_unread(std::vector<skipped_file>& unread) {
     unread.clear();
 }
 
+bool send_session::took_skipped(const source_tree& part) {
+    if (!options_.sync || !options_.sync->delete_() || part.skipped_paths.empty()) {
+        return true;
+    }
+    if (std::string error = check_keep(part, keep_bytes_); !error.empty()) {
+        fail(exit_code::usage, error);  // before the last batch: the receiver deletes nothing
+        return false;
+    }
+    for (const std::string& path : part.skipped_paths) {
+        dst_keeps().keep(path);
+        keep_.push_back(path);
+    }
+    return true;
+}
+
 void send_session::took_entries(std::uint32_t from) {
     std::size_t n = machine_.total_files();
-    files_.resize(n);
     memo_ok_.resize(n, 0);
     file_events_.resize(n);
     for (std::uint32_t i = from; i < n; ++i) {
@@ -104,7 +127,10 @@ void send_session::took_entries(std::uint32_t from) {
 }
 
 const std::shared_ptr<send_session::source_file>& send_session::file(file_id f) {
-    std::shared_ptr<source_file>& p = files_.at(f.value);
+    if (f.value >= machine_.total_files()) {
+        throw std::out_of_range("send_session: no such file");
+    }
+    std::shared_ptr<source_file>& p = files_[f.value];
     if (!p) {
         // Made at its first read: a sync that finds most files unchanged never makes them.
         p = std::make_shared<source_file>();
@@ -507,6 +533,20 @@ void send_session::send_offers() {
         n->set_vanished(f.vanished);
     }
     not_sent_.erase(not_sent_.begin(), not_sent_.begin() + static_cast<std::ptrdiff_t>(listed));
+    std::size_t kept = 0;
+    for (std::size_t bytes = 0; kept < keep_.size(); ++kept) {
+        bytes += keep_entry_bytes(keep_[kept]);
+        if (bytes > max_keep_offer_bytes) {
+            break;
+        }
+        h.mutable_offer()->add_keep(std::move(keep_[kept]));
+    }
+    keep_.erase(keep_.begin(), keep_.begin() + static_cast<std::ptrdiff_t>(kept));
+    if (h.offer().last() && !keep_.empty()) {
+        // (take_scan left batches enough for them: never.)
+        fail(exit_code::transfer_failed, "paths to keep left over after the last Offer");
+        return;
+    }
     if (h.offer().last()) {
         h.mutable_offer()->set_not_sent_more(not_sent_.size());
         not_sent_.clear();
@@ -534,6 +574,9 @@ void send_session::take_scan() {
                 options_.skipped_note(note);
             }
         }
+        if (!took_skipped(part)) {
+            return;
+        }
         std::move(part.locals.begin(), part.locals.end(), std::back_inserter(sources_.locals));
         machine_.append(std::move(part.entries));
         took_unread(part.unread);
@@ -545,7 +588,16 @@ void send_session::take_scan() {
             fail(exit_code::local_io, "cannot scan the sources: " + printable(got.error));
             return;
         }
+        // The batches still to go carry the paths to keep still waiting: enough of them.
+        std::size_t waiting = 0;
+        for (const std::string& path : keep_) {
+            waiting += keep_entry_bytes(path);
+        }
+        for (; waiting > keep_per_offer; waiting -= keep_per_offer) {
+            machine_.flush();
+        }
         machine_.complete();
+        report_maybe_renamed();
     }
     send_offers();
     pump_all();
@@ -653,13 +705,19 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             if (std::uint32_t id = header.file_result().file_id(); id < machine_.total_files()) {
                 file_id f{id};
                 std::string_view from = machine_.basis(f);
-                if (from.empty() || !machine_.sent_nothing(f) || still_at_dst(from)) {
-                    from = {};  // sent (in part), or a copy of a file DST keeps
+                if (!from.empty() && machine_.sent_nothing(f) && !machine_.is_complete()) {
+                    // Made from DST's copy at `from`: a rename if SRC has no such path, which
+                    // a scan still going may find yet (told of once it ends: take_scan).
+                    maybe_renamed_.push_back({f, machine_.action(f), std::string(from)});
+                } else {
+                    if (from.empty() || !machine_.sent_nothing(f) || still_at_dst(from)) {
+                        from = {};  // sent (in part), or a copy of a file DST keeps
+                    }
+                    file_events_.done(ctx_.events.file, f, machine_.entry(f), false, machine_.action(f), from);
                 }
-                file_events_.done(ctx_.events.file, f, machine_.entry(f), false, machine_.action(f), from);
                 // Done with: 200,000 files kept ~600 bytes each for nothing.
                 machine_.release(f);
-                files_.at(id).reset();
+                files_.erase(id);
             }
             return;
         case wire::Header::kDeleted:
@@ -719,14 +777,26 @@ bool send_session::still_at_dst(std::string_view path) {
         return !e->is_dir;  // a folder of SRC's there replaces DST's file: it was moved
     }
     // Excluded, or what SRC could not read: DST keeps it.
-    if (!options_.sync) {
-        return false;
+    return options_.sync && dst_keeps().excluded_or_inside(path, false);
+}
+
+void send_session::report_maybe_renamed() {
+    for (const maybe_renamed& m : maybe_renamed_) {
+        // A scan that ended early may not have reached `from`: a copy then (a failed
+        // attempt deletes nothing at DST).
+        bool renamed = machine_.is_complete() && !still_at_dst(m.from);
+        file_events_.done(ctx_.events.file, m.id, machine_.entry(m.id), false, m.action,
+                          renamed ? std::string_view(m.from) : std::string_view());
     }
+    maybe_renamed_ = {};
+}
+
+exclude_set& send_session::dst_keeps() {
     if (!excludes_) {
         excludes_.emplace();
         sync_excludes(*options_.sync, *excludes_);  // checked when the sync began
     }
-    return excludes_->excluded_or_inside(path, false);
+    return *excludes_;
 }
 
 void send_session::pump_all() {
@@ -1532,6 +1602,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         options_.feed->cancel();  // the scan stops: nothing more is sent
         options_.feed.reset();
     }
+    report_maybe_renamed();  // (a scan that ended early: as copies)
     transfer_report r;
     r.session_id = session_id_;
     r.ok = ok;

@@ -249,6 +249,10 @@ private:
     void took_entries(std::uint32_t from);
     // What the scan could not read (`unread`, emptied): into the report, and the next Offer.
     void took_unread(std::vector<skipped_file>& unread);
+    // Sync --delete: what a part of a streamed scan skipped (special files, what it could
+    // not read) goes to DST as paths to keep (keep_, for the next Offers), checked as
+    // keep_skipped checks the first part's. False: too many of them, the sync failed.
+    bool took_skipped(const source_tree& part);
     // The first Offer batch goes out and the other connections open (or, with
     // adaptive_connections, once the path calls for them: widen()).
     void begin_offers();
@@ -385,10 +389,20 @@ private:
     // `retryable`: see transfer_report::retryable.
     void fail(exit_code code, const std::string& message, bool tell_peer = true, bool retryable = false);
     void finish(bool ok, exit_code code, const std::string& error);
-    // Whether `path` is one of the transfer's entries (looked up in a set built on first use).
     // Whether DST keeps `path` after this sync: SRC offered it, or excluded it (a file made
     // from DST's copy there is a copy, not a rename).
     bool still_at_dst(std::string_view path);
+    // A sync's exclude patterns and the paths to keep so far (made on first use).
+    exclude_set& dst_keeps();
+    // Files made from DST's copy whose result came while the scan still went: whether
+    // each was a rename is known once it ends.
+    struct maybe_renamed {
+        file_id id;
+        wire::SyncAction action;
+        std::string from;
+    };
+    std::vector<maybe_renamed> maybe_renamed_;
+    void report_maybe_renamed();  // each as a rename or not, as far as the scan went
 
     node_context& ctx_;
     source_tree sources_;  // its entries are moved into machine_: locals and totals stay here
@@ -398,20 +412,23 @@ private:
     sender_machine machine_;
     std::string session_id_;
     std::vector<conn_state> conns_;
-    std::vector<std::shared_ptr<source_file>> files_;  // per entry, made by file() when first needed
+    // Made by file() when first needed, gone with the file's result: the files in flight.
+    std::unordered_map<std::uint32_t, std::shared_ptr<source_file>> files_;
     const std::shared_ptr<source_file>& file(file_id f);
     std::string peer_id_;
     std::string peer_address_;
     std::string peer_key_;
     std::shared_ptr<stats_scope> scope_;  // this transfer; parent: the peer's scope
     file_reporter file_events_{"send", session_id_};
-    std::optional<exclude_set> excludes_;  // the sync's, made when first needed (still_at_dst)
+    std::optional<exclude_set> excludes_;  // dst_keeps()
     // delta_ref(): by file id; null for a resumed file with no weak sums.
     std::unordered_map<std::uint32_t, std::shared_ptr<delta_scan>> scans_;
     std::size_t scans_running_ = 0;
     std::uint64_t delta_copied_ = 0;  // confirmed bytes receivers rebuilt from their older versions
     std::vector<skipped_file> given_up_;
     std::vector<skipped_file> not_sent_;  // what the scan could not read, for the next Offer
+    std::vector<std::string> keep_;       // sync --delete: paths to keep, for the next Offers (Offer.keep)
+    std::size_t keep_bytes_ = 0;          // of those and the sync target's, in all
     std::uint64_t deleted_files_ = 0;  // sync: as the receiver reported them (Deleted)
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t regular_files_ = 0;

@@ -112,7 +112,7 @@ struct scanner {
     bool keep_links = false;  // `ferry sync`: a symlink is an entry of its own (kept as a link)
     bool keep_locals = true;  // false: out.locals stays empty (scan_contents' local_prefix)
     bool recurse = true;      // false: a folder's own entry only, not what it holds
-    scan_feed* feed = nullptr;  // scan_sources': parts go to it as the walk goes
+    scan_feed* feed = nullptr;  // parts go to it as the walk goes
     std::errc failure = std::errc::invalid_argument;  // scan_sources' error code: file_exists for a name clash
 
     bool fail(const std::string& local, int err) {
@@ -323,6 +323,9 @@ bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& n
         if (how.feed != nullptr && joined > before) {
             source_tree part;
             append_part(part, std::move(out));
+            // Kept whole by the taker (sender_machine's segments): without the spare room
+            // its doubling left.
+            part.entries.shrink_to_fit();
             how.feed->put(std::move(part));
         }
     };
@@ -387,7 +390,7 @@ bool walk_in_parts(const scanner& how, int fd, const std::vector<std::string>& n
 }  // namespace
 
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
-                              std::string& error, worker_pool* pool, bool recursive) {
+                              std::string& error, worker_pool* pool, bool recursive, scan_feed* feed) {
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0) {
         error = dir.string() + ": " + std::error_code(errno, std::system_category()).message();
@@ -415,7 +418,7 @@ std::error_code scan_contents(const std::filesystem::path& dir, const exclude_se
     if (!out.root_fd) {
         out.root_fd = shared_fd(std::move(dir_fd));
     }
-    if (!walk_in_parts(scanner{out, error, {}, &excludes, true, false, recursive}, fd, names, prefix, "", pool)) {
+    if (!walk_in_parts(scanner{out, error, {}, &excludes, true, false, recursive, feed}, fd, names, prefix, "", pool)) {
         return std::make_error_code(std::errc::invalid_argument);
     }
     return {};
@@ -503,13 +506,21 @@ void append_part(source_tree& to, source_tree&& from) {
     move_all(to.unread, from.unread);
     to.total_bytes += std::exchange(from.total_bytes, 0);
     to.excluded += std::exchange(from.excluded, 0);
+    if (!to.root_fd) {
+        // A streamed scan_contents' parts: each names the folder its wire paths are in.
+        to.root_fd = from.root_fd;
+        to.local_prefix = from.local_prefix;
+    }
 }
 
 void scan_feed::put(source_tree part) {
     std::function<void()> wake;
+    auto files = std::count_if(part.entries.begin(), part.entries.end(), [](const entry_info& e) { return !e.is_dir; });
     {
         std::lock_guard lock(mutex_);
         entries_put_ += part.entries.size();
+        files_put_ += static_cast<std::uint64_t>(files);
+        excluded_put_ += part.excluded;
         parts_.push_back(std::move(part));
         wake = wake_;
     }
@@ -559,6 +570,16 @@ scan_feed::taken scan_feed::take() {
 std::uint64_t scan_feed::entries_put() const {
     std::lock_guard lock(mutex_);
     return entries_put_;
+}
+
+std::uint64_t scan_feed::files_put() const {
+    std::lock_guard lock(mutex_);
+    return files_put_;
+}
+
+std::uint64_t scan_feed::excluded_put() const {
+    std::lock_guard lock(mutex_);
+    return excluded_put_;
 }
 
 void scan_feed::wait_news() const {
@@ -651,22 +672,31 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& given, so
     return {};
 }
 
-std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
-    if (!target.delete_()) {
-        return {};  // nothing at DST is deleted: nothing to keep
-    }
-    std::size_t bytes = keep_bytes(target);
+std::string check_keep(const source_tree& sources, std::size_t& bytes) {
+    std::size_t more = 0;
     for (const std::string& path : sources.skipped_paths) {
         if (check_wire_path(path)) {
             return printable(sources.local_prefix + path) + ": " + unsendable_path(path) +
                    ", so --delete cannot be told to keep it; exclude its folder (--exclude) or sync without --delete";
         }
-        bytes += keep_entry_bytes(path);
+        more += keep_entry_bytes(path);
     }
-    if (bytes > max_sync_keep_bytes) {
-        return std::to_string(sources.skipped_paths.size()) +
-               " special files and paths that cannot be read in SRC are more than --delete can be told to keep; "
-               "exclude their folders (--exclude) or sync without --delete";
+    if (bytes + more > max_sync_keep_bytes) {
+        return "the special files and paths that cannot be read in SRC are more than --delete can be told to keep (" +
+               std::to_string(max_sync_keep_bytes / 1024) +
+               " KiB of paths); exclude their folders (--exclude) or sync without --delete";
+    }
+    bytes += more;
+    return {};
+}
+
+std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target) {
+    if (!target.delete_()) {
+        return {};  // nothing at DST is deleted: nothing to keep
+    }
+    std::size_t bytes = keep_bytes(target);
+    if (std::string error = check_keep(sources, bytes); !error.empty()) {
+        return error;
     }
     for (const std::string& path : sources.skipped_paths) {
         target.add_keep(path);

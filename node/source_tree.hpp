@@ -102,12 +102,17 @@ public:
     bool has_news() const;  // a part or the end is waiting
     void wait_news() const;  // blocks until has_news()
     std::uint64_t entries_put() const;  // so far, in all parts
+    // Of those, the entries that are no folder, and what exclude patterns left out.
+    std::uint64_t files_put() const;
+    std::uint64_t excluded_put() const;
 
 private:
     mutable std::mutex mutex_;
     mutable std::condition_variable news_;
     std::vector<source_tree> parts_;
     std::uint64_t entries_put_ = 0;
+    std::uint64_t files_put_ = 0;
+    std::uint64_t excluded_put_ = 0;
     bool finished_ = false;
     std::error_code ec_;
     std::string error_;
@@ -115,7 +120,8 @@ private:
     std::atomic<bool> cancelled_{false};
 };
 
-// Moves what `from` holds (entries, locals, skipped notes, counts) to the end of `to`.
+// Moves what `from` holds (entries, locals, skipped notes, counts) to the end of `to`; and
+// `to` without a root_fd takes `from`'s, with its local_prefix.
 void append_part(source_tree& to, source_tree&& from);
 
 // Scans `paths`. On failure `error` names the path and the reason. With `feed`, the
@@ -131,9 +137,12 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& paths, so
 // The walk runs on several threads: the pool's workers (the caller's among them, when it
 // is one) with `pool`, else threads of its own, one per core up to 4. `out` must be
 // empty; it keeps `dir` open as its root_fd (unless the caller set one: the same folder).
-// Not `recursive`: the folder's own entries only (`ferry ls`).
+// Not `recursive`: the folder's own entries only (`ferry ls`). With `feed`, the entries go
+// to it in parts as the walk goes, as scan_sources' do, each part with the root_fd and
+// local_prefix `out` would have had.
 std::error_code scan_contents(const std::filesystem::path& dir, const exclude_set& excludes, source_tree& out,
-                              std::string& error, worker_pool* pool = nullptr, bool recursive = true);
+                              std::string& error, worker_pool* pool = nullptr, bool recursive = true,
+                              scan_feed* feed = nullptr);
 
 // `ferry get`: the file or folder `name` of the open folder `parent` (a share's folder),
 // offered as one entry named `as`, a folder with what it holds below it (walked as
@@ -150,5 +159,9 @@ std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& n
 // max_sync_keep_bytes, `target` is left as it was and the error line is returned;
 // otherwise "".
 std::string keep_skipped(const source_tree& sources, wire::SyncTarget& target);
+// The check keep_skipped makes, for paths that travel later (Offer.keep: a streamed scan's):
+// whether every path `sources` skipped can travel, `bytes` of such paths having gone
+// already. "" (and `bytes` counts them too) or the error line.
+std::string check_keep(const source_tree& sources, std::size_t& bytes);
 
 }  // namespace ferry

@@ -65,6 +65,8 @@ public:
     // excluded() is true for it whatever the patterns say (SyncTarget.keep, what SRC's
     // scan skipped). A path that is not a wire path is refused (false).
     bool keep(std::string_view path);
+    // Keeps every path `other` keeps too (its patterns are not taken).
+    void keep_all_of(const exclude_set& other) { kept_.insert(other.kept_.begin(), other.kept_.end()); }
 
     // The pattern lines kept, as given (for the wire).
     const std::vector<std::string>& lines() const { return lines_; }

@@ -974,13 +974,22 @@ std::string sync_excludes(const wire::SyncTarget& t, exclude_set& out) {
             return "bad exclude pattern \"" + line.substr(0, 100) + "\"";
         }
     }
-    if (keep_bytes(t) > max_sync_keep_bytes) {
+    std::size_t bytes = 0;
+    for (const std::string& path : t.keep()) {
+        if (std::string refused = add_keep(path, bytes, out); !refused.empty()) {
+            return refused;
+        }
+    }
+    return {};
+}
+
+std::string add_keep(const std::string& path, std::size_t& bytes, exclude_set& out) {
+    bytes += keep_entry_bytes(path);
+    if (bytes > max_sync_keep_bytes) {
         return "paths to keep over " + std::to_string(max_sync_keep_bytes) + " bytes in all";
     }
-    for (const std::string& path : t.keep()) {
-        if (!out.keep(path)) {
-            return "bad path to keep \"" + path.substr(0, 100) + "\"";
-        }
+    if (!out.keep(path)) {
+        return "bad path to keep \"" + path.substr(0, 100) + "\"";
     }
     return {};
 }

@@ -142,6 +142,10 @@ inline std::size_t keep_bytes(const wire::SyncTarget& t) {
 // or why a receiver refuses the target (too many bytes, a bad pattern or path); `out`
 // then holds what was added before it.
 std::string sync_excludes(const wire::SyncTarget& t, exclude_set& out);
+// One path to keep (SyncTarget.keep, Offer.keep) into `out`, `bytes` of them taken
+// already (and counted with it): "" or why it is refused (over max_sync_keep_bytes in
+// all, or not a wire path).
+std::string add_keep(const std::string& path, std::size_t& bytes, exclude_set& out);
 
 // The Hello this node sends on connection `index` of session `session_id` (either side,
 // either direction): this protocol version and agent, `count` connections, and CODEC_ZSTD

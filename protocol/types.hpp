@@ -34,8 +34,10 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // pattern's trailing "/**" holds what is inside wherever an earlier "**" stood for no folder
 // ("**/build/**" holds build/x): both sides must read patterns alike, or --delete removes
 // what the sender left out; 13: a sender answers the receiver's Ping with a Pong (a
-// receiver asks when another transfer wants files the sender's transfer claims).
-inline constexpr std::uint32_t protocol_version = 13;
+// receiver asks when another transfer wants files the sender's transfer claims); 14:
+// Offer.keep (a sync's paths DST keeps, found by a scan still going when its first batch
+// went): a receiver that ignored them would delete them.
+inline constexpr std::uint32_t protocol_version = 14;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

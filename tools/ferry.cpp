@@ -1508,9 +1508,10 @@ struct sync_run {
             earlier_.insert(earlier_.end(), now_.begin(), now_.end());
             now_.clear();
             std::stable_sort(earlier_.begin(), earlier_.end(),
-                             [](const auto& a, const auto& b) { return a.first < b.first; });
-            auto last = std::unique(earlier_.rbegin(), earlier_.rend(),
-                                    [](const auto& a, const auto& b) { return a.first == b.first; });
+                             [](std::uint64_t a, std::uint64_t b) { return (a & ~action_bits) < (b & ~action_bits); });
+            auto last = std::unique(earlier_.rbegin(), earlier_.rend(), [](std::uint64_t a, std::uint64_t b) {
+                return (a & ~action_bits) == (b & ~action_bits);
+            });
             earlier_.erase(earlier_.begin(), last.base());
         }
         created = updated = renamed = unchanged = dry_matched_bytes = 0;
@@ -1523,14 +1524,15 @@ struct sync_run {
     // This attempt says `a` of `path` (of `size` bytes): counted as what it is to the run,
     // and false if an earlier attempt told of it already.
     bool told(std::string_view path, action a, std::uint64_t size) {
-        const std::uint64_t h = std::hash<std::string_view>{}(path);
+        const std::uint64_t h = std::hash<std::string_view>{}(path) & ~action_bits;
         auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
-                                   [](const auto& e, std::uint64_t x) { return e.first < x; });
-        bool before = it != earlier_.end() && it->first == h;
+                                   [](std::uint64_t e, std::uint64_t x) { return (e & ~action_bits) < x; });
+        bool before = it != earlier_.end() && (*it & ~action_bits) == h;
+        const action then = before ? static_cast<action>(*it & action_bits) : a;
         // Found unchanged now, or said the same again (a dry run places nothing).
-        bool again = before && (a == action::unchanged || a == it->second);
-        action counted = before && a == action::unchanged ? it->second : a;
-        now_.emplace_back(h, counted);
+        bool again = before && (a == action::unchanged || a == then);
+        action counted = before && a == action::unchanged ? then : a;
+        now_.push_back(h | static_cast<std::uint64_t>(counted));
         switch (counted) {
             case action::created: ++created; break;
             case action::updated: ++updated; break;
@@ -1541,10 +1543,11 @@ struct sync_run {
     }
 
 private:
-    // What earlier attempts told of each path (by its hash, sorted; 16 bytes a file, not a
-    // copy of every path), and what this one did so far.
-    std::vector<std::pair<std::uint64_t, action>> earlier_;
-    std::vector<std::pair<std::uint64_t, action>> now_;
+    // What earlier attempts told of each path (by its hash, sorted, the action in its low
+    // bits: 8 bytes a file, not a copy of every path), and what this one did so far.
+    static constexpr std::uint64_t action_bits = 3;
+    std::vector<std::uint64_t> earlier_;
+    std::vector<std::uint64_t> now_;
     std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};
 };
 
@@ -1638,11 +1641,21 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     }
     fs::path root = y.src;
     run.src_root = root;  // its mode and mtime go with each scan of it (run_send)
+    // Offered while SRC is walked (a big tree's first files move before its scan ends, and
+    // its entries are never all in one array), except with --checksum: every file is hashed
+    // before the first offer.
+    stream_scan_fn stream;
+    if (!y.checksum) {
+        stream = [root, excludes](ferry::scan_feed& feed, std::string& error) {
+            ferry::source_tree none;
+            return ferry::scan_contents(root, excludes, none, error, nullptr, true, &feed);
+        };
+    }
     return run_send(o, s, dst->target, [root, excludes](std::string& error) {
         ferry::source_tree out;
         std::error_code ec = ferry::scan_contents(root, excludes, out, error);
         return std::make_pair(ec, std::move(out));
-    }, &run);
+    }, &run, stream);
 }
 
 struct get_opts {
@@ -2409,7 +2422,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
                 error = std::move(got.error);
                 break;
             }
-            if (!sources.entries.empty()) {
+            // (The test hook FERRY_FAULT_AFTER_SCAN changes a file the scan found: it waits
+            // for the whole scan.)
+            if (!sources.entries.empty() && std::getenv("FERRY_FAULT_AFTER_SCAN") == nullptr) {
                 streaming = true;
                 break;
             }
@@ -2481,6 +2496,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     bool have_scan = true;
     std::uint64_t scanned_files = 0;  // of the scan last sent: regular files and symlinks
     std::uint64_t scanned_excluded = 0;
+    bool streamed_attempt = false;  // the last attempt's scan was streamed: `feed` counted it
     std::vector<ferry::skipped_file> still_gone;  // vanished in the first attempt, not in the rescan
     loop.start = [&](const std::function<void(const ferry::transfer_report&)>& done) {
         if (sync != nullptr) {
@@ -2508,6 +2524,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         scanned_files = std::count_if(sources.entries.begin(), sources.entries.end(),
                                       [](const ferry::entry_info& e) { return !e.is_dir; });
         scanned_excluded = sources.excluded;
+        streamed_attempt = so.feed != nullptr;
         n.send(std::move(sources), t, so, done);
         so.dialed.reset();  // the first attempt's; a later one dials its own
         so.feed.reset();    // and scans whole
@@ -2560,6 +2577,10 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     progress.final_progress(final_progress(r, true));
     if (sync != nullptr) {
+        if (streamed_attempt) {
+            scanned_files = feed->files_put();
+            scanned_excluded = feed->excluded_put();
+        }
         return sync_summary(o, *sync, r, scanned_files, scanned_excluded);
     }
     char line[256];

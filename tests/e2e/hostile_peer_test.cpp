@@ -515,6 +515,16 @@ TEST_F(hostile_frames_test, offer_after_the_last_batch) {
     EXPECT_FALSE(fs::exists(inbox_ / "two.txt"));
 }
 
+TEST_F(hostile_frames_test, paths_to_keep_outside_a_sync) {
+    auto p = session();
+    ASSERT_TRUE(p);
+    wire::Offer o = offer_of({"one.txt"});
+    o.add_keep("one.txt");
+    p->send_frame(frame_with(o));
+    expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "paths to keep in a transfer that is no sync");
+    EXPECT_FALSE(fs::exists(inbox_ / "one.txt"));
+}
+
 TEST_F(hostile_frames_test, chunk_for_an_unknown_file) {
     auto p = accepted({"known.txt"}, 5);
     ASSERT_TRUE(p);
@@ -783,6 +793,41 @@ TEST_F(hostile_paths_test, a_sync_keep_list_that_is_unsafe_or_too_long_is_refuse
     expect_all_logged_then_serving("refused sync");
     EXPECT_TRUE(fs::is_empty(drop_));
     EXPECT_EQ(node_.proc->err().find("\nferry: forged line"), std::string::npos) << node_.proc->err();
+}
+
+// A sender that streams its scan sends what it skips later as paths to keep with a later
+// batch (Offer.keep): checked as the first batch's are, and counted with them.
+TEST_F(hostile_paths_test, paths_to_keep_in_a_later_batch_are_checked_as_the_first_batchs_are) {
+    write_text_file(drop_ / "old.txt", "not offered: only a sync that ends deletes it\n");
+    auto refuse = [&](const std::vector<std::string>& first, const std::vector<std::string>& later,
+                      std::string_view text) {
+        auto p = session();
+        ASSERT_TRUE(p);
+        wire::Offer o = offer_of({});
+        o.set_last(false);
+        wire::SyncTarget* t = o.mutable_sync();
+        t->set_share("drop");
+        t->set_delete_(true);
+        for (const std::string& k : first) {
+            t->add_keep(k);
+        }
+        ASSERT_TRUE(p->offer(o)) << p->last_end().detail;
+        wire::Offer more = offer_of({});
+        for (const std::string& k : later) {
+            more.add_keep(k);
+        }
+        std::optional<wire::Accept> a = p->offer(more);
+        p->close();
+        EXPECT_FALSE(a) << "accepted";
+        expect_error_frame(p->last_end(), wire::ERROR_REFUSED, text);
+        ++refusals_;
+    };
+    refuse({}, {"ok", "../escape"}, "bad path to keep");
+    // Each batch's alone is under max_sync_keep_bytes, both together over it.
+    const std::vector<std::string> half(max_sync_keep_bytes / 200 + 1, std::string(98, 'k'));
+    refuse(half, half, "paths to keep over");
+    expect_all_logged_then_serving("refused sync");
+    EXPECT_EQ(read_text_file(drop_ / "old.txt"), "not offered: only a sync that ends deletes it\n");
 }
 
 TEST_F(hostile_paths_test, write_through_a_symlink_in_the_destination_is_refused) {

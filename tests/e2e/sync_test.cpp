@@ -333,6 +333,33 @@ TEST_F(sync_push, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a
     EXPECT_EQ(compare_trees(src / "data", site / "data"), "");
 }
 
+// The scan is held at z until a/big.bin, made from DST's z/big.bin, is in place: whether
+// that was a rename is told once the scan found SRC still has z/big.bin (a copy).
+TEST_F(sync_push, a_file_made_from_dsts_copy_of_a_path_src_scans_later_is_a_copy_not_a_rename) {
+    serve();
+    write_random_file(src / "z/big.bin", 3 * 256 * 1024, 97);
+    // What z holds beside it takes the scan milliseconds to walk once it goes on: the
+    // file's result is in by then (without the wait for the scan's end, it was told of as
+    // a rename).
+    for (int i = 0; i < 3000; ++i) {
+        write_text_file(src / "z" / ("n" + std::to_string(i)), "");
+    }
+    fs::path site = share / "site";
+    copy_file_with_mtime(src / "z/big.bin", site / "z/big.bin");
+    copy_file_with_mtime(src / "z/big.bin", src / "a/big.bin");
+    run_result r = sync({"--delete"}, "ay:www/site", {"FERRY_FAULT_SCAN_WAIT=z=" + (site / "a/big.bin").string()});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), paths{});
+    paths created = paths_of(ev, "created");
+    EXPECT_NE(std::find(created.begin(), created.end(), "a/big.bin"), created.end());
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["renamed"], 0) << done;
+    EXPECT_EQ(done["created"], 3001) << done;
+    EXPECT_EQ(done["bytes_transferred"], 0) << done;
+    EXPECT_EQ(compare_trees(src, site), "");
+}
+
 TEST_F(sync_push, files_of_one_size_and_mtime_moved_with_their_folder_each_start_from_their_own) {
     // A script wrote them in one clock tick: many files share a size and an mtime. Moved
     // with their folder, each keeps its name, and starts from the file of that name.
@@ -481,6 +508,89 @@ TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_th
     ASSERT_EQ(::stat(dst.c_str(), &d), 0);
     EXPECT_EQ(d.st_mtim.tv_sec, s.st_mtim.tv_sec);
     EXPECT_EQ(d.st_mtim.tv_nsec, s.st_mtim.tv_nsec);
+}
+
+// A push offers SRC while it walks it: the scan is held at a late folder until the first
+// folder's file is in place at DST (it gives up after 10 s, failing the sync). What the
+// late part of the scan skipped (special files, with names long enough to need several
+// Offers) is still kept at DST by --delete, and the summary counts the whole scan.
+TEST_F(sync_push, a_tree_is_synced_while_it_is_scanned_and_what_a_late_part_skipped_is_kept) {
+    serve();
+    for (int d = 0; d < 40; ++d) {
+        for (int f = 0; f < 3; ++f) {
+            write_random_file(src / ("d" + std::to_string(100 + d)) / ("f" + std::to_string(f)), 1000 + d * 7 + f,
+                              static_cast<unsigned>(d * 10 + f));
+        }
+    }
+    write_text_file(src / "d138" / "x.log", "excluded\n");
+    fs::path dst = share / "site";
+    // 40 fifos of 250-byte names below d135: some 10 KiB of paths to keep, more than one
+    // Offer carries.
+    std::vector<std::string> fifos;
+    for (int i = 0; i < 40; ++i) {
+        std::string name = "d135/" + std::to_string(10 + i) + std::string(248, 'p');
+        ASSERT_EQ(::mkfifo((src / name).c_str(), 0600), 0) << name;
+        write_text_file(dst / name, "the receiver's own\n");
+        fifos.push_back(name);
+    }
+    write_text_file(dst / "d139" / "stale.txt", "not in SRC\n");
+    const std::string first = (dst / "d100" / "f0").string();
+    run_result r = sync({"--delete", "--exclude", "*.log"}, "ay:www/site", {"FERRY_FAULT_SCAN_WAIT=d130=" + first});
+    ASSERT_EQ(r.code, 0) << r.err;
+    for (const std::string& f : fifos) {
+        EXPECT_EQ(read_text_file(dst / f), "the receiver's own\n") << f.substr(0, 8);
+    }
+    EXPECT_FALSE(fs::exists(dst / "d139" / "stale.txt"));
+    EXPECT_FALSE(fs::exists(dst / "d138" / "x.log"));
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"d139/stale.txt"}));
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["files_checked"], 120) << r.out;
+    EXPECT_EQ(done["created"], 120) << r.out;
+    EXPECT_EQ(done["excluded"], 1) << r.out;
+    for (int d = 0; d < 40; ++d) {
+        if (d != 35 && d != 38) {  // (the two folders with what was not sent)
+            const std::string name = "d" + std::to_string(100 + d);
+            EXPECT_EQ(compare_trees(src / name, dst / name), "") << name;
+        }
+    }
+    for (int f = 0; f < 3; ++f) {
+        const std::string name = "f" + std::to_string(f);
+        EXPECT_EQ(read_text_file(src / "d135" / name), read_text_file(dst / "d135" / name));
+        EXPECT_EQ(read_text_file(src / "d138" / name), read_text_file(dst / "d138" / name));
+    }
+    EXPECT_TRUE(no_partial_files(share));
+}
+
+// A streamed scan that fails, or finds more special files than --delete can be told to
+// keep, after files moved: the sync fails and nothing at DST is deleted.
+TEST_F(sync_push, a_scan_failing_after_files_moved_deletes_nothing) {
+    serve();
+    for (int d = 0; d < 40; ++d) {
+        write_random_file(src / ("d" + std::to_string(100 + d)) / "f0", 1000 + d, static_cast<unsigned>(d));
+    }
+    fs::path dst = share / "site";
+    write_text_file(dst / "stale.txt", "not in SRC\n");
+    const std::string first = (dst / "d100" / "f0").string();
+    run_result r = sync({"--delete"}, "ay:www/site",
+                        {"FERRY_FAULT_SCAN_WAIT=d130=" + first, "FERRY_FAULT_SCAN_FAIL=d135"});
+    EXPECT_EQ(r.code, 4) << r.err;
+    EXPECT_NE(r.err.find("cannot scan the sources: d135: injected scan failure"), std::string::npos) << r.err;
+    EXPECT_TRUE(fs::exists(dst / "d100" / "f0")) << "files moved before the scan failed";
+    EXPECT_EQ(read_text_file(dst / "stale.txt"), "not in SRC\n");
+
+    // 200 fifos of 250-byte names below d135: 50 KiB of paths, over what --delete keeps.
+    fs::remove_all(dst / "d100");
+    for (int i = 0; i < 200; ++i) {
+        std::string name = "d135/" + std::to_string(100 + i) + std::string(247, 'p');
+        ASSERT_EQ(::mkfifo((src / name).c_str(), 0600), 0) << name;
+    }
+    r = sync({"--delete"}, "ay:www/site", {"FERRY_FAULT_SCAN_WAIT=d130=" + first});
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("more than --delete can be told to keep"), std::string::npos) << r.err;
+    EXPECT_TRUE(fs::exists(dst / "d100" / "f0"));
+    EXPECT_EQ(read_text_file(dst / "stale.txt"), "not in SRC\n");
+    EXPECT_TRUE(no_partial_files(share));
 }
 
 // A receiver that is not root can still change what a read-only folder holds (one an
