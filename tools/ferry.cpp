@@ -2707,10 +2707,14 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     asio::io_context io(1);
     ferry::node_events ev = base_events(o);
     add_sync_events(o, run, ev);
-    std::set<std::string> seen;  // paths the current attempt reported
-    ev.file = [&seen, report = std::move(ev.file)](const ferry::file_event& f) {
-        if (f.done) {
-            seen.emplace(f.path);
+    // What vanished in an earlier attempt and the current one has not reported yet (not
+    // a set of every path reported: 200,000 files would hold some 20 MB of it).
+    std::set<std::string, std::less<>> still_gone;
+    ev.file = [&still_gone, report = std::move(ev.file)](const ferry::file_event& f) {
+        if (f.done && !still_gone.empty()) {
+            if (auto it = still_gone.find(f.path); it != still_gone.end()) {
+                still_gone.erase(it);
+            }
         }
         report(f);
     };
@@ -2719,7 +2723,10 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     attempt_loop loop;
     loop.start = [&](const std::function<void(const ferry::transfer_report&)>& done) {
         run.new_attempt();
-        seen.clear();
+        still_gone.clear();
+        for (const ferry::skipped_file& f : loop.vanished_before) {
+            still_gone.insert(f.path);
+        }
         ferry::pull_spec spec;
         spec.source = run.target;
         spec.dest = dest;
@@ -2755,7 +2762,7 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     // pull's own report starts with its last session).
     r.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - program_start).count();
     for (ferry::skipped_file& f : vanished_before) {
-        if (!seen.contains(f.path)) {
+        if (still_gone.contains(f.path)) {
             r.given_up.push_back(std::move(f));  // still gone: it vanished during the run
         }
     }

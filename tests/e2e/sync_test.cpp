@@ -1413,6 +1413,30 @@ TEST_F(sync_pull, a_file_that_changes_while_read_is_counted_once_as_in_a_push) {
         << last;
 }
 
+TEST_F(sync_pull, a_file_that_vanishes_while_read_is_reported_once_with_its_own_exit_code) {
+    // The serving node gives the file up (FileAbort, vanished), the pull asks once more,
+    // and that pass no longer has it: it vanished during the run (exit 6), told of once.
+    serve();
+    write_random_file(site / "big.bin", 4 * 1024 * 1024, 85);
+    write_text_file(site / "a.txt", "a\n");
+    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                      "--compress", "never", "ay:www/site", dst.string()});
+    fs::path part = dst / ".big.bin.ferry-part";
+    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 512 * 1024; }, process_timeout))
+        << rx.err();
+    fs::remove(site / "big.bin");
+    EXPECT_EQ(rx.wait(process_timeout), 6) << rx.err();
+    EXPECT_NE(rx.err().find("changed or vanished at the peer while read; syncing once more"), std::string::npos)
+        << rx.err();
+    auto ev = json_events(rx.out());
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"big.bin"})) << rx.out();
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["failed_files"], 1) << done;
+    EXPECT_EQ(read_text_file(dst / "a.txt"), "a\n");
+    EXPECT_FALSE(fs::exists(dst / "big.bin"));
+    EXPECT_FALSE(fs::exists(part));
+}
+
 TEST_F(sync_pull, what_a_pull_deletes_after_its_peer_is_gone_is_told_of_and_counted) {
     // Every file is in and DST's --delete walk is about to start when the serving node
     // dies. The walk is DST's own and goes on; each path it removes is told of and counted
