@@ -324,6 +324,12 @@ void send_session::start_accepted(std::shared_ptr<connection> c, const wire::Hel
     start_ = options_.started.value_or(std::chrono::steady_clock::now());
     accepted_ = true;
     session_id_ = hello.session_id();  // the receiver chose it: its other connections name it
+    if (options_.feed) {
+        take_scan();  // a pull's scan, finished: its parts after the first
+        if (finished_) {
+            return;
+        }
+    }
     adopt(0, std::move(c), true);
     on_hello(*conns_[0].conn, hello);
 }
@@ -588,12 +594,13 @@ void send_session::take_scan() {
             fail(exit_code::local_io, "cannot scan the sources: " + printable(got.error));
             return;
         }
-        // The batches still to go carry the paths to keep still waiting: enough of them.
+        // The batches still to go carry the paths to keep still waiting: enough of them
+        // (each a new one, not sent yet).
         std::size_t waiting = 0;
         for (const std::string& path : keep_) {
             waiting += keep_entry_bytes(path);
         }
-        for (; waiting > keep_per_offer; waiting -= keep_per_offer) {
+        for (; waiting > 0; waiting -= std::min(waiting, keep_per_offer)) {
             machine_.flush();
         }
         machine_.complete();

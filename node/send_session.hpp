@@ -139,9 +139,10 @@ struct send_options {
     // Connection 0, dialed before the session (null: the session dials it). Taken by the
     // session's first dial only.
     std::shared_ptr<early_dial> dialed;
-    // A scan still going (`ferry send`): its further entries come through the feed and are
-    // offered as they come; the transfer ends only after the scan did. Null: the sources
-    // given are all there is.
+    // A scan still going (`ferry send`, `ferry sync`): its further entries come through the
+    // feed and are offered as they come; the transfer ends only after the scan did. A
+    // pull's (start_accepted) is finished: its parts after the first, taken at the start.
+    // Null: the sources given are all there is.
     std::shared_ptr<scan_feed> feed;
     // What the feed's parts skipped (symlinks, special files), one note each (loop thread).
     std::function<void(const std::string&)> skipped_note;

@@ -57,7 +57,6 @@ sender_machine::sender_machine(std::uint64_t transfer_id, std::vector<entry_info
     : transfer_id_(transfer_id), entries_(std::move(entries)), options_(std::move(options)) {
     open_bytes_ = options_.sync ? options_.sync->ByteSizeLong() : 0;
     take_entries(0);
-    streamed_ = !complete;
     if (complete) {
         this->complete();
     } else {
@@ -87,8 +86,9 @@ void sender_machine::append(std::vector<entry_info> more) {
 
 void sender_machine::complete() {
     // An empty transfer still has its one (empty) batch; so has a streamed one whose
-    // batches all went out before the end was known: the last must say it is.
-    if (open_first_ < entries_.size() || batches_.empty() || streamed_) {
+    // batches all went out before the end was known: the last must say it is. (One not
+    // sent yet says so when it goes: make_offer.)
+    if (open_first_ < entries_.size() || batches_.empty() || offers_sent_ == batch_count_) {
         seal_batch(static_cast<std::uint32_t>(entries_.size()));
     }
     complete_ = true;

@@ -420,7 +420,6 @@ private:
     std::uint32_t open_first_ = 0;  // the batch being filled: entries [open_first_, size)
     std::size_t open_bytes_ = 0;
     bool complete_ = false;
-    bool streamed_ = false;  // made before all its entries were known
     std::size_t accepted_batches_ = 0;
     std::size_t offers_sent_ = 0;  // by next_offer()
     std::deque<std::uint32_t> ready_files_;  // accepted files with chunks left to schedule

@@ -151,7 +151,9 @@ public:
     void exchange_offers(const decide_fn& decide = {}) {
         ASSERT_GT(sender_.offer_count(), offered_);
         for (; offered_ < sender_.offer_count(); ++offered_) {
-            wire::Offer offer = sender_.make_offer(offered_);
+            std::optional<wire::Offer> next = sender_.next_offer();  // (each answered before the next)
+            ASSERT_TRUE(next);
+            wire::Offer offer = std::move(*next);
             std::vector<file_id> ids;
             ASSERT_EQ(receiver_.on_offer(offer, ids), std::error_code{});
             ASSERT_EQ(ids.size(), static_cast<std::size_t>(offer.entries_size()));
