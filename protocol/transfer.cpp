@@ -85,6 +85,9 @@ void sender_machine::append(std::vector<entry_info> more) {
 }
 
 void sender_machine::complete() {
+    if (complete_) {
+        return;
+    }
     // An empty transfer still has its one (empty) batch; so has a streamed one whose
     // batches all went out before the end was known: the last must say it is. (One not
     // sent yet says so when it goes: make_offer.)

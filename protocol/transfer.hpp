@@ -209,7 +209,8 @@ public:
     // Entries scanned since, whose ids follow on. Offer batches are sealed as they fill
     // (the first at once); the batch being filled is not offered until it is sealed.
     void append(std::vector<entry_info> more);
-    // No more entries: the batch being filled is sealed, and is the last.
+    // No more entries: the batch being filled is sealed and is the last (an empty one only
+    // when every batch sealed before went out: else the last of those says it is).
     void complete();
     // The batch being filled is sealed now, even empty (a scan that holds entries back
     // for long still sends an Offer now and then: the receiver hears from it).
