@@ -1508,10 +1508,9 @@ struct sync_run {
             earlier_.insert(earlier_.end(), now_.begin(), now_.end());
             now_.clear();
             std::stable_sort(earlier_.begin(), earlier_.end(),
-                             [](std::uint64_t a, std::uint64_t b) { return (a & ~action_bits) < (b & ~action_bits); });
-            auto last = std::unique(earlier_.rbegin(), earlier_.rend(), [](std::uint64_t a, std::uint64_t b) {
-                return (a & ~action_bits) == (b & ~action_bits);
-            });
+                             [](std::uint64_t a, std::uint64_t b) { return path_key(a) < path_key(b); });
+            auto last = std::unique(earlier_.rbegin(), earlier_.rend(),
+                                    [](std::uint64_t a, std::uint64_t b) { return path_key(a) == path_key(b); });
             earlier_.erase(earlier_.begin(), last.base());
         }
         created = updated = renamed = unchanged = dry_matched_bytes = 0;
@@ -1524,10 +1523,10 @@ struct sync_run {
     // This attempt says `a` of `path` (of `size` bytes): counted as what it is to the run,
     // and false if an earlier attempt told of it already.
     bool told(std::string_view path, action a, std::uint64_t size) {
-        const std::uint64_t h = std::hash<std::string_view>{}(path) & ~action_bits;
+        const std::uint64_t h = path_key(std::hash<std::string_view>{}(path));
         auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
-                                   [](std::uint64_t e, std::uint64_t x) { return (e & ~action_bits) < x; });
-        bool before = it != earlier_.end() && (*it & ~action_bits) == h;
+                                   [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
+        bool before = it != earlier_.end() && path_key(*it) == h;
         const action then = before ? static_cast<action>(*it & action_bits) : a;
         // Found unchanged now, or said the same again (a dry run places nothing).
         bool again = before && (a == action::unchanged || a == then);
@@ -1546,6 +1545,7 @@ private:
     // What earlier attempts told of each path (by its hash, sorted, the action in its low
     // bits: 8 bytes a file, not a copy of every path), and what this one did so far.
     static constexpr std::uint64_t action_bits = 3;
+    static std::uint64_t path_key(std::uint64_t e) { return e & ~action_bits; }
     std::vector<std::uint64_t> earlier_;
     std::vector<std::uint64_t> now_;
     std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};

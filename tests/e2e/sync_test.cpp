@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "node/dest_tree.hpp"
@@ -841,6 +842,23 @@ protected:
         args.push_back(dst.string());
         return cli.ferry(args);
     }
+
+    // A pull of site's big.bin (4 MiB, `seed`) and a.txt at 2 MB/s, once big.bin is under
+    // way and not all read yet (its last chunk is confirmed after ~2 s): the caller changes
+    // the file at the source and waits for the pull.
+    std::unique_ptr<child_process> slow_pull_under_way(std::uint32_t seed) {
+        write_random_file(site / "big.bin", 4 * 1024 * 1024, seed);
+        write_text_file(site / "a.txt", "a\n");
+        auto rx = std::make_unique<child_process>(
+            std::vector<std::string>{FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit",
+                                     "2M", "--compress", "never", "ay:www/site", dst.string()});
+        fs::path part = dst / ".big.bin.ferry-part";
+        if (!wait_for_change(dst, [&] { return allocated_bytes(part) >= 512 * 1024; }, process_timeout)) {
+            ADD_FAILURE() << "the pull never got under way: " << rx->err();
+            return nullptr;
+        }
+        return rx;
+    }
 };
 
 TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_changed) {
@@ -1379,14 +1397,9 @@ TEST_F(sync_pull, a_file_that_changes_while_read_is_counted_once_as_in_a_push) {
     // found a pull counting both passes (confirmed above total_bytes - skipped_bytes).
     serve();
     constexpr std::uint64_t size = 4 * 1024 * 1024;
-    write_random_file(site / "big.bin", size, 84);
-    write_text_file(site / "a.txt", "a\n");
-    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
-                      "--compress", "never", "ay:www/site", dst.string()});
-    fs::path part = dst / ".big.bin.ferry-part";
-    // Under way and not all read yet (2 MB/s: its last chunk is confirmed after ~2 s).
-    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 512 * 1024; }, process_timeout))
-        << rx.err();
+    std::unique_ptr<child_process> pulling = slow_pull_under_way(84);
+    ASSERT_TRUE(pulling);
+    child_process& rx = *pulling;
     {
         std::ofstream grow(site / "big.bin", std::ios::binary | std::ios::app);
         grow << 'x';
@@ -1417,13 +1430,9 @@ TEST_F(sync_pull, a_file_that_vanishes_while_read_is_reported_once_with_its_own_
     // The serving node gives the file up (FileAbort, vanished), the pull asks once more,
     // and that pass no longer has it: it vanished during the run (exit 6), told of once.
     serve();
-    write_random_file(site / "big.bin", 4 * 1024 * 1024, 85);
-    write_text_file(site / "a.txt", "a\n");
-    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
-                      "--compress", "never", "ay:www/site", dst.string()});
-    fs::path part = dst / ".big.bin.ferry-part";
-    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 512 * 1024; }, process_timeout))
-        << rx.err();
+    std::unique_ptr<child_process> pulling = slow_pull_under_way(85);
+    ASSERT_TRUE(pulling);
+    child_process& rx = *pulling;
     fs::remove(site / "big.bin");
     EXPECT_EQ(rx.wait(process_timeout), 6) << rx.err();
     EXPECT_NE(rx.err().find("changed or vanished at the peer while read; syncing once more"), std::string::npos)
@@ -1434,7 +1443,7 @@ TEST_F(sync_pull, a_file_that_vanishes_while_read_is_reported_once_with_its_own_
     EXPECT_EQ(done["failed_files"], 1) << done;
     EXPECT_EQ(read_text_file(dst / "a.txt"), "a\n");
     EXPECT_FALSE(fs::exists(dst / "big.bin"));
-    EXPECT_FALSE(fs::exists(part));
+    EXPECT_FALSE(fs::exists(dst / ".big.bin.ferry-part"));
 }
 
 TEST_F(sync_pull, what_a_pull_deletes_after_its_peer_is_gone_is_told_of_and_counted) {
