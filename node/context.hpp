@@ -219,6 +219,9 @@ struct node_events {
     std::function<void(const file_event&)> file;  // null: not reported (costs nothing)
     // sync with --delete: a path the receiver removed (or, in a dry run, would remove).
     std::function<void(std::string_view path, wire::EntryKind kind)> deleted;
+    // sync: a folder of SRC's, once the receiver took its batch. SYNC_CREATE: DST had no
+    // folder at its path (made now, or in a dry run would be); else SYNC_NONE.
+    std::function<void(std::string_view path, wire::SyncAction action)> folder;
     // A transfer found what an interrupted attempt left at the receiver: `bytes` of
     // `files` files are there already (each chunk's digest is checked before it is skipped).
     std::function<void(const std::string& direction, const std::string& session_id, std::uint64_t bytes,

@@ -938,7 +938,7 @@ void receive_session::next_offer() {
         std::vector<std::optional<basis_sums>> sums(items.size());  // a sync's changed file: its older version
         std::vector<basis_file> basis_fds;  // and that version, open (handed to the file's sink)
         std::vector<bool> identical(items.size(), false);
-        std::vector<bool> exists(items.size(), false);  // a regular file is there (identical or not)
+        std::vector<bool> exists(items.size(), false);  // a regular file (or a folder's folder) is there
         // A sync's file or symlink whose name a folder takes: that folder goes first, with
         // what it holds (sync_view: --delete, excludes). What went (or, in a dry run, would).
         std::vector<bool> folder_there(items.size(), false);
@@ -1020,8 +1020,11 @@ void receive_session::next_offer() {
             if (mode_only[i]) {
                 return wire::SYNC_UPDATE;
             }
-            if (!sync.on || items[i].e.is_dir || identical[i]) {
+            if (!sync.on || identical[i]) {
                 return wire::SYNC_NONE;
+            }
+            if (items[i].e.is_dir) {
+                return exists[i] ? wire::SYNC_NONE : wire::SYNC_CREATE;  // a folder made (node_events::folder)
             }
             return exists[i] ? wire::SYNC_UPDATE : wire::SYNC_CREATE;
         };
@@ -1260,7 +1263,7 @@ void receive_session::next_offer() {
                 }
                 if (!create) {
                     identical[i] = same;
-                    exists[i] = is_there;
+                    exists[i] = e.is_dir ? !missing : is_there;
                     if (sync.checksum && is_there && e.digest) {
                         identical[i] = same_content(*tree, e, !sync.dry_run);  // content decides, not the stamps
                     }
@@ -1402,6 +1405,9 @@ void receive_session::next_offer() {
             for (const auto& d : decisions) {
                 if (const entry_info& e = self->machine_.entry(d.id); e.is_dir) {
                     self->dirs_.push_back(e);
+                    if (self->ctx_.events.folder && self->sync_target() != nullptr) {
+                        self->ctx_.events.folder(e.path, d.action);
+                    }
                 }
                 if (d.kind == wire::ACCEPT_SKIP) {
                     // It may have been renamed by a transfer that has not synced yet:

@@ -625,9 +625,16 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 return;
             }
             for (const wire::FileAccept& fa : header.accept().files()) {
-                if (fa.kind() == wire::ACCEPT_SKIP && fa.id() < machine_.total_files()) {
-                    file_events_.done(ctx_.events.file, file_id{fa.id()}, machine_.entry(file_id{fa.id()}), true,
-                                      fa.action());
+                if (fa.id() >= machine_.total_files()) {
+                    continue;
+                }
+                const entry_info& e = machine_.entry(file_id{fa.id()});
+                if (e.is_dir) {
+                    if (ctx_.events.folder && options_.sync) {
+                        ctx_.events.folder(e.path, fa.action());
+                    }
+                } else if (fa.kind() == wire::ACCEPT_SKIP) {
+                    file_events_.done(ctx_.events.file, file_id{fa.id()}, e, true, fa.action());
                 }
             }
             for (wire::FileDone& d : done_now) {

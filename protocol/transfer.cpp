@@ -782,9 +782,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         f.decided = true;
         wire::FileAccept* fa = a.add_files();
         fa->set_id(d.id.value);
-        if (!f.info.is_dir) {
-            fa->set_action(d.action);
-        }
+        fa->set_action(d.action);  // a folder's: SYNC_CREATE when the receiver had none
         // A symlink is made (or found) by the receiver itself: always answered
         // ACCEPT_SKIP, with what the sync did to it.
         if (!f.info.is_file() || d.kind == wire::ACCEPT_SKIP) {

@@ -1492,6 +1492,7 @@ struct sync_run {
     std::uint64_t updated = 0;
     std::uint64_t renamed = 0;
     std::uint64_t unchanged = 0;
+    std::uint64_t created_dirs = 0;  // folders DST did not have
     // A dry run's bytes_matched: the sizes of the files found unchanged or to be renamed
     // (its receiver skips every file, so the report's skipped bytes are all of them).
     std::uint64_t dry_matched_bytes = 0;
@@ -1513,16 +1514,17 @@ struct sync_run {
                                     [](std::uint64_t a, std::uint64_t b) { return path_key(a) == path_key(b); });
             earlier_.erase(earlier_.begin(), last.base());
         }
-        created = updated = renamed = unchanged = dry_matched_bytes = 0;
+        created = updated = renamed = unchanged = created_dirs = dry_matched_bytes = 0;
     }
     // Before the one more attempt for files that changed while read: what to go back to if
     // that attempt never reaches the peer.
-    void keep_first_pass() { first_pass = {created, updated, renamed, unchanged}; }
+    void keep_first_pass() { first_pass = {created, updated, renamed, unchanged, created_dirs}; }
     // The run ended with the first pass's report (the one more never reached the peer).
-    void first_pass_counts() { std::tie(created, updated, renamed, unchanged) = first_pass; }
-    // This attempt says `a` of `path` (of `size` bytes): counted as what it is to the run,
-    // and false if an earlier attempt told of it already.
-    bool told(std::string_view path, action a, std::uint64_t size) {
+    void first_pass_counts() { std::tie(created, updated, renamed, unchanged, created_dirs) = first_pass; }
+    // This attempt says `a` of `path` (of `size` bytes; a folder: `dir`, created or
+    // unchanged): counted as what it is to the run, and false if an earlier attempt told
+    // of it already.
+    bool told(std::string_view path, action a, std::uint64_t size, bool dir = false) {
         const std::uint64_t h = path_key(std::hash<std::string_view>{}(path));
         auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
                                    [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
@@ -1532,6 +1534,10 @@ struct sync_run {
         bool again = before && (a == action::unchanged || a == then);
         action counted = before && a == action::unchanged ? then : a;
         now_.push_back(h | static_cast<std::uint64_t>(counted));
+        if (dir) {
+            created_dirs += counted == action::created ? 1 : 0;
+            return !again;
+        }
         switch (counted) {
             case action::created: ++created; break;
             case action::updated: ++updated; break;
@@ -1548,7 +1554,7 @@ private:
     static std::uint64_t path_key(std::uint64_t e) { return e & ~action_bits; }
     std::vector<std::uint64_t> earlier_;
     std::vector<std::uint64_t> now_;
-    std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};
+    std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};
 };
 
 // One sync event: a file created, updated, renamed (`from` another path at DST) or
@@ -2094,10 +2100,23 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
             "attempt left); only the chunks that differ from it are sent");
         emit(o, resumed_event(direction, session, bytes, files));
     };
+    ev.folder = [&o, &sync](std::string_view path, wire::SyncAction what) {
+        // Told of only when made (a folder there already is no change), but recorded either
+        // way: a later attempt finds the folder an earlier one made, which still counts.
+        auto a = what == wire::SYNC_CREATE ? sync_run::action::created : sync_run::action::unchanged;
+        if (sync.told(path, a, 0, true) && a == sync_run::action::created) {
+            sync_event(o, sync, "created", path, 0, "dir");
+        }
+    };
     ev.deleted = [&o, &sync](std::string_view path, wire::EntryKind kind) {
         sync_event(o, sync, "deleted", path, 0,
                    kind == wire::ENTRY_DIR ? "dir" : kind == wire::ENTRY_SYMLINK ? "symlink" : "file");
     };
+}
+
+// "N folder(s) WHAT, " for a summary line; "" for none.
+std::string folders_text(std::uint64_t n, const char* what) {
+    return n == 0 ? "" : fmt::format("{} folder(s) {}, ", n, what);
 }
 
 // The last line of a sync: what changed (or would), and the `done` event.
@@ -2115,12 +2134,14 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
                         connections_text(r)) +
             compression_note(r));
     } else if (dry) {
-        say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {} path(s) to delete",
-                        run.created, run.updated, run.unchanged, deleted));
+        say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {}{} path(s) to "
+                        "delete",
+                        run.created, run.updated, run.unchanged, folders_text(run.created_dirs, "to make"), deleted));
     } else {
-        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {} path(s) deleted; {} {} "
+        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {}{} path(s) deleted; {} {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {})",
-                        files, run.created, run.updated, run.renamed, run.unchanged, deleted,
+                        files, run.created, run.updated, run.renamed, run.unchanged,
+                        folders_text(run.created_dirs, "made"), deleted,
                         run.pull ? "received" : "sent",
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),
                         r.elapsed_s, mbps(r), connections_text(r)) +
@@ -2138,6 +2159,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
         done["excluded"] = *excluded;
     }
     done.update(json{{"created", run.created},
+             {"created_dirs", run.created_dirs},
              {"updated", run.updated},
              {"renamed", run.renamed},
              {"skipped", run.unchanged},
@@ -3203,7 +3225,8 @@ int main(int argc, char** argv) {
     sync->add_flag("--dry-run,-n", sy.dry_run, "print what would change, change nothing");
     sync->add_flag("--checksum,-c", sy.checksum,
                    "compare files by content digest, not size and mtime (reads every file on both sides)");
-    sync->add_flag("--verbose,-v", sy.verbose, "one line per file created, updated or renamed and per path deleted");
+    sync->add_flag("--verbose,-v", sy.verbose,
+                   "one line per file created, updated or renamed, per folder made and per path deleted");
     sync->add_option("--exclude", sy.exclude, "leave out paths matching PATTERN (gitignore-style; repeatable)")
         ->type_name("PATTERN");
     sync->add_option("--exclude-from", sy.exclude_from, "read exclude patterns from FILE, one per line")

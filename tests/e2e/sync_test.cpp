@@ -45,6 +45,22 @@ std::vector<std::string> paths_of(const std::vector<nlohmann::json>& events, con
     return out;
 }
 
+// Their kinds ("file", "dir", "symlink"), in the order of paths_of's paths.
+std::vector<std::string> kinds_of(const std::vector<nlohmann::json>& events, const std::string& name) {
+    std::vector<std::pair<std::string, std::string>> by_path;
+    for (const auto& e : events) {
+        if (e["event"] == name) {
+            by_path.emplace_back(e["path"], e["kind"]);
+        }
+    }
+    std::sort(by_path.begin(), by_path.end());
+    std::vector<std::string> out;
+    for (auto& [path, kind] : by_path) {
+        out.push_back(std::move(kind));
+    }
+    return out;
+}
+
 using paths = std::vector<std::string>;
 
 class sync_push : public ::testing::Test {
@@ -161,9 +177,12 @@ TEST_F(sync_push, first_sync_creates_the_tree_and_a_second_changes_only_what_cha
     run_result first = sync({});
     ASSERT_EQ(first.code, 0) << first.err;
     auto ev = json_events(first.out);
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"a.txt", "big.bin", "sub/deeper/b.txt"}));
+    // The folders DST did not have are told of too (kind "dir"), before what they hold.
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"a.txt", "big.bin", "empty-dir", "sub", "sub/deeper", "sub/deeper/b.txt"}));
+    EXPECT_EQ(kinds_of(ev, "created"), (paths{"file", "file", "dir", "dir", "dir", "file"}));
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["created"], 3);
+    EXPECT_EQ(done["created_dirs"], 3);
     EXPECT_EQ(done["updated"], 0);
     EXPECT_EQ(done["bytes_transferred"], 3 * 256 * 1024 + 5 + 6 + 5);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
@@ -306,9 +325,11 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
             EXPECT_EQ(e["from"], "big.bin");
         }
     }
-    EXPECT_TRUE(paths_of(ev, "created").empty());
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"d2", "moved"}));  // the folders, made at DST
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["renamed"], 21);
+    EXPECT_EQ(done["created"], 0);
+    EXPECT_EQ(done["created_dirs"], 2);
     EXPECT_EQ(done["bytes_transferred"], 0);
     EXPECT_EQ(done["deleted_files"], 21);  // the old names
     EXPECT_EQ(done["deleted_dirs"], 1);
@@ -327,7 +348,7 @@ TEST_F(sync_push, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a
     ASSERT_EQ(r.code, 0) << r.err;
     auto ev = json_events(r.out);
     EXPECT_EQ(paths_of(ev, "renamed"), paths{});
-    EXPECT_EQ(paths_of(ev, "created"), paths{"data/big.bin"});
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"data", "data/big.bin"}));
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["bytes_transferred"], 0) << done;
     EXPECT_TRUE(fs::exists(site / "cache/big.bin"));
@@ -376,7 +397,7 @@ TEST_F(sync_push, files_of_one_size_and_mtime_moved_with_their_folder_each_start
     ASSERT_EQ(r.code, 0) << r.err;
     auto ev = json_events(r.out);
     EXPECT_EQ(paths_of(ev, "renamed").size(), 30u) << r.out;
-    EXPECT_TRUE(paths_of(ev, "created").empty()) << r.out;
+    EXPECT_EQ(paths_of(ev, "created"), paths{"moved"}) << r.out;
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["renamed"], 30) << done;
     EXPECT_EQ(done["bytes_transferred"], 0) << done;
@@ -874,9 +895,11 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     run_result first = pull({});
     ASSERT_EQ(first.code, 0) << first.err;
     auto ev = json_events(first.out);
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"a.txt", "big.bin", "sub/deeper/b.txt"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"a.txt", "big.bin", "empty-dir", "sub", "sub/deeper", "sub/deeper/b.txt"}));
+    EXPECT_EQ(kinds_of(ev, "created"), (paths{"file", "file", "dir", "dir", "dir", "file"}));
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["created"], 3);
+    EXPECT_EQ(done["created_dirs"], 3);
     EXPECT_EQ(done["bytes_transferred"], 12 * chunk + 100 + 6 + 5);
     EXPECT_EQ(compare_trees(site, dst), "");
 
@@ -1005,9 +1028,10 @@ TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
     ASSERT_EQ(dry.code, 0) << dry.err;
     auto ev = json_events(dry.out);
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"big.bin", "gone.txt", "stray.txt"}));
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"moved/big.bin"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"moved", "moved/big.bin"}));
     EXPECT_EQ(paths_of(ev, "updated"), (paths{"edit.txt", "mode.txt"}));
     EXPECT_EQ(find_event(ev, "done")["updated"], 2);
+    EXPECT_EQ(find_event(ev, "done")["created_dirs"], 1);
     EXPECT_EQ(read_text_file(dst / "edit.txt"), "v1\n");
     EXPECT_TRUE(fs::exists(dst / "stray.txt"));
     EXPECT_TRUE(fs::exists(dst / "big.bin"));
@@ -1053,11 +1077,11 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     run_result first = sync({});
     ASSERT_EQ(first.code, 0) << first.err;
     auto ev = json_events(first.out);
-    EXPECT_EQ(paths_of(ev, "created"),
-              (paths{"a.txt", "abs", "dangling", "rel", "sub/up", "sub/x.txt", "to-dir", "was-dir/inside", "was-file"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"a.txt", "abs", "dangling", "rel", "sub", "sub/up", "sub/x.txt", "to-dir",
+                                               "was-dir", "was-dir/inside", "was-file"}));
     for (const auto& e : ev) {
         if (e["event"] == "created" && std::string(e["path"]).find('.') == std::string::npos &&
-            e["path"] != "was-file" && e["path"] != "was-dir/inside") {
+            e["path"] != "was-file" && e["path"] != "was-dir/inside" && e["kind"] != "dir") {
             EXPECT_EQ(e["kind"], "symlink") << e;
         }
     }
@@ -1107,7 +1131,7 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
     ASSERT_EQ(third.code, 0) << third.err;
     ev = json_events(third.out);
     EXPECT_EQ(paths_of(ev, "updated"), (paths{"abs", "rel", "was-dir", "was-file"}));
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"dangling/now-a-file"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"dangling", "dangling/now-a-file"}));  // a link made a folder
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"dangling", "sub/up", "was-dir", "was-dir/inside"}));
     EXPECT_EQ(find_event(ev, "done")["deleted_files"], 3) << third.out;
     auto kind_of = [](const auto& events, const std::string& path) {
@@ -1189,11 +1213,11 @@ TEST_F(sync_pull, a_writers_symlinks_cannot_move_a_share_or_remove_an_excluded_f
     }
     run_result dry = sync({"--dry-run"});
     ASSERT_EQ(dry.code, 0) << dry.err;
-    EXPECT_EQ(paths_of(json_events(dry.out), "created").size(), 2000u);
+    EXPECT_EQ(paths_of(json_events(dry.out), "created").size(), 2001u);  // and the folder
     EXPECT_TRUE(fs::is_regular_file(share / "site/many"));
     run_result real = sync({});
     ASSERT_EQ(real.code, 0) << real.err;
-    EXPECT_EQ(paths_of(json_events(real.out), "created").size(), 2000u);
+    EXPECT_EQ(paths_of(json_events(real.out), "created").size(), 2001u);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 
     // A resync of those folders (batches big enough for the receiver to look at their
@@ -1386,7 +1410,7 @@ TEST_F(sync_pull, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a
     ASSERT_EQ(r.code, 0) << r.err;
     auto ev = json_events(r.out);
     EXPECT_EQ(paths_of(ev, "renamed"), paths{});
-    EXPECT_EQ(paths_of(ev, "created"), paths{"data/big.bin"});
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"data", "data/big.bin"}));
     EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 0);
     EXPECT_TRUE(fs::exists(dst / "cache/big.bin"));
 }
@@ -1584,9 +1608,49 @@ TEST_F(sync_push, what_an_attempt_deleted_before_the_connection_was_lost_counts_
     EXPECT_EQ(compare_trees(src, site), "");
     auto ev = json_events(tx.out());
     EXPECT_EQ(paths_of(ev, "deleted"), paths{"x"}) << tx.out();
+    // The folder the first attempt made is told of once, and still counts.
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"big.bin", "x", "x/f"})) << tx.out();
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["deleted_files"], 1) << done;
     EXPECT_EQ(done["deleted_dirs"], 0) << done;
+    EXPECT_EQ(done["created_dirs"], 1) << done;
+}
+
+TEST_F(sync_push, folders_dst_lacks_are_told_as_created_in_a_dry_run_and_a_real_one_and_then_not_again) {
+    // rsync -i lists a folder it makes (cd+++++++++): so does -v, and --json tells it as
+    // `created` with kind "dir"; a folder DST has is no change.
+    serve();
+    fs::create_directories(src / "empty");
+    write_text_file(src / "new/deep/f.txt", "f\n");
+    write_text_file(src / "old/g.txt", "g\n");
+    fs::path site = share / "site";
+    fs::create_directories(site / "old");
+    auto verbose = [&](std::vector<std::string> extra) {
+        std::vector<std::string> args{"sync", "--state", cli.state("B").string(), "-v"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        args.push_back(src.string());
+        args.push_back("ay:www/site");
+        return cli.ferry(args);
+    };
+    for (bool dry : {true, false}) {
+        run_result r = verbose(dry ? std::vector<std::string>{"--dry-run"} : std::vector<std::string>{});
+        ASSERT_EQ(r.code, 0) << r.err;
+        for (const char* line : {"created empty/\n", "created new/\n", "created new/deep/\n", "created new/deep/f.txt\n",
+                                 "created old/g.txt\n"}) {
+            EXPECT_NE(r.err.find(line), std::string::npos) << line << " in\n" << r.err;
+        }
+        EXPECT_EQ(r.err.find("created old/\n"), std::string::npos) << r.err;
+        EXPECT_NE(r.err.find(dry ? "3 folder(s) to make" : "3 folder(s) made"), std::string::npos) << r.err;
+        EXPECT_EQ(fs::exists(site / "new"), !dry);
+        EXPECT_EQ(fs::exists(site / "empty"), !dry);
+    }
+    EXPECT_EQ(compare_trees(src, site), "");
+    run_result again = sync({});
+    ASSERT_EQ(again.code, 0) << again.err;
+    auto ev = json_events(again.out);
+    EXPECT_EQ(paths_of(ev, "created"), paths{});
+    EXPECT_EQ(find_event(ev, "done")["created_dirs"], 0);
+    EXPECT_EQ(again.err.find("folder(s)"), std::string::npos) << again.err;
 }
 
 TEST_F(sync_push, an_mtime_past_2262_is_clamped_to_the_last_the_wire_holds_and_the_next_sync_keeps_it) {
