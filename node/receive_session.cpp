@@ -938,7 +938,9 @@ void receive_session::next_offer() {
         std::vector<std::optional<basis_sums>> sums(items.size());  // a sync's changed file: its older version
         std::vector<basis_file> basis_fds;  // and that version, open (handed to the file's sink)
         std::vector<bool> identical(items.size(), false);
-        std::vector<bool> exists(items.size(), false);  // a regular file (or a folder's folder) is there
+        // Something is there already: a regular file or symlink (identical or not), or for
+        // a folder, a folder.
+        std::vector<bool> exists(items.size(), false);
         // A sync's file or symlink whose name a folder takes: that folder goes first, with
         // what it holds (sync_view: --delete, excludes). What went (or, in a dry run, would).
         std::vector<bool> folder_there(items.size(), false);

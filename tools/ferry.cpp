@@ -1525,7 +1525,9 @@ struct sync_run {
     // unchanged): counted as what it is to the run, and false if an earlier attempt told
     // of it already.
     bool told(std::string_view path, action a, std::uint64_t size, bool dir = false) {
-        const std::uint64_t h = path_key(std::hash<std::string_view>{}(path));
+        // A folder's record is not its path's file's: a file an attempt made where the
+        // next makes a folder is two things made.
+        const std::uint64_t h = path_key(std::hash<std::string_view>{}(path) ^ (dir ? folder_salt : 0));
         auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
                                    [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
         bool before = it != earlier_.end() && path_key(*it) == h;
@@ -1551,6 +1553,7 @@ private:
     // What earlier attempts told of each path (by its hash, sorted, the action in its low
     // bits: 8 bytes a file, not a copy of every path), and what this one did so far.
     static constexpr std::uint64_t action_bits = 3;
+    static constexpr std::uint64_t folder_salt = 0x9e3779b97f4a7c15;
     static std::uint64_t path_key(std::uint64_t e) { return e & ~action_bits; }
     std::vector<std::uint64_t> earlier_;
     std::vector<std::uint64_t> now_;
@@ -2127,9 +2130,10 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     bool dry = run.target.dry_run();
     std::uint64_t deleted = r.deleted_files + r.deleted_dirs;
     if (run.get) {
-        say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged; received {} "
+        say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged, {}received {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
+                        folders_text(run.created_dirs, "made"),
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)), r.elapsed_s, mbps(r),
                         connections_text(r)) +
             compression_note(r));
@@ -3248,7 +3252,7 @@ int main(int argc, char** argv) {
     add_common(get, o);
     add_transfer_options(get, o);
     add_send_flags(get, get_so);
-    get->add_flag("--verbose,-v", go.verbose, "one line per file created or updated");
+    get->add_flag("--verbose,-v", go.verbose, "one line per file created or updated and per folder made");
     get->add_option("--from", go.from,
                     "get one file from these peers at once (NAME, ID or ferry://[ID@]HOST[:PORT], comma-separated); "
                     "SOURCE is then SHARE/PATH")

@@ -1624,6 +1624,13 @@ TEST_F(sync_push, folders_dst_lacks_are_told_as_created_in_a_dry_run_and_a_real_
     write_text_file(src / "new/deep/f.txt", "f\n");
     write_text_file(src / "old/g.txt", "g\n");
     fs::path site = share / "site";
+    // A dry run into a folder of the share that is not there: every folder would be made.
+    run_result fresh = sync({"--dry-run"}, "ay:www/not/there");
+    ASSERT_EQ(fresh.code, 0) << fresh.err;
+    EXPECT_EQ(paths_of(json_events(fresh.out), "created"),
+              (paths{"empty", "new", "new/deep", "new/deep/f.txt", "old", "old/g.txt"}));
+    EXPECT_EQ(find_event(json_events(fresh.out), "done")["created_dirs"], 4);
+    EXPECT_FALSE(fs::exists(share / "not"));
     fs::create_directories(site / "old");
     auto verbose = [&](std::vector<std::string> extra) {
         std::vector<std::string> args{"sync", "--state", cli.state("B").string(), "-v"};
@@ -1921,6 +1928,7 @@ TEST_F(share_get, a_file_or_folder_lands_as_cp_places_it_and_a_second_get_moves_
     EXPECT_EQ(compare_trees(ro_share / "manual", out / "made/manual"), "");
     nlohmann::json done = find_event(json_events(folder.out), "done");
     EXPECT_EQ(done["created"], 3);  // two files and a symlink
+    EXPECT_EQ(done["created_dirs"], 3);  // manual, manual/empty, manual/sub
     EXPECT_EQ(done["deleted_files"], 0);
     ASSERT_EQ(get("ay:docs/manual", (out / "copy").string()).code, 0);
     EXPECT_EQ(compare_trees(ro_share / "manual", out / "copy"), "");
@@ -1937,6 +1945,7 @@ TEST_F(share_get, a_file_or_folder_lands_as_cp_places_it_and_a_second_get_moves_
     ASSERT_EQ(again.code, 0) << again.err;
     done = find_event(json_events(again.out), "done");
     EXPECT_EQ(done["skipped"], 3);
+    EXPECT_EQ(done["created_dirs"], 0);
     EXPECT_EQ(done["bytes_transferred"], 0);
     write_text_file(ro_share / "manual/sub/intro.txt", "read me, edited\n");
     run_result edited = get("ay:docs/manual", (out / "made").string());
