@@ -402,6 +402,7 @@ std::optional<wire::FileDone> sender_machine::on_chunk_hashed(const chunk_ref& r
             w.acked_bits.set(ref.index.value);
             skipped_bytes_ += ref.length;
             kept_bytes_ += ref.length;
+            f.kept += ref.length;
         }
     }
     if (++f.hashed < f.chunks) {
@@ -495,7 +496,9 @@ std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanis
     gave_up_[id.value] = true;
     ++files_done_;
     ++aborted_files_;
-    aborted_bytes_ += entries_[id.value].size;
+    // (Not what of it the receiver had: skipped_bytes_ holds that, and the TransferResult's
+    // count of every other byte would take it twice, below zero for a file resumed whole.)
+    aborted_bytes_ += entries_[id.value].size - f.kept;
     std::erase(ready_files_, id.value);
     std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file == id; });
     forget();

@@ -373,6 +373,7 @@ private:
         std::uint64_t next = 0;    // scheduling cursor
         std::uint64_t hashed = 0;  // digests known
         std::uint64_t acked = 0;
+        std::uint64_t kept = 0;  // its chunks' bytes the receiver had (in skipped_bytes_)
         std::uint64_t resend_pending = 0;
         std::unique_ptr<file_work> work;  // accepted, not skipped
     };
@@ -429,7 +430,9 @@ private:
     std::unordered_map<std::uint32_t, basis_sums> basis_pending_;  // BasisSums before their Accept
     std::uint64_t resent_chunks_ = 0;
     std::uint64_t aborted_files_ = 0;
-    std::uint64_t aborted_bytes_ = 0;  // their sizes: never confirmed
+    // Their sizes, but for the chunks the receiver had (counted in skipped_bytes_ already):
+    // never confirmed, not even the chunks acked before (the receiver drops them).
+    std::uint64_t aborted_bytes_ = 0;
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t claimed_bytes_ = 0;
     std::uint64_t resumed_files_ = 0;

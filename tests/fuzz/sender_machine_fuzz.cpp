@@ -7,7 +7,9 @@
 // then a sequence of operations (see the op enum): the receiver's Accept for the next
 // batch (well-formed or with a wrong transfer id, count, id, kind or bitmap), taking the
 // next chunk, hashing a taken chunk, requeueing one (its connection failed), acks (for a
-// chunk sent, or any key), FileResult and TransferResult with any id and verdict.
+// chunk sent, or any key), FileResult and TransferResult with any id and verdict, and
+// the node's own calls: release() of a file (what the node does once a file's result is
+// reported) and abort_file() (the file vanished or changed while read).
 //
 // Only what the node would do given the machine's answers: a refused message ends the
 // session (the run); only chunks it handed out are hashed or requeued, each taken chunk
@@ -19,6 +21,7 @@
 // one per file that needs one, with the digest of its chunk digests), and the counters.
 // At the end of the input, if the session is still on, the rest of the transfer runs to
 // completion (every chunk, ack, FileResult, then TransferResult) and must succeed.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -50,6 +53,8 @@ enum op : std::uint8_t {
     op_ack,              // a ChunkAck key
     op_file_result,      // a FileResult
     op_transfer_result,  // a TransferResult
+    op_release,          // release() of file k
+    op_abort,            // abort_file() of file k
     op_count,
 };
 
@@ -106,6 +111,10 @@ struct model_file {
     std::vector<bool> acked;
     std::uint64_t hashed_count = 0;
     int file_dones = 0;
+    std::uint64_t kept = 0;  // its chunks' bytes found at the receiver (in skipped_bytes_)
+    bool released = false;  // release() took it: its late acks count nothing
+    bool aborted = false;   // abort_file() gave up on it
+    bool done_with() const { return released || aborted; }
 };
 
 class sender_driver {
@@ -138,6 +147,12 @@ class sender_driver {
                 return ack(in);
             case op_file_result:
                 return file_result(in);
+            case op_release:
+                release(in.u8());
+                return true;
+            case op_abort:
+                abort(in.u8());
+                return true;
             default:
                 return transfer_result(in);
         }
@@ -164,15 +179,25 @@ class sender_driver {
         }
         for (const chunk_ref& ref : in_flight_) {
             std::error_code ec;
-            machine_.on_ack(chunk_key(ref.file, ref.index), ec);
+            std::uint64_t n = machine_.on_ack(chunk_key(ref.file, ref.index), ec);
             FUZZ_CHECK(!ec);
-            mark_acked(ref.file.value, ref.index.value);
+            if (files_[ref.file.value].done_with()) {
+                FUZZ_CHECK(n == 0);
+            } else {
+                mark_acked(ref.file.value, ref.index.value);
+            }
         }
         in_flight_.clear();
         check_counters();
-        FUZZ_CHECK(machine_.confirmed_bytes() + machine_.skipped_bytes() == machine_.total_bytes());
+        if (!gave_up_any_) {  // what a file released early or given up on had unconfirmed stays so
+            FUZZ_CHECK(machine_.confirmed_bytes() + machine_.skipped_bytes() == machine_.total_bytes());
+        }
         for (std::uint32_t i = 0; i < files_.size(); ++i) {
             model_file& f = files_[i];
+            if (f.aborted) {
+                FUZZ_CHECK(f.result);
+                continue;
+            }
             FUZZ_CHECK(f.accepted && (f.skipped || (f.next == f.chunks && f.hashed_count == f.chunks)));
             bool sent_whole = f.chunks == 1 && !f.have;
             int want = f.skipped || sent_whole ? 0 : 1;
@@ -190,7 +215,9 @@ class sender_driver {
         r.set_transfer_id(transfer);
         r.set_ok(true);
         FUZZ_CHECK(!machine_.on_transfer_result(r));
-        FUZZ_CHECK(machine_.finished() && machine_.confirmed_bytes() == total_bytes_ - skipped_bytes_);
+        FUZZ_CHECK(machine_.finished() &&
+                   machine_.confirmed_bytes() == total_bytes_ - skipped_bytes_ - aborted_bytes_);
+        FUZZ_CHECK(machine_.aborted_files() == aborted_files_);
     }
 
     void check_counters() const {
@@ -416,7 +443,7 @@ class sender_driver {
         }
         bool left = false;
         for (const model_file& f : files_) {
-            left = left || (f.accepted && !f.skipped && f.next < f.chunks);
+            left = left || (f.accepted && !f.skipped && !f.aborted && f.next < f.chunks);
         }
         FUZZ_CHECK(ref.has_value() == left);
         if (!ref) {
@@ -424,7 +451,7 @@ class sender_driver {
         }
         FUZZ_CHECK(ref->file.value < files_.size());
         model_file& f = files_[ref->file.value];
-        FUZZ_CHECK(f.accepted && !f.skipped);
+        FUZZ_CHECK(f.accepted && !f.skipped && !f.aborted);
         FUZZ_CHECK(ref->index.value == f.next);  // each chunk handed out once, in order per file
         ++f.next;
         FUZZ_CHECK(ref->offset == std::uint64_t{ref->index.value} * chunk_size);
@@ -444,6 +471,13 @@ class sender_driver {
         model_file& f = files_[ref.file.value];
         std::uint64_t i = ref.index.value;
         std::optional<wire::FileDone> done = machine_.on_chunk_hashed(ref, true_digest(ref.file.value, i));
+        if (f.done_with()) {
+            FUZZ_CHECK(!done);  // nothing more of it is counted (a released one was hashed whole)
+            if (ref.send) {
+                in_flight_.push_back(ref);
+            }
+            return;
+        }
         bool completes = false;
         if (!f.hashed[i]) {
             f.hashed[i] = true;
@@ -451,6 +485,7 @@ class sender_driver {
             if (!ref.send && !f.acked[i]) {
                 f.acked[i] = true;  // the receiver has it: confirmed by its digest
                 skipped_bytes_ += ref.length;
+                f.kept += ref.length;
             }
         }
         bool sent_whole = f.chunks == 1 && ref.send && !f.have;
@@ -479,8 +514,54 @@ class sender_driver {
         std::size_t at = k < taken_.size() ? k : k - taken_.size();
         chunk_ref ref = from[at];
         from.erase(from.begin() + static_cast<std::ptrdiff_t>(at));
-        machine_.requeue(ref);
-        requeued_.push_front(ref);
+        bool again = machine_.requeue(ref);
+        FUZZ_CHECK(again == !files_[ref.file.value].done_with());  // dropped once done with
+        if (again) {
+            requeued_.push_front(ref);
+        }
+    }
+
+    // What the node does once a file's result is reported: its chunk work goes, if it is
+    // done with (every chunk handed out and hashed, the result in).
+    void release(std::uint8_t pick) {
+        if (files_.empty()) {
+            return;
+        }
+        std::uint32_t id = pick % static_cast<std::uint32_t>(files_.size());
+        model_file& f = files_[id];
+        bool due = f.accepted && !f.skipped && !f.done_with() && f.result && f.next == f.chunks &&
+                   f.hashed_count == f.chunks;
+        machine_.release(file_id{id});
+        if (!due) {
+            return;
+        }
+        f.released = true;
+        gave_up_any_ = gave_up_any_ || std::find(f.acked.begin(), f.acked.end(), false) != f.acked.end();
+        std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file.value == id; });
+    }
+
+    // The file vanished or changed while read: given up on, if it is accepted and not done.
+    void abort(std::uint8_t pick) {
+        if (files_.empty()) {
+            return;
+        }
+        std::uint32_t id = pick % static_cast<std::uint32_t>(files_.size());
+        model_file& f = files_[id];
+        bool due = f.accepted && !f.result && !f.info.is_dir;
+        std::optional<wire::FileAbort> a = machine_.abort_file(file_id{id}, true, "vanished");
+        FUZZ_CHECK(a.has_value() == due);
+        if (!a) {
+            return;
+        }
+        FUZZ_CHECK(a->file_id() == id && a->vanished() && a->reason() == "vanished");
+        FUZZ_CHECK(machine_.aborted(file_id{id}));
+        f.aborted = true;
+        f.result = true;
+        ++files_done_;
+        ++aborted_files_;
+        aborted_bytes_ += f.info.size - f.kept;  // none of it confirmed (what it had there stays skipped)
+        gave_up_any_ = true;
+        std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file.value == id; });
     }
 
     void mark_acked(std::uint32_t file, std::uint32_t index) {
@@ -508,8 +589,9 @@ class sender_driver {
         chunk_index i = chunk_key_index(key);
         bool known = f.value < files_.size() && files_[f.value].accepted && !files_[f.value].skipped &&
                      i.value < files_[f.value].chunks;
+        bool counts = known && !files_[f.value].done_with();  // a late ack of a file done with counts nothing
         std::uint64_t before =
-            known && !files_[f.value].acked[i.value] ? chunk_length(files_[f.value].info.size, i.value) : 0;
+            counts && !files_[f.value].acked[i.value] ? chunk_length(files_[f.value].info.size, i.value) : 0;
         std::error_code ec;
         std::uint64_t n = machine_.on_ack(key, ec);
         FUZZ_CHECK(!ec == known);
@@ -518,7 +600,9 @@ class sender_driver {
             return false;
         }
         FUZZ_CHECK(n == before);
-        mark_acked(f.value, i.value);
+        if (counts) {
+            mark_acked(f.value, i.value);
+        }
         return true;
     }
 
@@ -530,6 +614,7 @@ class sender_driver {
         r.set_ok((sel & 1) == 0);
         r.set_error((sel & 1) == 0 ? "" : "disk full");
         std::error_code expect = id >= files_.size() || !files_[id].accepted ? protocol_errc::unknown_file
+                                 : files_[id].aborted                        ? std::error_code{}  // crossed the FileAbort
                                  : !r.ok()                                   ? protocol_errc::peer_error
                                  : files_[id].result                         ? protocol_errc::unexpected_message
                                                                              : std::error_code{};
@@ -541,8 +626,10 @@ class sender_driver {
         if (ec) {
             return false;
         }
-        files_[id].result = true;
-        ++files_done_;
+        if (!files_[id].aborted) {
+            files_[id].result = true;
+            ++files_done_;
+        }
         return true;
     }
 
@@ -560,7 +647,7 @@ class sender_driver {
         if (!ec) {
             // The receiver vouches for every byte: all confirmed, the session is over.
             FUZZ_CHECK(machine_.finished());
-            FUZZ_CHECK(machine_.confirmed_bytes() == total_bytes_ - skipped_bytes_);
+            FUZZ_CHECK(machine_.confirmed_bytes() == total_bytes_ - skipped_bytes_ - aborted_bytes_);
         }
         return false;
     }
@@ -578,6 +665,9 @@ class sender_driver {
     std::uint64_t skipped_files_ = 0;
     std::uint64_t files_done_ = 0;
     std::uint64_t dirs_done_ = 0;
+    std::uint64_t aborted_files_ = 0;
+    std::uint64_t aborted_bytes_ = 0;  // of the files given up on, what the receiver did not have
+    bool gave_up_any_ = false;  // a file given up on, or released with chunks not acked
 };
 
 std::vector<seed> seeds() {
@@ -613,6 +703,14 @@ std::vector<seed> seeds() {
         }
         o.u8(op_accept).u8(2).u8(3);
         out.push_back({"two-batches-bad-count", o.data()});
+    }
+    {
+        fuzz_output o;  // the 100-byte file sent, its result in, released; the big one given up on
+        entries(o);
+        o.u8(op_accept).u8(0).u8(0).u8(0).u8(0).u8(0);
+        o.u8(op_take).u8(op_take).u8(op_take).u8(op_hash).u16(2).u8(op_ack).u8(0).u16(0);
+        o.u8(op_file_result).u8(0).u8(2).u8(op_release).u8(2).u8(op_abort).u8(1).u8(op_hash).u16(0);
+        out.push_back({"release-abort", o.data()});
     }
     {
         fuzz_output o;  // an ack for a chunk the empty file does not have

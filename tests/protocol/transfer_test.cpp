@@ -1191,6 +1191,34 @@ TEST(TransferLoopback, AcceptPartialSendsOnlyMissingChunks) {
     EXPECT_EQ(s.confirmed_bytes(), s.total_bytes() - skipped);
 }
 
+TEST(TransferLoopback, AResumedFileGivenUpOnLeavesTheConfirmedCountAtTheOtherFiles) {
+    // The receiver had 2 of p's 3 chunks (an interrupted attempt's); p vanishes once those
+    // two are hashed. The TransferResult confirms every byte but p's: q's 9, never a count
+    // below zero (a fuzz run found 18446744073709289472: p's kept chunks were taken off
+    // twice, as skipped and as given up on).
+    const std::uint64_t size = 2 * std::uint64_t{chunk_size} + 3;  // 3 chunks
+    loopback lb({file_entry("p", size), file_entry("q", 9)});
+    lb.exchange_offers([&](file_id id) { return id == file_id{0} ? accept_partial(id, size, {0, 1}) : accept_all(id); });
+    sender_machine& s = lb.sender();
+    for (int k = 0; k < 2; ++k) {
+        std::optional<chunk_ref> r = s.next_chunk();
+        ASSERT_TRUE(r && r->file == file_id{0} && !r->send);
+        EXPECT_FALSE(lb.read_and_hash(*r));  // the receiver's own: nothing to send
+    }
+    EXPECT_EQ(s.skipped_bytes(), 2 * std::uint64_t{chunk_size});
+    std::optional<wire::FileAbort> abort = s.abort_file(file_id{0}, true, "gone");
+    ASSERT_TRUE(abort);
+    ASSERT_EQ(lb.receiver().on_file_abort(*abort), std::error_code{});
+    std::optional<chunk_ref> q = s.next_chunk();
+    ASSERT_TRUE(q && q->file == file_id{1});
+    std::optional<in_flight> f = lb.read_and_hash(*q);
+    ASSERT_TRUE(f);
+    lb.deliver(*f);
+    EXPECT_EQ(lb.finish(), std::error_code{}) << s.failure();
+    EXPECT_TRUE(s.finished());
+    EXPECT_EQ(s.confirmed_bytes(), 9u);
+}
+
 TEST(TransferLoopback, ResumedChunkWithOtherBytesIsSentAgain) {
     // The receiver claims chunks 0..2 of p, but its chunk 1 holds other bytes (a damaged
     // partial file, or a source changed at the same size and mtime): the sender finds the
