@@ -893,16 +893,23 @@ bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 dig
     return f.have_count == f.chunks;
 }
 
-std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
+std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort, bool* crossed) {
     if (abort.file_id() >= offered()) {
         return protocol_errc::unknown_file;
     }
     file_state* state = live(file_id{abort.file_id()});
-    if (!state) {
-        return protocol_errc::unexpected_message;  // finished and forgotten
+    // Finished here (and perhaps forgotten) while the sender gave up on it: the abort
+    // crossed the FileResult, and the file stays as it was made.
+    if (!state || (state->finished && !state->aborted && !state->skip && state->info.is_file())) {
+        if (crossed != nullptr) {
+            *crossed = true;
+        }
+        return {};
     }
     file_state& f = *state;
-    if (!f.decided || f.skip || !f.info.is_file() || f.done_seen || f.aborted) {
+    // (After its FileDone too: a chunk of it lost with its connection could not be read
+    // again.)
+    if (!f.decided || f.skip || !f.info.is_file() || f.aborted) {
         return protocol_errc::unexpected_message;
     }
     f.aborted = true;

@@ -431,7 +431,8 @@ private:
     std::uint64_t resent_chunks_ = 0;
     std::uint64_t aborted_files_ = 0;
     // Their sizes, but for the chunks the receiver had (counted in skipped_bytes_ already):
-    // never confirmed, not even the chunks acked before (the receiver drops them).
+    // the TransferResult's confirmed count leaves them out, the chunks acked before the
+    // abort too (the receiver drops them; confirmed_bytes() counts those until then).
     std::uint64_t aborted_bytes_ = 0;
     std::uint64_t kept_bytes_ = 0;
     std::uint64_t claimed_bytes_ = 0;
@@ -607,7 +608,10 @@ public:
     bool all_finished() const { return last_seen_ && finished_files_ == offered(); }
     // The sender gave up on a file (FileAbort): it counts as finished, is never made
     // final, and chunks of it still on their way are to be dropped (on_chunk accepts them).
-    std::error_code on_file_abort(const wire::FileAbort& abort);
+    // Also after the file's FileDone (a chunk of it lost with its connection that the
+    // sender could not read again). One for a file finished here already (made final, and
+    // perhaps forgotten) crossed the FileResult: nothing changes, and `crossed` is set.
+    std::error_code on_file_abort(const wire::FileAbort& abort, bool* crossed = nullptr);
     // (A file given up on is held until the node releases it.)
     bool aborted(file_id f) const {
         const file_state* s = live(f);

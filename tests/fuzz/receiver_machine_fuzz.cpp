@@ -6,8 +6,10 @@
 // bulk batches of up to 63 entries of one size; an Offer no frame could carry is not
 // passed on), the node's decisions (all, skip, partial with a well-formed or malformed
 // bitmap), Chunk headers with any index, length, codec and payload length, chunk writes
-// completing in any order, FileDone messages, releases (the node done with a file: the
-// machine forgets what lies before the oldest file not done with), queries.
+// completing in any order, FileDone messages, FileAbort messages (the sender gave up on a
+// file: what came of it no longer counts, writes under way complete as the node completes
+// them), releases (the node done with a file: the machine forgets what lies before the
+// oldest file not done with), queries.
 //
 // Only what the node would call, given the machine's earlier answers: a refused Offer or
 // a failed digest ends the session (the run); a batch is decided after the node's space
@@ -60,6 +62,7 @@ enum op : std::uint8_t {
     op_file_done,   // a FileDone
     op_query,       // the read-only accessors on one file
     op_release,     // the node is done with one file (receiver_machine::release)
+    op_file_abort,  // a FileAbort
     op_count,
 };
 
@@ -204,6 +207,8 @@ struct model_file {
     bool done_seen = false;
     bool finished = false;
     bool released = false;  // finished, and release()d: its chunk state is gone
+    bool aborted = false;   // the sender gave up on it (FileAbort)
+    std::vector<bool> claimed;  // ACCEPT_PARTIAL: the chunks it had before (not received)
     digest128 sender_digest;
     std::vector<bool> have;
     std::vector<digest128> digests;  // received (or had) chunk digests; zero where missing
@@ -240,6 +245,8 @@ class receiver_driver {
             case op_release:
                 release(in);
                 return true;
+            case op_file_abort:
+                return file_abort(in);
             default:
                 query(in);
                 return true;
@@ -265,6 +272,8 @@ class receiver_driver {
         FUZZ_CHECK(machine_.skipped_files() == skipped_files_);
         FUZZ_CHECK(machine_.skipped_bytes() == skipped_bytes_);
         FUZZ_CHECK(machine_.received_bytes() + machine_.skipped_bytes() <= machine_.total_bytes());
+        FUZZ_CHECK(machine_.aborted_files() == aborted_files_);
+        FUZZ_CHECK(machine_.discarded_bytes() == discarded_bytes_);
         FUZZ_CHECK(machine_.all_offered() == last_seen_);
         FUZZ_CHECK(machine_.all_finished() == (last_seen_ && finished_ == files_.size()));
         if (first_seen_) {
@@ -526,12 +535,14 @@ class receiver_driver {
                 continue;
             }
             f.have.assign(f.chunks, false);
+            f.claimed.assign(f.chunks, false);
             f.digests.assign(f.chunks, digest128{});
             if (well_formed[k]) {
                 any_partial = true;
                 FUZZ_CHECK(fa.kind() == wire::ACCEPT_PARTIAL && fa.have() == d.have->to_bytes());
                 for (std::uint64_t i = 0; i < f.chunks; ++i) {
                     f.have[i] = d.have->test(i);
+                    f.claimed[i] = f.have[i];
                     f.have_count += f.have[i] ? 1 : 0;
                 }
                 f.digests = d.have_digests;
@@ -558,6 +569,9 @@ class receiver_driver {
         if (!machine_.entry_held(file_id{c.file_id()})) {
             // Forgotten (query checks when that may be): a file that came is finished.
             return came(f) ? std::error_code{} : protocol_errc::unknown_file;
+        }
+        if (f.aborted) {
+            return {};  // sent before the sender gave up on it: dropped unread, as a forgotten one's
         }
         if (!f.decided || f.skip || f.is_dir || f.is_link) {
             return protocol_errc::unknown_file;  // (a finished file's chunk is admitted, then dropped)
@@ -665,6 +679,25 @@ class receiver_driver {
     bool write_done(const pending_write& w) {
         writing_.erase(chunk_key(file_id{w.file}, chunk_index{w.index}));
         model_file& f = files_[w.file];
+        if (f.aborted) {
+            // Given up on while written: a chunk of a larger file is left unconfirmed; the
+            // whole-file write of a one-chunk file names it as before (on_whole_written).
+            if (w.whole) {
+                std::uint64_t before = machine_.received_bytes();
+                if (!f.released && !f.have[w.index]) {  // its digest is kept, its bytes not counted
+                    f.have[w.index] = true;
+                    f.digests[w.index] = w.digest;
+                    ++f.have_count;
+                    f.done_seen = true;
+                }
+                machine_.on_chunk_written(file_id{w.file}, chunk_index{w.index}, w.digest);
+                bool ok = false;
+                machine_.ready(file_id{w.file}, ok);
+                machine_.on_file_finished(file_id{w.file});
+                FUZZ_CHECK(machine_.received_bytes() == before);  // counts nothing
+            }
+            return true;
+        }
         FUZZ_CHECK(!f.have[w.index] && !f.finished);
         f.have[w.index] = true;
         f.digests[w.index] = w.digest;
@@ -752,6 +785,8 @@ class receiver_driver {
             return;
         }
         FUZZ_CHECK(machine_.entry(file_id{file}).path == f.path);
+        FUZZ_CHECK(machine_.aborted(file_id{file}) == f.aborted);
+        FUZZ_CHECK(machine_.finished(file_id{file}) == f.finished);
         FUZZ_CHECK(machine_.single_chunk(file_id{file}) == f.implicit_done);
         static const std::vector<digest128> none;
         FUZZ_CHECK(machine_.received_digest(file_id{file}) == file_digest(f.released ? none : f.digests));
@@ -778,6 +813,54 @@ class receiver_driver {
         f.released = f.released || (f.finished && came(f));
     }
 
+    // receive_session::on_file_abort: a refused one ends the session (false). What came of
+    // the file stops counting as received; it is finished, never made final.
+    bool file_abort(fuzz_input& in) {
+        std::uint32_t file = pick_file(in);
+        wire::FileAbort a;
+        a.set_file_id(file);
+        a.set_vanished(in.flag());
+        a.set_reason("gone");
+        std::error_code expect;
+        // Finished here (made final, perhaps forgotten: query checks when) before the
+        // sender gave up on it: the FileAbort crossed its FileResult and changes nothing.
+        bool crossed_expected = false;
+        if (file >= files_.size()) {
+            expect = protocol_errc::unknown_file;
+        } else if (!machine_.entry_held(file_id{file})) {
+            crossed_expected = true;
+        } else if (const model_file& f = files_[file]; f.finished && came(f) && !f.aborted) {
+            crossed_expected = true;
+        } else if (!f.decided || f.skip || f.is_dir || f.is_link || f.aborted) {
+            expect = protocol_errc::unexpected_message;  // (after its FileDone: taken)
+        }
+        bool crossed = false;
+        std::error_code ec = machine_.on_file_abort(a, &crossed);
+        FUZZ_CHECK(ec == expect);
+        FUZZ_CHECK(crossed == crossed_expected);
+        if (ec) {
+            return false;
+        }
+        if (crossed) {
+            return true;
+        }
+        model_file& f = files_[file];
+        f.aborted = true;
+        ++aborted_files_;
+        for (std::uint64_t i = 0; i < f.chunks; ++i) {
+            if (f.have[i] && !f.claimed[i]) {
+                received_bytes_ -= reference_length(f.size, i);
+                discarded_bytes_ += reference_length(f.size, i);
+            }
+        }
+        if (!f.finished) {
+            f.finished = true;
+            ++finished_;
+        }
+        FUZZ_CHECK(machine_.aborted(file_id{file}) && machine_.finished(file_id{file}));
+        return true;
+    }
+
     receiver_limits limits_;
     receiver_machine machine_;
     std::vector<model_file> files_;
@@ -797,6 +880,8 @@ class receiver_driver {
     std::uint64_t skipped_bytes_ = 0;
     std::uint64_t dirs_ = 0;
     std::uint64_t finished_ = 0;
+    std::uint64_t aborted_files_ = 0;
+    std::uint64_t discarded_bytes_ = 0;
 };
 
 // Seeds: whole sessions written with the encoding above.
@@ -845,6 +930,10 @@ class session_writer {
         out_.u8(op_file_done).u8(0).u16(file).u8(1);
         return *this;
     }
+    session_writer& file_abort(std::uint16_t file) {
+        out_.u8(op_file_abort).u8(0).u16(file).u8(1);
+        return *this;
+    }
     session_writer& query(std::uint16_t file) {
         out_.u8(op_query).u16(file).u32(1);
         return *this;
@@ -891,6 +980,22 @@ std::vector<seed> seeds() {
             .file_done(2)
             .query(0);
         out.push_back({"batches-skip-partial", s.data()});
+    }
+    {
+        // A partial file (has chunks 0 and 2 of 3) given up on with chunk 1 written and a
+        // one-chunk file given up on while its whole write is under way.
+        session_writer s(false);
+        s.offer({{"a", false, 3 * chunk_size}, {"b", false, 50}}, true)
+            .decide({3, 0})
+            .chunk(0)
+            .complete()
+            .chunk(1)
+            .file_abort(0)
+            .file_abort(1)
+            .complete()
+            .query(0)
+            .query(1);
+        out.push_back({"file-abort", s.data()});
     }
     {
         // Tiny limits: two files allowed, three offered.

@@ -1191,6 +1191,49 @@ TEST(TransferLoopback, AcceptPartialSendsOnlyMissingChunks) {
     EXPECT_EQ(s.confirmed_bytes(), s.total_bytes() - skipped);
 }
 
+TEST(TransferLoopback, AFileGivenUpOnAfterItsFileDoneIsTakenAndOneFinishedHereCrossedItsResult) {
+    // p's two chunks are hashed (its FileDone goes), the first arrives, the second is lost
+    // with its connection; read again, p is gone: the sender gives it up. The receiver
+    // takes that FileAbort (it refused it after a FileDone, failing the whole transfer).
+    const std::uint64_t size = chunk_size + 10;  // 2 chunks
+    loopback lb({file_entry("p", size), file_entry("q", 100)});
+    lb.exchange_offers();
+    sender_machine& s = lb.sender();
+    receiver_machine& r = lb.receiver();
+    std::optional<chunk_ref> c0 = s.next_chunk();
+    std::optional<chunk_ref> c1 = s.next_chunk();
+    ASSERT_TRUE(c0 && c1 && c1->file == file_id{0});
+    std::optional<in_flight> f0 = lb.read_and_hash(*c0);
+    std::optional<in_flight> f1 = lb.read_and_hash(*c1);
+    ASSERT_TRUE(f0 && f1);
+    EXPECT_EQ(lb.file_dones(file_id{0}), 1);  // delivered
+    lb.deliver(*f0);
+    ASSERT_TRUE(s.requeue(*c1));
+    std::optional<wire::FileAbort> abort = s.abort_file(file_id{0}, true, "gone");
+    ASSERT_TRUE(abort);
+    bool crossed = false;
+    ASSERT_EQ(r.on_file_abort(*abort, &crossed), std::error_code{});
+    EXPECT_FALSE(crossed);
+    EXPECT_TRUE(r.aborted(file_id{0}));
+    EXPECT_TRUE(r.finished(file_id{0}));
+    EXPECT_EQ(r.received_bytes(), 0u);  // what came of p no longer counts
+    EXPECT_EQ(r.on_file_abort(*abort), protocol_errc::unexpected_message);  // twice
+    for (const in_flight& c : lb.pull_chunks()) {
+        lb.deliver(c);
+    }
+    EXPECT_TRUE(r.finished(file_id{1}));
+    // A FileAbort for q, finished here (its FileResult on its way): crossed, nothing changes.
+    wire::FileAbort late;
+    late.set_file_id(1);
+    ASSERT_EQ(r.on_file_abort(late, &crossed), std::error_code{});
+    EXPECT_TRUE(crossed);
+    EXPECT_FALSE(r.aborted(file_id{1}));
+    EXPECT_EQ(r.received_bytes(), 100u);
+    EXPECT_EQ(r.aborted_files(), 1u);
+    EXPECT_EQ(lb.finish(), std::error_code{}) << s.failure();
+    EXPECT_EQ(s.confirmed_bytes(), 100u);
+}
+
 TEST(TransferLoopback, AResumedFileGivenUpOnLeavesTheConfirmedCountAtTheOtherFiles) {
     // The receiver had 2 of p's 3 chunks (an interrupted attempt's); p vanishes once those
     // two are hashed. The TransferResult confirms every byte but p's: q's 9, never a count
