@@ -1466,13 +1466,9 @@ void receive_session::next_offer() {
 }
 
 void receive_session::on_file_abort(const wire::FileAbort& abort) {
-    bool crossed = false;
-    if (std::error_code ec = machine_.on_file_abort(abort, &crossed)) {
+    if (std::error_code ec = machine_.on_file_abort(abort)) {
         fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + log_id(peer_id_) + ": " + ec.message());
         return;
-    }
-    if (crossed) {
-        return;  // made here before the sender gave up on it: it stays
     }
     file_id f{abort.file_id()};
     const entry_info& e = machine_.entry(f);

@@ -893,23 +893,21 @@ bool receiver_machine::on_chunk_written(file_id id, chunk_index i, digest128 dig
     return f.have_count == f.chunks;
 }
 
-std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort, bool* crossed) {
+std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
     if (abort.file_id() >= offered()) {
         return protocol_errc::unknown_file;
     }
     file_state* state = live(file_id{abort.file_id()});
-    // Finished here (and perhaps forgotten) while the sender gave up on it: the abort
-    // crossed the FileResult, and the file stays as it was made.
-    if (!state || (state->finished && !state->aborted && !state->skip && state->info.is_file())) {
-        if (crossed != nullptr) {
-            *crossed = true;
-        }
-        return {};
+    if (!state) {
+        return protocol_errc::unexpected_message;  // finished and forgotten
     }
     file_state& f = *state;
-    // (After its FileDone too: a chunk of it lost with its connection could not be read
-    // again.)
-    if (!f.decided || f.skip || !f.info.is_file() || f.aborted) {
+    // After its FileDone too (a chunk of it lost with its connection could not be read
+    // again), but not once it is finished here: made final from what the sender read,
+    // which it now says vanished or changed. That fails the transfer, and the next
+    // attempt finds the file as SRC has it now (taking the abort as a crossing would
+    // keep a copy the sender gave up on, and a pull would report it sent).
+    if (!f.decided || f.skip || !f.info.is_file() || f.aborted || f.finished) {
         return protocol_errc::unexpected_message;
     }
     f.aborted = true;

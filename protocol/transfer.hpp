@@ -609,9 +609,8 @@ public:
     // The sender gave up on a file (FileAbort): it counts as finished, is never made
     // final, and chunks of it still on their way are to be dropped (on_chunk accepts them).
     // Also after the file's FileDone (a chunk of it lost with its connection that the
-    // sender could not read again). One for a file finished here already (made final, and
-    // perhaps forgotten) crossed the FileResult: nothing changes, and `crossed` is set.
-    std::error_code on_file_abort(const wire::FileAbort& abort, bool* crossed = nullptr);
+    // sender could not read again); not for a file finished here (unexpected_message).
+    std::error_code on_file_abort(const wire::FileAbort& abort);
     // (A file given up on is held until the node releases it.)
     bool aborted(file_id f) const {
         const file_state* s = live(f);
