@@ -2117,9 +2117,9 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
     };
 }
 
-// "N folder(s) WHAT, " for a summary line; "" for none.
+// ", N folder(s) WHAT" for a summary line; "" for none.
 std::string folders_text(std::uint64_t n, const char* what) {
-    return n == 0 ? "" : fmt::format("{} folder(s) {}, ", n, what);
+    return n == 0 ? "" : fmt::format(", {} folder(s) {}", n, what);
 }
 
 // The last line of a sync: what changed (or would), and the `done` event.
@@ -2130,7 +2130,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     bool dry = run.target.dry_run();
     std::uint64_t deleted = r.deleted_files + r.deleted_dirs;
     if (run.get) {
-        say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged, {}received {} "
+        say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged{}; received {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
                         folders_text(run.created_dirs, "made"),
@@ -2138,11 +2138,11 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
                         connections_text(r)) +
             compression_note(r));
     } else if (dry) {
-        say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged, {}{} path(s) to "
+        say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged{}, {} path(s) to "
                         "delete",
                         run.created, run.updated, run.unchanged, folders_text(run.created_dirs, "to make"), deleted));
     } else {
-        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged, {}{} path(s) deleted; {} {} "
+        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged{}, {} path(s) deleted; {} {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
                         folders_text(run.created_dirs, "made"), deleted,
