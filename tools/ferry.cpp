@@ -2690,7 +2690,9 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         return code;
     }
     std::error_code ec;
-    fs::path dest = fs::absolute(dst, ec).lexically_normal();
+    // Resolved as the kernel resolves it (never as text: "link/.." is the folder above the
+    // link's target, not the folder that holds the link).
+    fs::path dest = fs::absolute(dst, ec);
     if (!dest.has_filename() && dest.has_parent_path() && dest != dest.root_path()) {
         dest = dest.parent_path();  // "DIR/"
     }
@@ -2701,10 +2703,22 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (::stat(dest.c_str(), &st) == 0 ? !S_ISDIR(st.st_mode) : errno != ENOENT) {
         return fail(o, exit_code::usage, label + dst + " is not a folder");
     }
-    if (fs::exists(dest, ec)) {
-        dest = fs::canonical(dest, ec);  // DST given as a symlink to a folder: that folder (nothing inside is followed)
-    } else if (auto parent = fs::canonical(dest.parent_path(), ec); !ec) {
+    const bool there = ::stat(dest.c_str(), &st) == 0;
+    const bool named = dest.filename() != "." && dest.filename() != "..";
+    if (there) {
+        // DST given as a symlink to a folder: that folder (nothing inside is followed).
+        if (fs::path real = fs::canonical(dest, ec); !ec) {
+            dest = std::move(real);
+        } else {
+            return fail(o, exit_code::usage, label + dst + ": " + ec.message());
+        }
+    } else if (auto parent = fs::canonical(dest.parent_path(), ec); !ec && named) {
         dest = parent / dest.filename();  // a new DST: its folder is opened with no symlink on the way
+    }
+    if (!there && (ec || !named)) {
+        ec.clear();
+        return fail(o, exit_code::usage, label + dst + ": its parent folder " + dest.parent_path().string() +
+                                             " does not exist (ferry creates " + label + "itself, not its parents)");
     }
     ec.clear();
     if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {

@@ -928,6 +928,32 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_EQ(compare_trees(site, dst), "");
 }
 
+TEST_F(sync_pull, dst_is_found_as_the_kernel_finds_it_not_as_text) {
+    // "link/../victim" is "victim" beside the folder `link` points to, as cd, mkdir and
+    // rsync take it; read as text it was the "victim" beside `link`, which --delete emptied.
+    serve();
+    write_text_file(site / "hello", "hi\n");
+    fs::path real = cli.root() / "real";
+    fs::create_directories(real / "inner");
+    fs::path victim = cli.root() / "victim";
+    write_text_file(victim / "important.txt", "precious\n");
+    fs::create_directory_symlink(real / "inner", cli.root() / "lnk");
+    dst = cli.root() / "lnk/../victim";
+    run_result r = pull({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(read_text_file(victim / "important.txt"), "precious\n");
+    EXPECT_FALSE(fs::exists(victim / "hello"));
+    EXPECT_EQ(compare_trees(site, real / "victim"), "");
+
+    // A folder that is not there has no "..": its parent is missing, as for mkdir.
+    dst = cli.root() / "nodir/../other";
+    r = pull({});
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(cli.root() / "other"));
+    EXPECT_FALSE(fs::exists(cli.root() / "nodir"));
+}
+
 // What the serving node may not read (it runs as nobody here) is left out and listed as
 // not sent, with the exit code of a partial run and no second pass (it would not help):
 // a folder it cannot open, a file inside a folder it cannot search, a file it cannot
