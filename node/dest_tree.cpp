@@ -265,6 +265,9 @@ dest_tree::open_folder::~open_folder() {
 dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write) {
     write = write || create;
     if (dir.empty()) {
+        if (write && root_mirrored_) {
+            std::call_once(root_write_once_, [&] { make_accessible(root_fd_, dir, S_IRWXU); });
+        }
         return {root_fd_, nullptr};
     }
     {
@@ -1453,7 +1456,7 @@ void dest_tree::hold_folder(std::string_view path, mode_t need, const std::funct
 }
 
 void dest_tree::make_accessible(int fd, std::string_view path, mode_t need) {
-    if (effective_uid == 0 || !receiving_ || restoring_ || path.empty()) {
+    if (effective_uid == 0 || !receiving_ || restoring_ || (path.empty() && !root_mirrored_)) {
         return;
     }
     hold_folder(

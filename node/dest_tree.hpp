@@ -133,6 +133,11 @@ public:
     // (make_accessible). Not for a tree that only finds a share's folder to send from: the
     // owner's modes say what may be read. Set before any use.
     void set_receiving(bool on) { receiving_ = on; }
+    // A sync's DST folder, whose own mode is SRC's, set at the end (as rsync gives it): the
+    // root is opened up as a folder below it is, so that a read-only SRC folder mirrored
+    // once does not stop the next sync. (A share's own folder, or an inbox, keeps the
+    // mode its owner gave it.) Set before any use.
+    void set_root_mirrored(bool on) { root_mirrored_ = on; }
 
     // mkdir -p of a wire path inside the root (no symlinks followed). With `create` false
     // nothing is made: it checks that every component already there is a folder and not
@@ -386,6 +391,8 @@ private:
     unnamed_link unnamed_how();  // probed on first use
     std::atomic<bool> mirror_{false};
     std::atomic<bool> receiving_{false};
+    std::atomic<bool> root_mirrored_{false};
+    std::once_flag root_write_once_;  // the root made accessible for writing (root_mirrored_)
     struct path_hash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }

@@ -824,11 +824,13 @@ void receive_session::next_offer() {
         bool del = false;
         std::shared_ptr<const exclude_set> excludes;
         std::string get;  // a get: the name of its one entry
+        bool root_mirrored = false;  // DST's own folder takes SRC's mode (root_mode_mirrored)
     } sync;
     std::shared_ptr<local_basis> basis;
     std::shared_ptr<std::unordered_set<std::string>> absent;
     if (const wire::SyncTarget* t = sync_target()) {
-        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_, t->delete_(), excludes_, t->get()};
+        sync = {true, t->dry_run(), t->checksum(), share_dir_, sync_path_, t->delete_(), excludes_, t->get(),
+                root_mode_mirrored()};
         if (t->dry_run()) {
             if (!dry_absent_) {
                 dry_absent_ = std::make_shared<std::unordered_set<std::string>>();
@@ -894,6 +896,7 @@ void receive_session::next_offer() {
             if (!tree && !nothing_there) {
                 tree = opened ? std::move(opened) : std::make_shared<dest_tree>(root);
                 tree->set_mirror(sync.on);  // a mirror replaces what is in the way
+                tree->set_root_mirrored(sync.root_mirrored);
                 tree->set_receiving(true);
                 // A transfer into this folder that never reached its final sync left files
                 // that must not be trusted: re-verify them before anything is decided.
@@ -2057,7 +2060,7 @@ void receive_session::check_all_done() {
     std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
         return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
     });
-    if (target && !sync_path_.empty() && target->root_mode() != 0) {
+    if (root_mode_mirrored()) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
         // setuid and setgid: never on a peer's word).
         dirs.push_back({.path = "", .mtime_ns = target->root_mtime_ns(), .mode = target->root_mode() & 01777,
@@ -2338,6 +2341,11 @@ void receive_session::fail(wire::ErrorCode code, exit_code exit, const std::stri
     }
     held_report_ = held_report{exit, message};
     settle();
+}
+
+bool receive_session::root_mode_mirrored() const {
+    const wire::SyncTarget* target = sync_target();
+    return target && !sync_path_.empty() && target->root_mode() != 0;
 }
 
 bool receive_session::work_out() const {

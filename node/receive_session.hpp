@@ -188,6 +188,8 @@ private:
     // that work comes back.
     void settle();
     bool work_out() const;
+    // A sync's DST folder (not a share's own) gets SRC's mode at the end (check_all_done).
+    bool root_mode_mirrored() const;
     // Ends the transfer once idle_timeout passes with no frame from the sender while this
     // side has no work of its own in flight.
     void arm_idle_timer(std::chrono::steady_clock::duration after);

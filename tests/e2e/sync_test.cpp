@@ -683,20 +683,52 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
 }
 
 TEST_F(sync_push, a_file_the_receiver_may_not_create_is_reported_as_such) {
-    // The sync's own folder is read-only to the (non-root) serving node, which does not
-    // loosen the folder a sync is rooted in. The error is the create's, not that of the
-    // clean-up after it (it said "No such file or directory": a soak test, 2026-12-05).
+    // The share's own folder is read-only to the (non-root) serving node, which does not
+    // loosen a share's folder (its owner's mode stands). The error is the create's, not
+    // that of the clean-up after it (it said "No such file or directory": a soak test,
+    // 2026-12-05).
     if (!can_run_as_nobody()) {
         GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
     }
-    fs::create_directories(share / "locked");
-    serve("", {}, true);
-    ASSERT_EQ(::chmod((share / "locked").c_str(), 0555), 0);
+    fs::path locked = cli.root() / "locked";
+    fs::create_directories(locked);
+    serve("", {"www=" + locked.string() + ":rw"}, true);
+    ASSERT_EQ(::chmod(locked.c_str(), 0555), 0);
     write_text_file(src / "newfile", "y\n");
-    run_result r = sync({}, "ay:www/locked");
+    run_result r = sync({}, "ay:www");
     EXPECT_EQ(r.code, 2) << r.err;
     EXPECT_NE(r.err.find("newfile: Permission denied"), std::string::npos) << r.err;
-    EXPECT_FALSE(fs::exists(share / "locked/newfile"));
+    EXPECT_FALSE(fs::exists(locked / "newfile"));
+    EXPECT_EQ(fs::status(locked).permissions() & fs::perms::all, static_cast<fs::perms>(0555));
+}
+
+TEST_F(sync_push, a_read_only_src_folder_mirrored_once_does_not_stop_the_next_sync) {
+    // DST's own folder gets SRC's mode (0555 here) as rsync gives it; a serving node that
+    // is not root then opens it up for the next sync, as it does the folders below it, and
+    // gives it its mode back at the end (the second sync failed: "Permission denied").
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
+    }
+    serve("", {}, true);
+    write_text_file(src / "a", "first\n");
+    ASSERT_EQ(::chmod(src.c_str(), 0555), 0);
+    run_result first = sync({});
+    ASSERT_EQ(first.code, 0) << first.err;
+    fs::path dst = share / "site";
+    EXPECT_EQ(fs::status(dst).permissions() & fs::perms::all, static_cast<fs::perms>(0555));
+
+    ASSERT_EQ(::chmod(src.c_str(), 0755), 0);
+    fs::remove(src / "a");
+    write_text_file(src / "b", "second\n");
+    ASSERT_EQ(::chmod(src.c_str(), 0555), 0);
+    run_result second = sync({"--delete"});
+    ASSERT_EQ(second.code, 0) << second.err;
+    auto ev = json_events(second.out);
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"b"}));
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"a"}));
+    EXPECT_EQ(compare_trees(src, dst), "");
+    EXPECT_EQ(fs::status(dst).permissions() & fs::perms::all, static_cast<fs::perms>(0555));
+    ASSERT_EQ(::chmod(src.c_str(), 0755), 0);  // (for the clean-up)
 }
 
 TEST_F(sync_push, an_exclude_pattern_in_brackets_is_a_pattern_not_a_list) {
