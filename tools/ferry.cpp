@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <span>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -3356,7 +3357,16 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        app.exit(e);
+        app.exit(e);  // the message and where to find help, on stderr
+        // A script that asked for --json hears of a mistake in its words the way it hears
+        // of any other (the parse may have stopped before it reached --json).
+        const std::span<char* const> words(argv + 1, static_cast<std::size_t>(argc - 1));
+        const auto end = std::find(words.begin(), words.end(), std::string_view("--"));
+        o.json = std::find(words.begin(), end, std::string_view("--json")) != end;
+        emit(o, {{"event", "error"},
+                 {"code", code_name(exit_code::usage)},
+                 {"exit_code", static_cast<int>(exit_code::usage)},
+                 {"message", e.what()}});
         return static_cast<int>(exit_code::usage);
     }
 

@@ -986,6 +986,25 @@ TEST_F(sync_pull, dst_is_found_as_the_kernel_finds_it_not_as_text) {
     EXPECT_FALSE(fs::exists(cli.root() / "nodir"));
 }
 
+TEST_F(sync_pull, a_mistake_in_the_words_is_told_in_json_when_json_was_asked_for) {
+    // CLI11's own refusals (an unknown flag, --exclude-from naming no file) printed nothing
+    // on stdout, where a script reading --json waits for its events.
+    for (const std::vector<std::string>& extra : {std::vector<std::string>{"--bogus"},
+                                                  std::vector<std::string>{"--exclude-from", "/nonexistent/list"}}) {
+        run_result r = pull(extra);
+        EXPECT_EQ(r.code, 1) << r.err;
+        auto ev = json_events(r.out);
+        ASSERT_EQ(ev.size(), 1u) << r.out;
+        EXPECT_EQ(ev[0]["event"], "error");
+        EXPECT_EQ(ev[0]["code"], "usage");
+        EXPECT_EQ(ev[0]["exit_code"], 1);
+        EXPECT_NE(r.err.find(ev[0]["message"].get<std::string>()), std::string::npos) << r.err;
+    }
+    run_result plain = cli.ferry({"sync", "--bogus", "ay:www/site", dst.string()});
+    EXPECT_EQ(plain.code, 1);
+    EXPECT_EQ(plain.out, "");  // no --json: the words on stderr only
+}
+
 // What the serving node may not read (it runs as nobody here) is left out and listed as
 // not sent, with the exit code of a partial run and no second pass (it would not help):
 // a folder it cannot open, a file inside a folder it cannot search, a file it cannot
