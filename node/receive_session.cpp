@@ -1492,14 +1492,17 @@ void receive_session::unpin(sink_file& sink) {
 
 void receive_session::drop_partial(file_id f) {
     auto sink = sink_of(f);
+    ++finalizing_;  // the transfer ends after this
     if (sink->writes > 0) {
-        sink->drop = true;  // once its writes in flight are done
+        sink->drop = true;  // once its writes in flight are done (it stays counted meanwhile)
         return;
     }
-    ++finalizing_;  // the transfer ends after this
     ++tasks_out_;
     unpin(*sink);
-    ctx_.workers.post([self = shared_from_this(), f, sink, tree = tree_, path = machine_.entry(f).path] {
+    // A whole-file write of it still out (a file of one chunk) names it as it always did:
+    // with --fsync-each through a partial file of its own, which is not this one's to remove.
+    const bool whole_out = sink->whole > 0;
+    ctx_.workers.post([self = shared_from_this(), f, sink, tree = tree_, path = machine_.entry(f).path, whole_out] {
         {
             std::lock_guard lock(sink->mutex);
             if (sink->fd >= 0) {
@@ -1513,7 +1516,7 @@ void receive_session::drop_partial(file_id f) {
             sink->finalized = true;  // no resume record for it any more
         }
         if (tree) {
-            tree->remove_partial(path, true, true);
+            tree->remove_partial(path, !whole_out, true);
         }
         asio::post(self->ctx_.io, [self, f, sink] {
             // Done with: its state goes, so that the files after it are forgotten too;
@@ -1633,6 +1636,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             }
             if (sink->writes == 0 && sink->drop) {
                 sink->drop = false;
+                --self->finalizing_;  // counted again by drop_partial
                 self->drop_partial(f);
                 return;
             }

@@ -641,6 +641,44 @@ TEST_F(hostile_frames_test, file_done_before_every_chunk_then_close) {
     expect_nothing_outside();
 }
 
+TEST_F(hostile_frames_test, files_given_up_on_while_their_chunks_are_written_leave_no_partial_file) {
+    // A sender gives up on each file right after its first chunk (it changed while read).
+    // A file whose chunk is still being written has its partial file removed once the
+    // write is done, and the transfer's end waits for that: no partial file is left when
+    // the TransferResult comes (the end was told while the removal still waited).
+    constexpr std::uint32_t files = 40;
+    constexpr std::uint64_t size = chunk_size + 1000;
+    std::vector<std::string> names;
+    for (std::uint32_t i = 0; i < files; ++i) {
+        names.push_back("f" + std::to_string(100 + i) + ".bin");
+    }
+    auto p = accepted(names, size);
+    ASSERT_TRUE(p);
+    for (std::uint32_t i = 0; i < files; ++i) {
+        std::vector<std::uint8_t> data = pattern_bytes(chunk_size, 50 + i);
+        ASSERT_TRUE(p->send_frame(chunk_header(i, 0, data), data));
+        wire::Header abort;
+        abort.mutable_file_abort()->set_file_id(i);
+        abort.mutable_file_abort()->set_reason("changed while read");
+        abort.mutable_file_abort()->set_again(true);
+        ASSERT_TRUE(p->send_frame(abort));
+    }
+    std::optional<wire::Header> frame;
+    while ((frame = p->read_frame()) && frame->body_case() != wire::Header::kTransferResult &&
+           frame->body_case() != wire::Header::kError) {
+    }
+    ASSERT_TRUE(frame) << p->last_end().detail;
+    ASSERT_EQ(frame->body_case(), wire::Header::kTransferResult) << frame->error().message();
+    EXPECT_TRUE(frame->transfer_result().ok());
+    EXPECT_EQ(frame->transfer_result().bytes(), 0u);  // nothing of a file given up on counts
+    expect_inbox_untouched();
+    p->shutdown_write();
+    p->read_until_closed();
+    p->close();
+    expect_node_still_serves();
+    expect_nothing_outside();
+}
+
 TEST_F(hostile_frames_test, declared_size_that_overflows_the_chunk_count) {
     // 2^64 - 1 bytes: chunk_count() must not wrap around to 0 (an "empty" file of any
     // size), and a second file must not wrap the offer's total back under the free space.
