@@ -1482,18 +1482,22 @@ int cmd_send(const common_opts& o, const send_opts& s) {
         });
 }
 
-// What `ferry sync` adds to a send: the target share, and counts for its summary.
-struct sync_run {
-    wire::SyncTarget target;
-    bool verbose = false;
-    bool pull = false;  // SRC is remote: this side receives
-    bool get = false;   // `ferry get`: one file or folder of a share into a local folder
-    std::filesystem::path src_root;  // a push's SRC folder
+// What a sync did, as its summary counts it.
+struct sync_counts {
     std::uint64_t created = 0;
     std::uint64_t updated = 0;
     std::uint64_t renamed = 0;
     std::uint64_t unchanged = 0;
     std::uint64_t created_dirs = 0;  // folders DST did not have
+};
+
+// What `ferry sync` adds to a send: the target share, and counts for its summary.
+struct sync_run : sync_counts {
+    wire::SyncTarget target;
+    bool verbose = false;
+    bool pull = false;  // SRC is remote: this side receives
+    bool get = false;   // `ferry get`: one file or folder of a share into a local folder
+    std::filesystem::path src_root;  // a push's SRC folder
     // A dry run's bytes_matched: the sizes of the files found unchanged or to be renamed
     // (its receiver skips every file, so the report's skipped bytes are all of them).
     std::uint64_t dry_matched_bytes = 0;
@@ -1515,13 +1519,14 @@ struct sync_run {
                                     [](std::uint64_t a, std::uint64_t b) { return path_key(a) == path_key(b); });
             earlier_.erase(earlier_.begin(), last.base());
         }
-        created = updated = renamed = unchanged = created_dirs = dry_matched_bytes = 0;
+        counts() = {};
+        dry_matched_bytes = 0;
     }
     // Before the one more attempt for files that changed while read: what to go back to if
     // that attempt never reaches the peer.
-    void keep_first_pass() { first_pass = {created, updated, renamed, unchanged, created_dirs}; }
+    void keep_first_pass() { first_pass = counts(); }
     // The run ended with the first pass's report (the one more never reached the peer).
-    void first_pass_counts() { std::tie(created, updated, renamed, unchanged, created_dirs) = first_pass; }
+    void first_pass_counts() { counts() = first_pass; }
     // This attempt says `a` of `path` (of `size` bytes; a folder: `dir`, created or
     // unchanged): counted as what it is to the run, and false if an earlier attempt told
     // of it already.
@@ -1558,7 +1563,8 @@ private:
     static std::uint64_t path_key(std::uint64_t e) { return e & ~action_bits; }
     std::vector<std::uint64_t> earlier_;
     std::vector<std::uint64_t> now_;
-    std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t> first_pass{};
+    sync_counts& counts() { return *this; }
+    sync_counts first_pass;
 };
 
 // One sync event: a file created, updated, renamed (`from` another path at DST) or

@@ -527,7 +527,7 @@ class sender_driver {
         if (files_.empty()) {
             return;
         }
-        std::uint32_t id = pick % static_cast<std::uint32_t>(files_.size());
+        std::uint32_t id = pick_file(pick);
         model_file& f = files_[id];
         bool due = f.accepted && !f.skipped && !f.done_with() && f.result && f.next == f.chunks &&
                    f.hashed_count == f.chunks;
@@ -537,7 +537,7 @@ class sender_driver {
         }
         f.released = true;
         gave_up_any_ = gave_up_any_ || std::find(f.acked.begin(), f.acked.end(), false) != f.acked.end();
-        std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file.value == id; });
+        drop_requeued(id);
     }
 
     // The file vanished or changed while read: given up on, if it is accepted and not done.
@@ -545,7 +545,7 @@ class sender_driver {
         if (files_.empty()) {
             return;
         }
-        std::uint32_t id = pick % static_cast<std::uint32_t>(files_.size());
+        std::uint32_t id = pick_file(pick);
         model_file& f = files_[id];
         bool due = f.accepted && !f.result && !f.info.is_dir;
         std::optional<wire::FileAbort> a = machine_.abort_file(file_id{id}, true, "vanished");
@@ -561,6 +561,14 @@ class sender_driver {
         ++aborted_files_;
         aborted_bytes_ += f.info.size - f.kept;  // none of it confirmed (what it had there stays skipped)
         gave_up_any_ = true;
+        drop_requeued(id);
+    }
+
+    // One of the files (there is one at least), by the input's byte.
+    std::uint32_t pick_file(std::uint8_t pick) const { return pick % static_cast<std::uint32_t>(files_.size()); }
+
+    // A file done with: its requeued chunks are handed out no more.
+    void drop_requeued(std::uint32_t id) {
         std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file.value == id; });
     }
 
