@@ -264,10 +264,11 @@ dest_tree::open_folder::~open_folder() {
 
 dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write) {
     write = write || create;
+    if (write && root_mirrored_) {
+        // (A folder made at the top is made in the root too.)
+        std::call_once(root_write_once_, [&] { make_accessible(root_fd_, "", S_IRWXU); });
+    }
     if (dir.empty()) {
-        if (write && root_mirrored_) {
-            std::call_once(root_write_once_, [&] { make_accessible(root_fd_, dir, S_IRWXU); });
-        }
         return {root_fd_, nullptr};
     }
     {
@@ -1486,7 +1487,10 @@ void dest_tree::restore_modes() {
     // Deepest first: a folder found again by its path is not reached through one whose
     // mode already went back.
     std::vector<std::pair<std::string, std::pair<dev_t, ino_t>>> order(loosened.begin(), loosened.end());
-    std::ranges::sort(order, std::greater<>{}, [](const auto& e) { return std::ranges::count(e.first, '/'); });
+    // (The root, "", after the folders at the top, which have no '/' either.)
+    std::ranges::sort(order, std::greater<>{}, [](const auto& e) {
+        return e.first.empty() ? std::ptrdiff_t{-1} : std::ranges::count(e.first, '/');
+    });
     restoring_ = true;  // the folders found again below are not held again
     // In runs, so that few folders are held open at once: those this tree is the last to
     // hold and whose mode is to change are found again by their paths (no descriptor is

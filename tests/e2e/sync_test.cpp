@@ -720,11 +720,12 @@ TEST_F(sync_push, a_read_only_src_folder_mirrored_once_does_not_stop_the_next_sy
     ASSERT_EQ(::chmod(src.c_str(), 0755), 0);
     fs::remove(src / "a");
     write_text_file(src / "b", "second\n");
+    write_text_file(src / "newdir/c", "in a new folder\n");  // a folder made at the top before any file
     ASSERT_EQ(::chmod(src.c_str(), 0555), 0);
     run_result second = sync({"--delete"});
     ASSERT_EQ(second.code, 0) << second.err;
     auto ev = json_events(second.out);
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"b"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"b", "newdir", "newdir/c"}));
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"a"}));
     EXPECT_EQ(compare_trees(src, dst), "");
     EXPECT_EQ(fs::status(dst).permissions() & fs::perms::all, static_cast<fs::perms>(0555));
