@@ -1518,11 +1518,12 @@ void receive_session::drop_partial(file_id f) {
         if (tree) {
             tree->remove_partial(path, !whole_out, true);
         }
-        asio::post(self->ctx_.io, [self, f, sink] {
+        asio::post(self->ctx_.io, [self, f, sink, whole_out] {
             // Done with: its state goes, so that the files after it are forgotten too;
-            // unless a whole-file write of it is still out, which names and reports it as
-            // it always did (report_done then releases it).
-            if (sink->whole == 0 && self->sink_of(f) == sink) {
+            // unless a whole-file write of it was out, which names and reports it as it
+            // always did (report_done then releases it; that write may be done by now and
+            // its name still to come).
+            if (!whole_out && sink->whole == 0 && self->sink_of(f) == sink) {
                 self->sinks_.erase(f.value);
                 self->machine_.release(f);
             }
