@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <span>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -21,6 +20,7 @@
 #include <thread>
 #include <optional>
 #include <set>
+#include <span>
 #include <unordered_set>
 #include <string>
 #include <tuple>
@@ -2707,11 +2707,10 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         return fail(o, exit_code::usage, label + dst + ": " + ec.message());
     }
     struct stat st {};
-    if (::stat(dest.c_str(), &st) == 0 ? !S_ISDIR(st.st_mode) : errno != ENOENT) {
+    const bool there = ::stat(dest.c_str(), &st) == 0;
+    if (there ? !S_ISDIR(st.st_mode) : errno != ENOENT) {
         return fail(o, exit_code::usage, label + dst + " is not a folder");
     }
-    const bool there = ::stat(dest.c_str(), &st) == 0;
-    const bool named = dest.filename() != "." && dest.filename() != "..";
     if (there) {
         // DST given as a symlink to a folder: that folder (nothing inside is followed).
         if (fs::path real = fs::canonical(dest, ec); !ec) {
@@ -2719,13 +2718,11 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         } else {
             return fail(o, exit_code::usage, label + dst + ": " + ec.message());
         }
-    } else if (auto parent = fs::canonical(dest.parent_path(), ec); !ec && named) {
-        dest = parent / dest.filename();  // a new DST: its folder is opened with no symlink on the way
-    }
-    if (!there && (ec || !named)) {
-        ec.clear();
-        return fail(o, exit_code::usage, label + dst + ": its parent folder " + dest.parent_path().string() +
-                                             " does not exist (ferry creates " + label + "itself, not its parents)");
+    } else if (auto parent = fs::canonical(dest.parent_path(), ec); !ec) {
+        // A new DST: its folder is opened with no symlink on the way. (One whose parent is
+        // not there, "missing/../x" too, is refused below; "x/." or "x/.." that is not
+        // there has no parent either.)
+        dest = parent / dest.filename();
     }
     ec.clear();
     if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
