@@ -122,6 +122,8 @@ std::uint64_t run_sender(const transfer_plan& p, std::vector<entry_info> entries
     benchmark::DoNotOptimize(offers.data());
     std::vector<wire::FileDone> done_now;
     for (std::size_t b = 0; b < p.accepts.size(); ++b) {
+        while (s.next_offer()) {  // (what the node sends before each answer)
+        }
         for (const auto& [have, payload] : p.have_frames[b]) {  // what the receiver has, first
             if (s.on_have_digests(have, {reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size()})) {
                 return 0;

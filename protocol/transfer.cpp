@@ -164,15 +164,16 @@ std::optional<wire::Offer> sender_machine::next_offer() {
 
 std::vector<wire::Offer> sender_machine::make_offers() const {
     std::vector<wire::Offer> offers;
-    offers.reserve(batches_.size());
-    for (std::size_t b = 0; b < batches_.size(); ++b) {
+    offers.reserve(batch_count_);
+    for (std::size_t b = 0; b < batch_count_; ++b) {
         offers.push_back(make_offer(b));
     }
     return offers;
 }
 
 std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vector<wire::FileDone>& done_now) {
-    if (accepted_batches_ >= batch_count_ || accept.transfer_id() != transfer_id_) {
+    // (A batch not sent yet: a receiver cannot have been told its files.)
+    if (accepted_batches_ >= offers_sent_ || accept.transfer_id() != transfer_id_) {
         return protocol_errc::unexpected_message;
     }
     auto [first, end] = batches_[accepted_batches_];
@@ -284,7 +285,7 @@ void sender_machine::forget() {
 }
 
 std::error_code sender_machine::next_accepted_file(std::uint32_t id) const {
-    if (accepted_batches_ >= batch_count_) {
+    if (accepted_batches_ >= offers_sent_) {  // (a batch not offered yet: its files are not known there)
         return protocol_errc::unexpected_message;
     }
     auto [first, end] = batches_[accepted_batches_];

@@ -217,7 +217,8 @@ public:
     void flush();
     bool is_complete() const { return complete_; }
 
-    // The Offer batches, each under offer_batch_bytes, in the order they must be sent.
+    // The Offer batches, each under offer_batch_bytes, in the order they must be sent (a
+    // look at them: a batch counts as sent when next_offer() gives it).
     std::vector<wire::Offer> make_offers() const;
     // Batch b of those (b < offer_count()), built alone.
     wire::Offer make_offer(std::size_t b) const;
@@ -233,7 +234,8 @@ public:
     std::optional<wire::Offer> next_offer();
     std::size_t offers_sent() const { return offers_sent_; }
 
-    // The receiver's Accept for the next unanswered batch. Appends FileDone messages for
+    // The receiver's Accept for the next unanswered batch (one sent: an Accept for a batch
+    // not offered yet is unexpected_message). Appends FileDone messages for
     // files that need no chunk read (empty or skipped) to `done_now`. A file of exactly
     // one chunk accepted whole gets no FileDone at all: its Chunk frame carries its only
     // digest (receiver_machine::single_chunk).

@@ -162,6 +162,7 @@ class sender_driver {
     // here), every chunk taken, hashed and acked, every FileResult, the TransferResult.
     void finish() {
         while (batches_accepted_ < batches_.size()) {
+            send_offers();
             wire::Accept a;
             a.set_transfer_id(transfer);
             auto [first, end] = batches_[batches_accepted_];
@@ -265,6 +266,9 @@ class sender_driver {
 
     bool accept(fuzz_input& in) {
         std::uint8_t flags = in.u8();
+        if ((flags & 4) == 0) {
+            send_offers();  // (else the receiver answers a batch it may not have been sent)
+        }
         wire::Accept a;
         a.set_transfer_id((flags & 1) != 0 ? in.u64() : transfer);
         std::pair<std::uint32_t, std::uint32_t> batch =
@@ -310,7 +314,7 @@ class sender_driver {
     }
 
     std::error_code expected_accept(const wire::Accept& a) const {
-        if (batches_accepted_ >= batches_.size() || a.transfer_id() != transfer) {
+        if (batches_accepted_ >= sent_ || a.transfer_id() != transfer) {
             return protocol_errc::unexpected_message;
         }
         auto [first, end] = batches_[batches_accepted_];
@@ -339,8 +343,8 @@ class sender_driver {
     // A receiver that accepts a file ACCEPT_PARTIAL sends the digests of the chunks it
     // claims first (HaveDigests); this one claims the true bytes, in frames of up to 8.
     void send_have_digests(const wire::Accept& a) {
-        if (batches_accepted_ >= batches_.size()) {
-            return;
+        if (batches_accepted_ >= sent_) {
+            return;  // (a receiver not sent the batch knows nothing to claim)
         }
         auto [first, end] = batches_[batches_accepted_];
         std::vector<bool> fed(end - first, false);
@@ -564,6 +568,15 @@ class sender_driver {
         drop_requeued(id);
     }
 
+    // What the node does whenever it may: the next Offer batches go, up to max_offers_ahead
+    // unanswered.
+    void send_offers() {
+        while (machine_.next_offer()) {
+            ++sent_;
+        }
+        FUZZ_CHECK(sent_ == std::min(batches_.size(), batches_accepted_ + sender_machine::max_offers_ahead));
+    }
+
     // One of the files (there is one at least), by the input's byte.
     std::uint32_t pick_file(std::uint8_t pick) const { return pick % static_cast<std::uint32_t>(files_.size()); }
 
@@ -665,6 +678,7 @@ class sender_driver {
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;
     std::size_t batches_accepted_ = 0;
     std::deque<chunk_ref> requeued_;
+    std::size_t sent_ = 0;  // Offer batches the node sent (next_offer)
     std::deque<chunk_ref> taken_;      // handed out, not hashed yet
     std::deque<chunk_ref> in_flight_;  // hashed and sent, not acked
     std::uint64_t total_bytes_ = 0;

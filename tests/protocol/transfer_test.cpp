@@ -118,6 +118,13 @@ wire::FileResult file_result(file_id f, bool ok, std::string error = {}) {
     return r;
 }
 
+// What a node does before any Accept can come: its Offer batches go out (as many as it
+// may send before an answer).
+void offer_all(sender_machine& s) {
+    while (s.next_offer()) {
+    }
+}
+
 // A chunk the sender read, hashed and put on the wire.
 struct in_flight {
     chunk_ref ref;
@@ -908,6 +915,7 @@ TEST(TransferLoopback, AFileGivenUpOnEndsTheTransferWithoutItAndItsLateChunksAre
 
 TEST(SenderMachine, RequeueBeforeHashing) {
     sender_machine s(test_transfer_id, {file_entry("f", chunk_size + 1)}, {});
+    offer_all(s);
     wire::Accept a;
     a.set_transfer_id(test_transfer_id);
     a.add_files()->set_id(0);
@@ -939,6 +947,7 @@ TEST(SenderMachine, RequeueBeforeHashing) {
 // A sender for `entries` whose single batch was accepted with ACCEPT_ALL (or `kinds`).
 sender_machine accepted_sender(std::vector<entry_info> entries, const std::vector<wire::AcceptKind>& kinds = {}) {
     sender_machine s(test_transfer_id, std::move(entries), {});
+    offer_all(s);
     wire::Accept a;
     a.set_transfer_id(test_transfer_id);
     for (std::uint32_t i = 0; i < s.total_files(); ++i) {
@@ -983,6 +992,7 @@ TEST(SenderMachine, AckForUnknownChunkIsAnError) {
 
 TEST(SenderMachine, AckBeforeAcceptIsAnError) {
     sender_machine s(test_transfer_id, {file_entry("f", 10)}, {});
+    offer_all(s);
     std::error_code ec;
     EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{0}), ec), 0u);
     EXPECT_EQ(ec, protocol_errc::unknown_file);
@@ -992,7 +1002,19 @@ TEST(SenderMachine, AckBeforeAcceptIsAnError) {
 TEST(SenderMachine, BadAcceptIsRefused) {
     std::vector<wire::FileDone> done;
     {
+        // An answer to a batch not offered yet: the receiver cannot know its files.
         sender_machine s(test_transfer_id, {file_entry("f", 10)}, {});
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        a.add_files()->set_id(0);
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::unexpected_message);
+        EXPECT_EQ(s.held_states(), 0u);
+        ASSERT_TRUE(s.next_offer());
+        EXPECT_EQ(s.on_accept(a, done), std::error_code{});
+    }
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", 10)}, {});
+        offer_all(s);
         wire::Accept a;
         a.set_transfer_id(test_transfer_id + 1);
         a.add_files()->set_id(0);
@@ -1000,6 +1022,7 @@ TEST(SenderMachine, BadAcceptIsRefused) {
     }
     {
         sender_machine s(test_transfer_id, {file_entry("f", 10), file_entry("g", 10)}, {});
+        offer_all(s);
         wire::Accept a;
         a.set_transfer_id(test_transfer_id);
         a.add_files()->set_id(0);
@@ -1007,6 +1030,7 @@ TEST(SenderMachine, BadAcceptIsRefused) {
     }
     {
         sender_machine s(test_transfer_id, {file_entry("f", 10), file_entry("g", 10)}, {});
+        offer_all(s);
         wire::Accept a;
         a.set_transfer_id(test_transfer_id);
         a.add_files()->set_id(1);
@@ -1015,6 +1039,7 @@ TEST(SenderMachine, BadAcceptIsRefused) {
     }
     {
         sender_machine s(test_transfer_id, {file_entry("f", chunk_size * 2)}, {});
+        offer_all(s);
         wire::Accept a;
         a.set_transfer_id(test_transfer_id);
         wire::FileAccept* fa = a.add_files();
@@ -1034,6 +1059,7 @@ TEST(SenderMachine, BadAcceptIsRefused) {
         // Refused at its second file: the first one's state and chunks go with it, and the
         // same batch can still be answered.
         sender_machine s(test_transfer_id, {file_entry("f", 10), file_entry("g", 10)}, {});
+        offer_all(s);
         wire::Accept a;
         a.set_transfer_id(test_transfer_id);
         a.add_files()->set_id(0);
@@ -1079,6 +1105,7 @@ TEST(SenderMachine, AFileGivenUpOnIsForgottenAndStillKnownAsSuch) {
 
 TEST(SenderMachine, EmptyFileIsDoneOnAccept) {
     sender_machine s(test_transfer_id, {file_entry("e", 0)}, {});
+    offer_all(s);
     wire::Accept a;
     a.set_transfer_id(test_transfer_id);
     a.add_files()->set_id(0);
@@ -1344,6 +1371,7 @@ TEST(SenderMachine, HaveDigestsAreBoundedAndMustMatchTheAccept) {
         return h;
     };
     sender_machine s(test_transfer_id, {file_entry("f", size), dir_entry("d")}, {});
+    offer_all(s);
     EXPECT_EQ(s.on_have_digests(have(0, 0), as_bytes(three)), protocol_errc::bad_chunk);  // more than its chunks
     EXPECT_EQ(s.on_have_digests(have(0, 1), as_bytes(one)), protocol_errc::bad_chunk);    // not contiguous
     EXPECT_EQ(s.on_have_digests(have(0, 0), as_bytes(std::string(15, 'x'))), protocol_errc::payload_mismatch);
@@ -1365,6 +1393,7 @@ TEST(SenderMachine, HaveDigestsAreBoundedAndMustMatchTheAccept) {
 
     // Digests for a file then accepted whole are a broken peer too.
     sender_machine t(test_transfer_id, {file_entry("f", size)}, {});
+    offer_all(t);
     ASSERT_EQ(t.on_have_digests(have(0, 0), as_bytes(one)), std::error_code{});
     wire::Accept b;
     b.set_transfer_id(test_transfer_id);
@@ -1390,8 +1419,10 @@ TEST(SenderMachine, BasisSumsAreBoundedAndReachTheFileOnlyThroughItsPartialAccep
     const std::uint64_t big = 1000 * std::uint64_t{chunk_size};  // more blocks than max_basis_blocks(size)
     {
         sender_machine plain(test_transfer_id, {file_entry("f", size)}, {});
+        offer_all(plain);
         EXPECT_EQ(plain.on_basis_sums(sums(0, 0, size), as_bytes(one)), protocol_errc::unexpected_message);  // not a sync
         sender_machine s(test_transfer_id, {file_entry("f", size), dir_entry("d")}, sync);
+        offer_all(s);
         EXPECT_EQ(s.on_basis_sums(sums(1, 0, size), as_bytes(one)), protocol_errc::unknown_file);  // a folder
         EXPECT_EQ(s.on_basis_sums(sums(0, 0, size), as_bytes(std::string(19, 'x'))), protocol_errc::payload_mismatch);
         EXPECT_EQ(s.on_basis_sums(sums(0, 0, chunk_size), as_bytes(two)), protocol_errc::bad_chunk);  // past its size
@@ -1399,10 +1430,12 @@ TEST(SenderMachine, BasisSumsAreBoundedAndReachTheFileOnlyThroughItsPartialAccep
     }
     {
         sender_machine s(test_transfer_id, {file_entry("f", size)}, sync);
+        offer_all(s);
         std::string many(20 * (max_basis_blocks(size) + 1), '\2');
         EXPECT_EQ(s.on_basis_sums(sums(0, 0, big), as_bytes(many)), protocol_errc::bad_chunk);  // over the bound
     }
     sender_machine s(test_transfer_id, {file_entry("f", size)}, sync);
+    offer_all(s);
     ASSERT_EQ(s.on_basis_sums(sums(0, 0, 2 * chunk_size + 10), as_bytes(one)), std::error_code{});
     EXPECT_EQ(s.on_basis_sums(sums(0, 1, 2 * chunk_size + 11), as_bytes(one)), protocol_errc::bad_chunk);  // size changed
     ASSERT_EQ(s.on_basis_sums(sums(0, 1, 2 * chunk_size + 10), as_bytes(one)), std::error_code{});
@@ -1423,6 +1456,7 @@ TEST(SenderMachine, BasisSumsAreBoundedAndReachTheFileOnlyThroughItsPartialAccep
 
     // Sums for a file then accepted whole are a broken peer.
     sender_machine t(test_transfer_id, {file_entry("f", size)}, sync);
+    offer_all(t);
     ASSERT_EQ(t.on_basis_sums(sums(0, 0, size), as_bytes(one)), std::error_code{});
     wire::Accept whole;
     whole.set_transfer_id(test_transfer_id);
