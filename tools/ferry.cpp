@@ -1066,9 +1066,10 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     ferry::cli::sd_notify("READY=1\nSTATUS=listening on " + n.listen_address() + "\nMAINPID=" +
                           std::to_string(::getpid()));
     io.run();
-    if (stopped_by != 0) {
-        return one_shot && !result ? static_cast<int>(exit_code::transfer_failed) : 0;
+    if (stopped_by != 0 && !one_shot) {
+        return 0;  // a service stopped: what it was doing is in its log
     }
+    // `receive` stopped by a signal: 0 only if its transfer had succeeded by then.
     if (!result) {
         return static_cast<int>(exit_code::transfer_failed);
     }

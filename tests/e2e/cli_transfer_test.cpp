@@ -477,6 +477,29 @@ TEST_F(cli_transfer, plaintext_on_both_sides_works_and_mismatch_fails_clearly) {
     EXPECT_EQ(compare_trees(src, dest / "x"), "");
 }
 
+TEST_F(cli_transfer, a_receive_stopped_in_a_transfer_exits_with_the_transfers_code_not_0) {
+    // SIGTERM while a file comes: the transfer fails ("receiver stopped"), the partial file
+    // stays, and the exit code says so (it was 0, as if the transfer had succeeded).
+    fs::path src = cli.root() / "x";
+    write_random_file(src / "big.bin", 8 * 1024 * 1024, 3);
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--bwlimit", "2M", "--retry-for",
+                          "0", src.string(), a_id + "@" + rx.address});
+    bool started = false;
+    while (!started) {
+        std::optional<std::string> line = rx.proc->read_line(30s);
+        ASSERT_TRUE(line) << "the receiver stopped: " << rx.proc->err();
+        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
+        started = !ev.is_discarded() && ev["event"] == "file_start";
+    }
+    rx.proc->signal(SIGTERM);
+    EXPECT_EQ(rx.proc->wait(process_timeout), 2) << rx.proc->err();
+    EXPECT_NE(sender.wait(process_timeout), 0);
+    EXPECT_FALSE(fs::exists(dest / "x/big.bin"));
+    EXPECT_TRUE(fs::exists(dest / "x/.big.bin.ferry-part"));
+}
+
 TEST_F(cli_transfer, ipv6_loopback) {
     fs::path src = cli.root() / "x";
     write_random_file(src / "f.bin", 700'000, 6);
