@@ -66,6 +66,7 @@ receiver_machine fixture_receiver() {
 // A sender whose one batch of fixture_entries() was accepted whole.
 sender_machine fixture_sender() {
     sender_machine s(transfer, fixture_entries(), {});
+    FUZZ_CHECK(s.next_offer());  // (offered, as a node does before any answer)
     wire::Accept a;
     a.set_transfer_id(transfer);
     for (std::uint32_t i = 0; i < fixture_entries().size(); ++i) {
@@ -138,6 +139,7 @@ void check_accept(const wire::Accept& accept) {
 
     std::vector<entry_info> entries = fixture_entries();
     sender_machine s(transfer, entries, {});
+    FUZZ_CHECK(s.next_offer());
     std::vector<wire::FileDone> done;
     std::error_code ec = s.on_accept(accept, done);
     bool expect_ok =
