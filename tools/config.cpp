@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <string_view>
@@ -33,6 +34,8 @@ struct key_spec {
     std::string_view key;
     std::string_view flag;
     kind how;
+    std::int64_t most = std::numeric_limits<std::int64_t>::max();  // a count's largest (its least: 0, or 1)
+    std::int64_t least = 0;
 };
 
 // Top level, then [limits], [metrics] and [discovery]. [[share]] and [[peer]] are read apart.
@@ -62,7 +65,7 @@ constexpr key_spec metrics_keys[] = {
 };
 // Outgoing transfers' connection count (send, sync, get) and every command's sockets.
 constexpr key_spec tuning_keys[] = {
-    {"connections", "--connections", kind::count},
+    {"connections", "--connections", kind::count, 16, 1},  // as the flag (send's check)
     {"notsent_lowat", "--notsent-lowat", kind::size},
     {"sndbuf", "--sndbuf", kind::size},
     {"rcvbuf", "--rcvbuf", kind::size},
@@ -73,7 +76,7 @@ constexpr key_spec discovery_keys[] = {
     {"name", "--name", kind::text},
     {"interval", "--discovery-interval", kind::duration},
     {"timeout", "--discovery-timeout", kind::duration},
-    {"port", "--discovery-port", kind::count},
+    {"port", "--discovery-port", kind::count, 65535, 1},
     {"group4", "--discovery-group4", kind::text},
     {"group6", "--discovery-group6", kind::text},
 };
@@ -147,8 +150,12 @@ public:
             }
             fail(n, std::string(k.key) + ": expected true or false");
         case kind::count:
-            if (const auto* i = n.as_integer(); i != nullptr && i->get() >= 0) {
+            if (const auto* i = n.as_integer(); i != nullptr && i->get() >= k.least && i->get() <= k.most) {
                 return {std::to_string(i->get())};
+            }
+            if (k.most != std::numeric_limits<std::int64_t>::max()) {
+                fail(n, std::string(k.key) + ": expected a whole number from " + std::to_string(k.least) + " to " +
+                            std::to_string(k.most));
             }
             fail(n, std::string(k.key) + ": expected a whole number, 0 or more");
         case kind::duration:

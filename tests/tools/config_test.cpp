@@ -138,6 +138,10 @@ TEST_F(config_file_test, a_mistake_is_reported_at_its_line_and_column) {
     EXPECT_EQ(error_of("listen = 5\n"), f + ":1:10: listen: expected a string or an array of strings");
     EXPECT_EQ(error_of("[limits]\nmax_files = -1\n"), f + ":2:13: max_files: expected a whole number, 0 or more");
     EXPECT_EQ(error_of("overwrite = \"yes\"\n"), f + ":1:13: overwrite: expected true or false");
+    // A count the flag would refuse is refused here, at its place (`config check` said ok).
+    EXPECT_EQ(error_of("[tuning]\nconnections = 17\n"), f + ":2:15: connections: expected a whole number from 1 to 16");
+    EXPECT_EQ(error_of("[tuning]\nconnections = 0\n"), f + ":2:15: connections: expected a whole number from 1 to 16");
+    EXPECT_EQ(error_of("[discovery]\nport = 70000\n"), f + ":2:8: port: expected a whole number from 1 to 65535");
     EXPECT_EQ(error_of("[[share]]\nname = \"w\"\npath = \"/x\"\naccess = \"rx\"\n"),
               f + ":4:10: access: expected \"ro\" or \"rw\"");
     EXPECT_EQ(error_of("[[share]]\nname = \"w\"\nmode = \"rw\"\n"), f + ":3:1: unknown key \"mode\" in [[share]]");
