@@ -2254,6 +2254,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     bool ever_connected = false;
     bool interrupted = false;
     std::chrono::steady_clock::time_point lost_at{};
+    bool last_try = false;  // the wait before this attempt ended with --retry-for's budget
     std::optional<ferry::transfer_report> last_failure;
     std::function<void()> attempt;
     std::function<void()> stop_waiting;  // SIGINT/SIGTERM during a reconnect wait
@@ -2282,6 +2283,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             // peer that keeps answering BUSY is given up on in time.)
             attempts = 0;
             lost_at = now;
+            last_try = false;
         }
         last_failure = r;
         if (first_pass && !again_connected && !r.connected && !interrupted) {
@@ -2320,7 +2322,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             finish(r);
             return;
         }
-        if (now - lost_at >= retry_for) {
+        if (now - lost_at >= retry_for || last_try) {
             ferry::transfer_report last = r;
             last.error += " (gave up after retrying for " + ferry::seconds_text(retry_for) + " s, --retry-for)";
             finish(last);
@@ -2330,9 +2332,12 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(retry_for - (now - lost_at));
         auto delay = std::min(ferry::backoff_delay(attempts++, std::chrono::milliseconds(500), std::chrono::seconds(30)),
                               left);
+        // A wait cut short by the budget is the last: one more attempt at its end, then the
+        // run gives up (not a burst of attempts in what is left of it).
+        last_try = delay == left;
         double left_s = std::chrono::duration<double>(left).count();
         say(r.error + "; reconnecting in " + ferry::seconds_text(delay) + " s (attempt " + std::to_string(attempts) +
-            ", giving up in " + std::to_string(static_cast<long>(left_s)) + " s)");
+            ", giving up in " + (left_s < 10 ? ferry::seconds_text(left) : std::to_string(std::lround(left_s))) + " s)");
         emit(o, {{"event", "reconnecting"},
                  {"attempt", attempts},
                  {"in_s", delay.count() / 1000.0},
