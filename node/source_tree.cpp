@@ -627,6 +627,18 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& given, so
         by_name.push_back(std::move(names[i]));
     }
     names = std::move(by_name);
+    // A source named through a symlink is what the link points to, under the link's name,
+    // as cp -H, scp and tar -h take a path given on the command line (a symlink met inside
+    // a folder is still skipped, with a note; a dangling one is skipped too).
+    for (std::filesystem::path& p : paths) {
+        struct stat lst {};
+        if (::lstat(p.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
+            std::error_code ec;
+            if (std::filesystem::path real = std::filesystem::canonical(p, ec); !ec) {
+                p = std::move(real);
+            }
+        }
+    }
     if (feed != nullptr) {
         // Fed, the first entries may travel before the last source is looked at: what
         // would fail the sources as a whole (a missing one, two of one name) is found

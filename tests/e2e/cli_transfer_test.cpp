@@ -500,6 +500,26 @@ TEST_F(cli_transfer, a_receive_stopped_in_a_transfer_exits_with_the_transfers_co
     EXPECT_TRUE(fs::exists(dest / "x/.big.bin.ferry-part"));
 }
 
+TEST_F(cli_transfer, a_path_given_as_a_symlink_is_followed_and_one_inside_a_folder_is_not) {
+    // `ferry send ~/photos` where photos is a link to a folder sent nothing ("skipping
+    // photos (symlink)", then "nothing to send").
+    fs::path real = cli.root() / "real";
+    write_text_file(real / "a.txt", "a\n");
+    write_text_file(real / "sub/b.txt", "b\n");
+    fs::create_symlink("a.txt", real / "inner-link");
+    fs::create_directory_symlink(real, cli.root() / "photos");
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    run_result s = send({(cli.root() / "photos").string()}, a_id + "@" + rx.address);
+    ASSERT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_TRUE(fs::is_directory(fs::symlink_status(dest / "photos")));
+    EXPECT_EQ(read_text_file(dest / "photos/a.txt"), "a\n");
+    EXPECT_EQ(read_text_file(dest / "photos/sub/b.txt"), "b\n");
+    EXPECT_FALSE(fs::exists(fs::symlink_status(dest / "photos/inner-link")));
+    EXPECT_NE(s.err.find("inner-link"), std::string::npos) << s.err;  // the note
+}
+
 TEST_F(cli_transfer, ipv6_loopback) {
     fs::path src = cli.root() / "x";
     write_random_file(src / "f.bin", 700'000, 6);
@@ -538,8 +558,8 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     run_result clash = send({(src / "f.txt").string(), (cli.root() / "y" / "f.txt").string()}, "127.0.0.1:1");
     EXPECT_EQ(clash.code, 1) << clash.err;
     EXPECT_NE(clash.err.find("two sources map to the same name"), std::string::npos) << clash.err;
-    // Only a symlink: nothing to send, and the note says why.
-    fs::create_symlink(src, cli.root() / "link");
+    // Only a symlink that points nowhere: nothing to send, and the note says why.
+    fs::create_symlink(cli.root() / "nowhere", cli.root() / "link");
     run_result link = send({(cli.root() / "link").string()}, "127.0.0.1:1");
     EXPECT_EQ(link.code, 1) << link.err;
     EXPECT_NE(link.err.find("skipping"), std::string::npos) << link.err;

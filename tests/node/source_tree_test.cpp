@@ -162,7 +162,7 @@ TEST(source_tree_test, clashing_names_missing_paths_and_nothing_to_send_are_refu
 
     source_tree t3;
     error.clear();
-    fs::create_symlink("one", tmp.path() / "only-a-link");
+    fs::create_symlink("no-such-target", tmp.path() / "only-a-link");  // (one that points somewhere is followed)
     EXPECT_NE(scan_sources({tmp.path() / "only-a-link"}, t3, error), std::error_code{});
     EXPECT_EQ(error, "nothing to send");
 }
@@ -253,11 +253,25 @@ TEST(source_tree_test, a_tree_deeper_than_the_open_folder_limit_is_walked_whole)
     EXPECT_EQ(t.total_bytes, 4u);
 }
 
+TEST(source_tree_test, a_source_given_as_a_symlink_is_what_it_points_to_under_its_own_name) {
+    test::temp_dir tmp{"ferry-scan"};
+    write(tmp.path() / "real" / "x", "x");
+    write(tmp.path() / "real" / "sub" / "y", "yy");
+    fs::create_symlink("x", tmp.path() / "real" / "inner");
+    fs::create_directory_symlink(tmp.path() / "real", tmp.path() / "top");
+    source_tree t;
+    std::string error;
+    ASSERT_EQ(scan_sources({tmp.path() / "top"}, t, error), std::error_code{}) << error;
+    EXPECT_EQ(wire_paths(t), (std::vector<std::string>{"top", "top/sub", "top/sub/y", "top/x"}));
+    EXPECT_EQ(t.skipped.size(), 1u);  // top/inner: a link inside is not followed
+    EXPECT_EQ(t.total_bytes, 3u);
+}
+
 TEST(source_tree_test, a_skipped_source_takes_no_name) {
     test::temp_dir tmp{"ferry-scan"};
     write(tmp.path() / "real" / "x", "x");
     fs::create_directories(tmp.path() / "links");
-    fs::create_symlink(tmp.path() / "real" / "x", tmp.path() / "links" / "x");
+    fs::create_symlink(tmp.path() / "real" / "gone", tmp.path() / "links" / "x");  // dangling: skipped
     source_tree t;
     std::string error;
     ASSERT_EQ(scan_sources({tmp.path() / "links" / "x", tmp.path() / "real" / "x"}, t, error), std::error_code{})
