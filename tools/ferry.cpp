@@ -556,7 +556,7 @@ ferry::node_events base_events(const common_opts& o) {
 int cmd_id(const common_opts& o) {
     ferry::identity id = ferry::load_or_create_identity(ferry::resolve_state_dir(o.state));
     if (o.json) {
-        std::cout << json{{"id", ferry::format_node_id(id.id)}}.dump() << '\n';
+        emit(o, {{"event", "id"}, {"id", ferry::format_node_id(id.id)}});
     } else {
         std::cout << ferry::format_node_id(id.id) << '\n';
     }
@@ -3172,7 +3172,9 @@ void define_serve(CLI::App* serve, common_opts& o, receive_opts& serve_o, std::s
     serve->add_option("--discovery-group4", serve_o.group4, "IPv4 multicast group (\"\": none)")->capture_default_str();
     serve->add_option("--discovery-group6", serve_o.group6, "IPv6 link-local multicast group (\"\": none)")
         ->capture_default_str();
-    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --share www=/srv/www:rw --metrics 127.0.0.1:9188");
+    serve->footer("Example:\n  ferry serve --listen 0.0.0.0:7788 --inbox ~/inbox --share www=/srv/www:rw --metrics 127.0.0.1:9188\n\n"
+                  "Exit codes: 0 stopped by SIGINT/SIGTERM, 1 usage or a mistake in the configuration, 4 local I/O\n"
+                  "(the port or the state folder taken, the inbox not writable).");
 }
 
 }  // namespace
@@ -3201,7 +3203,8 @@ int main(int argc, char** argv) {
 
     auto* id = app.add_subcommand("id", "print this node's ID (creating its key on first use)");
     add_common(id, o);
-    id->footer("Example:\n  ferry id --state ~/.local/state/ferry");
+    id->footer("Example:\n  ferry id --state ~/.local/state/ferry\n\n"
+               "Exit codes: 0 printed (made first if there was none), 1 usage, 4 the state folder cannot be read or written.");
 
     trust_opts to;
     auto* trust = app.add_subcommand("trust", "trust a peer's node ID");
@@ -3210,7 +3213,8 @@ int main(int argc, char** argv) {
     trust->add_option("--name", to.name, "a name for the peer (NAME:SHARE in `ferry sync`)");
     trust->add_option("--address", to.address, "where the peer serves, HOST:PORT (for NAME:SHARE)");
     trust->add_option("--shares", to.shares, "the shares of this node the peer may use, comma-separated (\"*\": all, the default)");
-    trust->footer("Example:\n  ferry trust ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 --name laptop --address 192.0.2.7:7788 --shares www,docs");
+    trust->footer("Example:\n  ferry trust ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 --name laptop --address 192.0.2.7:7788 --shares www,docs\n\n"
+                  "Exit codes: 0 trusted, 1 usage (a malformed ID, name, address or share), 4 the trust list cannot be written.");
 
     receive_opts ro;
     auto* receive = app.add_subcommand("receive", "accept one transfer into DIR, then exit");
@@ -3225,7 +3229,8 @@ int main(int argc, char** argv) {
     receive->add_flag("--plaintext", ro.plaintext, "no TLS (benchmarks only; the sender must say it too)");
     receive->add_option("DIR", ro.dir, "destination folder")->required();
     add_limit_options(receive, ro);
-    receive->footer("Example:\n  ferry receive --listen 0.0.0.0:7788 --accept-from ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 ~/inbox");
+    receive->footer("Example:\n  ferry receive --listen 0.0.0.0:7788 --accept-from ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 ~/inbox\n\n"
+                    "Exit codes: 0 the transfer succeeded, 1 usage, 2 it failed (or SIGINT/SIGTERM came first), 4 local I/O.");
 
     send_opts so;
     auto* send = app.add_subcommand("send", "send files and folders to a peer");
@@ -3238,7 +3243,9 @@ int main(int argc, char** argv) {
     send->add_option("ARGS", so.args, "PATH... [ID@]HOST:PORT, or PATH... PEER (a trusted name, or an ID LAN discovery found)")
         ->required();
     send->footer("Examples:\n  ferry send photos/ notes.txt ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567@192.0.2.7:7788\n"
-                 "  ferry send report.pdf desk");
+                 "  ferry send report.pdf desk\n\n"
+                 "Exit codes: 0 every byte confirmed, 1 usage, 2 transfer failed, 3 trust, 4 local I/O, 5 some source files\n"
+                 "not sent (listed), 6 some vanished while sent.");
 
     receive_opts serve_o;
     serve_o.dir = "";
@@ -3337,7 +3344,7 @@ int main(int argc, char** argv) {
     auto* config = app.add_subcommand("config", "check the configuration file, or show the settings `ferry serve` takes from it");
     config->require_subcommand(1);
     config->footer("Examples:\n  ferry config check /etc/ferry/config.toml\n  ferry config show --json\n"
-                   "Every key: docs/config.md.");
+                   "Every key: docs/config.md.\n\nExit codes: 0 done, 1 the file has a mistake (FILE:LINE:COLUMN).");
     auto* config_check = config->add_subcommand("check", "check a configuration file: its syntax, keys, values, shares and peers");
     add_common(config_check, o);
     std::string check_file;

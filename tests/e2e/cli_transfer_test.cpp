@@ -579,11 +579,18 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
         EXPECT_EQ(cc.code, 1) << args[0];
         EXPECT_NE(cc.err.find("--congestion no-such-cc"), std::string::npos) << args[0] << ": " << cc.err;
     }
-    for (const char* cmd : {"id", "trust", "send", "sync", "receive", "serve"}) {
+    // Every command's help has an example and its exit codes (some had none).
+    for (const char* cmd : {"id", "trust", "send", "sync", "receive", "serve", "get", "peers", "ls", "config", "status"}) {
         run_result h = cli.ferry({cmd, "--help"});
         EXPECT_EQ(h.code, 0) << cmd;
         EXPECT_NE(h.out.find("Example"), std::string::npos) << cmd;
+        EXPECT_NE(h.out.find("Exit codes"), std::string::npos) << cmd;
     }
+    // `ferry id --json` is an event like every other command's output.
+    nlohmann::json id = last_json_line(cli.ferry({"id", "--state", state_b, "--json"}).out);
+    EXPECT_EQ(id["event"], "id");
+    EXPECT_EQ(id["schema"], 1);
+    EXPECT_EQ(id["id"], b_id);
     run_result version = cli.ferry({"--version"});
     EXPECT_EQ(version.code, 0) << version.err;
     EXPECT_EQ(version.out.rfind("ferry ", 0), 0u) << version.out;
