@@ -777,6 +777,18 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     if (std::error_code ec; !r.dir.empty() && fs::exists(r.dir, ec) && !fs::is_directory(r.dir, ec)) {
         return fail(o, exit_code::usage, config_place("--inbox", r.dir.string()) + r.dir.string() + ": not a folder");
     }
+    if (one_shot && !r.dir.empty()) {
+        // `ferry receive DIR`: made now, and one this user cannot write to refused now.
+        std::error_code ec;
+        fs::create_directories(r.dir, ec);
+        if (ec) {
+            return fail(o, exit_code::local_io, r.dir.string() + ": cannot make it: " + ec.message());
+        }
+        if (::access(r.dir.c_str(), W_OK | X_OK) != 0) {
+            return fail(o, exit_code::local_io,
+                        r.dir.string() + ": cannot write in it: " + std::error_code(errno, std::system_category()).message());
+        }
+    }
     cfg.overwrite = r.overwrite;
     cfg.fsync_each = r.fsync_each;
     cfg.plaintext = r.plaintext;
@@ -834,6 +846,11 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     if (r.accept_any) {
         cfg.policy = ferry::accept_policy::any;
     } else if (!r.accept_from.empty()) {
+        if (r.plaintext) {
+            say("warning: --plaintext: no TLS, so a sender's ID is not checked (--accept-from has no effect: any sender "
+                "that can reach the port is taken)",
+                ferry::log_level::warn);
+        }
         std::optional<std::string> id = ferry::parse_node_id(r.accept_from);
         if (!id) {
             return fail(o, exit_code::usage, "--accept-from \"" + r.accept_from + "\" is not a node ID");
@@ -2386,6 +2403,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     checked_flags flags;
     if (int code = check_flags(o, s, flags)) {
         return code;
+    }
+    if (s.plaintext && !t.expected_id.empty()) {
+        say("warning: --plaintext: no TLS, so the receiver's ID is not checked (ID@ has no effect)", ferry::log_level::warn);
     }
     // The sources are scanned on a thread of their own while the node loads its identity
     // and sets up TLS (each takes milliseconds; a big tree, tens of them).

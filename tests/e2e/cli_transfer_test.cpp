@@ -553,6 +553,11 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
                                     (src / "f.txt").string()});
     EXPECT_EQ(not_dir.code, 1) << not_dir.err;
     EXPECT_NE(not_dir.err.find("not a folder"), std::string::npos) << not_dir.err;
+    // A folder that cannot be made is refused at once, not when a sender comes.
+    run_result below_file = cli.ferry({"receive", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0",
+                                       (src / "f.txt" / "sub").string()});
+    EXPECT_EQ(below_file.code, 4) << below_file.err;
+    EXPECT_NE(below_file.err.find("cannot make it"), std::string::npos) << below_file.err;
     // Two sources of one name would arrive as one: a usage error.
     write_text_file(cli.root() / "y" / "f.txt", "other");
     run_result clash = send({(src / "f.txt").string(), (cli.root() / "y" / "f.txt").string()}, "127.0.0.1:1");
