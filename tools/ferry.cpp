@@ -753,10 +753,10 @@ std::optional<ferry::share_config> parse_share(const std::string& spec, std::str
 
 // Where the configuration file gave `flag` the value `value` ("FILE:LINE:COLUMN: "), or
 // "" when it did not.
-std::string config_place(std::string_view flag, const std::string& value) {
+std::string config_place(std::string_view flag, const std::optional<std::string>& value) {
     if (loaded_config) {
         for (const auto& v : loaded_config->values) {
-            if (v.flag == flag && v.value == value) {
+            if (v.flag == flag && (!value || v.value == *value)) {
                 return v.where + ": ";
             }
         }
@@ -814,7 +814,11 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
         }
     }
     if (cfg.discovery.timeout <= cfg.discovery.interval) {
-        return fail(o, exit_code::usage, "--discovery-timeout must be longer than --discovery-interval");
+        // (At the file's timeout, else its interval: the flags given win over both.)
+        std::string place = config_place("--discovery-timeout", std::nullopt);
+        return fail(o, exit_code::usage,
+                    (place.empty() ? config_place("--discovery-interval", std::nullopt) : place) +
+                        "--discovery-timeout must be longer than --discovery-interval");
     }
     for (const std::string& spec : r.shares) {
         std::string error;
