@@ -585,6 +585,9 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
         return fail(o, exit_code::usage, "a peer name may not contain '@', ':', '/' or spaces (and at most 64 bytes)");
     }
     fs::path dir = ferry::resolve_state_dir(o.state);
+    if (*id == ferry::load_or_create_identity(dir).id) {
+        return fail(o, exit_code::usage, ferry::format_node_id(*id) + " is this node's own ID (`ferry id`): trust the other node's");
+    }
     ferry::trust_store store = ferry::trust_store::load(dir);
     if (t.address) {
         std::string host;

@@ -571,6 +571,9 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_NE(link.err.find("nothing to send"), std::string::npos) << link.err;
     EXPECT_EQ(cli.ferry({"send", "--state", cli.state("B").string(), "only-one-arg"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), "NOT-AN-ID"}).code, 1);
+    run_result self = cli.ferry({"trust", "--state", cli.state("B").string(), b_id});  // its own ID
+    EXPECT_EQ(self.code, 1);
+    EXPECT_NE(self.err.find("own ID"), std::string::npos) << self.err;
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "a@b"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "desk"}).code, 0);
     EXPECT_EQ(cli.ferry({"frobnicate"}).code, 1);
