@@ -586,7 +586,8 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
     }
     fs::path dir = ferry::resolve_state_dir(o.state);
     if (*id == ferry::load_or_create_identity(dir).id) {
-        return fail(o, exit_code::usage, ferry::format_node_id(*id) + " is this node's own ID (`ferry id`): trust the other node's");
+        return fail(o, exit_code::usage,
+                    ferry::format_node_id(*id) + " is this node's own ID (`ferry id`): trust the other node's");
     }
     ferry::trust_store store = ferry::trust_store::load(dir);
     if (t.address) {
@@ -788,8 +789,8 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
             return fail(o, exit_code::local_io, r.dir.string() + ": cannot make it: " + ec.message());
         }
         if (::access(r.dir.c_str(), W_OK | X_OK) != 0) {
-            return fail(o, exit_code::local_io,
-                        r.dir.string() + ": cannot write in it: " + std::error_code(errno, std::system_category()).message());
+            std::error_code why(errno, std::system_category());
+            return fail(o, exit_code::local_io, r.dir.string() + ": cannot write in it: " + why.message());
         }
     }
     cfg.overwrite = r.overwrite;
@@ -2361,7 +2362,8 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
         last_try = delay == left;
         double left_s = std::chrono::duration<double>(left).count();
         say(r.error + "; reconnecting in " + ferry::seconds_text(delay) + " s (attempt " + std::to_string(attempts) +
-            ", giving up in " + (left_s < 10 ? ferry::seconds_text(left) : std::to_string(std::lround(left_s))) + " s)");
+            ", giving up in " + (left_s < 10 ? ferry::seconds_text(left) : std::to_string(std::lround(left_s))) +
+            " s)");
         emit(o, {{"event", "reconnecting"},
                  {"attempt", attempts},
                  {"in_s", delay.count() / 1000.0},
@@ -2412,7 +2414,8 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         return code;
     }
     if (s.plaintext && !t.expected_id.empty()) {
-        say("warning: --plaintext: no TLS, so the receiver's ID is not checked (ID@ has no effect)", ferry::log_level::warn);
+        say("warning: --plaintext: no TLS, so the receiver's ID is not checked (ID@ has no effect)",
+            ferry::log_level::warn);
     }
     // The sources are scanned on a thread of their own while the node loads its identity
     // and sets up TLS (each takes milliseconds; a big tree, tens of them).

@@ -588,7 +588,8 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
         EXPECT_NE(cc.err.find("--congestion no-such-cc"), std::string::npos) << args[0] << ": " << cc.err;
     }
     // Every command's help has an example and its exit codes (some had none).
-    for (const char* cmd : {"id", "trust", "send", "sync", "receive", "serve", "get", "peers", "ls", "config", "status"}) {
+    for (const char* cmd :
+         {"id", "trust", "send", "sync", "receive", "serve", "get", "peers", "ls", "config", "status"}) {
         run_result h = cli.ferry({cmd, "--help"});
         EXPECT_EQ(h.code, 0) << cmd;
         EXPECT_NE(h.out.find("Example"), std::string::npos) << cmd;

@@ -103,7 +103,8 @@ TEST(config_file, a_flag_overrides_the_file_and_a_mistake_stops_serve_with_its_p
     write_file(conf, "[discovery]\ninterval = \"10s\"\ntimeout = \"5s\"\n");
     run_result pair = cli.ferry({"config", "check", conf.string()});
     EXPECT_EQ(pair.code, 1);
-    EXPECT_NE(pair.err.find(conf.string() + ":3:11: --discovery-timeout must be longer"), std::string::npos) << pair.err;
+    EXPECT_NE(pair.err.find(conf.string() + ":3:11: --discovery-timeout must be longer"), std::string::npos)
+        << pair.err;
     // A file named by FERRY_CONFIG must exist.
     run_result missing = cli.ferry({"id"}, {"FERRY_CONFIG=" + (cli.root() / "nope.toml").string()});
     EXPECT_EQ(missing.code, 1);

@@ -678,7 +678,7 @@ class sender_driver {
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;
     std::size_t batches_accepted_ = 0;
     std::deque<chunk_ref> requeued_;
-    std::size_t sent_ = 0;  // Offer batches the node sent (next_offer)
+    std::size_t sent_ = 0;             // Offer batches the node sent (next_offer)
     std::deque<chunk_ref> taken_;      // handed out, not hashed yet
     std::deque<chunk_ref> in_flight_;  // hashed and sent, not acked
     std::uint64_t total_bytes_ = 0;
