@@ -940,7 +940,9 @@ std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
         return protocol_errc::unexpected_message;  // finished and forgotten
     }
     file_state& f = *state;
-    if (!f.decided || f.skip || !f.info.is_file() || f.done_seen || f.implicit_done) {
+    // (After a FileAbort no FileDone comes: the sender gave the file up. Refused whether
+    // or not the file is forgotten by now, as it was only once it was.)
+    if (!f.decided || f.skip || !f.info.is_file() || f.done_seen || f.implicit_done || f.aborted) {
         return protocol_errc::unexpected_message;
     }
     f.done_seen = true;

@@ -1259,6 +1259,25 @@ TEST(TransferLoopback, AFileGivenUpOnAfterItsFileDoneIsTakenButNotOnceItIsFinish
     EXPECT_EQ(s.confirmed_bytes(), 100u);
 }
 
+TEST(TransferLoopback, AFileDoneAfterTheFileWasGivenUpOnIsRefusedAsAfterItIsForgotten) {
+    // No sender sends a FileDone after its FileAbort. The receiver took one while it still
+    // held the file's state and refused it once the file was forgotten (a fuzz run found
+    // the two answers to the same message).
+    loopback lb({file_entry("p", chunk_size + 10)});
+    lb.exchange_offers();
+    receiver_machine& r = lb.receiver();
+    wire::FileAbort abort;
+    abort.set_file_id(0);
+    abort.set_vanished(true);
+    ASSERT_EQ(r.on_file_abort(abort), std::error_code{});
+    ASSERT_TRUE(r.entry_held(file_id{0}));
+    wire::FileDone done;
+    done.set_file_id(0);
+    EXPECT_EQ(r.on_file_done(done), protocol_errc::unexpected_message);
+    r.release(file_id{0});
+    EXPECT_EQ(r.on_file_done(done), protocol_errc::unexpected_message);
+}
+
 TEST(TransferLoopback, AResumedFileGivenUpOnLeavesTheConfirmedCountAtTheOtherFiles) {
     // The receiver had 2 of p's 3 chunks (an interrupted attempt's); p vanishes once those
     // two are hashed. The TransferResult confirms every byte but p's: q's 9, never a count
