@@ -332,10 +332,15 @@ const char* code_name(exit_code c) {
 // The message of the last fail() (a refused reload reports it in its own event).
 std::string last_fail_message;
 
+// The `error` event of a failure with exit code `code`.
+json error_event(exit_code code, const std::string& message) {
+    return {{"event", "error"}, {"code", code_name(code)}, {"exit_code", static_cast<int>(code)}, {"message", message}};
+}
+
 int fail(const common_opts& o, exit_code code, const std::string& message) {
     last_fail_message = message;
     say("error: " + message, ferry::log_level::error);
-    emit(o, {{"event", "error"}, {"code", code_name(code)}, {"exit_code", static_cast<int>(code)}, {"message", message}});
+    emit(o, error_event(code, message));
     return static_cast<int>(code);
 }
 
@@ -966,9 +971,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
                 ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s" +
                 skipped_note(rep) + compression_note(rep));
         }
-        emit(o, rep.ok ? report_json(rep, false)
-                       : json{{"event", "error"}, {"code", code_name(rep.code)}, {"exit_code", static_cast<int>(rep.code)},
-                              {"message", rep.error}});
+        emit(o, rep.ok ? report_json(rep, false) : error_event(rep.code, rep.error));
         if (!rep.ok) {
             say("error: " + rep.error, ferry::log_level::error);
         }
@@ -2279,7 +2282,6 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     bool ever_connected = false;
     bool interrupted = false;
     std::chrono::steady_clock::time_point lost_at{};
-    bool last_try = false;  // the wait before this attempt ended with --retry-for's budget
     std::optional<ferry::transfer_report> last_failure;
     std::function<void()> attempt;
     std::function<void()> stop_waiting;  // SIGINT/SIGTERM during a reconnect wait
@@ -2308,7 +2310,6 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             // peer that keeps answering BUSY is given up on in time.)
             attempts = 0;
             lost_at = now;
-            last_try = false;
         }
         last_failure = r;
         if (first_pass && !again_connected && !r.connected && !interrupted) {
@@ -2347,19 +2348,18 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             finish(r);
             return;
         }
-        if (now - lost_at >= retry_for || last_try) {
+        if (now - lost_at >= retry_for) {
             ferry::transfer_report last = r;
             last.error += " (gave up after retrying for " + ferry::seconds_text(retry_for) + " s, --retry-for)";
             finish(last);
             return;
         }
         // The last wait ends with the budget: --retry-for is not overrun by a backoff step.
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(retry_for - (now - lost_at));
+        // Rounded up, so that the attempt at its end is the last (rounded down, what was
+        // left under a millisecond gave a burst of attempts 0 s apart).
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(retry_for - (now - lost_at));
         auto delay = std::min(ferry::backoff_delay(attempts++, std::chrono::milliseconds(500), std::chrono::seconds(30)),
                               left);
-        // A wait cut short by the budget is the last: one more attempt at its end, then the
-        // run gives up (not a burst of attempts in what is left of it).
-        last_try = delay == left;
         double left_s = std::chrono::duration<double>(left).count();
         say(r.error + "; reconnecting in " + ferry::seconds_text(delay) + " s (attempt " + std::to_string(attempts) +
             ", giving up in " + (left_s < 10 ? ferry::seconds_text(left) : std::to_string(std::lround(left_s))) +
@@ -3409,10 +3409,7 @@ int main(int argc, char** argv) {
         const std::span<char* const> words(argv + 1, static_cast<std::size_t>(argc - 1));
         const auto end = std::find(words.begin(), words.end(), std::string_view("--"));
         o.json = std::find(words.begin(), end, std::string_view("--json")) != end;
-        emit(o, {{"event", "error"},
-                 {"code", code_name(exit_code::usage)},
-                 {"exit_code", static_cast<int>(exit_code::usage)},
-                 {"message", e.what()}});
+        emit(o, error_event(exit_code::usage, e.what()));
         return static_cast<int>(exit_code::usage);
     }
 
