@@ -10,6 +10,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <utility>
 
@@ -605,6 +606,11 @@ void send_session::take_scan() {
         }
         machine_.complete();
         report_maybe_renamed();
+    } else if (options_.feed->max_held() > 0 && machine_.unsealed_entries() > 0 &&
+               machine_.total_files() - machine_.first_entry_held() >= options_.feed->max_held()) {
+        // The scan waits for room (scan_feed::put): what it found goes out now, not when a
+        // batch fills, so that its files can be done with.
+        machine_.flush();
     }
     send_offers();
     pump_all();
@@ -645,6 +651,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             if (machine_.all_accepted() && machine_.claimed_bytes() > 0 && ctx_.events.resumed) {
                 ctx_.events.resumed("send", session_id_, machine_.claimed_bytes(), machine_.resumed_files());
             }
+            trim_entries();  // the folders, links and files found unchanged are done with
             send_offers();  // room for one more batch
             pump_all();
             return;
@@ -682,7 +689,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     send_file_done(chunk_key_file(key), std::move(*released));
                 }
                 if (auto it = cs.inflight.find(key); it != cs.inflight.end()) {
-                    std::uint64_t len = raw_length(key);
+                    std::uint64_t len = it->second.raw_len;
                     auto now = stats_clock::now();
                     ctx_.stats.chunk_rtt.observe(now - it->second.sent_at);
                     // A delta's bytes copied at the receiver are not what compression saved.
@@ -716,13 +723,16 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 fail(exit_code::transfer_failed, "receiver failed: " + printable(machine_.failure()), false);
                 return;
             }
-            if (std::uint32_t id = header.file_result().file_id(); id < machine_.total_files()) {
+            // (Not a file given up on and forgotten since, its entry gone: its result crossed
+            // the FileAbort, and its `failed` line is out.)
+            if (std::uint32_t id = header.file_result().file_id();
+                id < machine_.total_files() && id >= machine_.first_entry_held()) {
                 file_id f{id};
                 std::string_view from = machine_.basis(f);
                 if (!from.empty() && machine_.sent_nothing(f) && !machine_.is_complete()) {
-                    // Made from DST's copy at `from`: a rename if SRC has no such path, which
-                    // a scan still going may find yet (told of once it ends: take_scan).
-                    maybe_renamed_.push_back({f, machine_.action(f), std::string(from)});
+                    // Made from DST's copy at `from`: a rename if SRC has no such path, unless
+                    // the scan fails before its end (told of once it ends: take_scan).
+                    maybe_renamed_.push_back({f, machine_.entry(f), machine_.action(f), std::string(from)});
                 } else {
                     if (from.empty() || !machine_.sent_nothing(f) || still_at_dst(from)) {
                         from = {};  // sent (in part), or a copy of a file DST keeps
@@ -732,6 +742,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 // Done with: 200,000 files kept ~600 bytes each for nothing.
                 machine_.release(f);
                 files_.erase(id);
+                trim_entries();
             }
             return;
         case wire::Header::kDeleted:
@@ -787,11 +798,25 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
 void send_session::on_send_ready(connection& c) { pump(c.index); }
 
 bool send_session::still_at_dst(std::string_view path) {
-    if (const entry_info* e = machine_.find_entry(path)) {
-        return !e->is_dir;  // a folder of SRC's there replaces DST's file: it was moved
-    }
     // Excluded, or what SRC could not read: DST keeps it.
-    return options_.sync && dst_keeps().excluded_or_inside(path, false);
+    if (options_.sync && dst_keeps().excluded_or_inside(path, false)) {
+        return true;
+    }
+    // SRC as it is now (its entries of files done with are gone: trim_entries): anything
+    // but a folder, reached without a symlink (a symlink itself is stat'ed as one: stat_at
+    // beneath a sync's SRC), is what its scan offers. A folder of SRC's there replaces
+    // DST's file: it was moved.
+    struct stat st {};
+    return stat_at(root_fd(), std::string(path), st) == 0 && !S_ISDIR(st.st_mode);
+}
+
+void send_session::trim_entries() {
+    machine_.trim_entries(pinned_.empty() ? std::numeric_limits<std::uint32_t>::max() : *pinned_.begin());
+    std::size_t held = machine_.first_entry_held();
+    sources_.trim_locals(held);
+    if (options_.feed) {
+        options_.feed->let_go(held);
+    }
 }
 
 void send_session::report_maybe_renamed() {
@@ -799,7 +824,7 @@ void send_session::report_maybe_renamed() {
         // A scan that ended early may not have reached `from`: a copy then (a failed
         // attempt deletes nothing at DST).
         bool renamed = machine_.is_complete() && !still_at_dst(m.from);
-        file_events_.done(ctx_.events.file, m.id, machine_.entry(m.id), false, m.action,
+        file_events_.done(ctx_.events.file, m.id, m.entry, false, m.action,
                           renamed ? std::string_view(m.from) : std::string_view());
     }
     maybe_renamed_ = {};
@@ -1000,6 +1025,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
         auto scan = std::make_shared<delta_scan>();
         it = scans_.emplace(ref.file.value, scan).first;
         ++scans_running_;
+        pinned_.insert(ref.file.value);  // until on_scanned
         const entry_info& e = machine_.entry(ref.file);
         std::vector<basis_block> blocks;
         blocks.reserve(basis->weak.size());
@@ -1093,6 +1119,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
 
 void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan) {
     --scans_running_;
+    pinned_.erase(pinned_.find(f.value));
     scan->done = true;
     if (finished_) {
         return;
@@ -1156,7 +1183,7 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason, 
     for (conn_state& cs : conns_) {
         for (auto it = cs.inflight.begin(); it != cs.inflight.end();) {
             if (chunk_key_file(it->first) == f) {
-                cs.inflight_bytes -= raw_length(it->first);
+                cs.inflight_bytes -= it->second.raw_len;
                 it = cs.inflight.erase(it);
             } else {
                 ++it;
@@ -1189,6 +1216,7 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     read_job job;
     job.ref = ref;
     job.file = file(ref.file);
+    pinned_.insert(ref.file.value);  // its entry and local path stay until on_read
     // sources_ and the entries never change and the task holds the session: no copy.
     job.local = &local_path(ref.file);
     job.root_fd = root_fd();
@@ -1325,6 +1353,7 @@ void send_session::post_reads(std::uint32_t index, std::vector<read_job> jobs) {
 
 void send_session::on_read(std::uint32_t index, read_job& job) {
     const chunk_ref& ref = job.ref;
+    pinned_.erase(pinned_.find(ref.file.value));
     conn_state& cs = conns_[index];
     --cs.reading;
     cs.reading_bytes -= ref.length;
@@ -1370,7 +1399,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     c->set_hash_hi(job.digest.hi);
     std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
     std::uint32_t copied = job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
-    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len, copied});
+    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len, copied, ref.length});
     rate_.tokens -= wire_len;  // --bwlimit
     cs.inflight_bytes += ref.length;
     file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));
@@ -1423,10 +1452,6 @@ double send_session::link_busy(stats_clock::time_point from, stats_clock::time_p
     return std::min(std::chrono::duration<double>(busiest) / std::chrono::duration<double>(now - from), 1.0);
 }
 
-std::uint32_t send_session::raw_length(std::uint64_t key) const {
-    return chunk_length(machine_.entry(chunk_key_file(key)).size, chunk_key_index(key).value);
-}
-
 void send_session::requeue_inflight(conn_state& cs) {
     for (const auto& [key, chunk] : cs.inflight) {
         file_id f = chunk_key_file(key);
@@ -1435,7 +1460,7 @@ void send_session::requeue_inflight(conn_state& cs) {
         ref.file = f;
         ref.index = i;
         ref.offset = std::uint64_t{i.value} * chunk_size;
-        ref.length = raw_length(key);
+        ref.length = chunk.raw_len;
         if (machine_.requeue(ref)) {
             file(f)->read_again();
         }
@@ -1652,7 +1677,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         for (auto& cs : conns_) {
             chunks += cs.inflight.size();
             for (const auto& [key, chunk] : cs.inflight) {
-                saved += chunk.copied > 0 ? 0 : raw_length(key) - chunk.wire_len;
+                saved += chunk.copied > 0 ? 0 : chunk.raw_len - chunk.wire_len;
                 delta_copied_ += chunk.copied;
             }
             cs.inflight.clear();

@@ -14,6 +14,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <set>
 #include <span>
 #include <mutex>
 #include <optional>
@@ -199,6 +200,7 @@ private:
         stats_clock::time_point sent_at;  // handed to the connection
         std::uint32_t wire_len;           // payload bytes on the wire (compressed or raw)
         std::uint32_t copied = 0;         // CODEC_DELTA: bytes the receiver copies from its older version
+        std::uint32_t raw_len = 0;        // the chunk's length (its file's entry may have gone: trim_entries)
     };
     struct conn_state {
         std::shared_ptr<connection> conn;
@@ -377,8 +379,6 @@ private:
     // A chunk hashed (read, or from the memo): the machine learns its digest; a FileDone
     // that releases goes out, and a chunk the receiver has with other bytes is read again.
     void on_hashed(const chunk_ref& ref, digest128 digest);
-    // Payload bytes of the chunk with this chunk_key (what the window and progress count).
-    std::uint32_t raw_length(std::uint64_t key) const;
     void requeue_inflight(conn_state& cs);
     void adjust_window(conn_state& cs, std::uint64_t acked);
     // Every quarter second or so, tells compression_ what the sockets accepted since.
@@ -393,12 +393,19 @@ private:
     // Whether DST keeps `path` after this sync: SRC offered it, or excluded it (a file made
     // from DST's copy there is a copy, not a rename).
     bool still_at_dst(std::string_view path);
+    // Files whose entry (and local path) a task on the pool, or its completion, still
+    // reads: a read job (until on_read) or a delta scan (until on_scanned); once per task.
+    std::multiset<std::uint32_t> pinned_;
+    // The machine's entries of files done with go, but those pinned_ (and every one after),
+    // with their local paths; a scan waiting for room (scan_feed::let_go) goes on.
+    void trim_entries();
     // A sync's exclude patterns and the paths to keep so far (made on first use).
     exclude_set& dst_keeps();
     // Files made from DST's copy whose result came while the scan still went: whether
     // each was a rename is known once it ends.
     struct maybe_renamed {
         file_id id;
+        entry_info entry;  // a copy: the machine's may go before the scan ends (trim_entries)
         wire::SyncAction action;
         std::string from;
     };

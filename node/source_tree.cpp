@@ -528,6 +528,23 @@ void scan_feed::put(source_tree part) {
     if (wake && !cancelled()) {
         wake();
     }
+    if (max_held_ > 0) {
+        // The part is the taker's already: the walk waits before it finds more.
+        std::unique_lock lock(mutex_);
+        room_.wait_for(lock, max_hold_wait,
+                       [this] { return cancelled() || entries_put_ - std::min(let_go_, entries_put_) < max_held_; });
+    }
+}
+
+void scan_feed::let_go(std::uint64_t n) {
+    {
+        std::lock_guard lock(mutex_);
+        if (n <= let_go_) {
+            return;
+        }
+        let_go_ = n;
+    }
+    room_.notify_all();
 }
 
 void scan_feed::finish(std::error_code ec, std::string error) {
@@ -552,8 +569,11 @@ void scan_feed::on_change(std::function<void()> wake) {
 
 void scan_feed::cancel() {
     cancelled_ = true;
-    std::lock_guard lock(mutex_);
-    wake_ = nullptr;
+    {
+        std::lock_guard lock(mutex_);
+        wake_ = nullptr;
+    }
+    room_.notify_all();
 }
 
 scan_feed::taken scan_feed::take() {

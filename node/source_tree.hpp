@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
@@ -53,6 +54,7 @@ struct source_tree {
     // A deque: a local path stays where it is while a streamed scan appends more (a read
     // on the worker pool holds it by address).
     std::deque<std::string> locals;
+    std::size_t locals_base = 0;  // the id of locals.front() (trim_locals)
     std::string local_prefix;
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials), escaped
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
@@ -71,7 +73,14 @@ struct source_tree {
     // are locals (relative to root_fd when that is set: scan_get), else its wire path
     // relative to root_fd (the entries may have moved elsewhere: the caller passes it).
     const std::string& local(std::size_t id, const std::string& wire) const {
-        return root_fd && locals.empty() ? wire : locals.at(id);  // never a wire path taken as relative to the cwd
+        // (Never a wire path taken as relative to the cwd.)
+        return root_fd && locals.empty() && locals_base == 0 ? wire : locals.at(id - locals_base);
+    }
+    // The local paths of entries before `id` go (a send's files done with).
+    void trim_locals(std::size_t id) {
+        for (; locals_base < id && !locals.empty(); ++locals_base) {
+            locals.pop_front();
+        }
     }
 };
 static_assert(std::is_nothrow_move_constructible_v<source_tree>);
@@ -81,6 +90,17 @@ static_assert(std::is_nothrow_move_constructible_v<source_tree>);
 // skipped notes). The scan's threads put parts and finish; the loop takes them.
 class scan_feed {
 public:
+    // `max_held` > 0: put() waits while that many entries or more were put and not let go
+    // (let_go), so that a scan far ahead of its transfer does not hold the whole tree. 0:
+    // no limit (a pull's scan, taken whole when its session starts).
+    explicit scan_feed(std::uint64_t max_held = 0) : max_held_(max_held) {}
+    // What a streamed send holds at most ahead of its files done with: some 9 MB of
+    // entries with 40-byte paths; several times the 16 Offer batches a sender has out.
+    static constexpr std::uint64_t default_max_held = 65536;
+    // How long a put waits for room at most: the scan goes on after that whatever the
+    // transfer does (a guard against waiting for good, not a pace).
+    static constexpr std::chrono::seconds max_hold_wait{10};
+
     // The scan's side (any thread).
     void put(source_tree part);
     void finish(std::error_code ec, std::string error);
@@ -92,6 +112,10 @@ public:
     void on_change(std::function<void()> wake);
     // The send ended: the scan stops at its next entry, nobody is woken.
     void cancel();
+    // The taker is done with the first `n` entries put (in put order): a put waiting for
+    // room may go on.
+    void let_go(std::uint64_t n);
+    std::uint64_t max_held() const { return max_held_; }
     struct taken {
         std::vector<source_tree> parts;
         bool finished = false;
@@ -109,6 +133,9 @@ public:
 private:
     mutable std::mutex mutex_;
     mutable std::condition_variable news_;
+    std::condition_variable room_;
+    const std::uint64_t max_held_;
+    std::uint64_t let_go_ = 0;
     std::vector<source_tree> parts_;
     std::uint64_t entries_put_ = 0;
     std::uint64_t files_put_ = 0;

@@ -31,10 +31,21 @@ public:
     std::size_t size() const { return size_; }
     bool empty() const { return size_ == 0; }
 
+    // Frees the vectors that hold only elements before `i`; their indexes stay taken (the
+    // rest keep theirs) and are out of range from now on. Elements at `i` on stay.
+    void drop_before(std::size_t i) {
+        while (dropped_ < parts_.size() && starts_[dropped_] + parts_[dropped_].size() <= i) {
+            std::vector<T>().swap(parts_[dropped_]);
+            ++dropped_;
+        }
+    }
+    // The first index not dropped (size() when every vector went).
+    std::size_t first_held() const { return dropped_ < starts_.size() ? starts_[dropped_] : size_; }
+
     T& operator[](std::size_t i) { return locate(i); }
     const T& operator[](std::size_t i) const { return const_cast<segments*>(this)->locate(i); }
     T& at(std::size_t i) {
-        if (i >= size_) {
+        if (i >= size_ || i < first_held()) {
             throw std::out_of_range("segments::at");
         }
         return locate(i);
@@ -53,6 +64,7 @@ private:
     std::vector<std::vector<T>> parts_;
     std::vector<std::size_t> starts_;  // index of each part's first element
     std::size_t size_ = 0;
+    std::size_t dropped_ = 0;  // parts_[0, dropped_) are freed (drop_before)
 };
 
 }  // namespace ferry

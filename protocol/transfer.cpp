@@ -453,7 +453,7 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     // which no ack names.)
     bool forgotten = !s && fid.value < base_ && sent_[fid.value];
     bool done_with = forgotten || (s && (s->released || gave_up_[fid.value]));
-    if (done_with && idx.value < chunk_count(entries_[fid.value].size)) {
+    if (done_with && (fid.value < entries_.first_held() || idx.value < chunk_count(entries_[fid.value].size))) {
         return 0;  // confirmed before its result, or of a file given up on: nothing to count
     }
     if (!s || !s->work || idx.value >= s->work->acked_bits.size()) {
@@ -524,7 +524,9 @@ std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
     if (!s) {
         // Done with and forgotten: its result was in. Another is a broken peer's.
         if (!result.ok()) {
-            failure_ = entries_[result.file_id()].path + ": " + result.error();
+            failure_ = (result.file_id() < entries_.first_held() ? "file " + std::to_string(result.file_id())
+                                                                   : entries_[result.file_id()].path) +
+                       ": " + result.error();
             return protocol_errc::peer_error;
         }
         return protocol_errc::unexpected_message;
@@ -669,22 +671,6 @@ std::error_code receiver_machine::claim_path(const entry_info& e) {
     return {};
 }
 
-const entry_info* sender_machine::find_entry(std::string_view path) const {
-    // By hand: segments has no iterators, and clang 14 cannot take libstdc++ 12's
-    // std::views::iota as a range.
-    std::size_t lo = 0;
-    std::size_t hi = entries_.size();
-    while (lo < hi) {
-        std::size_t mid = lo + (hi - lo) / 2;
-        if (wire_path_less(entries_[mid].path, path)) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return lo < entries_.size() && entries_[lo].path == path ? &entries_[lo] : nullptr;
-}
-
 void offered_paths::add(std::string_view path, bool folder) {
     if (block_bytes - used_ < path.size() + 1) {
         blocks_.push_back(std::make_unique_for_overwrite<char[]>(block_bytes));
@@ -698,7 +684,8 @@ void offered_paths::add(std::string_view path, bool folder) {
 }
 
 offered_paths::kind offered_paths::find(std::string_view path) const {
-    // By hand, as sender_machine::find_entry.
+    // By hand: no iterators to halve over, and clang 14 cannot take libstdc++ 12's
+    // std::views::iota as a range.
     std::size_t lo = 0;
     std::size_t hi = size();
     while (lo < hi) {

@@ -216,6 +216,8 @@ public:
     // for long still sends an Offer now and then: the receiver hears from it).
     void flush();
     bool is_complete() const { return complete_; }
+    // Entries appended and not sealed into a batch yet.
+    std::size_t unsealed_entries() const { return entries_.size() - open_first_; }
 
     // The Offer batches, each under offer_batch_bytes, in the order they must be sent (a
     // look at them: a batch counts as sent when next_offer() gives it).
@@ -316,10 +318,16 @@ public:
     std::uint64_t resumed_files() const { return resumed_files_; }  // accepted ACCEPT_PARTIAL
     bool all_accepted() const { return complete_ && accepted_batches_ == batch_count_; }
     bool finished() const { return finished_; }
+    // Out of range for an id never offered, and for one whose entry went (trim_entries).
     const entry_info& entry(file_id f) const { return entries_.at(f.value); }
-    // The entry offered at `path`, or nullptr: the entries are in offer order
-    // (wire_path_less), so halving finds it.
-    const entry_info* find_entry(std::string_view path) const;
+    // The entries of files done with and forgotten go, in the scan's parts (a part goes
+    // once all of it is before `below` and before every file still held): a sender streaming
+    // a big tree holds the files in flight, not the tree. The caller passes the first id it
+    // may still look at (reads out on the pool, events held back). A late ack of a file
+    // whose entry went is ignored whatever chunk it names.
+    void trim_entries(std::uint32_t below) { entries_.drop_before(std::min<std::size_t>(below, base_)); }
+    // Ids before this have no entry any more.
+    std::size_t first_entry_held() const { return entries_.first_held(); }
     // Sync --checksum: the file's digest, offered with it (before the offer is made).
     void set_digest(file_id f, digest128 d) { entries_.at(f.value).digest = d; }
     // What a sync receiver said it does with the file (FileAccept.action): SYNC_NONE

@@ -2420,7 +2420,13 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     // The sources are scanned on a thread of their own while the node loads its identity
     // and sets up TLS (each takes milliseconds; a big tree, tens of them).
     std::string error;
-    std::shared_ptr<ferry::scan_feed> feed = stream ? std::make_shared<ferry::scan_feed>() : nullptr;
+    // A streamed scan waits for the transfer when it is this many entries ahead (tests make
+    // it small with FERRY_SCAN_WINDOW to see it wait on a small tree).
+    std::uint64_t scan_window = ferry::scan_feed::default_max_held;
+    if (const char* w = std::getenv("FERRY_SCAN_WINDOW"); w != nullptr && std::strtoull(w, nullptr, 10) > 0) {
+        scan_window = std::strtoull(w, nullptr, 10);
+    }
+    std::shared_ptr<ferry::scan_feed> feed = stream ? std::make_shared<ferry::scan_feed>(scan_window) : nullptr;
     auto scanned = std::async(std::launch::async, [&scan, &stream, feed, &error] {
         fault_scan_delay();
         if (feed) {

@@ -336,6 +336,40 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+// A scan far ahead of the transfer waits for it (scan_feed's window, made small here), and
+// the sender lets the entries of files done with go: the tree arrives whole all the same,
+// renames are still told as renames (SRC is looked at, its entries gone) and a copy of a
+// file SRC still has as a copy.
+TEST_F(sync_push, a_tree_larger_than_the_scan_window_arrives_whole_with_its_renames) {
+    serve();
+    const std::vector<std::string> window{"FERRY_SCAN_WINDOW=40"};
+    write_random_file(src / "a-big.bin", 3 * 256 * 1024 + 5, 31);
+    for (int d = 0; d < 12; ++d) {
+        for (int i = 0; i < 25; ++i) {
+            write_random_file(src / ("d" + std::to_string(d)) / ("f" + std::to_string(i)), 100 + i, 1000 * d + i);
+        }
+    }
+    run_result r = sync({"--delete"}, "ay:www/site", window);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(find_event(json_events(r.out), "done")["created"], 301);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+
+    fs::create_directories(src / "z-moved");
+    fs::rename(src / "a-big.bin", src / "z-moved/big.bin");  // found after its old path is done with
+    copy_file_with_mtime(src / "d0/f3", src / "d11/zz-copy");  // a copy: SRC keeps d0/f3
+    r = sync({"--delete"}, "ay:www/site", window);
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), (paths{"z-moved/big.bin"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"d11/zz-copy", "z-moved"}));
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["renamed"], 1);
+    EXPECT_EQ(done["skipped"], 300);
+    EXPECT_EQ(done["bytes_transferred"], 0);  // both made from DST's copies
+    EXPECT_EQ(done["deleted_files"], 1);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a_rename) {
     // SRC still has cache/big.bin (only excluded), and DST keeps its own: data/big.bin,
     // made from it, is created, not renamed (a soak test, 2026-12-05: it said renamed).

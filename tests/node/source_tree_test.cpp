@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <future>
 #include <fstream>
 
 #include "node/dest_tree.hpp"
@@ -233,6 +234,37 @@ TEST(source_tree_test, a_scan_fed_in_parts_gives_one_walks_entries_in_order) {
     error.clear();
     EXPECT_NE(scan_sources(sources, none, error, &stopped), std::error_code{});
     EXPECT_EQ(error, "scan stopped");
+}
+
+// A feed with a window: a put that leaves `max_held` entries or more held returns once the
+// taker lets enough go (or the send is cancelled), well before its guard's time is up.
+TEST(source_tree_test, a_put_over_the_feeds_window_waits_for_the_taker_to_let_go) {
+    auto part_of = [](int n) {
+        source_tree t;
+        for (int i = 0; i < n; ++i) {
+            t.entries.push_back(entry_info{.path = "f" + std::to_string(i)});
+        }
+        return t;
+    };
+    scan_feed feed(4);
+    feed.put(part_of(3));  // under the window: at once
+    EXPECT_EQ(feed.take().parts.size(), 1u);
+    auto second = std::async(std::launch::async, [&] { feed.put(part_of(2)); });
+    feed.wait_news();
+    EXPECT_EQ(feed.take().parts.size(), 1u);  // the part is the taker's while its put waits
+    feed.let_go(1);  // 4 held: still at the window
+    EXPECT_NE(second.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+    feed.let_go(2);  // 3 held
+    ASSERT_EQ(second.wait_for(scan_feed::max_hold_wait / 2), std::future_status::ready);
+
+    auto third = std::async(std::launch::async, [&] { feed.put(part_of(5)); });
+    feed.wait_news();
+    feed.cancel();
+    EXPECT_EQ(third.wait_for(scan_feed::max_hold_wait / 2), std::future_status::ready);
+
+    scan_feed unbounded;  // a pull's: never waits
+    unbounded.put(part_of(100000));
+    EXPECT_EQ(unbounded.entries_put(), 100000u);
 }
 
 TEST(source_tree_test, a_tree_deeper_than_the_open_folder_limit_is_walked_whole) {

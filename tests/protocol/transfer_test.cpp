@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <random>
 #include <span>
@@ -335,6 +336,21 @@ TEST(Segments, VectorsTakenWholeAreIndexedAsOneAndNeverMove) {
     EXPECT_EQ(s[107], 107);
     EXPECT_THROW(s.at(108), std::out_of_range);
     EXPECT_TRUE(segments<int>().empty());
+
+    // Whole vectors go, those before the index given only; their indexes stay taken.
+    s.drop_before(4);  // {0, 1, 2} and {3}; {4..7} holds 4
+    EXPECT_EQ(s.first_held(), 4u);
+    EXPECT_THROW(s.at(3), std::out_of_range);
+    EXPECT_EQ(s.at(4), 4);
+    EXPECT_EQ(&s[8], &s.at(8));
+    s.drop_before(6);
+    EXPECT_EQ(s.first_held(), 4u);
+    s.drop_before(108);
+    EXPECT_EQ(s.first_held(), 108u);
+    EXPECT_EQ(s.size(), 108u);
+    EXPECT_THROW(s.at(107), std::out_of_range);
+    s.append({108});
+    EXPECT_EQ(s.at(108), 108);
 }
 
 TEST(ChunkBitmap, SetTestCount) {
@@ -745,6 +761,42 @@ TEST(TransferLoopback, TheSenderForgetsTheStatesOfFilesDoneWith) {
     EXPECT_EQ(lb.sender().basis(file_id{1}), "");
     EXPECT_FALSE(lb.sender().sent_nothing(file_id{1}));
     EXPECT_EQ(lb.sender().confirmed_bytes(), lb.sender().total_bytes());
+}
+
+// The entries of files done with go with trim_entries, a part (a vector handed over) at a
+// time: never one of a file still held, nor one at or after the id the caller still reads.
+// A late ack of a file whose entry went is ignored, whatever chunk it names.
+TEST(TransferLoopback, TheEntriesOfFilesDoneWithGoAPartAtATime) {
+    loopback lb({file_entry("a", 2 * std::uint64_t{chunk_size}), file_entry("b", 7)}, {}, false);
+    lb.append({file_entry("c", 7)});
+    lb.append({file_entry("d", 7), file_entry("e", 7)});
+    lb.complete();
+    lb.run();
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    sender_machine& s = lb.sender();
+    ASSERT_TRUE(s.finished());
+    s.release(file_id{0});
+    s.release(file_id{1});
+    s.release(file_id{2});
+    s.trim_entries(std::numeric_limits<std::uint32_t>::max());
+    EXPECT_EQ(s.first_entry_held(), 3u);  // d is held (not released): its part stays, with e
+    EXPECT_THROW(s.entry(file_id{1}), std::out_of_range);
+    EXPECT_EQ(s.entry(file_id{3}).path, "d");
+    EXPECT_EQ(s.total_files(), 5u);
+    s.release(file_id{3});
+    s.release(file_id{4});
+    s.trim_entries(4);  // the caller still reads e: its part stays
+    EXPECT_EQ(s.first_entry_held(), 3u);
+    s.trim_entries(5);
+    EXPECT_EQ(s.first_entry_held(), 5u);
+    EXPECT_THROW(s.entry(file_id{4}), std::out_of_range);
+    std::error_code ec;
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 0u);
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{9}), ec), 0u);  // no entry to check it by
+    EXPECT_FALSE(ec);
+    EXPECT_EQ(s.on_file_result(file_result(file_id{0}, false, "disk full")), protocol_errc::peer_error);
+    EXPECT_EQ(s.failure(), "file 0: disk full");
+    EXPECT_EQ(s.confirmed_bytes(), s.total_bytes());
 }
 
 // Every batch went out before the scan's end was known: an empty last batch says it.
