@@ -123,6 +123,17 @@ bool glob_segment::match(std::string_view s) const {
 
 bool glob_segment_match(std::string_view pattern, std::string_view name) { return glob_segment(pattern).match(name); }
 
+std::string pattern_line(std::string_view pattern) {
+    std::string line(pattern);
+    if (!line.empty() && line.front() == '#') {
+        line.insert(0, 1, '\\');  // "\#": a literal '#', as in .gitignore
+    }
+    if (!line.empty() && line.back() == ' ' && !(line.size() >= 2 && line[line.size() - 2] == '\\')) {
+        line.insert(line.size() - 1, 1, '\\');  // the last space escaped keeps every one before it
+    }
+    return line;
+}
+
 bool exclude_set::add(std::string_view line) {
     while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) {
         line.remove_suffix(1);

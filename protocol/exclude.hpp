@@ -44,6 +44,11 @@ private:
     bool globstar_ = false;
 };
 
+// The pattern line that stands for one pattern given as it is (a `--exclude` flag's
+// value): a leading '#' and trailing spaces are part of the pattern there, where a line
+// (of an --exclude-from file, or on the wire) would take them as a comment and drop them.
+std::string pattern_line(std::string_view pattern);
+
 class exclude_set {
 public:
     static constexpr std::size_t max_patterns = 1024;

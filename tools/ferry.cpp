@@ -1641,9 +1641,10 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
                     "neither SRC nor DST is remote (ferry://[ID@]HOST[:PORT]/SHARE[/PATH] or NAME:SHARE[/PATH])");
     }
     ferry::exclude_set excludes;
-    auto add_pattern = [&](const std::string& line, const std::string& where) {
+    // `line` as an --exclude-from file has it, or as pattern_line made it of `given`.
+    auto add_pattern = [&](const std::string& line, const std::string& given, const std::string& where) {
         if (!excludes.add(line)) {
-            error = "bad exclude pattern \"" + line + "\"" + where + " (too long, too many, or matches nothing)";
+            error = "bad exclude pattern \"" + given + "\"" + where + " (too long, too many, or matches nothing)";
             return false;
         }
         return true;
@@ -1655,13 +1656,14 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
         }
         std::string line;
         for (int n = 1; std::getline(in, line); ++n) {
-            if (!add_pattern(line, " in " + file + ":" + std::to_string(n))) {
+            if (!add_pattern(line, line, " in " + file + ":" + std::to_string(n))) {
                 return fail(o, exit_code::usage, error);
             }
         }
     }
     for (const std::string& p : y.exclude) {
-        if (!add_pattern(p, "")) {
+        // A flag's value is one pattern as it is: "#c" and "name " are not a comment and "name".
+        if (!add_pattern(ferry::pattern_line(p), p, "")) {
             return fail(o, exit_code::usage, error);
         }
     }

@@ -155,5 +155,29 @@ TEST(exclude_set, comments_blank_lines_and_bad_patterns) {
     EXPECT_FALSE(s.add("one-too-many"));
 }
 
+// A flag's value is one pattern as it is: pattern_line makes the line that means it (what
+// goes on the wire, parsed the same way at the peer).
+TEST(exclude_set, a_pattern_given_as_it_is_keeps_its_leading_hash_and_trailing_spaces) {
+    exclude_set s;
+    for (const char* p : {"#c", "sp ", "two  ", "*.tmp", "a\\ ", "#"}) {
+        ASSERT_TRUE(s.add(pattern_line(p))) << p;
+    }
+    EXPECT_EQ(s.lines(), (std::vector<std::string>{"\\#c", "sp\\ ", "two \\ ", "*.tmp", "a\\ ", "\\#"}));
+    EXPECT_TRUE(s.excluded("#c", false));
+    EXPECT_TRUE(s.excluded("d/#c", false));
+    EXPECT_TRUE(s.excluded("sp ", false));
+    EXPECT_FALSE(s.excluded("sp", false));
+    EXPECT_TRUE(s.excluded("two  ", false));
+    EXPECT_FALSE(s.excluded("two ", false));
+    EXPECT_TRUE(s.excluded("a ", false));  // escaped by the user: the same pattern
+    EXPECT_TRUE(s.excluded("#", false));
+    exclude_set peer;
+    for (const std::string& line : s.lines()) {
+        ASSERT_TRUE(peer.add(line));
+    }
+    EXPECT_TRUE(peer.excluded("sp ", false));
+    EXPECT_TRUE(peer.excluded("#c", false));
+}
+
 }  // namespace
 }  // namespace ferry
