@@ -1631,7 +1631,17 @@ void send_session::fail(exit_code code, const std::string& message, bool tell_pe
     finish(false, code, message);
 }
 
-void send_session::cancel(const std::string& why) { fail(exit_code::transfer_failed, why); }
+void send_session::cancel(const std::string& why) {
+    // The node stops (or the send is cancelled), which is no fault of the receiver's: one
+    // pulling from this node takes CANCELLED as a reason to come back (--retry-for).
+    if (!finished_ && conns_[0].conn && !conns_[0].conn->closed()) {
+        wire::Header h;
+        h.mutable_error()->set_code(wire::ERROR_CANCELLED);
+        h.mutable_error()->set_message(why);
+        conns_[0].conn->send(h);
+    }
+    fail(exit_code::transfer_failed, why, false);
+}
 
 void send_session::finish(bool ok, exit_code code, const std::string& error) {
     if (finished_) {

@@ -1029,7 +1029,9 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         stopped_by = sig;
         ferry::cli::sd_notify("STOPPING=1");
         say(std::string("stopping (") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + "); partial files are kept");
-        n.stop("receiver stopped");
+        // (What peers are told: a sender sees "receiver: ...", a peer pulling "peer: ...".)
+        n.stop(std::string(one_shot ? "ferry receive" : "ferry serve") + " stopped (" +
+               (sig == SIGINT ? "SIGINT" : "SIGTERM") + ")");
         // Let the Error frames go out, then leave (bounded).
         linger.expires_after(std::chrono::milliseconds(300));
         linger.async_wait([&io](std::error_code) { io.stop(); });

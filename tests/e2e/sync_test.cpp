@@ -1646,6 +1646,28 @@ TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {
     EXPECT_FALSE(fs::exists(dst / "new.txt"));
 }
 
+TEST_F(sync_pull, a_pull_whose_serving_node_is_stopped_comes_back_to_the_one_that_replaces_it) {
+    // SIGTERM of the serving node mid-pull (`systemctl restart`): it tells the peer it is
+    // stopping (Error CANCELLED), which a pull takes as a reason to reconnect, as a push
+    // does; it failed at once with "peer: receiver stopped" (a user's test, 2026-12-06).
+    serve();
+    constexpr std::uint64_t size = 6 * 1024 * 1024;
+    write_random_file(site / "data.bin", size, 82);
+    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                      "--compress", "never", "--retry-for", "2m", "ay:www/site", dst.string()});
+    fs::path part = dst / ".data.bin.ferry-part";
+    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 1024 * 1024; }, process_timeout)) << rx.err();
+    node.proc->signal(SIGTERM);
+    ASSERT_EQ(node.proc->wait(process_timeout), 0) << node.proc->err();
+    ASSERT_TRUE(rx.wait_for_err("reconnecting", process_timeout)) << rx.err();
+    EXPECT_NE(rx.err().find("ferry serve stopped (SIGTERM)"), std::string::npos) << rx.err();
+    serve_again();
+    ASSERT_EQ(rx.wait(process_timeout), 0) << rx.err() << node.proc->err();
+    EXPECT_EQ(compare_trees(site, dst), "");
+    nlohmann::json done = find_event(json_events(rx.out()), "done");
+    EXPECT_GE(done.value("bytes_matched", std::uint64_t{0}), 1024u * 1024) << done;  // resumed, not sent again
+}
+
 TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_resumes) {
     // kill -9 of the serving node mid-pull: its port refuses dials until a new node listens
     // there. The pull keeps trying for --retry-for (a refused dial of a run that reached
