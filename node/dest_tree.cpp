@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/statvfs.h>
@@ -17,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <thread>
 
 #include "node/batch_reads.hpp"
 #include "node/resume.hpp"
@@ -36,6 +38,7 @@ public:
             case dest_errc::not_a_dir: return "a path component exists and is not a directory";
             case dest_errc::symlink: return "refusing to write through a symlink";
             case dest_errc::is_dir: return "destination is a directory";
+            case dest_errc::busy: return "its partial file is being written by another ferry process";
             case dest_errc::too_deep:
                 return "folders nested deeper than " + std::to_string(dest_tree::max_walk_depth) + " levels here";
         }
@@ -1215,8 +1218,11 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
         return -1;
     }
     std::string part = partial_name(wire_name(wire_path));
+    // Truncated only once it is this process's (the lock below): not another's data.
+    const bool truncate = (flags & O_TRUNC) != 0;
+    flags &= ~O_TRUNC;
     int fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_NOFOLLOW | O_CLOEXEC, static_cast<mode_t>(mode));
-    if (fd < 0 && (errno == EACCES || errno == EPERM) && (flags & O_TRUNC) != 0) {
+    if (fd < 0 && (errno == EACCES || errno == EPERM) && truncate) {
         // A partial file an earlier attempt left with a read-only mode (a file written
         // whole is created with its final bits): replaced, since it is truncated anyway.
         // None there (the folder itself is not writable): the open's error stands.
@@ -1230,6 +1236,38 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
     }
     if (fd < 0) {
         ec = errno == ELOOP ? make_error_code(dest_errc::symlink) : last_error();
+        return -1;
+    }
+    // Whoever writes a partial file holds a lock on it while its descriptor is open: two
+    // processes writing the same file into one folder (two `ferry get`s, a pull and a get,
+    // a serve's share and a local get) would otherwise write into one partial file, and
+    // the first to finish would name a mix of both. flock is per open file: a transfer of
+    // this process whose write of it is still finishing (a retry's attempt before) holds it
+    // for a moment, hence the short wait.
+    for (int tries = 0; ::flock(fd, LOCK_EX | LOCK_NB) != 0; ++tries) {
+        if (errno != EWOULDBLOCK || tries >= partial_lock_tries) {
+            int err = errno;
+            ::close(fd);
+            ec = err == EWOULDBLOCK ? make_error_code(dest_errc::busy) : std::error_code(err, std::system_category());
+            return -1;
+        }
+        std::this_thread::sleep_for(partial_lock_pause);
+    }
+    // What was locked must still be the file at the partial name: a writer that held it
+    // gives its lock up only once it has named the file (receive_session's renames), and
+    // the file then is that writer's final file, not a partial one.
+    struct stat locked {};
+    struct stat named {};
+    if (::fstat(fd, &locked) != 0 || ::fstatat(dfd, part.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0 ||
+        locked.st_ino != named.st_ino || locked.st_dev != named.st_dev) {
+        ::close(fd);
+        ec = make_error_code(dest_errc::busy);
+        return -1;
+    }
+    if (truncate && ::ftruncate(fd, 0) != 0) {
+        ec = last_error();
+        ::close(fd);
+        return -1;
     }
     return fd;
 }
@@ -1332,7 +1370,14 @@ void dest_tree::remove_partial(std::string_view wire_path, bool data, bool recor
     }
     std::string name(wire_name(wire_path));
     if (data) {
-        ::unlinkat(dh.fd, partial_name(name).c_str(), 0);
+        // Not a partial file another process writes (its lock: open_partial_file): that
+        // one stays, with its record. (This process's own writer closes it first.)
+        std::string part = partial_name(name);
+        unique_fd held(::openat(dh.fd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+        if (held.get() >= 0 && ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+            return;
+        }
+        ::unlinkat(dh.fd, part.c_str(), 0);
     }
     if (record) {
         ::unlinkat(dh.fd, resume_name(name).c_str(), 0);
@@ -1341,10 +1386,14 @@ void dest_tree::remove_partial(std::string_view wire_path, bool data, bool recor
 
 std::error_code dest_tree::finalize(std::string_view wire_path, int fd, std::uint64_t size, std::uint32_t mode,
                                     std::int64_t mtime_ns, bool fsync_file, bool overwrite) {
-    if (std::error_code ec = prepare_final(fd, size, mode, mtime_ns, fsync_file)) {
-        return ec;
+    // The partial file stays open (and locked: open_partial_file) until it has its name:
+    // another process must not take it between.
+    std::error_code ec = prepare_final(fd, size, mode, mtime_ns, fsync_file, nullptr, false, true);
+    if (!ec) {
+        ec = rename_final(wire_path, overwrite, fsync_file);
     }
-    return rename_final(wire_path, overwrite, fsync_file);
+    ::close(fd);
+    return ec;
 }
 
 std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32_t mode, std::int64_t mtime_ns,

@@ -39,6 +39,7 @@ enum class dest_errc {
     symlink = 3,       // a path component or the target is a symlink
     is_dir = 4,        // a file's destination is a directory
     too_deep = 5,      // folders nested deeper than a walk of DST goes (256 levels)
+    busy = 6,          // the partial file is another process's to write (its lock)
 };
 const std::error_category& dest_category() noexcept;
 inline std::error_code make_error_code(dest_errc e) noexcept { return {static_cast<int>(e), dest_category()}; }
@@ -112,6 +113,10 @@ public:
     // The deepest a walk of DST goes (prune, clear_folder, list_files): one open folder
     // per level, so a peer-made tree cannot run the node out of descriptors.
     static constexpr int max_walk_depth = 256;
+    // A partial file locked by another open file (open_partial_file) is waited for this
+    // long at most, 50 x 20 ms, then refused (dest_errc::busy).
+    static constexpr int partial_lock_tries = 50;
+    static constexpr std::chrono::milliseconds partial_lock_pause{20};
 
     // Opens (creating if needed) the root folder; root() is its canonical path. Throws
     // std::system_error on failure.
@@ -321,7 +326,8 @@ public:
     std::error_code save_resume(std::string_view wire_path, std::string_view record);
     // The record's bytes; empty with no error when there is none.
     std::string load_resume(std::string_view wire_path, std::error_code& ec);
-    // Removes the partial file and/or the record (absent is fine).
+    // Removes the partial file and/or the record (absent is fine). A partial file another
+    // process is writing (locked) is left, and its record with it.
     void remove_partial(std::string_view wire_path, bool data, bool record);
     // Opens the partial file of `wire_path` for reading; -1 with no error when absent.
     int open_partial_read(std::string_view wire_path, std::error_code& ec);

@@ -271,6 +271,7 @@ struct receive_session::whole_write {
     dest_tree::stored_file stored;
     unnamed_file unnamed;  // the file, kept open with no name until the batch links it
     stats_clock::duration write_time{};
+    unique_fd partial;  // a partial file (where no unnamed one could be had), held open and locked until named
 
     // Verifies the chunk and writes the file: with --fsync-each to a partial file renamed
     // here; else to a file with no name (a partial file where there can be none), kept
@@ -308,7 +309,8 @@ struct receive_session::whole_write {
             } else if (fsync_now) {
                 ec = tree.finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
             } else {
-                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size);
+                ec = tree.prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, raw.size() == e.size, true);
+                partial.reset(fd);
             }
         }
     }
@@ -1798,7 +1800,7 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
         // Whole and verified: it gets its name even when the transfer failed meanwhile (a
         // full disk, a lost peer), so that a later attempt finds it done.
         if (!fsync_now) {
-            queue_rename(f, machine_.received_digest(f), w.stored, std::move(w.unnamed));
+            queue_rename(f, machine_.received_digest(f), w.stored, std::move(w.unnamed), std::move(w.partial));
             return;
         }
     }
@@ -1865,16 +1867,22 @@ void receive_session::try_finalize(file_id f) {
             tree->remove_partial(e.path, false, true);
         }
         dest_tree::stored_file stored;
+        // Held open (and locked) until it has its name (the batch of renames).
+        auto held = std::make_shared<unique_fd>();
         if (!ec) {
-            ec = fsync_now ? tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite)
-                           : tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored);
+            if (fsync_now) {
+                ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
+            } else {
+                ec = tree->prepare_final(fd, e.size, e.mode, e.mtime_ns, false, &stored, false, true);
+                held->reset(fd);
+            }
         }
-        asio::post(self->ctx_.io, [self, f, ec, fsync_now, stored, path = e.path] {
+        asio::post(self->ctx_.io, [self, f, ec, fsync_now, stored, path = e.path, held] {
             --self->tasks_out_;
             // Whole and verified: named even when the transfer failed meanwhile, as a
             // one-chunk file is (on_whole_written), so that a later attempt finds it done.
             if (!ec && !fsync_now) {
-                self->queue_rename(f, self->machine_.received_digest(f), stored);
+                self->queue_rename(f, self->machine_.received_digest(f), stored, {}, std::move(*held));
             } else {
                 --self->finalizing_;
                 self->on_file_finalized(f, ec, path);
@@ -1887,10 +1895,11 @@ void receive_session::try_finalize(file_id f) {
 std::filesystem::path receive_session::journal_dir() const { return ctx_.config.state_dir / "unsynced"; }
 
 void receive_session::queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored,
-                                   unnamed_file unnamed) {
+                                   unnamed_file unnamed, unique_fd partial) {
     const entry_info& e = machine_.entry(f);
-    renames_.push_back(pending_name{
-        f, unsynced_journal::entry{e.path, e.size, stored.mtime_ns, digest, stored.dev, stored.ino}, std::move(unnamed)});
+    renames_.push_back(pending_name{f,
+                                    unsynced_journal::entry{e.path, e.size, stored.mtime_ns, digest, stored.dev, stored.ino},
+                                    std::move(unnamed), std::move(partial)});
     start_renames();
 }
 
@@ -1946,6 +1955,7 @@ void receive_session::start_renames() {
                          : b.unnamed.get() >= 0 ? tree->link_final(b.unnamed, b.entry.path, overwrite)
                                                  : tree->rename_final(b.entry.path, overwrite);
             b.unnamed.reset();  // named now, or gone with its descriptor
+            b.partial.reset();  // named (or not): its lock goes
             fault_point_after_renames(1);
         }
         asio::post(self->ctx_.io, [self, batch = std::move(batch), results = std::move(results), journal_ec] {

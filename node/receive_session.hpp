@@ -157,7 +157,9 @@ private:
     void try_finalize(file_id f);
     // A verified file (not fsynced) waiting in its partial file, or with no name in
     // `unnamed`: journal it, then rename or link it.
-    void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored, unnamed_file unnamed = {});
+    // `partial`: the partial file's descriptor, closed (its lock let go) once it is named.
+    void queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored, unnamed_file unnamed = {},
+                      unique_fd partial = {});
     void start_renames();
     // HaveDigests frames for the ACCEPT_PARTIAL decisions, sent before their Accept.
     // The write of chunk `key` is over: the other connections waiting for its ack.
@@ -210,6 +212,7 @@ private:
         file_id f;
         unsynced_journal::entry entry;
         unnamed_file unnamed;
+        unique_fd partial;  // open and locked until the name is given (dest_tree::open_partial_file)
     };
     std::vector<pending_name> renames_;  // waiting for the next batch
     bool renaming_ = false;                      // a batch is being journaled and renamed

@@ -2038,6 +2038,30 @@ protected:
     }
 };
 
+TEST_F(share_get, two_gets_of_different_files_into_one_name_never_write_one_partial_file) {
+    // Two processes writing the same name into one folder: the second found the first's
+    // partial file, resumed from it and wrote into it too, and the first named a mix of
+    // both (a user's test, 2026-12-06). Whoever writes a partial file now holds a lock on
+    // it: the second get is refused that file, and the file placed is one version whole.
+    serve();
+    constexpr std::uint64_t size = 6 * 1024 * 1024;
+    write_random_file(ro_share / "a/big.bin", size, 91);
+    write_random_file(ro_share / "b/big.bin", size, 92);
+    fs::create_directories(out);
+    child_process first({FERRY_BINARY, "get", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                         "--compress", "never", "ay:docs/a/big.bin", out.string() + "/"});
+    fs::path part = out / ".big.bin.ferry-part";
+    ASSERT_TRUE(wait_for_change(out, [&] { return allocated_bytes(part) >= 512 * 1024; }, process_timeout))
+        << first.err();
+    run_result second = get("ay:docs/b/big.bin", out.string() + "/", {"--compress", "never"});
+    EXPECT_NE(second.code, 0) << second.err;
+    EXPECT_NE(second.err.find("being written by another ferry process"), std::string::npos) << second.err;
+    ASSERT_EQ(first.wait(process_timeout), 0) << first.err();
+    EXPECT_TRUE(read_text_file(out / "big.bin") == read_text_file(ro_share / "a/big.bin"))
+        << fs::file_size(out / "big.bin") << "\n" << first.err() << "\n" << second.err;
+    EXPECT_FALSE(fs::exists(part));
+}
+
 TEST_F(share_get, a_file_or_folder_lands_as_cp_places_it_and_a_second_get_moves_nothing) {
     serve();
     write_random_file(ro_share / "manual/big.bin", 5 * 256 * 1024 + 7, 71);
