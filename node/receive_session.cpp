@@ -1661,10 +1661,14 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             for (std::uint32_t other : also) {
                 self->queue_ack(other, chunk_key(f, idx));
             }
+            // A file started from DST's older version has every chunk from the start (the
+            // seed's, replaced one by one): "complete" says little until its FileDone, and
+            // its resume record must follow the replacements all the same (a kill -9 lost
+            // them all: a user's test, 2026-12-06). The record of a file finalized since
+            // is skipped (checkpoint).
+            self->mark_dirty(f);
             if (complete) {
                 self->try_finalize(f);
-            } else {
-                self->mark_dirty(f);
             }
         });
     });

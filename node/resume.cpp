@@ -251,7 +251,9 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
         out.note += " (" + std::to_string(out.remembered) + " known from the interrupted session, not read again)";
     }
     if (out.repaired > 0) {
-        out.note += ", " + std::to_string(out.repaired) + " recorded chunk(s) damaged: sent again";
+        // (Written again since the record, as a file seeded with DST's older version
+        // replaces its chunks, or damaged.)
+        out.note += ", " + std::to_string(out.repaired) + " recorded chunk(s) changed or damaged since: sent again";
     }
     if (!bytes.empty() && !record) {
         out.note += " (resume record unreadable: " + why + "; every chunk checked by the sender)";

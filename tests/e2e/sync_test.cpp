@@ -1646,6 +1646,30 @@ TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {
     EXPECT_FALSE(fs::exists(dst / "new.txt"));
 }
 
+TEST_F(sync_pull, a_changed_file_started_from_dsts_older_version_resumes_after_a_kill) {
+    // The new version is built in a partial file seeded with DST's older one, whose chunks
+    // it replaces one by one: it had no resume record while it came (every chunk "there"
+    // from the start), so a kill -9 cost all it had received (a user's test, 2026-12-06).
+    serve();
+    constexpr std::uint64_t size = 8 * 1024 * 1024;
+    write_random_file(site / "big.bin", size, 83);
+    write_random_file(dst / "big.bin", size, 84);  // an older version, all of it other bytes
+    set_mtime(dst / "big.bin", 1'500'000'000);
+    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                      "--compress", "never", "ay:www/site", dst.string()});
+    fs::path record = dst / ".big.bin.ferry-resume";
+    ASSERT_TRUE(wait_for_change(dst, [&] { return fs::exists(record); }, process_timeout)) << rx.err();
+    rx.signal(SIGKILL);
+    ASSERT_TRUE(rx.wait(process_timeout).has_value());
+    run_result r = pull({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(site, dst), "");
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    // What came before the record is kept (about 2 s at 2 MB/s), the rest is sent.
+    EXPECT_GE(done["bytes_matched"].get<std::uint64_t>(), 1024u * 1024) << done;
+    EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>() + done["bytes_transferred"].get<std::uint64_t>(), size) << done;
+}
+
 TEST_F(sync_pull, a_pull_whose_serving_node_is_stopped_comes_back_to_the_one_that_replaces_it) {
     // SIGTERM of the serving node mid-pull (`systemctl restart`): it tells the peer it is
     // stopping (Error CANCELLED), which a pull takes as a reason to reconnect, as a push
