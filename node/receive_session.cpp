@@ -762,6 +762,9 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         share_dir_ = pull_->dest.parent_path();
         sync_path_ = pull_->dest.filename().string();
         root_ = pull_->dest;
+        for (const std::string& path : target.keep()) {
+            note_not_sent(path);
+        }
     } else {
         share_dir_ = share->dir;
         sync_path_ = target.path();
@@ -781,8 +784,17 @@ bool receive_session::take_keep(const wire::Offer& offer) {
             fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
             return false;
         }
+        if (pull_) {
+            note_not_sent(path);
+        }
     }
     return true;
+}
+
+void receive_session::note_not_sent(const std::string& path) {
+    // What a push's own scan says of such a path ("skipping ..."), said here for a pull,
+    // whose peer scanned.
+    ctx_.log("skipping " + printable(path) + " (the peer did not send it: not a regular file, or not readable there)");
 }
 
 void receive_session::next_offer() {
@@ -2174,7 +2186,7 @@ void receive_session::check_all_done() {
             // Reported even when a later deletion failed, or the transfer failed meanwhile
             // (a pull whose peer went while DST was pruned): these are gone. A failure's
             // report waits for this (settle), so that it counts them.
-            self->send_deleted(std::move(removed), told);
+            self->send_deleted(std::move(removed), told, true);
             if (self->failed_) {
                 self->settle();
                 return;
@@ -2199,12 +2211,12 @@ void receive_session::check_all_done() {
     });
 }
 
-void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told) {
-    if (told + removed.size() == 0) {
-        return;
+void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told, bool last) {
+    deleted_count_ += told + removed.size();
+    if (last && deleted_count_ > 0) {
+        ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") +
+                 std::to_string(deleted_count_) + " path(s) under " + root_.string());
     }
-    ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") +
-             std::to_string(told + removed.size()) + " path(s) under " + root_.string());
     tell_deleted(std::move(removed));
 }
 

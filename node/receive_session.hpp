@@ -261,10 +261,14 @@ private:
     // wire path.
     bool take_keep(const wire::Offer& offer);
     // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0; a
-    // pull's own events and counts), with a log line that counts `told` more, told of
-    // already as the walk went (send_deleted), or without one (tell_deleted: such a part).
-    void send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told = 0);
+    // pull's own events and counts), counting `told` more, told of already as the walk
+    // went (send_deleted), or without counting (tell_deleted: such a part). One log line
+    // counts them all, at the end (`last`): not one a batch.
+    void send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told = 0, bool last = false);
+    std::size_t deleted_count_ = 0;  // paths send_deleted reported, for its log line
     void tell_deleted(std::vector<dest_tree::removed_entry> removed);
+    // A pull: one line for a path the peer kept back (SyncTarget.keep, Offer.keep).
+    void note_not_sent(const std::string& path);
     // A pull (set_pull), with what its report adds: files the sender skipped, paths
     // deleted, bytes rebuilt from older versions here. peer_hello_: the peer's Hello on
     // connection 0 came (the pull was taken).
