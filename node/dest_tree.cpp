@@ -579,7 +579,24 @@ std::error_code in_folder(int dir_fd, const std::string& name, F&& f) {
     return ec;
 }
 
+// The folder at wire path `path` under the root, opened again by its path (no symlink on
+// the way): what a walk below dest_tree::walk_open_depth uses instead of a descriptor
+// kept per level. "" is the root itself (not to be closed: `owned` false).
+struct folder_beneath {
+    unique_fd owned;
+    int fd = -1;
+    folder_beneath(int root_fd, std::string_view path) {
+        if (path.empty()) {
+            fd = root_fd;
+            return;
+        }
+        owned.reset(open_beneath(root_fd, std::string(path), O_RDONLY | O_DIRECTORY));
+        fd = owned.get();
+    }
+};
+
 struct pruner {
+    int root_fd;  // the walk's paths are relative to it (deep folders are opened from it)
     const std::function<dest_tree::verdict(const std::string&, bool)>& keep;
     bool dry_run;
     std::vector<dest_tree::removed_entry>& removed;
@@ -614,7 +631,9 @@ struct pruner {
             if (depth > dest_tree::max_walk_depth) {
                 return too_deep();
             }
-            int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            // (dir_fd -1: below walk_open_depth, by its path from the root.)
+            int fd = dir_fd >= 0 ? ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                                 : open_beneath(root_fd, path, O_RDONLY | O_DIRECTORY);
             if (fd < 0 && gone_or_replaced({errno, std::system_category()})) {
                 gone = errno == ENOENT;  // passed over: this walk's to leave
                 failed.clear();
@@ -638,6 +657,10 @@ struct pruner {
                 }
             }
             bool emptied = !own || remove_own;  // stays true while everything in it goes
+            if (depth >= dest_tree::walk_open_depth) {
+                ::close(fd);  // each child finds its way by its path: no descriptor per level
+                fd = -1;
+            }
             for (std::size_t i = 0; !ec && i < children.size(); ++i) {
                 const folder_child& child = children[i];
                 std::string child_path = path + "/" + child.name;
@@ -649,7 +672,9 @@ struct pruner {
                 ec = remove(fd, child.name, child_path, child.is_dir, child.is_link, depth + 1, child_gone);
                 emptied = emptied && child_gone;
             }
-            ::close(fd);
+            if (fd >= 0) {
+                ::close(fd);
+            }
             if (ec || !emptied) {
                 return ec;
             }
@@ -659,7 +684,12 @@ struct pruner {
             }
             failed = path;
         }
-        if (!dry_run && ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0) {
+        std::optional<folder_beneath> parent;
+        if (dir_fd < 0 && !dry_run) {
+            parent.emplace(root_fd, wire_parent(path));
+            dir_fd = parent->fd;
+        }
+        if (!dry_run && (dir_fd < 0 || ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0)) {
             if (errno == ENOENT) {
                 gone = true;  // gone since it was listed: not this walk's to tell of
                 failed.clear();
@@ -680,11 +710,23 @@ struct pruner {
         return {};
     }
 
-    // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root).
-    std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
+    // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root; dir_fd -1: below
+    // walk_open_depth, opened here by its path, `opened` telling whether that worked).
+    std::error_code walk(int dir_fd, const std::string& prefix, int depth, bool* opened = nullptr) {
         if (depth > dest_tree::max_walk_depth) {
             failed = prefix;
             return too_deep();
+        }
+        std::optional<folder_beneath> self;
+        if (dir_fd < 0) {
+            self.emplace(root_fd, prefix);
+            if (self->fd < 0) {
+                return {errno, std::system_category()};
+            }
+            dir_fd = self->fd;
+        }
+        if (opened != nullptr) {
+            *opened = true;
         }
         std::vector<folder_child> children;
         std::vector<std::string> own_names;
@@ -741,13 +783,18 @@ struct pruner {
                 return {errno, std::system_category()};
             }
         }
+        if (depth >= dest_tree::walk_open_depth) {
+            self.reset();  // what is below finds its way by its path: no descriptor per level
+            dir_fd = -1;
+        }
         for (const auto& [name, is_dir, is_link] : children) {
             std::string path = prefix.empty() ? name : prefix + "/" + name;
             failed = path;
             dest_tree::verdict v = keep(path, is_dir);
             if (v == dest_tree::verdict::remove) {
                 if (!dry_run && !loosened) {
-                    writable(dir_fd, prefix);  // it loses an entry
+                    folder_beneath again(root_fd, dir_fd < 0 ? std::string_view(prefix) : std::string_view());
+                    writable(dir_fd < 0 ? again.fd : dir_fd, prefix);  // it loses an entry
                     loosened = true;
                 }
                 bool gone = false;
@@ -758,7 +805,7 @@ struct pruner {
             }
             if (is_dir && v == dest_tree::verdict::keep) {
                 bool opened = false;
-                std::error_code ec = in_folder(dir_fd, name, [&](int fd) {
+                std::error_code ec = dir_fd < 0 ? walk(-1, path, depth + 1, &opened) : in_folder(dir_fd, name, [&](int fd) {
                     opened = true;
                     return walk(fd, path, depth + 1);
                 });
@@ -773,20 +820,37 @@ struct pruner {
 
 // Lists the regular files under a folder for dest_tree::list_files.
 struct lister {
+    int root_fd;  // as pruner's
     std::size_t max;
     std::vector<dest_tree::file_stamp>& out;
     std::string& failed;
 
-    std::error_code walk(int dir_fd, const std::string& prefix, int depth) {
+    // As pruner::walk: dir_fd -1 below walk_open_depth.
+    std::error_code walk(int dir_fd, const std::string& prefix, int depth, bool* opened = nullptr) {
         if (depth > dest_tree::max_walk_depth) {
             failed = prefix;
             return pruner::too_deep();
+        }
+        std::optional<folder_beneath> self;
+        if (dir_fd < 0) {
+            self.emplace(root_fd, prefix);
+            if (self->fd < 0) {
+                return {errno, std::system_category()};
+            }
+            dir_fd = self->fd;
+        }
+        if (opened != nullptr) {
+            *opened = true;
         }
         std::vector<folder_child> children;
         std::vector<struct stat> stats;
         bool own = false;
         if (std::error_code ec = folder_entries(dir_fd, prefix, children, own, failed, &stats)) {
             return ec;
+        }
+        if (depth >= dest_tree::walk_open_depth) {
+            self.reset();
+            dir_fd = -1;
         }
         for (std::size_t i = 0; i < children.size() && out.size() < max; ++i) {
             const auto& [name, is_dir, is_link] = children[i];
@@ -799,7 +863,7 @@ struct lister {
                 continue;
             }
             bool opened = false;
-            std::error_code ec = in_folder(dir_fd, name, [&](int fd) {
+            std::error_code ec = dir_fd < 0 ? walk(-1, path, depth + 1, &opened) : in_folder(dir_fd, name, [&](int fd) {
                 opened = true;
                 return walk(fd, path, depth + 1);
             });
@@ -819,7 +883,7 @@ struct lister {
 
 std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& out, std::string& failed_path,
                                       std::string_view under) {
-    lister l{max, out, failed_path};
+    lister l{root_fd_, max, out, failed_path};
     if (under.empty()) {
         return l.walk(root_fd_, "", 0);
     }
@@ -843,7 +907,7 @@ std::error_code dest_tree::prune(const std::function<verdict(const std::string& 
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{keep, dry_run, removed, failed_path, writable, false, std::move(stale), true, std::move(taken)};
+    pruner p{root_fd_, keep, dry_run, removed, failed_path, writable, false, std::move(stale), true, std::move(taken)};
     return p.walk(root_fd_, "", 0);
 }
 
@@ -864,7 +928,7 @@ std::error_code dest_tree::clear_folder(std::string_view wire_path,
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{keep ? keep : only_empty, dry_run, removed, failed_path, writable, true, {}, false, {}};
+    pruner p{root_fd_, keep ? keep : only_empty, dry_run, removed, failed_path, writable, true, {}, false, {}};
     bool gone = false;
     int depth = static_cast<int>(std::count(wire_path.begin(), wire_path.end(), '/')) + 1;  // prune's: 1 in the root
     ec = p.remove(parent.fd, std::string(wire_name(wire_path)), std::string(wire_path), true, false, depth,

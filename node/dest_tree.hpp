@@ -110,9 +110,13 @@ private:
 
 class dest_tree {
 public:
-    // The deepest a walk of DST goes (prune, clear_folder, list_files): one open folder
-    // per level, so a peer-made tree cannot run the node out of descriptors.
-    static constexpr int max_walk_depth = 256;
+    // The deepest a walk of DST goes (prune, clear_folder, list_files): as deep as a wire
+    // path can reach (max_path_bytes: 2048 one-byte names), so that whatever a sync makes
+    // it can also walk. Down to walk_open_depth a walk keeps one open folder per level;
+    // below, it opens each folder again from the root by its path when it needs it, so a
+    // peer-made tree cannot run the node out of descriptors.
+    static constexpr int max_walk_depth = 2048;
+    static constexpr int walk_open_depth = 128;
     // A partial file locked by another open file (open_partial_file) is waited for this
     // long at most, 50 x 20 ms, then refused (dest_errc::busy).
     static constexpr int partial_lock_tries = 50;

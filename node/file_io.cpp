@@ -13,8 +13,6 @@
 
 namespace ferry {
 
-namespace {
-
 int open_beneath(int root_fd, const std::string& path, std::uint64_t flags) {
     struct open_how how {};
     how.flags = flags | O_CLOEXEC | O_NOFOLLOW;
@@ -26,8 +24,6 @@ int open_beneath(int root_fd, const std::string& path, std::uint64_t flags) {
         }
     }
 }
-
-}  // namespace
 
 int open_share_root(const std::string& canonical_dir, std::string& why) {
     struct open_how how {};

@@ -88,6 +88,10 @@ std::error_code list_folder(int dir_fd, std::vector<std::string>& names,
 // RESOLVE_NO_SYMLINKS: what a peer asks for out of a share); with -1 it is an ordinary
 // open. Returns an fd, or -1 with errno set.
 int open_read(int root_fd, const std::string& path);
+// Opens `path` relative to `root_fd` with `flags` (O_CLOEXEC and O_NOFOLLOW added),
+// resolved inside it without any symlink on the way (openat2 RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS). An fd, or -1 with errno set.
+int open_beneath(int root_fd, const std::string& path, std::uint64_t flags);
 // stat of `path` the same way (without following a symlink when `root_fd` >= 0).
 int stat_at(int root_fd, const std::string& path, struct stat& st);
 // Opens a share's folder, given by its canonical path (symlinks resolved when the share

@@ -370,6 +370,30 @@ TEST_F(sync_push, a_tree_larger_than_the_scan_window_arrives_whole_with_its_rena
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, a_tree_deeper_than_256_levels_syncs_with_delete_both_ways) {
+    // SRC 300 folders deep: --delete's walk of DST went 256 levels at most, so the sync
+    // made the whole tree and then failed, and every later one too (a user's test,
+    // 2026-12-06), where its dry run said it would work.
+    serve();
+    fs::path deep = src;
+    for (int i = 0; i < 300; ++i) {
+        deep /= "d";
+    }
+    fs::create_directories(deep);
+    write_text_file(deep / "f", "deep\n");
+    run_result dry = sync({"--delete", "--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    fs::remove(deep / "f");
+    write_text_file(deep / "g", "deeper\n");
+    r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(paths_of(json_events(r.out), "deleted").size(), 1u) << r.out;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, a_file_made_from_dsts_copy_at_an_excluded_path_is_a_copy_not_a_rename) {
     // SRC still has cache/big.bin (only excluded), and DST keeps its own: data/big.bin,
     // made from it, is created, not renamed (a soak test, 2026-12-05: it said renamed).

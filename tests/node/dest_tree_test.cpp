@@ -824,11 +824,36 @@ TEST_F(DestTree, PruneLeavesAFolderThatIsTakenWhileItIsEmptied) {
     EXPECT_TRUE(names_in(root() / "old/sub").empty());
 }
 
-TEST_F(DestTree, PruneTakes256NestedFoldersAndRefusesDeeperTrees) {
-    // Exactly 256 nested folders, the deepest holding a file to remove and one to keep:
-    // walked whole. A file list and a removal of the whole chain go as deep.
+// `levels` nested folders named "d" in `dir_fd`, made (and removed) folder by folder: a
+// chain deeper than a path can name whole.
+void make_chain(int dir_fd, int levels) {
+    int fd = ::dup(dir_fd);
+    for (int i = 0; i < levels && fd >= 0; ++i) {
+        ASSERT_EQ(::mkdirat(fd, "d", 0755), 0) << i;
+        int next = ::openat(fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        ::close(fd);
+        fd = next;
+    }
+    ::close(fd);
+}
+void remove_chain(int dir_fd) {
+    int fd = ::openat(dir_fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return;
+    }
+    remove_chain(fd);
+    ::close(fd);
+    ::unlinkat(dir_fd, "d", AT_REMOVEDIR);
+}
+
+TEST_F(DestTree, PruneWalksTreesAsDeepAsAWirePathGoesAndRefusesDeeperOnes) {
+    // 300 nested folders (deeper than the walks keep a descriptor per level), the deepest
+    // holding a file to remove and one to keep: walked whole. A file list and a removal of
+    // the whole chain go as deep.
+    constexpr int levels = 300;
+    static_assert(levels > dest_tree::walk_open_depth);
     fs::path deep = root();
-    for (int i = 0; i < 256; ++i) {
+    for (int i = 0; i < levels; ++i) {
         deep /= "d";
     }
     fs::create_directories(deep);
@@ -841,19 +866,21 @@ TEST_F(DestTree, PruneTakes256NestedFoldersAndRefusesDeeperTrees) {
     }, false, removed, where), std::error_code{}) << where;
     ASSERT_EQ(removed.size(), 1u);
     EXPECT_FALSE(fs::exists(deep / "old"));
+    EXPECT_TRUE(fs::exists(deep / "new"));
     std::vector<dest_tree::file_stamp> files;
     EXPECT_EQ(tree_.list_files(10, files, where), std::error_code{}) << where;
-    EXPECT_EQ(files.size(), 1u);
+    ASSERT_EQ(files.size(), 1u);
+    EXPECT_TRUE(files[0].path.ends_with("/d/new")) << files[0].path;
     removed.clear();
     EXPECT_EQ(tree_.prune([](const std::string&, bool) { return dest_tree::verdict::remove; }, false, removed, where),
               std::error_code{})
         << where;
-    EXPECT_EQ(removed.size(), 257u);  // 256 folders and the file
+    EXPECT_EQ(removed.size(), static_cast<std::size_t>(levels) + 1);  // the folders and the file
     EXPECT_FALSE(fs::exists(root() / "d"));
 
-    // A folder in the way of a file takes 256 levels below it too, with a file at the end.
+    // A folder in the way of a file takes as many levels below it too, with a file at the end.
     deep = root() / "way";
-    for (int i = 0; i < 255; ++i) {
+    for (int i = 0; i < levels; ++i) {
         deep /= "d";
     }
     fs::create_directories(deep);
@@ -864,26 +891,28 @@ TEST_F(DestTree, PruneTakes256NestedFoldersAndRefusesDeeperTrees) {
               std::error_code{})
         << where;
     EXPECT_FALSE(fs::exists(root() / "way"));
-    fs::create_directories(root() / "way2" / fs::path(deep).lexically_relative(root() / "way") / "one-more");
-    removed.clear();
-    EXPECT_EQ(tree_.clear_folder("way2", [](const std::string&, bool) { return dest_tree::verdict::remove; }, false,
-                                 removed, where),
-              dest_errc::too_deep);
-    EXPECT_TRUE(fs::is_directory(root() / "way2"));
-    fs::remove_all(root() / "way2");
 
-    // 257: an error naming the folder, and nothing removed.
-    deep = root();
-    for (int i = 0; i < 257; ++i) {
-        deep /= "d";
-    }
-    fs::create_directories(deep);
+    // The deepest a wire path reaches (2048 one-byte names) is walked and removed; one more
+    // level is an error naming the folder, and nothing is removed.
+    int root_fd = ::open(root().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(root_fd, 0);
+    make_chain(root_fd, dest_tree::max_walk_depth);
+    removed.clear();
+    EXPECT_EQ(tree_.prune([](const std::string&, bool) { return dest_tree::verdict::remove; }, false, removed, where),
+              std::error_code{})
+        << where;
+    EXPECT_EQ(removed.size(), static_cast<std::size_t>(dest_tree::max_walk_depth));
+    EXPECT_FALSE(fs::exists(root() / "d"));
+    make_chain(root_fd, dest_tree::max_walk_depth + 1);
     removed.clear();
     std::error_code ec = tree_.prune([](const std::string&, bool) { return dest_tree::verdict::keep; }, false, removed,
                                      where);
     EXPECT_EQ(ec, dest_errc::too_deep);
     EXPECT_TRUE(removed.empty());
-    EXPECT_TRUE(fs::is_directory(deep));
+    EXPECT_EQ(std::ranges::count(where, '/'), dest_tree::max_walk_depth) << where.size();
+    remove_chain(root_fd);
+    EXPECT_FALSE(fs::exists(root() / "d"));
+    ::close(root_fd);
 }
 
 TEST_F(DestTree, PruneNeverFollowsASymlink) {
