@@ -230,8 +230,10 @@ void fault_point_after_renames(std::size_t renamed) {
 // Sync --checksum: whether the file at `e.path` under `tree` has e.digest as content (read
 // and hashed chunk by chunk; a size other than e.size is a difference). With `fix_meta` and
 // the same content, its mode and mtime become e's (they may differ: --checksum looks at
-// content only).
-bool same_content(dest_tree& tree, const entry_info& e, bool fix_meta) {
+// content only). `other_mtime`: the same content with another mtime (a change to tell of,
+// as rsync -c -i does: .f..t).
+bool same_content(dest_tree& tree, const entry_info& e, bool fix_meta, bool& other_mtime) {
+    other_mtime = false;
     std::error_code ec;
     int fd = tree.open_final_read(e.path, ec);
     if (fd < 0) {
@@ -249,7 +251,8 @@ bool same_content(dest_tree& tree, const entry_info& e, bool fix_meta) {
         }
     }
     same = same && file_digest(chunks) == *e.digest;
-    if (same && fix_meta && timespec_ns(st.st_mtim) != e.mtime_ns) {
+    other_mtime = same && timespec_ns(st.st_mtim) != e.mtime_ns;
+    if (other_mtime && fix_meta) {
         set_mode_and_mtime(fd, e.mode, e.mtime_ns);  // best effort: the content is what counts
     }
     ::close(fd);
@@ -1034,9 +1037,11 @@ void receive_session::next_offer() {
         // A sync's file already there whose permission bits differ: set in place (rsync -a
         // does too), nothing sent.
         std::vector<bool> mode_only(items.size(), false);
+        // Sync --checksum: the same content with another mtime, set in place: told as updated too.
+        std::vector<bool> mtime_only(items.size(), false);
         // What a sync does with each file, told to the sender.
         auto action = [&](std::size_t i) {
-            if (mode_only[i]) {
+            if (mode_only[i] || mtime_only[i]) {
                 return wire::SYNC_UPDATE;
             }
             if (!sync.on || identical[i]) {
@@ -1284,7 +1289,9 @@ void receive_session::next_offer() {
                     identical[i] = same;
                     exists[i] = e.is_dir ? !missing : is_there;
                     if (sync.checksum && is_there && e.digest) {
-                        identical[i] = same_content(*tree, e, !sync.dry_run);  // content decides, not the stamps
+                        bool other_mtime = false;
+                        identical[i] = same_content(*tree, e, !sync.dry_run, other_mtime);  // content decides
+                        mtime_only[i] = other_mtime;
                     }
                     // Permission bits only: set-user-ID, set-group-ID and sticky bits a
                     // peer never sets (nor clears) on a file.
