@@ -220,7 +220,8 @@ public:
     std::size_t unsealed_entries() const { return entries_.size() - open_first_; }
 
     // The Offer batches, each under offer_batch_bytes, in the order they must be sent (a
-    // look at them: a batch counts as sent when next_offer() gives it).
+    // look at them: a batch counts as sent when next_offer() gives it). Only before any
+    // entry is trimmed (trim_entries).
     std::vector<wire::Offer> make_offers() const;
     // Batch b of those (b < offer_count()), built alone.
     wire::Offer make_offer(std::size_t b) const;
