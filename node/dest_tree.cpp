@@ -38,7 +38,8 @@ public:
             case dest_errc::not_a_dir: return "a path component exists and is not a directory";
             case dest_errc::symlink: return "refusing to write through a symlink";
             case dest_errc::is_dir: return "destination is a directory";
-            case dest_errc::busy: return "its partial file is being written by another ferry process";
+            case dest_errc::busy:
+                return "its partial file is being written by another ferry process";
             case dest_errc::too_deep:
                 return "folders nested deeper than " + std::to_string(dest_tree::max_walk_depth) + " levels here";
         }
@@ -617,7 +618,7 @@ struct pruner {
     std::function<void(std::vector<dest_tree::removed_entry>&)> taken;
 
     // Depths count from 1 for a folder in the root; dest_tree::max_walk_depth is the
-    // deepest allowed (256 nested folders are fine, 257 are not).
+    // deepest allowed (2048 nested folders are fine, 2049 are not).
     static std::error_code too_deep() { return make_error_code(dest_errc::too_deep); }
 
     // Removes `name` in `dir_fd` (wire path `path`) and what is in it, except what `keep`
@@ -688,6 +689,10 @@ struct pruner {
         if (dir_fd < 0 && !dry_run) {
             parent.emplace(root_fd, wire_parent(path));
             dir_fd = parent->fd;
+            if (dir_fd < 0 && gone_or_replaced({errno, std::system_category()})) {
+                failed.clear();
+                return {};  // its folder went, or was replaced since: passed over, as an entry is
+            }
         }
         if (!dry_run && (dir_fd < 0 || ::unlinkat(dir_fd, name.c_str(), is_dir ? AT_REMOVEDIR : 0) != 0)) {
             if (errno == ENOENT) {
@@ -805,10 +810,11 @@ struct pruner {
             }
             if (is_dir && v == dest_tree::verdict::keep) {
                 bool opened = false;
-                std::error_code ec = dir_fd < 0 ? walk(-1, path, depth + 1, &opened) : in_folder(dir_fd, name, [&](int fd) {
-                    opened = true;
-                    return walk(fd, path, depth + 1);
-                });
+                std::error_code ec =
+                    dir_fd < 0 ? walk(-1, path, depth + 1, &opened) : in_folder(dir_fd, name, [&](int fd) {
+                        opened = true;
+                        return walk(fd, path, depth + 1);
+                    });
                 if (ec && !(!opened && gone_or_replaced(ec))) {
                     return ec;  // (one gone or no longer a folder since it was listed is passed over)
                 }
@@ -863,10 +869,11 @@ struct lister {
                 continue;
             }
             bool opened = false;
-            std::error_code ec = dir_fd < 0 ? walk(-1, path, depth + 1, &opened) : in_folder(dir_fd, name, [&](int fd) {
-                opened = true;
-                return walk(fd, path, depth + 1);
-            });
+            std::error_code ec =
+                dir_fd < 0 ? walk(-1, path, depth + 1, &opened) : in_folder(dir_fd, name, [&](int fd) {
+                    opened = true;
+                    return walk(fd, path, depth + 1);
+                });
             if (!opened && (gone_or_replaced(ec) || ec == std::errc::permission_denied)) {
                 continue;  // gone or replaced since it was listed, or not ours to read
             }
@@ -1050,6 +1057,7 @@ std::optional<partial_seed> dest_tree::start_seed(std::string_view wire_path, st
     if (::fstatvfs(seed.partial.get(), &vfs) != 0 ||
         std::uint64_t{vfs.f_bavail} * vfs.f_frsize < seed.bytes + reserve ||
         ::ftruncate(seed.partial.get(), static_cast<off_t>(seed.bytes)) != 0) {
+        seed.partial.reset();  // its lock first: remove_partial leaves a partial file someone holds
         remove_partial(wire_path, true, false);
         return std::nullopt;
     }
@@ -1291,6 +1299,14 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
         // whole is created with its final bits): replaced, since it is truncated anyway.
         // None there (the folder itself is not writable): the open's error stands.
         int open_errno = errno;
+        // Not one another process writes (it holds the lock): that one stays, and this
+        // transfer is refused the file, as below.
+        unique_fd held(::openat(dfd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+        if (held.get() >= 0 && ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+            ec = make_error_code(dest_errc::busy);
+            return -1;
+        }
+        held.reset();
         if (::unlinkat(dfd, part.c_str(), 0) == 0) {
             fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                           static_cast<mode_t>(mode));
@@ -1309,6 +1325,9 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
     // this process whose write of it is still finishing (a retry's attempt before) holds it
     // for a moment, hence the short wait.
     for (int tries = 0; ::flock(fd, LOCK_EX | LOCK_NB) != 0; ++tries) {
+        if (errno == ENOLCK || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) {
+            break;  // a file system without flock (NFS without its lock daemon): as before
+        }
         if (errno != EWOULDBLOCK || tries >= partial_lock_tries) {
             int err = errno;
             ::close(fd);

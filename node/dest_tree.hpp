@@ -38,7 +38,7 @@ enum class dest_errc {
     not_a_dir = 2,     // a path component exists and is not a directory
     symlink = 3,       // a path component or the target is a symlink
     is_dir = 4,        // a file's destination is a directory
-    too_deep = 5,      // folders nested deeper than a walk of DST goes (256 levels)
+    too_deep = 5,      // folders nested deeper than a walk of DST goes (max_walk_depth)
     busy = 6,          // the partial file is another process's to write (its lock)
 };
 const std::error_category& dest_category() noexcept;
@@ -116,7 +116,7 @@ public:
     // below, it opens each folder again from the root by its path when it needs it, so a
     // peer-made tree cannot run the node out of descriptors.
     static constexpr int max_walk_depth = 2048;
-    static constexpr int walk_open_depth = 128;
+    static constexpr int walk_open_depth = 256;
     // A partial file locked by another open file (open_partial_file) is waited for this
     // long at most, 50 x 20 ms, then refused (dest_errc::busy).
     static constexpr int partial_lock_tries = 50;
@@ -185,7 +185,7 @@ public:
     // keeps there (a folder still holding something stays). Nothing is followed through a
     // symlink (a symlink is removed as itself), partial files and resume records
     // (is_partial_name) are left alone (their folder too), and folders nested deeper than
-    // 256 levels are an error. With `dry_run` nothing is removed. `removed` gets every path removed, a folder's
+    // max_walk_depth levels are an error. With `dry_run` nothing is removed. `removed` gets every path removed, a folder's
     // contents before the folder. Stops at the first error, with `failed_path` naming the
     // entry it is about.
     struct removed_entry {
@@ -216,7 +216,7 @@ public:
     // The regular files under the root (wire path, size, mtime), in a stable order, at most
     // `max` of them: what a sync may copy from locally (a renamed or copied file). Nothing
     // is followed through a symlink, ferry's own files are left out, a folder that cannot
-    // be read is passed over, and folders nested deeper than 256 levels are an error.
+    // be read is passed over, and folders nested deeper than max_walk_depth are an error.
     // With `under`, only what the folder at that wire path holds (none when it is not a
     // folder).
     struct file_stamp {

@@ -251,7 +251,8 @@ bool same_content(dest_tree& tree, const entry_info& e, bool fix_meta, bool& oth
         }
     }
     same = same && file_digest(chunks) == *e.digest;
-    other_mtime = same && timespec_ns(st.st_mtim) != e.mtime_ns;
+    // (As a file system with coarser timestamps stores it: FAT's 2 s never hold SRC's ns.)
+    other_mtime = same && !same_stored_mtime(timespec_ns(st.st_mtim), e.mtime_ns);
     if (other_mtime && fix_meta) {
         set_mode_and_mtime(fd, e.mode, e.mtime_ns);  // best effort: the content is what counts
     }
@@ -797,7 +798,8 @@ bool receive_session::take_keep(const wire::Offer& offer) {
 void receive_session::note_not_sent(const std::string& path) {
     // What a push's own scan says of such a path ("skipping ..."), said here for a pull,
     // whose peer scanned.
-    ctx_.log("skipping " + printable(path) + " (the peer did not send it: not a regular file, or not readable there)");
+    ctx_.log("skipping " + printable(path) +
+             " (the peer did not send it: not a regular file, not readable there, or a partial file)");
 }
 
 void receive_session::next_offer() {
@@ -1920,9 +1922,8 @@ std::filesystem::path receive_session::journal_dir() const { return ctx_.config.
 void receive_session::queue_rename(file_id f, digest128 digest, const dest_tree::stored_file& stored,
                                    unnamed_file unnamed, unique_fd partial) {
     const entry_info& e = machine_.entry(f);
-    renames_.push_back(pending_name{f,
-                                    unsynced_journal::entry{e.path, e.size, stored.mtime_ns, digest, stored.dev, stored.ino},
-                                    std::move(unnamed), std::move(partial)});
+    unsynced_journal::entry entry{e.path, e.size, stored.mtime_ns, digest, stored.dev, stored.ino};
+    renames_.push_back(pending_name{f, std::move(entry), std::move(unnamed), std::move(partial)});
     start_renames();
 }
 
@@ -2009,7 +2010,7 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
     if (ec) {
         r->set_error(ec.message());
         send_control(h);
-        bool local = ec.category() == std::system_category();
+        bool local = ec.category() == std::system_category() || ec == dest_errc::busy;
         fail(local ? wire::ERROR_IO : wire::ERROR_REFUSED, local ? exit_code::local_io : exit_code::transfer_failed,
              path + ": " + ec.message());
         return;
@@ -2193,7 +2194,7 @@ void receive_session::check_all_done() {
             // Reported even when a later deletion failed, or the transfer failed meanwhile
             // (a pull whose peer went while DST was pruned): these are gone. A failure's
             // report waits for this (settle), so that it counts them.
-            self->send_deleted(std::move(removed), told, true);
+            self->send_deleted(std::move(removed), told);
             if (self->failed_) {
                 self->settle();
                 return;
@@ -2218,12 +2219,8 @@ void receive_session::check_all_done() {
     });
 }
 
-void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told, bool last) {
+void receive_session::send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told) {
     deleted_count_ += told + removed.size();
-    if (last && deleted_count_ > 0) {
-        ctx_.log(std::string(sync_target()->dry_run() ? "sync dry run: would delete " : "sync: deleted ") +
-                 std::to_string(deleted_count_) + " path(s) under " + root_.string());
-    }
     tell_deleted(std::move(removed));
 }
 
@@ -2297,6 +2294,11 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
         return;
     }
     reported_ = true;
+    if (deleted_count_ > 0) {  // one line for them all, whatever the end
+        const bool dry = sync_target() && sync_target()->dry_run();
+        ctx_.log(std::string(dry ? "sync dry run: would delete " : "sync: deleted ") + std::to_string(deleted_count_) +
+                 " path(s) under " + root_.string());
+    }
     transfer_report r;
     r.session_id = session_id_;
     r.ok = ok;

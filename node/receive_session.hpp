@@ -263,8 +263,8 @@ private:
     // Sync --delete: reports what the clean-up removed (Deleted frames on connection 0; a
     // pull's own events and counts), counting `told` more, told of already as the walk
     // went (send_deleted), or without counting (tell_deleted: such a part). One log line
-    // counts them all, at the end (`last`): not one a batch.
-    void send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told = 0, bool last = false);
+    // counts them all, at the end (finish_report): not one a batch.
+    void send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told = 0);
     std::size_t deleted_count_ = 0;  // paths send_deleted reported, for its log line
     void tell_deleted(std::vector<dest_tree::removed_entry> removed);
     // A pull: one line for a path the peer kept back (SyncTarget.keep, Offer.keep).

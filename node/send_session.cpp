@@ -607,7 +607,7 @@ void send_session::take_scan() {
         machine_.complete();
         report_maybe_renamed();
     } else if (options_.feed->max_held() > 0 && machine_.unsealed_entries() > 0 &&
-               machine_.total_files() - machine_.first_entry_held() >= options_.feed->max_held()) {
+               machine_.total_files() - machine_.files_done() >= options_.feed->max_held()) {
         // The scan waits for room (scan_feed::put): what it found goes out now, not when a
         // batch fills, so that its files can be done with.
         machine_.flush();
@@ -812,10 +812,12 @@ bool send_session::still_at_dst(std::string_view path) {
 
 void send_session::trim_entries() {
     machine_.trim_entries(pinned_.empty() ? std::numeric_limits<std::uint32_t>::max() : *pinned_.begin());
-    std::size_t held = machine_.first_entry_held();
-    sources_.trim_locals(held);
+    sources_.trim_locals(machine_.first_entry_held());
     if (options_.feed) {
-        options_.feed->let_go(held);
+        // The scan's window counts the entries not done with, not those still held: one
+        // big file early in the walk holds every entry after it (its parts go only once it
+        // is done), and the scan must not wait for it while the files after it move.
+        options_.feed->let_go(machine_.files_done());
     }
 }
 
@@ -1399,7 +1401,8 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     c->set_hash_hi(job.digest.hi);
     std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
     std::uint32_t copied = job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
-    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{stats_clock::now(), wire_len, copied, ref.length});
+    cs.inflight.emplace(chunk_key(ref.file, ref.index),
+                        inflight_chunk{stats_clock::now(), wire_len, copied, ref.length});
     rate_.tokens -= wire_len;  // --bwlimit
     cs.inflight_bytes += ref.length;
     file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));

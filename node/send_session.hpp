@@ -397,7 +397,8 @@ private:
     // reads: a read job (until on_read) or a delta scan (until on_scanned); once per task.
     std::multiset<std::uint32_t> pinned_;
     // The machine's entries of files done with go, but those pinned_ (and every one after),
-    // with their local paths; a scan waiting for room (scan_feed::let_go) goes on.
+    // with their local paths; a scan waiting for room (scan_feed::let_go: the entries done
+    // with so far) goes on.
     void trim_entries();
     // A sync's exclude patterns and the paths to keep so far (made on first use).
     exclude_set& dst_keeps();

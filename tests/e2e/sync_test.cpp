@@ -1691,7 +1691,8 @@ TEST_F(sync_pull, a_changed_file_started_from_dsts_older_version_resumes_after_a
     nlohmann::json done = find_event(json_events(r.out), "done");
     // What came before the record is kept (about 2 s at 2 MB/s), the rest is sent.
     EXPECT_GE(done["bytes_matched"].get<std::uint64_t>(), 1024u * 1024) << done;
-    EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>() + done["bytes_transferred"].get<std::uint64_t>(), size) << done;
+    EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>() + done["bytes_transferred"].get<std::uint64_t>(), size)
+        << done;
 }
 
 TEST_F(sync_pull, a_pull_whose_serving_node_is_stopped_comes_back_to_the_one_that_replaces_it) {
@@ -1704,7 +1705,8 @@ TEST_F(sync_pull, a_pull_whose_serving_node_is_stopped_comes_back_to_the_one_tha
     child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
                       "--compress", "never", "--retry-for", "2m", "ay:www/site", dst.string()});
     fs::path part = dst / ".data.bin.ferry-part";
-    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 1024 * 1024; }, process_timeout)) << rx.err();
+    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 1024 * 1024; }, process_timeout))
+        << rx.err();
     node.proc->signal(SIGTERM);
     ASSERT_EQ(node.proc->wait(process_timeout), 0) << node.proc->err();
     ASSERT_TRUE(rx.wait_for_err("reconnecting", process_timeout)) << rx.err();
