@@ -185,9 +185,9 @@ public:
     // keeps there (a folder still holding something stays). Nothing is followed through a
     // symlink (a symlink is removed as itself), partial files and resume records
     // (is_partial_name) are left alone (their folder too), and folders nested deeper than
-    // max_walk_depth levels are an error. With `dry_run` nothing is removed. `removed` gets every path removed, a folder's
-    // contents before the folder. Stops at the first error, with `failed_path` naming the
-    // entry it is about.
+    // max_walk_depth levels are an error. With `dry_run` nothing is removed. `removed` gets
+    // every path removed, a folder's contents before the folder. Stops at the first error,
+    // with `failed_path` naming the entry it is about.
     struct removed_entry {
         std::string path;
         bool is_dir = false;
