@@ -1218,8 +1218,9 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     read_job job;
     job.ref = ref;
     job.file = file(ref.file);
-    pinned_.insert(ref.file.value);  // its entry and local path stay until on_read
-    // sources_ and the entries never change and the task holds the session: no copy.
+    // Its entry and local path stay (pinned_) until on_read, and the task holds the
+    // session: no copy.
+    pinned_.insert(ref.file.value);
     job.local = &local_path(ref.file);
     job.root_fd = root_fd();
     job.expect_size = file_size(machine_.entry(ref.file));

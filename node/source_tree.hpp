@@ -91,8 +91,9 @@ static_assert(std::is_nothrow_move_constructible_v<source_tree>);
 class scan_feed {
 public:
     // `max_held` > 0: put() waits while that many entries or more were put and not let go
-    // (let_go), so that a scan far ahead of its transfer does not hold the whole tree. 0:
-    // no limit (a pull's scan, taken whole when its session starts).
+    // (let_go: the taker's entries done with), so that a scan far ahead of its transfer
+    // does not hold the whole tree. 0: no limit (a pull's scan, taken whole when its
+    // session starts).
     explicit scan_feed(std::uint64_t max_held = 0) : max_held_(max_held) {}
     // What a streamed send holds at most ahead of its files done with: some 9 MB of
     // entries with 40-byte paths; several times the 16 Offer batches a sender has out.
@@ -112,8 +113,8 @@ public:
     void on_change(std::function<void()> wake);
     // The send ended: the scan stops at its next entry, nobody is woken.
     void cancel();
-    // The taker is done with the first `n` entries put (in put order): a put waiting for
-    // room may go on.
+    // The taker is done with `n` of the entries put, in all (a count that only grows): a put
+    // waiting for room may go on.
     void let_go(std::uint64_t n);
     std::uint64_t max_held() const { return max_held_; }
     struct taken {
