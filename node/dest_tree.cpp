@@ -596,6 +596,29 @@ struct folder_beneath {
     }
 };
 
+// The start of a walk of the folder `prefix` at `depth` (pruner's, lister's): refused
+// beyond dest_tree::max_walk_depth (`failed` names it); with dir_fd -1 (below
+// walk_open_depth) the folder is opened here by its path, into `self`, and `opened` (if
+// given) tells whether that worked.
+std::error_code enter_folder(int root_fd, const std::string& prefix, int depth, int& dir_fd,
+                             std::optional<folder_beneath>& self, std::string& failed, bool* opened) {
+    if (depth > dest_tree::max_walk_depth) {
+        failed = prefix;
+        return make_error_code(dest_errc::too_deep);
+    }
+    if (dir_fd < 0) {
+        self.emplace(root_fd, prefix);
+        if (self->fd < 0) {
+            return {errno, std::system_category()};
+        }
+        dir_fd = self->fd;
+    }
+    if (opened != nullptr) {
+        *opened = true;
+    }
+    return {};
+}
+
 struct pruner {
     int root_fd;  // the walk's paths are relative to it (deep folders are opened from it)
     const std::function<dest_tree::verdict(const std::string&, bool)>& keep;
@@ -718,20 +741,9 @@ struct pruner {
     // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root; dir_fd -1: below
     // walk_open_depth, opened here by its path, `opened` telling whether that worked).
     std::error_code walk(int dir_fd, const std::string& prefix, int depth, bool* opened = nullptr) {
-        if (depth > dest_tree::max_walk_depth) {
-            failed = prefix;
-            return too_deep();
-        }
         std::optional<folder_beneath> self;
-        if (dir_fd < 0) {
-            self.emplace(root_fd, prefix);
-            if (self->fd < 0) {
-                return {errno, std::system_category()};
-            }
-            dir_fd = self->fd;
-        }
-        if (opened != nullptr) {
-            *opened = true;
+        if (std::error_code ec = enter_folder(root_fd, prefix, depth, dir_fd, self, failed, opened)) {
+            return ec;
         }
         std::vector<folder_child> children;
         std::vector<std::string> own_names;
@@ -833,20 +845,9 @@ struct lister {
 
     // As pruner::walk: dir_fd -1 below walk_open_depth.
     std::error_code walk(int dir_fd, const std::string& prefix, int depth, bool* opened = nullptr) {
-        if (depth > dest_tree::max_walk_depth) {
-            failed = prefix;
-            return pruner::too_deep();
-        }
         std::optional<folder_beneath> self;
-        if (dir_fd < 0) {
-            self.emplace(root_fd, prefix);
-            if (self->fd < 0) {
-                return {errno, std::system_category()};
-            }
-            dir_fd = self->fd;
-        }
-        if (opened != nullptr) {
-            *opened = true;
+        if (std::error_code ec = enter_folder(root_fd, prefix, depth, dir_fd, self, failed, opened)) {
+            return ec;
         }
         std::vector<folder_child> children;
         std::vector<struct stat> stats;
