@@ -1631,10 +1631,13 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             int fd;
             {
                 std::lock_guard lock(sink->mutex);
-                if (sink->fd < 0) {
+                if (sink->fd < 0 && sink->open_error) {
+                    ec = sink->open_error;
+                } else if (sink->fd < 0) {
                     // A resumed file's partial file holds the chunks kept: it must still
                     // be there (never an empty one made in its place).
                     sink->fd = tree->open_partial(path, ec, create);
+                    sink->open_error = ec;
                 }
                 fd = sink->fd;
             }
@@ -1873,7 +1876,9 @@ void receive_session::try_finalize(file_id f) {
         int fd;
         {
             std::lock_guard lock(sink->mutex);
-            if (sink->fd < 0) {
+            if (sink->fd < 0 && sink->open_error) {
+                ec = sink->open_error;
+            } else if (sink->fd < 0) {
                 // An empty file has no chunk write; nor has a resumed one whose chunks were
                 // all kept, whose partial file must still be there.
                 sink->fd = tree->open_partial(e.path, ec, create);
@@ -2001,6 +2006,12 @@ void receive_session::start_renames() {
 
 void receive_session::on_file_finalized(file_id f, std::error_code ec, const std::string& path) {
     if (failed_) {
+        // Named all the same (whole and verified): told of, so that the files an attempt
+        // placed are all in its events (a pull that reconnects told the next attempt's
+        // finds of them as unchanged: a user's test, 2026-12-06). Nothing else is sent.
+        if (const auto sink = sink_of(f); !ec && sink && !machine_.entry(f).is_dir) {
+            files_.done(ctx_.events.file, f, machine_.entry(f), false, sink->action);
+        }
         return;
     }
     wire::Header h;

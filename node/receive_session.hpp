@@ -97,6 +97,10 @@ private:
     struct sink_file {
         std::mutex mutex;
         int fd = -1;
+        // Why its partial file could not be opened (under `mutex`): the file's later writes
+        // fail at once with it, and never open the name again (another process's partial
+        // file, once that one is renamed, would be made anew and written to).
+        std::error_code open_error;
         // One chunk write at a time per file: the file's lock in the kernel (i_rwsem) makes
         // a second writer spin on the CPU; waiting here it sleeps.
         std::mutex write_mutex;
