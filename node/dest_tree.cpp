@@ -583,6 +583,14 @@ std::error_code in_folder(int dir_fd, const std::string& name, F&& f) {
 // The folder at wire path `path` under the root, opened again by its path (no symlink on
 // the way): what a walk below dest_tree::walk_open_depth uses instead of a descriptor
 // kept per level. "" is the root itself (not to be closed: `owned` false).
+// Whether the partial file `part` in the folder `dfd` is locked by a writer that is not
+// this descriptor's (open_partial_file's lock): another process's, unless this process's
+// own writer still holds it open.
+bool partial_locked(int dfd, const std::string& part) {
+    unique_fd held(::openat(dfd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    return held.get() >= 0 && ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+}
+
 struct folder_beneath {
     unique_fd owned;
     int fd = -1;
@@ -810,8 +818,12 @@ struct pruner {
             dest_tree::verdict v = keep(path, is_dir);
             if (v == dest_tree::verdict::remove) {
                 if (!dry_run && !loosened) {
-                    folder_beneath again(root_fd, dir_fd < 0 ? std::string_view(prefix) : std::string_view());
-                    writable(dir_fd < 0 ? again.fd : dir_fd, prefix);  // it loses an entry
+                    // It loses an entry (below walk_open_depth: opened again for that).
+                    if (dir_fd >= 0) {
+                        writable(dir_fd, prefix);
+                    } else if (folder_beneath again(root_fd, prefix); again.fd >= 0) {
+                        writable(again.fd, prefix);
+                    }
                     loosened = true;
                 }
                 bool gone = false;
@@ -1302,12 +1314,10 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
         int open_errno = errno;
         // Not one another process writes (it holds the lock): that one stays, and this
         // transfer is refused the file, as below.
-        unique_fd held(::openat(dfd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-        if (held.get() >= 0 && ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        if (partial_locked(dfd, part)) {
             ec = make_error_code(dest_errc::busy);
             return -1;
         }
-        held.reset();
         if (::unlinkat(dfd, part.c_str(), 0) == 0) {
             fd = ::openat(dfd, part.c_str(), O_WRONLY | flags | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                           static_cast<mode_t>(mode));
@@ -1457,8 +1467,7 @@ void dest_tree::remove_partial(std::string_view wire_path, bool data, bool recor
         // Not a partial file another process writes (its lock: open_partial_file): that
         // one stays, with its record. (This process's own writer closes it first.)
         std::string part = partial_name(name);
-        unique_fd held(::openat(dh.fd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-        if (held.get() >= 0 && ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        if (partial_locked(dh.fd, part)) {
             return;
         }
         ::unlinkat(dh.fd, part.c_str(), 0);

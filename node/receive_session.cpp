@@ -320,6 +320,15 @@ struct receive_session::whole_write {
     }
 };
 
+int receive_session::sink_file::partial_fd(dest_tree& tree, const std::string& path, bool create,
+                                           std::error_code& ec) {
+    if (fd < 0 && !open_error) {
+        fd = tree.open_partial(path, open_error, create);
+    }
+    ec = fd < 0 ? open_error : std::error_code();
+    return fd;
+}
+
 receive_session::sink_file::~sink_file() {
     if (fd >= 0) {
         ::close(fd);
@@ -1631,15 +1640,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             int fd;
             {
                 std::lock_guard lock(sink->mutex);
-                if (sink->fd < 0 && sink->open_error) {
-                    ec = sink->open_error;
-                } else if (sink->fd < 0) {
-                    // A resumed file's partial file holds the chunks kept: it must still
-                    // be there (never an empty one made in its place).
-                    sink->fd = tree->open_partial(path, ec, create);
-                    sink->open_error = ec;
-                }
-                fd = sink->fd;
+                // (A resumed file's partial file holds the chunks kept: it must still be
+                // there, never an empty one made in its place.)
+                fd = sink->partial_fd(*tree, path, create, ec);
             }
             if (!ec) {
                 std::lock_guard write_lock(sink->write_mutex);
@@ -1876,14 +1879,9 @@ void receive_session::try_finalize(file_id f) {
         int fd;
         {
             std::lock_guard lock(sink->mutex);
-            if (sink->fd < 0 && sink->open_error) {
-                ec = sink->open_error;
-            } else if (sink->fd < 0) {
-                // An empty file has no chunk write; nor has a resumed one whose chunks were
-                // all kept, whose partial file must still be there.
-                sink->fd = tree->open_partial(e.path, ec, create);
-            }
-            fd = sink->fd;
+            // (Opened here for an empty file, which has no chunk write, and for a resumed
+            // one whose chunks were all kept, whose partial file must still be there.)
+            fd = sink->partial_fd(*tree, e.path, create, ec);
             sink->fd = -1;
             sink->finalized = true;  // no checkpoint records it any more
             if (sink->basis_fd >= 0) {

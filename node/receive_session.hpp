@@ -101,6 +101,10 @@ private:
         // fail at once with it, and never open the name again (another process's partial
         // file, once that one is renamed, would be made anew and written to).
         std::error_code open_error;
+        // Its partial file's descriptor, opened on first use (`mutex` held; `create`: made if
+        // missing, else a resumed file's, which must be there); -1 with `ec` as the opening
+        // failed, then and every time after.
+        int partial_fd(dest_tree& tree, const std::string& path, bool create, std::error_code& ec);
         // One chunk write at a time per file: the file's lock in the kernel (i_rwsem) makes
         // a second writer spin on the CPU; waiting here it sleeps.
         std::mutex write_mutex;

@@ -2426,9 +2426,10 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
     std::string error;
     // A streamed scan waits for the transfer when it is this many entries ahead (tests make
     // it small with FERRY_SCAN_WINDOW to see it wait on a small tree).
-    std::uint64_t scan_window = ferry::scan_feed::default_max_held;
-    if (const char* w = std::getenv("FERRY_SCAN_WINDOW"); w != nullptr && std::strtoull(w, nullptr, 10) > 0) {
-        scan_window = std::strtoull(w, nullptr, 10);
+    const char* w = std::getenv("FERRY_SCAN_WINDOW");
+    std::uint64_t scan_window = w != nullptr ? std::strtoull(w, nullptr, 10) : 0;
+    if (scan_window == 0) {
+        scan_window = ferry::scan_feed::default_max_held;
     }
     std::shared_ptr<ferry::scan_feed> feed = stream ? std::make_shared<ferry::scan_feed>(scan_window) : nullptr;
     auto scanned = std::async(std::launch::async, [&scan, &stream, feed, &error] {
