@@ -103,6 +103,31 @@ std::int64_t matching_step(std::int64_t stored_ns, std::int64_t wanted_ns) {
 
 }  // namespace
 
+bool file_level(std::error_code ec) {
+    if (ec.category() == dest_category()) {
+        return ec != dest_errc::too_deep;
+    }
+    if (ec.category() != std::system_category() && ec.category() != std::generic_category()) {
+        return false;
+    }
+    switch (ec.value()) {
+        case EACCES:
+        case EPERM:
+        case ENAMETOOLONG:
+        case EINVAL:  // a name the file system cannot hold (FAT's `:`)
+        case EILSEQ:
+        case EFBIG:
+        case EISDIR:
+        case ENOTDIR:
+        case ELOOP:
+        case EEXIST:
+        case ENOENT:  // its folder went meanwhile
+        case ETXTBSY:
+        case EMLINK: return true;
+        default: return false;
+    }
+}
+
 bool same_stored_mtime(std::int64_t stored_ns, std::int64_t wanted_ns, std::int64_t step_ns) {
     return step_ns > 0 ? stored_ns == floor_to(wanted_ns, step_ns) : matching_step(stored_ns, wanted_ns) > 0;
 }
@@ -647,6 +672,21 @@ struct pruner {
     bool ask_again = false;
     // prune's `taken`: handed `removed` every dest_tree::prune_report_every entries.
     std::function<void(std::vector<dest_tree::removed_entry>&)> taken;
+    // prune's `refused`: what this user may not remove or list goes here, and the walk
+    // goes on (see passed_over()); null: such an error ends the walk.
+    std::vector<dest_tree::refusal>* refused = nullptr;
+
+    // True (and `path` in `refused`) when `ec`, met removing or listing `path`, is this
+    // user's lack of rights there: that path stays, and the walk goes on.
+    bool passed_over(const std::string& path, std::error_code ec) {
+        if (refused == nullptr || ec.category() != std::system_category() ||
+            (ec.value() != EACCES && ec.value() != EPERM && ec.value() != EBUSY)) {
+            return false;
+        }
+        refused->emplace_back(path, ec);
+        failed.clear();
+        return true;
+    }
 
     // Depths count from 1 for a folder in the root; dest_tree::max_walk_depth is the
     // deepest allowed (2048 nested folders are fine, 2049 are not).
@@ -672,7 +712,8 @@ struct pruner {
                 return {};
             }
             if (fd < 0) {
-                return {errno, std::system_category()};
+                std::error_code ec(errno, std::system_category());
+                return passed_over(path, ec) ? std::error_code{} : ec;
             }
             if (!dry_run) {
                 writable(fd, path);
@@ -682,6 +723,10 @@ struct pruner {
             bool own = false;
             std::error_code ec =
                 folder_entries(fd, path, children, own, failed, nullptr, remove_own ? &own_names : nullptr);
+            if (ec && passed_over(path, ec)) {
+                ::close(fd);
+                return {};
+            }
             for (std::size_t i = 0; !ec && !dry_run && i < own_names.size(); ++i) {
                 if (::unlinkat(fd, own_names[i].c_str(), 0) != 0 && errno != ENOENT) {
                     failed = path + "/" + own_names[i];
@@ -735,7 +780,8 @@ struct pruner {
                 failed.clear();
                 return {};  // something came into it meanwhile (another transfer's): it stays
             }
-            return {errno, std::system_category()};
+            std::error_code ec(errno, std::system_category());
+            return passed_over(path, ec) ? std::error_code{} : ec;
         }
         removed.push_back({path, is_dir, is_link});
         if (taken && removed.size() >= dest_tree::prune_report_every) {
@@ -751,14 +797,14 @@ struct pruner {
     std::error_code walk(int dir_fd, const std::string& prefix, int depth, bool* opened = nullptr) {
         std::optional<folder_beneath> self;
         if (std::error_code ec = enter_folder(root_fd, prefix, depth, dir_fd, self, failed, opened)) {
-            return ec;
+            return passed_over(prefix, ec) ? std::error_code{} : ec;
         }
         std::vector<folder_child> children;
         std::vector<std::string> own_names;
         bool own = false;
         if (std::error_code ec =
                 folder_entries(dir_fd, prefix, children, own, failed, nullptr, stale_own ? &own_names : nullptr)) {
-            return ec;
+            return passed_over(prefix, ec) ? std::error_code{} : ec;
         }
         bool loosened = false;
         // A long NAME's partial file and record have a hashed name (".ferry-HASH.part"),
@@ -805,7 +851,9 @@ struct pruner {
             }
             if (::unlinkat(dir_fd, own_name.c_str(), 0) != 0 && errno != ENOENT) {
                 failed = prefix.empty() ? own_name : prefix + "/" + own_name;
-                return {errno, std::system_category()};
+                if (std::error_code ec(errno, std::system_category()); !passed_over(failed, ec)) {
+                    return ec;
+                }
             }
         }
         if (depth >= dest_tree::walk_open_depth) {
@@ -839,8 +887,10 @@ struct pruner {
                         opened = true;
                         return walk(fd, path, depth + 1);
                     });
-                if (ec && !(!opened && gone_or_replaced(ec))) {
-                    return ec;  // (one gone or no longer a folder since it was listed is passed over)
+                // (One gone or no longer a folder since it was listed is passed over, and
+                // so is one this user may not open.)
+                if (ec && !(!opened && (gone_or_replaced(ec) || passed_over(path, ec)))) {
+                    return ec;
                 }
             }
         }
@@ -923,11 +973,13 @@ std::error_code dest_tree::list_files(std::size_t max, std::vector<file_stamp>& 
 std::error_code dest_tree::prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                                  std::vector<removed_entry>& removed, std::string& failed_path,
                                  std::function<bool(const std::string& path)> stale,
-                                 std::function<void(std::vector<removed_entry>&)> taken) {
+                                 std::function<void(std::vector<removed_entry>&)> taken,
+                                 std::vector<refusal>* refused) {
     const std::function<void(int, const std::string&)> writable = [this](int fd, const std::string& path) {
         make_accessible(fd, path, S_IRWXU);
     };
-    pruner p{root_fd_, keep, dry_run, removed, failed_path, writable, false, std::move(stale), true, std::move(taken)};
+    pruner p{root_fd_,        keep, dry_run, removed, failed_path, writable, false, std::move(stale), true,
+             std::move(taken), refused};
     return p.walk(root_fd_, "", 0);
 }
 

@@ -51,6 +51,13 @@ struct std::is_error_code_enum<ferry::dest_errc> : std::true_type {};
 
 namespace ferry {
 
+// True when `ec`, met writing or naming one file at DST, is that file's alone: its
+// folder refuses this user, the file system refuses its name or size, another process
+// writes its partial file, or something else took its place meanwhile. The transfer goes
+// on without it. A full disk, an I/O error or a read-only file system are DST's own, and
+// end the transfer.
+bool file_level(std::error_code ec);
+
 // True if `stored_ns` is `wanted_ns` as a file system that keeps steps of `step_ns`
 // stores it (truncated). With step_ns 0 (not known) any of 1 ns, 100 ns, 1 us, 1 ms,
 // 10 ms, 1 s or 2 s will do.
@@ -199,11 +206,16 @@ public:
     // run).
     // `taken` (if given) is handed `removed` each time prune_report_every more entries are
     // in it, and takes them (it is left empty): a long walk is told of as it goes.
+    // `refused` (if given) gets each path this user may not remove or list (EACCES, EPERM,
+    // EBUSY: a folder of another user's, a mount point), which stays, with the folders
+    // holding it, and the walk goes on; without it the first such error ends the walk.
     static constexpr std::size_t prune_report_every = 1024;
+    using refusal = std::pair<std::string, std::error_code>;
     std::error_code prune(const std::function<verdict(const std::string& path, bool is_dir)>& keep, bool dry_run,
                           std::vector<removed_entry>& removed, std::string& failed_path,
                           std::function<bool(const std::string& path)> stale = {},
-                          std::function<void(std::vector<removed_entry>&)> taken = {});
+                          std::function<void(std::vector<removed_entry>&)> taken = {},
+                          std::vector<refusal>* refused = nullptr);
     // A sync's file or symlink whose name a folder takes at DST: removes that folder as
     // prune() would remove it (what `keep` protects stays), with ferry's own partial files
     // in it (an older attempt's: nothing below a file's path is offered), unreported; with

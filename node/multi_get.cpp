@@ -434,9 +434,10 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
         bool was_dropped = schedule_->dropped(*s.index);
         schedule_->failed(done.range, *s.index, !done.cancelled);
         if (!done.cancelled) {
-            std::string why = !report.ok ? report.error
-                              : !report.given_up.empty() ? "the file changed at the source while it was read"
-                                                         : "the range did not arrive";
+            std::string why = !report.ok                  ? report.error
+                              : report.given_up.empty()     ? "the range did not arrive"
+                              : report.given_up[0].at_dst ? report.given_up[0].reason
+                                                            : "the file changed at the source while it was read";
             last_error_ = s.given.label + ": " + why;
             if (spec_.note) {
                 spec_.note("range " + std::to_string(done.range + 1) + "/" + std::to_string(schedule_->ranges()) +

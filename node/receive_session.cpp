@@ -1501,6 +1501,9 @@ void receive_session::next_offer() {
 }
 
 void receive_session::on_file_abort(const wire::FileAbort& abort) {
+    if (abort.file_id() < machine_.total_files() && machine_.failed_here(file_id{abort.file_id()})) {
+        return;  // sent before the sender heard that this side gave the file up
+    }
     if (std::error_code ec = machine_.on_file_abort(abort)) {
         fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + log_id(peer_id_) + ": " + ec.message());
         return;
@@ -1511,6 +1514,28 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
     given_up_.push_back({e.path, printable(abort.reason()), abort.vanished(), abort.again()});
     dirty_.erase(f.value);
     drop_partial(f);
+    next_offer();  // one fewer in progress
+    check_all_done();
+}
+
+void receive_session::give_up_here(file_id f, const std::string& path, std::error_code ec) {
+    if (!machine_.give_up(f)) {
+        return;
+    }
+    wire::Header h;
+    wire::FileResult* r = h.mutable_file_result();
+    r->set_file_id(f.value);
+    r->set_ok(false);
+    r->set_error(ec.message());
+    send_control(h);
+    ctx_.log("not written: " + printable(path) + ": " + ec.message(), log_level::warn);
+    given_up_.push_back({path, "not written here: " + ec.message(), false, false, true});
+    dirty_.erase(f.value);
+    if (sink_of(f)) {
+        drop_partial(f);
+    } else {
+        machine_.release(f);
+    }
     next_offer();  // one fewer in progress
     check_all_done();
 }
@@ -1675,6 +1700,10 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             }
             if (verdict.bad) {
                 self->fail(wire::ERROR_INTEGRITY, exit_code::transfer_failed, verdict.problem(path, idx));
+                return;
+            }
+            if (ec && file_level(ec)) {
+                self->give_up_here(f, path, ec);
                 return;
             }
             if (ec) {
@@ -2012,18 +2041,20 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
         }
         return;
     }
-    wire::Header h;
-    wire::FileResult* r = h.mutable_file_result();
-    r->set_file_id(f.value);
-    r->set_ok(!ec);
+    if (ec && file_level(ec)) {
+        give_up_here(f, path, ec);
+        return;
+    }
     if (ec) {
-        r->set_error(ec.message());
-        send_control(h);
-        bool local = ec.category() == std::system_category() || ec == dest_errc::busy;
+        bool local = ec.category() == std::system_category();
         fail(local ? wire::ERROR_IO : wire::ERROR_REFUSED, local ? exit_code::local_io : exit_code::transfer_failed,
              path + ": " + ec.message());
         return;
     }
+    wire::Header h;
+    wire::FileResult* r = h.mutable_file_result();
+    r->set_file_id(f.value);
+    r->set_ok(true);
     send_control(h);
     if (!machine_.entry(f).is_dir) {
         if (tree_) {
@@ -2154,6 +2185,7 @@ void receive_session::check_all_done() {
         std::error_code ec;
         std::string error;
         std::vector<dest_tree::removed_entry> removed;
+        std::vector<skipped_file> not_done;  // not deleted, folders whose mode or mtime could not be set
         std::size_t told = 0;  // of those removed, told of already (taken, below)
         if (keep && tree) {
             std::string where;
@@ -2171,8 +2203,12 @@ void receive_session::check_all_done() {
                 told += part.size();
                 asio::post(self->ctx_.io, [self, part = std::move(part)]() mutable { self->tell_deleted(std::move(part)); });
             };
-            if ((ec = tree->prune(keep, dry_run, removed, where, stale, taken))) {
+            std::vector<dest_tree::refusal> refused;  // this user may not: they stay (as rsync, exit 5)
+            if ((ec = tree->prune(keep, dry_run, removed, where, stale, taken, &refused))) {
                 error = removal_error(where, ec);
+            }
+            for (auto& [path, why] : refused) {
+                not_done.push_back({std::move(path), "not deleted: " + why.message(), false, false, true});
             }
         }
         for (const entry_info& d : dirs) {
@@ -2180,7 +2216,12 @@ void receive_session::check_all_done() {
                 break;
             }
             if (tree && (ec = tree->finish_dir(d.path, d.mode, d.mtime_ns))) {
-                break;
+                if (!file_level(ec)) {
+                    break;
+                }
+                // (As rsync: "failed to set times", the files in it are in.)
+                not_done.push_back({d.path, "folder's mode or mtime not set: " + ec.message(), false, false, true});
+                ec = {};
             }
         }
         if (!ec && !dry_run && tree && share_root_mtime) {
@@ -2198,7 +2239,7 @@ void receive_session::check_all_done() {
         if (ec && error.empty()) {
             error = "could not finish the transfer: " + ec.message();
         }
-        asio::post(self->ctx_.io, [self, error, told, removed = std::move(removed)]() mutable {
+        asio::post(self->ctx_.io, [self, error, told, removed = std::move(removed), not_done = std::move(not_done)]() mutable {
             --self->tasks_out_;
             // Reported even when a later deletion failed, or the transfer failed meanwhile
             // (a pull whose peer went while DST was pruned): these are gone. A failure's
@@ -2222,6 +2263,19 @@ void receive_session::check_all_done() {
             r->set_ok(true);
             r->set_files(self->machine_.total_files());
             r->set_bytes(self->machine_.received_bytes());
+            std::size_t listed = 0;
+            for (skipped_file& u : not_done) {
+                self->ctx_.log(printable(u.path) + ": " + u.reason, log_level::warn);
+                listed += u.path.size() + u.reason.size();
+                if (listed <= max_not_done_listed_bytes) {
+                    wire::NotSent* n = r->add_not_done();
+                    n->set_path(u.path);
+                    n->set_reason(u.reason);
+                } else {
+                    r->set_not_done_more(r->not_done_more() + 1);
+                }
+                self->given_up_.push_back(std::move(u));
+            }
             self->send_control(h);
             self->finish_report(true, exit_code::ok, "");
         });

@@ -146,6 +146,10 @@ private:
     // The sender gave up on a file: its partial file goes (drop_partial), the destination
     // keeps what it had, and the transfer goes on without it.
     void on_file_abort(const wire::FileAbort& abort);
+    // This side could not write or name a file, for a reason of its own (file_level()):
+    // the sender hears (FileResult not ok) and sends no more of it, its partial file goes,
+    // DST keeps what it had there, and the transfer goes on without it (partial, exit 5).
+    void give_up_here(file_id f, const std::string& path, std::error_code ec);
     void drop_partial(file_id f);
     // The file's older version is about to be closed: one fewer held open.
     void unpin(sink_file& sink);

@@ -719,6 +719,14 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             return;
         }
         case wire::Header::kFileResult:
+            if (const wire::FileResult& r = header.file_result();
+                !r.ok() && machine_.receiver_gave_up(file_id{r.file_id()})) {
+                // That file alone could not be written there: the others go on, and the
+                // transfer ends partial (exit 5).
+                let_go(file_id{r.file_id()}, "not written at the receiver: " + printable(r.error()), false, false, true);
+                pump_all();
+                return;
+            }
             if (std::error_code ec = machine_.on_file_result(header.file_result())) {
                 fail(exit_code::transfer_failed, "receiver failed: " + printable(machine_.failure()), false);
                 return;
@@ -763,6 +771,13 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             if (std::error_code ec = machine_.on_transfer_result(header.transfer_result())) {
                 fail(exit_code::transfer_failed, "receiver failed: " + printable(machine_.failure()), false);
                 return;
+            }
+            for (const wire::NotSent& n : header.transfer_result().not_done()) {
+                given_up_.push_back({n.path(), "at the receiver: " + printable(n.reason()), false, false, true});
+            }
+            if (std::uint64_t more = header.transfer_result().not_done_more(); more > 0) {
+                given_up_.push_back(
+                    {"...", std::to_string(more) + " more path(s) the receiver could not finish", false, false, true});
             }
             finish(true, exit_code::ok, "");
             return;
@@ -1179,6 +1194,14 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason, 
         return;
     }
     abort->set_again(again);
+    let_go(f, reason, vanished, again);
+    wire::Header h;
+    *h.mutable_file_abort() = std::move(*abort);
+    conns_[0].conn->send(h);
+    pump_all();
+}
+
+void send_session::let_go(file_id f, const std::string& reason, bool vanished, bool again, bool at_dst) {
     forget_scan(f);
     // Its chunks in flight will not be confirmed (the receiver drops them): they leave the
     // windows now.
@@ -1194,11 +1217,7 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason, 
     }
     const std::string& path = machine_.entry(f).path;
     ctx_.log("skipped " + printable(path) + ": " + reason, log_level::warn);
-    given_up_.push_back({path, reason, vanished, again});
-    wire::Header h;
-    *h.mutable_file_abort() = std::move(*abort);
-    conns_[0].conn->send(h);
-    pump_all();
+    given_up_.push_back({path, reason, vanished, again, at_dst});
 }
 
 void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {

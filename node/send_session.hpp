@@ -376,6 +376,10 @@ private:
     // its chunks in flight out of the windows, and a line in the report. `again`: one
     // more attempt may send it (FileAbort.again).
     void give_up(file_id f, bool vanished, const std::string& reason, bool again);
+    // What give_up() does here for a file the machine gave up on (by this side's choice,
+    // or `at_dst` the receiver's): its chunks in flight out of the windows, a line in the
+    // log and the report.
+    void let_go(file_id f, const std::string& reason, bool vanished, bool again, bool at_dst = false);
     // A chunk hashed (read, or from the memo): the machine learns its digest; a FileDone
     // that releases goes out, and a chunk the receiver has with other bytes is read again.
     void on_hashed(const chunk_ref& ref, digest128 digest);

@@ -35,6 +35,9 @@ struct skipped_file {
     // Changed or vanished while it was read: worth one more attempt. Not so for what this
     // user may not read, or what vanished before it was offered.
     bool again = false;
+    // Not a source file's failure: DST could not take it (not written there, or a folder
+    // whose mode or mtime could not be set).
+    bool at_dst = false;
 };
 
 struct source_tree {

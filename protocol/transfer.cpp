@@ -484,11 +484,24 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
 }
 
 std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanished, const std::string& reason) {
+    if (!give_up(id)) {
+        return std::nullopt;
+    }
+    wire::FileAbort a;
+    a.set_file_id(id.value);
+    a.set_vanished(vanished);
+    a.set_reason(reason);
+    return a;
+}
+
+bool sender_machine::receiver_gave_up(file_id id) { return id.value < entries_.size() && give_up(id); }
+
+bool sender_machine::give_up(file_id id) {
     file_state* s = state(id);
     if (!s || !s->accepted || s->result || !entries_[id.value].is_file()) {
         // (No state: not accepted, or done with and forgotten. A result: done, or given
         // up on already.)
-        return std::nullopt;
+        return false;
     }
     file_state& f = *s;
     f.result = true;
@@ -503,11 +516,7 @@ std::optional<wire::FileAbort> sender_machine::abort_file(file_id id, bool vanis
     std::erase(ready_files_, id.value);
     std::erase_if(requeued_, [id](const chunk_ref& r) { return r.file == id; });
     forget();
-    wire::FileAbort a;
-    a.set_file_id(id.value);
-    a.set_vanished(vanished);
-    a.set_reason(reason);
-    return a;
+    return true;
 }
 
 std::error_code sender_machine::on_file_result(const wire::FileResult& result) {
@@ -885,6 +894,9 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
     if (abort.file_id() >= offered()) {
         return protocol_errc::unknown_file;
     }
+    if (failed_here(file_id{abort.file_id()})) {
+        return {};  // crossed this side's FileResult: given up on here already
+    }
     file_state* state = live(file_id{abort.file_id()});
     if (!state) {
         return protocol_errc::unexpected_message;  // finished and forgotten
@@ -898,6 +910,24 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
     if (!f.decided || f.skip || !f.info.is_file() || f.aborted || f.finished) {
         return protocol_errc::unexpected_message;
     }
+    drop_received(f);
+    return {};
+}
+
+bool receiver_machine::give_up(file_id id) {
+    file_state* state = live(id);
+    if (!state || !state->decided || state->skip || !state->info.is_file() || state->aborted) {
+        return false;
+    }
+    if (failed_here_.size() <= id.value) {
+        failed_here_.resize(id.value + 1);
+    }
+    failed_here_[id.value] = true;
+    drop_received(*state);
+    return true;
+}
+
+void receiver_machine::drop_received(file_state& f) {
     f.aborted = true;
     ++aborted_files_;
     if (f.data) {
@@ -915,12 +945,14 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
         f.finished = true;
         ++finished_files_;
     }
-    return {};
 }
 
 std::error_code receiver_machine::on_file_done(const wire::FileDone& done) {
     if (done.file_id() >= offered()) {
         return protocol_errc::unknown_file;
+    }
+    if (failed_here(file_id{done.file_id()})) {
+        return {};  // sent before the sender heard that this side gave it up: dropped
     }
     file_state* state = live(file_id{done.file_id()});
     if (!state) {

@@ -115,6 +115,9 @@ struct transfer_options {
 // one entry (offer_batch_bytes counts the target; a batch takes at least one entry).
 inline constexpr std::size_t max_sync_exclude_bytes = 8 * 1024;
 inline constexpr std::size_t max_sync_keep_bytes = 40 * 1024;
+// Bytes of paths and reasons a TransferResult lists in not_done (the rest
+// are counted in not_done_more): it stays well under max_header_len.
+inline constexpr std::size_t max_not_done_listed_bytes = 16 * 1024;
 // The bytes of a SyncTarget's exclude patterns (what max_sync_exclude_bytes bounds).
 inline std::size_t exclude_bytes(const wire::SyncTarget& t) {
     std::size_t n = 0;
@@ -275,6 +278,11 @@ public:
     // without it (its bytes are not confirmed). Returns the FileAbort to send on
     // connection 0; nullopt when there is nothing to abort (already done, or skipped).
     std::optional<wire::FileAbort> abort_file(file_id f, bool vanished, const std::string& reason);
+    // The receiver gave up on an accepted file of its own accord (a FileResult not ok:
+    // that file alone could not be written there): given up on as abort_file does, with no
+    // FileAbort to send. False when it is not a file in flight here (its result is in, or
+    // it was given up on here first: the FileResult crossed the FileAbort).
+    bool receiver_gave_up(file_id f);
     bool aborted(file_id f) const { return gave_up_.at(f.value); }  // std::out_of_range: never offered
     std::uint64_t aborted_files() const { return aborted_files_; }
 
@@ -428,6 +436,8 @@ private:
     // forgotten; a file given up on has no chunk work left).
     std::vector<bool> sent_;
     std::vector<bool> gave_up_;
+    // abort_file() and receiver_gave_up(): no more of file `f` is sent or counted.
+    bool give_up(file_id f);
     std::vector<std::pair<std::uint32_t, std::uint32_t>> batches_;  // [first, end) entry ids, sealed
     std::size_t batch_count_ = 0;
     std::uint32_t open_first_ = 0;  // the batch being filled: entries [open_first_, size)
@@ -622,6 +632,14 @@ public:
     // Also after the file's FileDone (a chunk of it lost with its connection that the
     // sender could not read again); not for a file finished here (unexpected_message).
     std::error_code on_file_abort(const wire::FileAbort& abort);
+    // The node could not write or name file `f` for a reason of that file alone (no
+    // permission at its place, a name its file system refuses, another process writing
+    // it): given up on here, as a FileAbort gives it up. It counts as finished and is
+    // never made final; its chunks, its FileDone and a FileAbort of it still on their way
+    // (sent before the sender heard) are dropped, also once it is forgotten. False when it
+    // is not a file that comes or is given up on already.
+    bool give_up(file_id f);
+    bool failed_here(file_id f) const { return f.value < failed_here_.size() && failed_here_[f.value]; }
     // (A file given up on is held until the node releases it.)
     bool aborted(file_id f) const {
         const file_state* s = live(f);
@@ -695,6 +713,8 @@ private:
     file_state& held(file_id f) { return const_cast<file_state&>(std::as_const(*this).held(f)); }
     // Drops the entries at the front that are finished and hold no chunk state.
     void forget();
+    // A file given up on: what came of it leaves received_bytes_, and it is finished.
+    void drop_received(file_state& f);
 
     receiver_limits limits_;
     std::uint64_t transfer_id_ = 0;
@@ -710,6 +730,8 @@ private:
     // By id, one per offered entry: accepted with data to come (a forgotten file's chunk is
     // admitted only then).
     std::vector<bool> came_;
+    // By id, up to the highest: given up on here (give_up).
+    std::vector<bool> failed_here_;
     // The last entry offered and the offered folders it lies in, outermost first (indexes
     // into paths_).
     std::vector<std::uint32_t> chain_;

@@ -2097,12 +2097,15 @@ void fault_after_scan(const ferry::source_tree& sources) {
 // there is none, `vanished` when every one of them vanished, else `partial`.
 int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) {
     bool all_vanished = true;
+    std::size_t at_dst = 0;
     for (const ferry::skipped_file& f : r.given_up) {
-        say("not sent: " + ferry::printable(f.path) + ": " + f.reason);
+        say((f.at_dst ? "failed: " : "not sent: ") + ferry::printable(f.path) + ": " + f.reason);
+        at_dst += f.at_dst ? 1 : 0;
         json j{{"event", "failed"}};
         add_path(j, "path", f.path);
         j["reason"] = f.reason;
         j["vanished"] = f.vanished;
+        j["at_destination"] = f.at_dst;
         emit(o, std::move(j), false);
         all_vanished = all_vanished && f.vanished;
     }
@@ -2110,9 +2113,14 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
         return 0;
     }
     exit_code code = all_vanished ? exit_code::vanished : exit_code::partial;
-    say(std::to_string(r.given_up.size()) + " source file(s) not sent (" +
-        (all_vanished ? "they vanished" : "they changed while read, vanished or could not be read") + "): exit " +
-        std::to_string(static_cast<int>(code)));
+    std::string what = std::to_string(r.given_up.size() - at_dst) + " source file(s) not sent (" +
+                       (all_vanished ? "they vanished" : "they changed while read, vanished or could not be read") + ")";
+    if (at_dst > 0) {
+        // (Each of these is a line above, with the destination's reason.)
+        what = (at_dst == r.given_up.size() ? "" : what + " and ") + std::to_string(at_dst) +
+               " path(s) the destination could not write or finish";
+    }
+    say(what + ": exit " + std::to_string(static_cast<int>(code)));
     return static_cast<int>(code);
 }
 
@@ -2182,9 +2190,10 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
                         "delete",
                         run.created, run.updated, run.unchanged, folders_text(run.created_dirs, "to make"), deleted));
     } else {
-        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged{}, {} path(s) deleted; {} {} "
-                        "in {:.2f} s ({:.1f} MB/s confirmed, {})",
+        say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged{}{}, {} path(s) deleted; "
+                        "{} {} in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
+                        r.given_up.empty() ? "" : fmt::format(", {} failed (below)", r.given_up.size()),
                         folders_text(run.created_dirs, "made"), deleted,
                         run.pull ? "received" : "sent",
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),

@@ -754,10 +754,65 @@ TEST_F(sync_push, a_file_the_receiver_may_not_create_is_reported_as_such) {
     ASSERT_EQ(::chmod(locked.c_str(), 0555), 0);
     write_text_file(src / "newfile", "y\n");
     run_result r = sync({}, "ay:www");
-    EXPECT_EQ(r.code, 2) << r.err;
-    EXPECT_NE(r.err.find("newfile: Permission denied"), std::string::npos) << r.err;
+    EXPECT_EQ(r.code, 5) << r.err;
+    EXPECT_NE(r.err.find("newfile: not written at the receiver: Permission denied"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(locked / "newfile"));
     EXPECT_EQ(fs::status(locked).permissions() & fs::perms::all, static_cast<fs::perms>(0555));
+}
+
+TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_synced) {
+    // A folder at DST the (non-root) serving node may not write, as a folder of another
+    // user's in a shared tree: its files fail, each reported, and every other file is
+    // placed, and what --delete may not remove there stays; the sync ends partial (exit
+    // 5), as rsync ends with 23. It failed whole (exit 2), and the files after the first
+    // refused one never came.
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
+    }
+    fs::path dst = share / "site";
+    fs::create_directories(dst);
+    serve("", {}, true);
+    fs::create_directories(dst / "closed");  // root's, 0755: closed to nobody
+    write_text_file(dst / "closed/old", "DST's own\n");
+    write_text_file(src / "a/x", "x\n");
+    write_text_file(src / "closed/small", "small\n");
+    write_random_file(src / "closed/big.bin", 3 * 256 * 1024 + 5, 61);  // written in chunks
+    write_random_file(src / "z/big.bin", 3 * 256 * 1024 + 5, 62);
+    for (int i = 0; i < 50; ++i) {
+        write_text_file(src / "z" / ("f" + std::to_string(i)), std::to_string(i) + "\n");
+    }
+    write_text_file(dst / "gone.txt", "not in SRC\n");
+    run_result r = sync({"--delete"});
+    EXPECT_EQ(r.code, 5) << r.err;
+    auto ev = json_events(r.out);
+    // closed/old may not be deleted either (as rsync: "delete_file: unlink ... failed").
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"closed", "closed/big.bin", "closed/old", "closed/small"})) << r.out;
+    EXPECT_EQ(paths_of(ev, "deleted"), (paths{"gone.txt"})) << r.out;
+    EXPECT_EQ(read_text_file(dst / "closed/old"), "DST's own\n");
+    for (const auto& e : ev) {
+        if (e["event"] == "failed") {
+            EXPECT_EQ(e["at_destination"], true) << e;
+            EXPECT_EQ(e["vanished"], false) << e;
+        }
+    }
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["ok"], false) << done;
+    EXPECT_EQ(done["failed_files"], 4) << done;
+    EXPECT_NE(r.err.find("closed/big.bin: not written at the receiver: Permission denied"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("closed/old: at the receiver: not deleted: Permission denied"), std::string::npos) << r.err;
+    fs::remove_all(src / "closed");
+    fs::remove_all(dst / "closed");
+    EXPECT_EQ(compare_trees(src, dst), "");
+    EXPECT_TRUE(no_partial_files(dst));
+    // Once the folder is open to it, the next sync places them, and only them.
+    write_text_file(src / "closed/small", "small\n");
+    write_random_file(src / "closed/big.bin", 3 * 256 * 1024 + 5, 61);
+    fs::create_directories(dst / "closed");
+    ASSERT_EQ(::chown((dst / "closed").c_str(), 65534, 65534), 0);
+    run_result again = sync({});
+    ASSERT_EQ(again.code, 0) << again.err;
+    EXPECT_EQ(paths_of(json_events(again.out), "created"), (paths{"closed/big.bin", "closed/small"})) << again.out;
+    EXPECT_EQ(compare_trees(src, dst), "");
 }
 
 TEST_F(sync_push, a_read_only_src_folder_mirrored_once_does_not_stop_the_next_sync) {
@@ -1668,6 +1723,42 @@ TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {
     EXPECT_EQ(r.code, 2) << r.err;
     EXPECT_NE(r.err.find("is being written by another ferry process"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(dst / "new.txt"));
+}
+
+TEST_F(sync_pull, a_file_another_process_writes_at_dst_fails_alone_and_the_rest_is_pulled) {
+    // Another ferry process holds big.bin's partial file (the lock every writer of a
+    // partial file takes): that file is refused, the others are placed, and the pull ends
+    // partial (exit 5) instead of failing whole (exit 4) with the rest not pulled.
+    serve();
+    write_random_file(site / "big.bin", 3 * 256 * 1024 + 9, 97);
+    write_text_file(site / "a.txt", "a\n");
+    for (int i = 0; i < 40; ++i) {
+        write_text_file(site / "more" / ("f" + std::to_string(i)), std::to_string(i) + "\n");
+    }
+    fs::create_directories(dst);
+    fs::path part = dst / ".big.bin.ferry-part";
+    ferry::unique_fd held(::open(part.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    ASSERT_GE(held.get(), 0);
+    ASSERT_EQ(::flock(held.get(), LOCK_EX), 0);
+    run_result r = pull({});
+    EXPECT_EQ(r.code, 5) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"big.bin"})) << r.out;
+    EXPECT_EQ(find_event(ev, "failed")["at_destination"], true) << r.out;
+    EXPECT_EQ(find_event(ev, "done")["failed_files"], 1) << r.out;
+    EXPECT_NE(r.err.find("big.bin: not written here: its partial file is being written by another ferry process"),
+              std::string::npos)
+        << r.err;
+    EXPECT_FALSE(fs::exists(dst / "big.bin"));
+    EXPECT_TRUE(fs::exists(part));  // the other process's, left to it
+    EXPECT_EQ(read_text_file(dst / "a.txt"), "a\n");
+    EXPECT_EQ(read_text_file(dst / "more/f39"), "39\n");
+    held.reset();
+    fs::remove(part);
+    run_result again = pull({});
+    ASSERT_EQ(again.code, 0) << again.err;
+    EXPECT_EQ(paths_of(json_events(again.out), "created"), (paths{"big.bin"})) << again.out;
+    EXPECT_EQ(compare_trees(site, dst), "");
 }
 
 TEST_F(sync_pull, a_changed_file_started_from_dsts_older_version_resumes_after_a_kill) {

@@ -63,6 +63,7 @@ enum op : std::uint8_t {
     op_query,       // the read-only accessors on one file
     op_release,     // the node is done with one file (receiver_machine::release)
     op_file_abort,  // a FileAbort
+    op_give_up,     // the node cannot write one file (receiver_machine::give_up)
     op_count,
 };
 
@@ -207,7 +208,8 @@ struct model_file {
     bool done_seen = false;
     bool finished = false;
     bool released = false;  // finished, and release()d: its chunk state is gone
-    bool aborted = false;   // the sender gave up on it (FileAbort)
+    bool aborted = false;   // the sender gave up on it (FileAbort), or this side did (failed_here)
+    bool failed_here = false;
     std::vector<bool> claimed;  // ACCEPT_PARTIAL: the chunks it had before (not received)
     digest128 sender_digest;
     std::vector<bool> have;
@@ -247,6 +249,9 @@ class receiver_driver {
                 return true;
             case op_file_abort:
                 return file_abort(in);
+            case op_give_up:
+                give_up(in);
+                return true;
             default:
                 query(in);
                 return true;
@@ -754,6 +759,9 @@ class receiver_driver {
         std::error_code expect;
         if (file >= files_.size()) {
             expect = protocol_errc::unknown_file;
+        } else if (files_[file].failed_here) {
+            FUZZ_CHECK(!machine_.on_file_done(done));  // crossed this side's FileResult: dropped
+            return true;
         } else if (const model_file& f = files_[file];
                    !f.decided || f.skip || f.is_dir || f.done_seen || f.implicit_done || f.aborted) {
             expect = protocol_errc::unexpected_message;  // (one given up on: no FileDone comes after)
@@ -824,6 +832,9 @@ class receiver_driver {
         std::error_code expect;
         if (file >= files_.size()) {
             expect = protocol_errc::unknown_file;
+        } else if (files_[file].failed_here) {
+            FUZZ_CHECK(!machine_.on_file_abort(a));  // crossed this side's FileResult: dropped
+            return true;
         } else if (!machine_.entry_held(file_id{file})) {
             expect = protocol_errc::unexpected_message;  // finished and forgotten (query checks when)
         } else if (const model_file& f = files_[file];
@@ -835,7 +846,33 @@ class receiver_driver {
         if (ec) {
             return false;
         }
-        model_file& f = files_[file];
+        drop_received(files_[file]);
+        FUZZ_CHECK(machine_.aborted(file_id{file}) && machine_.finished(file_id{file}));
+        return true;
+    }
+
+    // receive_session::give_up_here: the node could not write or name a file that comes
+    // (decided, not skipped, a regular file), finished or not; once.
+    void give_up(fuzz_input& in) {
+        std::uint32_t file = pick_file(in);
+        if (file >= files_.size()) {
+            return;  // (the node gives up only on files it was offered)
+        }
+        const model_file& m = files_[file];
+        bool due = machine_.entry_held(file_id{file}) && m.decided && !m.skip && !m.is_dir && !m.is_link && !m.aborted;
+        FUZZ_CHECK(machine_.give_up(file_id{file}) == due);
+        if (!due) {
+            return;
+        }
+        files_[file].failed_here = true;
+        drop_received(files_[file]);
+        FUZZ_CHECK(machine_.failed_here(file_id{file}));
+        FUZZ_CHECK(machine_.aborted(file_id{file}) && machine_.finished(file_id{file}));
+    }
+
+    // A file given up on (either side): what came of it stops counting as received; it is
+    // finished, never made final.
+    void drop_received(model_file& f) {
         f.aborted = true;
         ++aborted_files_;
         for (std::uint64_t i = 0; i < f.chunks; ++i) {
@@ -848,8 +885,6 @@ class receiver_driver {
             f.finished = true;
             ++finished_;
         }
-        FUZZ_CHECK(machine_.aborted(file_id{file}) && machine_.finished(file_id{file}));
-        return true;
     }
 
     receiver_limits limits_;

@@ -583,6 +583,12 @@ class sender_driver {
             return;
         }
         FUZZ_CHECK(a->file_id() == id && a->vanished() && a->reason() == "vanished");
+        gave_up(id);
+    }
+
+    // A file given up on, by this side (abort) or the receiver (a FileResult not ok).
+    void gave_up(std::uint32_t id) {
+        model_file& f = files_[id];
         FUZZ_CHECK(machine_.aborted(file_id{id}));
         f.aborted = true;
         f.result = true;
@@ -660,6 +666,17 @@ class sender_driver {
         r.set_file_id(id);
         r.set_ok((sel & 1) == 0);
         r.set_error((sel & 1) == 0 ? "" : "disk full");
+        if (!r.ok()) {
+            // send_session: the receiver gave that file alone up, unless it is not one in
+            // flight here (then on_file_result judges the result).
+            bool due = id < files_.size() && files_[id].accepted && !files_[id].result && !files_[id].info.is_dir;
+            bool taken = machine_.receiver_gave_up(file_id{id});
+            FUZZ_CHECK(taken == due);
+            if (taken) {
+                gave_up(id);
+                return true;
+            }
+        }
         std::error_code expect = id >= files_.size() || !files_[id].accepted ? protocol_errc::unknown_file
                                  : files_[id].aborted                        ? std::error_code{}  // crossed the FileAbort
                                  : !r.ok()                                   ? protocol_errc::peer_error

@@ -965,6 +965,75 @@ TEST(TransferLoopback, AFileGivenUpOnEndsTheTransferWithoutItAndItsLateChunksAre
     EXPECT_EQ(r.received_bytes(), 100u);
 }
 
+TEST(TransferLoopback, AFileTheReceiverGivesUpOnEndsTheTransferWithoutItAndWhatCrossedIsDropped) {
+    // The receiver could not write file 0 (its folder refuses this user): it gives it up
+    // and says so (FileResult not ok); the sender stops sending it. Its chunk, its
+    // FileDone and a FileAbort of it sent before the sender heard are no error.
+    const std::uint64_t size = 3 * std::uint64_t{chunk_size};
+    loopback lb({file_entry("closed", size), file_entry("kept", 100)});
+    lb.exchange_offers();
+    sender_machine& s = lb.sender();
+    receiver_machine& r = lb.receiver();
+    std::optional<chunk_ref> c0 = s.next_chunk();
+    ASSERT_TRUE(c0);
+    std::optional<in_flight> d0 = lb.read_and_hash(*c0);
+    ASSERT_TRUE(d0);
+    lb.deliver(*d0);
+    std::optional<chunk_ref> c1 = s.next_chunk();
+    ASSERT_TRUE(c1);
+    std::optional<in_flight> d1 = lb.read_and_hash(*c1);  // on the wire when the receiver gives up
+    ASSERT_TRUE(d1);
+
+    ASSERT_TRUE(r.give_up(file_id{0}));
+    EXPECT_FALSE(r.give_up(file_id{0}));  // once
+    EXPECT_TRUE(r.failed_here(file_id{0}));
+    EXPECT_FALSE(r.failed_here(file_id{1}));
+    EXPECT_TRUE(r.aborted(file_id{0}));
+    EXPECT_TRUE(r.finished(file_id{0}));
+    // Its last chunk is read before the sender hears: its FileDone goes out and is dropped
+    // (read_and_hash delivers it and asserts no error).
+    std::optional<chunk_ref> c2 = s.next_chunk();
+    ASSERT_TRUE(c2);
+    EXPECT_EQ(c2->file, file_id{0});
+    ASSERT_TRUE(lb.read_and_hash(*c2));
+    EXPECT_EQ(lb.file_dones(file_id{0}), 1);
+    bool ok = true;
+    EXPECT_FALSE(r.ready(file_id{0}, ok));  // never made final
+
+    ASSERT_TRUE(s.receiver_gave_up(file_id{0}));
+    EXPECT_FALSE(s.receiver_gave_up(file_id{0}));
+    EXPECT_FALSE(s.receiver_gave_up(file_id{7}));  // never offered: no file of it (on_file_result says so)
+    EXPECT_TRUE(s.aborted(file_id{0}));
+    EXPECT_EQ(r.on_chunk(d1->header, static_cast<std::uint32_t>(d1->payload.size())), std::error_code{});
+    std::error_code ec;
+    EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{1}), ec), 0u);  // confirms nothing
+    EXPECT_FALSE(ec);
+    wire::FileAbort crossed;
+    crossed.set_file_id(0);
+    crossed.set_vanished(true);
+    EXPECT_EQ(r.on_file_abort(crossed), std::error_code{});
+    // The late result of a file the receiver gave up on is not an error either.
+    EXPECT_EQ(s.on_file_result(file_result(file_id{0}, false)), std::error_code{});
+
+    std::optional<chunk_ref> next = s.next_chunk();
+    ASSERT_TRUE(next);
+    EXPECT_EQ(next->file, file_id{1});
+    std::optional<in_flight> k = lb.read_and_hash(*next);
+    ASSERT_TRUE(k);
+    EXPECT_FALSE(s.next_chunk());
+    lb.deliver(*k);
+    EXPECT_EQ(lb.finish(), std::error_code{}) << s.failure();
+    EXPECT_EQ(s.aborted_files(), 1u);
+    EXPECT_EQ(r.aborted_files(), 1u);
+    EXPECT_EQ(s.confirmed_bytes(), 100u);
+    EXPECT_EQ(r.received_bytes(), 100u);
+    // Forgotten since: what crosses still is dropped, not refused.
+    r.release(file_id{0});
+    EXPECT_FALSE(r.entry_held(file_id{0}));
+    EXPECT_EQ(r.on_file_abort(crossed), std::error_code{});
+    EXPECT_EQ(r.on_chunk(d1->header, static_cast<std::uint32_t>(d1->payload.size())), std::error_code{});
+}
+
 TEST(SenderMachine, RequeueBeforeHashing) {
     sender_machine s(test_transfer_id, {file_entry("f", chunk_size + 1)}, {});
     offer_all(s);
