@@ -683,7 +683,7 @@ struct pruner {
             (ec.value() != EACCES && ec.value() != EPERM && ec.value() != EBUSY)) {
             return false;
         }
-        refused->emplace_back(path, ec);
+        refused->emplace_back(path.empty() ? "." : path, ec);  // ("": DST's own folder)
         failed.clear();
         return true;
     }
@@ -1348,7 +1348,8 @@ std::vector<int> dest_tree::link_new(std::span<unnamed_file* const> files,
     return out;
 }
 
-int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec) {
+int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec,
+                                 bool again) {
     dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
     int dfd = dh.fd;
     if (dfd < 0) {
@@ -1407,6 +1408,11 @@ int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uin
     if (::fstat(fd, &locked) != 0 || ::fstatat(dfd, part.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0 ||
         locked.st_ino != named.st_ino || locked.st_dev != named.st_dev) {
         ::close(fd);
+        if (again) {
+            // Named by its writer (another attempt of this process, finishing): a new
+            // partial file, or none to resume from.
+            return open_partial_file(wire_path, flags | (truncate ? O_TRUNC : 0), mode, ec, false);
+        }
         ec = make_error_code(dest_errc::busy);
         return -1;
     }

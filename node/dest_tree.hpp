@@ -393,7 +393,9 @@ private:
     std::atomic<bool> restoring_{false};  // restore_modes runs: nothing is held again
     std::mutex loosened_mutex_;
     std::unordered_map<std::string, std::pair<dev_t, ino_t>> loosened_;  // by wire path
-    int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec);
+    // `again`: once more when the file it locked was named meanwhile by its writer.
+    int open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec,
+                          bool again = true);
     // lstat() of what is at the final name of `wire_path` (its folder made if
     // `create_parents`): `found` false, with no error, when nothing is (nor, without
     // create_parents, its folder). `dir` (if given) gets the folder it is in.

@@ -885,6 +885,12 @@ void receive_session::next_offer() {
         std::vector<receiver_machine::decision> decisions;
         decisions.reserve(items.size());  // one array a batch, not a doubling one (fresh pages each time)
         std::vector<std::string> resumed;  // one line per file resumed or restarted, or whose mode could not be set
+        // Folders this user may not make (in a folder of another user's, for one), and the
+        // symlinks in them: left out, listed at the end (not_made_). The files in them are
+        // accepted and given up on right after the Accept (refused_files).
+        std::vector<skipped_file> not_made;
+        std::unordered_map<std::string, std::error_code> unmade;  // folder path: why
+        std::vector<std::pair<file_id, std::error_code>> refused_files;
         std::string recovered;
         // Held until every entry of the batch is decided: a recovery (a session's first
         // batch) excludes every other transfer's checks, so no transfer decides "already
@@ -1221,6 +1227,13 @@ void receive_session::next_offer() {
                             break;
                         }
                         ec = tree->make_link(e.path, e.link_target, e.mtime_ns);
+                        if (ec && ec.category() == std::system_category() && file_level(ec)) {
+                            // One this user may not make (its folder is another user's): it
+                            // alone fails, as a file that cannot be written does.
+                            not_made.push_back({e.path, "symlink not made: " + ec.message(), false, false, true});
+                            decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, wire::SYNC_FAILED, {}, {}});
+                            continue;
+                        }
                     }
                     if (ec) {
                         fail_item(i, ec);
@@ -1229,6 +1242,21 @@ void receive_session::next_offer() {
                     if (create) {
                         decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
                     }
+                    continue;
+                }
+                if (auto up = create && !unmade.empty() ? unmade.find(std::string(wire_parent(e.path))) : unmade.end();
+                    up != unmade.end()) {
+                    // In a folder that could not be made: what is below it fails with it.
+                    std::error_code why = up->second;
+                    if (e.is_dir) {
+                        unmade.emplace(e.path, why);  // (not listed: the folder above it is)
+                    } else if (e.is_file()) {
+                        refused_files.emplace_back(it.id, why);
+                    } else {
+                        not_made.push_back({e.path, "symlink not made: " + why.message(), false, false, true});
+                    }
+                    decisions.push_back({it.id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
+                                         e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
                     continue;
                 }
                 if (absent->contains(std::string(wire_parent(e.path)))) {
@@ -1291,6 +1319,14 @@ void receive_session::next_offer() {
                 }
                 if (sync.on && !create && !folder_in_the_way(i, ec, is_there)) {
                     break;
+                }
+                if (ec && create && e.is_dir && ec.category() == std::system_category() && file_level(ec)) {
+                    // A folder this user may not make: it and what is below it fail, the
+                    // rest goes on (as rsync's "mkdir failed").
+                    unmade.emplace(e.path, ec);
+                    not_made.push_back({e.path, "folder not made: " + ec.message(), false, false, true});
+                    decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, wire::SYNC_FAILED, {}, {}});
+                    continue;
                 }
                 if (ec) {
                     fail_item(i, ec);
@@ -1413,7 +1449,8 @@ void receive_session::next_offer() {
         lock.reset();
         asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space, busy,
                                    resumed = std::move(resumed), basis_fds = std::move(basis_fds),
-                                   cleared = std::move(cleared)]() mutable {
+                                   cleared = std::move(cleared), not_made = std::move(not_made),
+                                   refused_files = std::move(refused_files)]() mutable {
             self->offer_busy_ = false;
             // Gone even if the batch or the transfer failed meanwhile (the report waits).
             self->send_deleted(std::move(cleared));
@@ -1439,7 +1476,14 @@ void receive_session::next_offer() {
                 return;
             }
             self->files_.resize(self->machine_.total_files());
+            for (skipped_file& n : not_made) {
+                self->ctx_.log(printable(n.path) + ": " + n.reason, log_level::warn);
+                self->not_made_.push_back(std::move(n));
+            }
             for (const auto& d : decisions) {
+                if (d.action == wire::SYNC_FAILED) {
+                    continue;  // not made: no mode, mtime or event for it (not_made_)
+                }
                 if (const entry_info& e = self->machine_.entry(d.id); e.is_dir) {
                     self->dirs_.push_back(e);
                     if (self->ctx_.events.folder && self->sync_target() != nullptr) {
@@ -1486,6 +1530,9 @@ void receive_session::next_offer() {
                 }
             }
             self->send_control(h);
+            for (const auto& [id, why] : refused_files) {
+                self->give_up_here(id, self->machine_.entry(id).path, why);  // its folder could not be made
+            }
             if (self->pull_ && !self->data_conns_opened_ &&
                 std::any_of(decisions.begin(), decisions.end(), [&](const receiver_machine::decision& d) {
                     return d.kind != wire::ACCEPT_SKIP && self->machine_.entry(d.id).size > 0;
@@ -1520,6 +1567,14 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
 
 void receive_session::give_up_here(file_id f, const std::string& path, std::error_code ec) {
     if (!machine_.give_up(f)) {
+        // The sender gave it up while its whole-file write was out (drop_partial left it
+        // to that write's end, report_done): nothing to tell, and it is done with here.
+        if (auto sink = sink_of(f); sink && sink->whole == 0 && machine_.aborted(f)) {
+            sinks_.erase(f.value);
+            machine_.release(f);
+            next_offer();
+            check_all_done();
+        }
         return;
     }
     wire::Header h;
@@ -2263,9 +2318,15 @@ void receive_session::check_all_done() {
             r->set_ok(true);
             r->set_files(self->machine_.total_files());
             r->set_bytes(self->machine_.received_bytes());
+            for (const skipped_file& u : not_done) {
+                self->ctx_.log(printable(u.path) + ": " + u.reason, log_level::warn);
+            }
+            // (What was not made is told of when it was not.)
+            not_done.insert(not_done.begin(), std::make_move_iterator(self->not_made_.begin()),
+                            std::make_move_iterator(self->not_made_.end()));
+            self->not_made_.clear();
             std::size_t listed = 0;
             for (skipped_file& u : not_done) {
-                self->ctx_.log(printable(u.path) + ": " + u.reason, log_level::warn);
                 listed += u.path.size() + u.reason.size();
                 if (listed <= max_not_done_listed_bytes) {
                     wire::NotSent* n = r->add_not_done();

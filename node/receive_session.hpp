@@ -300,6 +300,9 @@ private:
     std::vector<redial> redials_;  // a pull's data connections, by index
     bool retryable_ = false;  // the failure may pass: lost connection, peer stopped or busy
     std::vector<skipped_file> given_up_;
+    // Folders (and symlinks in them) this side may not make: listed with the
+    // TransferResult's not_done, and in the report.
+    std::vector<skipped_file> not_made_;
     std::uint64_t deleted_files_ = 0;
     std::uint64_t deleted_dirs_ = 0;
     std::uint64_t delta_copied_ = 0;

@@ -635,6 +635,9 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     continue;
                 }
                 const entry_info& e = machine_.entry(file_id{fa.id()});
+                if (fa.action() == wire::SYNC_FAILED) {
+                    continue;  // not made there: told of with the TransferResult
+                }
                 if (e.is_dir) {
                     if (ctx_.events.folder && options_.sync) {
                         ctx_.events.folder(e.path, fa.action());
@@ -1203,6 +1206,9 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason, 
 
 void send_session::let_go(file_id f, const std::string& reason, bool vanished, bool again, bool at_dst) {
     forget_scan(f);
+    // Its descriptor closes once the reads of it still out are done (they hold the file):
+    // a folder of large files the receiver refuses would keep one open each until the end.
+    files_.erase(f.value);
     // Its chunks in flight will not be confirmed (the receiver drops them): they leave the
     // windows now.
     for (conn_state& cs : conns_) {

@@ -916,7 +916,8 @@ std::error_code receiver_machine::on_file_abort(const wire::FileAbort& abort) {
 
 bool receiver_machine::give_up(file_id id) {
     file_state* state = live(id);
-    if (!state || !state->decided || state->skip || !state->info.is_file() || state->aborted) {
+    // (Released: done with, its chunk state gone; a file that comes has it until then.)
+    if (!state || !state->decided || state->skip || !state->info.is_file() || state->aborted || !state->data) {
         return false;
     }
     if (failed_here_.size() <= id.value) {

@@ -637,7 +637,7 @@ public:
     // it): given up on here, as a FileAbort gives it up. It counts as finished and is
     // never made final; its chunks, its FileDone and a FileAbort of it still on their way
     // (sent before the sender heard) are dropped, also once it is forgotten. False when it
-    // is not a file that comes or is given up on already.
+    // is not a file that comes, is given up on already, or was released.
     bool give_up(file_id f);
     bool failed_here(file_id f) const { return f.value < failed_here_.size() && failed_here_[f.value]; }
     // (A file given up on is held until the node releases it.)

@@ -777,6 +777,9 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     write_text_file(src / "a/x", "x\n");
     write_text_file(src / "closed/small", "small\n");
     write_random_file(src / "closed/big.bin", 3 * 256 * 1024 + 5, 61);  // written in chunks
+    write_random_file(src / "closed/newsub/big.bin", 2 * 256 * 1024 + 5, 63);  // a folder it may not make
+    write_text_file(src / "closed/newsub/deeper/d.txt", "d\n");
+    fs::create_symlink("small", src / "closed/lnk");
     write_random_file(src / "z/big.bin", 3 * 256 * 1024 + 5, 62);
     for (int i = 0; i < 50; ++i) {
         write_text_file(src / "z" / ("f" + std::to_string(i)), std::to_string(i) + "\n");
@@ -786,8 +789,18 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     EXPECT_EQ(r.code, 5) << r.err;
     auto ev = json_events(r.out);
     // closed/old may not be deleted either (as rsync: "delete_file: unlink ... failed").
-    EXPECT_EQ(paths_of(ev, "failed"), (paths{"closed", "closed/big.bin", "closed/old", "closed/small"})) << r.out;
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"closed", "closed/big.bin", "closed/lnk", "closed/newsub",
+                                             "closed/newsub/big.bin", "closed/newsub/deeper/d.txt", "closed/old",
+                                             "closed/small"}))
+        << r.out;
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"gone.txt"})) << r.out;
+    for (const char* made : {"created", "skipped", "updated"}) {
+        for (const std::string& p : paths_of(ev, made)) {
+            EXPECT_FALSE(p.starts_with("closed/")) << made << " " << p;  // none told of as made or unchanged
+        }
+    }
+    EXPECT_NE(r.err.find("closed/newsub: at the receiver: folder not made: Permission denied"), std::string::npos)
+        << r.err;
     EXPECT_EQ(read_text_file(dst / "closed/old"), "DST's own\n");
     for (const auto& e : ev) {
         if (e["event"] == "failed") {
@@ -797,21 +810,24 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     }
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["ok"], false) << done;
-    EXPECT_EQ(done["failed_files"], 4) << done;
+    EXPECT_EQ(done["failed_files"], 8) << done;
     EXPECT_NE(r.err.find("closed/big.bin: not written at the receiver: Permission denied"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("closed/old: at the receiver: not deleted: Permission denied"), std::string::npos) << r.err;
-    fs::remove_all(src / "closed");
-    fs::remove_all(dst / "closed");
-    EXPECT_EQ(compare_trees(src, dst), "");
+    EXPECT_EQ(compare_trees(src / "a", dst / "a"), "");
+    EXPECT_EQ(compare_trees(src / "z", dst / "z"), "");
+    EXPECT_FALSE(fs::exists(dst / "closed/small"));
+    EXPECT_FALSE(fs::exists(dst / "closed/newsub"));
     EXPECT_TRUE(no_partial_files(dst));
     // Once the folder is open to it, the next sync places them, and only them.
-    write_text_file(src / "closed/small", "small\n");
-    write_random_file(src / "closed/big.bin", 3 * 256 * 1024 + 5, 61);
-    fs::create_directories(dst / "closed");
     ASSERT_EQ(::chown((dst / "closed").c_str(), 65534, 65534), 0);
-    run_result again = sync({});
+    ASSERT_EQ(::chown((dst / "closed/old").c_str(), 65534, 65534), 0);
+    run_result again = sync({"--delete"});
     ASSERT_EQ(again.code, 0) << again.err;
-    EXPECT_EQ(paths_of(json_events(again.out), "created"), (paths{"closed/big.bin", "closed/small"})) << again.out;
+    EXPECT_EQ(paths_of(json_events(again.out), "deleted"), (paths{"closed/old"})) << again.out;
+    EXPECT_EQ(paths_of(json_events(again.out), "created"),
+              (paths{"closed/big.bin", "closed/lnk", "closed/newsub", "closed/newsub/big.bin", "closed/newsub/deeper",
+                     "closed/newsub/deeper/d.txt", "closed/small"}))
+        << again.out;
     EXPECT_EQ(compare_trees(src, dst), "");
 }
 

@@ -852,14 +852,15 @@ class receiver_driver {
     }
 
     // receive_session::give_up_here: the node could not write or name a file that comes
-    // (decided, not skipped, a regular file), finished or not; once.
+    // (decided, not skipped, a regular file), finished or not, not yet released; once.
     void give_up(fuzz_input& in) {
         std::uint32_t file = pick_file(in);
         if (file >= files_.size()) {
             return;  // (the node gives up only on files it was offered)
         }
         const model_file& m = files_[file];
-        bool due = machine_.entry_held(file_id{file}) && m.decided && !m.skip && !m.is_dir && !m.is_link && !m.aborted;
+        bool due = machine_.entry_held(file_id{file}) && m.decided && !m.skip && !m.is_dir && !m.is_link && !m.aborted &&
+                   !m.released;
         FUZZ_CHECK(machine_.give_up(file_id{file}) == due);
         if (!due) {
             return;
