@@ -611,10 +611,16 @@ std::error_code in_folder(int dir_fd, const std::string& name, F&& f) {
 // Whether the partial file `part` in the folder `dfd` is locked by a writer that is not
 // this descriptor's (open_partial_file's lock): another process's, unless this process's
 // own writer still holds it open.
-bool partial_locked(int dfd, const std::string& part) {
+enum class partial_there { none, free, locked };
+partial_there look_at_partial(int dfd, const std::string& part) {
     unique_fd held(::openat(dfd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    return held.get() >= 0 && ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    if (held.get() < 0) {
+        return partial_there::none;
+    }
+    return ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK ? partial_there::locked
+                                                                                : partial_there::free;
 }
+bool partial_locked(int dfd, const std::string& part) { return look_at_partial(dfd, part) == partial_there::locked; }
 
 struct folder_beneath {
     unique_fd owned;
@@ -1286,9 +1292,17 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
     }
     bool by_proc = unnamed_link_.load(std::memory_order_relaxed) == unnamed_link::by_proc;
     std::string name(wire_name(wire_path));
+    std::string part = partial_name(name);
+    // Another process writing this name (its partial file locked: open_partial_file) has it:
+    // neither its partial file nor the name is this transfer's (a small `ferry get` beside a
+    // large one of the same name removed the other's partial file, which then failed).
+    partial_there left = dh.folder == nullptr || !dh.folder->made ? look_at_partial(dh.fd, part) : partial_there::none;
+    if (left == partial_there::locked) {
+        return make_error_code(dest_errc::busy);
+    }
     if (link_unnamed(file.get(), dh.fd, name.c_str(), by_proc) == 0) {
-        if (dh.folder == nullptr || !dh.folder->made) {
-            ::unlinkat(dh.fd, partial_name(name).c_str(), 0);  // one an earlier attempt left
+        if (left == partial_there::free) {
+            ::unlinkat(dh.fd, part.c_str(), 0);  // one an earlier attempt left
         }
         return {};
     }
@@ -1299,11 +1313,11 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
         return make_error_code(dest_errc::exists);
     }
     // Replaced as rename_final replaces: linked under the partial name, renamed over.
-    std::string part = partial_name(name);
     if (link_unnamed(file.get(), dh.fd, part.c_str(), by_proc) != 0) {
-        if (errno != EEXIST || ::unlinkat(dh.fd, part.c_str(), 0) != 0 ||  // one an earlier attempt left
+        if (errno != EEXIST || partial_locked(dh.fd, part) ||
+            ::unlinkat(dh.fd, part.c_str(), 0) != 0 ||  // one an earlier attempt left
             link_unnamed(file.get(), dh.fd, part.c_str(), by_proc) != 0) {
-            return last_error();
+            return errno == EEXIST ? make_error_code(dest_errc::busy) : last_error();
         }
     }
     return rename_final(wire_path, true);
@@ -1440,7 +1454,7 @@ int dest_tree::open_partial_read(std::string_view wire_path, std::error_code& ec
     return fd;
 }
 
-std::uint64_t dest_tree::partial_size(std::string_view wire_path) {
+std::uint64_t dest_tree::partial_size(std::string_view wire_path, bool* locked) {
     std::error_code ec;
     int fd = open_partial_read(wire_path, ec);
     if (fd < 0) {
@@ -1448,6 +1462,9 @@ std::uint64_t dest_tree::partial_size(std::string_view wire_path) {
     }
     struct stat st {};
     std::uint64_t size = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
+    if (locked != nullptr) {
+        *locked = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    }
     ::close(fd);
     return size;
 }

@@ -348,7 +348,8 @@ public:
     // Opens the partial file of `wire_path` for reading; -1 with no error when absent.
     int open_partial_read(std::string_view wire_path, std::error_code& ec);
     // The partial file's size in bytes (0 when there is none).
-    std::uint64_t partial_size(std::string_view wire_path);
+    // `locked` (if given): whether another writer holds it (open_partial_file's lock).
+    std::uint64_t partial_size(std::string_view wire_path, bool* locked = nullptr);
 
     const std::filesystem::path& root() const { return root_; }
     static std::string partial_name(std::string_view name);

@@ -889,8 +889,8 @@ void receive_session::next_offer() {
         // symlinks in them: left out, listed at the end (not_made_). The files in them are
         // accepted and given up on right after the Accept (refused_files).
         std::vector<skipped_file> not_made;
-        std::unordered_map<std::string, std::error_code> unmade;  // folder path: why
-        std::vector<std::pair<file_id, std::error_code>> refused_files;
+        std::unordered_map<std::string, std::string> unmade;  // folder path: why
+        std::vector<std::pair<file_id, std::string>> refused_files;  // and why
         std::string recovered;
         // Held until every entry of the batch is decided: a recovery (a session's first
         // batch) excludes every other transfer's checks, so no transfer decides "already
@@ -981,6 +981,9 @@ void receive_session::next_offer() {
         // A sync's file or symlink whose name a folder takes: that folder goes first, with
         // what it holds (sync_view: --delete, excludes). What went (or, in a dry run, would).
         std::vector<bool> folder_there(items.size(), false);
+        // Such a folder that must stay (it holds what SRC's excludes or special files keep,
+        // or it is not empty without --delete): why. That file or symlink alone fails.
+        std::vector<std::string> blocked(items.size());
         std::vector<dest_tree::removed_entry> cleared;
         // Removes (or with `dry` only looks at) the folder where item i goes: false, with
         // `error` set, when it cannot go (something kept in it, or not empty without --delete).
@@ -1016,15 +1019,20 @@ void receive_session::next_offer() {
                 cleared.insert(cleared.end(), gone.begin(), gone.end());
             }
             if (ec == dest_errc::is_dir) {
-                error = items[i].e.path + ": a folder is in the way of this " +
-                        (items[i].e.is_link ? "symlink" : "file") +
-                        (excluded ? " and is excluded"
-                         : held   ? " and another transfer into the same folder is writing there; try again once it has "
-                                    "ended"
-                         : sync.del ? " and holds excluded paths or SRC's special files"
-                                    : "; it is not empty (--delete removes it)");
+                std::string why = std::string("a folder is in the way of this ") +
+                                  (items[i].e.is_link ? "symlink" : "file") +
+                                  (excluded ? " and is excluded"
+                                   : held   ? " and another transfer into the same folder is writing there; try again "
+                                              "once it has ended"
+                                   : sync.del ? " and holds excluded paths or SRC's special files"
+                                              : "; it is not empty (--delete removes it)");
+                if (!held) {
+                    blocked[i] = std::move(why);  // that one fails, as rsync's "could not make way"
+                    return true;
+                }
+                error = items[i].e.path + ": " + why;
                 code = exit_code::transfer_failed;
-                busy = busy || held;
+                busy = true;
                 return false;
             }
             if (ec) {
@@ -1044,6 +1052,11 @@ void receive_session::next_offer() {
             ec.clear();
             folder_there[i] = there = true;
             return clear_folder(i, true);
+        };
+        // What this user may not look at (a folder of another user's that it may not
+        // list or search): that item alone fails, and what is below it.
+        auto cannot_look = [](std::error_code ec) {
+            return ec.category() == std::system_category() && (ec.value() == EACCES || ec.value() == EPERM);
         };
         // The batch stops at item i's error.
         auto fail_item = [&](std::size_t i, std::error_code ec) {
@@ -1073,7 +1086,11 @@ void receive_session::next_offer() {
         // chunk comes), with what would happen to it.
         auto dry_decisions = [&] {
             for (std::size_t i = 0; i < items.size(); ++i) {
-                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
+                if (!blocked[i].empty()) {
+                    not_made.push_back({items[i].e.path, blocked[i], false, false, true, !items[i].e.is_dir});  // would fail
+                }
+                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {},
+                                     blocked[i].empty() ? action(i) : wire::SYNC_FAILED, {}, {}});
             }
         };
         auto space_check = [&](std::uint64_t here) {
@@ -1210,6 +1227,38 @@ void receive_session::next_offer() {
                 const item& it = items[i];
                 bool same = false;
                 const entry_info& e = it.e;
+                if (auto up = create && !unmade.empty() ? unmade.find(std::string(wire_parent(e.path))) : unmade.end();
+                    up != unmade.end()) {
+                    // In a folder that could not be made or looked at: what is below it
+                    // fails with it.
+                    std::string why = up->second;
+                    if (e.is_dir) {
+                        unmade.emplace(e.path, why);  // (not listed: the folder above it is)
+                    } else if (e.is_file()) {
+                        refused_files.emplace_back(it.id, why);
+                    } else {
+                        not_made.push_back({e.path, "symlink not made: " + why, false, false, true});
+                    }
+                    decisions.push_back({it.id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
+                                         e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
+                    continue;
+                }
+                if (create && !blocked[i].empty()) {
+                    // It alone fails (a folder that must stay is where it goes, or it could
+                    // not be looked at), and what is below it: a file is given up on right
+                    // after the Accept, so that nothing of it is counted.
+                    if (e.is_file()) {
+                        refused_files.emplace_back(it.id, blocked[i]);
+                    } else {
+                        if (e.is_dir) {
+                            unmade.emplace(e.path, blocked[i]);
+                        }
+                        not_made.push_back({e.path, blocked[i], false, false, true, !e.is_dir});
+                    }
+                    decisions.push_back({it.id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
+                                         e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
+                    continue;
+                }
                 if (e.is_link) {
                     // A sync's symlink: looked at by the check, made (or renamed over what
                     // is there) by the second pass. Nothing is sent either way.
@@ -1219,6 +1268,10 @@ void receive_session::next_offer() {
                         ec = tree->check_link(e.path, e.link_target, e.mtime_ns, same, false, there);
                         if (!folder_in_the_way(i, ec, there)) {
                             break;
+                        }
+                        if (ec && cannot_look(ec)) {
+                            blocked[i] = "cannot look at it here: " + ec.message();  // it alone fails
+                            continue;
                         }
                         identical[i] = same;
                         exists[i] = there;
@@ -1242,21 +1295,6 @@ void receive_session::next_offer() {
                     if (create) {
                         decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
                     }
-                    continue;
-                }
-                if (auto up = create && !unmade.empty() ? unmade.find(std::string(wire_parent(e.path))) : unmade.end();
-                    up != unmade.end()) {
-                    // In a folder that could not be made: what is below it fails with it.
-                    std::error_code why = up->second;
-                    if (e.is_dir) {
-                        unmade.emplace(e.path, why);  // (not listed: the folder above it is)
-                    } else if (e.is_file()) {
-                        refused_files.emplace_back(it.id, why);
-                    } else {
-                        not_made.push_back({e.path, "symlink not made: " + why.message(), false, false, true});
-                    }
-                    decisions.push_back({it.id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
-                                         e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
                     continue;
                 }
                 if (absent->contains(std::string(wire_parent(e.path)))) {
@@ -1323,9 +1361,13 @@ void receive_session::next_offer() {
                 if (ec && create && e.is_dir && ec.category() == std::system_category() && file_level(ec)) {
                     // A folder this user may not make: it and what is below it fail, the
                     // rest goes on (as rsync's "mkdir failed").
-                    unmade.emplace(e.path, ec);
-                    not_made.push_back({e.path, "folder not made: " + ec.message(), false, false, true});
+                    unmade.emplace(e.path, ec.message());
+                    not_made.push_back({e.path, "folder not made: " + ec.message(), false, false, true, false});
                     decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, wire::SYNC_FAILED, {}, {}});
+                    continue;
+                }
+                if (ec && !create && cannot_look(ec)) {
+                    blocked[i] = "cannot look at it here: " + ec.message();  // it alone fails (as rsync)
                     continue;
                 }
                 if (ec) {
@@ -1396,7 +1438,14 @@ void receive_session::next_offer() {
                     if (identical[i]) {
                         here += items[i].e.size;
                     } else if (resumable(items[i].e)) {
-                        std::uint64_t bytes = tree->partial_size(items[i].e.path);
+                        bool locked = false;
+                        std::uint64_t bytes = tree->partial_size(items[i].e.path, &locked);
+                        if (locked && !sync.dry_run) {
+                            // Another process writes this name: this file alone fails, before
+                            // anything of it is sent (nor is its partial file read).
+                            blocked[i] = make_error_code(dest_errc::busy).message();
+                            continue;
+                        }
                         if (bytes == 0 && sync.on && !sync.dry_run && exists[i] && !folder_there[i]) {
                             // A changed file of a sync: its old version seeds the new one
                             // and is the basis of a delta, so that only what differs
@@ -1566,6 +1615,10 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
 }
 
 void receive_session::give_up_here(file_id f, const std::string& path, std::error_code ec) {
+    give_up_here(f, path, ec.message());
+}
+
+void receive_session::give_up_here(file_id f, const std::string& path, const std::string& why) {
     if (!machine_.give_up(f)) {
         // The sender gave it up while its whole-file write was out (drop_partial left it
         // to that write's end, report_done): nothing to tell, and it is done with here.
@@ -1581,10 +1634,10 @@ void receive_session::give_up_here(file_id f, const std::string& path, std::erro
     wire::FileResult* r = h.mutable_file_result();
     r->set_file_id(f.value);
     r->set_ok(false);
-    r->set_error(ec.message());
+    r->set_error(why);
     send_control(h);
-    ctx_.log("not written: " + printable(path) + ": " + ec.message(), log_level::warn);
-    given_up_.push_back({path, "not written here: " + ec.message(), false, false, true});
+    ctx_.log("not written: " + printable(path) + ": " + why, log_level::warn);
+    given_up_.push_back({path, "not written here: " + why, false, false, true});
     dirty_.erase(f.value);
     if (sink_of(f)) {
         drop_partial(f);
@@ -2263,7 +2316,7 @@ void receive_session::check_all_done() {
                 error = removal_error(where, ec);
             }
             for (auto& [path, why] : refused) {
-                not_done.push_back({std::move(path), "not deleted: " + why.message(), false, false, true});
+                not_done.push_back({std::move(path), "not deleted: " + why.message(), false, false, true, false});
             }
         }
         for (const entry_info& d : dirs) {
@@ -2275,7 +2328,7 @@ void receive_session::check_all_done() {
                     break;
                 }
                 // (As rsync: "failed to set times", the files in it are in.)
-                not_done.push_back({d.path, "folder's mode or mtime not set: " + ec.message(), false, false, true});
+                not_done.push_back({d.path, "folder's mode or mtime not set: " + ec.message(), false, false, true, false});
                 ec = {};
             }
         }
@@ -2332,6 +2385,7 @@ void receive_session::check_all_done() {
                     wire::NotSent* n = r->add_not_done();
                     n->set_path(u.path);
                     n->set_reason(u.reason);
+                    n->set_file(u.file);
                 } else {
                     r->set_not_done_more(r->not_done_more() + 1);
                 }

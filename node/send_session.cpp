@@ -776,11 +776,11 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 return;
             }
             for (const wire::NotSent& n : header.transfer_result().not_done()) {
-                given_up_.push_back({n.path(), "at the receiver: " + printable(n.reason()), false, false, true});
+                given_up_.push_back({n.path(), "at the receiver: " + printable(n.reason()), false, false, true, n.file()});
             }
             if (std::uint64_t more = header.transfer_result().not_done_more(); more > 0) {
-                given_up_.push_back(
-                    {"...", std::to_string(more) + " more path(s) the receiver could not finish", false, false, true});
+                given_up_.push_back({"...", std::to_string(more) + " more path(s) the receiver could not finish", false,
+                                     false, true, false});
             }
             finish(true, exit_code::ok, "");
             return;
@@ -1222,7 +1222,7 @@ void send_session::let_go(file_id f, const std::string& reason, bool vanished, b
         }
     }
     const std::string& path = machine_.entry(f).path;
-    ctx_.log("skipped " + printable(path) + ": " + reason, log_level::warn);
+    ctx_.log((at_dst ? "failed: " : "skipped ") + printable(path) + ": " + reason, log_level::warn);
     given_up_.push_back({path, reason, vanished, again, at_dst});
 }
 

@@ -38,7 +38,18 @@ struct skipped_file {
     // Not a source file's failure: DST could not take it (not written there, or a folder
     // whose mode or mtime could not be set).
     bool at_dst = false;
+    // A file or symlink (counted in `failed_files`); false: a folder DST could not make or
+    // finish, or a path --delete could not remove (`failed_other`).
+    bool file = true;
 };
+// How many of `list` are files or symlinks (`file`), or the other paths.
+inline std::size_t count_failed(const std::vector<skipped_file>& list, bool files) {
+    std::size_t n = 0;
+    for (const skipped_file& f : list) {
+        n += f.file == files ? 1 : 0;
+    }
+    return n;
+}
 
 struct source_tree {
     source_tree() = default;

@@ -381,7 +381,8 @@ json report_json(const ferry::transfer_report& r, bool sender) {
     double wire = static_cast<double>(sender ? r.wire_sent : r.wire_received);
     return {{"event", "done"},
             {"ok", r.ok && r.given_up.empty()},
-            {"failed_files", r.given_up.size()},
+            {"failed_files", ferry::count_failed(r.given_up, true)},
+            {"failed_other", ferry::count_failed(r.given_up, false)},
             {"direction", sender ? "send" : "receive"},
             {"session", ferry::hex_encode(r.session_id)},
             {"peer", ferry::format_node_id(r.peer_id)},
@@ -937,6 +938,8 @@ std::optional<reread_settings> reread_serve_settings(const ferry::node_config& n
     return out;
 }
 
+int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r);
+
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     log_timestamps = !log_to_journal;  // a node's lines, read later: when each happened
     filter_all_lines = true;
@@ -1102,6 +1105,11 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     // `receive` stopped by a signal: 0 only if its transfer had succeeded by then.
     if (!result) {
         return static_cast<int>(exit_code::transfer_failed);
+    }
+    if (result->ok) {
+        // Done, but partial: files the sender skipped, or this side could not write (each
+        // listed, exit 5 or 6), as the sender's own exit code says.
+        return skipped_sources_exit(o, *result);
     }
     return static_cast<int>(result->code);
 }
@@ -2165,6 +2173,20 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
     };
 }
 
+// ", N failed, M other path(s) not done (below)" for a sync's summary line; "" for none.
+std::string failed_text(const std::vector<ferry::skipped_file>& failed) {
+    std::size_t files = ferry::count_failed(failed, true);
+    std::size_t other = failed.size() - files;
+    if (failed.empty()) {
+        return "";
+    }
+    std::string out = fmt::format(", {} failed", files);
+    if (other > 0) {
+        out += fmt::format(", {} other path(s) not done", other);
+    }
+    return out + " (below)";
+}
+
 // ", N folder(s) WHAT" for a summary line; "" for none.
 std::string folders_text(std::uint64_t n, const char* what) {
     return n == 0 ? "" : fmt::format(", {} folder(s) {}", n, what);
@@ -2193,7 +2215,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged{}{}, {} path(s) deleted; "
                         "{} {} in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
-                        r.given_up.empty() ? "" : fmt::format(", {} failed (below)", r.given_up.size()),
+                        failed_text(r.given_up),
                         folders_text(run.created_dirs, "made"), deleted,
                         run.pull ? "received" : "sent",
                         human_bytes(r.payload_bytes - std::min(r.payload_bytes, r.delta_copied)),
@@ -2202,7 +2224,8 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     }
     json done{{"event", "done"},
              {"ok", r.given_up.empty()},
-             {"failed_files", r.given_up.size()},
+             {"failed_files", ferry::count_failed(r.given_up, true)},
+             {"failed_other", ferry::count_failed(r.given_up, false)},
              {"dry_run", dry},
              {"session", ferry::hex_encode(r.session_id)},
              {"peer", ferry::format_node_id(r.peer_id)},
