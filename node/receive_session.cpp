@@ -1035,6 +1035,13 @@ void receive_session::next_offer() {
                 busy = true;
                 return false;
             }
+            if (ec && ec.category() == std::system_category() && (ec.value() == EACCES || ec.value() == EPERM)) {
+                // One this user may not remove (another user's): that file or link alone
+                // fails, as rsync's "could not make way".
+                blocked[i] = "a folder is in the way of this " + std::string(items[i].e.is_link ? "symlink" : "file") +
+                             ": " + removal_error(where, ec);
+                return true;
+            }
             if (ec) {
                 error = removal_error(where, ec);
                 code = exit_code::local_io;
@@ -2371,10 +2378,20 @@ void receive_session::check_all_done() {
             r->set_ok(true);
             r->set_files(self->machine_.total_files());
             r->set_bytes(self->machine_.received_bytes());
+            // What was not made (or looked at) is told of when it was not, and once: not
+            // again as not deleted.
+            std::unordered_set<std::string> not_made;
+            for (const auto* list : {&self->not_made_, &self->given_up_}) {
+                for (const skipped_file& n : *list) {
+                    if (n.at_dst) {
+                        not_made.insert(n.path);  // (a file given up on here, whose place a folder held)
+                    }
+                }
+            }
+            std::erase_if(not_done, [&](const skipped_file& u) { return not_made.contains(u.path); });
             for (const skipped_file& u : not_done) {
                 self->ctx_.log(printable(u.path) + ": " + u.reason, log_level::warn);
             }
-            // (What was not made is told of when it was not.)
             not_done.insert(not_done.begin(), std::make_move_iterator(self->not_made_.begin()),
                             std::make_move_iterator(self->not_made_.end()));
             self->not_made_.clear();

@@ -774,6 +774,9 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     serve("", {}, true);
     fs::create_directories(dst / "closed");  // root's, 0755: closed to nobody
     write_text_file(dst / "closed/old", "DST's own\n");
+    fs::create_directories(dst / "inway");  // root's, 0700: where SRC has a file, and nobody may not remove it
+    ASSERT_EQ(::chmod((dst / "inway").c_str(), 0700), 0);
+    write_text_file(src / "inway", "a file\n");
     write_text_file(src / "a/x", "x\n");
     write_text_file(src / "closed/small", "small\n");
     write_random_file(src / "closed/big.bin", 3 * 256 * 1024 + 5, 61);  // written in chunks
@@ -791,8 +794,12 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     // closed/old may not be deleted either (as rsync: "delete_file: unlink ... failed").
     EXPECT_EQ(paths_of(ev, "failed"), (paths{"closed", "closed/big.bin", "closed/lnk", "closed/newsub",
                                              "closed/newsub/big.bin", "closed/newsub/deeper/d.txt", "closed/old",
-                                             "closed/small"}))
+                                             "closed/small", "inway"}))
         << r.out;
+    EXPECT_NE(r.err.find("inway: not written at the receiver: a folder is in the way of this file: could not delete "
+                         "inway: Permission denied"),
+              std::string::npos)
+        << r.err;
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"gone.txt"})) << r.out;
     for (const char* made : {"created", "skipped", "updated"}) {
         for (const std::string& p : paths_of(ev, made)) {
@@ -810,7 +817,7 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     }
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["ok"], false) << done;
-    EXPECT_EQ(done["failed_files"], 5) << done;  // the files and the symlink
+    EXPECT_EQ(done["failed_files"], 6) << done;  // the files and the symlink
     EXPECT_EQ(done["failed_other"], 3) << done;  // closed's mtime, closed/newsub not made, closed/old not deleted
     EXPECT_NE(r.err.find("closed/big.bin: not written at the receiver: Permission denied"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("closed/old: at the receiver: not deleted: Permission denied"), std::string::npos) << r.err;
@@ -821,14 +828,16 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     EXPECT_TRUE(no_partial_files(dst));
     // Once the folder is open to it, the next sync places them, and only them.
     ASSERT_EQ(::chown((dst / "closed").c_str(), 65534, 65534), 0);
+    ASSERT_EQ(::chown((dst / "inway").c_str(), 65534, 65534), 0);
     ASSERT_EQ(::chown((dst / "closed/old").c_str(), 65534, 65534), 0);
     run_result again = sync({"--delete"});
     ASSERT_EQ(again.code, 0) << again.err;
-    EXPECT_EQ(paths_of(json_events(again.out), "deleted"), (paths{"closed/old"})) << again.out;
+    EXPECT_EQ(paths_of(json_events(again.out), "deleted"), (paths{"closed/old", "inway"})) << again.out;
     EXPECT_EQ(paths_of(json_events(again.out), "created"),
               (paths{"closed/big.bin", "closed/lnk", "closed/newsub", "closed/newsub/big.bin", "closed/newsub/deeper",
                      "closed/newsub/deeper/d.txt", "closed/small"}))
         << again.out;
+    EXPECT_EQ(paths_of(json_events(again.out), "updated"), (paths{"inway"})) << again.out;  // a folder replaced
     EXPECT_EQ(compare_trees(src, dst), "");
 }
 
