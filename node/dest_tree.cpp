@@ -612,13 +612,20 @@ std::error_code in_folder(int dir_fd, const std::string& name, F&& f) {
 // this descriptor's (open_partial_file's lock): another process's, unless this process's
 // own writer still holds it open.
 enum class partial_there { none, free, locked };
-partial_there look_at_partial(int dfd, const std::string& part) {
+// `wait`: while it is locked, looks again as open_partial_file does (a transfer of this
+// process that is finishing, a retry's attempt before, holds it for a moment).
+partial_there look_at_partial(int dfd, const std::string& part, bool wait = false) {
     unique_fd held(::openat(dfd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
     if (held.get() < 0) {
         return partial_there::none;
     }
-    return ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK ? partial_there::locked
-                                                                                : partial_there::free;
+    for (int tries = 0; ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK; ++tries) {
+        if (!wait || tries >= dest_tree::partial_lock_tries) {
+            return partial_there::locked;
+        }
+        std::this_thread::sleep_for(dest_tree::partial_lock_pause);
+    }
+    return partial_there::free;
 }
 bool partial_locked(int dfd, const std::string& part) { return look_at_partial(dfd, part) == partial_there::locked; }
 
@@ -850,6 +857,9 @@ struct pruner {
                 !S_ISREG(own_st.st_mode) || std::time(nullptr) - own_st.st_mtim.tv_sec < 60 ||
                 !stale_own(prefix.empty() ? name : prefix + "/" + name)) {
                 continue;
+            }
+            if (partial_locked(dir_fd, own_name)) {
+                continue;  // another process writes it (its lock): not an interrupted attempt's
             }
             if (!loosened) {
                 writable(dir_fd, prefix);
@@ -1296,7 +1306,8 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
     // Another process writing this name (its partial file locked: open_partial_file) has it:
     // neither its partial file nor the name is this transfer's (a small `ferry get` beside a
     // large one of the same name removed the other's partial file, which then failed).
-    partial_there left = dh.folder == nullptr || !dh.folder->made ? look_at_partial(dh.fd, part) : partial_there::none;
+    partial_there left =
+        dh.folder == nullptr || !dh.folder->made ? look_at_partial(dh.fd, part, true) : partial_there::none;
     if (left == partial_there::locked) {
         return make_error_code(dest_errc::busy);
     }
@@ -1314,10 +1325,15 @@ std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view
     }
     // Replaced as rename_final replaces: linked under the partial name, renamed over.
     if (link_unnamed(file.get(), dh.fd, part.c_str(), by_proc) != 0) {
-        if (errno != EEXIST || partial_locked(dh.fd, part) ||
-            ::unlinkat(dh.fd, part.c_str(), 0) != 0 ||  // one an earlier attempt left
+        if (errno != EEXIST) {
+            return last_error();
+        }
+        if (look_at_partial(dh.fd, part) == partial_there::locked) {
+            return make_error_code(dest_errc::busy);
+        }
+        if (::unlinkat(dh.fd, part.c_str(), 0) != 0 ||  // one an earlier attempt left
             link_unnamed(file.get(), dh.fd, part.c_str(), by_proc) != 0) {
-            return errno == EEXIST ? make_error_code(dest_errc::busy) : last_error();
+            return last_error();
         }
     }
     return rename_final(wire_path, true);
@@ -1463,6 +1479,9 @@ std::uint64_t dest_tree::partial_size(std::string_view wire_path, bool* locked) 
     struct stat st {};
     std::uint64_t size = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
     if (locked != nullptr) {
+        // (No wait here, unlike open_partial_file: a batch may hold many such files. One
+        // this process's earlier attempt still held is let go well before a new attempt
+        // gets its offer.)
         *locked = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
     }
     ::close(fd);

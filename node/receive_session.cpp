@@ -1089,6 +1089,22 @@ void receive_session::next_offer() {
             }
             return exists[i] ? wire::SYNC_UPDATE : wire::SYNC_CREATE;
         };
+        // Item i alone fails, for blocked[i] (a folder that must stay is where it goes, or
+        // it could not be looked at), and what is below it: a file is given up on right
+        // after the Accept, so that nothing of it is counted.
+        auto fail_alone = [&](std::size_t i) {
+            const entry_info& e = items[i].e;
+            if (e.is_file()) {
+                refused_files.emplace_back(items[i].id, blocked[i]);
+            } else {
+                if (e.is_dir) {
+                    unmade.emplace(e.path, blocked[i]);
+                }
+                not_made.push_back({e.path, blocked[i], false, false, true, !e.is_dir});
+            }
+            decisions.push_back({items[i].id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
+                                 e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
+        };
         // A dry run decides after the check pass: every file is answered ACCEPT_SKIP (no
         // chunk comes), with what would happen to it.
         auto dry_decisions = [&] {
@@ -1251,19 +1267,7 @@ void receive_session::next_offer() {
                     continue;
                 }
                 if (create && !blocked[i].empty()) {
-                    // It alone fails (a folder that must stay is where it goes, or it could
-                    // not be looked at), and what is below it: a file is given up on right
-                    // after the Accept, so that nothing of it is counted.
-                    if (e.is_file()) {
-                        refused_files.emplace_back(it.id, blocked[i]);
-                    } else {
-                        if (e.is_dir) {
-                            unmade.emplace(e.path, blocked[i]);
-                        }
-                        not_made.push_back({e.path, blocked[i], false, false, true, !e.is_dir});
-                    }
-                    decisions.push_back({it.id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
-                                         e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
+                    fail_alone(i);
                     continue;
                 }
                 if (e.is_link) {
@@ -1285,6 +1289,10 @@ void receive_session::next_offer() {
                     } else if (create && !identical[i]) {
                         if (folder_there[i] && !clear_folder(i, false)) {
                             break;
+                        }
+                        if (!blocked[i].empty()) {
+                            fail_alone(i);  // the folder in its way could not go after all
+                            continue;
                         }
                         ec = tree->make_link(e.path, e.link_target, e.mtime_ns);
                         if (ec && ec.category() == std::system_category() && file_level(ec)) {
@@ -1337,6 +1345,10 @@ void receive_session::next_offer() {
                 bool is_there = false;
                 if (create && folder_there[i] && !clear_folder(i, false)) {
                     break;
+                }
+                if (create && !blocked[i].empty()) {
+                    fail_alone(i);  // the folder in its way could not go after all
+                    continue;
                 }
                 std::error_code ec;
                 if (!create && !ahead.empty() && ahead[i].done) {
@@ -1444,6 +1456,9 @@ void receive_session::next_offer() {
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (identical[i]) {
                         here += items[i].e.size;
+                    } else if (!blocked[i].empty()) {
+                        // It fails alone: its partial file (an earlier attempt's) is neither
+                        // read nor removed, for a later run to resume from.
                     } else if (resumable(items[i].e)) {
                         bool locked = false;
                         std::uint64_t bytes = tree->partial_size(items[i].e.path, &locked);
@@ -1586,15 +1601,22 @@ void receive_session::next_offer() {
                 }
             }
             self->send_control(h);
-            for (const auto& [id, why] : refused_files) {
-                self->give_up_here(id, self->machine_.entry(id).path, why);  // its folder could not be made
+            // A pull opens its data connections when there is data to come (a sync that
+            // changes nothing needs none, nor do files refused right away, below).
+            std::unordered_set<std::uint32_t> refused_ids;
+            for (const auto& r : refused_files) {
+                refused_ids.insert(r.first.value);
             }
-            if (self->pull_ && !self->data_conns_opened_ &&
-                std::any_of(decisions.begin(), decisions.end(), [&](const receiver_machine::decision& d) {
-                    return d.kind != wire::ACCEPT_SKIP && self->machine_.entry(d.id).size > 0;
-                })) {
-                // A pull opens its data connections when there is data to come (a sync
-                // that changes nothing needs none).
+            const bool data_due = std::any_of(decisions.begin(), decisions.end(), [&](const receiver_machine::decision& d) {
+                return d.kind != wire::ACCEPT_SKIP && self->machine_.entry(d.id).size > 0 &&
+                       !refused_ids.contains(d.id.value);
+            });
+            for (const auto& [id, why] : refused_files) {
+                // Nothing of it was written here: a partial file of its name is not this
+                // transfer's to remove (another process's, or one a later run resumes from).
+                self->give_up_here(id, self->machine_.entry(id).path, why, false);
+            }
+            if (self->pull_ && !self->data_conns_opened_ && data_due) {
                 self->open_data_connections();
             }
             self->check_all_done();
@@ -1625,7 +1647,7 @@ void receive_session::give_up_here(file_id f, const std::string& path, std::erro
     give_up_here(f, path, ec.message());
 }
 
-void receive_session::give_up_here(file_id f, const std::string& path, const std::string& why) {
+void receive_session::give_up_here(file_id f, const std::string& path, const std::string& why, bool drop) {
     if (!machine_.give_up(f)) {
         // The sender gave it up while its whole-file write was out (drop_partial left it
         // to that write's end, report_done): nothing to tell, and it is done with here.
@@ -1646,9 +1668,10 @@ void receive_session::give_up_here(file_id f, const std::string& path, const std
     ctx_.log("not written: " + printable(path) + ": " + why, log_level::warn);
     given_up_.push_back({path, "not written here: " + why, false, false, true});
     dirty_.erase(f.value);
-    if (sink_of(f)) {
+    if (drop && sink_of(f)) {
         drop_partial(f);
     } else {
+        sinks_.erase(f.value);  // (refused before anything of it was written: nothing open)
         machine_.release(f);
     }
     next_offer();  // one fewer in progress
@@ -2388,7 +2411,15 @@ void receive_session::check_all_done() {
                     }
                 }
             }
-            std::erase_if(not_done, [&](const skipped_file& u) { return not_made.contains(u.path); });
+            std::erase_if(not_done, [&](const skipped_file& u) {
+                // (Nor what lies below such a path: a folder in a file's way that could not go.)
+                for (std::string_view p = u.path; !p.empty(); p = wire_parent(p)) {
+                    if (not_made.contains(std::string(p))) {
+                        return true;
+                    }
+                }
+                return false;
+            });
             for (const skipped_file& u : not_done) {
                 self->ctx_.log(printable(u.path) + ": " + u.reason, log_level::warn);
             }

@@ -150,7 +150,8 @@ private:
     // the sender hears (FileResult not ok) and sends no more of it, its partial file goes,
     // DST keeps what it had there, and the transfer goes on without it (partial, exit 5).
     void give_up_here(file_id f, const std::string& path, std::error_code ec);
-    void give_up_here(file_id f, const std::string& path, const std::string& why);
+    // `drop`: its partial file goes (false: nothing of it was written by this transfer).
+    void give_up_here(file_id f, const std::string& path, const std::string& why, bool drop = true);
     void drop_partial(file_id f);
     // The file's older version is about to be closed: one fewer held open.
     void unpin(sink_file& sink);

@@ -777,6 +777,8 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     fs::create_directories(dst / "inway");  // root's, 0700: where SRC has a file, and nobody may not remove it
     ASSERT_EQ(::chmod((dst / "inway").c_str(), 0700), 0);
     write_text_file(src / "inway", "a file\n");
+    write_text_file(dst / "inway2/x", "DST's own\n");  // root's, 0755: it may list it, not empty it
+    write_text_file(src / "inway2", "a file\n");
     write_text_file(src / "a/x", "x\n");
     write_text_file(src / "closed/small", "small\n");
     write_random_file(src / "closed/big.bin", 3 * 256 * 1024 + 5, 61);  // written in chunks
@@ -794,8 +796,13 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     // closed/old may not be deleted either (as rsync: "delete_file: unlink ... failed").
     EXPECT_EQ(paths_of(ev, "failed"), (paths{"closed", "closed/big.bin", "closed/lnk", "closed/newsub",
                                              "closed/newsub/big.bin", "closed/newsub/deeper/d.txt", "closed/old",
-                                             "closed/small", "inway"}))
+                                             "closed/small", "inway", "inway2"}))
         << r.out;
+    EXPECT_NE(r.err.find("inway2: not written at the receiver: a folder is in the way of this file: could not "
+                         "delete inway2/x: Permission denied"),
+              std::string::npos)
+        << r.err;
+    EXPECT_EQ(read_text_file(dst / "inway2/x"), "DST's own\n");
     EXPECT_NE(r.err.find("inway: not written at the receiver: a folder is in the way of this file: could not delete "
                          "inway: Permission denied"),
               std::string::npos)
@@ -817,7 +824,7 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     }
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["ok"], false) << done;
-    EXPECT_EQ(done["failed_files"], 6) << done;  // the files and the symlink
+    EXPECT_EQ(done["failed_files"], 7) << done;  // the files and the symlink
     EXPECT_EQ(done["failed_other"], 3) << done;  // closed's mtime, closed/newsub not made, closed/old not deleted
     EXPECT_NE(r.err.find("closed/big.bin: not written at the receiver: Permission denied"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("closed/old: at the receiver: not deleted: Permission denied"), std::string::npos) << r.err;
@@ -829,15 +836,18 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     // Once the folder is open to it, the next sync places them, and only them.
     ASSERT_EQ(::chown((dst / "closed").c_str(), 65534, 65534), 0);
     ASSERT_EQ(::chown((dst / "inway").c_str(), 65534, 65534), 0);
+    ASSERT_EQ(::chown((dst / "inway2").c_str(), 65534, 65534), 0);
+    ASSERT_EQ(::chown((dst / "inway2/x").c_str(), 65534, 65534), 0);
     ASSERT_EQ(::chown((dst / "closed/old").c_str(), 65534, 65534), 0);
     run_result again = sync({"--delete"});
     ASSERT_EQ(again.code, 0) << again.err;
-    EXPECT_EQ(paths_of(json_events(again.out), "deleted"), (paths{"closed/old", "inway"})) << again.out;
+    EXPECT_EQ(paths_of(json_events(again.out), "deleted"), (paths{"closed/old", "inway", "inway2", "inway2/x"}))
+        << again.out;
     EXPECT_EQ(paths_of(json_events(again.out), "created"),
               (paths{"closed/big.bin", "closed/lnk", "closed/newsub", "closed/newsub/big.bin", "closed/newsub/deeper",
                      "closed/newsub/deeper/d.txt", "closed/small"}))
         << again.out;
-    EXPECT_EQ(paths_of(json_events(again.out), "updated"), (paths{"inway"})) << again.out;  // a folder replaced
+    EXPECT_EQ(paths_of(json_events(again.out), "updated"), (paths{"inway", "inway2"})) << again.out;  // folders replaced
     EXPECT_EQ(compare_trees(src, dst), "");
 }
 
