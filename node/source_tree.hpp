@@ -35,8 +35,9 @@ struct skipped_file {
     // Changed or vanished while it was read: worth one more attempt. Not so for what this
     // user may not read, or what vanished before it was offered.
     bool again = false;
-    // Not a source file's failure: DST could not take it (not written there, or a folder
-    // whose mode or mtime could not be set).
+    // Not a source file's failure: DST could not take it (not written there, a folder or
+    // symlink not made or looked at, a folder whose mode or mtime could not be set, a path
+    // --delete could not remove).
     bool at_dst = false;
     // A file or symlink (counted in `failed_files`); false: a folder DST could not make or
     // finish, or a path --delete could not remove (`failed_other`).
