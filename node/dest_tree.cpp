@@ -103,6 +103,10 @@ std::int64_t matching_step(std::int64_t stored_ns, std::int64_t wanted_ns) {
 
 }  // namespace
 
+bool not_permitted(std::error_code ec) {
+    return ec.category() == std::system_category() && (ec.value() == EACCES || ec.value() == EPERM);
+}
+
 bool file_level(std::error_code ec) {
     if (ec.category() == dest_category()) {
         return ec != dest_errc::too_deep;
@@ -605,15 +609,12 @@ std::error_code in_folder(int dir_fd, const std::string& name, F&& f) {
     return ec;
 }
 
-// The folder at wire path `path` under the root, opened again by its path (no symlink on
-// the way): what a walk below dest_tree::walk_open_depth uses instead of a descriptor
-// kept per level. "" is the root itself (not to be closed: `owned` false).
-// Whether the partial file `part` in the folder `dfd` is locked by a writer that is not
-// this descriptor's (open_partial_file's lock): another process's, unless this process's
-// own writer still holds it open.
+// Whether the partial file `part` in the folder `dfd` is there, and locked by a writer that
+// is not this descriptor's (open_partial_file's lock): another process's, unless this
+// process's own writer still holds it open. `wait`: while it is locked, looks again as
+// open_partial_file does (a transfer of this process that is finishing, a retry's attempt
+// before, holds it for a moment).
 enum class partial_there { none, free, locked };
-// `wait`: while it is locked, looks again as open_partial_file does (a transfer of this
-// process that is finishing, a retry's attempt before, holds it for a moment).
 partial_there look_at_partial(int dfd, const std::string& part, bool wait = false) {
     unique_fd held(::openat(dfd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
     if (held.get() < 0) {
@@ -629,6 +630,9 @@ partial_there look_at_partial(int dfd, const std::string& part, bool wait = fals
 }
 bool partial_locked(int dfd, const std::string& part) { return look_at_partial(dfd, part) == partial_there::locked; }
 
+// The folder at wire path `path` under the root, opened again by its path (no symlink on
+// the way): what a walk below dest_tree::walk_open_depth uses instead of a descriptor
+// kept per level. "" is the root itself (not to be closed: `owned` false).
 struct folder_beneath {
     unique_fd owned;
     int fd = -1;
@@ -692,8 +696,7 @@ struct pruner {
     // True (and `path` in `refused`) when `ec`, met removing or listing `path`, is this
     // user's lack of rights there: that path stays, and the walk goes on.
     bool passed_over(const std::string& path, std::error_code ec) {
-        if (refused == nullptr || ec.category() != std::system_category() ||
-            (ec.value() != EACCES && ec.value() != EPERM && ec.value() != EBUSY)) {
+        if (refused == nullptr || !(not_permitted(ec) || ec == std::errc::device_or_resource_busy)) {
             return false;
         }
         refused->emplace_back(path.empty() ? "." : path, ec);  // ("": DST's own folder)

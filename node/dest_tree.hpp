@@ -57,6 +57,8 @@ namespace ferry {
 // on without it. A full disk, an I/O error or a read-only file system are DST's own, and
 // end the transfer.
 bool file_level(std::error_code ec);
+// True when `ec` (a system error) is this user's lack of rights: EACCES or EPERM.
+bool not_permitted(std::error_code ec);
 
 // True if `stored_ns` is `wanted_ns` as a file system that keeps steps of `step_ns`
 // stores it (truncated). With step_ns 0 (not known) any of 1 ns, 100 ns, 1 us, 1 ms,

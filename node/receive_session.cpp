@@ -981,8 +981,9 @@ void receive_session::next_offer() {
         // A sync's file or symlink whose name a folder takes: that folder goes first, with
         // what it holds (sync_view: --delete, excludes). What went (or, in a dry run, would).
         std::vector<bool> folder_there(items.size(), false);
-        // Such a folder that must stay (it holds what SRC's excludes or special files keep,
-        // or it is not empty without --delete): why. That file or symlink alone fails.
+        // Why entry i fails alone (fail_alone): a folder that must stay, or that this user
+        // may not remove, is where it goes; it could not be looked at; another process
+        // writes its partial file. Empty: it does not.
         std::vector<std::string> blocked(items.size());
         std::vector<dest_tree::removed_entry> cleared;
         // Removes (or with `dry` only looks at) the folder where item i goes: false, with
@@ -1018,14 +1019,14 @@ void receive_session::next_offer() {
             if (dry == sync.dry_run && !(sync.dry_run && sync.del)) {
                 cleared.insert(cleared.end(), gone.begin(), gone.end());
             }
+            const std::string in_the_way =
+                std::string("a folder is in the way of this ") + (items[i].e.is_link ? "symlink" : "file");
             if (ec == dest_errc::is_dir) {
-                std::string why = std::string("a folder is in the way of this ") +
-                                  (items[i].e.is_link ? "symlink" : "file") +
-                                  (excluded ? " and is excluded"
-                                   : held   ? " and another transfer into the same folder is writing there; try again "
-                                              "once it has ended"
-                                   : sync.del ? " and holds excluded paths or SRC's special files"
-                                              : "; it is not empty (--delete removes it)");
+                std::string why = in_the_way + (excluded ? " and is excluded"
+                                                : held   ? " and another transfer into the same folder is writing "
+                                                           "there; try again once it has ended"
+                                                : sync.del ? " and holds excluded paths or SRC's special files"
+                                                           : "; it is not empty (--delete removes it)");
                 if (!held) {
                     blocked[i] = std::move(why);  // that one fails, as rsync's "could not make way"
                     return true;
@@ -1035,11 +1036,10 @@ void receive_session::next_offer() {
                 busy = true;
                 return false;
             }
-            if (ec && ec.category() == std::system_category() && (ec.value() == EACCES || ec.value() == EPERM)) {
+            if (not_permitted(ec)) {
                 // One this user may not remove (another user's): that file or link alone
                 // fails, as rsync's "could not make way".
-                blocked[i] = "a folder is in the way of this " + std::string(items[i].e.is_link ? "symlink" : "file") +
-                             ": " + removal_error(where, ec);
+                blocked[i] = in_the_way + ": " + removal_error(where, ec);
                 return true;
             }
             if (ec) {
@@ -1059,11 +1059,6 @@ void receive_session::next_offer() {
             ec.clear();
             folder_there[i] = there = true;
             return clear_folder(i, true);
-        };
-        // What this user may not look at (a folder of another user's that it may not
-        // list or search): that item alone fails, and what is below it.
-        auto cannot_look = [](std::error_code ec) {
-            return ec.category() == std::system_category() && (ec.value() == EACCES || ec.value() == EPERM);
         };
         // The batch stops at item i's error.
         auto fail_item = [&](std::size_t i, std::error_code ec) {
@@ -1089,16 +1084,16 @@ void receive_session::next_offer() {
             }
             return exists[i] ? wire::SYNC_UPDATE : wire::SYNC_CREATE;
         };
-        // Item i alone fails, for blocked[i] (a folder that must stay is where it goes, or
-        // it could not be looked at), and what is below it: a file is given up on right
-        // after the Accept, so that nothing of it is counted.
-        auto fail_alone = [&](std::size_t i) {
+        // Item i alone fails, for blocked[i], and what is below it (for `below`, if given):
+        // a file is given up on right after the Accept, so that nothing of it is counted; a
+        // folder or symlink is listed at the end (not_made_).
+        auto fail_alone = [&](std::size_t i, const std::string& below = {}) {
             const entry_info& e = items[i].e;
             if (e.is_file()) {
                 refused_files.emplace_back(items[i].id, blocked[i]);
             } else {
                 if (e.is_dir) {
-                    unmade.emplace(e.path, blocked[i]);
+                    unmade.emplace(e.path, below.empty() ? blocked[i] : below);
                 }
                 not_made.push_back({e.path, blocked[i], false, false, true, !e.is_dir});
             }
@@ -1280,8 +1275,10 @@ void receive_session::next_offer() {
                         if (!folder_in_the_way(i, ec, there)) {
                             break;
                         }
-                        if (ec && cannot_look(ec)) {
-                            blocked[i] = "cannot look at it here: " + ec.message();  // it alone fails
+                        if (not_permitted(ec)) {
+                            // One this user may not look at (a folder of another user's
+                            // that it may not list or search): it alone fails.
+                            blocked[i] = "cannot look at it here: " + ec.message();
                             continue;
                         }
                         identical[i] = same;
@@ -1298,8 +1295,8 @@ void receive_session::next_offer() {
                         if (ec && ec.category() == std::system_category() && file_level(ec)) {
                             // One this user may not make (its folder is another user's): it
                             // alone fails, as a file that cannot be written does.
-                            not_made.push_back({e.path, "symlink not made: " + ec.message(), false, false, true});
-                            decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, wire::SYNC_FAILED, {}, {}});
+                            blocked[i] = "symlink not made: " + ec.message();
+                            fail_alone(i);
                             continue;
                         }
                     }
@@ -1380,13 +1377,13 @@ void receive_session::next_offer() {
                 if (ec && create && e.is_dir && ec.category() == std::system_category() && file_level(ec)) {
                     // A folder this user may not make: it and what is below it fail, the
                     // rest goes on (as rsync's "mkdir failed").
-                    unmade.emplace(e.path, ec.message());
-                    not_made.push_back({e.path, "folder not made: " + ec.message(), false, false, true, false});
-                    decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, wire::SYNC_FAILED, {}, {}});
+                    blocked[i] = "folder not made: " + ec.message();
+                    fail_alone(i, ec.message());
                     continue;
                 }
-                if (ec && !create && cannot_look(ec)) {
-                    blocked[i] = "cannot look at it here: " + ec.message();  // it alone fails (as rsync)
+                if (!create && not_permitted(ec)) {
+                    // (As for a symlink, above; and what is below a folder fails with it.)
+                    blocked[i] = "cannot look at it here: " + ec.message();
                     continue;
                 }
                 if (ec) {
@@ -1643,6 +1640,15 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
     check_all_done();
 }
 
+void receive_session::send_file_result(file_id f, const std::string& error) {
+    wire::Header h;
+    wire::FileResult* r = h.mutable_file_result();
+    r->set_file_id(f.value);
+    r->set_ok(error.empty());
+    r->set_error(error);
+    send_control(h);
+}
+
 void receive_session::give_up_here(file_id f, const std::string& path, std::error_code ec) {
     give_up_here(f, path, ec.message());
 }
@@ -1659,12 +1665,7 @@ void receive_session::give_up_here(file_id f, const std::string& path, const std
         }
         return;
     }
-    wire::Header h;
-    wire::FileResult* r = h.mutable_file_result();
-    r->set_file_id(f.value);
-    r->set_ok(false);
-    r->set_error(why);
-    send_control(h);
+    send_file_result(f, why);
     ctx_.log("not written: " + printable(path) + ": " + why, log_level::warn);
     given_up_.push_back({path, "not written here: " + why, false, false, true});
     dirty_.erase(f.value);
@@ -2189,11 +2190,7 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
              path + ": " + ec.message());
         return;
     }
-    wire::Header h;
-    wire::FileResult* r = h.mutable_file_result();
-    r->set_file_id(f.value);
-    r->set_ok(true);
-    send_control(h);
+    send_file_result(f);
     if (!machine_.entry(f).is_dir) {
         if (tree_) {
             claims_->release((tree_->root() / path).string(), this);  // named: another may replace it now

@@ -196,6 +196,8 @@ private:
     void fail(wire::ErrorCode code, exit_code exit, const std::string& why,
               std::optional<refusal> counted = std::nullopt);
     void send_control(wire::Header& h);
+    // The file's FileResult: ok, or not with `error` (give_up_here).
+    void send_file_result(file_id f, const std::string& error = {});
     void finish_report(bool ok, exit_code code, const std::string& error);
     // A failed transfer reports, and a session whose connections all closed ends, only
     // once the writes and renames on the workers are back: a command that stops its loop
