@@ -686,7 +686,8 @@ void receive_session::on_offer(const wire::Offer& offer) {
     }
     if (offer.not_sent_more() > 0) {
         given_up_.push_back({"...", std::to_string(offer.not_sent_more()) + " more path(s) not sent (" +
-                                        log_id(peer_id_) + "'s log lists them)", false, false});
+                                        log_id(peer_id_) + "'s log lists them)", false, false, false, true,
+                             offer.not_sent_more()});
     }
     if (pull_ && !pull_->source.get().empty()) {
         // A get: the one entry asked for, and what is below it. Nothing else in the
@@ -2433,6 +2434,7 @@ void receive_session::check_all_done() {
                     n->set_file(u.file);
                 } else {
                     r->set_not_done_more(r->not_done_more() + 1);
+                    r->set_not_done_more_files(r->not_done_more_files() + (u.file ? 1 : 0));
                 }
                 self->given_up_.push_back(std::move(u));
             }

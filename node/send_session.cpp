@@ -770,7 +770,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 }
             }
             return;
-        case wire::Header::kTransferResult:
+        case wire::Header::kTransferResult: {
             if (std::error_code ec = machine_.on_transfer_result(header.transfer_result())) {
                 fail(exit_code::transfer_failed, "receiver failed: " + printable(machine_.failure()), false);
                 return;
@@ -778,12 +778,20 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             for (const wire::NotSent& n : header.transfer_result().not_done()) {
                 given_up_.push_back({n.path(), "at the receiver: " + printable(n.reason()), false, false, true, n.file()});
             }
-            if (std::uint64_t more = header.transfer_result().not_done_more(); more > 0) {
-                given_up_.push_back({"...", std::to_string(more) + " more path(s) the receiver could not finish", false,
-                                     false, true, false});
+            // The paths the list left out: one entry for their files and symlinks, one for
+            // the other paths, each counting them.
+            const wire::TransferResult& tr = header.transfer_result();
+            std::uint64_t more_files = std::min(tr.not_done_more_files(), tr.not_done_more());
+            for (auto [n, files] : {std::pair{more_files, true}, std::pair{tr.not_done_more() - more_files, false}}) {
+                if (n > 0) {
+                    given_up_.push_back({"...", std::to_string(n) + (files ? " more file(s) or symlink(s)" : " more other path(s)") +
+                                                    " the receiver could not finish",
+                                         false, false, true, files, n});
+                }
             }
             finish(true, exit_code::ok, "");
             return;
+        }
         case wire::Header::kError:
             if (c.index != 0 && header.error().code() == wire::ERROR_BUSY) {
                 // The receiver's connection limits turned away an extra connection: go

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <filesystem>
 #include <functional>
@@ -42,12 +43,15 @@ struct skipped_file {
     // A file or symlink (counted in `failed_files`); false: a folder DST could not make or
     // finish, or a path --delete could not remove (`failed_other`).
     bool file = true;
+    // How many paths this entry stands for: 1, or more for the "..." entry of paths a list
+    // on the wire left out (only counted there).
+    std::uint64_t count = 1;
 };
-// How many of `list` are files or symlinks (`file`), or the other paths.
-inline std::size_t count_failed(const std::vector<skipped_file>& list, bool files) {
-    std::size_t n = 0;
+// How many paths of `list` are files or symlinks (`file`), or the other paths.
+inline std::uint64_t count_failed(const std::vector<skipped_file>& list, bool files) {
+    std::uint64_t n = 0;
     for (const skipped_file& f : list) {
-        n += f.file == files ? 1 : 0;
+        n += f.file == files ? f.count : 0;
     }
     return n;
 }

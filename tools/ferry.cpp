@@ -2105,15 +2105,20 @@ void fault_after_scan(const ferry::source_tree& sources) {
 // there is none, `vanished` when every one of them vanished, else `partial`.
 int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) {
     bool all_vanished = true;
-    std::size_t at_dst = 0;
+    std::uint64_t at_dst = 0;
+    std::uint64_t total = 0;
     for (const ferry::skipped_file& f : r.given_up) {
         say((f.at_dst ? "failed: " : "not sent: ") + ferry::printable(f.path) + ": " + f.reason);
-        at_dst += f.at_dst ? 1 : 0;
+        at_dst += f.at_dst ? f.count : 0;
+        total += f.count;
         json j{{"event", "failed"}};
         add_path(j, "path", f.path);
         j["reason"] = f.reason;
         j["vanished"] = f.vanished;
         j["at_destination"] = f.at_dst;
+        if (f.count != 1) {
+            j["count"] = f.count;  // "...": the paths a list on the wire left out
+        }
         emit(o, std::move(j), false);
         all_vanished = all_vanished && f.vanished;
     }
@@ -2121,11 +2126,11 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
         return 0;
     }
     exit_code code = all_vanished ? exit_code::vanished : exit_code::partial;
-    std::string what = std::to_string(r.given_up.size() - at_dst) + " source file(s) not sent (" +
+    std::string what = std::to_string(total - at_dst) + " source file(s) not sent (" +
                        (all_vanished ? "they vanished" : "they changed while read, vanished or could not be read") + ")";
     if (at_dst > 0) {
         // (Each of these is a line above, with the destination's reason.)
-        what = (at_dst == r.given_up.size() ? "" : what + " and ") + std::to_string(at_dst) +
+        what = (at_dst == total ? "" : what + " and ") + std::to_string(at_dst) +
                " path(s) the destination could not write or finish";
     }
     say(what + ": exit " + std::to_string(static_cast<int>(code)));
@@ -2175,8 +2180,8 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
 
 // ", N failed, M other path(s) not done (below)" for a sync's summary line; "" for none.
 std::string failed_text(const std::vector<ferry::skipped_file>& failed) {
-    std::size_t files = ferry::count_failed(failed, true);
-    std::size_t other = failed.size() - files;
+    std::uint64_t files = ferry::count_failed(failed, true);
+    std::uint64_t other = ferry::count_failed(failed, false);
     if (failed.empty()) {
         return "";
     }

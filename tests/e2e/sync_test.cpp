@@ -851,6 +851,45 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     EXPECT_EQ(compare_trees(src, dst), "");
 }
 
+TEST_F(sync_push, paths_not_done_past_the_listed_ones_are_counted_as_files_and_other_paths) {
+    // Past about 16 KiB of paths the receiver's list gives only how many more there are:
+    // the sender's counts still add up (one "..." counted as one path and as an "other"
+    // path, whatever it stood for).
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
+    }
+    fs::path dst = share / "site";
+    fs::create_directories(dst);
+    serve("", {}, true);
+    fs::create_directories(dst / "closed");  // root's, 0755: closed to nobody
+    constexpr int n = 300;  // some 40 KB of paths and reasons of each kind
+    std::string pad(80, 'p');
+    fs::create_directories(src / "closed");
+    for (int i = 0; i < n; ++i) {
+        std::string name = pad + std::to_string(i);
+        write_text_file(dst / "closed" / ("old-" + name), "DST's own\n");  // not deleted
+        fs::create_symlink("target", src / "closed" / ("lnk-" + name));     // not made
+    }
+    run_result r = sync({"--delete"});
+    EXPECT_EQ(r.code, 5) << r.err;
+    auto ev = json_events(r.out);
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["failed_files"], n) << done;
+    EXPECT_EQ(done["failed_other"], n + 1) << done;  // and closed's mtime
+    std::uint64_t listed = 0;
+    std::uint64_t counted = 0;
+    for (const auto& e : ev) {
+        if (e["event"] == "failed") {
+            EXPECT_EQ(e["at_destination"], true) << e;
+            ++listed;
+            counted += e.value("count", std::uint64_t{1});
+        }
+    }
+    EXPECT_LT(listed, 2 * n + 1);  // not all listed
+    EXPECT_EQ(counted, 2 * n + 1);
+    EXPECT_NE(r.err.find("the receiver could not finish"), std::string::npos) << r.err;
+}
+
 TEST_F(sync_push, a_read_only_src_folder_mirrored_once_does_not_stop_the_next_sync) {
     // DST's own folder gets SRC's mode (0555 here) as rsync gives it; a serving node that
     // is not root then opens it up for the next sync, as it does the folders below it, and
@@ -1200,13 +1239,14 @@ TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_r
     for (const auto& e : ev) {
         if (e["event"] == "failed" && e["path"] == "...") {
             more = std::stoul(e["reason"].get<std::string>());
+            EXPECT_EQ(e["count"], more) << e;
         }
     }
     EXPECT_EQ(listed + more, 3u + closed) << r.out;
     EXPECT_NE(std::find(failed.begin(), failed.end(), "secret.txt"), failed.end());
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["ok"], false);
-    EXPECT_EQ(done["failed_files"], listed + 1);
+    EXPECT_EQ(done["failed_files"], listed + more);  // the "..." counted as what it stands for
     EXPECT_EQ(read_text_file(dst / "ok.txt"), "ok\n");
     EXPECT_EQ(read_text_file(dst / "locked/inside.txt"), "dst's own\n");
     EXPECT_EQ(read_text_file(dst / "locked/more.txt"), "dst's too\n");
