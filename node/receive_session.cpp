@@ -2534,8 +2534,10 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.skipped_files = machine_.skipped_files();
     r.skipped_bytes = machine_.skipped_bytes() + machine_.kept_bytes();
     r.resumed_bytes = machine_.kept_bytes();
-    r.files = ok ? machine_.total_files() - machine_.total_dirs() - r.skipped_files - machine_.aborted_files() : 0;
-    r.dirs = ok ? machine_.total_dirs() : 0;
+    r.files = ok ? machine_.total_files() - machine_.total_dirs() - r.skipped_files - machine_.aborted_files() -
+                       machine_.not_made_links()
+                 : 0;
+    r.dirs = ok ? machine_.total_dirs() - machine_.not_made_dirs() : 0;
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.received_bytes();
     r.total_bytes = machine_.total_bytes();

@@ -1701,7 +1701,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.skipped_files = machine_.skipped_files();
     r.skipped_bytes = machine_.skipped_bytes();
     r.resumed_bytes = machine_.kept_bytes();
-    r.files = machine_.files_done() - machine_.dirs_done() - r.skipped_files - machine_.aborted_files();
+    r.files = machine_.files_done() - machine_.dirs_done() - r.skipped_files - machine_.aborted_files() -
+              machine_.not_made();
     r.dirs = machine_.dirs_done();
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.confirmed_bytes();

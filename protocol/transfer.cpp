@@ -212,7 +212,9 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
         if (!entries_[i].is_file() || fa.kind() == wire::ACCEPT_SKIP) {  // a symlink: made there, nothing sent
             f.result = true;
             ++files_done_;
-            if (entries_[i].is_dir) {
+            if (fa.action() == wire::SYNC_FAILED) {
+                ++not_made_;
+            } else if (entries_[i].is_dir) {
                 ++dirs_done_;
             } else {
                 ++skipped_files_;
@@ -787,7 +789,9 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         // ACCEPT_SKIP, with what the sync did to it.
         if (!f.info.is_file() || d.kind == wire::ACCEPT_SKIP) {
             fa->set_kind(f.info.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
-            if (!f.info.is_dir) {
+            if (d.action == wire::SYNC_FAILED) {
+                ++(f.info.is_dir ? not_made_dirs_ : not_made_links_);
+            } else if (!f.info.is_dir) {
                 ++skipped_files_;
                 skipped_bytes_ += f.info.size;
             }

@@ -888,6 +888,18 @@ TEST_F(sync_push, paths_not_done_past_the_listed_ones_are_counted_as_files_and_o
     EXPECT_LT(listed, 2 * n + 1);  // not all listed
     EXPECT_EQ(counted, 2 * n + 1);
     EXPECT_NE(r.err.find("the receiver could not finish"), std::string::npos) << r.err;
+    // The serving node's own count: no symlink made or found there (they counted as
+    // skipped, that is, already there).
+    nlohmann::json served;
+    while (auto line = node.proc->read_line(10s)) {
+        if (line->find("\"event\":\"done\"") != std::string::npos) {
+            served = nlohmann::json::parse(*line);
+            break;
+        }
+    }
+    EXPECT_EQ(served["skipped_files"], 0) << served;
+    EXPECT_EQ(served["files"], 0) << served;
+    EXPECT_EQ(served["failed_files"], n) << served;
 }
 
 TEST_F(sync_push, a_read_only_src_folder_mirrored_once_does_not_stop_the_next_sync) {
