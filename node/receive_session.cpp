@@ -1169,10 +1169,17 @@ void receive_session::next_offer() {
                 basis->build(*tree, sync.get);
             }
             const dest_tree::file_stamp* from = basis->find(e);
-            if (from == nullptr || from->path == e.path || tree->partial_size(e.path) != 0) {
-                return false;  // nothing like it, or an earlier attempt's partial file is there
+            if (from == nullptr || from->path == e.path) {
+                return false;  // nothing like it
             }
-            tree->remove_partial(e.path, false, true);  // a record without data: stale
+            // An earlier attempt's partial file resumes a file large enough to resume.
+            // One too small to resume would be sent whole: it goes, and the copy here
+            // is made instead (an interrupted run's renamed small files were sent again).
+            bool partial = tree->partial_size(e.path) != 0;
+            if (partial && resumable(e)) {
+                return false;
+            }
+            tree->remove_partial(e.path, partial, true);  // else a record without data: stale
             resume_found r;
             std::optional<basis_sums> sums;
             if (!seeded(items[i], from->path, r, sums)) {

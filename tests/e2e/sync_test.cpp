@@ -336,6 +336,27 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, a_rename_an_interrupted_run_left_a_partial_file_of_is_made_here_not_sent) {
+    // An interrupted run leaves partial files of the new names (the local copies it was
+    // making). One too small to resume (under 4 chunks) was then sent whole by the next
+    // run instead of being copied here again; one large enough resumes from its partial file.
+    serve();
+    constexpr std::uint64_t chunk = 256 * 1024;
+    write_random_file(src / "small.bin", chunk + 17, 21);  // 2 chunks: not resumable
+    ASSERT_EQ(sync({}).code, 0);
+    fs::path dst = share / "site";
+    fs::rename(src / "small.bin", src / "renamed.bin");
+    write_random_file(dst / ".renamed.bin.ferry-part", 4096, 22);  // what the interrupted copy left
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), (paths{"renamed.bin"})) << r.out;
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], 0) << done;
+    EXPECT_EQ(compare_trees(src, dst), "");
+    EXPECT_TRUE(no_partial_files(dst));
+}
+
 // A scan far ahead of the transfer waits for it (scan_feed's window, made small here), and
 // the sender lets the entries of files done with go: the tree arrives whole all the same,
 // renames are still told as renames (SRC is looked at, its entries gone) and a copy of a
