@@ -1316,6 +1316,10 @@ struct sync_opts {
     bool verbose = false;
     std::vector<std::string> exclude;
     std::vector<std::string> exclude_from;
+    // Which of the two each exclude value came from, in command-line order (true:
+    // --exclude-from): the last matching pattern decides, as in rsync, whichever flag
+    // gave it.
+    std::vector<bool> exclude_order;
 };
 
 struct sync_run;
@@ -1659,22 +1663,27 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
         }
         return true;
     };
-    for (const std::string& file : y.exclude_from) {
-        std::ifstream in(file);
-        if (!in) {
-            return fail(o, exit_code::usage, "--exclude-from " + file + ": " + std::strerror(errno));
-        }
-        std::string line;
-        for (int n = 1; std::getline(in, line); ++n) {
-            if (!add_pattern(line, line, " in " + file + ":" + std::to_string(n))) {
+    std::size_t next_file = 0;
+    std::size_t next_pattern = 0;
+    for (bool from_file : y.exclude_order) {
+        if (from_file && next_file < y.exclude_from.size()) {
+            const std::string& file = y.exclude_from[next_file++];
+            std::ifstream in(file);
+            if (!in) {
+                return fail(o, exit_code::usage, "--exclude-from " + file + ": " + std::strerror(errno));
+            }
+            std::string line;
+            for (int n = 1; std::getline(in, line); ++n) {
+                if (!add_pattern(line, line, " in " + file + ":" + std::to_string(n))) {
+                    return fail(o, exit_code::usage, error);
+                }
+            }
+        } else if (!from_file && next_pattern < y.exclude.size()) {
+            // A flag's value is one pattern as it is: "#c" and "name " are not a comment and "name".
+            const std::string& p = y.exclude[next_pattern++];
+            if (!add_pattern(ferry::pattern_line(p), p, "")) {
                 return fail(o, exit_code::usage, error);
             }
-        }
-    }
-    for (const std::string& p : y.exclude) {
-        // A flag's value is one pattern as it is: "#c" and "name " are not a comment and "name".
-        if (!add_pattern(ferry::pattern_line(p), p, "")) {
-            return fail(o, exit_code::usage, error);
         }
     }
     const remote_spec& remote = src ? *src : *dst;
@@ -3340,10 +3349,19 @@ int main(int argc, char** argv) {
                    "compare files by content digest, not size and mtime (reads every file on both sides)");
     sync->add_flag("--verbose,-v", sy.verbose,
                    "one line per file created, updated or renamed, per folder made and per path deleted");
-    sync->add_option("--exclude", sy.exclude, "leave out paths matching PATTERN (gitignore-style; repeatable)")
-        ->type_name("PATTERN");
-    sync->add_option("--exclude-from", sy.exclude_from, "read exclude patterns from FILE, one per line")
-        ->check(CLI::ExistingFile);
+    CLI::Option* exclude_opt =
+        sync->add_option("--exclude", sy.exclude, "leave out paths matching PATTERN (gitignore-style; repeatable)")
+            ->type_name("PATTERN");
+    CLI::Option* exclude_from_opt =
+        sync->add_option("--exclude-from", sy.exclude_from, "read exclude patterns from FILE, one per line")
+            ->check(CLI::ExistingFile);
+    sync->parse_complete_callback([&sy, sync, exclude_opt, exclude_from_opt] {
+        for (const CLI::Option* opt : sync->parse_order()) {  // one per value given
+            if (opt == exclude_opt || opt == exclude_from_opt) {
+                sy.exclude_order.push_back(opt == exclude_from_opt);
+            }
+        }
+    });
     sync->add_option("SRC", sy.src, "folder whose contents are mirrored: local, or a peer's (pull)")->required();
     sync->add_option("DST", sy.dst, "ferry://[ID@]HOST[:PORT]/SHARE[/PATH] or NAME:SHARE[/PATH], or a local folder (pull)")
         ->required();

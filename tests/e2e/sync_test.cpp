@@ -336,6 +336,25 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, exclude_and_exclude_from_patterns_apply_in_command_line_order) {
+    // The last matching pattern decides, whichever flag gave it (as rsync's rules): all
+    // --exclude-from files were read first, then every --exclude.
+    serve();
+    write_text_file(src / "a.tmp", "a\n");
+    write_text_file(src / "keep.tmp", "k\n");
+    write_text_file(src / "n.txt", "n\n");
+    fs::path in_list = cli.root() / "include.txt";
+    fs::path out_list = cli.root() / "exclude.txt";
+    write_text_file(in_list, "!keep.tmp\n");
+    write_text_file(out_list, "*.tmp\n");
+    run_result kept = sync({"--exclude", "*.tmp", "--exclude-from", in_list.string()}, "ay:www/kept");
+    ASSERT_EQ(kept.code, 0) << kept.err;
+    EXPECT_EQ(paths_of(json_events(kept.out), "created"), (paths{"keep.tmp", "n.txt"})) << kept.out;
+    run_result left = sync({"--exclude", "!keep.tmp", "--exclude-from", out_list.string()}, "ay:www/left");
+    ASSERT_EQ(left.code, 0) << left.err;
+    EXPECT_EQ(paths_of(json_events(left.out), "created"), (paths{"n.txt"})) << left.out;
+}
+
 TEST_F(sync_push, a_rename_an_interrupted_run_left_a_partial_file_of_is_made_here_not_sent) {
     // An interrupted run leaves partial files of the new names (the local copies it was
     // making). One too small to resume (under 4 chunks) was then sent whole by the next
