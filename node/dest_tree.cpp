@@ -737,17 +737,25 @@ struct pruner {
             std::vector<folder_child> children;
             std::vector<std::string> own_names;
             bool own = false;
-            std::error_code ec =
-                folder_entries(fd, path, children, own, failed, nullptr, remove_own ? &own_names : nullptr);
+            std::error_code ec = folder_entries(fd, path, children, own, failed, nullptr,
+                                                remove_own || stale_own ? &own_names : nullptr);
             if (ec && passed_over(path, ec)) {
                 ::close(fd);
                 return {};
             }
-            for (std::size_t i = 0; !ec && !dry_run && i < own_names.size(); ++i) {
+            for (std::size_t i = 0; !ec && !dry_run && remove_own && i < own_names.size(); ++i) {
                 if (::unlinkat(fd, own_names[i].c_str(), 0) != 0 && errno != ENOENT) {
                     failed = path + "/" + own_names[i];
                     ec = {errno, std::system_category()};
                 }
+            }
+            if (!ec && own && !remove_own && stale_own) {
+                // What interrupted attempts left in a folder SRC no longer has goes as it
+                // does in a kept folder (it kept the folder, and --delete never removed it).
+                bool loosened = true;  // (writable above)
+                std::size_t left = 0;
+                ec = drop_stale_own(fd, path, children, own_names, loosened, left);
+                own = left > 0;
             }
             bool emptied = !own || remove_own;  // stays true while everything in it goes
             if (depth >= dest_tree::walk_open_depth) {
@@ -808,21 +816,14 @@ struct pruner {
         return {};
     }
 
-    // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root; dir_fd -1: below
-    // walk_open_depth, opened here by its path, `opened` telling whether that worked).
-    std::error_code walk(int dir_fd, const std::string& prefix, int depth, bool* opened = nullptr) {
-        std::optional<folder_beneath> self;
-        if (std::error_code ec = enter_folder(root_fd, prefix, depth, dir_fd, self, failed, opened)) {
-            return passed_over(prefix, ec) ? std::error_code{} : ec;
-        }
-        std::vector<folder_child> children;
-        std::vector<std::string> own_names;
-        bool own = false;
-        if (std::error_code ec =
-                folder_entries(dir_fd, prefix, children, own, failed, nullptr, stale_own ? &own_names : nullptr)) {
-            return passed_over(prefix, ec) ? std::error_code{} : ec;
-        }
-        bool loosened = false;
+    // Removes the partial files and resume records `own_names` in the folder `dir_fd`
+    // (wire path `prefix`; `children`: its other entries) that an interrupted attempt left
+    // and that no transfer needs (`stale_own`, and not written in the last minute, nor
+    // locked by another process); a dry run removes none and counts them as going.
+    // `left`: how many stay. `loosened`: the folder was made writable for it.
+    std::error_code drop_stale_own(int dir_fd, const std::string& prefix, const std::vector<folder_child>& children,
+                                   const std::vector<std::string>& own_names, bool& loosened, std::size_t& left) {
+        left = 0;
         // A long NAME's partial file and record have a hashed name (".ferry-HASH.part"),
         // which does not give NAME back: they are known by the DST file of that NAME.
         std::unordered_map<std::string, std::string> hashed;
@@ -846,23 +847,31 @@ struct pruner {
                 bool part = n.ends_with(".ferry-part");
                 std::string_view suffix = part ? ".ferry-part" : ".ferry-resume";
                 if (!n.starts_with('.') || !n.ends_with(suffix) || n.size() <= suffix.size() + 1) {
+                    ++left;
                     continue;
                 }
                 name = n.substr(1, n.size() - suffix.size() - 1);
                 if ((part ? dest_tree::partial_name(name) : dest_tree::resume_name(name)) != own_name) {
+                    ++left;
                     continue;
                 }
             }
             // One written in the last minute may be a live transfer's in another process
             // (claims are per process): it stays, for --partial-max-age or a later sync.
+            // (A dry run claims nothing: it takes one as going when it is old enough.)
             struct stat own_st {};
-            if (dry_run || ::fstatat(dir_fd, own_name.c_str(), &own_st, AT_SYMLINK_NOFOLLOW) != 0 ||
+            if (dir_fd < 0 || ::fstatat(dir_fd, own_name.c_str(), &own_st, AT_SYMLINK_NOFOLLOW) != 0 ||
                 !S_ISREG(own_st.st_mode) || std::time(nullptr) - own_st.st_mtim.tv_sec < 60 ||
-                !stale_own(prefix.empty() ? name : prefix + "/" + name)) {
+                (!dry_run && !stale_own(prefix.empty() ? name : prefix + "/" + name))) {
+                ++left;
                 continue;
             }
             if (partial_locked(dir_fd, own_name)) {
+                ++left;
                 continue;  // another process writes it (its lock): not an interrupted attempt's
+            }
+            if (dry_run) {
+                continue;
             }
             if (!loosened) {
                 writable(dir_fd, prefix);
@@ -873,7 +882,30 @@ struct pruner {
                 if (std::error_code ec(errno, std::system_category()); !passed_over(failed, ec)) {
                     return ec;
                 }
+                ++left;
             }
+        }
+        return {};
+    }
+
+    // Walks the kept folder `dir_fd` (wire path `prefix`, "" = the root; dir_fd -1: below
+    // walk_open_depth, opened here by its path, `opened` telling whether that worked).
+    std::error_code walk(int dir_fd, const std::string& prefix, int depth, bool* opened = nullptr) {
+        std::optional<folder_beneath> self;
+        if (std::error_code ec = enter_folder(root_fd, prefix, depth, dir_fd, self, failed, opened)) {
+            return passed_over(prefix, ec) ? std::error_code{} : ec;
+        }
+        std::vector<folder_child> children;
+        std::vector<std::string> own_names;
+        bool own = false;
+        if (std::error_code ec =
+                folder_entries(dir_fd, prefix, children, own, failed, nullptr, stale_own ? &own_names : nullptr)) {
+            return passed_over(prefix, ec) ? std::error_code{} : ec;
+        }
+        bool loosened = false;
+        std::size_t left = 0;
+        if (std::error_code ec = drop_stale_own(dir_fd, prefix, children, own_names, loosened, left)) {
+            return ec;
         }
         if (depth >= dest_tree::walk_open_depth) {
             self.reset();  // what is below finds its way by its path: no descriptor per level

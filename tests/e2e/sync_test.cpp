@@ -2124,6 +2124,14 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
         write_text_file(p, "an older attempt's bytes\n");
         set_mtime(p, 1'500'000'000);  // long ago: one written in the last minute may be live
     }
+    // In folders SRC no longer has: they go, and their folders with them (those stayed,
+    // and the partial files in them, whatever their age). One just written keeps its own.
+    std::vector<fs::path> in_gone{site / "gone/deep/.big.ferry-part", site / "gone/deep/.big.ferry-resume"};
+    for (const fs::path& p : in_gone) {
+        write_text_file(p, "an older attempt's bytes\n");
+        set_mtime(p, 1'500'000'000);
+    }
+    write_text_file(site / "gone2/.live.ferry-part", "live\n");
     // One just written stays (another process's transfer may be writing it).
     write_text_file(site / ".live.bin.ferry-part", "live\n");
     run_result plain = sync({});
@@ -2131,14 +2139,21 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
     for (const fs::path& p : left) {
         EXPECT_TRUE(fs::exists(p)) << p;
     }
+    run_result dry = sync({"--delete", "--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    EXPECT_EQ(paths_of(json_events(dry.out), "deleted"), (paths{"gone", "gone/deep"})) << dry.out;
+    EXPECT_TRUE(fs::exists(in_gone[0]));
     run_result r = sync({"--delete"});
     ASSERT_EQ(r.code, 0) << r.err;
     for (const fs::path& p : left) {
         EXPECT_FALSE(fs::exists(p)) << p;
     }
-    EXPECT_EQ(paths_of(json_events(r.out), "deleted"), paths{});
+    EXPECT_EQ(paths_of(json_events(r.out), "deleted"), (paths{"gone", "gone/deep"})) << r.out;
+    EXPECT_FALSE(fs::exists(site / "gone"));
     EXPECT_TRUE(fs::exists(site / ".live.bin.ferry-part"));
+    EXPECT_TRUE(fs::exists(site / "gone2/.live.ferry-part"));
     fs::remove(site / ".live.bin.ferry-part");
+    fs::remove_all(site / "gone2");
     fs::last_write_time(site, fs::last_write_time(src));  // as the sync left it
     EXPECT_EQ(compare_trees(src, site), "");
 }
