@@ -245,8 +245,10 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     }
     out.have = std::move(have);
     out.digests = std::move(digests);
+    // (What the sender finds other than its own is sent: a partial file seeded with DST's
+    // older version holds chunks of that version.)
     out.note = printable(e.path) + ": resuming with " + std::to_string(n) + " of " + std::to_string(chunks) +
-               " chunks (" + std::to_string(out.kept_bytes) + " bytes) already here";
+               " chunks (" + std::to_string(out.kept_bytes) + " bytes) here, each kept if the source's is the same";
     if (out.remembered > 0) {
         out.note += " (" + std::to_string(out.remembered) + " known from the interrupted session, not read again)";
     }
