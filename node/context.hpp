@@ -55,6 +55,7 @@ struct transfer_report {
     std::uint64_t resumed_bytes = 0;  // of those, bytes an interrupted attempt had left and that were kept
     std::uint64_t dirs = 0;       // directories created
     std::uint64_t total_files = 0;  // entries (files + dirs) in the transfer
+    std::uint64_t total_dirs = 0;   // of those, folders (made or not; the receiving side's report)
     std::uint64_t payload_bytes = 0;  // receiver-confirmed file bytes
     std::uint64_t total_bytes = 0;
     std::uint64_t wire_sent = 0;

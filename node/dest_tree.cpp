@@ -819,7 +819,7 @@ struct pruner {
     // Removes the partial files and resume records `own_names` in the folder `dir_fd`
     // (wire path `prefix`; `children`: its other entries) that an interrupted attempt left
     // and that no transfer needs (`stale_own`, and not written in the last minute, nor
-    // locked by another process); a dry run removes none and counts them as going.
+    // locked by another process); a dry run removes none and counts those as going.
     // `left`: how many stay. `loosened`: the folder was made writable for it.
     std::error_code drop_stale_own(int dir_fd, const std::string& prefix, const std::vector<folder_child>& children,
                                    const std::vector<std::string>& own_names, bool& loosened, std::size_t& left) {
@@ -858,11 +858,10 @@ struct pruner {
             }
             // One written in the last minute may be a live transfer's in another process
             // (claims are per process): it stays, for --partial-max-age or a later sync.
-            // (A dry run claims nothing: it takes one as going when it is old enough.)
             struct stat own_st {};
             if (dir_fd < 0 || ::fstatat(dir_fd, own_name.c_str(), &own_st, AT_SYMLINK_NOFOLLOW) != 0 ||
                 !S_ISREG(own_st.st_mode) || std::time(nullptr) - own_st.st_mtim.tv_sec < 60 ||
-                (!dry_run && !stale_own(prefix.empty() ? name : prefix + "/" + name))) {
+                !stale_own(prefix.empty() ? name : prefix + "/" + name)) {
                 ++left;
                 continue;
             }
@@ -899,12 +898,14 @@ struct pruner {
         std::vector<std::string> own_names;
         bool own = false;
         if (std::error_code ec =
-                folder_entries(dir_fd, prefix, children, own, failed, nullptr, stale_own ? &own_names : nullptr)) {
+                folder_entries(dir_fd, prefix, children, own, failed, nullptr,
+                               stale_own && !dry_run ? &own_names : nullptr)) {
             return passed_over(prefix, ec) ? std::error_code{} : ec;
         }
         bool loosened = false;
-        std::size_t left = 0;
-        if (std::error_code ec = drop_stale_own(dir_fd, prefix, children, own_names, loosened, left)) {
+        std::size_t left = 0;  // (they keep no kept folder: the count is not needed)
+        if (std::error_code ec = dry_run ? std::error_code{}
+                                         : drop_stale_own(dir_fd, prefix, children, own_names, loosened, left)) {
             return ec;
         }
         if (depth >= dest_tree::walk_open_depth) {

@@ -2335,9 +2335,12 @@ void receive_session::check_all_done() {
             // What an interrupted attempt left beside a file that needs it no more (SRC has
             // it as DST does, or not at all) goes too, unless another transfer into this
             // folder is writing that file: it is claimed first, and stays this session's.
+            // (A dry run claims nothing: it looks.)
             auto stale = [&](const std::string& path) {
+                std::string full = (tree->root() / path).string();
                 return !self->excludes_->excluded(path, false) &&
-                       !self->claims_->claim_all({(tree->root() / path).string()}, self.get());
+                       (dry_run ? !self->claims_->held_by_another(full, self.get())
+                                : !self->claims_->claim_all({full}, self.get()));
             };
             fault_point_before_prune();
             // Told of as the walk goes (a receiver that dies in a long one has still told
@@ -2542,10 +2545,11 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.skipped_bytes = machine_.skipped_bytes() + machine_.kept_bytes();
     r.resumed_bytes = machine_.kept_bytes();
     r.files = ok ? machine_.total_files() - machine_.total_dirs() - r.skipped_files - machine_.aborted_files() -
-                       machine_.not_made_links()
+                       machine_.not_made_files()
                  : 0;
     r.dirs = ok ? machine_.total_dirs() - machine_.not_made_dirs() : 0;
     r.total_files = machine_.total_files();
+    r.total_dirs = machine_.total_dirs();
     r.payload_bytes = machine_.received_bytes();
     r.total_bytes = machine_.total_bytes();
     // Every joined connection's bytes, open or closed, handshakes included (stats scope).

@@ -779,14 +779,17 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 given_up_.push_back({n.path(), "at the receiver: " + printable(n.reason()), false, false, true, n.file()});
             }
             // The paths the list left out: one entry for their files and symlinks, one for
-            // the other paths, each counting them.
+            // the other paths, each counting them (an older receiver tells no kinds: all
+            // counted as other paths).
             const wire::TransferResult& tr = header.transfer_result();
             std::uint64_t more_files = std::min(tr.not_done_more_files(), tr.not_done_more());
             for (auto [n, files] : {std::pair{more_files, true}, std::pair{tr.not_done_more() - more_files, false}}) {
                 if (n > 0) {
-                    given_up_.push_back({"...", std::to_string(n) + (files ? " more file(s) or symlink(s)" : " more other path(s)") +
-                                                    " the receiver could not finish",
-                                         false, false, true, files, n});
+                    const char* what = files ? " more file(s) or symlink(s)"
+                                       : tr.has_not_done_more_files() ? " more other path(s)"
+                                                                      : " more path(s)";
+                    given_up_.push_back({"...", std::to_string(n) + what + " the receiver could not finish", false,
+                                         false, true, files, n});
                 }
             }
             finish(true, exit_code::ok, "");
@@ -1637,7 +1640,7 @@ transfer_progress send_session::progress() const {
     p.total_bytes = machine_.total_bytes();
     p.skipped_bytes = machine_.skipped_bytes();
     p.files_total = regular_files_;
-    p.files_done = machine_.files_done() - machine_.dirs_done();
+    p.files_done = machine_.files_done() - machine_.dirs_done() - machine_.not_made_dirs();
     p.elapsed_s = seconds_since(start_);
     p.offered = offers_sent_ && machine_.is_complete();
     if (scope_) {
@@ -1702,7 +1705,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.skipped_bytes = machine_.skipped_bytes();
     r.resumed_bytes = machine_.kept_bytes();
     r.files = machine_.files_done() - machine_.dirs_done() - r.skipped_files - machine_.aborted_files() -
-              machine_.not_made();
+              machine_.not_made_dirs() - machine_.not_made_files();
     r.dirs = machine_.dirs_done();
     r.total_files = machine_.total_files();
     r.payload_bytes = machine_.confirmed_bytes();

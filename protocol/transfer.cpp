@@ -213,7 +213,7 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
             f.result = true;
             ++files_done_;
             if (fa.action() == wire::SYNC_FAILED) {
-                ++not_made_;
+                ++(entries_[i].is_dir ? not_made_dirs_ : not_made_files_);
             } else if (entries_[i].is_dir) {
                 ++dirs_done_;
             } else {
@@ -790,7 +790,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         if (!f.info.is_file() || d.kind == wire::ACCEPT_SKIP) {
             fa->set_kind(f.info.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
             if (d.action == wire::SYNC_FAILED) {
-                ++(f.info.is_dir ? not_made_dirs_ : not_made_links_);
+                ++(f.info.is_dir ? not_made_dirs_ : not_made_files_);
             } else if (!f.info.is_dir) {
                 ++skipped_files_;
                 skipped_bytes_ += f.info.size;

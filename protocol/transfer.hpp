@@ -317,9 +317,10 @@ public:
     std::uint64_t dirs_done() const { return dirs_done_; }  // made there or there already
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }
     std::uint64_t skipped_files() const { return skipped_files_; }  // already at the receiver
-    // Folders and symlinks the receiver could not make (SYNC_FAILED): done with, and in
-    // neither dirs_done() nor skipped_files().
-    std::uint64_t not_made() const { return not_made_; }
+    // Folders, and symlinks (or, in a dry run, files), the receiver could not make
+    // (SYNC_FAILED): done with, and in neither dirs_done() nor skipped_files().
+    std::uint64_t not_made_dirs() const { return not_made_dirs_; }
+    std::uint64_t not_made_files() const { return not_made_files_; }
     // Chunks the receiver had but with other bytes (a changed source, a damaged partial
     // file): sent again.
     std::uint64_t resent_chunks() const { return resent_chunks_; }
@@ -467,7 +468,8 @@ private:
     std::uint64_t skipped_files_ = 0;
     std::uint64_t files_done_ = 0;
     std::uint64_t dirs_done_ = 0;
-    std::uint64_t not_made_ = 0;
+    std::uint64_t not_made_dirs_ = 0;
+    std::uint64_t not_made_files_ = 0;
     bool finished_ = false;
     std::string failure_;
 };
@@ -664,10 +666,10 @@ public:
     std::uint64_t discarded_bytes() const { return discarded_bytes_; }
     std::uint64_t skipped_files() const { return skipped_files_; }  // already here (ACCEPT_SKIP)
     std::uint64_t skipped_bytes() const { return skipped_bytes_; }
-    // Folders and symlinks decided SYNC_FAILED (not made here): in neither total_dirs()'s
-    // made folders nor skipped_files().
+    // Folders, and symlinks (or, in a dry run, files), decided SYNC_FAILED (not made here):
+    // in neither total_dirs()'s made folders nor skipped_files().
     std::uint64_t not_made_dirs() const { return not_made_dirs_; }
-    std::uint64_t not_made_links() const { return not_made_links_; }
+    std::uint64_t not_made_files() const { return not_made_files_; }
     // Bytes of resumed files (ACCEPT_PARTIAL) that were already here and stayed.
     std::uint64_t kept_bytes() const { return kept_bytes_; }
     std::uint64_t transfer_id() const { return transfer_id_; }
@@ -754,7 +756,7 @@ private:
     std::uint64_t aborted_files_ = 0;
     std::uint64_t total_dirs_ = 0;
     std::uint64_t not_made_dirs_ = 0;
-    std::uint64_t not_made_links_ = 0;
+    std::uint64_t not_made_files_ = 0;
 };
 
 }  // namespace ferry

@@ -1677,7 +1677,16 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     };
     std::size_t next_file = 0;
     std::size_t next_pattern = 0;
-    for (bool from_file : y.exclude_order) {
+    std::vector<bool> order = y.exclude_order;
+    // (Values CLI11 gave without an entry in its parse order, if a version ever does: after
+    // the others, files first.)
+    order.insert(order.end(), y.exclude_from.size() - std::min(y.exclude_from.size(), static_cast<std::size_t>(
+                                                                  std::ranges::count(y.exclude_order, true))),
+                 true);
+    order.insert(order.end(), y.exclude.size() - std::min(y.exclude.size(), static_cast<std::size_t>(
+                                                             std::ranges::count(y.exclude_order, false))),
+                 false);
+    for (bool from_file : order) {
         if (from_file && next_file < y.exclude_from.size()) {
             const std::string& file = y.exclude_from[next_file++];
             std::ifstream in(file);
@@ -2916,7 +2925,7 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
         }
     }
     progress.final_progress(final_progress(r, false));
-    return sync_summary(o, run, r, r.total_files - r.dirs, std::nullopt);
+    return sync_summary(o, run, r, r.total_files - r.total_dirs, std::nullopt);
 }
 
 // `ferry get --from`: one file from several sources at once (node/multi_get.hpp).

@@ -2,6 +2,8 @@
 // on loopback, real TLS 1.3. Results are checked on disk (bytes, modes, mtimes) and in the
 // --json events.
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 
@@ -27,6 +29,33 @@ using namespace ferry::test;
 using namespace std::chrono_literals;
 
 namespace {
+
+// Sets or clears a folder's immutable flag (chattr +i): not even root may add to it then,
+// so a folder can be made unwritable for a node running as root. False where the file
+// system or the process cannot.
+bool set_immutable(const fs::path& dir, bool on) {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return false;
+    }
+    int flags = 0;
+    bool ok = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+    flags = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
+    ok = ok && ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
+    ::close(fd);
+    return ok;
+}
+
+// Clears the flag again when the test ends, however it ends (the test's folders go then).
+struct immutable_folder {
+    fs::path dir;
+    bool set = set_immutable(dir, true);
+    ~immutable_folder() {
+        if (set) {
+            set_immutable(dir, false);
+        }
+    }
+};
 
 void set_mtime(const fs::path& p, std::int64_t sec) {
     struct timespec t[2] = {{0, UTIME_OMIT}, {sec, 0}};
@@ -948,6 +977,39 @@ TEST_F(sync_push, paths_not_done_past_the_listed_ones_are_counted_as_files_and_o
     EXPECT_EQ(served["failed_files"], n) << served;
 }
 
+TEST_F(sync_push, folders_the_receiver_cannot_make_are_not_counted_as_files_done) {
+    // The sender's progress counts regular files: folders the receiver could not make
+    // (SYNC_FAILED) are not among them (they were, once no longer counted as folders made).
+    serve();
+    fs::path closed = share / "site/closed";
+    fs::create_directories(closed);
+    immutable_folder lock{closed};
+    if (!lock.set) {
+        GTEST_SKIP() << "no immutable flag here";
+    }
+    write_text_file(src / "x.txt", "x\n");
+    for (int i = 0; i < 20; ++i) {
+        write_text_file(src / "closed" / ("sub" + std::to_string(i)) / "f", "f\n");
+    }
+    // Sent last and slowly: progress events while it goes, the folders answered by then.
+    write_random_file(src / "z-big.bin", 2 * 1024 * 1024, 7);
+    run_result r = sync({"--bwlimit", "1M", "--compress", "never"});
+    EXPECT_EQ(r.code, 5) << r.err;
+    auto ev = json_events(r.out);
+    int during = 0;
+    for (const auto& e : ev) {
+        if (e["event"] == "progress") {
+            EXPECT_LE(e["files_done"].get<std::uint64_t>(), e["files_total"].get<std::uint64_t>()) << e;
+            during += e["files_total"] == 22 ? 1 : 0;
+        }
+    }
+    EXPECT_GT(during, 0) << r.out;
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["failed_files"], 20) << done;
+    EXPECT_EQ(done["failed_other"], 21) << done;  // the 20 folders, and closed's mtime
+    EXPECT_EQ(done["files_checked"], 22) << done;
+}
+
 TEST_F(sync_push, a_read_only_src_folder_mirrored_once_does_not_stop_the_next_sync) {
     // DST's own folder gets SRC's mode (0555 here) as rsync gives it; a serving node that
     // is not root then opens it up for the next sync, as it does the folders below it, and
@@ -1256,6 +1318,27 @@ TEST_F(sync_pull, a_mistake_in_the_words_is_told_in_json_when_json_was_asked_for
 // not sent, with the exit code of a partial run and no second pass (it would not help):
 // a folder it cannot open, a file inside a folder it cannot search, a file it cannot
 // read. --delete keeps what DST holds in their place; everything else is synced.
+TEST_F(sync_pull, folders_dst_cannot_make_are_not_counted_as_src_files) {
+    // A pull's count of SRC's files leaves out every folder, made here or not (the ones not
+    // made counted as files).
+    serve();
+    write_text_file(site / "x.txt", "x\n");
+    write_text_file(site / "ro/a/f1", "1\n");
+    write_text_file(site / "ro/b/f2", "2\n");
+    fs::create_directories(dst / "ro");
+    immutable_folder lock{dst / "ro"};
+    if (!lock.set) {
+        GTEST_SKIP() << "no immutable flag here";
+    }
+    run_result r = pull({});
+    EXPECT_EQ(r.code, 5) << r.err;
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    EXPECT_EQ(done["files_checked"], 3) << done;
+    EXPECT_EQ(done["failed_files"], 2) << done;
+    EXPECT_EQ(read_text_file(dst / "x.txt"), "x\n");
+    EXPECT_NE(r.err.find("synced 3 file(s)"), std::string::npos) << r.err;
+}
+
 TEST_F(sync_pull, what_the_source_may_not_read_is_reported_kept_at_dst_and_the_rest_synced) {
     if (!can_run_as_nobody()) {
         GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
@@ -2156,6 +2239,24 @@ TEST_F(sync_push, delete_removes_what_interrupted_attempts_left_beside_files_tha
     fs::remove_all(site / "gone2");
     fs::last_write_time(site, fs::last_write_time(src));  // as the sync left it
     EXPECT_EQ(compare_trees(src, site), "");
+}
+
+TEST_F(sync_push, a_dry_run_keeps_a_gone_folder_with_an_excluded_names_partial_file_as_the_run_does) {
+    // The partial file of an excluded NAME stays (nor is it this sync's to judge), and so
+    // does its folder: the dry run says so too (it listed the folder as deleted).
+    serve();
+    write_text_file(src / "keep.txt", "k\n");
+    fs::path site = share / "site";
+    fs::path part = site / "old/.big.iso.ferry-part";
+    write_text_file(part, "an older attempt's bytes\n");
+    set_mtime(part, 1'500'000'000);
+    run_result dry = sync({"--delete", "--dry-run", "--exclude", "*.iso"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    EXPECT_EQ(paths_of(json_events(dry.out), "deleted"), paths{}) << dry.out;
+    run_result r = sync({"--delete", "--exclude", "*.iso"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(paths_of(json_events(r.out), "deleted"), paths{}) << r.out;
+    EXPECT_TRUE(fs::exists(part));
 }
 
 TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
