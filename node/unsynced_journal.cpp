@@ -130,14 +130,30 @@ std::string unsynced_journal::encode_header(const std::filesystem::path& root) {
 }
 
 std::string unsynced_journal::encode(const entry& e) {
-    std::string payload;
-    put_le(payload, e.size);
-    put_le(payload, static_cast<std::uint64_t>(e.mtime_ns));
-    put_digest(payload, e.digest);
-    put_le(payload, e.dev);
-    put_le(payload, e.ino);
-    payload += e.path;
-    return frame(payload);
+    std::string out;
+    encode_into(e, out);
+    return out;
+}
+
+void unsynced_journal::encode_into(const entry& e, std::string& out) {
+    // As frame() lays it out, built in place: the length and checksum go in once the
+    // payload is there (no string per record: a batch of small files has thousands).
+    std::size_t at = out.size();
+    out.append(12, '\0');
+    put_le(out, e.size);
+    put_le(out, static_cast<std::uint64_t>(e.mtime_ns));
+    put_digest(out, e.digest);
+    put_le(out, e.dev);
+    put_le(out, e.ino);
+    out += e.path;
+    std::string_view payload(out.data() + at + 12, out.size() - at - 12);
+    std::uint64_t sum = checksum(payload);
+    for (int i = 0; i < 4; ++i) {
+        out[at + i] = static_cast<char>((payload.size() >> (8 * i)) & 0xff);
+    }
+    for (int i = 0; i < 8; ++i) {
+        out[at + 4 + i] = static_cast<char>((sum >> (8 * i)) & 0xff);
+    }
 }
 
 unsynced_journal::folder_lock::folder_lock(const std::filesystem::path& dir, bool exclusive) {
@@ -195,8 +211,13 @@ std::error_code unsynced_journal::commit(const std::vector<entry>& entries) {
         }
     }
     std::string batch;
+    std::size_t bytes = 0;
     for (const entry& e : entries) {
-        batch += encode(e);
+        bytes += record_overhead + e.path.size();
+    }
+    batch.reserve(bytes);
+    for (const entry& e : entries) {
+        encode_into(e, batch);
     }
     if (std::error_code ec = write_all(fd_, batch)) {
         return ec;
