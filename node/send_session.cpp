@@ -1438,8 +1438,11 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     c->set_hash_hi(job.digest.hi);
     std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
     std::uint32_t copied = job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
-    cs.inflight.emplace(chunk_key(ref.file, ref.index),
-                        inflight_chunk{stats_clock::now(), wire_len, copied, ref.length});
+    stats_clock::time_point now = stats_clock::now();
+    if (cs.inflight.empty()) {
+        cs.busy_since = now;
+    }
+    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{now, wire_len, copied, ref.length});
     rate_.tokens -= wire_len;  // --bwlimit
     cs.inflight_bytes += ref.length;
     file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));
@@ -1584,7 +1587,8 @@ void send_session::check_stalls() {
         send_offers();
     }
     for (auto& cs : conns_) {
-        if (cs.conn && !cs.conn->closed() && !cs.inflight.empty() && now - cs.heard >= options_.stall_timeout) {
+        if (cs.conn && !cs.conn->closed() && !cs.inflight.empty() &&
+            now - std::max(cs.heard, cs.busy_since) >= options_.stall_timeout) {
             ctx_.log("connection " + std::to_string(cs.conn->index) + " stalled: nothing from the receiver for " +
                      seconds_text(options_.stall_timeout) + " s with chunks in flight", log_level::warn);
             cs.conn->close(std::make_error_code(std::errc::timed_out));

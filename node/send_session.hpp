@@ -221,6 +221,10 @@ private:
         std::shared_ptr<asio::steady_timer> reopen;
         stats_clock::time_point lost_at{};  // when it was lost, until a replacement carries data
         stats_clock::time_point heard{};    // its last frame from the receiver (or when it opened)
+        // When its chunks in flight last went from none to some: a stall is silence since
+        // then or since `heard`, whichever is later (not the quiet before, as --bwlimit
+        // makes between chunks).
+        stats_clock::time_point busy_since{};
         // Time the socket pushed back (pump() stopped with two chunks queued on it): since
         // when, if it does now, and how long before that since the last wire-rate sample.
         stats_clock::time_point pushed_back_since{};

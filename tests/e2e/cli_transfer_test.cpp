@@ -296,6 +296,28 @@ TEST_F(cli_transfer, auto_compresses_text_where_the_link_is_the_limit) {
     EXPECT_GT(saved_at[bwlimit], text.size() / 4) << "loopback " << saved_at[loopback];
 }
 
+TEST_F(cli_transfer, the_quiet_between_chunks_under_bwlimit_is_no_stall) {
+    // Under --bwlimit a connection waits with nothing in flight between chunks; the stall
+    // clock counts from when a chunk went out, not from the last answer before that wait
+    // (a healthy link was closed as stalled and the session reconnected). A chunk and its
+    // ack take about 0.25 s through the proxy here; chunks go out 2 s apart; the stall
+    // timeout is 0.7 s.
+    fs::path src = cli.root() / "paced";
+    write_random_file(src / "paced.bin", 3 * 256 * 1024 + 5, 17);
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    ASSERT_FALSE(rx.address.empty());
+    ferry::test::fault_proxy proxy(rx.address);
+    proxy.set_delay(std::chrono::milliseconds(40));
+    run_result s = send({src.string()}, a_id + "@" + proxy.address(),
+                        {"--connections", "1", "--compress", "never", "--bwlimit", "128K", "--stall-timeout", "700ms"});
+    ASSERT_EQ(s.code, 0) << s.err;
+    EXPECT_EQ(s.err.find("stalled"), std::string::npos) << s.err;
+    EXPECT_EQ(proxy.accepted(), 1u) << s.err;  // no connection replaced
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_EQ(compare_trees(src, dest / "paced"), "");
+}
+
 TEST_F(cli_transfer, many_small_files_and_single_file_sources) {
     fs::path src = cli.root() / "many";
     for (int i = 0; i < 2000; ++i) {
