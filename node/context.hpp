@@ -131,10 +131,12 @@ public:
             started_.resize(files, false);
         }
     }
-    void started(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e) {
+    // `action`: what the receiver said it does with the file, where known (a sync's Accept).
+    void started(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e,
+                 wire::SyncAction action = wire::SYNC_NONE) {
         if (sink && !e.is_dir && !started_[f.value]) {
             started_[f.value] = true;
-            emit(sink, e, false, false, wire::SYNC_NONE);
+            emit(sink, e, false, false, action);
         }
     }
     void done(const std::function<void(const file_event&)>& sink, file_id f, const entry_info& e, bool skipped,

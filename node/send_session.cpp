@@ -1445,7 +1445,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{now, wire_len, copied, ref.length});
     rate_.tokens -= wire_len;  // --bwlimit
     cs.inflight_bytes += ref.length;
-    file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file));
+    file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file), machine_.action(ref.file));
     cs.conn->send(h, std::move(job.buf), wire_len);
 }
 

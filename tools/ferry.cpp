@@ -1563,6 +1563,12 @@ struct sync_run : sync_counts {
     // that changed while read) made, changed or found unchanged is then found unchanged:
     // it counts as it did then, and is not told of twice (told(), below).
     void new_attempt() {
+        if (!sending_now_.empty()) {
+            sending_.insert(sending_.end(), sending_now_.begin(), sending_now_.end());
+            sending_now_.clear();
+            std::stable_sort(sending_.begin(), sending_.end(),
+                             [](std::uint64_t a, std::uint64_t b) { return path_key(a) < path_key(b); });
+        }
         if (!now_.empty()) {
             // This attempt's word on a path replaces an earlier one's: stable, then the
             // last of each hash kept.
@@ -1582,13 +1588,17 @@ struct sync_run : sync_counts {
     void keep_first_pass() { first_pass = counts(); }
     // The run ended with the first pass's report (the one more never reached the peer).
     void first_pass_counts() { counts() = first_pass; }
+    // This attempt sends `path`'s data, to make it (created) or change it (updated). Should
+    // the attempt end before the receiver's word on it, and the next find it unchanged (the
+    // receiver had placed it), it was made or changed all the same.
+    void sending(std::string_view path, action a) {
+        sending_now_.push_back(key_of(path, false) | static_cast<std::uint64_t>(a));
+    }
     // This attempt says `a` of `path` (of `size` bytes; a folder: `dir`, created or
-    // unchanged): counted as what it is to the run, and false if an earlier attempt told
-    // of it already.
-    bool told(std::string_view path, action a, std::uint64_t size, bool dir = false) {
-        // A folder's record is not its path's file's: a file an attempt made where the
-        // next makes a folder is two things made.
-        const std::uint64_t h = path_key(std::hash<std::string_view>{}(path) ^ (dir ? folder_salt : 0));
+    // unchanged): counted as what it is to the run. What to tell of it: nothing if an
+    // earlier attempt told of it already, else what it is to the run.
+    std::optional<action> told(std::string_view path, action a, std::uint64_t size, bool dir = false) {
+        const std::uint64_t h = key_of(path, dir);
         auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
                                    [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
         bool before = it != earlier_.end() && path_key(*it) == h;
@@ -1596,18 +1606,26 @@ struct sync_run : sync_counts {
         // Found unchanged now, or said the same again (a dry run places nothing).
         bool again = before && (a == action::unchanged || a == then);
         action counted = before && a == action::unchanged ? then : a;
+        if (!before && a == action::unchanged && !dir) {
+            // Placed by an earlier attempt that ended before it heard so.
+            auto sent = std::lower_bound(sending_.begin(), sending_.end(), h,
+                                         [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
+            if (sent != sending_.end() && path_key(*sent) == h) {
+                counted = static_cast<action>(*sent & action_bits);
+            }
+        }
         now_.push_back(h | static_cast<std::uint64_t>(counted));
         if (dir) {
             created_dirs += counted == action::created ? 1 : 0;
-            return !again;
+        } else {
+            switch (counted) {
+                case action::created: ++created; break;
+                case action::updated: ++updated; break;
+                case action::renamed: ++renamed; dry_matched_bytes += size; break;
+                case action::unchanged: ++unchanged; dry_matched_bytes += size; break;
+            }
         }
-        switch (counted) {
-            case action::created: ++created; break;
-            case action::updated: ++updated; break;
-            case action::renamed: ++renamed; dry_matched_bytes += size; break;
-            case action::unchanged: ++unchanged; dry_matched_bytes += size; break;
-        }
-        return !again;
+        return again ? std::nullopt : std::optional<action>(counted);
     }
 
 private:
@@ -1616,8 +1634,17 @@ private:
     static constexpr std::uint64_t action_bits = 3;
     static constexpr std::uint64_t folder_salt = 0x9e3779b97f4a7c15;
     static std::uint64_t path_key(std::uint64_t e) { return e & ~action_bits; }
+    // A folder's record is not its path's file's: a file an attempt made where the next
+    // makes a folder is two things made.
+    static std::uint64_t key_of(std::string_view path, bool dir) {
+        return path_key(std::hash<std::string_view>{}(path) ^ (dir ? folder_salt : 0));
+    }
     std::vector<std::uint64_t> earlier_;
     std::vector<std::uint64_t> now_;
+    // What attempts sent data of, to make or change (sending()): earlier ones', sorted,
+    // and this one's.
+    std::vector<std::uint64_t> sending_;
+    std::vector<std::uint64_t> sending_now_;
     sync_counts& counts() { return *this; }
     sync_counts first_pass;
 };
@@ -2172,19 +2199,23 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
 void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& ev) {
     // Per-file lines say what the sync did (or, in a dry run, would do).
     ev.file = [&o, &sync](const ferry::file_event& f) {
+        using action = sync_run::action;
         if (!f.done) {
+            if (f.action == wire::SYNC_CREATE || f.action == wire::SYNC_UPDATE) {
+                sync.sending(f.path, f.action == wire::SYNC_CREATE ? action::created : action::updated);
+            }
             return;
         }
-        using action = sync_run::action;
         action a = !f.renamed_from.empty()          ? action::renamed
                    : f.action == wire::SYNC_CREATE ? action::created
                    : f.action == wire::SYNC_UPDATE ? action::updated
                                                    : action::unchanged;
-        if (!sync.told(f.path, a, f.size)) {
+        std::optional<action> tell = sync.told(f.path, a, f.size);
+        if (!tell) {
             return;  // an earlier attempt told of it (made, changed or unchanged): not twice
         }
         constexpr const char* names[] = {"created", "updated", "renamed", "skipped"};
-        sync_event(o, sync, names[static_cast<int>(a)], f.path, f.size, f.symlink ? "symlink" : "file",
+        sync_event(o, sync, names[static_cast<int>(*tell)], f.path, f.size, f.symlink ? "symlink" : "file",
                    f.renamed_from);
     };
     ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
@@ -2198,7 +2229,7 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
         // Told of only when made (a folder there already is no change), but recorded either
         // way: a later attempt finds the folder an earlier one made, which still counts.
         auto a = what == wire::SYNC_CREATE ? sync_run::action::created : sync_run::action::unchanged;
-        if (sync.told(path, a, 0, true) && a == sync_run::action::created) {
+        if (sync.told(path, a, 0, true) == sync_run::action::created) {
             sync_event(o, sync, "created", path, 0, "dir");
         }
     };

@@ -119,7 +119,8 @@ protected:
     // B, limited to `b_shares` when given).
     // `as_nobody`: the node runs as nobody (a copy of the binary, its state folder and the
     // share folders handed over to it); the caller checks can_run_as_nobody() first.
-    void serve(const std::string& b_shares = "", std::vector<std::string> shares = {}, bool as_nobody = false) {
+    void serve(const std::string& b_shares = "", std::vector<std::string> shares = {}, bool as_nobody = false,
+               const std::vector<std::string>& env = {}) {
         std::vector<std::string> trust{"trust", "--state", cli.state("A").string(), b_id, "--name", "bee"};
         if (!b_shares.empty()) {
             trust.insert(trust.end(), {"--shares", b_shares});
@@ -137,7 +138,7 @@ protected:
         if (as_nobody) {
             launcher = nobody_launcher({cli.state("A"), share, ro_share});
         }
-        node = cli.start(args, {}, launcher);
+        node = cli.start(args, env, launcher);
         ASSERT_FALSE(node.address.empty());
         ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "ay", "--address", node.address})
                       .code,
@@ -368,6 +369,26 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(done["bytes_transferred"], 0);
     EXPECT_EQ(done["deleted_files"], 21);  // the old names
     EXPECT_EQ(done["deleted_dirs"], 1);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
+TEST_F(sync_push, a_file_an_attempt_placed_before_its_answer_was_lost_counts_as_created) {
+    // The serving node places the file and dies before it says so (as a link lost after
+    // the last chunk would leave it): the next attempt finds the file there. It was made by
+    // this sync all the same: told of as created, not as skipped ("0 created, 1 unchanged").
+    serve("", {}, false, {"FERRY_FAULT_EXIT_AFTER_RENAMES=1"});
+    write_random_file(src / "x.bin", 2 * 256 * 1024 + 5, 41);
+    child_process run({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--retry-for", "60s",
+                       src.string(), "ay:www/site"});
+    ASSERT_EQ(node.proc->wait(process_timeout), 86) << node.proc->err();
+    serve_again();
+    ASSERT_EQ(run.wait(process_timeout), 0) << run.err();
+    auto ev = json_events(run.out());
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"x.bin"})) << run.out();
+    EXPECT_EQ(paths_of(ev, "skipped"), paths{}) << run.out();
+    nlohmann::json done = find_event(ev, "done");
+    EXPECT_EQ(done["created"], 1) << done;
+    EXPECT_EQ(done["skipped"], 0) << done;
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
