@@ -365,13 +365,20 @@ std::string connections_text(const ferry::transfer_report& r) {
     return std::to_string(r.connections) + (r.connections == 1 ? " connection" : " connections");
 }
 
-// ", 7 files (1.20 MB) already there, skipped" when the receiver had some files already.
+// "; 7 file(s) (1.20 MB) already there ..., skipped" when the receiver had some files
+// already, and what resumed files kept of what interrupted attempts left.
 std::string skipped_note(const ferry::transfer_report& r) {
-    if (r.skipped_files == 0) {
-        return "";
+    std::string out;
+    if (r.skipped_files > 0) {
+        // (skipped_bytes holds the resumed bytes too: not these files'.)
+        out = "; " + std::to_string(r.skipped_files) + " file(s) (" +
+              human_bytes(r.skipped_bytes - std::min(r.skipped_bytes, r.resumed_bytes)) +
+              ") already there with the same size and mtime, skipped";
     }
-    return "; " + std::to_string(r.skipped_files) + " file(s) (" + human_bytes(r.skipped_bytes) +
-           ") already there with the same size and mtime, skipped";
+    if (r.resumed_bytes > 0) {
+        out += "; " + human_bytes(r.resumed_bytes) + " of resumed files kept from an interrupted attempt";
+    }
+    return out;
 }
 
 std::string compression_note(const ferry::transfer_report& r) {
