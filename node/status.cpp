@@ -74,7 +74,9 @@ json connection_json(connection& c) {
                          {"unacked_segments", ti.unacked},
                          {"bytes_acked", ti.bytes_acked},
                          {"bytes_received", ti.bytes_received},
-                         {"delivery_rate_Bps", ti.delivery_rate}};
+                         {"delivery_rate_Bps", ti.delivery_rate},
+                         {"sndbuf", ti.sndbuf},
+                         {"rcvbuf", ti.rcvbuf}};
     } else {
         j["tcp_info"] = nullptr;
     }

@@ -56,6 +56,10 @@ struct tcp_info_sample {
     std::uint64_t delivery_rate = 0;  // bytes/s, the kernel's latest estimate
     std::uint32_t unacked = 0;        // segments in flight
     std::uint32_t segs_out = 0;       // segments sent over the connection's life
+    // The socket's buffers now (SO_SNDBUF, SO_RCVBUF): the kernel's autotuning grows them
+    // past what they were when the connection was set up (tuning_report).
+    int sndbuf = 0;
+    int rcvbuf = 0;
 };
 
 tcp_info_sample sample_tcp_info(int fd);

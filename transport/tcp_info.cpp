@@ -27,6 +27,14 @@ tcp_info_sample sample_tcp_info(int fd) {
     out.delivery_rate = ti.tcpi_delivery_rate;
     out.unacked = ti.tcpi_unacked;
     out.segs_out = ti.tcpi_segs_out;
+    socklen_t n = sizeof(int);
+    if (::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &out.sndbuf, &n) != 0) {
+        out.sndbuf = 0;
+    }
+    n = sizeof(int);
+    if (::getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &out.rcvbuf, &n) != 0) {
+        out.rcvbuf = 0;
+    }
     return out;
 }
 

@@ -457,6 +457,8 @@ TEST_F(observability, status_and_metrics_of_a_live_serve) {
         ASSERT_TRUE(c["tcp_info"].is_object()) << c;
         EXPECT_GT(c["tcp_info"]["rtt_ms"].get<double>(), 0.0) << c;
         EXPECT_GT(c["tcp_info"]["bytes_received"].get<std::uint64_t>(), 0u) << c;
+        EXPECT_GT(c["tcp_info"]["rcvbuf"].get<int>(), 0) << c;  // the socket's now
+        EXPECT_GT(c["tcp_info"]["sndbuf"].get<int>(), 0) << c;
         // What ferry read from a socket cannot exceed what that socket's kernel received.
         EXPECT_LE(c["wire_bytes_received"].get<std::uint64_t>(), c["tcp_info"]["bytes_received"].get<std::uint64_t>())
             << c;
