@@ -464,12 +464,29 @@ public:
     command_progress(asio::io_context& io, const common_opts& o, const ferry::node& n)
         : progress_view(
               io, view_options(o), [&n] { return n.transfers(); },
-              [&o](const ferry::transfer_progress& p) { emit(o, progress_event(p)); }) {
+              [this, &o](const ferry::transfer_progress& p) {
+                  ferry::transfer_progress with = p;
+                  with.wire_sent += carried_sent_;
+                  with.wire_received += carried_received_;
+                  emit(o, progress_event(with));
+              }) {
         view = this;
     }
     ~command_progress() { view = nullptr; }
     command_progress(const command_progress&) = delete;
     command_progress& operator=(const command_progress&) = delete;
+    // The wire bytes of the run's earlier attempts (lost connections, the first of two
+    // passes), added to each progress event's, as `done` counts them: a script's
+    // differences of wire_bytes_* stay the bytes that moved. 0 for the final event, whose
+    // report counts them already.
+    void carry(std::uint64_t sent, std::uint64_t received) {
+        carried_sent_ = sent;
+        carried_received_ = received;
+    }
+
+private:
+    std::uint64_t carried_sent_ = 0;
+    std::uint64_t carried_received_ = 0;
 };
 
 // A --congestion name the kernel does not have at all (a typo, say), as an error line.
@@ -2396,6 +2413,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     std::function<void()> stop_waiting;  // SIGINT/SIGTERM during a reconnect wait
     auto finish = [&](const ferry::transfer_report& r) {
         result = r;
+        progress.carry(0, 0);  // the report counts every attempt's bytes
         progress.stop();
         // Let close_notify and the last frames go out, then stop.
         asio::post(io, [&io] { io.stop(); });
@@ -2445,6 +2463,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             if (loop.again()) {
                 first_pass = r;
                 again_connected = false;
+                progress.carry(r.wire_sent, r.wire_received);
                 attempt();
                 return;
             }
@@ -2480,6 +2499,8 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
                  {"bytes_confirmed", r.payload_bytes},
                  {"give_up_in_s", left_s}});
         add_carried(lost, r, !loop.dry_run);
+        progress.carry(lost.wire_sent + (first_pass ? first_pass->wire_sent : 0),
+                       lost.wire_received + (first_pass ? first_pass->wire_received : 0));
         retry_timer.expires_after(delay);
         retry_timer.async_wait([&](std::error_code ec) {
             if (ec) {

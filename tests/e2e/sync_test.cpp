@@ -2046,7 +2046,9 @@ TEST_F(sync_pull, a_pull_whose_serving_node_is_stopped_comes_back_to_the_one_tha
     child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
                       "--compress", "never", "--retry-for", "2m", "ay:www/site", dst.string()});
     fs::path part = dst / ".data.bin.ferry-part";
-    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 1024 * 1024; }, process_timeout))
+    // (Past 2.5 MiB: progress events of the first attempt beyond what the second's first
+    // one counts of its own.)
+    ASSERT_TRUE(wait_for_change(dst, [&] { return allocated_bytes(part) >= 5 * 512 * 1024; }, process_timeout))
         << rx.err();
     node.proc->signal(SIGTERM);
     ASSERT_EQ(node.proc->wait(process_timeout), 0) << node.proc->err();
@@ -2055,8 +2057,21 @@ TEST_F(sync_pull, a_pull_whose_serving_node_is_stopped_comes_back_to_the_one_tha
     serve_again();
     ASSERT_EQ(rx.wait(process_timeout), 0) << rx.err() << node.proc->err();
     EXPECT_EQ(compare_trees(site, dst), "");
-    nlohmann::json done = find_event(json_events(rx.out()), "done");
+    auto ev = json_events(rx.out());
+    nlohmann::json done = find_event(ev, "done");
     EXPECT_GE(done.value("bytes_matched", std::uint64_t{0}), 1024u * 1024) << done;  // resumed, not sent again
+    // The wire bytes of the progress events count the lost attempt's too, as done's do:
+    // they never go down (they started again from 0, then jumped at the end).
+    std::uint64_t wire = 0;
+    int after = 0;
+    for (const auto& e : ev) {
+        if (e["event"] == "progress" || e["event"] == "done") {
+            EXPECT_GE(e["wire_bytes_received"].get<std::uint64_t>(), wire) << e;
+            wire = e["wire_bytes_received"].get<std::uint64_t>();
+        }
+        after += e["event"] == "reconnecting" ? 1 : after > 0 && e["event"] == "progress" ? 1 : 0;
+    }
+    EXPECT_GT(after, 1) << rx.out();  // progress events of the second attempt were seen
 }
 
 TEST_F(sync_pull, a_pull_whose_serving_node_restarts_retries_refused_dials_and_resumes) {
