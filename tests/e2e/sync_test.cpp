@@ -154,6 +154,16 @@ protected:
 
     static bool can_run_as_nobody() { return ::geteuid() == 0 && fs::exists("/usr/bin/setpriv"); }
 
+    // The serving node as nobody, its share's "site" folder (returned) nobody's, and in it
+    // "closed", root's (0755): closed to nobody. The caller checks can_run_as_nobody().
+    fs::path serve_as_nobody_beside_a_closed_folder() {
+        fs::path dst = share / "site";
+        fs::create_directories(dst);
+        serve("", {}, true);
+        fs::create_directories(dst / "closed");
+        return dst;
+    }
+
     // What runs the binary as nobody, after `trees` (and all they hold) are given to it.
     // Permission bits then hold as they do for any user (root's reads pass them all).
     std::vector<std::string> nobody_launcher(const std::vector<fs::path>& trees) {
@@ -865,10 +875,7 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
     if (!can_run_as_nobody()) {
         GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
     }
-    fs::path dst = share / "site";
-    fs::create_directories(dst);
-    serve("", {}, true);
-    fs::create_directories(dst / "closed");  // root's, 0755: closed to nobody
+    fs::path dst = serve_as_nobody_beside_a_closed_folder();
     write_text_file(dst / "closed/old", "DST's own\n");
     fs::create_directories(dst / "inway");  // root's, 0700: where SRC has a file, and nobody may not remove it
     ASSERT_EQ(::chmod((dst / "inway").c_str(), 0700), 0);
@@ -954,10 +961,7 @@ TEST_F(sync_push, paths_not_done_past_the_listed_ones_are_counted_as_files_and_o
     if (!can_run_as_nobody()) {
         GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
     }
-    fs::path dst = share / "site";
-    fs::create_directories(dst);
-    serve("", {}, true);
-    fs::create_directories(dst / "closed");  // root's, 0755: closed to nobody
+    fs::path dst = serve_as_nobody_beside_a_closed_folder();
     constexpr int n = 300;  // some 40 KB of paths and reasons of each kind
     std::string pad(80, 'p');
     fs::create_directories(src / "closed");
