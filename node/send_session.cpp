@@ -953,11 +953,15 @@ void send_session::pump(std::uint32_t index) {
 bool send_session::rate_allows() {
     auto now = stats_clock::now();
     double rate = static_cast<double>(options_.max_rate);
-    double burst = std::max(rate / 10, static_cast<double>(chunk_size));
+    // A chunk may go on what is left (the tokens go below 0 until it is paid for): the
+    // bucket holds a chunk less than the burst, so that the burst and that chunk together
+    // are a tenth of a second's worth, or one chunk (they were a chunk more: 2 MiB at
+    // --bwlimit 16K went at 21.7 KB/s).
+    double cap = std::max(std::max(rate / 10, static_cast<double>(chunk_size)) - static_cast<double>(chunk_size), 1.0);
     if (rate_.at == stats_clock::time_point{}) {
-        rate_.tokens = burst;
+        rate_.tokens = cap;
     } else {
-        rate_.tokens = std::min(burst, rate_.tokens + rate * std::chrono::duration<double>(now - rate_.at).count());
+        rate_.tokens = std::min(cap, rate_.tokens + rate * std::chrono::duration<double>(now - rate_.at).count());
     }
     rate_.at = now;
     if (rate_.tokens > 0) {

@@ -314,6 +314,11 @@ TEST_F(cli_transfer, the_quiet_between_chunks_under_bwlimit_is_no_stall) {
     ASSERT_EQ(s.code, 0) << s.err;
     EXPECT_EQ(s.err.find("stalled"), std::string::npos) << s.err;
     EXPECT_EQ(proxy.accepted(), 1u) << s.err;  // no connection replaced
+    // And the limit holds but for the chunk that may go at once: 4 chunks' data in no
+    // less than 3 chunks' time (a chunk more went at once: 1.5x the limit).
+    nlohmann::json done = last_json_line(s.out);
+    double rate = done["payload_bytes"].get<double>() / done["elapsed_s"].get<double>();
+    EXPECT_LT(rate, 128 * 1024 * 4.0 / 3 * 1.01) << done;
     EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
     EXPECT_EQ(compare_trees(src, dest / "paced"), "");
 }
