@@ -615,12 +615,15 @@ std::error_code in_folder(int dir_fd, const std::string& name, F&& f) {
 // open_partial_file does (a transfer of this process that is finishing, a retry's attempt
 // before, holds it for a moment).
 enum class partial_there { none, free, locked };
+// Whether the open partial file `fd` is locked by a writer (open_partial_file's lock)
+// that is not this descriptor's. (A shared lock taken here goes with the descriptor.)
+bool locked_by_writer(int fd) { return ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK; }
 partial_there look_at_partial(int dfd, const std::string& part, bool wait = false) {
     unique_fd held(::openat(dfd, part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
     if (held.get() < 0) {
         return partial_there::none;
     }
-    for (int tries = 0; ::flock(held.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK; ++tries) {
+    for (int tries = 0; locked_by_writer(held.get()); ++tries) {
         if (!wait || tries >= dest_tree::partial_lock_tries) {
             return partial_there::locked;
         }
@@ -859,7 +862,7 @@ struct pruner {
             // One written in the last minute may be a live transfer's in another process
             // (claims are per process): it stays, for --partial-max-age or a later sync.
             struct stat own_st {};
-            if (dir_fd < 0 || ::fstatat(dir_fd, own_name.c_str(), &own_st, AT_SYMLINK_NOFOLLOW) != 0 ||
+            if (::fstatat(dir_fd, own_name.c_str(), &own_st, AT_SYMLINK_NOFOLLOW) != 0 ||
                 !S_ISREG(own_st.st_mode) || std::time(nullptr) - own_st.st_mtim.tv_sec < 60 ||
                 !stale_own(prefix.empty() ? name : prefix + "/" + name)) {
                 ++left;
@@ -895,7 +898,7 @@ struct pruner {
             return passed_over(prefix, ec) ? std::error_code{} : ec;
         }
         std::vector<folder_child> children;
-        std::vector<std::string> own_names;
+        std::vector<std::string> own_names;  // (none in a dry run: nothing of a kept folder's is told of)
         bool own = false;
         if (std::error_code ec =
                 folder_entries(dir_fd, prefix, children, own, failed, nullptr,
@@ -904,8 +907,7 @@ struct pruner {
         }
         bool loosened = false;
         std::size_t left = 0;  // (they keep no kept folder: the count is not needed)
-        if (std::error_code ec = dry_run ? std::error_code{}
-                                         : drop_stale_own(dir_fd, prefix, children, own_names, loosened, left)) {
+        if (std::error_code ec = drop_stale_own(dir_fd, prefix, children, own_names, loosened, left)) {
             return ec;
         }
         if (depth >= dest_tree::walk_open_depth) {
@@ -1518,7 +1520,7 @@ std::uint64_t dest_tree::partial_size(std::string_view wire_path, bool* locked) 
         // (No wait here, unlike open_partial_file: a batch may hold many such files. One
         // this process's earlier attempt still held is let go well before a new attempt
         // gets its offer.)
-        *locked = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+        *locked = locked_by_writer(fd);
     }
     ::close(fd);
     return size;

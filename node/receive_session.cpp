@@ -1087,8 +1087,9 @@ void receive_session::next_offer() {
         };
         // Item i alone fails, for blocked[i], and what is below it (for `below`, if given):
         // a file is given up on right after the Accept, so that nothing of it is counted; a
-        // folder or symlink is listed at the end (not_made_).
-        auto fail_alone = [&](std::size_t i, const std::string& below = {}) {
+        // folder or symlink is listed at the end (not_made_), unless `listed` is false (a
+        // folder below one that failed: that one is listed).
+        auto fail_alone = [&](std::size_t i, const std::string& below = {}, bool listed = true) {
             const entry_info& e = items[i].e;
             if (e.is_file()) {
                 refused_files.emplace_back(items[i].id, blocked[i]);
@@ -1096,7 +1097,9 @@ void receive_session::next_offer() {
                 if (e.is_dir) {
                     unmade.emplace(e.path, below.empty() ? blocked[i] : below);
                 }
-                not_made.push_back({e.path, blocked[i], false, false, true, !e.is_dir});
+                if (listed || !e.is_dir) {
+                    not_made.push_back({e.path, blocked[i], false, false, true, !e.is_dir});
+                }
             }
             decisions.push_back({items[i].id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
                                  e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
@@ -1256,17 +1259,10 @@ void receive_session::next_offer() {
                 if (auto up = create && !unmade.empty() ? unmade.find(std::string(wire_parent(e.path))) : unmade.end();
                     up != unmade.end()) {
                     // In a folder that could not be made or looked at: what is below it
-                    // fails with it.
+                    // fails with it (a folder not listed: the folder above it is).
                     std::string why = up->second;
-                    if (e.is_dir) {
-                        unmade.emplace(e.path, why);  // (not listed: the folder above it is)
-                    } else if (e.is_file()) {
-                        refused_files.emplace_back(it.id, why);
-                    } else {
-                        not_made.push_back({e.path, "symlink not made: " + why, false, false, true});
-                    }
-                    decisions.push_back({it.id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
-                                         e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
+                    blocked[i] = e.is_link ? "symlink not made: " + why : why;
+                    fail_alone(i, why, false);
                     continue;
                 }
                 if (create && !blocked[i].empty()) {

@@ -27,13 +27,27 @@ std::uint64_t checksum(std::string_view payload) {
     return hash_chunk(std::span(reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size())).lo;
 }
 
-// [u32 length][u64 checksum][payload], little-endian.
-std::string frame(const std::string& payload) {
-    std::string out;
-    put_le(out, payload.size(), 4);
-    put_le(out, checksum(payload));
-    out += payload;
-    return out;
+// A record: [u32 length][u64 checksum][payload], little-endian, built in place at the end
+// of a string (a batch of small files has thousands: no string per record).
+constexpr std::size_t frame_header = 12;
+
+// Starts a record at the end of `out`: room for its header. Returns where it starts.
+std::size_t open_frame(std::string& out) {
+    std::size_t at = out.size();
+    out.append(frame_header, '\0');
+    return at;
+}
+
+// Fills in the header of the record started at `at`, whose payload runs to the end of `out`.
+void close_frame(std::string& out, std::size_t at) {
+    std::string_view payload(out.data() + at + frame_header, out.size() - at - frame_header);
+    std::uint64_t sum = checksum(payload);
+    for (int i = 0; i < 4; ++i) {
+        out[at + i] = static_cast<char>((payload.size() >> (8 * i)) & 0xff);
+    }
+    for (int i = 0; i < 8; ++i) {
+        out[at + 4 + i] = static_cast<char>((sum >> (8 * i)) & 0xff);
+    }
 }
 
 std::error_code write_all(int fd, std::string_view data) {
@@ -79,17 +93,17 @@ std::vector<std::string> read_records(int fd) {
     }
     std::vector<std::string> out;
     std::size_t pos = 0;
-    while (data.size() - pos >= 12) {
+    while (data.size() - pos >= frame_header) {
         auto len = static_cast<std::uint32_t>(get_le(data.data() + pos, 4));
-        if (len > max_record || data.size() - pos - 12 < len) {
+        if (len > max_record || data.size() - pos - frame_header < len) {
             break;
         }
-        std::string payload = data.substr(pos + 12, len);
+        std::string payload = data.substr(pos + frame_header, len);
         if (checksum(payload) != get_le(data.data() + pos + 4)) {
             break;
         }
         out.push_back(std::move(payload));
-        pos += 12 + len;
+        pos += frame_header + len;
     }
     return out;
 }
@@ -124,9 +138,12 @@ unsynced_journal::~unsynced_journal() {
 }
 
 std::string unsynced_journal::encode_header(const std::filesystem::path& root) {
-    std::string payload(header_magic);
-    payload += root.string();
-    return frame(payload);
+    std::string out;
+    std::size_t at = open_frame(out);
+    out += header_magic;
+    out += root.string();
+    close_frame(out, at);
+    return out;
 }
 
 std::string unsynced_journal::encode(const entry& e) {
@@ -136,24 +153,14 @@ std::string unsynced_journal::encode(const entry& e) {
 }
 
 void unsynced_journal::encode_into(const entry& e, std::string& out) {
-    // As frame() lays it out, built in place: the length and checksum go in once the
-    // payload is there (no string per record: a batch of small files has thousands).
-    std::size_t at = out.size();
-    out.append(12, '\0');
+    std::size_t at = open_frame(out);
     put_le(out, e.size);
     put_le(out, static_cast<std::uint64_t>(e.mtime_ns));
     put_digest(out, e.digest);
     put_le(out, e.dev);
     put_le(out, e.ino);
     out += e.path;
-    std::string_view payload(out.data() + at + 12, out.size() - at - 12);
-    std::uint64_t sum = checksum(payload);
-    for (int i = 0; i < 4; ++i) {
-        out[at + i] = static_cast<char>((payload.size() >> (8 * i)) & 0xff);
-    }
-    for (int i = 0; i < 8; ++i) {
-        out[at + 4 + i] = static_cast<char>((sum >> (8 * i)) & 0xff);
-    }
+    close_frame(out, at);
 }
 
 unsynced_journal::folder_lock::folder_lock(const std::filesystem::path& dir, bool exclusive) {
@@ -213,7 +220,7 @@ std::error_code unsynced_journal::commit(const std::vector<entry>& entries) {
     std::string batch;
     std::size_t bytes = 0;
     for (const entry& e : entries) {
-        bytes += record_overhead + e.path.size();
+        bytes += frame_header + entry_fixed + e.path.size();
     }
     batch.reserve(bytes);
     for (const entry& e : entries) {

@@ -83,8 +83,6 @@ public:
     static std::string encode(const entry& e);
     // The same record, added at the end of `out`.
     static void encode_into(const entry& e, std::string& out);
-    // A record's bytes besides its path: the frame's 12, size, mtime, digest, dev, ino.
-    static constexpr std::size_t record_overhead = 12 + 8 + 8 + 16 + 8 + 8;
 
 private:
     std::error_code open_locked();

@@ -1587,19 +1587,11 @@ struct sync_run : sync_counts {
     // that changed while read) made, changed or found unchanged is then found unchanged:
     // it counts as it did then, and is not told of twice (told(), below).
     void new_attempt() {
-        if (!sending_now_.empty()) {
-            sending_.insert(sending_.end(), sending_now_.begin(), sending_now_.end());
-            sending_now_.clear();
-            std::stable_sort(sending_.begin(), sending_.end(),
-                             [](std::uint64_t a, std::uint64_t b) { return path_key(a) < path_key(b); });
-        }
+        fold(sending_, sending_now_);
         if (!now_.empty()) {
-            // This attempt's word on a path replaces an earlier one's: stable, then the
-            // last of each hash kept.
-            earlier_.insert(earlier_.end(), now_.begin(), now_.end());
-            now_.clear();
-            std::stable_sort(earlier_.begin(), earlier_.end(),
-                             [](std::uint64_t a, std::uint64_t b) { return path_key(a) < path_key(b); });
+            // This attempt's word on a path replaces an earlier one's: the last of each
+            // hash kept.
+            fold(earlier_, now_);
             auto last = std::unique(earlier_.rbegin(), earlier_.rend(),
                                     [](std::uint64_t a, std::uint64_t b) { return path_key(a) == path_key(b); });
             earlier_.erase(earlier_.begin(), last.base());
@@ -1623,18 +1615,15 @@ struct sync_run : sync_counts {
     // earlier attempt told of it already, else what it is to the run.
     std::optional<action> told(std::string_view path, action a, std::uint64_t size, bool dir = false) {
         const std::uint64_t h = key_of(path, dir);
-        auto it = std::lower_bound(earlier_.begin(), earlier_.end(), h,
-                                   [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
-        bool before = it != earlier_.end() && path_key(*it) == h;
+        const std::uint64_t* it = find(earlier_, h);
+        bool before = it != nullptr;
         const action then = before ? static_cast<action>(*it & action_bits) : a;
         // Found unchanged now, or said the same again (a dry run places nothing).
         bool again = before && (a == action::unchanged || a == then);
         action counted = before && a == action::unchanged ? then : a;
         if (!before && a == action::unchanged && !dir) {
             // Placed by an earlier attempt that ended before it heard so.
-            auto sent = std::lower_bound(sending_.begin(), sending_.end(), h,
-                                         [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
-            if (sent != sending_.end() && path_key(*sent) == h) {
+            if (const std::uint64_t* sent = find(sending_, h)) {
                 counted = static_cast<action>(*sent & action_bits);
             }
         }
@@ -1662,6 +1651,23 @@ private:
     // makes a folder is two things made.
     static std::uint64_t key_of(std::string_view path, bool dir) {
         return path_key(std::hash<std::string_view>{}(path) ^ (dir ? folder_salt : 0));
+    }
+    // Adds `now`'s records to the sorted `records` (stable: a path's later record after its
+    // earlier ones) and empties it.
+    static void fold(std::vector<std::uint64_t>& records, std::vector<std::uint64_t>& now) {
+        if (now.empty()) {
+            return;
+        }
+        records.insert(records.end(), now.begin(), now.end());
+        now.clear();
+        std::stable_sort(records.begin(), records.end(),
+                         [](std::uint64_t a, std::uint64_t b) { return path_key(a) < path_key(b); });
+    }
+    // The first record of key `h` in the sorted `records`, or null.
+    static const std::uint64_t* find(const std::vector<std::uint64_t>& records, std::uint64_t h) {
+        auto it = std::lower_bound(records.begin(), records.end(), h,
+                                   [](std::uint64_t e, std::uint64_t x) { return path_key(e) < x; });
+        return it != records.end() && path_key(*it) == h ? &*it : nullptr;
     }
     std::vector<std::uint64_t> earlier_;
     std::vector<std::uint64_t> now_;
@@ -1726,19 +1732,18 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
         }
         return true;
     };
+    std::vector<bool> order = y.exclude_order;
+    if (static_cast<std::size_t>(std::ranges::count(order, true)) != y.exclude_from.size() ||
+        static_cast<std::size_t>(std::ranges::count(order, false)) != y.exclude.size()) {
+        // (Values CLI11 gave without an entry in its parse order, if a version ever does:
+        // the files first, then the patterns.)
+        order.assign(y.exclude_from.size(), true);
+        order.insert(order.end(), y.exclude.size(), false);
+    }
     std::size_t next_file = 0;
     std::size_t next_pattern = 0;
-    std::vector<bool> order = y.exclude_order;
-    // (Values CLI11 gave without an entry in its parse order, if a version ever does: after
-    // the others, files first.)
-    order.insert(order.end(), y.exclude_from.size() - std::min(y.exclude_from.size(), static_cast<std::size_t>(
-                                                                  std::ranges::count(y.exclude_order, true))),
-                 true);
-    order.insert(order.end(), y.exclude.size() - std::min(y.exclude.size(), static_cast<std::size_t>(
-                                                             std::ranges::count(y.exclude_order, false))),
-                 false);
     for (bool from_file : order) {
-        if (from_file && next_file < y.exclude_from.size()) {
+        if (from_file) {
             const std::string& file = y.exclude_from[next_file++];
             std::ifstream in(file);
             if (!in) {
@@ -1750,7 +1755,7 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
                     return fail(o, exit_code::usage, error);
                 }
             }
-        } else if (!from_file && next_pattern < y.exclude.size()) {
+        } else {
             // A flag's value is one pattern as it is: "#c" and "name " are not a comment and "name".
             const std::string& p = y.exclude[next_pattern++];
             if (!add_pattern(ferry::pattern_line(p), p, "")) {
