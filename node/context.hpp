@@ -25,6 +25,7 @@
 #include "node/trust_store.hpp"
 #include "node/worker_pool.hpp"
 #include "transport/buffer_pool.hpp"
+#include "transport/connection.hpp"
 #include "transport/identity.hpp"
 #include "transport/socket_tuning.hpp"
 #include "transport/tls.hpp"
@@ -247,6 +248,15 @@ struct node_context {
     // The files running transfers write, by destination path (shared: each receiving
     // session holds it too, and may outlive this context at shutdown).
     std::shared_ptr<partial_claims> claims = std::make_shared<partial_claims>();
+    // Every connection this node opened or accepted and that still exists (a closing one
+    // may outlive its session): what node::open_connections() counts.
+    std::vector<std::weak_ptr<connection>> connections;
+    std::shared_ptr<connection> new_connection(std::unique_ptr<byte_stream> stream, connection_limits limits = {}) {
+        auto c = std::make_shared<connection>(std::move(stream), buffers, limits);
+        std::erase_if(connections, [](const std::weak_ptr<connection>& w) { return w.expired(); });
+        connections.push_back(c);
+        return c;
+    }
     void log(const std::string& line, log_level level = log_level::info) const {
         if (events.log) {
             events.log(level, line);

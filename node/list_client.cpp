@@ -49,7 +49,7 @@ void list_client::start() {
             self->finish(code, error);
             return;
         }
-        self->conn_ = std::make_shared<connection>(std::move(stream), self->ctx_.buffers);
+        self->conn_ = self->ctx_.new_connection(std::move(stream));
         self->report_.peer_id = self->conn_->stream().peer_id();
         std::string session_id(16, '\0');
         RAND_bytes(reinterpret_cast<unsigned char*>(session_id.data()), static_cast<int>(session_id.size()));

@@ -53,7 +53,7 @@ node::node(asio::io_context& io, node_config config, node_events events) : sweep
     trust_store trust = trust_store::load(config.state_dir, config.config_peers);
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
-                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, known_partials{}, std::make_shared<partial_claims>()});
+                                worker_pool(workers), buffer_pool::make(pool_buffers, chunk_size), node_stats{}, known_partials{}, std::make_shared<partial_claims>(), {}});
     key_pem_ = ident.creds.key_pem;
     if (!ctx_->config.plaintext) {
         ctx_->tls_client = std::make_unique<tls_context>(ident.creds, tls_role::client);
@@ -266,7 +266,7 @@ std::string node::pull(pull_spec spec, send_target target) {
             spec.done(r);
             return;
         }
-        auto c = std::make_shared<connection>(std::move(stream), ctx_->buffers);
+        auto c = ctx_->new_connection(std::move(stream));
         std::string peer = c->stream().peer_id();
         std::string key = peer.empty() ? c->stream().remote() : peer;
         if (c->stream().is_tls() && target.expected_id.empty() && !ctx_->trust.trusted(peer)) {
@@ -290,7 +290,7 @@ std::string node::pull(pull_spec spec, send_target target) {
                     s->data_connection_lost(index);
                     return;
                 }
-                auto c = std::make_shared<connection>(std::move(stream), ctx_->buffers);
+                auto c = ctx_->new_connection(std::move(stream));
                 s->add_connection(c, hello_for(index));
                 c->start(s.get());
             });
@@ -348,6 +348,13 @@ std::vector<transfer_progress> node::transfers() const {
         }
     }
     return out;
+}
+
+std::size_t node::open_connections() const {
+    return std::count_if(ctx_->connections.begin(), ctx_->connections.end(), [](const std::weak_ptr<connection>& w) {
+        auto c = w.lock();
+        return c && !c->closed();
+    });
 }
 
 void node::stop(const std::string& why) {

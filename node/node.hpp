@@ -61,6 +61,9 @@ public:
     std::vector<std::string> reload(const node_config& fresh, trust_store trust);
     // Stops accepting and ends every session (partial files are kept).
     void stop(const std::string& why);
+    // Connections not closed yet, both directions: after stop(), each closes once its last
+    // frames are out and the peer closed too (or connection::linger passed).
+    std::size_t open_connections() const;
 
     // Transfers running now, both directions (O(transfers x connections)).
     std::vector<transfer_progress> transfers() const;

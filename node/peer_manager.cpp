@@ -200,7 +200,7 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
     }
     connection_limits climits;
     climits.queue_max_bytes = ctx_.config.limits.max_queue_bytes;
-    auto c = std::make_shared<connection>(std::move(stream), ctx_.buffers, climits);
+    auto c = ctx_.new_connection(std::move(stream), climits);
     // A connection that says nothing after its handshake is closed once the handshake
     // timeout passes again. The timer lives as long as the connection waits: leaving
     // waiting_ cancels it.

@@ -277,7 +277,7 @@ void send_session::open_connection(std::uint32_t index) {
 }
 
 void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream) {
-    adopt(index, std::make_shared<connection>(std::move(stream), ctx_.buffers));
+    adopt(index, ctx_.new_connection(std::move(stream)));
     if (index > 0) {
         conns_[index].ready = true;
         pump(index);
@@ -1767,6 +1767,11 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
             cs.reopen->cancel();
         }
         if (cs.conn && !cs.conn->closed()) {
+            if (!ok) {
+                // Chunks not begun are of no use now, and the Error frame saying why
+                // waits behind them: over a slow link, past the process's exit.
+                cs.conn->drop_unsent_payloads();
+            }
             cs.conn->close_after_flush();
         }
     }

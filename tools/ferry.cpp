@@ -976,6 +976,24 @@ std::optional<reread_settings> reread_serve_settings(const ferry::node_config& n
 
 int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r);
 
+// Ends the loop once the node's connections have closed (their last frames out, an Error
+// saying why the run ends among them, and the peer closed too), or after
+// connection::linger: a process that left at once cut them off with a reset.
+void stop_when_quiet(asio::io_context& io, const ferry::node& n, asio::steady_timer& timer,
+                     std::chrono::steady_clock::time_point deadline =
+                         std::chrono::steady_clock::now() + ferry::connection::linger) {
+    if (n.open_connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
+        io.stop();
+        return;
+    }
+    timer.expires_after(std::chrono::milliseconds(10));
+    timer.async_wait([&io, &n, &timer, deadline](std::error_code ec) {
+        if (!ec) {
+            stop_when_quiet(io, n, timer, deadline);
+        }
+    });
+}
+
 int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     log_timestamps = !log_to_journal;  // a node's lines, read later: when each happened
     filter_all_lines = true;
@@ -1071,9 +1089,10 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         // (What peers are told: a sender sees "receiver: ...", a peer pulling "peer: ...".)
         n.stop(std::string(one_shot ? "ferry receive" : "ferry serve") + " stopped (" +
                (sig == SIGINT ? "SIGINT" : "SIGTERM") + ")");
-        // Let the Error frames go out, then leave (bounded).
-        linger.expires_after(std::chrono::milliseconds(300));
-        linger.async_wait([&io](std::error_code) { io.stop(); });
+        // Let the Error frames go out, then leave (bounded; a one-shot receive's report
+        // does not start its own wait).
+        finishing = true;
+        stop_when_quiet(io, n, linger);
     });
     // SIGHUP (`systemctl reload ferry`): trust, shares and limits read again, transfers go on.
     // (`receive` does not watch it: SIGHUP ends it, as it ends most programs.)
@@ -2416,12 +2435,17 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     std::optional<ferry::transfer_report> last_failure;
     std::function<void()> attempt;
     std::function<void()> stop_waiting;  // SIGINT/SIGTERM during a reconnect wait
+    asio::steady_timer quiet_timer(io);
     auto finish = [&](const ferry::transfer_report& r) {
         result = r;
         progress.carry(0, 0);  // the report counts every attempt's bytes
         progress.stop();
-        // Let close_notify and the last frames go out, then stop.
-        asio::post(io, [&io] { io.stop(); });
+        if (r.ok) {
+            // Every byte is confirmed: let close_notify and the last frames go out, then stop.
+            asio::post(io, [&io] { io.stop(); });
+        } else {
+            stop_when_quiet(io, n, quiet_timer);  // the peer hears why, even over a slow link
+        }
     };
     // The wire bytes of attempts lost on the way: the report that ends the run counts them
     // (what they moved and the receiver confirmed is that report's matched data).

@@ -1,5 +1,6 @@
 #include "transport/connection.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 namespace ferry {
@@ -292,6 +293,20 @@ void connection::close_after_flush(std::error_code ec) {
     } else {
         schedule_flush();
     }
+}
+
+std::size_t connection::drop_unsent_payloads() {
+    // The front frame may be partly written: it stays whole, or the framing would break.
+    auto first = queue_.begin() + (front_written_ > 0 && !queue_.empty() ? 1 : 0);
+    auto kept = std::stable_partition(first, queue_.end(), [](const out_frame& f) { return f.payload_len == 0; });
+    std::size_t dropped = 0;
+    for (auto it = kept; it != queue_.end(); ++it) {
+        queued_bytes_ -= it->head.size() + it->payload_len;
+        ++dropped;
+    }
+    queue_.erase(kept, queue_.end());
+    counters_.frames_sent -= dropped;
+    return dropped;
 }
 
 void connection::linger_then_close() {

@@ -72,6 +72,10 @@ public:
     // the peer still sends until it closes too; then closes. The peer reads every frame
     // sent before, instead of a reset. Flush and drain together take at most `linger`.
     void close_after_flush(std::error_code ec = {});
+    // Drops the queued frames with a payload (chunks) that have not begun to go out, so
+    // that a frame queued after them (an Error saying why a transfer ends) is not stuck
+    // behind data nobody will use. Returns how many were dropped.
+    std::size_t drop_unsent_payloads();
     static constexpr std::chrono::milliseconds linger{2000};
 
     bool closed() const { return closed_; }

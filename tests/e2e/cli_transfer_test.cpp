@@ -527,6 +527,29 @@ TEST_F(cli_transfer, a_receive_stopped_in_a_transfer_exits_with_the_transfers_co
     EXPECT_TRUE(fs::exists(dest / "x/.big.bin.ferry-part"));
 }
 
+TEST_F(cli_transfer, a_sender_stopped_on_a_slow_link_tells_the_receiver_why) {
+    // Ctrl-C in a send over a slow link: the Error frame saying why waited behind the
+    // chunks queued before it and the process left before they went out, so the receiver
+    // saw the connection drop ("connection closed by sender") instead of the reason. Now
+    // the chunks not begun are dropped and the process waits (bounded) for its
+    // connections to close.
+    fs::path src = cli.root() / "x";
+    write_random_file(src / "big.bin", 24 * 1024 * 1024, 5);
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    ferry::test::fault_proxy proxy(rx.address);
+    proxy.set_delay(std::chrono::milliseconds(20));
+    child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--connections", "1",
+                          "--compress", "never", "--retry-for", "0", src.string(), a_id + "@" + proxy.address()});
+    ASSERT_TRUE(proxy.wait_up_bytes(2 * 1024 * 1024, 30s)) << sender.err();
+    sender.signal(SIGINT);
+    EXPECT_NE(sender.wait(process_timeout), 0) << sender.err();
+    EXPECT_NE(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    std::string err = rx.proc->err();
+    EXPECT_NE(err.find("sender stopped: interrupted"), std::string::npos) << err;
+    EXPECT_FALSE(fs::exists(dest / "x/big.bin"));
+}
+
 TEST_F(cli_transfer, a_path_given_as_a_symlink_is_followed_and_one_inside_a_folder_is_not) {
     // `ferry send ~/photos` where photos is a link to a folder sent nothing ("skipping
     // photos (symlink)", then "nothing to send").

@@ -19,6 +19,7 @@
 
 #include "node/dest_tree.hpp"
 #include "node/file_io.hpp"
+#include "tests/support/fault_proxy.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/fs_util.hpp"
 #include "tests/support/tree.hpp"
@@ -380,6 +381,34 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(done["deleted_files"], 21);  // the old names
     EXPECT_EQ(done["deleted_dirs"], 1);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
+TEST_F(sync_push, a_pull_from_a_node_stopped_on_a_slow_link_hears_why) {
+    // `ferry serve` stopped (SIGTERM) while a peer pulls over a slow link: its Error frame
+    // waited behind the chunks queued before it, and the node left 0.3 s later, so the
+    // peer saw the connection drop instead of the reason.
+    serve();
+    write_random_file(share / "site/big.bin", 24 * 1024 * 1024, 8);
+    ferry::test::fault_proxy proxy(node.address);
+    proxy.set_delay(std::chrono::milliseconds(20));
+    fs::path dst = cli.root() / "pulled";
+    child_process puller({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--connections", "1",
+                          "--compress", "never", "--retry-for", "0",
+                          "ferry://" + a_id + "@" + proxy.address() + "/www/site", dst.string()});
+    bool started = false;
+    while (!started) {
+        std::optional<std::string> line = node.proc->read_line(30s);
+        ASSERT_TRUE(line) << "the node stopped: " << node.proc->err();
+        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
+        started = !ev.is_discarded() && ev["event"] == "file_start";
+    }
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(process_timeout), 0) << node.proc->err();
+    node.proc.reset();
+    EXPECT_EQ(puller.wait(process_timeout), 2) << puller.err();
+    std::string err = puller.err();
+    EXPECT_NE(err.find("peer: ferry serve stopped (SIGTERM)"), std::string::npos) << err;
+    EXPECT_FALSE(fs::exists(dst / "big.bin"));
 }
 
 TEST_F(sync_push, a_file_an_attempt_placed_before_its_answer_was_lost_counts_as_created) {
