@@ -1636,8 +1636,9 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
     }
     file_id f{abort.file_id()};
     const entry_info& e = machine_.entry(f);
-    ctx_.log("the sender skipped " + printable(e.path) + " (" + printable(abort.reason()) + "): left as it was here");
-    given_up_.push_back({e.path, printable(abort.reason()), abort.vanished(), abort.again()});
+    ctx_.log("the sender skipped " + printable(e.path) + " (" + printable(abort.reason()) + "): left as it was here",
+             log_level::warn);
+    given_up_.push_back({e.path, printable(abort.reason()), abort.vanished(), abort.again(), false, true, 1, true});
     dirty_.erase(f.value);
     drop_partial(f);
     next_offer();  // one fewer in progress
@@ -1670,8 +1671,8 @@ void receive_session::give_up_here(file_id f, const std::string& path, const std
         return;
     }
     send_file_result(f, why);
-    ctx_.log("not written: " + printable(path) + ": " + why, log_level::warn);
-    given_up_.push_back({path, "not written here: " + why, false, false, true});
+    given_up_.push_back({path, "not written here: " + why, false, false, true, true, 1, true});
+    ctx_.log("failed: " + printable(path) + ": " + given_up_.back().reason, log_level::warn);
     dirty_.erase(f.value);
     if (drop && sink_of(f)) {
         drop_partial(f);

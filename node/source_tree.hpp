@@ -46,6 +46,9 @@ struct skipped_file {
     // How many paths this entry stands for: 1, or more for the "..." entry of paths a list
     // on the wire left out (only counted there).
     std::uint64_t count = 1;
+    // Its line went to the log (a warning) as it happened: the list at the end leaves it
+    // out where warnings are shown, instead of saying it twice.
+    bool logged = false;
 };
 // How many paths of `list` are files or symlinks (`file`), or the other paths.
 inline std::uint64_t count_failed(const std::vector<skipped_file>& list, bool files) {

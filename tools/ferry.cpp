@@ -2205,6 +2205,11 @@ void fault_after_scan(const ferry::source_tree& sources) {
     }
 }
 
+// Whether `f`'s line was shown as it happened (a warning logged): not said again at the end.
+bool said_before(const ferry::skipped_file& f) {
+    return f.logged && static_cast<int>(ferry::log_level::warn) <= log_most;
+}
+
 // After a transfer that succeeded: one line and one `failed` event per source file the
 // sender skipped (vanished, changed while read, unreadable), and the exit code: 0 when
 // there is none, `vanished` when every one of them vanished, else `partial`.
@@ -2213,7 +2218,9 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
     std::uint64_t at_dst = 0;
     std::uint64_t total = 0;
     for (const ferry::skipped_file& f : r.given_up) {
-        say((f.at_dst ? "failed: " : "not sent: ") + ferry::printable(f.path) + ": " + f.reason);
+        if (!said_before(f)) {
+            say((f.at_dst ? "failed: " : "not sent: ") + ferry::printable(f.path) + ": " + f.reason);
+        }
         at_dst += f.at_dst ? f.count : 0;
         total += f.count;
         json j{{"event", "failed"}};
@@ -2287,7 +2294,8 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
     };
 }
 
-// ", N failed, M other path(s) not done (below)" for a sync's summary line; "" for none.
+// ", N failed, M other path(s) not done (below)" for a sync's summary line ("above" when
+// each was said as it happened, "listed" when some were); "" for none.
 std::string failed_text(const std::vector<ferry::skipped_file>& failed) {
     std::uint64_t files = ferry::count_failed(failed, true);
     std::uint64_t other = ferry::count_failed(failed, false);
@@ -2298,7 +2306,8 @@ std::string failed_text(const std::vector<ferry::skipped_file>& failed) {
     if (other > 0) {
         out += fmt::format(", {} other path(s) not done", other);
     }
-    return out + " (below)";
+    auto before = std::count_if(failed.begin(), failed.end(), said_before);
+    return out + (before == 0 ? " (below)" : before == std::ssize(failed) ? " (above)" : " (listed)");
 }
 
 // ", N folder(s) WHAT" for a summary line; "" for none.
@@ -2475,6 +2484,9 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             loop.ended_with_first_pass = true;
             ferry::transfer_report out = *first_pass;
             add_carried(out, r, true);  // what the attempts since moved and deleted
+            for (ferry::skipped_file& f : out.given_up) {
+                f.logged = false;  // said as to be tried again: the end says how it ended
+            }
             finish(out);
             return;
         }
@@ -2808,6 +2820,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         }
     }
     for (ferry::skipped_file& f : still_gone) {
+        f.logged = false;  // (said in the first pass as to be tried again)
         r.given_up.push_back(std::move(f));
     }
     progress.final_progress(final_progress(r, true));
@@ -3009,6 +3022,7 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     r.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - program_start).count();
     for (ferry::skipped_file& f : vanished_before) {
         if (still_gone.contains(f.path)) {
+            f.logged = false;  // (said in the first pass as to be tried again)
             r.given_up.push_back(std::move(f));  // still gone: it vanished during the run
         }
     }

@@ -1591,6 +1591,14 @@ TEST_F(sync_pull, symlinks_are_kept_as_links_and_entries_that_change_kind_are_re
                             "empty (--delete removes it)"),
               std::string::npos)
         << kept.err;
+    // Said once, as it happened, and the summary points up to it (it was said twice); held
+    // back with the warnings, it is said at the end.
+    EXPECT_EQ(lines_with(kept.err, "failed: was-dir: "), 1u) << kept.err;
+    EXPECT_NE(kept.err.find("1 failed (above)"), std::string::npos) << kept.err;
+    run_result quiet = sync({"--log-level", "error"});
+    EXPECT_EQ(quiet.code, 5) << quiet.err;
+    EXPECT_EQ(lines_with(quiet.err, "failed: was-dir: "), 1u) << quiet.err;
+    EXPECT_NE(quiet.err.find("1 failed (below)"), std::string::npos) << quiet.err;
     EXPECT_TRUE(fs::exists(site / "was-dir/inside"));
     ev = json_events(kept.out);
     EXPECT_EQ(paths_of(ev, "failed"), (paths{"was-dir"})) << kept.out;
