@@ -1673,6 +1673,17 @@ std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwri
     return {};
 }
 
+bool dest_tree::folder_differs(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns) {
+    std::error_code ec;
+    dir_handle dh = dir_fd(wire_path, false, ec);
+    struct stat st {};
+    if (dh.fd < 0 || ::fstat(dh.fd, &st) != 0) {
+        return false;
+    }
+    return (st.st_mode & 07777) != (mode & 07777) ||
+           !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step(st.st_dev, dh.fd));
+}
+
 std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
                                       bool keep_mode) {
     std::error_code ec;

@@ -1072,6 +1072,9 @@ void receive_session::next_offer() {
         std::vector<bool> mode_only(items.size(), false);
         // Sync --checksum: the same content with another mtime, set in place: told as updated too.
         std::vector<bool> mtime_only(items.size(), false);
+        // A sync's folder already there whose mode or mtime finish_dir changes: told as
+        // updated (rsync -i: .d..tp).
+        std::vector<bool> folder_changes(items.size(), false);
         // What a sync does with each file, told to the sender.
         auto action = [&](std::size_t i) {
             if (mode_only[i] || mtime_only[i]) {
@@ -1080,8 +1083,8 @@ void receive_session::next_offer() {
             if (!sync.on || identical[i]) {
                 return wire::SYNC_NONE;
             }
-            if (items[i].e.is_dir) {
-                return exists[i] ? wire::SYNC_NONE : wire::SYNC_CREATE;  // a folder made (node_events::folder)
+            if (items[i].e.is_dir) {  // (node_events::folder)
+                return !exists[i] ? wire::SYNC_CREATE : folder_changes[i] ? wire::SYNC_UPDATE : wire::SYNC_NONE;
             }
             return exists[i] ? wire::SYNC_UPDATE : wire::SYNC_CREATE;
         };
@@ -1397,6 +1400,8 @@ void receive_session::next_offer() {
                 if (!create) {
                     identical[i] = same;
                     exists[i] = e.is_dir ? !missing : is_there;
+                    folder_changes[i] = sync.on && e.is_dir && exists[i] && !e.path.empty() &&
+                                        tree->folder_differs(e.path, e.mode, e.mtime_ns);
                     if (sync.checksum && is_there && e.digest) {
                         bool other_mtime = false;
                         identical[i] = same_content(*tree, e, !sync.dry_run, other_mtime);  // content decides

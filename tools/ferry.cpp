@@ -1587,6 +1587,7 @@ struct sync_counts {
     std::uint64_t renamed = 0;
     std::uint64_t unchanged = 0;
     std::uint64_t created_dirs = 0;  // folders DST did not have
+    std::uint64_t updated_dirs = 0;  // folders DST had with another mode or mtime
 };
 
 // What `ferry sync` adds to a send: the target share, and counts for its summary.
@@ -1629,17 +1630,19 @@ struct sync_run : sync_counts {
     void sending(std::string_view path, action a) {
         sending_now_.push_back(key_of(path, false) | static_cast<std::uint64_t>(a));
     }
-    // This attempt says `a` of `path` (of `size` bytes; a folder: `dir`, created or
-    // unchanged): counted as what it is to the run. What to tell of it: nothing if an
+    // This attempt says `a` of `path` (of `size` bytes; a folder: `dir`, created, updated
+    // or unchanged): counted as what it is to the run. What to tell of it: nothing if an
     // earlier attempt told of it already, else what it is to the run.
     std::optional<action> told(std::string_view path, action a, std::uint64_t size, bool dir = false) {
         const std::uint64_t h = key_of(path, dir);
         const std::uint64_t* it = find(earlier_, h);
         bool before = it != nullptr;
         const action then = before ? static_cast<action>(*it & action_bits) : a;
-        // Found unchanged now, or said the same again (a dry run places nothing).
-        bool again = before && (a == action::unchanged || a == then);
-        action counted = before && a == action::unchanged ? then : a;
+        // Found unchanged now, or said the same again (a dry run places nothing), or to
+        // change what an earlier attempt made (a folder it made, whose mtime it did not
+        // set before it ended): as it was then.
+        bool again = before && (a == action::unchanged || a == then || (then == action::created && a == action::updated));
+        action counted = again ? then : a;
         if (!before && a == action::unchanged && !dir) {
             // Placed by an earlier attempt that ended before it heard so.
             if (const std::uint64_t* sent = find(sending_, h)) {
@@ -1649,6 +1652,7 @@ struct sync_run : sync_counts {
         now_.push_back(h | static_cast<std::uint64_t>(counted));
         if (dir) {
             created_dirs += counted == action::created ? 1 : 0;
+            updated_dirs += counted == action::updated ? 1 : 0;
         } else {
             switch (counted) {
                 case action::created: ++created; break;
@@ -2281,11 +2285,15 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
         emit(o, resumed_event(direction, session, bytes, files));
     };
     ev.folder = [&o, &sync](std::string_view path, wire::SyncAction what) {
-        // Told of only when made (a folder there already is no change), but recorded either
-        // way: a later attempt finds the folder an earlier one made, which still counts.
-        auto a = what == wire::SYNC_CREATE ? sync_run::action::created : sync_run::action::unchanged;
-        if (sync.told(path, a, 0, true) == sync_run::action::created) {
-            sync_event(o, sync, "created", path, 0, "dir");
+        // Told of when made, or when its mode or mtime changes (a folder there as it is in
+        // SRC is no change), but recorded either way: a later attempt finds the folder an
+        // earlier one made, which still counts.
+        using action = sync_run::action;
+        auto a = what == wire::SYNC_CREATE   ? action::created
+                 : what == wire::SYNC_UPDATE ? action::updated
+                                             : action::unchanged;
+        if (std::optional<action> tell = sync.told(path, a, 0, true); tell && *tell != action::unchanged) {
+            sync_event(o, sync, *tell == action::created ? "created" : "updated", path, 0, "dir");
         }
     };
     ev.deleted = [&o, &sync](std::string_view path, wire::EntryKind kind) {
@@ -2326,20 +2334,21 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
         say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged{}; received {} "
                         "in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
-                        folders_text(run.created_dirs, "made"),
+                        folders_text(run.created_dirs, "made") + folders_text(run.updated_dirs, "updated"),
                         human_bytes(transferred_bytes(r)), r.elapsed_s, transferred_mbps(r),
                         connections_text(r)) +
             compression_note(r));
     } else if (dry) {
         say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged{}, {} path(s) to "
                         "delete",
-                        run.created, run.updated, run.unchanged, folders_text(run.created_dirs, "to make"), deleted));
+                        run.created, run.updated, run.unchanged,
+                        folders_text(run.created_dirs, "to make") + folders_text(run.updated_dirs, "to update"), deleted));
     } else {
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged{}{}, {} path(s) deleted; "
                         "{} {} in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged,
                         failed_text(r.given_up),
-                        folders_text(run.created_dirs, "made"), deleted,
+                        folders_text(run.created_dirs, "made") + folders_text(run.updated_dirs, "updated"), deleted,
                         run.pull ? "received" : "sent",
                         human_bytes(transferred_bytes(r)),
                         r.elapsed_s, transferred_mbps(r), connections_text(r)) +
@@ -2359,6 +2368,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     }
     done.update(json{{"created", run.created},
              {"created_dirs", run.created_dirs},
+             {"updated_dirs", run.updated_dirs},
              {"updated", run.updated},
              {"renamed", run.renamed},
              {"skipped", run.unchanged},

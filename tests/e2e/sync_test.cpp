@@ -979,7 +979,8 @@ TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_sy
               (paths{"closed/big.bin", "closed/lnk", "closed/newsub", "closed/newsub/big.bin", "closed/newsub/deeper",
                      "closed/newsub/deeper/d.txt", "closed/small"}))
         << again.out;
-    EXPECT_EQ(paths_of(json_events(again.out), "updated"), (paths{"inway", "inway2"})) << again.out;  // folders replaced
+    // The folders replaced, and closed, whose mtime the first could not set.
+    EXPECT_EQ(paths_of(json_events(again.out), "updated"), (paths{"closed", "inway", "inway2"})) << again.out;
     EXPECT_EQ(compare_trees(src, dst), "");
 }
 
@@ -2199,7 +2200,8 @@ TEST_F(sync_push, what_an_attempt_deleted_before_the_connection_was_lost_counts_
 
 TEST_F(sync_push, folders_dst_lacks_are_told_as_created_in_a_dry_run_and_a_real_one_and_then_not_again) {
     // rsync -i lists a folder it makes (cd+++++++++): so does -v, and --json tells it as
-    // `created` with kind "dir"; a folder DST has is no change.
+    // `created` with kind "dir"; a folder DST has is no change, unless its mode or mtime
+    // changes (rsync -i: .d..tp....): `updated`, kind "dir".
     serve();
     fs::create_directories(src / "empty");
     write_text_file(src / "new/deep/f.txt", "f\n");
@@ -2228,7 +2230,10 @@ TEST_F(sync_push, folders_dst_lacks_are_told_as_created_in_a_dry_run_and_a_real_
             EXPECT_NE(r.err.find(line), std::string::npos) << line << " in\n" << r.err;
         }
         EXPECT_EQ(r.err.find("created old/\n"), std::string::npos) << r.err;
-        EXPECT_NE(r.err.find(dry ? "3 folder(s) to make" : "3 folder(s) made"), std::string::npos) << r.err;
+        EXPECT_NE(r.err.find("updated old/\n"), std::string::npos) << r.err;  // made now: another mtime
+        EXPECT_NE(r.err.find(dry ? "3 folder(s) to make, 1 folder(s) to update" : "3 folder(s) made, 1 folder(s) updated"),
+                  std::string::npos)
+            << r.err;
         EXPECT_EQ(fs::exists(site / "new"), !dry);
         EXPECT_EQ(fs::exists(site / "empty"), !dry);
     }
@@ -2238,7 +2243,21 @@ TEST_F(sync_push, folders_dst_lacks_are_told_as_created_in_a_dry_run_and_a_real_
     auto ev = json_events(again.out);
     EXPECT_EQ(paths_of(ev, "created"), paths{});
     EXPECT_EQ(find_event(ev, "done")["created_dirs"], 0);
+    EXPECT_EQ(paths_of(ev, "updated"), paths{});
+    EXPECT_EQ(find_event(ev, "done")["updated_dirs"], 0);
     EXPECT_EQ(again.err.find("folder(s)"), std::string::npos) << again.err;
+    // Its mode alone, then its mtime alone.
+    fs::permissions(src / "empty", fs::perms::owner_all);
+    fs::last_write_time(src / "old", fs::last_write_time(src / "old") - std::chrono::hours(1));
+    run_result changed = sync({});
+    ASSERT_EQ(changed.code, 0) << changed.err;
+    ev = json_events(changed.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"empty", "old"})) << changed.out;
+    EXPECT_EQ(kinds_of(ev, "updated"), (std::vector<std::string>{"dir", "dir"}));
+    EXPECT_EQ(find_event(ev, "done")["updated_dirs"], 2);
+    EXPECT_EQ(find_event(ev, "done")["updated"], 0);
+    EXPECT_EQ(compare_trees(src, site), "");
+    EXPECT_EQ(fs::status(site / "empty").permissions(), fs::perms::owner_all);
 }
 
 TEST_F(sync_push, an_mtime_past_2262_is_clamped_to_the_last_the_wire_holds_and_the_next_sync_keeps_it) {
