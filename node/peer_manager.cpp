@@ -295,6 +295,12 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
             start_list(self_c, hello);
             return;
         }
+        if (ctx_.config.one_shot && std::exchange(took_one_, true)) {
+            // `ferry receive` ends with its transfer: a second one would be cut off then,
+            // or would cut the first off ending first.
+            refuse(wire::ERROR_BUSY, "ferry receive takes one transfer, and has one", refusal::sessions);
+            return;
+        }
         auto s = std::make_shared<receive_session>(ctx_, peer, key, hello.session_id(),
                                                    [this](receive_session& s) { end_session(s); });
         sessions_.emplace(hello.session_id(), s);

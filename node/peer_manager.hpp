@@ -132,6 +132,7 @@ private:
     // for its result (not closed, the node not stopping).
     bool scan_done(const std::shared_ptr<connection>& c);
     bool stopping_ = false;
+    bool took_one_ = false;  // a one-shot node (`ferry receive`) began its one transfer
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak copies: worker results check it
 };
 

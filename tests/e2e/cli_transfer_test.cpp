@@ -527,6 +527,33 @@ TEST_F(cli_transfer, a_receive_stopped_in_a_transfer_exits_with_the_transfers_co
     EXPECT_TRUE(fs::exists(dest / "x/.big.bin.ferry-part"));
 }
 
+TEST_F(cli_transfer, a_receive_refuses_a_second_transfer_while_it_has_one) {
+    // `ferry receive` takes one transfer: a second sender was taken too, and when its
+    // small transfer ended first the receiver exited 0 and cut the first one off.
+    fs::path src = cli.root() / "x";
+    write_random_file(src / "big.bin", 3 * 1024 * 1024, 6);
+    fs::path other = cli.root() / "y";
+    write_text_file(other / "small.txt", "small\n");
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    child_process first({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--bwlimit", "2M", src.string(),
+                         a_id + "@" + rx.address});
+    bool started = false;
+    while (!started) {
+        std::optional<std::string> line = rx.proc->read_line(30s);
+        ASSERT_TRUE(line) << "the receiver stopped: " << rx.proc->err();
+        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
+        started = !ev.is_discarded() && ev["event"] == "file_start";
+    }
+    run_result second = send({other.string()}, a_id + "@" + rx.address, {"--retry-for", "0"});
+    EXPECT_EQ(second.code, 2) << second.err;
+    EXPECT_NE(second.err.find("ferry receive takes one transfer, and has one"), std::string::npos) << second.err;
+    EXPECT_EQ(first.wait(process_timeout), 0) << first.err();
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_EQ(compare_trees(src, dest / "x"), "");
+    EXPECT_FALSE(fs::exists(dest / "y"));
+}
+
 TEST_F(cli_transfer, a_sender_stopped_on_a_slow_link_tells_the_receiver_why) {
     // Ctrl-C in a send over a slow link: the Error frame saying why waited behind the
     // chunks queued before it and the process left before they went out, so the receiver
