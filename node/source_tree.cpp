@@ -649,14 +649,18 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& given, so
     names = std::move(by_name);
     // A source named through a symlink is what the link points to, under the link's name,
     // as cp -H, scp and tar -h take a path given on the command line (a symlink met inside
-    // a folder is still skipped, with a note; a dangling one is skipped too).
+    // a folder is still skipped, with a note). One that leads nowhere fails the command, as
+    // a missing path does (cp -H: "cannot stat"); it was skipped, and the send said ok.
     for (std::filesystem::path& p : paths) {
         struct stat lst {};
         if (::lstat(p.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
             std::error_code ec;
-            if (std::filesystem::path real = std::filesystem::canonical(p, ec); !ec) {
-                p = std::move(real);
+            std::filesystem::path real = std::filesystem::canonical(p, ec);
+            if (ec) {
+                error = p.string() + ": a symlink that leads nowhere here (" + ec.message() + ")";
+                return ec;
             }
+            p = std::move(real);
         }
     }
     if (feed != nullptr) {

@@ -595,6 +595,11 @@ TEST_F(cli_transfer, a_path_given_as_a_symlink_is_followed_and_one_inside_a_fold
     EXPECT_EQ(read_text_file(dest / "photos/sub/b.txt"), "b\n");
     EXPECT_FALSE(fs::exists(fs::symlink_status(dest / "photos/inner-link")));
     EXPECT_NE(s.err.find("inner-link"), std::string::npos) << s.err;  // the note
+    // One that leads nowhere fails as a missing path does (it was skipped, exit 0).
+    fs::create_symlink(cli.root() / "not-there", cli.root() / "dangling");
+    run_result d = send({(cli.root() / "dangling").string(), (real / "a.txt").string()}, a_id + "@127.0.0.1:1");
+    EXPECT_EQ(d.code, 1) << d.err;
+    EXPECT_NE(d.err.find("dangling: a symlink that leads nowhere here"), std::string::npos) << d.err;
 }
 
 TEST_F(cli_transfer, ipv6_loopback) {
@@ -640,12 +645,11 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     run_result clash = send({(src / "f.txt").string(), (cli.root() / "y" / "f.txt").string()}, "127.0.0.1:1");
     EXPECT_EQ(clash.code, 1) << clash.err;
     EXPECT_NE(clash.err.find("two sources map to the same name"), std::string::npos) << clash.err;
-    // Only a symlink that points nowhere: nothing to send, and the note says why.
+    // A symlink that points nowhere: as a missing path.
     fs::create_symlink(cli.root() / "nowhere", cli.root() / "link");
     run_result link = send({(cli.root() / "link").string()}, "127.0.0.1:1");
     EXPECT_EQ(link.code, 1) << link.err;
-    EXPECT_NE(link.err.find("skipping"), std::string::npos) << link.err;
-    EXPECT_NE(link.err.find("nothing to send"), std::string::npos) << link.err;
+    EXPECT_NE(link.err.find("link: a symlink that leads nowhere here"), std::string::npos) << link.err;
     EXPECT_EQ(cli.ferry({"send", "--state", cli.state("B").string(), "only-one-arg"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), "NOT-AN-ID"}).code, 1);
     run_result self = cli.ferry({"trust", "--state", cli.state("B").string(), b_id});  // its own ID

@@ -165,6 +165,12 @@ TEST(source_tree_test, clashing_names_missing_paths_and_nothing_to_send_are_refu
     error.clear();
     fs::create_symlink("no-such-target", tmp.path() / "only-a-link");  // (one that points somewhere is followed)
     EXPECT_NE(scan_sources({tmp.path() / "only-a-link"}, t3, error), std::error_code{});
+    EXPECT_NE(error.find("only-a-link: a symlink that leads nowhere here"), std::string::npos) << error;  // as cp -H
+
+    source_tree t4;
+    error.clear();
+    ASSERT_EQ(::mkfifo((tmp.path() / "only-a-fifo").c_str(), 0600), 0);
+    EXPECT_NE(scan_sources({tmp.path() / "only-a-fifo"}, t4, error), std::error_code{});
     EXPECT_EQ(error, "nothing to send");
 }
 
@@ -303,7 +309,7 @@ TEST(source_tree_test, a_skipped_source_takes_no_name) {
     test::temp_dir tmp{"ferry-scan"};
     write(tmp.path() / "real" / "x", "x");
     fs::create_directories(tmp.path() / "links");
-    fs::create_symlink(tmp.path() / "real" / "gone", tmp.path() / "links" / "x");  // dangling: skipped
+    ASSERT_EQ(::mkfifo((tmp.path() / "links" / "x").c_str(), 0600), 0);  // not a file: skipped
     source_tree t;
     std::string error;
     ASSERT_EQ(scan_sources({tmp.path() / "links" / "x", tmp.path() / "real" / "x"}, t, error), std::error_code{})
