@@ -112,6 +112,14 @@ std::string removal_error(const std::string& where, std::error_code ec) {
                                      : "could not delete " + where + ": " + ec.message();
 }
 
+// The Error code a disk error of this side's goes to the sender as: a full disk or quota
+// at a node that stays (which may have room later: the sender tries again with
+// --retry-for; a `ferry receive` exits with its transfer), or any other.
+wire::ErrorCode disk_error(const node_context& ctx, std::error_code ec) {
+    bool full = ec == std::errc::no_space_on_device || (ec.category() == std::system_category() && ec.value() == EDQUOT);
+    return full && !ctx.config.one_shot ? wire::ERROR_NO_SPACE : wire::ERROR_IO;
+}
+
 // The kind a removed entry goes on the wire as (Deleted) and in events.
 wire::EntryKind kind_of(const dest_tree::removed_entry& r) {
     return r.is_dir ? wire::ENTRY_DIR : r.is_link ? wire::ENTRY_SYMLINK : wire::ENTRY_FILE;
@@ -1856,7 +1864,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 return;
             }
             if (ec) {
-                self->fail(wire::ERROR_IO, exit_code::local_io, "write failed: " + path + ": " + ec.message());
+                self->fail(disk_error(self->ctx_, ec), exit_code::local_io, "write failed: " + path + ": " + ec.message());
                 return;
             }
             bool complete = self->machine_.on_chunk_written(f, idx, verdict.got);
@@ -2196,7 +2204,7 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
     }
     if (ec) {
         bool local = ec.category() == std::system_category();
-        fail(local ? wire::ERROR_IO : wire::ERROR_REFUSED, local ? exit_code::local_io : exit_code::transfer_failed,
+        fail(local ? disk_error(ctx_, ec) : wire::ERROR_REFUSED, local ? exit_code::local_io : exit_code::transfer_failed,
              path + ": " + ec.message());
         return;
     }

@@ -809,7 +809,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             }
             // A receiver that stopped, timed out or is full may take the transfer later.
             fail(exit_code::transfer_failed, "receiver: " + printable(header.error().message()), false,
-                 header.error().code() == wire::ERROR_CANCELLED || header.error().code() == wire::ERROR_BUSY);
+                 header.error().code() == wire::ERROR_CANCELLED || header.error().code() == wire::ERROR_BUSY ||
+                     header.error().code() == wire::ERROR_NO_SPACE);
             return;
         case wire::Header::kPong: return;
         case wire::Header::kPing: {

@@ -211,6 +211,31 @@ TEST_F(limits, disk_full_mid_transfer_fails_with_exit_4_keeps_verified_data_and_
     ::umount2(disk.c_str(), MNT_DETACH);
 }
 
+TEST_F(limits, a_disk_full_mid_transfer_at_a_serving_node_is_tried_again_once_there_is_room) {
+    // `ferry serve` stays when its disk fills: the sender's --retry-for tries again (the
+    // Error said ERROR_IO, which it took as final, and the send failed at once).
+    fs::path disk = cli.root() / "inbox";
+    if (std::string why = mount_private_tmpfs(disk, "size=64m,nr_inodes=40"); !why.empty()) {
+        GTEST_SKIP() << why;
+    }
+    fs::path src = cli.root() / "src/tree";
+    for (int i = 0; i < 100; ++i) {
+        write_random_file(src / ("f" + std::to_string(i)), 4096 + i, 300 + i);
+    }
+    auto sv = start_serve({});
+    child_process tx({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--retry-for", "60s", src.string(),
+                      a_id + "@" + sv.address});
+    std::optional<std::string> line = tx.wait_for_err("reconnecting", process_timeout);
+    ASSERT_TRUE(line) << tx.err();
+    EXPECT_NE(line->find("No space left on device"), std::string::npos) << *line;
+    ASSERT_EQ(::mount(nullptr, disk.c_str(), nullptr, MS_REMOUNT, "size=64m,nr_inodes=1000"), 0) << std::strerror(errno);
+    EXPECT_EQ(tx.wait(process_timeout), 0) << tx.err();
+    EXPECT_EQ(compare_trees(src, disk / "tree"), "");
+    sv.proc->signal(SIGTERM);
+    EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
+    ::umount2(disk.c_str(), MNT_DETACH);
+}
+
 TEST_F(limits, bad_limit_values_are_usage_errors) {
     for (const auto& bad : std::vector<std::vector<std::string>>{{"--max-connections", "0"},
                                                                  {"--idle-timeout", "5 fortnights"},
