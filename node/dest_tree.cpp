@@ -1680,7 +1680,10 @@ bool dest_tree::folder_differs(std::string_view wire_path, std::uint32_t mode, s
     if (dh.fd < 0 || ::fstat(dh.fd, &st) != 0) {
         return false;
     }
-    return (st.st_mode & 07777) != (mode & 07777) ||
+    // (A user not root may not be let set the set-group-ID bit: only the 9 bits count then,
+    // or such a folder would be told of at every sync.)
+    const mode_t bits = effective_uid == 0 ? 07777 : 0777;
+    return (st.st_mode & bits) != (mode & bits) ||
            !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step(st.st_dev, dh.fd));
 }
 

@@ -326,7 +326,7 @@ public:
     // `overwrite`); with `sync_dir`, fsyncs the folder so the new name is durable.
     std::error_code rename_final(std::string_view wire_path, bool overwrite, bool sync_dir = false);
     // Whether the folder at `wire_path` (there already) has other permission bits (all
-    // 12) or another mtime (as this file system stores `mtime_ns`) than `mode` and
+    // 12 as root, else the 9 rwx bits) or another mtime (as this file system stores `mtime_ns`) than `mode` and
     // `mtime_ns`: what finish_dir will set. False when it cannot be looked at.
     bool folder_differs(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
     // Sets a directory's mode and mtime (after its contents are written); with

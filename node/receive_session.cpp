@@ -1555,14 +1555,21 @@ void receive_session::next_offer() {
             }
             self->tree_ = tree;
             if (!error.empty()) {
-                self->fail(busy ? wire::ERROR_BUSY : code == exit_code::local_io ? wire::ERROR_IO : wire::ERROR_REFUSED, code,
+                // Too little room at a node that stays may be room later (a retry after a
+                // disk that filled mid-transfer meets this check first).
+                self->fail(busy                                           ? wire::ERROR_BUSY
+                           : no_space && !self->ctx_.config.one_shot       ? wire::ERROR_NO_SPACE
+                           : code == exit_code::local_io                  ? wire::ERROR_IO
+                                                                          : wire::ERROR_REFUSED,
+                           code,
                            "refused transfer: " + error,
                            no_space ? std::optional<refusal>(refusal::disk_space) : std::nullopt);
                 return;
             }
             self->files_.resize(self->machine_.total_files());
             for (skipped_file& n : not_made) {
-                self->ctx_.log(printable(n.path) + ": " + n.reason, log_level::warn);
+                self->ctx_.log("failed: " + printable(n.path) + ": " + n.reason, log_level::warn);
+                n.logged = true;
                 self->not_made_.push_back(std::move(n));
             }
             for (const auto& d : decisions) {
@@ -2438,8 +2445,9 @@ void receive_session::check_all_done() {
                 }
                 return false;
             });
-            for (const skipped_file& u : not_done) {
-                self->ctx_.log(printable(u.path) + ": " + u.reason, log_level::warn);
+            for (skipped_file& u : not_done) {
+                self->ctx_.log("failed: " + printable(u.path) + ": " + u.reason, log_level::warn);
+                u.logged = true;
             }
             not_done.insert(not_done.begin(), std::make_move_iterator(self->not_made_.begin()),
                             std::make_move_iterator(self->not_made_.end()));

@@ -96,7 +96,7 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
 
 void send_session::took_unread(std::vector<skipped_file>& unread) {
     for (skipped_file& f : unread) {
-        ctx_.log("not sent " + printable(f.path) + ": " + f.reason, log_level::warn);
+        ctx_.log("not sent: " + printable(f.path) + ": " + f.reason, log_level::warn);
         f.logged = true;
         given_up_.push_back(f);
         not_sent_.push_back(std::move(f));
@@ -1239,7 +1239,7 @@ void send_session::let_go(file_id f, const std::string& reason, bool vanished, b
         }
     }
     const std::string& path = machine_.entry(f).path;
-    ctx_.log((at_dst ? "failed: " : "skipped ") + printable(path) + ": " + reason, log_level::warn);
+    ctx_.log((at_dst ? "failed: " : "not sent: ") + printable(path) + ": " + reason, log_level::warn);
     given_up_.push_back({path, reason, vanished, again, at_dst, true, 1, true});
 }
 

@@ -123,15 +123,16 @@ struct scanner {
     // An entry below a source that `err` keeps from being walked: one this user may not
     // read is left out and kept at DST (skipped_paths); one that vanished (or turned from
     // a folder into something else, a symlink too) meanwhile is left out. Either way it is reported as
-    // not sent and the walk goes on: true. Any other error fails the scan (false).
-    bool not_read(const std::string& local, const std::string& wire, int err) {
+    // not sent and the walk goes on: true. Any other error fails the scan (false). A
+    // `folder` counts in failed_other, anything else in failed_files.
+    bool not_read(const std::string& local, const std::string& wire, int err, bool folder = false) {
         const bool vanished = err == ENOENT || err == ENOTDIR || err == ELOOP;  // ELOOP: a folder became a symlink
         if (!vanished && err != EACCES && err != EPERM && err != EIO) {
             return fail(local, err);
         }
         std::string why = std::error_code(err, std::system_category()).message();
         out.unread.push_back({wire, vanished ? "vanished while the sources were scanned" : "cannot read it: " + why,
-                              vanished, false});
+                              vanished, false, false, !folder});
         if (!vanished) {
             out.skipped_paths.push_back(wire);
         }
@@ -243,7 +244,7 @@ struct scanner {
     // One that vanished takes its entry out again; one this user may not read keeps it
     // (it is made at DST, what is in it there kept).
     bool unread_folder(const std::string& local, const std::string& wire, int err) {
-        if (!not_read(local, wire, err)) {
+        if (!not_read(local, wire, err, true)) {
             return false;
         }
         if (out.unread.back().vanished && !out.entries.empty() && out.entries.back().path == wire) {

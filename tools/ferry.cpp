@@ -2242,7 +2242,7 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
         return 0;
     }
     exit_code code = all_vanished ? exit_code::vanished : exit_code::partial;
-    std::string what = std::to_string(total - at_dst) + " source file(s) not sent (" +
+    std::string what = std::to_string(total - at_dst) + " source path(s) not sent (" +
                        (all_vanished ? "they vanished" : "they changed while read, vanished or could not be read") + ")";
     if (at_dst > 0) {
         // (Each of these is a line above, with the destination's reason.)
@@ -2331,9 +2331,9 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
     bool dry = run.target.dry_run();
     std::uint64_t deleted = r.deleted_files + r.deleted_dirs;
     if (run.get) {
-        say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged{}; received {} "
-                        "in {:.2f} s ({:.1f} MB/s confirmed, {})",
-                        files, run.created, run.updated, run.renamed, run.unchanged,
+        say(fmt::format("got {} file(s): {} created, {} updated, {} copied from files here, {} unchanged{}{}; received "
+                        "{} in {:.2f} s ({:.1f} MB/s confirmed, {})",
+                        files, run.created, run.updated, run.renamed, run.unchanged, failed_text(r.given_up),
                         folders_text(run.created_dirs, "made") + folders_text(run.updated_dirs, "updated"),
                         human_bytes(transferred_bytes(r)), r.elapsed_s, transferred_mbps(r),
                         connections_text(r)) +
@@ -2495,7 +2495,7 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             ferry::transfer_report out = *first_pass;
             add_carried(out, r, true);  // what the attempts since moved and deleted
             for (ferry::skipped_file& f : out.given_up) {
-                f.logged = false;  // said as to be tried again: the end says how it ended
+                f.logged = f.logged && !f.again;  // said as to be tried again: the end says how it ended
             }
             finish(out);
             return;

@@ -536,8 +536,9 @@ TEST_F(cli_transfer, a_receive_refuses_a_second_transfer_while_it_has_one) {
     write_text_file(other / "small.txt", "small\n");
     fs::path dest = cli.root() / "inbox";
     auto rx = start_receiver(dest);
+    ferry::test::fault_proxy proxy(rx.address);  // holds the first transfer while the second comes
     child_process first({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--bwlimit", "2M", src.string(),
-                         a_id + "@" + rx.address});
+                         a_id + "@" + proxy.address()});
     bool started = false;
     while (!started) {
         std::optional<std::string> line = rx.proc->read_line(30s);
@@ -545,7 +546,9 @@ TEST_F(cli_transfer, a_receive_refuses_a_second_transfer_while_it_has_one) {
         nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
         started = !ev.is_discarded() && ev["event"] == "file_start";
     }
+    proxy.stall(true);
     run_result second = send({other.string()}, a_id + "@" + rx.address, {"--retry-for", "0"});
+    proxy.stall(false);
     EXPECT_EQ(second.code, 2) << second.err;
     EXPECT_NE(second.err.find("ferry receive takes one transfer, and has one"), std::string::npos) << second.err;
     EXPECT_EQ(first.wait(process_timeout), 0) << first.err();
@@ -565,10 +568,10 @@ TEST_F(cli_transfer, a_sender_stopped_on_a_slow_link_tells_the_receiver_why) {
     fs::path dest = cli.root() / "inbox";
     auto rx = start_receiver(dest);
     ferry::test::fault_proxy proxy(rx.address);
-    proxy.set_delay(std::chrono::milliseconds(20));
+    proxy.set_delay(std::chrono::milliseconds(5));  // slower than the sender, and what it holds drains in time
     child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--connections", "1",
                           "--compress", "never", "--retry-for", "0", src.string(), a_id + "@" + proxy.address()});
-    ASSERT_TRUE(proxy.wait_up_bytes(2 * 1024 * 1024, 30s)) << sender.err();
+    ASSERT_TRUE(proxy.wait_up_bytes(1024 * 1024, 30s)) << sender.err();
     sender.signal(SIGINT);
     EXPECT_NE(sender.wait(process_timeout), 0) << sender.err();
     EXPECT_NE(rx.proc->wait(process_timeout), 0) << rx.proc->err();

@@ -2,7 +2,9 @@
 // that go silent, a sender that stops talking, and transfers over the configured bounds.
 // The real ferry binary serves; the misbehaving clients are hostile_peer connections
 // (tests/support): plain TCP, or TLS 1.3 with the identity of node B, which the node trusts.
+#include <fcntl.h>
 #include <sys/mount.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -231,6 +233,38 @@ TEST_F(limits, a_disk_full_mid_transfer_at_a_serving_node_is_tried_again_once_th
     ASSERT_EQ(::mount(nullptr, disk.c_str(), nullptr, MS_REMOUNT, "size=64m,nr_inodes=1000"), 0) << std::strerror(errno);
     EXPECT_EQ(tx.wait(process_timeout), 0) << tx.err();
     EXPECT_EQ(compare_trees(src, disk / "tree"), "");
+    sv.proc->signal(SIGTERM);
+    EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
+    ::umount2(disk.c_str(), MNT_DETACH);
+}
+
+TEST_F(limits, a_serving_nodes_disk_that_runs_out_of_bytes_mid_transfer_is_tried_again_once_there_is_room) {
+    // As above, with bytes: the next attempt meets the space check before it offers a
+    // byte, and too little room there was final (ERROR_IO) too.
+    fs::path disk = cli.root() / "inbox";
+    if (std::string why = mount_private_tmpfs(disk, "size=24m"); !why.empty()) {
+        GTEST_SKIP() << why;
+    }
+    fs::path src = cli.root() / "src/big.bin";
+    write_random_file(src, 16 * 1024 * 1024, 77);
+    auto sv = start_serve({});
+    child_process tx({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--retry-for", "60s", "--bwlimit",
+                      "8M", "--compress", "never", src.string(), a_id + "@" + sv.address});
+    ASSERT_TRUE(wait_for_change(
+        disk, [&] { return allocated_bytes(disk / ".big.bin.ferry-part") >= 2 * 1024 * 1024; }, process_timeout))
+        << tx.err();
+    {
+        int fd = ::open((disk / "filler").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        ASSERT_GE(fd, 0) << std::strerror(errno);
+        EXPECT_EQ(::fallocate(fd, 0, 0, 12 * 1024 * 1024), 0) << std::strerror(errno);
+        ::close(fd);
+    }
+    // The first attempt fails writing, the second at the space check: both are tried again.
+    ASSERT_TRUE(tx.wait_for_err("(attempt 2,", process_timeout)) << tx.err();
+    EXPECT_NE(tx.err().find("refused transfer: not enough space"), std::string::npos) << tx.err();
+    fs::remove(disk / "filler");
+    EXPECT_EQ(tx.wait(process_timeout), 0) << tx.err();
+    EXPECT_EQ(compare_trees(src, disk / "big.bin"), "");
     sv.proc->signal(SIGTERM);
     EXPECT_EQ(sv.proc->wait(process_timeout), 0) << sv.proc->err();
     ::umount2(disk.c_str(), MNT_DETACH);

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -338,6 +340,40 @@ TEST(source_tree_test, skipped_paths_are_kept_by_a_delete_sync_only_and_within_t
     ASSERT_EQ(del.keep_size(), 101);
     EXPECT_EQ(del.keep(100), "odd\nname \xFF");
     EXPECT_LE(keep_bytes(del), max_sync_keep_bytes);
+}
+
+TEST(source_tree_test, a_folder_this_user_may_not_read_counts_as_another_path_not_a_file) {
+    // Reported in `failed_other` (it was counted in `failed_files`). The scan runs as nobody
+    // in a child process: root reads everything.
+    if (::geteuid() != 0) {
+        GTEST_SKIP() << "needs root to scan as nobody";
+    }
+    test::temp_dir tmp{"ferry-scan"};
+    write(tmp.path() / "top" / "ok", "ok");
+    write(tmp.path() / "top" / "closed" / "x", "x");
+    fs::permissions(tmp.path(), fs::perms::all & ~fs::perms::group_write & ~fs::perms::others_write);
+    fs::permissions(tmp.path() / "top" / "closed", fs::perms::owner_all);
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) {
+            ::_exit(10);
+        }
+        source_tree t;
+        std::string error;
+        if (scan_sources({tmp.path() / "top"}, t, error)) {
+            ::_exit(11);
+        }
+        auto find = [&](const std::string& path) {
+            return std::find_if(t.unread.begin(), t.unread.end(), [&](const skipped_file& f) { return f.path == path; });
+        };
+        auto closed = find("top/closed");
+        ::_exit(closed == t.unread.end() ? 12 : closed->file ? 13 : 0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "10: no setuid, 11: the scan failed, 12: not listed, 13: counted as a file";
 }
 
 }  // namespace
