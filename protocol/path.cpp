@@ -97,10 +97,20 @@ std::string printable(std::string_view text) {
 
 namespace {
 
-// ".NAME<suffix>" with a name of at least one byte, or ".ferry-HASH<hashed>".
+// ".NAME<suffix>" with a name of at least one byte, or ".ferry-HASH<hashed>" with HASH 16
+// lowercase hex digits (dest_tree's %016zx): ".ferry-notes.part" is a user's file.
 bool decorated(std::string_view name, std::string_view suffix, std::string_view hashed) {
-    return (name.size() > suffix.size() + 1 && name.front() == '.' && name.ends_with(suffix)) ||
-           (name.starts_with(".ferry-") && name.ends_with(hashed));
+    constexpr std::string_view prefix = ".ferry-";
+    constexpr std::size_t hash_digits = 16;
+    if (name.size() > suffix.size() + 1 && name.front() == '.' && name.ends_with(suffix)) {
+        return true;
+    }
+    if (name.size() != prefix.size() + hash_digits + hashed.size() || !name.starts_with(prefix) ||
+        !name.ends_with(hashed)) {
+        return false;
+    }
+    std::string_view hash = name.substr(prefix.size(), hash_digits);
+    return std::all_of(hash.begin(), hash.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 }  // namespace

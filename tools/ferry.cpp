@@ -665,13 +665,14 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
         }
     }
     std::optional<ferry::trusted_peer> before = store.find_id(*id);
-    if (!store.add(*id, name.empty() && before ? before->name : name)) {
+    const std::string kept_name = name.empty() && before ? before->name : name;  // (a name given before stays)
+    if (!store.add(*id, kept_name)) {
         return fail(o, exit_code::usage, "the name \"" + name + "\" is already used by another peer");
     }
     store.set_details(*id, t.address, shares);
     store.save();
-    say("trusted " + ferry::format_node_id(*id) + (name.empty() ? "" : " as \"" + name + "\""));
-    emit(o, {{"event", "trusted"}, {"id", ferry::format_node_id(*id)}, {"name", name}});
+    say("trusted " + ferry::format_node_id(*id) + (kept_name.empty() ? "" : " as \"" + kept_name + "\""));
+    emit(o, {{"event", "trusted"}, {"id", ferry::format_node_id(*id)}, {"name", kept_name}});
     return 0;
 }
 
@@ -3243,7 +3244,7 @@ void add_send_flags(CLI::App* cmd, send_opts& so) {
         ->default_str("30s");
     cmd->add_option("--bwlimit", so.bwlimit,
                     "send at most RATE of data per second, e.g. 500K, 10M, 1G (a bare number is KiB/s, as in "
-                    "rsync; 0 = no limit); for a pull, the peer is asked to")
+                    "rsync; 0 = no limit); for a pull, the peer is asked to send at most that")
         ->type_name("RATE")
         ->default_str("0");
 }

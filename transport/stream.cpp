@@ -676,7 +676,10 @@ std::error_code open_listener(asio::ip::tcp::acceptor& acceptor, const std::stri
     auto results = resolver.resolve(host, port, asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
     if (ec || results.empty()) {
         error = "cannot resolve listen address " + address + ": " + ec.message();
-        return ec ? ec : std::make_error_code(std::errc::invalid_argument);
+        // No such host (256.1.1.1 too) is a mistake in the address, as a malformed one is
+        // (exit 1); a name server that did not answer is not.
+        bool bad = !ec || ec == asio::error::host_not_found || ec == asio::error::service_not_found;
+        return bad ? std::make_error_code(std::errc::invalid_argument) : ec;
     }
     asio::ip::tcp::endpoint ep = results.begin()->endpoint();
     acceptor.open(ep.protocol(), ec);

@@ -660,6 +660,11 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_NE(self.err.find("own ID"), std::string::npos) << self.err;
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "a@b"}).code, 1);
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "desk"}).code, 0);
+    // Trusted again without --name: the name stays, and the output says so (it said "").
+    run_result again = cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--shares", "www", "--json"});
+    EXPECT_EQ(again.code, 0) << again.err;
+    EXPECT_EQ(last_json_line(again.out)["name"], "desk") << again.out;
+    EXPECT_NE(again.err.find("as \"desk\""), std::string::npos) << again.err;
     EXPECT_EQ(cli.ferry({"frobnicate"}).code, 1);
     std::string state_b = cli.state("B").string();
     std::string dir = cli.root().string();

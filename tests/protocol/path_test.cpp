@@ -286,6 +286,11 @@ TEST(PartialFileName, MatchesOnlyFerrysOwnPartialNames) {
     EXPECT_FALSE(ferry::is_partial_file_name("ferry-x.part"));
     EXPECT_FALSE(ferry::is_partial_file_name(".part"));
     EXPECT_FALSE(ferry::is_partial_file_name("notes.txt"));
+    // A hashed name is 16 lowercase hex digits; a user's ".ferry-abc.part" is theirs.
+    EXPECT_FALSE(ferry::is_partial_file_name(".ferry-abc.part"));
+    EXPECT_FALSE(ferry::is_partial_file_name(".ferry-0123456789ABCDEF.part"));
+    EXPECT_FALSE(ferry::is_partial_file_name(".ferry-0123456789abcdefg.part"));
+    EXPECT_FALSE(ferry::is_partial_file_name(".ferry-notes.resume"));
     // Resume records too, and one being replaced.
     EXPECT_TRUE(ferry::is_partial_file_name(".a.ferry-resume"));
     EXPECT_TRUE(ferry::is_partial_file_name(".a.ferry-resume~"));
