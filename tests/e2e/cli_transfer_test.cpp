@@ -513,13 +513,7 @@ TEST_F(cli_transfer, a_receive_stopped_in_a_transfer_exits_with_the_transfers_co
     auto rx = start_receiver(dest);
     child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--bwlimit", "2M", "--retry-for",
                           "0", src.string(), a_id + "@" + rx.address});
-    bool started = false;
-    while (!started) {
-        std::optional<std::string> line = rx.proc->read_line(30s);
-        ASSERT_TRUE(line) << "the receiver stopped: " << rx.proc->err();
-        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
-        started = !ev.is_discarded() && ev["event"] == "file_start";
-    }
+    ASSERT_TRUE(wait_for_event(*rx.proc, "file_start", 30s)) << "the receiver stopped: " << rx.proc->err();
     rx.proc->signal(SIGTERM);
     EXPECT_EQ(rx.proc->wait(process_timeout), 2) << rx.proc->err();
     EXPECT_NE(sender.wait(process_timeout), 0);
@@ -539,13 +533,7 @@ TEST_F(cli_transfer, a_receive_refuses_a_second_transfer_while_it_has_one) {
     ferry::test::fault_proxy proxy(rx.address);  // holds the first transfer while the second comes
     child_process first({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--bwlimit", "2M", src.string(),
                          a_id + "@" + proxy.address()});
-    bool started = false;
-    while (!started) {
-        std::optional<std::string> line = rx.proc->read_line(30s);
-        ASSERT_TRUE(line) << "the receiver stopped: " << rx.proc->err();
-        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
-        started = !ev.is_discarded() && ev["event"] == "file_start";
-    }
+    ASSERT_TRUE(wait_for_event(*rx.proc, "file_start", 30s)) << "the receiver stopped: " << rx.proc->err();
     proxy.stall(true);
     run_result second = send({other.string()}, a_id + "@" + rx.address, {"--retry-for", "0"});
     proxy.stall(false);

@@ -395,13 +395,7 @@ TEST_F(sync_push, a_pull_from_a_node_stopped_on_a_slow_link_hears_why) {
     child_process puller({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--connections", "1",
                           "--compress", "never", "--retry-for", "0",
                           "ferry://" + a_id + "@" + proxy.address() + "/www/site", dst.string()});
-    bool started = false;
-    while (!started) {
-        std::optional<std::string> line = node.proc->read_line(30s);
-        ASSERT_TRUE(line) << "the node stopped: " << node.proc->err();
-        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
-        started = !ev.is_discarded() && ev["event"] == "file_start";
-    }
+    ASSERT_TRUE(wait_for_event(*node.proc, "file_start", 30s)) << "the node stopped: " << node.proc->err();
     node.proc->signal(SIGTERM);
     EXPECT_EQ(node.proc->wait(process_timeout), 0) << node.proc->err();
     node.proc.reset();

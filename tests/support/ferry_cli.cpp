@@ -68,6 +68,16 @@ run_result ferry_cli::ferry(const std::vector<std::string>& given, const std::ve
     return run(argv, process_timeout, env);
 }
 
+bool wait_for_event(child_process& p, const std::string& name, std::chrono::milliseconds timeout) {
+    while (std::optional<std::string> line = p.read_line(timeout)) {
+        nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
+        if (!ev.is_discarded() && ev.is_object() && ev.value("event", "") == name) {
+            return true;
+        }
+    }
+    return false;
+}
+
 std::vector<nlohmann::json> json_events(const std::string& out) {
     std::vector<nlohmann::json> lines;
     std::size_t start = 0;
