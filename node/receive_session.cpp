@@ -692,6 +692,17 @@ void receive_session::on_offer(const wire::Offer& offer) {
     for (const wire::NotSent& n : offer.not_sent()) {
         given_up_.push_back({n.path(), printable(n.reason()), n.vanished(), false});
     }
+    if (pull_) {
+        // What the serving node's scan left out (a FIFO, say): noted here, as a push's
+        // sender notes its own.
+        for (const std::string& note : offer.skipped()) {
+            ctx_.log("skipping " + printable(note) + " at the peer");
+        }
+        if (offer.skipped_more() > 0) {
+            ctx_.log("skipping " + std::to_string(offer.skipped_more()) + " more path(s) at the peer (" +
+                     log_id(peer_id_) + "'s log lists them)");
+        }
+    }
     if (offer.not_sent_more() > 0) {
         given_up_.push_back({"...", std::to_string(offer.not_sent_more()) + " more path(s) not sent (" +
                                         log_id(peer_id_) + "'s log lists them)", false, false, false, true,
@@ -1579,7 +1590,11 @@ void receive_session::next_offer() {
                 if (const entry_info& e = self->machine_.entry(d.id); e.is_dir) {
                     self->dirs_.push_back(e);
                     if (self->ctx_.events.folder && self->sync_target() != nullptr) {
-                        self->ctx_.events.folder(e.path, d.action);
+                        if (d.action == wire::SYNC_UPDATE) {
+                            self->folder_updates_.push_back(e.path);  // told once its mode and mtime are set
+                        } else {
+                            self->ctx_.events.folder(e.path, d.action);
+                        }
                     }
                 }
                 if (d.kind == wire::ACCEPT_SKIP) {
@@ -2449,6 +2464,7 @@ void receive_session::check_all_done() {
                 self->ctx_.log("failed: " + printable(u.path) + ": " + u.reason, log_level::warn);
                 u.logged = true;
             }
+            self->tell_folder_updates(not_done);
             not_done.insert(not_done.begin(), std::make_move_iterator(self->not_made_.begin()),
                             std::make_move_iterator(self->not_made_.end()));
             self->not_made_.clear();
@@ -2660,6 +2676,18 @@ void receive_session::settle() {
     if (ended_ && reported_ && !end_posted_) {
         end_posted_ = true;
         asio::post(ctx_.io, [self = shared_from_this()] { self->on_end_(*self); });
+    }
+}
+
+void receive_session::tell_folder_updates(const std::vector<skipped_file>& not_done) {
+    std::unordered_set<std::string_view> not_set;
+    for (const skipped_file& u : not_done) {
+        not_set.insert(u.path);
+    }
+    for (const std::string& path : std::exchange(folder_updates_, {})) {
+        if (!not_set.contains(path)) {
+            ctx_.events.folder(path, wire::SYNC_UPDATE);
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 #include "node/send_session.hpp"
 
+#include <unordered_set>
+
 
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -47,6 +49,9 @@ constexpr std::size_t max_not_sent_bytes = 2 * 1024;
 // max_path_bytes).
 constexpr std::size_t max_keep_offer_bytes = 8 * 1024;
 constexpr std::size_t keep_per_offer = max_keep_offer_bytes - (max_path_bytes + 3);
+// Bytes of Offer.skipped (a pull's notes) in one Offer, in what the two above leave under
+// max_header_len (never overshot: a note that does not fit waits for the next batch).
+constexpr std::size_t max_skipped_note_bytes = 1024;
 
 // Whether a file that failed to be read with `ec` may be read in another attempt: not one
 // this user may not read (a file that changed or vanished meanwhile may).
@@ -92,6 +97,7 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
     // The entries now live in machine_ (sources_ keeps the local paths).
     took_entries(0);
     took_unread(sources_.unread);
+    skipped_notes_ = std::move(sources_.skipped_notes);
 }
 
 void send_session::took_unread(std::vector<skipped_file>& unread) {
@@ -550,6 +556,20 @@ void send_session::send_offers() {
         h.mutable_offer()->add_keep(std::move(keep_[kept]));
     }
     keep_.erase(keep_.begin(), keep_.begin() + static_cast<std::ptrdiff_t>(kept));
+    // A pull's notes, in the room left (a push's sender shows them itself).
+    std::size_t noted = 0;
+    for (std::size_t bytes = 0; accepted_ && noted < skipped_notes_.size(); ++noted) {
+        bytes += skipped_notes_[noted].size() + 3;
+        if (bytes > max_skipped_note_bytes) {
+            break;
+        }
+        h.mutable_offer()->add_skipped(std::move(skipped_notes_[noted]));
+    }
+    skipped_notes_.erase(skipped_notes_.begin(), skipped_notes_.begin() + static_cast<std::ptrdiff_t>(noted));
+    if (h.offer().last()) {
+        h.mutable_offer()->set_skipped_more(accepted_ ? skipped_notes_.size() : 0);
+        skipped_notes_.clear();
+    }
     if (h.offer().last() && !keep_.empty()) {
         // (take_scan left batches enough for them: never.)
         fail(exit_code::transfer_failed, "paths to keep left over after the last Offer");
@@ -588,6 +608,7 @@ void send_session::take_scan() {
         std::move(part.locals.begin(), part.locals.end(), std::back_inserter(sources_.locals));
         machine_.append(std::move(part.entries));
         took_unread(part.unread);
+        std::move(part.skipped_notes.begin(), part.skipped_notes.end(), std::back_inserter(skipped_notes_));
     }
     took_entries(from);
     if (got.finished) {
@@ -641,7 +662,12 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 }
                 if (e.is_dir) {
                     if (ctx_.events.folder && options_.sync) {
-                        ctx_.events.folder(e.path, fa.action());
+                        if (fa.action() == wire::SYNC_UPDATE) {
+                            // Set by the receiver at the end: told of with its TransferResult.
+                            folder_updates_.push_back(e.path);
+                        } else {
+                            ctx_.events.folder(e.path, fa.action());
+                        }
                     }
                 } else if (fa.kind() == wire::ACCEPT_SKIP) {
                     file_events_.done(ctx_.events.file, file_id{fa.id()}, e, true, fa.action());
@@ -791,6 +817,16 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                                                                       : " more path(s)";
                     given_up_.push_back({"...", std::to_string(n) + what + " the receiver could not finish", false,
                                          false, true, files, n});
+                }
+            }
+            // The folders whose mode or mtime it set (not those it lists as not set).
+            std::unordered_set<std::string_view> not_set;
+            for (const wire::NotSent& n : tr.not_done()) {
+                not_set.insert(n.path());
+            }
+            for (const std::string& path : std::exchange(folder_updates_, {})) {
+                if (!not_set.contains(path)) {
+                    ctx_.events.folder(path, wire::SYNC_UPDATE);
                 }
             }
             finish(true, exit_code::ok, "");

@@ -156,6 +156,7 @@ struct scanner {
         if (const char* skip = skip_note(st.st_mode, wire_name(wire), keep_links)) {
             out.skipped.push_back(printable(local) + skip);
             out.skipped_paths.push_back(wire);  // checked if it must travel (keep_skipped)
+            out.skipped_notes.push_back(wire + skip);
             return true;
         }
         if (excludes != nullptr && excludes->excluded(wire, S_ISDIR(st.st_mode))) {
@@ -504,6 +505,7 @@ void append_part(source_tree& to, source_tree&& from) {
     move_all(to.locals, from.locals);
     move_all(to.skipped, from.skipped);
     move_all(to.skipped_paths, from.skipped_paths);
+    move_all(to.skipped_notes, from.skipped_notes);
     move_all(to.unread, from.unread);
     to.total_bytes += std::exchange(from.total_bytes, 0);
     to.excluded += std::exchange(from.excluded, 0);

@@ -80,6 +80,7 @@ struct source_tree {
     std::string local_prefix;
     std::vector<std::string> skipped;            // notes on what was not sent (symlinks for send, specials), escaped
     std::vector<std::string> skipped_paths;      // their wire paths (`ferry sync` keeps them at DST)
+    std::vector<std::string> skipped_notes;      // the notes by wire path, "PATH (why)" (a pull's puller is told)
     // Entries below a source the scan could not read (a folder or file this user may not
     // read, kept at DST as skipped_paths are) or that vanished while it was walked: left
     // out, reported as not sent (exit code partial or vanished), the rest sent.

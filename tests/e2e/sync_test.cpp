@@ -2257,6 +2257,34 @@ TEST_F(sync_push, folders_dst_lacks_are_told_as_created_in_a_dry_run_and_a_real_
     EXPECT_EQ(fs::status(site / "empty").permissions(), fs::perms::owner_all);
 }
 
+TEST_F(sync_push, a_folders_update_is_told_once_its_mode_and_mtime_are_set_not_before) {
+    // The receiver sets a folder's mode and mtime at the end: a run cut off before it told
+    // of an `updated` folder that was not, and the rerun told of it again (a user's test).
+    serve();
+    write_text_file(src / "d/x", "x\n");
+    write_random_file(src / "big.bin", 8 * 1024 * 1024, 91);
+    ASSERT_EQ(sync({}).code, 0);
+    fs::path site = share / "site";
+    fs::permissions(src / "d", fs::perms::owner_all);
+    write_random_file(src / "big.bin", 8 * 1024 * 1024, 92);
+    child_process tx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "2M",
+                      "--compress", "never", "--retry-for", "0", src.string(), "ay:www/site"});
+    // Chunks of big.bin arrive: the batch with d was answered.
+    ASSERT_TRUE(wait_for_change(
+        site, [&] { return allocated_bytes(site / ".big.bin.ferry-part") >= 1024 * 1024; }, process_timeout))
+        << tx.err();
+    tx.signal(SIGINT);
+    EXPECT_NE(tx.wait(process_timeout), 0) << tx.err();
+    EXPECT_EQ(paths_of(json_events(tx.out()), "updated"), paths{}) << tx.out();
+    EXPECT_NE(fs::status(site / "d").permissions(), fs::perms::owner_all);
+    run_result again = sync({});
+    ASSERT_EQ(again.code, 0) << again.err;
+    auto ev = json_events(again.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"big.bin", "d"})) << again.out;
+    EXPECT_EQ(find_event(ev, "done")["updated_dirs"], 1);
+    EXPECT_EQ(fs::status(site / "d").permissions(), fs::perms::owner_all);
+}
+
 TEST_F(sync_push, an_mtime_past_2262_is_clamped_to_the_last_the_wire_holds_and_the_next_sync_keeps_it) {
     // 64-bit nanoseconds end at 2262-04-11T23:47:16.854775807Z. A file dated 2300 arrives
     // dated so (not wrapped round to 1715), and the next sync finds it unchanged.
