@@ -795,9 +795,6 @@ bool receive_session::open_sync_target(const wire::SyncTarget& target) {
         share_dir_ = pull_->dest.parent_path();
         sync_path_ = pull_->dest.filename().string();
         root_ = pull_->dest;
-        for (const std::string& path : target.keep()) {
-            note_not_sent(path);
-        }
     } else {
         share_dir_ = share->dir;
         sync_path_ = target.path();
@@ -817,18 +814,8 @@ bool receive_session::take_keep(const wire::Offer& offer) {
             fail(wire::ERROR_REFUSED, exit_code::transfer_failed, "refused sync: " + refused);
             return false;
         }
-        if (pull_) {
-            note_not_sent(path);
-        }
     }
     return true;
-}
-
-void receive_session::note_not_sent(const std::string& path) {
-    // What a push's own scan says of such a path ("skipping ..."), said here for a pull,
-    // whose peer scanned.
-    ctx_.log("skipping " + printable(path) +
-             " (the peer did not send it: not a regular file, not readable there, or a partial file)");
 }
 
 void receive_session::next_offer() {

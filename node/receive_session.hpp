@@ -283,8 +283,6 @@ private:
     void send_deleted(std::vector<dest_tree::removed_entry> removed, std::size_t told = 0);
     std::size_t deleted_count_ = 0;  // paths send_deleted reported, for its log line
     void tell_deleted(std::vector<dest_tree::removed_entry> removed);
-    // A pull: one line for a path the peer kept back (SyncTarget.keep, Offer.keep).
-    void note_not_sent(const std::string& path);
     // A pull (set_pull), with what its report adds: files the sender skipped, paths
     // deleted, bytes rebuilt from older versions here. peer_hello_: the peer's Hello on
     // connection 0 came (the pull was taken).
