@@ -480,6 +480,9 @@ std::error_code scan_get(std::shared_ptr<const int> parent, const std::string& n
     }
     out.total_bytes = inside.total_bytes;
     out.skipped = std::move(inside.skipped);
+    for (const std::string& note : inside.skipped_notes) {
+        out.skipped_notes.push_back(as + "/" + note);
+    }
     for (skipped_file& f : inside.unread) {
         f.path = as + "/" + f.path;
         out.unread.push_back(std::move(f));
