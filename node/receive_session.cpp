@@ -1658,7 +1658,7 @@ void receive_session::on_file_abort(const wire::FileAbort& abort) {
     }
     file_id f{abort.file_id()};
     const entry_info& e = machine_.entry(f);
-    ctx_.log("the sender skipped " + printable(e.path) + " (" + printable(abort.reason()) + "): left as it was here",
+    ctx_.log("not sent: " + printable(e.path) + ": " + printable(abort.reason()) + " (the sender skipped it; left as it was here)",
              log_level::warn);
     given_up_.push_back({e.path, printable(abort.reason()), abort.vanished(), abort.again(), false, true, 1, true});
     dirty_.erase(f.value);

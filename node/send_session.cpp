@@ -1,8 +1,5 @@
 #include "node/send_session.hpp"
 
-#include <unordered_set>
-
-
 #include <fcntl.h>
 #include <openssl/rand.h>
 #include <sys/stat.h>
@@ -14,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <unordered_set>
 #include <utility>
 
 #include "node/chunk_codec.hpp"
