@@ -1761,7 +1761,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.wire_received = scope_ ? scope_->counters().wire_received : 0;
     std::uint32_t used = 0;
     for (const auto& cs : conns_) {
-        used += (cs.conn && cs.conn->counters().payload_sent > 0) ? 1 : 0;
+        // (One the receiver refused carried nothing it kept: what went on it went again.)
+        used += (cs.conn && !cs.refused && cs.conn->counters().payload_sent > 0) ? 1 : 0;
     }
     r.connections = ok ? std::max<std::uint32_t>(used, 1) : used;
     if (ok && scope_ && scope_->counters().payload_sent < r.payload_bytes) {

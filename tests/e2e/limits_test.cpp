@@ -132,11 +132,14 @@ TEST_F(limits, connections_that_say_nothing_are_closed_after_the_timeouts) {
 TEST_F(limits, extra_connections_of_one_peer_are_turned_away_and_the_transfer_goes_on) {
     auto sv = start_serve({"--max-peer-connections", "2"});
     write_random_file(cli.root() / "src/big.bin", 6 * 1024 * 1024, 11);
-    run_result r = send(cli.root() / "src/big.bin", sv.address, {"--connections", "4"});
+    run_result r = send(cli.root() / "src/big.bin", sv.address, {"--connections", "4", "--json"});
     ASSERT_EQ(r.code, 0) << r.err << sv.proc->err();
     EXPECT_EQ(compare_trees(cli.root() / "src/big.bin", cli.root() / "inbox/big.bin"), "");
     EXPECT_NE(r.err.find("--max-peer-connections"), std::string::npos) << r.err;
     EXPECT_EQ(status()["refusals"]["peer_connections"], 2u);
+    // The two turned away are not counted as connections that carried payload (what went
+    // on them before the refusal went again on the others).
+    EXPECT_LE(find_event(json_events(r.out), "done")["connections"], 2) << r.out;
 }
 
 TEST_F(limits, transfers_over_the_file_or_byte_limits_are_refused_before_anything_is_written) {
