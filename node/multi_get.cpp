@@ -375,6 +375,7 @@ void multi_get::start_range(std::size_t i, std::size_t r) {
     spec.dest = parts_dir();
     spec.connections = spec_.connections;
     spec.zstd = spec_.zstd;
+    spec.compress_always = spec_.compress_always;
     spec.durable = false;  // the file they make is, once verified
     spec.range_mtime_ns = file_->mtime_ns;
     ++live_pulls_;

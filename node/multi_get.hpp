@@ -89,6 +89,7 @@ struct multi_get_spec {
     std::filesystem::path folder;  // absolute; exists
     std::uint32_t connections = default_connections;  // per range pull
     bool zstd = true;
+    bool compress_always = false;  // --compress always, asked of every source
     std::uint64_t max_rate = 0;  // over all sources (0: no limit)
     // The length of a range, a whole number of chunks (0: about 16 ranges a source, 8-64 MiB).
     std::uint64_t range_length = 0;

@@ -451,6 +451,9 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
             so.sync = std::move(target);
             so.idle_timeout = ctx_.config.limits.idle_timeout;
             so.max_rate = hello.max_rate();  // the puller's --bwlimit
+            if (hello.compress_always()) {
+                so.compress = compress_mode::always;  // the puller's --compress always
+            }
             if (hello.pull().range_length() > 0) {
                 so.range = send_options::source_range{hello.pull().range_offset(), range_file_size};
             }

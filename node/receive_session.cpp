@@ -410,6 +410,7 @@ void receive_session::add_connection(std::shared_ptr<connection> c, const wire::
     if (pull_ && idx == 0) {
         *reply->mutable_pull() = pull_->source;  // this side asks: the peer answers with its Hello
         reply->set_max_rate(pull_->max_rate);
+        reply->set_compress_always(pull_->compress_always);
     }
     c->send(h);
     if (idx == 0 && ctx_.events.connected) {

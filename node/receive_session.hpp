@@ -43,6 +43,7 @@ struct pull_spec {
     bool adaptive_connections = false;
     std::uint32_t widen_rtt_us = default_widen_rtt_us;
     bool zstd = true;  // offer to decode zstd chunks (`--compress never`: no)
+    bool compress_always = false;  // ask the peer to compress every chunk (`--compress always`)
     std::uint64_t max_rate = 0;  // --bwlimit: bytes per second the peer may send (0: no limit)
     // Dials connection `index` (1..connections-1) once the peer took the pull.
     std::function<void(std::uint32_t index)> open;

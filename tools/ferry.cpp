@@ -3004,6 +3004,7 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
         spec.adaptive_connections = adaptive_connections(s);
         spec.widen_rtt_us = widen_rtt_us(spec.widen_rtt_us);
         spec.zstd = flags.compress != ferry::compress_mode::never;
+        spec.compress_always = flags.compress == ferry::compress_mode::always;
         spec.max_rate = flags.max_rate;
         spec.done = done;
         n.pull(std::move(spec), t);
@@ -3120,6 +3121,7 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     spec.folder = dir;
     spec.connections = s.connections;
     spec.zstd = flags.compress != ferry::compress_mode::never;
+    spec.compress_always = flags.compress == ferry::compress_mode::always;
     spec.max_rate = flags.max_rate;
     spec.range_length = g.range_size;
     spec.note = [&o](const std::string& line) {

@@ -1318,6 +1318,28 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_EQ(compare_trees(site, dst), "");
 }
 
+TEST_F(sync_pull, compress_always_is_asked_of_the_peer_and_never_too) {
+    // `--compress always` was not told to the serving node, which decided for itself (auto):
+    // a pull of text barely shrank. Now every chunk is compressed; `never` none.
+    serve();
+    std::string text;
+    for (int i = 0; i < 400000; ++i) {
+        text += std::to_string(i) + "\n";
+    }
+    write_text_file(site / "t.txt", text);
+    run_result always = pull({"--compress", "always"});
+    ASSERT_EQ(always.code, 0) << always.err;
+    nlohmann::json done = find_event(json_events(always.out), "done");
+    EXPECT_GT(done["compression_saved_bytes"].get<std::uint64_t>(), text.size() / 2) << done;
+    EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), text.size() / 2) << done;
+    EXPECT_EQ(read_text_file(dst / "t.txt"), text);
+    fs::remove_all(dst);
+    run_result never = pull({"--compress", "never"});
+    ASSERT_EQ(never.code, 0) << never.err;
+    EXPECT_EQ(find_event(json_events(never.out), "done")["compression_saved_bytes"], 0);
+    EXPECT_EQ(read_text_file(dst / "t.txt"), text);
+}
+
 TEST_F(sync_pull, dst_is_found_as_the_kernel_finds_it_not_as_text) {
     // "link/../victim" is "victim" beside the folder `link` points to, as cd, mkdir and
     // rsync take it; read as text it was the "victim" beside `link`, which --delete emptied.
