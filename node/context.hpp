@@ -48,6 +48,9 @@ struct transfer_report {
     bool ok = false;
     exit_code code = exit_code::transfer_failed;
     std::string error;            // one clear line when !ok
+    // Not ok, ended by the peer that pulled it (ERROR_CANCELLED: it stopped, or `get --from`
+    // had that range from another source): no fault of this node's.
+    bool peer_cancelled = false;
     std::string peer_id;          // canonical
     std::string peer_address;
     std::uint64_t files = 0;      // regular files transferred

@@ -234,7 +234,14 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         return;
     }
     if (scanning_.erase(self_c) > 0) {
-        // A puller waits for the Offer while its folder is scanned: it has nothing to say.
+        // A puller waits for the Offer while its folder is scanned: it has nothing to say
+        // but that it wants it no more (it stopped, or `get --from` had the range from
+        // another source), which is no refusal.
+        if (header.has_error() && header.error().code() == wire::ERROR_CANCELLED) {
+            ctx_.log("pull ended by the puller before its offer: " + printable(header.error().message()));
+            c.close_after_flush();
+            return;
+        }
         turn_away(self_c, wire::ERROR_PROTOCOL, "unexpected message while the pull is prepared", refusal::protocol);
         return;
     }
@@ -470,8 +477,9 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
                                         " file(s) sent, " + std::to_string(r.skipped_files) + " unchanged, " +
                                         std::to_string(r.payload_bytes) + " bytes in " +
                                         seconds_text(std::chrono::duration<double>(r.elapsed_s)) + " s"
-                                  : "pull of " + what + " by " + peer + " failed: " + r.error,
-                             r.ok ? log_level::info : log_level::warn);
+                             : r.peer_cancelled ? "pull of " + what + " ended by " + peer + ": " + r.error
+                                                : "pull of " + what + " by " + peer + " failed: " + r.error,
+                             r.ok || r.peer_cancelled ? log_level::info : log_level::warn);
                     // Not from inside the session's own call.
                     asio::post(ctx_.io, [this, alive, sid, id = r.peer_id] {
                         if (!alive.expired()) {

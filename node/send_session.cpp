@@ -841,6 +841,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 c.close();
                 return;
             }
+            // A puller that needs it no more (or stopped) ends a pull: no fault of this node's.
+            peer_cancelled_ = accepted_ && header.error().code() == wire::ERROR_CANCELLED;
             // A receiver that stopped, timed out or is full may take the transfer later.
             fail(exit_code::transfer_failed, "receiver: " + printable(header.error().message()), false,
                  header.error().code() == wire::ERROR_CANCELLED || header.error().code() == wire::ERROR_BUSY ||
@@ -1787,7 +1789,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     r.ttfb_s = ttfb_s_;
     r.deleted_files = deleted_files_;
     r.deleted_dirs = deleted_dirs_;
-    ++(ok ? ctx_.stats.transfers_ok : ctx_.stats.transfers_failed);
+    r.peer_cancelled = !ok && peer_cancelled_;
+    ++(ok ? ctx_.stats.transfers_ok : r.peer_cancelled ? ctx_.stats.transfers_cancelled : ctx_.stats.transfers_failed);
     finished_ = true;
     cancelled_->store(true);  // work still queued for this session stops early
     if (stall_timer_) {

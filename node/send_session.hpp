@@ -457,6 +457,7 @@ private:
     bool offer_posted_ = false;   // send_offers() is due on the loop
     bool redial_first_ = false;  // connection 0 came from an early_dial: dialed again once if it dies before Hello
     bool accepted_ = false;  // a pull: the receiver dialed in (start_accepted)
+    bool peer_cancelled_ = false;  // the puller ended it (transfer_report::peer_cancelled)
     bool retryable_ = false;  // the failure may pass (transfer_report::retryable)
     std::unique_ptr<asio::steady_timer> stall_timer_;
     std::unique_ptr<asio::steady_timer> widen_timer_;  // adaptive_connections: the next look

@@ -141,6 +141,7 @@ struct node_stats {
     latency_histogram write_latency;  // receiver: one chunk's pwrite on the worker pool
     std::uint64_t transfers_ok = 0;
     std::uint64_t transfers_failed = 0;
+    std::uint64_t transfers_cancelled = 0;  // a pull this node served, ended by the puller
     refusal_counters refusals;  // connections and transfers this node refused or closed, by reason
     stats_clock::time_point started = stats_clock::now();
     static constexpr std::size_t max_peers = 1024;

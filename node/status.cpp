@@ -178,6 +178,7 @@ nlohmann::ordered_json node::status() const {
     json totals = counters_json(tc);
     totals["transfers_ok"] = ctx.stats.transfers_ok;
     totals["transfers_failed"] = ctx.stats.transfers_failed;
+    totals["transfers_cancelled"] = ctx.stats.transfers_cancelled;
     totals["payload_rate_Bps"] = ctx.stats.traffic->payload_rate(now);
     json refusals = json::object();
     for (std::size_t i = 0; i < refusal_kinds; ++i) {
@@ -274,8 +275,9 @@ std::string node::metrics() const {
                    c.compression_saved);
     fmt::format_to(it,
                    "# HELP ferry_transfers_total Transfers finished, by result.\n# TYPE ferry_transfers_total counter\n"
-                   "ferry_transfers_total{{result=\"ok\"}} {}\nferry_transfers_total{{result=\"failed\"}} {}\n",
-                   ctx.stats.transfers_ok, ctx.stats.transfers_failed);
+                   "ferry_transfers_total{{result=\"ok\"}} {}\nferry_transfers_total{{result=\"failed\"}} {}\n"
+                   "ferry_transfers_total{{result=\"cancelled\"}} {}\n",
+                   ctx.stats.transfers_ok, ctx.stats.transfers_failed, ctx.stats.transfers_cancelled);
     fmt::format_to(it, "# HELP ferry_refusals_total Connections and transfers refused or closed by this node, by "
                        "reason (docs/cli.md, limits).\n# TYPE ferry_refusals_total counter\n");
     for (std::size_t i = 0; i < refusal_kinds; ++i) {

@@ -3144,10 +3144,11 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     };
     ferry::node n(io, cfg, std::move(ev));
     std::optional<ferry::multi_get_report> result;
+    asio::steady_timer quiet_timer(io);
     spec.done = [&](const ferry::multi_get_report& r) {
         result = r;
         n.stop("done");
-        asio::post(io, [&io] { io.stop(); });
+        stop_when_quiet(io, n, quiet_timer);  // the sources hear that their ranges are not needed
     };
     auto mg = std::make_shared<ferry::multi_get>(n, std::move(spec));
     ferry::cli::progress_view progress(
