@@ -420,10 +420,12 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
         deliver();  // once the last pull has reported
         return;
     }
+    // What came verified counts, whatever became of the range: an end-game double, or
+    // the part a source brought before it failed (another source resumes from it).
+    report_.payload_bytes += report.payload_bytes;
     // A range that changed at the source while read comes back as given up: not here.
     bool here = report.ok && report.given_up.empty() && report.files + report.skipped_files == 1;
     if (here) {
-        report_.payload_bytes += report.payload_bytes;
         if (schedule_->done(done.range, *s.index)) {
             brought_.at(done.range) = done.name;
             to_copy_.push_back(done.range);
