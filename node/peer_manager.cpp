@@ -240,6 +240,7 @@ void peer_manager::on_frame(connection& c, wire::Header& header, pooled_buffer p
         if (header.has_error() && header.error().code() == wire::ERROR_CANCELLED) {
             ctx_.log("pull ended by the puller before its offer: " + printable(header.error().message()));
             c.close_after_flush();
+            closing_.insert(self_c);  // (as turn_away's: the node's stop closes it)
             return;
         }
         turn_away(self_c, wire::ERROR_PROTOCOL, "unexpected message while the pull is prepared", refusal::protocol);
