@@ -413,6 +413,10 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
     s.figures.wire_received += report.wire_received;
     report_.wire_received += report.wire_received;
     report_.wire_sent += report.wire_sent;
+    // What came verified counts, whatever became of the range: an end-game double (one
+    // reporting after the get finished too), or the part a source brought before it
+    // failed (another source resumes from it).
+    report_.payload_bytes += report.payload_bytes;
     if (!report.peer_id.empty()) {
         s.figures.peer_id = report.peer_id;
     }
@@ -420,9 +424,6 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
         deliver();  // once the last pull has reported
         return;
     }
-    // What came verified counts, whatever became of the range: an end-game double, or
-    // the part a source brought before it failed (another source resumes from it).
-    report_.payload_bytes += report.payload_bytes;
     // A range that changed at the source while read comes back as given up: not here.
     bool here = report.ok && report.given_up.empty() && report.files + report.skipped_files == 1;
     if (here) {

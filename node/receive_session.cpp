@@ -700,8 +700,8 @@ void receive_session::on_offer(const wire::Offer& offer) {
             ctx_.log("skipping " + printable(note) + " at the peer");
         }
         if (offer.skipped_more() > 0) {
-            ctx_.log("skipping " + std::to_string(offer.skipped_more()) + " more path(s) at the peer (" +
-                     log_id(peer_id_) + "'s log lists them)");
+            ctx_.log("skipping " + std::to_string(offer.skipped_more()) +
+                     " more path(s) at the peer (not regular files, or ferry's partial files)");
         }
     }
     if (offer.not_sent_more() > 0) {
@@ -889,6 +889,9 @@ void receive_session::next_offer() {
         std::string error;
         exit_code code = exit_code::transfer_failed;
         bool no_space = false;
+        // An earlier attempt's partial files are here: this is a retry (after a disk that
+        // filled mid-transfer, say), and room later is worth another (ERROR_NO_SPACE).
+        bool resuming = false;
         bool busy = false;  // a file is another transfer's (partial_claims)
         std::vector<receiver_machine::decision> decisions;
         decisions.reserve(items.size());  // one array a batch, not a doubling one (fresh pages each time)
@@ -1495,6 +1498,7 @@ void receive_session::next_offer() {
                         here += std::min(bytes, items[i].e.size);
                     }
                 }
+                resuming = here > 0;
                 space_check(here);
                 here = 0;
                 for (std::size_t i = 0; i < items.size() && error.empty() && !sync.dry_run; ++i) {
@@ -1531,7 +1535,7 @@ void receive_session::next_offer() {
             }
         }
         lock.reset();
-        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space, busy,
+        asio::post(self->ctx_.io, [self, tree, decisions = std::move(decisions), error, code, recovered, no_space, resuming, busy,
                                    resumed = std::move(resumed), basis_fds = std::move(basis_fds),
                                    cleared = std::move(cleared), not_made = std::move(not_made),
                                    refused_files = std::move(refused_files)]() mutable {
@@ -1554,10 +1558,11 @@ void receive_session::next_offer() {
             }
             self->tree_ = tree;
             if (!error.empty()) {
-                // Too little room at a node that stays may be room later (a retry after a
-                // disk that filled mid-transfer meets this check first).
-                self->fail(busy                                           ? wire::ERROR_BUSY
-                           : no_space && !self->ctx_.config.one_shot       ? wire::ERROR_NO_SPACE
+                // Too little room for a retry at a node that stays may be room later (a
+                // retry after a disk that filled mid-transfer meets this check first); a
+                // transfer too large from its start is refused for good.
+                self->fail(busy                                                   ? wire::ERROR_BUSY
+                           : no_space && resuming && !self->ctx_.config.one_shot ? wire::ERROR_NO_SPACE
                            : code == exit_code::local_io                  ? wire::ERROR_IO
                                                                           : wire::ERROR_REFUSED,
                            code,
@@ -2377,6 +2382,7 @@ void receive_session::check_all_done() {
                 not_done.push_back({std::move(path), "not deleted: " + why.message(), false, false, true, false});
             }
         }
+        std::size_t not_set_folders = 0;
         for (const entry_info& d : dirs) {
             if (ec || dry_run) {
                 break;
@@ -2386,7 +2392,10 @@ void receive_session::check_all_done() {
                     break;
                 }
                 // (As rsync: "failed to set times", the files in it are in.)
-                not_done.push_back({d.path, "folder's mode or mtime not set: " + ec.message(), false, false, true, false});
+                // (First in the list: the sender tells of no update for a folder it names,
+                // and a list cut at its bound keeps its head.)
+                not_done.insert(not_done.begin() + static_cast<std::ptrdiff_t>(not_set_folders++),
+                                {d.path, "folder's mode or mtime not set: " + ec.message(), false, false, true, false});
                 ec = {};
             }
         }

@@ -554,18 +554,25 @@ void send_session::send_offers() {
         h.mutable_offer()->add_keep(std::move(keep_[kept]));
     }
     keep_.erase(keep_.begin(), keep_.begin() + static_cast<std::ptrdiff_t>(kept));
-    // A pull's notes, in the room left (a push's sender shows them itself).
+    // A pull's notes, in the room left under max_header_len (a push's sender shows them
+    // itself). One too long for any batch is only counted.
+    const std::size_t header = h.ByteSizeLong();
+    const std::size_t room = header + 1024 < max_header_len ? std::min(max_skipped_note_bytes, max_header_len - header - 1024) : 0;
     std::size_t noted = 0;
     for (std::size_t bytes = 0; accepted_ && noted < skipped_notes_.size(); ++noted) {
+        if (skipped_notes_[noted].size() + 3 > max_skipped_note_bytes) {
+            ++skipped_unlisted_;
+            continue;
+        }
         bytes += skipped_notes_[noted].size() + 3;
-        if (bytes > max_skipped_note_bytes) {
+        if (bytes > room) {
             break;
         }
         h.mutable_offer()->add_skipped(std::move(skipped_notes_[noted]));
     }
     skipped_notes_.erase(skipped_notes_.begin(), skipped_notes_.begin() + static_cast<std::ptrdiff_t>(noted));
     if (h.offer().last()) {
-        h.mutable_offer()->set_skipped_more(accepted_ ? skipped_notes_.size() : 0);
+        h.mutable_offer()->set_skipped_more(accepted_ ? skipped_notes_.size() + skipped_unlisted_ : 0);
         skipped_notes_.clear();
     }
     if (h.offer().last() && !keep_.empty()) {

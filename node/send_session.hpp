@@ -445,7 +445,8 @@ private:
     std::vector<skipped_file> given_up_;
     std::vector<skipped_file> not_sent_;  // what the scan could not read, for the next Offer
     std::vector<std::string> folder_updates_;  // a sync's folders SYNC_UPDATE: told of with the TransferResult
-    std::vector<std::string> skipped_notes_;  // what it left out with a note, for a puller (Offer.skipped)
+    std::vector<std::string> skipped_notes_;
+    std::uint64_t skipped_unlisted_ = 0;  // notes too long for a batch: only counted (Offer.skipped_more)  // what it left out with a note, for a puller (Offer.skipped)
     std::vector<std::string> keep_;       // sync --delete: paths to keep, for the next Offers (Offer.keep)
     std::size_t keep_bytes_ = 0;          // of those and the sync target's, in all
     std::uint64_t deleted_files_ = 0;  // sync: as the receiver reported them (Deleted)

@@ -1182,11 +1182,11 @@ void print_status(const json& st) {
     std::printf("node %s listening on %s, up %.0f s, %d threads\n", st["id"].get<std::string>().c_str(),
                 st["listen"].get<std::string>().c_str(), st["uptime_s"].get<double>(), st["threads"].get<int>());
     std::printf("totals: payload sent %s (confirmed), received %s; wire sent %s, received %s; transfers %llu ok, "
-                "%llu failed; now %s\n",
+                "%llu failed, %llu cancelled by the puller; now %s\n",
                 human_bytes(t["payload_bytes_sent"]).c_str(), human_bytes(t["payload_bytes_received"]).c_str(),
                 human_bytes(t["wire_bytes_sent"]).c_str(), human_bytes(t["wire_bytes_received"]).c_str(),
                 t["transfers_ok"].get<unsigned long long>(), t["transfers_failed"].get<unsigned long long>(),
-                human_rate(t["payload_rate_Bps"]).c_str());
+                t.value("transfers_cancelled", 0ULL), human_rate(t["payload_rate_Bps"]).c_str());
     // A quantile bound: seconds, or "+Inf" beyond the last bucket.
     auto bound = [](const json& q) {
         return q.is_number() ? "<= " + std::to_string(q.get<double>() * 1000).substr(0, 6) + " ms" : std::string("> 60 s");

@@ -1340,6 +1340,33 @@ TEST_F(sync_pull, compress_always_is_asked_of_the_peer_and_never_too) {
     EXPECT_EQ(read_text_file(dst / "t.txt"), text);
 }
 
+TEST_F(sync_pull, a_pull_the_puller_stops_counts_as_cancelled_at_the_serving_node_not_failed) {
+    // No fault of the serving node's: it counted a failure and logged a warning (which an
+    // operator alerting on failures would be woken by for every `get --from` end game).
+    serve();
+    write_random_file(site / "big.bin", 16 * 1024 * 1024, 93);
+    child_process puller({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--bwlimit", "2M",
+                          "--retry-for", "0", "ay:www/site", dst.string()});
+    ASSERT_TRUE(wait_for_event(*node.proc, "file_start", 30s)) << "the node stopped: " << node.proc->err();
+    puller.signal(SIGINT);
+    EXPECT_NE(puller.wait(process_timeout), 0) << puller.err();
+    // Its end reaches the node before the puller's connections close (the puller waits for
+    // that): once the node's transfer list is empty, the count is in.
+    nlohmann::json totals;
+    for (auto deadline = std::chrono::steady_clock::now() + 30s; std::chrono::steady_clock::now() < deadline;) {
+        run_result st = cli.ferry({"status", "--state", cli.state("A").string(), "--json"});
+        ASSERT_EQ(st.code, 0) << st.err;
+        nlohmann::json j = nlohmann::json::parse(st.out);
+        totals = j["totals"];
+        if (j["transfers"].empty()) {
+            break;
+        }
+    }
+    EXPECT_EQ(totals["transfers_cancelled"], 1) << totals;
+    EXPECT_EQ(totals["transfers_failed"], 0) << totals;
+    EXPECT_NE(node.proc->err().find("pull of www/site ended by"), std::string::npos) << node.proc->err();
+}
+
 TEST_F(sync_pull, dst_is_found_as_the_kernel_finds_it_not_as_text) {
     // "link/../victim" is "victim" beside the folder `link` points to, as cd, mkdir and
     // rsync take it; read as text it was the "victim" beside `link`, which --delete emptied.

@@ -69,7 +69,13 @@ run_result ferry_cli::ferry(const std::vector<std::string>& given, const std::ve
 }
 
 bool wait_for_event(child_process& p, const std::string& name, std::chrono::milliseconds timeout) {
-    while (std::optional<std::string> line = p.read_line(timeout)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (auto left = timeout; left.count() > 0;
+         left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now())) {
+        std::optional<std::string> line = p.read_line(left);
+        if (!line) {
+            return false;
+        }
         nlohmann::json ev = nlohmann::json::parse(*line, nullptr, false);
         if (!ev.is_discarded() && ev.is_object() && ev.value("event", "") == name) {
             return true;

@@ -51,7 +51,7 @@ private:
 // object with `event` and `t` fails the test.
 std::vector<nlohmann::json> json_events(const std::string& out);
 // Reads `--json` lines of `p`'s stdout until one is the event `name` (those before it are
-// dropped); false when its output ends or `timeout` passes between two lines first.
+// dropped); false when its output ends or `timeout` passes first.
 bool wait_for_event(child_process& p, const std::string& name, std::chrono::milliseconds timeout);
 // The last event named `name` in `events`, or null.
 nlohmann::json find_event(const std::vector<nlohmann::json>& events, const std::string& name);
