@@ -130,10 +130,7 @@ TEST_F(multi_get, a_slowed_peer_carries_few_ranges_a_killed_one_is_replaced_and_
     ASSERT_FALSE(done.is_null()) << getter->out();
     EXPECT_EQ(done["size"], 48 * MiB + 12345);
     EXPECT_EQ(done["ranges"], 49);
-    // Every byte of the file came verified from some source (nothing was kept from before):
-    // what the killed source brought of a range before it died counts too (it was lost).
     EXPECT_EQ(done["kept_bytes"], 0);
-    EXPECT_GE(done["payload_bytes"].get<std::uint64_t>(), 48 * MiB + 12345) << done.dump();
     std::uint64_t fast = source(done, "fast")["ranges"];
     std::uint64_t slowed = source(done, "slow")["ranges"];
     std::uint64_t killed = source(done, "doomed")["ranges"];
