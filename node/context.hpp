@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "node/discovery.hpp"
@@ -266,6 +267,31 @@ struct node_context {
         }
     }
 };
+
+// Says `f`'s failure as it happens (failed_line, a warning) and marks it said, so that a
+// command's list at the end does not say it again.
+inline void log_failed(const node_context& ctx, skipped_file& f) {
+    ctx.log(failed_line(f), log_level::warn);
+    f.logged = true;
+}
+
+// A sync's folders whose mode or mtime the receiver set, told of (events.folder,
+// SYNC_UPDATE) once it has: each of `updates` (emptied) that `failed` does not name as not
+// done at DST.
+inline void tell_folder_updates(const node_events& events, std::vector<std::string>& updates,
+                                const std::vector<skipped_file>& failed) {
+    std::unordered_set<std::string_view> not_set;
+    for (const skipped_file& f : failed) {
+        if (f.at_dst) {
+            not_set.insert(f.path);
+        }
+    }
+    for (const std::string& path : std::exchange(updates, {})) {
+        if (!not_set.contains(path)) {
+            events.folder(path, wire::SYNC_UPDATE);
+        }
+    }
+}
 
 // A peer's node ID in a log line: written out as everywhere else (a user greps the logs
 // for the ID `ferry id` printed), escaped should it not be one.

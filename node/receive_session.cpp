@@ -1572,8 +1572,7 @@ void receive_session::next_offer() {
             }
             self->files_.resize(self->machine_.total_files());
             for (skipped_file& n : not_made) {
-                self->ctx_.log("failed: " + printable(n.path) + ": " + n.reason, log_level::warn);
-                n.logged = true;
+                log_failed(self->ctx_, n);
                 self->not_made_.push_back(std::move(n));
             }
             for (const auto& d : decisions) {
@@ -1699,8 +1698,8 @@ void receive_session::give_up_here(file_id f, const std::string& path, const std
         return;
     }
     send_file_result(f, why);
-    given_up_.push_back({path, "not written here: " + why, false, false, true, true, 1, true});
-    ctx_.log("failed: " + printable(path) + ": " + given_up_.back().reason, log_level::warn);
+    given_up_.push_back({path, "not written here: " + why, false, false, true});
+    log_failed(ctx_, given_up_.back());
     dirty_.erase(f.value);
     if (drop && sink_of(f)) {
         drop_partial(f);
@@ -2458,10 +2457,11 @@ void receive_session::check_all_done() {
                 return false;
             });
             for (skipped_file& u : not_done) {
-                self->ctx_.log("failed: " + printable(u.path) + ": " + u.reason, log_level::warn);
-                u.logged = true;
+                log_failed(self->ctx_, u);
             }
-            self->tell_folder_updates(not_done);
+            if (!self->folder_updates_.empty()) {
+                tell_folder_updates(self->ctx_.events, self->folder_updates_, not_done);
+            }
             not_done.insert(not_done.begin(), std::make_move_iterator(self->not_made_.begin()),
                             std::make_move_iterator(self->not_made_.end()));
             self->not_made_.clear();
@@ -2673,18 +2673,6 @@ void receive_session::settle() {
     if (ended_ && reported_ && !end_posted_) {
         end_posted_ = true;
         asio::post(ctx_.io, [self = shared_from_this()] { self->on_end_(*self); });
-    }
-}
-
-void receive_session::tell_folder_updates(const std::vector<skipped_file>& not_done) {
-    std::unordered_set<std::string_view> not_set;
-    for (const skipped_file& u : not_done) {
-        not_set.insert(u.path);
-    }
-    for (const std::string& path : std::exchange(folder_updates_, {})) {
-        if (!not_set.contains(path)) {
-            ctx_.events.folder(path, wire::SYNC_UPDATE);
-        }
     }
 }
 

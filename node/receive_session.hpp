@@ -324,7 +324,6 @@ private:
     // A sync's folders whose mode or mtime finish_dir sets: told of (events.folder) once it
     // has, not when the batch is accepted (a run cut off before its end set nothing).
     std::vector<std::string> folder_updates_;
-    void tell_folder_updates(const std::vector<skipped_file>& not_done);
     std::string sync_path_;  // sync: the folder inside share_dir_ ("" = share_dir_ itself)
     void on_peer_hello(connection& c, const wire::Hello& hello);
     // A file in place: its `done` file event, with what the sync did.

@@ -11,7 +11,6 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
-#include <unordered_set>
 #include <utility>
 
 #include "node/chunk_codec.hpp"
@@ -100,8 +99,7 @@ send_session::send_session(node_context& ctx, source_tree sources, send_target t
 
 void send_session::took_unread(std::vector<skipped_file>& unread) {
     for (skipped_file& f : unread) {
-        ctx_.log("not sent: " + printable(f.path) + ": " + f.reason, log_level::warn);
-        f.logged = true;
+        log_failed(ctx_, f);
         given_up_.push_back(f);
         not_sent_.push_back(std::move(f));
     }
@@ -825,14 +823,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 }
             }
             // The folders whose mode or mtime it set (not those it lists as not set).
-            std::unordered_set<std::string_view> not_set;
-            for (const wire::NotSent& n : tr.not_done()) {
-                not_set.insert(n.path());
-            }
-            for (const std::string& path : std::exchange(folder_updates_, {})) {
-                if (!not_set.contains(path)) {
-                    ctx_.events.folder(path, wire::SYNC_UPDATE);
-                }
+            if (!folder_updates_.empty()) {
+                tell_folder_updates(ctx_.events, folder_updates_, given_up_);
             }
             finish(true, exit_code::ok, "");
             return;
@@ -1282,8 +1274,8 @@ void send_session::let_go(file_id f, const std::string& reason, bool vanished, b
         }
     }
     const std::string& path = machine_.entry(f).path;
-    ctx_.log((at_dst ? "failed: " : "not sent: ") + printable(path) + ": " + reason, log_level::warn);
-    given_up_.push_back({path, reason, vanished, again, at_dst, true, 1, true});
+    given_up_.push_back({path, reason, vanished, again, at_dst});
+    log_failed(ctx_, given_up_.back());
 }
 
 void send_session::on_hashed(const chunk_ref& ref, digest128 digest) {

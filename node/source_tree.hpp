@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "protocol/exclude.hpp"
+#include "protocol/path.hpp"
 #include "protocol/transfer.hpp"
 
 namespace ferry {
@@ -50,6 +51,11 @@ struct skipped_file {
     // out where warnings are shown, instead of saying it twice.
     bool logged = false;
 };
+// The line a path that failed is said with, as it happens (a session's warning) and in a
+// command's list at the end: "failed: PATH: reason" at DST, "not sent: PATH: reason" at SRC.
+inline std::string failed_line(const skipped_file& f) {
+    return (f.at_dst ? "failed: " : "not sent: ") + printable(f.path) + ": " + f.reason;
+}
 // How many paths of `list` are files or symlinks (`file`), or the other paths.
 inline std::uint64_t count_failed(const std::vector<skipped_file>& list, bool files) {
     std::uint64_t n = 0;

@@ -2224,7 +2224,7 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
     std::uint64_t total = 0;
     for (const ferry::skipped_file& f : r.given_up) {
         if (!said_before(f)) {
-            say((f.at_dst ? "failed: " : "not sent: ") + ferry::printable(f.path) + ": " + f.reason);
+            say(ferry::failed_line(f));
         }
         at_dst += f.at_dst ? f.count : 0;
         total += f.count;
