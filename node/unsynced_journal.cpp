@@ -41,13 +41,8 @@ std::size_t open_frame(std::string& out) {
 // Fills in the header of the record started at `at`, whose payload runs to the end of `out`.
 void close_frame(std::string& out, std::size_t at) {
     std::string_view payload(out.data() + at + frame_header, out.size() - at - frame_header);
-    std::uint64_t sum = checksum(payload);
-    for (int i = 0; i < 4; ++i) {
-        out[at + i] = static_cast<char>((payload.size() >> (8 * i)) & 0xff);
-    }
-    for (int i = 0; i < 8; ++i) {
-        out[at + 4 + i] = static_cast<char>((sum >> (8 * i)) & 0xff);
-    }
+    store_le(out.data() + at, payload.size(), 4);
+    store_le(out.data() + at + 4, checksum(payload));
 }
 
 std::error_code write_all(int fd, std::string_view data) {

@@ -18,6 +18,14 @@ void put_le(Out& out, std::uint64_t v, int bytes = 8) {
     }
 }
 
+// Writes the low `bytes` bytes of `v` at `p`, least significant first (put_le in place).
+template <typename Byte>
+void store_le(Byte* p, std::uint64_t v, int bytes = 8) {
+    for (int i = 0; i < bytes; ++i) {
+        p[i] = static_cast<Byte>((v >> (8 * i)) & 0xff);
+    }
+}
+
 // Reads `bytes` bytes at `p`, least significant first.
 template <typename Byte>
 std::uint64_t get_le(const Byte* p, int bytes = 8) {
