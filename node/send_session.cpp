@@ -553,10 +553,11 @@ void send_session::send_offers() {
     }
     keep_.erase(keep_.begin(), keep_.begin() + static_cast<std::ptrdiff_t>(kept));
     // A pull's notes, in the room left under max_header_len (a push's sender shows them
-    // itself). One too long for any batch is only counted.
-    const std::size_t header = h.ByteSizeLong();
-    const std::size_t room = header + 1024 < max_header_len ? std::min(max_skipped_note_bytes, max_header_len - header - 1024) : 0;
+    // itself). One too long for any batch is only counted. (The batch's size is measured
+    // only when there are notes: it walks every entry.)
     std::size_t noted = 0;
+    const std::size_t header = accepted_ && !skipped_notes_.empty() ? h.ByteSizeLong() : max_header_len;
+    const std::size_t room = header + 1024 < max_header_len ? std::min(max_skipped_note_bytes, max_header_len - header - 1024) : 0;
     for (std::size_t bytes = 0; accepted_ && noted < skipped_notes_.size(); ++noted) {
         if (skipped_notes_[noted].size() + 3 > max_skipped_note_bytes) {
             ++skipped_unlisted_;
@@ -611,7 +612,9 @@ void send_session::take_scan() {
         std::move(part.locals.begin(), part.locals.end(), std::back_inserter(sources_.locals));
         machine_.append(std::move(part.entries));
         took_unread(part.unread);
-        std::move(part.skipped_notes.begin(), part.skipped_notes.end(), std::back_inserter(skipped_notes_));
+        if (accepted_) {  // (a push's sender shows its notes itself: kept for a puller only)
+            std::move(part.skipped_notes.begin(), part.skipped_notes.end(), std::back_inserter(skipped_notes_));
+        }
     }
     took_entries(from);
     if (got.finished) {
