@@ -127,9 +127,22 @@ void add_transfer_options(CLI::App* cmd, common_opts& o) {
 std::optional<ferry::cli::config_file> loaded_config;
 
 // The trust list of the state folder, with the configuration file's peers.
+// A [[peer]] with this node's own ID is a mistake (`ferry trust` refuses it too).
 ferry::trust_store load_trust(const fs::path& state) {
+    const std::vector<ferry::declared_peer> none;
+    const std::vector<ferry::declared_peer>& declared = loaded_config ? loaded_config->peers : none;
+    std::error_code ec;
+    if (!declared.empty() && fs::exists(state / "key.pem", ec)) {
+        const std::string own = ferry::load_or_create_identity(state).id;
+        for (const ferry::declared_peer& p : declared) {
+            if (p.peer.id == own) {
+                throw ferry::cli::config_error(p.where + ": " + ferry::format_node_id(own) +
+                                               " is this node's own ID (`ferry id`): a [[peer]] is another node");
+            }
+        }
+    }
     try {
-        return ferry::trust_store::load(state, loaded_config ? loaded_config->peers : std::vector<ferry::declared_peer>{});
+        return ferry::trust_store::load(state, declared);
     } catch (const std::invalid_argument& e) {
         throw ferry::cli::config_error(e.what());
     }
@@ -947,10 +960,10 @@ std::optional<reread_settings> reread_serve_settings(const ferry::node_config& n
             loaded_config.reset();
         }
     } catch (const CLI::ParseError& e) {
-        fail(running, exit_code::usage, std::string("reload: ") + e.what());
+        fail(running, exit_code::usage, e.what());
         return std::nullopt;
     } catch (const ferry::cli::config_error& e) {
-        fail(running, exit_code::usage, std::string("reload: ") + e.what());
+        fail(running, exit_code::usage, e.what());
         return std::nullopt;
     }
     r.dir = serve_inbox(o, inbox);
@@ -1117,7 +1130,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
                 }
             } catch (const std::exception& e) {
                 last_fail_message = e.what();
-                say(std::string("reload: ") + e.what(), ferry::log_level::error);
+                say(std::string("error: ") + e.what(), ferry::log_level::error);
             }
             if (fresh && trust) {
                 std::size_t peers = trust->peers().size();

@@ -105,6 +105,12 @@ TEST(config_file, a_flag_overrides_the_file_and_a_mistake_stops_serve_with_its_p
     EXPECT_EQ(pair.code, 1);
     EXPECT_NE(pair.err.find(conf.string() + ":3:11: --discovery-timeout must be longer"), std::string::npos)
         << pair.err;
+    // A [[peer]] with the node's own ID, as `ferry trust` refuses it.
+    const std::string own = cli.id("A");
+    write_file(conf, "state = \"" + cli.state("A").string() + "\"\n[[peer]]\nid = \"" + own + "\"\n");
+    run_result self = cli.ferry({"config", "check", conf.string()});
+    EXPECT_EQ(self.code, 1);
+    EXPECT_NE(self.err.find(conf.string() + ":2:1: " + own + " is this node's own ID"), std::string::npos) << self.err;
     // A file named by FERRY_CONFIG must exist.
     run_result missing = cli.ferry({"id"}, {"FERRY_CONFIG=" + (cli.root() / "nope.toml").string()});
     EXPECT_EQ(missing.code, 1);
