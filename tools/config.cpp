@@ -210,6 +210,7 @@ public:
             fail(n, "share: expected a table ([[share]])");
         }
         std::string name, dir, access = "ro";
+        const toml::node* path_value = nullptr;  // where the folder's mistakes are placed
         for (auto&& [key, value] : *t) {
             if (key == "name") {
                 name = text(value, "name");
@@ -218,6 +219,7 @@ public:
                 }
             } else if (key == "path") {
                 dir = path(value, "path");
+                path_value = &value;
             } else if (key == "access") {
                 access = text(value, "access");
                 if (access != "ro" && access != "rw") {
@@ -230,7 +232,7 @@ public:
         if (name.empty() || dir.empty()) {
             fail(n, "[[share]] needs a name and a path");
         }
-        out.values.push_back({"--share", name + "=" + dir + ":" + access, where(n)});
+        out.values.push_back({"--share", name + "=" + dir + ":" + access, where(*path_value)});
     }
 
     // [[peer]]: id, name, address, shares.

@@ -105,6 +105,12 @@ TEST(config_file, a_flag_overrides_the_file_and_a_mistake_stops_serve_with_its_p
     EXPECT_EQ(pair.code, 1);
     EXPECT_NE(pair.err.find(conf.string() + ":3:11: --discovery-timeout must be longer"), std::string::npos)
         << pair.err;
+    // A share's folder that does not exist is placed at its path.
+    write_file(conf, "state = \"" + cli.state("A").string() + "\"\n[[share]]\nname = \"x\"\n\npath = \"" +
+                         (cli.root() / "nope").string() + "\"\n");
+    run_result gone = cli.ferry({"config", "check", conf.string()});
+    EXPECT_EQ(gone.code, 1);
+    EXPECT_NE(gone.err.find(conf.string() + ":5:8: --share"), std::string::npos) << gone.err;
     // A [[peer]] with the node's own ID, as `ferry trust` refuses it.
     const std::string own = cli.id("A");
     write_file(conf, "state = \"" + cli.state("A").string() + "\"\n[[peer]]\nid = \"" + own + "\"\n");
