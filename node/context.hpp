@@ -61,6 +61,9 @@ struct transfer_report {
     std::uint64_t dirs = 0;       // directories created
     std::uint64_t total_files = 0;  // entries (files + dirs) in the transfer
     std::uint64_t total_dirs = 0;   // of those, folders (made or not; the receiving side's report)
+    // The files (all but folders) in the transfer, failed ones included, as total_bytes
+    // counts them: the last progress's files_total.
+    std::uint64_t files_total = 0;
     std::uint64_t payload_bytes = 0;  // receiver-confirmed file bytes
     std::uint64_t total_bytes = 0;
     std::uint64_t wire_sent = 0;

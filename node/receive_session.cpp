@@ -2581,6 +2581,7 @@ void receive_session::finish_report(bool ok, exit_code code, const std::string& 
     r.dirs = ok ? machine_.total_dirs() - machine_.not_made_dirs() : 0;
     r.total_files = machine_.total_files();
     r.total_dirs = machine_.total_dirs();
+    r.files_total = machine_.total_files() - machine_.total_dirs();
     r.payload_bytes = machine_.received_bytes();
     r.total_bytes = machine_.total_bytes();
     // Every joined connection's bytes, open or closed, handshakes included (stats scope).

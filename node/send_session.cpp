@@ -1756,6 +1756,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
               machine_.not_made_dirs() - machine_.not_made_files();
     r.dirs = machine_.dirs_done();
     r.total_files = machine_.total_files();
+    r.files_total = regular_files_;
     r.payload_bytes = machine_.confirmed_bytes();
     r.total_bytes = machine_.total_bytes();
     r.elapsed_s = seconds_since(start_);

@@ -454,7 +454,7 @@ ferry::transfer_progress final_progress(const ferry::transfer_report& r, bool se
     p.skipped_bytes = r.skipped_bytes;
     p.wire_sent = r.wire_sent;
     p.wire_received = r.wire_received;
-    p.files_total = r.files + r.skipped_files;
+    p.files_total = std::max(r.files_total, r.files + r.skipped_files);  // failed ones too, as in total_bytes
     p.files_done = r.files + r.skipped_files;
     p.rate = mbps(r) * 1e6;
     p.elapsed_s = r.elapsed_s;
