@@ -148,6 +148,10 @@ void list_client::finish(exit_code code, std::string error) {
     report_.ok = code == exit_code::ok;
     report_.code = code;
     report_.error = std::move(error);
+    if (conn_) {
+        report_.wire_sent = conn_->stream().wire_sent();
+        report_.wire_received = conn_->stream().wire_received();
+    }
     if (conn_ && !conn_->closed()) {
         conn_->close_after_flush();
     }

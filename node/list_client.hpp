@@ -26,6 +26,8 @@ struct list_report {
     std::string error;
     std::string peer_id;
     std::uint64_t entries = 0;
+    std::uint64_t wire_sent = 0;  // the connection's bytes until the answer, handshakes included
+    std::uint64_t wire_received = 0;
 };
 
 struct list_spec {

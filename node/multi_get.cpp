@@ -79,7 +79,13 @@ void multi_get::list_file(std::size_t i, bool checksum,
             *entry = std::move(batch.front());
         }
     };
-    ls.done = [entry, done = std::move(done)](const list_report& r) { done(r, std::move(*entry)); };
+    ls.done = [self = shared_from_this(), i, entry, done = std::move(done)](const list_report& r) {
+        // The listing's bytes are the get's too (an unchanged file's are all it moves).
+        self->sources_[i].figures.wire_received += r.wire_received;
+        self->report_.wire_received += r.wire_received;
+        self->report_.wire_sent += r.wire_sent;
+        done(r, std::move(*entry));
+    };
     node_.list(std::move(ls), sources_[i].given.target);
 }
 
