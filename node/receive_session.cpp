@@ -112,6 +112,16 @@ std::string removal_error(const std::string& where, std::error_code ec) {
                                      : "could not delete " + where + ": " + ec.message();
 }
 
+// Why a get fails a path whose kind differs here (a get replaces nothing, as cp -r would
+// not): a folder here where the peer has a file or symlink (`folder_here`; `link`: the
+// peer's is a symlink), or a file or symlink (`link`) here where the peer has a folder.
+std::string get_replaces_nothing(bool folder_here, bool link) {
+    const char* other = link ? "a symlink" : "a file";
+    return (folder_here ? std::string("a folder here, and ") + other + " at the peer"
+                        : std::string(other) + " here, and a folder at the peer") +
+           " (a get replaces nothing: move it away first)";
+}
+
 // The Error code a disk error of this side's goes to the sender as: a full disk or quota
 // at a node that stays (which may have room later: the sender tries again with
 // --retry-for; a `ferry receive` exits with its transfer), or any other.
@@ -1068,7 +1078,12 @@ void receive_session::next_offer() {
                 return true;
             }
             ec.clear();
-            folder_there[i] = there = true;
+            there = true;
+            if (!sync.get.empty()) {
+                blocked[i] = get_replaces_nothing(true, items[i].e.is_link);  // fails alone: nothing here is removed
+                return true;
+            }
+            folder_there[i] = true;
             return clear_folder(i, true);
         };
         // The batch stops at item i's error.
@@ -1381,6 +1396,13 @@ void receive_session::next_offer() {
                                                      create ? nullptr : &is_there, create ? nullptr : &mode_there[i]);
                     // A file or symlink SRC made a folder: it goes (a dry run's check tells
                     // it would), and is reported as deleted, as a folder in a file's way is.
+                    // Not in a get, which removes nothing: that folder fails alone, and what
+                    // it holds with it.
+                    if (!replaced.path.empty() && !sync.get.empty()) {
+                        blocked[i] = get_replaces_nothing(false, replaced.is_link);
+                        absent->insert(e.path);
+                        continue;
+                    }
                     if (!replaced.path.empty() && create != sync.dry_run) {
                         cleared.push_back(std::move(replaced));
                     }

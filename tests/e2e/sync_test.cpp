@@ -2751,6 +2751,33 @@ TEST_F(share_get, refusals_are_clear_and_leave_dest_as_it_was) {
     EXPECT_EQ(kind.code, 1) << kind.err;
     EXPECT_NE(kind.err.find("is a folder here, and a file at the peer"), std::string::npos) << kind.err;
     EXPECT_TRUE(fs::is_directory(out / "dir/intro.txt"));
+    // Below DEST's top: the path stays and fails (with what the peer's folder holds), the
+    // rest comes; nothing is deleted.
+    write_text_file(ro_share / "tree/sub/a.txt", "a\n");
+    write_text_file(ro_share / "tree/plain.txt", "p\n");
+    write_text_file(ro_share / "tree/other/b.txt", "b\n");
+    write_text_file(out / "deep/tree/sub", "B's file\n");
+    write_text_file(out / "deep/tree/plain.txt/keep.txt", "B's folder\n");
+    fs::create_directories(out / "elsewhere");
+    fs::create_symlink(out / "elsewhere", out / "deep/tree/other");
+    kind = get("ay:docs/tree", (out / "deep").string());
+    EXPECT_EQ(kind.code, 5) << kind.err;
+    auto ev = json_events(kind.out);
+    EXPECT_TRUE(paths_of(ev, "deleted").empty()) << kind.out;
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"tree/other", "tree/other/b.txt", "tree/plain.txt", "tree/sub",
+                                             "tree/sub/a.txt"}))
+        << kind.out;
+    EXPECT_NE(kind.err.find("tree/sub: a file here, and a folder at the peer"), std::string::npos) << kind.err;
+    EXPECT_NE(kind.err.find("tree/plain.txt: not written here: a folder here, and a file at the peer"),
+              std::string::npos)
+        << kind.err;
+    EXPECT_NE(kind.err.find("tree/other: a symlink here, and a folder at the peer"), std::string::npos) << kind.err;
+    EXPECT_EQ(read_text_file(out / "deep/tree/sub"), "B's file\n");
+    EXPECT_EQ(read_text_file(out / "deep/tree/plain.txt/keep.txt"), "B's folder\n");
+    EXPECT_TRUE(fs::is_symlink(out / "deep/tree/other"));
+    EXPECT_TRUE(fs::is_empty(out / "elsewhere"));
+    fs::remove_all(out / "deep");
+    fs::remove_all(out / "elsewhere");
 
     // DEST in a folder that does not exist: nothing is made (as cp would not).
     EXPECT_EQ(get("ay:docs/manual", (out / "no/such/place").string()).code, 1);
