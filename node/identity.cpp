@@ -205,11 +205,8 @@ void write_private_file(const fs::path& path, std::string_view contents) {
     fsync_dir(path.has_parent_path() ? path.parent_path() : fs::path("."));
 }
 
-identity load_or_create_identity(const fs::path& dir) {
-    ensure_private_dir(dir);
-
-    // Two commands run for the first time at once must not make two identities.
-    const fs::path lock_path = dir / "identity.lock";
+unique_fd lock_state_file(const fs::path& dir, const char* name) {
+    const fs::path lock_path = dir / name;
     int raw_lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (raw_lock < 0) {
         fail_errno(lock_path, "open", errno);
@@ -220,6 +217,14 @@ identity load_or_create_identity(const fs::path& dir) {
             fail_errno(lock_path, "lock", errno);
         }
     }
+    return lock;
+}
+
+identity load_or_create_identity(const fs::path& dir) {
+    ensure_private_dir(dir);
+
+    // Two commands run for the first time at once must not make two identities.
+    unique_fd lock = lock_state_file(dir, "identity.lock");
 
     const fs::path key_path = dir / "key.pem";
     const fs::path cert_path = dir / "cert.pem";

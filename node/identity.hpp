@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "node/file_io.hpp"
 #include "transport/identity.hpp"
 
 namespace ferry {
@@ -33,6 +34,11 @@ struct identity {
 // parse, the key and certificate do not match, cert.pem exists without key.pem, or
 // key.pem is accessible by group or others.
 identity load_or_create_identity(const std::filesystem::path& dir);
+
+// Waits for an exclusive lock (flock) on the file `name` in the state folder `dir` (made
+// 0600 if missing), held until the descriptor returned is closed: commands that change one
+// of the folder's files at once take turns. Throws std::runtime_error (path + reason).
+unique_fd lock_state_file(const std::filesystem::path& dir, const char* name);
 
 // Creates `dir` with mode 0700 if it does not exist (parents with the default mode).
 // Throws std::runtime_error if it cannot, or if `dir` exists and is not a folder.

@@ -644,6 +644,9 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
         return fail(o, exit_code::usage,
                     ferry::format_node_id(*id) + " is this node's own ID (`ferry id`): trust the other node's");
     }
+    // Two `ferry trust` at once each read the list, change it and write it back: in turns,
+    // or one's change is lost.
+    ferry::unique_fd held = ferry::lock_state_file(dir, "trust.lock");
     ferry::trust_store store = ferry::trust_store::load(dir);
     if (t.address) {
         std::string host;

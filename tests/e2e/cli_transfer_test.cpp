@@ -653,6 +653,34 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_EQ(again.code, 0) << again.err;
     EXPECT_EQ(last_json_line(again.out)["name"], "desk") << again.out;
     EXPECT_NE(again.err.find("as \"desk\""), std::string::npos) << again.err;
+    {
+        // Several `ferry trust` at once each keep their peer (each read, changed and wrote
+        // the list, and some changes were lost).
+        std::vector<std::string> ids;
+        for (int i = 0; i < 12; ++i) {
+            ids.push_back(cli.id("T" + std::to_string(i)));
+        }
+        std::vector<std::unique_ptr<child_process>> runs;
+        for (const std::string& id : ids) {
+            runs.push_back(std::make_unique<child_process>(
+                std::vector<std::string>{FERRY_BINARY, "trust", "--state", cli.state("B").string(), id}));
+        }
+        for (auto& r : runs) {
+            EXPECT_EQ(r->wait(60s), 0) << r->err();
+        }
+        nlohmann::json list = nlohmann::json::parse(read_text_file(cli.state("B") / "trusted.json"));
+        for (const std::string& id : ids) {
+            std::string bare = id;
+            std::erase(bare, '-');
+            bool kept = false;
+            for (const nlohmann::json& p : list["peers"]) {
+                std::string have = p["id"].get<std::string>();
+                std::erase(have, '-');
+                kept = kept || have == bare;
+            }
+            EXPECT_TRUE(kept) << id << ": " << list.dump();
+        }
+    }
     EXPECT_EQ(cli.ferry({"frobnicate"}).code, 1);
     std::string state_b = cli.state("B").string();
     std::string dir = cli.root().string();
