@@ -1360,11 +1360,14 @@ void receive_session::next_offer() {
                 if (create && identical[i] && !e.is_dir && !found[i].have) {
                     // Already there and nothing is written: the check pass's look is enough.
                     if (mode_only[i]) {
-                        std::uint32_t mode = (mode_there[i] & 07000) | (e.mode & 0777);  // its own high bits stay
+                        std::uint32_t mode = e.mode & 0777;  // a setuid, setgid or sticky bit here goes too
                         if (std::error_code mec = tree->set_final_mode(e.path, mode)) {
-                            mode_only[i] = false;
-                            resumed.push_back(printable(e.path) +
-                                              ": could not set its permission bits: " + mec.message());
+                            // DST's file is not SRC's: it fails (as rsync's "failed to set
+                            // permissions"), told of with the TransferResult.
+                            not_made.push_back({e.path, "could not set its permission bits: " + mec.message(), false,
+                                                false, true, true});
+                            decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, wire::SYNC_FAILED, {}, {}});
+                            continue;
                         }
                     }
                     decisions.push_back({it.id, wire::ACCEPT_SKIP, std::nullopt, {}, action(i), {}, {}});
@@ -1439,9 +1442,10 @@ void receive_session::next_offer() {
                         identical[i] = same_content(*tree, e, !sync.dry_run, other_mtime);  // content decides
                         mtime_only[i] = other_mtime;
                     }
-                    // Permission bits only: set-user-ID, set-group-ID and sticky bits a
-                    // peer never sets (nor clears) on a file.
-                    mode_only[i] = sync.on && identical[i] && is_there && (mode_there[i] & 0777) != (e.mode & 0777);
+                    // Permission bits only: a file's set-user-ID, set-group-ID and sticky bits a
+                    // peer never sets, and those DST's file has go (rsync -a would give it
+                    // SRC's; a setuid program must not stay one with SRC's other bits).
+                    mode_only[i] = sync.on && identical[i] && is_there && mode_there[i] != (e.mode & 0777);
                     continue;
                 }
                 if (found[i].have) {

@@ -289,12 +289,14 @@ TEST_F(sync_push, permission_bits_alone_are_set_in_place_and_the_share_folder_ta
     EXPECT_EQ(mode_of(share), 0750u);
     EXPECT_EQ(read_text_file(share / "b.txt"), "beta\n");
 
-    // Set-user-ID and the like at DST are not a peer's to set or clear.
+    // Set-user-ID and the like at DST go: the file takes SRC's permission bits (kept, a
+    // setuid program would stay one with the bits SRC gives it).
     ASSERT_EQ(::chmod((share / "a.txt").c_str(), 04600), 0);
     run_result again = sync({}, "ay:www");
     ASSERT_EQ(again.code, 0) << again.err;
-    EXPECT_EQ(paths_of(json_events(again.out), "skipped"), (paths{"a.txt", "b.txt"}));
-    EXPECT_EQ(mode_of(share / "a.txt"), 04600u);
+    EXPECT_EQ(paths_of(json_events(again.out), "updated"), (paths{"a.txt"}));
+    EXPECT_EQ(paths_of(json_events(again.out), "skipped"), (paths{"b.txt"}));
+    EXPECT_EQ(mode_of(share / "a.txt"), 0600u);
 }
 
 TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
@@ -887,6 +889,49 @@ TEST_F(sync_push, a_file_the_receiver_may_not_create_is_reported_as_such) {
     EXPECT_NE(r.err.find("newfile: not written at the receiver: Permission denied"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(locked / "newfile"));
     EXPECT_EQ(fs::status(locked).permissions() & fs::perms::all, static_cast<fs::perms>(0555));
+}
+
+TEST_F(sync_push, setuid_setgid_and_sticky_bits_of_a_file_at_dst_go) {
+    // A peer never makes a setuid program: neither by giving one SRC's other bits (4700
+    // became 4755) nor by leaving one as it was (6755 stayed, told as unchanged).
+    serve();
+    write_text_file(src / "x", "#!/bin/sh\n");
+    fs::permissions(src / "x", static_cast<fs::perms>(0755));
+    ASSERT_EQ(sync({}).code, 0);
+    const fs::path x = share / "site/x";
+    for (mode_t there : {06755, 04700, 01755}) {
+        ASSERT_EQ(::chmod(x.c_str(), there), 0);
+        run_result r = sync({});
+        ASSERT_EQ(r.code, 0) << r.err;
+        EXPECT_EQ(paths_of(json_events(r.out), "updated"), (paths{"x"})) << std::oct << there;
+        struct stat st {};
+        ASSERT_EQ(::stat(x.c_str(), &st), 0);
+        EXPECT_EQ(st.st_mode & 07777, 0755U) << std::oct << there << " became " << (st.st_mode & 07777);
+    }
+}
+
+TEST_F(sync_push, a_file_whose_mode_dst_may_not_set_fails) {
+    // DST's file is SRC's but for its mode, and is another user's: it fails (exit 5, as
+    // rsync's "failed to set permissions"); it was told as skipped, exit 0.
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the serving node as nobody";
+    }
+    fs::path dst = serve_as_nobody_beside_a_closed_folder();
+    write_text_file(src / "f", "f\n");
+    fs::permissions(src / "f", static_cast<fs::perms>(0600));
+    copy_file_with_mtime(src / "f", dst / "f");  // root's
+    fs::permissions(dst / "f", static_cast<fs::perms>(0644));
+    write_text_file(src / "g", "g\n");
+    run_result r = sync({}, "ay:www/site");
+    EXPECT_EQ(r.code, 5) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"f"})) << r.out;
+    EXPECT_TRUE(paths_of(ev, "skipped").empty()) << r.out;
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"g"})) << r.out;
+    EXPECT_NE(r.err.find("failed: f: at the receiver: could not set its permission bits: Operation not permitted"),
+              std::string::npos)
+        << r.err;
+    EXPECT_EQ(find_event(ev, "done")["failed_files"], 1) << r.out;
 }
 
 TEST_F(sync_push, files_the_receiver_may_not_write_fail_alone_and_the_rest_is_synced) {
