@@ -220,8 +220,31 @@ unique_fd lock_state_file(const fs::path& dir, const char* name) {
     return lock;
 }
 
+void refuse_if_others_may_change(const fs::path& path, std::string_view what) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) {
+            return;
+        }
+        fail_errno(path, "stat", errno);
+    }
+    const uid_t me = ::geteuid();
+    if (st.st_uid != me && st.st_uid != 0) {
+        fail(path, fmt::format("{} belongs to another user (uid {}, this is uid {}), who could change whom this "
+                               "node trusts or take its identity; use a state folder of this user's",
+                               what, st.st_uid, me));
+    }
+    if ((st.st_mode & 022) != 0) {
+        fail(path, fmt::format("{} may be written by {} (mode {:04o}), who could change whom this node trusts or "
+                               "take its identity; chmod go-w {}",
+                               what, (st.st_mode & 002) != 0 ? "any user" : "its group", st.st_mode & 07777,
+                               path.string()));
+    }
+}
+
 identity load_or_create_identity(const fs::path& dir) {
     ensure_private_dir(dir);
+    refuse_if_others_may_change(dir, "the state folder");
 
     // Two commands run for the first time at once must not make two identities.
     unique_fd lock = lock_state_file(dir, "identity.lock");

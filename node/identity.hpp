@@ -40,6 +40,13 @@ identity load_or_create_identity(const std::filesystem::path& dir);
 // of the folder's files at once take turns. Throws std::runtime_error (path + reason).
 unique_fd lock_state_file(const std::filesystem::path& dir, const char* name);
 
+// Refuses (std::runtime_error naming `path`) what holds this node's identity or whom it
+// trusts when another user could change it: `path` (stat `st`) owned by a user other than
+// this one and root, or writable by group or others. (Anyone who may write there may
+// replace the key, or trust themselves; ssh refuses such files too.) Nothing when `path`
+// does not exist.
+void refuse_if_others_may_change(const std::filesystem::path& path, std::string_view what);
+
 // Creates `dir` with mode 0700 if it does not exist (parents with the default mode).
 // Throws std::runtime_error if it cannot, or if `dir` exists and is not a folder.
 void ensure_private_dir(const std::filesystem::path& dir);

@@ -84,6 +84,32 @@ void scan_for_get(int share_fd, const std::string& path, const std::string& as, 
 
 }  // namespace
 
+peer_manager::trust_stamp peer_manager::trust_stamp_now() const {
+    struct stat st {};
+    if (::stat(ctx_.trust.file().c_str(), &st) != 0) {
+        return {};
+    }
+    return {st.st_dev, st.st_ino, st.st_size,
+            std::int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec,
+            std::int64_t{st.st_ctim.tv_sec} * 1'000'000'000 + st.st_ctim.tv_nsec};
+}
+
+void peer_manager::refresh_trust() {
+    trust_stamp now = trust_stamp_now();
+    if (now == trust_seen_) {
+        return;
+    }
+    trust_seen_ = now;
+    try {
+        ctx_.trust = trust_store::load(ctx_.config.state_dir, ctx_.config.config_peers);
+        ctx_.log("trust list changed: read again (" + std::to_string(ctx_.trust.peers().size()) + " trusted peer(s))",
+                 log_level::info);
+    } catch (const std::exception& e) {
+        ctx_.log(std::string("trust list changed but not read again (the list read before stays): ") + e.what(),
+                 log_level::error);
+    }
+}
+
 bool peer_manager::allowed(const std::string& id) const {
     switch (ctx_.config.policy) {
         case accept_policy::any: return true;
@@ -150,6 +176,7 @@ void peer_manager::on_accepted(asio::ip::tcp::socket socket) {
         socket.close(ignored);
         return;
     }
+    refresh_trust();
     auto check = std::make_unique<tls_peer_check>();
     check->allow = [this](const std::string& id) { return allowed(id); };
     const tls_context* tls = ctx_.config.plaintext ? nullptr : ctx_.tls_server.get();

@@ -19,6 +19,8 @@
 #include <set>
 #include <string>
 
+#include <sys/types.h>
+
 #include "node/context.hpp"
 #include "node/file_io.hpp"
 #include "node/receive_session.hpp"
@@ -29,7 +31,7 @@ namespace ferry {
 
 class peer_manager : public connection_handler {
 public:
-    explicit peer_manager(node_context& ctx) : ctx_(ctx) {}
+    explicit peer_manager(node_context& ctx) : ctx_(ctx), trust_seen_(trust_stamp_now()) {}
 
     // A socket the listener accepted.
     void on_accepted(asio::ip::tcp::socket socket);
@@ -59,6 +61,21 @@ private:
     };
 
     bool allowed(const std::string& id) const;
+    // The trust list file as stat(2) sees it (all zeros when there is none): what tells a
+    // change `ferry trust` (or an editor) made while the node runs.
+    struct trust_stamp {
+        dev_t dev = 0;
+        ino_t ino = 0;
+        off_t size = 0;
+        std::int64_t mtime_ns = 0;
+        std::int64_t ctime_ns = 0;
+        bool operator==(const trust_stamp&) const = default;
+    };
+    trust_stamp trust_stamp_now() const;
+    // Before a connection is checked: the trust list read again if its file changed since
+    // it was last read, with the configuration file's peers merged in as at start. One that
+    // cannot be read leaves the list as it was (logged).
+    void refresh_trust();
     // Hello.pull on connection 0: the peer asks to receive a folder of a share. Checked,
     // scanned on the worker pool, then sent by a send_session over the peer's connections.
     void start_pull(std::shared_ptr<connection> c, const wire::Hello& hello, const std::string& key);
@@ -107,6 +124,7 @@ private:
     void refused(refusal why, const std::string& line);
 
     node_context& ctx_;
+    trust_stamp trust_seen_;
     std::map<std::uint64_t, waiting> waiting_;  // by arrival: the first is the oldest
     // Refused after their Hello, closing after the Error frame (at most connection::linger):
     // they still count as connections.

@@ -43,6 +43,7 @@ trust_store trust_store::load(const fs::path& state_dir, const std::vector<decla
 trust_store trust_store::load(const fs::path& state_dir) {
     trust_store store(state_dir / trust_file_name);
     const fs::path& file = store.file_;
+    refuse_if_others_may_change(file, "the trust list");
 
     std::ifstream in(file, std::ios::binary);
     if (!in) {
@@ -190,6 +191,11 @@ void trust_store::save() const {
     }
     // Replace, not throw, on a name that is not valid UTF-8.
     write_private_file(file_, doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+}
+
+bool trust_store::remove(std::string_view id) {
+    std::optional<std::string> canonical = parse_node_id(id);
+    return canonical && std::erase_if(peers_, [&](const trusted_peer& p) { return p.id == *canonical; }) > 0;
 }
 
 bool trust_store::trusted(std::string_view id) const { return find_id(id).has_value(); }

@@ -68,6 +68,10 @@ class trust_store {
     // or its name is another's.
     void merge(const trusted_peer& peer, bool set_shares);
 
+    // Takes the peer with this ID (canonical or grouped) off the list: false if it was not
+    // on it.
+    bool remove(std::string_view id);
+
     // Writes state_dir/trusted.json atomically (creating state_dir 0700 if needed).
     // Throws std::runtime_error on failure.
     void save() const;

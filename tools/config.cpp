@@ -351,6 +351,11 @@ std::optional<fs::path> pick_config(const std::optional<fs::path>& flag) {
 config_file load_config(const fs::path& path) {
     config_file out;
     out.path = path;
+    try {
+        refuse_if_others_may_change(path, "the configuration file");  // its [[peer]]s are trusted
+    } catch (const std::runtime_error& e) {
+        throw config_error(e.what());
+    }
     toml::table top;
     try {
         top = toml::parse_file(path.string());

@@ -625,9 +625,46 @@ struct trust_opts {
     std::string name;
     std::optional<std::string> address;  // --address HOST:PORT
     std::optional<std::string> shares;   // --shares a,b ("*" = every share)
+    bool remove = false;                 // --remove: ID (or a trusted peer's name) is trusted no more
 };
 
+// `ferry trust --remove ID|NAME`: off the state folder's list (a running node refuses the
+// peer from its next connection on). A peer the configuration file declares stays: the
+// file says so, and is named.
+int untrust(const common_opts& o, const fs::path& dir, const std::string& given) {
+    ferry::unique_fd held = ferry::lock_state_file(dir, "trust.lock");
+    ferry::trust_store store = ferry::trust_store::load(dir);
+    std::optional<ferry::trusted_peer> peer = store.find_id(given);
+    if (!peer) {
+        peer = store.find_name(given);
+    }
+    if (!peer && !ferry::parse_node_id(given)) {
+        return fail(o, exit_code::usage, "\"" + given + "\" is neither a node ID nor a trusted peer's name");
+    }
+    const std::string id = peer ? peer->id : *ferry::parse_node_id(given);
+    bool was = store.remove(id);
+    if (was) {
+        store.save();
+    }
+    if (loaded_config) {
+        for (const ferry::declared_peer& d : loaded_config->peers) {
+            if (d.peer.id == id) {
+                return fail(o, exit_code::usage,
+                            ferry::format_node_id(id) + " is declared at " + d.where +
+                                " and stays trusted: remove that [[peer]] (then SIGHUP a running `ferry serve`)");
+            }
+        }
+    }
+    say(was ? "no longer trusted: " + ferry::format_node_id(id) + (peer->name.empty() ? "" : " (\"" + peer->name + "\")")
+            : ferry::format_node_id(id) + " was not trusted");
+    emit(o, {{"event", "untrusted"}, {"id", ferry::format_node_id(id)}, {"was_trusted", was}});
+    return 0;
+}
+
 int cmd_trust(const common_opts& o, const trust_opts& t) {
+    if (t.remove) {
+        return untrust(o, ferry::resolve_state_dir(o.state), t.id);
+    }
     const std::string& id_text = t.id;
     const std::string& name = t.name;
     std::optional<std::string> id = ferry::parse_node_id(id_text);
@@ -3449,12 +3486,19 @@ int main(int argc, char** argv) {
     trust_opts to;
     auto* trust = app.add_subcommand("trust", "trust a peer's node ID");
     add_common(trust, o);
-    trust->add_option("ID", to.id, "the peer's node ID, as its `ferry id` prints it")->required();
-    trust->add_option("--name", to.name, "a name for the peer (NAME:SHARE in `ferry sync`)");
-    trust->add_option("--address", to.address, "where the peer serves, HOST:PORT (for NAME:SHARE)");
-    trust->add_option("--shares", to.shares, "the shares of this node the peer may use, comma-separated (\"*\": all, the default)");
-    trust->footer("Example:\n  ferry trust ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 --name laptop --address 192.0.2.7:7788 --shares www,docs\n\n"
-                  "Exit codes: 0 trusted, 1 usage (a malformed ID, name, address or share), 4 the trust list cannot be written.");
+    trust->add_option("ID", to.id, "the peer's node ID, as its `ferry id` prints it (with --remove: or its name)")->required();
+    auto* trust_name = trust->add_option("--name", to.name, "a name for the peer (NAME:SHARE in `ferry sync`)");
+    auto* trust_address = trust->add_option("--address", to.address, "where the peer serves, HOST:PORT (for NAME:SHARE)");
+    auto* trust_shares = trust->add_option("--shares", to.shares, "the shares of this node the peer may use, comma-separated (\"*\": all, the default)");
+    trust->add_flag("--remove", to.remove, "trust the peer no more (a running node refuses it from its next connection)")
+        ->excludes(trust_name)
+        ->excludes(trust_address)
+        ->excludes(trust_shares);
+    trust->footer("A running `ferry serve` of the same state folder takes a change from its next connection on.\n\n"
+                  "Examples:\n  ferry trust ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 --name laptop --address 192.0.2.7:7788 --shares www,docs\n"
+                  "  ferry trust --remove laptop\n\n"
+                  "Exit codes: 0 trusted (or, with --remove, not trusted now), 1 usage (a malformed ID, name, address or share; "
+                  "a peer the configuration file declares, for --remove), 4 the trust list cannot be written.");
 
     receive_opts ro;
     auto* receive = app.add_subcommand("receive", "accept one transfer into DIR, then exit");

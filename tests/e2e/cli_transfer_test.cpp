@@ -654,6 +654,21 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_EQ(last_json_line(again.out)["name"], "desk") << again.out;
     EXPECT_NE(again.err.find("as \"desk\""), std::string::npos) << again.err;
     {
+        // A state folder another user may write is refused (they could trust themselves or
+        // replace the key); it was taken as it was.
+        const fs::path open_state = cli.root() / "open-state";
+        fs::create_directories(open_state);
+        ASSERT_EQ(::chmod(open_state.c_str(), 0777), 0);
+        run_result open = cli.ferry({"id", "--state", open_state.string()});
+        EXPECT_EQ(open.code, 4) << open.err;
+        EXPECT_NE(open.err.find("the state folder may be written by any user (mode 0777)"), std::string::npos)
+            << open.err;
+        ASSERT_EQ(::chmod(open_state.c_str(), 0770), 0);
+        EXPECT_EQ(cli.ferry({"id", "--state", open_state.string()}).code, 4);
+        ASSERT_EQ(::chmod(open_state.c_str(), 0700), 0);
+        EXPECT_EQ(cli.ferry({"id", "--state", open_state.string()}).code, 0);
+    }
+    {
         // Several `ferry trust` at once each keep their peer (each read, changed and wrote
         // the list, and some changes were lost).
         std::vector<std::string> ids;

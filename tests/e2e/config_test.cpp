@@ -16,7 +16,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-void write_file(const fs::path& p, const std::string& text) { write_text_file(p, text); }
+// A configuration file as its owner keeps it: ferry refuses one its group or others may
+// write, whatever the umask the tests run under.
+void write_file(const fs::path& p, const std::string& text) {
+    write_text_file(p, text);
+    fs::permissions(p, static_cast<fs::perms>(0644));
+}
 
 TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_file_syncs_into_its_share) {
     ferry_cli cli;
@@ -117,6 +122,13 @@ TEST(config_file, a_flag_overrides_the_file_and_a_mistake_stops_serve_with_its_p
     run_result self = cli.ferry({"config", "check", conf.string()});
     EXPECT_EQ(self.code, 1);
     EXPECT_NE(self.err.find(conf.string() + ":2:1: " + own + " is this node's own ID"), std::string::npos) << self.err;
+    // A file others may write is refused: its [[peer]]s are trusted.
+    write_file(conf, "state = \"" + cli.state("A").string() + "\"\n");
+    fs::permissions(conf, static_cast<fs::perms>(0666));
+    run_result open = cli.ferry({"config", "check", conf.string()});
+    EXPECT_EQ(open.code, 1);
+    EXPECT_NE(open.err.find("the configuration file may be written by any user (mode 0666)"), std::string::npos)
+        << open.err;
     // A file named by FERRY_CONFIG must exist.
     run_result missing = cli.ferry({"id"}, {"FERRY_CONFIG=" + (cli.root() / "nope.toml").string()});
     EXPECT_EQ(missing.code, 1);

@@ -19,6 +19,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// A configuration file as its owner keeps it: ferry refuses one its group or others may
+// write, whatever the umask the tests run under.
+void write_conf_text(const fs::path& p, const std::string& text) {
+    write_text_file(p, text);
+    fs::permissions(p, static_cast<fs::perms>(0644));
+}
+
 // A unix datagram socket bound at `path`, as a service manager's notify socket.
 class notify_socket {
 public:
@@ -162,6 +169,63 @@ TEST(service, log_lines_carry_their_priority_under_the_journal_and_the_time_else
 
 // SIGHUP (`systemctl reload ferry`): trust, shares and limits read again from the file; a
 // transfer that runs goes on; a file with a mistake changes nothing.
+TEST(service, trust_changed_with_ferry_trust_reaches_a_running_node_at_its_next_connection) {
+    // A peer trusted, limited, then taken off with `ferry trust` while `ferry serve` runs:
+    // each change holds from the next connection, without a SIGHUP (none took effect
+    // before one, and `ferry trust` gave no hint of it).
+    ferry_cli cli;
+    const std::string a_id = cli.id("A");
+    const std::string b_id = cli.id("B");
+    for (const char* name : {"one", "two"}) {
+        fs::create_directories(cli.root() / name);
+    }
+    ferry_cli::receiver node =
+        cli.start({"serve", "--json", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--share",
+                   "one=" + (cli.root() / "one").string(), "--share", "two=" + (cli.root() / "two").string()});
+    ASSERT_FALSE(node.address.empty());
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "ay", "--address", node.address})
+                  .code,
+              0);
+    auto ls = [&] { return cli.ferry({"ls", "--state", cli.state("B").string(), "--json", "ay"}); };
+    auto shares_of = [](const run_result& r) {
+        std::vector<std::string> names;
+        for (const auto& e : json_events(r.out)) {
+            if (e["event"] == "share") {
+                names.push_back(e["name"]);
+            }
+        }
+        return names;
+    };
+    EXPECT_EQ(ls().code, 3);  // not trusted yet
+    auto trust = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"trust", "--state", cli.state("A").string()});
+        run_result r = cli.ferry(args);
+        EXPECT_EQ(r.code, 0) << r.err;
+    };
+    trust({b_id, "--name", "bee"});
+    run_result r = ls();
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(shares_of(r), (std::vector<std::string>{"one", "two"}));
+    trust({b_id, "--shares", "two"});
+    r = ls();
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(shares_of(r), (std::vector<std::string>{"two"}));
+    trust({"--remove", "bee"});
+    EXPECT_EQ(ls().code, 3);
+    EXPECT_TRUE(node.proc->wait_for_err("trust list changed: read again (0 trusted peer(s))", 30s)) << node.proc->err();
+    // A trust list another user may write is refused, and the one read before stays.
+    trust({b_id});
+    EXPECT_EQ(ls().code, 0);
+    ASSERT_EQ(::chmod((cli.state("A") / "trusted.json").c_str(), 0666), 0);
+    ASSERT_EQ(ls().code, 0);
+    EXPECT_TRUE(node.proc->wait_for_err("trust list changed but not read again", 30s)) << node.proc->err();
+    run_result refused = cli.ferry({"trust", "--state", cli.state("A").string(), "--remove", b_id});
+    EXPECT_EQ(refused.code, 4) << refused.err;
+    EXPECT_NE(refused.err.find("may be written by any user (mode 0666)"), std::string::npos) << refused.err;
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}
+
 TEST(service, sighup_reloads_trust_shares_and_limits_without_dropping_a_transfer) {
     ferry_cli cli;
     const std::string a_id = cli.id("A");
@@ -172,7 +236,7 @@ TEST(service, sighup_reloads_trust_shares_and_limits_without_dropping_a_transfer
     fs::create_directories(two);
     const fs::path conf = cli.root() / "a.toml";
     auto write_conf = [&](const std::string& shares_of_b, bool with_two, const std::string& extra) {
-        write_text_file(conf, "listen = [\"127.0.0.1:0\"]\nstate = \"" + cli.state("A").string() + "\"\n" + extra +
+        write_conf_text(conf, "listen = [\"127.0.0.1:0\"]\nstate = \"" + cli.state("A").string() + "\"\n" + extra +
                                   "[[share]]\nname = \"one\"\npath = \"" + one.string() + "\"\naccess = \"rw\"\n" +
                                   (with_two ? "[[share]]\nname = \"two\"\npath = \"" + two.string() + "\"\n" : "") +
                                   "[[peer]]\nid = \"" + b_id + "\"\nname = \"bee\"\nshares = [" + shares_of_b + "]\n");
@@ -216,7 +280,7 @@ TEST(service, sighup_reloads_trust_shares_and_limits_without_dropping_a_transfer
     EXPECT_EQ(compare_trees(src, one / "site"), "");
 
     // A mistake in the file: refused, the running settings stay.
-    write_text_file(conf, "bogus = 1\n");
+    write_conf_text(conf, "bogus = 1\n");
     node.proc->signal(SIGHUP);
     ASSERT_TRUE(node.proc->wait_for_err("reload refused", 30s)) << node.proc->err();
     EXPECT_NE(node.proc->err().find("bogus"), std::string::npos) << node.proc->err();

@@ -27,9 +27,14 @@ unsigned mode_of(const fs::path& p) {
     return st.st_mode & 07777;
 }
 
+// Written as the state folder's owner keeps it (ferry refuses a trust list its group or
+// others may write), whatever the umask the tests run under.
 void write_text(const fs::path& p, const std::string& text) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << text;
+    {
+        std::ofstream out(p, std::ios::binary | std::ios::trunc);
+        out << text;
+    }
+    fs::permissions(p, static_cast<fs::perms>(0600));
 }
 
 void expect_corrupt(const fs::path& dir, const std::string& text, const std::string& needle) {

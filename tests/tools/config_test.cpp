@@ -25,6 +25,7 @@ protected:
     fs::path write(const std::string& text) {
         fs::path p = dir / "config.toml";
         std::ofstream(p) << text;
+        fs::permissions(p, static_cast<fs::perms>(0644));  // as its owner keeps it, whatever the umask
         return p;
     }
     // The message load_config throws for `text` ("" when it throws none).
