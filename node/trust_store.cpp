@@ -157,7 +157,9 @@ bool share_name_ok(std::string_view name) {
 }
 
 bool peer_name_ok(std::string_view name) {
-    return name.size() <= 64 && name.find_first_of("@:/ \t\n\r") == std::string_view::npos;
+    // Not a node ID either: where a name or an ID is taken, an ID names its own node.
+    return name.size() <= 64 && name.find_first_of("@:/ \t\n\r") == std::string_view::npos &&
+           !parse_node_id(name);
 }
 
 void trust_store::merge(const trusted_peer& peer, bool set_shares) {

@@ -19,7 +19,7 @@ namespace ferry {
 // A share name: letters, digits, '-', '_' and '.' (not "." or ".."), at most 64 bytes.
 bool share_name_ok(std::string_view name);
 // A peer name stands in for the peer in PEER and NAME:SHARE arguments: at most 64 bytes,
-// none of '@', ':', '/' or white space.
+// none of '@', ':', '/' or white space, and not a node ID (which names its own node there).
 bool peer_name_ok(std::string_view name);
 
 struct trusted_peer {

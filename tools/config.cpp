@@ -255,7 +255,7 @@ public:
             } else if (key == "name") {
                 peer.name = text(value, "name");
                 if (peer.name.empty() || !peer_name_ok(peer.name)) {
-                    fail(value, "name: a peer name is 1 to 64 bytes without '@', ':', '/' or spaces");
+                    fail(value, "name: a peer name is 1 to 64 bytes without '@', ':', '/' or spaces, and not a node ID");
                 }
             } else if (key == "address") {
                 peer.address = text(value, "address");

@@ -674,7 +674,8 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
     // Names stand in for peers in PEER and NAME:SHARE arguments, so they may not contain
     // the characters those use.
     if (!ferry::peer_name_ok(name)) {
-        return fail(o, exit_code::usage, "a peer name may not contain '@', ':', '/' or spaces (and at most 64 bytes)");
+        return fail(o, exit_code::usage,
+                    "a peer name may not contain '@', ':', '/' or spaces, nor be a node ID (and at most 64 bytes)");
     }
     fs::path dir = ferry::resolve_state_dir(o.state);
     if (*id == ferry::load_or_create_identity(dir).id) {

@@ -647,6 +647,10 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_EQ(self.code, 1);
     EXPECT_NE(self.err.find("own ID"), std::string::npos) << self.err;
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "a@b"}).code, 1);
+    // A name that is another node's ID: `ls ID:share` would have gone to this peer.
+    run_result id_name = cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", cli.id("C")});
+    EXPECT_EQ(id_name.code, 1) << id_name.err;
+    EXPECT_NE(id_name.err.find("nor be a node ID"), std::string::npos) << id_name.err;
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "desk"}).code, 0);
     // Trusted again without --name: the name stays, and the output says so (it said "").
     run_result again = cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--shares", "www", "--json"});

@@ -155,7 +155,7 @@ TEST_F(config_file_test, a_mistake_is_reported_at_its_line_and_column) {
     EXPECT_EQ(error_of("[[share]]\nname = \"a=b\"\npath = \"/x\"\n"),
               f + ":2:8: name: a share name is letters, digits, '-', '_' and '.' (at most 64)");
     EXPECT_EQ(error_of("[[peer]]\nid = \"" + peer_id + "\"\nname = \"a b\"\n"),
-              f + ":3:8: name: a peer name is 1 to 64 bytes without '@', ':', '/' or spaces");
+              f + ":3:8: name: a peer name is 1 to 64 bytes without '@', ':', '/' or spaces, and not a node ID");
     EXPECT_EQ(error_of("[[peer]]\nid = \"" + peer_id + "\"\naddress = \"host\"\n"),
               f + ":3:11: address: expected HOST:PORT ([::1]:PORT for IPv6)");
     EXPECT_EQ(error_of("[[peer]]\nid = \"" + peer_id + "\"\nshares = [\"w w\"]\n"),
