@@ -40,6 +40,8 @@ public:
             case dest_errc::is_dir: return "destination is a directory";
             case dest_errc::busy:
                 return "its partial file is being written by another ferry process";
+            case dest_errc::special:
+                return "a FIFO, socket or device is there";
             case dest_errc::too_deep:
                 return "folders nested deeper than " + std::to_string(dest_tree::max_walk_depth) + " levels here";
         }
@@ -386,7 +388,7 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
 std::error_code dest_tree::make_dir(std::string_view wire_path, bool create, bool* absent, removed_entry* replaced) {
     std::error_code ec;
     dir_handle h = dir_fd(wire_path, create, ec);
-    if ((ec == dest_errc::symlink || ec == dest_errc::not_a_dir) && mirror_ && !wire_path.empty()) {
+    if ((ec == dest_errc::symlink || ec == dest_errc::not_a_dir) && mirror_ && !keep_kinds_ && !wire_path.empty()) {
         // A mirror: a symlink or a file where the folder goes is removed (as itself), and
         // the folder made. Only at the final name: the folders it lies in came first in the
         // offer. (A local user who swaps a file in between the look and the unlink loses
@@ -471,6 +473,9 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     if (S_ISDIR(st.st_mode)) {
         return dest_errc::is_dir;
     }
+    if (keep_kinds_ && !S_ISREG(st.st_mode)) {
+        return dest_errc::special;
+    }
     if (exists != nullptr) {
         *exists = S_ISREG(st.st_mode);
     }
@@ -498,6 +503,9 @@ std::error_code dest_tree::check_link(std::string_view wire_path, const std::str
     }
     if (S_ISDIR(st.st_mode)) {
         return dest_errc::is_dir;
+    }
+    if (keep_kinds_ && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+        return dest_errc::special;
     }
     exists = true;  // a file or a link: replaced by the new link's rename
     if (!S_ISLNK(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != target.size() ||

@@ -40,6 +40,7 @@ enum class dest_errc {
     is_dir = 4,        // a file's destination is a directory
     too_deep = 5,      // folders nested deeper than a walk of DST goes (max_walk_depth)
     busy = 6,          // the partial file is another process's to write (its lock)
+    special = 7,       // a FIFO, socket or device where a file or symlink goes (keep_kinds)
 };
 const std::error_category& dest_category() noexcept;
 inline std::error_code make_error_code(dest_errc e) noexcept { return {static_cast<int>(e), dest_category()}; }
@@ -146,6 +147,10 @@ public:
     // the folder is made), never followed. Otherwise it is refused (dest_errc::symlink,
     // not_a_dir). Set before any use.
     void set_mirror(bool on) { mirror_ = on; }
+    // A get's tree: a mirror that replaces a file by a file and a symlink by a file or
+    // symlink, and nothing else: a file or symlink where a folder comes stays (not_a_dir,
+    // symlink), as does a FIFO, socket or device where a file or symlink comes (special).
+    void set_keep_kinds(bool on) { keep_kinds_ = on; }
     // A tree a transfer receives into: a folder below the root that its owner (this
     // process, not root) may not look or write in is opened up while the tree works there
     // (make_accessible). Not for a tree that only finds a share's folder to send from: the
@@ -421,6 +426,7 @@ private:
     std::atomic<unnamed_link> unnamed_link_{unnamed_link::unknown};
     unnamed_link unnamed_how();  // probed on first use
     std::atomic<bool> mirror_{false};
+    std::atomic<bool> keep_kinds_{false};
     std::atomic<bool> receiving_{false};
     std::atomic<bool> root_mirrored_{false};
     std::once_flag root_write_once_;  // the root made accessible for writing (root_mirrored_)

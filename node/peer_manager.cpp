@@ -211,7 +211,10 @@ void peer_manager::on_handshake(std::uint64_t seq, std::error_code ec, std::uniq
         }
         if (ec == transport_errc::untrusted_peer && !check.peer_id.empty()) {
             refused(refusal::untrusted, "refused connection from " + from + ": node " + format_node_id(check.peer_id) +
-                                            " is not trusted (ferry trust ID, or --accept-from)");
+                                            " is not trusted (" +
+                                            (ctx_.config.one_shot ? "ferry trust ID, or --accept-from"
+                                                                  : "ferry trust ID with this node's state folder") +
+                                            ")");
         } else if (ec == transport_errc::untrusted_peer) {
             // Refused before its ID was read (a chain, an unusable key): the check's reason.
             refused(refusal::handshake_failed,

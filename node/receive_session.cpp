@@ -951,6 +951,7 @@ void receive_session::next_offer() {
             if (!tree && !nothing_there) {
                 tree = opened ? std::move(opened) : std::make_shared<dest_tree>(root);
                 tree->set_mirror(sync.on);  // a mirror replaces what is in the way
+                tree->set_keep_kinds(!sync.get.empty());  // a get only files and symlinks
                 tree->set_root_mirrored(sync.root_mirrored);
                 tree->set_receiving(true);
                 // A transfer into this folder that never reached its final sync left files
@@ -1132,6 +1133,35 @@ void receive_session::next_offer() {
             decisions.push_back({items[i].id, e.is_file() ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP, std::nullopt, {},
                                  e.is_file() ? action(i) : wire::SYNC_FAILED, {}, {}});
         };
+        // A get replaces nothing (dest_tree::set_keep_kinds): `ec` saying a file or symlink
+        // is where item i's folder (or one it lies in) goes, or a FIFO, socket or device
+        // where its file or symlink goes, makes item i fail alone, with what it holds;
+        // true then. In the check pass (`create` false) a folder's contents are not looked
+        // at either; in the second pass (something put there since) it fails now.
+        auto kept_kind = [&](std::size_t i, std::error_code ec, bool create) {
+            if (sync.get.empty() ||
+                (ec != dest_errc::not_a_dir && ec != dest_errc::symlink && ec != dest_errc::special)) {
+                return false;
+            }
+            const entry_info& e = items[i].e;
+            struct stat st {};
+            if (ec == dest_errc::special) {
+                blocked[i] = std::string("a FIFO, socket or device here, and a ") + (e.is_link ? "symlink" : "file") +
+                             " at the peer (a get replaces nothing: move it away first)";
+            } else if (e.is_dir && ::lstat((tree->root() / e.path).c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+                blocked[i] = get_replaces_nothing(false, S_ISLNK(st.st_mode));
+            } else {
+                blocked[i] = "below a file or symlink here where the peer has a folder (a get replaces nothing: move it "
+                             "away first)";
+            }
+            if (e.is_dir) {
+                absent->insert(e.path);
+            }
+            if (create) {
+                fail_alone(i);
+            }
+            return true;
+        };
         // A dry run decides after the check pass: every file is answered ACCEPT_SKIP (no
         // chunk comes), with what would happen to it.
         auto dry_decisions = [&] {
@@ -1304,6 +1334,9 @@ void receive_session::next_offer() {
                     if (!create && !absent->contains(std::string(wire_parent(e.path)))) {
                         bool there = false;
                         ec = tree->check_link(e.path, e.link_target, e.mtime_ns, same, false, there);
+                        if (kept_kind(i, ec, false)) {
+                            continue;
+                        }
                         if (!folder_in_the_way(i, ec, there)) {
                             break;
                         }
@@ -1324,6 +1357,9 @@ void receive_session::next_offer() {
                             continue;
                         }
                         ec = tree->make_link(e.path, e.link_target, e.mtime_ns);
+                        if (kept_kind(i, ec, true)) {
+                            continue;
+                        }
                         if (ec && ec.category() == std::system_category() && file_level(ec)) {
                             // One this user may not make (its folder is another user's): it
                             // alone fails, as a file that cannot be written does.
@@ -1399,19 +1435,16 @@ void receive_session::next_offer() {
                                                      create ? nullptr : &is_there, create ? nullptr : &mode_there[i]);
                     // A file or symlink SRC made a folder: it goes (a dry run's check tells
                     // it would), and is reported as deleted, as a folder in a file's way is.
-                    // Not in a get, which removes nothing: that folder fails alone, and what
-                    // it holds with it.
-                    if (!replaced.path.empty() && !sync.get.empty()) {
-                        blocked[i] = get_replaces_nothing(false, replaced.is_link);
-                        absent->insert(e.path);
-                        continue;
-                    }
+                    // (Not in a get: kept_kind, below.)
                     if (!replaced.path.empty() && create != sync.dry_run) {
                         cleared.push_back(std::move(replaced));
                     }
                 }
                 if (missing) {
                     absent->insert(e.path);
+                }
+                if (kept_kind(i, ec, create)) {
+                    continue;
                 }
                 if (sync.on && !create && !folder_in_the_way(i, ec, is_there)) {
                     break;

@@ -1575,7 +1575,7 @@ void send_session::on_closed(connection& c, std::error_code ec) {
             fail(exit_code::auth,
                  "receiver refused this node: its ID " + format_node_id(ctx_.id) +
                      " is not trusted there (run `ferry trust " + format_node_id(ctx_.id) +
-                     "` on the receiver, or start it with --accept-from)",
+                     "` on the receiver; a `ferry receive` also takes --accept-from)",
                  false);
         } else if (ec == transport_errc::plaintext_mismatch) {
             fail(exit_code::transfer_failed, ec.message(), false);

@@ -418,6 +418,7 @@ json report_json(const ferry::transfer_report& r, bool sender) {
             {"direction", sender ? "send" : "receive"},
             {"session", ferry::hex_encode(r.session_id)},
             {"peer", ferry::format_node_id(r.peer_id)},
+            {"address", r.peer_address},
             {"files", r.files},
             {"dirs", r.dirs},
             {"skipped_files", r.skipped_files},
@@ -948,14 +949,16 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
         }
         cfg.shares.push_back(std::move(*share));
     }
+    if (r.plaintext) {
+        say(std::string("warning: --plaintext: no TLS, so no sender's ID is checked: any sender that can reach the "
+                        "port is taken (") +
+                (r.accept_from.empty() ? "the trust list" : "--accept-from") +
+                " has no effect), and every byte travels unencrypted",
+            ferry::log_level::warn);
+    }
     if (r.accept_any) {
         cfg.policy = ferry::accept_policy::any;
     } else if (!r.accept_from.empty()) {
-        if (r.plaintext) {
-            say("warning: --plaintext: no TLS, so a sender's ID is not checked (--accept-from has no effect: any sender "
-                "that can reach the port is taken)",
-                ferry::log_level::warn);
-        }
         std::optional<std::string> id = ferry::parse_node_id(r.accept_from);
         if (!id) {
             return fail(o, exit_code::usage, "--accept-from \"" + r.accept_from + "\" is not a node ID");
@@ -1080,7 +1083,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         if (rep.ok) {
             say("received " + std::to_string(rep.files) + " files, " + std::to_string(rep.dirs) + " folders, " +
                 human_bytes(rep.payload_bytes) + " from " +
-                ferry::format_node_id(rep.peer_id) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s" +
+                (rep.peer_id.empty() ? rep.peer_address : ferry::format_node_id(rep.peer_id)) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s" +
                 skipped_note(rep) + compression_note(rep));
         }
         emit(o, rep.ok ? report_json(rep, false) : error_event(rep.code, rep.error));

@@ -2798,20 +2798,40 @@ TEST_F(share_get, refusals_are_clear_and_leave_dest_as_it_was) {
     EXPECT_TRUE(fs::is_directory(out / "dir/intro.txt"));
     // Below DEST's top: the path stays and fails (with what the peer's folder holds), the
     // rest comes; nothing is deleted.
+    // (Enough entries below the conflicts that they come in later Offer batches, whose
+    // paths then meet the file or symlink as a folder on their way.)
     write_text_file(ro_share / "tree/sub/a.txt", "a\n");
     write_text_file(ro_share / "tree/plain.txt", "p\n");
     write_text_file(ro_share / "tree/other/b.txt", "b\n");
+    write_text_file(ro_share / "tree/fifo.txt", "f\n");
+    paths below;
+    for (int i = 0; i < 150; ++i) {
+        const std::string name = "a-rather-long-file-name-to-fill-offer-batches-" + std::to_string(i) + ".txt";
+        write_text_file(ro_share / "tree/sub/deeper" / name, "x\n");
+        write_text_file(ro_share / "tree/other" / name, "y\n");
+        below.push_back("tree/other/" + name);
+        below.push_back("tree/sub/deeper/" + name);
+    }
+    write_text_file(ro_share / "tree/zz-last.txt", "z\n");
     write_text_file(out / "deep/tree/sub", "B's file\n");
     write_text_file(out / "deep/tree/plain.txt/keep.txt", "B's folder\n");
+    ASSERT_EQ(::mkfifo((out / "deep/tree/fifo.txt").c_str(), 0600), 0);
     fs::create_directories(out / "elsewhere");
     fs::create_symlink(out / "elsewhere", out / "deep/tree/other");
     kind = get("ay:docs/tree", (out / "deep").string());
     EXPECT_EQ(kind.code, 5) << kind.err;
     auto ev = json_events(kind.out);
     EXPECT_TRUE(paths_of(ev, "deleted").empty()) << kind.out;
-    EXPECT_EQ(paths_of(ev, "failed"), (paths{"tree/other", "tree/other/b.txt", "tree/plain.txt", "tree/sub",
-                                             "tree/sub/a.txt"}))
-        << kind.out;
+    paths failed{"tree/fifo.txt", "tree/other", "tree/other/b.txt", "tree/plain.txt", "tree/sub", "tree/sub/a.txt"};
+    failed.insert(failed.end(), below.begin(), below.end());
+    std::sort(failed.begin(), failed.end());
+    paths failed_now = paths_of(ev, "failed");
+    // (A folder below one that failed is listed when it came in a later batch.)
+    std::erase(failed_now, "tree/sub/deeper");
+    std::sort(failed_now.begin(), failed_now.end());
+    EXPECT_EQ(failed_now, failed) << kind.err;
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"tree/zz-last.txt"})) << kind.out;
+    EXPECT_TRUE(fs::is_fifo(out / "deep/tree/fifo.txt"));
     EXPECT_NE(kind.err.find("tree/sub: a file here, and a folder at the peer"), std::string::npos) << kind.err;
     EXPECT_NE(kind.err.find("tree/plain.txt: not written here: a folder here, and a file at the peer"),
               std::string::npos)
