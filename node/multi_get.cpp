@@ -600,8 +600,11 @@ void multi_get::place() {
             } else if (!stop->load()) {
                 // Its size, mode and mtime, fsynced; then renamed from the parts folder to its
                 // name (replacing what was there, as a get does), and that folder fsynced.
+                // Permission bits only: a peer never makes a setuid program here (the
+                // listing carries all twelve bits, for `ferry ls`).
                 dest_tree dest(self->spec_.folder);
-                if (std::error_code ec = dest.prepare_final(file->release(), entry.size, entry.mode, entry.mtime_ns, true)) {
+                if (std::error_code ec =
+                        dest.prepare_final(file->release(), entry.size, entry.mode & 0777, entry.mtime_ns, true)) {
                     throw std::system_error(ec, "cannot finish " + self->spec_.name);
                 }
                 unique_fd folder(::open(self->spec_.folder.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));

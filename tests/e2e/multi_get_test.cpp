@@ -193,9 +193,15 @@ TEST_F(multi_get, an_interrupted_get_keeps_its_ranges_and_a_second_get_moves_not
     {
         fault_proxy proxy(a);
         trust("A", "one", proxy.address());
+        // A setuid file at the source comes without the bit (it came 04755).
+        ASSERT_EQ(::chmod((share("A") / "data.bin").c_str(), 04755), 0);
         run_result r = get("one", "pub/data.bin", flags);
         ASSERT_EQ(r.code, 0) << r.err;
         whole = proxy.up_bytes();
+        struct stat st {};
+        ASSERT_EQ(::stat((out / "data.bin").c_str(), &st), 0);
+        EXPECT_EQ(st.st_mode & 07777, 0755U);
+        ASSERT_EQ(::chmod((share("A") / "data.bin").c_str(), 0644), 0);
         fs::remove(out / "data.bin");
     }
     // The same get, stopped at half of that (its traffic held there) and interrupted.
