@@ -230,9 +230,13 @@ void refuse_if_others_may_change(const fs::path& path, std::string_view what) {
     }
     const uid_t me = ::geteuid();
     if (st.st_uid != me && st.st_uid != 0) {
-        fail(path, fmt::format("{} belongs to another user (uid {}, this is uid {}), who could change whom this "
-                               "node trusts or take its identity; use a state folder of this user's",
-                               what, st.st_uid, me));
+        const passwd* owner = ::getpwuid(st.st_uid);
+        const std::string who = owner != nullptr ? fmt::format("{} (uid {})", owner->pw_name, st.st_uid)
+                                                 : fmt::format("uid {}", st.st_uid);
+        fail(path, fmt::format("{} belongs to another user, {}, who could change whom this node trusts or take its "
+                               "identity: run ferry as that user{}, or give it one of this user's (uid {})",
+                               what, who, owner != nullptr ? fmt::format(" (sudo -u {} ferry ...)", owner->pw_name) : "",
+                               me));
     }
     if ((st.st_mode & 022) != 0) {
         fail(path, fmt::format("{} may be written by {} (mode {:04o}), who could change whom this node trusts or "

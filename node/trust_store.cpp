@@ -1,6 +1,7 @@
 #include "node/trust_store.hpp"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cctype>
@@ -44,6 +45,9 @@ trust_store trust_store::load(const fs::path& state_dir) {
     trust_store store(state_dir / trust_file_name);
     const fs::path& file = store.file_;
     refuse_if_others_may_change(file, "the trust list");
+    if (struct stat st {}; ::stat(file.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+        throw std::runtime_error(fmt::format("{}: the trust list is not a regular file", file.string()));  // (a FIFO would block)
+    }
 
     std::ifstream in(file, std::ios::binary);
     if (!in) {
@@ -168,6 +172,16 @@ void trust_store::merge(const trusted_peer& peer, bool set_shares) {
         throw std::invalid_argument("not a node ID: " + peer.id);
     }
     bool known = trusted(*canonical);
+    if (!peer.name.empty()) {
+        // The file's name wins: a listed peer of another ID that has it (`ferry trust` run
+        // without this file) stays trusted, without the name. Failing here instead made a
+        // running node keep its old list for good, removals included.
+        for (trusted_peer& other : peers_) {
+            if (other.name == peer.name && other.id != *canonical) {
+                other.name.clear();
+            }
+        }
+    }
     if ((!known || !peer.name.empty()) && !add(*canonical, peer.name)) {
         throw std::invalid_argument("the name \"" + peer.name + "\" is already another peer's");
     }

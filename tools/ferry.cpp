@@ -633,28 +633,41 @@ struct trust_opts {
 // peer from its next connection on). A peer the configuration file declares stays: the
 // file says so, and is named.
 int untrust(const common_opts& o, const fs::path& dir, const std::string& given) {
+    // One the configuration file declares stays trusted whatever the list says: nothing
+    // is changed then (its entry there may limit its shares).
+    std::optional<std::string> given_id = ferry::parse_node_id(given);
+    if (loaded_config) {
+        for (const ferry::declared_peer& d : loaded_config->peers) {
+            if (d.peer.id == given_id || (!given_id && d.peer.name == given)) {
+                return fail(o, exit_code::usage,
+                            ferry::format_node_id(d.peer.id) + " is declared at " + d.where +
+                                " and stays trusted: remove that [[peer]] (then SIGHUP a running `ferry serve`)");
+            }
+        }
+    }
+    std::error_code ec;
+    if (!fs::exists(dir, ec)) {  // no state folder: no list, nobody trusted (none is made)
+        if (!given_id) {
+            return fail(o, exit_code::usage, "\"" + given + "\" is neither a node ID nor a trusted peer's name");
+        }
+        say(ferry::format_node_id(*given_id) + " was not trusted");
+        emit(o, {{"event", "untrusted"}, {"id", ferry::format_node_id(*given_id)}, {"was_trusted", false}});
+        return 0;
+    }
+    ferry::refuse_if_others_may_change(dir, "the state folder");
     ferry::unique_fd held = ferry::lock_state_file(dir, "trust.lock");
     ferry::trust_store store = ferry::trust_store::load(dir);
     std::optional<ferry::trusted_peer> peer = store.find_id(given);
     if (!peer) {
         peer = store.find_name(given);
     }
-    if (!peer && !ferry::parse_node_id(given)) {
+    if (!peer && !given_id) {
         return fail(o, exit_code::usage, "\"" + given + "\" is neither a node ID nor a trusted peer's name");
     }
-    const std::string id = peer ? peer->id : *ferry::parse_node_id(given);
+    const std::string id = peer ? peer->id : *given_id;
     bool was = store.remove(id);
     if (was) {
         store.save();
-    }
-    if (loaded_config) {
-        for (const ferry::declared_peer& d : loaded_config->peers) {
-            if (d.peer.id == id) {
-                return fail(o, exit_code::usage,
-                            ferry::format_node_id(id) + " is declared at " + d.where +
-                                " and stays trusted: remove that [[peer]] (then SIGHUP a running `ferry serve`)");
-            }
-        }
     }
     say(was ? "no longer trusted: " + ferry::format_node_id(id) + (peer->name.empty() ? "" : " (\"" + peer->name + "\")")
             : ferry::format_node_id(id) + " was not trusted");
@@ -717,6 +730,13 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
                 start = comma + 1;
             }
             shares.emplace(std::move(list));
+        }
+    }
+    if (loaded_config && !name.empty()) {
+        for (const ferry::declared_peer& d : loaded_config->peers) {
+            if (d.peer.name == name && d.peer.id != *id) {
+                return fail(o, exit_code::usage, "the name \"" + name + "\" is another peer's: the [[peer]] at " + d.where);
+            }
         }
     }
     std::optional<ferry::trusted_peer> before = store.find_id(*id);

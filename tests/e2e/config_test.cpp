@@ -1,6 +1,8 @@
 // End-to-end configuration files: a `ferry serve` started from its file alone (listen
 // addresses, state, inbox, shares, trusted peers) takes a `ferry sync` from a peer that
 // names it through its own file; `ferry config check` reports a mistake at its place.
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -83,6 +85,45 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
 
     node.proc->signal(SIGTERM);
     EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+}
+
+TEST(config_file, ferry_trust_meets_the_files_peers_and_changes_nothing_it_refuses) {
+    ferry_cli cli;
+    const std::string a_id = cli.id("A");
+    const std::string b_id = cli.id("B");
+    const std::string c_id = cli.id("C");
+    const fs::path conf = cli.root() / "a.toml";
+    write_file(conf, "state = \"" + cli.state("A").string() + "\"\n[[peer]]\nid = \"" + b_id + "\"\nname = \"bee\"\n");
+    const std::string state = cli.state("A").string();
+    ASSERT_EQ(cli.ferry({"trust", "--state", state, b_id, "--shares", "www"}).code, 0);
+    const std::string list = read_text_file(cli.state("A") / "trusted.json");
+    // --remove of a peer the file declares (by ID or by its name there): refused, and the
+    // list is as it was (B's entry, which limits its shares, went).
+    for (const std::string& who : {b_id, std::string("bee")}) {
+        run_result r = cli.ferry({"trust", "--config", conf.string(), "--remove", who});
+        EXPECT_EQ(r.code, 1) << r.err;
+        EXPECT_NE(r.err.find("is declared at " + conf.string() + ":2:1 and stays trusted"), std::string::npos) << r.err;
+        EXPECT_EQ(read_text_file(cli.state("A") / "trusted.json"), list);
+    }
+    // The file's name for another ID: refused with the file; taken without it, and then
+    // the file's name wins (serve started: it failed, and a running node kept its old
+    // list for good).
+    run_result clash = cli.ferry({"trust", "--config", conf.string(), c_id, "--name", "bee"});
+    EXPECT_EQ(clash.code, 1) << clash.err;
+    EXPECT_NE(clash.err.find("the [[peer]] at " + conf.string() + ":2:1"), std::string::npos) << clash.err;
+    ASSERT_EQ(cli.ferry({"trust", "--state", state, c_id, "--name", "bee"}).code, 0);
+    run_result check = cli.ferry({"config", "check", conf.string()});
+    EXPECT_EQ(check.code, 0) << check.err;
+    ferry_cli::receiver node = cli.start({"serve", "--json", "--config", conf.string(), "--listen", "127.0.0.1:0"});
+    ASSERT_FALSE(node.address.empty()) << node.proc->err();
+    node.proc->signal(SIGTERM);
+    EXPECT_EQ(node.proc->wait(10s), 0) << node.proc->err();
+    // A trust list that is not a regular file is refused, not opened (a FIFO blocked).
+    fs::remove(cli.state("A") / "trusted.json");
+    ASSERT_EQ(::mkfifo((cli.state("A") / "trusted.json").c_str(), 0600), 0);
+    run_result fifo = cli.ferry({"trust", "--state", state, c_id});
+    EXPECT_EQ(fifo.code, 4) << fifo.err;
+    EXPECT_NE(fifo.err.find("not a regular file"), std::string::npos) << fifo.err;
 }
 
 TEST(config_file, a_flag_overrides_the_file_and_a_mistake_stops_serve_with_its_place) {

@@ -208,7 +208,7 @@ TEST(trust_store, address_and_share_list_round_trip_and_limit_shares) {
     expect_corrupt(tmp.path(), R"({"peers":[{"id":")" + id_a + R"(","address":7}]})", "address");
 }
 
-TEST(trust_store, merge_adds_a_peer_or_takes_its_details_and_refuses_a_name_of_another) {
+TEST(trust_store, merge_adds_a_peer_or_takes_its_details_and_takes_a_name_from_another) {
     test::temp_dir dir("ferry-trust");
     trust_store store = trust_store::load(dir.path());
     ASSERT_TRUE(store.add(id_a, "alpha"));
@@ -236,8 +236,13 @@ TEST(trust_store, merge_adds_a_peer_or_takes_its_details_and_refuses_a_name_of_a
     store.merge(trusted_peer{id_a, "", "", std::nullopt}, true);
     EXPECT_TRUE(store.find_id(id_a)->may_use("anything"));
 
-    EXPECT_THROW(store.merge(trusted_peer{id_c, "first", "", std::nullopt}, false), std::invalid_argument);
-    EXPECT_FALSE(store.find_id(id_c));
+    // The configuration file's name wins: the listed peer that had it stays, without it
+    // (a refusal kept a running node on its old list for good).
+    store.merge(trusted_peer{id_c, "first", "", std::nullopt}, false);
+    ASSERT_TRUE(store.find_id(id_c));
+    EXPECT_EQ(store.find_id(id_c)->name, "first");
+    ASSERT_TRUE(store.find_id(id_a));
+    EXPECT_EQ(store.find_id(id_a)->name, "");
     EXPECT_THROW(store.merge(trusted_peer{"not-an-id", "", "", std::nullopt}, false), std::invalid_argument);
 }
 
