@@ -984,8 +984,9 @@ void receive_session::next_offer() {
             struct stat st {};
             if (items[i].e.path == sync.get && ::lstat((root / sync.get).c_str(), &st) == 0 &&
                 S_ISDIR(st.st_mode) != items[i].e.is_dir) {
-                error = printable(sync.get) + (items[i].e.is_dir ? " is a file here, and a folder at the peer"
-                                                                 : " is a folder here, and a file at the peer") +
+                error = printable(sync.get) + (!items[i].e.is_dir       ? " is a folder here, and a file at the peer"
+                                               : S_ISLNK(st.st_mode) ? " is a symlink here, and a folder at the peer"
+                                                                     : " is a file here, and a folder at the peer") +
                         ": give DEST another name";
                 code = exit_code::usage;
             }
