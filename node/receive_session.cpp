@@ -701,7 +701,7 @@ void receive_session::on_offer(const wire::Offer& offer) {
         return;
     }
     for (const wire::NotSent& n : offer.not_sent()) {
-        given_up_.push_back({n.path(), printable(n.reason()), n.vanished(), false});
+        given_up_.push_back({n.path(), printable(n.reason()), n.vanished(), false, false, !n.folder()});
     }
     if (pull_) {
         // What the serving node's scan left out (a FIFO, say): noted here, as a push's
@@ -714,10 +714,16 @@ void receive_session::on_offer(const wire::Offer& offer) {
                      " more path(s) at the peer (not regular files, or ferry's partial files)");
         }
     }
-    if (offer.not_sent_more() > 0) {
-        given_up_.push_back({"...", std::to_string(offer.not_sent_more()) + " more path(s) not sent (" +
-                                        log_id(peer_id_) + "'s log lists them)", false, false, false, true,
-                             offer.not_sent_more()});
+    // Those not listed, counted as files or (not_sent_more_folders) as other paths.
+    const std::uint64_t more_folders = std::min(offer.not_sent_more_folders(), offer.not_sent_more());
+    for (bool files : {true, false}) {
+        std::uint64_t more = files ? offer.not_sent_more() - more_folders : more_folders;
+        if (more > 0) {
+            given_up_.push_back({"...",
+                                 std::to_string(more) + (files ? " more path(s)" : " more folder(s)") + " not sent (" +
+                                     log_id(peer_id_) + "'s log lists them)",
+                                 false, false, false, files, more});
+        }
     }
     if (pull_ && !pull_->source.get().empty()) {
         // A get: the one entry asked for, and what is below it. Nothing else in the

@@ -541,6 +541,7 @@ void send_session::send_offers() {
         n->set_path(f.path);
         n->set_reason(f.reason);
         n->set_vanished(f.vanished);
+        n->set_folder(!f.file);
     }
     not_sent_.erase(not_sent_.begin(), not_sent_.begin() + static_cast<std::ptrdiff_t>(listed));
     std::size_t kept = 0;
@@ -581,6 +582,8 @@ void send_session::send_offers() {
     }
     if (h.offer().last()) {
         h.mutable_offer()->set_not_sent_more(not_sent_.size());
+        h.mutable_offer()->set_not_sent_more_folders(
+            std::count_if(not_sent_.begin(), not_sent_.end(), [](const skipped_file& f) { return !f.file; }));
         not_sent_.clear();
     }
     conns_[0].conn->send(h);
