@@ -1204,7 +1204,8 @@ void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan
     }
     if (scan->ec) {
         scan->parked.clear();
-        give_up(f, scan->ec == std::errc::no_such_file_or_directory, "cannot read it: " + scan->what,
+        const bool gone = scan->ec == std::errc::no_such_file_or_directory;
+        give_up(f, gone, gone ? std::string("vanished before it was read") : "cannot read it: " + scan->what,
                 worth_again(scan->ec));
         return;
     }
@@ -1460,7 +1461,8 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     if (job.ec) {
         // One file that cannot be read (gone, changed, unreadable) is skipped, not the
         // transfer: the report lists it and the exit code says so.
-        give_up(ref.file, job.ec == std::errc::no_such_file_or_directory, "cannot read it: " + job.what,
+        const bool gone = job.ec == std::errc::no_such_file_or_directory;
+        give_up(ref.file, gone, gone ? std::string("vanished before it was read") : "cannot read it: " + job.what,
                 worth_again(job.ec));
         return;
     }

@@ -2908,8 +2908,7 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         }
     }
     for (ferry::skipped_file& f : still_gone) {
-        f.logged = false;  // (said in the first pass as to be tried again)
-        r.given_up.push_back(std::move(f));
+        r.given_up.push_back(std::move(f));  // (as the first pass said it: not again at the end)
     }
     progress.final_progress(final_progress(r, true));
     if (sync != nullptr) {
@@ -3111,8 +3110,7 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     r.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - program_start).count();
     for (ferry::skipped_file& f : vanished_before) {
         if (still_gone.contains(f.path)) {
-            f.logged = false;  // (said in the first pass as to be tried again)
-            r.given_up.push_back(std::move(f));  // still gone: it vanished during the run
+            r.given_up.push_back(std::move(f));  // still gone: it vanished during the run (said once, as it did)
         }
     }
     progress.final_progress(final_progress(r, false));

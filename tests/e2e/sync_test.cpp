@@ -707,6 +707,10 @@ TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_th
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["ok"], false);
     EXPECT_EQ(done["failed_files"], 1);
+    // Said once, as it happened, in its own words (it was said again at the end, and as
+    // "cannot read it: No such file or directory").
+    EXPECT_EQ(lines_with(r.err, "not sent: gone.bin: vanished before it was read"), 1u) << r.err;
+    EXPECT_NE(r.err.find("1 failed (above)"), std::string::npos) << r.err;
     EXPECT_EQ(read_text_file(dst / "stays.txt"), "here\n");
     // The second scan no longer has it: --delete removes DST's copy, as rsync would.
     EXPECT_FALSE(fs::exists(dst / "gone.bin"));
