@@ -300,6 +300,18 @@ inline void tell_folder_updates(const node_events& events, std::vector<std::stri
 // for the ID `ferry id` printed), escaped should it not be one.
 inline std::string log_id(const std::string& id) { return printable(format_node_id(id)); }
 
+// A peer this node dialed without an ID to expect (`expected_id` empty) that is not on the
+// trust list: its ID is taken on faith, so the user is told it (`who`: "peer",
+// "receiver"; `pin`: how to pin it, as the command spells a peer).
+inline void warn_unverified(const node_context& ctx, bool tls, const std::string& expected_id,
+                            const std::string& peer_id, std::string_view who, std::string_view pin) {
+    if (tls && expected_id.empty() && !ctx.trust.trusted(peer_id)) {
+        ctx.log("warning: " + std::string(who) + " ID " + format_node_id(peer_id) + " is not verified (pin it with " +
+                    std::string(pin) + " or `ferry trust`)",
+                log_level::warn);
+    }
+}
+
 // Whether the peer `peer_id` may use this node's share `name` (`write`: sync into it). ""
 // with `*out` set to the share when it may; otherwise why not, as a line for the peer.
 inline std::string share_access(const node_context& ctx, const std::string& peer_id, const std::string& name,

@@ -51,6 +51,8 @@ void list_client::start() {
         }
         self->conn_ = self->ctx_.new_connection(std::move(stream));
         self->report_.peer_id = self->conn_->stream().peer_id();
+        warn_unverified(self->ctx_, self->conn_->stream().is_tls(), self->target_.expected_id, self->report_.peer_id,
+                        "peer", "ferry://ID@HOST");
         std::string session_id(16, '\0');
         RAND_bytes(reinterpret_cast<unsigned char*>(session_id.data()), static_cast<int>(session_id.size()));
         wire::Header hello = make_hello(session_id, 0, 1, !self->conn_->stream().is_tls(), false);

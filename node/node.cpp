@@ -269,10 +269,7 @@ std::string node::pull(pull_spec spec, send_target target) {
         auto c = ctx_->new_connection(std::move(stream));
         std::string peer = c->stream().peer_id();
         std::string key = peer.empty() ? c->stream().remote() : peer;
-        if (c->stream().is_tls() && target.expected_id.empty() && !ctx_->trust.trusted(peer)) {
-            ctx_->log("warning: peer ID " + format_node_id(peer) +
-                      " is not verified (pin it with ferry://ID@HOST or `ferry trust`)", log_level::warn);
-        }
+        warn_unverified(*ctx_, c->stream().is_tls(), target.expected_id, peer, "peer", "ferry://ID@HOST");
         // Dropped once every connection closed (not when it reports: they may still call in).
         auto s = std::make_shared<receive_session>(*ctx_, peer, key, session_id, [this](receive_session& done) {
             std::erase_if(pulls_, [&](const auto& p) { return p.get() == &done; });

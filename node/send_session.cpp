@@ -379,10 +379,7 @@ void send_session::on_hello(connection& c, const wire::Hello& hello) {
     if (!peer_decodes_zstd) {
         compression_ = compression_policy(compress_mode::never);
     }
-    if (c.stream().is_tls() && target_.expected_id.empty() && !ctx_.trust.trusted(peer_id_)) {
-        ctx_.log("warning: receiver ID " + format_node_id(peer_id_) +
-                 " is not verified (pin it with ID@HOST:PORT or `ferry trust`)", log_level::warn);
-    }
+    warn_unverified(ctx_, c.stream().is_tls(), target_.expected_id, peer_id_, "receiver", "ID@HOST:PORT");
     if (ctx_.events.connected) {
         ctx_.events.connected(peer_id_, peer_address_, options_.connections);
     }

@@ -2023,7 +2023,9 @@ int cmd_ls(const common_opts& o, const ls_opts& l) {
     const std::string top = remote->path.empty() ? remote->share : remote->path.substr(remote->path.rfind('/') + 1);
     ferry::node_config cfg = base_config(o);
     asio::io_context io(1);
-    ferry::node n(io, cfg, ferry::node_events{});
+    ferry::node_events ev;
+    ev.log = base_events(o).log;  // its warnings (a peer whose ID is not verified), not its events
+    ferry::node n(io, cfg, std::move(ev));
     struct counts {
         std::uint64_t files = 0, dirs = 0, links = 0, bytes = 0, shown = 0;
     } count;

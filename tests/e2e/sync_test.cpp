@@ -2957,6 +2957,14 @@ TEST_F(share_get, ls_lists_the_shares_open_to_this_node_and_what_a_folder_holds)
               0);
     run_result stranger = ls({"ay"}, "C");
     EXPECT_EQ(stranger.code, 3) << stranger.err;
+    // A peer named by address alone, not on this node's list: its ID is taken on faith,
+    // and the user is told so (as get, sync and send tell it; ls did not).
+    const std::string d_state = cli.state("D").string();
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("A").string(), cli.id("D")}).code, 0);
+    run_result unpinned = cli.ferry({"ls", "--state", d_state, "--json", "ferry://" + node.address + "/docs"});
+    EXPECT_EQ(unpinned.code, 0) << unpinned.err;
+    EXPECT_NE(unpinned.err.find("is not verified (pin it with ferry://ID@HOST or `ferry trust`)"), std::string::npos)
+        << unpinned.err;
 }
 
 TEST_F(share_get, without_connections_a_pull_dials_more_only_when_the_round_trip_calls_for_them) {
