@@ -50,6 +50,7 @@ void reserve_descriptors() {
 node::node(asio::io_context& io, node_config config, node_events events) : sweep_timer_(io) {
     reserve_descriptors();
     identity ident = load_or_create_identity(config.state_dir);
+    const peer_manager::trust_stamp trust_seen = peer_manager::trust_stamp_of(config.state_dir / trust_store::file_name);
     trust_store trust = trust_store::load(config.state_dir, config.config_peers);
     std::size_t workers = config.workers;
     ctx_.reset(new node_context{io, std::move(config), std::move(events), ident.id, std::move(trust), nullptr, nullptr,
@@ -59,7 +60,7 @@ node::node(asio::io_context& io, node_config config, node_events events) : sweep
         ctx_->tls_client = std::make_unique<tls_context>(ident.creds, tls_role::client);
         ctx_->tls_server = std::make_unique<tls_context>(ident.creds, tls_role::server);
     }
-    peers_ = std::make_unique<peer_manager>(*ctx_);
+    peers_ = std::make_unique<peer_manager>(*ctx_, trust_seen);
 }
 
 node::~node() {

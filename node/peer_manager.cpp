@@ -84,9 +84,9 @@ void scan_for_get(int share_fd, const std::string& path, const std::string& as, 
 
 }  // namespace
 
-peer_manager::trust_stamp peer_manager::trust_stamp_now() const {
+peer_manager::trust_stamp peer_manager::trust_stamp_of(const std::filesystem::path& file) {
     struct stat st {};
-    if (::stat(ctx_.trust.file().c_str(), &st) != 0) {
+    if (::stat(file.c_str(), &st) != 0) {
         return {};
     }
     return {st.st_dev, st.st_ino, st.st_size,
@@ -95,7 +95,7 @@ peer_manager::trust_stamp peer_manager::trust_stamp_now() const {
 }
 
 void peer_manager::refresh_trust() {
-    trust_stamp now = trust_stamp_now();
+    trust_stamp now = trust_stamp_of(ctx_.trust.file());
     if (now == trust_seen_) {
         return;
     }

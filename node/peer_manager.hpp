@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -31,7 +32,21 @@ namespace ferry {
 
 class peer_manager : public connection_handler {
 public:
-    explicit peer_manager(node_context& ctx) : ctx_(ctx), trust_seen_(trust_stamp_now()) {}
+    // The trust list file as stat(2) sees it (all zeros when there is none): what tells a
+    // change `ferry trust` (or an editor) made while the node runs.
+    struct trust_stamp {
+        dev_t dev = 0;
+        ino_t ino = 0;
+        off_t size = 0;
+        std::int64_t mtime_ns = 0;
+        std::int64_t ctime_ns = 0;
+        bool operator==(const trust_stamp&) const = default;
+    };
+    static trust_stamp trust_stamp_of(const std::filesystem::path& file);
+
+    // `trust_seen`: the trust list file's stamp taken before ctx.trust was read from it (a
+    // change in between is read again at the first connection).
+    peer_manager(node_context& ctx, trust_stamp trust_seen) : ctx_(ctx), trust_seen_(trust_seen) {}
 
     // A socket the listener accepted.
     void on_accepted(asio::ip::tcp::socket socket);
@@ -61,17 +76,6 @@ private:
     };
 
     bool allowed(const std::string& id) const;
-    // The trust list file as stat(2) sees it (all zeros when there is none): what tells a
-    // change `ferry trust` (or an editor) made while the node runs.
-    struct trust_stamp {
-        dev_t dev = 0;
-        ino_t ino = 0;
-        off_t size = 0;
-        std::int64_t mtime_ns = 0;
-        std::int64_t ctime_ns = 0;
-        bool operator==(const trust_stamp&) const = default;
-    };
-    trust_stamp trust_stamp_now() const;
     // Before a connection is checked: the trust list read again if its file changed since
     // it was last read, with the configuration file's peers merged in as at start. One that
     // cannot be read leaves the list as it was (logged).

@@ -20,7 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char* trust_file_name = "trusted.json";
 
 [[noreturn]] void corrupt(const fs::path& file, std::string_view reason) {
     throw std::runtime_error(fmt::format(
@@ -42,7 +41,7 @@ trust_store trust_store::load(const fs::path& state_dir, const std::vector<decla
 }
 
 trust_store trust_store::load(const fs::path& state_dir) {
-    trust_store store(state_dir / trust_file_name);
+    trust_store store(state_dir / file_name);
     const fs::path& file = store.file_;
     refuse_if_others_may_change(file, "the trust list");
     if (struct stat st {}; ::stat(file.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {

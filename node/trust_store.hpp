@@ -44,6 +44,8 @@ struct declared_peer {
 
 class trust_store {
   public:
+    static constexpr const char* file_name = "trusted.json";  // in the state folder
+
     // Reads state_dir/trusted.json if present (a missing file is an empty store). Throws
     // std::runtime_error naming the file if it cannot be read or is corrupt (not JSON,
     // wrong shape, an invalid ID, a duplicate ID or name).
