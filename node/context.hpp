@@ -238,6 +238,10 @@ struct node_events {
     std::function<void(const std::string& direction, const std::string& session_id, std::uint64_t bytes,
                        std::uint64_t files)>
         resumed;
+    // The trust list's file changed and was read again (`error` empty; `peers` trusted
+    // now, the configuration file's included), or could not be (`error`: why; the list
+    // read before stays).
+    std::function<void(std::size_t peers, const std::string& error)> trust_read;
 };
 
 struct node_context {

@@ -104,9 +104,15 @@ void peer_manager::refresh_trust() {
         ctx_.trust = trust_store::load(ctx_.config.state_dir, ctx_.config.config_peers);
         ctx_.log("trust list changed: read again (" + std::to_string(ctx_.trust.peers().size()) + " trusted peer(s))",
                  log_level::info);
+        if (ctx_.events.trust_read) {
+            ctx_.events.trust_read(ctx_.trust.peers().size(), {});
+        }
     } catch (const std::exception& e) {
         ctx_.log(std::string("trust list changed but not read again (the list read before stays): ") + e.what(),
                  log_level::error);
+        if (ctx_.events.trust_read) {
+            ctx_.events.trust_read(ctx_.trust.peers().size(), e.what());
+        }
     }
 }
 

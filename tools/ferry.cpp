@@ -596,6 +596,10 @@ ferry::node_events base_events(const common_opts& o) {
         // Per-file lines are many: buffered, flushed with the next progress or done line.
         ev.file = [](const ferry::file_event& f) { emit_file_event(f); };
     }
+    ev.trust_read = [&o](std::size_t peers, const std::string& error) {
+        emit(o, error.empty() ? json{{"event", "trust_reloaded"}, {"trusted_peers", peers}}
+                              : json{{"event", "trust_refused"}, {"trusted_peers", peers}, {"message", error}});
+    };
     ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
                       std::uint64_t files) {
         if (direction == "send") {

@@ -219,6 +219,7 @@ TEST(service, trust_changed_with_ferry_trust_reaches_a_running_node_at_its_next_
     ASSERT_EQ(::chmod((cli.state("A") / "trusted.json").c_str(), 0666), 0);
     ASSERT_EQ(ls().code, 0);
     EXPECT_TRUE(node.proc->wait_for_err("trust list changed but not read again", 30s)) << node.proc->err();
+    EXPECT_TRUE(wait_for_event(*node.proc, "trust_refused", 30s));  // for a script too (--json)
     run_result refused = cli.ferry({"trust", "--state", cli.state("A").string(), "--remove", b_id});
     EXPECT_EQ(refused.code, 4) << refused.err;
     EXPECT_NE(refused.err.find("may be written by any user (mode 0666)"), std::string::npos) << refused.err;
