@@ -93,7 +93,7 @@ std::span<const std::uint8_t> decompress_chunk(std::span<const std::uint8_t> pay
 }
 
 std::span<const std::uint8_t> rebuild_delta(std::span<const std::uint8_t> payload, std::size_t raw_len, int basis_fd,
-                                            std::uint64_t basis_size) {
+                                            std::uint64_t basis_size, std::uint64_t* copied) {
     thread_codec& codec = this_thread_codec();
     if (raw_len == 0 || raw_len > codec.scratch.size() || basis_fd < 0 ||
         !decode_delta(payload, static_cast<std::uint32_t>(raw_len), basis_size, codec.pieces)) {
@@ -108,6 +108,9 @@ std::span<const std::uint8_t> rebuild_delta(std::span<const std::uint8_t> payloa
         std::error_code ec;
         if (read_at(basis_fd, to, p.length, p.basis_offset, ec) != p.length) {
             return {};  // the basis shrank since it was opened
+        }
+        if (copied != nullptr) {
+            *copied += p.length;
         }
     }
     return {codec.scratch.data(), raw_len};

@@ -36,7 +36,8 @@ std::span<const std::uint8_t> decompress_chunk(std::span<const std::uint8_t> pay
 // the older version open at `basis_fd` (`basis_size` bytes), into this thread's scratch
 // buffer (valid until the next call on the same thread). An empty span means the payload
 // is malformed (protocol/delta.hpp decode_delta) or the basis could not be read.
+// `copied` (if given) has the bytes the copy ops took from the basis added.
 std::span<const std::uint8_t> rebuild_delta(std::span<const std::uint8_t> payload, std::size_t raw_len, int basis_fd,
-                                            std::uint64_t basis_size);
+                                            std::uint64_t basis_size, std::uint64_t* copied = nullptr);
 
 }  // namespace ferry

@@ -242,6 +242,9 @@ struct node_events {
     // now, the configuration file's included), or could not be (`error`: why; the list
     // read before stays).
     std::function<void(std::size_t peers, const std::string& error)> trust_read;
+    // A pull (sync, get, a range of get --from) this node served ended: the serving side's
+    // report, and what was pulled ("SHARE/PATH").
+    std::function<void(const transfer_report&, const std::string& what)> pull_served;
 };
 
 struct node_context {

@@ -510,13 +510,18 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
                         return;
                     }
                     std::string peer = format_node_id(r.peer_id);
+                    // (What a delta copied at the puller never travelled.)
+                    const std::uint64_t sent = r.payload_bytes - std::min(r.payload_bytes, r.delta_copied);
                     ctx_.log(r.ok ? "sent " + what + " to " + peer + " (a pull): " + std::to_string(r.files) +
                                         " file(s) sent, " + std::to_string(r.skipped_files) + " unchanged, " +
-                                        std::to_string(r.payload_bytes) + " bytes in " +
+                                        std::to_string(sent) + " bytes in " +
                                         seconds_text(std::chrono::duration<double>(r.elapsed_s)) + " s"
                              : r.peer_cancelled ? "pull of " + what + " ended by " + peer + ": " + r.error
                                                 : "pull of " + what + " by " + peer + " failed: " + r.error,
                              r.ok || r.peer_cancelled ? log_level::info : log_level::warn);
+                    if (ctx_.events.pull_served) {
+                        ctx_.events.pull_served(r, what);
+                    }
                     // Not from inside the session's own call.
                     asio::post(ctx_.io, [this, alive, sid, id = r.peer_id] {
                         if (!alive.expired()) {

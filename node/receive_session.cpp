@@ -170,7 +170,7 @@ struct chunk_verdict {
     bool bad = false;          // undecodable, or `got` is not the hash the sender announced
     std::uint64_t len = 0;     // raw (payload) bytes
     std::uint64_t saved = 0;   // raw_len minus the compressed size, for a good compressed (not delta) chunk
-    std::uint64_t copied = 0;  // a good delta chunk: raw_len minus its payload (rebuilt from the older version)
+    std::uint64_t copied = 0;  // a good delta chunk: the bytes its copy ops took from the older version (as the sender counts them)
 
     // The error line for a bad chunk of `path`.
     std::string problem(const std::string& path, chunk_index i) const {
@@ -192,7 +192,8 @@ verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& 
     switch (encoding.codec) {
         case wire::CODEC_ZSTD: out.raw = decompress_chunk(payload.span(), encoding.raw_len); break;
         case wire::CODEC_DELTA:
-            out.raw = rebuild_delta(payload.span(), encoding.raw_len, encoding.basis_fd, encoding.basis_size);
+            out.raw = rebuild_delta(payload.span(), encoding.raw_len, encoding.basis_fd, encoding.basis_size,
+                                    &out.verdict.copied);
             break;
         default: out.raw = payload.span(); break;
     }
@@ -203,7 +204,8 @@ verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& 
         v.got = hash_chunk(out.raw);
         // A delta's bytes came from the older version here, not through compression.
         v.saved = encoding.codec == wire::CODEC_DELTA ? 0 : encoding.raw_len - payload.size();
-        v.copied = encoding.codec == wire::CODEC_DELTA ? encoding.raw_len - payload.size() : 0;
+    } else {
+        v.copied = 0;
     }
     v.bad = v.undecodable || v.got != expect;
     return out;
@@ -1948,7 +1950,9 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 return;
             }
             bool complete = self->machine_.on_chunk_written(f, idx, verdict.got);
-            self->on_payload_written(verdict.len, verdict.saved, write_time);
+            // What a delta copied from DST's older version never travelled: it counts as
+            // matched, not as payload received (node totals, rates, progress).
+            self->on_payload_written(verdict.len - verdict.copied, verdict.saved, write_time);
             self->delta_copied_ += verdict.copied;
             self->queue_ack(conn, chunk_key(f, idx));
             for (std::uint32_t other : also) {
@@ -2317,7 +2321,7 @@ transfer_progress receive_session::progress() const {
     p.peer_id = peer_id_;
     p.peer_address = peer_address_;
     p.total_bytes = machine_.total_bytes();
-    p.skipped_bytes = machine_.skipped_bytes() + machine_.kept_bytes();
+    p.skipped_bytes = machine_.skipped_bytes() + machine_.kept_bytes() + delta_copied_;
     p.confirmed_bytes = scope_->counters().payload_received;
     p.wire_sent = scope_->counters().wire_sent;
     p.wire_received = scope_->counters().wire_received;

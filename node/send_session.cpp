@@ -729,12 +729,15 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     auto now = stats_clock::now();
                     ctx_.stats.chunk_rtt.observe(now - it->second.sent_at);
                     // A delta's bytes copied at the receiver are not what compression saved.
-                    std::uint64_t saved = it->second.copied > 0 ? 0 : len - it->second.wire_len;
-                    delta_copied_ += first_ack ? it->second.copied : 0;  // a chunk sent twice counts once
+                    const std::uint64_t copied = it->second.copied;
+                    std::uint64_t saved = copied > 0 ? 0 : len - it->second.wire_len;
+                    delta_copied_ += first_ack ? copied : 0;  // a chunk sent twice counts once
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
                     acked += len;
-                    scope_->add_payload_sent(len, 1, now, saved);
+                    // A delta's copied bytes are confirmed but never travelled: matched, not
+                    // payload sent (node totals, rates, progress).
+                    scope_->add_payload_sent(len - copied, 1, now, saved);
                     if (ttfb_s_ < 0) {
                         ttfb_s_ = seconds_since(start_);
                         ctx_.stats.ttfb.observe(now - start_);
@@ -1688,7 +1691,7 @@ transfer_progress send_session::progress() const {
     p.peer_id = peer_id_;
     p.peer_address = peer_address_;
     p.total_bytes = machine_.total_bytes();
-    p.skipped_bytes = machine_.skipped_bytes();
+    p.skipped_bytes = machine_.skipped_bytes() + delta_copied_;
     p.files_total = regular_files_;
     p.files_done = machine_.files_done() - machine_.dirs_done() - machine_.not_made_dirs();
     p.elapsed_s = seconds_since(start_);
@@ -1772,7 +1775,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
         used += (cs.conn && !cs.refused && cs.conn->counters().payload_sent > 0) ? 1 : 0;
     }
     r.connections = ok ? std::max<std::uint32_t>(used, 1) : used;
-    if (ok && scope_ && scope_->counters().payload_sent < r.payload_bytes) {
+    if (ok && scope_) {
         // The receiver's TransferResult confirms every byte; ChunkAcks still on their way
         // on other connections would have said the same about the chunks still in flight.
         std::uint64_t chunks = 0;
@@ -1786,7 +1789,10 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
             cs.inflight.clear();
             cs.inflight_bytes = 0;
         }
-        scope_->add_payload_sent(r.payload_bytes - scope_->counters().payload_sent, chunks, stats_clock::now(), saved);
+        const std::uint64_t travelled = r.payload_bytes - std::min(r.payload_bytes, delta_copied_);
+        if (scope_->counters().payload_sent < travelled) {
+            scope_->add_payload_sent(travelled - scope_->counters().payload_sent, chunks, stats_clock::now(), saved);
+        }
     }
     r.compression_saved = scope_ ? scope_->counters().compression_saved : 0;
     r.delta_copied = delta_copied_;

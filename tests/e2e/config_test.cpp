@@ -95,11 +95,12 @@ TEST(config_file, ferry_trust_meets_the_files_peers_and_changes_nothing_it_refus
     const fs::path conf = cli.root() / "a.toml";
     write_file(conf, "state = \"" + cli.state("A").string() + "\"\n[[peer]]\nid = \"" + b_id + "\"\nname = \"bee\"\n");
     const std::string state = cli.state("A").string();
-    ASSERT_EQ(cli.ferry({"trust", "--state", state, b_id, "--shares", "www"}).code, 0);
+    ASSERT_EQ(cli.ferry({"trust", "--state", state, b_id, "--shares", "www", "--name", "web1"}).code, 0);
     const std::string list = read_text_file(cli.state("A") / "trusted.json");
-    // --remove of a peer the file declares (by ID or by its name there): refused, and the
-    // list is as it was (B's entry, which limits its shares, went).
-    for (const std::string& who : {b_id, std::string("bee")}) {
+    // --remove of a peer the file declares (by ID, by its name there, or by the list's
+    // name for it): refused, and the list is as it was (B's entry, which limits its
+    // shares, went).
+    for (const std::string& who : {b_id, std::string("bee"), std::string("web1")}) {
         run_result r = cli.ferry({"trust", "--config", conf.string(), "--remove", who});
         EXPECT_EQ(r.code, 1) << r.err;
         EXPECT_NE(r.err.find("is declared at " + conf.string() + ":2:1 and stays trusted"), std::string::npos) << r.err;

@@ -93,6 +93,24 @@ std::vector<std::string> kinds_of(const std::vector<nlohmann::json>& events, con
 
 using paths = std::vector<std::string>;
 
+// The next `done` event (or `error`, with `kind` "error") on a node's stdout whose
+// `direction` is `direction` and, when given, whose `total_bytes` is `total`; null when
+// none comes within the bound.
+nlohmann::json next_done(child_process& node, const std::string& direction, std::optional<std::uint64_t> total = {}) {
+    for (int i = 0; i < 100000; ++i) {
+        std::optional<std::string> line = node.read_line(std::chrono::seconds(30));
+        if (!line) {
+            return nullptr;
+        }
+        nlohmann::json j = nlohmann::json::parse(*line, nullptr, false);
+        if (j.is_object() && j.value("event", "") == "done" && j.value("direction", "") == direction &&
+            (!total || j.value("total_bytes", std::uint64_t{0}) == *total)) {
+            return j;
+        }
+    }
+    return nullptr;
+}
+
 class sync_push : public ::testing::Test {
 protected:
     ferry_cli cli;
@@ -348,6 +366,18 @@ TEST_F(sync_push, bytes_inserted_and_removed_cost_only_the_blocks_they_touch) {
     double travelled = done["bytes_transferred"].get<double>() / done["elapsed_s"].get<double>() / 1e6;
     EXPECT_NEAR(rate, travelled, 0.051) << r.err;
     EXPECT_EQ(compare_trees(src, share / "site"), "");
+    // The serving node says the same: what the delta copied there is matched, not payload
+    // received (it said the whole file, at the whole file's rate).
+    nlohmann::json served = next_done(*node.proc, "receive", data.size());
+    ASSERT_FALSE(served.is_null());
+    EXPECT_EQ(served["payload_bytes"], done["bytes_transferred"]) << served;
+    EXPECT_EQ(served["payload_bytes"].get<std::uint64_t>() + served["skipped_bytes"].get<std::uint64_t>(),
+              data.size())
+        << served;
+    run_result status = cli.ferry({"status", "--json", "--state", cli.state("A").string()});
+    ASSERT_EQ(status.code, 0) << status.err;
+    nlohmann::json st = nlohmann::json::parse(status.out, nullptr, false);
+    EXPECT_LT(st["totals"]["payload_bytes_received"].get<std::uint64_t>(), 12 * chunk + 100 + 3 * chunk) << st;
 }
 
 TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not_sent_again) {
@@ -1365,6 +1395,12 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), chunk + 1024);  // block 0, a.txt, the delta's ops
     EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 2 * chunk);
     EXPECT_EQ(compare_trees(site, dst), "");
+    // The serving node gives a `done` for the pull it served (it gave none), with what
+    // travelled, not the file the delta rebuilt at the puller.
+    nlohmann::json served = next_done(*node.proc, "send", done["bytes_checked"].get<std::uint64_t>());
+    ASSERT_FALSE(served.is_null());
+    EXPECT_EQ(served["pull"], "www/site") << served;
+    EXPECT_EQ(served["payload_bytes"], done["bytes_transferred"]) << served;
 }
 
 TEST_F(sync_pull, compress_always_is_asked_of_the_peer_and_never_too) {
