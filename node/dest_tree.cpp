@@ -535,6 +535,10 @@ std::error_code dest_tree::make_link(std::string_view wire_path, const std::stri
     }
     // The link's own time (the target is never touched), then the rename, which replaces a
     // file or link at the name in one step; a folder there is refused (check_link).
+    if (std::error_code kept = kept_kind_at(dh.fd, name)) {
+        ::unlinkat(dh.fd, part.c_str(), 0);
+        return kept;
+    }
     if (::utimensat(dh.fd, part.c_str(), mtime_only(mtime_ns).data(), AT_SYMLINK_NOFOLLOW) != 0 ||
         ::renameat(dh.fd, part.c_str(), dh.fd, name.c_str()) != 0) {
         ec = last_error();
@@ -542,6 +546,16 @@ std::error_code dest_tree::make_link(std::string_view wire_path, const std::stri
         return ec;
     }
     return {};
+}
+
+std::error_code dest_tree::kept_kind_at(int dir_fd, const std::string& name) const {
+    struct stat st {};
+    if (!keep_kinds_ || ::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return {};
+    }
+    return S_ISDIR(st.st_mode)                         ? make_error_code(dest_errc::is_dir)
+           : !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode) ? make_error_code(dest_errc::special)
+                                                          : std::error_code{};
 }
 
 namespace {
@@ -1671,6 +1685,11 @@ std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwri
     }
     std::string name(wire_name(wire_path));
     std::string part = partial_name(name);
+    if (overwrite) {
+        if (std::error_code kept = kept_kind_at(dfd, name)) {
+            return kept;
+        }
+    }
     unsigned flags = overwrite ? 0 : RENAME_NOREPLACE;
     if (::renameat2(dfd, part.c_str(), dfd, name.c_str(), flags) != 0) {
         return errno == EEXIST ? make_error_code(dest_errc::exists) : last_error();

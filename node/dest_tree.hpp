@@ -151,6 +151,10 @@ public:
     // symlink, and nothing else: a file or symlink where a folder comes stays (not_a_dir,
     // symlink), as does a FIFO, socket or device where a file or symlink comes (special).
     void set_keep_kinds(bool on) { keep_kinds_ = on; }
+    // With keep_kinds: what is at `name` in `dir_fd` now may not be replaced (a folder:
+    // is_dir; a FIFO, socket or device: special), looked at again right before the
+    // rename that would (the check pass may have been long before). Else nothing.
+    std::error_code kept_kind_at(int dir_fd, const std::string& name) const;
     // A tree a transfer receives into: a folder below the root that its owner (this
     // process, not root) may not look or write in is opened up while the tree works there
     // (make_accessible). Not for a tree that only finds a share's folder to send from: the

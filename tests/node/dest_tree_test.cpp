@@ -388,6 +388,33 @@ TEST_F(DestTree, ClearFolderRemovesAFolderInTheWayUnlessSomethingInItIsKept) {
     EXPECT_TRUE(fs::is_symlink(root() / "d"));
 }
 
+TEST_F(DestTree, AGetsTreeRenamesOverNoFifoOrFolderPutThereAfterItsCheck) {
+    // A get's tree replaces files and symlinks only: what another process puts at the
+    // name between the check and the rename (long apart for a big file) stays, and the
+    // rename says why. A sync's tree (no keep_kinds) is unchanged.
+    tree_.set_mirror(true);
+    tree_.set_keep_kinds(true);
+    write_text(root() / dest_tree::partial_name("f"), "new");
+    ASSERT_EQ(::mkfifo((root() / "f").c_str(), 0600), 0);
+    EXPECT_EQ(tree_.rename_final("f", true), make_error_code(dest_errc::special));
+    EXPECT_TRUE(fs::is_fifo(root() / "f"));
+    fs::remove(root() / "f");
+    fs::create_directories(root() / "f");
+    EXPECT_EQ(tree_.rename_final("f", true), make_error_code(dest_errc::is_dir));
+    EXPECT_TRUE(fs::is_directory(root() / "f"));
+    ASSERT_EQ(::mkfifo((root() / "l").c_str(), 0600), 0);
+    EXPECT_EQ(tree_.make_link("l", "t", test_mtime_ns), make_error_code(dest_errc::special));
+    EXPECT_TRUE(fs::is_fifo(root() / "l"));
+    EXPECT_FALSE(fs::exists(fs::symlink_status(root() / dest_tree::partial_name("l"))));
+    fs::remove(root() / "f");
+    write_text(root() / "f", "old");  // a file is another version: replaced
+    EXPECT_EQ(tree_.rename_final("f", true), std::error_code{});
+    EXPECT_EQ(test::read_text_file(root() / "f"), "new");
+    tree_.set_keep_kinds(false);
+    EXPECT_EQ(tree_.make_link("l", "t", test_mtime_ns), std::error_code{});  // a sync's: renamed over
+    EXPECT_TRUE(fs::is_symlink(root() / "l"));
+}
+
 TEST_F(DestTree, ClearFolderTakesAnOlderAttemptsPartialFilesWithIt) {
     // A killed sync left partial files (and a resume record) in folders; SRC now has a
     // file where the folder is. Nothing below that path can be offered, so they go, with
