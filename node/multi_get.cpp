@@ -239,12 +239,20 @@ void multi_get::prepare() {
     node_.context().workers.post([self = shared_from_this(), out, io = &node_.context().io, stop = stop_,
                                   ranges = std::move(ranges), file = *file_] {
         try {
+            // As a get from one source: a file or symlink here is another version, and
+            // replaced; a folder, FIFO, socket or device is not.
             dest_tree dest(self->spec_.folder);
+            dest.set_mirror(true);
+            dest.set_keep_kinds(true);
             bool identical = false;
             if (std::error_code ec = dest.check_file(self->spec_.name, true, file.size, file.mtime_ns, identical, false)) {
-                out->code = ec == dest_errc::is_dir ? exit_code::usage : exit_code::local_io;
+                const bool kind = ec == dest_errc::is_dir || ec == dest_errc::special;
+                out->code = kind ? exit_code::usage : exit_code::local_io;
                 throw std::runtime_error(printable(self->spec_.name) + ": " +
-                                         (ec == dest_errc::is_dir ? "a folder here, and a file at the peer" : ec.message()));
+                                         (ec == dest_errc::is_dir    ? "a folder here, and a file at the peer"
+                                          : ec == dest_errc::special ? "a FIFO, socket or device here, and a file at the "
+                                                                       "peer (a get replaces nothing: move it away first)"
+                                                                     : ec.message()));
             }
             if (identical) {
                 out->unchanged = true;
@@ -608,6 +616,14 @@ void multi_get::place() {
                     throw std::system_error(ec, "cannot finish " + self->spec_.name);
                 }
                 unique_fd folder(::open(self->spec_.folder.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+                if (folder.get() >= 0) {
+                    dest_tree kinds(self->spec_.folder);
+                    kinds.set_keep_kinds(true);
+                    if (std::error_code ec = kinds.kept_kind_at(folder.get(), self->spec_.name)) {
+                        throw std::system_error(ec, "cannot place " + printable(self->spec_.name) + " in " +
+                                                        self->spec_.folder.string());  // put there since the check
+                    }
+                }
                 if (folder.get() < 0 || ::renameat(parts->get(), "file", folder.get(), self->spec_.name.c_str()) != 0 ||
                     ::fsync(folder.get()) != 0) {
                     throw std::system_error(errno, std::system_category(),
