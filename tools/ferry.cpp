@@ -1552,10 +1552,10 @@ const json* lan_peers(const json& status) {
 // the address and the ID to expect.
 bool resolve_peer(const common_opts& o, const std::string& name, ferry::send_target& t, std::string& error) {
     ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
-    std::optional<ferry::trusted_peer> peer = store.find_name(name);
-    if (!peer) {
-        peer = store.find_id(name);
-    }
+    // An ID names its own node, even where an older list gives another peer that ID as
+    // its name (names may no longer be IDs).
+    std::optional<ferry::trusted_peer> peer =
+        ferry::parse_node_id(name) ? store.find_id(name) : store.find_name(name);
     std::string address = peer ? peer->address : "";
     std::string id = peer ? peer->id : ferry::parse_node_id(name).value_or("");
     if (address.empty()) {

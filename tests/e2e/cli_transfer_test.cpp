@@ -651,6 +651,19 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     run_result id_name = cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", cli.id("C")});
     EXPECT_EQ(id_name.code, 1) << id_name.err;
     EXPECT_NE(id_name.err.find("nor be a node ID"), std::string::npos) << id_name.err;
+    {
+        // An older list that gives a peer another node's ID as its name: that ID still
+        // names its own node, not the listed peer (whose address is a port nobody serves).
+        const std::string c_id = cli.id("C");
+        const fs::path e_state = cli.state("E");
+        cli.id("E");
+        write_text_file(e_state / "trusted.json", "{\"peers\":[{\"id\":\"" + a_id + "\",\"name\":\"" + c_id +
+                                                      "\",\"address\":\"127.0.0.1:9\"}]}");
+        fs::permissions(e_state / "trusted.json", static_cast<fs::perms>(0600));
+        run_result by_id = cli.ferry({"ls", "--state", e_state.string(), c_id + ":pub"});
+        EXPECT_EQ(by_id.code, 1) << by_id.err;  // C: not trusted here, no address known
+        EXPECT_EQ(by_id.err.find("127.0.0.1:9"), std::string::npos) << by_id.err;
+    }
     EXPECT_EQ(cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "desk"}).code, 0);
     // Trusted again without --name: the name stays, and the output says so (it said "").
     run_result again = cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--shares", "www", "--json"});
