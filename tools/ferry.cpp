@@ -3139,8 +3139,12 @@ int pull_into(const common_opts& o, const send_opts& s, const ferry::send_target
     // From the command's start, as a push's: every attempt and the waits between them (a
     // pull's own report starts with its last session).
     r.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - program_start).count();
+    std::unordered_set<std::string> failed_again;  // (one back for the second pass and failed there is its)
+    for (const ferry::skipped_file& f : r.given_up) {
+        failed_again.insert(f.path);
+    }
     for (ferry::skipped_file& f : vanished_before) {
-        if (still_gone.contains(f.path)) {
+        if (still_gone.contains(f.path) && !failed_again.contains(f.path)) {
             r.given_up.push_back(std::move(f));  // still gone: it vanished during the run (said once, as it did)
         }
     }
