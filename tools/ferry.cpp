@@ -391,7 +391,10 @@ std::string skipped_note(const ferry::transfer_report& r) {
               ") already there with the same size and mtime, skipped";
     }
     if (r.resumed_bytes > 0) {
-        out += "; " + human_bytes(r.resumed_bytes) + " of resumed files kept from an interrupted attempt";
+        // (An interrupted attempt's partial files, and for a sync the older versions and
+        // renamed files the new ones started from: the receiver cannot tell them apart.)
+        out += "; " + human_bytes(r.resumed_bytes) +
+               " of changed files already there and kept (an interrupted attempt's, or an older version's)";
     }
     return out;
 }
