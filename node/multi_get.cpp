@@ -431,6 +431,13 @@ void multi_get::on_range_done(std::size_t i, const std::string& session_id, cons
     // reporting after the get finished too), or the part a source brought before it
     // failed (another source resumes from it).
     report_.payload_bytes += report.payload_bytes;
+    {
+        auto [counted, first] = range_file_counted_.try_emplace(done.name, 0);
+        const std::uint64_t found = report.resumed_bytes;  // what the run kept of its file
+        const std::uint64_t unseen = found - std::min(found, counted->second);
+        (first ? report_.kept_bytes : report_.payload_bytes) += unseen;
+        counted->second = std::max(counted->second, found) + report.payload_bytes;
+    }
     if (!report.peer_id.empty()) {
         s.figures.peer_id = report.peer_id;
     }

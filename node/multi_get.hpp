@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,7 +65,7 @@ struct multi_get_report {
     bool unchanged = false;  // DEST already held it (same size and mtime): nothing moved
     std::uint64_t size = 0;
     std::uint64_t payload_bytes = 0;  // range bytes received and verified (wasted end-game copies included)
-    std::uint64_t kept_bytes = 0;     // ranges an earlier, interrupted get had left
+    std::uint64_t kept_bytes = 0;     // what an earlier, interrupted get had left (ranges whole or begun)
     std::uint64_t wire_received = 0;  // over every range pull
     std::uint64_t wire_sent = 0;
     std::uint64_t ranges = 0;
@@ -165,6 +166,12 @@ private:
     std::optional<entry_info> file_;
     std::optional<range_schedule> schedule_;
     std::vector<std::string> brought_;  // per range: the file in the parts folder that holds it
+    // Per range file in the parts folder: its bytes this get has counted (kept from an
+    // earlier get, or received and reported by a run of this one). A run that resumes from
+    // the file reports what it found there; the part beyond these was brought by a run of
+    // this get that failed before it reported it (payload), or, for the file's first run
+    // here, left by an earlier get (kept).
+    std::map<std::string, std::uint64_t> range_file_counted_;
     // The parts folder (held locked: one get --from per file and folder) and the file being
     // made in it ("file"), open while ranges are copied into it.
     std::shared_ptr<unique_fd> parts_fd_;
