@@ -225,6 +225,9 @@ std::vector<std::string> node::reload(const node_config& fresh, trust_store trus
     now.accept_from = fresh.accept_from;
     now.config_peers = fresh.config_peers;
     ctx_->trust = std::move(trust);
+    // The list just read is the one the file holds now: not read again at the next
+    // connection (which told of a change that was not one).
+    peers_->trust_read_now();
     return restart;
 }
 

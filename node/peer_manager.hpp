@@ -47,6 +47,8 @@ public:
     // `trust_seen`: the trust list file's stamp taken before ctx.trust was read from it (a
     // change in between is read again at the first connection).
     peer_manager(node_context& ctx, trust_stamp trust_seen) : ctx_(ctx), trust_seen_(trust_seen) {}
+    // ctx.trust was just read from its file (a SIGHUP's reload).
+    void trust_read_now() { trust_seen_ = trust_stamp_of(ctx_.trust.file()); }
 
     // A socket the listener accepted.
     void on_accepted(asio::ip::tcp::socket socket);

@@ -213,6 +213,16 @@ TEST(service, trust_changed_with_ferry_trust_reaches_a_running_node_at_its_next_
     trust({"--remove", "bee"});
     EXPECT_EQ(ls().code, 3);
     EXPECT_TRUE(node.proc->wait_for_err("trust list changed: read again (0 trusted peer(s))", 30s)) << node.proc->err();
+    // A SIGHUP reads the list too: the next connection does not read it once more (it
+    // told of a change that was none).
+    trust({b_id, "--name", "bee"});
+    node.proc->signal(SIGHUP);
+    ASSERT_TRUE(node.proc->wait_for_err("reloaded: 1 trusted peer(s)", 30s)) << node.proc->err();
+    const std::size_t reads = lines_with(node.proc->err(), "trust list changed: read again");
+    EXPECT_EQ(ls().code, 0);
+    run_result again = ls();  // (the first one's log lines are out by the end of the second)
+    EXPECT_EQ(again.code, 0);
+    EXPECT_EQ(lines_with(node.proc->err(), "trust list changed: read again"), reads) << node.proc->err();
     // A trust list another user may write is refused, and the one read before stays.
     trust({b_id});
     EXPECT_EQ(ls().code, 0);
