@@ -762,6 +762,11 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
             if (d.peer.name == name && d.peer.id != *id) {
                 return fail(o, exit_code::usage, "the name \"" + name + "\" is another peer's: the [[peer]] at " + d.where);
             }
+            if (d.peer.id == *id && !d.peer.name.empty() && d.peer.name != name) {
+                say("warning: the [[peer]] at " + d.where + " names this peer \"" + d.peer.name +
+                        "\", and the configuration file's name is the one used",
+                    ferry::log_level::warn);
+            }
         }
     }
     std::optional<ferry::trusted_peer> before = store.find_id(*id);

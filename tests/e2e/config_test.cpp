@@ -112,6 +112,13 @@ TEST(config_file, ferry_trust_meets_the_files_peers_and_changes_nothing_it_refus
     run_result clash = cli.ferry({"trust", "--config", conf.string(), c_id, "--name", "bee"});
     EXPECT_EQ(clash.code, 1) << clash.err;
     EXPECT_NE(clash.err.find("the [[peer]] at " + conf.string() + ":2:1"), std::string::npos) << clash.err;
+    // Another name for the peer the file names: taken into the list, and the user told
+    // that the file's name is the one used (it said "trusted as other" alone).
+    run_result renamed = cli.ferry({"trust", "--config", conf.string(), b_id, "--name", "other"});
+    EXPECT_EQ(renamed.code, 0) << renamed.err;
+    EXPECT_NE(renamed.err.find("names this peer \"bee\", and the configuration file's name is the one used"),
+              std::string::npos)
+        << renamed.err;
     ASSERT_EQ(cli.ferry({"trust", "--state", state, c_id, "--name", "bee"}).code, 0);
     run_result check = cli.ferry({"config", "check", conf.string()});
     EXPECT_EQ(check.code, 0) << check.err;
