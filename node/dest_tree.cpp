@@ -548,9 +548,9 @@ std::error_code dest_tree::make_link(std::string_view wire_path, const std::stri
     return {};
 }
 
-std::error_code dest_tree::kept_kind_at(int dir_fd, const std::string& name) const {
+std::error_code dest_tree::unreplaceable_at(int dir_fd, const std::string& name) {
     struct stat st {};
-    if (!keep_kinds_ || ::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
         return {};
     }
     return S_ISDIR(st.st_mode)                         ? make_error_code(dest_errc::is_dir)

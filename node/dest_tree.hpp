@@ -154,7 +154,11 @@ public:
     // With keep_kinds: what is at `name` in `dir_fd` now may not be replaced (a folder:
     // is_dir; a FIFO, socket or device: special), looked at again right before the
     // rename that would (the check pass may have been long before). Else nothing.
-    std::error_code kept_kind_at(int dir_fd, const std::string& name) const;
+    std::error_code kept_kind_at(int dir_fd, const std::string& name) const {
+        return keep_kinds_ ? unreplaceable_at(dir_fd, name) : std::error_code{};
+    }
+    // The same look for any rename that replaces only a file or symlink (get --from's).
+    static std::error_code unreplaceable_at(int dir_fd, const std::string& name);
     // A tree a transfer receives into: a folder below the root that its owner (this
     // process, not root) may not look or write in is opened up while the tree works there
     // (make_accessible). Not for a tree that only finds a share's folder to send from: the

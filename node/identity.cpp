@@ -220,11 +220,11 @@ unique_fd lock_state_file(const fs::path& dir, const char* name) {
     return lock;
 }
 
-void refuse_if_others_may_change(const fs::path& path, std::string_view what) {
+unsigned refuse_if_others_may_change(const fs::path& path, std::string_view what) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
         if (errno == ENOENT) {
-            return;
+            return 0;
         }
         fail_errno(path, "stat", errno);
     }
@@ -244,6 +244,7 @@ void refuse_if_others_may_change(const fs::path& path, std::string_view what) {
                                what, (st.st_mode & 002) != 0 ? "any user" : "its group", st.st_mode & 07777,
                                path.string()));
     }
+    return st.st_mode;
 }
 
 identity load_or_create_identity(const fs::path& dir) {

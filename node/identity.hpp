@@ -44,8 +44,8 @@ unique_fd lock_state_file(const std::filesystem::path& dir, const char* name);
 // trusts when another user could change it: `path` (stat `st`) owned by a user other than
 // this one and root, or writable by group or others. (Anyone who may write there may
 // replace the key, or trust themselves; ssh refuses such files too.) Nothing when `path`
-// does not exist.
-void refuse_if_others_may_change(const std::filesystem::path& path, std::string_view what);
+// does not exist. Returns its mode (stat's st_mode; 0 when it does not exist).
+unsigned refuse_if_others_may_change(const std::filesystem::path& path, std::string_view what);
 
 // Creates `dir` with mode 0700 if it does not exist (parents with the default mode).
 // Throws std::runtime_error if it cannot, or if `dir` exists and is not a folder.

@@ -624,9 +624,7 @@ void multi_get::place() {
                 }
                 unique_fd folder(::open(self->spec_.folder.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
                 if (folder.get() >= 0) {
-                    dest_tree kinds(self->spec_.folder);
-                    kinds.set_keep_kinds(true);
-                    if (std::error_code ec = kinds.kept_kind_at(folder.get(), self->spec_.name)) {
+                    if (std::error_code ec = dest_tree::unreplaceable_at(folder.get(), self->spec_.name)) {
                         throw std::system_error(ec, "cannot place " + printable(self->spec_.name) + " in " +
                                                         self->spec_.folder.string());  // put there since the check
                     }

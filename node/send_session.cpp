@@ -1204,9 +1204,7 @@ void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan
     }
     if (scan->ec) {
         scan->parked.clear();
-        const bool gone = scan->ec == std::errc::no_such_file_or_directory;
-        give_up(f, gone, gone ? std::string("vanished before it was read") : "cannot read it: " + scan->what,
-                worth_again(scan->ec));
+        give_up_unread(f, scan->ec, scan->what);
         return;
     }
     std::vector<chunk_ref> parked = std::move(scan->parked);
@@ -1261,6 +1259,11 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason, 
     *h.mutable_file_abort() = std::move(*abort);
     conns_[0].conn->send(h);
     pump_all();
+}
+
+void send_session::give_up_unread(file_id f, std::error_code ec, const std::string& what) {
+    const bool gone = ec == std::errc::no_such_file_or_directory;
+    give_up(f, gone, gone ? std::string("vanished before it was read") : "cannot read it: " + what, worth_again(ec));
 }
 
 void send_session::let_go(file_id f, const std::string& reason, bool vanished, bool again, bool at_dst) {
@@ -1461,9 +1464,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     if (job.ec) {
         // One file that cannot be read (gone, changed, unreadable) is skipped, not the
         // transfer: the report lists it and the exit code says so.
-        const bool gone = job.ec == std::errc::no_such_file_or_directory;
-        give_up(ref.file, gone, gone ? std::string("vanished before it was read") : "cannot read it: " + job.what,
-                worth_again(job.ec));
+        give_up_unread(ref.file, job.ec, job.what);
         return;
     }
     on_hashed(ref, job.digest);

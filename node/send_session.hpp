@@ -380,6 +380,8 @@ private:
     // its chunks in flight out of the windows, and a line in the report. `again`: one
     // more attempt may send it (FileAbort.again).
     void give_up(file_id f, bool vanished, const std::string& reason, bool again);
+    // A file that could not be read (`ec`, `what`): given up on, as vanished when it is gone.
+    void give_up_unread(file_id f, std::error_code ec, const std::string& what);
     // What give_up() does here for a file the machine gave up on (by this side's choice,
     // or `at_dst` the receiver's): its chunks in flight out of the windows, a line in the
     // log and the report.

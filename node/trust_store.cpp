@@ -43,8 +43,7 @@ trust_store trust_store::load(const fs::path& state_dir, const std::vector<decla
 trust_store trust_store::load(const fs::path& state_dir) {
     trust_store store(state_dir / file_name);
     const fs::path& file = store.file_;
-    refuse_if_others_may_change(file, "the trust list");
-    if (struct stat st {}; ::stat(file.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (const unsigned mode = refuse_if_others_may_change(file, "the trust list"); mode != 0 && !S_ISREG(mode)) {
         throw std::runtime_error(fmt::format("{}: the trust list is not a regular file", file.string()));  // (a FIFO would block)
     }
 

@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "transport/identity.hpp"
+
 namespace ferry {
 
 // A share name: letters, digits, '-', '_' and '.' (not "." or ".."), at most 64 bytes.
@@ -82,6 +84,12 @@ class trust_store {
     bool trusted(std::string_view id) const;
     std::optional<trusted_peer> find_name(std::string_view name) const;
     std::optional<trusted_peer> find_id(std::string_view id) const;
+    // A peer by what a command line gives: an ID names its own node (even where an older
+    // list gives another peer that ID as its name: names may no longer be IDs), anything
+    // else a name.
+    std::optional<trusted_peer> find(std::string_view id_or_name) const {
+        return parse_node_id(id_or_name) ? find_id(id_or_name) : find_name(id_or_name);
+    }
 
     // In insertion order.
     const std::vector<trusted_peer>& peers() const { return peers_; }

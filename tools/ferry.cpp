@@ -679,10 +679,7 @@ int untrust(const common_opts& o, const fs::path& dir, const std::string& given)
     ferry::refuse_if_others_may_change(dir, "the state folder");
     ferry::unique_fd held = ferry::lock_state_file(dir, "trust.lock");
     ferry::trust_store store = ferry::trust_store::load(dir);
-    std::optional<ferry::trusted_peer> peer = store.find_id(given);
-    if (!peer) {
-        peer = store.find_name(given);
-    }
+    std::optional<ferry::trusted_peer> peer = store.find(given);
     if (!peer && !given_id) {
         return fail(o, exit_code::usage, "\"" + given + "\" is neither a node ID nor a trusted peer's name");
     }
@@ -1560,10 +1557,7 @@ const json* lan_peers(const json& status) {
 // the address and the ID to expect.
 bool resolve_peer(const common_opts& o, const std::string& name, ferry::send_target& t, std::string& error) {
     ferry::trust_store store = load_trust(ferry::resolve_state_dir(o.state));
-    // An ID names its own node, even where an older list gives another peer that ID as
-    // its name (names may no longer be IDs).
-    std::optional<ferry::trusted_peer> peer =
-        ferry::parse_node_id(name) ? store.find_id(name) : store.find_name(name);
+    std::optional<ferry::trusted_peer> peer = store.find(name);
     std::string address = peer ? peer->address : "";
     std::string id = peer ? peer->id : ferry::parse_node_id(name).value_or("");
     if (address.empty()) {
