@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <grp.h>
 #include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <stdexcept>
 
@@ -220,6 +222,73 @@ unique_fd lock_state_file(const fs::path& dir, const char* name) {
     return lock;
 }
 
+namespace {
+
+std::string user_named(uid_t uid) {
+    const passwd* owner = ::getpwuid(uid);
+    return owner != nullptr ? fmt::format("{} (uid {})", owner->pw_name, uid) : fmt::format("uid {}", uid);
+}
+
+// A group only this user is in: the user's own primary group with no other member listed
+// (Debian's user private groups, whose umask 002 makes folders group-writable).
+bool group_of_me_alone(gid_t gid) {
+    if (gid != ::getegid()) {
+        return false;
+    }
+    const passwd* me = ::getpwuid(::geteuid());
+    const group* g = ::getgrgid(gid);
+    if (me == nullptr || g == nullptr) {
+        return false;
+    }
+    for (char** m = g->gr_mem; *m != nullptr; ++m) {
+        if (std::strcmp(*m, me->pw_name) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Anyone who may rename an entry of a folder above `path` (as the kernel finds it, links
+// resolved) may put another file or folder in its place: refused as ssh refuses it. A
+// sticky folder (/tmp) lets nobody move another user's entries; a symlink at `path` is
+// checked as what it is too (its owner may point it elsewhere).
+void refuse_if_others_may_move(const fs::path& path, std::string_view what) {
+    const uid_t me = ::geteuid();
+    struct stat link {};
+    if (::lstat(path.c_str(), &link) == 0 && S_ISLNK(link.st_mode) && link.st_uid != me && link.st_uid != 0) {
+        fail(path, fmt::format("{} is a symlink that belongs to another user, {}, who could point it elsewhere; "
+                               "replace it with the file it names",
+                               what, user_named(link.st_uid)));
+    }
+    std::unique_ptr<char, decltype(&std::free)> real(::realpath(path.c_str(), nullptr), &std::free);
+    if (real == nullptr) {
+        fail_errno(path, "resolve", errno);
+    }
+    for (fs::path dir = fs::path(real.get()).parent_path();; dir = dir.parent_path()) {
+        struct stat st {};
+        if (::stat(dir.c_str(), &st) != 0) {
+            fail_errno(dir, "stat", errno);
+        }
+        if (st.st_uid != me && st.st_uid != 0) {  // (a sticky folder's owner may move any entry)
+            fail(path, fmt::format("{} is inside {}, which belongs to another user, {}, who could put another in its "
+                                   "place; move it to a folder of this user's",
+                                   what, dir.string(), user_named(st.st_uid)));
+        }
+        const bool others = (st.st_mode & 002) != 0;
+        if ((others || ((st.st_mode & 020) != 0 && !group_of_me_alone(st.st_gid))) && (st.st_mode & S_ISVTX) == 0) {
+            fail(path, fmt::format("{} is inside {}, which {} may write (mode {:04o}), who could put another in its "
+                                   "place; chmod {} {}, or move it",
+                                   what, dir.string(), others ? "any user" : "its group", st.st_mode & 07777,
+                                   others ? "o-w" : "go-w", dir.string()));
+        }
+        if (dir == dir.root_path() || !dir.has_relative_path()) {
+            break;
+        }
+    }
+}
+
+}  // namespace
+
 unsigned refuse_if_others_may_change(const fs::path& path, std::string_view what) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) {
@@ -231,12 +300,10 @@ unsigned refuse_if_others_may_change(const fs::path& path, std::string_view what
     const uid_t me = ::geteuid();
     if (st.st_uid != me && st.st_uid != 0) {
         const passwd* owner = ::getpwuid(st.st_uid);
-        const std::string who = owner != nullptr ? fmt::format("{} (uid {})", owner->pw_name, st.st_uid)
-                                                 : fmt::format("uid {}", st.st_uid);
         fail(path, fmt::format("{} belongs to another user, {}, who could change whom this node trusts or take its "
                                "identity: run ferry as that user{}, or give it one of this user's (uid {})",
-                               what, who, owner != nullptr ? fmt::format(" (sudo -u {} ferry ...)", owner->pw_name) : "",
-                               me));
+                               what, user_named(st.st_uid),
+                               owner != nullptr ? fmt::format(" (sudo -u {} ferry ...)", owner->pw_name) : "", me));
     }
     if ((st.st_mode & 022) != 0) {
         fail(path, fmt::format("{} may be written by {} (mode {:04o}), who could change whom this node trusts or "
@@ -244,6 +311,7 @@ unsigned refuse_if_others_may_change(const fs::path& path, std::string_view what
                                what, (st.st_mode & 002) != 0 ? "any user" : "its group", st.st_mode & 07777,
                                path.string()));
     }
+    refuse_if_others_may_move(path, what);
     return st.st_mode;
 }
 

@@ -42,9 +42,11 @@ unique_fd lock_state_file(const std::filesystem::path& dir, const char* name);
 
 // Refuses (std::runtime_error naming `path`) what holds this node's identity or whom it
 // trusts when another user could change it: `path` (stat `st`) owned by a user other than
-// this one and root, or writable by group or others. (Anyone who may write there may
-// replace the key, or trust themselves; ssh refuses such files too.) Nothing when `path`
-// does not exist. Returns its mode (stat's st_mode; 0 when it does not exist).
+// this one and root, or writable by group or others; a folder above it (links resolved)
+// owned by such a user, or writable by others or by a group that is not this user's own
+// without the sticky bit; `path` a symlink owned by such a user. (Anyone who may write
+// there may replace the key, or trust themselves; ssh refuses such files too.) Nothing
+// when `path` does not exist. Returns its mode (stat's st_mode; 0 when it does not exist).
 unsigned refuse_if_others_may_change(const std::filesystem::path& path, std::string_view what);
 
 // Creates `dir` with mode 0700 if it does not exist (parents with the default mode).

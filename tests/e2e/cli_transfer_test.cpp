@@ -684,6 +684,27 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
         EXPECT_EQ(cli.ferry({"id", "--state", open_state.string()}).code, 4);
         ASSERT_EQ(::chmod(open_state.c_str(), 0700), 0);
         EXPECT_EQ(cli.ferry({"id", "--state", open_state.string()}).code, 0);
+
+        // Nor one inside a folder any user may write (they could move it away and put
+        // their own in its place), nor a trust list linked into one; a sticky folder (as
+        // /tmp) lets nobody move another's entries, and is taken. (Both were taken.)
+        const fs::path shared = cli.root() / "shared";
+        fs::create_directories(shared);
+        ASSERT_EQ(::chmod(shared.c_str(), 0777), 0);
+        run_result inside = cli.ferry({"id", "--state", (shared / "state").string()});
+        EXPECT_EQ(inside.code, 4) << inside.err;
+        EXPECT_NE(inside.err.find("the state folder is inside " + shared.string() + ", which any user may write"),
+                  std::string::npos)
+            << inside.err;
+        ASSERT_EQ(::chmod(shared.c_str(), 01777), 0);
+        EXPECT_EQ(cli.ferry({"id", "--state", (shared / "state").string()}).code, 0);
+        ASSERT_EQ(::chmod(shared.c_str(), 0777), 0);
+        write_text_file(shared / "trusted.json", "[]");
+        ASSERT_EQ(::chmod((shared / "trusted.json").c_str(), 0600), 0);
+        fs::create_symlink(shared / "trusted.json", open_state / "trusted.json");
+        run_result linked = cli.ferry({"peers", "--state", open_state.string()});
+        EXPECT_EQ(linked.code, 4) << linked.err;
+        EXPECT_NE(linked.err.find("the trust list is inside " + shared.string()), std::string::npos) << linked.err;
     }
     {
         // Several `ferry trust` at once each keep their peer (each read, changed and wrote
