@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -58,6 +59,14 @@ inline std::shared_ptr<const int> shared_fd(unique_fd fd) {
         ::close(*p);
         delete p;
     });
+}
+
+// Whether `err`, met opening or looking at a source path the scan found, says the path is no
+// longer there as it was: gone (ENOENT), a folder on it now something else (ENOTDIR), or a
+// symlink where a file or folder was (ELOOP: source paths are opened without following
+// links). The scan and the reads both call such a path vanished.
+inline bool vanished_error(int err) {
+    return err == ENOENT || err == ENOTDIR || err == ELOOP;
 }
 
 // pwrite of all `len` bytes at `offset` (retries short writes and EINTR).

@@ -1236,7 +1236,7 @@ void send_session::send_file_done(file_id f, wire::FileDone done) {
     const entry_info& e = machine_.entry(f);
     struct stat st {};
     if (stat_at(root_fd(), local_path(f), st) != 0) {
-        give_up(f, errno == ENOENT, std::string("vanished while it was read: ") + std::strerror(errno), true);
+        give_up(f, vanished_error(errno), std::string("vanished while it was read: ") + std::strerror(errno), true);
         return;
     }
     if (static_cast<std::uint64_t>(st.st_size) != file_size(e) || timespec_ns(st.st_mtim) != e.mtime_ns) {
@@ -1262,7 +1262,8 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason, 
 }
 
 void send_session::give_up_unread(file_id f, std::error_code ec, const std::string& what) {
-    const bool gone = ec == std::errc::no_such_file_or_directory;
+    const bool gone = (ec.category() == std::system_category() || ec.category() == std::generic_category()) &&
+                      vanished_error(ec.value());
     give_up(f, gone, gone ? std::string("vanished before it was read") : "cannot read it: " + what, worth_again(ec));
 }
 

@@ -126,7 +126,7 @@ struct scanner {
     // not sent and the walk goes on: true. Any other error fails the scan (false). A
     // `folder` counts in failed_other, anything else in failed_files.
     bool not_read(const std::string& local, const std::string& wire, int err, bool folder = false) {
-        const bool vanished = err == ENOENT || err == ENOTDIR || err == ELOOP;  // ELOOP: a folder became a symlink
+        const bool vanished = vanished_error(err);
         if (!vanished && err != EACCES && err != EPERM && err != EIO) {
             return fail(local, err);
         }

@@ -2289,7 +2289,8 @@ int cmd_peers(const common_opts& o, const peers_opts& po) {
 
 // Test hook (tests/e2e): FERRY_FAULT_AFTER_SCAN="rm:PATH" or "grow:PATH" removes, or
 // appends a byte to, the source file at wire path PATH right after the first scan, the way
-// a program writing into SRC during a sync would.
+// a program writing into SRC during a sync would; "unfold:PATH" puts a file in place of
+// the folder that holds it.
 // FERRY_FAULT_SCAN_DELAY_MS=N (tests): the scan of a send or push starts N ms late, as
 // on a slow disk, while the node dials the receiver.
 void fault_scan_delay() {
@@ -2316,6 +2317,11 @@ void fault_after_scan(const ferry::source_tree& sources) {
             ::unlink(local.c_str());
         } else if (what == "grow") {
             std::ofstream(local, std::ios::app | std::ios::binary) << 'x';
+        } else if (what == "unfold") {
+            const fs::path folder = fs::path(local).parent_path();
+            std::error_code ec;
+            fs::remove_all(folder, ec);
+            std::ofstream(folder, std::ios::binary) << 'x';
         }
     }
 }

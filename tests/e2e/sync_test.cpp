@@ -755,6 +755,29 @@ TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_th
     EXPECT_EQ(d.st_mtim.tv_nsec, s.st_mtim.tv_nsec);
 }
 
+TEST_F(sync_push, a_file_whose_folder_became_a_file_after_the_scan_vanished) {
+    serve();
+    write_random_file(src / "sub" / "f.bin", 3 * 256 * 1024, 33);
+    write_text_file(src / "stays.txt", "here\n");
+    // Right after the scan sub/ becomes a file: f.bin is not there as scanned, as if
+    // removed (it read "cannot read it: Not a directory", exit 5, where the scan itself
+    // would have called it vanished).
+    run_result r = sync({}, "ay:www/site", {"FERRY_FAULT_AFTER_SCAN=unfold:sub/f.bin"});
+    EXPECT_EQ(r.code, 6) << r.err;
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"sub/f.bin"})) << r.out;
+    for (const auto& e : ev) {
+        if (e["event"] == "failed") {
+            EXPECT_EQ(e["vanished"], true) << e;
+        }
+    }
+    EXPECT_EQ(lines_with(r.err, "not sent: sub/f.bin: vanished before it was read"), 1u) << r.err;
+    // The second scan sends what SRC holds now: sub as a file.
+    EXPECT_EQ(read_text_file(share / "site" / "stays.txt"), "here\n");
+    EXPECT_EQ(read_text_file(share / "site" / "sub"), "x");
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 // A push offers SRC while it walks it: the scan is held at a late folder until the first
 // folder's file is in place at DST (it gives up after 10 s, failing the sync). What the
 // late part of the scan skipped (special files, with names long enough to need several
