@@ -2408,8 +2408,11 @@ void receive_session::check_all_done() {
                 return dest_tree::verdict::keep;
             }
             // Another transfer into this folder is writing it, or a file below it (a folder
-            // it has just made): it stays, and what else the folder holds is judged as usual.
-            if (claims->held_by_another((root / path).string(), owner)) {
+            // it has just made), or has offered a folder it lies in: it stays. (What such a
+            // transfer has already named there was removed, and it ended with exit 0 and its
+            // tree incomplete: two --delete pushes into one folder at once, a user's test.)
+            // The last to finish deletes what its SRC lacks.
+            if (claims->within_another((root / path).string(), owner)) {
                 return dest_tree::verdict::keep;
             }
             return dest_tree::verdict::remove;

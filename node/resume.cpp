@@ -60,7 +60,10 @@ void partial_claims::release(const std::string& path, const void* owner) {
 
 void partial_claims::use_folders(const std::vector<std::string>& paths, const void* owner) {
     std::lock_guard lock(mutex_);
-    for (const std::string& path : paths) {
+    for (std::string_view path : paths) {
+        if (path.size() > 1 && path.ends_with('/')) {
+            path.remove_suffix(1);  // the transfer's own folder (root / ""), as within_another looks it up
+        }
         auto [from, to] = folders_.equal_range(path);
         if (std::none_of(from, to, [owner](const auto& kv) { return kv.second == owner; })) {
             folders_.emplace_hint(to, path, owner);
@@ -131,6 +134,20 @@ bool partial_claims::held_by_another(std::string_view path, const void* owner) {
     std::lock_guard lock(mutex_);
     auto other = [owner](const void* o) { return o != owner; };
     return any_at_or_below(owners_, path, other) || any_at_or_below(folders_, path, other);
+}
+
+bool partial_claims::within_another(std::string_view path, const void* owner) {
+    {
+        std::lock_guard lock(mutex_);
+        for (std::size_t slash = path.rfind('/'); slash != std::string_view::npos && slash > 0;
+             slash = path.rfind('/', slash - 1)) {
+            auto [from, to] = folders_.equal_range(path.substr(0, slash));
+            if (std::any_of(from, to, [owner](const auto& kv) { return kv.second != owner; })) {
+                return true;
+            }
+        }
+    }
+    return held_by_another(path, owner);
 }
 
 void known_partials::put(const std::string& key, known_partial k) {

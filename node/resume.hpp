@@ -92,6 +92,9 @@ public:
     void release_all(const void* owner);
     // Whether an owner other than `owner` claims or uses `path` or a path below it.
     bool held_by_another(std::string_view path, const void* owner);
+    // held_by_another, or `path` lies inside a folder an owner other than `owner` uses:
+    // what that transfer has placed there (named, so no longer claimed) is still its own.
+    bool within_another(std::string_view path, const void* owner);
     // What to call when another transfer wants a path `owner` claims (ask_holders): the
     // owner checks that its peer is still there, and gives its claims back if not. Called
     // on the asking thread: it must post to the owner's own.
