@@ -3538,7 +3538,13 @@ int main(int argc, char** argv) {
     CLI::App app{"ferry: fast, authenticated peer-to-peer file transfer"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "ferry " FERRY_VERSION);
-    app.footer("Exit codes: 0 ok, 1 usage, 2 transfer failed, 3 authentication/trust, 4 local I/O, 5 some source files\n"
+    app.footer("Examples:\n"
+               "  ferry id                                   (this node's ID; its key is made on first use)\n"
+               "  ferry receive --accept-from ID ~/inbox     (take one transfer)\n"
+               "  ferry send photos/ ID@192.0.2.7:7788\n"
+               "  ferry sync --delete ~/site web1:www/site   (mirror to a peer's share)\n"
+               "  ferry COMMAND --help                       (each command's flags, examples and exit codes)\n\n"
+               "Exit codes: 0 ok, 1 usage, 2 transfer failed, 3 authentication/trust, 4 local I/O, 5 some source files\n"
                "not sent, 6 some source files vanished. See docs/cli.md.");
 
     common_opts o;
@@ -3579,7 +3585,8 @@ int main(int argc, char** argv) {
     receive->add_option("DIR", ro.dir, "destination folder")->required();
     add_limit_options(receive, ro);
     receive->footer("Example:\n  ferry receive --listen 0.0.0.0:7788 --accept-from ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567 ~/inbox\n\n"
-                    "Exit codes: 0 the transfer succeeded, 1 usage, 2 it failed (or SIGINT/SIGTERM came first), 4 local I/O.");
+                    "Exit codes: 0 the transfer succeeded, 1 usage, 2 it failed (or SIGINT/SIGTERM came first), 4 local I/O,\n"
+                    "5 some files were not sent or not written (each listed), 6 some vanished at the sender.");
 
     send_opts so;
     auto* send = app.add_subcommand("send", "send files and folders to a peer");
@@ -3694,7 +3701,8 @@ int main(int argc, char** argv) {
                "  ferry ls web1:www/blog\n"
                "  ferry ls -r --json web1:isos | jq -r 'select(.event==\"entry\") | .path'\n"
                "Lines: mode, size (files), mtime (local time), path (relative to PATH; a folder ends in '/').\n"
-               "Exit codes: 0 listed, 1 usage, 2 failed (not found, refused, lost), 3 authentication/trust.");
+               "Exit codes: 0 listed, 1 usage, 2 failed (not found, refused, lost), 3 authentication/trust,\n"
+               "4 this node's state folder cannot be read.");
 
     auto* serve = app.add_subcommand("serve", "run the node: accept transfers from trusted peers into the inbox");
     define_serve(serve, o, serve_o, inbox);
