@@ -3431,6 +3431,7 @@ int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
         {"fsync_each", cfg.fsync_each},
         {"partial_max_age", cfg.partial_max_age.count()},
         {"congestion", o.congestion},
+        {"log_level", o.log_level},
         {"limits",
          {{"max_connections", l.max_connections},
           {"max_peer_connections", l.max_peer_connections},

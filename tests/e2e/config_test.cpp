@@ -35,6 +35,7 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
     write_file(a_conf, "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n"
                        "state = \"" + cli.state("A").string() + "\"\n"
                        "inbox = \"inbox\"\n"
+                       "log_level = \"warn\"\n"
                        "[limits]\nmax_sessions = 2\n"
                        "[tuning]\nsndbuf = \"2M\"\nuser_timeout = \"45s\"\n"
                        "[[share]]\nname = \"www\"\npath = \"" + share.string() + "\"\naccess = \"rw\"\n"
@@ -61,6 +62,7 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
     EXPECT_EQ(settings["share"].size(), 2u) << show.out;
     EXPECT_EQ(settings["tuning"]["sndbuf"], 2 * 1024 * 1024) << show.out;
     EXPECT_EQ(settings["tuning"]["user_timeout"], "45s") << show.out;
+    EXPECT_EQ(settings["log_level"], "warn") << show.out;  // (it was left out)
 
     // B knows A by name from its own file: NAME:SHARE works without `ferry trust`.
     const fs::path b_conf = cli.root() / "b.toml";
