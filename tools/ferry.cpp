@@ -926,8 +926,9 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     if (std::error_code ec; !r.dir.empty() && fs::exists(r.dir, ec) && !fs::is_directory(r.dir, ec)) {
         return fail(o, exit_code::usage, config_place("--inbox", r.dir.string()) + r.dir.string() + ": not a folder");
     }
-    if (one_shot && !r.dir.empty()) {
-        // `ferry receive DIR`: made now, and one this user cannot write to refused now.
+    if (!r.dir.empty()) {
+        // `ferry receive DIR`, serve's inbox: made now, and one this user cannot write to
+        // refused now (serve started and failed each transfer into it, exit 4 at the senders).
         std::error_code ec;
         fs::create_directories(r.dir, ec);
         if (ec) {

@@ -155,7 +155,8 @@ protected:
         }
         std::vector<std::string> launcher;
         if (as_nobody) {
-            launcher = nobody_launcher({cli.state("A"), share, ro_share});
+            fs::create_directories(cli.root() / "inbox");  // (serve makes or checks its inbox at start)
+            launcher = nobody_launcher({cli.state("A"), share, ro_share, cli.root() / "inbox"});
         }
         node = cli.start(args, env, launcher);
         ASSERT_FALSE(node.address.empty());
@@ -965,6 +966,22 @@ TEST_F(sync_push, setuid_setgid_and_sticky_bits_of_a_file_at_dst_go) {
         ASSERT_EQ(::stat(x.c_str(), &st), 0);
         EXPECT_EQ(st.st_mode & 07777, 0755U) << std::oct << there << " became " << (st.st_mode & 07777);
     }
+}
+
+TEST_F(sync_push, serve_refuses_at_start_an_inbox_it_may_not_write) {
+    // As `ferry receive DIR` does (serve started, and each transfer into it failed).
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the node as nobody";
+    }
+    const fs::path closed = cli.root() / "closed-inbox";  // root's, 0755
+    fs::create_directories(closed);
+    std::vector<std::string> argv = nobody_launcher({cli.state("A")});
+    argv.insert(argv.end(), {"serve", "--state", cli.state("A").string(), "--listen", "127.0.0.1:0", "--inbox",
+                             closed.string(), "--no-discovery", "--json"});
+    child_process node_as_nobody(argv);
+    EXPECT_EQ(node_as_nobody.wait(process_timeout), 4) << node_as_nobody.err();
+    EXPECT_NE(node_as_nobody.err().find(closed.string() + ": cannot write in it: Permission denied"), std::string::npos)
+        << node_as_nobody.err();
 }
 
 TEST_F(sync_push, a_file_whose_mode_dst_may_not_set_fails) {
