@@ -1272,7 +1272,12 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     }
     // `receive` stopped by a signal: 0 only if its transfer had succeeded by then.
     if (!result) {
-        return static_cast<int>(exit_code::transfer_failed);
+        // (Said on stderr and as an `error` event: it exited 2 with neither.)
+        return fail(o, exit_code::transfer_failed,
+                    stopped_by != 0 ? std::string("stopped (") + (stopped_by == SIGINT ? "SIGINT" : "SIGTERM") +
+                                          ") before a transfer ended; partial files are kept, and a sender that "
+                                          "sends again to a receiver of this folder resumes"
+                                    : std::string("stopped before a transfer ended"));
     }
     if (result->ok) {
         // Done, but partial: files the sender skipped, or this side could not write (each

@@ -376,8 +376,14 @@ TEST_F(cli_transfer, receiver_id_mismatch_is_refused) {
     EXPECT_EQ(s.code, 3) << s.err;
     EXPECT_NE(s.err.find(c_id), std::string::npos) << s.err;
     EXPECT_FALSE(fs::exists(dest / "x"));
-    rx.proc->signal(SIGTERM);
-    EXPECT_TRUE(rx.proc->wait(process_timeout).has_value());
+    // Stopped before any transfer: exit 2, said on stderr and as an `error` event (it
+    // exited 2 with neither).
+    rx.proc->signal(SIGINT);
+    EXPECT_EQ(rx.proc->wait(process_timeout), 2);
+    EXPECT_NE(rx.proc->err().find("error: stopped (SIGINT) before a transfer ended"), std::string::npos)
+        << rx.proc->err();
+    nlohmann::json err = find_event(json_events(rx.proc->out()), "error");
+    EXPECT_EQ(err["exit_code"], 2) << rx.proc->out();
 }
 
 TEST_F(cli_transfer, existing_file_is_not_overwritten_unless_asked) {
