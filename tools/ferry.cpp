@@ -2647,6 +2647,11 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
             return;
         }
         if (r.ok || !r.retryable || !ever_connected || interrupted || retry_for.count() == 0) {
+            if (interrupted && !r.ok && r.error == "interrupted") {
+                // (It said "interrupted" alone.)
+                r.error = "interrupted; what arrived is kept at the destination, and the same command run again "
+                          "resumes";
+            }
             finish(r);
             return;
         }
