@@ -80,7 +80,7 @@ endef
 
 # $(call configure_build,DIR,CMAKE FLAGS): configure (Ninja) and build DIR quietly.
 define configure_build
-echo "make: building $(1)"; \
+echo "make: building $(1) (quietly: a first build takes some minutes; log in $(1)/.make-build.log)"; \
 $(call quiet,$(1)/.make-configure.log,$(CMAKE) -S . -B $(1) -G Ninja $(2) $(CMAKE_ARGS)); \
 $(call quiet,$(1)/.make-build.log,$(CMAKE) --build $(1) $(BUILD_JOBS))
 endef

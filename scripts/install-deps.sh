@@ -44,7 +44,14 @@ fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+# A fresh machine has no package lists yet: fetched first. Lists already there are tried
+# as they are (quietly), and fetched again only when that fails.
+if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+  echo "install-deps: apt-get update (no package lists yet)" >&2
+  apt-get update -q >/dev/null
+fi
+if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+  echo "install-deps: apt-get update, then installing again" >&2
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
