@@ -3751,13 +3751,39 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        app.exit(e);  // the message and where to find help, on stderr
+        // What was not understood is said first: a missing argument hid it ("ferry bogus"
+        // said "A subcommand is required", "ferry send --bogus" "ARGS is required").
+        std::string message = e.what();
+        std::string names;
+        bool known = false;
+        for (const CLI::App* sub : app.get_subcommands({})) {
+            names += (names.empty() ? "" : ", ") + sub->get_name();
+            known = known || (argc >= 2 && sub->get_name() == argv[1]);
+        }
+        if (argc >= 2 && argv[1][0] != '-' && !known) {
+            message = "unknown command \"" + std::string(argv[1]) + "\" (the commands: " + names + "; ferry --help)";
+        } else if (dynamic_cast<const CLI::RequiredError*>(&e) != nullptr) {
+            for (const CLI::App* sub : app.get_subcommands()) {
+                for (const std::string& word : sub->remaining()) {
+                    if (word.size() > 1 && word[0] == '-') {
+                        message = "unknown option " + word + " for ferry " + sub->get_name() + " (ferry " +
+                                  sub->get_name() + " --help)";
+                        break;
+                    }
+                }
+            }
+        }
+        if (message == e.what()) {
+            app.exit(e);  // the message and where to find help, on stderr
+        } else {
+            std::fprintf(stderr, "%s\n", message.c_str());
+        }
         // A script that asked for --json hears of a mistake in its words the way it hears
         // of any other (the parse may have stopped before it reached --json).
         const std::span<char* const> words(argv + 1, static_cast<std::size_t>(argc - 1));
         const auto end = std::find(words.begin(), words.end(), std::string_view("--"));
         o.json = std::find(words.begin(), end, std::string_view("--json")) != end;
-        emit(o, error_event(exit_code::usage, e.what()));
+        emit(o, error_event(exit_code::usage, message));
         return static_cast<int>(exit_code::usage);
     }
 

@@ -1535,6 +1535,14 @@ TEST_F(sync_pull, a_mistake_in_the_words_is_told_in_json_when_json_was_asked_for
     run_result plain = cli.ferry({"sync", "--bogus", "ay:www/site", dst.string()});
     EXPECT_EQ(plain.code, 1);
     EXPECT_EQ(plain.out, "");  // no --json: the words on stderr only
+    // What was not understood is named, not the argument missing after it ("SRC is
+    // required", "A subcommand is required").
+    run_result alone = cli.ferry({"sync", "--bogus"});
+    EXPECT_EQ(alone.code, 1);
+    EXPECT_NE(alone.err.find("unknown option --bogus for ferry sync"), std::string::npos) << alone.err;
+    run_result command = cli.ferry({"synk", "a", "b"});
+    EXPECT_EQ(command.code, 1);
+    EXPECT_NE(command.err.find("unknown command \"synk\""), std::string::npos) << command.err;
 }
 
 // What the serving node may not read (it runs as nobody here) is left out and listed as
