@@ -3060,7 +3060,12 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     struct stat st {};
     const bool there = ::stat(dest.c_str(), &st) == 0;
-    if (there ? !S_ISDIR(st.st_mode) : errno != ENOENT) {
+    if (!there && errno != ENOENT) {
+        // (A folder this user may not search above it read "is not a folder", exit 1.)
+        const int err = errno;
+        return fail(o, exit_code::local_io, label + dst + ": " + std::strerror(err));
+    }
+    if (there && !S_ISDIR(st.st_mode)) {
         return fail(o, exit_code::usage, label + dst + " is not a folder");
     }
     if (there) {
@@ -3080,6 +3085,14 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
         return fail(o, exit_code::usage, label + dst + ": its parent folder " + dest.parent_path().string() +
                                              " does not exist (ferry creates " + label + "itself, not its parents)");
+    }
+    // A get writes into DEST, or beside it when it is not there: a folder this user may not
+    // write is refused now (it read "refused transfer: NAME: Permission denied", or failed
+    // each file alone, exit 5).
+    if (const fs::path into = there ? dest : dest.parent_path();
+        run.get && !run.target.dry_run() && ::access(into.c_str(), W_OK | X_OK) != 0) {
+        const int err = errno;
+        return fail(o, exit_code::local_io, label + dst + ": cannot write in " + into.string() + ": " + std::strerror(err));
     }
     ferry::unique_fd held;
     bool made = false;

@@ -1443,6 +1443,53 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_EQ(served["payload_bytes"], done["bytes_transferred"]) << served;
 }
 
+TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_is_refused_at_start) {
+    // A pull into a folder below one the user may not search said "DST ... is not a
+    // folder" (exit 1); a get into a folder it may not write said "refused transfer: NAME:
+    // Permission denied", or failed each file alone (exit 5). Both are local I/O: exit 4.
+    if (!can_run_as_nobody()) {
+        GTEST_SKIP() << "needs root and setpriv, to run the client as nobody";
+    }
+    serve();
+    write_text_file(site / "a.txt", "a\n");
+    const fs::path closed = cli.root() / "closed";  // root's: 0700, then 0755
+    fs::create_directories(closed);
+    fs::permissions(closed, fs::perms::owner_all);
+    fs::permissions(cli.root(), fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
+    fs::create_directories(cli.state("N"));
+    const std::vector<std::string> as_nobody = nobody_launcher({cli.state("N")});
+    auto nobody = [&](std::vector<std::string> args) {
+        std::vector<std::string> argv = as_nobody;
+        argv.insert(argv.end(), args.begin(), args.end());
+        child_process p(argv);
+        std::optional<int> code = p.wait(process_timeout);
+        return std::make_pair(code.value_or(-1), p.err());
+    };
+    std::string id;
+    {
+        std::vector<std::string> argv = as_nobody;
+        argv.insert(argv.end(), {"id", "--state", cli.state("N").string(), "--json"});
+        child_process p(argv);
+        ASSERT_EQ(p.wait(process_timeout), 0) << p.err();
+        id = find_event(json_events(p.out()), "id")["id"];
+    }
+    ASSERT_EQ(cli.ferry({"trust", "--state", cli.state("A").string(), id}).code, 0);
+    ASSERT_EQ(nobody({"trust", "--state", cli.state("N").string(), a_id, "--name", "ay", "--address", node.address}).first,
+              0);
+    auto [pull_code, pull_err] = nobody({"sync", "--state", cli.state("N").string(), "ay:www/site",
+                                         (closed / "dst").string()});
+    EXPECT_EQ(pull_code, 4) << pull_err;
+    EXPECT_NE(pull_err.find("DST " + (closed / "dst").string() + ": Permission denied"), std::string::npos) << pull_err;
+    fs::permissions(closed, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                fs::perms::others_read | fs::perms::others_exec);
+    auto [get_code, get_err] = nobody({"get", "--state", cli.state("N").string(), "ay:www/site/a.txt",
+                                       closed.string() + "/"});
+    EXPECT_EQ(get_code, 4) << get_err;
+    EXPECT_NE(get_err.find("cannot write in " + closed.string() + ": Permission denied"), std::string::npos)
+        << get_err;
+    EXPECT_FALSE(fs::exists(closed / "a.txt"));
+}
+
 TEST_F(sync_pull, compress_always_is_asked_of_the_peer_and_never_too) {
     // `--compress always` was not told to the serving node, which decided for itself (auto):
     // a pull of text barely shrank. Now every chunk is compressed; `never` none.
