@@ -1375,6 +1375,10 @@ int cmd_status(const common_opts& o) {
     if (ec == std::errc::no_such_file_or_directory || ec == std::errc::connection_refused) {
         return fail(o, exit_code::transfer_failed, "no ferry node is running with state folder " + state.string());
     }
+    if (ec == std::errc::permission_denied || ec == std::errc::operation_not_permitted) {
+        return fail(o, exit_code::local_io, "may not ask the node at " + ferry::control_socket_path(state).string() +
+                                                ": " + ec.message() + " (run ferry status as the user the node runs as)");
+    }
     if (ec) {
         return fail(o, exit_code::local_io, "the node at " + ferry::control_socket_path(state).string() +
                                                 " did not answer: " + ec.message());
@@ -3752,7 +3756,7 @@ int main(int argc, char** argv) {
     add_common(status, o);
     status->footer("Example:\n  ferry status --json | jq '.transfers[] | {peer, confirmed_bytes, rate_Bps}'\n\n"
                    "Exit codes: 0 the node answered, 2 no node is running with this state folder, "
-                   "4 it did not answer.");
+                   "4 it did not answer (in 5 s), or this user may not ask it.");
 
     take_brackets_literally(app);
     try {
