@@ -669,6 +669,17 @@ std::error_code scan_sources(const std::vector<std::filesystem::path>& given, so
             p = std::move(real);
         }
     }
+    // A file named on the command line that this user may not read fails the command
+    // before anything is sent, as a folder named there that cannot be opened does (it
+    // connected, sent nothing and exited 5).
+    for (const std::filesystem::path& p : paths) {
+        struct stat st {};
+        if (::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::faccessat(AT_FDCWD, p.c_str(), R_OK, AT_EACCESS) != 0) {
+            std::error_code ec(errno, std::system_category());
+            error = p.string() + ": " + ec.message();
+            return ec;
+        }
+    }
     if (feed != nullptr) {
         // Fed, the first entries may travel before the last source is looked at: what
         // would fail the sources as a whole (a missing one, two of one name) is found

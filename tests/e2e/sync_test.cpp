@@ -1443,7 +1443,7 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_EQ(served["payload_bytes"], done["bytes_transferred"]) << served;
 }
 
-TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_is_refused_at_start) {
+TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_and_a_source_it_may_not_read_are_refused_at_start) {
     // A pull into a folder below one the user may not search said "DST ... is not a
     // folder" (exit 1); a get into a folder it may not write said "refused transfer: NAME:
     // Permission denied", or failed each file alone (exit 5). Both are local I/O: exit 4.
@@ -1488,6 +1488,14 @@ TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_is_refused_at_start) {
     EXPECT_NE(get_err.find("cannot write in " + closed.string() + ": Permission denied"), std::string::npos)
         << get_err;
     EXPECT_FALSE(fs::exists(closed / "a.txt"));
+    // And a file named to `ferry send` that this user may not read fails before anything
+    // moves, as such a folder does (it connected, sent nothing and exited 5).
+    write_text_file(closed / "secret", "root's\n");
+    fs::permissions(closed / "secret", fs::perms::owner_read | fs::perms::owner_write);
+    auto [send_code, send_err] = nobody({"send", "--state", cli.state("N").string(), (closed / "secret").string(),
+                                         a_id + "@" + node.address});
+    EXPECT_EQ(send_code, 4) << send_err;
+    EXPECT_NE(send_err.find((closed / "secret").string() + ": Permission denied"), std::string::npos) << send_err;
 }
 
 TEST_F(sync_pull, compress_always_is_asked_of_the_peer_and_never_too) {
