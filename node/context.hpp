@@ -207,6 +207,9 @@ struct node_config {
     // long are removed, at start and then daily; 0 keeps them for ever.
     std::chrono::seconds partial_max_age{7 * 24 * 3600};
     socket_tuning tuning;
+    // The longest one dial may take (resolve, TCP connect, TLS handshake) before it fails
+    // as timed out: what a peer that drops every packet costs an attempt.
+    std::chrono::milliseconds connect_timeout{15'000};
     std::size_t workers = 2;
     node_limits limits;
     // LAN discovery (node/discovery.hpp): off unless asked (`ferry serve` asks by default).
@@ -265,6 +268,11 @@ struct node_context {
     // Every connection this node opened or accepted and that still exists (a closing one
     // may outlive its session): what node::open_connections() counts.
     std::vector<std::weak_ptr<connection>> connections;
+    // The longest the first dial of a transfer may take (connection 0, or a listing's):
+    // config.connect_timeout, or less when a retry has less of its --retry-for left
+    // (node::set_first_dial_timeout). The other connections of a transfer that got
+    // through always get config.connect_timeout.
+    std::chrono::milliseconds first_dial_timeout{0};  // 0: config.connect_timeout
     std::shared_ptr<connection> new_connection(std::unique_ptr<byte_stream> stream, connection_limits limits = {}) {
         auto c = std::make_shared<connection>(std::move(stream), buffers, limits);
         std::erase_if(connections, [](const std::weak_ptr<connection>& w) { return w.expired(); });

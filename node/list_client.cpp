@@ -59,7 +59,7 @@ void list_client::start() {
         *hello.mutable_hello()->mutable_list() = self->spec_.request;
         self->conn_->start(self.get());
         self->conn_->send(hello);
-    });
+    }, true);
 }
 
 void list_client::arm_timer(std::chrono::seconds wait) {

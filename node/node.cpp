@@ -294,13 +294,13 @@ std::string node::pull(pull_spec spec, send_target target) {
                 auto c = ctx_->new_connection(std::move(stream));
                 s->add_connection(c, hello_for(index));
                 c->start(s.get());
-            });
+            }, false);
         };
         s->set_pull(std::move(spec));
         pulls_.push_back(s);
         s->add_connection(c, hello_for(0));
         c->start(s.get());
-    });
+    }, true);
     return session_id;
 }
 
@@ -356,6 +356,10 @@ std::size_t node::open_connections() const {
         auto c = w.lock();
         return c && !c->closed();
     });
+}
+
+void node::set_first_dial_timeout(std::chrono::milliseconds timeout) {
+    ctx_->first_dial_timeout = timeout;
 }
 
 void node::stop(const std::string& why) {

@@ -61,6 +61,10 @@ public:
     std::vector<std::string> reload(const node_config& fresh, trust_store trust);
     // Stops accepting and ends every session (partial files are kept).
     void stop(const std::string& why);
+    // The longest the next transfers' first dials may take (node_context::
+    // first_dial_timeout; at most node_config::connect_timeout): a retry's attempt gets no
+    // more than what --retry-for has left.
+    void set_first_dial_timeout(std::chrono::milliseconds timeout);
     // Connections not closed yet, both directions: after stop(), each closes once its last
     // frames are out and the peer closed too (or connection::linger passed).
     std::size_t open_connections() const;

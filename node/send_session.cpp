@@ -177,12 +177,15 @@ void send_session::start() {
 }
 
 void dial_peer(node_context& ctx, const send_target& target,
-               std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn) {
+               std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn, bool first) {
     connect_options opts;
     opts.host = target.host;
     opts.port = target.port;
     opts.plaintext = ctx.config.plaintext;
     opts.tuning = ctx.config.tuning;
+    opts.timeout = first && ctx.first_dial_timeout.count() > 0
+                       ? std::min(ctx.first_dial_timeout, ctx.config.connect_timeout)
+                       : ctx.config.connect_timeout;
     auto check = std::make_unique<tls_peer_check>();
     if (!target.expected_id.empty()) {
         std::string want = target.expected_id;
@@ -198,9 +201,9 @@ early_dial::early_dial(node_context& ctx, send_target target, std::chrono::milli
 std::shared_ptr<early_dial> early_dial::start(node_context& ctx, const send_target& target,
                                               std::chrono::milliseconds hold) {
     auto d = std::make_shared<early_dial>(ctx, target, hold);
-    dial_peer(ctx, target, [d](std::error_code ec, std::unique_ptr<byte_stream> stream) {
-        d->on_dialed(ec, std::move(stream));
-    });
+    dial_peer(
+        ctx, target, [d](std::error_code ec, std::unique_ptr<byte_stream> stream) { d->on_dialed(ec, std::move(stream)); },
+        true);
     return d;
 }
 
@@ -232,7 +235,7 @@ void early_dial::take(result_fn fn) {
     // Dropped (held too long), held too long while the loop did not run, or failed a while
     // ago (the receiver may be up by now): a new dial's outcome is the one that counts.
     if ((!ec_ && !stream_) || std::chrono::steady_clock::now() - done_at_ > hold_) {
-        dial_peer(ctx_, target_, std::move(fn));
+        dial_peer(ctx_, target_, std::move(fn), true);
         return;
     }
     // From the loop, as a dial's outcome always comes.
@@ -276,7 +279,7 @@ void send_session::open_connection(std::uint32_t index) {
         return;
     }
     redial_first_ = false;
-    dial_peer(ctx_, target_, std::move(on_dialed));
+    dial_peer(ctx_, target_, std::move(on_dialed), index == 0);
 }
 
 void send_session::on_connected(std::uint32_t index, std::unique_ptr<byte_stream> stream) {

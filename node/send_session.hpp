@@ -43,8 +43,10 @@ struct send_target {
 
 // Dials `target` (TLS with this node's client identity, the peer's ID checked when
 // given, or plaintext) with the node's socket tuning; `fn` runs on the loop thread.
+// `first`: a transfer's first connection (or a listing's), bounded by
+// node_context::first_dial_timeout; the others by node_config::connect_timeout.
 void dial_peer(node_context& ctx, const send_target& target,
-               std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
+               std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn, bool first);
 // Connection 0's dial begun before its send session (`ferry send` dials while it scans
 // its sources): what the dial gave, held until the session takes it. A connection not
 // taken within `hold` of being made is closed (cleanly, before any Hello: the receiver

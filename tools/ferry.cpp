@@ -2693,6 +2693,11 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
                 stop_waiting();  // the signal came after the wait ended but before this ran
                 return;
             }
+            // Its dial gets no more than the budget has left (a peer that drops every
+            // packet held each attempt 15 s: --retry-for 2s gave up 15 s after the loss).
+            const auto budget = std::chrono::ceil<std::chrono::milliseconds>(
+                retry_for - (std::chrono::steady_clock::now() - lost_at));
+            n.set_first_dial_timeout(std::max(budget, std::chrono::milliseconds(1000)));
             attempt();
         });
     };

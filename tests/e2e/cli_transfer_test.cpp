@@ -551,6 +551,31 @@ TEST_F(cli_transfer, a_receive_refuses_a_second_transfer_while_it_has_one) {
     EXPECT_FALSE(fs::exists(dest / "y"));
 }
 
+TEST_F(cli_transfer, retry_for_bounds_the_dials_to_a_peer_that_drops_everything) {
+    // The path goes silent mid-transfer, new connections too (a cut link: TCP connects to
+    // the proxy, nothing comes back). Each dial waited its full 15 s, so --retry-for 2s gave
+    // up some 15 s after the loss; now a retry's dial gets what the budget has left (at
+    // least a second).
+    fs::path src = cli.root() / "x";
+    write_random_file(src / "big.bin", 8 * 1024 * 1024, 8);
+    fs::path dest = cli.root() / "inbox";
+    auto rx = start_receiver(dest);
+    ferry::test::fault_proxy proxy(rx.address);
+    proxy.at_up_bytes(1024 * 1024, [](fault_proxy& p) { p.stall(true); });
+    child_process sender({FERRY_BINARY, "send", "--state", cli.state("B").string(), "--bwlimit", "4M", "--connections",
+                          "1", "--stall-timeout", "1s", "--retry-for", "2s", src.string(), a_id + "@" + proxy.address()});
+    ASSERT_TRUE(proxy.wait_up_bytes(1024 * 1024, 30s)) << sender.err();
+    const auto lost = std::chrono::steady_clock::now();
+    EXPECT_EQ(sender.wait(process_timeout), 2) << sender.err();
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - lost).count();
+    // 1 s to notice, 2 s of budget, a last dial of at least 1 s: well under 15.
+    EXPECT_LT(took, 9.0) << sender.err();
+    EXPECT_NE(sender.err().find("--retry-for"), std::string::npos) << sender.err();
+    proxy.stall(false);
+    rx.proc->signal(SIGTERM);
+    rx.proc->wait(process_timeout);
+}
+
 TEST_F(cli_transfer, a_sender_stopped_on_a_slow_link_tells_the_receiver_why) {
     // Ctrl-C in a send over a slow link: the Error frame saying why waited behind the
     // chunks queued before it and the process left before they went out, so the receiver
