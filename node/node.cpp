@@ -262,7 +262,7 @@ std::string node::pull(pull_spec spec, send_target target) {
             r.session_id = session_id;
             std::tie(r.code, r.error) = ec ? dial_failure(ec, target, "peer")
                                            : std::pair(exit_code::transfer_failed,
-                                                       "cannot connect to " + target.host + ":" + target.port +
+                                                       "cannot connect to " + join_host_port(target.host, target.port) +
                                                            (cancelled ? ": cancelled" : ": node stopped"));
             // As for a push: a peer not answering now may answer later (a restarted node),
             // so a run that reached it once retries for --retry-for; a refused ID does not.
@@ -286,7 +286,7 @@ std::string node::pull(pull_spec spec, send_target target) {
                     return;
                 }
                 if (ec) {
-                    ctx_->log("connection " + std::to_string(index) + " to " + target.host + ":" + target.port +
+                    ctx_->log("connection " + std::to_string(index) + " to " + join_host_port(target.host, target.port) +
                               " failed: " + ec.message() + "; continuing with the others", log_level::warn);
                     s->data_connection_lost(index);
                     return;

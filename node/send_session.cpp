@@ -244,7 +244,7 @@ void early_dial::take(result_fn fn) {
 }
 
 std::pair<exit_code, std::string> dial_failure(std::error_code ec, const send_target& target, const std::string& role) {
-    std::string where = target.host + ":" + target.port;
+    std::string where = join_host_port(target.host, target.port);
     if (ec == transport_errc::untrusted_peer) {
         return {exit_code::auth,
                 role + " at " + where + " is not " + format_node_id(target.expected_id) + " (its certificate has another ID)"};
@@ -258,7 +258,7 @@ void send_session::open_connection(std::uint32_t index) {
             return;
         }
         if (ec) {
-            std::string where = self->target_.host + ":" + self->target_.port;
+            std::string where = join_host_port(self->target_.host, self->target_.port);
             auto [code, line] = dial_failure(ec, self->target_, "receiver");
             if (code == exit_code::auth) {
                 self->fail(code, line, false);

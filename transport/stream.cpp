@@ -480,6 +480,11 @@ bool split_host_port(const std::string& text, std::string& host, std::string& po
         }
         host = text.substr(1, close - 1);
         port = text.substr(close + 2);
+        std::error_code ec;
+        asio::ip::make_address_v6(host, ec);
+        if (ec) {
+            return false;  // "[::g]:P" was dialed as a host name; "[127.0.0.1]:P" as IPv4
+        }
     } else {
         auto colon = text.rfind(':');
         if (colon == std::string::npos || text.find(':') != colon) {
@@ -493,6 +498,10 @@ bool split_host_port(const std::string& text, std::string& host, std::string& po
         return false;
     }
     return true;
+}
+
+std::string join_host_port(const std::string& host, const std::string& port) {
+    return host.find(':') != std::string::npos ? "[" + host + "]:" + port : host + ":" + port;
 }
 
 std::string format_endpoint(const asio::ip::tcp::endpoint& ep) {

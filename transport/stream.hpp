@@ -198,8 +198,11 @@ std::function<void()> async_accept_stream(asio::io_context& io, const tls_contex
                          std::unique_ptr<tls_peer_check> check,
                          std::function<void(std::error_code, std::unique_ptr<byte_stream>)> fn);
 
-// "HOST:PORT", "[v6]:PORT" -> host, port. Returns false on a malformed address.
+// "HOST:PORT", "[v6]:PORT" -> host, port. Returns false on a malformed address (in
+// brackets, anything but an IPv6 address).
 bool split_host_port(const std::string& text, std::string& host, std::string& port);
+// The other way: "HOST:PORT", or "[v6]:PORT" for a host with a colon in it.
+std::string join_host_port(const std::string& host, const std::string& port);
 std::string format_endpoint(const asio::ip::tcp::endpoint& ep);
 
 // Resolves HOST:PORT (passive, numeric port) and opens, binds and listens `acceptor` on

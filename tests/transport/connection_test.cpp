@@ -581,11 +581,19 @@ TEST(stream_establish, split_host_port_accepts_valid_addresses) {
 }
 
 TEST(stream_establish, split_host_port_refuses_malformed_addresses) {
-    for (const char* text : {"", "noport", "1.2.3.4:", ":80", "[::1]80", "h:99999", "a:b:c"}) {
+    // In brackets only an IPv6 address ("[::g]:1" was dialed as a host name, exit 2).
+    for (const char* text : {"", "noport", "1.2.3.4:", ":80", "[::1]80", "h:99999", "a:b:c", "[::g]:1",
+                             "[127.0.0.1]:1", "[host]:1", "[]:1"}) {
         std::string host;
         std::string port;
         EXPECT_FALSE(split_host_port(text, host, port)) << '"' << text << '"';
     }
+}
+
+TEST(stream_establish, join_host_port_brackets_an_ipv6_host) {
+    EXPECT_EQ(join_host_port("::1", "7788"), "[::1]:7788");
+    EXPECT_EQ(join_host_port("127.0.0.1", "80"), "127.0.0.1:80");
+    EXPECT_EQ(join_host_port("host.example", "1"), "host.example:1");
 }
 
 // --- framing -------------------------------------------------------------------------
