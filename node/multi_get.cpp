@@ -1,6 +1,7 @@
 #include "node/multi_get.hpp"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 
@@ -40,7 +41,9 @@ std::error_code write_text(const std::filesystem::path& p, const std::string& te
 
 }  // namespace
 
-multi_get::multi_get(node& n, multi_get_spec spec) : node_(n), spec_(std::move(spec)) {
+multi_get::multi_get(node& n, multi_get_spec spec) : node_(n), spec_(std::move(spec)), session_id_(16, '\0') {
+    RAND_bytes(reinterpret_cast<unsigned char*>(session_id_.data()), static_cast<int>(session_id_.size()));
+    report_.session_id = session_id_;
     for (const multi_get_source& s : spec_.sources) {
         source_state st;
         st.given = s;
@@ -715,7 +718,7 @@ std::optional<transfer_progress> multi_get::progress() const {
     }
     transfer_progress p;
     p.direction = "receive";
-    p.session_id = "multi";
+    p.session_id = session_id_;
     p.total_bytes = file_->size;
     p.files_total = 1;
     p.offered = true;

@@ -70,6 +70,7 @@ struct multi_get_report {
     std::uint64_t wire_sent = 0;
     std::uint64_t ranges = 0;
     double elapsed_s = 0;
+    std::string session_id;  // as in this get's progress events
     digest128 digest{};
     struct source {
         std::string label;
@@ -162,6 +163,9 @@ private:
     multi_get_spec spec_;
     std::vector<source_state> sources_;
     std::chrono::steady_clock::time_point start_;
+    // This get's own ID in its progress events (16 random bytes, as a transfer's session;
+    // its range pulls have their own). The report carries it too, for the last event.
+    std::string session_id_;
     // The file as the first source listed it.
     std::optional<entry_info> file_;
     std::optional<range_schedule> schedule_;

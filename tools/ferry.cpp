@@ -3330,6 +3330,24 @@ int run_multi_get(const common_opts& o, const send_opts& s, const get_opts& g, s
     if (!r.ok) {
         return fail(o, r.code, r.error);
     }
+    {
+        // The last progress, with the final figures, right before `done` (as every transfer
+        // gives; a get done within the first tick gave none).
+        ferry::transfer_progress p;
+        p.direction = "receive";
+        p.session_id = r.session_id;
+        p.total_bytes = r.size;
+        p.confirmed_bytes = r.unchanged ? 0 : r.size - std::min(r.size, r.kept_bytes);
+        p.skipped_bytes = r.unchanged ? r.size : std::min(r.size, r.kept_bytes);
+        p.wire_sent = r.wire_sent;
+        p.wire_received = r.wire_received;
+        p.files_total = 1;
+        p.files_done = 1;
+        p.rate = r.elapsed_s > 0 ? static_cast<double>(r.payload_bytes) / r.elapsed_s : 0.0;
+        p.elapsed_s = r.elapsed_s;
+        p.offered = true;
+        emit(o, progress_event(p));
+    }
     json sources = json::array();
     std::string per;
     std::size_t used = 0;

@@ -154,9 +154,19 @@ TEST_F(multi_get, sources_with_other_versions_are_left_out_or_fail_the_get_and_n
     run_result r = get("one,two", "pub/data.bin", {"--range-size", "1M"});
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_TRUE(same_bytes(original, out / "data.bin"));
-    nlohmann::json done = find_event(json_events(r.out), "done");
+    auto events = json_events(r.out);
+    nlohmann::json done = find_event(events, "done");
     EXPECT_EQ(source(done, "one")["ranges"], 9);
     EXPECT_EQ(source(done, "two")["used"], false);
+    // A last progress with the final figures right before `done`, its session 32 hex
+    // digits as everywhere (it was "multi" in hex, and a quick get had no progress at all).
+    ASSERT_GE(events.size(), 2u);
+    const nlohmann::json& last = events[events.size() - 2];
+    EXPECT_EQ(last["event"], "progress") << r.out;
+    EXPECT_EQ(last["session"].get<std::string>().size(), 32u) << last;
+    EXPECT_EQ(last["confirmed_bytes"].get<std::uint64_t>() + last["skipped_bytes"].get<std::uint64_t>(), 9 * MiB)
+        << last;
+    EXPECT_EQ(last["files_done"], 1) << last;
     EXPECT_NE(r.err.find("another version"), std::string::npos) << r.err;
 
     // Same size and mtime, other bytes: the ranges cannot make the file A read, so the get
