@@ -926,9 +926,8 @@ int receiver_config(const common_opts& o, const receive_opts& r, bool one_shot, 
     if (std::error_code ec; !r.dir.empty() && fs::exists(r.dir, ec) && !fs::is_directory(r.dir, ec)) {
         return fail(o, exit_code::usage, config_place("--inbox", r.dir.string()) + r.dir.string() + ": not a folder");
     }
-    if (!r.dir.empty()) {
-        // `ferry receive DIR`, serve's inbox: made now, and one this user cannot write to
-        // refused now (serve started and failed each transfer into it, exit 4 at the senders).
+    if (one_shot && !r.dir.empty()) {
+        // `ferry receive DIR`: made now, and one this user cannot write to refused now.
         std::error_code ec;
         fs::create_directories(r.dir, ec);
         if (ec) {
@@ -1106,6 +1105,17 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     ferry::node_config cfg;
     if (int code = receiver_config(o, r, one_shot, cfg)) {
         return code;
+    }
+    // serve's inbox, when there, must take files: one this user may not write is refused
+    // now (serve started, and failed each transfer into it). One not there yet is made at
+    // the first transfer, inside the state folder made private first (made here, a new
+    // state folder would get the umask's mode; `config check` makes nothing).
+    if (std::error_code ec; !one_shot && !cfg.inbox.empty() && fs::is_directory(cfg.inbox, ec) &&
+                            ::access(cfg.inbox.c_str(), W_OK | X_OK) != 0) {
+        const int err = errno;
+        return fail(o, exit_code::local_io,
+                    config_place("--inbox", cfg.inbox.string()) + cfg.inbox.string() + ": cannot write in it: " +
+                        std::strerror(err));
     }
     asio::io_context io(1);
     std::optional<ferry::transfer_report> result;

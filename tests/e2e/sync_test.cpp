@@ -155,8 +155,7 @@ protected:
         }
         std::vector<std::string> launcher;
         if (as_nobody) {
-            fs::create_directories(cli.root() / "inbox");  // (serve makes or checks its inbox at start)
-            launcher = nobody_launcher({cli.state("A"), share, ro_share, cli.root() / "inbox"});
+            launcher = nobody_launcher({cli.state("A"), share, ro_share});
         }
         node = cli.start(args, env, launcher);
         ASSERT_FALSE(node.address.empty());
