@@ -3107,9 +3107,14 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     // A get writes into DEST, or beside it when it is not there: a folder this user may not
     // write is refused now (it read "refused transfer: NAME: Permission denied", or failed
-    // each file alone, exit 5).
-    if (const fs::path into = there ? dest : dest.parent_path();
-        run.get && !run.target.dry_run() && ::access(into.c_str(), W_OK | X_OK) != 0) {
+    // each file alone, exit 5). A folder fetched again into a folder of the same name
+    // there is written inside that one (root's /var/www holding the user's site/).
+    fs::path into = there ? dest : dest.parent_path();
+    if (std::error_code dir_ec; run.get && there && !run.target.get().empty() &&
+                                fs::is_directory(dest / run.target.get(), dir_ec)) {
+        into = dest / run.target.get();
+    }
+    if (run.get && !run.target.dry_run() && ::access(into.c_str(), W_OK | X_OK) != 0) {
         const int err = errno;
         return fail(o, exit_code::local_io, label + dst + ": cannot write in " + into.string() + ": " + std::strerror(err));
     }

@@ -1487,6 +1487,15 @@ TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_and_a_source_it_may_not_
     EXPECT_NE(get_err.find("cannot write in " + closed.string() + ": Permission denied"), std::string::npos)
         << get_err;
     EXPECT_FALSE(fs::exists(closed / "a.txt"));
+    // A folder fetched again into its own folder there, which this user may write, is
+    // fine (root's /var/www holding the user's site/; a review found it refused).
+    fs::create_directories(closed / "site");
+    ASSERT_EQ(::chown((closed / "site").c_str(), 65534, 65534), 0);
+    // (A get opens DEST's own folder, here the test's: readable to nobody too.)
+    fs::permissions(cli.root(), fs::perms::others_read | fs::perms::group_read, fs::perm_options::add);
+    auto [again_code, again_err] = nobody({"get", "--state", cli.state("N").string(), "ay:www/site", closed.string() + "/"});
+    EXPECT_EQ(again_code, 0) << again_err;
+    EXPECT_EQ(read_text_file(closed / "site" / "a.txt"), "a\n");
     // And a file named to `ferry send` that this user may not read fails before anything
     // moves, as such a folder does (it connected, sent nothing and exited 5).
     write_text_file(closed / "secret", "root's\n");
