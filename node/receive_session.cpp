@@ -2393,10 +2393,16 @@ void receive_session::check_all_done() {
     // their mtimes. Offers are over: the worker reads the machine's paths, which no longer
     // change.
     std::function<dest_tree::verdict(const std::string&, bool)> keep;
+    // What --delete left because another transfer writes there: told of as not done.
+    struct left_in_use {
+        std::size_t count = 0;
+        std::string first;
+    };
+    auto in_use = std::make_shared<left_in_use>();
     if (target && target->delete_() && tree_) {
         // (The machine's paths: it lives while the worker's task holds this session.)
-        keep = [&paths = offered, excludes = excludes_, claims = claims_, owner = this,
-                root = tree_->root()](const std::string& path, bool is_dir) {
+        keep = [&paths = offered, excludes = excludes_, claims = claims_, owner = this, root = tree_->root(),
+                in_use](const std::string& path, bool is_dir) {
             if (excludes->excluded(path, is_dir)) {
                 return dest_tree::verdict::keep_whole;
             }
@@ -2411,8 +2417,14 @@ void receive_session::check_all_done() {
             // it has just made), or has offered a folder it lies in: it stays. (What such a
             // transfer has already named there was removed, and it ended with exit 0 and its
             // tree incomplete: two --delete pushes into one folder at once, a user's test.)
-            // The last to finish deletes what its SRC lacks.
-            if (claims->within_another((root / path).string(), owner)) {
+            // The last to finish deletes what its SRC lacks; this one says what it left
+            // (exit 5), and asks the other whether its sender is still there (one gone
+            // silent lets go within seconds, not at its idle timeout).
+            if (std::string full = (root / path).string(); claims->within_another(full, owner)) {
+                if (in_use->count++ == 0) {
+                    in_use->first = path;
+                    claims->ask_holders(full, owner);
+                }
                 return dest_tree::verdict::keep;
             }
             return dest_tree::verdict::remove;
@@ -2421,7 +2433,7 @@ void receive_session::check_all_done() {
     bool dry_run = target && target->dry_run();
     ++tasks_out_;
     ctx_.workers.post([self = shared_from_this(), tree = tree_, journal = journal_, dirs = std::move(dirs),
-                       syncfs = need_syncfs_ && durable(), keep = std::move(keep), dry_run, share_root_mtime] {
+                       syncfs = need_syncfs_ && durable(), keep = std::move(keep), dry_run, share_root_mtime, in_use] {
         std::error_code ec;
         std::string error;
         std::vector<dest_tree::removed_entry> removed;
@@ -2435,9 +2447,8 @@ void receive_session::check_all_done() {
             // (A dry run claims nothing: it looks.)
             auto stale = [&](const std::string& path) {
                 std::string full = (tree->root() / path).string();
-                return !self->excludes_->excluded(path, false) &&
-                       (dry_run ? !self->claims_->held_by_another(full, self.get())
-                                : !self->claims_->claim_all({full}, self.get()));
+                return !self->excludes_->excluded(path, false) && !self->claims_->within_another(full, self.get()) &&
+                       (dry_run || !self->claims_->claim_all({full}, self.get()));
             };
             fault_point_before_prune();
             // Told of as the walk goes (a receiver that dies in a long one has still told
@@ -2452,6 +2463,15 @@ void receive_session::check_all_done() {
             }
             for (auto& [path, why] : refused) {
                 not_done.push_back({std::move(path), "not deleted: " + why.message(), false, false, true, false});
+            }
+            if (in_use->count > 0) {
+                not_done.push_back({in_use->first,
+                                  "not deleted: another transfer of the node is writing into this folder" +
+                                      (in_use->count > 1 ? " (" + std::to_string(in_use->count - 1) +
+                                                               " more path(s) left for it too)"
+                                                         : std::string()) +
+                                      "; a sync after it deletes what SRC lacks",
+                                  false, false, true, false});
             }
         }
         std::size_t not_set_folders = 0;

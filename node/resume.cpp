@@ -118,6 +118,15 @@ void partial_claims::ask_holders(const std::string& path, const void* asker) {
         };
         any_at_or_below(owners_, path, add);
         any_at_or_below(folders_, path, add);
+        // And whoever uses a folder it lies in (within_another).
+        std::string_view p = path;
+        for (std::size_t slash = p.rfind('/'); slash != std::string_view::npos && slash > 0;
+             slash = p.rfind('/', slash - 1)) {
+            auto [from, to] = folders_.equal_range(p.substr(0, slash));
+            for (auto it = from; it != to; ++it) {
+                owners.insert(it->second);
+            }
+        }
         owners.erase(asker);
         for (const void* owner : owners) {
             if (auto a = asked_.find(owner); a != asked_.end()) {

@@ -100,7 +100,7 @@ public:
     // on the asking thread: it must post to the owner's own.
     void set_asked(const void* owner, std::function<void()> asked);
     // Calls the `asked` of each owner other than `asker` that claims or uses `path` or a
-    // path below it.
+    // path below it, or uses a folder `path` lies in.
     void ask_holders(const std::string& path, const void* asker);
 
 private:

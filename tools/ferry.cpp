@@ -2611,6 +2611,9 @@ std::optional<ferry::transfer_report> run_attempts(const common_opts& o, const s
     std::function<void(const ferry::transfer_report&)> on_done = [&](const ferry::transfer_report& given) {
         ferry::transfer_report r = given;
         add_carried(r, std::exchange(lost, {}), true);
+        // A retry's shorter dial was for that attempt alone (the one more pass after it, for
+        // files that changed while read, dials as any first attempt does).
+        n.set_first_dial_timeout(std::chrono::milliseconds(0));
         auto now = std::chrono::steady_clock::now();
         if (r.connected && !ever_connected) {
             ever_connected = true;

@@ -2635,7 +2635,8 @@ TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
     // Two pushes with --delete into one folder at once. The second's walk finds a folder
     // the first has made, holding a small file already named, and the partial file of the
     // first's big file. It leaves them all: the first is still writing into the folder,
-    // and ends well, with its tree whole; the last to finish deletes what its SRC lacks.
+    // and ends well, with its tree whole; the last to finish deletes what its SRC lacks,
+    // and the second says what it left (exit 5).
     // (First the folder went and the first failed, "Operation not permitted"; then the
     // named file went, and the first ended with exit 0 and its tree incomplete: two such
     // pushes left neither tree, a user's test.)
@@ -2654,8 +2655,13 @@ TEST_F(sync_push, delete_leaves_what_another_push_into_the_folder_is_writing) {
     first.signal(SIGSTOP);  // the first stays mid-transfer, however long the second takes
     run_result second = cli.ferry({"sync", "--state", cli.state("B").string(), "--json", "--delete", other.string(),
                                    "ay:www/site"});
-    ASSERT_EQ(second.code, 0) << second.err;
+    // It says what it left, and exits 5: DST is not yet what its SRC holds.
+    EXPECT_EQ(second.code, 5) << second.err;
     EXPECT_EQ(paths_of(json_events(second.out), "deleted"), paths{});
+    EXPECT_EQ(paths_of(json_events(second.out), "failed"), paths{"onlyA"}) << second.out;
+    EXPECT_NE(second.err.find("not deleted: another transfer of the node is writing into this folder"),
+              std::string::npos)
+        << second.err;
     EXPECT_EQ(read_text_file(site / "onlyA/x"), "a\n");
     EXPECT_EQ(read_text_file(site / "b"), "b\n");
     first.signal(SIGCONT);
