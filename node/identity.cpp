@@ -9,6 +9,7 @@
 #include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <array>
@@ -229,23 +230,41 @@ std::string user_named(uid_t uid) {
     return owner != nullptr ? fmt::format("{} (uid {})", owner->pw_name, uid) : fmt::format("uid {}", uid);
 }
 
-// A group only this user is in: the user's own primary group with no other member listed
-// (Debian's user private groups, whose umask 002 makes folders group-writable).
+// A group only this user is in: the user's own primary group with no other member listed,
+// and no other user's primary group either (Debian's user private groups, whose umask 002
+// makes folders group-writable; not a shared "users" or "nogroup").
 bool group_of_me_alone(gid_t gid) {
+    const uid_t me_uid = ::geteuid();
     if (gid != ::getegid()) {
         return false;
     }
-    const passwd* me = ::getpwuid(::geteuid());
+    const passwd* me = ::getpwuid(me_uid);
     const group* g = ::getgrgid(gid);
     if (me == nullptr || g == nullptr) {
         return false;
     }
+    const std::string name = me->pw_name;
     for (char** m = g->gr_mem; *m != nullptr; ++m) {
-        if (std::strcmp(*m, me->pw_name) != 0) {
+        if (name != *m) {
             return false;
         }
     }
-    return true;
+    bool alone = true;
+    ::setpwent();
+    while (const passwd* p = ::getpwent()) {
+        if (p->pw_gid == gid && p->pw_uid != me_uid) {
+            alone = false;
+            break;
+        }
+    }
+    ::endpwent();
+    return alone;
+}
+
+// Whether `dir` has an access ACL: its group bits are then the mask of named users' and
+// groups' entries too, so a group-writable mode may let others write.
+bool has_access_acl(const fs::path& dir) {
+    return ::getxattr(dir.c_str(), "system.posix_acl_access", nullptr, 0) >= 0;
 }
 
 // Anyone who may rename an entry of a folder above `path` (as the kernel finds it, links
@@ -275,7 +294,8 @@ void refuse_if_others_may_move(const fs::path& path, std::string_view what) {
                                    what, dir.string(), user_named(st.st_uid)));
         }
         const bool others = (st.st_mode & 002) != 0;
-        if ((others || ((st.st_mode & 020) != 0 && !group_of_me_alone(st.st_gid))) && (st.st_mode & S_ISVTX) == 0) {
+        if ((others || ((st.st_mode & 020) != 0 && (!group_of_me_alone(st.st_gid) || has_access_acl(dir)))) &&
+            (st.st_mode & S_ISVTX) == 0) {
             fail(path, fmt::format("{} is inside {}, which {} may write (mode {:04o}), who could put another in its "
                                    "place; chmod {} {}, or move it",
                                    what, dir.string(), others ? "any user" : "its group", st.st_mode & 07777,
