@@ -1110,12 +1110,20 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     // now (serve started, and failed each transfer into it). One not there yet is made at
     // the first transfer, inside the state folder made private first (made here, a new
     // state folder would get the umask's mode; `config check` makes nothing).
-    if (std::error_code ec; !one_shot && !cfg.inbox.empty() && fs::is_directory(cfg.inbox, ec) &&
-                            ::access(cfg.inbox.c_str(), W_OK | X_OK) != 0) {
-        const int err = errno;
-        return fail(o, exit_code::local_io,
-                    config_place("--inbox", cfg.inbox.string()) + cfg.inbox.string() + ": cannot write in it: " +
-                        std::strerror(err));
+    if (!one_shot && !cfg.inbox.empty()) {
+        // (Not there yet: the folder it would be made in, the nearest one that is.)
+        fs::path there = cfg.inbox;
+        std::error_code ec;
+        while (!fs::exists(there, ec) && there.has_parent_path() && there != there.parent_path()) {
+            there = there.parent_path();
+        }
+        if (::access(there.c_str(), W_OK | X_OK) != 0) {
+            const int err = errno;
+            return fail(o, exit_code::local_io,
+                        config_place("--inbox", cfg.inbox.string()) + cfg.inbox.string() +
+                            (there == cfg.inbox ? ": cannot write in it: " : ": cannot make it in " + there.string() + ": ") +
+                            std::strerror(err));
+        }
     }
     asio::io_context io(1);
     std::optional<ferry::transfer_report> result;
@@ -3108,16 +3116,17 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         return fail(o, exit_code::usage, label + dst + ": its parent folder " + dest.parent_path().string() +
                                              " does not exist (ferry creates " + label + "itself, not its parents)");
     }
-    // A get writes into DEST, or beside it when it is not there: a folder this user may not
-    // write is refused now (it read "refused transfer: NAME: Permission denied", or failed
-    // each file alone, exit 5). A folder fetched again into a folder of the same name
-    // there is written inside that one (root's /var/www holding the user's site/).
+    // A get writes into DEST, a pull into DST, or each beside it when it is not there: a
+    // folder this user may not write is refused now (a get read "refused transfer: NAME:
+    // Permission denied", and both failed each file alone, exit 5). A folder fetched again
+    // into a folder of the same name there is written inside that one (root's /var/www
+    // holding the user's site/).
     fs::path into = there ? dest : dest.parent_path();
     if (std::error_code dir_ec; run.get && there && !run.target.get().empty() &&
                                 fs::is_directory(dest / run.target.get(), dir_ec)) {
         into = dest / run.target.get();
     }
-    if (run.get && !run.target.dry_run() && ::access(into.c_str(), W_OK | X_OK) != 0) {
+    if (!run.target.dry_run() && ::access(into.c_str(), W_OK | X_OK) != 0) {
         const int err = errno;
         return fail(o, exit_code::local_io, label + dst + ": cannot write in " + into.string() + ": " + std::strerror(err));
     }

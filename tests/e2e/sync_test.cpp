@@ -155,7 +155,8 @@ protected:
         }
         std::vector<std::string> launcher;
         if (as_nobody) {
-            launcher = nobody_launcher({cli.state("A"), share, ro_share});
+            fs::create_directories(cli.root() / "inbox");  // (serve refuses an inbox it could not make)
+            launcher = nobody_launcher({cli.state("A"), share, ro_share, cli.root() / "inbox"});
         }
         node = cli.start(args, env, launcher);
         ASSERT_FALSE(node.address.empty());
@@ -981,6 +982,13 @@ TEST_F(sync_push, serve_refuses_at_start_an_inbox_it_may_not_write) {
     EXPECT_EQ(node_as_nobody.wait(process_timeout), 4) << node_as_nobody.err();
     EXPECT_NE(node_as_nobody.err().find(closed.string() + ": cannot write in it: Permission denied"), std::string::npos)
         << node_as_nobody.err();
+    // One not there that it could not make there (it listened, and refused each transfer
+    // with "cannot open destination ...: No such file or directory").
+    argv[argv.size() - 3] = (closed / "sub" / "inbox").string();  // (after "--inbox")
+    child_process unmade(argv);
+    EXPECT_EQ(unmade.wait(process_timeout), 4) << unmade.err();
+    EXPECT_NE(unmade.err().find("cannot make it in " + closed.string() + ": Permission denied"), std::string::npos)
+        << unmade.err();
 }
 
 TEST_F(sync_push, a_file_whose_mode_dst_may_not_set_fails) {
@@ -1486,6 +1494,11 @@ TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_and_a_source_it_may_not_
     EXPECT_EQ(get_code, 4) << get_err;
     EXPECT_NE(get_err.find("cannot write in " + closed.string() + ": Permission denied"), std::string::npos)
         << get_err;
+    // A pull into it, there and not writable: the same (it failed each file, exit 5).
+    auto [into_code, into_err] = nobody({"sync", "--state", cli.state("N").string(), "ay:www/site", closed.string()});
+    EXPECT_EQ(into_code, 4) << into_err;
+    EXPECT_NE(into_err.find("cannot write in " + closed.string() + ": Permission denied"), std::string::npos)
+        << into_err;
     EXPECT_FALSE(fs::exists(closed / "a.txt"));
     // A folder fetched again into its own folder there, which this user may write, is
     // fine (root's /var/www holding the user's site/; a review found it refused).
