@@ -3032,6 +3032,12 @@ int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, co
     };
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::llround(s.retry_for_s * 1000));
     bool told = false;
+    // SIGINT and SIGTERM end the wait (no loop runs yet to take them: they were lost, and
+    // the pull went on once the other ended).
+    asio::io_context waiting;
+    ferry::cli::signal_watch signals(waiting, {SIGINT, SIGTERM});
+    int stopped_by = 0;
+    signals.async_wait([&](int sig) { stopped_by = sig; });
     for (;;) {
         made = ::mkdir(dest.c_str(), 0755) == 0;
         if (!made && errno != EEXIST) {
@@ -3059,7 +3065,12 @@ int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, co
                          {"give_up_in_s", s.retry_for_s}});
                 told = true;
             }
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            waiting.run_for(std::chrono::milliseconds(50));
+            if (stopped_by != 0) {
+                return fail(o, exit_code::transfer_failed,
+                            std::string("interrupted (") + (stopped_by == SIGINT ? "SIGINT" : "SIGTERM") +
+                                ") while waiting for the other sync into " + label + dest.string());
+            }
         }
         struct stat locked {};
         struct stat there {};

@@ -2276,6 +2276,16 @@ TEST_F(sync_pull, a_pull_waits_while_another_process_holds_its_dst) {
     EXPECT_EQ(r.code, 2) << r.err;
     EXPECT_NE(r.err.find("is being written by another ferry process"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(dst / "new.txt"));
+    // SIGINT while it waits ends it, exit 2 (the signal was lost: it waited on, and
+    // pulled once the other had ended).
+    child_process stopped({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "ay:www/site",
+                           dst.string()});
+    ASSERT_TRUE(stopped.wait_for_err("waiting for it to end", process_timeout)) << stopped.err();
+    stopped.signal(SIGINT);
+    EXPECT_EQ(stopped.wait(process_timeout), 2) << stopped.err();
+    EXPECT_NE(stopped.err().find("interrupted (SIGINT) while waiting for the other sync into DST"), std::string::npos)
+        << stopped.err();
+    EXPECT_FALSE(fs::exists(dst / "new.txt"));
 }
 
 TEST_F(sync_pull, a_file_another_process_writes_at_dst_fails_alone_and_the_rest_is_pulled) {
