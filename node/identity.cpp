@@ -267,40 +267,77 @@ bool has_access_acl(const fs::path& dir) {
     return ::getxattr(dir.c_str(), "system.posix_acl_access", nullptr, 0) >= 0;
 }
 
-// Anyone who may rename an entry of a folder above `path` (as the kernel finds it, links
-// resolved) may put another file or folder in its place: refused as ssh refuses it. A
-// sticky folder (/tmp) lets nobody move another user's entries; a symlink at `path` is
-// checked as what it is too (its owner may point it elsewhere).
+// Whether another user could write what has mode `st`: others may, or a group that is not
+// this user's own private one, or an ACL (whose mask the group bits then are).
+bool others_may_write(const struct stat& st, const fs::path& path) {
+    return (st.st_mode & 002) != 0 ||
+           ((st.st_mode & 020) != 0 && (!group_of_me_alone(st.st_gid) || has_access_acl(path)));
+}
+
+std::string who_may_write(const struct stat& st, const fs::path& path) {
+    if ((st.st_mode & 002) != 0) {
+        return "any user";
+    }
+    if (has_access_acl(path)) {
+        return "whom its ACL names (getfacl " + path.string() + ")";
+    }
+    const group* g = ::getgrgid(st.st_gid);
+    return g != nullptr ? fmt::format("its group {}", g->gr_name) : fmt::format("its group (gid {})", st.st_gid);
+}
+
+// A folder that holds a step of `path`: anyone who may rename its entries may put another
+// file or folder in that step's place. A sticky folder (/tmp) lets nobody but its owner
+// move another user's entries.
+void refuse_folder_others_may_change(const fs::path& dir, const fs::path& path, std::string_view what) {
+    const uid_t me = ::geteuid();
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0) {
+        fail_errno(dir, "stat", errno);
+    }
+    if (st.st_uid != me && st.st_uid != 0) {  // (a sticky folder's owner may move any entry)
+        fail(path, fmt::format("{} is inside {}, which belongs to another user, {}, who could put another in its "
+                               "place; move it to a folder of this user's",
+                               what, dir.string(), user_named(st.st_uid)));
+    }
+    if (others_may_write(st, dir) && (st.st_mode & S_ISVTX) == 0) {
+        fail(path, fmt::format("{} is inside {}, which {} may write (mode {:04o}), who could put another in its "
+                               "place; make it this user's alone (chmod go-w {}), or move it",
+                               what, dir.string(), who_may_write(st, dir), st.st_mode & 07777, dir.string()));
+    }
+}
+
+// Every step to `path` as given, and every folder above it as the kernel finds it (links
+// resolved): a symlink on the way that another user owns (they may point it elsewhere, at
+// any time), or a folder holding a step that another user may change, is refused, as ssh
+// refuses it.
 void refuse_if_others_may_move(const fs::path& path, std::string_view what) {
     const uid_t me = ::geteuid();
-    struct stat link {};
-    if (::lstat(path.c_str(), &link) == 0 && S_ISLNK(link.st_mode) && link.st_uid != me && link.st_uid != 0) {
-        fail(path, fmt::format("{} is a symlink that belongs to another user, {}, who could point it elsewhere; "
-                               "replace it with the file it names",
-                               what, user_named(link.st_uid)));
+    const fs::path given = fs::absolute(path);
+    fs::path step = given.root_path();
+    for (const fs::path& part : given.relative_path()) {
+        const fs::path holder = step;
+        step /= part;
+        struct stat link {};
+        if (part == "." || part == ".." || ::lstat(step.c_str(), &link) != 0) {
+            continue;
+        }
+        refuse_folder_others_may_change(holder, path, what);
+        if (S_ISLNK(link.st_mode) && link.st_uid != me && link.st_uid != 0) {
+            char target[4096];
+            const ssize_t n = ::readlink(step.c_str(), target, sizeof target - 1);
+            fail(path, fmt::format("{} is reached through {}, a symlink{} that belongs to another user, {}, who could "
+                                   "point it elsewhere; name the folder itself, or make a link of your own",
+                                   what, step.string(),
+                                   n > 0 ? " to " + std::string(target, static_cast<std::size_t>(n)) : std::string(),
+                                   user_named(link.st_uid)));
+        }
     }
     std::unique_ptr<char, decltype(&std::free)> real(::realpath(path.c_str(), nullptr), &std::free);
     if (real == nullptr) {
         fail_errno(path, "resolve", errno);
     }
     for (fs::path dir = fs::path(real.get()).parent_path();; dir = dir.parent_path()) {
-        struct stat st {};
-        if (::stat(dir.c_str(), &st) != 0) {
-            fail_errno(dir, "stat", errno);
-        }
-        if (st.st_uid != me && st.st_uid != 0) {  // (a sticky folder's owner may move any entry)
-            fail(path, fmt::format("{} is inside {}, which belongs to another user, {}, who could put another in its "
-                                   "place; move it to a folder of this user's",
-                                   what, dir.string(), user_named(st.st_uid)));
-        }
-        const bool others = (st.st_mode & 002) != 0;
-        if ((others || ((st.st_mode & 020) != 0 && (!group_of_me_alone(st.st_gid) || has_access_acl(dir)))) &&
-            (st.st_mode & S_ISVTX) == 0) {
-            fail(path, fmt::format("{} is inside {}, which {} may write (mode {:04o}), who could put another in its "
-                                   "place; chmod {} {}, or move it",
-                                   what, dir.string(), others ? "any user" : "its group", st.st_mode & 07777,
-                                   others ? "o-w" : "go-w", dir.string()));
-        }
+        refuse_folder_others_may_change(dir, path, what);
         if (dir == dir.root_path() || !dir.has_relative_path()) {
             break;
         }
@@ -318,6 +355,12 @@ unsigned refuse_if_others_may_change(const fs::path& path, std::string_view what
         fail_errno(path, "stat", errno);
     }
     const uid_t me = ::geteuid();
+    struct stat link {};
+    if (::lstat(path.c_str(), &link) == 0 && S_ISLNK(link.st_mode) && st.st_uid != me && st.st_uid != 0) {
+        fail(path, fmt::format("{} is a symlink to a file of another user, {}, who could change whom this node trusts "
+                               "or take its identity; replace it with a file of this user's",
+                               what, user_named(st.st_uid)));
+    }
     if (st.st_uid != me && st.st_uid != 0) {
         const passwd* owner = ::getpwuid(st.st_uid);
         fail(path, fmt::format("{} belongs to another user, {}, who could change whom this node trusts or take its "
@@ -325,11 +368,12 @@ unsigned refuse_if_others_may_change(const fs::path& path, std::string_view what
                                what, user_named(st.st_uid),
                                owner != nullptr ? fmt::format(" (sudo -u {} ferry ...)", owner->pw_name) : "", me));
     }
-    if ((st.st_mode & 022) != 0) {
+    // (Group-writable in the user's own private group, as an editor under umask 002 leaves
+    // a file, is this user's alone: Debian's ssh takes it too.)
+    if (others_may_write(st, path)) {
         fail(path, fmt::format("{} may be written by {} (mode {:04o}), who could change whom this node trusts or "
                                "take its identity; chmod go-w {}",
-                               what, (st.st_mode & 002) != 0 ? "any user" : "its group", st.st_mode & 07777,
-                               path.string()));
+                               what, who_may_write(st, path), st.st_mode & 07777, path.string()));
     }
     refuse_if_others_may_move(path, what);
     return st.st_mode;
