@@ -141,6 +141,10 @@ fs::path resolve_state_dir(const std::optional<fs::path>& flag) {
     return fs::absolute(fs::path(home) / ".local" / "state" / "ferry");
 }
 
+namespace {
+void refuse_where_it_would_be_made(const fs::path& dir, std::string_view what);
+}  // namespace
+
 void ensure_private_dir(const fs::path& dir) {
     std::error_code ec;
     if (fs::is_directory(dir, ec)) {
@@ -149,6 +153,8 @@ void ensure_private_dir(const fs::path& dir) {
     if (fs::exists(dir, ec)) {
         fail(dir, "exists and is not a folder");
     }
+    // Refused before anything is made (a refused command left the folders it had made).
+    refuse_where_it_would_be_made(dir, "the state folder");
     if (dir.has_parent_path()) {
         fs::create_directories(dir.parent_path(), ec);
         if (ec) {
@@ -310,8 +316,9 @@ void refuse_folder_others_may_change(const fs::path& dir, const fs::path& path, 
 // resolved): a symlink on the way that another user owns (they may point it elsewhere, at
 // any time), or a folder holding a step that another user may change, is refused, as ssh
 // refuses it.
-void refuse_if_others_may_move(const fs::path& path, std::string_view what) {
+void refuse_if_others_may_move(const fs::path& path, std::string_view what, const fs::path& shown = {}) {
     const uid_t me = ::geteuid();
+    const fs::path& named = shown.empty() ? path : shown;
     const fs::path given = fs::absolute(path);
     fs::path step = given.root_path();
     for (const fs::path& part : given.relative_path()) {
@@ -321,11 +328,11 @@ void refuse_if_others_may_move(const fs::path& path, std::string_view what) {
         if (part == "." || part == ".." || ::lstat(step.c_str(), &link) != 0) {
             continue;
         }
-        refuse_folder_others_may_change(holder, path, what);
+        refuse_folder_others_may_change(holder, named, what);
         if (S_ISLNK(link.st_mode) && link.st_uid != me && link.st_uid != 0) {
             char target[4096];
             const ssize_t n = ::readlink(step.c_str(), target, sizeof target - 1);
-            fail(path, fmt::format("{} is reached through {}, a symlink{} that belongs to another user, {}, who could "
+            fail(named, fmt::format("{} is reached through {}, a symlink{} that belongs to another user, {}, who could "
                                    "point it elsewhere; name the folder itself, or make a link of your own",
                                    what, step.string(),
                                    n > 0 ? " to " + std::string(target, static_cast<std::size_t>(n)) : std::string(),
@@ -337,10 +344,24 @@ void refuse_if_others_may_move(const fs::path& path, std::string_view what) {
         fail_errno(path, "resolve", errno);
     }
     for (fs::path dir = fs::path(real.get()).parent_path();; dir = dir.parent_path()) {
-        refuse_folder_others_may_change(dir, path, what);
+        refuse_folder_others_may_change(dir, named, what);
         if (dir == dir.root_path() || !dir.has_relative_path()) {
             break;
         }
+    }
+}
+
+// Before `dir` is made (with any folders above it not there yet): the nearest folder that
+// is there, the steps to it and every folder above it pass the checks above.
+void refuse_where_it_would_be_made(const fs::path& dir, std::string_view what) {
+    fs::path there = fs::absolute(dir);
+    std::error_code ec;
+    while (!fs::exists(there, ec) && there.has_parent_path() && there != there.parent_path()) {
+        there = there.parent_path();
+    }
+    if (fs::is_directory(there, ec)) {
+        refuse_if_others_may_move(there, what, dir);
+        refuse_folder_others_may_change(there, dir, what);
     }
 }
 
