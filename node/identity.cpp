@@ -20,6 +20,7 @@
 #include <memory>
 #include <random>
 #include <stdexcept>
+#include <vector>
 
 #include "node/file_io.hpp"
 #include "transport/openssl_util.hpp"
@@ -145,7 +146,10 @@ namespace {
 void refuse_where_it_would_be_made(const fs::path& dir, std::string_view what);
 }  // namespace
 
-void ensure_private_dir(const fs::path& dir) {
+void ensure_private_dir(const fs::path& given) {
+    // ("DIR/" is DIR: made by the loop below as a folder above itself, it kept the umask's
+    // mode.)
+    const fs::path dir = given.has_filename() || !given.has_parent_path() ? given : given.parent_path();
     std::error_code ec;
     if (fs::is_directory(dir, ec)) {
         return;
@@ -155,21 +159,24 @@ void ensure_private_dir(const fs::path& dir) {
     }
     // Refused before anything is made (a refused command left the folders it had made).
     refuse_where_it_would_be_made(dir, "the state folder");
-    if (dir.has_parent_path()) {
-        fs::create_directories(dir.parent_path(), ec);
-        if (ec) {
-            fail(dir.parent_path(), "cannot create folder: " + ec.message());
-        }
+    // Each folder not there yet is made 0700, the folders above too: with the umask's
+    // mode, or a default ACL, they could let others write, and be refused after they were
+    // made. (~/.local/state is 0700 by the XDG spec.)
+    std::vector<fs::path> missing;
+    for (fs::path p = fs::absolute(dir); !fs::exists(p, ec) && p.has_relative_path(); p = p.parent_path()) {
+        missing.push_back(p);
     }
-    if (::mkdir(dir.c_str(), 0700) != 0) {
-        if (errno == EEXIST && fs::is_directory(dir, ec)) {
-            return;  // created concurrently
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+        if (::mkdir(it->c_str(), 0700) != 0) {
+            if (errno == EEXIST && fs::is_directory(*it, ec)) {
+                continue;  // created concurrently
+            }
+            fail_errno(*it, "create folder", errno);
         }
-        fail_errno(dir, "create folder", errno);
-    }
-    // mkdir applied the umask; make the mode exactly 0700 on the folder we just created.
-    if (::chmod(dir.c_str(), 0700) != 0) {
-        fail_errno(dir, "chmod", errno);
+        // mkdir applied the umask; chmod sets the mode exactly (and a default ACL's mask).
+        if (::chmod(it->c_str(), 0700) != 0) {
+            fail_errno(*it, "chmod", errno);
+        }
     }
 }
 
@@ -285,7 +292,7 @@ std::string who_may_write(const struct stat& st, const fs::path& path) {
         return "any user";
     }
     if (has_access_acl(path)) {
-        return "whom its ACL names (getfacl " + path.string() + ")";
+        return "the users its ACL names (getfacl " + path.string() + ")";
     }
     const group* g = ::getgrgid(st.st_gid);
     return g != nullptr ? fmt::format("its group {}", g->gr_name) : fmt::format("its group (gid {})", st.st_gid);
@@ -312,14 +319,14 @@ void refuse_folder_others_may_change(const fs::path& dir, const fs::path& path, 
     }
 }
 
-// Every step to `path` as given, and every folder above it as the kernel finds it (links
-// resolved): a symlink on the way that another user owns (they may point it elsewhere, at
-// any time), or a folder holding a step that another user may change, is refused, as ssh
-// refuses it.
-void refuse_if_others_may_move(const fs::path& path, std::string_view what, const fs::path& shown = {}) {
+// Every step of `path` as written (`holder`'s steps when relative), each symlink's target
+// the same way (up to 40 links): a link another user owns in a sticky folder (they may
+// replace it there at any time; elsewhere only who may write the folder can, which is
+// refused), or a folder holding a step that another user may change, is refused.
+void refuse_steps(const fs::path& path, const fs::path& holder_of_relative, const fs::path& named,
+                  std::string_view what, int links) {
     const uid_t me = ::geteuid();
-    const fs::path& named = shown.empty() ? path : shown;
-    const fs::path given = fs::absolute(path);
+    const fs::path given = path.is_absolute() ? path : holder_of_relative / path;
     fs::path step = given.root_path();
     for (const fs::path& part : given.relative_path()) {
         const fs::path holder = step;
@@ -329,16 +336,31 @@ void refuse_if_others_may_move(const fs::path& path, std::string_view what, cons
             continue;
         }
         refuse_folder_others_may_change(holder, named, what);
-        if (S_ISLNK(link.st_mode) && link.st_uid != me && link.st_uid != 0) {
-            char target[4096];
-            const ssize_t n = ::readlink(step.c_str(), target, sizeof target - 1);
+        if (!S_ISLNK(link.st_mode)) {
+            continue;
+        }
+        char target[4096];
+        const ssize_t n = ::readlink(step.c_str(), target, sizeof target - 1);
+        struct stat held {};
+        if (link.st_uid != me && link.st_uid != 0 && ::stat(holder.c_str(), &held) == 0 &&
+            (held.st_mode & S_ISVTX) != 0) {
             fail(named, fmt::format("{} is reached through {}, a symlink{} that belongs to another user, {}, who could "
-                                   "point it elsewhere; name the folder itself, or make a link of your own",
-                                   what, step.string(),
-                                   n > 0 ? " to " + std::string(target, static_cast<std::size_t>(n)) : std::string(),
-                                   user_named(link.st_uid)));
+                                    "replace it; name the folder itself",
+                                    what, step.string(),
+                                    n > 0 ? " to " + std::string(target, static_cast<std::size_t>(n)) : std::string(),
+                                    user_named(link.st_uid)));
+        }
+        if (n > 0 && links < 40) {
+            refuse_steps(fs::path(std::string(target, static_cast<std::size_t>(n))), holder, named, what, links + 1);
         }
     }
+}
+
+// refuse_steps, and every folder above `path` as the kernel finds it (links resolved), as
+// ssh refuses them.
+void refuse_if_others_may_move(const fs::path& path, std::string_view what, const fs::path& shown = {}) {
+    const fs::path& named = shown.empty() ? path : shown;
+    refuse_steps(fs::absolute(path), {}, named, what, 0);
     std::unique_ptr<char, decltype(&std::free)> real(::realpath(path.c_str(), nullptr), &std::free);
     if (real == nullptr) {
         fail_errno(path, "resolve", errno);

@@ -1112,8 +1112,8 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     // state folder would get the umask's mode; `config check` makes nothing).
     if (!one_shot && !cfg.inbox.empty()) {
         // (Not there yet: the folder it would be made in, the nearest one that is.)
-        fs::path there = cfg.inbox;
         std::error_code ec;
+        fs::path there = fs::absolute(cfg.inbox, ec);
         while (!fs::exists(there, ec) && there.has_parent_path() && there != there.parent_path()) {
             there = there.parent_path();
         }
@@ -3076,6 +3076,11 @@ int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, co
         struct stat there {};
         if (::fstat(held.get(), &locked) == 0 && locked.st_nlink > 0 && ::lstat(dest.c_str(), &there) == 0 &&
             locked.st_dev == there.st_dev && locked.st_ino == there.st_ino) {
+            waiting.poll();  // a signal that came meanwhile, not lost with this watch
+            if (stopped_by != 0) {
+                return fail(o, exit_code::transfer_failed,
+                            std::string("interrupted (") + (stopped_by == SIGINT ? "SIGINT" : "SIGTERM") + ")");
+            }
             return 0;
         }
         held.reset();  // the folder locked is no longer DST: lock the one there now
