@@ -1072,7 +1072,9 @@ std::optional<reread_settings> reread_serve_settings(const ferry::node_config& n
     }
     o.state = now.state_dir;
     r.dir = now.inbox;
-    if (receiver_config(o, r, false, out.cfg) != 0) {
+    common_opts quiet = o;
+    quiet.json = false;  // (its mistakes gave an `error` event, exit_code 1, before `reload_refused`)
+    if (receiver_config(quiet, r, false, out.cfg) != 0) {
         return std::nullopt;
     }
     out.log_level = o.log_level;
@@ -3516,6 +3518,14 @@ int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
         peers.push_back(std::move(entry));
     }
     const ferry::node_limits& l = cfg.limits;
+    int file_connections = 4;  // send's default (--connections)
+    if (loaded_config) {
+        for (const auto& v : loaded_config->values) {
+            if (v.flag == "--connections") {
+                file_connections = std::atoi(v.value.c_str());
+            }
+        }
+    }
     json settings = {
         {"state", cfg.state_dir.string()},
         {"inbox", cfg.inbox.string()},
@@ -3537,7 +3547,8 @@ int cmd_config(const common_opts& o, const receive_opts& r, bool show) {
           {"max_conn_queue", l.max_queue_bytes}}},
         {"metrics", r.metrics.empty() ? json::object() : json{{"listen", metrics_address(r.metrics)}}},
         {"tuning",
-         {{"notsent_lowat", cfg.tuning.notsent_lowat},
+         {{"connections", file_connections},  // (the clients' setting: send, sync, get)
+          {"notsent_lowat", cfg.tuning.notsent_lowat},
           {"sndbuf", cfg.tuning.sndbuf},
           {"rcvbuf", cfg.tuning.rcvbuf},
           {"user_timeout", duration_text(std::chrono::milliseconds(cfg.tuning.user_timeout_ms))}}},

@@ -37,7 +37,7 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
                        "inbox = \"inbox\"\n"
                        "log_level = \"warn\"\n"
                        "[limits]\nmax_sessions = 2\n"
-                       "[tuning]\nsndbuf = \"2M\"\nuser_timeout = \"45s\"\n"
+                       "[tuning]\nsndbuf = \"2M\"\nuser_timeout = \"45s\"\nconnections = 3\n"
                        "[[share]]\nname = \"www\"\npath = \"" + share.string() + "\"\naccess = \"rw\"\n"
                        "[[share]]\nname = \"docs\"\npath = \"" + share.string() + "\"\n"
                        "[[peer]]\nid = \"" + b_id + "\"\nname = \"bee\"\nshares = [\"www\"]\n");
@@ -62,7 +62,8 @@ TEST(config_file, serve_runs_from_its_file_alone_and_a_peer_named_in_another_fil
     EXPECT_EQ(settings["share"].size(), 2u) << show.out;
     EXPECT_EQ(settings["tuning"]["sndbuf"], 2 * 1024 * 1024) << show.out;
     EXPECT_EQ(settings["tuning"]["user_timeout"], "45s") << show.out;
-    EXPECT_EQ(settings["log_level"], "warn") << show.out;  // (it was left out)
+    EXPECT_EQ(settings["log_level"], "warn") << show.out;             // (it was left out)
+    EXPECT_EQ(settings["tuning"]["connections"], 3) << show.out;  // (so was this)
 
     // B knows A by name from its own file: NAME:SHARE works without `ferry trust`.
     const fs::path b_conf = cli.root() / "b.toml";

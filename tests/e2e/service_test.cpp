@@ -305,6 +305,21 @@ TEST(service, sighup_reloads_trust_shares_and_limits_without_dropping_a_transfer
     }
     EXPECT_TRUE(told);
     EXPECT_EQ(shares_seen(), (std::vector<std::string>{"one", "two"}));
+    // A share whose folder is not there: the same, and no `error` event either (it gave
+    // one, exit_code 1, as if serve had failed).
+    write_conf_text(conf, "listen = [\"127.0.0.1:0\"]\nstate = \"" + cli.state("A").string() +
+                              "\"\n[[share]]\nname = \"gone\"\npath = \"" + (cli.root() / "not-there").string() +
+                              "\"\n");
+    node.proc->signal(SIGHUP);
+    told = false;
+    for (int i = 0; i < 200 && !told; ++i) {
+        std::optional<std::string> line = node.proc->read_line(30s);
+        ASSERT_TRUE(line) << node.proc->err();
+        EXPECT_EQ(line->find("\"event\":\"error\""), std::string::npos) << *line;
+        told = line->find("\"event\":\"reload_refused\"") != std::string::npos;
+    }
+    EXPECT_TRUE(told);
+    EXPECT_EQ(shares_seen(), (std::vector<std::string>{"one", "two"}));
 
     // What only a restart applies is named, and the rest is taken.
     write_conf("\"two\"", true, "inbox = \"" + (cli.root() / "elsewhere").string() + "\"\n");
