@@ -25,8 +25,11 @@ public:
             case transport_errc::timeout: return "timed out";
             case transport_errc::resolve_failed: return "host name did not resolve";
             case transport_errc::plaintext_mismatch:
-                return "the peer does not speak TLS here: not a ferry node, or one side uses --plaintext and the other "
-                       "does not (both must say it)";
+                // (A node at its --max-connections closes an accepted connection at once,
+                // which a client cannot tell from a plaintext peer closing on its hello.)
+                return "the peer closed the connection or does not speak TLS here: it may be at its connection limit "
+                       "(--max-connections), not a ferry node, or one side uses --plaintext and the other does not "
+                       "(both must say it)";
             case transport_errc::queue_full: return "outbound queue full";
             case transport_errc::no_certificate: return "the peer sent no certificate (not a ferry node?)";
             case transport_errc::tls_version: return "the peer does not speak TLS 1.3";
