@@ -134,6 +134,9 @@ public:
     file_reporter(std::string direction, std::string session_id)
         : direction_(std::move(direction)), session_id_(std::move(session_id)) {}
 
+    // The transfer's ID, once the peer chose it (a pull this node serves).
+    void set_session(std::string session_id) { session_id_ = std::move(session_id); }
+
     void resize(std::size_t files) {
         if (started_.size() < files) {
             started_.resize(files, false);

@@ -331,6 +331,7 @@ void send_session::start_accepted(std::shared_ptr<connection> c, const wire::Hel
     start_ = options_.started.value_or(std::chrono::steady_clock::now());
     accepted_ = true;
     session_id_ = hello.session_id();  // the receiver chose it: its other connections name it
+    file_events_.set_session(session_id_);  // (its file events carried the one made here)
     if (options_.feed) {
         take_scan();  // a pull's scan, finished: its parts after the first
         if (finished_) {

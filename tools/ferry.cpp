@@ -1146,7 +1146,10 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     };
     // A pull this node served: its `done` (direction "send", `pull` what was pulled), or its
     // error, as a received transfer's.
-    ev.pull_served = [&o](const ferry::transfer_report& rep, const std::string& what) {
+    ev.pull_served = [&](const ferry::transfer_report& rep, const std::string& what) {
+        if (rep.ok && view != nullptr) {
+            view->final_progress(final_progress(rep, true));  // (a pull's last figures came without it)
+        }
         json j = rep.ok ? report_json(rep, true) : error_event(rep.code, rep.error);
         j["pull"] = what;
         emit(o, std::move(j));

@@ -1444,10 +1444,34 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_EQ(compare_trees(site, dst), "");
     // The serving node gives a `done` for the pull it served (it gave none), with what
     // travelled, not the file the delta rebuilt at the puller.
-    nlohmann::json served = next_done(*node.proc, "send", done["bytes_checked"].get<std::uint64_t>());
+    // Its file events carry that pull's session (they carried one the serving side made),
+    // and a last progress comes right before its `done` (there was none).
+    nlohmann::json served;
+    std::vector<nlohmann::json> before;
+    for (int i = 0; i < 100000 && served.is_null(); ++i) {
+        std::optional<std::string> line = node.proc->read_line(std::chrono::seconds(30));
+        ASSERT_TRUE(line) << node.proc->err();
+        nlohmann::json j = nlohmann::json::parse(*line, nullptr, false);
+        if (j.is_object() && j.value("event", "") == "done" && j.value("direction", "") == "send" &&
+            j.value("total_bytes", std::uint64_t{0}) == done["bytes_checked"].get<std::uint64_t>()) {
+            served = j;
+        } else if (j.is_object()) {
+            before.push_back(j);
+        }
+    }
     ASSERT_FALSE(served.is_null());
     EXPECT_EQ(served["pull"], "www/site") << served;
     EXPECT_EQ(served["payload_bytes"], done["bytes_transferred"]) << served;
+    ASSERT_FALSE(before.empty());
+    EXPECT_EQ(before.back()["event"], "progress") << before.back();
+    EXPECT_EQ(before.back()["session"], served["session"]) << before.back();
+    nlohmann::json last_file;
+    for (const auto& e : before) {
+        if (e.value("event", "") == "file_done" && e.value("path", "") == "big.bin") {
+            last_file = e;
+        }
+    }
+    EXPECT_EQ(last_file["session"], served["session"]) << last_file;
 }
 
 TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_and_a_source_it_may_not_read_are_refused_at_start) {
