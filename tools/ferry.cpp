@@ -1165,7 +1165,9 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
                 skipped_note(rep) + compression_note(rep));
         }
         emit(o, rep.ok ? report_json(rep, false) : error_event(rep.code, rep.error));
-        if (!rep.ok) {
+        if (!rep.ok && one_shot) {
+            // (serve's node has logged it, with the peer: "transfer from ID failed: ...";
+            // it was said twice.)
             say("error: " + rep.error, ferry::log_level::error);
         }
         if (one_shot && !result) {

@@ -348,7 +348,7 @@ class hostile_frames_test : public hostile_serve {
         expect_node_still_serves();
         std::string log = node_.proc->err();
         EXPECT_EQ(lines_with(log, failed_line()), 1u) << log;
-        EXPECT_EQ(lines_with(log, text), 2u) << log;  // the failure, and its `error:` summary line
+        EXPECT_EQ(lines_with(log, text), 1u) << log;  // the failure's line (an `error:` line said it again)
         expect_nothing_outside();
         if (untouched) {
             expect_inbox_untouched();
@@ -431,7 +431,7 @@ TEST_F(hostile_frames_test, truncated_frame_then_close) {
     expect_node_still_serves();
     std::string log = node_.proc->err();
     EXPECT_EQ(lines_with(log, failed_line()), 1u) << log;
-    EXPECT_EQ(lines_with(log, "in the middle of a frame"), 2u) << log;
+    EXPECT_EQ(lines_with(log, "in the middle of a frame"), 1u) << log;
     EXPECT_FALSE(fs::exists(inbox_ / "cut.bin"));
     expect_nothing_outside();
 }
@@ -748,7 +748,7 @@ class hostile_paths_test : public hostile_serve {
         expect_node_still_serves();
         log = node_.proc->err();
         EXPECT_EQ(lines_with(log, failed_line()), refusals_) << log;
-        EXPECT_EQ(lines_with(log, text), 2 * refusals_) << log;  // the failure, and its `error:` line
+        EXPECT_EQ(lines_with(log, text), refusals_) << log;  // the failure's line (an `error:` line said it again)
     }
 
     std::size_t refusals_ = 0;
@@ -787,7 +787,7 @@ TEST_F(hostile_paths_test, unsafe_path_with_control_characters_is_logged_escaped
     // a forged line of their own.
     expect_offer_refused("../\x1b[2J\nferry: received 999 files from NOBODY", "unsafe or malformed path");
     expect_all_logged_then_serving("unsafe or malformed path");
-    EXPECT_EQ(lines_with(node_.proc->err(), "received 999 files"), 2u);  // inside the two lines, not one of its own
+    EXPECT_EQ(lines_with(node_.proc->err(), "received 999 files"), 1u);  // inside the failure's line, not one of its own
     EXPECT_EQ(node_.proc->err().find("\nferry: received 999"), std::string::npos) << node_.proc->err();
 }
 
