@@ -723,11 +723,17 @@ std::optional<transfer_progress> multi_get::progress() const {
     p.files_total = 1;
     p.offered = true;
     p.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    std::uint64_t done = report_.kept_bytes;
+    // What an earlier get left is skipped, not confirmed (it counted as confirmed, so a
+    // rerun's bar reached 100 % early and then went back: a user's test).
+    const std::uint64_t kept = std::min(report_.kept_bytes, file_->size);
+    p.skipped_bytes = kept;
+    // What ranges that reported brought (their begun parts counted once, as `done`
+    // counts them: a range's own size counted a begun part twice), and what the running
+    // pulls have so far.
+    std::uint64_t done = report_.payload_bytes;
     std::uint32_t peers = 0;
     for (const source_state& s : sources_) {
         if (s.index) {
-            done += schedule_->figures(*s.index).bytes;
             peers += s.runs.empty() ? 0 : 1;
         }
     }
@@ -737,9 +743,12 @@ std::optional<transfer_progress> multi_get::progress() const {
         for (const source_state& s : sources_) {
             for (const run& x : s.runs) {
                 if (x.session_id == t.session_id && !x.cancelled) {
-                    running[x.range] = std::max(running[x.range], t.confirmed_bytes + t.skipped_bytes);
+                    // (A begun range's own kept part is in `kept` already: its pull's
+                    // skipped bytes are not counted again.)
+                    running[x.range] = std::max(running[x.range], t.confirmed_bytes);
                     p.connections += t.connections;
                     p.wire_received += t.wire_received;
+                    p.wire_sent += t.wire_sent;
                 }
             }
         }
@@ -747,7 +756,7 @@ std::optional<transfer_progress> multi_get::progress() const {
     for (std::uint64_t b : running) {
         done += b;
     }
-    p.confirmed_bytes = std::min(done, file_->size);
+    p.confirmed_bytes = std::min(done, file_->size - kept);
     // The rate over the last 5 s of the whole file's progress: the range pulls' own rates
     // jump as each one starts and ends.
     auto now = std::chrono::steady_clock::now();
@@ -759,6 +768,7 @@ std::optional<transfer_progress> multi_get::progress() const {
         p.rate = static_cast<double>(p.confirmed_bytes - std::min(p.confirmed_bytes, rate_samples_.front().second)) / dt;
     }
     p.wire_received += report_.wire_received;
+    p.wire_sent += report_.wire_sent;
     p.peer_id = std::to_string(peers) + " source(s)";
     return p;
 }

@@ -254,6 +254,17 @@ TEST_F(multi_get, an_interrupted_get_keeps_its_ranges_and_a_second_get_moves_not
     EXPECT_GE(kept + source(done, "one")["bytes"].get<std::uint64_t>(), 9 * MiB + 1);
     // Every byte is either kept or received (a begun range's kept part was in neither).
     EXPECT_GE(kept + done["payload_bytes"].get<std::uint64_t>(), 9 * MiB + 1) << done;
+    // Its progress: what the first get left is skipped, never confirmed, and confirmed
+    // never goes back (it counted the kept bytes, reached the size early, then dropped).
+    std::uint64_t confirmed = 0;
+    for (const auto& e : json_events(r.out)) {
+        if (e["event"] == "progress") {
+            EXPECT_GE(e["confirmed_bytes"].get<std::uint64_t>(), confirmed) << e;
+            confirmed = e["confirmed_bytes"];
+            EXPECT_LE(confirmed + e["skipped_bytes"].get<std::uint64_t>(), 9 * MiB + 1) << e;
+            EXPECT_GT(e["skipped_bytes"].get<std::uint64_t>(), 0u) << e;
+        }
+    }
 
     r = get("one", "pub/data.bin", flags);
     ASSERT_EQ(r.code, 0) << r.err;
