@@ -72,6 +72,8 @@ struct transfer_report {
     // Of payload_bytes, what the receiver copied from its older version of the file (sync
     // deltas, CODEC_DELTA): confirmed, not sent.
     std::uint64_t delta_copied = 0;
+    // What travelled of the confirmed payload: less what deltas copied.
+    std::uint64_t travelled_bytes() const { return payload_bytes - std::min(payload_bytes, delta_copied); }
     // Source files the sender skipped (vanished, changed while read, unreadable): the
     // transfer still succeeds without them (exit codes partial / vanished).
     std::vector<skipped_file> given_up;

@@ -511,7 +511,7 @@ void peer_manager::start_pull(std::shared_ptr<connection> c, const wire::Hello& 
                     }
                     std::string peer = format_node_id(r.peer_id);
                     // (What a delta copied at the puller never travelled.)
-                    const std::uint64_t sent = r.payload_bytes - std::min(r.payload_bytes, r.delta_copied);
+                    const std::uint64_t sent = r.travelled_bytes();
                     ctx_.log(r.ok ? "sent " + what + " to " + peer + " (a pull): " + std::to_string(r.files) +
                                         " file(s) sent, " + std::to_string(r.skipped_files) + " unchanged, " +
                                         std::to_string(sent) + " bytes in " +

@@ -1795,7 +1795,8 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
             cs.inflight.clear();
             cs.inflight_bytes = 0;
         }
-        const std::uint64_t travelled = r.payload_bytes - std::min(r.payload_bytes, delta_copied_);
+        r.delta_copied = delta_copied_;
+        const std::uint64_t travelled = r.travelled_bytes();
         if (scope_->counters().payload_sent < travelled) {
             scope_->add_payload_sent(travelled - scope_->counters().payload_sent, chunks, stats_clock::now(), saved);
         }

@@ -357,22 +357,11 @@ int fail(const common_opts& o, exit_code code, const std::string& message) {
     return static_cast<int>(code);
 }
 
-// What travelled of the confirmed payload: less what deltas copied from DST's older
-// versions (confirmed, but built there).
-std::uint64_t transferred_bytes(const ferry::transfer_report& r) {
-    return r.payload_bytes - std::min(r.payload_bytes, r.delta_copied);
-}
-
 // Confirmed payload that travelled, per second (a delta's copied bytes never did: a 1 GiB
-// file with a byte inserted said 875 MB/s over 220 KB of wire).
+// file with a byte inserted said 875 MB/s over 220 KB of wire, and a sync's summary of a
+// 40 MB file with 1 byte changed "sent 2 B in 0.04 s (959.3 MB/s confirmed)").
 double mbps(const ferry::transfer_report& r) {
-    return r.elapsed_s > 0 ? static_cast<double>(transferred_bytes(r)) / r.elapsed_s / 1e6 : 0.0;
-}
-
-// MB/s of what travelled (a sync's summary: a 40 MB file with 1 byte changed said
-// "sent 2 B in 0.04 s (959.3 MB/s confirmed)").
-double transferred_mbps(const ferry::transfer_report& r) {
-    return r.elapsed_s > 0 ? static_cast<double>(transferred_bytes(r)) / r.elapsed_s / 1e6 : 0.0;
+    return r.elapsed_s > 0 ? static_cast<double>(r.travelled_bytes()) / r.elapsed_s / 1e6 : 0.0;
 }
 
 // "1 connection", "4 connections": how many carried the transfer, in a summary line.
@@ -409,7 +398,7 @@ std::string compression_note(const ferry::transfer_report& r) {
 // Wire bytes in the direction the payload went, per payload byte, as a percentage.
 double overhead_pct(const ferry::transfer_report& r, bool sender) {
     std::uint64_t wire = sender ? r.wire_sent : r.wire_received;
-    std::uint64_t moved = transferred_bytes(r);
+    std::uint64_t moved = r.travelled_bytes();
     return moved > 0 ? 100.0 * (static_cast<double>(wire) - static_cast<double>(moved)) / static_cast<double>(moved)
                      : 0.0;
 }
@@ -431,7 +420,7 @@ json report_json(const ferry::transfer_report& r, bool sender) {
             // file's bytes are: not payload that travelled.
             {"skipped_bytes", r.skipped_bytes + r.delta_copied},
             {"resumed_bytes", r.resumed_bytes},
-            {"payload_bytes", transferred_bytes(r)},
+            {"payload_bytes", r.travelled_bytes()},
             {"total_bytes", r.total_bytes},
             {"wire_bytes_sent", r.wire_sent},
             {"wire_bytes_received", r.wire_received},
@@ -458,7 +447,7 @@ ferry::transfer_progress final_progress(const ferry::transfer_report& r, bool se
     p.peer_id = r.peer_id;
     p.peer_address = r.peer_address;
     p.total_bytes = r.total_bytes;
-    p.confirmed_bytes = transferred_bytes(r);
+    p.confirmed_bytes = r.travelled_bytes();
     p.skipped_bytes = r.skipped_bytes + r.delta_copied;
     p.wire_sent = r.wire_sent;
     p.wire_received = r.wire_received;
@@ -1160,7 +1149,7 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
         }
         if (rep.ok) {
             say("received " + std::to_string(rep.files) + " files, " + std::to_string(rep.dirs) + " folders, " +
-                human_bytes(transferred_bytes(rep)) + " from " +
+                human_bytes(rep.travelled_bytes()) + " from " +
                 (rep.peer_id.empty() ? rep.peer_address : ferry::format_node_id(rep.peer_id)) + " in " + std::to_string(rep.elapsed_s).substr(0, 5) + " s" +
                 skipped_note(rep) + compression_note(rep));
         }
@@ -2487,7 +2476,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
                         "{} in {:.2f} s ({:.1f} MB/s confirmed, {})",
                         files, run.created, run.updated, run.renamed, run.unchanged, failed_text(r.given_up),
                         folders_text(run.created_dirs, "made") + folders_text(run.updated_dirs, "updated"),
-                        human_bytes(transferred_bytes(r)), r.elapsed_s, transferred_mbps(r),
+                        human_bytes(r.travelled_bytes()), r.elapsed_s, mbps(r),
                         connections_text(r)) +
             compression_note(r));
     } else if (dry) {
@@ -2502,8 +2491,8 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
                         failed_text(r.given_up),
                         folders_text(run.created_dirs, "made") + folders_text(run.updated_dirs, "updated"), deleted,
                         run.pull ? "received" : "sent",
-                        human_bytes(transferred_bytes(r)),
-                        r.elapsed_s, transferred_mbps(r), connections_text(r)) +
+                        human_bytes(r.travelled_bytes()),
+                        r.elapsed_s, mbps(r), connections_text(r)) +
             compression_note(r));
     }
     json done{{"event", "done"},
@@ -2526,7 +2515,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
              {"skipped", run.unchanged},
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
-             {"bytes_transferred", transferred_bytes(r)},
+             {"bytes_transferred", r.travelled_bytes()},
              {"bytes_matched", dry ? run.dry_matched_bytes : r.skipped_bytes + r.delta_copied},
              {"wire_bytes_sent", r.wire_sent},
              {"wire_bytes_received", r.wire_received},
