@@ -74,6 +74,8 @@ struct transfer_report {
     std::uint64_t delta_copied = 0;
     // What travelled of the confirmed payload: less what deltas copied.
     std::uint64_t travelled_bytes() const { return payload_bytes - std::min(payload_bytes, delta_copied); }
+    // What was at the receiver already: skipped, kept, or copied by a delta.
+    std::uint64_t matched_bytes() const { return skipped_bytes + delta_copied; }
     // Source files the sender skipped (vanished, changed while read, unreadable): the
     // transfer still succeeds without them (exit codes partial / vanished).
     std::vector<skipped_file> given_up;

@@ -418,7 +418,7 @@ json report_json(const ferry::transfer_report& r, bool sender) {
             {"skipped_files", r.skipped_files},
             // What a delta copied from DST's older version is there already, as a skipped
             // file's bytes are: not payload that travelled.
-            {"skipped_bytes", r.skipped_bytes + r.delta_copied},
+            {"skipped_bytes", r.matched_bytes()},
             {"resumed_bytes", r.resumed_bytes},
             {"payload_bytes", r.travelled_bytes()},
             {"total_bytes", r.total_bytes},
@@ -448,7 +448,7 @@ ferry::transfer_progress final_progress(const ferry::transfer_report& r, bool se
     p.peer_address = r.peer_address;
     p.total_bytes = r.total_bytes;
     p.confirmed_bytes = r.travelled_bytes();
-    p.skipped_bytes = r.skipped_bytes + r.delta_copied;
+    p.skipped_bytes = r.matched_bytes();
     p.wire_sent = r.wire_sent;
     p.wire_received = r.wire_received;
     p.files_total = std::max(r.files_total, r.files + r.skipped_files);  // failed ones too, as in total_bytes
@@ -2516,7 +2516,7 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
              {"deleted_files", r.deleted_files},
              {"deleted_dirs", r.deleted_dirs},
              {"bytes_transferred", r.travelled_bytes()},
-             {"bytes_matched", dry ? run.dry_matched_bytes : r.skipped_bytes + r.delta_copied},
+             {"bytes_matched", dry ? run.dry_matched_bytes : r.matched_bytes()},
              {"wire_bytes_sent", r.wire_sent},
              {"wire_bytes_received", r.wire_received},
              {"compression_saved_bytes", r.compression_saved},
