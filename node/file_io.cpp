@@ -112,6 +112,15 @@ bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std
     return true;
 }
 
+std::filesystem::path nearest_existing(const std::filesystem::path& path) {
+    std::error_code ec;
+    std::filesystem::path there = std::filesystem::absolute(path, ec);
+    while (!std::filesystem::exists(there, ec) && there.has_parent_path() && there != there.parent_path()) {
+        there = there.parent_path();
+    }
+    return there;
+}
+
 bool wait_until_exists(const std::string& path, std::chrono::milliseconds timeout) {
     const auto until = std::chrono::steady_clock::now() + timeout;
     while (::access(path.c_str(), F_OK) != 0) {

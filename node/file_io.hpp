@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -84,6 +85,10 @@ bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std
 // For test hooks (FERRY_FAULT_*): waits until `path` exists, looking every millisecond,
 // for at most `timeout`. False when it timed out.
 bool wait_until_exists(const std::string& path, std::chrono::milliseconds timeout);
+
+// `path` made absolute, or the nearest folder above it that is there (where it would be
+// made); "/" at the most.
+std::filesystem::path nearest_existing(const std::filesystem::path& path);
 
 // The names in the open folder `dir_fd` (without "." and ".."), sorted bytewise so that
 // the order does not depend on the file system. `dir_fd` stays open and is not moved.

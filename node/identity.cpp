@@ -376,12 +376,8 @@ void refuse_if_others_may_move(const fs::path& path, std::string_view what, cons
 // Before `dir` is made (with any folders above it not there yet): the nearest folder that
 // is there, the steps to it and every folder above it pass the checks above.
 void refuse_where_it_would_be_made(const fs::path& dir, std::string_view what) {
-    fs::path there = fs::absolute(dir);
-    std::error_code ec;
-    while (!fs::exists(there, ec) && there.has_parent_path() && there != there.parent_path()) {
-        there = there.parent_path();
-    }
-    if (fs::is_directory(there, ec)) {
+    const fs::path there = nearest_existing(dir);
+    if (std::error_code ec; fs::is_directory(there, ec)) {
         refuse_if_others_may_move(there, what, dir);
         refuse_folder_others_may_change(there, dir, what);
     }

@@ -1103,17 +1103,13 @@ int run_receiver(const common_opts& o, const receive_opts& r, bool one_shot) {
     // state folder would get the umask's mode; `config check` makes nothing).
     if (!one_shot && !cfg.inbox.empty()) {
         // (Not there yet: the folder it would be made in, the nearest one that is.)
-        std::error_code ec;
-        fs::path there = fs::absolute(cfg.inbox, ec);
-        while (!fs::exists(there, ec) && there.has_parent_path() && there != there.parent_path()) {
-            there = there.parent_path();
-        }
+        const fs::path there = ferry::nearest_existing(cfg.inbox);
         if (::access(there.c_str(), W_OK | X_OK) != 0) {
             const int err = errno;
+            const std::string where =
+                there == fs::absolute(cfg.inbox) ? ": cannot write in it: " : ": cannot make it in " + there.string() + ": ";
             return fail(o, exit_code::local_io,
-                        config_place("--inbox", cfg.inbox.string()) + cfg.inbox.string() +
-                            (there == cfg.inbox ? ": cannot write in it: " : ": cannot make it in " + there.string() + ": ") +
-                            std::strerror(err));
+                        config_place("--inbox", cfg.inbox.string()) + cfg.inbox.string() + where + std::strerror(err));
         }
     }
     asio::io_context io(1);
@@ -3034,6 +3030,10 @@ int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, co
     ferry::cli::signal_watch signals(waiting, {SIGINT, SIGTERM});
     int stopped_by = 0;
     signals.async_wait([&](int sig) { stopped_by = sig; });
+    auto interrupted = [&](const std::string& when) {
+        return fail(o, exit_code::transfer_failed,
+                    std::string("interrupted (") + (stopped_by == SIGINT ? "SIGINT" : "SIGTERM") + ")" + when);
+    };
     for (;;) {
         made = ::mkdir(dest.c_str(), 0755) == 0;
         if (!made && errno != EEXIST) {
@@ -3063,9 +3063,7 @@ int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, co
             }
             waiting.run_for(std::chrono::milliseconds(50));
             if (stopped_by != 0) {
-                return fail(o, exit_code::transfer_failed,
-                            std::string("interrupted (") + (stopped_by == SIGINT ? "SIGINT" : "SIGTERM") +
-                                ") while waiting for the other sync into " + label + dest.string());
+                return interrupted(" while waiting for the other sync into " + label + dest.string());
             }
         }
         struct stat locked {};
@@ -3074,8 +3072,7 @@ int hold_dest(const common_opts& o, const send_opts& s, const fs::path& dest, co
             locked.st_dev == there.st_dev && locked.st_ino == there.st_ino) {
             waiting.poll();  // a signal that came meanwhile, not lost with this watch
             if (stopped_by != 0) {
-                return fail(o, exit_code::transfer_failed,
-                            std::string("interrupted (") + (stopped_by == SIGINT ? "SIGINT" : "SIGTERM") + ")");
+                return interrupted("");
             }
             return 0;
         }
