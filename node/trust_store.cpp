@@ -20,7 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-
 [[noreturn]] void corrupt(const fs::path& file, std::string_view reason) {
     throw std::runtime_error(fmt::format(
         "trust store {} is corrupt: {} (fix or remove the file, then trust peers again)", file.string(), reason));
