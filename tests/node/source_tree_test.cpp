@@ -244,6 +244,75 @@ TEST(source_tree_test, a_scan_fed_in_parts_gives_one_walks_entries_in_order) {
     EXPECT_EQ(error, "scan stopped");
 }
 
+// A tree whose top holds one folder (DIR/ holding project/ and all the rest) is split below
+// it: walked by several threads and fed in many parts as they end, not as one part once
+// the whole tree is walked, with the same entries in the same order as one walk gives.
+TEST(source_tree_test, a_tree_held_in_one_folder_is_scanned_and_fed_in_parts_in_walk_order) {
+    test::temp_dir tmp{"ferry-scan"};
+    fs::path root = tmp.path() / "src";
+    std::vector<std::string> expected{"top"};
+    for (int i = 0; i < 150; ++i) {
+        char name[16];
+        std::snprintf(name, sizeof name, "d%03d", i);
+        const std::string d = std::string("top/") + name;
+        write(root / d / "a.txt", "aa");
+        write(root / d / "sub" / "c.txt", "c");
+        write(root / d / "x.log", "x");
+        for (const char* p : {"", "/a.txt", "/sub", "/sub/c.txt"}) {
+            expected.push_back(d + p);
+        }
+    }
+    ASSERT_EQ(::mkfifo((root / "top/d149/fifo").c_str(), 0600), 0);
+    fs::create_symlink("d000", root / "top" / "link");
+    write(root / "top" / "skip" / "f.txt", "left out with its folder");
+    write(root / "top" / "zz.txt", "zz");
+    expected.push_back("top/link");
+    expected.push_back("top/zz.txt");
+
+    exclude_set excludes;
+    ASSERT_TRUE(excludes.add("*.log"));
+    ASSERT_TRUE(excludes.add("skip/"));
+    source_tree whole;
+    std::string error;
+    ASSERT_EQ(scan_contents(root, excludes, whole, error), std::error_code{}) << error;
+    EXPECT_EQ(wire_paths(whole), expected);
+    EXPECT_EQ(whole.excluded, 151u);
+    EXPECT_EQ(whole.skipped_paths, std::vector<std::string>{"top/d149/fifo"});
+    EXPECT_EQ(whole.total_bytes, 150u * 3 + 2);
+
+    scan_feed feed;
+    source_tree unused;
+    ASSERT_EQ(scan_contents(root, excludes, unused, error, nullptr, true, &feed), std::error_code{}) << error;
+    scan_feed::taken got = feed.take();
+    ASSERT_GT(got.parts.size(), 10u) << "fed as the parts below top/ end";
+    EXPECT_EQ(got.parts.front().entries.front().path, "top");
+    EXPECT_LT(got.parts.front().entries.size(), expected.size() / 4);
+    source_tree joined;
+    for (source_tree& part : got.parts) {
+        append_part(joined, std::move(part));
+    }
+    EXPECT_EQ(wire_paths(joined), expected);
+    EXPECT_EQ(joined.excluded, whole.excluded);
+    EXPECT_EQ(joined.skipped_paths, whole.skipped_paths);
+
+    // `ferry send DIR`: the same below a source.
+    source_tree sent;
+    ASSERT_EQ(scan_sources({root}, sent, error, &feed), std::error_code{}) << error;
+    got = feed.take();
+    ASSERT_GT(got.parts.size(), 10u);
+    joined = {};
+    for (source_tree& part : got.parts) {
+        ASSERT_EQ(part.locals.size(), part.entries.size());
+        append_part(joined, std::move(part));
+    }
+    ASSERT_EQ(joined.entries.size(), joined.locals.size());
+    EXPECT_EQ(joined.entries.front().path, "src");
+    EXPECT_EQ(joined.entries[1].path, "src/top");
+    EXPECT_EQ(joined.locals[1], (root / "top").string());
+    EXPECT_EQ(joined.entries.back().path, "src/top/zz.txt");
+    EXPECT_EQ(joined.locals.back(), (root / "top/zz.txt").string());
+}
+
 // A feed with a window: a put that leaves `max_held` entries or more held returns once the
 // taker lets enough go (or the send is cancelled), well before its guard's time is up.
 TEST(source_tree_test, a_put_over_the_feeds_window_waits_for_the_taker_to_let_go) {
