@@ -234,6 +234,18 @@ dest_tree::dest_tree(const std::filesystem::path& root) : root_(root) {
 
 dest_tree::dest_tree(std::filesystem::path root, int root_fd) : root_(std::move(root)), root_fd_(root_fd) {}
 
+std::string dest_tree::full_path(std::string_view wire_path) const {
+    const std::string& root = root_.native();
+    std::string out;
+    out.reserve(root.size() + 1 + wire_path.size());
+    out = root;
+    if (!root.empty() && root.back() != '/') {
+        out += '/';
+    }
+    out += wire_path;
+    return out;
+}
+
 std::int64_t dest_tree::mtime_step(std::uint64_t dev, int dir_fd) {
     std::lock_guard lock(steps_mutex_);
     for (const auto& [d, step] : mtime_steps_) {

@@ -371,6 +371,9 @@ public:
     std::uint64_t partial_size(std::string_view wire_path, bool* locked = nullptr);
 
     const std::filesystem::path& root() const { return root_; }
+    // root() / wire_path as a string, as std::filesystem's operator/ gives it for a
+    // non-empty relative path, without its parse (a claim's key, once or twice a file).
+    std::string full_path(std::string_view wire_path) const;
     static std::string partial_name(std::string_view name);
     static std::string resume_name(std::string_view name);
 

@@ -1028,7 +1028,7 @@ void receive_session::next_offer() {
             // offered): not this one's to remove now; the sender tries again later.
             bool held = false;
             if (!excluded && !sync.dry_run) {
-                std::string folder = (tree->root() / items[i].e.path).string();
+                std::string folder = tree->full_path(items[i].e.path);
                 held = self->claims_->held_by_another(folder, self.get());
                 if (held) {
                     self->claims_->ask_holders(folder, self.get());  // are their senders still there?
@@ -1513,9 +1513,9 @@ void receive_session::next_offer() {
                 }
                 for (std::size_t i = 0; i < items.size(); ++i) {
                     if (items[i].e.is_file() && !identical[i]) {
-                        writes.push_back((tree->root() / items[i].e.path).string());
+                        writes.push_back(tree->full_path(items[i].e.path));
                     } else if (items[i].e.is_dir) {
-                        folders.push_back((tree->root() / items[i].e.path).string());
+                        folders.push_back(tree->full_path(items[i].e.path));
                     }
                 }
                 if (std::optional<std::size_t> taken = self->claims_->claim_all(writes, self.get())) {
@@ -2295,7 +2295,7 @@ void receive_session::on_file_finalized(file_id f, std::error_code ec, const std
     send_file_result(f);
     if (!machine_.entry(f).is_dir) {
         if (tree_) {
-            claims_->release((tree_->root() / path).string(), this);  // named: another may replace it now
+            claims_->release(tree_->full_path(path), this);  // named: another may replace it now
         }
         ++files_done_;
         report_done(f);
@@ -2446,7 +2446,7 @@ void receive_session::check_all_done() {
             // folder is writing that file: it is claimed first, and stays this session's.
             // (A dry run claims nothing: it looks.)
             auto stale = [&](const std::string& path) {
-                std::string full = (tree->root() / path).string();
+                std::string full = tree->full_path(path);
                 return !self->excludes_->excluded(path, false) && !self->claims_->within_another(full, self.get()) &&
                        (dry_run || !self->claims_->claim_all({full}, self.get()));
             };

@@ -96,6 +96,19 @@ TEST(DestTreeRoot, CreatesMissingRoot) {
     EXPECT_EQ(tree.root(), root);
 }
 
+// A claim's key: what std::filesystem's operator/ gives, for any root spelling.
+TEST(DestTreeRoot, FullPathIsTheRootJoinedWithTheWirePath) {
+    test::temp_dir tmp("ferry-dest");
+    for (const fs::path& root : {tmp.path(), fs::path(tmp.path().string() + "/"), fs::path("/")}) {
+        int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        ASSERT_GE(fd, 0);
+        dest_tree tree(root, fd);
+        for (const char* wire : {"a", "a/b c/d.txt", "\xff\n"}) {
+            EXPECT_EQ(tree.full_path(wire), (root / wire).string()) << root << " " << wire;
+        }
+    }
+}
+
 TEST(DestTreeRoot, ThrowsWhenRootIsAFile) {
     test::temp_dir tmp("ferry-dest");
     write_text(tmp / "file", "x");
