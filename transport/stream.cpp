@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <memory>
 #include <cstring>
 
@@ -639,6 +640,24 @@ void async_connect_stream(asio::io_context& io, const tls_context* tls, const co
     op->check = std::move(check);
     op->fn = std::move(fn);
     arm_timer(op, opts.timeout);
+    // An address given as one (the usual case: a trusted peer's, or what discovery saw) is
+    // dialed at once: the resolver would start a thread of its own for getaddrinfo and
+    // hand its answer back through it, on the way to every first connection.
+    std::error_code addr_ec;
+    asio::ip::address address = asio::ip::make_address(opts.host, addr_ec);
+    std::uint16_t port = 0;
+    const char* port_end = opts.port.data() + opts.port.size();
+    if (!addr_ec && !opts.port.empty() && std::from_chars(opts.port.data(), port_end, port).ptr == port_end) {
+        op->socket.async_connect(asio::ip::tcp::endpoint(address, port),
+                                 [op, tls, tuning = opts.tuning](std::error_code ec) {
+                                     if (ec) {
+                                         op->finish(ec);
+                                         return;
+                                     }
+                                     start_stream(op, tls, tuning);
+                                 });
+        return;
+    }
     op->resolver.async_resolve(
         opts.host, opts.port, asio::ip::resolver_base::numeric_service,
         [op, tls, tuning = opts.tuning](std::error_code ec, asio::ip::tcp::resolver::results_type results) {
