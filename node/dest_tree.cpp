@@ -1726,8 +1726,49 @@ bool dest_tree::folder_differs(std::string_view wire_path, std::uint32_t mode, s
            !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step(st.st_dev, dh.fd));
 }
 
+bool dest_tree::folder_as_given(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns) {
+    // One look by its whole path, with no folder opened on the way (the cache of open
+    // folders let most go long before the end). A symlink on the way is followed here, and
+    // at worst leaves a folder untouched that finish_dir could not have reached (it opens
+    // each step without following one): nothing is changed through what this looks at.
+    struct stat st {};
+    if (::fstatat(root_fd_, std::string(wire_path).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
+        (st.st_mode & 07777) != (mode & 07777)) {
+        return false;
+    }
+    std::int64_t step = 0;
+    {
+        // (The step of a file system no check has probed yet is not probed here: its
+        // folders are set as before.)
+        std::lock_guard lock(steps_mutex_);
+        auto it = std::ranges::find(mtime_steps_, static_cast<std::uint64_t>(st.st_dev),
+                                    &std::pair<std::uint64_t, std::int64_t>::first);
+        if (it == mtime_steps_.end()) {
+            return false;
+        }
+        step = it->second;
+    }
+    if (!same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, step)) {
+        return false;
+    }
+    if (effective_uid != 0) {
+        // One this process made writable for its owner takes SRC's mode at the end
+        // (restore_modes), which finish_dir records.
+        std::lock_guard registry(loosened_registry_mutex);
+        return !loosened_registry.contains({st.st_dev, st.st_ino});
+    }
+    return true;
+}
+
 std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
                                       bool keep_mode) {
+    // Looked at first: one already as SRC has it (every folder of a sync with nothing to
+    // do) is neither opened nor changed, and keeps its ctime, as rsync leaves it (a
+    // user's test: 9,781 folders, 2 system calls each, and an open of every folder on its
+    // path that the cache of open folders had let go).
+    if (!wire_path.empty() && !keep_mode && folder_as_given(wire_path, mode, mtime_ns)) {
+        return {};
+    }
     std::error_code ec;
     dir_handle dh = dir_fd(wire_path, false, ec);
     int fd = dh.fd;

@@ -343,7 +343,7 @@ public:
     // `mtime_ns`: what finish_dir will set. False when it cannot be looked at.
     bool folder_differs(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
     // Sets a directory's mode and mtime (after its contents are written); with
-    // `keep_mode`, only its mtime.
+    // `keep_mode`, only its mtime. One that has both already is left as it is.
     std::error_code finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
                                bool keep_mode = false);
     // A node that is not root writes into a folder below the root that it owns but may not
@@ -402,6 +402,10 @@ private:
     // `create`) something is to be made or removed in it: it, and each folder on the way,
     // is made accessible to its owner where it must be (make_accessible), once per tree.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write = false);
+    // Whether the folder at `wire_path` (not the root) has `mode` (all 12 bits) and
+    // `mtime_ns` (as this file system stores it) already, and is not one this process
+    // holds writable (hold_folder).
+    bool folder_as_given(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
     // A process that is not root, in a folder below the root that it owns: the owner bits
     // `need` (r-x to look in it, rwx to write there) added where they lack, and the folder
     // held by this tree until restore_modes gives it its mode (its own, or SRC's from

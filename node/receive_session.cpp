@@ -2371,10 +2371,12 @@ void receive_session::check_all_done() {
     }
     maybe_renamed_.clear();
     flush_acks();
-    // Directory modes and mtimes last (deepest first), then durability, then success.
+    // Directory modes and mtimes last (each after what it holds), then durability, then success.
     std::vector<entry_info> dirs = std::move(dirs_);
+    // (In reverse walk order: each after every folder in it, as deepest first would give,
+    // and the folders of one parent together, while the cache of open folders holds it.)
     std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
-        return std::count(a.path.begin(), a.path.end(), '/') > std::count(b.path.begin(), b.path.end(), '/');
+        return wire_path_less(b.path, a.path);
     });
     if (root_mode_mirrored()) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;

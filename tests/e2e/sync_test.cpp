@@ -262,6 +262,23 @@ TEST_F(sync_push, first_sync_creates_the_tree_and_a_second_changes_only_what_cha
     EXPECT_EQ(done["bytes_matched"], 3 * 256 * 1024 + 5);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
     EXPECT_TRUE(!fs::exists(cli.root() / "inbox") || fs::is_empty(cli.root() / "inbox"));  // nothing went there
+
+    // Nothing changed: DST's folders, already as SRC has them, are not touched at all
+    // (their ctime stays, as rsync leaves them), not given the same mode and mtime again.
+    auto ctime_of = [&](const char* dir) {
+        struct stat st {};
+        EXPECT_EQ(::stat((share / "site" / dir).c_str(), &st), 0) << dir;
+        return std::pair{st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
+    };
+    const auto empty_before = ctime_of("empty-dir");
+    const auto deeper_before = ctime_of("sub/deeper");
+    run_result third = sync({});
+    ASSERT_EQ(third.code, 0) << third.err;
+    ev = json_events(third.out);
+    EXPECT_TRUE(paths_of(ev, "updated").empty());
+    EXPECT_EQ(ctime_of("empty-dir"), empty_before);
+    EXPECT_EQ(ctime_of("sub/deeper"), deeper_before);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
 // rsync -a's view of a mirror: a file whose permission bits alone changed is "updated" in
@@ -1120,6 +1137,7 @@ TEST_F(sync_push, paths_not_done_past_the_listed_ones_are_counted_as_files_and_o
         write_text_file(dst / "closed" / ("old-" + name), "DST's own\n");  // not deleted
         fs::create_symlink("target", src / "closed" / ("lnk-" + name));     // not made
     }
+    set_mtime(src / "closed", 1'500'000'000);  // to be set at DST, which nobody may not
     run_result r = sync({"--delete"});
     EXPECT_EQ(r.code, 5) << r.err;
     auto ev = json_events(r.out);
