@@ -51,7 +51,22 @@ public:
 
 std::error_code last_error() { return {errno, std::system_category()}; }
 
-constexpr std::size_t max_cached_dirs = 256;
+}  // namespace
+
+// Enough for an Offer batch's folders (a batch holds up to some 700 entries) to stay open
+// from their check to their files' links (with 256, a tree of a folder per file opened
+// each folder four or five times), within what the process may open (node.cpp raises the
+// limit to its hard one).
+std::size_t dest_tree::max_open_folders() {
+    static const std::size_t most = [] {
+        struct rlimit rl {};
+        rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+        return static_cast<std::size_t>(std::clamp<rlim_t>(cur / 16, 256, 2048));
+    }();
+    return most;
+}
+
+namespace {
 
 // The times utimensat() takes to set the modification time (ns since the epoch) and
 // leave the access time untouched.
@@ -381,14 +396,23 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         } else {
             make_accessible(next, sofar, S_IRUSR | S_IXUSR);
         }
-        opened->made = made;
+        if (made) {
+            made_dirs_.insert(std::hash<std::string_view>{}(sofar));
+        }
+        opened->made = made || made_dirs_.contains(std::hash<std::string_view>{}(sofar));
         opened->last_use.store(++use_clock_, std::memory_order_relaxed);
-        if (dirs_.size() >= max_cached_dirs) {
-            auto lru = std::min_element(dirs_.begin(), dirs_.end(), [](const auto& a, const auto& b) {
-                return a.second->last_use.load(std::memory_order_relaxed) <
-                       b.second->last_use.load(std::memory_order_relaxed);
-            });
-            dirs_.erase(lru);
+        if (dirs_.size() >= max_open_folders()) {
+            // The least recently used quarter goes at once: one pass over the cache for
+            // every quarter of it, not one for every folder opened.
+            std::vector<std::uint64_t> uses;
+            uses.reserve(dirs_.size());
+            for (const auto& [path, f] : dirs_) {
+                uses.push_back(f->last_use.load(std::memory_order_relaxed));
+            }
+            auto cut = uses.begin() + static_cast<std::ptrdiff_t>(uses.size() / 4);
+            std::nth_element(uses.begin(), cut, uses.end());
+            const std::uint64_t oldest_kept = *cut;
+            std::erase_if(dirs_, [&](const auto& e) { return e.second->last_use.load(std::memory_order_relaxed) < oldest_kept; });
         }
         dirs_.emplace(sofar, opened);
         folder = std::move(opened);
@@ -1726,38 +1750,41 @@ bool dest_tree::folder_differs(std::string_view wire_path, std::uint32_t mode, s
            !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step(st.st_dev, dh.fd));
 }
 
-bool dest_tree::folder_as_given(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns) {
+dest_tree::folder_state dest_tree::look_at_folder(std::string_view wire_path, std::uint32_t mode,
+                                                  std::int64_t mtime_ns) {
     // One look by its whole path, with no folder opened on the way (the cache of open
     // folders let most go long before the end). A symlink on the way is followed here, and
     // at worst leaves a folder untouched that finish_dir could not have reached (it opens
     // each step without following one): nothing is changed through what this looks at.
     struct stat st {};
-    if (::fstatat(root_fd_, std::string(wire_path).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
-        (st.st_mode & 07777) != (mode & 07777)) {
-        return false;
-    }
-    std::int64_t step = 0;
-    {
-        // (The step of a file system no check has probed yet is not probed here: its
-        // folders are set as before.)
-        std::lock_guard lock(steps_mutex_);
-        auto it = std::ranges::find(mtime_steps_, static_cast<std::uint64_t>(st.st_dev),
-                                    &std::pair<std::uint64_t, std::int64_t>::first);
-        if (it == mtime_steps_.end()) {
-            return false;
-        }
-        step = it->second;
-    }
-    if (!same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, step)) {
-        return false;
+    if (::fstatat(root_fd_, std::string(wire_path).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)) {
+        return folder_state::other;
     }
     if (effective_uid != 0) {
         // One this process made writable for its owner takes SRC's mode at the end
         // (restore_modes), which finish_dir records.
         std::lock_guard registry(loosened_registry_mutex);
-        return !loosened_registry.contains({st.st_dev, st.st_ino});
+        if (loosened_registry.contains({st.st_dev, st.st_ino})) {
+            return folder_state::other;
+        }
     }
-    return true;
+    if ((st.st_mode & 07777) != (mode & 07777)) {
+        return folder_state::other;
+    }
+    std::int64_t step = 0;
+    {
+        // (The step of a file system no check has probed yet is not probed here: its
+        // folders' mtimes are set.)
+        std::lock_guard lock(steps_mutex_);
+        auto it = std::ranges::find(mtime_steps_, static_cast<std::uint64_t>(st.st_dev),
+                                    &std::pair<std::uint64_t, std::int64_t>::first);
+        if (it == mtime_steps_.end()) {
+            return folder_state::mode_as_given;
+        }
+        step = it->second;
+    }
+    return same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, step) ? folder_state::as_given
+                                                                      : folder_state::mode_as_given;
 }
 
 std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
@@ -1766,10 +1793,27 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
     // do) is neither opened nor changed, and keeps its ctime, as rsync leaves it (a
     // user's test: 9,781 folders, 2 system calls each, and an open of every folder on its
     // path that the cache of open folders had let go).
-    if (!wire_path.empty() && !keep_mode && folder_as_given(wire_path, mode, mtime_ns)) {
+    // One whose mode is SRC's (a folder just made, most often) only takes the mtime.
+    const folder_state state = wire_path.empty() || keep_mode ? folder_state::other
+                                                              : look_at_folder(wire_path, mode, mtime_ns);
+    if (state == folder_state::as_given) {
         return {};
     }
     std::error_code ec;
+    if (state == folder_state::mode_as_given) {
+        // Through its parent, which the folders before it (in reverse walk order, its
+        // siblings) had opened: not opened itself (a tree of a folder per file opened each
+        // again here). Never through a symlink: one swapped in meanwhile gets the mtime.
+        dir_handle parent = dir_fd(wire_parent(wire_path), false, ec);
+        if (parent.fd < 0) {
+            return ec;
+        }
+        if (::utimensat(parent.fd, std::string(wire_name(wire_path)).c_str(), mtime_only(mtime_ns).data(),
+                        AT_SYMLINK_NOFOLLOW) != 0) {
+            return last_error();
+        }
+        return {};
+    }
     dir_handle dh = dir_fd(wire_path, false, ec);
     int fd = dh.fd;
     if (fd < 0) {
