@@ -2147,7 +2147,21 @@ void receive_session::try_finalize(file_id f) {
                        create = !sink->resumed] {
         std::error_code ec;
         int fd;
-        {
+        // A new empty file (no chunk, so none written yet) is made with no name and linked
+        // with the batch of new files, as one written whole is: not a partial file locked,
+        // set and renamed (50,000 empty files: 2.3x tar | nc, a user's test).
+        auto unnamed = std::make_shared<unnamed_file>();
+        if (e.size == 0 && create && !fsync_now && !resumable(e)) {
+            std::lock_guard lock(sink->mutex);
+            if (sink->fd < 0 && !sink->open_error) {
+                *unnamed = tree->open_unnamed(e.path, e.mode, ec);
+            }
+        }
+        if (unnamed->get() >= 0 || ec) {
+            std::lock_guard lock(sink->mutex);
+            fd = unnamed->get();
+            sink->finalized = true;  // no checkpoint records it any more
+        } else {
             std::lock_guard lock(sink->mutex);
             // (Opened here for an empty file, which has no chunk write, and for a resumed
             // one whose chunks were all kept, whose partial file must still be there.)
@@ -2167,7 +2181,12 @@ void receive_session::try_finalize(file_id f) {
         dest_tree::stored_file stored;
         // Held open (and locked) until it has its name (the batch of renames).
         auto held = std::make_shared<unique_fd>();
-        if (!ec) {
+        if (!ec && unnamed->get() >= 0) {
+            ec = tree->prepare_final(fd, 0, e.mode, e.mtime_ns, false, &stored, true, true);
+            if (ec) {
+                unnamed->reset();  // gone with its descriptor
+            }
+        } else if (!ec) {
             if (fsync_now) {
                 ec = tree->finalize(e.path, fd, e.size, e.mode, e.mtime_ns, true, overwrite);
             } else {
@@ -2175,12 +2194,13 @@ void receive_session::try_finalize(file_id f) {
                 held->reset(fd);
             }
         }
-        asio::post(self->ctx_.io, [self, f, ec, fsync_now, stored, path = e.path, held] {
+        asio::post(self->ctx_.io, [self, f, ec, fsync_now, stored, path = e.path, held, unnamed] {
             --self->tasks_out_;
             // Whole and verified: named even when the transfer failed meanwhile, as a
             // one-chunk file is (on_whole_written), so that a later attempt finds it done.
             if (!ec && !fsync_now) {
-                self->queue_rename(f, self->machine_.received_digest(f), stored, {}, std::move(*held));
+                self->queue_rename(f, self->machine_.received_digest(f), stored, std::move(*unnamed),
+                                   std::move(*held));
             } else {
                 --self->finalizing_;
                 self->on_file_finalized(f, ec, path);

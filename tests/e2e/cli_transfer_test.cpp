@@ -42,6 +42,8 @@ fs::path make_reference_tree(const fs::path& base) {
     write_text_file(src / "private.key", "secret\n");
     ::chmod((src / "private.key").c_str(), 0600);
     set_mtime(src / "one.byte", 1'000'000'000, 123'456'789);
+    ::chmod((src / "empty.txt").c_str(), 0640);  // an empty file is made with no name, then set
+    set_mtime(src / "empty.txt", 1'200'000'000, 7);
     set_mtime(src / "nested/deeper/random-20m.bin", 1'500'000'000, 1);
     set_mtime(src / "empty-dir", 1'600'000'000, 42);
     set_mtime(src / "nested/deeper", 1'650'000'000, 0);
