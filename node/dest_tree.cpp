@@ -68,6 +68,25 @@ std::size_t dest_tree::max_open_folders() {
 
 namespace {
 
+// The folders every tree of the process holds open (cached, or held by a handle): past an
+// eighth of the open-file limit, a tree keeps no more than 256, as before the limit
+// counted, so that many trees at once (a node's concurrent transfers) leave room for
+// their sockets and files.
+std::atomic<std::size_t> folders_open{0};
+
+std::size_t folders_open_budget() {
+    static const std::size_t most = [] {
+        struct rlimit rl {};
+        rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+        return static_cast<std::size_t>(std::clamp<rlim_t>(cur / 8, 512, 8192));
+    }();
+    return most;
+}
+
+}  // namespace
+
+namespace {
+
 // The times utimensat() takes to set the modification time (ns since the epoch) and
 // leave the access time untouched.
 std::array<struct timespec, 2> mtime_only(std::int64_t mtime_ns) {
@@ -318,7 +337,10 @@ std::string dest_tree::resume_name(std::string_view name) {
     return decorated_name(name, ".ferry-resume", ".ferry-%016zx.resume", 254);  // room for the temporary "~"
 }
 
+dest_tree::open_folder::open_folder(int f) : fd(f) { folders_open.fetch_add(1, std::memory_order_relaxed); }
+
 dest_tree::open_folder::~open_folder() {
+    folders_open.fetch_sub(1, std::memory_order_relaxed);
     if (fd >= 0) {
         ::close(fd);
     }
@@ -397,11 +419,12 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             make_accessible(next, sofar, S_IRUSR | S_IXUSR);
         }
         if (made) {
-            made_dirs_.insert(std::hash<std::string_view>{}(sofar));
+            made_dirs_.insert(sofar);
         }
-        opened->made = made || made_dirs_.contains(std::hash<std::string_view>{}(sofar));
+        opened->made = made || made_dirs_.contains(sofar);
         opened->last_use.store(++use_clock_, std::memory_order_relaxed);
-        if (dirs_.size() >= max_open_folders()) {
+        if (dirs_.size() >= max_open_folders() ||
+            (dirs_.size() >= 256 && folders_open.load(std::memory_order_relaxed) >= folders_open_budget())) {
             // The least recently used quarter goes at once: one pass over the cache for
             // every quarter of it, not one for every folder opened.
             std::vector<std::uint64_t> uses;
@@ -1751,24 +1774,29 @@ bool dest_tree::folder_differs(std::string_view wire_path, std::uint32_t mode, s
 }
 
 dest_tree::folder_state dest_tree::look_at_folder(std::string_view wire_path, std::uint32_t mode,
-                                                  std::int64_t mtime_ns) {
+                                                  std::int64_t mtime_ns, bool keep_mode) {
     // One look by its whole path, with no folder opened on the way (the cache of open
-    // folders let most go long before the end). A symlink on the way is followed here, and
-    // at worst leaves a folder untouched that finish_dir could not have reached (it opens
-    // each step without following one): nothing is changed through what this looks at.
+    // folders let most go long before the end). A symlink on the way is followed here:
+    // nothing is changed through what this looks at, and at worst a folder finish_dir
+    // could not have reached (it opens each step without following one) is taken as done
+    // instead of failing; the symlink in its way fails where it is (as a folder of DST
+    // replaced by a link meanwhile, reported with its own path).
     struct stat st {};
-    if (::fstatat(root_fd_, std::string(wire_path).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)) {
+    const int looked = wire_path.empty() ? ::fstat(root_fd_, &st)
+                                         : ::fstatat(root_fd_, std::string(wire_path).c_str(), &st, AT_SYMLINK_NOFOLLOW);
+    if (looked != 0 || !S_ISDIR(st.st_mode)) {
         return folder_state::other;
     }
     if (effective_uid != 0) {
         // One this process made writable for its owner takes SRC's mode at the end
-        // (restore_modes), which finish_dir records.
+        // (restore_modes), which finish_dir records. (One only held, its mode as it was,
+        // is as any other.)
         std::lock_guard registry(loosened_registry_mutex);
-        if (loosened_registry.contains({st.st_dev, st.st_ino})) {
+        if (auto it = loosened_registry.find({st.st_dev, st.st_ino}); it != loosened_registry.end() && it->second.changed) {
             return folder_state::other;
         }
     }
-    if ((st.st_mode & 07777) != (mode & 07777)) {
+    if (!keep_mode && (st.st_mode & 07777) != (mode & 07777)) {
         return folder_state::other;
     }
     std::int64_t step = 0;
@@ -1794,12 +1822,15 @@ std::error_code dest_tree::finish_dir(std::string_view wire_path, std::uint32_t 
     // user's test: 9,781 folders, 2 system calls each, and an open of every folder on its
     // path that the cache of open folders had let go).
     // One whose mode is SRC's (a folder just made, most often) only takes the mtime.
-    const folder_state state = wire_path.empty() || keep_mode ? folder_state::other
-                                                              : look_at_folder(wire_path, mode, mtime_ns);
+    // (The sync's own folder and a share's, "", too.)
+    const folder_state state = look_at_folder(wire_path, mode, mtime_ns, keep_mode);
     if (state == folder_state::as_given) {
         return {};
     }
     std::error_code ec;
+    if (state == folder_state::mode_as_given && wire_path.empty()) {
+        return set_mtime(root_fd_, mtime_ns);
+    }
     if (state == folder_state::mode_as_given) {
         // Through its parent, which the folders before it (in reverse walk order, its
         // siblings) had opened: not opened itself (a tree of a folder per file opened each

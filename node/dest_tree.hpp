@@ -373,7 +373,7 @@ public:
 
     const std::filesystem::path& root() const { return root_; }
     // Folders a tree keeps open at most (a cache): 256 to 2,048, by the process's limit
-    // on open files.
+    // on open files; 256 once every tree's together pass an eighth of it.
     static std::size_t max_open_folders();
     // root() / wire_path as a string, as std::filesystem's operator/ gives it for a
     // non-empty relative path, without its parse (a claim's key, once or twice a file).
@@ -391,7 +391,7 @@ private:
         bool made = false;
         std::once_flag write_once;  // made accessible for writing (others wait for it)
         std::atomic<std::uint64_t> last_use{0};
-        explicit open_folder(int f) : fd(f) {}
+        explicit open_folder(int f);  // counted with every tree's (dest_tree.cpp)
         open_folder(const open_folder&) = delete;
         open_folder& operator=(const open_folder&) = delete;
         ~open_folder();
@@ -406,11 +406,12 @@ private:
     // `create`) something is to be made or removed in it: it, and each folder on the way,
     // is made accessible to its owner where it must be (make_accessible), once per tree.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write = false);
-    // Whether the folder at `wire_path` (not the root) has `mode` (all 12 bits) and
-    // `mtime_ns` (as this file system stores it) already, or the mode alone; `other` for
-    // one this process holds writable (hold_folder) or that cannot be looked at.
+    // Whether the folder at `wire_path` ("": the root) has `mode` (all 12 bits; any with
+    // `keep_mode`) and `mtime_ns` (as this file system stores it) already, or the mode
+    // alone; `other` for one whose mode this process changed to write in it (hold_folder)
+    // or that cannot be looked at.
     enum class folder_state { as_given, mode_as_given, other };
-    folder_state look_at_folder(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns);
+    folder_state look_at_folder(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns, bool keep_mode);
     // A process that is not root, in a folder below the root that it owns: the owner bits
     // `need` (r-x to look in it, rwx to write there) added where they lack, and the folder
     // held by this tree until restore_modes gives it its mode (its own, or SRC's from
@@ -458,11 +459,11 @@ private:
     // max_open_folders() folders stay open; the least recently used quarter makes room.
     std::shared_mutex mutex_;
     std::unordered_map<std::string, std::shared_ptr<open_folder>, path_hash, std::equal_to<>> dirs_;
-    // The folders this tree made (a hash of each path, under mutex_): one the cache let go
-    // and opens again is still one it made (open_folder::made), whose new files are
-    // linked in batches (a tree of 27,000 folders holding a file each had every file
-    // named one by one, each looked at for an earlier attempt's partial file first).
-    std::unordered_set<std::size_t> made_dirs_;
+    // The folders this tree made (under mutex_): one the cache let go and opens again is
+    // still one it made (open_folder::made), whose new files are linked in batches (a
+    // tree of 27,000 folders holding a file each had every file named one by one, each
+    // looked at for an earlier attempt's partial file first).
+    std::unordered_set<std::string, path_hash, std::equal_to<>> made_dirs_;
     std::atomic<std::uint64_t> use_clock_{0};
 };
 

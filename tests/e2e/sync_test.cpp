@@ -272,12 +272,14 @@ TEST_F(sync_push, first_sync_creates_the_tree_and_a_second_changes_only_what_cha
     };
     const auto empty_before = ctime_of("empty-dir");
     const auto deeper_before = ctime_of("sub/deeper");
+    const auto site_before = ctime_of("");  // the sync's own folder
     run_result third = sync({});
     ASSERT_EQ(third.code, 0) << third.err;
     ev = json_events(third.out);
     EXPECT_TRUE(paths_of(ev, "updated").empty());
     EXPECT_EQ(ctime_of("empty-dir"), empty_before);
     EXPECT_EQ(ctime_of("sub/deeper"), deeper_before);
+    EXPECT_EQ(ctime_of(""), site_before);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
@@ -937,6 +939,20 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
         ASSERT_EQ(st.st_mode & 07777, 0555u) << many_dir(dst, i);
         ASSERT_EQ(read_text_file(many_dir(dst, i) / "f"), "v2, longer\n");
     }
+    // Nothing changed: a folder as SRC has it, the sync's own one too, is not touched
+    // (its ctime stays), by a receiver that is not root as by root.
+    auto ctime_of = [&](const fs::path& p) {
+        struct stat at {};
+        EXPECT_EQ(::stat(p.c_str(), &at), 0) << p;
+        return std::pair{at.st_ctim.tv_sec, at.st_ctim.tv_nsec};
+    };
+    const auto site_before = ctime_of(dst);
+    const auto many_before = ctime_of(dst / "many");
+    run_result third = sync({"--delete"});
+    ASSERT_EQ(third.code, 0) << third.err;
+    EXPECT_EQ(ctime_of(dst), site_before);
+    EXPECT_EQ(ctime_of(dst / "many"), many_before);
+    EXPECT_EQ(compare_trees(src, dst), "");
     for (const fs::path& top : {src, dst}) {  // for the test folder's removal
         ASSERT_EQ(::chmod((top / "ro").c_str(), 0755), 0);
         ASSERT_EQ(::chmod((top / "ro/sub").c_str(), 0755), 0);
@@ -1137,7 +1153,7 @@ TEST_F(sync_push, paths_not_done_past_the_listed_ones_are_counted_as_files_and_o
         write_text_file(dst / "closed" / ("old-" + name), "DST's own\n");  // not deleted
         fs::create_symlink("target", src / "closed" / ("lnk-" + name));     // not made
     }
-    set_mtime(src / "closed", 1'500'000'000);  // to be set at DST, which nobody may not
+    set_mtime(src / "closed", 1'500'000'000);  // to be set at DST, where the node's user (nobody) may not
     run_result r = sync({"--delete"});
     EXPECT_EQ(r.code, 5) << r.err;
     auto ev = json_events(r.out);
@@ -2119,6 +2135,8 @@ TEST_F(sync_pull, any_name_linux_allows_travels_and_special_files_are_kept_at_ds
             newline_seen = true;
         }
     }
+    // As json.md says (and nlohmann writes it): a newline is \n, not \u000a.
+    EXPECT_NE(r.out.find(R"("path":"new\nline")"), std::string::npos) << r.out;
     EXPECT_TRUE(stale_seen) << r.out;
     EXPECT_TRUE(newline_seen) << r.out;
 
