@@ -78,6 +78,9 @@ struct scan_faults {
         }
         return true;
     }
+    // Whether a hold or failure is set at `wire`: such a folder is not split (its entry
+    // would be visited before anything is fed, where a hold cannot be let go).
+    bool marks(std::string_view wire) const { return wire == wait_at || wire == fail_at; }
 };
 
 const scan_faults& faults() {
@@ -479,8 +482,9 @@ void split_units(const scanner& how, std::vector<scan_folder>& folders, std::vec
             source_tree own;
             std::string error;
             scanner visitor{own, error, {}, how.excludes, how.keep_links, how.keep_locals, false, how.feed};
-            bool split = visitor.visit(in.fd, name.c_str(), local, wire, in.depth) && own.entries.size() == 1 &&
-                         own.entries.front().is_dir && own.unread.empty() && own.skipped.empty();
+            bool split = !faults().marks(wire) && visitor.visit(in.fd, name.c_str(), local, wire, in.depth) &&
+                         own.entries.size() == 1 && own.entries.front().is_dir && own.unread.empty() &&
+                         own.skipped.empty();
             scan_folder inner;
             if (split) {
                 inner.owned.reset(::openat(in.fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));

@@ -647,7 +647,8 @@ void async_connect_stream(asio::io_context& io, const tls_context* tls, const co
     asio::ip::address address = asio::ip::make_address(opts.host, addr_ec);
     std::uint16_t port = 0;
     const char* port_end = opts.port.data() + opts.port.size();
-    if (!addr_ec && !opts.port.empty() && std::from_chars(opts.port.data(), port_end, port).ptr == port_end) {
+    const std::from_chars_result parsed = std::from_chars(opts.port.data(), port_end, port);
+    if (!addr_ec && !opts.port.empty() && parsed.ec == std::errc{} && parsed.ptr == port_end) {
         op->socket.async_connect(asio::ip::tcp::endpoint(address, port),
                                  [op, tls, tuning = opts.tuning](std::error_code ec) {
                                      if (ec) {
