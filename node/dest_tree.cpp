@@ -83,10 +83,6 @@ std::size_t folders_open_budget() {
     return most;
 }
 
-}  // namespace
-
-namespace {
-
 // The times utimensat() takes to set the modification time (ns since the epoch) and
 // leave the access time untouched.
 std::array<struct timespec, 2> mtime_only(std::int64_t mtime_ns) {
@@ -435,7 +431,8 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
             auto cut = uses.begin() + static_cast<std::ptrdiff_t>(uses.size() / 4);
             std::nth_element(uses.begin(), cut, uses.end());
             const std::uint64_t oldest_kept = *cut;
-            std::erase_if(dirs_, [&](const auto& e) { return e.second->last_use.load(std::memory_order_relaxed) < oldest_kept; });
+            std::erase_if(
+                dirs_, [&](const auto& e) { return e.second->last_use.load(std::memory_order_relaxed) < oldest_kept; });
         }
         dirs_.emplace(sofar, opened);
         folder = std::move(opened);
@@ -1773,8 +1770,8 @@ bool dest_tree::folder_differs(std::string_view wire_path, std::uint32_t mode, s
            !same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, mtime_step(st.st_dev, dh.fd));
 }
 
-dest_tree::folder_state dest_tree::look_at_folder(std::string_view wire_path, std::uint32_t mode,
-                                                  std::int64_t mtime_ns, bool keep_mode) {
+dest_tree::folder_state dest_tree::look_at_folder(std::string_view wire_path, std::uint32_t mode, std::int64_t mtime_ns,
+                                                  bool keep_mode) {
     // One look by its whole path, with no folder opened on the way (the cache of open
     // folders let most go long before the end). A symlink on the way is followed here:
     // nothing is changed through what this looks at, and at worst a folder finish_dir
@@ -1782,8 +1779,9 @@ dest_tree::folder_state dest_tree::look_at_folder(std::string_view wire_path, st
     // instead of failing; the symlink in its way fails where it is (as a folder of DST
     // replaced by a link meanwhile, reported with its own path).
     struct stat st {};
-    const int looked = wire_path.empty() ? ::fstat(root_fd_, &st)
-                                         : ::fstatat(root_fd_, std::string(wire_path).c_str(), &st, AT_SYMLINK_NOFOLLOW);
+    const int looked = wire_path.empty()
+                           ? ::fstat(root_fd_, &st)
+                           : ::fstatat(root_fd_, std::string(wire_path).c_str(), &st, AT_SYMLINK_NOFOLLOW);
     if (looked != 0 || !S_ISDIR(st.st_mode)) {
         return folder_state::other;
     }
@@ -1792,7 +1790,8 @@ dest_tree::folder_state dest_tree::look_at_folder(std::string_view wire_path, st
         // (restore_modes), which finish_dir records. (One only held, its mode as it was,
         // is as any other.)
         std::lock_guard registry(loosened_registry_mutex);
-        if (auto it = loosened_registry.find({st.st_dev, st.st_ino}); it != loosened_registry.end() && it->second.changed) {
+        if (auto it = loosened_registry.find({st.st_dev, st.st_ino});
+            it != loosened_registry.end() && it->second.changed) {
             return folder_state::other;
         }
     }

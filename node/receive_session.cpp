@@ -2199,8 +2199,7 @@ void receive_session::try_finalize(file_id f) {
             // Whole and verified: named even when the transfer failed meanwhile, as a
             // one-chunk file is (on_whole_written), so that a later attempt finds it done.
             if (!ec && !fsync_now) {
-                self->queue_rename(f, self->machine_.received_digest(f), stored, std::move(*unnamed),
-                                   std::move(*held));
+                self->queue_rename(f, self->machine_.received_digest(f), stored, std::move(*unnamed), std::move(*held));
             } else {
                 --self->finalizing_;
                 self->on_file_finalized(f, ec, path);
@@ -2395,9 +2394,8 @@ void receive_session::check_all_done() {
     std::vector<entry_info> dirs = std::move(dirs_);
     // (In reverse walk order: each after every folder in it, as deepest first would give,
     // and the folders of one parent together, while the cache of open folders holds it.)
-    std::sort(dirs.begin(), dirs.end(), [](const entry_info& a, const entry_info& b) {
-        return wire_path_less(b.path, a.path);
-    });
+    std::sort(dirs.begin(), dirs.end(),
+              [](const entry_info& a, const entry_info& b) { return wire_path_less(b.path, a.path); });
     if (root_mode_mirrored()) {
         // The sync's own folder gets SRC's mode and mtime, last (a share's folder: never;
         // setuid and setgid: never on a peer's word).

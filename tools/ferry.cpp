@@ -224,13 +224,16 @@ bool append_json_string(std::string& out, std::string_view s) {
             } else if (c < 0x20) {
                 // The short escapes where JSON has one, as nlohmann's dump() writes them
                 // (docs/json.md: a newline is \n); \u00XX for the rest.
-                switch (c) {
-                    case '\b': out += "\\b"; break;
-                    case '\t': out += "\\t"; break;
-                    case '\n': out += "\\n"; break;
-                    case '\f': out += "\\f"; break;
-                    case '\r': out += "\\r"; break;
-                    default: fmt::format_to(std::back_inserter(out), "\\u{:04x}", c);
+                const char* named = c == '\b'   ? "\\b"
+                                    : c == '\t' ? "\\t"
+                                    : c == '\n' ? "\\n"
+                                    : c == '\f' ? "\\f"
+                                    : c == '\r' ? "\\r"
+                                                : nullptr;
+                if (named != nullptr) {
+                    out += named;
+                } else {
+                    fmt::format_to(std::back_inserter(out), "\\u{:04x}", c);
                 }
             } else {
                 out += static_cast<char>(c);

@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
-#include <memory>
 #include <cstring>
+#include <memory>
 
 namespace ferry {
 

@@ -10,8 +10,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <future>
 #include <fstream>
+#include <future>
 
 #include "node/dest_tree.hpp"
 #include "node/worker_pool.hpp"
