@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <iterator>
-#include <optional>
 #include <set>
 #include <string_view>
 #include <thread>
@@ -348,7 +347,8 @@ void split_units(const scanner& how, std::vector<scan_folder>& folders, std::vec
 // names the first path, in walk order, that failed.
 bool walk_in_parts(const scanner& how, int fd, std::vector<std::string> names, std::vector<unsigned char> types,
                    const std::string& local_prefix, const std::string& wire_prefix, worker_pool* pool) {
-    // (Reserved for every folder split: `in` above stays where it is while they are added.)
+    // (Room for every folder split_units may split: a reference to one stays good while
+    // more are added.)
     std::vector<scan_folder> folders(1);
     folders.reserve(1 + split_folders);
     folders[0].fd = fd;
@@ -508,7 +508,7 @@ void split_units(const scanner& how, std::vector<scan_folder>& folders, std::vec
             next.push_back(parent);
             const auto index = static_cast<std::uint32_t>(folders.size());
             const std::size_t children = inner.names.size();
-            folders.push_back(std::move(inner));  // (`in` is not used after this)
+            folders.push_back(std::move(inner));
             for (std::size_t i = 0; i < children; ++i) {
                 next.push_back(scan_unit{index, static_cast<std::uint32_t>(i)});
             }

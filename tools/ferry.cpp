@@ -296,7 +296,7 @@ void end_event_line(std::string& line) {
 
 // file_start / file_done, and sync's per-path events: one or two per file, so many that
 // building a json object for every one showed in profiles of 10,000-file transfers
-// (a sync's `created` events were 12 % of its sending command's CPU); written directly
+// (a sync's `created` events were 10 % of its sending command's CPU); written directly
 // instead, with the same fields and escaping as emit().
 void emit_file_event(const ferry::file_event& f) {
     static std::string line;
