@@ -105,6 +105,22 @@ bool any_at_or_below(const Map& map, std::string_view path, F f) {
     return false;
 }
 
+// Calls `f` with the owner of each entry of `map` at a folder `path` lies in (any depth
+// above it), until `f` returns true; whether it did.
+template <class Map, class F>
+bool any_above(const Map& map, std::string_view path, F f) {
+    for (std::size_t slash = path.rfind('/'); slash != std::string_view::npos && slash > 0;
+         slash = path.rfind('/', slash - 1)) {
+        auto [from, to] = map.equal_range(path.substr(0, slash));
+        for (auto it = from; it != to; ++it) {
+            if (f(it->second)) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 void partial_claims::ask_holders(const std::string& path, const void* asker) {
@@ -118,15 +134,7 @@ void partial_claims::ask_holders(const std::string& path, const void* asker) {
         };
         any_at_or_below(owners_, path, add);
         any_at_or_below(folders_, path, add);
-        // And whoever uses a folder it lies in (within_another).
-        std::string_view p = path;
-        for (std::size_t slash = p.rfind('/'); slash != std::string_view::npos && slash > 0;
-             slash = p.rfind('/', slash - 1)) {
-            auto [from, to] = folders_.equal_range(p.substr(0, slash));
-            for (auto it = from; it != to; ++it) {
-                owners.insert(it->second);
-            }
-        }
+        any_above(folders_, path, add);  // and whoever uses a folder it lies in (within_another)
         owners.erase(asker);
         for (const void* owner : owners) {
             if (auto a = asked_.find(owner); a != asked_.end()) {
@@ -148,12 +156,8 @@ bool partial_claims::held_by_another(std::string_view path, const void* owner) {
 bool partial_claims::within_another(std::string_view path, const void* owner) {
     {
         std::lock_guard lock(mutex_);
-        for (std::size_t slash = path.rfind('/'); slash != std::string_view::npos && slash > 0;
-             slash = path.rfind('/', slash - 1)) {
-            auto [from, to] = folders_.equal_range(path.substr(0, slash));
-            if (std::any_of(from, to, [owner](const auto& kv) { return kv.second != owner; })) {
-                return true;
-            }
+        if (any_above(folders_, path, [owner](const void* o) { return o != owner; })) {
+            return true;
         }
     }
     return held_by_another(path, owner);
