@@ -648,32 +648,26 @@ void async_connect_stream(asio::io_context& io, const tls_context* tls, const co
     std::uint16_t port = 0;
     const char* port_end = opts.port.data() + opts.port.size();
     const std::from_chars_result parsed = std::from_chars(opts.port.data(), port_end, port);
+    auto connected = [op, tls, tuning = opts.tuning](std::error_code ec) {
+        if (ec) {
+            op->finish(ec);
+            return;
+        }
+        start_stream(op, tls, tuning);
+    };
     if (!addr_ec && !opts.port.empty() && parsed.ec == std::errc{} && parsed.ptr == port_end) {
-        op->socket.async_connect(asio::ip::tcp::endpoint(address, port),
-                                 [op, tls, tuning = opts.tuning](std::error_code ec) {
-                                     if (ec) {
-                                         op->finish(ec);
-                                         return;
-                                     }
-                                     start_stream(op, tls, tuning);
-                                 });
+        op->socket.async_connect(asio::ip::tcp::endpoint(address, port), std::move(connected));
         return;
     }
     op->resolver.async_resolve(
         opts.host, opts.port, asio::ip::resolver_base::numeric_service,
-        [op, tls, tuning = opts.tuning](std::error_code ec, asio::ip::tcp::resolver::results_type results) {
+        [op, connected = std::move(connected)](std::error_code ec, asio::ip::tcp::resolver::results_type results) {
             if (ec || results.empty()) {
                 op->finish(op->timed_out ? ec : make_error_code(transport_errc::resolve_failed));
                 return;
             }
             asio::async_connect(op->socket, results,
-                                [op, tls, tuning](std::error_code ec, const asio::ip::tcp::endpoint&) {
-                                    if (ec) {
-                                        op->finish(ec);
-                                        return;
-                                    }
-                                    start_stream(op, tls, tuning);
-                                });
+                                [connected](std::error_code ec, const asio::ip::tcp::endpoint&) { connected(ec); });
         });
 }
 
