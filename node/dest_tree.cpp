@@ -51,6 +51,13 @@ public:
 
 std::error_code last_error() { return {errno, std::system_category()}; }
 
+// The process's limit on open files (its soft limit, which node.cpp raises to the hard one
+// first), for the bounds below: each taken once, at its first use.
+rlim_t open_files_limit() {
+    struct rlimit rl {};
+    return ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+}
+
 }  // namespace
 
 // Enough for an Offer batch's folders (a batch holds up to some 700 entries) to stay open
@@ -58,11 +65,7 @@ std::error_code last_error() { return {errno, std::system_category()}; }
 // each folder four or five times), within what the process may open (node.cpp raises the
 // limit to its hard one).
 std::size_t dest_tree::max_open_folders() {
-    static const std::size_t most = [] {
-        struct rlimit rl {};
-        rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        return static_cast<std::size_t>(std::clamp<rlim_t>(cur / 16, 256, 2048));
-    }();
+    static const auto most = static_cast<std::size_t>(std::clamp<rlim_t>(open_files_limit() / 16, 256, 2048));
     return most;
 }
 
@@ -75,11 +78,7 @@ namespace {
 std::atomic<std::size_t> folders_open{0};
 
 std::size_t folders_open_budget() {
-    static const std::size_t most = [] {
-        struct rlimit rl {};
-        rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        return static_cast<std::size_t>(std::clamp<rlim_t>(cur / 8, 512, 8192));
-    }();
+    static const auto most = static_cast<std::size_t>(std::clamp<rlim_t>(open_files_limit() / 8, 512, 8192));
     return most;
 }
 
@@ -219,11 +218,7 @@ void unnamed_file::forget() {
 int unnamed_file::open_count() { return unnamed_open.load(std::memory_order_relaxed); }
 
 int unnamed_file::max_open() {
-    static const int most = [] {
-        struct rlimit rl {};
-        rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-        return static_cast<int>(std::clamp<rlim_t>(cur / 4, 16, 4096));
-    }();
+    static const auto most = static_cast<int>(std::clamp<rlim_t>(open_files_limit() / 4, 16, 4096));
     return most;
 }
 
@@ -276,12 +271,19 @@ std::string dest_tree::full_path(std::string_view wire_path) const {
     return out;
 }
 
-std::int64_t dest_tree::mtime_step(std::uint64_t dev, int dir_fd) {
-    std::lock_guard lock(steps_mutex_);
+const std::int64_t* dest_tree::known_mtime_step(std::uint64_t dev) const {
     for (const auto& [d, step] : mtime_steps_) {
         if (d == dev) {
-            return step;
+            return &step;
         }
+    }
+    return nullptr;
+}
+
+std::int64_t dest_tree::mtime_step(std::uint64_t dev, int dir_fd) {
+    std::lock_guard lock(steps_mutex_);
+    if (const std::int64_t* known = known_mtime_step(dev)) {
+        return *known;
     }
     std::int64_t step = probe_mtime_step(dir_fd);
     mtime_steps_.emplace_back(dev, step);
@@ -1803,12 +1805,11 @@ dest_tree::folder_state dest_tree::look_at_folder(std::string_view wire_path, st
         // (The step of a file system no check has probed yet is not probed here: its
         // folders' mtimes are set.)
         std::lock_guard lock(steps_mutex_);
-        auto it = std::ranges::find(mtime_steps_, static_cast<std::uint64_t>(st.st_dev),
-                                    &std::pair<std::uint64_t, std::int64_t>::first);
-        if (it == mtime_steps_.end()) {
+        const std::int64_t* known = known_mtime_step(st.st_dev);
+        if (known == nullptr) {
             return folder_state::mode_as_given;
         }
-        step = it->second;
+        step = *known;
     }
     return same_stored_mtime(timespec_ns(st.st_mtim), mtime_ns, step) ? folder_state::as_given
                                                                       : folder_state::mode_as_given;

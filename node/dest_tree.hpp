@@ -442,6 +442,8 @@ private:
     std::int64_t mtime_step(std::uint64_t dev, int dir_fd);
     std::mutex steps_mutex_;
     std::vector<std::pair<std::uint64_t, std::int64_t>> mtime_steps_;  // st_dev -> step (0: unknown)
+    // The step found for `dev` already, or null (steps_mutex_ held).
+    const std::int64_t* known_mtime_step(std::uint64_t dev) const;
     // How this tree's unnamed files get their names, from open_unnamed's probe.
     enum class unnamed_link { unknown, none, by_fd, by_proc };
     std::atomic<unnamed_link> unnamed_link_{unnamed_link::unknown};
