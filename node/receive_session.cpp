@@ -2151,27 +2151,24 @@ void receive_session::try_finalize(file_id f) {
         // with the batch of new files, as one written whole is: not a partial file locked,
         // set and renamed (50,000 empty files: 2.3x tar | nc, a user's test).
         auto unnamed = std::make_shared<unnamed_file>();
-        if (e.size == 0 && create && !fsync_now && !resumable(e)) {
+        {
             std::lock_guard lock(sink->mutex);
-            if (sink->fd < 0 && !sink->open_error) {
+            if (e.size == 0 && create && !fsync_now && !resumable(e) && sink->fd < 0 && !sink->open_error) {
                 *unnamed = tree->open_unnamed(e.path, e.mode, ec);
             }
-        }
-        if (unnamed->get() >= 0 || ec) {
-            std::lock_guard lock(sink->mutex);
-            fd = unnamed->get();
-            sink->finalized = true;  // no checkpoint records it any more
-        } else {
-            std::lock_guard lock(sink->mutex);
-            // (Opened here for an empty file, which has no chunk write, and for a resumed
-            // one whose chunks were all kept, whose partial file must still be there.)
-            fd = sink->partial_fd(*tree, e.path, create, ec);
-            sink->fd = -1;
-            sink->finalized = true;  // no checkpoint records it any more
-            if (sink->basis_fd >= 0) {
-                ::close(sink->basis_fd);  // every chunk is in (the loop thread counts it unpinned)
-                sink->basis_fd = -1;
+            if (unnamed->get() >= 0 || ec) {
+                fd = unnamed->get();
+            } else {
+                // (Opened here for an empty file, which has no chunk write, and for a resumed
+                // one whose chunks were all kept, whose partial file must still be there.)
+                fd = sink->partial_fd(*tree, e.path, create, ec);
+                sink->fd = -1;
+                if (sink->basis_fd >= 0) {
+                    ::close(sink->basis_fd);  // every chunk is in (the loop thread counts it unpinned)
+                    sink->basis_fd = -1;
+                }
             }
+            sink->finalized = true;  // no checkpoint records it any more
         }
         if (resumable(e)) {
             // Verified whole: its resume record has served. (A crash before the rename
