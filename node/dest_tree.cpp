@@ -345,12 +345,15 @@ dest_tree::open_folder::~open_folder() {
 }
 
 dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write) {
-    write = write || create;
-    if (write && root_mirrored_) {
-        // (A folder made at the top is made in the root too.)
-        std::call_once(root_write_once_, [&] { make_accessible(root_fd_, "", S_IRWXU); });
-    }
+    auto write_in_root = [&] {
+        if (root_mirrored_) {
+            std::call_once(root_write_once_, [&] { make_accessible(root_fd_, "", S_IRWXU); });
+        }
+    };
     if (dir.empty()) {
+        if (write) {
+            write_in_root();
+        }
         return {root_fd_, nullptr};
     }
     {
@@ -368,15 +371,17 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
     std::shared_ptr<open_folder> folder;
     std::string sofar;
     for (std::string_view comp : split_wire_path(dir)) {
+        const std::size_t parent = sofar.size();  // sofar's first `parent` bytes: the folder `fd` is
         if (!sofar.empty()) {
             sofar += '/';
         }
         sofar += comp;
+        const bool last = sofar.size() == dir.size();
         if (auto it = dirs_.find(sofar); it != dirs_.end()) {
             folder = it->second;
             folder->last_use.store(++use_clock_, std::memory_order_relaxed);
             fd = folder->fd;
-            if (write) {
+            if (write && last) {
                 std::call_once(folder->write_once, [&] { make_accessible(fd, sofar, S_IRWXU); });
             }
             continue;
@@ -384,10 +389,18 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         std::string name(comp);
         bool made = false;
         int next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (next < 0 && errno == EACCES && open_up(fd, name, sofar, write ? S_IRWXU : S_IRUSR | S_IXUSR)) {
+        if (next < 0 && errno == EACCES && open_up(fd, name, sofar, write && last ? S_IRWXU : S_IRUSR | S_IXUSR)) {
             next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);  // one it may not read
         }
         if (next < 0 && errno == ENOENT && create) {
+            // Made in its parent: that one is written in (a folder only looked in or
+            // passed through keeps its mode, and its ctime).
+            if (folder) {
+                std::call_once(folder->write_once,
+                               [&] { make_accessible(fd, std::string_view(sofar).substr(0, parent), S_IRWXU); });
+            } else {
+                write_in_root();
+            }
             made = ::mkdirat(fd, name.c_str(), 0755) == 0;
             if (!made && errno != EEXIST) {
                 ec = last_error();
@@ -410,8 +423,8 @@ dest_tree::dir_handle dest_tree::dir_fd(std::string_view dir, bool create, std::
         }
         // `folder` (the parent, held here) stays open however the cache changes.
         auto opened = std::make_shared<open_folder>(next);
-        // Written in (or in a folder below): rwx for its owner; looked in: r-x.
-        if (write) {
+        // Written in: rwx for its owner; looked in or passed through: r-x.
+        if (write && last) {
             std::call_once(opened->write_once, [&] { make_accessible(next, sofar, S_IRWXU); });
         } else {
             make_accessible(next, sofar, S_IRUSR | S_IXUSR);
@@ -579,7 +592,7 @@ std::error_code dest_tree::check_link(std::string_view wire_path, const std::str
 
 std::error_code dest_tree::make_link(std::string_view wire_path, const std::string& target, std::int64_t mtime_ns) {
     std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec, true);
     if (dh.fd < 0) {
         return ec;
     }
@@ -1317,7 +1330,7 @@ unnamed_file dest_tree::open_unnamed(std::string_view wire_path, std::uint32_t m
     if (!reserve_unnamed()) {
         return {};
     }
-    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec, true);
     int fd = dh.fd < 0 ? -1 : ::openat(dh.fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, static_cast<mode_t>(mode & 0777));
     if (fd < 0) {
         int err = errno;
@@ -1345,7 +1358,7 @@ void dest_tree::write_new_files(std::span<new_file> files) {
         if (f.data.size() > std::numeric_limits<unsigned>::max() || !reserve_unnamed()) {
             continue;  // open_unnamed's caller makes a partial file
         }
-        dirs[i] = dir_fd(wire_parent(f.wire_path), true, f.ec);
+        dirs[i] = dir_fd(wire_parent(f.wire_path), true, f.ec, true);
         if (dirs[i].fd < 0) {
             release_unnamed();
             f.handled = true;  // as open_unnamed fails
@@ -1414,7 +1427,7 @@ void dest_tree::write_new_files(std::span<new_file> files) {
 
 std::error_code dest_tree::link_final(const unnamed_file& file, std::string_view wire_path, bool overwrite) {
     std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec, true);
     if (dh.fd < 0) {
         return ec;
     }
@@ -1498,7 +1511,7 @@ std::vector<int> dest_tree::link_new(std::span<unnamed_file* const> files,
 
 int dest_tree::open_partial_file(std::string_view wire_path, int flags, std::uint32_t mode, std::error_code& ec,
                                  bool again) {
-    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec, true);
     int dfd = dh.fd;
     if (dfd < 0) {
         return -1;
@@ -1736,7 +1749,7 @@ std::error_code dest_tree::prepare_final(int fd, std::uint64_t size, std::uint32
 
 std::error_code dest_tree::rename_final(std::string_view wire_path, bool overwrite, bool sync_dir) {
     std::error_code ec;
-    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec);
+    dir_handle dh = dir_fd(wire_parent(wire_path), true, ec, true);
     int dfd = dh.fd;
     if (dfd < 0) {
         return ec;

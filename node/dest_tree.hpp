@@ -402,9 +402,11 @@ private:
         int fd = -1;
         std::shared_ptr<open_folder> folder;
     };
-    // The directory `dir` (a wire path, "" = root), created if `create`. With `write` (or
-    // `create`) something is to be made or removed in it: it, and each folder on the way,
-    // is made accessible to its owner where it must be (make_accessible), once per tree.
+    // The directory `dir` (a wire path, "" = root), created (with the folders on the way)
+    // if `create`. With `write` something is to be made or removed in it: it is made
+    // accessible to its owner where it must be (make_accessible), once per tree, as is a
+    // folder another one is made in; one only passed through or looked in is made
+    // readable and searchable where it must be, and otherwise left as it is.
     dir_handle dir_fd(std::string_view dir, bool create, std::error_code& ec, bool write = false);
     // Whether the folder at `wire_path` ("": the root) has `mode` (all 12 bits; any with
     // `keep_mode`) and `mtime_ns` (as this file system stores it) already, or the mode

@@ -913,6 +913,7 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
     ASSERT_EQ(::chmod((src / "rodel").c_str(), 0755), 0);
     write_text_file(src / "ro/f", "v2, longer\n");
     write_text_file(src / "ro/new", "new\n");
+    write_text_file(src / "ro/newsub/h", "in a folder made in a read-only one\n");
     write_text_file(src / "ro/sub/g", "deeper, changed\n");
     fs::remove(src / "ro/gone");
     fs::remove_all(src / "rodel");
@@ -929,6 +930,7 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
     EXPECT_EQ(read_text_file(dst / "ro/f"), "v2, longer\n");
     EXPECT_FALSE(fs::exists(dst / "ro/gone"));
     EXPECT_FALSE(fs::exists(dst / "rodel"));
+    EXPECT_EQ(read_text_file(dst / "ro/newsub/h"), "in a folder made in a read-only one\n");
     struct stat st {};
     ASSERT_EQ(::stat((dst / "ro").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 07777, 0555u);
@@ -940,18 +942,23 @@ TEST_F(sync_push, a_receiver_that_is_not_root_changes_what_read_only_folders_hol
         ASSERT_EQ(read_text_file(many_dir(dst, i) / "f"), "v2, longer\n");
     }
     // Nothing changed: a folder as SRC has it, the sync's own one too, is not touched
-    // (its ctime stays), by a receiver that is not root as by root.
+    // (its ctime stays), by a receiver that is not root as by root; nor is a read-only
+    // one made writable for the run and given its mode back.
     auto ctime_of = [&](const fs::path& p) {
         struct stat at {};
         EXPECT_EQ(::stat(p.c_str(), &at), 0) << p;
         return std::pair{at.st_ctim.tv_sec, at.st_ctim.tv_nsec};
     };
-    const auto site_before = ctime_of(dst);
-    const auto many_before = ctime_of(dst / "many");
+    const fs::path unchanged[] = {dst, dst / "many", dst / "ro", dst / "ro/sub", many_dir(dst, 0)};
+    std::vector<std::pair<time_t, long>> before;
+    for (const fs::path& p : unchanged) {
+        before.push_back(ctime_of(p));
+    }
     run_result third = sync({"--delete"});
     ASSERT_EQ(third.code, 0) << third.err;
-    EXPECT_EQ(ctime_of(dst), site_before);
-    EXPECT_EQ(ctime_of(dst / "many"), many_before);
+    for (std::size_t i = 0; i < std::size(unchanged); ++i) {
+        EXPECT_EQ(ctime_of(unchanged[i]), before[i]) << unchanged[i];
+    }
     EXPECT_EQ(compare_trees(src, dst), "");
     for (const fs::path& top : {src, dst}) {  // for the test folder's removal
         ASSERT_EQ(::chmod((top / "ro").c_str(), 0755), 0);
