@@ -48,6 +48,7 @@ struct tcp_info_sample {
     bool ok = false;
     std::uint32_t rtt_us = 0;
     std::uint32_t rttvar_us = 0;
+    std::uint32_t min_rtt_us = 0;     // the least round trip seen (0: none yet)
     std::uint32_t snd_cwnd = 0;       // segments
     std::uint32_t snd_mss = 0;
     std::uint32_t total_retrans = 0;  // segments retransmitted over the connection's life
@@ -66,7 +67,7 @@ tcp_info_sample sample_tcp_info(int fd);
 
 // Whether the path of the connection on socket `fd` calls for more connections beside it
 // (a transfer's connections above the first, when --connections is not given): a
-// smoothed round trip of `rtt_us` or more, or losses (8 segments retransmitted or more,
+// least round trip seen (TCP_INFO's min_rtt) of `rtt_us` or more, or losses (8 segments retransmitted or more,
 // and at least 1 % of those sent: a lone timeout on a busy loopback is none); also when
 // TCP_INFO cannot be read (docs/decisions.md, "Extra connections when the path calls for
 // them").

@@ -18,6 +18,7 @@ tcp_info_sample sample_tcp_info(int fd) {
     }
     out.ok = true;
     out.rtt_us = ti.tcpi_rtt;
+    out.min_rtt_us = ti.tcpi_min_rtt;
     out.rttvar_us = ti.tcpi_rttvar;
     out.snd_cwnd = ti.tcpi_snd_cwnd;
     out.snd_mss = ti.tcpi_snd_mss;
@@ -41,7 +42,11 @@ tcp_info_sample sample_tcp_info(int fd) {
 bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us) {
     tcp_info_sample ti = sample_tcp_info(fd);
     bool losses = ti.total_retrans >= 8 && std::uint64_t{ti.total_retrans} * 100 >= ti.segs_out;
-    return !ti.ok || ti.rtt_us >= rtt_us || losses;
+    // The least round trip seen, not the smoothed one: a busy host's scheduling delay
+    // (loopback under load) and a queue's growth lengthen the smoothed one, and neither is
+    // a reason for more streams. 0: no sample of it yet.
+    const std::uint32_t path_rtt_us = ti.min_rtt_us != 0 ? ti.min_rtt_us : ti.rtt_us;
+    return !ti.ok || path_rtt_us >= rtt_us || losses;
 }
 
 }  // namespace ferry
