@@ -3126,7 +3126,7 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     struct stat st {};
     const bool there = ::stat(dest.c_str(), &st) == 0;
-    if (!there && errno != ENOENT) {
+    if (!there && errno != ENOENT && errno != ENOTDIR) {  // (ENOTDIR: below a file, told below)
         // (A folder this user may not search above it read "is not a folder", exit 1.)
         const int err = errno;
         return fail(o, exit_code::local_io, label + dst + ": " + std::strerror(err));
@@ -3148,9 +3148,11 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
         dest = parent / dest.filename();
     }
     ec.clear();
-    if (::stat(dest.parent_path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-        return fail(o, exit_code::usage, label + dst + ": its parent folder " + dest.parent_path().string() +
-                                             " does not exist (ferry creates " + label + "itself, not its parents)");
+    if (const bool parent_there = ::stat(dest.parent_path().c_str(), &st) == 0; !parent_there || !S_ISDIR(st.st_mode)) {
+        return fail(o, exit_code::usage,
+                    label + dst + ": its parent " + dest.parent_path().string() +
+                        (parent_there ? " is not a folder"
+                                      : " does not exist (ferry creates " + label + "itself, not its parents)"));
     }
     // A get writes into DEST, a pull into DST, or each beside it when it is not there: a
     // folder this user may not write is refused now (a get read "refused transfer: NAME:

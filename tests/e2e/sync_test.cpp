@@ -1657,6 +1657,15 @@ TEST_F(sync_pull, dst_is_found_as_the_kernel_finds_it_not_as_text) {
     EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(cli.root() / "other"));
     EXPECT_FALSE(fs::exists(cli.root() / "nodir"));
+
+    // Below a file: a DST that cannot be, told as such (it read "Not a directory", exit 4,
+    // as for a failing disk).
+    write_text_file(cli.root() / "afile", "a file\n");
+    dst = cli.root() / "afile/sub";
+    r = pull({});
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("afile is not a folder"), std::string::npos) << r.err;
+    EXPECT_EQ(read_text_file(cli.root() / "afile"), "a file\n");
 }
 
 TEST_F(sync_pull, a_mistake_in_the_words_is_told_in_json_when_json_was_asked_for) {
