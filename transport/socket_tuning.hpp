@@ -66,11 +66,11 @@ struct tcp_info_sample {
 tcp_info_sample sample_tcp_info(int fd);
 
 // Whether the path of the connection on socket `fd` calls for more connections beside it
-// (a transfer's connections above the first, when --connections is not given): a
-// least round trip seen (TCP_INFO's min_rtt) of `rtt_us` or more, or losses (8 segments retransmitted or more,
-// and at least 1 % of those sent: a lone timeout on a busy loopback is none); also when
-// TCP_INFO cannot be read (docs/decisions.md, "Extra connections when the path calls for
-// them").
+// (a transfer's connections above the first, when --connections is not given): a least
+// round trip seen (TCP_INFO's min_rtt) of `rtt_us` or more, or losses (8 segments
+// retransmitted or more, and at least 1 % of those sent: a lone timeout on a busy
+// loopback is none); also when TCP_INFO cannot be read (docs/decisions.md, "Extra
+// connections when the path calls for them").
 bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us);
 constexpr std::uint32_t default_widen_rtt_us = 5'000;  // above loopback and LAN round trips
 
