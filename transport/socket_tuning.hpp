@@ -48,7 +48,7 @@ struct tcp_info_sample {
     bool ok = false;
     std::uint32_t rtt_us = 0;
     std::uint32_t rttvar_us = 0;
-    std::uint32_t min_rtt_us = 0;     // the least round trip seen (0: none yet)
+    std::uint32_t min_rtt_us = 0;     // the least round trip seen (~0 from the kernel: none yet)
     std::uint32_t snd_cwnd = 0;       // segments
     std::uint32_t snd_mss = 0;
     std::uint32_t total_retrans = 0;  // segments retransmitted over the connection's life

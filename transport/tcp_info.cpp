@@ -44,8 +44,9 @@ bool path_calls_for_more_connections(int fd, std::uint32_t rtt_us) {
     bool losses = ti.total_retrans >= 8 && std::uint64_t{ti.total_retrans} * 100 >= ti.segs_out;
     // The least round trip seen, not the smoothed one: a busy host's scheduling delay
     // (loopback under load) and a queue's growth lengthen the smoothed one, and neither is
-    // a reason for more streams. 0: no sample of it yet.
-    const std::uint32_t path_rtt_us = ti.min_rtt_us != 0 ? ti.min_rtt_us : ti.rtt_us;
+    // a reason for more streams. None yet: the kernel's ~0 (or 0 from a kernel before 4.6).
+    const bool no_min = ti.min_rtt_us == 0 || ti.min_rtt_us == UINT32_MAX;
+    const std::uint32_t path_rtt_us = no_min ? ti.rtt_us : ti.min_rtt_us;
     return !ti.ok || path_rtt_us >= rtt_us || losses;
 }
 
