@@ -2020,9 +2020,12 @@ int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
         if (name == "." || name == ".." || ferry::check_wire_path(name)) {
             return fail(o, exit_code::usage, "DEST " + g.dest + ": not a name a file or folder can take");
         }
-        if (::stat(folder.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-            return fail(o, exit_code::usage, "DEST " + g.dest + ": its folder " + folder.string() +
-                                                 " does not exist (as with cp, name a folder that does, or end DEST in '/')");
+        if (const bool there = ::stat(folder.c_str(), &st) == 0; !there || !S_ISDIR(st.st_mode)) {
+            return fail(o, exit_code::usage,
+                        "DEST " + g.dest + ": " +
+                            (there ? folder.string() + " is not a folder"
+                                   : "its folder " + folder.string() +
+                                         " does not exist (as with cp, name a folder that does, or end DEST in '/')"));
         }
     }
     if (!multi && g.range_size != 0) {

@@ -3054,6 +3054,11 @@ TEST_F(share_get, refusals_are_clear_and_leave_dest_as_it_was) {
     EXPECT_EQ(kind.code, 1) << kind.err;
     EXPECT_NE(kind.err.find("is a folder here, and a file at the peer"), std::string::npos) << kind.err;
     EXPECT_TRUE(fs::is_directory(out / "dir/intro.txt"));
+    // DEST below a file: named as such (it read "does not exist").
+    kind = get("ay:docs/manual/intro.txt", (out / "manual/x").string());
+    EXPECT_EQ(kind.code, 1) << kind.err;
+    EXPECT_NE(kind.err.find("manual is not a folder"), std::string::npos) << kind.err;
+    EXPECT_EQ(read_text_file(out / "manual"), "a file of B's\n");
     // Below DEST's top: the path stays and fails (with what the peer's folder holds), the
     // rest comes; nothing is deleted.
     // (Enough entries below the conflicts that they come in later Offer batches, whose
