@@ -42,6 +42,8 @@ public:
                 return "its partial file is being written by another ferry process";
             case dest_errc::special:
                 return "a FIFO, socket or device is there";
+            case dest_errc::changed:
+                return "changed here while it was synced: left as it is (the next run brings it)";
             case dest_errc::too_deep:
                 return "folders nested deeper than " + std::to_string(dest_tree::max_walk_depth) + " levels here";
         }
@@ -521,7 +523,7 @@ std::error_code dest_tree::stat_final(std::string_view wire_path, bool create_pa
 
 std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite, std::uint64_t size,
                                       std::int64_t mtime_ns, bool& identical, bool create_parents, bool* exists,
-                                      std::uint32_t* mode_there) {
+                                      std::uint32_t* mode_there, std::uint64_t* size_there) {
     identical = false;
     if (exists != nullptr) {
         *exists = false;
@@ -552,6 +554,9 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     }
     if (mode_there != nullptr) {
         *mode_there = st.st_mode & 07777;
+    }
+    if (size_there != nullptr) {
+        *size_there = static_cast<std::uint64_t>(st.st_size);
     }
     std::int64_t mtime = timespec_ns(st.st_mtim);
     if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == size &&

@@ -35,13 +35,14 @@ namespace ferry {
 
 enum class dest_errc {
     ok = 0,
-    exists = 1,        // the destination exists and overwrite was not asked for
-    not_a_dir = 2,     // a path component exists and is not a directory
-    symlink = 3,       // a path component or the target is a symlink
-    is_dir = 4,        // a file's destination is a directory
-    too_deep = 5,      // folders nested deeper than a walk of DST goes (max_walk_depth)
-    busy = 6,          // the partial file is another process's to write (its lock)
-    special = 7,       // a FIFO, socket or device where a file or symlink goes (keep_kinds)
+    exists = 1,     // the destination exists and overwrite was not asked for
+    not_a_dir = 2,  // a path component exists and is not a directory
+    symlink = 3,    // a path component or the target is a symlink
+    is_dir = 4,     // a file's destination is a directory
+    too_deep = 5,   // folders nested deeper than a walk of DST goes (max_walk_depth)
+    busy = 6,       // the partial file is another process's to write (its lock)
+    special = 7,    // a FIFO, socket or device where a file or symlink goes (keep_kinds)
+    changed = 8,    // the file here changed while the sync took it as it was (CODEC_SAME)
 };
 const std::error_category& dest_category() noexcept;
 inline std::error_code make_error_code(dest_errc e) noexcept { return {static_cast<int>(e), dest_category()}; }
@@ -186,10 +187,11 @@ public:
     // send); the mtime matches if it is `mtime_ns` as a file system with coarser
     // timestamps stores it.
     // `exists` (if given) tells whether a regular file is there (identical or not), and
-    // `mode_there` (if given) gets that file's permission bits (07777).
+    // `mode_there` and `size_there` (if given) get that file's permission bits (07777) and
+    // size.
     std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
                                bool& identical, bool create_parents = true, bool* exists = nullptr,
-                               std::uint32_t* mode_there = nullptr);
+                               std::uint32_t* mode_there = nullptr, std::uint64_t* size_there = nullptr);
     // A sync's symlink at `wire_path` (parents created unless `create_parents` is false):
     // `exists` tells whether a file or a symlink is there (which make_link replaces),
     // `identical` whether it is a symlink holding `target` with this mtime. A folder

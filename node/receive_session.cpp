@@ -247,6 +247,27 @@ void fault_point_after_renames(std::size_t renamed) {
     }
 }
 
+// The digest of the one chunk of DST's regular file at `e.path` (at most chunk_size
+// bytes), when it has e.size bytes; null otherwise. With `keep`, the file stays open there.
+std::optional<digest128> one_chunk_digest(dest_tree& tree, const entry_info& e, unique_fd* keep = nullptr) {
+    std::error_code ec;
+    unique_fd fd(tree.open_final_read(e.path, ec));
+    struct stat st {};
+    if (fd.get() < 0 || e.size == 0 || e.size > chunk_size || ::fstat(fd.get(), &st) != 0 ||
+        static_cast<std::uint64_t>(st.st_size) != e.size) {
+        return std::nullopt;
+    }
+    auto buf = std::make_unique_for_overwrite<std::uint8_t[]>(e.size);
+    if (read_at(fd.get(), buf.get(), e.size, 0, ec) != e.size) {
+        return std::nullopt;
+    }
+    digest128 d = hash_chunk(std::span<const std::uint8_t>(buf.get(), e.size));
+    if (keep != nullptr) {
+        *keep = std::move(fd);
+    }
+    return d;
+}
+
 // Sync --checksum: whether the file at `e.path` under `tree` has e.digest as content (read
 // and hashed chunk by chunk; a size other than e.size is a difference). With `fix_meta` and
 // the same content, its mode and mtime become e's (they may differ: --checksum looks at
@@ -296,17 +317,38 @@ struct receive_session::whole_write {
     unnamed_file unnamed;  // the file, kept open with no name until the batch links it
     stats_clock::duration write_time{};
     unique_fd partial;  // a partial file (where no unnamed one could be had), held open and locked until named
+    bool kept = false;  // CODEC_SAME: the file at its name was these bytes, and took e's mode and mtime
 
     // Verifies the chunk and writes the file: with --fsync-each to a partial file renamed
     // here; else to a file with no name (a partial file where there can be none), kept
     // for the next journaled batch of names.
     void run(dest_tree& tree, bool fsync_now, bool overwrite) {
+        if (encoding.codec == wire::CODEC_SAME) {
+            keep(tree, fsync_now);
+            return;
+        }
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         verdict = checked.verdict;
         if (!verdict.bad) {
             write(tree, fsync_now, overwrite, checked.raw);
         }
         payload.reset();
+    }
+
+    // CODEC_SAME: the file at its name, if it still holds the bytes told (FileAccept's
+    // same_as), takes e's mode and mtime where it is; one that changed since fails alone.
+    void keep(dest_tree& tree, bool fsync_now) {
+        unique_fd fd;
+        std::optional<digest128> d = one_chunk_digest(tree, e, &fd);
+        verdict.len = e.size;
+        verdict.copied = e.size;  // never travelled: matched here, as a delta's copies
+        if (!d || *d != expect) {
+            ec = dest_errc::changed;
+            return;
+        }
+        verdict.got = *d;
+        ec = tree.prepare_final(fd.get(), e.size, e.mode, e.mtime_ns, fsync_now, &stored, true, true);
+        kept = !ec;
     }
 
     // Writes the verified bytes `raw`, as run() does.
@@ -1102,6 +1144,7 @@ void receive_session::next_offer() {
             code = ec.category() == std::system_category() ? exit_code::local_io : exit_code::transfer_failed;
         };
         std::vector<std::uint32_t> mode_there(items.size(), 0);
+        std::vector<std::uint64_t> size_there(items.size(), 0);  // of a regular file there
         // A sync's file already there whose permission bits differ: set in place (rsync -a
         // does too), nothing sent.
         std::vector<bool> mode_only(items.size(), false);
@@ -1275,6 +1318,16 @@ void receive_session::next_offer() {
             bool same = false;
             bool there = false;
             std::error_code ec;
+            std::optional<digest128> same_as;  // for the accept (below), read here too
+        };
+        // A changed one-chunk file DST has at the same size (touched at SRC, or bytes
+        // changed in place): the digest of DST's file goes with the accept, and a sender
+        // whose chunk is the same sends none of its bytes (CODEC_SAME: the file keeps its
+        // bytes and takes SRC's mode and mtime). One that differs costs this read, and comes
+        // as any other.
+        auto same_as_candidate = [&](const entry_info& e, bool identical_there, bool there, std::uint64_t size) {
+            return sync.on && !sync.dry_run && !identical_there && there && e.is_file() && e.size > 0 &&
+                   chunk_count(e.size) == 1 && size == e.size;
         };
         std::vector<look> ahead;
         if (tree && items.size() >= 512 && self->ctx_.workers.size() > 1) {
@@ -1302,7 +1355,10 @@ void receive_session::next_offer() {
                         const entry_info& e = items[files[k]].e;
                         look& l = ahead[files[k]];
                         l.ec = tree->check_file(e.path, overwrite, e.size, e.mtime_ns, l.same, false, &l.there,
-                                                &mode_there[files[k]]);
+                                                &mode_there[files[k]], &size_there[files[k]]);
+                        if (!l.ec && same_as_candidate(e, l.same, l.there, size_there[files[k]])) {
+                            l.same_as = one_chunk_digest(*tree, e);
+                        }
                         l.done = true;
                     }
                 });
@@ -1441,7 +1497,8 @@ void receive_session::next_offer() {
                     dest_tree::removed_entry replaced;
                     ec = e.is_dir ? tree->make_dir(e.path, create, &missing, &replaced)
                                   : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
-                                                     create ? nullptr : &is_there, create ? nullptr : &mode_there[i]);
+                                                     create ? nullptr : &is_there, create ? nullptr : &mode_there[i],
+                                                     create ? nullptr : &size_there[i]);
                     // A file or symlink SRC made a folder: it goes (a dry run's check tells
                     // it would), and is reported as deleted, as a folder in a file's way is.
                     // (Not in a get: kept_kind, below.)
@@ -1496,8 +1553,19 @@ void receive_session::next_offer() {
                 } else if (!e.is_dir && from_basis(i)) {
                     continue;
                 } else {
-                    decisions.push_back(
-                        {it.id, identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL, std::nullopt, {}, action(i), {}, {}});
+                    std::optional<digest128> same_as;
+                    if (!folder_there[i] && same_as_candidate(e, identical[i], exists[i], size_there[i])) {
+                        // (Read over the workers with the check's look, for a big batch.)
+                        same_as = !ahead.empty() && ahead[i].done ? ahead[i].same_as : one_chunk_digest(*tree, e);
+                    }
+                    decisions.push_back({it.id,
+                                         identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL,
+                                         std::nullopt,
+                                         {},
+                                         action(i),
+                                         {},
+                                         {},
+                                         same_as});
                 }
             }
             // The files this batch writes are this transfer's until it ends: one that another
@@ -2092,7 +2160,7 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
         machine_.ready(f, ok);  // one chunk: the digest is that chunk's, ok by construction
         machine_.on_file_finished(f);
         if (!failed_) {
-            on_payload_written(w.verdict.len, w.verdict.saved, w.write_time);
+            on_payload_written(w.verdict.len - w.verdict.copied, w.verdict.saved, w.write_time);
             queue_ack(w.conn, chunk_key(f, chunk_index{0}));
             for (std::uint32_t other : also) {
                 queue_ack(other, chunk_key(f, chunk_index{0}));
@@ -2100,7 +2168,10 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
         }
         // Whole and verified: it gets its name even when the transfer failed meanwhile (a
         // full disk, a lost peer), so that a later attempt finds it done.
-        if (!fsync_now) {
+        if (w.kept) {
+            delta_copied_ += w.verdict.copied;
+            need_syncfs_ = need_syncfs_ || !fsync_now;  // its new mode and mtime
+        } else if (!fsync_now) {
             queue_rename(f, machine_.received_digest(f), w.stored, std::move(w.unnamed), std::move(w.partial));
             return;
         }

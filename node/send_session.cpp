@@ -719,7 +719,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
             for (std::uint64_t key : header.chunk_ack().chunks()) {
                 std::error_code ec;
                 std::optional<wire::FileDone> released;
-                bool first_ack = machine_.on_ack(key, ec, &released) > 0;
+                bool after_result = false;
+                bool first_ack = machine_.on_ack(key, ec, &released, &after_result) > 0;
                 if (ec) {
                     fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                     return;
@@ -735,7 +736,8 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     // A delta's bytes copied at the receiver are not what compression saved.
                     const std::uint64_t copied = it->second.copied;
                     std::uint64_t saved = copied > 0 ? 0 : len - it->second.wire_len;
-                    delta_copied_ += first_ack ? copied : 0;  // a chunk sent twice counts once
+                    // A chunk sent twice counts once; one whose file's result came first, once.
+                    delta_copied_ += first_ack || after_result ? copied : 0;
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
                     acked += len;
@@ -1488,11 +1490,17 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     c->set_file_id(ref.file.value);
     c->set_index(ref.index.value);
     c->set_raw_len(ref.length);
-    c->set_codec(job.delta ? wire::CODEC_DELTA : job.packed.size > 0 ? wire::CODEC_ZSTD : wire::CODEC_RAW);
+    // The receiver's file there is this chunk already (a file only touched here): no bytes
+    // go, and they count as matched there, as a delta's copies do.
+    const bool same = machine_.receiver_has(ref.file, job.digest);
+    c->set_codec(same                  ? wire::CODEC_SAME
+                 : job.delta           ? wire::CODEC_DELTA
+                 : job.packed.size > 0 ? wire::CODEC_ZSTD
+                                       : wire::CODEC_RAW);
     c->set_hash_lo(job.digest.lo);
     c->set_hash_hi(job.digest.hi);
-    std::uint32_t wire_len = job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
-    std::uint32_t copied = job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
+    std::uint32_t wire_len = same ? 0 : job.packed.size > 0 ? static_cast<std::uint32_t>(job.packed.size) : ref.length;
+    std::uint32_t copied = same ? ref.length : job.delta ? static_cast<std::uint32_t>(copied_bytes(job.ops)) : 0;
     stats_clock::time_point now = stats_clock::now();
     if (cs.inflight.empty()) {
         cs.busy_since = now;
@@ -1501,7 +1509,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     rate_.tokens -= wire_len;  // --bwlimit
     cs.inflight_bytes += ref.length;
     file_events_.started(ctx_.events.file, ref.file, machine_.entry(ref.file), machine_.action(ref.file));
-    cs.conn->send(h, std::move(job.buf), wire_len);
+    cs.conn->send(h, same ? pooled_buffer{} : std::move(job.buf), wire_len);
 }
 
 void send_session::adjust_window(conn_state& cs, std::uint64_t acked) {

@@ -259,6 +259,13 @@ std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vecto
         } else if (fa.kind() != wire::ACCEPT_ALL) {
             return protocol_errc::unexpected_message;
         }
+        if (!fa.same_as().empty()) {
+            // Only of a one-chunk file accepted whole, and as 16 bytes.
+            if (fa.kind() != wire::ACCEPT_ALL || f.chunks != 1 || fa.same_as().size() != 16) {
+                return protocol_errc::unexpected_message;
+            }
+            w.same_as = get_digest(fa.same_as().data());
+        }
         if (f.chunks == 0) {
             wire::FileDone d;
             d.set_file_id(i);
@@ -441,7 +448,8 @@ bool sender_machine::requeue(const chunk_ref& ref) {
     return true;
 }
 
-std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released) {
+std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released,
+                                     bool* after_result) {
     file_id fid = chunk_key_file(key);
     chunk_index idx = chunk_key_index(key);
     // Only files whose chunks are sent have acked bits: a directory, a skipped file or a
@@ -456,6 +464,9 @@ std::uint64_t sender_machine::on_ack(std::uint64_t key, std::error_code& ec, std
     bool forgotten = !s && fid.value < base_ && sent_[fid.value];
     bool done_with = forgotten || (s && (s->released || gave_up_[fid.value]));
     if (done_with && (fid.value < entries_.first_held() || idx.value < chunk_count(entries_[fid.value].size))) {
+        if (after_result != nullptr) {
+            *after_result = !gave_up_[fid.value];
+        }
         return 0;  // confirmed before its result, or of a file given up on: nothing to count
     }
     if (!s || !s->work || idx.value >= s->work->acked_bits.size()) {
@@ -822,6 +833,12 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             fa->set_basis(d.basis);
         } else {
             fa->set_kind(wire::ACCEPT_ALL);
+            if (d.same_as && f.chunks == 1) {
+                f.same_as = d.same_as;
+                std::string bytes;
+                put_digest(bytes, *d.same_as);
+                fa->set_same_as(std::move(bytes));
+            }
         }
     }
     return a;
@@ -858,6 +875,14 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
         // A compressed or delta chunk is sent only when it is smaller than the raw bytes.
         if (payload_len == 0 || payload_len >= chunk.raw_len()) {
             return protocol_errc::payload_mismatch;
+        }
+    } else if (chunk.codec() == wire::CODEC_SAME && f.same_as) {
+        // The bytes this side said it has: none travel, and the digest is the one it told.
+        if (payload_len != 0) {
+            return protocol_errc::payload_mismatch;
+        }
+        if (digest128{chunk.hash_lo(), chunk.hash_hi()} != *f.same_as) {
+            return protocol_errc::bad_chunk;
         }
     } else {
         return protocol_errc::bad_chunk;

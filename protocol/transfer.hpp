@@ -270,8 +270,12 @@ public:
     // Receiver-confirmed chunk. Returns the confirmed payload bytes it adds. When it was
     // the last chunk of a file sent again (see on_chunk_hashed), the file's FileDone,
     // held back until then, is put in `released`: the receiver must have written the
-    // replacement before it checks the file digest.
-    std::uint64_t on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released = nullptr);
+    // replacement before it checks the file digest. `after_result` (if given) is set when
+    // the ack confirms nothing because the file's result (success) came first: the
+    // chunk's ack was on its way then (a one-chunk file's, say), and it counts as
+    // confirmed all the same.
+    std::uint64_t on_ack(std::uint64_t key, std::error_code& ec, std::optional<wire::FileDone>* released = nullptr,
+                         bool* after_result = nullptr);
 
     // Gives up on an accepted file (it vanished or changed at the source): no more of its
     // chunks are handed out, its acks and results are ignored, and the transfer can end
@@ -367,6 +371,12 @@ public:
         const file_work* w = work(f);
         return w && w->sums ? &*w->sums : nullptr;
     }
+    // Whether the receiver has a file whose one chunk is `d` at the path (FileAccept's
+    // same_as): the chunk then goes as CODEC_SAME, without its bytes.
+    bool receiver_has(file_id f, const digest128& d) const {
+        const file_work* w = work(f);
+        return w && w->same_as && *w->same_as == d;
+    }
     bool sent_nothing(file_id f) const {
         const file_state* s = state(f);
         return s && s->work && s->work->have && s->work->have->count() == s->chunks && s->work->resend_bits.size() == 0;
@@ -385,6 +395,7 @@ private:
         chunk_bitmap acked_bits;
         chunk_bitmap hashed_bits;
         std::vector<digest128> digests;
+        std::optional<digest128> same_as;  // ACCEPT_ALL: the receiver's file, if its chunk is this one
     };
     struct file_state {
         bool accepted = false;
@@ -532,6 +543,9 @@ public:
         // PARTIAL, a sync's older version: its sums (BasisSums frames, basis_sum_frames);
         // the file then takes CODEC_DELTA chunks. At most max_basis_blocks full blocks.
         std::optional<basis_sums> sums;
+        // ALL, a one-chunk file: the digest of the node's own file of that size at the path
+        // (FileAccept.same_as); the file then takes a CODEC_SAME chunk.
+        std::optional<digest128> same_as{};
     };
     wire::Accept accept(const std::vector<decision>& decisions);
 
@@ -684,6 +698,7 @@ private:
         bool finished = false;
         bool implicit_done = false;  // one chunk, sent: no FileDone follows (see single_chunk)
         bool delta = false;          // weak sums went out: CODEC_DELTA chunks are welcome
+        std::optional<digest128> same_as;  // told in the FileAccept: a CODEC_SAME chunk of this digest is welcome
         bool aborted = false;        // FileAbort
         digest128 sender_digest;
         std::uint64_t chunks = 0;

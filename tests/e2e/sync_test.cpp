@@ -247,10 +247,14 @@ TEST_F(sync_push, first_sync_creates_the_tree_and_a_second_changes_only_what_cha
     EXPECT_EQ(done["bytes_transferred"], 3 * 256 * 1024 + 5 + 6 + 5);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 
-    // Edit one file (new size), touch another (same bytes, new mtime), leave the rest.
+    // Edit one file (new size), touch another (same bytes, new mtime, new mode: none of
+    // its bytes travel, CODEC_SAME), leave the rest.
     write_text_file(src / "a.txt", "alpha, edited\n");
     ::chmod((src / "a.txt").c_str(), 0600);
     set_mtime(src / "sub/deeper/b.txt", 1'600'000'000);
+    ::chmod((src / "sub/deeper/b.txt").c_str(), 0640);
+    struct stat b_before {};
+    ASSERT_EQ(::stat((share / "site/sub/deeper/b.txt").c_str(), &b_before), 0);
     run_result second = sync({});
     ASSERT_EQ(second.code, 0) << second.err;
     ev = json_events(second.out);
@@ -258,8 +262,20 @@ TEST_F(sync_push, first_sync_creates_the_tree_and_a_second_changes_only_what_cha
     EXPECT_EQ(paths_of(ev, "skipped"), (paths{"big.bin"}));
     EXPECT_TRUE(paths_of(ev, "created").empty());
     done = find_event(ev, "done");
-    EXPECT_EQ(done["bytes_transferred"], 14 + 5);
-    EXPECT_EQ(done["bytes_matched"], 3 * 256 * 1024 + 5);
+    EXPECT_EQ(done["bytes_transferred"], 14);
+    EXPECT_EQ(done["bytes_matched"], 3 * 256 * 1024 + 5 + 5);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    struct stat b_after {};
+    ASSERT_EQ(::stat((share / "site/sub/deeper/b.txt").c_str(), &b_after), 0);
+    EXPECT_EQ(b_after.st_ino, b_before.st_ino);  // kept where it was
+    EXPECT_EQ(b_after.st_mode & 07777, 0640u);
+    // The same size with other bytes: sent as any change.
+    write_text_file(src / "sub/deeper/b.txt", "bravo");
+    set_mtime(src / "sub/deeper/b.txt", 1'600'000'100);
+    run_result rewritten = sync({});
+    ASSERT_EQ(rewritten.code, 0) << rewritten.err;
+    done = find_event(json_events(rewritten.out), "done");
+    EXPECT_EQ(done["bytes_transferred"], 5);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
     EXPECT_TRUE(!fs::exists(cli.root() / "inbox") || fs::is_empty(cli.root() / "inbox"));  // nothing went there
 
@@ -1467,6 +1483,17 @@ TEST_F(sync_pull, a_pull_mirrors_the_share_and_later_pulls_move_only_what_change
     EXPECT_EQ(done["skipped"], 3);
     EXPECT_EQ(done["bytes_transferred"], 0);
     EXPECT_EQ(done["connections"], 1);
+
+    // A file touched at the share: its bytes stay here (CODEC_SAME), its mtime is the share's.
+    set_mtime(site / "sub/deeper/b.txt", 1'600'000'000);
+    run_result touched = pull({});
+    ASSERT_EQ(touched.code, 0) << touched.err;
+    ev = json_events(touched.out);
+    EXPECT_EQ(paths_of(ev, "updated"), (paths{"sub/deeper/b.txt"}));
+    done = find_event(ev, "done");
+    EXPECT_EQ(done["bytes_transferred"], 0);
+    EXPECT_EQ(done["bytes_matched"], 12 * chunk + 100 + 6 + 5);
+    EXPECT_EQ(compare_trees(site, dst), "");
 
     // Bytes inserted near the start of the big file: only the block they touch travels
     // (the delta runs at the share, against sums of B's copy).

@@ -21,6 +21,7 @@
 #include "ferry.pb.h"
 #include "protocol/digest.hpp"
 #include "protocol/errors.hpp"
+#include "protocol/le_bytes.hpp"
 #include "protocol/path.hpp"
 #include "protocol/types.hpp"
 
@@ -2154,6 +2155,63 @@ TEST_F(ReceiverChunks, RefusesBadChunks) {
     EXPECT_EQ(admit(2, 0, 50, 50), protocol_errc::unknown_file);             // skipped
     EXPECT_EQ(admit(3, 0, 0, 0), protocol_errc::bad_chunk);                  // empty file has no chunk
     EXPECT_EQ(admit(4, 0, 10, 10), protocol_errc::unknown_file);             // offered, not decided
+}
+
+// CODEC_SAME ("the bytes you have"): only for a one-chunk file accepted whole with the
+// digest of the receiver's own file (FileAccept.same_as), with no payload and that digest.
+TEST(ReceiverMachine, ACodecSameChunkIsTakenOnlyAsTheFileItToldItHas) {
+    receiver_machine r;
+    wire::Offer offer = raw_offer({{0, "a"}, {1, "b"}, {2, "c"}});
+    offer.mutable_entries(2)->set_size(chunk_size + 1);  // two chunks
+    std::vector<file_id> ids;
+    ASSERT_EQ(r.on_offer(offer, ids), std::error_code{});
+    const digest128 mine{0x1111, 0x2222};
+    receiver_machine::decision a = accept_all(file_id{0});
+    a.same_as = mine;
+    receiver_machine::decision c = accept_all(file_id{2});
+    c.same_as = mine;
+    wire::Accept accept = r.accept({a, accept_all(file_id{1}), c});
+    ASSERT_EQ(accept.files_size(), 3);
+    EXPECT_EQ(accept.files(0).same_as().size(), 16u);
+    EXPECT_TRUE(accept.files(1).same_as().empty());
+    EXPECT_TRUE(accept.files(2).same_as().empty());  // not one chunk: not told
+    auto admit = [&](std::uint32_t file, digest128 d, std::uint32_t payload_len) {
+        wire::Chunk chunk = chunk_header(file_id{file}, chunk_index{0}, 10, d);
+        chunk.set_codec(wire::CODEC_SAME);
+        return r.on_chunk(chunk, payload_len);
+    };
+    EXPECT_EQ(admit(0, mine, 0), std::error_code{});
+    EXPECT_EQ(admit(0, digest128{0x1111, 0x2223}, 0), protocol_errc::bad_chunk);  // not what it has
+    EXPECT_EQ(admit(0, mine, 10), protocol_errc::payload_mismatch);
+    EXPECT_EQ(admit(1, mine, 0), protocol_errc::bad_chunk);  // nothing was told of it
+
+    // The sender takes the digest only where it may stand.
+    sender_machine s(test_transfer_id, {file_entry("a", 10), file_entry("b", 10), file_entry("c", chunk_size + 1)}, {});
+    offer_all(s);
+    std::vector<wire::FileDone> done_now;
+    wire::Accept told;
+    told.set_transfer_id(test_transfer_id);
+    for (std::uint32_t i = 0; i < 2; ++i) {
+        wire::FileAccept* fa = told.add_files();
+        fa->set_id(i);
+        fa->set_kind(wire::ACCEPT_ALL);
+    }
+    std::string bytes;
+    put_digest(bytes, mine);
+    told.mutable_files(0)->set_same_as(bytes);
+    told.add_files()->set_id(2);
+    {
+        sender_machine other(test_transfer_id,
+                             {file_entry("a", 10), file_entry("b", 10), file_entry("c", chunk_size + 1)}, {});
+        offer_all(other);
+        wire::Accept bad = told;  // on a file of two chunks: refused
+        bad.mutable_files(2)->set_same_as(bytes);
+        EXPECT_EQ(other.on_accept(bad, done_now), protocol_errc::unexpected_message);
+    }
+    ASSERT_EQ(s.on_accept(told, done_now), std::error_code{});
+    EXPECT_TRUE(s.receiver_has(file_id{0}, mine));
+    EXPECT_FALSE(s.receiver_has(file_id{0}, digest128{0x1111, 0x2223}));
+    EXPECT_FALSE(s.receiver_has(file_id{1}, mine));
 }
 
 // A chunk sent again after its connection was lost with the ack on its way may come after
