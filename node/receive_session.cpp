@@ -248,13 +248,17 @@ void fault_point_after_renames(std::size_t renamed) {
 }
 
 // The digest of the one chunk of DST's regular file at `e.path` (at most chunk_size
-// bytes), when it has e.size bytes; null otherwise. With `keep`, the file stays open there.
+// bytes), when it has e.size bytes and may take a mode and mtime where it is: this user's
+// (or root's to change) and its inode's only name (another name, a snapshot's hard link
+// or a second path of DST, would take them too); null otherwise. With `keep`, the file
+// stays open there.
 std::optional<digest128> one_chunk_digest(dest_tree& tree, const entry_info& e, unique_fd* keep = nullptr) {
+    static const uid_t euid = ::geteuid();
     std::error_code ec;
     unique_fd fd(tree.open_final_read(e.path, ec));
     struct stat st {};
     if (fd.get() < 0 || e.size == 0 || e.size > chunk_size || ::fstat(fd.get(), &st) != 0 ||
-        static_cast<std::uint64_t>(st.st_size) != e.size) {
+        static_cast<std::uint64_t>(st.st_size) != e.size || st.st_nlink != 1 || (euid != 0 && st.st_uid != euid)) {
         return std::nullopt;
     }
     auto buf = std::make_unique_for_overwrite<std::uint8_t[]>(e.size);
@@ -1326,8 +1330,9 @@ void receive_session::next_offer() {
         // bytes and takes SRC's mode and mtime). One that differs costs this read, and comes
         // as any other.
         auto same_as_candidate = [&](const entry_info& e, bool identical_there, bool there, std::uint64_t size) {
-            return sync.on && !sync.dry_run && !identical_there && there && e.is_file() && e.size > 0 &&
-                   chunk_count(e.size) == 1 && size == e.size;
+            // (With --checksum a file found different by content is not read again for it.)
+            return sync.on && !sync.dry_run && !sync.checksum && !identical_there && there && e.is_file() &&
+                   e.size > 0 && chunk_count(e.size) == 1 && size == e.size;
         };
         std::vector<look> ahead;
         if (tree && items.size() >= 512 && self->ctx_.workers.size() > 1) {
@@ -2169,7 +2174,8 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
         // Whole and verified: it gets its name even when the transfer failed meanwhile (a
         // full disk, a lost peer), so that a later attempt finds it done.
         if (w.kept) {
-            delta_copied_ += w.verdict.copied;
+            // (Not for a file given up on meanwhile: nothing of it counts.)
+            delta_copied_ += machine_.aborted(f) ? 0 : w.verdict.copied;
             need_syncfs_ = need_syncfs_ || !fsync_now;  // its new mode and mtime
         } else if (!fsync_now) {
             queue_rename(f, machine_.received_digest(f), w.stored, std::move(w.unnamed), std::move(w.partial));

@@ -736,8 +736,11 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                     // A delta's bytes copied at the receiver are not what compression saved.
                     const std::uint64_t copied = it->second.copied;
                     std::uint64_t saved = copied > 0 ? 0 : len - it->second.wire_len;
-                    // A chunk sent twice counts once; one whose file's result came first, once.
-                    delta_copied_ += first_ack || after_result ? copied : 0;
+                    // A chunk sent twice counts once. One whose file's result came first (a
+                    // one-chunk file's) counts once the transfer succeeds, as its payload
+                    // does then (result()).
+                    delta_copied_ += first_ack ? copied : 0;
+                    copied_after_result_ += !first_ack && after_result ? copied : 0;
                     cs.inflight.erase(it);
                     cs.inflight_bytes -= len;
                     acked += len;
@@ -1803,6 +1806,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
             cs.inflight.clear();
             cs.inflight_bytes = 0;
         }
+        delta_copied_ += std::exchange(copied_after_result_, 0);
         r.delta_copied = delta_copied_;
         const std::uint64_t travelled = r.travelled_bytes();
         if (scope_->counters().payload_sent < travelled) {

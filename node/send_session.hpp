@@ -446,6 +446,9 @@ private:
     std::unordered_map<std::uint32_t, std::shared_ptr<delta_scan>> scans_;
     std::size_t scans_running_ = 0;
     std::uint64_t delta_copied_ = 0;  // confirmed bytes receivers rebuilt from their older versions
+    // Of those, ones whose ack came after their file's result: counted once the transfer
+    // succeeds (a failed one's payload is what was acked: they are in neither).
+    std::uint64_t copied_after_result_ = 0;
     std::vector<skipped_file> given_up_;
     std::vector<skipped_file> not_sent_;  // what the scan could not read, for the next Offer
     std::vector<std::string> folder_updates_;  // a sync's folders SYNC_UPDATE: told of with the TransferResult

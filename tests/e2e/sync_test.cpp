@@ -1005,6 +1005,36 @@ TEST_F(sync_push, a_file_the_receiver_may_not_create_is_reported_as_such) {
     EXPECT_EQ(fs::status(locked).permissions() & fs::perms::all, static_cast<fs::perms>(0555));
 }
 
+TEST_F(sync_push, a_touched_file_with_a_second_name_at_dst_is_replaced_not_changed_in_place) {
+    // Two names of one inode at DST (a user's `ln`, a snapshot's hard link): a file
+    // touched at SRC whose bytes DST has would take SRC's mode and mtime in place, and
+    // its other name with it (CODEC_SAME is for a file with one name only).
+    serve();
+    write_text_file(src / "a", "same\n");
+    write_text_file(src / "b", "same\n");
+    set_mtime(src / "a", 1'500'000'000);
+    set_mtime(src / "b", 1'500'000'500);
+    ASSERT_EQ(sync({}).code, 0);
+    const fs::path dst = share / "site";
+    fs::remove(dst / "b");
+    fs::create_hard_link(dst / "a", dst / "b");
+    set_mtime(dst / "b", 1'500'000'000);  // (as a's: both found touched below)
+    set_mtime(src / "a", 1'600'000'000);
+    set_mtime(src / "b", 1'600'000'500);
+    ::chmod((src / "b").c_str(), 0600);
+    run_result r = sync({});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, dst), "");
+    struct stat a_st {};
+    struct stat b_st {};
+    ASSERT_EQ(::stat((dst / "a").c_str(), &a_st), 0);
+    ASSERT_EQ(::stat((dst / "b").c_str(), &b_st), 0);
+    EXPECT_EQ(a_st.st_mtim.tv_sec, 1'600'000'000);
+    EXPECT_EQ(b_st.st_mtim.tv_sec, 1'600'000'500);
+    EXPECT_EQ(a_st.st_mode & 07777, 0644u);
+    EXPECT_EQ(b_st.st_mode & 07777, 0600u);
+}
+
 TEST_F(sync_push, setuid_setgid_and_sticky_bits_of_a_file_at_dst_go) {
     // A peer never makes a setuid program: neither by giving one SRC's other bits (4700
     // became 4755) nor by leaving one as it was (6755 stayed, told as unchanged).
