@@ -1334,6 +1334,7 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
         }
     }
     job.level = ref.send ? compression_.next_level() : 0;  // also when a delta does not pay
+    job.same_as = machine_.receiver_same_as(ref.file);
     return job;
 }
 
@@ -1400,7 +1401,7 @@ void send_session::read_source(read_job& job) {
             job.packed = delta_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.ops);
             job.delta = job.packed.size > 0;
         }
-        if (job.level > 0 && !job.delta) {
+        if (job.level > 0 && !job.delta && job.same_as != job.digest) {  // (CODEC_SAME sends no bytes)
             job.packed = compress_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.level);
         }
     }
@@ -1461,7 +1462,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
         return;
     }
     if (job.level > 0) {
-        bool tried = !job.ec && !job.delta;
+        bool tried = !job.ec && !job.delta && job.same_as != job.digest;
         compression_.observe(job.level, tried ? ref.length : 0, job.packed.size > 0 ? job.packed.size : ref.length,
                              job.packed.cpu_seconds);
     }
@@ -1495,7 +1496,7 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
     c->set_raw_len(ref.length);
     // The receiver's file there is this chunk already (a file only touched here): no bytes
     // go, and they count as matched there, as a delta's copies do.
-    const bool same = machine_.receiver_has(ref.file, job.digest);
+    const bool same = job.same_as == job.digest;
     c->set_codec(same                  ? wire::CODEC_SAME
                  : job.delta           ? wire::CODEC_DELTA
                  : job.packed.size > 0 ? wire::CODEC_ZSTD

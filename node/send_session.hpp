@@ -308,6 +308,7 @@ private:
         int level = 0;  // zstd level, 0: none
         pooled_buffer buf;
         digest128 digest{};
+        std::optional<digest128> same_as;  // the receiver's (receiver_same_as): no bytes go if `digest` is it
         std::error_code ec;
         std::string what;
         compressed_chunk packed;

@@ -371,11 +371,11 @@ public:
         const file_work* w = work(f);
         return w && w->sums ? &*w->sums : nullptr;
     }
-    // Whether the receiver has a file whose one chunk is `d` at the path (FileAccept's
-    // same_as): the chunk then goes as CODEC_SAME, without its bytes.
-    bool receiver_has(file_id f, const digest128& d) const {
+    // The digest of the one chunk of the file the receiver has at the path (FileAccept's
+    // same_as), if it told one: a chunk of that digest goes as CODEC_SAME, without its bytes.
+    std::optional<digest128> receiver_same_as(file_id f) const {
         const file_work* w = work(f);
-        return w && w->same_as && *w->same_as == d;
+        return w ? w->same_as : std::nullopt;
     }
     bool sent_nothing(file_id f) const {
         const file_state* s = state(f);

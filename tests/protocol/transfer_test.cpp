@@ -2209,9 +2209,9 @@ TEST(ReceiverMachine, ACodecSameChunkIsTakenOnlyAsTheFileItToldItHas) {
         EXPECT_EQ(other.on_accept(bad, done_now), protocol_errc::unexpected_message);
     }
     ASSERT_EQ(s.on_accept(told, done_now), std::error_code{});
-    EXPECT_TRUE(s.receiver_has(file_id{0}, mine));
-    EXPECT_FALSE(s.receiver_has(file_id{0}, digest128{0x1111, 0x2223}));
-    EXPECT_FALSE(s.receiver_has(file_id{1}, mine));
+    EXPECT_EQ(s.receiver_same_as(file_id{0}), mine);
+    EXPECT_NE(s.receiver_same_as(file_id{0}), (digest128{0x1111, 0x2223}));
+    EXPECT_FALSE(s.receiver_same_as(file_id{1}));
 }
 
 // A chunk sent again after its connection was lost with the ack on its way may come after
