@@ -589,6 +589,13 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
             offer_seen_ = true;
             queue_offer(std::move(*header.mutable_offer()));
             return;
+        case wire::Header::kPacked:
+            if (c.index != 0) {
+                break;
+            }
+            offer_seen_ = true;
+            on_packed(header.packed(), std::move(payload));
+            return;
         case wire::Header::kFileDone:
             if (c.index != 0) {
                 break;
@@ -691,32 +698,83 @@ void receive_session::queue_offer(wire::Offer offer) {
     // the Accept of the first must not wait behind the checks of all. The queue is
     // bounded: a peer that sends batches faster than they are checked has them checked
     // as they come (its limits, --max-files among them, apply within a few batches).
-    queued_offers_.push_back(std::move(offer));
-    while (queued_offers_.size() > max_queued_offers && !failed_) {
-        take_offer();
+    if (!queued_offers_.empty() && !queued_offers_.front().ready &&
+        queued_offers_.size() >= sender_machine::max_offers_ahead) {
+        // (Behind a Packed batch none can be checked as it comes: see on_packed.)
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + log_id(peer_id_) + ": more Offer batches than may be unanswered");
+        return;
     }
-    if (queued_offers_.size() == 1) {
-        post_offer_turn();  // else a turn is already posted: one is, while the queue holds any
+    queued_offers_.push_back({std::move(offer), offers_queued_++, true});
+    while (queued_offers_.size() > max_queued_offers && !failed_ && take_offer()) {
     }
+    post_offer_turn();
 }
 
-void receive_session::post_offer_turn() {
-    asio::post(ctx_.io, [self = shared_from_this()] {
-        self->take_offer();
-        if (!self->queued_offers_.empty()) {
+void receive_session::on_packed(const wire::Packed& packed, pooled_buffer payload) {
+    const std::uint32_t raw_len = packed.raw_len();
+    // A sender keeps at most max_offers_ahead batches unanswered, so no more than that
+    // can wait here.
+    if (raw_len == 0 || raw_len > max_header_len || !payload.data() ||
+        queued_offers_.size() >= sender_machine::max_offers_ahead) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + log_id(peer_id_) + ": a Packed frame out of bounds");
+        return;
+    }
+    const std::uint64_t seq = offers_queued_++;
+    queued_offers_.push_back({wire::Offer{}, seq, false});
+    ctx_.workers.post_first([self = shared_from_this(), payload = std::move(payload), raw_len, seq]() mutable {
+        wire::Header h;
+        std::span<const std::uint8_t> raw = decompress_chunk({payload.data(), payload.size()}, raw_len);
+        bool ok = !raw.empty() && h.ParseFromArray(raw.data(), static_cast<int>(raw.size())) &&
+                  h.body_case() == wire::Header::kOffer && h.payload_len() == 0;
+        payload = {};  // back to the pool
+        asio::post(self->ctx_.io, [self, h = std::move(h), ok, seq]() mutable {
+            if (self->failed_) {
+                return;
+            }
+            if (!ok) {
+                self->fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+                           "protocol error from " + log_id(self->peer_id_) +
+                               ": a Packed frame that is not a compressed Offer");
+                return;
+            }
+            for (queued_offer& q : self->queued_offers_) {
+                if (q.seq == seq) {
+                    q.offer = std::move(*h.mutable_offer());
+                    q.ready = true;
+                }
+            }
             self->post_offer_turn();
-        }
+        });
     });
 }
 
-void receive_session::take_offer() {
-    if (failed_ || queued_offers_.empty()) {
-        queued_offers_.clear();
+void receive_session::post_offer_turn() {
+    // One is posted while the queue's first batch is there to check.
+    if (offer_turn_posted_ || queued_offers_.empty() || !queued_offers_.front().ready) {
         return;
     }
-    wire::Offer offer = std::move(queued_offers_.front());
+    offer_turn_posted_ = true;
+    asio::post(ctx_.io, [self = shared_from_this()] {
+        self->offer_turn_posted_ = false;
+        self->take_offer();
+        self->post_offer_turn();
+    });
+}
+
+bool receive_session::take_offer() {
+    if (failed_) {
+        queued_offers_.clear();
+        return false;
+    }
+    if (queued_offers_.empty() || !queued_offers_.front().ready) {
+        return false;
+    }
+    wire::Offer offer = std::move(queued_offers_.front().offer);
     queued_offers_.pop_front();
     on_offer(offer);
+    return true;
 }
 
 void receive_session::on_offer(const wire::Offer& offer) {

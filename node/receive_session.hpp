@@ -139,8 +139,11 @@ private:
     // (the sender has that many files' chunks to send meanwhile).
     static constexpr std::uint64_t max_files_in_progress = 8192;
     void queue_offer(wire::Offer offer);
+    // A Packed frame: its Offer takes its place in queued_offers_ now, and is checked once
+    // a worker has decompressed it (the batches behind it wait).
+    void on_packed(const wire::Packed& packed, pooled_buffer payload);
     void post_offer_turn();
-    void take_offer();  // checks the first of queued_offers_
+    bool take_offer();  // checks the first of queued_offers_ when it is there yet
     void on_offer(const wire::Offer& offer);
     void next_offer();
     void on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload);
@@ -247,7 +250,14 @@ private:
     std::uint32_t finalizing_ = 0;
     std::uint32_t writes_ = 0;
     std::vector<whole_write> whole_writes_;
-    std::deque<wire::Offer> queued_offers_;
+    struct queued_offer {
+        wire::Offer offer;
+        std::uint64_t seq = 0;  // order of arrival
+        bool ready = true;      // false: still being decompressed (a Packed frame)
+    };
+    std::deque<queued_offer> queued_offers_;
+    std::uint64_t offers_queued_ = 0;  // queued_offer::seq of the next
+    bool offer_turn_posted_ = false;
     // Chunk keys with a write in flight -> other connections that sent the same chunk
     // meanwhile (each gets the ack too).
     std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> writing_;

@@ -587,7 +587,39 @@ void send_session::send_offers() {
             std::count_if(not_sent_.begin(), not_sent_.end(), [](const skipped_file& f) { return !f.file; }));
         not_sent_.clear();
     }
-    conns_[0].conn->send(h);
+    // Batches after the first go compressed (Packed) when compression is allowed both ways:
+    // an index of paths shrinks about eightfold, so a no-change sync of a big tree sends
+    // less than rsync's file list. zstd runs on a worker, ahead of the chunk reads queued
+    // there; batches leave in order (offers_out_), and the next is made meanwhile. The
+    // first, small batch goes at once (the receiver starts on it while the next is
+    // compressed), and so does any batch when no buffer is free.
+    outgoing_offer& out = offers_out_.emplace_back();
+    out.seq = offers_made_++;
+    const std::size_t raw = h.ByteSizeLong();
+    if (compression_.mode() != compress_mode::never && machine_.offers_sent() > 1 && raw >= min_packed_offer_bytes) {
+        out.packed = ctx_.buffers->acquire(raw);
+    }
+    if (out.packed.data()) {
+        h.SerializeWithCachedSizesToArray(out.packed.data());
+        out.ready = false;
+        out.raw_len = raw;
+        // The slot owns the buffer and leaves offers_out_ only once ready: the worker's
+        // pointer stays valid (and `self` keeps the session).
+        ctx_.workers.post_first([self = shared_from_this(), seq = out.seq, buf = out.packed.data(), raw] {
+            std::size_t n = compress_chunk({buf, raw}, compression_policy::fast_level).size;
+            asio::post(self->ctx_.io, [self, seq, n] {
+                for (outgoing_offer& o : self->offers_out_) {
+                    if (o.seq == seq) {
+                        o.packed_len = n;  // 0: it did not shrink
+                        o.ready = true;
+                    }
+                }
+                self->flush_offers();
+            });
+        });
+    }
+    out.h = std::move(h);
+    flush_offers();
     offer_sent_at_ = stats_clock::now();
     if (machine_.offers_sent() < machine_.offer_count()) {
         offer_posted_ = true;
@@ -595,6 +627,21 @@ void send_session::send_offers() {
             self->offer_posted_ = false;
             self->send_offers();
         });
+    }
+}
+
+void send_session::flush_offers() {
+    while (!offers_out_.empty() && offers_out_.front().ready && !finished_ && conns_[0].conn &&
+           !conns_[0].conn->closed()) {
+        outgoing_offer& o = offers_out_.front();
+        if (o.packed_len > 0) {
+            wire::Header p;
+            p.mutable_packed()->set_raw_len(static_cast<std::uint32_t>(o.raw_len));
+            conns_[0].conn->send(p, std::move(o.packed), o.packed_len);
+        } else {
+            conns_[0].conn->send(o.h);
+        }
+        offers_out_.pop_front();
     }
 }
 

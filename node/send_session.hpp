@@ -252,6 +252,9 @@ private:
     // The Offer batches not sent yet, one per turn of the loop (the receiver starts
     // checking the first while the rest are built), once the receiver's Hello is in.
     void send_offers();
+    void flush_offers();  // sends offers_out_ up to the first still being compressed
+    // Offer batches smaller than this go as they are (Packed saves too little on them).
+    static constexpr std::size_t min_packed_offer_bytes = 1024;
     // Takes what the scan feed has: entries appended and offered, or the scan's failure.
     void take_scan();
     // The per-entry arrays grown to the machine's entries, and entries `from..` counted.
@@ -464,6 +467,18 @@ private:
     bool offers_sent_ = false;  // the receiver's Hello is in: Offers go out
     stats_clock::time_point offer_sent_at_{};  // the last Offer's (a streamed scan's keep-alive)
     bool offer_posted_ = false;   // send_offers() is due on the loop
+    // Offer batches made and not yet handed to connection 0, in order: a Packed one waits
+    // for its worker (ready), and the batches after it wait behind it.
+    struct outgoing_offer {
+        wire::Header h;
+        pooled_buffer packed;        // h serialized, then compressed in place by a worker
+        std::size_t raw_len = 0;     // of h serialized
+        std::size_t packed_len = 0;  // 0: send h as it is
+        std::uint64_t seq = 0;
+        bool ready = true;
+    };
+    std::deque<outgoing_offer> offers_out_;
+    std::uint64_t offers_made_ = 0;
     bool redial_first_ = false;  // connection 0 came from an early_dial: dialed again once if it dies before Hello
     bool accepted_ = false;  // a pull: the receiver dialed in (start_accepted)
     bool peer_cancelled_ = false;  // the puller ended it (transfer_report::peer_cancelled)

@@ -53,6 +53,14 @@ void worker_pool::post(unique_task task) {
     cv_.notify_one();
 }
 
+void worker_pool::post_first(unique_task task) {
+    {
+        std::lock_guard lock(mutex_);
+        tasks_.push_front(std::move(task));
+    }
+    cv_.notify_one();
+}
+
 void worker_pool::run_parts(std::size_t parts, const std::function<void(std::size_t)>& fn) {
     struct shared {
         std::mutex mutex;

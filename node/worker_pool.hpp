@@ -54,6 +54,9 @@ public:
     worker_pool& operator=(const worker_pool&) = delete;
 
     void post(unique_task task);
+    // Ahead of every task waiting: for short work that others wait on (an Offer batch's
+    // compression), not for bulk.
+    void post_first(unique_task task);
     std::size_t size() const { return threads_.size(); }
 
     // Runs fn(0) .. fn(parts - 1) and returns once every one has run: the calling thread

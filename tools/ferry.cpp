@@ -3467,8 +3467,9 @@ void add_send_flags(CLI::App* cmd, send_opts& so) {
         cmd->add_option("--connections", so.connections,
                         "TCP connections in the session (1..16); when not given, up to 4: those above the first "
                         "only once the path calls for them (a round trip of 5 ms or more, or losses)");
-    cmd->add_option("--compress", so.compress,
-                    "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never")
+    cmd->add_option(
+           "--compress", so.compress,
+           "zstd for chunks: auto (while it pays: slow links, very compressible data), always, never (nor the index)")
         ->capture_default_str();
     cmd->add_option("--retry-for", so.retry_for_s,
                     "after the receiver is lost mid-transfer, keep reconnecting (and resuming) this long "

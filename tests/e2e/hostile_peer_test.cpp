@@ -12,20 +12,21 @@
 #include "tests/support/hostile_peer.hpp"
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <limits>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 
+#include "node/chunk_codec.hpp"
 #include "node/identity.hpp"
 #include "protocol/digest.hpp"
 #include "protocol/transfer.hpp"
-#include "transport/identity.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/pattern.hpp"
 #include "tests/support/tree.hpp"
+#include "transport/identity.hpp"
 
 namespace fs = std::filesystem;
 using namespace ferry;
@@ -586,6 +587,64 @@ TEST_F(hostile_frames_test, compressed_chunk_that_does_not_decompress) {
     p->send_frame(h, junk);
     expect_transfer_failed(*p, wire::ERROR_INTEGRITY, "packed.bin: chunk 0 does not decompress to its length", false);
     EXPECT_FALSE(fs::exists(inbox_ / "packed.bin"));
+}
+
+// A Packed frame (a compressed Offer) whose payload is `payload`, said to expand to `raw_len`.
+std::vector<std::uint8_t> packed_frame(std::uint32_t raw_len, std::span<const std::uint8_t> payload) {
+    wire::Header h;
+    h.set_payload_len(static_cast<std::uint32_t>(payload.size()));
+    h.mutable_packed()->set_raw_len(raw_len);
+    return encode_frame(h, payload);
+}
+
+// `h` serialized and compressed as a sender packs an Offer.
+std::vector<std::uint8_t> packed_bytes(const wire::Header& h) {
+    std::vector<std::uint8_t> raw(h.ByteSizeLong());
+    h.SerializeToArray(raw.data(), static_cast<int>(raw.size()));
+    std::size_t n = compress_chunk(raw, 1).size;
+    raw.resize(n);
+    return raw;
+}
+
+TEST_F(hostile_frames_test, packed_offer_that_does_not_decompress) {
+    auto p = session();
+    ASSERT_TRUE(p);
+    p->send_raw(packed_frame(1000, pattern_bytes(300, 12)));
+    expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "a Packed frame that is not a compressed Offer");
+}
+
+TEST_F(hostile_frames_test, packed_frame_holding_another_message) {
+    auto p = session();
+    ASSERT_TRUE(p);
+    wire::Header h;
+    h.mutable_hello()->set_agent(std::string(2000, 'a'));
+    std::vector<std::uint8_t> packed = packed_bytes(h);
+    ASSERT_FALSE(packed.empty());
+    p->send_raw(packed_frame(static_cast<std::uint32_t>(h.ByteSizeLong()), packed));
+    expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "a Packed frame that is not a compressed Offer");
+}
+
+TEST_F(hostile_frames_test, packed_frame_said_to_expand_past_64_kib) {
+    auto p = session();
+    ASSERT_TRUE(p);
+    p->send_raw(packed_frame(max_header_len + 1, pattern_bytes(300, 13)));
+    expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "a Packed frame out of bounds");
+}
+
+TEST_F(hostile_frames_test, a_packed_offer_is_taken_as_the_offer_it_holds) {
+    // ... and refused as that Offer would be: a path twice.
+    auto p = session();
+    ASSERT_TRUE(p);
+    wire::Offer o = offer_of({"a.txt", "b.txt"});
+    const std::string twice = std::string(200, 'p') + "/" + std::string(200, 'q') + "/" + std::string(200, 'r');
+    o.mutable_entries(0)->set_path(twice);
+    o.mutable_entries(1)->set_path(twice);
+    wire::Header h;
+    *h.mutable_offer() = o;
+    std::vector<std::uint8_t> packed = packed_bytes(h);
+    ASSERT_FALSE(packed.empty());
+    p->send_raw(packed_frame(static_cast<std::uint32_t>(h.ByteSizeLong()), packed));
+    expect_transfer_failed(*p, wire::ERROR_REFUSED, "duplicate path in offer");
 }
 
 TEST_F(hostile_frames_test, another_node_cannot_join_a_session) {

@@ -376,6 +376,47 @@ TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, the_index_of_a_big_tree_travels_compressed_unless_compression_is_off) {
+    // 1,500 files under long folder names: the Offer batches (path, size, mode, mtime per
+    // entry) are what a no-change sync sends, and they shrink severalfold as Packed frames.
+    serve();
+    std::uint64_t path_bytes = 0;
+    for (int i = 0; i < 1500; ++i) {
+        const std::string rel = "project_with_a_long_name/module_" + std::to_string(i % 7) +
+                                "_and_its_components/part_" + std::to_string(i % 23) + "/source_file_" +
+                                std::to_string(i) + ".txt";
+        write_text_file(src / rel, std::to_string(i) + "\n");
+        path_bytes += rel.size();
+    }
+    run_result first = sync({});
+    ASSERT_EQ(first.code, 0) << first.err;
+    EXPECT_EQ(find_event(json_events(first.out), "done")["created"], 1500);
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+
+    run_result packed = sync({});
+    ASSERT_EQ(packed.code, 0) << packed.err;
+    nlohmann::json done = find_event(json_events(packed.out), "done");
+    EXPECT_EQ(done["skipped"], 1500) << done;
+    EXPECT_EQ(done["bytes_transferred"], 0) << done;
+    const std::uint64_t packed_bytes = done["wire_bytes_sent"].get<std::uint64_t>();
+
+    run_result plain = sync({"--compress", "never"});
+    ASSERT_EQ(plain.code, 0) << plain.err;
+    done = find_event(json_events(plain.out), "done");
+    EXPECT_EQ(done["skipped"], 1500) << done;
+    const std::uint64_t plain_bytes = done["wire_bytes_sent"].get<std::uint64_t>();
+    EXPECT_GT(plain_bytes, path_bytes) << "the paths go whole in plain Offers";
+    EXPECT_LT(packed_bytes * 4, plain_bytes) << packed_bytes << " against " << plain_bytes;
+
+    // What the packed batches said is what the tree is: a change deep in it is found.
+    write_text_file(src / "project_with_a_long_name/module_6_and_its_components/part_11/source_file_1000.txt", "x\n");
+    run_result change = sync({});
+    ASSERT_EQ(change.code, 0) << change.err;
+    EXPECT_EQ(paths_of(json_events(change.out), "updated"),
+              (paths{"project_with_a_long_name/module_6_and_its_components/part_11/source_file_1000.txt"}));
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, bytes_inserted_and_removed_cost_only_the_blocks_they_touch) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
@@ -1661,6 +1702,27 @@ TEST_F(sync_pull, compress_always_is_asked_of_the_peer_and_never_too) {
     ASSERT_EQ(never.code, 0) << never.err;
     EXPECT_EQ(find_event(json_events(never.out), "done")["compression_saved_bytes"], 0);
     EXPECT_EQ(read_text_file(dst / "t.txt"), text);
+}
+
+TEST_F(sync_pull, the_serving_node_sends_its_index_compressed_unless_the_puller_says_never) {
+    serve();
+    for (int i = 0; i < 1200; ++i) {
+        write_text_file(site / ("a_folder_with_a_long_name_" + std::to_string(i % 5)) /
+                            ("and_a_file_with_one_too_" + std::to_string(i) + ".txt"),
+                        "x");
+    }
+    ASSERT_EQ(pull({}).code, 0);
+    EXPECT_EQ(compare_trees(site, dst), "");
+    run_result packed = pull({});
+    ASSERT_EQ(packed.code, 0) << packed.err;
+    nlohmann::json done = find_event(json_events(packed.out), "done");
+    EXPECT_EQ(done["skipped"], 1200) << done;
+    const std::uint64_t packed_bytes = done["wire_bytes_received"].get<std::uint64_t>();
+    run_result plain = pull({"--compress", "never"});
+    ASSERT_EQ(plain.code, 0) << plain.err;
+    done = find_event(json_events(plain.out), "done");
+    EXPECT_EQ(done["skipped"], 1200) << done;
+    EXPECT_LT(packed_bytes * 3, done["wire_bytes_received"].get<std::uint64_t>()) << packed_bytes;
 }
 
 TEST_F(sync_pull, a_pull_the_puller_stops_counts_as_cancelled_at_the_serving_node_not_failed) {

@@ -1,4 +1,4 @@
-// worker_pool::run_parts: every part runs exactly once, parts run on more than one thread
+// worker_pool: post_first jumps the queue; run_parts: every part runs exactly once, parts run on more than one thread
 // when workers are free, and calls from inside the pool's own tasks (every worker at
 // once) finish instead of waiting for each other.
 #include "node/worker_pool.hpp"
@@ -16,6 +16,39 @@
 
 namespace ferry {
 namespace {
+
+// post_first: the task runs before every task still waiting, after the running one.
+TEST(WorkerPool, PostFirstRunsAheadOfTheTasksWaiting) {
+    worker_pool pool(1);
+    std::promise<void> started;
+    std::promise<void> release;
+    std::shared_future<void> go = release.get_future().share();
+    std::mutex mutex;
+    std::vector<int> order;
+    std::promise<void> last;
+    pool.post([&, go] {
+        started.set_value();
+        go.wait();
+    });
+    ASSERT_EQ(started.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    for (int i = 1; i <= 3; ++i) {
+        pool.post([&, i] {
+            std::lock_guard lock(mutex);
+            order.push_back(i);
+            if (i == 3) {
+                last.set_value();
+            }
+        });
+    }
+    pool.post_first([&] {
+        std::lock_guard lock(mutex);
+        order.push_back(0);
+    });
+    release.set_value();
+    ASSERT_EQ(last.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    std::lock_guard lock(mutex);
+    EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3}));
+}
 
 TEST(WorkerPool, RunPartsRunsEveryPartOnceAndReturnsAfterTheLast) {
     worker_pool pool(2);
