@@ -550,7 +550,10 @@ void receive_session::arm_idle_timer(std::chrono::steady_clock::duration after) 
         // pushing sender does all that before it connects.)
         bool peer_scanning = self->pull_ && self->peer_hello_ && !self->offer_seen_ &&
                              now - self->start_ < std::chrono::hours(1);
+        // (A Packed batch waiting for a worker too: the sender waits for its Accept.)
         bool own_work = self->offer_busy_ || self->writes_ > 0 || self->finalizing_ > 0 || self->renaming_ ||
+                        std::any_of(self->queued_offers_.begin(), self->queued_offers_.end(),
+                                    [](const queued_offer& q) { return !q.ready; }) ||
                         self->finishing_ || peer_scanning ||
                         std::any_of(self->conns_.begin(), self->conns_.end(),
                                     [](const auto& c) { return c && !c->closed() && c->waiting_for_buffer(); });

@@ -1837,7 +1837,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
     std::uint32_t used = 0;
     for (const auto& cs : conns_) {
         // (One the receiver refused carried nothing it kept: what went on it went again.)
-        used += (cs.conn && !cs.refused && cs.conn->counters().payload_sent > 0) ? 1 : 0;
+        used += (cs.conn && !cs.refused && cs.conn->counters().payload_frames_sent > 0) ? 1 : 0;
     }
     r.connections = ok ? std::max<std::uint32_t>(used, 1) : used;
     if (ok && scope_) {
@@ -1888,7 +1888,7 @@ void send_session::finish(bool ok, exit_code code, const std::string& error) {
             if (!ok) {
                 // Chunks not begun are of no use now, and the Error frame saying why
                 // waits behind them: over a slow link, past the process's exit.
-                cs.conn->drop_unsent_payloads();
+                cs.conn->drop_unsent_chunks();
             }
             cs.conn->close_after_flush();
         }

@@ -151,7 +151,7 @@ void connection::refuse_framing(std::error_code ec) {
 
 bool connection::dispatch() {
     ++counters_.frames_received;
-    if (decoder_.header().payload_len() > 0) {
+    if (decoder_.header().has_chunk()) {
         ++counters_.payload_frames_received;
     }
     pooled_buffer payload = std::move(payload_);
@@ -176,6 +176,7 @@ bool connection::send(wire::Header& header, pooled_buffer owner, std::size_t pay
     }
     f.payload = std::move(owner);
     f.payload_len = payload_len;
+    f.chunk = header.has_chunk();
     queued_bytes_ += f.head.size() + payload_len;
     queue_.push_back(std::move(f));
     ++counters_.frames_sent;
@@ -234,7 +235,7 @@ void connection::flush() {
             }
             n -= left;
             counters_.payload_sent += f.payload_len;
-            counters_.payload_frames_sent += f.payload_len > 0 ? 1 : 0;
+            counters_.payload_frames_sent += f.chunk ? 1 : 0;
             front_written_ = 0;
             queue_.pop_front();
         }
@@ -295,10 +296,10 @@ void connection::close_after_flush(std::error_code ec) {
     }
 }
 
-std::size_t connection::drop_unsent_payloads() {
+std::size_t connection::drop_unsent_chunks() {
     // The front frame may be partly written: it stays whole, or the framing would break.
     auto first = queue_.begin() + (front_written_ > 0 && !queue_.empty() ? 1 : 0);
-    auto kept = std::stable_partition(first, queue_.end(), [](const out_frame& f) { return f.payload_len == 0; });
+    auto kept = std::stable_partition(first, queue_.end(), [](const out_frame& f) { return !f.chunk; });
     std::size_t dropped = 0;
     for (auto it = kept; it != queue_.end(); ++it) {
         queued_bytes_ -= it->head.size() + it->payload_len;

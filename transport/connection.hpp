@@ -51,8 +51,8 @@ struct connection_counters {
     std::uint64_t frames_received = 0;
     std::uint64_t payload_sent = 0;      // payload bytes the kernel accepted (not confirmed)
     std::uint64_t payload_received = 0;
-    std::uint64_t payload_frames_sent = 0;      // frames with a payload (chunks) the kernel took whole
-    std::uint64_t payload_frames_received = 0;  // frames with a payload (chunks) received whole
+    std::uint64_t payload_frames_sent = 0;      // Chunk frames the kernel took whole
+    std::uint64_t payload_frames_received = 0;  // Chunk frames received whole
 };
 
 class connection : public std::enable_shared_from_this<connection> {
@@ -72,10 +72,11 @@ public:
     // the peer still sends until it closes too; then closes. The peer reads every frame
     // sent before, instead of a reset. Flush and drain together take at most `linger`.
     void close_after_flush(std::error_code ec = {});
-    // Drops the queued frames with a payload (chunks) that have not begun to go out, so
-    // that a frame queued after them (an Error saying why a transfer ends) is not stuck
-    // behind data nobody will use. Returns how many were dropped.
-    std::size_t drop_unsent_payloads();
+    // Drops the queued Chunk frames that have not begun to go out, so that a frame queued
+    // after them (an Error saying why a transfer ends) is not stuck behind data nobody
+    // will use. Other frames stay, payload or not (a Packed Offer: the batches after it
+    // would arrive without it). Returns how many were dropped.
+    std::size_t drop_unsent_chunks();
     static constexpr std::chrono::milliseconds linger{2000};
 
     bool closed() const { return closed_; }
@@ -94,6 +95,7 @@ private:
         std::vector<std::uint8_t> head;
         pooled_buffer payload;
         std::size_t payload_len = 0;
+        bool chunk = false;  // a Chunk frame
     };
 
     void read_loop();

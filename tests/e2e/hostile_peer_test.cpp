@@ -624,6 +624,17 @@ TEST_F(hostile_frames_test, packed_frame_holding_another_message) {
     expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "a Packed frame that is not a compressed Offer");
 }
 
+TEST_F(hostile_frames_test, packed_offer_of_another_size_than_it_says) {
+    auto p = session();
+    ASSERT_TRUE(p);
+    wire::Header h;
+    *h.mutable_offer() = offer_of({std::string(300, 'a'), std::string(300, 'b'), std::string(300, 'c')});
+    std::vector<std::uint8_t> packed = packed_bytes(h);
+    ASSERT_FALSE(packed.empty());
+    p->send_raw(packed_frame(static_cast<std::uint32_t>(h.ByteSizeLong()) + 1, packed));
+    expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "a Packed frame that is not a compressed Offer");
+}
+
 TEST_F(hostile_frames_test, packed_frame_said_to_expand_past_64_kib) {
     auto p = session();
     ASSERT_TRUE(p);
