@@ -79,7 +79,9 @@ struct local_basis {
     }
 
     // The file to start `e` from, if any.
-    const dest_tree::file_stamp* find(const entry_info& e) {
+    // `guess`: a file of resume size may match on size alone (else size and mtime only:
+    // a dry run, which has no digests to prove a guess).
+    const dest_tree::file_stamp* find(const entry_info& e, bool guess = true) {
         const std::uint64_t stamp = stamp_key(e.size, e.mtime_ns);
         if (auto it = by_named_stamp.find(named_key(stamp, e.path)); it != by_named_stamp.end()) {
             const dest_tree::file_stamp& f = files[it->second];
@@ -93,7 +95,7 @@ struct local_basis {
                 return &f;
             }
         }
-        auto it = by_size.find(e.size);
+        auto it = guess ? by_size.find(e.size) : by_size.end();
         if (it == by_size.end() || it->second == guessed) {
             return nullptr;
         }
@@ -998,12 +1000,12 @@ void receive_session::next_offer() {
             }
             absent = dry_absent_;
         }
-        if (!t->dry_run()) {
-            if (!basis_) {
-                basis_ = std::make_shared<local_basis>();
-            }
-            basis = basis_;
+        // (A dry run looks too: what it tells of a file it would start from a file DST
+        // has at another path is what the run would tell, a rename.)
+        if (!basis_) {
+            basis_ = std::make_shared<local_basis>();
         }
+        basis = basis_;
     }
     if (!absent) {
         absent = std::make_shared<std::unordered_set<std::string>>();  // this batch's alone
@@ -1283,11 +1285,29 @@ void receive_session::next_offer() {
         // chunk comes), with what would happen to it.
         auto dry_decisions = [&] {
             for (std::size_t i = 0; i < items.size(); ++i) {
+                const entry_info& e = items[i].e;
                 if (!blocked[i].empty()) {
-                    not_made.push_back({items[i].e.path, blocked[i], false, false, true, !items[i].e.is_dir});  // would fail
+                    not_made.push_back({e.path, blocked[i], false, false, true, !e.is_dir});  // would fail
                 }
-                decisions.push_back({items[i].id, wire::ACCEPT_SKIP, std::nullopt, {},
-                                     blocked[i].empty() ? action(i) : wire::SYNC_FAILED, {}, {}});
+                // A new file with the size and mtime of one DST has elsewhere: the run
+                // would start from that one (from_basis, below), and tell of a rename
+                // where SRC no longer has it. Told by `basis`, as in the run.
+                std::string from;
+                if (tree && basis && blocked[i].empty() && e.is_file() && e.size > 0 && !identical[i] && !exists[i]) {
+                    if (!basis->built) {
+                        basis->build(*tree, sync.get);
+                    }
+                    if (const dest_tree::file_stamp* f = basis->find(e, false); f != nullptr && f->path != e.path) {
+                        from = f->path;
+                    }
+                }
+                decisions.push_back({items[i].id,
+                                     wire::ACCEPT_SKIP,
+                                     std::nullopt,
+                                     {},
+                                     blocked[i].empty() ? action(i) : wire::SYNC_FAILED,
+                                     std::move(from),
+                                     {}});
             }
         };
         auto space_check = [&](std::uint64_t here) {
@@ -1796,8 +1816,14 @@ void receive_session::next_offer() {
                     // success is reported only once it is on disk too.
                     self->need_syncfs_ = true;
                     // With what a sync does to it (a dry run's every file; permission
-                    // bits set in place), as the sender reports it for a push.
-                    self->files_.done(self->ctx_.events.file, d.id, self->machine_.entry(d.id), true, d.action);
+                    // bits set in place), as the sender reports it for a push. A dry
+                    // run's file it would start from another: a rename or not, once all
+                    // is offered.
+                    if (!d.basis.empty()) {
+                        self->maybe_renamed_.push_back({d.id, self->machine_.entry(d.id), d.action, d.basis});
+                    } else {
+                        self->files_.done(self->ctx_.events.file, d.id, self->machine_.entry(d.id), true, d.action);
+                    }
                 }
             }
             wire::Header h;

@@ -800,6 +800,9 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         // ACCEPT_SKIP, with what the sync did to it.
         if (!f.info.is_file() || d.kind == wire::ACCEPT_SKIP) {
             fa->set_kind(f.info.is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
+            if (f.info.is_file() && d.action == wire::SYNC_CREATE) {
+                fa->set_basis(d.basis);  // a dry run's: the file it would start from
+            }
             if (d.action == wire::SYNC_FAILED) {
                 ++(f.info.is_dir ? not_made_dirs_ : not_made_files_);
             } else if (!f.info.is_dir) {

@@ -539,7 +539,9 @@ public:
         std::optional<chunk_bitmap> have;
         std::vector<digest128> have_digests;  // PARTIAL: digests of the chunks it has
         wire::SyncAction action = wire::SYNC_NONE;  // sync: what happens to the file (told to the sender)
-        std::string basis;  // PARTIAL: the receiver's own file it started from (FileAccept.basis)
+        // PARTIAL: the receiver's own file it started from (FileAccept.basis); SKIP of a
+        // dry run's new file: the one it would start from
+        std::string basis;
         // PARTIAL, a sync's older version: its sums (BasisSums frames, basis_sum_frames);
         // the file then takes CODEC_DELTA chunks. At most max_basis_blocks full blocks.
         std::optional<basis_sums> sums;

@@ -2506,10 +2506,11 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
                         connections_text(r)) +
             compression_note(r));
     } else if (dry) {
-        say(fmt::format("dry run, nothing changed: {} file(s) to create, {} to update, {} unchanged{}, {} path(s) to "
-                        "delete",
-                        run.created, run.updated, run.unchanged,
-                        folders_text(run.created_dirs, "to make") + folders_text(run.updated_dirs, "to update"), deleted));
+        say(fmt::format(
+            "dry run, nothing changed: {} file(s) to create, {} to update, {} to rename, {} unchanged{}, "
+            "{} path(s) to delete",
+            run.created, run.updated, run.renamed, run.unchanged,
+            folders_text(run.created_dirs, "to make") + folders_text(run.updated_dirs, "to update"), deleted));
     } else {
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged{}{}, {} path(s) deleted; "
                         "{} {} in {:.2f} s ({:.1f} MB/s confirmed, {})",

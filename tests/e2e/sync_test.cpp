@@ -469,9 +469,27 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     fs::create_directories(src / "moved");
     fs::rename(src / "big.bin", src / "moved/big.bin");  // into a folder DST does not have yet
     fs::rename(src / "d1", src / "d2");
+    write_random_file(src / "d2" / "new", 4096, 99);  // the size of d1/f0, another mtime: created
+    ASSERT_EQ(::utimensat(AT_FDCWD, (src / "d2" / "new").c_str(),
+                          std::array<timespec, 2>{timespec{0, UTIME_OMIT}, timespec{1'500'000'000, 0}}.data(), 0),
+              0);
+
+    // A dry run tells what the run does (the renames by size and mtime), and does none of it.
+    run_result dry = sync({"--delete", "--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    auto dry_ev = json_events(dry.out);
+    EXPECT_EQ(paths_of(dry_ev, "renamed").size(), 21u) << dry.out;
+    EXPECT_EQ(paths_of(dry_ev, "created"), (paths{"d2", "d2/new", "moved"}));
+    EXPECT_EQ(find_event(dry_ev, "done")["renamed"], 21);
+    EXPECT_EQ(find_event(dry_ev, "done")["deleted_files"], 21);
+    EXPECT_NE(dry.err.find("1 file(s) to create, 0 to update, 21 to rename,"), std::string::npos) << dry.err;
+    EXPECT_TRUE(fs::exists(share / "site/big.bin"));
+    EXPECT_FALSE(fs::exists(share / "site/moved"));
+
     run_result r = sync({"--delete"});
     ASSERT_EQ(r.code, 0) << r.err;
     auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), paths_of(dry_ev, "renamed"));
     paths renamed = paths_of(ev, "renamed");
     ASSERT_EQ(renamed.size(), 21u);
     EXPECT_EQ(renamed.front(), "d2/f0");
@@ -481,12 +499,12 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
             EXPECT_EQ(e["from"], "big.bin");
         }
     }
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"d2", "moved"}));  // the folders, made at DST
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"d2", "d2/new", "moved"}));  // the folders, made at DST
     nlohmann::json done = find_event(ev, "done");
     EXPECT_EQ(done["renamed"], 21);
-    EXPECT_EQ(done["created"], 0);
+    EXPECT_EQ(done["created"], 1);
     EXPECT_EQ(done["created_dirs"], 2);
-    EXPECT_EQ(done["bytes_transferred"], 0);
+    EXPECT_EQ(done["bytes_transferred"], 4096);  // d2/new
     EXPECT_EQ(done["deleted_files"], 21);  // the old names
     EXPECT_EQ(done["deleted_dirs"], 1);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
@@ -1936,15 +1954,18 @@ TEST_F(sync_pull, delete_renames_and_dry_run_work_as_for_a_push) {
     write_text_file(site / "edit.txt", "version 2\n");
     ::chmod((site / "mode.txt").c_str(), 0600);  // the permission bits alone
 
-    // A dry run says what would happen (a rename it cannot check: as a file created) and
-    // changes nothing.
+    // A dry run says what would happen (the rename too, by size and mtime) and changes
+    // nothing.
     run_result dry = pull({"--delete", "--dry-run", "--exclude", "*.log"});
     ASSERT_EQ(dry.code, 0) << dry.err;
     auto ev = json_events(dry.out);
     EXPECT_EQ(paths_of(ev, "deleted"), (paths{"big.bin", "gone.txt", "stray.txt"}));
-    EXPECT_EQ(paths_of(ev, "created"), (paths{"moved", "moved/big.bin"}));
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"moved"}));
+    EXPECT_EQ(paths_of(ev, "renamed"), (paths{"moved/big.bin"}));
     EXPECT_EQ(paths_of(ev, "updated"), (paths{"edit.txt", "mode.txt"}));
     EXPECT_EQ(find_event(ev, "done")["updated"], 2);
+    EXPECT_EQ(find_event(ev, "done")["renamed"], 1);
+    EXPECT_NE(dry.err.find(", 1 to rename,"), std::string::npos) << dry.err;
     EXPECT_EQ(find_event(ev, "done")["created_dirs"], 1);
     EXPECT_EQ(read_text_file(dst / "edit.txt"), "v1\n");
     EXPECT_TRUE(fs::exists(dst / "stray.txt"));
