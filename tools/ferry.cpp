@@ -1980,6 +1980,21 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     }, &run, stream);
 }
 
+// The folder `p`, not there: under a file (ENOTDIR), the file it lies below is named, as
+// the kernel found it; else "does not exist". Returns the words after the folder's name.
+std::string absent_folder_text(const fs::path& p, const std::string& else_text) {
+    struct stat st {};
+    for (fs::path up = p; up.has_parent_path() && up != up.root_path(); up = up.parent_path()) {
+        if (::stat(up.c_str(), &st) == 0) {
+            return S_ISDIR(st.st_mode) ? else_text : " lies below " + up.string() + ", which is not a folder";
+        }
+        if (errno != ENOTDIR) {
+            continue;  // not there: look further up
+        }
+    }
+    return else_text;
+}
+
 struct get_opts {
     std::string source;
     std::string dest = ".";
@@ -2025,7 +2040,9 @@ int cmd_get(const common_opts& o, const send_opts& s, const get_opts& g) {
                         "DEST " + g.dest + ": " +
                             (there ? folder.string() + " is not a folder"
                                    : "its folder " + folder.string() +
-                                         " does not exist (as with cp, name a folder that does, or end DEST in '/')"));
+                                         absent_folder_text(folder,
+                                                            " does not exist (as with cp, name a folder "
+                                                            "that does, or end DEST in '/')")));
         }
     }
     if (!multi && g.range_size != 0) {
@@ -3153,10 +3170,12 @@ int run_pull(const common_opts& o, const send_opts& s, const ferry::send_target&
     }
     ec.clear();
     if (const bool parent_there = ::stat(dest.parent_path().c_str(), &st) == 0; !parent_there || !S_ISDIR(st.st_mode)) {
-        return fail(o, exit_code::usage,
-                    label + dst + ": its parent " + dest.parent_path().string() +
-                        (parent_there ? " is not a folder"
-                                      : " does not exist (ferry creates " + label + "itself, not its parents)"));
+        return fail(
+            o, exit_code::usage,
+            label + dst + ": its parent " + dest.parent_path().string() +
+                (parent_there ? " is not a folder"
+                              : absent_folder_text(dest.parent_path(), " does not exist (ferry creates " + label +
+                                                                           "itself, not its parents)")));
     }
     // A get writes into DEST, a pull into DST, or each beside it when it is not there: a
     // folder this user may not write is refused now (a get read "refused transfer: NAME:

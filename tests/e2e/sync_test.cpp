@@ -1803,6 +1803,12 @@ TEST_F(sync_pull, dst_is_found_as_the_kernel_finds_it_not_as_text) {
     EXPECT_EQ(r.code, 1) << r.err;
     EXPECT_NE(r.err.find("afile is not a folder"), std::string::npos) << r.err;
     EXPECT_EQ(read_text_file(cli.root() / "afile"), "a file\n");
+    dst = cli.root() / "afile/sub/deeper";  // its parent does not exist either: the file is named
+    r = pull({});
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("lies below " + (cli.root() / "afile").string() + ", which is not a folder"),
+              std::string::npos)
+        << r.err;
 }
 
 TEST_F(sync_pull, a_mistake_in_the_words_is_told_in_json_when_json_was_asked_for) {
@@ -3199,6 +3205,10 @@ TEST_F(share_get, refusals_are_clear_and_leave_dest_as_it_was) {
     EXPECT_EQ(kind.code, 1) << kind.err;
     EXPECT_NE(kind.err.find("manual is not a folder"), std::string::npos) << kind.err;
     EXPECT_EQ(read_text_file(out / "manual"), "a file of B's\n");
+    kind = get("ay:docs/manual/intro.txt", (out / "manual/x/y").string());  // two levels below
+    EXPECT_EQ(kind.code, 1) << kind.err;
+    EXPECT_NE(kind.err.find("lies below " + (out / "manual").string() + ", which is not a folder"), std::string::npos)
+        << kind.err;
     // Below DEST's top: the path stays and fails (with what the peer's folder holds), the
     // rest comes; nothing is deleted.
     // (Enough entries below the conflicts that they come in later Offer batches, whose
