@@ -129,7 +129,8 @@ std::uint64_t run_sender(const transfer_plan& p, std::vector<entry_info> entries
                 return 0;
             }
         }
-        if (s.on_accept(p.accepts[b], done_now)) {
+        wire::Accept accept = p.accepts[b];  // (on_accept takes back what Accept.unchanged left out)
+        if (s.on_accept(accept, done_now)) {
             return 0;
         }
     }

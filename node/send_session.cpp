@@ -705,7 +705,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
         case wire::Header::kHello: on_hello(c, header.hello()); return;
         case wire::Header::kAccept: {
             std::vector<wire::FileDone> done_now;
-            if (std::error_code ec = machine_.on_accept(header.accept(), done_now)) {
+            if (std::error_code ec = machine_.on_accept(*header.mutable_accept(), done_now)) {
                 fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
                 return;
             }

@@ -171,12 +171,48 @@ std::vector<wire::Offer> sender_machine::make_offers() const {
     return offers;
 }
 
-std::error_code sender_machine::on_accept(const wire::Accept& accept, std::vector<wire::FileDone>& done_now) {
+std::error_code sender_machine::expand_unchanged(wire::Accept& accept, std::uint32_t first, std::uint32_t end) const {
+    if (accept.unchanged().empty()) {
+        return {};
+    }
+    const std::uint32_t n = end - first;
+    const std::string& bits = accept.unchanged();
+    if (bits.size() != (n + 7) / 8 || (n % 8 != 0 && static_cast<unsigned char>(bits.back()) >> (n % 8) != 0)) {
+        return protocol_errc::unexpected_message;  // a bit for every entry, none past the last
+    }
+    std::uint32_t plain = 0;
+    for (unsigned char b : bits) {
+        plain += static_cast<std::uint32_t>(std::popcount(b));
+    }
+    if (plain + static_cast<std::uint32_t>(accept.files_size()) != n) {
+        return protocol_errc::unexpected_message;
+    }
+    google::protobuf::RepeatedPtrField<wire::FileAccept> all;
+    all.Reserve(static_cast<int>(n));
+    int next = 0;
+    for (std::uint32_t i = 0; i < n; ++i) {
+        if ((static_cast<unsigned char>(bits[i / 8]) >> (i % 8)) & 1) {
+            wire::FileAccept* fa = all.Add();
+            fa->set_id(first + i);
+            fa->set_kind(entries_[first + i].is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
+        } else {
+            all.Add(std::move(*accept.mutable_files(next++)));
+        }
+    }
+    accept.mutable_files()->Swap(&all);
+    accept.clear_unchanged();
+    return {};
+}
+
+std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire::FileDone>& done_now) {
     // (A batch not sent yet: a receiver cannot have been told its files.)
     if (accepted_batches_ >= offers_sent_ || accept.transfer_id() != transfer_id_) {
         return protocol_errc::unexpected_message;
     }
     auto [first, end] = batches_[accepted_batches_];
+    if (std::error_code ec = expand_unchanged(accept, first, end)) {
+        return ec;
+    }
     if (static_cast<std::uint32_t>(accept.files_size()) != end - first) {
         return protocol_errc::unexpected_message;
     }
@@ -789,7 +825,12 @@ void receiver_machine::forget() {
 wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
     wire::Accept a;
     a.set_transfer_id(transfer_id_);
-    for (const decision& d : decisions) {
+    // The entries whose answer is the plain one (unchanged here) are told by a bit each
+    // (Accept.unchanged), not a FileAccept: most of a no-change sync's Accept.
+    std::string unchanged((decisions.size() + 7) / 8, '\0');
+    bool any_unchanged = false;
+    for (std::size_t pos = 0; pos < decisions.size(); ++pos) {
+        const decision& d = decisions[pos];
         file_state& f = held(d.id);
         decided_files_ += f.decided ? 0 : 1;
         f.decided = true;
@@ -812,6 +853,11 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             f.skip = true;
             f.finished = true;
             ++finished_files_;
+            if (d.action == wire::SYNC_NONE && fa->basis().empty()) {
+                a.mutable_files()->RemoveLast();
+                unchanged[pos / 8] = static_cast<char>(unchanged[pos / 8] | 1 << (pos % 8));
+                any_unchanged = true;
+            }
             continue;
         }
         f.data = std::make_unique<file_state::chunk_data>();
@@ -843,6 +889,9 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
                 fa->set_same_as(std::move(bytes));
             }
         }
+    }
+    if (any_unchanged) {
+        a.set_unchanged(std::move(unchanged));
     }
     return a;
 }

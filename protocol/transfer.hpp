@@ -244,8 +244,13 @@ public:
     // not offered yet is unexpected_message). Appends FileDone messages for
     // files that need no chunk read (empty or skipped) to `done_now`. A file of exactly
     // one chunk accepted whole gets no FileDone at all: its Chunk frame carries its only
-    // digest (receiver_machine::single_chunk).
-    std::error_code on_accept(const wire::Accept& accept, std::vector<wire::FileDone>& done_now);
+    // digest (receiver_machine::single_chunk). The entries Accept.unchanged tells of are
+    // put back into `accept` first, as FileAccepts in their places (the caller then reads
+    // every entry's answer there).
+    std::error_code on_accept(wire::Accept& accept, std::vector<wire::FileDone>& done_now);
+    // Accept.unchanged of the batch [first, end) made FileAccepts again; an error when the
+    // bits do not fit the batch.
+    std::error_code expand_unchanged(wire::Accept& accept, std::uint32_t first, std::uint32_t end) const;
 
     // Next chunk to read (and send unless ref.send is false); nullopt when nothing is
     // available now (all assigned, or waiting for Accept).

@@ -26,6 +26,7 @@
 #include "protocol/path.hpp"
 #include "protocol/transfer.hpp"
 #include "protocol/types.hpp"
+#include "tests/fuzz/accept_model.hpp"
 #include "tests/fuzz/fuzz_support.hpp"
 #include "tests/fuzz/sample_messages.hpp"
 
@@ -129,8 +130,8 @@ void check_bitmap(std::uint64_t bits, const std::string& bytes) {
     FUZZ_CHECK(chunk_bitmap::from_bytes(bits, back)->to_bytes() == back);
 }
 
-void check_accept(const wire::Accept& accept) {
-    for (const wire::FileAccept& fa : accept.files()) {
+void check_accept(const wire::Accept& sent) {
+    for (const wire::FileAccept& fa : sent.files()) {
         std::uint64_t bits = fa.have().size() * 8;
         check_bitmap(bits, fa.have());
         check_bitmap(bits > 0 ? bits - fa.id() % 8 : 0, fa.have());
@@ -141,7 +142,16 @@ void check_accept(const wire::Accept& accept) {
     sender_machine s(transfer, entries, {});
     FUZZ_CHECK(s.next_offer());
     std::vector<wire::FileDone> done;
-    std::error_code ec = s.on_accept(accept, done);
+    wire::Accept given = sent;
+    std::error_code ec = s.on_accept(given, done);
+    // The answers as the sender reads them (Accept.unchanged taken back in place).
+    std::optional<wire::Accept> full = expanded_accept(sent, 0, static_cast<std::uint32_t>(entries.size()),
+                                                       [&](std::uint32_t i) { return entries[i].is_dir; });
+    if (!full) {
+        FUZZ_CHECK(ec);
+        return;
+    }
+    const wire::Accept& accept = *full;
     bool expect_ok =
         accept.transfer_id() == transfer && static_cast<std::size_t>(accept.files_size()) == entries.size();
     std::vector<std::uint32_t> expect_done;

@@ -42,6 +42,7 @@
 #include "protocol/path.hpp"
 #include "protocol/transfer.hpp"
 #include "protocol/types.hpp"
+#include "tests/fuzz/accept_model.hpp"
 #include "tests/fuzz/fuzz_support.hpp"
 
 namespace ferry::fuzz {
@@ -518,7 +519,16 @@ class receiver_driver {
             decisions.push_back(std::move(d));
         }
 
-        wire::Accept a = machine_.accept(decisions);
+        const wire::Accept sent = machine_.accept(decisions);
+        // Read as a sender reads it (Accept.unchanged taken back in place): each bit an
+        // answer the model below expects as plain.
+        std::optional<wire::Accept> full =
+            decisions.empty()
+                ? std::optional<wire::Accept>(sent)
+                : expanded_accept(sent, decisions.front().id.value, static_cast<std::uint32_t>(decisions.size()),
+                                  [&](std::uint32_t i) { return files_[i].is_dir; });
+        FUZZ_CHECK(full.has_value());
+        const wire::Accept& a = *full;
         FUZZ_CHECK(a.transfer_id() == transfer_id_);
         FUZZ_CHECK(static_cast<std::size_t>(a.files_size()) == decisions.size());
         bool any_partial = false;
@@ -559,7 +569,7 @@ class receiver_driver {
         }
         // The answer goes back in one frame: without bitmaps it is never larger than the
         // Offer batch it answers, which came in one (a PARTIAL one can be larger).
-        FUZZ_CHECK(any_partial || a.ByteSizeLong() < max_header_len);
+        FUZZ_CHECK(any_partial || sent.ByteSizeLong() < max_header_len);
         return true;
     }
 

@@ -38,6 +38,7 @@
 #include "protocol/le_bytes.hpp"
 #include "protocol/transfer.hpp"
 #include "protocol/types.hpp"
+#include "tests/fuzz/accept_model.hpp"
 #include "tests/fuzz/fuzz_support.hpp"
 
 namespace ferry::fuzz {
@@ -411,11 +412,25 @@ class sender_driver {
     }
 
     // false when the Accept was refused (the session ends).
-    bool answer_accept(const wire::Accept& a) {
+    bool answer_accept(const wire::Accept& sent) {
+        // The answers as the sender reads them (Accept.unchanged taken back in place),
+        // once the batch and transfer are right (the machine checks those first).
+        wire::Accept a = sent;
+        bool bits_fit = true;
+        if (!sent.unchanged().empty() && batches_accepted_ < sent_ && sent.transfer_id() == transfer) {
+            auto [first, end] = batches_[batches_accepted_];
+            std::optional<wire::Accept> full =
+                expanded_accept(sent, first, end - first, [&](std::uint32_t i) { return files_[i].info.is_dir; });
+            bits_fit = full.has_value();
+            if (full) {
+                a = std::move(*full);
+            }
+        }
         send_have_digests(a);
-        std::error_code expect = expected_accept(a);
+        std::error_code expect = bits_fit ? expected_accept(a) : protocol_errc::unexpected_message;
         std::vector<wire::FileDone> done;
-        std::error_code ec = machine_.on_accept(a, done);
+        wire::Accept given = sent;
+        std::error_code ec = machine_.on_accept(given, done);
         FUZZ_CHECK(ec == expect);
         if (ec) {
             return false;

@@ -703,7 +703,8 @@ TEST(TransferLoopback, OfferBatchesGoAsTheReceiverAnswersThem) {
             decisions.back().kind = wire::ACCEPT_SKIP;
         }
         std::vector<wire::FileDone> done_now;
-        ASSERT_EQ(sender.on_accept(receiver.accept(decisions), done_now), std::error_code{});
+        wire::Accept accept = receiver.accept(decisions);
+        ASSERT_EQ(sender.on_accept(accept, done_now), std::error_code{});
     };
     drain();
     EXPECT_EQ(out.size(), ahead);
@@ -1119,6 +1120,61 @@ TEST(SenderMachine, AckBeforeAcceptIsAnError) {
     EXPECT_EQ(s.on_ack(chunk_key(file_id{0}, chunk_index{0}), ec), 0u);
     EXPECT_EQ(ec, protocol_errc::unknown_file);
     EXPECT_FALSE(s.next_chunk());  // nothing to read before the Accept
+}
+
+// The entries a receiver finds unchanged (a file skipped, a folder there, each SYNC_NONE)
+// are told by a bit each, and the sender puts their answers back in place.
+TEST(SenderMachine, UnchangedEntriesAreToldByABitAndTakenBackInPlace) {
+    std::vector<entry_info> entries{dir_entry("d"),        file_entry("d/a", 10), file_entry("d/b", 10),
+                                    dir_entry("e"),        file_entry("e/c", 10), file_entry("e/d", 10),
+                                    file_entry("e/e", 10), file_entry("e/f", 10), file_entry("e/g", 10)};
+    sender_machine sender(test_transfer_id, entries, {});
+    receiver_machine receiver;
+    std::optional<wire::Offer> o = sender.next_offer();
+    ASSERT_TRUE(o);
+    std::vector<file_id> ids;
+    ASSERT_EQ(receiver.on_offer(*o, ids), std::error_code{});
+    ASSERT_EQ(ids.size(), entries.size());
+    std::vector<receiver_machine::decision> decisions;
+    for (file_id id : ids) {
+        decisions.push_back(accept_all(id));
+        decisions.back().kind = wire::ACCEPT_SKIP;  // unchanged, but:
+    }
+    decisions[2].kind = wire::ACCEPT_ALL;  // d/b changed
+    decisions[2].action = wire::SYNC_UPDATE;
+    decisions[3].action = wire::SYNC_CREATE;  // e made
+    decisions[6].action = wire::SYNC_UPDATE;  // e/e: its mode alone
+    wire::Accept accept = receiver.accept(decisions);
+    EXPECT_EQ(accept.unchanged(), (std::string{"\xb3\x01", 2}));  // entries 0, 1, 4, 5, 7, 8
+    ASSERT_EQ(accept.files_size(), 3);
+    EXPECT_EQ(accept.files(0).id(), 2u);
+    EXPECT_EQ(accept.files(1).id(), 3u);
+    EXPECT_EQ(accept.files(2).id(), 6u);
+    EXPECT_LT(accept.ByteSizeLong(), 40u);
+
+    wire::Accept bad = accept;
+    bad.set_unchanged(std::string{"\xb3\x03", 2});  // a bit past the last entry
+    std::vector<wire::FileDone> done;
+    EXPECT_EQ(sender.on_accept(bad, done), protocol_errc::unexpected_message);
+    bad.set_unchanged(std::string{"\xb3", 1});  // too short
+    EXPECT_EQ(sender.on_accept(bad, done), protocol_errc::unexpected_message);
+    bad.set_unchanged(std::string{"\xb7\x01", 2});  // one more than the files left out
+    EXPECT_EQ(sender.on_accept(bad, done), protocol_errc::unexpected_message);
+    EXPECT_EQ(sender.held_states(), 0u);
+
+    ASSERT_EQ(sender.on_accept(accept, done), std::error_code{});
+    EXPECT_TRUE(accept.unchanged().empty());
+    ASSERT_EQ(accept.files_size(), static_cast<int>(entries.size()));
+    for (int i = 0; i < accept.files_size(); ++i) {
+        EXPECT_EQ(accept.files(i).id(), static_cast<std::uint32_t>(i));
+        EXPECT_EQ(accept.files(i).kind(), i == 0 || i == 3 || i == 2 ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP) << i;
+    }
+    EXPECT_EQ(accept.files(3).action(), wire::SYNC_CREATE);
+    EXPECT_EQ(accept.files(6).action(), wire::SYNC_UPDATE);
+    EXPECT_EQ(sender.skipped_files(), 6u);  // every file but d/b
+    std::optional<chunk_ref> c = sender.next_chunk();
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->file, file_id{2});
 }
 
 TEST(SenderMachine, BadAcceptIsRefused) {
@@ -2107,9 +2163,11 @@ protected:
         receiver_machine::decision skip = accept_all(file_id{2});
         skip.kind = wire::ACCEPT_SKIP;
         wire::Accept a = r_.accept({accept_all(file_id{0}), accept_all(file_id{1}), skip, accept_all(file_id{3})});
-        ASSERT_EQ(a.files_size(), 4);
-        EXPECT_EQ(a.files(1).kind(), wire::ACCEPT_ALL);  // directories are always "all"
-        EXPECT_EQ(a.files(2).kind(), wire::ACCEPT_SKIP);
+        // The folder (always "all") and the skipped file are unchanged: a bit each.
+        ASSERT_EQ(a.files_size(), 2);
+        EXPECT_EQ(a.unchanged(), std::string(1, '\x06'));
+        EXPECT_EQ(a.files(0).id(), 0u);
+        EXPECT_EQ(a.files(1).id(), 3u);
         ASSERT_EQ(r_.on_offer(raw_offer({{4, "u"}}, true, 5), ids), std::error_code{});
     }
 
