@@ -45,6 +45,9 @@ struct local_basis {
     // or one was guessed from already.
     std::unordered_map<std::uint64_t, std::uint32_t> by_size;
     static constexpr std::uint32_t guessed = UINT32_MAX;
+    // Stamps more than one file has (a script wrote them in one clock tick), and those a
+    // dry run told a rename from already: it has no digests to tell which file moved.
+    std::unordered_set<std::uint64_t> shared_stamps;
 
     static std::uint64_t stamp_key(std::uint64_t size, std::int64_t mtime_ns) {
         return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
@@ -68,7 +71,9 @@ struct local_basis {
             if (f.size == 0 || check_wire_path(f.path)) {
                 continue;  // empty, or a path the wire cannot carry (too long for FileAccept.basis)
             }
-            by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i);
+            if (auto [it, fresh] = by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i); !fresh) {
+                shared_stamps.insert(it->first);
+            }
             by_named_stamp.try_emplace(named_key(stamp_key(f.size, f.mtime_ns), f.path), i);
             if (chunk_count(f.size) >= resume_min_chunks) {
                 if (auto [it, fresh] = by_size.try_emplace(f.size, i); !fresh) {
@@ -79,8 +84,9 @@ struct local_basis {
     }
 
     // The file to start `e` from, if any.
-    // `guess`: a file of resume size may match on size alone (else size and mtime only:
-    // a dry run, which has no digests to prove a guess).
+    // `guess`: a file of resume size may match on size alone (else size and mtime only, of
+    // one file at DST and once, or with the same name too: a dry run, which has no digests
+    // to prove a guess).
     const dest_tree::file_stamp* find(const entry_info& e, bool guess = true) {
         const std::uint64_t stamp = stamp_key(e.size, e.mtime_ns);
         if (auto it = by_named_stamp.find(named_key(stamp, e.path)); it != by_named_stamp.end()) {
@@ -91,8 +97,8 @@ struct local_basis {
         }
         if (auto it = by_stamp.find(stamp); it != by_stamp.end()) {
             const dest_tree::file_stamp& f = files[it->second];
-            if (same_stamp(f, e)) {
-                return &f;
+            if (same_stamp(f, e) && (guess || shared_stamps.insert(stamp).second)) {
+                return &f;  // (a dry run: only a stamp one file has, and once)
             }
         }
         auto it = guess ? by_size.find(e.size) : by_size.end();

@@ -513,6 +513,32 @@ TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, a_dry_run_tells_no_rename_it_cannot_tell_apart) {
+    // Three files of one size and mtime, each renamed to another's place in the order: a
+    // dry run has no digests to tell which moved where, so it tells none as renamed (it
+    // told each "renamed from" the first of them).
+    serve();
+    const std::vector<std::string> names{"a", "b", "c"};
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        write_text_file(src / "same" / names[i], "content " + std::to_string(i) + "\n");
+        ASSERT_EQ(::utimensat(AT_FDCWD, (src / "same" / names[i]).c_str(),
+                              std::array<timespec, 2>{timespec{0, UTIME_OMIT}, timespec{1'600'000'000, 0}}.data(), 0),
+                  0);
+    }
+    ASSERT_EQ(sync({}).code, 0);
+    fs::rename(src / "same" / "a", src / "same" / "z");
+    fs::rename(src / "same" / "b", src / "same" / "x");
+    fs::rename(src / "same" / "c", src / "same" / "y");
+    run_result dry = sync({"--delete", "--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    auto ev = json_events(dry.out);
+    EXPECT_EQ(paths_of(ev, "renamed"), paths{}) << dry.out;
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"same/x", "same/y", "same/z"}));
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, a_pull_from_a_node_stopped_on_a_slow_link_hears_why) {
     // `ferry serve` stopped (SIGTERM) while a peer pulls over a slow link: its Error frame
     // waited behind the chunks queued before it, and the node left 0.3 s later, so the
