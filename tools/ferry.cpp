@@ -1754,6 +1754,7 @@ struct sync_run : sync_counts {
     // A dry run's bytes_matched: the sizes of the files found unchanged or to be renamed
     // (its receiver skips every file, so the report's skipped bytes are all of them).
     std::uint64_t dry_matched_bytes = 0;
+    bool resumed_told = false;  // the line on files started from what DST has: once a run
     // What the sync did to a file, as counted.
     enum class action : std::uint8_t { created, updated, renamed, unchanged };
     // Each attempt's receiver says again what it does, of every file: the counts start
@@ -2461,11 +2462,17 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
         sync_event(o, sync, names[static_cast<int>(*tell)], f.path, f.size, f.symlink ? "symlink" : "file",
                    f.renamed_from);
     };
-    ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
-                      std::uint64_t files) {
-        say(std::to_string(files) + " changed file(s) start from " + human_bytes(bytes) +
-            " the receiver has (an older version, a renamed or copied file, or what an interrupted "
-            "attempt left); only the chunks that differ from it are sent");
+    ev.resumed = [&o, &sync](const std::string& direction, const std::string& session, std::uint64_t bytes,
+                             std::uint64_t files) {
+        // Told per batch (each Accept that starts files so) in --json; the line once a
+        // run, and not with --quiet (summary and errors only).
+        if (!o.quiet && !sync.resumed_told) {
+            sync.resumed_told = true;
+            say("changed files start from what the receiver has (an older version, a renamed or copied file, "
+                "or what an interrupted attempt left; first " +
+                std::to_string(files) + " file(s), " + human_bytes(bytes) +
+                "): only the chunks that differ from it are sent");
+        }
         emit(o, resumed_event(direction, session, bytes, files));
     };
     ev.folder = [&o, &sync](std::string_view path, wire::SyncAction what) {
