@@ -1289,6 +1289,19 @@ void receive_session::next_offer() {
         };
         // A dry run decides after the check pass: every file is answered ACCEPT_SKIP (no
         // chunk comes), with what would happen to it.
+        // Bytes of FileAccept.basis (and its `have` bitmap) the batch's Accept may carry:
+        // the Offer batch is cut by SRC's paths, and files moved from long paths to short
+        // ones would otherwise make an Accept over max_header_len (the connection fails).
+        // Past it, a new file is sent (or told as created, in a dry run).
+        std::size_t basis_room = 24 * 1024;
+        auto take_basis_room = [&](const entry_info& e, std::string_view from) {
+            const std::size_t cost = from.size() + (chunk_count(e.size) + 7) / 8 + 16;
+            if (cost > basis_room) {
+                return false;
+            }
+            basis_room -= cost;
+            return true;
+        };
         auto dry_decisions = [&] {
             for (std::size_t i = 0; i < items.size(); ++i) {
                 const entry_info& e = items[i].e;
@@ -1303,7 +1316,8 @@ void receive_session::next_offer() {
                     if (!basis->built) {
                         basis->build(*tree, sync.get);
                     }
-                    if (const dest_tree::file_stamp* f = basis->find(e, false); f != nullptr && f->path != e.path) {
+                    if (const dest_tree::file_stamp* f = basis->find(e, false);
+                        f != nullptr && f->path != e.path && take_basis_room(e, f->path)) {
                         from = f->path;
                     }
                 }
@@ -1373,8 +1387,8 @@ void receive_session::next_offer() {
                 basis->build(*tree, sync.get);
             }
             const dest_tree::file_stamp* from = basis->find(e);
-            if (from == nullptr || from->path == e.path) {
-                return false;  // nothing like it
+            if (from == nullptr || from->path == e.path || !take_basis_room(e, from->path)) {
+                return false;  // nothing like it (or no room left to tell of it)
             }
             // An earlier attempt's partial file resumes a file large enough to resume.
             // One too small to resume would be sent whole: it goes, and the copy here
@@ -2552,7 +2566,8 @@ void receive_session::check_all_done() {
         // An excluded old path (or one SRC could not read) stays at DST: a copy, not a rename.
         bool renamed = offered.find(m.from) != offered_paths::kind::file &&
                        !(excludes_ && excludes_->excluded_or_inside(m.from, false));
-        files_.done(ctx_.events.file, m.id, m.e, false, m.action,
+        // (A dry run's: nothing came, it is skipped as its every file is.)
+        files_.done(ctx_.events.file, m.id, m.e, target && target->dry_run(), m.action,
                     renamed ? std::string_view(m.from) : std::string_view());
     }
     maybe_renamed_.clear();

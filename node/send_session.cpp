@@ -968,7 +968,8 @@ void send_session::report_maybe_renamed() {
         // A scan that ended early may not have reached `from`: a copy then (a failed
         // attempt deletes nothing at DST).
         bool renamed = machine_.is_complete() && !still_at_dst(m.from);
-        file_events_.done(ctx_.events.file, m.id, m.entry, false, m.action,
+        const bool dry = options_.sync && options_.sync->dry_run();  // nothing came: skipped
+        file_events_.done(ctx_.events.file, m.id, m.entry, dry, m.action,
                           renamed ? std::string_view(m.from) : std::string_view());
     }
     maybe_renamed_ = {};

@@ -2469,9 +2469,7 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
         if (!o.quiet && !sync.resumed_told) {
             sync.resumed_told = true;
             say("changed files start from what the receiver has (an older version, a renamed or copied file, "
-                "or what an interrupted attempt left; first " +
-                std::to_string(files) + " file(s), " + human_bytes(bytes) +
-                "): only the chunks that differ from it are sent");
+                "or what an interrupted attempt left): only the chunks that differ from it are sent");
         }
         emit(o, resumed_event(direction, session, bytes, files));
     };

@@ -539,6 +539,31 @@ TEST_F(sync_push, a_dry_run_tells_no_rename_it_cannot_tell_apart) {
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, files_moved_from_long_paths_to_short_ones_keep_the_answer_in_one_frame) {
+    // 600 files moved from a path of ~760 bytes to one of 6: the Accept told each one's
+    // old path (FileAccept.basis), 450 KB for one Offer batch, over the 64 KiB a frame
+    // header may have, and the connection failed, in a dry run as in the run.
+    serve();
+    const fs::path deep = fs::path("L") / std::string(250, 'a') / std::string(250, 'b') / std::string(250, 'c');
+    for (int i = 0; i < 600; ++i) {
+        write_text_file(src / deep / ("f" + std::to_string(i)), "file " + std::to_string(i) + "\n");
+    }
+    ASSERT_EQ(sync({}).code, 0);
+    fs::rename(src / deep, src / "s");
+    fs::remove_all(src / "L");
+    run_result dry = sync({"--delete", "--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    nlohmann::json done = find_event(json_events(dry.out), "done");
+    EXPECT_GT(done["renamed"].get<int>(), 0) << done;
+    EXPECT_EQ(done["renamed"].get<int>() + done["created"].get<int>(), 600) << done;
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    done = find_event(json_events(r.out), "done");
+    EXPECT_GT(done["renamed"].get<int>(), 0) << done;
+    EXPECT_EQ(done["renamed"].get<int>() + done["created"].get<int>(), 600) << done;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, a_pull_from_a_node_stopped_on_a_slow_link_hears_why) {
     // `ferry serve` stopped (SIGTERM) while a peer pulls over a slow link: its Error frame
     // waited behind the chunks queued before it, and the node left 0.3 s later, so the
