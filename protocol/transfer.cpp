@@ -176,22 +176,18 @@ std::error_code sender_machine::expand_unchanged(wire::Accept& accept, std::uint
         return {};
     }
     const std::uint32_t n = end - first;
-    const std::string& bits = accept.unchanged();
-    if (bits.size() != (n + 7) / 8 || (n % 8 != 0 && static_cast<unsigned char>(bits.back()) >> (n % 8) != 0)) {
-        return protocol_errc::unexpected_message;  // a bit for every entry, none past the last
-    }
-    std::uint32_t plain = 0;
-    for (unsigned char b : bits) {
-        plain += static_cast<std::uint32_t>(std::popcount(b));
-    }
-    if (plain + static_cast<std::uint32_t>(accept.files_size()) != n) {
+    // A bit for every entry (from_bytes), none past the last (it clears those), and as many
+    // left out as `files` lacks.
+    std::optional<chunk_bitmap> plain = chunk_bitmap::from_bytes(n, accept.unchanged());
+    if (!plain || plain->to_bytes() != accept.unchanged() ||
+        plain->count() + static_cast<std::uint64_t>(accept.files_size()) != n) {
         return protocol_errc::unexpected_message;
     }
     google::protobuf::RepeatedPtrField<wire::FileAccept> all;
     all.Reserve(static_cast<int>(n));
     int next = 0;
     for (std::uint32_t i = 0; i < n; ++i) {
-        if ((static_cast<unsigned char>(bits[i / 8]) >> (i % 8)) & 1) {
+        if (plain->test(i)) {
             wire::FileAccept* fa = all.Add();
             fa->set_id(first + i);
             fa->set_kind(entries_[first + i].is_dir ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
@@ -827,7 +823,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
     a.set_transfer_id(transfer_id_);
     // The entries whose answer is the plain one (unchanged here) are told by a bit each
     // (Accept.unchanged), not a FileAccept: most of a no-change sync's Accept.
-    std::string unchanged((decisions.size() + 7) / 8, '\0');
+    chunk_bitmap unchanged(decisions.size());
     bool any_unchanged = false;
     for (std::size_t pos = 0; pos < decisions.size(); ++pos) {
         const decision& d = decisions[pos];
@@ -855,7 +851,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             ++finished_files_;
             if (d.action == wire::SYNC_NONE && fa->basis().empty()) {
                 a.mutable_files()->RemoveLast();
-                unchanged[pos / 8] = static_cast<char>(unchanged[pos / 8] | 1 << (pos % 8));
+                unchanged.set(pos);
                 any_unchanged = true;
             }
             continue;
@@ -891,7 +887,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
         }
     }
     if (any_unchanged) {
-        a.set_unchanged(std::move(unchanged));
+        a.set_unchanged(unchanged.to_bytes());
     }
     return a;
 }
