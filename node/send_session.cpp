@@ -732,12 +732,9 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                         // A dry run's new file the receiver would start from its file at
                         // `basis`: told as the run would tell it (a rename where SRC no
                         // longer has that path), once SRC's scan is whole.
-                        maybe_renamed m{file_id{fa.id()}, e, fa.action(), fa.basis()};
+                        maybe_renamed_.push_back({file_id{fa.id()}, e, fa.action(), fa.basis()});
                         if (machine_.is_complete()) {
-                            file_events_.done(ctx_.events.file, m.id, m.entry, true, m.action,
-                                              still_at_dst(m.from) ? std::string_view() : std::string_view(m.from));
-                        } else {
-                            maybe_renamed_.push_back(std::move(m));
+                            report_maybe_renamed();
                         }
                     } else {
                         file_events_.done(ctx_.events.file, file_id{fa.id()}, e, true, fa.action());
