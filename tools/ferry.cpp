@@ -1981,19 +1981,13 @@ int cmd_sync(const common_opts& o, const send_opts& s, const sync_opts& y) {
     }, &run, stream);
 }
 
-// The folder `p`, not there: under a file (ENOTDIR), the file it lies below is named, as
-// the kernel found it; else "does not exist". Returns the words after the folder's name.
+// The folder `p`, not there: under a file (ENOTDIR), the file it lies below is named (the
+// nearest path above it that is there, made absolute); else `else_text`. Returns the words
+// after the folder's name.
 std::string absent_folder_text(const fs::path& p, const std::string& else_text) {
-    struct stat st {};
-    for (fs::path up = p; up.has_parent_path() && up != up.root_path(); up = up.parent_path()) {
-        if (::stat(up.c_str(), &st) == 0) {
-            return S_ISDIR(st.st_mode) ? else_text : " lies below " + up.string() + ", which is not a folder";
-        }
-        if (errno != ENOTDIR) {
-            continue;  // not there: look further up
-        }
-    }
-    return else_text;
+    std::error_code ec;
+    const fs::path up = ferry::nearest_existing(p);
+    return fs::is_directory(up, ec) ? else_text : " lies below " + up.string() + ", which is not a folder";
 }
 
 struct get_opts {
