@@ -280,6 +280,50 @@ std::optional<digest128> one_chunk_digest(dest_tree& tree, const entry_info& e, 
     return d;
 }
 
+// What a sync's changed one-chunk file `e` may start from at DST, read once there: the
+// digest of DST's file when it has e.size bytes and may keep them (one_chunk_digest's
+// rules: CODEC_SAME), and its sums in small blocks when both versions are 2 KiB to 1 MiB
+// (the sender sends a CODEC_DELTA of them). `size_there`: that file's size, from the look.
+struct small_basis {
+    std::optional<digest128> same_as;
+    std::optional<small_sums> sums;
+};
+
+bool small_delta_candidate(const entry_info& e, std::uint64_t size_there) {
+    return e.size >= small_delta_min_size && e.size <= small_delta_max_basis && size_there >= small_delta_min_size &&
+           size_there <= small_delta_max_basis;
+}
+
+small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t size_there) {
+    small_basis out;
+    if (!small_delta_candidate(e, size_there)) {
+        out.same_as = one_chunk_digest(tree, e);  // (of the same size only)
+        return out;
+    }
+    static const uid_t euid = ::geteuid();
+    std::error_code ec;
+    unique_fd fd(tree.open_final_read(e.path, ec));
+    struct stat st {};
+    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+        !small_delta_candidate(e, static_cast<std::uint64_t>(st.st_size))) {
+        return out;
+    }
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    // One buffer per worker thread, kept: a fresh one per file would fault in its pages
+    // each time.
+    static thread_local std::unique_ptr<std::uint8_t[]> buf =
+        std::make_unique_for_overwrite<std::uint8_t[]>(small_delta_max_basis);
+    if (read_at(fd.get(), buf.get(), size, 0, ec) != size) {
+        return out;
+    }
+    std::span<const std::uint8_t> bytes(buf.get(), size);
+    if (size == e.size && size <= chunk_size && st.st_nlink == 1 && (euid == 0 || st.st_uid == euid)) {
+        out.same_as = hash_chunk(bytes);
+    }
+    out.sums = describe_small(bytes);
+    return out;
+}
+
 // Sync --checksum: whether the file at `e.path` under `tree` has e.digest as content (read
 // and hashed chunk by chunk; a size other than e.size is a difference). With `fix_meta` and
 // the same content, its mode and mtime become e's (they may differ: --checksum looks at
@@ -339,9 +383,25 @@ struct receive_session::whole_write {
             keep(tree, fsync_now);
             return;
         }
+        unique_fd basis;
+        if (encoding.codec == wire::CODEC_DELTA) {
+            // Copies from the file at its name (FileAccept.block_sums), which stays there
+            // until this one replaces it.
+            basis.reset(tree.open_final_read(e.path, ec));
+            struct stat st {};
+            encoding.basis_fd = basis.get();
+            encoding.basis_size = basis.get() >= 0 && ::fstat(basis.get(), &st) == 0 ? st.st_size : 0;
+            ec.clear();
+        }
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         verdict = checked.verdict;
-        if (!verdict.bad) {
+        if (verdict.bad && encoding.codec == wire::CODEC_DELTA) {
+            // Not the bytes its sums told of: the file there changed since (or went). It
+            // fails alone, as a CODEC_SAME file does.
+            verdict = chunk_verdict{};
+            verdict.len = e.size;
+            ec = dest_errc::changed;
+        } else if (!verdict.bad) {
             write(tree, fsync_now, overwrite, checked.raw);
         }
         payload.reset();
@@ -1289,18 +1349,25 @@ void receive_session::next_offer() {
         };
         // A dry run decides after the check pass: every file is answered ACCEPT_SKIP (no
         // chunk comes), with what would happen to it.
-        // Bytes of FileAccept.basis (and its `have` bitmap) the batch's Accept may carry:
-        // the Offer batch is cut by SRC's paths, and files moved from long paths to short
-        // ones would otherwise make an Accept over max_header_len (the connection fails).
-        // Past it, a new file is sent (or told as created, in a dry run).
-        std::size_t basis_room = 24 * 1024;
-        auto take_basis_room = [&](const entry_info& e, std::string_view from) {
-            const std::size_t cost = from.size() + (chunk_count(e.size) + 7) / 8 + 16;
-            if (cost > basis_room) {
+        // Bytes the batch's Accept may carry beyond each entry's plain answer (at most 12
+        // bytes, or a bit): FileAccept.basis (and its `have` bitmap) and same_as.
+        // The Offer batch is cut by SRC's paths, and files moved from long paths to short
+        // ones, or many small changed files, would otherwise make an Accept over
+        // max_header_len (the connection fails). Past it, a new file is sent (or told as
+        // created, in a dry run), a changed one sent whole.
+        std::size_t extras_room = [&] {
+            const std::size_t plain = 12 * items.size() + items.size() / 8 + 8 * 1024;
+            return plain < max_header_len ? std::min<std::size_t>(max_header_len - plain, 40 * 1024) : 0;
+        }();
+        auto take_room = [&](std::size_t cost) {
+            if (cost > extras_room) {
                 return false;
             }
-            basis_room -= cost;
+            extras_room -= cost;
             return true;
+        };
+        auto take_basis_room = [&](const entry_info& e, std::string_view from) {
+            return take_room(from.size() + (chunk_count(e.size) + 7) / 8 + 16);
         };
         auto dry_decisions = [&] {
             for (std::size_t i = 0; i < items.size(); ++i) {
@@ -1423,19 +1490,23 @@ void receive_session::next_offer() {
             bool same = false;
             bool there = false;
             std::error_code ec;
-            std::optional<digest128> same_as;  // for the accept (below), read here too
+            small_basis basis;  // for the accept (below), read here too
         };
         // A changed one-chunk file DST has at the same size (touched at SRC, or bytes
         // changed in place): the digest of DST's file goes with the accept, and a sender
         // whose chunk is the same sends none of its bytes (CODEC_SAME: the file keeps its
         // bytes and takes SRC's mode and mtime). One that differs costs this read, and comes
-        // as any other.
-        auto same_as_candidate = [&](const entry_info& e, bool identical_there, bool there, std::uint64_t size) {
-            // (With --checksum a file found different by content is not read again for it.)
-            return sync.on && !sync.dry_run && !sync.checksum && !identical_there && there && e.is_file() &&
-                   e.size > 0 && chunk_count(e.size) == 1 && size == e.size;
+        // as any other. And one of 2 KiB to 1 MiB at DST (a file edited at SRC): its sums in
+        // small blocks go with the accept, and the sender sends what it finds of them as
+        // copies (CODEC_DELTA).
+        auto basis_candidate = [&](const entry_info& e, bool identical_there, bool there, std::uint64_t size) {
+            // (With --checksum a file found different by content is not read again for its
+            // digest: only for its sums.)
+            return sync.on && !sync.dry_run && !identical_there && there && e.is_file() && e.size > 0 &&
+                   ((chunk_count(e.size) == 1 && size == e.size && !sync.checksum) || small_delta_candidate(e, size));
         };
         std::vector<look> ahead;
+        std::vector<std::optional<small_basis>> bases;  // read over the workers for the answers (below)
         if (tree && items.size() >= 512 && self->ctx_.workers.size() > 1) {
             std::vector<std::size_t> files;
             for (std::size_t i = 0; i < items.size(); ++i) {
@@ -1462,8 +1533,8 @@ void receive_session::next_offer() {
                         look& l = ahead[files[k]];
                         l.ec = tree->check_file(e.path, overwrite, e.size, e.mtime_ns, l.same, false, &l.there,
                                                 &mode_there[files[k]], &size_there[files[k]]);
-                        if (!l.ec && same_as_candidate(e, l.same, l.there, size_there[files[k]])) {
-                            l.same_as = one_chunk_digest(*tree, e);
+                        if (!l.ec && basis_candidate(e, l.same, l.there, size_there[files[k]])) {
+                            l.basis = read_small_basis(*tree, e, size_there[files[k]]);
                         }
                         l.done = true;
                     }
@@ -1480,6 +1551,26 @@ void receive_session::next_offer() {
             if (create && sync.dry_run) {
                 dry_decisions();
                 break;
+            }
+            if (create && self->ctx_.workers.size() > 1) {
+                // The changed files' older versions (their digests and sums, below), read
+                // over the pool's workers where the look did not read them.
+                std::vector<std::size_t> reads;
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    if (!folder_there[i] && blocked[i].empty() && (ahead.empty() || !ahead[i].done) &&
+                        basis_candidate(items[i].e, identical[i], exists[i], size_there[i])) {
+                        reads.push_back(i);
+                    }
+                }
+                if (reads.size() > 1) {
+                    bases.resize(items.size());
+                    const std::size_t parts = std::min(reads.size(), 4 * self->ctx_.workers.size());
+                    self->ctx_.workers.run_parts(parts, [&](std::size_t p) {
+                        for (std::size_t k = reads.size() * p / parts; k < reads.size() * (p + 1) / parts; ++k) {
+                            bases[reads[k]] = read_small_basis(*tree, items[reads[k]].e, size_there[reads[k]]);
+                        }
+                    });
+                }
             }
             for (std::size_t i = 0; i < items.size() && error.empty(); ++i) {
                 const item& it = items[i];
@@ -1659,10 +1750,15 @@ void receive_session::next_offer() {
                 } else if (!e.is_dir && from_basis(i)) {
                     continue;
                 } else {
-                    std::optional<digest128> same_as;
-                    if (!folder_there[i] && same_as_candidate(e, identical[i], exists[i], size_there[i])) {
+                    small_basis basis;
+                    if (!folder_there[i] && basis_candidate(e, identical[i], exists[i], size_there[i])) {
                         // (Read over the workers with the check's look, for a big batch.)
-                        same_as = !ahead.empty() && ahead[i].done ? ahead[i].same_as : one_chunk_digest(*tree, e);
+                        basis = !ahead.empty() && ahead[i].done ? std::move(ahead[i].basis)
+                                : !bases.empty() && bases[i]    ? std::move(*bases[i])
+                                                                : read_small_basis(*tree, e, size_there[i]);
+                    }
+                    if (basis.same_as && !take_room(20)) {
+                        basis.same_as.reset();  // sent whole
                     }
                     decisions.push_back({it.id,
                                          identical[i] ? wire::ACCEPT_SKIP : wire::ACCEPT_ALL,
@@ -1671,7 +1767,8 @@ void receive_session::next_offer() {
                                          action(i),
                                          {},
                                          {},
-                                         same_as});
+                                         basis.same_as,
+                                         std::move(basis.sums)});
                 }
             }
             // The files this batch writes are this transfer's until it ends: one that another
@@ -1862,7 +1959,7 @@ void receive_session::next_offer() {
                     sink->resumed = d.kind == wire::ACCEPT_PARTIAL;
                     sink->action = d.action;
                     sink->from = d.basis;
-                    if (d.sums) {
+                    if (d.sums || d.small) {
                         sink->basis = d.basis.empty() ? e.path : d.basis;
                     }
                     self->sinks_[d.id.value] = std::move(sink);
@@ -2280,9 +2377,10 @@ void receive_session::on_whole_written(whole_write& w, bool fsync_now) {
         }
         // Whole and verified: it gets its name even when the transfer failed meanwhile (a
         // full disk, a lost peer), so that a later attempt finds it done.
+        // Bytes matched here (CODEC_SAME's, a delta's copies); not for a file given up on
+        // meanwhile: nothing of it counts.
+        delta_copied_ += machine_.aborted(f) ? 0 : w.verdict.copied;
         if (w.kept) {
-            // (Not for a file given up on meanwhile: nothing of it counts.)
-            delta_copied_ += machine_.aborted(f) ? 0 : w.verdict.copied;
             need_syncfs_ = need_syncfs_ || !fsync_now;  // its new mode and mtime
         } else if (!fsync_now) {
             queue_rename(f, machine_.received_digest(f), w.stored, std::move(w.unnamed), std::move(w.partial));
@@ -3008,6 +3106,11 @@ void receive_session::send_have_digests(const std::vector<receiver_machine::deci
             frames.emplace_back(wire::Header(), std::move(bytes));
             *frames.back().first.mutable_basis_sums() = std::move(sums);
         }
+    }
+    // Then the small changed files' sums.
+    for (auto& [sums, bytes] : receiver_machine::small_sum_frames(decisions)) {
+        frames.emplace_back(wire::Header(), std::move(bytes));
+        *frames.back().first.mutable_small_sums() = std::move(sums);
     }
     if (frames.empty()) {
         return;

@@ -772,6 +772,15 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 return;
             }
             return;
+        case wire::Header::kSmallSums:
+            if (c.index != 0) {
+                break;
+            }
+            if (std::error_code ec = machine_.on_small_sums(header.small_sums(), payload.span())) {
+                fail(exit_code::transfer_failed, "protocol error from receiver: " + ec.message());
+                return;
+            }
+            return;
         case wire::Header::kChunkAck: {
             std::uint64_t acked = 0;
             for (std::uint64_t key : header.chunk_ack().chunks()) {
@@ -1394,6 +1403,7 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     }
     job.level = ref.send ? compression_.next_level() : 0;  // also when a delta does not pay
     job.same_as = machine_.receiver_same_as(ref.file);
+    job.small = ref.send ? machine_.receiver_small_sums(ref.file) : nullptr;
     return job;
 }
 
@@ -1456,9 +1466,16 @@ void send_session::read_source(read_job& job) {
     }
     if (!job.ec) {
         job.digest = hash_chunk(std::span<const std::uint8_t>(job.buf.data(), ref.length));
+        if (job.ops.empty() && job.small && job.same_as != job.digest) {
+            // A changed small file: its blocks the receiver has at the path, found in memory.
+            job.ops = small_delta(std::span<const std::uint8_t>(job.buf.data(), ref.length), *job.small);
+        }
         if (!job.ops.empty()) {
             job.packed = delta_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.ops);
             job.delta = job.packed.size > 0;
+            if (!job.delta) {
+                job.ops.clear();  // not smaller: sent as it is (and copies nothing)
+            }
         }
         if (job.level > 0 && !job.delta && job.same_as != job.digest) {  // (CODEC_SAME sends no bytes)
             job.packed = compress_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.level);

@@ -349,4 +349,148 @@ bool decode_delta(std::span<const std::uint8_t> payload, std::uint32_t raw_len, 
     return at == raw_len;
 }
 
+std::uint32_t small_block_size(std::uint64_t basis_size) {
+    std::uint32_t b = min_small_block;
+    while (b < chunk_size && basis_size / b > max_small_blocks) {
+        b *= 2;
+    }
+    return b;
+}
+
+namespace {
+
+std::uint64_t small_block_sum(std::span<const std::uint8_t> block) {
+    return std::uint64_t{weak_sum(block)} << 32 | static_cast<std::uint32_t>(hash64(block));
+}
+
+}  // namespace
+
+small_sums describe_small(std::span<const std::uint8_t> basis) {
+    small_sums out;
+    out.block_size = small_block_size(basis.size());
+    out.blocks.reserve(basis.size() / out.block_size);
+    for (std::size_t at = 0; at + out.block_size <= basis.size(); at += out.block_size) {
+        out.blocks.push_back(small_block_sum(basis.subspan(at, out.block_size)));
+    }
+    return out;
+}
+
+void put_small_sums(std::string& out, const small_sums& sums) {
+    for (std::uint64_t b : sums.blocks) {
+        put_le(out, b >> 32, 4);
+        put_le(out, b & 0xffffffffu, 4);
+    }
+}
+
+bool parse_small_sums(std::uint32_t block_size, std::span<const std::uint8_t> bytes, small_sums& out) {
+    if (block_size < min_small_block || block_size > chunk_size || (block_size & (block_size - 1)) != 0 ||
+        bytes.empty() || bytes.size() % 8 != 0 || bytes.size() / 8 > max_small_blocks) {
+        return false;
+    }
+    out.block_size = block_size;
+    out.blocks.clear();
+    out.blocks.reserve(bytes.size() / 8);
+    for (std::size_t at = 0; at < bytes.size(); at += 8) {
+        out.blocks.push_back(get_le(bytes.data() + at, 4) << 32 | get_le(bytes.data() + at + 4, 4));
+    }
+    return true;
+}
+
+std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums) {
+    const std::size_t b = sums.block_size;
+    std::vector<delta_op> ops;
+    if (b == 0 || sums.blocks.empty() || data.size() < b || data.size() > chunk_size) {
+        return ops;
+    }
+    // The blocks by weak sum (the sum, then the block's index), behind a bit filter.
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> by_weak;
+    by_weak.reserve(sums.blocks.size());
+    constexpr std::uint32_t filter_words = 1024;  // 2^16 bits: at most 256 blocks set 0.4 %
+    std::uint64_t filter[filter_words] = {};
+    for (std::size_t i = 0; i < sums.blocks.size(); ++i) {
+        auto weak = static_cast<std::uint32_t>(sums.blocks[i] >> 32);
+        by_weak.emplace_back(weak, static_cast<std::uint32_t>(i));
+        filter[weak >> 6 & (filter_words - 1)] |= std::uint64_t{1} << (weak & 63);
+    }
+    std::sort(by_weak.begin(), by_weak.end());
+
+    std::uint64_t literal = 0;
+    std::uint64_t copied = 0;
+    auto add = [&](std::size_t length, bool copy, std::uint64_t basis_offset) {
+        if (!ops.empty() && ops.back().copy == copy &&
+            (!copy || ops.back().basis_offset + ops.back().length == basis_offset)) {
+            ops.back().length += static_cast<std::uint32_t>(length);  // contiguous: one op
+        } else {
+            ops.push_back({static_cast<std::uint32_t>(length), copy, basis_offset});
+        }
+        (copy ? copied : literal) += length;
+    };
+    std::size_t pos = 0;           // window start
+    std::size_t lit_from = 0;      // first byte not yet in an op
+    std::uint64_t expect = ~0ull;  // the basis offset that would extend the last copy
+    // The window's sums, as rolling_sum keeps them, in locals (a register each: the loop
+    // is one chain of additions per byte).
+    const auto n = static_cast<std::uint32_t>(b);
+    std::uint32_t sa = 0;
+    std::uint32_t sb = 0;
+    auto reset = [&](std::size_t at) {
+        std::uint32_t weighted = 0;
+        sa = 0;
+        add_sums(data.data() + at, n, 0, sa, weighted);
+        sb = n * sa - weighted;
+    };
+    reset(0);
+    while (true) {
+        std::uint32_t weak = rolling_sum::mix(sa, sb);
+        const std::pair<std::uint32_t, std::uint32_t>* found = nullptr;
+        if ((filter[weak >> 6 & (filter_words - 1)] >> (weak & 63)) & 1) {
+            auto it = std::lower_bound(by_weak.begin(), by_weak.end(), std::make_pair(weak, std::uint32_t{0}));
+            std::uint32_t strong = 0;
+            bool hashed = false;
+            for (std::size_t n = 0; it != by_weak.end() && it->first == weak && n < 8; ++it, ++n) {
+                if (!hashed) {
+                    strong = static_cast<std::uint32_t>(hash64(data.subspan(pos, b)));
+                    hashed = true;
+                }
+                if (static_cast<std::uint32_t>(sums.blocks[it->second]) == strong &&
+                    (found == nullptr || std::uint64_t{it->second} * b == expect)) {
+                    found = &*it;  // the block that extends the last copy, if one does
+                }
+            }
+        }
+        if (found != nullptr) {
+            if (pos > lit_from) {
+                add(pos - lit_from, false, 0);
+            }
+            std::uint64_t offset = std::uint64_t{found->second} * b;
+            add(b, true, offset);
+            expect = offset + b;
+            pos += b;
+            lit_from = pos;
+            if (pos + b > data.size()) {
+                break;
+            }
+            reset(pos);
+            continue;
+        }
+        if (literal + (pos - lit_from) > small_delta_literal_slack + copied) {
+            return {};  // mostly new bytes: sent whole
+        }
+        if (pos + b >= data.size()) {
+            break;
+        }
+        const std::uint32_t out = data[pos];
+        sa += data[pos + b] - out;
+        sb += sa - n * out;
+        ++pos;
+    }
+    if (lit_from < data.size()) {
+        add(data.size() - lit_from, false, 0);
+    }
+    if (copied == 0) {
+        ops.clear();
+    }
+    return ops;
+}
+
 }  // namespace ferry

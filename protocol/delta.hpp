@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "protocol/types.hpp"
@@ -195,5 +196,47 @@ struct delta_piece {
 // copy reaching past the basis.
 bool decode_delta(std::span<const std::uint8_t> payload, std::uint32_t raw_len, std::uint64_t basis_size,
                   std::vector<delta_piece>& out);
+
+// Small files (protocol 16): a changed file of at most four chunks, which the receiver has
+// another version of at its path, is told by that version's sums of much smaller blocks
+// (SmallSums frames), so that an edit costs about a block instead of the whole file. The
+// sender matches them over each chunk in memory and sends CODEC_DELTA copies from that
+// version; the receiver rebuilds the chunk from its file at the path.
+struct small_sums {
+    std::uint32_t block_size = 0;
+    // Per full block of the older version, in order: the weak sum (high 32 bits) and the
+    // low 32 bits of the block's XXH3-64 (the strong sum). Each block is at
+    // index * block_size in that version.
+    std::vector<std::uint64_t> blocks;
+};
+
+// Sizes (of the older version and of the new one) that small sums are for: smaller files
+// cost little to send whole, and an older version is read whole into memory.
+inline constexpr std::uint64_t small_delta_min_size = 2 * 1024;
+inline constexpr std::uint64_t small_delta_max_basis = 4 * chunk_size;
+inline constexpr std::uint32_t min_small_block = 1024;
+inline constexpr std::size_t max_small_blocks = 256;
+
+// The block size for an older version of `basis_size` bytes: the smallest power of two
+// from min_small_block that cuts it into at most max_small_blocks blocks.
+std::uint32_t small_block_size(std::uint64_t basis_size);
+
+// The sums of `basis` (the receiver's older version) in blocks of small_block_size.
+small_sums describe_small(std::span<const std::uint8_t> basis);
+
+// One file's part of a SmallSums payload: 8 bytes per block, little endian, the weak sum
+// first (appended to `out`).
+void put_small_sums(std::string& out, const small_sums& sums);
+// Parses one file's part of a SmallSums frame as a receiver may send it: a block size that
+// is a power of two from min_small_block to chunk_size, 1 to max_small_blocks blocks of 8
+// bytes. False when it is not.
+bool parse_small_sums(std::uint32_t block_size, std::span<const std::uint8_t> bytes, small_sums& out);
+
+// The ops that make `data` (one chunk of the new version) from the blocks of `sums`, or
+// none when it does not pay: no block found, or the bytes left literal pass
+// small_delta_literal_slack plus those found in blocks (the window stops sliding there: a
+// rewritten file costs a few KiB of sliding, not its whole length).
+std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);
+inline constexpr std::uint64_t small_delta_literal_slack = 8 * 1024;
 
 }  // namespace ferry

@@ -38,6 +38,14 @@ digest128 hash_chunk(std::span<const std::uint8_t> bytes) {
     return {h.low64, h.high64};
 }
 
+std::uint64_t hash64(std::span<const std::uint8_t> bytes) {
+#if FERRY_XXH_DISPATCH
+    return XXH3_64bits_dispatch(bytes.data(), bytes.size());
+#else
+    return XXH3_64bits(bytes.data(), bytes.size());
+#endif
+}
+
 digest128 hash_parts(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail) {
     if (tail.empty()) {
         return hash_chunk(head);

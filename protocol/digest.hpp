@@ -11,6 +11,8 @@
 namespace ferry {
 
 digest128 hash_chunk(std::span<const std::uint8_t> bytes);
+// XXH3-64 of `bytes` (the strong sum of a small file's block, protocol/delta.hpp).
+std::uint64_t hash64(std::span<const std::uint8_t> bytes);
 // hash_chunk of `head` followed by `tail` (a window that spans two buffers).
 digest128 hash_parts(std::span<const std::uint8_t> head, std::span<const std::uint8_t> tail);
 

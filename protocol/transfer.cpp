@@ -298,6 +298,13 @@ std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire
             }
             w.same_as = get_digest(fa.same_as().data());
         }
+        if (auto sm = small_pending_.find(i); sm != small_pending_.end()) {
+            if (fa.kind() != wire::ACCEPT_ALL) {
+                return protocol_errc::unexpected_message;  // sums for a file not accepted whole
+            }
+            w.small = std::make_shared<const small_sums>(std::move(sm->second));
+            small_pending_.erase(sm);
+        }
         if (f.chunks == 0) {
             wire::FileDone d;
             d.set_file_id(i);
@@ -309,8 +316,8 @@ std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire
             ready_files_.push_back(i);
         }
     }
-    if (!have_digests_.empty() || !basis_pending_.empty()) {
-        return protocol_errc::unexpected_message;  // digests for a file not accepted PARTIAL
+    if (!have_digests_.empty() || !basis_pending_.empty() || !small_pending_.empty()) {
+        return protocol_errc::unexpected_message;  // digests for a file not accepted PARTIAL (or ALL)
     }
     made.armed = false;
     ++accepted_batches_;
@@ -388,6 +395,39 @@ std::error_code sender_machine::on_basis_sums(const wire::BasisSums& sums, std::
     for (std::uint64_t k = 0; k < n; ++k) {
         b.strong.push_back(get_digest(payload.data() + 20 * k));
         b.weak.push_back(static_cast<std::uint32_t>(get_le(payload.data() + 20 * k + 16, 4)));
+    }
+    return {};
+}
+
+std::error_code sender_machine::on_small_sums(const wire::SmallSums& sums, std::span<const std::uint8_t> payload) {
+    // Only for one-chunk files of the batch whose Accept comes next, each once, of sizes
+    // a receiver tells sums for: a receiver cannot make this side hold more than
+    // max_small_blocks blocks per file of that batch.
+    if (!options_.sync) {
+        return protocol_errc::unexpected_message;
+    }
+    const int n = sums.file_ids_size();
+    if (n == 0 || sums.block_sizes_size() != n || sums.blocks_size() != n) {
+        return protocol_errc::unexpected_message;
+    }
+    std::size_t at = 0;
+    for (int k = 0; k < n; ++k) {
+        std::uint32_t id = sums.file_ids(k);
+        if (std::error_code ec = next_accepted_file(id)) {
+            return ec;
+        }
+        std::uint64_t size = entries_[id].size;
+        std::uint64_t bytes = std::uint64_t{sums.blocks(k)} * 8;
+        small_sums parsed;
+        if (size < small_delta_min_size || size > small_delta_max_basis || small_pending_.contains(id) ||
+            bytes > payload.size() - at || !parse_small_sums(sums.block_sizes(k), payload.subspan(at, bytes), parsed)) {
+            return protocol_errc::bad_chunk;
+        }
+        small_pending_.emplace(id, std::move(parsed));
+        at += bytes;
+    }
+    if (at != payload.size()) {
+        return protocol_errc::payload_mismatch;
     }
     return {};
 }
@@ -811,6 +851,25 @@ std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum
     return out;
 }
 
+std::vector<std::pair<wire::SmallSums, std::string>> receiver_machine::small_sum_frames(
+    const std::vector<decision>& decisions) {
+    std::vector<std::pair<wire::SmallSums, std::string>> out;
+    for (const decision& d : decisions) {
+        if (d.kind != wire::ACCEPT_ALL || !d.small || d.small->blocks.empty()) {
+            continue;
+        }
+        if (out.empty() || out.back().second.size() + d.small->blocks.size() * 8 > chunk_size) {
+            out.emplace_back();
+        }
+        auto& [h, bytes] = out.back();
+        h.add_file_ids(d.id.value);
+        h.add_block_sizes(d.small->block_size);
+        h.add_blocks(static_cast<std::uint32_t>(d.small->blocks.size()));
+        put_small_sums(bytes, *d.small);
+    }
+    return out;
+}
+
 void receiver_machine::forget() {
     while (!files_.empty() && files_.front().finished && !files_.front().data) {
         files_.pop_front();
@@ -884,6 +943,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
                 put_digest(bytes, *d.same_as);
                 fa->set_same_as(std::move(bytes));
             }
+            f.small_delta = d.small && !d.small->blocks.empty();  // (small_sum_frames)
         }
     }
     if (any_unchanged) {
@@ -919,7 +979,8 @@ std::error_code receiver_machine::on_chunk(const wire::Chunk& chunk, std::uint32
         if (payload_len != chunk.raw_len()) {
             return protocol_errc::payload_mismatch;
         }
-    } else if (chunk.codec() == wire::CODEC_ZSTD || (chunk.codec() == wire::CODEC_DELTA && f.delta)) {
+    } else if (chunk.codec() == wire::CODEC_ZSTD ||
+               (chunk.codec() == wire::CODEC_DELTA && (f.delta || f.small_delta))) {
         // A compressed or delta chunk is sent only when it is smaller than the raw bytes.
         if (payload_len == 0 || payload_len >= chunk.raw_len()) {
             return protocol_errc::payload_mismatch;

@@ -262,6 +262,9 @@ public:
     // The receiver's sums of its older version of a file (before the Accept that names
     // it ACCEPT_PARTIAL); `payload` holds 20 bytes per block.
     std::error_code on_basis_sums(const wire::BasisSums& sums, std::span<const std::uint8_t> payload);
+    // SmallSums: the receiver's sums of its files at the paths of changed small files of
+    // the batch whose Accept comes next (each taken by that file's ACCEPT_ALL).
+    std::error_code on_small_sums(const wire::SmallSums& sums, std::span<const std::uint8_t> payload);
 
     // A chunk was read and hashed. Returns the file's FileDone when that was its last
     // missing digest. A chunk the receiver said it had (ref.send false) whose digest is
@@ -382,6 +385,12 @@ public:
         const file_work* w = work(f);
         return w ? w->same_as : std::nullopt;
     }
+    // The receiver's sums of its file at the path, in small blocks (SmallSums), if it told
+    // them: the chunk may go as a CODEC_DELTA of them (protocol/delta.hpp).
+    std::shared_ptr<const small_sums> receiver_small_sums(file_id f) const {
+        const file_work* w = work(f);
+        return w ? w->small : nullptr;
+    }
     bool sent_nothing(file_id f) const {
         const file_state* s = state(f);
         return s && s->work && s->work->have && s->work->have->count() == s->chunks && s->work->resend_bits.size() == 0;
@@ -401,6 +410,7 @@ private:
         chunk_bitmap hashed_bits;
         std::vector<digest128> digests;
         std::optional<digest128> same_as;  // ACCEPT_ALL: the receiver's file, if its chunk is this one
+        std::shared_ptr<const small_sums> small;  // ACCEPT_ALL: the receiver's file's sums (read on workers)
     };
     struct file_state {
         bool accepted = false;
@@ -469,6 +479,7 @@ private:
     std::deque<chunk_ref> requeued_;
     std::unordered_map<std::uint32_t, std::vector<digest128>> have_digests_;  // before their Accept
     std::unordered_map<std::uint32_t, basis_sums> basis_pending_;  // BasisSums before their Accept
+    std::unordered_map<std::uint32_t, small_sums> small_pending_;  // SmallSums before their Accept
     std::uint64_t resent_chunks_ = 0;
     std::uint64_t aborted_files_ = 0;
     // Their sizes, but for the chunks the receiver had (counted in skipped_bytes_ already):
@@ -553,6 +564,9 @@ public:
         // ALL, a one-chunk file: the digest of the node's own file of that size at the path
         // (FileAccept.same_as); the file then takes a CODEC_SAME chunk.
         std::optional<digest128> same_as{};
+        // ALL, a one-chunk file: the sums of the node's own file at the path in small blocks
+        // (SmallSums frames, small_sum_frames); the file then takes a CODEC_DELTA chunk of them.
+        std::optional<small_sums> small{};
     };
     wire::Accept accept(const std::vector<decision>& decisions);
 
@@ -566,6 +580,10 @@ public:
     // The BasisSums frames (header, payload) of a decision with sums: sent after its
     // HaveDigests, before the Accept.
     static std::vector<std::pair<wire::BasisSums, std::string>> basis_sum_frames(const decision& d);
+    // The SmallSums frames that must precede the Accept of `decisions` (each payload at
+    // most chunk_size bytes).
+    static std::vector<std::pair<wire::SmallSums, std::string>> small_sum_frames(
+        const std::vector<decision>& decisions);
 
     // Admission of a chunk header before its payload is read. A chunk of a finished file
     // is admitted: the node drops it and confirms it again (see finished()).
@@ -706,6 +724,7 @@ private:
         bool implicit_done = false;  // one chunk, sent: no FileDone follows (see single_chunk)
         bool delta = false;          // weak sums went out: CODEC_DELTA chunks are welcome
         std::optional<digest128> same_as;  // told in the FileAccept: a CODEC_SAME chunk of this digest is welcome
+        bool small_delta = false;          // SmallSums went out for it: a CODEC_DELTA chunk is welcome
         bool aborted = false;        // FileAbort
         digest128 sender_digest;
         std::uint64_t chunks = 0;

@@ -460,6 +460,55 @@ TEST_F(sync_push, bytes_inserted_and_removed_cost_only_the_blocks_they_touch) {
     EXPECT_LT(st["totals"]["payload_bytes_received"].get<std::uint64_t>(), 12 * chunk + 100 + 3 * chunk) << st;
 }
 
+// Files under 1 MiB: an edit costs about a small block of the file, not the file (the
+// receiver's sums of its version in blocks of 1-4 KiB, SmallSums). New bytes go whole.
+TEST_F(sync_push, edits_to_small_files_cost_about_a_block_each) {
+    serve();
+    write_random_file(src / "three.bin", 3000, 31);
+    write_random_file(src / "hundred.bin", 100'000, 32);
+    write_random_file(src / "three-chunks.bin", 600'000, 33);
+    write_random_file(src / "rewritten.bin", 20'000, 34);
+    write_random_file(src / "tiny.bin", 1000, 35);
+    ASSERT_EQ(sync({}).code, 0);
+    auto edit = [&](const char* name, auto how) {
+        std::string data = read_text_file(src / name);
+        how(data);
+        write_text_file(src / name, data);
+    };
+    edit("three.bin", [](std::string& d) { d.insert(100, "12345"); });
+    edit("hundred.bin", [](std::string& d) { d.replace(50'000, 100, std::string(100, 'x')); });
+    edit("three-chunks.bin", [](std::string& d) {
+        d.erase(400'000, 300);
+        d.insert(10, "0123456789");
+        d += "appended";
+    });
+    edit("tiny.bin", [](std::string& d) { d[500] ^= 1; });
+    write_random_file(src / "rewritten.bin", 20'000, 36);
+    const std::uint64_t total = 3005 + 100'000 + 599'718 + 20'000 + 1000;
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "updated"),
+              (paths{"hundred.bin", "rewritten.bin", "three-chunks.bin", "three.bin", "tiny.bin"}));
+    nlohmann::json done = find_event(ev, "done");
+    // The rewritten file and the one under 2 KiB whole; of the others a few blocks (1 KiB
+    // ones; for the file of three chunks 4 KiB ones, and each chunk's ends may cost one:
+    // a chunk is matched alone).
+    const std::uint64_t sent = done["bytes_transferred"];
+    EXPECT_GE(sent, 21'000u);
+    EXPECT_LT(sent, 21'000u + 3005 + 2 * 1024 + 8 * 4096) << done;
+    EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>(), total - sent) << done;
+    EXPECT_LT(done["wire_bytes_sent"].get<std::uint64_t>(), 70'000u) << done;
+    // The serving node counts the same bytes received, the rest matched there.
+    nlohmann::json served = next_done(*node.proc, "receive", total);
+    ASSERT_FALSE(served.is_null());
+    EXPECT_EQ(served["payload_bytes"], sent) << served;
+    EXPECT_EQ(served["payload_bytes"].get<std::uint64_t>() + served["skipped_bytes"].get<std::uint64_t>(), total)
+        << served;
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not_sent_again) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
@@ -1752,6 +1801,27 @@ TEST_F(sync_pull, a_dst_or_dest_this_user_may_not_write_and_a_source_it_may_not_
                                          a_id + "@" + node.address});
     EXPECT_EQ(send_code, 4) << send_err;
     EXPECT_NE(send_err.find((closed / "secret").string() + ": Permission denied"), std::string::npos) << send_err;
+}
+
+TEST_F(sync_pull, edits_to_small_files_cost_about_a_block_each_as_for_a_push) {
+    serve();
+    write_random_file(site / "a.bin", 50'000, 51);
+    write_random_file(site / "b.bin", 300'000, 52);
+    ASSERT_EQ(pull({}).code, 0);
+    std::string a = read_text_file(site / "a.bin");
+    a.insert(25'000, "inserted");
+    write_text_file(site / "a.bin", a);
+    std::string b = read_text_file(site / "b.bin");
+    b.erase(1000, 10);
+    write_text_file(site / "b.bin", b);
+    run_result r = pull({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(site, dst), "");
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    const std::uint64_t sent = done["bytes_transferred"];
+    EXPECT_LT(sent, 2 * 1024 + 4 * 2048u) << done;  // blocks of 1 KiB and 2 KiB
+    EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>(), a.size() + b.size() - sent) << done;
+    EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 30'000u) << done;
 }
 
 TEST_F(sync_pull, compress_always_is_asked_of_the_peer_and_never_too) {

@@ -8,9 +8,17 @@
 // Mode 1: the rest is a list of matches (gap u16, length u16 → at most one chunk) for
 // chunk_ops over a chunk at an input offset: the ops cover the chunk exactly, never hold
 // an empty op or two literals in a row, and copy exactly the bytes the matches cover.
+// Mode 2: small_delta (protocol 16): a basis made from the input (a seed and a size), a
+// file made from it by the input's edits (insert, remove, overwrite, take from elsewhere);
+// the basis's sums go through put_small_sums and parse_small_sums, and the ops small_delta
+// gives, if any, rebuild the file exactly from the basis through encode_delta and
+// decode_delta. Mode 3: sums straight from the input (parse_small_sums) against input
+// bytes: any ops cover the bytes exactly and copy only inside the blocks described.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "protocol/delta.hpp"
@@ -29,6 +37,11 @@ std::vector<seed> seeds() {
         o.u32(raw_len).u64(1u << 20).u8(0).bytes(out);
         return o.data();
     };
+    fuzz_output small_edits;  // a basis of 20,000 bytes, then an insert, a removal and a copy
+    small_edits.u32(20000).u64(7).u8(2);
+    small_edits.u8(0).u16(300).u16(5).u8(1).u8(2).u8(3).u8(4).u8(5);
+    small_edits.u8(1).u16(9000).u16(100);
+    small_edits.u8(3).u16(15000).u16(2048);
     fuzz_output matches;
     matches.u32(chunk_size).u64(3 * std::uint64_t{chunk_size}).u8(1).u32(1);
     for (int i = 0; i < 6; ++i) {
@@ -38,6 +51,7 @@ std::vector<seed> seeds() {
         {"literal-then-copy", payload(100, {{40, false, 0}, {60, true, 1000}})},
         {"copies", payload(4096, {{1, true, 0}, {4095, true, 7}})},
         {"matches", matches.data()},
+        {"small-edits", small_edits.data()},
     };
 }
 
@@ -55,7 +69,91 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fuzz_input in({data, size});
     std::uint32_t raw_len = in.u32() % (chunk_size + 1);
     std::uint64_t basis_size = in.u64();
-    if (in.u8() % 2 == 0) {
+    const std::uint8_t mode = in.u8() % 4;
+    if (mode == 2) {
+        // The basis: raw_len random bytes (a few distinct values when the seed says so, so
+        // that weak sums collide).
+        std::mt19937 rng(static_cast<std::uint32_t>(basis_size));
+        const bool dull = (basis_size >> 32) % 2 == 1;
+        std::vector<std::uint8_t> basis(raw_len);
+        for (auto& b : basis) {
+            b = static_cast<std::uint8_t>(dull ? rng() % 3 : rng());
+        }
+        std::vector<std::uint8_t> file = basis;
+        while (in.remaining() >= 5 && file.size() <= chunk_size) {
+            const std::uint8_t op = in.u8() % 4;
+            const std::size_t at = file.empty() ? 0 : in.u16() % file.size();
+            const std::size_t len = in.u16() % 4096;
+            if (op == 0) {
+                std::span<const std::uint8_t> add = in.bytes(std::min<std::size_t>(len, in.remaining()));
+                file.insert(file.begin() + static_cast<std::ptrdiff_t>(at), add.begin(), add.end());
+            } else if (op == 1) {
+                file.erase(file.begin() + static_cast<std::ptrdiff_t>(at),
+                           file.begin() + static_cast<std::ptrdiff_t>(std::min(file.size(), at + len)));
+            } else if (op == 2) {
+                for (std::size_t k = at; k < std::min(file.size(), at + len); ++k) {
+                    file[k] ^= 0x5a;
+                }
+            } else if (!basis.empty()) {
+                const std::size_t from = (at * 7) % basis.size();
+                const std::size_t n = std::min(len, basis.size() - from);
+                file.insert(file.begin() + static_cast<std::ptrdiff_t>(at), basis.begin() + from,
+                            basis.begin() + from + n);
+            }
+        }
+        if (file.size() > chunk_size) {
+            file.resize(chunk_size);
+        }
+        small_sums sums = describe_small(basis);
+        std::string wire;
+        put_small_sums(wire, sums);
+        small_sums told;
+        const bool parsed = parse_small_sums(
+            sums.block_size, std::span(reinterpret_cast<const std::uint8_t*>(wire.data()), wire.size()), told);
+        FUZZ_CHECK(parsed == !sums.blocks.empty());
+        if (!parsed) {
+            return 0;
+        }
+        FUZZ_CHECK(told.blocks == sums.blocks);
+        std::vector<delta_op> ops = small_delta(file, told);
+        if (ops.empty()) {
+            return 0;
+        }
+        std::vector<std::uint8_t> payload(file.size() + 12 * ops.size() + 64);
+        std::size_t n = encode_delta(ops, file, payload.data(), payload.size());
+        FUZZ_CHECK(n > 0);
+        payload.resize(n);
+        std::vector<delta_piece> pieces;
+        FUZZ_CHECK(decode_delta(payload, static_cast<std::uint32_t>(file.size()), basis.size(), pieces));
+        std::vector<std::uint8_t> rebuilt(file.size());
+        for (const delta_piece& p : pieces) {
+            const std::uint8_t* from = p.copy ? basis.data() + p.basis_offset : payload.data() + p.literal_at;
+            std::memcpy(rebuilt.data() + p.at, from, p.length);
+        }
+        // (A false match of both sums would fail here: 64 bits of sums per block.)
+        FUZZ_CHECK(rebuilt == file);
+        return 0;
+    }
+    if (mode == 3) {
+        const std::uint32_t block_size = std::uint32_t{1} << (in.u8() % 20);
+        std::span<const std::uint8_t> sum_bytes = in.bytes(std::min<std::size_t>(in.u16(), in.remaining()));
+        small_sums sums;
+        if (!parse_small_sums(block_size, sum_bytes, sums)) {
+            return 0;
+        }
+        FUZZ_CHECK(sums.blocks.size() * 8 == sum_bytes.size() && sums.block_size == block_size);
+        std::span<const std::uint8_t> bytes = in.bytes(std::min<std::size_t>(raw_len, in.remaining()));
+        std::vector<delta_op> ops = small_delta(bytes, sums);
+        std::uint64_t total = 0;
+        for (const delta_op& op : ops) {
+            FUZZ_CHECK(op.length > 0);
+            FUZZ_CHECK(!op.copy || op.basis_offset + op.length <= sums.blocks.size() * std::uint64_t{block_size});
+            total += op.length;
+        }
+        FUZZ_CHECK(ops.empty() || total == bytes.size());
+        return 0;
+    }
+    if (mode == 0) {
         std::span<const std::uint8_t> payload = in.bytes(in.remaining());
         std::vector<delta_piece> pieces;
         if (!decode_delta(payload, raw_len, basis_size, pieces)) {

@@ -288,5 +288,115 @@ TEST(DecodeDelta, RefusesMalformedPayloads) {
     EXPECT_EQ(encode_delta(ops, chunk, payload.data(), 50), 0u);  // does not fit
 }
 
+// Small files: a version of `file` (at most one chunk) made from `basis` with small_delta's
+// ops, through the CODEC_DELTA payload, as the receiver rebuilds it; the bytes left literal.
+struct small_result {
+    bool delta = false;  // small_delta gave ops
+    std::uint64_t literal = 0;
+};
+
+small_result small_round_trip(const bytes& basis, const bytes& file) {
+    small_sums sums = describe_small(basis);
+    // The sums as they travel.
+    std::string wire;
+    put_small_sums(wire, sums);
+    small_sums told;
+    EXPECT_TRUE(parse_small_sums(sums.block_size,
+                                 std::span(reinterpret_cast<const std::uint8_t*>(wire.data()), wire.size()), told));
+    EXPECT_EQ(told.blocks, sums.blocks);
+    std::vector<delta_op> ops = small_delta(file, told);
+    small_result r;
+    if (ops.empty()) {
+        return r;
+    }
+    r.delta = true;
+    r.literal = file.size() - copied_bytes(ops);
+    bytes payload(file.size() + 64);
+    std::size_t n = encode_delta(ops, file, payload.data(), payload.size());
+    EXPECT_GT(n, 0u);
+    payload.resize(n);
+    std::vector<delta_piece> pieces;
+    EXPECT_TRUE(decode_delta(payload, static_cast<std::uint32_t>(file.size()), basis.size(), pieces));
+    bytes rebuilt(file.size());
+    for (const delta_piece& p : pieces) {
+        const std::uint8_t* from = p.copy ? basis.data() + p.basis_offset : payload.data() + p.literal_at;
+        std::memcpy(rebuilt.data() + p.at, from, p.length);
+    }
+    EXPECT_EQ(rebuilt, file);
+    return r;
+}
+
+TEST(SmallDelta, BlocksAreSmallPowersOfTwoAtMostMaxSmallBlocksOfThem) {
+    EXPECT_EQ(small_block_size(2048), min_small_block);
+    EXPECT_EQ(small_block_size(256 * 1024), 1024u);
+    EXPECT_EQ(small_block_size(257 * 1024), 2048u);  // 257 full blocks of 1 KiB
+    EXPECT_EQ(small_block_size(small_delta_max_basis), 4096u);
+    small_sums s = describe_small(random_bytes(10000, 1));
+    EXPECT_EQ(s.block_size, 1024u);
+    EXPECT_EQ(s.blocks.size(), 9u);  // full blocks only
+}
+
+TEST(SmallDelta, EditsCostAboutABlockAndTheFileIsRebuiltExactly) {
+    const bytes basis = random_bytes(200000, 2);  // blocks of 1 KiB
+    bytes inserted = basis;
+    inserted.insert(inserted.begin() + 777, {1, 2, 3, 4, 5});
+    bytes overwritten = basis;
+    std::fill(overwritten.begin() + 50000, overwritten.begin() + 50100, 0xab);
+    bytes removed = basis;
+    removed.erase(removed.begin() + 120000, removed.begin() + 120300);
+    bytes appended = basis;
+    appended.resize(basis.size() + 1500, 7);
+    bytes at_start = basis;
+    at_start.insert(at_start.begin(), 1);
+    for (const bytes* file : {&inserted, &overwritten, &removed, &appended, &at_start}) {
+        small_result r = small_round_trip(basis, *file);
+        EXPECT_TRUE(r.delta);
+        EXPECT_LE(r.literal, 4 * 1024u);
+    }
+    // The same bytes: all copies.
+    small_result same = small_round_trip(basis, basis);
+    EXPECT_TRUE(same.delta);
+    EXPECT_EQ(same.literal, basis.size() % 1024);
+}
+
+TEST(SmallDelta, BlocksAreFoundAnywhereInTheOlderVersion) {
+    // The second half moved to the front (a file of 4 chunks' worth: blocks of 4 KiB, and
+    // the new chunk is one part of it).
+    const bytes basis = random_bytes(small_delta_max_basis, 3);
+    bytes chunk(basis.begin() + 600000, basis.begin() + 600000 + chunk_size);
+    small_result r = small_round_trip(basis, chunk);
+    EXPECT_TRUE(r.delta);
+    EXPECT_LE(r.literal, 2 * 4096u);
+}
+
+TEST(SmallDelta, NewBytesGiveNoDeltaAfterAFewKiBOfSliding) {
+    const bytes basis = random_bytes(100000, 4);
+    EXPECT_FALSE(small_round_trip(basis, random_bytes(100000, 5)).delta);
+    // Too short for a block, or no sums: nothing.
+    EXPECT_TRUE(small_delta(random_bytes(500, 6), describe_small(basis)).empty());
+    EXPECT_TRUE(small_delta(basis, small_sums{}).empty());
+    // A file with a new start longer than the slack but most of its bytes the older
+    // version's: the sliding stops in the new start (a bound on rewritten files' cost).
+    bytes long_new_start = random_bytes(small_delta_literal_slack + 4096, 7);
+    long_new_start.insert(long_new_start.end(), basis.begin(), basis.end());
+    EXPECT_FALSE(small_round_trip(basis, long_new_start).delta);
+}
+
+TEST(SmallDelta, MalformedSumsAreRefused) {
+    small_sums out;
+    auto parse = [&](std::uint32_t block_size, std::size_t n) {
+        std::vector<std::uint8_t> b(n, 1);
+        return parse_small_sums(block_size, b, out);
+    };
+    EXPECT_TRUE(parse(1024, 8));
+    EXPECT_TRUE(parse(chunk_size, 8 * max_small_blocks));
+    EXPECT_FALSE(parse(1024, 0));                           // no block
+    EXPECT_FALSE(parse(1024, 12));                          // not whole entries
+    EXPECT_FALSE(parse(1024, 8 * (max_small_blocks + 1)));  // too many
+    EXPECT_FALSE(parse(512, 8));                            // too small a block
+    EXPECT_FALSE(parse(3000, 8));                           // not a power of two
+    EXPECT_FALSE(parse(2 * chunk_size, 8));                 // too large
+}
+
 }  // namespace
 }  // namespace ferry

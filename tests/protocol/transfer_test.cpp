@@ -2272,6 +2272,109 @@ TEST(ReceiverMachine, ACodecSameChunkIsTakenOnlyAsTheFileItToldItHas) {
     EXPECT_FALSE(s.receiver_same_as(file_id{1}));
 }
 
+// Small changed files (protocol 16): the receiver's sums of its file at the path go in
+// SmallSums frames before the Accept, only for files it accepts whole; such a file may
+// then come as a CODEC_DELTA chunk, and no other file may.
+TEST(ReceiverMachine, SmallSumsGoForWholeAcceptsAndLetACodecDeltaChunkIn) {
+    receiver_machine r;
+    wire::Offer offer = raw_offer({{0, "a"}, {1, "b"}, {2, "c"}});
+    for (int i = 0; i < 3; ++i) {
+        offer.mutable_entries(i)->set_size(10000);
+    }
+    std::vector<file_id> ids;
+    ASSERT_EQ(r.on_offer(offer, ids), std::error_code{});
+    small_sums sums;
+    sums.block_size = 1024;
+    sums.blocks.assign(9, 0x0102030405060708ull);
+    receiver_machine::decision a = accept_all(file_id{0});
+    a.small = sums;
+    receiver_machine::decision c = accept_all(file_id{2});
+    c.small = sums;
+    c.kind = wire::ACCEPT_SKIP;  // unchanged after all: nothing told
+    std::vector<receiver_machine::decision> decisions{a, accept_all(file_id{1}), c};
+    auto frames = receiver_machine::small_sum_frames(decisions);
+    ASSERT_EQ(frames.size(), 1u);
+    ASSERT_EQ(frames[0].first.file_ids_size(), 1);
+    EXPECT_EQ(frames[0].first.file_ids(0), 0u);
+    EXPECT_EQ(frames[0].first.block_sizes(0), 1024u);
+    EXPECT_EQ(frames[0].first.blocks(0), 9u);
+    EXPECT_EQ(frames[0].second.size(), 9 * 8u);
+    r.accept(decisions);
+    auto admit = [&](std::uint32_t file, std::uint32_t payload_len) {
+        wire::Chunk chunk = chunk_header(file_id{file}, chunk_index{0}, 10000);
+        chunk.set_codec(wire::CODEC_DELTA);
+        return r.on_chunk(chunk, payload_len);
+    };
+    EXPECT_EQ(admit(0, 100), std::error_code{});
+    EXPECT_EQ(admit(0, 10000), protocol_errc::payload_mismatch);  // not smaller than its bytes
+    EXPECT_EQ(admit(1, 100), protocol_errc::bad_chunk);           // nothing was told of it
+}
+
+TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsWholeAccept) {
+    transfer_options sync;
+    sync.sync.emplace();
+    sync.sync->set_share("www");
+    const std::vector<entry_info> entries{file_entry("f", 10000), file_entry("g", 100),
+                                          file_entry("h", 2 * small_delta_max_basis), dir_entry("d")};
+    auto frame = [](std::vector<std::uint32_t> ids, std::uint32_t block_size, std::uint32_t blocks) {
+        wire::SmallSums h;
+        for (std::uint32_t id : ids) {
+            h.add_file_ids(id);
+            h.add_block_sizes(block_size);
+            h.add_blocks(blocks);
+        }
+        return h;
+    };
+    const std::string nine(9 * 8, '\1');
+    {
+        sender_machine plain(test_transfer_id, entries, {});
+        offer_all(plain);
+        EXPECT_EQ(plain.on_small_sums(frame({0}, 1024, 9), as_bytes(nine)), protocol_errc::unexpected_message);
+    }
+    auto fresh = [&] {
+        auto s = std::make_unique<sender_machine>(test_transfer_id, entries, sync);
+        offer_all(*s);
+        return s;
+    };
+    EXPECT_EQ(fresh()->on_small_sums(frame({3}, 1024, 9), as_bytes(nine)), protocol_errc::unknown_file);  // a folder
+    EXPECT_EQ(fresh()->on_small_sums(frame({9}, 1024, 9), as_bytes(nine)), protocol_errc::unknown_file);
+    EXPECT_EQ(fresh()->on_small_sums(frame({1}, 1024, 9), as_bytes(nine)), protocol_errc::bad_chunk);   // too small
+    EXPECT_EQ(fresh()->on_small_sums(frame({2}, 1024, 9), as_bytes(nine)), protocol_errc::bad_chunk);   // too large
+    EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1000, 9), as_bytes(nine)), protocol_errc::bad_chunk);   // block size
+    EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 10), as_bytes(nine)), protocol_errc::bad_chunk);  // short payload
+    EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 8), as_bytes(nine)), protocol_errc::payload_mismatch);
+    EXPECT_EQ(fresh()->on_small_sums(frame({0, 0}, 1024, 9), as_bytes(nine + nine)), protocol_errc::bad_chunk);
+    wire::SmallSums uneven = frame({0}, 1024, 9);
+    uneven.add_blocks(1);
+    EXPECT_EQ(fresh()->on_small_sums(uneven, as_bytes(nine)), protocol_errc::unexpected_message);
+
+    auto answer = [](wire::AcceptKind kind) {
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        for (std::uint32_t i = 0; i < 4; ++i) {
+            wire::FileAccept* fa = a.add_files();
+            fa->set_id(i);
+            fa->set_kind(i == 0 ? kind : wire::ACCEPT_SKIP);
+        }
+        return a;
+    };
+    std::vector<wire::FileDone> done;
+    auto s = fresh();
+    ASSERT_EQ(s->on_small_sums(frame({0}, 1024, 9), as_bytes(nine)), std::error_code{});
+    wire::Accept all = answer(wire::ACCEPT_ALL);
+    ASSERT_EQ(s->on_accept(all, done), std::error_code{});
+    std::shared_ptr<const small_sums> got = s->receiver_small_sums(file_id{0});
+    ASSERT_NE(got, nullptr);
+    EXPECT_EQ(got->block_size, 1024u);
+    EXPECT_EQ(got->blocks, std::vector<std::uint64_t>(9, 0x0101010101010101ull));
+    EXPECT_EQ(s->receiver_small_sums(file_id{1}), nullptr);
+    // Sums for a file then skipped are a broken peer.
+    auto t = fresh();
+    ASSERT_EQ(t->on_small_sums(frame({0}, 1024, 9), as_bytes(nine)), std::error_code{});
+    wire::Accept skip = answer(wire::ACCEPT_SKIP);
+    EXPECT_EQ(t->on_accept(skip, done), protocol_errc::unexpected_message);
+}
+
 // A chunk sent again after its connection was lost with the ack on its way may come after
 // the file was made final: admitted (the node drops it and confirms it again), as long as
 // it is a chunk the file has.
