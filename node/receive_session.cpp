@@ -235,6 +235,25 @@ long fault_rename_limit() {
 
 bool fault_hook_armed() { return fault_rename_limit() > 0; }
 
+// Test hook (tests/e2e): FERRY_FAULT_EDIT_BASIS=1 overwrites 16 bytes at the start and at
+// the middle of DST's older version of a file (its final name `path`) just before a delta
+// chunk is rebuilt from it, as a user's editor could between the sums it told and that
+// chunk.
+void fault_edit_basis(const dest_tree& tree, std::string_view path) {
+    static const bool on = std::getenv("FERRY_FAULT_EDIT_BASIS") != nullptr;
+    if (!on) {
+        return;
+    }
+    unique_fd fd(::open(tree.full_path(path).c_str(), O_WRONLY | O_CLOEXEC));
+    static constexpr char edit[16] = {'e', 'd', 'i', 't', 'e', 'd', ' ', 'h', 'e', 'r', 'e', ' ', 'n', 'o', 'w', '!'};
+    struct stat st {};
+    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 ||
+        ::pwrite(fd.get(), edit, sizeof edit, 0) != static_cast<ssize_t>(sizeof edit) ||
+        ::pwrite(fd.get(), edit, sizeof edit, st.st_size / 2) != static_cast<ssize_t>(sizeof edit)) {
+        std::fprintf(stderr, "FERRY_FAULT_EDIT_BASIS: could not edit %s\n", std::string(path).c_str());
+    }
+}
+
 // Test hook (tests/e2e): FERRY_FAULT_PRUNE_WAIT=FILE holds a sync's --delete walk, once every
 // file is in, until FILE exists (at most 10 s); it makes FILE.waiting first, so that a test
 // knows the walk is about to start.
@@ -387,6 +406,7 @@ struct receive_session::whole_write {
         if (encoding.codec == wire::CODEC_DELTA) {
             // Copies from the file at its name (FileAccept.block_sums), which stays there
             // until this one replaces it.
+            fault_edit_basis(tree, e.path);
             basis.reset(tree.open_final_read(e.path, ec));
             struct stat st {};
             encoding.basis_fd = basis.get();
@@ -2161,8 +2181,10 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                        encoding, create, payload = std::move(payload)]() mutable {
         if (encoding.codec == wire::CODEC_DELTA) {
             // The older version stays at its final name until this file replaces it; if
-            // it changed meanwhile, the chunk fails its digest check.
+            // it changed meanwhile, the chunk fails its digest check (and the file alone
+            // fails, below).
             std::lock_guard lock(sink->mutex);
+            fault_edit_basis(*tree, sink->basis);
             if (sink->basis_fd < 0) {
                 std::error_code open_ec;
                 sink->basis_fd = tree->open_final_read(sink->basis, open_ec);
@@ -2177,7 +2199,12 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         chunk_verdict verdict = checked.verdict;
         std::error_code ec;
         stats_clock::duration write_time{};
-        if (!verdict.bad) {
+        if (verdict.bad && encoding.codec == wire::CODEC_DELTA) {
+            // Not the bytes the older version's sums told of: it changed here since they
+            // were read (or went). That file fails alone, as a CODEC_SAME one does.
+            verdict = chunk_verdict{};
+            ec = dest_errc::changed;
+        } else if (!verdict.bad) {
             int fd;
             {
                 std::lock_guard lock(sink->mutex);

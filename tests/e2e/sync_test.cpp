@@ -509,6 +509,34 @@ TEST_F(sync_push, edits_to_small_files_cost_about_a_block_each) {
     EXPECT_TRUE(no_partial_files(share));
 }
 
+// DST's file changed after its sums went and before the delta's chunk came (a hook
+// overwrites its first bytes then): the chunk fails its digest check there, and that file
+// alone fails, left as it is; the rest is synced.
+TEST_F(sync_push, a_file_changed_at_dst_while_its_delta_came_fails_alone) {
+    serve("", {}, false, {"FERRY_FAULT_EDIT_BASIS=1"});
+    write_random_file(src / "one.bin", 50'000, 61);
+    write_random_file(src / "three.bin", 600'000, 62);
+    write_random_file(src / "big.bin", 5 * 256 * 1024, 63);
+    ASSERT_EQ(sync({}).code, 0);
+    for (const char* name : {"one.bin", "three.bin", "big.bin"}) {
+        std::string data = read_text_file(src / name);
+        data.insert(30'000, "new bytes");
+        write_text_file(src / name, data);
+    }
+    write_text_file(src / "new.txt", "a new file\n");
+    run_result r = sync({"--compress", "never"});
+    EXPECT_EQ(r.code, 5) << r.err;  // partial
+    auto ev = json_events(r.out);
+    EXPECT_EQ(paths_of(ev, "failed"), (paths{"big.bin", "one.bin", "three.bin"})) << r.out;
+    EXPECT_EQ(paths_of(ev, "created"), (paths{"new.txt"}));
+    EXPECT_NE(r.out.find("changed here while it was synced"), std::string::npos) << r.out;
+    for (const char* name : {"one.bin", "three.bin", "big.bin"}) {
+        EXPECT_EQ(read_text_file(share / "site" / name).substr(0, 16), "edited here now!") << name;
+    }
+    EXPECT_EQ(read_text_file(share / "site/new.txt"), "a new file\n");
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 TEST_F(sync_push, renamed_files_and_folders_are_made_from_the_receivers_copy_not_sent_again) {
     serve();
     constexpr std::uint64_t chunk = 256 * 1024;
