@@ -43,7 +43,7 @@ public:
             case dest_errc::special:
                 return "a FIFO, socket or device is there";
             case dest_errc::changed:
-                return "changed here while it was synced: left as it is (the next run brings it)";
+                return "changed at the destination while it was synced: left as it is there (the next run brings it)";
             case dest_errc::too_deep:
                 return "folders nested deeper than " + std::to_string(dest_tree::max_walk_depth) + " levels here";
         }

@@ -1,18 +1,18 @@
 #include "node/receive_session.hpp"
 
-#include <optional>
-#include <cstdlib>
-#include <atomic>
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <limits>
+#include <optional>
 
 #include "node/backoff.hpp"
 #include "node/chunk_codec.hpp"
@@ -219,6 +219,14 @@ verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& 
     return out;
 }
 
+// A delta chunk that did not rebuild to its digest: DST's older version changed (or went)
+// since its sums were read, unless the payload is malformed in itself (a broken sender).
+bool basis_changed(const pooled_buffer& payload, const chunk_encoding& encoding, const chunk_verdict& verdict) {
+    std::vector<delta_piece> pieces;
+    return encoding.codec == wire::CODEC_DELTA && verdict.bad &&
+           decode_delta(payload.span(), encoding.raw_len, std::numeric_limits<std::uint64_t>::max(), pieces);
+}
+
 // Files at least this large are fsynced on the worker pool when they complete; smaller
 // ones are made durable together by one syncfs at the end of the transfer.
 constexpr std::uint64_t fsync_own_threshold = 16 * 1024 * 1024;
@@ -309,8 +317,10 @@ struct small_basis {
 };
 
 bool small_delta_candidate(const entry_info& e, std::uint64_t size_there) {
-    return e.size >= small_delta_min_size && e.size <= small_delta_max_basis && size_there >= small_delta_min_size &&
-           size_there <= small_delta_max_basis;
+    // (A file of resume_min_chunks chunks or more starts from a copy of DST's version, and
+    // its sums in small blocks go with that version's: seeded_sums.)
+    return e.size >= small_delta_min_size && !resumable(e) && size_there >= small_delta_min_size &&
+           size_there <= small_delta_max_basis && small_block_size(size_there) <= e.size / 2;
 }
 
 small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t size_there) {
@@ -340,6 +350,8 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         out.same_as = hash_chunk(bytes);
     }
     out.sums = describe_small(bytes);
+    out.sums->blocks.resize(
+        std::min<std::uint64_t>(out.sums->blocks.size(), max_small_blocks_for(e.size, out.sums->block_size)));
     return out;
 }
 
@@ -404,7 +416,7 @@ struct receive_session::whole_write {
         }
         unique_fd basis;
         if (encoding.codec == wire::CODEC_DELTA) {
-            // Copies from the file at its name (FileAccept.block_sums), which stays there
+            // Copies from the file at its name (its sums went in SmallSums), which stays there
             // until this one replaces it.
             fault_edit_basis(tree, e.path);
             basis.reset(tree.open_final_read(e.path, ec));
@@ -415,7 +427,7 @@ struct receive_session::whole_write {
         }
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         verdict = checked.verdict;
-        if (verdict.bad && encoding.codec == wire::CODEC_DELTA) {
+        if (basis_changed(payload, encoding, verdict)) {
             // Not the bytes its sums told of: the file there changed since (or went). It
             // fails alone, as a CODEC_SAME file does.
             verdict = chunk_verdict{};
@@ -1510,7 +1522,8 @@ void receive_session::next_offer() {
             bool same = false;
             bool there = false;
             std::error_code ec;
-            small_basis basis;  // for the accept (below), read here too
+            small_basis basis;        // for the accept (below), read here too (not with --checksum,
+            bool basis_read = false;  // whose content check decides what changed)
         };
         // A changed one-chunk file DST has at the same size (touched at SRC, or bytes
         // changed in place): the digest of DST's file goes with the accept, and a sender
@@ -1553,8 +1566,9 @@ void receive_session::next_offer() {
                         look& l = ahead[files[k]];
                         l.ec = tree->check_file(e.path, overwrite, e.size, e.mtime_ns, l.same, false, &l.there,
                                                 &mode_there[files[k]], &size_there[files[k]]);
-                        if (!l.ec && basis_candidate(e, l.same, l.there, size_there[files[k]])) {
+                        if (!l.ec && !sync.checksum && basis_candidate(e, l.same, l.there, size_there[files[k]])) {
                             l.basis = read_small_basis(*tree, e, size_there[files[k]]);
+                            l.basis_read = true;
                         }
                         l.done = true;
                     }
@@ -1577,7 +1591,7 @@ void receive_session::next_offer() {
                 // over the pool's workers where the look did not read them.
                 std::vector<std::size_t> reads;
                 for (std::size_t i = 0; i < items.size(); ++i) {
-                    if (!folder_there[i] && blocked[i].empty() && (ahead.empty() || !ahead[i].done) &&
+                    if (!folder_there[i] && blocked[i].empty() && (ahead.empty() || !ahead[i].basis_read) &&
                         basis_candidate(items[i].e, identical[i], exists[i], size_there[i])) {
                         reads.push_back(i);
                     }
@@ -1773,9 +1787,9 @@ void receive_session::next_offer() {
                     small_basis basis;
                     if (!folder_there[i] && basis_candidate(e, identical[i], exists[i], size_there[i])) {
                         // (Read over the workers with the check's look, for a big batch.)
-                        basis = !ahead.empty() && ahead[i].done ? std::move(ahead[i].basis)
-                                : !bases.empty() && bases[i]    ? std::move(*bases[i])
-                                                                : read_small_basis(*tree, e, size_there[i]);
+                        basis = !ahead.empty() && ahead[i].basis_read ? std::move(ahead[i].basis)
+                                : !bases.empty() && bases[i]          ? std::move(*bases[i])
+                                                                      : read_small_basis(*tree, e, size_there[i]);
                     }
                     if (basis.same_as && !take_room(20)) {
                         basis.same_as.reset();  // sent whole
@@ -2199,7 +2213,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         chunk_verdict verdict = checked.verdict;
         std::error_code ec;
         stats_clock::duration write_time{};
-        if (verdict.bad && encoding.codec == wire::CODEC_DELTA) {
+        if (basis_changed(payload, encoding, verdict)) {
             // Not the bytes the older version's sums told of: it changed here since they
             // were read (or went). That file fails alone, as a CODEC_SAME one does.
             verdict = chunk_verdict{};

@@ -1466,9 +1466,15 @@ void send_session::read_source(read_job& job) {
     }
     if (!job.ec) {
         job.digest = hash_chunk(std::span<const std::uint8_t>(job.buf.data(), ref.length));
-        if (job.ops.empty() && job.small && job.same_as != job.digest) {
-            // A changed small file: its blocks the receiver has at the path, found in memory.
-            job.ops = small_delta(std::span<const std::uint8_t>(job.buf.data(), ref.length), *job.small);
+        if (job.small && job.same_as != job.digest && copied_bytes(job.ops) < ref.length) {
+            // A changed file: the receiver's older version's small blocks, found in this
+            // chunk in memory, where they leave fewer new bytes than the pass over
+            // chunk_size blocks did (if any).
+            std::vector<delta_op> fine =
+                small_delta(std::span<const std::uint8_t>(job.buf.data(), ref.length), *job.small);
+            if (copied_bytes(fine) > copied_bytes(job.ops)) {
+                job.ops = std::move(fine);
+            }
         }
         if (!job.ops.empty()) {
             job.packed = delta_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.ops);

@@ -312,7 +312,7 @@ private:
         pooled_buffer buf;
         digest128 digest{};
         std::optional<digest128> same_as;  // the receiver's (receiver_same_as): no bytes go if `digest` is it
-        std::shared_ptr<const small_sums> small;  // the receiver's (receiver_small_sums): a delta of them may go
+        std::shared_ptr<const small_index> small;  // the receiver's (receiver_small_sums): a delta of them may go
         std::error_code ec;
         std::string what;
         compressed_chunk packed;

@@ -1,6 +1,7 @@
 #include "protocol/delta.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <tuple>
 
@@ -357,13 +358,9 @@ std::uint32_t small_block_size(std::uint64_t basis_size) {
     return b;
 }
 
-namespace {
-
 std::uint64_t small_block_sum(std::span<const std::uint8_t> block) {
     return std::uint64_t{weak_sum(block)} << 32 | static_cast<std::uint32_t>(hash64(block));
 }
-
-}  // namespace
 
 small_sums describe_small(std::span<const std::uint8_t> basis) {
     small_sums out;
@@ -383,7 +380,7 @@ void put_small_sums(std::string& out, const small_sums& sums) {
 }
 
 bool parse_small_sums(std::uint32_t block_size, std::span<const std::uint8_t> bytes, small_sums& out) {
-    if (block_size < min_small_block || block_size > chunk_size || (block_size & (block_size - 1)) != 0 ||
+    if (block_size < min_small_block || block_size > max_fine_block || (block_size & (block_size - 1)) != 0 ||
         bytes.empty() || bytes.size() % 8 != 0 || bytes.size() / 8 > max_small_blocks) {
         return false;
     }
@@ -396,24 +393,31 @@ bool parse_small_sums(std::uint32_t block_size, std::span<const std::uint8_t> by
     return true;
 }
 
+small_index::small_index(small_sums sums)
+    : sums_(std::move(sums)),
+      filter_mask_(static_cast<std::uint32_t>(std::bit_ceil(std::max<std::size_t>(sums_.blocks.size(), 16))) - 1),
+      filter_(filter_mask_ + 1, 0) {
+    by_weak_.reserve(sums_.blocks.size());
+    for (std::size_t i = 0; i < sums_.blocks.size(); ++i) {
+        auto weak = static_cast<std::uint32_t>(sums_.blocks[i] >> 32);
+        by_weak_.emplace_back(weak, static_cast<std::uint32_t>(i));
+        filter_[weak >> 6 & filter_mask_] |= std::uint64_t{1} << (weak & 63);
+    }
+    std::sort(by_weak_.begin(), by_weak_.end());
+}
+
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums) {
+    return small_delta(data, small_index(sums));
+}
+
+std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index) {
+    const small_sums& sums = index.sums();
     const std::size_t b = sums.block_size;
     std::vector<delta_op> ops;
     if (b == 0 || sums.blocks.empty() || data.size() < b || data.size() > chunk_size) {
         return ops;
     }
-    // The blocks by weak sum (the sum, then the block's index), behind a bit filter.
-    std::vector<std::pair<std::uint32_t, std::uint32_t>> by_weak;
-    by_weak.reserve(sums.blocks.size());
-    constexpr std::uint32_t filter_words = 1024;  // 2^16 bits: at most 256 blocks set 0.4 %
-    std::uint64_t filter[filter_words] = {};
-    for (std::size_t i = 0; i < sums.blocks.size(); ++i) {
-        auto weak = static_cast<std::uint32_t>(sums.blocks[i] >> 32);
-        by_weak.emplace_back(weak, static_cast<std::uint32_t>(i));
-        filter[weak >> 6 & (filter_words - 1)] |= std::uint64_t{1} << (weak & 63);
-    }
-    std::sort(by_weak.begin(), by_weak.end());
-
+    const auto& by_weak = index.by_weak();
     std::uint64_t literal = 0;
     std::uint64_t copied = 0;
     auto add = [&](std::size_t length, bool copy, std::uint64_t basis_offset) {
@@ -428,6 +432,7 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
     std::size_t pos = 0;           // window start
     std::size_t lit_from = 0;      // first byte not yet in an op
     std::uint64_t expect = ~0ull;  // the basis offset that would extend the last copy
+    std::uint64_t false_alarms = 0;  // windows whose weak sum matched a block, strong did not
     // The window's sums, as rolling_sum keeps them, in locals (a register each: the loop
     // is one chain of additions per byte).
     const auto n = static_cast<std::uint32_t>(b);
@@ -443,7 +448,7 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
     while (true) {
         std::uint32_t weak = rolling_sum::mix(sa, sb);
         const std::pair<std::uint32_t, std::uint32_t>* found = nullptr;
-        if ((filter[weak >> 6 & (filter_words - 1)] >> (weak & 63)) & 1) {
+        if (index.maybe(weak)) {
             auto it = std::lower_bound(by_weak.begin(), by_weak.end(), std::make_pair(weak, std::uint32_t{0}));
             std::uint32_t strong = 0;
             bool hashed = false;
@@ -457,6 +462,7 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
                     found = &*it;  // the block that extends the last copy, if one does
                 }
             }
+            false_alarms += hashed && found == nullptr ? 1 : 0;
         }
         if (found != nullptr) {
             if (pos > lit_from) {
@@ -473,8 +479,9 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
             reset(pos);
             continue;
         }
-        if (literal + (pos - lit_from) > small_delta_literal_slack + copied) {
-            return {};  // mostly new bytes: sent whole
+        if (literal + (pos - lit_from) > small_delta_literal_slack + copied ||
+            false_alarms > small_delta_max_false_alarms + ops.size()) {
+            break;  // mostly new bytes (or sums that match weakly only): the rest goes literal
         }
         if (pos + b >= data.size()) {
             break;

@@ -10,8 +10,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "protocol/types.hpp"
@@ -47,11 +49,14 @@ std::uint32_t weak_sum(std::span<const std::uint8_t> block);
 // What the receiver tells of its older version of a file (BasisSums frames): the sums of
 // every full block, in order (block i at offset i * chunk_size), and the digest of the
 // short block at its end (its last size % chunk_size bytes), when it has one.
+struct small_sums;
 struct basis_sums {
     std::uint64_t size = 0;
     std::vector<std::uint32_t> weak;
     std::vector<digest128> strong;
     digest128 tail;
+    // The same version in small blocks (SmallSums), when worth telling (max_fine_block).
+    std::shared_ptr<small_sums> fine;
     std::uint64_t tail_length() const { return size % chunk_size; }
 };
 
@@ -215,11 +220,26 @@ struct small_sums {
 inline constexpr std::uint64_t small_delta_min_size = 2 * 1024;
 inline constexpr std::uint64_t small_delta_max_basis = 4 * chunk_size;
 inline constexpr std::uint32_t min_small_block = 1024;
-inline constexpr std::size_t max_small_blocks = 256;
+inline constexpr std::size_t max_small_blocks = 4096;
+// A larger file's older version (the block delta's basis, BasisSums) is told in small
+// blocks too, when they are at most this large (a version of at most 256 MiB): the sender
+// matches them over the chunks that its pass over chunk_size blocks leaves with new bytes.
+inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 
 // The block size for an older version of `basis_size` bytes: the smallest power of two
 // from min_small_block that cuts it into at most max_small_blocks blocks.
 std::uint32_t small_block_size(std::uint64_t basis_size);
+
+// Blocks a sender takes for a file of `new_size` bytes (a basis much larger than the new
+// version is of little use): a receiver cannot make it hold more than a few bytes per KiB
+// of the files it sends.
+constexpr std::uint64_t max_small_blocks_for(std::uint64_t new_size, std::uint32_t block_size) {
+    const std::uint64_t bound = 2 * (new_size / block_size) + 16;
+    return bound < max_small_blocks ? bound : max_small_blocks;
+}
+
+// One block's entry in small_sums::blocks.
+std::uint64_t small_block_sum(std::span<const std::uint8_t> block);
 
 // The sums of `basis` (the receiver's older version) in blocks of small_block_size.
 small_sums describe_small(std::span<const std::uint8_t> basis);
@@ -228,15 +248,38 @@ small_sums describe_small(std::span<const std::uint8_t> basis);
 // first (appended to `out`).
 void put_small_sums(std::string& out, const small_sums& sums);
 // Parses one file's part of a SmallSums frame as a receiver may send it: a block size that
-// is a power of two from min_small_block to chunk_size, 1 to max_small_blocks blocks of 8
-// bytes. False when it is not.
+// is a power of two from min_small_block to max_fine_block, 1 to max_small_blocks blocks of 8
+// bytes (the sender bounds them further by its file's size: max_small_blocks_for). False
+// when it is not.
 bool parse_small_sums(std::uint32_t block_size, std::span<const std::uint8_t> bytes, small_sums& out);
 
+// Small sums looked up by weak sum (behind a bit filter): built once per file.
+class small_index {
+  public:
+    explicit small_index(small_sums sums);
+    const small_sums& sums() const { return sums_; }
+    // (weak sum, block index), sorted.
+    const std::vector<std::pair<std::uint32_t, std::uint32_t>>& by_weak() const { return by_weak_; }
+    bool maybe(std::uint32_t weak) const { return (filter_[weak >> 6 & filter_mask_] >> (weak & 63)) & 1; }
+
+  private:
+    small_sums sums_;
+    std::uint32_t filter_mask_ = 0;  // 64 bits per block (at least 16 words): 1.6 % set
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> by_weak_;
+    std::vector<std::uint64_t> filter_;
+};
+
 // The ops that make `data` (one chunk of the new version) from the blocks of `sums`, or
-// none when it does not pay: no block found, or the bytes left literal pass
-// small_delta_literal_slack plus those found in blocks (the window stops sliding there: a
-// rewritten file costs a few KiB of sliding, not its whole length).
-std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);
-inline constexpr std::uint64_t small_delta_literal_slack = 8 * 1024;
+// none when no block is found. The window slides one byte at a time where nothing
+// matches, but stops once the bytes left literal pass small_delta_literal_slack plus those
+// found in blocks, or once small_delta_max_false_alarms windows (plus one per op) matched
+// a weak sum but not its strong one: the rest of the chunk is then literal. So a rewritten
+// file costs at most 16 KiB of sliding per chunk, not its whole length; an edit whose new
+// bytes pass that slack (a prepended 20 KiB header, a new middle part) leaves the rest of
+// its chunk literal.
+inline constexpr std::uint64_t small_delta_literal_slack = 16 * 1024;
+inline constexpr std::uint64_t small_delta_max_false_alarms = 256;
+std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index);
+std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)
 
 }  // namespace ferry

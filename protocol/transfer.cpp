@@ -299,10 +299,9 @@ std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire
             w.same_as = get_digest(fa.same_as().data());
         }
         if (auto sm = small_pending_.find(i); sm != small_pending_.end()) {
-            if (fa.kind() != wire::ACCEPT_ALL) {
-                return protocol_errc::unexpected_message;  // sums for a file not accepted whole
-            }
-            w.small = std::make_shared<const small_sums>(std::move(sm->second));
+            // (A file answered ACCEPT_SKIP left the loop above: its sums stay pending, and
+            // are refused below.)
+            w.small = std::make_shared<const small_index>(std::move(sm->second));
             small_pending_.erase(sm);
         }
         if (f.chunks == 0) {
@@ -400,9 +399,9 @@ std::error_code sender_machine::on_basis_sums(const wire::BasisSums& sums, std::
 }
 
 std::error_code sender_machine::on_small_sums(const wire::SmallSums& sums, std::span<const std::uint8_t> payload) {
-    // Only for one-chunk files of the batch whose Accept comes next, each once, of sizes
-    // a receiver tells sums for: a receiver cannot make this side hold more than
-    // max_small_blocks blocks per file of that batch.
+    // Only for files of the batch whose Accept comes next, each once, of sizes a receiver
+    // tells sums for: a receiver cannot make this side hold more than
+    // max_small_blocks_for(its size) blocks per file of that batch.
     if (!options_.sync) {
         return protocol_errc::unexpected_message;
     }
@@ -419,8 +418,9 @@ std::error_code sender_machine::on_small_sums(const wire::SmallSums& sums, std::
         std::uint64_t size = entries_[id].size;
         std::uint64_t bytes = std::uint64_t{sums.blocks(k)} * 8;
         small_sums parsed;
-        if (size < small_delta_min_size || size > small_delta_max_basis || small_pending_.contains(id) ||
-            bytes > payload.size() - at || !parse_small_sums(sums.block_sizes(k), payload.subspan(at, bytes), parsed)) {
+        if (size < small_delta_min_size || small_pending_.contains(id) || bytes > payload.size() - at ||
+            !parse_small_sums(sums.block_sizes(k), payload.subspan(at, bytes), parsed) ||
+            parsed.blocks.size() > max_small_blocks_for(size, parsed.block_size)) {
             return protocol_errc::bad_chunk;
         }
         small_pending_.emplace(id, std::move(parsed));
@@ -855,17 +855,22 @@ std::vector<std::pair<wire::SmallSums, std::string>> receiver_machine::small_sum
     const std::vector<decision>& decisions) {
     std::vector<std::pair<wire::SmallSums, std::string>> out;
     for (const decision& d : decisions) {
-        if (d.kind != wire::ACCEPT_ALL || !d.small || d.small->blocks.empty()) {
+        // A changed small file accepted whole, or a larger one's older version (its
+        // BasisSums) in small blocks too.
+        const small_sums* sums = d.kind == wire::ACCEPT_ALL && d.small                      ? &*d.small
+                                 : d.kind == wire::ACCEPT_PARTIAL && d.sums && d.sums->fine ? d.sums->fine.get()
+                                                                                            : nullptr;
+        if (sums == nullptr || sums->blocks.empty()) {
             continue;
         }
-        if (out.empty() || out.back().second.size() + d.small->blocks.size() * 8 > chunk_size) {
+        if (out.empty() || out.back().second.size() + sums->blocks.size() * 8 > chunk_size) {
             out.emplace_back();
         }
         auto& [h, bytes] = out.back();
         h.add_file_ids(d.id.value);
-        h.add_block_sizes(d.small->block_size);
-        h.add_blocks(static_cast<std::uint32_t>(d.small->blocks.size()));
-        put_small_sums(bytes, *d.small);
+        h.add_block_sizes(sums->block_size);
+        h.add_blocks(static_cast<std::uint32_t>(sums->blocks.size()));
+        put_small_sums(bytes, *sums);
     }
     return out;
 }

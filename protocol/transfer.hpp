@@ -387,7 +387,7 @@ public:
     }
     // The receiver's sums of its file at the path, in small blocks (SmallSums), if it told
     // them: the chunk may go as a CODEC_DELTA of them (protocol/delta.hpp).
-    std::shared_ptr<const small_sums> receiver_small_sums(file_id f) const {
+    std::shared_ptr<const small_index> receiver_small_sums(file_id f) const {
         const file_work* w = work(f);
         return w ? w->small : nullptr;
     }
@@ -410,7 +410,7 @@ private:
         chunk_bitmap hashed_bits;
         std::vector<digest128> digests;
         std::optional<digest128> same_as;  // ACCEPT_ALL: the receiver's file, if its chunk is this one
-        std::shared_ptr<const small_sums> small;  // ACCEPT_ALL: the receiver's file's sums (read on workers)
+        std::shared_ptr<const small_index> small;  // the receiver's older version in small blocks (read on workers)
     };
     struct file_state {
         bool accepted = false;
@@ -564,8 +564,9 @@ public:
         // ALL, a one-chunk file: the digest of the node's own file of that size at the path
         // (FileAccept.same_as); the file then takes a CODEC_SAME chunk.
         std::optional<digest128> same_as{};
-        // ALL, a one-chunk file: the sums of the node's own file at the path in small blocks
-        // (SmallSums frames, small_sum_frames); the file then takes a CODEC_DELTA chunk of them.
+        // ALL, a changed file of a few chunks: the sums of the node's own file at the path
+        // in small blocks (SmallSums frames, small_sum_frames); the file then takes
+        // CODEC_DELTA chunks of them. (A PARTIAL one's go in sums->fine.)
         std::optional<small_sums> small{};
     };
     wire::Accept accept(const std::vector<decision>& decisions);

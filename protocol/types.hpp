@@ -38,8 +38,8 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // Offer.keep (a sync's paths DST keeps, found by a scan still going when its first batch
 // went): a receiver that ignored them would delete them; 15: an Offer batch may come as a
 // Packed frame (zstd), which an older receiver would refuse as an unknown message, and an
-// Accept tells unchanged entries by a bit each (Accept.unchanged); 16: a small changed
-// file's sums in its FileAccept (block_size, block_sums) and its chunk as CODEC_DELTA.
+// Accept tells unchanged entries by a bit each (Accept.unchanged); 16: SmallSums frames (a
+// changed file's older version in small blocks) and chunks sent as CODEC_DELTA of them.
 inline constexpr std::uint32_t protocol_version = 16;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).

@@ -328,9 +328,11 @@ small_result small_round_trip(const bytes& basis, const bytes& file) {
 
 TEST(SmallDelta, BlocksAreSmallPowersOfTwoAtMostMaxSmallBlocksOfThem) {
     EXPECT_EQ(small_block_size(2048), min_small_block);
-    EXPECT_EQ(small_block_size(256 * 1024), 1024u);
-    EXPECT_EQ(small_block_size(257 * 1024), 2048u);  // 257 full blocks of 1 KiB
-    EXPECT_EQ(small_block_size(small_delta_max_basis), 4096u);
+    EXPECT_EQ(small_block_size(4 << 20), 1024u);           // 4096 blocks
+    EXPECT_EQ(small_block_size((4 << 20) + 1024), 2048u);  // 4097 blocks of 1 KiB
+    EXPECT_EQ(small_block_size(std::uint64_t{256} << 20), max_fine_block);
+    EXPECT_EQ(max_small_blocks_for(2048, 1024), 20u);  // a new version of 2 KiB
+    EXPECT_EQ(max_small_blocks_for(std::uint64_t{1} << 30, 1024), max_small_blocks);
     small_sums s = describe_small(random_bytes(10000, 1));
     EXPECT_EQ(s.block_size, 1024u);
     EXPECT_EQ(s.blocks.size(), 9u);  // full blocks only
@@ -360,8 +362,8 @@ TEST(SmallDelta, EditsCostAboutABlockAndTheFileIsRebuiltExactly) {
 }
 
 TEST(SmallDelta, BlocksAreFoundAnywhereInTheOlderVersion) {
-    // The second half moved to the front (a file of 4 chunks' worth: blocks of 4 KiB, and
-    // the new chunk is one part of it).
+    // A part from far in a basis of 4 chunks' worth (1 MiB: blocks of 1 KiB) is the new
+    // chunk.
     const bytes basis = random_bytes(small_delta_max_basis, 3);
     bytes chunk(basis.begin() + 600000, basis.begin() + 600000 + chunk_size);
     small_result r = small_round_trip(basis, chunk);
@@ -382,6 +384,18 @@ TEST(SmallDelta, NewBytesGiveNoDeltaAfterAFewKiBOfSliding) {
     EXPECT_FALSE(small_round_trip(basis, long_new_start).delta);
 }
 
+TEST(SmallDelta, NewBytesPastTheSlackKeepTheBlocksFoundBefore) {
+    // A log of 40,000 bytes grown to 100,000: what it had is found, the rest is literal
+    // (the sliding stopped in the new part).
+    const bytes basis = random_bytes(40'000, 8);
+    bytes grown = basis;
+    const bytes more = random_bytes(60'000, 9);
+    grown.insert(grown.end(), more.begin(), more.end());
+    small_result r = small_round_trip(basis, grown);
+    EXPECT_TRUE(r.delta);
+    EXPECT_LE(r.literal, 60'000u + 1024);
+}
+
 TEST(SmallDelta, MalformedSumsAreRefused) {
     small_sums out;
     auto parse = [&](std::uint32_t block_size, std::size_t n) {
@@ -389,13 +403,13 @@ TEST(SmallDelta, MalformedSumsAreRefused) {
         return parse_small_sums(block_size, b, out);
     };
     EXPECT_TRUE(parse(1024, 8));
-    EXPECT_TRUE(parse(chunk_size, 8 * max_small_blocks));
+    EXPECT_TRUE(parse(max_fine_block, 8 * max_small_blocks));
     EXPECT_FALSE(parse(1024, 0));                           // no block
     EXPECT_FALSE(parse(1024, 12));                          // not whole entries
     EXPECT_FALSE(parse(1024, 8 * (max_small_blocks + 1)));  // too many
     EXPECT_FALSE(parse(512, 8));                            // too small a block
     EXPECT_FALSE(parse(3000, 8));                           // not a power of two
-    EXPECT_FALSE(parse(2 * chunk_size, 8));                 // too large
+    EXPECT_FALSE(parse(2 * max_fine_block, 8));             // too large
 }
 
 }  // namespace

@@ -2310,12 +2310,12 @@ TEST(ReceiverMachine, SmallSumsGoForWholeAcceptsAndLetACodecDeltaChunkIn) {
     EXPECT_EQ(admit(1, 100), protocol_errc::bad_chunk);           // nothing was told of it
 }
 
-TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsWholeAccept) {
+TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsAccept) {
     transfer_options sync;
     sync.sync.emplace();
     sync.sync->set_share("www");
     const std::vector<entry_info> entries{file_entry("f", 10000), file_entry("g", 100),
-                                          file_entry("h", 2 * small_delta_max_basis), dir_entry("d")};
+                                          file_entry("h", 20 * std::uint64_t{chunk_size}), dir_entry("d")};
     auto frame = [](std::vector<std::uint32_t> ids, std::uint32_t block_size, std::uint32_t blocks) {
         wire::SmallSums h;
         for (std::uint32_t id : ids) {
@@ -2339,7 +2339,9 @@ TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsWholeAccept)
     EXPECT_EQ(fresh()->on_small_sums(frame({3}, 1024, 9), as_bytes(nine)), protocol_errc::unknown_file);  // a folder
     EXPECT_EQ(fresh()->on_small_sums(frame({9}, 1024, 9), as_bytes(nine)), protocol_errc::unknown_file);
     EXPECT_EQ(fresh()->on_small_sums(frame({1}, 1024, 9), as_bytes(nine)), protocol_errc::bad_chunk);   // too small
-    EXPECT_EQ(fresh()->on_small_sums(frame({2}, 1024, 9), as_bytes(nine)), protocol_errc::bad_chunk);   // too large
+    const std::string many(35 * 8, '\1');  // over 2 * (10000 / 1024) + 16 blocks for a file of 10,000 bytes
+    EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 35), as_bytes(many)), protocol_errc::bad_chunk);
+    EXPECT_EQ(fresh()->on_small_sums(frame({2}, 1024, 9), as_bytes(nine)), std::error_code{});          // a larger file
     EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1000, 9), as_bytes(nine)), protocol_errc::bad_chunk);   // block size
     EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 10), as_bytes(nine)), protocol_errc::bad_chunk);  // short payload
     EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 8), as_bytes(nine)), protocol_errc::payload_mismatch);
@@ -2363,10 +2365,10 @@ TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsWholeAccept)
     ASSERT_EQ(s->on_small_sums(frame({0}, 1024, 9), as_bytes(nine)), std::error_code{});
     wire::Accept all = answer(wire::ACCEPT_ALL);
     ASSERT_EQ(s->on_accept(all, done), std::error_code{});
-    std::shared_ptr<const small_sums> got = s->receiver_small_sums(file_id{0});
+    std::shared_ptr<const small_index> got = s->receiver_small_sums(file_id{0});
     ASSERT_NE(got, nullptr);
-    EXPECT_EQ(got->block_size, 1024u);
-    EXPECT_EQ(got->blocks, std::vector<std::uint64_t>(9, 0x0101010101010101ull));
+    EXPECT_EQ(got->sums().block_size, 1024u);
+    EXPECT_EQ(got->sums().blocks, std::vector<std::uint64_t>(9, 0x0101010101010101ull));
     EXPECT_EQ(s->receiver_small_sums(file_id{1}), nullptr);
     // Sums for a file then skipped are a broken peer.
     auto t = fresh();
