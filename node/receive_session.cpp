@@ -1465,7 +1465,9 @@ void receive_session::next_offer() {
                 claims = {};
                 return false;
             }
-            std::uint64_t cost = (claims.have ? claims.have->count() : 0) + sums->weak.size();
+            // (Small sums, 8 bytes a block, count as half a digest each.)
+            std::uint64_t cost = (claims.have ? claims.have->count() : 0) + sums->weak.size() +
+                                 (sums->fine ? sums->fine->blocks.size() / 2 : 0);
             claim_budget -= std::min(claim_budget, cost);
             if (sums->weak.empty()) {
                 ::close(fd);  // no full block: nothing a delta could copy (the claims hold)

@@ -323,13 +323,16 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
         return true;
     };
     // The same bytes in small blocks too (SmallSums), where those are small enough to
-    // find edits by: at most the blocks a sender takes for the new version.
-    const std::uint32_t fine_block = small_block_size(out.size);
+    // find edits by: at most the blocks a sender takes for the new version (its first
+    // ones: so sized from what a sender takes of a basis much larger than the new file).
+    const std::uint32_t fine_block =
+        small_block_size(std::min({out.size, blocks * std::uint64_t{chunk_size} + out.tail_length(), 2 * e.size}));
     std::shared_ptr<small_sums> fine;
+    const std::uint64_t fine_limit = max_small_blocks_for(e.size, fine_block);
     if (fine_block <= max_fine_block && blocks > 0) {
         fine = std::make_shared<small_sums>();
         fine->block_size = fine_block;
-        fine->blocks.resize(blocks * (chunk_size / fine_block));
+        fine->blocks.resize(std::min<std::uint64_t>(blocks * (chunk_size / fine_block), fine_limit));
     }
     // The full blocks, in parts over the pool's workers (the sender waits for these sums).
     const std::size_t parts = blocks < 16 ? 1 : static_cast<std::size_t>(std::min<std::uint64_t>(blocks / 8, 64));
@@ -343,11 +346,9 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
             std::span<const std::uint8_t> block(buf.get(), chunk_size);
             out.weak[b] = weak_sum(block);
             out.strong[b] = hash_chunk(block);
-            if (fine) {
-                const std::uint64_t per = chunk_size / fine_block;
-                for (std::uint64_t k = 0; k < per; ++k) {
-                    fine->blocks[b * per + k] = small_block_sum(block.subspan(k * fine_block, fine_block));
-                }
+            const std::uint64_t per = chunk_size / fine_block;
+            for (std::uint64_t k = 0; fine && k < per && b * per + k < fine->blocks.size(); ++k) {
+                fine->blocks[b * per + k] = small_block_sum(block.subspan(k * fine_block, fine_block));
             }
         }
     });
@@ -374,7 +375,9 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
         if (copy_block(buf.get(), tail_at, static_cast<std::uint32_t>(t))) {
             out.tail = hash_chunk(std::span<const std::uint8_t>(buf.get(), t));
             // Its full small blocks follow the others (when no block was left out between).
-            for (std::uint64_t k = 0; fine && tail_at == blocks * chunk_size && (k + 1) * fine_block <= t; ++k) {
+            for (std::uint64_t k = 0; fine && tail_at == blocks * chunk_size && fine->blocks.size() < fine_limit &&
+                                      (k + 1) * fine_block <= t;
+                 ++k) {
                 fine->blocks.push_back(
                     small_block_sum(std::span<const std::uint8_t>(buf.get() + k * fine_block, fine_block)));
             }
@@ -383,7 +386,6 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
         }
     }
     if (fine) {
-        fine->blocks.resize(std::min<std::uint64_t>(fine->blocks.size(), max_small_blocks_for(e.size, fine_block)));
         out.fine = std::move(fine);
     }
     if (failed) {

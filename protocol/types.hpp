@@ -39,8 +39,11 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // went): a receiver that ignored them would delete them; 15: an Offer batch may come as a
 // Packed frame (zstd), which an older receiver would refuse as an unknown message, and an
 // Accept tells unchanged entries by a bit each (Accept.unchanged); 16: SmallSums frames (a
-// changed file's older version in small blocks) and chunks sent as CODEC_DELTA of them.
-inline constexpr std::uint32_t protocol_version = 16;
+// changed file's older version in small blocks) and chunks sent as CODEC_DELTA of them,
+// for files under 4 chunks (two commits of 2026-12-07 only); 17: SmallSums for a block
+// delta's older version too, and bounded as max_small_blocks_for says (a 16 peer refuses
+// those, and sends more blocks than a 17 one takes).
+inline constexpr std::uint32_t protocol_version = 17;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;
