@@ -219,6 +219,16 @@ verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& 
     return out;
 }
 
+// DST's older version a delta copies from, open by its final name (-1 when it cannot be),
+// and its size then.
+int open_basis(dest_tree& tree, std::string_view path, std::uint64_t& size) {
+    std::error_code ec;
+    int fd = tree.open_final_read(path, ec);
+    struct stat st {};
+    size = fd >= 0 && ::fstat(fd, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+    return fd;
+}
+
 // A delta chunk that did not rebuild to its digest: DST's older version changed (or went)
 // since its sums were read, unless the payload is malformed in itself (a broken sender).
 bool basis_changed(const pooled_buffer& payload, const chunk_encoding& encoding, const chunk_verdict& verdict) {
@@ -287,13 +297,19 @@ void fault_point_after_renames(std::size_t renamed) {
 // (or root's to change) and its inode's only name (another name, a snapshot's hard link
 // or a second path of DST, would take them too); null otherwise. With `keep`, the file
 // stays open there.
-std::optional<digest128> one_chunk_digest(dest_tree& tree, const entry_info& e, unique_fd* keep = nullptr) {
+// Whether DST's file of `st` may take a mode and mtime where it is (CODEC_SAME): this
+// user's (or root's to change) and its inode's only name.
+bool changes_in_place(const struct stat& st) {
     static const uid_t euid = ::geteuid();
+    return st.st_nlink == 1 && (euid == 0 || st.st_uid == euid);
+}
+
+std::optional<digest128> one_chunk_digest(dest_tree& tree, const entry_info& e, unique_fd* keep = nullptr) {
     std::error_code ec;
     unique_fd fd(tree.open_final_read(e.path, ec));
     struct stat st {};
     if (fd.get() < 0 || e.size == 0 || e.size > chunk_size || ::fstat(fd.get(), &st) != 0 ||
-        static_cast<std::uint64_t>(st.st_size) != e.size || st.st_nlink != 1 || (euid != 0 && st.st_uid != euid)) {
+        static_cast<std::uint64_t>(st.st_size) != e.size || !changes_in_place(st)) {
         return std::nullopt;
     }
     auto buf = std::make_unique_for_overwrite<std::uint8_t[]>(e.size);
@@ -329,7 +345,6 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         out.same_as = one_chunk_digest(tree, e);  // (of the same size only)
         return out;
     }
-    static const uid_t euid = ::geteuid();
     std::error_code ec;
     unique_fd fd(tree.open_final_read(e.path, ec));
     struct stat st {};
@@ -346,7 +361,7 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         return out;
     }
     std::span<const std::uint8_t> bytes(buf.get(), size);
-    if (size == e.size && size <= chunk_size && st.st_nlink == 1 && (euid == 0 || st.st_uid == euid)) {
+    if (size == e.size && size <= chunk_size && changes_in_place(st)) {
         out.same_as = hash_chunk(bytes);
     }
     out.sums = describe_small(bytes);
@@ -419,11 +434,8 @@ struct receive_session::whole_write {
             // Copies from the file at its name (its sums went in SmallSums), which stays there
             // until this one replaces it.
             fault_edit_basis(tree, e.path);
-            basis.reset(tree.open_final_read(e.path, ec));
-            struct stat st {};
+            basis.reset(open_basis(tree, e.path, encoding.basis_size));
             encoding.basis_fd = basis.get();
-            encoding.basis_size = basis.get() >= 0 && ::fstat(basis.get(), &st) == 0 ? st.st_size : 0;
-            ec.clear();
         }
         verified_chunk checked = verify_chunk(payload, encoding, expect);
         verdict = checked.verdict;
@@ -2202,10 +2214,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             std::lock_guard lock(sink->mutex);
             fault_edit_basis(*tree, sink->basis);
             if (sink->basis_fd < 0) {
-                std::error_code open_ec;
-                sink->basis_fd = tree->open_final_read(sink->basis, open_ec);
-                struct stat st {};
-                sink->basis_size = sink->basis_fd >= 0 && ::fstat(sink->basis_fd, &st) == 0 ? st.st_size : 0;
+                sink->basis_fd = open_basis(*tree, sink->basis, sink->basis_size);
             }
             encoding.basis_fd = sink->basis_fd;
             encoding.basis_size = sink->basis_size;
