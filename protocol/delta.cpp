@@ -433,6 +433,13 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
     std::size_t lit_from = 0;      // first byte not yet in an op
     std::uint64_t expect = ~0ull;  // the basis offset that would extend the last copy
     std::uint64_t false_alarms = 0;  // windows whose weak sum matched a block, strong did not
+    // Past the slack the window jumps: `stride` bytes ahead, then slides over one block's
+    // worth of positions (`sweep_left`), which is enough to meet any block of the older
+    // version that lies past the new bytes; the stride doubles while nothing is found.
+    const std::size_t min_stride = std::max<std::size_t>(small_delta_probe_stride, b);
+    std::size_t stride = min_stride;
+    std::size_t sweep_left = 0;
+    bool probing = false;
     // The window's sums, as rolling_sum keeps them, in locals (a register each: the loop
     // is one chain of additions per byte).
     const auto n = static_cast<std::uint32_t>(b);
@@ -465,10 +472,22 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
             false_alarms += hashed && found == nullptr ? 1 : 0;
         }
         if (found != nullptr) {
+            std::uint64_t offset = std::uint64_t{found->second} * b;
+            if (probing) {
+                // The bytes jumped over may end with blocks that precede this one in the
+                // older version (new bytes inserted, then the older ones again): take
+                // them back from the literal.
+                while (pos >= lit_from + b && offset >= b &&
+                       sums.blocks[offset / b - 1] == small_block_sum(data.subspan(pos - b, b))) {
+                    pos -= b;
+                    offset -= b;
+                }
+                probing = false;
+                stride = min_stride;
+            }
             if (pos > lit_from) {
                 add(pos - lit_from, false, 0);
             }
-            std::uint64_t offset = std::uint64_t{found->second} * b;
             add(b, true, offset);
             expect = offset + b;
             pos += b;
@@ -479,13 +498,27 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
             reset(pos);
             continue;
         }
-        if (literal + (pos - lit_from) > small_delta_literal_slack + copied ||
-            false_alarms > small_delta_max_false_alarms + ops.size()) {
-            break;  // mostly new bytes (or sums that match weakly only): the rest goes literal
+        if (false_alarms > small_delta_max_false_alarms + ops.size()) {
+            break;  // sums that match weakly only: the rest goes literal
+        }
+        if (!probing && literal + (pos - lit_from) > small_delta_literal_slack + copied) {
+            probing = true;  // mostly new bytes: jump from here on
+            sweep_left = 0;
+        }
+        if (probing && sweep_left == 0) {
+            if (pos + stride + b > data.size()) {
+                break;
+            }
+            pos += stride;
+            stride = std::min(2 * stride, small_delta_max_probe_stride);
+            sweep_left = b;
+            reset(pos);
+            continue;
         }
         if (pos + b >= data.size()) {
             break;
         }
+        sweep_left -= probing ? 1 : 0;
         const std::uint32_t out = data[pos];
         sa += data[pos + b] - out;
         sb += sa - n * out;

@@ -271,13 +271,18 @@ class small_index {
 
 // The ops that make `data` (one chunk of the new version) from the blocks of `sums`, or
 // none when no block is found. The window slides one byte at a time where nothing
-// matches, but stops once the bytes left literal pass small_delta_literal_slack plus those
-// found in blocks, or once small_delta_max_false_alarms windows (plus one per op) matched
-// a weak sum but not its strong one: the rest of the chunk is then literal. So a rewritten
-// file costs at most 16 KiB of sliding per chunk, not its whole length; an edit whose new
-// bytes pass that slack (a prepended 20 KiB header, a new middle part) leaves the rest of
-// its chunk literal.
+// matches until the bytes left literal pass small_delta_literal_slack plus those found in
+// blocks. From there it jumps: small_delta_probe_stride bytes ahead (doubling up to
+// small_delta_max_probe_stride while nothing is found), then slides over one block's worth
+// of positions, which meets any block of the older version lying past the new bytes; the
+// blocks just before one found so are taken back from the literal. So a rewritten file
+// costs about 16 KiB of sliding per chunk plus a block per jump, and new bytes inserted
+// cost about their length and a block or two, however many. The sliding stops for good
+// once small_delta_max_false_alarms windows (plus one per op) matched a weak sum but not
+// its strong one: the rest of the chunk is then literal.
 inline constexpr std::uint64_t small_delta_literal_slack = 16 * 1024;
+inline constexpr std::size_t small_delta_probe_stride = 8 * 1024;
+inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;
 inline constexpr std::uint64_t small_delta_max_false_alarms = 256;
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index);
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)

@@ -371,22 +371,43 @@ TEST(SmallDelta, BlocksAreFoundAnywhereInTheOlderVersion) {
     EXPECT_LE(r.literal, 2 * 4096u);
 }
 
-TEST(SmallDelta, NewBytesGiveNoDeltaAfterAFewKiBOfSliding) {
+TEST(SmallDelta, NewBytesGiveNoDelta) {
     const bytes basis = random_bytes(100000, 4);
     EXPECT_FALSE(small_round_trip(basis, random_bytes(100000, 5)).delta);
     // Too short for a block, or no sums: nothing.
     EXPECT_TRUE(small_delta(random_bytes(500, 6), describe_small(basis)).empty());
     EXPECT_TRUE(small_delta(basis, small_sums{}).empty());
-    // A file with a new start longer than the slack but most of its bytes the older
-    // version's: the sliding stops in the new start (a bound on rewritten files' cost).
-    bytes long_new_start = random_bytes(small_delta_literal_slack + 4096, 7);
-    long_new_start.insert(long_new_start.end(), basis.begin(), basis.end());
-    EXPECT_FALSE(small_round_trip(basis, long_new_start).delta);
+}
+
+TEST(SmallDelta, NewBytesOfAnyLengthCostAboutTheirLength) {
+    // New bytes longer than the slack, at the start, in the middle and at the end of a
+    // chunk: what follows them is still found (the window jumps, then takes back the
+    // blocks it jumped over), so they cost about their length.
+    const bytes basis = random_bytes(200'000, 4);
+    for (std::size_t length : {small_delta_literal_slack + 4096, std::size_t{50'000}, std::size_t{150'000}}) {
+        for (std::size_t at :
+             {std::size_t{0}, std::size_t{777}, std::size_t{30'000}, std::size_t{120'000}, basis.size()}) {
+            SCOPED_TRACE(testing::Message() << length << " new bytes at " << at);
+            bytes file = basis;
+            const bytes more = random_bytes(length, 7 + at);
+            file.insert(file.begin() + static_cast<std::ptrdiff_t>(at), more.begin(), more.end());
+            file.resize(std::min<std::size_t>(file.size(), chunk_size));  // one chunk
+            small_result r = small_round_trip(basis, file);
+            ASSERT_TRUE(r.delta);
+            EXPECT_LE(r.literal, std::min(length, file.size() - std::min(at, file.size())) + 2 * 1024);
+        }
+    }
+    // New bytes in place of the older ones over most of the chunk: the last blocks found.
+    bytes overwritten = basis;
+    const bytes more = random_bytes(150'000, 9);
+    std::copy(more.begin(), more.end(), overwritten.begin() + 10'000);
+    small_result r = small_round_trip(basis, overwritten);
+    ASSERT_TRUE(r.delta);
+    EXPECT_LE(r.literal, 150'000u + 2 * 1024);
 }
 
 TEST(SmallDelta, NewBytesPastTheSlackKeepTheBlocksFoundBefore) {
-    // A log of 40,000 bytes grown to 100,000: what it had is found, the rest is literal
-    // (the sliding stopped in the new part).
+    // A log of 40,000 bytes grown to 100,000: what it had is found, the rest is literal.
     const bytes basis = random_bytes(40'000, 8);
     bytes grown = basis;
     const bytes more = random_bytes(60'000, 9);
