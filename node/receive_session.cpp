@@ -1481,8 +1481,8 @@ void receive_session::next_offer() {
             std::uint64_t cost = (claims.have ? claims.have->count() : 0) + sums->weak.size() +
                                  (sums->fine ? sums->fine->blocks.size() / 2 : 0);
             claim_budget -= std::min(claim_budget, cost);
-            if (sums->weak.empty()) {
-                ::close(fd);  // no full block: nothing a delta could copy (the claims hold)
+            if (sums->weak.empty() && (!sums->fine || sums->fine->blocks.empty())) {
+                ::close(fd);  // no block, large or small: nothing a delta could copy (the claims hold)
                 sums.reset();
             } else if (pinned + basis_fds.size() < max_pinned_bases) {
                 basis_fds.emplace_back(it.id, fd, sums->size);

@@ -329,7 +329,9 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
         small_block_size(std::min({out.size, blocks * std::uint64_t{chunk_size} + out.tail_length(), 2 * e.size}));
     std::shared_ptr<small_sums> fine;
     const std::uint64_t fine_limit = max_small_blocks_for(e.size, fine_block);
-    if (fine_block <= max_fine_block && blocks > 0) {
+    // (With no full block, the short last one's small blocks alone: a file that grew
+    // from less than a chunk.)
+    if (fine_block <= max_fine_block && (blocks > 0 || out.size >= small_delta_min_size)) {
         fine = std::make_shared<small_sums>();
         fine->block_size = fine_block;
         fine->blocks.resize(std::min<std::uint64_t>(blocks * (chunk_size / fine_block), fine_limit));

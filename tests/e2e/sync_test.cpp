@@ -542,6 +542,26 @@ TEST_F(sync_push, inserted_bytes_cost_about_their_length) {
     EXPECT_TRUE(no_partial_files(share));
 }
 
+// A file that grew from less than a chunk to four chunks and more (a log): the block
+// delta's older version has no full 256 KiB block, and its small blocks alone are found.
+TEST_F(sync_push, a_file_grown_from_less_than_a_chunk_costs_what_was_added) {
+    serve();
+    write_random_file(src / "log.bin", 200'000, 44);
+    ASSERT_EQ(sync({}).code, 0);
+    write_random_file(cli.root() / "more", 1'000'000, 45);
+    std::string data = read_text_file(src / "log.bin");
+    data[1000] ^= 1;  // an edit in what it had, too
+    write_text_file(src / "log.bin", data + read_text_file(cli.root() / "more"));
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), 1'000'000u + 4 * 1024) << done;
+    EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>(), 1'200'000u - done["bytes_transferred"].get<std::uint64_t>())
+        << done;
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 // DST's file changed after its sums went and before the delta's chunk came (a hook
 // overwrites its first bytes then): the chunk fails its digest check there, and that file
 // alone fails, left as it is; the rest is synced.
