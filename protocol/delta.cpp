@@ -435,11 +435,15 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
     std::uint64_t false_alarms = 0;  // windows whose weak sum matched a block, strong did not
     // Past the slack the window jumps: `stride` bytes ahead, then slides over one block's
     // worth of positions (`sweep_left`), which is enough to meet any block of the older
-    // version that lies past the new bytes; the stride doubles while nothing is found.
-    const std::size_t min_stride = std::max<std::size_t>(small_delta_probe_stride, b);
+    // version that lies past the new bytes; the stride doubles while nothing is found. The
+    // slack counts from the start, or from where a jump last found blocks.
+    const bool may_jump = b <= small_delta_max_probe_block;
+    const std::size_t min_stride = small_delta_probe_stride;
     std::size_t stride = min_stride;
     std::size_t sweep_left = 0;
     bool probing = false;
+    std::uint64_t literal_before = 0;  // literal and copied bytes before the slack's start
+    std::uint64_t copied_before = 0;
     // The window's sums, as rolling_sum keeps them, in locals (a register each: the loop
     // is one chain of additions per byte).
     const auto n = static_cast<std::uint32_t>(b);
@@ -473,14 +477,17 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
         }
         if (found != nullptr) {
             std::uint64_t offset = std::uint64_t{found->second} * b;
+            std::size_t length = b;
+            const bool jumped = probing;
             if (probing) {
                 // The bytes jumped over may end with blocks that precede this one in the
-                // older version (new bytes inserted, then the older ones again): take
-                // them back from the literal.
+                // older version (new bytes inserted, then the older ones again): taken
+                // back from the literal, in the same copy.
                 while (pos >= lit_from + b && offset >= b &&
                        sums.blocks[offset / b - 1] == small_block_sum(data.subspan(pos - b, b))) {
                     pos -= b;
                     offset -= b;
+                    length += b;
                 }
                 probing = false;
                 stride = min_stride;
@@ -488,9 +495,13 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
             if (pos > lit_from) {
                 add(pos - lit_from, false, 0);
             }
-            add(b, true, offset);
-            expect = offset + b;
-            pos += b;
+            if (jumped) {
+                literal_before = literal;  // the slack starts again here
+                copied_before = copied;
+            }
+            add(length, true, offset);
+            expect = offset + length;
+            pos += length;
             lit_from = pos;
             if (pos + b > data.size()) {
                 break;
@@ -501,17 +512,25 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
         if (false_alarms > small_delta_max_false_alarms + ops.size()) {
             break;  // sums that match weakly only: the rest goes literal
         }
-        if (!probing && literal + (pos - lit_from) > small_delta_literal_slack + copied) {
+        if (!probing &&
+            literal - literal_before + (pos - lit_from) > small_delta_literal_slack + (copied - copied_before)) {
+            if (!may_jump) {
+                break;  // mostly new bytes: the rest goes literal
+            }
             probing = true;  // mostly new bytes: jump from here on
             sweep_left = 0;
         }
         if (probing && sweep_left == 0) {
-            if (pos + stride + b > data.size()) {
-                break;
+            if (pos + stride + b <= data.size()) {
+                pos += stride;
+                stride = std::min(2 * stride, small_delta_max_probe_stride);
+                sweep_left = b;
+            } else {
+                // Too near the end for a whole jump: the last block's worth of positions
+                // (or what is left from here), to the end.
+                pos = std::max(pos, data.size() + 1 - std::min(data.size() + 1 - pos, 2 * b));
+                sweep_left = SIZE_MAX;
             }
-            pos += stride;
-            stride = std::min(2 * stride, small_delta_max_probe_stride);
-            sweep_left = b;
             reset(pos);
             continue;
         }

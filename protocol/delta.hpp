@@ -272,17 +272,20 @@ class small_index {
 // The ops that make `data` (one chunk of the new version) from the blocks of `sums`, or
 // none when no block is found. The window slides one byte at a time where nothing
 // matches until the bytes left literal pass small_delta_literal_slack plus those found in
-// blocks. From there it jumps: small_delta_probe_stride bytes ahead (doubling up to
-// small_delta_max_probe_stride while nothing is found), then slides over one block's worth
-// of positions, which meets any block of the older version lying past the new bytes; the
-// blocks just before one found so are taken back from the literal. So a rewritten file
-// costs about 16 KiB of sliding per chunk plus a block per jump, and new bytes inserted
-// cost about their length and a block or two, however many. The sliding stops for good
-// once small_delta_max_false_alarms windows (plus one per op) matched a weak sum but not
-// its strong one: the rest of the chunk is then literal.
+// blocks. From there, with blocks of at most small_delta_max_probe_block, it jumps:
+// small_delta_probe_stride bytes ahead (doubling up to small_delta_max_probe_stride while
+// nothing is found; near the chunk's end, to its last blocks), then slides over one
+// block's worth of positions, which meets any block of the older version lying past the
+// new bytes. The blocks just before one found so are taken back from the literal, and the
+// slack counts from there again. So a rewritten chunk costs about 16 KiB of sliding plus
+// two blocks' worth per jump (six jumps in 256 KiB), and new bytes inserted cost about
+// their length and a block or two, however many. With larger blocks the rest of the chunk
+// is literal instead. The sliding stops for good once small_delta_max_false_alarms windows
+// (plus one per op) matched a weak sum but not its strong one.
 inline constexpr std::uint64_t small_delta_literal_slack = 16 * 1024;
 inline constexpr std::size_t small_delta_probe_stride = 8 * 1024;
 inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;
+inline constexpr std::size_t small_delta_max_probe_block = 4 * 1024;
 inline constexpr std::uint64_t small_delta_max_false_alarms = 256;
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index);
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)

@@ -384,7 +384,8 @@ TEST(SmallDelta, NewBytesOfAnyLengthCostAboutTheirLength) {
     // chunk: what follows them is still found (the window jumps, then takes back the
     // blocks it jumped over), so they cost about their length.
     const bytes basis = random_bytes(200'000, 4);
-    for (std::size_t length : {small_delta_literal_slack + 4096, std::size_t{50'000}, std::size_t{150'000}}) {
+    for (std::size_t length : {small_delta_literal_slack + 4096, std::size_t{50'000}, std::size_t{150'000},
+                               std::size_t{180'000}, std::size_t{215'000}}) {
         for (std::size_t at :
              {std::size_t{0}, std::size_t{777}, std::size_t{30'000}, std::size_t{120'000}, basis.size()}) {
             SCOPED_TRACE(testing::Message() << length << " new bytes at " << at);
@@ -393,10 +394,28 @@ TEST(SmallDelta, NewBytesOfAnyLengthCostAboutTheirLength) {
             file.insert(file.begin() + static_cast<std::ptrdiff_t>(at), more.begin(), more.end());
             file.resize(std::min<std::size_t>(file.size(), chunk_size));  // one chunk
             small_result r = small_round_trip(basis, file);
-            ASSERT_TRUE(r.delta);
-            EXPECT_LE(r.literal, std::min(length, file.size() - std::min(at, file.size())) + 2 * 1024);
+            EXPECT_TRUE(r.delta);
+            EXPECT_LE(r.delta ? r.literal : file.size(),
+                      std::min(length, file.size() - std::min(at, file.size())) + 2 * 1024);
         }
     }
+    // A short last chunk: new bytes, then a few of the older blocks at its very end.
+    bytes last = random_bytes(60'000, 10);
+    last.insert(last.end(), basis.begin() + 5000, basis.begin() + 19'000);
+    small_result end = small_round_trip(basis, last);
+    EXPECT_TRUE(end.delta);
+    EXPECT_LE(end.delta ? end.literal : last.size(), 60'000u + 2 * 1024);
+    // New bytes, then the older ones with an edit every 8 KiB: each edit costs about a
+    // block or two once the older bytes are found again (the slack starts again there).
+    bytes edited = random_bytes(20'000, 11);
+    for (std::size_t at = 0; at + 8192 <= 200'000; at += 8192) {
+        edited.insert(edited.end(), basis.begin() + static_cast<std::ptrdiff_t>(at),
+                      basis.begin() + static_cast<std::ptrdiff_t>(at + 8192));
+        edited.insert(edited.end(), {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+    }
+    small_result many = small_round_trip(basis, edited);
+    EXPECT_TRUE(many.delta);
+    EXPECT_LE(many.delta ? many.literal : edited.size(), 20'000u + 24 * 2 * 1024);
     // New bytes in place of the older ones over most of the chunk: the last blocks found.
     bytes overwritten = basis;
     const bytes more = random_bytes(150'000, 9);
