@@ -325,8 +325,9 @@ std::optional<digest128> one_chunk_digest(dest_tree& tree, const entry_info& e, 
 
 // What a sync's changed one-chunk file `e` may start from at DST, read once there: the
 // digest of DST's file when it has e.size bytes and may keep them (one_chunk_digest's
-// rules: CODEC_SAME), and its sums in small blocks when both versions are 2 KiB to 1 MiB
-// (the sender sends a CODEC_DELTA of them). `size_there`: that file's size, from the look.
+// rules: CODEC_SAME), and its sums in small blocks when both versions have 2 KiB or more
+// (the sender sends a CODEC_DELTA of them): of its first small_delta_max_basis bytes, when
+// it is larger (a file cut short). `size_there`: that file's size, from the look.
 struct small_basis {
     std::optional<digest128> same_as;
     std::optional<small_sums> sums;
@@ -336,7 +337,7 @@ bool small_delta_candidate(const entry_info& e, std::uint64_t size_there) {
     // (A file of resume_min_chunks chunks or more starts from a copy of DST's version, and
     // its sums in small blocks go with that version's: seeded_sums.)
     return e.size >= small_delta_min_size && !resumable(e) && size_there >= small_delta_min_size &&
-           size_there <= small_delta_max_basis && small_block_size(size_there) <= e.size / 2;
+           small_block_size(std::min(size_there, small_delta_max_basis)) <= e.size / 2;
 }
 
 small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t size_there) {
@@ -352,7 +353,7 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         !small_delta_candidate(e, static_cast<std::uint64_t>(st.st_size))) {
         return out;
     }
-    const auto size = static_cast<std::uint64_t>(st.st_size);
+    const auto size = std::min(static_cast<std::uint64_t>(st.st_size), small_delta_max_basis);
     // One buffer per worker thread, kept: a fresh one per file would fault in its pages
     // each time.
     static thread_local std::unique_ptr<std::uint8_t[]> buf =
@@ -361,7 +362,7 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         return out;
     }
     std::span<const std::uint8_t> bytes(buf.get(), size);
-    if (size == e.size && size <= chunk_size && changes_in_place(st)) {
+    if (static_cast<std::uint64_t>(st.st_size) == e.size && size <= chunk_size && changes_in_place(st)) {
         out.same_as = hash_chunk(bytes);
     }
     out.sums = describe_small(bytes);

@@ -216,7 +216,8 @@ struct small_sums {
 };
 
 // Sizes (of the older version and of the new one) that small sums are for: smaller files
-// cost little to send whole, and an older version is read whole into memory.
+// cost little to send whole, and an older version is read into memory (its first
+// small_delta_max_basis bytes, when it is larger).
 inline constexpr std::uint64_t small_delta_min_size = 2 * 1024;
 inline constexpr std::uint64_t small_delta_max_basis = 4 * chunk_size;
 inline constexpr std::uint32_t min_small_block = 1024;

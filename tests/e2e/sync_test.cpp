@@ -562,6 +562,27 @@ TEST_F(sync_push, a_file_grown_from_less_than_a_chunk_costs_what_was_added) {
     EXPECT_TRUE(no_partial_files(share));
 }
 
+// A file cut short to less than four chunks, from a version at DST larger than the small
+// files' basis (1 MiB): the sums of that version's first MiB.
+TEST_F(sync_push, a_file_cut_short_costs_little) {
+    serve();
+    write_random_file(src / "just-over.bin", 1'048'577, 46);
+    write_random_file(src / "four-mib.bin", 4 << 20, 47);
+    ASSERT_EQ(sync({}).code, 0);
+    std::string data = read_text_file(src / "just-over.bin");
+    write_text_file(src / "just-over.bin", data.substr(0, 700 * 1024));
+    data = read_text_file(src / "four-mib.bin");
+    data = data.substr(0, 500 * 1024);
+    data[1000] ^= 1;
+    write_text_file(src / "four-mib.bin", data);
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), 4 * 1024u) << done;
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 // DST's file changed after its sums went and before the delta's chunk came (a hook
 // overwrites its first bytes then): the chunk fails its digest check there, and that file
 // alone fails, left as it is; the rest is synced.
