@@ -346,12 +346,14 @@ std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, wo
                 break;
             }
             std::span<const std::uint8_t> block(buf.get(), chunk_size);
-            out.weak[b] = weak_sum(block);
-            out.strong[b] = hash_chunk(block);
+            // (Its small blocks' sums from the same pass as its weak sum.)
             const std::uint64_t per = chunk_size / fine_block;
-            for (std::uint64_t k = 0; fine && k < per && b * per + k < fine->blocks.size(); ++k) {
-                fine->blocks[b * per + k] = small_block_sum(block.subspan(k * fine_block, fine_block));
-            }
+            const std::uint64_t first = std::min<std::uint64_t>(b * per, fine ? fine->blocks.size() : 0);
+            const std::uint64_t end = std::min<std::uint64_t>(first + per, fine ? fine->blocks.size() : 0);
+            out.weak[b] = fine ? weak_sum_and_small(block, fine_block,
+                                                    std::span<std::uint64_t>(fine->blocks).subspan(first, end - first))
+                               : weak_sum(block);
+            out.strong[b] = hash_chunk(block);
         }
     });
     const std::uint64_t t = out.tail_length();

@@ -362,6 +362,25 @@ std::uint64_t small_block_sum(std::span<const std::uint8_t> block) {
     return std::uint64_t{weak_sum(block)} << 32 | static_cast<std::uint32_t>(hash64(block));
 }
 
+std::uint32_t weak_sum_and_small(std::span<const std::uint8_t> block, std::uint32_t part,
+                                 std::span<std::uint64_t> fine) {
+    std::uint32_t a = 0;
+    std::uint32_t weighted = 0;
+    for (std::size_t i = 0, at = 0; at + part <= block.size(); ++i, at += part) {
+        std::uint32_t pa = 0;
+        std::uint32_t pw = 0;
+        add_sums(block.data() + at, part, 0, pa, pw);
+        a += pa;
+        weighted += pw + static_cast<std::uint32_t>(at) * pa;  // its bytes' places in the block
+        if (i < fine.size()) {
+            std::span<const std::uint8_t> bytes = block.subspan(at, part);
+            fine[i] =
+                std::uint64_t{rolling_sum::mix(pa, part * pa - pw)} << 32 | static_cast<std::uint32_t>(hash64(bytes));
+        }
+    }
+    return rolling_sum::mix(a, static_cast<std::uint32_t>(block.size()) * a - weighted);
+}
+
 small_sums describe_small(std::span<const std::uint8_t> basis) {
     small_sums out;
     out.block_size = small_block_size(basis.size());

@@ -221,9 +221,9 @@ struct small_sums {
 inline constexpr std::uint64_t small_delta_min_size = 2 * 1024;
 inline constexpr std::uint64_t small_delta_max_basis = 4 * chunk_size;
 inline constexpr std::uint32_t min_small_block = 1024;
-inline constexpr std::size_t max_small_blocks = 4096;
+inline constexpr std::size_t max_small_blocks = 16384;  // (protocol 18; 4,096 before)
 // A larger file's older version (the block delta's basis, BasisSums) is told in small
-// blocks too, when they are at most this large (a version of at most 256 MiB): the sender
+// blocks too, when they are at most this large (a version of at most 1 GiB): the sender
 // matches them over the chunks that its pass over chunk_size blocks leaves with new bytes.
 inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 
@@ -241,6 +241,12 @@ constexpr std::uint64_t max_small_blocks_for(std::uint64_t new_size, std::uint32
 
 // One block's entry in small_sums::blocks.
 std::uint64_t small_block_sum(std::span<const std::uint8_t> block);
+
+// weak_sum(block), made from the sums of its parts of `part` bytes (block.size() a
+// multiple of it), whose small_block_sum goes into `fine` (its first ones: as many as it
+// holds): one pass over the bytes for both.
+std::uint32_t weak_sum_and_small(std::span<const std::uint8_t> block, std::uint32_t part,
+                                 std::span<std::uint64_t> fine);
 
 // The sums of `basis` (the receiver's older version) in blocks of small_block_size.
 small_sums describe_small(std::span<const std::uint8_t> basis);

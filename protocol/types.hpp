@@ -42,8 +42,10 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // changed file's older version in small blocks) and chunks sent as CODEC_DELTA of them,
 // for files under 4 chunks (two commits of 2026-12-07 only); 17: SmallSums for a block
 // delta's older version too, and bounded as max_small_blocks_for says (a 16 peer refuses
-// those, and sends more blocks than a 17 one takes).
-inline constexpr std::uint32_t protocol_version = 17;
+// those, and sends more blocks than a 17 one takes); 18: up to 16,384 small blocks a file
+// (4,096 before), so that versions up to 1 GiB are told in blocks of at most 64 KiB (a 17
+// peer refuses more than 4,096).
+inline constexpr std::uint32_t protocol_version = 18;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

@@ -583,6 +583,27 @@ TEST_F(sync_push, a_file_cut_short_costs_little) {
     EXPECT_TRUE(no_partial_files(share));
 }
 
+// A larger file's older version is told in up to 16,384 small blocks (protocol 18): a
+// version of 16 MiB in blocks of 1 KiB, so that an edit costs about that.
+TEST_F(sync_push, edits_to_a_larger_file_cost_about_a_small_block_each) {
+    serve();
+    write_random_file(src / "big.bin", (16 << 20) + 5, 48);
+    ASSERT_EQ(sync({}).code, 0);
+    std::string data = read_text_file(src / "big.bin");
+    for (std::size_t k = 0; k < 8; ++k) {
+        data.replace(k * 2'000'000 + 100'000, 100, std::string(100, 'e'));
+    }
+    write_text_file(src / "big.bin", data);
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    // About a block of 1 KiB an edit, two where it straddles two (blocks of 4 KiB before:
+    // 36,864 bytes).
+    EXPECT_LE(done["bytes_transferred"].get<std::uint64_t>(), 8 * 2 * 1024u + 1024) << done;
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 // DST's file changed after its sums went and before the delta's chunk came (a hook
 // overwrites its first bytes then): the chunk fails its digest check there, and that file
 // alone fails, left as it is; the rest is synced.

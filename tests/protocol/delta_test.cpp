@@ -328,14 +328,30 @@ small_result small_round_trip(const bytes& basis, const bytes& file) {
 
 TEST(SmallDelta, BlocksAreSmallPowersOfTwoAtMostMaxSmallBlocksOfThem) {
     EXPECT_EQ(small_block_size(2048), min_small_block);
-    EXPECT_EQ(small_block_size(4 << 20), 1024u);           // 4096 blocks
-    EXPECT_EQ(small_block_size((4 << 20) + 1024), 2048u);  // 4097 blocks of 1 KiB
-    EXPECT_EQ(small_block_size(std::uint64_t{256} << 20), max_fine_block);
+    EXPECT_EQ(small_block_size(16 << 20), 1024u);           // 16,384 blocks
+    EXPECT_EQ(small_block_size((16 << 20) + 1024), 2048u);  // 16,385 blocks of 1 KiB
+    EXPECT_EQ(small_block_size(std::uint64_t{256} << 20), 16 * 1024u);
+    EXPECT_EQ(small_block_size(std::uint64_t{1} << 30), max_fine_block);
     EXPECT_EQ(max_small_blocks_for(2048, 1024), 20u);  // a new version of 2 KiB
     EXPECT_EQ(max_small_blocks_for(std::uint64_t{1} << 30, 1024), max_small_blocks);
     small_sums s = describe_small(random_bytes(10000, 1));
     EXPECT_EQ(s.block_size, 1024u);
     EXPECT_EQ(s.blocks.size(), 9u);  // full blocks only
+}
+
+TEST(SmallDelta, ABlocksWeakSumMadeFromItsPartsIsItsOwn) {
+    const bytes block = random_bytes(chunk_size, 12);
+    for (std::uint32_t part : {1024u, 4096u, 65536u}) {
+        std::vector<std::uint64_t> fine(chunk_size / part - 3, 0);  // fewer than the block has
+        EXPECT_EQ(weak_sum_and_small(block, part, fine), weak_sum(block));
+        for (std::size_t i = 0; i < fine.size(); ++i) {
+            EXPECT_EQ(fine[i], small_block_sum(std::span(block).subspan(i * part, part))) << part << " " << i;
+        }
+    }
+    const bytes ones(chunk_size, 0xff);  // sums that wrap
+    std::vector<std::uint64_t> fine(chunk_size / 1024);
+    EXPECT_EQ(weak_sum_and_small(ones, 1024, fine), weak_sum(ones));
+    EXPECT_EQ(fine.back(), small_block_sum(std::span(ones).subspan(0, 1024)));
 }
 
 TEST(SmallDelta, EditsCostAboutABlockAndTheFileIsRebuiltExactly) {
