@@ -457,6 +457,8 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
     // version that lies past the new bytes; the stride doubles while nothing is found. The
     // slack counts from the start, or from where a jump last found blocks.
     const bool may_jump = b <= small_delta_max_probe_block;
+    // (Blocks larger than the slack: enough to slide from an insertion to the next block.)
+    const std::uint64_t slack = std::max<std::uint64_t>(small_delta_literal_slack, b + 1024);
     const std::size_t min_stride = small_delta_probe_stride;
     std::size_t stride = min_stride;
     std::size_t sweep_left = 0;
@@ -531,8 +533,7 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
         if (false_alarms > small_delta_max_false_alarms + ops.size()) {
             break;  // sums that match weakly only: the rest goes literal
         }
-        if (!probing &&
-            literal - literal_before + (pos - lit_from) > small_delta_literal_slack + (copied - copied_before)) {
+        if (!probing && literal - literal_before + (pos - lit_from) > slack + (copied - copied_before)) {
             if (!may_jump) {
                 break;  // mostly new bytes: the rest goes literal
             }

@@ -287,8 +287,9 @@ class small_index {
 // slack counts from there again. So a rewritten chunk costs about 16 KiB of sliding plus
 // two blocks' worth per jump (six jumps in 256 KiB), and new bytes inserted cost about
 // their length and a block or two, however many. With larger blocks the rest of the chunk
-// is literal instead. The sliding stops for good once small_delta_max_false_alarms windows
-// (plus one per op) matched a weak sum but not its strong one.
+// is literal instead, and the slack is at least a block and 1 KiB (so that a few bytes
+// inserted in a chunk's first block do not cost the rest of it). The sliding stops for good once
+// small_delta_max_false_alarms windows (plus one per op) matched a weak sum but not its strong one.
 inline constexpr std::uint64_t small_delta_literal_slack = 16 * 1024;
 inline constexpr std::size_t small_delta_probe_stride = 8 * 1024;
 inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;

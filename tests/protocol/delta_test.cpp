@@ -441,6 +441,21 @@ TEST(SmallDelta, NewBytesOfAnyLengthCostAboutTheirLength) {
     EXPECT_LE(r.literal, 150'000u + 2 * 1024);
 }
 
+TEST(SmallDelta, BytesInsertedInAChunksFirstLargeBlockCostAboutTwoBlocks) {
+    // Blocks of 32 KiB (a version of 300 MiB): from an insertion at a chunk's start the
+    // window slides a block's length to meet the next block, past the 16 KiB slack.
+    small_sums sums;
+    sums.block_size = 32 * 1024;
+    const bytes basis = random_bytes(2 * chunk_size, 13);
+    for (std::size_t at = 0; at + sums.block_size <= basis.size(); at += sums.block_size) {
+        sums.blocks.push_back(small_block_sum(std::span(basis).subspan(at, sums.block_size)));
+    }
+    bytes chunk(basis.begin(), basis.begin() + chunk_size - 10);
+    chunk.insert(chunk.begin() + 100, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+    std::vector<delta_op> ops = small_delta(chunk, sums);
+    EXPECT_GE(copied_bytes(ops), chunk.size() - 2 * sums.block_size);
+}
+
 TEST(SmallDelta, NewBytesPastTheSlackKeepTheBlocksFoundBefore) {
     // A log of 40,000 bytes grown to 100,000: what it had is found, the rest is literal.
     const bytes basis = random_bytes(40'000, 8);
