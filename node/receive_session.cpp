@@ -336,8 +336,10 @@ struct small_basis {
 bool small_delta_candidate(const entry_info& e, std::uint64_t size_there) {
     // (A file of resume_min_chunks chunks or more starts from a copy of DST's version, and
     // its sums in small blocks go with that version's: seeded_sums.)
-    return e.size >= small_delta_min_size && !resumable(e) && size_there >= small_delta_min_size &&
-           small_block_size(std::min(size_there, small_delta_max_basis)) <= e.size / 2;
+    // (Its blocks are of 1 KiB: at most half of e.)
+    static_assert(small_delta_max_basis / min_small_block <= max_small_blocks &&
+                  min_small_block <= small_delta_min_size / 2);
+    return e.size >= small_delta_min_size && !resumable(e) && size_there >= small_delta_min_size;
 }
 
 small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t size_there) {

@@ -1168,8 +1168,12 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
             return false;
         }
         const basis_sums* basis = machine_.basis_of(ref.file);
-        if (basis == nullptr) {
-            scans_.emplace(ref.file.value, nullptr);  // a resume, not a sync's older version
+        if (basis == nullptr || basis->weak.empty()) {
+            // A resume, not a sync's older version; or a version with no full block (a
+            // file grown from less than a chunk), of which a pass could find the short
+            // block alone, at the very end: its small sums are looked for in each chunk
+            // as it is read (read_source), with no pass first.
+            scans_.emplace(ref.file.value, nullptr);
             return false;
         }
         if (scans_running_ >= max_delta_scans) {
