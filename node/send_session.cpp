@@ -840,6 +840,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 // transfer ends partial (exit 5).
                 let_go(file_id{r.file_id()}, "not written at the receiver: " + printable(r.error()), false, false, true);
                 pump_all();
+                send_offers();  // (its small sums went with it)
                 return;
             }
             if (std::error_code ec = machine_.on_file_result(header.file_result())) {
@@ -866,6 +867,7 @@ void send_session::on_frame(connection& c, wire::Header& header, pooled_buffer p
                 machine_.release(f);
                 files_.erase(id);
                 trim_entries();
+                send_offers();  // (one held back while the accepted files hold many small sums)
             }
             return;
         case wire::Header::kDeleted:
@@ -1087,15 +1089,24 @@ bool send_session::rate_allows() {
     if (rate_.tokens > 0) {
         return true;
     }
-    if (!rate_.armed) {
+    auto wait =
+        std::chrono::duration_cast<stats_clock::duration>(std::chrono::duration<double>((1 - rate_.tokens) / rate));
+    // Armed already, but for longer than now needed: a read charged a whole chunk, and
+    // what it did not send (a delta's copies, compression) came back since. Armed again
+    // for the shorter wait (a delta chunk at --bwlimit 16K waited 16 s for each 256 KiB
+    // it copied).
+    const bool sooner = rate_.armed && rate_.timer && std::chrono::steady_clock::now() + wait < rate_.timer->expiry();
+    if (!rate_.armed || sooner) {
+        if (sooner) {
+            rate_.held -= std::chrono::duration_cast<stats_clock::duration>(rate_.timer->expiry() -
+                                                                            std::chrono::steady_clock::now());
+        }
         rate_.armed = true;
         if (!rate_.timer) {
             rate_.timer = std::make_unique<asio::steady_timer>(ctx_.io);
         }
-        auto wait = std::chrono::duration_cast<stats_clock::duration>(
-            std::chrono::duration<double>((1 - rate_.tokens) / rate));
         rate_.held += wait;
-        rate_.timer->expires_after(wait);
+        rate_.timer->expires_after(wait);  // (a wait pending ends, operation_aborted)
         rate_.timer->async_wait([weak = weak_from_this()](std::error_code ec) {
             if (auto self = weak.lock(); self && !ec) {
                 self->rate_.armed = false;
@@ -1340,6 +1351,7 @@ void send_session::give_up(file_id f, bool vanished, const std::string& reason, 
     *h.mutable_file_abort() = std::move(*abort);
     conns_[0].conn->send(h);
     pump_all();
+    send_offers();  // (its small sums went with it)
 }
 
 void send_session::give_up_unread(file_id f, std::error_code ec, const std::string& what) {
@@ -1474,8 +1486,15 @@ void send_session::read_source(read_job& job) {
             // A changed file: the receiver's older version's small blocks, found in this
             // chunk in memory, where they leave fewer new bytes than the pass over
             // chunk_size blocks did (if any).
-            std::vector<delta_op> fine =
-                small_delta(std::span<const std::uint8_t>(job.buf.data(), ref.length), *job.small);
+            std::shared_ptr<const small_index> index;
+            {
+                std::lock_guard lock(file.mutex);
+                if (!file.small) {
+                    file.small = std::make_shared<const small_index>(*job.small);
+                }
+                index = file.small;
+            }
+            std::vector<delta_op> fine = small_delta(std::span<const std::uint8_t>(job.buf.data(), ref.length), *index);
             if (copied_bytes(fine) > copied_bytes(job.ops)) {
                 job.ops = std::move(fine);
             }

@@ -192,6 +192,9 @@ private:
         std::mutex mutex;
         int fd = -1;
         std::uint64_t reads_left = 0;  // guarded by mutex; closes the fd at 0
+        // The receiver's small sums, indexed by the first read that needs them (guarded by
+        // mutex): only the files being read hold an index.
+        std::shared_ptr<const small_index> small;
         // One read fewer to come (done, or not needed): the fd closes after the last.
         void read_done();
         // One more to come: a chunk requeued, or to be sent after all.
@@ -312,7 +315,7 @@ private:
         pooled_buffer buf;
         digest128 digest{};
         std::optional<digest128> same_as;  // the receiver's (receiver_same_as): no bytes go if `digest` is it
-        std::shared_ptr<const small_index> small;  // the receiver's (receiver_small_sums): a delta of them may go
+        std::shared_ptr<const small_sums> small;  // the receiver's (receiver_small_sums): a delta of them may go
         std::error_code ec;
         std::string what;
         compressed_chunk packed;

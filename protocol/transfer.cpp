@@ -156,8 +156,9 @@ wire::Offer sender_machine::make_offer(std::size_t b) const {
 }
 
 std::optional<wire::Offer> sender_machine::next_offer() {
-    if (offers_sent_ >= batch_count_ || offers_sent_ >= accepted_batches_ + max_offers_ahead) {
-        return std::nullopt;
+    if (offers_sent_ >= batch_count_ || offers_sent_ >= accepted_batches_ + max_offers_ahead ||
+        small_blocks_held_ > max_small_blocks_held) {
+        return std::nullopt;  // (the files that hold them go on, and free them as they end)
     }
     return make_offer(offers_sent_++);
 }
@@ -301,7 +302,8 @@ std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire
         if (auto sm = small_pending_.find(i); sm != small_pending_.end()) {
             // (A file answered ACCEPT_SKIP left the loop above: its sums stay pending, and
             // are refused below.)
-            w.small = std::make_shared<const small_index>(std::move(sm->second));
+            w.small = std::make_shared<const small_sums>(std::move(sm->second));
+            small_blocks_held_ += w.small->blocks.size();
             small_pending_.erase(sm);
         }
         if (f.chunks == 0) {
@@ -322,6 +324,13 @@ std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire
     ++accepted_batches_;
     forget();
     return {};
+}
+
+void sender_machine::drop_work(file_state& f) {
+    if (f.work && f.work->small) {
+        small_blocks_held_ -= f.work->small->blocks.size();
+    }
+    f.work.reset();
 }
 
 void sender_machine::forget() {
@@ -591,7 +600,7 @@ bool sender_machine::give_up(file_id id) {
     file_state& f = *s;
     f.result = true;
     f.done_held = false;
-    f.work.reset();  // nothing more of it is sent or counted (forget() may take it now)
+    drop_work(f);  // nothing more of it is sent or counted (forget() may take it now)
     gave_up_[id.value] = true;
     ++files_done_;
     ++aborted_files_;

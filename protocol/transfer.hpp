@@ -235,6 +235,10 @@ public:
     // entries of 40-byte paths) still keeps a link of 40 ms busy with some 400,000
     // entries a second.
     static constexpr std::size_t max_offers_ahead = 16;
+    // Nor while the accepted files not done with hold more small blocks than this
+    // (SmallSums: 8 bytes each, 2 MiB here; indexed only while the file is read), so that
+    // a sync of many changed files does not take the sums of more batches meanwhile.
+    static constexpr std::uint64_t max_small_blocks_held = 256 * 1024;
     // The next batch to send, once it is sealed and fewer than max_offers_ahead of those
     // sent are unanswered; nullopt otherwise (an Accept, or a batch sealed, makes room).
     std::optional<wire::Offer> next_offer();
@@ -311,7 +315,7 @@ public:
         if (s && s->result && s->work && s->next == s->chunks && s->hashed == s->chunks &&
             s->resend_pending == 0) {
             std::erase_if(requeued_, [f](const chunk_ref& r) { return r.file == f; });
-            s->work.reset();
+            drop_work(*s);
             s->released = true;
             forget();
         }
@@ -387,7 +391,7 @@ public:
     }
     // The receiver's sums of its file at the path, in small blocks (SmallSums), if it told
     // them: the chunk may go as a CODEC_DELTA of them (protocol/delta.hpp).
-    std::shared_ptr<const small_index> receiver_small_sums(file_id f) const {
+    std::shared_ptr<const small_sums> receiver_small_sums(file_id f) const {
         const file_work* w = work(f);
         return w ? w->small : nullptr;
     }
@@ -410,7 +414,7 @@ private:
         chunk_bitmap hashed_bits;
         std::vector<digest128> digests;
         std::optional<digest128> same_as;  // ACCEPT_ALL: the receiver's file, if its chunk is this one
-        std::shared_ptr<const small_index> small;  // the receiver's older version in small blocks (read on workers)
+        std::shared_ptr<const small_sums> small;  // the receiver's older version in small blocks (indexed on workers)
     };
     struct file_state {
         bool accepted = false;
@@ -480,6 +484,9 @@ private:
     std::unordered_map<std::uint32_t, std::vector<digest128>> have_digests_;  // before their Accept
     std::unordered_map<std::uint32_t, basis_sums> basis_pending_;  // BasisSums before their Accept
     std::unordered_map<std::uint32_t, small_sums> small_pending_;  // SmallSums before their Accept
+    std::uint64_t small_blocks_held_ = 0;                          // by file_work::small, all files'
+    // A file's file_work goes (release, give_up), and the small blocks it held with it.
+    void drop_work(file_state& f);
     std::uint64_t resent_chunks_ = 0;
     std::uint64_t aborted_files_ = 0;
     // Their sizes, but for the chunks the receiver had (counted in skipped_bytes_ already):

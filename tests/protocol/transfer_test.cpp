@@ -2365,10 +2365,10 @@ TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsAccept) {
     ASSERT_EQ(s->on_small_sums(frame({0}, 1024, 9), as_bytes(nine)), std::error_code{});
     wire::Accept all = answer(wire::ACCEPT_ALL);
     ASSERT_EQ(s->on_accept(all, done), std::error_code{});
-    std::shared_ptr<const small_index> got = s->receiver_small_sums(file_id{0});
+    std::shared_ptr<const small_sums> got = s->receiver_small_sums(file_id{0});
     ASSERT_NE(got, nullptr);
-    EXPECT_EQ(got->sums().block_size, 1024u);
-    EXPECT_EQ(got->sums().blocks, std::vector<std::uint64_t>(9, 0x0101010101010101ull));
+    EXPECT_EQ(got->block_size, 1024u);
+    EXPECT_EQ(got->blocks, std::vector<std::uint64_t>(9, 0x0101010101010101ull));
     EXPECT_EQ(s->receiver_small_sums(file_id{1}), nullptr);
     // Sums for a file then skipped are a broken peer.
     auto t = fresh();
