@@ -2377,6 +2377,56 @@ TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsAccept) {
     EXPECT_EQ(t->on_accept(skip, done), protocol_errc::unexpected_message);
 }
 
+// The sums a receiver tells of the files it accepted stay with the sender until those
+// files are done with: while they pass max_small_blocks_held, no more batches go (each
+// could bring as many), and the files that end free theirs.
+TEST(SenderMachine, NoMoreBatchesGoWhileTheAcceptedFilesHoldManySmallSums) {
+    transfer_options sync;
+    sync.sync.emplace();
+    sync.sync->set_share("www");
+    std::vector<entry_info> entries;
+    for (int i = 0; i < 20; ++i) {
+        entries.push_back(file_entry("big" + std::to_string(100 + i), std::uint64_t{64} << 20));
+    }
+    for (int i = 0; i < 400; ++i) {
+        entries.push_back(file_entry("small" + std::to_string(1000 + i), 100));
+    }
+    sender_machine s(test_transfer_id, entries, sync);
+    std::optional<wire::Offer> first = s.next_offer();
+    ASSERT_TRUE(first);
+    const auto n = static_cast<std::uint32_t>(first->entries_size());
+    ASSERT_GE(n, 20u);
+    ASSERT_LT(n, entries.size());  // more batches to come
+    // 16,384 blocks of 4 KiB for each big file: 20 x 16,384 = 327,680 blocks.
+    const std::string sums(16384 * 8, '\1');
+    for (std::uint32_t i = 0; i < 20; ++i) {
+        wire::SmallSums h;
+        h.add_file_ids(i);
+        h.add_block_sizes(4096);
+        h.add_blocks(16384);
+        ASSERT_EQ(s.on_small_sums(h, as_bytes(sums)), std::error_code{});
+    }
+    wire::Accept a;
+    a.set_transfer_id(test_transfer_id);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        wire::FileAccept* fa = a.add_files();
+        fa->set_id(i);
+        fa->set_kind(i < 20 ? wire::ACCEPT_ALL : wire::ACCEPT_SKIP);
+    }
+    std::vector<wire::FileDone> done;
+    ASSERT_EQ(s.on_accept(a, done), std::error_code{});
+    static_assert(20 * 16384 > sender_machine::max_small_blocks_held);
+    EXPECT_FALSE(s.next_offer());  // held back
+    // Four files end (here: given up on): 16 x 16,384 blocks left, under the bound.
+    static_assert(16 * 16384 <= sender_machine::max_small_blocks_held);
+    for (std::uint32_t i = 0; i < 4; ++i) {
+        ASSERT_TRUE(s.receiver_gave_up(file_id{i}));
+    }
+    std::optional<wire::Offer> next = s.next_offer();
+    ASSERT_TRUE(next);
+    EXPECT_EQ(next->entries(0).id(), n);
+}
+
 // A chunk sent again after its connection was lost with the ack on its way may come after
 // the file was made final: admitted (the node drops it and confirms it again), as long as
 // it is a chunk the file has.
