@@ -355,7 +355,10 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         !small_delta_candidate(e, static_cast<std::uint64_t>(st.st_size))) {
         return out;
     }
-    const auto size = std::min(static_cast<std::uint64_t>(st.st_size), small_delta_max_basis);
+    // (Of a version larger than the new file, only the blocks a sender takes: its blocks
+    // are of 1 KiB, min_small_block, whatever the version's size here.)
+    const auto size = std::min({static_cast<std::uint64_t>(st.st_size), small_delta_max_basis,
+                                max_small_blocks_for(e.size, min_small_block) * min_small_block});
     // One buffer per worker thread, kept: a fresh one per file would fault in its pages
     // each time.
     static thread_local std::unique_ptr<std::uint8_t[]> buf =
@@ -368,8 +371,6 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         out.same_as = hash_chunk(bytes);
     }
     out.sums = describe_small(bytes);
-    out.sums->blocks.resize(
-        std::min<std::uint64_t>(out.sums->blocks.size(), max_small_blocks_for(e.size, out.sums->block_size)));
     return out;
 }
 

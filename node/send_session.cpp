@@ -1095,11 +1095,10 @@ bool send_session::rate_allows() {
     // what it did not send (a delta's copies, compression) came back since. Armed again
     // for the shorter wait (a delta chunk at --bwlimit 16K waited 16 s for each 256 KiB
     // it copied).
-    const bool sooner = rate_.armed && rate_.timer && std::chrono::steady_clock::now() + wait < rate_.timer->expiry();
+    const bool sooner = rate_.armed && rate_.timer && now + wait < rate_.timer->expiry();
     if (!rate_.armed || sooner) {
         if (sooner) {
-            rate_.held -= std::chrono::duration_cast<stats_clock::duration>(rate_.timer->expiry() -
-                                                                            std::chrono::steady_clock::now());
+            rate_.held -= rate_.timer->expiry() - now;
         }
         rate_.armed = true;
         if (!rate_.timer) {
