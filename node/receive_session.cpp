@@ -1461,6 +1461,23 @@ void receive_session::next_offer() {
         // Chunks this batch may offer back to the sender: their digests travel before the
         // Accept on the control connection, whose queue is bounded (32 MiB of digests).
         std::uint64_t claim_budget = std::uint64_t{2} << 20;
+        // The sums `sums` of an older version, open as `fd` (seeded_sums), go with the
+        // accept of `it` with the chunks `claims` offers: both count against the budget, and
+        // the version stays open for the file's delta while few are.
+        auto keep_basis = [&](const item& it, const resume_found& claims, std::optional<basis_sums>& sums, int fd) {
+            // (Small sums, 8 bytes a block, count as half a digest each.)
+            std::uint64_t cost = (claims.have ? claims.have->count() : 0) + sums->weak.size() +
+                                 (sums->fine ? sums->fine->blocks.size() / 2 : 0);
+            claim_budget -= std::min(claim_budget, cost);
+            if (sums->weak.empty() && (!sums->fine || sums->fine->blocks.empty())) {
+                ::close(fd);  // no block, large or small: nothing a delta could copy (the claims hold)
+                sums.reset();
+            } else if (pinned + basis_fds.size() < max_pinned_bases) {
+                basis_fds.emplace_back(it.id, fd, sums->size);
+            } else {
+                ::close(fd);
+            }
+        };
         // A file new at DST that SRC may have renamed or copied from one DST has: started
         // from that file and accepted ACCEPT_PARTIAL with its chunks' digests (the sender
         // checks each). False when there is none to start from.
@@ -1481,19 +1498,28 @@ void receive_session::next_offer() {
                 claims = {};
                 return false;
             }
-            // (Small sums, 8 bytes a block, count as half a digest each.)
-            std::uint64_t cost = (claims.have ? claims.have->count() : 0) + sums->weak.size() +
-                                 (sums->fine ? sums->fine->blocks.size() / 2 : 0);
-            claim_budget -= std::min(claim_budget, cost);
-            if (sums->weak.empty() && (!sums->fine || sums->fine->blocks.empty())) {
-                ::close(fd);  // no block, large or small: nothing a delta could copy (the claims hold)
-                sums.reset();
-            } else if (pinned + basis_fds.size() < max_pinned_bases) {
-                basis_fds.emplace_back(it.id, fd, sums->size);
-            } else {
-                ::close(fd);
-            }
+            keep_basis(it, claims, sums, fd);
             return true;
+        };
+        // A sync's changed file resumed from an interrupted attempt's partial file: that
+        // file's chunks are offered where they are (`claims`), and DST's own file, which
+        // stays as it was until the new version replaces it, is the basis of a delta for
+        // the rest, as it was for the attempt. (Without it, a rerun after insertions sent
+        // nearly every chunk whole.) Its sums only: nothing is copied. None when it cannot
+        // be read (the chunks not kept are then sent as they are).
+        auto resumed_basis = [&](const item& it, std::optional<basis_sums>& sums) {
+            std::error_code ec;
+            partial_seed older;  // no partial file, no bytes to copy: seeded_sums only reads
+            older.basis.reset(tree->open_final_read(it.e.path, ec));
+            if (older.basis.get() < 0) {
+                return;
+            }
+            resume_found none;  // (it claims nothing: no byte of it is in the partial file; the
+            int fd = -1;        // partial file's own claims were counted when found)
+            sums = seeded_sums(it.e, std::move(older), self->ctx_.workers, claim_budget, none, fd);
+            if (sums) {
+                keep_basis(it, none, sums, fd);
+            }
         };
         auto from_basis = [&](std::size_t i) {
             const entry_info& e = items[i].e;
@@ -1902,22 +1928,30 @@ void receive_session::next_offer() {
                         found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr,
                                                seed_instead);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
-                        if (seed_instead && (found[i].restarted || found[i].no_record)) {
-                            // The attempt was for another version of SRC's file, or left no
-                            // record of what it wrote (killed within its first seconds):
-                            // DST's own file seeds the new one instead, as when nothing was
-                            // left, so that a delta finds what moved (the partial file's
-                            // chunks are only ever offered where they are).
-                            // (Neither read the partial file: no chunk was claimed.)
-                            resumed.push_back(printable(items[i].e.path) +
-                                              ": an interrupted attempt's partial file was " +
-                                              (found[i].no_record ? "not recorded" : "for another version") +
+                        if (seed_instead && (found[i].restarted || found[i].no_record || !found[i].have)) {
+                            // The attempt was for another version of SRC's file, left no
+                            // record of what it wrote (killed within its first seconds), or
+                            // left no chunk to keep: DST's own file seeds the new one
+                            // instead, as when nothing was left, so that a delta finds what
+                            // moved (the partial file's chunks are only ever offered where
+                            // they are).
+                            // (Neither of the first two read the partial file: no chunk was
+                            // claimed.)
+                            resumed.push_back(printable(items[i].e.path) + ": an interrupted attempt's partial file " +
+                                              (found[i].no_record   ? "was not recorded"
+                                               : found[i].restarted ? "was for another version"
+                                                                    : "held no chunk to keep") +
                                               ": starting from the file here instead");
                             tree->remove_partial(items[i].e.path, true, true);
                             found[i] = {};
                             seeded(items[i], {}, found[i], sums[i]);
-                        } else if (!found[i].note.empty()) {
-                            resumed.push_back(std::move(found[i].note));
+                        } else {
+                            if (!found[i].note.empty()) {
+                                resumed.push_back(std::move(found[i].note));
+                            }
+                            if (seed_instead) {
+                                resumed_basis(items[i], sums[i]);
+                            }
                         }
                     }
                     here += identical[i] ? items[i].e.size : found[i].kept_bytes;

@@ -150,6 +150,8 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
 // `max_claims` (possibly none). Null when a file cannot be read or written (the caller
 // removes the partial file). `basis_fd` gets the older version, open for reading: the
 // delta copies from that very file (the caller owns it), whatever its name holds by then.
+// A seed of no bytes and no partial file (only `basis` open) is read for its sums alone:
+// nothing is copied, nothing claimed (a resumed file's basis).
 std::optional<basis_sums> seeded_sums(const entry_info& e, partial_seed seed, worker_pool& pool,
                                       std::uint64_t max_claims, resume_found& claims, int& basis_fd);
 

@@ -2818,6 +2818,41 @@ TEST_F(sync_pull, a_changed_file_started_from_dsts_older_version_resumes_after_a
         << done;
 }
 
+TEST_F(sync_pull, an_interrupted_delta_is_a_delta_again_when_it_resumes) {
+    // Bytes inserted all along a file: each chunk of the new version comes as a delta of
+    // DST's older one. A rerun after a kill -9 resumed from the partial file, whose chunks
+    // it offered where they are, but without the older version's sums: every chunk the
+    // attempt had not written was sent whole (a user's test, 2026-12-07: 70,428 bytes
+    // uninterrupted, 9,961,472 after a kill).
+    serve();
+    constexpr std::uint64_t chunks = 48;
+    write_random_file(dst / "big.bin", chunks * 256 * 1024, 85);
+    std::string data = read_text_file(dst / "big.bin");
+    set_mtime(dst / "big.bin", 1'500'000'000);
+    for (std::uint64_t k = chunks; k-- > 0;) {  // ten new bytes twice in each chunk: seconds at 16K/s
+        data.insert(k * 256 * 1024 + 200'000, "0123456789");
+        data.insert(k * 256 * 1024 + 50'000, "0123456789");
+    }
+    write_text_file(site / "big.bin", data);
+    child_process rx({FERRY_BINARY, "sync", "--state", cli.state("B").string(), "--json", "--bwlimit", "16K",
+                      "--compress", "never", "ay:www/site", dst.string()});
+    fs::path record = dst / ".big.bin.ferry-resume";
+    ASSERT_TRUE(wait_for_change(
+        dst, [&] { return fs::exists(record); }, process_timeout))
+        << rx.err();
+    rx.signal(SIGKILL);
+    ASSERT_TRUE(rx.wait(process_timeout).has_value());
+    run_result r = pull({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(site, dst), "");
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    // What the attempt left is kept, and the rest is a delta: about a small block (1 KiB)
+    // an insertion.
+    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), 2 * chunks * 2048) << done;
+    EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>() + done["bytes_transferred"].get<std::uint64_t>(), data.size())
+        << done;
+}
+
 TEST_F(sync_pull, a_pull_whose_serving_node_is_stopped_comes_back_to_the_one_that_replaces_it) {
     // SIGTERM of the serving node mid-pull (`systemctl restart`): it tells the peer it is
     // stopping (Error CANCELLED), which a pull takes as a reason to reconnect, as a push
