@@ -2,12 +2,11 @@
 // on loopback, real TLS 1.3. Results are checked on disk (bytes, modes, mtimes) and in the
 // --json events.
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-
 #include <gtest/gtest.h>
+#include <linux/fs.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <csignal>
@@ -19,6 +18,7 @@
 
 #include "node/dest_tree.hpp"
 #include "node/file_io.hpp"
+#include "protocol/delta.hpp"
 #include "tests/support/fault_proxy.hpp"
 #include "tests/support/ferry_cli.hpp"
 #include "tests/support/fs_util.hpp"
@@ -598,9 +598,14 @@ TEST_F(sync_push, edits_to_a_larger_file_cost_about_a_small_block_each) {
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(src, share / "site"), "");
     nlohmann::json done = find_event(json_events(r.out), "done");
-    // About a block of 1 KiB an edit, two where it straddles two (blocks of 4 KiB before:
-    // 36,864 bytes).
-    EXPECT_LE(done["bytes_transferred"].get<std::uint64_t>(), 8 * 2 * 1024u + 1024) << done;
+    // About a small block an edit, two where it straddles two (each chunk of 256 KiB
+    // before protocol 18: 2 MiB), and blocks of about the file's square root (4 KiB), so
+    // that the sums cost little more than the edits: 4,096 blocks of 8 bytes (1 KiB blocks
+    // cost 128 KiB of sums where the edits cost 16 KiB).
+    const std::uint32_t block = ferry::small_block_size(data.size());
+    EXPECT_EQ(block, 4096u);
+    EXPECT_LE(done["bytes_transferred"].get<std::uint64_t>(), 8 * 2 * block) << done;
+    EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 64u * 1024) << done;
     EXPECT_TRUE(no_partial_files(share));
 }
 
@@ -2846,9 +2851,10 @@ TEST_F(sync_pull, an_interrupted_delta_is_a_delta_again_when_it_resumes) {
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(site, dst), "");
     nlohmann::json done = find_event(json_events(r.out), "done");
-    // What the attempt left is kept, and the rest is a delta: about a small block (1 KiB)
-    // an insertion.
-    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), 2 * chunks * 2048) << done;
+    // What the attempt left is kept, and the rest is a delta: at most two small blocks an
+    // insertion.
+    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), 2 * chunks * 2 * ferry::small_block_size(data.size()))
+        << done;
     EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>() + done["bytes_transferred"].get<std::uint64_t>(), data.size())
         << done;
 }

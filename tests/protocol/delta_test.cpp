@@ -326,10 +326,13 @@ small_result small_round_trip(const bytes& basis, const bytes& file) {
     return r;
 }
 
-TEST(SmallDelta, BlocksAreSmallPowersOfTwoAtMostMaxSmallBlocksOfThem) {
+TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem) {
     EXPECT_EQ(small_block_size(2048), min_small_block);
-    EXPECT_EQ(small_block_size(16 << 20), 1024u);           // 16,384 blocks
-    EXPECT_EQ(small_block_size((16 << 20) + 1024), 2048u);  // 16,385 blocks of 1 KiB
+    EXPECT_EQ(small_block_size((4 << 20) - 1), 1024u);  // the square root: 2,048 bytes less a bit
+    EXPECT_EQ(small_block_size(4 << 20), 2048u);
+    EXPECT_EQ(small_block_size(16 << 20), 4096u);
+    EXPECT_EQ(small_block_size(std::uint64_t{64} << 20), small_delta_max_probe_block);  // 16,384 blocks
+    EXPECT_EQ(small_block_size((std::uint64_t{64} << 20) + 4096), 8192u);               // 16,385 blocks of 4 KiB
     EXPECT_EQ(small_block_size(std::uint64_t{256} << 20), 16 * 1024u);
     EXPECT_EQ(small_block_size(std::uint64_t{1} << 30), max_fine_block);
     EXPECT_EQ(max_small_blocks_for(2048, 1024), 20u);  // a new version of 2 KiB
