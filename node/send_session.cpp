@@ -1497,6 +1497,7 @@ void send_session::read_source(read_job& job) {
             if (copied_bytes(fine) > copied_bytes(job.ops)) {
                 job.ops = std::move(fine);
             }
+            take_edges(job, fd, *index);
         }
         if (!job.ops.empty()) {
             job.packed = delta_chunk(std::span<std::uint8_t>(job.buf.data(), ref.length), job.ops);
@@ -1513,6 +1514,36 @@ void send_session::read_source(read_job& job) {
     if (job.what.empty() && job.ec) {
         job.what = job.ec.message();
     }
+}
+
+void send_session::take_edges(read_job& job, int fd, const small_index& index) {
+    const chunk_ref& ref = job.ref;
+    const std::uint32_t b = index.sums().block_size;
+    const edge_lengths edges = edge_literals(job.ops, ref.length, b);
+    if ((edges.head == 0 && edges.tail == 0) || job.base != 0 || fd < 0) {
+        return;  // (a range's entry has no bytes of its own around it; a whole file none)
+    }
+    // The block's other part: in the bytes before the chunk, or after it.
+    const std::uint64_t end = ref.offset + ref.length;
+    const std::uint32_t want_before = edges.head > 0 ? b - edges.head : 0;
+    const std::uint32_t want_after = edges.tail > 0 ? b - edges.tail : 0;
+    std::array<std::uint8_t, 2 * small_delta_max_probe_block> around;
+    if (std::uint64_t{want_before} + want_after > around.size()) {
+        return;  // (blocks this large are not found across edges)
+    }
+    std::error_code ec;  // (a read that fails leaves that edge's literal as it is)
+    std::error_code ec_after;
+    std::span<const std::uint8_t> before;
+    std::span<const std::uint8_t> after;
+    if (want_before > 0 && ref.offset >= want_before &&
+        read_at(fd, around.data(), want_before, ref.offset - want_before, ec) == want_before) {
+        before = std::span<const std::uint8_t>(around.data(), want_before);
+    }
+    if (want_after > 0 && end + want_after <= job.expect_size &&
+        read_at(fd, around.data() + want_before, want_after, end, ec_after) == want_after) {
+        after = std::span<const std::uint8_t>(around.data() + want_before, want_after);
+    }
+    ferry::take_edges(job.ops, std::span<const std::uint8_t>(job.buf.data(), ref.length), before, after, index);
 }
 
 void send_session::prefetch_whole(std::span<read_job> jobs) {

@@ -338,6 +338,10 @@ private:
     static constexpr std::size_t max_batch_reads = 32;
     read_job make_read_job(const chunk_ref& ref, pooled_buffer buf);
     static void read_source(read_job& job);  // on a worker
+    // A changed chunk's ops whose first or last literal is part of a block of the
+    // receiver's older version that straddles the chunk's edge (protocol/delta.hpp's
+    // take_edges): the bytes past the edge read from `fd`, on a worker.
+    static void take_edges(read_job& job, int fd, const small_index& index);
     // The batch's whole small files not open yet, read in one io_uring submission (on a
     // worker; node/batch_reads.hpp).
     static void prefetch_whole(std::span<read_job> jobs);

@@ -579,4 +579,89 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
     return ops;
 }
 
+edge_lengths edge_literals(std::span<const delta_op> ops, std::uint32_t chunk_len, std::uint32_t block_size) {
+    edge_lengths out;
+    if (ops.empty()) {
+        out.head = chunk_len < block_size ? chunk_len : 0;  // one literal: the head alone
+        return out;
+    }
+    if (!ops.front().copy && ops.front().length < block_size) {
+        out.head = ops.front().length;
+    }
+    if (ops.size() > 1 && !ops.back().copy && ops.back().length < block_size) {
+        out.tail = ops.back().length;
+    }
+    return out;
+}
+
+namespace {
+
+// The index of a block of `index` whose sum is `sum` (`prefer` if it is one), or -1.
+std::int64_t find_block(const small_index& index, std::uint64_t sum, std::uint64_t prefer) {
+    const std::vector<std::uint64_t>& blocks = index.sums().blocks;
+    if (prefer < blocks.size() && blocks[prefer] == sum) {
+        return static_cast<std::int64_t>(prefer);
+    }
+    const auto weak = static_cast<std::uint32_t>(sum >> 32);
+    if (!index.maybe(weak)) {
+        return -1;
+    }
+    const auto& by_weak = index.by_weak();
+    for (auto it = std::lower_bound(by_weak.begin(), by_weak.end(), std::make_pair(weak, std::uint32_t{0}));
+         it != by_weak.end() && it->first == weak; ++it) {
+        if (blocks[it->second] == sum) {
+            return it->second;
+        }
+    }
+    return -1;
+}
+
+}  // namespace
+
+void take_edges(std::vector<delta_op>& ops, std::span<const std::uint8_t> data, std::span<const std::uint8_t> before,
+                std::span<const std::uint8_t> after, const small_index& index) {
+    const std::uint32_t b = index.sums().block_size;
+    const auto len = static_cast<std::uint32_t>(data.size());
+    const edge_lengths edges = b == 0 ? edge_lengths{} : edge_literals(ops, len, b);
+    std::vector<std::uint8_t> window(b);
+    if (const std::uint32_t h = edges.head; h > 0 && before.size() >= b - h) {
+        // The block's last h bytes begin the chunk; the block before the first copy's, if
+        // that is where it is in the older version.
+        std::memcpy(window.data(), before.data() + before.size() - (b - h), b - h);
+        std::memcpy(window.data() + (b - h), data.data(), h);
+        const std::uint64_t next = ops.size() > 1 ? ops[1].basis_offset : 0;
+        const std::uint64_t prefer = ops.size() > 1 && next % b == 0 && next > 0 ? next / b - 1 : UINT64_MAX;
+        if (std::int64_t j = find_block(index, small_block_sum(window), prefer); j >= 0) {
+            const std::uint64_t at = static_cast<std::uint64_t>(j) * b + (b - h);
+            if (ops.empty()) {
+                ops.push_back({h, true, at});
+            } else if (ops.size() > 1 && ops[1].copy && ops[1].basis_offset == at + h) {
+                ops[1].basis_offset = at;  // one copy with the next
+                ops[1].length += h;
+                ops.erase(ops.begin());
+            } else {
+                ops.front() = {h, true, at};
+            }
+        }
+    }
+    if (const std::uint32_t t = edges.tail; t > 0 && after.size() >= b - t) {
+        // The block's first t bytes end the chunk; the block after the last copy's, if that
+        // is where it is in the older version.
+        std::memcpy(window.data(), data.data() + (len - t), t);
+        std::memcpy(window.data() + t, after.data(), b - t);
+        const delta_op& last = ops[ops.size() - 2];
+        const std::uint64_t end = last.basis_offset + last.length;
+        const std::uint64_t prefer = last.copy && end % b == 0 ? end / b : UINT64_MAX;
+        if (std::int64_t j = find_block(index, small_block_sum(window), prefer); j >= 0) {
+            const std::uint64_t at = static_cast<std::uint64_t>(j) * b;
+            if (last.copy && end == at) {
+                ops[ops.size() - 2].length += t;  // one copy with the one before
+                ops.pop_back();
+            } else {
+                ops.back() = {t, true, at};
+            }
+        }
+    }
+}
+
 }  // namespace ferry

@@ -298,6 +298,25 @@ inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;
 inline constexpr std::size_t small_delta_max_probe_block = 4 * 1024;
 inline constexpr std::uint64_t small_delta_max_false_alarms = 256;
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index);
+
+// A chunk's edges. Bytes inserted or removed earlier in a file shift every later block of
+// the older version off the chunks' edges: a chunk then ends with the first part of a
+// block (too short for small_delta's window) and the next one starts with the rest. Where
+// `ops` (from small_delta, or the pass over chunk_size blocks) start or end with a literal
+// shorter than a block, `edge_literals` gives its length (0: none). With `before` (the
+// bytes just before the chunk: at least a block less the first literal's length) or
+// `after` (just after it: a block less the last literal's length), `take_edges` makes
+// that literal a copy where the block it is part of is one of `index`'s, checked by its
+// sum. No ops stand for one literal of the whole chunk when it is shorter than a block
+// (a file's last chunk). The receiver's digest check of the chunk covers these copies as
+// any others.
+struct edge_lengths {
+    std::uint32_t head = 0;
+    std::uint32_t tail = 0;
+};
+edge_lengths edge_literals(std::span<const delta_op> ops, std::uint32_t chunk_len, std::uint32_t block_size);
+void take_edges(std::vector<delta_op>& ops, std::span<const std::uint8_t> data, std::span<const std::uint8_t> before,
+                std::span<const std::uint8_t> after, const small_index& index);
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)
 
 }  // namespace ferry

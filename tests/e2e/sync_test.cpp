@@ -609,6 +609,31 @@ TEST_F(sync_push, edits_to_a_larger_file_cost_about_a_small_block_each) {
     EXPECT_TRUE(no_partial_files(share));
 }
 
+// Bytes inserted shift every later block of DST's version off the chunks' edges: each
+// chunk after an insertion ends with a block's first part and the next starts with the
+// rest. Both are copies too: an insertion costs its block (two blocks before, and a few
+// bytes a chunk).
+TEST_F(sync_push, an_insertion_costs_one_small_block_whatever_chunk_edges_it_shifts) {
+    serve();
+    write_random_file(src / "big.bin", 8 << 20, 49);
+    ASSERT_EQ(sync({}).code, 0);
+    std::string data = read_text_file(src / "big.bin");
+    constexpr std::size_t inserts = 6;
+    for (std::size_t k = inserts; k-- > 0;) {
+        data.insert(1'000'000 + k * 1'300'000, "0123456789");
+    }
+    write_text_file(src / "big.bin", data);
+    run_result r = sync({"--compress", "never"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    nlohmann::json done = find_event(json_events(r.out), "done");
+    const std::uint32_t block = ferry::small_block_size(data.size());
+    EXPECT_EQ(block, 2048u);
+    // (And the file's last 60 bytes, its last chunk: less than a copy costs.)
+    EXPECT_LE(done["bytes_transferred"].get<std::uint64_t>(), inserts * (block + 10) + 60) << done;
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 // DST's file changed after its sums went and before the delta's chunk came (a hook
 // overwrites its first bytes then): the chunk fails its digest check there, and that file
 // alone fails, left as it is; the rest is synced.
@@ -2851,9 +2876,10 @@ TEST_F(sync_pull, an_interrupted_delta_is_a_delta_again_when_it_resumes) {
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(site, dst), "");
     nlohmann::json done = find_event(json_events(r.out), "done");
-    // What the attempt left is kept, and the rest is a delta: at most two small blocks an
+    // What the attempt left is kept, and the rest is a delta: about a small block an
     // insertion.
-    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(), 2 * chunks * 2 * ferry::small_block_size(data.size()))
+    EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(),
+              2 * chunks * (ferry::small_block_size(data.size()) + 10) + 1024)
         << done;
     EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>() + done["bytes_transferred"].get<std::uint64_t>(), data.size())
         << done;

@@ -12,8 +12,10 @@
 // file made from it by the input's edits (insert, remove, overwrite, take from elsewhere);
 // the basis's sums go through put_small_sums and parse_small_sums, and the ops small_delta
 // gives, if any, rebuild the file exactly from the basis through encode_delta and
-// decode_delta. Mode 3: sums straight from the input (parse_small_sums) against input
-// bytes: any ops cover the bytes exactly and copy only inside the blocks described.
+// decode_delta; the file cut in two at an input offset, each part's ops with take_edges
+// (the bytes past the cut given) rebuild that part exactly. Mode 3: sums straight from the input (parse_small_sums)
+// against input bytes: any ops (after take_edges, with input bytes past the edges) cover the bytes exactly and copy
+// only inside the blocks described.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -132,6 +134,31 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         // (A false match of both sums would fail here: 64 bits of sums per block.)
         FUZZ_CHECK(rebuilt == file);
+        // The file cut in two at an input offset, as at a chunk's edge: each part's ops,
+        // with take_edges given the bytes past its edge, still rebuild it exactly.
+        const small_index index(told);
+        const std::size_t cut = static_cast<std::size_t>(basis_size >> 33) % (file.size() + 1);
+        const std::span<const std::uint8_t> all(file);
+        const std::size_t b = told.block_size;
+        for (int part = 0; part < 2; ++part) {
+            const std::span<const std::uint8_t> piece = part == 0 ? all.first(cut) : all.subspan(cut);
+            const std::span<const std::uint8_t> before =
+                part == 0 ? std::span<const std::uint8_t>() : all.subspan(cut - std::min(cut, b), std::min(cut, b));
+            const std::span<const std::uint8_t> after =
+                part == 0 ? all.subspan(cut, std::min(b, file.size() - cut)) : std::span<const std::uint8_t>();
+            std::vector<delta_op> edged = small_delta(piece, index);
+            const std::uint64_t copied = copied_bytes(edged);
+            take_edges(edged, piece, before, after, index);
+            FUZZ_CHECK(copied_bytes(edged) >= copied);
+            std::vector<std::uint8_t> made;
+            for (const delta_op& op : edged) {
+                FUZZ_CHECK(op.length > 0);
+                FUZZ_CHECK(!op.copy || op.basis_offset + op.length <= basis.size());
+                const std::uint8_t* from = op.copy ? basis.data() + op.basis_offset : piece.data() + made.size();
+                made.insert(made.end(), from, from + op.length);
+            }
+            FUZZ_CHECK(edged.empty() || std::equal(made.begin(), made.end(), piece.begin(), piece.end()));
+        }
         return 0;
     }
     if (mode == 3) {
@@ -145,7 +172,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         FUZZ_CHECK(sums.blocks.size() * 8 == sum_bytes.size() && sums.block_size == block_size);
         std::span<const std::uint8_t> bytes = in.bytes(std::min<std::size_t>(raw_len, in.remaining()));
-        std::vector<delta_op> ops = small_delta(bytes, sums);
+        const small_index index(sums);
+        std::vector<delta_op> ops = small_delta(bytes, index);
+        // (And take_edges, with the bytes past the edges from the input.)
+        std::span<const std::uint8_t> before = in.bytes(std::min<std::size_t>(in.u16(), in.remaining()));
+        std::span<const std::uint8_t> after = in.bytes(std::min<std::size_t>(in.u16(), in.remaining()));
+        take_edges(ops, bytes, before, after, index);
         std::uint64_t total = 0;
         for (const delta_op& op : ops) {
             FUZZ_CHECK(op.length > 0);

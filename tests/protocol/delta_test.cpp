@@ -470,6 +470,75 @@ TEST(SmallDelta, NewBytesPastTheSlackKeepTheBlocksFoundBefore) {
     EXPECT_LE(r.literal, 60'000u + 1024);
 }
 
+// The chunk `data` made from `basis` by `ops`, as the receiver rebuilds it.
+bytes apply_ops(std::span<const delta_op> ops, const bytes& basis, std::span<const std::uint8_t> data) {
+    bytes out;
+    std::size_t at = 0;
+    for (const delta_op& op : ops) {
+        const std::uint8_t* from = op.copy ? basis.data() + op.basis_offset : data.data() + at;
+        out.insert(out.end(), from, from + op.length);
+        at += op.length;
+    }
+    return out;
+}
+
+TEST(SmallDelta, BlocksCutByAChunksEdgeAreTakenWhole) {
+    // Ten bytes inserted near the start shift every later block ten bytes past the chunks'
+    // edges: each chunk ends with a block's first part and the next starts with its rest.
+    // With the bytes past the edge, both parts are copies: the insertion costs one block
+    // (it cost two, and ten bytes a chunk after it).
+    const bytes basis = random_bytes(4 * 1024 * 1024, 14);
+    const small_index index(describe_small(basis));
+    const std::uint32_t b = index.sums().block_size;
+    ASSERT_EQ(b, 2048u);
+    bytes file = basis;
+    file.insert(file.begin() + 5000, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+    std::uint64_t literal = 0;
+    for (std::size_t off = 0; off < file.size(); off += chunk_size) {
+        const std::span<const std::uint8_t> all(file);
+        const std::span<const std::uint8_t> data =
+            all.subspan(off, std::min<std::size_t>(chunk_size, file.size() - off));
+        std::vector<delta_op> ops = small_delta(data, index);
+        const edge_lengths edges = edge_literals(ops, static_cast<std::uint32_t>(data.size()), b);
+        EXPECT_EQ(edges.head, off == 0 ? 0u : 10u) << off;  // (the last chunk: its 10 bytes are one)
+        EXPECT_EQ(edges.tail, off + chunk_size < file.size() ? b - 10 : 0u) << off;
+        take_edges(ops, data, off == 0 ? std::span<const std::uint8_t>() : all.subspan(off - b, b),
+                   all.subspan(off + data.size(), std::min<std::size_t>(b, file.size() - off - data.size())), index);
+        ASSERT_FALSE(ops.empty()) << off;
+        EXPECT_EQ(apply_ops(ops, basis, data), bytes(data.begin(), data.end())) << off;
+        literal += data.size() - copied_bytes(ops);
+        EXPECT_EQ(edge_literals(ops, static_cast<std::uint32_t>(data.size()), b).tail, 0u) << off;
+    }
+    EXPECT_EQ(literal, b + 10);  // the block the bytes went into, and them
+}
+
+TEST(SmallDelta, AnEdgesLiteralStaysWhereItsBlockIsNotTheOlderVersions) {
+    // Bytes changed just past a chunk's edge: the block cut by the edge is not one of the
+    // older version's, and neither part is taken as a copy. Nor without the bytes past it.
+    const bytes basis = random_bytes(4 * 1024 * 1024, 15);
+    const small_index index(describe_small(basis));
+    const std::uint32_t b = index.sums().block_size;
+    bytes file = basis;
+    file.insert(file.begin() + 5000, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+    file[chunk_size + 3] ^= 1;  // in the next chunk's head, which is part of the block cut
+    const std::span<const std::uint8_t> all(file);
+    const std::span<const std::uint8_t> first = all.subspan(0, chunk_size);
+    const std::span<const std::uint8_t> second = all.subspan(chunk_size, chunk_size);
+    std::vector<delta_op> ops = small_delta(first, index);
+    const std::vector<delta_op> found = ops;
+    take_edges(ops, first, {}, all.subspan(chunk_size, b), index);
+    EXPECT_EQ(copied_bytes(ops), copied_bytes(found));
+    ops = small_delta(second, index);
+    take_edges(ops, second, all.subspan(chunk_size - b, b), all.subspan(2 * chunk_size, b), index);
+    EXPECT_EQ(edge_literals(ops, chunk_size, b).head, 10u);  // changed: stays
+    EXPECT_EQ(edge_literals(ops, chunk_size, b).tail, 0u);   // the next block: taken
+    EXPECT_EQ(apply_ops(ops, basis, second), bytes(second.begin(), second.end()));
+    ops = small_delta(all.subspan(2 * chunk_size, chunk_size), index);
+    take_edges(ops, all.subspan(2 * chunk_size, chunk_size), {}, {}, index);  // no bytes past the edges
+    EXPECT_EQ(edge_literals(ops, chunk_size, b).head, 10u);
+    EXPECT_EQ(edge_literals(ops, chunk_size, b).tail, b - 10);
+}
+
 TEST(SmallDelta, MalformedSumsAreRefused) {
     small_sums out;
     auto parse = [&](std::uint32_t block_size, std::size_t n) {
