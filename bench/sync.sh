@@ -7,8 +7,12 @@
 #      (`ferry sync ay:s/tree DIR` against `rsync -a rsync://.../r/tree/ DIR/`);
 #   3. a SIZE file with 1 MiB overwritten in place, then with 1 byte inserted at offset 0:
 #      bytes on the loopback interface (its kernel counters, both directions) and time,
-#      against reading and hashing the file once (xxhsum -H2, XXH128).
-# Usage: bench/sync.sh [--files N] [--size BYTES] [--rounds N]
+#      against reading and hashing the file once (xxhsum -H2, XXH128);
+#   4. files of each of DELTA_SIZES MiB with 1 or 20 overwrites of 100 bytes or
+#      insertions of 10 bytes (seeded places, the same for both tools): bytes on the
+#      loopback interface of the resync, ferry (--compress never) and rsync -a. The
+#      interface's counters count whatever else uses it: run on an idle machine.
+# Usage: bench/sync.sh [--files N] [--size BYTES] [--rounds N] [--delta-sizes "1 4 16 64"]
 # Data lives in a folder of /dev/shm, removed at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,12 +20,14 @@ ferry=${FERRY:-$repo/build/release/tools/ferry}
 files=10000
 size=$((1024 * 1024 * 1024))
 rounds=5
+delta_sizes="1 4 16 64"
 while [ $# -gt 0 ]; do
     case $1 in
         --files) files=$2; shift 2 ;;
         --size) size=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --delta-sizes) delta_sizes=$2; shift 2 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 1 ;;
     esac
 done
@@ -40,7 +46,8 @@ cleanup() {
 trap cleanup EXIT
 log() { printf 'sync-bench: %s\n' "$*" >&2; }
 now() { date +%s.%N; }
-lo_bytes() { echo $(( $(cat /sys/class/net/lo/statistics/tx_bytes) )); }
+# (From /proc/net/dev, which is this network namespace's: /sys may show another's.)
+lo_bytes() { sed -n 's/^ *lo: *//p' /proc/net/dev | awk '{ print $9 }'; }
 
 mkdir -p "$work/share" "$work/rsync" "$work/src/tree" "$work/src/big" "$work/pull" "$work/rpull"
 A=$("$ferry" id --state "$work/A")
@@ -128,4 +135,44 @@ delta "$((size / 1048576)) MiB file, 1 MiB changed in place"
 { printf 'x'; cat "$big"; } > "$big.new" && touch -r "$big" "$big.new" && mv "$big.new" "$big"
 touch "$big"
 delta "$((size / 1048576)) MiB file, 1 byte inserted at 0"
+# 4. Edits to files of several sizes: bytes of the resync, against rsync's.
+# edit FILE KIND N SEED: N overwrites of 100 bytes (over) or insertions of 10 bytes (ins)
+edit() {
+    local f=$1 kind=$2 n=$3 seed=$4 size pos
+    size=$(stat -c %s "$f")
+    for pos in $(awk -v n="$n" -v s="$size" -v seed="$seed" \
+        'BEGIN { srand(seed); for (i = 0; i < n; i++) print int(rand() * (s - 200)) }' | sort -rn); do
+        if [ "$kind" = over ]; then
+            head -c 100 /dev/urandom | dd of="$f" bs=100 seek="$pos" oflag=seek_bytes conv=notrunc status=none
+        else
+            { head -c "$pos" "$f"; head -c 10 /dev/urandom; tail -c +$((pos + 1)) "$f"; } > "$f.new"
+            mv "$f.new" "$f"
+        fi
+    done
+}
+[ -n "$delta_sizes" ] && printf '%-44s %10s %10s %8s\n' "edits (bytes on lo)" "ferry" "rsync -a" "ratio"
+stamp=1600000000
+for mib in $delta_sizes; do
+    for e in "over 1" "ins 1" "over 20" "ins 20"; do
+        read -r kind n <<< "$e"
+        rm -rf "$work/ed" && mkdir -p "$work/ed/f" "$work/ed/r"
+        head -c $((mib * 1048576)) /dev/urandom > "$work/ed/f/file"
+        cp "$work/ed/f/file" "$work/ed/r/file"
+        touch -d "@$stamp" "$work/ed/f/file" "$work/ed/r/file"
+        ferry_sync "$work/ed/f" ay:s/ed
+        rsync_to "$work/ed/r" ed
+        edit "$work/ed/f/file" "$kind" "$n" "$stamp"
+        cp "$work/ed/f/file" "$work/ed/r/file"
+        # (A new mtime for both: rsync's quick check would miss an edit within its second.)
+        touch -d "@$((stamp + 5))" "$work/ed/f/file" "$work/ed/r/file"
+        stamp=$((stamp + 10))
+        b0=$(lo_bytes); ferry_sync --compress never "$work/ed/f" ay:s/ed; b1=$(lo_bytes)
+        rsync_to "$work/ed/r" ed; b2=$(lo_bytes)
+        cmp -s "$work/ed/f/file" "$work/share/ed/file" || { log "FAILED: $mib MiB, $e: ferry's file differs"; exit 1; }
+        cmp -s "$work/ed/r/file" "$work/rsync/ed/file" || { log "FAILED: $mib MiB, $e: rsync's file differs"; exit 1; }
+        printf '%-44s %10d %10d %7.2fx\n' "$mib MiB file, $n x $kind" $((b1 - b0)) $((b2 - b1)) \
+            "$(echo "($b1 - $b0) / ($b2 - $b1)" | bc -l)"
+    done
+done
+rm -rf "$work/ed"
 log "machine: $(nproc) cores, $(uname -r); ferry $(git -C "$repo" rev-parse --short HEAD 2> /dev/null || echo '?')"
