@@ -1508,6 +1508,9 @@ void receive_session::next_offer() {
         // nearly every chunk whole.) Its sums only: nothing is copied. None when it cannot
         // be read (the chunks not kept are then sent as they are).
         auto resumed_basis = [&](const item& it, std::optional<basis_sums>& sums) {
+            if (claim_budget == 0) {
+                return;  // no room left to tell of it
+            }
             std::error_code ec;
             partial_seed older;  // no partial file, no bytes to copy: seeded_sums only reads
             older.basis.reset(tree->open_final_read(it.e.path, ec));
@@ -1928,7 +1931,10 @@ void receive_session::next_offer() {
                         found[i] = find_resume(*tree, items[i].e, claim_budget, known[i] ? &*known[i] : nullptr,
                                                seed_instead);
                         claim_budget -= found[i].have ? std::min(claim_budget, found[i].have->count()) : 0;
-                        if (seed_instead && (found[i].restarted || found[i].no_record || !found[i].have)) {
+                        // (With no budget left, find_resume offers nothing: the partial
+                        // file stays, and its chunks are sent again.)
+                        const bool nothing_kept = !found[i].have && claim_budget > 0;
+                        if (seed_instead && (found[i].restarted || found[i].no_record || nothing_kept)) {
                             // The attempt was for another version of SRC's file, left no
                             // record of what it wrote (killed within its first seconds), or
                             // left no chunk to keep: DST's own file seeds the new one

@@ -1527,10 +1527,9 @@ void send_session::take_edges(read_job& job, int fd, const small_index& index) {
     const std::uint64_t end = ref.offset + ref.length;
     const std::uint32_t want_before = edges.head > 0 ? b - edges.head : 0;
     const std::uint32_t want_after = edges.tail > 0 ? b - edges.tail : 0;
-    std::array<std::uint8_t, 2 * small_delta_max_probe_block> around;
-    if (std::uint64_t{want_before} + want_after > around.size()) {
-        return;  // (blocks this large are not found across edges)
-    }
+    // (At most two blocks of max_fine_block: a chunk's worth at most, read only for a
+    // chunk whose edge has such a literal, which bytes inserted or removed before it make.)
+    std::vector<std::uint8_t> around(std::size_t{want_before} + want_after);
     std::error_code ec;  // (a read that fails leaves that edge's literal as it is)
     std::error_code ec_after;
     std::span<const std::uint8_t> before;

@@ -639,8 +639,8 @@ void take_edges(std::vector<delta_op>& ops, std::span<const std::uint8_t> data, 
                 ops[1].basis_offset = at;  // one copy with the next
                 ops[1].length += h;
                 ops.erase(ops.begin());
-            } else {
-                ops.front() = {h, true, at};
+            } else if (h >= 8) {
+                ops.front() = {h, true, at};  // (a copy op takes 8 bytes more than a literal's)
             }
         }
     }
@@ -657,7 +657,7 @@ void take_edges(std::vector<delta_op>& ops, std::span<const std::uint8_t> data, 
             if (last.copy && end == at) {
                 ops[ops.size() - 2].length += t;  // one copy with the one before
                 ops.pop_back();
-            } else {
+            } else if (t >= 8) {
                 ops.back() = {t, true, at};
             }
         }

@@ -307,9 +307,10 @@ std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const smal
 // bytes just before the chunk: at least a block less the first literal's length) or
 // `after` (just after it: a block less the last literal's length), `take_edges` makes
 // that literal a copy where the block it is part of is one of `index`'s, checked by its
-// sum. No ops stand for one literal of the whole chunk when it is shorter than a block
-// (a file's last chunk). The receiver's digest check of the chunk covers these copies as
-// any others.
+// sum (one copy with the copy next to it where they meet; a literal under 8 bytes that
+// would be a copy of its own stays, a copy op taking 8 bytes more). No ops stand for one
+// literal of the whole chunk when it is shorter than a block (a file's last chunk). The
+// receiver's digest check of the chunk covers these copies as any others.
 struct edge_lengths {
     std::uint32_t head = 0;
     std::uint32_t tail = 0;

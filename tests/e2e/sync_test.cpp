@@ -583,8 +583,9 @@ TEST_F(sync_push, a_file_cut_short_costs_little) {
     EXPECT_TRUE(no_partial_files(share));
 }
 
-// A larger file's older version is told in up to 16,384 small blocks (protocol 18): a
-// version of 16 MiB in blocks of 1 KiB, so that an edit costs about that.
+// A larger file's older version is told in small blocks too (up to 16,384 since protocol
+// 18): a version of 16 MiB in blocks of 4 KiB (about the square root of its size), so
+// that an edit costs about that, and the sums about what the edits do.
 TEST_F(sync_push, edits_to_a_larger_file_cost_about_a_small_block_each) {
     serve();
     write_random_file(src / "big.bin", (16 << 20) + 5, 48);
@@ -2875,6 +2876,7 @@ TEST_F(sync_pull, an_interrupted_delta_is_a_delta_again_when_it_resumes) {
     run_result r = pull({"--compress", "never"});
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(site, dst), "");
+    EXPECT_NE(r.err.find("big.bin: resuming with "), std::string::npos) << r.err;  // not started over
     nlohmann::json done = find_event(json_events(r.out), "done");
     // What the attempt left is kept, and the rest is a delta: about a small block an
     // insertion.

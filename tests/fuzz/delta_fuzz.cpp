@@ -13,9 +13,9 @@
 // the basis's sums go through put_small_sums and parse_small_sums, and the ops small_delta
 // gives, if any, rebuild the file exactly from the basis through encode_delta and
 // decode_delta; the file cut in two at an input offset, each part's ops with take_edges
-// (the bytes past the cut given) rebuild that part exactly. Mode 3: sums straight from the input (parse_small_sums)
-// against input bytes: any ops (after take_edges, with input bytes past the edges) cover the bytes exactly and copy
-// only inside the blocks described.
+// (the bytes past the cut given; blocks of 1-8 KiB) rebuild that part exactly. Mode 3: sums straight from the input
+// (parse_small_sums) against input bytes: any ops (after take_edges, with input bytes past the edges) cover the bytes
+// exactly and copy only inside the blocks described.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -135,11 +135,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         // (A false match of both sums would fail here: 64 bits of sums per block.)
         FUZZ_CHECK(rebuilt == file);
         // The file cut in two at an input offset, as at a chunk's edge: each part's ops,
-        // with take_edges given the bytes past its edge, still rebuild it exactly.
-        const small_index index(told);
+        // with take_edges given the bytes past its edge, still rebuild it exactly. In
+        // blocks of 1 to 8 KiB (a larger file's), from the input.
+        small_sums coarse;
+        coarse.block_size = told.block_size << (basis_size >> 40) % 4;
+        for (std::size_t at = 0; at + coarse.block_size <= basis.size(); at += coarse.block_size) {
+            coarse.blocks.push_back(small_block_sum(std::span(basis).subspan(at, coarse.block_size)));
+        }
+        if (coarse.blocks.empty()) {
+            return 0;
+        }
+        const small_index index(std::move(coarse));
+        const std::size_t b = index.sums().block_size;
         const std::size_t cut = static_cast<std::size_t>(basis_size >> 33) % (file.size() + 1);
         const std::span<const std::uint8_t> all(file);
-        const std::size_t b = told.block_size;
         for (int part = 0; part < 2; ++part) {
             const std::span<const std::uint8_t> piece = part == 0 ? all.first(cut) : all.subspan(cut);
             const std::span<const std::uint8_t> before =
