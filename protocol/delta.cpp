@@ -352,11 +352,12 @@ bool decode_delta(std::span<const std::uint8_t> payload, std::uint32_t raw_len, 
 
 std::uint32_t small_block_size(std::uint64_t basis_size) {
     std::uint32_t b = min_small_block;
-    // About the square root of the size, as rsync's blocks: the sums cost 8 bytes a block
-    // and an edit costs a block or two, so 1 KiB blocks for a 16 MiB file cost 128 KiB of
-    // sums where an edit costs 2 KiB. (At most small_delta_max_probe_block: small_delta
-    // jumps over new bytes only with blocks up to that.)
-    while (b < small_delta_max_probe_block && std::uint64_t{2 * b} * (2 * b) <= basis_size) {
+    // About the square root of the size (the power of two nearest to it), as rsync's
+    // blocks: the sums cost 8 bytes a block and an edit costs a block, so 1 KiB blocks for
+    // a 16 MiB file cost 128 KiB of sums where an edit costs 1 KiB. (At most
+    // small_delta_max_probe_block: small_delta jumps over new bytes only with blocks up
+    // to that.)
+    while (b < small_delta_max_probe_block && std::uint64_t{2 * b} * (2 * b) <= 2 * basis_size) {
         b *= 2;
     }
     while (b < chunk_size && basis_size / b > max_small_blocks) {

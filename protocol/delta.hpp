@@ -228,9 +228,10 @@ inline constexpr std::size_t max_small_blocks = 16384;  // (protocol 18; 4,096 b
 inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 
 // The block size for an older version of `basis_size` bytes: the largest power of two
-// from min_small_block up to small_delta_max_probe_block whose square is at most
-// `basis_size` (2 KiB for 4 MiB, 4 KiB from 16 MiB), or, where that makes more than
-// max_small_blocks blocks, the smallest power of two that makes at most that many.
+// from min_small_block up to small_delta_max_probe_block whose square is at most twice
+// `basis_size` (the nearest to its square root: 2 KiB from 2 MiB, 4 KiB from 8 MiB), or,
+// where that makes more than max_small_blocks blocks, the smallest power of two that
+// makes at most that many.
 std::uint32_t small_block_size(std::uint64_t basis_size);
 
 // Blocks a sender takes for a file of `new_size` bytes (a basis much larger than the new

@@ -370,10 +370,12 @@ TEST_F(sync_push, a_file_changed_in_place_sends_only_the_chunks_that_differ) {
     auto ev = json_events(r.out);
     EXPECT_EQ(paths_of(ev, "updated"), (paths{"big.bin"}));
     nlohmann::json done = find_event(ev, "done");
-    // Of chunk 5, only the two blocks of 1 KiB the edit touched (the older version's small
-    // blocks, SmallSums): the other chunks are DST's as they are.
-    EXPECT_EQ(done["bytes_transferred"], 2 * 1024);
-    EXPECT_EQ(done["bytes_matched"], 12 * chunk + 100 - 2 * 1024);
+    // Of chunk 5, only the two small blocks the edit touched (the older version's, of
+    // 2 KiB for 3 MiB: SmallSums): the other chunks are DST's as they are.
+    const std::uint32_t block = ferry::small_block_size(12 * chunk + 100);
+    EXPECT_EQ(block, 2048u);
+    EXPECT_EQ(done["bytes_transferred"], 2 * block);
+    EXPECT_EQ(done["bytes_matched"], 12 * chunk + 100 - 2 * block);
     EXPECT_LT(done["wire_bytes_sent"].get<std::uint64_t>(), 16 * 1024u);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
@@ -603,7 +605,7 @@ TEST_F(sync_push, edits_to_a_larger_file_cost_about_a_small_block_each) {
     // before protocol 18: 2 MiB), and blocks of about the file's square root (4 KiB), so
     // that the sums cost little more than the edits: 4,096 blocks of 8 bytes (1 KiB blocks
     // cost 128 KiB of sums where the edits cost 16 KiB).
-    const std::uint32_t block = ferry::small_block_size(data.size());
+    const std::uint32_t block = ferry::small_block_size((16 << 20) + 5);  // the receiver's (its version's size)
     EXPECT_EQ(block, 4096u);
     EXPECT_LE(done["bytes_transferred"].get<std::uint64_t>(), 8 * 2 * block) << done;
     EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 64u * 1024) << done;
@@ -628,8 +630,8 @@ TEST_F(sync_push, an_insertion_costs_one_small_block_whatever_chunk_edges_it_shi
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(src, share / "site"), "");
     nlohmann::json done = find_event(json_events(r.out), "done");
-    const std::uint32_t block = ferry::small_block_size(data.size());
-    EXPECT_EQ(block, 2048u);
+    const std::uint32_t block = ferry::small_block_size(8 << 20);  // the receiver's (its version's size)
+    EXPECT_EQ(block, 4096u);
     // (And the file's last 60 bytes, its last chunk: less than a copy costs.)
     EXPECT_LE(done["bytes_transferred"].get<std::uint64_t>(), inserts * (block + 10) + 60) << done;
     EXPECT_TRUE(no_partial_files(share));
@@ -2881,7 +2883,7 @@ TEST_F(sync_pull, an_interrupted_delta_is_a_delta_again_when_it_resumes) {
     // What the attempt left is kept, and the rest is a delta: about a small block an
     // insertion.
     EXPECT_LT(done["bytes_transferred"].get<std::uint64_t>(),
-              2 * chunks * (ferry::small_block_size(data.size()) + 10) + 1024)
+              2 * chunks * (ferry::small_block_size(chunks * 256 * 1024) + 10) + 1024)
         << done;
     EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>() + done["bytes_transferred"].get<std::uint64_t>(), data.size())
         << done;

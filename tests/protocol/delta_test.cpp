@@ -328,8 +328,11 @@ small_result small_round_trip(const bytes& basis, const bytes& file) {
 
 TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem) {
     EXPECT_EQ(small_block_size(2048), min_small_block);
-    EXPECT_EQ(small_block_size((4 << 20) - 1), 1024u);  // the square root: 2,048 bytes less a bit
+    EXPECT_EQ(small_block_size((2 << 20) - 1), 1024u);  // the square root: 1,448 bytes less a bit
+    EXPECT_EQ(small_block_size(2 << 20), 2048u);        // 1,448: nearer 2 KiB than 1 KiB
     EXPECT_EQ(small_block_size(4 << 20), 2048u);
+    EXPECT_EQ(small_block_size((8 << 20) - 1), 2048u);
+    EXPECT_EQ(small_block_size(8 << 20), 4096u);
     EXPECT_EQ(small_block_size(16 << 20), 4096u);
     EXPECT_EQ(small_block_size(std::uint64_t{64} << 20), small_delta_max_probe_block);  // 16,384 blocks
     EXPECT_EQ(small_block_size((std::uint64_t{64} << 20) + 4096), 8192u);               // 16,385 blocks of 4 KiB
@@ -490,7 +493,7 @@ TEST(SmallDelta, BlocksCutByAChunksEdgeAreTakenWhole) {
     const bytes basis = random_bytes(4 * 1024 * 1024, 14);
     const small_index index(describe_small(basis));
     const std::uint32_t b = index.sums().block_size;
-    ASSERT_EQ(b, 2048u);
+    ASSERT_EQ(b, 2048u);  // (the receiver's, for 4 MiB)
     bytes file = basis;
     file.insert(file.begin() + 5000, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
     std::uint64_t literal = 0;
