@@ -285,7 +285,8 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     if (out.repaired > 0) {
         // (Written again since the record, as a file seeded with DST's older version
         // replaces its chunks, or damaged.)
-        out.note += ", " + std::to_string(out.repaired) + " recorded chunk(s) changed or damaged since: sent again";
+        out.note += ", " + std::to_string(out.repaired) +
+                    " recorded chunk(s) no longer as recorded (written again after the record, or damaged): sent again";
     }
     if (!bytes.empty() && !record) {
         out.note += " (resume record unreadable: " + why + "; every chunk checked by the sender)";

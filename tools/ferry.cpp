@@ -408,7 +408,10 @@ std::string skipped_note(const ferry::transfer_report& r) {
         // (An interrupted attempt's partial files, and for a sync the older versions and
         // renamed files the new ones started from: the receiver cannot tell them apart.)
         out += "; " + human_bytes(r.resumed_bytes) +
-               " of changed files already there and kept (an interrupted attempt's, or an older version's)";
+               " of changed files already there in place and kept (an interrupted attempt's, or an older version's)";
+    }
+    if (r.delta_copied > 0) {
+        out += "; " + human_bytes(r.delta_copied) + " copied from older versions there (a delta)";
     }
     return out;
 }
@@ -624,8 +627,9 @@ ferry::node_events base_events(const common_opts& o) {
     ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
                       std::uint64_t files) {
         if (direction == "send") {
-            say("resuming: the receiver still has " + human_bytes(bytes) + " of " + std::to_string(files) +
-                " interrupted file(s); each chunk is checked before it is skipped");
+            say("resuming: the receiver has " + human_bytes(bytes) + " of " + std::to_string(files) +
+                " changed file(s) already (an interrupted attempt's, or an older version's); each chunk is "
+                "checked before it is skipped");
         }
         emit(o, resumed_event(direction, session, bytes, files));
     };
