@@ -299,6 +299,7 @@ inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;
 inline constexpr std::size_t small_delta_max_probe_block = 4 * 1024;
 inline constexpr std::uint64_t small_delta_max_false_alarms = 256;
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index);
+std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)
 
 // A chunk's edges. Bytes inserted or removed earlier in a file shift every later block of
 // the older version off the chunks' edges: a chunk then ends with the first part of a
@@ -319,6 +320,5 @@ struct edge_lengths {
 edge_lengths edge_literals(std::span<const delta_op> ops, std::uint32_t chunk_len, std::uint32_t block_size);
 void take_edges(std::vector<delta_op>& ops, std::span<const std::uint8_t> data, std::span<const std::uint8_t> before,
                 std::span<const std::uint8_t> after, const small_index& index);
-std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)
 
 }  // namespace ferry
