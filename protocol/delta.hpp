@@ -229,7 +229,7 @@ inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 
 // The block size for an older version of `basis_size` bytes: the largest power of two
 // from min_small_block up to small_delta_max_probe_block whose square is at most twice
-// `basis_size` (the nearest to its square root: 2 KiB from 2 MiB, 4 KiB from 8 MiB), or,
+// `basis_size` (the nearest to its square root: 2 KiB from 2 MiB, 4 KiB from 8 MiB, 8 KiB from 32 MiB), or,
 // where that makes more than max_small_blocks blocks, the smallest power of two that
 // makes at most that many.
 std::uint32_t small_block_size(std::uint64_t basis_size);
@@ -296,7 +296,7 @@ class small_index {
 inline constexpr std::uint64_t small_delta_literal_slack = 16 * 1024;
 inline constexpr std::size_t small_delta_probe_stride = 8 * 1024;
 inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;
-inline constexpr std::size_t small_delta_max_probe_block = 4 * 1024;
+inline constexpr std::size_t small_delta_max_probe_block = 8 * 1024;
 inline constexpr std::uint64_t small_delta_max_false_alarms = 256;
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index);
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)
