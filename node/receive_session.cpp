@@ -325,7 +325,7 @@ std::optional<digest128> one_chunk_digest(dest_tree& tree, const entry_info& e, 
 
 // What a sync's changed one-chunk file `e` may start from at DST, read once there: the
 // digest of DST's file when it has e.size bytes and may keep them (one_chunk_digest's
-// rules: CODEC_SAME), and its sums in small blocks when both versions have 2 KiB or more
+// rules: CODEC_SAME), and its sums in small blocks when both versions have 1 KiB or more
 // (the sender sends a CODEC_DELTA of them): of its first small_delta_max_basis bytes, when
 // it is larger (a file cut short). `size_there`: that file's size, from the look.
 struct small_basis {
@@ -336,7 +336,7 @@ struct small_basis {
 bool small_delta_candidate(const entry_info& e, std::uint64_t size_there) {
     // (A file of resume_min_chunks chunks or more starts from a copy of DST's version, and
     // its sums in small blocks go with that version's: seeded_sums.)
-    // (Its blocks are of 1 KiB: at most half of e.)
+    // (Its blocks are of min_small_block and more: at most half of e.)
     static_assert(small_delta_max_basis / min_small_block <= max_small_blocks &&
                   min_small_block <= small_delta_min_size / 2);
     return e.size >= small_delta_min_size && !resumable(e) && size_there >= small_delta_min_size;
@@ -355,8 +355,8 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         !small_delta_candidate(e, static_cast<std::uint64_t>(st.st_size))) {
         return out;
     }
-    // (Of a version larger than the new file, only the blocks a sender takes: its blocks
-    // are of 1 KiB, min_small_block, whatever the version's size here.)
+    // (Of a version larger than the new file, only the blocks a sender takes for blocks of
+    // min_small_block, whatever their size turns out to be.)
     const auto size = std::min({static_cast<std::uint64_t>(st.st_size), small_delta_max_basis,
                                 max_small_blocks_for(e.size, min_small_block) * min_small_block});
     // One buffer per worker thread, kept: a fresh one per file would fault in its pages
@@ -370,7 +370,8 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
     if (static_cast<std::uint64_t>(st.st_size) == e.size && size <= chunk_size && changes_in_place(st)) {
         out.same_as = hash_chunk(bytes);
     }
-    out.sums = describe_small(bytes);
+    out.sums =
+        describe_small(bytes, static_cast<std::uint64_t>(st.st_size) == e.size ? same_size_min_block : min_small_block);
     return out;
 }
 
@@ -1576,7 +1577,7 @@ void receive_session::next_offer() {
         // changed in place): the digest of DST's file goes with the accept, and a sender
         // whose chunk is the same sends none of its bytes (CODEC_SAME: the file keeps its
         // bytes and takes SRC's mode and mtime). One that differs costs this read, and comes
-        // as any other. And one of 2 KiB to 1 MiB at DST (a file edited at SRC): its sums in
+        // as any other. And one of 1 KiB to 1 MiB at DST (a file edited at SRC): its sums in
         // small blocks go with the accept, and the sender sends what it finds of them as
         // copies (CODEC_DELTA).
         auto basis_candidate = [&](const entry_info& e, bool identical_there, bool there, std::uint64_t size) {

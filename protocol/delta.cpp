@@ -350,8 +350,8 @@ bool decode_delta(std::span<const std::uint8_t> payload, std::uint32_t raw_len, 
     return at == raw_len;
 }
 
-std::uint32_t small_block_size(std::uint64_t basis_size) {
-    std::uint32_t b = min_small_block;
+std::uint32_t small_block_size(std::uint64_t basis_size, std::uint32_t min_block) {
+    std::uint32_t b = min_block;
     // About the square root of the size (the power of two nearest to it), as rsync's
     // blocks: the sums cost 8 bytes a block and an edit costs a block, so 1 KiB blocks for
     // a 16 MiB file cost 128 KiB of sums where an edit costs 1 KiB. (At most
@@ -389,9 +389,9 @@ std::uint32_t weak_sum_and_small(std::span<const std::uint8_t> block, std::uint3
     return rolling_sum::mix(a, static_cast<std::uint32_t>(block.size()) * a - weighted);
 }
 
-small_sums describe_small(std::span<const std::uint8_t> basis) {
+small_sums describe_small(std::span<const std::uint8_t> basis, std::uint32_t min_block) {
     small_sums out;
-    out.block_size = small_block_size(basis.size());
+    out.block_size = small_block_size(basis.size(), min_block);
     out.blocks.reserve(basis.size() / out.block_size);
     for (std::size_t at = 0; at + out.block_size <= basis.size(); at += out.block_size) {
         out.blocks.push_back(small_block_sum(basis.subspan(at, out.block_size)));

@@ -218,9 +218,13 @@ struct small_sums {
 // Sizes (of the older version and of the new one) that small sums are for: smaller files
 // cost little to send whole, and an older version is read into memory (its first
 // small_delta_max_basis bytes, when it is larger).
-inline constexpr std::uint64_t small_delta_min_size = 2 * 1024;
+inline constexpr std::uint64_t small_delta_min_size = 1024;
 inline constexpr std::uint64_t small_delta_max_basis = 4 * chunk_size;
-inline constexpr std::uint32_t min_small_block = 1024;
+inline constexpr std::uint32_t min_small_block = 256;  // (protocol 19; 1 KiB before)
+// An older version of the same size as the new one was most likely only touched, or
+// overwritten in place, and then its sums are most of what travels: blocks of at least
+// this many bytes (sums of 0.8 % of its size; 3.1 % with 256-byte blocks).
+inline constexpr std::uint32_t same_size_min_block = 1024;
 inline constexpr std::size_t max_small_blocks = 16384;  // (protocol 18; 4,096 before)
 // A larger file's older version (the block delta's basis, BasisSums) is told in small
 // blocks too, when they are at most this large (a version of at most 1 GiB): the sender
@@ -228,11 +232,12 @@ inline constexpr std::size_t max_small_blocks = 16384;  // (protocol 18; 4,096 b
 inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 
 // The block size for an older version of `basis_size` bytes: the largest power of two
-// from min_small_block up to small_delta_max_probe_block whose square is at most twice
-// `basis_size` (the nearest to its square root: 2 KiB from 2 MiB, 4 KiB from 8 MiB, 8 KiB from 32 MiB), or,
-// where that makes more than max_small_blocks blocks, the smallest power of two that
+// from `min_block` (min_small_block or more) up to small_delta_max_probe_block whose
+// square is at most twice `basis_size` (the nearest to its square root: 512 bytes from
+// 128 KiB, 1 KiB from 512 KiB, 2 KiB from 2 MiB, 4 KiB from 8 MiB, 8 KiB from 32 MiB),
+// or, where that makes more than max_small_blocks blocks, the smallest power of two that
 // makes at most that many.
-std::uint32_t small_block_size(std::uint64_t basis_size);
+std::uint32_t small_block_size(std::uint64_t basis_size, std::uint32_t min_block = min_small_block);
 
 // Blocks a sender takes for a file of `new_size` bytes (a basis much larger than the new
 // version is of little use): a receiver cannot make it hold more than a few bytes per KiB
@@ -251,8 +256,9 @@ std::uint64_t small_block_sum(std::span<const std::uint8_t> block);
 std::uint32_t weak_sum_and_small(std::span<const std::uint8_t> block, std::uint32_t part,
                                  std::span<std::uint64_t> fine);
 
-// The sums of `basis` (the receiver's older version) in blocks of small_block_size.
-small_sums describe_small(std::span<const std::uint8_t> basis);
+// The sums of `basis` (the receiver's older version) in blocks of
+// small_block_size(its size, min_block).
+small_sums describe_small(std::span<const std::uint8_t> basis, std::uint32_t min_block = min_small_block);
 
 // One file's part of a SmallSums payload: 8 bytes per block, little endian, the weak sum
 // first (appended to `out`).

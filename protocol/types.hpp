@@ -44,8 +44,9 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // delta's older version too, and bounded as max_small_blocks_for says (a 16 peer refuses
 // those, and sends more blocks than a 17 one takes); 18: up to 16,384 small blocks a file
 // (4,096 before), so that versions up to 1 GiB are told in blocks of at most 64 KiB (a 17
-// peer refuses more than 4,096).
-inline constexpr std::uint32_t protocol_version = 18;
+// peer refuses more than 4,096); 19: small blocks from 256 bytes (1 KiB before), for
+// files from 1 KiB (2 KiB before; an 18 peer refuses blocks under 1 KiB).
+inline constexpr std::uint32_t protocol_version = 19;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

@@ -13,9 +13,9 @@
 // the basis's sums go through put_small_sums and parse_small_sums, and the ops small_delta
 // gives, if any, rebuild the file exactly from the basis through encode_delta and
 // decode_delta; the file cut in two at an input offset, each part's ops with take_edges
-// (the bytes past the cut given; blocks of 1-8 KiB) rebuild that part exactly. Mode 3: sums straight from the input
-// (parse_small_sums) against input bytes: any ops (after take_edges, with input bytes past the edges) cover the bytes
-// exactly and copy only inside the blocks described.
+// (the bytes past the cut given; blocks of 1-8 times the basis's own) rebuild that part exactly. Mode 3: sums straight
+// from the input (parse_small_sums) against input bytes: any ops (after take_edges, with input bytes past the edges)
+// cover the bytes exactly and copy only inside the blocks described.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -136,7 +136,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         FUZZ_CHECK(rebuilt == file);
         // The file cut in two at an input offset, as at a chunk's edge: each part's ops,
         // with take_edges given the bytes past its edge, still rebuild it exactly. In
-        // blocks of 1 to 8 KiB (a larger file's), from the input.
+        // blocks of one to eight times the basis's own (as a larger file's), from the input.
         small_sums coarse;
         coarse.block_size = told.block_size << (basis_size >> 40) % 4;
         for (std::size_t at = 0; at + coarse.block_size <= basis.size(); at += coarse.block_size) {

@@ -328,6 +328,12 @@ small_result small_round_trip(const bytes& basis, const bytes& file) {
 
 TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem) {
     EXPECT_EQ(small_block_size(2048), min_small_block);
+    EXPECT_EQ(small_block_size((128 << 10) - 1), 256u);
+    EXPECT_EQ(small_block_size(128 << 10), 512u);  // the square root: 362 bytes
+    EXPECT_EQ(small_block_size((512 << 10) - 1), 512u);
+    EXPECT_EQ(small_block_size(512 << 10), 1024u);
+    EXPECT_EQ(small_block_size(2048, same_size_min_block), 1024u);
+    EXPECT_EQ(small_block_size(4 << 20, same_size_min_block), 2048u);
     EXPECT_EQ(small_block_size((2 << 20) - 1), 1024u);  // the square root: 1,448 bytes less a bit
     EXPECT_EQ(small_block_size(2 << 20), 2048u);        // 1,448: nearer 2 KiB than 1 KiB
     EXPECT_EQ(small_block_size(4 << 20), 2048u);
@@ -343,8 +349,11 @@ TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem)
     EXPECT_EQ(max_small_blocks_for(2048, 1024), 20u);  // a new version of 2 KiB
     EXPECT_EQ(max_small_blocks_for(std::uint64_t{1} << 30, 1024), max_small_blocks);
     small_sums s = describe_small(random_bytes(10000, 1));
+    EXPECT_EQ(s.block_size, 256u);
+    EXPECT_EQ(s.blocks.size(), 39u);  // full blocks only
+    s = describe_small(random_bytes(10000, 1), same_size_min_block);
     EXPECT_EQ(s.block_size, 1024u);
-    EXPECT_EQ(s.blocks.size(), 9u);  // full blocks only
+    EXPECT_EQ(s.blocks.size(), 9u);
 }
 
 TEST(SmallDelta, ABlocksWeakSumMadeFromItsPartsIsItsOwn) {
@@ -555,7 +564,8 @@ TEST(SmallDelta, MalformedSumsAreRefused) {
     EXPECT_FALSE(parse(1024, 0));                           // no block
     EXPECT_FALSE(parse(1024, 12));                          // not whole entries
     EXPECT_FALSE(parse(1024, 8 * (max_small_blocks + 1)));  // too many
-    EXPECT_FALSE(parse(512, 8));                            // too small a block
+    EXPECT_TRUE(parse(min_small_block, 8));
+    EXPECT_FALSE(parse(min_small_block / 2, 8));            // too small a block
     EXPECT_FALSE(parse(3000, 8));                           // not a power of two
     EXPECT_FALSE(parse(2 * max_fine_block, 8));             // too large
 }
