@@ -225,9 +225,9 @@ inline constexpr std::uint32_t min_small_block = 256;  // (protocol 19; 1 KiB be
 // overwritten in place, and then its sums are most of what travels: blocks of at least
 // this many bytes (sums of 0.8 % of its size; 3.1 % with 256-byte blocks).
 inline constexpr std::uint32_t same_size_min_block = 1024;
-inline constexpr std::size_t max_small_blocks = 16384;  // (protocol 18; 4,096 before)
+inline constexpr std::size_t max_small_blocks = 32768;  // (protocol 19; 16,384 in 18, 4,096 before)
 // A larger file's older version (the block delta's basis, BasisSums) is told in small
-// blocks too, when they are at most this large (a version of at most 1 GiB): the sender
+// blocks too, when they are at most this large (a version of at most 2 GiB): the sender
 // matches them over the chunks that its pass over chunk_size blocks leaves with new bytes.
 inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 

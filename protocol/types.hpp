@@ -45,7 +45,8 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // those, and sends more blocks than a 17 one takes); 18: up to 16,384 small blocks a file
 // (4,096 before), so that versions up to 1 GiB are told in blocks of at most 64 KiB (a 17
 // peer refuses more than 4,096); 19: small blocks from 256 bytes (1 KiB before), for
-// files from 1 KiB (2 KiB before; an 18 peer refuses blocks under 1 KiB).
+// files from 1 KiB (2 KiB before), and up to 32,768 of them (versions up to 2 GiB; an 18
+// peer refuses blocks under 1 KiB and more than 16,384).
 inline constexpr std::uint32_t protocol_version = 19;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).

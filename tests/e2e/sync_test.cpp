@@ -623,8 +623,8 @@ TEST_F(sync_push, a_file_cut_short_costs_little) {
     EXPECT_TRUE(no_partial_files(share));
 }
 
-// A larger file's older version is told in small blocks too (up to 16,384 since protocol
-// 18): a version of 16 MiB in blocks of 4 KiB (about the square root of its size), so
+// A larger file's older version is told in small blocks too (up to 32,768 since protocol
+// 19): a version of 16 MiB in blocks of 4 KiB (about the square root of its size), so
 // that an edit costs about that, and the sums about what the edits do.
 TEST_F(sync_push, edits_to_a_larger_file_cost_about_a_small_block_each) {
     serve();

@@ -342,10 +342,11 @@ TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem)
     EXPECT_EQ(small_block_size(16 << 20), 4096u);
     EXPECT_EQ(small_block_size((32 << 20) - 1), 4096u);
     EXPECT_EQ(small_block_size(32 << 20), small_delta_max_probe_block);      // 8 KiB: as large as they go
-    EXPECT_EQ(small_block_size(std::uint64_t{128} << 20), 8192u);            // 16,384 blocks
-    EXPECT_EQ(small_block_size((std::uint64_t{128} << 20) + 8192), 16384u);  // 16,385 blocks of 8 KiB
-    EXPECT_EQ(small_block_size(std::uint64_t{256} << 20), 16 * 1024u);
-    EXPECT_EQ(small_block_size(std::uint64_t{1} << 30), max_fine_block);
+    EXPECT_EQ(small_block_size(std::uint64_t{256} << 20), 8192u);            // 32,768 blocks
+    EXPECT_EQ(small_block_size((std::uint64_t{256} << 20) + 8192), 16384u);  // 32,769 blocks of 8 KiB
+    EXPECT_EQ(small_block_size(std::uint64_t{512} << 20), 16 * 1024u);
+    EXPECT_EQ(small_block_size(std::uint64_t{1} << 30), 32 * 1024u);
+    EXPECT_EQ(small_block_size(std::uint64_t{2} << 30), max_fine_block);
     EXPECT_EQ(max_small_blocks_for(2048, 1024), 20u);  // a new version of 2 KiB
     EXPECT_EQ(max_small_blocks_for(std::uint64_t{1} << 30, 1024), max_small_blocks);
     small_sums s = describe_small(random_bytes(10000, 1));
