@@ -223,8 +223,8 @@ inline constexpr std::uint64_t small_delta_max_basis = 4 * chunk_size;
 inline constexpr std::uint32_t min_small_block = 256;  // (protocol 19; 1 KiB before)
 // An older version of the same size as the new one was most likely only touched, or
 // overwritten in place, and then its sums are most of what travels: blocks of at least
-// this many bytes (sums of 0.8 % of its size; 3.1 % with 256-byte blocks).
-inline constexpr std::uint32_t same_size_min_block = 1024;
+// this many bytes (sums of 1.6 % of its size; 3.1 % with 256-byte blocks).
+inline constexpr std::uint32_t same_size_min_block = 512;
 inline constexpr std::size_t max_small_blocks = 32768;  // (protocol 19; 16,384 in 18, 4,096 before)
 // A larger file's older version (the block delta's basis, BasisSums) is told in small
 // blocks too, when they are at most this large (a version of at most 2 GiB): the sender
@@ -233,10 +233,10 @@ inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 
 // The block size for an older version of `basis_size` bytes: the largest power of two
 // from `min_block` (min_small_block or more) up to small_delta_max_probe_block whose
-// square is at most twice `basis_size` (the nearest to its square root: 512 bytes from
-// 128 KiB, 1 KiB from 512 KiB, 2 KiB from 2 MiB, 4 KiB from 8 MiB, 8 KiB from 32 MiB),
-// or, where that makes more than max_small_blocks blocks, the smallest power of two that
-// makes at most that many.
+// square is at most twice `basis_size` (the nearest to its square root: 2 KiB from
+// 2 MiB, 4 KiB from 8 MiB, 8 KiB from 32 MiB), up to 1 KiB the nearest to twice its
+// square root (512 bytes from 32 KiB, 1 KiB from 128 KiB), or, where that makes more
+// than max_small_blocks blocks, the smallest power of two that makes at most that many.
 std::uint32_t small_block_size(std::uint64_t basis_size, std::uint32_t min_block = min_small_block);
 
 // Blocks a sender takes for a file of `new_size` bytes (a basis much larger than the new

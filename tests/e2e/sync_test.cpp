@@ -521,38 +521,38 @@ TEST_F(sync_push, edits_to_small_files_cost_about_a_block_each) {
 // Lines inserted into and taken out of small text files (a source tree's edits) change
 // their sizes: their older versions are told in blocks of 256 bytes, so each edit costs
 // about 256 bytes, not 1 KiB. Files only touched keep their size, and are told in blocks
-// of 1 KiB, so that their sums cost little.
+// of 512 bytes, so that their sums cost less.
 TEST_F(sync_push, an_edit_that_changes_a_small_files_size_costs_a_256_byte_block) {
     serve();
     for (int i = 0; i < 4; ++i) {
-        write_random_file(src / ("edited-" + std::to_string(i) + ".c"), 40'000, 60 + i);
+        write_random_file(src / ("edited-" + std::to_string(i) + ".c"), 20'000, 60 + i);
     }
-    for (int i = 0; i < 16; ++i) {
-        write_random_file(src / ("touched-" + std::to_string(i) + ".c"), 100'000, 70 + i);
+    for (int i = 0; i < 32; ++i) {
+        write_random_file(src / ("touched-" + std::to_string(i) + ".c"), 20'000, 70 + i);
     }
     ASSERT_EQ(sync({}).code, 0);
     for (int i = 0; i < 4; ++i) {
         const fs::path p = src / ("edited-" + std::to_string(i) + ".c");
         std::string data = read_text_file(p);
-        data.insert(30'000, "/* a line inserted */\n");  // 22 bytes
-        data.erase(10'000, 15);
+        data.insert(15'000, "/* a line inserted */\n");  // 22 bytes
+        data.erase(5'000, 15);
         write_text_file(p, data);
     }
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < 32; ++i) {
         set_mtime(src / ("touched-" + std::to_string(i) + ".c"), 1'700'000'000);
     }
     run_result r = sync({"--compress", "never"});
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(compare_trees(src, share / "site"), "");
     nlohmann::json done = find_event(json_events(r.out), "done");
-    EXPECT_EQ(done["updated"], 20) << done;
+    EXPECT_EQ(done["updated"], 36) << done;
     // Each edit: its bytes and the block it falls in, or two (1 KiB blocks: 4 x 2,071).
     const std::uint64_t sent = done["bytes_transferred"];
     EXPECT_GE(sent, 4u * 22);
     EXPECT_LE(sent, 4u * (22 + 2 * 2 * 256)) << done;
-    // The touched files' sums: 97 blocks of 8 bytes each, where 256-byte blocks would be
-    // 390 (49,920 bytes for the 16).
-    EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 16u * 97 * 8 + 4 * 156 * 8 + 8'000) << done;
+    // The touched files' sums: 39 blocks of 8 bytes each, where 256-byte blocks would be
+    // 78 (19,968 bytes for the 32).
+    EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 32u * 39 * 8 + 4 * 78 * 8 + 8'000) << done;
     EXPECT_TRUE(no_partial_files(share));
 }
 
@@ -2013,7 +2013,7 @@ TEST_F(sync_pull, edits_to_small_files_cost_about_a_block_each_as_for_a_push) {
     EXPECT_EQ(compare_trees(site, dst), "");
     nlohmann::json done = find_event(json_events(r.out), "done");
     const std::uint64_t sent = done["bytes_transferred"];
-    EXPECT_LT(sent, 2 * 256 + 4 * 512u) << done;  // blocks of 256 and 512 bytes (their sizes changed)
+    EXPECT_LT(sent, 2 * 512 + 4 * 1024u) << done;  // blocks of 512 bytes and 1 KiB (their sizes changed)
     EXPECT_EQ(done["bytes_matched"].get<std::uint64_t>(), a.size() + b.size() - sent) << done;
     EXPECT_LT(done["wire_bytes_received"].get<std::uint64_t>(), 30'000u) << done;
 }

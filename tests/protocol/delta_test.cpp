@@ -328,11 +328,12 @@ small_result small_round_trip(const bytes& basis, const bytes& file) {
 
 TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem) {
     EXPECT_EQ(small_block_size(2048), min_small_block);
-    EXPECT_EQ(small_block_size((128 << 10) - 1), 256u);
-    EXPECT_EQ(small_block_size(128 << 10), 512u);  // the square root: 362 bytes
-    EXPECT_EQ(small_block_size((512 << 10) - 1), 512u);
+    EXPECT_EQ(small_block_size((32 << 10) - 1), 256u);
+    EXPECT_EQ(small_block_size(32 << 10), 512u);  // twice the square root: 362 bytes
+    EXPECT_EQ(small_block_size((128 << 10) - 1), 512u);
+    EXPECT_EQ(small_block_size(128 << 10), 1024u);
     EXPECT_EQ(small_block_size(512 << 10), 1024u);
-    EXPECT_EQ(small_block_size(2048, same_size_min_block), 1024u);
+    EXPECT_EQ(small_block_size(2048, same_size_min_block), 512u);
     EXPECT_EQ(small_block_size(4 << 20, same_size_min_block), 2048u);
     EXPECT_EQ(small_block_size((2 << 20) - 1), 1024u);  // the square root: 1,448 bytes less a bit
     EXPECT_EQ(small_block_size(2 << 20), 2048u);        // 1,448: nearer 2 KiB than 1 KiB
@@ -353,8 +354,8 @@ TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem)
     EXPECT_EQ(s.block_size, 256u);
     EXPECT_EQ(s.blocks.size(), 39u);  // full blocks only
     s = describe_small(random_bytes(10000, 1), same_size_min_block);
-    EXPECT_EQ(s.block_size, 1024u);
-    EXPECT_EQ(s.blocks.size(), 9u);
+    EXPECT_EQ(s.block_size, 512u);
+    EXPECT_EQ(s.blocks.size(), 19u);
 }
 
 TEST(SmallDelta, ABlocksWeakSumMadeFromItsPartsIsItsOwn) {
