@@ -791,8 +791,20 @@ int cmd_trust(const common_opts& o, const trust_opts& t) {
     }
     store.set_details(*id, t.address, shares);
     store.save();
-    say("trusted " + ferry::format_node_id(*id) + (kept_name.empty() ? "" : " as \"" + kept_name + "\""));
-    emit(o, {{"event", "trusted"}, {"id", ferry::format_node_id(*id)}, {"name", kept_name}});
+    // A peer trusted before under another name or address: said, since the old name no
+    // longer finds it (NAME:SHARE).
+    std::string changes;
+    json event = {{"event", "trusted"}, {"id", ferry::format_node_id(*id)}, {"name", kept_name}};
+    if (before && !before->name.empty() && before->name != kept_name) {
+        changes += "; it was \"" + before->name + "\", a name that now names no peer";
+        event["renamed_from"] = before->name;
+    }
+    if (before && t.address && !before->address.empty() && before->address != *t.address) {
+        changes += "; its address was " + before->address;
+        event["address_was"] = before->address;
+    }
+    say("trusted " + ferry::format_node_id(*id) + (kept_name.empty() ? "" : " as \"" + kept_name + "\"") + changes);
+    emit(o, event);
     return 0;
 }
 

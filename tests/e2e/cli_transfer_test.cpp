@@ -703,6 +703,13 @@ TEST_F(cli_transfer, refused_connection_and_bad_input_give_clear_errors) {
     EXPECT_EQ(again.code, 0) << again.err;
     EXPECT_EQ(last_json_line(again.out)["name"], "desk") << again.out;
     EXPECT_NE(again.err.find("as \"desk\""), std::string::npos) << again.err;
+    EXPECT_FALSE(last_json_line(again.out).contains("renamed_from")) << again.out;
+    // Trusted again under another name: the old name names no peer now, and the output
+    // says so (a user's script that still used it was puzzled).
+    run_result renamed = cli.ferry({"trust", "--state", cli.state("B").string(), a_id, "--name", "desk2", "--json"});
+    EXPECT_EQ(renamed.code, 0) << renamed.err;
+    EXPECT_EQ(last_json_line(renamed.out)["renamed_from"], "desk") << renamed.out;
+    EXPECT_NE(renamed.err.find("it was \"desk\", a name that now names no peer"), std::string::npos) << renamed.err;
     {
         // A state folder another user may write is refused (they could trust themselves or
         // replace the key); it was taken as it was.
