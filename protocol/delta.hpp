@@ -240,8 +240,8 @@ inline constexpr std::uint32_t max_fine_block = 64 * 1024;
 std::uint32_t small_block_size(std::uint64_t basis_size, std::uint32_t min_block = min_small_block);
 
 // Blocks a sender takes for a file of `new_size` bytes (a basis much larger than the new
-// version is of little use): a receiver cannot make it hold more than a few bytes per KiB
-// of the files it sends.
+// version is of little use): a receiver cannot make it hold more than 64 bytes of sums
+// per KiB of the files it sends (with 256-byte blocks; 16 with 1 KiB ones).
 constexpr std::uint64_t max_small_blocks_for(std::uint64_t new_size, std::uint32_t block_size) {
     const std::uint64_t bound = 2 * (new_size / block_size) + 16;
     return bound < max_small_blocks ? bound : max_small_blocks;
@@ -303,6 +303,13 @@ inline constexpr std::uint64_t small_delta_literal_slack = 16 * 1024;
 inline constexpr std::size_t small_delta_probe_stride = 8 * 1024;
 inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;
 inline constexpr std::size_t small_delta_max_probe_block = 8 * 1024;
+// Nor more than small_block_size makes of blocks of `block_size` (under
+// small_delta_max_probe_block: fewer than twice the block size in bytes, whatever the
+// version's size and the least block asked for), plus the 16 of max_small_blocks_for: so small blocks
+// come only in small numbers (at most 528 blocks of 256 bytes, 4 KiB of sums).
+constexpr std::uint64_t max_small_blocks_of(std::uint32_t block_size) {
+    return block_size < small_delta_max_probe_block ? 2 * std::uint64_t{block_size} + 16 : max_small_blocks;
+}
 inline constexpr std::uint64_t small_delta_max_false_alarms = 256;
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_index& index);
 std::vector<delta_op> small_delta(std::span<const std::uint8_t> data, const small_sums& sums);  // (builds an index)

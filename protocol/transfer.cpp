@@ -429,7 +429,8 @@ std::error_code sender_machine::on_small_sums(const wire::SmallSums& sums, std::
         small_sums parsed;
         if (size < small_delta_min_size || small_pending_.contains(id) || bytes > payload.size() - at ||
             !parse_small_sums(sums.block_sizes(k), payload.subspan(at, bytes), parsed) ||
-            parsed.blocks.size() > max_small_blocks_for(size, parsed.block_size)) {
+            parsed.blocks.size() > max_small_blocks_for(size, parsed.block_size) ||
+            parsed.blocks.size() > max_small_blocks_of(parsed.block_size)) {
             return protocol_errc::bad_chunk;
         }
         small_pending_.emplace(id, std::move(parsed));
@@ -862,6 +863,7 @@ std::vector<std::pair<wire::BasisSums, std::string>> receiver_machine::basis_sum
 
 std::vector<std::pair<wire::SmallSums, std::string>> receiver_machine::small_sum_frames(
     const std::vector<decision>& decisions) {
+    static_assert(max_small_blocks * 8 <= chunk_size);  // one file's sums fit a frame of the pools' buffers
     std::vector<std::pair<wire::SmallSums, std::string>> out;
     for (const decision& d : decisions) {
         // A changed small file accepted whole, or a larger one's older version (its

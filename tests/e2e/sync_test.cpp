@@ -468,7 +468,7 @@ TEST_F(sync_push, bytes_inserted_and_removed_cost_only_the_blocks_they_touch) {
 }
 
 // Files under 1 MiB: an edit costs about a small block of the file, not the file (the
-// receiver's sums of its version in blocks of 1-4 KiB, SmallSums). New bytes go whole.
+// receiver's sums of its version in blocks of 256 bytes to 1 KiB, SmallSums). New bytes go whole.
 TEST_F(sync_push, edits_to_small_files_cost_about_a_block_each) {
     serve();
     write_random_file(src / "three.bin", 3000, 31);
@@ -502,8 +502,7 @@ TEST_F(sync_push, edits_to_small_files_cost_about_a_block_each) {
               (paths{"four-chunks.bin", "hundred.bin", "rewritten.bin", "three-chunks.bin", "three.bin", "tiny.bin"}));
     nlohmann::json done = find_event(ev, "done");
     // The rewritten file and the one under 1 KiB whole; of the others a few blocks (256
-    // bytes to 1 KiB; for the file of three chunks 4 KiB ones, and each chunk's ends may
-    // cost one: a chunk is matched alone).
+    // bytes to 1 KiB, and each chunk's ends may cost one: a chunk is matched alone).
     const std::uint64_t sent = done["bytes_transferred"];
     EXPECT_GE(sent, 21'000u);
     EXPECT_LT(sent, 21'000u + 3005 + 2 * 1024 + 8 * 4096 + 2 * 1024) << done;

@@ -172,9 +172,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     if (mode == 3) {
         const std::uint32_t block_size = std::uint32_t{1} << (in.u8() % 20);
-        // (Up to 256 KiB of sums: past the most a receiver may tell, max_small_blocks.)
+        // (Up to 512 KiB of sums: past the most a receiver may tell, max_small_blocks.)
         std::span<const std::uint8_t> sum_bytes =
-            in.bytes(std::min<std::size_t>(std::size_t{in.u16()} * 4, in.remaining()));
+            in.bytes(std::min<std::size_t>(std::size_t{in.u16()} * 8, in.remaining()));
         small_sums sums;
         if (!parse_small_sums(block_size, sum_bytes, sums)) {
             return 0;

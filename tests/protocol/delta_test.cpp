@@ -358,6 +358,21 @@ TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem)
     EXPECT_EQ(s.blocks.size(), 19u);
 }
 
+// What a sender takes (max_small_blocks_of) holds every count an honest receiver sends,
+// and small blocks only in small numbers.
+TEST(SmallDelta, TheBlocksOfEveryVersionSizeAreWithinWhatASenderTakes) {
+    for (std::uint64_t size = 1024; size <= (std::uint64_t{4} << 30); size = size * 9 / 8 + 1) {
+        for (std::uint32_t least : {min_small_block, same_size_min_block}) {
+            const std::uint32_t b = small_block_size(size, least);
+            EXPECT_LE(size / b, max_small_blocks_of(b)) << size << " " << least;
+            EXPECT_LE(std::min<std::uint64_t>(size / b, max_small_blocks), max_small_blocks_for(size, b)) << size;
+        }
+    }
+    EXPECT_EQ(max_small_blocks_of(256), 528u);
+    EXPECT_EQ(max_small_blocks_of(small_delta_max_probe_block), max_small_blocks);
+    EXPECT_EQ(max_small_blocks_for(1024, min_small_block), 24u);  // a new version of 1 KiB
+}
+
 TEST(SmallDelta, ABlocksWeakSumMadeFromItsPartsIsItsOwn) {
     const bytes block = random_bytes(chunk_size, 12);
     for (std::uint32_t part : {1024u, 4096u, 65536u}) {

@@ -2342,6 +2342,10 @@ TEST(SenderMachine, SmallSumsAreBoundedAndReachTheFileOnlyThroughItsAccept) {
     const std::string many(35 * 8, '\1');  // over 2 * (10000 / 1024) + 16 blocks for a file of 10,000 bytes
     EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 35), as_bytes(many)), protocol_errc::bad_chunk);
     EXPECT_EQ(fresh()->on_small_sums(frame({2}, 1024, 9), as_bytes(nine)), std::error_code{});          // a larger file
+    // Small blocks only in small numbers, however large the file (max_small_blocks_of).
+    const std::string small_blocks(529 * 8, '\1');
+    EXPECT_EQ(fresh()->on_small_sums(frame({2}, 256, 528), as_bytes(small_blocks).first(528 * 8)), std::error_code{});
+    EXPECT_EQ(fresh()->on_small_sums(frame({2}, 256, 529), as_bytes(small_blocks)), protocol_errc::bad_chunk);
     EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1000, 9), as_bytes(nine)), protocol_errc::bad_chunk);   // block size
     EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 10), as_bytes(nine)), protocol_errc::bad_chunk);  // short payload
     EXPECT_EQ(fresh()->on_small_sums(frame({0}, 1024, 8), as_bytes(nine)), protocol_errc::payload_mismatch);
@@ -2397,12 +2401,12 @@ TEST(SenderMachine, NoMoreBatchesGoWhileTheAcceptedFilesHoldManySmallSums) {
     const auto n = static_cast<std::uint32_t>(first->entries_size());
     ASSERT_GE(n, 20u);
     ASSERT_LT(n, entries.size());  // more batches to come
-    // 16,384 blocks of 4 KiB for each big file: 20 x 16,384 = 327,680 blocks.
+    // 16,384 blocks of 8 KiB for each big file: 20 x 16,384 = 327,680 blocks.
     const std::string sums(16384 * 8, '\1');
     for (std::uint32_t i = 0; i < 20; ++i) {
         wire::SmallSums h;
         h.add_file_ids(i);
-        h.add_block_sizes(4096);
+        h.add_block_sizes(8192);
         h.add_blocks(16384);
         ASSERT_EQ(s.on_small_sums(h, as_bytes(sums)), std::error_code{});
     }
