@@ -367,11 +367,11 @@ small_basis read_small_basis(dest_tree& tree, const entry_info& e, std::uint64_t
         return out;
     }
     std::span<const std::uint8_t> bytes(buf.get(), size);
-    if (static_cast<std::uint64_t>(st.st_size) == e.size && size <= chunk_size && changes_in_place(st)) {
+    const bool same_size = static_cast<std::uint64_t>(st.st_size) == e.size;
+    if (same_size && size <= chunk_size && changes_in_place(st)) {
         out.same_as = hash_chunk(bytes);
     }
-    out.sums =
-        describe_small(bytes, static_cast<std::uint64_t>(st.st_size) == e.size ? same_size_min_block : min_small_block);
+    out.sums = describe_small(bytes, same_size ? same_size_min_block : min_small_block);
     return out;
 }
 

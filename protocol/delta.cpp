@@ -356,14 +356,10 @@ std::uint32_t small_block_size(std::uint64_t basis_size, std::uint32_t min_block
     // blocks: the sums cost 8 bytes a block and an edit costs a block, so 1 KiB blocks for
     // a 16 MiB file cost 128 KiB of sums where an edit costs 1 KiB. (At most
     // small_delta_max_probe_block: small_delta jumps over new bytes only with blocks up
-    // to that.)
-    // Up to 1 KiB, about twice the square root: a small file's few edits cost less than
-    // its sums with blocks of the square root (a 64 KB file: 256-byte blocks, 2 KB of
-    // sums, where an edit costs about 300 bytes).
-    while (b < 1024 && std::uint64_t{2 * b} * (2 * b) <= 8 * basis_size) {
-        b *= 2;
-    }
-    while (b < small_delta_max_probe_block && std::uint64_t{2 * b} * (2 * b) <= 2 * basis_size) {
+    // to that.) Up to 1 KiB, about twice the square root: a small file's few edits cost
+    // less than its sums with blocks of the square root (a 64 KB file: 256-byte blocks,
+    // 2 KB of sums, where an edit costs about 300 bytes).
+    while (b < small_delta_max_probe_block && std::uint64_t{2 * b} * (2 * b) <= (b < 1024 ? 8 : 2) * basis_size) {
         b *= 2;
     }
     while (b < chunk_size && basis_size / b > max_small_blocks) {

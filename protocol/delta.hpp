@@ -303,10 +303,11 @@ inline constexpr std::uint64_t small_delta_literal_slack = 16 * 1024;
 inline constexpr std::size_t small_delta_probe_stride = 8 * 1024;
 inline constexpr std::size_t small_delta_max_probe_stride = 64 * 1024;
 inline constexpr std::size_t small_delta_max_probe_block = 8 * 1024;
-// Nor more than small_block_size makes of blocks of `block_size` (under
+// A sender's second bound on a file's small sums, beside max_small_blocks_for: no more
+// blocks of `block_size` than small_block_size ever makes of that size (under
 // small_delta_max_probe_block: fewer than twice the block size in bytes, whatever the
-// version's size and the least block asked for), plus the 16 of max_small_blocks_for: so small blocks
-// come only in small numbers (at most 528 blocks of 256 bytes, 4 KiB of sums).
+// version's size and the least block asked for), plus 16. So small blocks come only in
+// small numbers (at most 528 blocks of 256 bytes, 4 KiB of sums).
 constexpr std::uint64_t max_small_blocks_of(std::uint32_t block_size) {
     return block_size < small_delta_max_probe_block ? 2 * std::uint64_t{block_size} + 16 : max_small_blocks;
 }
