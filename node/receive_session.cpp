@@ -195,15 +195,19 @@ struct verified_chunk {
 // On a worker: the chunk's raw bytes (decompressed into this thread's scratch when it came
 // compressed; the receiver_machine has already checked raw_len against the file) and
 // their hash checked against the one the sender announced.
-verified_chunk verify_chunk(const pooled_buffer& payload, const chunk_encoding& encoding, digest128 expect) {
+verified_chunk verify_chunk(std::span<const std::uint8_t> payload, const chunk_encoding& encoding, digest128 expect) {
     verified_chunk out;
     switch (encoding.codec) {
-        case wire::CODEC_ZSTD: out.raw = decompress_chunk(payload.span(), encoding.raw_len); break;
-        case wire::CODEC_DELTA:
-            out.raw = rebuild_delta(payload.span(), encoding.raw_len, encoding.basis_fd, encoding.basis_size,
-                                    &out.verdict.copied);
+        case wire::CODEC_ZSTD:
+            out.raw = decompress_chunk(payload, encoding.raw_len);
             break;
-        default: out.raw = payload.span(); break;
+        case wire::CODEC_DELTA:
+            out.raw =
+                rebuild_delta(payload, encoding.raw_len, encoding.basis_fd, encoding.basis_size, &out.verdict.copied);
+            break;
+        default:
+            out.raw = payload;
+            break;
     }
     chunk_verdict& v = out.verdict;
     v.len = encoding.raw_len;
@@ -231,10 +235,11 @@ int open_basis(dest_tree& tree, std::string_view path, std::uint64_t& size) {
 
 // A delta chunk that did not rebuild to its digest: DST's older version changed (or went)
 // since its sums were read, unless the payload is malformed in itself (a broken sender).
-bool basis_changed(const pooled_buffer& payload, const chunk_encoding& encoding, const chunk_verdict& verdict) {
+bool basis_changed(std::span<const std::uint8_t> payload, const chunk_encoding& encoding,
+                   const chunk_verdict& verdict) {
     std::vector<delta_piece> pieces;
     return encoding.codec == wire::CODEC_DELTA && verdict.bad &&
-           decode_delta(payload.span(), encoding.raw_len, std::numeric_limits<std::uint64_t>::max(), pieces);
+           decode_delta(payload, encoding.raw_len, std::numeric_limits<std::uint64_t>::max(), pieces);
 }
 
 // Files at least this large are fsynced on the worker pool when they complete; smaller
@@ -442,9 +447,9 @@ struct receive_session::whole_write {
             basis.reset(open_basis(tree, e.path, encoding.basis_size));
             encoding.basis_fd = basis.get();
         }
-        verified_chunk checked = verify_chunk(payload, encoding, expect);
+        verified_chunk checked = verify_chunk(payload.span(), encoding, expect);
         verdict = checked.verdict;
-        if (basis_changed(payload, encoding, verdict)) {
+        if (basis_changed(payload.span(), encoding, verdict)) {
             // Not the bytes its sums told of: the file there changed since (or went). It
             // fails alone, as a CODEC_SAME file does.
             verdict = chunk_verdict{};
@@ -702,6 +707,9 @@ void receive_session::on_frame(connection& c, wire::Header& header, pooled_buffe
     }
     switch (header.body_case()) {
         case wire::Header::kChunk: on_chunk(c, header.chunk(), std::move(payload)); return;
+        case wire::Header::kChunkRun:
+            on_chunk_run(c, header.chunk_run(), std::move(payload));
+            return;
         case wire::Header::kOffer:
             if (c.index != 0) {
                 break;
@@ -2202,14 +2210,61 @@ void receive_session::drop_partial(file_id f) {
 }
 
 void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload) {
-    std::uint32_t len = static_cast<std::uint32_t>(payload.size());
-    if (std::error_code ec = machine_.on_chunk(chunk, len)) {
-        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed, "protocol error from " + log_id(peer_id_) + ": " + ec.message());
+    if (!admit_chunk(c, chunk, payload.size())) {
         return;
+    }
+    if (machine_.single_chunk(file_id{chunk.file_id()})) {
+        write_whole_file(c.index, chunk, std::move(payload));
+        return;
+    }
+    auto owner = std::make_shared<pooled_buffer>(std::move(payload));
+    std::span<const std::uint8_t> bytes = owner->span();
+    write_chunk(c.index, chunk, std::move(owner), bytes);
+}
+
+void receive_session::on_chunk_run(connection& c, const wire::ChunkRun& run, pooled_buffer payload) {
+    std::vector<run_entry> entries;
+    if (!split_run(payload.span(), run.count(), entries) || run.first() > UINT32_MAX - run.count()) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + log_id(peer_id_) + ": a ChunkRun frame that does not split into its chunks");
+        return;
+    }
+    // Each chunk as its own CODEC_DELTA Chunk frame would be; their writes hold the frame,
+    // and they are confirmed together once the last is written: one ChunkAck, which lets
+    // the sender's window take the next run whole (acks of one chunk each let it take one
+    // chunk at a time, a frame each).
+    auto owner = std::make_shared<pooled_buffer>(std::move(payload));
+    auto acks = std::make_shared<run_acks>();
+    wire::Chunk chunk;
+    chunk.set_file_id(run.file_id());
+    chunk.set_codec(wire::CODEC_DELTA);
+    for (std::uint32_t k = 0; k < run.count() && !failed_; ++k) {
+        chunk.set_index(run.first() + k);
+        chunk.set_raw_len(k + 1 < run.count() ? chunk_size : run.last_raw_len());
+        chunk.set_hash_lo(entries[k].digest.lo);
+        chunk.set_hash_hi(entries[k].digest.hi);
+        if (!admit_chunk(c, chunk, entries[k].ops.size())) {
+            continue;
+        }
+        if (machine_.single_chunk(file_id{chunk.file_id()})) {
+            fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+                 "protocol error from " + log_id(peer_id_) + ": a ChunkRun frame for a file of one chunk");
+            return;
+        }
+        write_chunk(c.index, chunk, owner, entries[k].ops, acks);
+        ++acks->count;
+    }
+}
+
+bool receive_session::admit_chunk(connection& c, const wire::Chunk& chunk, std::size_t payload_len) {
+    if (std::error_code ec = machine_.on_chunk(chunk, static_cast<std::uint32_t>(payload_len))) {
+        fail(wire::ERROR_PROTOCOL, exit_code::transfer_failed,
+             "protocol error from " + log_id(peer_id_) + ": " + ec.message());
+        return false;
     }
     file_id f{chunk.file_id()};
     if (machine_.aborted(f)) {
-        return;  // sent before the sender gave up on the file
+        return false;  // sent before the sender gave up on the file
     }
     chunk_index idx{chunk.index()};
     std::uint32_t conn = c.index;
@@ -2218,11 +2273,11 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         // Sent again after its first copy's connection was lost with the ack on its way,
         // and the file was made final from that copy meanwhile: confirmed again.
         queue_ack(conn, key);
-        return;
+        return false;
     }
     if (machine_.holds(f, idx, digest128{chunk.hash_lo(), chunk.hash_hi()})) {
         queue_ack(conn, key);  // a duplicate after a requeue: confirm again
-        return;
+        return false;
     }
     if (auto [it, fresh] = writing_.try_emplace(key); !fresh) {
         // A duplicate of a chunk being written (sent again after its first connection was
@@ -2230,17 +2285,20 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
         if (std::find(it->second.begin(), it->second.end(), conn) == it->second.end()) {
             it->second.push_back(conn);
         }
-        return;
+        return false;
     }
     files_.started(ctx_.events.file, f, machine_.entry(f));
     sink_of(f)->got_bytes = true;
     if (c.index < redials_.size()) {
         redials_[c.index].failures = 0;  // it carries data again
     }
-    if (machine_.single_chunk(f)) {
-        write_whole_file(conn, chunk, std::move(payload));
-        return;
-    }
+    return true;
+}
+
+void receive_session::write_chunk(std::uint32_t conn, const wire::Chunk& chunk, std::shared_ptr<pooled_buffer> owner,
+                                  std::span<const std::uint8_t> bytes, std::shared_ptr<run_acks> acks) {
+    file_id f{chunk.file_id()};
+    chunk_index idx{chunk.index()};
     ++writes_;
     auto sink = sink_of(f);
     ++sink->writes;
@@ -2251,7 +2309,7 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
     std::uint64_t offset = std::uint64_t{idx.value} * chunk_size;
     chunk_encoding encoding{chunk.codec(), chunk.raw_len()};
     ctx_.workers.post([self = shared_from_this(), sink, tree, path = std::move(path), expect, offset, f, idx, conn,
-                       encoding, create, payload = std::move(payload)]() mutable {
+                       encoding, create, owner = std::move(owner), bytes, acks = std::move(acks)]() mutable {
         if (encoding.codec == wire::CODEC_DELTA) {
             // The older version stays at its final name until this file replaces it; if
             // it changed meanwhile, the chunk fails its digest check (and the file alone
@@ -2264,12 +2322,12 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             encoding.basis_fd = sink->basis_fd;
             encoding.basis_size = sink->basis_size;
         }
-        verified_chunk checked = verify_chunk(payload, encoding, expect);
+        verified_chunk checked = verify_chunk(bytes, encoding, expect);
         std::span<const std::uint8_t> raw = checked.raw;
         chunk_verdict verdict = checked.verdict;
         std::error_code ec;
         stats_clock::duration write_time{};
-        if (basis_changed(payload, encoding, verdict)) {
+        if (basis_changed(bytes, encoding, verdict)) {
             // Not the bytes the older version's sums told of: it changed here since they
             // were read (or went). That file fails alone, as a CODEC_SAME one does.
             verdict = chunk_verdict{};
@@ -2289,8 +2347,8 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
                 write_time = stats_clock::now() - t0;
             }
         }
-        payload.reset();
-        asio::post(self->ctx_.io, [self, sink, f, idx, conn, verdict, ec, path, write_time] {
+        owner.reset();
+        asio::post(self->ctx_.io, [self, sink, f, idx, conn, verdict, ec, path, write_time, acks = std::move(acks)] {
             --self->writes_;
             --sink->writes;
             std::vector<std::uint32_t> also = self->written(chunk_key(f, idx));
@@ -2328,7 +2386,13 @@ void receive_session::on_chunk(connection& c, const wire::Chunk& chunk, pooled_b
             // matched, not as payload received (node totals, rates, progress).
             self->on_payload_written(verdict.len - verdict.copied, verdict.saved, write_time);
             self->delta_copied_ += verdict.copied;
-            self->queue_ack(conn, chunk_key(f, idx));
+            if (!acks) {
+                self->queue_ack(conn, chunk_key(f, idx));
+            } else if (acks->keys.push_back(chunk_key(f, idx)); acks->keys.size() == acks->count) {
+                for (std::uint64_t key : acks->keys) {
+                    self->queue_ack(conn, key);
+                }
+            }
             for (std::uint32_t other : also) {
                 self->queue_ack(other, chunk_key(f, idx));
             }
@@ -2358,7 +2422,7 @@ void receive_session::write_whole_batch(dest_tree& tree, std::span<whole_write> 
             w.run(tree, fsync_now, overwrite);
             continue;
         }
-        verified_chunk checked = verify_chunk(w.payload, w.encoding, w.expect);
+        verified_chunk checked = verify_chunk(w.payload.span(), w.encoding, w.expect);
         w.verdict = checked.verdict;
         if (w.verdict.bad) {
             w.payload.reset();

@@ -147,6 +147,22 @@ private:
     void on_offer(const wire::Offer& offer);
     void next_offer();
     void on_chunk(connection& c, const wire::Chunk& chunk, pooled_buffer payload);
+    // Protocol 20: a run of chunks made of copies alone, each taken as its own Chunk frame.
+    void on_chunk_run(connection& c, const wire::ChunkRun& run, pooled_buffer payload);
+    // A chunk's checks before its write (payload_len: its payload's bytes): false when it is
+    // not to be written (the transfer failed, or it is dropped or confirmed again here).
+    bool admit_chunk(connection& c, const wire::Chunk& chunk, std::size_t payload_len);
+    // The chunks of one ChunkRun being written, and those written so far (their acks wait
+    // for the last).
+    struct run_acks {
+        std::size_t count = 0;
+        std::vector<std::uint64_t> keys;
+    };
+    // Rebuilds (or decompresses), checks and writes a chunk of a file of several chunks on
+    // the worker pool; `bytes` is its payload, which `owner` holds. With `acks`, its ack
+    // waits for the rest of its run.
+    void write_chunk(std::uint32_t conn, const wire::Chunk& chunk, std::shared_ptr<pooled_buffer> owner,
+                     std::span<const std::uint8_t> bytes, std::shared_ptr<run_acks> acks = nullptr);
     // The sender gave up on a file: its partial file goes (drop_partial), the destination
     // keeps what it had, and the transfer goes on without it.
     void on_file_abort(const wire::FileAbort& abort);

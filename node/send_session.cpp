@@ -1003,6 +1003,7 @@ void send_session::pump(std::uint32_t index) {
     // parallel), small files together (one round trip to the pool for many files).
     std::vector<read_job> batch;
     std::uint64_t batch_bytes = 0;
+    pending_run run;
     if (cs.pushed_back_since != stats_clock::time_point{} && !cs.socket_full()) {
         cs.pushed_back += stats_clock::now() - cs.pushed_back_since;
         cs.pushed_back_since = {};
@@ -1035,6 +1036,9 @@ void send_session::pump(std::uint32_t index) {
         if (stop) {
             break;
         }
+        if (add_to_run(cs, *ref, run)) {
+            continue;
+        }
         if (!ref->send && hashed_from_memo(*ref)) {
             continue;
         }
@@ -1066,10 +1070,101 @@ void send_session::pump(std::uint32_t index) {
             batch_bytes = 0;
         }
     }
+    send_run(cs, run);
     if (!batch.empty()) {
         sample_wire_rate();
         post_reads(index, std::move(batch));
     }
+}
+
+bool send_session::add_to_run(conn_state& cs, const chunk_ref& ref, pending_run& run) {
+    auto it = scans_.find(ref.file.value);
+    if (!ref.send || it == scans_.end() || !it->second || !it->second->done) {
+        return false;
+    }
+    const delta_scan& scan = *it->second;
+    std::vector<delta_op> ops = chunk_ops(scan.matches, ref.offset, ref.length);
+    const digest128 digest = scan.digests.at(ref.index.value);
+    std::vector<std::uint8_t> entry(max_run_entry);
+    entry.resize(encode_run_entry(digest, ops, ref.length, entry.data()));
+    if (entry.empty()) {
+        return false;  // not copies alone, or a short last chunk they would not make smaller
+    }
+    // The run goes on at either end with the chunks next to it (only the file's last
+    // chunk is short, and it has the highest index).
+    const std::size_t count = run.chunks.size();
+    const bool after = count > 0 && ref.index.value == run.first + count;
+    const bool before = count > 0 && ref.index.value + 1 == run.first;
+    if (count == 0 || run.file != ref.file || count == max_run_chunks || !(after || before)) {
+        send_run(cs, run);
+        run.buf = ctx_.buffers->acquire(max_run_payload);
+        if (!run.buf) {
+            return false;  // read as usual (it waits for a buffer there)
+        }
+        run.file = ref.file;
+        run.first = ref.index.value;
+    } else if (before) {
+        run.first = ref.index.value;
+    }
+    const std::uint32_t wire_len = static_cast<std::uint32_t>(entry.size());
+    run.chunks.push_back({ref, digest, std::move(entry)});
+    file(ref.file)->read_done();  // nothing of it is read
+    // In flight from now on (pump() sends the run before it returns), each chunk charged
+    // its entry's bytes.
+    const stats_clock::time_point now = stats_clock::now();
+    if (cs.inflight.empty()) {
+        cs.busy_since = now;
+    }
+    cs.inflight.emplace(chunk_key(ref.file, ref.index), inflight_chunk{now, wire_len, ref.length, ref.length});
+    cs.inflight_bytes += ref.length;
+    rate_.tokens -= wire_len;  // --bwlimit
+    return true;
+}
+
+void send_session::send_run(conn_state& cs, pending_run& run) {
+    std::vector<pending_run::chunk> chunks = std::move(run.chunks);
+    run.chunks.clear();
+    pooled_buffer buf = std::move(run.buf);
+    if (chunks.empty()) {
+        return;
+    }
+    std::sort(chunks.begin(), chunks.end(),
+              [](const auto& a, const auto& b) { return a.ref.index.value < b.ref.index.value; });
+    for (const pending_run::chunk& c : chunks) {
+        on_hashed(c.ref, c.digest);
+    }
+    const chunk_ref& last = chunks.back().ref;
+    file_events_.started(ctx_.events.file, last.file, machine_.entry(last.file), machine_.action(last.file));
+    if (!cs.conn || cs.conn->closed()) {
+        return;  // its chunks are in flight there: on_closed requeues them
+    }
+    wire::Header h;
+    std::size_t size = 0;
+    if (chunks.size() == 1) {
+        // One chunk: its own Chunk frame, with the entry's ops as its payload.
+        const std::vector<std::uint8_t>& e = chunks[0].entry;
+        size = e.size() - 18;
+        std::memcpy(buf.data(), e.data() + 18, size);
+        wire::Chunk* c = h.mutable_chunk();
+        c->set_file_id(last.file.value);
+        c->set_index(last.index.value);
+        c->set_raw_len(last.length);
+        c->set_codec(wire::CODEC_DELTA);
+        c->set_hash_lo(chunks[0].digest.lo);
+        c->set_hash_hi(chunks[0].digest.hi);
+    } else {
+        for (const pending_run::chunk& c : chunks) {
+            std::memcpy(buf.data() + size, c.entry.data(), c.entry.size());
+            size += c.entry.size();
+        }
+        wire::ChunkRun* r = h.mutable_chunk_run();
+        r->set_file_id(last.file.value);
+        r->set_first(chunks.front().ref.index.value);
+        r->set_count(static_cast<std::uint32_t>(chunks.size()));
+        r->set_last_raw_len(last.length);
+    }
+    buf.resize(size);
+    cs.conn->send(h, std::move(buf), size);
 }
 
 bool send_session::rate_allows() {

@@ -385,6 +385,27 @@ private:
     // when it is read as usual. Sets `stop` when pump() must stop here for now.
     bool delta_ref(const chunk_ref& ref, bool& stop);
     void on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan);
+    // Consecutive chunks of one file that the pass found made of copies alone go to the
+    // receiver in one ChunkRun frame (protocol 20), not in a Chunk frame each: pump()
+    // gathers them here, with no read, and sends the run before it returns.
+    struct pending_run {
+        file_id file;
+        std::uint32_t first = 0;  // the run's chunks, first .. first + refs.size() - 1
+        struct chunk {
+            chunk_ref ref;
+            digest128 digest;
+            std::vector<std::uint8_t> entry;  // its ChunkRun entry (encode_run_entry)
+        };
+        std::vector<chunk> chunks;  // as they came: in index order, or the reverse
+        pooled_buffer buf;          // max_run_payload bytes
+    };
+    // Takes `ref` into `run` (the run sent first when `ref` does not continue it at either
+    // end: requeued chunks come last first) if it is such a chunk; false when it is read
+    // as usual.
+    bool add_to_run(conn_state& cs, const chunk_ref& ref, pending_run& run);
+    // Sends the run's chunks: a ChunkRun frame, or one chunk's own CODEC_DELTA frame.
+    void send_run(conn_state& cs, pending_run& run);
+
     // Sends a file's FileDone, unless the file changed or vanished since the scan (a size
     // or mtime that moved): then it is given up on instead.
     void send_file_done(file_id f, wire::FileDone done);

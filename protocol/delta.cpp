@@ -309,6 +309,47 @@ std::size_t encode_delta(std::span<const delta_op> ops, std::span<const std::uin
     return at == chunk.size() ? n : 0;
 }
 
+std::size_t encode_run_entry(digest128 digest, std::span<const delta_op> ops, std::uint32_t raw_len,
+                             std::uint8_t* out) {
+    if (ops.empty() || ops.size() > max_run_ops ||
+        std::any_of(ops.begin(), ops.end(), [](const delta_op& op) { return !op.copy; }) ||
+        copied_bytes(ops) != raw_len) {
+        return 0;
+    }
+    store_le(out, digest.lo);
+    store_le(out + 8, digest.hi);
+    // (Copies take no byte from the chunk: its span is a length here.)
+    std::size_t n = encode_delta(ops, std::span<const std::uint8_t>(out, raw_len), out + 18,
+                                 std::min<std::size_t>(max_run_ops * 12, raw_len - 1));
+    store_le(out + 16, n, 2);
+    return n > 0 ? 18 + n : 0;
+}
+
+bool split_run(std::span<const std::uint8_t> payload, std::uint32_t count, std::vector<run_entry>& out) {
+    out.clear();
+    if (count < 2 || count > max_run_chunks) {
+        return false;
+    }
+    std::size_t n = 0;
+    for (std::uint32_t i = 0; i < count; ++i) {
+        if (payload.size() - n < 18) {
+            return false;
+        }
+        run_entry e;
+        e.digest.lo = get_le(payload.data() + n, 8);
+        e.digest.hi = get_le(payload.data() + n + 8, 8);
+        std::size_t len = get_le(payload.data() + n + 16, 2);
+        n += 18;
+        if (len == 0 || len > max_run_ops * 12 || payload.size() - n < len) {
+            return false;
+        }
+        e.ops = payload.subspan(n, len);
+        n += len;
+        out.push_back(e);
+    }
+    return n == payload.size();
+}
+
 bool decode_delta(std::span<const std::uint8_t> payload, std::uint32_t raw_len, std::uint64_t basis_size,
                   std::vector<delta_piece>& out) {
     out.clear();

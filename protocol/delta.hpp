@@ -185,6 +185,33 @@ std::uint64_t copied_bytes(std::span<const delta_op> ops);
 std::size_t encode_delta(std::span<const delta_op> ops, std::span<const std::uint8_t> chunk, std::uint8_t* out,
                          std::size_t cap);
 
+// ChunkRun frames (protocol 20): chunks made of copies alone, up to max_run_chunks of one
+// file in one frame, each told by its digest and its ops (at most max_run_ops copies: a
+// chunk_size block found at any offset makes a chunk of one or two, the short block at the
+// end one more).
+inline constexpr std::uint32_t max_run_chunks = 64;
+inline constexpr std::size_t max_run_ops = 4;
+inline constexpr std::size_t max_run_entry = 16 + 2 + max_run_ops * 12;
+inline constexpr std::size_t max_run_payload = max_run_chunks * max_run_entry;
+
+// Writes one chunk's entry of a ChunkRun payload at `out` (room for max_run_entry bytes):
+// its digest, the length of its ops, its ops. Returns the bytes written, or 0 when the ops
+// are not copies alone, are more than max_run_ops, do not make `raw_len` bytes, or take
+// as many bytes as the chunk (a short last chunk: a CODEC_DELTA payload is smaller).
+std::size_t encode_run_entry(digest128 digest, std::span<const delta_op> ops, std::uint32_t raw_len, std::uint8_t* out);
+
+// One chunk of a ChunkRun payload: its digest, and its ops (a CODEC_DELTA payload).
+struct run_entry {
+    digest128 digest;
+    std::span<const std::uint8_t> ops;
+};
+
+// Splits a ChunkRun payload into its `count` entries (count 2 to max_run_chunks). False
+// when it is malformed: an entry cut short, ops of no bytes or of more than max_run_ops
+// copies' worth, or bytes after the last entry. (Each entry's ops are checked as that
+// chunk's CODEC_DELTA payload is: decode_delta.)
+bool split_run(std::span<const std::uint8_t> payload, std::uint32_t count, std::vector<run_entry>& out);
+
 // A decoded op: where its bytes go in the chunk and, for a literal, where they are in the
 // payload.
 struct delta_piece {

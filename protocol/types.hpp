@@ -46,8 +46,9 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // (4,096 before), so that versions up to 1 GiB are told in blocks of at most 64 KiB (a 17
 // peer refuses more than 4,096); 19: small blocks from 256 bytes (1 KiB before), for
 // files from 1 KiB (2 KiB before), and up to 32,768 of them (versions up to 2 GiB; an 18
-// peer refuses blocks under 1 KiB and more than 16,384).
-inline constexpr std::uint32_t protocol_version = 19;
+// peer refuses blocks under 1 KiB and more than 16,384); 20: ChunkRun frames (a run of
+// chunks made of copies alone in one frame, which a 19 peer refuses as an unknown message).
+inline constexpr std::uint32_t protocol_version = 20;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).
 inline constexpr std::uint32_t chunk_size = 256 * 1024;

@@ -153,6 +153,8 @@ bool connection::dispatch() {
     ++counters_.frames_received;
     if (decoder_.header().has_chunk()) {
         ++counters_.payload_frames_received;
+    } else if (decoder_.header().has_chunk_run()) {
+        counters_.payload_frames_received += decoder_.header().chunk_run().count();
     }
     pooled_buffer payload = std::move(payload_);
     payload_filled_ = 0;
@@ -176,7 +178,8 @@ bool connection::send(wire::Header& header, pooled_buffer owner, std::size_t pay
     }
     f.payload = std::move(owner);
     f.payload_len = payload_len;
-    f.chunk = header.has_chunk();
+    f.chunks = header.has_chunk() ? 1 : header.has_chunk_run() ? header.chunk_run().count() : 0;
+    f.chunk = f.chunks > 0;
     queued_bytes_ += f.head.size() + payload_len;
     queue_.push_back(std::move(f));
     ++counters_.frames_sent;
@@ -235,7 +238,7 @@ void connection::flush() {
             }
             n -= left;
             counters_.payload_sent += f.payload_len;
-            counters_.payload_frames_sent += f.chunk ? 1 : 0;
+            counters_.payload_frames_sent += f.chunks;
             front_written_ = 0;
             queue_.pop_front();
         }

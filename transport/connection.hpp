@@ -51,8 +51,8 @@ struct connection_counters {
     std::uint64_t frames_received = 0;
     std::uint64_t payload_sent = 0;      // payload bytes the kernel accepted (not confirmed)
     std::uint64_t payload_received = 0;
-    std::uint64_t payload_frames_sent = 0;      // Chunk frames the kernel took whole
-    std::uint64_t payload_frames_received = 0;  // Chunk frames received whole
+    std::uint64_t payload_frames_sent = 0;      // chunks (of Chunk and ChunkRun frames) the kernel took whole
+    std::uint64_t payload_frames_received = 0;  // chunks (of Chunk and ChunkRun frames) received whole
 };
 
 class connection : public std::enable_shared_from_this<connection> {
@@ -95,7 +95,8 @@ private:
         std::vector<std::uint8_t> head;
         pooled_buffer payload;
         std::size_t payload_len = 0;
-        bool chunk = false;  // a Chunk frame
+        bool chunk = false;        // a Chunk or ChunkRun frame
+        std::uint32_t chunks = 0;  // the chunks it holds
     };
 
     void read_loop();

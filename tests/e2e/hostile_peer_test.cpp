@@ -21,6 +21,7 @@
 
 #include "node/chunk_codec.hpp"
 #include "node/identity.hpp"
+#include "protocol/delta.hpp"
 #include "protocol/digest.hpp"
 #include "protocol/transfer.hpp"
 #include "tests/support/ferry_cli.hpp"
@@ -575,6 +576,41 @@ TEST_F(hostile_frames_test, chunk_whose_hash_does_not_match) {
     p->send_frame(h, raw);
     expect_transfer_failed(*p, wire::ERROR_INTEGRITY, "tampered.bin: chunk 0 failed its hash check", false);
     EXPECT_FALSE(fs::exists(inbox_ / "tampered.bin"));
+}
+
+TEST_F(hostile_frames_test, chunk_run_that_does_not_split_into_its_chunks) {
+    auto p = accepted({"run.bin"}, 3 * chunk_size);
+    ASSERT_TRUE(p);
+    std::vector<std::uint8_t> junk = pattern_bytes(40, 8);
+    wire::Header h;
+    wire::ChunkRun* r = h.mutable_chunk_run();
+    r->set_file_id(0);
+    r->set_first(0);
+    r->set_count(2);
+    r->set_last_raw_len(chunk_size);
+    p->send_frame(h, junk);
+    expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "a ChunkRun frame that does not split into its chunks", false);
+    EXPECT_FALSE(fs::exists(inbox_ / "run.bin"));
+}
+
+TEST_F(hostile_frames_test, chunk_run_for_a_file_the_receiver_told_no_older_version_of) {
+    // Well formed, but copies of an older version this side never offered (a plain send).
+    auto p = accepted({"run.bin"}, 3 * chunk_size);
+    ASSERT_TRUE(p);
+    const std::vector<delta_op> ops = {{chunk_size, true, 0}};
+    std::vector<std::uint8_t> payload(2 * max_run_entry);
+    std::size_t n = encode_run_entry({1, 2}, ops, chunk_size, payload.data());
+    n += encode_run_entry({3, 4}, ops, chunk_size, payload.data() + n);
+    payload.resize(n);
+    wire::Header h;
+    wire::ChunkRun* r = h.mutable_chunk_run();
+    r->set_file_id(0);
+    r->set_first(0);
+    r->set_count(2);
+    r->set_last_raw_len(chunk_size);
+    p->send_frame(h, payload);
+    expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "chunk index or length out of range", false);
+    EXPECT_FALSE(fs::exists(inbox_ / "run.bin"));
 }
 
 TEST_F(hostile_frames_test, compressed_chunk_that_does_not_decompress) {

@@ -1,7 +1,8 @@
 // Fuzz target: the CODEC_DELTA payload codec and chunk_ops (protocol/delta.hpp).
 //
 // Input: raw_len (u32, up to one chunk), basis_size (u64), then a mode byte. Mode 0: the
-// rest is a peer's delta payload for decode_delta. Checked: an accepted payload's pieces
+// rest is a peer's delta payload for decode_delta, and a ChunkRun payload for split_run
+// (entries that it accepts lie one after the other and fill it). Checked: an accepted payload's pieces
 // cover [0, raw_len) in order without gaps, none is empty, every copy lies inside the
 // basis and every literal inside the payload, one after the other; encoding the pieces
 // again (literals from a chunk rebuilt with them) gives back the payload byte for byte.
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "protocol/delta.hpp"
+#include "protocol/le_bytes.hpp"
 #include "protocol/types.hpp"
 #include "tests/fuzz/fuzz_support.hpp"
 
@@ -198,6 +200,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     if (mode == 0) {
         std::span<const std::uint8_t> payload = in.bytes(in.remaining());
+        // The same bytes as a ChunkRun payload: accepted entries lie one after the other,
+        // each its 18 bytes of digest and length, then its ops, and fill the payload.
+        std::vector<run_entry> entries;
+        const std::uint32_t count = 2 + raw_len % (max_run_chunks - 1);
+        if (split_run(payload, count, entries)) {
+            FUZZ_CHECK(entries.size() == count);
+            std::size_t n = 0;
+            for (const run_entry& e : entries) {
+                FUZZ_CHECK(e.ops.data() == payload.data() + n + 18);
+                FUZZ_CHECK(!e.ops.empty() && e.ops.size() <= max_run_ops * 12);
+                FUZZ_CHECK(e.digest.lo == get_le(payload.data() + n, 8) &&
+                           e.digest.hi == get_le(payload.data() + n + 8, 8));
+                n += 18 + e.ops.size();
+            }
+            FUZZ_CHECK(n == payload.size());
+        }
         std::vector<delta_piece> pieces;
         if (!decode_delta(payload, raw_len, basis_size, pieces)) {
             return 0;

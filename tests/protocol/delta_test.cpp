@@ -326,6 +326,79 @@ small_result small_round_trip(const bytes& basis, const bytes& file) {
     return r;
 }
 
+// ChunkRun entries (protocol 20): chunks made of copies alone, each its digest and ops.
+TEST(ChunkRun, EntriesSplitBackIntoEachChunksDigestAndOps) {
+    const std::vector<delta_op> shifted = {{static_cast<std::uint32_t>(B), true, 3 * B - 10}};
+    const std::vector<delta_op> two = {{100, true, 0}, {static_cast<std::uint32_t>(B) - 100, true, 7 * B}};
+    const std::vector<delta_op> last = {{5000, true, 9 * B + 1}};
+    bytes payload(3 * max_run_entry);
+    std::size_t n = 0;
+    n += encode_run_entry({1, 2}, shifted, B, payload.data() + n);
+    n += encode_run_entry({3, 4}, two, B, payload.data() + n);
+    n += encode_run_entry({5, 6}, last, 5000, payload.data() + n);
+    EXPECT_EQ(n, 3 * 18 + 4 * 12u);  // a digest, a length and 12 bytes a copy
+    payload.resize(n);
+    std::vector<run_entry> entries;
+    ASSERT_TRUE(split_run(payload, 3, entries));
+    ASSERT_EQ(entries.size(), 3u);
+    EXPECT_EQ(entries[1].digest, (digest128{3, 4}));
+    // Each entry's ops are that chunk's CODEC_DELTA payload.
+    std::vector<delta_piece> pieces;
+    ASSERT_TRUE(decode_delta(entries[0].ops, B, 10 * B, pieces));
+    ASSERT_EQ(pieces.size(), 1u);
+    EXPECT_EQ(pieces[0].basis_offset, 3 * B - 10);
+    ASSERT_TRUE(decode_delta(entries[1].ops, B, 10 * B, pieces));
+    EXPECT_EQ(pieces.size(), 2u);
+    ASSERT_TRUE(decode_delta(entries[2].ops, 5000, 10 * B, pieces));
+    EXPECT_EQ(pieces[0].basis_offset, 9 * B + 1);
+}
+
+TEST(ChunkRun, OnlyCopiesSmallerThanTheChunkMakeAnEntry) {
+    bytes out(max_run_entry);
+    const std::vector<delta_op> literal = {{10, false, 0}, {static_cast<std::uint32_t>(B) - 10, true, 0}};
+    EXPECT_EQ(encode_run_entry({}, literal, B, out.data()), 0u);
+    const std::vector<delta_op> short_copy = {{100, true, 0}};
+    EXPECT_EQ(encode_run_entry({}, short_copy, B, out.data()), 0u);  // does not make the chunk
+    const std::vector<delta_op> tiny = {{10, true, 0}};
+    EXPECT_EQ(encode_run_entry({}, tiny, 10, out.data()), 0u);  // a copy op is larger than 10 bytes
+    std::vector<delta_op> many(max_run_ops + 1, {1000, true, 0});
+    EXPECT_EQ(encode_run_entry({}, many, 1000 * (max_run_ops + 1), out.data()), 0u);
+    EXPECT_EQ(encode_run_entry({}, {}, B, out.data()), 0u);
+}
+
+TEST(ChunkRun, MalformedPayloadsAreRefused) {
+    const std::vector<delta_op> one = {{static_cast<std::uint32_t>(B), true, 10}};
+    bytes entry(max_run_entry);
+    entry.resize(encode_run_entry({7, 8}, one, B, entry.data()));
+    ASSERT_EQ(entry.size(), 30u);
+    bytes two = entry;
+    two.insert(two.end(), entry.begin(), entry.end());
+    std::vector<run_entry> out;
+    EXPECT_TRUE(split_run(two, 2, out));
+    EXPECT_FALSE(split_run(two, 3, out));  // an entry missing
+    EXPECT_FALSE(split_run(two, 1, out));  // a run is two chunks or more (and bytes are left)
+    EXPECT_FALSE(split_run(entry, 1, out));
+    bytes extra = two;
+    extra.push_back(0);
+    EXPECT_FALSE(split_run(extra, 2, out));  // a byte after the last entry
+    bytes cut(two.begin(), two.end() - 1);
+    EXPECT_FALSE(split_run(cut, 2, out));  // the last ops cut short
+    bytes empty_ops = two;
+    empty_ops[16] = 0;  // the first entry's ops: no bytes
+    empty_ops[17] = 0;
+    EXPECT_FALSE(split_run(empty_ops, 2, out));
+    bytes long_ops = two;
+    long_ops[16] = static_cast<std::uint8_t>(max_run_ops * 12 + 1);  // more than max_run_ops copies
+    EXPECT_FALSE(split_run(long_ops, 2, out));
+    bytes many;
+    for (std::uint32_t i = 0; i <= max_run_chunks; ++i) {
+        many.insert(many.end(), entry.begin(), entry.end());
+    }
+    EXPECT_FALSE(split_run(many, max_run_chunks + 1, out));
+    many.resize(many.size() - entry.size());
+    EXPECT_TRUE(split_run(many, max_run_chunks, out));
+}
+
 TEST(SmallDelta, BlocksAreAboutTheSquareRootOfTheSizeAtMostMaxSmallBlocksOfThem) {
     EXPECT_EQ(small_block_size(2048), min_small_block);
     EXPECT_EQ(small_block_size((32 << 10) - 1), 256u);
