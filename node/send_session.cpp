@@ -1134,6 +1134,9 @@ void send_session::send_run(conn_state& cs, pending_run& run) {
         on_hashed(c.ref, c.digest);
     }
     const chunk_ref& last = chunks.back().ref;
+    if (machine_.aborted(last.file)) {
+        return;  // given up on as it was hashed (changed since its scan): its chunks left the window
+    }
     file_events_.started(ctx_.events.file, last.file, machine_.entry(last.file), machine_.action(last.file));
     if (!cs.conn || cs.conn->closed()) {
         return;  // its chunks are in flight there: on_closed requeues them
@@ -1374,7 +1377,7 @@ bool send_session::delta_ref(const chunk_ref& ref, bool& stop) {
         return true;
     }
     if (ref.send) {
-        return false;  // read as usual; make_read_job gives it its ops
+        return false;  // a run's (add_to_run), or read as usual: make_read_job gives it its ops
     }
     file(ref.file)->read_done();
     on_hashed(ref, scan.digests.at(ref.index.value));
@@ -1708,8 +1711,8 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
         return;
     }
     on_hashed(ref, job.digest);
-    if (!ref.send) {
-        return;
+    if (!ref.send || machine_.aborted(ref.file)) {
+        return;  // (given up on as it was hashed: not sent, nor counted in flight)
     }
     if (!cs.conn || cs.conn->closed()) {
         if (machine_.requeue(ref)) {
@@ -1792,14 +1795,22 @@ double send_session::link_busy(stats_clock::time_point from, stats_clock::time_p
 }
 
 void send_session::requeue_inflight(conn_state& cs) {
+    // Each goes to the front of the queue: last first, so that they come out in order (and
+    // chunks of copies alone make runs again).
+    std::vector<std::pair<std::uint64_t, std::uint32_t>> chunks;
+    chunks.reserve(cs.inflight.size());
     for (const auto& [key, chunk] : cs.inflight) {
+        chunks.emplace_back(key, chunk.raw_len);
+    }
+    std::sort(chunks.begin(), chunks.end(), std::greater<>());
+    for (const auto& [key, raw_len] : chunks) {
         file_id f = chunk_key_file(key);
         chunk_index i = chunk_key_index(key);
         chunk_ref ref;
         ref.file = f;
         ref.index = i;
         ref.offset = std::uint64_t{i.value} * chunk_size;
-        ref.length = chunk.raw_len;
+        ref.length = raw_len;
         if (machine_.requeue(ref)) {
             file(f)->read_again();
         }

@@ -390,7 +390,7 @@ private:
     // gathers them here, with no read, and sends the run before it returns.
     struct pending_run {
         file_id file;
-        std::uint32_t first = 0;  // the run's chunks, first .. first + refs.size() - 1
+        std::uint32_t first = 0;  // the run's chunks: first .. first + chunks.size() - 1
         struct chunk {
             chunk_ref ref;
             digest128 digest;
@@ -400,7 +400,7 @@ private:
         pooled_buffer buf;          // max_run_payload bytes
     };
     // Takes `ref` into `run` (the run sent first when `ref` does not continue it at either
-    // end: requeued chunks come last first) if it is such a chunk; false when it is read
+    // end: the chunks on_scanned puts back come last first) if it is such a chunk; false when it is read
     // as usual.
     bool add_to_run(conn_state& cs, const chunk_ref& ref, pending_run& run);
     // Sends the run's chunks: a ChunkRun frame, or one chunk's own CODEC_DELTA frame.

@@ -312,17 +312,23 @@ std::size_t encode_delta(std::span<const delta_op> ops, std::span<const std::uin
 std::size_t encode_run_entry(digest128 digest, std::span<const delta_op> ops, std::uint32_t raw_len,
                              std::uint8_t* out) {
     if (ops.empty() || ops.size() > max_run_ops ||
-        std::any_of(ops.begin(), ops.end(), [](const delta_op& op) { return !op.copy; }) ||
+        std::any_of(ops.begin(), ops.end(), [](const delta_op& op) { return !op.copy || op.length == 0; }) ||
         copied_bytes(ops) != raw_len) {
+        return 0;
+    }
+    // Copy ops as encode_delta writes them: (length << 1 | 1) in 4 bytes, the offset in 8.
+    const std::size_t n = 12 * ops.size();
+    if (n >= raw_len) {
         return 0;
     }
     store_le(out, digest.lo);
     store_le(out + 8, digest.hi);
-    // (Copies take no byte from the chunk: its span is a length here.)
-    std::size_t n = encode_delta(ops, std::span<const std::uint8_t>(out, raw_len), out + 18,
-                                 std::min<std::size_t>(max_run_ops * 12, raw_len - 1));
     store_le(out + 16, n, 2);
-    return n > 0 ? 18 + n : 0;
+    for (std::size_t k = 0; k < ops.size(); ++k) {
+        store_le(out + 18 + 12 * k, std::uint64_t{ops[k].length} << 1 | 1, 4);
+        store_le(out + 18 + 12 * k + 4, ops[k].basis_offset);
+    }
+    return 18 + n;
 }
 
 bool split_run(std::span<const std::uint8_t> payload, std::uint32_t count, std::vector<run_entry>& out) {

@@ -266,8 +266,31 @@ std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire
             if (!w.have) {
                 return protocol_errc::bad_chunk;
             }
-            // Every chunk the receiver claims comes with its digest there.
+            // Every chunk the receiver claims comes with its digest there: in HaveDigests,
+            // or (have_from_basis) in the BasisSums of the block at its index.
             auto it = have_digests_.find(i);
+            if (fa.have_from_basis()) {
+                auto b = basis_pending_.find(i);
+                if (it != have_digests_.end() || b == basis_pending_.end()) {
+                    return protocol_errc::bad_chunk;
+                }
+                const basis_sums& sums = b->second;
+                std::vector<digest128>& list = have_digests_[i];
+                for (std::uint64_t c = 0; c < f.chunks; ++c) {
+                    if (!w.have->test(c)) {
+                        continue;
+                    }
+                    if (c < sums.strong.size()) {
+                        list.push_back(sums.strong[c]);
+                    } else if (c == sums.strong.size() && sums.tail_length() > 0) {
+                        list.push_back(sums.tail);
+                    } else {
+                        have_digests_.erase(i);
+                        return protocol_errc::bad_chunk;
+                    }
+                }
+                it = have_digests_.find(i);
+            }
             std::size_t got = it == have_digests_.end() ? 0 : it->second.size();
             if (got != w.have->count()) {
                 return protocol_errc::bad_chunk;
@@ -810,9 +833,24 @@ offered_paths::kind offered_paths::find(std::string_view path) const {
     return wire_path_within(this->path(lo), path) ? kind::folder : kind::none;
 }
 
+bool receiver_machine::have_is_basis(const decision& d) {
+    if (d.kind != wire::ACCEPT_PARTIAL || !d.have || !d.sums || d.have_digests.size() != d.have->size()) {
+        return false;
+    }
+    const basis_sums& b = *d.sums;
+    for (std::uint64_t c = 0; c < d.have->size(); ++c) {
+        if (d.have->test(c) &&
+            !(c < b.strong.size() ? d.have_digests[c] == b.strong[c]
+                                  : c == b.strong.size() && b.tail_length() > 0 && d.have_digests[c] == b.tail)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 std::vector<std::pair<wire::HaveDigests, std::string>> receiver_machine::have_digest_frames(const decision& d) {
     std::vector<std::pair<wire::HaveDigests, std::string>> out;
-    if (d.kind != wire::ACCEPT_PARTIAL || !d.have || d.have_digests.size() != d.have->size()) {
+    if (d.kind != wire::ACCEPT_PARTIAL || !d.have || d.have_digests.size() != d.have->size() || have_is_basis(d)) {
         return out;
     }
     std::uint32_t ordinal = 0;
@@ -951,6 +989,7 @@ wire::Accept receiver_machine::accept(const std::vector<decision>& decisions) {
             f.delta = d.sums.has_value();
             fa->set_have(fd.have.to_bytes());
             fa->set_basis(d.basis);
+            fa->set_have_from_basis(have_is_basis(d));
         } else {
             fa->set_kind(wire::ACCEPT_ALL);
             if (d.same_as && f.chunks == 1) {

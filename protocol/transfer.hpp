@@ -585,6 +585,9 @@ public:
     // (what the sender's frame buffers hold).
     static constexpr std::uint32_t max_basis_sums_per_frame = chunk_size / 20;
     static std::vector<std::pair<wire::HaveDigests, std::string>> have_digest_frames(const decision& d);
+    // Whether every chunk `d` has is its older version's block at that index, by digest
+    // (FileAccept.have_from_basis): then none of its HaveDigests travel.
+    static bool have_is_basis(const decision& d);
     // The BasisSums frames (header, payload) of a decision with sums: sent after its
     // HaveDigests, before the Accept.
     static std::vector<std::pair<wire::BasisSums, std::string>> basis_sum_frames(const decision& d);

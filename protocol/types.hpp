@@ -47,7 +47,9 @@ using chunk_index = strong_int<chunk_index_tag, std::uint32_t>;
 // peer refuses more than 4,096); 19: small blocks from 256 bytes (1 KiB before), for
 // files from 1 KiB (2 KiB before), and up to 32,768 of them (versions up to 2 GiB; an 18
 // peer refuses blocks under 1 KiB and more than 16,384); 20: ChunkRun frames (a run of
-// chunks made of copies alone in one frame, which a 19 peer refuses as an unknown message).
+// chunks made of copies alone in one frame, which a 19 peer refuses as an unknown message)
+// and FileAccept.have_from_basis (no HaveDigests where BasisSums tell the same digests: a
+// 19 peer would miss them).
 inline constexpr std::uint32_t protocol_version = 20;
 
 // Chunk size on the wire: 256 KiB (the last chunk of a file is shorter).

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "protocol/delta.hpp"
+
 namespace ferry {
 
 connection::connection(std::unique_ptr<byte_stream> stream, std::shared_ptr<buffer_pool> pool,
@@ -154,7 +156,8 @@ bool connection::dispatch() {
     if (decoder_.header().has_chunk()) {
         ++counters_.payload_frames_received;
     } else if (decoder_.header().has_chunk_run()) {
-        counters_.payload_frames_received += decoder_.header().chunk_run().count();
+        // (Counted before the session checks the frame: at most a run's worth.)
+        counters_.payload_frames_received += std::min(decoder_.header().chunk_run().count(), max_run_chunks);
     }
     pooled_buffer payload = std::move(payload_);
     payload_filled_ = 0;

@@ -1661,6 +1661,92 @@ TEST(SenderMachine, BasisSumsAreBoundedAndReachTheFileOnlyThroughItsPartialAccep
     EXPECT_EQ(t.on_accept(whole, done), protocol_errc::unexpected_message);
 }
 
+// Protocol 20: a file started from a copy of its older version has, at each index, the
+// digest BasisSums tell of the block there: no HaveDigests travel for it, and the sender
+// takes its digests from the sums; any other digest, and they travel as before.
+TEST(TransferMachines, HaveDigestsThatAreTheBasisBlocksAreTakenFromBasisSums) {
+    const std::uint64_t size = 4 * std::uint64_t{chunk_size} + 5;  // 5 chunks
+    basis_sums b;
+    b.size = 3 * std::uint64_t{chunk_size} + 100;  // 3 blocks and a tail
+    for (std::uint32_t i = 0; i < 3; ++i) {
+        b.weak.push_back(i);
+        b.strong.push_back({i + 1, i + 1});
+    }
+    b.tail = {9, 9};
+    receiver_machine::decision d = accept_all(file_id{0});
+    d.kind = wire::ACCEPT_PARTIAL;
+    d.have = chunk_bitmap(5);
+    d.have_digests.resize(5);
+    for (std::uint32_t c : {0u, 2u, 3u}) {
+        d.have->set(c);
+    }
+    d.have_digests[0] = b.strong[0];
+    d.have_digests[2] = b.strong[2];
+    d.have_digests[3] = b.tail;
+    d.sums = b;
+    EXPECT_TRUE(receiver_machine::have_is_basis(d));
+    EXPECT_TRUE(receiver_machine::have_digest_frames(d).empty());
+    receiver_machine::decision other = d;
+    other.have_digests[2] = {5, 5};  // a chunk written since (a resumed file)
+    EXPECT_FALSE(receiver_machine::have_is_basis(other));
+    EXPECT_EQ(receiver_machine::have_digest_frames(other).size(), 1u);
+    receiver_machine::decision past = d;
+    past.have->set(4);  // past the tail: no block of the sums there
+    past.have_digests[4] = b.tail;
+    EXPECT_FALSE(receiver_machine::have_is_basis(past));
+    receiver_machine::decision resumed = d;
+    resumed.sums.reset();  // a resume: no sums to take them from
+    EXPECT_FALSE(receiver_machine::have_is_basis(resumed));
+
+    // The sender takes the sums' digests for the chunks the bitmap names.
+    transfer_options sync;
+    sync.sync.emplace();
+    sync.sync->set_share("www");
+    auto sender_with_sums = [&](sender_machine& s) {
+        offer_all(s);
+        for (const auto& [h, bytes] : receiver_machine::basis_sum_frames(d)) {
+            ASSERT_EQ(s.on_basis_sums(h, as_bytes(bytes)), std::error_code{});
+        }
+    };
+    auto accept = [&](const receiver_machine::decision& x, bool from_basis) {
+        wire::Accept a;
+        a.set_transfer_id(test_transfer_id);
+        wire::FileAccept* fa = a.add_files();
+        fa->set_id(0);
+        fa->set_kind(wire::ACCEPT_PARTIAL);
+        fa->set_have(x.have->to_bytes());
+        fa->set_have_from_basis(from_basis);
+        return a;
+    };
+    std::vector<wire::FileDone> done;
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", size)}, sync);
+        sender_with_sums(s);
+        wire::Accept a = accept(d, true);
+        ASSERT_EQ(s.on_accept(a, done), std::error_code{});
+        // Chunk 0 as the receiver has it is not sent; chunk 1, which it lacks, is.
+        bool resend = false;  // (set only when the chunk must be sent)
+        chunk_ref r0{file_id{0}, chunk_index{0}, 0, chunk_size, false};
+        s.on_chunk_hashed(r0, b.strong[0], &resend);
+        EXPECT_FALSE(resend);
+        chunk_ref r2{file_id{0}, chunk_index{2}, 2 * std::uint64_t{chunk_size}, chunk_size, false};
+        s.on_chunk_hashed(r2, {8, 8}, &resend);
+        EXPECT_TRUE(resend);  // other bytes than its block 2 there: sent
+    }
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", size)}, sync);
+        sender_with_sums(s);
+        wire::Accept a = accept(past, true);
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::bad_chunk);  // a chunk the sums cannot tell
+    }
+    {
+        sender_machine s(test_transfer_id, {file_entry("f", size)}, {});
+        offer_all(s);
+        wire::Accept a = accept(d, true);
+        EXPECT_EQ(s.on_accept(a, done), protocol_errc::bad_chunk);  // no sums to take them from
+    }
+}
+
 TEST(ReceiverMachine, BasisSumFramesCarryEveryBlockAndTheTail) {
     receiver_machine::decision d = accept_all(file_id{3});
     d.kind = wire::ACCEPT_PARTIAL;
