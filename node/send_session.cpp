@@ -56,6 +56,25 @@ bool worth_again(std::error_code ec) {
     return ec != std::errc::permission_denied && ec != std::errc::operation_not_permitted;
 }
 
+// Test hook (tests/e2e): FERRY_FAULT_AFTER_DELTA_SCAN=OFFSET overwrites 16 bytes at OFFSET
+// of the first file whose delta pass ends, right after it, as a user's edit in place would,
+// and gives the file its mtime back (as `touch -r` would): only its bytes tell.
+void fault_after_delta_scan(int root_fd, const std::string& path) {
+    static const char* const at = std::getenv("FERRY_FAULT_AFTER_DELTA_SCAN");
+    static bool done = false;
+    if (at == nullptr || std::exchange(done, true)) {
+        return;
+    }
+    unique_fd fd(::openat(root_fd >= 0 ? root_fd : AT_FDCWD, path.c_str(), O_WRONLY | O_CLOEXEC));
+    static constexpr char edit[16] = {'e', 'd', 'i', 't', 'e', 'd', ' ', 'a', 't', ' ', 's', 'r', 'c', ' ', '!', '!'};
+    struct stat st {};
+    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 ||
+        ::pwrite(fd.get(), edit, sizeof edit, std::atoll(at)) != static_cast<ssize_t>(sizeof edit) ||
+        ::futimens(fd.get(), std::array<timespec, 2>{st.st_atim, st.st_mtim}.data()) != 0) {
+        std::fprintf(stderr, "FERRY_FAULT_AFTER_DELTA_SCAN: could not edit %s\n", path.c_str());
+    }
+}
+
 }  // namespace
 
 void send_session::source_file::read_done() {
@@ -1396,6 +1415,7 @@ void send_session::on_scanned(file_id f, const std::shared_ptr<delta_scan>& scan
         give_up_unread(f, scan->ec, scan->what);
         return;
     }
+    fault_after_delta_scan(root_fd(), local_path(f));
     std::vector<chunk_ref> parked = std::move(scan->parked);
     for (const chunk_ref& ref : parked) {
         if (!ref.send) {
@@ -1506,6 +1526,7 @@ send_session::read_job send_session::make_read_job(const chunk_ref& ref, pooled_
     job.buf = std::move(buf);
     if (auto it = scans_.find(ref.file.value); ref.send && it != scans_.end() && it->second && it->second->done) {
         job.ops = chunk_ops(it->second->matches, ref.offset, ref.length);
+        job.scanned = it->second->digests.at(ref.index.value);
         std::uint64_t copied = copied_bytes(job.ops);
         if (copied == 0) {
             job.ops.clear();
@@ -1579,6 +1600,11 @@ void send_session::read_source(read_job& job) {
     }
     if (!job.ec) {
         job.digest = hash_chunk(std::span<const std::uint8_t>(job.buf.data(), ref.length));
+        if (job.scanned && *job.scanned != job.digest) {
+            job.changed = true;
+            file.read_done();
+            return;
+        }
         if (job.small && job.same_as != job.digest && copied_bytes(job.ops) < ref.length) {
             // A changed file: the receiver's older version's small blocks, found in this
             // chunk in memory, where they leave fewer new bytes than the pass over
@@ -1708,6 +1734,13 @@ void send_session::on_read(std::uint32_t index, read_job& job) {
         // One file that cannot be read (gone, changed, unreadable) is skipped, not the
         // transfer: the report lists it and the exit code says so.
         give_up_unread(ref.file, job.ec, job.what);
+        return;
+    }
+    if (job.changed) {
+        // Since its delta pass (a user's edit in place): given up on for now, and sent
+        // again from a new scan, not as the pass's copies of other bytes (which the
+        // receiver would take for its own file having changed).
+        give_up(ref.file, false, "changed while it was read (its bytes since the delta's pass)", true);
         return;
     }
     on_hashed(ref, job.digest);

@@ -324,6 +324,11 @@ private:
         // Every byte of the chunk is a copy: nothing to read, its digest (`digest`) is the
         // delta pass's.
         bool copies_only = false;
+        // The chunk's digest as the delta pass read it, when `ops` are the pass's: the
+        // bytes read now must be those (else the file changed since, and the ops, which
+        // copy where the pass found the older version's blocks, would rebuild other bytes).
+        std::optional<digest128> scanned;
+        bool changed = false;  // they were not
         // A whole small file read by read_whole() beforehand: its bytes, or < 0 (not read
         // there: read_source reads it).
         long prefetched = -1;

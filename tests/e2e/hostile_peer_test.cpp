@@ -578,17 +578,22 @@ TEST_F(hostile_frames_test, chunk_whose_hash_does_not_match) {
     EXPECT_FALSE(fs::exists(inbox_ / "tampered.bin"));
 }
 
+// A ChunkRun header for `count` full chunks of `file` from `first`.
+wire::Header chunk_run_header(std::uint32_t file, std::uint32_t first, std::uint32_t count) {
+    wire::Header h;
+    wire::ChunkRun* r = h.mutable_chunk_run();
+    r->set_file_id(file);
+    r->set_first(first);
+    r->set_count(count);
+    r->set_last_raw_len(chunk_size);
+    return h;
+}
+
 TEST_F(hostile_frames_test, chunk_run_that_does_not_split_into_its_chunks) {
     auto p = accepted({"run.bin"}, 3 * chunk_size);
     ASSERT_TRUE(p);
     std::vector<std::uint8_t> junk = pattern_bytes(40, 8);
-    wire::Header h;
-    wire::ChunkRun* r = h.mutable_chunk_run();
-    r->set_file_id(0);
-    r->set_first(0);
-    r->set_count(2);
-    r->set_last_raw_len(chunk_size);
-    p->send_frame(h, junk);
+    p->send_frame(chunk_run_header(0, 0, 2), junk);
     expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "a ChunkRun frame that does not split into its chunks", false);
     EXPECT_FALSE(fs::exists(inbox_ / "run.bin"));
 }
@@ -602,13 +607,7 @@ TEST_F(hostile_frames_test, chunk_run_for_a_file_the_receiver_told_no_older_vers
     std::size_t n = encode_run_entry({1, 2}, ops, chunk_size, payload.data());
     n += encode_run_entry({3, 4}, ops, chunk_size, payload.data() + n);
     payload.resize(n);
-    wire::Header h;
-    wire::ChunkRun* r = h.mutable_chunk_run();
-    r->set_file_id(0);
-    r->set_first(0);
-    r->set_count(2);
-    r->set_last_raw_len(chunk_size);
-    p->send_frame(h, payload);
+    p->send_frame(chunk_run_header(0, 0, 2), payload);
     expect_transfer_failed(*p, wire::ERROR_PROTOCOL, "chunk index or length out of range", false);
     EXPECT_FALSE(fs::exists(inbox_ / "run.bin"));
 }

@@ -1144,6 +1144,26 @@ TEST_F(sync_push, a_file_that_changes_while_read_is_sent_again_from_a_new_scan) 
     EXPECT_TRUE(no_partial_files(share));
 }
 
+// SRC's file edited in place after the delta's pass read it, in a part already passed
+// (a user's test, 2026-12-07: it failed as "changed at the destination", DST's file
+// untouched): a chunk read since is not the bytes the pass found, so the file is given
+// up on and sent again from a new scan, as it is now.
+TEST_F(sync_push, a_file_edited_at_src_after_its_delta_pass_is_sent_again_not_blamed_on_dst) {
+    serve();
+    write_random_file(src / "big.bin", 8 * 256 * 1024, 57);
+    ASSERT_EQ(sync({}).code, 0);
+    std::string data = read_text_file(src / "big.bin");
+    data.insert(1000, "0123456789");  // chunk 0 then holds new bytes and copies: it is read
+    write_text_file(src / "big.bin", data);
+    run_result r = sync({"--compress", "never"}, "ay:www/site", {"FERRY_FAULT_AFTER_DELTA_SCAN=5000"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("changed or vanished while read; scanning and sending once more"), std::string::npos) << r.err;
+    EXPECT_EQ(read_text_file(src / "big.bin").substr(5000, 16), "edited at src !!");
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+    EXPECT_TRUE(paths_of(json_events(r.out), "failed").empty()) << r.out;
+    EXPECT_TRUE(no_partial_files(share));
+}
+
 TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_the_rest_is_synced) {
     serve();
     write_random_file(src / "gone.bin", 3 * 256 * 1024, 32);
