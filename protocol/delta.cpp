@@ -282,24 +282,29 @@ std::uint64_t copied_bytes(std::span<const delta_op> ops) {
     return n;
 }
 
+namespace {
+
+// An op's head in a CODEC_DELTA payload: (length << 1 | copy) in 4 bytes little endian,
+// then for a copy the basis offset in 8.
+void store_op_head(std::uint8_t* out, const delta_op& op) {
+    store_le(out, std::uint64_t{op.length} << 1 | (op.copy ? 1 : 0), 4);
+    if (op.copy) {
+        store_le(out + 4, op.basis_offset);
+    }
+}
+
+}  // namespace
+
 std::size_t encode_delta(std::span<const delta_op> ops, std::span<const std::uint8_t> chunk, std::uint8_t* out,
                          std::size_t cap) {
     std::size_t n = 0;
     std::size_t at = 0;  // where the op's bytes are in the chunk
-    std::uint8_t head[12];
     for (const delta_op& op : ops) {
         std::size_t need = op.copy ? 12 : 4 + std::size_t{op.length};
         if (op.length == 0 || at + op.length > chunk.size() || n + need > cap) {
             return 0;
         }
-        std::uint64_t word = std::uint64_t{op.length} << 1 | (op.copy ? 1 : 0);
-        for (int i = 0; i < 4; ++i) {
-            head[i] = static_cast<std::uint8_t>(word >> (8 * i));
-        }
-        for (int i = 0; i < 8; ++i) {
-            head[4 + i] = static_cast<std::uint8_t>(op.basis_offset >> (8 * i));
-        }
-        std::memcpy(out + n, head, op.copy ? 12 : 4);
+        store_op_head(out + n, op);
         if (!op.copy) {
             std::memcpy(out + n + 4, chunk.data() + at, op.length);
         }
@@ -316,8 +321,7 @@ std::size_t encode_run_entry(digest128 digest, std::span<const delta_op> ops, st
         copied_bytes(ops) != raw_len) {
         return 0;
     }
-    // Copy ops as encode_delta writes them: (length << 1 | 1) in 4 bytes, the offset in 8.
-    const std::size_t n = 12 * ops.size();
+    const std::size_t n = 12 * ops.size();  // (a copy op's head is all of it)
     if (n >= raw_len) {
         return 0;
     }
@@ -325,8 +329,7 @@ std::size_t encode_run_entry(digest128 digest, std::span<const delta_op> ops, st
     store_le(out + 8, digest.hi);
     store_le(out + 16, n, 2);
     for (std::size_t k = 0; k < ops.size(); ++k) {
-        store_le(out + 18 + 12 * k, std::uint64_t{ops[k].length} << 1 | 1, 4);
-        store_le(out + 18 + 12 * k + 4, ops[k].basis_offset);
+        store_op_head(out + 18 + 12 * k, ops[k]);
     }
     return 18 + n;
 }

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -58,6 +59,17 @@ struct basis_sums {
     // The same version in small blocks (SmallSums), when worth telling (max_fine_block).
     std::shared_ptr<small_sums> fine;
     std::uint64_t tail_length() const { return size % chunk_size; }
+    // The digest of the older version's block at chunk index `c` (the short block's just
+    // past the last full one), if it has one there.
+    std::optional<digest128> block_digest(std::uint64_t c) const {
+        if (c < strong.size()) {
+            return strong[c];
+        }
+        if (c == strong.size() && tail_length() > 0) {
+            return tail;
+        }
+        return std::nullopt;
+    }
 };
 
 // Full blocks of a basis that a receiver may describe for a new version of `new_size`

@@ -274,20 +274,17 @@ std::error_code sender_machine::on_accept(wire::Accept& accept, std::vector<wire
                 if (it != have_digests_.end() || b == basis_pending_.end()) {
                     return protocol_errc::bad_chunk;
                 }
-                const basis_sums& sums = b->second;
                 std::vector<digest128>& list = have_digests_[i];
                 for (std::uint64_t c = 0; c < f.chunks; ++c) {
                     if (!w.have->test(c)) {
                         continue;
                     }
-                    if (c < sums.strong.size()) {
-                        list.push_back(sums.strong[c]);
-                    } else if (c == sums.strong.size() && sums.tail_length() > 0) {
-                        list.push_back(sums.tail);
-                    } else {
+                    std::optional<digest128> digest = b->second.block_digest(c);
+                    if (!digest) {
                         have_digests_.erase(i);
                         return protocol_errc::bad_chunk;
                     }
+                    list.push_back(*digest);
                 }
                 it = have_digests_.find(i);
             }
@@ -837,11 +834,8 @@ bool receiver_machine::have_is_basis(const decision& d) {
     if (d.kind != wire::ACCEPT_PARTIAL || !d.have || !d.sums || d.have_digests.size() != d.have->size()) {
         return false;
     }
-    const basis_sums& b = *d.sums;
     for (std::uint64_t c = 0; c < d.have->size(); ++c) {
-        if (d.have->test(c) &&
-            !(c < b.strong.size() ? d.have_digests[c] == b.strong[c]
-                                  : c == b.strong.size() && b.tail_length() > 0 && d.have_digests[c] == b.tail)) {
+        if (d.have->test(c) && d.sums->block_digest(c) != d.have_digests[c]) {
             return false;
         }
     }
