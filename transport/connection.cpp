@@ -182,7 +182,6 @@ bool connection::send(wire::Header& header, pooled_buffer owner, std::size_t pay
     f.payload = std::move(owner);
     f.payload_len = payload_len;
     f.chunks = header.has_chunk() ? 1 : header.has_chunk_run() ? header.chunk_run().count() : 0;
-    f.chunk = f.chunks > 0;
     queued_bytes_ += f.head.size() + payload_len;
     queue_.push_back(std::move(f));
     ++counters_.frames_sent;
@@ -305,7 +304,7 @@ void connection::close_after_flush(std::error_code ec) {
 std::size_t connection::drop_unsent_chunks() {
     // The front frame may be partly written: it stays whole, or the framing would break.
     auto first = queue_.begin() + (front_written_ > 0 && !queue_.empty() ? 1 : 0);
-    auto kept = std::stable_partition(first, queue_.end(), [](const out_frame& f) { return !f.chunk; });
+    auto kept = std::stable_partition(first, queue_.end(), [](const out_frame& f) { return f.chunks == 0; });
     std::size_t dropped = 0;
     for (auto it = kept; it != queue_.end(); ++it) {
         queued_bytes_ -= it->head.size() + it->payload_len;

@@ -95,8 +95,7 @@ private:
         std::vector<std::uint8_t> head;
         pooled_buffer payload;
         std::size_t payload_len = 0;
-        bool chunk = false;        // a Chunk or ChunkRun frame
-        std::uint32_t chunks = 0;  // the chunks it holds
+        std::uint32_t chunks = 0;  // the chunks it holds (a Chunk or ChunkRun frame), else 0
     };
 
     void read_loop();
