@@ -25,6 +25,26 @@
 
 namespace ferry {
 
+namespace {
+
+// The digest of the open file `fd` of `size` bytes (FileDone's: over its chunks' digests,
+// read and hashed chunk by chunk), or none when it could not be read whole.
+std::optional<digest128> file_digest_of(int fd, std::uint64_t size) {
+    std::vector<digest128> chunks;
+    std::vector<std::uint8_t> buf(std::min<std::uint64_t>(size, chunk_size));
+    std::error_code ec;
+    for (std::uint64_t c = 0; c < chunk_count(size); ++c) {
+        std::uint32_t len = chunk_length(size, c);
+        if (read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
+            return std::nullopt;
+        }
+        chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
+    }
+    return file_digest(chunks);
+}
+
+}  // namespace
+
 // The files under a sync's folder by size and mtime: a file new at DST with the size and
 // mtime of one already there was likely renamed or copied at SRC, so it starts as a copy
 // of that one (made in the kernel, or a reflink), and only chunks the sender finds
@@ -45,9 +65,14 @@ struct local_basis {
     // or one was guessed from already.
     std::unordered_map<std::uint64_t, std::uint32_t> by_size;
     static constexpr std::uint32_t guessed = UINT32_MAX;
-    // Stamps more than one file has (a script wrote them in one clock tick), and those a
-    // dry run told a rename from already: it has no digests to tell which file moved.
-    std::unordered_set<std::uint64_t> shared_stamps;
+    // Each file's next one of its stamp (`none` for the last): files of one stamp are many
+    // where a script wrote them in one clock tick, or copies kept their mtime.
+    static constexpr std::uint32_t none = UINT32_MAX;
+    std::vector<std::uint32_t> next_of_stamp;
+    // A dry run's: how many more new files it may tell as renamed or copied from a stamp's
+    // files (set when first asked), and how many of one stamp's files it reads at most.
+    std::unordered_map<std::uint64_t, std::uint32_t> dry_left;
+    static constexpr std::uint32_t max_alike_reads = 16;
 
     static std::uint64_t stamp_key(std::uint64_t size, std::int64_t mtime_ns) {
         return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
@@ -66,13 +91,17 @@ struct local_basis {
         built = true;
         std::string failed;
         (void)tree.list_files(max_files, files, failed, under);
+        next_of_stamp.assign(files.size(), none);
+        std::unordered_map<std::uint64_t, std::uint32_t> last_of_stamp;  // for the chains
         for (std::uint32_t i = 0; i < files.size(); ++i) {
             const dest_tree::file_stamp& f = files[i];
             if (f.size == 0 || check_wire_path(f.path)) {
                 continue;  // empty, or a path the wire cannot carry (too long for FileAccept.basis)
             }
             if (auto [it, fresh] = by_stamp.try_emplace(stamp_key(f.size, f.mtime_ns), i); !fresh) {
-                shared_stamps.insert(it->first);
+                auto last = last_of_stamp.try_emplace(it->first, it->second).first;
+                next_of_stamp[last->second] = i;
+                last->second = i;
             }
             by_named_stamp.try_emplace(named_key(stamp_key(f.size, f.mtime_ns), f.path), i);
             if (chunk_count(f.size) >= resume_min_chunks) {
@@ -83,11 +112,45 @@ struct local_basis {
         }
     }
 
-    // The file to start `e` from, if any.
-    // `guess`: a file of resume size may match on size alone (else size and mtime only, of
-    // one file at DST and once, or with the same name too: a dry run, which has no digests
-    // to prove a guess).
-    const dest_tree::file_stamp* find(const entry_info& e, bool guess = true) {
+    // The file to start `e` from, if any: one of its size and mtime (of its name first),
+    // else, for a file of resume size, one of its size alone. The digests prove it.
+    const dest_tree::file_stamp* find(const entry_info& e) {
+        if (const dest_tree::file_stamp* f = of_stamp(e)) {
+            return f;
+        }
+        auto it = by_size.find(e.size);
+        if (it == by_size.end() || it->second == guessed) {
+            return nullptr;
+        }
+        const dest_tree::file_stamp* f = &files[it->second];
+        it->second = guessed;
+        return f;
+    }
+
+    // A dry run's find(), which has no digests to prove a guess: a file of `e`'s size and
+    // mtime only, and from the files of one stamp no more new files than they are, when they
+    // hold the same bytes (copies of one file, which it reads): else the run's digests may
+    // find the one taken different (three files of one tick, shuffled; 300 new files of the
+    // tick of one DST has), and the run tell another story. Errs towards "created".
+    const dest_tree::file_stamp* predict(const entry_info& e, dest_tree& tree) {
+        const dest_tree::file_stamp* f = of_stamp(e);
+        if (f == nullptr || wire_name(f->path) == wire_name(e.path)) {
+            return f;  // (a moved folder's file: the run takes the same)
+        }
+        const std::uint64_t stamp = stamp_key(e.size, e.mtime_ns);
+        auto [it, fresh] = dry_left.try_emplace(stamp, 0);
+        if (fresh) {
+            it->second = alike_count(tree, by_stamp.at(stamp));
+        }
+        if (it->second == 0) {
+            return nullptr;
+        }
+        --it->second;
+        return f;
+    }
+
+  private:
+    const dest_tree::file_stamp* of_stamp(const entry_info& e) const {
         const std::uint64_t stamp = stamp_key(e.size, e.mtime_ns);
         if (auto it = by_named_stamp.find(named_key(stamp, e.path)); it != by_named_stamp.end()) {
             const dest_tree::file_stamp& f = files[it->second];
@@ -95,19 +158,31 @@ struct local_basis {
                 return &f;
             }
         }
-        if (auto it = by_stamp.find(stamp); it != by_stamp.end()) {
-            const dest_tree::file_stamp& f = files[it->second];
-            if (same_stamp(f, e) && (guess || shared_stamps.insert(stamp).second)) {
-                return &f;  // (a dry run: only a stamp one file has, and once)
+        auto it = by_stamp.find(stamp);
+        return it != by_stamp.end() && same_stamp(files[it->second], e) ? &files[it->second] : nullptr;
+    }
+
+    // How many files the stamp whose first is `first` has, when they hold the same bytes
+    // (one file: 1, unread); 0 when they differ, or are more than max_alike_reads.
+    std::uint32_t alike_count(dest_tree& tree, std::uint32_t first) const {
+        if (next_of_stamp[first] == none) {
+            return 1;
+        }
+        std::optional<digest128> digest;
+        std::uint32_t count = 0;
+        for (std::uint32_t i = first; i != none; i = next_of_stamp[i]) {
+            if (++count > max_alike_reads) {
+                return 0;
             }
+            std::error_code ec;
+            unique_fd fd(tree.open_final_read(files[i].path, ec));
+            std::optional<digest128> d = fd.get() >= 0 ? file_digest_of(fd.get(), files[i].size) : std::nullopt;
+            if (!d || (digest && *d != *digest)) {
+                return 0;
+            }
+            digest = d;
         }
-        auto it = guess ? by_size.find(e.size) : by_size.end();
-        if (it == by_size.end() || it->second == guessed) {
-            return nullptr;
-        }
-        const dest_tree::file_stamp* f = &files[it->second];
-        it->second = guessed;
-        return f;
+        return count;
     }
 };
 
@@ -393,17 +468,8 @@ bool same_content(dest_tree& tree, const entry_info& e, bool fix_meta, bool& oth
         return false;
     }
     struct stat st {};
-    bool same = ::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) == e.size;
-    std::vector<digest128> chunks;
-    std::vector<std::uint8_t> buf(same ? std::min<std::uint64_t>(e.size, chunk_size) : 0);
-    for (std::uint64_t c = 0; same && c < chunk_count(e.size); ++c) {
-        std::uint32_t len = chunk_length(e.size, c);
-        same = read_at(fd, buf.data(), len, c * chunk_size, ec) == len;
-        if (same) {
-            chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
-        }
-    }
-    same = same && file_digest(chunks) == *e.digest;
+    bool same = ::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) == e.size &&
+                file_digest_of(fd, e.size) == *e.digest;
     // (As a file system with coarser timestamps stores it: FAT's 2 s never hold SRC's ns.)
     other_mtime = same && !same_stored_mtime(timespec_ns(st.st_mtim), e.mtime_ns);
     if (other_mtime && fix_meta) {
@@ -1440,7 +1506,7 @@ void receive_session::next_offer() {
                     if (!basis->built) {
                         basis->build(*tree, sync.get);
                     }
-                    if (const dest_tree::file_stamp* f = basis->find(e, false);
+                    if (const dest_tree::file_stamp* f = basis->predict(e, *tree);
                         f != nullptr && f->path != e.path && take_basis_room(e, f->path)) {
                         from = f->path;
                     }

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "node/dest_tree.hpp"
 #include "node/file_io.hpp"
@@ -812,6 +813,51 @@ TEST_F(sync_push, a_dry_run_tells_no_rename_it_cannot_tell_apart) {
     EXPECT_EQ(paths_of(ev, "created"), (paths{"same/x", "same/y", "same/z"}));
     run_result r = sync({"--delete"});
     ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
+TEST_F(sync_push, a_dry_run_tells_the_renames_of_files_alike_as_the_run_does) {
+    // Two files of one size and mtime and the same bytes (a license file in two folders),
+    // each renamed, and a file of its own renamed. The run starts each new name from DST's
+    // file of that stamp and its digests prove the renames; a dry run told the two
+    // "created" (a stamp two files have: it cannot tell them apart, but here they are alike).
+    serve();
+    const timespec tick{1'600'000'000, 0};
+    auto stamp = [&](const fs::path& p) {
+        ASSERT_EQ(::utimensat(AT_FDCWD, p.c_str(), std::array<timespec, 2>{timespec{0, UTIME_OMIT}, tick}.data(), 0),
+                  0);
+    };
+    write_text_file(src / "a" / "COPYING", "the same license text\n");
+    write_text_file(src / "b" / "COPYING", "the same license text\n");
+    write_text_file(src / "u", "a file of its own\n");
+    for (const fs::path& p : {src / "a" / "COPYING", src / "b" / "COPYING", src / "u"}) {
+        stamp(p);
+    }
+    ASSERT_EQ(sync({}).code, 0);
+    fs::rename(src / "a" / "COPYING", src / "a" / "LICENSE");
+    fs::rename(src / "b" / "COPYING", src / "b" / "LICENSE");
+    fs::rename(src / "u", src / "u2");
+
+    run_result dry = sync({"--delete", "--dry-run"});
+    ASSERT_EQ(dry.code, 0) << dry.err;
+    run_result r = sync({"--delete"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto renames = [](const std::string& out) {
+        std::set<std::pair<std::string, std::string>> told;  // (path, from)
+        for (const auto& e : json_events(out)) {
+            if (e["event"] == "renamed") {
+                told.emplace(e["path"], e["from"]);
+            }
+        }
+        return told;
+    };
+    auto told = renames(r.out);
+    ASSERT_EQ(told.size(), 3u) << r.out;
+    EXPECT_EQ(told.rbegin()->first, "u2");
+    EXPECT_EQ(told.rbegin()->second, "u");
+    EXPECT_EQ(renames(dry.out), told) << dry.out;
+    EXPECT_EQ(paths_of(json_events(dry.out), "created"), paths{}) << dry.out;
+    EXPECT_EQ(find_event(json_events(r.out), "done")["bytes_transferred"], 0);
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
