@@ -1892,7 +1892,12 @@ void sync_event(const common_opts& o, sync_run& run, const char* what, std::stri
         }
         end_event_line(line);
     } else if (run.verbose && std::string_view(what) != "skipped") {
-        say(fmt::format("{} {}{}{}", what, ferry::printable(path), std::string_view(kind) == "dir" ? "/" : "",
+        // (A dry run's: "would delete dd/", as its summary says "to delete".)
+        std::string verb = what;
+        if (run.target.dry_run()) {
+            verb = "would " + verb.substr(0, verb.size() - 1);  // created -> would create
+        }
+        say(fmt::format("{} {}{}{}", verb, ferry::printable(path), std::string_view(kind) == "dir" ? "/" : "",
                         from.empty() ? "" : " (from " + ferry::printable(from) + ")"));
     }
 }
@@ -2475,8 +2480,8 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
     ev.resumed = [&o, &sync](const std::string& direction, const std::string& session, std::uint64_t bytes,
                              std::uint64_t files) {
         // Told per batch (each Accept that starts files so) in --json; the line once a
-        // run, and not with --quiet (summary and errors only).
-        if (!o.quiet && !sync.resumed_told) {
+        // run, with -v only (a user's test: noise on every run that updated a file).
+        if (sync.verbose && !o.quiet && !sync.resumed_told) {
             sync.resumed_told = true;
             say("changed files start from what the receiver has (an older version, a renamed or copied file, "
                 "or what an interrupted attempt left): only the chunks that differ from it are sent");
@@ -2502,16 +2507,17 @@ void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& e
 }
 
 // ", N failed, M other path(s) not done (below)" for a sync's summary line ("above" when
-// each was said as it happened, "listed" when some were); "" for none.
-std::string failed_text(const std::vector<ferry::skipped_file>& failed) {
+// each was said as it happened, "listed" when some were; a dry run's: "N would fail, M other
+// path(s) would not be done"); "" for none.
+std::string failed_text(const std::vector<ferry::skipped_file>& failed, bool dry = false) {
     std::uint64_t files = ferry::count_failed(failed, true);
     std::uint64_t other = ferry::count_failed(failed, false);
     if (failed.empty()) {
         return "";
     }
-    std::string out = fmt::format(", {} failed", files);
+    std::string out = fmt::format(", {} {}", files, dry ? "would fail" : "failed");
     if (other > 0) {
-        out += fmt::format(", {} other path(s) not done", other);
+        out += fmt::format(", {} other path(s) {}", other, dry ? "would not be done" : "not done");
     }
     auto before = std::count_if(failed.begin(), failed.end(), said_before);
     return out + (before == 0 ? " (below)" : before == std::ssize(failed) ? " (above)" : " (listed)");
@@ -2539,9 +2545,9 @@ int sync_summary(const common_opts& o, const sync_run& run, const ferry::transfe
             compression_note(r));
     } else if (dry) {
         say(fmt::format(
-            "dry run, nothing changed: {} file(s) to create, {} to update, {} to rename, {} unchanged{}, "
+            "dry run, nothing changed: {} file(s) to create, {} to update, {} to rename, {} unchanged{}{}, "
             "{} path(s) to delete",
-            run.created, run.updated, run.renamed, run.unchanged,
+            run.created, run.updated, run.renamed, run.unchanged, failed_text(r.given_up, true),
             folders_text(run.created_dirs, "to make") + folders_text(run.updated_dirs, "to update"), deleted));
     } else {
         say(fmt::format("synced {} file(s): {} created, {} updated, {} renamed, {} unchanged{}{}, {} path(s) deleted; "
