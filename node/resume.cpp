@@ -208,12 +208,20 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     if (!bytes.empty()) {
         record = decode_resume_state(bytes, &why);
     }
-    if (record && !record->same_source(e.size, e.mtime_ns)) {
+    const bool other_source = record && !record->same_source(e.size, e.mtime_ns);
+    if (other_source && seed_instead) {
         tree.remove_partial(e.path, true, true);
         out.restarted = true;
         out.note = printable(e.path) +
                    ": the source changed since the interrupted attempt (size or mtime): starting it over";
         return out;
+    }
+    if (other_source) {
+        // No older version here to start from instead: what the attempt wrote is offered
+        // still, each chunk hashed again (the record's digests are of the other version),
+        // and the sender keeps those whose digest its file still has (a file grown at its
+        // end since, a log or a dump still being written, keeps all but its last chunk).
+        record.reset();
     }
     if (seed_instead && (!record || record->have.count() == 0) && (known == nullptr || known->have.count() == 0)) {
         out.no_record = true;
@@ -277,8 +285,10 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
     out.digests = std::move(digests);
     // (What the sender finds other than its own is sent: a partial file seeded with DST's
     // older version holds chunks of that version.)
-    out.note = printable(e.path) + ": resuming with " + std::to_string(n) + " of " + std::to_string(chunks) +
-               " chunks (" + std::to_string(out.kept_bytes) + " bytes) here, each kept if the source's is the same";
+    out.note = printable(e.path) +
+               (other_source ? ": the source changed since the interrupted attempt (size or mtime)" : "") +
+               ": resuming with " + std::to_string(n) + " of " + std::to_string(chunks) + " chunks (" +
+               std::to_string(out.kept_bytes) + " bytes) here, each kept if the source's is the same";
     if (out.remembered > 0) {
         out.note += " (" + std::to_string(out.remembered) + " known from the interrupted session, not read again)";
     }
@@ -288,7 +298,7 @@ resume_found find_resume(dest_tree& tree, const entry_info& e, std::uint64_t max
         out.note += ", " + std::to_string(out.repaired) +
                     " recorded chunk(s) no longer as recorded (written again after the record, or damaged): sent again";
     }
-    if (!bytes.empty() && !record) {
+    if (!bytes.empty() && !record && !other_source) {
         out.note += " (resume record unreadable: " + why + "; every chunk checked by the sender)";
     }
     return out;

@@ -121,16 +121,16 @@ struct resume_found {
     std::uint64_t repaired = 0;   // of those, chunks whose bytes no longer match: sent again
     std::uint64_t unrecorded = 0; // chunks written after the last record (a crash): the sender checks them
     std::uint64_t remembered = 0; // chunks taken from a known_partial, not read
-    bool restarted = false;       // the source changed since (size or mtime): partial data dropped
+    bool restarted = false;       // seed_instead, and the source changed since (size or mtime): partial data dropped
     bool no_record = false;       // seed_instead: nothing tells what the partial file holds (not read)
     std::string note;             // one line for the log, empty if nothing was found
 };
 
 // What an earlier attempt left for `e` at `e.path` in `tree`. A record of another source
-// version drops the partial file (the file restarts cleanly); a missing, truncated or
-// damaged record is not trusted either way: every complete chunk of the partial file is
-// hashed as it is now and offered with that digest, which the sender compares with its
-// own before it skips the chunk.
+// version, a missing, truncated or damaged one are not trusted: every complete chunk of the
+// partial file is hashed as it is now and offered with that digest, which the sender
+// compares with its own before it skips the chunk (a file grown since keeps what it had).
+// With `seed_instead`, a record of another source version drops the partial file instead.
 // At most `max_claims` chunks are offered (the rest are sent again). The partial file's
 // mtime is set to now, so that it does not look abandoned while the transfer runs.
 // With `known` (from known_partials) for the same inode and source version, the chunks it

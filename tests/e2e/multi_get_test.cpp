@@ -11,6 +11,7 @@
 
 #include "tests/support/fault_proxy.hpp"
 #include "tests/support/ferry_cli.hpp"
+#include "tests/support/fs_util.hpp"
 #include "tests/support/tree.hpp"
 
 namespace fs = std::filesystem;
@@ -24,11 +25,6 @@ constexpr std::uint64_t MiB = 1024 * 1024;
 bool same_bytes(const fs::path& a, const fs::path& b) {
     std::string x = read_text_file(a);
     return !x.empty() && x == read_text_file(b);
-}
-
-void set_mtime(const fs::path& p, std::int64_t sec) {
-    struct timespec t[2] = {{0, UTIME_OMIT}, {sec, 0}};
-    ASSERT_EQ(::utimensat(AT_FDCWD, p.c_str(), t, 0), 0) << p;
 }
 
 class multi_get : public ::testing::Test {
@@ -70,7 +66,7 @@ protected:
     void place(const fs::path& original, const std::vector<std::string>& who) {
         for (const std::string& w : who) {
             fs::copy_file(original, share(w) / original.filename(), fs::copy_options::overwrite_existing);
-            set_mtime(share(w) / original.filename(), 1700000000);
+            ASSERT_TRUE(set_mtime(share(w) / original.filename(), 1700000000));
         }
     }
     run_result get(const std::string& from, const std::string& what, std::vector<std::string> extra = {}) {
@@ -150,7 +146,7 @@ TEST_F(multi_get, sources_with_other_versions_are_left_out_or_fail_the_get_and_n
     place(original, {"A", "B"});
 
     // B's copy has another mtime: B is left out with a note, A brings it all.
-    set_mtime(share("B") / "data.bin", 1600000000);
+    ASSERT_TRUE(set_mtime(share("B") / "data.bin", 1600000000));
     run_result r = get("one,two", "pub/data.bin", {"--range-size", "1M"});
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_TRUE(same_bytes(original, out / "data.bin"));
@@ -172,7 +168,7 @@ TEST_F(multi_get, sources_with_other_versions_are_left_out_or_fail_the_get_and_n
     // Same size and mtime, other bytes: the ranges cannot make the file A read, so the get
     // fails and places nothing (what was there stays).
     write_random_file(share("B") / "data.bin", 9 * MiB, 6);
-    set_mtime(share("B") / "data.bin", 1700000000);
+    ASSERT_TRUE(set_mtime(share("B") / "data.bin", 1700000000));
     fs::remove(out / "data.bin");
     r = get("one,two", "pub/data.bin", {"--range-size", "1M"});
     EXPECT_EQ(r.code, 2) << r.err;

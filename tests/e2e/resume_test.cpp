@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -205,7 +206,9 @@ TEST_F(resume, damaged_partial_data_is_repaired_not_trusted) {
     EXPECT_NE(sv.proc->err().find("damaged"), std::string::npos) << sv.proc->err();
 }
 
-TEST_F(resume, changed_source_restarts_the_file) {
+TEST_F(resume, a_source_changed_whole_is_sent_whole) {
+    // The receiver offers what the attempt wrote of the other version, and the sender,
+    // whose digests differ for every chunk, sends every one.
     auto sv = serve();
     {
         fault_proxy proxy(sv.address);
@@ -221,7 +224,36 @@ TEST_F(resume, changed_source_restarts_the_file) {
     json done = find_event(json_events(r.out), "done");
     EXPECT_EQ(done.value("resumed_bytes", 1), 0) << done;
     EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}), file_size + 1) << done;
-    EXPECT_NE(sv.proc->err().find("starting it over"), std::string::npos) << sv.proc->err();
+    EXPECT_NE(sv.proc->err().find("the source changed since the interrupted attempt"), std::string::npos)
+        << sv.proc->err();
+}
+
+TEST_F(resume, a_source_grown_at_its_end_since_keeps_what_the_attempt_wrote) {
+    // A file still being written at SRC (a log, a dump): its size and mtime changed since
+    // the attempt, its first chunks did not. They were dropped and sent again.
+    auto sv = serve();
+    {
+        fault_proxy proxy(sv.address);
+        auto tx = send_stalled_at(proxy, file_size / 2);
+        ASSERT_TRUE(tx);
+        kill_sender(*tx, proxy, sv);
+    }
+    ASSERT_TRUE(resume_record_written());
+    {
+        std::ofstream out(src, std::ios::binary | std::ios::app);
+        out << std::string(300 * 1024, 'x');
+    }
+    const std::uint64_t grown = file_size + 300 * 1024;
+    ASSERT_TRUE(set_mtime(src, 1'700'000'000));  // (a new mtime, whatever the clock's resolution)
+    run_result r = send(sv.address);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
+    json done = find_event(json_events(r.out), "done");
+    const std::uint64_t kept = done.value("resumed_bytes", std::uint64_t{0});
+    EXPECT_GE(kept, file_size / 4) << done;  // what passed the proxy, less what was in flight
+    EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}) + kept, grown) << done;
+    EXPECT_NE(sv.proc->err().find("the source changed since the interrupted attempt"), std::string::npos)
+        << sv.proc->err();
 }
 
 TEST_F(resume, one_cut_connection_is_replaced_and_the_transfer_goes_on) {

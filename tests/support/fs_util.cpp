@@ -1,5 +1,6 @@
 #include "tests/support/fs_util.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/inotify.h>
@@ -12,6 +13,11 @@
 #include <cstring>
 
 namespace ferry::test {
+
+bool set_mtime(const std::filesystem::path& p, std::int64_t sec) {
+    const std::array<timespec, 2> times{timespec{0, UTIME_OMIT}, timespec{sec, 0}};
+    return ::utimensat(AT_FDCWD, p.c_str(), times.data(), AT_SYMLINK_NOFOLLOW) == 0;
+}
 
 std::uint64_t allocated_bytes(const std::filesystem::path& p) {
     struct stat st {};

@@ -20,6 +20,10 @@ bool wait_for_change(const std::filesystem::path& dir, const std::function<bool(
 // there.
 std::uint64_t allocated_bytes(const std::filesystem::path& p);
 
+// Sets the mtime of `p` (not following a symlink) to `sec` seconds since the epoch, the
+// atime left; false (errno set) when it cannot.
+[[nodiscard]] bool set_mtime(const std::filesystem::path& p, std::int64_t sec);
+
 // Mounts a tmpfs with `options` (e.g. "size=48m") on `dir` in a mount namespace of this
 // process alone (the ferry processes it starts inherit it; the host never sees it).
 // Returns "" on success, else why it could not (not root, no namespaces): a reason to skip.
