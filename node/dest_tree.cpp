@@ -523,10 +523,13 @@ std::error_code dest_tree::stat_final(std::string_view wire_path, bool create_pa
 
 std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite, std::uint64_t size,
                                       std::int64_t mtime_ns, bool& identical, bool create_parents, bool* exists,
-                                      std::uint32_t* mode_there, std::uint64_t* size_there) {
+                                      std::uint32_t* mode_there, std::uint64_t* size_there, bool* special_there) {
     identical = false;
     if (exists != nullptr) {
         *exists = false;
+    }
+    if (special_there != nullptr) {
+        *special_there = false;
     }
     struct stat st {};
     bool found = false;
@@ -551,6 +554,9 @@ std::error_code dest_tree::check_file(std::string_view wire_path, bool overwrite
     }
     if (exists != nullptr) {
         *exists = S_ISREG(st.st_mode);
+    }
+    if (special_there != nullptr) {
+        *special_there = !S_ISREG(st.st_mode);
     }
     if (mode_there != nullptr) {
         *mode_there = st.st_mode & 07777;

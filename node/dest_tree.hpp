@@ -188,10 +188,12 @@ public:
     // timestamps stores it.
     // `exists` (if given) tells whether a regular file is there (identical or not), and
     // `mode_there` and `size_there` (if given) get that file's permission bits (07777) and
-    // size.
+    // size. `special_there` (if given): a FIFO, socket or device is there instead (with
+    // `overwrite` the new file's rename replaces it).
     std::error_code check_file(std::string_view wire_path, bool overwrite, std::uint64_t size, std::int64_t mtime_ns,
                                bool& identical, bool create_parents = true, bool* exists = nullptr,
-                               std::uint32_t* mode_there = nullptr, std::uint64_t* size_there = nullptr);
+                               std::uint32_t* mode_there = nullptr, std::uint64_t* size_there = nullptr,
+                               bool* special_there = nullptr);
     // A sync's symlink at `wire_path` (parents created unless `create_parents` is false):
     // `exists` tells whether a file or a symlink is there (which make_link replaces),
     // `identical` whether it is a symlink holding `target` with this mtime. A folder

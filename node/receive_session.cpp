@@ -1307,6 +1307,8 @@ void receive_session::next_offer() {
         // Something is there already: a regular file or symlink (identical or not), or for
         // a folder, a folder.
         std::vector<bool> exists(items.size(), false);
+        // A sync's file whose name a FIFO, socket or device at DST has: replaced, so updated.
+        std::vector<bool> special_there(items.size(), false);
         // A sync's file or symlink whose name a folder takes: that folder goes first, with
         // what it holds (sync_view: --delete, excludes). What went (or, in a dry run, would).
         std::vector<bool> folder_there(items.size(), false);
@@ -1420,7 +1422,7 @@ void receive_session::next_offer() {
             if (items[i].e.is_dir) {  // (node_events::folder)
                 return !exists[i] ? wire::SYNC_CREATE : folder_changes[i] ? wire::SYNC_UPDATE : wire::SYNC_NONE;
             }
-            return exists[i] ? wire::SYNC_UPDATE : wire::SYNC_CREATE;
+            return exists[i] || special_there[i] ? wire::SYNC_UPDATE : wire::SYNC_CREATE;
         };
         // Item i alone fails, for blocked[i], and what is below it (for `below`, if given):
         // a file is given up on right after the Accept, so that nothing of it is counted; a
@@ -1643,6 +1645,7 @@ void receive_session::next_offer() {
             bool done = false;
             bool same = false;
             bool there = false;
+            bool special = false;
             std::error_code ec;
             small_basis basis;        // for the accept (below), read here too (not with --checksum,
             bool basis_read = false;  // whose content check decides what changed)
@@ -1687,7 +1690,7 @@ void receive_session::next_offer() {
                         const entry_info& e = items[files[k]].e;
                         look& l = ahead[files[k]];
                         l.ec = tree->check_file(e.path, overwrite, e.size, e.mtime_ns, l.same, false, &l.there,
-                                                &mode_there[files[k]], &size_there[files[k]]);
+                                                &mode_there[files[k]], &size_there[files[k]], &l.special);
                         if (!l.ec && !sync.checksum && basis_candidate(e, l.same, l.there, size_there[files[k]])) {
                             l.basis = read_small_basis(*tree, e, size_there[files[k]]);
                             l.basis_read = true;
@@ -1829,6 +1832,7 @@ void receive_session::next_offer() {
                 }
                 bool missing = false;
                 bool is_there = false;
+                bool special = false;
                 if (create && folder_there[i] && !clear_folder(i, false)) {
                     break;
                 }
@@ -1841,6 +1845,7 @@ void receive_session::next_offer() {
                     ec = ahead[i].ec;  // looked at ahead (above)
                     same = ahead[i].same;
                     is_there = ahead[i].there;
+                    special = ahead[i].special;
                 } else if (create && !e.is_dir && !exists[i] && !folder_there[i]) {
                     // The check pass found nothing at its name (in a folder that is
                     // there): nothing to look at again. A file put there meanwhile meets
@@ -1851,7 +1856,7 @@ void receive_session::next_offer() {
                     ec = e.is_dir ? tree->make_dir(e.path, create, &missing, &replaced)
                                   : tree->check_file(e.path, overwrite, e.size, e.mtime_ns, same, create,
                                                      create ? nullptr : &is_there, create ? nullptr : &mode_there[i],
-                                                     create ? nullptr : &size_there[i]);
+                                                     create ? nullptr : &size_there[i], create ? nullptr : &special);
                     // A file or symlink SRC made a folder: it goes (a dry run's check tells
                     // it would), and is reported as deleted, as a folder in a file's way is.
                     // (Not in a get: kept_kind, below.)
@@ -1887,6 +1892,7 @@ void receive_session::next_offer() {
                 if (!create) {
                     identical[i] = same;
                     exists[i] = e.is_dir ? !missing : is_there;
+                    special_there[i] = !e.is_dir && special;
                     folder_changes[i] = sync.on && e.is_dir && exists[i] && !e.path.empty() &&
                                         tree->folder_differs(e.path, e.mode, e.mtime_ns);
                     if (sync.checksum && is_there && e.digest) {

@@ -856,6 +856,27 @@ TEST_F(sync_push, a_dry_run_tells_the_renames_of_files_alike_as_the_run_does) {
     EXPECT_EQ(compare_trees(src, share / "site"), "");
 }
 
+TEST_F(sync_push, a_special_file_at_dst_where_src_has_a_file_is_replaced_and_told_as_updated) {
+    // As a symlink in the way is: DST had an entry of another kind at that name, now
+    // replaced. It was told as created, as if nothing had been there.
+    serve();
+    write_text_file(src / "x", "a file at last\n");
+    fs::create_directories(share / "site");
+    ASSERT_EQ(::mkfifo((share / "site/x").c_str(), 0600), 0);
+    ASSERT_EQ(::mkfifo((share / "site/z").c_str(), 0600), 0);
+    for (bool dry : {true, false}) {
+        run_result r =
+            sync(dry ? std::vector<std::string>{"--delete", "--dry-run"} : std::vector<std::string>{"--delete"});
+        ASSERT_EQ(r.code, 0) << r.err;
+        auto ev = json_events(r.out);
+        EXPECT_EQ(paths_of(ev, "updated"), (paths{"x"})) << r.out;
+        EXPECT_EQ(paths_of(ev, "created"), paths{}) << r.out;
+        EXPECT_EQ(paths_of(ev, "deleted"), (paths{"z"})) << r.out;
+        EXPECT_EQ(find_event(ev, "done")["updated"], 1);
+    }
+    EXPECT_EQ(compare_trees(src, share / "site"), "");
+}
+
 TEST_F(sync_push, files_moved_from_long_paths_to_short_ones_keep_the_answer_in_one_frame) {
     // 600 files moved from a path of ~760 bytes to one of 6: the Accept told each one's
     // old path (FileAccept.basis), 450 KB for one Offer batch, over the 64 KiB a frame
