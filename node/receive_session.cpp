@@ -73,6 +73,7 @@ struct local_basis {
     // files (set when first asked), and how many of one stamp's files it reads at most.
     std::unordered_map<std::uint64_t, std::uint32_t> dry_left;
     static constexpr std::uint32_t max_alike_reads = 16;
+    static constexpr std::uint64_t max_alike_size = 4 << 20;  // and of files this size at most
 
     static std::uint64_t stamp_key(std::uint64_t size, std::int64_t mtime_ns) {
         return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
@@ -163,10 +164,14 @@ struct local_basis {
     }
 
     // How many files the stamp whose first is `first` has, when they hold the same bytes
-    // (one file: 1, unread); 0 when they differ, or are more than max_alike_reads.
+    // (one file: 1, unread); 0 when they differ, or are more than max_alike_reads or larger
+    // than max_alike_size (a dry run does not read 16 copies of a disk image).
     std::uint32_t alike_count(dest_tree& tree, std::uint32_t first) const {
         if (next_of_stamp[first] == none) {
             return 1;
+        }
+        if (files[first].size > max_alike_size) {
+            return 0;  // (files of one stamp have one size)
         }
         std::optional<digest128> digest;
         std::uint32_t count = 0;
@@ -1626,8 +1631,8 @@ void receive_session::next_offer() {
             if (!seeded(items[i], from->path, r, sums)) {
                 return false;
             }
-            decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests),
-                                 wire::SYNC_CREATE, from->path, std::move(sums)});
+            decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests), action(i),
+                                 from->path, std::move(sums)});  // (updated: a FIFO there)
             return true;
         };
         // Folders of the batch found missing by the check: what they hold is not there

@@ -129,7 +129,8 @@ struct resume_found {
 // What an earlier attempt left for `e` at `e.path` in `tree`. A record of another source
 // version, a missing, truncated or damaged one are not trusted: every complete chunk of the
 // partial file is hashed as it is now and offered with that digest, which the sender
-// compares with its own before it skips the chunk (a file grown since keeps what it had).
+// compares with its own before it skips the chunk (a file grown since keeps what it had
+// but a short last chunk).
 // With `seed_instead`, a record of another source version drops the partial file instead.
 // At most `max_claims` chunks are offered (the rest are sent again). The partial file's
 // mtime is set to now, so that it does not look abandoned while the transfer runs.

@@ -627,9 +627,11 @@ ferry::node_events base_events(const common_opts& o) {
     ev.resumed = [&o](const std::string& direction, const std::string& session, std::uint64_t bytes,
                       std::uint64_t files) {
         if (direction == "send") {
-            say("resuming: the receiver has " + human_bytes(bytes) + " of " + std::to_string(files) +
-                " changed file(s) already (an interrupted attempt's, or an older version's); each chunk is "
-                "checked before it is skipped");
+            // (Offered, not yet kept: a source changed since the attempt keeps only what
+            // is still the same. `done` and the summary say what was kept.)
+            say("resuming: the receiver offers " + human_bytes(bytes) + " of " + std::to_string(files) +
+                " file(s) as already there (an interrupted attempt's, or an older version's); each chunk is "
+                "checked against this side's, and sent if it differs");
         }
         emit(o, resumed_event(direction, session, bytes, files));
     };

@@ -230,7 +230,7 @@ TEST_F(resume, a_source_changed_whole_is_sent_whole) {
 
 TEST_F(resume, a_source_grown_at_its_end_since_keeps_what_the_attempt_wrote) {
     // A file still being written at SRC (a log, a dump): its size and mtime changed since
-    // the attempt, its first chunks did not. They were dropped and sent again.
+    // the attempt, its first chunks did not. Before, they were dropped and sent again.
     auto sv = serve();
     {
         fault_proxy proxy(sv.address);
