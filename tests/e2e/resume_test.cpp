@@ -108,6 +108,18 @@ protected:
         EXPECT_TRUE(sv.proc->wait_for_err("failed", process_timeout)) << sv.proc->err();
     }
 
+    // A send through a proxy stalled half way, killed (kill_sender): the receiver keeps
+    // the partial file and its resume record. False when no record was written.
+    bool interrupted_half_way(ferry_cli::receiver& sv) {
+        fault_proxy proxy(sv.address);
+        auto tx = send_stalled_at(proxy, file_size / 2);
+        if (!tx) {
+            return false;
+        }
+        kill_sender(*tx, proxy, sv);
+        return resume_record_written();
+    }
+
     // The same send again, straight to `address`; checks it succeeded, that the file is
     // identical, and that it sent exactly the chunks the receiver lacked (and on the wire
     // little more). Returns the bytes the receiver kept.
@@ -210,13 +222,7 @@ TEST_F(resume, a_source_changed_whole_is_sent_whole) {
     // The receiver offers what the attempt wrote of the other version, and the sender,
     // whose digests differ for every chunk, sends every one.
     auto sv = serve();
-    {
-        fault_proxy proxy(sv.address);
-        auto tx = send_stalled_at(proxy, file_size / 2);
-        ASSERT_TRUE(tx);
-        kill_sender(*tx, proxy, sv);
-    }
-    ASSERT_TRUE(resume_record_written());
+    ASSERT_TRUE(interrupted_half_way(sv));
     write_random_file(src, file_size + 1, 78);  // another version of the file
     run_result r = send(sv.address);
     ASSERT_EQ(r.code, 0) << r.err;
@@ -232,13 +238,7 @@ TEST_F(resume, a_source_grown_at_its_end_since_keeps_what_the_attempt_wrote) {
     // A file still being written at SRC (a log, a dump): its size and mtime changed since
     // the attempt, its first chunks did not. Before, they were dropped and sent again.
     auto sv = serve();
-    {
-        fault_proxy proxy(sv.address);
-        auto tx = send_stalled_at(proxy, file_size / 2);
-        ASSERT_TRUE(tx);
-        kill_sender(*tx, proxy, sv);
-    }
-    ASSERT_TRUE(resume_record_written());
+    ASSERT_TRUE(interrupted_half_way(sv));
     {
         std::ofstream out(src, std::ios::binary | std::ios::app);
         out << std::string(300 * 1024, 'x');
