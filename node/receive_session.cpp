@@ -72,8 +72,8 @@ struct local_basis {
     // A dry run's: how many more new files it may tell as renamed or copied from a stamp's
     // files (set when first asked), and how many of one stamp's files it reads at most.
     std::unordered_map<std::uint64_t, std::uint32_t> dry_left;
-    static constexpr std::uint32_t max_alike_reads = 16;
-    static constexpr std::uint64_t max_alike_size = 4 << 20;  // and of files this size at most
+    static constexpr std::uint64_t max_alike_bytes = 64 << 20;  // read of one stamp's files at most,
+    static constexpr std::uint64_t max_alike_files = 4096;      // and as many files at most
 
     static std::uint64_t stamp_key(std::uint64_t size, std::int64_t mtime_ns) {
         return size * 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(mtime_ns);
@@ -164,21 +164,20 @@ struct local_basis {
     }
 
     // How many files the stamp whose first is `first` has, when they hold the same bytes
-    // (one file: 1, unread); 0 when they differ, or are more than max_alike_reads or larger
-    // than max_alike_size (a dry run does not read 16 copies of a disk image).
+    // (one file: 1, unread); 0 when two differ, or when together they are more than
+    // max_alike_bytes or max_alike_files (a dry run does not read copies of a disk image).
     std::uint32_t alike_count(dest_tree& tree, std::uint32_t first) const {
         if (next_of_stamp[first] == none) {
             return 1;
         }
-        if (files[first].size > max_alike_size) {
-            return 0;  // (files of one stamp have one size)
-        }
-        std::optional<digest128> digest;
-        std::uint32_t count = 0;
+        std::uint64_t count = 0;
         for (std::uint32_t i = first; i != none; i = next_of_stamp[i]) {
-            if (++count > max_alike_reads) {
+            if (++count > max_alike_files || count * files[first].size > max_alike_bytes) {  // (one size)
                 return 0;
             }
+        }
+        std::optional<digest128> digest;
+        for (std::uint32_t i = first; i != none; i = next_of_stamp[i]) {
             std::error_code ec;
             unique_fd fd(tree.open_final_read(files[i].path, ec));
             std::optional<digest128> d = fd.get() >= 0 ? file_digest_of(fd.get(), files[i].size) : std::nullopt;
@@ -187,7 +186,7 @@ struct local_basis {
             }
             digest = d;
         }
-        return count;
+        return static_cast<std::uint32_t>(count);
     }
 };
 
@@ -1509,7 +1508,8 @@ void receive_session::next_offer() {
                 // would start from that one (from_basis, below), and tell of a rename
                 // where SRC no longer has it. Told by `basis`, as in the run.
                 std::string from;
-                if (tree && basis && blocked[i].empty() && e.is_file() && e.size > 0 && !identical[i] && !exists[i]) {
+                if (tree && basis && blocked[i].empty() && e.is_file() && e.size > 0 && !identical[i] && !exists[i] &&
+                    !special_there[i]) {
                     if (!basis->built) {
                         basis->build(*tree, sync.get);
                     }
@@ -1608,7 +1608,8 @@ void receive_session::next_offer() {
         };
         auto from_basis = [&](std::size_t i) {
             const entry_info& e = items[i].e;
-            if (!basis || e.is_dir || e.size == 0 || identical[i] || exists[i] || claim_budget == 0) {
+            if (!basis || e.is_dir || e.size == 0 || identical[i] || exists[i] || special_there[i] ||
+                claim_budget == 0) {
                 return false;
             }
             if (!basis->built) {

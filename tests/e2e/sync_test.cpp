@@ -812,25 +812,29 @@ TEST_F(sync_push, a_dry_run_tells_no_rename_it_cannot_tell_apart) {
 }
 
 TEST_F(sync_push, a_dry_run_tells_the_renames_of_files_alike_as_the_run_does) {
-    // Two files of one size and mtime and the same bytes (a license file in two folders),
+    // Files of one size and mtime and the same bytes (a license file in many folders),
     // each renamed, and a file of its own renamed. The run starts each new name from DST's
-    // file of that stamp and its digests prove the renames; a dry run told the two
-    // "created" (a stamp two files have: it cannot tell them apart, but here they are alike).
+    // file of that stamp and its digests prove the renames; a dry run told them "created"
+    // (a stamp several files have: it cannot tell them apart, but here they are alike).
     serve();
     const timespec tick{1'600'000'000, 0};
     auto stamp = [&](const fs::path& p) {
         ASSERT_EQ(::utimensat(AT_FDCWD, p.c_str(), std::array<timespec, 2>{timespec{0, UTIME_OMIT}, tick}.data(), 0),
                   0);
     };
-    write_text_file(src / "a" / "COPYING", "the same license text\n");
-    write_text_file(src / "b" / "COPYING", "the same license text\n");
-    write_text_file(src / "u", "a file of its own\n");
-    for (const fs::path& p : {src / "a" / "COPYING", src / "b" / "COPYING", src / "u"}) {
-        stamp(p);
+    // (20 folders of them: a dry run that read at most 16 told none; a user's test.)
+    const std::vector<std::string> folders{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j",
+                                           "k", "l", "m", "n", "o", "p", "q", "r", "s", "t"};
+    for (const std::string& d : folders) {
+        write_text_file(src / d / "COPYING", "the same license text\n");
+        stamp(src / d / "COPYING");
     }
+    write_text_file(src / "u", "a file of its own\n");
+    stamp(src / "u");
     ASSERT_EQ(sync({}).code, 0);
-    fs::rename(src / "a" / "COPYING", src / "a" / "LICENSE");
-    fs::rename(src / "b" / "COPYING", src / "b" / "LICENSE");
+    for (const std::string& d : folders) {
+        fs::rename(src / d / "COPYING", src / d / "LICENSE");
+    }
     fs::rename(src / "u", src / "u2");
 
     run_result dry = sync({"--delete", "--dry-run"});
@@ -847,7 +851,7 @@ TEST_F(sync_push, a_dry_run_tells_the_renames_of_files_alike_as_the_run_does) {
         return told;
     };
     auto told = renames(r.out);
-    ASSERT_EQ(told.size(), 3u) << r.out;
+    ASSERT_EQ(told.size(), folders.size() + 1) << r.out;
     EXPECT_EQ(told.rbegin()->first, "u2");
     EXPECT_EQ(told.rbegin()->second, "u");
     EXPECT_EQ(renames(dry.out), told) << dry.out;
@@ -861,30 +865,35 @@ TEST_F(sync_push, a_dry_run_tells_the_renames_of_files_alike_as_the_run_does) {
 
 TEST_F(sync_push, a_special_file_at_dst_where_src_has_a_file_is_replaced_and_told_as_updated) {
     // As a symlink in the way is: DST had an entry of another kind at that name, now
-    // replaced. It was told as created, as if nothing had been there; so was a copy of a
-    // file DST has (made from DST's own copy of it) where a FIFO was.
+    // replaced. It was told as created, as if nothing had been there; a copy of a file DST
+    // has (c2) and a moved file (m -> y) landing where a FIFO was were made from DST's own
+    // file and told as created and renamed, and the dry run told them otherwise. They are
+    // sent, as with a symlink in the way, and told as updated in both.
     serve();
     write_text_file(src / "x", "a file at last\n");
     write_text_file(src / "c1", "a file DST has, and a copy of it\n");
+    write_text_file(src / "m", "moved\n");
     ASSERT_TRUE(set_mtime(src / "c1", 1'600'000'000));
     ASSERT_EQ(sync({}).code, 0);
     fs::copy_file(src / "c1", src / "c2");
     ASSERT_TRUE(set_mtime(src / "c2", 1'600'000'000));
+    fs::rename(src / "m", src / "y");
     fs::remove(share / "site/x");
-    ASSERT_EQ(::mkfifo((share / "site/x").c_str(), 0600), 0);
-    ASSERT_EQ(::mkfifo((share / "site/c2").c_str(), 0600), 0);
-    ASSERT_EQ(::mkfifo((share / "site/z").c_str(), 0600), 0);
+    for (const char* fifo : {"x", "c2", "y", "z"}) {
+        ASSERT_EQ(::mkfifo((share / "site" / fifo).c_str(), 0600), 0);
+    }
     for (bool dry : {true, false}) {
         run_result r =
             sync(dry ? std::vector<std::string>{"--delete", "--dry-run"} : std::vector<std::string>{"--delete"});
         ASSERT_EQ(r.code, 0) << r.err;
         auto ev = json_events(r.out);
-        EXPECT_EQ(paths_of(ev, "updated"), (paths{"c2", "x"})) << r.out;
+        EXPECT_EQ(paths_of(ev, "updated"), (paths{"c2", "x", "y"})) << r.out;
         EXPECT_EQ(paths_of(ev, "created"), paths{}) << r.out;
-        EXPECT_EQ(paths_of(ev, "deleted"), (paths{"z"})) << r.out;
-        EXPECT_EQ(find_event(ev, "done")["updated"], 2);
+        EXPECT_EQ(paths_of(ev, "renamed"), paths{}) << r.out;
+        EXPECT_EQ(paths_of(ev, "deleted"), (paths{"m", "z"})) << r.out;
+        EXPECT_EQ(find_event(ev, "done")["updated"], 3);
         if (!dry) {
-            EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 15) << r.out;  // x; c2 made here
+            EXPECT_EQ(find_event(ev, "done")["bytes_transferred"], 15 + 33 + 6) << r.out;
         }
     }
     EXPECT_EQ(compare_trees(src, share / "site"), "");
