@@ -1633,7 +1633,7 @@ void receive_session::next_offer() {
                 return false;
             }
             decisions.push_back({items[i].id, wire::ACCEPT_PARTIAL, std::move(r.have), std::move(r.digests), action(i),
-                                 from->path, std::move(sums)});  // (updated: a FIFO there)
+                                 from->path, std::move(sums)});
             return true;
         };
         // Folders of the batch found missing by the check: what they hold is not there
