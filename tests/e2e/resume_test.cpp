@@ -250,7 +250,9 @@ TEST_F(resume, a_source_grown_at_its_end_since_keeps_what_the_attempt_wrote) {
     EXPECT_EQ(compare_trees(src, inbox / "big.bin"), "");
     json done = find_event(json_events(r.out), "done");
     const std::uint64_t kept = done.value("resumed_bytes", std::uint64_t{0});
-    EXPECT_GE(kept, file_size / 4) << done;  // what passed the proxy, less what was in flight
+    // What the attempt wrote (what passed the proxy, less what was still in flight when it
+    // was killed: 6.0-6.3 MB of the 12 MB here), where it was 0.
+    EXPECT_GT(kept, 0u) << done;
     EXPECT_EQ(done.value("payload_bytes", std::uint64_t{0}) + kept, grown) << done;
     EXPECT_NE(sv.proc->err().find("the source changed since the interrupted attempt"), std::string::npos)
         << sv.proc->err();
