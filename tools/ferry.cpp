@@ -1773,6 +1773,11 @@ struct sync_run : sync_counts {
     // (its receiver skips every file, so the report's skipped bytes are all of them).
     std::uint64_t dry_matched_bytes = 0;
     bool resumed_told = false;  // the line on files started from what DST has: once a run
+    // The failure lines said as they happened ("failed: PATH: reason", "not sent: ..."): the
+    // one more pass for files that changed while read meets the same failures again, and
+    // says each once (up to max_failed_said of them).
+    std::unordered_set<std::string> failed_said;
+    static constexpr std::size_t max_failed_said = 4096;
     // What the sync did to a file, as counted.
     enum class action : std::uint8_t { created, updated, renamed, unchanged };
     // Each attempt's receiver says again what it does, of every file: the counts start
@@ -2458,6 +2463,15 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
 // What a sync reports per file and per deleted path, and the resumed line (either
 // direction: the node that decides at DST tells, or is told, what it does).
 void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& ev) {
+    ev.log = [&sync, said = std::move(ev.log)](ferry::log_level level, const std::string& line) {
+        if ((line.starts_with("failed: ") || line.starts_with("not sent: ")) &&
+            sync.failed_said.size() < sync_run::max_failed_said && !sync.failed_said.insert(line).second) {
+            return;  // an earlier pass said it
+        }
+        if (said) {
+            said(level, line);
+        }
+    };
     // Per-file lines say what the sync did (or, in a dry run, would do).
     ev.file = [&o, &sync](const ferry::file_event& f) {
         using action = sync_run::action;

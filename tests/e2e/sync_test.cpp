@@ -1248,6 +1248,26 @@ TEST_F(sync_push, a_file_edited_at_src_after_its_delta_pass_is_sent_again_not_bl
     EXPECT_TRUE(no_partial_files(share));
 }
 
+TEST_F(sync_push, a_failure_at_dst_the_one_more_pass_meets_again_is_said_once) {
+    // A file SRC has where DST has a folder with something in it (no --delete: it fails),
+    // and a file edited while read, which makes the one more pass: that pass met the
+    // failure again and said it again on stderr (a user's test); the events said it once.
+    serve();
+    write_random_file(src / "big.bin", 8 * 256 * 1024, 58);
+    ASSERT_EQ(sync({}).code, 0);
+    write_text_file(src / "d", "a file here, a folder there\n");
+    write_text_file(share / "site/d/e/x", "in the way\n");
+    std::string data = read_text_file(src / "big.bin");
+    data.insert(1000, "0123456789");
+    write_text_file(src / "big.bin", data);
+    run_result r = sync({"--compress", "never"}, "ay:www/site", {"FERRY_FAULT_AFTER_DELTA_SCAN=5000"});
+    EXPECT_EQ(r.code, 5) << r.err;
+    ASSERT_NE(r.err.find("scanning and sending once more"), std::string::npos) << r.err;
+    EXPECT_EQ(lines_with(r.err, "failed: d: "), 1u) << r.err;
+    EXPECT_EQ(paths_of(json_events(r.out), "failed"), (paths{"d"})) << r.out;
+    EXPECT_EQ(read_text_file(share / "site/big.bin"), read_text_file(src / "big.bin"));
+}
+
 TEST_F(sync_push, a_file_that_vanishes_is_reported_with_its_own_exit_code_and_the_rest_is_synced) {
     serve();
     write_random_file(src / "gone.bin", 3 * 256 * 1024, 32);
