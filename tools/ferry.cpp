@@ -3076,8 +3076,9 @@ int run_send(const common_opts& o, const send_opts& s, const ferry::send_target&
         return sync_summary(o, *sync, r, scanned_files, scanned_excluded);
     }
     char line[256];
-    std::snprintf(line, sizeof(line), "sent %llu files, %llu folders, %s in %.2f s (%.1f MB/s confirmed, %s)",
-                  static_cast<unsigned long long>(r.files), static_cast<unsigned long long>(r.dirs),
+    std::snprintf(line, sizeof(line), "sent %llu %s, %llu %s, %s in %.2f s (%.1f MB/s confirmed, %s)",
+                  static_cast<unsigned long long>(r.files), r.files == 1 ? "file" : "files",
+                  static_cast<unsigned long long>(r.dirs), r.dirs == 1 ? "folder" : "folders",
                   human_bytes(r.payload_bytes).c_str(), r.elapsed_s, mbps(r), connections_text(r).c_str());
     say(std::string(line) + skipped_note(r) + compression_note(r));
     emit(o, report_json(r, true));

@@ -345,6 +345,12 @@ TEST_F(cli_transfer, many_small_files_and_single_file_sources) {
         EXPECT_EQ(compare_trees(src, dest / "many"), "") << "FERRY_IO_URING=" << uring;
         EXPECT_EQ(compare_trees(single, dest / "single.bin"), "") << "FERRY_IO_URING=" << uring;
     }
+    // The summary of one file says "1 file" (it said "1 files").
+    auto rx = start_receiver(cli.root() / "inbox-one");
+    run_result one = cli.ferry({"send", "--state", cli.state("B").string(), single.string(), a_id + "@" + rx.address});
+    ASSERT_EQ(one.code, 0) << one.err;
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+    EXPECT_NE(one.err.find("sent 1 file, 0 folders, "), std::string::npos) << one.err;
 }
 
 TEST_F(cli_transfer, untrusted_sender_is_refused_and_nothing_is_written) {
