@@ -499,17 +499,22 @@ ferry::cli::progress_view::options view_options(const common_opts& o) {
 // say() never tears its bars) for as long as it lives.
 class command_progress : public ferry::cli::progress_view {
 public:
-    command_progress(asio::io_context& io, const common_opts& o, const ferry::node& n)
-        : progress_view(
-              io, view_options(o), [&n] { return n.transfers(); },
-              [this, &o](const ferry::transfer_progress& p) {
-                  ferry::transfer_progress with = p;
-                  with.wire_sent += carried_sent_;
-                  with.wire_received += carried_received_;
-                  emit(o, progress_event(with));
-              }) {
-        view = this;
-    }
+  command_progress(asio::io_context& io, const common_opts& o, const ferry::node& n)
+      : progress_view(
+            io, view_options(o), [&n] { return n.transfers(); },
+            [this, &o](const ferry::transfer_progress& p) {
+                if (p.peer_address.empty()) {
+                    // A session before its peer's Hello (a sync's next pass too): no peer
+                    // to name yet. (A plaintext peer has an address and no ID.)
+                    return;
+                }
+                ferry::transfer_progress with = p;
+                with.wire_sent += carried_sent_;
+                with.wire_received += carried_received_;
+                emit(o, progress_event(with));
+            }) {
+      view = this;
+  }
     ~command_progress() { view = nullptr; }
     command_progress(const command_progress&) = delete;
     command_progress& operator=(const command_progress&) = delete;

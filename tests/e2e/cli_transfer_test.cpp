@@ -298,6 +298,30 @@ TEST_F(cli_transfer, auto_compresses_text_where_the_link_is_the_limit) {
     EXPECT_GT(saved_at[bwlimit], text.size() / 4) << "loopback " << saved_at[loopback];
 }
 
+TEST_F(cli_transfer, progress_events_name_the_peer_from_the_first) {
+    // A session reports progress from its start, before its peer's Hello names the peer:
+    // a handshake slowed by a proxy (0.3 s a piece) gave `progress` events with an empty
+    // `peer` and `address` (seen on a sync's second pass).
+    fs::path src = cli.root() / "slow.bin";
+    write_random_file(src, 64 * 1024, 23);
+    auto rx = start_receiver(cli.root() / "inbox");
+    ASSERT_FALSE(rx.address.empty());
+    ferry::test::fault_proxy proxy(rx.address);
+    proxy.set_delay(std::chrono::milliseconds(300));
+    run_result s = send({src.string()}, a_id + "@" + proxy.address(), {"--connections", "1"});
+    ASSERT_EQ(s.code, 0) << s.err;
+    std::size_t progress = 0;
+    for (const nlohmann::json& e : json_events(s.out)) {
+        if (e["event"] == "progress") {
+            ++progress;
+            EXPECT_EQ(e["peer"], a_id) << e;
+            EXPECT_FALSE(e["address"].get<std::string>().empty()) << e;
+        }
+    }
+    EXPECT_GE(progress, 1u) << s.out;  // the last one at least, right before done
+    EXPECT_EQ(rx.proc->wait(process_timeout), 0) << rx.proc->err();
+}
+
 TEST_F(cli_transfer, the_quiet_between_chunks_under_bwlimit_is_no_stall) {
     // Under --bwlimit a connection waits with nothing in flight between chunks; the stall
     // clock counts from when a chunk went out, not from the last answer before that wait
