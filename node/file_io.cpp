@@ -100,7 +100,8 @@ std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t o
 
 bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std::vector<digest128>& out,
                  const std::function<bool()>& stop, std::uint64_t offset) {
-    buf.resize(chunk_size);
+    // (As large as a chunk of this file needs: a small file's digest maps no 256 KiB.)
+    buf.resize(std::max<std::size_t>(buf.size(), std::min<std::uint64_t>(size, chunk_size)));
     for (std::uint64_t c = 0; c < chunk_count(size); ++c) {
         std::uint32_t len = chunk_length(size, c);
         std::error_code ec;
@@ -110,6 +111,15 @@ bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std
         out.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
     }
     return true;
+}
+
+std::optional<digest128> file_digest_of(int fd, std::uint64_t size) {
+    std::vector<std::uint8_t> buf;
+    std::vector<digest128> chunks;
+    if (!hash_chunks(fd, size, buf, chunks)) {
+        return std::nullopt;
+    }
+    return file_digest(chunks);
 }
 
 std::filesystem::path nearest_existing(const std::filesystem::path& path) {

@@ -14,6 +14,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -77,10 +78,15 @@ std::error_code write_at(int fd, const std::uint8_t* data, std::size_t len, std:
 std::size_t read_at(int fd, std::uint8_t* data, std::size_t len, std::uint64_t offset, std::error_code& ec);
 
 // The chunk digests (protocol/digest.hpp) of the `size` bytes of the open file `fd` from
-// `offset` on, read chunk by chunk into `buf` (chunk_size bytes) until `stop` says so.
+// `offset` on, read chunk by chunk into `buf` (grown to a chunk's size at most) until `stop`
+// says so.
 // False when they could not all be read (the file is shorter, an error) or `stop` stopped it.
 bool hash_chunks(int fd, std::uint64_t size, std::vector<std::uint8_t>& buf, std::vector<digest128>& out,
                  const std::function<bool()>& stop = {}, std::uint64_t offset = 0);
+
+// The file digest (protocol/digest.hpp: over its chunks' digests) of the `size` bytes of
+// the open file `fd`, read and hashed by hash_chunks; none when they could not all be read.
+std::optional<digest128> file_digest_of(int fd, std::uint64_t size);
 
 // For test hooks (FERRY_FAULT_*): waits until `path` exists, looking every millisecond,
 // for at most `timeout`. False when it timed out.

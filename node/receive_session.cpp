@@ -25,26 +25,6 @@
 
 namespace ferry {
 
-namespace {
-
-// The digest of the open file `fd` of `size` bytes (FileDone's: over its chunks' digests,
-// read and hashed chunk by chunk), or none when it could not be read whole.
-std::optional<digest128> file_digest_of(int fd, std::uint64_t size) {
-    std::vector<digest128> chunks;
-    std::vector<std::uint8_t> buf(std::min<std::uint64_t>(size, chunk_size));
-    std::error_code ec;
-    for (std::uint64_t c = 0; c < chunk_count(size); ++c) {
-        std::uint32_t len = chunk_length(size, c);
-        if (read_at(fd, buf.data(), len, c * chunk_size, ec) != len) {
-            return std::nullopt;
-        }
-        chunks.push_back(hash_chunk(std::span<const std::uint8_t>(buf.data(), len)));
-    }
-    return file_digest(chunks);
-}
-
-}  // namespace
-
 // The files under a sync's folder by size and mtime: a file new at DST with the size and
 // mtime of one already there was likely renamed or copied at SRC, so it starts as a copy
 // of that one (made in the kernel, or a reflink), and only chunks the sender finds

@@ -103,24 +103,6 @@ std::vector<std::string> read_records(int fd) {
     return out;
 }
 
-// Hashes a file the way the protocol digests it: XXH3-128 per chunk, then over the list.
-bool digest_of(int fd, std::uint64_t size, digest128& out) {
-    std::vector<std::uint8_t> buf(chunk_size);
-    std::vector<digest128> chunks;
-    std::uint64_t off = 0;
-    while (off < size) {
-        std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk_size, size - off));
-        std::error_code ec;
-        if (read_at(fd, buf.data(), want, off, ec) != want) {
-            return false;
-        }
-        chunks.push_back(hash_chunk(std::span(buf.data(), want)));
-        off += want;
-    }
-    out = file_digest(chunks);
-    return true;
-}
-
 }  // namespace
 
 unsynced_journal::unsynced_journal(std::filesystem::path dir, std::filesystem::path root)
@@ -289,15 +271,14 @@ unsynced_journal::recovery unsynced_journal::recover(const std::filesystem::path
             struct stat st {};
             bool ok = ::fstat(ffd, &st) == 0;
             std::int64_t mtime = timespec_ns(st.st_mtim);
-            digest128 got;
             bool same_file = ok && static_cast<std::uint64_t>(st.st_dev) == e.dev &&
                              static_cast<std::uint64_t>(st.st_ino) == e.ino;
             if (ok && (!same_file || mtime != e.mtime_ns)) {
                 // Another file under that name (the rename never happened, or someone
                 // replaced it), or changed by someone since: not ours to judge.
                 out.left.push_back(e.path);
-            } else if (ok && static_cast<std::uint64_t>(st.st_size) == e.size && digest_of(ffd, e.size, got) &&
-                       got == e.digest) {
+            } else if (ok && static_cast<std::uint64_t>(st.st_size) == e.size &&
+                       file_digest_of(ffd, e.size) == e.digest) {
                 ++out.verified;
             } else if (ok) {
                 if (std::error_code rec = tree.remove_final(e.path, e.dev, e.ino); rec && !ec) {
