@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <type_traits>
 #include <vector>
@@ -53,8 +54,14 @@ struct skipped_file {
 };
 // The line a path that failed is said with, as it happens (a session's warning) and in a
 // command's list at the end: "failed: PATH: reason" at DST, "not sent: PATH: reason" at SRC.
+inline constexpr std::string_view failed_at_dst_prefix = "failed: ";
+inline constexpr std::string_view not_sent_prefix = "not sent: ";
 inline std::string failed_line(const skipped_file& f) {
-    return (f.at_dst ? "failed: " : "not sent: ") + printable(f.path) + ": " + f.reason;
+    return std::string(f.at_dst ? failed_at_dst_prefix : not_sent_prefix) + printable(f.path) + ": " + f.reason;
+}
+// Whether a log line is one failed_line() made.
+inline bool is_failed_line(std::string_view line) {
+    return line.starts_with(failed_at_dst_prefix) || line.starts_with(not_sent_prefix);
 }
 // How many paths of `list` are files or symlinks (`file`), or the other paths.
 inline std::uint64_t count_failed(const std::vector<skipped_file>& list, bool files) {

@@ -2469,8 +2469,8 @@ int skipped_sources_exit(const common_opts& o, const ferry::transfer_report& r) 
 // direction: the node that decides at DST tells, or is told, what it does).
 void add_sync_events(const common_opts& o, sync_run& sync, ferry::node_events& ev) {
     ev.log = [&sync, said = std::move(ev.log)](ferry::log_level level, const std::string& line) {
-        if ((line.starts_with("failed: ") || line.starts_with("not sent: ")) &&
-            sync.failed_said.size() < sync_run::max_failed_said && !sync.failed_said.insert(line).second) {
+        if (ferry::is_failed_line(line) && sync.failed_said.size() < sync_run::max_failed_said &&
+            !sync.failed_said.insert(line).second) {
             return;  // an earlier pass said it
         }
         if (said) {
